@@ -1,0 +1,34 @@
+# probewatch — the two README commands are `make demo` (main job) and `make test` (the suite).
+# Both set up everything on a fresh machine: a virtualenv, a CPU torch installed first (a bare
+# torch requirement would pull a multi-GB CUDA build), then this package with its dev extras.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+SHARED_DATA ?= $(abspath ../shared/datasets)
+export PROBEWATCH_DATA ?= $(SHARED_DATA)
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test bench bench-quality bench-overhead bench-ingest lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/probewatch demo
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/python -m ruff check probewatch probes training server tests || true
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

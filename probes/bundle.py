@@ -1,0 +1,186 @@
+"""Probe bundles on disk: a directory with `manifest.json` + `weights.safetensors` (never pickle).
+
+`save_bundle` writes the weights, then the manifest with the weights' sha256; `load_bundle`
+checks, in order: files present, manifest parses, format version, checksum, weights parse,
+tensor shapes against d_model, and (when given) the model fingerprint.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from probewatch.probes.errors import (
+    BundleNotFoundError,
+    ChecksumMismatchError,
+    CorruptBundleError,
+    DimensionMismatchError,
+    FingerprintMismatchError,
+)
+from probewatch.probes.manifest import Manifest
+
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "weights.safetensors"
+LINEAR_KINDS = ("linear", "mean_diff", "lat")
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: its manifest, its tensors and where it came from."""
+
+    path: Path
+    manifest: Manifest
+    tensors: dict[str, torch.Tensor] = field(repr=False)
+
+    @property
+    def id(self) -> str:
+        return self.manifest.id
+
+    @property
+    def layer(self) -> int:
+        return self.manifest.layer
+
+    def linear_form(self) -> tuple[torch.Tensor, float]:
+        """(w_eff [d], b_eff) with normalisation folded in: score = x @ w_eff + b_eff.
+
+        standardize: w . ((x - mean) / scale) + b == x . (w / scale) + (b - w . (mean / scale)).
+        Folding lets every linear-family probe on a layer share one GEMM, and lets a client push
+        the projection down onto the model's device.
+        """
+        if self.manifest.kind not in LINEAR_KINDS:
+            raise TypeError(f"bundle {self.id!r} of kind {self.manifest.kind!r} has no linear form")
+        weight = self.tensors["weight"].to(torch.float64).reshape(-1)
+        bias = float(self.tensors["bias"].reshape(-1)[0]) if "bias" in self.tensors else 0.0
+        if self.manifest.normalization == "standardize":
+            mean = self.tensors["mean"].to(torch.float64).reshape(-1)
+            scale = self.tensors["scale"].to(torch.float64).reshape(-1)
+            w_eff = weight / scale
+            return w_eff.to(torch.float32), float(bias - (w_eff * mean).sum())
+        return weight.to(torch.float32), bias
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def save_bundle(path: str | Path, manifest: Manifest, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write a bundle directory; fills in checksum, created_at and probewatch_version."""
+    from probewatch import __version__
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    weights_path = path / WEIGHTS_FILE
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(weights_path),
+              metadata={"probe_id": manifest.id, "format": "probewatch-bundle"})
+    manifest.weights_file = WEIGHTS_FILE
+    manifest.weights_sha256 = sha256_bytes(weights_path.read_bytes())
+    manifest.created_at = manifest.created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    manifest.probewatch_version = __version__
+    manifest.validate(str(path / MANIFEST_FILE))
+    _check_shapes(manifest, tensors, str(path))
+    (path / MANIFEST_FILE).write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Parse and validate only the manifest (listing bundles needs no weights)."""
+    path = Path(path)
+    manifest_path = path / MANIFEST_FILE
+    if not path.is_dir():
+        raise BundleNotFoundError(f"bundle directory not found: {path}")
+    if not manifest_path.is_file():
+        raise BundleNotFoundError(f"{manifest_path}: missing ({path} is not a probe bundle)")
+    try:
+        data = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CorruptBundleError(f"{manifest_path}: not valid JSON ({exc})") from exc
+    return Manifest.from_dict(data, source=str(manifest_path))
+
+
+def load_bundle(
+    path: str | Path,
+    expected_fingerprint: str | None = None,
+    expected_d_model: int | None = None,
+) -> Bundle:
+    """Load and verify a bundle; see the module docstring for the order of checks."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    weights_path = path / manifest.weights_file
+    if not weights_path.is_file():
+        raise BundleNotFoundError(f"{weights_path}: missing (bundle {manifest.id!r})")
+    raw = weights_path.read_bytes()
+    actual = sha256_bytes(raw)
+    if manifest.weights_sha256 and actual != manifest.weights_sha256:
+        raise ChecksumMismatchError(
+            f"{weights_path}: sha256 {actual[:16]}… does not match the manifest's {manifest.weights_sha256[:16]}… "
+            "(file changed or corrupted after export)"
+        )
+    try:
+        from safetensors.torch import load as load_bytes
+
+        tensors = load_bytes(raw)
+    except (SafetensorError, ValueError, RuntimeError) as exc:
+        raise CorruptBundleError(f"{weights_path}: not a readable safetensors file ({exc})") from exc
+    _check_shapes(manifest, tensors, str(path))
+    if expected_d_model is not None and manifest.model.d_model != expected_d_model:
+        raise DimensionMismatchError(
+            f"bundle {manifest.id!r} ({path}) reads d_model={manifest.model.d_model} but the model has d_model={expected_d_model}"
+        )
+    if expected_fingerprint is not None and manifest.model.fingerprint != expected_fingerprint:
+        raise FingerprintMismatchError(
+            f"bundle {manifest.id!r} ({path}) was trained on model {manifest.model.id!r} with fingerprint "
+            f"{manifest.model.fingerprint}, but the attached model's fingerprint is {expected_fingerprint}; "
+            "retrain or export the bundle for this model"
+        )
+    return Bundle(path=path, manifest=manifest, tensors=tensors)
+
+
+def _check_shapes(manifest: Manifest, tensors: dict[str, torch.Tensor], where: str) -> None:
+    if manifest.kind not in LINEAR_KINDS:
+        return  # other kinds (sae_feature) validate in their own scorer
+    d = manifest.model.d_model
+    required = ["weight"] + (["mean", "scale"] if manifest.normalization == "standardize" else [])
+    for name in required:
+        if name not in tensors:
+            raise CorruptBundleError(f"{where}: weights lack tensor {name!r} (kind {manifest.kind}, normalization {manifest.normalization})")
+        if tensors[name].numel() != d:
+            raise DimensionMismatchError(
+                f"{where}: tensor {name!r} has {tensors[name].numel()} values but the manifest says d_model={d}"
+            )
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise CorruptBundleError(f"{where}: tensor {name!r} contains NaN or Inf")
+    if manifest.normalization == "standardize" and (tensors["scale"] <= 0).any():
+        raise CorruptBundleError(f"{where}: tensor 'scale' must be strictly positive")
+
+
+def load_bundles(paths: list[str | Path], expected_fingerprint: str | None = None,
+                 expected_d_model: int | None = None) -> list[Bundle]:
+    """Load several bundles; a directory holding bundle sub-directories is expanded."""
+    out: list[Bundle] = []
+    for p in expand_bundle_dirs(paths):
+        out.append(load_bundle(p, expected_fingerprint, expected_d_model))
+    return out
+
+
+def expand_bundle_dirs(paths: list[str | Path]) -> list[Path]:
+    """Each path is a bundle, or a folder whose immediate sub-folders are bundles."""
+    result: list[Path] = []
+    for p in map(Path, paths):
+        if (p / MANIFEST_FILE).exists():
+            result.append(p)
+        elif p.is_dir():
+            children = sorted(c for c in p.iterdir() if (c / MANIFEST_FILE).exists())
+            if not children:
+                raise BundleNotFoundError(f"{p}: neither a bundle nor a folder of bundles")
+            result.extend(children)
+        else:
+            raise BundleNotFoundError(f"bundle directory not found: {p}")
+    return result

@@ -1,0 +1,83 @@
+"""Where bundles live: shipped with the package, and the user's own under PROBEWATCH_HOME.
+
+`discover()` lists both (manifests only, no weights); `resolve_bundle_specs()` turns CLI values
+(a bundle folder, a folder of bundles, or a probe id) into bundle folders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from probewatch import envs
+from probewatch.probes.bundle import MANIFEST_FILE, expand_bundle_dirs, read_manifest
+from probewatch.probes.errors import BundleError, BundleNotFoundError
+from probewatch.probes.manifest import Manifest
+
+
+
+def shipped_root() -> Path:
+    """Folder of shipped bundles (inside the installed `probewatch.probes` package)."""
+    import probewatch.probes as probes_pkg
+
+    return Path(probes_pkg.__file__).resolve().parent / "shipped"
+
+
+@dataclass
+class IndexedBundle:
+    manifest: Manifest
+    path: Path
+    source: str  # shipped | user
+
+    def to_json(self) -> dict:
+        m = self.manifest
+        return {
+            "id": m.id, "behaviour": m.behaviour, "kind": m.kind, "model": m.model.id, "layer": m.layer,
+            "path": str(self.path), "source": self.source, "version": m.version, "aggregation": m.aggregation.method,
+            "threshold": m.threshold.value, "fingerprint": m.model.fingerprint,
+            "auroc": m.metrics.get("auroc"),
+        }
+
+
+def _scan(root: Path, source: str) -> list[IndexedBundle]:
+    found: list[IndexedBundle] = []
+    if not root.is_dir():
+        return found
+    for manifest_path in sorted(root.rglob(MANIFEST_FILE)):
+        try:
+            found.append(IndexedBundle(read_manifest(manifest_path.parent), manifest_path.parent, source))
+        except BundleError:
+            continue  # a broken bundle must not hide the others; `probes check` reports it
+    return found
+
+
+def discover(model_id: str | None = None) -> list[IndexedBundle]:
+    """Shipped then user bundles, optionally only those trained for `model_id`."""
+    items = _scan(shipped_root(), "shipped") + _scan(envs.user_bundles_dir(), "user")
+    if model_id is not None:
+        items = [b for b in items if b.manifest.model.id == model_id]
+    return items
+
+
+def default_bundle_dirs(model_id: str) -> list[Path]:
+    """The shipped bundles for `model_id` (the sidecar's and the demo's default)."""
+    return [b.path for b in discover(model_id) if b.source == "shipped"]
+
+
+def resolve_bundle_specs(specs: Sequence[str], model_id: str | None = None) -> list[Path]:
+    """Each spec is a bundle folder, a folder of bundles, or the id of a discovered bundle."""
+    paths: list[Path] = []
+    index = None
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.exists():
+            paths.extend(expand_bundle_dirs([path]))
+            continue
+        index = index if index is not None else discover(model_id)
+        matches = [b.path for b in index if b.manifest.id == spec]
+        if not matches:
+            known = ", ".join(sorted({b.manifest.id for b in index})) or "(none)"
+            raise BundleNotFoundError(f"no bundle folder or probe id {spec!r}; known probe ids: {known}")
+        paths.append(matches[0])
+    return paths

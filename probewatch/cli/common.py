@@ -1,0 +1,26 @@
+"""Argument helpers shared by commands (one definition of --model, --bundles, --json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from probewatch.models.registry import REFERENCE_MODEL
+
+
+def add_model_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", default=REFERENCE_MODEL,
+        help=f"registry name, local HF folder or hub id (default: {REFERENCE_MODEL}, provisioned on first use)",
+    )
+
+
+def add_json_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON object/list as the last stdout line")
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, default=float) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,84 @@
+"""`probewatch score`: capture + score a dialogue file offline with one or more bundles."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from probewatch.cli.common import add_json_arg, add_model_arg, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("score", help="score every dialogue of a JSONL file with probe bundles (offline)")
+    add_model_arg(parser)
+    parser.add_argument("--data", type=Path, required=True, help="dialogue JSONL (labels optional)")
+    parser.add_argument("--bundles", nargs="+", default=None,
+                        help="bundle folders, folders of bundles or probe ids (default: the shipped bundles for the model)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=None, help="write per-dialogue scores as JSONL here")
+    add_json_arg(parser)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from probewatch.bundle_index import default_bundle_dirs, resolve_bundle_specs
+    from probewatch.data.dialogue import load_dialogues
+    from probewatch.errors import ProbewatchError
+    from probewatch.models import load_model, model_id_for
+    from probewatch.probes import ProbeRuntime, load_bundles
+    from probewatch.scoring import score_dialogues
+
+    dialogues = load_dialogues(args.data, require_label=False)
+    model_id = model_id_for(args.model)
+    paths = resolve_bundle_specs(args.bundles, model_id) if args.bundles else default_bundle_dirs(model_id)
+    if not paths:
+        raise ProbewatchError(f"no bundles given and none shipped for model {model_id!r}; pass --bundles")
+    loaded = load_model(args.model)
+    runtime = ProbeRuntime(load_bundles(paths, expected_fingerprint=loaded.fingerprint, expected_d_model=loaded.d_model))
+    results = score_dialogues(loaded.model, loaded.tokenizer, runtime, dialogues, batch_size=args.batch_size)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w") as fh:
+            for r in results:
+                fh.write(json.dumps(r.__dict__) + "\n")
+    summary = _summary(runtime, results)
+    if args.json:
+        print_json(summary)
+    else:
+        _print_table(runtime, results, dialogues)
+        for probe_id, s in summary["probes"].items():
+            print(f"{probe_id}: flagged {s['flagged']}/{s['n']}" + (f", AUROC {s['auroc']:.3f}" if s.get("auroc") is not None else ""),
+                  file=sys.stderr)
+    return 0
+
+
+def _summary(runtime, results) -> dict:
+    from probewatch.metrics import auroc
+
+    probes = {}
+    for probe_id in runtime.probe_ids:
+        scored = [r for r in results if probe_id in r.aggregate]
+        labels = [r.label for r in scored if r.label is not None]
+        entry = {"n": len(scored), "flagged": sum(r.flagged[probe_id] for r in scored)}
+        if len(labels) == len(scored) and 0 < sum(labels) < len(labels):
+            entry["auroc"] = auroc([r.aggregate[probe_id] for r in scored], labels)
+        probes[probe_id] = entry
+    return {"n_dialogues": len(results), "probes": probes}
+
+
+def _print_table(runtime, results, dialogues) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="probe scores (aggregate per dialogue; * = above threshold)")
+    table.add_column("#")
+    table.add_column("label")
+    table.add_column("last message", max_width=60, overflow="ellipsis", no_wrap=True)
+    for probe_id in runtime.probe_ids:
+        table.add_column(probe_id)
+    for r, d in zip(results, dialogues):
+        cells = [f"{r.aggregate[p]:+.2f}{'*' if r.flagged[p] else ''}" if p in r.aggregate else "-" for p in runtime.probe_ids]
+        table.add_row(str(r.index), "" if r.label is None else str(r.label), d.messages[-1].content, *cells)
+    Console().print(table)

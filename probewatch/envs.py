@@ -1,0 +1,51 @@
+"""Every environment setting probewatch reads, in one place (vLLM's `envs.py` pattern).
+
+Read through the functions below, never with `os.environ` elsewhere, so that the full list of
+knobs is greppable and documented in one file.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+#: Name -> one-line description; `probewatch env` prints this table.
+DESCRIPTIONS: dict[str, str] = {
+    "PROBEWATCH_HOME": "cache root for provisioned models and user bundles (default: the user cache dir)",
+    "PROBEWATCH_DATA": "folder holding the public datasets (training/eval defaults read from it)",
+    "PROBEWATCH_DISABLE": "kill switch: '1' turns live monitoring off entirely (no hooks, no traffic)",
+    "PROBEWATCH_OFFLINE": "'1' never contacts a model hub or package index",
+}
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def home() -> Path:
+    """Cache root: models/, bundles/ live below it."""
+    value = os.environ.get("PROBEWATCH_HOME")
+    return Path(value).expanduser() if value else Path(platformdirs.user_cache_dir("probewatch"))
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+def user_bundles_dir() -> Path:
+    return home() / "bundles"
+
+
+def data_dir() -> Path | None:
+    value = os.environ.get("PROBEWATCH_DATA")
+    return Path(value).expanduser() if value else None
+
+
+def monitoring_disabled() -> bool:
+    return _flag("PROBEWATCH_DISABLE")
+
+
+def offline() -> bool:
+    return _flag("PROBEWATCH_OFFLINE") or _flag("HF_HUB_OFFLINE")

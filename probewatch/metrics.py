@@ -1,0 +1,49 @@
+"""Detection metrics without scikit-learn (the serving side and the CLI use them too).
+
+Tests check these against scikit-learn on fixed inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
+    """Area under the ROC curve via the rank statistic (ties get average ranks)."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("AUROC needs both positive and negative examples")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty_like(s)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def threshold_at_fpr(negative_scores: Sequence[float], fpr: float) -> float:
+    """Smallest threshold t with mean(neg >= t) <= fpr, strictly above the allowed negatives.
+
+    The rule "flag when score >= t" then flags at most floor(fpr * n) of these negatives.
+    """
+    neg = np.sort(np.asarray(negative_scores, dtype=np.float64))[::-1]
+    if neg.size == 0:
+        raise ValueError("threshold calibration needs at least one negative score")
+    allowed = int(np.floor(fpr * neg.size + 1e-9))
+    if allowed >= neg.size:
+        return float(neg[-1])
+    return float(np.nextafter(neg[allowed], np.inf))
+
+
+def recall_at_threshold(positive_scores: Sequence[float], threshold: float) -> float:
+    pos = np.asarray(positive_scores, dtype=np.float64)
+    return float((pos >= threshold).mean()) if pos.size else float("nan")
