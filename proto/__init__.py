@@ -1,0 +1,1 @@
+"""The wire contract: probewatch/v1/*.proto and the generated Python stubs."""

@@ -1,0 +1,1 @@
+"""Live monitoring: gRPC sidecar, Prometheus metrics, alerts, incidents, attach clients, HTTP server."""

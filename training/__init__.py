@@ -1,0 +1,1 @@
+"""Offline training: activation extraction, probe estimators, evaluation, reports, datasets, SAEs."""
