@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "probewatch.cli.probes_cmd",
     "probewatch.cli.score_cmd",
     "probewatch.cli.env_cmd",
+    "probewatch.cli.bench_cmd",
 ]
 
 

@@ -1,0 +1,63 @@
+"""Shared fixtures: the reference model (fetched on first use) and tiny random-init models.
+
+Unit tests use tiny models built from configs (milliseconds); integration tests mark themselves
+`@pytest.mark.integration` and use `reference` (SmolLM2-135M-Instruct, fp32, loaded once).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("PROBEWATCH_DATA") or REPO_ROOT.parent / "shared" / "datasets")
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_config(layout: str = "llama"):
+    """A small random-init config of one of the supported module layouts."""
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=256, num_hidden_layers=4, num_attention_heads=4, hidden_size=64,
+                  intermediate_size=128, max_position_embeddings=256)
+    if layout == "llama":
+        return AutoConfig.for_model("llama", num_key_value_heads=2, **common)
+    if layout == "qwen2":
+        return AutoConfig.for_model("qwen2", num_key_value_heads=2, **common)
+    if layout == "gemma3":
+        return AutoConfig.for_model("gemma3_text", num_key_value_heads=2, head_dim=16, sliding_window=32, **common)
+    if layout == "gpt2":
+        return AutoConfig.for_model("gpt2", vocab_size=256, n_layer=4, n_head=4, n_embd=64, n_positions=256)
+    raise ValueError(layout)
+
+
+def make_tiny_model(layout: str = "llama", seed: int = 0):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(layout), dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return make_tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """The reference model, provisioned into the cache when absent (LoadedModel)."""
+    from probewatch.models import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"public datasets not found at {SHARED_DATA} (set PROBEWATCH_DATA)")
+    return SHARED_DATA
