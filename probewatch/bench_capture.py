@@ -1,0 +1,63 @@
+"""`probewatch bench capture`: cost of residual capture on a batch forward (hooked vs unhooked).
+
+Alternates unhooked / hooked forwards so drift on a noisy machine hits both equally; reports
+medians over repeats and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+from probewatch.cli.common import print_json
+
+
+def add_arguments_capture(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--tokens", type=int, default=64)
+    parser.add_argument("--layers", default="9", help="comma-separated layers to hook, or 'all'")
+    parser.add_argument("--repeats", type=int, default=7)
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    from probewatch.capture import ResidualCapture, find_decoder_layers
+    from probewatch.models import load_model
+
+    loaded = load_model(args.model)
+    model = loaded.model
+    n = len(find_decoder_layers(model))
+    layers = list(range(n)) if args.layers == "all" else [int(x) for x in args.layers.split(",")]
+    ids = torch.randint(100, 40000, (args.batch, args.tokens), generator=torch.Generator().manual_seed(0))
+    cap = ResidualCapture(model, layers, keep=False, sink=lambda block: block.hidden.to("cpu"))
+
+    def timed(hooked: bool) -> float:
+        if hooked:
+            cap.attach()
+        try:
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                model(input_ids=ids, use_cache=False)
+            return time.perf_counter() - t0
+        finally:
+            cap.detach()
+
+    timed(False), timed(True)  # warm-up
+    off, on = [], []
+    for _ in range(args.repeats):
+        off.append(timed(False))
+        on.append(timed(True))
+    result = {
+        "model": loaded.model_id, "batch": args.batch, "tokens": args.tokens, "layers_hooked": len(layers),
+        "repeats": args.repeats, "unhooked_median_s": statistics.median(off), "hooked_median_s": statistics.median(on),
+        "hooked_over_unhooked_ratio": statistics.median(on) / statistics.median(off),
+    }
+    if args.json:
+        print_json(result)
+    else:
+        for key, value in result.items():
+            print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}", file=sys.stdout)
+    return 0
