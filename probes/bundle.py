@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -38,6 +39,7 @@ class Bundle:
     path: Path
     manifest: Manifest
     tensors: dict[str, torch.Tensor] = field(repr=False)
+    sae: Any = field(default=None, repr=False)  # kind sae_feature: the (shared) SAE it reads
 
     @property
     def id(self) -> str:
@@ -64,6 +66,14 @@ class Bundle:
             w_eff = weight / scale
             return w_eff.to(torch.float32), float(bias - (w_eff * mean).sum())
         return weight.to(torch.float32), bias
+
+    def feature_form(self) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """sae_feature bundles: (feature_ids [k], w_eff [k], b_eff), score = latents[:, ids] @ w_eff + b_eff."""
+        if self.manifest.kind != "sae_feature":
+            raise TypeError(f"bundle {self.id!r} of kind {self.manifest.kind!r} reads no SAE features")
+        from probewatch.probes.saes.feature_probe import feature_form
+
+        return feature_form(self.manifest, self.tensors)
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -139,12 +149,23 @@ def load_bundle(
             f"{manifest.model.fingerprint}, but the attached model's fingerprint is {expected_fingerprint}; "
             "retrain or export the bundle for this model"
         )
-    return Bundle(path=path, manifest=manifest, tensors=tensors)
+    sae = None
+    if manifest.kind == "sae_feature":
+        from probewatch.probes.saes.feature_probe import check_feature_tensors, load_bundle_sae
+
+        sae = load_bundle_sae(path, manifest)
+        check_feature_tensors(manifest, tensors, str(path), d_sae=sae.cfg.d_sae)
+    return Bundle(path=path, manifest=manifest, tensors=tensors, sae=sae)
 
 
 def _check_shapes(manifest: Manifest, tensors: dict[str, torch.Tensor], where: str) -> None:
+    if manifest.kind == "sae_feature":
+        from probewatch.probes.saes.feature_probe import check_feature_tensors
+
+        check_feature_tensors(manifest, tensors, where)  # the latent range is checked once the SAE is loaded
+        return
     if manifest.kind not in LINEAR_KINDS:
-        return  # other kinds (sae_feature) validate in their own scorer
+        return
     d = manifest.model.d_model
     required = ["weight"] + (["mean", "scale"] if manifest.normalization == "standardize" else [])
     for name in required:
