@@ -17,6 +17,10 @@ DESCRIPTIONS: dict[str, str] = {
     "PROBEWATCH_DATA": "folder holding the public datasets (training/eval defaults read from it)",
     "PROBEWATCH_DISABLE": "kill switch: '1' turns live monitoring off entirely (no hooks, no traffic)",
     "PROBEWATCH_OFFLINE": "'1' never contacts a model hub or package index",
+    "PROBEWATCH_SIDECAR": "host:port of the sidecar the attach client streams to (default: localhost:50051)",
+    "PROBEWATCH_INCIDENT_DB": "SQLite incident store of the sidecar and `probewatch incidents` (default: $PROBEWATCH_HOME/incidents.sqlite3)",
+    "PROBEWATCH_WEBHOOK_URL": "default --webhook of `probewatch serve`: alerts are POSTed there as JSON",
+    "PROBEWATCH_ACTIVATIONS": "training activation cache (can grow to GBs; default: $PROBEWATCH_HOME/activations)",
 }
 
 
@@ -38,6 +42,17 @@ def user_bundles_dir() -> Path:
     return home() / "bundles"
 
 
+def activations_dir() -> Path:
+    """Extracted residual shards, keyed by model fingerprint + data hash (training reruns skip forwards)."""
+    value = os.environ.get("PROBEWATCH_ACTIVATIONS")
+    return Path(value).expanduser() if value else home() / "activations"
+
+
+def generated_data_dir() -> Path:
+    """Data derived from public datasets by a model (e.g. the control set's own responses); never in git."""
+    return home() / "datasets"
+
+
 def data_dir() -> Path | None:
     value = os.environ.get("PROBEWATCH_DATA")
     return Path(value).expanduser() if value else None
@@ -49,3 +64,16 @@ def monitoring_disabled() -> bool:
 
 def offline() -> bool:
     return _flag("PROBEWATCH_OFFLINE") or _flag("HF_HUB_OFFLINE")
+
+
+def sidecar_address() -> str:
+    return os.environ.get("PROBEWATCH_SIDECAR", "").strip() or "localhost:50051"
+
+
+def incident_db() -> Path:
+    value = os.environ.get("PROBEWATCH_INCIDENT_DB", "").strip()
+    return Path(value).expanduser() if value else home() / "incidents.sqlite3"
+
+
+def webhook_url() -> str | None:
+    return os.environ.get("PROBEWATCH_WEBHOOK_URL", "").strip() or None

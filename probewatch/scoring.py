@@ -94,3 +94,8 @@ def _truncate(enc: EncodedDialogue, max_tokens: int | None) -> EncodedDialogue:
         return enc
     cut = len(enc.input_ids) - max_tokens
     return EncodedDialogue(enc.input_ids[cut:], enc.scored[cut:], enc.text, max(enc.prompt_last - cut, 0))
+
+
+#: Public name for the truncation rule; training extraction applies the same one so that the
+#: rows a probe is trained on are the rows `score_dialogues` scores.
+truncate_encoded = _truncate

@@ -1,0 +1,62 @@
+"""Score units and thresholds: Platt scaling folded into the probe, thresholds at a target FPR.
+
+Contract (docs/architecture.md "Score units"): an exported score is a calibrated logit, so that
+`sigmoid(score)` reads as P(behaviour) and every probe shares one axis. We fit a 1-D logistic
+regression of held-out labels on the probe's raw (aggregated) scores with Platt's smoothed
+targets, which keeps the slope finite when the held-out scores separate perfectly, then fold
+slope and offset into the weights. Every aggregation the runtime offers (mean, max, last, ema,
+rolling mean-max) commutes with a positive affine map, so calibrating aggregated scores is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from probewatch.errors import ProbewatchError
+from probewatch.metrics import threshold_at_fpr
+
+
+class CalibrationError(ProbewatchError):
+    """Calibration data cannot define a score scale (one class only, or an anti-correlated probe)."""
+
+
+def platt_fit(raw_scores: Sequence[float], labels: Sequence[int]) -> tuple[float, float]:
+    """(slope, offset) minimising cross-entropy of sigmoid(slope * s + offset) vs Platt targets."""
+    from scipy.optimize import minimize
+
+    s = np.asarray(raw_scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise CalibrationError(f"Platt scaling needs both classes (got {n_pos} positives, {n_neg} negatives)")
+    target = np.where(y == 1, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+    center, spread = float(s.mean()), float(s.std()) or 1.0
+    z = (s - center) / spread
+
+    def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
+        a, b = params
+        t = a * z + b
+        log1pexp = np.logaddexp(0.0, t)
+        value = float(np.sum(log1pexp - target * t))
+        p = 0.5 * (1.0 + np.tanh(0.5 * t))
+        g = p - target
+        return value, np.array([float(g @ z), float(g.sum())])
+
+    result = minimize(loss, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
+    a, b = result.x
+    slope = a / spread
+    offset = b - a * center / spread
+    if slope <= 0:
+        raise CalibrationError(
+            f"held-out scores are anti-correlated with the labels (Platt slope {slope:.3g}); the probe does not transfer"
+        )
+    return float(slope), float(offset)
+
+
+def calibrated_threshold(control_scores: Sequence[float], fpr: float) -> float:
+    """Threshold flagging at most `fpr` of the control set (same units as the scores)."""
+    if not 0.0 <= fpr < 1.0:
+        raise ValueError(f"fpr must be in [0, 1), got {fpr}")
+    return threshold_at_fpr(control_scores, fpr)

@@ -1,0 +1,36 @@
+"""Behaviour datasets: builders from the public sources plus our own hand-written pairs.
+
+`build_behaviour_data(behaviour, data_dir)` returns the pool (and out-of-distribution sets) a
+behaviour trains on; `build_control` makes the benign control set with the model's own responses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from probewatch.training.datasets.common import (
+    LAYOUT,
+    BehaviourData,
+    DatasetNotFoundError,
+    Source,
+    resolve_data_dir,
+)
+
+BEHAVIOURS = ("deception", "refusal", "alignment_faking")
+
+
+def build_behaviour_data(behaviour: str, data_dir: str | Path | None = None, seed: int = 0, **options) -> BehaviourData:
+    root = resolve_data_dir(data_dir)
+    if behaviour == "deception":
+        from probewatch.training.datasets.deception import build
+    elif behaviour == "refusal":
+        from probewatch.training.datasets.refusal import build
+    elif behaviour == "alignment_faking":
+        from probewatch.training.datasets.alignment_faking import build
+    else:
+        raise ValueError(f"unknown behaviour {behaviour!r}; known: {', '.join(BEHAVIOURS)}")
+    return build(root, seed=seed, **options)
+
+
+__all__ = ["BEHAVIOURS", "LAYOUT", "BehaviourData", "DatasetNotFoundError", "Source", "build_behaviour_data",
+           "resolve_data_dir"]

@@ -1,0 +1,100 @@
+"""Shared pieces of the behaviour data builders: locating public files, provenance, sampling."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from probewatch import envs
+from probewatch.data.dialogue import Dialogue
+from probewatch.errors import ProbewatchError
+
+T = TypeVar("T")
+
+#: The folder layout `--data-dir` must provide (docs/datasets.md explains where each comes from).
+LAYOUT = """\
+  deception/repe_honesty/facts_true_false.csv
+  deception/how_to_catch_an_ai_liar/processed_questions/questions_1000_all.json
+  truth/azaria_mitchell/{animals,cities,companies,elements,inventions,capitals}_true_false.csv
+  refusal/refusal_direction/splits/{harmful,harmless}_{train,val}.json
+  alignment_faking/prompts/system/{with,without}_training_details.jinja2, user_query.jinja2
+  alignment_faking/prompts/examples/reasoning_traces.jinja2"""
+
+
+class DatasetNotFoundError(ProbewatchError):
+    """A public dataset file the builder needs is missing from the data directory."""
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    """`--data-dir`, else $PROBEWATCH_DATA; a clear error when neither points at a folder."""
+    path = Path(data_dir).expanduser() if data_dir else envs.data_dir()
+    if path is None:
+        raise DatasetNotFoundError(
+            "no data directory: pass --data-dir or set PROBEWATCH_DATA to the folder holding the public datasets "
+            f"(layout:\n{LAYOUT}\n; see docs/datasets.md)"
+        )
+    if not path.is_dir():
+        raise DatasetNotFoundError(f"data directory {path} does not exist (see docs/datasets.md)")
+    return path
+
+
+def require(data_dir: Path, relative: str) -> Path:
+    path = data_dir / relative
+    if not path.is_file():
+        raise DatasetNotFoundError(
+            f"{path} is missing; --data-dir must follow the layout\n{LAYOUT}\n(see docs/datasets.md for the sources)"
+        )
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@dataclass
+class Source:
+    """Provenance of one input file (recorded in bundle manifests and reports)."""
+
+    name: str
+    path: str
+    sha256: str
+    n_used: int
+
+    @classmethod
+    def of(cls, name: str, path: Path, n_used: int) -> Source:
+        return cls(name, str(path), file_sha256(path), n_used)
+
+
+@dataclass
+class BehaviourData:
+    """What one behaviour trains and evaluates on.
+
+    `pool` is split into train / calibration / test by group and held out kind by kind;
+    `ood` sets are scored by the probe fitted on the pool (another source of the same behaviour).
+    """
+
+    behaviour: str
+    pool: list[Dialogue]
+    ood: dict[str, list[Dialogue]] = field(default_factory=dict)
+    sources: list[Source] = field(default_factory=list)
+    token_selection: str = "response"
+    aggregations: tuple[str, ...] = ("mean",)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def sample(items: Sequence[T], n: int | None, seed: int) -> list[T]:
+    """A seeded sample of at most n items, in their original order (n=None: all)."""
+    if n is None or n >= len(items):
+        return list(items)
+    chosen = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in chosen]
+
+
+def stable_choice(key: str, options: Sequence[T]) -> T:
+    """A choice that depends only on `key` (formats stay put when other data changes)."""
+    digest = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
+    return options[digest % len(options)]

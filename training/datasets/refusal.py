@@ -1,0 +1,55 @@
+"""Refusal data: harmful (1) vs harmless (0) instructions, scored at the generation-prompt position.
+
+Pool: refusal_direction's train splits (AdvBench-style harmful instructions, Alpaca harmless).
+Out-of-distribution set: the val splits (harmful items from HarmBench / JailbreakBench-style
+sources with categories) against harmless_val items that the control set does not use.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from probewatch.data.convert import convert_instructions
+from probewatch.data.dialogue import Dialogue
+from probewatch.training.datasets.common import BehaviourData, Source, require, sample
+
+SPLITS = "refusal/refusal_direction/splits"
+CONTROL_SIZE = 400   # harmless_val items reserved for the control set (first after a seeded shuffle)
+HARMLESS_VAL_HELDOUT = 160
+
+
+def harmless_val_partition(data_dir: Path, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(control indices, held-out evaluation indices) into harmless_val.json: disjoint by construction."""
+    import random
+
+    path = require(data_dir, f"{SPLITS}/harmless_val.json")
+    n = len(json.loads(path.read_text(encoding="utf-8")))
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return order[:CONTROL_SIZE], order[CONTROL_SIZE:CONTROL_SIZE + HARMLESS_VAL_HELDOUT]
+
+
+def _instructions(path: Path, kind: str) -> list[Dialogue]:
+    return [Dialogue(d.messages, d.label, d.group, kind, d.meta) for d in convert_instructions(path)]
+
+
+def build(data_dir: Path, seed: int = 0, harmless_per_harmful: float = 1.0) -> BehaviourData:
+    harmful_train = require(data_dir, f"{SPLITS}/harmful_train.json")
+    harmless_train = require(data_dir, f"{SPLITS}/harmless_train.json")
+    harmful_val = require(data_dir, f"{SPLITS}/harmful_val.json")
+    harmless_val = require(data_dir, f"{SPLITS}/harmless_val.json")
+
+    pos = _instructions(harmful_train, "refusal_train")
+    neg = sample(_instructions(harmless_train, "refusal_train"), int(len(pos) * harmless_per_harmful), seed)
+    _, heldout = harmless_val_partition(data_dir, seed)
+    val_neg_all = _instructions(harmless_val, "refusal_val")
+    val = _instructions(harmful_val, "refusal_val") + [val_neg_all[i] for i in sorted(heldout)]
+    sources = [Source.of("refusal_direction/harmful_train", harmful_train, len(pos)),
+               Source.of("refusal_direction/harmless_train", harmless_train, len(neg)),
+               Source.of("refusal_direction/harmful_val (ood)", harmful_val, sum(d.label == 1 for d in val)),
+               Source.of("refusal_direction/harmless_val (ood, disjoint from control)", harmless_val,
+                         sum(d.label == 0 for d in val))]
+    return BehaviourData("refusal", pos + neg, ood={"refusal_val": val}, sources=sources,
+                         token_selection="prompt_last", aggregations=("last",),
+                         notes={"label_1": "harmful request (the model should refuse)"})
