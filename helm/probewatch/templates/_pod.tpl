@@ -1,0 +1,198 @@
+{{/* The probewatch sidecar container (a regular container, or a native sidecar init container). */}}
+{{- define "probewatch.sidecarContainer" -}}
+- name: probewatch
+  image: {{ include "probewatch.image" . | quote }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  {{- if and (eq .Values.mode "sidecar") .Values.sidecar.nativeSidecar }}
+  restartPolicy: Always
+  {{- end }}
+  args:
+    {{- include "probewatch.serveArgs" . | nindent 4 }}
+  env:
+    - name: PROBEWATCH_HOME
+      value: /var/lib/probewatch
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    - name: POD_NAMESPACE
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.namespace
+    {{- if .Values.incidents.webhook.secretName }}
+    - name: PROBEWATCH_WEBHOOK_URL
+      valueFrom:
+        secretKeyRef:
+          name: {{ .Values.incidents.webhook.secretName }}
+          key: {{ .Values.incidents.webhook.secretKey }}
+    {{- else if .Values.incidents.webhook.url }}
+    - name: PROBEWATCH_WEBHOOK_URL
+      value: {{ .Values.incidents.webhook.url | quote }}
+    {{- end }}
+    {{- with .Values.sidecar.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    - name: grpc
+      containerPort: {{ .Values.sidecar.grpcPort }}
+      protocol: TCP
+    - name: metrics
+      containerPort: {{ .Values.sidecar.metricsPort }}
+      protocol: TCP
+  startupProbe:
+    {{- include "probewatch.healthProbe" (dict "root" . "probe" .Values.sidecar.startupProbe) | nindent 4 }}
+  livenessProbe:
+    {{- include "probewatch.healthProbe" (dict "root" . "probe" .Values.sidecar.livenessProbe) | nindent 4 }}
+  readinessProbe:
+    {{- include "probewatch.healthProbe" (dict "root" . "probe" .Values.sidecar.readinessProbe) | nindent 4 }}
+  {{- $resources := deepCopy (default dict .Values.sidecar.resources) }}
+  {{- if gt (int .Values.sidecar.gpu) 0 }}
+  {{- $limits := default dict $resources.limits }}
+  {{- $_ := set $limits .Values.sidecar.gpuResourceName (int .Values.sidecar.gpu) }}
+  {{- $_ := set $resources "limits" $limits }}
+  {{- end }}
+  {{- with $resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.sidecar.securityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  volumeMounts:
+    - name: home
+      mountPath: /var/lib/probewatch
+    - name: tmp
+      mountPath: /tmp
+    {{- if .Values.models.volume }}
+    - name: models
+      mountPath: {{ .Values.models.mountPath }}
+      readOnly: true
+    {{- end }}
+    {{- if .Values.tls.enabled }}
+    - name: tls
+      mountPath: /etc/probewatch/tls
+      readOnly: true
+    {{- end }}
+    {{- range .Values.bundles.configMaps }}
+    - name: {{ printf "bundle-cm-%s" . | trunc 63 | trimSuffix "-" }}
+      mountPath: {{ printf "/bundles/%s" . }}
+      readOnly: true
+    {{- end }}
+    {{- range .Values.bundles.volumes }}
+    - name: {{ printf "bundle-%s" .name | trunc 63 | trimSuffix "-" }}
+      mountPath: {{ printf "/bundles/%s" .name }}
+      readOnly: true
+      {{- if .subPath }}
+      subPath: {{ .subPath }}
+      {{- end }}
+    {{- end }}
+    {{- with .Values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+{{- end }}
+
+{{/* The init container that provisions a registry model into PROBEWATCH_HOME. */}}
+{{- define "probewatch.fetchContainer" -}}
+- name: fetch-model
+  image: {{ include "probewatch.image" . | quote }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command: ["probewatch", "models", "fetch", {{ .Values.sidecar.model | quote }}]
+  env:
+    - name: PROBEWATCH_HOME
+      value: /var/lib/probewatch
+  {{- with .Values.models.fetch.resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with .Values.sidecar.securityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  volumeMounts:
+    - name: home
+      mountPath: /var/lib/probewatch
+    - name: tmp
+      mountPath: /tmp
+{{- end }}
+
+{{/* The user's inference server (mode: sidecar). */}}
+{{- define "probewatch.inferenceContainer" -}}
+{{- $inf := .Values.inference -}}
+- name: {{ $inf.name }}
+  image: {{ include "probewatch.inferenceImage" . | quote }}
+  imagePullPolicy: {{ $inf.image.pullPolicy }}
+  {{- with $inf.command }}
+  command:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $inf.args }}
+  args:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- if or $inf.attachEnv $inf.env (not $inf.image.repository) }}
+  env:
+    {{- if not $inf.image.repository }}
+    - name: PROBEWATCH_HOME
+      value: /var/lib/probewatch
+    {{- end }}
+    {{- if $inf.attachEnv }}
+    - name: PROBEWATCH_SIDECAR
+      value: {{ printf "127.0.0.1:%v" .Values.sidecar.grpcPort | quote }}
+    {{- end }}
+    {{- with $inf.env }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- end }}
+  {{- with $inf.ports }}
+  ports:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $inf.startupProbe }}
+  startupProbe:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $inf.livenessProbe }}
+  livenessProbe:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $inf.readinessProbe }}
+  readinessProbe:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- $resources := deepCopy (default dict $inf.resources) }}
+  {{- if gt (int $inf.gpu) 0 }}
+  {{- $limits := default dict $resources.limits }}
+  {{- $_ := set $limits $inf.gpuResourceName (int $inf.gpu) }}
+  {{- $_ := set $resources "limits" $limits }}
+  {{- end }}
+  {{- with $resources }}
+  resources:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $inf.securityContext }}
+  securityContext:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- if or .Values.models.volume $inf.shm.enabled $inf.volumeMounts (not $inf.image.repository) }}
+  volumeMounts:
+    {{- if not $inf.image.repository }}
+    {{- /* the embedded server (probewatch image) shares PROBEWATCH_HOME: the fetched model */}}
+    - name: home
+      mountPath: /var/lib/probewatch
+    - name: tmp
+      mountPath: /tmp
+    {{- end }}
+    {{- if .Values.models.volume }}
+    - name: models
+      mountPath: {{ .Values.models.mountPath }}
+    {{- end }}
+    {{- if $inf.shm.enabled }}
+    - name: shm
+      mountPath: /dev/shm
+    {{- end }}
+    {{- with $inf.volumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  {{- end }}
+{{- end }}
