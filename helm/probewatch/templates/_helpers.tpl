@@ -132,8 +132,6 @@ timeoutSeconds: {{ .timeoutSeconds }}
 - --bundles
 - {{ printf "/bundles/%s" .name | quote }}
 {{- end }}
-- --incidents-db
-- {{ .Values.incidents.path | quote }}
 {{- if .Values.tls.enabled }}
 - --tls-cert
 - /etc/probewatch/tls/tls.crt

@@ -11,6 +11,8 @@
   env:
     - name: PROBEWATCH_HOME
       value: /var/lib/probewatch
+    - name: PROBEWATCH_INCIDENT_DB
+      value: {{ .Values.incidents.path | quote }}
     - name: POD_NAME
       valueFrom:
         fieldRef:
