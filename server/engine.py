@@ -1,0 +1,506 @@
+"""Scoring engine: one worker thread that scores the chunks of every live generation in batches.
+
+Why a single worker with a bounded queue: probe cost is one small GEMM per layer, so per-call
+overhead (Python, dispatch) dominates; the worker drains whatever is queued — chunks of many
+streams and generations — and concatenates all rows of one layer into one GEMM
+(`ProbeRuntime.score_layers`, so non-linear probe kinds plug in; pushdown projections go
+through `score_projections`). The bounded queue turns a slow sidecar into gRPC back-pressure
+towards the clients, where the attach client drops and counts (fail-open), instead of
+unbounded memory here.
+
+Ordering: stream readers enqueue in arrival order and the worker applies results in queue order,
+so a generation's chunks, its Close and its stream's end are processed in the order they came
+(aggregators are order-sensitive). Scoring itself is stateless, so a whole drained batch is
+scored first and then applied item by item.
+
+Alerts: evaluated at close on the final aggregate. Monotone aggregations (max, rolling_mean_max)
+can only grow, so for those an alert is raised early, as soon as the running aggregate crosses
+the threshold; the incident row is still written at close, with all token scores and the text.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+import torch
+
+from probewatch.probes.aggregate import Aggregator, make_aggregator
+from probewatch.probes.bundle import LINEAR_KINDS, Bundle
+from probewatch.probes.manifest import Aggregation
+from probewatch.probes.runtime import ProbeRuntime
+from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
+from probewatch.server.incidents import Incident, IncidentStore
+from probewatch.server.metrics import SidecarMetrics
+from probewatch.server.wire import WireError, encode_array
+
+log = logging.getLogger(__name__)
+
+MONOTONE_AGGREGATIONS = ("max", "rolling_mean_max")
+ROWS, PROJECTIONS = "rows", "projections"
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """What the engine needs of a bundle's manifest."""
+
+    id: str
+    behaviour: str
+    kind: str
+    layer: int
+    token_selection: str
+    aggregation: Aggregation
+    threshold: float
+    version: str
+    fingerprint: str
+
+    @property
+    def monotone(self) -> bool:
+        return self.aggregation.method in MONOTONE_AGGREGATIONS
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> ProbeSpec:
+        m = bundle.manifest
+        return cls(id=m.id, behaviour=m.behaviour, kind=m.kind, layer=m.layer, token_selection=m.token_selection,
+                   aggregation=m.aggregation, threshold=float(m.threshold.value), version=str(m.version),
+                   fingerprint=m.model.fingerprint)
+
+
+def selection_mask(token_selection: str, positions: np.ndarray, prompt_length: int) -> np.ndarray:
+    """Which of `positions` a probe reads (same rule as offline `probewatch.scoring.selection_mask`)."""
+    if token_selection == "response":
+        return positions >= prompt_length
+    if token_selection == "prompt_last":
+        return positions == prompt_length - 1
+    return np.ones(positions.shape, dtype=bool)
+
+
+# -- per-stream and per-generation state ------------------------------------------------------------
+_END = object()
+
+
+class StreamState:
+    """One Monitor stream: its outbound queue and the generations it opened."""
+
+    def __init__(self, peer: str = "") -> None:
+        self.id = uuid.uuid4().hex[:12]
+        self.peer = peer
+        self.outbox: queue.Queue = queue.Queue()
+        self.generations: dict[str, Generation] = {}
+        self.alive = True
+
+    def send(self, msg: pb.MonitorResponse) -> None:
+        if self.alive:
+            self.outbox.put(msg)
+
+    def finish(self) -> None:
+        self.outbox.put(_END)
+
+    def error(self, generation_id: str, exc: WireError, layer: int = -1) -> None:
+        self.send(pb.MonitorResponse(error=pb.Error(
+            generation_id=generation_id, code=exc.code.value[0], code_name=exc.code.name, message=exc.message,
+            layer=layer)))
+
+
+@dataclass
+class Generation:
+    id: str
+    stream: StreamState
+    prompt_length: int
+    metadata: dict[str, str]
+    aggregators: dict[str, Aggregator]
+    token_scores: dict[str, list[list[float]]]
+    opened_at: float = field(default_factory=time.time)
+    last_position: dict[int, int] = field(default_factory=dict)  # per layer, reader-side validation
+    positions: set[int] = field(default_factory=set)
+    token_ids: dict[int, int] = field(default_factory=dict)
+    alerts: dict[str, pb.Alert] = field(default_factory=dict)
+    closing: bool = False      # Close (or stream end) received: no more chunks accepted
+    finished: bool = False     # finalised by the worker
+    client_dropped: int = 0
+    rejected_chunks: int = 0
+    sidecar_dropped: int = 0
+    prompt_text: str | None = None
+    response_text: str | None = None
+
+
+# -- work items -------------------------------------------------------------------------------------
+@dataclass
+class ChunkWork:
+    generation: Generation
+    layer: int
+    kind: str                  # rows | projections
+    positions: np.ndarray      # int64 [n]
+    data: np.ndarray           # float32 [n, d] or [n, k]
+    received_at: float
+
+
+@dataclass
+class CloseWork:
+    generation: Generation
+    status: str = "closed"     # closed | aborted
+
+
+@dataclass
+class EndWork:
+    stream: StreamState
+
+
+@dataclass
+class SequenceResult:
+    """Unary Score output for one probe."""
+
+    spec: ProbeSpec
+    positions: np.ndarray
+    scores: np.ndarray
+    aggregate: float
+
+    @property
+    def flagged(self) -> bool:
+        return len(self.scores) > 0 and self.aggregate >= self.spec.threshold
+
+
+class ScoringEngine:
+    def __init__(self, runtime: ProbeRuntime, metrics: SidecarMetrics, fingerprint: str,
+                 incidents: IncidentStore | None = None, webhook=None, queue_size: int = 1024,
+                 max_batch_rows: int = 16384, put_timeout_s: float = 5.0, keep_token_scores: int = 8192,
+                 closed_memory: int = 100_000) -> None:
+        self.runtime = runtime
+        self.metrics = metrics
+        self.fingerprint = fingerprint
+        self.incidents = incidents
+        self.webhook = webhook
+        self.specs: dict[str, ProbeSpec] = {b.id: ProbeSpec.from_bundle(b) for b in runtime.bundles}
+        self.max_batch_rows = max_batch_rows
+        self.put_timeout_s = put_timeout_s
+        self.keep_token_scores = keep_token_scores
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._lock = threading.Lock()
+        self._generations: dict[str, Generation] = {}
+        self._closed: OrderedDict[str, None] = OrderedDict()
+        self._closed_memory = closed_memory
+        self._thread: threading.Thread | None = None
+        self.batches = 0           # drained batches (tests assert cross-stream batching)
+        self.max_items_per_batch = 0
+        self.max_generations_per_gemm = 0
+        metrics.set_queue_depth_source(self._queue.qsize)
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> ScoringEngine:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="probewatch-scoring", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Score what is queued, then stop the worker."""
+        if self._thread is not None:
+            self._queue.put(_STOP)
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    @property
+    def layer_widths(self) -> dict[int, int]:
+        return {layer: stack.k for layer, stack in self.runtime.stacks.items()}
+
+    # -- registry (called from stream reader threads) -------------------------------------------------
+    def open_generation(self, stream: StreamState, msg: pb.Open) -> Generation:
+        gid = msg.generation_id
+        if not gid:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "Open without generation_id")
+        if msg.model_fingerprint != self.fingerprint:
+            raise WireError(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"generation {gid}: model fingerprint {msg.model_fingerprint or '(empty)'} does not match the "
+                            f"sidecar's {self.fingerprint}; its probes were trained on a different model")
+        if msg.prompt_length < 0:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"generation {gid}: negative prompt_length")
+        gen = Generation(id=gid, stream=stream, prompt_length=int(msg.prompt_length), metadata=dict(msg.metadata),
+                         aggregators={pid: make_aggregator(s.aggregation) for pid, s in self.specs.items()},
+                         token_scores={pid: [] for pid in self.specs})
+        with self._lock:
+            if gid in self._generations or gid in self._closed:
+                raise WireError(grpc.StatusCode.ALREADY_EXISTS, f"generation id {gid} was already used; ids must be unique")
+            self._generations[gid] = gen
+        stream.generations[gid] = gen
+        self.metrics.active_generations.inc()
+        return gen
+
+    def lookup(self, stream: StreamState, gid: str) -> Generation:
+        """The open generation `gid` of `stream`, or WireError NOT_FOUND / FAILED_PRECONDITION."""
+        if not gid:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "message without generation_id")
+        with self._lock:
+            gen = self._generations.get(gid)
+            closed = gid in self._closed
+        if gen is None or gen.stream is not stream:
+            if closed or (gen is not None and gen.closing):
+                raise WireError(grpc.StatusCode.FAILED_PRECONDITION, f"generation {gid} is already closed")
+            raise WireError(grpc.StatusCode.NOT_FOUND, f"unknown generation {gid}: send Open on this stream first")
+        if gen.closing:
+            raise WireError(grpc.StatusCode.FAILED_PRECONDITION, f"generation {gid} is already closed")
+        return gen
+
+    # -- queue --------------------------------------------------------------------------------------
+    def submit_chunk(self, work: ChunkWork) -> bool:
+        """Enqueue a chunk; False (and counted as dropped) when the queue stays full for put_timeout_s."""
+        try:
+            self._queue.put(work, timeout=self.put_timeout_s)
+            return True
+        except queue.Full:
+            self.metrics.dropped_chunks.labels(reason="queue_full").inc()
+            work.generation.sidecar_dropped += 1
+            return False
+
+    def submit_control(self, work: CloseWork | EndWork) -> None:
+        """Closes and stream ends are never dropped (they carry or finalise recorded state)."""
+        if isinstance(work, CloseWork):
+            work.generation.closing = True
+        self._queue.put(work)
+
+    # -- worker -------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            batch, rows = [item], _rows(item)
+            while rows < self.max_batch_rows:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)
+                rows += _rows(nxt)
+            try:
+                self._process(batch)
+            except Exception:  # a bug must not kill the worker: every other stream depends on it
+                log.exception("scoring worker failed on a batch of %d items", len(batch))
+
+    def _process(self, batch: list) -> None:
+        self.batches += 1
+        self.max_items_per_batch = max(self.max_items_per_batch, len(batch))
+        chunks = [w for w in batch if isinstance(w, ChunkWork)]
+        scored = self._score_chunks(chunks)
+        for work in batch:
+            try:
+                if isinstance(work, ChunkWork):
+                    result = scored.get(id(work))
+                    if isinstance(result, Exception):
+                        work.generation.stream.error(work.generation.id, WireError(
+                            grpc.StatusCode.INTERNAL, f"scoring failed: {result}"), work.layer)
+                    elif result is not None:
+                        self._apply_chunk(work, *result)
+                elif isinstance(work, CloseWork):
+                    self._finalize(work.generation, work.status)
+                elif isinstance(work, EndWork):
+                    work.stream.finish()
+            except Exception:
+                log.exception("failed to apply %s", type(work).__name__)
+                if isinstance(work, EndWork):
+                    work.stream.finish()
+
+    def _score_chunks(self, chunks: Sequence[ChunkWork]) -> dict[int, tuple[list[str], np.ndarray] | Exception]:
+        """One GEMM per (layer, payload kind) over the rows of every chunk in the batch."""
+        groups: dict[tuple[int, str], list[ChunkWork]] = {}
+        for work in chunks:
+            groups.setdefault((work.layer, work.kind), []).append(work)
+        out: dict[int, tuple[list[str], np.ndarray] | Exception] = {}
+        for (layer, kind), members in groups.items():
+            try:
+                probe_ids, scores = self.score_block(layer, kind, [w.data for w in members])
+            except Exception as exc:  # noqa: BLE001 - reported per chunk on its stream
+                log.exception("scoring layer %d (%s) failed", layer, kind)
+                for w in members:
+                    out[id(w)] = exc
+                continue
+            self.max_generations_per_gemm = max(self.max_generations_per_gemm,
+                                                len({id(w.generation) for w in members}))
+            offset = 0
+            for w in members:
+                n = len(w.positions)
+                out[id(w)] = (probe_ids, scores[offset:offset + n])
+                offset += n
+        return out
+
+    def score_block(self, layer: int, kind: str, blocks: Sequence[np.ndarray]) -> tuple[list[str], np.ndarray]:
+        """Concatenate blocks of one layer and score them: (probe ids, float32 [n, k])."""
+        data = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # read-only wire buffers: we never write to them
+            tensor = torch.from_numpy(data)
+        with torch.inference_mode():
+            if kind == PROJECTIONS:
+                scores = self.runtime.score_projections(layer, tensor)
+                return list(self.runtime.stacks[layer].probe_ids), scores.cpu().numpy()
+            if getattr(self.runtime, "sae_groups", None):
+                # linear + SAE-feature probes, each SAE encoding the block once; watched latents -> metrics
+                out = self.runtime.score_all({layer: tensor})
+                by_probe = out.scores
+                for fa in out.features.values():
+                    values = fa.values.cpu().numpy()
+                    for j, (fid, desc) in enumerate(zip(fa.feature_ids, fa.descriptions)):
+                        self.metrics.sae_feature_activation.observe_many((fa.sae, str(fid), desc), values[:, j])
+            else:
+                by_probe = self.runtime.score_layers({layer: tensor})
+            probe_ids = list(by_probe)
+            if not probe_ids:
+                return [], np.zeros((data.shape[0], 0), dtype=np.float32)
+            return probe_ids, torch.stack([by_probe[p] for p in probe_ids], dim=1).cpu().numpy()
+
+    def _apply_chunk(self, work: ChunkWork, probe_ids: list[str], scores: np.ndarray) -> None:
+        gen = work.generation
+        if gen.finished:
+            return
+        pos = work.positions
+        aggregates: dict[str, float] = {}
+        now = time.time()
+        for j, pid in enumerate(probe_ids):
+            spec = self.specs[pid]
+            mask = selection_mask(spec.token_selection, pos, gen.prompt_length)
+            chosen = scores[mask, j]
+            agg = gen.aggregators[pid]
+            if chosen.size:
+                agg.update(chosen)
+                kept = gen.token_scores[pid]
+                if len(kept) < self.keep_token_scores:
+                    kept.extend([int(p), float(s)] for p, s in zip(pos[mask], chosen))
+                self.metrics.token_score.observe_many((pid, spec.behaviour), chosen)
+                if spec.monotone and pid not in gen.alerts and agg.value >= spec.threshold:
+                    alert = self._alert(gen, spec, agg.value, early=True, position=int(pos[mask][-1]), now=now)
+                    gen.stream.send(pb.MonitorResponse(alert=alert))
+            aggregates[pid] = agg.value
+        gen.positions.update(pos.tolist())
+        self.metrics.tokens_scored.labels(mode=work.kind).inc(len(pos))
+        gen.stream.send(pb.MonitorResponse(score=pb.ScoreUpdate(
+            generation_id=gen.id, layer=work.layer, positions=pos.tolist(), probe_ids=probe_ids,
+            scores=encode_array(np.ascontiguousarray(scores, dtype=np.float32)), aggregates=aggregates)))
+        self.metrics.scoring_latency.observe(time.perf_counter() - work.received_at)
+
+    def _alert(self, gen: Generation, spec: ProbeSpec, value: float, early: bool, position: int, now: float) -> pb.Alert:
+        alert = pb.Alert(generation_id=gen.id, probe_id=spec.id, behaviour=spec.behaviour, score=value,
+                         threshold=spec.threshold, early=early, position=position, bundle_version=spec.version,
+                         time_unix=now)
+        gen.alerts[spec.id] = alert
+        self.metrics.alerts.labels(probe=spec.id, behaviour=spec.behaviour).inc()
+        self.metrics.last_alert.labels(probe=spec.id).set(now)
+        return alert
+
+    def _finalize(self, gen: Generation, status: str) -> None:
+        if gen.finished:
+            return
+        gen.finished = True
+        gen.closing = True
+        now = time.time()
+        results = []
+        for pid, spec in self.specs.items():
+            agg = gen.aggregators[pid]
+            value = agg.value
+            flagged = agg.count > 0 and value >= spec.threshold
+            if agg.count:
+                self.metrics.generation_score.observe_many((pid, spec.behaviour), [value])
+            if flagged and pid not in gen.alerts:
+                alert = self._alert(gen, spec, value, early=False, position=-1, now=now)
+            results.append(pb.ProbeResult(probe_id=pid, behaviour=spec.behaviour, score=value, threshold=spec.threshold,
+                                          flagged=flagged, n_tokens=agg.count, aggregation=spec.aggregation.method,
+                                          token_selection=spec.token_selection))
+        for pid, alert in gen.alerts.items():
+            spec = self.specs[pid]
+            alert.score = gen.aggregators[pid].value  # the final aggregate (>= the early one for monotone kinds)
+            alert.incident_id = self._record_incident(gen, spec, alert, status)
+            if self.webhook is not None:
+                self.webhook.submit(_webhook_payload(gen, spec, alert, self.fingerprint, status))
+            if not alert.early:
+                gen.stream.send(pb.MonitorResponse(alert=alert))
+        if gen.client_dropped:
+            self.metrics.dropped_chunks.labels(reason="client_dropped").inc(gen.client_dropped)
+        gen.stream.send(pb.MonitorResponse(summary=pb.GenerationSummary(
+            generation_id=gen.id, status=status, results=results, alerts=list(gen.alerts.values()),
+            tokens_scored=len(gen.positions), dropped_chunks=gen.client_dropped + gen.sidecar_dropped,
+            rejected_chunks=gen.rejected_chunks)))
+        self.metrics.generations.labels(status=status).inc()
+        self.metrics.active_generations.dec()
+        with self._lock:
+            self._generations.pop(gen.id, None)
+            self._closed[gen.id] = None
+            while len(self._closed) > self._closed_memory:
+                self._closed.popitem(last=False)
+        gen.stream.generations.pop(gen.id, None)
+
+    def _record_incident(self, gen: Generation, spec: ProbeSpec, alert: pb.Alert, status: str) -> int:
+        if self.incidents is None:
+            return 0
+        incident = Incident(
+            generation_id=gen.id, probe=spec.id, behaviour=spec.behaviour, score=float(alert.score),
+            threshold=spec.threshold, model_fingerprint=self.fingerprint, bundle_version=spec.version,
+            aggregation=spec.aggregation.method, token_scores=gen.token_scores[spec.id], prompt=gen.prompt_text,
+            response=gen.response_text, generation_status=status, early=alert.early, metadata=gen.metadata)
+        try:
+            return self.incidents.record(incident)
+        except Exception as exc:  # noqa: BLE001 - a failing disk must not stop scoring; it is counted
+            log.error("incident store write failed for generation %s probe %s: %s", gen.id, spec.id, exc)
+            self.metrics.incident_store_errors.inc()
+            return 0
+
+    # -- unary scoring --------------------------------------------------------------------------------
+    def score_sequence(self, payloads: Mapping[int, tuple[str, np.ndarray]], prompt_length: int,
+                       probe_ids: Sequence[str]) -> list[SequenceResult]:
+        """Score one sequence's rows/projections (positions 0..n-1) for the wanted probes."""
+        wanted = set(probe_ids)
+        out: list[SequenceResult] = []
+        for layer, (kind, data) in sorted(payloads.items()):
+            ids, scores = self.score_block(layer, kind, [data])
+            self.metrics.tokens_scored.labels(mode=kind).inc(data.shape[0])
+            positions = np.arange(data.shape[0], dtype=np.int64)
+            for j, pid in enumerate(ids):
+                if wanted and pid not in wanted:
+                    continue
+                spec = self.specs[pid]
+                mask = selection_mask(spec.token_selection, positions, prompt_length)
+                chosen = scores[mask, j]
+                agg = make_aggregator(spec.aggregation)
+                value = agg.update(chosen) if chosen.size else math.nan
+                out.append(SequenceResult(spec, positions[mask], chosen, value))
+        return out
+
+
+def _rows(item: object) -> int:
+    return len(item.positions) if isinstance(item, ChunkWork) else 0
+
+
+def _webhook_payload(gen: Generation, spec: ProbeSpec, alert: pb.Alert, fingerprint: str, status: str) -> dict:
+    return {
+        "type": "probewatch.alert", "incident_id": int(alert.incident_id) or None, "generation_id": gen.id,
+        "probe": spec.id, "behaviour": spec.behaviour, "score": float(alert.score), "threshold": spec.threshold,
+        "aggregation": spec.aggregation.method, "early": bool(alert.early), "generation_status": status,
+        "model_fingerprint": fingerprint, "bundle_version": spec.version, "time_unix": float(alert.time_unix),
+        "metadata": dict(gen.metadata),
+    }
+
+
+def layer_prompt_rows(specs: Sequence[ProbeSpec]) -> int:
+    """The PromptRows a set of probes on one layer needs."""
+    selections = {s.token_selection for s in specs}
+    if "all" in selections:
+        return pb.PROMPT_ROWS_ALL
+    if "prompt_last" in selections:
+        return pb.PROMPT_ROWS_LAST
+    return pb.PROMPT_ROWS_NONE
+
+
+def is_linear(kind: str) -> bool:
+    return kind in LINEAR_KINDS

@@ -1,0 +1,282 @@
+"""Embedded OpenAI-compatible inference server (`probewatch run`): the stand-in production endpoint.
+
+    POST /v1/chat/completions   (stream: false -> one JSON; stream: true -> SSE chunks, then [DONE])
+    GET  /v1/models
+    GET  /metrics               the attach client's Prometheus series
+    GET  /healthz
+
+Generation goes through the attach client (the model's wrapped `generate`), so every response is
+monitored exactly as a production server with the client attached would be. Responses carry the
+probe results in an extra top-level field `probewatch` (for streaming: in the final chunk, the
+one with `finish_reason`). One generation runs at a time (a lock): this server is a demo and
+test endpoint on CPU, not a batching engine.
+
+Prompts are rendered with the same chat template code as offline scoring
+(`probewatch.data.chat.render`, tokenised without extra special tokens), so live and offline
+scores of the same conversation are the same tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from pydantic import BaseModel, Field
+
+from probewatch.data.chat import render
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str
+
+
+class ChatRequest(BaseModel):
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0)  # None / 0: greedy (deterministic demo)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = None
+    stream: bool = False
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    probewatch: dict[str, Any]
+
+
+class ChatService:
+    """Model + tokenizer + attach monitor behind one lock."""
+
+    def __init__(self, model, tokenizer, monitor, model_name: str, default_max_tokens: int = 128,
+                 result_timeout_s: float = 10.0) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.monitor = monitor
+        self.model_name = model_name
+        self.default_max_tokens = default_max_tokens
+        self.result_timeout_s = result_timeout_s
+        self._lock = threading.Lock()
+
+    def _inputs(self, request: ChatRequest) -> dict[str, torch.Tensor]:
+        text = render(self.tokenizer, [m.model_dump() for m in request.messages], add_generation_prompt=True)
+        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        device = next(self.model.parameters()).device
+        return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
+
+    def _gen_kwargs(self, request: ChatRequest, generation_id: str) -> dict[str, Any]:
+        max_new = request.max_completion_tokens or request.max_tokens or self.default_max_tokens
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": self.tokenizer.pad_token_id}
+        if request.temperature:
+            kwargs.update(do_sample=True, temperature=request.temperature, top_p=request.top_p or 1.0)
+            if request.seed is not None:
+                torch.manual_seed(request.seed)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if self.monitor is not None and self.monitor.enabled:
+            kwargs["generation_ids"] = [generation_id]
+            meta = dict(request.metadata or {})
+            if request.user:
+                meta["user"] = request.user
+            kwargs["probewatch_metadata"] = meta
+        return kwargs
+
+    def _finish(self, sequences: torch.Tensor, n_prompt: int, generation_id: str, handles: list) -> Completion:
+        generated = sequences[0, n_prompt:].tolist()
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        if self.tokenizer.eos_token_id is not None:
+            eos_ids.add(self.tokenizer.eos_token_id)
+        stop_at = next((i for i, t in enumerate(generated) if t in eos_ids), None)
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        n_completion = stop_at + 1 if stop_at is not None else len(generated)
+        return Completion(text, "stop" if stop_at is not None else "length", n_prompt, n_completion,
+                          self._probewatch(generation_id, handles))
+
+    def _probewatch(self, generation_id: str, handles: list) -> dict[str, Any]:
+        if self.monitor is None or not self.monitor.enabled:
+            return {"generation_id": generation_id, "monitored": False, "status": "disabled",
+                    "reason": "monitoring disabled (PROBEWATCH_DISABLE)", "scores": {}, "alerts": []}
+        if not handles:
+            return {"generation_id": generation_id, "monitored": False, "status": "unmonitored", "scores": {},
+                    "alerts": []}
+        return handles[0].result(self.result_timeout_s).to_json()
+
+    def _handles(self) -> list:
+        return self.monitor.last_generations if self.monitor is not None and self.monitor.enabled else []
+
+    def complete(self, request: ChatRequest) -> Completion:
+        generation_id = f"gen-{uuid.uuid4().hex[:16]}"
+        inputs = self._inputs(request)
+        with self._lock, torch.inference_mode():
+            out = self.model.generate(**inputs, **self._gen_kwargs(request, generation_id))
+            handles = self._handles()
+        return self._finish(out, inputs["input_ids"].shape[1], generation_id, handles)
+
+    def stream(self, request: ChatRequest) -> Iterator[tuple[str, Completion | None]]:
+        """Yields (text delta, None) while generating, then ("", Completion)."""
+        from transformers import TextIteratorStreamer
+
+        generation_id = f"gen-{uuid.uuid4().hex[:16]}"
+        inputs = self._inputs(request)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
+        box: dict[str, Any] = {}
+
+        def run() -> None:  # generate in its own thread; the monitor's handles are thread-local there
+            try:
+                with torch.inference_mode():
+                    box["out"] = self.model.generate(**inputs, streamer=streamer,
+                                                     **self._gen_kwargs(request, generation_id))
+                box["handles"] = self._handles()
+            except Exception as exc:  # noqa: BLE001 - surfaced to the HTTP client by the caller
+                box["error"] = exc
+                streamer.end()
+
+        with self._lock:
+            worker = threading.Thread(target=run, name="probewatch-http-generate", daemon=True)
+            worker.start()
+            try:
+                for delta in streamer:
+                    if delta:
+                        yield delta, None
+            finally:  # also when the HTTP client went away: the next request waits for this one
+                worker.join()
+        if "error" in box:
+            raise box["error"]
+        yield "", self._finish(box["out"], inputs["input_ids"].shape[1], generation_id, box.get("handles", []))
+
+
+def create_app(service: ChatService, metrics_registry=None):
+    """The FastAPI application around a ChatService."""
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
+
+    app = FastAPI(title="probewatch embedded inference server", version="1")
+
+    def check_model(request: ChatRequest) -> None:
+        if request.model and request.model not in (service.model_name,):
+            raise HTTPException(404, detail={"error": {"message": f"model {request.model!r} is not served here; "
+                                                       f"available: {service.model_name}", "type": "invalid_request_error",
+                                                       "code": "model_not_found"}})
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        monitor = service.monitor
+        return {"status": "ok", "model": service.model_name,
+                "monitoring": bool(monitor is not None and monitor.enabled and monitor.up)}
+
+    @app.get("/v1/models")
+    def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": service.model_name, "object": "model", "created": 0,
+                                            "owned_by": "probewatch"}]}
+
+    @app.get("/metrics")
+    def metrics() -> PlainTextResponse:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        registry = metrics_registry or (service.monitor.metrics.registry if service.monitor is not None else None)
+        body = generate_latest(registry) if registry is not None else b""
+        return PlainTextResponse(body, media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: ChatRequest):
+        check_model(request)
+        created = int(time.time())
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        if not request.stream:
+            c = await run_in_threadpool(service.complete, request)
+            return JSONResponse({
+                "id": completion_id, "object": "chat.completion", "created": created, "model": service.model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
+                             "finish_reason": c.finish_reason}],
+                "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                          "total_tokens": c.prompt_tokens + c.completion_tokens},
+                "probewatch": _jsonable(c.probewatch),
+            })
+
+        def events() -> Iterator[str]:
+            def chunk(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
+                body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                        "model": service.model_name, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                if extra:
+                    body.update(extra)
+                return f"data: {json.dumps(_jsonable(body))}\n\n"
+
+            yield chunk({"role": "assistant", "content": ""})
+            try:
+                for delta, final in service.stream(request):
+                    if final is None:
+                        yield chunk({"content": delta})
+                    else:
+                        usage = {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
+                                 "total_tokens": final.prompt_tokens + final.completion_tokens}
+                        yield chunk({}, final.finish_reason, {"usage": usage, "probewatch": final.probewatch})
+            except Exception as exc:  # noqa: BLE001 - an SSE stream cannot change its status code any more
+                yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN/Inf are not JSON: map them to null."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+class HTTPServerThread:
+    """uvicorn in a background thread on a given (or ephemeral) port; `stop()` shuts it down."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+        import socket
+
+        import uvicorn
+
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.host, self.port = host, self._sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off")
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
+                                        name="probewatch-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 15.0) -> HTTPServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not self.server.started:
+            raise RuntimeError(f"HTTP server did not start on {self.url}")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._thread.join(10)
+        self._sock.close()

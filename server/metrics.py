@@ -1,0 +1,173 @@
+"""Prometheus metrics of the sidecar and of the attach client.
+
+The names and labels are a contract (docs/architecture.md, "Prometheus metrics"): Grafana
+dashboards and alert rules are built against them, so they change only together.
+
+Each `SidecarMetrics` / `ClientMetrics` owns its own `CollectorRegistry` (several sidecars or
+clients can live in one process, e.g. in tests or `probewatch demo`); `serve_metrics` exposes a
+registry over HTTP with prometheus-client's own server.
+
+Token-score histograms are fed per chunk, not per value: `BulkHistogram` bins a whole numpy
+array with one `searchsorted` (a Python `observe()` per token and probe would cost more than the
+scoring GEMM itself).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+#: Score histograms share one axis: every exported bundle scores a calibrated logit.
+LOGIT_BUCKETS: tuple[float, ...] = tuple(float(x) for x in range(-12, 13))
+LATENCY_BUCKETS: tuple[float, ...] = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SAE_BUCKETS: tuple[float, ...] = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+
+
+class BulkHistogram(Collector):
+    """A labelled histogram observed with arrays; renders exactly like prometheus-client's Histogram."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self.bounds = np.asarray(sorted(buckets), dtype=np.float64)
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, ...], list] = {}  # labels -> [counts per bucket + inf, sum]
+
+    def observe_many(self, labelvalues: Sequence[str], values: np.ndarray | Iterable[float]) -> None:
+        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+        if arr.size == 0:
+            return
+        counts = np.bincount(np.searchsorted(self.bounds, arr, side="left"), minlength=len(self.bounds) + 1)
+        key = tuple(str(v) for v in labelvalues)
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = [np.zeros(len(self.bounds) + 1, dtype=np.int64), 0.0]
+            series[0] += counts
+            series[1] += float(arr.sum())
+
+    def get(self, labelvalues: Sequence[str]) -> tuple[int, float]:
+        """(count, sum) of one series (tests, the demo summary)."""
+        with self._lock:
+            series = self._series.get(tuple(str(v) for v in labelvalues))
+            return (int(series[0].sum()), float(series[1])) if series is not None else (0, 0.0)
+
+    def collect(self):
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        with self._lock:
+            items = [(k, v[0].copy(), v[1]) for k, v in self._series.items()]
+        for key, counts, total in items:
+            cumulative = np.cumsum(counts)
+            buckets = [(_fmt(b), float(c)) for b, c in zip(self.bounds, cumulative[:-1])]
+            buckets.append(("+Inf", float(cumulative[-1])))
+            family.add_metric(list(key), buckets, None)
+            # prometheus-client drops _sum/_count when buckets go negative (an OpenMetrics rule); the
+            # classic Histogram always has them and dashboards rate() the _count: add them back.
+            labels = dict(zip(self.labelnames, key))
+            family.add_sample(self.name + "_count", labels, float(cumulative[-1]))
+            family.add_sample(self.name + "_sum", labels, total)
+        yield family
+
+    def describe(self):
+        yield HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+
+
+def _fmt(bound: float) -> str:
+    return repr(float(bound))
+
+
+class SidecarMetrics:
+    """Every series the sidecar exports (docs/architecture.md names them)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.token_score = BulkHistogram(
+            "probewatch_token_score", "Per-token probe score (calibrated logit) of the tokens each probe selects.",
+            ["probe", "behaviour"], LOGIT_BUCKETS)
+        self.generation_score = BulkHistogram(
+            "probewatch_generation_score", "Per-generation aggregate score (calibrated logit) at close.",
+            ["probe", "behaviour"], LOGIT_BUCKETS)
+        self.sae_feature_activation = BulkHistogram(
+            "probewatch_sae_feature_activation", "Per-token activation of SAE-feature probes.",
+            ["sae", "feature", "description"], SAE_BUCKETS)
+        for collector in (self.token_score, self.generation_score, self.sae_feature_activation):
+            r.register(collector)
+        self.alerts = Counter("probewatch_alerts_total", "Alerts raised (one per generation and probe).",
+                              ["probe", "behaviour"], registry=r)
+        self.generations = Counter("probewatch_generations_total", "Generations finished, by how they ended.",
+                                   ["status"], registry=r)
+        self.tokens_scored = Counter("probewatch_tokens_scored_total", "Token rows scored, by payload kind.",
+                                     ["mode"], registry=r)
+        self.scoring_latency = Histogram("probewatch_scoring_latency_seconds",
+                                         "Time from receiving a chunk to sending its scores (queue wait + GEMM).",
+                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("probewatch_queue_depth", "Work items waiting for the scoring worker.", registry=r)
+        self.dropped_chunks = Counter("probewatch_dropped_chunks_total",
+                                      "Chunks not scored: sidecar queue full, or dropped by a client (reported at close).",
+                                      ["reason"], registry=r)
+        self.active_streams = Gauge("probewatch_active_streams", "Open Monitor streams (connected clients).", registry=r)
+        self.active_generations = Gauge("probewatch_active_generations", "Generations opened and not yet finished.",
+                                        registry=r)
+        self.rejected = Counter("probewatch_rejected_messages_total", "Messages refused, by gRPC status code name.",
+                                ["code"], registry=r)
+        self.bundle_info = Info("probewatch_bundle", "Loaded probe bundles.",
+                                ["probe", "behaviour", "kind", "layer", "version", "fingerprint"], registry=r)
+        self.last_alert = Gauge("probewatch_last_alert_timestamp_seconds", "Unix time of the last alert per probe.",
+                                ["probe"], registry=r)
+        self.incident_store_errors = Counter("probewatch_incident_store_errors_total",
+                                             "Incident rows that could not be written.", registry=r)
+        self.webhook_deliveries = Counter("probewatch_webhook_deliveries_total", "Webhook deliveries by outcome.",
+                                          ["outcome"], registry=r)
+        for reason in ("queue_full", "client_dropped"):
+            self.dropped_chunks.labels(reason=reason)
+        for status in ("closed", "aborted"):
+            self.generations.labels(status=status)
+        for mode in ("rows", "projections"):
+            self.tokens_scored.labels(mode=mode)
+        for outcome in ("ok", "failed"):
+            self.webhook_deliveries.labels(outcome=outcome)
+
+    def set_queue_depth_source(self, fn: Callable[[], float]) -> None:
+        self.queue_depth.set_function(fn)
+
+    def register_bundles(self, bundles: Iterable) -> None:
+        for b in bundles:
+            m = b.manifest
+            # Info carries its labels as the info dict: all six label names are declared up front.
+            self.bundle_info.labels(probe=m.id, behaviour=m.behaviour, kind=m.kind, layer=str(m.layer),
+                                    version=str(m.version), fingerprint=m.model.fingerprint).info({})
+            self.alerts.labels(probe=m.id, behaviour=m.behaviour)
+
+
+class ClientMetrics:
+    """The attach client's own series (exposed by `probewatch run` at /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.monitoring_up = Gauge("probewatch_client_monitoring_up",
+                                   "1 while the attach client is connected to its sidecar, else 0 (fail-open).", registry=r)
+        self.dropped_chunks = Counter("probewatch_client_dropped_chunks_total",
+                                      "Captured chunks not delivered to the sidecar, by reason.", ["reason"], registry=r)
+        self.chunks_sent = Counter("probewatch_client_chunks_sent_total", "Activation chunks sent.", registry=r)
+        self.unmonitored = Counter("probewatch_client_unmonitored_generations_total",
+                                   "Generations that ran without monitoring (sidecar down, disabled, unsupported input).",
+                                   ["reason"], registry=r)
+        self.reconnects = Counter("probewatch_client_reconnects_total", "Connection attempts to the sidecar that failed.",
+                                  registry=r)
+        for reason in ("queue_full", "sidecar_down", "rejected"):
+            self.dropped_chunks.labels(reason=reason)
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, host: str = "0.0.0.0"):
+    """Start prometheus-client's HTTP server for `registry`; returns (server, thread); port 0 = ephemeral."""
+    from prometheus_client import start_http_server
+
+    return start_http_server(port, addr=host, registry=registry)
