@@ -25,6 +25,7 @@ demo: setup
 	$(BIN)/probewatch demo
 
 test: setup
+	bash deploy/scripts/ensure-prometheus.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: setup
