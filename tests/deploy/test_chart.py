@@ -97,6 +97,7 @@ def test_sidecar_mode_puts_probewatch_in_the_inference_pod(chartkit, rendered):
     args = sidecar["args"]
     assert args[args.index("--port") + 1] == "50051" and args[args.index("--metrics-port") + 1] == "9400"
     assert args[args.index("--model") + 1] == "smollm2-135m-instruct"
+    assert args[args.index("--queue-size") + 1] == "1024"  # what ProbewatchQueueNearFull divides by
     assert "--bundles" not in args  # the shipped bundles for the model
     assert env_of(sidecar)["PROBEWATCH_INCIDENT_DB"] == "/var/lib/probewatch/incidents.sqlite3"
     # No ServiceMonitor/PrometheusRule unless asked for (the CRDs may not exist in the cluster).

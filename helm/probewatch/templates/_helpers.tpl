@@ -122,6 +122,8 @@ timeoutSeconds: {{ .timeoutSeconds }}
 - {{ .Values.sidecar.grpcPort | quote }}
 - --metrics-port
 - {{ .Values.sidecar.metricsPort | quote }}
+- --queue-size
+- {{ .Values.sidecar.queueSize | quote }}
 - --model
 - {{ .Values.sidecar.model | quote }}
 {{- range .Values.bundles.configMaps }}
