@@ -31,8 +31,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -45,6 +43,7 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import DASHBOARD, REPO, RULES_FILE
+from tests.deploy.tiny import Service, free_port, make_bundles, save_tiny_model, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -63,58 +62,6 @@ MUST_FIRE = {"ProbewatchDeceptionAlertRateHigh", "ProbewatchRefusalAlertRateHigh
 MUST_BE_QUIET = {"ProbewatchSidecarDown", "ProbewatchSidecarAbsent", "ProbewatchNoScores",
                  "ProbewatchClientMonitoringOff", "ProbewatchClientDroppingChunks",
                  "ProbewatchIncidentStoreErrors", "ProbewatchAbortedGenerations", "ProbewatchQueueNearFull"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})")
-
-
-class Service:
-    """A subprocess in its own process group, its output in a log file; stop() always cleans up."""
-
-    def __init__(self, name: str, argv: list[str], log: Path, env: dict | None = None) -> None:
-        self.name, self.log = name, log
-        self._fh = open(log, "wb")
-        # If pytest itself is killed (a hard timeout), the kernel sends SIGTERM to the child too.
-        setpriv = shutil.which("setpriv")
-        prefix = [setpriv, "--pdeathsig", "TERM"] if setpriv and sys.platform.startswith("linux") else []
-        self.proc = subprocess.Popen(prefix + argv, stdout=self._fh, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True, cwd=log.parent)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(10)
-        self._fh.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,41 +84,12 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_model(workdir):
-    """A tiny random-init Llama saved as an HF folder (the sidecar fingerprints the folder)."""
-    from probewatch.models import fingerprint_folder
-    from tests.conftest import make_tiny_model
-
-    model = make_tiny_model("llama", seed=7)
-    model.generation_config.pad_token_id = 0
-    folder = workdir / "tiny-llama"
-    model.save_pretrained(folder, safe_serialization=True)
-    return model, folder, fingerprint_folder(folder)
+    return save_tiny_model(workdir / "tiny-llama")
 
 
 @pytest.fixture(scope="module")
 def bundles(workdir, tiny_model) -> list[Path]:
-    """Three mean-difference bundles for the tiny model whose thresholds every generation crosses."""
-    import torch
-
-    from probewatch.probes import Aggregation, Manifest, ModelRef, Threshold, save_bundle
-
-    model, _, fingerprint = tiny_model
-    d = model.config.hidden_size
-    torch.manual_seed(3)
-    paths = []
-    for layer, (probe_id, behaviour) in enumerate(BEHAVIOURS.items(), start=1):
-        selection, aggregation = ("prompt_last", "last") if behaviour == "refusal" else ("response", "mean")
-        manifest = Manifest(
-            id=probe_id, behaviour=behaviour, kind="mean_diff",
-            model=ModelRef(id="tiny-llama", fingerprint=fingerprint, d_model=d,
-                           n_layers=model.config.num_hidden_layers),
-            layer=layer, threshold=Threshold(value=-1000.0, method="fixed", fpr=None),
-            aggregation=Aggregation(method=aggregation), token_selection=selection, version=f"e2e-{layer}",
-            description="tests/deploy: a random direction; the threshold makes every generation alert")
-        weight = torch.randn(d) / d ** 0.5
-        paths.append(save_bundle(workdir / "bundles" / probe_id, manifest,
-                                 {"weight": weight, "bias": torch.tensor([0.0])}))
-    return paths
+    return make_bundles(workdir / "bundles", tiny_model, BEHAVIOURS)
 
 
 @pytest.fixture(scope="module")
