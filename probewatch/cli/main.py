@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "probewatch.cli.score_cmd",
     "probewatch.cli.env_cmd",
     "probewatch.cli.bench_cmd",
+    "probewatch.cli.sae_cmd",
 ]
 
 

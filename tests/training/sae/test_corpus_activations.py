@@ -1,0 +1,56 @@
+"""Corpus bookkeeping and the activation cache: skipped rows, exact rows, resumable shards."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from probewatch.capture import run_forward
+from probewatch.training.sae.activations import INDEX_FILE, extract_activations, keep_masks, load_activations
+from probewatch.training.sae.corpus import PrefixDedup, TextSequence, _split_of, load_corpus
+
+
+def test_prefix_dedup_skips_position_0_and_repeated_prefixes():
+    d = PrefixDedup()
+    assert d.keep([1, 2, 3, 4]) == [False, True, True, True]
+    assert d.keep([1, 2, 3, 9]) == [False, False, False, True]   # shared prefix [1,2,3] already seen
+    assert d.keep([5, 2, 3]) == [False, True, True]               # same tokens, other prefix: new rows
+
+
+def test_split_is_by_group_and_deterministic():
+    splits = [_split_of(f"g{i}", 0.2, 0) for i in range(2000)]
+    assert 0.15 < splits.count("eval") / 2000 < 0.25
+    assert splits == [_split_of(f"g{i}", 0.2, 0) for i in range(2000)]
+
+
+def test_extracted_rows_equal_the_capture_contract(tmp_path, tiny_llama):
+    seqs = [TextSequence([1, 5, 6, 7, 8], "t", "a"), TextSequence([1, 5, 6, 9], "t", "b", "eval"),
+            TextSequence([2, 3, 4, 5, 6, 7, 8, 9, 10], "t", "c")]
+    extract_activations(tiny_llama, 2, seqs, tmp_path, "pwfp1:x", {"note": "test"}, batch_tokens=12, shard_rows=4,
+                        progress=False)
+    index = json.loads((tmp_path / INDEX_FILE).read_text())
+    assert len(index["shards"]) >= 2 and index["rows"] == sum(map(sum, keep_masks(seqs))) == 4 + 1 + 8
+    store = load_activations(tmp_path, expected_fingerprint="pwfp1:x", expected_layer=2)
+    for row in range(store.acts.shape[0]):
+        s, p = int(store.seq[row]), int(store.pos[row])
+        ids = torch.tensor([seqs[s].ids])
+        expected = run_forward(tiny_llama, [2], ids)[2][0, p]
+        assert torch.allclose(store.acts[row], expected, atol=2e-3 * (1 + expected.abs().max()))
+        assert int(store.tok[row]) == seqs[s].ids[p]
+    assert store.split("eval").tolist() == (store.seq == 1).nonzero().squeeze(1).tolist()
+    assert load_corpus(tmp_path / "corpus.jsonl")[1] == {"note": "test"}
+
+
+def test_extraction_resumes_from_finished_shards(tmp_path, tiny_llama, monkeypatch):
+    seqs = [TextSequence(list(range(1, 12)), "t", "a"), TextSequence(list(range(20, 31)), "t", "b")]
+    extract_activations(tiny_llama, 1, seqs, tmp_path, "fp", {}, batch_tokens=11, shard_rows=5, progress=False)
+    first = load_activations(tmp_path).acts.clone()
+    (tmp_path / INDEX_FILE).unlink()
+    calls = []
+    import probewatch.capture as capture
+
+    original = capture.run_forward
+    monkeypatch.setattr(capture, "run_forward", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
+    extract_activations(tiny_llama, 1, seqs, tmp_path, "fp", {}, batch_tokens=11, shard_rows=5, progress=False)
+    assert calls == [] and torch.equal(load_activations(tmp_path).acts, first)
