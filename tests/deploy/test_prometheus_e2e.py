@@ -307,7 +307,7 @@ def traffic(prometheus, sidecar, client, tiny_model, webhook_receiver):
     return {"results": results, "raw": raw}
 
 
-def test_traffic_was_monitored(traffic, tiny_model):
+def test_traffic_was_monitored(traffic, tiny_model, webhook_receiver):
     """The premise: every generation was scored by all three probes and alerted."""
     results = traffic["results"]
     assert len(results) == GENERATIONS
@@ -317,6 +317,10 @@ def test_traffic_was_monitored(traffic, tiny_model):
     kinds = [m.WhichOneof("msg") for m in traffic["raw"]]
     errors = [m.error for m in traffic["raw"] if m.WhichOneof("msg") == "error"]
     assert errors and errors[0].code_name == "NOT_FOUND" and errors[0].generation_id == "never-opened"
+    payloads = webhook_receiver[1]
+    assert {p["type"] for p in payloads} == {"probewatch.alert"}
+    assert {p["probe"] for p in payloads} == set(BEHAVIOURS)
+    assert {p["model_fingerprint"] for p in payloads} == {tiny_model[2]}
     summaries = [m.summary for m in traffic["raw"] if m.WhichOneof("msg") == "summary"]
     assert len(summaries) == 1 and summaries[0].dropped_chunks == 3 and summaries[0].status == "closed"
     assert len(errors) == 2 and kinds[-1] == "error"
