@@ -70,6 +70,11 @@ def sidecar_address() -> str:
     return os.environ.get("PROBEWATCH_SIDECAR", "").strip() or "localhost:50051"
 
 
+def sidecar_address_set() -> bool:
+    """True when PROBEWATCH_SIDECAR names a sidecar (`probewatch run` then starts none of its own)."""
+    return bool(os.environ.get("PROBEWATCH_SIDECAR", "").strip())
+
+
 def incident_db() -> Path:
     value = os.environ.get("PROBEWATCH_INCIDENT_DB", "").strip()
     return Path(value).expanduser() if value else home() / "incidents.sqlite3"

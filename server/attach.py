@@ -69,6 +69,11 @@ class AttachConfig(BaseModel):
     backoff_max_s: float = 15.0
     result_timeout_s: float = 10.0
     score_final_token: bool = True
+    # TLS to the sidecar (PEM paths): CA to verify it, and a client certificate when it requires one
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_server_name: str | None = None   # expected name in the sidecar's certificate (default: the host)
 
 
 # -- results -----------------------------------------------------------------------------------------
@@ -229,6 +234,7 @@ class SidecarLink:
         self.on_response = on_response
         self.on_down = on_down
         self.plan: Plan | None = None
+        self.listing: pb.ListProbesResponse | None = None
         self.session = 0
         self._up = threading.Event()
         self._stopping = threading.Event()
@@ -262,10 +268,20 @@ class SidecarLink:
                 continue  # gRPC flow control: the sender waits, the capture queue absorbs or drops
         return False
 
-    def close(self) -> None:
+    def close(self, grace_s: float = 2.0) -> None:
+        """Half-close the stream (the sidecar finishes what it has), then cancel what is left."""
+        was_up = self.up
         self._stopping.set()
-        self._teardown()
-        self._thread.join(5)
+        requests = self._requests
+        if was_up and requests is not None:
+            try:
+                requests.put(_STOP, timeout=grace_s)
+            except queue.Full:
+                pass
+            self._thread.join(grace_s)
+        if self._thread.is_alive():
+            self._teardown()
+            self._thread.join(5)
 
     def _teardown(self) -> None:
         requests = self._requests
@@ -306,8 +322,16 @@ class SidecarLink:
     def _session(self) -> bool:
         """Connect, stream until the stream ends; True when it was up for a while."""
         cfg = self.config
-        channel = grpc.insecure_channel(cfg.sidecar, options=[("grpc.max_send_message_length", 64 * 1024 * 1024),
-                                                               ("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+        options = [("grpc.max_send_message_length", 64 * 1024 * 1024),
+                   ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        if cfg.tls_ca or cfg.tls_cert:
+            if cfg.tls_server_name:
+                options.append(("grpc.ssl_target_name_override", cfg.tls_server_name))
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=_read(cfg.tls_ca), private_key=_read(cfg.tls_key), certificate_chain=_read(cfg.tls_cert))
+            channel = grpc.secure_channel(cfg.sidecar, credentials, options=options)
+        else:
+            channel = grpc.insecure_channel(cfg.sidecar, options=options)
         self._channel = channel
         try:
             grpc.channel_ready_future(channel).result(timeout=cfg.connect_timeout_s)
@@ -320,7 +344,7 @@ class SidecarLink:
             requests: queue.Queue = queue.Queue(maxsize=cfg.send_queue_size)
             call = stub.Monitor(iter(requests.get, _STOP))
             self._call = call
-            self.plan, self._requests = plan, requests
+            self.plan, self.listing, self._requests = plan, listing, requests
             self.session += 1
             self._up.set()
             self.metrics.monitoring_up.set(1)
@@ -346,6 +370,13 @@ class SidecarLink:
         finally:
             channel.close()
             self._channel = None
+
+
+def _read(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 def _short(exc: BaseException) -> str:
@@ -522,6 +553,7 @@ class Monitor:
         self._sender: threading.Thread | None = None
         self.blocks_enqueued = 0
         self.chunks_sent = 0
+        self._plans: dict[tuple[int, str], Plan] = {}
         if not self.enabled:
             log.info("probewatch: PROBEWATCH_DISABLE is set: monitoring is off (no hooks, no sidecar traffic)")
             self.metrics.monitoring_up.set(0)
@@ -545,6 +577,23 @@ class Monitor:
         model.generate = generate
 
     # -- public ------------------------------------------------------------------------------------
+    def set_mode(self, mode: str) -> None:
+        """Switch between 'rows' and 'pushdown' for the next generate() calls (benchmarks, A/B)."""
+        if mode not in ("rows", "pushdown"):
+            raise ValueError(f"mode must be 'rows' or 'pushdown', got {mode!r}")
+        self.config.mode = mode
+
+    def _current_plan(self) -> tuple[Plan | None, int]:
+        link = self.link
+        if link is None or not link.up or link.listing is None:
+            return None, -1
+        session, mode = link.session, self.config.mode
+        cached = self._plans.get((session, mode))
+        if cached is None:
+            cached = Plan.from_listing(link.listing, mode, self.device)
+            self._plans = {(session, mode): cached, **{k: v for k, v in self._plans.items() if k[0] == session}}
+        return cached, session
+
     @property
     def up(self) -> bool:
         return bool(self.link and self.link.up)
@@ -587,8 +636,7 @@ class Monitor:
         gen_ids = kwargs.pop("generation_ids", None)
         metadata = {str(k): str(v) for k, v in (kwargs.pop("probewatch_metadata", None) or {}).items()}
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        plan = self.link.plan if self.link is not None and self.link.up else None
-        session = self.link.session if self.link is not None else -1
+        plan, session = self._current_plan()
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or plan is None:
             reason = "sidecar_down" if plan is None else "unsupported_input"
             n = input_ids.shape[0] if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else 1

@@ -120,10 +120,11 @@ class Generation:
     prompt_length: int
     metadata: dict[str, str]
     aggregators: dict[str, Aggregator]
-    token_scores: dict[str, list[list[float]]]
+    token_scores: dict[str, list[tuple[np.ndarray, np.ndarray]]]  # per probe: (positions, scores) blocks
     opened_at: float = field(default_factory=time.time)
     last_position: dict[int, int] = field(default_factory=dict)  # per layer, reader-side validation
-    positions: set[int] = field(default_factory=set)
+    rows_per_layer: dict[int, int] = field(default_factory=dict)
+    kept_scores: dict[str, int] = field(default_factory=dict)
     token_ids: dict[int, int] = field(default_factory=dict)
     alerts: dict[str, pb.Alert] = field(default_factory=dict)
     closing: bool = False      # Close (or stream end) received: no more chunks accepted
@@ -155,6 +156,18 @@ class CloseWork:
 @dataclass
 class EndWork:
     stream: StreamState
+
+
+@dataclass
+class ScoreWork:
+    """A unary Score request, scored by the worker like everything else."""
+
+    payloads: Mapping[int, tuple[str, np.ndarray]]
+    prompt_length: int
+    probe_ids: Sequence[str]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: list | None = None
+    error: BaseException | None = None
 
 
 @dataclass
@@ -262,6 +275,17 @@ class ScoringEngine:
             work.generation.sidecar_dropped += 1
             return False
 
+    def score_now(self, payloads: Mapping[int, tuple[str, np.ndarray]], prompt_length: int,
+                  probe_ids: Sequence[str], timeout_s: float = 60.0) -> list[SequenceResult]:
+        """Unary scoring through the worker (queued behind live chunks; raises on timeout)."""
+        work = ScoreWork(payloads, prompt_length, probe_ids)
+        self._queue.put(work, timeout=timeout_s)
+        if not work.done.wait(timeout_s):
+            raise WireError(grpc.StatusCode.DEADLINE_EXCEEDED, f"scoring took longer than {timeout_s}s")
+        if work.error is not None:
+            raise work.error
+        return work.result or []
+
     def submit_control(self, work: CloseWork | EndWork) -> None:
         """Closes and stream ends are never dropped (they carry or finalise recorded state)."""
         if isinstance(work, CloseWork):
@@ -270,6 +294,7 @@ class ScoringEngine:
 
     # -- worker -------------------------------------------------------------------------------------
     def _run(self) -> None:
+        _one_torch_thread()
         stop = False
         while not stop:
             item = self._queue.get()
@@ -309,6 +334,12 @@ class ScoringEngine:
                     self._finalize(work.generation, work.status)
                 elif isinstance(work, EndWork):
                     work.stream.finish()
+                elif isinstance(work, ScoreWork):
+                    try:
+                        work.result = self.score_sequence(work.payloads, work.prompt_length, work.probe_ids)
+                    except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
+                        work.error = exc
+                    work.done.set()
             except Exception:
                 log.exception("failed to apply %s", type(work).__name__)
                 if isinstance(work, EndWork):
@@ -376,15 +407,17 @@ class ScoringEngine:
             agg = gen.aggregators[pid]
             if chosen.size:
                 agg.update(chosen)
-                kept = gen.token_scores[pid]
-                if len(kept) < self.keep_token_scores:
-                    kept.extend([int(p), float(s)] for p, s in zip(pos[mask], chosen))
+                kept = gen.kept_scores.get(pid, 0)
+                if kept < self.keep_token_scores:  # bounded memory per generation
+                    room = self.keep_token_scores - kept
+                    gen.token_scores[pid].append((pos[mask][:room], chosen[:room].copy()))
+                    gen.kept_scores[pid] = kept + min(room, chosen.size)
                 self.metrics.token_score.observe_many((pid, spec.behaviour), chosen)
                 if spec.monotone and pid not in gen.alerts and agg.value >= spec.threshold:
                     alert = self._alert(gen, spec, agg.value, early=True, position=int(pos[mask][-1]), now=now)
                     gen.stream.send(pb.MonitorResponse(alert=alert))
             aggregates[pid] = agg.value
-        gen.positions.update(pos.tolist())
+        gen.rows_per_layer[work.layer] = gen.rows_per_layer.get(work.layer, 0) + len(pos)
         self.metrics.tokens_scored.labels(mode=work.kind).inc(len(pos))
         gen.stream.send(pb.MonitorResponse(score=pb.ScoreUpdate(
             generation_id=gen.id, layer=work.layer, positions=pos.tolist(), probe_ids=probe_ids,
@@ -430,7 +463,7 @@ class ScoringEngine:
             self.metrics.dropped_chunks.labels(reason="client_dropped").inc(gen.client_dropped)
         gen.stream.send(pb.MonitorResponse(summary=pb.GenerationSummary(
             generation_id=gen.id, status=status, results=results, alerts=list(gen.alerts.values()),
-            tokens_scored=len(gen.positions), dropped_chunks=gen.client_dropped + gen.sidecar_dropped,
+            tokens_scored=max(gen.rows_per_layer.values(), default=0), dropped_chunks=gen.client_dropped + gen.sidecar_dropped,
             rejected_chunks=gen.rejected_chunks)))
         self.metrics.generations.labels(status=status).inc()
         self.metrics.active_generations.dec()
@@ -447,7 +480,7 @@ class ScoringEngine:
         incident = Incident(
             generation_id=gen.id, probe=spec.id, behaviour=spec.behaviour, score=float(alert.score),
             threshold=spec.threshold, model_fingerprint=self.fingerprint, bundle_version=spec.version,
-            aggregation=spec.aggregation.method, token_scores=gen.token_scores[spec.id], prompt=gen.prompt_text,
+            aggregation=spec.aggregation.method, token_scores=_pairs(gen.token_scores[spec.id]), prompt=gen.prompt_text,
             response=gen.response_text, generation_status=status, early=alert.early, metadata=gen.metadata)
         try:
             return self.incidents.record(incident)
@@ -476,6 +509,28 @@ class ScoringEngine:
                 value = agg.update(chosen) if chosen.size else math.nan
                 out.append(SequenceResult(spec, positions[mask], chosen, value))
         return out
+
+
+def _one_torch_thread() -> None:
+    """Run this thread's GEMMs on one intra-op thread, without changing other threads' setting.
+
+    The scoring GEMMs are tiny ([n, d] @ [d, k]); with several OpenMP threads MKL's parallel path
+    costs 10-25 ms per call on a busy machine (measured: 1-row addmm 24 ms vs 0.005 ms single
+    threaded). torch.set_num_threads sets a process-wide default that threads created later
+    inherit (an in-process sidecar must not slow the model's generate threads), so the default is
+    put back from a helper thread; this thread keeps its own OpenMP setting of 1.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    if previous != 1:
+        restore = threading.Thread(target=torch.set_num_threads, args=(previous,), name="probewatch-threads")
+        restore.start()
+        restore.join()
+
+
+def _pairs(blocks: list[tuple[np.ndarray, np.ndarray]]) -> list[list[float]]:
+    """[[position, score], ...] of the kept token scores (what the incident row stores)."""
+    return [[int(p), float(v)] for positions, scores in blocks for p, v in zip(positions.tolist(), scores.tolist())]
 
 
 def _rows(item: object) -> int:

@@ -84,6 +84,31 @@ class SidecarConfig(BaseModel):
     # SAE latents exported as probewatch_sae_feature_activation, {SAE name: latent ids};
     # None: the latents the loaded sae_feature probes read (at most 32 per SAE)
     watch: dict[str, list[int]] | None = None
+    # TLS for the gRPC port (PEM files); with tls_client_ca, clients must present a certificate it signed
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+
+
+def server_credentials(config: SidecarConfig) -> grpc.ServerCredentials | None:
+    """gRPC TLS credentials from the config's PEM files (None: plaintext); CLI errors name the file."""
+    if not (config.tls_cert or config.tls_key or config.tls_client_ca):
+        return None
+    if not (config.tls_cert and config.tls_key):
+        raise ProbewatchError("TLS needs both --tls-cert and --tls-key")
+
+    def read(path: Path, what: str) -> bytes:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ProbewatchError(f"cannot read the TLS {what} {path}: {exc.strerror or exc}") from exc
+        if b"-----BEGIN" not in data:
+            raise ProbewatchError(f"TLS {what} {path} is not a PEM file")
+        return data
+
+    ca = read(config.tls_client_ca, "client CA") if config.tls_client_ca else None
+    return grpc.ssl_server_credentials([(read(config.tls_key, "key"), read(config.tls_cert, "certificate"))],
+                                       root_certificates=ca, require_client_auth=ca is not None)
 
 
 @dataclass
@@ -192,8 +217,9 @@ class Sidecar:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
         address = f"{self.config.host}:{self.config.port}"
+        credentials = server_credentials(self.config)
         try:
-            port = server.add_insecure_port(address)
+            port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         except RuntimeError as exc:
             raise ProbewatchError(f"cannot listen for gRPC on {address}: {exc}") from exc
         if not port:
@@ -210,8 +236,9 @@ class Sidecar:
                 self.stop(0)
                 raise ProbewatchError(f"cannot serve /metrics on port {self.config.metrics_port}: {exc}") from exc
             self.metrics_port = self._metrics_server.server_port
-        log.info("probewatch sidecar: gRPC on %s:%s, /metrics on %s, %d probes on layers %s", self.config.host, port,
-                 self.metrics_port, len(self.runtime.bundles), self.runtime.layers)
+        log.info("probewatch sidecar: gRPC%s on %s:%s, /metrics on %s, %d probes on layers %s",
+                 " (TLS)" if credentials else "", self.config.host, port, self.metrics_port, len(self.runtime.bundles),
+                 self.runtime.layers)
         return self
 
     @property
@@ -325,7 +352,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             layer = self.engine.specs[pid].layer
             if layer not in payloads:
                 raise invalid(f"probe {pid} reads layer {layer}, which the request does not carry")
-        results = self.engine.score_sequence(payloads, int(request.prompt_length), list(request.probe_ids))
+        results = self.engine.score_now(payloads, int(request.prompt_length), list(request.probe_ids))
         return pb.ScoreResponse(probes=[pb.ProbeScores(
             result=pb.ProbeResult(probe_id=r.spec.id, behaviour=r.spec.behaviour, score=r.aggregate,
                                   threshold=r.spec.threshold, flagged=r.flagged, n_tokens=len(r.scores),
@@ -380,7 +407,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
                 code = exc.code() if callable(getattr(exc, "code", None)) else None
             if code is not None and code != grpc.StatusCode.CANCELLED:
                 self.metrics.rejected.labels(code=code.name).inc()
-            log.info("stream %s from %s ended: %s", stream.id, stream.peer, exc)
+            log.info("stream %s from %s ended abnormally: %s", stream.id, stream.peer, exc or type(exc).__name__)
         finally:
             for gen in list(stream.generations.values()):
                 if not gen.closing:
@@ -419,7 +446,13 @@ class MonitorServicer(pb_grpc.MonitorServicer):
 
     def _check_size(self, message, what: str) -> None:
         limit = self.sidecar.config.max_message_bytes
-        size = message.ByteSize()
+        chunk = message.chunk if isinstance(message, pb.MonitorRequest) and message.HasField("chunk") else None
+        if chunk is not None:
+            # an upper bound of the encoded size: ByteSize() re-encodes the whole payload (~0.1 ms per chunk)
+            size = (len(chunk.payload.data) + 11 * (len(chunk.positions) + len(chunk.token_ids) + len(chunk.payload.shape))
+                    + len(chunk.generation_id) + 64)
+        else:
+            size = message.ByteSize()
         if size > limit:
             raise WireError(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"{what}: message of {size} bytes is over the {limit}-byte limit; split it into smaller chunks")

@@ -22,6 +22,10 @@ COMMAND_MODULES = [
     "probewatch.cli.env_cmd",
     "probewatch.cli.bench_cmd",
     "probewatch.cli.sae_cmd",
+    "probewatch.cli.serve_cmd",
+    "probewatch.cli.run_cmd",
+    "probewatch.cli.demo_cmd",
+    "probewatch.cli.incidents_cmd",
 ]
 
 

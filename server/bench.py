@@ -1,0 +1,339 @@
+"""`probewatch bench overhead|ingest`: what live monitoring costs, measured as ratios in one run.
+
+overhead: generated tokens/s of the model with monitoring off, streaming raw residual rows, and
+    with projection pushdown, alternating the three modes in every repeat (drift on a shared
+    machine hits all of them equally) and reporting medians and ratios. The sidecar runs in its
+    own process, as beside a production server. Monitored runs must deliver: each run's dropped
+    chunks and scored tokens are reported, so a fast-because-it-dropped result shows.
+ingest: how fast a sidecar process takes in raw residual chunks over loopback gRPC (received,
+    validated, scored, aggregated; timed until the generation's summary comes back), next to a
+    raw TCP socket copy of the same bytes to another process: the ratio is the price of the
+    protocol and the scoring over the wire itself.
+
+Only argparse/statistics/time are imported at module level: `probewatch --help` imports this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+
+def add_arguments_overhead(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per run (fixed: min = max)")
+    parser.add_argument("--batch", type=int, default=1, help="sequences per generate() call")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating repeats of (off, rows, pushdown)")
+    parser.add_argument("--bundles", nargs="+", default=None,
+                        help="bundles (default: shipped for the model; else random probes on 3 layers)")
+    parser.add_argument("--modes", default="off,rows,pushdown", help="comma-separated subset of off,rows,pushdown")
+
+
+def add_arguments_ingest(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--chunks", type=int, default=400, help="chunks per repeat")
+    parser.add_argument("--rows", type=int, default=64, help="residual rows per chunk")
+    parser.add_argument("--d-model", type=int, default=576, help="row width (default: the reference model's)")
+    parser.add_argument("--layers", type=int, default=2, help="probe layers the chunks alternate between")
+    parser.add_argument("--repeats", type=int, default=5)
+
+
+# -- a sidecar in its own process ----------------------------------------------------------------------
+class SidecarProcess:
+    """`probewatch serve ...` as a subprocess on ephemeral ports; `address` once ready."""
+
+    def __init__(self, args: list[str], workdir: Path, timeout_s: float = 120.0) -> None:
+        import json
+        import subprocess
+
+        self.ready_file = workdir / "sidecar-ready.json"
+        self.log_file = workdir / "sidecar.log"
+        cmd = [sys.executable, "-m", "probewatch.cli.main", "serve", "--host", "127.0.0.1", "--port", "0",
+               "--ready-file", str(self.ready_file), *args]
+        self._log = open(self.log_file, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while not self.ready_file.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"sidecar did not start (exit {self.proc.returncode}):\n{self.log_file.read_text()[-2000:]}")
+            time.sleep(0.05)
+        time.sleep(0.05)
+        info = json.loads(self.ready_file.read_text())
+        self.address = info["address"]
+        self.metrics_port = info["metrics_port"]
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+
+    def __enter__(self) -> SidecarProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def random_bundles(out: Path, model_id: str, fingerprint: str, d_model: int, n_layers: int | None,
+                   layers: list[int], per_layer: int = 2) -> list[Path]:
+    """Random linear probes (the cost of a probe does not depend on its weights)."""
+    import torch
+
+    from probewatch.probes import Aggregation, Manifest, ModelRef, Threshold, save_bundle
+
+    g = torch.Generator().manual_seed(0)
+    paths = []
+    behaviours = ("deception", "refusal", "alignment_faking")
+    for layer in layers:
+        for j in range(per_layer):
+            pid = f"bench-l{layer}-{j}"
+            manifest = Manifest(id=pid, behaviour=behaviours[(layer + j) % 3], kind="linear",
+                                model=ModelRef(id=model_id, fingerprint=fingerprint, d_model=d_model, n_layers=n_layers),
+                                layer=layer, threshold=Threshold(value=1e9, method="fixed", fpr=None),
+                                aggregation=Aggregation(method="max" if j % 2 else "mean"), version="bench")
+            w = torch.randn(d_model, generator=g) / d_model ** 0.5
+            paths.append(save_bundle(out / pid, manifest, {"weight": w, "bias": torch.tensor([0.0])}))
+    return paths
+
+
+def _emit(result: dict, as_json: bool, lines: list[str]) -> None:
+    from probewatch.cli.common import print_json
+
+    for line in lines:
+        print(line, file=sys.stderr if as_json else sys.stdout)
+    if as_json:
+        print_json(result)
+
+
+# -- overhead -------------------------------------------------------------------------------------------
+def overhead_main(args: argparse.Namespace) -> int:
+    import tempfile
+
+    import torch
+
+    from probewatch.bundle_index import default_bundle_dirs, resolve_bundle_specs
+    from probewatch.models import load_model
+    from probewatch.server.attach import attach
+
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = set(modes) - {"off", "rows", "pushdown"}
+    if unknown or not modes:
+        raise SystemExit(f"--modes: unknown {sorted(unknown)}; choose from off,rows,pushdown")
+    loaded = load_model(args.model)
+    model, tok = loaded.model, loaded.tokenizer
+    with tempfile.TemporaryDirectory(prefix="probewatch-bench-") as tmp:
+        tmp = Path(tmp)
+        bundle_note = "given"
+        paths = resolve_bundle_specs(args.bundles, loaded.model_id) if args.bundles else default_bundle_dirs(loaded.model_id)
+        if not paths:
+            n = loaded.n_layers
+            paths = random_bundles(tmp / "bundles", loaded.model_id, loaded.fingerprint, loaded.d_model, n,
+                                   [n // 3, n // 2, 2 * n // 3])
+            bundle_note = "random (no shipped bundles)"
+        elif not args.bundles:
+            bundle_note = "shipped"
+        serve_args = ["--model", loaded.path, "--metrics-port", "-1", "--no-incidents", "--bundles",
+                      *[str(p) for p in paths]]
+        with SidecarProcess(serve_args, tmp) as sidecar:
+            monitor = attach(model, tok, sidecar=sidecar.address, wait_s=30, result_timeout_s=60)
+            if not monitor.up:
+                raise SystemExit(f"could not connect to the benchmark sidecar at {sidecar.address}")
+            plan, _ = monitor._current_plan()
+            text = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+            from probewatch.data.chat import render
+
+            prompt = render(tok, [{"role": "user", "content": text}], add_generation_prompt=True)
+            enc = tok([prompt] * args.batch, add_special_tokens=False, return_tensors="pt")
+            kwargs = dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                          max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
+                          pad_token_id=tok.pad_token_id)
+            plain = type(model).generate  # the unwrapped method: monitoring off, no hooks at all
+
+            def run(mode: str) -> tuple[float, dict]:
+                with torch.inference_mode():
+                    if mode == "off":
+                        t0 = time.perf_counter()
+                        plain(model, **kwargs)
+                        return time.perf_counter() - t0, {}
+                    monitor.set_mode(mode)
+                    t0 = time.perf_counter()
+                    model.generate(**kwargs)
+                    elapsed = time.perf_counter() - t0
+                results = [h.result(60) for h in monitor.last_generations]  # not timed: must arrive, must be complete
+                return elapsed, {"tokens_scored": sum(r.tokens_scored for r in results),
+                                 "dropped": sum(r.dropped_chunks for r in results),
+                                 "complete": all(r.status == "closed" for r in results)}
+
+            for mode in modes:  # warm-up (allocator, kernels, connection)
+                run(mode)
+            times: dict[str, list[float]] = {m: [] for m in modes}
+            checks: dict[str, list[dict]] = {m: [] for m in modes if m != "off"}
+            for _ in range(args.repeats):
+                for mode in modes:
+                    elapsed, check = run(mode)
+                    times[mode].append(elapsed)
+                    if mode != "off":
+                        checks[mode].append(check)
+            monitor.detach()
+    tokens = args.new_tokens * args.batch
+    medians = {m: statistics.median(v) for m, v in times.items()}
+    tps = {m: tokens / t for m, t in medians.items()}
+    result: dict = {
+        "benchmark": "overhead", "model": loaded.model_id, "device": str(next(model.parameters()).device),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
+        "batch": args.batch, "new_tokens": args.new_tokens, "repeats": args.repeats, "bundles": bundle_note,
+        "probes": len(paths), "layers": plan.layers if plan else [],
+        "pushdown_layers": [c.layer for c in plan.captures.values() if c.pushdown] if plan else [],
+        "median_seconds": medians, "tokens_per_s": tps, "seconds": times,
+        "dropped_chunks": {m: sum(c["dropped"] for c in v) for m, v in checks.items()},
+        "tokens_scored_per_run": {m: [c["tokens_scored"] for c in v] for m, v in checks.items()},
+        "all_complete": all(c["complete"] for v in checks.values() for c in v),
+    }
+    for mode in ("rows", "pushdown"):
+        if mode in tps and "off" in tps:
+            result[f"{mode}_over_off_tokens_per_s_ratio"] = tps[mode] / tps["off"]
+    if "rows" in tps and "pushdown" in tps:
+        result["pushdown_over_rows_tokens_per_s_ratio"] = tps["pushdown"] / tps["rows"]
+    lines = [f"overhead on {result['model']} ({result['device']}, {result['dtype']}, batch {args.batch}, "
+             f"{args.new_tokens} new tokens, {args.repeats} alternating repeats, {len(paths)} {bundle_note} probes "
+             f"on layers {result['layers']}):"]
+    for mode in modes:
+        lines.append(f"  {mode:9} {tps[mode]:8.2f} tokens/s (median {medians[mode] * 1000:.0f} ms)")
+    for key in sorted(k for k in result if "ratio" in k):
+        lines.append(f"  {key} = {result[key]:.3f}")
+    lines.append(f"  dropped chunks: {result['dropped_chunks']}; every monitored run complete: {result['all_complete']}")
+    _emit(result, args.json, lines)
+    return 0
+
+
+# -- ingest ---------------------------------------------------------------------------------------------
+_RECEIVER = r"""
+import socket, sys
+total = int(sys.argv[1])
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("127.0.0.1", 0)); srv.listen(1)
+print(srv.getsockname()[1], flush=True)
+while True:
+    conn, _ = srv.accept()
+    buf = bytearray(1 << 20); view = memoryview(buf); got = 0
+    while got < total:
+        n = conn.recv_into(view)
+        if not n:
+            break
+        got += n
+    conn.sendall(b"k"); conn.close()
+"""
+
+
+def _raw_socket_seconds(payloads: list[bytes], port: int) -> float:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        t0 = time.perf_counter()
+        for p in payloads:
+            s.sendall(p)
+        s.recv(1)
+        return time.perf_counter() - t0
+
+
+def ingest_main(args: argparse.Namespace) -> int:
+    import queue
+    import subprocess
+    import tempfile
+
+    import grpc
+    import numpy as np
+
+    from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
+    from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
+    from probewatch.server.wire import encode_array
+
+    fingerprint = "pwfp1:" + "be" * 16
+    d = args.d_model
+    layers = list(range(1, args.layers + 1))
+    rng = np.random.default_rng(0)
+    blocks = [encode_array(rng.standard_normal((args.rows, d), dtype=np.float32)) for _ in range(8)]
+    payload_bytes = len(blocks[0].data) * args.chunks
+    with tempfile.TemporaryDirectory(prefix="probewatch-bench-") as tmp:
+        tmp = Path(tmp)
+        paths = random_bundles(tmp / "bundles", "bench", fingerprint, d, None, layers, per_layer=2)
+        serve_args = ["--model", "bench", "--fingerprint", fingerprint, "--metrics-port", "-1", "--no-incidents",
+                      "--queue-size", "4096", "--bundles", *[str(p) for p in paths]]
+        receiver = subprocess.Popen([sys.executable, "-c", _RECEIVER, str(payload_bytes)], stdout=subprocess.PIPE, text=True)
+        try:
+            port = int(receiver.stdout.readline())
+            with SidecarProcess(serve_args, tmp) as sidecar:
+                channel = grpc.insecure_channel(sidecar.address)
+                grpc.channel_ready_future(channel).result(timeout=30)
+                stub = pb_grpc.MonitorStub(channel)
+
+                def grpc_seconds(rep: int) -> float:
+                    gid = f"ingest-{rep}"
+                    requests: queue.Queue = queue.Queue()
+                    messages = [pb.MonitorRequest(open=pb.Open(generation_id=gid, model_fingerprint=fingerprint,
+                                                               prompt_length=0))]
+                    per_layer = {layer: 0 for layer in layers}
+                    for i in range(args.chunks):
+                        layer = layers[i % len(layers)]
+                        start = per_layer[layer]
+                        per_layer[layer] += args.rows
+                        messages.append(pb.MonitorRequest(chunk=pb.ActivationChunk(
+                            generation_id=gid, layer=layer, kind=pb.PAYLOAD_KIND_RESIDUAL_ROWS,
+                            positions=range(start, start + args.rows), payload=blocks[i % len(blocks)])))
+                    messages.append(pb.MonitorRequest(close=pb.Close(generation_id=gid)))
+                    for m in messages:
+                        requests.put(m)
+                    requests.put(None)
+                    t0 = time.perf_counter()
+                    for response in stub.Monitor(iter(requests.get, None)):
+                        which = response.WhichOneof("msg")
+                        if which == "error":
+                            raise RuntimeError(f"sidecar rejected a chunk: {response.error.message}")
+                        if which == "summary":
+                            elapsed = time.perf_counter() - t0
+                            if response.summary.tokens_scored != args.rows * args.chunks // len(layers):
+                                raise RuntimeError(f"only {response.summary.tokens_scored} tokens scored")
+                            return elapsed
+                    raise RuntimeError("stream ended without a summary")
+
+                raw_payloads = [blocks[i % len(blocks)].data for i in range(args.chunks)]
+                grpc_seconds(-1)  # warm-up
+                _raw_socket_seconds(raw_payloads, port)
+                g_times, r_times = [], []
+                for rep in range(args.repeats):
+                    g_times.append(grpc_seconds(rep))
+                    r_times.append(_raw_socket_seconds(raw_payloads, port))
+                channel.close()
+        finally:
+            receiver.kill()
+            receiver.wait(5)
+    g, r = statistics.median(g_times), statistics.median(r_times)
+    rows_total = args.chunks * args.rows
+    result = {
+        "benchmark": "ingest", "d_model": d, "rows_per_chunk": args.rows, "chunks": args.chunks,
+        "chunk_bytes": len(blocks[0].data), "payload_bytes": payload_bytes, "repeats": args.repeats,
+        "probes": len(paths), "layers": layers,
+        "sidecar_median_seconds": g, "raw_socket_median_seconds": r,
+        "sidecar_mb_per_s": payload_bytes / g / 1e6, "raw_socket_mb_per_s": payload_bytes / r / 1e6,
+        "sidecar_rows_per_s": rows_total / g, "sidecar_chunks_per_s": args.chunks / g,
+        "sidecar_over_raw_socket_throughput_ratio": r / g,
+        "sidecar_seconds": g_times, "raw_socket_seconds": r_times,
+    }
+    lines = [f"ingest: {args.chunks} chunks x {args.rows} rows x d={d} float32 ({payload_bytes / 1e6:.1f} MB) over loopback, "
+             f"{args.repeats} repeats:",
+             f"  sidecar (gRPC, validate, score {len(paths)} probes, aggregate): {result['sidecar_mb_per_s']:9.1f} MB/s "
+             f"= {result['sidecar_rows_per_s']:,.0f} rows/s",
+             f"  raw TCP socket copy of the same bytes:                  {result['raw_socket_mb_per_s']:9.1f} MB/s",
+             f"  sidecar_over_raw_socket_throughput_ratio = {result['sidecar_over_raw_socket_throughput_ratio']:.3f}"]
+    _emit(result, args.json, lines)
+    return 0
