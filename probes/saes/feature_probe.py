@@ -73,6 +73,30 @@ def sae_reference(sae_dir: str | Path, bundle_dir: str | Path, name: str | None 
     }
 
 
+def save_feature_bundle(path: str | Path, manifest: Any, sae_dir: str | Path, feature_ids: Any, weight: Any,
+                        bias: float, embed_sae: bool = False, sae_name: str | None = None) -> Path:
+    """Write an sae_feature bundle reading latents `feature_ids` of the SAE at `sae_dir`.
+
+    `manifest` is a `Manifest` whose kind is set to sae_feature here; the SAE reference (relative
+    path + checksums, or an embedded copy) goes to `extra.sae`. score = latents[ids] @ weight + bias.
+    A "named features" probe for a live test is three lines:
+
+        m = Manifest(id="sae-deception-named", behaviour="deception", kind="sae_feature", model=..., layer=L,
+                     threshold=Threshold(value=0.0))
+        save_feature_bundle(tmp / m.id, m, shipped_sae_dir, [12, 345], [1.0, 0.5], bias=-2.0)
+    """
+    from probewatch.probes.bundle import save_bundle
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    manifest.kind = "sae_feature"
+    manifest.extra = {**manifest.extra, "sae": sae_reference(sae_dir, path, name=sae_name, embed=embed_sae)}
+    tensors = {"feature_ids": torch.as_tensor(feature_ids, dtype=torch.long).reshape(-1),
+               "weight": torch.as_tensor(weight, dtype=torch.float32).reshape(-1),
+               "bias": torch.tensor([float(bias)], dtype=torch.float32)}
+    return save_bundle(path, manifest, tensors)
+
+
 def _candidates(bundle_path: Path, manifest: Any) -> list[Path]:
     ref = manifest.extra.get("sae") or {}
     out = [bundle_path / EMBEDDED_SAE_DIR]

@@ -34,9 +34,9 @@ import torch
 
 from probewatch import envs
 from probewatch.errors import ProbewatchError
-from probewatch.probes import Aggregation, Manifest, ModelRef, Threshold, load_bundle, save_bundle
+from probewatch.probes import Aggregation, Manifest, ModelRef, Threshold, load_bundle
 from probewatch.probes.saes import load_feature_descriptions, load_sae
-from probewatch.probes.saes.feature_probe import sae_reference
+from probewatch.probes.saes.feature_probe import save_feature_bundle
 from probewatch.probes.saes.sae import SAE
 
 PROBE_TYPES = {"l1": "l1_logistic", "named": "named_features"}
@@ -123,8 +123,13 @@ def _logistic(C: float, penalty: str, seed: int):
     from sklearn.linear_model import LogisticRegression
 
     if penalty == "l1":
-        return LogisticRegression(penalty="l1", solver="liblinear", C=C, class_weight="balanced", max_iter=5000,
-                                  random_state=seed)
+        import sklearn
+
+        # scikit-learn 1.8 deprecated penalty="l1" for l1_ratio=1; older versions ignore l1_ratio
+        # unless penalty="elasticnet", so spell it per version
+        new_api = tuple(int(p) for p in sklearn.__version__.split(".")[:2] if p.isdigit()) >= (1, 8)
+        l1 = {"l1_ratio": 1.0} if new_api else {"penalty": "l1"}
+        return LogisticRegression(solver="liblinear", C=C, class_weight="balanced", max_iter=5000, random_state=seed, **l1)
     return LogisticRegression(C=C, class_weight="balanced", max_iter=5000)
 
 
@@ -169,8 +174,12 @@ def fit_and_export_sae_probe(loaded: Any, sae_dir: Path, behaviour: str, method:
                              aggregation: str | None = None, fpr: float = 0.01, probe_id: str | None = None,
                              out: Path | None = None, embed_sae: bool = False, data_dir: Path | None = None,
                              seed: int = 0, progress: bool = True, parity_check: int = 6,
-                             builder_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fit, calibrate, threshold, evaluate and export one sae_feature bundle; returns its summary."""
+                             builder_options: dict[str, Any] | None = None, data: Any = None,
+                             control: Sequence[Any] | None = None) -> dict[str, Any]:
+    """Fit, calibrate, threshold, evaluate and export one sae_feature bundle; returns its summary.
+
+    `data` (a BehaviourData) and `control` (dialogues) replace the behaviour's builder and the
+    generated control set (tests, or a user's own data)."""
     from probewatch.training.calibration import calibrated_threshold, platt_fit
     from probewatch.training.datasets import build_behaviour_data
     from probewatch.training.datasets.control import build_control
@@ -185,8 +194,14 @@ def fit_and_export_sae_probe(loaded: Any, sae_dir: Path, behaviour: str, method:
     sae_dir = Path(sae_dir)
     sae = load_sae(sae_dir, expected_d_model=loaded.d_model, expected_fingerprint=loaded.fingerprint)
     layer = sae.cfg.layer
-    data = build_behaviour_data(behaviour, data_dir, seed=seed, **(builder_options or {}))
-    control, control_source = build_control(loaded, data_dir or envs.data_dir(), seed=seed, progress=progress)
+    if data is None:
+        data = build_behaviour_data(behaviour, data_dir, seed=seed, **(builder_options or {}))
+    if control is None:
+        control, control_source = build_control(loaded, data_dir or envs.data_dir(), seed=seed, progress=progress)
+    else:
+        from probewatch.training.datasets import Source
+
+        control_source = Source("control (given)", "", "", len(control))
     selection = data.token_selection
     pool = latent_set(sae, activations_for(loaded, data.pool, layer, f"{behaviour}-pool", progress), selection)
     ood = {name: latent_set(sae, activations_for(loaded, ds, layer, f"{behaviour}-ood-{name}", progress), selection)
@@ -292,11 +307,7 @@ def fit_and_export_sae_probe(loaded: Any, sae_dir: Path, behaviour: str, method:
                             "control": control_source.__dict__}),
         extra={"probe_type": probe_type, "score_units": "calibrated logit (Platt)", "features": feature_list},
     )
-    out.mkdir(parents=True, exist_ok=True)
-    manifest.extra["sae"] = sae_reference(sae_dir, out, embed=embed_sae)
-    tensors = {"feature_ids": torch.tensor(ids, dtype=torch.long), "weight": torch.tensor(w, dtype=torch.float32),
-               "bias": torch.tensor([b], dtype=torch.float32)}
-    save_bundle(out, manifest, tensors)
+    save_feature_bundle(out, manifest, sae_dir, ids, w, b, embed_sae=embed_sae)
     bundle = load_bundle(out, expected_fingerprint=loaded.fingerprint, expected_d_model=loaded.d_model)
     parity = _parity(loaded, bundle, data.pool, test_idx[:parity_check], scores) if parity_check else None
     summary = {"path": str(out), "probe_id": probe_id, "behaviour": behaviour, "probe_type": probe_type,

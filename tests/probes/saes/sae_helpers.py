@@ -82,12 +82,18 @@ def make_feature_bundle(bundle_dir: Path, sae_dir: Path, probe_id: str, feature_
                         threshold: float = 0.0, aggregation: str = "max") -> tuple[Path, dict[str, torch.Tensor]]:
     """An sae_feature bundle over the SAE at `sae_dir` (what training/sae's exporter writes)."""
     from probewatch.probes import Aggregation, Manifest, ModelRef, Threshold, save_bundle
-    from probewatch.probes.saes.feature_probe import sae_reference
+    from probewatch.probes.saes.feature_probe import sae_reference, save_feature_bundle
     from tests.probes.helpers import FINGERPRINT
 
     path = bundle_dir / probe_id
     tensors = {"feature_ids": torch.tensor(feature_ids, dtype=torch.long),
                "weight": torch.tensor(weight, dtype=torch.float32), "bias": torch.tensor([bias])}
+    if not standardize:  # the public helper (what training/sae and the sidecar tests use)
+        manifest = Manifest(id=probe_id, behaviour="deception", kind="linear",
+                            model=ModelRef(id="tiny", fingerprint=FINGERPRINT, d_model=d, n_layers=4), layer=layer,
+                            threshold=Threshold(value=threshold), aggregation=Aggregation(method=aggregation),
+                            extra={"probe_type": "named_features"})
+        return save_feature_bundle(path, manifest, sae_dir, feature_ids, weight, bias, embed_sae=embed), tensors
     if standardize:
         g = torch.Generator().manual_seed(len(feature_ids))
         tensors["mean"] = torch.rand(len(feature_ids), generator=g)
