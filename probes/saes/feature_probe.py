@@ -13,9 +13,11 @@ score = sum_j w_j * (a_j - mean_j) / scale_j + b, with a = SAE latents of the la
 folded into `feature_ids, w_eff, b_eff` like `Bundle.linear_form`.
 
 The SAE is found, in order: the embedded `sae/` folder, `extra.sae.path` (relative to the bundle
-folder), the shipped SAE of the same name for the bundle's model. The first that exists must
-match both pinned sha256s, otherwise loading fails (a silently different SAE would make every
-feature id mean something else).
+folder), `extra.sae.abs_path` (where it was at export), then by name: the shipped SAE, then
+`$PROBEWATCH_HOME/saes/<model>/<name>`. The first that exists must match both pinned sha256s,
+otherwise loading fails (a silently different SAE would make every feature id mean something
+else). So a bundle copied elsewhere (e.g. re-thresholded with `probewatch calibrate --out`)
+still finds its SAE.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ def sae_reference(sae_dir: str | Path, bundle_dir: str | Path, name: str | None 
     return {
         "name": name or sae_dir.name,
         "path": rel,
+        "abs_path": str(sae_dir) if not embed else None,  # fallback when the bundle is copied elsewhere
         "architecture": sae.cfg.architecture(),
         "d_sae": sae.cfg.d_sae,
         "hook_name": sae.cfg.hook_name,
@@ -102,8 +105,13 @@ def _candidates(bundle_path: Path, manifest: Any) -> list[Path]:
     out = [bundle_path / EMBEDDED_SAE_DIR]
     if ref.get("path"):
         out.append((bundle_path / ref["path"]))
+    if ref.get("abs_path"):
+        out.append(Path(ref["abs_path"]))
     if ref.get("name"):
+        from probewatch import envs  # light: os + platformdirs
+
         out.append(shipped_saes_root() / manifest.model.id / ref["name"])
+        out.append(envs.home() / "saes" / manifest.model.id / ref["name"])
     return out
 
 

@@ -149,3 +149,15 @@ def test_sae_for_another_model_width_is_refused(tmp_path):
     with pytest.raises(DimensionMismatchError, match="reads d_in=16 but the model has d_model=8"):
         make_feature_bundle(tmp_path / "b", sae_path, "p", [1], [1.0])
         load_bundle(tmp_path / "b" / "p")
+
+
+def test_bundle_copied_elsewhere_still_finds_its_sae(tmp_path, sae_dir, monkeypatch):
+    path, _ = make_feature_bundle(tmp_path / "b", sae_dir, "p", [1, 2], [1.0, 1.0])
+    moved = tmp_path / "deeper" / "still" / "p"
+    shutil.copytree(path, moved)  # the relative path no longer resolves; the export-time path does
+    assert load_bundle(moved).sae is not None
+    # and by name under $PROBEWATCH_HOME/saes/<model>/<name> once the original folder is gone
+    monkeypatch.setenv("PROBEWATCH_HOME", str(tmp_path / "home"))
+    shutil.copytree(sae_dir, tmp_path / "home" / "saes" / "tiny" / "tiny-topk")
+    shutil.rmtree(sae_dir)
+    assert load_bundle(moved).sae is not None
