@@ -42,6 +42,7 @@ from probewatch.probes.saes.registry import (
 from probewatch.probes.saes.sae import SAE
 from probewatch.probes.saes.standard import StandardSAE, StandardSAEConfig
 from probewatch.probes.saes.topk import TopKSAE, TopKSAEConfig, topk_activation
+from probewatch.probes.saes.watch import behaviour_watchlist, parse_watch_spec
 
 register_sae_class("standard", StandardSAE, StandardSAEConfig)
 register_sae_class("jumprelu", JumpReLUSAE, JumpReLUSAEConfig)
@@ -51,8 +52,9 @@ __all__ = [
     "FEATURES_FILENAME", "SAE", "SAE_CFG_FILENAME", "SAE_CLASS_REGISTRY", "SAE_WEIGHTS_FILENAME", "SPARSITY_FILENAME",
     "TRAINING_REPORT_FILENAME", "JumpReLUSAE", "JumpReLUSAEConfig", "SAEConfig", "SAEConfigError",
     "SAEDimensionMismatchError", "SAEError", "SAEHookError", "SAENotFoundError", "SAEWeightsError", "StandardSAE",
-    "StandardSAEConfig", "TopKSAE", "TopKSAEConfig", "UnknownSAEArchitectureError", "build_sae",
+    "StandardSAEConfig", "TopKSAE", "TopKSAEConfig", "UnknownSAEArchitectureError", "behaviour_watchlist", "build_sae",
     "canonical_architecture", "get_sae_class", "hook_names_for_layer", "layer_from_hook_name",
-    "load_feature_descriptions", "load_sae", "read_sae_cfg_dict", "register_sae_class", "sae_config_from_dict",
+    "load_feature_descriptions", "load_sae", "parse_watch_spec", "read_sae_cfg_dict", "register_sae_class",
+    "sae_config_from_dict",
     "sae_file_checksums", "save_sae", "topk_activation",
 ]
