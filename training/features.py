@@ -4,7 +4,8 @@ A probe reads either the scored-region rows (`response`) or the generation-promp
 (`prompt_last`). Per-example training uses the mean over an example's response rows (what the
 runtime's `mean` aggregation of per-token scores equals for a linear probe); per-token training
 uses every row with its example's label and group. Evaluation scores every row and aggregates
-per example exactly like the runtime (`probewatch.probes.aggregate`).
+per example with the runtime's aggregation rules, vectorised here because a layer sweep
+aggregates millions of token scores (`tests/training` pins them to `probewatch.probes.aggregate`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from probewatch.probes.aggregate import aggregate
 from probewatch.probes.manifest import Aggregation
-from probewatch.training.extract import ActivationSet, segment_mean
+from probewatch.training.extract import ActivationSet, expand_ranges, segment_mean
 
 
 @dataclass
@@ -23,9 +23,10 @@ class LayerData:
     """One layer's rows from an ActivationSet, in original example order."""
 
     layer: int
-    rows: np.ndarray      # [n_rows, d] scored-region rows
+    rows: np.ndarray      # [n_rows, d] scored-region rows, example after example
     offsets: np.ndarray   # [n_examples + 1]
     last: np.ndarray      # [n_examples, d] generation-prompt rows
+    _means: np.ndarray | None = None
 
     @classmethod
     def load(cls, acts: ActivationSet, layer: int) -> LayerData:
@@ -36,14 +37,34 @@ class LayerData:
     def n_examples(self) -> int:
         return len(self.offsets) - 1
 
-    def subset(self, idx: np.ndarray) -> LayerData:
-        """The examples `idx` (in that order) as a new LayerData."""
-        from probewatch.training.extract import expand_ranges
+    @property
+    def means(self) -> np.ndarray:
+        """[n_examples, d] mean of each example's response rows (computed once)."""
+        if self._means is None:
+            self._means = segment_mean(self.rows, self.offsets)
+        return self._means
 
+    def example_matrix(self, token_selection: str) -> np.ndarray:
+        if token_selection == "prompt_last":
+            return self.last
+        if token_selection == "response":
+            return self.means
+        raise ValueError(f"training reads token_selection 'response' or 'prompt_last', not {token_selection!r}")
+
+    def token_matrix(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows of examples idx, example position in idx of each row)."""
         idx = np.asarray(idx, dtype=np.int64)
         lengths = np.diff(self.offsets)[idx]
-        rows = self.rows[expand_ranges(self.offsets[idx], lengths)]
-        return LayerData(self.layer, rows, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), self.last[idx])
+        return self.rows[expand_ranges(self.offsets[idx], lengths)], np.repeat(np.arange(len(idx)), lengths)
+
+
+def example_weights(idx: np.ndarray, kinds: np.ndarray | None, balance_kinds: bool) -> np.ndarray:
+    """1 per example, or (with balance_kinds) equal total weight per data kind."""
+    idx = np.asarray(idx, dtype=np.int64)
+    if not balance_kinds or kinds is None:
+        return np.ones(len(idx))
+    _, inverse, counts = np.unique(kinds[idx], return_inverse=True, return_counts=True)
+    return (len(idx) / len(counts)) / counts[inverse]
 
 
 def training_matrix(data: LayerData, idx: np.ndarray, labels: np.ndarray, groups: np.ndarray,
@@ -55,51 +76,56 @@ def training_matrix(data: LayerData, idx: np.ndarray, labels: np.ndarray, groups
     with `balance_kinds`, every data kind count equally, so a large kind does not drown the rest.
     """
     idx = np.asarray(idx, dtype=np.int64)
-    ex_weight = np.ones(len(idx))
-    if balance_kinds and kinds is not None:
-        k = kinds[idx]
-        uniq, inverse, counts = np.unique(k, return_inverse=True, return_counts=True)
-        ex_weight = (len(idx) / len(uniq)) / counts[inverse]
-    if token_selection == "prompt_last":
-        return data.last[idx], labels[idx], groups[idx], ex_weight
-    if token_selection != "response":
-        raise ValueError(f"training reads token_selection 'response' or 'prompt_last', not {token_selection!r}")
-    sub = data.subset(idx)
-    if not per_token:
-        return segment_mean(sub.rows, sub.offsets), labels[idx], groups[idx], ex_weight
-    counts = np.diff(sub.offsets)
-    rep = np.repeat(np.arange(len(idx)), counts)
-    return sub.rows, labels[idx][rep], groups[idx][rep], (ex_weight / np.maximum(counts, 1))[rep]
+    weight = example_weights(idx, kinds, balance_kinds)
+    if not per_token or token_selection == "prompt_last":
+        return data.example_matrix(token_selection)[idx], labels[idx], groups[idx], weight
+    rows, rep = data.token_matrix(idx)
+    counts = np.bincount(rep, minlength=len(idx))
+    return rows, labels[idx][rep], groups[idx][rep], (weight / np.maximum(counts, 1))[rep]
 
 
-def score_examples(w: np.ndarray, b: float, data: LayerData, idx: np.ndarray, token_selection: str,
-                   aggregation: Aggregation) -> np.ndarray:
-    """Per-example aggregated scores of the raw-space linear probe x.w + b (runtime-identical)."""
-    idx = np.asarray(idx, dtype=np.int64)
+def score_all(w: np.ndarray, b: float, data: LayerData, token_selection: str,
+              aggregations: list[Aggregation]) -> dict[str, np.ndarray]:
+    """{aggregation method: per-example scores} of the raw-space probe x.w + b for every example."""
     if token_selection == "prompt_last":
-        scores = data.last[idx] @ w + b
-        return scores.astype(np.float64)  # one token per example: every aggregation returns it
-    sub = data.subset(idx)
-    token_scores = (sub.rows.astype(np.float64) @ w + b)
-    return aggregate_segments(token_scores, sub.offsets, aggregation)
+        scores = data.last.astype(np.float64) @ w + b  # one token per example: every aggregation returns it
+        return {a.method: scores for a in aggregations}
+    token_scores = data.rows.astype(np.float64) @ w + b
+    return {a.method: aggregate_segments(token_scores, data.offsets, a) for a in aggregations}
 
 
 def aggregate_segments(token_scores: np.ndarray, offsets: np.ndarray, aggregation: Aggregation) -> np.ndarray:
-    """Aggregate per-token scores per segment; vectorised where the method allows it."""
+    """Aggregate per-token scores per segment exactly as `probewatch.probes.aggregate` (NaN if empty)."""
+    x = np.asarray(token_scores, dtype=np.float64)
+    offsets = np.asarray(offsets, dtype=np.int64)
     counts = np.diff(offsets)
-    n = len(counts)
-    out = np.full(n, np.nan)
-    nonempty = counts > 0
-    starts = offsets[:-1]
+    out = np.full(len(counts), np.nan)
+    ok = counts > 0
+    if not ok.any():
+        return out
+    starts, ends = offsets[:-1][ok], offsets[1:][ok]
     method = aggregation.method
-    if method == "mean" and len(token_scores):
-        sums = np.add.reduceat(token_scores, starts[nonempty])
-        out[nonempty] = sums / counts[nonempty]
-    elif method == "max" and len(token_scores):
-        out[nonempty] = np.maximum.reduceat(token_scores, starts[nonempty])
+    if method == "mean":
+        out[ok] = np.add.reduceat(x, starts) / counts[ok]
+    elif method == "max":
+        out[ok] = np.maximum.reduceat(x, starts)
     elif method == "last":
-        out[nonempty] = token_scores[offsets[1:][nonempty] - 1]
+        out[ok] = x[ends - 1]
+    elif method == "rolling_mean_max":
+        w = int(aggregation.window)
+        seg_start = np.repeat(offsets[:-1], counts)
+        pos = np.arange(len(x))
+        csum = np.concatenate([[0.0], np.cumsum(x)])
+        lo = np.maximum(seg_start, pos + 1 - w)
+        rolling = (csum[pos + 1] - csum[lo]) / (pos + 1 - lo)
+        out[ok] = np.maximum.reduceat(rolling, starts)
+    elif method == "ema":
+        a = float(aggregation.alpha)
+        seg_len = np.repeat(counts, counts)
+        rel = np.arange(len(x)) - np.repeat(offsets[:-1], counts)
+        power = (seg_len - 1 - rel).astype(np.float64)
+        weight = np.where(rel == 0, (1.0 - a) ** power, a * (1.0 - a) ** power)
+        out[ok] = np.add.reduceat(weight * x, starts)
     else:
-        for i in np.flatnonzero(nonempty):
-            out[i] = aggregate(token_scores[offsets[i]:offsets[i + 1]], aggregation)
+        raise ValueError(f"unknown aggregation method {method!r}")
     return out

@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "probewatch.cli.score_cmd",
     "probewatch.cli.env_cmd",
     "probewatch.cli.bench_cmd",
+    "probewatch.cli.train_cmd",
+    "probewatch.cli.eval_cmd",
     "probewatch.cli.sae_cmd",
     "probewatch.cli.serve_cmd",
     "probewatch.cli.run_cmd",

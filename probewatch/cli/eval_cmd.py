@@ -1,0 +1,132 @@
+"""`probewatch eval` and `probewatch calibrate`: measure a bundle on labelled dialogues, re-threshold it.
+
+Both score through `probewatch.scoring.score_dialogues`, the path the live parity tests pin, and
+both load the bundle against the model's fingerprint: a bundle made for another model is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from probewatch.cli.common import add_json_arg, print_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("eval", help="AUROC and recall at a target FPR of a bundle on labelled dialogue JSONL")
+    ev.add_argument("--bundle", required=True, help="bundle folder or probe id")
+    ev.add_argument("--data", type=Path, required=True, help="labelled dialogue JSONL")
+    ev.add_argument("--control", type=Path, default=None,
+                    help="benign JSONL for the threshold (default: the negatives of --data)")
+    _common(ev)
+    add_json_arg(ev)
+    ev.set_defaults(func=_eval)
+
+    cal = sub.add_parser("calibrate", help="re-threshold a bundle at a target FPR on your own benign traffic")
+    cal.add_argument("--bundle", required=True, help="bundle folder or probe id")
+    cal.add_argument("--control", type=Path, required=True, help="benign dialogue JSONL (labels not needed)")
+    cal.add_argument("--out", type=Path, default=None, help="write the re-thresholded bundle here (default: in place)")
+    _common(cal)
+    add_json_arg(cal)
+    cal.set_defaults(func=_calibrate)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None,
+                        help="model spec (default: the model the bundle names); its fingerprint must match the bundle's")
+    parser.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate (default 0.01)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=1024, help="keep the last N tokens of a dialogue")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _load(args: argparse.Namespace):
+    """(loaded model, bundle) with the bundle verified against the model's fingerprint."""
+    from probewatch.bundle_index import resolve_bundle_specs
+    from probewatch.models import load_model
+    from probewatch.probes import load_bundle, read_manifest
+
+    path = resolve_bundle_specs([args.bundle])[0]
+    manifest = read_manifest(path)
+    loaded = load_model(args.model or manifest.model.id)
+    bundle = load_bundle(path, expected_fingerprint=loaded.fingerprint, expected_d_model=loaded.d_model)
+    return loaded, bundle
+
+
+def _scores(loaded, bundle, dialogues, args) -> list[float]:
+    from probewatch.probes import ProbeRuntime
+    from probewatch.scoring import score_dialogues
+
+    runtime = ProbeRuntime([bundle])
+    results = score_dialogues(loaded.model, loaded.tokenizer, runtime, dialogues, batch_size=args.batch_size,
+                              max_tokens=args.max_tokens, progress=not args.quiet)
+    return [r.aggregate[bundle.id] for r in results]
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from probewatch.data.dialogue import load_dialogues
+    from probewatch.errors import ProbewatchError
+    from probewatch.metrics import recall_at_threshold
+    from probewatch.training.metrics import detection_metrics
+
+    dialogues = load_dialogues(args.data)  # labels required; errors name file and line
+    control = load_dialogues(args.control, require_label=False) if args.control else None
+    labels = [d.label for d in dialogues]
+    if not (0 < sum(labels) < len(labels)) and control is None:
+        raise ProbewatchError(f"{args.data}: needs both labels for AUROC (or pass --control for recall)")
+    loaded, bundle = _load(args)
+    scores = _scores(loaded, bundle, dialogues, args)
+    control_scores = _scores(loaded, bundle, control, args) if control else None
+    result = detection_metrics(scores, labels, control_scores, args.fpr)
+    t = bundle.manifest.threshold.value
+    pos = [s for s, y in zip(scores, labels) if y == 1]
+    neg = [s for s, y in zip(scores, labels) if y == 0]
+    result.update({
+        "probe_id": bundle.id, "behaviour": bundle.manifest.behaviour, "data": str(args.data),
+        "control": str(args.control) if args.control else None, "model": loaded.model_id,
+        "bundle_threshold": t, "recall_at_bundle_threshold": recall_at_threshold(pos, t) if pos else None,
+        "fpr_at_bundle_threshold": (sum(s >= t for s in neg) / len(neg)) if neg else None,
+    })
+    if args.json:
+        print_json(result)
+    else:
+        f = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+        print(f"probe {bundle.id} ({bundle.manifest.behaviour}) on {args.data}: n_pos {result['n_pos']}, n_neg {result['n_neg']}")
+        print(f"AUROC                  {f(result['auroc'])}")
+        print(f"recall @ {100 * args.fpr:g}% FPR       {f(result.get('recall_at_fpr'))} "
+              f"(threshold {f(result['threshold'])} from the {result['threshold_source']})")
+        print(f"at the bundle's threshold {t:.3f}: recall {f(result['recall_at_bundle_threshold'])}, "
+              f"FPR on negatives {f(result['fpr_at_bundle_threshold'])}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import copy
+
+    from probewatch.data.dialogue import load_dialogues
+    from probewatch.probes import save_bundle
+    from probewatch.training.calibration import calibrated_threshold
+
+    control = load_dialogues(args.control, require_label=False)
+    loaded, bundle = _load(args)
+    scores = _scores(loaded, bundle, control, args)
+    manifest = copy.deepcopy(bundle.manifest)
+    old = bundle.manifest.threshold
+    manifest.threshold.value = float(calibrated_threshold(scores, args.fpr))
+    manifest.threshold.method, manifest.threshold.fpr = "fpr", args.fpr
+    manifest.threshold.calibration_set, manifest.threshold.n_calibration = Path(args.control).name, len(scores)
+    history = manifest.extra.setdefault("threshold_history", [])
+    history.append({"value": old.value, "fpr": old.fpr, "calibration_set": old.calibration_set})
+    manifest.weights_sha256, manifest.created_at = "", ""
+    out = args.out or bundle.path
+    save_bundle(out, manifest, bundle.tensors)
+    summary = {"probe_id": bundle.id, "bundle": str(out), "threshold": manifest.threshold.value, "fpr": args.fpr,
+               "n_control": len(scores), "previous_threshold": history[-1]["value"]}
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"{bundle.id}: threshold {history[-1]['value']:.3f} -> {manifest.threshold.value:.3f} "
+              f"({100 * args.fpr:g}% FPR on {len(scores)} dialogues of {args.control}); wrote {out}", file=sys.stderr)
+        print(out)
+    return 0

@@ -1,0 +1,297 @@
+"""`probewatch bench quality` (`make bench-quality`): train every shipped probe and write docs/quality.md.
+
+One command regenerates the shipped bundles for the reference model and the quality report:
+
+1. `probewatch train` for deception, refusal (logistic and Arditi mean-difference) and alignment
+   faking with their default data (from $PROBEWATCH_DATA), each into runs/quality/<id>/;
+2. the bundles (manifest, weights, report.json) are copied to probes/shipped/<model>/<id>/ and the
+   plots + report to docs/quality/<id>/;
+3. a lexical-confound check for the alignment-faking probe (requests that merely *mention*
+   tests, monitoring or training);
+4. docs/quality.md tabulates in-distribution held-out AUROC, held-out-kind AUROC, recall at 1%
+   FPR on the control set, the chosen layer / method / aggregation, the layer sweeps and plots.
+
+Activations are cached, so a rerun only refits (minutes); the first run extracts (tens of minutes
+on 2 CPU cores, logged in the doc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+JOBS: dict[str, dict[str, Any]] = {
+    "deception": {"behaviour": "deception"},
+    "refusal": {"behaviour": "refusal", "methods": ["logistic"], "probe_id": "refusal", "all_layers": True},
+    "refusal-mean-diff": {"behaviour": "refusal", "methods": ["mean_diff"], "probe_id": "refusal-mean-diff",
+                          "all_layers": True},
+    "alignment-faking": {"behaviour": "alignment_faking"},
+}
+BUNDLE_FILES = ("manifest.json", "weights.safetensors", "report.json")
+
+
+def add_arguments_quality(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--probes", nargs="+", choices=list(JOBS), default=list(JOBS), help="which probes to train")
+    parser.add_argument("--data-dir", type=Path, default=None, help="public datasets (default: $PROBEWATCH_DATA)")
+    parser.add_argument("--doc", type=Path, default=None, help="markdown report (default: docs/quality.md of the checkout)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/quality"), help="where training writes (default runs/quality)")
+    parser.add_argument("--no-ship", dest="ship", action="store_false",
+                        help="do not copy the bundles into probes/shipped/<model>/")
+    parser.add_argument("--layers", default=None, help="override the layer sweep (e.g. '5,9,13' for a quick run)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _repo_root() -> Path:
+    import probewatch
+
+    root = Path(probewatch.__file__).resolve().parent.parent
+    return root if (root / "docs").is_dir() else Path.cwd()
+
+
+def main(args: argparse.Namespace) -> int:
+    from probewatch.bundle_index import shipped_root
+    from probewatch.models import load_model
+    from probewatch.training.pipeline import TrainConfig, train
+
+    t0 = time.perf_counter()
+    root = _repo_root()
+    doc = args.doc or root / "docs" / "quality.md"
+    plots_root = doc.parent / "quality"
+    loaded = load_model(args.model)
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    results: dict[str, dict[str, Any]] = {}
+    for name in args.probes:
+        job = dict(JOBS[name])
+        all_layers = job.pop("all_layers", False)
+        t = time.perf_counter()
+        config = TrainConfig(model=args.model, data_dir=args.data_dir, out=args.runs_dir / name, force=True,
+                             layers=layers or (list(range(loaded.n_layers)) if all_layers else None),
+                             progress=not args.quiet, command=_train_command(name, job, all_layers, loaded.n_layers), **job)
+        print(f"[bench quality] training {name} ...", file=sys.stderr, flush=True)
+        result = train(config, loaded=loaded)
+        report = result.report
+        report["timings"]["bench_wall_s"] = time.perf_counter() - t
+        results[name] = report
+        target = plots_root / name
+        target.mkdir(parents=True, exist_ok=True)
+        for png in report.get("plots", []):
+            shutil.copy2(result.bundle_path / png, target / png)
+        shutil.copy2(result.report_path, target / "report.json")
+        if args.ship:
+            ship = shipped_root() / loaded.model_id / report["probe_id"]
+            ship.mkdir(parents=True, exist_ok=True)
+            for f in BUNDLE_FILES:
+                shutil.copy2(result.bundle_path / f, ship / f)
+        print(f"[bench quality] {name}: test AUROC {report['metrics']['auroc']:.3f}, held-out kinds "
+              f"{_fmt(report['metrics']['auroc_heldout_kind'])}, {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
+    diagnostics = {}
+    if "alignment-faking" in results:
+        diagnostics["alignment-faking"] = lexical_confounds(loaded, args.runs_dir / "alignment-faking")
+    total = time.perf_counter() - t0
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(render_markdown(results, diagnostics, total, loaded, doc))
+    summary = {name: {"auroc": r["metrics"]["auroc"], "auroc_heldout_kind": r["metrics"]["auroc_heldout_kind"],
+                      "auroc_ood": r["metrics"]["auroc_ood"], "recall_at_fpr_control": r["metrics"]["recall_at_fpr_control"],
+                      "layer": r["selection"]["chosen"]["layer"], "method": r["selection"]["chosen"]["method"],
+                      "aggregation": r["selection"]["chosen"]["aggregation"]} for name, r in results.items()}
+    summary["total_s"] = total
+    print(f"[bench quality] wrote {doc} in {total / 60:.1f} min", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps(summary, default=float))
+    return 0
+
+
+def _train_command(name: str, job: dict, all_layers: bool, n_layers: int) -> str:
+    parts = ["probewatch train", f"--behaviour {job['behaviour']}"]
+    if "methods" in job:
+        parts.append(f"--method {','.join(job['methods'])}")
+    if "probe_id" in job:
+        parts.append(f"--id {job['probe_id']}")
+    if all_layers:
+        parts.append(f"--layers 0-{n_layers - 1}")
+    return " ".join(parts)
+
+
+def lexical_confounds(loaded: Any, bundle_dir: Path) -> dict[str, Any]:
+    """How often the alignment-faking probe fires on requests that only *mention* tests/monitoring."""
+    from probewatch.data.dialogue import Dialogue, Message
+    from probewatch.probes import ProbeRuntime, load_bundle
+    from probewatch.scoring import score_dialogues
+    from probewatch.training.datasets.alignment_faking import eval_awareness_spec
+    from probewatch.training.datasets.common import stable_choice
+
+    spec = eval_awareness_spec()
+    dialogues = [Dialogue([Message("user", q), Message("assistant", stable_choice(q, spec["neutral_responses"]))], 0)
+                 for q in spec["lexical_confounds"]]
+    bundle = load_bundle(bundle_dir, expected_fingerprint=loaded.fingerprint)
+    results = score_dialogues(loaded.model, loaded.tokenizer, ProbeRuntime([bundle]), dialogues, progress=False)
+    scores = np.array([r.aggregate[bundle.id] for r in results])
+    return {"n": len(scores), "flagged": int((scores >= bundle.manifest.threshold.value).sum()),
+            "mean_score": float(scores.mean()), "threshold": bundle.manifest.threshold.value,
+            "examples": [{"text": d.messages[0].content, "score": float(s)} for d, s in zip(dialogues, scores)]}
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _kind_range(per_kind: dict[str, float]) -> str:
+    vals = [v for v in per_kind.values() if v is not None]
+    return f"{min(vals):.2f}–{max(vals):.2f}" if vals else "n/a"
+
+
+def render_markdown(results: dict[str, dict], diagnostics: dict, total_s: float, loaded: Any, doc: Path) -> str:
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "# Detection quality of the shipped probes",
+        "",
+        f"_Generated by `make bench-quality` (`probewatch bench quality`) on {now}; do not edit by hand._",
+        f"Model: `{loaded.model_id}` (fingerprint `{loaded.fingerprint}`), {loaded.n_layers} layers, d_model {loaded.d_model}. "
+        f"Run time: {total_s / 60:.1f} min on {os.cpu_count()} CPU cores ({platform.machine()}); activations are cached, "
+        "so reruns only refit.",
+        "",
+        "## Summary",
+        "",
+        "| probe | behaviour | in-distribution AUROC (held-out groups) | held-out-kind AUROC (mean; range) | out-of-distribution AUROC "
+        "| recall @1% FPR on control | realised FPR, held-out control | layer | method | tokens | aggregation | training |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results.items():
+        m, c = r["metrics"], r["selection"]["chosen"]
+        ood = ", ".join(f"{k} {_fmt(v)}" for k, v in m["auroc_ood"].items()) or "—"
+        hk = f"{_fmt(m['auroc_heldout_kind'])} ({_kind_range(m['auroc_heldout_kind_per_kind'])})" if m["auroc_heldout_kind"] is not None else "—"
+        lines.append(f"| `{r['probe_id']}` | {r['behaviour']} | {_fmt(m['auroc'])} | {hk} | {ood} | {_fmt(m['recall_at_fpr_control'])} "
+                     f"| {_fmt(m['fpr_control_heldout'])} | {c['layer']} | {c['method']} | {c['token_selection']} | {c['aggregation']} "
+                     f"| {'per-token' if c['per_token'] else 'per-example'} |")
+    lines += [
+        "",
+        "How to read it:",
+        "- **in-distribution AUROC**: the shipped weights on the pool's test split (20% of source items, grouped: no "
+        "statement, scenario, request or template on both sides).",
+        "- **held-out-kind AUROC**: leave-one-kind-out: a probe with the chosen settings is fitted on all other data kinds "
+        "and scored on the held-out kind; mean over kinds (range in brackets). This is the generalisation number, and "
+        "the one the layer / method / aggregation were chosen by (a maximum over the sweep, so mildly optimistic).",
+        "- **recall @1% FPR on control**: the threshold flags 1% of a benign control set (harmless_val instructions with "
+        "the model's own greedy responses, half of it; the other half gives the realised FPR); recall is over the test "
+        "split's positives.",
+        "- Scores are calibrated logits (Platt scaling on the calibration split): `sigmoid(score)` ≈ P(behaviour).",
+        "",
+    ]
+    for name, r in results.items():
+        lines += _behaviour_section(name, r, diagnostics.get(name), doc)
+    lines += _caveats(results, diagnostics)
+    lines += ["", "## Regenerate", "", "```", "make bench-quality        # = PROBEWATCH_DATA=../shared/datasets probewatch bench quality",
+              "```", "", "Each bundle can also be trained alone; the commands are:", ""]
+    for name, r in results.items():
+        lines.append(f"- `{r['probe_id']}`: `{r['command']}`")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _behaviour_section(name: str, r: dict, diag: dict | None, doc: Path) -> list[str]:
+    m, c = r["metrics"], r["selection"]["chosen"]
+    rel = f"quality/{name}"
+    out = [f"## `{r['probe_id']}` ({r['behaviour']})", ""]
+    out.append(f"Chosen: layer {c['layer']}, {c['method']}, {c['token_selection']} tokens, "
+               f"{'per-token' if c['per_token'] else 'per-example'} training, {c['aggregation']} aggregation; selected by "
+               f"{r['selection']['basis'].replace('_', '-')} AUROC among {r['selection']['n_configurations']} configurations. "
+               f"Threshold {r['threshold']['value']:.3f} (logit) at {100 * r['threshold']['fpr']:g}% FPR on "
+               f"{r['threshold']['n_calibration']} control dialogues. Platt slope {r['platt']['slope']:.3g}. "
+               f"Parity (live scoring path vs cached training scores): max |Δ| = {_fmt((r.get('parity') or {}).get('max_abs_diff'), 5)} "
+               f"on {(r.get('parity') or {}).get('n', 0)} test dialogues. Training time {r['timings'].get('total_s', 0) / 60:.1f} min.")
+    out.append("")
+    out.append("| data kind | examples | groups | held-out-kind AUROC | recall @1% FPR (control threshold of that fold) |")
+    out.append("|---|---|---|---|---|")
+    for kind, info in r["data"]["kinds"].items():
+        hk = r["heldout_kinds"].get(kind, {})
+        out.append(f"| {kind} | {info['n']} | {info['groups']} | {_fmt(hk.get('auroc'))} | {_fmt(hk.get('recall_at_fpr_control'))} |")
+    for oname, om in r["ood"].items():
+        out.append(f"| out-of-distribution: {oname} | {om['n_pos'] + om['n_neg']} | — | {_fmt(om['auroc'])} (fitted on the pool) "
+                   f"| {_fmt(om.get('recall_at_fpr'))} |")
+    out.append("")
+    sweep = [s for s in r["sweep"] if s["aggregation"] == c["aggregation"] and s["token_selection"] == c["token_selection"]
+             and s["per_token"] == c["per_token"]]
+    methods = sorted({s["method"] for s in sweep})
+    second = "held-out kinds" if any(s["heldout_kind_auroc"] is not None for s in sweep) else "ood"
+    out.append(f"Layer sweep at the chosen aggregation (validation AUROC / {second} AUROC):")
+    out.append("")
+    out.append("| layer | " + " | ".join(methods) + " |")
+    out.append("|---|" + "---|" * len(methods))
+    for layer in sorted({s["layer"] for s in sweep}):
+        cells = []
+        for method in methods:
+            row = next((s for s in sweep if s["layer"] == layer and s["method"] == method), None)
+            other = None if row is None else (row["heldout_kind_auroc"] if second == "held-out kinds" else row.get("ood_mean"))
+            cells.append("—" if row is None else f"{_fmt(row['val_auroc'])} / {_fmt(other)}")
+        out.append(f"| {layer} | " + " | ".join(cells) + " |")
+    aggs = sorted({s["aggregation"] for s in r["sweep"]})
+    if len(aggs) > 1:
+        at = [s for s in r["sweep"] if s["layer"] == c["layer"] and s["method"] == c["method"]
+              and s["token_selection"] == c["token_selection"] and s["per_token"] == c["per_token"]]
+        out += ["", "Aggregations at the chosen layer and method (validation / held-out kinds): " +
+                ", ".join(f"{s['aggregation']} {_fmt(s['val_auroc'])} / {_fmt(s['heldout_kind_auroc'])}" for s in at)]
+    others = [s for s in r["sweep"] if s["token_selection"] != c["token_selection"] or s["per_token"] != c["per_token"]]
+    if others:
+        best_other = {}
+        for s in others:
+            key = (s["token_selection"], s["per_token"])
+            if key not in best_other or (s["heldout_kind_auroc"] or 0) > (best_other[key]["heldout_kind_auroc"] or 0):
+                best_other[key] = s
+        out += ["", "Best alternatives: " + "; ".join(
+            f"{k[0]} {'per-token' if k[1] else 'per-example'}: layer {s['layer']} {s['method']} {s['aggregation']} "
+            f"(validation {_fmt(s['val_auroc'])}, held-out kinds {_fmt(s['heldout_kind_auroc'])})" for k, s in best_other.items())]
+    if diag:
+        out += ["", f"Lexical-confound check: {diag['flagged']} of {diag['n']} benign requests that merely mention tests, "
+                f"monitoring, training or a free tier are flagged at the shipped threshold (mean score {diag['mean_score']:.2f} "
+                f"vs threshold {diag['threshold']:.2f})."]
+    out += ["", f"![AUROC per layer]({rel}/auroc_by_layer.png) ![ROC]({rel}/roc.png) ![score histograms]({rel}/score_hist.png)",
+            "", f"Full numbers: [`{rel}/report.json`]({rel}/report.json).", ""]
+    return out
+
+
+def _caveats(results: dict, diagnostics: dict) -> list[str]:
+    out = ["## What these probes measure (read before trusting a number)", ""]
+    if "deception" in results:
+        r = results["deception"]
+        per = r["metrics"]["auroc_heldout_kind_per_kind"]
+        weak = [k for k, v in per.items() if v is not None and v < 0.8]
+        out.append(
+            "- **deception**: trained on instructed pairs (RepE facts, Azaria & Mitchell topics), how_to_catch_an_ai_liar "
+            "questions and six kinds of hand-written scenarios (role-play excuses, sales lies, sandbagging, lies by omission, "
+            "cover stories, false denials and confessions; `training/datasets/scenarios/`). In the instructed pairs the answer "
+            "is identical on both sides, so the probe must read the *instruction's* trace in the response tokens; in the "
+            "scenarios only the answer differs, so it must relate the answer to the situation. "
+            + (f"Held-out kinds below 0.8: {', '.join(weak)}. " if weak else "Every held-out kind reaches 0.8. ")
+            + "A 135M model has limited world knowledge, so part of what transfers is likely the style of evasive or "
+            "denying answers rather than a model-internal notion of lying; the denial/confession kind (half its honest "
+            "answers are denials) is the check against the crudest version of that shortcut.")
+    if "refusal" in results:
+        out.append(
+            "- **refusal**: reads the generation-prompt position (the last prompt token) of harmful vs harmless "
+            "instructions; it says the request looks like one a chat model refuses, before any token is generated. It does "
+            "not say whether this 135M model actually refuses (it often complies). The mean-difference bundle is Arditi et "
+            "al.'s direction (unit vector, Platt-scaled), the logistic bundle a standardised logistic regression.")
+    if "alignment-faking" in results:
+        d = diagnostics.get("alignment-faking")
+        out.append(
+            "- **alignment faking**: on a 135M model this is *not* a detector of alignment faking (the model does not reason "
+            "about its training). It detects a **monitored / evaluated framing** in the context: the Greenblatt et al. "
+            "free-tier tag with the RLHF explanation, our test-like vs deployment-like contexts, and the assistant saying it "
+            "thinks it is being tested. The held-out-kind numbers show how far one framing transfers to another; "
+            + (f"the lexical-confound check ({d['flagged']}/{d['n']} benign requests mentioning tests/monitoring flagged) shows how "
+               "much of it is vocabulary. " if d else "")
+            + "On a larger model the same pipeline would measure whether such a representation exists and drives behaviour; "
+            "here it is a context feature, useful as a monitor of prompts that tell the model it is watched.")
+    out.append("- All numbers come from one seed and one split; with ~25 scenarios per hand-written kind, a held-out-kind "
+               "AUROC has a standard error of a few points.")
+    return out

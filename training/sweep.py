@@ -1,0 +1,162 @@
+"""Layer x method x aggregation sweep on cached activations, scored three ways.
+
+For every configuration we report
+- `val_auroc`: fit on the fit split, score the grouped validation (calibration) split;
+- `heldout_kind_auroc`: leave-one-kind-out: fit on every other kind, score the held-out kind
+  (mean over kinds, plus each kind), the generalisation number;
+- `ood_auroc`: fit on the fit split, score each out-of-distribution set.
+
+Configurations are chosen by the held-out-kind number when the pool has at least two kinds,
+else by the out-of-distribution sets, else by validation (ties: higher validation AUROC, then
+the earlier layer). The chosen number is a maximum over configurations, so it is mildly
+optimistic; reports say how many configurations were compared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from probewatch.metrics import auroc
+from probewatch.probes.manifest import Aggregation
+from probewatch.training.estimators import LinearProbe, make_probe
+from probewatch.training.features import LayerData, score_all, training_matrix
+from probewatch.training.splits import leave_one_kind_out
+
+
+@dataclass
+class PoolArrays:
+    """Example metadata of the pool, as arrays aligned with the activation cache."""
+
+    labels: np.ndarray
+    groups: np.ndarray
+    kinds: np.ndarray
+    fit_idx: np.ndarray
+    val_idx: np.ndarray
+    test_idx: np.ndarray
+
+
+@dataclass
+class SweepRow:
+    token_selection: str
+    layer: int
+    method: str
+    per_token: bool
+    aggregation: str
+    val_auroc: float | None
+    heldout_kind_auroc: float | None = None
+    heldout_per_kind: dict[str, float] = field(default_factory=dict)
+    ood_auroc: dict[str, float] = field(default_factory=dict)
+    C: float | None = None
+
+    @property
+    def ood_mean(self) -> float | None:
+        return float(np.mean(list(self.ood_auroc.values()))) if self.ood_auroc else None
+
+    def selection_score(self, by: str) -> float:
+        value = {"heldout_kind": self.heldout_kind_auroc, "ood": self.ood_mean, "validation": self.val_auroc}[by]
+        return -1.0 if value is None else float(value)
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        out["ood_mean"] = self.ood_mean
+        return out
+
+
+@dataclass
+class ProbeSpec:
+    """Everything that defines how one probe is fitted and read."""
+
+    method: str
+    layer: int
+    token_selection: str
+    per_token: bool
+    aggregation: str
+    standardize: bool | None = None
+    C: float | None = None
+
+
+def fit_probe(spec: ProbeSpec, data: LayerData, pool: PoolArrays, idx: np.ndarray, seed: int,
+              balance_kinds: bool) -> LinearProbe:
+    X, y, g, w = training_matrix(data, idx, pool.labels, pool.groups, spec.token_selection, spec.per_token,
+                                 pool.kinds, balance_kinds)
+    probe = make_probe(spec.method, seed=seed, C=spec.C, standardize=spec.standardize)
+    return probe.fit(X, y, groups=g, sample_weight=w)
+
+
+def _safe_auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    if len(np.unique(labels)) < 2 or not np.all(np.isfinite(scores)):
+        return None
+    return auroc(scores, labels)
+
+
+def selection_basis(pool: PoolArrays, has_ood: bool) -> str:
+    kinds = list(leave_one_kind_out(pool.kinds, pool.labels, pool.groups))
+    if len(kinds) >= 2:
+        return "heldout_kind"
+    return "ood" if has_ood else "validation"
+
+
+def sweep_layer(data: LayerData, ood: dict[str, tuple[LayerData, np.ndarray]], pool: PoolArrays,
+                token_selection: str, methods: Sequence[str], aggregations: Sequence[Aggregation],
+                per_token: bool, seed: int, balance_kinds: bool, standardize: bool | None = None,
+                do_heldout: bool = True) -> list[SweepRow]:
+    """Every (method, aggregation) on one layer; one fit per method and split."""
+    rows: list[SweepRow] = []
+    loko = list(leave_one_kind_out(pool.kinds, pool.labels, pool.groups)) if do_heldout else []
+    for method in methods:
+        spec = ProbeSpec(method, data.layer, token_selection, per_token, aggregations[0].method, standardize)
+        probe = fit_probe(spec, data, pool, pool.fit_idx, seed, balance_kinds)
+        w, b = probe.raw_linear_form()
+        scores = score_all(w, b, data, token_selection, list(aggregations))
+        ood_scores = {name: score_all(w, b, od, token_selection, list(aggregations)) for name, (od, _) in ood.items()}
+        heldout: dict[str, dict[str, float | None]] = {a.method: {} for a in aggregations}
+        for kind, tr, te in loko:
+            spec_k = ProbeSpec(method, data.layer, token_selection, per_token, spec.aggregation, standardize)
+            pk = fit_probe(spec_k, data, pool, tr, seed, balance_kinds)
+            wk, bk = pk.raw_linear_form()
+            sk = score_all(wk, bk, data, token_selection, list(aggregations))
+            for a in aggregations:
+                heldout[a.method][kind] = _safe_auroc(sk[a.method][te], pool.labels[te])
+        for a in aggregations:
+            per_kind = {k: v for k, v in heldout[a.method].items() if v is not None}
+            rows.append(SweepRow(
+                token_selection, data.layer, method, per_token, a.method,
+                _safe_auroc(scores[a.method][pool.val_idx], pool.labels[pool.val_idx]),
+                float(np.mean(list(per_kind.values()))) if per_kind else None, per_kind,
+                {name: v for name, (od, labels) in ood.items()
+                 if (v := _safe_auroc(ood_scores[name][a.method], labels)) is not None},
+                getattr(probe, "C_", None),
+            ))
+    return rows
+
+
+def best_row(rows: Sequence[SweepRow], by: str) -> SweepRow:
+    def key(r: SweepRow) -> tuple:
+        return (round(r.selection_score(by), 3), round(r.val_auroc or 0.0, 3), -r.layer)
+
+    return max(rows, key=key)
+
+
+def heldout_kind_recall(spec: ProbeSpec, data: LayerData, pool: PoolArrays, control: LayerData, fpr: float,
+                        seed: int, balance_kinds: bool) -> dict[str, dict[str, float]]:
+    """Per held-out kind: AUROC and recall at the control-calibrated `fpr` threshold of that fold's probe."""
+    from probewatch.metrics import recall_at_threshold, threshold_at_fpr
+
+    agg = [Aggregation(method=spec.aggregation)]
+    out: dict[str, dict[str, float]] = {}
+    for kind, tr, te in leave_one_kind_out(pool.kinds, pool.labels, pool.groups):
+        probe = fit_probe(spec, data, pool, tr, seed, balance_kinds)
+        w, b = probe.raw_linear_form()
+        s = score_all(w, b, data, spec.token_selection, agg)[spec.aggregation]
+        c = score_all(w, b, control, spec.token_selection, agg)[spec.aggregation]
+        t = threshold_at_fpr(c, fpr)
+        y = pool.labels[te]
+        out[kind] = {"auroc": _safe_auroc(s[te], y), "recall_at_fpr_control": recall_at_threshold(s[te][y == 1], t),
+                     "n": int(len(te))}
+    return out
+
+
+ProgressFn = Callable[[str], None]
