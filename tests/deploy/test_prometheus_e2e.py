@@ -49,7 +49,7 @@ pytestmark = pytest.mark.timeout(300)
 
 GENERATIONS = 30
 SCRAPE = "1s"
-RATE_INTERVAL = "30s"      # what Grafana's $__rate_interval becomes here
+RATE_INTERVAL = "2m"       # what Grafana's $__rate_interval becomes here (covers the whole traffic)
 RANGE = "1h"               # $__range
 BEHAVIOURS = {"pw-deception": "deception", "pw-refusal": "refusal", "pw-af": "alignment_faking"}
 HEALTHCHECK = REPO / "deploy" / "docker" / "healthcheck.py"
