@@ -232,14 +232,14 @@ def behaviour_pools(loaded: Any, sae: SAE, behaviours: Sequence[str], data_dir: 
                     ) -> dict[str, dict[str, Any]]:
     """Association tables per behaviour (extracts the pools' rows at the SAE's layer, cached)."""
     from probewatch.training.datasets import build_behaviour_data
-    from probewatch.training.extract import extract_activations
+    from probewatch.training.sae.probe import activations_for
 
     out = {}
     for behaviour in behaviours:
         data = build_behaviour_data(behaviour, data_dir)
         dialogues = data.pool
-        acts = extract_activations(loaded.model, loaded.tokenizer, dialogues, [sae.cfg.layer], loaded.fingerprint,
-                                   name=f"sae-assoc-{behaviour}", progress=progress)
+        # reuses `probewatch train`'s cache of the same pool when it holds this layer
+        acts = activations_for(loaded, dialogues, sae.cfg.layer, f"{behaviour}-pool", progress)
         labels = np.array([d.label for d in dialogues])
         if data.token_selection == "prompt_last":
             last = acts.last_rows(sae.cfg.layer)
