@@ -263,3 +263,18 @@ def test_notes_render_for_every_variant(rendered):
         notes = rendered[variant]["probewatch/templates/NOTES.txt"]
         assert "probewatch incidents list" in notes and "<no value>" not in notes
     assert "PROBEWATCH_SIDECAR=127.0.0.1:50051" in rendered["default"]["probewatch/templates/NOTES.txt"]
+
+
+def test_packaged_chart_is_self_contained(chartkit, tmp_path):
+    """`helm package` resolves the dashboard link into a regular file; the .tgz renders alone."""
+    import tarfile
+
+    import helm_python
+
+    helm_python.package(str(CHART), destination=str(tmp_path))
+    (tgz,) = tmp_path.glob("probewatch-*.tgz")
+    with tarfile.open(tgz) as tar:
+        member = tar.getmember("probewatch/dashboards/probewatch-dashboard.json")
+        assert member.isfile() and json.loads(tar.extractfile(member).read()) == json.loads(DASHBOARD.read_text())
+    rendered = chartkit.render({}, chart=tgz)
+    chartkit.validate_rendered(rendered)
