@@ -28,7 +28,8 @@ import time
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import grpc
@@ -204,6 +205,8 @@ class ScoringEngine:
         self._closed: OrderedDict[str, None] = OrderedDict()
         self._closed_memory = closed_memory
         self._thread: threading.Thread | None = None
+        self._release = threading.Event()
+        self._release.set()
         self.batches = 0           # drained batches (tests assert cross-stream batching)
         self.max_items_per_batch = 0
         self.max_generations_per_gemm = 0
@@ -222,6 +225,15 @@ class ScoringEngine:
             self._queue.put(_STOP)
             self._thread.join(timeout_s)
             self._thread = None
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Let work queue up without scoring it until the block ends (deterministic batching in tests)."""
+        self._release.clear()
+        try:
+            yield
+        finally:
+            self._release.set()
 
     @property
     def layer_widths(self) -> dict[int, int]:
@@ -300,6 +312,7 @@ class ScoringEngine:
             item = self._queue.get()
             if item is _STOP:
                 break
+            self._release.wait()
             batch, rows = [item], _rows(item)
             while rows < self.max_batch_rows:
                 try:

@@ -1,0 +1,153 @@
+"""The embedded OpenAI-compatible server (what `probewatch run` serves), on a tiny model folder with
+a tiny word-level tokenizer: real HTTP, real in-process sidecar, attach client on."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import make_tiny_model
+from tests.probes.helpers import make_bundle
+
+WORDS = ["user", "assistant", "system", ":", "hello", "what", "is", "the", "capital", "of", "france", "?", "paris",
+         "a", "an", "and", "to", "you", "i", "it", "be", "say", "hi", "please", "thanks", "."]
+
+
+@pytest.fixture(scope="module")
+def chat_folder(tmp_path_factory):
+    """A tiny llama + word-level fast tokenizer saved as an HF folder (no chat template: the fallback)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]
+    vocab = {t: i for i, t in enumerate(specials + WORDS + [f"w{i}" for i in range(256 - len(specials) - len(WORDS))])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]",
+                                  unk_token="[UNK]")
+    model = make_tiny_model("llama", seed=7)
+    model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id = 0, 1, 2
+    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2
+    folder = tmp_path_factory.mktemp("chat-model")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    from probewatch.models import fingerprint_folder
+
+    fp = fingerprint_folder(folder)
+    bundles = tmp_path_factory.mktemp("chat-bundles")
+    paths = [make_bundle(bundles, "dec", layer=1, d=64, seed=1, aggregation="max", fingerprint=fp, threshold=-100.0)[0],
+             make_bundle(bundles, "avg", layer=2, d=64, seed=2, aggregation="mean", fingerprint=fp, threshold=100.0)[0]]
+    return folder, paths
+
+
+@pytest.fixture
+def stack(chat_folder, tmp_path):
+    from probewatch.server.stack import LocalStack, StackOptions
+
+    folder, bundles = chat_folder
+    with LocalStack(StackOptions(model=str(folder), bundles=[str(p) for p in bundles], port=0,
+                                 incident_db=tmp_path / "incidents.sqlite3", max_tokens=5)) as s:
+        yield s
+
+
+MESSAGES = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "what is the capital of france ?"}]
+
+
+def test_models_health_and_metrics(stack):
+    with httpx.Client(base_url=stack.url, timeout=60) as c:
+        models = c.get("/v1/models").json()
+        assert models["object"] == "list" and models["data"][0]["id"] == stack.loaded.model_id
+        assert c.get("/healthz").json()["monitoring"] is True
+        assert "probewatch_client_monitoring_up 1.0" in c.get("/metrics").text
+
+
+def test_chat_completion_carries_probe_scores(stack, tmp_path):
+    from probewatch.server.incidents import IncidentStore
+
+    with httpx.Client(base_url=stack.url, timeout=120) as c:
+        r = c.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 4, "metadata": {"tenant": "t1"}})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "chat.completion" and body["choices"][0]["message"]["role"] == "assistant"
+    assert body["choices"][0]["finish_reason"] in ("stop", "length")
+    usage = body["usage"]
+    pw = body["probewatch"]
+    assert pw["monitored"] and pw["status"] == "closed" and pw["generation_id"].startswith("gen-")
+    assert set(pw["scores"]) == {"dec", "avg"} and pw["flagged"]["dec"] and not pw["flagged"]["avg"]
+    n_scored = usage["completion_tokens"] - (1 if body["choices"][0]["finish_reason"] == "stop" else 0)
+    assert pw["tokens_scored"] == n_scored
+    assert [a["probe"] for a in pw["alerts"]] == ["dec"] and pw["alerts"][0]["incident_id"]
+    incident = IncidentStore.open(tmp_path / "incidents.sqlite3", readonly=True).get(pw["alerts"][0]["incident_id"])
+    assert incident.generation_id == pw["generation_id"] and incident.metadata == {"tenant": "t1"}
+    assert "capital of france" in incident.prompt
+
+
+def test_streaming_sends_scores_in_the_final_chunk(stack):
+    events = []
+    with httpx.Client(base_url=stack.url, timeout=120) as c:
+        with c.stream("POST", "/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 4, "stream": True}) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(ch["object"] == "chat.completion.chunk" for ch in chunks)
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    final = chunks[-1]
+    assert final["choices"][0]["finish_reason"] in ("stop", "length") and "usage" in final
+    assert final["probewatch"]["monitored"] and set(final["probewatch"]["scores"]) == {"dec", "avg"}
+    assert all("probewatch" not in ch for ch in chunks[:-1])
+
+
+def test_request_errors(stack):
+    with httpx.Client(base_url=stack.url, timeout=60) as c:
+        r = c.post("/v1/chat/completions", json={"model": "gpt-5", "messages": MESSAGES})
+        assert r.status_code == 404 and r.json()["detail"]["error"]["code"] == "model_not_found"
+        assert c.post("/v1/chat/completions", json={"messages": []}).status_code == 422
+        assert c.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 0}).status_code == 422
+
+
+def test_kill_switch_through_http(chat_folder, tmp_path, monkeypatch):
+    from probewatch.server.stack import LocalStack, StackOptions
+
+    monkeypatch.setenv("PROBEWATCH_DISABLE", "1")
+    folder, bundles = chat_folder
+    with LocalStack(StackOptions(model=str(folder), bundles=[str(p) for p in bundles], port=0,
+                                 incident_db=tmp_path / "i.sqlite3", max_tokens=3)) as s:
+        body = httpx.post(f"{s.url}/v1/chat/completions", json={"messages": MESSAGES}, timeout=60).json()
+    assert body["choices"][0]["message"]["role"] == "assistant"
+    assert body["probewatch"]["monitored"] is False and body["probewatch"]["status"] == "disabled"
+
+
+def test_run_command_serves_until_sigterm(chat_folder, tmp_path):
+    folder, bundles = chat_folder
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "probewatch.cli.main", "run", "--model", str(folder), "--bundles",
+                             *map(str, bundles), "--port", str(port), "--metrics-port", "0",
+                             "--incident-db", str(tmp_path / "i.sqlite3"), "--max-tokens", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()["monitoring"]:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+        body = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"messages": MESSAGES}, timeout=60).json()
+        assert body["probewatch"]["monitored"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert f"http://127.0.0.1:{port}/v1/chat/completions" in out and "in-process sidecar" in out
