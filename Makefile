@@ -10,7 +10,7 @@ SHARED_DATA ?= $(abspath ../shared/datasets)
 export PROBEWATCH_DATA ?= $(SHARED_DATA)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench bench-quality bench-overhead bench-ingest lint clean
+.PHONY: setup demo test bench bench-quality bench-overhead bench-ingest proto lint clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +27,20 @@ demo: setup
 test: setup
 	bash deploy/scripts/ensure-prometheus.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Monitoring cost on the reference model: tokens/s with monitoring off vs raw rows vs pushdown
+# (alternating, medians, ratios); BENCH_ARGS e.g. "--new-tokens 32 --repeats 7 --batch 4".
+BENCH_ARGS ?=
+bench-overhead: setup
+	$(BIN)/probewatch bench overhead --json $(BENCH_ARGS)
+
+# Sidecar ingest rate of raw residual chunks over loopback gRPC vs a raw socket copy of the same bytes.
+bench-ingest: setup
+	$(BIN)/probewatch bench ingest --json $(BENCH_ARGS)
+
+# Regenerate the committed gRPC stubs from proto/probewatch/v1/*.proto (tests/proto fails on drift).
+proto: setup
+	$(BIN)/python -m probewatch.proto.generate
 
 lint: setup
 	$(BIN)/python -m ruff check probewatch probes training server tests || true
