@@ -487,7 +487,7 @@ class _Call:
 
     def on_block(self, block: RowBlock) -> None:
         step = self.step
-        if step is None:
+        if step is None or block.hidden.shape[0] != self.B:  # not one row per sequence: never mis-attribute rows
             return
         cap = self.plan.captures[block.layer]
         hidden = block.hidden
@@ -637,8 +637,11 @@ class Monitor:
         metadata = {str(k): str(v) for k, v in (kwargs.pop("probewatch_metadata", None) or {}).items()}
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         plan, session = self._current_plan()
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or plan is None:
+        unsupported = self._unsupported(kwargs)
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or plan is None or unsupported:
             reason = "sidecar_down" if plan is None else "unsupported_input"
+            if unsupported and plan is not None:
+                log.warning("probewatch: generate() with %s is not monitored (unsupported)", unsupported)
             n = input_ids.shape[0] if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else 1
             self.metrics.unmonitored.labels(reason=reason).inc(n)
             ids = list(gen_ids) if gen_ids else [uuid.uuid4().hex for _ in range(n)]
@@ -685,6 +688,21 @@ class Monitor:
         if self.config.score_final_token and not want_dict:
             return out.sequences
         return out
+
+    def _unsupported(self, kwargs) -> str | None:
+        """Generation modes whose forward batch is not one row per sequence, or feeds rejected tokens."""
+        config = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
+
+        def setting(name: str, default=None):
+            return kwargs.get(name, getattr(config, name, default))
+
+        if (setting("num_beams", 1) or 1) > 1:
+            return "beam search (num_beams > 1)"
+        if (setting("num_return_sequences", 1) or 1) > 1:
+            return "num_return_sequences > 1"
+        if kwargs.get("assistant_model") is not None or setting("prompt_lookup_num_tokens") is not None:
+            return "assisted / speculative decoding"
+        return None
 
     @torch.inference_mode()
     def _tail_step(self, call: _Call, out, kwargs) -> None:

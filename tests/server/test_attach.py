@@ -226,3 +226,21 @@ def test_sidecar_for_another_model_is_refused(tmp_path, tiny_model, caplog):
             finally:
                 monitor.detach()
     assert "fingerprint" in caplog.text and other in caplog.text
+
+
+def test_beam_search_runs_unmonitored_instead_of_misattributing_rows(tiny_model, start_sidecar, caplog):
+    sidecar = start_sidecar()
+    ids, mask = _batch(seed=6)
+    expected = _generate(tiny_model, ids, mask, num_beams=2)
+    monitor = attach(tiny_model, sidecar=sidecar.address, wait_s=10)
+    try:
+        with caplog.at_level("WARNING", logger="probewatch.server.attach"):
+            out = _generate(tiny_model, ids, mask, num_beams=2)
+        assert torch.equal(out, expected)
+        result = monitor.last_generations[0].result(0)
+        assert not result.monitored and result.reason == "unsupported_input"
+        assert "beam search" in caplog.text
+        assert monitor.metrics.registry.get_sample_value("probewatch_client_unmonitored_generations_total",
+                                                         {"reason": "unsupported_input"}) == 2
+    finally:
+        monitor.detach()
