@@ -554,6 +554,9 @@ class Monitor:
         self.blocks_enqueued = 0
         self.chunks_sent = 0
         self._plans: dict[tuple[int, str], Plan] = {}
+        # hooks live on the shared model: two monitored generate() calls at once would see each
+        # other's rows, so monitored calls on one model take turns (unmonitored ones never wait)
+        self._generate_lock = threading.Lock()
         if not self.enabled:
             log.info("probewatch: PROBEWATCH_DISABLE is set: monitoring is off (no hooks, no sidecar traffic)")
             self.metrics.monitoring_up.set(0)
@@ -672,8 +675,9 @@ class Monitor:
             kwargs["return_dict_in_generate"] = True
         capture = ResidualCapture(self.model, plan.layers, sink=call.on_block, keep=False,
                                   transform=call.transform if any(c.pushdown for c in plan.captures.values()) else None)
-        pre_hook = self.model.register_forward_pre_hook(call.on_model_call, with_kwargs=True)
         out = None
+        self._generate_lock.acquire()
+        pre_hook = self.model.register_forward_pre_hook(call.on_model_call, with_kwargs=True)
         try:
             with capture:
                 out = self._original_generate(*args, **kwargs)
@@ -681,6 +685,7 @@ class Monitor:
                     self._tail_step(call, out, kwargs)
         finally:
             pre_hook.remove()
+            self._generate_lock.release()
             sequences = getattr(out, "sequences", out) if out is not None else None
             for b, h in enumerate(handles):
                 prompt_text, response_text = self._texts(call, sequences, b)
