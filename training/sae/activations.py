@@ -12,6 +12,12 @@ Rows skipped on purpose (documented in docs/sae.md):
   rows dominate the reconstruction loss. The runtime never scores it either (response tokens).
 - repeated prefixes: the chat template's system prompt produces identical residuals in every
   dialogue (causal model, same prefix -> same rows); each distinct prefix is kept once.
+- massive activations (on load, not on disk): rows whose norm exceeds `outlier_factor` (10) x
+  the median norm. In SmolLM2 these are the first content token after a BOS-like `<|im_start|>`
+  in plain text (32 of 258k rows at layer 15, norms 5k-25k vs a median of 175) and they would
+  carry over half of the total variance; like position 0 they are attention sinks, never scored.
+  Their count and the threshold are recorded in the training report, and the CE evaluation
+  leaves such rows unspliced too.
 Rows are stored as float16 (checked for overflow), which halves the cache; the SAE trains in fp32.
 """
 
@@ -52,6 +58,8 @@ class ActivationStore:
     layer: int
     fingerprint: str
     sequences: list[TextSequence]
+    max_norm: float | None = None   # rows above this norm were dropped as massive activations
+    n_dropped: int = 0
 
     @property
     def d(self) -> int:
@@ -170,8 +178,9 @@ def extract_activations(model: torch.nn.Module, layer: int, sequences: Sequence[
     return out_dir
 
 
-def load_activations(cache_dir: Path, expected_fingerprint: str | None = None, expected_layer: int | None = None) -> ActivationStore:
-    """Load a complete cache into memory (float32)."""
+def load_activations(cache_dir: Path, expected_fingerprint: str | None = None, expected_layer: int | None = None,
+                     outlier_factor: float | None = 10.0) -> ActivationStore:
+    """Load a complete cache into memory (float32), dropping massive-activation rows (see module doc)."""
     from probewatch.training.sae.corpus import load_corpus
 
     cache_dir = Path(cache_dir)
@@ -189,8 +198,18 @@ def load_activations(cache_dir: Path, expected_fingerprint: str | None = None, e
         with safe_open(str(cache_dir / name), "pt") as fh:
             for key in parts:
                 parts[key].append(fh.get_tensor(key))
+    acts = torch.cat(parts["acts"]).float()
     seq = torch.cat(parts["seq"]).long()
+    pos = torch.cat(parts["pos"]).long()
+    tok = torch.cat(parts["tok"]).long()
+    max_norm, n_dropped = None, 0
+    if outlier_factor:
+        norms = acts.norm(dim=1)
+        max_norm = float(outlier_factor * norms.median())
+        keep = norms <= max_norm
+        n_dropped = int((~keep).sum())
+        if n_dropped:
+            acts, seq, pos, tok = acts[keep], seq[keep], pos[keep], tok[keep]
     is_eval_seq = torch.tensor([s.split == "eval" for s in sequences])
-    return ActivationStore(acts=torch.cat(parts["acts"]).float(), seq=seq, pos=torch.cat(parts["pos"]).long(),
-                           tok=torch.cat(parts["tok"]).long(), is_eval=is_eval_seq[seq], layer=index["layer"],
-                           fingerprint=index["fingerprint"], sequences=sequences)
+    return ActivationStore(acts=acts, seq=seq, pos=pos, tok=tok, is_eval=is_eval_seq[seq], layer=index["layer"],
+                           fingerprint=index["fingerprint"], sequences=sequences, max_norm=max_norm, n_dropped=n_dropped)

@@ -9,7 +9,8 @@ Definitions (docs/sae.md repeats them next to the shipped SAE's numbers):
 - CE increase = CE(model with layer L's output replaced by SAE(x)) - CE(clean model) on held-out
   text, nats per token; loss recovered = (CE_zero - CE_sae) / (CE_zero - CE_clean), where
   CE_zero replaces the layer's output with zeros. Position 0 (the attention sink, never used
-  for training or scoring) is left untouched in all three runs.
+  for training or scoring) and rows above `max_norm` (massive activations, dropped from training:
+  see training/sae/activations.py) are left untouched in all three runs.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def _mean_ce(model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch
 
 
 def ce_metrics(model: torch.nn.Module, sae: SAE, layer: int, sequences: Sequence[Sequence[int]],
-               batch_size: int = 8, max_len: int = 256) -> dict[str, float]:
+               batch_size: int = 8, max_len: int = 256, max_norm: float | None = None) -> dict[str, float]:
     """CE clean / with the SAE spliced in / with the layer zero-ablated, on token sequences."""
     device = next(model.parameters()).device
     batches = []
@@ -102,10 +103,15 @@ def ce_metrics(model: torch.nn.Module, sae: SAE, layer: int, sequences: Sequence
             ids[i, :len(s)] = torch.tensor(s)
             attn[i, :len(s)] = 1
         batches.append((ids.to(device), attn.to(device)))
+    def keep_massive(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        if max_norm is None:
+            return fn
+        return lambda h: torch.where(h.float().norm(dim=-1, keepdim=True) > max_norm, h.float(), fn(h.float()))
+
     clean, n_tokens = _mean_ce(model, batches)
-    with splice_layer_output(model, layer, lambda h: sae(h.float())):
+    with splice_layer_output(model, layer, keep_massive(lambda h: sae(h.float()))):
         spliced, _ = _mean_ce(model, batches)
-    with splice_layer_output(model, layer, torch.zeros_like):
+    with splice_layer_output(model, layer, keep_massive(torch.zeros_like)):
         zero, _ = _mean_ce(model, batches)
     return {
         "n_tokens": n_tokens,

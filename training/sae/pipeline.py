@@ -82,7 +82,7 @@ def evaluate_sae(sae: SAE, store: ActivationStore, model: torch.nn.Module | None
     }
     if model is not None:
         eval_seqs = [s.ids for s in store.sequences if s.split == "eval"][:ce_sequences]
-        figures.update(ce_metrics(model, sae, store.layer, eval_seqs))
+        figures.update(ce_metrics(model, sae, store.layer, eval_seqs, max_norm=store.max_norm))
     return {"figures": figures, "feature_density": everything["feature_density"]}
 
 
@@ -109,7 +109,8 @@ def train_and_export(loaded: Any, layer: int, settings: SAETrainSettings, out_di
         "sae": out_dir.name, "model": loaded.model_id, "fingerprint": loaded.fingerprint, "layer": layer,
         "hook_name": sae.cfg.hook_name, "architecture": settings.architecture, "d_in": sae.cfg.d_in,
         "d_sae": settings.d_sae, "settings": settings.to_json(), "corpus": {**asdict(corpus), "rows": int(store.acts.shape[0]),
-        "train_rows": int(store.split("train").numel()), "eval_rows": int(store.split("eval").numel())},
+        "train_rows": int(store.split("train").numel()), "eval_rows": int(store.split("eval").numel()),
+        "massive_rows_dropped": store.n_dropped, "massive_norm_threshold": store.max_norm},
         "training": {"steps": result.steps, "tokens_seen": result.tokens_seen, "seconds": round(result.seconds, 1),
                      "norm_scale": result.scale, "dead_fraction_train_window": result.dead_fraction_train,
                      "history": result.history},

@@ -54,3 +54,17 @@ def test_extraction_resumes_from_finished_shards(tmp_path, tiny_llama, monkeypat
     monkeypatch.setattr(capture, "run_forward", lambda *a, **k: (calls.append(1), original(*a, **k))[1])
     extract_activations(tiny_llama, 1, seqs, tmp_path, "fp", {}, batch_tokens=11, shard_rows=5, progress=False)
     assert calls == [] and torch.equal(load_activations(tmp_path).acts, first)
+
+
+def test_massive_activation_rows_are_dropped_on_load(tmp_path, tiny_llama):
+    from safetensors.torch import load_file, save_file
+
+    seqs = [TextSequence(list(range(1, 30)), "t", "a")]
+    extract_activations(tiny_llama, 1, seqs, tmp_path, "fp", {}, progress=False)
+    shard = tmp_path / "shard-00000.safetensors"
+    tensors = load_file(str(shard))
+    tensors["acts"][3] *= 1000  # one attention-sink-like row
+    save_file(tensors, str(shard))
+    store = load_activations(tmp_path)
+    assert store.n_dropped == 1 and store.acts.shape[0] == 27 and 4 not in store.pos.tolist()
+    assert load_activations(tmp_path, outlier_factor=None).acts.shape[0] == 28
