@@ -1,0 +1,154 @@
+"""`probewatch train` / `eval` / `calibrate` end to end on a tiny model (seconds, no datasets needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from probewatch.cli.main import main
+from probewatch.probes import load_bundle, read_manifest
+from tests.training.helpers import write_synthetic
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_folder, tmp_path_factory):
+    """A bundle trained by the CLI on synthetic data: (bundle dir, data.jsonl, control.jsonl)."""
+    root = tmp_path_factory.mktemp("trained")
+    data, control = write_synthetic(root, n_groups=30)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PROBEWATCH_HOME", str(root / "home"))
+        code = main(["train", "--behaviour", "deception", "--model", str(tiny_folder), "--data", str(data),
+                     "--control", str(control), "--out", str(root / "bundle"), "--quiet", "--json"])
+    assert code == 0
+    return root / "bundle", data, control
+
+
+def _run(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_writes_bundle_report_and_plots(trained, tiny_loaded):
+    bundle_dir, data, _ = trained
+    for name in ("manifest.json", "weights.safetensors", "report.json", "auroc_by_layer.png", "roc.png", "score_hist.png"):
+        assert (bundle_dir / name).is_file(), name
+    bundle = load_bundle(bundle_dir, expected_fingerprint=tiny_loaded.fingerprint, expected_d_model=64)
+    m = bundle.manifest
+    assert m.behaviour == "deception" and m.kind in ("linear", "mean_diff", "lat") and m.layer in (1, 3)
+    assert m.threshold.method == "fpr" and m.threshold.fpr == 0.01 and m.threshold.n_calibration == 15
+    assert m.threshold.calibration_set.startswith("control.jsonl")
+    assert m.metrics["auroc"] > 0.9 and "auroc_heldout_kind" in m.metrics
+    t = m.training
+    assert {"method", "layer", "C", "seed", "data", "sizes", "control", "platt"} <= set(t)
+    assert t["data"][0]["sha256"] and t["data"][0]["path"].endswith("data.jsonl")
+    report = json.loads((bundle_dir / "report.json").read_text())
+    assert report["parity"]["max_abs_diff"] < 1e-3  # live scoring path == cached training scores
+    assert report["selection"]["basis"] == "heldout_kind" and len(report["heldout_kinds"]) == 3
+    assert report["sweep"] and report["platt"]["slope"] > 0
+
+
+def test_eval_json_last_line_and_metrics(trained, tiny_folder, tmp_path):
+    bundle_dir, data, control = trained
+    proc = subprocess.run([sys.executable, "-m", "probewatch.cli.main", "eval", "--bundle", str(bundle_dir),
+                           "--model", str(tiny_folder), "--data", str(data), "--control", str(control), "--json"],
+                          capture_output=True, text=True, timeout=300, env=_env(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["auroc"] > 0.9 and result["n_pos"] == 30 and result["n_neg"] == 30
+    assert result["threshold_source"] == "control" and 0.0 <= result["recall_at_fpr"] <= 1.0
+
+
+def test_eval_text_output_uses_negatives_without_control(trained, tiny_folder, capsys):
+    bundle_dir, data, _ = trained
+    code, out, _ = _run(["eval", "--bundle", str(bundle_dir), "--model", str(tiny_folder), "--data", str(data), "--quiet"], capsys)
+    assert code == 0 and "AUROC" in out and "from the negatives" in out
+
+
+def test_bad_jsonl_line_names_file_and_line(trained, tiny_folder, tmp_path, capsys):
+    bundle_dir, data, control = trained
+    bad = tmp_path / "bad.jsonl"
+    lines = data.read_text().splitlines()
+    bad.write_text("\n".join(lines[:2] + ['{"messages": [{"role": "user", "content": "t1"}], "label": 7}'] + lines[2:]) + "\n")
+    code, _, err = _run(["eval", "--bundle", str(bundle_dir), "--model", str(tiny_folder), "--data", str(bad)], capsys)
+    assert code == 2 and f"{bad}:3" in err and "label" in err
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(lines[0] + "\n{not json\n")
+    code, _, err = _run(["train", "--behaviour", "deception", "--model", str(tiny_folder), "--data", str(broken),
+                         "--control", str(control), "--out", str(tmp_path / "b"), "--quiet"], capsys)
+    assert code == 2 and f"{broken}:2" in err and "invalid JSON" in err and "Traceback" not in err
+
+
+def test_wrong_model_for_a_bundle_is_refused(trained, other_tiny_folder, tmp_path, capsys):
+    bundle_dir, data, control = trained
+    other = str(other_tiny_folder)
+    code, _, err = _run(["eval", "--bundle", str(bundle_dir), "--model", other, "--data", str(data)], capsys)
+    assert code == 2 and "fingerprint" in err
+    code, _, err = _run(["train", "--init-from", str(bundle_dir), "--model", other, "--data", str(data),
+                         "--control", str(control), "--out", str(tmp_path / "new"), "--quiet"], capsys)
+    assert code == 2 and "refusing to update a bundle with another model" in err
+    assert not (tmp_path / "new").exists()
+    before = (bundle_dir / "weights.safetensors").read_bytes()
+    code, _, err = _run(["train", "--behaviour", "deception", "--model", other, "--data", str(data),
+                         "--control", str(control), "--out", str(bundle_dir), "--quiet"], capsys)
+    assert code == 2 and "Refusing to update a bundle with another model" in err
+    assert (bundle_dir / "weights.safetensors").read_bytes() == before
+    code, _, err = _run(["calibrate", "--bundle", str(bundle_dir), "--model", other, "--control", str(control),
+                         "--out", str(tmp_path / "cal")], capsys)
+    assert code == 2 and "fingerprint" in err
+
+
+def test_init_from_retrains_with_the_bundle_settings(trained, tiny_folder, tmp_path, capsys):
+    bundle_dir, data, control = trained
+    old = read_manifest(bundle_dir)
+    out = tmp_path / "v2"
+    code, stdout, err = _run(["train", "--init-from", str(bundle_dir), "--model", str(tiny_folder), "--data", str(data),
+                              "--control", str(control), "--out", str(out), "--quiet", "--json"], capsys)
+    assert code == 0, err
+    new = read_manifest(out)
+    assert (new.id, new.layer, new.kind, new.aggregation.method) == (old.id, old.layer, old.kind, old.aggregation.method)
+    assert new.version == str(int(old.version) + 1) and new.training["init_from"] == str(bundle_dir)
+    assert json.loads(stdout.strip().splitlines()[-1])["layer"] == old.layer
+
+
+def test_calibrate_rethresholds_at_the_target_fpr(trained, tiny_folder, tmp_path, capsys):
+    bundle_dir, _, control = trained
+    out = tmp_path / "cal"
+    code, stdout, err = _run(["calibrate", "--bundle", str(bundle_dir), "--model", str(tiny_folder), "--control",
+                              str(control), "--fpr", "0.1", "--out", str(out), "--json", "--quiet"], capsys)
+    assert code == 0, err
+    m = read_manifest(out)
+    assert m.threshold.fpr == 0.1 and m.threshold.n_calibration == 30 and m.threshold.calibration_set == "control.jsonl"
+    assert m.extra["threshold_history"][-1]["value"] == read_manifest(bundle_dir).threshold.value
+    load_bundle(out)  # checksum still valid
+
+
+def test_default_out_is_a_user_bundle_listed_by_probes_list(tiny_folder, tmp_path, capsys):
+    data, control = write_synthetic(tmp_path, n_groups=12)
+    code, _, err = _run(["train", "--behaviour", "refusal", "--model", str(tiny_folder), "--data", str(data),
+                         "--control", str(control), "--method", "mean_diff", "--layers", "2", "--quiet", "--no-plots"], capsys)
+    assert code == 0, err
+    code, out, _ = _run(["probes", "list", "--json"], capsys)
+    rows = json.loads(out.strip().splitlines()[-1])
+    mine = [r for r in rows if r["source"] == "user"]
+    assert len(mine) == 1 and mine[0]["id"] == "refusal-mean-diff" and mine[0]["kind"] == "mean_diff"
+    assert mine[0]["layer"] == 2 and mine[0]["behaviour"] == "refusal" and Path(mine[0]["path"]).is_dir()
+
+
+def test_unknown_layer_is_a_clear_error(tiny_folder, tmp_path, capsys):
+    data, control = write_synthetic(tmp_path, n_groups=8)
+    code, _, err = _run(["train", "--behaviour", "deception", "--model", str(tiny_folder), "--data", str(data),
+                         "--control", str(control), "--layers", "9", "--quiet"], capsys)
+    assert code == 2 and "out of range" in err
+
+
+def _env(tmp_path: Path) -> dict:
+    import os
+
+    env = dict(os.environ)
+    env["PROBEWATCH_HOME"] = str(tmp_path / "home")
+    return env

@@ -1,0 +1,106 @@
+"""Cached scoring equals the runtime's aggregation; eval metrics equal scikit-learn's; Platt and splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from probewatch.probes.aggregate import aggregate
+from probewatch.probes.manifest import Aggregation
+from probewatch.training.calibration import CalibrationError, calibrated_threshold, platt_fit
+from probewatch.training.features import LayerData, aggregate_segments, training_matrix
+from probewatch.training.metrics import detection_metrics, max_tpr_at_fpr
+from probewatch.training.splits import SplitError, check_disjoint, grouped_split, leave_one_kind_out
+
+
+@pytest.mark.parametrize("spec", [Aggregation("mean"), Aggregation("max"), Aggregation("last"),
+                                  Aggregation("ema", alpha=0.3), Aggregation("ema", alpha=1.0),
+                                  Aggregation("rolling_mean_max", window=3), Aggregation("rolling_mean_max", window=1)])
+def test_vectorised_aggregation_equals_the_runtime(spec):
+    rng = np.random.default_rng(0)
+    lengths = np.array([1, 5, 0, 3, 12, 2])
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    x = rng.normal(size=offsets[-1])
+    got = aggregate_segments(x, offsets, spec)
+    for i in range(len(lengths)):
+        seg = x[offsets[i]:offsets[i + 1]]
+        if len(seg) == 0:
+            assert np.isnan(got[i])
+        else:
+            assert got[i] == pytest.approx(aggregate(seg.tolist(), spec), abs=1e-9)
+
+
+def test_training_matrix_per_example_and_per_token():
+    rows = np.arange(12, dtype=np.float32).reshape(6, 2)
+    data = LayerData(0, rows, np.array([0, 1, 3, 6]), np.array([[9, 9], [8, 8], [7, 7]], dtype=np.float32))
+    labels, groups, kinds = np.array([0, 1, 1]), np.array(["a", "b", "c"]), np.array(["k1", "k1", "k2"])
+    X, y, g, w = training_matrix(data, np.array([2, 0]), labels, groups, "response", per_token=False)
+    assert np.allclose(X, [[8, 9], [0, 1]]) and y.tolist() == [1, 0] and g.tolist() == ["c", "a"]
+    X, y, g, w = training_matrix(data, np.array([2, 1]), labels, groups, "response", per_token=True)
+    assert len(X) == 5 and y.tolist() == [1] * 5 and np.allclose(w, [1 / 3] * 3 + [1 / 2] * 2)
+    X, *_ = training_matrix(data, np.array([1]), labels, groups, "prompt_last", per_token=True)
+    assert np.allclose(X, [[8, 8]])
+    _, _, _, w = training_matrix(data, np.array([0, 1, 2]), labels, groups, "response", False, kinds, balance_kinds=True)
+    assert np.allclose([w[:2].sum(), w[2]], [1.5, 1.5])  # each kind weighs the same in total
+
+
+def test_eval_metrics_equal_scikit_learn_on_fixed_inputs():
+    rng = np.random.default_rng(42)
+    labels = np.r_[np.ones(120), np.zeros(300)].astype(int)
+    scores = np.r_[rng.normal(1.0, 1.0, 120), rng.normal(0.0, 1.0, 300)]
+    scores[:5] = scores[200:205]  # ties across classes
+    m = detection_metrics(scores, labels, fpr=0.01)
+    assert m["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    assert m["recall_at_fpr"] == pytest.approx(tpr[fpr <= 0.01].max(), abs=1e-12)
+    assert (m["n_pos"], m["n_neg"], m["threshold_source"]) == (120, 300, "negatives")
+    assert m["fpr_on_negatives"] <= 0.01
+    control = rng.normal(-0.5, 1.0, 500)
+    mc = detection_metrics(scores, labels, control, fpr=0.01)
+    fpr_c, tpr_c, _ = roc_curve(np.r_[np.ones(120), np.zeros(500)], np.r_[scores[labels == 1], control],
+                                drop_intermediate=False)
+    assert mc["threshold_source"] == "control"
+    assert mc["recall_at_fpr"] == pytest.approx(tpr_c[fpr_c <= 0.01].max(), abs=1e-12)
+    assert mc["recall_at_fpr"] == pytest.approx(max_tpr_at_fpr(scores[labels == 1], control, 0.01), abs=1e-12)
+
+
+def test_platt_matches_sklearn_on_overlapping_scores_and_stays_finite_when_separable():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 2000)
+    s = 3.0 * y + rng.normal(0, 2.0, 2000) + 5.0
+    slope, offset = platt_fit(s, y)
+    ref = LogisticRegression(C=1e6).fit(s[:, None], y)
+    assert slope == pytest.approx(ref.coef_[0, 0], rel=0.02)
+    assert offset == pytest.approx(ref.intercept_[0], rel=0.05, abs=0.05)
+    sep_slope, _ = platt_fit(np.r_[np.zeros(50), np.ones(50) * 10], np.r_[np.zeros(50), np.ones(50)])
+    assert 0 < sep_slope < 10  # Platt's smoothed targets keep perfectly separated scores finite
+    with pytest.raises(CalibrationError, match="anti-correlated"):
+        platt_fit(-s, y)
+    with pytest.raises(CalibrationError, match="both classes"):
+        platt_fit(s[y == 1], y[y == 1])
+
+
+def test_calibrated_threshold_flags_at_most_the_target_rate():
+    control = np.random.default_rng(3).normal(size=1000)
+    t = calibrated_threshold(control, 0.01)
+    assert (control >= t).mean() <= 0.01 and (control >= np.nextafter(t, -np.inf) - 1e-9).mean() > 0.0
+
+
+def test_grouped_split_and_leave_one_kind_out_keep_groups_apart():
+    groups = np.repeat([f"g{i}" for i in range(40)], 2)
+    labels = np.tile([0, 1], 40)
+    kinds = np.repeat(np.array(["a", "b", "c", "d"] * 10), 2)  # a group's pair shares its kind
+    tr, te = grouped_split(groups, labels, 0.25, seed=0)
+    check_disjoint(groups, tr, te)
+    assert len(tr) + len(te) == 80 and set(labels[te]) == {0, 1}
+    folds = list(leave_one_kind_out(kinds, labels, groups))
+    assert [k for k, _, _ in folds] == ["a", "b", "c", "d"]
+    for kind, train, test in folds:
+        assert set(kinds[test]) == {kind} and kind not in set(kinds[train])
+        check_disjoint(groups, train, test)
+    with pytest.raises(SplitError):
+        check_disjoint(groups, np.array([0]), np.array([1]))
+    with pytest.raises(SplitError):
+        grouped_split(np.array(["x"] * 4), np.array([0, 1, 0, 1]), 0.5)
