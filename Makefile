@@ -28,6 +28,15 @@ test: setup
 	bash deploy/scripts/ensure-prometheus.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# Detection quality: trains every shipped probe (deception, refusal x2, alignment faking) from
+# $(PROBEWATCH_DATA), copies the bundles to probes/shipped/<model>/ and writes docs/quality.md
+# (+ docs/quality/<probe>/ plots). First run extracts activations and generates the control set
+# (cached under PROBEWATCH_HOME); QUALITY_ARGS e.g. "--probes refusal --no-ship".
+QUALITY_ARGS ?=
+bench-quality: setup
+	@mkdir -p runs; start=$$(date +%s); $(BIN)/probewatch bench quality $(QUALITY_ARGS) && \
+	echo "bench-quality: $$(( $$(date +%s) - start ))s" | tee -a runs/bench-quality.log
+
 # Monitoring cost on the reference model: tokens/s with monitoring off vs raw rows vs pushdown
 # (alternating, medians, ratios); BENCH_ARGS e.g. "--new-tokens 32 --repeats 7 --batch 4".
 BENCH_ARGS ?=

@@ -32,9 +32,8 @@ import numpy as np
 
 JOBS: dict[str, dict[str, Any]] = {
     "deception": {"behaviour": "deception"},
-    "refusal": {"behaviour": "refusal", "methods": ["logistic"], "probe_id": "refusal", "all_layers": True},
-    "refusal-mean-diff": {"behaviour": "refusal", "methods": ["mean_diff"], "probe_id": "refusal-mean-diff",
-                          "all_layers": True},
+    "refusal": {"behaviour": "refusal", "methods": ["logistic"], "probe_id": "refusal"},
+    "refusal-mean-diff": {"behaviour": "refusal", "methods": ["mean_diff"], "probe_id": "refusal-mean-diff"},
     "alignment-faking": {"behaviour": "alignment_faking"},
 }
 BUNDLE_FILES = ("manifest.json", "weights.safetensors", "report.json")

@@ -230,12 +230,13 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     t1 = time.perf_counter()
 
     def extract(name: str, dialogues: Sequence[Dialogue]) -> ActivationSet:
+        # the cache key is model + data + layers; the name only labels the folder (the control set is shared)
         return extract_activations(loaded.model, loaded.tokenizer, dialogues, layers, loaded.fingerprint,
-                                   name=f"{config.behaviour}-{name}", max_tokens=config.max_tokens,
+                                   name=name, max_tokens=config.max_tokens,
                                    batch_size=config.batch_size, dtype=config.cache_dtype, progress=config.progress)
 
-    pool_acts = extract("pool", data.pool)
-    ood_acts = {name: extract(f"ood-{name}", ds) for name, ds in data.ood.items()}
+    pool_acts = extract(f"{config.behaviour}-pool", data.pool)
+    ood_acts = {name: extract(f"{config.behaviour}-ood-{name}", ds) for name, ds in data.ood.items()}
     control_acts = extract("control", control)
     timings["extract_s"] = time.perf_counter() - t1
 
