@@ -210,7 +210,7 @@ class ScoringEngine:
         self.batches = 0           # drained batches (tests assert cross-stream batching)
         self.max_items_per_batch = 0
         self.max_generations_per_gemm = 0
-        metrics.set_queue_depth_source(self._queue.qsize)
+        metrics.set_queue_depth_source(self._queue.qsize, capacity=queue_size)
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> ScoringEngine:

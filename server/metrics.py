@@ -82,6 +82,10 @@ def _fmt(bound: float) -> str:
     return repr(float(bound))
 
 
+# gRPC status codes the sidecar answers bad input with (pre-created so a first rejection shows in rate()).
+REJECTION_CODES = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "ALREADY_EXISTS")
+
+
 class SidecarMetrics:
     """Every series the sidecar exports (docs/architecture.md names them)."""
 
@@ -109,6 +113,8 @@ class SidecarMetrics:
                                          "Time from receiving a chunk to sending its scores (queue wait + GEMM).",
                                          buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("probewatch_queue_depth", "Work items waiting for the scoring worker.", registry=r)
+        self.queue_capacity = Gauge("probewatch_queue_capacity",
+                                    "Bound of the scoring queue (alert rules compare queue depth with it).", registry=r)
         self.dropped_chunks = Counter("probewatch_dropped_chunks_total",
                                       "Chunks not scored: sidecar queue full, or dropped by a client (reported at close).",
                                       ["reason"], registry=r)
@@ -133,9 +139,14 @@ class SidecarMetrics:
             self.tokens_scored.labels(mode=mode)
         for outcome in ("ok", "failed"):
             self.webhook_deliveries.labels(outcome=outcome)
+        # Pre-create the codes the sidecar answers with, so the first rejection shows in rate()/increase().
+        for code in REJECTION_CODES:
+            self.rejected.labels(code=code)
 
-    def set_queue_depth_source(self, fn: Callable[[], float]) -> None:
+    def set_queue_depth_source(self, fn: Callable[[], float], capacity: int | None = None) -> None:
         self.queue_depth.set_function(fn)
+        if capacity is not None:
+            self.queue_capacity.set(capacity)
 
     def register_bundles(self, bundles: Iterable) -> None:
         for b in bundles:
