@@ -130,11 +130,12 @@ def interpret_features(sae: SAE, store: ActivationStore, tokenizer: Any, n_examp
     features = []
     for j in tqdm(range(sae.cfg.d_sae), desc="features", unit="latent", disable=not progress):
         count = int(fired[j])
-        top_tok = Counter(text(int(store.tok[int(r)])) for v, r in zip(values[:, j].tolist(), rows[:, j].tolist())
-                          if r >= 0 and v > 0)
+        live = [int(r) for v, r in zip(values[:, j].tolist(), rows[:, j].tolist()) if r >= 0 and v > 0]
+        top_tok = Counter(text(int(store.tok[r])) for r in live)
+        prev_tok = Counter(text(store.sequences[int(store.seq[r])].ids[int(store.pos[r]) - 1]) for r in live)
         examples = []
         for v, s, at, ids, window_rows in plans[j]:
-            acts = [round(float(window_acts[slot[r], j]), 2) if r >= 0 else None for r in window_rows]
+            acts = [_compact(float(window_acts[slot[r], j])) if r >= 0 else None for r in window_rows]
             examples.append({"act": round(v, 3), "at": at, "tokens": [text(t) for t in ids], "acts": acts,
                              "source": store.sequences[s].source})
         features.append({
@@ -143,9 +144,21 @@ def interpret_features(sae: SAE, store: ActivationStore, tokenizer: Any, n_examp
             "max_act": round(float(values[0, j]), 3) if count else 0.0,
             "mean_act": round(float(total[j]) / count, 3) if count else 0.0,
             "top_tokens": [[t, c] for t, c in top_tok.most_common(5)],
+            "prev_tokens": [[t, c] for t, c in prev_tok.most_common(3)],
             "examples": examples,
         })
     return features
+
+
+def _compact(x: float) -> float | int:
+    """Two decimals, and a bare 0 for silent tokens (most of every window): keeps features.json small."""
+    x = round(x, 2)
+    return 0 if x == 0 else x
+
+
+def _show(token: str) -> str:
+    token = token.replace("\n", "\\n").replace("\t", "\\t")
+    return token.strip() or "␣"
 
 
 def pooled_latents(sae: SAE, rows: np.ndarray, offsets: np.ndarray, batch_size: int = 8192) -> np.ndarray:
@@ -187,8 +200,13 @@ def describe(feature: dict[str, Any], associations: dict[str, list[dict[str, flo
     """Short data-derived description (a Prometheus label value, so < ~60 characters)."""
     if not feature["density"]:
         return "dead (never fires on the corpus)"
-    tokens = [t.strip() or repr(t) for t, _ in feature["top_tokens"][:3]]
-    text = ", ".join(f'"{t[:12]}"' for t in tokens)
+    raw = list(dict.fromkeys(t.strip() for t, _ in feature["top_tokens"][:3]))
+    tokens = list(dict.fromkeys(_show(t)[:14] for t, _ in feature["top_tokens"][:3]))
+    text = ", ".join(f'"{t}"' for t in tokens)
+    if len(raw) == 1 and not any(ch.isalnum() for ch in raw[0]) and feature.get("prev_tokens"):
+        # a newline / punctuation latent says little alone: name what it follows
+        text += f' after "{_show(feature["prev_tokens"][0][0])[:14]}"'
+
     best = None
     for behaviour, ranked in associations.items():
         for entry in ranked:

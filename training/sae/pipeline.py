@@ -147,7 +147,7 @@ def read_report(sae_dir: Path) -> dict[str, Any]:
 
 def interpret_and_save(loaded: Any, sae: SAE, sae_dir: Path, store: ActivationStore, data_dir: Path | None,
                        behaviours: tuple[str, ...] = ("deception", "refusal", "alignment_faking"), n_examples: int = 4,
-                       before: int = 10, after: int = 3, progress: bool = True) -> Path:
+                       before: int = 8, after: int = 2, progress: bool = True) -> Path:
     """features.json: top contexts per latent + behaviour association tables."""
     from probewatch.training.sae.interpret import behaviour_pools, interpret_features, write_features_json
 
