@@ -107,7 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--features", type=int, nargs="*", default=None,
                     help="named: latent ids (default: the top --n-features by AUROC on the training split)")
     pr.add_argument("--n-features", type=int, default=8, help="named: how many latents when --features is not given")
-    pr.add_argument("--max-features", type=int, default=64, help="l1: strongest penalty keeping at most this many latents")
+    pr.add_argument("--max-features", type=int, default=512,
+                    help="l1: the penalty may keep at most this many latents (C is chosen by grouped CV below this cap)")
     pr.add_argument("--aggregation", default=None, help="aggregation (default: chosen on the validation split)")
     pr.add_argument("--fpr", type=float, default=0.01, help="threshold: false-positive rate on the control set")
     pr.add_argument("--id", dest="probe_id", default=None, help="probe id (default: sae-<behaviour>-<method>)")

@@ -5,8 +5,9 @@ Two probe types, same data, splits, calibration and threshold rule as the linear
 
 - `l1`: sparse (L1) logistic regression over every latent. Latents are standardised on the fit
   split; C is chosen by grouped 3-fold cross-validation on the fit split (the most regularised C
-  within 0.005 AUROC of the best, keeping at most `max_features` latents), so the probe reads a
-  few dozen latents one can inspect.
+  within 0.005 AUROC of the best, keeping at most `max_features` latents, default 512 of 3072).
+  Refusal needs ~10 latents; deception needs hundreds (a 64-latent cap cost 0.27 test AUROC in
+  cross-validation), which is itself a finding docs/sae.md reports.
 - `named`: a handful of latents (given, or the top `n_features` by |AUROC - 0.5| on the fit
   split) with weights from a lightly regularised logistic regression on just those.
 
@@ -170,7 +171,7 @@ def fit_named(X: np.ndarray, y: np.ndarray, weight: np.ndarray, ids: np.ndarray,
 
 
 def fit_and_export_sae_probe(loaded: Any, sae_dir: Path, behaviour: str, method: str = "l1",
-                             features: Sequence[int] | None = None, n_features: int = 8, max_features: int = 64,
+                             features: Sequence[int] | None = None, n_features: int = 8, max_features: int = 512,
                              aggregation: str | None = None, fpr: float = 0.01, probe_id: str | None = None,
                              out: Path | None = None, embed_sae: bool = False, data_dir: Path | None = None,
                              seed: int = 0, progress: bool = True, parity_check: int = 6,
