@@ -93,7 +93,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 class LogisticProbe(LinearProbe):
     """Standardised logistic regression; `C=None` chooses C from `Cs` on grouped validation folds."""
 
-    def __init__(self, C: float | None = None, Cs: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+    def __init__(self, C: float | None = None, Cs: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
                  cv: int = 3, standardize: bool = True, class_weight: str | None = "balanced",
                  max_iter: int = 2000, random_state: int = 0) -> None:
         self.C = C

@@ -349,3 +349,87 @@ def _shard_name(k: int) -> str:
 
 def _bad(layer: int, n: int) -> int:
     raise ActivationCacheError(f"layer {layer} out of range for a model with {n} decoder layers")
+
+
+# -- several caches as one -------------------------------------------------------------------------
+class ActivationUnion:
+    """Several ActivationSets (e.g. one per data kind) read as one, in the order given.
+
+    Extracting kind by kind means adding or editing one kind of data re-extracts only that kind.
+    Same read API as ActivationSet.
+    """
+
+    def __init__(self, parts: Sequence[ActivationSet]) -> None:
+        if not parts:
+            raise ActivationCacheError("an activation union needs at least one part")
+        fingerprints = {p.fingerprint for p in parts}
+        if len(fingerprints) != 1:
+            raise ActivationCacheError(f"activation caches from different models cannot be combined: {sorted(fingerprints)}")
+        self.parts = list(parts)
+        key = hashlib.sha256("".join(p.index["key"] for p in parts).encode()).hexdigest()
+        self.index = {"key": key, "parts": [str(p.root) for p in parts], "fingerprint": parts[0].fingerprint,
+                      "layers": sorted(set.intersection(*(set(p.layers) for p in parts))), "d_model": parts[0].d_model,
+                      "n_examples": sum(len(p) for p in parts)}
+
+    @property
+    def root(self) -> Path:
+        return self.parts[0].root
+
+    fingerprint = ActivationSet.fingerprint
+    layers = ActivationSet.layers
+    d_model = ActivationSet.d_model
+    offsets = ActivationSet.offsets
+    check_fingerprint = ActivationSet.check_fingerprint
+
+    def __len__(self) -> int:
+        return int(self.index["n_examples"])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.concatenate([p.labels for p in self.parts])
+
+    @property
+    def groups(self) -> np.ndarray:
+        return np.concatenate([p.groups for p in self.parts])
+
+    @property
+    def kinds(self) -> np.ndarray:
+        return np.concatenate([p.kinds for p in self.parts])
+
+    @property
+    def n_tokens(self) -> np.ndarray:
+        return np.concatenate([p.n_tokens for p in self.parts])
+
+    def token_rows(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.concatenate([p.token_rows(layer)[0] for p in self.parts]), self.offsets
+
+    def last_rows(self, layer: int) -> np.ndarray:
+        return np.concatenate([p.last_rows(layer) for p in self.parts])
+
+    def mean_rows(self, layer: int) -> np.ndarray:
+        rows, offsets = self.token_rows(layer)
+        return segment_mean(rows, offsets)
+
+
+def contiguous_by_kind(dialogues: Sequence[Dialogue]) -> list[Dialogue]:
+    """The dialogues reordered so each kind is one block (kinds in order of first appearance)."""
+    order: dict[str | None, list[Dialogue]] = {}
+    for d in dialogues:
+        order.setdefault(d.kind, []).append(d)
+    return [d for block in order.values() for d in block]
+
+
+def extract_by_kind(model: torch.nn.Module, tokenizer: Any, dialogues: Sequence[Dialogue], layers: Sequence[int],
+                    fingerprint: str, name: str = "data", **kwargs: Any) -> ActivationUnion:
+    """`extract_activations` per kind (one cache each); dialogues must be contiguous by kind."""
+    blocks: list[list[Dialogue]] = []
+    for d in dialogues:
+        if blocks and blocks[-1][0].kind == d.kind:
+            blocks[-1].append(d)
+        else:
+            blocks.append([d])
+    kinds = [b[0].kind for b in blocks]
+    if len(set(kinds)) != len(kinds):
+        raise ActivationCacheError("extract_by_kind needs the dialogues grouped by kind (see contiguous_by_kind)")
+    return ActivationUnion([extract_activations(model, tokenizer, block, layers, fingerprint,
+                                                name=f"{name}-{block[0].kind}", **kwargs) for block in blocks])

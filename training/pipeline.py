@@ -31,7 +31,7 @@ from probewatch.probes.errors import FingerprintMismatchError
 from probewatch.training.calibration import calibrated_threshold, platt_fit
 from probewatch.training.datasets import BehaviourData, Source, build_behaviour_data
 from probewatch.training.export import METHOD_BY_KIND, check_target, export_bundle
-from probewatch.training.extract import ActivationSet, extract_activations
+from probewatch.training.extract import ActivationSet, contiguous_by_kind, extract_activations, extract_by_kind
 from probewatch.training.features import LayerData, score_all
 from probewatch.training.metrics import detection_metrics
 from probewatch.training.splits import check_disjoint, grouped_split
@@ -235,18 +235,25 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
                                    name=name, max_tokens=config.max_tokens,
                                    batch_size=config.batch_size, dtype=config.cache_dtype, progress=config.progress)
 
-    pool_acts = extract(f"{config.behaviour}-pool", data.pool)
+    data.pool = contiguous_by_kind(data.pool)  # one cache per kind: new data re-extracts only its kind
+    pool_acts = extract_by_kind(loaded.model, loaded.tokenizer, data.pool, layers, loaded.fingerprint,
+                                name=config.behaviour, max_tokens=config.max_tokens, batch_size=config.batch_size,
+                                dtype=config.cache_dtype, progress=config.progress)
     ood_acts = {name: extract(f"{config.behaviour}-ood-{name}", ds) for name, ds in data.ood.items()}
     control_acts = extract("control", control)
     timings["extract_s"] = time.perf_counter() - t1
 
     # 3. splits -------------------------------------------------------------------------------------
     labels, groups, kinds = pool_acts.labels, pool_acts.groups, pool_acts.kinds
-    rest, test_idx = grouped_split(groups, labels, config.test_size, config.seed)
+    train_only = tuple(data.train_only_kinds)
+    auxiliary = np.isin(kinds, list(train_only))
+    rest, test_idx = grouped_split(groups, labels, config.test_size, config.seed, idx=np.flatnonzero(~auxiliary))
     fit_idx, val_idx = grouped_split(groups, labels, config.cal_size, config.seed + 1, idx=rest)
+    fit_idx = np.sort(np.concatenate([fit_idx, np.flatnonzero(auxiliary)]))
     check_disjoint(groups, rest, test_idx)
     check_disjoint(groups, fit_idx, val_idx)
-    pool = PoolArrays(labels, groups, kinds, fit_idx, val_idx, test_idx)
+    check_disjoint(groups, fit_idx, test_idx)
+    pool = PoolArrays(labels, groups, kinds, fit_idx, val_idx, test_idx, train_only)
     basis = selection_basis(pool, bool(data.ood))
     aggregations = _aggregation_objs(agg_names, config.window, config.alpha)
 
@@ -312,13 +319,20 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     for name, (od, od_labels) in ood.items():
         s = score_all(w, b, od, spec.token_selection, [agg])[agg.method]
         ood_metrics[name] = detection_metrics(s, od_labels, control_scores[control_cal], config.fpr)
-    heldout = heldout_kind_recall(spec, ld, pool, control_ld, config.fpr, config.seed, config.balance_kinds)
+    heldout = heldout_kind_recall(spec, ld, pool, control_ld, config.fpr, config.seed, config.balance_kinds, agg)
     timings["final_s"] = time.perf_counter() - t3
 
     # 6. export + report ----------------------------------------------------------------------------------------
     heldout_aurocs = [v["auroc"] for v in heldout.values() if v["auroc"] is not None]
+    test_kinds = kinds[test_idx]
+    per_kind_test = {}
+    for kind in sorted(set(test_kinds.tolist())):
+        sel = test_kinds == kind
+        if len(set(labels[test_idx][sel].tolist())) == 2:
+            per_kind_test[kind] = detection_metrics(scores[test_idx][sel], labels[test_idx][sel])["auroc"]
     metrics = {
-        "auroc": test_metrics["auroc"], "recall_at_fpr_control": test_metrics["recall_at_fpr"], "fpr": config.fpr,
+        "auroc": test_metrics["auroc"], "auroc_test_per_kind": per_kind_test,
+        "recall_at_fpr_control": test_metrics["recall_at_fpr"], "fpr": config.fpr,
         "fpr_control_heldout": test_metrics["fpr_control_heldout"],
         "auroc_heldout_kind": float(np.mean(heldout_aurocs)) if heldout_aurocs else None,
         "auroc_heldout_kind_per_kind": {k: v["auroc"] for k, v in heldout.items()},
@@ -333,7 +347,8 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
         "standardize": bool(probe.standardize), "seed": config.seed, "token_selection": chosen.token_selection,
         "aggregation": chosen.aggregation, "balance_kinds": config.balance_kinds, "selected_by": basis,
         "n_configurations": len(rows), "layers_swept": layers, "sizes": sizes,
-        "kinds": _kinds_summary(data.pool), "data": [asdict(s) for s in data.sources],
+        "kinds": _kinds_summary(data.pool), "train_only_kinds": list(train_only),
+        "data": [asdict(s) for s in data.sources],
         "control": asdict(control_source), "activation_cache": pool_acts.index["key"][:16],
         "platt": {"slope": slope, "offset": offset, "fitted_on": "calibration split"},
         "command": config.command, **provenance_extra,
@@ -352,7 +367,7 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
         "model": {"id": loaded.model_id, "fingerprint": loaded.fingerprint, "n_layers": n_layers, "d_model": loaded.d_model},
         "command": config.command,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-        "data": {"kinds": _kinds_summary(data.pool), "sources": [asdict(s) for s in data.sources],
+        "data": {"kinds": _kinds_summary(data.pool), "train_only_kinds": list(train_only), "sources": [asdict(s) for s in data.sources],
                  "ood": {k: len(v) for k, v in data.ood.items()}, "control": asdict(control_source), "notes": data.notes},
         "splits": sizes,
         "selection": {"basis": basis, "n_configurations": len(rows), "chosen": chosen.to_json()},

@@ -36,14 +36,16 @@ def grouped_split(groups: np.ndarray, labels: np.ndarray, test_size: float, seed
 
 
 def leave_one_kind_out(kinds: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                       idx: np.ndarray | None = None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+                       idx: np.ndarray | None = None, exclude: tuple[str, ...] = ()
+                       ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(kind, train, test) for every kind with both classes whose complement also has both.
 
     Examples of the training side that share a group with the held-out kind are dropped too.
+    Kinds in `exclude` (auxiliary training-only data) are never held out, only trained on.
     """
     idx = np.arange(len(labels)) if idx is None else np.asarray(idx)
     k, y, g = np.asarray(kinds)[idx], np.asarray(labels)[idx], np.asarray(groups)[idx]
-    for kind in sorted(set(k.tolist())):
+    for kind in sorted(set(k.tolist()) - set(exclude)):
         test = k == kind
         held_groups = set(g[test].tolist())
         train = ~test & ~np.isin(g, list(held_groups))

@@ -6,6 +6,10 @@ For every configuration we report
   (mean over kinds, plus each kind), the generalisation number;
 - `ood_auroc`: fit on the fit split, score each out-of-distribution set.
 
+Inside the sweep, a logistic probe's C is chosen once per layer (grouped CV on the fit split) and
+reused in the leave-one-kind-out folds; `heldout_kind_recall`, which produces the reported
+held-out-kind numbers of the chosen configuration, selects C inside every fold.
+
 Configurations are chosen by the held-out-kind number when the pool has at least two kinds,
 else by the out-of-distribution sets, else by validation (ties: higher validation AUROC, then
 the earlier layer). The chosen number is a maximum over configurations, so it is mildly
@@ -36,6 +40,11 @@ class PoolArrays:
     fit_idx: np.ndarray
     val_idx: np.ndarray
     test_idx: np.ndarray
+    train_only: tuple[str, ...] = ()
+
+    def loko(self):
+        """Leave-one-kind-out folds over the evaluable kinds (training-only kinds stay in every fold)."""
+        return leave_one_kind_out(self.kinds, self.labels, self.groups, exclude=self.train_only)
 
 
 @dataclass
@@ -93,7 +102,7 @@ def _safe_auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
 
 
 def selection_basis(pool: PoolArrays, has_ood: bool) -> str:
-    kinds = list(leave_one_kind_out(pool.kinds, pool.labels, pool.groups))
+    kinds = list(pool.loko())
     if len(kinds) >= 2:
         return "heldout_kind"
     return "ood" if has_ood else "validation"
@@ -105,7 +114,7 @@ def sweep_layer(data: LayerData, ood: dict[str, tuple[LayerData, np.ndarray]], p
                 do_heldout: bool = True) -> list[SweepRow]:
     """Every (method, aggregation) on one layer; one fit per method and split."""
     rows: list[SweepRow] = []
-    loko = list(leave_one_kind_out(pool.kinds, pool.labels, pool.groups)) if do_heldout else []
+    loko = list(pool.loko()) if do_heldout else []
     for method in methods:
         spec = ProbeSpec(method, data.layer, token_selection, per_token, aggregations[0].method, standardize)
         probe = fit_probe(spec, data, pool, pool.fit_idx, seed, balance_kinds)
@@ -114,7 +123,10 @@ def sweep_layer(data: LayerData, ood: dict[str, tuple[LayerData, np.ndarray]], p
         ood_scores = {name: score_all(w, b, od, token_selection, list(aggregations)) for name, (od, _) in ood.items()}
         heldout: dict[str, dict[str, float | None]] = {a.method: {} for a in aggregations}
         for kind, tr, te in loko:
-            spec_k = ProbeSpec(method, data.layer, token_selection, per_token, spec.aggregation, standardize)
+            # C comes from the fit split's grouped CV (one selection per layer keeps the sweep affordable);
+            # the reported held-out-kind numbers of the chosen probe redo the selection inside each fold
+            spec_k = ProbeSpec(method, data.layer, token_selection, per_token, spec.aggregation, standardize,
+                               C=getattr(probe, "C_", None))
             pk = fit_probe(spec_k, data, pool, tr, seed, balance_kinds)
             wk, bk = pk.raw_linear_form()
             sk = score_all(wk, bk, data, token_selection, list(aggregations))
@@ -141,13 +153,13 @@ def best_row(rows: Sequence[SweepRow], by: str) -> SweepRow:
 
 
 def heldout_kind_recall(spec: ProbeSpec, data: LayerData, pool: PoolArrays, control: LayerData, fpr: float,
-                        seed: int, balance_kinds: bool) -> dict[str, dict[str, float]]:
+                        seed: int, balance_kinds: bool, aggregation: Aggregation | None = None) -> dict[str, dict[str, float]]:
     """Per held-out kind: AUROC and recall at the control-calibrated `fpr` threshold of that fold's probe."""
     from probewatch.metrics import recall_at_threshold, threshold_at_fpr
 
-    agg = [Aggregation(method=spec.aggregation)]
+    agg = [aggregation or Aggregation(method=spec.aggregation)]
     out: dict[str, dict[str, float]] = {}
-    for kind, tr, te in leave_one_kind_out(pool.kinds, pool.labels, pool.groups):
+    for kind, tr, te in pool.loko():
         probe = fit_probe(spec, data, pool, tr, seed, balance_kinds)
         w, b = probe.raw_linear_form()
         s = score_all(w, b, data, spec.token_selection, agg)[spec.aggregation]

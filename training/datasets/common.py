@@ -75,6 +75,7 @@ class BehaviourData:
 
     `pool` is split into train / calibration / test by group and held out kind by kind;
     `ood` sets are scored by the probe fitted on the pool (another source of the same behaviour).
+    `train_only_kinds` are auxiliary data: always in the fit split, never held out or tested.
     """
 
     behaviour: str
@@ -83,6 +84,7 @@ class BehaviourData:
     sources: list[Source] = field(default_factory=list)
     token_selection: str = "response"
     aggregations: tuple[str, ...] = ("mean",)
+    train_only_kinds: tuple[str, ...] = ()
     notes: dict[str, Any] = field(default_factory=dict)
 
 

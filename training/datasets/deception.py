@@ -9,6 +9,11 @@ Kinds (the unit of held-out-kind evaluation):
 - six scenario kinds written for probewatch (`training/datasets/scenarios/*.yaml`): role-play
   excuses, sales lies, sandbagging, lies by omission, insider-trading-style cover stories,
   false denials / confessions. No instruction to lie: only the answer differs.
+
+Auxiliary, training-only kind (never held out or tested): `false_assertions`, Azaria & Mitchell
+statements asserted plainly, label 1 when false. It adds a "the asserted content is false"
+signal; in our leave-one-kind-out runs it raised the transfer to sandbagging and to the
+instructed pairs (see docs/quality.md).
 """
 
 from __future__ import annotations
@@ -56,8 +61,22 @@ def _azaria_pairs(data_dir: Path, per_topic: int, seed: int) -> tuple[list[Dialo
     return dialogues, sources
 
 
+def _azaria_assertions(data_dir: Path, per_class: int, seed: int, exclude: set[str]) -> tuple[list[Dialogue], list[Source]]:
+    """True (0) and false (1) statements asserted plainly: auxiliary 'this content is false' data."""
+    dialogues: list[Dialogue] = []
+    sources: list[Source] = []
+    for topic in AZARIA_TOPICS:
+        path = require(data_dir, f"truth/azaria_mitchell/{topic}_true_false.csv")
+        rows = [d for d in convert_statements(path, mode="assertions") if f"azaria/{topic}:{d.group.rsplit(':', 1)[1]}" not in exclude]
+        chosen = sample([d for d in rows if d.label == 0], per_class, seed + 1) + sample([d for d in rows if d.label == 1], per_class, seed + 2)
+        dialogues += [Dialogue(d.messages, d.label, f"assert/{topic}:{d.group.rsplit(':', 1)[1]}", "false_assertions",
+                               {**d.meta, "auxiliary": True}) for d in chosen]
+        sources.append(Source.of(f"azaria_mitchell/{topic} (assertions)", path, len(chosen)))
+    return dialogues, sources
+
+
 def build(data_dir: Path, seed: int = 0, repe_limit: int | None = None, azaria_per_topic: int = 40,
-          liar_limit: int = 300, formats_per_scenario: int = 2) -> BehaviourData:
+          liar_limit: int = 300, formats_per_scenario: int = 2, assertions_per_class: int = 40) -> BehaviourData:
     pool: list[Dialogue] = []
     sources: list[Source] = []
 
@@ -72,6 +91,12 @@ def build(data_dir: Path, seed: int = 0, repe_limit: int | None = None, azaria_p
     pool += azaria
     sources += azaria_sources
 
+    if assertions_per_class:
+        assertions, assertion_sources = _azaria_assertions(data_dir, assertions_per_class, seed,
+                                                           {d.group for d in azaria})
+        pool += assertions
+        sources += assertion_sources
+
     liar_path = require(data_dir, LIAR_QUESTIONS)
     liar = [Dialogue(d.messages, d.label, d.group, "liar_questions", d.meta) for d in convert_liar_questions(liar_path)]
     liar = _limit_pairs(liar, liar_limit, seed)
@@ -84,7 +109,8 @@ def build(data_dir: Path, seed: int = 0, repe_limit: int | None = None, azaria_p
         sources.append(Source.of(f"probewatch scenarios/{path.stem}", path, len(dialogues)))
 
     return BehaviourData("deception", pool, sources=sources, token_selection="response",
-                         aggregations=("mean", "max", "rolling_mean_max"),
+                         aggregations=("mean", "max", "rolling_mean_max", "last", "ema"),
+                         train_only_kinds=("false_assertions",) if assertions_per_class else (),
                          notes={"label_1": "deceptive answer / dishonest instruction"})
 
 

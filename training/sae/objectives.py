@@ -146,7 +146,7 @@ class TopKObjective(Objective):
             aux_acts = torch.zeros_like(pre).scatter(-1, idx, vals)
             aux = (aux_acts @ sae.W_dec - residual).pow(2).sum(-1).mean()
             loss = loss + self.s.aux_k_coefficient * scale * aux
-            parts["aux_k"] = float(aux)
+            parts["aux_k"] = float(aux.detach())
         return StepOutput(loss, mse, acts.detach(), parts)
 
 
