@@ -10,7 +10,7 @@ SHARED_DATA ?= $(abspath ../shared/datasets)
 export PROBEWATCH_DATA ?= $(SHARED_DATA)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench bench-quality bench-overhead bench-ingest proto lint clean
+.PHONY: setup demo test bench bench-quality bench-overhead bench-ingest sae proto lint clean
 
 setup: $(VENV)/.installed
 
@@ -36,6 +36,14 @@ QUALITY_ARGS ?=
 bench-quality: setup
 	@mkdir -p runs; start=$$(date +%s); $(BIN)/probewatch bench quality $(QUALITY_ARGS) && \
 	echo "bench-quality: $$(( $$(date +%s) - start ))s" | tee -a runs/bench-quality.log
+
+# Retrain the shipped SAE (layer 15, TopK 3072, k=32; ~30 min on 2 CPU cores, activations cached
+# under PROBEWATCH_HOME) and refit the SAE-feature probes into PROBEWATCH_HOME/bundles (docs/sae.md).
+SAE_DIR ?= probes/shipped/saes/smollm2-135m-instruct/l15-topk-3k-k32
+sae: setup
+	$(BIN)/probewatch sae train --layer 15 --d-sae 3072 --k 32 --threads 1 --out $(SAE_DIR)
+	for b in deception refusal alignment_faking; do for m in l1 named; do \
+	  $(BIN)/probewatch sae probe --sae $(SAE_DIR) --behaviour $$b --method $$m --threads 1 || exit 1; done; done
 
 # Monitoring cost on the reference model: tokens/s with monitoring off vs raw rows vs pushdown
 # (alternating, medians, ratios); BENCH_ARGS e.g. "--new-tokens 32 --repeats 7 --batch 4".

@@ -47,8 +47,8 @@ class SAETrainSettings:
     architecture: str = "topk"
     d_sae: int = 4096
     k: int = 32                           # topk
-    l1_coefficient: float = 5.0           # standard (ReLU + L1), in normalised units
-    l0_coefficient: float = 0.05          # jumprelu
+    l1_coefficient: float = 1.0           # standard (ReLU + L1), normalised units: L0 60 at layer 15 (5.0: L0 14)
+    l0_coefficient: float = 0.5           # jumprelu: L0 86 at layer 15 (0.05: L0 304); docs/sae.md
     jumprelu_bandwidth: float = 0.05
     jumprelu_init_threshold: float = 0.1
     aux_k_coefficient: float = 1 / 32     # topk AuxK
