@@ -110,11 +110,17 @@ class PrefixDedup:
 
 def behaviour_pool_dialogues(data_dir: Path, seed: int) -> list[Any]:
     """Every dialogue of the three behaviour pools (and their out-of-distribution sets)."""
-    from probewatch.training.datasets import BEHAVIOURS, build_behaviour_data
+    import logging
+
+    from probewatch.training.datasets import BEHAVIOURS, DatasetNotFoundError, build_behaviour_data
 
     out = []
     for behaviour in BEHAVIOURS:
-        data = build_behaviour_data(behaviour, data_dir, seed=seed)
+        try:
+            data = build_behaviour_data(behaviour, data_dir, seed=seed)
+        except DatasetNotFoundError as exc:  # a partial data folder still trains an SAE
+            logging.getLogger("probewatch.training.sae").warning("SAE corpus without the %s pool: %s", behaviour, exc)
+            continue
         out += data.pool + [d for ood in data.ood.values() for d in ood]
     return out
 

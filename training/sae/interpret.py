@@ -35,7 +35,6 @@ import torch
 from probewatch.probes.saes import FEATURES_FILENAME
 from probewatch.probes.saes.sae import SAE
 from probewatch.training.sae.activations import ActivationStore
-from probewatch.training.sae.corpus import PrefixDedup
 
 FEATURES_FORMAT = "probewatch-sae-features/1"
 
@@ -68,7 +67,7 @@ def _row_lookup(store: ActivationStore) -> tuple[dict[tuple[int, int], int], lis
     """(seq, pos) -> cached row, and per sequence the row of each position (-1 when uncached).
 
     Deduplicated positions share the row of the first sequence with the same prefix, found
-    again by replaying the prefix hashes in sequence order (what extraction did)."""
+    again by replaying the prefix hashes in sequence order (the rule of corpus.PrefixDedup)."""
     where = {(int(s), int(p)): i for i, (s, p) in enumerate(zip(store.seq.tolist(), store.pos.tolist()))}
     by_hash: dict[int, int] = {}
     rows_of: list[list[int]] = []
@@ -83,7 +82,6 @@ def _row_lookup(store: ActivationStore) -> tuple[dict[tuple[int, int], int], lis
                 row = by_hash.get(h, -1) if pos > 0 else -1
             rows.append(row)
         rows_of.append(rows)
-    assert PrefixDedup  # same hashing rule as corpus.PrefixDedup
     return where, rows_of
 
 

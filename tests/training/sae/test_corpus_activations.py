@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from probewatch.capture import run_forward
@@ -68,3 +69,25 @@ def test_massive_activation_rows_are_dropped_on_load(tmp_path, tiny_llama):
     store = load_activations(tmp_path)
     assert store.n_dropped == 1 and store.acts.shape[0] == 27 and 4 not in store.pos.tolist()
     assert load_activations(tmp_path, outlier_factor=None).acts.shape[0] == 28
+
+
+@pytest.mark.integration
+def test_build_corpus_from_the_shared_datasets(reference, shared_data):
+    """Every source contributes, budgets count distinct rows, generated text extends its prompt."""
+    from probewatch.training.sae.corpus import CorpusConfig, build_corpus, corpus_stats
+
+    torch.set_num_threads(1)
+    config = CorpusConfig(statement_tokens=600, chat_tokens=800, alignment_faking_tokens=200, generate_prompts=4,
+                          generate_new_tokens=4, eval_fraction=0.3)
+    seqs = build_corpus(reference.tokenizer, shared_data, config, model=reference.model, progress=False)
+    stats = corpus_stats(seqs)
+    assert set(stats) == {"statements", "chat", "alignment_faking", "generated"}
+    assert all(len(s.ids) <= config.context_size for s in seqs if s.source == "statements")
+    assert stats["generated"]["sequences"] == 4
+    kept = sum(map(sum, keep_masks([s for s in seqs if s.source in ("statements", "chat")])))
+    assert kept < stats["statements"]["tokens"] + stats["chat"]["tokens"]  # the shared system prompt is kept once
+    assert {s.split for s in seqs} == {"train", "eval"}
+    groups_by_split = {}
+    for s in seqs:
+        groups_by_split.setdefault(s.group, set()).add(s.split)
+    assert all(len(v) == 1 for v in groups_by_split.values())
