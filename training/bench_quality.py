@@ -209,13 +209,18 @@ def _behaviour_section(name: str, r: dict, diag: dict | None, doc: Path) -> list
                f"Parity (live scoring path vs cached training scores): max |Δ| = {_fmt((r.get('parity') or {}).get('max_abs_diff'), 5)} "
                f"on {(r.get('parity') or {}).get('n', 0)} test dialogues. Training time {r['timings'].get('total_s', 0) / 60:.1f} min.")
     out.append("")
-    out.append("| data kind | examples | groups | held-out-kind AUROC | recall @1% FPR (control threshold of that fold) |")
-    out.append("|---|---|---|---|---|")
+    out.append("| data kind | examples | groups | in-distribution AUROC (test split) | held-out-kind AUROC "
+               "| held-out-kind recall @1% FPR (control threshold of that fold) |")
+    out.append("|---|---|---|---|---|---|")
+    train_only = set(r["data"].get("train_only_kinds", []))
+    per_kind_test = m.get("auroc_test_per_kind", {})
     for kind, info in r["data"]["kinds"].items():
         hk = r["heldout_kinds"].get(kind, {})
-        out.append(f"| {kind} | {info['n']} | {info['groups']} | {_fmt(hk.get('auroc'))} | {_fmt(hk.get('recall_at_fpr_control'))} |")
+        label = f"{kind} (auxiliary, training only)" if kind in train_only else kind
+        out.append(f"| {label} | {info['n']} | {info['groups']} | {_fmt(per_kind_test.get(kind))} | {_fmt(hk.get('auroc'))} "
+                   f"| {_fmt(hk.get('recall_at_fpr_control'))} |")
     for oname, om in r["ood"].items():
-        out.append(f"| out-of-distribution: {oname} | {om['n_pos'] + om['n_neg']} | — | {_fmt(om['auroc'])} (fitted on the pool) "
+        out.append(f"| out-of-distribution: {oname} | {om['n_pos'] + om['n_neg']} | — | — | {_fmt(om['auroc'])} (fitted on the pool) "
                    f"| {_fmt(om.get('recall_at_fpr'))} |")
     out.append("")
     sweep = [s for s in r["sweep"] if s["aggregation"] == c["aggregation"] and s["token_selection"] == c["token_selection"]

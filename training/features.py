@@ -51,6 +51,13 @@ class LayerData:
             return self.means
         raise ValueError(f"training reads token_selection 'response' or 'prompt_last', not {token_selection!r}")
 
+    def subset(self, idx: np.ndarray) -> LayerData:
+        """The examples `idx` (in that order) as a new LayerData."""
+        idx = np.asarray(idx, dtype=np.int64)
+        lengths = np.diff(self.offsets)[idx]
+        rows = self.rows[expand_ranges(self.offsets[idx], lengths)]
+        return LayerData(self.layer, rows, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), self.last[idx])
+
     def token_matrix(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows of examples idx, example position in idx of each row)."""
         idx = np.asarray(idx, dtype=np.int64)

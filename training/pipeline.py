@@ -257,17 +257,21 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     basis = selection_basis(pool, bool(data.ood))
     aggregations = _aggregation_objs(agg_names, config.window, config.alpha)
 
+    perm = np.random.default_rng(config.seed).permutation(len(control_acts))
+    control_cal, control_held = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2:])
+
     # 4. sweep ----------------------------------------------------------------------------------------
     t2 = time.perf_counter()
     rows: list[SweepRow] = []
     per_token_sweep = bool(config.per_token)
-    cache: dict[int, tuple[LayerData, dict[str, tuple[LayerData, np.ndarray]]]] = {}
+    cache: dict[int, tuple[LayerData, dict[str, tuple[LayerData, np.ndarray]], LayerData]] = {}
 
-    def layer_data(layer: int) -> tuple[LayerData, dict[str, tuple[LayerData, np.ndarray]]]:
+    def layer_data(layer: int) -> tuple[LayerData, dict[str, tuple[LayerData, np.ndarray]], LayerData]:
         if layer not in cache:
             cache.clear()  # one layer in memory at a time
             cache[layer] = (LayerData.load(pool_acts, layer),
-                            {name: (LayerData.load(a, layer), a.labels) for name, a in ood_acts.items()})
+                            {name: (LayerData.load(a, layer), a.labels) for name, a in ood_acts.items()},
+                            LayerData.load(control_acts, layer))
         return cache[layer]
 
     from tqdm.auto import tqdm
@@ -277,16 +281,18 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     for selection in selections:
         sel_aggs = aggregations if selection == "response" else _aggregation_objs(["last"], config.window, config.alpha)
         for layer in layers:
-            ld, ood = layer_data(layer)
+            ld, ood, control_ld = layer_data(layer)
             rows += sweep_layer(ld, ood, pool, selection, config.methods, sel_aggs, per_token_sweep and selection == "response",
-                                config.seed, config.balance_kinds, config.standardize)
+                                config.seed, config.balance_kinds, config.standardize,
+                                control=control_ld.subset(control_cal), fpr=config.fpr)
             bar.update(1)
     bar.close()
     chosen = best_row(rows, basis)
     if config.per_token is None and chosen.token_selection == "response":
-        ld, ood = layer_data(chosen.layer)
+        ld, ood, control_ld = layer_data(chosen.layer)
         extra_rows = sweep_layer(ld, ood, pool, "response", [chosen.method], aggregations, True, config.seed,
-                                 config.balance_kinds, config.standardize)
+                                 config.balance_kinds, config.standardize, control=control_ld.subset(control_cal),
+                                 fpr=config.fpr)
         rows += extra_rows
         chosen = best_row([chosen, *extra_rows], basis)
     timings["sweep_s"] = time.perf_counter() - t2
@@ -299,8 +305,7 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     spec = ProbeSpec(chosen.method, chosen.layer, chosen.token_selection, chosen.per_token, chosen.aggregation,
                      config.standardize)
     agg = Aggregation(method=chosen.aggregation, window=config.window, alpha=config.alpha)
-    ld, ood = layer_data(chosen.layer)
-    control_ld = LayerData.load(control_acts, chosen.layer)
+    ld, ood, control_ld = layer_data(chosen.layer)
     probe = fit_probe(spec, ld, pool, fit_idx, config.seed, config.balance_kinds)
     w, b = probe.raw_linear_form()
     raw = score_all(w, b, ld, spec.token_selection, [agg])[agg.method]
@@ -309,8 +314,6 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     w, b = probe.raw_linear_form()
     scores = score_all(w, b, ld, spec.token_selection, [agg])[agg.method]
     control_scores = score_all(w, b, control_ld, spec.token_selection, [agg])[agg.method]
-    perm = np.random.default_rng(config.seed).permutation(len(control_scores))
-    control_cal, control_held = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2:])
     threshold = calibrated_threshold(control_scores[control_cal], config.fpr)
     test_metrics = detection_metrics(scores[test_idx], labels[test_idx], control_scores[control_cal], config.fpr)
     test_metrics["fpr_control_heldout"] = float((control_scores[control_held] >= threshold).mean())
@@ -319,7 +322,7 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     for name, (od, od_labels) in ood.items():
         s = score_all(w, b, od, spec.token_selection, [agg])[agg.method]
         ood_metrics[name] = detection_metrics(s, od_labels, control_scores[control_cal], config.fpr)
-    heldout = heldout_kind_recall(spec, ld, pool, control_ld, config.fpr, config.seed, config.balance_kinds, agg)
+    heldout = heldout_kind_recall(spec, ld, pool, control_ld.subset(control_cal), config.fpr, config.seed, config.balance_kinds, agg)
     timings["final_s"] = time.perf_counter() - t3
 
     # 6. export + report ----------------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ reused in the leave-one-kind-out folds; `heldout_kind_recall`, which produces th
 held-out-kind numbers of the chosen configuration, selects C inside every fold.
 
 Configurations are chosen by the held-out-kind number when the pool has at least two kinds,
-else by the out-of-distribution sets, else by validation (ties: higher validation AUROC, then
-the earlier layer). The chosen number is a maximum over configurations, so it is mildly
+else by the out-of-distribution sets, else by validation; AUROCs within 0.01 count as ties, broken
+by recall at 1% FPR on the control set's calibration half (validation positives), then validation
+AUROC, then the earlier layer. The chosen number is a maximum over configurations, so it is mildly
 optimistic; reports say how many configurations were compared.
 """
 
@@ -59,6 +60,7 @@ class SweepRow:
     heldout_per_kind: dict[str, float] = field(default_factory=dict)
     ood_auroc: dict[str, float] = field(default_factory=dict)
     C: float | None = None
+    val_recall_control: float | None = None   # validation positives above the control-calibrated threshold
 
     @property
     def ood_mean(self) -> float | None:
@@ -111,8 +113,14 @@ def selection_basis(pool: PoolArrays, has_ood: bool) -> str:
 def sweep_layer(data: LayerData, ood: dict[str, tuple[LayerData, np.ndarray]], pool: PoolArrays,
                 token_selection: str, methods: Sequence[str], aggregations: Sequence[Aggregation],
                 per_token: bool, seed: int, balance_kinds: bool, standardize: bool | None = None,
-                do_heldout: bool = True) -> list[SweepRow]:
-    """Every (method, aggregation) on one layer; one fit per method and split."""
+                do_heldout: bool = True, control: LayerData | None = None, fpr: float = 0.01) -> list[SweepRow]:
+    """Every (method, aggregation) on one layer; one fit per method and split.
+
+    With `control` (the calibration half of the control set), each row also records the recall of
+    validation positives at the threshold that flags `fpr` of the control set.
+    """
+    from probewatch.metrics import recall_at_threshold, threshold_at_fpr
+
     rows: list[SweepRow] = []
     loko = list(pool.loko()) if do_heldout else []
     for method in methods:
@@ -121,6 +129,8 @@ def sweep_layer(data: LayerData, ood: dict[str, tuple[LayerData, np.ndarray]], p
         w, b = probe.raw_linear_form()
         scores = score_all(w, b, data, token_selection, list(aggregations))
         ood_scores = {name: score_all(w, b, od, token_selection, list(aggregations)) for name, (od, _) in ood.items()}
+        control_scores = score_all(w, b, control, token_selection, list(aggregations)) if control is not None else {}
+        val_pos = pool.val_idx[pool.labels[pool.val_idx] == 1]
         heldout: dict[str, dict[str, float | None]] = {a.method: {} for a in aggregations}
         for kind, tr, te in loko:
             # C comes from the fit split's grouped CV (one selection per layer keeps the sweep affordable);
@@ -141,13 +151,18 @@ def sweep_layer(data: LayerData, ood: dict[str, tuple[LayerData, np.ndarray]], p
                 {name: v for name, (od, labels) in ood.items()
                  if (v := _safe_auroc(ood_scores[name][a.method], labels)) is not None},
                 getattr(probe, "C_", None),
+                recall_at_threshold(scores[a.method][val_pos], threshold_at_fpr(control_scores[a.method], fpr))
+                if control is not None and len(val_pos) else None,
             ))
     return rows
 
 
 def best_row(rows: Sequence[SweepRow], by: str) -> SweepRow:
     def key(r: SweepRow) -> tuple:
-        return (round(r.selection_score(by), 3), round(r.val_auroc or 0.0, 3), -r.layer)
+        # AUROC to 0.01 (differences below that are noise at these sizes), then what a monitor needs:
+        # recall at the control-calibrated threshold, then validation AUROC, then the earlier layer
+        return (round(r.selection_score(by), 2), round(r.val_recall_control or 0.0, 3), round(r.val_auroc or 0.0, 3),
+                -r.layer)
 
     return max(rows, key=key)
 
