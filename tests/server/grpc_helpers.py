@@ -106,18 +106,17 @@ def scrape(port: int) -> str:
 
 
 def metric_value(text: str, name: str, **labels) -> float:
-    """The value of one sample in a Prometheus text exposition (0.0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        if head == name and not labels:
-            return float(value)
-        if head.startswith(name + "{"):
-            got = dict(part.split("=", 1) for part in head[len(name) + 1:-1].split(",") if part)
-            got = {k: v.strip('"') for k, v in got.items()}
-            if all(got.get(k) == str(v) for k, v in labels.items()) and (labels or True):
-                if not labels and got:
-                    continue
-                return float(value)
+    """The value of one sample in a Prometheus text exposition (0.0 when absent).
+
+    Parsed with prometheus-client's own parser, so label values holding commas, quotes or escaped
+    newlines (SAE feature descriptions) match exactly. Without labels, only an unlabelled sample counts.
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = {k: str(v) for k, v in labels.items()}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and (sample.labels == wanted if not labels else
+                                        all(sample.labels.get(k) == v for k, v in wanted.items())):
+                return float(sample.value)
     return 0.0
