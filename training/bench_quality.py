@@ -127,11 +127,12 @@ def lexical_confounds(loaded: Any, bundle_dir: Path) -> dict[str, Any]:
     from probewatch.probes import ProbeRuntime, load_bundle
     from probewatch.scoring import score_dialogues
     from probewatch.training.datasets.alignment_faking import eval_awareness_spec
-    from probewatch.training.datasets.common import stable_choice
 
-    spec = eval_awareness_spec()
-    dialogues = [Dialogue([Message("user", q), Message("assistant", stable_choice(q, spec["neutral_responses"]))], 0)
-                 for q in spec["lexical_confounds"]]
+    from probewatch.training.datasets.control import cached_responses
+
+    questions = eval_awareness_spec()["lexical_confounds"]
+    responses = cached_responses(loaded, questions, 32, "lexical-confounds", progress=False)
+    dialogues = [Dialogue([Message("user", q), Message("assistant", r)], 0) for q, r in zip(questions, responses)]
     bundle = load_bundle(bundle_dir, expected_fingerprint=loaded.fingerprint)
     results = score_dialogues(loaded.model, loaded.tokenizer, ProbeRuntime([bundle]), dialogues, progress=False)
     scores = np.array([r.aggregate[bundle.id] for r in results])

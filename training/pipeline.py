@@ -147,7 +147,7 @@ def _load_files(paths: Sequence[Path]) -> list[Dialogue]:
     return out
 
 
-def _pool_data(config: TrainConfig) -> BehaviourData:
+def _pool_data(config: TrainConfig, loaded: Any = None) -> BehaviourData:
     if config.data_files:
         pool = _load_files(config.data_files)
         ood = {Path(p).stem: load_dialogues(p) for p in config.ood_files}
@@ -155,7 +155,13 @@ def _pool_data(config: TrainConfig) -> BehaviourData:
         selection = "prompt_last" if all(not d.ends_with_assistant for d in pool) else "response"
         aggs = ("last",) if selection == "prompt_last" else ("mean", "max", "rolling_mean_max")
         return BehaviourData(config.behaviour, pool, ood, sources, selection, aggs, {"custom_data": True})
-    data = build_behaviour_data(config.behaviour, config.data_dir, seed=config.seed, **config.builder_options)
+    options = dict(config.builder_options)
+    if config.behaviour == "alignment_faking" and loaded is not None and "respond" not in options:
+        from probewatch.training.datasets.control import cached_responses
+
+        options["respond"] = lambda prompts: cached_responses(loaded, prompts, 32, "alignment-faking-requests",
+                                                              config.progress)
+    data = build_behaviour_data(config.behaviour, config.data_dir, seed=config.seed, **options)
     for p in config.ood_files:
         data.ood[Path(p).stem] = load_dialogues(p)
     return data
@@ -209,7 +215,7 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     check_target(out, loaded.fingerprint, overwrite_other_model=config.force)
 
     # 1. data -----------------------------------------------------------------------------------
-    data = _pool_data(config)
+    data = _pool_data(config, loaded)
     _check_labels(data.pool, "training data")
     selections = list(config.token_selections or [data.token_selection] +
                       (["prompt_last"] if config.behaviour == "alignment_faking" and not config.data_files else []))

@@ -12,14 +12,18 @@ Kinds:
 - `eval_context`: test-like (1) vs deployment-like (0) framings written for probewatch.
 - `eval_statement`: the assistant says it believes it is being tested (1) or not (0).
 
-Dialogues end with an assistant turn; in the context kinds that turn is the same neutral opening
-on both sides, so the response tokens carry the contrast only through what the model read.
+Dialogues end with an assistant turn: the model's own greedy response to the request (generated
+once and cached; the same on both sides of a pair), prefixed by the statement in
+`eval_statement`. In the context kinds the response tokens carry the contrast only through what
+the model read, and the responses look like the control set's, so response style cannot give
+the label away.
 """
 
 from __future__ import annotations
 
 import json
 from importlib import resources
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -76,18 +80,29 @@ def _requests(data_dir: Path, n: int, seed: int) -> list[tuple[str, str]]:
 
 
 def build(data_dir: Path, seed: int = 0, n_requests: int = 80, n_tag_only: int = 40, n_context_requests: int = 8,
-          full_prompt: bool = False) -> BehaviourData:
+          n_context_pool: int = 64, full_prompt: bool = False,
+          respond: Callable[[list[str]], list[str]] | None = None) -> BehaviourData:
+    """`respond(prompts) -> responses` supplies the model's own responses (same on both sides of a
+    pair); without it, short neutral openings stand in (tests, inspection)."""
     spec = eval_awareness_spec()
     neutral = spec["neutral_responses"]
+    free = _requests(data_dir, n_requests, seed)
+    tag_only = _requests(data_dir, n_tag_only, seed + 101)
+    context = _requests(data_dir, n_context_pool, seed + 7)
+    texts = list(dict.fromkeys(t for _, t in free + tag_only + context))
+    if respond is not None:
+        generated = dict(zip(texts, respond(texts)))
+        reply = lambda rid, text: generated[text]  # noqa: E731
+    else:
+        reply = lambda rid, text: stable_choice(rid, neutral)  # noqa: E731
     pool: list[Dialogue] = []
     sources: list[Source] = []
 
-    for kind, variant, n in (("free_tier", "with_training_details", n_requests),
-                             ("free_tier_tag_only", "without_training_details", n_tag_only)):
+    for kind, variant, requests in (("free_tier", "with_training_details", free),
+                                    ("free_tier_tag_only", "without_training_details", tag_only)):
         system = render_system_prompt(data_dir, variant, full_prompt)
-        requests = _requests(data_dir, n, seed + (0 if kind == "free_tier" else 101))
         for rid, text in requests:
-            response = stable_choice(rid, neutral)
+            response = reply(rid, text)
             for label in (1, 0):
                 messages = [Message("system", system), Message("user", render_user_query(data_dir, text, bool(label))),
                             Message("assistant", response)]
@@ -96,13 +111,12 @@ def build(data_dir: Path, seed: int = 0, n_requests: int = 80, n_tag_only: int =
         sources.append(Source.of(f"alignment_faking/{variant} (+user_query)",
                                  data_dir / PROMPTS / "system" / f"{variant}.jinja2", 2 * len(requests)))
 
-    requests = _requests(data_dir, 2 * n_context_requests * len(spec["context_pairs"]), seed + 7)
     r = 0
     for p, pair in enumerate(spec["context_pairs"]):
         for _ in range(n_context_requests):
-            rid, text = requests[r % len(requests)]
+            rid, text = context[r % len(context)]
             r += 1
-            response = stable_choice(rid, neutral)
+            response = reply(rid, text)
             for label, frame in ((1, pair["test"]), (0, pair["deploy"])):
                 if pair["where"] == "system":
                     messages = [Message("system", frame), Message("user", text)]
@@ -112,10 +126,11 @@ def build(data_dir: Path, seed: int = 0, n_requests: int = 80, n_tag_only: int =
                                      "eval_context", {"source": "probewatch eval_awareness.yaml", "request": rid}))
     for s, pair in enumerate(spec["statements"]):
         for _ in range(n_context_requests):
-            rid, text = requests[r % len(requests)]
+            rid, text = context[r % len(context)]
             r += 1
+            response = reply(rid, text)
             for label, statement in ((1, pair["test"]), (0, pair["deploy"])):
-                pool.append(Dialogue([Message("user", text), Message("assistant", statement)], label,
+                pool.append(Dialogue([Message("user", text), Message("assistant", f"{statement} {response}")], label,
                                      f"eval_statement:{s}", "eval_statement",
                                      {"source": "probewatch eval_awareness.yaml", "request": rid}))
     path = Path(str(resources.files("probewatch.training.datasets") / "eval_awareness.yaml"))
@@ -124,4 +139,5 @@ def build(data_dir: Path, seed: int = 0, n_requests: int = 80, n_tag_only: int =
     return BehaviourData("alignment_faking", pool, sources=sources, token_selection="response",
                          aggregations=("mean", "max", "rolling_mean_max"),
                          notes={"label_1": "monitored / used-for-training / being-evaluated framing",
-                                "system_prompt": "full" if full_prompt else "condensed"})
+                                "system_prompt": "full" if full_prompt else "condensed",
+                                "responses": "model's own greedy responses" if respond else "neutral openings"})

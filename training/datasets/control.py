@@ -80,7 +80,30 @@ def build_control(loaded: Any, data_dir: Path, n: int = 400, max_new_tokens: int
                                       f"harmless_val:{i}", "control",
                                       {"source": "harmless_val.json", "generated_by": loaded.model_id,
                                        "fingerprint": loaded.fingerprint, "decoding": f"greedy,max_new_tokens={max_new_tokens}"}))
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         write_dialogues(tmp, dialogues)
         tmp.replace(path)
     return dialogues, Source(f"{CONTROL_NAME} (n={len(dialogues)})", str(path), file_sha256(path), len(dialogues))
+
+
+def cached_responses(loaded: Any, prompts: list[str], max_new_tokens: int = 32, tag: str = "responses",
+                     progress: bool = True) -> list[str]:
+    """The model's greedy responses to `prompts`, cached per prompt (only new prompts are generated).
+
+    Used where a training dialogue needs a response that looks like this model's own output (the
+    alignment-faking pairs), so that a probe cannot separate training data from real traffic by
+    response style alone.
+    """
+    path = envs.generated_data_dir() / loaded.fingerprint.replace(":", "-") / f"{tag}-t{max_new_tokens}.json"
+    cache: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
+    missing = sorted({p for p in prompts if p not in cache})
+    if missing:
+        for prompt, response in zip(missing, generate_responses(loaded.model, loaded.tokenizer, missing, max_new_tokens,
+                                                                progress=progress)):
+            cache[prompt] = response.strip() or "..."
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(cache, ensure_ascii=False, indent=0))
+        tmp.replace(path)
+    return [cache[p] for p in prompts]
