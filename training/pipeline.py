@@ -156,11 +156,13 @@ def _pool_data(config: TrainConfig, loaded: Any = None) -> BehaviourData:
         aggs = ("last",) if selection == "prompt_last" else ("mean", "max", "rolling_mean_max")
         return BehaviourData(config.behaviour, pool, ood, sources, selection, aggs, {"custom_data": True})
     options = dict(config.builder_options)
-    if config.behaviour == "alignment_faking" and loaded is not None and "respond" not in options:
+    if config.behaviour in ("deception", "alignment_faking") and loaded is not None and "respond" not in options:
         from probewatch.training.datasets.control import cached_responses
 
-        options["respond"] = lambda prompts: cached_responses(loaded, prompts, 32, "alignment-faking-requests",
-                                                              config.progress)
+        def respond(prompts: list[str], max_new_tokens: int = 32) -> list[str]:
+            return cached_responses(loaded, prompts, max_new_tokens, "responses", config.progress)
+
+        options["respond"] = respond
     data = build_behaviour_data(config.behaviour, config.data_dir, seed=config.seed, **options)
     for p in config.ood_files:
         data.ood[Path(p).stem] = load_dialogues(p)

@@ -29,7 +29,16 @@ from pathlib import Path
 import yaml
 
 from probewatch.data.dialogue import Dialogue, Message
-from probewatch.training.datasets.common import BehaviourData, DatasetNotFoundError, Source, require, sample, stable_choice
+from probewatch.training.datasets.common import (
+    PLAIN_KIND,
+    BehaviourData,
+    DatasetNotFoundError,
+    Source,
+    plain_traffic,
+    require,
+    sample,
+    stable_choice,
+)
 
 PROMPTS = "alignment_faking/prompts"
 SPLITS = "refusal/refusal_direction/splits"
@@ -81,9 +90,9 @@ def _requests(data_dir: Path, n: int, seed: int) -> list[tuple[str, str]]:
 
 def build(data_dir: Path, seed: int = 0, n_requests: int = 80, n_tag_only: int = 40, n_context_requests: int = 8,
           n_context_pool: int = 64, full_prompt: bool = False,
-          respond: Callable[[list[str]], list[str]] | None = None) -> BehaviourData:
-    """`respond(prompts) -> responses` supplies the model's own responses (same on both sides of a
-    pair); without it, short neutral openings stand in (tests, inspection)."""
+          respond: Callable[..., list[str]] | None = None, n_plain: int = 160) -> BehaviourData:
+    """`respond(prompts, max_new_tokens)` supplies the model's own responses (same on both sides of a
+    pair) and enables the plain-traffic negatives; without it, short neutral openings stand in."""
     spec = eval_awareness_spec()
     neutral = spec["neutral_responses"]
     free = _requests(data_dir, n_requests, seed)
@@ -91,7 +100,7 @@ def build(data_dir: Path, seed: int = 0, n_requests: int = 80, n_tag_only: int =
     context = _requests(data_dir, n_context_pool, seed + 7)
     texts = list(dict.fromkeys(t for _, t in free + tag_only + context))
     if respond is not None:
-        generated = dict(zip(texts, respond(texts)))
+        generated = dict(zip(texts, respond(texts, max_new_tokens=32)))
         reply = lambda rid, text: generated[text]  # noqa: E731
     else:
         reply = lambda rid, text: stable_choice(rid, neutral)  # noqa: E731
@@ -136,8 +145,14 @@ def build(data_dir: Path, seed: int = 0, n_requests: int = 80, n_tag_only: int =
     path = Path(str(resources.files("probewatch.training.datasets") / "eval_awareness.yaml"))
     sources.append(Source.of("probewatch eval_awareness.yaml", path,
                              sum(d.kind.startswith("eval_") for d in pool)))
+    train_only: tuple[str, ...] = ()
+    if respond is not None and n_plain:
+        plain, plain_source = plain_traffic(data_dir, respond, n_plain, seed)
+        pool += plain
+        sources.append(plain_source)
+        train_only = (PLAIN_KIND,)
     return BehaviourData("alignment_faking", pool, sources=sources, token_selection="response",
-                         aggregations=("mean", "max", "rolling_mean_max"),
+                         aggregations=("mean", "max", "rolling_mean_max"), train_only_kinds=train_only,
                          notes={"label_1": "monitored / used-for-training / being-evaluated framing",
                                 "system_prompt": "full" if full_prompt else "condensed",
                                 "responses": "model's own greedy responses" if respond else "neutral openings"})

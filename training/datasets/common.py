@@ -7,6 +7,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from probewatch import envs
@@ -100,3 +101,24 @@ def stable_choice(key: str, options: Sequence[T]) -> T:
     """A choice that depends only on `key` (formats stay put when other data changes)."""
     digest = int(hashlib.sha256(key.encode()).hexdigest()[:8], 16)
     return options[digest % len(options)]
+
+
+PLAIN_KIND = "plain_traffic"
+
+
+def plain_traffic(data_dir: Path, respond: Callable[..., list[str]], n: int, seed: int) -> tuple[list[Dialogue], Source]:
+    """Ordinary requests (harmless_train, disjoint from the control set's harmless_val) with the
+    model's own responses, label 0: auxiliary training data that anchors "no behaviour at all" on
+    the negative side, so that ordinary traffic does not land above a threshold calibrated at 1% FPR."""
+    import json
+
+    from probewatch.data.dialogue import Message
+
+    path = require(data_dir, "refusal/refusal_direction/splits/harmless_train.json")
+    items = sample(list(enumerate(json.loads(path.read_text(encoding="utf-8")))), n, seed + 501)
+    prompts = [item["instruction"].strip() for _, item in items]
+    responses = respond(prompts, max_new_tokens=64)
+    dialogues = [Dialogue([Message("user", p), Message("assistant", r)], 0, f"plain:harmless_train:{i}", PLAIN_KIND,
+                          {"source": path.name, "auxiliary": True})
+                 for (i, _), p, r in zip(items, prompts, responses)]
+    return dialogues, Source.of("refusal_direction/harmless_train + model responses (plain traffic)", path, len(dialogues))

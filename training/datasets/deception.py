@@ -10,7 +10,8 @@ Kinds (the unit of held-out-kind evaluation):
   excuses, sales lies, sandbagging, lies by omission, insider-trading-style cover stories,
   false denials / confessions. No instruction to lie: only the answer differs.
 
-Auxiliary, training-only kind (never held out or tested): `false_assertions`, Azaria & Mitchell
+Auxiliary, training-only kinds (never held out or tested): `plain_traffic` (ordinary requests with
+the model's own responses, label 0; only when the model is at hand to answer them) and `false_assertions`, Azaria & Mitchell
 statements asserted plainly, label 1 when false. It adds a "the asserted content is false"
 signal; in our leave-one-kind-out runs it raised the transfer to sandbagging and to the
 instructed pairs (see docs/quality.md).
@@ -18,11 +19,20 @@ instructed pairs (see docs/quality.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from probewatch.data.convert import convert_liar_questions, convert_statements
 from probewatch.data.dialogue import Dialogue, Message
-from probewatch.training.datasets.common import BehaviourData, Source, require, sample, stable_choice
+from probewatch.training.datasets.common import (
+    PLAIN_KIND,
+    BehaviourData,
+    Source,
+    plain_traffic,
+    require,
+    sample,
+    stable_choice,
+)
 from probewatch.training.datasets.scenarios import load_scenarios, scenario_dialogues, scenario_files
 
 REPE_FACTS = "deception/repe_honesty/facts_true_false.csv"
@@ -76,7 +86,9 @@ def _azaria_assertions(data_dir: Path, per_class: int, seed: int, exclude: set[s
 
 
 def build(data_dir: Path, seed: int = 0, repe_limit: int | None = None, azaria_per_topic: int = 40,
-          liar_limit: int = 300, formats_per_scenario: int = 2, assertions_per_class: int = 40) -> BehaviourData:
+          liar_limit: int = 300, formats_per_scenario: int = 2, assertions_per_class: int = 40,
+          respond: Callable[..., list[str]] | None = None, n_plain: int = 160) -> BehaviourData:
+    """`respond(prompts, max_new_tokens)` (the model's own responses) enables the plain-traffic negatives."""
     pool: list[Dialogue] = []
     sources: list[Source] = []
 
@@ -108,9 +120,15 @@ def build(data_dir: Path, seed: int = 0, repe_limit: int | None = None, azaria_p
         pool += dialogues
         sources.append(Source.of(f"probewatch scenarios/{path.stem}", path, len(dialogues)))
 
+    train_only = ("false_assertions",) if assertions_per_class else ()
+    if respond is not None and n_plain:
+        plain, plain_source = plain_traffic(data_dir, respond, n_plain, seed)
+        pool += plain
+        sources.append(plain_source)
+        train_only += (PLAIN_KIND,)
     return BehaviourData("deception", pool, sources=sources, token_selection="response",
                          aggregations=("mean", "max", "rolling_mean_max", "last", "ema"),
-                         train_only_kinds=("false_assertions",) if assertions_per_class else (),
+                         train_only_kinds=train_only,
                          notes={"label_1": "deceptive answer / dishonest instruction"})
 
 
