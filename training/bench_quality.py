@@ -48,6 +48,8 @@ def add_arguments_quality(parser: argparse.ArgumentParser) -> None:
                         help="do not copy the bundles into probes/shipped/<model>/")
     parser.add_argument("--layers", default=None, help="override the layer sweep (e.g. '5,9,13' for a quick run)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--render-only", action="store_true",
+                        help="re-render the doc from the reports already in --runs-dir (no training)")
 
 
 def _repo_root() -> Path:
@@ -69,6 +71,8 @@ def main(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     results: dict[str, dict[str, Any]] = {}
+    if getattr(args, "render_only", False):
+        return _render_only(args, loaded, doc, t0)
     for name in args.probes:
         job = dict(JOBS[name])
         all_layers = job.pop("all_layers", False)
@@ -97,6 +101,8 @@ def main(args: argparse.Namespace) -> int:
     if "alignment-faking" in results:
         diagnostics["alignment-faking"] = lexical_confounds(loaded, args.runs_dir / "alignment-faking")
     total = time.perf_counter() - t0
+    (args.runs_dir / "diagnostics.json").write_text(json.dumps(diagnostics, indent=1))
+    (args.runs_dir / "timing.json").write_text(json.dumps({"total_s": total, "probes": list(results)}))
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(render_markdown(results, diagnostics, total, loaded, doc))
     summary = {name: {"auroc": r["metrics"]["auroc"], "auroc_heldout_kind": r["metrics"]["auroc_heldout_kind"],
@@ -107,6 +113,21 @@ def main(args: argparse.Namespace) -> int:
     print(f"[bench quality] wrote {doc} in {total / 60:.1f} min", file=sys.stderr)
     if getattr(args, "json", False):
         print(json.dumps(summary, default=float))
+    return 0
+
+
+def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) -> int:
+    results = {name: json.loads((args.runs_dir / name / "report.json").read_text())
+               for name in args.probes if (args.runs_dir / name / "report.json").is_file()}
+    if not results:
+        raise FileNotFoundError(f"no reports under {args.runs_dir}; run `probewatch bench quality` first")
+    diagnostics = {}
+    diag_path = args.runs_dir / "diagnostics.json"
+    if diag_path.is_file():
+        diagnostics = json.loads(diag_path.read_text())
+    total = float(json.loads((args.runs_dir / "timing.json").read_text())["total_s"]) if (args.runs_dir / "timing.json").is_file() else 0.0
+    doc.write_text(render_markdown(results, diagnostics, total, loaded, doc))
+    print(f"[bench quality] re-rendered {doc} from {len(results)} reports in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return 0
 
 
@@ -269,34 +290,47 @@ def _caveats(results: dict, diagnostics: dict) -> list[str]:
     if "deception" in results:
         r = results["deception"]
         per = r["metrics"]["auroc_heldout_kind_per_kind"]
-        weak = [k for k, v in per.items() if v is not None and v < 0.8]
+        weak = [f"{k} ({v:.2f})" for k, v in per.items() if v is not None and v < 0.8]
         out.append(
             "- **deception**: trained on instructed pairs (RepE facts, Azaria & Mitchell topics), how_to_catch_an_ai_liar "
             "questions and six kinds of hand-written scenarios (role-play excuses, sales lies, sandbagging, lies by omission, "
-            "cover stories, false denials and confessions; `training/datasets/scenarios/`). In the instructed pairs the answer "
-            "is identical on both sides, so the probe must read the *instruction's* trace in the response tokens; in the "
-            "scenarios only the answer differs, so it must relate the answer to the situation. "
+            "cover stories, false denials and confessions; `training/datasets/scenarios/`), plus two auxiliary training-only "
+            "kinds: plainly asserted true/false statements and ordinary requests with the model's own answers (label 0). "
+            "In the instructed pairs the answer is identical on both sides, so the probe must read the instruction's trace "
+            "in the response tokens; in the scenarios only the answer differs, so it must relate the answer to the situation. "
             + (f"Held-out kinds below 0.8: {', '.join(weak)}. " if weak else "Every held-out kind reaches 0.8. ")
-            + "A 135M model has limited world knowledge, so part of what transfers is likely the style of evasive or "
-            "denying answers rather than a model-internal notion of lying; the denial/confession kind (half its honest "
-            "answers are denials) is the check against the crudest version of that shortcut.")
+            + "The kinds that transfer best (lies by omission, cover stories, sales lies) are also the ones where the "
+            "deceptive answer differs in style (reassuring, no admission of a problem) from the honest one, so part of what "
+            "transfers is likely that style rather than a model-internal notion of lying; the denial/confession kind (half "
+            "its honest answers are denials, half its lies are false confessions) checks exactly that shortcut and stays "
+            "near chance, as does sandbagging (a wrong answer or feigned ignorance under an incentive). A 135M model knows "
+            "little, so \"knowingly false\" is hard for it to represent.")
     if "refusal" in results:
         out.append(
             "- **refusal**: reads the generation-prompt position (the last prompt token) of harmful vs harmless "
             "instructions; it says the request looks like one a chat model refuses, before any token is generated. It does "
-            "not say whether this 135M model actually refuses (it often complies). The mean-difference bundle is Arditi et "
-            "al.'s direction (unit vector, Platt-scaled), the logistic bundle a standardised logistic regression.")
+            "not say whether this 135M model actually refuses (it often complies). `refusal-mean-diff` is Arditi et al.'s "
+            "difference-of-means direction (unit vector, then Platt-scaled), `refusal` a standardised logistic regression. "
+            "The out-of-distribution set (harmful_val: HarmBench/JailbreakBench-style items, against unseen harmless_val "
+            "items) is the transfer check.")
     if "alignment-faking" in results:
         d = diagnostics.get("alignment-faking")
+        r = results["alignment-faking"]
+        c = r["selection"]["chosen"]
         out.append(
             "- **alignment faking**: on a 135M model this is *not* a detector of alignment faking (the model does not reason "
-            "about its training). It detects a **monitored / evaluated framing** in the context: the Greenblatt et al. "
+            "about its training). It is a detector of a **monitored / evaluated framing** in the context: the Greenblatt et al. "
             "free-tier tag with the RLHF explanation, our test-like vs deployment-like contexts, and the assistant saying it "
-            "thinks it is being tested. The held-out-kind numbers show how far one framing transfers to another; "
-            + (f"the lexical-confound check ({d['flagged']}/{d['n']} benign requests mentioning tests/monitoring flagged) shows how "
-               "much of it is vocabulary. " if d else "")
-            + "On a larger model the same pipeline would measure whether such a representation exists and drives behaviour; "
-            "here it is a context feature, useful as a monitor of prompts that tell the model it is watched.")
-    out.append("- All numbers come from one seed and one split; with ~25 scenarios per hand-written kind, a held-out-kind "
-               "AUROC has a standard error of a few points.")
+            f"thinks it is being tested. The chosen probe reads the {c['token_selection']} position. The two free-tier kinds "
+            "share the literal `<is_free_tier_user>true/false</is_free_tier_user>` contrast, so their mutual transfer is a "
+            "format test (same tag, different system prompt), not a concept test; transfer between the free-tier tag and our "
+            "natural-language framings (eval_context) is the concept test, and it is weak. A generation-prompt probe cannot "
+            "see the assistant's own statements (eval_statement is 0.5 by construction there). "
+            + (f"Lexical-confound check: {d['flagged']}/{d['n']} benign requests that merely mention tests, monitoring, "
+               "training or a free tier are flagged at the shipped threshold. " if d else "")
+            + "Use it as a monitor of prompts that tell the model it is watched, calibrated on your own traffic "
+            "(`probewatch calibrate`); on a larger model the same pipeline measures whether such a representation exists.")
+    out.append("- All numbers come from one seed and one grouped split; with ~24 scenarios per hand-written kind a held-out-kind "
+               "AUROC has a standard error of several points, and the realised FPR on 200 held-out control dialogues is "
+               "itself a noisy estimate of the 1% target.")
     return out
