@@ -11,7 +11,7 @@ reused in the leave-one-kind-out folds; `heldout_kind_recall`, which produces th
 held-out-kind numbers of the chosen configuration, selects C inside every fold.
 
 Configurations are chosen by the held-out-kind number when the pool has at least two kinds,
-else by the out-of-distribution sets, else by validation; AUROCs within 0.01 count as ties, broken
+else by the mean of out-of-distribution and validation AUROC, else by validation; AUROCs within 0.01 count as ties, broken
 by recall at 1% FPR on the control set's calibration half (validation positives), then validation
 AUROC, then the earlier layer. The chosen number is a maximum over configurations, so it is mildly
 optimistic; reports say how many configurations were compared.
@@ -67,7 +67,11 @@ class SweepRow:
         return float(np.mean(list(self.ood_auroc.values()))) if self.ood_auroc else None
 
     def selection_score(self, by: str) -> float:
-        value = {"heldout_kind": self.heldout_kind_auroc, "ood": self.ood_mean, "validation": self.val_auroc}[by]
+        if by == "ood":
+            # out-of-distribution sets are often small (refusal: 39 harmful items): average with validation
+            parts = [v for v in (self.ood_mean, self.val_auroc) if v is not None]
+            return float(np.mean(parts)) if parts else -1.0
+        value = {"heldout_kind": self.heldout_kind_auroc, "validation": self.val_auroc}[by]
         return -1.0 if value is None else float(value)
 
     def to_json(self) -> dict:
