@@ -37,6 +37,8 @@ JOBS: dict[str, dict[str, Any]] = {
     "alignment-faking": {"behaviour": "alignment_faking"},
 }
 BUNDLE_FILES = ("manifest.json", "weights.safetensors", "report.json")
+BASIS_TEXT = {"heldout_kind": "held-out-kind AUROC", "ood": "the mean of validation and out-of-distribution AUROC",
+              "validation": "validation AUROC"}
 
 
 def add_arguments_quality(parser: argparse.ArgumentParser) -> None:
@@ -166,6 +168,13 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def sweep_mode(rows: list[dict], chosen: dict) -> bool:
+    """per_token value of the layer sweep (the per-token variant is often tried on the best layer only)."""
+    layers = {pt: {r["layer"] for r in rows if r["per_token"] == pt and r["token_selection"] == chosen["token_selection"]}
+              for pt in (False, True)}
+    return max((False, True), key=lambda pt: (len(layers[pt]), pt == chosen["per_token"]))
+
+
 def _kind_range(per_kind: dict[str, float]) -> str:
     vals = [v for v in per_kind.values() if v is not None]
     return f"{min(vals):.2f}–{max(vals):.2f}" if vals else "n/a"
@@ -184,15 +193,17 @@ def render_markdown(results: dict[str, dict], diagnostics: dict, total_s: float,
         "## Summary",
         "",
         "| probe | behaviour | in-distribution AUROC (held-out groups) | held-out-kind AUROC (mean; range) | out-of-distribution AUROC "
-        "| recall @1% FPR on control | realised FPR, held-out control | layer | method | tokens | aggregation | training |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| recall @1% FPR on control | realised FPR, held-out control | FPR on test negatives at that threshold "
+        "| layer | method | tokens | aggregation | training |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         m, c = r["metrics"], r["selection"]["chosen"]
         ood = ", ".join(f"{k} {_fmt(v)}" for k, v in m["auroc_ood"].items()) or "—"
         hk = f"{_fmt(m['auroc_heldout_kind'])} ({_kind_range(m['auroc_heldout_kind_per_kind'])})" if m["auroc_heldout_kind"] is not None else "—"
         lines.append(f"| `{r['probe_id']}` | {r['behaviour']} | {_fmt(m['auroc'])} | {hk} | {ood} | {_fmt(m['recall_at_fpr_control'])} "
-                     f"| {_fmt(m['fpr_control_heldout'])} | {c['layer']} | {c['method']} | {c['token_selection']} | {c['aggregation']} "
+                     f"| {_fmt(m['fpr_control_heldout'])} | {_fmt(r['test'].get('fpr_on_negatives'))} "
+                     f"| {c['layer']} | {c['method']} | {c['token_selection']} | {c['aggregation']} "
                      f"| {'per-token' if c['per_token'] else 'per-example'} |")
     lines += [
         "",
@@ -201,10 +212,16 @@ def render_markdown(results: dict[str, dict], diagnostics: dict, total_s: float,
         "statement, scenario, request or template on both sides).",
         "- **held-out-kind AUROC**: leave-one-kind-out: a probe with the chosen settings is fitted on all other data kinds "
         "and scored on the held-out kind; mean over kinds (range in brackets). This is the generalisation number, and "
-        "the one the layer / method / aggregation were chosen by (a maximum over the sweep, so mildly optimistic).",
+        "the one the layer / method / aggregation were chosen by (a maximum over the sweep, so mildly optimistic; AUROCs "
+        "within 0.01 count as ties, broken by recall at 1% FPR on the control set's calibration half). Refusal has one "
+        "kind in its pool, so its probes are chosen by the mean of validation and out-of-distribution AUROC.",
+        "- **out-of-distribution AUROC**: the shipped weights on another source of the behaviour (refusal: harmful_val, "
+        "HarmBench/JailbreakBench-style items, against harmless_val items the control set does not use).",
         "- **recall @1% FPR on control**: the threshold flags 1% of a benign control set (harmless_val instructions with "
         "the model's own greedy responses, half of it; the other half gives the realised FPR); recall is over the test "
-        "split's positives.",
+        "split's positives. Ordinary traffic sits far below most behaviour data, so the same threshold also flags many "
+        "of the test split's *negatives* (honest answers in deception-laden contexts): the next column says how many. "
+        "Calibrate per deployment (`probewatch calibrate`).",
         "- Scores are calibrated logits (Platt scaling on the calibration split): `sigmoid(score)` ≈ P(behaviour).",
         "",
     ]
@@ -225,14 +242,17 @@ def _behaviour_section(name: str, r: dict, diag: dict | None, doc: Path) -> list
     out = [f"## `{r['probe_id']}` ({r['behaviour']})", ""]
     out.append(f"Chosen: layer {c['layer']}, {c['method']}, {c['token_selection']} tokens, "
                f"{'per-token' if c['per_token'] else 'per-example'} training, {c['aggregation']} aggregation; selected by "
-               f"{r['selection']['basis'].replace('_', '-')} AUROC among {r['selection']['n_configurations']} configurations. "
+               f"{BASIS_TEXT.get(r['selection']['basis'], r['selection']['basis'])} among {r['selection']['n_configurations']} configurations. "
                f"Threshold {r['threshold']['value']:.3f} (logit) at {100 * r['threshold']['fpr']:g}% FPR on "
                f"{r['threshold']['n_calibration']} control dialogues. Platt slope {r['platt']['slope']:.3g}. "
                f"Parity (live scoring path vs cached training scores): max |Δ| = {_fmt((r.get('parity') or {}).get('max_abs_diff'), 5)} "
-               f"on {(r.get('parity') or {}).get('n', 0)} test dialogues. Training time {r['timings'].get('total_s', 0) / 60:.1f} min.")
+               f"on {(r.get('parity') or {}).get('n', 0)} test dialogues. Time: {r['timings'].get('total_s', 0) / 60:.1f} min "
+               f"(data and control generation {r['timings'].get('data_s', 0) / 60:.1f}, extraction "
+               f"{r['timings'].get('extract_s', 0) / 60:.1f}, sweep {r['timings'].get('sweep_s', 0) / 60:.1f}; "
+               "generation and extraction are cached after the first run).")
     out.append("")
     out.append("| data kind | examples | groups | in-distribution AUROC (test split) | held-out-kind AUROC "
-               "| held-out-kind recall @1% FPR (control threshold of that fold) |")
+               "| held-out-kind recall / FPR on its negatives @1% FPR-on-control threshold of that fold |")
     out.append("|---|---|---|---|---|---|")
     train_only = set(r["data"].get("train_only_kinds", []))
     per_kind_test = m.get("auroc_test_per_kind", {})
@@ -240,13 +260,13 @@ def _behaviour_section(name: str, r: dict, diag: dict | None, doc: Path) -> list
         hk = r["heldout_kinds"].get(kind, {})
         label = f"{kind} (auxiliary, training only)" if kind in train_only else kind
         out.append(f"| {label} | {info['n']} | {info['groups']} | {_fmt(per_kind_test.get(kind))} | {_fmt(hk.get('auroc'))} "
-                   f"| {_fmt(hk.get('recall_at_fpr_control'))} |")
+                   f"| {_fmt(hk.get('recall_at_fpr_control'))} / {_fmt(hk.get('fpr_negatives'))} |")
     for oname, om in r["ood"].items():
         out.append(f"| out-of-distribution: {oname} | {om['n_pos'] + om['n_neg']} | — | — | {_fmt(om['auroc'])} (fitted on the pool) "
-                   f"| {_fmt(om.get('recall_at_fpr'))} |")
+                   f"| {_fmt(om.get('recall_at_fpr'))} / {_fmt(om.get('fpr_on_negatives'))} |")
     out.append("")
     sweep = [s for s in r["sweep"] if s["aggregation"] == c["aggregation"] and s["token_selection"] == c["token_selection"]
-             and s["per_token"] == c["per_token"]]
+             and s["per_token"] == sweep_mode(r["sweep"], c)]
     methods = sorted({s["method"] for s in sweep})
     second = "held-out kinds" if any(s["heldout_kind_auroc"] is not None for s in sweep) else "ood"
     out.append(f"Layer sweep at the chosen aggregation (validation AUROC / {second} AUROC):")

@@ -36,8 +36,11 @@ def _plt():
 def plot_layer_sweep(rows: list[dict], chosen: dict, path: Path, title: str) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
+    from probewatch.training.bench_quality import sweep_mode
+
+    mode = sweep_mode(rows, chosen)
     subset = [r for r in rows if r["aggregation"] == chosen["aggregation"] and r["token_selection"] == chosen["token_selection"]
-              and r["per_token"] == chosen["per_token"]]
+              and r["per_token"] == mode]
     for method in sorted({r["method"] for r in subset}):
         pts = sorted((r["layer"], r) for r in subset if r["method"] == method)
         layers = [layer for layer, _ in pts]

@@ -186,7 +186,7 @@ def heldout_kind_recall(spec: ProbeSpec, data: LayerData, pool: PoolArrays, cont
         t = threshold_at_fpr(c, fpr)
         y = pool.labels[te]
         out[kind] = {"auroc": _safe_auroc(s[te], y), "recall_at_fpr_control": recall_at_threshold(s[te][y == 1], t),
-                     "n": int(len(te))}
+                     "fpr_negatives": float((s[te][y == 0] >= t).mean()), "n": int(len(te))}
     return out
 
 
