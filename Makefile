@@ -10,7 +10,7 @@ SHARED_DATA ?= $(abspath ../shared/datasets)
 export PROBEWATCH_DATA ?= $(SHARED_DATA)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench bench-quality bench-overhead bench-ingest sae proto lint clean
+.PHONY: setup demo test bench bench-capture bench-quality bench-overhead bench-ingest sae proto lint clean
 
 setup: $(VENV)/.installed
 
@@ -28,9 +28,18 @@ test: setup
 	bash deploy/scripts/ensure-prometheus.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
+# Every benchmark, one after the other (not in parallel: they time the same 2 cores).
+bench: bench-capture bench-overhead bench-ingest bench-quality
+
+# Residual-capture cost on a 64-token batch forward of the reference model: hooked vs unhooked.
+CAPTURE_ARGS ?= --layers 9 --repeats 7
+bench-capture: setup
+	$(BIN)/probewatch bench capture --json $(CAPTURE_ARGS)
+
 # Detection quality: trains every shipped probe (deception, refusal x2, alignment faking) from
 # $(PROBEWATCH_DATA), copies the bundles to probes/shipped/<model>/ and writes docs/quality.md
-# (+ docs/quality/<probe>/ plots). First run extracts activations and generates the control set
+# (+ docs/quality/<probe>/ plots), then fits SAE-feature probes on the shipped SAE for the same
+# behaviours and tabulates them beside the linear ones. First run extracts activations and generates the control set
 # (cached under PROBEWATCH_HOME); QUALITY_ARGS e.g. "--probes refusal --no-ship".
 QUALITY_ARGS ?=
 bench-quality: setup

@@ -8,8 +8,11 @@ One command regenerates the shipped bundles for the reference model and the qual
    plots + report to docs/quality/<id>/;
 3. a lexical-confound check for the alignment-faking probe (requests that merely *mention*
    tests, monitoring or training);
-4. docs/quality.md tabulates in-distribution held-out AUROC, held-out-kind AUROC, recall at 1%
-   FPR on the control set, the chosen layer / method / aggregation, the layer sweeps and plots.
+4. SAE-feature probes (L1 logistic and named features, `probewatch sae probe`) on the shipped SAE
+   for the same behaviours, same data, splits and control threshold, into runs/quality/sae/<id>/;
+5. docs/quality.md tabulates in-distribution held-out AUROC, held-out-kind AUROC, recall at 1%
+   FPR on the control set, the chosen layer / method / aggregation, the layer sweeps and plots,
+   and the SAE-feature probes next to the linear ones.
 
 Activations are cached, so a rerun only refits (minutes); the first run extracts (tens of minutes
 on 2 CPU cores, logged in the doc).
@@ -37,6 +40,10 @@ JOBS: dict[str, dict[str, Any]] = {
     "alignment-faking": {"behaviour": "alignment_faking"},
 }
 BUNDLE_FILES = ("manifest.json", "weights.safetensors", "report.json")
+# the linear probe each behaviour's SAE-feature probes are compared with
+LINEAR_FOR_BEHAVIOUR = {"deception": "deception", "refusal": "refusal", "alignment_faking": "alignment-faking"}
+SAE_METHODS = ("l1", "named")
+SAE_REPORTS = "sae"
 BASIS_TEXT = {"heldout_kind": "held-out-kind AUROC", "ood": "the mean of validation and out-of-distribution AUROC",
               "validation": "validation AUROC"}
 
@@ -50,8 +57,14 @@ def add_arguments_quality(parser: argparse.ArgumentParser) -> None:
                         help="do not copy the bundles into probes/shipped/<model>/")
     parser.add_argument("--layers", default=None, help="override the layer sweep (e.g. '5,9,13' for a quick run)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--sae", type=Path, default=None,
+                        help="SAE for the SAE-feature probe comparison (default: the shipped SAE for the model)")
+    parser.add_argument("--no-sae", dest="with_sae", action="store_false",
+                        help="skip the SAE-feature probes (linear probes only)")
     parser.add_argument("--render-only", action="store_true",
                         help="re-render the doc from the reports already in --runs-dir (no training)")
+    parser.add_argument("--sae-only", action="store_true",
+                        help="refit only the SAE-feature probes, reuse the linear reports in --runs-dir, re-render")
 
 
 def _repo_root() -> Path:
@@ -73,7 +86,7 @@ def main(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     results: dict[str, dict[str, Any]] = {}
-    if getattr(args, "render_only", False):
+    if getattr(args, "render_only", False) or getattr(args, "sae_only", False):
         return _render_only(args, loaded, doc, t0)
     for name in args.probes:
         job = dict(JOBS[name])
@@ -102,15 +115,21 @@ def main(args: argparse.Namespace) -> int:
     diagnostics = {}
     if "alignment-faking" in results:
         diagnostics["alignment-faking"] = lexical_confounds(loaded, args.runs_dir / "alignment-faking")
+    linear_s = time.perf_counter() - t0
+    sae_results = fit_sae_probes(args, loaded, [r["behaviour"] for r in results.values()]) if getattr(args, "with_sae", True) else {}
     total = time.perf_counter() - t0
     (args.runs_dir / "diagnostics.json").write_text(json.dumps(diagnostics, indent=1))
-    (args.runs_dir / "timing.json").write_text(json.dumps({"total_s": total, "probes": list(results)}))
+    (args.runs_dir / "timing.json").write_text(json.dumps({"total_s": linear_s, "sae_s": total - linear_s,
+                                                                   "probes": list(results)}))
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(render_markdown(results, diagnostics, total, loaded, doc))
+    doc.write_text(render_markdown(results, diagnostics, total, loaded, doc, sae_results))
     summary = {name: {"auroc": r["metrics"]["auroc"], "auroc_heldout_kind": r["metrics"]["auroc_heldout_kind"],
                       "auroc_ood": r["metrics"]["auroc_ood"], "recall_at_fpr_control": r["metrics"]["recall_at_fpr_control"],
                       "layer": r["selection"]["chosen"]["layer"], "method": r["selection"]["chosen"]["method"],
                       "aggregation": r["selection"]["chosen"]["aggregation"]} for name, r in results.items()}
+    summary.update({sid: {"auroc": r["metrics"]["auroc"], "auroc_heldout_kind": r["metrics"]["auroc_heldout_kind"],
+                          "recall_at_fpr_control": r["metrics"]["recall_at_fpr_control"], "n_latents": r["n_latents"]}
+                    for sid, r in sae_results.items()})
     summary["total_s"] = total
     print(f"[bench quality] wrote {doc} in {total / 60:.1f} min", file=sys.stderr)
     if getattr(args, "json", False):
@@ -127,10 +146,63 @@ def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) ->
     diag_path = args.runs_dir / "diagnostics.json"
     if diag_path.is_file():
         diagnostics = json.loads(diag_path.read_text())
-    total = float(json.loads((args.runs_dir / "timing.json").read_text())["total_s"]) if (args.runs_dir / "timing.json").is_file() else 0.0
-    doc.write_text(render_markdown(results, diagnostics, total, loaded, doc))
+    timing = args.runs_dir / "timing.json"
+    saved = json.loads(timing.read_text()) if timing.is_file() else {"total_s": 0.0}
+    sae_results = {}
+    if getattr(args, "sae_only", False):
+        t = time.perf_counter()
+        sae_results = fit_sae_probes(args, loaded, [r["behaviour"] for r in results.values()])
+        saved["sae_s"] = time.perf_counter() - t
+        timing.write_text(json.dumps(saved))
+    elif getattr(args, "with_sae", True):
+        sae_results = {p.parent.name: json.loads(p.read_text())
+                       for p in sorted((args.runs_dir / SAE_REPORTS).glob("*/report.json"))}
+    total = float(saved.get("total_s", 0.0)) + float(saved.get("sae_s", 0.0) if sae_results else 0.0)
+    doc.write_text(render_markdown(results, diagnostics, total, loaded, doc, sae_results))
     print(f"[bench quality] re-rendered {doc} from {len(results)} reports in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return 0
+
+
+def default_sae_dir(loaded: Any) -> Path | None:
+    """The shipped SAE for this model at the layer the probes use (the first one shipped), if any."""
+    from probewatch.probes.saes.feature_probe import shipped_saes_root
+
+    root = shipped_saes_root() / loaded.model_id
+    found = sorted(p.parent for p in root.glob("*/cfg.json")) if root.is_dir() else []
+    return found[0] if found else None
+
+
+def fit_sae_probes(args: argparse.Namespace, loaded: Any, behaviours: list[str]) -> dict[str, dict]:
+    """SAE-feature probes (L1 and named) for each behaviour, fitted like `probewatch sae probe`
+    on the same data, grouped splits and control threshold as the linear probes."""
+    from probewatch.training.sae.probe import fit_and_export_sae_probe
+
+    sae_dir = args.sae or default_sae_dir(loaded)
+    if sae_dir is None:
+        print(f"[bench quality] no shipped SAE for {loaded.model_id}; skipping SAE-feature probes (--sae DIR)", file=sys.stderr)
+        return {}
+    out: dict[str, dict] = {}
+    for behaviour in dict.fromkeys(behaviours):
+        for method in SAE_METHODS:
+            probe_id = f"sae-{behaviour.replace('_', '-')}-{method}"
+            t = time.perf_counter()
+            print(f"[bench quality] SAE-feature probe {probe_id} on {Path(sae_dir).name} ...", file=sys.stderr, flush=True)
+            summary = fit_and_export_sae_probe(loaded, Path(sae_dir), behaviour, method=method, probe_id=probe_id,
+                                               out=args.runs_dir / SAE_REPORTS / probe_id, data_dir=args.data_dir,
+                                               progress=not args.quiet)
+            summary["command"] = f"probewatch sae probe --sae {_display_path(Path(sae_dir))} --behaviour {behaviour} --method {method}"
+            (args.runs_dir / SAE_REPORTS / probe_id / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
+            out[probe_id] = summary
+            print(f"[bench quality] {probe_id}: test AUROC {_fmt(summary['metrics']['auroc'])}, {summary['n_latents']} latents, "
+                  f"{time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
+    return out
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(_repo_root()))
+    except ValueError:
+        return str(path)
 
 
 def _train_command(name: str, job: dict, all_layers: bool, n_layers: int) -> str:
@@ -180,7 +252,8 @@ def _kind_range(per_kind: dict[str, float]) -> str:
     return f"{min(vals):.2f}–{max(vals):.2f}" if vals else "n/a"
 
 
-def render_markdown(results: dict[str, dict], diagnostics: dict, total_s: float, loaded: Any, doc: Path) -> str:
+def render_markdown(results: dict[str, dict], diagnostics: dict, total_s: float, loaded: Any, doc: Path,
+                    sae_results: dict[str, dict] | None = None) -> str:
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Detection quality of the shipped probes",
@@ -227,13 +300,83 @@ def render_markdown(results: dict[str, dict], diagnostics: dict, total_s: float,
     ]
     for name, r in results.items():
         lines += _behaviour_section(name, r, diagnostics.get(name), doc)
+    if sae_results:
+        lines += _sae_section(results, sae_results, loaded)
     lines += _caveats(results, diagnostics)
     lines += ["", "## Regenerate", "", "```", "make bench-quality        # = PROBEWATCH_DATA=../shared/datasets probewatch bench quality",
               "```", "", "Each bundle can also be trained alone; the commands are:", ""]
     for name, r in results.items():
         lines.append(f"- `{r['probe_id']}`: `{r['command']}`")
+    for sid, r in (sae_results or {}).items():
+        if r.get("command"):
+            lines.append(f"- `{sid}`: `{r['command']}`")
     lines.append("")
     return "\n".join(lines)
+
+
+def _sae_section(results: dict[str, dict], sae_results: dict[str, dict], loaded: Any) -> list[str]:
+    """SAE-feature probes next to the linear probe of the same behaviour (same data, splits, threshold rule)."""
+    sae_names = sorted({r["sae"] for r in sae_results.values()})
+    out = ["## SAE-feature probes vs linear probes", "",
+           f"Probes of bundle kind `sae_feature` on the latents of the shipped SAE ({', '.join(f'`{n}`' for n in sae_names)}; "
+           "docs/sae.md), fitted on the same behaviour data with the same grouped splits, Platt calibration and 1%-of-control "
+           "threshold as the linear probe above them: `l1` is an L1 logistic regression over all latents (per-example latent "
+           "means, standardised, C by grouped cross-validation), `named` a logistic regression on the 8 latents with the "
+           "largest |AUROC - 0.5| on the fit split. Linear rows repeat the summary table.", "",
+           "| behaviour | probe | layer | reads | in-distribution AUROC | held-out-kind AUROC (mean; range) "
+           "| out-of-distribution AUROC (recall) | recall @1% FPR on control | realised FPR, held-out control |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for behaviour, linear_name in LINEAR_FOR_BEHAVIOUR.items():
+        saes = [(sid, r) for sid, r in sae_results.items() if r["behaviour"] == behaviour]
+        if not saes:
+            continue
+        if linear_name in results:
+            r = results[linear_name]
+            m, c = r["metrics"], r["selection"]["chosen"]
+            out.append(f"| {behaviour} | `{r['probe_id']}` (linear, {c['method']}) | {c['layer']} | {loaded.d_model} dims "
+                       f"| **{_fmt(m['auroc'])}** | {_heldout(m)} | {_ood(m)} | {_fmt(m['recall_at_fpr_control'])} "
+                       f"| {_fmt(m['fpr_control_heldout'])} |")
+        for sid, r in saes:
+            m = r["metrics"]
+            out.append(f"| {behaviour} | `{sid}` ({r['probe_type']}) | {r['layer']} | {r['n_latents']} latents "
+                       f"| {_fmt(m['auroc'])} | {_heldout(m)} | {_ood(m)} | {_fmt(m['recall_at_fpr_control'])} "
+                       f"| {_fmt(m['fpr_control_heldout'])} |")
+    out += ["", _sae_reading(results, sae_results), ""]
+    return out
+
+
+def _heldout(m: dict) -> str:
+    if m.get("auroc_heldout_kind") is None:
+        return "— (one kind)"
+    return f"{_fmt(m['auroc_heldout_kind'])} ({_kind_range(m['auroc_heldout_kind_per_kind'])})"
+
+
+def _ood(m: dict) -> str:
+    recalls = m.get("recall_at_fpr_control_ood") or {}
+    parts = [f"{k} {_fmt(v)} ({_fmt(recalls.get(k))})" for k, v in (m.get("auroc_ood") or {}).items()]
+    return ", ".join(parts) or "—"
+
+
+def _sae_reading(results: dict[str, dict], sae_results: dict[str, dict]) -> str:
+    """One sentence per behaviour, computed from the numbers: is the best SAE probe within 0.01 AUROC of the linear one?"""
+    parts = []
+    for behaviour, linear_name in LINEAR_FOR_BEHAVIOUR.items():
+        saes = [r for r in sae_results.values() if r["behaviour"] == behaviour and r["metrics"]["auroc"] is not None]
+        if not saes or linear_name not in results:
+            continue
+        best = max(saes, key=lambda r: r["metrics"]["auroc"])
+        lin = results[linear_name]["metrics"]["auroc"]
+        gap = lin - best["metrics"]["auroc"]
+        verdict = "matches" if abs(gap) <= 0.01 else ("trails" if gap > 0 else "beats")
+        parts.append(f"{behaviour}: the best SAE probe (`{best['probe_id']}`, {best['n_latents']} latents) {verdict} the linear "
+                     f"probe ({_fmt(best['metrics']['auroc'])} vs {_fmt(lin)} in-distribution AUROC)")
+    if not parts:
+        return ""
+    all_trail = all(" trails " in p for p in parts)
+    return ("Reading: " + "; ".join(parts) + ". An SAE probe can only use what the SAE reconstructs (its FVE is in "
+            "docs/sae.md) and what sparsity keeps; its particular value is the explanation (which latents fired on an "
+            "incident) and the latent watch-list metrics."
+            + (" Here every behaviour's linear probe is better: alert on the linear probes." if all_trail else ""))
 
 
 def _behaviour_section(name: str, r: dict, diag: dict | None, doc: Path) -> list[str]:
