@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def add_arguments_overhead(parser: argparse.ArgumentParser) -> None:
@@ -246,6 +247,38 @@ while True:
 """
 
 
+# A Monitor servicer that only counts positions and answers Close with a summary: the cost of
+# gRPC Python itself (HTTP/2, protobuf parsing) for the same messages, without our validation/scoring.
+_GRPC_NOOP = r"""
+import sys
+from concurrent import futures
+import grpc
+from probewatch.proto.probewatch.v1 import monitor_pb2 as pb, monitor_pb2_grpc as pb_grpc
+
+class Noop(pb_grpc.MonitorServicer):
+    def Monitor(self, request_iterator, context):
+        n, layers = 0, set()
+        for r in request_iterator:
+            which = r.WhichOneof("msg")
+            if which == "chunk":
+                n += len(r.chunk.positions)
+                layers.add(r.chunk.layer)
+            elif which == "close":  # tokens = rows per layer, as the sidecar counts them
+                tokens = n // max(1, len(layers))
+                yield pb.MonitorResponse(summary=pb.GenerationSummary(generation_id=r.close.generation_id,
+                                                                      tokens_scored=tokens))
+                n, layers = 0, set()
+
+limit = int(sys.argv[1])
+server = grpc.server(futures.ThreadPoolExecutor(4), options=[("grpc.max_receive_message_length", limit),
+                                                            ("grpc.max_send_message_length", limit)])
+pb_grpc.add_MonitorServicer_to_server(Noop(), server)
+print(server.add_insecure_port("127.0.0.1:0"), flush=True)
+server.start()
+server.wait_for_termination()
+"""
+
+
 def _raw_socket_seconds(payloads: list[bytes], port: int) -> float:
     import socket
 
@@ -268,6 +301,8 @@ def ingest_main(args: argparse.Namespace) -> int:
 
     from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
     from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
+    from tqdm.auto import tqdm
+
     from probewatch.server.wire import encode_array
 
     fingerprint = "pwfp1:" + "be" * 16
@@ -282,14 +317,18 @@ def ingest_main(args: argparse.Namespace) -> int:
         serve_args = ["--model", "bench", "--fingerprint", fingerprint, "--metrics-port", "-1", "--no-incidents",
                       "--queue-size", "4096", "--bundles", *[str(p) for p in paths]]
         receiver = subprocess.Popen([sys.executable, "-c", _RECEIVER, str(payload_bytes)], stdout=subprocess.PIPE, text=True)
+        noop = subprocess.Popen([sys.executable, "-c", _GRPC_NOOP, str(64 << 20)], stdout=subprocess.PIPE, text=True)
         try:
             port = int(receiver.stdout.readline())
+            noop_channel = grpc.insecure_channel(f"127.0.0.1:{int(noop.stdout.readline())}",
+                                                 options=[("grpc.max_send_message_length", 64 << 20)])
+            grpc.channel_ready_future(noop_channel).result(timeout=30)
             with SidecarProcess(serve_args, tmp) as sidecar:
                 channel = grpc.insecure_channel(sidecar.address)
                 grpc.channel_ready_future(channel).result(timeout=30)
                 stub = pb_grpc.MonitorStub(channel)
 
-                def grpc_seconds(rep: int) -> float:
+                def grpc_seconds(rep: int, target: Any = None) -> float:
                     gid = f"ingest-{rep}"
                     requests: queue.Queue = queue.Queue()
                     messages = [pb.MonitorRequest(open=pb.Open(generation_id=gid, model_fingerprint=fingerprint,
@@ -307,7 +346,7 @@ def ingest_main(args: argparse.Namespace) -> int:
                         requests.put(m)
                     requests.put(None)
                     t0 = time.perf_counter()
-                    for response in stub.Monitor(iter(requests.get, None)):
+                    for response in (target or stub).Monitor(iter(requests.get, None)):
                         which = response.WhichOneof("msg")
                         if which == "error":
                             raise RuntimeError(f"sidecar rejected a chunk: {response.error.message}")
@@ -319,17 +358,22 @@ def ingest_main(args: argparse.Namespace) -> int:
                     raise RuntimeError("stream ended without a summary")
 
                 raw_payloads = [blocks[i % len(blocks)].data for i in range(args.chunks)]
+                noop_stub = pb_grpc.MonitorStub(noop_channel)
                 grpc_seconds(-1)  # warm-up
+                grpc_seconds(-2, noop_stub)
                 _raw_socket_seconds(raw_payloads, port)
-                g_times, r_times = [], []
-                for rep in range(args.repeats):
+                g_times, n_times, r_times = [], [], []
+                for rep in tqdm(range(args.repeats), desc="ingest repeats", disable=args.json, leave=False):
                     g_times.append(grpc_seconds(rep))
+                    n_times.append(grpc_seconds(rep, noop_stub))
                     r_times.append(_raw_socket_seconds(raw_payloads, port))
                 channel.close()
+                noop_channel.close()
         finally:
-            receiver.kill()
-            receiver.wait(5)
-    g, r = statistics.median(g_times), statistics.median(r_times)
+            for proc in (receiver, noop):
+                proc.kill()
+                proc.wait(5)
+    g, n, r = statistics.median(g_times), statistics.median(n_times), statistics.median(r_times)
     rows_total = args.chunks * args.rows
     result = {
         "benchmark": "ingest", "d_model": d, "rows_per_chunk": args.rows, "chunks": args.chunks,
@@ -338,14 +382,20 @@ def ingest_main(args: argparse.Namespace) -> int:
         "sidecar_median_seconds": g, "raw_socket_median_seconds": r,
         "sidecar_mb_per_s": payload_bytes / g / 1e6, "raw_socket_mb_per_s": payload_bytes / r / 1e6,
         "sidecar_rows_per_s": rows_total / g, "sidecar_chunks_per_s": args.chunks / g,
+        "grpc_noop_median_seconds": n, "grpc_noop_mb_per_s": payload_bytes / n / 1e6,
         "sidecar_over_raw_socket_throughput_ratio": r / g,
-        "sidecar_seconds": g_times, "raw_socket_seconds": r_times,
+        "sidecar_over_grpc_noop_throughput_ratio": n / g,
+        "grpc_noop_over_raw_socket_throughput_ratio": r / n,
+        "sidecar_seconds": g_times, "grpc_noop_seconds": n_times, "raw_socket_seconds": r_times,
     }
     lines = [f"ingest: {args.chunks} chunks x {args.rows} rows x d={d} float32 ({payload_bytes / 1e6:.1f} MB) over loopback, "
              f"{args.repeats} repeats:",
              f"  sidecar (gRPC, validate, score {len(paths)} probes, aggregate): {result['sidecar_mb_per_s']:9.1f} MB/s "
              f"= {result['sidecar_rows_per_s']:,.0f} rows/s",
+             f"  bare gRPC (no-op Monitor servicer, same messages):      {result['grpc_noop_mb_per_s']:9.1f} MB/s",
              f"  raw TCP socket copy of the same bytes:                  {result['raw_socket_mb_per_s']:9.1f} MB/s",
-             f"  sidecar_over_raw_socket_throughput_ratio = {result['sidecar_over_raw_socket_throughput_ratio']:.3f}"]
+             f"  sidecar_over_raw_socket_throughput_ratio = {result['sidecar_over_raw_socket_throughput_ratio']:.3f}",
+             f"  sidecar_over_grpc_noop_throughput_ratio  = {result['sidecar_over_grpc_noop_throughput_ratio']:.3f} "
+             "(our validation + scoring vs gRPC Python's own cost)"]
     _emit(result, args.json, lines)
     return 0

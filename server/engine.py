@@ -334,6 +334,10 @@ class ScoringEngine:
         self.max_items_per_batch = max(self.max_items_per_batch, len(batch))
         chunks = [w for w in batch if isinstance(w, ChunkWork)]
         scored = self._score_chunks(chunks)
+        # Score updates of consecutive chunks of one generation and layer in this batch go back as one
+        # ScoreUpdate: under load the response stream would otherwise cost as much as the ingest. Pending
+        # updates are flushed before any close/end so a summary never overtakes its scores.
+        pending: dict[tuple[int, int], _PendingUpdate] = {}
         for work in batch:
             try:
                 if isinstance(work, ChunkWork):
@@ -342,8 +346,16 @@ class ScoringEngine:
                         work.generation.stream.error(work.generation.id, WireError(
                             grpc.StatusCode.INTERNAL, f"scoring failed: {result}"), work.layer)
                     elif result is not None:
-                        self._apply_chunk(work, *result)
-                elif isinstance(work, CloseWork):
+                        update = self._apply_chunk(work, *result)
+                        if update is not None:
+                            key = (id(work.generation), work.layer)
+                            if key in pending:
+                                pending[key].merge(update)
+                            else:
+                                pending[key] = update
+                    continue
+                self._flush_updates(pending)
+                if isinstance(work, CloseWork):
                     self._finalize(work.generation, work.status)
                 elif isinstance(work, EndWork):
                     work.stream.finish()
@@ -357,6 +369,16 @@ class ScoringEngine:
                 log.exception("failed to apply %s", type(work).__name__)
                 if isinstance(work, EndWork):
                     work.stream.finish()
+        self._flush_updates(pending)
+
+    @staticmethod
+    def _flush_updates(pending: dict[tuple[int, int], _PendingUpdate]) -> None:
+        for update in pending.values():
+            try:
+                update.send()
+            except Exception:
+                log.exception("failed to send a score update")
+        pending.clear()
 
     def _score_chunks(self, chunks: Sequence[ChunkWork]) -> dict[int, tuple[list[str], np.ndarray] | Exception]:
         """One GEMM per (layer, payload kind) over the rows of every chunk in the batch."""
@@ -406,10 +428,11 @@ class ScoringEngine:
                 return [], np.zeros((data.shape[0], 0), dtype=np.float32)
             return probe_ids, torch.stack([by_probe[p] for p in probe_ids], dim=1).cpu().numpy()
 
-    def _apply_chunk(self, work: ChunkWork, probe_ids: list[str], scores: np.ndarray) -> None:
+    def _apply_chunk(self, work: ChunkWork, probe_ids: list[str], scores: np.ndarray) -> _PendingUpdate | None:
+        """Update the generation's aggregates (alerting as they cross) and return its score update."""
         gen = work.generation
         if gen.finished:
-            return
+            return None
         pos = work.positions
         aggregates: dict[str, float] = {}
         now = time.time()
@@ -432,10 +455,8 @@ class ScoringEngine:
             aggregates[pid] = agg.value
         gen.rows_per_layer[work.layer] = gen.rows_per_layer.get(work.layer, 0) + len(pos)
         self.metrics.tokens_scored.labels(mode=work.kind).inc(len(pos))
-        gen.stream.send(pb.MonitorResponse(score=pb.ScoreUpdate(
-            generation_id=gen.id, layer=work.layer, positions=pos.tolist(), probe_ids=probe_ids,
-            scores=encode_array(np.ascontiguousarray(scores, dtype=np.float32)), aggregates=aggregates)))
         self.metrics.scoring_latency.observe(time.perf_counter() - work.received_at)
+        return _PendingUpdate(gen, work.layer, probe_ids, [pos], [scores], aggregates)
 
     def _alert(self, gen: Generation, spec: ProbeSpec, value: float, early: bool, position: int, now: float) -> pb.Alert:
         alert = pb.Alert(generation_id=gen.id, probe_id=spec.id, behaviour=spec.behaviour, score=value,
@@ -522,6 +543,35 @@ class ScoringEngine:
                 value = agg.update(chosen) if chosen.size else math.nan
                 out.append(SequenceResult(spec, positions[mask], chosen, value))
         return out
+
+
+@dataclass
+class _PendingUpdate:
+    """The ScoreUpdate of one or more consecutive chunks of one generation and layer."""
+
+    gen: Generation
+    layer: int
+    probe_ids: list[str]
+    positions: list[np.ndarray]
+    scores: list[np.ndarray]
+    aggregates: dict[str, float]
+
+    def merge(self, other: _PendingUpdate) -> None:
+        if other.probe_ids != self.probe_ids:  # cannot happen for one layer's stack; keep both correct anyway
+            self.send()
+            self.positions, self.scores, self.probe_ids = other.positions, other.scores, other.probe_ids
+        else:
+            self.positions += other.positions
+            self.scores += other.scores
+        self.aggregates = other.aggregates  # running aggregates: the latest values
+
+    def send(self) -> None:
+        pos = self.positions[0] if len(self.positions) == 1 else np.concatenate(self.positions)
+        scores = self.scores[0] if len(self.scores) == 1 else np.concatenate(self.scores, axis=0)
+        self.gen.stream.send(pb.MonitorResponse(score=pb.ScoreUpdate(
+            generation_id=self.gen.id, layer=self.layer, positions=pos.tolist(), probe_ids=self.probe_ids,
+            scores=encode_array(np.ascontiguousarray(scores, dtype=np.float32)), aggregates=self.aggregates)))
+        self.positions, self.scores = [], []
 
 
 def _one_torch_thread() -> None:
