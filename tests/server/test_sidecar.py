@@ -94,14 +94,20 @@ def test_stream_scores_every_chunk_and_aggregates_like_offline(start_sidecar, ru
                 close_msg("g1", prompt="p?", response="r!"))
     summary = client.wait_summary("g1")
     updates = client.of("score", "g1")
-    assert len(updates) == 11
-    # per-token scores back for every chunk, equal to the runtime's GEMM
+    # per-token scores back for every chunk (chunks the worker scored in one batch may share an update),
+    # each row equal to the runtime's GEMM, every (layer, position) exactly once
+    seen: list[tuple[int, int]] = []
     for u in updates:
         got = decode_tensor(u.scores)
-        x = prompt[3:] if list(u.positions) == [3] else steps[u.positions[0] - 4]
-        exp = expected(runtime, u.layer, x)
-        for j, pid in enumerate(u.probe_ids):
-            np.testing.assert_allclose(got[:, j], exp[pid], atol=1e-5)
+        assert got.shape == (len(u.positions), len(u.probe_ids)) and list(u.positions) == sorted(u.positions)
+        for i, position in enumerate(u.positions):
+            seen.append((u.layer, position))
+            x = prompt[3:] if position == 3 else steps[position - 4]
+            exp = expected(runtime, u.layer, x)
+            for j, pid in enumerate(u.probe_ids):
+                np.testing.assert_allclose(got[i, j], exp[pid][0], atol=1e-5)
+    assert sorted(seen) == sorted([(2, 3)] + [(layer, 4 + i) for i in range(5) for layer in (1, 2)])
+    assert 1 <= len(updates) <= 11
     response_rows = {layer: np.concatenate(steps) for layer in (1, 2)}
     want = {
         "dec": aggregate(expected(runtime, 1, response_rows[1])["dec"], runtime.bundle("dec").manifest.aggregation),
@@ -385,6 +391,33 @@ def test_chunks_of_concurrent_streams_share_one_gemm_per_layer(start_sidecar, ti
         c.wait_for(lambda rs: any(r.WhichOneof("msg") == "score" for r in rs))
         c.close()
     assert sidecar.engine.max_generations_per_gemm == 3
+
+
+def test_chunks_scored_in_one_batch_come_back_as_one_update_before_the_summary(start_sidecar, runtime, tiny_fp):
+    """Under load the worker batches a stream's chunks; their scores return as one ScoreUpdate per
+    layer (positions concatenated, rows in order), and the summary never overtakes them."""
+    sidecar = start_sidecar()
+    client = StreamClient(sidecar.address)
+    steps = [rows(1) for _ in range(6)]
+    with sidecar.engine.hold():
+        client.send(open_msg("m", tiny_fp, 0), *[chunk_msg("m", 1, x, [i]) for i, x in enumerate(steps)], close_msg("m"))
+        deadline = time.monotonic() + 10
+        while sidecar.engine._queue.qsize() < 6 and time.monotonic() < deadline:  # the worker holds the first
+            time.sleep(0.01)
+    summary = client.wait_summary("m")
+    client.close()
+    kinds = [r.WhichOneof("msg") for r in client.responses if getattr(r, r.WhichOneof("msg")).generation_id == "m"]
+    assert kinds.index("summary") > max(i for i, k in enumerate(kinds) if k == "score")
+    updates = client.of("score", "m")
+    assert len(updates) < 6 and sum(len(u.positions) for u in updates) == 6  # merged, nothing lost
+    merged = max(updates, key=lambda u: len(u.positions))
+    assert len(merged.positions) >= 2 and list(merged.positions) == sorted(merged.positions)
+    got = decode_tensor(merged.scores)
+    for i, position in enumerate(merged.positions):
+        exp = expected(runtime, 1, steps[position])
+        for j, pid in enumerate(merged.probe_ids):
+            np.testing.assert_allclose(got[i, j], exp[pid][0], atol=1e-5)
+    assert summary.tokens_scored == 6
 
 
 def test_full_queue_drops_and_counts(start_sidecar, tiny_fp):
