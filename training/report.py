@@ -54,13 +54,7 @@ def plot_layer_sweep(rows: list[dict], chosen: dict, path: Path, title: str) -> 
     ax.set_xlabel("layer (resid_post)")
     ax.set_ylabel("AUROC")
     ax.set_ylim(0.4, 1.01)
-    ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, title, legend_loc="lower right", grid=True)
 
 
 def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str,
@@ -79,13 +73,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title
     ax.plot([0, 1], [0, 1], color="grey", linewidth=0.6, linestyle=":")
     ax.set_xlabel("false-positive rate")
     ax.set_ylabel("true-positive rate")
-    ax.set_title(title)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, title, legend_loc="lower right", grid=True)
 
 
 def plot_histograms(groups: dict[str, np.ndarray], threshold: float, path: Path, title: str) -> Path:
@@ -99,8 +87,15 @@ def plot_histograms(groups: dict[str, np.ndarray], threshold: float, path: Path,
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.2f}")
     ax.set_xlabel("score (calibrated logit)")
     ax.set_ylabel("density")
+    return _finish(plt, fig, ax, path, title)
+
+
+def _finish(plt, fig, ax, path: Path, title: str, legend_loc: str = "best", grid: bool = False) -> Path:
+    """Title, legend, (grid), save at one resolution and free the figure: every report plot ends alike."""
     ax.set_title(title)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc=legend_loc)
+    if grid:
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

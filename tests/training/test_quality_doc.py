@@ -4,20 +4,29 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from probewatch.training.bench_quality import render_markdown
 from probewatch.training.pipeline import TrainConfig, train
 from tests.training.helpers import control_dialogues, synthetic_dialogues
 
 
-def test_quality_markdown_tabulates_every_required_number(tiny_loaded, tmp_path):
+@pytest.fixture(scope="module")
+def deception_report(tiny_loaded, tmp_path_factory):
+    """report.json of a deception probe trained on synthetic dialogues with the tiny model."""
     from probewatch.data.dialogue import write_dialogues
 
-    data, control = tmp_path / "d.jsonl", tmp_path / "c.jsonl"
+    tmp = tmp_path_factory.mktemp("quality")
+    data, control = tmp / "d.jsonl", tmp / "c.jsonl"
     write_dialogues(data, synthetic_dialogues(n_groups=24))
     write_dialogues(control, control_dialogues())
-    result = train(TrainConfig(behaviour="deception", data_files=[data], control_file=control, out=tmp_path / "b",
+    result = train(TrainConfig(behaviour="deception", data_files=[data], control_file=control, out=tmp / "b",
                                progress=False, command="probewatch train --behaviour deception"), loaded=tiny_loaded)
-    report = json.loads(result.report_path.read_text())
+    return json.loads(result.report_path.read_text())
+
+
+def test_quality_markdown_tabulates_every_required_number(tiny_loaded, deception_report, tmp_path):
+    report = deception_report
     diag = {"n": 4, "flagged": 1, "mean_score": -1.0, "threshold": 2.0}
     text = render_markdown({"deception": report, "alignment-faking": {**report, "probe_id": "af"}},
                            {"alignment-faking": diag}, 90.0, tiny_loaded, tmp_path / "quality.md")
@@ -31,17 +40,10 @@ def test_quality_markdown_tabulates_every_required_number(tiny_loaded, tmp_path)
     assert "probewatch train --behaviour deception" in text
 
 
-def test_quality_markdown_puts_sae_feature_probes_beside_the_linear_probe(tiny_loaded, tmp_path):
+def test_quality_markdown_puts_sae_feature_probes_beside_the_linear_probe(tiny_loaded, deception_report, tmp_path):
     """The SAE section lists the linear probe first, then each SAE-feature probe of that behaviour,
     and its reading sentence is computed from the numbers (not fixed prose)."""
-    from probewatch.data.dialogue import write_dialogues
-
-    data, control = tmp_path / "d.jsonl", tmp_path / "c.jsonl"
-    write_dialogues(data, synthetic_dialogues(n_groups=24))
-    write_dialogues(control, control_dialogues())
-    result = train(TrainConfig(behaviour="deception", data_files=[data], control_file=control, out=tmp_path / "b",
-                               progress=False, command="probewatch train --behaviour deception"), loaded=tiny_loaded)
-    report = json.loads(result.report_path.read_text())
+    report = deception_report
     lin = report["metrics"]["auroc"]
 
     def sae_summary(probe_id: str, auroc: float, n: int) -> dict:  # the shape fit_and_export_sae_probe returns

@@ -39,6 +39,7 @@ from probewatch.probes import Aggregation, Manifest, ModelRef, Threshold, load_b
 from probewatch.probes.saes import load_feature_descriptions, load_sae
 from probewatch.probes.saes.feature_probe import save_feature_bundle
 from probewatch.probes.saes.sae import SAE
+from probewatch.training.export import _jsonable
 
 PROBE_TYPES = {"l1": "l1_logistic", "named": "named_features"}
 
@@ -332,17 +333,3 @@ def _parity(loaded: Any, bundle: Any, pool: Sequence[Any], idx: np.ndarray, offl
     if diff > 1e-2 * (1 + float(np.max(np.abs(offline[idx])))):
         raise SAEProbeError(f"{bundle.path}: live scoring differs from the offline scores by {diff:.3g}")
     return {"n": int(len(idx)), "max_abs_diff": diff}
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
