@@ -208,15 +208,22 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
+def _model_and_sae(args: argparse.Namespace):
+    """Threads set, the model loaded, and the SAE named by `args.sae` loaded for it (d_model and
+    fingerprint checked): the start of every command that reads an existing SAE."""
     from probewatch.models import load_model
     from probewatch.probes.saes import load_sae
-    from probewatch.training.sae.pipeline import evaluate_sae, store_for_sae
 
     _threads(args)
     loaded = load_model(args.model)
     path = _resolve(args.sae, loaded.model_id)
-    sae = load_sae(path, expected_d_model=loaded.d_model, expected_fingerprint=loaded.fingerprint)
+    return loaded, path, load_sae(path, expected_d_model=loaded.d_model, expected_fingerprint=loaded.fingerprint)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from probewatch.training.sae.pipeline import evaluate_sae, store_for_sae
+
+    loaded, path, sae = _model_and_sae(args)
     store = store_for_sae(loaded, path, _data_dir(args))
     figures = evaluate_sae(sae, store, loaded.model)["figures"]
     _print_figures(figures)
@@ -262,14 +269,9 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _interpret(args: argparse.Namespace) -> int:
-    from probewatch.models import load_model
-    from probewatch.probes.saes import load_sae
     from probewatch.training.sae.pipeline import interpret_and_save, store_for_sae
 
-    _threads(args)
-    loaded = load_model(args.model)
-    path = _resolve(args.sae, loaded.model_id)
-    sae = load_sae(path, expected_d_model=loaded.d_model, expected_fingerprint=loaded.fingerprint)
+    loaded, path, sae = _model_and_sae(args)
     data_dir = _data_dir(args)
     store = store_for_sae(loaded, path, data_dir)
     out = interpret_and_save(loaded, sae, path, store, data_dir, tuple(args.behaviours), n_examples=args.examples)

@@ -76,6 +76,10 @@ def _n_layers(config: Mapping[str, Any]) -> int:
 def fingerprint_model(model: torch.nn.Module) -> str:
     """Fingerprint of a loaded HF model (any dtype/device)."""
     config = model.config.to_dict()
+    if not config.get("architectures"):
+        # a model built with from_config has none until save_pretrained writes its class name:
+        # use that name now, so the in-memory model and its saved folder share one fingerprint
+        config["architectures"] = [type(model).__name__]
     state = model.state_dict()
     names = select_tensor_names(state.keys(), _n_layers(config))
     return _digest(config, names, lambda n: state[n])

@@ -43,3 +43,15 @@ def test_folder_fingerprint_equals_loaded_model_fingerprint(tmp_path):
 
 def test_reference_fingerprint_folder_matches(reference):
     assert fingerprint_folder(reference.path) == reference.fingerprint
+
+
+def test_model_built_from_config_keeps_its_fingerprint_when_saved(tmp_path):
+    """from_config leaves `architectures` unset until save_pretrained writes it; the fingerprint must not move."""
+    from transformers import AutoModelForCausalLM
+
+    model = make_tiny_model("llama")
+    assert not model.config.architectures
+    before = fingerprint_model(model)
+    model.save_pretrained(tmp_path)
+    assert fingerprint_folder(tmp_path) == before
+    assert fingerprint_model(AutoModelForCausalLM.from_pretrained(tmp_path)) == before
