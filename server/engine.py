@@ -335,7 +335,7 @@ class ScoringEngine:
         chunks = [w for w in batch if isinstance(w, ChunkWork)]
         scored = self._score_chunks(chunks)
         # Score updates of consecutive chunks of one generation and layer in this batch go back as one
-        # ScoreUpdate: under load the response stream would otherwise cost as much as the ingest. Pending
+        # ScoreUpdate: under load one response per chunk costs a large share of the ingest rate. Pending
         # updates are flushed before any close/end so a summary never overtakes its scores.
         pending: dict[tuple[int, int], _PendingUpdate] = {}
         for work in batch:
