@@ -189,9 +189,9 @@ def fit_sae_probes(args: argparse.Namespace, loaded: Any, behaviours: list[str])
             print(f"[bench quality] SAE-feature probe {probe_id} on {Path(sae_dir).name} ...", file=sys.stderr, flush=True)
             summary = fit_and_export_sae_probe(loaded, Path(sae_dir), behaviour, method=method, probe_id=probe_id,
                                                out=args.runs_dir / SAE_REPORTS / probe_id, data_dir=args.data_dir,
-                                               progress=not args.quiet)
-            summary["command"] = f"probewatch sae probe --sae {_display_path(Path(sae_dir))} --behaviour {behaviour} --method {method}"
-            (args.runs_dir / SAE_REPORTS / probe_id / "report.json").write_text(json.dumps(summary, indent=1) + "\n")
+                                               progress=not args.quiet,
+                                               command=f"probewatch sae probe --sae {_display_path(Path(sae_dir))} "
+                                                       f"--behaviour {behaviour} --method {method}")
             out[probe_id] = summary
             print(f"[bench quality] {probe_id}: test AUROC {_fmt(summary['metrics']['auroc'])}, {summary['n_latents']} latents, "
                   f"{time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)

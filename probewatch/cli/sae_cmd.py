@@ -361,7 +361,8 @@ def _probe(args: argparse.Namespace) -> int:
     result = fit_and_export_sae_probe(
         loaded, path, args.behaviour, method=args.method, features=args.features, n_features=args.n_features,
         max_features=args.max_features, aggregation=args.aggregation, fpr=args.fpr, probe_id=args.probe_id,
-        out=args.out, embed_sae=args.embed_sae, data_dir=_data_dir(args))
+        out=args.out, embed_sae=args.embed_sae, data_dir=_data_dir(args),
+        command="probewatch " + " ".join(sys.argv[1:]))
     if args.json:
         print_json(result)
     else:

@@ -177,7 +177,7 @@ def fit_and_export_sae_probe(loaded: Any, sae_dir: Path, behaviour: str, method:
                              out: Path | None = None, embed_sae: bool = False, data_dir: Path | None = None,
                              seed: int = 0, progress: bool = True, parity_check: int = 6,
                              builder_options: dict[str, Any] | None = None, data: Any = None,
-                             control: Sequence[Any] | None = None) -> dict[str, Any]:
+                             control: Sequence[Any] | None = None, command: str | None = None) -> dict[str, Any]:
     """Fit, calibrate, threshold, evaluate and export one sae_feature bundle; returns its summary.
 
     `data` (a BehaviourData) and `control` (dialogues) replace the behaviour's builder and the
@@ -316,7 +316,7 @@ def fit_and_export_sae_probe(loaded: Any, sae_dir: Path, behaviour: str, method:
                "sae": sae_dir.name, "layer": layer, "n_latents": int(len(ids)), "aggregation": chosen_agg,
                "threshold": float(threshold), "metrics": metrics, "test": test, "ood": ood_metrics,
                "heldout_kinds": heldout, "features": feature_list[:20], "parity": parity,
-               "seconds": round(time.perf_counter() - t0, 1)}
+               "seconds": round(time.perf_counter() - t0, 1), "command": command}
     (out / "report.json").write_text(json.dumps(_jsonable(summary), indent=1) + "\n")
     return _jsonable(summary)
 
