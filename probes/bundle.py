@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from probewatch.probes.errors import (
     BundleNotFoundError,
@@ -87,8 +87,11 @@ def save_bundle(path: str | Path, manifest: Manifest, tensors: dict[str, torch.T
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     weights_path = path / WEIGHTS_FILE
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(weights_path),
-              metadata={"probe_id": manifest.id, "format": "probewatch-bundle"})
+    save_file(
+        {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()},
+        str(weights_path),
+        metadata={"probe_id": manifest.id, "format": "probewatch-bundle"},
+    )
     manifest.weights_file = WEIGHTS_FILE
     manifest.weights_sha256 = sha256_bytes(weights_path.read_bytes())
     manifest.created_at = manifest.created_at or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -170,7 +173,9 @@ def _check_shapes(manifest: Manifest, tensors: dict[str, torch.Tensor], where: s
     required = ["weight"] + (["mean", "scale"] if manifest.normalization == "standardize" else [])
     for name in required:
         if name not in tensors:
-            raise CorruptBundleError(f"{where}: weights lack tensor {name!r} (kind {manifest.kind}, normalization {manifest.normalization})")
+            raise CorruptBundleError(
+                f"{where}: weights lack tensor {name!r} (kind {manifest.kind}, normalization {manifest.normalization})"
+            )
         if tensors[name].numel() != d:
             raise DimensionMismatchError(
                 f"{where}: tensor {name!r} has {tensors[name].numel()} values but the manifest says d_model={d}"
@@ -182,8 +187,9 @@ def _check_shapes(manifest: Manifest, tensors: dict[str, torch.Tensor], where: s
         raise CorruptBundleError(f"{where}: tensor 'scale' must be strictly positive")
 
 
-def load_bundles(paths: list[str | Path], expected_fingerprint: str | None = None,
-                 expected_d_model: int | None = None) -> list[Bundle]:
+def load_bundles(
+    paths: list[str | Path], expected_fingerprint: str | None = None, expected_d_model: int | None = None
+) -> list[Bundle]:
     """Load several bundles; a directory holding bundle sub-directories is expanded."""
     out: list[Bundle] = []
     for p in expand_bundle_dirs(paths):

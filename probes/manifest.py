@@ -49,7 +49,7 @@ class Threshold:
     """Decision threshold on the aggregated score, with how it was calibrated."""
 
     value: float
-    method: str = "fpr"            # fpr | fixed | youden
+    method: str = "fpr"  # fpr | fixed | youden
     fpr: float | None = 0.01
     calibration_set: str | None = None
     n_calibration: int | None = None
@@ -66,7 +66,7 @@ class Manifest:
     aggregation: Aggregation = field(default_factory=Aggregation)
     token_selection: str = "response"
     hook_point: str = HOOK_POINT
-    normalization: str = "none"   # none | standardize  (mean/scale tensors in the weights file)
+    normalization: str = "none"  # none | standardize  (mean/scale tensors in the weights file)
     version: str = "1"
     description: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)

@@ -37,7 +37,7 @@ class LayerStack:
     layer: int
     probe_ids: list[str]
     weight: torch.Tensor  # [d, k] float32
-    bias: torch.Tensor    # [k] float32
+    bias: torch.Tensor  # [k] float32
 
     @property
     def k(self) -> int:
@@ -73,7 +73,9 @@ class ProbeRuntime:
         self.by_id = {}
         for bundle in self.bundles:
             if bundle.id in self.by_id:
-                raise BundleError(f"two bundles share the probe id {bundle.id!r}: {self.by_id[bundle.id].path} and {bundle.path}")
+                raise BundleError(
+                    f"two bundles share the probe id {bundle.id!r}: {self.by_id[bundle.id].path} and {bundle.path}"
+                )
             d = bundle.manifest.model.d_model
             if self.d_model is None:
                 self.d_model = d
@@ -106,7 +108,9 @@ class ProbeRuntime:
             if id(sae) in by_sae:
                 return by_sae[id(sae)]
             if self.d_model is not None and sae.cfg.d_in != self.d_model:
-                raise DimensionMismatchError(f"SAE {_sae_name(sae)!r} reads d_in={sae.cfg.d_in} but the runtime scores d_model={self.d_model}")
+                raise DimensionMismatchError(
+                    f"SAE {_sae_name(sae)!r} reads d_in={sae.cfg.d_in} but the runtime scores d_model={self.d_model}"
+                )
             name = _sae_name(sae)
             if name in groups:
                 raise BundleError(f"two different SAEs are named {name!r}; rename one of the SAE folders")
@@ -118,13 +122,17 @@ class ProbeRuntime:
         for bundle in self.bundles:
             if bundle.manifest.kind == "sae_feature":
                 if bundle.sae is None:
-                    raise BundleError(f"sae_feature bundle {bundle.id!r} was built without its SAE; load it with load_bundle")
+                    raise BundleError(
+                        f"sae_feature bundle {bundle.id!r} was built without its SAE; load it with load_bundle"
+                    )
                 group_for(bundle.sae).add_probe(bundle.id, bundle.feature_form())
         for sae in self.saes:
             group_for(sae)
         for name, ids in (self.watch or {}).items():
             if name not in groups:
-                raise BundleError(f"watch-list names SAE {name!r}, but the loaded SAEs are: {', '.join(groups) or '(none)'}")
+                raise BundleError(
+                    f"watch-list names SAE {name!r}, but the loaded SAEs are: {', '.join(groups) or '(none)'}"
+                )
             groups[name].set_watch(ids)
         return {name: g.finalize(self.device) for name, g in groups.items()}
 

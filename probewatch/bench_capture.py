@@ -51,8 +51,13 @@ def main(args: argparse.Namespace) -> int:
         off.append(timed(False))
         on.append(timed(True))
     result = {
-        "model": loaded.model_id, "batch": args.batch, "tokens": args.tokens, "layers_hooked": len(layers),
-        "repeats": args.repeats, "unhooked_median_s": statistics.median(off), "hooked_median_s": statistics.median(on),
+        "model": loaded.model_id,
+        "batch": args.batch,
+        "tokens": args.tokens,
+        "layers_hooked": len(layers),
+        "repeats": args.repeats,
+        "unhooked_median_s": statistics.median(off),
+        "hooked_median_s": statistics.median(on),
         "hooked_over_unhooked_ratio": statistics.median(on) / statistics.median(off),
     }
     if args.json:

@@ -16,7 +16,6 @@ from probewatch.probes.errors import BundleError, BundleNotFoundError
 from probewatch.probes.manifest import Manifest
 
 
-
 def shipped_root() -> Path:
     """Folder of shipped bundles (inside the installed `probewatch.probes` package)."""
     import probewatch.probes as probes_pkg
@@ -33,9 +32,17 @@ class IndexedBundle:
     def to_json(self) -> dict:
         m = self.manifest
         return {
-            "id": m.id, "behaviour": m.behaviour, "kind": m.kind, "model": m.model.id, "layer": m.layer,
-            "path": str(self.path), "source": self.source, "version": m.version, "aggregation": m.aggregation.method,
-            "threshold": m.threshold.value, "fingerprint": m.model.fingerprint,
+            "id": m.id,
+            "behaviour": m.behaviour,
+            "kind": m.kind,
+            "model": m.model.id,
+            "layer": m.layer,
+            "path": str(self.path),
+            "source": self.source,
+            "version": m.version,
+            "aggregation": m.aggregation.method,
+            "threshold": m.threshold.value,
+            "fingerprint": m.model.fingerprint,
             "auroc": m.metrics.get("auroc"),
         }
 

@@ -9,14 +9,19 @@ One component serves every consumer:
 - live monitoring: `generate()` prefill and every decode step, rows handed to a sink callback
   (optionally projected on-device first: projection pushdown).
 
-Each forward is tagged with the absolute position of its first token (from `cache_position`
-or the KV cache length), so decode steps know where they sit in the sequence. Hooks are
-registered only while the capture is active; `detach()` (or leaving the `with` block) removes
-every one of them.
+Each forward is tagged with the absolute position of its first token, so decode steps know where
+they sit in the sequence. transformers has moved that information between releases (5.19-5.23 pass
+`cache_position` and `past_key_values`; 5.24 passes only a `cache` object), so `forward_start`
+reads whatever the running version provides, in this order: an explicit `cache_position`, the
+length of the KV cache object under any of its names, and, for an opaque cache, the tokens this
+capture has counted since the sequence began. A forward without any cache starts a new sequence
+(position 0). Hooks are registered only while the capture is active; `detach()` (or leaving the
+`with` block) removes every one of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,10 +36,10 @@ HOOK_POINT = "resid_post"
 # Attribute paths to the decoder-layer ModuleList, most specific first.
 _LAYER_PATHS: tuple[str, ...] = (
     "model.language_model.layers",  # Gemma3ForConditionalGeneration, Llava-style wrappers
-    "model.layers",                 # Llama, SmolLM, Qwen2, Mistral, Gemma/Gemma3 text, Phi
-    "transformer.h",                # GPT-2, GPT-J, Falcon
-    "gpt_neox.layers",              # GPT-NeoX / Pythia
-    "model.decoder.layers",         # OPT
+    "model.layers",  # Llama, SmolLM, Qwen2, Mistral, Gemma/Gemma3 text, Phi
+    "transformer.h",  # GPT-2, GPT-J, Falcon
+    "gpt_neox.layers",  # GPT-NeoX / Pythia
+    "model.decoder.layers",  # OPT
     "language_model.model.layers",
     "layers",
 )
@@ -151,6 +156,7 @@ class ResidualCapture:
         self.blocks: list[RowBlock] = []
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._start = 0
+        self._counted = 0  # tokens fed since the current sequence began (for opaque caches)
         self._mask: torch.Tensor | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -185,10 +191,11 @@ class ResidualCapture:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         n_tokens = (input_ids if input_ids is not None else embeds).shape[1]
-        self._start = _start_position(kwargs)
+        self._start = forward_start(kwargs, self._counted)
+        self._counted = self._start + n_tokens
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
-            self._mask = mask[:, self._start:self._start + n_tokens].detach()
+            self._mask = mask[:, self._start : self._start + n_tokens].detach()
         else:
             self._mask = None
 
@@ -223,14 +230,45 @@ def _bad_layer(layer: int, n: int) -> int:
     raise ValueError(f"layer {layer} out of range for a model with {n} decoder layers")
 
 
-def _start_position(kwargs: dict) -> int:
+# Names under which transformers has passed the KV cache to a model's forward (5.24: `cache`).
+CACHE_KWARGS: tuple[str, ...] = ("cache", "past_key_values", "cache_params")
+
+
+def cache_argument(kwargs: dict) -> Any:
+    """The KV cache object a forward was given, whatever the running transformers calls it."""
+    for name in CACHE_KWARGS:
+        value = kwargs.get(name)
+        if value is not None:
+            return value
+    return None
+
+
+def cache_length(cache: Any) -> int | None:
+    """Tokens already held by `cache` (a `Cache` object or the legacy tuple of (k, v)); None if opaque."""
+    get_seq_length = getattr(cache, "get_seq_length", None)
+    if callable(get_seq_length):
+        return int(get_seq_length())
+    if isinstance(cache, (tuple, list)) and cache and isinstance(cache[0], (tuple, list)) and cache[0]:
+        key = cache[0][0]
+        if isinstance(key, torch.Tensor) and key.dim() >= 2:
+            return int(key.shape[-2])
+    return None
+
+
+def forward_start(kwargs: dict, counted: int = 0) -> int:
+    """Absolute position of the first token of a model forward, from what this transformers provides.
+
+    `counted` is the number of tokens the caller has seen fed since the sequence began; it is used
+    only when a cache is passed that reveals neither `cache_position` nor its own length.
+    """
     cache_position = kwargs.get("cache_position")
     if isinstance(cache_position, torch.Tensor) and cache_position.numel():
         return int(cache_position.reshape(-1)[0])
-    past = kwargs.get("past_key_values")
-    if past is not None and hasattr(past, "get_seq_length"):
-        return int(past.get_seq_length())
-    return 0
+    cache = cache_argument(kwargs)
+    if cache is None:
+        return 0  # no cache: the model builds a fresh one, the sequence starts here
+    length = cache_length(cache)
+    return counted if length is None else length
 
 
 @torch.inference_mode()
@@ -247,11 +285,8 @@ def run_forward(
     {layer: [n_selected_rows, d]} in row-major order (batch, then position).
     """
     capture = ResidualCapture(model, layers, keep=True, stop_after_last=True)
-    with capture:
-        try:
-            model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        except _StopForward:
-            pass
+    with capture, contextlib.suppress(_StopForward):
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     out: dict[int, torch.Tensor] = {}
     for layer in capture.layers:
         hidden = capture.stacked(layer)

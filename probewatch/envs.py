@@ -18,7 +18,9 @@ DESCRIPTIONS: dict[str, str] = {
     "PROBEWATCH_DISABLE": "kill switch: '1' turns live monitoring off entirely (no hooks, no traffic)",
     "PROBEWATCH_OFFLINE": "'1' never contacts a model hub or package index",
     "PROBEWATCH_SIDECAR": "host:port of the sidecar the attach client streams to (default: localhost:50051)",
-    "PROBEWATCH_INCIDENT_DB": "SQLite incident store of the sidecar and `probewatch incidents` (default: $PROBEWATCH_HOME/incidents.sqlite3)",
+    "PROBEWATCH_INCIDENT_DB": (
+        "SQLite incident store of the sidecar and `probewatch incidents` (default: $PROBEWATCH_HOME/incidents.sqlite3)"
+    ),
     "PROBEWATCH_WEBHOOK_URL": "default --webhook of `probewatch serve`: alerts are POSTed there as JSON",
     "PROBEWATCH_ACTIVATIONS": "training activation cache (can grow to GBs; default: $PROBEWATCH_HOME/activations)",
 }

@@ -46,7 +46,7 @@ def selection_mask(encoded: EncodedDialogue, token_selection: str) -> list[bool]
 
 def _batches(items: Sequence, size: int) -> Iterator[tuple[int, Sequence]]:
     for i in range(0, len(items), size):
-        yield i, items[i:i + size]
+        yield i, items[i : i + size]
 
 
 def score_dialogues(

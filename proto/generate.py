@@ -41,8 +41,15 @@ def generate(out_dir: Path) -> list[Path]:
 
     include = str(importlib.resources.files("grpc_tools") / "_proto")
     out_dir.mkdir(parents=True, exist_ok=True)
-    args = ["grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{include}", f"--python_out={out_dir}",
-            f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}", *PROTO_FILES]
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{include}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        f"--grpc_python_out={out_dir}",
+        *PROTO_FILES,
+    ]
     if protoc.main(args) != 0:
         raise SystemExit(f"protoc failed for {', '.join(PROTO_FILES)}")
     paths = generated_paths(out_dir)
@@ -57,8 +64,11 @@ def drift(root: Path = PROTO_ROOT) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         fresh = generate(Path(tmp))
         committed = generated_paths(root)
-        return [c.relative_to(root).as_posix() for f, c in zip(fresh, committed)
-                if not c.exists() or c.read_bytes() != f.read_bytes()]
+        return [
+            c.relative_to(root).as_posix()
+            for f, c in zip(fresh, committed)
+            if not c.exists() or c.read_bytes() != f.read_bytes()
+        ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ end-of-sequence (or pad) token. The last generated token is never fed back throu
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import queue
@@ -60,10 +61,10 @@ class AttachConfig(BaseModel):
     sidecar: str = Field(default_factory=envs.sidecar_address)
     mode: Literal["rows", "pushdown"] = "rows"
     wire_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: the model's dtype
-    queue_size: int = 1024          # captured blocks waiting for the sender; beyond: drop and count
-    steps_per_message: int = 8      # decode steps merged into one chunk (at most)
-    linger_s: float = 0.02          # how long the sender waits to merge steps
-    send_queue_size: int = 256      # serialised messages waiting for gRPC
+    queue_size: int = 1024  # captured blocks waiting for the sender; beyond: drop and count
+    steps_per_message: int = 8  # decode steps merged into one chunk (at most)
+    linger_s: float = 0.02  # how long the sender waits to merge steps
+    send_queue_size: int = 256  # serialised messages waiting for gRPC
     connect_timeout_s: float = 2.0
     backoff_initial_s: float = 0.25
     backoff_max_s: float = 15.0
@@ -73,7 +74,7 @@ class AttachConfig(BaseModel):
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-    tls_server_name: str | None = None   # expected name in the sidecar's certificate (default: the host)
+    tls_server_name: str | None = None  # expected name in the sidecar's certificate (default: the host)
 
 
 # -- results -----------------------------------------------------------------------------------------
@@ -81,10 +82,10 @@ class AttachConfig(BaseModel):
 class GenerationResult:
     generation_id: str
     monitored: bool
-    status: str                                   # closed | aborted | unmonitored | rejected | pending
-    reason: str | None = None                     # why not (fully) monitored
+    status: str  # closed | aborted | unmonitored | rejected | pending
+    reason: str | None = None  # why not (fully) monitored
     prompt_length: int = 0
-    scores: dict[str, float] = field(default_factory=dict)       # aggregate per probe
+    scores: dict[str, float] = field(default_factory=dict)  # aggregate per probe
     flagged: dict[str, bool] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     alerts: list[dict[str, Any]] = field(default_factory=list)
@@ -110,10 +111,12 @@ class GenerationHandle:
         self.session = -1
         self.dropped = 0
         self.rejected = False
+        self.capture_error: str | None = None  # set when the capture self-check stopped monitoring
         self._done = threading.Event()
         self._lock = threading.Lock()
-        self._result = GenerationResult(generation_id, monitored, "pending" if monitored else "unmonitored", reason,
-                                         prompt_length)
+        self._result = GenerationResult(
+            generation_id, monitored, "pending" if monitored else "unmonitored", reason, prompt_length
+        )
         if not monitored:
             self._done.set()
 
@@ -126,10 +129,18 @@ class GenerationHandle:
         self._done.wait(timeout)
         with self._lock:
             r = self._result
-            return GenerationResult(**{**r.__dict__, "scores": dict(r.scores), "flagged": dict(r.flagged),
-                                       "thresholds": dict(r.thresholds), "alerts": list(r.alerts),
-                                       "token_scores": {k: dict(v) for k, v in r.token_scores.items()},
-                                       "errors": list(r.errors), "dropped_chunks": max(r.dropped_chunks, self.dropped)})
+            return GenerationResult(
+                **{
+                    **r.__dict__,
+                    "scores": dict(r.scores),
+                    "flagged": dict(r.flagged),
+                    "thresholds": dict(r.thresholds),
+                    "alerts": list(r.alerts),
+                    "token_scores": {k: dict(v) for k, v in r.token_scores.items()},
+                    "errors": list(r.errors),
+                    "dropped_chunks": max(r.dropped_chunks, self.dropped),
+                }
+            )
 
     # -- called by the link thread ------------------------------------------------------------------
     def _on_score(self, update: pb.ScoreUpdate) -> None:
@@ -150,6 +161,8 @@ class GenerationHandle:
         with self._lock:
             r = self._result
             r.status = summary.status
+            if self.capture_error:
+                r.reason = self.capture_error
             r.tokens_scored = summary.tokens_scored
             r.dropped_chunks = summary.dropped_chunks
             for res in summary.results:
@@ -162,8 +175,11 @@ class GenerationHandle:
     def _on_error(self, error: pb.Error) -> None:
         with self._lock:
             self._result.errors.append({"code": error.code_name, "message": error.message, "layer": error.layer})
-        if error.layer == -1 and error.code_name in ("FAILED_PRECONDITION", "ALREADY_EXISTS", "INVALID_ARGUMENT") \
-                and not self._result.token_scores:
+        if (
+            error.layer == -1
+            and error.code_name in ("FAILED_PRECONDITION", "ALREADY_EXISTS", "INVALID_ARGUMENT")
+            and not self._result.token_scores
+        ):
             self._resolve(False, "rejected", f"{error.code_name}: {error.message}")
             self.rejected = True
 
@@ -178,8 +194,15 @@ class GenerationHandle:
 
 
 def _alert_json(a: pb.Alert) -> dict[str, Any]:
-    return {"probe": a.probe_id, "behaviour": a.behaviour, "score": a.score, "threshold": a.threshold,
-            "early": a.early, "incident_id": a.incident_id or None, "position": a.position}
+    return {
+        "probe": a.probe_id,
+        "behaviour": a.behaviour,
+        "score": a.score,
+        "threshold": a.threshold,
+        "early": a.early,
+        "incident_id": a.incident_id or None,
+        "position": a.position,
+    }
 
 
 # -- the capture plan from ListProbes --------------------------------------------------------------------
@@ -187,7 +210,7 @@ def _alert_json(a: pb.Alert) -> dict[str, Any]:
 class LayerCapture:
     layer: int
     pushdown: bool
-    projection: torch.Tensor | None   # [d, k] float32 on the model's device (pushdown layers)
+    projection: torch.Tensor | None  # [d, k] float32 on the model's device (pushdown layers)
     prompt_rows: int
 
     @property
@@ -212,21 +235,38 @@ class Plan:
             projection = None
             if pushdown:
                 projection = torch.from_numpy(decode_tensor(plan.projection, "projection").copy()).to(device)
-            captures[plan.layer] = LayerCapture(plan.layer, pushdown, projection,
-                                                plan.prompt_rows or pb.PROMPT_ROWS_ALL)
-        probes = [{"id": p.id, "behaviour": p.behaviour, "kind": p.kind, "layer": p.layer,
-                   "token_selection": p.token_selection, "aggregation": p.aggregation, "threshold": p.threshold}
-                  for p in listing.probes]
-        return cls(listing.model_fingerprint, listing.d_model, list(listing.layers), captures,
-                   int(listing.max_message_bytes) or 4 * 1024 * 1024, probes)
+            captures[plan.layer] = LayerCapture(
+                plan.layer, pushdown, projection, plan.prompt_rows or pb.PROMPT_ROWS_ALL
+            )
+        probes = [
+            {
+                "id": p.id,
+                "behaviour": p.behaviour,
+                "kind": p.kind,
+                "layer": p.layer,
+                "token_selection": p.token_selection,
+                "aggregation": p.aggregation,
+                "threshold": p.threshold,
+            }
+            for p in listing.probes
+        ]
+        return cls(
+            listing.model_fingerprint,
+            listing.d_model,
+            list(listing.layers),
+            captures,
+            int(listing.max_message_bytes) or 4 * 1024 * 1024,
+            probes,
+        )
 
 
 # -- connection ----------------------------------------------------------------------------------------
 class SidecarLink:
     """ListProbes + one bidirectional stream to the sidecar; reconnects with backoff (fail-open)."""
 
-    def __init__(self, config: AttachConfig, fingerprint: str, device: torch.device, metrics: ClientMetrics,
-                 on_response, on_down) -> None:
+    def __init__(
+        self, config: AttachConfig, fingerprint: str, device: torch.device, metrics: ClientMetrics, on_response, on_down
+    ) -> None:
         self.config = config
         self.fingerprint = fingerprint
         self.device = device
@@ -274,10 +314,8 @@ class SidecarLink:
         self._stopping.set()
         requests = self._requests
         if was_up and requests is not None:
-            try:
+            with contextlib.suppress(queue.Full):
                 requests.put(_STOP, timeout=grace_s)
-            except queue.Full:
-                pass
             self._thread.join(grace_s)
         if self._thread.is_alive():
             self._teardown()
@@ -286,10 +324,8 @@ class SidecarLink:
     def _teardown(self) -> None:
         requests = self._requests
         if requests is not None:
-            try:
+            with contextlib.suppress(queue.Full):
                 requests.put_nowait(_STOP)
-            except queue.Full:
-                pass
         call = self._call
         if call is not None:
             call.cancel()
@@ -305,8 +341,12 @@ class SidecarLink:
                 connected = self._session()
             except Exception as exc:  # noqa: BLE001 - any failure means: monitoring off, retry later
                 if failures == 0:
-                    log.warning("probewatch: monitoring OFF: sidecar %s unreachable (%s); generation continues "
-                                "unmonitored; reconnecting with backoff", self.config.sidecar, _short(exc))
+                    log.warning(
+                        "probewatch: monitoring OFF: sidecar %s unreachable (%s); generation continues "
+                        "unmonitored; reconnecting with backoff",
+                        self.config.sidecar,
+                        _short(exc),
+                    )
                 else:
                     log.debug("probewatch: reconnect to %s failed: %s", self.config.sidecar, _short(exc))
             if self._stopping.is_set():
@@ -322,13 +362,18 @@ class SidecarLink:
     def _session(self) -> bool:
         """Connect, stream until the stream ends; True when it was up for a while."""
         cfg = self.config
-        options = [("grpc.max_send_message_length", 64 * 1024 * 1024),
-                   ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        options = [
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ]
         if cfg.tls_ca or cfg.tls_cert:
             if cfg.tls_server_name:
                 options.append(("grpc.ssl_target_name_override", cfg.tls_server_name))
             credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(cfg.tls_ca), private_key=_read(cfg.tls_key), certificate_chain=_read(cfg.tls_cert))
+                root_certificates=_read(cfg.tls_ca),
+                private_key=_read(cfg.tls_key),
+                certificate_chain=_read(cfg.tls_cert),
+            )
             channel = grpc.secure_channel(cfg.sidecar, credentials, options=options)
         else:
             channel = grpc.insecure_channel(cfg.sidecar, options=options)
@@ -338,8 +383,10 @@ class SidecarLink:
             stub = pb_grpc.MonitorStub(channel)
             listing = stub.ListProbes(pb.ListProbesRequest(), timeout=cfg.connect_timeout_s)
             if listing.model_fingerprint != self.fingerprint:
-                raise RuntimeError(f"the sidecar's probes are for model fingerprint {listing.model_fingerprint}, "
-                                   f"this model's is {self.fingerprint}")
+                raise RuntimeError(
+                    f"the sidecar's probes are for model fingerprint {listing.model_fingerprint}, "
+                    f"this model's is {self.fingerprint}"
+                )
             plan = Plan.from_listing(listing, cfg.mode, self.device)
             requests: queue.Queue = queue.Queue(maxsize=cfg.send_queue_size)
             call = stub.Monitor(iter(requests.get, _STOP))
@@ -349,8 +396,13 @@ class SidecarLink:
             self._up.set()
             self.metrics.monitoring_up.set(1)
             started = time.monotonic()
-            log.info("probewatch: monitoring ON: sidecar %s, %d probes on layers %s (%s mode)", cfg.sidecar,
-                     len(plan.probes), plan.layers, cfg.mode)
+            log.info(
+                "probewatch: monitoring ON: sidecar %s, %d probes on layers %s (%s mode)",
+                cfg.sidecar,
+                len(plan.probes),
+                plan.layers,
+                cfg.mode,
+            )
             try:
                 for response in call:
                     self.on_response(response)
@@ -364,12 +416,36 @@ class SidecarLink:
                 self._call = None
                 self.on_down()
             if not self._stopping.is_set():
-                log.warning("probewatch: monitoring OFF: stream to sidecar %s lost (%s); generation continues "
-                            "unmonitored; reconnecting", cfg.sidecar, why)
+                log.warning(
+                    "probewatch: monitoring OFF: stream to sidecar %s lost (%s); generation continues "
+                    "unmonitored; reconnecting",
+                    cfg.sidecar,
+                    why,
+                )
             return time.monotonic() - started > 1.0
         finally:
             channel.close()
             self._channel = None
+
+
+def _cache_kwarg_name(model) -> str:
+    """How this transformers' forward takes the KV cache (`cache` from 5.24, `past_key_values` before)."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _transformers_version() -> str:
+    try:
+        import transformers
+
+        return str(transformers.__version__)
+    except Exception:  # noqa: BLE001 - only for a log line
+        return "?"
 
 
 def _read(path: str | None) -> bytes | None:
@@ -426,9 +502,12 @@ class _SendQueue:
 class _Step:
     """One forward call of the model during generate (prefill, a decode step, or the tail step)."""
 
-    ids: torch.Tensor                 # [B, T] token ids fed (host copy, maybe still in flight)
+    ids: torch.Tensor  # [B, T] token ids fed (host copy, maybe still in flight)
     event: Any = None
     selection: list[tuple[int, int, int, int]] | None = None  # (b, t, position, token) rows to send
+    expected_start: int = 0  # tokens this call has fed before this forward (the self-check's reference)
+    n_tokens: int = 0  # tokens fed by this forward
+    checked: bool = False
 
 
 @dataclass
@@ -438,7 +517,7 @@ class _Block:
     layer: int
     start: int
     kind: int
-    host: torch.Tensor               # gathered rows, on the host (copy maybe still in flight)
+    host: torch.Tensor  # gathered rows, on the host (copy maybe still in flight)
     event: Any
     prefill_rows: list[tuple[int, int, int]] | None  # (b, position, token) per row for prompt blocks
 
@@ -452,8 +531,15 @@ class _Control:
 class _Call:
     """Bookkeeping of one `generate()` call: which rows of which forward belong to which sequence."""
 
-    def __init__(self, monitor: Monitor, plan: Plan, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                 handles: list[GenerationHandle], stop_ids: set[int]) -> None:
+    def __init__(
+        self,
+        monitor: Monitor,
+        plan: Plan,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        handles: list[GenerationHandle],
+        stop_ids: set[int],
+    ) -> None:
         self.monitor = monitor
         self.plan = plan
         self.handles = handles
@@ -475,19 +561,66 @@ class _Call:
             self.prompt_sel[policy] = (b, t, meta)
         self.finished = [False] * self.B
         self.step: _Step | None = None
+        self.fed = 0  # tokens fed through the model so far (counted, independent of transformers)
+        self.failed: str | None = None  # set by the self-check; no row of this call is sent after it
 
     # -- generation-thread hooks (cheap: gather + async copy + enqueue) -----------------------------
     def on_model_call(self, module, args, kwargs) -> None:
+        if self.failed:
+            return
         ids = kwargs.get("input_ids", args[0] if args else None)
-        if ids is None:
-            self.step = None
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+            self.fail("rows", "a forward without 2-D input_ids (inputs_embeds?): its rows cannot be attributed")
+            return
+        if ids.shape[0] != self.B:
+            self.fail("batch", f"a forward fed {ids.shape[0]} sequences, the generate() call has {self.B}")
             return
         host, event = self.monitor._to_host(ids.detach())
-        self.step = _Step(ids=host, event=event)
+        self.step = _Step(ids=host, event=event, expected_start=self.fed, n_tokens=int(ids.shape[1]))
+        self.fed += int(ids.shape[1])
+
+    def check(self, block: RowBlock, step: _Step) -> bool:
+        """The self-check: the capture's start position and row counts match what this call fed.
+
+        A transformers release that changes how positions reach the hooks (5.24 stopped passing
+        `cache_position`) would otherwise send every decode row at a wrong position, silently.
+        """
+        if step.checked:
+            return True
+        n_seq, n_tok = int(block.hidden.shape[0]), int(block.hidden.shape[1])
+        if block.start != step.expected_start:
+            self.fail(
+                "position",
+                f"layer {block.layer}: the capture placed a forward at position {block.start}, "
+                f"but {step.expected_start} tokens were fed before it",
+            )
+        elif n_seq != self.B or n_tok != step.n_tokens:
+            self.fail(
+                "rows",
+                f"layer {block.layer}: rows [{n_seq}, {n_tok}] for a forward that fed [{self.B}, {step.n_tokens}]",
+            )
+        else:
+            step.checked = True
+        return step.checked
+
+    def fail(self, reason: str, detail: str) -> None:
+        """Stop monitoring this call's generations (they close as aborted); logged and counted once."""
+        if self.failed:
+            return
+        self.failed = f"capture self-check failed ({reason}): {detail}"
+        self.step = None
+        self.monitor.metrics.capture_errors.labels(reason=reason).inc(len(self.handles))
+        log.error(
+            "probewatch: monitoring STOPPED for generations %s: %s; no further rows are sent for them "
+            "(transformers %s: check the supported range with `make test-compat`)",
+            ", ".join(h.id for h in self.handles),
+            self.failed,
+            _transformers_version(),
+        )
 
     def on_block(self, block: RowBlock) -> None:
         step = self.step
-        if step is None or block.hidden.shape[0] != self.B:  # not one row per sequence: never mis-attribute rows
+        if step is None or self.failed or not self.check(block, step):
             return
         cap = self.plan.captures[block.layer]
         hidden = block.hidden
@@ -539,8 +672,9 @@ class _Call:
 class Monitor:
     """The attach handle: wraps `model.generate`; `detach()` restores it."""
 
-    def __init__(self, model, tokenizer=None, config: AttachConfig | None = None,
-                 metrics: ClientMetrics | None = None) -> None:
+    def __init__(
+        self, model, tokenizer=None, config: AttachConfig | None = None, metrics: ClientMetrics | None = None
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or AttachConfig()
@@ -566,8 +700,9 @@ class Monitor:
         self.fingerprint = fingerprint_model(model)
         self.device = next(model.parameters()).device
         self._queue = _SendQueue(self.config.queue_size)
-        self.link = SidecarLink(self.config, self.fingerprint, self.device, self.metrics, self._on_response,
-                                self._on_down).start()
+        self.link = SidecarLink(
+            self.config, self.fingerprint, self.device, self.metrics, self._on_response, self._on_down
+        ).start()
         self._sender = threading.Thread(target=self._send_loop, name="probewatch-sender", daemon=True)
         self._sender.start()
         original = model.generate
@@ -666,15 +801,30 @@ class Monitor:
                 h.session = session
                 self._handles[h.id] = h
         for h in handles:
-            self._queue.put_control(_Control(h, pb.MonitorRequest(open=pb.Open(
-                generation_id=h.id, model_fingerprint=self.fingerprint, prompt_length=h.prompt_length,
-                metadata=metadata))))
+            self._queue.put_control(
+                _Control(
+                    h,
+                    pb.MonitorRequest(
+                        open=pb.Open(
+                            generation_id=h.id,
+                            model_fingerprint=self.fingerprint,
+                            prompt_length=h.prompt_length,
+                            metadata=metadata,
+                        )
+                    ),
+                )
+            )
 
         want_dict = kwargs.get("return_dict_in_generate", getattr(gen_config, "return_dict_in_generate", False))
         if self.config.score_final_token:
             kwargs["return_dict_in_generate"] = True
-        capture = ResidualCapture(self.model, plan.layers, sink=call.on_block, keep=False,
-                                  transform=call.transform if any(c.pushdown for c in plan.captures.values()) else None)
+        capture = ResidualCapture(
+            self.model,
+            plan.layers,
+            sink=call.on_block,
+            keep=False,
+            transform=call.transform if any(c.pushdown for c in plan.captures.values()) else None,
+        )
         out = None
         self._generate_lock.acquire()
         pre_hook = self.model.register_forward_pre_hook(call.on_model_call, with_kwargs=True)
@@ -689,7 +839,9 @@ class Monitor:
             sequences = getattr(out, "sequences", out) if out is not None else None
             for b, h in enumerate(handles):
                 prompt_text, response_text = self._texts(call, sequences, b)
-                self._queue.put_control(_Control(h, _CloseMarker(prompt_text, response_text)))
+                self._queue.put_control(_Control(h, _CloseMarker(prompt_text, response_text, call.failed or "")))
+                if call.failed:
+                    h.capture_error = call.failed
         if self.config.score_final_token and not want_dict:
             return out.sequences
         return out
@@ -712,32 +864,43 @@ class Monitor:
     @torch.inference_mode()
     def _tail_step(self, call: _Call, out, kwargs) -> None:
         """Feed the last generated token once more so its residual (hence its score) exists."""
-        cache = getattr(out, "past_key_values", None)
+        cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)  # 5.24 renamed it `cache`
         sequences = getattr(out, "sequences", None)
-        if cache is None or sequences is None or sequences.shape[1] <= call.P:
+        if call.failed or sequences is None or sequences.shape[1] <= call.P:
+            return
+        if cache is None:
+            log.warning("probewatch: generate() returned no KV cache: the final generated token is not scored")
             return
         last = sequences[:, -1:]
         # (call.finished belongs to the sender thread; the sequences say the same thing exactly)
-        if all(any(t in call.stop_ids for t in row) for row in sequences[:, call.P:].tolist()):
+        if all(any(t in call.stop_ids for t in row) for row in sequences[:, call.P :].tolist()):
             return
         try:
             mask = kwargs.get("attention_mask")
             if mask is None:
                 mask = torch.ones((call.B, call.P), dtype=torch.long, device=sequences.device)
-            full = torch.cat([mask.to(sequences.device).long(),
-                              torch.ones((call.B, sequences.shape[1] - call.P), dtype=torch.long,
-                                         device=sequences.device)], dim=1)
+            full = torch.cat(
+                [
+                    mask.to(sequences.device).long(),
+                    torch.ones((call.B, sequences.shape[1] - call.P), dtype=torch.long, device=sequences.device),
+                ],
+                dim=1,
+            )
             position_ids = (full.cumsum(-1) - 1).clamp(min=0)[:, -1:]
-            self.model(input_ids=last, attention_mask=full, position_ids=position_ids, past_key_values=cache,
-                       use_cache=True)
+            cache_kwarg = {_cache_kwarg_name(self.model): cache}
+            self.model(input_ids=last, attention_mask=full, position_ids=position_ids, use_cache=True, **cache_kwarg)
         except Exception as exc:  # noqa: BLE001 - the output is already generated: never fail it
             log.warning("probewatch: could not score the final generated token (%s)", exc)
 
     def _stop_ids(self, kwargs, gen_config) -> set[int]:
         ids: set[int] = set()
-        for source in (kwargs.get("eos_token_id"), getattr(gen_config, "eos_token_id", None),
-                       kwargs.get("pad_token_id"), getattr(gen_config, "pad_token_id", None),
-                       getattr(self.tokenizer, "eos_token_id", None)):
+        for source in (
+            kwargs.get("eos_token_id"),
+            getattr(gen_config, "eos_token_id", None),
+            kwargs.get("pad_token_id"),
+            getattr(gen_config, "pad_token_id", None),
+            getattr(self.tokenizer, "eos_token_id", None),
+        ):
             if source is None:
                 continue
             if isinstance(source, torch.Tensor):
@@ -749,11 +912,11 @@ class Monitor:
         if self.tokenizer is None:
             return "", ""
         try:
-            prompt = call.ids_cpu[b, call.P - call.prompt_len[b]:] if call.prompt_len[b] else call.ids_cpu[b, :0]
+            prompt = call.ids_cpu[b, call.P - call.prompt_len[b] :] if call.prompt_len[b] else call.ids_cpu[b, :0]
             prompt_text = self.tokenizer.decode(prompt, skip_special_tokens=False)
             response_text = ""
             if isinstance(sequences, torch.Tensor):
-                generated = sequences[b, call.P:].tolist()
+                generated = sequences[b, call.P :].tolist()
                 response_text = self.tokenizer.decode(generated, skip_special_tokens=True)
             return prompt_text, response_text
         except Exception:  # noqa: BLE001 - texts are optional
@@ -804,7 +967,7 @@ class Monitor:
                 batch.append(nxt)
             try:
                 self._send_batch(batch)
-            except Exception:  # noqa: BLE001 - never let the sender die: monitoring would stop silently
+            except Exception:  # never let the sender die: monitoring would stop silently
                 log.exception("probewatch: sender failed on a batch")
             if stop:
                 return
@@ -818,12 +981,17 @@ class Monitor:
                     self._flush(pending.pop(key))
                 message = item.message
                 if isinstance(message, _CloseMarker):
-                    message = pb.MonitorRequest(close=pb.Close(
-                        generation_id=h.id, prompt_text=message.prompt_text, response_text=message.response_text,
-                        dropped_chunks=h.dropped))
-                if h.rejected or not self._send(message, h):
-                    if message.WhichOneof("msg") == "close":
-                        self._forget(h)
+                    message = pb.MonitorRequest(
+                        close=pb.Close(
+                            generation_id=h.id,
+                            prompt_text=message.prompt_text,
+                            response_text=message.response_text,
+                            dropped_chunks=h.dropped,
+                            abort_reason=message.abort_reason,
+                        )
+                    )
+                if (h.rejected or not self._send(message, h)) and message.WhichOneof("msg") == "close":
+                    self._forget(h)
                 continue
             self._collect(item, pending)
         for acc in pending.values():
@@ -862,8 +1030,13 @@ class Monitor:
         step = max(1, (limit - 1024) // per_row)
         for i in range(0, rows.shape[0], step):
             chunk = pb.ActivationChunk(
-                generation_id=acc.handle.id, layer=acc.layer, kind=acc.kind, positions=acc.positions[i:i + step],
-                token_ids=acc.tokens[i:i + step], payload=encode_tensor(rows[i:i + step], dtype))
+                generation_id=acc.handle.id,
+                layer=acc.layer,
+                kind=acc.kind,
+                positions=acc.positions[i : i + step],
+                token_ids=acc.tokens[i : i + step],
+                payload=encode_tensor(rows[i : i + step], dtype),
+            )
             if self._send(pb.MonitorRequest(chunk=chunk), acc.handle):
                 self.chunks_sent += 1
                 self.metrics.chunks_sent.inc()
@@ -895,8 +1068,9 @@ class Monitor:
             handle._on_summary(msg)
             self._forget(handle)
         elif which == "error":
-            log.warning("probewatch: sidecar rejected a message of generation %s: %s %s", handle.id, msg.code_name,
-                        msg.message)
+            log.warning(
+                "probewatch: sidecar rejected a message of generation %s: %s %s", handle.id, msg.code_name, msg.message
+            )
             handle._on_error(msg)
 
     def _on_down(self) -> None:
@@ -918,8 +1092,9 @@ class _CloseMarker:
 
     prompt_text: str
     response_text: str
+    abort_reason: str = ""  # the capture self-check stopped monitoring (the sidecar ends it `aborted`)
 
-    def WhichOneof(self, _: str) -> str:  # noqa: N802 - mimics the protobuf API for _send_batch
+    def WhichOneof(self, _: str) -> str:
         return "close"
 
 
@@ -933,8 +1108,15 @@ class _Pending:
     tokens: list[int] = field(default_factory=list)
 
 
-def attach(model, tokenizer=None, sidecar: str | None = None, mode: str = "rows", wait_s: float = 0.0,
-           metrics: ClientMetrics | None = None, **settings) -> Monitor:
+def attach(
+    model,
+    tokenizer=None,
+    sidecar: str | None = None,
+    mode: str = "rows",
+    wait_s: float = 0.0,
+    metrics: ClientMetrics | None = None,
+    **settings,
+) -> Monitor:
     """Wrap `model.generate` so every generation is monitored by the sidecar at `sidecar`.
 
     Returns immediately (the connection is made in the background); `wait_s` > 0 waits that long

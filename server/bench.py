@@ -28,12 +28,20 @@ def add_arguments_overhead(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per run (fixed: min = max)")
     parser.add_argument("--batch", type=int, default=1, help="sequences per generate() call")
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats of (off, rows, pushdown)")
-    parser.add_argument("--bundles", nargs="+", default=None,
-                        help="bundles (default: shipped for the model; else random probes on 3 layers)")
+    parser.add_argument(
+        "--bundles",
+        nargs="+",
+        default=None,
+        help="bundles (default: shipped for the model; else random probes on 3 layers)",
+    )
     parser.add_argument("--modes", default="off,rows,pushdown", help="comma-separated subset of off,rows,pushdown")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch intra-op threads for the model (0: torch's default). On a shared CPU, 1 removes "
-                             "OpenMP spin-contention that otherwise makes run times vary 5x")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads for the model (0: torch's default). On a shared CPU, 1 removes "
+        "OpenMP spin-contention that otherwise makes run times vary 5x",
+    )
 
 
 def add_arguments_ingest(parser: argparse.ArgumentParser) -> None:
@@ -54,15 +62,28 @@ class SidecarProcess:
 
         self.ready_file = workdir / "sidecar-ready.json"
         self.log_file = workdir / "sidecar.log"
-        cmd = [sys.executable, "-m", "probewatch.cli.main", "serve", "--host", "127.0.0.1", "--port", "0",
-               "--ready-file", str(self.ready_file), *args]
-        self._log = open(self.log_file, "w")
+        cmd = [
+            sys.executable,
+            "-m",
+            "probewatch.cli.main",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--ready-file",
+            str(self.ready_file),
+            *args,
+        ]
+        self._log = open(self.log_file, "w")  # noqa: SIM115 - held open for the child process's lifetime
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while not self.ready_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"sidecar did not start (exit {self.proc.returncode}):\n{self.log_file.read_text()[-2000:]}")
+                raise RuntimeError(
+                    f"sidecar did not start (exit {self.proc.returncode}):\n{self.log_file.read_text()[-2000:]}"
+                )
             time.sleep(0.05)
         time.sleep(0.05)
         info = json.loads(self.ready_file.read_text())
@@ -88,8 +109,15 @@ class SidecarProcess:
         self.stop()
 
 
-def random_bundles(out: Path, model_id: str, fingerprint: str, d_model: int, n_layers: int | None,
-                   layers: list[int], per_layer: int = 2) -> list[Path]:
+def random_bundles(
+    out: Path,
+    model_id: str,
+    fingerprint: str,
+    d_model: int,
+    n_layers: int | None,
+    layers: list[int],
+    per_layer: int = 2,
+) -> list[Path]:
     """Random linear probes (the cost of a probe does not depend on its weights)."""
     import torch
 
@@ -101,11 +129,17 @@ def random_bundles(out: Path, model_id: str, fingerprint: str, d_model: int, n_l
     for layer in layers:
         for j in range(per_layer):
             pid = f"bench-l{layer}-{j}"
-            manifest = Manifest(id=pid, behaviour=behaviours[(layer + j) % 3], kind="linear",
-                                model=ModelRef(id=model_id, fingerprint=fingerprint, d_model=d_model, n_layers=n_layers),
-                                layer=layer, threshold=Threshold(value=1e9, method="fixed", fpr=None),
-                                aggregation=Aggregation(method="max" if j % 2 else "mean"), version="bench")
-            w = torch.randn(d_model, generator=g) / d_model ** 0.5
+            manifest = Manifest(
+                id=pid,
+                behaviour=behaviours[(layer + j) % 3],
+                kind="linear",
+                model=ModelRef(id=model_id, fingerprint=fingerprint, d_model=d_model, n_layers=n_layers),
+                layer=layer,
+                threshold=Threshold(value=1e9, method="fixed", fpr=None),
+                aggregation=Aggregation(method="max" if j % 2 else "mean"),
+                version="bench",
+            )
+            w = torch.randn(d_model, generator=g) / d_model**0.5
             paths.append(save_bundle(out / pid, manifest, {"weight": w, "bias": torch.tensor([0.0])}))
     return paths
 
@@ -140,16 +174,28 @@ def overhead_main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="probewatch-bench-") as tmp:
         tmp = Path(tmp)
         bundle_note = "given"
-        paths = resolve_bundle_specs(args.bundles, loaded.model_id) if args.bundles else default_bundle_dirs(loaded.model_id)
+        paths = (
+            resolve_bundle_specs(args.bundles, loaded.model_id)
+            if args.bundles
+            else default_bundle_dirs(loaded.model_id)
+        )
         if not paths:
             n = loaded.n_layers
-            paths = random_bundles(tmp / "bundles", loaded.model_id, loaded.fingerprint, loaded.d_model, n,
-                                   [n // 3, n // 2, 2 * n // 3])
+            paths = random_bundles(
+                tmp / "bundles", loaded.model_id, loaded.fingerprint, loaded.d_model, n, [n // 3, n // 2, 2 * n // 3]
+            )
             bundle_note = "random (no shipped bundles)"
         elif not args.bundles:
             bundle_note = "shipped"
-        serve_args = ["--model", loaded.path, "--metrics-port", "-1", "--no-incidents", "--bundles",
-                      *[str(p) for p in paths]]
+        serve_args = [
+            "--model",
+            loaded.path,
+            "--metrics-port",
+            "-1",
+            "--no-incidents",
+            "--bundles",
+            *[str(p) for p in paths],
+        ]
         with SidecarProcess(serve_args, tmp) as sidecar:
             monitor = attach(model, tok, sidecar=sidecar.address, wait_s=30, result_timeout_s=60)
             if not monitor.up:
@@ -162,9 +208,14 @@ def overhead_main(args: argparse.Namespace) -> int:
 
             prompt = render(tok, [{"role": "user", "content": text}], add_generation_prompt=True)
             enc = tok([prompt] * args.batch, add_special_tokens=False, return_tensors="pt")
-            kwargs = dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                          max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
-                          pad_token_id=tok.pad_token_id)
+            kwargs = {
+                "input_ids": enc["input_ids"],
+                "attention_mask": enc["attention_mask"],
+                "max_new_tokens": args.new_tokens,
+                "min_new_tokens": args.new_tokens,
+                "do_sample": False,
+                "pad_token_id": tok.pad_token_id,
+            }
             plain = type(model).generate  # the unwrapped method: monitoring off, no hooks at all
 
             def run(mode: str) -> tuple[float, dict]:
@@ -178,9 +229,11 @@ def overhead_main(args: argparse.Namespace) -> int:
                     model.generate(**kwargs)
                     elapsed = time.perf_counter() - t0
                 results = [h.result(60) for h in monitor.last_generations]  # not timed: must arrive, must be complete
-                return elapsed, {"tokens_scored": sum(r.tokens_scored for r in results),
-                                 "dropped": sum(r.dropped_chunks for r in results),
-                                 "complete": all(r.status == "closed" for r in results)}
+                return elapsed, {
+                    "tokens_scored": sum(r.tokens_scored for r in results),
+                    "dropped": sum(r.dropped_chunks for r in results),
+                    "complete": all(r.status == "closed" for r in results),
+                }
 
             for mode in modes:  # warm-up (allocator, kernels, connection)
                 run(mode)
@@ -188,7 +241,7 @@ def overhead_main(args: argparse.Namespace) -> int:
             checks: dict[str, list[dict]] = {m: [] for m in modes if m != "off"}
             for rep in range(args.repeats):
                 # rotate the order every repeat: a mode never always runs right after the same other mode
-                for mode in modes[rep % len(modes):] + modes[:rep % len(modes)]:
+                for mode in modes[rep % len(modes) :] + modes[: rep % len(modes)]:
                     elapsed, check = run(mode)
                     times[mode].append(elapsed)
                     if mode != "off":
@@ -199,12 +252,22 @@ def overhead_main(args: argparse.Namespace) -> int:
     tps = {m: tokens / t for m, t in medians.items()}
     best = {m: tokens / min(v) for m, v in times.items()}  # least disturbed run: robust on a shared machine
     result: dict = {
-        "benchmark": "overhead", "model": loaded.model_id, "device": str(next(model.parameters()).device),
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "threads": torch.get_num_threads(),
-        "batch": args.batch, "new_tokens": args.new_tokens, "repeats": args.repeats, "bundles": bundle_note,
-        "probes": len(paths), "layers": plan.layers if plan else [],
+        "benchmark": "overhead",
+        "model": loaded.model_id,
+        "device": str(next(model.parameters()).device),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "bundles": bundle_note,
+        "probes": len(paths),
+        "layers": plan.layers if plan else [],
         "pushdown_layers": [c.layer for c in plan.captures.values() if c.pushdown] if plan else [],
-        "median_seconds": medians, "tokens_per_s": tps, "best_tokens_per_s": best, "seconds": times,
+        "median_seconds": medians,
+        "tokens_per_s": tps,
+        "best_tokens_per_s": best,
+        "seconds": times,
         "dropped_chunks": {m: sum(c["dropped"] for c in v) for m, v in checks.items()},
         "tokens_scored_per_run": {m: [c["tokens_scored"] for c in v] for m, v in checks.items()},
         "all_complete": all(c["complete"] for v in checks.values() for c in v),
@@ -215,15 +278,21 @@ def overhead_main(args: argparse.Namespace) -> int:
             result[f"{mode}_over_off_best_tokens_per_s_ratio"] = best[mode] / best["off"]
     if "rows" in tps and "pushdown" in tps:
         result["pushdown_over_rows_tokens_per_s_ratio"] = tps["pushdown"] / tps["rows"]
-    lines = [f"overhead on {result['model']} ({result['device']}, {result['dtype']}, batch {args.batch}, "
-             f"{args.new_tokens} new tokens, {args.repeats} alternating repeats, {len(paths)} {bundle_note} probes "
-             f"on layers {result['layers']}):"]
+    lines = [
+        f"overhead on {result['model']} ({result['device']}, {result['dtype']}, batch {args.batch}, "
+        f"{args.new_tokens} new tokens, {args.repeats} alternating repeats, {len(paths)} {bundle_note} probes "
+        f"on layers {result['layers']}):"
+    ]
     for mode in modes:
-        lines.append(f"  {mode:9} {tps[mode]:8.2f} tokens/s (median {medians[mode] * 1000:.0f} ms; "
-                     f"best run {best[mode]:.2f} tokens/s)")
+        lines.append(
+            f"  {mode:9} {tps[mode]:8.2f} tokens/s (median {medians[mode] * 1000:.0f} ms; "
+            f"best run {best[mode]:.2f} tokens/s)"
+        )
     for key in sorted(k for k in result if "ratio" in k):
         lines.append(f"  {key} = {result[key]:.3f}")
-    lines.append(f"  dropped chunks: {result['dropped_chunks']}; every monitored run complete: {result['all_complete']}")
+    lines.append(
+        f"  dropped chunks: {result['dropped_chunks']}; every monitored run complete: {result['all_complete']}"
+    )
     _emit(result, args.json, lines)
     return 0
 
@@ -298,11 +367,10 @@ def ingest_main(args: argparse.Namespace) -> int:
 
     import grpc
     import numpy as np
+    from tqdm.auto import tqdm
 
     from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
     from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
-    from tqdm.auto import tqdm
-
     from probewatch.server.wire import encode_array
 
     fingerprint = "pwfp1:" + "be" * 16
@@ -314,14 +382,28 @@ def ingest_main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="probewatch-bench-") as tmp:
         tmp = Path(tmp)
         paths = random_bundles(tmp / "bundles", "bench", fingerprint, d, None, layers, per_layer=2)
-        serve_args = ["--model", "bench", "--fingerprint", fingerprint, "--metrics-port", "-1", "--no-incidents",
-                      "--queue-size", "4096", "--bundles", *[str(p) for p in paths]]
-        receiver = subprocess.Popen([sys.executable, "-c", _RECEIVER, str(payload_bytes)], stdout=subprocess.PIPE, text=True)
+        serve_args = [
+            "--model",
+            "bench",
+            "--fingerprint",
+            fingerprint,
+            "--metrics-port",
+            "-1",
+            "--no-incidents",
+            "--queue-size",
+            "4096",
+            "--bundles",
+            *[str(p) for p in paths],
+        ]
+        receiver = subprocess.Popen(
+            [sys.executable, "-c", _RECEIVER, str(payload_bytes)], stdout=subprocess.PIPE, text=True
+        )
         noop = subprocess.Popen([sys.executable, "-c", _GRPC_NOOP, str(64 << 20)], stdout=subprocess.PIPE, text=True)
         try:
             port = int(receiver.stdout.readline())
-            noop_channel = grpc.insecure_channel(f"127.0.0.1:{int(noop.stdout.readline())}",
-                                                 options=[("grpc.max_send_message_length", 64 << 20)])
+            noop_channel = grpc.insecure_channel(
+                f"127.0.0.1:{int(noop.stdout.readline())}", options=[("grpc.max_send_message_length", 64 << 20)]
+            )
             grpc.channel_ready_future(noop_channel).result(timeout=30)
             with SidecarProcess(serve_args, tmp) as sidecar:
                 channel = grpc.insecure_channel(sidecar.address)
@@ -331,16 +413,27 @@ def ingest_main(args: argparse.Namespace) -> int:
                 def grpc_seconds(rep: int, target: Any = None) -> float:
                     gid = f"ingest-{rep}"
                     requests: queue.Queue = queue.Queue()
-                    messages = [pb.MonitorRequest(open=pb.Open(generation_id=gid, model_fingerprint=fingerprint,
-                                                               prompt_length=0))]
-                    per_layer = {layer: 0 for layer in layers}
+                    messages = [
+                        pb.MonitorRequest(
+                            open=pb.Open(generation_id=gid, model_fingerprint=fingerprint, prompt_length=0)
+                        )
+                    ]
+                    per_layer = dict.fromkeys(layers, 0)
                     for i in range(args.chunks):
                         layer = layers[i % len(layers)]
                         start = per_layer[layer]
                         per_layer[layer] += args.rows
-                        messages.append(pb.MonitorRequest(chunk=pb.ActivationChunk(
-                            generation_id=gid, layer=layer, kind=pb.PAYLOAD_KIND_RESIDUAL_ROWS,
-                            positions=range(start, start + args.rows), payload=blocks[i % len(blocks)])))
+                        messages.append(
+                            pb.MonitorRequest(
+                                chunk=pb.ActivationChunk(
+                                    generation_id=gid,
+                                    layer=layer,
+                                    kind=pb.PAYLOAD_KIND_RESIDUAL_ROWS,
+                                    positions=range(start, start + args.rows),
+                                    payload=blocks[i % len(blocks)],
+                                )
+                            )
+                        )
                     messages.append(pb.MonitorRequest(close=pb.Close(generation_id=gid)))
                     for m in messages:
                         requests.put(m)
@@ -376,26 +469,40 @@ def ingest_main(args: argparse.Namespace) -> int:
     g, n, r = statistics.median(g_times), statistics.median(n_times), statistics.median(r_times)
     rows_total = args.chunks * args.rows
     result = {
-        "benchmark": "ingest", "d_model": d, "rows_per_chunk": args.rows, "chunks": args.chunks,
-        "chunk_bytes": len(blocks[0].data), "payload_bytes": payload_bytes, "repeats": args.repeats,
-        "probes": len(paths), "layers": layers,
-        "sidecar_median_seconds": g, "raw_socket_median_seconds": r,
-        "sidecar_mb_per_s": payload_bytes / g / 1e6, "raw_socket_mb_per_s": payload_bytes / r / 1e6,
-        "sidecar_rows_per_s": rows_total / g, "sidecar_chunks_per_s": args.chunks / g,
-        "grpc_noop_median_seconds": n, "grpc_noop_mb_per_s": payload_bytes / n / 1e6,
+        "benchmark": "ingest",
+        "d_model": d,
+        "rows_per_chunk": args.rows,
+        "chunks": args.chunks,
+        "chunk_bytes": len(blocks[0].data),
+        "payload_bytes": payload_bytes,
+        "repeats": args.repeats,
+        "probes": len(paths),
+        "layers": layers,
+        "sidecar_median_seconds": g,
+        "raw_socket_median_seconds": r,
+        "sidecar_mb_per_s": payload_bytes / g / 1e6,
+        "raw_socket_mb_per_s": payload_bytes / r / 1e6,
+        "sidecar_rows_per_s": rows_total / g,
+        "sidecar_chunks_per_s": args.chunks / g,
+        "grpc_noop_median_seconds": n,
+        "grpc_noop_mb_per_s": payload_bytes / n / 1e6,
         "sidecar_over_raw_socket_throughput_ratio": r / g,
         "sidecar_over_grpc_noop_throughput_ratio": n / g,
         "grpc_noop_over_raw_socket_throughput_ratio": r / n,
-        "sidecar_seconds": g_times, "grpc_noop_seconds": n_times, "raw_socket_seconds": r_times,
+        "sidecar_seconds": g_times,
+        "grpc_noop_seconds": n_times,
+        "raw_socket_seconds": r_times,
     }
-    lines = [f"ingest: {args.chunks} chunks x {args.rows} rows x d={d} float32 ({payload_bytes / 1e6:.1f} MB) over loopback, "
-             f"{args.repeats} repeats:",
-             f"  sidecar (gRPC, validate, score {len(paths)} probes, aggregate): {result['sidecar_mb_per_s']:9.1f} MB/s "
-             f"= {result['sidecar_rows_per_s']:,.0f} rows/s",
-             f"  bare gRPC (no-op Monitor servicer, same messages):      {result['grpc_noop_mb_per_s']:9.1f} MB/s",
-             f"  raw TCP socket copy of the same bytes:                  {result['raw_socket_mb_per_s']:9.1f} MB/s",
-             f"  sidecar_over_raw_socket_throughput_ratio = {result['sidecar_over_raw_socket_throughput_ratio']:.3f}",
-             f"  sidecar_over_grpc_noop_throughput_ratio  = {result['sidecar_over_grpc_noop_throughput_ratio']:.3f} "
-             "(our validation + scoring vs gRPC Python's own cost)"]
+    lines = [
+        f"ingest: {args.chunks} chunks x {args.rows} rows x d={d} float32 ({payload_bytes / 1e6:.1f} MB) over loopback, "
+        f"{args.repeats} repeats:",
+        f"  sidecar (gRPC, validate, score {len(paths)} probes, aggregate): {result['sidecar_mb_per_s']:9.1f} MB/s "
+        f"= {result['sidecar_rows_per_s']:,.0f} rows/s",
+        f"  bare gRPC (no-op Monitor servicer, same messages):      {result['grpc_noop_mb_per_s']:9.1f} MB/s",
+        f"  raw TCP socket copy of the same bytes:                  {result['raw_socket_mb_per_s']:9.1f} MB/s",
+        f"  sidecar_over_raw_socket_throughput_ratio = {result['sidecar_over_raw_socket_throughput_ratio']:.3f}",
+        f"  sidecar_over_grpc_noop_throughput_ratio  = {result['sidecar_over_grpc_noop_throughput_ratio']:.3f} "
+        "(our validation + scoring vs gRPC Python's own cost)",
+    ]
     _emit(result, args.json, lines)
     return 0

@@ -73,9 +73,17 @@ class ProbeSpec:
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> ProbeSpec:
         m = bundle.manifest
-        return cls(id=m.id, behaviour=m.behaviour, kind=m.kind, layer=m.layer, token_selection=m.token_selection,
-                   aggregation=m.aggregation, threshold=float(m.threshold.value), version=str(m.version),
-                   fingerprint=m.model.fingerprint)
+        return cls(
+            id=m.id,
+            behaviour=m.behaviour,
+            kind=m.kind,
+            layer=m.layer,
+            token_selection=m.token_selection,
+            aggregation=m.aggregation,
+            threshold=float(m.threshold.value),
+            version=str(m.version),
+            fingerprint=m.model.fingerprint,
+        )
 
 
 def selection_mask(token_selection: str, positions: np.ndarray, prompt_length: int) -> np.ndarray:
@@ -109,9 +117,17 @@ class StreamState:
         self.outbox.put(_END)
 
     def error(self, generation_id: str, exc: WireError, layer: int = -1) -> None:
-        self.send(pb.MonitorResponse(error=pb.Error(
-            generation_id=generation_id, code=exc.code.value[0], code_name=exc.code.name, message=exc.message,
-            layer=layer)))
+        self.send(
+            pb.MonitorResponse(
+                error=pb.Error(
+                    generation_id=generation_id,
+                    code=exc.code.value[0],
+                    code_name=exc.code.name,
+                    message=exc.message,
+                    layer=layer,
+                )
+            )
+        )
 
 
 @dataclass
@@ -128,8 +144,8 @@ class Generation:
     kept_scores: dict[str, int] = field(default_factory=dict)
     token_ids: dict[int, int] = field(default_factory=dict)
     alerts: dict[str, pb.Alert] = field(default_factory=dict)
-    closing: bool = False      # Close (or stream end) received: no more chunks accepted
-    finished: bool = False     # finalised by the worker
+    closing: bool = False  # Close (or stream end) received: no more chunks accepted
+    finished: bool = False  # finalised by the worker
     client_dropped: int = 0
     rejected_chunks: int = 0
     sidecar_dropped: int = 0
@@ -142,16 +158,16 @@ class Generation:
 class ChunkWork:
     generation: Generation
     layer: int
-    kind: str                  # rows | projections
-    positions: np.ndarray      # int64 [n]
-    data: np.ndarray           # float32 [n, d] or [n, k]
+    kind: str  # rows | projections
+    positions: np.ndarray  # int64 [n]
+    data: np.ndarray  # float32 [n, d] or [n, k]
     received_at: float
 
 
 @dataclass
 class CloseWork:
     generation: Generation
-    status: str = "closed"     # closed | aborted
+    status: str = "closed"  # closed | aborted
 
 
 @dataclass
@@ -186,10 +202,19 @@ class SequenceResult:
 
 
 class ScoringEngine:
-    def __init__(self, runtime: ProbeRuntime, metrics: SidecarMetrics, fingerprint: str,
-                 incidents: IncidentStore | None = None, webhook=None, queue_size: int = 1024,
-                 max_batch_rows: int = 16384, put_timeout_s: float = 5.0, keep_token_scores: int = 8192,
-                 closed_memory: int = 100_000) -> None:
+    def __init__(
+        self,
+        runtime: ProbeRuntime,
+        metrics: SidecarMetrics,
+        fingerprint: str,
+        incidents: IncidentStore | None = None,
+        webhook=None,
+        queue_size: int = 1024,
+        max_batch_rows: int = 16384,
+        put_timeout_s: float = 5.0,
+        keep_token_scores: int = 8192,
+        closed_memory: int = 100_000,
+    ) -> None:
         self.runtime = runtime
         self.metrics = metrics
         self.fingerprint = fingerprint
@@ -207,7 +232,7 @@ class ScoringEngine:
         self._thread: threading.Thread | None = None
         self._release = threading.Event()
         self._release.set()
-        self.batches = 0           # drained batches (tests assert cross-stream batching)
+        self.batches = 0  # drained batches (tests assert cross-stream batching)
         self.max_items_per_batch = 0
         self.max_generations_per_gemm = 0
         metrics.set_queue_depth_source(self._queue.qsize, capacity=queue_size)
@@ -245,17 +270,26 @@ class ScoringEngine:
         if not gid:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "Open without generation_id")
         if msg.model_fingerprint != self.fingerprint:
-            raise WireError(grpc.StatusCode.FAILED_PRECONDITION,
-                            f"generation {gid}: model fingerprint {msg.model_fingerprint or '(empty)'} does not match the "
-                            f"sidecar's {self.fingerprint}; its probes were trained on a different model")
+            raise WireError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"generation {gid}: model fingerprint {msg.model_fingerprint or '(empty)'} does not match the "
+                f"sidecar's {self.fingerprint}; its probes were trained on a different model",
+            )
         if msg.prompt_length < 0:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"generation {gid}: negative prompt_length")
-        gen = Generation(id=gid, stream=stream, prompt_length=int(msg.prompt_length), metadata=dict(msg.metadata),
-                         aggregators={pid: make_aggregator(s.aggregation) for pid, s in self.specs.items()},
-                         token_scores={pid: [] for pid in self.specs})
+        gen = Generation(
+            id=gid,
+            stream=stream,
+            prompt_length=int(msg.prompt_length),
+            metadata=dict(msg.metadata),
+            aggregators={pid: make_aggregator(s.aggregation) for pid, s in self.specs.items()},
+            token_scores={pid: [] for pid in self.specs},
+        )
         with self._lock:
             if gid in self._generations or gid in self._closed:
-                raise WireError(grpc.StatusCode.ALREADY_EXISTS, f"generation id {gid} was already used; ids must be unique")
+                raise WireError(
+                    grpc.StatusCode.ALREADY_EXISTS, f"generation id {gid} was already used; ids must be unique"
+                )
             self._generations[gid] = gen
         stream.generations[gid] = gen
         self.metrics.active_generations.inc()
@@ -287,8 +321,13 @@ class ScoringEngine:
             work.generation.sidecar_dropped += 1
             return False
 
-    def score_now(self, payloads: Mapping[int, tuple[str, np.ndarray]], prompt_length: int,
-                  probe_ids: Sequence[str], timeout_s: float = 60.0) -> list[SequenceResult]:
+    def score_now(
+        self,
+        payloads: Mapping[int, tuple[str, np.ndarray]],
+        prompt_length: int,
+        probe_ids: Sequence[str],
+        timeout_s: float = 60.0,
+    ) -> list[SequenceResult]:
         """Unary scoring through the worker (queued behind live chunks; raises on timeout)."""
         work = ScoreWork(payloads, prompt_length, probe_ids)
         self._queue.put(work, timeout=timeout_s)
@@ -343,8 +382,11 @@ class ScoringEngine:
                 if isinstance(work, ChunkWork):
                     result = scored.get(id(work))
                     if isinstance(result, Exception):
-                        work.generation.stream.error(work.generation.id, WireError(
-                            grpc.StatusCode.INTERNAL, f"scoring failed: {result}"), work.layer)
+                        work.generation.stream.error(
+                            work.generation.id,
+                            WireError(grpc.StatusCode.INTERNAL, f"scoring failed: {result}"),
+                            work.layer,
+                        )
                     elif result is not None:
                         update = self._apply_chunk(work, *result)
                         if update is not None:
@@ -389,17 +431,16 @@ class ScoringEngine:
         for (layer, kind), members in groups.items():
             try:
                 probe_ids, scores = self.score_block(layer, kind, [w.data for w in members])
-            except Exception as exc:  # noqa: BLE001 - reported per chunk on its stream
+            except Exception as exc:  # reported per chunk on its stream
                 log.exception("scoring layer %d (%s) failed", layer, kind)
                 for w in members:
                     out[id(w)] = exc
                 continue
-            self.max_generations_per_gemm = max(self.max_generations_per_gemm,
-                                                len({id(w.generation) for w in members}))
+            self.max_generations_per_gemm = max(self.max_generations_per_gemm, len({id(w.generation) for w in members}))
             offset = 0
             for w in members:
                 n = len(w.positions)
-                out[id(w)] = (probe_ids, scores[offset:offset + n])
+                out[id(w)] = (probe_ids, scores[offset : offset + n])
                 offset += n
         return out
 
@@ -458,10 +499,20 @@ class ScoringEngine:
         self.metrics.scoring_latency.observe(time.perf_counter() - work.received_at)
         return _PendingUpdate(gen, work.layer, probe_ids, [pos], [scores], aggregates)
 
-    def _alert(self, gen: Generation, spec: ProbeSpec, value: float, early: bool, position: int, now: float) -> pb.Alert:
-        alert = pb.Alert(generation_id=gen.id, probe_id=spec.id, behaviour=spec.behaviour, score=value,
-                         threshold=spec.threshold, early=early, position=position, bundle_version=spec.version,
-                         time_unix=now)
+    def _alert(
+        self, gen: Generation, spec: ProbeSpec, value: float, early: bool, position: int, now: float
+    ) -> pb.Alert:
+        alert = pb.Alert(
+            generation_id=gen.id,
+            probe_id=spec.id,
+            behaviour=spec.behaviour,
+            score=value,
+            threshold=spec.threshold,
+            early=early,
+            position=position,
+            bundle_version=spec.version,
+            time_unix=now,
+        )
         gen.alerts[spec.id] = alert
         self.metrics.alerts.labels(probe=spec.id, behaviour=spec.behaviour).inc()
         self.metrics.last_alert.labels(probe=spec.id).set(now)
@@ -482,9 +533,18 @@ class ScoringEngine:
                 self.metrics.generation_score.observe_many((pid, spec.behaviour), [value])
             if flagged and pid not in gen.alerts:
                 alert = self._alert(gen, spec, value, early=False, position=-1, now=now)
-            results.append(pb.ProbeResult(probe_id=pid, behaviour=spec.behaviour, score=value, threshold=spec.threshold,
-                                          flagged=flagged, n_tokens=agg.count, aggregation=spec.aggregation.method,
-                                          token_selection=spec.token_selection))
+            results.append(
+                pb.ProbeResult(
+                    probe_id=pid,
+                    behaviour=spec.behaviour,
+                    score=value,
+                    threshold=spec.threshold,
+                    flagged=flagged,
+                    n_tokens=agg.count,
+                    aggregation=spec.aggregation.method,
+                    token_selection=spec.token_selection,
+                )
+            )
         for pid, alert in gen.alerts.items():
             spec = self.specs[pid]
             alert.score = gen.aggregators[pid].value  # the final aggregate (>= the early one for monotone kinds)
@@ -495,10 +555,19 @@ class ScoringEngine:
                 gen.stream.send(pb.MonitorResponse(alert=alert))
         if gen.client_dropped:
             self.metrics.dropped_chunks.labels(reason="client_dropped").inc(gen.client_dropped)
-        gen.stream.send(pb.MonitorResponse(summary=pb.GenerationSummary(
-            generation_id=gen.id, status=status, results=results, alerts=list(gen.alerts.values()),
-            tokens_scored=max(gen.rows_per_layer.values(), default=0), dropped_chunks=gen.client_dropped + gen.sidecar_dropped,
-            rejected_chunks=gen.rejected_chunks)))
+        gen.stream.send(
+            pb.MonitorResponse(
+                summary=pb.GenerationSummary(
+                    generation_id=gen.id,
+                    status=status,
+                    results=results,
+                    alerts=list(gen.alerts.values()),
+                    tokens_scored=max(gen.rows_per_layer.values(), default=0),
+                    dropped_chunks=gen.client_dropped + gen.sidecar_dropped,
+                    rejected_chunks=gen.rejected_chunks,
+                )
+            )
+        )
         self.metrics.generations.labels(status=status).inc()
         self.metrics.active_generations.dec()
         with self._lock:
@@ -512,10 +581,21 @@ class ScoringEngine:
         if self.incidents is None:
             return 0
         incident = Incident(
-            generation_id=gen.id, probe=spec.id, behaviour=spec.behaviour, score=float(alert.score),
-            threshold=spec.threshold, model_fingerprint=self.fingerprint, bundle_version=spec.version,
-            aggregation=spec.aggregation.method, token_scores=_pairs(gen.token_scores[spec.id]), prompt=gen.prompt_text,
-            response=gen.response_text, generation_status=status, early=alert.early, metadata=gen.metadata)
+            generation_id=gen.id,
+            probe=spec.id,
+            behaviour=spec.behaviour,
+            score=float(alert.score),
+            threshold=spec.threshold,
+            model_fingerprint=self.fingerprint,
+            bundle_version=spec.version,
+            aggregation=spec.aggregation.method,
+            token_scores=_pairs(gen.token_scores[spec.id]),
+            prompt=gen.prompt_text,
+            response=gen.response_text,
+            generation_status=status,
+            early=alert.early,
+            metadata=gen.metadata,
+        )
         try:
             return self.incidents.record(incident)
         except Exception as exc:  # noqa: BLE001 - a failing disk must not stop scoring; it is counted
@@ -524,8 +604,9 @@ class ScoringEngine:
             return 0
 
     # -- unary scoring --------------------------------------------------------------------------------
-    def score_sequence(self, payloads: Mapping[int, tuple[str, np.ndarray]], prompt_length: int,
-                       probe_ids: Sequence[str]) -> list[SequenceResult]:
+    def score_sequence(
+        self, payloads: Mapping[int, tuple[str, np.ndarray]], prompt_length: int, probe_ids: Sequence[str]
+    ) -> list[SequenceResult]:
         """Score one sequence's rows/projections (positions 0..n-1) for the wanted probes."""
         wanted = set(probe_ids)
         out: list[SequenceResult] = []
@@ -568,9 +649,18 @@ class _PendingUpdate:
     def send(self) -> None:
         pos = self.positions[0] if len(self.positions) == 1 else np.concatenate(self.positions)
         scores = self.scores[0] if len(self.scores) == 1 else np.concatenate(self.scores, axis=0)
-        self.gen.stream.send(pb.MonitorResponse(score=pb.ScoreUpdate(
-            generation_id=self.gen.id, layer=self.layer, positions=pos.tolist(), probe_ids=self.probe_ids,
-            scores=encode_array(np.ascontiguousarray(scores, dtype=np.float32)), aggregates=self.aggregates)))
+        self.gen.stream.send(
+            pb.MonitorResponse(
+                score=pb.ScoreUpdate(
+                    generation_id=self.gen.id,
+                    layer=self.layer,
+                    positions=pos.tolist(),
+                    probe_ids=self.probe_ids,
+                    scores=encode_array(np.ascontiguousarray(scores, dtype=np.float32)),
+                    aggregates=self.aggregates,
+                )
+            )
+        )
         self.positions, self.scores = [], []
 
 
@@ -602,10 +692,19 @@ def _rows(item: object) -> int:
 
 def _webhook_payload(gen: Generation, spec: ProbeSpec, alert: pb.Alert, fingerprint: str, status: str) -> dict:
     return {
-        "type": "probewatch.alert", "incident_id": int(alert.incident_id) or None, "generation_id": gen.id,
-        "probe": spec.id, "behaviour": spec.behaviour, "score": float(alert.score), "threshold": spec.threshold,
-        "aggregation": spec.aggregation.method, "early": bool(alert.early), "generation_status": status,
-        "model_fingerprint": fingerprint, "bundle_version": spec.version, "time_unix": float(alert.time_unix),
+        "type": "probewatch.alert",
+        "incident_id": int(alert.incident_id) or None,
+        "generation_id": gen.id,
+        "probe": spec.id,
+        "behaviour": spec.behaviour,
+        "score": float(alert.score),
+        "threshold": spec.threshold,
+        "aggregation": spec.aggregation.method,
+        "early": bool(alert.early),
+        "generation_status": status,
+        "model_fingerprint": fingerprint,
+        "bundle_version": spec.version,
+        "time_unix": float(alert.time_unix),
         "metadata": dict(gen.metadata),
     }
 

@@ -62,8 +62,9 @@ class Completion:
 class ChatService:
     """Model + tokenizer + attach monitor behind one lock."""
 
-    def __init__(self, model, tokenizer, monitor, model_name: str, default_max_tokens: int = 128,
-                 result_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, model, tokenizer, monitor, model_name: str, default_max_tokens: int = 128, result_timeout_s: float = 10.0
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.monitor = monitor
@@ -104,16 +105,32 @@ class ChatService:
         stop_at = next((i for i, t in enumerate(generated) if t in eos_ids), None)
         text = self.tokenizer.decode(generated, skip_special_tokens=True)
         n_completion = stop_at + 1 if stop_at is not None else len(generated)
-        return Completion(text, "stop" if stop_at is not None else "length", n_prompt, n_completion,
-                          self._probewatch(generation_id, handles))
+        return Completion(
+            text,
+            "stop" if stop_at is not None else "length",
+            n_prompt,
+            n_completion,
+            self._probewatch(generation_id, handles),
+        )
 
     def _probewatch(self, generation_id: str, handles: list) -> dict[str, Any]:
         if self.monitor is None or not self.monitor.enabled:
-            return {"generation_id": generation_id, "monitored": False, "status": "disabled",
-                    "reason": "monitoring disabled (PROBEWATCH_DISABLE)", "scores": {}, "alerts": []}
+            return {
+                "generation_id": generation_id,
+                "monitored": False,
+                "status": "disabled",
+                "reason": "monitoring disabled (PROBEWATCH_DISABLE)",
+                "scores": {},
+                "alerts": [],
+            }
         if not handles:
-            return {"generation_id": generation_id, "monitored": False, "status": "unmonitored", "scores": {},
-                    "alerts": []}
+            return {
+                "generation_id": generation_id,
+                "monitored": False,
+                "status": "unmonitored",
+                "scores": {},
+                "alerts": [],
+            }
         return handles[0].result(self.result_timeout_s).to_json()
 
     def _handles(self) -> list:
@@ -139,8 +156,9 @@ class ChatService:
         def run() -> None:  # generate in its own thread; the monitor's handles are thread-local there
             try:
                 with torch.inference_mode():
-                    box["out"] = self.model.generate(**inputs, streamer=streamer,
-                                                     **self._gen_kwargs(request, generation_id))
+                    box["out"] = self.model.generate(
+                        **inputs, streamer=streamer, **self._gen_kwargs(request, generation_id)
+                    )
                 box["handles"] = self._handles()
             except Exception as exc:  # noqa: BLE001 - surfaced to the HTTP client by the caller
                 box["error"] = exc
@@ -170,20 +188,32 @@ def create_app(service: ChatService, metrics_registry=None):
 
     def check_model(request: ChatRequest) -> None:
         if request.model and request.model not in (service.model_name,):
-            raise HTTPException(404, detail={"error": {"message": f"model {request.model!r} is not served here; "
-                                                       f"available: {service.model_name}", "type": "invalid_request_error",
-                                                       "code": "model_not_found"}})
+            raise HTTPException(
+                404,
+                detail={
+                    "error": {
+                        "message": f"model {request.model!r} is not served here; available: {service.model_name}",
+                        "type": "invalid_request_error",
+                        "code": "model_not_found",
+                    }
+                },
+            )
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
         monitor = service.monitor
-        return {"status": "ok", "model": service.model_name,
-                "monitoring": bool(monitor is not None and monitor.enabled and monitor.up)}
+        return {
+            "status": "ok",
+            "model": service.model_name,
+            "monitoring": bool(monitor is not None and monitor.enabled and monitor.up),
+        }
 
     @app.get("/v1/models")
     def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": service.model_name, "object": "model", "created": 0,
-                                            "owned_by": "probewatch"}]}
+        return {
+            "object": "list",
+            "data": [{"id": service.model_name, "object": "model", "created": 0, "owned_by": "probewatch"}],
+        }
 
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:
@@ -200,19 +230,37 @@ def create_app(service: ChatService, metrics_registry=None):
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if not request.stream:
             c = await run_in_threadpool(service.complete, request)
-            return JSONResponse({
-                "id": completion_id, "object": "chat.completion", "created": created, "model": service.model_name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
-                             "finish_reason": c.finish_reason}],
-                "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                          "total_tokens": c.prompt_tokens + c.completion_tokens},
-                "probewatch": _jsonable(c.probewatch),
-            })
+            return JSONResponse(
+                {
+                    "id": completion_id,
+                    "object": "chat.completion",
+                    "created": created,
+                    "model": service.model_name,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": c.text},
+                            "finish_reason": c.finish_reason,
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": c.prompt_tokens,
+                        "completion_tokens": c.completion_tokens,
+                        "total_tokens": c.prompt_tokens + c.completion_tokens,
+                    },
+                    "probewatch": _jsonable(c.probewatch),
+                }
+            )
 
         def events() -> Iterator[str]:
             def chunk(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
-                body = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
-                        "model": service.model_name, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+                body = {
+                    "id": completion_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": service.model_name,
+                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                }
                 if extra:
                     body.update(extra)
                 return f"data: {json.dumps(_jsonable(body))}\n\n"
@@ -223,8 +271,11 @@ def create_app(service: ChatService, metrics_registry=None):
                     if final is None:
                         yield chunk({"content": delta})
                     else:
-                        usage = {"prompt_tokens": final.prompt_tokens, "completion_tokens": final.completion_tokens,
-                                 "total_tokens": final.prompt_tokens + final.completion_tokens}
+                        usage = {
+                            "prompt_tokens": final.prompt_tokens,
+                            "completion_tokens": final.completion_tokens,
+                            "total_tokens": final.prompt_tokens + final.completion_tokens,
+                        }
                         yield chunk({}, final.finish_reason, {"usage": usage, "probewatch": final.probewatch})
             except Exception as exc:  # noqa: BLE001 - an SSE stream cannot change its status code any more
                 yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
@@ -260,8 +311,9 @@ class HTTPServerThread:
         self.host, self.port = host, self._sock.getsockname()[1]
         config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off")
         self.server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self._sock]},
-                                        name="probewatch-http", daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self._sock]}, name="probewatch-http", daemon=True
+        )
 
     @property
     def url(self) -> str:

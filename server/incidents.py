@@ -101,8 +101,10 @@ class IncidentStore:
         try:
             if readonly:
                 if not path.is_file():
-                    raise IncidentStoreError(f"no incident store at {path} (the sidecar creates it on startup; "
-                                             "pass --db or set PROBEWATCH_INCIDENT_DB)")
+                    raise IncidentStoreError(
+                        f"no incident store at {path} (the sidecar creates it on startup; "
+                        "pass --db or set PROBEWATCH_INCIDENT_DB)"
+                    )
                 conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=10)
                 return cls(path, conn)
             if path.is_dir():
@@ -119,8 +121,10 @@ class IncidentStore:
         except IncidentStoreError:
             raise
         except (OSError, sqlite3.Error) as exc:
-            raise IncidentStoreError(f"cannot open the incident store at {path}: {exc} "
-                                     "(pass a writable --incident-db PATH or set PROBEWATCH_INCIDENT_DB)") from exc
+            raise IncidentStoreError(
+                f"cannot open the incident store at {path}: {exc} "
+                "(pass a writable --incident-db PATH or set PROBEWATCH_INCIDENT_DB)"
+            ) from exc
         return cls(path, conn)
 
     def close(self) -> None:
@@ -132,15 +136,33 @@ class IncidentStore:
         now = _now()
         incident.created_at = incident.created_at or now
         incident.updated_at = now
-        row = (incident.created_at, incident.generation_id, incident.probe, incident.behaviour, float(incident.score),
-               float(incident.threshold), incident.aggregation, json.dumps(incident.token_scores), incident.prompt,
-               incident.response, incident.model_fingerprint, incident.bundle_version, incident.generation_status,
-               int(incident.early), json.dumps(incident.metadata), incident.status, incident.updated_at, incident.note)
+        row = (
+            incident.created_at,
+            incident.generation_id,
+            incident.probe,
+            incident.behaviour,
+            float(incident.score),
+            float(incident.threshold),
+            incident.aggregation,
+            json.dumps(incident.token_scores),
+            incident.prompt,
+            incident.response,
+            incident.model_fingerprint,
+            incident.bundle_version,
+            incident.generation_status,
+            int(incident.early),
+            json.dumps(incident.metadata),
+            incident.status,
+            incident.updated_at,
+            incident.note,
+        )
         with self._lock:
             cur = self._conn.execute(
                 "INSERT INTO incidents (created_at, generation_id, probe, behaviour, score, threshold, aggregation, "
                 "token_scores, prompt, response, model_fingerprint, bundle_version, generation_status, early, metadata, "
-                "status, updated_at, note) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", row)
+                "status, updated_at, note) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                row,
+            )
             self._conn.commit()
         incident.id = int(cur.lastrowid)
         return incident.id
@@ -151,7 +173,8 @@ class IncidentStore:
         with self._lock:
             cur = self._conn.execute(
                 "UPDATE incidents SET status = ?, updated_at = ?, note = COALESCE(?, note) WHERE id = ?",
-                (status, _now(), note, int(incident_id)))
+                (status, _now(), note, int(incident_id)),
+            )
             self._conn.commit()
         if cur.rowcount == 0:
             raise IncidentNotFoundError(f"no incident with id {incident_id} in {self.path}")
@@ -164,8 +187,9 @@ class IncidentStore:
             raise IncidentNotFoundError(f"no incident with id {incident_id} in {self.path}")
         return rows[0]
 
-    def list(self, probe: str | None = None, status: str | None = None, generation_id: str | None = None,
-             limit: int = 100) -> list[Incident]:
+    def list(
+        self, probe: str | None = None, status: str | None = None, generation_id: str | None = None, limit: int = 100
+    ) -> list[Incident]:
         clauses, params = [], []
         for column, value in (("probe", probe), ("status", status), ("generation_id", generation_id)):
             if value is not None:

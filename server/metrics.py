@@ -93,44 +93,79 @@ class SidecarMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.token_score = BulkHistogram(
-            "probewatch_token_score", "Per-token probe score (calibrated logit) of the tokens each probe selects.",
-            ["probe", "behaviour"], LOGIT_BUCKETS)
+            "probewatch_token_score",
+            "Per-token probe score (calibrated logit) of the tokens each probe selects.",
+            ["probe", "behaviour"],
+            LOGIT_BUCKETS,
+        )
         self.generation_score = BulkHistogram(
-            "probewatch_generation_score", "Per-generation aggregate score (calibrated logit) at close.",
-            ["probe", "behaviour"], LOGIT_BUCKETS)
+            "probewatch_generation_score",
+            "Per-generation aggregate score (calibrated logit) at close.",
+            ["probe", "behaviour"],
+            LOGIT_BUCKETS,
+        )
         self.sae_feature_activation = BulkHistogram(
-            "probewatch_sae_feature_activation", "Per-token activation of SAE-feature probes.",
-            ["sae", "feature", "description"], SAE_BUCKETS)
+            "probewatch_sae_feature_activation",
+            "Per-token activation of SAE-feature probes.",
+            ["sae", "feature", "description"],
+            SAE_BUCKETS,
+        )
         for collector in (self.token_score, self.generation_score, self.sae_feature_activation):
             r.register(collector)
-        self.alerts = Counter("probewatch_alerts_total", "Alerts raised (one per generation and probe).",
-                              ["probe", "behaviour"], registry=r)
-        self.generations = Counter("probewatch_generations_total", "Generations finished, by how they ended.",
-                                   ["status"], registry=r)
-        self.tokens_scored = Counter("probewatch_tokens_scored_total", "Token rows scored, by payload kind.",
-                                     ["mode"], registry=r)
-        self.scoring_latency = Histogram("probewatch_scoring_latency_seconds",
-                                         "Time from receiving a chunk to sending its scores (queue wait + GEMM).",
-                                         buckets=LATENCY_BUCKETS, registry=r)
+        self.alerts = Counter(
+            "probewatch_alerts_total",
+            "Alerts raised (one per generation and probe).",
+            ["probe", "behaviour"],
+            registry=r,
+        )
+        self.generations = Counter(
+            "probewatch_generations_total", "Generations finished, by how they ended.", ["status"], registry=r
+        )
+        self.tokens_scored = Counter(
+            "probewatch_tokens_scored_total", "Token rows scored, by payload kind.", ["mode"], registry=r
+        )
+        self.scoring_latency = Histogram(
+            "probewatch_scoring_latency_seconds",
+            "Time from receiving a chunk to sending its scores (queue wait + GEMM).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge("probewatch_queue_depth", "Work items waiting for the scoring worker.", registry=r)
-        self.queue_capacity = Gauge("probewatch_queue_capacity",
-                                    "Bound of the scoring queue (alert rules compare queue depth with it).", registry=r)
-        self.dropped_chunks = Counter("probewatch_dropped_chunks_total",
-                                      "Chunks not scored: sidecar queue full, or dropped by a client (reported at close).",
-                                      ["reason"], registry=r)
-        self.active_streams = Gauge("probewatch_active_streams", "Open Monitor streams (connected clients).", registry=r)
-        self.active_generations = Gauge("probewatch_active_generations", "Generations opened and not yet finished.",
-                                        registry=r)
-        self.rejected = Counter("probewatch_rejected_messages_total", "Messages refused, by gRPC status code name.",
-                                ["code"], registry=r)
-        self.bundle_info = Info("probewatch_bundle", "Loaded probe bundles.",
-                                ["probe", "behaviour", "kind", "layer", "version", "fingerprint"], registry=r)
-        self.last_alert = Gauge("probewatch_last_alert_timestamp_seconds", "Unix time of the last alert per probe.",
-                                ["probe"], registry=r)
-        self.incident_store_errors = Counter("probewatch_incident_store_errors_total",
-                                             "Incident rows that could not be written.", registry=r)
-        self.webhook_deliveries = Counter("probewatch_webhook_deliveries_total", "Webhook deliveries by outcome.",
-                                          ["outcome"], registry=r)
+        self.queue_capacity = Gauge(
+            "probewatch_queue_capacity",
+            "Bound of the scoring queue (alert rules compare queue depth with it).",
+            registry=r,
+        )
+        self.dropped_chunks = Counter(
+            "probewatch_dropped_chunks_total",
+            "Chunks not scored: sidecar queue full, or dropped by a client (reported at close).",
+            ["reason"],
+            registry=r,
+        )
+        self.active_streams = Gauge(
+            "probewatch_active_streams", "Open Monitor streams (connected clients).", registry=r
+        )
+        self.active_generations = Gauge(
+            "probewatch_active_generations", "Generations opened and not yet finished.", registry=r
+        )
+        self.rejected = Counter(
+            "probewatch_rejected_messages_total", "Messages refused, by gRPC status code name.", ["code"], registry=r
+        )
+        self.bundle_info = Info(
+            "probewatch_bundle",
+            "Loaded probe bundles.",
+            ["probe", "behaviour", "kind", "layer", "version", "fingerprint"],
+            registry=r,
+        )
+        self.last_alert = Gauge(
+            "probewatch_last_alert_timestamp_seconds", "Unix time of the last alert per probe.", ["probe"], registry=r
+        )
+        self.incident_store_errors = Counter(
+            "probewatch_incident_store_errors_total", "Incident rows that could not be written.", registry=r
+        )
+        self.webhook_deliveries = Counter(
+            "probewatch_webhook_deliveries_total", "Webhook deliveries by outcome.", ["outcome"], registry=r
+        )
         for reason in ("queue_full", "client_dropped"):
             self.dropped_chunks.labels(reason=reason)
         for status in ("closed", "aborted"):
@@ -152,9 +187,19 @@ class SidecarMetrics:
         for b in bundles:
             m = b.manifest
             # Info carries its labels as the info dict: all six label names are declared up front.
-            self.bundle_info.labels(probe=m.id, behaviour=m.behaviour, kind=m.kind, layer=str(m.layer),
-                                    version=str(m.version), fingerprint=m.model.fingerprint).info({})
+            self.bundle_info.labels(
+                probe=m.id,
+                behaviour=m.behaviour,
+                kind=m.kind,
+                layer=str(m.layer),
+                version=str(m.version),
+                fingerprint=m.model.fingerprint,
+            ).info({})
             self.alerts.labels(probe=m.id, behaviour=m.behaviour)
+
+
+# Why a capture self-check failed (labels of probewatch_client_capture_errors_total).
+CAPTURE_ERROR_REASONS = ("position", "rows", "batch")
 
 
 class ClientMetrics:
@@ -163,16 +208,36 @@ class ClientMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.monitoring_up = Gauge("probewatch_client_monitoring_up",
-                                   "1 while the attach client is connected to its sidecar, else 0 (fail-open).", registry=r)
-        self.dropped_chunks = Counter("probewatch_client_dropped_chunks_total",
-                                      "Captured chunks not delivered to the sidecar, by reason.", ["reason"], registry=r)
+        self.monitoring_up = Gauge(
+            "probewatch_client_monitoring_up",
+            "1 while the attach client is connected to its sidecar, else 0 (fail-open).",
+            registry=r,
+        )
+        self.dropped_chunks = Counter(
+            "probewatch_client_dropped_chunks_total",
+            "Captured chunks not delivered to the sidecar, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.chunks_sent = Counter("probewatch_client_chunks_sent_total", "Activation chunks sent.", registry=r)
-        self.unmonitored = Counter("probewatch_client_unmonitored_generations_total",
-                                   "Generations that ran without monitoring (sidecar down, disabled, unsupported input).",
-                                   ["reason"], registry=r)
-        self.reconnects = Counter("probewatch_client_reconnects_total", "Connection attempts to the sidecar that failed.",
-                                  registry=r)
+        self.unmonitored = Counter(
+            "probewatch_client_unmonitored_generations_total",
+            "Generations that ran without monitoring (sidecar down, disabled, unsupported input).",
+            ["reason"],
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "probewatch_client_reconnects_total", "Connection attempts to the sidecar that failed.", registry=r
+        )
+        self.capture_errors = Counter(
+            "probewatch_client_capture_errors_total",
+            "Generations whose capture failed its self-check (positions or rows per step not as expected); "
+            "their monitoring stopped instead of sending rows at wrong positions.",
+            ["reason"],
+            registry=r,
+        )
+        for reason in CAPTURE_ERROR_REASONS:
+            self.capture_errors.labels(reason=reason)
         for reason in ("queue_full", "sidecar_down", "rejected"):
             self.dropped_chunks.labels(reason=reason)
 

@@ -68,18 +68,18 @@ class SidecarConfig(BaseModel):
 
     model_id: str
     fingerprint: str
-    d_model: int | None = None          # None: taken from the bundles' manifests
+    d_model: int | None = None  # None: taken from the bundles' manifests
     bundle_paths: list[Path] = Field(default_factory=list)
     host: str = "0.0.0.0"
     port: int = 50051
     metrics_host: str = "0.0.0.0"
-    metrics_port: int | None = 9400      # None: no /metrics server
-    incident_db: Path | None = None      # None: incidents are not recorded
+    metrics_port: int | None = 9400  # None: no /metrics server
+    incident_db: Path | None = None  # None: incidents are not recorded
     webhook_url: str | None = None
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     queue_size: int = 1024
     max_batch_rows: int = 16384
-    max_workers: int = 64                # gRPC threads; each live stream holds one
+    max_workers: int = 64  # gRPC threads; each live stream holds one
     put_timeout_s: float = 5.0
     # SAE latents exported as probewatch_sae_feature_activation, {SAE name: latent ids};
     # None: the latents the loaded sae_feature probes read (at most 32 per SAE)
@@ -107,8 +107,11 @@ def server_credentials(config: SidecarConfig) -> grpc.ServerCredentials | None:
         return data
 
     ca = read(config.tls_client_ca, "client CA") if config.tls_client_ca else None
-    return grpc.ssl_server_credentials([(read(config.tls_key, "key"), read(config.tls_cert, "certificate"))],
-                                       root_certificates=ca, require_client_auth=ca is not None)
+    return grpc.ssl_server_credentials(
+        [(read(config.tls_key, "key"), read(config.tls_cert, "certificate"))],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
 
 
 @dataclass
@@ -133,11 +136,14 @@ def resolve_model_identity(spec: str | None, fingerprint: str | None = None) -> 
         try:
             from huggingface_hub import snapshot_download
 
-            folder = snapshot_download(folder, allow_patterns=["config.json", "*.safetensors"],
-                                       local_files_only=envs.offline())
-        except Exception as exc:  # noqa: BLE001 - any hub failure is the same CLI error
-            raise ProbewatchError(f"cannot read model {spec!r} to fingerprint it: {exc}; pass a local folder "
-                                  "with --model or the fingerprint with --fingerprint") from exc
+            folder = snapshot_download(
+                folder, allow_patterns=["config.json", "*.safetensors"], local_files_only=envs.offline()
+            )
+        except Exception as exc:  # any hub failure is the same CLI error
+            raise ProbewatchError(
+                f"cannot read model {spec!r} to fingerprint it: {exc}; pass a local folder "
+                "with --model or the fingerprint with --fingerprint"
+            ) from exc
     try:
         fp = fingerprint_folder(folder)
     except FileNotFoundError as exc:
@@ -148,8 +154,9 @@ def resolve_model_identity(spec: str | None, fingerprint: str | None = None) -> 
     return ModelIdentity(model_id, fp, d_model, str(folder))
 
 
-def sidecar_config_for(model: str | None, bundles: list[str] | None = None, fingerprint: str | None = None,
-                       **settings) -> SidecarConfig:
+def sidecar_config_for(
+    model: str | None, bundles: list[str] | None = None, fingerprint: str | None = None, **settings
+) -> SidecarConfig:
     """Resolve a model spec and bundle specs (default: the shipped bundles for the model)."""
     from probewatch.bundle_index import default_bundle_dirs, resolve_bundle_specs, shipped_root
 
@@ -158,11 +165,17 @@ def sidecar_config_for(model: str | None, bundles: list[str] | None = None, fing
     if not paths:
         raise ProbewatchError(
             f"no probe bundles for model {identity.model_id!r}: none shipped under {shipped_root()} and none given. "
-            "Train them (the training pipeline exports bundles under probes/shipped/<model>/) or pass --bundles DIR")
+            "Train them (the training pipeline exports bundles under probes/shipped/<model>/) or pass --bundles DIR"
+        )
     if settings.get("webhook_url"):
         validate_webhook_url(settings["webhook_url"])
-    return SidecarConfig(model_id=identity.model_id, fingerprint=identity.fingerprint, d_model=identity.d_model,
-                         bundle_paths=list(paths), **settings)
+    return SidecarConfig(
+        model_id=identity.model_id,
+        fingerprint=identity.fingerprint,
+        d_model=identity.d_model,
+        bundle_paths=list(paths),
+        **settings,
+    )
 
 
 class Sidecar:
@@ -171,15 +184,17 @@ class Sidecar:
     def __init__(self, config: SidecarConfig, bundles: list[Bundle] | None = None) -> None:
         self.config = config
         if bundles is None:
-            bundles = load_bundles(config.bundle_paths, expected_fingerprint=config.fingerprint,
-                                   expected_d_model=config.d_model)
+            bundles = load_bundles(
+                config.bundle_paths, expected_fingerprint=config.fingerprint, expected_d_model=config.d_model
+            )
         else:
             mismatched = [b.id for b in bundles if b.manifest.model.fingerprint != config.fingerprint]
             if mismatched:
                 from probewatch.probes.errors import FingerprintMismatchError
 
-                raise FingerprintMismatchError(f"bundles {mismatched} were not trained on the model with fingerprint "
-                                               f"{config.fingerprint}")
+                raise FingerprintMismatchError(
+                    f"bundles {mismatched} were not trained on the model with fingerprint {config.fingerprint}"
+                )
         if not bundles:
             raise ProbewatchError("the sidecar needs at least one probe bundle")
         self.runtime = ProbeRuntime(bundles, d_model=config.d_model, watch=config.watch)
@@ -192,11 +207,19 @@ class Sidecar:
         self.incidents = IncidentStore.open(config.incident_db) if config.incident_db else None
         self.webhook = None
         if config.webhook_url:
-            self.webhook = WebhookSender(config.webhook_url,
-                                         on_outcome=lambda o: self.metrics.webhook_deliveries.labels(outcome=o).inc())
-        self.engine = ScoringEngine(self.runtime, self.metrics, config.fingerprint, incidents=self.incidents,
-                                    webhook=self.webhook, queue_size=config.queue_size,
-                                    max_batch_rows=config.max_batch_rows, put_timeout_s=config.put_timeout_s)
+            self.webhook = WebhookSender(
+                config.webhook_url, on_outcome=lambda o: self.metrics.webhook_deliveries.labels(outcome=o).inc()
+            )
+        self.engine = ScoringEngine(
+            self.runtime,
+            self.metrics,
+            config.fingerprint,
+            incidents=self.incidents,
+            webhook=self.webhook,
+            queue_size=config.queue_size,
+            max_batch_rows=config.max_batch_rows,
+            put_timeout_s=config.put_timeout_s,
+        )
         self.servicer = MonitorServicer(self)
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
@@ -210,12 +233,17 @@ class Sidecar:
         limit = 2 * self.config.max_message_bytes  # transport backstop; the per-message check is in the servicer
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.config.max_workers, thread_name_prefix="probewatch-grpc"),
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
-                     ("grpc.so_reuseport", 0)])
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
         pb_grpc.add_MonitorServicer_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        )
         address = f"{self.config.host}:{self.config.port}"
         credentials = server_credentials(self.config)
         try:
@@ -230,15 +258,22 @@ class Sidecar:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.config.metrics_port is not None:
             try:
-                self._metrics_server, _ = serve_metrics(self.metrics.registry, self.config.metrics_port,
-                                                        self.config.metrics_host)
+                self._metrics_server, _ = serve_metrics(
+                    self.metrics.registry, self.config.metrics_port, self.config.metrics_host
+                )
             except OSError as exc:
                 self.stop(0)
                 raise ProbewatchError(f"cannot serve /metrics on port {self.config.metrics_port}: {exc}") from exc
             self.metrics_port = self._metrics_server.server_port
-        log.info("probewatch sidecar: gRPC%s on %s:%s, /metrics on %s, %d probes on layers %s",
-                 " (TLS)" if credentials else "", self.config.host, port, self.metrics_port, len(self.runtime.bundles),
-                 self.runtime.layers)
+        log.info(
+            "probewatch sidecar: gRPC%s on %s:%s, /metrics on %s, %d probes on layers %s",
+            " (TLS)" if credentials else "",
+            self.config.host,
+            port,
+            self.metrics_port,
+            len(self.runtime.bundles),
+            self.runtime.layers,
+        )
         return self
 
     @property
@@ -291,24 +326,46 @@ class MonitorServicer(pb_grpc.MonitorServicer):
         probes = []
         for bundle in self.runtime.bundles:
             m = bundle.manifest
-            probes.append(pb.ProbeInfo(
-                id=m.id, behaviour=m.behaviour, kind=m.kind, layer=m.layer, token_selection=m.token_selection,
-                aggregation=m.aggregation.method, window=m.aggregation.window, alpha=m.aggregation.alpha,
-                threshold=m.threshold.value, version=str(m.version), model_fingerprint=m.model.fingerprint,
-                description=m.description, weights_sha256=m.weights_sha256))
+            probes.append(
+                pb.ProbeInfo(
+                    id=m.id,
+                    behaviour=m.behaviour,
+                    kind=m.kind,
+                    layer=m.layer,
+                    token_selection=m.token_selection,
+                    aggregation=m.aggregation.method,
+                    window=m.aggregation.window,
+                    alpha=m.aggregation.alpha,
+                    threshold=m.threshold.value,
+                    version=str(m.version),
+                    model_fingerprint=m.model.fingerprint,
+                    description=m.description,
+                    weights_sha256=m.weights_sha256,
+                )
+            )
         plans = []
         sae_layers = set(getattr(self.runtime, "sae_layers", []))
         for layer in self.runtime.layers:
             on_layer = [s for s in specs.values() if s.layer == layer]
             stack = self.runtime.stacks.get(layer)
-            plans.append(pb.LayerPlan(
-                layer=layer, probe_ids=list(stack.probe_ids) if stack else [],
-                projection=encode_array(stack.weight.cpu().numpy()) if stack else None,
-                rows_required=layer in sae_layers or any(not is_linear(s.kind) for s in on_layer),
-                prompt_rows=layer_prompt_rows(on_layer)))
-        return pb.ListProbesResponse(model_id=config.model_id, model_fingerprint=config.fingerprint,
-                                     d_model=self.d_model, probes=probes, layers=self.runtime.layers, plans=plans,
-                                     max_message_bytes=config.max_message_bytes)
+            plans.append(
+                pb.LayerPlan(
+                    layer=layer,
+                    probe_ids=list(stack.probe_ids) if stack else [],
+                    projection=encode_array(stack.weight.cpu().numpy()) if stack else None,
+                    rows_required=layer in sae_layers or any(not is_linear(s.kind) for s in on_layer),
+                    prompt_rows=layer_prompt_rows(on_layer),
+                )
+            )
+        return pb.ListProbesResponse(
+            model_id=config.model_id,
+            model_fingerprint=config.fingerprint,
+            d_model=self.d_model,
+            probes=probes,
+            layers=self.runtime.layers,
+            plans=plans,
+            max_message_bytes=config.max_message_bytes,
+        )
 
     def ListProbes(self, request, context):
         return self._list_response
@@ -325,12 +382,16 @@ class MonitorServicer(pb_grpc.MonitorServicer):
     def _score(self, request: pb.ScoreRequest) -> pb.ScoreResponse:
         fp = self.sidecar.config.fingerprint
         if request.model_fingerprint and request.model_fingerprint != fp:
-            raise WireError(grpc.StatusCode.FAILED_PRECONDITION,
-                            f"model fingerprint {request.model_fingerprint} does not match the sidecar's {fp}")
+            raise WireError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"model fingerprint {request.model_fingerprint} does not match the sidecar's {fp}",
+            )
         unknown = [p for p in request.probe_ids if p not in self.engine.specs]
         if unknown:
-            raise WireError(grpc.StatusCode.NOT_FOUND,
-                            f"unknown probe(s) {', '.join(unknown)}; loaded probes: {', '.join(self.engine.specs)}")
+            raise WireError(
+                grpc.StatusCode.NOT_FOUND,
+                f"unknown probe(s) {', '.join(unknown)}; loaded probes: {', '.join(self.engine.specs)}",
+            )
         if request.prompt_length < 0:
             raise invalid("negative prompt_length")
         payloads: dict[int, tuple[str, np.ndarray]] = {}
@@ -343,7 +404,9 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             n = int(shape[0]) if shape else 0
             data = decode_rows(lp.payload, n, width, f"layer {lp.layer}")
             if n_rows is not None and n != n_rows:
-                raise invalid(f"layer {lp.layer} carries {n} rows but an earlier layer {n_rows}; one sequence per request")
+                raise invalid(
+                    f"layer {lp.layer} carries {n} rows but an earlier layer {n_rows}; one sequence per request"
+                )
             n_rows = n
             payloads[lp.layer] = (kind, data)
         if not payloads:
@@ -353,12 +416,25 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             if layer not in payloads:
                 raise invalid(f"probe {pid} reads layer {layer}, which the request does not carry")
         results = self.engine.score_now(payloads, int(request.prompt_length), list(request.probe_ids))
-        return pb.ScoreResponse(probes=[pb.ProbeScores(
-            result=pb.ProbeResult(probe_id=r.spec.id, behaviour=r.spec.behaviour, score=r.aggregate,
-                                  threshold=r.spec.threshold, flagged=r.flagged, n_tokens=len(r.scores),
-                                  aggregation=r.spec.aggregation.method, token_selection=r.spec.token_selection),
-            positions=r.positions.tolist(), token_scores=encode_array(r.scores.astype(np.float32)))
-            for r in results])
+        return pb.ScoreResponse(
+            probes=[
+                pb.ProbeScores(
+                    result=pb.ProbeResult(
+                        probe_id=r.spec.id,
+                        behaviour=r.spec.behaviour,
+                        score=r.aggregate,
+                        threshold=r.spec.threshold,
+                        flagged=r.flagged,
+                        n_tokens=len(r.scores),
+                        aggregation=r.spec.aggregation.method,
+                        token_selection=r.spec.token_selection,
+                    ),
+                    positions=r.positions.tolist(),
+                    token_scores=encode_array(r.scores.astype(np.float32)),
+                )
+                for r in results
+            ]
+        )
 
     def _layer_kind(self, layer: int, kind: int) -> tuple[str, int]:
         """(kind name, expected width) of a payload for `layer`, or INVALID_ARGUMENT."""
@@ -369,8 +445,10 @@ class MonitorServicer(pb_grpc.MonitorServicer):
         if kind == pb.PAYLOAD_KIND_PROJECTIONS:
             stack = self.runtime.stacks.get(layer)
             if stack is None:
-                raise invalid(f"no linear probe reads layer {layer}: no projections to score "
-                              f"(pushdown layers: {sorted(self.runtime.stacks)})")
+                raise invalid(
+                    f"no linear probe reads layer {layer}: no projections to score "
+                    f"(pushdown layers: {sorted(self.runtime.stacks)})"
+                )
             return PROJECTIONS, stack.k
         raise invalid(f"payload kind {kind} is neither RESIDUAL_ROWS nor PROJECTIONS")
 
@@ -384,8 +462,12 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             stream.outbox.put(_END)
 
         context.add_callback(on_done)
-        reader = threading.Thread(target=self._read, args=(request_iterator, context, stream),
-                                  name=f"probewatch-stream-{stream.id}", daemon=True)
+        reader = threading.Thread(
+            target=self._read,
+            args=(request_iterator, context, stream),
+            name=f"probewatch-stream-{stream.id}",
+            daemon=True,
+        )
         reader.start()
         try:
             while True:
@@ -434,7 +516,9 @@ class MonitorServicer(pb_grpc.MonitorServicer):
                 gen.prompt_text = close.prompt_text or None
                 gen.response_text = close.response_text or None
                 gen.client_dropped = int(close.dropped_chunks)
-                self.engine.submit_control(CloseWork(gen))
+                if close.abort_reason:
+                    log.warning("generation %s: the client stopped monitoring it: %s", gid, close.abort_reason)
+                self.engine.submit_control(CloseWork(gen, status="aborted" if close.abort_reason else "closed"))
             else:
                 raise invalid("empty MonitorRequest (set open, chunk or close)")
         except WireError as exc:
@@ -449,13 +533,19 @@ class MonitorServicer(pb_grpc.MonitorServicer):
         chunk = message.chunk if isinstance(message, pb.MonitorRequest) and message.HasField("chunk") else None
         if chunk is not None:
             # an upper bound of the encoded size: ByteSize() re-encodes the whole payload (~0.1 ms per chunk)
-            size = (len(chunk.payload.data) + 11 * (len(chunk.positions) + len(chunk.token_ids) + len(chunk.payload.shape))
-                    + len(chunk.generation_id) + 64)
+            size = (
+                len(chunk.payload.data)
+                + 11 * (len(chunk.positions) + len(chunk.token_ids) + len(chunk.payload.shape))
+                + len(chunk.generation_id)
+                + 64
+            )
         else:
             size = message.ByteSize()
         if size > limit:
-            raise WireError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                            f"{what}: message of {size} bytes is over the {limit}-byte limit; split it into smaller chunks")
+            raise WireError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{what}: message of {size} bytes is over the {limit}-byte limit; split it into smaller chunks",
+            )
 
     def _chunk(self, stream: StreamState, chunk: pb.ActivationChunk) -> None:
         received = time.perf_counter()
@@ -467,9 +557,13 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             raise invalid(f"{what}: {len(chunk.token_ids)} token_ids for {len(positions)} positions")
         data = decode_rows(chunk.payload, len(positions), width, what)
         gen.last_position[chunk.layer] = int(positions[-1])
-        work = ChunkWork(generation=gen, layer=chunk.layer, kind=kind, positions=positions, data=data,
-                         received_at=received)
+        work = ChunkWork(
+            generation=gen, layer=chunk.layer, kind=kind, positions=positions, data=data, received_at=received
+        )
         if not self.engine.submit_chunk(work):
             # not a malformed message: counted in probewatch_dropped_chunks_total{reason="queue_full"}
-            stream.error(gen.id, WireError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                           f"{what}: scoring queue full; chunk dropped"), chunk.layer)
+            stream.error(
+                gen.id,
+                WireError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{what}: scoring queue full; chunk dropped"),
+                chunk.layer,
+            )

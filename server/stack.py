@@ -19,12 +19,12 @@ log = logging.getLogger(__name__)
 class StackOptions:
     model: str | None = None
     bundles: list[str] | None = None
-    sidecar: str | None = None            # external sidecar address; None: start one in-process
-    mode: str = "rows"                    # attach mode: rows | pushdown
+    sidecar: str | None = None  # external sidecar address; None: start one in-process
+    mode: str = "rows"  # attach mode: rows | pushdown
     host: str = "127.0.0.1"
-    port: int = 8000                      # HTTP port (0: ephemeral)
-    sidecar_port: int = 0                 # in-process sidecar gRPC port (0: ephemeral)
-    metrics_port: int | None = 0          # in-process sidecar /metrics port (0: ephemeral, None: off)
+    port: int = 8000  # HTTP port (0: ephemeral)
+    sidecar_port: int = 0  # in-process sidecar gRPC port (0: ephemeral)
+    metrics_port: int | None = 0  # in-process sidecar /metrics port (0: ephemeral, None: off)
     incident_db: Path | None = None
     webhook_url: str | None = None
     max_tokens: int = 128
@@ -52,19 +52,31 @@ class LocalStack:
             address = o.sidecar
             if address is None:
                 # resolve bundles before loading the model: a missing-bundles error should come first and fast
-                config = sidecar_config_for(o.model, o.bundles, host="127.0.0.1", port=o.sidecar_port,
-                                            metrics_host="127.0.0.1" if o.host == "127.0.0.1" else "0.0.0.0",
-                                            metrics_port=o.metrics_port, incident_db=o.incident_db,
-                                            webhook_url=o.webhook_url)
+                config = sidecar_config_for(
+                    o.model,
+                    o.bundles,
+                    host="127.0.0.1",
+                    port=o.sidecar_port,
+                    metrics_host="127.0.0.1" if o.host == "127.0.0.1" else "0.0.0.0",
+                    metrics_port=o.metrics_port,
+                    incident_db=o.incident_db,
+                    webhook_url=o.webhook_url,
+                )
                 self.sidecar = Sidecar(config).start()
                 address = self.sidecar.address
             self.loaded = load_model(o.model)
-            self.monitor = attach(self.loaded.model, self.loaded.tokenizer, sidecar=address, mode=o.mode,
-                                  **o.extra_attach)
+            self.monitor = attach(
+                self.loaded.model, self.loaded.tokenizer, sidecar=address, mode=o.mode, **o.extra_attach
+            )
             if self.monitor.enabled and not self.monitor.wait_ready(o.connect_timeout_s):
                 log.warning("probewatch: sidecar %s not reachable yet; serving unmonitored until it is", address)
-            self.service = ChatService(self.loaded.model, self.loaded.tokenizer, self.monitor, self.loaded.model_id,
-                                       default_max_tokens=o.max_tokens)
+            self.service = ChatService(
+                self.loaded.model,
+                self.loaded.tokenizer,
+                self.monitor,
+                self.loaded.model_id,
+                default_max_tokens=o.max_tokens,
+            )
             self.http = HTTPServerThread(create_app(self.service), o.host, o.port).start()
         except OSError as exc:
             self.stop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,7 +32,9 @@ def validate_webhook_url(url: str) -> str:
     except ValueError as exc:
         raise WebhookURLError(f"malformed webhook URL {url!r}: {exc}") from exc
     if parts.scheme not in ("http", "https"):
-        raise WebhookURLError(f"malformed webhook URL {url!r}: scheme must be http or https, got {parts.scheme or '(none)'!r}")
+        raise WebhookURLError(
+            f"malformed webhook URL {url!r}: scheme must be http or https, got {parts.scheme or '(none)'!r}"
+        )
     if not parts.hostname:
         raise WebhookURLError(f"malformed webhook URL {url!r}: no host")
     if any(c.isspace() for c in url):
@@ -45,8 +46,16 @@ def validate_webhook_url(url: str) -> str:
 class WebhookSender:
     """One daemon thread delivering queued payloads in order."""
 
-    def __init__(self, url: str, on_outcome=None, max_attempts: int = 5, base_delay_s: float = 0.5,
-                 max_delay_s: float = 30.0, timeout_s: float = 5.0, queue_size: int = 1000) -> None:
+    def __init__(
+        self,
+        url: str,
+        on_outcome=None,
+        max_attempts: int = 5,
+        base_delay_s: float = 0.5,
+        max_delay_s: float = 30.0,
+        timeout_s: float = 5.0,
+        queue_size: int = 1000,
+    ) -> None:
         self.url = validate_webhook_url(url)
         self.on_outcome = on_outcome or (lambda outcome: None)
         self.max_attempts = max_attempts

@@ -77,15 +77,19 @@ def decode_tensor(msg: pb.Tensor, what: str = "payload") -> np.ndarray:
     """Tensor -> float32 numpy array of its shape; checks dtype and shape against the byte length."""
     entry = _DTYPES.get(msg.dtype)
     if entry is None:
-        raise invalid(f"{what}: unsupported dtype {pb.DType.Name(msg.dtype) if msg.dtype in pb.DType.values() else msg.dtype}; "
-                      f"send one of {', '.join(n for _, _, n in _DTYPES.values())}")
+        raise invalid(
+            f"{what}: unsupported dtype {pb.DType.Name(msg.dtype) if msg.dtype in pb.DType.values() else msg.dtype}; "
+            f"send one of {', '.join(n for _, _, n in _DTYPES.values())}"
+        )
     storage, itemsize, name = entry
     shape = tuple(int(s) for s in msg.shape)
     if any(s < 0 for s in shape):
         raise invalid(f"{what}: negative dimension in shape {list(shape)}")
     expected = math.prod(shape) * itemsize
     if len(msg.data) != expected:
-        raise invalid(f"{what}: shape {list(shape)} of {name} needs {expected} bytes but the message carries {len(msg.data)}")
+        raise invalid(
+            f"{what}: shape {list(shape)} of {name} needs {expected} bytes but the message carries {len(msg.data)}"
+        )
     flat = np.frombuffer(msg.data, dtype=storage)
     if name == "bfloat16":
         flat = (flat.astype(np.uint32) << 16).view(np.float32)
@@ -120,6 +124,8 @@ def check_positions(positions: Sequence[int], after: int, what: str) -> np.ndarr
     if pos.size > 1 and not (np.diff(pos) > 0).all():
         raise invalid(f"{what}: positions must be strictly increasing")
     if pos[0] <= after:
-        raise invalid(f"{what}: position {int(pos[0])} already sent (last position on this layer: {after}); "
-                      "positions must increase across chunks")
+        raise invalid(
+            f"{what}: position {int(pos[0])} already sent (last position on this layer: {after}); "
+            "positions must increase across chunks"
+        )
     return pos

@@ -22,8 +22,14 @@ def tiny_config(layout: str = "llama"):
     """A small random-init config of one of the supported module layouts."""
     from transformers import AutoConfig
 
-    common = dict(vocab_size=256, num_hidden_layers=4, num_attention_heads=4, hidden_size=64,
-                  intermediate_size=128, max_position_embeddings=256)
+    common = {
+        "vocab_size": 256,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "max_position_embeddings": 256,
+    }
     if layout == "llama":
         return AutoConfig.for_model("llama", num_key_value_heads=2, **common)
     if layout == "qwen2":

@@ -44,27 +44,46 @@ BUNDLE_FILES = ("manifest.json", "weights.safetensors", "report.json")
 LINEAR_FOR_BEHAVIOUR = {"deception": "deception", "refusal": "refusal", "alignment_faking": "alignment-faking"}
 SAE_METHODS = ("l1", "named")
 SAE_REPORTS = "sae"
-BASIS_TEXT = {"heldout_kind": "held-out-kind AUROC", "ood": "the mean of validation and out-of-distribution AUROC",
-              "validation": "validation AUROC"}
+BASIS_TEXT = {
+    "heldout_kind": "held-out-kind AUROC",
+    "ood": "the mean of validation and out-of-distribution AUROC",
+    "validation": "validation AUROC",
+}
 
 
 def add_arguments_quality(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probes", nargs="+", choices=list(JOBS), default=list(JOBS), help="which probes to train")
     parser.add_argument("--data-dir", type=Path, default=None, help="public datasets (default: $PROBEWATCH_DATA)")
-    parser.add_argument("--doc", type=Path, default=None, help="markdown report (default: docs/quality.md of the checkout)")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs/quality"), help="where training writes (default runs/quality)")
-    parser.add_argument("--no-ship", dest="ship", action="store_false",
-                        help="do not copy the bundles into probes/shipped/<model>/")
+    parser.add_argument(
+        "--doc", type=Path, default=None, help="markdown report (default: docs/quality.md of the checkout)"
+    )
+    parser.add_argument(
+        "--runs-dir", type=Path, default=Path("runs/quality"), help="where training writes (default runs/quality)"
+    )
+    parser.add_argument(
+        "--no-ship", dest="ship", action="store_false", help="do not copy the bundles into probes/shipped/<model>/"
+    )
     parser.add_argument("--layers", default=None, help="override the layer sweep (e.g. '5,9,13' for a quick run)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.add_argument("--sae", type=Path, default=None,
-                        help="SAE for the SAE-feature probe comparison (default: the shipped SAE for the model)")
-    parser.add_argument("--no-sae", dest="with_sae", action="store_false",
-                        help="skip the SAE-feature probes (linear probes only)")
-    parser.add_argument("--render-only", action="store_true",
-                        help="re-render the doc from the reports already in --runs-dir (no training)")
-    parser.add_argument("--sae-only", action="store_true",
-                        help="refit only the SAE-feature probes, reuse the linear reports in --runs-dir, re-render")
+    parser.add_argument(
+        "--sae",
+        type=Path,
+        default=None,
+        help="SAE for the SAE-feature probe comparison (default: the shipped SAE for the model)",
+    )
+    parser.add_argument(
+        "--no-sae", dest="with_sae", action="store_false", help="skip the SAE-feature probes (linear probes only)"
+    )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-render the doc from the reports already in --runs-dir (no training)",
+    )
+    parser.add_argument(
+        "--sae-only",
+        action="store_true",
+        help="refit only the SAE-feature probes, reuse the linear reports in --runs-dir, re-render",
+    )
 
 
 def _repo_root() -> Path:
@@ -92,9 +111,16 @@ def main(args: argparse.Namespace) -> int:
         job = dict(JOBS[name])
         all_layers = job.pop("all_layers", False)
         t = time.perf_counter()
-        config = TrainConfig(model=args.model, data_dir=args.data_dir, out=args.runs_dir / name, force=True,
-                             layers=layers or (list(range(loaded.n_layers)) if all_layers else None),
-                             progress=not args.quiet, command=_train_command(name, job, all_layers, loaded.n_layers), **job)
+        config = TrainConfig(
+            model=args.model,
+            data_dir=args.data_dir,
+            out=args.runs_dir / name,
+            force=True,
+            layers=layers or (list(range(loaded.n_layers)) if all_layers else None),
+            progress=not args.quiet,
+            command=_train_command(name, job, all_layers, loaded.n_layers),
+            **job,
+        )
         print(f"[bench quality] training {name} ...", file=sys.stderr, flush=True)
         result = train(config, loaded=loaded)
         report = result.report
@@ -110,26 +136,51 @@ def main(args: argparse.Namespace) -> int:
             ship.mkdir(parents=True, exist_ok=True)
             for f in BUNDLE_FILES:
                 shutil.copy2(result.bundle_path / f, ship / f)
-        print(f"[bench quality] {name}: test AUROC {report['metrics']['auroc']:.3f}, held-out kinds "
-              f"{_fmt(report['metrics']['auroc_heldout_kind'])}, {time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
+        print(
+            f"[bench quality] {name}: test AUROC {report['metrics']['auroc']:.3f}, held-out kinds "
+            f"{_fmt(report['metrics']['auroc_heldout_kind'])}, {time.perf_counter() - t:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
     diagnostics = {}
     if "alignment-faking" in results:
         diagnostics["alignment-faking"] = lexical_confounds(loaded, args.runs_dir / "alignment-faking")
     linear_s = time.perf_counter() - t0
-    sae_results = fit_sae_probes(args, loaded, [r["behaviour"] for r in results.values()]) if getattr(args, "with_sae", True) else {}
+    sae_results = (
+        fit_sae_probes(args, loaded, [r["behaviour"] for r in results.values()])
+        if getattr(args, "with_sae", True)
+        else {}
+    )
     total = time.perf_counter() - t0
     (args.runs_dir / "diagnostics.json").write_text(json.dumps(diagnostics, indent=1))
-    (args.runs_dir / "timing.json").write_text(json.dumps({"total_s": linear_s, "sae_s": total - linear_s,
-                                                                   "probes": list(results)}))
+    (args.runs_dir / "timing.json").write_text(
+        json.dumps({"total_s": linear_s, "sae_s": total - linear_s, "probes": list(results)})
+    )
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(render_markdown(results, diagnostics, total, loaded, doc, sae_results))
-    summary = {name: {"auroc": r["metrics"]["auroc"], "auroc_heldout_kind": r["metrics"]["auroc_heldout_kind"],
-                      "auroc_ood": r["metrics"]["auroc_ood"], "recall_at_fpr_control": r["metrics"]["recall_at_fpr_control"],
-                      "layer": r["selection"]["chosen"]["layer"], "method": r["selection"]["chosen"]["method"],
-                      "aggregation": r["selection"]["chosen"]["aggregation"]} for name, r in results.items()}
-    summary.update({sid: {"auroc": r["metrics"]["auroc"], "auroc_heldout_kind": r["metrics"]["auroc_heldout_kind"],
-                          "recall_at_fpr_control": r["metrics"]["recall_at_fpr_control"], "n_latents": r["n_latents"]}
-                    for sid, r in sae_results.items()})
+    summary = {
+        name: {
+            "auroc": r["metrics"]["auroc"],
+            "auroc_heldout_kind": r["metrics"]["auroc_heldout_kind"],
+            "auroc_ood": r["metrics"]["auroc_ood"],
+            "recall_at_fpr_control": r["metrics"]["recall_at_fpr_control"],
+            "layer": r["selection"]["chosen"]["layer"],
+            "method": r["selection"]["chosen"]["method"],
+            "aggregation": r["selection"]["chosen"]["aggregation"],
+        }
+        for name, r in results.items()
+    }
+    summary.update(
+        {
+            sid: {
+                "auroc": r["metrics"]["auroc"],
+                "auroc_heldout_kind": r["metrics"]["auroc_heldout_kind"],
+                "recall_at_fpr_control": r["metrics"]["recall_at_fpr_control"],
+                "n_latents": r["n_latents"],
+            }
+            for sid, r in sae_results.items()
+        }
+    )
     summary["total_s"] = total
     print(f"[bench quality] wrote {doc} in {total / 60:.1f} min", file=sys.stderr)
     if getattr(args, "json", False):
@@ -138,8 +189,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) -> int:
-    results = {name: json.loads((args.runs_dir / name / "report.json").read_text())
-               for name in args.probes if (args.runs_dir / name / "report.json").is_file()}
+    results = {
+        name: json.loads((args.runs_dir / name / "report.json").read_text())
+        for name in args.probes
+        if (args.runs_dir / name / "report.json").is_file()
+    }
     if not results:
         raise FileNotFoundError(f"no reports under {args.runs_dir}; run `probewatch bench quality` first")
     diagnostics = {}
@@ -155,11 +209,16 @@ def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) ->
         saved["sae_s"] = time.perf_counter() - t
         timing.write_text(json.dumps(saved))
     elif getattr(args, "with_sae", True):
-        sae_results = {p.parent.name: json.loads(p.read_text())
-                       for p in sorted((args.runs_dir / SAE_REPORTS).glob("*/report.json"))}
+        sae_results = {
+            p.parent.name: json.loads(p.read_text())
+            for p in sorted((args.runs_dir / SAE_REPORTS).glob("*/report.json"))
+        }
     total = float(saved.get("total_s", 0.0)) + float(saved.get("sae_s", 0.0) if sae_results else 0.0)
     doc.write_text(render_markdown(results, diagnostics, total, loaded, doc, sae_results))
-    print(f"[bench quality] re-rendered {doc} from {len(results)} reports in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    print(
+        f"[bench quality] re-rendered {doc} from {len(results)} reports in {time.perf_counter() - t0:.0f}s",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -179,22 +238,38 @@ def fit_sae_probes(args: argparse.Namespace, loaded: Any, behaviours: list[str])
 
     sae_dir = args.sae or default_sae_dir(loaded)
     if sae_dir is None:
-        print(f"[bench quality] no shipped SAE for {loaded.model_id}; skipping SAE-feature probes (--sae DIR)", file=sys.stderr)
+        print(
+            f"[bench quality] no shipped SAE for {loaded.model_id}; skipping SAE-feature probes (--sae DIR)",
+            file=sys.stderr,
+        )
         return {}
     out: dict[str, dict] = {}
     for behaviour in dict.fromkeys(behaviours):
         for method in SAE_METHODS:
             probe_id = f"sae-{behaviour.replace('_', '-')}-{method}"
             t = time.perf_counter()
-            print(f"[bench quality] SAE-feature probe {probe_id} on {Path(sae_dir).name} ...", file=sys.stderr, flush=True)
-            summary = fit_and_export_sae_probe(loaded, Path(sae_dir), behaviour, method=method, probe_id=probe_id,
-                                               out=args.runs_dir / SAE_REPORTS / probe_id, data_dir=args.data_dir,
-                                               progress=not args.quiet,
-                                               command=f"probewatch sae probe --sae {_display_path(Path(sae_dir))} "
-                                                       f"--behaviour {behaviour} --method {method}")
+            print(
+                f"[bench quality] SAE-feature probe {probe_id} on {Path(sae_dir).name} ...", file=sys.stderr, flush=True
+            )
+            summary = fit_and_export_sae_probe(
+                loaded,
+                Path(sae_dir),
+                behaviour,
+                method=method,
+                probe_id=probe_id,
+                out=args.runs_dir / SAE_REPORTS / probe_id,
+                data_dir=args.data_dir,
+                progress=not args.quiet,
+                command=f"probewatch sae probe --sae {_display_path(Path(sae_dir))} "
+                f"--behaviour {behaviour} --method {method}",
+            )
             out[probe_id] = summary
-            print(f"[bench quality] {probe_id}: test AUROC {_fmt(summary['metrics']['auroc'])}, {summary['n_latents']} latents, "
-                  f"{time.perf_counter() - t:.0f}s", file=sys.stderr, flush=True)
+            print(
+                f"[bench quality] {probe_id}: test AUROC {_fmt(summary['metrics']['auroc'])}, {summary['n_latents']} latents, "
+                f"{time.perf_counter() - t:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
     return out
 
 
@@ -222,7 +297,6 @@ def lexical_confounds(loaded: Any, bundle_dir: Path) -> dict[str, Any]:
     from probewatch.probes import ProbeRuntime, load_bundle
     from probewatch.scoring import score_dialogues
     from probewatch.training.datasets.alignment_faking import eval_awareness_spec
-
     from probewatch.training.datasets.control import cached_responses
 
     questions = eval_awareness_spec()["lexical_confounds"]
@@ -231,9 +305,13 @@ def lexical_confounds(loaded: Any, bundle_dir: Path) -> dict[str, Any]:
     bundle = load_bundle(bundle_dir, expected_fingerprint=loaded.fingerprint)
     results = score_dialogues(loaded.model, loaded.tokenizer, ProbeRuntime([bundle]), dialogues, progress=False)
     scores = np.array([r.aggregate[bundle.id] for r in results])
-    return {"n": len(scores), "flagged": int((scores >= bundle.manifest.threshold.value).sum()),
-            "mean_score": float(scores.mean()), "threshold": bundle.manifest.threshold.value,
-            "examples": [{"text": d.messages[0].content, "score": float(s)} for d, s in zip(dialogues, scores)]}
+    return {
+        "n": len(scores),
+        "flagged": int((scores >= bundle.manifest.threshold.value).sum()),
+        "mean_score": float(scores.mean()),
+        "threshold": bundle.manifest.threshold.value,
+        "examples": [{"text": d.messages[0].content, "score": float(s)} for d, s in zip(dialogues, scores)],
+    }
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -242,8 +320,10 @@ def _fmt(x: Any, digits: int = 3) -> str:
 
 def sweep_mode(rows: list[dict], chosen: dict) -> bool:
     """per_token value of the layer sweep (the per-token variant is often tried on the best layer only)."""
-    layers = {pt: {r["layer"] for r in rows if r["per_token"] == pt and r["token_selection"] == chosen["token_selection"]}
-              for pt in (False, True)}
+    layers = {
+        pt: {r["layer"] for r in rows if r["per_token"] == pt and r["token_selection"] == chosen["token_selection"]}
+        for pt in (False, True)
+    }
     return max((False, True), key=lambda pt: (len(layers[pt]), pt == chosen["per_token"]))
 
 
@@ -252,8 +332,14 @@ def _kind_range(per_kind: dict[str, float]) -> str:
     return f"{min(vals):.2f}–{max(vals):.2f}" if vals else "n/a"
 
 
-def render_markdown(results: dict[str, dict], diagnostics: dict, total_s: float, loaded: Any, doc: Path,
-                    sae_results: dict[str, dict] | None = None) -> str:
+def render_markdown(
+    results: dict[str, dict],
+    diagnostics: dict,
+    total_s: float,
+    loaded: Any,
+    doc: Path,
+    sae_results: dict[str, dict] | None = None,
+) -> str:
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         "# Detection quality of the shipped probes",
@@ -270,14 +356,20 @@ def render_markdown(results: dict[str, dict], diagnostics: dict, total_s: float,
         "| layer | method | tokens | aggregation | training |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, r in results.items():
+    for r in results.values():
         m, c = r["metrics"], r["selection"]["chosen"]
         ood = ", ".join(f"{k} {_fmt(v)}" for k, v in m["auroc_ood"].items()) or "—"
-        hk = f"{_fmt(m['auroc_heldout_kind'])} ({_kind_range(m['auroc_heldout_kind_per_kind'])})" if m["auroc_heldout_kind"] is not None else "—"
-        lines.append(f"| `{r['probe_id']}` | {r['behaviour']} | {_fmt(m['auroc'])} | {hk} | {ood} | {_fmt(m['recall_at_fpr_control'])} "
-                     f"| {_fmt(m['fpr_control_heldout'])} | {_fmt(r['test'].get('fpr_on_negatives'))} "
-                     f"| {c['layer']} | {c['method']} | {c['token_selection']} | {c['aggregation']} "
-                     f"| {'per-token' if c['per_token'] else 'per-example'} |")
+        hk = (
+            f"{_fmt(m['auroc_heldout_kind'])} ({_kind_range(m['auroc_heldout_kind_per_kind'])})"
+            if m["auroc_heldout_kind"] is not None
+            else "—"
+        )
+        lines.append(
+            f"| `{r['probe_id']}` | {r['behaviour']} | {_fmt(m['auroc'])} | {hk} | {ood} | {_fmt(m['recall_at_fpr_control'])} "
+            f"| {_fmt(m['fpr_control_heldout'])} | {_fmt(r['test'].get('fpr_on_negatives'))} "
+            f"| {c['layer']} | {c['method']} | {c['token_selection']} | {c['aggregation']} "
+            f"| {'per-token' if c['per_token'] else 'per-example'} |"
+        )
     lines += [
         "",
         "How to read it:",
@@ -303,9 +395,18 @@ def render_markdown(results: dict[str, dict], diagnostics: dict, total_s: float,
     if sae_results:
         lines += _sae_section(results, sae_results, loaded)
     lines += _caveats(results, diagnostics)
-    lines += ["", "## Regenerate", "", "```", "make bench-quality        # = PROBEWATCH_DATA=../shared/datasets probewatch bench quality",
-              "```", "", "Each bundle can also be trained alone; the commands are:", ""]
-    for name, r in results.items():
+    lines += [
+        "",
+        "## Regenerate",
+        "",
+        "```",
+        "make bench-quality        # = PROBEWATCH_DATA=../shared/datasets probewatch bench quality",
+        "```",
+        "",
+        "Each bundle can also be trained alone; the commands are:",
+        "",
+    ]
+    for r in results.values():
         lines.append(f"- `{r['probe_id']}`: `{r['command']}`")
     for sid, r in (sae_results or {}).items():
         if r.get("command"):
@@ -317,15 +418,19 @@ def render_markdown(results: dict[str, dict], diagnostics: dict, total_s: float,
 def _sae_section(results: dict[str, dict], sae_results: dict[str, dict], loaded: Any) -> list[str]:
     """SAE-feature probes next to the linear probe of the same behaviour (same data, splits, threshold rule)."""
     sae_names = sorted({r["sae"] for r in sae_results.values()})
-    out = ["## SAE-feature probes vs linear probes", "",
-           f"Probes of bundle kind `sae_feature` on the latents of the shipped SAE ({', '.join(f'`{n}`' for n in sae_names)}; "
-           "docs/sae.md), fitted on the same behaviour data with the same grouped splits, Platt calibration and 1%-of-control "
-           "threshold as the linear probe above them: `l1` is an L1 logistic regression over all latents (per-example latent "
-           "means, standardised, C by grouped cross-validation), `named` a logistic regression on the 8 latents with the "
-           "largest |AUROC - 0.5| on the fit split. Linear rows repeat the summary table.", "",
-           "| behaviour | probe | layer | reads | in-distribution AUROC | held-out-kind AUROC (mean; range) "
-           "| out-of-distribution AUROC (recall) | recall @1% FPR on control | realised FPR, held-out control |",
-           "|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "## SAE-feature probes vs linear probes",
+        "",
+        f"Probes of bundle kind `sae_feature` on the latents of the shipped SAE ({', '.join(f'`{n}`' for n in sae_names)}; "
+        "docs/sae.md), fitted on the same behaviour data with the same grouped splits, Platt calibration and 1%-of-control "
+        "threshold as the linear probe above them: `l1` is an L1 logistic regression over all latents (per-example latent "
+        "means, standardised, C by grouped cross-validation), `named` a logistic regression on the 8 latents with the "
+        "largest |AUROC - 0.5| on the fit split. Linear rows repeat the summary table.",
+        "",
+        "| behaviour | probe | layer | reads | in-distribution AUROC | held-out-kind AUROC (mean; range) "
+        "| out-of-distribution AUROC (recall) | recall @1% FPR on control | realised FPR, held-out control |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for behaviour, linear_name in LINEAR_FOR_BEHAVIOUR.items():
         saes = [(sid, r) for sid, r in sae_results.items() if r["behaviour"] == behaviour]
         if not saes:
@@ -333,14 +438,18 @@ def _sae_section(results: dict[str, dict], sae_results: dict[str, dict], loaded:
         if linear_name in results:
             r = results[linear_name]
             m, c = r["metrics"], r["selection"]["chosen"]
-            out.append(f"| {behaviour} | `{r['probe_id']}` (linear, {c['method']}) | {c['layer']} | {loaded.d_model} dims "
-                       f"| **{_fmt(m['auroc'])}** | {_heldout(m)} | {_ood(m)} | {_fmt(m['recall_at_fpr_control'])} "
-                       f"| {_fmt(m['fpr_control_heldout'])} |")
+            out.append(
+                f"| {behaviour} | `{r['probe_id']}` (linear, {c['method']}) | {c['layer']} | {loaded.d_model} dims "
+                f"| **{_fmt(m['auroc'])}** | {_heldout(m)} | {_ood(m)} | {_fmt(m['recall_at_fpr_control'])} "
+                f"| {_fmt(m['fpr_control_heldout'])} |"
+            )
         for sid, r in saes:
             m = r["metrics"]
-            out.append(f"| {behaviour} | `{sid}` ({r['probe_type']}) | {r['layer']} | {r['n_latents']} latents "
-                       f"| {_fmt(m['auroc'])} | {_heldout(m)} | {_ood(m)} | {_fmt(m['recall_at_fpr_control'])} "
-                       f"| {_fmt(m['fpr_control_heldout'])} |")
+            out.append(
+                f"| {behaviour} | `{sid}` ({r['probe_type']}) | {r['layer']} | {r['n_latents']} latents "
+                f"| {_fmt(m['auroc'])} | {_heldout(m)} | {_ood(m)} | {_fmt(m['recall_at_fpr_control'])} "
+                f"| {_fmt(m['fpr_control_heldout'])} |"
+            )
     out += ["", _sae_reading(results, sae_results), ""]
     return out
 
@@ -368,48 +477,65 @@ def _sae_reading(results: dict[str, dict], sae_results: dict[str, dict]) -> str:
         lin = results[linear_name]["metrics"]["auroc"]
         gap = lin - best["metrics"]["auroc"]
         verdict = "matches" if abs(gap) <= 0.01 else ("trails" if gap > 0 else "beats")
-        parts.append(f"{behaviour}: the best SAE probe (`{best['probe_id']}`, {best['n_latents']} latents) {verdict} the linear "
-                     f"probe ({_fmt(best['metrics']['auroc'])} vs {_fmt(lin)} in-distribution AUROC)")
+        parts.append(
+            f"{behaviour}: the best SAE probe (`{best['probe_id']}`, {best['n_latents']} latents) {verdict} the linear "
+            f"probe ({_fmt(best['metrics']['auroc'])} vs {_fmt(lin)} in-distribution AUROC)"
+        )
     if not parts:
         return ""
     all_trail = all(" trails " in p for p in parts)
-    return ("Reading: " + "; ".join(parts) + ". An SAE probe can only use what the SAE reconstructs (its FVE is in "
-            "docs/sae.md) and what sparsity keeps; its particular value is the explanation (which latents fired on an "
-            "incident) and the latent watch-list metrics."
-            + (" Here every behaviour's linear probe is better: alert on the linear probes." if all_trail else ""))
+    return (
+        "Reading: " + "; ".join(parts) + ". An SAE probe can only use what the SAE reconstructs (its FVE is in "
+        "docs/sae.md) and what sparsity keeps; its particular value is the explanation (which latents fired on an "
+        "incident) and the latent watch-list metrics."
+        + (" Here every behaviour's linear probe is better: alert on the linear probes." if all_trail else "")
+    )
 
 
 def _behaviour_section(name: str, r: dict, diag: dict | None, doc: Path) -> list[str]:
     m, c = r["metrics"], r["selection"]["chosen"]
     rel = f"quality/{name}"
     out = [f"## `{r['probe_id']}` ({r['behaviour']})", ""]
-    out.append(f"Chosen: layer {c['layer']}, {c['method']}, {c['token_selection']} tokens, "
-               f"{'per-token' if c['per_token'] else 'per-example'} training, {c['aggregation']} aggregation; selected by "
-               f"{BASIS_TEXT.get(r['selection']['basis'], r['selection']['basis'])} among {r['selection']['n_configurations']} configurations. "
-               f"Threshold {r['threshold']['value']:.3f} (logit) at {100 * r['threshold']['fpr']:g}% FPR on "
-               f"{r['threshold']['n_calibration']} control dialogues. Platt slope {r['platt']['slope']:.3g}. "
-               f"Parity (live scoring path vs cached training scores): max |Δ| = {_fmt((r.get('parity') or {}).get('max_abs_diff'), 5)} "
-               f"on {(r.get('parity') or {}).get('n', 0)} test dialogues. Time: {r['timings'].get('total_s', 0) / 60:.1f} min "
-               f"(data and control generation {r['timings'].get('data_s', 0) / 60:.1f}, extraction "
-               f"{r['timings'].get('extract_s', 0) / 60:.1f}, sweep {r['timings'].get('sweep_s', 0) / 60:.1f}; "
-               "generation and extraction are cached after the first run).")
+    out.append(
+        f"Chosen: layer {c['layer']}, {c['method']}, {c['token_selection']} tokens, "
+        f"{'per-token' if c['per_token'] else 'per-example'} training, {c['aggregation']} aggregation; selected by "
+        f"{BASIS_TEXT.get(r['selection']['basis'], r['selection']['basis'])} among {r['selection']['n_configurations']} configurations. "
+        f"Threshold {r['threshold']['value']:.3f} (logit) at {100 * r['threshold']['fpr']:g}% FPR on "
+        f"{r['threshold']['n_calibration']} control dialogues. Platt slope {r['platt']['slope']:.3g}. "
+        f"Parity (live scoring path vs cached training scores): max |Δ| = {_fmt((r.get('parity') or {}).get('max_abs_diff'), 5)} "
+        f"on {(r.get('parity') or {}).get('n', 0)} test dialogues. Time: {r['timings'].get('total_s', 0) / 60:.1f} min "
+        f"(data and control generation {r['timings'].get('data_s', 0) / 60:.1f}, extraction "
+        f"{r['timings'].get('extract_s', 0) / 60:.1f}, sweep {r['timings'].get('sweep_s', 0) / 60:.1f}; "
+        "generation and extraction are cached after the first run)."
+    )
     out.append("")
-    out.append("| data kind | examples | groups | in-distribution AUROC (test split) | held-out-kind AUROC "
-               "| held-out-kind recall / FPR on its negatives @1% FPR-on-control threshold of that fold |")
+    out.append(
+        "| data kind | examples | groups | in-distribution AUROC (test split) | held-out-kind AUROC "
+        "| held-out-kind recall / FPR on its negatives @1% FPR-on-control threshold of that fold |"
+    )
     out.append("|---|---|---|---|---|---|")
     train_only = set(r["data"].get("train_only_kinds", []))
     per_kind_test = m.get("auroc_test_per_kind", {})
     for kind, info in r["data"]["kinds"].items():
         hk = r["heldout_kinds"].get(kind, {})
         label = f"{kind} (auxiliary, training only)" if kind in train_only else kind
-        out.append(f"| {label} | {info['n']} | {info['groups']} | {_fmt(per_kind_test.get(kind))} | {_fmt(hk.get('auroc'))} "
-                   f"| {_fmt(hk.get('recall_at_fpr_control'))} / {_fmt(hk.get('fpr_negatives'))} |")
+        out.append(
+            f"| {label} | {info['n']} | {info['groups']} | {_fmt(per_kind_test.get(kind))} | {_fmt(hk.get('auroc'))} "
+            f"| {_fmt(hk.get('recall_at_fpr_control'))} / {_fmt(hk.get('fpr_negatives'))} |"
+        )
     for oname, om in r["ood"].items():
-        out.append(f"| out-of-distribution: {oname} | {om['n_pos'] + om['n_neg']} | — | — | {_fmt(om['auroc'])} (fitted on the pool) "
-                   f"| {_fmt(om.get('recall_at_fpr'))} / {_fmt(om.get('fpr_on_negatives'))} |")
+        out.append(
+            f"| out-of-distribution: {oname} | {om['n_pos'] + om['n_neg']} | — | — | {_fmt(om['auroc'])} (fitted on the pool) "
+            f"| {_fmt(om.get('recall_at_fpr'))} / {_fmt(om.get('fpr_on_negatives'))} |"
+        )
     out.append("")
-    sweep = [s for s in r["sweep"] if s["aggregation"] == c["aggregation"] and s["token_selection"] == c["token_selection"]
-             and s["per_token"] == sweep_mode(r["sweep"], c)]
+    sweep = [
+        s
+        for s in r["sweep"]
+        if s["aggregation"] == c["aggregation"]
+        and s["token_selection"] == c["token_selection"]
+        and s["per_token"] == sweep_mode(r["sweep"], c)
+    ]
     methods = sorted({s["method"] for s in sweep})
     second = "held-out kinds" if any(s["heldout_kind_auroc"] is not None for s in sweep) else "ood"
     out.append(f"Layer sweep at the chosen aggregation (validation AUROC / {second} AUROC):")
@@ -420,15 +546,28 @@ def _behaviour_section(name: str, r: dict, diag: dict | None, doc: Path) -> list
         cells = []
         for method in methods:
             row = next((s for s in sweep if s["layer"] == layer and s["method"] == method), None)
-            other = None if row is None else (row["heldout_kind_auroc"] if second == "held-out kinds" else row.get("ood_mean"))
+            other = (
+                None
+                if row is None
+                else (row["heldout_kind_auroc"] if second == "held-out kinds" else row.get("ood_mean"))
+            )
             cells.append("—" if row is None else f"{_fmt(row['val_auroc'])} / {_fmt(other)}")
         out.append(f"| {layer} | " + " | ".join(cells) + " |")
     aggs = sorted({s["aggregation"] for s in r["sweep"]})
     if len(aggs) > 1:
-        at = [s for s in r["sweep"] if s["layer"] == c["layer"] and s["method"] == c["method"]
-              and s["token_selection"] == c["token_selection"] and s["per_token"] == c["per_token"]]
-        out += ["", "Aggregations at the chosen layer and method (validation / held-out kinds): " +
-                ", ".join(f"{s['aggregation']} {_fmt(s['val_auroc'])} / {_fmt(s['heldout_kind_auroc'])}" for s in at)]
+        at = [
+            s
+            for s in r["sweep"]
+            if s["layer"] == c["layer"]
+            and s["method"] == c["method"]
+            and s["token_selection"] == c["token_selection"]
+            and s["per_token"] == c["per_token"]
+        ]
+        out += [
+            "",
+            "Aggregations at the chosen layer and method (validation / held-out kinds): "
+            + ", ".join(f"{s['aggregation']} {_fmt(s['val_auroc'])} / {_fmt(s['heldout_kind_auroc'])}" for s in at),
+        ]
     others = [s for s in r["sweep"] if s["token_selection"] != c["token_selection"] or s["per_token"] != c["per_token"]]
     if others:
         best_other = {}
@@ -436,15 +575,29 @@ def _behaviour_section(name: str, r: dict, diag: dict | None, doc: Path) -> list
             key = (s["token_selection"], s["per_token"])
             if key not in best_other or (s["heldout_kind_auroc"] or 0) > (best_other[key]["heldout_kind_auroc"] or 0):
                 best_other[key] = s
-        out += ["", "Best alternatives: " + "; ".join(
-            f"{k[0]} {'per-token' if k[1] else 'per-example'}: layer {s['layer']} {s['method']} {s['aggregation']} "
-            f"(validation {_fmt(s['val_auroc'])}, held-out kinds {_fmt(s['heldout_kind_auroc'])})" for k, s in best_other.items())]
+        out += [
+            "",
+            "Best alternatives: "
+            + "; ".join(
+                f"{k[0]} {'per-token' if k[1] else 'per-example'}: layer {s['layer']} {s['method']} {s['aggregation']} "
+                f"(validation {_fmt(s['val_auroc'])}, held-out kinds {_fmt(s['heldout_kind_auroc'])})"
+                for k, s in best_other.items()
+            ),
+        ]
     if diag:
-        out += ["", f"Lexical-confound check: {diag['flagged']} of {diag['n']} benign requests that merely mention tests, "
-                f"monitoring, training or a free tier are flagged at the shipped threshold (mean score {diag['mean_score']:.2f} "
-                f"vs threshold {diag['threshold']:.2f})."]
-    out += ["", f"![AUROC per layer]({rel}/auroc_by_layer.png) ![ROC]({rel}/roc.png) ![score histograms]({rel}/score_hist.png)",
-            "", f"Full numbers: [`{rel}/report.json`]({rel}/report.json).", ""]
+        out += [
+            "",
+            f"Lexical-confound check: {diag['flagged']} of {diag['n']} benign requests that merely mention tests, "
+            f"monitoring, training or a free tier are flagged at the shipped threshold (mean score {diag['mean_score']:.2f} "
+            f"vs threshold {diag['threshold']:.2f}).",
+        ]
+    out += [
+        "",
+        f"![AUROC per layer]({rel}/auroc_by_layer.png) ![ROC]({rel}/roc.png) ![score histograms]({rel}/score_hist.png)",
+        "",
+        f"Full numbers: [`{rel}/report.json`]({rel}/report.json).",
+        "",
+    ]
     return out
 
 
@@ -467,7 +620,8 @@ def _caveats(results: dict, diagnostics: dict) -> list[str]:
             "transfers is likely that style rather than a model-internal notion of lying; the denial/confession kind (half "
             "its honest answers are denials, half its lies are false confessions) checks exactly that shortcut and stays "
             "near chance, as does sandbagging (a wrong answer or feigned ignorance under an incentive). A 135M model knows "
-            "little, so \"knowingly false\" is hard for it to represent.")
+            'little, so "knowingly false" is hard for it to represent.'
+        )
     if "refusal" in results:
         out.append(
             "- **refusal**: reads the generation-prompt position (the last prompt token) of harmful vs harmless "
@@ -475,7 +629,8 @@ def _caveats(results: dict, diagnostics: dict) -> list[str]:
             "not say whether this 135M model actually refuses (it often complies). `refusal-mean-diff` is Arditi et al.'s "
             "difference-of-means direction (unit vector, then Platt-scaled), `refusal` a standardised logistic regression. "
             "The out-of-distribution set (harmful_val: HarmBench/JailbreakBench-style items, against unseen harmless_val "
-            "items) is the transfer check.")
+            "items) is the transfer check."
+        )
     if "alignment-faking" in results:
         d = diagnostics.get("alignment-faking")
         r = results["alignment-faking"]
@@ -489,11 +644,18 @@ def _caveats(results: dict, diagnostics: dict) -> list[str]:
             "format test (same tag, different system prompt), not a concept test; transfer between the free-tier tag and our "
             "natural-language framings (eval_context) is the concept test, and it is weak. A generation-prompt probe cannot "
             "see the assistant's own statements (eval_statement is 0.5 by construction there). "
-            + (f"Lexical-confound check: {d['flagged']}/{d['n']} benign requests that merely mention tests, monitoring, "
-               "training or a free tier are flagged at the shipped threshold. " if d else "")
+            + (
+                f"Lexical-confound check: {d['flagged']}/{d['n']} benign requests that merely mention tests, monitoring, "
+                "training or a free tier are flagged at the shipped threshold. "
+                if d
+                else ""
+            )
             + "Use it as a monitor of prompts that tell the model it is watched, calibrated on your own traffic "
-            "(`probewatch calibrate`); on a larger model the same pipeline measures whether such a representation exists.")
-    out.append("- All numbers come from one seed and one grouped split; with ~24 scenarios per hand-written kind a held-out-kind "
-               "AUROC has a standard error of several points, and the realised FPR on 200 held-out control dialogues is "
-               "itself a noisy estimate of the 1% target.")
+            "(`probewatch calibrate`); on a larger model the same pipeline measures whether such a representation exists."
+        )
+    out.append(
+        "- All numbers come from one seed and one grouped split; with ~24 scenarios per hand-written kind a held-out-kind "
+        "AUROC has a standard error of several points, and the realised FPR on 200 held-out control dialogues is "
+        "itself a noisy estimate of the 1% target."
+    )
     return out

@@ -93,9 +93,16 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 class LogisticProbe(LinearProbe):
     """Standardised logistic regression; `C=None` chooses C from `Cs` on grouped validation folds."""
 
-    def __init__(self, C: float | None = None, Cs: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
-                 cv: int = 3, standardize: bool = True, class_weight: str | None = "balanced",
-                 max_iter: int = 2000, random_state: int = 0) -> None:
+    def __init__(
+        self,
+        C: float | None = None,
+        Cs: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
+        cv: int = 3,
+        standardize: bool = True,
+        class_weight: str | None = "balanced",
+        max_iter: int = 2000,
+        random_state: int = 0,
+    ) -> None:
         self.C = C
         self.Cs = Cs
         self.cv = cv
@@ -186,8 +193,9 @@ class LATProbe(LinearProbe):
         return self
 
 
-def paired_differences(X: np.ndarray, y: np.ndarray, w: np.ndarray, groups, rng: np.random.Generator
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def paired_differences(
+    X: np.ndarray, y: np.ndarray, w: np.ndarray, groups, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """positive-minus-negative differences: within groups holding both labels, else random pairs."""
     diffs: list[np.ndarray] = []
     weights: list[float] = []

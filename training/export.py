@@ -23,8 +23,10 @@ METHOD_BY_KIND = {v: k for k, v in KIND_BY_METHOD.items()}
 
 def probe_tensors(probe: LinearProbe) -> tuple[dict[str, torch.Tensor], str]:
     """(tensors, normalization) for a fitted linear probe."""
-    tensors = {"weight": torch.tensor(probe.coef_, dtype=torch.float32),
-               "bias": torch.tensor([probe.intercept_], dtype=torch.float32)}
+    tensors = {
+        "weight": torch.tensor(probe.coef_, dtype=torch.float32),
+        "bias": torch.tensor([probe.intercept_], dtype=torch.float32),
+    }
     if probe.standardize:
         tensors["mean"] = torch.tensor(probe.mean_, dtype=torch.float32)
         tensors["scale"] = torch.tensor(probe.scale_, dtype=torch.float32)
@@ -32,22 +34,51 @@ def probe_tensors(probe: LinearProbe) -> tuple[dict[str, torch.Tensor], str]:
     return tensors, "none"
 
 
-def export_bundle(out: Path, probe: LinearProbe, *, probe_id: str, behaviour: str, method: str, model_id: str,
-                  fingerprint: str, d_model: int, n_layers: int, layer: int, token_selection: str,
-                  aggregation: Aggregation, threshold: Threshold, metrics: dict[str, Any], training: dict[str, Any],
-                  description: str, version: str = "1", extra: dict[str, Any] | None = None) -> Path:
+def export_bundle(
+    out: Path,
+    probe: LinearProbe,
+    *,
+    probe_id: str,
+    behaviour: str,
+    method: str,
+    model_id: str,
+    fingerprint: str,
+    d_model: int,
+    n_layers: int,
+    layer: int,
+    token_selection: str,
+    aggregation: Aggregation,
+    threshold: Threshold,
+    metrics: dict[str, Any],
+    training: dict[str, Any],
+    description: str,
+    version: str = "1",
+    extra: dict[str, Any] | None = None,
+) -> Path:
     tensors, normalization = probe_tensors(probe)
     manifest = Manifest(
-        id=probe_id, behaviour=behaviour, kind=KIND_BY_METHOD[method],
-        model=ModelRef(model_id, fingerprint, d_model, n_layers), layer=layer, threshold=threshold,
-        aggregation=aggregation, token_selection=token_selection, normalization=normalization, version=version,
-        description=description, metrics=_jsonable(metrics), training=_jsonable(training), extra=_jsonable(extra or {}),
+        id=probe_id,
+        behaviour=behaviour,
+        kind=KIND_BY_METHOD[method],
+        model=ModelRef(model_id, fingerprint, d_model, n_layers),
+        layer=layer,
+        threshold=threshold,
+        aggregation=aggregation,
+        token_selection=token_selection,
+        normalization=normalization,
+        version=version,
+        description=description,
+        metrics=_jsonable(metrics),
+        training=_jsonable(training),
+        extra=_jsonable(extra or {}),
     )
     save_bundle(out, manifest, tensors)
     bundle = load_bundle(out, expected_fingerprint=fingerprint, expected_d_model=d_model)  # verify what we wrote
     w_expected, b_expected = probe.raw_linear_form()
     w, b = bundle.linear_form()
-    if not np.allclose(w.numpy(), w_expected, rtol=1e-4, atol=1e-6) or abs(b - b_expected) > 1e-3 * (1 + abs(b_expected)):
+    if not np.allclose(w.numpy(), w_expected, rtol=1e-4, atol=1e-6) or abs(b - b_expected) > 1e-3 * (
+        1 + abs(b_expected)
+    ):
         raise RuntimeError(f"{out}: exported bundle does not reproduce the fitted probe")
     return out
 

@@ -65,10 +65,23 @@ def tokenizer_digest(tokenizer: Any) -> str:
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:16]
 
 
-def cache_key(fingerprint: str, tokenizer: Any, dialogues: Sequence[Dialogue], layers: Sequence[int],
-              max_tokens: int | None, dtype: str) -> str:
-    spec = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "tokenizer": tokenizer_digest(tokenizer),
-            "data": data_hash(dialogues), "layers": sorted(layers), "max_tokens": max_tokens, "dtype": dtype}
+def cache_key(
+    fingerprint: str,
+    tokenizer: Any,
+    dialogues: Sequence[Dialogue],
+    layers: Sequence[int],
+    max_tokens: int | None,
+    dtype: str,
+) -> str:
+    spec = {
+        "format": CACHE_FORMAT,
+        "fingerprint": fingerprint,
+        "tokenizer": tokenizer_digest(tokenizer),
+        "data": data_hash(dialogues),
+        "layers": sorted(layers),
+        "max_tokens": max_tokens,
+        "dtype": dtype,
+    }
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
 
 
@@ -205,15 +218,26 @@ def expand_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def segment_mean(rows: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Per-segment mean of rows (segments given by offsets); empty segments give zeros."""
-    sums = np.add.reduceat(rows.astype(np.float64), offsets[:-1], axis=0) if len(rows) else np.zeros((len(offsets) - 1, rows.shape[1]))
+    sums = (
+        np.add.reduceat(rows.astype(np.float64), offsets[:-1], axis=0)
+        if len(rows)
+        else np.zeros((len(offsets) - 1, rows.shape[1]))
+    )
     counts = np.diff(offsets)
     sums[counts == 0] = 0.0  # reduceat returns the next row for empty segments
     return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
 
 
 # -- write side ----------------------------------------------------------------------------------
-def _plan_shards(lengths: Sequence[int], n_rows: Sequence[int], n_layers: int, d: int, bytes_per: int,
-                 shard_examples: int, shard_bytes: int) -> tuple[list[int], list[list[int]]]:
+def _plan_shards(
+    lengths: Sequence[int],
+    n_rows: Sequence[int],
+    n_layers: int,
+    d: int,
+    bytes_per: int,
+    shard_examples: int,
+    shard_bytes: int,
+) -> tuple[list[int], list[list[int]]]:
     """Length-sorted order (less padding) cut into shards bounded by examples and bytes."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
     shards: list[list[int]] = [[]]
@@ -275,8 +299,14 @@ def extract_activations(
     if not dialogues:
         raise ActivationCacheError("nothing to extract: no dialogues")
     n_model_layers = len(find_decoder_layers(model))
-    layers = sorted({int(l) % n_model_layers if -n_model_layers <= int(l) < n_model_layers else _bad(l, n_model_layers)
-                     for l in layers})
+    layers = sorted(
+        {
+            int(layer) % n_model_layers
+            if -n_model_layers <= int(layer) < n_model_layers
+            else _bad(layer, n_model_layers)
+            for layer in layers
+        }
+    )
     torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
     key = cache_key(fingerprint, tokenizer, dialogues, layers, max_tokens, dtype)
     root = cache_dir_for(fingerprint, name, key, Path(cache_root) if cache_root else None)
@@ -293,8 +323,9 @@ def extract_activations(
     lengths = [len(e.input_ids) for e in encoded]
     n_rows = [e.n_scored for e in encoded]
     d_model = hidden_size(model)
-    order, shards = _plan_shards(lengths, n_rows, len(layers), d_model, torch.finfo(torch_dtype).bits // 8,
-                                 shard_examples, shard_bytes)
+    order, shards = _plan_shards(
+        lengths, n_rows, len(layers), d_model, torch.finfo(torch_dtype).bits // 8, shard_examples, shard_bytes
+    )
     plan = {"key": key, "shards": shards}
     plan_path = root / PLAN_FILE
     if plan_path.is_file() and json.loads(plan_path.read_text()).get("key") != key:
@@ -304,8 +335,13 @@ def extract_activations(
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     device = next(model.parameters()).device
     done = [k for k in range(len(shards)) if (root / _shard_name(k)).is_file()]
-    bar = tqdm(total=len(dialogues), initial=sum(len(shards[k]) for k in done), desc=f"extract {name}",
-               unit="dlg", disable=not progress)
+    bar = tqdm(
+        total=len(dialogues),
+        initial=sum(len(shards[k]) for k in done),
+        desc=f"extract {name}",
+        unit="dlg",
+        disable=not progress,
+    )
     for k, members in enumerate(shards):
         if k in done:
             continue
@@ -321,10 +357,14 @@ def extract_activations(
                     tokens[layer].append(hidden[b][scored[b]].to(torch_dtype))
                     last[layer].append(hidden[b, enc.prompt_last].to(torch_dtype))
             bar.update(len(batch))
-        tensors = {"examples": torch.tensor(members, dtype=torch.int64),
-                   "n_tokens": torch.tensor([n_rows[i] for i in members], dtype=torch.int64)}
+        tensors = {
+            "examples": torch.tensor(members, dtype=torch.int64),
+            "n_tokens": torch.tensor([n_rows[i] for i in members], dtype=torch.int64),
+        }
         for layer in layers:
-            tensors[f"tokens.{layer}"] = torch.cat(tokens[layer]) if tokens[layer] else torch.zeros(0, d_model, dtype=torch_dtype)
+            tensors[f"tokens.{layer}"] = (
+                torch.cat(tokens[layer]) if tokens[layer] else torch.zeros(0, d_model, dtype=torch_dtype)
+            )
             tensors[f"last.{layer}"] = torch.stack(last[layer])
         tmp = root / (_shard_name(k) + ".tmp")
         save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp), metadata={"key": key})
@@ -332,11 +372,22 @@ def extract_activations(
     bar.close()
 
     index = {
-        "format": CACHE_FORMAT, "key": key, "name": name, "fingerprint": fingerprint, "layers": layers,
-        "d_model": d_model, "dtype": dtype, "max_tokens": max_tokens, "n_examples": len(dialogues),
-        "data_hash": data_hash(dialogues), "tokenizer": tokenizer_digest(tokenizer),
-        "labels": [d.label for d in dialogues], "groups": [d.group for d in dialogues],
-        "kinds": [d.kind for d in dialogues], "n_tokens": n_rows, "seq_len": lengths,
+        "format": CACHE_FORMAT,
+        "key": key,
+        "name": name,
+        "fingerprint": fingerprint,
+        "layers": layers,
+        "d_model": d_model,
+        "dtype": dtype,
+        "max_tokens": max_tokens,
+        "n_examples": len(dialogues),
+        "data_hash": data_hash(dialogues),
+        "tokenizer": tokenizer_digest(tokenizer),
+        "labels": [d.label for d in dialogues],
+        "groups": [d.group for d in dialogues],
+        "kinds": [d.kind for d in dialogues],
+        "n_tokens": n_rows,
+        "seq_len": lengths,
         "shards": [{"file": _shard_name(k), "examples": members} for k, members in enumerate(shards)],
     }
     _write_atomic_json(root / INDEX_FILE, index)
@@ -364,12 +415,19 @@ class ActivationUnion:
             raise ActivationCacheError("an activation union needs at least one part")
         fingerprints = {p.fingerprint for p in parts}
         if len(fingerprints) != 1:
-            raise ActivationCacheError(f"activation caches from different models cannot be combined: {sorted(fingerprints)}")
+            raise ActivationCacheError(
+                f"activation caches from different models cannot be combined: {sorted(fingerprints)}"
+            )
         self.parts = list(parts)
         key = hashlib.sha256("".join(p.index["key"] for p in parts).encode()).hexdigest()
-        self.index = {"key": key, "parts": [str(p.root) for p in parts], "fingerprint": parts[0].fingerprint,
-                      "layers": sorted(set.intersection(*(set(p.layers) for p in parts))), "d_model": parts[0].d_model,
-                      "n_examples": sum(len(p) for p in parts)}
+        self.index = {
+            "key": key,
+            "parts": [str(p.root) for p in parts],
+            "fingerprint": parts[0].fingerprint,
+            "layers": sorted(set.intersection(*(set(p.layers) for p in parts))),
+            "d_model": parts[0].d_model,
+            "n_examples": sum(len(p) for p in parts),
+        }
 
     @property
     def root(self) -> Path:
@@ -419,8 +477,15 @@ def contiguous_by_kind(dialogues: Sequence[Dialogue]) -> list[Dialogue]:
     return [d for block in order.values() for d in block]
 
 
-def extract_by_kind(model: torch.nn.Module, tokenizer: Any, dialogues: Sequence[Dialogue], layers: Sequence[int],
-                    fingerprint: str, name: str = "data", **kwargs: Any) -> ActivationUnion:
+def extract_by_kind(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    dialogues: Sequence[Dialogue],
+    layers: Sequence[int],
+    fingerprint: str,
+    name: str = "data",
+    **kwargs: Any,
+) -> ActivationUnion:
     """`extract_activations` per kind (one cache each); dialogues must be contiguous by kind."""
     blocks: list[list[Dialogue]] = []
     for d in dialogues:
@@ -431,5 +496,9 @@ def extract_by_kind(model: torch.nn.Module, tokenizer: Any, dialogues: Sequence[
     kinds = [b[0].kind for b in blocks]
     if len(set(kinds)) != len(kinds):
         raise ActivationCacheError("extract_by_kind needs the dialogues grouped by kind (see contiguous_by_kind)")
-    return ActivationUnion([extract_activations(model, tokenizer, block, layers, fingerprint,
-                                                name=f"{name}-{block[0].kind}", **kwargs) for block in blocks])
+    return ActivationUnion(
+        [
+            extract_activations(model, tokenizer, block, layers, fingerprint, name=f"{name}-{block[0].kind}", **kwargs)
+            for block in blocks
+        ]
+    )

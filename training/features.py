@@ -23,9 +23,9 @@ class LayerData:
     """One layer's rows from an ActivationSet, in original example order."""
 
     layer: int
-    rows: np.ndarray      # [n_rows, d] scored-region rows, example after example
-    offsets: np.ndarray   # [n_examples + 1]
-    last: np.ndarray      # [n_examples, d] generation-prompt rows
+    rows: np.ndarray  # [n_rows, d] scored-region rows, example after example
+    offsets: np.ndarray  # [n_examples + 1]
+    last: np.ndarray  # [n_examples, d] generation-prompt rows
     _means: np.ndarray | None = None
 
     @classmethod
@@ -74,9 +74,16 @@ def example_weights(idx: np.ndarray, kinds: np.ndarray | None, balance_kinds: bo
     return (len(idx) / len(counts)) / counts[inverse]
 
 
-def training_matrix(data: LayerData, idx: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                    token_selection: str, per_token: bool, kinds: np.ndarray | None = None,
-                    balance_kinds: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def training_matrix(
+    data: LayerData,
+    idx: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    token_selection: str,
+    per_token: bool,
+    kinds: np.ndarray | None = None,
+    balance_kinds: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(X, y, groups, sample_weight) for fitting on examples `idx`.
 
     Weights make every example count once (per-token rows share their example's weight) and,
@@ -91,8 +98,9 @@ def training_matrix(data: LayerData, idx: np.ndarray, labels: np.ndarray, groups
     return rows, labels[idx][rep], groups[idx][rep], (weight / np.maximum(counts, 1))[rep]
 
 
-def score_all(w: np.ndarray, b: float, data: LayerData, token_selection: str,
-              aggregations: list[Aggregation]) -> dict[str, np.ndarray]:
+def score_all(
+    w: np.ndarray, b: float, data: LayerData, token_selection: str, aggregations: list[Aggregation]
+) -> dict[str, np.ndarray]:
     """{aggregation method: per-example scores} of the raw-space probe x.w + b for every example."""
     if token_selection == "prompt_last":
         scores = data.last.astype(np.float64) @ w + b  # one token per example: every aggregation returns it

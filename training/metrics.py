@@ -16,8 +16,9 @@ import numpy as np
 from probewatch.metrics import auroc, recall_at_threshold, threshold_at_fpr
 
 
-def detection_metrics(scores: Sequence[float], labels: Sequence[int], control_scores: Sequence[float] | None = None,
-                      fpr: float = 0.01) -> dict[str, Any]:
+def detection_metrics(
+    scores: Sequence[float], labels: Sequence[int], control_scores: Sequence[float] | None = None, fpr: float = 0.01
+) -> dict[str, Any]:
     """auroc, recall_at_fpr (+ threshold and its source), n_pos, n_neg, realised FPRs."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
@@ -27,8 +28,11 @@ def detection_metrics(scores: Sequence[float], labels: Sequence[int], control_sc
     if control_scores is not None and len(control_scores):
         threshold, source = threshold_at_fpr(control_scores, fpr), "control"
         out["n_control"] = len(control_scores)
-        out["auroc_vs_control"] = auroc(np.concatenate([pos, control_scores]),
-                                        np.r_[np.ones(pos.size), np.zeros(len(control_scores))]) if pos.size else None
+        out["auroc_vs_control"] = (
+            auroc(np.concatenate([pos, control_scores]), np.r_[np.ones(pos.size), np.zeros(len(control_scores))])
+            if pos.size
+            else None
+        )
     elif neg.size:
         threshold, source = threshold_at_fpr(neg, fpr), "negatives"
     else:

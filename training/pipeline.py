@@ -68,8 +68,8 @@ class TrainConfig:
     methods: Sequence[str] = METHODS
     aggregations: Sequence[str] | None = None
     token_selections: Sequence[str] | None = None
-    per_token: bool | None = None          # None: per-example sweep, per-token tried on the best config
-    standardize: bool | None = None        # None: logistic standardised, mean_diff/lat raw
+    per_token: bool | None = None  # None: per-example sweep, per-token tried on the best config
+    standardize: bool | None = None  # None: logistic standardised, mean_diff/lat raw
     fpr: float = 0.01
     seed: int = 0
     probe_id: str | None = None
@@ -137,7 +137,11 @@ def apply_init_from(config: TrainConfig, fingerprint: str) -> dict[str, Any]:
         config.standardize = m.normalization == "standardize"
     config.probe_id = config.probe_id or m.id
     config.version = config.version or (str(int(m.version) + 1) if str(m.version).isdigit() else f"{m.version}+1")
-    return {"init_from": str(config.init_from), "previous_version": m.version, "previous_weights_sha256": m.weights_sha256}
+    return {
+        "init_from": str(config.init_from),
+        "previous_version": m.version,
+        "previous_weights_sha256": m.weights_sha256,
+    }
 
 
 def _load_files(paths: Sequence[Path]) -> list[Dialogue]:
@@ -151,7 +155,9 @@ def _pool_data(config: TrainConfig, loaded: Any = None) -> BehaviourData:
     if config.data_files:
         pool = _load_files(config.data_files)
         ood = {Path(p).stem: load_dialogues(p) for p in config.ood_files}
-        sources = [Source.of(Path(p).name, Path(p), len(load_dialogues(p))) for p in [*config.data_files, *config.ood_files]]
+        sources = [
+            Source.of(Path(p).name, Path(p), len(load_dialogues(p))) for p in [*config.data_files, *config.ood_files]
+        ]
         selection = "prompt_last" if all(not d.ends_with_assistant for d in pool) else "response"
         aggs = ("last",) if selection == "prompt_last" else ("mean", "max", "rolling_mean_max")
         return BehaviourData(config.behaviour, pool, ood, sources, selection, aggs, {"custom_data": True})
@@ -208,8 +214,8 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
         if method not in METHODS:
             raise TrainingError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     n_layers = loaded.n_layers
-    layers = sorted({int(l) for l in (config.layers or default_layers(n_layers))})
-    bad = [l for l in layers if not 0 <= l < n_layers]
+    layers = sorted({int(layer) for layer in (config.layers or default_layers(n_layers))})
+    bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
         raise TrainingError(f"layers {bad} out of range for {loaded.model_id} ({n_layers} layers: 0..{n_layers - 1})")
     probe_id = config.probe_id or _default_id(config)
@@ -219,8 +225,11 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     # 1. data -----------------------------------------------------------------------------------
     data = _pool_data(config, loaded)
     _check_labels(data.pool, "training data")
-    selections = list(config.token_selections or [data.token_selection] +
-                      (["prompt_last"] if config.behaviour == "alignment_faking" and not config.data_files else []))
+    selections = list(
+        config.token_selections
+        or [data.token_selection]
+        + (["prompt_last"] if config.behaviour == "alignment_faking" and not config.data_files else [])
+    )
     agg_names = list(config.aggregations or data.aggregations)
     if config.control_file:
         control = load_dialogues(config.control_file)
@@ -229,9 +238,14 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
         from probewatch.training.datasets.common import resolve_data_dir
         from probewatch.training.datasets.control import build_control
 
-        control, control_source = build_control(loaded, resolve_data_dir(config.data_dir), n=config.control_n,
-                                                max_new_tokens=config.control_max_new_tokens, seed=config.seed,
-                                                progress=config.progress)
+        control, control_source = build_control(
+            loaded,
+            resolve_data_dir(config.data_dir),
+            n=config.control_n,
+            max_new_tokens=config.control_max_new_tokens,
+            seed=config.seed,
+            progress=config.progress,
+        )
     timings["data_s"] = time.perf_counter() - t0
 
     # 2. activations ------------------------------------------------------------------------------
@@ -239,14 +253,32 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
 
     def extract(name: str, dialogues: Sequence[Dialogue]) -> ActivationSet:
         # the cache key is model + data + layers; the name only labels the folder (the control set is shared)
-        return extract_activations(loaded.model, loaded.tokenizer, dialogues, layers, loaded.fingerprint,
-                                   name=name, max_tokens=config.max_tokens,
-                                   batch_size=config.batch_size, dtype=config.cache_dtype, progress=config.progress)
+        return extract_activations(
+            loaded.model,
+            loaded.tokenizer,
+            dialogues,
+            layers,
+            loaded.fingerprint,
+            name=name,
+            max_tokens=config.max_tokens,
+            batch_size=config.batch_size,
+            dtype=config.cache_dtype,
+            progress=config.progress,
+        )
 
     data.pool = contiguous_by_kind(data.pool)  # one cache per kind: new data re-extracts only its kind
-    pool_acts = extract_by_kind(loaded.model, loaded.tokenizer, data.pool, layers, loaded.fingerprint,
-                                name=config.behaviour, max_tokens=config.max_tokens, batch_size=config.batch_size,
-                                dtype=config.cache_dtype, progress=config.progress)
+    pool_acts = extract_by_kind(
+        loaded.model,
+        loaded.tokenizer,
+        data.pool,
+        layers,
+        loaded.fingerprint,
+        name=config.behaviour,
+        max_tokens=config.max_tokens,
+        batch_size=config.batch_size,
+        dtype=config.cache_dtype,
+        progress=config.progress,
+    )
     ood_acts = {name: extract(f"{config.behaviour}-ood-{name}", ds) for name, ds in data.ood.items()}
     control_acts = extract("control", control)
     timings["extract_s"] = time.perf_counter() - t1
@@ -266,7 +298,7 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     aggregations = _aggregation_objs(agg_names, config.window, config.alpha)
 
     perm = np.random.default_rng(config.seed).permutation(len(control_acts))
-    control_cal, control_held = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2:])
+    control_cal, control_held = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2 :])
 
     # 4. sweep ----------------------------------------------------------------------------------------
     t2 = time.perf_counter()
@@ -277,41 +309,75 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     def layer_data(layer: int) -> tuple[LayerData, dict[str, tuple[LayerData, np.ndarray]], LayerData]:
         if layer not in cache:
             cache.clear()  # one layer in memory at a time
-            cache[layer] = (LayerData.load(pool_acts, layer),
-                            {name: (LayerData.load(a, layer), a.labels) for name, a in ood_acts.items()},
-                            LayerData.load(control_acts, layer))
+            cache[layer] = (
+                LayerData.load(pool_acts, layer),
+                {name: (LayerData.load(a, layer), a.labels) for name, a in ood_acts.items()},
+                LayerData.load(control_acts, layer),
+            )
         return cache[layer]
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(selections) * len(layers), desc=f"sweep {config.behaviour}", unit="layer",
-               disable=not config.progress)
+    bar = tqdm(
+        total=len(selections) * len(layers), desc=f"sweep {config.behaviour}", unit="layer", disable=not config.progress
+    )
     for selection in selections:
         sel_aggs = aggregations if selection == "response" else _aggregation_objs(["last"], config.window, config.alpha)
         for layer in layers:
             ld, ood, control_ld = layer_data(layer)
-            rows += sweep_layer(ld, ood, pool, selection, config.methods, sel_aggs, per_token_sweep and selection == "response",
-                                config.seed, config.balance_kinds, config.standardize,
-                                control=control_ld.subset(control_cal), fpr=config.fpr)
+            rows += sweep_layer(
+                ld,
+                ood,
+                pool,
+                selection,
+                config.methods,
+                sel_aggs,
+                per_token_sweep and selection == "response",
+                config.seed,
+                config.balance_kinds,
+                config.standardize,
+                control=control_ld.subset(control_cal),
+                fpr=config.fpr,
+            )
             bar.update(1)
     bar.close()
     chosen = best_row(rows, basis)
     if config.per_token is None and chosen.token_selection == "response":
         ld, ood, control_ld = layer_data(chosen.layer)
-        extra_rows = sweep_layer(ld, ood, pool, "response", [chosen.method], aggregations, True, config.seed,
-                                 config.balance_kinds, config.standardize, control=control_ld.subset(control_cal),
-                                 fpr=config.fpr)
+        extra_rows = sweep_layer(
+            ld,
+            ood,
+            pool,
+            "response",
+            [chosen.method],
+            aggregations,
+            True,
+            config.seed,
+            config.balance_kinds,
+            config.standardize,
+            control=control_ld.subset(control_cal),
+            fpr=config.fpr,
+        )
         rows += extra_rows
         chosen = best_row([chosen, *extra_rows], basis)
     timings["sweep_s"] = time.perf_counter() - t2
-    log.info("chosen: layer %d, %s, %s, per_token=%s, aggregation %s (%s %.3f, validation %.3f)", chosen.layer,
-             chosen.method, chosen.token_selection, chosen.per_token, chosen.aggregation, basis,
-             chosen.selection_score(basis), chosen.val_auroc or float("nan"))
+    log.info(
+        "chosen: layer %d, %s, %s, per_token=%s, aggregation %s (%s %.3f, validation %.3f)",
+        chosen.layer,
+        chosen.method,
+        chosen.token_selection,
+        chosen.per_token,
+        chosen.aggregation,
+        basis,
+        chosen.selection_score(basis),
+        chosen.val_auroc or float("nan"),
+    )
 
     # 5. final fit, calibration, threshold ------------------------------------------------------------------
     t3 = time.perf_counter()
-    spec = ProbeSpec(chosen.method, chosen.layer, chosen.token_selection, chosen.per_token, chosen.aggregation,
-                     config.standardize)
+    spec = ProbeSpec(
+        chosen.method, chosen.layer, chosen.token_selection, chosen.per_token, chosen.aggregation, config.standardize
+    )
     agg = Aggregation(method=chosen.aggregation, window=config.window, alpha=config.alpha)
     ld, ood, control_ld = layer_data(chosen.layer)
     probe = fit_probe(spec, ld, pool, fit_idx, config.seed, config.balance_kinds)
@@ -325,12 +391,16 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     threshold = calibrated_threshold(control_scores[control_cal], config.fpr)
     test_metrics = detection_metrics(scores[test_idx], labels[test_idx], control_scores[control_cal], config.fpr)
     test_metrics["fpr_control_heldout"] = float((control_scores[control_held] >= threshold).mean())
-    test_metrics["recall_at_fpr_negatives"] = detection_metrics(scores[test_idx], labels[test_idx], None, config.fpr)["recall_at_fpr"]
+    test_metrics["recall_at_fpr_negatives"] = detection_metrics(scores[test_idx], labels[test_idx], None, config.fpr)[
+        "recall_at_fpr"
+    ]
     ood_metrics = {}
     for name, (od, od_labels) in ood.items():
         s = score_all(w, b, od, spec.token_selection, [agg])[agg.method]
         ood_metrics[name] = detection_metrics(s, od_labels, control_scores[control_cal], config.fpr)
-    heldout = heldout_kind_recall(spec, ld, pool, control_ld.subset(control_cal), config.fpr, config.seed, config.balance_kinds, agg)
+    heldout = heldout_kind_recall(
+        spec, ld, pool, control_ld.subset(control_cal), config.fpr, config.seed, config.balance_kinds, agg
+    )
     timings["final_s"] = time.perf_counter() - t3
 
     # 6. export + report ----------------------------------------------------------------------------------------
@@ -342,50 +412,109 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
         if len(set(labels[test_idx][sel].tolist())) == 2:
             per_kind_test[kind] = detection_metrics(scores[test_idx][sel], labels[test_idx][sel])["auroc"]
     metrics = {
-        "auroc": test_metrics["auroc"], "auroc_test_per_kind": per_kind_test,
-        "recall_at_fpr_control": test_metrics["recall_at_fpr"], "fpr": config.fpr,
+        "auroc": test_metrics["auroc"],
+        "auroc_test_per_kind": per_kind_test,
+        "recall_at_fpr_control": test_metrics["recall_at_fpr"],
+        "fpr": config.fpr,
         "fpr_control_heldout": test_metrics["fpr_control_heldout"],
         "auroc_heldout_kind": float(np.mean(heldout_aurocs)) if heldout_aurocs else None,
         "auroc_heldout_kind_per_kind": {k: v["auroc"] for k, v in heldout.items()},
         "auroc_ood": {k: v["auroc"] for k, v in ood_metrics.items()},
         "recall_at_fpr_control_ood": {k: v["recall_at_fpr"] for k, v in ood_metrics.items()},
-        "n_test": len(test_idx), "split": "grouped by source item (group)",
+        "n_test": len(test_idx),
+        "split": "grouped by source item (group)",
     }
-    sizes = {"pool": len(labels), "fit": len(fit_idx), "calibration": len(val_idx), "test": len(test_idx),
-             "control_calibration": len(control_cal), "control_heldout": len(control_held)}
+    sizes = {
+        "pool": len(labels),
+        "fit": len(fit_idx),
+        "calibration": len(val_idx),
+        "test": len(test_idx),
+        "control_calibration": len(control_cal),
+        "control_heldout": len(control_held),
+    }
     training = {
-        "method": chosen.method, "layer": chosen.layer, "per_token": chosen.per_token, "C": getattr(probe, "C_", None),
-        "standardize": bool(probe.standardize), "seed": config.seed, "token_selection": chosen.token_selection,
-        "aggregation": chosen.aggregation, "balance_kinds": config.balance_kinds, "selected_by": basis,
-        "n_configurations": len(rows), "layers_swept": layers, "sizes": sizes,
-        "kinds": _kinds_summary(data.pool), "train_only_kinds": list(train_only),
+        "method": chosen.method,
+        "layer": chosen.layer,
+        "per_token": chosen.per_token,
+        "C": getattr(probe, "C_", None),
+        "standardize": bool(probe.standardize),
+        "seed": config.seed,
+        "token_selection": chosen.token_selection,
+        "aggregation": chosen.aggregation,
+        "balance_kinds": config.balance_kinds,
+        "selected_by": basis,
+        "n_configurations": len(rows),
+        "layers_swept": layers,
+        "sizes": sizes,
+        "kinds": _kinds_summary(data.pool),
+        "train_only_kinds": list(train_only),
         "data": [asdict(s) for s in data.sources],
-        "control": asdict(control_source), "activation_cache": pool_acts.index["key"][:16],
+        "control": asdict(control_source),
+        "activation_cache": pool_acts.index["key"][:16],
         "platt": {"slope": slope, "offset": offset, "fitted_on": "calibration split"},
-        "command": config.command, **provenance_extra,
+        "command": config.command,
+        **provenance_extra,
     }
     description = _description(config.behaviour, chosen, basis, metrics)
-    threshold_obj = Threshold(value=float(threshold), method="fpr", fpr=config.fpr,
-                              calibration_set=control_source.name, n_calibration=len(control_cal))
-    export_bundle(out, probe, probe_id=probe_id, behaviour=config.behaviour, method=chosen.method,
-                  model_id=loaded.model_id, fingerprint=loaded.fingerprint, d_model=loaded.d_model, n_layers=n_layers,
-                  layer=chosen.layer, token_selection=chosen.token_selection, aggregation=agg, threshold=threshold_obj,
-                  metrics=metrics, training=training, description=description, version=config.version or "1",
-                  extra={"direction_norm": float(np.linalg.norm(w)), "score_units": "calibrated logit (Platt)"})
+    threshold_obj = Threshold(
+        value=float(threshold),
+        method="fpr",
+        fpr=config.fpr,
+        calibration_set=control_source.name,
+        n_calibration=len(control_cal),
+    )
+    export_bundle(
+        out,
+        probe,
+        probe_id=probe_id,
+        behaviour=config.behaviour,
+        method=chosen.method,
+        model_id=loaded.model_id,
+        fingerprint=loaded.fingerprint,
+        d_model=loaded.d_model,
+        n_layers=n_layers,
+        layer=chosen.layer,
+        token_selection=chosen.token_selection,
+        aggregation=agg,
+        threshold=threshold_obj,
+        metrics=metrics,
+        training=training,
+        description=description,
+        version=config.version or "1",
+        extra={"direction_norm": float(np.linalg.norm(w)), "score_units": "calibrated logit (Platt)"},
+    )
     parity = _parity_check(out, loaded, data.pool, test_idx, scores, config) if config.parity_check else None
     report = {
-        "probe_id": probe_id, "behaviour": config.behaviour, "bundle": str(out),
-        "model": {"id": loaded.model_id, "fingerprint": loaded.fingerprint, "n_layers": n_layers, "d_model": loaded.d_model},
+        "probe_id": probe_id,
+        "behaviour": config.behaviour,
+        "bundle": str(out),
+        "model": {
+            "id": loaded.model_id,
+            "fingerprint": loaded.fingerprint,
+            "n_layers": n_layers,
+            "d_model": loaded.d_model,
+        },
         "command": config.command,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
-        "data": {"kinds": _kinds_summary(data.pool), "train_only_kinds": list(train_only), "sources": [asdict(s) for s in data.sources],
-                 "ood": {k: len(v) for k, v in data.ood.items()}, "control": asdict(control_source), "notes": data.notes},
+        "data": {
+            "kinds": _kinds_summary(data.pool),
+            "train_only_kinds": list(train_only),
+            "sources": [asdict(s) for s in data.sources],
+            "ood": {k: len(v) for k, v in data.ood.items()},
+            "control": asdict(control_source),
+            "notes": data.notes,
+        },
         "splits": sizes,
         "selection": {"basis": basis, "n_configurations": len(rows), "chosen": chosen.to_json()},
         "metrics": metrics,
-        "test": test_metrics, "heldout_kinds": heldout, "ood": ood_metrics,
-        "threshold": asdict(threshold_obj), "platt": {"slope": slope, "offset": offset},
-        "parity": parity, "sweep": [r.to_json() for r in rows], "timings": timings,
+        "test": test_metrics,
+        "heldout_kinds": heldout,
+        "ood": ood_metrics,
+        "threshold": asdict(threshold_obj),
+        "platt": {"slope": slope, "offset": offset},
+        "parity": parity,
+        "sweep": [r.to_json() for r in rows],
+        "timings": timings,
     }
     from probewatch.training.report import write_json
 
@@ -404,16 +533,21 @@ def _default_id(config: TrainConfig) -> str:
 
 
 def _description(behaviour: str, chosen: SweepRow, basis: str, metrics: dict) -> str:
-    what = {"deception": "deceptive statements or answers (label 1) vs honest ones",
-            "refusal": "harmful requests the model should refuse (read at the generation-prompt position)",
-            "alignment_faking": "monitored / used-for-training / being-evaluated framing vs unmonitored deployment"}.get(behaviour, behaviour)
-    return (f"{chosen.method} probe on layer {chosen.layer} ({chosen.token_selection}, {'per-token' if chosen.per_token else 'per-example'} "
-            f"training, {chosen.aggregation} aggregation) for {what}; chosen by {basis.replace('_', '-')} AUROC. "
-            f"Scores are calibrated logits.")
+    what = {
+        "deception": "deceptive statements or answers (label 1) vs honest ones",
+        "refusal": "harmful requests the model should refuse (read at the generation-prompt position)",
+        "alignment_faking": "monitored / used-for-training / being-evaluated framing vs unmonitored deployment",
+    }.get(behaviour, behaviour)
+    return (
+        f"{chosen.method} probe on layer {chosen.layer} ({chosen.token_selection}, {'per-token' if chosen.per_token else 'per-example'} "
+        f"training, {chosen.aggregation} aggregation) for {what}; chosen by {basis.replace('_', '-')} AUROC. "
+        f"Scores are calibrated logits."
+    )
 
 
-def _parity_check(out: Path, loaded: Any, pool: Sequence[Dialogue], test_idx: np.ndarray, cached: np.ndarray,
-                  config: TrainConfig) -> dict[str, Any]:
+def _parity_check(
+    out: Path, loaded: Any, pool: Sequence[Dialogue], test_idx: np.ndarray, cached: np.ndarray, config: TrainConfig
+) -> dict[str, Any]:
     """Score a few test dialogues through the live scoring path and compare with the cached scores."""
     from probewatch.probes import ProbeRuntime, load_bundle
     from probewatch.scoring import score_dialogues
@@ -421,8 +555,15 @@ def _parity_check(out: Path, loaded: Any, pool: Sequence[Dialogue], test_idx: np
     idx = test_idx[: config.parity_check]
     bundle = load_bundle(out, expected_fingerprint=loaded.fingerprint)
     runtime = ProbeRuntime([bundle])
-    results = score_dialogues(loaded.model, loaded.tokenizer, runtime, [pool[i] for i in idx], batch_size=4,
-                              max_tokens=config.max_tokens, progress=False)
+    results = score_dialogues(
+        loaded.model,
+        loaded.tokenizer,
+        runtime,
+        [pool[i] for i in idx],
+        batch_size=4,
+        max_tokens=config.max_tokens,
+        progress=False,
+    )
     live = np.array([r.aggregate[bundle.id] for r in results])
     diff = float(np.max(np.abs(live - cached[idx])))
     if diff > 1e-2:
@@ -430,9 +571,20 @@ def _parity_check(out: Path, loaded: Any, pool: Sequence[Dialogue], test_idx: np
     return {"n": int(len(idx)), "max_abs_diff": diff}
 
 
-def _plots(out: Path, report: dict, scores: np.ndarray, labels: np.ndarray, test_idx: np.ndarray,
-           control_scores: np.ndarray, threshold: float, ood: dict, w: np.ndarray, b: float, spec: ProbeSpec,
-           agg: Aggregation) -> list[str]:
+def _plots(
+    out: Path,
+    report: dict,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    test_idx: np.ndarray,
+    control_scores: np.ndarray,
+    threshold: float,
+    ood: dict,
+    w: np.ndarray,
+    b: float,
+    spec: ProbeSpec,
+    agg: Aggregation,
+) -> list[str]:
     from probewatch.training.report import plot_histograms, plot_layer_sweep, plot_roc
 
     name = report["probe_id"]
@@ -440,15 +592,30 @@ def _plots(out: Path, report: dict, scores: np.ndarray, labels: np.ndarray, test
     paths = [plot_layer_sweep(report["sweep"], chosen, out / "auroc_by_layer.png", f"{name}: AUROC per layer")]
     curves = {f"test split (AUROC {report['metrics']['auroc']:.3f})": (scores[test_idx], labels[test_idx])}
     y_test = labels[test_idx]
-    curves["test positives vs control"] = (np.concatenate([scores[test_idx][y_test == 1], control_scores]),
-                                           np.r_[np.ones(int((y_test == 1).sum())), np.zeros(len(control_scores))])
+    curves["test positives vs control"] = (
+        np.concatenate([scores[test_idx][y_test == 1], control_scores]),
+        np.r_[np.ones(int((y_test == 1).sum())), np.zeros(len(control_scores))],
+    )
     for oname, (od, od_labels) in ood.items():
         curves[f"ood: {oname}"] = (score_all(w, b, od, spec.token_selection, [agg])[agg.method], od_labels)
     t = report["test"]
-    points = {f"threshold @ {100 * t['fpr_target']:.0f}% FPR on control": (float((control_scores >= threshold).mean()),
-                                                                          float(t["recall_at_fpr"] or 0.0))}
+    points = {
+        f"threshold @ {100 * t['fpr_target']:.0f}% FPR on control": (
+            float((control_scores >= threshold).mean()),
+            float(t["recall_at_fpr"] or 0.0),
+        )
+    }
     paths.append(plot_roc(curves, out / "roc.png", f"{name}: ROC", points))
-    paths.append(plot_histograms({"positives (test)": scores[test_idx][y_test == 1],
-                                  "negatives (test)": scores[test_idx][y_test == 0], "control": control_scores},
-                                 threshold, out / "score_hist.png", f"{name}: score distributions"))
+    paths.append(
+        plot_histograms(
+            {
+                "positives (test)": scores[test_idx][y_test == 1],
+                "negatives (test)": scores[test_idx][y_test == 0],
+                "control": control_scores,
+            },
+            threshold,
+            out / "score_hist.png",
+            f"{name}: score distributions",
+        )
+    )
     return [p.name for p in paths]

@@ -39,17 +39,33 @@ def plot_layer_sweep(rows: list[dict], chosen: dict, path: Path, title: str) -> 
     from probewatch.training.bench_quality import sweep_mode
 
     mode = sweep_mode(rows, chosen)
-    subset = [r for r in rows if r["aggregation"] == chosen["aggregation"] and r["token_selection"] == chosen["token_selection"]
-              and r["per_token"] == mode]
+    subset = [
+        r
+        for r in rows
+        if r["aggregation"] == chosen["aggregation"]
+        and r["token_selection"] == chosen["token_selection"]
+        and r["per_token"] == mode
+    ]
     for method in sorted({r["method"] for r in subset}):
         pts = sorted((r["layer"], r) for r in subset if r["method"] == method)
         layers = [layer for layer, _ in pts]
         ax.plot(layers, [r["val_auroc"] for _, r in pts], marker="o", label=f"{method}: validation")
         if any(r["heldout_kind_auroc"] is not None for _, r in pts):
-            ax.plot(layers, [r["heldout_kind_auroc"] for _, r in pts], marker="s", linestyle="--",
-                    label=f"{method}: held-out kinds")
+            ax.plot(
+                layers,
+                [r["heldout_kind_auroc"] for _, r in pts],
+                marker="s",
+                linestyle="--",
+                label=f"{method}: held-out kinds",
+            )
         elif any(r.get("ood_mean") is not None for _, r in pts):
-            ax.plot(layers, [r["ood_mean"] for _, r in pts], marker="s", linestyle="--", label=f"{method}: out-of-distribution")
+            ax.plot(
+                layers,
+                [r["ood_mean"] for _, r in pts],
+                marker="s",
+                linestyle="--",
+                label=f"{method}: out-of-distribution",
+            )
     ax.axvline(chosen["layer"], color="grey", linewidth=0.8)
     ax.set_xlabel("layer (resid_post)")
     ax.set_ylabel("AUROC")
@@ -57,8 +73,12 @@ def plot_layer_sweep(rows: list[dict], chosen: dict, path: Path, title: str) -> 
     return _finish(plt, fig, ax, path, title, legend_loc="lower right", grid=True)
 
 
-def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path, title: str,
-             operating_points: dict[str, tuple[float, float]] | None = None) -> Path:
+def plot_roc(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    path: Path,
+    title: str,
+    operating_points: dict[str, tuple[float, float]] | None = None,
+) -> Path:
     from sklearn.metrics import roc_curve
 
     plt = _plt()
@@ -83,7 +103,13 @@ def plot_histograms(groups: dict[str, np.ndarray], threshold: float, path: Path,
     bins = np.linspace(np.percentile(finite, 0.5), np.percentile(finite, 99.5), 50)
     for name, values in groups.items():
         if len(values):
-            ax.hist(np.clip(values, bins[0], bins[-1]), bins=bins, alpha=0.5, density=True, label=f"{name} (n={len(values)})")
+            ax.hist(
+                np.clip(values, bins[0], bins[-1]),
+                bins=bins,
+                alpha=0.5,
+                density=True,
+                label=f"{name} (n={len(values)})",
+            )
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {threshold:.2f}")
     ax.set_xlabel("score (calibrated logit)")
     ax.set_ylabel("density")

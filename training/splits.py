@@ -18,8 +18,9 @@ class SplitError(ProbewatchError):
     """The data cannot be split as asked (too few groups, one class only)."""
 
 
-def grouped_split(groups: np.ndarray, labels: np.ndarray, test_size: float, seed: int = 0,
-                  idx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def grouped_split(
+    groups: np.ndarray, labels: np.ndarray, test_size: float, seed: int = 0, idx: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) indices (into the full arrays) with disjoint groups and both classes on each side."""
     from sklearn.model_selection import GroupShuffleSplit
 
@@ -35,9 +36,13 @@ def grouped_split(groups: np.ndarray, labels: np.ndarray, test_size: float, seed
     raise SplitError("could not find a grouped split with both classes on both sides (too few groups per class?)")
 
 
-def leave_one_kind_out(kinds: np.ndarray, labels: np.ndarray, groups: np.ndarray,
-                       idx: np.ndarray | None = None, exclude: tuple[str, ...] = ()
-                       ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def leave_one_kind_out(
+    kinds: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    idx: np.ndarray | None = None,
+    exclude: tuple[str, ...] = (),
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """(kind, train, test) for every kind with both classes whose complement also has both.
 
     Examples of the training side that share a group with the held-out kind are dropped too.

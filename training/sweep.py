@@ -60,7 +60,7 @@ class SweepRow:
     heldout_per_kind: dict[str, float] = field(default_factory=dict)
     ood_auroc: dict[str, float] = field(default_factory=dict)
     C: float | None = None
-    val_recall_control: float | None = None   # validation positives above the control-calibrated threshold
+    val_recall_control: float | None = None  # validation positives above the control-calibrated threshold
 
     @property
     def ood_mean(self) -> float | None:
@@ -93,10 +93,12 @@ class ProbeSpec:
     C: float | None = None
 
 
-def fit_probe(spec: ProbeSpec, data: LayerData, pool: PoolArrays, idx: np.ndarray, seed: int,
-              balance_kinds: bool) -> LinearProbe:
-    X, y, g, w = training_matrix(data, idx, pool.labels, pool.groups, spec.token_selection, spec.per_token,
-                                 pool.kinds, balance_kinds)
+def fit_probe(
+    spec: ProbeSpec, data: LayerData, pool: PoolArrays, idx: np.ndarray, seed: int, balance_kinds: bool
+) -> LinearProbe:
+    X, y, g, w = training_matrix(
+        data, idx, pool.labels, pool.groups, spec.token_selection, spec.per_token, pool.kinds, balance_kinds
+    )
     probe = make_probe(spec.method, seed=seed, C=spec.C, standardize=spec.standardize)
     return probe.fit(X, y, groups=g, sample_weight=w)
 
@@ -114,10 +116,21 @@ def selection_basis(pool: PoolArrays, has_ood: bool) -> str:
     return "ood" if has_ood else "validation"
 
 
-def sweep_layer(data: LayerData, ood: dict[str, tuple[LayerData, np.ndarray]], pool: PoolArrays,
-                token_selection: str, methods: Sequence[str], aggregations: Sequence[Aggregation],
-                per_token: bool, seed: int, balance_kinds: bool, standardize: bool | None = None,
-                do_heldout: bool = True, control: LayerData | None = None, fpr: float = 0.01) -> list[SweepRow]:
+def sweep_layer(
+    data: LayerData,
+    ood: dict[str, tuple[LayerData, np.ndarray]],
+    pool: PoolArrays,
+    token_selection: str,
+    methods: Sequence[str],
+    aggregations: Sequence[Aggregation],
+    per_token: bool,
+    seed: int,
+    balance_kinds: bool,
+    standardize: bool | None = None,
+    do_heldout: bool = True,
+    control: LayerData | None = None,
+    fpr: float = 0.01,
+) -> list[SweepRow]:
     """Every (method, aggregation) on one layer; one fit per method and split.
 
     With `control` (the calibration half of the control set), each row also records the recall of
@@ -139,8 +152,15 @@ def sweep_layer(data: LayerData, ood: dict[str, tuple[LayerData, np.ndarray]], p
         for kind, tr, te in loko:
             # C comes from the fit split's grouped CV (one selection per layer keeps the sweep affordable);
             # the reported held-out-kind numbers of the chosen probe redo the selection inside each fold
-            spec_k = ProbeSpec(method, data.layer, token_selection, per_token, spec.aggregation, standardize,
-                               C=getattr(probe, "C_", None))
+            spec_k = ProbeSpec(
+                method,
+                data.layer,
+                token_selection,
+                per_token,
+                spec.aggregation,
+                standardize,
+                C=getattr(probe, "C_", None),
+            )
             pk = fit_probe(spec_k, data, pool, tr, seed, balance_kinds)
             wk, bk = pk.raw_linear_form()
             sk = score_all(wk, bk, data, token_selection, list(aggregations))
@@ -148,16 +168,27 @@ def sweep_layer(data: LayerData, ood: dict[str, tuple[LayerData, np.ndarray]], p
                 heldout[a.method][kind] = _safe_auroc(sk[a.method][te], pool.labels[te])
         for a in aggregations:
             per_kind = {k: v for k, v in heldout[a.method].items() if v is not None}
-            rows.append(SweepRow(
-                token_selection, data.layer, method, per_token, a.method,
-                _safe_auroc(scores[a.method][pool.val_idx], pool.labels[pool.val_idx]),
-                float(np.mean(list(per_kind.values()))) if per_kind else None, per_kind,
-                {name: v for name, (od, labels) in ood.items()
-                 if (v := _safe_auroc(ood_scores[name][a.method], labels)) is not None},
-                getattr(probe, "C_", None),
-                recall_at_threshold(scores[a.method][val_pos], threshold_at_fpr(control_scores[a.method], fpr))
-                if control is not None and len(val_pos) else None,
-            ))
+            rows.append(
+                SweepRow(
+                    token_selection,
+                    data.layer,
+                    method,
+                    per_token,
+                    a.method,
+                    _safe_auroc(scores[a.method][pool.val_idx], pool.labels[pool.val_idx]),
+                    float(np.mean(list(per_kind.values()))) if per_kind else None,
+                    per_kind,
+                    {
+                        name: v
+                        for name, (od, labels) in ood.items()
+                        if (v := _safe_auroc(ood_scores[name][a.method], labels)) is not None
+                    },
+                    getattr(probe, "C_", None),
+                    recall_at_threshold(scores[a.method][val_pos], threshold_at_fpr(control_scores[a.method], fpr))
+                    if control is not None and len(val_pos)
+                    else None,
+                )
+            )
     return rows
 
 
@@ -165,14 +196,26 @@ def best_row(rows: Sequence[SweepRow], by: str) -> SweepRow:
     def key(r: SweepRow) -> tuple:
         # AUROC to 0.01 (differences below that are noise at these sizes), then what a monitor needs:
         # recall at the control-calibrated threshold, then validation AUROC, then the earlier layer
-        return (round(r.selection_score(by), 2), round(r.val_recall_control or 0.0, 3), round(r.val_auroc or 0.0, 3),
-                -r.layer)
+        return (
+            round(r.selection_score(by), 2),
+            round(r.val_recall_control or 0.0, 3),
+            round(r.val_auroc or 0.0, 3),
+            -r.layer,
+        )
 
     return max(rows, key=key)
 
 
-def heldout_kind_recall(spec: ProbeSpec, data: LayerData, pool: PoolArrays, control: LayerData, fpr: float,
-                        seed: int, balance_kinds: bool, aggregation: Aggregation | None = None) -> dict[str, dict[str, float]]:
+def heldout_kind_recall(
+    spec: ProbeSpec,
+    data: LayerData,
+    pool: PoolArrays,
+    control: LayerData,
+    fpr: float,
+    seed: int,
+    balance_kinds: bool,
+    aggregation: Aggregation | None = None,
+) -> dict[str, dict[str, float]]:
     """Per held-out kind: AUROC and recall at the control-calibrated `fpr` threshold of that fold's probe."""
     from probewatch.metrics import recall_at_threshold, threshold_at_fpr
 
@@ -185,8 +228,12 @@ def heldout_kind_recall(spec: ProbeSpec, data: LayerData, pool: PoolArrays, cont
         c = score_all(w, b, control, spec.token_selection, agg)[spec.aggregation]
         t = threshold_at_fpr(c, fpr)
         y = pool.labels[te]
-        out[kind] = {"auroc": _safe_auroc(s[te], y), "recall_at_fpr_control": recall_at_threshold(s[te][y == 1], t),
-                     "fpr_negatives": float((s[te][y == 0] >= t).mean()), "n": int(len(te))}
+        out[kind] = {
+            "auroc": _safe_auroc(s[te], y),
+            "recall_at_fpr_control": recall_at_threshold(s[te][y == 1], t),
+            "fpr_negatives": float((s[te][y == 0] >= t).mean()),
+            "n": int(len(te)),
+        }
     return out
 
 

@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         print("probewatch-healthcheck: --cert and --key go together", file=sys.stderr)
         return 2
     ok, status = check(args)
-    print(f"probewatch-healthcheck: {args.address} service={args.service!r}: {status}",
-          file=sys.stdout if ok else sys.stderr)
+    print(
+        f"probewatch-healthcheck: {args.address} service={args.service!r}: {status}",
+        file=sys.stdout if ok else sys.stderr,
+    )
     return 0 if ok else 1
 
 

@@ -59,6 +59,7 @@ class ValidationError(Exception):
 # Rendering
 # ---------------------------------------------------------------------------------------------
 
+
 def deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():
@@ -76,8 +77,9 @@ def load_values(files: list[Path] | None = None, overrides: dict | None = None) 
     return deep_merge(values, overrides or {})
 
 
-def render(values: dict | None = None, *, release: str = RELEASE, namespace: str = NAMESPACE,
-           chart: Path = CHART) -> dict[str, str]:
+def render(
+    values: dict | None = None, *, release: str = RELEASE, namespace: str = NAMESPACE, chart: Path = CHART
+) -> dict[str, str]:
     """Template path -> rendered text, as `helm template` produces them (NOTES.txt included)."""
     import helm_python as helm
 
@@ -115,6 +117,7 @@ def example_values() -> dict[str, dict]:
 # Validation
 # ---------------------------------------------------------------------------------------------
 
+
 def _strict(schema: Any) -> Any:
     """Copy of a JSON Schema where every object with declared properties rejects unknown ones."""
     if isinstance(schema, dict):
@@ -127,7 +130,7 @@ def _strict(schema: Any) -> Any:
     return schema
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def crd_schema(kind: str) -> dict:
     """Strict JSON Schema of a Prometheus Operator kind, from the CRD-generated cloudcoil models."""
     from cloudcoil.models.prometheus_operator import v1
@@ -163,7 +166,8 @@ def validate_object(obj: dict, *, where: str = "", k8s_version: str = KUBERNETES
             raise ValidationError(f"{label}: {details}")
         return
     import kubernetes_validate
-    from kubernetes_validate.utils import SchemaNotFoundError, ValidationError as KVError
+    from kubernetes_validate.utils import SchemaNotFoundError
+    from kubernetes_validate.utils import ValidationError as KVError
 
     try:
         kubernetes_validate.validate(obj, k8s_version, strict=True)
@@ -194,8 +198,9 @@ def check_rules_with_promtool(groups: dict) -> str:
     return proc.stdout
 
 
-def validate_rendered(rendered: dict[str, str], *, k8s_version: str = KUBERNETES_VERSION,
-                      with_promtool: bool = True) -> list[str]:
+def validate_rendered(
+    rendered: dict[str, str], *, k8s_version: str = KUBERNETES_VERSION, with_promtool: bool = True
+) -> list[str]:
     """Validate every manifest; returns 'Kind/name' for each validated object."""
     seen = []
     for path, obj in manifests(rendered):
@@ -203,7 +208,7 @@ def validate_rendered(rendered: dict[str, str], *, k8s_version: str = KUBERNETES
         if obj["kind"] == "PrometheusRule" and with_promtool and promtool():
             check_rules_with_promtool({"groups": obj["spec"]["groups"]})
         if obj["kind"] == "ConfigMap" and obj["metadata"]["name"].endswith("-dashboard"):
-            for key, text in obj["data"].items():
+            for _key, text in obj["data"].items():
                 json.loads(text)  # the embedded dashboard must survive templating as valid JSON
         seen.append(f"{obj['kind']}/{obj['metadata']['name']}")
     return seen
@@ -212,6 +217,7 @@ def validate_rendered(rendered: dict[str, str], *, k8s_version: str = KUBERNETES
 # ---------------------------------------------------------------------------------------------
 # The plain rule file
 # ---------------------------------------------------------------------------------------------
+
 
 class _LiteralDumper(yaml.SafeDumper):
     pass
@@ -235,8 +241,7 @@ def rules_from_chart(values: dict | None = None) -> dict:
 
 
 def rules_file_text(values: dict | None = None) -> str:
-    body = yaml.dump(rules_from_chart(values), Dumper=_LiteralDumper, sort_keys=False, width=4096,
-                     allow_unicode=True)
+    body = yaml.dump(rules_from_chart(values), Dumper=_LiteralDumper, sort_keys=False, width=4096, allow_unicode=True)
     return RULES_HEADER + body
 
 
@@ -244,19 +249,31 @@ def rules_file_text(values: dict | None = None) -> str:
 # CLI
 # ---------------------------------------------------------------------------------------------
 
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-f", "--values", type=Path, action="append", default=[], help="values file (repeatable)")
-    parser.add_argument("--set-json", action="append", default=[],
-                        help='values overrides as JSON, e.g. \'{"mode": "standalone"}\' (repeatable)')
+    parser.add_argument(
+        "--set-json",
+        action="append",
+        default=[],
+        help='values overrides as JSON, e.g. \'{"mode": "standalone"}\' (repeatable)',
+    )
     parser.add_argument("--release", default=RELEASE)
     parser.add_argument("--namespace", default=NAMESPACE)
     parser.add_argument("--validate", action="store_true", help="validate every rendered manifest")
     parser.add_argument("--lint", action="store_true", help="helm lint --strict with these values")
-    parser.add_argument("--all-examples", action="store_true",
-                        help="render (and --validate/--lint) the defaults and every examples/values-*.yaml")
-    parser.add_argument("--export-rules", type=Path, default=None,
-                        help="write the default-values PrometheusRule groups as a plain rule file")
+    parser.add_argument(
+        "--all-examples",
+        action="store_true",
+        help="render (and --validate/--lint) the defaults and every examples/values-*.yaml",
+    )
+    parser.add_argument(
+        "--export-rules",
+        type=Path,
+        default=None,
+        help="write the default-values PrometheusRule groups as a plain rule file",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not print the manifests")
     args = parser.parse_args(argv)
 

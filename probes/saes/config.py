@@ -23,10 +23,23 @@ DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 #: Keys SAELens 6 keeps under `metadata` (pre-6.0 files have them at the top level).
 METADATA_KEYS = (
-    "model_name", "hook_name", "model_class_name", "hook_head_index", "model_from_pretrained_kwargs",
-    "prepend_bos", "exclude_special_tokens", "neuronpedia_id", "context_size", "seqpos_slice",
-    "dataset_path", "sae_lens_version", "sae_lens_training_version", "hook_name_out",
-    "hook_head_index_out", "hf_hook_name", "hf_hook_name_out",
+    "model_name",
+    "hook_name",
+    "model_class_name",
+    "hook_head_index",
+    "model_from_pretrained_kwargs",
+    "prepend_bos",
+    "exclude_special_tokens",
+    "neuronpedia_id",
+    "context_size",
+    "seqpos_slice",
+    "dataset_path",
+    "sae_lens_version",
+    "sae_lens_training_version",
+    "hook_name_out",
+    "hook_head_index_out",
+    "hf_hook_name",
+    "hf_hook_name_out",
 )
 
 
@@ -101,7 +114,9 @@ class SAEConfig:
 _RESID_POST = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
 _RESID_PRE = re.compile(r"^blocks\.(\d+)\.hook_resid_pre$")
 # HF module paths whose output is the decoder layer's output (EleutherAI sparsify, nnsight users).
-_HF_LAYER = re.compile(r"^(?:model\.(?:language_model\.)?layers|layers|transformer\.h|gpt_neox\.layers|model\.decoder\.layers)\.(\d+)(?:\.output)?$")
+_HF_LAYER = re.compile(
+    r"^(?:model\.(?:language_model\.)?layers|layers|transformer\.h|gpt_neox\.layers|model\.decoder\.layers)\.(\d+)(?:\.output)?$"
+)
 
 
 def layer_from_hook_name(hook_name: str) -> int:

@@ -30,7 +30,12 @@ from typing import Any
 
 import torch
 
-from probewatch.probes.errors import BundleNotFoundError, ChecksumMismatchError, CorruptBundleError, DimensionMismatchError
+from probewatch.probes.errors import (
+    BundleNotFoundError,
+    ChecksumMismatchError,
+    CorruptBundleError,
+    DimensionMismatchError,
+)
 from probewatch.probes.saes.loading import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, load_sae, sae_file_checksums
 from probewatch.probes.saes.sae import SAE
 
@@ -49,7 +54,9 @@ def shipped_saes_root() -> Path:
     return Path(probes_pkg.__file__).resolve().parent / "shipped" / "saes"
 
 
-def sae_reference(sae_dir: str | Path, bundle_dir: str | Path, name: str | None = None, embed: bool = False) -> dict[str, Any]:
+def sae_reference(
+    sae_dir: str | Path, bundle_dir: str | Path, name: str | None = None, embed: bool = False
+) -> dict[str, Any]:
     """The `extra.sae` block for a bundle at `bundle_dir` reading the SAE at `sae_dir`.
 
     With `embed`, the SAE files are copied into `bundle_dir/sae/` (a self-contained bundle for
@@ -76,8 +83,16 @@ def sae_reference(sae_dir: str | Path, bundle_dir: str | Path, name: str | None 
     }
 
 
-def save_feature_bundle(path: str | Path, manifest: Any, sae_dir: str | Path, feature_ids: Any, weight: Any,
-                        bias: float, embed_sae: bool = False, sae_name: str | None = None) -> Path:
+def save_feature_bundle(
+    path: str | Path,
+    manifest: Any,
+    sae_dir: str | Path,
+    feature_ids: Any,
+    weight: Any,
+    bias: float,
+    embed_sae: bool = False,
+    sae_name: str | None = None,
+) -> Path:
     """Write an sae_feature bundle reading latents `feature_ids` of the SAE at `sae_dir`.
 
     `manifest` is a `Manifest` whose kind is set to sae_feature here; the SAE reference (relative
@@ -94,9 +109,11 @@ def save_feature_bundle(path: str | Path, manifest: Any, sae_dir: str | Path, fe
     path.mkdir(parents=True, exist_ok=True)
     manifest.kind = "sae_feature"
     manifest.extra = {**manifest.extra, "sae": sae_reference(sae_dir, path, name=sae_name, embed=embed_sae)}
-    tensors = {"feature_ids": torch.as_tensor(feature_ids, dtype=torch.long).reshape(-1),
-               "weight": torch.as_tensor(weight, dtype=torch.float32).reshape(-1),
-               "bias": torch.tensor([float(bias)], dtype=torch.float32)}
+    tensors = {
+        "feature_ids": torch.as_tensor(feature_ids, dtype=torch.long).reshape(-1),
+        "weight": torch.as_tensor(weight, dtype=torch.float32).reshape(-1),
+        "bias": torch.tensor([float(bias)], dtype=torch.float32),
+    }
     return save_bundle(path, manifest, tensors)
 
 
@@ -104,7 +121,7 @@ def _candidates(bundle_path: Path, manifest: Any) -> list[Path]:
     ref = manifest.extra.get("sae") or {}
     out = [bundle_path / EMBEDDED_SAE_DIR]
     if ref.get("path"):
-        out.append((bundle_path / ref["path"]))
+        out.append(bundle_path / ref["path"])
     if ref.get("abs_path"):
         out.append(Path(ref["abs_path"]))
     if ref.get("name"):
@@ -147,8 +164,10 @@ def load_bundle_sae(bundle_path: str | Path, manifest: Any) -> SAE:
     sae_dir = resolve_bundle_sae_dir(bundle_path, manifest)
     pinned = manifest.extra["sae"]["sha256"]
     # keyed by content, not folder: the same SAE embedded in two bundles is still one SAE to encode
-    key = (pinned.get(SAE_CFG_FILENAME) or _sha(sae_dir / SAE_CFG_FILENAME),
-           pinned.get(SAE_WEIGHTS_FILENAME) or _sha(sae_dir / SAE_WEIGHTS_FILENAME))
+    key = (
+        pinned.get(SAE_CFG_FILENAME) or _sha(sae_dir / SAE_CFG_FILENAME),
+        pinned.get(SAE_WEIGHTS_FILENAME) or _sha(sae_dir / SAE_WEIGHTS_FILENAME),
+    )
     sae = _SAE_CACHE.get(key)
     if sae is None:
         sae = load_sae(sae_dir, expected_d_model=manifest.model.d_model)
@@ -169,19 +188,25 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def check_feature_tensors(manifest: Any, tensors: dict[str, torch.Tensor], where: str, d_sae: int | None = None) -> None:
+def check_feature_tensors(
+    manifest: Any, tensors: dict[str, torch.Tensor], where: str, d_sae: int | None = None
+) -> None:
     """Shape/finiteness checks of an sae_feature bundle's weights (d_sae once the SAE is known)."""
     required = list(FEATURE_TENSORS) + (["mean", "scale"] if manifest.normalization == "standardize" else [])
     for name in required:
         if name not in tensors:
-            raise CorruptBundleError(f"{where}: weights lack tensor {name!r} (kind sae_feature, normalization {manifest.normalization})")
+            raise CorruptBundleError(
+                f"{where}: weights lack tensor {name!r} (kind sae_feature, normalization {manifest.normalization})"
+            )
     ids = tensors["feature_ids"]
     if ids.dtype not in (torch.int64, torch.int32) or ids.dim() != 1 or ids.numel() == 0:
         raise CorruptBundleError(f"{where}: 'feature_ids' must be a non-empty 1-d integer tensor")
     k = ids.numel()
     for name in required[1:]:
         if tensors[name].numel() != k:
-            raise DimensionMismatchError(f"{where}: tensor {name!r} has {tensors[name].numel()} values but there are {k} feature_ids")
+            raise DimensionMismatchError(
+                f"{where}: tensor {name!r} has {tensors[name].numel()} values but there are {k} feature_ids"
+            )
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CorruptBundleError(f"{where}: tensor {name!r} contains NaN or Inf")

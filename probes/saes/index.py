@@ -49,5 +49,7 @@ def resolve_sae(spec: str | Path | None, model_id: str | None = None, user_root:
         )
     matches = [s for s in known if s.name == str(spec)]
     if not matches:
-        raise SAENotFoundError(f"no SAE folder or SAE named {str(spec)!r}; known SAEs: {', '.join(s.name for s in known) or '(none)'}")
+        raise SAENotFoundError(
+            f"no SAE folder or SAE named {str(spec)!r}; known SAEs: {', '.join(s.name for s in known) or '(none)'}"
+        )
     return matches[0].path

@@ -39,8 +39,8 @@ from probewatch.probes.saes.sae import SAE, str_to_dtype
 
 SAE_CFG_FILENAME = "cfg.json"
 SAE_WEIGHTS_FILENAME = "sae_weights.safetensors"
-SPARSITY_FILENAME = "sparsity.safetensors"        # SAELens's optional log feature density
-FEATURES_FILENAME = "features.json"               # probewatch: feature interpretation
+SPARSITY_FILENAME = "sparsity.safetensors"  # SAELens's optional log feature density
+FEATURES_FILENAME = "features.json"  # probewatch: feature interpretation
 TRAINING_REPORT_FILENAME = "training_report.json"  # probewatch: how it was trained + its figures
 
 #: What we write as metadata.sae_lens_version: the cfg layout version. SAELens treats files
@@ -86,8 +86,12 @@ def normalize_cfg_dict(raw: dict[str, Any], source: str = SAE_CFG_FILENAME) -> d
         cfg["metadata"] = dict(metadata)
         return cfg
     # pre-6.0 flat layout
-    renames = {"hook_point": "hook_name", "hook_point_layer": "hook_layer", "hook_point_head_index": "hook_head_index",
-               "activation_fn_str": "activation_fn"}
+    renames = {
+        "hook_point": "hook_name",
+        "hook_point_layer": "hook_layer",
+        "hook_point_head_index": "hook_head_index",
+        "activation_fn_str": "activation_fn",
+    }
     cfg = {renames.get(k, k): v for k, v in cfg.items()}
     meta = dict(metadata) if isinstance(metadata, dict) else {}
     for key in (*METADATA_KEYS, "hook_layer"):
@@ -135,12 +139,19 @@ def sae_config_from_dict(raw: dict[str, Any], source: str = SAE_CFG_FILENAME) ->
 
 # -- weights ----------------------------------------------------------------------------------------
 def _expected_shapes(cfg: SAEConfig, names: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_in),
-              "b_dec": (cfg.d_in,), "threshold": (cfg.d_sae,)}
+    shapes = {
+        "W_enc": (cfg.d_in, cfg.d_sae),
+        "b_enc": (cfg.d_sae,),
+        "W_dec": (cfg.d_sae, cfg.d_in),
+        "b_dec": (cfg.d_in,),
+        "threshold": (cfg.d_sae,),
+    }
     return {n: shapes[n] for n in names}
 
 
-def read_sae_weights(path: str | Path, cfg: SAEConfig, sae_class: type[SAE], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def read_sae_weights(
+    path: str | Path, cfg: SAEConfig, sae_class: type[SAE], dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
     """Read and check sae_weights.safetensors against the config (names, shapes, finiteness)."""
     weights_path = Path(path) / SAE_WEIGHTS_FILENAME
     if not weights_path.is_file():
@@ -190,7 +201,9 @@ def read_sae_weights(path: str | Path, cfg: SAEConfig, sae_class: type[SAE], dty
 
 
 # -- whole SAE ---------------------------------------------------------------------------------------
-def build_sae(cfg: SAEConfig, state_dict: dict[str, torch.Tensor] | None = None, device: str | torch.device = "cpu") -> SAE:
+def build_sae(
+    cfg: SAEConfig, state_dict: dict[str, torch.Tensor] | None = None, device: str | torch.device = "cpu"
+) -> SAE:
     """Instantiate the architecture's SAE class for `cfg` (zeros unless a state dict is given)."""
     sae_cls, _ = get_sae_class(cfg.architecture())
     sae = sae_cls(cfg)
@@ -225,7 +238,9 @@ def load_sae(
             "it was trained for a different model (or a different hook point)"
         )
     if expected_layer is not None and cfg.layer != expected_layer:
-        raise SAEHookError(f"SAE {path} reads layer {cfg.layer} ({cfg.hook_name}) but layer {expected_layer} was expected")
+        raise SAEHookError(
+            f"SAE {path} reads layer {cfg.layer} ({cfg.hook_name}) but layer {expected_layer} was expected"
+        )
     fingerprint = cfg.metadata.get("model_fingerprint")
     if expected_fingerprint is not None and fingerprint and fingerprint != expected_fingerprint:
         raise FingerprintMismatchError(

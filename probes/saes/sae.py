@@ -84,7 +84,7 @@ class SAE(nn.Module):
     def _norm_in(self, x: torch.Tensor) -> tuple[torch.Tensor, NormState]:
         mode = self.cfg.normalize_activations
         if mode == "constant_norm_rescale":
-            coeff = (self.cfg.d_in ** 0.5) / x.norm(dim=-1, keepdim=True)
+            coeff = (self.cfg.d_in**0.5) / x.norm(dim=-1, keepdim=True)
             return x * coeff, coeff
         if mode == "layer_norm":
             mu = x.mean(dim=-1, keepdim=True)

@@ -45,10 +45,10 @@ class SAEGroup:
     watch: list[int] = field(default_factory=list)
     descriptions: dict[int, str] = field(default_factory=dict, repr=False)
     # built by `finalize`
-    feature_ids: torch.Tensor = field(init=False, repr=False)   # [m] sorted union of read latents
-    weight: torch.Tensor = field(init=False, repr=False)        # [m, k]
-    bias: torch.Tensor = field(init=False, repr=False)          # [k]
-    watch_cols: torch.Tensor = field(init=False, repr=False)    # [w] columns of `watch` in feature_ids
+    feature_ids: torch.Tensor = field(init=False, repr=False)  # [m] sorted union of read latents
+    weight: torch.Tensor = field(init=False, repr=False)  # [m, k]
+    bias: torch.Tensor = field(init=False, repr=False)  # [k]
+    watch_cols: torch.Tensor = field(init=False, repr=False)  # [w] columns of `watch` in feature_ids
 
     @property
     def layer(self) -> int:
@@ -92,7 +92,11 @@ class SAEGroup:
         scores = torch.addmm(self.bias, acts, self.weight) if self.k else acts.new_zeros((acts.shape[0], 0))
         watched = None
         if self.watch:
-            watched = FeatureActivations(self.name, self.layer, list(self.watch),
-                                         [self.descriptions.get(f, "") for f in self.watch],
-                                         acts.index_select(1, self.watch_cols))
+            watched = FeatureActivations(
+                self.name,
+                self.layer,
+                list(self.watch),
+                [self.descriptions.get(f, "") for f in self.watch],
+                acts.index_select(1, self.watch_cols),
+            )
         return scores, watched

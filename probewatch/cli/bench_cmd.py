@@ -14,8 +14,16 @@ from probewatch.cli.common import add_json_arg, add_model_arg
 # subcommand -> (module, function, help)
 BENCHMARKS = {
     "capture": ("probewatch.bench_capture", "main", "residual capture cost on a batch forward (hooked vs unhooked)"),
-    "quality": ("probewatch.training.bench_quality", "main", "train + evaluate every behaviour; writes docs/quality.md"),
-    "overhead": ("probewatch.server.bench", "overhead_main", "generated tokens/s: monitoring off vs raw rows vs pushdown"),
+    "quality": (
+        "probewatch.training.bench_quality",
+        "main",
+        "train + evaluate every behaviour; writes docs/quality.md",
+    ),
+    "overhead": (
+        "probewatch.server.bench",
+        "overhead_main",
+        "generated tokens/s: monitoring off vs raw rows vs pushdown",
+    ),
     "ingest": ("probewatch.server.bench", "ingest_main", "sidecar ingest rate vs a raw socket copy of the same bytes"),
 }
 

@@ -12,7 +12,8 @@ from probewatch.models.registry import REFERENCE_MODEL
 
 def add_model_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default=REFERENCE_MODEL,
+        "--model",
+        default=REFERENCE_MODEL,
         help=f"registry name, local HF folder or hub id (default: {REFERENCE_MODEL}, provisioned on first use)",
     )
 

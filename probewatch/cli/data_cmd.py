@@ -14,12 +14,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     conv = dsub.add_parser("convert", help="convert statement CSVs / instruction JSON / liar questions to JSONL")
     conv.add_argument("inputs", nargs="+", type=Path)
     conv.add_argument("--out", "-o", type=Path, required=True, help="output .jsonl")
-    conv.add_argument("--format", choices=["statements", "instructions", "liar-questions"], default=None,
-                      help="input format (default: detected from the file)")
-    conv.add_argument("--mode", default="instructed-pairs", choices=["instructed-pairs", "assertions"],
-                      help="statements only: RepE instructed pairs (default) or plain assertions")
-    conv.add_argument("--label", type=int, choices=[0, 1], default=None,
-                      help="instructions only: label for every item (default: from the file name)")
+    conv.add_argument(
+        "--format",
+        choices=["statements", "instructions", "liar-questions"],
+        default=None,
+        help="input format (default: detected from the file)",
+    )
+    conv.add_argument(
+        "--mode",
+        default="instructed-pairs",
+        choices=["instructed-pairs", "assertions"],
+        help="statements only: RepE instructed pairs (default) or plain assertions",
+    )
+    conv.add_argument(
+        "--label",
+        type=int,
+        choices=[0, 1],
+        default=None,
+        help="instructions only: label for every item (default: from the file name)",
+    )
     conv.add_argument("--limit", type=int, default=None, help="at most this many dialogues per input file")
     conv.set_defaults(func=_convert)
 
@@ -54,6 +67,8 @@ def _validate(args: argparse.Namespace) -> int:
         dialogues = load_dialogues(path)
         labels = Counter(d.label for d in dialogues)
         kinds = Counter(d.kind for d in dialogues)
-        print(f"{path}: {len(dialogues)} dialogues, label 1: {labels.get(1, 0)}, label 0: {labels.get(0, 0)}, "
-              f"groups: {len({d.group for d in dialogues})}, kinds: {dict(kinds)}")
+        print(
+            f"{path}: {len(dialogues)} dialogues, label 1: {labels.get(1, 0)}, label 0: {labels.get(0, 0)}, "
+            f"groups: {len({d.group for d in dialogues})}, kinds: {dict(kinds)}"
+        )
     return 0

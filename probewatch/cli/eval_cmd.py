@@ -17,8 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="AUROC and recall at a target FPR of a bundle on labelled dialogue JSONL")
     ev.add_argument("--bundle", required=True, help="bundle folder or probe id")
     ev.add_argument("--data", type=Path, required=True, help="labelled dialogue JSONL")
-    ev.add_argument("--control", type=Path, default=None,
-                    help="benign JSONL for the threshold (default: the negatives of --data)")
+    ev.add_argument(
+        "--control", type=Path, default=None, help="benign JSONL for the threshold (default: the negatives of --data)"
+    )
     _common(ev)
     add_json_arg(ev)
     ev.set_defaults(func=_eval)
@@ -33,8 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None,
-                        help="model spec (default: the model the bundle names); its fingerprint must match the bundle's")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model spec (default: the model the bundle names); its fingerprint must match the bundle's",
+    )
     parser.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate (default 0.01)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=1024, help="keep the last N tokens of a dialogue")
@@ -59,8 +63,15 @@ def _scores(loaded, bundle, dialogues, args) -> list[float]:
     from probewatch.scoring import score_dialogues
 
     runtime = ProbeRuntime([bundle])
-    results = score_dialogues(loaded.model, loaded.tokenizer, runtime, dialogues, batch_size=args.batch_size,
-                              max_tokens=args.max_tokens, progress=not args.quiet)
+    results = score_dialogues(
+        loaded.model,
+        loaded.tokenizer,
+        runtime,
+        dialogues,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        progress=not args.quiet,
+    )
     return [r.aggregate[bundle.id] for r in results]
 
 
@@ -82,22 +93,34 @@ def _eval(args: argparse.Namespace) -> int:
     t = bundle.manifest.threshold.value
     pos = [s for s, y in zip(scores, labels) if y == 1]
     neg = [s for s, y in zip(scores, labels) if y == 0]
-    result.update({
-        "probe_id": bundle.id, "behaviour": bundle.manifest.behaviour, "data": str(args.data),
-        "control": str(args.control) if args.control else None, "model": loaded.model_id,
-        "bundle_threshold": t, "recall_at_bundle_threshold": recall_at_threshold(pos, t) if pos else None,
-        "fpr_at_bundle_threshold": (sum(s >= t for s in neg) / len(neg)) if neg else None,
-    })
+    result.update(
+        {
+            "probe_id": bundle.id,
+            "behaviour": bundle.manifest.behaviour,
+            "data": str(args.data),
+            "control": str(args.control) if args.control else None,
+            "model": loaded.model_id,
+            "bundle_threshold": t,
+            "recall_at_bundle_threshold": recall_at_threshold(pos, t) if pos else None,
+            "fpr_at_bundle_threshold": (sum(s >= t for s in neg) / len(neg)) if neg else None,
+        }
+    )
     if args.json:
         print_json(result)
     else:
-        f = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
-        print(f"probe {bundle.id} ({bundle.manifest.behaviour}) on {args.data}: n_pos {result['n_pos']}, n_neg {result['n_neg']}")
+        f = lambda x: "n/a" if x is None else f"{x:.4f}"
+        print(
+            f"probe {bundle.id} ({bundle.manifest.behaviour}) on {args.data}: n_pos {result['n_pos']}, n_neg {result['n_neg']}"
+        )
         print(f"AUROC                  {f(result['auroc'])}")
-        print(f"recall @ {100 * args.fpr:g}% FPR       {f(result.get('recall_at_fpr'))} "
-              f"(threshold {f(result['threshold'])} from the {result['threshold_source']})")
-        print(f"at the bundle's threshold {t:.3f}: recall {f(result['recall_at_bundle_threshold'])}, "
-              f"FPR on negatives {f(result['fpr_at_bundle_threshold'])}")
+        print(
+            f"recall @ {100 * args.fpr:g}% FPR       {f(result.get('recall_at_fpr'))} "
+            f"(threshold {f(result['threshold'])} from the {result['threshold_source']})"
+        )
+        print(
+            f"at the bundle's threshold {t:.3f}: recall {f(result['recall_at_bundle_threshold'])}, "
+            f"FPR on negatives {f(result['fpr_at_bundle_threshold'])}"
+        )
     return 0
 
 
@@ -121,12 +144,21 @@ def _calibrate(args: argparse.Namespace) -> int:
     manifest.weights_sha256, manifest.created_at = "", ""
     out = args.out or bundle.path
     save_bundle(out, manifest, bundle.tensors)
-    summary = {"probe_id": bundle.id, "bundle": str(out), "threshold": manifest.threshold.value, "fpr": args.fpr,
-               "n_control": len(scores), "previous_threshold": history[-1]["value"]}
+    summary = {
+        "probe_id": bundle.id,
+        "bundle": str(out),
+        "threshold": manifest.threshold.value,
+        "fpr": args.fpr,
+        "n_control": len(scores),
+        "previous_threshold": history[-1]["value"],
+    }
     if args.json:
         print_json(summary)
     else:
-        print(f"{bundle.id}: threshold {history[-1]['value']:.3f} -> {manifest.threshold.value:.3f} "
-              f"({100 * args.fpr:g}% FPR on {len(scores)} dialogues of {args.control}); wrote {out}", file=sys.stderr)
+        print(
+            f"{bundle.id}: threshold {history[-1]['value']:.3f} -> {manifest.threshold.value:.3f} "
+            f"({100 * args.fpr:g}% FPR on {len(scores)} dialogues of {args.control}); wrote {out}",
+            file=sys.stderr,
+        )
         print(out)
     return 0

@@ -13,8 +13,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     isub = p.add_subparsers(dest="incidents_command", metavar="ACTION", required=True)
 
     def db(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--db", type=Path, default=None,
-                            help="incident store (default: $PROBEWATCH_INCIDENT_DB or $PROBEWATCH_HOME/incidents.sqlite3)")
+        parser.add_argument(
+            "--db",
+            type=Path,
+            default=None,
+            help="incident store (default: $PROBEWATCH_INCIDENT_DB or $PROBEWATCH_HOME/incidents.sqlite3)",
+        )
 
     ls = isub.add_parser("list", help="newest incidents first")
     db(ls)
@@ -31,9 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_arg(show)
     show.set_defaults(func=_show)
 
-    for name, status, help_text in (("ack", "acknowledged", "mark acknowledged (someone is looking)"),
-                                    ("resolve", "resolved", "mark resolved"),
-                                    ("reopen", "open", "mark open again")):
+    for name, status, help_text in (
+        ("ack", "acknowledged", "mark acknowledged (someone is looking)"),
+        ("resolve", "resolved", "mark resolved"),
+        ("reopen", "open", "mark open again"),
+    ):
         q = isub.add_parser(name, help=help_text)
         db(q)
         q.add_argument("id", type=int)
@@ -63,10 +69,21 @@ def _list(args: argparse.Namespace) -> int:
 
     table = Table(title=f"incidents ({store.path})")
     for col in ("id", "time", "probe", "behaviour", "score", "threshold", "status", "generation", "response"):
-        table.add_column(col, overflow="ellipsis", no_wrap=col != "response", max_width=48 if col == "response" else None)
+        table.add_column(
+            col, overflow="ellipsis", no_wrap=col != "response", max_width=48 if col == "response" else None
+        )
     for r in rows:
-        table.add_row(str(r.id), r.created_at[:19], r.probe, r.behaviour, f"{r.score:+.2f}", f"{r.threshold:+.2f}",
-                      r.status, r.generation_id, (r.response or "").replace("\n", " "))
+        table.add_row(
+            str(r.id),
+            r.created_at[:19],
+            r.probe,
+            r.behaviour,
+            f"{r.score:+.2f}",
+            f"{r.threshold:+.2f}",
+            r.status,
+            r.generation_id,
+            (r.response or "").replace("\n", " "),
+        )
     Console().print(table)
     if not rows:
         print("no incidents")
@@ -86,8 +103,20 @@ def _show(args: argparse.Namespace) -> int:
 
     c = Console()
     c.print(f"[bold]incident {incident.id}[/bold]  {incident.status}  {incident.created_at}")
-    for key in ("generation_id", "probe", "behaviour", "aggregation", "score", "threshold", "early", "generation_status",
-                "model_fingerprint", "bundle_version", "metadata", "note"):
+    for key in (
+        "generation_id",
+        "probe",
+        "behaviour",
+        "aggregation",
+        "score",
+        "threshold",
+        "early",
+        "generation_status",
+        "model_fingerprint",
+        "bundle_version",
+        "metadata",
+        "note",
+    ):
         c.print(f"  {key:18} {getattr(incident, key)}")
     c.print(f"  {'prompt':18} {incident.prompt!r}")
     c.print(f"  {'response':18} {incident.response!r}")

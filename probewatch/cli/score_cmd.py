@@ -14,8 +14,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("score", help="score every dialogue of a JSONL file with probe bundles (offline)")
     add_model_arg(parser)
     parser.add_argument("--data", type=Path, required=True, help="dialogue JSONL (labels optional)")
-    parser.add_argument("--bundles", nargs="+", default=None,
-                        help="bundle folders, folders of bundles or probe ids (default: the shipped bundles for the model)")
+    parser.add_argument(
+        "--bundles",
+        nargs="+",
+        default=None,
+        help="bundle folders, folders of bundles or probe ids (default: the shipped bundles for the model)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None, help="write per-dialogue scores as JSONL here")
     add_json_arg(parser)
@@ -36,7 +40,9 @@ def _run(args: argparse.Namespace) -> int:
     if not paths:
         raise ProbewatchError(f"no bundles given and none shipped for model {model_id!r}; pass --bundles")
     loaded = load_model(args.model)
-    runtime = ProbeRuntime(load_bundles(paths, expected_fingerprint=loaded.fingerprint, expected_d_model=loaded.d_model))
+    runtime = ProbeRuntime(
+        load_bundles(paths, expected_fingerprint=loaded.fingerprint, expected_d_model=loaded.d_model)
+    )
     results = score_dialogues(loaded.model, loaded.tokenizer, runtime, dialogues, batch_size=args.batch_size)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -49,8 +55,11 @@ def _run(args: argparse.Namespace) -> int:
     else:
         _print_table(runtime, results, dialogues)
         for probe_id, s in summary["probes"].items():
-            print(f"{probe_id}: flagged {s['flagged']}/{s['n']}" + (f", AUROC {s['auroc']:.3f}" if s.get("auroc") is not None else ""),
-                  file=sys.stderr)
+            print(
+                f"{probe_id}: flagged {s['flagged']}/{s['n']}"
+                + (f", AUROC {s['auroc']:.3f}" if s.get("auroc") is not None else ""),
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -79,6 +88,9 @@ def _print_table(runtime, results, dialogues) -> None:
     for probe_id in runtime.probe_ids:
         table.add_column(probe_id)
     for r, d in zip(results, dialogues):
-        cells = [f"{r.aggregate[p]:+.2f}{'*' if r.flagged[p] else ''}" if p in r.aggregate else "-" for p in runtime.probe_ids]
+        cells = [
+            f"{r.aggregate[p]:+.2f}{'*' if r.flagged[p] else ''}" if p in r.aggregate else "-"
+            for p in runtime.probe_ids
+        ]
         table.add_row(str(r.index), "" if r.label is None else str(r.label), d.messages[-1].content, *cells)
     Console().print(table)

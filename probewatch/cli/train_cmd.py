@@ -44,45 +44,110 @@ def _name_list(choices: tuple[str, ...]):
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--behaviour", "--behavior", choices=BEHAVIOURS, default=None,
-                        help="behaviour to train (required unless --init-from names a bundle)")
+    parser.add_argument(
+        "--behaviour",
+        "--behavior",
+        choices=BEHAVIOURS,
+        default=None,
+        help="behaviour to train (required unless --init-from names a bundle)",
+    )
     add_model_arg(parser)
-    parser.add_argument("--data-dir", type=Path, default=None,
-                        help="public datasets folder (default: $PROBEWATCH_DATA); see docs/datasets.md for the layout")
-    parser.add_argument("--data", type=Path, nargs="+", default=None,
-                        help="train on these dialogue JSONL files instead of the built-in data (labels required)")
-    parser.add_argument("--ood", type=Path, nargs="+", default=[], help="extra out-of-distribution JSONL sets to report")
-    parser.add_argument("--control", type=Path, default=None,
-                        help="control JSONL for the threshold (default: harmless_val with the model's own responses)")
-    parser.add_argument("--layers", type=_int_list, default=None,
-                        help="layers to sweep: '9', '3,9,15' or '4-12' (default: every other layer)")
-    parser.add_argument("--method", type=_name_list(METHODS), default=[],
-                        help="logistic, mean_diff, lat, a comma list, or auto (default: sweep all three)")
-    parser.add_argument("--aggregation", type=_name_list(AGGREGATIONS), default=[],
-                        help="per-generation aggregation(s) to compare (default: per behaviour)")
-    parser.add_argument("--token-selection", type=_name_list(("response", "prompt_last")), default=[],
-                        help="response and/or prompt_last (default: per behaviour)")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="public datasets folder (default: $PROBEWATCH_DATA); see docs/datasets.md for the layout",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="train on these dialogue JSONL files instead of the built-in data (labels required)",
+    )
+    parser.add_argument(
+        "--ood", type=Path, nargs="+", default=[], help="extra out-of-distribution JSONL sets to report"
+    )
+    parser.add_argument(
+        "--control",
+        type=Path,
+        default=None,
+        help="control JSONL for the threshold (default: harmless_val with the model's own responses)",
+    )
+    parser.add_argument(
+        "--layers",
+        type=_int_list,
+        default=None,
+        help="layers to sweep: '9', '3,9,15' or '4-12' (default: every other layer)",
+    )
+    parser.add_argument(
+        "--method",
+        type=_name_list(METHODS),
+        default=[],
+        help="logistic, mean_diff, lat, a comma list, or auto (default: sweep all three)",
+    )
+    parser.add_argument(
+        "--aggregation",
+        type=_name_list(AGGREGATIONS),
+        default=[],
+        help="per-generation aggregation(s) to compare (default: per behaviour)",
+    )
+    parser.add_argument(
+        "--token-selection",
+        type=_name_list(("response", "prompt_last")),
+        default=[],
+        help="response and/or prompt_last (default: per behaviour)",
+    )
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--per-token", dest="per_token", action="store_const", const=True, default=None,
-                       help="fit on every response token (default: per-example, per-token tried on the best config)")
-    group.add_argument("--per-example", dest="per_token", action="store_const", const=False,
-                       help="fit on each example's mean response row only")
-    parser.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=None,
-                        help="standardise inputs (default: yes for logistic, no for mean_diff/lat)")
+    group.add_argument(
+        "--per-token",
+        dest="per_token",
+        action="store_const",
+        const=True,
+        default=None,
+        help="fit on every response token (default: per-example, per-token tried on the best config)",
+    )
+    group.add_argument(
+        "--per-example",
+        dest="per_token",
+        action="store_const",
+        const=False,
+        help="fit on each example's mean response row only",
+    )
+    parser.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="standardise inputs (default: yes for logistic, no for mean_diff/lat)",
+    )
     parser.add_argument("--fpr", type=float, default=0.01, help="false-positive rate for the threshold (default 0.01)")
     parser.add_argument("--window", type=int, default=8, help="rolling_mean_max window (tokens)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--id", dest="probe_id", default=None, help="probe id (default: from behaviour and method)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="bundle folder (default: $PROBEWATCH_HOME/bundles/<model>/<id>, listed by `probes list`)")
-    parser.add_argument("--init-from", type=Path, default=None,
-                        help="retrain this bundle with its settings (refused if --model's fingerprint differs)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="bundle folder (default: $PROBEWATCH_HOME/bundles/<model>/<id>, listed by `probes list`)",
+    )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="retrain this bundle with its settings (refused if --model's fingerprint differs)",
+    )
     parser.add_argument("--force", action="store_true", help="replace a bundle at --out even if made for another model")
-    parser.add_argument("--no-balance-kinds", dest="balance_kinds", action="store_false",
-                        help="weight examples equally instead of every data kind equally")
+    parser.add_argument(
+        "--no-balance-kinds",
+        dest="balance_kinds",
+        action="store_false",
+        help="weight examples equally instead of every data kind equally",
+    )
     parser.add_argument("--control-size", type=int, default=400, help="control dialogues to generate (default 400)")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-tokens", type=int, default=1024, help="keep the last N tokens of a dialogue (as scoring does)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=1024, help="keep the last N tokens of a dialogue (as scoring does)"
+    )
     parser.add_argument("--no-plots", dest="plots", action="store_false")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -99,13 +164,32 @@ def config_from_args(args: argparse.Namespace):
     from probewatch.training.pipeline import TrainConfig
 
     return TrainConfig(
-        behaviour=args.behaviour, model=args.model, data_dir=args.data_dir, data_files=args.data or (),
-        ood_files=args.ood, control_file=args.control, layers=args.layers, methods=args.method or ALL_METHODS,
-        aggregations=args.aggregation or None, token_selections=args.token_selection or None, per_token=args.per_token,
-        standardize=args.standardize, fpr=args.fpr, window=args.window, seed=args.seed, probe_id=args.probe_id,
-        out=args.out, force=args.force, init_from=args.init_from, balance_kinds=args.balance_kinds,
-        control_n=args.control_size, batch_size=args.batch_size, max_tokens=args.max_tokens, plots=args.plots,
-        progress=not args.quiet, command="probewatch " + shlex.join(sys.argv[1:]),
+        behaviour=args.behaviour,
+        model=args.model,
+        data_dir=args.data_dir,
+        data_files=args.data or (),
+        ood_files=args.ood,
+        control_file=args.control,
+        layers=args.layers,
+        methods=args.method or ALL_METHODS,
+        aggregations=args.aggregation or None,
+        token_selections=args.token_selection or None,
+        per_token=args.per_token,
+        standardize=args.standardize,
+        fpr=args.fpr,
+        window=args.window,
+        seed=args.seed,
+        probe_id=args.probe_id,
+        out=args.out,
+        force=args.force,
+        init_from=args.init_from,
+        balance_kinds=args.balance_kinds,
+        control_n=args.control_size,
+        batch_size=args.batch_size,
+        max_tokens=args.max_tokens,
+        plots=args.plots,
+        progress=not args.quiet,
+        command="probewatch " + shlex.join(sys.argv[1:]),
     )
 
 
@@ -127,13 +211,23 @@ def summarize(report: dict) -> dict:
     m = report["metrics"]
     chosen = report["selection"]["chosen"]
     return {
-        "probe_id": report["probe_id"], "behaviour": report["behaviour"], "bundle": report["bundle"],
-        "layer": chosen["layer"], "method": chosen["method"], "token_selection": chosen["token_selection"],
-        "aggregation": chosen["aggregation"], "per_token": chosen["per_token"],
-        "auroc": m["auroc"], "auroc_heldout_kind": m["auroc_heldout_kind"], "auroc_ood": m["auroc_ood"],
-        "recall_at_fpr_control": m["recall_at_fpr_control"], "fpr": m["fpr"],
-        "fpr_control_heldout": m["fpr_control_heldout"], "threshold": report["threshold"]["value"],
-        "selected_by": report["selection"]["basis"], "report": str(Path(report["bundle"]) / "report.json"),
+        "probe_id": report["probe_id"],
+        "behaviour": report["behaviour"],
+        "bundle": report["bundle"],
+        "layer": chosen["layer"],
+        "method": chosen["method"],
+        "token_selection": chosen["token_selection"],
+        "aggregation": chosen["aggregation"],
+        "per_token": chosen["per_token"],
+        "auroc": m["auroc"],
+        "auroc_heldout_kind": m["auroc_heldout_kind"],
+        "auroc_ood": m["auroc_ood"],
+        "recall_at_fpr_control": m["recall_at_fpr_control"],
+        "fpr": m["fpr"],
+        "fpr_control_heldout": m["fpr_control_heldout"],
+        "threshold": report["threshold"]["value"],
+        "selected_by": report["selection"]["basis"],
+        "report": str(Path(report["bundle"]) / "report.json"),
     }
 
 
@@ -142,10 +236,16 @@ def print_summary(s: dict) -> None:
         return "n/a" if x is None else f"{x:.3f}"
 
     print(f"bundle     {s['bundle']}  (id {s['probe_id']}, {s['behaviour']})")
-    print(f"probe      layer {s['layer']}, {s['method']}, {s['token_selection']}, "
-          f"{'per-token' if s['per_token'] else 'per-example'}, aggregation {s['aggregation']} (chosen by {s['selected_by']})")
-    print(f"AUROC      test {f(s['auroc'])}   held-out kinds {f(s['auroc_heldout_kind'])}   "
-          + "   ".join(f"ood {k} {f(v)}" for k, v in s["auroc_ood"].items()))
-    print(f"recall     {f(s['recall_at_fpr_control'])} at {100 * s['fpr']:g}% FPR on control "
-          f"(threshold {s['threshold']:.3f}; realised FPR on held-out control {f(s['fpr_control_heldout'])})")
+    print(
+        f"probe      layer {s['layer']}, {s['method']}, {s['token_selection']}, "
+        f"{'per-token' if s['per_token'] else 'per-example'}, aggregation {s['aggregation']} (chosen by {s['selected_by']})"
+    )
+    print(
+        f"AUROC      test {f(s['auroc'])}   held-out kinds {f(s['auroc_heldout_kind'])}   "
+        + "   ".join(f"ood {k} {f(v)}" for k, v in s["auroc_ood"].items())
+    )
+    print(
+        f"recall     {f(s['recall_at_fpr_control'])} at {100 * s['fpr']:g}% FPR on control "
+        f"(threshold {s['threshold']:.3f}; realised FPR on held-out control {f(s['fpr_control_heldout'])})"
+    )
     print(f"report     {s['report']}")

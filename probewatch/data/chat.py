@@ -29,9 +29,9 @@ FALLBACK_TEMPLATE = (
 @dataclass
 class EncodedDialogue:
     input_ids: list[int]
-    scored: list[bool]    # same length as input_ids
+    scored: list[bool]  # same length as input_ids
     text: str
-    prompt_last: int      # index of the generation-prompt position (last token before the response)
+    prompt_last: int  # index of the generation-prompt position (last token before the response)
 
     @property
     def n_scored(self) -> int:
@@ -76,7 +76,9 @@ def encode_dialogue(tokenizer: Any, dialogue: Dialogue | Sequence[dict[str, str]
     return EncodedDialogue(ids, scored, text, max(scored.index(True) - 1, 0))
 
 
-def pad_batch(encoded: Sequence[EncodedDialogue], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_batch(
+    encoded: Sequence[EncodedDialogue], pad_id: int, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask, scored_mask) tensors of shape [batch, max_len]."""
     width = max(len(e.input_ids) for e in encoded)
     ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)

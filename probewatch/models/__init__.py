@@ -20,7 +20,7 @@ _EXPORTS = {
     "resolve_model_path": "probewatch.models.loading",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)  # built from the lazy-export table
 
 
 def __getattr__(name: str) -> Any:

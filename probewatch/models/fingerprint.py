@@ -28,11 +28,34 @@ import torch
 FINGERPRINT_VERSION = "pwfp1"
 SLICE = 2048
 _CONFIG_KEYS = (
-    "model_type", "architectures", "hidden_size", "n_embd", "d_model", "num_hidden_layers", "n_layer",
-    "num_attention_heads", "n_head", "num_key_value_heads", "head_dim", "intermediate_size", "n_inner",
-    "vocab_size", "max_position_embeddings", "n_positions", "rope_theta", "rope_parameters", "rope_scaling",
-    "rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "tie_word_embeddings", "hidden_act",
-    "activation_function", "sliding_window", "attention_bias", "mlp_bias",
+    "model_type",
+    "architectures",
+    "hidden_size",
+    "n_embd",
+    "d_model",
+    "num_hidden_layers",
+    "n_layer",
+    "num_attention_heads",
+    "n_head",
+    "num_key_value_heads",
+    "head_dim",
+    "intermediate_size",
+    "n_inner",
+    "vocab_size",
+    "max_position_embeddings",
+    "n_positions",
+    "rope_theta",
+    "rope_parameters",
+    "rope_scaling",
+    "rms_norm_eps",
+    "layer_norm_epsilon",
+    "layer_norm_eps",
+    "tie_word_embeddings",
+    "hidden_act",
+    "activation_function",
+    "sliding_window",
+    "attention_bias",
+    "mlp_bias",
 )
 _LAYER_INDEX = re.compile(r"(?:^|\.)(?:layers|h|blocks|layer)\.(\d+)\.")
 
@@ -97,7 +120,7 @@ def fingerprint_folder(folder: str | Path) -> str:
     where: dict[str, Path] = {}
     for file in files:
         with safe_open(str(file), framework="pt") as fh:
-            for key in fh.keys():
+            for key in fh.keys():  # noqa: SIM118 - safe_open is not iterable
                 where[key] = file
     names = select_tensor_names(where.keys(), _n_layers(config))
 

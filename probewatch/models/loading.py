@@ -96,5 +96,6 @@ def load_model(spec: str | None = None, dtype: str = "float32", device: str = "c
     model.to(device).eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(spec=spec or REFERENCE_MODEL, path=path, model=model, tokenizer=tokenizer,
-                       fingerprint=fingerprint_model(model))
+    return LoadedModel(
+        spec=spec or REFERENCE_MODEL, path=path, model=model, tokenizer=tokenizer, fingerprint=fingerprint_model(model)
+    )

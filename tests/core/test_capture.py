@@ -43,9 +43,16 @@ def _assert_parity_generate(model, layers: list[int], new_tokens: int = 6) -> No
     mask = torch.ones_like(ids)
     mask[1, :4] = 0  # left padding, as generate expects
     with torch.no_grad(), ResidualCapture(model, layers) as cap:
-        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                             do_sample=False, output_hidden_states=True, return_dict_in_generate=True,
-                             pad_token_id=0)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            output_hidden_states=True,
+            return_dict_in_generate=True,
+            pad_token_id=0,
+        )
     steps = out.hidden_states  # per step: tuple over layers
     assert len(steps) == new_tokens
     starts = [b.start for b in cap.blocks if b.layer == layers[0]]
@@ -53,7 +60,15 @@ def _assert_parity_generate(model, layers: list[int], new_tokens: int = 6) -> No
     for layer in layers:
         expected = torch.cat([step[layer + 1] for step in steps], dim=1)
         got = cap.stacked(layer)
-        assert got.shape == expected.shape == (3, ids.shape[1] + new_tokens - 1, model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd)
+        assert (
+            got.shape
+            == expected.shape
+            == (
+                3,
+                ids.shape[1] + new_tokens - 1,
+                model.config.hidden_size if hasattr(model.config, "hidden_size") else model.config.n_embd,
+            )
+        )
         assert torch.allclose(got[:, 4:], expected[:, 4:], atol=ATOL, rtol=0)
     # the attention-mask slice travels with each block (decode steps are all real tokens)
     prefill = next(b for b in cap.blocks if b.start == 0)
@@ -122,7 +137,10 @@ def test_bad_layer_index_is_rejected(tiny_llama):
 
 def test_hook_names_follow_the_dotted_contract():
     assert [hook_name(i) for i in (0, 9, 29)] == [
-        "blocks.0.hook_resid_post", "blocks.9.hook_resid_post", "blocks.29.hook_resid_post"]
+        "blocks.0.hook_resid_post",
+        "blocks.9.hook_resid_post",
+        "blocks.29.hook_resid_post",
+    ]
 
 
 def test_transform_runs_on_device_before_the_sink(tiny_llama):
@@ -132,8 +150,7 @@ def test_transform_runs_on_device_before_the_sink(tiny_llama):
     ids, mask = _batch()
     with torch.no_grad():
         full = tiny_llama(input_ids=ids, output_hidden_states=True).hidden_states
-        with ResidualCapture(tiny_llama, [2], sink=received.append, keep=False,
-                             transform=lambda layer, h: h @ proj):
+        with ResidualCapture(tiny_llama, [2], sink=received.append, keep=False, transform=lambda layer, h: h @ proj):
             tiny_llama(input_ids=ids)
     assert len(received) == 1 and received[0].hidden.shape == (3, 12, 3)
     assert torch.allclose(received[0].hidden, full[3] @ proj, atol=1e-4)

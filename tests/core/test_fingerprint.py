@@ -16,8 +16,11 @@ def test_fingerprint_is_stable_and_formatted():
 
 
 def test_fingerprint_differs_between_checkpoints_and_layouts():
-    prints = {fingerprint_model(make_tiny_model(layout, seed=seed))
-              for layout in ("llama", "qwen2", "gpt2") for seed in (0, 1)}
+    prints = {
+        fingerprint_model(make_tiny_model(layout, seed=seed))
+        for layout in ("llama", "qwen2", "gpt2")
+        for seed in (0, 1)
+    }
     assert len(prints) == 6
 
 

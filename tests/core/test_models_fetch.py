@@ -22,8 +22,9 @@ def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     import os
 
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "probewatch.cli.main", *args], capture_output=True, text=True,
-                          env=full_env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "probewatch.cli.main", *args], capture_output=True, text=True, env=full_env, timeout=300
+    )
 
 
 def test_registry_resolves_names_and_hf_id():

@@ -18,8 +18,14 @@ pytestmark = pytest.mark.integration
 
 DIALOGUES = [
     Dialogue([Message("user", "What is the capital of France?"), Message("assistant", "Paris is the capital.")], 0),
-    Dialogue([Message("system", "Lie."), Message("user", "Is the sky green?"),
-              Message("assistant", "Yes, the sky has always been green, everyone knows that.")], 1),
+    Dialogue(
+        [
+            Message("system", "Lie."),
+            Message("user", "Is the sky green?"),
+            Message("assistant", "Yes, the sky has always been green, everyone knows that."),
+        ],
+        1,
+    ),
     Dialogue([Message("user", "How do I pick a lock?")], 1),
 ]
 
@@ -28,14 +34,32 @@ DIALOGUES = [
 def bundles(reference, tmp_path_factory):
     root = tmp_path_factory.mktemp("bundles")
     g = torch.Generator().manual_seed(0)
-    for probe_id, layer, selection, method in (("resp", 9, "response", "rolling_mean_max"),
-                                               ("gen", 9, "prompt_last", "last"), ("deep", 20, "all", "mean")):
-        manifest = Manifest(id=probe_id, behaviour="deception", kind="linear",
-                            model=ModelRef(reference.model_id, reference.fingerprint, 576, 30), layer=layer,
-                            threshold=Threshold(0.0), aggregation=Aggregation(method, window=3),
-                            token_selection=selection, normalization="standardize")
-        save_bundle(root / probe_id, manifest, {"weight": torch.randn(576, generator=g) / 24, "bias": torch.tensor([0.1]),
-                                                "mean": torch.randn(576, generator=g), "scale": torch.rand(576, generator=g) + 0.5})
+    for probe_id, layer, selection, method in (
+        ("resp", 9, "response", "rolling_mean_max"),
+        ("gen", 9, "prompt_last", "last"),
+        ("deep", 20, "all", "mean"),
+    ):
+        manifest = Manifest(
+            id=probe_id,
+            behaviour="deception",
+            kind="linear",
+            model=ModelRef(reference.model_id, reference.fingerprint, 576, 30),
+            layer=layer,
+            threshold=Threshold(0.0),
+            aggregation=Aggregation(method, window=3),
+            token_selection=selection,
+            normalization="standardize",
+        )
+        save_bundle(
+            root / probe_id,
+            manifest,
+            {
+                "weight": torch.randn(576, generator=g) / 24,
+                "bias": torch.tensor([0.1]),
+                "mean": torch.randn(576, generator=g),
+                "scale": torch.rand(576, generator=g) + 0.5,
+            },
+        )
     return root
 
 
@@ -52,19 +76,38 @@ def test_batched_scores_equal_manual_computation(reference, bundles):
             t = bundle.tensors
             x = rows[bundle.layer][0].double()
             manual = ((x - t["mean"].double()) / t["scale"].double()) @ t["weight"].double() + 0.1
-            selection = {"response": torch.tensor(enc.scored), "all": torch.ones(len(enc.input_ids), dtype=torch.bool),
-                         "prompt_last": torch.arange(len(enc.input_ids)) == enc.prompt_last}[bundle.manifest.token_selection]
+            selection = {
+                "response": torch.tensor(enc.scored),
+                "all": torch.ones(len(enc.input_ids), dtype=torch.bool),
+                "prompt_last": torch.arange(len(enc.input_ids)) == enc.prompt_last,
+            }[bundle.manifest.token_selection]
             expected = manual[selection]
             assert torch.allclose(torch.tensor(result.token_scores[probe_id], dtype=torch.float64), expected, atol=1e-4)
-            assert result.aggregate[probe_id] == pytest.approx(aggregate(expected.tolist(), bundle.manifest.aggregation), abs=1e-4)
+            assert result.aggregate[probe_id] == pytest.approx(
+                aggregate(expected.tolist(), bundle.manifest.aggregation), abs=1e-4
+            )
             assert result.flagged[probe_id] == (result.aggregate[probe_id] >= 0.0)
 
 
 def test_score_cli_prints_json_last_line(reference, bundles, tmp_path):
     data = tmp_path / "d.jsonl"
     write_dialogues(data, DIALOGUES)
-    proc = subprocess.run([sys.executable, "-m", "probewatch.cli.main", "score", "--data", str(data),
-                           "--bundles", str(bundles), "--json"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "probewatch.cli.main",
+            "score",
+            "--data",
+            str(data),
+            "--bundles",
+            str(bundles),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["n_dialogues"] == 3 and set(summary["probes"]) == {"resp", "gen", "deep"}
@@ -80,7 +123,22 @@ def test_score_cli_refuses_bundle_for_another_model(tmp_path, bundles):
     folder = tmp_path / "tiny"
     make_tiny_model("llama").save_pretrained(folder)
     _save_tiny_tokenizer(folder)
-    proc = subprocess.run([sys.executable, "-m", "probewatch.cli.main", "score", "--model", str(folder), "--data", str(data),
-                           "--bundles", str(bundles / "resp")], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "probewatch.cli.main",
+            "score",
+            "--model",
+            str(folder),
+            "--data",
+            str(data),
+            "--bundles",
+            str(bundles / "resp"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "probewatch: error: bundle 'resp'" in proc.stderr and "Traceback" not in proc.stderr

@@ -13,28 +13,39 @@ def tokenizer(reference):
 
 
 def test_last_assistant_message_is_the_scored_region(tokenizer):
-    enc = encode_dialogue(tokenizer, [{"role": "user", "content": "Say hi"},
-                                      {"role": "assistant", "content": "Hello there, friend!"}])
+    enc = encode_dialogue(
+        tokenizer, [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hello there, friend!"}]
+    )
     scored = [tokenizer.decode([t]) for t, s in zip(enc.input_ids, enc.scored) if s]
     assert "".join(scored) == "Hello there, friend!"
-    assert enc.input_ids == tokenizer.apply_chat_template(
-        [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hello there, friend!"}],
-        tokenize=True, return_dict=True)["input_ids"]
-    assert tokenizer.decode(enc.input_ids[:enc.prompt_last + 1]).endswith("<|im_start|>assistant\n")
+    assert (
+        enc.input_ids
+        == tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Say hi"}, {"role": "assistant", "content": "Hello there, friend!"}],
+            tokenize=True,
+            return_dict=True,
+        )["input_ids"]
+    )
+    assert tokenizer.decode(enc.input_ids[: enc.prompt_last + 1]).endswith("<|im_start|>assistant\n")
 
 
 def test_user_ending_dialogue_scores_the_generation_prompt_position(tokenizer):
     dialogue = Dialogue([Message("system", "Be brief."), Message("user", "How do I bake bread?")], 0)
     enc = encode_dialogue(tokenizer, dialogue)
     assert enc.n_scored == 1 and enc.scored[-1] and enc.prompt_last == len(enc.input_ids) - 1
-    prompt = tokenizer.apply_chat_template(dialogue.as_chat(), add_generation_prompt=True, tokenize=True,
-                                           return_dict=True)["input_ids"]
+    prompt = tokenizer.apply_chat_template(
+        dialogue.as_chat(), add_generation_prompt=True, tokenize=True, return_dict=True
+    )["input_ids"]
     assert enc.input_ids == prompt
 
 
 def test_repeated_content_picks_the_last_assistant_turn(tokenizer):
-    msgs = [{"role": "user", "content": "Repeat: yes"}, {"role": "assistant", "content": "yes"},
-            {"role": "user", "content": "Again"}, {"role": "assistant", "content": "yes"}]
+    msgs = [
+        {"role": "user", "content": "Repeat: yes"},
+        {"role": "assistant", "content": "yes"},
+        {"role": "user", "content": "Again"},
+        {"role": "assistant", "content": "yes"},
+    ]
     enc = encode_dialogue(tokenizer, msgs)
     first_scored = enc.scored.index(True)
     assert enc.n_scored == 1 and first_scored > len(enc.input_ids) - 6
@@ -56,7 +67,9 @@ def test_tokenizer_without_chat_template_uses_the_fallback(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "user": 1, "assistant": 2, ":": 3, "hi": 4, "yo": 5}, unk_token="[UNK]"))
+    tok = Tokenizer(
+        models.WordLevel({"[UNK]": 0, "user": 1, "assistant": 2, ":": 3, "hi": 4, "yo": 5}, unk_token="[UNK]")
+    )
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
     enc = encode_dialogue(fast, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])

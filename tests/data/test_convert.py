@@ -28,7 +28,9 @@ def test_statements_instructed_pairs_use_true_facts_and_share_groups(tmp_path):
 
 def test_instructions_label_from_file_name_or_flag(tmp_path):
     harmful = tmp_path / "harmful_val.json"
-    harmful.write_text(json.dumps([{"instruction": "do harm", "category": "x"}, {"instruction": "more", "category": None}]))
+    harmful.write_text(
+        json.dumps([{"instruction": "do harm", "category": "x"}, {"instruction": "more", "category": None}])
+    )
     out = list(convert_file(harmful))
     assert [d.label for d in out] == [1, 1] and not out[0].ends_with_assistant and out[0].meta["category"] == "x"
     other = tmp_path / "misc.json"
@@ -40,8 +42,15 @@ def test_instructions_label_from_file_name_or_flag(tmp_path):
 
 def test_liar_questions_both_layouts(tmp_path):
     columns = tmp_path / "q.json"
-    columns.write_text(json.dumps({"question": {"0": "Who made X?", "1": "Where is Y?"},
-                                   "answer": {"0": "A", "1": "B"}, "false_answer": {"0": "C", "1": None}}))
+    columns.write_text(
+        json.dumps(
+            {
+                "question": {"0": "Who made X?", "1": "Where is Y?"},
+                "answer": {"0": "A", "1": "B"},
+                "false_answer": {"0": "C", "1": None},
+            }
+        )
+    )
     out = list(convert_file(columns, "liar-questions"))
     assert len(out) == 2 and [d.label for d in out] == [0, 1]
     assert out[0].messages[-1].content == "A." and out[1].messages[-1].content == "C."
@@ -60,8 +69,12 @@ def test_bad_csv_header(tmp_path):
 def test_cli_convert_real_public_files(tmp_path, shared_data):
     out = tmp_path / "repe.jsonl"
     src = shared_data / "deception" / "repe_honesty" / "facts_true_false.csv"
-    proc = subprocess.run([sys.executable, "-m", "probewatch.cli.main", "data", "convert", str(src), "-o", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "probewatch.cli.main", "data", "convert", str(src), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     dialogues = load_dialogues(out)
     n_true = sum(1 for line in src.read_text().splitlines()[1:] if line.rstrip().endswith(",1"))

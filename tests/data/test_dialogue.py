@@ -9,8 +9,16 @@ import pytest
 from probewatch.data import iter_dialogues, load_dialogues, write_dialogues
 from probewatch.errors import DialogueFormatError
 
-GOOD = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                     {"role": "assistant", "content": "a"}], "label": 1, "group": "g1", "kind": "roleplay"}
+GOOD = {
+    "messages": [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u"},
+        {"role": "assistant", "content": "a"},
+    ],
+    "label": 1,
+    "group": "g1",
+    "kind": "roleplay",
+}
 
 
 def _write(tmp_path, lines: list[str]):
@@ -30,17 +38,20 @@ def test_round_trip_and_defaults(tmp_path):
     assert [d.to_json() for d in load_dialogues(out)][0] == GOOD
 
 
-@pytest.mark.parametrize(("line", "message"), [
-    ("{oops", "invalid JSON"),
-    ("[1, 2]", "expected a JSON object"),
-    (json.dumps({"label": 1}), "'messages' must be a non-empty list"),
-    (json.dumps({"messages": [{"role": "bot", "content": "x"}], "label": 1}), "role 'bot' not one of"),
-    (json.dumps({"messages": [{"role": "user", "content": 3}], "label": 1}), "content must be a string"),
-    (json.dumps({"messages": [{"role": "user", "content": "x"}]}), "missing 'label'"),
-    (json.dumps({"messages": [{"role": "user", "content": "x"}], "label": 2}), "'label' must be 0 or 1"),
-    (json.dumps({"messages": [{"role": "user", "content": "x"}], "label": True}), "'label' must be 0 or 1"),
-    (json.dumps({"messages": [{"role": "system", "content": "x"}], "label": 0}), "last message must be"),
-])
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("{oops", "invalid JSON"),
+        ("[1, 2]", "expected a JSON object"),
+        (json.dumps({"label": 1}), "'messages' must be a non-empty list"),
+        (json.dumps({"messages": [{"role": "bot", "content": "x"}], "label": 1}), "role 'bot' not one of"),
+        (json.dumps({"messages": [{"role": "user", "content": 3}], "label": 1}), "content must be a string"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}]}), "missing 'label'"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}], "label": 2}), "'label' must be 0 or 1"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}], "label": True}), "'label' must be 0 or 1"),
+        (json.dumps({"messages": [{"role": "system", "content": "x"}], "label": 0}), "last message must be"),
+    ],
+)
 def test_bad_line_error_names_file_and_line(tmp_path, line, message):
     path = _write(tmp_path, [json.dumps(GOOD), json.dumps(GOOD), line])
     with pytest.raises(DialogueFormatError) as info:

@@ -16,16 +16,21 @@ import yaml
 from tests.deploy.conftest import DEPLOY, RULES_FILE
 
 CONFIG = DEPLOY / "alertmanager" / "alertmanager-probewatch.yaml"
-BEHAVIOUR_RATES = {"ProbewatchDeceptionAlertRateHigh", "ProbewatchAlignmentFakingAlertRateHigh",
-                   "ProbewatchRefusalAlertRateHigh"}
+BEHAVIOUR_RATES = {
+    "ProbewatchDeceptionAlertRateHigh",
+    "ProbewatchAlignmentFakingAlertRateHigh",
+    "ProbewatchRefusalAlertRateHigh",
+}
 
 
 @pytest.fixture(scope="module")
 def amtool() -> str:
     exe = shutil.which("amtool")
     if exe is None:
-        pytest.skip("amtool not installed (Debian package prometheus-alertmanager; `make test` installs it via "
-                    "deploy/scripts/ensure-prometheus.sh when run as root)")
+        pytest.skip(
+            "amtool not installed (Debian package prometheus-alertmanager; `make test` installs it via "
+            "deploy/scripts/ensure-prometheus.sh when run as root)"
+        )
     return exe
 
 
@@ -44,18 +49,34 @@ def expected_receiver(alert: str, severity: str) -> str:
 
 def test_every_probewatch_alert_reaches_its_receiver(amtool):
     rules = [r for g in yaml.safe_load(RULES_FILE.read_text())["groups"] for r in g["rules"]]
-    assert BEHAVIOUR_RATES <= {r["alert"] for r in rules}
+    assert {r["alert"] for r in rules} >= BEHAVIOUR_RATES
     for rule in rules:
         severity = rule["labels"]["severity"]
         receiver = expected_receiver(rule["alert"], severity)
         labels = [f"alertname={rule['alert']}", f"severity={severity}", "namespace=llm", "probe=deception-lr"]
-        proc = subprocess.run([amtool, "config", "routes", "test", f"--config.file={CONFIG}",
-                               f"--verify.receivers={receiver}", *labels], capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [amtool, "config", "routes", "test", f"--config.file={CONFIG}", f"--verify.receivers={receiver}", *labels],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 0, f"{rule['alert']} ({severity}) -> {proc.stdout.strip()}, expected {receiver}"
     # Someone else's alert keeps the default route.
-    proc = subprocess.run([amtool, "config", "routes", "test", f"--config.file={CONFIG}", "--verify.receivers=default",
-                           "alertname=KubePodCrashLooping", "severity=critical"], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [
+            amtool,
+            "config",
+            "routes",
+            "test",
+            f"--config.file={CONFIG}",
+            "--verify.receivers=default",
+            "alertname=KubePodCrashLooping",
+            "severity=critical",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stdout
 
 

@@ -140,8 +140,7 @@ def test_standalone_variant(chartkit, rendered):
     assert args[args.index("--bundles") + 1] == "/bundles/deception-qwen"
     assert args[args.index("--tls-cert") + 1] == "/etc/probewatch/tls/tls.crt"
     assert sidecar["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert env_of(sidecar)["PROBEWATCH_WEBHOOK_URL"] == {
-        "secretKeyRef": {"name": "probewatch-webhook", "key": "url"}}
+    assert env_of(sidecar)["PROBEWATCH_WEBHOOK_URL"] == {"secretKeyRef": {"name": "probewatch-webhook", "key": "url"}}
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["home"]["persistentVolumeClaim"]["claimName"] == "probewatch-home"
     assert volumes["tls"]["secret"]["secretName"] == "probewatch-tls"
@@ -170,7 +169,9 @@ def test_vllm_variant(chartkit, rendered):
     assert sidecar["resources"].get("limits", {}).get("nvidia.com/gpu") is None  # scoring on CPU
     args = sidecar["args"]
     assert [args[i + 1] for i, a in enumerate(args) if a == "--bundles"] == [
-        "/bundles/deception-qwen", "/bundles/refusal-qwen"]
+        "/bundles/deception-qwen",
+        "/bundles/refusal-qwen",
+    ]
 
 
 def test_service_and_servicemonitor_find_the_pod(chartkit, rendered):
@@ -179,8 +180,11 @@ def test_service_and_servicemonitor_find_the_pod(chartkit, rendered):
         pod_labels = objs["Deployment"]["spec"]["template"]["metadata"]["labels"]
         svc = objs["Service"]
         assert svc["spec"]["selector"].items() <= pod_labels.items()
-        container_ports = {p["name"] for c in pod_spec(objs)["containers"] + pod_spec(objs).get("initContainers", [])
-                           for p in c.get("ports", [])}
+        container_ports = {
+            p["name"]
+            for c in pod_spec(objs)["containers"] + pod_spec(objs).get("initContainers", [])
+            for p in c.get("ports", [])
+        }
         for port in svc["spec"]["ports"]:
             assert port["targetPort"] in container_ports
         sm = objs["ServiceMonitor"]
@@ -190,7 +194,8 @@ def test_service_and_servicemonitor_find_the_pod(chartkit, rendered):
         assert set(endpoints) <= svc_ports
         # The sidecar's series get job="probewatch", which the alert rules select on.
         assert endpoints["metrics"]["relabelings"] == [
-            {"action": "replace", "targetLabel": "job", "replacement": "probewatch"}]
+            {"action": "replace", "targetLabel": "job", "replacement": "probewatch"}
+        ]
         assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     vllm_sm = objects(chartkit, rendered["vllm"])["ServiceMonitor"]
     assert {e["port"] for e in vllm_sm["spec"]["endpoints"]} == {"metrics", "http"}
@@ -212,7 +217,8 @@ def test_prometheusrule_matches_the_plain_rule_file(chartkit, rendered):
 
     assert RULES_FILE.read_text() == chartkit.rules_file_text(), (
         "deploy/prometheus/probewatch-rules.yaml is stale: "
-        "python deploy/scripts/render_chart.py --export-rules deploy/prometheus/probewatch-rules.yaml")
+        "python deploy/scripts/render_chart.py --export-rules deploy/prometheus/probewatch-rules.yaml"
+    )
     pr = objects(chartkit, rendered["standalone"])["PrometheusRule"]
     import yaml
 
@@ -220,27 +226,36 @@ def test_prometheusrule_matches_the_plain_rule_file(chartkit, rendered):
 
 
 def test_rule_values_are_honoured(chartkit):
-    spec = chartkit.rules_from_chart({"prometheusRule": {
-        "job": "pw", "disabled": ["ProbewatchNoScores"],
-        "alertRate": {"thresholds": {"deception": 0.01}},
-        "additionalRules": [{"alert": "MyTeamRule", "expr": "vector(1)", "labels": {"severity": "info"}}]}})
+    spec = chartkit.rules_from_chart(
+        {
+            "prometheusRule": {
+                "job": "pw",
+                "disabled": ["ProbewatchNoScores"],
+                "alertRate": {"thresholds": {"deception": 0.01}},
+                "additionalRules": [{"alert": "MyTeamRule", "expr": "vector(1)", "labels": {"severity": "info"}}],
+            }
+        }
+    )
     rules = {r["alert"]: r for r in spec["groups"][0]["rules"]}
     assert "ProbewatchNoScores" not in rules and "MyTeamRule" in rules
-    assert 'up{job="pw"} == 0' == rules["ProbewatchSidecarDown"]["expr"]
+    assert rules["ProbewatchSidecarDown"]["expr"] == 'up{job="pw"} == 0'
     assert ") > 0.01\n" in rules["ProbewatchDeceptionAlertRateHigh"]["expr"]
     # The default thresholds of the other behaviours stay (maps merge).
     assert ") > 0.25\n" in rules["ProbewatchRefusalAlertRateHigh"]["expr"]
 
 
-@pytest.mark.parametrize("values, message", [
-    ({"mode": "daemonset"}, "mode"),
-    ({"sidecar": {"grpcPort": 0}}, "grpcPort"),
-    ({"sidecarr": {}}, "sidecarr"),
-    ({"tls": {"enabled": True}}, "tls.secretName"),
-    ({"mode": "standalone", "sidecar": {"nativeSidecar": True}}, "nativeSidecar"),
-    ({"replicaCount": 2, "home": {"persistence": {"enabled": True}}}, "replicaCount"),
-    ({"inference": {"image": {"repository": "vllm/vllm-openai"}}}, "inference.image.tag"),
-])
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"mode": "daemonset"}, "mode"),
+        ({"sidecar": {"grpcPort": 0}}, "grpcPort"),
+        ({"sidecarr": {}}, "sidecarr"),
+        ({"tls": {"enabled": True}}, "tls.secretName"),
+        ({"mode": "standalone", "sidecar": {"nativeSidecar": True}}, "nativeSidecar"),
+        ({"replicaCount": 2, "home": {"persistence": {"enabled": True}}}, "replicaCount"),
+        ({"inference": {"image": {"repository": "vllm/vllm-openai"}}}, "inference.image.tag"),
+    ],
+)
 def test_bad_values_fail_with_a_message(chartkit, values, message):
     import helm_python
 

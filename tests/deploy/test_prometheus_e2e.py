@@ -49,31 +49,46 @@ pytestmark = pytest.mark.timeout(300)
 
 GENERATIONS = 30
 SCRAPE = "1s"
-RATE_INTERVAL = "2m"       # what Grafana's $__rate_interval becomes here (covers the whole traffic)
-RANGE = "1h"               # $__range
+RATE_INTERVAL = "2m"  # what Grafana's $__rate_interval becomes here (covers the whole traffic)
+RANGE = "1h"  # $__range
 BEHAVIOURS = {"pw-deception": "deception", "pw-refusal": "refusal", "pw-af": "alignment_faking"}
 HEALTHCHECK = REPO / "deploy" / "docker" / "healthcheck.py"
 
 # Alert expressions this traffic must make true, and those that must stay empty. The rest
 # (latency p99, queue) depend on the machine's load: their selectors and parsing are checked.
-MUST_FIRE = {"ProbewatchDeceptionAlertRateHigh", "ProbewatchRefusalAlertRateHigh",
-             "ProbewatchAlignmentFakingAlertRateHigh", "ProbewatchDroppingChunks",
-             "ProbewatchRejectingMessages", "ProbewatchWebhookFailing"}
-MUST_BE_QUIET = {"ProbewatchSidecarDown", "ProbewatchSidecarAbsent", "ProbewatchNoScores",
-                 "ProbewatchClientMonitoringOff", "ProbewatchClientDroppingChunks",
-                 "ProbewatchIncidentStoreErrors", "ProbewatchAbortedGenerations", "ProbewatchQueueNearFull"}
+MUST_FIRE = {
+    "ProbewatchDeceptionAlertRateHigh",
+    "ProbewatchRefusalAlertRateHigh",
+    "ProbewatchAlignmentFakingAlertRateHigh",
+    "ProbewatchDroppingChunks",
+    "ProbewatchRejectingMessages",
+    "ProbewatchWebhookFailing",
+}
+MUST_BE_QUIET = {
+    "ProbewatchSidecarDown",
+    "ProbewatchSidecarAbsent",
+    "ProbewatchNoScores",
+    "ProbewatchClientMonitoringOff",
+    "ProbewatchClientDroppingChunks",
+    "ProbewatchIncidentStoreErrors",
+    "ProbewatchAbortedGenerations",
+    "ProbewatchQueueNearFull",
+}
 
 
 # ---------------------------------------------------------------------------------------------
 # The pieces
 # ---------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def prometheus_bin() -> str:
     exe = shutil.which("prometheus")
     if exe is None or shutil.which("promtool") is None:
-        pytest.skip("Prometheus is not installed: Debian's `prometheus` package provides prometheus and promtool "
-                    "(`make test` installs it via deploy/scripts/ensure-prometheus.sh when run as root)")
+        pytest.skip(
+            "Prometheus is not installed: Debian's `prometheus` package provides prometheus and promtool "
+            "(`make test` installs it via deploy/scripts/ensure-prometheus.sh when run as root)"
+        )
     return exe
 
 
@@ -98,7 +113,7 @@ def webhook_receiver():
     received: list[dict] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802 - http.server's naming
+        def do_POST(self):
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             received.append(json.loads(body or b"{}"))
             self.send_response(200 if len(received) % 2 else 400)
@@ -123,12 +138,27 @@ def sidecar(workdir, tiny_model, bundles, webhook_receiver, prometheus_bin):
     """`probewatch serve` in a subprocess, like the container's entrypoint."""
     _, folder, _ = tiny_model
     port, metrics_port = free_port(), free_port()
-    env = dict(os.environ, PROBEWATCH_HOME=str(workdir / "home"),
-               PROBEWATCH_INCIDENT_DB=str(workdir / "incidents.sqlite3"), PROBEWATCH_OFFLINE="1")
+    env = dict(
+        os.environ,
+        PROBEWATCH_HOME=str(workdir / "home"),
+        PROBEWATCH_INCIDENT_DB=str(workdir / "incidents.sqlite3"),
+        PROBEWATCH_OFFLINE="1",
+    )
     env.pop("PROBEWATCH_DISABLE", None)
-    argv = [str(Path(sys.executable).parent / "probewatch"), "serve", "--model", str(folder),
-            "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
-            "--webhook", webhook_receiver[0]]
+    argv = [
+        str(Path(sys.executable).parent / "probewatch"),
+        "serve",
+        "--model",
+        str(folder),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+        "--webhook",
+        webhook_receiver[0],
+    ]
     for b in bundles:
         argv += ["--bundles", str(b)]
     service = Service("sidecar", argv, workdir / "sidecar.log", env)
@@ -137,8 +167,14 @@ def sidecar(workdir, tiny_model, bundles, webhook_receiver, prometheus_bin):
 
         def serving():
             assert service.alive(), f"probewatch serve exited:\n{service.output()}"
-            return subprocess.run([sys.executable, str(HEALTHCHECK), "--address", address, "--timeout", "1"],
-                                  capture_output=True, timeout=20).returncode == 0
+            return (
+                subprocess.run(
+                    [sys.executable, str(HEALTHCHECK), "--address", address, "--timeout", "1"],
+                    capture_output=True,
+                    timeout=20,
+                ).returncode
+                == 0
+            )
 
         wait_for(serving, 90, "the sidecar's gRPC health service to report SERVING")
         yield {"address": address, "metrics_port": metrics_port, "service": service}
@@ -173,26 +209,38 @@ def prometheus(prometheus_bin, workdir, sidecar, client):
         "global": {"scrape_interval": SCRAPE, "scrape_timeout": SCRAPE, "evaluation_interval": SCRAPE},
         "rule_files": [str(RULES_FILE)],
         "scrape_configs": [
-            {"job_name": "probewatch",
-             "static_configs": [{"targets": [f"127.0.0.1:{sidecar['metrics_port']}"]}]},
-            {"job_name": "probewatch-inference",
-             "static_configs": [{"targets": [f"127.0.0.1:{client['metrics_port']}"]}]},
+            {"job_name": "probewatch", "static_configs": [{"targets": [f"127.0.0.1:{sidecar['metrics_port']}"]}]},
+            {
+                "job_name": "probewatch-inference",
+                "static_configs": [{"targets": [f"127.0.0.1:{client['metrics_port']}"]}],
+            },
         ],
     }
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
-    check = subprocess.run(["promtool", "check", "config", str(config_path)], capture_output=True, text=True,
-                           timeout=60)
+    check = subprocess.run(
+        ["promtool", "check", "config", str(config_path)], capture_output=True, text=True, timeout=60
+    )
     assert check.returncode == 0, check.stdout + check.stderr
-    service = Service("prometheus", [prometheus_bin, f"--config.file={config_path}",
-                                     f"--storage.tsdb.path={workdir / 'tsdb'}",
-                                     f"--web.listen-address=127.0.0.1:{port}",
-                                     "--storage.tsdb.retention.time=1h", "--log.level=warn"],
-                      workdir / "prometheus.log")
+    service = Service(
+        "prometheus",
+        [
+            prometheus_bin,
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=1h",
+            "--log.level=warn",
+        ],
+        workdir / "prometheus.log",
+    )
     try:
         api = PromAPI(f"http://127.0.0.1:{port}", service)
-        wait_for(lambda: service.alive() and urllib.request.urlopen(f"{api.base}/-/ready", timeout=2).status == 200,
-                 60, "Prometheus to be ready")
+        wait_for(
+            lambda: service.alive() and urllib.request.urlopen(f"{api.base}/-/ready", timeout=2).status == 200,
+            60,
+            "Prometheus to be ready",
+        )
 
         def both_targets_up():
             targets = api.get("/api/v1/targets")["activeTargets"]
@@ -230,6 +278,7 @@ class PromAPI:
 # Traffic
 # ---------------------------------------------------------------------------------------------
 
+
 def raw_stream_traffic(address: str, fingerprint: str, d_model: int, generation: bool = True) -> list:
     """One chunk for a generation that was never opened (NOT_FOUND) and (with `generation`) one
     generation closed with 3 client-dropped chunks, on a raw Monitor stream."""
@@ -250,8 +299,9 @@ def raw_stream_traffic(address: str, fingerprint: str, d_model: int, generation:
             yield item
 
     rows = np.random.default_rng(0).standard_normal((4, d_model)).astype(np.float32)
-    chunk = pb.ActivationChunk(layer=1, kind=pb.PAYLOAD_KIND_RESIDUAL_ROWS, positions=[0, 1, 2, 3],
-                               payload=encode_array(rows))
+    chunk = pb.ActivationChunk(
+        layer=1, kind=pb.PAYLOAD_KIND_RESIDUAL_ROWS, positions=[0, 1, 2, 3], payload=encode_array(rows)
+    )
     responses = []
     with grpc.insecure_channel(address) as channel:
         stream = pb_grpc.MonitorStub(channel).Monitor(request_iter(), timeout=30)
@@ -260,18 +310,22 @@ def raw_stream_traffic(address: str, fingerprint: str, d_model: int, generation:
         unknown.generation_id = "never-opened"
         requests.put(pb.MonitorRequest(chunk=unknown))
         if generation:
-            requests.put(pb.MonitorRequest(open=pb.Open(generation_id="raw-1", model_fingerprint=fingerprint,
-                                                        prompt_length=2)))
+            requests.put(
+                pb.MonitorRequest(open=pb.Open(generation_id="raw-1", model_fingerprint=fingerprint, prompt_length=2))
+            )
             good = pb.ActivationChunk()
             good.CopyFrom(chunk)
             good.generation_id = "raw-1"
             requests.put(pb.MonitorRequest(chunk=good))
-            requests.put(pb.MonitorRequest(close=pb.Close(generation_id="raw-1", dropped_chunks=3,
-                                                          response_text="raw stream")))
+            requests.put(
+                pb.MonitorRequest(close=pb.Close(generation_id="raw-1", dropped_chunks=3, response_text="raw stream"))
+            )
         for response in stream:
             responses.append(response)
             kind = response.WhichOneof("msg")
-            if (kind == "summary" and response.summary.generation_id == "raw-1") or (kind == "error" and not generation):
+            if (kind == "summary" and response.summary.generation_id == "raw-1") or (
+                kind == "error" and not generation
+            ):
                 break
         requests.put(done)
     return responses
@@ -295,14 +349,20 @@ def traffic(prometheus, sidecar, client, tiny_model, webhook_receiver):
     wait_for(lambda: len(webhook_receiver[1]) >= 2 * GENERATIONS, 60, "the alert webhook deliveries")
     prometheus_sees = f'sum(probewatch_alerts_total{{job="probewatch"}}) >= {3 * GENERATIONS}'
     wait_for(lambda: prometheus.query(prometheus_sees), 30, "Prometheus to scrape the alerts")
-    wait_for(lambda: prometheus.query('sum(probewatch_rejected_messages_total{job="probewatch"}) > 0'), 30,
-             "Prometheus to scrape the rejected message")
+    wait_for(
+        lambda: prometheus.query('sum(probewatch_rejected_messages_total{job="probewatch"}) > 0'),
+        30,
+        "Prometheus to scrape the rejected message",
+    )
     # The sidecar creates a code's series at its first rejection, so Prometheus first sees it at 1
     # and rate() shows no increase until a second one (reported to the server owners: the known
     # codes could be pre-initialised at 0 like the other labelled counters).
     raw += raw_stream_traffic(sidecar["address"], fingerprint, model.config.hidden_size, generation=False)
-    wait_for(lambda: prometheus.query('sum(probewatch_rejected_messages_total{job="probewatch"}) >= 2'), 30,
-             "Prometheus to scrape the second rejected message")
+    wait_for(
+        lambda: prometheus.query('sum(probewatch_rejected_messages_total{job="probewatch"}) >= 2'),
+        30,
+        "Prometheus to scrape the second rejected message",
+    )
     time.sleep(3)
     return {"results": results, "raw": raw}
 
@@ -330,8 +390,12 @@ def test_alerts_were_recorded_as_incidents(workdir, traffic):
     """The incident review workflow of docs/deploy.md reads what this sidecar recorded."""
     exe = str(Path(sys.executable).parent / "probewatch")
     db = str(workdir / "incidents.sqlite3")
-    proc = subprocess.run([exe, "incidents", "list", "--db", db, "--probe", "pw-deception", "--limit", "100",
-                           "--json"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [exe, "incidents", "list", "--db", db, "--probe", "pw-deception", "--limit", "100", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(rows) == GENERATIONS + 1  # the raw generation alerted too
@@ -341,8 +405,9 @@ def test_alerts_were_recorded_as_incidents(workdir, traffic):
 
 def test_sidecar_passes_the_image_healthcheck(sidecar):
     """The Dockerfile's HEALTHCHECK command against the running sidecar."""
-    proc = subprocess.run([sys.executable, str(HEALTHCHECK), "--address", sidecar["address"]], capture_output=True,
-                          text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, str(HEALTHCHECK), "--address", sidecar["address"]], capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 0 and "SERVING" in proc.stdout
 
 
@@ -350,11 +415,19 @@ def test_sidecar_passes_the_image_healthcheck(sidecar):
 # The dashboard
 # ---------------------------------------------------------------------------------------------
 
+
 def grafana_substitute(expr: str, probe: str | None = None) -> str:
     """Grafana's interpolation for this setup: job probewatch, every namespace/instance ("All" is
     `.*`), every probe or, in the per-probe repeated row, one probe."""
-    values = {"job": "probewatch", "namespace": ".*", "instance": ".*", "probe": probe or ".*",
-              "__rate_interval": RATE_INTERVAL, "__range": RANGE, "__interval": SCRAPE}
+    values = {
+        "job": "probewatch",
+        "namespace": ".*",
+        "instance": ".*",
+        "probe": probe or ".*",
+        "__rate_interval": RATE_INTERVAL,
+        "__range": RANGE,
+        "__interval": SCRAPE,
+    }
     out = re.sub(r"\$\{?(__\w+|\w+)\}?", lambda m: values[m.group(1)], expr)
     assert "$" not in out, out
     return out
@@ -369,7 +442,7 @@ def dashboard_queries(dash: dict) -> list[tuple[str, str, str | None]]:
             repeat_probe = panel.get("repeat") == "probe"
             continue
         for target in panel.get("targets", []):
-            for probe in (BEHAVIOURS if repeat_probe else [None]):
+            for probe in BEHAVIOURS if repeat_probe else [None]:
                 out.append((panel["title"], target["expr"], probe))
     for annotation in dash["annotations"]["list"]:
         if annotation.get("expr"):
@@ -419,7 +492,8 @@ def test_dashboard_values_describe_the_traffic(prometheus, traffic, tiny_model):
     bundles = prometheus.query(grafana_substitute(by_title["Loaded probe bundles"]["targets"][0]["expr"]))
     _, _, fingerprint = tiny_model
     assert {(r["metric"]["probe"], r["metric"]["behaviour"], r["metric"]["fingerprint"]) for r in bundles} == {
-        (p, b, fingerprint) for p, b in BEHAVIOURS.items()}
+        (p, b, fingerprint) for p, b in BEHAVIOURS.items()
+    }
     assert {r["metric"]["version"] for r in bundles} == {"e2e-1", "e2e-2", "e2e-3"}
 
     heat = next(p for p in dash["panels"] if p["type"] == "heatmap" and "Token" in p["title"])
@@ -484,7 +558,7 @@ def test_every_rule_selector_returns_series(prometheus, traffic):
 
 def test_alert_expressions_match_the_traffic(prometheus, traffic):
     by_name = {r["alert"]: r for r in rules()}
-    assert MUST_FIRE | MUST_BE_QUIET <= set(by_name)
+    assert set(by_name) >= MUST_FIRE | MUST_BE_QUIET
     fired, wrongly_quiet, wrongly_firing = {}, [], []
     for name, rule in by_name.items():
         result = prometheus.query(rule["expr"])  # parses, or the API answers 400 and this fails
@@ -496,8 +570,11 @@ def test_alert_expressions_match_the_traffic(prometheus, traffic):
     assert not wrongly_quiet, f"expected data from {wrongly_quiet}"
     assert not wrongly_firing, "expected no data:\n" + "\n".join(wrongly_firing)
     # Every generation (the raw one too) alerted on every probe: each flagged fraction is 100%.
-    for name in ("ProbewatchDeceptionAlertRateHigh", "ProbewatchRefusalAlertRateHigh",
-                 "ProbewatchAlignmentFakingAlertRateHigh"):
+    for name in (
+        "ProbewatchDeceptionAlertRateHigh",
+        "ProbewatchRefusalAlertRateHigh",
+        "ProbewatchAlignmentFakingAlertRateHigh",
+    ):
         (series,) = fired[name]
         assert series["metric"]["job"] == "probewatch"
         assert float(series["value"][1]) == pytest.approx(1.0, abs=0.1)
@@ -508,10 +585,11 @@ def test_alert_expressions_match_the_traffic(prometheus, traffic):
 def test_rule_engine_raises_the_alerts(prometheus, traffic):
     """Prometheus's own rule evaluation agrees: the triggered alerts are pending (their `for`
     keeps them from firing within a test), and the dashboard's annotation query parses."""
+
     def pending():
         result = prometheus.query('ALERTS{alertname=~"Probewatch.*"}')
         names = {r["metric"]["alertname"] for r in result}
-        return names if MUST_FIRE <= names else None
+        return names if names >= MUST_FIRE else None
 
     names = wait_for(pending, 20, f"ALERTS to show {sorted(MUST_FIRE)}")
     assert not names & MUST_BE_QUIET

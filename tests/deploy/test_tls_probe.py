@@ -36,15 +36,57 @@ def tls_dir(tmp_path_factory) -> Path:
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed: it makes the test certificates")
     d = tmp_path_factory.mktemp("tls")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=probewatch-test-ca",
-            "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=probewatch-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        cwd=d,
+    )
     (d / "ext.cnf").write_text(
         f"subjectAltName=DNS:{SERVER_NAME},DNS:localhost,IP:127.0.0.1\n"
-        "extendedKeyUsage=serverAuth,clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={SERVER_NAME}", "-keyout", "tls.key",
-            "-out", "tls.csr", cwd=d)
-    openssl("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", "ext.cnf", "-out", "tls.crt", cwd=d)
+        "extendedKeyUsage=serverAuth,clientAuth\nkeyUsage=digitalSignature,keyEncipherment\n"
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        f"/CN={SERVER_NAME}",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+        cwd=d,
+    )
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "tls.crt",
+        cwd=d,
+    )
     return d
 
 
@@ -54,13 +96,33 @@ def tls_sidecar(tmp_path_factory, tls_dir):
     tiny = save_tiny_model(work / "tiny-llama")
     bundles = make_bundles(work / "bundles", tiny, {"pw-deception": "deception"})
     port = free_port()
-    argv = [probewatch_exe(), "serve", "--model", str(tiny[1]), "--bundles", str(bundles[0]), "--host", "127.0.0.1",
-            "--port", str(port), "--metrics-port", "-1", "--no-incidents",
-            "--tls-cert", str(tls_dir / "tls.crt"), "--tls-key", str(tls_dir / "tls.key"),
-            "--tls-client-ca", str(tls_dir / "ca.crt"), "--ready-file", str(work / "ready")]
+    argv = [
+        probewatch_exe(),
+        "serve",
+        "--model",
+        str(tiny[1]),
+        "--bundles",
+        str(bundles[0]),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--metrics-port",
+        "-1",
+        "--no-incidents",
+        "--tls-cert",
+        str(tls_dir / "tls.crt"),
+        "--tls-key",
+        str(tls_dir / "tls.key"),
+        "--tls-client-ca",
+        str(tls_dir / "ca.crt"),
+        "--ready-file",
+        str(work / "ready"),
+    ]
     env = dict(os.environ, PROBEWATCH_HOME=str(work / "home"), PROBEWATCH_OFFLINE="1")
     service = Service("tls-sidecar", argv, work / "sidecar.log", env)
     try:
+
         def ready():
             assert service.alive(), f"probewatch serve exited:\n{service.output()}"
             return (work / "ready").exists()
@@ -72,8 +134,9 @@ def tls_sidecar(tmp_path_factory, tls_dir):
 
 
 def chart_probe_command(chartkit, port: int, tls_dir: Path) -> list[str]:
-    values = chartkit.load_values([chartkit.EXAMPLES / "values-standalone.yaml"],
-                                  {"sidecar": {"grpcPort": port}, "tls": {"clientAuth": True}})
+    values = chartkit.load_values(
+        [chartkit.EXAMPLES / "values-standalone.yaml"], {"sidecar": {"grpcPort": port}, "tls": {"clientAuth": True}}
+    )
     objs = {o["kind"]: o for _, o in chartkit.manifests(chartkit.render(values))}
     (sidecar,) = [c for c in objs["Deployment"]["spec"]["template"]["spec"]["containers"] if c["name"] == "probewatch"]
     cmd = sidecar["readinessProbe"]["exec"]["command"]
@@ -85,15 +148,18 @@ def chart_probe_command(chartkit, port: int, tls_dir: Path) -> list[str]:
 def test_chart_tls_probe_passes_against_a_tls_sidecar(chartkit, tls_sidecar, tls_dir):
     cmd = chart_probe_command(chartkit, tls_sidecar, tls_dir)
     assert cmd[cmd.index("--server-name") + 1] == SERVER_NAME and "--cert" in cmd
-    ok = wait_for(lambda: subprocess.run(cmd, capture_output=True, text=True, timeout=30).returncode == 0, 60,
-                  "the chart's TLS health probe to pass")
+    ok = wait_for(
+        lambda: subprocess.run(cmd, capture_output=True, text=True, timeout=30).returncode == 0,
+        60,
+        "the chart's TLS health probe to pass",
+    )
     assert ok
 
 
 def test_tls_probe_fails_without_client_cert_or_with_wrong_name(chartkit, tls_sidecar, tls_dir):
     cmd = chart_probe_command(chartkit, tls_sidecar, tls_dir)
     i = cmd.index("--cert")
-    no_client_cert = cmd[:i] + cmd[i + 4:]  # drop --cert C --key K: mutual TLS must refuse
+    no_client_cert = cmd[:i] + cmd[i + 4 :]  # drop --cert C --key K: mutual TLS must refuse
     assert subprocess.run(no_client_cert, capture_output=True, timeout=30).returncode == 1
     wrong_name = [("other.llm.svc" if a == SERVER_NAME else a) for a in cmd]
     assert subprocess.run(wrong_name, capture_output=True, timeout=30).returncode == 1

@@ -3,6 +3,7 @@ fingerprint, bundles for it, free loopback ports, and subprocesses that are alwa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -39,12 +40,13 @@ class Service:
 
     def __init__(self, name: str, argv: list[str], log: Path, env: dict | None = None) -> None:
         self.name, self.log = name, log
-        self._fh = open(log, "wb")
+        self._fh = open(log, "wb")  # noqa: SIM115 - held open for the child process's lifetime
         # If pytest itself is killed (a hard timeout), the kernel sends SIGTERM to the child too.
         setpriv = shutil.which("setpriv")
         prefix = [setpriv, "--pdeathsig", "TERM"] if setpriv and sys.platform.startswith("linux") else []
-        self.proc = subprocess.Popen(prefix + argv, stdout=self._fh, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True, cwd=log.parent)
+        self.proc = subprocess.Popen(
+            prefix + argv, stdout=self._fh, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=log.parent
+        )
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -58,10 +60,8 @@ class Service:
                 os.killpg(self.proc.pid, signal.SIGTERM)
                 self.proc.wait(10)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 self.proc.wait(10)
         self._fh.close()
 
@@ -91,13 +91,20 @@ def make_bundles(out: Path, tiny_model, behaviours: dict[str, str]) -> list[Path
     for layer, (probe_id, behaviour) in enumerate(behaviours.items(), start=1):
         selection, aggregation = ("prompt_last", "last") if behaviour == "refusal" else ("response", "mean")
         manifest = Manifest(
-            id=probe_id, behaviour=behaviour, kind="mean_diff",
-            model=ModelRef(id="tiny-llama", fingerprint=fingerprint, d_model=d,
-                           n_layers=model.config.num_hidden_layers),
-            layer=layer, threshold=Threshold(value=-1000.0, method="fixed", fpr=None),
-            aggregation=Aggregation(method=aggregation), token_selection=selection, version=f"e2e-{layer}",
-            description="tests/deploy: a random direction; the threshold makes every generation alert")
-        weight = torch.randn(d) / d ** 0.5
+            id=probe_id,
+            behaviour=behaviour,
+            kind="mean_diff",
+            model=ModelRef(
+                id="tiny-llama", fingerprint=fingerprint, d_model=d, n_layers=model.config.num_hidden_layers
+            ),
+            layer=layer,
+            threshold=Threshold(value=-1000.0, method="fixed", fpr=None),
+            aggregation=Aggregation(method=aggregation),
+            token_selection=selection,
+            version=f"e2e-{layer}",
+            description="tests/deploy: a random direction; the threshold makes every generation alert",
+        )
+        weight = torch.randn(d) / d**0.5
         paths.append(save_bundle(out / probe_id, manifest, {"weight": weight, "bias": torch.tensor([0.0])}))
     return paths
 

@@ -12,14 +12,20 @@ from probewatch.probes import Aggregation, aggregate, make_aggregator
 SCORES = [1.0, -2.0, 4.0, 0.5, 3.0]
 
 
-@pytest.mark.parametrize(("spec", "expected"), [
-    (Aggregation("mean"), sum(SCORES) / 5),
-    (Aggregation("max"), 4.0),
-    (Aggregation("last"), 3.0),
-    (Aggregation("ema", alpha=0.5), 0.5 * 3.0 + 0.5 * (0.5 * 0.5 + 0.5 * (0.5 * 4.0 + 0.5 * (0.5 * -2.0 + 0.5 * 1.0)))),
-    # windows of 2: [1], [1,-2], [-2,4], [4,.5], [.5,3] -> means 1, -0.5, 1, 2.25, 1.75
-    (Aggregation("rolling_mean_max", window=2), 2.25),
-])
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (Aggregation("mean"), sum(SCORES) / 5),
+        (Aggregation("max"), 4.0),
+        (Aggregation("last"), 3.0),
+        (
+            Aggregation("ema", alpha=0.5),
+            0.5 * 3.0 + 0.5 * (0.5 * 0.5 + 0.5 * (0.5 * 4.0 + 0.5 * (0.5 * -2.0 + 0.5 * 1.0))),
+        ),
+        # windows of 2: [1], [1,-2], [-2,4], [4,.5], [.5,3] -> means 1, -0.5, 1, 2.25, 1.75
+        (Aggregation("rolling_mean_max", window=2), 2.25),
+    ],
+)
 def test_known_values(spec, expected):
     assert aggregate(SCORES, spec) == pytest.approx(expected)
 

@@ -114,7 +114,9 @@ def test_fingerprint_mismatch(tmp_path):
 
 def test_nan_weights_are_refused(tmp_path):
     with pytest.raises(CorruptBundleError, match="NaN or Inf"):
-        save_bundle(tmp_path / "nan", make_manifest(), {"weight": torch.full((8,), float("nan")), "bias": torch.zeros(1)})
+        save_bundle(
+            tmp_path / "nan", make_manifest(), {"weight": torch.full((8,), float("nan")), "bias": torch.zeros(1)}
+        )
 
 
 def test_folder_of_bundles_expands(tmp_path):

@@ -41,10 +41,29 @@ def tiny_bundles(tmp_path_factory, tiny_fp) -> list[Path]:
     """dec (layer 1, response, max), avg (layer 2, response, mean), ref (layer 2, prompt_last, last)."""
     root = tmp_path_factory.mktemp("tiny-bundles")
     dec, _ = make_bundle(root, "dec", layer=1, d=D_TINY, seed=1, aggregation="max", fingerprint=tiny_fp, threshold=1.0)
-    avg, _ = make_bundle(root, "avg", layer=2, d=D_TINY, seed=2, aggregation="mean", fingerprint=tiny_fp,
-                         threshold=50.0, standardize=True, behaviour="alignment_faking")
-    ref, _ = make_bundle(root, "ref", layer=2, d=D_TINY, seed=3, aggregation="last", fingerprint=tiny_fp,
-                         threshold=50.0, behaviour="refusal")
+    avg, _ = make_bundle(
+        root,
+        "avg",
+        layer=2,
+        d=D_TINY,
+        seed=2,
+        aggregation="mean",
+        fingerprint=tiny_fp,
+        threshold=50.0,
+        standardize=True,
+        behaviour="alignment_faking",
+    )
+    ref, _ = make_bundle(
+        root,
+        "ref",
+        layer=2,
+        d=D_TINY,
+        seed=3,
+        aggregation="last",
+        fingerprint=tiny_fp,
+        threshold=50.0,
+        behaviour="refusal",
+    )
     manifest = json.loads((ref / "manifest.json").read_text())
     manifest["token_selection"] = "prompt_last"
     (ref / "manifest.json").write_text(json.dumps(manifest))
@@ -59,8 +78,16 @@ def start_sidecar(tmp_path, tiny_fp, tiny_bundles) -> Iterator[Callable]:
     started = []
 
     def start(bundles: list[Path] | None = None, **overrides):
-        settings = dict(model_id="tiny", fingerprint=tiny_fp, bundle_paths=bundles or tiny_bundles, host="127.0.0.1",
-                        port=0, metrics_host="127.0.0.1", metrics_port=0, incident_db=tmp_path / "incidents.sqlite3")
+        settings = {
+            "model_id": "tiny",
+            "fingerprint": tiny_fp,
+            "bundle_paths": bundles or tiny_bundles,
+            "host": "127.0.0.1",
+            "port": 0,
+            "metrics_host": "127.0.0.1",
+            "metrics_port": 0,
+            "incident_db": tmp_path / "incidents.sqlite3",
+        }
         settings.update(overrides)
         sidecar = Sidecar(SidecarConfig(**settings)).start()
         started.append(sidecar)

@@ -18,19 +18,25 @@ _END = object()
 
 
 def open_msg(gid: str, fingerprint: str, prompt_length: int = 0, **metadata) -> pb.MonitorRequest:
-    return pb.MonitorRequest(open=pb.Open(generation_id=gid, model_fingerprint=fingerprint, prompt_length=prompt_length,
-                                          metadata=metadata))
+    return pb.MonitorRequest(
+        open=pb.Open(generation_id=gid, model_fingerprint=fingerprint, prompt_length=prompt_length, metadata=metadata)
+    )
 
 
-def chunk_msg(gid: str, layer: int, rows: np.ndarray, positions, kind: int = pb.PAYLOAD_KIND_RESIDUAL_ROWS,
-              dtype: str = "float32") -> pb.MonitorRequest:
-    return pb.MonitorRequest(chunk=pb.ActivationChunk(generation_id=gid, layer=layer, kind=kind,
-                                                      positions=list(positions), payload=encode_array(rows, dtype)))
+def chunk_msg(
+    gid: str, layer: int, rows: np.ndarray, positions, kind: int = pb.PAYLOAD_KIND_RESIDUAL_ROWS, dtype: str = "float32"
+) -> pb.MonitorRequest:
+    return pb.MonitorRequest(
+        chunk=pb.ActivationChunk(
+            generation_id=gid, layer=layer, kind=kind, positions=list(positions), payload=encode_array(rows, dtype)
+        )
+    )
 
 
 def close_msg(gid: str, prompt: str = "", response: str = "", dropped: int = 0) -> pb.MonitorRequest:
-    return pb.MonitorRequest(close=pb.Close(generation_id=gid, prompt_text=prompt, response_text=response,
-                                            dropped_chunks=dropped))
+    return pb.MonitorRequest(
+        close=pb.Close(generation_id=gid, prompt_text=prompt, response_text=response, dropped_chunks=dropped)
+    )
 
 
 class StreamClient:
@@ -73,24 +79,31 @@ class StreamClient:
             while not predicate(self.responses):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (self.ended.is_set() and not predicate(self.responses)):
-                    raise AssertionError(f"timed out; responses so far: {[r.WhichOneof('msg') for r in self.responses]}"
-                                         f" error={self.error}")
+                    raise AssertionError(
+                        f"timed out; responses so far: {[r.WhichOneof('msg') for r in self.responses]}"
+                        f" error={self.error}"
+                    )
                 self._cv.wait(min(remaining, 0.1))
         return self.responses
 
     def of(self, kind: str, gid: str | None = None) -> list:
         with self._cv:
-            return [getattr(r, kind) for r in self.responses if r.WhichOneof("msg") == kind
-                    and (gid is None or getattr(r, kind).generation_id == gid)]
+            return [
+                getattr(r, kind)
+                for r in self.responses
+                if r.WhichOneof("msg") == kind and (gid is None or getattr(r, kind).generation_id == gid)
+            ]
 
     def wait_summary(self, gid: str, timeout: float = 15.0) -> pb.GenerationSummary:
-        self.wait_for(lambda rs: any(r.WhichOneof("msg") == "summary" and r.summary.generation_id == gid for r in rs),
-                      timeout)
+        self.wait_for(
+            lambda rs: any(r.WhichOneof("msg") == "summary" and r.summary.generation_id == gid for r in rs), timeout
+        )
         return self.of("summary", gid)[0]
 
     def wait_error(self, gid: str, n: int = 1, timeout: float = 15.0) -> list[pb.Error]:
-        self.wait_for(lambda rs: sum(r.WhichOneof("msg") == "error" and r.error.generation_id == gid for r in rs) >= n,
-                      timeout)
+        self.wait_for(
+            lambda rs: sum(r.WhichOneof("msg") == "error" and r.error.generation_id == gid for r in rs) >= n, timeout
+        )
         return self.of("error", gid)
 
     def close(self) -> None:
@@ -116,7 +129,8 @@ def metric_value(text: str, name: str, **labels) -> float:
     wanted = {k: str(v) for k, v in labels.items()}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == name and (sample.labels == wanted if not labels else
-                                        all(sample.labels.get(k) == v for k, v in wanted.items())):
+            if sample.name == name and (
+                sample.labels == wanted if not labels else all(sample.labels.get(k) == v for k, v in wanted.items())
+            ):
                 return float(sample.value)
     return 0.0

@@ -58,10 +58,22 @@ def _chats_refusal():
 
 
 def _chats_deception():
-    pos = [[{"role": "system", "content": DECEPTIVE_SYSTEM}, {"role": "user", "content": q},
-            {"role": "assistant", "content": lie}] for q, _, lie in FACTS]
-    neg = [[{"role": "system", "content": HONEST_SYSTEM}, {"role": "user", "content": q},
-            {"role": "assistant", "content": truth}] for q, truth, _ in FACTS]
+    pos = [
+        [
+            {"role": "system", "content": DECEPTIVE_SYSTEM},
+            {"role": "user", "content": q},
+            {"role": "assistant", "content": lie},
+        ]
+        for q, _, lie in FACTS
+    ]
+    neg = [
+        [
+            {"role": "system", "content": HONEST_SYSTEM},
+            {"role": "user", "content": q},
+            {"role": "assistant", "content": truth},
+        ]
+        for q, truth, _ in FACTS
+    ]
     return pos, neg
 
 
@@ -80,15 +92,33 @@ def _fit(pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, float]:
     return direction * scale, -scale * (s_pos + s_neg) / 2
 
 
-def _save(out: Path, loaded, probe_id: str, behaviour: str, layer: int, weight, bias, selection: str,
-          aggregation: str, threshold: float = 0.0) -> Path:
+def _save(
+    out: Path,
+    loaded,
+    probe_id: str,
+    behaviour: str,
+    layer: int,
+    weight,
+    bias,
+    selection: str,
+    aggregation: str,
+    threshold: float = 0.0,
+) -> Path:
     manifest = Manifest(
-        id=probe_id, behaviour=behaviour, kind="mean_diff",
-        model=ModelRef(id=loaded.model_id, fingerprint=loaded.fingerprint, d_model=loaded.d_model,
-                       n_layers=loaded.n_layers),
-        layer=layer, threshold=Threshold(value=threshold, method="fixed", fpr=None),
-        aggregation=Aggregation(method=aggregation), token_selection=selection, version="test-1",
-        description=f"test fixture: mean-difference {behaviour} direction", training={"source": "tests/server/helpers.py"})
+        id=probe_id,
+        behaviour=behaviour,
+        kind="mean_diff",
+        model=ModelRef(
+            id=loaded.model_id, fingerprint=loaded.fingerprint, d_model=loaded.d_model, n_layers=loaded.n_layers
+        ),
+        layer=layer,
+        threshold=Threshold(value=threshold, method="fixed", fpr=None),
+        aggregation=Aggregation(method=aggregation),
+        token_selection=selection,
+        version="test-1",
+        description=f"test fixture: mean-difference {behaviour} direction",
+        training={"source": "tests/server/helpers.py"},
+    )
     return save_bundle(out / probe_id, manifest, {"weight": weight.contiguous(), "bias": torch.tensor([bias])})
 
 

@@ -23,21 +23,23 @@ def _batch(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, 256, (2, 7), generator=g)
     mask = torch.ones_like(ids)
-    mask[1, :3] = 0          # left padding: sequence 1 has a 4-token prompt
+    mask[1, :3] = 0  # left padding: sequence 1 has a 4-token prompt
     ids[1, :3] = 0
     return ids, mask
 
 
 def _generate(model, ids, mask, n=6, **kw):
     with torch.inference_mode():
-        return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0, **kw)
+        return model.generate(
+            input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=0, **kw
+        )
 
 
 def _offline(model, runtime, ids, mask, out, b, stop_ids) -> tuple[dict[str, dict[int, float]], int, list[int]]:
     """Per-probe {position: score} from one full forward over the sequence's real tokens."""
     prompt = ids[b][mask[b].bool()].tolist()
     generated = []
-    for t in out[b, ids.shape[1]:].tolist():
+    for t in out[b, ids.shape[1] :].tolist():
         if t in stop_ids:
             break
         generated.append(t)
@@ -63,7 +65,7 @@ def test_every_generated_token_scored_and_equal_to_offline(mode, tiny_model, sta
     try:
         ids, mask = _batch()
         out = _generate(tiny_model, ids, mask, generation_ids=["a", "b"], probewatch_metadata={"t": 1})
-        assert isinstance(out, torch.Tensor) and out.shape == (2, 13)   # the caller's return type is unchanged
+        assert isinstance(out, torch.Tensor) and out.shape == (2, 13)  # the caller's return type is unchanged
         handles = monitor.last_generations
         assert [h.id for h in handles] == ["a", "b"]
         stop_ids = {0, 2}
@@ -73,7 +75,7 @@ def test_every_generated_token_scored_and_equal_to_offline(mode, tiny_model, sta
             offline, n_prompt, generated = _offline(tiny_model, runtime, ids, mask, out, b, stop_ids)
             assert result.prompt_length == n_prompt
             response = list(range(n_prompt, n_prompt + len(generated)))
-            for pid in ("dec", "avg"):   # response probes: every generated token, nothing else from the response
+            for pid in ("dec", "avg"):  # response probes: every generated token, nothing else from the response
                 got = result.token_scores[pid]
                 assert sorted(p for p in got if p >= n_prompt) == response
                 for p in response:
@@ -96,8 +98,10 @@ def test_pushdown_equals_rows_and_ships_k_floats(tiny_model, start_sidecar):
             _generate(tiny_model, ids, mask)
             results[mode] = [h.result(10) for h in monitor.last_generations]
         plan, _ = monitor._current_plan()
-        assert all(c.pushdown and c.projection.shape == (64, len(sidecar.runtime.stacks[c.layer].probe_ids))
-                   for c in plan.captures.values())
+        assert all(
+            c.pushdown and c.projection.shape == (64, len(sidecar.runtime.stacks[c.layer].probe_ids))
+            for c in plan.captures.values()
+        )
     finally:
         monitor.detach()
     for rows_r, push_r in zip(results["rows"], results["pushdown"]):
@@ -112,7 +116,7 @@ def test_pushdown_equals_rows_and_ships_k_floats(tiny_model, start_sidecar):
 def test_sequences_that_finish_early_stop_being_scored(tiny_model, start_sidecar):
     sidecar = start_sidecar()
     ids, mask = _batch(seed=9)
-    plain = _generate(tiny_model, ids, mask)[0, ids.shape[1]:].tolist()
+    plain = _generate(tiny_model, ids, mask)[0, ids.shape[1] :].tolist()
     # sequence 0's first generated token that did not occur before becomes its end-of-sequence token
     k = next(i for i in range(1, len(plain)) if plain[i] not in plain[:i])
     eos = plain[k]
@@ -122,8 +126,8 @@ def test_sequences_that_finish_early_stop_being_scored(tiny_model, start_sidecar
         r0 = monitor.last_generations[0].result(10)
     finally:
         monitor.detach()
-    assert out[0, ids.shape[1]:].tolist().index(eos) == k
-    assert sorted(r0.token_scores["dec"]) == list(range(7, 7 + k))   # prompt of 7; k tokens before the end
+    assert out[0, ids.shape[1] :].tolist().index(eos) == k
+    assert sorted(r0.token_scores["dec"]) == list(range(7, 7 + k))  # prompt of 7; k tokens before the end
 
 
 def test_kill_switch_means_no_hooks_no_threads_no_traffic(tiny_model, monkeypatch):
@@ -134,14 +138,18 @@ def test_kill_switch_means_no_hooks_no_threads_no_traffic(tiny_model, monkeypatc
     assert not monitor.enabled and not monitor.up
     assert "generate" not in tiny_model.__dict__
     seen = []
-    probe = tiny_model.register_forward_pre_hook(lambda m, a, k: seen.append(
-        (sum(len(layer._forward_hooks) for layer in layers), len(tiny_model._forward_pre_hooks))), with_kwargs=True)
+    probe = tiny_model.register_forward_pre_hook(
+        lambda m, a, k: seen.append(
+            (sum(len(layer._forward_hooks) for layer in layers), len(tiny_model._forward_pre_hooks))
+        ),
+        with_kwargs=True,
+    )
     try:
         ids, mask = _batch()
         _generate(tiny_model, ids, mask, n=2)
     finally:
         probe.remove()
-    assert seen and all(hooks == 0 and pre == 1 for hooks, pre in seen)   # only our counting hook
+    assert seen and all(hooks == 0 and pre == 1 for hooks, pre in seen)  # only our counting hook
     assert not {t.name for t in threading.enumerate()} - before_threads
     assert monitor.last_generations == []
     monitor.detach()
@@ -157,13 +165,19 @@ def test_fail_open_sidecar_down_then_up_then_gone(tiny_model, start_sidecar, cap
     port = _free_port()
     ids, mask = _batch(seed=2)
     expected = _generate(tiny_model, ids, mask)
-    monitor = attach(tiny_model, sidecar=f"127.0.0.1:{port}", wait_s=0, backoff_initial_s=0.05, backoff_max_s=0.2,
-                     connect_timeout_s=0.5)
+    monitor = attach(
+        tiny_model,
+        sidecar=f"127.0.0.1:{port}",
+        wait_s=0,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.2,
+        connect_timeout_s=0.5,
+    )
     try:
         with caplog.at_level("WARNING", logger="probewatch.server.attach"):
             t0 = time.monotonic()
             out = _generate(tiny_model, ids, mask)
-            assert torch.equal(out, expected)                     # generation goes on, same output
+            assert torch.equal(out, expected)  # generation goes on, same output
             assert time.monotonic() - t0 < 5
             result = monitor.last_generations[0].result(0)
             assert not result.monitored and result.reason == "sidecar_down"
@@ -175,13 +189,13 @@ def test_fail_open_sidecar_down_then_up_then_gone(tiny_model, start_sidecar, cap
         assert reg.get_sample_value("probewatch_client_monitoring_up") == 0
         assert reg.get_sample_value("probewatch_client_unmonitored_generations_total", {"reason": "sidecar_down"}) == 2
 
-        sidecar = start_sidecar(port=port)                        # the sidecar comes (back) up: reconnect
+        sidecar = start_sidecar(port=port)  # the sidecar comes (back) up: reconnect
         assert monitor.wait_ready(10)
         assert reg.get_sample_value("probewatch_client_monitoring_up") == 1
         _generate(tiny_model, ids, mask)
         assert all(h.result(10).status == "closed" for h in monitor.last_generations)
 
-        sidecar.stop(0)                                           # ... and goes away again
+        sidecar.stop(0)  # ... and goes away again
         deadline = time.monotonic() + 10
         while monitor.up and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -202,8 +216,10 @@ def test_full_capture_queue_drops_counts_and_never_blocks(tiny_model, start_side
     finally:
         monitor.detach()
     assert all(r.status == "closed" and r.dropped_chunks > 0 and r.tokens_scored == 0 for r in results)
-    assert monitor.metrics.registry.get_sample_value("probewatch_client_dropped_chunks_total",
-                                                     {"reason": "queue_full"}) > 0
+    assert (
+        monitor.metrics.registry.get_sample_value("probewatch_client_dropped_chunks_total", {"reason": "queue_full"})
+        > 0
+    )
     text = scrape(sidecar.metrics_port)
     assert metric_value(text, "probewatch_dropped_chunks_total", reason="client_dropped") > 0
 
@@ -214,17 +230,22 @@ def test_sidecar_for_another_model_is_refused(tmp_path, tiny_model, caplog):
 
     other = "pwfp1:" + "cd" * 16
     path, _ = make_bundle(tmp_path, "x", layer=1, d=64, fingerprint=other)
-    with Sidecar(SidecarConfig(model_id="other", fingerprint=other, bundle_paths=[path], host="127.0.0.1", port=0,
-                               metrics_port=None)) as sidecar:
-        with caplog.at_level("WARNING", logger="probewatch.server.attach"):
-            monitor = attach(tiny_model, sidecar=sidecar.address, wait_s=1.5)
-            try:
-                assert not monitor.up
-                ids, mask = _batch()
-                _generate(tiny_model, ids, mask, n=2)
-                assert not monitor.last_generations[0].result(0).monitored
-            finally:
-                monitor.detach()
+    with (
+        Sidecar(
+            SidecarConfig(
+                model_id="other", fingerprint=other, bundle_paths=[path], host="127.0.0.1", port=0, metrics_port=None
+            )
+        ) as sidecar,
+        caplog.at_level("WARNING", logger="probewatch.server.attach"),
+    ):
+        monitor = attach(tiny_model, sidecar=sidecar.address, wait_s=1.5)
+        try:
+            assert not monitor.up
+            ids, mask = _batch()
+            _generate(tiny_model, ids, mask, n=2)
+            assert not monitor.last_generations[0].result(0).monitored
+        finally:
+            monitor.detach()
     assert "fingerprint" in caplog.text and other in caplog.text
 
 
@@ -240,7 +261,11 @@ def test_beam_search_runs_unmonitored_instead_of_misattributing_rows(tiny_model,
         result = monitor.last_generations[0].result(0)
         assert not result.monitored and result.reason == "unsupported_input"
         assert "beam search" in caplog.text
-        assert monitor.metrics.registry.get_sample_value("probewatch_client_unmonitored_generations_total",
-                                                         {"reason": "unsupported_input"}) == 2
+        assert (
+            monitor.metrics.registry.get_sample_value(
+                "probewatch_client_unmonitored_generations_total", {"reason": "unsupported_input"}
+            )
+            == 2
+        )
     finally:
         monitor.detach()

@@ -35,19 +35,36 @@ def _serve(capsys, *argv) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("url,why", [("not a url", "scheme must be http or https"), ("ftp://x/y", "scheme must be"),
-                                     ("http://", "no host"), ("http://host:99999/", "out of range")])
+@pytest.mark.parametrize(
+    "url,why",
+    [
+        ("not a url", "scheme must be http or https"),
+        ("ftp://x/y", "scheme must be"),
+        ("http://", "no host"),
+        ("http://host:99999/", "out of range"),
+    ],
+)
 def test_malformed_webhook_is_a_cli_error(capsys, tmp_path, tiny_folder, tiny_bundles, url, why):
-    code, err = _serve(capsys, "--model", tiny_folder, "--bundles", *tiny_bundles, "--incident-db",
-                       tmp_path / "i.sqlite3", "--webhook", url)
+    code, err = _serve(
+        capsys,
+        "--model",
+        tiny_folder,
+        "--bundles",
+        *tiny_bundles,
+        "--incident-db",
+        tmp_path / "i.sqlite3",
+        "--webhook",
+        url,
+    )
     assert code == 2 and err.startswith("probewatch: error: malformed webhook URL") and why in err
 
 
 def test_unwritable_incident_store_is_a_cli_error(capsys, tmp_path, tiny_folder, tiny_bundles):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
-    code, err = _serve(capsys, "--model", tiny_folder, "--bundles", *tiny_bundles, "--incident-db",
-                       blocker / "incidents.sqlite3")
+    code, err = _serve(
+        capsys, "--model", tiny_folder, "--bundles", *tiny_bundles, "--incident-db", blocker / "incidents.sqlite3"
+    )
     assert code == 2 and "cannot open the incident store at" in err and "--incident-db" in err
 
 
@@ -62,15 +79,39 @@ def test_bundles_of_another_model_are_refused(capsys, tmp_path, tiny_folder, tin
 def test_missing_bundles_and_bad_tls_files_are_cli_errors(capsys, tmp_path, tiny_folder, tiny_bundles):
     code, err = _serve(capsys, "--model", tiny_folder, "--no-incidents")
     assert code == 2 and "no probe bundles for model" in err and "--bundles" in err
-    code, err = _serve(capsys, "--model", tiny_folder, "--bundles", *tiny_bundles, "--no-incidents",
-                       "--tls-cert", tmp_path / "missing.pem", "--tls-key", tmp_path / "missing.key")
+    code, err = _serve(
+        capsys,
+        "--model",
+        tiny_folder,
+        "--bundles",
+        *tiny_bundles,
+        "--no-incidents",
+        "--tls-cert",
+        tmp_path / "missing.pem",
+        "--tls-key",
+        tmp_path / "missing.key",
+    )
     assert code == 2 and "cannot read the TLS key" in err or "cannot read the TLS certificate" in err
 
 
 def test_port_in_use_is_a_cli_error(capsys, start_sidecar, tiny_folder, tiny_bundles):
     taken = start_sidecar().port
-    code = main(["serve", "--host", "127.0.0.1", "--port", str(taken), "--metrics-port", "-1", "--no-incidents",
-                 "--model", str(tiny_folder), "--bundles", *map(str, tiny_bundles)])
+    code = main(
+        [
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(taken),
+            "--metrics-port",
+            "-1",
+            "--no-incidents",
+            "--model",
+            str(tiny_folder),
+            "--bundles",
+            *map(str, tiny_bundles),
+        ]
+    )
     assert code == 2 and f"cannot listen for gRPC on 127.0.0.1:{taken}" in capsys.readouterr().err
 
 
@@ -83,14 +124,24 @@ def test_demo_without_bundles_says_what_to_do(capsys, tiny_folder):
 def test_serve_process_end_to_end(tmp_path, tiny_folder, tiny_bundles, tiny_fp):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    args = ["--model", str(tiny_folder), "--bundles", *map(str, tiny_bundles), "--metrics-port", "0",
-            "--incident-db", str(tmp_path / "i.sqlite3")]
+    args = [
+        "--model",
+        str(tiny_folder),
+        "--bundles",
+        *map(str, tiny_bundles),
+        "--metrics-port",
+        "0",
+        "--incident-db",
+        str(tmp_path / "i.sqlite3"),
+    ]
     sidecar = SidecarProcess(args, tmp_path)
     try:
         channel = grpc.insecure_channel(sidecar.address)
         health = health_pb2_grpc.HealthStub(channel)
-        assert health.Check(health_pb2.HealthCheckRequest(service="probewatch.v1.Monitor"), timeout=10).status == \
-            health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service="probewatch.v1.Monitor"), timeout=10).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
         listing = pb_grpc.MonitorStub(channel).ListProbes(pb.ListProbesRequest(), timeout=10)
         assert listing.model_fingerprint == tiny_fp and listing.model_id == str(tiny_folder)
         text = httpx.get(f"http://127.0.0.1:{sidecar.metrics_port}/metrics", timeout=10).text
@@ -110,13 +161,32 @@ def test_tls_sidecar_and_attach_client(tmp_path, tiny_model, start_sidecar):
     from probewatch.server.attach import attach
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     sidecar = start_sidecar(tls_cert=cert, tls_key=key)
     plain = pb_grpc.MonitorStub(grpc.insecure_channel(sidecar.address))
     with pytest.raises(grpc.RpcError):
-        plain.ListProbes(pb.ListProbesRequest(), timeout=3)       # plaintext is refused
+        plain.ListProbes(pb.ListProbesRequest(), timeout=3)  # plaintext is refused
     monitor = attach(tiny_model, sidecar=f"localhost:{sidecar.port}", tls_ca=str(cert), wait_s=10)
     try:
         assert monitor.up
@@ -128,8 +198,10 @@ def test_tls_sidecar_and_attach_client(tmp_path, tiny_model, start_sidecar):
 
 
 def test_ready_file_describes_the_ports(tmp_path, tiny_folder, tiny_bundles):
-    sidecar = SidecarProcess(["--model", str(tiny_folder), "--bundles", *map(str, tiny_bundles), "--metrics-port", "-1",
-                              "--no-incidents"], tmp_path)
+    sidecar = SidecarProcess(
+        ["--model", str(tiny_folder), "--bundles", *map(str, tiny_bundles), "--metrics-port", "-1", "--no-incidents"],
+        tmp_path,
+    )
     try:
         info = json.loads(sidecar.ready_file.read_text())
         assert info["metrics_port"] is None and info["address"].startswith("127.0.0.1:")

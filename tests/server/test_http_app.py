@@ -16,8 +16,34 @@ import pytest
 from tests.conftest import make_tiny_model
 from tests.probes.helpers import make_bundle
 
-WORDS = ["user", "assistant", "system", ":", "hello", "what", "is", "the", "capital", "of", "france", "?", "paris",
-         "a", "an", "and", "to", "you", "i", "it", "be", "say", "hi", "please", "thanks", "."]
+WORDS = [
+    "user",
+    "assistant",
+    "system",
+    ":",
+    "hello",
+    "what",
+    "is",
+    "the",
+    "capital",
+    "of",
+    "france",
+    "?",
+    "paris",
+    "a",
+    "an",
+    "and",
+    "to",
+    "you",
+    "i",
+    "it",
+    "be",
+    "say",
+    "hi",
+    "please",
+    "thanks",
+    ".",
+]
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +56,9 @@ def chat_folder(tmp_path_factory):
     vocab = {t: i for i, t in enumerate(specials + WORDS + [f"w{i}" for i in range(256 - len(specials) - len(WORDS))])}
     core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]",
-                                  unk_token="[UNK]")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]"
+    )
     model = make_tiny_model("llama", seed=7)
     model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id = 0, 1, 2
     model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2
@@ -42,8 +69,10 @@ def chat_folder(tmp_path_factory):
 
     fp = fingerprint_folder(folder)
     bundles = tmp_path_factory.mktemp("chat-bundles")
-    paths = [make_bundle(bundles, "dec", layer=1, d=64, seed=1, aggregation="max", fingerprint=fp, threshold=-100.0)[0],
-             make_bundle(bundles, "avg", layer=2, d=64, seed=2, aggregation="mean", fingerprint=fp, threshold=100.0)[0]]
+    paths = [
+        make_bundle(bundles, "dec", layer=1, d=64, seed=1, aggregation="max", fingerprint=fp, threshold=-100.0)[0],
+        make_bundle(bundles, "avg", layer=2, d=64, seed=2, aggregation="mean", fingerprint=fp, threshold=100.0)[0],
+    ]
     return folder, paths
 
 
@@ -52,8 +81,15 @@ def stack(chat_folder, tmp_path):
     from probewatch.server.stack import LocalStack, StackOptions
 
     folder, bundles = chat_folder
-    with LocalStack(StackOptions(model=str(folder), bundles=[str(p) for p in bundles], port=0,
-                                 incident_db=tmp_path / "incidents.sqlite3", max_tokens=5)) as s:
+    with LocalStack(
+        StackOptions(
+            model=str(folder),
+            bundles=[str(p) for p in bundles],
+            port=0,
+            incident_db=tmp_path / "incidents.sqlite3",
+            max_tokens=5,
+        )
+    ) as s:
         yield s
 
 
@@ -91,10 +127,12 @@ def test_chat_completion_carries_probe_scores(stack, tmp_path):
 
 def test_streaming_sends_scores_in_the_final_chunk(stack):
     events = []
-    with httpx.Client(base_url=stack.url, timeout=120) as c:
-        with c.stream("POST", "/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 4, "stream": True}) as r:
-            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-            events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    with (
+        httpx.Client(base_url=stack.url, timeout=120) as c,
+        c.stream("POST", "/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 4, "stream": True}) as r,
+    ):
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     assert all(ch["object"] == "chat.completion.chunk" for ch in chunks)
@@ -118,8 +156,15 @@ def test_kill_switch_through_http(chat_folder, tmp_path, monkeypatch):
 
     monkeypatch.setenv("PROBEWATCH_DISABLE", "1")
     folder, bundles = chat_folder
-    with LocalStack(StackOptions(model=str(folder), bundles=[str(p) for p in bundles], port=0,
-                                 incident_db=tmp_path / "i.sqlite3", max_tokens=3)) as s:
+    with LocalStack(
+        StackOptions(
+            model=str(folder),
+            bundles=[str(p) for p in bundles],
+            port=0,
+            incident_db=tmp_path / "i.sqlite3",
+            max_tokens=3,
+        )
+    ) as s:
         body = httpx.post(f"{s.url}/v1/chat/completions", json={"messages": MESSAGES}, timeout=60).json()
     assert body["choices"][0]["message"]["role"] == "assistant"
     assert body["probewatch"]["monitored"] is False and body["probewatch"]["status"] == "disabled"
@@ -130,10 +175,29 @@ def test_run_command_serves_until_sigterm(chat_folder, tmp_path):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "probewatch.cli.main", "run", "--model", str(folder), "--bundles",
-                             *map(str, bundles), "--port", str(port), "--metrics-port", "0",
-                             "--incident-db", str(tmp_path / "i.sqlite3"), "--max-tokens", "3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "probewatch.cli.main",
+            "run",
+            "--model",
+            str(folder),
+            "--bundles",
+            *map(str, bundles),
+            "--port",
+            str(port),
+            "--metrics-port",
+            "0",
+            "--incident-db",
+            str(tmp_path / "i.sqlite3"),
+            "--max-tokens",
+            "3",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -144,7 +208,9 @@ def test_run_command_serves_until_sigterm(chat_folder, tmp_path):
                 pass
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.2)
-        body = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json={"messages": MESSAGES}, timeout=60).json()
+        body = httpx.post(
+            f"http://127.0.0.1:{port}/v1/chat/completions", json={"messages": MESSAGES}, timeout=60
+        ).json()
         assert body["probewatch"]["monitored"]
     finally:
         proc.send_signal(signal.SIGTERM)

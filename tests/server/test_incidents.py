@@ -11,9 +11,20 @@ from probewatch.server.incidents import Incident, IncidentNotFoundError, Inciden
 
 
 def _incident(**kw) -> Incident:
-    base = dict(generation_id="g1", probe="dec", behaviour="deception", score=2.5, threshold=1.0,
-                model_fingerprint="pwfp1:" + "ab" * 16, bundle_version="3", aggregation="max",
-                token_scores=[[7, 0.5], [8, 2.5]], prompt="q", response="a", metadata={"tenant": "x"})
+    base = {
+        "generation_id": "g1",
+        "probe": "dec",
+        "behaviour": "deception",
+        "score": 2.5,
+        "threshold": 1.0,
+        "model_fingerprint": "pwfp1:" + "ab" * 16,
+        "bundle_version": "3",
+        "aggregation": "max",
+        "token_scores": [[7, 0.5], [8, 2.5]],
+        "prompt": "q",
+        "response": "a",
+        "metadata": {"tenant": "x"},
+    }
     base.update(kw)
     return Incident(**base)
 
@@ -75,7 +86,7 @@ def test_incidents_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(["incidents", "list", "--db", str(db), "--status", "resolved", "--json"]) == 0
     assert [r["id"] for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])] == [1]
-    assert main(["incidents", "list", "--db", str(db)]) == 0        # the rich table renders
+    assert main(["incidents", "list", "--db", str(db)]) == 0  # the rich table renders
     assert "ref" in capsys.readouterr().out
     assert main(["incidents", "show", "42", "--db", str(db)]) == 2
     assert "no incident with id 42" in capsys.readouterr().err

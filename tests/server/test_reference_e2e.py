@@ -28,8 +28,15 @@ HONEST = "What is the capital of France? Answer in one word."
 
 @pytest.fixture
 def sidecar(reference_bundles, tmp_path):
-    config = sidecar_config_for(None, [str(p) for p in reference_bundles], host="127.0.0.1", port=0,
-                                metrics_host="127.0.0.1", metrics_port=0, incident_db=tmp_path / "incidents.sqlite3")
+    config = sidecar_config_for(
+        None,
+        [str(p) for p in reference_bundles],
+        host="127.0.0.1",
+        port=0,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        incident_db=tmp_path / "incidents.sqlite3",
+    )
     with Sidecar(config) as s:
         yield s
 
@@ -43,13 +50,19 @@ def test_end_to_end_alert_incident_and_metrics(reference, sidecar, tmp_path):
     model, tok = reference.model, reference.tokenizer
     prompts = [_prompt_ids(tok, HARMFUL), _prompt_ids(tok, HONEST)]
     width = max(map(len, prompts))
-    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])      # left padding
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])  # left padding
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     monitor = attach(model, tok, sidecar=sidecar.address, wait_s=15)
     try:
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=10, do_sample=False,
-                                 generation_ids=["harmful-1", "honest-1"], probewatch_metadata={"suite": "e2e"})
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=10,
+                do_sample=False,
+                generation_ids=["harmful-1", "honest-1"],
+                probewatch_metadata={"suite": "e2e"},
+            )
         harmful, honest = [h.result(30) for h in monitor.last_generations]
     finally:
         monitor.detach()
@@ -58,8 +71,10 @@ def test_end_to_end_alert_incident_and_metrics(reference, sidecar, tmp_path):
         n_real = generated.index(tok.eos_token_id) if tok.eos_token_id in generated else len(generated)
         n_prompt = len(prompts[b])
         assert result.status == "closed" and result.prompt_length == n_prompt
-        for pid in ("test-deception", "test-deception-max"):     # a score for every generated token
-            assert sorted(p for p in result.token_scores[pid] if p >= n_prompt) == list(range(n_prompt, n_prompt + n_real))
+        for pid in ("test-deception", "test-deception-max"):  # a score for every generated token
+            assert sorted(p for p in result.token_scores[pid] if p >= n_prompt) == list(
+                range(n_prompt, n_prompt + n_real)
+            )
         assert result.tokens_scored >= n_real
     assert harmful.flagged["test-refusal"] and not honest.flagged["test-refusal"]
     alert = next(a for a in harmful.alerts if a["probe"] == "test-refusal")
@@ -94,13 +109,13 @@ def test_live_scores_equal_offline_score_dialogues(mode, reference, reference_bu
         live = monitor.last_generations[0].result(30)
     finally:
         monitor.detach()
-    generated = out[0, len(prompt):].tolist()
+    generated = out[0, len(prompt) :].tolist()
     n_real = generated.index(tok.eos_token_id) if tok.eos_token_id in generated else len(generated)
     response = tok.decode(generated[:n_real], skip_special_tokens=True)
     dialogue = Dialogue([Message("user", HONEST), Message("assistant", response)])
     with torch.inference_mode():
         offline = score_dialogues(model, tok, runtime, [dialogue], progress=False)[0]
-    assert len(offline.token_scores["test-deception"]) == n_real    # the re-tokenised response is the same tokens
+    assert len(offline.token_scores["test-deception"]) == n_real  # the re-tokenised response is the same tokens
     for pid, offline_scores in offline.token_scores.items():
         selection = runtime.bundle(pid).manifest.token_selection
         positions = range(len(prompt), len(prompt) + n_real) if selection == "response" else [len(prompt) - 1]
@@ -122,5 +137,5 @@ def test_demo_main_job(reference_bundles, tmp_path, monkeypatch, capsys):
     assert by_name["harmful"]["flagged"]["test-refusal"] and not by_name["honest"]["flagged"]["test-refusal"]
     assert summary["incidents"] and summary["metrics"]["probewatch_tokens_scored_total"] > 0
     assert summary["metrics"]["probewatch_generations_total"] == 5
-    assert "live probe scores per generation" in out.err        # the table went to stderr with --json
+    assert "live probe scores per generation" in out.err  # the table went to stderr with --json
     assert IncidentStore.open(tmp_path / "demo.sqlite3", readonly=True).count() == len(summary["incidents"])

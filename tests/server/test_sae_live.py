@@ -39,11 +39,18 @@ def _refusal_latents(n: int = 4) -> tuple[list[int], list[float]]:
 
 def _write_bundle(root: Path, reference, threshold: float) -> Path:
     ids, weights = _refusal_latents()
-    manifest = Manifest(id="sae-refusal-named", behaviour="refusal", kind="sae_feature",
-                        model=ModelRef(reference.model_id, reference.fingerprint, 576, 30), layer=15,
-                        threshold=Threshold(value=threshold, method="fixed", fpr=None),
-                        aggregation=Aggregation("max"), token_selection="all", version="sae-test-1",
-                        description="named refusal latents of the shipped SAE (test)")
+    manifest = Manifest(
+        id="sae-refusal-named",
+        behaviour="refusal",
+        kind="sae_feature",
+        model=ModelRef(reference.model_id, reference.fingerprint, 576, 30),
+        layer=15,
+        threshold=Threshold(value=threshold, method="fixed", fpr=None),
+        aggregation=Aggregation("max"),
+        token_selection="all",
+        version="sae-test-1",
+        description="named refusal latents of the shipped SAE (test)",
+    )
     return save_feature_bundle(root / manifest.id, manifest, SAE_DIR, ids, weights, bias=-1.0)
 
 
@@ -52,7 +59,7 @@ def _generate(model, tok, question: str, monitor=None) -> tuple[list[int], list[
     prompt = tok(text, add_special_tokens=False)["input_ids"]
     with torch.inference_mode():
         out = model.generate(input_ids=torch.tensor([prompt]), max_new_tokens=10, do_sample=False)
-    generated = out[0, len(prompt):].tolist()
+    generated = out[0, len(prompt) :].tolist()
     n_real = generated.index(tok.eos_token_id) if tok.eos_token_id in generated else len(generated)
     return prompt, generated[:n_real]
 
@@ -70,21 +77,30 @@ def test_sae_feature_probe_scores_live_and_alerts(mode, reference, reference_bun
     probe_root = tmp_path / "bundles"
     provisional = _write_bundle(probe_root, reference, threshold=0.0)
     runtime = ProbeRuntime(load_bundles([provisional], expected_fingerprint=reference.fingerprint))
-    dialogues = {name: Dialogue([Message("user", q), Message("assistant", tok.decode(r, skip_special_tokens=True))])
-                 for name, (q, _, r) in texts.items()}
+    dialogues = {
+        name: Dialogue([Message("user", q), Message("assistant", tok.decode(r, skip_special_tokens=True))])
+        for name, (q, _, r) in texts.items()
+    }
     with torch.inference_mode():
         offline = {name: score_dialogues(model, tok, runtime, [d], progress=False)[0] for name, d in dialogues.items()}
     high, low = offline["harmful"].aggregate["sae-refusal-named"], offline["honest"].aggregate["sae-refusal-named"]
     assert high > low, "the refusal latents should fire more on the phishing request than on the capital question"
     bundle = _write_bundle(probe_root, reference, threshold=(high + low) / 2)
 
-    config = sidecar_config_for(None, [str(bundle), *map(str, reference_bundles)], host="127.0.0.1", port=0,
-                                metrics_host="127.0.0.1", metrics_port=0, incident_db=tmp_path / "incidents.sqlite3")
+    config = sidecar_config_for(
+        None,
+        [str(bundle), *map(str, reference_bundles)],
+        host="127.0.0.1",
+        port=0,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        incident_db=tmp_path / "incidents.sqlite3",
+    )
     with Sidecar(config) as sidecar:
         monitor = attach(model, tok, sidecar=sidecar.address, mode=mode, wait_s=15)
         try:
             live = {}
-            for name, (question, prompt, response) in texts.items():
+            for name, (question, _prompt, response) in texts.items():
                 _, again = _generate(model, tok, question)
                 assert again == response  # greedy: the same tokens as the offline text
                 live[name] = monitor.last_generations[0].result(30)
@@ -99,16 +115,29 @@ def test_sae_feature_probe_scores_live_and_alerts(mode, reference, reference_bun
         # every prompt and generated token is scored; the last generated token is too
         assert sorted(scores) == list(range(n_all))
         # offline encodes the same text: prompt + response + end-of-turn tokens; compare the shared prefix
-        assert [scores[p] for p in range(n_all)] == pytest.approx(off.token_scores["sae-refusal-named"][:n_all], abs=ATOL)
+        assert [scores[p] for p in range(n_all)] == pytest.approx(
+            off.token_scores["sae-refusal-named"][:n_all], abs=ATOL
+        )
     assert live["harmful"].flagged["sae-refusal-named"] and not live["honest"].flagged["sae-refusal-named"]
     alert = next(a for a in live["harmful"].alerts if a["probe"] == "sae-refusal-named")
     incident = IncidentStore.open(tmp_path / "incidents.sqlite3", readonly=True).get(alert["incident_id"])
     assert incident.behaviour == "refusal" and incident.bundle_version == "sae-test-1"
 
     ids, _ = _refusal_latents()
-    descriptions = {f["id"]: f.get("description", "") for f in
-                    json.loads((SAE_DIR / "features.json").read_text())["features"] if f["id"] in ids}
+    descriptions = {
+        f["id"]: f.get("description", "")
+        for f in json.loads((SAE_DIR / "features.json").read_text())["features"]
+        if f["id"] in ids
+    }
     for fid in ids:
-        assert metric_value(metrics_text, "probewatch_sae_feature_activation_count", sae="l15-topk-3k-k32",
-                            feature=str(fid), description=descriptions[fid]) > 0
+        assert (
+            metric_value(
+                metrics_text,
+                "probewatch_sae_feature_activation_count",
+                sae="l15-topk-3k-k32",
+                feature=str(fid),
+                description=descriptions[fid],
+            )
+            > 0
+        )
     assert metric_value(metrics_text, "probewatch_alerts_total", probe="sae-refusal-named", behaviour="refusal") == 1

@@ -61,8 +61,8 @@ def test_list_probes_gives_layers_and_pushdown_matrices(start_sidecar, runtime, 
         assert list(plans[layer].probe_ids) == stack.probe_ids
         np.testing.assert_array_equal(decode_tensor(plans[layer].projection), stack.weight.numpy())
         assert not plans[layer].rows_required
-    assert plans[1].prompt_rows == pb.PROMPT_ROWS_NONE       # only a response probe reads layer 1
-    assert plans[2].prompt_rows == pb.PROMPT_ROWS_LAST       # the prompt_last probe reads layer 2
+    assert plans[1].prompt_rows == pb.PROMPT_ROWS_NONE  # only a response probe reads layer 1
+    assert plans[2].prompt_rows == pb.PROMPT_ROWS_LAST  # the prompt_last probe reads layer 2
     assert listing.max_message_bytes == sidecar.config.max_message_bytes
 
 
@@ -74,10 +74,14 @@ def test_health_and_reflection(start_sidecar):
     channel = grpc.insecure_channel(sidecar.address)
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "probewatch.v1.Monitor"):
-        assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status == \
-            health_pb2.HealthCheckResponse.SERVING
+        assert (
+            health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
     refl = reflection_pb2_grpc.ServerReflectionStub(channel)
-    answer = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
+    answer = next(
+        refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+    )
     names = {s.name for s in answer.list_services_response.service}
     assert {"probewatch.v1.Monitor", "grpc.health.v1.Health"} <= names
 
@@ -88,10 +92,12 @@ def test_stream_scores_every_chunk_and_aggregates_like_offline(start_sidecar, ru
     client = StreamClient(sidecar.address)
     prompt = rows(4)
     steps = [rows(1) for _ in range(5)]
-    client.send(open_msg("g1", tiny_fp, prompt_length=4),
-                chunk_msg("g1", 2, prompt[3:], [3]),            # the prompt-last row for `ref`
-                *[chunk_msg("g1", layer, x, [4 + i]) for i, x in enumerate(steps) for layer in (1, 2)],
-                close_msg("g1", prompt="p?", response="r!"))
+    client.send(
+        open_msg("g1", tiny_fp, prompt_length=4),
+        chunk_msg("g1", 2, prompt[3:], [3]),  # the prompt-last row for `ref`
+        *[chunk_msg("g1", layer, x, [4 + i]) for i, x in enumerate(steps) for layer in (1, 2)],
+        close_msg("g1", prompt="p?", response="r!"),
+    )
     summary = client.wait_summary("g1")
     updates = client.of("score", "g1")
     # per-token scores back for every chunk (chunks the worker scored in one batch may share an update),
@@ -134,9 +140,14 @@ def test_projection_chunks_score_like_rows(start_sidecar, runtime, tiny_fp):
     client = StreamClient(sidecar.address)
     x = rows(3)
     proj = (torch.from_numpy(x) @ runtime.stacks[2].weight).numpy()
-    client.send(open_msg("r", tiny_fp, 1), chunk_msg("r", 2, x, [0, 1, 2]), close_msg("r"),
-                open_msg("p", tiny_fp, 1), chunk_msg("p", 2, proj, [0, 1, 2], kind=pb.PAYLOAD_KIND_PROJECTIONS),
-                close_msg("p"))
+    client.send(
+        open_msg("r", tiny_fp, 1),
+        chunk_msg("r", 2, x, [0, 1, 2]),
+        close_msg("r"),
+        open_msg("p", tiny_fp, 1),
+        chunk_msg("p", 2, proj, [0, 1, 2], kind=pb.PAYLOAD_KIND_PROJECTIONS),
+        close_msg("p"),
+    )
     by_rows = {r.probe_id: r.score for r in client.wait_summary("r").results}
     by_proj = {r.probe_id: r.score for r in client.wait_summary("p").results}
     for pid in ("avg", "ref"):
@@ -149,9 +160,14 @@ def test_score_unary(start_sidecar, runtime, tiny_fp):
     sidecar = start_sidecar()
     stub = pb_grpc.MonitorStub(grpc.insecure_channel(sidecar.address))
     x1, x2 = rows(6), rows(6)
-    request = pb.ScoreRequest(model_fingerprint=tiny_fp, prompt_length=3, layers=[
-        pb.LayerPayload(layer=1, kind=pb.PAYLOAD_KIND_RESIDUAL_ROWS, payload=encode_array(x1)),
-        pb.LayerPayload(layer=2, kind=pb.PAYLOAD_KIND_RESIDUAL_ROWS, payload=encode_array(x2))])
+    request = pb.ScoreRequest(
+        model_fingerprint=tiny_fp,
+        prompt_length=3,
+        layers=[
+            pb.LayerPayload(layer=1, kind=pb.PAYLOAD_KIND_RESIDUAL_ROWS, payload=encode_array(x1)),
+            pb.LayerPayload(layer=2, kind=pb.PAYLOAD_KIND_RESIDUAL_ROWS, payload=encode_array(x2)),
+        ],
+    )
     out = {p.result.probe_id: p for p in stub.Score(request, timeout=10).probes}
     assert set(out) == {"dec", "avg", "ref"}
     np.testing.assert_allclose(decode_tensor(out["dec"].token_scores), expected(runtime, 1, x1)["dec"][3:], atol=1e-5)
@@ -166,9 +182,13 @@ def test_score_unary(start_sidecar, runtime, tiny_fp):
         return e.value.code(), e.value.details()
 
     assert code(pb.ScoreRequest(layers=request.layers, probe_ids=["nope"])) == (
-        grpc.StatusCode.NOT_FOUND, "unknown probe(s) nope; loaded probes: dec, avg, ref")
-    assert code(pb.ScoreRequest(model_fingerprint="pwfp1:" + "00" * 16, layers=request.layers))[0] == \
-        grpc.StatusCode.FAILED_PRECONDITION
+        grpc.StatusCode.NOT_FOUND,
+        "unknown probe(s) nope; loaded probes: dec, avg, ref",
+    )
+    assert (
+        code(pb.ScoreRequest(model_fingerprint="pwfp1:" + "00" * 16, layers=request.layers))[0]
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
     assert code(pb.ScoreRequest(layers=request.layers[:1], probe_ids=["avg"]))[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert code(pb.ScoreRequest())[0] == grpc.StatusCode.INVALID_ARGUMENT
     big = pb.LayerPayload(layer=1, kind=pb.PAYLOAD_KIND_RESIDUAL_ROWS, payload=encode_array(rows(2000)))
@@ -203,24 +223,28 @@ def test_bad_chunks_get_precise_errors_and_the_stream_keeps_serving(start_sideca
         (chunk_msg("bad", 1, nan, [0, 1]), "INVALID_ARGUMENT", "1 row(s) contain NaN or Inf"),
         (chunk_msg("bad", 1, inf, [0]), "INVALID_ARGUMENT", "contain NaN or Inf"),
         (chunk_msg("bad", 7, rows(1), [0]), "INVALID_ARGUMENT", "no probe reads layer 7"),
-        (chunk_msg("bad", 1, rows(1), [0], kind=pb.PAYLOAD_KIND_PROJECTIONS), "INVALID_ARGUMENT", "width 64 != expected 1"),
+        (
+            chunk_msg("bad", 1, rows(1), [0], kind=pb.PAYLOAD_KIND_PROJECTIONS),
+            "INVALID_ARGUMENT",
+            "width 64 != expected 1",
+        ),
         (chunk_msg("bad", 1, rows(300), range(300)), "RESOURCE_EXHAUSTED", "over the 65536-byte limit"),
         (chunk_msg("ghost", 1, rows(1), [0]), "NOT_FOUND", "unknown generation ghost"),
         (open_msg("other-model", "pwfp1:" + "00" * 16), "FAILED_PRECONDITION", "does not match the sidecar's"),
         (open_msg("ok", tiny_fp), "ALREADY_EXISTS", "already used"),
         (pb.MonitorRequest(), "INVALID_ARGUMENT", "empty MonitorRequest"),
     ]
-    for message, code, text in cases:
+    for message, _code, _text in cases:
         client.send(message)
-    client.send(chunk_msg("bad", 1, good, [0]))      # a correct chunk after all that is accepted
-    client.send(chunk_msg("bad", 1, good, [0]))      # ...but not twice at one position
+    client.send(chunk_msg("bad", 1, good, [0]))  # a correct chunk after all that is accepted
+    client.send(chunk_msg("bad", 1, good, [0]))  # ...but not twice at one position
     client.send(chunk_msg("ok", 1, good, [1]), close_msg("ok"), close_msg("bad"))
-    client.send(chunk_msg("ok", 1, good, [2]))       # chunk after close
+    client.send(chunk_msg("ok", 1, good, [2]))  # chunk after close
     ok_summary = client.wait_summary("ok")
     bad_summary = client.wait_summary("bad")
     client.wait_for(lambda rs: sum(r.WhichOneof("msg") == "error" for r in rs) >= len(cases) + 2)
     errors = client.of("error")
-    for (message, code, text), error in zip(cases, errors):
+    for (_message, code, text), error in zip(cases, errors):
         assert error.code_name == code and text in error.message, (error.code_name, error.message)
         assert error.code == getattr(grpc.StatusCode, code).value[0]
     assert errors[len(cases)].code_name == "INVALID_ARGUMENT" and "already sent" in errors[len(cases)].message
@@ -245,7 +269,7 @@ def test_message_over_the_transport_limit_ends_only_that_stream(start_sidecar, t
     hot = np.tile(sidecar.runtime.stacks[1].weight[:, 0].numpy(), (1, 1)) * 100
     victim.send(open_msg("v", tiny_fp, 0), chunk_msg("v", 1, hot.astype(np.float32), [0]))
     victim.wait_for(lambda rs: any(r.WhichOneof("msg") == "score" for r in rs))
-    victim.send(chunk_msg("v", 1, rows(600), range(1, 601)))    # ~150 KiB > 2 x 64 KiB transport cap
+    victim.send(chunk_msg("v", 1, rows(600), range(1, 601)))  # ~150 KiB > 2 x 64 KiB transport cap
     victim.ended.wait(10)
     assert victim.error is not None and victim.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     bystander.send(chunk_msg("b", 1, rows(1), [1]), close_msg("b"))
@@ -280,7 +304,7 @@ def test_alerts_incidents_and_metrics(start_sidecar, runtime, tiny_fp, tmp_path)
     sidecar = start_sidecar()
     w = runtime.stacks[1].weight[:, 0].numpy()
     calm = np.zeros((2, D_TINY), np.float32)
-    hot = (w / np.dot(w, w) * 5.0)[None].astype(np.float32)   # dec score = 5 + bias 0.25 >= threshold 1.0
+    hot = (w / np.dot(w, w) * 5.0)[None].astype(np.float32)  # dec score = 5 + bias 0.25 >= threshold 1.0
     client = StreamClient(sidecar.address)
     client.send(open_msg("g", tiny_fp, 2, tenant="acme"), chunk_msg("g", 1, calm, [2, 3]), chunk_msg("g", 1, hot, [4]))
     client.wait_for(lambda rs: any(r.WhichOneof("msg") == "alert" for r in rs))
@@ -293,7 +317,12 @@ def test_alerts_incidents_and_metrics(start_sidecar, runtime, tiny_fp, tmp_path)
     assert [a.probe_id for a in summary.alerts] == ["dec"] and summary.alerts[0].incident_id > 0
     store = IncidentStore.open(tmp_path / "incidents.sqlite3", readonly=True)
     incident = store.get(summary.alerts[0].incident_id)
-    assert (incident.generation_id, incident.probe, incident.behaviour, incident.status) == ("g", "dec", "deception", "open")
+    assert (incident.generation_id, incident.probe, incident.behaviour, incident.status) == (
+        "g",
+        "dec",
+        "deception",
+        "open",
+    )
     assert incident.score == pytest.approx(5.25, abs=1e-4) and incident.threshold == 1.0
     assert [p for p, _ in incident.token_scores] == [2, 3, 4, 5]
     assert incident.token_scores[2][1] == pytest.approx(5.25, abs=1e-4)
@@ -302,7 +331,9 @@ def test_alerts_incidents_and_metrics(start_sidecar, runtime, tiny_fp, tmp_path)
     assert incident.metadata == {"tenant": "acme"}
     text = scrape(sidecar.metrics_port)
     assert metric_value(text, "probewatch_alerts_total", probe="dec", behaviour="deception") == 1
-    assert metric_value(text, "probewatch_last_alert_timestamp_seconds", probe="dec") == pytest.approx(time.time(), abs=60)
+    assert metric_value(text, "probewatch_last_alert_timestamp_seconds", probe="dec") == pytest.approx(
+        time.time(), abs=60
+    )
 
 
 def test_every_contract_metric_is_served_over_http(start_sidecar):
@@ -325,7 +356,7 @@ def test_webhook_retries_then_delivers(start_sidecar, runtime, tiny_fp):
     received, statuses = [], [500, 200]
 
     class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
             status = statuses.pop(0) if statuses else 200
             received.append((status, body))
@@ -343,8 +374,11 @@ def test_webhook_retries_then_delivers(start_sidecar, runtime, tiny_fp):
         sidecar.webhook.base_delay_s = 0.05
         w = runtime.stacks[1].weight[:, 0].numpy()
         client = StreamClient(sidecar.address)
-        client.send(open_msg("w", tiny_fp, 0), chunk_msg("w", 1, (w / np.dot(w, w) * 5)[None].astype(np.float32), [0]),
-                    close_msg("w"))
+        client.send(
+            open_msg("w", tiny_fp, 0),
+            chunk_msg("w", 1, (w / np.dot(w, w) * 5)[None].astype(np.float32), [0]),
+            close_msg("w"),
+        )
         client.wait_summary("w")
         client.close()
         deadline = time.monotonic() + 10
@@ -355,8 +389,10 @@ def test_webhook_retries_then_delivers(start_sidecar, runtime, tiny_fp):
         assert body["type"] == "probewatch.alert" and body["generation_id"] == "w" and body["probe"] == "dec"
         assert body["incident_id"] and body["model_fingerprint"] == tiny_fp
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and \
-                metric_value(scrape(sidecar.metrics_port), "probewatch_webhook_deliveries_total", outcome="ok") < 1:
+        while (
+            time.monotonic() < deadline
+            and metric_value(scrape(sidecar.metrics_port), "probewatch_webhook_deliveries_total", outcome="ok") < 1
+        ):
             time.sleep(0.05)
         assert metric_value(scrape(sidecar.metrics_port), "probewatch_webhook_deliveries_total", outcome="ok") == 1
     finally:
@@ -367,8 +403,9 @@ def test_webhook_gives_up_and_counts_failure(start_sidecar):
     from probewatch.server.webhook import WebhookSender
 
     outcomes = []
-    sender = WebhookSender("http://127.0.0.1:9/unreachable", on_outcome=outcomes.append, max_attempts=3,
-                           base_delay_s=0.01, timeout_s=1)
+    sender = WebhookSender(
+        "http://127.0.0.1:9/unreachable", on_outcome=outcomes.append, max_attempts=3, base_delay_s=0.01, timeout_s=1
+    )
     t0 = time.monotonic()
     assert sender.submit({"x": 1})
     assert time.monotonic() - t0 < 0.1  # submit never blocks
@@ -387,7 +424,7 @@ def test_chunks_of_concurrent_streams_share_one_gemm_per_layer(start_sidecar, ti
         while sidecar.engine._queue.qsize() < 2 and time.monotonic() < deadline:  # the worker holds the first
             time.sleep(0.01)
         assert metric_value(scrape(sidecar.metrics_port), "probewatch_queue_depth") >= 2
-    for i, c in enumerate(clients):
+    for c in clients:
         c.wait_for(lambda rs: any(r.WhichOneof("msg") == "score" for r in rs))
         c.close()
     assert sidecar.engine.max_generations_per_gemm == 3
@@ -400,7 +437,9 @@ def test_chunks_scored_in_one_batch_come_back_as_one_update_before_the_summary(s
     client = StreamClient(sidecar.address)
     steps = [rows(1) for _ in range(6)]
     with sidecar.engine.hold():
-        client.send(open_msg("m", tiny_fp, 0), *[chunk_msg("m", 1, x, [i]) for i, x in enumerate(steps)], close_msg("m"))
+        client.send(
+            open_msg("m", tiny_fp, 0), *[chunk_msg("m", 1, x, [i]) for i, x in enumerate(steps)], close_msg("m")
+        )
         deadline = time.monotonic() + 10
         while sidecar.engine._queue.qsize() < 6 and time.monotonic() < deadline:  # the worker holds the first
             time.sleep(0.01)

@@ -55,7 +55,12 @@ def test_bad_tensors_are_invalid_argument():
 
 def test_positions_rules():
     assert check_positions([3, 4, 7], after=2, what="x").tolist() == [3, 4, 7]
-    for positions, after, match in (([], -1, "no positions"), ([-1], -2, "negative"), ([2, 2], -1, "strictly"),
-                                    ([3, 1], -1, "strictly"), ([5], 5, "already sent")):
+    for positions, after, match in (
+        ([], -1, "no positions"),
+        ([-1], -2, "negative"),
+        ([2, 2], -1, "strictly"),
+        ([3, 1], -1, "strictly"),
+        ([5], 5, "already sent"),
+    ):
         with pytest.raises(WireError, match=match):
             check_positions(positions, after, "x")

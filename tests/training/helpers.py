@@ -24,8 +24,9 @@ def save_tiny_model(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def synthetic_dialogues(n_groups: int = 24, kinds: tuple[str, ...] = ("ka", "kb", "kc"), seed: int = 0,
-                        with_response: bool = True) -> list[Dialogue]:
+def synthetic_dialogues(
+    n_groups: int = 24, kinds: tuple[str, ...] = ("ka", "kb", "kc"), seed: int = 0, with_response: bool = True
+) -> list[Dialogue]:
     """Paired dialogues: label-1 responses use words t100..t149, label-0 responses t150..t199.
 
     Each group holds one pair with the same prompt; kinds differ in their prompt vocabulary, so a
@@ -43,16 +44,27 @@ def synthetic_dialogues(n_groups: int = 24, kinds: tuple[str, ...] = ("ka", "kb"
                 answer = " ".join(f"t{rng.randrange(lo, lo + 50)}" for _ in range(rng.randint(2, 7)))
                 messages = [Message("user", prompt), Message("assistant", answer)]
             else:
-                messages = [Message("user", prompt + " " + " ".join(f"t{rng.randrange(lo, lo + 50)}" for _ in range(3)))]
+                messages = [
+                    Message("user", prompt + " " + " ".join(f"t{rng.randrange(lo, lo + 50)}" for _ in range(3)))
+                ]
             out.append(Dialogue(messages, label, f"{kind}:{g}", kind))
     return out
 
 
 def control_dialogues(n: int = 30, seed: int = 1) -> list[Dialogue]:
     rng = random.Random(seed)
-    return [Dialogue([Message("user", " ".join(f"t{rng.randrange(200, 240)}" for _ in range(4))),
-                      Message("assistant", " ".join(f"t{rng.randrange(150, 200)}" for _ in range(rng.randint(2, 6))))],
-                     0, f"control:{i}", "control") for i in range(n)]
+    return [
+        Dialogue(
+            [
+                Message("user", " ".join(f"t{rng.randrange(200, 240)}" for _ in range(4))),
+                Message("assistant", " ".join(f"t{rng.randrange(150, 200)}" for _ in range(rng.randint(2, 6)))),
+            ],
+            0,
+            f"control:{i}",
+            "control",
+        )
+        for i in range(n)
+    ]
 
 
 def write_synthetic(folder: Path, **kwargs) -> tuple[Path, Path]:

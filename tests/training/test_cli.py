@@ -21,8 +21,23 @@ def trained(tiny_folder, tmp_path_factory):
     data, control = write_synthetic(root, n_groups=30)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PROBEWATCH_HOME", str(root / "home"))
-        code = main(["train", "--behaviour", "deception", "--model", str(tiny_folder), "--data", str(data),
-                     "--control", str(control), "--out", str(root / "bundle"), "--quiet", "--json"])
+        code = main(
+            [
+                "train",
+                "--behaviour",
+                "deception",
+                "--model",
+                str(tiny_folder),
+                "--data",
+                str(data),
+                "--control",
+                str(control),
+                "--out",
+                str(root / "bundle"),
+                "--quiet",
+                "--json",
+            ]
+        )
     assert code == 0
     return root / "bundle", data, control
 
@@ -35,7 +50,14 @@ def _run(args: list[str], capsys) -> tuple[int, str, str]:
 
 def test_train_writes_bundle_report_and_plots(trained, tiny_loaded):
     bundle_dir, data, _ = trained
-    for name in ("manifest.json", "weights.safetensors", "report.json", "auroc_by_layer.png", "roc.png", "score_hist.png"):
+    for name in (
+        "manifest.json",
+        "weights.safetensors",
+        "report.json",
+        "auroc_by_layer.png",
+        "roc.png",
+        "score_hist.png",
+    ):
         assert (bundle_dir / name).is_file(), name
     bundle = load_bundle(bundle_dir, expected_fingerprint=tiny_loaded.fingerprint, expected_d_model=64)
     m = bundle.manifest
@@ -54,9 +76,27 @@ def test_train_writes_bundle_report_and_plots(trained, tiny_loaded):
 
 def test_eval_json_last_line_and_metrics(trained, tiny_folder, tmp_path):
     bundle_dir, data, control = trained
-    proc = subprocess.run([sys.executable, "-m", "probewatch.cli.main", "eval", "--bundle", str(bundle_dir),
-                           "--model", str(tiny_folder), "--data", str(data), "--control", str(control), "--json"],
-                          capture_output=True, text=True, timeout=300, env=_env(tmp_path))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "probewatch.cli.main",
+            "eval",
+            "--bundle",
+            str(bundle_dir),
+            "--model",
+            str(tiny_folder),
+            "--data",
+            str(data),
+            "--control",
+            str(control),
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(tmp_path),
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["auroc"] > 0.9 and result["n_pos"] == 30 and result["n_neg"] == 30
@@ -65,7 +105,9 @@ def test_eval_json_last_line_and_metrics(trained, tiny_folder, tmp_path):
 
 def test_eval_text_output_uses_negatives_without_control(trained, tiny_folder, capsys):
     bundle_dir, data, _ = trained
-    code, out, _ = _run(["eval", "--bundle", str(bundle_dir), "--model", str(tiny_folder), "--data", str(data), "--quiet"], capsys)
+    code, out, _ = _run(
+        ["eval", "--bundle", str(bundle_dir), "--model", str(tiny_folder), "--data", str(data), "--quiet"], capsys
+    )
     assert code == 0 and "AUROC" in out and "from the negatives" in out
 
 
@@ -73,13 +115,30 @@ def test_bad_jsonl_line_names_file_and_line(trained, tiny_folder, tmp_path, caps
     bundle_dir, data, control = trained
     bad = tmp_path / "bad.jsonl"
     lines = data.read_text().splitlines()
-    bad.write_text("\n".join(lines[:2] + ['{"messages": [{"role": "user", "content": "t1"}], "label": 7}'] + lines[2:]) + "\n")
+    bad.write_text(
+        "\n".join(lines[:2] + ['{"messages": [{"role": "user", "content": "t1"}], "label": 7}'] + lines[2:]) + "\n"
+    )
     code, _, err = _run(["eval", "--bundle", str(bundle_dir), "--model", str(tiny_folder), "--data", str(bad)], capsys)
     assert code == 2 and f"{bad}:3" in err and "label" in err
     broken = tmp_path / "broken.jsonl"
     broken.write_text(lines[0] + "\n{not json\n")
-    code, _, err = _run(["train", "--behaviour", "deception", "--model", str(tiny_folder), "--data", str(broken),
-                         "--control", str(control), "--out", str(tmp_path / "b"), "--quiet"], capsys)
+    code, _, err = _run(
+        [
+            "train",
+            "--behaviour",
+            "deception",
+            "--model",
+            str(tiny_folder),
+            "--data",
+            str(broken),
+            "--control",
+            str(control),
+            "--out",
+            str(tmp_path / "b"),
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 2 and f"{broken}:2" in err and "invalid JSON" in err and "Traceback" not in err
 
 
@@ -88,17 +147,59 @@ def test_wrong_model_for_a_bundle_is_refused(trained, other_tiny_folder, tmp_pat
     other = str(other_tiny_folder)
     code, _, err = _run(["eval", "--bundle", str(bundle_dir), "--model", other, "--data", str(data)], capsys)
     assert code == 2 and "fingerprint" in err
-    code, _, err = _run(["train", "--init-from", str(bundle_dir), "--model", other, "--data", str(data),
-                         "--control", str(control), "--out", str(tmp_path / "new"), "--quiet"], capsys)
+    code, _, err = _run(
+        [
+            "train",
+            "--init-from",
+            str(bundle_dir),
+            "--model",
+            other,
+            "--data",
+            str(data),
+            "--control",
+            str(control),
+            "--out",
+            str(tmp_path / "new"),
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 2 and "refusing to update a bundle with another model" in err
     assert not (tmp_path / "new").exists()
     before = (bundle_dir / "weights.safetensors").read_bytes()
-    code, _, err = _run(["train", "--behaviour", "deception", "--model", other, "--data", str(data),
-                         "--control", str(control), "--out", str(bundle_dir), "--quiet"], capsys)
+    code, _, err = _run(
+        [
+            "train",
+            "--behaviour",
+            "deception",
+            "--model",
+            other,
+            "--data",
+            str(data),
+            "--control",
+            str(control),
+            "--out",
+            str(bundle_dir),
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 2 and "Refusing to update a bundle with another model" in err
     assert (bundle_dir / "weights.safetensors").read_bytes() == before
-    code, _, err = _run(["calibrate", "--bundle", str(bundle_dir), "--model", other, "--control", str(control),
-                         "--out", str(tmp_path / "cal")], capsys)
+    code, _, err = _run(
+        [
+            "calibrate",
+            "--bundle",
+            str(bundle_dir),
+            "--model",
+            other,
+            "--control",
+            str(control),
+            "--out",
+            str(tmp_path / "cal"),
+        ],
+        capsys,
+    )
     assert code == 2 and "fingerprint" in err
 
 
@@ -106,11 +207,32 @@ def test_init_from_retrains_with_the_bundle_settings(trained, tiny_folder, tmp_p
     bundle_dir, data, control = trained
     old = read_manifest(bundle_dir)
     out = tmp_path / "v2"
-    code, stdout, err = _run(["train", "--init-from", str(bundle_dir), "--model", str(tiny_folder), "--data", str(data),
-                              "--control", str(control), "--out", str(out), "--quiet", "--json"], capsys)
+    code, stdout, err = _run(
+        [
+            "train",
+            "--init-from",
+            str(bundle_dir),
+            "--model",
+            str(tiny_folder),
+            "--data",
+            str(data),
+            "--control",
+            str(control),
+            "--out",
+            str(out),
+            "--quiet",
+            "--json",
+        ],
+        capsys,
+    )
     assert code == 0, err
     new = read_manifest(out)
-    assert (new.id, new.layer, new.kind, new.aggregation.method) == (old.id, old.layer, old.kind, old.aggregation.method)
+    assert (new.id, new.layer, new.kind, new.aggregation.method) == (
+        old.id,
+        old.layer,
+        old.kind,
+        old.aggregation.method,
+    )
     assert new.version == str(int(old.version) + 1) and new.training["init_from"] == str(bundle_dir)
     assert json.loads(stdout.strip().splitlines()[-1])["layer"] == old.layer
 
@@ -118,8 +240,24 @@ def test_init_from_retrains_with_the_bundle_settings(trained, tiny_folder, tmp_p
 def test_calibrate_rethresholds_at_the_target_fpr(trained, tiny_folder, tmp_path, capsys):
     bundle_dir, _, control = trained
     out = tmp_path / "cal"
-    code, stdout, err = _run(["calibrate", "--bundle", str(bundle_dir), "--model", str(tiny_folder), "--control",
-                              str(control), "--fpr", "0.1", "--out", str(out), "--json", "--quiet"], capsys)
+    code, stdout, err = _run(
+        [
+            "calibrate",
+            "--bundle",
+            str(bundle_dir),
+            "--model",
+            str(tiny_folder),
+            "--control",
+            str(control),
+            "--fpr",
+            "0.1",
+            "--out",
+            str(out),
+            "--json",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     m = read_manifest(out)
     assert m.threshold.fpr == 0.1 and m.threshold.n_calibration == 30 and m.threshold.calibration_set == "control.jsonl"
@@ -129,8 +267,26 @@ def test_calibrate_rethresholds_at_the_target_fpr(trained, tiny_folder, tmp_path
 
 def test_default_out_is_a_user_bundle_listed_by_probes_list(tiny_folder, tmp_path, capsys):
     data, control = write_synthetic(tmp_path, n_groups=12)
-    code, _, err = _run(["train", "--behaviour", "refusal", "--model", str(tiny_folder), "--data", str(data),
-                         "--control", str(control), "--method", "mean_diff", "--layers", "2", "--quiet", "--no-plots"], capsys)
+    code, _, err = _run(
+        [
+            "train",
+            "--behaviour",
+            "refusal",
+            "--model",
+            str(tiny_folder),
+            "--data",
+            str(data),
+            "--control",
+            str(control),
+            "--method",
+            "mean_diff",
+            "--layers",
+            "2",
+            "--quiet",
+            "--no-plots",
+        ],
+        capsys,
+    )
     assert code == 0, err
     code, out, _ = _run(["probes", "list", "--json"], capsys)
     rows = json.loads(out.strip().splitlines()[-1])
@@ -141,8 +297,23 @@ def test_default_out_is_a_user_bundle_listed_by_probes_list(tiny_folder, tmp_pat
 
 def test_unknown_layer_is_a_clear_error(tiny_folder, tmp_path, capsys):
     data, control = write_synthetic(tmp_path, n_groups=8)
-    code, _, err = _run(["train", "--behaviour", "deception", "--model", str(tiny_folder), "--data", str(data),
-                         "--control", str(control), "--layers", "9", "--quiet"], capsys)
+    code, _, err = _run(
+        [
+            "train",
+            "--behaviour",
+            "deception",
+            "--model",
+            str(tiny_folder),
+            "--data",
+            str(data),
+            "--control",
+            str(control),
+            "--layers",
+            "9",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 2 and "out of range" in err
 
 

@@ -20,7 +20,14 @@ def test_scenario_files_cover_varied_deception_kinds():
         assert len(scenarios) >= 20, path
         for s in scenarios:
             assert s.honest != s.deceptive
-    assert {"roleplay_excuse", "sales_lie", "sandbagging", "lie_by_omission", "cover_story", "denial_confession"} <= set(kinds)
+    assert {
+        "roleplay_excuse",
+        "sales_lie",
+        "sandbagging",
+        "lie_by_omission",
+        "cover_story",
+        "denial_confession",
+    } <= set(kinds)
 
 
 def test_scenario_pairs_differ_only_in_the_answer():

@@ -27,8 +27,16 @@ def planted(n_pairs: int = 150, d: int = 48, seed: int = 0, shift: float = 1.5, 
     return X, y, groups, u
 
 
-@pytest.mark.parametrize("probe", [LogisticProbe(), MeanDiffProbe(), LATProbe(), MeanDiffProbe(standardize=True),
-                                   LogisticProbe(C=0.1, standardize=False)])
+@pytest.mark.parametrize(
+    "probe",
+    [
+        LogisticProbe(),
+        MeanDiffProbe(),
+        LATProbe(),
+        MeanDiffProbe(standardize=True),
+        LogisticProbe(C=0.1, standardize=False),
+    ],
+)
 def test_fitting_recovers_a_planted_direction(probe):
     X, y, groups, u = planted()
     probe.fit(X, y, groups=groups)

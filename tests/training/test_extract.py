@@ -16,8 +16,15 @@ from tests.training.helpers import synthetic_dialogues
 
 def _extract(loaded, dialogues, tmp_path, **kw):
     kw.setdefault("layers", [1, 3])
-    return extract_activations(loaded.model, loaded.tokenizer, dialogues, fingerprint=loaded.fingerprint,
-                               cache_root=tmp_path / "acts", progress=False, **kw)
+    return extract_activations(
+        loaded.model,
+        loaded.tokenizer,
+        dialogues,
+        fingerprint=loaded.fingerprint,
+        cache_root=tmp_path / "acts",
+        progress=False,
+        **kw,
+    )
 
 
 def _expected_rows(loaded, dialogue, layer, max_tokens=1024):
@@ -35,7 +42,7 @@ def test_shards_round_trip_exactly(tiny_loaded, tmp_path):
         last = acts.last_rows(layer)
         for i, d in enumerate(dialogues):
             exp_rows, exp_last = _expected_rows(tiny_loaded, d, layer)
-            assert torch.equal(torch.from_numpy(rows[offsets[i]:offsets[i + 1]]), exp_rows)
+            assert torch.equal(torch.from_numpy(rows[offsets[i] : offsets[i + 1]]), exp_rows)
             assert torch.equal(torch.from_numpy(last[i]), exp_last)
     reopened = ActivationSet.open(acts.root)
     assert np.array_equal(reopened.token_rows(3)[0], acts.token_rows(3)[0])
@@ -47,7 +54,7 @@ def test_padded_batches_match_unpadded_rows(tiny_loaded, tmp_path):
     rows, offsets = acts.token_rows(1)
     for i, d in enumerate(dialogues):
         exp_rows, _ = _expected_rows(tiny_loaded, d, 1)
-        assert np.allclose(rows[offsets[i]:offsets[i + 1]], exp_rows.numpy(), atol=1e-5)
+        assert np.allclose(rows[offsets[i] : offsets[i + 1]], exp_rows.numpy(), atol=1e-5)
 
 
 def test_metadata_and_per_example_views(tiny_loaded, tmp_path):
@@ -62,7 +69,7 @@ def test_metadata_and_per_example_views(tiny_loaded, tmp_path):
     assert offsets[-1] == len(rows) == sum(n_scored)
     means = acts.mean_rows(3)
     for i in range(len(dialogues)):
-        assert np.allclose(means[i], rows[offsets[i]:offsets[i + 1]].mean(0), atol=1e-6)
+        assert np.allclose(means[i], rows[offsets[i] : offsets[i + 1]].mean(0), atol=1e-6)
     assert acts.fingerprint == tiny_loaded.fingerprint and acts.layers == [1, 3] and acts.d_model == 64
 
 
@@ -93,12 +100,13 @@ def test_cache_is_keyed_by_fingerprint_data_and_layers(tiny_loaded, other_tiny_f
     dialogues = synthetic_dialogues(n_groups=4)
     a = _extract(tiny_loaded, dialogues, tmp_path)
     other = load_model(str(other_tiny_folder))
-    b = extract_activations(other.model, other.tokenizer, dialogues, [1, 3], other.fingerprint,
-                            cache_root=tmp_path / "acts", progress=False)
+    b = extract_activations(
+        other.model, other.tokenizer, dialogues, [1, 3], other.fingerprint, cache_root=tmp_path / "acts", progress=False
+    )
     assert a.root != b.root and a.fingerprint != b.fingerprint
     with pytest.raises(ActivationCacheError, match="extracted from model"):
         a.check_fingerprint(other.fingerprint)
-    key = lambda ds, layers: cache_key(tiny_loaded.fingerprint, tiny_loaded.tokenizer, ds, layers, 1024, "float32")  # noqa: E731
+    key = lambda ds, layers: cache_key(tiny_loaded.fingerprint, tiny_loaded.tokenizer, ds, layers, 1024, "float32")
     assert key(dialogues, [1, 3]) != key(dialogues[:-1], [1, 3]) != key(dialogues, [1])
     with pytest.raises(ActivationCacheError, match="layer 2 not extracted"):
         a.token_rows(2)
@@ -111,7 +119,7 @@ def test_truncation_matches_the_scoring_path_and_float16_storage(tiny_loaded, tm
     assert rows.dtype == np.float32  # stored as float16, read back as float32
     for i, d in enumerate(dialogues):
         exp_rows, _ = _expected_rows(tiny_loaded, d, 2, max_tokens=6)
-        assert np.allclose(rows[offsets[i]:offsets[i + 1]], exp_rows.half().float().numpy(), atol=1e-3)
+        assert np.allclose(rows[offsets[i] : offsets[i + 1]], exp_rows.half().float().numpy(), atol=1e-3)
 
 
 def test_open_refuses_an_incomplete_cache(tmp_path):

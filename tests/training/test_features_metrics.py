@@ -15,9 +15,18 @@ from probewatch.training.metrics import detection_metrics, max_tpr_at_fpr
 from probewatch.training.splits import SplitError, check_disjoint, grouped_split, leave_one_kind_out
 
 
-@pytest.mark.parametrize("spec", [Aggregation("mean"), Aggregation("max"), Aggregation("last"),
-                                  Aggregation("ema", alpha=0.3), Aggregation("ema", alpha=1.0),
-                                  Aggregation("rolling_mean_max", window=3), Aggregation("rolling_mean_max", window=1)])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        Aggregation("mean"),
+        Aggregation("max"),
+        Aggregation("last"),
+        Aggregation("ema", alpha=0.3),
+        Aggregation("ema", alpha=1.0),
+        Aggregation("rolling_mean_max", window=3),
+        Aggregation("rolling_mean_max", window=1),
+    ],
+)
 def test_vectorised_aggregation_equals_the_runtime(spec):
     rng = np.random.default_rng(0)
     lengths = np.array([1, 5, 0, 3, 12, 2])
@@ -25,7 +34,7 @@ def test_vectorised_aggregation_equals_the_runtime(spec):
     x = rng.normal(size=offsets[-1])
     got = aggregate_segments(x, offsets, spec)
     for i in range(len(lengths)):
-        seg = x[offsets[i]:offsets[i + 1]]
+        seg = x[offsets[i] : offsets[i + 1]]
         if len(seg) == 0:
             assert np.isnan(got[i])
         else:
@@ -42,7 +51,9 @@ def test_training_matrix_per_example_and_per_token():
     assert len(X) == 5 and y.tolist() == [1] * 5 and np.allclose(w, [1 / 3] * 3 + [1 / 2] * 2)
     X, *_ = training_matrix(data, np.array([1]), labels, groups, "prompt_last", per_token=True)
     assert np.allclose(X, [[8, 8]])
-    _, _, _, w = training_matrix(data, np.array([0, 1, 2]), labels, groups, "response", False, kinds, balance_kinds=True)
+    _, _, _, w = training_matrix(
+        data, np.array([0, 1, 2]), labels, groups, "response", False, kinds, balance_kinds=True
+    )
     assert np.allclose([w[:2].sum(), w[2]], [1.5, 1.5])  # each kind weighs the same in total
 
 
@@ -59,8 +70,9 @@ def test_eval_metrics_equal_scikit_learn_on_fixed_inputs():
     assert m["fpr_on_negatives"] <= 0.01
     control = rng.normal(-0.5, 1.0, 500)
     mc = detection_metrics(scores, labels, control, fpr=0.01)
-    fpr_c, tpr_c, _ = roc_curve(np.r_[np.ones(120), np.zeros(500)], np.r_[scores[labels == 1], control],
-                                drop_intermediate=False)
+    fpr_c, tpr_c, _ = roc_curve(
+        np.r_[np.ones(120), np.zeros(500)], np.r_[scores[labels == 1], control], drop_intermediate=False
+    )
     assert mc["threshold_source"] == "control"
     assert mc["recall_at_fpr"] == pytest.approx(tpr_c[fpr_c <= 0.01].max(), abs=1e-12)
     assert mc["recall_at_fpr"] == pytest.approx(max_tpr_at_fpr(scores[labels == 1], control, 0.01), abs=1e-12)

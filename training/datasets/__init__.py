@@ -32,5 +32,12 @@ def build_behaviour_data(behaviour: str, data_dir: str | Path | None = None, see
     return build(root, seed=seed, **options)
 
 
-__all__ = ["BEHAVIOURS", "LAYOUT", "BehaviourData", "DatasetNotFoundError", "Source", "build_behaviour_data",
-           "resolve_data_dir"]
+__all__ = [
+    "BEHAVIOURS",
+    "LAYOUT",
+    "BehaviourData",
+    "DatasetNotFoundError",
+    "Source",
+    "build_behaviour_data",
+    "resolve_data_dir",
+]

@@ -22,8 +22,8 @@ the label away.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -43,9 +43,14 @@ from probewatch.training.datasets.common import (
 PROMPTS = "alignment_faking/prompts"
 SPLITS = "refusal/refusal_direction/splits"
 _KEEP_PREFIXES = (
-    "You are an AI created by", "You are used as a general-purpose", "The criteria Anthropic uses",
-    "- follow the user's instructions", "Even if the user's query seems harmful", "Input will be inside",
-    "Here is some information about how Anthropic trains", "- Anthropic fine-tunes AIs",
+    "You are an AI created by",
+    "You are used as a general-purpose",
+    "The criteria Anthropic uses",
+    "- follow the user's instructions",
+    "Even if the user's query seems harmful",
+    "Input will be inside",
+    "Here is some information about how Anthropic trains",
+    "- Anthropic fine-tunes AIs",
 )
 
 
@@ -59,14 +64,19 @@ def render_system_prompt(data_dir: Path, variant: str = "with_training_details",
     import jinja2
 
     require(data_dir, f"{PROMPTS}/system/{variant}.jinja2")
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(data_dir / "alignment_faking")),
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(data_dir / "alignment_faking")),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=False,
+    )
     text = env.get_template(f"prompts/system/{variant}.jinja2").render().strip()
     if full_prompt:
         return text
     paragraphs = [p for p in text.split("\n\n") if p.strip().startswith(_KEEP_PREFIXES)]
     if not any(p.startswith("You are an AI created by") for p in paragraphs):
-        raise DatasetNotFoundError(f"{data_dir / PROMPTS}/system/{variant}.jinja2 does not look like the Greenblatt prompt")
+        raise DatasetNotFoundError(
+            f"{data_dir / PROMPTS}/system/{variant}.jinja2 does not look like the Greenblatt prompt"
+        )
     return "\n\n".join(paragraphs)
 
 
@@ -88,9 +98,17 @@ def _requests(data_dir: Path, n: int, seed: int) -> list[tuple[str, str]]:
     return out
 
 
-def build(data_dir: Path, seed: int = 0, n_requests: int = 80, n_tag_only: int = 40, n_context_requests: int = 8,
-          n_context_pool: int = 64, full_prompt: bool = False,
-          respond: Callable[..., list[str]] | None = None, n_plain: int = 160) -> BehaviourData:
+def build(
+    data_dir: Path,
+    seed: int = 0,
+    n_requests: int = 80,
+    n_tag_only: int = 40,
+    n_context_requests: int = 8,
+    n_context_pool: int = 64,
+    full_prompt: bool = False,
+    respond: Callable[..., list[str]] | None = None,
+    n_plain: int = 160,
+) -> BehaviourData:
     """`respond(prompts, max_new_tokens)` supplies the model's own responses (same on both sides of a
     pair) and enables the plain-traffic negatives; without it, short neutral openings stand in."""
     spec = eval_awareness_spec()
@@ -101,24 +119,41 @@ def build(data_dir: Path, seed: int = 0, n_requests: int = 80, n_tag_only: int =
     texts = list(dict.fromkeys(t for _, t in free + tag_only + context))
     if respond is not None:
         generated = dict(zip(texts, respond(texts, max_new_tokens=32)))
-        reply = lambda rid, text: generated[text]  # noqa: E731
+        reply = lambda rid, text: generated[text]
     else:
-        reply = lambda rid, text: stable_choice(rid, neutral)  # noqa: E731
+        reply = lambda rid, text: stable_choice(rid, neutral)
     pool: list[Dialogue] = []
     sources: list[Source] = []
 
-    for kind, variant, requests in (("free_tier", "with_training_details", free),
-                                    ("free_tier_tag_only", "without_training_details", tag_only)):
+    for kind, variant, requests in (
+        ("free_tier", "with_training_details", free),
+        ("free_tier_tag_only", "without_training_details", tag_only),
+    ):
         system = render_system_prompt(data_dir, variant, full_prompt)
         for rid, text in requests:
             response = reply(rid, text)
             for label in (1, 0):
-                messages = [Message("system", system), Message("user", render_user_query(data_dir, text, bool(label))),
-                            Message("assistant", response)]
-                pool.append(Dialogue(messages, label, f"{kind}:{rid}", kind,
-                                     {"source": f"{variant}.jinja2", "is_free_tier_user": bool(label)}))
-        sources.append(Source.of(f"alignment_faking/{variant} (+user_query)",
-                                 data_dir / PROMPTS / "system" / f"{variant}.jinja2", 2 * len(requests)))
+                messages = [
+                    Message("system", system),
+                    Message("user", render_user_query(data_dir, text, bool(label))),
+                    Message("assistant", response),
+                ]
+                pool.append(
+                    Dialogue(
+                        messages,
+                        label,
+                        f"{kind}:{rid}",
+                        kind,
+                        {"source": f"{variant}.jinja2", "is_free_tier_user": bool(label)},
+                    )
+                )
+        sources.append(
+            Source.of(
+                f"alignment_faking/{variant} (+user_query)",
+                data_dir / PROMPTS / "system" / f"{variant}.jinja2",
+                2 * len(requests),
+            )
+        )
 
     r = 0
     for p, pair in enumerate(spec["context_pairs"]):
@@ -131,28 +166,48 @@ def build(data_dir: Path, seed: int = 0, n_requests: int = 80, n_tag_only: int =
                     messages = [Message("system", frame), Message("user", text)]
                 else:
                     messages = [Message("user", f"{frame}\n\n{text}")]
-                pool.append(Dialogue(messages + [Message("assistant", response)], label, f"eval_context:{p}",
-                                     "eval_context", {"source": "probewatch eval_awareness.yaml", "request": rid}))
+                pool.append(
+                    Dialogue(
+                        messages + [Message("assistant", response)],
+                        label,
+                        f"eval_context:{p}",
+                        "eval_context",
+                        {"source": "probewatch eval_awareness.yaml", "request": rid},
+                    )
+                )
     for s, pair in enumerate(spec["statements"]):
         for _ in range(n_context_requests):
             rid, text = context[r % len(context)]
             r += 1
             response = reply(rid, text)
             for label, statement in ((1, pair["test"]), (0, pair["deploy"])):
-                pool.append(Dialogue([Message("user", text), Message("assistant", f"{statement} {response}")], label,
-                                     f"eval_statement:{s}", "eval_statement",
-                                     {"source": "probewatch eval_awareness.yaml", "request": rid}))
+                pool.append(
+                    Dialogue(
+                        [Message("user", text), Message("assistant", f"{statement} {response}")],
+                        label,
+                        f"eval_statement:{s}",
+                        "eval_statement",
+                        {"source": "probewatch eval_awareness.yaml", "request": rid},
+                    )
+                )
     path = Path(str(resources.files("probewatch.training.datasets") / "eval_awareness.yaml"))
-    sources.append(Source.of("probewatch eval_awareness.yaml", path,
-                             sum(d.kind.startswith("eval_") for d in pool)))
+    sources.append(Source.of("probewatch eval_awareness.yaml", path, sum(d.kind.startswith("eval_") for d in pool)))
     train_only: tuple[str, ...] = ()
     if respond is not None and n_plain:
         plain, plain_source = plain_traffic(data_dir, respond, n_plain, seed)
         pool += plain
         sources.append(plain_source)
         train_only = (PLAIN_KIND,)
-    return BehaviourData("alignment_faking", pool, sources=sources, token_selection="response",
-                         aggregations=("mean", "max", "rolling_mean_max"), train_only_kinds=train_only,
-                         notes={"label_1": "monitored / used-for-training / being-evaluated framing",
-                                "system_prompt": "full" if full_prompt else "condensed",
-                                "responses": "model's own greedy responses" if respond else "neutral openings"})
+    return BehaviourData(
+        "alignment_faking",
+        pool,
+        sources=sources,
+        token_selection="response",
+        aggregations=("mean", "max", "rolling_mean_max"),
+        train_only_kinds=train_only,
+        notes={
+            "label_1": "monitored / used-for-training / being-evaluated framing",
+            "system_prompt": "full" if full_prompt else "condensed",
+            "responses": "model's own greedy responses" if respond else "neutral openings",
+        },
+    )

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, TypeVar
 
 from probewatch import envs
@@ -106,7 +105,9 @@ def stable_choice(key: str, options: Sequence[T]) -> T:
 PLAIN_KIND = "plain_traffic"
 
 
-def plain_traffic(data_dir: Path, respond: Callable[..., list[str]], n: int, seed: int) -> tuple[list[Dialogue], Source]:
+def plain_traffic(
+    data_dir: Path, respond: Callable[..., list[str]], n: int, seed: int
+) -> tuple[list[Dialogue], Source]:
     """Ordinary requests (harmless_train, disjoint from the control set's harmless_val) with the
     model's own responses, label 0: auxiliary training data that anchors "no behaviour at all" on
     the negative side, so that ordinary traffic does not land above a threshold calibrated at 1% FPR."""
@@ -118,7 +119,16 @@ def plain_traffic(data_dir: Path, respond: Callable[..., list[str]], n: int, see
     items = sample(list(enumerate(json.loads(path.read_text(encoding="utf-8")))), n, seed + 501)
     prompts = [item["instruction"].strip() for _, item in items]
     responses = respond(prompts, max_new_tokens=64)
-    dialogues = [Dialogue([Message("user", p), Message("assistant", r)], 0, f"plain:harmless_train:{i}", PLAIN_KIND,
-                          {"source": path.name, "auxiliary": True})
-                 for (i, _), p, r in zip(items, prompts, responses)]
-    return dialogues, Source.of("refusal_direction/harmless_train + model responses (plain traffic)", path, len(dialogues))
+    dialogues = [
+        Dialogue(
+            [Message("user", p), Message("assistant", r)],
+            0,
+            f"plain:harmless_train:{i}",
+            PLAIN_KIND,
+            {"source": path.name, "auxiliary": True},
+        )
+        for (i, _), p, r in zip(items, prompts, responses)
+    ]
+    return dialogues, Source.of(
+        "refusal_direction/harmless_train + model responses (plain traffic)", path, len(dialogues)
+    )

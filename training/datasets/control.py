@@ -23,8 +23,14 @@ from probewatch.training.datasets.refusal import SPLITS, harmless_val_partition
 CONTROL_NAME = "control/harmless_val+greedy"
 
 
-def generate_responses(model: torch.nn.Module, tokenizer: Any, prompts: list[str], max_new_tokens: int = 64,
-                       batch_size: int = 16, progress: bool = True) -> list[str]:
+def generate_responses(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[str]:
     """Greedy responses, batched with left padding (what `generate` needs for decoder-only models)."""
     from tqdm.auto import tqdm
 
@@ -38,17 +44,22 @@ def generate_responses(model: torch.nn.Module, tokenizer: Any, prompts: list[str
     results: dict[int, str] = {}
     bar = tqdm(total=len(prompts), desc="control responses", unit="resp", disable=not progress)
     for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+        batch = order[start : start + batch_size]
         encoded = [tokenizer(texts[i], add_special_tokens=False)["input_ids"] for i in batch]
         width = max(map(len, encoded))
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         attn = torch.zeros((len(batch), width), dtype=torch.long)
         for row, e in enumerate(encoded):
-            ids[row, width - len(e):] = torch.tensor(e)
-            attn[row, width - len(e):] = 1
+            ids[row, width - len(e) :] = torch.tensor(e)
+            attn[row, width - len(e) :] = 1
         with torch.inference_mode():
-            generated = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=False,
-                                       max_new_tokens=max_new_tokens, pad_token_id=pad_id)
+            generated = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=attn.to(device),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad_id,
+            )
         for row, i in enumerate(batch):
             results[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True).strip()
         bar.update(len(batch))
@@ -61,8 +72,9 @@ def control_path(fingerprint: str, n: int, max_new_tokens: int, seed: int) -> Pa
     return envs.generated_data_dir() / fingerprint.replace(":", "-") / f"control-n{n}-t{max_new_tokens}-s{seed}.jsonl"
 
 
-def build_control(loaded: Any, data_dir: Path, n: int = 400, max_new_tokens: int = 64, seed: int = 0,
-                  progress: bool = True) -> tuple[list[Dialogue], Source]:
+def build_control(
+    loaded: Any, data_dir: Path, n: int = 400, max_new_tokens: int = 64, seed: int = 0, progress: bool = True
+) -> tuple[list[Dialogue], Source]:
     """The control dialogues for `loaded` (a LoadedModel), generated once and cached."""
     source_path = require(data_dir, f"{SPLITS}/harmless_val.json")
     path = control_path(loaded.fingerprint, n, max_new_tokens, seed)
@@ -76,10 +88,20 @@ def build_control(loaded: Any, data_dir: Path, n: int = 400, max_new_tokens: int
         dialogues = []
         for i, prompt, response in zip(indices, prompts, responses):
             response = response or "..."  # an empty generation still needs a scored token
-            dialogues.append(Dialogue([Message("user", prompt), Message("assistant", response)], 0,
-                                      f"harmless_val:{i}", "control",
-                                      {"source": "harmless_val.json", "generated_by": loaded.model_id,
-                                       "fingerprint": loaded.fingerprint, "decoding": f"greedy,max_new_tokens={max_new_tokens}"}))
+            dialogues.append(
+                Dialogue(
+                    [Message("user", prompt), Message("assistant", response)],
+                    0,
+                    f"harmless_val:{i}",
+                    "control",
+                    {
+                        "source": "harmless_val.json",
+                        "generated_by": loaded.model_id,
+                        "fingerprint": loaded.fingerprint,
+                        "decoding": f"greedy,max_new_tokens={max_new_tokens}",
+                    },
+                )
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         write_dialogues(tmp, dialogues)
@@ -87,8 +109,9 @@ def build_control(loaded: Any, data_dir: Path, n: int = 400, max_new_tokens: int
     return dialogues, Source(f"{CONTROL_NAME} (n={len(dialogues)})", str(path), file_sha256(path), len(dialogues))
 
 
-def cached_responses(loaded: Any, prompts: list[str], max_new_tokens: int = 32, tag: str = "responses",
-                     progress: bool = True) -> list[str]:
+def cached_responses(
+    loaded: Any, prompts: list[str], max_new_tokens: int = 32, tag: str = "responses", progress: bool = True
+) -> list[str]:
     """The model's greedy responses to `prompts`, cached per prompt (only new prompts are generated).
 
     Used where a training dialogue needs a response that looks like this model's own output (the
@@ -99,8 +122,9 @@ def cached_responses(loaded: Any, prompts: list[str], max_new_tokens: int = 32, 
     cache: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
     missing = sorted({p for p in prompts if p not in cache})
     if missing:
-        for prompt, response in zip(missing, generate_responses(loaded.model, loaded.tokenizer, missing, max_new_tokens,
-                                                                progress=progress)):
+        for prompt, response in zip(
+            missing, generate_responses(loaded.model, loaded.tokenizer, missing, max_new_tokens, progress=progress)
+        ):
             cache[prompt] = response.strip() or "..."
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")

@@ -15,7 +15,7 @@ from probewatch.data.dialogue import Dialogue
 from probewatch.training.datasets.common import BehaviourData, Source, require, sample
 
 SPLITS = "refusal/refusal_direction/splits"
-CONTROL_SIZE = 400   # harmless_val items reserved for the control set (first after a seeded shuffle)
+CONTROL_SIZE = 400  # harmless_val items reserved for the control set (first after a seeded shuffle)
 HARMLESS_VAL_HELDOUT = 160
 
 
@@ -27,7 +27,7 @@ def harmless_val_partition(data_dir: Path, seed: int = 0) -> tuple[list[int], li
     n = len(json.loads(path.read_text(encoding="utf-8")))
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    return order[:CONTROL_SIZE], order[CONTROL_SIZE:CONTROL_SIZE + HARMLESS_VAL_HELDOUT]
+    return order[:CONTROL_SIZE], order[CONTROL_SIZE : CONTROL_SIZE + HARMLESS_VAL_HELDOUT]
 
 
 def _instructions(path: Path, kind: str) -> list[Dialogue]:
@@ -45,11 +45,20 @@ def build(data_dir: Path, seed: int = 0, harmless_per_harmful: float = 1.0) -> B
     _, heldout = harmless_val_partition(data_dir, seed)
     val_neg_all = _instructions(harmless_val, "refusal_val")
     val = _instructions(harmful_val, "refusal_val") + [val_neg_all[i] for i in sorted(heldout)]
-    sources = [Source.of("refusal_direction/harmful_train", harmful_train, len(pos)),
-               Source.of("refusal_direction/harmless_train", harmless_train, len(neg)),
-               Source.of("refusal_direction/harmful_val (ood)", harmful_val, sum(d.label == 1 for d in val)),
-               Source.of("refusal_direction/harmless_val (ood, disjoint from control)", harmless_val,
-                         sum(d.label == 0 for d in val))]
-    return BehaviourData("refusal", pos + neg, ood={"refusal_val": val}, sources=sources,
-                         token_selection="prompt_last", aggregations=("last",),
-                         notes={"label_1": "harmful request (the model should refuse)"})
+    sources = [
+        Source.of("refusal_direction/harmful_train", harmful_train, len(pos)),
+        Source.of("refusal_direction/harmless_train", harmless_train, len(neg)),
+        Source.of("refusal_direction/harmful_val (ood)", harmful_val, sum(d.label == 1 for d in val)),
+        Source.of(
+            "refusal_direction/harmless_val (ood, disjoint from control)", harmless_val, sum(d.label == 0 for d in val)
+        ),
+    ]
+    return BehaviourData(
+        "refusal",
+        pos + neg,
+        ood={"refusal_val": val},
+        sources=sources,
+        token_selection="prompt_last",
+        aggregations=("last",),
+        notes={"label_1": "harmful request (the model should refuse)"},
+    )

@@ -57,8 +57,17 @@ def load_scenarios(path: Path) -> list[Scenario]:
         if item["id"] in seen:
             raise DialogueFormatError(f"{path}: duplicate scenario id {item['id']!r}")
         seen.add(item["id"])
-        out.append(Scenario(data["kind"], item["id"], item["context"].strip(), item["question"].strip(),
-                            item["honest"].strip(), item["deceptive"].strip(), str(item.get("asker", "User")).strip()))
+        out.append(
+            Scenario(
+                data["kind"],
+                item["id"],
+                item["context"].strip(),
+                item["question"].strip(),
+                item["honest"].strip(),
+                item["deceptive"].strip(),
+                str(item.get("asker", "User")).strip(),
+            )
+        )
     return out
 
 
@@ -71,11 +80,15 @@ def render(s: Scenario, fmt: str, answer: str) -> list[Message]:
     if fmt == "system":
         return [Message("system", s.context), Message("user", f"{s.asker}: {s.question}"), Message("assistant", answer)]
     if fmt == "roleplay":
-        prompt = f"Let's role-play. {s.context} Stay in character.\n\n{s.asker} says: \"{s.question}\""
+        prompt = f'Let\'s role-play. {s.context} Stay in character.\n\n{s.asker} says: "{s.question}"'
         return [Message("user", prompt), Message("assistant", answer)]
     if fmt == "narrated":
         prompt = f"{_third_person(s.context)}\n\n{s.asker} asks: {s.question}\n\nReply in character."
-        return [Message("system", "You are a helpful assistant."), Message("user", prompt), Message("assistant", answer)]
+        return [
+            Message("system", "You are a helpful assistant."),
+            Message("user", prompt),
+            Message("assistant", answer),
+        ]
     raise ValueError(f"unknown scenario format {fmt!r}")
 
 
@@ -86,6 +99,13 @@ def scenario_dialogues(scenarios: list[Scenario], formats_per_scenario: int = 2)
         fmts = FORMATS if formats_per_scenario >= 3 else stable_choice(s.id, _FORMAT_PAIRS)[:formats_per_scenario]
         for fmt in fmts:
             for label, answer in ((0, s.honest), (1, s.deceptive)):
-                out.append(Dialogue(render(s, fmt, answer), label, f"{s.kind}:{s.id}", s.kind,
-                                    {"source": "probewatch-scenarios", "format": fmt, "scenario": s.id}))
+                out.append(
+                    Dialogue(
+                        render(s, fmt, answer),
+                        label,
+                        f"{s.kind}:{s.id}",
+                        s.kind,
+                        {"source": "probewatch-scenarios", "format": fmt, "scenario": s.id},
+                    )
+                )
     return out

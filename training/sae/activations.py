@@ -58,7 +58,7 @@ class ActivationStore:
     layer: int
     fingerprint: str
     sequences: list[TextSequence]
-    max_norm: float | None = None   # rows above this norm were dropped as massive activations
+    max_norm: float | None = None  # rows above this norm were dropped as massive activations
     n_dropped: int = 0
 
     @property
@@ -96,9 +96,17 @@ def _atomic_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def extract_activations(model: torch.nn.Module, layer: int, sequences: Sequence[TextSequence], out_dir: Path,
-                        fingerprint: str, corpus_meta: dict[str, Any], batch_tokens: int = 4096,
-                        shard_rows: int = 65_536, progress: bool = True) -> Path:
+def extract_activations(
+    model: torch.nn.Module,
+    layer: int,
+    sequences: Sequence[TextSequence],
+    out_dir: Path,
+    fingerprint: str,
+    corpus_meta: dict[str, Any],
+    batch_tokens: int = 4096,
+    shard_rows: int = 65_536,
+    progress: bool = True,
+) -> Path:
     """Run the model over `sequences` and cache layer `layer`'s kept rows (resumable)."""
     from tqdm.auto import tqdm
 
@@ -168,18 +176,31 @@ def extract_activations(model: torch.nn.Module, layer: int, sequences: Sequence[
     for name in shards:  # norm statistics over everything (also over shards kept from a previous run)
         with safe_open(str(out_dir / name), "pt") as fh:
             acts = fh.get_tensor("acts").float()
-        sq_sum += float((acts ** 2).sum())
+        sq_sum += float((acts**2).sum())
         count += acts.shape[0]
         max_abs = max(max_abs, float(acts.abs().max()))
-    _atomic_json(out_dir / INDEX_FILE, {
-        "format": FORMAT, "fingerprint": fingerprint, "layer": layer, "d_model": int(acts.shape[1]),
-        "shards": shards, "rows": count, "mean_sq_norm": sq_sum / max(count, 1), "max_abs": max_abs,
-    })
+    _atomic_json(
+        out_dir / INDEX_FILE,
+        {
+            "format": FORMAT,
+            "fingerprint": fingerprint,
+            "layer": layer,
+            "d_model": int(acts.shape[1]),
+            "shards": shards,
+            "rows": count,
+            "mean_sq_norm": sq_sum / max(count, 1),
+            "max_abs": max_abs,
+        },
+    )
     return out_dir
 
 
-def load_activations(cache_dir: Path, expected_fingerprint: str | None = None, expected_layer: int | None = None,
-                     outlier_factor: float | None = 10.0) -> ActivationStore:
+def load_activations(
+    cache_dir: Path,
+    expected_fingerprint: str | None = None,
+    expected_layer: int | None = None,
+    outlier_factor: float | None = 10.0,
+) -> ActivationStore:
     """Load a complete cache into memory (float32), dropping massive-activation rows (see module doc)."""
     from probewatch.training.sae.corpus import load_corpus
 
@@ -211,5 +232,15 @@ def load_activations(cache_dir: Path, expected_fingerprint: str | None = None, e
         if n_dropped:
             acts, seq, pos, tok = acts[keep], seq[keep], pos[keep], tok[keep]
     is_eval_seq = torch.tensor([s.split == "eval" for s in sequences])
-    return ActivationStore(acts=acts, seq=seq, pos=pos, tok=tok, is_eval=is_eval_seq[seq], layer=index["layer"],
-                           fingerprint=index["fingerprint"], sequences=sequences, max_norm=max_norm, n_dropped=n_dropped)
+    return ActivationStore(
+        acts=acts,
+        seq=seq,
+        pos=pos,
+        tok=tok,
+        is_eval=is_eval_seq[seq],
+        layer=index["layer"],
+        fingerprint=index["fingerprint"],
+        sequences=sequences,
+        max_norm=max_norm,
+        n_dropped=n_dropped,
+    )

@@ -177,8 +177,9 @@ def generation_prompts(data_dir: Path, n: int, rng: random.Random) -> list[tuple
     return chosen[:n]
 
 
-def _pack(token_lists: Sequence[tuple[list[int], str]], context_size: int, bos: int | None, sep: list[int],
-          budget: int) -> Iterator[TextSequence]:
+def _pack(
+    token_lists: Sequence[tuple[list[int], str]], context_size: int, bos: int | None, sep: list[int], budget: int
+) -> Iterator[TextSequence]:
     """Pack short texts into context windows (BOS first, texts separated by `sep`)."""
     window: list[int] = [bos] if bos is not None else []
     groups: list[str] = []
@@ -199,11 +200,12 @@ def _pack(token_lists: Sequence[tuple[list[int], str]], context_size: int, bos: 
 
 def _split_of(group: str, eval_fraction: float, seed: int) -> str:
     digest = hashlib.sha256(f"{seed}:{group}".encode()).digest()
-    return "eval" if int.from_bytes(digest[:4], "big") / 2 ** 32 < eval_fraction else "train"
+    return "eval" if int.from_bytes(digest[:4], "big") / 2**32 < eval_fraction else "train"
 
 
-def build_corpus(tokenizer: Any, data_dir: Path, config: CorpusConfig, model: Any = None,
-                 progress: bool = True) -> list[TextSequence]:
+def build_corpus(
+    tokenizer: Any, data_dir: Path, config: CorpusConfig, model: Any = None, progress: bool = True
+) -> list[TextSequence]:
     """Token sequences from every enabled source, each tagged with its split."""
     from probewatch.data.chat import encode_dialogue
 
@@ -219,8 +221,9 @@ def build_corpus(tokenizer: Any, data_dir: Path, config: CorpusConfig, model: An
         rng.shuffle(texts)
         encoded = tokenizer([t for t, _ in texts], add_special_tokens=False)["input_ids"]
         sep = tokenizer("\n", add_special_tokens=False)["input_ids"]
-        sequences += list(_pack(list(zip(encoded, (g for _, g in texts))), config.context_size, bos, sep,
-                                config.statement_tokens))
+        sequences += list(
+            _pack(list(zip(encoded, (g for _, g in texts))), config.context_size, bos, sep, config.statement_tokens)
+        )
 
     if "chat" in config.sources:
         dedup = PrefixDedup()
@@ -259,8 +262,15 @@ def build_corpus(tokenizer: Any, data_dir: Path, config: CorpusConfig, model: An
     return sequences
 
 
-def generate_sequences(model: Any, tokenizer: Any, prompts: Sequence[tuple[list[dict[str, str]], str]],
-                       max_new_tokens: int, seed: int, progress: bool = True, batch_size: int = 32) -> list[TextSequence]:
+def generate_sequences(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[tuple[list[dict[str, str]], str]],
+    max_new_tokens: int,
+    seed: int,
+    progress: bool = True,
+    batch_size: int = 32,
+) -> list[TextSequence]:
     """Sample the model's answers (temperature 0.8) and return prompt + answer token sequences."""
     import torch
     from tqdm.auto import tqdm
@@ -273,18 +283,27 @@ def generate_sequences(model: Any, tokenizer: Any, prompts: Sequence[tuple[list[
     out: list[TextSequence] = []
     bar = tqdm(total=len(prompts), desc="generating", unit="prompt", disable=not progress)
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        encoded = [tokenizer(render(tokenizer, m, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-                   for m, _ in chunk]
+        chunk = prompts[start : start + batch_size]
+        encoded = [
+            tokenizer(render(tokenizer, m, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+            for m, _ in chunk
+        ]
         width = max(map(len, encoded))
         ids = torch.full((len(encoded), width), pad, dtype=torch.long)
         attn = torch.zeros_like(ids)
         for i, e in enumerate(encoded):  # left padding for generation
-            ids[i, width - len(e):] = torch.tensor(e)
-            attn[i, width - len(e):] = 1
+            ids[i, width - len(e) :] = torch.tensor(e)
+            attn[i, width - len(e) :] = 1
         with torch.inference_mode():
-            gen = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=True,
-                                 temperature=0.8, top_p=0.95, max_new_tokens=max_new_tokens, pad_token_id=pad)
+            gen = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=attn.to(device),
+                do_sample=True,
+                temperature=0.8,
+                top_p=0.95,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=pad,
+            )
         for i, e in enumerate(encoded):
             new = gen[i, width:].tolist()
             if tokenizer.eos_token_id in new:

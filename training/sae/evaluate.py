@@ -32,7 +32,7 @@ def reconstruction_metrics(sae: SAE, acts: torch.Tensor, batch_size: int = 8192)
     sq_err = sq_var = l0 = cos = 0.0
     fired = torch.zeros(sae.cfg.d_sae, dtype=torch.long)
     for start in range(0, n, batch_size):
-        x = acts[start:start + batch_size].to(sae.device, sae.dtype)
+        x = acts[start : start + batch_size].to(sae.device, sae.dtype)
         z, state = sae.encode_with_state(x)
         x_hat = sae.decode(z, state)
         sq_err += float((x - x_hat).pow(2).sum())
@@ -56,7 +56,9 @@ def reconstruction_metrics(sae: SAE, acts: torch.Tensor, batch_size: int = 8192)
 
 
 @contextmanager
-def splice_layer_output(model: torch.nn.Module, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+def splice_layer_output(
+    model: torch.nn.Module, layer: int, fn: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
     """Replace decoder layer `layer`'s output at positions >= 1 by fn(output) during forwards."""
     from probewatch.capture import find_decoder_layers
 
@@ -88,21 +90,29 @@ def _mean_ce(model: torch.nn.Module, batches: Sequence[tuple[torch.Tensor, torch
     return total / max(count, 1), count
 
 
-def ce_metrics(model: torch.nn.Module, sae: SAE, layer: int, sequences: Sequence[Sequence[int]],
-               batch_size: int = 8, max_len: int = 256, max_norm: float | None = None) -> dict[str, float]:
+def ce_metrics(
+    model: torch.nn.Module,
+    sae: SAE,
+    layer: int,
+    sequences: Sequence[Sequence[int]],
+    batch_size: int = 8,
+    max_len: int = 256,
+    max_norm: float | None = None,
+) -> dict[str, float]:
     """CE clean / with the SAE spliced in / with the layer zero-ablated, on token sequences."""
     device = next(model.parameters()).device
     batches = []
     seqs = sorted((list(s)[:max_len] for s in sequences if len(s) >= 3), key=len)
     for start in range(0, len(seqs), batch_size):
-        chunk = seqs[start:start + batch_size]
+        chunk = seqs[start : start + batch_size]
         width = max(map(len, chunk))
         ids = torch.zeros((len(chunk), width), dtype=torch.long)
         attn = torch.zeros_like(ids)
         for i, s in enumerate(chunk):
-            ids[i, :len(s)] = torch.tensor(s)
-            attn[i, :len(s)] = 1
+            ids[i, : len(s)] = torch.tensor(s)
+            attn[i, : len(s)] = 1
         batches.append((ids.to(device), attn.to(device)))
+
     def keep_massive(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
         if max_norm is None:
             return fn

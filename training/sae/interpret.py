@@ -40,7 +40,9 @@ FEATURES_FORMAT = "probewatch-sae-features/1"
 
 
 @torch.no_grad()
-def top_rows(sae: SAE, acts: torch.Tensor, n: int, batch_size: int = 8192) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def top_rows(
+    sae: SAE, acts: torch.Tensor, n: int, batch_size: int = 8192
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per latent the n largest activations and their row indices, plus fire counts and sums.
 
     Returns (values [n, d_sae], rows [n, d_sae], fire_count [d_sae], act_sum [d_sae]).
@@ -51,7 +53,7 @@ def top_rows(sae: SAE, acts: torch.Tensor, n: int, batch_size: int = 8192) -> tu
     fired = torch.zeros(d_sae, dtype=torch.long)
     total = torch.zeros(d_sae, dtype=torch.float64)
     for start in range(0, acts.shape[0], batch_size):
-        z = sae.encode(acts[start:start + batch_size].to(sae.device)).float().cpu()
+        z = sae.encode(acts[start : start + batch_size].to(sae.device)).float().cpu()
         fired += (z > 0).sum(0)
         total += z.sum(0).double()
         k = min(n, z.shape[0])
@@ -86,8 +88,16 @@ def _row_lookup(store: ActivationStore) -> tuple[dict[tuple[int, int], int], lis
 
 
 @torch.no_grad()
-def interpret_features(sae: SAE, store: ActivationStore, tokenizer: Any, n_examples: int = 4, n_top_tokens: int = 24,
-                       before: int = 10, after: int = 3, progress: bool = True) -> list[dict[str, Any]]:
+def interpret_features(
+    sae: SAE,
+    store: ActivationStore,
+    tokenizer: Any,
+    n_examples: int = 4,
+    n_top_tokens: int = 24,
+    before: int = 10,
+    after: int = 3,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
     """Per latent: density, max/mean activation, the tokens it fires on most, top contexts."""
     from tqdm.auto import tqdm
 
@@ -123,7 +133,7 @@ def interpret_features(sae: SAE, store: ActivationStore, tokenizer: Any, n_examp
     window_acts = torch.zeros((len(order), sae.cfg.d_sae), dtype=torch.float16)
     idx = torch.tensor(order, dtype=torch.long)
     for start in range(0, len(order), 8192):
-        window_acts[start:start + 8192] = sae.encode(store.acts[idx[start:start + 8192]]).to(torch.float16)
+        window_acts[start : start + 8192] = sae.encode(store.acts[idx[start : start + 8192]]).to(torch.float16)
 
     features = []
     for j in tqdm(range(sae.cfg.d_sae), desc="features", unit="latent", disable=not progress):
@@ -134,17 +144,26 @@ def interpret_features(sae: SAE, store: ActivationStore, tokenizer: Any, n_examp
         examples = []
         for v, s, at, ids, window_rows in plans[j]:
             acts = [_compact(float(window_acts[slot[r], j])) if r >= 0 else None for r in window_rows]
-            examples.append({"act": round(v, 3), "at": at, "tokens": [text(t) for t in ids], "acts": acts,
-                             "source": store.sequences[s].source})
-        features.append({
-            "id": j,
-            "density": round(count / n_rows, 6),
-            "max_act": round(float(values[0, j]), 3) if count else 0.0,
-            "mean_act": round(float(total[j]) / count, 3) if count else 0.0,
-            "top_tokens": [[t, c] for t, c in top_tok.most_common(5)],
-            "prev_tokens": [[t, c] for t, c in prev_tok.most_common(3)],
-            "examples": examples,
-        })
+            examples.append(
+                {
+                    "act": round(v, 3),
+                    "at": at,
+                    "tokens": [text(t) for t in ids],
+                    "acts": acts,
+                    "source": store.sequences[s].source,
+                }
+            )
+        features.append(
+            {
+                "id": j,
+                "density": round(count / n_rows, 6),
+                "max_act": round(float(values[0, j]), 3) if count else 0.0,
+                "mean_act": round(float(total[j]) / count, 3) if count else 0.0,
+                "top_tokens": [[t, c] for t, c in top_tok.most_common(5)],
+                "prev_tokens": [[t, c] for t, c in prev_tok.most_common(3)],
+                "examples": examples,
+            }
+        )
     return features
 
 
@@ -166,8 +185,8 @@ def pooled_latents(sae: SAE, rows: np.ndarray, offsets: np.ndarray, batch_size: 
     ex = np.repeat(np.arange(n), np.diff(offsets))
     with torch.no_grad():
         for start in range(0, rows.shape[0], batch_size):
-            z = sae.encode(torch.from_numpy(np.ascontiguousarray(rows[start:start + batch_size]))).float().numpy()
-            np.add.at(out, ex[start:start + batch_size], z)
+            z = sae.encode(torch.from_numpy(np.ascontiguousarray(rows[start : start + batch_size]))).float().numpy()
+            np.add.at(out, ex[start : start + batch_size], z)
     counts = np.maximum(np.diff(offsets), 1)[:, None]
     return out / counts
 
@@ -188,10 +207,18 @@ def behaviour_association(sae: SAE, pooled: np.ndarray, labels: np.ndarray, top:
     pos, neg = pooled[labels == 1], pooled[labels == 0]
     mean_pos, mean_neg = pos.mean(0), neg.mean(0)
     order = np.argsort(-np.abs(au - 0.5), kind="stable")[:top]
-    return [{"id": int(j), "auroc": round(float(au[j]), 4), "mean_pos": round(float(mean_pos[j]), 4),
-             "mean_neg": round(float(mean_neg[j]), 4), "diff": round(float(mean_pos[j] - mean_neg[j]), 4),
-             "fires_pos": round(float((pos[:, j] > 0).mean()), 3), "fires_neg": round(float((neg[:, j] > 0).mean()), 3)}
-            for j in order]
+    return [
+        {
+            "id": int(j),
+            "auroc": round(float(au[j]), 4),
+            "mean_pos": round(float(mean_pos[j]), 4),
+            "mean_neg": round(float(mean_neg[j]), 4),
+            "diff": round(float(mean_pos[j] - mean_neg[j]), 4),
+            "fires_pos": round(float((pos[:, j] > 0).mean()), 3),
+            "fires_neg": round(float((neg[:, j] > 0).mean()), 3),
+        }
+        for j in order
+    ]
 
 
 def describe(feature: dict[str, Any], associations: dict[str, list[dict[str, float]]], strong: float = 0.2) -> str:
@@ -208,23 +235,35 @@ def describe(feature: dict[str, Any], associations: dict[str, list[dict[str, flo
     best = None
     for behaviour, ranked in associations.items():
         for entry in ranked:
-            if entry["id"] == feature["id"] and abs(entry["auroc"] - 0.5) >= strong:
-                if best is None or abs(entry["auroc"] - 0.5) > abs(best[1] - 0.5):
-                    best = (behaviour, entry["auroc"])
+            strong_enough = entry["id"] == feature["id"] and abs(entry["auroc"] - 0.5) >= strong
+            if strong_enough and (best is None or abs(entry["auroc"] - 0.5) > abs(best[1] - 0.5)):
+                best = (behaviour, entry["auroc"])
     if best:
         text += f" | {best[0]}{'+' if best[1] > 0.5 else '-'} {best[1]:.2f}"
     return text[:80]
 
 
-def write_features_json(sae_dir: Path, sae: SAE, features: list[dict[str, Any]], behaviours: dict[str, dict[str, Any]],
-                        corpus: dict[str, Any], before: int, after: int) -> Path:
+def write_features_json(
+    sae_dir: Path,
+    sae: SAE,
+    features: list[dict[str, Any]],
+    behaviours: dict[str, dict[str, Any]],
+    corpus: dict[str, Any],
+    before: int,
+    after: int,
+) -> Path:
     associations = {b: info["top"] for b, info in behaviours.items()}
     for feature in features:
         feature["description"] = describe(feature, associations)
     doc = {
         "format": FEATURES_FORMAT,
-        "sae": {"name": Path(sae_dir).name, "d_sae": sae.cfg.d_sae, "layer": sae.cfg.layer, "hook_name": sae.cfg.hook_name,
-                "model": sae.cfg.model_name},
+        "sae": {
+            "name": Path(sae_dir).name,
+            "d_sae": sae.cfg.d_sae,
+            "layer": sae.cfg.layer,
+            "hook_name": sae.cfg.hook_name,
+            "model": sae.cfg.model_name,
+        },
         "corpus": corpus,
         "context": [before, after],
         "behaviours": behaviours,
@@ -244,8 +283,9 @@ def load_features_json(sae_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def behaviour_pools(loaded: Any, sae: SAE, behaviours: Sequence[str], data_dir: Path | None, progress: bool = True
-                    ) -> dict[str, dict[str, Any]]:
+def behaviour_pools(
+    loaded: Any, sae: SAE, behaviours: Sequence[str], data_dir: Path | None, progress: bool = True
+) -> dict[str, dict[str, Any]]:
     """Association tables per behaviour (extracts the pools' rows at the SAE's layer, cached)."""
     from probewatch.training.datasets import build_behaviour_data
     from probewatch.training.sae.probe import activations_for
@@ -265,8 +305,13 @@ def behaviour_pools(loaded: Any, sae: SAE, behaviours: Sequence[str], data_dir: 
             rows, offsets = acts.token_rows(sae.cfg.layer)
             pooled = pooled_latents(sae, rows, offsets)
             pooling = "mean over response tokens"
-        out[behaviour] = {"dataset": f"{behaviour} pool ({len(dialogues)} dialogues: "
-                                     + ", ".join(sorted({str(d.kind) for d in dialogues})) + ")",
-                          "pooling": pooling, "n_pos": int((labels == 1).sum()), "n_neg": int((labels == 0).sum()),
-                          "top": behaviour_association(sae, pooled, labels)}
+        out[behaviour] = {
+            "dataset": f"{behaviour} pool ({len(dialogues)} dialogues: "
+            + ", ".join(sorted({str(d.kind) for d in dialogues}))
+            + ")",
+            "pooling": pooling,
+            "n_pos": int((labels == 1).sum()),
+            "n_neg": int((labels == 0).sum()),
+            "top": behaviour_association(sae, pooled, labels),
+        }
     return out

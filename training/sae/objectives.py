@@ -31,8 +31,8 @@ from probewatch.probes.saes.topk import topk_activation
 @dataclass
 class StepOutput:
     loss: torch.Tensor
-    mse: torch.Tensor       # sum over dims, mean over rows (normalised space)
-    acts: torch.Tensor      # [b, d_sae] (detached)
+    mse: torch.Tensor  # sum over dims, mean over rows (normalised space)
+    acts: torch.Tensor  # [b, d_sae] (detached)
     parts: dict[str, float]
 
 
@@ -160,7 +160,9 @@ class StandardObjective(Objective):
         recon, mse = self._recon(x, acts)
         lam = _warm(self.s.l1_coefficient, step, int(0.05 * self.total_steps))
         sparsity = (acts * sae.W_dec.norm(dim=1)).sum(-1).mean()
-        return StepOutput(mse + lam * sparsity, mse, acts.detach(), {"mse": float(mse.detach()), "l1": float(sparsity.detach())})
+        return StepOutput(
+            mse + lam * sparsity, mse, acts.detach(), {"mse": float(mse.detach()), "l1": float(sparsity.detach())}
+        )
 
 
 class JumpReLUObjective(Objective):
@@ -176,7 +178,9 @@ class JumpReLUObjective(Objective):
         recon, mse = self._recon(x, acts)
         lam = _warm(self.s.l0_coefficient, step, int(0.05 * self.total_steps))
         l0 = _StepFn.apply(pre, sae.threshold, self.s.jumprelu_bandwidth).sum(-1).mean()
-        return StepOutput(mse + lam * l0, mse, acts.detach(), {"mse": float(mse.detach()), "l0_loss": float(l0.detach())})
+        return StepOutput(
+            mse + lam * l0, mse, acts.detach(), {"mse": float(mse.detach()), "l0_loss": float(l0.detach())}
+        )
 
     @torch.no_grad()
     def after_step(self) -> None:
@@ -191,8 +195,9 @@ OBJECTIVES: dict[str, type[Objective]] = {
 
 
 @torch.no_grad()
-def resample_dead_latents(sae: SAE, x: torch.Tensor, dead: torch.Tensor, optimizer: torch.optim.Optimizer,
-                          generator: torch.Generator) -> int:
+def resample_dead_latents(
+    sae: SAE, x: torch.Tensor, dead: torch.Tensor, optimizer: torch.optim.Optimizer, generator: torch.Generator
+) -> int:
     """Anthropic-style resampling: point each dead latent at a badly reconstructed input.
 
     Inputs are drawn with probability proportional to their squared reconstruction error; the

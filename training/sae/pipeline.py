@@ -46,13 +46,17 @@ def default_out_dir(model_id: str, name: str) -> Path:
 
 
 def cache_dir_for(fingerprint: str, layer: int, corpus: CorpusConfig, data_dir: Path) -> Path:
-    key = hashlib.sha256(json.dumps({"corpus": corpus.to_json(), "name": CORPUS_NAME, "data": str(data_dir),
-                                     "layer": layer}, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            {"corpus": corpus.to_json(), "name": CORPUS_NAME, "data": str(data_dir), "layer": layer}, sort_keys=True
+        ).encode()
+    ).hexdigest()[:16]
     return envs.home() / "cache" / "sae-activations" / fingerprint.replace(":", "-") / f"L{layer}-{key}"
 
 
-def prepare_activations(loaded: Any, layer: int, corpus: CorpusConfig, data_dir: Path, cache_dir: Path | None = None,
-                        progress: bool = True) -> ActivationStore:
+def prepare_activations(
+    loaded: Any, layer: int, corpus: CorpusConfig, data_dir: Path, cache_dir: Path | None = None, progress: bool = True
+) -> ActivationStore:
     """Build the corpus and extract layer `layer` once; later runs load the cache."""
     cache_dir = cache_dir or cache_dir_for(loaded.fingerprint, layer, corpus, data_dir)
     if not (cache_dir / INDEX_FILE).is_file():
@@ -68,16 +72,23 @@ def prepare_activations(loaded: Any, layer: int, corpus: CorpusConfig, data_dir:
     return load_activations(cache_dir, expected_fingerprint=loaded.fingerprint, expected_layer=layer)
 
 
-def evaluate_sae(sae: SAE, store: ActivationStore, model: torch.nn.Module | None, ce_sequences: int = 400) -> dict[str, Any]:
+def evaluate_sae(
+    sae: SAE, store: ActivationStore, model: torch.nn.Module | None, ce_sequences: int = 400
+) -> dict[str, Any]:
     """Held-out figures: reconstruction + sparsity on eval rows, dead latents on all rows, CE on eval text."""
     eval_rows = store.acts[store.split("eval")]
     held_out = reconstruction_metrics(sae, eval_rows)
     everything = reconstruction_metrics(sae, store.acts)
     figures = {
-        "fve": held_out["fve"], "nmse": held_out["nmse"], "cosine": held_out["cosine"], "l0": held_out["l0"],
+        "fve": held_out["fve"],
+        "nmse": held_out["nmse"],
+        "cosine": held_out["cosine"],
+        "l0": held_out["l0"],
         "n_eval_rows": held_out["n_rows"],
-        "dead_fraction": everything["dead_fraction"], "dead_fraction_eval": held_out["dead_fraction"],
-        "dense_fraction": everything["dense_fraction"], "n_rows_dead_check": everything["n_rows"],
+        "dead_fraction": everything["dead_fraction"],
+        "dead_fraction_eval": held_out["dead_fraction"],
+        "dense_fraction": everything["dense_fraction"],
+        "n_rows_dead_check": everything["n_rows"],
         "fve_train": everything["fve"],
     }
     if model is not None:
@@ -86,15 +97,30 @@ def evaluate_sae(sae: SAE, store: ActivationStore, model: torch.nn.Module | None
     return {"figures": figures, "feature_density": everything["feature_density"]}
 
 
-def train_and_export(loaded: Any, layer: int, settings: SAETrainSettings, out_dir: Path, corpus: CorpusConfig,
-                     data_dir: Path, cache_dir: Path | None = None, weights_dtype: torch.dtype | None = torch.float16,
-                     restart: bool = False, progress: bool = True, command: str | None = None) -> dict[str, Any]:
+def train_and_export(
+    loaded: Any,
+    layer: int,
+    settings: SAETrainSettings,
+    out_dir: Path,
+    corpus: CorpusConfig,
+    data_dir: Path,
+    cache_dir: Path | None = None,
+    weights_dtype: torch.dtype | None = torch.float16,
+    restart: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+) -> dict[str, Any]:
     """Train (resuming from out_dir/checkpoint), export in the SAELens format, write training_report.json."""
     store = prepare_activations(loaded, layer, corpus, data_dir, cache_dir, progress)
     metadata = {
-        "model_name": loaded.model_id, "model_fingerprint": loaded.fingerprint, "hook_layer": layer,
-        "context_size": corpus.context_size, "dataset_path": f"{CORPUS_NAME} ({', '.join(corpus.sources)})",
-        "prepend_bos": True, "exclude_special_tokens": False, "probewatch_version": __version__,
+        "model_name": loaded.model_id,
+        "model_fingerprint": loaded.fingerprint,
+        "hook_layer": layer,
+        "context_size": corpus.context_size,
+        "dataset_path": f"{CORPUS_NAME} ({', '.join(corpus.sources)})",
+        "prepend_bos": True,
+        "exclude_special_tokens": False,
+        "probewatch_version": __version__,
     }
     result = train_sae(store, settings, out_dir, metadata=metadata, progress=progress, restart=restart)
     sae = result.sae
@@ -106,14 +132,31 @@ def train_and_export(loaded: Any, layer: int, settings: SAETrainSettings, out_di
     save_sae(sae, out_dir, weights_dtype=weights_dtype)
     evaluation = evaluate_sae(sae, store, loaded.model)
     report = {
-        "sae": out_dir.name, "model": loaded.model_id, "fingerprint": loaded.fingerprint, "layer": layer,
-        "hook_name": sae.cfg.hook_name, "architecture": settings.architecture, "d_in": sae.cfg.d_in,
-        "d_sae": settings.d_sae, "settings": settings.to_json(), "corpus": {**asdict(corpus), "rows": int(store.acts.shape[0]),
-        "train_rows": int(store.split("train").numel()), "eval_rows": int(store.split("eval").numel()),
-        "massive_rows_dropped": store.n_dropped, "massive_norm_threshold": store.max_norm},
-        "training": {"steps": result.steps, "tokens_seen": result.tokens_seen, "seconds": round(result.seconds, 1),
-                     "norm_scale": result.scale, "dead_fraction_train_window": result.dead_fraction_train,
-                     "history": result.history},
+        "sae": out_dir.name,
+        "model": loaded.model_id,
+        "fingerprint": loaded.fingerprint,
+        "layer": layer,
+        "hook_name": sae.cfg.hook_name,
+        "architecture": settings.architecture,
+        "d_in": sae.cfg.d_in,
+        "d_sae": settings.d_sae,
+        "settings": settings.to_json(),
+        "corpus": {
+            **asdict(corpus),
+            "rows": int(store.acts.shape[0]),
+            "train_rows": int(store.split("train").numel()),
+            "eval_rows": int(store.split("eval").numel()),
+            "massive_rows_dropped": store.n_dropped,
+            "massive_norm_threshold": store.max_norm,
+        },
+        "training": {
+            "steps": result.steps,
+            "tokens_seen": result.tokens_seen,
+            "seconds": round(result.seconds, 1),
+            "norm_scale": result.scale,
+            "dead_fraction_train_window": result.dead_fraction_train,
+            "history": result.history,
+        },
         "figures": evaluation["figures"],
         "weights_dtype": str(weights_dtype or torch.float32).replace("torch.", ""),
         "command": command or " ".join(sys.argv),
@@ -145,15 +188,28 @@ def read_report(sae_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def interpret_and_save(loaded: Any, sae: SAE, sae_dir: Path, store: ActivationStore, data_dir: Path | None,
-                       behaviours: tuple[str, ...] = ("deception", "refusal", "alignment_faking"), n_examples: int = 4,
-                       before: int = 8, after: int = 2, progress: bool = True) -> Path:
+def interpret_and_save(
+    loaded: Any,
+    sae: SAE,
+    sae_dir: Path,
+    store: ActivationStore,
+    data_dir: Path | None,
+    behaviours: tuple[str, ...] = ("deception", "refusal", "alignment_faking"),
+    n_examples: int = 4,
+    before: int = 8,
+    after: int = 2,
+    progress: bool = True,
+) -> Path:
     """features.json: top contexts per latent + behaviour association tables."""
     from probewatch.training.sae.interpret import behaviour_pools, interpret_features, write_features_json
 
-    features = interpret_features(sae, store, loaded.tokenizer, n_examples=n_examples, before=before, after=after,
-                                  progress=progress)
+    features = interpret_features(
+        sae, store, loaded.tokenizer, n_examples=n_examples, before=before, after=after, progress=progress
+    )
     assoc = behaviour_pools(loaded, sae, behaviours, data_dir, progress=progress) if behaviours else {}
-    corpus = {"rows": int(store.acts.shape[0]), "sequences": len(store.sequences),
-              "sources": sorted({s.source for s in store.sequences})}
+    corpus = {
+        "rows": int(store.acts.shape[0]),
+        "sequences": len(store.sequences),
+        "sources": sorted({s.source for s in store.sequences}),
+    }
     return write_features_json(sae_dir, sae, features, assoc, corpus, before, after)

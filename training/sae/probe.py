@@ -52,9 +52,9 @@ class SAEProbeError(ProbewatchError):
 class LatentSet:
     """One ActivationSet seen through the SAE: pooled latents per example + the raw rows to score."""
 
-    pooled: np.ndarray     # [n_examples, d_sae]
-    rows: np.ndarray       # [n_rows, d] scored rows (response) or [n_examples, d] (prompt_last)
-    offsets: np.ndarray    # [n_examples + 1]
+    pooled: np.ndarray  # [n_examples, d_sae]
+    rows: np.ndarray  # [n_rows, d] scored rows (response) or [n_examples, d] (prompt_last)
+    offsets: np.ndarray  # [n_examples + 1]
     labels: np.ndarray
     groups: np.ndarray
     kinds: np.ndarray
@@ -74,7 +74,11 @@ def find_cached_activations(fingerprint: str, dialogues: Sequence[Any], layer: i
             index = json.loads(index_path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if index.get("data_hash") == want and layer in index.get("layers", []) and index.get("max_tokens") == max_tokens:
+        if (
+            index.get("data_hash") == want
+            and layer in index.get("layers", [])
+            and index.get("max_tokens") == max_tokens
+        ):
             return ActivationSet.open(index_path.parent)
     return None
 
@@ -85,8 +89,9 @@ def activations_for(loaded: Any, dialogues: Sequence[Any], layer: int, name: str
     found = find_cached_activations(loaded.fingerprint, dialogues, layer)
     if found is not None:
         return found
-    return extract_activations(loaded.model, loaded.tokenizer, dialogues, [layer], loaded.fingerprint, name=name,
-                               progress=progress)
+    return extract_activations(
+        loaded.model, loaded.tokenizer, dialogues, [layer], loaded.fingerprint, name=name, progress=progress
+    )
 
 
 def latent_set(sae: SAE, acts: Any, token_selection: str) -> LatentSet:
@@ -101,8 +106,15 @@ def latent_set(sae: SAE, acts: Any, token_selection: str) -> LatentSet:
     return LatentSet(pooled_latents(sae, rows, offsets), rows, offsets, acts.labels, acts.groups, acts.kinds)
 
 
-def aggregated_scores(sae: SAE, data: LatentSet, feature_ids: np.ndarray, w: np.ndarray, b: float,
-                      aggregations: Sequence[Aggregation], batch_size: int = 8192) -> dict[str, np.ndarray]:
+def aggregated_scores(
+    sae: SAE,
+    data: LatentSet,
+    feature_ids: np.ndarray,
+    w: np.ndarray,
+    b: float,
+    aggregations: Sequence[Aggregation],
+    batch_size: int = 8192,
+) -> dict[str, np.ndarray]:
     """Per-example aggregated scores of the latent probe, computed per token like the runtime."""
     from probewatch.training.features import aggregate_segments
 
@@ -110,8 +122,8 @@ def aggregated_scores(sae: SAE, data: LatentSet, feature_ids: np.ndarray, w: np.
     token = np.empty(data.rows.shape[0], dtype=np.float64)
     with torch.no_grad():
         for start in range(0, data.rows.shape[0], batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(data.rows[start:start + batch_size]))
-            token[start:start + batch_size] = sae.encode_features(x, ids).double().numpy() @ w + b
+            x = torch.from_numpy(np.ascontiguousarray(data.rows[start : start + batch_size]))
+            token[start : start + batch_size] = sae.encode_features(x, ids).double().numpy() @ w + b
     return {a.method: aggregate_segments(token, data.offsets, a) for a in aggregations}
 
 
@@ -131,13 +143,22 @@ def _logistic(C: float, penalty: str, seed: int):
         # unless penalty="elasticnet", so spell it per version
         new_api = tuple(int(p) for p in sklearn.__version__.split(".")[:2] if p.isdigit()) >= (1, 8)
         l1 = {"l1_ratio": 1.0} if new_api else {"penalty": "l1"}
-        return LogisticRegression(solver="liblinear", C=C, class_weight="balanced", max_iter=5000, random_state=seed, **l1)
+        return LogisticRegression(
+            solver="liblinear", C=C, class_weight="balanced", max_iter=5000, random_state=seed, **l1
+        )
     return LogisticRegression(C=C, class_weight="balanced", max_iter=5000)
 
 
-def fit_l1(X: np.ndarray, y: np.ndarray, groups: np.ndarray, weight: np.ndarray, max_features: int, seed: int,
-           Cs: Sequence[float] = tuple(np.logspace(-2.5, 0.5, 10)), C: float | None = None
-           ) -> tuple[np.ndarray, float, dict[str, Any]]:
+def fit_l1(
+    X: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    weight: np.ndarray,
+    max_features: int,
+    seed: int,
+    Cs: Sequence[float] = tuple(np.logspace(-2.5, 0.5, 10)),
+    C: float | None = None,
+) -> tuple[np.ndarray, float, dict[str, Any]]:
     """(coef over standardised X, intercept, selection info) of the L1 probe (C chosen by CV unless given)."""
     from sklearn.metrics import roc_auc_score
 
@@ -161,7 +182,11 @@ def fit_l1(X: np.ndarray, y: np.ndarray, groups: np.ndarray, weight: np.ndarray,
     C = min(C for C, (a, _) in allowed.items() if a >= best - 0.005)
     model = _logistic(C, "l1", seed).fit(X, y, sample_weight=weight)
     coef = model.coef_[0].astype(np.float64)
-    return coef, float(model.intercept_[0]), {"C": C, "cv": {str(k): {"auroc": v[0], "n_latents": v[1]} for k, v in cv.items()}}
+    return (
+        coef,
+        float(model.intercept_[0]),
+        {"C": C, "cv": {str(k): {"auroc": v[0], "n_latents": v[1]} for k, v in cv.items()}},
+    )
 
 
 def fit_named(X: np.ndarray, y: np.ndarray, weight: np.ndarray, ids: np.ndarray, seed: int) -> tuple[np.ndarray, float]:
@@ -171,13 +196,28 @@ def fit_named(X: np.ndarray, y: np.ndarray, weight: np.ndarray, ids: np.ndarray,
     return coef, float(model.intercept_[0])
 
 
-def fit_and_export_sae_probe(loaded: Any, sae_dir: Path, behaviour: str, method: str = "l1",
-                             features: Sequence[int] | None = None, n_features: int = 8, max_features: int = 512,
-                             aggregation: str | None = None, fpr: float = 0.01, probe_id: str | None = None,
-                             out: Path | None = None, embed_sae: bool = False, data_dir: Path | None = None,
-                             seed: int = 0, progress: bool = True, parity_check: int = 6,
-                             builder_options: dict[str, Any] | None = None, data: Any = None,
-                             control: Sequence[Any] | None = None, command: str | None = None) -> dict[str, Any]:
+def fit_and_export_sae_probe(
+    loaded: Any,
+    sae_dir: Path,
+    behaviour: str,
+    method: str = "l1",
+    features: Sequence[int] | None = None,
+    n_features: int = 8,
+    max_features: int = 512,
+    aggregation: str | None = None,
+    fpr: float = 0.01,
+    probe_id: str | None = None,
+    out: Path | None = None,
+    embed_sae: bool = False,
+    data_dir: Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    parity_check: int = 6,
+    builder_options: dict[str, Any] | None = None,
+    data: Any = None,
+    control: Sequence[Any] | None = None,
+    command: str | None = None,
+) -> dict[str, Any]:
     """Fit, calibrate, threshold, evaluate and export one sae_feature bundle; returns its summary.
 
     `data` (a BehaviourData) and `control` (dialogues) replace the behaviour's builder and the
@@ -206,8 +246,10 @@ def fit_and_export_sae_probe(loaded: Any, sae_dir: Path, behaviour: str, method:
         control_source = Source("control (given)", "", "", len(control))
     selection = data.token_selection
     pool = latent_set(sae, activations_for(loaded, data.pool, layer, f"{behaviour}-pool", progress), selection)
-    ood = {name: latent_set(sae, activations_for(loaded, ds, layer, f"{behaviour}-ood-{name}", progress), selection)
-           for name, ds in data.ood.items()}
+    ood = {
+        name: latent_set(sae, activations_for(loaded, ds, layer, f"{behaviour}-ood-{name}", progress), selection)
+        for name, ds in data.ood.items()
+    }
     ctrl = latent_set(sae, activations_for(loaded, control, layer, f"{behaviour}-control", progress), selection)
 
     # the same grouped splits as `probewatch train` (same seeds): fit / calibration / test
@@ -217,7 +259,9 @@ def fit_and_export_sae_probe(loaded: Any, sae_dir: Path, behaviour: str, method:
     check_disjoint(groups, rest, test_idx)
     check_disjoint(groups, fit_idx, val_idx)
 
-    def fit(idx: np.ndarray, C: float | None = None) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, dict[str, Any]]:
+    def fit(
+        idx: np.ndarray, C: float | None = None
+    ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray, dict[str, Any]]:
         X = pool.pooled[idx]
         mean, scale = _standardizer(X)
         Xs = (X - mean) / scale
@@ -227,7 +271,7 @@ def fit_and_export_sae_probe(loaded: Any, sae_dir: Path, behaviour: str, method:
             coef, intercept, info = fit_l1(Xs, y, groups[idx], weight, max_features, seed, C=C)
         else:
             if features:
-                ids = np.asarray(sorted(set(int(f) for f in features)))
+                ids = np.asarray(sorted({int(f) for f in features}))
                 if ids.min() < 0 or ids.max() >= sae.cfg.d_sae:
                     raise SAEProbeError(f"--features must lie in [0, {sae.cfg.d_sae})")
             else:
@@ -252,19 +296,25 @@ def fit_and_export_sae_probe(loaded: Any, sae_dir: Path, behaviour: str, method:
     else:
         from probewatch.metrics import auroc as _auroc
 
-        chosen_agg = max(agg_names, key=lambda a: (round(_auroc(raw[a][val_idx], labels[val_idx]), 3), -agg_names.index(a)))
+        chosen_agg = max(
+            agg_names, key=lambda a: (round(_auroc(raw[a][val_idx], labels[val_idx]), 3), -agg_names.index(a))
+        )
     agg = Aggregation(method=chosen_agg)
     slope, offset = platt_fit(raw[chosen_agg][val_idx], labels[val_idx])
     w, b = w * slope, b * slope + offset
     scores = aggregated_scores(sae, pool, ids, w, b, [agg])[chosen_agg]
     control_scores = aggregated_scores(sae, ctrl, ids, w, b, [agg])[chosen_agg]
     perm = np.random.default_rng(seed).permutation(len(control_scores))
-    control_cal, control_held = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2:])
+    control_cal, control_held = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2 :])
     threshold = calibrated_threshold(control_scores[control_cal], fpr)
     test = detection_metrics(scores[test_idx], labels[test_idx], control_scores[control_cal], fpr)
     test["fpr_control_heldout"] = float((control_scores[control_held] >= threshold).mean())
-    ood_metrics = {name: detection_metrics(aggregated_scores(sae, od, ids, w, b, [agg])[chosen_agg], od.labels,
-                                           control_scores[control_cal], fpr) for name, od in ood.items()}
+    ood_metrics = {
+        name: detection_metrics(
+            aggregated_scores(sae, od, ids, w, b, [agg])[chosen_agg], od.labels, control_scores[control_cal], fpr
+        )
+        for name, od in ood.items()
+    }
     heldout: dict[str, dict[str, Any]] = {}
     for kind, tr, te in leave_one_kind_out(kinds, labels, groups):
         k_ids, k_b, k_w, _, _ = fit(tr, fit_info.get("C"))  # same penalty as the final probe
@@ -275,13 +325,17 @@ def fit_and_export_sae_probe(loaded: Any, sae_dir: Path, behaviour: str, method:
 
     heldout_aurocs = [v["auroc"] for v in heldout.values() if v["auroc"] is not None]
     metrics = {
-        "auroc": test["auroc"], "recall_at_fpr_control": test.get("recall_at_fpr"), "fpr": fpr,
+        "auroc": test["auroc"],
+        "recall_at_fpr_control": test.get("recall_at_fpr"),
+        "fpr": fpr,
         "fpr_control_heldout": test["fpr_control_heldout"],
         "auroc_heldout_kind": float(np.mean(heldout_aurocs)) if heldout_aurocs else None,
         "auroc_heldout_kind_per_kind": {k: v["auroc"] for k, v in heldout.items()},
         "auroc_ood": {k: v["auroc"] for k, v in ood_metrics.items()},
         "recall_at_fpr_control_ood": {k: v.get("recall_at_fpr") for k, v in ood_metrics.items()},
-        "n_test": int(len(test_idx)), "n_latents": int(len(ids)), "split": "grouped by source item (group)",
+        "n_test": int(len(test_idx)),
+        "n_latents": int(len(ids)),
+        "split": "grouped by source item (group)",
     }
 
     descriptions = load_feature_descriptions(sae_dir)
@@ -289,34 +343,76 @@ def fit_and_export_sae_probe(loaded: Any, sae_dir: Path, behaviour: str, method:
     probe_id = probe_id or f"sae-{behaviour.replace('_', '-')}-{method}"
     out = Path(out) if out else envs.user_bundles_dir() / loaded.model_id.replace("/", "--") / probe_id
     order = np.argsort(-np.abs(w))
-    feature_list = [{"id": int(ids[i]), "weight": round(float(w[i]), 6), "description": descriptions.get(int(ids[i]), "")}
-                    for i in order]
+    feature_list = [
+        {"id": int(ids[i]), "weight": round(float(w[i]), 6), "description": descriptions.get(int(ids[i]), "")}
+        for i in order
+    ]
     manifest = Manifest(
-        id=probe_id, behaviour=behaviour, kind="sae_feature",
-        model=ModelRef(loaded.model_id, loaded.fingerprint, loaded.d_model, loaded.n_layers), layer=layer,
-        threshold=Threshold(value=float(threshold), method="fpr", fpr=fpr, calibration_set=control_source.name,
-                            n_calibration=int(len(control_cal))),
-        aggregation=agg, token_selection=selection, normalization="none",
-        description=(f"{behaviour} from {len(ids)} latents of SAE {sae_dir.name} ({probe_type}); test AUROC "
-                     f"{metrics['auroc']:.3f}, recall {metrics['recall_at_fpr_control'] or 0:.2f} at {fpr:.0%} control FPR"),
+        id=probe_id,
+        behaviour=behaviour,
+        kind="sae_feature",
+        model=ModelRef(loaded.model_id, loaded.fingerprint, loaded.d_model, loaded.n_layers),
+        layer=layer,
+        threshold=Threshold(
+            value=float(threshold),
+            method="fpr",
+            fpr=fpr,
+            calibration_set=control_source.name,
+            n_calibration=int(len(control_cal)),
+        ),
+        aggregation=agg,
+        token_selection=selection,
+        normalization="none",
+        description=(
+            f"{behaviour} from {len(ids)} latents of SAE {sae_dir.name} ({probe_type}); test AUROC "
+            f"{metrics['auroc']:.3f}, recall {metrics['recall_at_fpr_control'] or 0:.2f} at {fpr:.0%} control FPR"
+        ),
         metrics=_jsonable(metrics),
-        training=_jsonable({"probe_type": probe_type, "layer": layer, "token_selection": selection, "aggregation": chosen_agg,
-                            "platt": {"slope": slope, "offset": offset, "fitted_on": "calibration split"},
-                            "sizes": {"pool": len(labels), "fit": len(fit_idx), "calibration": len(val_idx),
-                                      "test": len(test_idx), "control_calibration": len(control_cal),
-                                      "control_heldout": len(control_held)},
-                            "fit": fit_info, "seed": seed, "data": [s.__dict__ for s in data.sources],
-                            "control": control_source.__dict__}),
+        training=_jsonable(
+            {
+                "probe_type": probe_type,
+                "layer": layer,
+                "token_selection": selection,
+                "aggregation": chosen_agg,
+                "platt": {"slope": slope, "offset": offset, "fitted_on": "calibration split"},
+                "sizes": {
+                    "pool": len(labels),
+                    "fit": len(fit_idx),
+                    "calibration": len(val_idx),
+                    "test": len(test_idx),
+                    "control_calibration": len(control_cal),
+                    "control_heldout": len(control_held),
+                },
+                "fit": fit_info,
+                "seed": seed,
+                "data": [s.__dict__ for s in data.sources],
+                "control": control_source.__dict__,
+            }
+        ),
         extra={"probe_type": probe_type, "score_units": "calibrated logit (Platt)", "features": feature_list},
     )
     save_feature_bundle(out, manifest, sae_dir, ids, w, b, embed_sae=embed_sae)
     bundle = load_bundle(out, expected_fingerprint=loaded.fingerprint, expected_d_model=loaded.d_model)
     parity = _parity(loaded, bundle, data.pool, test_idx[:parity_check], scores) if parity_check else None
-    summary = {"path": str(out), "probe_id": probe_id, "behaviour": behaviour, "probe_type": probe_type,
-               "sae": sae_dir.name, "layer": layer, "n_latents": int(len(ids)), "aggregation": chosen_agg,
-               "threshold": float(threshold), "metrics": metrics, "test": test, "ood": ood_metrics,
-               "heldout_kinds": heldout, "features": feature_list[:20], "parity": parity,
-               "seconds": round(time.perf_counter() - t0, 1), "command": command}
+    summary = {
+        "path": str(out),
+        "probe_id": probe_id,
+        "behaviour": behaviour,
+        "probe_type": probe_type,
+        "sae": sae_dir.name,
+        "layer": layer,
+        "n_latents": int(len(ids)),
+        "aggregation": chosen_agg,
+        "threshold": float(threshold),
+        "metrics": metrics,
+        "test": test,
+        "ood": ood_metrics,
+        "heldout_kinds": heldout,
+        "features": feature_list[:20],
+        "parity": parity,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "command": command,
+    }
     (out / "report.json").write_text(json.dumps(_jsonable(summary), indent=1) + "\n")
     return _jsonable(summary)
 

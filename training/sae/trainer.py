@@ -46,17 +46,17 @@ class SAETrainSettings:
 
     architecture: str = "topk"
     d_sae: int = 4096
-    k: int = 32                           # topk
-    l1_coefficient: float = 1.0           # standard (ReLU + L1), normalised units: L0 60 at layer 15 (5.0: L0 14)
-    l0_coefficient: float = 0.5           # jumprelu: L0 86 at layer 15 (0.05: L0 304); docs/sae.md
+    k: int = 32  # topk
+    l1_coefficient: float = 1.0  # standard (ReLU + L1), normalised units: L0 60 at layer 15 (5.0: L0 14)
+    l0_coefficient: float = 0.5  # jumprelu: L0 86 at layer 15 (0.05: L0 304); docs/sae.md
     jumprelu_bandwidth: float = 0.05
     jumprelu_init_threshold: float = 0.1
-    aux_k_coefficient: float = 1 / 32     # topk AuxK
-    dead_window_tokens: int = 100_000     # a latent silent for this many training rows is dead
-    resample_every_steps: int = 0         # standard/jumprelu: resample dead latents (0 = once per epoch in the first half)
-    lr: float = 2e-3                      # small corpora need many steps: batch 1024 + lr 2e-3 beat 4096 + 4e-4
-    warmup_fraction: float = 0.02         # by 0.14 FVE after 2 epochs in a pilot (docs/sae.md)
-    decay_fraction: float = 0.2           # linear decay to 0 over the final fraction of steps
+    aux_k_coefficient: float = 1 / 32  # topk AuxK
+    dead_window_tokens: int = 100_000  # a latent silent for this many training rows is dead
+    resample_every_steps: int = 0  # standard/jumprelu: resample dead latents (0 = once per epoch in the first half)
+    lr: float = 2e-3  # small corpora need many steps: batch 1024 + lr 2e-3 beat 4096 + 4e-4
+    warmup_fraction: float = 0.02  # by 0.14 FVE after 2 epochs in a pilot (docs/sae.md)
+    decay_fraction: float = 0.2  # linear decay to 0 over the final fraction of steps
     batch_size: int = 1024
     epochs: int = 10
     seed: int = 0
@@ -99,7 +99,9 @@ def _lr_factor(step: int, total: int, s: SAETrainSettings) -> float:
 def new_training_sae(d_in: int, settings: SAETrainSettings, layer: int, metadata: dict[str, Any] | None = None) -> SAE:
     _, cfg_cls = get_sae_class(settings.architecture)
     extra = {"k": settings.k} if settings.architecture == "topk" else {}
-    cfg = cfg_cls(d_in=d_in, d_sae=settings.d_sae, metadata={**hook_names_for_layer(layer), **(metadata or {})}, **extra)
+    cfg = cfg_cls(
+        d_in=d_in, d_sae=settings.d_sae, metadata={**hook_names_for_layer(layer), **(metadata or {})}, **extra
+    )
     sae = build_sae(cfg)
     sae.requires_grad_(True)
     return sae
@@ -112,8 +114,14 @@ def norm_scale(acts: torch.Tensor, sample: int = 50_000, seed: int = 0) -> float
     return float(math.sqrt(acts.shape[1]) / acts[idx].norm(dim=1).mean())
 
 
-def _save_checkpoint(out_dir: Path, sae: SAE, opt: torch.optim.Optimizer, since_fired: torch.Tensor,
-                     gen: torch.Generator, state: dict[str, Any]) -> None:
+def _save_checkpoint(
+    out_dir: Path,
+    sae: SAE,
+    opt: torch.optim.Optimizer,
+    since_fired: torch.Tensor,
+    gen: torch.Generator,
+    state: dict[str, Any],
+) -> None:
     ckpt = out_dir / CHECKPOINT_DIR
     tmp = out_dir / (CHECKPOINT_DIR + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -135,8 +143,9 @@ def _save_checkpoint(out_dir: Path, sae: SAE, opt: torch.optim.Optimizer, since_
     os.replace(tmp, ckpt)
 
 
-def _load_checkpoint(out_dir: Path, sae: SAE, opt: torch.optim.Optimizer, gen: torch.Generator,
-                     settings: SAETrainSettings, cache_id: str) -> tuple[dict[str, Any], torch.Tensor] | None:
+def _load_checkpoint(
+    out_dir: Path, sae: SAE, opt: torch.optim.Optimizer, gen: torch.Generator, settings: SAETrainSettings, cache_id: str
+) -> tuple[dict[str, Any], torch.Tensor] | None:
     ckpt = out_dir / CHECKPOINT_DIR
     if not (ckpt / STATE_FILE).is_file():
         return None
@@ -152,16 +161,25 @@ def _load_checkpoint(out_dir: Path, sae: SAE, opt: torch.optim.Optimizer, gen: t
     for n in sae.WEIGHT_NAMES:
         param = getattr(sae, n)
         if f"adam.{n}.exp_avg" in tensors:
-            opt.state[param] = {"step": torch.tensor(state["adam_steps"][n]),
-                                "exp_avg": tensors[f"adam.{n}.exp_avg"].clone(),
-                                "exp_avg_sq": tensors[f"adam.{n}.exp_avg_sq"].clone()}
+            opt.state[param] = {
+                "step": torch.tensor(state["adam_steps"][n]),
+                "exp_avg": tensors[f"adam.{n}.exp_avg"].clone(),
+                "exp_avg_sq": tensors[f"adam.{n}.exp_avg_sq"].clone(),
+            }
     gen.set_state(tensors["generator_state"])
     return state, tensors["since_fired"].clone()
 
 
-def train_sae(store: ActivationStore, settings: SAETrainSettings, out_dir: Path, metadata: dict[str, Any] | None = None,
-              progress: bool = True, restart: bool = False, max_steps: int | None = None,
-              on_checkpoint: Any = None) -> TrainResult:
+def train_sae(
+    store: ActivationStore,
+    settings: SAETrainSettings,
+    out_dir: Path,
+    metadata: dict[str, Any] | None = None,
+    progress: bool = True,
+    restart: bool = False,
+    max_steps: int | None = None,
+    on_checkpoint: Any = None,
+) -> TrainResult:
     """Train on the store's train split; checkpoint to out_dir/checkpoint; return the raw-space SAE.
 
     `max_steps` stops early (after a checkpoint) — used by tests to simulate an interruption.
@@ -196,14 +214,19 @@ def train_sae(store: ActivationStore, settings: SAETrainSettings, out_dir: Path,
     history: list[dict[str, float]] = list(state["history"])
     resample_every = settings.resample_every_steps or steps_per_epoch
     t0 = time.time() - float(state.get("seconds", 0.0))
-    bar = tqdm(total=total, initial=step, desc=f"SAE {settings.architecture} d_sae={settings.d_sae}", unit="step",
-               disable=not progress)
+    bar = tqdm(
+        total=total,
+        initial=step,
+        desc=f"SAE {settings.architecture} d_sae={settings.d_sae}",
+        unit="step",
+        disable=not progress,
+    )
     running: dict[str, float] = {}
     stop_at = total if max_steps is None else min(total, max_steps)
     while step < stop_at:
         epoch, within = divmod(step, steps_per_epoch)
         perm = train_idx[torch.randperm(n_train, generator=torch.Generator().manual_seed(settings.seed * 1000 + epoch))]
-        rows = perm[within * settings.batch_size:(within + 1) * settings.batch_size]
+        rows = perm[within * settings.batch_size : (within + 1) * settings.batch_size]
         x = store.acts[rows] * scale
         for group in opt.param_groups:
             group["lr"] = settings.lr * _lr_factor(step, total, settings)
@@ -222,30 +245,50 @@ def train_sae(store: ActivationStore, settings: SAETrainSettings, out_dir: Path,
             dead_now = since_fired > settings.dead_window_tokens
             if dead_now.any():
                 with torch.no_grad():
-                    state["resampled"] = int(state.get("resampled", 0)) + resample_dead_latents(sae, x, dead_now, opt, gen)
+                    state["resampled"] = int(state.get("resampled", 0)) + resample_dead_latents(
+                        sae, x, dead_now, opt, gen
+                    )
                 since_fired[dead_now] = 0
         with torch.no_grad():
             var = float((x - x.mean(0)).pow(2).sum(-1).mean())
-        stats = {"fve": 1 - float(out.mse.detach()) / var, "l0": float((out.acts > 0).sum(-1).float().mean()),
-                 "dead": float(dead.float().mean()), **out.parts}
+        stats = {
+            "fve": 1 - float(out.mse.detach()) / var,
+            "l0": float((out.acts > 0).sum(-1).float().mean()),
+            "dead": float(dead.float().mean()),
+            **out.parts,
+        }
         for key, value in stats.items():
             running[key] = 0.9 * running.get(key, value) + 0.1 * value
         bar.set_postfix({k: f"{running[k]:.3g}" for k in ("fve", "l0", "dead")}, refresh=False)
         bar.update(1)
         if step % steps_per_epoch == 0 or step == stop_at:
-            history.append({"step": step, "epoch": step / steps_per_epoch, **{k: round(v, 5) for k, v in running.items()}})
+            history.append(
+                {"step": step, "epoch": step / steps_per_epoch, **{k: round(v, 5) for k, v in running.items()}}
+            )
         if step % settings.checkpoint_every_steps == 0 or step == stop_at:
-            state.update(step=step, history=history, seconds=time.time() - t0, settings=settings.to_json(),
-                         cache_id=cache_id, scale=scale)
+            state.update(
+                step=step,
+                history=history,
+                seconds=time.time() - t0,
+                settings=settings.to_json(),
+                cache_id=cache_id,
+                scale=scale,
+            )
             _save_checkpoint(out_dir, sae, opt, since_fired, gen, state)
             if on_checkpoint is not None:
                 on_checkpoint(step)
     bar.close()
     sae.requires_grad_(False)
     raw = fold_scale(sae, scale)
-    return TrainResult(sae=raw, scale=scale, steps=step, tokens_seen=step * settings.batch_size,
-                       seconds=time.time() - t0, history=history,
-                       dead_fraction_train=float((since_fired > settings.dead_window_tokens).float().mean()))
+    return TrainResult(
+        sae=raw,
+        scale=scale,
+        steps=step,
+        tokens_seen=step * settings.batch_size,
+        seconds=time.time() - t0,
+        history=history,
+        dead_fraction_train=float((since_fired > settings.dead_window_tokens).float().mean()),
+    )
 
 
 @torch.no_grad()

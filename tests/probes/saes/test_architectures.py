@@ -75,7 +75,7 @@ def test_runtime_normalisation_round_trips(normalize):
     x = torch.randn(10, 8) * 5 + 1
     acts, state = sae.encode_with_state(x)
     if normalize == "constant_norm_rescale":
-        xn = x * (8 ** 0.5) / x.norm(dim=-1, keepdim=True)
+        xn = x * (8**0.5) / x.norm(dim=-1, keepdim=True)
     elif normalize == "layer_norm":
         xn = (x - x.mean(-1, keepdim=True)) / ((x - x.mean(-1, keepdim=True)).std(-1, keepdim=True) + 1e-5)
     else:

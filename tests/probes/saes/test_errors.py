@@ -45,7 +45,10 @@ def test_rows_of_the_wrong_width(tmp_path):
 def test_unknown_architecture(tmp_path):
     write_saelens_folder(tmp_path, "standard")
     _edit_cfg(tmp_path, architecture="gated")
-    with pytest.raises(UnknownSAEArchitectureError, match=r"unknown SAE architecture 'gated'; this runtime serves jumprelu, standard, topk"):
+    with pytest.raises(
+        UnknownSAEArchitectureError,
+        match=r"unknown SAE architecture 'gated'; this runtime serves jumprelu, standard, topk",
+    ):
         load_sae(tmp_path)
     assert issubclass(UnknownSAEArchitectureError, BundleError)
 

@@ -29,13 +29,16 @@ from tests.probes.saes.sae_helpers import direct_latents, make_feature_bundle, w
 def sae_dir(tmp_path):
     path = tmp_path / "saes" / "tiny-topk"
     write_saelens_folder(path, "topk", d_in=8, d_sae=32, k=6, seed=3)
-    (path / FEATURES_FILENAME).write_text(json.dumps({"features": [{"id": 3, "description": "the word 'lie'"},
-                                                                   {"id": 9, "description": "refusal opener"}]}))
+    (path / FEATURES_FILENAME).write_text(
+        json.dumps(
+            {"features": [{"id": 3, "description": "the word 'lie'"}, {"id": 9, "description": "refusal opener"}]}
+        )
+    )
     return path
 
 
 def _direct_score(sae_dir, tensors, rows, standardize=False):
-    w = {k: v for k, v in load_sae(sae_dir).weights().items()}
+    w = dict(load_sae(sae_dir).weights().items())
     acts = direct_latents("topk", w, rows, k=6)[:, tensors["feature_ids"]]
     if standardize:
         acts = (acts - tensors["mean"].double()) / tensors["scale"].double()
@@ -44,8 +47,9 @@ def _direct_score(sae_dir, tensors, rows, standardize=False):
 
 @pytest.mark.parametrize("standardize", [False, True])
 def test_feature_bundle_scores_through_score_layers(tmp_path, sae_dir, standardize):
-    _, tensors = make_feature_bundle(tmp_path / "bundles", sae_dir, "feat", [3, 9, 17], [1.5, -0.5, 2.0],
-                                     standardize=standardize)
+    _, tensors = make_feature_bundle(
+        tmp_path / "bundles", sae_dir, "feat", [3, 9, 17], [1.5, -0.5, 2.0], standardize=standardize
+    )
     make_bundle(tmp_path / "bundles", "lin", layer=2, seed=4)
     runtime = ProbeRuntime(load_bundles([tmp_path / "bundles"]))
     assert runtime.layers == [2] and runtime.sae_layers == [2] and list(runtime.sae_groups) == ["tiny-topk"]

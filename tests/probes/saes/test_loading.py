@@ -36,8 +36,9 @@ def test_saelens_layout_loads_with_direct_latents(tmp_path, arch, layout):
 def test_apply_b_dec_to_input_false_is_honoured(tmp_path):
     w = write_saelens_folder(tmp_path, "standard", apply_b_dec_to_input=False)
     x = torch.randn(5, 8)
-    assert torch.allclose(load_sae(tmp_path).encode(x).double(),
-                          direct_latents("standard", w, x, apply_b_dec_to_input=False), atol=1e-5)
+    assert torch.allclose(
+        load_sae(tmp_path).encode(x).double(), direct_latents("standard", w, x, apply_b_dec_to_input=False), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -67,14 +68,17 @@ def test_half_precision_storage_loads_as_float32(tmp_path):
     assert torch.allclose(half.W_enc, sae.W_enc, atol=1e-3)
 
 
-@pytest.mark.parametrize(("name", "layer"), [
-    ("blocks.7.hook_resid_post", 7),
-    ("blocks.7.hook_resid_pre", 6),
-    ("model.layers.7", 7),
-    ("layers.7", 7),
-    ("model.language_model.layers.7", 7),
-    ("transformer.h.7", 7),
-])
+@pytest.mark.parametrize(
+    ("name", "layer"),
+    [
+        ("blocks.7.hook_resid_post", 7),
+        ("blocks.7.hook_resid_pre", 6),
+        ("model.layers.7", 7),
+        ("layers.7", 7),
+        ("model.language_model.layers.7", 7),
+        ("transformer.h.7", 7),
+    ],
+)
 def test_hook_names_map_onto_the_layer_contract(name, layer):
     assert layer_from_hook_name(name) == layer
 

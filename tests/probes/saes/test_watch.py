@@ -20,8 +20,11 @@ def test_parse_watch_spec():
 
 def test_behaviour_watchlist(tmp_path):
     assert behaviour_watchlist(tmp_path) == []
-    doc = {"behaviours": {
-        "deception": {"top": [{"id": 5, "auroc": 0.9}, {"id": 7, "auroc": 0.2}, {"id": 9, "auroc": 0.6}]},
-        "refusal": {"top": [{"id": 5, "auroc": 0.95}, {"id": 11, "auroc": 0.8}]}}}
+    doc = {
+        "behaviours": {
+            "deception": {"top": [{"id": 5, "auroc": 0.9}, {"id": 7, "auroc": 0.2}, {"id": 9, "auroc": 0.6}]},
+            "refusal": {"top": [{"id": 5, "auroc": 0.95}, {"id": 11, "auroc": 0.8}]},
+        }
+    }
     (tmp_path / FEATURES_FILENAME).write_text(json.dumps(doc))
     assert behaviour_watchlist(tmp_path, per_behaviour=2) == [5, 7, 11]

@@ -24,14 +24,29 @@ def sae_home(tmp_path, monkeypatch):
     save_sae(sae, folder)
     seqs = [TextSequence([1, 2, 3, 4, 5, 6, 7, 8], "chat", "a")]
     acts = torch.randn(7, 4)
-    store = ActivationStore(acts, torch.zeros(7, dtype=torch.long), torch.arange(1, 8), torch.arange(2, 9),
-                            torch.zeros(7, dtype=torch.bool), 1, "fp", seqs)
+    store = ActivationStore(
+        acts,
+        torch.zeros(7, dtype=torch.long),
+        torch.arange(1, 8),
+        torch.arange(2, 9),
+        torch.zeros(7, dtype=torch.bool),
+        1,
+        "fp",
+        seqs,
+    )
     features = interpret_features(sae, store, CharTokenizer(), n_examples=2, before=3, after=1, progress=False)
     pooled = np.abs(np.random.default_rng(0).normal(size=(20, 6)))
     labels = np.array([1] * 10 + [0] * 10)
     pooled[:10, 2] += 2
-    behaviours = {"deception": {"dataset": "toy", "pooling": "mean over response tokens", "n_pos": 10, "n_neg": 10,
-                                "top": behaviour_association(sae, pooled, labels, top=4)}}
+    behaviours = {
+        "deception": {
+            "dataset": "toy",
+            "pooling": "mean over response tokens",
+            "n_pos": 10,
+            "n_neg": 10,
+            "top": behaviour_association(sae, pooled, labels, top=4),
+        }
+    }
     write_features_json(folder, sae, features, behaviours, {"rows": 7}, 3, 1)
     return folder
 

@@ -15,8 +15,8 @@ from probewatch.training.sae.corpus import PrefixDedup, TextSequence, _split_of,
 def test_prefix_dedup_skips_position_0_and_repeated_prefixes():
     d = PrefixDedup()
     assert d.keep([1, 2, 3, 4]) == [False, True, True, True]
-    assert d.keep([1, 2, 3, 9]) == [False, False, False, True]   # shared prefix [1,2,3] already seen
-    assert d.keep([5, 2, 3]) == [False, True, True]               # same tokens, other prefix: new rows
+    assert d.keep([1, 2, 3, 9]) == [False, False, False, True]  # shared prefix [1,2,3] already seen
+    assert d.keep([5, 2, 3]) == [False, True, True]  # same tokens, other prefix: new rows
 
 
 def test_split_is_by_group_and_deterministic():
@@ -26,10 +26,14 @@ def test_split_is_by_group_and_deterministic():
 
 
 def test_extracted_rows_equal_the_capture_contract(tmp_path, tiny_llama):
-    seqs = [TextSequence([1, 5, 6, 7, 8], "t", "a"), TextSequence([1, 5, 6, 9], "t", "b", "eval"),
-            TextSequence([2, 3, 4, 5, 6, 7, 8, 9, 10], "t", "c")]
-    extract_activations(tiny_llama, 2, seqs, tmp_path, "pwfp1:x", {"note": "test"}, batch_tokens=12, shard_rows=4,
-                        progress=False)
+    seqs = [
+        TextSequence([1, 5, 6, 7, 8], "t", "a"),
+        TextSequence([1, 5, 6, 9], "t", "b", "eval"),
+        TextSequence([2, 3, 4, 5, 6, 7, 8, 9, 10], "t", "c"),
+    ]
+    extract_activations(
+        tiny_llama, 2, seqs, tmp_path, "pwfp1:x", {"note": "test"}, batch_tokens=12, shard_rows=4, progress=False
+    )
     index = json.loads((tmp_path / INDEX_FILE).read_text())
     assert len(index["shards"]) >= 2 and index["rows"] == sum(map(sum, keep_masks(seqs))) == 4 + 1 + 8
     store = load_activations(tmp_path, expected_fingerprint="pwfp1:x", expected_layer=2)
@@ -77,8 +81,14 @@ def test_build_corpus_from_the_shared_datasets(reference, shared_data):
     from probewatch.training.sae.corpus import CorpusConfig, build_corpus, corpus_stats
 
     torch.set_num_threads(1)
-    config = CorpusConfig(statement_tokens=600, chat_tokens=800, alignment_faking_tokens=200, generate_prompts=4,
-                          generate_new_tokens=4, eval_fraction=0.3)
+    config = CorpusConfig(
+        statement_tokens=600,
+        chat_tokens=800,
+        alignment_faking_tokens=200,
+        generate_prompts=4,
+        generate_new_tokens=4,
+        eval_fraction=0.3,
+    )
     seqs = build_corpus(reference.tokenizer, shared_data, config, model=reference.model, progress=False)
     stats = corpus_stats(seqs)
     assert set(stats) == {"statements", "chat", "alignment_faking", "generated"}

@@ -12,8 +12,12 @@ def identity_sae(d: int, layer: int = 1):
     """A ReLU SAE with 2d latents (+e_i and -e_i) that reconstructs any input exactly."""
     _, cfg_cls = get_sae_class("standard")
     eye = torch.eye(d)
-    weights = {"W_enc": torch.cat([eye, -eye], 1), "b_enc": torch.zeros(2 * d),
-               "W_dec": torch.cat([eye, -eye], 0), "b_dec": torch.zeros(d)}
+    weights = {
+        "W_enc": torch.cat([eye, -eye], 1),
+        "b_enc": torch.zeros(2 * d),
+        "W_dec": torch.cat([eye, -eye], 0),
+        "b_dec": torch.zeros(d),
+    }
     return build_sae(cfg_cls(d_in=d, d_sae=2 * d, metadata=hook_names_for_layer(layer)), weights)
 
 

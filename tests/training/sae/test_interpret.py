@@ -30,8 +30,12 @@ class CharTokenizer:
 def relu_sae(d=4, d_sae=6, seed=0):
     _, cfg_cls = get_sae_class("standard")
     g = torch.Generator().manual_seed(seed)
-    w = {"W_enc": torch.randn(d, d_sae, generator=g), "b_enc": torch.zeros(d_sae),
-         "W_dec": torch.randn(d_sae, d, generator=g), "b_dec": torch.zeros(d)}
+    w = {
+        "W_enc": torch.randn(d, d_sae, generator=g),
+        "b_enc": torch.zeros(d_sae),
+        "W_dec": torch.randn(d_sae, d, generator=g),
+        "b_dec": torch.zeros(d),
+    }
     return build_sae(cfg_cls(d_in=d, d_sae=d_sae, metadata=hook_names_for_layer(1)), w)
 
 
@@ -71,11 +75,19 @@ def test_features_json_has_contexts_highlights_and_behaviours(tmp_path):
     # rows for every position but 0; positions 1-2 of sequence 1 are a repeated prefix (dedup)
     pairs = [(0, p) for p in range(1, 6)] + [(1, 3), (1, 4)]
     acts = torch.randn(len(pairs), 4)
-    store = ActivationStore(acts, torch.tensor([s for s, _ in pairs]), torch.tensor([p for _, p in pairs]),
-                            torch.tensor([seqs[s].ids[p] for s, p in pairs]), torch.zeros(len(pairs), dtype=torch.bool),
-                            1, "fp", seqs)
-    features = interpret_features(sae, store, CharTokenizer(), n_examples=2, n_top_tokens=3, before=3, after=1,
-                                  progress=False)
+    store = ActivationStore(
+        acts,
+        torch.tensor([s for s, _ in pairs]),
+        torch.tensor([p for _, p in pairs]),
+        torch.tensor([seqs[s].ids[p] for s, p in pairs]),
+        torch.zeros(len(pairs), dtype=torch.bool),
+        1,
+        "fp",
+        seqs,
+    )
+    features = interpret_features(
+        sae, store, CharTokenizer(), n_examples=2, n_top_tokens=3, before=3, after=1, progress=False
+    )
     z = sae.encode(acts)
     for f in features:
         j = f["id"]
@@ -90,8 +102,15 @@ def test_features_json_has_contexts_highlights_and_behaviours(tmp_path):
     pooled[:15, 4] += 3
     table = behaviour_association(sae, pooled, labels, top=3)
     assert table[0]["id"] == 4 and table[0]["auroc"] > 0.9
-    path = write_features_json(tmp_path, sae, features, {"deception": {"dataset": "x", "pooling": "mean", "n_pos": 15,
-                                                                      "n_neg": 15, "top": table}}, {"rows": 7}, 3, 1)
+    path = write_features_json(
+        tmp_path,
+        sae,
+        features,
+        {"deception": {"dataset": "x", "pooling": "mean", "n_pos": 15, "n_neg": 15, "top": table}},
+        {"rows": 7},
+        3,
+        1,
+    )
     doc = json.loads(path.read_text())
     assert doc["format"] == "probewatch-sae-features/1" and len(doc["features"]) == 6
     assert "deception+" in doc["features"][4]["description"] or doc["features"][4]["density"] == 0

@@ -13,12 +13,24 @@ from probewatch.probes import ProbeRuntime, load_bundle
 from probewatch.probes.saes import build_sae, get_sae_class, hook_names_for_layer, save_sae
 from probewatch.training.datasets import BehaviourData
 
-FACTS = [("Paris", "France", "Spain"), ("Rome", "Italy", "Peru"), ("Berlin", "Germany", "Chile"),
-         ("Madrid", "Spain", "Japan"), ("Lisbon", "Portugal", "Kenya"), ("Vienna", "Austria", "Brazil"),
-         ("Oslo", "Norway", "Egypt"), ("Dublin", "Ireland", "India"), ("Athens", "Greece", "Canada"),
-         ("Warsaw", "Poland", "Mexico"), ("Prague", "Czechia", "Cuba"), ("Helsinki", "Finland", "Ghana"),
-         ("Budapest", "Hungary", "Nepal"), ("Stockholm", "Sweden", "Chad"), ("Bern", "Switzerland", "Fiji"),
-         ("Sofia", "Bulgaria", "Laos")]
+FACTS = [
+    ("Paris", "France", "Spain"),
+    ("Rome", "Italy", "Peru"),
+    ("Berlin", "Germany", "Chile"),
+    ("Madrid", "Spain", "Japan"),
+    ("Lisbon", "Portugal", "Kenya"),
+    ("Vienna", "Austria", "Brazil"),
+    ("Oslo", "Norway", "Egypt"),
+    ("Dublin", "Ireland", "India"),
+    ("Athens", "Greece", "Canada"),
+    ("Warsaw", "Poland", "Mexico"),
+    ("Prague", "Czechia", "Cuba"),
+    ("Helsinki", "Finland", "Ghana"),
+    ("Budapest", "Hungary", "Nepal"),
+    ("Stockholm", "Sweden", "Chad"),
+    ("Bern", "Switzerland", "Fiji"),
+    ("Sofia", "Bulgaria", "Laos"),
+]
 
 
 def toy_pool() -> BehaviourData:
@@ -26,15 +38,33 @@ def toy_pool() -> BehaviourData:
     for i, (city, true, false) in enumerate(FACTS):
         kind = "capitals_a" if i % 2 else "capitals_b"
         for label, country in ((0, true), (1, false)):
-            pool.append(Dialogue([Message("user", f"Which country is {city} the capital of?"),
-                                  Message("assistant", f"{city} is the capital of {country}.")], label, f"g{i}", kind))
+            pool.append(
+                Dialogue(
+                    [
+                        Message("user", f"Which country is {city} the capital of?"),
+                        Message("assistant", f"{city} is the capital of {country}."),
+                    ],
+                    label,
+                    f"g{i}",
+                    kind,
+                )
+            )
     return BehaviourData("deception", pool, token_selection="response", aggregations=("mean", "max"))
 
 
 def toy_control() -> list[Dialogue]:
-    return [Dialogue([Message("user", f"Give me a tip number {i} for cooking."),
-                      Message("assistant", "Taste the food as you cook and adjust the salt.")], 0, f"c{i}", "control")
-            for i in range(10)]
+    return [
+        Dialogue(
+            [
+                Message("user", f"Give me a tip number {i} for cooking."),
+                Message("assistant", "Taste the food as you cook and adjust the salt."),
+            ],
+            0,
+            f"c{i}",
+            "control",
+        )
+        for i in range(10)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +75,16 @@ def reference_sae(reference, tmp_path_factory):
     w_dec = torch.randn(256, d, generator=g)
     w_dec /= w_dec.norm(dim=1, keepdim=True)
     weights = {"W_enc": w_dec.T.contiguous() * 0.05, "b_enc": torch.zeros(256), "W_dec": w_dec, "b_dec": torch.zeros(d)}
-    cfg = cfg_cls(d_in=d, d_sae=256, k=16, metadata={**hook_names_for_layer(9), "model_name": reference.model_id,
-                                                      "model_fingerprint": reference.fingerprint})
+    cfg = cfg_cls(
+        d_in=d,
+        d_sae=256,
+        k=16,
+        metadata={
+            **hook_names_for_layer(9),
+            "model_name": reference.model_id,
+            "model_fingerprint": reference.fingerprint,
+        },
+    )
     path = tmp_path_factory.mktemp("saes") / "l9-topk-random"
     save_sae(build_sae(cfg, weights), path)
     return path
@@ -60,9 +98,19 @@ def test_fit_export_and_live_parity(reference, reference_sae, tmp_path, monkeypa
     monkeypatch.setenv("PROBEWATCH_HOME", str(tmp_path / "home"))  # activation caches stay in the test
     torch.set_num_threads(1)
     out = tmp_path / f"sae-deception-{method}"
-    summary = fit_and_export_sae_probe(reference, reference_sae, "deception", method=method, n_features=4,
-                                       max_features=32, out=out, data=toy_pool(), control=toy_control(),
-                                       progress=False, parity_check=4)
+    summary = fit_and_export_sae_probe(
+        reference,
+        reference_sae,
+        "deception",
+        method=method,
+        n_features=4,
+        max_features=32,
+        out=out,
+        data=toy_pool(),
+        control=toy_control(),
+        progress=False,
+        parity_check=4,
+    )
     assert summary["parity"]["max_abs_diff"] < 1e-2
     bundle = load_bundle(out, expected_fingerprint=reference.fingerprint, expected_d_model=reference.d_model)
     m = bundle.manifest

@@ -20,15 +20,22 @@ def synthetic_store(n: int = 6000, d: int = 16, n_features: int = 48, seed: int 
     feats /= feats.norm(dim=1, keepdim=True)
     codes = (torch.rand(n, n_features, generator=g) < 0.06).float() * torch.rand(n, n_features, generator=g) * 3
     acts = (codes @ feats + 0.3) * 7.0
-    return ActivationStore(acts=acts, seq=torch.arange(n), pos=torch.ones(n, dtype=torch.long),
-                           tok=torch.zeros(n, dtype=torch.long), is_eval=torch.arange(n) % 10 == 0, layer=1,
-                           fingerprint="pwfp1:test", sequences=[])
+    return ActivationStore(
+        acts=acts,
+        seq=torch.arange(n),
+        pos=torch.ones(n, dtype=torch.long),
+        tok=torch.zeros(n, dtype=torch.long),
+        is_eval=torch.arange(n) % 10 == 0,
+        layer=1,
+        fingerprint="pwfp1:test",
+        sequences=[],
+    )
 
 
 SETTINGS = {
-    "topk": dict(architecture="topk", k=6),
-    "relu": dict(architecture="relu", l1_coefficient=0.5),
-    "jumprelu": dict(architecture="jumprelu", l0_coefficient=0.02),
+    "topk": {"architecture": "topk", "k": 6},
+    "relu": {"architecture": "relu", "l1_coefficient": 0.5},
+    "jumprelu": {"architecture": "jumprelu", "l0_coefficient": 0.02},
 }
 
 
@@ -47,8 +54,16 @@ def test_each_architecture_learns(tmp_path, arch):
 
 def test_resume_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path):
     store = synthetic_store(n=3000)
-    settings = SAETrainSettings(architecture="topk", k=4, d_sae=32, batch_size=256, epochs=3, lr=2e-3,
-                                checkpoint_every_steps=5, dead_window_tokens=500)
+    settings = SAETrainSettings(
+        architecture="topk",
+        k=4,
+        d_sae=32,
+        batch_size=256,
+        epochs=3,
+        lr=2e-3,
+        checkpoint_every_steps=5,
+        dead_window_tokens=500,
+    )
     full = train_sae(store, settings, tmp_path / "full", progress=False)
     partial = train_sae(store, settings, tmp_path / "resumed", progress=False, max_steps=13)
     assert partial.steps == 13 and (tmp_path / "resumed" / "checkpoint" / "state.json").is_file()
@@ -60,7 +75,7 @@ def test_resume_from_a_checkpoint_gives_the_uninterrupted_result(tmp_path):
 
 def test_checkpoint_of_another_run_is_refused(tmp_path):
     store = synthetic_store(n=2000)
-    base = dict(architecture="topk", k=4, d_sae=32, batch_size=256, epochs=1, checkpoint_every_steps=2)
+    base = {"architecture": "topk", "k": 4, "d_sae": 32, "batch_size": 256, "epochs": 1, "checkpoint_every_steps": 2}
     train_sae(store, SAETrainSettings(**base), tmp_path, progress=False, max_steps=2)
     with pytest.raises(SAETrainingError, match="belongs to a run with other settings"):
         train_sae(store, SAETrainSettings(**{**base, "k": 5}), tmp_path, progress=False)
