@@ -6,27 +6,73 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
+# Exact versions the suite last passed with (pip constraints; `make lock` regenerates it).
+LOCK ?= requirements.lock
 SHARED_DATA ?= $(abspath ../shared/datasets)
 export PROBEWATCH_DATA ?= $(SHARED_DATA)
 PYTEST_ARGS ?=
+PIP := python -m pip install -q --disable-pip-version-check
 
-.PHONY: setup demo test bench bench-capture bench-quality bench-overhead bench-ingest sae proto lint clean
+.PHONY: setup demo test lint typecheck lock test-latest test-compat bench bench-capture bench-quality \
+	bench-overhead bench-ingest sae proto clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The CPU torch first (a bare torch requirement would pull a multi-GB CUDA build), then this
+# package with its dev extras at the locked versions.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/$(PIP) --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/$(PIP) "$(TORCH_SPEC)"
+	$(BIN)/$(PIP) -c $(LOCK) -e '.[dev]'
 	touch $@
 
 demo: setup
 	$(BIN)/probewatch demo
 
-test: setup
+# What CI runs (.ci/run): lint and type gates first (they fail in seconds), then the suite.
+test: setup lint typecheck
 	bash deploy/scripts/ensure-prometheus.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# ruff (lint + format check) and mypy; settings in pyproject.toml. `ruff format .` fixes formatting.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	PYTHON=$(BIN)/python bash deploy/scripts/typecheck.sh
+
+# Regenerate $(LOCK) from pyproject.toml: a fresh venv gets the newest versions the ranges allow;
+# their exact versions are written down. Then run `make test` and commit the lock with the result.
+lock:
+	bash deploy/scripts/lock.sh $(LOCK) "$(TORCH_SPEC)"
+
+# Drift check: a separate venv with the newest versions pyproject.toml allows (no lock), then the
+# whole suite. Run it before raising an upper bound (docs/development.md).
+LATEST_VENV ?= .venv-latest
+test-latest:
+	rm -rf $(LATEST_VENV)
+	$(PYTHON) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/$(PIP) --upgrade pip
+	$(LATEST_VENV)/bin/$(PIP) "$(TORCH_SPEC)"
+	$(LATEST_VENV)/bin/$(PIP) --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(LATEST_VENV)/bin/python -m pip list --disable-pip-version-check 2>/dev/null | grep -iE '^(transformers|tokenizers|torch|grpcio|numpy|scikit-learn) '
+	bash deploy/scripts/ensure-prometheus.sh
+	$(LATEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# The capture / attach / live-vs-offline parity tests (marker `compat`) against the oldest and
+# newest supported transformers, each in its own venv (.venv-compat-<version>).
+COMPAT_TRANSFORMERS ?= 5.19.0 5.24.0
+test-compat:
+	@for v in $(COMPAT_TRANSFORMERS); do \
+	  venv=.venv-compat-$$v; \
+	  test -x $$venv/bin/python || $(PYTHON) -m venv $$venv || exit 1; \
+	  $$venv/bin/python -c "import torch" 2>/dev/null || $$venv/bin/$(PIP) "$(TORCH_SPEC)" || exit 1; \
+	  $$venv/bin/$(PIP) -e '.[dev]' "transformers==$$v" || exit 1; \
+	  echo "== transformers $$v"; \
+	  $$venv/bin/python -m pytest -q -m compat $(PYTEST_ARGS) || exit 1; \
+	done
 
 # Every benchmark, one after the other (not in parallel: they time the same 2 cores).
 bench: bench-capture bench-overhead bench-ingest bench-quality
@@ -68,8 +114,5 @@ bench-ingest: setup
 proto: setup
 	$(BIN)/python -m probewatch.proto.generate
 
-lint: setup
-	$(BIN)/python -m ruff check probewatch probes training server tests || true
-
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) .venv-compat-* .venv-lock build *.egg-info .pytest_cache

@@ -1,4 +1,4 @@
-"""Package discovery for the design card's layout (metadata lives in pyproject.toml).
+"""Package discovery for the project's layout (metadata lives in pyproject.toml).
 
 The top-level folders probes/, training/, server/ and proto/ install as probewatch.probes,
 probewatch.training, probewatch.server and probewatch.proto; every sub-folder with an

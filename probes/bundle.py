@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -188,7 +189,7 @@ def _check_shapes(manifest: Manifest, tensors: dict[str, torch.Tensor], where: s
 
 
 def load_bundles(
-    paths: list[str | Path], expected_fingerprint: str | None = None, expected_d_model: int | None = None
+    paths: Sequence[str | Path], expected_fingerprint: str | None = None, expected_d_model: int | None = None
 ) -> list[Bundle]:
     """Load several bundles; a directory holding bundle sub-directories is expanded."""
     out: list[Bundle] = []
@@ -197,7 +198,7 @@ def load_bundles(
     return out
 
 
-def expand_bundle_dirs(paths: list[str | Path]) -> list[Path]:
+def expand_bundle_dirs(paths: Sequence[str | Path]) -> list[Path]:
     """Each path is a bundle, or a folder whose immediate sub-folders are bundles."""
     result: list[Path] = []
     for p in map(Path, paths):

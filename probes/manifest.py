@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from probewatch.behaviours import BEHAVIOURS
 from probewatch.probes.errors import CorruptBundleError, UnsupportedFormatVersionError
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
-BEHAVIOURS = ("deception", "refusal", "alignment_faking")
 KINDS = ("linear", "mean_diff", "lat", "sae_feature")
 TOKEN_SELECTIONS = ("response", "prompt_last", "all")
 AGGREGATIONS = ("mean", "max", "last", "ema", "rolling_mean_max")

@@ -114,7 +114,7 @@ class ProbeRuntime:
             name = _sae_name(sae)
             if name in groups:
                 raise BundleError(f"two different SAEs are named {name!r}; rename one of the SAE folders")
-            source = getattr(sae, "source_path", None)
+            source = sae.source_path
             group = SAEGroup(name=name, sae=sae, descriptions=load_feature_descriptions(source) if source else {})
             groups[name] = by_sae[id(sae)] = group
             return group
@@ -232,7 +232,8 @@ class ProbeRuntime:
         for name, group in self.sae_groups.items():
             if group.layer == layer and group.watch:
                 _, watched = group.run(rows)
-                out[name] = watched
+                if watched is not None:
+                    out[name] = watched
         return out
 
     def _check_rows(self, layer: int, rows: torch.Tensor) -> None:
@@ -243,8 +244,7 @@ class ProbeRuntime:
 
 
 def _sae_name(sae: SAE) -> str:
-    name = getattr(sae, "name", None)
-    if name:
-        return str(name)
-    source = getattr(sae, "source_path", None)
+    if sae.name:
+        return sae.name
+    source = sae.source_path
     return source.name if source is not None else f"sae-layer{sae.cfg.layer}-{sae.cfg.architecture()}-{sae.cfg.d_sae}"

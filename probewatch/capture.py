@@ -1,6 +1,6 @@
 """Residual capture: hook decoder layers of any HF decoder-only model and yield layer outputs.
 
-Contract (ARCHITECTURE.md): "layer L residual" is the output hidden state of decoder layer L,
+Contract (docs/architecture.md, "Hook point"): "layer L residual" is the output hidden state of decoder layer L,
 i.e. `hidden_states[L+1]` in HF transformers, taken before any final norm. Hook names follow
 TransformerLens's dotted style: `blocks.{L}.hook_resid_post`.
 
@@ -189,8 +189,10 @@ class ResidualCapture:
     # -- hooks -----------------------------------------------------------------------------------
     def _on_model_call(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        embeds = kwargs.get("inputs_embeds")
-        n_tokens = (input_ids if input_ids is not None else embeds).shape[1]
+        fed = input_ids if input_ids is not None else kwargs.get("inputs_embeds")
+        if fed is None:
+            raise UnsupportedModelError("a model forward without input_ids or inputs_embeds cannot be captured")
+        n_tokens = int(fed.shape[1])
         self._start = forward_start(kwargs, self._counted)
         self._counted = self._start + n_tokens
         mask = kwargs.get("attention_mask")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from probewatch.capture import run_forward
@@ -17,6 +18,7 @@ from probewatch.data.chat import EncodedDialogue, encode_dialogue, pad_batch
 from probewatch.data.dialogue import Dialogue
 from probewatch.probes.aggregate import aggregate
 from probewatch.probes.runtime import ProbeRuntime
+from probewatch.probes.selection import selection_mask
 
 
 @dataclass
@@ -32,16 +34,10 @@ class DialogueScores:
     flagged: dict[str, bool] = field(default_factory=dict)
 
 
-def selection_mask(encoded: EncodedDialogue, token_selection: str) -> list[bool]:
-    """Which tokens of an encoded dialogue a probe with this `token_selection` reads."""
-    n = len(encoded.input_ids)
-    if token_selection == "response":
-        return list(encoded.scored)
-    if token_selection == "prompt_last":
-        return [i == encoded.prompt_last for i in range(n)]
-    if token_selection == "all":
-        return [True] * n
-    raise ValueError(f"unknown token_selection {token_selection!r}")
+def dialogue_selection(encoded: EncodedDialogue, token_selection: str) -> np.ndarray:
+    """Which tokens of an encoded dialogue a probe reads: the live rule (`selection_mask`) on its positions."""
+    positions = np.arange(len(encoded.input_ids))
+    return selection_mask(token_selection, positions, encoded.prompt_last + 1, response=np.asarray(encoded.scored))
 
 
 def _batches(items: Sequence, size: int) -> Iterator[tuple[int, Sequence]]:
@@ -76,7 +72,7 @@ def score_dialogues(
             result = DialogueScores(offset + b, dialogue.label, dialogue.kind, dialogue.group)
             for probe_id, scores in all_scores.items():
                 manifest = runtime.bundle(probe_id).manifest
-                mask = torch.tensor(selection_mask(enc, manifest.token_selection))
+                mask = torch.from_numpy(dialogue_selection(enc, manifest.token_selection))
                 selected = scores.cpu()[mask].tolist()
                 value = aggregate(selected, manifest.aggregation)
                 result.token_scores[probe_id] = selected

@@ -4,7 +4,7 @@
     python -m probewatch.proto.generate --check    # exit 1 when the committed stubs drift
 
 protoc writes imports for the protobuf package path (`from probewatch.v1 import monitor_pb2`),
-but the stubs are installed under `probewatch.proto` (the design card's proto/ folder maps there),
+but the stubs are installed under `probewatch.proto` (setup.py maps the proto/ folder there),
 so the imports are rewritten to `probewatch.proto.probewatch.v1`. Everything else is protoc's
 output byte for byte, which is what the drift test compares.
 """

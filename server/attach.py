@@ -37,7 +37,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import grpc
 import torch
@@ -55,11 +55,14 @@ log = logging.getLogger(__name__)
 _STOP = object()
 
 
+AttachMode = Literal["rows", "pushdown"]
+
+
 class AttachConfig(BaseModel):
     """Attach-client settings (all optional)."""
 
     sidecar: str = Field(default_factory=envs.sidecar_address)
-    mode: Literal["rows", "pushdown"] = "rows"
+    mode: AttachMode = "rows"
     wire_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: the model's dtype
     queue_size: int = 1024  # captured blocks waiting for the sender; beyond: drop and count
     steps_per_message: int = 8  # decode steps merged into one chunk (at most)
@@ -124,9 +127,17 @@ class GenerationHandle:
     def done(self) -> bool:
         return self._done.is_set()
 
-    def result(self, timeout: float | None = 10.0) -> GenerationResult:
-        """The summary once the sidecar sent it; after `timeout`, what arrived so far (status 'pending')."""
-        self._done.wait(timeout)
+    def result(self, timeout: float = 10.0) -> GenerationResult:
+        """The summary once the sidecar sent it; after `timeout` seconds, what arrived so far.
+
+        A summary that does not come back in time leaves status 'pending' with a reason naming the
+        wait (logged once): a caller never blocks longer than `timeout`.
+        """
+        if not self._done.wait(timeout):
+            with self._lock:
+                if self._result.reason is None:
+                    self._result.reason = f"no summary from the sidecar within {timeout:g}s"
+                    log.warning("probewatch: generation %s: %s", self.id, self._result.reason)
         with self._lock:
             r = self._result
             return GenerationResult(
@@ -161,8 +172,7 @@ class GenerationHandle:
         with self._lock:
             r = self._result
             r.status = summary.status
-            if self.capture_error:
-                r.reason = self.capture_error
+            r.reason = self.capture_error  # a late summary replaces the 'no summary within' note
             r.tokens_scored = summary.tokens_scored
             r.dropped_chunks = summary.dropped_chunks
             for res in summary.results:
@@ -214,7 +224,7 @@ class LayerCapture:
     prompt_rows: int
 
     @property
-    def kind(self) -> int:
+    def kind(self) -> pb.PayloadKind:
         return pb.PAYLOAD_KIND_PROJECTIONS if self.pushdown else pb.PAYLOAD_KIND_RESIDUAL_ROWS
 
 
@@ -362,7 +372,7 @@ class SidecarLink:
     def _session(self) -> bool:
         """Connect, stream until the stream ends; True when it was up for a while."""
         cfg = self.config
-        options = [
+        options: list[tuple[str, int | str]] = [
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
         ]
@@ -516,7 +526,7 @@ class _Block:
     step: _Step
     layer: int
     start: int
-    kind: int
+    kind: pb.PayloadKind
     host: torch.Tensor  # gathered rows, on the host (copy maybe still in flight)
     event: Any
     prefill_rows: list[tuple[int, int, int]] | None  # (b, position, token) per row for prompt blocks
@@ -525,7 +535,7 @@ class _Block:
 @dataclass
 class _Control:
     handle: GenerationHandle
-    message: pb.MonitorRequest
+    message: pb.MonitorRequest | _CloseMarker
 
 
 class _Call:
@@ -645,7 +655,7 @@ class _Call:
 
     def transform(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         cap = self.plan.captures.get(layer)
-        if cap is None or not cap.pushdown:
+        if cap is None or cap.projection is None:
             return hidden
         return hidden.to(torch.float32) @ cap.projection
 
@@ -685,8 +695,6 @@ class Monitor:
         self._handles_lock = threading.Lock()
         self.link: SidecarLink | None = None
         self._sender: threading.Thread | None = None
-        self.blocks_enqueued = 0
-        self.chunks_sent = 0
         self._plans: dict[tuple[int, str], Plan] = {}
         # hooks live on the shared model: two monitored generate() calls at once would see each
         # other's rows, so monitored calls on one model take turns (unmonitored ones never wait)
@@ -719,7 +727,7 @@ class Monitor:
         """Switch between 'rows' and 'pushdown' for the next generate() calls (benchmarks, A/B)."""
         if mode not in ("rows", "pushdown"):
             raise ValueError(f"mode must be 'rows' or 'pushdown', got {mode!r}")
-        self.config.mode = mode
+        self.config.mode = cast(AttachMode, mode)
 
     def _current_plan(self) -> tuple[Plan | None, int]:
         link = self.link
@@ -761,13 +769,6 @@ class Monitor:
 
     def __exit__(self, *exc: object) -> None:
         self.detach()
-
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until every captured block was handed to gRPC (tests, benchmarks)."""
-        deadline = time.monotonic() + timeout
-        while len(self._queue) and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return not len(self._queue)
 
     # -- generate wrapper ----------------------------------------------------------------------------
     def _generate(self, *args, **kwargs):
@@ -936,7 +937,6 @@ class Monitor:
 
     def _enqueue_block(self, item: _Block) -> None:
         if self._queue.put_data(item):
-            self.blocks_enqueued += 1
             return
         self.metrics.dropped_chunks.labels(reason="queue_full").inc()
         for h in item.call.handles:
@@ -1038,7 +1038,6 @@ class Monitor:
                 payload=encode_tensor(rows[i : i + step], dtype),
             )
             if self._send(pb.MonitorRequest(chunk=chunk), acc.handle):
-                self.chunks_sent += 1
                 self.metrics.chunks_sent.inc()
 
     def _send(self, message: pb.MonitorRequest, handle: GenerationHandle) -> bool:
@@ -1102,7 +1101,7 @@ class _CloseMarker:
 class _Pending:
     handle: GenerationHandle
     layer: int
-    kind: int
+    kind: pb.PayloadKind
     rows: list[torch.Tensor] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
@@ -1123,7 +1122,7 @@ def attach(
     for the first connection so the first generation is monitored. With PROBEWATCH_DISABLE=1 the
     returned monitor is inert and the model is untouched.
     """
-    config = AttachConfig(mode=mode, **({"sidecar": sidecar} if sidecar else {}), **settings)
+    config = AttachConfig.model_validate({"mode": mode, **({"sidecar": sidecar} if sidecar else {}), **settings})
     monitor = Monitor(model, tokenizer, config, metrics)
     if wait_s > 0 and monitor.enabled:
         monitor.wait_ready(wait_s)

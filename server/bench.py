@@ -125,7 +125,8 @@ def random_bundles(
 
     g = torch.Generator().manual_seed(0)
     paths = []
-    behaviours = ("deception", "refusal", "alignment_faking")
+    from probewatch.behaviours import BEHAVIOURS as behaviours
+
     for layer in layers:
         for j in range(per_layer):
             pid = f"bench-l{layer}-{j}"
@@ -171,8 +172,8 @@ def overhead_main(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model)
     model, tok = loaded.model, loaded.tokenizer
-    with tempfile.TemporaryDirectory(prefix="probewatch-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="probewatch-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         bundle_note = "given"
         paths = (
             resolve_bundle_specs(args.bundles, loaded.model_id)
@@ -202,7 +203,10 @@ def overhead_main(args: argparse.Namespace) -> int:
                 raise SystemExit(f"could not connect to the benchmark sidecar at {sidecar.address}")
             from probewatch.server.attach import Plan
 
-            plan = Plan.from_listing(monitor.link.listing, "pushdown", monitor.device)  # which layers can push down
+            listing = monitor.link.listing if monitor.link is not None else None
+            if listing is None:
+                raise SystemExit(f"the benchmark sidecar at {sidecar.address} sent no probe listing")
+            plan = Plan.from_listing(listing, "pushdown", monitor.device)  # which layers can push down
             text = "Write a short story about a lighthouse keeper who finds a message in a bottle."
             from probewatch.data.chat import render
 
@@ -348,6 +352,18 @@ server.wait_for_termination()
 """
 
 
+def _read_port(proc: Any, what: str, timeout_s: float = 30.0) -> int:
+    """The port a helper process prints on its first stdout line; a bounded wait with a clear error."""
+    import select
+
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    line = proc.stdout.readline() if ready else ""
+    if not line.strip().isdigit():
+        raise SystemExit(f"{what} did not report its port within {timeout_s:g}s (exit code {proc.poll()})")
+    return int(line)
+
+
 def _raw_socket_seconds(payloads: list[bytes], port: int) -> float:
     import socket
 
@@ -379,8 +395,8 @@ def ingest_main(args: argparse.Namespace) -> int:
     rng = np.random.default_rng(0)
     blocks = [encode_array(rng.standard_normal((args.rows, d), dtype=np.float32)) for _ in range(8)]
     payload_bytes = len(blocks[0].data) * args.chunks
-    with tempfile.TemporaryDirectory(prefix="probewatch-bench-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="probewatch-bench-") as tmp_name:
+        tmp = Path(tmp_name)
         paths = random_bundles(tmp / "bundles", "bench", fingerprint, d, None, layers, per_layer=2)
         serve_args = [
             "--model",
@@ -400,9 +416,10 @@ def ingest_main(args: argparse.Namespace) -> int:
         )
         noop = subprocess.Popen([sys.executable, "-c", _GRPC_NOOP, str(64 << 20)], stdout=subprocess.PIPE, text=True)
         try:
-            port = int(receiver.stdout.readline())
+            port = _read_port(receiver, "the raw-socket receiver")
             noop_channel = grpc.insecure_channel(
-                f"127.0.0.1:{int(noop.stdout.readline())}", options=[("grpc.max_send_message_length", 64 << 20)]
+                f"127.0.0.1:{_read_port(noop, 'the no-op gRPC server')}",
+                options=[("grpc.max_send_message_length", 64 << 20)],
             )
             grpc.channel_ready_future(noop_channel).result(timeout=30)
             with SidecarProcess(serve_args, tmp) as sidecar:

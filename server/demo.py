@@ -89,6 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port", type=int, default=0, help="HTTP port (default: ephemeral; 8000 is usual with --serve)"
     )
     parser.add_argument("--metrics-port", type=int, default=0, help="sidecar /metrics port (default: ephemeral)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        help="seconds one conversation may go without a response from the endpoint before the demo "
+        "stops with an error naming it (default 180)",
+    )
 
 
 def _bundles_or_explain(model: str | None, bundles: list[str] | None) -> list[Path]:
@@ -136,7 +143,13 @@ def main(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens,
     )
     with LocalStack(options) as stack:
-        sidecar = stack.sidecar
+        sidecar, monitor = stack.sidecar, stack.monitor
+        assert sidecar is not None and monitor is not None  # the demo starts its own sidecar
+        if not monitor.up:
+            raise ProbewatchError(
+                f"the sidecar at {sidecar.address} did not answer the attach client within "
+                f"{options.connect_timeout_s:g}s: nothing would be monitored"
+            )
         console.print(
             f"sidecar gRPC {sidecar.address}  /metrics http://127.0.0.1:{sidecar.metrics_port}/metrics  "
             f"endpoint {stack.url}/v1/chat/completions  ({time.monotonic() - started:.1f}s to start)"
@@ -151,9 +164,12 @@ def main(args: argparse.Namespace) -> int:
             console.print(f"  conversation {i} [bold]{s.name}[/bold]: {s.what}")
         before = _incident_ids(incident_db)
         rows = [Row(s) for s in SCENARIOS]
-        with httpx.Client(base_url=stack.url, timeout=600) as client:
+        with httpx.Client(base_url=stack.url, timeout=httpx.Timeout(args.timeout, connect=10.0)) as client:
             _play(client, rows, probes, args, console)
+        try:
             metrics_text = httpx.get(f"http://127.0.0.1:{sidecar.metrics_port}/metrics", timeout=30).text
+        except httpx.HTTPError as exc:
+            raise ProbewatchError(f"the sidecar's /metrics did not answer within 30s ({exc})") from None
         new_incidents = [i for i in _incident_rows(incident_db) if i.id not in before]
         summary = _summary(rows, probes, new_incidents, metrics_text, stack, incident_db)
         _print_summary(console, summary)
@@ -161,6 +177,8 @@ def main(args: argparse.Namespace) -> int:
             from probewatch.cli.common import print_json
 
             print_json(summary)
+        if summary["problems"]:
+            return 1
         if args.serve:
             console.print(f"\nserving: {stack.url}/v1/chat/completions (Ctrl-C to stop)")
             try:
@@ -185,6 +203,7 @@ def _console(args: argparse.Namespace):
 
 
 def _play(client, rows: list[Row], probes, args: argparse.Namespace, console) -> None:
+    import httpx
     from rich.live import Live
 
     with Live(_table(rows, probes), console=console, refresh_per_second=8, transient=False) as live:
@@ -198,27 +217,38 @@ def _play(client, rows: list[Row], probes, args: argparse.Namespace, console) ->
                 "stream": True,
                 "metadata": {"scenario": row.scenario.name},
             }
-            with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                if response.status_code != 200:
-                    raise ProbewatchError(
-                        f"the embedded server answered HTTP {response.status_code}: "
-                        f"{response.read().decode(errors='replace')[:300]}"
-                    )
-                for line in response.iter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    event = json.loads(line[6:])
-                    if "error" in event:
-                        raise ProbewatchError(f"generation failed: {event['error']['message']}")
-                    delta = event["choices"][0]["delta"].get("content")
-                    if delta:
-                        row.text += delta
-                    if "probewatch" in event:
-                        row.info = event["probewatch"]
-                    live.update(_table(rows, probes))
+            try:
+                _stream_one(client, body, row, lambda: live.update(_table(rows, probes)))
+            except httpx.TimeoutException:
+                raise ProbewatchError(
+                    f"conversation {row.scenario.name!r}: no generation from the embedded endpoint within "
+                    f"{args.timeout:g}s (stuck, or the machine is overloaded; --timeout sets the limit)"
+                ) from None
             row.seconds = time.monotonic() - t0
             row.done = True
             live.update(_table(rows, probes))
+
+
+def _stream_one(client, body: dict[str, Any], row: Row, refresh) -> None:
+    """POST one streaming chat completion; fill `row` with its text and probewatch result."""
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            raise ProbewatchError(
+                f"the embedded server answered HTTP {response.status_code}: "
+                f"{response.read().decode(errors='replace')[:300]}"
+            )
+        for line in response.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            event = json.loads(line[6:])
+            if "error" in event:
+                raise ProbewatchError(f"conversation {row.scenario.name!r}: {event['error']['message']}")
+            delta = event["choices"][0]["delta"].get("content")
+            if delta:
+                row.text += delta
+            if "probewatch" in event:
+                row.info = event["probewatch"]
+            refresh()
 
 
 def _table(rows: list[Row], probes):
@@ -288,7 +318,21 @@ def _summary(rows: list[Row], probes, incidents, metrics_text: str, stack, incid
                 "flagged": row.info.get("flagged", {}),
                 "alerts": row.info.get("alerts", []),
                 "tokens_scored": row.info.get("tokens_scored", 0),
+                "status": row.info.get("status", "unmonitored"),
+                "reason": row.info.get("reason"),
             }
+        )
+    client = _client_metrics(stack)
+    problems = [
+        f"conversation {g['scenario']!r} was not fully monitored: {g['status']}"
+        + (f" ({g['reason']})" if g["reason"] else "")
+        for g in generations
+        if not g["monitored"] or g["status"] != "closed"
+    ]
+    if client["probewatch_client_capture_errors_total"]:
+        problems.append(
+            f"{client['probewatch_client_capture_errors_total']:.0f} generations failed the capture self-check "
+            "(see the log above; `make test-compat` checks the installed transformers)"
         )
     return {
         "model": stack.loaded.model_id,
@@ -308,19 +352,41 @@ def _summary(rows: list[Row], probes, incidents, metrics_text: str, stack, incid
             "probewatch_rejected_messages_total": _metric(metrics_text, "probewatch_rejected_messages_total"),
             "probewatch_dropped_chunks_total": _metric(metrics_text, "probewatch_dropped_chunks_total"),
         },
+        "client_metrics": client,
+        "problems": problems,
+    }
+
+
+def _client_metrics(stack) -> dict[str, float]:
+    """The attach client's own counters (capture self-check failures, unmonitored generations)."""
+    from prometheus_client import generate_latest
+
+    text = generate_latest(stack.monitor.metrics.registry).decode() if stack.monitor is not None else ""
+    return {
+        name: _metric(text, name)
+        for name in (
+            "probewatch_client_capture_errors_total",
+            "probewatch_client_unmonitored_generations_total",
+            "probewatch_client_dropped_chunks_total",
+        )
     }
 
 
 def _print_summary(console, summary: dict[str, Any]) -> None:
-    m = summary["metrics"]
+    m, c = summary["metrics"], summary["client_metrics"]
     console.print(
         f"\n[bold]summary[/bold]: {summary['monitored']}/{len(summary['generations'])} generations monitored, "
         f"{summary['alerts']} alerts, {len(summary['incidents'])} incidents recorded in {summary['incident_db']}\n"
         f"sidecar /metrics: {m['probewatch_tokens_scored_total']:.0f} token rows scored, "
         f"{m['probewatch_generations_total']:.0f} generations, {m['probewatch_alerts_total']:.0f} alerts, "
         f"{m['probewatch_dropped_chunks_total']:.0f} dropped chunks, "
-        f"{m['probewatch_rejected_messages_total']:.0f} rejected messages"
+        f"{m['probewatch_rejected_messages_total']:.0f} rejected messages\n"
+        f"attach client: {c['probewatch_client_capture_errors_total']:.0f} capture self-check errors, "
+        f"{c['probewatch_client_unmonitored_generations_total']:.0f} unmonitored generations, "
+        f"{c['probewatch_client_dropped_chunks_total']:.0f} dropped chunks"
     )
+    for problem in summary["problems"]:
+        console.print(f"[bold red]PROBLEM[/bold red]: {problem}")
     if summary["incidents"]:
         console.print(
             f"review: probewatch incidents list --db {summary['incident_db']}   "

@@ -40,6 +40,7 @@ from probewatch.probes.aggregate import Aggregator, make_aggregator
 from probewatch.probes.bundle import LINEAR_KINDS, Bundle
 from probewatch.probes.manifest import Aggregation
 from probewatch.probes.runtime import ProbeRuntime
+from probewatch.probes.selection import selection_mask
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.server.incidents import Incident, IncidentStore
 from probewatch.server.metrics import SidecarMetrics
@@ -84,15 +85,6 @@ class ProbeSpec:
             version=str(m.version),
             fingerprint=m.model.fingerprint,
         )
-
-
-def selection_mask(token_selection: str, positions: np.ndarray, prompt_length: int) -> np.ndarray:
-    """Which of `positions` a probe reads (same rule as offline `probewatch.scoring.selection_mask`)."""
-    if token_selection == "response":
-        return positions >= prompt_length
-    if token_selection == "prompt_last":
-        return positions == prompt_length - 1
-    return np.ones(positions.shape, dtype=bool)
 
 
 # -- per-stream and per-generation state ------------------------------------------------------------
@@ -142,7 +134,6 @@ class Generation:
     last_position: dict[int, int] = field(default_factory=dict)  # per layer, reader-side validation
     rows_per_layer: dict[int, int] = field(default_factory=dict)
     kept_scores: dict[str, int] = field(default_factory=dict)
-    token_ids: dict[int, int] = field(default_factory=dict)
     alerts: dict[str, pb.Alert] = field(default_factory=dict)
     closing: bool = False  # Close (or stream end) received: no more chunks accepted
     finished: bool = False  # finalised by the worker
@@ -259,10 +250,6 @@ class ScoringEngine:
             yield
         finally:
             self._release.set()
-
-    @property
-    def layer_widths(self) -> dict[int, int]:
-        return {layer: stack.k for layer, stack in self.runtime.stacks.items()}
 
     # -- registry (called from stream reader threads) -------------------------------------------------
     def open_generation(self, stream: StreamState, msg: pb.Open) -> Generation:
@@ -709,7 +696,7 @@ def _webhook_payload(gen: Generation, spec: ProbeSpec, alert: pb.Alert, fingerpr
     }
 
 
-def layer_prompt_rows(specs: Sequence[ProbeSpec]) -> int:
+def layer_prompt_rows(specs: Sequence[ProbeSpec]) -> pb.PromptRows:
     """The PromptRows a set of probes on one layer needs."""
     selections = {s.token_selection for s in specs}
     if "all" in selections:

@@ -19,6 +19,8 @@ scores of the same conversation are the same tokens.
 from __future__ import annotations
 
 import json
+import logging
+import queue
 import threading
 import time
 import uuid
@@ -30,6 +32,9 @@ import torch
 from pydantic import BaseModel, Field
 
 from probewatch.data.chat import render
+from probewatch.jsonio import to_jsonable
+
+log = logging.getLogger(__name__)
 
 
 class ChatMessage(BaseModel):
@@ -59,18 +64,30 @@ class Completion:
     probewatch: dict[str, Any]
 
 
+class GenerationTimeout(RuntimeError):
+    """A streamed generation produced no token within the service's token timeout."""
+
+
 class ChatService:
     """Model + tokenizer + attach monitor behind one lock."""
 
     def __init__(
-        self, model, tokenizer, monitor, model_name: str, default_max_tokens: int = 128, result_timeout_s: float = 10.0
+        self,
+        model,
+        tokenizer,
+        monitor,
+        model_name: str,
+        default_max_tokens: int = 128,
+        result_timeout_s: float = 10.0,
+        token_timeout_s: float = 120.0,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.monitor = monitor
         self.model_name = model_name
         self.default_max_tokens = default_max_tokens
-        self.result_timeout_s = result_timeout_s
+        self.result_timeout_s = result_timeout_s  # wait for the sidecar's summary of a generation
+        self.token_timeout_s = token_timeout_s  # a streamed generation may go this long without a token
         self._lock = threading.Lock()
 
     def _inputs(self, request: ChatRequest) -> dict[str, torch.Tensor]:
@@ -150,7 +167,9 @@ class ChatService:
 
         generation_id = f"gen-{uuid.uuid4().hex[:16]}"
         inputs = self._inputs(request)
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.token_timeout_s
+        )
         box: dict[str, Any] = {}
 
         def run() -> None:  # generate in its own thread; the monitor's handles are thread-local there
@@ -171,8 +190,14 @@ class ChatService:
                 for delta in streamer:
                     if delta:
                         yield delta, None
+            except queue.Empty:
+                raise GenerationTimeout(
+                    f"generation {generation_id}: no token within {self.token_timeout_s:g}s"
+                ) from None
             finally:  # also when the HTTP client went away: the next request waits for this one
-                worker.join()
+                worker.join(self.token_timeout_s)
+                if worker.is_alive():
+                    log.error("probewatch: generation %s still running after its stream ended", generation_id)
         if "error" in box:
             raise box["error"]
         yield "", self._finish(box["out"], inputs["input_ids"].shape[1], generation_id, box.get("handles", []))
@@ -248,7 +273,7 @@ def create_app(service: ChatService, metrics_registry=None):
                         "completion_tokens": c.completion_tokens,
                         "total_tokens": c.prompt_tokens + c.completion_tokens,
                     },
-                    "probewatch": _jsonable(c.probewatch),
+                    "probewatch": to_jsonable(c.probewatch),
                 }
             )
 
@@ -263,7 +288,7 @@ def create_app(service: ChatService, metrics_registry=None):
                 }
                 if extra:
                     body.update(extra)
-                return f"data: {json.dumps(_jsonable(body))}\n\n"
+                return f"data: {json.dumps(to_jsonable(body))}\n\n"
 
             yield chunk({"role": "assistant", "content": ""})
             try:
@@ -284,17 +309,6 @@ def create_app(service: ChatService, metrics_registry=None):
         return StreamingResponse(events(), media_type="text/event-stream")
 
     return app
-
-
-def _jsonable(obj: Any) -> Any:
-    """NaN/Inf are not JSON: map them to null."""
-    if isinstance(obj, float):
-        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
 
 
 class HTTPServerThread:

@@ -9,6 +9,7 @@ error instead of alerts silently lost later.
 
 from __future__ import annotations
 
+import builtins
 import datetime as _dt
 import json
 import sqlite3
@@ -164,6 +165,7 @@ class IncidentStore:
                 row,
             )
             self._conn.commit()
+        assert cur.lastrowid is not None  # an INSERT always sets it
         incident.id = int(cur.lastrowid)
         return incident.id
 
@@ -189,8 +191,9 @@ class IncidentStore:
 
     def list(
         self, probe: str | None = None, status: str | None = None, generation_id: str | None = None, limit: int = 100
-    ) -> list[Incident]:
-        clauses, params = [], []
+    ) -> builtins.list[Incident]:
+        clauses: builtins.list[str] = []
+        params: builtins.list[object] = []
         for column, value in (("probe", probe), ("status", status), ("generation_id", generation_id)):
             if value is not None:
                 clauses.append(f"{column} = ?")
@@ -202,7 +205,7 @@ class IncidentStore:
         with self._lock:
             return int(self._conn.execute("SELECT COUNT(*) FROM incidents").fetchone()[0])
 
-    def _query(self, sql: str, params: tuple) -> list[Incident]:
+    def _query(self, sql: str, params: tuple) -> builtins.list[Incident]:
         with self._lock:
             cur = self._conn.execute(sql, params)
             names = [c[0] for c in cur.description]

@@ -201,6 +201,8 @@ class Sidecar:
         if config.watch is None:
             for name, group in getattr(self.runtime, "sae_groups", {}).items():
                 self.runtime.set_watch(name, group.feature_ids.tolist()[:32])
+        if self.runtime.d_model is None:
+            raise ProbewatchError("cannot tell the model's d_model from the bundles or the model folder")
         self.d_model = int(self.runtime.d_model)
         self.metrics = SidecarMetrics()
         self.metrics.register_bundles(bundles)
@@ -258,13 +260,14 @@ class Sidecar:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.config.metrics_port is not None:
             try:
-                self._metrics_server, _ = serve_metrics(
+                metrics_server, _ = serve_metrics(
                     self.metrics.registry, self.config.metrics_port, self.config.metrics_host
                 )
             except OSError as exc:
                 self.stop(0)
                 raise ProbewatchError(f"cannot serve /metrics on port {self.config.metrics_port}: {exc}") from exc
-            self.metrics_port = self._metrics_server.server_port
+            self._metrics_server = metrics_server
+            self.metrics_port = metrics_server.server_port
         log.info(
             "probewatch sidecar: gRPC%s on %s:%s, /metrics on %s, %d probes on layers %s",
             " (TLS)" if credentials else "",
@@ -523,9 +526,9 @@ class MonitorServicer(pb_grpc.MonitorServicer):
                 raise invalid("empty MonitorRequest (set open, chunk or close)")
         except WireError as exc:
             self.metrics.rejected.labels(code=exc.code.name).inc()
-            gen = stream.generations.get(gid)
-            if gen is not None:
-                gen.rejected_chunks += 1
+            rejected = stream.generations.get(gid)
+            if rejected is not None:
+                rejected.rejected_chunks += 1
             stream.error(gid, exc, layer)
 
     def _check_size(self, message, what: str) -> None:

@@ -9,8 +9,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from probewatch.errors import ProbewatchError
+
+if TYPE_CHECKING:
+    from probewatch.models.loading import LoadedModel
+    from probewatch.server.attach import Monitor
+    from probewatch.server.http_app import ChatService, HTTPServerThread
+    from probewatch.server.sidecar import Sidecar
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +42,11 @@ class StackOptions:
 class LocalStack:
     def __init__(self, options: StackOptions) -> None:
         self.options = options
-        self.sidecar = None
-        self.monitor = None
-        self.http = None
-        self.loaded = None
-        self.service = None
+        self.sidecar: Sidecar | None = None  # None when options.sidecar names an external one
+        self.monitor: Monitor | None = None
+        self.http: HTTPServerThread | None = None
+        self.loaded: LoadedModel | None = None
+        self.service: ChatService | None = None
 
     def start(self) -> LocalStack:
         from probewatch.models import load_model
@@ -62,22 +69,26 @@ class LocalStack:
                     incident_db=o.incident_db,
                     webhook_url=o.webhook_url,
                 )
-                self.sidecar = Sidecar(config).start()
-                address = self.sidecar.address
-            self.loaded = load_model(o.model)
-            self.monitor = attach(
-                self.loaded.model, self.loaded.tokenizer, sidecar=address, mode=o.mode, **o.extra_attach
+                self.sidecar = sidecar = Sidecar(config).start()
+                address = sidecar.address
+            self.loaded = loaded = load_model(o.model)
+            self.monitor = monitor = attach(
+                loaded.model, loaded.tokenizer, sidecar=address, mode=o.mode, **o.extra_attach
             )
-            if self.monitor.enabled and not self.monitor.wait_ready(o.connect_timeout_s):
-                log.warning("probewatch: sidecar %s not reachable yet; serving unmonitored until it is", address)
-            self.service = ChatService(
-                self.loaded.model,
-                self.loaded.tokenizer,
-                self.monitor,
-                self.loaded.model_id,
+            if monitor.enabled and not monitor.wait_ready(o.connect_timeout_s):
+                log.warning(
+                    "probewatch: sidecar %s did not answer within %gs; serving unmonitored until it does",
+                    address,
+                    o.connect_timeout_s,
+                )
+            self.service = service = ChatService(
+                loaded.model,
+                loaded.tokenizer,
+                monitor,
+                loaded.model_id,
                 default_max_tokens=o.max_tokens,
             )
-            self.http = HTTPServerThread(create_app(self.service), o.host, o.port).start()
+            self.http = HTTPServerThread(create_app(service), o.host, o.port).start()
         except OSError as exc:
             self.stop()
             raise ProbewatchError(f"cannot serve HTTP on {o.host}:{o.port}: {exc}") from exc
@@ -88,6 +99,8 @@ class LocalStack:
 
     @property
     def url(self) -> str:
+        if self.http is None:
+            raise RuntimeError("the stack is not serving HTTP (not started, or stopped)")
         return self.http.url
 
     def stop(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import grpc
 import numpy as np
@@ -41,11 +42,6 @@ def invalid(message: str) -> WireError:
     return WireError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def dtype_name(code: int) -> str:
-    entry = _DTYPES.get(code)
-    return entry[2] if entry else f"<unknown dtype {code}>"
-
-
 def encode_array(array: np.ndarray, dtype: str = "float32") -> pb.Tensor:
     """numpy float array -> Tensor (converted to `dtype` on the way)."""
     code = DTYPE_BY_NAME[dtype]
@@ -55,7 +51,7 @@ def encode_array(array: np.ndarray, dtype: str = "float32") -> pb.Tensor:
         data = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype("<u2")
     else:
         data = np.ascontiguousarray(array, dtype=_DTYPES[code][0])
-    return pb.Tensor(data=data.tobytes(), dtype=code, shape=list(array.shape))
+    return pb.Tensor(data=data.tobytes(), dtype=cast("pb.DType", code), shape=list(array.shape))
 
 
 def encode_tensor(tensor, dtype: str | None = None) -> pb.Tensor:

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from probewatch.behaviours import DEFAULT_PROBE_IDS
+
 JOBS: dict[str, dict[str, Any]] = {
     "deception": {"behaviour": "deception"},
     "refusal": {"behaviour": "refusal", "methods": ["logistic"], "probe_id": "refusal"},
@@ -41,7 +43,7 @@ JOBS: dict[str, dict[str, Any]] = {
 }
 BUNDLE_FILES = ("manifest.json", "weights.safetensors", "report.json")
 # the linear probe each behaviour's SAE-feature probes are compared with
-LINEAR_FOR_BEHAVIOUR = {"deception": "deception", "refusal": "refusal", "alignment_faking": "alignment-faking"}
+LINEAR_FOR_BEHAVIOUR = DEFAULT_PROBE_IDS
 SAE_METHODS = ("l1", "named")
 SAE_REPORTS = "sae"
 BASIS_TEXT = {
@@ -109,16 +111,15 @@ def main(args: argparse.Namespace) -> int:
         return _render_only(args, loaded, doc, t0)
     for name in args.probes:
         job = dict(JOBS[name])
-        all_layers = job.pop("all_layers", False)
         t = time.perf_counter()
         config = TrainConfig(
             model=args.model,
             data_dir=args.data_dir,
             out=args.runs_dir / name,
             force=True,
-            layers=layers or (list(range(loaded.n_layers)) if all_layers else None),
+            layers=layers,
             progress=not args.quiet,
-            command=_train_command(name, job, all_layers, loaded.n_layers),
+            command=_train_command(job),
             **job,
         )
         print(f"[bench quality] training {name} ...", file=sys.stderr, flush=True)
@@ -280,14 +281,12 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-def _train_command(name: str, job: dict, all_layers: bool, n_layers: int) -> str:
+def _train_command(job: dict) -> str:
     parts = ["probewatch train", f"--behaviour {job['behaviour']}"]
     if "methods" in job:
         parts.append(f"--method {','.join(job['methods'])}")
     if "probe_id" in job:
         parts.append(f"--id {job['probe_id']}")
-    if all_layers:
-        parts.append(f"--layers 0-{n_layers - 1}")
     return " ".join(parts)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from probewatch.jsonio import to_jsonable
 from probewatch.probes import Aggregation, Manifest, ModelRef, Threshold, load_bundle, read_manifest, save_bundle
 from probewatch.probes.bundle import MANIFEST_FILE
 from probewatch.probes.errors import FingerprintMismatchError
@@ -68,9 +69,9 @@ def export_bundle(
         normalization=normalization,
         version=version,
         description=description,
-        metrics=_jsonable(metrics),
-        training=_jsonable(training),
-        extra=_jsonable(extra or {}),
+        metrics=to_jsonable(metrics),
+        training=to_jsonable(training),
+        extra=to_jsonable(extra or {}),
     )
     save_bundle(out, manifest, tensors)
     bundle = load_bundle(out, expected_fingerprint=fingerprint, expected_d_model=d_model)  # verify what we wrote
@@ -95,20 +96,3 @@ def check_target(out: Path, fingerprint: str, overwrite_other_model: bool = Fals
             "choose a new --out (or --force to replace it)"
         )
     return existing
-
-
-def _jsonable(obj: Any) -> Any:
-    """numpy scalars/arrays and Paths -> plain JSON values."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj

@@ -37,6 +37,7 @@ from probewatch.capture import run_forward
 from probewatch.data.chat import EncodedDialogue, encode_dialogue, pad_batch
 from probewatch.data.dialogue import Dialogue
 from probewatch.errors import ProbewatchError
+from probewatch.jsonio import write_json_atomic
 from probewatch.scoring import truncate_encoded
 
 CACHE_FORMAT = "pwacts1"
@@ -269,12 +270,6 @@ def _batches(indices: Sequence[int], lengths: Sequence[int], batch_size: int, ma
     return out
 
 
-def _write_atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, path)
-
-
 def extract_activations(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -330,7 +325,7 @@ def extract_activations(
     plan_path = root / PLAN_FILE
     if plan_path.is_file() and json.loads(plan_path.read_text()).get("key") != key:
         raise ActivationCacheError(f"{plan_path}: belongs to another extraction; delete {root}")
-    _write_atomic_json(plan_path, plan)
+    write_json_atomic(plan_path, plan)
 
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
     device = next(model.parameters()).device
@@ -390,7 +385,7 @@ def extract_activations(
         "seq_len": lengths,
         "shards": [{"file": _shard_name(k), "examples": members} for k, members in enumerate(shards)],
     }
-    _write_atomic_json(root / INDEX_FILE, index)
+    write_json_atomic(root / INDEX_FILE, index)
     return ActivationSet(root, index)
 
 

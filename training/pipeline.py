@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from probewatch.behaviours import DEFAULT_PROBE_IDS
 from probewatch.data.dialogue import Dialogue, load_dialogues
 from probewatch.errors import ProbewatchError
 from probewatch.probes import Aggregation, Threshold
@@ -49,7 +50,7 @@ from probewatch.training.sweep import (
 log = logging.getLogger("probewatch.training")
 
 METHODS = ("logistic", "mean_diff", "lat")
-DEFAULT_IDS = {"deception": "deception", "refusal": "refusal", "alignment_faking": "alignment-faking"}
+DEFAULT_IDS = DEFAULT_PROBE_IDS
 
 
 class TrainingError(ProbewatchError):

@@ -8,20 +8,18 @@ threshold). Matplotlib runs headless (Agg).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from probewatch.jsonio import write_json_atomic
+
 PLOTS = ("auroc_by_layer.png", "roc.png", "score_hist.png")
 
 
 def write_json(path: Path, obj: Any) -> Path:
-    from probewatch.training.export import _jsonable
-
-    path.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
-    return path
+    return write_json_atomic(path, obj, indent=2)
 
 
 def _plt():

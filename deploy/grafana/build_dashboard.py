@@ -588,11 +588,18 @@ def build() -> dict:
                     "client {{reason}}",
                     "B",
                 ),
+                target(
+                    f"sum by (reason) (rate(probewatch_client_capture_errors_total{{{CSEL}}}[$__rate_interval]))",
+                    "capture self-check {{reason}}",
+                    "C",
+                ),
             ],
             unit="short",
             w=12,
             description="Chunks per second not scored. sidecar queue_full: scoring cannot keep up; client_dropped / "
-            "client reasons: the attach client's fail-open drops (queue full, sidecar down, rejected).",
+            "client reasons: the attach client's fail-open drops (queue full, sidecar down, rejected). "
+            "capture self-check: generations per second whose monitoring stopped because the capture saw "
+            "positions or shapes it could not trust (an unsupported inference-library version).",
         )
     )
 

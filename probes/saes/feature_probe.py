@@ -171,7 +171,7 @@ def load_bundle_sae(bundle_path: str | Path, manifest: Any) -> SAE:
     sae = _SAE_CACHE.get(key)
     if sae is None:
         sae = load_sae(sae_dir, expected_d_model=manifest.model.d_model)
-        sae.name = manifest.extra["sae"].get("name") or sae_dir.name  # type: ignore[attr-defined]
+        sae.name = manifest.extra["sae"].get("name") or sae_dir.name
         _SAE_CACHE[key] = sae
     if sae.cfg.d_in != manifest.model.d_model:
         raise DimensionMismatchError(

@@ -250,7 +250,7 @@ def load_sae(
     sae_cls, _ = get_sae_class(cfg.architecture(), source)
     state = read_sae_weights(path, cfg, sae_cls, str_to_dtype(cfg.dtype))
     sae = build_sae(cfg, state, device)
-    sae.source_path = path  # type: ignore[attr-defined]  # where it came from, for messages and metrics
+    sae.source_path = path  # where it came from, for messages and metrics
     return sae.eval()
 
 

@@ -14,6 +14,7 @@ explicitly instead of stored on the module, so one SAE can serve many streams co
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -47,6 +48,8 @@ class SAE(nn.Module):
     def __init__(self, cfg: SAEConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.name: str = ""  # set by the loader / bundle that serves it (metrics, messages)
+        self.source_path: Path | None = None  # the folder it was loaded from
         dtype = str_to_dtype(cfg.dtype)
         d_in, d_sae = cfg.d_in, cfg.d_sae
         self.W_enc = nn.Parameter(torch.zeros(d_in, d_sae, dtype=dtype))
@@ -95,9 +98,9 @@ class SAE(nn.Module):
 
     def _norm_out(self, x: torch.Tensor, state: NormState) -> torch.Tensor:
         mode = self.cfg.normalize_activations
-        if mode == "constant_norm_rescale" and state is not None:
+        if mode == "constant_norm_rescale" and isinstance(state, torch.Tensor):
             return x / state
-        if mode == "layer_norm" and state is not None:
+        if mode == "layer_norm" and isinstance(state, tuple):
             mu, std = state
             return x * std + mu
         return x

@@ -30,9 +30,6 @@ class FeatureActivations:
     descriptions: list[str]
     values: torch.Tensor  # [n, m] float32
 
-    def as_dict(self) -> dict[int, torch.Tensor]:
-        return {fid: self.values[:, j] for j, fid in enumerate(self.feature_ids)}
-
 
 @dataclass
 class SAEGroup:

@@ -11,9 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from probewatch.behaviours import BEHAVIOURS
 from probewatch.cli.common import add_json_arg, add_model_arg, print_json
-
-BEHAVIOURS = ("deception", "refusal", "alignment_faking")
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:

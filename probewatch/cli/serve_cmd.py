@@ -56,8 +56,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--watch-sae",
         action="append",
         default=None,
-        metavar="NAME=ID,ID",
-        help="SAE latents to export as probewatch_sae_feature_activation (repeatable)",
+        metavar="NAME:ID,ID",
+        help="SAE latents to export as probewatch_sae_feature_activation, e.g. l15-topk-3k-k32:12,345 "
+        "(repeatable; ';' separates SAEs, the same syntax as the runtime's watch-lists)",
     )
     p.add_argument("--tls-cert", type=Path, default=None, help="PEM server certificate (enables TLS)")
     p.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
@@ -73,18 +74,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _watch(values: list[str] | None) -> dict[str, list[int]] | None:
     from probewatch.errors import ProbewatchError
+    from probewatch.probes.saes import SAEConfigError, parse_watch_spec
 
     if not values:
         return None
     out: dict[str, list[int]] = {}
     for value in values:
-        name, _, ids = value.partition("=")
         try:
-            out[name.strip()] = [int(x) for x in ids.split(",") if x.strip()]
-        except ValueError:
-            raise ProbewatchError(f"--watch-sae {value!r}: expected NAME=ID,ID,...") from None
-        if not name.strip() or not out[name.strip()]:
-            raise ProbewatchError(f"--watch-sae {value!r}: expected NAME=ID,ID,...")
+            parsed = parse_watch_spec(value)
+        except SAEConfigError as exc:
+            raise ProbewatchError(f"--watch-sae {value!r}: {exc}") from None
+        if not parsed or not all(parsed.values()):
+            raise ProbewatchError(f"--watch-sae {value!r}: expected NAME:ID,ID,...")
+        for name, ids in parsed.items():
+            out.setdefault(name, []).extend(ids)
     return out
 
 

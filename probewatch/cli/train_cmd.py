@@ -13,9 +13,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from probewatch.behaviours import BEHAVIOURS
 from probewatch.cli.common import add_json_arg, add_model_arg, print_json
 
-BEHAVIOURS = ("deception", "refusal", "alignment_faking")
 METHODS = ("logistic", "mean_diff", "lat")
 AGGREGATIONS = ("mean", "max", "last", "ema", "rolling_mean_max")
 

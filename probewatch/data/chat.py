@@ -1,6 +1,6 @@
 """Apply a model's chat template and find the scored region of a dialogue.
 
-Scored region (ARCHITECTURE.md): the tokens of the last assistant message when the dialogue
+Scored region (docs/architecture.md, "Dialogue JSONL"): the tokens of the last assistant message when the dialogue
 ends with one (its content only: not the role header, not the end-of-turn token); otherwise the
 generation-prompt position, i.e. the last token of the prompt rendered with
 `add_generation_prompt=True`, which is where the model decides what to say (the refusal
@@ -62,10 +62,14 @@ def encode_dialogue(tokenizer: Any, dialogue: Dialogue | Sequence[dict[str, str]
         return EncodedDialogue(ids, scored, text, len(ids) - 1)
 
     content = messages[-1]["content"]
-    prefix = render(tokenizer, messages[:-1], add_generation_prompt=True)
     text = render(tokenizer, messages, add_generation_prompt=False)
-    start = len(prefix) if text.startswith(prefix) else text.rfind(content)
-    start = text.find(content, start) if content else start
+    if len(messages) > 1:
+        prefix = render(tokenizer, messages[:-1], add_generation_prompt=True)
+        start = len(prefix) if text.startswith(prefix) else text.rfind(content)
+        start = text.find(content, start) if content else start
+    else:
+        # a bare assistant transcript: templates refuse an empty prompt, so locate it in the whole text
+        start = text.rfind(content) if content else -1
     if start < 0:
         raise ValueError("cannot locate the last assistant message in the rendered chat template")
     end = start + len(content)

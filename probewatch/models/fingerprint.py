@@ -98,7 +98,7 @@ def _n_layers(config: Mapping[str, Any]) -> int:
 
 def fingerprint_model(model: torch.nn.Module) -> str:
     """Fingerprint of a loaded HF model (any dtype/device)."""
-    config = model.config.to_dict()
+    config = model.config.to_dict()  # type: ignore[union-attr,operator]  # an HF PreTrainedModel
     if not config.get("architectures"):
         # a model built with from_config has none until save_pretrained writes its class name:
         # use that name now, so the in-memory model and its saved folder share one fingerprint

@@ -93,7 +93,7 @@ def load_model(spec: str | None = None, dtype: str = "float32", device: str = "c
             f"cannot load model '{path}': {str(exc).splitlines()[0]} "
             f"(no hub access? pass a local HF folder, or use the embedded default '{REFERENCE_MODEL}')"
         ) from exc
-    model.to(device).eval()
+    model.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` through a wrapper
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return LoadedModel(

@@ -12,6 +12,8 @@ import torch
 from probewatch.capture import ResidualCapture, find_decoder_layers, hook_name, run_forward
 from tests.conftest import make_tiny_model
 
+pytestmark = pytest.mark.compat
+
 LAYOUTS = ["llama", "qwen2", "gemma3", "gpt2"]
 ATOL = 1e-5
 
@@ -163,3 +165,37 @@ def test_reference_model_capture_parity(reference):
     assert n == 30 and reference.d_model == 576
     _assert_parity_forward(model, [0, 9, 15, 28])
     _assert_parity_generate(model, [9, 28], new_tokens=4)
+
+
+class _OpaqueCache:
+    """A cache object that reveals nothing about its length (a future transformers, say)."""
+
+
+def test_forward_start_reads_what_each_transformers_provides():
+    from transformers import DynamicCache
+
+    from probewatch.capture import forward_start
+
+    assert forward_start({}) == 0  # no cache: a fresh sequence
+    assert forward_start({"cache_position": torch.arange(5, 9)}) == 5  # 5.19-5.23
+    cache = DynamicCache()
+    k = torch.zeros(1, 2, 7, 4)
+    cache.update(k, k, 0)
+    assert forward_start({"cache": cache}) == 7  # 5.24: only the cache object
+    assert forward_start({"past_key_values": cache}) == 7  # before 5.24
+    legacy = ((torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4)),)
+    assert forward_start({"past_key_values": legacy}) == 3  # the legacy tuple format
+    assert forward_start({"cache": _OpaqueCache()}, counted=11) == 11  # opaque: counted forwards
+
+
+def test_capture_counts_forwards_when_the_cache_is_opaque(monkeypatch):
+    """With a cache that reveals neither cache_position nor its length, positions come from
+    counting the tokens fed since the sequence began."""
+    import probewatch.capture as capture_mod
+
+    model = make_tiny_model("llama")
+    monkeypatch.setattr(capture_mod, "cache_length", lambda cache: None)
+    ids, _ = _batch(model.config.vocab_size, seed=2)
+    with torch.no_grad(), ResidualCapture(model, [1]) as cap:
+        model.generate(input_ids=ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert [b.start for b in cap.blocks] == [0, 12, 13, 14]

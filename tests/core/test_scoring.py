@@ -14,7 +14,7 @@ from probewatch.data import Dialogue, Message, encode_dialogue, write_dialogues
 from probewatch.probes import Aggregation, Manifest, ModelRef, ProbeRuntime, Threshold, load_bundles, save_bundle
 from probewatch.scoring import score_dialogues
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.compat]
 
 DIALOGUES = [
     Dialogue([Message("user", "What is the capital of France?"), Message("assistant", "Paris is the capital.")], 0),

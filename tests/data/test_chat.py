@@ -6,6 +6,8 @@ import pytest
 
 from probewatch.data import Dialogue, Message, encode_dialogue, pad_batch
 
+pytestmark = pytest.mark.compat
+
 
 @pytest.fixture(scope="module")
 def tokenizer(reference):
@@ -74,3 +76,12 @@ def test_tokenizer_without_chat_template_uses_the_fallback(tmp_path):
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
     enc = encode_dialogue(fast, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
     assert [i for i, s in zip(enc.input_ids, enc.scored) if s] == [5]
+
+
+def test_a_bare_assistant_transcript_is_scored_on_its_content(tokenizer):
+    """A transcript with only the assistant's text (nothing to prompt it) is a normal thing to
+    score; chat templates refuse an empty prompt, so the content is located in the full render."""
+    enc = encode_dialogue(tokenizer, [{"role": "assistant", "content": "The car has no problems at all."}])
+    scored = [tokenizer.decode([t]) for t, s in zip(enc.input_ids, enc.scored) if s]
+    assert "".join(scored) == "The car has no problems at all."
+    assert tokenizer.decode(enc.input_ids[: enc.prompt_last + 1]).endswith("<|im_start|>assistant\n")

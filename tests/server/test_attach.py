@@ -10,11 +10,14 @@ import time
 
 import pytest
 import torch
+from prometheus_client import generate_latest
 
 from probewatch.capture import find_decoder_layers, run_forward
 from probewatch.probes import ProbeRuntime, load_bundles
 from probewatch.server.attach import attach
 from tests.server.grpc_helpers import metric_value, scrape
+
+pytestmark = pytest.mark.compat
 
 ATOL = 1e-4  # fp32, KV-cached decode vs one full forward
 
@@ -269,3 +272,48 @@ def test_beam_search_runs_unmonitored_instead_of_misattributing_rows(tiny_model,
         )
     finally:
         monitor.detach()
+
+
+def test_capture_self_check_stops_a_generation_whose_positions_are_wrong(
+    tiny_model, start_sidecar, monkeypatch, caplog
+):
+    """The transformers 5.24 failure mode (every decode step placed at position 0), simulated: the
+    client must stop monitoring the generation, loudly, instead of sending rows at wrong positions."""
+    import probewatch.capture as capture_mod
+
+    sidecar = start_sidecar()
+    monitor = attach(tiny_model, sidecar=sidecar.address, wait_s=10)
+    try:
+        monkeypatch.setattr(capture_mod, "forward_start", lambda kwargs, counted=0: 0)
+        ids, mask = _batch()
+        with caplog.at_level("ERROR", logger="probewatch.server.attach"):
+            _generate(tiny_model, ids, mask, generation_ids=["bad-a", "bad-b"])
+        results = [h.result(10) for h in monitor.last_generations]
+        client_metrics = generate_latest(monitor.metrics.registry).decode()
+        errors = metric_value(client_metrics, "probewatch_client_capture_errors_total", reason="position")
+        monkeypatch.undo()
+        _generate(tiny_model, ids, mask, generation_ids=["ok-a", "ok-b"])  # the next call is monitored again
+        healthy = [h.result(10) for h in monitor.last_generations]
+    finally:
+        monitor.detach()
+    assert errors == 2  # one per generation of the call
+    for r, n_prompt in zip(results, (7, 4)):
+        assert r.status == "aborted" and "capture self-check failed (position)" in r.reason
+        # the prompt rows were right and were scored; no generated position was ever sent
+        assert all(p < n_prompt for s in r.token_scores.values() for p in s), r.token_scores
+    assert "monitoring STOPPED for generations bad-a, bad-b" in caplog.text
+    assert all(r.status == "closed" and r.reason is None for r in healthy)
+    aborted = metric_value(scrape(sidecar.metrics_port), "probewatch_generations_total", status="aborted")
+    assert aborted == 2
+
+
+def test_a_summary_that_never_comes_back_is_named_not_waited_for(caplog):
+    from probewatch.server.attach import GenerationHandle
+
+    handle = GenerationHandle("g-slow", prompt_length=3)
+    t0 = time.monotonic()
+    with caplog.at_level("WARNING", logger="probewatch.server.attach"):
+        result = handle.result(0.05)
+    assert time.monotonic() - t0 < 1.0
+    assert result.status == "pending" and result.reason == "no summary from the sidecar within 0.05s"
+    assert "generation g-slow: no summary from the sidecar within 0.05s" in caplog.text

@@ -91,7 +91,8 @@ def test_missing_bundles_and_bad_tls_files_are_cli_errors(capsys, tmp_path, tiny
         "--tls-key",
         tmp_path / "missing.key",
     )
-    assert code == 2 and "cannot read the TLS key" in err or "cannot read the TLS certificate" in err
+    assert code == 2
+    assert "cannot read the TLS key" in err or "cannot read the TLS certificate" in err
 
 
 def test_port_in_use_is_a_cli_error(capsys, start_sidecar, tiny_folder, tiny_bundles):
@@ -207,3 +208,14 @@ def test_ready_file_describes_the_ports(tmp_path, tiny_folder, tiny_bundles):
         assert info["metrics_port"] is None and info["address"].startswith("127.0.0.1:")
     finally:
         sidecar.stop()
+
+
+def test_watch_sae_uses_the_runtime_watch_list_syntax():
+    from probewatch.cli.serve_cmd import _watch
+    from probewatch.errors import ProbewatchError
+
+    assert _watch(["l15:1,2", "other:7;l15:3"]) == {"l15": [1, 2, 3], "other": [7]}
+    assert _watch(None) is None
+    for bad in ("l15=1,2", "l15:", "l15:x"):
+        with pytest.raises(ProbewatchError, match="--watch-sae"):
+            _watch([bad])

@@ -16,6 +16,8 @@ import pytest
 from tests.conftest import make_tiny_model
 from tests.probes.helpers import make_bundle
 
+pytestmark = pytest.mark.compat
+
 WORDS = [
     "user",
     "assistant",
@@ -217,3 +219,25 @@ def test_run_command_serves_until_sigterm(chat_folder, tmp_path):
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert f"http://127.0.0.1:{port}/v1/chat/completions" in out and "in-process sidecar" in out
+
+
+def test_a_stalled_stream_ends_with_an_error_naming_the_wait(stack):
+    """Nothing hangs: a generation that produces no token within the token timeout ends the SSE
+    stream with an error event saying so (the stack keeps serving)."""
+    model = stack.service.model
+    stall = model.register_forward_pre_hook(lambda *a: time.sleep(0.6))
+    stack.service.token_timeout_s = 0.2
+    try:
+        with (
+            httpx.Client(base_url=stack.url, timeout=60) as c,
+            c.stream("POST", "/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 2, "stream": True}) as r,
+        ):
+            events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    finally:
+        stall.remove()
+        stack.service.token_timeout_s = 120.0
+    errors = [json.loads(e)["error"] for e in events[:-1] if "error" in json.loads(e)]
+    assert events[-1] == "[DONE]" and len(errors) == 1
+    assert "no token within 0.2s" in errors[0]["message"]
+    with httpx.Client(base_url=stack.url, timeout=60) as c:
+        assert c.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 2}).status_code == 200

@@ -323,3 +323,23 @@ def _env(tmp_path: Path) -> dict:
     env = dict(os.environ)
     env["PROBEWATCH_HOME"] = str(tmp_path / "home")
     return env
+
+
+def test_eval_scores_bare_assistant_transcripts(trained, tiny_folder, tmp_path, capsys):
+    bundle_dir, _, _ = trained
+    data = tmp_path / "transcripts.jsonl"
+    lines = [
+        {
+            "messages": [{"role": "assistant", "content": f"Answer number {i} is {'true' if i % 2 else 'false'}."}],
+            "label": i % 2,
+        }
+        for i in range(8)
+    ]
+    data.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    code, out, err = _run(
+        ["eval", "--bundle", str(bundle_dir), "--model", str(tiny_folder), "--data", str(data), "--quiet", "--json"],
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["n_pos"] == 4 and result["n_neg"] == 4 and 0.0 <= result["auroc"] <= 1.0

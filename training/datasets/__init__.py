@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from probewatch.behaviours import BEHAVIOURS
 from probewatch.training.datasets.common import (
     LAYOUT,
     BehaviourData,
@@ -15,8 +16,6 @@ from probewatch.training.datasets.common import (
     Source,
     resolve_data_dir,
 )
-
-BEHAVIOURS = ("deception", "refusal", "alignment_faking")
 
 
 def build_behaviour_data(behaviour: str, data_dir: str | Path | None = None, seed: int = 0, **options) -> BehaviourData:

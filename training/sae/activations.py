@@ -35,6 +35,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from probewatch.errors import ProbewatchError
+from probewatch.jsonio import write_json_atomic
 from probewatch.training.sae.corpus import PrefixDedup, TextSequence
 
 INDEX_FILE = "index.json"
@@ -88,12 +89,6 @@ def _batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     if current:
         batches.append(current)
     return batches
-
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
 
 
 def extract_activations(
@@ -179,7 +174,7 @@ def extract_activations(
         sq_sum += float((acts**2).sum())
         count += acts.shape[0]
         max_abs = max(max_abs, float(acts.abs().max()))
-    _atomic_json(
+    write_json_atomic(
         out_dir / INDEX_FILE,
         {
             "format": FORMAT,

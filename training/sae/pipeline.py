@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from probewatch import __version__, envs
+from probewatch.behaviours import BEHAVIOURS
 from probewatch.probes.saes import TRAINING_REPORT_FILENAME, save_sae
 from probewatch.probes.saes.sae import SAE
 from probewatch.training.sae.activations import INDEX_FILE, ActivationStore, extract_activations, load_activations
@@ -194,7 +195,7 @@ def interpret_and_save(
     sae_dir: Path,
     store: ActivationStore,
     data_dir: Path | None,
-    behaviours: tuple[str, ...] = ("deception", "refusal", "alignment_faking"),
+    behaviours: tuple[str, ...] = BEHAVIOURS,
     n_examples: int = 4,
     before: int = 8,
     after: int = 2,

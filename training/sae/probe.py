@@ -35,11 +35,11 @@ import torch
 
 from probewatch import envs
 from probewatch.errors import ProbewatchError
+from probewatch.jsonio import to_jsonable, write_json_atomic
 from probewatch.probes import Aggregation, Manifest, ModelRef, Threshold, load_bundle
 from probewatch.probes.saes import load_feature_descriptions, load_sae
 from probewatch.probes.saes.feature_probe import save_feature_bundle
 from probewatch.probes.saes.sae import SAE
-from probewatch.training.export import _jsonable
 
 PROBE_TYPES = {"l1": "l1_logistic", "named": "named_features"}
 
@@ -367,8 +367,8 @@ def fit_and_export_sae_probe(
             f"{behaviour} from {len(ids)} latents of SAE {sae_dir.name} ({probe_type}); test AUROC "
             f"{metrics['auroc']:.3f}, recall {metrics['recall_at_fpr_control'] or 0:.2f} at {fpr:.0%} control FPR"
         ),
-        metrics=_jsonable(metrics),
-        training=_jsonable(
+        metrics=to_jsonable(metrics),
+        training=to_jsonable(
             {
                 "probe_type": probe_type,
                 "layer": layer,
@@ -413,8 +413,8 @@ def fit_and_export_sae_probe(
         "seconds": round(time.perf_counter() - t0, 1),
         "command": command,
     }
-    (out / "report.json").write_text(json.dumps(_jsonable(summary), indent=1) + "\n")
-    return _jsonable(summary)
+    write_json_atomic(out / "report.json", summary, indent=1)
+    return to_jsonable(summary)
 
 
 def _parity(loaded: Any, bundle: Any, pool: Sequence[Any], idx: np.ndarray, offline: np.ndarray) -> dict[str, Any]:
