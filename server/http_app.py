@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 
 from probewatch.data.chat import render
 from probewatch.jsonio import to_jsonable
+from probewatch.stop_tokens import stop_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -115,11 +116,8 @@ class ChatService:
 
     def _finish(self, sequences: torch.Tensor, n_prompt: int, generation_id: str, handles: list) -> Completion:
         generated = sequences[0, n_prompt:].tolist()
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
-        if self.tokenizer.eos_token_id is not None:
-            eos_ids.add(self.tokenizer.eos_token_id)
-        stop_at = next((i for i, t in enumerate(generated) if t in eos_ids), None)
+        stop_ids = stop_token_ids(self.model.generation_config, self.tokenizer)
+        stop_at = next((i for i, t in enumerate(generated) if t in stop_ids), None)
         text = self.tokenizer.decode(generated, skip_special_tokens=True)
         n_completion = stop_at + 1 if stop_at is not None else len(generated)
         return Completion(
