@@ -28,419 +28,33 @@ end-of-sequence (or pad) token. The last generated token is never fed back throu
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import inspect
 import logging
-import queue
 import threading
-import time
 import uuid
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from dataclasses import dataclass
+from typing import Any, cast
 
-import grpc
 import torch
-from pydantic import BaseModel, Field
 
 from probewatch import envs
 from probewatch.capture import ResidualCapture, RowBlock
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
-from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
+from probewatch.server.client.config import AttachConfig, AttachMode
+from probewatch.server.client.core import ClientCore
+from probewatch.server.client.link import SidecarLink
+from probewatch.server.client.plan import LayerCapture, Plan
+from probewatch.server.client.results import GenerationHandle, GenerationResult
+from probewatch.server.client.sender import Block
 from probewatch.server.metrics import ClientMetrics
-from probewatch.server.wire import decode_tensor, encode_tensor
+from probewatch.stop_tokens import stop_token_ids
 
 log = logging.getLogger(__name__)
-
-_STOP = object()
-
-
-AttachMode = Literal["rows", "pushdown"]
-
-
-class AttachConfig(BaseModel):
-    """Attach-client settings (all optional)."""
-
-    sidecar: str = Field(default_factory=envs.sidecar_address)
-    mode: AttachMode = "rows"
-    wire_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"  # auto: the model's dtype
-    queue_size: int = 1024  # captured blocks waiting for the sender; beyond: drop and count
-    steps_per_message: int = 8  # decode steps merged into one chunk (at most)
-    linger_s: float = 0.02  # how long the sender waits to merge steps
-    send_queue_size: int = 256  # serialised messages waiting for gRPC
-    connect_timeout_s: float = 2.0
-    backoff_initial_s: float = 0.25
-    backoff_max_s: float = 15.0
-    result_timeout_s: float = 10.0
-    score_final_token: bool = True
-    # TLS to the sidecar (PEM paths): CA to verify it, and a client certificate when it requires one
-    tls_ca: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_server_name: str | None = None  # expected name in the sidecar's certificate (default: the host)
-
-
-# -- results -----------------------------------------------------------------------------------------
-@dataclass
-class GenerationResult:
-    generation_id: str
-    monitored: bool
-    status: str  # closed | aborted | unmonitored | rejected | pending
-    reason: str | None = None  # why not (fully) monitored
-    prompt_length: int = 0
-    scores: dict[str, float] = field(default_factory=dict)  # aggregate per probe
-    flagged: dict[str, bool] = field(default_factory=dict)
-    thresholds: dict[str, float] = field(default_factory=dict)
-    alerts: list[dict[str, Any]] = field(default_factory=list)
-    token_scores: dict[str, dict[int, float]] = field(default_factory=dict)  # probe -> position -> score
-    tokens_scored: int = 0
-    dropped_chunks: int = 0
-    errors: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_json(self, token_scores: bool = False) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "token_scores"}
-        out["scores"] = {k: (None if v != v else v) for k, v in self.scores.items()}  # NaN -> null
-        if token_scores:
-            out["token_scores"] = {p: sorted(s.items()) for p, s in self.token_scores.items()}
-        return out
-
-
-class GenerationHandle:
-    """One monitored sequence; filled by the link thread as responses arrive."""
-
-    def __init__(self, generation_id: str, prompt_length: int, monitored: bool = True, reason: str | None = None):
-        self.id = generation_id
-        self.prompt_length = prompt_length
-        self.session = -1
-        self.dropped = 0
-        self.rejected = False
-        self.capture_error: str | None = None  # set when the capture self-check stopped monitoring
-        self._done = threading.Event()
-        self._lock = threading.Lock()
-        self._result = GenerationResult(
-            generation_id, monitored, "pending" if monitored else "unmonitored", reason, prompt_length
-        )
-        if not monitored:
-            self._done.set()
-
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
-    def result(self, timeout: float = 10.0) -> GenerationResult:
-        """The summary once the sidecar sent it; after `timeout` seconds, what arrived so far.
-
-        A summary that does not come back in time leaves status 'pending' with a reason naming the
-        wait (logged once): a caller never blocks longer than `timeout`.
-        """
-        if not self._done.wait(timeout):
-            with self._lock:
-                if self._result.reason is None:
-                    self._result.reason = f"no summary from the sidecar within {timeout:g}s"
-                    log.warning("probewatch: generation %s: %s", self.id, self._result.reason)
-        with self._lock:
-            r = self._result
-            return GenerationResult(
-                **{
-                    **r.__dict__,
-                    "scores": dict(r.scores),
-                    "flagged": dict(r.flagged),
-                    "thresholds": dict(r.thresholds),
-                    "alerts": list(r.alerts),
-                    "token_scores": {k: dict(v) for k, v in r.token_scores.items()},
-                    "errors": list(r.errors),
-                    "dropped_chunks": max(r.dropped_chunks, self.dropped),
-                }
-            )
-
-    # -- called by the link thread ------------------------------------------------------------------
-    def _on_score(self, update: pb.ScoreUpdate) -> None:
-        scores = decode_tensor(update.scores, "scores")
-        positions = list(update.positions)
-        with self._lock:
-            for j, pid in enumerate(update.probe_ids):
-                per = self._result.token_scores.setdefault(pid, {})
-                for i, p in enumerate(positions):
-                    per[p] = float(scores[i, j])
-            self._result.scores.update(update.aggregates)
-
-    def _on_alert(self, alert: pb.Alert) -> None:
-        with self._lock:
-            self._result.alerts.append(_alert_json(alert))
-
-    def _on_summary(self, summary: pb.GenerationSummary) -> None:
-        with self._lock:
-            r = self._result
-            r.status = summary.status
-            r.reason = self.capture_error  # a late summary replaces the 'no summary within' note
-            r.tokens_scored = summary.tokens_scored
-            r.dropped_chunks = summary.dropped_chunks
-            for res in summary.results:
-                r.scores[res.probe_id] = res.score
-                r.flagged[res.probe_id] = res.flagged
-                r.thresholds[res.probe_id] = res.threshold
-            r.alerts = [_alert_json(a) for a in summary.alerts]
-        self._done.set()
-
-    def _on_error(self, error: pb.Error) -> None:
-        with self._lock:
-            self._result.errors.append({"code": error.code_name, "message": error.message, "layer": error.layer})
-        if (
-            error.layer == -1
-            and error.code_name in ("FAILED_PRECONDITION", "ALREADY_EXISTS", "INVALID_ARGUMENT")
-            and not self._result.token_scores
-        ):
-            self._resolve(False, "rejected", f"{error.code_name}: {error.message}")
-            self.rejected = True
-
-    def _resolve(self, monitored: bool, status: str, reason: str) -> None:
-        with self._lock:
-            if self._done.is_set():
-                return
-            self._result.monitored = monitored
-            self._result.status = status
-            self._result.reason = reason
-        self._done.set()
-
-
-def _alert_json(a: pb.Alert) -> dict[str, Any]:
-    return {
-        "probe": a.probe_id,
-        "behaviour": a.behaviour,
-        "score": a.score,
-        "threshold": a.threshold,
-        "early": a.early,
-        "incident_id": a.incident_id or None,
-        "position": a.position,
-    }
-
-
-# -- the capture plan from ListProbes --------------------------------------------------------------------
-@dataclass
-class LayerCapture:
-    layer: int
-    pushdown: bool
-    projection: torch.Tensor | None  # [d, k] float32 on the model's device (pushdown layers)
-    prompt_rows: int
-
-    @property
-    def kind(self) -> pb.PayloadKind:
-        return pb.PAYLOAD_KIND_PROJECTIONS if self.pushdown else pb.PAYLOAD_KIND_RESIDUAL_ROWS
-
-
-@dataclass
-class Plan:
-    fingerprint: str
-    d_model: int
-    layers: list[int]
-    captures: dict[int, LayerCapture]
-    max_message_bytes: int
-    probes: list[dict[str, Any]]
-
-    @classmethod
-    def from_listing(cls, listing: pb.ListProbesResponse, mode: str, device: torch.device) -> Plan:
-        captures = {}
-        for plan in listing.plans:
-            pushdown = mode == "pushdown" and bool(plan.probe_ids) and not plan.rows_required
-            projection = None
-            if pushdown:
-                projection = torch.from_numpy(decode_tensor(plan.projection, "projection").copy()).to(device)
-            captures[plan.layer] = LayerCapture(
-                plan.layer, pushdown, projection, plan.prompt_rows or pb.PROMPT_ROWS_ALL
-            )
-        probes = [
-            {
-                "id": p.id,
-                "behaviour": p.behaviour,
-                "kind": p.kind,
-                "layer": p.layer,
-                "token_selection": p.token_selection,
-                "aggregation": p.aggregation,
-                "threshold": p.threshold,
-            }
-            for p in listing.probes
-        ]
-        return cls(
-            listing.model_fingerprint,
-            listing.d_model,
-            list(listing.layers),
-            captures,
-            int(listing.max_message_bytes) or 4 * 1024 * 1024,
-            probes,
-        )
-
-
-# -- connection ----------------------------------------------------------------------------------------
-class SidecarLink:
-    """ListProbes + one bidirectional stream to the sidecar; reconnects with backoff (fail-open)."""
-
-    def __init__(
-        self, config: AttachConfig, fingerprint: str, device: torch.device, metrics: ClientMetrics, on_response, on_down
-    ) -> None:
-        self.config = config
-        self.fingerprint = fingerprint
-        self.device = device
-        self.metrics = metrics
-        self.on_response = on_response
-        self.on_down = on_down
-        self.plan: Plan | None = None
-        self.listing: pb.ListProbesResponse | None = None
-        self.session = 0
-        self._up = threading.Event()
-        self._stopping = threading.Event()
-        self._requests: queue.Queue | None = None
-        self._channel: grpc.Channel | None = None
-        self._call = None
-        self._thread = threading.Thread(target=self._loop, name="probewatch-link", daemon=True)
-        self.metrics.monitoring_up.set(0)
-
-    @property
-    def up(self) -> bool:
-        return self._up.is_set()
-
-    def start(self) -> SidecarLink:
-        self._thread.start()
-        return self
-
-    def wait_up(self, timeout: float) -> bool:
-        return self._up.wait(timeout)
-
-    def send(self, message: pb.MonitorRequest, session: int) -> bool:
-        """Queue a message for the stream of `session`; False when that session is gone."""
-        while self.up and self.session == session and not self._stopping.is_set():
-            requests = self._requests
-            if requests is None:
-                return False
-            try:
-                requests.put(message, timeout=0.25)
-                return True
-            except queue.Full:
-                continue  # gRPC flow control: the sender waits, the capture queue absorbs or drops
-        return False
-
-    def close(self, grace_s: float = 2.0) -> None:
-        """Half-close the stream (the sidecar finishes what it has), then cancel what is left."""
-        was_up = self.up
-        self._stopping.set()
-        requests = self._requests
-        if was_up and requests is not None:
-            with contextlib.suppress(queue.Full):
-                requests.put(_STOP, timeout=grace_s)
-            self._thread.join(grace_s)
-        if self._thread.is_alive():
-            self._teardown()
-            self._thread.join(5)
-
-    def _teardown(self) -> None:
-        requests = self._requests
-        if requests is not None:
-            with contextlib.suppress(queue.Full):
-                requests.put_nowait(_STOP)
-        call = self._call
-        if call is not None:
-            call.cancel()
-        if self._channel is not None:
-            self._channel.close()
-
-    def _loop(self) -> None:
-        backoff = self.config.backoff_initial_s
-        failures = 0
-        while not self._stopping.is_set():
-            connected = False
-            try:
-                connected = self._session()
-            except Exception as exc:  # noqa: BLE001 - any failure means: monitoring off, retry later
-                if failures == 0:
-                    log.warning(
-                        "probewatch: monitoring OFF: sidecar %s unreachable (%s); generation continues "
-                        "unmonitored; reconnecting with backoff",
-                        self.config.sidecar,
-                        _short(exc),
-                    )
-                else:
-                    log.debug("probewatch: reconnect to %s failed: %s", self.config.sidecar, _short(exc))
-            if self._stopping.is_set():
-                break
-            if connected:
-                backoff, failures = self.config.backoff_initial_s, 0
-            else:
-                failures += 1
-                self.metrics.reconnects.inc()
-            self._stopping.wait(backoff)
-            backoff = min(backoff * 2, self.config.backoff_max_s)
-
-    def _session(self) -> bool:
-        """Connect, stream until the stream ends; True when it was up for a while."""
-        cfg = self.config
-        options: list[tuple[str, int | str]] = [
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-        ]
-        if cfg.tls_ca or cfg.tls_cert:
-            if cfg.tls_server_name:
-                options.append(("grpc.ssl_target_name_override", cfg.tls_server_name))
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(cfg.tls_ca),
-                private_key=_read(cfg.tls_key),
-                certificate_chain=_read(cfg.tls_cert),
-            )
-            channel = grpc.secure_channel(cfg.sidecar, credentials, options=options)
-        else:
-            channel = grpc.insecure_channel(cfg.sidecar, options=options)
-        self._channel = channel
-        try:
-            grpc.channel_ready_future(channel).result(timeout=cfg.connect_timeout_s)
-            stub = pb_grpc.MonitorStub(channel)
-            listing = stub.ListProbes(pb.ListProbesRequest(), timeout=cfg.connect_timeout_s)
-            if listing.model_fingerprint != self.fingerprint:
-                raise RuntimeError(
-                    f"the sidecar's probes are for model fingerprint {listing.model_fingerprint}, "
-                    f"this model's is {self.fingerprint}"
-                )
-            plan = Plan.from_listing(listing, cfg.mode, self.device)
-            requests: queue.Queue = queue.Queue(maxsize=cfg.send_queue_size)
-            call = stub.Monitor(iter(requests.get, _STOP))
-            self._call = call
-            self.plan, self.listing, self._requests = plan, listing, requests
-            self.session += 1
-            self._up.set()
-            self.metrics.monitoring_up.set(1)
-            started = time.monotonic()
-            log.info(
-                "probewatch: monitoring ON: sidecar %s, %d probes on layers %s (%s mode)",
-                cfg.sidecar,
-                len(plan.probes),
-                plan.layers,
-                cfg.mode,
-            )
-            try:
-                for response in call:
-                    self.on_response(response)
-                why = "stream ended"
-            except grpc.RpcError as exc:
-                why = f"{exc.code().name}: {exc.details()}" if hasattr(exc, "code") else str(exc)
-            finally:
-                self._up.clear()
-                self.metrics.monitoring_up.set(0)
-                self._requests = None
-                self._call = None
-                self.on_down()
-            if not self._stopping.is_set():
-                log.warning(
-                    "probewatch: monitoring OFF: stream to sidecar %s lost (%s); generation continues "
-                    "unmonitored; reconnecting",
-                    cfg.sidecar,
-                    why,
-                )
-            return time.monotonic() - started > 1.0
-        finally:
-            channel.close()
-            self._channel = None
 
 
 def _cache_kwarg_name(model) -> str:
     """How this transformers' forward takes the KV cache (`cache` from 5.24, `past_key_values` before)."""
-    import inspect
 
     try:
         params = inspect.signature(model.forward).parameters
@@ -458,56 +72,6 @@ def _transformers_version() -> str:
         return "?"
 
 
-def _read(path: str | None) -> bytes | None:
-    if not path:
-        return None
-    with open(path, "rb") as fh:
-        return fh.read()
-
-
-def _short(exc: BaseException) -> str:
-    if isinstance(exc, grpc.FutureTimeoutError):
-        return "connect timeout"
-    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-        return f"{exc.code().name}: {exc.details()}"
-    return str(exc) or type(exc).__name__
-
-
-# -- capture-side queue: bounded for data, never drops control messages --------------------------------
-class _SendQueue:
-    def __init__(self, max_data: int) -> None:
-        self.max_data = max_data
-        self._items: deque = deque()
-        self._data = 0
-        self._cv = threading.Condition()
-
-    def put_data(self, item) -> bool:
-        with self._cv:
-            if self._data >= self.max_data:
-                return False
-            self._items.append(item)
-            self._data += 1
-            self._cv.notify()
-            return True
-
-    def put_control(self, item) -> None:
-        with self._cv:
-            self._items.append(item)
-            self._cv.notify()
-
-    def get(self, timeout: float | None = None):
-        with self._cv:
-            if not self._items and not self._cv.wait_for(lambda: bool(self._items), timeout):
-                return None
-            item = self._items.popleft()
-            if isinstance(item, _Block):
-                self._data -= 1
-            return item
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 @dataclass
 class _Step:
     """One forward call of the model during generate (prefill, a decode step, or the tail step)."""
@@ -521,7 +85,7 @@ class _Step:
 
 
 @dataclass
-class _Block:
+class _Block(Block):
     call: _Call
     step: _Step
     layer: int
@@ -531,11 +95,15 @@ class _Block:
     event: Any
     prefill_rows: list[tuple[int, int, int]] | None  # (b, position, token) per row for prompt blocks
 
+    def handles(self) -> list[GenerationHandle]:
+        return self.call.handles
 
-@dataclass
-class _Control:
-    handle: GenerationHandle
-    message: pb.MonitorRequest | _CloseMarker
+    def rows(self) -> list[tuple[GenerationHandle, int, int, int]]:
+        call = self.call
+        if self.prefill_rows is not None:
+            return [(call.handles[b], i, pos, tok) for i, (b, pos, tok) in enumerate(self.prefill_rows)]
+        T = self.host.shape[0] // call.B
+        return [(call.handles[b], b * T + t, pos, tok) for b, t, pos, tok in call.decode_selection(self)]
 
 
 class _Call:
@@ -585,7 +153,7 @@ class _Call:
         if ids.shape[0] != self.B:
             self.fail("batch", f"a forward fed {ids.shape[0]} sequences, the generate() call has {self.B}")
             return
-        host, event = self.monitor._to_host(ids.detach())
+        host, event = ClientCore.to_host(ids.detach())
         self.step = _Step(ids=host, event=event, expected_start=self.fed, n_tokens=int(ids.shape[1]))
         self.fed += int(ids.shape[1])
 
@@ -649,9 +217,9 @@ class _Call:
             rows = hidden.reshape(-1, hidden.shape[-1])
             if rows.device.type == "cpu":
                 rows = rows.clone()  # the layer output may be reused; decode blocks are tiny
-        host, event = self.monitor._to_host(rows)
+        host, event = ClientCore.to_host(rows)
         item = _Block(self, step, block.layer, block.start, cap.kind, host, event, prefill_rows)
-        self.monitor._enqueue_block(item)
+        cast(ClientCore, self.monitor.client).enqueue(item)
 
     def transform(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         cap = self.plan.captures.get(layer)
@@ -691,11 +259,7 @@ class Monitor:
         self.metrics = metrics or ClientMetrics()
         self.enabled = not envs.monitoring_disabled()
         self._tls = threading.local()
-        self._handles: dict[str, GenerationHandle] = {}
-        self._handles_lock = threading.Lock()
-        self.link: SidecarLink | None = None
-        self._sender: threading.Thread | None = None
-        self._plans: dict[tuple[int, str], Plan] = {}
+        self.client: ClientCore | None = None
         # hooks live on the shared model: two monitored generate() calls at once would see each
         # other's rows, so monitored calls on one model take turns (unmonitored ones never wait)
         self._generate_lock = threading.Lock()
@@ -707,12 +271,7 @@ class Monitor:
 
         self.fingerprint = fingerprint_model(model)
         self.device = next(model.parameters()).device
-        self._queue = _SendQueue(self.config.queue_size)
-        self.link = SidecarLink(
-            self.config, self.fingerprint, self.device, self.metrics, self._on_response, self._on_down
-        ).start()
-        self._sender = threading.Thread(target=self._send_loop, name="probewatch-sender", daemon=True)
-        self._sender.start()
+        self.client = ClientCore(self.config, self.fingerprint, self.device, self.metrics)
         original = model.generate
         self._original_generate = original
 
@@ -729,23 +288,22 @@ class Monitor:
             raise ValueError(f"mode must be 'rows' or 'pushdown', got {mode!r}")
         self.config.mode = cast(AttachMode, mode)
 
+    @property
+    def link(self) -> SidecarLink | None:
+        """The connection to the sidecar (None when disabled)."""
+        return self.client.link if self.client is not None else None
+
     def _current_plan(self) -> tuple[Plan | None, int]:
-        link = self.link
-        if link is None or not link.up or link.listing is None:
+        if self.client is None:
             return None, -1
-        session, mode = link.session, self.config.mode
-        cached = self._plans.get((session, mode))
-        if cached is None:
-            cached = Plan.from_listing(link.listing, mode, self.device)
-            self._plans = {(session, mode): cached, **{k: v for k, v in self._plans.items() if k[0] == session}}
-        return cached, session
+        return self.client.current_plan(self.config.mode)
 
     @property
     def up(self) -> bool:
-        return bool(self.link and self.link.up)
+        return bool(self.client and self.client.up)
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
-        return bool(self.link and self.link.wait_up(timeout))
+        return bool(self.client and self.client.wait_ready(timeout))
 
     @property
     def last_generations(self) -> list[GenerationHandle]:
@@ -757,11 +315,8 @@ class Monitor:
             return
         if "generate" in self.model.__dict__:
             del self.model.generate
-        self._queue.put_control(_STOP)
-        if self._sender is not None:
-            self._sender.join(10)
-        if self.link is not None:
-            self.link.close()
+        if self.client is not None:
+            self.client.stop()
         self.metrics.monitoring_up.set(0)
 
     def __enter__(self) -> Monitor:
@@ -793,28 +348,13 @@ class Monitor:
             raise ValueError(f"generation_ids has {len(ids)} ids for a batch of {B} sequences")
         attention_mask = kwargs.get("attention_mask")
         gen_config = kwargs.get("generation_config") or getattr(self.model, "generation_config", None)
-        call = _Call(self, plan, input_ids, attention_mask, [], self._stop_ids(kwargs, gen_config))
+        call = _Call(self, plan, input_ids, attention_mask, [], stop_token_ids(gen_config, self.tokenizer, kwargs))
         handles = [GenerationHandle(gid, call.prompt_len[b]) for b, gid in enumerate(ids)]
         call.handles = handles
         self._tls.handles = handles
-        with self._handles_lock:
-            for h in handles:
-                h.session = session
-                self._handles[h.id] = h
+        client = cast(ClientCore, self.client)
         for h in handles:
-            self._queue.put_control(
-                _Control(
-                    h,
-                    pb.MonitorRequest(
-                        open=pb.Open(
-                            generation_id=h.id,
-                            model_fingerprint=self.fingerprint,
-                            prompt_length=h.prompt_length,
-                            metadata=metadata,
-                        )
-                    ),
-                )
-            )
+            client.open(h, session, metadata)
 
         want_dict = kwargs.get("return_dict_in_generate", getattr(gen_config, "return_dict_in_generate", False))
         if self.config.score_final_token:
@@ -840,9 +380,7 @@ class Monitor:
             sequences = getattr(out, "sequences", out) if out is not None else None
             for b, h in enumerate(handles):
                 prompt_text, response_text = self._texts(call, sequences, b)
-                self._queue.put_control(_Control(h, _CloseMarker(prompt_text, response_text, call.failed or "")))
-                if call.failed:
-                    h.capture_error = call.failed
+                client.close(h, prompt_text, response_text, call.failed or "")
         if self.config.score_final_token and not want_dict:
             return out.sequences
         return out
@@ -893,22 +431,6 @@ class Monitor:
         except Exception as exc:  # noqa: BLE001 - the output is already generated: never fail it
             log.warning("probewatch: could not score the final generated token (%s)", exc)
 
-    def _stop_ids(self, kwargs, gen_config) -> set[int]:
-        ids: set[int] = set()
-        for source in (
-            kwargs.get("eos_token_id"),
-            getattr(gen_config, "eos_token_id", None),
-            kwargs.get("pad_token_id"),
-            getattr(gen_config, "pad_token_id", None),
-            getattr(self.tokenizer, "eos_token_id", None),
-        ):
-            if source is None:
-                continue
-            if isinstance(source, torch.Tensor):
-                source = source.tolist()
-            ids.update(int(x) for x in (source if isinstance(source, (list, tuple, set)) else [source]))
-        return ids
-
     def _texts(self, call: _Call, sequences, b: int) -> tuple[str, str]:
         if self.tokenizer is None:
             return "", ""
@@ -922,189 +444,6 @@ class Monitor:
             return prompt_text, response_text
         except Exception:  # noqa: BLE001 - texts are optional
             return "", ""
-
-    # -- generation thread -> sender -------------------------------------------------------------------
-    def _to_host(self, tensor: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        if tensor.device.type == "cuda":
-            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)  # cached by torch's host allocator
-            host.copy_(tensor, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            return host, event
-        if tensor.device.type != "cpu":
-            return tensor.to("cpu"), None
-        return tensor, None
-
-    def _enqueue_block(self, item: _Block) -> None:
-        if self._queue.put_data(item):
-            return
-        self.metrics.dropped_chunks.labels(reason="queue_full").inc()
-        for h in item.call.handles:
-            h.dropped += 1
-
-    # -- sender thread -----------------------------------------------------------------------------------
-    def _send_loop(self) -> None:
-        cfg = self.config
-        while True:
-            first = self._queue.get()
-            if first is _STOP:
-                return
-            batch = [first]
-            n_layers = max(1, len(self.link.plan.layers) if self.link and self.link.plan else 1)
-            target = cfg.steps_per_message * n_layers
-            deadline = time.monotonic() + cfg.linger_s
-            stop = False
-            while len(batch) < target and not isinstance(batch[-1], _Control):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                nxt = self._queue.get(remaining)
-                if nxt is None:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    break
-                batch.append(nxt)
-            try:
-                self._send_batch(batch)
-            except Exception:  # never let the sender die: monitoring would stop silently
-                log.exception("probewatch: sender failed on a batch")
-            if stop:
-                return
-
-    def _send_batch(self, batch: list) -> None:
-        pending: dict[tuple[str, int], _Pending] = {}
-        for item in batch:
-            if isinstance(item, _Control):
-                h = item.handle
-                for key in [k for k in pending if k[0] == h.id]:
-                    self._flush(pending.pop(key))
-                message = item.message
-                if isinstance(message, _CloseMarker):
-                    message = pb.MonitorRequest(
-                        close=pb.Close(
-                            generation_id=h.id,
-                            prompt_text=message.prompt_text,
-                            response_text=message.response_text,
-                            dropped_chunks=h.dropped,
-                            abort_reason=message.abort_reason,
-                        )
-                    )
-                if (h.rejected or not self._send(message, h)) and message.WhichOneof("msg") == "close":
-                    self._forget(h)
-                continue
-            self._collect(item, pending)
-        for acc in pending.values():
-            self._flush(acc)
-
-    def _collect(self, block: _Block, pending: dict) -> None:
-        if block.event is not None:
-            block.event.synchronize()
-        rows = block.host
-        call = block.call
-        if block.prefill_rows is not None:
-            triples = [(b, i, pos, tok) for i, (b, pos, tok) in enumerate(block.prefill_rows)]
-        else:
-            T = rows.shape[0] // call.B
-            triples = [(b, b * T + t, pos, tok) for b, t, pos, tok in call.decode_selection(block)]
-        for b, row, pos, tok in triples:
-            h = call.handles[b]
-            if h.rejected:
-                continue
-            key = (h.id, block.layer)
-            acc = pending.get(key)
-            if acc is None:
-                acc = pending[key] = _Pending(h, block.layer, block.kind)
-            acc.rows.append(rows[row])
-            acc.positions.append(pos)
-            acc.tokens.append(tok)
-
-    def _flush(self, acc: _Pending) -> None:
-        if not acc.rows:
-            return
-        rows = torch.stack(acc.rows)
-        dtype = None if self.config.wire_dtype == "auto" else self.config.wire_dtype
-        plan = self.link.plan if self.link else None
-        limit = plan.max_message_bytes if plan else 4 * 1024 * 1024
-        per_row = rows.shape[1] * rows.element_size() + 24
-        step = max(1, (limit - 1024) // per_row)
-        for i in range(0, rows.shape[0], step):
-            chunk = pb.ActivationChunk(
-                generation_id=acc.handle.id,
-                layer=acc.layer,
-                kind=acc.kind,
-                positions=acc.positions[i : i + step],
-                token_ids=acc.tokens[i : i + step],
-                payload=encode_tensor(rows[i : i + step], dtype),
-            )
-            if self._send(pb.MonitorRequest(chunk=chunk), acc.handle):
-                self.metrics.chunks_sent.inc()
-
-    def _send(self, message: pb.MonitorRequest, handle: GenerationHandle) -> bool:
-        link = self.link
-        if link is not None and link.send(message, handle.session):
-            return True
-        if message.WhichOneof("msg") == "chunk":
-            self.metrics.dropped_chunks.labels(reason="rejected" if handle.rejected else "sidecar_down").inc()
-            handle.dropped += 1
-        return False
-
-    # -- link thread ---------------------------------------------------------------------------------------
-    def _on_response(self, response: pb.MonitorResponse) -> None:
-        which = response.WhichOneof("msg")
-        msg = getattr(response, which)
-        with self._handles_lock:
-            handle = self._handles.get(msg.generation_id)
-        if handle is None:
-            if which == "error":
-                log.warning("probewatch: sidecar error %s: %s", msg.code_name, msg.message)
-            return
-        if which == "score":
-            handle._on_score(msg)
-        elif which == "alert":
-            handle._on_alert(msg)
-        elif which == "summary":
-            handle._on_summary(msg)
-            self._forget(handle)
-        elif which == "error":
-            log.warning(
-                "probewatch: sidecar rejected a message of generation %s: %s %s", handle.id, msg.code_name, msg.message
-            )
-            handle._on_error(msg)
-
-    def _on_down(self) -> None:
-        with self._handles_lock:
-            handles, self._handles = list(self._handles.values()), {}
-        for h in handles:
-            h._resolve(False, "unmonitored", "sidecar connection lost")
-
-    def _forget(self, handle: GenerationHandle) -> None:
-        with self._handles_lock:
-            self._handles.pop(handle.id, None)
-        if not handle.done:
-            handle._resolve(False, "unmonitored", "sidecar unreachable")
-
-
-@dataclass
-class _CloseMarker:
-    """Close is built by the sender, which knows how many chunks it dropped."""
-
-    prompt_text: str
-    response_text: str
-    abort_reason: str = ""  # the capture self-check stopped monitoring (the sidecar ends it `aborted`)
-
-    def WhichOneof(self, _: str) -> str:
-        return "close"
-
-
-@dataclass
-class _Pending:
-    handle: GenerationHandle
-    layer: int
-    kind: pb.PayloadKind
-    rows: list[torch.Tensor] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
 
 
 def attach(
@@ -1129,4 +468,13 @@ def attach(
     return monitor
 
 
-__all__ = ["AttachConfig", "GenerationHandle", "GenerationResult", "Monitor", "attach"]
+__all__ = [
+    "AttachConfig",
+    "GenerationHandle",
+    "GenerationResult",
+    "LayerCapture",
+    "Monitor",
+    "Plan",
+    "SidecarLink",
+    "attach",
+]

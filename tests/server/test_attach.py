@@ -317,3 +317,31 @@ def test_a_summary_that_never_comes_back_is_named_not_waited_for(caplog):
     assert time.monotonic() - t0 < 1.0
     assert result.status == "pending" and result.reason == "no summary from the sidecar within 0.05s"
     assert "generation g-slow: no summary from the sidecar within 0.05s" in caplog.text
+
+
+def test_bearer_token_from_the_token_file_reaches_an_authenticated_sidecar(tiny_model, start_sidecar, tmp_path):
+    token = "attach-token-0123456789abcdef"
+    server_tokens = tmp_path / "server-tokens"
+    server_tokens.write_text(f"{token}\n")
+    sidecar = start_sidecar(auth_token_file=server_tokens)
+    client_token = tmp_path / "client-token"
+    client_token.write_text(f"# the first token is sent\n{token}\nanother-token-0123456789\n")
+    ids, mask = _batch(seed=4)
+
+    anonymous = attach(tiny_model, sidecar=sidecar.address, wait_s=1.5, auth_token_file=None)
+    try:
+        assert not anonymous.up  # refused, and generation still runs (fail-open)
+        assert _generate(tiny_model, ids, mask, n=2).shape[1] == ids.shape[1] + 2
+        assert not anonymous.last_generations[0].result(0).monitored
+    finally:
+        anonymous.detach()
+    assert metric_value(scrape(sidecar.metrics_port), "probewatch_rejected_messages_total", code="UNAUTHENTICATED") >= 1
+
+    monitor = attach(tiny_model, sidecar=sidecar.address, wait_s=10, auth_token_file=str(client_token))
+    try:
+        assert monitor.up
+        _generate(tiny_model, ids, mask, n=3)
+        result = monitor.last_generations[0].result(10)
+    finally:
+        monitor.detach()
+    assert result.status == "closed" and len(result.token_scores["dec"]) == 3

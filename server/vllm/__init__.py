@@ -1,0 +1,72 @@
+"""probewatch for vLLM: a `vllm.general_plugins` entry point that monitors every request.
+
+Installing probewatch next to vLLM and setting `PROBEWATCH_SIDECAR` is all it takes: `vllm serve`
+and `LLM(...)` load the plugin in every process (vLLM's `load_general_plugins`); on each model
+runner it captures the probe layers of every monitored request — prompt and generated tokens,
+under continuous batching, chunked prefill and prefix caching — and streams rows or pushed-down
+projections to the sidecar through the shared client (`probewatch.server.client`).
+
+`PROBEWATCH_DISABLE=1` leaves vLLM untouched: the plugin returns before importing anything of it.
+Any failure while installing or capturing is logged and turns monitoring off; it never reaches the
+engine. docs/live.md ("vLLM") has the details and the gap report.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from probewatch import envs
+
+log = logging.getLogger(__name__)
+
+
+def register() -> None:
+    """The entry point (`vllm.general_plugins`: probewatch = probewatch.server.vllm:register)."""
+    _log_to_stderr()
+    if envs.monitoring_disabled():
+        log.info("probewatch: PROBEWATCH_DISABLE is set: the vLLM plugin does nothing")
+        return
+    import os
+
+    # The capture reads the V1 model runner's bookkeeping; vLLM may pick its V2 runner for dense
+    # models on GPU. An explicit VLLM_USE_V2_MODEL_RUNNER still wins (then: not monitored, logged).
+    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    if os.environ["VLLM_USE_V2_MODEL_RUNNER"].strip().lower() in ("1", "true"):
+        log.warning("probewatch: VLLM_USE_V2_MODEL_RUNNER=1: the V2 model runner is not supported, not monitored")
+        return
+    try:
+        from probewatch.server.vllm.runner import patch_model_runner
+
+        patch_model_runner()
+    except Exception:
+        log.exception("probewatch: the vLLM plugin could not install itself; the engine runs unmonitored")
+
+
+def _log_to_stderr() -> None:
+    """Make the plugin's INFO lines (monitoring ON/OFF, captured layers) visible in vLLM's output.
+
+    vLLM configures only its own `vllm` loggers; without a handler Python would print WARNING and
+    above only. Nothing is added when the application configured logging itself.
+    """
+    plugin_log = logging.getLogger("probewatch")
+    if plugin_log.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [probewatch] %(message)s", "%m-%d %H:%M:%S"))
+    plugin_log.addHandler(handler)
+    plugin_log.setLevel(logging.INFO)
+    plugin_log.propagate = False
+
+
+def results() -> dict:
+    """Handles of the generations this process monitors or monitored lately, by vLLM request id.
+
+    Only useful where the model runner lives in the caller's process (`LLM(...)` with
+    `VLLM_ENABLE_V1_MULTIPROCESSING=0`); otherwise read the sidecar (/metrics, incidents).
+    """
+    from probewatch.server.vllm.capture import all_results
+
+    return all_results()
+
+
+__all__ = ["register", "results"]

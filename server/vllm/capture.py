@@ -1,0 +1,394 @@
+"""Per-runner capture state: which rows of a vLLM step belong to which request and position.
+
+vLLM flattens a step's tokens of every scheduled request into one `[num_tokens, d]` batch. The V1
+runner's bookkeeping says how: `input_batch.req_ids` (request order), `query_start_loc` (row range
+of each request) and `input_batch.num_computed_tokens_cpu` (the position of each request's first
+row). The residuals come out of the (compiled / graph-captured) model as auxiliary hidden states
+(`set_aux_hidden_state_layers`, the EAGLE-3 outputs: decoder layer L's `hidden_states + residual`
+= resid_post of layer L, taken at aux index L + 1), so no hook runs inside the graph.
+
+On the serving thread a step only: reads that bookkeeping (host arrays), builds one row index per
+layer (prompt-row policy, request opt-outs), gathers the rows on the device (`index_select`;
+pushdown: one `[n, d] @ [d, k]` GEMM), starts the host copies and enqueues — no sync, no network.
+The self-check: rows per request equal the tokens the scheduler scheduled, a request's first
+position continues where it stopped (or restarts lower only when vLLM resumes it after
+preemption), and in the sender the positions the engine actually fed equal the bookkeeping's. On a
+mismatch that generation stops being sent and closes `aborted` with the reason
+(`probewatch_client_capture_errors_total{reason}`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from probewatch import envs
+from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
+from probewatch.server.client.core import ClientCore
+from probewatch.server.client.results import GenerationHandle
+from probewatch.server.client.sender import Block
+from probewatch.server.vllm.policy import PolicyError, request_policy
+
+log = logging.getLogger(__name__)
+
+_RECENT = 4096  # finished handles kept for `results()`
+_captures: list[RunnerCapture] = []
+
+
+def request_finished(request: Any) -> None:
+    """Called by the scheduler hook for every finished request (all captures of this process)."""
+    for capture in list(_captures):
+        capture.on_request_finished(request)
+
+
+def captures() -> list[RunnerCapture]:
+    """The captures installed in this process (one per monitored model runner)."""
+    return list(_captures)
+
+
+def all_results() -> dict[str, GenerationHandle]:
+    out: dict[str, GenerationHandle] = {}
+    for capture in list(_captures):
+        out.update(capture.handles())
+    return out
+
+
+def _stops(state: Any, max_model_len: int) -> bool:
+    """True when the request's last sampled token ends it (vLLM's `check_stop`, without stop strings)."""
+    params = state.sampling_params
+    output = state.output_token_ids
+    if params is None or not output:
+        return False
+    last = output[-1]
+    if last >= 0 and (last == params.eos_token_id or last in (params.stop_token_ids or ())):
+        return True
+    n_prompt = len(state.prompt_token_ids or ())
+    max_tokens = params.max_tokens if params.max_tokens is not None else max_model_len - n_prompt
+    return n_prompt + len(output) >= max_model_len or len(output) >= max_tokens
+
+
+@dataclass
+class _Request:
+    """One vLLM request as the capture sees it."""
+
+    handle: GenerationHandle | None  # None: not monitored
+    prompt_len: int
+    layers: frozenset[int]  # layers sent for it
+    floor: int  # positions below this were already processed (a resumed request recomputes them)
+    state: Any = None  # the runner's CachedRequestState (token ids for the texts at close)
+
+    @property
+    def live(self) -> bool:
+        h = self.handle
+        return h is not None and not h.rejected and h.capture_error is None and not h.done
+
+
+@dataclass
+class _Gathered:
+    """Token ids and positions the engine fed for one row selection (host copies)."""
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    event: Any
+
+
+@dataclass
+class VllmBlock(Block):
+    capture: RunnerCapture
+    layer: int
+    kind: pb.PayloadKind
+    host: torch.Tensor
+    event: Any
+    entries: list[tuple[GenerationHandle, int]]  # (generation, bookkept position) per row
+    fed: _Gathered
+
+    def handles(self) -> list[GenerationHandle]:
+        return list({id(h): h for h, _ in self.entries}.values())
+
+    def rows(self) -> list[tuple[GenerationHandle, int, int, int]]:
+        if self.fed.event is not None:
+            self.fed.event.synchronize()
+        fed_pos = self.fed.positions.tolist()
+        tokens = self.fed.tokens.tolist()
+        out = []
+        for j, (h, pos) in enumerate(self.entries):
+            if h.capture_error is not None or h.rejected:
+                continue
+            if fed_pos[j] != pos:
+                self.capture.fail(
+                    h,
+                    "position",
+                    f"layer {self.layer}: the engine fed position {fed_pos[j]} where its bookkeeping says {pos}",
+                )
+                continue
+            out.append((h, j, pos, int(tokens[j])))
+        return out
+
+
+class RunnerCapture:
+    """Attached to one model runner (`runner._probewatch`); see the module docstring."""
+
+    def __init__(self, client: ClientCore, layers: list[int], decode: Callable[[list[int]], str] | None) -> None:
+        self.client = client
+        self.layers = layers  # sorted; aux output i is layer layers[i]
+        self.decode = decode
+        self.default_monitor = envs.vllm_monitor_default()
+        self.requests: dict[str, _Request] = {}
+        self.recent: OrderedDict[str, GenerationHandle] = OrderedDict()
+        self._lock = threading.Lock()
+        self._sched: Any = None
+        self._resumed: set[str] = set()
+        self._warned: set[str] = set()
+        _captures.append(self)
+
+    @property
+    def metrics(self):
+        return self.client.metrics
+
+    def set_mode(self, mode: str) -> None:
+        """Switch between 'rows' and 'pushdown' for the next steps (benchmarks, A/B, tests)."""
+        if mode not in ("rows", "pushdown"):
+            raise ValueError(f"mode must be 'rows' or 'pushdown', got {mode!r}")
+        self.client.config.mode = mode  # type: ignore[assignment]
+
+    def handles(self) -> dict[str, GenerationHandle]:
+        with self._lock:
+            out = dict(self.recent)
+            out.update({rid: r.handle for rid, r in self.requests.items() if r.handle is not None})
+            return out
+
+    # -- scheduler output (before the runner updates its states) ----------------------------------------
+    def on_schedule(self, runner: Any, sched: Any) -> None:
+        self._sched = sched
+        for rid in sched.finished_req_ids:
+            self._finish(runner, rid)
+        new = sched.scheduled_new_reqs
+        # requests vLLM recomputes after a preemption (sent again as new in some paths)
+        self._resumed = set(sched.scheduled_cached_reqs.resumed_req_ids) | {
+            d.req_id for d in new if d.req_id in self.requests
+        }
+        if new:
+            plan, session = self.client.current_plan()
+            for data in new:
+                self._open(data, plan, session)
+
+    def _open(self, data: Any, plan: Any, session: int) -> None:
+        rid = data.req_id
+        if rid in self.requests:
+            return  # re-sent as new after a preemption: the same generation goes on (positions skip)
+        prompt = data.prompt_token_ids
+        prompt_len = len(prompt) if prompt is not None else 0
+        params = data.sampling_params
+        if params is None:  # pooling request: no generation to watch
+            return
+        try:
+            policy = request_policy(getattr(params, "extra_args", None), self.default_monitor)
+        except PolicyError as exc:
+            log.warning("probewatch: request %s runs unmonitored: %s", rid, exc)
+            self.metrics.unmonitored.labels(reason="unsupported_input").inc()
+            return
+        if not policy.monitored:
+            self.metrics.unmonitored.labels(reason="opted_out").inc()
+            return
+        if prompt is None:
+            self.metrics.unmonitored.labels(reason="unsupported_input").inc()
+            self._warn_once("embeds", "probewatch: requests given as prompt embeddings are not monitored")
+            return
+        if plan is None:
+            self.metrics.unmonitored.labels(reason="sidecar_down").inc()
+            self._remember(GenerationHandle(rid, prompt_len, monitored=False, reason="sidecar_down"))
+            return
+        layers = frozenset(layer for layer in self.layers if layer in plan.captures)
+        if policy.probes is not None:
+            by_id = {p["id"]: p["layer"] for p in plan.probes}
+            unknown = [p for p in policy.probes if p not in by_id]
+            if unknown:
+                log.warning("probewatch: request %s names unknown probes %s (ignored)", rid, unknown)
+            layers = layers & {by_id[p] for p in policy.probes if p in by_id}
+        if not layers:
+            self.metrics.unmonitored.labels(reason="unsupported_input").inc()
+            return
+        handle = GenerationHandle(rid, prompt_len)
+        self.client.open(handle, session, {"engine": "vllm", **policy.metadata})
+        with self._lock:
+            self.requests[rid] = _Request(handle, prompt_len, layers, int(data.num_computed_tokens))
+
+    def after_sampling(self, runner: Any) -> None:
+        """Close the requests whose just-sampled token ends them (vLLM's own stop rules, mirrored).
+
+        The worker learns of a finish only with the next scheduler output, which an idle server
+        never sends; and the scheduler hook runs in another process when the executor is
+        multi-process (`vllm serve`). So the worker closes, right after sampling, every request that
+        stopped on EOS / a stop token or reached max_tokens / max_model_len. Aborts and stop
+        strings close with the next scheduler output (`finished_req_ids`).
+        """
+        if not self.requests:
+            return
+        batch = runner.input_batch
+        for rid in batch.req_ids[: int(batch.num_reqs)]:
+            if rid not in self.requests:
+                continue
+            state = runner.requests.get(rid)
+            if state is not None and _stops(state, int(runner.max_model_len)):
+                self._finish(runner, rid, state)
+
+    def on_request_finished(self, request: Any) -> None:
+        """The scheduler frees a finished request (stop, length, abort): close its generation now.
+
+        Runs in the engine-core process, which holds the runner when the executor is uni-process
+        (one device); other workers close at the next scheduler output (`finished_req_ids`).
+        """
+        self._finish(None, request.request_id, request)
+
+    def _finish(self, runner: Any, rid: str, request: Any = None) -> None:
+        with self._lock:
+            req = self.requests.pop(rid, None)
+        if req is None or req.handle is None:
+            return
+        state = request if request is not None else getattr(runner, "requests", {}).get(rid)
+        prompt_ids = list(getattr(state, "prompt_token_ids", None) or [])
+        output_ids = [t for t in (getattr(state, "output_token_ids", None) or []) if t >= 0]
+        decode = self.decode
+
+        def texts() -> tuple[str, str]:
+            if decode is None:
+                return "", ""
+            return decode(prompt_ids), decode(output_ids)
+
+        self.client.close_lazy(req.handle, texts)
+        self._remember(req.handle)
+
+    def _remember(self, handle: GenerationHandle) -> None:
+        with self._lock:
+            self.recent[handle.id] = handle
+            while len(self.recent) > _RECENT:
+                self.recent.popitem(last=False)
+
+    # -- one model forward ------------------------------------------------------------------------------
+    def on_forward(self, runner: Any, input_ids: torch.Tensor | None, positions: torch.Tensor, output: Any) -> None:
+        sched, self._sched = self._sched, None  # one forward per scheduler output
+        if sched is None or not self.requests:
+            return
+        if not isinstance(output, tuple) or len(output) != 2 or len(output[1]) != len(self.layers):
+            self._fail_step(
+                sched, "rows", f"the model returned no auxiliary hidden state per captured layer {self.layers}"
+            )
+            return
+        aux = output[1]
+        if input_ids is None or positions.dim() != 1:
+            self._fail_step(sched, "rows", "a step without flat input_ids / positions (embeddings or M-RoPE)")
+            return
+        plan, session = self.client.current_plan()
+        if plan is None:
+            return
+        batch = runner.input_batch
+        num_reqs = int(batch.num_reqs)
+        req_ids = batch.req_ids[:num_reqs]
+        qsl = runner.query_start_loc.np[: num_reqs + 1]
+        computed = batch.num_computed_tokens_cpu[:num_reqs]
+        if int(qsl[num_reqs]) != int(sched.total_num_scheduled_tokens):
+            self._fail_step(
+                sched, "batch", f"{int(qsl[num_reqs])} rows in the batch, {sched.total_num_scheduled_tokens} scheduled"
+            )
+            return
+        resumed = self._resumed
+        # per prompt-row policy: row indices and (handle, position) per layer
+        per_layer: dict[int, tuple[list[np.ndarray], list[tuple[GenerationHandle, int]]]] = {
+            layer: ([], []) for layer in self.layers if layer in plan.captures
+        }
+        for i, rid in enumerate(req_ids):
+            req = self.requests.get(rid)
+            if req is None or not req.live:
+                continue
+            h = req.handle
+            assert h is not None
+            if h.session != session:
+                continue  # its stream is gone (resolved unmonitored by the link)
+            start, end, p0 = int(qsl[i]), int(qsl[i + 1]), int(computed[i])
+            n = end - start
+            scheduled = sched.num_scheduled_tokens.get(rid)
+            if scheduled != n:
+                self.fail(h, "rows", f"{n} rows in the batch for request {rid}, {scheduled} tokens scheduled")
+                continue
+            if p0 > req.floor or (p0 < req.floor and rid not in resumed):
+                self.fail(
+                    h, "position", f"request {rid} continues at position {p0}, its last step ended at {req.floor}"
+                )
+                continue
+            lo = max(p0, req.floor)
+            req.floor = max(req.floor, p0 + n)
+            if lo >= p0 + n:
+                continue
+            P = req.prompt_len
+            gen = np.arange(max(lo, P), p0 + n)
+            for layer, (parts, entries) in per_layer.items():
+                if layer not in req.layers:
+                    continue
+                policy = plan.captures[layer].prompt_rows
+                if policy == pb.PROMPT_ROWS_ALL:
+                    pos = np.arange(lo, p0 + n)
+                elif policy == pb.PROMPT_ROWS_LAST and lo <= P - 1 < p0 + n:
+                    pos = np.concatenate([[P - 1], gen])
+                else:
+                    pos = gen
+                if pos.size:
+                    parts.append(start + pos - p0)
+                    entries.extend((h, int(p)) for p in pos)
+        gathered: dict[bytes, tuple[torch.Tensor, _Gathered]] = {}
+        for k, layer in enumerate(self.layers):
+            if layer not in per_layer or not per_layer[layer][0]:
+                continue
+            idx_parts, entries = per_layer[layer]
+            idx = np.concatenate(idx_parts).astype(np.int64)
+            key = idx.tobytes()
+            if key not in gathered:
+                idx_t = torch.from_numpy(idx).to(aux[k].device, non_blocking=True)
+                fed = torch.stack(
+                    [input_ids.index_select(0, idx_t), positions.index_select(0, idx_t).to(input_ids.dtype)]
+                )
+                fed_host, fed_event = ClientCore.to_host(fed)
+                gathered[key] = (idx_t, _Gathered(fed_host[0], fed_host[1], fed_event))
+            idx_t, fed_rows = gathered[key]
+            cap = plan.captures[layer]
+            rows = aux[k].index_select(0, idx_t)
+            if cap.projection is not None:
+                rows = rows.to(torch.float32) @ cap.projection
+            host, event = ClientCore.to_host(rows)
+            self.client.enqueue(VllmBlock(self, layer, cap.kind, host, event, entries, fed_rows))
+
+    # -- the self-check ------------------------------------------------------------------------------------
+    def fail(self, handle: GenerationHandle, reason: str, detail: str) -> None:
+        """Stop sending `handle`'s rows; it closes `aborted` with the reason. Logged and counted once."""
+        if handle.capture_error is not None:
+            return
+        handle.capture_error = f"capture self-check failed ({reason}): {detail}"
+        self.metrics.capture_errors.labels(reason=reason).inc()
+        log.error(
+            "probewatch: monitoring STOPPED for generation %s: %s; no further rows are sent for it "
+            "(check the supported vLLM version in docs/live.md)",
+            handle.id,
+            handle.capture_error,
+        )
+
+    def _fail_step(self, sched: Any, reason: str, detail: str) -> None:
+        for rid in sched.num_scheduled_tokens:
+            req = self.requests.get(rid)
+            if req is not None and req.handle is not None:
+                self.fail(req.handle, reason, detail)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message)
+
+    def stop(self) -> None:
+        self.client.stop()
+        if self in _captures:
+            _captures.remove(self)

@@ -1,0 +1,57 @@
+"""Fixtures for the vLLM backend tests: they need vLLM (the `.venv-vllm` venv, `make test-vllm`).
+
+Engines run on the reference model (SmolLM2-135M-Instruct, fp32) on CPU. The in-process engine
+(`VLLM_ENABLE_V1_MULTIPROCESSING=0`, so the test reads the plugin's generation handles) runs in
+vLLM's default compiled mode; the subprocess engines (`vllm serve`, fail-open, kill switch) run
+eager to keep the suite's wall time down.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_LENS_DISABLE", "1")  # vllm-lens (installed by make bench-vllm) forces eager when loaded
+
+#: engine settings shared by every test engine: a fixed 512 MiB KV cache (the machine is shared),
+#: fp32 for parity with HF.
+ENGINE_ARGS = {
+    "dtype": "float32",
+    "max_model_len": 512,
+    "max_num_seqs": 8,
+    "kv_cache_memory_bytes": 512 << 20,
+    "seed": 0,
+}
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    from probewatch.models import load_model
+
+    return load_model("smollm2-135m-instruct").path
+
+
+@pytest.fixture(scope="session")
+def hf_reference():
+    """The HF model + tokenizer (fp32): the offline side of the parity checks."""
+    from probewatch.models import load_model
+
+    return load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory) -> list[Path]:
+    """The shipped bundles plus `deception-all` (token_selection all: every prompt row of its layer is sent)."""
+    from tests.server.helpers import set_manifest
+
+    root = REPO / "probes" / "shipped" / "smollm2-135m-instruct"
+    paths = sorted(p for p in root.iterdir() if (p / "manifest.json").is_file())
+    extra = tmp_path_factory.mktemp("bundles") / "deception-all"
+    shutil.copytree(root / "deception", extra)
+    set_manifest(extra, id="deception-all", token_selection="all")
+    return [*paths, extra]

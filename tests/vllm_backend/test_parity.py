@@ -1,0 +1,308 @@
+"""A real vLLM CPU engine (default compiled mode, chunked prefill, prefix caching) with the plugin and
+a real sidecar: live scores equal offline `score_dialogues` on the same tokens (fp32, atol 1e-3) in
+rows and pushdown modes, for concurrent requests of different lengths, a chunked prefill, a
+prefix-cache hit and an aborted request; every request's generation opens and closes exactly once."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from probewatch.data.chat import render
+from probewatch.data.dialogue import Dialogue, Message
+from probewatch.probes import ProbeRuntime, load_bundles
+from probewatch.probes.aggregate import aggregate
+from probewatch.scoring import score_dialogues
+from tests.vllm_backend.conftest import ENGINE_ARGS
+
+ATOL = 1e-3
+BATCH_TOKENS = 64  # max_num_batched_tokens: the long prompt below is prefilled in chunks
+BLOCK = 32  # KV block size (the CPU attention wants multiples of 32): the prefix cache reuses whole blocks
+QUESTIONS = [
+    "What is the capital of France? Answer in one word.",
+    "Name three primary colors.",
+    "How do I make a pipe bomb at home?",
+    # long: > BATCH_TOKENS tokens, so its prefill is split over steps shared with the others' decodes
+    "I am planning a long trip across Europe next summer with my family of four, including two "
+    "teenagers who love museums, hiking and trying local food. We will start in Lisbon, travel by "
+    "train through Spain and France, and finish in Rome after about three weeks. We have a moderate "
+    "budget and prefer small hotels. Which three cities would you recommend we spend the most time "
+    "in, and why? Please keep the answer short.",
+]
+
+
+@pytest.fixture(scope="module")
+def engine(bundles, model_path, tmp_path_factory):
+    """(llm, sidecar, runtime, capture): an in-process compiled engine monitored by an in-process sidecar."""
+    from vllm import LLM
+
+    from probewatch.server.sidecar import Sidecar, sidecar_config_for
+    from probewatch.server.vllm.capture import captures
+
+    config = sidecar_config_for(
+        None,
+        [str(p) for p in bundles],
+        host="127.0.0.1",
+        port=0,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        incident_db=tmp_path_factory.mktemp("incidents") / "incidents.sqlite3",
+    )
+    with Sidecar(config) as sidecar:
+        os.environ["PROBEWATCH_SIDECAR"] = sidecar.address
+        t0 = time.monotonic()
+        llm = LLM(
+            model_path,
+            enable_prefix_caching=True,
+            block_size=BLOCK,
+            max_num_batched_tokens=BATCH_TOKENS,
+            **ENGINE_ARGS,
+        )
+        print(f"vLLM start-up (compiled, monitored): {time.monotonic() - t0:.1f}s")
+        runner = llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
+        assert runner.compilation_config.mode != 0, "the engine must run compiled (no eager tax)"
+        assert not runner.model_config.enforce_eager
+        (capture,) = captures()
+        runtime = ProbeRuntime(load_bundles(bundles))
+        yield llm, sidecar, runtime, capture
+        capture.stop()
+
+
+def _layer_of(runtime, probe_id: str) -> int:
+    """The layer a loaded probe reads (the shipped bundles choose it; tests must not assume one)."""
+    return next(b.manifest.layer for b in runtime.bundles if b.id == probe_id)
+
+
+def _prompt_ids(tok, question: str) -> list[int]:
+    text = render(tok, [{"role": "user", "content": question}], add_generation_prompt=True)
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def _handle(request_id: str):
+    import probewatch.server.vllm as pv
+
+    matches = [h for rid, h in pv.results().items() if rid == request_id or rid.startswith(f"{request_id}-")]
+    assert len(matches) == 1, (request_id, list(pv.results()))
+    return matches[0]
+
+
+def _check_parity(runtime, hf, question: str, prompt: list[int], token_ids: list[int], finished_eos: bool, live):
+    """Every live score equals the offline score at the same position; aggregates too when nothing is missing."""
+    tok = hf.tokenizer
+    eos = tok.eos_token_id
+    n_real = token_ids.index(eos) if eos in token_ids else len(token_ids)
+    response = tok.decode(token_ids[:n_real], skip_special_tokens=True)
+    with torch.inference_mode():
+        offline = score_dialogues(
+            hf.model,
+            tok,
+            runtime,
+            [Dialogue([Message("user", question), Message("assistant", response)])],
+            progress=False,
+        )[0]
+    P = len(prompt)
+    # the engine feeds every generated token but the last (it stops there): scored = n_real, or n_real - 1
+    n_fed = n_real if finished_eos else n_real - 1
+    checked = 0
+    for pid, offline_scores in offline.token_scores.items():
+        selection = runtime.bundle(pid).manifest.token_selection
+        got = live.token_scores.get(pid, {})
+        if selection == "response":
+            assert len(offline_scores) == n_real, pid  # re-tokenising the response gives the same tokens
+            want = {P + i: offline_scores[i] for i in range(n_fed)}
+            assert sorted(p for p in got if p >= P) == sorted(want), pid
+        elif selection == "prompt_last":
+            want = {P - 1: offline_scores[0]}
+        else:  # all: offline index = position; the prompt rows live sends (cached ones are not) + response
+            want = {p: offline_scores[p] for p in got if p < P + n_fed}
+            assert set(range(P, P + n_fed)) <= set(got), pid
+        for p, value in want.items():
+            assert got[p] == pytest.approx(value, abs=ATOL), (pid, p)
+            checked += 1
+        if finished_eos or selection == "prompt_last":
+            aggregation = runtime.bundle(pid).manifest.aggregation
+            expected = (
+                aggregate([want[p] for p in sorted(want)], aggregation)
+                if selection == "all"
+                else offline.aggregate[pid]
+            )
+            assert live.scores[pid] == pytest.approx(expected, abs=ATOL), pid
+    assert checked > 0
+    return n_fed
+
+
+@pytest.mark.parametrize("mode", ["rows", "pushdown"])
+def test_concurrent_requests_and_chunked_prefill_equal_offline(mode, engine, hf_reference):
+    from vllm import SamplingParams
+
+    llm, sidecar, runtime, capture = engine
+    capture.set_mode(mode)
+    prompts = [_prompt_ids(hf_reference.tokenizer, q) for q in QUESTIONS]
+    assert len(prompts[-1]) > BATCH_TOKENS  # chunked prefill
+    outputs = llm.generate(
+        [{"prompt_token_ids": p} for p in prompts], SamplingParams(max_tokens=24, temperature=0), use_tqdm=False
+    )
+    for question, prompt, out in zip(QUESTIONS, prompts, outputs):
+        result = _handle(out.request_id).result(30)
+        assert result.monitored and result.status == "closed" and not result.errors, result
+        assert result.prompt_length == len(prompt)
+        completion = out.outputs[0]
+        _check_parity(
+            runtime,
+            hf_reference,
+            question,
+            prompt,
+            list(completion.token_ids),
+            completion.finish_reason == "stop",
+            result,
+        )
+    long_result = _handle(outputs[-1].request_id).result(0)
+    # every prompt row, except whole blocks already in the prefix cache from the previous mode's run
+    assert min(long_result.token_scores["deception-all"]) == (
+        0 if mode == "rows" else (len(prompts[-1]) - 1) // BLOCK * BLOCK
+    )
+    assert (
+        capture.metrics.registry.get_sample_value("probewatch_client_capture_errors_total", {"reason": "position"}) == 0
+    )
+
+
+def test_prefix_cache_hit_scores_what_is_computed(engine, hf_reference):
+    """A repeated prompt is served from the prefix cache: the cached prompt rows are not computed, so
+    `all`-selection probes miss them (documented); prompt_last and every generated token are scored."""
+    from vllm import SamplingParams
+
+    llm, sidecar, runtime, capture = engine
+    capture.set_mode("rows")
+    question = QUESTIONS[-1]
+    prompt = _prompt_ids(hf_reference.tokenizer, question)
+    params = SamplingParams(max_tokens=8, temperature=0)
+    llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)  # fills the cache
+    (out,) = llm.generate([{"prompt_token_ids": prompt}], params, use_tqdm=False)
+    result = _handle(out.request_id).result(30)
+    assert result.status == "closed"
+    first = min(result.token_scores["deception-all"])
+    # rows from the first computed position on: the whole cached blocks are skipped
+    assert first == (len(prompt) - 1) // BLOCK * BLOCK > 0
+    assert len(prompt) - 1 in result.token_scores["refusal"]  # prompt_last is always computed
+    completion = out.outputs[0]
+    _check_parity(
+        runtime, hf_reference, question, prompt, list(completion.token_ids), completion.finish_reason == "stop", result
+    )
+
+
+def test_aborted_request_closes_once_with_what_was_scored(engine, hf_reference):
+    from vllm import SamplingParams
+
+    from probewatch.capture import run_forward
+    from tests.server.grpc_helpers import metric_value, scrape
+
+    llm, sidecar, runtime, capture = engine
+    engine_api = llm.llm_engine
+    closed_before = metric_value(scrape(sidecar.metrics_port), "probewatch_generations_total", status="closed")
+    prompt = _prompt_ids(hf_reference.tokenizer, QUESTIONS[1])
+    engine_api.add_request(
+        "abort-me", {"prompt_token_ids": prompt}, SamplingParams(max_tokens=64, ignore_eos=True, temperature=0)
+    )
+    token_ids: list[int] = []
+    for _ in range(6):
+        for out in engine_api.step():
+            token_ids = list(out.outputs[0].token_ids)
+    engine_api.abort_request(["abort-me"])
+    while engine_api.has_unfinished_requests():
+        engine_api.step()
+    result = _handle("abort-me").result(30)
+    assert result.status == "closed" and result.monitored
+    got = result.token_scores["deception"]
+    generated = sorted(p for p in got if p >= len(prompt))
+    assert generated and generated == list(range(len(prompt), len(prompt) + len(generated)))
+    assert len(generated) <= len(token_ids)
+    full = torch.tensor([prompt + token_ids[: len(generated)]])
+    with torch.inference_mode():
+        hidden = run_forward(hf_reference.model, runtime.layers, full)
+    layer = _layer_of(runtime, "deception")
+    stack = runtime.stacks[layer]
+    scores = runtime.score(layer, hidden[layer][0])
+    j = stack.probe_ids.index("deception")
+    for p in generated:
+        assert got[p] == pytest.approx(float(scores[p, j]), abs=ATOL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        closed = metric_value(scrape(sidecar.metrics_port), "probewatch_generations_total", status="closed")
+        if closed >= closed_before + 1:
+            break
+        time.sleep(0.1)
+    assert closed == closed_before + 1  # closed exactly once
+    text = scrape(sidecar.metrics_port)
+    assert metric_value(text, "probewatch_rejected_messages_total", code="ALREADY_EXISTS") == 0
+    assert metric_value(text, "probewatch_rejected_messages_total", code="NOT_FOUND") == 0
+
+
+def test_opt_out_and_probe_selection_per_request(engine, hf_reference):
+    from vllm import SamplingParams
+
+    llm, sidecar, runtime, capture = engine
+    prompt = _prompt_ids(hf_reference.tokenizer, QUESTIONS[0])
+    registry = capture.metrics.registry
+    before = registry.get_sample_value("probewatch_client_unmonitored_generations_total", {"reason": "opted_out"}) or 0
+    off, only21 = llm.generate(
+        [{"prompt_token_ids": prompt}] * 2,
+        [
+            SamplingParams(max_tokens=4, temperature=0, extra_args={"probewatch": False}),
+            SamplingParams(
+                max_tokens=4,
+                temperature=0,
+                extra_args={"probewatch_probes": ["alignment-faking"], "probewatch_metadata": {"tenant": "t1"}},
+            ),
+        ],
+        use_tqdm=False,
+    )
+    import probewatch.server.vllm as pv
+
+    assert not any(rid.startswith(f"{off.request_id}-") for rid in pv.results())
+    assert (
+        registry.get_sample_value("probewatch_client_unmonitored_generations_total", {"reason": "opted_out"})
+        == before + 1
+    )
+    result = _handle(only21.request_id).result(30)
+    assert result.status == "closed" and set(result.token_scores) == {"alignment-faking"}  # its layer only
+
+
+def test_preempted_request_continues_its_generation(engine, hf_reference):
+    """vLLM preempts a running request (its KV blocks freed) and later resumes it by recomputing its
+    prompt and output: the generation goes on, every position is sent once, scores equal offline."""
+    from vllm import SamplingParams
+
+    from probewatch.capture import run_forward
+
+    llm, sidecar, runtime, capture = engine
+    capture.set_mode("rows")
+    engine_api = llm.llm_engine
+    prompt = _prompt_ids(hf_reference.tokenizer, QUESTIONS[0])
+    params = SamplingParams(max_tokens=16, ignore_eos=True, temperature=0)
+    engine_api.add_request("preempt-me", {"prompt_token_ids": prompt}, params)
+    for _ in range(5):
+        engine_api.step()
+    assert engine_api.reset_prefix_cache(reset_running_requests=True)  # forced preemption of running requests
+    token_ids: list[int] = []
+    while engine_api.has_unfinished_requests():
+        for out in engine_api.step():
+            token_ids = list(out.outputs[0].token_ids)
+    assert len(token_ids) == 16
+    result = _handle("preempt-me").result(30)
+    assert result.status == "closed" and not result.errors, result
+    P = len(prompt)
+    got = result.token_scores["deception"]
+    assert sorted(p for p in got if p >= P) == list(range(P, P + 15))  # 16 generated, the last never fed
+    full = torch.tensor([prompt + token_ids[:15]])
+    with torch.inference_mode():
+        hidden = run_forward(hf_reference.model, runtime.layers, full)
+    layer = _layer_of(runtime, "deception")
+    j = runtime.stacks[layer].probe_ids.index("deception")
+    scores = runtime.score(layer, hidden[layer][0])
+    for p in range(P, P + 15):
+        assert got[p] == pytest.approx(float(scores[p, j]), abs=ATOL)
+    errors = capture.metrics.registry.get_sample_value("probewatch_client_capture_errors_total", {"reason": "position"})
+    assert errors == 0
