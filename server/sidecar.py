@@ -1,68 +1,63 @@
-"""The gRPC sidecar: `probewatch.v1.Monitor` servicer, health, reflection and /metrics.
+"""The gRPC sidecar: configuration and lifecycle (gRPC server, health, /metrics, housekeeping).
 
 The sidecar never loads the model's weights: it needs the model's fingerprint (to refuse bundles
 and generations from a different model) and d_model, both read from the model folder
-(`fingerprint_folder` reads a few slices lazily), or given outright.
+(`fingerprint_folder` reads a few slices lazily), or given outright. The servicer itself is
+server/servicer.py; scoring is server/engine.py.
 
-Bad input inside the bidirectional stream is answered with an `Error` message carrying the
-generation id, the layer and a gRPC status code; the stream stays open and every other
-generation on it goes on (one bad chunk from one sequence of a batch must not cost the whole
-batch its monitoring). The rejected chunk leaves no trace in the generation's state, so a
-corrected chunk can follow.
+Exposure and admission (server/admission.py, server/auth.py): the gRPC port and /metrics bind
+127.0.0.1 unless told otherwise; with `auth_token_file`, every RPC but health needs a bearer
+token; long-lived RPCs are capped in total and per client address, unary Score calls too, and
+the thread pool is sized above those caps so `Health.Check` never waits behind streams.
+Reflection is off unless asked for.
 
-Message size has two tiers. `max_message_bytes` (advertised by ListProbes; clients split chunks
-below it) is checked per message: a bigger one is answered with an Error RESOURCE_EXHAUSTED and
-the stream stays open. gRPC's own receive limit is set to twice that, as the memory backstop:
-beyond it gRPC fails the whole RPC with RESOURCE_EXHAUSTED before the sidecar sees the message;
-the stream's open generations are then finalised as `aborted` (aggregates, alerts and incidents
-are kept: nothing recorded is lost).
+Liveness: HTTP/2 keepalive both ways. The server pings each client every `keepalive_time_s`
+and drops a connection that does not answer within `keepalive_timeout_s` (its streams' open
+generations end `aborted`); clients may ping every `min_ping_interval_s` or slower, even with no
+call in flight (the attach client pings every 5 s); faster pingers get GOAWAY (too_many_pings).
+
+Shutdown (`stop`, SIGTERM in `probewatch serve`): health turns NOT_SERVING, new streams and new
+generations are refused (UNAVAILABLE), open generations have `shutdown_grace_s` to close and get
+their summaries (a stream ends as soon as it holds none), then what is left is aborted, the queue
+is scored, incidents and webhooks are flushed.
+
+Every limit is a field of `SidecarConfig` with its default below, and a `probewatch serve` flag.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import threading
-import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from probewatch.errors import ProbewatchError
 from probewatch.probes.bundle import Bundle, load_bundles
 from probewatch.probes.runtime import ProbeRuntime
-from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
-from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
-from probewatch.server.engine import (
-    _END,
-    PROJECTIONS,
-    ROWS,
-    ChunkWork,
-    CloseWork,
-    EndWork,
-    ScoringEngine,
-    StreamState,
-    is_linear,
-    layer_prompt_rows,
-)
+from probewatch.server.admission import Guard, StreamSlots
+from probewatch.server.auth import TokenFile
+from probewatch.server.engine import DEFAULT_OUTBOX_SIZE, EngineLimits, ScoringEngine
 from probewatch.server.incidents import IncidentStore
 from probewatch.server.metrics import SidecarMetrics, serve_metrics
+from probewatch.server.privacy import DEFAULT_MAX_CHARS, STORE_TEXT_MODES, TextPolicy
+from probewatch.server.servicer import SERVICE_NAME, MonitorServicer, add_to_server
 from probewatch.server.webhook import WebhookSender, validate_webhook_url
-from probewatch.server.wire import WireError, check_positions, decode_rows, encode_array, invalid
 
 log = logging.getLogger(__name__)
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Monitor"].full_name
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+_LIMITS = EngineLimits()
 
 
 class SidecarConfig(BaseModel):
-    """Everything `probewatch serve` configures (and what tests build directly)."""
+    """Everything `probewatch serve` configures (and what tests build directly); defaults are documented."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
@@ -70,16 +65,17 @@ class SidecarConfig(BaseModel):
     fingerprint: str
     d_model: int | None = None  # None: taken from the bundles' manifests
     bundle_paths: list[Path] = Field(default_factory=list)
-    host: str = "0.0.0.0"
+    allow_unverified_bundles: bool = False  # load bundles whose manifest records no weights_sha256
+    host: str = "127.0.0.1"
     port: int = 50051
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = "127.0.0.1"
     metrics_port: int | None = 9400  # None: no /metrics server
-    incident_db: Path | None = None  # None: incidents are not recorded
+    incident_db: str | Path | None = None  # SQLite path or database URL; None: incidents are not recorded
     webhook_url: str | None = None
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    queue_size: int = 1024
+    review_url: str | None = None  # base URL of the review app: webhook payloads link to the incident page
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
+    queue_size: int = Field(1024, ge=1)
     max_batch_rows: int = 16384
-    max_workers: int = 64  # gRPC threads; each live stream holds one
     put_timeout_s: float = 5.0
     # SAE latents exported as probewatch_sae_feature_activation, {SAE name: latent ids};
     # None: the latents the loaded sae_feature probes read (at most 32 per SAE)
@@ -88,6 +84,60 @@ class SidecarConfig(BaseModel):
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # -- exposure and authentication
+    auth_token_file: Path | None = None  # bearer tokens, one per line; None: no token needed
+    reflection: bool = False  # gRPC server reflection (lists the services to anyone who asks)
+    # -- admission
+    max_streams: int = Field(256, ge=1)  # long-lived RPCs (Monitor, Health.Watch, reflection) in total
+    max_streams_per_peer: int = Field(128, ge=1)  # ... per client address
+    max_concurrent_unary: int = Field(16, ge=1)  # Score calls at once
+    max_workers: int | None = None  # gRPC threads; None: max_streams + max_concurrent_unary + 16
+    # -- liveness
+    keepalive_time_s: float = Field(20.0, gt=0)  # the server pings each client this often
+    keepalive_timeout_s: float = Field(10.0, gt=0)  # ... and drops it when the ping is not answered in time
+    min_ping_interval_s: float = Field(4.0, ge=0)  # clients may ping this often (faster: GOAWAY)
+    stream_idle_timeout_s: float = Field(300.0, gt=0)  # a stream holding generations and silent this long ends
+    generation_ttl_s: float = Field(3600.0, gt=0)  # a generation open longer is aborted
+    shutdown_grace_s: float = Field(20.0, ge=0)  # open generations get this long to close at shutdown
+    # -- bounded memory
+    max_generation_id_bytes: int = Field(_LIMITS.max_generation_id_bytes, ge=1)
+    max_metadata_bytes: int = Field(_LIMITS.max_metadata_bytes, ge=0)
+    max_metadata_entries: int = Field(_LIMITS.max_metadata_entries, ge=0)
+    max_open_generations_per_stream: int = Field(_LIMITS.max_open_per_stream, ge=1)
+    max_open_generations: int = Field(_LIMITS.max_open_total, ge=1)
+    outbox_size: int = Field(DEFAULT_OUTBOX_SIZE, ge=16)  # responses queued for a client that does not read
+    max_abs_activation: float = Field(1e15, gt=0)  # |value| above this in a row or projection: INVALID_ARGUMENT
+    # -- private data
+    store_text: str = "redacted"  # full | redacted | none (server/privacy.py)
+    max_text_chars: int = Field(DEFAULT_MAX_CHARS, ge=0)  # per stored prompt / response / metadata value
+    retention_days: float = Field(30.0, ge=0)  # incidents older than this are deleted; 0: kept forever
+    retention_interval_s: float = Field(3600.0, gt=0)  # how often retention runs after start-up
+
+    @field_validator("store_text")
+    @classmethod
+    def _store_text(cls, value: str) -> str:
+        if value not in STORE_TEXT_MODES:
+            raise ValueError(f"store_text {value!r} not one of {', '.join(STORE_TEXT_MODES)}")
+        return value
+
+    def engine_limits(self) -> EngineLimits:
+        return EngineLimits(
+            max_generation_id_bytes=self.max_generation_id_bytes,
+            max_metadata_bytes=self.max_metadata_bytes,
+            max_metadata_entries=self.max_metadata_entries,
+            max_open_per_stream=self.max_open_generations_per_stream,
+            max_open_total=self.max_open_generations,
+        )
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine (this pod) can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def server_credentials(config: SidecarConfig) -> grpc.ServerCredentials | None:
@@ -167,15 +217,26 @@ def sidecar_config_for(
             f"no probe bundles for model {identity.model_id!r}: none shipped under {shipped_root()} and none given. "
             "Train them (the training pipeline exports bundles under probes/shipped/<model>/) or pass --bundles DIR"
         )
-    if settings.get("webhook_url"):
-        validate_webhook_url(settings["webhook_url"])
-    return SidecarConfig(
+    for key in ("webhook_url", "review_url"):
+        if settings.get(key):
+            validate_webhook_url(settings[key])
+    return make_config(
         model_id=identity.model_id,
         fingerprint=identity.fingerprint,
         d_model=identity.d_model,
         bundle_paths=list(paths),
         **settings,
     )
+
+
+def make_config(**settings) -> SidecarConfig:
+    """SidecarConfig, with an invalid setting as a one-line ProbewatchError naming it."""
+    try:
+        return SidecarConfig(**settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise ProbewatchError(f"invalid setting {field}={first.get('input')!r}: {first['msg']}") from None
 
 
 class Sidecar:
@@ -185,7 +246,10 @@ class Sidecar:
         self.config = config
         if bundles is None:
             bundles = load_bundles(
-                config.bundle_paths, expected_fingerprint=config.fingerprint, expected_d_model=config.d_model
+                config.bundle_paths,
+                expected_fingerprint=config.fingerprint,
+                expected_d_model=config.d_model,
+                allow_unverified=config.allow_unverified_bundles,
             )
         else:
             mismatched = [b.id for b in bundles if b.manifest.model.fingerprint != config.fingerprint]
@@ -204,13 +268,26 @@ class Sidecar:
         if self.runtime.d_model is None:
             raise ProbewatchError("cannot tell the model's d_model from the bundles or the model folder")
         self.d_model = int(self.runtime.d_model)
+        self.tokens = TokenFile(config.auth_token_file) if config.auth_token_file else None
         self.metrics = SidecarMetrics()
         self.metrics.register_bundles(bundles)
-        self.incidents = IncidentStore.open(config.incident_db) if config.incident_db else None
+        self.incidents = (
+            IncidentStore.open(config.incident_db, store_text=config.store_text, max_text_chars=config.max_text_chars)
+            if config.incident_db
+            else None
+        )
+        self.policy = (
+            self.incidents.policy
+            if self.incidents is not None
+            else TextPolicy(config.store_text, max_chars=config.max_text_chars)
+        )
         self.webhook = None
         if config.webhook_url:
             self.webhook = WebhookSender(
-                config.webhook_url, on_outcome=lambda o: self.metrics.webhook_deliveries.labels(outcome=o).inc()
+                config.webhook_url,
+                on_outcome=lambda o: self.metrics.webhook_deliveries.labels(outcome=o).inc(),
+                on_error=lambda: self.metrics.internal_errors.labels(component="webhook").inc(),
+                review_url=config.review_url,
             )
         self.engine = ScoringEngine(
             self.runtime,
@@ -221,33 +298,69 @@ class Sidecar:
             queue_size=config.queue_size,
             max_batch_rows=config.max_batch_rows,
             put_timeout_s=config.put_timeout_s,
+            limits=config.engine_limits(),
+            policy=self.policy,
         )
         self.servicer = MonitorServicer(self)
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None
         self._metrics_server = None
+        self._housekeeper: threading.Thread | None = None
+        self._stopping = threading.Event()
         self.port: int | None = None
         self.metrics_port: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
+    def server_options(self) -> list[tuple[str, int]]:
+        c = self.config
+        limit = 2 * c.max_message_bytes  # transport backstop; the per-message check is in the servicer
+        return [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            ("grpc.so_reuseport", 0),
+            # the server's own pings: a client that stops answering is dropped and its generations aborted
+            ("grpc.keepalive_time_ms", int(c.keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(c.keepalive_timeout_s * 1000)),
+            # gRPC >= 1.6x waits for any ping's ack `ping_timeout_ms` (default 60 s), keepalive pings included
+            ("grpc.http2.ping_timeout_ms", int(c.keepalive_timeout_s * 1000)),
+            ("grpc.http2.max_pings_without_data", 0),
+            # enforcement of the clients' pings: allowed every min_ping_interval_s, also with no call open;
+            # faster ones are strikes, and after max_ping_strikes the connection gets GOAWAY(too_many_pings)
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", int(c.min_ping_interval_s * 1000)),
+            ("grpc.http2.max_ping_strikes", 2),
+        ]
+
     def start(self) -> Sidecar:
+        c = self.config
+        if self.incidents is not None:
+            interrupted = self.incidents.mark_interrupted()
+            if interrupted:
+                log.warning("%d incident(s) left open by a previous run are now 'interrupted'", interrupted)
+            self._purge()
         self.engine.start()
-        limit = 2 * self.config.max_message_bytes  # transport backstop; the per-message check is in the servicer
+        workers = c.max_workers or (c.max_streams + c.max_concurrent_unary + 16)
+        guard = Guard(
+            StreamSlots(c.max_streams, c.max_streams_per_peer),
+            c.max_concurrent_unary,
+            limited_unary={f"/{SERVICE_NAME}/Score"},
+            tokens=self.tokens,
+            on_reject=lambda code: self.metrics.rejected.labels(code=code.name).inc(),
+        )
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self.config.max_workers, thread_name_prefix="probewatch-grpc"),
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-                ("grpc.so_reuseport", 0),
-            ],
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probewatch-grpc"),
+            interceptors=[guard],
+            options=self.server_options(),
         )
-        pb_grpc.add_MonitorServicer_to_server(self.servicer, server)
+        add_to_server(self.servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-        )
-        address = f"{self.config.host}:{self.config.port}"
-        credentials = server_credentials(self.config)
+        if c.reflection:
+            reflection.enable_server_reflection(
+                (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+                server,
+            )
+        address = f"{c.host}:{c.port}"
+        credentials = server_credentials(c)
         try:
             port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
         except RuntimeError as exc:
@@ -258,37 +371,72 @@ class Sidecar:
         self._server, self.port = server, port
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if self.config.metrics_port is not None:
+        if c.metrics_port is not None:
             try:
-                metrics_server, _ = serve_metrics(
-                    self.metrics.registry, self.config.metrics_port, self.config.metrics_host
-                )
+                metrics_server, _ = serve_metrics(self.metrics.registry, c.metrics_port, c.metrics_host)
             except OSError as exc:
                 self.stop(0)
-                raise ProbewatchError(f"cannot serve /metrics on port {self.config.metrics_port}: {exc}") from exc
+                raise ProbewatchError(f"cannot serve /metrics on {c.metrics_host}:{c.metrics_port}: {exc}") from exc
             self._metrics_server = metrics_server
             self.metrics_port = metrics_server.server_port
+        if self.incidents is not None and c.retention_days > 0:
+            self._housekeeper = threading.Thread(target=self._retention_loop, name="probewatch-retention", daemon=True)
+            self._housekeeper.start()
+        if not is_loopback(c.host) and credentials is None and self.tokens is None:
+            log.warning(
+                "gRPC on %s without TLS or a bearer token: anyone who can reach port %s can read the probes and "
+                "create incidents (use --tls-cert/--tls-key/--tls-client-ca and/or --auth-token-file)",
+                c.host,
+                port,
+            )
         log.info(
-            "probewatch sidecar: gRPC%s on %s:%s, /metrics on %s, %d probes on layers %s",
+            "probewatch sidecar: gRPC%s%s on %s:%s, /metrics on %s:%s, %d probes on layers %s",
             " (TLS)" if credentials else "",
-            self.config.host,
+            " (token)" if self.tokens else "",
+            c.host,
             port,
+            c.metrics_host,
             self.metrics_port,
             len(self.runtime.bundles),
             self.runtime.layers,
         )
         return self
 
+    def _purge(self) -> None:
+        """Retention: delete incidents older than retention_days (at start-up and then periodically)."""
+        if self.incidents is None or self.config.retention_days <= 0:
+            return
+        deleted = self.incidents.purge_older_than(self.config.retention_days)
+        if deleted:
+            log.info("retention: deleted %d incident(s) older than %g days", deleted, self.config.retention_days)
+
+    def _retention_loop(self) -> None:
+        while not self._stopping.wait(self.config.retention_interval_s):
+            try:
+                self._purge()
+            except Exception:  # counted and retried next round; never ends the thread
+                log.exception("retention run failed")
+                self.metrics.internal_errors.labels(component="retention").inc()
+
     @property
     def address(self) -> str:
         host = self.config.host if self.config.host not in ("0.0.0.0", "::", "[::]") else "127.0.0.1"
         return f"{host}:{self.port}"
 
-    def stop(self, grace_s: float = 2.0) -> None:
-        """Stop accepting, let streams end, score what is queued, flush incidents and webhooks."""
+    @property
+    def draining(self) -> bool:
+        return self.engine.draining
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Drain: refuse new streams and generations, give open ones `grace_s` (default: the config's
+        shutdown_grace_s) to close with summaries, abort the rest, score what is queued, flush incidents
+        and webhooks."""
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        self.engine.draining = True
         self.health.enter_graceful_shutdown()
+        self._stopping.set()
         if self._server is not None:
-            self._server.stop(grace_s).wait(grace_s + 5)
+            self._server.stop(grace).wait(grace + 5)
             self._server = None
         self.engine.stop()
         if self.webhook is not None:
@@ -297,6 +445,9 @@ class Sidecar:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
             self._metrics_server = None
+        if self._housekeeper is not None:
+            self._housekeeper.join(5)
+            self._housekeeper = None
         if self.incidents is not None:
             self.incidents.close()
             self.incidents = None
@@ -310,263 +461,3 @@ class Sidecar:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-class MonitorServicer(pb_grpc.MonitorServicer):
-    def __init__(self, sidecar: Sidecar) -> None:
-        self.sidecar = sidecar
-        self.engine = sidecar.engine
-        self.metrics = sidecar.metrics
-        self.runtime = sidecar.runtime
-        self.d_model = sidecar.d_model
-        self.row_layers = set(self.runtime.layers)
-        self._list_response = self._build_list_response()
-
-    # -- discovery ------------------------------------------------------------------------------------
-    def _build_list_response(self) -> pb.ListProbesResponse:
-        config = self.sidecar.config
-        specs = self.engine.specs
-        probes = []
-        for bundle in self.runtime.bundles:
-            m = bundle.manifest
-            probes.append(
-                pb.ProbeInfo(
-                    id=m.id,
-                    behaviour=m.behaviour,
-                    kind=m.kind,
-                    layer=m.layer,
-                    token_selection=m.token_selection,
-                    aggregation=m.aggregation.method,
-                    window=m.aggregation.window,
-                    alpha=m.aggregation.alpha,
-                    threshold=m.threshold.value,
-                    version=str(m.version),
-                    model_fingerprint=m.model.fingerprint,
-                    description=m.description,
-                    weights_sha256=m.weights_sha256,
-                )
-            )
-        plans = []
-        sae_layers = set(getattr(self.runtime, "sae_layers", []))
-        for layer in self.runtime.layers:
-            on_layer = [s for s in specs.values() if s.layer == layer]
-            stack = self.runtime.stacks.get(layer)
-            plans.append(
-                pb.LayerPlan(
-                    layer=layer,
-                    probe_ids=list(stack.probe_ids) if stack else [],
-                    projection=encode_array(stack.weight.cpu().numpy()) if stack else None,
-                    rows_required=layer in sae_layers or any(not is_linear(s.kind) for s in on_layer),
-                    prompt_rows=layer_prompt_rows(on_layer),
-                )
-            )
-        return pb.ListProbesResponse(
-            model_id=config.model_id,
-            model_fingerprint=config.fingerprint,
-            d_model=self.d_model,
-            probes=probes,
-            layers=self.runtime.layers,
-            plans=plans,
-            max_message_bytes=config.max_message_bytes,
-        )
-
-    def ListProbes(self, request, context):
-        return self._list_response
-
-    # -- unary scoring ----------------------------------------------------------------------------------
-    def Score(self, request: pb.ScoreRequest, context):
-        try:
-            self._check_size(request, "ScoreRequest")
-            return self._score(request)
-        except WireError as exc:
-            self.metrics.rejected.labels(code=exc.code.name).inc()
-            context.abort(exc.code, exc.message)
-
-    def _score(self, request: pb.ScoreRequest) -> pb.ScoreResponse:
-        fp = self.sidecar.config.fingerprint
-        if request.model_fingerprint and request.model_fingerprint != fp:
-            raise WireError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"model fingerprint {request.model_fingerprint} does not match the sidecar's {fp}",
-            )
-        unknown = [p for p in request.probe_ids if p not in self.engine.specs]
-        if unknown:
-            raise WireError(
-                grpc.StatusCode.NOT_FOUND,
-                f"unknown probe(s) {', '.join(unknown)}; loaded probes: {', '.join(self.engine.specs)}",
-            )
-        if request.prompt_length < 0:
-            raise invalid("negative prompt_length")
-        payloads: dict[int, tuple[str, np.ndarray]] = {}
-        n_rows = None
-        for lp in request.layers:
-            if lp.layer in payloads:
-                raise invalid(f"layer {lp.layer} given twice")
-            kind, width = self._layer_kind(lp.layer, lp.kind)
-            shape = list(lp.payload.shape)
-            n = int(shape[0]) if shape else 0
-            data = decode_rows(lp.payload, n, width, f"layer {lp.layer}")
-            if n_rows is not None and n != n_rows:
-                raise invalid(
-                    f"layer {lp.layer} carries {n} rows but an earlier layer {n_rows}; one sequence per request"
-                )
-            n_rows = n
-            payloads[lp.layer] = (kind, data)
-        if not payloads:
-            raise invalid("ScoreRequest carries no layers")
-        for pid in request.probe_ids:
-            layer = self.engine.specs[pid].layer
-            if layer not in payloads:
-                raise invalid(f"probe {pid} reads layer {layer}, which the request does not carry")
-        results = self.engine.score_now(payloads, int(request.prompt_length), list(request.probe_ids))
-        return pb.ScoreResponse(
-            probes=[
-                pb.ProbeScores(
-                    result=pb.ProbeResult(
-                        probe_id=r.spec.id,
-                        behaviour=r.spec.behaviour,
-                        score=r.aggregate,
-                        threshold=r.spec.threshold,
-                        flagged=r.flagged,
-                        n_tokens=len(r.scores),
-                        aggregation=r.spec.aggregation.method,
-                        token_selection=r.spec.token_selection,
-                    ),
-                    positions=r.positions.tolist(),
-                    token_scores=encode_array(r.scores.astype(np.float32)),
-                )
-                for r in results
-            ]
-        )
-
-    def _layer_kind(self, layer: int, kind: int) -> tuple[str, int]:
-        """(kind name, expected width) of a payload for `layer`, or INVALID_ARGUMENT."""
-        if kind == pb.PAYLOAD_KIND_RESIDUAL_ROWS:
-            if layer not in self.row_layers:
-                raise invalid(f"no probe reads layer {layer}; capture layers {sorted(self.row_layers)}")
-            return ROWS, self.d_model
-        if kind == pb.PAYLOAD_KIND_PROJECTIONS:
-            stack = self.runtime.stacks.get(layer)
-            if stack is None:
-                raise invalid(
-                    f"no linear probe reads layer {layer}: no projections to score "
-                    f"(pushdown layers: {sorted(self.runtime.stacks)})"
-                )
-            return PROJECTIONS, stack.k
-        raise invalid(f"payload kind {kind} is neither RESIDUAL_ROWS nor PROJECTIONS")
-
-    # -- live stream ------------------------------------------------------------------------------------
-    def Monitor(self, request_iterator, context):
-        stream = StreamState(context.peer())
-        self.metrics.active_streams.inc()
-
-        def on_done() -> None:  # cancelled, deadline, transport error, or normal completion
-            stream.alive = False
-            stream.outbox.put(_END)
-
-        context.add_callback(on_done)
-        reader = threading.Thread(
-            target=self._read,
-            args=(request_iterator, context, stream),
-            name=f"probewatch-stream-{stream.id}",
-            daemon=True,
-        )
-        reader.start()
-        try:
-            while True:
-                msg = stream.outbox.get()
-                if msg is _END:
-                    return
-                yield msg
-        finally:
-            stream.alive = False
-            self.metrics.active_streams.dec()
-
-    def _read(self, request_iterator, context, stream: StreamState) -> None:
-        try:
-            for request in request_iterator:
-                self._handle(stream, request)
-        except Exception as exc:  # noqa: BLE001 - transport end: the stream's generations are aborted below
-            code = getattr(context, "code", lambda: None)()
-            if code is None and isinstance(exc, grpc.RpcError):
-                code = exc.code() if callable(getattr(exc, "code", None)) else None
-            if code is not None and code != grpc.StatusCode.CANCELLED:
-                self.metrics.rejected.labels(code=code.name).inc()
-            log.info("stream %s from %s ended abnormally: %s", stream.id, stream.peer, exc or type(exc).__name__)
-        finally:
-            for gen in list(stream.generations.values()):
-                if not gen.closing:
-                    self.engine.submit_control(CloseWork(gen, status="aborted"))
-            self.engine.submit_control(EndWork(stream))
-
-    def _handle(self, stream: StreamState, request: pb.MonitorRequest) -> None:
-        which = request.WhichOneof("msg")
-        gid, layer = "", -1
-        try:
-            if which == "chunk":
-                gid, layer = request.chunk.generation_id, request.chunk.layer
-            self._check_size(request, f"generation {gid or '?'} {which}")
-            if which == "open":
-                gid = request.open.generation_id
-                self.engine.open_generation(stream, request.open)
-            elif which == "chunk":
-                gid, layer = request.chunk.generation_id, request.chunk.layer
-                self._chunk(stream, request.chunk)
-            elif which == "close":
-                gid = request.close.generation_id
-                gen = self.engine.lookup(stream, gid)
-                close = request.close
-                gen.prompt_text = close.prompt_text or None
-                gen.response_text = close.response_text or None
-                gen.client_dropped = int(close.dropped_chunks)
-                if close.abort_reason:
-                    log.warning("generation %s: the client stopped monitoring it: %s", gid, close.abort_reason)
-                self.engine.submit_control(CloseWork(gen, status="aborted" if close.abort_reason else "closed"))
-            else:
-                raise invalid("empty MonitorRequest (set open, chunk or close)")
-        except WireError as exc:
-            self.metrics.rejected.labels(code=exc.code.name).inc()
-            rejected = stream.generations.get(gid)
-            if rejected is not None:
-                rejected.rejected_chunks += 1
-            stream.error(gid, exc, layer)
-
-    def _check_size(self, message, what: str) -> None:
-        limit = self.sidecar.config.max_message_bytes
-        chunk = message.chunk if isinstance(message, pb.MonitorRequest) and message.HasField("chunk") else None
-        if chunk is not None:
-            # an upper bound of the encoded size: ByteSize() re-encodes the whole payload (~0.1 ms per chunk)
-            size = (
-                len(chunk.payload.data)
-                + 11 * (len(chunk.positions) + len(chunk.token_ids) + len(chunk.payload.shape))
-                + len(chunk.generation_id)
-                + 64
-            )
-        else:
-            size = message.ByteSize()
-        if size > limit:
-            raise WireError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{what}: message of {size} bytes is over the {limit}-byte limit; split it into smaller chunks",
-            )
-
-    def _chunk(self, stream: StreamState, chunk: pb.ActivationChunk) -> None:
-        received = time.perf_counter()
-        gen = self.engine.lookup(stream, chunk.generation_id)
-        what = f"generation {gen.id} layer {chunk.layer}"
-        kind, width = self._layer_kind(chunk.layer, chunk.kind)
-        positions = check_positions(chunk.positions, gen.last_position.get(chunk.layer, -1), what)
-        if chunk.token_ids and len(chunk.token_ids) != len(positions):
-            raise invalid(f"{what}: {len(chunk.token_ids)} token_ids for {len(positions)} positions")
-        data = decode_rows(chunk.payload, len(positions), width, what)
-        gen.last_position[chunk.layer] = int(positions[-1])
-        work = ChunkWork(
-            generation=gen, layer=chunk.layer, kind=kind, positions=positions, data=data, received_at=received
-        )
-        if not self.engine.submit_chunk(work):
-            # not a malformed message: counted in probewatch_dropped_chunks_total{reason="queue_full"}
-            stream.error(
-                gen.id,
-                WireError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{what}: scoring queue full; chunk dropped"),
-                chunk.layer,
-            )

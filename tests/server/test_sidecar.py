@@ -70,7 +70,12 @@ def test_health_and_reflection(start_sidecar):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    sidecar = start_sidecar()
+    # reflection is off unless asked for (it lists the services to anyone who can connect)
+    default = reflection_pb2_grpc.ServerReflectionStub(grpc.insecure_channel(start_sidecar().address))
+    with pytest.raises(grpc.RpcError) as off:
+        next(default.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5))
+    assert off.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    sidecar = start_sidecar(reflection=True)
     channel = grpc.insecure_channel(sidecar.address)
     health = health_pb2_grpc.HealthStub(channel)
     for service in ("", "probewatch.v1.Monitor"):
@@ -309,13 +314,16 @@ def test_alerts_incidents_and_metrics(start_sidecar, runtime, tiny_fp, tmp_path)
     client.send(open_msg("g", tiny_fp, 2, tenant="acme"), chunk_msg("g", 1, calm, [2, 3]), chunk_msg("g", 1, hot, [4]))
     client.wait_for(lambda rs: any(r.WhichOneof("msg") == "alert" for r in rs))
     early = client.of("alert", "g")[0]
-    assert early.early and early.probe_id == "dec" and early.position == 4 and early.incident_id == 0
+    assert early.early and early.probe_id == "dec" and early.position == 4 and early.incident_id > 0
     assert early.score == pytest.approx(5.25, abs=1e-4)
+    # the row exists as soon as the alert is raised (crash-safe), its generation still open
+    store = IncidentStore.open(tmp_path / "incidents.sqlite3", readonly=True)
+    assert store.get(early.incident_id).generation_status == "open"
     client.send(chunk_msg("g", 1, calm[:1], [5]), close_msg("g", prompt="the prompt", response="the response"))
     summary = client.wait_summary("g")
     client.close()
-    assert [a.probe_id for a in summary.alerts] == ["dec"] and summary.alerts[0].incident_id > 0
-    store = IncidentStore.open(tmp_path / "incidents.sqlite3", readonly=True)
+    assert [a.probe_id for a in summary.alerts] == ["dec"] and summary.alerts[0].incident_id == early.incident_id
+    assert store.count() == 1  # completed in place, not written twice
     incident = store.get(summary.alerts[0].incident_id)
     assert (incident.generation_id, incident.probe, incident.behaviour, incident.status) == (
         "g",
@@ -328,6 +336,7 @@ def test_alerts_incidents_and_metrics(start_sidecar, runtime, tiny_fp, tmp_path)
     assert incident.token_scores[2][1] == pytest.approx(5.25, abs=1e-4)
     assert (incident.prompt, incident.response) == ("the prompt", "the response")
     assert incident.model_fingerprint == tiny_fp and incident.bundle_version == "1" and incident.early
+    assert incident.generation_status == "closed"
     assert incident.metadata == {"tenant": "acme"}
     text = scrape(sidecar.metrics_port)
     assert metric_value(text, "probewatch_alerts_total", probe="dec", behaviour="deception") == 1

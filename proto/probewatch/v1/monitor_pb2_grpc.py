@@ -56,10 +56,13 @@ class MonitorServicer:
 
     def Monitor(self, request_iterator, context):
         """Live generations, many multiplexed on one stream: Open, ActivationChunk..., Close per
-        generation. A bad message is answered with an Error naming the generation and a gRPC status
-        code; the stream stays open for every other generation. Only transport-level failures
-        (a message over the size limit: RESOURCE_EXHAUSTED) end the stream; its open generations are
-        then finalised as aborted (their scores and incidents are kept).
+        generation. A bad message (also one that does not parse) is answered with an Error naming the
+        generation and a gRPC status code; the stream stays open for every other generation. The
+        stream itself ends on transport-level failures (a message over the size limit:
+        RESOURCE_EXHAUSTED), when it stays silent past the idle timeout with generations open
+        (DEADLINE_EXCEEDED), when its client stops reading responses (cancelled), and at shutdown once
+        its generations are done (UNAVAILABLE); its open generations are then finalised as aborted
+        (their scores and incidents are kept).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
