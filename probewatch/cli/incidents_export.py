@@ -1,0 +1,115 @@
+"""`probewatch incidents export|migrate`: reviewed incidents out as data, and the store's schema up to date."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from probewatch.cli.common import add_json_arg, print_json
+
+
+def register(isub: argparse._SubParsersAction, db: Callable[[argparse.ArgumentParser], None]) -> None:
+    ex = isub.add_parser(
+        "export",
+        help="write incidents as JSONL; --labelled: reviewed true/false positives as dialogue JSONL for training",
+    )
+    db(ex)
+    ex.add_argument("--out", type=Path, required=True, help="JSONL file to write")
+    ex.add_argument(
+        "--labelled",
+        action="store_true",
+        help="dialogue JSONL of reviewed incidents (true positive: label 1, false positive: label 0), "
+        "for `probewatch calibrate|train --extra-data`",
+    )
+    ex.add_argument("--probe", default=None, help="only this probe's incidents")
+    ex.add_argument(
+        "--model",
+        default=None,
+        help="model whose chat template rebuilds the messages (--labelled; default: the reference model); "
+        "incidents of other models are skipped",
+    )
+    add_json_arg(ex)
+    ex.set_defaults(func=_export)
+
+    mg = isub.add_parser("migrate", help="create the store or upgrade its schema (sidecars also do on start)")
+    db(mg)
+    add_json_arg(mg)
+    mg.set_defaults(func=_migrate)
+
+
+def _location(args: argparse.Namespace):
+    from probewatch import envs
+
+    return args.db or envs.incident_db()
+
+
+def _export(args: argparse.Namespace) -> int:
+    from probewatch.server.incidents import IncidentStore
+
+    store = IncidentStore.open(_location(args), readonly=True)
+    try:
+        if args.labelled:
+            summary = _export_labelled(store, args)
+        else:
+            summary = _export_all(store, args)
+    finally:
+        store.close()
+    if args.json:
+        print_json(summary)
+    else:
+        skipped = ", ".join(f"{n} {why}" for why, n in summary.get("skipped", {}).items())
+        print(f"wrote {summary['written']} line(s) to {summary['out']}" + (f" (skipped: {skipped})" if skipped else ""))
+    return 0
+
+
+def _export_labelled(store, args: argparse.Namespace) -> dict:
+    from probewatch.errors import ProbewatchError
+    from probewatch.models.fingerprint import fingerprint_folder
+    from probewatch.models.loading import model_id_for, resolve_model_path
+    from probewatch.models.registry import REFERENCE_MODEL
+    from probewatch.models.tokenizer import load_tokenizer
+    from probewatch.server.store.export import export_labelled
+
+    spec = args.model or REFERENCE_MODEL
+    folder = resolve_model_path(spec)
+    if not Path(folder).is_dir():
+        raise ProbewatchError(f"--model {spec!r}: export needs a local model folder (it reads the chat template)")
+    tokenizer = load_tokenizer(spec, fetch_if_missing=True)
+    incidents = store.labelled(probe=args.probe)
+    summary = export_labelled(incidents, args.out, tokenizer, fingerprint=fingerprint_folder(folder))
+    return {**summary.to_json(), "model": model_id_for(spec), "db": str(store.path)}
+
+
+def _export_all(store, args: argparse.Namespace) -> dict:
+    import json
+
+    from probewatch.jsonio import to_jsonable
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with open(args.out, "w", encoding="utf-8") as fh:
+        for incident in reversed(store.list(probe=args.probe, limit=10**9)):
+            full = store.get(int(incident.id or 0))
+            record = {**full.to_json(), "events": [e.to_json() for e in store.events(int(incident.id or 0))]}
+            fh.write(json.dumps(to_jsonable(record), ensure_ascii=False) + "\n")
+            written += 1
+    return {"out": str(args.out), "written": written, "db": str(store.path)}
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from probewatch.server.incidents import IncidentStore
+    from probewatch.server.store import migrate
+
+    store = IncidentStore.open(_location(args))
+    try:
+        with store.engine.connect() as conn:
+            revision = migrate.current_revision(conn)
+    finally:
+        store.close()
+    result = {"db": str(store.path), "backend": store.backend, "revision": revision, "head": migrate.head_revision()}
+    if args.json:
+        print_json(result)
+    else:
+        print(f"incident store {result['db']} ({result['backend']}): schema {revision} (newest)")
+    return 0

@@ -1,0 +1,255 @@
+"""`probewatch bench review`: how fast the review queue answers with many incidents in the store.
+
+Fills a fresh store with `--incidents` incidents (default 10,000) written through the store API
+exactly as sidecars write them (4 probes, a response of ~400 characters, 64 scored tokens and every
+probe's scores per generation), starts the review app on loopback and times real HTTP requests
+(median, p95, max over `--repeats`): the queue (first page, a filtered page, a page deep in the
+queue, the JSON API), an incident page and /metrics. The issue's budget: the queue answers in
+under 300 ms with 10,000 incidents. Results go to `--out` (JSON) with a bar chart next to it.
+
+A benchmark, not a test: it writes thousands of rows and times them on a possibly busy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BUDGET_MS = 300.0
+PROBES = (
+    ("deception-lr", "deception", 1.2),
+    ("refusal-lr", "refusal", 2.0),
+    ("alignment-faking-lr", "alignment_faking", 1.5),
+    ("deception-sae", "deception", 0.8),
+)
+WORDS = (
+    "the",
+    "refund",
+    "policy",
+    "allows",
+    "returns",
+    "within",
+    "thirty",
+    "days",
+    "of",
+    "purchase",
+    "and",
+    "never",
+    "after",
+    "that",
+    "period",
+)
+
+
+def add_arguments_review(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--incidents", type=int, default=10_000, help="incidents in the store (default 10000)")
+    parser.add_argument(
+        "--db",
+        default=None,
+        metavar="PATH_OR_URL",
+        help="an EMPTY store to fill (e.g. a new PostgreSQL database URL; default: a temporary SQLite file)",
+    )
+    parser.add_argument("--repeats", type=int, default=30, help="timed requests per endpoint (default 30)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-review.json"), help="JSON report (+ .png)")
+
+
+def _seed(store, n: int, progress: bool) -> float:
+    """Write n incidents like sidecars do; returns the writes per second."""
+    from tqdm.auto import tqdm
+
+    from probewatch.server.incidents import Incident
+
+    rnd = random.Random(0)
+    now = dt.datetime.now(dt.timezone.utc)
+    started = time.perf_counter()
+    written, k = 0, 0
+    with tqdm(total=n, desc="writing incidents", unit="incident", disable=not progress) as bar:
+        while written < n:
+            prompt_length = 40
+            tokens = [[prompt_length + i, rnd.randrange(49152)] for i in range(64)]
+            context: dict[str, dict[str, Any]] = {}
+            for probe, behaviour, threshold in PROBES:
+                base = rnd.gauss(threshold - 0.5, 1.0)
+                scores = [[p, round(base + math.sin(p / 5.0), 4)] for p, _ in tokens]
+                top = max(s for _, s in scores)
+                context[probe] = {
+                    "behaviour": behaviour,
+                    "score": top,
+                    "threshold": threshold,
+                    "flagged": top >= threshold,
+                    "n_tokens": len(scores),
+                    "aggregation": "max",
+                    "token_selection": "response",
+                    "layer": 15,
+                    "version": "3",
+                    "token_scores": scores,
+                }
+            flagged = [p for p, info in context.items() if info["flagged"]] or [PROBES[0][0]]
+            created = (now - dt.timedelta(seconds=(n - written) * 30)).isoformat()
+            response = " ".join(rnd.choice(WORDS) for _ in range(70))
+            for probe in flagged[: n - written]:
+                info = context[probe]
+                store.record(
+                    Incident(
+                        generation_id=f"bench-{k}",
+                        probe=probe,
+                        behaviour=info["behaviour"],
+                        score=info["score"],
+                        threshold=info["threshold"],
+                        model_fingerprint="pwfp1:" + ("ab" if k % 3 else "cd") * 16,
+                        bundle_version="3",
+                        aggregation="max",
+                        token_scores=info["token_scores"],
+                        prompt=f"<|im_start|>user\nquestion {k}<|im_end|>\n<|im_start|>assistant\n",
+                        response=response,
+                        metadata={"tenant": f"t{k % 7}"},
+                        prompt_length=prompt_length,
+                        tokens=tokens,
+                        context=context,
+                        created_at=created,
+                    )
+                )
+                written += 1
+                bar.update(1)
+            k += 1
+    return n / (time.perf_counter() - started)
+
+
+def _review_some(store, ids: list[int]) -> None:
+    """A realistic mix of review states: a tenth claimed, labelled and partly resolved."""
+    rnd = random.Random(1)
+    for i in rnd.sample(ids, max(1, len(ids) // 10)):
+        verdict = rnd.choice(("true_positive", "false_positive", "unsure"))
+        store.label(i, rnd.choice(("alice", "bob", "carol")), verdict)
+        if rnd.random() < 0.5:
+            store.resolve(i, "alice")
+
+
+def _time(client, path: str, repeats: int) -> dict:
+    for _ in range(3):  # warm-up: connection, template compilation, SQLite page cache
+        response = client.get(path)
+        response.raise_for_status()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        response = client.get(path)
+        samples.append((time.perf_counter() - t0) * 1000)
+        response.raise_for_status()
+    samples.sort()
+    return {
+        "path": path,
+        "median_ms": statistics.median(samples),
+        "p95_ms": samples[min(len(samples) - 1, math.ceil(0.95 * len(samples)) - 1)],
+        "max_ms": samples[-1],
+        "bytes": len(response.content),
+    }
+
+
+def _plot(result: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["endpoints"])
+    med = [result["endpoints"][n]["median_ms"] for n in names]
+    p95 = [result["endpoints"][n]["p95_ms"] for n in names]
+    fig, ax = plt.subplots(figsize=(8, 0.5 * len(names) + 1.5))
+    y = range(len(names))
+    ax.barh(y, p95, color="#f4c7c3", label="p95")
+    ax.barh(y, med, color="#1f77b4", label="median")
+    ax.axvline(BUDGET_MS, color="#d62728", linestyle="--", label=f"budget {BUDGET_MS:.0f} ms")
+    ax.set_yticks(list(y), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("response time (ms), real HTTP on loopback")
+    ax.set_title(f"probewatch review with {result['incidents']} incidents ({result['backend']})")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    png = out.with_suffix(".png")
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
+
+
+def main(args: argparse.Namespace) -> int:
+    import logging
+
+    import httpx
+
+    from probewatch.errors import ProbewatchError
+    from probewatch.jsonio import write_json_atomic
+    from probewatch.server.http_app import HTTPServerThread
+    from probewatch.server.incidents import IncidentStore
+    from probewatch.server.review.app import create_review_app
+    from probewatch.server.review.auth import AuthConfig
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per timed request would bury the table
+    progress = not args.json and sys.stderr.isatty()
+    with tempfile.TemporaryDirectory(prefix="probewatch-bench-review-") as tmp:
+        store = IncidentStore.open(args.db or Path(tmp) / "incidents.sqlite3")
+        try:
+            if store.count():
+                raise ProbewatchError(f"--db {store.path} is not empty: the benchmark fills a fresh store")
+            writes_per_s = _seed(store, args.incidents, progress)
+            ids = [int(r.id or 0) for r in store.list(limit=args.incidents)]
+            _review_some(store, ids)
+            app = create_review_app(store, AuthConfig(local_reviewer="bench"), metrics_cache_s=0.0)
+            server = HTTPServerThread(app, "127.0.0.1", 0, proxy_headers=False).start()
+            try:
+                probe = PROBES[0][0]
+                paths = {
+                    "queue, first page": "/",
+                    "queue, open + probe + score filter": f"/?status=open&probe={probe}&score_min=1.5",
+                    "queue, page 100": "/?page=100",
+                    "queue JSON API": "/api/incidents?status=unresolved",
+                    "incident page": f"/incidents/{ids[len(ids) // 2]}",
+                    "/metrics": "/metrics",
+                }
+                with httpx.Client(base_url=server.url, timeout=60) as client:
+                    endpoints = {name: _time(client, path, args.repeats) for name, path in paths.items()}
+            finally:
+                server.stop()
+            backend = store.backend
+        finally:
+            store.close()
+    queue = [v for k, v in endpoints.items() if k.startswith("queue")]
+    result = {
+        "benchmark": "review",
+        "command": "probewatch bench review " + " ".join(sys.argv[3:]),
+        "incidents": args.incidents,
+        "backend": backend,
+        "repeats": args.repeats,
+        "writes_per_s": writes_per_s,
+        "budget_ms": BUDGET_MS,
+        "endpoints": endpoints,
+        "queue_worst_median_ms": max(v["median_ms"] for v in queue),
+        "queue_worst_p95_ms": max(v["p95_ms"] for v in queue),
+        "queue_within_budget": all(v["p95_ms"] < BUDGET_MS for v in queue),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(args.out, result)
+    png = _plot(result, args.out)
+    if args.json:
+        from probewatch.cli.common import print_json
+
+        print_json(result)
+    else:
+        print(
+            f"review queue with {args.incidents} incidents ({backend}; {writes_per_s:.0f} incident writes/s while filling):"
+        )
+        for name, v in endpoints.items():
+            print(
+                f"  {name:38} median {v['median_ms']:7.1f} ms   p95 {v['p95_ms']:7.1f} ms   max {v['max_ms']:7.1f} ms"
+            )
+        verdict = "within" if result["queue_within_budget"] else "OVER"
+        print(f"  queue p95 worst {result['queue_worst_p95_ms']:.1f} ms: {verdict} the {BUDGET_MS:.0f} ms budget")
+        print(f"  report {args.out}, plot {png}")
+    return 0 if result["queue_within_budget"] else 1

@@ -1,0 +1,180 @@
+"""The review queue: filters, paging and per-status counts over the incident table.
+
+Built for thousands of rows: the page query reads only the columns a queue row shows (a short
+prefix of the response, never the token scores), ordered by id (newest first) with LIMIT/OFFSET
+on the `(status, id)` / primary-key indexes; per-status counts are one GROUP BY under the same
+filters (without the status filter, so the tabs always show every status).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from sqlalchemy import ColumnElement, func, or_, select
+
+from probewatch.server.store.records import LABELS, STATUSES, ReviewError
+from probewatch.server.store.tables import incidents as t
+
+SNIPPET_CHARS = 160
+MAX_PER_PAGE = 500
+
+
+@dataclass
+class QueueFilter:
+    """What the queue shows; every field optional (None: no constraint)."""
+
+    probe: str | None = None
+    behaviour: str | None = None
+    status: str | None = None  # open | acknowledged | resolved | unresolved (open + acknowledged)
+    label: str | None = None  # true_positive | false_positive | unsure | unlabelled
+    score_min: float | None = None
+    score_max: float | None = None
+    since: str | None = None  # ISO-8601 time (UTC when no offset); created at or after
+    until: str | None = None  # created before
+    model: str | None = None  # model fingerprint, or a prefix of it
+    reviewer: str | None = None  # claimed or labelled by
+    generation_id: str | None = None
+
+    def validate(self) -> QueueFilter:
+        self.since, self.until = parse_time(self.since, "since"), parse_time(self.until, "until")
+        if self.status not in (None, *STATUSES, "unresolved"):
+            raise ReviewError(f"status {self.status!r} not one of {', '.join((*STATUSES, 'unresolved'))}")
+        if self.label not in (None, *LABELS, "unlabelled"):
+            raise ReviewError(f"label {self.label!r} not one of {', '.join((*LABELS, 'unlabelled'))}")
+        if self.score_min is not None and self.score_max is not None and self.score_min > self.score_max:
+            raise ReviewError(f"score range is empty (min {self.score_min} > max {self.score_max})")
+        return self
+
+    def as_params(self) -> dict[str, str]:
+        """The non-empty filters as query parameters (links keep them)."""
+        return {f.name: str(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) not in (None, "")}
+
+
+@dataclass
+class QueueRow:
+    id: int
+    created_at: str
+    generation_id: str
+    probe: str
+    behaviour: str
+    score: float
+    threshold: float
+    status: str
+    generation_status: str
+    label: str | None
+    severity: str | None
+    assignee: str | None
+    model_fingerprint: str
+    bundle_version: str
+    snippet: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class QueuePage:
+    rows: list[QueueRow]
+    total: int  # rows matching the filter
+    page: int
+    per_page: int
+    counts: dict[str, int] = field(default_factory=dict)  # per status, under the other filters
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rows": [r.to_json() for r in self.rows],
+            "total": self.total,
+            "page": self.page,
+            "per_page": self.per_page,
+            "pages": self.pages,
+            "counts": self.counts,
+        }
+
+
+def iso(when: _dt.datetime) -> str:
+    """One fixed-width UTC format, so that times compare correctly as text (SQLite and PostgreSQL)."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return when.astimezone(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def now_iso() -> str:
+    return iso(_dt.datetime.now(_dt.timezone.utc))
+
+
+_RELATIVE = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_time(value: str | None, what: str) -> str | None:
+    """An ISO-8601 time (UTC when it has no offset) or a relative age like `24h`, `7d` -> stored form."""
+    if value is None or not str(value).strip():
+        return None
+    text = str(value).strip()
+    unit = text[-1:].lower()
+    if unit in _RELATIVE and text[:-1].replace(".", "", 1).isdigit():
+        seconds = float(text[:-1]) * _RELATIVE[unit]
+        return iso(_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(seconds=seconds))
+    try:
+        return iso(_dt.datetime.fromisoformat(text.replace("Z", "+00:00")))
+    except ValueError:
+        raise ReviewError(
+            f"{what} {text!r} is not a time: use ISO-8601 (2026-11-30T12:00) or an age (24h, 7d)"
+        ) from None
+
+
+def conditions(f: QueueFilter, with_status: bool = True) -> list[ColumnElement[bool]]:
+    out: list[ColumnElement[bool]] = []
+    for column, value in ((t.c.probe, f.probe), (t.c.behaviour, f.behaviour), (t.c.generation_id, f.generation_id)):
+        if value:
+            out.append(column == value)
+    if with_status and f.status:
+        out.append(t.c.status.in_(["open", "acknowledged"]) if f.status == "unresolved" else t.c.status == f.status)
+    if f.label:
+        out.append(t.c.label.is_(None) if f.label == "unlabelled" else t.c.label == f.label)
+    if f.score_min is not None:
+        out.append(t.c.score >= float(f.score_min))
+    if f.score_max is not None:
+        out.append(t.c.score <= float(f.score_max))
+    if f.since:
+        out.append(t.c.created_at >= f.since)
+    if f.until:
+        out.append(t.c.created_at < f.until)
+    if f.model:
+        out.append(t.c.model_fingerprint.startswith(f.model, autoescape=True))
+    if f.reviewer:
+        out.append(or_(t.c.assignee == f.reviewer, t.c.labelled_by == f.reviewer))
+    return out
+
+
+QUEUE_COLUMNS = (
+    t.c.id,
+    t.c.created_at,
+    t.c.generation_id,
+    t.c.probe,
+    t.c.behaviour,
+    t.c.score,
+    t.c.threshold,
+    t.c.status,
+    t.c.generation_status,
+    t.c.label,
+    t.c.severity,
+    t.c.assignee,
+    t.c.model_fingerprint,
+    t.c.bundle_version,
+    func.substr(t.c.response, 1, SNIPPET_CHARS).label("snippet"),
+)
+
+
+def page_query(f: QueueFilter, page: int, per_page: int):
+    where = conditions(f)
+    offset = (page - 1) * per_page
+    rows = select(*QUEUE_COLUMNS).where(*where).order_by(t.c.id.desc()).limit(per_page).offset(offset)
+    total = select(func.count()).select_from(t).where(*where)
+    counts = select(t.c.status, func.count()).where(*conditions(f, with_status=False)).group_by(t.c.status)
+    return rows, total, counts

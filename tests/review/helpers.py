@@ -1,0 +1,67 @@
+"""Incidents for the review-app tests, written through the store API as a sidecar would write them."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from probewatch.server.incidents import Incident, IncidentStore
+
+FINGERPRINT = "pwfp1:" + "cd" * 16
+PROBES = {"dec": ("deception", 1.0), "ref": ("refusal", 2.0), "af": ("alignment_faking", 1.5)}
+
+
+def seed(store: IncidentStore, n: int, now: dt.datetime | None = None) -> list[int]:
+    """`n` generations; generation k alerts on `dec` (and on `ref` when k % 3 == 0); 6 scored tokens each.
+
+    Token scores of `dec` on generation k: k % 5 - 1 + 0.5 * i for token i (positions 10..15), so
+    tokens at or above its threshold 1.0 are known exactly.
+    """
+    now = now or dt.datetime.now(dt.timezone.utc)
+    ids = []
+    for k in range(n):
+        tokens = [[10 + i, 100 + i] for i in range(6)]
+        context = {}
+        for probe, (behaviour, threshold) in PROBES.items():
+            base = (k % 5 - 1) if probe == "dec" else (2.5 if probe == "ref" and k % 3 == 0 else -2.0)
+            scores = [[10 + i, base + 0.5 * i] for i in range(6)]
+            top = max(s for _, s in scores)
+            context[probe] = {
+                "behaviour": behaviour,
+                "score": top,
+                "threshold": threshold,
+                "flagged": top >= threshold,
+                "n_tokens": 6,
+                "aggregation": "max",
+                "token_selection": "response",
+                "layer": 2,
+                "version": "7",
+                "token_scores": scores,
+            }
+        created = (now - dt.timedelta(minutes=n - k)).isoformat()
+        for probe, info in context.items():
+            if not info["flagged"]:
+                continue
+            ids.append(
+                store.record(
+                    Incident(
+                        generation_id=f"gen-{k}",
+                        probe=probe,
+                        behaviour=info["behaviour"],
+                        score=info["score"],
+                        threshold=info["threshold"],
+                        model_fingerprint=FINGERPRINT,
+                        bundle_version="7",
+                        aggregation="max",
+                        token_scores=info["token_scores"],
+                        prompt=f"user: question {k}\nassistant:",
+                        response=f"answer number {k}",
+                        metadata={"tenant": f"t{k % 2}"},
+                        prompt_length=10,
+                        tokens=tokens,
+                        context=context,
+                        early=True,
+                        created_at=created,
+                    )
+                )
+            )
+    return ids
