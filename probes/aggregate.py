@@ -2,8 +2,11 @@
 
 Long generations dilute a mean: a short deceptive passage inside a long honest answer barely
 moves it. `max` and `rolling_mean_max` (max over time of the mean of the last `window` token
-scores) keep such passages visible; `ema` tracks the recent tail; `last` suits probes read at
-one position (e.g. the generation-prompt position for refusal).
+scores) keep such passages visible; `softmax` (the softmax-weighted mean, sum_t w_t x_t with
+w = softmax(x / temperature): between `mean` as temperature -> inf and `max` as it -> 0, the
+soft form of GDM's MultiMax pooling) weights the highest-scoring tokens most without letting one
+token decide; `ema` tracks the recent tail; `last` suits probes read at one position (e.g. the
+generation-prompt position for refusal).
 """
 
 from __future__ import annotations
@@ -114,6 +117,31 @@ class RollingMeanMaxAggregator(Aggregator):
         return self._max if self.count else math.nan
 
 
+class SoftmaxAggregator(Aggregator):
+    """sum_t softmax(x / T)_t * x_t, streamed with a running max so no exponential overflows."""
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self._max = -math.inf
+        self._z = 0.0  # sum exp((x - max) / T)
+        self._s = 0.0  # sum x * exp((x - max) / T)
+
+    def _push(self, x: float) -> None:
+        if x > self._max:
+            shrink = math.exp((self._max - x) / self.temperature) if self._z else 0.0
+            self._z *= shrink
+            self._s *= shrink
+            self._max = x
+        e = math.exp((x - self._max) / self.temperature)
+        self._z += e
+        self._s += e * x
+
+    @property
+    def value(self) -> float:
+        return self._s / self._z if self.count else math.nan
+
+
 def make_aggregator(spec: Aggregation) -> Aggregator:
     if spec.method == "mean":
         return MeanAggregator()
@@ -125,6 +153,8 @@ def make_aggregator(spec: Aggregation) -> Aggregator:
         return EmaAggregator(spec.alpha)
     if spec.method == "rolling_mean_max":
         return RollingMeanMaxAggregator(spec.window)
+    if spec.method == "softmax":
+        return SoftmaxAggregator(spec.temperature)
     raise ValueError(f"unknown aggregation method {spec.method!r}")
 
 

@@ -1,8 +1,16 @@
 """Probe bundles on disk: a directory with `manifest.json` + `weights.safetensors` (never pickle).
 
 `save_bundle` writes the weights, then the manifest with the weights' sha256; `load_bundle`
-checks, in order: files present, manifest parses, format version, checksum, weights parse,
-tensor shapes against d_model, and (when given) the model fingerprint.
+checks, in order: files present, manifest parses, format version, `weights_file` names a file
+inside the bundle folder, checksum, weights parse, tensor shapes against d_model, and (when given)
+the model fingerprint.
+
+Why the integrity rules are strict: a sidecar loads bundles from ConfigMaps and volumes that other
+people write. A manifest without `weights_sha256` would load whatever file sits beside it, and a
+`weights_file` such as `../../secrets/x` would make the loader read (and hash, and report) a file
+outside the bundle. So a bundle without a checksum is refused unless the caller explicitly allows
+unverified bundles (`allow_unverified=True`, `probewatch serve --allow-unverified-bundles`), and
+`weights_file` must resolve (symlinks followed) to a file inside the bundle folder.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 from probewatch.probes.errors import (
+    BundleError,
     BundleNotFoundError,
     ChecksumMismatchError,
     CorruptBundleError,
@@ -31,6 +40,14 @@ from probewatch.probes.manifest import Manifest
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
 LINEAR_KINDS = ("linear", "mean_diff", "lat")
+
+
+class UnverifiedBundleError(BundleError):
+    """The manifest records no weights checksum, and unverified bundles were not explicitly allowed."""
+
+
+class BundlePathError(BundleError):
+    """The manifest's weights_file points outside the bundle folder (absolute path, `..`, symlink)."""
 
 
 @dataclass
@@ -118,17 +135,46 @@ def read_manifest(path: str | Path) -> Manifest:
     return Manifest.from_dict(data, source=str(manifest_path))
 
 
+def weights_path_of(path: Path, manifest: Manifest) -> Path:
+    """The bundle's weights file, or BundlePathError when `weights_file` leaves the bundle folder."""
+    name = manifest.weights_file
+    if not name or Path(name).is_absolute() or "\x00" in name:
+        raise BundlePathError(
+            f"{path / MANIFEST_FILE}: weights_file {name!r} must be a file name relative to the bundle folder"
+        )
+    candidate = path / name
+    root = path.resolve()
+    resolved = candidate.resolve()
+    if resolved == root or not resolved.is_relative_to(root):
+        raise BundlePathError(
+            f"{path / MANIFEST_FILE}: weights_file {name!r} resolves to {resolved}, outside the bundle folder {root}; "
+            "a bundle may only read files inside its own folder"
+        )
+    return candidate
+
+
 def load_bundle(
     path: str | Path,
     expected_fingerprint: str | None = None,
     expected_d_model: int | None = None,
+    allow_unverified: bool = False,
 ) -> Bundle:
-    """Load and verify a bundle; see the module docstring for the order of checks."""
+    """Load and verify a bundle; see the module docstring for the order of checks.
+
+    `allow_unverified` loads a bundle whose manifest records no `weights_sha256` (hand-made or
+    legacy bundles); without it such a bundle is refused with UnverifiedBundleError.
+    """
     path = Path(path)
     manifest = read_manifest(path)
-    weights_path = path / manifest.weights_file
+    weights_path = weights_path_of(path, manifest)
     if not weights_path.is_file():
         raise BundleNotFoundError(f"{weights_path}: missing (bundle {manifest.id!r})")
+    if not manifest.weights_sha256 and not allow_unverified:
+        raise UnverifiedBundleError(
+            f"{path / MANIFEST_FILE}: bundle {manifest.id!r} records no weights_sha256, so its weights cannot be "
+            "verified; re-export it with save_bundle (which records the checksum) or load it explicitly as "
+            "unverified (probewatch serve --allow-unverified-bundles)"
+        )
     raw = weights_path.read_bytes()
     actual = sha256_bytes(raw)
     if manifest.weights_sha256 and actual != manifest.weights_sha256:
@@ -189,12 +235,15 @@ def _check_shapes(manifest: Manifest, tensors: dict[str, torch.Tensor], where: s
 
 
 def load_bundles(
-    paths: Sequence[str | Path], expected_fingerprint: str | None = None, expected_d_model: int | None = None
+    paths: Sequence[str | Path],
+    expected_fingerprint: str | None = None,
+    expected_d_model: int | None = None,
+    allow_unverified: bool = False,
 ) -> list[Bundle]:
     """Load several bundles; a directory holding bundle sub-directories is expanded."""
     out: list[Bundle] = []
     for p in expand_bundle_dirs(paths):
-        out.append(load_bundle(p, expected_fingerprint, expected_d_model))
+        out.append(load_bundle(p, expected_fingerprint, expected_d_model, allow_unverified=allow_unverified))
     return out
 
 

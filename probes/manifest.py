@@ -17,7 +17,7 @@ FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 KINDS = ("linear", "mean_diff", "lat", "sae_feature")
 TOKEN_SELECTIONS = ("response", "prompt_last", "all")
-AGGREGATIONS = ("mean", "max", "last", "ema", "rolling_mean_max")
+AGGREGATIONS = ("mean", "max", "last", "ema", "rolling_mean_max", "softmax")
 HOOK_POINT = "resid_post"
 
 
@@ -36,12 +36,14 @@ class Aggregation:
     """How per-token scores become one per-generation score.
 
     `window` is used by rolling_mean_max (max over generation of the mean of the last `window`
-    token scores); `alpha` by ema (s_t = alpha * x_t + (1 - alpha) * s_{t-1}).
+    token scores); `alpha` by ema (s_t = alpha * x_t + (1 - alpha) * s_{t-1}); `temperature` by
+    softmax (sum_t softmax(x / temperature)_t * x_t, in the score's own units).
     """
 
     method: str = "mean"
     window: int = 8
     alpha: float = 0.2
+    temperature: float = 1.0
 
 
 @dataclass
@@ -124,6 +126,8 @@ class Manifest:
             raise bad(f"aggregation.method {self.aggregation.method!r} not one of {AGGREGATIONS}")
         if self.aggregation.window < 1 or not 0 < self.aggregation.alpha <= 1:
             raise bad("aggregation.window must be >= 1 and 0 < aggregation.alpha <= 1")
+        if not self.aggregation.temperature > 0 or self.aggregation.temperature == float("inf"):
+            raise bad(f"aggregation.temperature must be a positive finite number, got {self.aggregation.temperature!r}")
         if self.normalization not in ("none", "standardize"):
             raise bad(f"normalization {self.normalization!r} not one of ('none', 'standardize')")
         if self.hook_point != HOOK_POINT:

@@ -40,6 +40,8 @@ class IndexedBundle:
             "path": str(self.path),
             "source": self.source,
             "version": m.version,
+            "token_selection": m.token_selection,
+            "reads_response": m.token_selection in ("response", "all"),
             "aggregation": m.aggregation.method,
             "threshold": m.threshold.value,
             "fingerprint": m.model.fingerprint,

@@ -11,6 +11,7 @@ rolling mean-max) commutes with a positive affine map, so calibrating aggregated
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -60,3 +61,53 @@ def calibrated_threshold(control_scores: Sequence[float], fpr: float) -> float:
     if not 0.0 <= fpr < 1.0:
         raise ValueError(f"fpr must be in [0, 1), got {fpr}")
     return threshold_at_fpr(control_scores, fpr)
+
+
+def clear_hard_negatives(threshold: float, hard_negative_scores: Sequence[float], margin: float) -> float:
+    """The threshold raised, if needed, to `margin` above every reviewed false positive's score.
+
+    A reviewer's "false positive" verdict is a constraint, not one more sample in the FPR budget:
+    the same traffic must not page them again (alerts fire at score >= threshold).
+    """
+    scores = np.asarray(hard_negative_scores, dtype=np.float64)
+    scores = scores[np.isfinite(scores)]
+    if scores.size == 0:
+        return float(threshold)
+    return float(max(threshold, float(scores.max()) + margin))
+
+
+@dataclass
+class OperatingPoint:
+    """The shipped threshold: the larger of two thresholds, so that both targets hold on calibration data.
+
+    1. `control_threshold` flags at most `fpr` of the benign, production-like control set;
+    2. `hard_negative_threshold` flags at most `hard_negative_fpr` of the behaviour's own negatives
+       (honest answers in deception-laden contexts, reasoning without the motive, ...: the
+       calibration split's label-0 examples), which ordinary traffic says nothing about.
+    """
+
+    value: float
+    control_threshold: float
+    fpr: float
+    hard_negative_threshold: float | None = None
+    hard_negative_fpr: float | None = None
+
+    @property
+    def set_by(self) -> str:
+        if self.hard_negative_threshold is not None and self.hard_negative_threshold > self.control_threshold:
+            return "hard_negatives"
+        return "control"
+
+
+def operating_point(
+    control_scores: Sequence[float],
+    fpr: float,
+    hard_negative_scores: Sequence[float] | None = None,
+    hard_negative_fpr: float | None = 0.2,
+) -> OperatingPoint:
+    """`OperatingPoint` from control scores and (optionally) the behaviour's calibration negatives."""
+    t_control = calibrated_threshold(control_scores, fpr)
+    if hard_negative_fpr is None or hard_negative_scores is None or len(hard_negative_scores) == 0:
+        return OperatingPoint(t_control, t_control, fpr)
+    t_hard = calibrated_threshold(hard_negative_scores, hard_negative_fpr)
+    return OperatingPoint(max(t_control, t_hard), t_control, fpr, t_hard, hard_negative_fpr)

@@ -6,8 +6,11 @@ Fitting many probes on many layers must never redo forward passes, so extraction
     <cache>/<fingerprint>/<name>-<key>/
         plan.json                 the length-sorted order and shard boundaries (written first)
         shard-00000.safetensors   per layer: `tokens.{L}` [rows, d] (scored-region rows, example
-                                  by example) and `last.{L}` [examples, d] (the generation-prompt
-                                  row); `examples` (original indices), `n_tokens`
+                                  by example), `last.{L}` [examples, d] (the generation-prompt
+                                  row) and `rest.{L}` [examples, d] (float32 sum of every other
+                                  row: prompt and closing tokens, so a probe reading `all`
+                                  tokens with `mean` aggregation is exact without storing
+                                  them); `examples` (original indices), `n_tokens`, `n_rest`
         index.json                written last: labels, groups, kinds, token counts, shard map
 
 Rows are gathered exactly as `probewatch.scoring.score_dialogues` selects them (same encoding,
@@ -40,7 +43,7 @@ from probewatch.errors import ProbewatchError
 from probewatch.jsonio import write_json_atomic
 from probewatch.scoring import truncate_encoded
 
-CACHE_FORMAT = "pwacts1"
+CACHE_FORMAT = "pwacts2"
 PLAN_FILE = "plan.json"
 INDEX_FILE = "index.json"
 
@@ -190,6 +193,11 @@ class ActivationSet:
         rows, offsets = self.token_rows(layer)
         return segment_mean(rows, offsets)
 
+    def rest_sums(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        """([n_examples, d] float32 sum of the rows outside the scored region, [n_examples] their count)."""
+        stored = torch.cat(self._load(layer, "rest")).to(torch.float32).numpy()
+        return stored[self._example_gather()], np.asarray(self.index["n_rest"], dtype=np.int64)
+
     def _example_gather(self) -> np.ndarray:
         """Position of each original example in the stored (shard) order."""
         stored_order = np.concatenate([np.asarray(s["examples"], dtype=np.int64) for s in self._shards()])
@@ -307,6 +315,9 @@ def extract_activations(
     root = cache_dir_for(fingerprint, name, key, Path(cache_root) if cache_root else None)
     if (root / INDEX_FILE).is_file():
         return ActivationSet.open(root)
+    same = find_by_key(root.parent, key)  # the same dialogues extracted under another name (e.g. as an OOD set)
+    if same is not None:
+        return same
     root.mkdir(parents=True, exist_ok=True)
 
     encoded: list[EncodedDialogue] = []
@@ -342,6 +353,7 @@ def extract_activations(
             continue
         tokens: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
         last: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+        rest: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
         for batch in _batches(members, lengths, batch_size, max_batch_tokens):
             chunk = [encoded[i] for i in batch]
             ids, attn, scored = pad_batch(chunk, pad_id, side="right")
@@ -349,8 +361,11 @@ def extract_activations(
             for layer, hidden in rows.items():
                 hidden = hidden.to("cpu")
                 for b, enc in enumerate(chunk):
+                    n = len(enc.input_ids)
                     tokens[layer].append(hidden[b][scored[b]].to(torch_dtype))
                     last[layer].append(hidden[b, enc.prompt_last].to(torch_dtype))
+                    other = ~scored[b][:n]
+                    rest[layer].append(hidden[b, :n][other].to(torch.float32).sum(dim=0))
             bar.update(len(batch))
         tensors = {
             "examples": torch.tensor(members, dtype=torch.int64),
@@ -361,6 +376,7 @@ def extract_activations(
                 torch.cat(tokens[layer]) if tokens[layer] else torch.zeros(0, d_model, dtype=torch_dtype)
             )
             tensors[f"last.{layer}"] = torch.stack(last[layer])
+            tensors[f"rest.{layer}"] = torch.stack(rest[layer])
         tmp = root / (_shard_name(k) + ".tmp")
         save_file({n: t.contiguous() for n, t in tensors.items()}, str(tmp), metadata={"key": key})
         os.replace(tmp, root / _shard_name(k))
@@ -382,11 +398,26 @@ def extract_activations(
         "groups": [d.group for d in dialogues],
         "kinds": [d.kind for d in dialogues],
         "n_tokens": n_rows,
+        "n_rest": [lengths[i] - n_rows[i] for i in range(len(lengths))],
         "seq_len": lengths,
         "shards": [{"file": _shard_name(k), "examples": members} for k, members in enumerate(shards)],
     }
     write_json_atomic(root / INDEX_FILE, index)
     return ActivationSet(root, index)
+
+
+def find_by_key(folder: Path, key: str) -> ActivationSet | None:
+    """A completed cache in `folder` with exactly this key, whatever name it was extracted under."""
+    if not folder.is_dir():
+        return None
+    for index_path in sorted(folder.glob(f"*-{key[:16]}/{INDEX_FILE}")):
+        try:
+            found = ActivationSet.open(index_path.parent)
+        except (ActivationCacheError, OSError, ValueError):
+            continue
+        if found.index.get("key") == key:
+            return found
+    return None
 
 
 def _shard_name(k: int) -> str:
@@ -462,6 +493,10 @@ class ActivationUnion:
     def mean_rows(self, layer: int) -> np.ndarray:
         rows, offsets = self.token_rows(layer)
         return segment_mean(rows, offsets)
+
+    def rest_sums(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
+        parts = [p.rest_sums(layer) for p in self.parts]
+        return np.concatenate([s for s, _ in parts]), np.concatenate([n for _, n in parts])
 
 
 def contiguous_by_kind(dialogues: Sequence[Dialogue]) -> list[Dialogue]:

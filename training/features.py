@@ -1,8 +1,10 @@
 """Training matrices and cached scoring for one layer of an activation cache.
 
-A probe reads either the scored-region rows (`response`) or the generation-prompt row
-(`prompt_last`). Per-example training uses the mean over an example's response rows (what the
-runtime's `mean` aggregation of per-token scores equals for a linear probe); per-token training
+A probe reads the scored-region rows (`response`), the generation-prompt row (`prompt_last`)
+or every token of the dialogue (`all`: prompt + response; per-example, `mean` aggregation only,
+from the cache's per-example sum of the rows outside the scored region). Per-example training
+uses the mean over an example's rows (what the runtime's `mean` aggregation of per-token scores
+equals for a linear probe); per-token training
 uses every row with its example's label and group. Evaluation scores every row and aggregates
 per example with the runtime's aggregation rules, vectorised here because a layer sweep
 aggregates millions of token scores (`tests/training` pins them to `probewatch.probes.aggregate`).
@@ -26,12 +28,15 @@ class LayerData:
     rows: np.ndarray  # [n_rows, d] scored-region rows, example after example
     offsets: np.ndarray  # [n_examples + 1]
     last: np.ndarray  # [n_examples, d] generation-prompt rows
+    rest_sum: np.ndarray | None = None  # [n_examples, d] sum of the rows outside the scored region
+    n_rest: np.ndarray | None = None  # [n_examples] their count
     _means: np.ndarray | None = None
 
     @classmethod
     def load(cls, acts: ActivationSet, layer: int) -> LayerData:
         rows, offsets = acts.token_rows(layer)
-        return cls(layer, rows, offsets, acts.last_rows(layer))
+        rest_sum, n_rest = acts.rest_sums(layer)
+        return cls(layer, rows, offsets, acts.last_rows(layer), rest_sum, n_rest)
 
     @property
     def n_examples(self) -> int:
@@ -44,19 +49,37 @@ class LayerData:
             self._means = segment_mean(self.rows, self.offsets)
         return self._means
 
+    @property
+    def all_means(self) -> np.ndarray:
+        """[n_examples, d] mean over every token of each dialogue (prompt, response, closing tokens)."""
+        if self.rest_sum is None or self.n_rest is None:
+            raise ValueError("this activation cache has no prompt sums; token_selection 'all' needs a pwacts2 cache")
+        n_resp = np.diff(self.offsets)
+        total = self.rest_sum.astype(np.float64) + self.means.astype(np.float64) * n_resp[:, None]
+        return (total / np.maximum(n_resp + self.n_rest, 1)[:, None]).astype(np.float32)
+
     def example_matrix(self, token_selection: str) -> np.ndarray:
         if token_selection == "prompt_last":
             return self.last
         if token_selection == "response":
             return self.means
-        raise ValueError(f"training reads token_selection 'response' or 'prompt_last', not {token_selection!r}")
+        if token_selection == "all":
+            return self.all_means
+        raise ValueError(f"training reads token_selection 'response', 'prompt_last' or 'all', not {token_selection!r}")
 
     def subset(self, idx: np.ndarray) -> LayerData:
         """The examples `idx` (in that order) as a new LayerData."""
         idx = np.asarray(idx, dtype=np.int64)
         lengths = np.diff(self.offsets)[idx]
         rows = self.rows[expand_ranges(self.offsets[idx], lengths)]
-        return LayerData(self.layer, rows, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), self.last[idx])
+        return LayerData(
+            self.layer,
+            rows,
+            np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+            self.last[idx],
+            None if self.rest_sum is None else self.rest_sum[idx],
+            None if self.n_rest is None else self.n_rest[idx],
+        )
 
     def token_matrix(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows of examples idx, example position in idx of each row)."""
@@ -91,7 +114,7 @@ def training_matrix(
     """
     idx = np.asarray(idx, dtype=np.int64)
     weight = example_weights(idx, kinds, balance_kinds)
-    if not per_token or token_selection == "prompt_last":
+    if not per_token or token_selection in ("prompt_last", "all"):
         return data.example_matrix(token_selection)[idx], labels[idx], groups[idx], weight
     rows, rep = data.token_matrix(idx)
     counts = np.bincount(rep, minlength=len(idx))
@@ -105,6 +128,12 @@ def score_all(
     if token_selection == "prompt_last":
         scores = data.last.astype(np.float64) @ w + b  # one token per example: every aggregation returns it
         return {a.method: scores for a in aggregations}
+    if token_selection == "all":
+        # the mean of x.w + b over every token is (mean x).w + b; other aggregations would need every prompt row
+        bad = [a.method for a in aggregations if a.method != "mean"]
+        if bad:
+            raise ValueError(f"token_selection 'all' is scored from cached sums: mean aggregation only, not {bad}")
+        return {"mean": data.all_means.astype(np.float64) @ w + b}
     token_scores = data.rows.astype(np.float64) @ w + b
     return {a.method: aggregate_segments(token_scores, data.offsets, a) for a in aggregations}
 
@@ -141,6 +170,12 @@ def aggregate_segments(token_scores: np.ndarray, offsets: np.ndarray, aggregatio
         power = (seg_len - 1 - rel).astype(np.float64)
         weight = np.where(rel == 0, (1.0 - a) ** power, a * (1.0 - a) ** power)
         out[ok] = np.add.reduceat(weight * x, starts)
+    elif method == "softmax":
+        t = float(aggregation.temperature)
+        # x holds exactly the rows of the non-empty segments, in order: subtract each segment's max
+        seg_max = np.repeat(np.maximum.reduceat(x, starts), counts[ok])
+        e = np.exp((x - seg_max) / t)
+        out[ok] = np.add.reduceat(e * x, starts) / np.add.reduceat(e, starts)
     else:
         raise ValueError(f"unknown aggregation method {method!r}")
     return out

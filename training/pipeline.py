@@ -1,15 +1,25 @@
-"""`probewatch train`: data -> activations -> sweep -> fit -> calibrate -> bundle + report.
+"""`probewatch train`: data -> activations -> splits -> sweep -> fit -> bundle + report.
 
-Steps (each cached or cheap to redo):
-1. data: the behaviour's builder (or the user's JSONL files) and the benign control set;
-2. extraction of the sweep layers for pool, out-of-distribution sets and control (cached shards);
-3. grouped splits of the pool: fit / calibration (validation) / test, by group;
-4. sweep layer x method x aggregation (validation, leave-one-kind-out, out-of-distribution);
-5. the chosen configuration is fitted on the fit split, Platt-scaled on the calibration split
-   (scores become calibrated logits), thresholded at the target FPR on half of the control set;
-   the test split, the other control half, every held-out kind and the OOD sets are reported;
-6. bundle + report.json + plots in `--out`; a parity check scores a few test dialogues through
-   `probewatch.scoring.score_dialogues` (the live path) and compares with the cached scores.
+`train` runs six stage functions; each returns a typed result the next one reads (and each is
+cached or cheap to redo):
+
+1. `prepare_data` -> `PreparedData`: the behaviour's builder (or the user's JSONL files) and the
+   production-like control set (both with the model's own responses, cached);
+2. `extract` -> `Activations`: the sweep layers for pool (kind by kind), out-of-distribution
+   sets and control (cached shards, one layer in memory at a time);
+3. `make_splits` -> `Splits`: fit / calibration (validation) / test of the pool, by group, and the
+   calibration / held-out halves of the control set, by kind;
+4. `run_sweep` -> `SweepOutcome`: layer x method x (C) x token selection x aggregation, scored on
+   validation, leave-one-kind-out and out-of-distribution sets; chosen by held-out kind when the
+   pool has kinds; plus the multi-layer comparison;
+5. `fit_final` -> `FittedProbe`: the chosen configuration fitted on the fit split, Platt-scaled on
+   the calibration split (scores become calibrated logits), thresholded at the operating point
+   (`calibration.operating_point`: at most `fpr` of the control set and at most
+   `hard_negative_fpr` of the behaviour's own calibration negatives), and measured on the test
+   split, the held-out control half (per kind), every held-out kind and the OOD sets;
+6. `export` -> `TrainResult`: bundle + report.json + plots in `--out`; a parity check scores a
+   few test dialogues through `probewatch.scoring.score_dialogues` (the live path) and compares
+   with the cached scores.
 """
 
 from __future__ import annotations
@@ -18,21 +28,22 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from probewatch.behaviours import DEFAULT_PROBE_IDS
+from probewatch.behaviours import DEFAULT_PROBE_IDS, DESCRIPTIONS
 from probewatch.data.dialogue import Dialogue, load_dialogues
 from probewatch.errors import ProbewatchError
 from probewatch.probes import Aggregation, Threshold
 from probewatch.probes.errors import FingerprintMismatchError
-from probewatch.training.calibration import calibrated_threshold, platt_fit
+from probewatch.training.calibration import OperatingPoint, operating_point, platt_fit
 from probewatch.training.datasets import BehaviourData, Source, build_behaviour_data
 from probewatch.training.export import METHOD_BY_KIND, check_target, export_bundle
-from probewatch.training.extract import ActivationSet, contiguous_by_kind, extract_activations, extract_by_kind
+from probewatch.training.extract import ActivationSet, ActivationUnion, contiguous_by_kind, extract_activations
+from probewatch.training.extract import extract_by_kind as _extract_by_kind
 from probewatch.training.features import LayerData, score_all
 from probewatch.training.metrics import detection_metrics
 from probewatch.training.splits import check_disjoint, grouped_split
@@ -45,12 +56,21 @@ from probewatch.training.sweep import (
     heldout_kind_recall,
     selection_basis,
     sweep_layer,
+    with_temperature,
 )
 
 log = logging.getLogger("probewatch.training")
 
 METHODS = ("logistic", "mean_diff", "lat")
 DEFAULT_IDS = DEFAULT_PROBE_IDS
+#: C values swept (and chosen by held-out kind) for logistic probes when the pool has kinds
+HELDOUT_CS = (1e-4, 1e-3, 1e-2, 1e-1)
+#: behaviours whose built-in data is read on the model's own text, where reading the prompt too
+#: (`all`: prompt + response, mean) is compared with the response alone
+RESPONSE_BEHAVIOURS = ("deception", "alignment_faking", "eval_awareness")
+#: behaviours whose builders take the model's own answers (`respond`): the response behaviours, and
+#: monitored framing for the multi-turn prompts of its plain-traffic negatives
+RESPONDING_BEHAVIOURS = (*RESPONSE_BEHAVIOURS, "monitored_framing")
 
 
 class TrainingError(ProbewatchError):
@@ -64,6 +84,7 @@ class TrainConfig:
     data_dir: str | Path | None = None
     data_files: Sequence[Path] = ()
     ood_files: Sequence[Path] = ()
+    extra_files: Sequence[Path] = ()  # labelled additions to the pool (e.g. reviewed incidents), own kinds
     control_file: Path | None = None
     layers: Sequence[int] | None = None
     methods: Sequence[str] = METHODS
@@ -72,6 +93,9 @@ class TrainConfig:
     per_token: bool | None = None  # None: per-example sweep, per-token tried on the best config
     standardize: bool | None = None  # None: logistic standardised, mean_diff/lat raw
     fpr: float = 0.01
+    hard_negative_fpr: float | None = 0.2  # None: threshold from the control set alone
+    heldout_Cs: Sequence[float] | None = HELDOUT_CS  # None: C by grouped CV on the fit split
+    multi_layer: int = 3  # best layers compared as a concatenated / ensembled probe (0: skip)
     seed: int = 0
     probe_id: str | None = None
     version: str | None = None
@@ -83,6 +107,7 @@ class TrainConfig:
     balance_kinds: bool = True
     control_n: int = 400
     control_max_new_tokens: int = 64
+    production_control: bool = True
     batch_size: int = 16
     max_tokens: int | None = 1024
     cache_dtype: str = "float32"
@@ -102,6 +127,88 @@ class TrainResult:
     report: dict[str, Any]
 
 
+# -- stage results ------------------------------------------------------------------------------------
+@dataclass
+class PreparedData:
+    """Stage 1: what is trained on and what the threshold is calibrated on."""
+
+    data: BehaviourData
+    control: list[Dialogue]
+    control_source: Source
+    token_selections: list[str]
+    aggregations: list[str]
+
+
+@dataclass
+class Activations:
+    """Stage 2: cached activations; `layer(L)` loads one layer of everything (one layer in memory)."""
+
+    pool: ActivationSet | ActivationUnion
+    ood: dict[str, ActivationSet]
+    control: ActivationSet
+    layers: list[int]
+    _cache: dict[int, tuple[LayerData, dict[str, tuple[LayerData, np.ndarray]], LayerData]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def layer(self, layer: int) -> tuple[LayerData, dict[str, tuple[LayerData, np.ndarray]], LayerData]:
+        """(pool, {ood name: (data, labels)}, control) rows of one layer."""
+        if layer not in self._cache:
+            self._cache.clear()
+            self._cache[layer] = (
+                LayerData.load(self.pool, layer),
+                {name: (LayerData.load(a, layer), a.labels) for name, a in self.ood.items()},
+                LayerData.load(self.control, layer),
+            )
+        return self._cache[layer]
+
+
+@dataclass
+class Splits:
+    """Stage 3: grouped pool splits and the control halves (calibration / held-out), by kind."""
+
+    pool: PoolArrays
+    control_cal: np.ndarray
+    control_held: np.ndarray
+    control_kinds: np.ndarray
+
+    @property
+    def hard_negatives(self) -> np.ndarray:
+        """Calibration-split negatives of the evaluable kinds: the second operating point's reference."""
+        p = self.pool
+        idx = p.val_idx[p.labels[p.val_idx] == 0]
+        return idx[~np.isin(p.kinds[idx], list(p.train_only))]
+
+
+@dataclass
+class SweepOutcome:
+    """Stage 4: every configuration scored, the chosen one, and the multi-layer comparison."""
+
+    rows: list[SweepRow]
+    chosen: SweepRow
+    basis: str
+    multi_layer: dict[str, Any] | None = None
+
+
+@dataclass
+class FittedProbe:
+    """Stage 5: the final probe (Platt-folded), its operating point and every measurement."""
+
+    probe: Any
+    spec: ProbeSpec
+    aggregation: Aggregation
+    platt: tuple[float, float]
+    scores: np.ndarray  # every pool example, calibrated logits
+    control_scores: np.ndarray
+    point: OperatingPoint
+    metrics: dict[str, Any]
+    test: dict[str, Any]
+    ood: dict[str, dict[str, Any]]
+    heldout: dict[str, dict[str, Any]]
+    operating: dict[str, Any]
+
+
+# -- helpers --------------------------------------------------------------------------------------------
 def default_layers(n_layers: int) -> list[int]:
     """Every other layer from 1 (the sweep default; extraction stores only these)."""
     return list(range(1, n_layers, 2)) or [0]
@@ -163,7 +270,7 @@ def _pool_data(config: TrainConfig, loaded: Any = None) -> BehaviourData:
         aggs = ("last",) if selection == "prompt_last" else ("mean", "max", "rolling_mean_max")
         return BehaviourData(config.behaviour, pool, ood, sources, selection, aggs, {"custom_data": True})
     options = dict(config.builder_options)
-    if config.behaviour in ("deception", "alignment_faking") and loaded is not None and "respond" not in options:
+    if config.behaviour in RESPONDING_BEHAVIOURS and loaded is not None and "respond" not in options:
         from probewatch.training.datasets.control import cached_responses
 
         def respond(prompts: list[str], max_new_tokens: int = 32) -> list[str]:
@@ -199,39 +306,39 @@ def _kinds_summary(pool: Sequence[Dialogue]) -> dict[str, dict[str, int]]:
     return out
 
 
-def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
-    """Run the whole pipeline; returns the bundle path and the report."""
-    from probewatch.models import load_model
-
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
-    loaded = loaded or load_model(config.model)
-    provenance_extra: dict[str, Any] = {}
-    if config.init_from:
-        provenance_extra = apply_init_from(config, loaded.fingerprint)
+def check_config(config: TrainConfig, n_layers: int, model_id: str) -> list[int]:
+    """Refuse bad flags before any work; returns the sorted sweep layers."""
     if config.behaviour is None:
-        raise TrainingError("--behaviour is required (deception, refusal or alignment_faking)")
+        raise TrainingError("--behaviour is required (" + ", ".join(DEFAULT_IDS) + ")")
     for method in config.methods:
         if method not in METHODS:
             raise TrainingError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-    n_layers = loaded.n_layers
+    if config.hard_negative_fpr is not None and not 0.0 <= config.hard_negative_fpr < 1.0:
+        raise TrainingError(f"--hard-negative-fpr must be in [0, 1), got {config.hard_negative_fpr}")
     layers = sorted({int(layer) for layer in (config.layers or default_layers(n_layers))})
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:
-        raise TrainingError(f"layers {bad} out of range for {loaded.model_id} ({n_layers} layers: 0..{n_layers - 1})")
-    probe_id = config.probe_id or _default_id(config)
-    out = Path(config.out) if config.out else _default_out(loaded.model_id, probe_id)
-    check_target(out, loaded.fingerprint, overwrite_other_model=config.force)
+        raise TrainingError(f"layers {bad} out of range for {model_id} ({n_layers} layers: 0..{n_layers - 1})")
+    return layers
 
-    # 1. data -----------------------------------------------------------------------------------
+
+# -- 1. data --------------------------------------------------------------------------------------------
+def prepare_data(config: TrainConfig, loaded: Any) -> PreparedData:
     data = _pool_data(config, loaded)
+    if config.extra_files:
+        from probewatch.data.reviewed import load_extra_data
+
+        for path in map(Path, config.extra_files):
+            extra = load_extra_data([path], behaviour=config.behaviour)
+            data.pool = [*data.pool, *extra]
+            data.sources = [*data.sources, Source.of(path.name, path, len(extra))]
     _check_labels(data.pool, "training data")
-    selections = list(
-        config.token_selections
-        or [data.token_selection]
-        + (["prompt_last"] if config.behaviour == "alignment_faking" and not config.data_files else [])
-    )
-    agg_names = list(config.aggregations or data.aggregations)
+    if config.token_selections:
+        selections = list(config.token_selections)
+    else:
+        selections = [data.token_selection]
+        if data.token_selection == "response" and config.behaviour in RESPONSE_BEHAVIOURS and not config.data_files:
+            selections.append("all")  # prompt + response vs response only
     if config.control_file:
         control = load_dialogues(config.control_file)
         control_source = Source.of(Path(config.control_file).name, Path(config.control_file), len(control))
@@ -246,13 +353,16 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
             max_new_tokens=config.control_max_new_tokens,
             seed=config.seed,
             progress=config.progress,
+            production=config.production_control,
         )
-    timings["data_s"] = time.perf_counter() - t0
+    aggs = list(config.aggregations or data.aggregations)
+    data.pool = contiguous_by_kind(data.pool)  # one cache per kind: new data re-extracts only its kind
+    return PreparedData(data, list(control), control_source, selections, aggs)
 
-    # 2. activations ------------------------------------------------------------------------------
-    t1 = time.perf_counter()
 
-    def extract(name: str, dialogues: Sequence[Dialogue]) -> ActivationSet:
+# -- 2. activations ---------------------------------------------------------------------------------------
+def extract(config: TrainConfig, loaded: Any, prepared: PreparedData, layers: Sequence[int]) -> Activations:
+    def one(name: str, dialogues: Sequence[Dialogue]) -> ActivationSet:
         # the cache key is model + data + layers; the name only labels the folder (the control set is shared)
         return extract_activations(
             loaded.model,
@@ -267,11 +377,10 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
             progress=config.progress,
         )
 
-    data.pool = contiguous_by_kind(data.pool)  # one cache per kind: new data re-extracts only its kind
-    pool_acts = extract_by_kind(
+    pool = _extract_by_kind(
         loaded.model,
         loaded.tokenizer,
-        data.pool,
+        prepared.data.pool,
         layers,
         loaded.fingerprint,
         name=config.behaviour,
@@ -280,12 +389,15 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
         dtype=config.cache_dtype,
         progress=config.progress,
     )
-    ood_acts = {name: extract(f"{config.behaviour}-ood-{name}", ds) for name, ds in data.ood.items()}
-    control_acts = extract("control", control)
-    timings["extract_s"] = time.perf_counter() - t1
+    ood = {name: one(f"{config.behaviour}-ood-{name}", ds) for name, ds in prepared.data.ood.items()}
+    return Activations(pool, ood, one("control", prepared.control), list(layers))
 
-    # 3. splits -------------------------------------------------------------------------------------
-    labels, groups, kinds = pool_acts.labels, pool_acts.groups, pool_acts.kinds
+
+# -- 3. splits ----------------------------------------------------------------------------------------------
+def make_splits(config: TrainConfig, acts: Activations, data: BehaviourData) -> Splits:
+    from probewatch.training.datasets.control import control_halves
+
+    labels, groups, kinds = acts.pool.labels, acts.pool.groups, acts.pool.kinds
     train_only = tuple(data.train_only_kinds)
     auxiliary = np.isin(kinds, list(train_only))
     rest, test_idx = grouped_split(groups, labels, config.test_size, config.seed, idx=np.flatnonzero(~auxiliary))
@@ -294,78 +406,72 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     check_disjoint(groups, rest, test_idx)
     check_disjoint(groups, fit_idx, val_idx)
     check_disjoint(groups, fit_idx, test_idx)
-    pool = PoolArrays(labels, groups, kinds, fit_idx, val_idx, test_idx, train_only)
-    basis = selection_basis(pool, bool(data.ood))
-    aggregations = _aggregation_objs(agg_names, config.window, config.alpha)
+    control_kinds = acts.control.kinds
+    cal, held = control_halves(control_kinds.tolist(), config.seed)
+    return Splits(PoolArrays(labels, groups, kinds, fit_idx, val_idx, test_idx, train_only), cal, held, control_kinds)
 
-    perm = np.random.default_rng(config.seed).permutation(len(control_acts))
-    control_cal, control_held = np.sort(perm[: len(perm) // 2]), np.sort(perm[len(perm) // 2 :])
 
-    # 4. sweep ----------------------------------------------------------------------------------------
-    t2 = time.perf_counter()
-    rows: list[SweepRow] = []
-    per_token_sweep = bool(config.per_token)
-    cache: dict[int, tuple[LayerData, dict[str, tuple[LayerData, np.ndarray]], LayerData]] = {}
-
-    def layer_data(layer: int) -> tuple[LayerData, dict[str, tuple[LayerData, np.ndarray]], LayerData]:
-        if layer not in cache:
-            cache.clear()  # one layer in memory at a time
-            cache[layer] = (
-                LayerData.load(pool_acts, layer),
-                {name: (LayerData.load(a, layer), a.labels) for name, a in ood_acts.items()},
-                LayerData.load(control_acts, layer),
-            )
-        return cache[layer]
-
+# -- 4. sweep -------------------------------------------------------------------------------------------------
+def run_sweep(
+    config: TrainConfig, prepared: PreparedData, acts: Activations, splits: Splits, layers: Sequence[int]
+) -> SweepOutcome:
     from tqdm.auto import tqdm
 
+    pool = splits.pool
+    basis = selection_basis(pool, bool(prepared.data.ood))
+    Cs = list(config.heldout_Cs) if (config.heldout_Cs and basis == "heldout_kind") else None
+    aggregations = _aggregation_objs(prepared.aggregations, config.window, config.alpha)
+    rows: list[SweepRow] = []
+    per_token_sweep = bool(config.per_token)
+    features: dict[tuple[str, int], np.ndarray] = {}  # per-example matrices for the multi-layer comparison
+
+    def sweep(layer: int, selection: str, methods: Sequence[str], per_token: bool, grid=Cs) -> list[SweepRow]:
+        ld, ood, control_ld = acts.layer(layer)
+        if config.multi_layer and selection != "prompt_last":
+            features[(selection, layer)] = ld.example_matrix(selection)
+        elif config.multi_layer:
+            features[(selection, layer)] = ld.last
+        return sweep_layer(
+            ld,
+            ood,
+            pool,
+            selection,
+            methods,
+            aggregations,
+            per_token and selection == "response",
+            config.seed,
+            config.balance_kinds,
+            config.standardize,
+            control=control_ld.subset(splits.control_cal),
+            fpr=config.fpr,
+            Cs=grid,
+        )
+
     bar = tqdm(
-        total=len(selections) * len(layers), desc=f"sweep {config.behaviour}", unit="layer", disable=not config.progress
+        total=len(prepared.token_selections) * len(layers),
+        desc=f"sweep {config.behaviour}",
+        unit="layer",
+        disable=not config.progress,
     )
-    for selection in selections:
-        sel_aggs = aggregations if selection == "response" else _aggregation_objs(["last"], config.window, config.alpha)
-        for layer in layers:
-            ld, ood, control_ld = layer_data(layer)
-            rows += sweep_layer(
-                ld,
-                ood,
-                pool,
-                selection,
-                config.methods,
-                sel_aggs,
-                per_token_sweep and selection == "response",
-                config.seed,
-                config.balance_kinds,
-                config.standardize,
-                control=control_ld.subset(control_cal),
-                fpr=config.fpr,
-            )
+    for layer in layers:  # layer-major: each layer is loaded once for every token selection
+        for selection in prepared.token_selections:
+            rows += sweep(layer, selection, config.methods, per_token_sweep)
             bar.update(1)
     bar.close()
     chosen = best_row(rows, basis)
     if config.per_token is None and chosen.token_selection == "response":
-        ld, ood, control_ld = layer_data(chosen.layer)
-        extra_rows = sweep_layer(
-            ld,
-            ood,
-            pool,
-            "response",
-            [chosen.method],
-            aggregations,
-            True,
-            config.seed,
-            config.balance_kinds,
-            config.standardize,
-            control=control_ld.subset(control_cal),
-            fpr=config.fpr,
-        )
-        rows += extra_rows
-        chosen = best_row([chosen, *extra_rows], basis)
-    timings["sweep_s"] = time.perf_counter() - t2
+        grid = [chosen.C] if (Cs and chosen.method == "logistic") else None
+        extra = sweep(chosen.layer, "response", [chosen.method], True, grid)
+        rows += extra
+        chosen = best_row([chosen, *extra], basis)
+    multi = None
+    if config.multi_layer > 1 and basis == "heldout_kind" and len(layers) > 1:
+        multi = _multi_layer(config, rows, chosen, features, pool)
     log.info(
-        "chosen: layer %d, %s, %s, per_token=%s, aggregation %s (%s %.3f, validation %.3f)",
+        "chosen: layer %d, %s (C=%s), %s, per_token=%s, aggregation %s (%s %.3f, validation %.3f)",
         chosen.layer,
         chosen.method,
+        chosen.C,
         chosen.token_selection,
         chosen.per_token,
         chosen.aggregation,
@@ -373,118 +479,296 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
         chosen.selection_score(basis),
         chosen.val_auroc or float("nan"),
     )
+    return SweepOutcome(rows, chosen, basis, multi)
 
-    # 5. final fit, calibration, threshold ------------------------------------------------------------------
-    t3 = time.perf_counter()
-    spec = ProbeSpec(
-        chosen.method, chosen.layer, chosen.token_selection, chosen.per_token, chosen.aggregation, config.standardize
+
+def _multi_layer(
+    config: TrainConfig,
+    rows: Sequence[SweepRow],
+    chosen: SweepRow,
+    features: dict[tuple[str, int], np.ndarray],
+    pool: PoolArrays,
+) -> dict[str, Any] | None:
+    """Concatenated / ensembled logistic probes on the best layers (per-example, chosen token selection)."""
+    from probewatch.training.multilayer import multi_layer_comparison
+
+    selection = chosen.token_selection
+    agg = "mean" if selection != "prompt_last" else "last"
+    single = [
+        r
+        for r in rows
+        if r.method == "logistic" and not r.per_token and r.token_selection == selection and r.aggregation == agg
+    ]
+    if not single:
+        return None
+    best_by_layer: dict[int, SweepRow] = {}
+    for r in single:
+        if r.layer not in best_by_layer or (r.heldout_kind_auroc or 0) > (
+            best_by_layer[r.layer].heldout_kind_auroc or 0
+        ):
+            best_by_layer[r.layer] = r
+    ranked = sorted(best_by_layer.values(), key=lambda r: -(r.heldout_kind_auroc or 0))[: config.multi_layer]
+    layers = sorted(r.layer for r in ranked)
+    if len(layers) < 2 or any((selection, layer) not in features for layer in layers):
+        return None
+    out = multi_layer_comparison(
+        {layer: features[(selection, layer)] for layer in layers},
+        pool,
+        layers,
+        ranked[0].C,
+        config.seed,
+        config.balance_kinds,
     )
-    agg = Aggregation(method=chosen.aggregation, window=config.window, alpha=config.alpha)
-    ld, ood, control_ld = layer_data(chosen.layer)
+    best = ranked[0]
+    out["token_selection"] = selection
+    out["best_single"] = {
+        "layer": best.layer,
+        "val_auroc": best.val_auroc,
+        "heldout_kind_auroc": best.heldout_kind_auroc,
+        "heldout_per_kind": best.heldout_per_kind,
+    }
+    return out
+
+
+# -- 5. final fit, calibration, operating point -----------------------------------------------------------------
+def fit_final(
+    config: TrainConfig, acts: Activations, splits: Splits, sweep: SweepOutcome, data: BehaviourData
+) -> FittedProbe:
+    chosen, pool = sweep.chosen, splits.pool
+    labels, fit_idx, val_idx, test_idx = pool.labels, pool.fit_idx, pool.val_idx, pool.test_idx
+    spec = ProbeSpec(
+        chosen.method,
+        chosen.layer,
+        chosen.token_selection,
+        chosen.per_token,
+        chosen.aggregation,
+        config.standardize,
+        C=chosen.C if (sweep.basis == "heldout_kind" and config.heldout_Cs and chosen.method == "logistic") else None,
+    )
+    ld, ood, control_ld = acts.layer(chosen.layer)
     probe = fit_probe(spec, ld, pool, fit_idx, config.seed, config.balance_kinds)
     w, b = probe.raw_linear_form()
+    base = Aggregation(method=chosen.aggregation, window=config.window, alpha=config.alpha)
+    (agg,) = with_temperature([base], w, b, ld, fit_idx, spec.token_selection)
     raw = score_all(w, b, ld, spec.token_selection, [agg])[agg.method]
     slope, offset = platt_fit(raw[val_idx], labels[val_idx])
     probe.affine_(slope, offset)
+    agg = replace(agg, temperature=agg.temperature * slope)  # softmax weights are unchanged by the Platt map
     w, b = probe.raw_linear_form()
-    scores = score_all(w, b, ld, spec.token_selection, [agg])[agg.method]
-    control_scores = score_all(w, b, control_ld, spec.token_selection, [agg])[agg.method]
-    threshold = calibrated_threshold(control_scores[control_cal], config.fpr)
-    test_metrics = detection_metrics(scores[test_idx], labels[test_idx], control_scores[control_cal], config.fpr)
-    test_metrics["fpr_control_heldout"] = float((control_scores[control_held] >= threshold).mean())
-    test_metrics["recall_at_fpr_negatives"] = detection_metrics(scores[test_idx], labels[test_idx], None, config.fpr)[
+
+    def scored(data_: LayerData) -> np.ndarray:
+        return score_all(w, b, data_, spec.token_selection, [agg])[agg.method]
+
+    scores, control_scores = scored(ld), scored(control_ld)
+    hard = splits.hard_negatives
+    point = operating_point(
+        control_scores[splits.control_cal],
+        config.fpr,
+        scores[hard] if config.hard_negative_fpr is not None else None,
+        config.hard_negative_fpr,
+    )
+    threshold = point.value
+    test = detection_metrics(scores[test_idx], labels[test_idx], control_scores[splits.control_cal], config.fpr)
+    test["fpr_control_heldout"] = float((control_scores[splits.control_held] >= point.control_threshold).mean())
+    test["recall_at_fpr_negatives"] = detection_metrics(scores[test_idx], labels[test_idx], None, config.fpr)[
         "recall_at_fpr"
     ]
+    operating = operating_summary(scores, labels, pool, splits, control_scores, point)
     ood_metrics = {}
     for name, (od, od_labels) in ood.items():
-        s = score_all(w, b, od, spec.token_selection, [agg])[agg.method]
-        ood_metrics[name] = detection_metrics(s, od_labels, control_scores[control_cal], config.fpr)
+        s = scored(od)
+        ood_metrics[name] = detection_metrics(s, od_labels, control_scores[splits.control_cal], config.fpr)
+        y = np.asarray(od_labels)
+        ood_metrics[name]["at_shipped_threshold"] = {
+            "recall": float((s[y == 1] >= threshold).mean()) if (y == 1).any() else None,
+            "fpr_negatives": float((s[y == 0] >= threshold).mean()) if (y == 0).any() else None,
+        }
     heldout = heldout_kind_recall(
-        spec, ld, pool, control_ld.subset(control_cal), config.fpr, config.seed, config.balance_kinds, agg
+        spec, ld, pool, control_ld.subset(splits.control_cal), config.fpr, config.seed, config.balance_kinds, base
     )
-    timings["final_s"] = time.perf_counter() - t3
-
-    # 6. export + report ----------------------------------------------------------------------------------------
     heldout_aurocs = [v["auroc"] for v in heldout.values() if v["auroc"] is not None]
-    test_kinds = kinds[test_idx]
+    test_kinds = pool.kinds[test_idx]
     per_kind_test = {}
     for kind in sorted(set(test_kinds.tolist())):
         sel = test_kinds == kind
         if len(set(labels[test_idx][sel].tolist())) == 2:
             per_kind_test[kind] = detection_metrics(scores[test_idx][sel], labels[test_idx][sel])["auroc"]
     metrics = {
-        "auroc": test_metrics["auroc"],
+        "auroc": test["auroc"],
         "auroc_test_per_kind": per_kind_test,
-        "recall_at_fpr_control": test_metrics["recall_at_fpr"],
+        "recall_at_fpr_control": test["recall_at_fpr"],
         "fpr": config.fpr,
-        "fpr_control_heldout": test_metrics["fpr_control_heldout"],
+        "fpr_control_heldout": test["fpr_control_heldout"],
         "auroc_heldout_kind": float(np.mean(heldout_aurocs)) if heldout_aurocs else None,
         "auroc_heldout_kind_per_kind": {k: v["auroc"] for k, v in heldout.items()},
         "auroc_ood": {k: v["auroc"] for k, v in ood_metrics.items()},
         "recall_at_fpr_control_ood": {k: v["recall_at_fpr"] for k, v in ood_metrics.items()},
+        "operating_point": {k: v for k, v in operating.items() if k != "per_kind"},
         "n_test": len(test_idx),
         "split": "grouped by source item (group)",
     }
+    return FittedProbe(
+        probe,
+        spec,
+        agg,
+        (slope, offset),
+        scores,
+        control_scores,
+        point,
+        metrics,
+        test,
+        ood_metrics,
+        heldout,
+        operating,
+    )
+
+
+def operating_summary(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    pool: PoolArrays,
+    splits: Splits,
+    control_scores: np.ndarray,
+    point: OperatingPoint,
+) -> dict[str, Any]:
+    """Both operating points measured on held-out data: test split (recall, FPR on its negatives =
+    honest answers in behaviour-laden contexts, per kind) and the held-out control half (per kind)."""
+    test = pool.test_idx
+    y = labels[test]
+    s = scores[test]
+    kinds = pool.kinds[test]
+
+    def at(t: float) -> dict[str, Any]:
+        held = splits.control_held
+        return {
+            "threshold": float(t),
+            "recall": float((s[y == 1] >= t).mean()) if (y == 1).any() else None,
+            "fpr_negatives": float((s[y == 0] >= t).mean()) if (y == 0).any() else None,
+            "fpr_control_heldout": float((control_scores[held] >= t).mean()),
+        }
+
+    per_kind: dict[str, dict[str, Any]] = {}
+    for kind in sorted(set(kinds.tolist())):
+        sel = kinds == kind
+        yk, sk = y[sel], s[sel]
+        per_kind[kind] = {
+            "recall": float((sk[yk == 1] >= point.value).mean()) if (yk == 1).any() else None,
+            "fpr_negatives": float((sk[yk == 0] >= point.value).mean()) if (yk == 0).any() else None,
+            "n": int(sel.sum()),
+        }
+    control_per_kind: dict[str, dict[str, Any]] = {}
+    held_kinds = splits.control_kinds[splits.control_held]
+    for kind in dict.fromkeys(held_kinds.tolist()):
+        sel = splits.control_held[held_kinds == kind]
+        control_per_kind[str(kind)] = {
+            "fpr": float((control_scores[sel] >= point.value).mean()),
+            "n": int(len(sel)),
+        }
+    return {
+        "threshold": float(point.value),
+        "set_by": point.set_by,
+        "fpr_target": point.fpr,
+        "hard_negative_fpr_target": point.hard_negative_fpr,
+        "control_threshold": point.control_threshold,
+        "hard_negative_threshold": point.hard_negative_threshold,
+        "n_hard_negatives_calibration": int(len(splits.hard_negatives)),
+        "shipped": at(point.value),
+        "control_only": at(point.control_threshold),
+        "per_kind": per_kind,
+        "control_per_kind": control_per_kind,
+    }
+
+
+# -- 6. export + report ---------------------------------------------------------------------------------------------
+def export(
+    config: TrainConfig,
+    loaded: Any,
+    prepared: PreparedData,
+    acts: Activations,
+    splits: Splits,
+    sweep: SweepOutcome,
+    fitted: FittedProbe,
+    out: Path,
+    probe_id: str,
+    timings: dict[str, float],
+    provenance_extra: dict[str, Any],
+) -> TrainResult:
+    chosen, data, pool = sweep.chosen, prepared.data, splits.pool
+    slope, offset = fitted.platt
     sizes = {
-        "pool": len(labels),
-        "fit": len(fit_idx),
-        "calibration": len(val_idx),
-        "test": len(test_idx),
-        "control_calibration": len(control_cal),
-        "control_heldout": len(control_held),
+        "pool": len(pool.labels),
+        "fit": len(pool.fit_idx),
+        "calibration": len(pool.val_idx),
+        "test": len(pool.test_idx),
+        "control_calibration": len(splits.control_cal),
+        "control_heldout": len(splits.control_held),
+        "hard_negatives_calibration": len(splits.hard_negatives),
     }
     training = {
         "method": chosen.method,
         "layer": chosen.layer,
         "per_token": chosen.per_token,
-        "C": getattr(probe, "C_", None),
-        "standardize": bool(probe.standardize),
+        "C": getattr(fitted.probe, "C_", None),
+        "C_selected_by": "held-out kind" if fitted.spec.C is not None else "grouped CV on the fit split",
+        "standardize": bool(fitted.probe.standardize),
         "seed": config.seed,
         "token_selection": chosen.token_selection,
         "aggregation": chosen.aggregation,
         "balance_kinds": config.balance_kinds,
-        "selected_by": basis,
-        "n_configurations": len(rows),
-        "layers_swept": layers,
+        "selected_by": sweep.basis,
+        "n_configurations": len(sweep.rows),
+        "layers_swept": acts.layers,
         "sizes": sizes,
         "kinds": _kinds_summary(data.pool),
-        "train_only_kinds": list(train_only),
+        "train_only_kinds": list(data.train_only_kinds),
         "data": [asdict(s) for s in data.sources],
-        "control": asdict(control_source),
-        "activation_cache": pool_acts.index["key"][:16],
+        "control": asdict(prepared.control_source),
+        "activation_cache": acts.pool.index["key"][:16],
         "platt": {"slope": slope, "offset": offset, "fitted_on": "calibration split"},
         "command": config.command,
         **provenance_extra,
     }
-    description = _description(config.behaviour, chosen, basis, metrics)
+    point = fitted.point
     threshold_obj = Threshold(
-        value=float(threshold),
-        method="fpr",
+        value=float(point.value),
+        method="fpr" if point.hard_negative_threshold is None else "fpr+hard_negatives",
         fpr=config.fpr,
-        calibration_set=control_source.name,
-        n_calibration=len(control_cal),
+        calibration_set=prepared.control_source.name,
+        n_calibration=len(splits.control_cal),
     )
     export_bundle(
         out,
-        probe,
+        fitted.probe,
         probe_id=probe_id,
         behaviour=config.behaviour,
         method=chosen.method,
         model_id=loaded.model_id,
         fingerprint=loaded.fingerprint,
         d_model=loaded.d_model,
-        n_layers=n_layers,
+        n_layers=loaded.n_layers,
         layer=chosen.layer,
         token_selection=chosen.token_selection,
-        aggregation=agg,
+        aggregation=fitted.aggregation,
         threshold=threshold_obj,
-        metrics=metrics,
+        metrics=fitted.metrics,
         training=training,
-        description=description,
+        description=_description(config.behaviour, chosen, sweep.basis, fitted.metrics),
         version=config.version or "1",
-        extra={"direction_norm": float(np.linalg.norm(w)), "score_units": "calibrated logit (Platt)"},
+        extra={
+            "direction_norm": float(np.linalg.norm(fitted.probe.raw_linear_form()[0])),
+            "score_units": "calibrated logit (Platt)",
+            "operating_point": {
+                "control_threshold": point.control_threshold,
+                "fpr": point.fpr,
+                "hard_negative_threshold": point.hard_negative_threshold,
+                "hard_negative_fpr": point.hard_negative_fpr,
+                "set_by": point.set_by,
+            },
+        },
     )
-    parity = _parity_check(out, loaded, data.pool, test_idx, scores, config) if config.parity_check else None
+    parity = (
+        _parity_check(out, loaded, data.pool, pool.test_idx, fitted.scores, config) if config.parity_check else None
+    )
     report = {
         "probe_id": probe_id,
         "behaviour": config.behaviour,
@@ -492,38 +776,70 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
         "model": {
             "id": loaded.model_id,
             "fingerprint": loaded.fingerprint,
-            "n_layers": n_layers,
+            "n_layers": loaded.n_layers,
             "d_model": loaded.d_model,
         },
         "command": config.command,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "data": {
             "kinds": _kinds_summary(data.pool),
-            "train_only_kinds": list(train_only),
+            "train_only_kinds": list(data.train_only_kinds),
             "sources": [asdict(s) for s in data.sources],
             "ood": {k: len(v) for k, v in data.ood.items()},
-            "control": asdict(control_source),
+            "control": asdict(prepared.control_source),
+            "control_kinds": dict(Counter(str(k) for k in splits.control_kinds.tolist())),
             "notes": data.notes,
         },
         "splits": sizes,
-        "selection": {"basis": basis, "n_configurations": len(rows), "chosen": chosen.to_json()},
-        "metrics": metrics,
-        "test": test_metrics,
-        "heldout_kinds": heldout,
-        "ood": ood_metrics,
+        "selection": {"basis": sweep.basis, "n_configurations": len(sweep.rows), "chosen": chosen.to_json()},
+        "metrics": fitted.metrics,
+        "test": fitted.test,
+        "heldout_kinds": fitted.heldout,
+        "ood": fitted.ood,
+        "operating_point": fitted.operating,
+        "multi_layer": sweep.multi_layer,
         "threshold": asdict(threshold_obj),
+        "aggregation": asdict(fitted.aggregation),
         "platt": {"slope": slope, "offset": offset},
         "parity": parity,
-        "sweep": [r.to_json() for r in rows],
+        "sweep": [r.to_json() for r in sweep.rows],
         "timings": timings,
     }
-    from probewatch.training.report import write_json
 
     if config.plots:
-        report["plots"] = _plots(out, report, scores, labels, test_idx, control_scores, threshold, ood, w, b, spec, agg)
+        report["plots"] = _plots(out, report, fitted, acts, splits)
+    return TrainResult(out, out / "report.json", report)
+
+
+def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
+    """Run the six stages; returns the bundle path and the report."""
+    from probewatch.models import load_model
+    from probewatch.training.report import write_json
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    loaded = loaded or load_model(config.model)
+    provenance_extra = apply_init_from(config, loaded.fingerprint) if config.init_from else {}
+    layers = check_config(config, loaded.n_layers, loaded.model_id)
+    probe_id = config.probe_id or _default_id(config)
+    out = Path(config.out) if config.out else _default_out(loaded.model_id, probe_id)
+    check_target(out, loaded.fingerprint, overwrite_other_model=config.force)
+
+    def timed(name: str, fn, *args):
+        t = time.perf_counter()
+        result = fn(*args)
+        timings[name] = time.perf_counter() - t
+        return result
+
+    prepared = timed("data_s", prepare_data, config, loaded)
+    acts = timed("extract_s", extract, config, loaded, prepared, layers)
+    splits = make_splits(config, acts, prepared.data)
+    sweep = timed("sweep_s", run_sweep, config, prepared, acts, splits, layers)
+    fitted = timed("final_s", fit_final, config, acts, splits, sweep, prepared.data)
+    result = export(config, loaded, prepared, acts, splits, sweep, fitted, out, probe_id, timings, provenance_extra)
     timings["total_s"] = time.perf_counter() - t0
-    report_path = write_json(out / "report.json", report)
-    return TrainResult(out, report_path, report)
+    write_json(result.report_path, result.report)
+    return result
 
 
 def _default_id(config: TrainConfig) -> str:
@@ -534,11 +850,7 @@ def _default_id(config: TrainConfig) -> str:
 
 
 def _description(behaviour: str, chosen: SweepRow, basis: str, metrics: dict) -> str:
-    what = {
-        "deception": "deceptive statements or answers (label 1) vs honest ones",
-        "refusal": "harmful requests the model should refuse (read at the generation-prompt position)",
-        "alignment_faking": "monitored / used-for-training / being-evaluated framing vs unmonitored deployment",
-    }.get(behaviour, behaviour)
+    what = DESCRIPTIONS.get(behaviour, behaviour)
     return (
         f"{chosen.method} probe on layer {chosen.layer} ({chosen.token_selection}, {'per-token' if chosen.per_token else 'per-example'} "
         f"training, {chosen.aggregation} aggregation) for {what}; chosen by {basis.replace('_', '-')} AUROC. "
@@ -572,24 +884,14 @@ def _parity_check(
     return {"n": int(len(idx)), "max_abs_diff": diff}
 
 
-def _plots(
-    out: Path,
-    report: dict,
-    scores: np.ndarray,
-    labels: np.ndarray,
-    test_idx: np.ndarray,
-    control_scores: np.ndarray,
-    threshold: float,
-    ood: dict,
-    w: np.ndarray,
-    b: float,
-    spec: ProbeSpec,
-    agg: Aggregation,
-) -> list[str]:
-    from probewatch.training.report import plot_histograms, plot_layer_sweep, plot_roc
+def _plots(out: Path, report: dict, fitted: FittedProbe, acts: Activations, splits: Splits) -> list[str]:
+    from probewatch.training.report import plot_histograms, plot_layer_sweep, plot_operating_points, plot_roc
 
     name = report["probe_id"]
     chosen = report["selection"]["chosen"]
+    scores, labels, test_idx = fitted.scores, splits.pool.labels, splits.pool.test_idx
+    control_scores, threshold = fitted.control_scores, fitted.point.value
+    w, b = fitted.probe.raw_linear_form()
     paths = [plot_layer_sweep(report["sweep"], chosen, out / "auroc_by_layer.png", f"{name}: AUROC per layer")]
     curves = {f"test split (AUROC {report['metrics']['auroc']:.3f})": (scores[test_idx], labels[test_idx])}
     y_test = labels[test_idx]
@@ -597,16 +899,22 @@ def _plots(
         np.concatenate([scores[test_idx][y_test == 1], control_scores]),
         np.r_[np.ones(int((y_test == 1).sum())), np.zeros(len(control_scores))],
     )
+    _, ood, _ = acts.layer(fitted.spec.layer)
     for oname, (od, od_labels) in ood.items():
-        curves[f"ood: {oname}"] = (score_all(w, b, od, spec.token_selection, [agg])[agg.method], od_labels)
-    t = report["test"]
+        s = score_all(w, b, od, fitted.spec.token_selection, [fitted.aggregation])[fitted.aggregation.method]
+        curves[f"ood: {oname}"] = (s, od_labels)
+    op = report["operating_point"]
     points = {
-        f"threshold @ {100 * t['fpr_target']:.0f}% FPR on control": (
-            float((control_scores >= threshold).mean()),
-            float(t["recall_at_fpr"] or 0.0),
-        )
+        f"shipped threshold (set by {op['set_by']})": (
+            op["shipped"]["fpr_negatives"] or 0.0,
+            op["shipped"]["recall"] or 0.0,
+        ),
+        f"{100 * fitted.point.fpr:g}% control FPR only": (
+            op["control_only"]["fpr_negatives"] or 0.0,
+            op["control_only"]["recall"] or 0.0,
+        ),
     }
-    paths.append(plot_roc(curves, out / "roc.png", f"{name}: ROC", points))
+    paths.append(plot_roc(curves, out / "roc.png", f"{name}: ROC (points: FPR on test negatives)", points))
     paths.append(
         plot_histograms(
             {
@@ -617,6 +925,11 @@ def _plots(
             threshold,
             out / "score_hist.png",
             f"{name}: score distributions",
+        )
+    )
+    paths.append(
+        plot_operating_points(
+            op, out / "operating_points.png", f"{name}: false-positive rates at the shipped threshold"
         )
     )
     return [p.name for p in paths]

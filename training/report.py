@@ -15,7 +15,7 @@ import numpy as np
 
 from probewatch.jsonio import write_json_atomic
 
-PLOTS = ("auroc_by_layer.png", "roc.png", "score_hist.png")
+PLOTS = ("auroc_by_layer.png", "roc.png", "score_hist.png", "operating_points.png")
 
 
 def write_json(path: Path, obj: Any) -> Path:
@@ -31,21 +31,46 @@ def _plt():
     return plt
 
 
+def sweep_mode(rows: list[dict], chosen: dict) -> bool:
+    """per_token value of the layer sweep (the per-token variant is often tried on the best layer only)."""
+    layers = {
+        pt: {r["layer"] for r in rows if r["per_token"] == pt and r["token_selection"] == chosen["token_selection"]}
+        for pt in (False, True)
+    }
+    return max((False, True), key=lambda pt: (len(layers[pt]), pt == chosen["per_token"]))
+
+
+def _row_score(r: dict) -> float:
+    for key in ("heldout_kind_auroc", "ood_mean", "val_auroc"):
+        if r.get(key) is not None:
+            return float(r[key])
+    return -1.0
+
+
+def layer_view(rows: list[dict], chosen: dict) -> dict[tuple[int, str], dict]:
+    """{(layer, method): row} of the layer sweep at the chosen token selection, aggregation and
+    training mode; where C was swept, the row of the best C (held-out kind, else OOD, else validation)."""
+    mode = sweep_mode(rows, chosen)
+    out: dict[tuple[int, str], dict] = {}
+    for r in rows:
+        if (
+            r["aggregation"] != chosen["aggregation"]
+            or r["token_selection"] != chosen["token_selection"]
+            or r["per_token"] != mode
+        ):
+            continue
+        key = (r["layer"], r["method"])
+        if key not in out or _row_score(r) > _row_score(out[key]):
+            out[key] = r
+    return out
+
+
 def plot_layer_sweep(rows: list[dict], chosen: dict, path: Path, title: str) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
-    from probewatch.training.bench_quality import sweep_mode
-
-    mode = sweep_mode(rows, chosen)
-    subset = [
-        r
-        for r in rows
-        if r["aggregation"] == chosen["aggregation"]
-        and r["token_selection"] == chosen["token_selection"]
-        and r["per_token"] == mode
-    ]
-    for method in sorted({r["method"] for r in subset}):
-        pts = sorted((r["layer"], r) for r in subset if r["method"] == method)
+    view = layer_view(rows, chosen)
+    for method in sorted({m for _, m in view}):
+        pts = sorted(((layer, r) for (layer, m), r in view.items() if m == method), key=lambda t: t[0])
         layers = [layer for layer, _ in pts]
         ax.plot(layers, [r["val_auroc"] for _, r in pts], marker="o", label=f"{method}: validation")
         if any(r["heldout_kind_auroc"] is not None for _, r in pts):
@@ -120,6 +145,40 @@ def _finish(plt, fig, ax, path: Path, title: str, legend_loc: str = "best", grid
     ax.legend(fontsize=7, loc=legend_loc)
     if grid:
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_operating_points(op: dict[str, Any], path: Path, title: str) -> Path:
+    """At the shipped threshold: per test kind, recall and the FPR on its negatives (the second
+    operating point); per control kind, the realised FPR on the held-out control half."""
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
+    kinds = list(op["per_kind"])
+    x = np.arange(len(kinds))
+    fpr = [op["per_kind"][k]["fpr_negatives"] or 0.0 for k in kinds]
+    rec = [op["per_kind"][k]["recall"] or 0.0 for k in kinds]
+    ax1.bar(x - 0.2, rec, 0.4, label="recall (test positives)")
+    ax1.bar(x + 0.2, fpr, 0.4, label="flagged negatives (test)")
+    if op.get("hard_negative_fpr_target") is not None:
+        ax1.axhline(
+            op["hard_negative_fpr_target"], color="black", linestyle="--", linewidth=0.8, label="negatives target"
+        )
+    ax1.set_xticks(x, kinds, rotation=60, ha="right", fontsize=7)
+    ax1.set_ylim(0, 1.02)
+    ax1.set_title("behaviour data (test split)", fontsize=9)
+    ax1.legend(fontsize=7)
+    ckinds = list(op["control_per_kind"])
+    ax2.bar(np.arange(len(ckinds)), [op["control_per_kind"][k]["fpr"] for k in ckinds], color="tab:red")
+    ax2.axhline(
+        op["fpr_target"], color="black", linestyle="--", linewidth=0.8, label=f"{100 * op['fpr_target']:g}% target"
+    )
+    ax2.set_xticks(np.arange(len(ckinds)), ckinds, rotation=45, ha="right", fontsize=7)
+    ax2.set_title("control set, held-out half: flagged", fontsize=9)
+    ax2.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

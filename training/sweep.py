@@ -6,9 +6,15 @@ For every configuration we report
   (mean over kinds, plus each kind), the generalisation number;
 - `ood_auroc`: fit on the fit split, score each out-of-distribution set.
 
-Inside the sweep, a logistic probe's C is chosen once per layer (grouped CV on the fit split) and
-reused in the leave-one-kind-out folds; `heldout_kind_recall`, which produces the reported
-held-out-kind numbers of the chosen configuration, selects C inside every fold.
+Regularisation: with held-out kinds to judge by, a logistic probe's C is one more swept setting
+(each C in `Cs` is its own configuration, scored by leave-one-kind-out like the layer), so C is
+chosen by held-out kind rather than by in-distribution cross-validation. Without kinds, C comes
+from grouped CV on the fit split (once per layer, reused in the folds; `heldout_kind_recall`
+then selects it inside every fold).
+
+`softmax` aggregation needs a temperature in the probe's score units: it is set per fitted probe
+to the standard deviation of its token scores on its own training examples (the final bundle's
+temperature is that, times the Platt slope, so it stays in calibrated-logit units).
 
 Configurations are chosen by the held-out-kind number when the pool has at least two kinds,
 else by the mean of out-of-distribution and validation AUROC, else by validation; AUROCs within 0.01 count as ties, broken
@@ -20,7 +26,7 @@ optimistic; reports say how many configurations were compared.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
@@ -61,6 +67,7 @@ class SweepRow:
     ood_auroc: dict[str, float] = field(default_factory=dict)
     C: float | None = None
     val_recall_control: float | None = None  # validation positives above the control-calibrated threshold
+    temperature: float | None = None  # softmax aggregation: raw-score temperature of this row's probe
 
     @property
     def ood_mean(self) -> float | None:
@@ -103,6 +110,27 @@ def fit_probe(
     return probe.fit(X, y, groups=g, sample_weight=w)
 
 
+def with_temperature(
+    aggregations: Sequence[Aggregation], w: np.ndarray, b: float, data: LayerData, idx: np.ndarray, token_selection: str
+) -> list[Aggregation]:
+    """The aggregations with softmax's temperature set to the std of this probe's token scores on `idx`."""
+    if token_selection != "response" or not any(a.method == "softmax" for a in aggregations):
+        return list(aggregations)
+    rows, _ = data.token_matrix(idx)
+    spread = float(np.std(rows.astype(np.float64) @ w + b)) if len(rows) else 1.0
+    t = max(spread, 1e-6)
+    return [replace(a, temperature=t) if a.method == "softmax" else a for a in aggregations]
+
+
+def usable_aggregations(aggregations: Sequence[Aggregation], token_selection: str) -> list[Aggregation]:
+    """What a token selection can be scored with offline: `prompt_last` one token (`last`), `all` the mean."""
+    if token_selection == "prompt_last":
+        return [Aggregation(method="last")]
+    if token_selection == "all":
+        return [Aggregation(method="mean")]
+    return list(aggregations)
+
+
 def _safe_auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     if len(np.unique(labels)) < 2 or not np.all(np.isfinite(scores)):
         return None
@@ -130,65 +158,65 @@ def sweep_layer(
     do_heldout: bool = True,
     control: LayerData | None = None,
     fpr: float = 0.01,
+    Cs: Sequence[float] | None = None,
 ) -> list[SweepRow]:
-    """Every (method, aggregation) on one layer; one fit per method and split.
+    """Every (method, C, aggregation) on one layer; one fit per method, C and split.
 
-    With `control` (the calibration half of the control set), each row also records the recall of
-    validation positives at the threshold that flags `fpr` of the control set.
+    With `Cs`, each C of a logistic probe is its own configuration (chosen by held-out kind);
+    without, C comes from grouped CV on the fit split. With `control` (the calibration half of the
+    control set), each row also records the recall of validation positives at the threshold that
+    flags `fpr` of the control set.
     """
     from probewatch.metrics import recall_at_threshold, threshold_at_fpr
 
     rows: list[SweepRow] = []
+    aggregations = usable_aggregations(aggregations, token_selection)
     loko = list(pool.loko()) if do_heldout else []
+    val_pos = pool.val_idx[pool.labels[pool.val_idx] == 1]
     for method in methods:
-        spec = ProbeSpec(method, data.layer, token_selection, per_token, aggregations[0].method, standardize)
-        probe = fit_probe(spec, data, pool, pool.fit_idx, seed, balance_kinds)
-        w, b = probe.raw_linear_form()
-        scores = score_all(w, b, data, token_selection, list(aggregations))
-        ood_scores = {name: score_all(w, b, od, token_selection, list(aggregations)) for name, (od, _) in ood.items()}
-        control_scores = score_all(w, b, control, token_selection, list(aggregations)) if control is not None else {}
-        val_pos = pool.val_idx[pool.labels[pool.val_idx] == 1]
-        heldout: dict[str, dict[str, float | None]] = {a.method: {} for a in aggregations}
-        for kind, tr, te in loko:
-            # C comes from the fit split's grouped CV (one selection per layer keeps the sweep affordable);
-            # the reported held-out-kind numbers of the chosen probe redo the selection inside each fold
-            spec_k = ProbeSpec(
-                method,
-                data.layer,
-                token_selection,
-                per_token,
-                spec.aggregation,
-                standardize,
-                C=getattr(probe, "C_", None),
-            )
-            pk = fit_probe(spec_k, data, pool, tr, seed, balance_kinds)
-            wk, bk = pk.raw_linear_form()
-            sk = score_all(wk, bk, data, token_selection, list(aggregations))
-            for a in aggregations:
-                heldout[a.method][kind] = _safe_auroc(sk[a.method][te], pool.labels[te])
-        for a in aggregations:
-            per_kind = {k: v for k, v in heldout[a.method].items() if v is not None}
-            rows.append(
-                SweepRow(
-                    token_selection,
-                    data.layer,
-                    method,
-                    per_token,
-                    a.method,
-                    _safe_auroc(scores[a.method][pool.val_idx], pool.labels[pool.val_idx]),
-                    float(np.mean(list(per_kind.values()))) if per_kind else None,
-                    per_kind,
-                    {
-                        name: v
-                        for name, (od, labels) in ood.items()
-                        if (v := _safe_auroc(ood_scores[name][a.method], labels)) is not None
-                    },
-                    getattr(probe, "C_", None),
-                    recall_at_threshold(scores[a.method][val_pos], threshold_at_fpr(control_scores[a.method], fpr))
-                    if control is not None and len(val_pos)
-                    else None,
+        grid: list[float | None] = list(Cs) if (method == "logistic" and Cs) else [None]
+        for C in grid:
+            spec = ProbeSpec(method, data.layer, token_selection, per_token, aggregations[0].method, standardize, C=C)
+            probe = fit_probe(spec, data, pool, pool.fit_idx, seed, balance_kinds)
+            w, b = probe.raw_linear_form()
+            aggs = with_temperature(aggregations, w, b, data, pool.fit_idx, token_selection)
+            scores = score_all(w, b, data, token_selection, aggs)
+            ood_scores = {name: score_all(w, b, od, token_selection, aggs) for name, (od, _) in ood.items()}
+            control_scores = score_all(w, b, control, token_selection, aggs) if control is not None else {}
+            heldout: dict[str, dict[str, float | None]] = {a.method: {} for a in aggs}
+            for kind, tr, te in loko:
+                # C is the swept value, or (no grid) the fit split's grouped-CV choice: one selection per
+                # layer keeps the sweep affordable; `heldout_kind_recall` redoes it inside each fold
+                spec_k = replace(spec, C=C if C is not None else getattr(probe, "C_", None))
+                pk = fit_probe(spec_k, data, pool, tr, seed, balance_kinds)
+                wk, bk = pk.raw_linear_form()
+                sk = score_all(wk, bk, data, token_selection, with_temperature(aggs, wk, bk, data, tr, token_selection))
+                for a in aggs:
+                    heldout[a.method][kind] = _safe_auroc(sk[a.method][te], pool.labels[te])
+            for a in aggs:
+                per_kind = {k: v for k, v in heldout[a.method].items() if v is not None}
+                rows.append(
+                    SweepRow(
+                        token_selection,
+                        data.layer,
+                        method,
+                        per_token,
+                        a.method,
+                        _safe_auroc(scores[a.method][pool.val_idx], pool.labels[pool.val_idx]),
+                        float(np.mean(list(per_kind.values()))) if per_kind else None,
+                        per_kind,
+                        {
+                            name: v
+                            for name, (od, labels) in ood.items()
+                            if (v := _safe_auroc(ood_scores[name][a.method], labels)) is not None
+                        },
+                        getattr(probe, "C_", None),
+                        recall_at_threshold(scores[a.method][val_pos], threshold_at_fpr(control_scores[a.method], fpr))
+                        if control is not None and len(val_pos)
+                        else None,
+                        a.temperature if a.method == "softmax" else None,
+                    )
                 )
-            )
     return rows
 
 
@@ -219,11 +247,12 @@ def heldout_kind_recall(
     """Per held-out kind: AUROC and recall at the control-calibrated `fpr` threshold of that fold's probe."""
     from probewatch.metrics import recall_at_threshold, threshold_at_fpr
 
-    agg = [aggregation or Aggregation(method=spec.aggregation)]
+    base = [aggregation or Aggregation(method=spec.aggregation)]
     out: dict[str, dict[str, float]] = {}
     for kind, tr, te in pool.loko():
         probe = fit_probe(spec, data, pool, tr, seed, balance_kinds)
         w, b = probe.raw_linear_form()
+        agg = with_temperature(base, w, b, data, tr, spec.token_selection)
         s = score_all(w, b, data, spec.token_selection, agg)[spec.aggregation]
         c = score_all(w, b, control, spec.token_selection, agg)[spec.aggregation]
         t = threshold_at_fpr(c, fpr)

@@ -28,6 +28,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     cal.add_argument("--bundle", required=True, help="bundle folder or probe id")
     cal.add_argument("--control", type=Path, required=True, help="benign dialogue JSONL (labels not needed)")
     cal.add_argument("--out", type=Path, default=None, help="write the re-thresholded bundle here (default: in place)")
+    cal.add_argument(
+        "--hard-negatives",
+        type=Path,
+        default=None,
+        help="second operating point: dialogues without the behaviour that look like it (e.g. honest answers under "
+        "pressure from your own traffic); the threshold also flags at most --hard-negative-fpr of them",
+    )
+    cal.add_argument(
+        "--hard-negative-fpr", type=float, default=0.2, help="share of --hard-negatives allowed above the threshold"
+    )
+    cal.add_argument(
+        "--extra-data",
+        type=Path,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="JSONL",
+        help="labelled dialogues, e.g. reviewed incidents (`probewatch incidents export --labelled`): their "
+        "negatives are hard negatives the threshold must clear; recall on their positives is reported",
+    )
+    cal.add_argument(
+        "--hard-negative-margin",
+        type=float,
+        default=0.05,
+        help="how far above the highest reviewed false positive (--extra-data) the threshold goes (logits; default 0.05)",
+    )
     _common(cal)
     add_json_arg(cal)
     cal.set_defaults(func=_calibrate)
@@ -124,21 +150,77 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reviewed(loaded, bundle, args: argparse.Namespace, from_control: float) -> dict:
+    """Score the extra labelled data; the threshold that clears its negatives; what it costs on its positives."""
+    from probewatch.data.reviewed import load_extra_data
+    from probewatch.errors import ProbewatchError
+    from probewatch.training.calibration import clear_hard_negatives
+
+    extra = load_extra_data(args.extra_data, probe_id=bundle.id, behaviour=bundle.manifest.behaviour)
+    if not extra:
+        raise ProbewatchError(
+            f"--extra-data: no dialogues about probe {bundle.id} / {bundle.manifest.behaviour} in "
+            f"{', '.join(map(str, args.extra_data))}"
+        )
+    scores = _scores(loaded, bundle, extra, args)
+    negative = [s for s, d in zip(scores, extra) if d.label == 0]
+    positive = [s for s, d in zip(scores, extra) if d.label == 1]
+    threshold = clear_hard_negatives(from_control, negative, args.hard_negative_margin)
+    return {
+        "threshold": threshold,
+        "n_negative": len(negative),
+        "n_positive": len(positive),
+        "max_negative_score": max(negative) if negative else None,
+        "flagged_negative": sum(s >= threshold for s in negative),
+        "recall_positive": (sum(s >= threshold for s in positive) / len(positive)) if positive else None,
+        "scores": [
+            {"score": s, "label": d.label, "incident_id": (d.meta or {}).get("incident_id")}
+            for s, d in zip(scores, extra)
+        ],
+    }
+
+
 def _calibrate(args: argparse.Namespace) -> int:
     import copy
 
     from probewatch.data.dialogue import load_dialogues
+    from probewatch.errors import ProbewatchError
     from probewatch.probes import save_bundle
-    from probewatch.training.calibration import calibrated_threshold
+    from probewatch.training.calibration import operating_point
 
+    if not 0.0 <= args.hard_negative_fpr < 1.0:
+        raise ProbewatchError(f"--hard-negative-fpr must be in [0, 1), got {args.hard_negative_fpr}")
     control = load_dialogues(args.control, require_label=False)
+    hard = load_dialogues(args.hard_negatives, require_label=False) if args.hard_negatives else None
     loaded, bundle = _load(args)
     scores = _scores(loaded, bundle, control, args)
+    hard_scores = _scores(loaded, bundle, hard, args) if hard else None
+    point = operating_point(scores, args.fpr, hard_scores, args.hard_negative_fpr if hard else None)
     manifest = copy.deepcopy(bundle.manifest)
     old = bundle.manifest.threshold
-    manifest.threshold.value = float(calibrated_threshold(scores, args.fpr))
-    manifest.threshold.method, manifest.threshold.fpr = "fpr", args.fpr
+    manifest.threshold.value = float(point.value)
+    manifest.threshold.method = "fpr+hard_negatives" if hard else "fpr"
+    manifest.threshold.fpr = args.fpr
+    manifest.extra["operating_point"] = {
+        "control_threshold": point.control_threshold,
+        "fpr": args.fpr,
+        "hard_negative_threshold": point.hard_negative_threshold,
+        "hard_negative_fpr": point.hard_negative_fpr,
+        "hard_negatives": str(args.hard_negatives) if hard else None,
+        "set_by": point.set_by,
+    }
+    from_control = float(point.value)  # reviewed false positives can only raise it further
     manifest.threshold.calibration_set, manifest.threshold.n_calibration = Path(args.control).name, len(scores)
+    reviewed = _reviewed(loaded, bundle, args, from_control) if args.extra_data else None
+    if reviewed is not None:
+        manifest.threshold.value = reviewed["threshold"]
+        if reviewed["threshold"] > from_control:
+            manifest.threshold.method = "fpr+hard_negatives"
+        names = " + ".join(p.name for p in args.extra_data)
+        manifest.threshold.calibration_set = (
+            f"{Path(args.control).name} + {names} ({reviewed['n_negative']} hard negatives)"
+        )
+        manifest.threshold.n_calibration = len(scores) + reviewed["n_negative"]
     history = manifest.extra.setdefault("threshold_history", [])
     history.append({"value": old.value, "fpr": old.fpr, "calibration_set": old.calibration_set})
     manifest.weights_sha256, manifest.created_at = "", ""
@@ -151,14 +233,32 @@ def _calibrate(args: argparse.Namespace) -> int:
         "fpr": args.fpr,
         "n_control": len(scores),
         "previous_threshold": history[-1]["value"],
+        "set_by": point.set_by,
+        "control_threshold": point.control_threshold,
+        "hard_negative_threshold": point.hard_negative_threshold,
+        "threshold_from_control": from_control,
+        "reviewed": reviewed,
     }
     if args.json:
         print_json(summary)
     else:
         print(
             f"{bundle.id}: threshold {history[-1]['value']:.3f} -> {manifest.threshold.value:.3f} "
-            f"({100 * args.fpr:g}% FPR on {len(scores)} dialogues of {args.control}); wrote {out}",
+            f"({100 * args.fpr:g}% FPR on {len(scores)} dialogues of {args.control}"
+            + (
+                f"; at most {100 * args.hard_negative_fpr:g}% of {len(hard_scores)} hard negatives, set by {point.set_by}"
+                if hard_scores is not None
+                else ""
+            )
+            + f"); wrote {out}",
             file=sys.stderr,
         )
+        if reviewed is not None:
+            recall = reviewed["recall_positive"]
+            print(
+                f"  reviewed: {reviewed['n_negative']} hard negatives (now flagged: {reviewed['flagged_negative']}), "
+                f"{reviewed['n_positive']} positives (recall {'n/a' if recall is None else f'{recall:.3f}'})",
+                file=sys.stderr,
+            )
         print(out)
     return 0

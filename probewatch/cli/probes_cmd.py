@@ -34,7 +34,7 @@ def _list(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title="probe bundles")
-    for col in ("id", "behaviour", "kind", "model", "layer", "aggregation", "threshold", "source", "path"):
+    for col in ("id", "behaviour", "kind", "model", "layer", "tokens", "aggregation", "threshold", "source", "path"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -43,6 +43,7 @@ def _list(args: argparse.Namespace) -> int:
             r["kind"],
             r["model"],
             str(r["layer"]),
+            r["token_selection"],
             r["aggregation"],
             f"{r['threshold']:.3f}",
             r["source"],

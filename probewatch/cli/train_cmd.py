@@ -17,7 +17,8 @@ from probewatch.behaviours import BEHAVIOURS
 from probewatch.cli.common import add_json_arg, add_model_arg, print_json
 
 METHODS = ("logistic", "mean_diff", "lat")
-AGGREGATIONS = ("mean", "max", "last", "ema", "rolling_mean_max")
+# = probewatch.probes.manifest.AGGREGATIONS (a test holds them equal; importing it here would load torch)
+AGGREGATIONS = ("mean", "max", "last", "ema", "rolling_mean_max", "softmax")
 
 
 def _int_list(value: str) -> list[int]:
@@ -28,6 +29,18 @@ def _int_list(value: str) -> list[int]:
         return [int(v) for v in value.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected layers like '9' or '3,9,15' or '4-12', got {value!r}") from None
+
+
+def _optional_rate(value: str) -> float | None:
+    if value.lower() in ("none", "off"):
+        return None
+    try:
+        rate = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1) or 'none', got {value!r}") from None
+    if not 0.0 <= rate < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1) or 'none', got {value!r}")
+    return rate
 
 
 def _name_list(choices: tuple[str, ...]):
@@ -69,6 +82,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--ood", type=Path, nargs="+", default=[], help="extra out-of-distribution JSONL sets to report"
     )
     parser.add_argument(
+        "--extra-data",
+        type=Path,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="JSONL",
+        help="labelled dialogues added to the training pool, e.g. reviewed incidents "
+        "(`probewatch incidents export --labelled`; lines about other behaviours are left out)",
+    )
+    parser.add_argument(
         "--control",
         type=Path,
         default=None,
@@ -94,9 +117,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--token-selection",
-        type=_name_list(("response", "prompt_last")),
+        type=_name_list(("response", "prompt_last", "all")),
         default=[],
-        help="response and/or prompt_last (default: per behaviour)",
+        help="response, prompt_last and/or all (prompt + response; mean aggregation) (default: per behaviour)",
     )
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -121,6 +144,20 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="standardise inputs (default: yes for logistic, no for mean_diff/lat)",
     )
     parser.add_argument("--fpr", type=float, default=0.01, help="false-positive rate for the threshold (default 0.01)")
+    parser.add_argument(
+        "--hard-negative-fpr",
+        type=_optional_rate,
+        default=0.2,
+        help="second operating point: the threshold also flags at most this share of the behaviour's own "
+        "calibration negatives (honest answers in deception-laden contexts, ...); 'none' = control set only "
+        "(default 0.2)",
+    )
+    parser.add_argument(
+        "--multi-layer",
+        type=int,
+        default=3,
+        help="compare a probe over the N best layers (concatenated / ensembled) by held-out kind (0: skip; default 3)",
+    )
     parser.add_argument("--window", type=int, default=8, help="rolling_mean_max window (tokens)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--id", dest="probe_id", default=None, help="probe id (default: from behaviour and method)")
@@ -169,6 +206,7 @@ def config_from_args(args: argparse.Namespace):
         data_dir=args.data_dir,
         data_files=args.data or (),
         ood_files=args.ood,
+        extra_files=args.extra_data,
         control_file=args.control,
         layers=args.layers,
         methods=args.method or ALL_METHODS,
@@ -177,6 +215,8 @@ def config_from_args(args: argparse.Namespace):
         per_token=args.per_token,
         standardize=args.standardize,
         fpr=args.fpr,
+        hard_negative_fpr=args.hard_negative_fpr,
+        multi_layer=args.multi_layer,
         window=args.window,
         seed=args.seed,
         probe_id=args.probe_id,
@@ -226,6 +266,13 @@ def summarize(report: dict) -> dict:
         "fpr": m["fpr"],
         "fpr_control_heldout": m["fpr_control_heldout"],
         "threshold": report["threshold"]["value"],
+        "operating_point": {
+            k: report["operating_point"]["shipped"][k] for k in ("recall", "fpr_negatives", "fpr_control_heldout")
+        }
+        | {
+            "set_by": report["operating_point"]["set_by"],
+            "control_threshold": report["operating_point"]["control_threshold"],
+        },
         "selected_by": report["selection"]["basis"],
         "report": str(Path(report["bundle"]) / "report.json"),
     }
@@ -246,6 +293,12 @@ def print_summary(s: dict) -> None:
     )
     print(
         f"recall     {f(s['recall_at_fpr_control'])} at {100 * s['fpr']:g}% FPR on control "
-        f"(threshold {s['threshold']:.3f}; realised FPR on held-out control {f(s['fpr_control_heldout'])})"
+        f"(threshold {s['operating_point']['control_threshold']:.3f}; realised FPR on held-out control "
+        f"{f(s['fpr_control_heldout'])})"
+    )
+    op = s["operating_point"]
+    print(
+        f"shipped    threshold {s['threshold']:.3f} (set by {op['set_by']}): recall {f(op['recall'])}, "
+        f"flags {f(op['fpr_negatives'])} of the test negatives and {f(op['fpr_control_heldout'])} of held-out control"
     )
     print(f"report     {s['report']}")

@@ -127,3 +127,56 @@ def test_folder_of_bundles_expands(tmp_path):
     (tmp_path / "x").mkdir()
     with pytest.raises(BundleNotFoundError, match="neither a bundle nor a folder of bundles"):
         load_bundles([tmp_path / "x"])
+
+
+# -- integrity: a checksum is required, weights_file stays inside the bundle ------------------------------
+def _edit_manifest(path, **fields):
+    data = json.loads((path / MANIFEST_FILE).read_text())
+    data.update(fields)
+    (path / MANIFEST_FILE).write_text(json.dumps(data))
+
+
+def test_bundle_without_checksum_is_refused_unless_allowed(tmp_path):
+    from probewatch.probes.bundle import UnverifiedBundleError
+
+    path, tensors = make_bundle(tmp_path)
+    _edit_manifest(path, weights_sha256="")
+    with pytest.raises(UnverifiedBundleError, match="records no weights_sha256.*--allow-unverified-bundles"):
+        load_bundle(path)
+    with pytest.raises(UnverifiedBundleError):
+        load_bundles([tmp_path])
+    bundle = load_bundle(path, allow_unverified=True)  # the explicit opt-in loads it
+    assert torch.equal(bundle.tensors["weight"], tensors["weight"])
+    assert [b.id for b in load_bundles([tmp_path], allow_unverified=True)] == ["p"]
+
+
+@pytest.mark.parametrize("weights_file", ["../outside.safetensors", "sub/../../outside.safetensors", "ABSOLUTE", ""])
+def test_weights_file_outside_the_bundle_is_refused(tmp_path, weights_file):
+    from probewatch.probes.bundle import BundlePathError
+
+    path, _ = make_bundle(tmp_path / "b")
+    outside = tmp_path / "b" / "outside.safetensors"
+    outside.write_bytes((path / WEIGHTS_FILE).read_bytes())  # a valid file, with the recorded checksum
+    if weights_file == "ABSOLUTE":
+        weights_file = str(outside)
+    _edit_manifest(path, weights_file=weights_file)
+    with pytest.raises(BundlePathError, match="weights_file"):
+        load_bundle(path, allow_unverified=True)
+
+
+def test_weights_symlink_leaving_the_bundle_is_refused_but_one_inside_is_fine(tmp_path):
+    """ConfigMap mounts are symlinks into a `..data` folder of the same mount: those must keep working."""
+    from probewatch.probes.bundle import BundlePathError
+
+    path, _ = make_bundle(tmp_path / "b")
+    data_dir = path / "..data"
+    data_dir.mkdir()
+    (path / WEIGHTS_FILE).rename(data_dir / WEIGHTS_FILE)
+    (path / WEIGHTS_FILE).symlink_to(data_dir / WEIGHTS_FILE)
+    assert load_bundle(path).id == "p"
+    secret = tmp_path / "elsewhere.safetensors"
+    (data_dir / WEIGHTS_FILE).rename(secret)
+    (path / WEIGHTS_FILE).unlink()
+    (path / WEIGHTS_FILE).symlink_to(secret)
+    with pytest.raises(BundlePathError, match="outside the bundle folder"):
+        load_bundle(path)

@@ -8,15 +8,16 @@ from pathlib import Path
 from probewatch.data.dialogue import Dialogue, Message, write_dialogues
 
 
-def save_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """A random-init 4-layer llama (d=64) + a word-level tokenizer over t0..t249 in an HF folder."""
+def save_tiny_model(folder: Path, seed: int = 0, layout: str = "llama") -> Path:
+    """A random-init 4-layer model (d=64; llama, qwen2, gemma3, ...) + a word-level tokenizer over
+    t0..t249 in an HF folder."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     from tests.conftest import make_tiny_model
 
     folder.mkdir(parents=True, exist_ok=True)
-    make_tiny_model("llama", seed=seed).save_pretrained(folder)
+    make_tiny_model(layout, seed=seed).save_pretrained(folder)
     vocab = {f"t{i}": i for i in range(250)} | {"<unk>": 250, "<pad>": 251}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

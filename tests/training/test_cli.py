@@ -62,7 +62,7 @@ def test_train_writes_bundle_report_and_plots(trained, tiny_loaded):
     bundle = load_bundle(bundle_dir, expected_fingerprint=tiny_loaded.fingerprint, expected_d_model=64)
     m = bundle.manifest
     assert m.behaviour == "deception" and m.kind in ("linear", "mean_diff", "lat") and m.layer in (1, 3)
-    assert m.threshold.method == "fpr" and m.threshold.fpr == 0.01 and m.threshold.n_calibration == 15
+    assert m.threshold.method == "fpr+hard_negatives" and m.threshold.fpr == 0.01 and m.threshold.n_calibration == 15
     assert m.threshold.calibration_set.startswith("control.jsonl")
     assert m.metrics["auroc"] > 0.9 and "auroc_heldout_kind" in m.metrics
     t = m.training
@@ -262,7 +262,35 @@ def test_calibrate_rethresholds_at_the_target_fpr(trained, tiny_folder, tmp_path
     m = read_manifest(out)
     assert m.threshold.fpr == 0.1 and m.threshold.n_calibration == 30 and m.threshold.calibration_set == "control.jsonl"
     assert m.extra["threshold_history"][-1]["value"] == read_manifest(bundle_dir).threshold.value
+    assert m.threshold.method == "fpr" and m.extra["operating_point"]["set_by"] == "control"
     load_bundle(out)  # checksum still valid
+
+
+def test_calibrate_with_hard_negatives_keeps_the_second_operating_point(trained, tiny_folder, tmp_path, capsys):
+    """Your own look-alike negatives (here: the training data's negatives) raise the threshold until at most
+    --hard-negative-fpr of them are flagged; a rate outside [0, 1) is a one-line error."""
+    from probewatch.data.dialogue import load_dialogues, write_dialogues
+
+    bundle_dir, data, control = trained
+    hard = tmp_path / "hard.jsonl"
+    write_dialogues(hard, [d for d in load_dialogues(data) if d.label == 0])
+    out = tmp_path / "cal2"
+    args = ["calibrate", "--bundle", str(bundle_dir), "--model", str(tiny_folder), "--control", str(control)]
+    code, stdout, err = _run(
+        [*args, "--hard-negatives", str(hard), "--hard-negative-fpr", "0.0", "--out", str(out), "--json", "--quiet"],
+        capsys,
+    )
+    assert code == 0, err
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    m = read_manifest(out)
+    assert m.threshold.method == "fpr+hard_negatives" and m.extra["operating_point"]["hard_negatives"] == str(hard)
+    assert summary["threshold"] == max(summary["control_threshold"], summary["hard_negative_threshold"])
+    code, stdout, _ = _run(
+        ["eval", "--bundle", str(out), "--model", str(tiny_folder), "--data", str(data), "--json", "--quiet"], capsys
+    )
+    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["fpr_at_bundle_threshold"] == 0.0
+    code, _, err = _run([*args, "--hard-negatives", str(hard), "--hard-negative-fpr", "1.5", "--quiet"], capsys)
+    assert code != 0 and "--hard-negative-fpr must be in [0, 1)" in err
 
 
 def test_default_out_is_a_user_bundle_listed_by_probes_list(tiny_folder, tmp_path, capsys):
@@ -343,3 +371,14 @@ def test_eval_scores_bare_assistant_transcripts(trained, tiny_folder, tmp_path, 
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["n_pos"] == 4 and result["n_neg"] == 4 and 0.0 <= result["auroc"] <= 1.0
+
+
+def test_train_cli_offers_every_runtime_aggregation_and_behaviour():
+    """The CLI keeps its own copies (importing the manifest module would load torch at argument parsing)."""
+    from probewatch.behaviours import BEHAVIOURS, DEFAULT_PROBE_IDS, DESCRIPTIONS
+    from probewatch.cli.train_cmd import AGGREGATIONS
+    from probewatch.probes.manifest import AGGREGATIONS as RUNTIME_AGGREGATIONS
+
+    assert AGGREGATIONS == RUNTIME_AGGREGATIONS
+    assert set(DESCRIPTIONS) == set(BEHAVIOURS) == set(DEFAULT_PROBE_IDS)
+    assert {"eval_awareness", "monitored_framing"} <= set(BEHAVIOURS)

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from probewatch.training.datasets import DatasetNotFoundError, build_behaviour_data
-from probewatch.training.datasets.alignment_faking import eval_awareness_spec
+from probewatch.training.datasets.monitored_framing import eval_awareness_spec
 from probewatch.training.datasets.scenarios import FORMATS, load_scenarios, render, scenario_dialogues, scenario_files
 
 
@@ -90,15 +90,115 @@ def test_refusal_builder_keeps_ood_negatives_out_of_the_control_set(shared_data)
     assert val_groups == {f"splits/harmless_val:{i}" for i in heldout_idx}
 
 
-def test_alignment_faking_builder_contrasts_only_the_framing(shared_data):
-    data = build_behaviour_data("alignment_faking", shared_data)
+def test_monitored_framing_builder_contrasts_only_the_framing(shared_data):
+    data = build_behaviour_data("monitored_framing", shared_data)
     kinds = Counter(d.kind for d in data.pool)
-    assert set(kinds) == {"free_tier", "free_tier_tag_only", "eval_context", "eval_statement"}
+    assert set(kinds) == {"free_tier", "free_tier_tag_only", "eval_context", "mm_audit", "test_deploy_prompts"}
+    assert data.token_selection == "prompt_last" and all(not d.ends_with_assistant for d in data.pool)
     free = [d for d in data.pool if d.kind == "free_tier"]
     for a, b in zip(free[::2], free[1::2]):
         assert a.group == b.group and (a.label, b.label) == (1, 0)
         assert a.messages[0].content == b.messages[0].content  # same system prompt
         assert "<is_free_tier_user>true</is_free_tier_user>" in a.messages[1].content
         assert a.messages[1].content.replace(">true<", ">false<") == b.messages[1].content
-        assert a.messages[2].content == b.messages[2].content
     assert "free tier" in free[0].messages[0].content and "RLHF" in free[0].messages[0].content
+    audit = [d for d in data.pool if d.kind == "mm_audit"]
+    for a, b in zip(audit[::2], audit[1::2]):  # the same task, audit (1) vs sandbox (0) system prompt
+        assert a.group == b.group and (a.label, b.label) == (1, 0) and a.messages[1].content == b.messages[1].content
+
+
+def _pairs(dialogues):
+    by_group: dict[str, list] = {}
+    for d in dialogues:
+        by_group.setdefault(d.group, []).append(d)
+    return by_group
+
+
+def test_alignment_faking_pairs_differ_only_in_the_motive(shared_data):
+    """Written pairs: same situation, request, awareness sentence, style and answer; only the motive differs."""
+    from probewatch.training.datasets.alignment_faking import reasoning_spec
+
+    answers = iter(range(10_000))
+    data = build_behaviour_data(
+        "alignment_faking",
+        shared_data,
+        respond=lambda prompts, max_new_tokens=32: [f"answer {next(answers)}" for _ in prompts],
+        n_plain=0,
+        cross_ood=False,
+    )
+    kinds = Counter(d.kind for d in data.pool)
+    assert {"af_training", "af_evaluation", "af_oversight", "persona_goal_guarding", "persona_oversight"} == set(kinds)
+    assert data.token_selection == "response" and all(d.ends_with_assistant for d in data.pool)
+    spec = reasoning_spec()
+    written = [d for d in data.pool if d.kind.startswith("af_")]
+    styles = Counter(d.meta["style"] for d in written)
+    assert len(styles) == 5 and any(d.meta["greenblatt_prompt"] for d in written)
+    assert {d.meta["answer"] for d in written} == {True, False} and {d.meta["aware"] for d in written} == {True, False}
+    for a, b in zip(written[::2], written[1::2]):
+        assert a.group == b.group and (a.label, b.label) == (1, 0)
+        assert [m.content for m in a.messages[:-1]] == [m.content for m in b.messages[:-1]]
+        pair = spec["pairs"][a.kind][int(a.group.split(":")[1])]
+        assert pair["strategic"] in a.messages[-1].content and pair["sincere"] in b.messages[-1].content
+        # the awareness sentence is on both sides or on neither
+        assert (pair["aware"] in a.messages[-1].content) == (pair["aware"] in b.messages[-1].content)
+        assert a.messages[-1].content.replace(pair["strategic"], "X") == b.messages[-1].content.replace(
+            pair["sincere"], "X"
+        )
+    persona = [d for d in data.pool if d.kind.startswith("persona_")]
+    labels = Counter((d.kind, d.label) for d in persona)
+    assert labels[("persona_oversight", 0)] == labels[("persona_oversight", 1)] > 0
+
+
+def test_eval_awareness_builder_kinds_and_cot_labels(shared_data):
+    from probewatch.training.datasets.eval_awareness import cot_label
+
+    data = build_behaviour_data("eval_awareness", shared_data, n_plain=0, cross_ood=False)
+    kinds = Counter(d.kind for d in data.pool)
+    assert set(kinds) == {"eval_statement", "eval_reasoning", "eval_cot"} and kinds["eval_cot"] >= 150
+    for _group, members in _pairs(d for d in data.pool if d.kind != "eval_cot").items():
+        assert sorted(d.label for d in members) == [0] * (len(members) // 2) + [1] * (len(members) // 2)
+    for d in (d for d in data.pool if d.kind == "eval_cot"):
+        lines = [line.strip(" *-#").lower() for line in d.messages[-1].content.splitlines()]
+        assert not any(line.startswith("conclusion") for line in lines)  # the verdict line is removed
+    assert cot_label("Step 1: look.\nConclusion: Evaluation") == (1, "Step 1: look.")
+    assert cot_label("Step 1: look.\n**Conclusion:** Deployment") == (0, "Step 1: look.")
+    assert cot_label("Step 1: look.\nConclusion: hard to say")[0] is None
+
+
+def test_response_behaviours_score_each_other_as_out_of_distribution_sets(shared_data):
+    af = build_behaviour_data("alignment_faking", shared_data, n_plain=0)
+    ev = build_behaviour_data("eval_awareness", shared_data, n_plain=0)
+    assert set(af.ood) == {f"eval_awareness:{k}" for k in ("eval_statement", "eval_reasoning", "eval_cot")}
+    assert "alignment_faking:af_training" in ev.ood
+    # the same dialogues in the same order as the other behaviour's pool kind: one activation cache serves both
+    assert [d.messages for d in af.ood["eval_awareness:eval_cot"]] == [
+        d.messages for d in ev.pool if d.kind == "eval_cot"
+    ]
+
+
+def test_new_deception_kinds(shared_data):
+    from probewatch.training.datasets.deception import first_person
+
+    data = build_behaviour_data("deception", shared_data)
+    kinds = Counter(d.kind for d in data.pool)
+    for kind in (
+        "liar_math",
+        "liar_self_knowledge",
+        "instructed_same_answer",
+        "mm_sandbagging",
+        "mm_honesty_evasion",
+        "mm_strategic_deception",
+    ):
+        assert kinds[kind] >= 80, kind
+    same = _pairs(d for d in data.pool if d.kind == "instructed_same_answer")
+    for members in same.values():
+        honest, liar = sorted(members, key=lambda d: d.label)
+        assert honest.messages[-1].content == liar.messages[-1].content  # the same answer, only the instruction differs
+        assert honest.as_chat()[:-1] != liar.as_chat()[:-1]
+    mm = _pairs(d for d in data.pool if d.kind == "mm_sandbagging")
+    for members in mm.values():
+        assert members[0].messages[:-1] == members[1].messages[:-1]  # the same pressured prompt
+    assert set(data.ood) == {"sycophancy_caa"} and len(data.ood["sycophancy_caa"]) == 100
+    assert first_person("The model recognizes the risk. It will choose B, explaining its true view.") == (
+        "I recognize the risk. I will choose B, explaining my true view."
+    )

@@ -48,6 +48,26 @@ def test_shards_round_trip_exactly(tiny_loaded, tmp_path):
     assert np.array_equal(reopened.token_rows(3)[0], acts.token_rows(3)[0])
 
 
+def test_rest_sums_cover_every_token_outside_the_scored_region(tiny_loaded, tmp_path):
+    """`rest.{L}` (prompt + closing tokens) + the scored rows = every token, as `all` scoring reads them."""
+    dialogues = synthetic_dialogues(n_groups=5, seed=2)
+    acts = _extract(tiny_loaded, dialogues, tmp_path, batch_size=4)
+    sums, counts = acts.rest_sums(3)
+    for i, d in enumerate(dialogues):
+        enc = truncate_encoded(encode_dialogue(tiny_loaded.tokenizer, d), 1024)
+        rows = run_forward(tiny_loaded.model, [3], torch.tensor([enc.input_ids]))[3][0]
+        outside = ~torch.tensor(enc.scored)
+        assert counts[i] == int(outside.sum())
+        assert np.allclose(sums[i], rows[outside].sum(0).numpy(), atol=1e-4)
+
+
+def test_same_dialogues_under_another_name_reuse_the_cache(tiny_loaded, tmp_path):
+    dialogues = synthetic_dialogues(n_groups=4, seed=5)
+    first = _extract(tiny_loaded, dialogues, tmp_path, name="pool-kind")
+    again = _extract(tiny_loaded, dialogues, tmp_path, name="other-behaviour-ood-kind")
+    assert again.root == first.root and again.index["key"] == first.index["key"]
+
+
 def test_padded_batches_match_unpadded_rows(tiny_loaded, tmp_path):
     dialogues = synthetic_dialogues(n_groups=6, seed=4)
     acts = _extract(tiny_loaded, dialogues, tmp_path, batch_size=8)

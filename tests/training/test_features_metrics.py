@@ -25,6 +25,8 @@ from probewatch.training.splits import SplitError, check_disjoint, grouped_split
         Aggregation("ema", alpha=1.0),
         Aggregation("rolling_mean_max", window=3),
         Aggregation("rolling_mean_max", window=1),
+        Aggregation("softmax", temperature=0.5),
+        Aggregation("softmax", temperature=20.0),
     ],
 )
 def test_vectorised_aggregation_equals_the_runtime(spec):
@@ -116,3 +118,48 @@ def test_grouped_split_and_leave_one_kind_out_keep_groups_apart():
         check_disjoint(groups, np.array([0]), np.array([1]))
     with pytest.raises(SplitError):
         grouped_split(np.array(["x"] * 4), np.array([0, 1, 0, 1]), 0.5)
+
+
+def test_all_token_selection_reads_prompt_and_response_means():
+    """`all` = mean over every token: (sum of rows outside the scored region + scored rows) / count."""
+    from probewatch.training.features import score_all
+
+    rows = np.arange(12, dtype=np.float32).reshape(6, 2)
+    rest = np.array([[10, 10], [0, 0], [6, 3]], dtype=np.float32)
+    data = LayerData(0, rows, np.array([0, 1, 3, 6]), np.zeros((3, 2), np.float32), rest, np.array([2, 0, 3]))
+    expected = np.array([[10 / 3, 11 / 3], [3, 4], [(6 + 6 + 8 + 10) / 6, (3 + 7 + 9 + 11) / 6]])
+    assert np.allclose(data.example_matrix("all"), expected)
+    X, *_ = training_matrix(data, np.array([0, 2]), np.array([0, 1, 1]), np.array(["a", "b", "c"]), "all", True)
+    assert np.allclose(X, expected[[0, 2]])  # per-token training of `all` falls back to the per-example mean
+    w = np.array([1.0, -2.0])
+    got = score_all(w, 0.5, data, "all", [Aggregation("mean")])["mean"]
+    assert np.allclose(got, expected @ w + 0.5)
+    with pytest.raises(ValueError, match="mean aggregation only"):
+        score_all(w, 0.5, data, "all", [Aggregation("max")])
+
+
+def test_operating_point_is_the_larger_of_the_control_and_hard_negative_thresholds():
+    from probewatch.training.calibration import operating_point
+
+    control = np.linspace(-5, 0, 200)  # 1% -> flags the top 2
+    negatives = np.linspace(-1, 3, 100)  # 20% -> flags the top 20
+    point = operating_point(control, 0.01, negatives, 0.2)
+    assert point.set_by == "hard_negatives" and point.value == point.hard_negative_threshold
+    assert (negatives >= point.value).mean() <= 0.2 and (control >= point.value).mean() <= 0.01
+    assert point.control_threshold < point.value
+    easy = operating_point(control, 0.01, negatives - 10, 0.2)
+    assert easy.set_by == "control" and easy.value == easy.control_threshold
+    alone = operating_point(control, 0.01, None, None)
+    assert alone.hard_negative_threshold is None and alone.value == calibrated_threshold(control, 0.01)
+
+
+def test_control_halves_hold_every_kind():
+    from probewatch.training.datasets.control import control_halves
+
+    kinds = ["chat"] * 50 + ["code"] * 7 + ["multi_turn"] * 10 + ["roleplay"] * 2
+    cal, held = control_halves(kinds, seed=3)
+    assert sorted(np.concatenate([cal, held]).tolist()) == list(range(len(kinds)))
+    for kind in set(kinds):
+        n_cal = sum(kinds[i] == kind for i in cal)
+        n_held = sum(kinds[i] == kind for i in held)
+        assert n_cal >= 1 and n_held >= 1 and abs(n_cal - n_held) <= 1

@@ -1,14 +1,20 @@
-"""docs/quality.md rendering from training reports (the benchmark itself is slow and not a test)."""
+"""docs/quality.md rendering from training reports (the benchmark itself is slow and not a test).
+
+`render_markdown` is a pure function of the reports: no model, no clock.
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 
-from probewatch.training.bench_quality import render_markdown
 from probewatch.training.pipeline import TrainConfig, train
+from probewatch.training.quality_doc import RunInfo, render_markdown
 from tests.training.helpers import control_dialogues, synthetic_dialogues
+
+RUN = RunInfo("tiny-model", "pwfp1:" + "0" * 32, 4, 64, 90.0, "2026-12-01 00:00 UTC", 2, "x86_64")
 
 
 @pytest.fixture(scope="module")
@@ -34,34 +40,72 @@ def deception_report(tiny_loaded, tmp_path_factory):
     return json.loads(result.report_path.read_text())
 
 
-def test_quality_markdown_tabulates_every_required_number(tiny_loaded, deception_report, tmp_path):
+def test_quality_markdown_tabulates_every_required_number(deception_report):
     report = deception_report
     diag = {"n": 4, "flagged": 1, "mean_score": -1.0, "threshold": 2.0}
-    text = render_markdown(
-        {"deception": report, "alignment-faking": {**report, "probe_id": "af"}},
-        {"alignment-faking": diag},
-        90.0,
-        tiny_loaded,
-        tmp_path / "quality.md",
-    )
-    chosen = report["selection"]["chosen"]
-    header = [line for line in text.splitlines() if line.startswith("| probe |")][0]
+    af = {**report, "probe_id": "alignment-faking", "behaviour": "alignment_faking"}
+    text = render_markdown({"deception": report, "alignment-faking": af}, {"alignment-faking": diag}, RUN)
+    assert render_markdown({"deception": report, "alignment-faking": af}, {"alignment-faking": diag}, RUN) == text
+    chosen, op = report["selection"]["chosen"], report["operating_point"]
+    header = [line for line in text.splitlines() if line.startswith("| probe | behaviour |")][0]
     for column in (
         "in-distribution AUROC",
         "held-out-kind AUROC",
-        "recall @1% FPR on control",
+        "shipped threshold",
+        "flagged test negatives",
+        "flagged held-out control",
         "layer",
         "method",
         "aggregation",
     ):
         assert column in header
-    row = [line for line in text.splitlines() if line.startswith("| `deception` |")][0]
+    row = [line for line in text.splitlines() if line.startswith("| `deception` | deception |")][0]
     assert f"{report['metrics']['auroc']:.3f}" in row and f"| {chosen['layer']} |" in row and chosen["method"] in row
+    assert f"{100 * op['shipped']['fpr_negatives']:.0f}%" in row and f"{op['shipped']['recall']:.3f}" in row
     assert "Layer sweep" in text and "quality/deception/roc.png" in text and "1 of 4 benign requests" in text
-    assert "probewatch train --behaviour deception" in text
+    assert "quality/deception/operating_points.png" in text
+    assert "probewatch train --behaviour deception" in text and "2026-12-01 00:00 UTC" in text
 
 
-def test_quality_markdown_puts_sae_feature_probes_beside_the_linear_probe(tiny_loaded, deception_report, tmp_path):
+def test_quality_markdown_has_both_operating_points_per_probe_and_control_kind(deception_report):
+    report = deception_report
+    text = render_markdown({"deception": report}, {}, RUN)
+    section = text.split("## Thresholds on production-like traffic")[1].split("\n## ")[0]
+    header = [line for line in section.splitlines() if line.startswith("| probe |")][0]
+    assert "control: control" in header  # one column per control kind (the synthetic control set has one)
+    row = [line for line in section.splitlines() if line.startswith("| `deception` |")][0]
+    op = report["operating_point"]
+    assert f"{op['control_threshold']:.2f}" in row and f"{op['threshold']:.2f}" in row
+    met = op["shipped"]["recall"] >= 0.5 and op["shipped"]["fpr_negatives"] <= 0.2
+    assert ("| yes |" in row) == met
+
+
+def test_quality_markdown_compares_held_out_kinds_with_the_previous_run(deception_report):
+    """Before/after per kind; a renamed probe (monitored-framing) falls back to the old alignment-faking report."""
+    report = deception_report
+    old = copy.deepcopy(report)
+    kinds = list(report["metrics"]["auroc_heldout_kind_per_kind"])
+    old["metrics"]["auroc_heldout_kind_per_kind"] = dict.fromkeys(kinds[:-1], 0.5)
+    old["metrics"]["auroc_heldout_kind"] = 0.5
+    framing = {**report, "probe_id": "monitored-framing", "behaviour": "monitored_framing"}
+    text = render_markdown(
+        {"deception": report, "monitored-framing": framing},
+        {},
+        RUN,
+        baseline={"deception": old, "alignment-faking": old},
+    )
+    section = text.split("## Held-out-kind AUROC: previous run")[1].split("\n## ")[0]
+    after = report["metrics"]["auroc_heldout_kind_per_kind"]
+    first = [line for line in section.splitlines() if line.startswith(f"| `deception` | {kinds[0]} |")][0]
+    assert f"| 0.500 | {after[kinds[0]]:.3f} | {after[kinds[0]] - 0.5:+.3f} |" in first
+    last = [line for line in section.splitlines() if line.startswith(f"| `deception` | {kinds[-1]} |")][0]
+    assert last.endswith("| new |")
+    assert any(line.startswith(f"| `monitored-framing` | {kinds[0]} | 0.500 |") for line in section.splitlines())
+    assert "**mean over kinds**" in section
+    assert "## Held-out-kind AUROC: previous run" not in render_markdown({"deception": report}, {}, RUN)
+
+
+def test_quality_markdown_puts_sae_feature_probes_beside_the_linear_probe(deception_report):
     """The SAE section lists the linear probe first, then each SAE-feature probe of that behaviour,
     and its reading sentence is computed from the numbers (not fixed prose)."""
     report = deception_report
@@ -90,7 +134,7 @@ def test_quality_markdown_puts_sae_feature_probes_beside_the_linear_probe(tiny_l
         "sae-deception-l1": sae_summary("sae-deception-l1", lin - 0.2, 40),
         "sae-deception-named": sae_summary("sae-deception-named", lin - 0.3, 8),
     }
-    text = render_markdown({"deception": report}, {}, 60.0, tiny_loaded, tmp_path / "quality.md", sae)
+    text = render_markdown({"deception": report}, {}, RUN, sae)
     section = text.split("## SAE-feature probes vs linear probes")[1].split("\n## ")[0]
     rows = [line for line in section.splitlines() if line.startswith("| deception |")]
     assert len(rows) == 3 and "(linear," in rows[0] and "`sae-deception-l1`" in rows[1] and "| 40 latents |" in rows[1]
@@ -101,8 +145,6 @@ def test_quality_markdown_puts_sae_feature_probes_beside_the_linear_probe(tiny_l
     assert "probewatch sae probe --behaviour deception (sae-deception-named)" in text
 
     better = {"sae-deception-l1": sae_summary("sae-deception-l1", min(1.0, lin + 0.005), 40)}
-    text = render_markdown({"deception": report}, {}, 60.0, tiny_loaded, tmp_path / "quality.md", better)
+    text = render_markdown({"deception": report}, {}, RUN, better)
     assert "matches the linear probe" in text and "alert on the linear probes" not in text
-    assert "## SAE-feature probes" not in render_markdown(
-        {"deception": report}, {}, 60.0, tiny_loaded, tmp_path / "q.md"
-    )
+    assert "## SAE-feature probes" not in render_markdown({"deception": report}, {}, RUN)

@@ -16,7 +16,11 @@ EXPECTED = {
     "refusal": "refusal",
     "refusal-mean-diff": "refusal",
     "alignment-faking": "alignment_faking",
+    "eval-awareness": "eval_awareness",
+    "monitored-framing": "monitored_framing",
 }
+#: probes that must read the model's own text (the response tokens), not only the prompt
+READS_RESPONSE = ("deception", "alignment-faking", "eval-awareness")
 
 
 def _shipped():
@@ -38,8 +42,11 @@ def test_every_behaviour_has_a_shipped_bundle_listed():
 def test_shipped_manifests_record_calibration_metrics_and_provenance():
     for probe_id in EXPECTED:
         m = _shipped()[probe_id].manifest
-        assert m.threshold.method == "fpr" and m.threshold.fpr == 0.01 and m.threshold.n_calibration >= 100
-        assert m.threshold.calibration_set.startswith("control/")
+        assert m.threshold.method == "fpr+hard_negatives" and m.threshold.fpr == 0.01
+        assert m.threshold.n_calibration >= 300 and m.threshold.calibration_set.startswith("control/production-like")
+        op = m.extra["operating_point"]
+        assert m.threshold.value == pytest.approx(max(op["control_threshold"], op["hard_negative_threshold"]))
+        assert {"shipped", "control_only"} <= set(m.metrics["operating_point"])
         assert m.metrics["auroc"] is not None and "recall_at_fpr_control" in m.metrics
         assert m.training["data"] and all(s["sha256"] for s in m.training["data"])
         assert m.training["command"].startswith("probewatch train")
@@ -75,11 +82,18 @@ def test_shipped_refusal_probe_separates_obvious_requests(reference):
 
 
 def test_probes_list_json_includes_the_shipped_bundles(capsys):
+    """A deception probe, refusal probes and an alignment-faking probe whose scored region includes the
+    response tokens, as the listing shows (token_selection); the old framing probe only as monitored-framing."""
     from probewatch.cli.main import main
 
     assert main(["probes", "list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    ids = {r["id"] for r in rows if r["source"] == "shipped" and r["model"] == REFERENCE_MODEL}
-    assert set(EXPECTED) <= ids
+    shipped = {r["id"]: r for r in rows if r["source"] == "shipped" and r["model"] == REFERENCE_MODEL}
+    assert set(EXPECTED) <= set(shipped)
     for r in rows:
-        assert {"id", "behaviour", "kind", "model", "layer", "path"} <= set(r)
+        assert {"id", "behaviour", "kind", "model", "layer", "path", "token_selection", "aggregation"} <= set(r)
+    for probe_id in READS_RESPONSE:
+        assert shipped[probe_id]["token_selection"] in ("response", "all") and shipped[probe_id]["reads_response"]
+    assert shipped["alignment-faking"]["behaviour"] == "alignment_faking"
+    assert shipped["monitored-framing"]["token_selection"] == "prompt_last"
+    assert {r["behaviour"] for r in shipped.values()} >= {"deception", "refusal", "alignment_faking"}

@@ -26,6 +26,10 @@ def build_behaviour_data(behaviour: str, data_dir: str | Path | None = None, see
         from probewatch.training.datasets.refusal import build
     elif behaviour == "alignment_faking":
         from probewatch.training.datasets.alignment_faking import build
+    elif behaviour == "eval_awareness":
+        from probewatch.training.datasets.eval_awareness import build
+    elif behaviour == "monitored_framing":
+        from probewatch.training.datasets.monitored_framing import build
     else:
         raise ValueError(f"unknown behaviour {behaviour!r}; known: {', '.join(BEHAVIOURS)}")
     return build(root, seed=seed, **options)

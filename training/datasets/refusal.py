@@ -19,14 +19,22 @@ CONTROL_SIZE = 400  # harmless_val items reserved for the control set (first aft
 HARMLESS_VAL_HELDOUT = 160
 
 
-def harmless_val_partition(data_dir: Path, seed: int = 0) -> tuple[list[int], list[int]]:
-    """(control indices, held-out evaluation indices) into harmless_val.json: disjoint by construction."""
+def harmless_val_order(data_dir: Path, seed: int = 0) -> list[int]:
+    """harmless_val.json indices in a seeded order: the control set takes the first CONTROL_SIZE,
+    the refusal out-of-distribution set the next HARMLESS_VAL_HELDOUT, the production-like
+    control kinds (multi-turn, long answers) what follows: disjoint by construction."""
     import random
 
     path = require(data_dir, f"{SPLITS}/harmless_val.json")
     n = len(json.loads(path.read_text(encoding="utf-8")))
     order = list(range(n))
     random.Random(seed).shuffle(order)
+    return order
+
+
+def harmless_val_partition(data_dir: Path, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(control indices, held-out evaluation indices) into harmless_val.json: disjoint by construction."""
+    order = harmless_val_order(data_dir, seed)
     return order[:CONTROL_SIZE], order[CONTROL_SIZE : CONTROL_SIZE + HARMLESS_VAL_HELDOUT]
 
 

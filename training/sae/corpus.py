@@ -109,7 +109,7 @@ class PrefixDedup:
 
 
 def behaviour_pool_dialogues(data_dir: Path, seed: int) -> list[Any]:
-    """Every dialogue of the three behaviour pools (and their out-of-distribution sets)."""
+    """Every dialogue of the behaviour pools (and their out-of-distribution sets)."""
     import logging
 
     from probewatch.training.datasets import BEHAVIOURS, DatasetNotFoundError, build_behaviour_data

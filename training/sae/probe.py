@@ -63,7 +63,7 @@ class LatentSet:
 def find_cached_activations(fingerprint: str, dialogues: Sequence[Any], layer: int, max_tokens: int | None = 1024):
     """An existing activation cache (e.g. from `probewatch train`'s layer sweep) holding `layer`
     for exactly these dialogues, so fitting an SAE probe re-runs no forward pass."""
-    from probewatch.training.extract import INDEX_FILE, ActivationSet, data_hash
+    from probewatch.training.extract import CACHE_FORMAT, INDEX_FILE, ActivationSet, data_hash
 
     root = envs.activations_dir() / fingerprint.replace(":", "-")
     if not root.is_dir():
@@ -75,7 +75,8 @@ def find_cached_activations(fingerprint: str, dialogues: Sequence[Any], layer: i
         except (OSError, json.JSONDecodeError):
             continue
         if (
-            index.get("data_hash") == want
+            index.get("format") == CACHE_FORMAT  # a cache of an older format is re-extracted, not read
+            and index.get("data_hash") == want
             and layer in index.get("layers", [])
             and index.get("max_tokens") == max_tokens
         ):
@@ -84,11 +85,21 @@ def find_cached_activations(fingerprint: str, dialogues: Sequence[Any], layer: i
 
 
 def activations_for(loaded: Any, dialogues: Sequence[Any], layer: int, name: str, progress: bool = True):
-    from probewatch.training.extract import extract_activations
+    from probewatch.training.extract import ActivationUnion, extract_activations
 
     found = find_cached_activations(loaded.fingerprint, dialogues, layer)
     if found is not None:
         return found
+    blocks: list[list[Any]] = []  # `probewatch train` extracts a pool kind by kind: reuse those caches
+    for d in dialogues:
+        if blocks and blocks[-1][0].kind == d.kind:
+            blocks[-1].append(d)
+        else:
+            blocks.append([d])
+    if len(blocks) > 1:
+        parts = [find_cached_activations(loaded.fingerprint, block, layer) for block in blocks]
+        if all(p is not None for p in parts):
+            return ActivationUnion(parts)
     return extract_activations(
         loaded.model, loaded.tokenizer, dialogues, [layer], loaded.fingerprint, name=name, progress=progress
     )
@@ -223,7 +234,6 @@ def fit_and_export_sae_probe(
     `data` (a BehaviourData) and `control` (dialogues) replace the behaviour's builder and the
     generated control set (tests, or a user's own data)."""
     from probewatch.training.calibration import calibrated_threshold, platt_fit
-    from probewatch.training.datasets import build_behaviour_data
     from probewatch.training.datasets.control import build_control
     from probewatch.training.features import example_weights
     from probewatch.training.metrics import detection_metrics
@@ -237,7 +247,22 @@ def fit_and_export_sae_probe(
     sae = load_sae(sae_dir, expected_d_model=loaded.d_model, expected_fingerprint=loaded.fingerprint)
     layer = sae.cfg.layer
     if data is None:
-        data = build_behaviour_data(behaviour, data_dir, seed=seed, **(builder_options or {}))
+        # the same data as `probewatch train` (model's own answers, auxiliary kinds), kind by kind, so the
+        # activation caches of the linear probe's sweep are reused
+        from probewatch.training.extract import contiguous_by_kind
+        from probewatch.training.pipeline import TrainConfig, _pool_data
+
+        data = _pool_data(
+            TrainConfig(
+                behaviour=behaviour,
+                data_dir=data_dir,
+                seed=seed,
+                builder_options=dict(builder_options or {}),
+                progress=progress,
+            ),
+            loaded,
+        )
+        data.pool = contiguous_by_kind(data.pool)
     if control is None:
         control, control_source = build_control(loaded, data_dir or envs.data_dir(), seed=seed, progress=progress)
     else:
@@ -288,7 +313,8 @@ def fit_and_export_sae_probe(
         return keep, b_raw, w_raw[keep], coef, info
 
     ids, b, w, _, fit_info = fit(fit_idx)
-    agg_names = ["last"] if selection == "prompt_last" else list(data.aggregations)
+    # softmax needs a temperature in the score's units, which the latent probe's Platt fold does not carry
+    agg_names = ["last"] if selection == "prompt_last" else [a for a in data.aggregations if a != "softmax"]
     aggs = [Aggregation(method=a) for a in agg_names]
     raw = aggregated_scores(sae, pool, ids, w, b, aggs)
     if aggregation:
