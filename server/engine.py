@@ -15,11 +15,20 @@ scored first and then applied item by item.
 
 Alerts: evaluated at close on the final aggregate. Monotone aggregations (max, rolling_mean_max)
 can only grow, so for those an alert is raised early, as soon as the running aggregate crosses
-the threshold; the incident row is still written at close, with all token scores and the text.
+the threshold. The incident row is written when the alert is raised (an early alert survives a
+crash of the sidecar) and completed at close with the final score, all kept token scores and the
+text (server/incidents.py).
+
+Bounded state: a stream's responses wait in a bounded `Outbox` (a client that stops reading is
+cut off instead of growing memory), generation ids and metadata have size limits, and the open
+generations per stream and in total are capped (`EngineLimits`). Scores are always finite: a
+chunk whose rows score non-finite (activations beyond what float32 can hold) is refused with
+INVALID_ARGUMENT before any aggregate sees it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import queue
@@ -27,8 +36,8 @@ import threading
 import time
 import uuid
 import warnings
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -36,14 +45,16 @@ import grpc
 import numpy as np
 import torch
 
+from probewatch.jsonio import to_jsonable
 from probewatch.probes.aggregate import Aggregator, make_aggregator
 from probewatch.probes.bundle import LINEAR_KINDS, Bundle
 from probewatch.probes.manifest import Aggregation
 from probewatch.probes.runtime import ProbeRuntime
 from probewatch.probes.selection import selection_mask
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
-from probewatch.server.incidents import Incident, IncidentStore
+from probewatch.server.incidents import Incident, IncidentNotFoundError, IncidentStore
 from probewatch.server.metrics import SidecarMetrics
+from probewatch.server.privacy import TextPolicy
 from probewatch.server.wire import WireError, encode_array
 
 log = logging.getLogger(__name__)
@@ -89,24 +100,76 @@ class ProbeSpec:
 
 # -- per-stream and per-generation state ------------------------------------------------------------
 _END = object()
+DEFAULT_OUTBOX_SIZE = 4096
+
+
+class Outbox:
+    """Responses waiting for a stream's sender; bounded, so a client that stops reading costs no memory.
+
+    `put` never blocks (the scoring worker serves every stream and must not wait on one): past
+    `capacity` it refuses and the caller ends the stream. `get` returns a message, None on timeout,
+    or `_END` once closed and drained.
+    """
+
+    def __init__(self, capacity: int = DEFAULT_OUTBOX_SIZE) -> None:
+        self.capacity = capacity
+        self._items: deque = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+
+    def put(self, msg: object) -> bool:
+        with self._cv:
+            if self._closed:
+                return True  # the stream is over: nothing to deliver, nothing to complain about
+            if len(self._items) >= self.capacity:
+                return False
+            self._items.append(msg)
+            self._cv.notify()
+            return True
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def get(self, timeout: float | None = None) -> object:
+        with self._cv:
+            if not self._items and not self._closed:
+                self._cv.wait(timeout)
+            if self._items:
+                return self._items.popleft()
+            return _END if self._closed else None
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class StreamState:
     """One Monitor stream: its outbound queue and the generations it opened."""
 
-    def __init__(self, peer: str = "") -> None:
+    def __init__(self, peer: str = "", outbox_size: int = DEFAULT_OUTBOX_SIZE) -> None:
         self.id = uuid.uuid4().hex[:12]
         self.peer = peer
-        self.outbox: queue.Queue = queue.Queue()
+        self.outbox = Outbox(outbox_size)
         self.generations: dict[str, Generation] = {}
         self.alive = True
+        self.last_activity = time.monotonic()  # last message received (the idle timeout counts from it)
+        # (status, message) the stream will end with once its generations are finalised; None: open
+        self.end_status: tuple[grpc.StatusCode, str] | None = None
+        # called (once) when the outbox overflows: the servicer counts it and cancels the RPC
+        self.on_overflow: Callable[[], None] = lambda: None
+        self._overflowed = False
 
     def send(self, msg: pb.MonitorResponse) -> None:
-        if self.alive:
-            self.outbox.put(msg)
+        if not self.alive:
+            return
+        if not self.outbox.put(msg) and not self._overflowed:
+            self._overflowed = True
+            self.alive = False
+            self.on_overflow()
 
     def finish(self) -> None:
-        self.outbox.put(_END)
+        self.outbox.close()
 
     def error(self, generation_id: str, exc: WireError, layer: int = -1) -> None:
         self.send(
@@ -120,6 +183,10 @@ class StreamState:
                 )
             )
         )
+
+
+#: [[position, token id], ...] and {probe: result}: stored once per generation with its incidents
+_GenerationFacts = tuple[list[list[int]], dict[str, dict]]
 
 
 @dataclass
@@ -142,6 +209,29 @@ class Generation:
     sidecar_dropped: int = 0
     prompt_text: str | None = None
     response_text: str | None = None
+    incident_ids: dict[str, int] = field(default_factory=dict)  # probe -> incident row written at alert time
+    token_ids: dict[int, int] = field(default_factory=dict)  # position -> token id (kept with incidents)
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    """Bounds on what one client can make the sidecar hold (each a `probewatch serve` flag)."""
+
+    max_generation_id_bytes: int = 256
+    max_metadata_bytes: int = 16384  # keys + values of one Open, UTF-8
+    max_metadata_entries: int = 64
+    max_open_per_stream: int = 1024
+    max_open_total: int = 16384
+    closed_memory: int = 100_000  # ids remembered after close (as 16-byte digests) to refuse reuse
+
+
+def _digest(gid: str) -> bytes:
+    return hashlib.blake2b(gid.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def short_id(gid: str, limit: int = 64) -> str:
+    """A generation id fit for an error message (an oversized id is not echoed back in full)."""
+    return gid if len(gid) <= limit else f"{gid[:limit]}…({len(gid)} chars)"
 
 
 # -- work items -------------------------------------------------------------------------------------
@@ -153,6 +243,7 @@ class ChunkWork:
     positions: np.ndarray  # int64 [n]
     data: np.ndarray  # float32 [n, d] or [n, k]
     received_at: float
+    token_ids: np.ndarray | None = None  # int64 [n] when the client sent them
 
 
 @dataclass
@@ -204,22 +295,26 @@ class ScoringEngine:
         max_batch_rows: int = 16384,
         put_timeout_s: float = 5.0,
         keep_token_scores: int = 8192,
-        closed_memory: int = 100_000,
+        limits: EngineLimits | None = None,
+        policy: TextPolicy | None = None,
     ) -> None:
         self.runtime = runtime
         self.metrics = metrics
         self.fingerprint = fingerprint
         self.incidents = incidents
         self.webhook = webhook
+        self.limits = limits or EngineLimits()
+        # what webhook payloads keep of client metadata (incident rows: the store's own policy)
+        self.policy = policy or (incidents.policy if incidents is not None else TextPolicy("full"))
         self.specs: dict[str, ProbeSpec] = {b.id: ProbeSpec.from_bundle(b) for b in runtime.bundles}
         self.max_batch_rows = max_batch_rows
         self.put_timeout_s = put_timeout_s
         self.keep_token_scores = keep_token_scores
+        self.draining = False  # set at shutdown: no new generations
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()
         self._generations: dict[str, Generation] = {}
-        self._closed: OrderedDict[str, None] = OrderedDict()
-        self._closed_memory = closed_memory
+        self._closed: OrderedDict[bytes, None] = OrderedDict()
         self._thread: threading.Thread | None = None
         self._release = threading.Event()
         self._release.set()
@@ -252,10 +347,42 @@ class ScoringEngine:
             self._release.set()
 
     # -- registry (called from stream reader threads) -------------------------------------------------
+    def check_generation_id(self, gid: str) -> None:
+        """INVALID_ARGUMENT for an empty or oversized generation id (any message naming one)."""
+        if not gid:
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "message without generation_id")
+        size = len(gid.encode("utf-8", "surrogatepass"))
+        if size > self.limits.max_generation_id_bytes:
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"generation_id {short_id(gid)} is {size} bytes, over the {self.limits.max_generation_id_bytes}-byte "
+                "limit (--max-generation-id-bytes)",
+            )
+
     def open_generation(self, stream: StreamState, msg: pb.Open) -> Generation:
         gid = msg.generation_id
         if not gid:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "Open without generation_id")
+        self.check_generation_id(gid)
+        limits = self.limits
+        if len(msg.metadata) > limits.max_metadata_entries:
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"generation {gid}: {len(msg.metadata)} metadata entries, over the limit of "
+                f"{limits.max_metadata_entries} (--max-metadata-entries)",
+            )
+        meta_bytes = sum(len(k.encode()) + len(v.encode()) for k, v in msg.metadata.items())
+        if meta_bytes > limits.max_metadata_bytes:
+            raise WireError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"generation {gid}: metadata of {meta_bytes} bytes, over the {limits.max_metadata_bytes}-byte limit "
+                "(--max-metadata-bytes)",
+            )
+        if self.draining:
+            raise WireError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"generation {gid}: the sidecar is shutting down; open it on a new stream once it is back",
+            )
         if msg.model_fingerprint != self.fingerprint:
             raise WireError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -264,6 +391,12 @@ class ScoringEngine:
             )
         if msg.prompt_length < 0:
             raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"generation {gid}: negative prompt_length")
+        if len(stream.generations) >= limits.max_open_per_stream:
+            raise WireError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"generation {gid}: this stream already has {len(stream.generations)} open generations "
+                f"(--max-open-generations-per-stream {limits.max_open_per_stream}); close some first",
+            )
         gen = Generation(
             id=gid,
             stream=stream,
@@ -273,9 +406,15 @@ class ScoringEngine:
             token_scores={pid: [] for pid in self.specs},
         )
         with self._lock:
-            if gid in self._generations or gid in self._closed:
+            if gid in self._generations or _digest(gid) in self._closed:
                 raise WireError(
                     grpc.StatusCode.ALREADY_EXISTS, f"generation id {gid} was already used; ids must be unique"
+                )
+            if len(self._generations) >= limits.max_open_total:
+                raise WireError(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"generation {gid}: the sidecar already tracks {len(self._generations)} open generations "
+                    f"(--max-open-generations {limits.max_open_total}); retry later",
                 )
             self._generations[gid] = gen
         stream.generations[gid] = gen
@@ -284,11 +423,10 @@ class ScoringEngine:
 
     def lookup(self, stream: StreamState, gid: str) -> Generation:
         """The open generation `gid` of `stream`, or WireError NOT_FOUND / FAILED_PRECONDITION."""
-        if not gid:
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "message without generation_id")
+        self.check_generation_id(gid)
         with self._lock:
             gen = self._generations.get(gid)
-            closed = gid in self._closed
+            closed = _digest(gid) in self._closed
         if gen is None or gen.stream is not stream:
             if closed or (gen is not None and gen.closing):
                 raise WireError(grpc.StatusCode.FAILED_PRECONDITION, f"generation {gid} is already closed")
@@ -317,7 +455,13 @@ class ScoringEngine:
     ) -> list[SequenceResult]:
         """Unary scoring through the worker (queued behind live chunks; raises on timeout)."""
         work = ScoreWork(payloads, prompt_length, probe_ids)
-        self._queue.put(work, timeout=timeout_s)
+        try:
+            self._queue.put(work, timeout=self.put_timeout_s)
+        except queue.Full:
+            raise WireError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"scoring queue full for {self.put_timeout_s:g}s (live streams come first); retry later",
+            ) from None
         if not work.done.wait(timeout_s):
             raise WireError(grpc.StatusCode.DEADLINE_EXCEEDED, f"scoring took longer than {timeout_s}s")
         if work.error is not None:
@@ -354,6 +498,7 @@ class ScoringEngine:
                 self._process(batch)
             except Exception:  # a bug must not kill the worker: every other stream depends on it
                 log.exception("scoring worker failed on a batch of %d items", len(batch))
+                self.metrics.internal_errors.labels(component="scoring").inc()
 
     def _process(self, batch: list) -> None:
         self.batches += 1
@@ -368,10 +513,15 @@ class ScoringEngine:
             try:
                 if isinstance(work, ChunkWork):
                     result = scored.get(id(work))
-                    if isinstance(result, Exception):
+                    if isinstance(result, WireError):  # rows that score non-finite: refused, nothing applied
+                        self.metrics.rejected.labels(code=result.code.name).inc()
+                        work.generation.rejected_chunks += 1
+                        work.generation.stream.error(work.generation.id, result, work.layer)
+                    elif isinstance(result, Exception):
+                        self.metrics.rejected.labels(code="INTERNAL").inc()
                         work.generation.stream.error(
                             work.generation.id,
-                            WireError(grpc.StatusCode.INTERNAL, f"scoring failed: {result}"),
+                            WireError(grpc.StatusCode.INTERNAL, "scoring failed on the sidecar (logged there)"),
                             work.layer,
                         )
                     elif result is not None:
@@ -396,17 +546,18 @@ class ScoringEngine:
                     work.done.set()
             except Exception:
                 log.exception("failed to apply %s", type(work).__name__)
+                self.metrics.internal_errors.labels(component="scoring").inc()
                 if isinstance(work, EndWork):
                     work.stream.finish()
         self._flush_updates(pending)
 
-    @staticmethod
-    def _flush_updates(pending: dict[tuple[int, int], _PendingUpdate]) -> None:
+    def _flush_updates(self, pending: dict[tuple[int, int], _PendingUpdate]) -> None:
         for update in pending.values():
             try:
                 update.send()
             except Exception:
                 log.exception("failed to send a score update")
+                self.metrics.internal_errors.labels(component="scoring").inc()
         pending.clear()
 
     def _score_chunks(self, chunks: Sequence[ChunkWork]) -> dict[int, tuple[list[str], np.ndarray] | Exception]:
@@ -427,8 +578,18 @@ class ScoringEngine:
             offset = 0
             for w in members:
                 n = len(w.positions)
-                out[id(w)] = (probe_ids, scores[offset : offset + n])
+                block = scores[offset : offset + n]
                 offset += n
+                finite = np.isfinite(block)
+                if finite.all():
+                    out[id(w)] = (probe_ids, block)
+                    continue
+                row = int(np.flatnonzero(~finite.all(axis=1))[0])
+                out[id(w)] = WireError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"generation {w.generation.id} layer {layer}: the row at position {int(w.positions[row])} scores "
+                    "non-finite (activations beyond float32 range); chunk refused",
+                )
         return out
 
     def score_block(self, layer: int, kind: str, blocks: Sequence[np.ndarray]) -> tuple[list[str], np.ndarray]:
@@ -481,6 +642,9 @@ class ScoringEngine:
                     alert = self._alert(gen, spec, agg.value, early=True, position=int(pos[mask][-1]), now=now)
                     gen.stream.send(pb.MonitorResponse(alert=alert))
             aggregates[pid] = agg.value
+        if work.token_ids is not None and len(gen.token_ids) < self.keep_token_scores:  # bounded like the scores
+            room = self.keep_token_scores - len(gen.token_ids)
+            gen.token_ids.update(zip(pos[:room].tolist(), work.token_ids[:room].tolist()))
         gen.rows_per_layer[work.layer] = gen.rows_per_layer.get(work.layer, 0) + len(pos)
         self.metrics.tokens_scored.labels(mode=work.kind).inc(len(pos))
         self.metrics.scoring_latency.observe(time.perf_counter() - work.received_at)
@@ -503,6 +667,8 @@ class ScoringEngine:
         gen.alerts[spec.id] = alert
         self.metrics.alerts.labels(probe=spec.id, behaviour=spec.behaviour).inc()
         self.metrics.last_alert.labels(probe=spec.id).set(now)
+        if early:  # written now, before the client sees the alert: a crash later does not lose it
+            alert.incident_id = self._record_incident(gen, spec, alert, "open")
         return alert
 
     def _finalize(self, gen: Generation, status: str) -> None:
@@ -532,12 +698,17 @@ class ScoringEngine:
                     token_selection=spec.token_selection,
                 )
             )
+        facts = self._generation_facts(gen) if gen.alerts and self.incidents is not None else None
         for pid, alert in gen.alerts.items():
             spec = self.specs[pid]
             alert.score = gen.aggregators[pid].value  # the final aggregate (>= the early one for monotone kinds)
-            alert.incident_id = self._record_incident(gen, spec, alert, status)
+            alert.incident_id = self._record_incident(gen, spec, alert, status, facts)
             if self.webhook is not None:
-                self.webhook.submit(_webhook_payload(gen, spec, alert, self.fingerprint, status))
+                try:
+                    self.webhook.submit(_webhook_payload(gen, spec, alert, self.fingerprint, status, self.policy))
+                except Exception:  # a payload problem must not cost the summary
+                    log.exception("webhook payload for generation %s probe %s failed", gen.id, pid)
+                    self.metrics.internal_errors.labels(component="webhook").inc()
             if not alert.early:
                 gen.stream.send(pb.MonitorResponse(alert=alert))
         if gen.client_dropped:
@@ -559,14 +730,42 @@ class ScoringEngine:
         self.metrics.active_generations.dec()
         with self._lock:
             self._generations.pop(gen.id, None)
-            self._closed[gen.id] = None
-            while len(self._closed) > self._closed_memory:
+            self._closed[_digest(gen.id)] = None
+            while len(self._closed) > self.limits.closed_memory:
                 self._closed.popitem(last=False)
         gen.stream.generations.pop(gen.id, None)
 
-    def _record_incident(self, gen: Generation, spec: ProbeSpec, alert: pb.Alert, status: str) -> int:
+    def _record_incident(
+        self, gen: Generation, spec: ProbeSpec, alert: pb.Alert, status: str, facts: _GenerationFacts | None = None
+    ) -> int:
+        """Write (status `open`: at alert time) or complete (at close) the incident row; its id, 0 on failure.
+
+        `facts`: the generation's token ids and every probe's result, when the caller already has them
+        (at close they are the same for each of the generation's alerts)."""
         if self.incidents is None:
             return 0
+        tokens, context = facts or self._generation_facts(gen)
+        known = gen.incident_ids.get(spec.id)
+        if known and status != "open":
+            try:
+                self.incidents.complete(
+                    known,
+                    score=float(alert.score),
+                    token_scores=_pairs(gen.token_scores[spec.id]),
+                    generation_status=status,
+                    prompt=gen.prompt_text,
+                    response=gen.response_text,
+                    prompt_length=gen.prompt_length,
+                    tokens=tokens,
+                    context=context,
+                )
+                return known
+            except IncidentNotFoundError:  # deleted on purpose meanwhile (an erasure): do not write it back
+                log.info("incident %d of generation %s was deleted before it completed", known, gen.id)
+                return 0
+            except Exception as exc:  # noqa: BLE001 - the disk failed: counted, then written anew below
+                log.warning("completing incident %d of generation %s failed (%s); writing it again", known, gen.id, exc)
+                self.metrics.incident_store_errors.inc()
         incident = Incident(
             generation_id=gen.id,
             probe=spec.id,
@@ -582,13 +781,44 @@ class ScoringEngine:
             generation_status=status,
             early=alert.early,
             metadata=gen.metadata,
+            prompt_length=gen.prompt_length,
+            tokens=tokens,
+            context=context,
         )
         try:
-            return self.incidents.record(incident)
+            if status == "open":
+                incident_id = self.incidents.record_alert(incident)
+            else:
+                incident_id = self.incidents.record(incident)
         except Exception as exc:  # noqa: BLE001 - a failing disk must not stop scoring; it is counted
             log.error("incident store write failed for generation %s probe %s: %s", gen.id, spec.id, exc)
             self.metrics.incident_store_errors.inc()
             return 0
+        gen.incident_ids[spec.id] = incident_id
+        return incident_id
+
+    def _generation_facts(self, gen: Generation) -> _GenerationFacts:
+        """What the store keeps once per generation: [[position, token id]] and every probe's result."""
+        return [[p, t] for p, t in sorted(gen.token_ids.items())], self._generation_context(gen)
+
+    def _generation_context(self, gen: Generation) -> dict[str, dict]:
+        """Every loaded probe's result on the generation (the review app's heatmaps and "other probes")."""
+        out = {}
+        for pid, spec in self.specs.items():
+            agg = gen.aggregators[pid]
+            out[pid] = {
+                "behaviour": spec.behaviour,
+                "score": float(agg.value) if agg.count else None,
+                "threshold": spec.threshold,
+                "flagged": bool(agg.count and agg.value >= spec.threshold),
+                "n_tokens": int(agg.count),
+                "aggregation": spec.aggregation.method,
+                "token_selection": spec.token_selection,
+                "layer": spec.layer,
+                "version": spec.version,
+                "token_scores": _pairs(gen.token_scores[pid]),
+            }
+        return out
 
     # -- unary scoring --------------------------------------------------------------------------------
     def score_sequence(
@@ -677,23 +907,28 @@ def _rows(item: object) -> int:
     return len(item.positions) if isinstance(item, ChunkWork) else 0
 
 
-def _webhook_payload(gen: Generation, spec: ProbeSpec, alert: pb.Alert, fingerprint: str, status: str) -> dict:
-    return {
-        "type": "probewatch.alert",
-        "incident_id": int(alert.incident_id) or None,
-        "generation_id": gen.id,
-        "probe": spec.id,
-        "behaviour": spec.behaviour,
-        "score": float(alert.score),
-        "threshold": spec.threshold,
-        "aggregation": spec.aggregation.method,
-        "early": bool(alert.early),
-        "generation_status": status,
-        "model_fingerprint": fingerprint,
-        "bundle_version": spec.version,
-        "time_unix": float(alert.time_unix),
-        "metadata": dict(gen.metadata),
-    }
+def _webhook_payload(
+    gen: Generation, spec: ProbeSpec, alert: pb.Alert, fingerprint: str, status: str, policy: TextPolicy
+) -> dict:
+    """The alert as JSON-safe values (no NaN/inf: they become null); metadata under the text policy."""
+    return to_jsonable(
+        {
+            "type": "probewatch.alert",
+            "incident_id": int(alert.incident_id) or None,
+            "generation_id": gen.id,
+            "probe": spec.id,
+            "behaviour": spec.behaviour,
+            "score": float(alert.score),
+            "threshold": spec.threshold,
+            "aggregation": spec.aggregation.method,
+            "early": bool(alert.early),
+            "generation_status": status,
+            "model_fingerprint": fingerprint,
+            "bundle_version": spec.version,
+            "time_unix": float(alert.time_unix),
+            "metadata": policy.metadata(gen.metadata),
+        }
+    )
 
 
 def layer_prompt_rows(specs: Sequence[ProbeSpec]) -> pb.PromptRows:

@@ -14,6 +14,13 @@ test endpoint on CPU, not a batching engine.
 Prompts are rendered with the same chat template code as offline scoring
 (`probewatch.data.chat.render`, tokenised without extra special tokens), so live and offline
 scores of the same conversation are the same tokens.
+
+Guard rails (`HTTPLimits`, flags of `probewatch run`): with API keys set, every /v1/ route needs
+`Authorization: Bearer <key>` (401 otherwise, OpenAI's error shape); request bodies are capped
+(413); prompt + completion must fit the model's context (400 `context_length_exceeded`) and
+`max_tokens` a ceiling (400); at most `max_waiting` requests queue for the one-at-a-time
+generation lock (429 beyond, with Retry-After). Errors never echo internals: an unexpected
+exception is logged with a request id and answered 500 with that id only.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +77,48 @@ class GenerationTimeout(RuntimeError):
     """A streamed generation produced no token within the service's token timeout."""
 
 
+class RequestRejected(Exception):
+    """A request refused with an OpenAI-style error body (status, type, code, param)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.type, self.param = status, message, code, type, param
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class HTTPLimits:
+    """What one client may ask of the embedded server (each a `probewatch run` flag)."""
+
+    api_keys: tuple[str, ...] = ()  # empty: no key needed
+    max_request_bytes: int = 1 << 20
+    max_context_tokens: int | None = None  # None: the model's max_position_embeddings
+    max_completion_tokens: int = 1024
+    max_waiting: int = 16  # requests queued for the generation lock
+
+
+def valid_key(presented: str | None, keys: tuple[str, ...]) -> bool:
+    import hmac
+
+    if not presented:
+        return False
+    ok = False
+    for key in keys:  # constant time in which key matched
+        ok |= hmac.compare_digest(presented.encode(), key.encode())
+    return ok
+
+
 class ChatService:
     """Model + tokenizer + attach monitor behind one lock."""
 
@@ -81,6 +131,7 @@ class ChatService:
         default_max_tokens: int = 128,
         result_timeout_s: float = 10.0,
         token_timeout_s: float = 120.0,
+        limits: HTTPLimits | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -89,16 +140,64 @@ class ChatService:
         self.default_max_tokens = default_max_tokens
         self.result_timeout_s = result_timeout_s  # wait for the sidecar's summary of a generation
         self.token_timeout_s = token_timeout_s  # a streamed generation may go this long without a token
+        self.limits = limits or HTTPLimits()
+        context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self.max_context_tokens = self.limits.max_context_tokens or (int(context) if context else 4096)
         self._lock = threading.Lock()
+        self._waiting = 0
+        self._waiting_lock = threading.Lock()
+
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """The generation lock, or 429 when `max_waiting` requests already wait for it."""
+        with self._waiting_lock:
+            if self._waiting >= self.limits.max_waiting:
+                raise RequestRejected(
+                    429,
+                    f"{self._waiting} requests are already waiting for this one-at-a-time server; retry shortly",
+                    "server_busy",
+                    type="server_busy_error",
+                    headers={"Retry-After": "1"},
+                )
+            self._waiting += 1
+        try:
+            self._lock.acquire()
+        finally:
+            with self._waiting_lock:
+                self._waiting -= 1
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def max_new_tokens(self, request: ChatRequest) -> int:
+        max_new = request.max_completion_tokens or request.max_tokens or self.default_max_tokens
+        if max_new > self.limits.max_completion_tokens:
+            raise RequestRejected(
+                400,
+                f"max_tokens {max_new} is over this server's limit of {self.limits.max_completion_tokens}",
+                "max_tokens_too_large",
+                param="max_tokens",
+            )
+        return max_new
 
     def _inputs(self, request: ChatRequest) -> dict[str, torch.Tensor]:
         text = render(self.tokenizer, [m.model_dump() for m in request.messages], add_generation_prompt=True)
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        n_prompt, n_new = int(ids.shape[1]), self.max_new_tokens(request)
+        if n_prompt + n_new > self.max_context_tokens:
+            raise RequestRejected(
+                400,
+                f"This model's maximum context length is {self.max_context_tokens} tokens. However, you requested "
+                f"{n_prompt + n_new} tokens ({n_prompt} in the messages, {n_new} in the completion).",
+                "context_length_exceeded",
+                param="messages",
+            )
         device = next(self.model.parameters()).device
         return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
 
     def _gen_kwargs(self, request: ChatRequest, generation_id: str) -> dict[str, Any]:
-        max_new = request.max_completion_tokens or request.max_tokens or self.default_max_tokens
+        max_new = self.max_new_tokens(request)
         kwargs: dict[str, Any] = {"max_new_tokens": max_new, "pad_token_id": self.tokenizer.pad_token_id}
         if request.temperature:
             kwargs.update(do_sample=True, temperature=request.temperature, top_p=request.top_p or 1.0)
@@ -154,17 +253,36 @@ class ChatService:
     def complete(self, request: ChatRequest) -> Completion:
         generation_id = f"gen-{uuid.uuid4().hex[:16]}"
         inputs = self._inputs(request)
-        with self._lock, torch.inference_mode():
+        with self._turn(), torch.inference_mode():
             out = self.model.generate(**inputs, **self._gen_kwargs(request, generation_id))
             handles = self._handles()
         return self._finish(out, inputs["input_ids"].shape[1], generation_id, handles)
 
-    def stream(self, request: ChatRequest) -> Iterator[tuple[str, Completion | None]]:
+    def check_capacity(self) -> None:
+        """429 now, before a streamed response commits to status 200, when the wait queue is full."""
+        with self._waiting_lock:
+            waiting = self._waiting
+        if waiting >= self.limits.max_waiting:
+            raise RequestRejected(
+                429,
+                f"{waiting} requests are already waiting for this one-at-a-time server; retry shortly",
+                "server_busy",
+                type="server_busy_error",
+                headers={"Retry-After": "1"},
+            )
+
+    def prepare(self, request: ChatRequest) -> dict[str, torch.Tensor]:
+        """The prompt's input tensors, after the context and max_tokens checks (RequestRejected)."""
+        return self._inputs(request)
+
+    def stream(
+        self, request: ChatRequest, inputs: dict[str, torch.Tensor] | None = None
+    ) -> Iterator[tuple[str, Completion | None]]:
         """Yields (text delta, None) while generating, then ("", Completion)."""
         from transformers import TextIteratorStreamer
 
         generation_id = f"gen-{uuid.uuid4().hex[:16]}"
-        inputs = self._inputs(request)
+        inputs = self._inputs(request) if inputs is None else inputs
         streamer = TextIteratorStreamer(
             self.tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=self.token_timeout_s
         )
@@ -181,7 +299,7 @@ class ChatService:
                 box["error"] = exc
                 streamer.end()
 
-        with self._lock:
+        with self._turn():
             worker = threading.Thread(target=run, name="probewatch-http-generate", daemon=True)
             worker.start()
             try:
@@ -202,24 +320,61 @@ class ChatService:
 
 
 def create_app(service: ChatService, metrics_registry=None):
-    """The FastAPI application around a ChatService."""
-    from fastapi import FastAPI, HTTPException
+    """The FastAPI application around a ChatService (limits and API keys from `service.limits`)."""
+    from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from starlette.concurrency import run_in_threadpool
 
+    limits = service.limits
     app = FastAPI(title="probewatch embedded inference server", version="1")
+
+    def rejected(exc: RequestRejected) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestRejected)
+    async def on_rejected(request: Request, exc: RequestRejected) -> JSONResponse:
+        return rejected(exc)
+
+    def internal_error(what: str, exc: BaseException) -> JSONResponse:
+        """500 with a request id; the exception itself goes to the log only."""
+        incident = f"req-{uuid.uuid4().hex[:12]}"
+        log.error("%s failed (%s, %s)", what, incident, type(exc).__name__, exc_info=exc)
+        return JSONResponse(
+            {"error": {"message": f"internal error ({incident}); see the server log", "type": "server_error"}},
+            status_code=500,
+        )
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        """API key on /v1/, and the request body cap (Content-Length, or counted while it arrives)."""
+        if limits.api_keys and request.url.path.startswith("/v1/"):
+            header = request.headers.get("authorization", "")
+            scheme, _, key = header.partition(" ")
+            if scheme.lower() != "bearer" or not valid_key(key.strip(), limits.api_keys):
+                why = "Incorrect API key provided" if header else "Missing API key: send Authorization: Bearer <key>"
+                return rejected(RequestRejected(401, why, "invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))
+        declared = request.headers.get("content-length")
+        too_large = RequestRejected(
+            413, f"request body over {limits.max_request_bytes} bytes (--max-request-bytes)", "request_too_large"
+        )
+        if declared is not None and declared.isdigit() and int(declared) > limits.max_request_bytes:
+            return rejected(too_large)
+        if request.method == "POST" and declared is None:  # chunked upload: read it here, within the cap
+            body = b""
+            async for part in request.stream():
+                body += part
+                if len(body) > limits.max_request_bytes:
+                    return rejected(too_large)
+            request._body = body  # starlette reads the cached body from here
+        return await call_next(request)
 
     def check_model(request: ChatRequest) -> None:
         if request.model and request.model not in (service.model_name,):
-            raise HTTPException(
+            raise RequestRejected(
                 404,
-                detail={
-                    "error": {
-                        "message": f"model {request.model!r} is not served here; available: {service.model_name}",
-                        "type": "invalid_request_error",
-                        "code": "model_not_found",
-                    }
-                },
+                f"model {request.model!r} is not served here; available: {service.model_name}",
+                "model_not_found",
+                param="model",
             )
 
     @app.get("/healthz")
@@ -252,7 +407,12 @@ def create_app(service: ChatService, metrics_registry=None):
         created = int(time.time())
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if not request.stream:
-            c = await run_in_threadpool(service.complete, request)
+            try:
+                c = await run_in_threadpool(service.complete, request)
+            except RequestRejected:
+                raise
+            except Exception as exc:  # noqa: BLE001 - logged in internal_error; never echoed to the client
+                return internal_error(f"completion {completion_id}", exc)
             return JSONResponse(
                 {
                     "id": completion_id,
@@ -275,6 +435,14 @@ def create_app(service: ChatService, metrics_registry=None):
                 }
             )
 
+        try:
+            inputs = await run_in_threadpool(service.prepare, request)  # 400s before the stream commits to 200
+        except RequestRejected:
+            raise
+        except Exception as exc:  # noqa: BLE001 - logged in internal_error
+            return internal_error(f"completion {completion_id}", exc)
+        service.check_capacity()
+
         def events() -> Iterator[str]:
             def chunk(delta: dict, finish: str | None = None, extra: dict | None = None) -> str:
                 body = {
@@ -290,7 +458,7 @@ def create_app(service: ChatService, metrics_registry=None):
 
             yield chunk({"role": "assistant", "content": ""})
             try:
-                for delta, final in service.stream(request):
+                for delta, final in service.stream(request, inputs):
                     if final is None:
                         yield chunk({"content": delta})
                     else:
@@ -300,8 +468,13 @@ def create_app(service: ChatService, metrics_registry=None):
                             "total_tokens": final.prompt_tokens + final.completion_tokens,
                         }
                         yield chunk({}, final.finish_reason, {"usage": usage, "probewatch": final.probewatch})
-            except Exception as exc:  # noqa: BLE001 - an SSE stream cannot change its status code any more
+            except (GenerationTimeout, RequestRejected) as exc:  # our own messages: safe to show
                 yield f"data: {json.dumps({'error': {'message': str(exc), 'type': 'server_error'}})}\n\n"
+            except Exception:  # an SSE stream cannot change its status code any more; never echo internals
+                incident = f"req-{uuid.uuid4().hex[:12]}"
+                log.exception("streamed completion %s failed (%s)", completion_id, incident)
+                message = f"internal error ({incident}); see the server log"
+                yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -312,7 +485,9 @@ def create_app(service: ChatService, metrics_registry=None):
 class HTTPServerThread:
     """uvicorn in a background thread on a given (or ephemeral) port; `stop()` shuts it down."""
 
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+    def __init__(
+        self, app, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", proxy_headers: bool = True
+    ) -> None:
         import socket
 
         import uvicorn
@@ -321,7 +496,9 @@ class HTTPServerThread:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((host, port))
         self.host, self.port = host, self._sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off")
+        # proxy_headers=False: the peer address stays the TCP peer (the review app decides from it whether
+        # an identity header comes from its trusted proxy; X-Forwarded-For must not rewrite it)
+        config = uvicorn.Config(app, log_level=log_level, access_log=False, lifespan="off", proxy_headers=proxy_headers)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self._sock]}, name="probewatch-http", daemon=True

@@ -41,6 +41,8 @@ class BulkHistogram(Collector):
 
     def observe_many(self, labelvalues: Sequence[str], values: np.ndarray | Iterable[float]) -> None:
         arr = np.asarray(values, dtype=np.float64).reshape(-1)
+        if not np.isfinite(arr).all():  # a non-finite value would poison _sum for good
+            arr = arr[np.isfinite(arr)]
         if arr.size == 0:
             return
         counts = np.bincount(np.searchsorted(self.bounds, arr, side="left"), minlength=len(self.bounds) + 1)
@@ -82,8 +84,22 @@ def _fmt(bound: float) -> str:
     return repr(float(bound))
 
 
-# gRPC status codes the sidecar answers bad input with (pre-created so a first rejection shows in rate()).
-REJECTION_CODES = ("INVALID_ARGUMENT", "NOT_FOUND", "FAILED_PRECONDITION", "RESOURCE_EXHAUSTED", "ALREADY_EXISTS")
+# gRPC status codes the sidecar answers bad input with (pre-created so a first rejection shows in rate()):
+# UNAUTHENTICATED (no/bad bearer token), DEADLINE_EXCEEDED (stream idle timeout, generation TTL),
+# UNAVAILABLE (shutting down), INTERNAL (a bug answered instead of crashing).
+REJECTION_CODES = (
+    "INVALID_ARGUMENT",
+    "NOT_FOUND",
+    "FAILED_PRECONDITION",
+    "RESOURCE_EXHAUSTED",
+    "ALREADY_EXISTS",
+    "UNAUTHENTICATED",
+    "DEADLINE_EXCEEDED",
+    "UNAVAILABLE",
+    "INTERNAL",
+)
+# Background work of the sidecar that catches, counts, logs and goes on (labels of probewatch_internal_errors_total).
+INTERNAL_ERROR_COMPONENTS = ("scoring", "stream", "webhook", "retention")
 
 
 class SidecarMetrics:
@@ -166,6 +182,14 @@ class SidecarMetrics:
         self.webhook_deliveries = Counter(
             "probewatch_webhook_deliveries_total", "Webhook deliveries by outcome.", ["outcome"], registry=r
         )
+        self.internal_errors = Counter(
+            "probewatch_internal_errors_total",
+            "Exceptions a sidecar thread caught, logged and survived, by component (a bug: look at the log).",
+            ["component"],
+            registry=r,
+        )
+        for component in INTERNAL_ERROR_COMPONENTS:
+            self.internal_errors.labels(component=component)
         for reason in ("queue_full", "client_dropped"):
             self.dropped_chunks.labels(reason=reason)
         for status in ("closed", "aborted"):
@@ -238,11 +262,11 @@ class ClientMetrics:
         )
         for reason in CAPTURE_ERROR_REASONS:
             self.capture_errors.labels(reason=reason)
-        for reason in ("queue_full", "sidecar_down", "rejected"):
+        for reason in ("queue_full", "sidecar_down", "rejected", "stalled"):
             self.dropped_chunks.labels(reason=reason)
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, host: str = "0.0.0.0"):
+def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1"):
     """Start prometheus-client's HTTP server for `registry`; returns (server, thread); port 0 = ephemeral."""
     from prometheus_client import start_http_server
 

@@ -16,7 +16,9 @@ from probewatch.errors import ProbewatchError
 if TYPE_CHECKING:
     from probewatch.models.loading import LoadedModel
     from probewatch.server.attach import Monitor
-    from probewatch.server.http_app import ChatService, HTTPServerThread
+    from probewatch.server.http_app import ChatService, HTTPLimits, HTTPServerThread
+    from probewatch.server.incidents import IncidentStore
+    from probewatch.server.review.auth import AuthConfig
     from probewatch.server.sidecar import Sidecar
 
 log = logging.getLogger(__name__)
@@ -32,11 +34,15 @@ class StackOptions:
     port: int = 8000  # HTTP port (0: ephemeral)
     sidecar_port: int = 0  # in-process sidecar gRPC port (0: ephemeral)
     metrics_port: int | None = 0  # in-process sidecar /metrics port (0: ephemeral, None: off)
-    incident_db: Path | None = None
+    incident_db: str | Path | None = None  # SQLite path or database URL
     webhook_url: str | None = None
     max_tokens: int = 128
     connect_timeout_s: float = 15.0
     extra_attach: dict = field(default_factory=dict)
+    http_limits: HTTPLimits | None = None  # API keys and request limits of the HTTP endpoint
+    sidecar_settings: dict = field(default_factory=dict)  # extra SidecarConfig fields of the in-process sidecar
+    review: AuthConfig | None = None  # mount the review app at /review on the HTTP server (needs incident_db)
+    review_url: str | None = None  # base URL of a review app: webhook payloads link to incident pages
 
 
 class LocalStack:
@@ -47,6 +53,7 @@ class LocalStack:
         self.http: HTTPServerThread | None = None
         self.loaded: LoadedModel | None = None
         self.service: ChatService | None = None
+        self.review_store: IncidentStore | None = None
 
     def start(self) -> LocalStack:
         from probewatch.models import load_model
@@ -68,6 +75,8 @@ class LocalStack:
                     metrics_port=o.metrics_port,
                     incident_db=o.incident_db,
                     webhook_url=o.webhook_url,
+                    **o.sidecar_settings,
+                    review_url=o.review_url,
                 )
                 self.sidecar = sidecar = Sidecar(config).start()
                 address = sidecar.address
@@ -87,8 +96,13 @@ class LocalStack:
                 monitor,
                 loaded.model_id,
                 default_max_tokens=o.max_tokens,
+                limits=o.http_limits,
             )
-            self.http = HTTPServerThread(create_app(service), o.host, o.port).start()
+            app = create_app(service)
+            if o.review is not None:
+                app.mount("/review", self._review_app(o.review))
+            # with the review app mounted, the TCP peer decides whether an identity header is trusted
+            self.http = HTTPServerThread(app, o.host, o.port, proxy_headers=o.review is None).start()
         except OSError as exc:
             self.stop()
             raise ProbewatchError(f"cannot serve HTTP on {o.host}:{o.port}: {exc}") from exc
@@ -96,6 +110,17 @@ class LocalStack:
             self.stop()
             raise
         return self
+
+    def _review_app(self, auth: AuthConfig):
+        from probewatch.server.incidents import IncidentStore
+        from probewatch.server.review.app import create_review_app
+        from probewatch.server.review.catalog import Catalog
+
+        if self.options.incident_db is None:
+            raise ProbewatchError("the review app needs the incident store (--incident-db or $PROBEWATCH_INCIDENT_DB)")
+        self.review_store = IncidentStore.open(self.options.incident_db)
+        catalog = Catalog(self.sidecar.config.bundle_paths if self.sidecar is not None else ())
+        return create_review_app(self.review_store, auth, catalog)
 
     @property
     def url(self) -> str:
@@ -113,6 +138,9 @@ class LocalStack:
         if self.sidecar is not None:
             self.sidecar.stop()
             self.sidecar = None
+        if self.review_store is not None:
+            self.review_store.close()
+            self.review_store = None
 
     def __enter__(self) -> LocalStack:
         return self.start()

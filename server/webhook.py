@@ -4,6 +4,16 @@ Scoring never waits on the network: `submit` only enqueues (a full queue counts 
 delivery instead of blocking). A delivery is retried on connection errors, timeouts, 429 and
 5xx; any other 4xx fails at once (retrying a request the receiver rejects cannot succeed).
 Outcomes are counted in `probewatch_webhook_deliveries_total{outcome}`.
+
+The delivery thread never dies: the body is encoded by probewatch's own JSON writer (NaN and
+infinities become null; httpx would refuse them), and any exception in one delivery — encoding,
+transport, a bug — fails that delivery (counted, logged, reported through `on_error`) and the
+thread goes on with the next. Otherwise one bad payload would silence every later alert and
+`ProbewatchWebhookFailing` could not fire, since nothing would be counted any more.
+
+With a review base URL (`--review-url`, the address reviewers open `probewatch review` at), each
+payload carries `incident_url`: the incident's page, so a chat message or a pager alert links
+straight to it.
 """
 
 from __future__ import annotations
@@ -43,6 +53,11 @@ def validate_webhook_url(url: str) -> str:
     return url
 
 
+def incident_url(review_url: str, incident_id: int) -> str:
+    """The review app's page of one incident (deep link in webhook payloads and alerts)."""
+    return f"{review_url.rstrip('/')}/incidents/{int(incident_id)}"
+
+
 class WebhookSender:
     """One daemon thread delivering queued payloads in order."""
 
@@ -50,14 +65,20 @@ class WebhookSender:
         self,
         url: str,
         on_outcome=None,
+        on_error=None,
         max_attempts: int = 5,
         base_delay_s: float = 0.5,
         max_delay_s: float = 30.0,
         timeout_s: float = 5.0,
         queue_size: int = 1000,
+        review_url: str | None = None,
     ) -> None:
         self.url = validate_webhook_url(url)
+        self.review_url = validate_webhook_url(review_url).rstrip("/") if review_url else None
         self.on_outcome = on_outcome or (lambda outcome: None)
+        self.on_error = on_error or (
+            lambda: None
+        )  # an exception the thread survived (probewatch_internal_errors_total)
         self.max_attempts = max_attempts
         self.base_delay_s = base_delay_s
         self.max_delay_s = max_delay_s
@@ -70,6 +91,8 @@ class WebhookSender:
         self.failed = 0
 
     def submit(self, payload: dict[str, Any]) -> bool:
+        if self.review_url and payload.get("incident_id"):
+            payload = {**payload, "incident_url": incident_url(self.review_url, int(payload["incident_id"]))}
         try:
             self._queue.put_nowait(payload)
             return True
@@ -89,7 +112,17 @@ class WebhookSender:
             self.delivered += 1
         else:
             self.failed += 1
-        self.on_outcome(outcome)
+        try:
+            self.on_outcome(outcome)
+        except Exception:  # a metrics callback must not end deliveries
+            log.exception("webhook outcome callback failed")
+
+    def _survived(self, what: str) -> None:
+        log.exception("webhook: %s", what)
+        try:
+            self.on_error()
+        except Exception:
+            log.exception("webhook error callback failed")
 
     def _run(self) -> None:
         import httpx
@@ -99,15 +132,27 @@ class WebhookSender:
                 item = self._queue.get()
                 if item is _STOP:
                     return
-                self._outcome("ok" if self._deliver(client, item) else "failed")
+                try:
+                    ok = self._deliver(client, item)
+                except Exception:  # noqa: BLE001 - one delivery's failure must not end the thread
+                    self._survived(f"delivery of {type(item).__name__} failed unexpectedly")
+                    ok = False
+                self._outcome("ok" if ok else "failed")
 
     def _deliver(self, client, payload: dict[str, Any]) -> bool:
         import httpx
 
+        from probewatch.jsonio import dumps
+
+        try:
+            body = dumps(payload).encode()
+        except (TypeError, ValueError):
+            self._survived("alert payload cannot be encoded as JSON; not delivered")
+            return False
         delay = self.base_delay_s
         for attempt in range(1, self.max_attempts + 1):
             try:
-                response = client.post(self.url, json=payload)
+                response = client.post(self.url, content=body, headers={"content-type": "application/json"})
                 if response.status_code < 300:
                     return True
                 retryable = response.status_code == 429 or response.status_code >= 500

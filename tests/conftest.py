@@ -6,6 +6,7 @@ Unit tests use tiny models built from configs (milliseconds); integration tests 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -16,6 +17,24 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("PROBEWATCH_DATA") or REPO_ROOT.parent / "shared" / "datasets")
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_incident_store(tmp_path_factory):
+    """Sidecars started without --incident-db (in this process or as subprocesses) write to a store of
+    this session, never to the default one under PROBEWATCH_HOME that a user's own sidecar keeps."""
+    path = tmp_path_factory.mktemp("default-incidents") / "incidents.sqlite3"
+    previous = os.environ.get("PROBEWATCH_INCIDENT_DB")
+    os.environ["PROBEWATCH_INCIDENT_DB"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("PROBEWATCH_INCIDENT_DB", None)
+    else:
+        os.environ["PROBEWATCH_INCIDENT_DB"] = previous
+
+
+# tests/vllm_backend needs vLLM, which lives in its own venv (.venv-vllm, `make test-vllm`)
+collect_ignore_glob = [] if importlib.util.find_spec("vllm") else ["vllm_backend/*"]
 
 
 def tiny_config(layout: str = "llama"):

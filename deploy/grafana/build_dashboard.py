@@ -29,6 +29,8 @@ SEL = 'job=~"$job", namespace=~"$namespace", instance=~"$instance"'
 PSEL = SEL + ', probe=~"$probe"'
 # The attach client's series come from the inference server's /metrics (another job).
 CSEL = 'namespace=~"$namespace"'
+# The review app's series (probewatch review /metrics, its own job); max() folds its replicas.
+RSEL = 'namespace=~"$namespace"'
 
 
 class Layout:
@@ -617,14 +619,17 @@ def build() -> dict:
             unit="short",
             w=8,
             description="Client messages the sidecar refused, by gRPC status (FAILED_PRECONDITION: model "
-            "fingerprint mismatch; INVALID_ARGUMENT: bad shape/dtype/NaN; NOT_FOUND: unknown "
-            "generation or probe; RESOURCE_EXHAUSTED: message too large).",
+            "fingerprint mismatch; INVALID_ARGUMENT: bad shape/dtype/NaN/out-of-range values, oversized id or "
+            "metadata, undecodable message; NOT_FOUND: unknown generation or probe; RESOURCE_EXHAUSTED: message "
+            "too large, a stream/open-generation/Score cap, or a client not reading its responses; "
+            "UNAUTHENTICATED: no or a wrong bearer token; DEADLINE_EXCEEDED: stream idle timeout or generation "
+            "TTL; UNAVAILABLE: refused while shutting down; INTERNAL: a bug answered instead of crashing).",
         )
     )
     panels.append(
         timeseries(
             lay,
-            "Webhook deliveries and incident store errors",
+            "Webhook deliveries, incident store and internal errors",
             [
                 target(
                     f"sum by (outcome) (rate(probewatch_webhook_deliveries_total{{{SEL}}}[$__rate_interval]))",
@@ -636,10 +641,16 @@ def build() -> dict:
                     "incident store errors",
                     "B",
                 ),
+                target(
+                    f"sum by (component) (rate(probewatch_internal_errors_total{{{SEL}}}[$__rate_interval]))",
+                    "internal errors: {{component}}",
+                    "C",
+                ),
             ],
             unit="short",
             w=8,
-            description="Alert webhook POSTs by outcome (after retries) and failed incident writes.",
+            description="Alert webhook POSTs by outcome (after retries), failed incident writes, and exceptions "
+            "a sidecar thread caught and survived (by component: a bug, see the sidecar log).",
         )
     )
     panels.append(
@@ -691,6 +702,95 @@ def build() -> dict:
                     },
                 }
             ],
+        )
+    )
+
+    # -- Incident review (probewatch review's /metrics, its own job) --------------------------------
+    panels.append(row(lay, "Incident review"))
+    panels.append(
+        stat(
+            lay,
+            "Review backlog",
+            f'sum(max by (status) (probewatch_review_incidents{{{RSEL}, status=~"open|acknowledged"}}))',
+            w=4,
+            description="Incidents waiting for a verdict: open (nobody claimed them) plus acknowledged (claimed, "
+            "not resolved), from the review app's view of the incident store.",
+            thresholds=[
+                {"color": "green", "value": None},
+                {"color": "orange", "value": 20},
+                {"color": "red", "value": 50},
+            ],
+        )
+    )
+    panels.append(
+        stat(
+            lay,
+            "Oldest open incident",
+            f'max(probewatch_review_oldest_incident_age_seconds{{{RSEL}, status="open"}})',
+            unit="s",
+            w=4,
+            description="How long the oldest unclaimed incident has waited (0: none open). "
+            "ProbewatchReviewStale fires past a day.",
+            thresholds=[
+                {"color": "green", "value": None},
+                {"color": "orange", "value": 3600},
+                {"color": "red", "value": 86400},
+            ],
+        )
+    )
+    panels.append(
+        stat(
+            lay,
+            "Review store",
+            f"min(probewatch_review_store_up{{{RSEL}}})",
+            w=4,
+            description="Whether the review app reads the incident store (the database the sidecars write).",
+            mappings=[
+                {
+                    "type": "value",
+                    "options": {
+                        "0": {"text": "UNREACHABLE", "color": "red", "index": 0},
+                        "1": {"text": "OK", "color": "green", "index": 1},
+                    },
+                }
+            ],
+            thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 1}],
+        )
+    )
+    panels.append(
+        timeseries(
+            lay,
+            "Backlog by status",
+            [target(f"max by (status) (probewatch_review_incidents{{{RSEL}}})", "{{status}}")],
+            w=12,
+            description="Incidents per review status. A rising `open` line means alerts arrive faster than "
+            "reviewers label them (ProbewatchReviewBacklogGrowing).",
+        )
+    )
+    lay.newline()
+    panels.append(
+        timeseries(
+            lay,
+            "Reviewed precision per probe",
+            [target(f'max by (probe) (probewatch_review_precision{{{RSEL}, probe=~"$probe"}})', "{{probe}}")],
+            unit="percentunit",
+            description="true positives / (true + false positives) among reviewed incidents, per probe. A probe "
+            "low here alerts on benign traffic: recalibrate it on the reviewed incidents "
+            "(probewatch incidents export --labelled, then probewatch calibrate --extra-data).",
+        )
+    )
+    panels.append(
+        timeseries(
+            lay,
+            "Verdicts by probe",
+            [
+                target(
+                    f'max by (probe, verdict) (probewatch_review_labels{{{RSEL}, probe=~"$probe"}})',
+                    "{{probe}} {{verdict}}",
+                )
+            ],
+            stack=True,
+            description="Reviewed incidents per probe and verdict (true_positive, false_positive, unsure).",
         )
     )
 

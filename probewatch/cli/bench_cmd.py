@@ -1,4 +1,4 @@
-"""`probewatch bench quality|overhead|ingest`: slow quality and speed checks (not tests).
+"""`probewatch bench quality|overhead|ingest|soak|capture|vllm|review`: slow quality, speed and robustness checks.
 
 Each subcommand's implementation lives beside the code it measures; this module only parses
 arguments and dispatches, so the heavy imports happen on use.
@@ -25,6 +25,21 @@ BENCHMARKS = {
         "generated tokens/s: monitoring off vs raw rows vs pushdown",
     ),
     "ingest": ("probewatch.server.bench", "ingest_main", "sidecar ingest rate vs a raw socket copy of the same bytes"),
+    "vllm": (
+        "probewatch.server.bench_vllm",
+        "vllm_main",
+        "vLLM tokens/s: unmonitored (compiled) vs probewatch rows / pushdown vs vllm-lens (run in .venv-vllm)",
+    ),
+    "soak": (
+        "probewatch.server.soak",
+        "soak_main",
+        "sidecar under sustained load with bad input and one kill -9 / restart: latency, RSS, rejections",
+    ),
+    "review": (
+        "probewatch.server.review.bench",
+        "main",
+        "review queue response times over real HTTP with 10,000 incidents in the store",
+    ),
 }
 
 

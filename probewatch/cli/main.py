@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "probewatch.cli.run_cmd",
     "probewatch.cli.demo_cmd",
     "probewatch.cli.incidents_cmd",
+    "probewatch.cli.review_cmd",
 ]
 
 

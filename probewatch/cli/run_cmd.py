@@ -43,12 +43,59 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=9400,
         help="in-process sidecar /metrics port (default 9400; 0 = ephemeral; -1 = off)",
     )
-    p.add_argument("--incident-db", type=Path, default=None, help="in-process sidecar incident store")
+    p.add_argument(
+        "--incident-db", default=None, metavar="PATH_OR_URL", help="in-process sidecar incident store (file or URL)"
+    )
     p.add_argument("--webhook", default=None, help="in-process sidecar alert webhook")
     p.add_argument("--max-tokens", type=int, default=128, help="default max_tokens of a completion")
+    g = p.add_argument_group("access and limits of the HTTP endpoint")
+    g.add_argument(
+        "--api-key",
+        default=None,
+        help="require `Authorization: Bearer <key>` on /v1/ (default: $PROBEWATCH_API_KEY; prefer --api-key-file: "
+        "a command line is visible to other users)",
+    )
+    g.add_argument("--api-key-file", type=Path, default=None, help="file of accepted API keys, one per line")
+    g.add_argument(
+        "--max-request-bytes", type=int, default=1 << 20, help="largest request body (default 1 MiB; larger: 413)"
+    )
+    g.add_argument(
+        "--max-context-tokens",
+        type=int,
+        default=None,
+        help="prompt + max_tokens limit (default: the model's max_position_embeddings; over: 400)",
+    )
+    g.add_argument("--max-completion-tokens", type=int, default=1024, help="largest max_tokens (default 1024)")
+    g.add_argument(
+        "--max-waiting", type=int, default=16, help="requests queued for the generation lock (default 16; more: 429)"
+    )
+    inc = p.add_argument_group("the in-process sidecar's incident store")
+    inc.add_argument(
+        "--store-text",
+        choices=["full", "redacted", "none"],
+        default="redacted",
+        help="what incidents keep of prompt, response and metadata (default redacted; see probewatch serve)",
+    )
+    inc.add_argument(
+        "--retention-days", type=float, default=30.0, help="delete incidents older than this (default 30; 0: keep)"
+    )
     p.add_argument("--tls-ca", default=None, help="PEM CA that signed the sidecar's certificate (TLS sidecar)")
     p.add_argument("--tls-cert", default=None, help="PEM client certificate (sidecar requiring client auth)")
     p.add_argument("--tls-key", default=None, help="PEM key of --tls-cert")
+    p.add_argument(
+        "--review",
+        action="store_true",
+        help="also serve the incident review app at /review (its reviewer options below)",
+    )
+    p.add_argument(
+        "--review-url",
+        default=None,
+        help="base URL reviewers open the review app at; webhook payloads link to incident pages "
+        "(default: $PROBEWATCH_REVIEW_URL, else this server's /review with --review and a fixed --port)",
+    )
+    from probewatch.cli.review_cmd import add_review_arguments
+
+    add_review_arguments(p)
     p.set_defaults(func=_run)
 
 
@@ -72,7 +119,26 @@ def _run(args: argparse.Namespace) -> int:
             validate_webhook_url(webhook)
     else:
         webhook = None
+    review = None
+    if args.review:
+        from probewatch.cli.review_cmd import auth_config
+        from probewatch.errors import ProbewatchError
+
+        if incident_db is None:
+            raise ProbewatchError("--review needs the in-process sidecar's incident store (not --sidecar ADDRESS)")
+        review = auth_config(args, args.host)
+    review_url = args.review_url or envs.review_url()
+    if review_url is None and args.review and args.port:
+        review_url = f"http://{args.host}:{args.port}/review"
     tls = {k: v for k, v in (("tls_ca", args.tls_ca), ("tls_cert", args.tls_cert), ("tls_key", args.tls_key)) if v}
+    limits = _http_limits(args)
+    if not limits.api_keys and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"probewatch run: WARNING: serving {args.host} without an API key: anyone who can reach it can generate "
+            "(set --api-key-file or PROBEWATCH_API_KEY)",
+            file=sys.stderr,
+            flush=True,
+        )
     options = StackOptions(
         model=args.model,
         bundles=args.bundles,
@@ -86,6 +152,10 @@ def _run(args: argparse.Namespace) -> int:
         webhook_url=webhook,
         max_tokens=args.max_tokens,
         extra_attach=tls,
+        http_limits=limits,
+        sidecar_settings={"store_text": args.store_text, "retention_days": args.retention_days},
+        review=review,
+        review_url=review_url,
     )
     stack = LocalStack(options).start()
     stop = threading.Event()
@@ -98,7 +168,8 @@ def _run(args: argparse.Namespace) -> int:
     )
     print(
         f"probewatch run: {stack.loaded.model_id} on {stack.url}/v1/chat/completions, monitored by {where}\n"
-        f"  try: curl -s {stack.url}/v1/chat/completions -H 'content-type: application/json' "
+        + (f"  review: {stack.url}/review/\n" if review is not None else "")
+        + f"  try: curl -s {stack.url}/v1/chat/completions -H 'content-type: application/json' "
         f'-d \'{{"messages":[{{"role":"user","content":"Hello!"}}]}}\'',
         flush=True,
     )
@@ -108,3 +179,29 @@ def _run(args: argparse.Namespace) -> int:
         print("probewatch run: shutting down", file=sys.stderr, flush=True)
         stack.stop()
     return 0
+
+
+def _http_limits(args: argparse.Namespace):
+    from probewatch import envs
+    from probewatch.errors import ProbewatchError
+    from probewatch.server.http_app import HTTPLimits
+
+    keys = [k for k in (args.api_key, envs.api_key()) if k]
+    if args.api_key_file is not None:
+        try:
+            text = args.api_key_file.read_text()
+        except OSError as exc:
+            raise ProbewatchError(f"cannot read --api-key-file {args.api_key_file}: {exc}") from exc
+        keys += [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+        if not keys:
+            raise ProbewatchError(f"--api-key-file {args.api_key_file} holds no key")
+    for name in ("max_request_bytes", "max_completion_tokens", "max_waiting"):
+        if getattr(args, name) < 1:
+            raise ProbewatchError(f"--{name.replace('_', '-')} must be >= 1")
+    return HTTPLimits(
+        api_keys=tuple(keys),
+        max_request_bytes=args.max_request_bytes,
+        max_context_tokens=args.max_context_tokens,
+        max_completion_tokens=args.max_completion_tokens,
+        max_waiting=args.max_waiting,
+    )

@@ -118,7 +118,15 @@ def test_sidecar_container_is_locked_down(chartkit, rendered):
 
 
 def test_health_probes_go_through_grpc_health(chartkit, rendered):
-    plain = container(pod_spec(objects(chartkit, rendered["default"])), "probewatch")
+    # sidecar mode: the port listens on 127.0.0.1, which the kubelet's own gRPC probe (pod IP) cannot
+    # reach: the exec probe checks from inside the container
+    sidecar_mode = container(pod_spec(objects(chartkit, rendered["default"])), "probewatch")
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        cmd = sidecar_mode[probe]["exec"]["command"]
+        assert cmd[:3] == ["probewatch-healthcheck", "--address", "127.0.0.1:50051"] and "--tls" not in cmd
+    # standalone plaintext (explicitly insecure): the kubelet's native gRPC probe
+    insecure = chartkit.render({"mode": "standalone", "auth": {"allowInsecureStandalone": True}})
+    plain = container(pod_spec(objects(chartkit, insecure)), "probewatch")
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert plain[probe]["grpc"] == {"port": 50051, "service": ""}
     # With TLS the kubelet's native gRPC probe cannot verify the server: the exec health check does.
@@ -158,8 +166,29 @@ def test_vllm_variant(chartkit, rendered):
     spec = pod_spec(objs)
     vllm = container(spec, "vllm")
     assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert env_of(vllm)["PROBEWATCH_SIDECAR"] == "127.0.0.1:50051"
+    # vLLM mode: `vllm serve` on the sidecar's model folder; the plugin's settings in the environment
+    assert vllm["command"] == ["vllm", "serve"]
+    assert vllm["args"] == [
+        "/models/Qwen2.5-7B-Instruct",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--served-model-name",
+        "qwen2.5-7b-instruct",
+        "--max-model-len",
+        "8192",
+    ]
+    env = env_of(vllm)
+    assert env["PROBEWATCH_SIDECAR"] == "127.0.0.1:50051"
+    assert env["PROBEWATCH_MODE"] == "pushdown" and env["PROBEWATCH_CLIENT_METRICS_PORT"] == "9401"
+    assert int(env["PROBEWATCH_WAIT_S"]) > 0
+    assert {"name": "pw-client", "containerPort": 9401, "protocol": "TCP"} in vllm["ports"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert vllm[probe]["httpGet"] == {"path": "/health", "port": "http"}, probe
+    assert vllm["startupProbe"]["failureThreshold"] * vllm["startupProbe"]["periodSeconds"] >= 600
     assert {"name": "shm", "mountPath": "/dev/shm"} in vllm["volumeMounts"]
+    assert {"name": "models", "mountPath": "/models"} in vllm["volumeMounts"]
     # Native sidecar: probewatch is an init container that keeps running (restartPolicy Always),
     # so it is up before vLLM starts.
     assert [c["name"] for c in spec["containers"]] == ["vllm"]
@@ -198,7 +227,20 @@ def test_service_and_servicemonitor_find_the_pod(chartkit, rendered):
         ]
         assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     vllm_sm = objects(chartkit, rendered["vllm"])["ServiceMonitor"]
-    assert {e["port"] for e in vllm_sm["spec"]["endpoints"]} == {"metrics", "http"}
+    # sidecar series, vLLM's own vllm:* series, and the plugin's probewatch_client_* series
+    assert {e["port"] for e in vllm_sm["spec"]["endpoints"]} == {"metrics", "http", "pw-client"}
+
+
+def test_vllm_mode_needs_a_model_folder(chartkit):
+    values = {"inference": {"vllm": {"enabled": True}}}  # sidecar.model is a registry name by default
+    with pytest.raises(Exception, match="must be a model folder path"):
+        chartkit.render(values)
+    rendered = chartkit.render({"inference": {"vllm": {"enabled": True, "model": "/models/m", "mode": "rows"}}})
+    objs = objects(chartkit, rendered)
+    c = container(pod_spec(objs), "inference")
+    assert c["args"][:5] == ["/models/m", "--host", "0.0.0.0", "--port", "8000"]
+    assert env_of(c)["PROBEWATCH_MODE"] == "rows"
+    assert "pw-client" in {p["name"] for p in objs["Service"]["spec"]["ports"]}
 
 
 def test_dashboard_configmap_embeds_the_dashboard_file(chartkit, rendered):
@@ -244,14 +286,81 @@ def test_rule_values_are_honoured(chartkit):
     assert ") > 0.25\n" in rules["ProbewatchRefusalAlertRateHigh"]["expr"]
 
 
+def test_sidecar_mode_binds_loopback_and_keeps_grpc_off_the_service(chartkit, rendered):
+    objs = objects(chartkit, rendered["default"])
+    sidecar = container(pod_spec(objs), "probewatch")
+    args = sidecar["args"]
+    assert args[args.index("--host") + 1] == "127.0.0.1"
+    assert args[args.index("--metrics-host") + 1] == "0.0.0.0"  # Prometheus scrapes the pod IP
+    assert {p["name"] for p in objs["Service"]["spec"]["ports"]} == {"metrics", "http"}
+    assert {p["name"] for p in sidecar["ports"]} == {"metrics"}
+    # security defaults: no reflection, no verbatim text, a retention, drain within the pod's grace
+    assert "--reflection" not in args and "--auth-token-file" not in args
+    assert args[args.index("--store-text") + 1] == "redacted"
+    assert args[args.index("--retention-days") + 1] == "30"
+    grace = float(args[args.index("--shutdown-grace") + 1])
+    assert grace == 20 and grace < pod_spec(objs)["terminationGracePeriodSeconds"]
+
+
+def test_standalone_needs_mutual_tls_or_an_explicit_opt_in(chartkit, rendered):
+    import helm_python
+
+    for values in ({"mode": "standalone"}, {"mode": "standalone", "tls": {"enabled": True, "secretName": "t"}}):
+        with pytest.raises(helm_python.HelmError) as info:
+            chartkit.render(values)
+        assert "enable mutual TLS" in str(info.value) and "auth.allowInsecureStandalone" in str(info.value)
+    objs = objects(chartkit, rendered["standalone"])  # the example: mutual TLS + token
+    args = container(pod_spec(objs), "probewatch")["args"]
+    assert args[args.index("--host") + 1] == "0.0.0.0" and "--tls-client-ca" in args
+    assert {p["name"] for p in objs["Service"]["spec"]["ports"]} == {"grpc", "metrics"}
+    insecure = objects(chartkit, chartkit.render({"mode": "standalone", "auth": {"allowInsecureStandalone": True}}))
+    assert (
+        "PLAINTEXT"
+        in chartkit.render({"mode": "standalone", "auth": {"allowInsecureStandalone": True}})[
+            "probewatch/templates/NOTES.txt"
+        ]
+    )
+    chartkit.validate_rendered(chartkit.render({"mode": "standalone", "auth": {"allowInsecureStandalone": True}}))
+    assert "grpc" in {p["name"] for p in insecure["Service"]["spec"]["ports"]}
+
+
+def test_token_and_api_key_secrets(chartkit, rendered):
+    objs = objects(chartkit, rendered["standalone"])
+    spec = pod_spec(objs)
+    sidecar = container(spec, "probewatch")
+    assert sidecar["args"][sidecar["args"].index("--auth-token-file") + 1] == "/etc/probewatch/auth/token"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["auth-token"]["secret"] == {
+        "secretName": "probewatch-token",
+        "items": [{"key": "token", "path": "token"}],
+        "defaultMode": 0o440,
+    }
+    assert {"name": "auth-token", "mountPath": "/etc/probewatch/auth", "readOnly": True} in sidecar["volumeMounts"]
+    # sidecar mode: the inference container gets the token file for its attach client, and its API key
+    values = {"auth": {"tokenSecret": {"name": "pw-token"}}, "inference": {"apiKeySecret": {"name": "pw-api"}}}
+    rendered_values = chartkit.render(values)
+    chartkit.validate_rendered(rendered_values)
+    inference = container(pod_spec(objects(chartkit, rendered_values)), "inference")
+    env = env_of(inference)
+    assert env["PROBEWATCH_AUTH_TOKEN_FILE"] == "/etc/probewatch/auth/token"
+    assert env["PROBEWATCH_API_KEY"] == {"secretKeyRef": {"name": "pw-api", "key": "api-key"}}
+    assert {"name": "auth-token", "mountPath": "/etc/probewatch/auth", "readOnly": True} in inference["volumeMounts"]
+
+
 @pytest.mark.parametrize(
     "values, message",
     [
         ({"mode": "daemonset"}, "mode"),
+        ({"sidecar": {"shutdownGraceSeconds": 30}}, "must be below terminationGracePeriodSeconds"),
+        ({"sidecar": {"healthProbe": "grpc"}}, "cannot work in sidecar mode"),
+        ({"incidents": {"storeText": "everything"}}, "storeText"),
         ({"sidecar": {"grpcPort": 0}}, "grpcPort"),
         ({"sidecarr": {}}, "sidecarr"),
         ({"tls": {"enabled": True}}, "tls.secretName"),
-        ({"mode": "standalone", "sidecar": {"nativeSidecar": True}}, "nativeSidecar"),
+        (
+            {"mode": "standalone", "auth": {"allowInsecureStandalone": True}, "sidecar": {"nativeSidecar": True}},
+            "nativeSidecar",
+        ),
         ({"replicaCount": 2, "home": {"persistence": {"enabled": True}}}, "replicaCount"),
         ({"inference": {"image": {"repository": "vllm/vllm-openai"}}}, "inference.image.tag"),
     ],

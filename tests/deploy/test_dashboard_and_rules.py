@@ -47,19 +47,29 @@ def rule_exprs() -> list[str]:
 
 
 def exported_metric_names() -> set[str]:
-    """Every sample name the sidecar and the attach client export (from their real collectors)."""
+    """Every sample name the sidecar, the attach client and the review app export (their real collectors)."""
+    import tempfile
+    from pathlib import Path
+
+    from probewatch.server.incidents import IncidentStore
     from probewatch.server.metrics import ClientMetrics, SidecarMetrics
+    from probewatch.server.review.metrics import review_registry
 
     names = set()
-    for metrics in (SidecarMetrics(), ClientMetrics()):
-        for family in metrics.registry.collect():
-            names.add(family.name)
-            if family.type == "counter":
-                names.add(family.name + "_total")
-            if family.type == "info":
-                names.add(family.name + "_info")
-            if family.type == "histogram":
-                names.update(family.name + s for s in ("_bucket", "_sum", "_count"))
+    with tempfile.TemporaryDirectory() as tmp:
+        store = IncidentStore.open(Path(tmp) / "incidents.sqlite3")
+        review, _, _ = review_registry(store)
+        families = [f for m in (SidecarMetrics(), ClientMetrics()) for f in m.registry.collect()]
+        families += list(review.collect())
+        store.close()
+    for family in families:
+        names.add(family.name)
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        if family.type == "info":
+            names.add(family.name + "_info")
+        if family.type == "histogram":
+            names.update(family.name + s for s in ("_bucket", "_sum", "_count"))
     return {n for n in names if n.startswith("probewatch_")}
 
 

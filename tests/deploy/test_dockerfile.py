@@ -124,6 +124,7 @@ def test_runtime_is_non_root_with_entrypoint_and_healthcheck(parsed):
     assert entry == ["probewatch", "serve"]
     cmd = json.loads(next(rest for word, rest in runtime if word == "CMD"))
     assert cmd[cmd.index("--port") + 1] == "50051" and cmd[cmd.index("--metrics-port") + 1] == "9400"
+    assert cmd[cmd.index("--metrics-host") + 1] == "0.0.0.0"  # the CLI default is 127.0.0.1
     health = next(rest for word, rest in runtime if word == "HEALTHCHECK")
     check = json.loads(health.split("CMD", 1)[1].strip())
     assert check[0] == "probewatch-healthcheck" and "127.0.0.1:50051" in check

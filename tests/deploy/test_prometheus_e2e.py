@@ -7,8 +7,11 @@ The test starts, all on loopback ports it picked free:
     accepts every other delivery and rejects the rest (so both webhook outcomes are counted);
   * the attach client (the sidecar's own client API) on the same tiny model in this process, its
     probewatch_client_* metrics served over HTTP the way `probewatch run` serves them;
-  * Prometheus (Debian's package) with a generated config that scrapes both as job="probewatch"
-    and job="probewatch-inference" every second and loads deploy/prometheus/probewatch-rules.yaml.
+  * `probewatch review` on the sidecar's incident store (a reviewer labels a few incidents through
+    its API);
+  * Prometheus (Debian's package) with a generated config that scrapes the three as job="probewatch",
+    job="probewatch-inference" and job="probewatch-review" every second and loads
+    deploy/prometheus/probewatch-rules.yaml.
 Then it streams 30 generations through the attach client, plus, on a raw gRPC stream, one chunk
 for an unknown generation (rejected NOT_FOUND) and one generation closed with client-dropped
 chunks, and asserts:
@@ -63,6 +66,7 @@ MUST_FIRE = {
     "ProbewatchDroppingChunks",
     "ProbewatchRejectingMessages",
     "ProbewatchWebhookFailing",
+    "ProbewatchReviewBacklogGrowing",  # 91 open incidents within a minute: above 50 and growing
 }
 MUST_BE_QUIET = {
     "ProbewatchSidecarDown",
@@ -72,9 +76,14 @@ MUST_BE_QUIET = {
     "ProbewatchClientDroppingChunks",
     "ProbewatchClientCaptureSelfCheckFailed",
     "ProbewatchIncidentStoreErrors",
+    "ProbewatchInternalErrors",
     "ProbewatchAbortedGenerations",
     "ProbewatchQueueNearFull",
+    "ProbewatchReviewStale",
+    "ProbewatchReviewedPrecisionLow",
+    "ProbewatchReviewStoreDown",
 }
+REVIEW_TOKEN = "e2e-reviewer-token-0123456789"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +213,39 @@ def client(tiny_model, sidecar):
 
 
 @pytest.fixture(scope="module")
-def prometheus(prometheus_bin, workdir, sidecar, client):
+def review_app(workdir, sidecar):
+    """`probewatch review` on the sidecar's SQLite store (a reviewer authenticates with a token)."""
+    tokens = workdir / "review-tokens"
+    tokens.write_text(f"e2e-reviewer:{REVIEW_TOKEN}\n")
+    port = free_port()
+    argv = [
+        str(Path(sys.executable).parent / "probewatch"),
+        "review",
+        "--db",
+        str(workdir / "incidents.sqlite3"),
+        "--port",
+        str(port),
+        "--token-file",
+        str(tokens),
+        "--metrics-cache",
+        "0",
+    ]
+    service = Service("review", argv, workdir / "review.log")
+    try:
+        url = f"http://127.0.0.1:{port}"
+
+        def serving():
+            assert service.alive(), f"probewatch review exited:\n{service.output()}"
+            return urllib.request.urlopen(f"{url}/healthz", timeout=2).status == 200
+
+        wait_for(serving, 60, "the review app to serve")
+        yield {"url": url, "port": port}
+    finally:
+        service.stop()
+
+
+@pytest.fixture(scope="module")
+def prometheus(prometheus_bin, workdir, sidecar, client, review_app):
     port = free_port()
     config = {
         "global": {"scrape_interval": SCRAPE, "scrape_timeout": SCRAPE, "evaluation_interval": SCRAPE},
@@ -215,6 +256,7 @@ def prometheus(prometheus_bin, workdir, sidecar, client):
                 "job_name": "probewatch-inference",
                 "static_configs": [{"targets": [f"127.0.0.1:{client['metrics_port']}"]}],
             },
+            {"job_name": "probewatch-review", "static_configs": [{"targets": [f"127.0.0.1:{review_app['port']}"]}]},
         ],
     }
     config_path = workdir / "prometheus.yml"
@@ -243,11 +285,11 @@ def prometheus(prometheus_bin, workdir, sidecar, client):
             "Prometheus to be ready",
         )
 
-        def both_targets_up():
+        def all_targets_up():
             targets = api.get("/api/v1/targets")["activeTargets"]
-            return len(targets) == 2 and all(t["health"] == "up" for t in targets)
+            return len(targets) == 3 and all(t["health"] == "up" for t in targets)
 
-        wait_for(both_targets_up, 30, "Prometheus to scrape the sidecar and the attach client")
+        wait_for(all_targets_up, 30, "Prometheus to scrape the sidecar, the attach client and the review app")
         yield api
     finally:
         service.stop()
@@ -328,8 +370,25 @@ def raw_stream_traffic(address: str, fingerprint: str, d_model: int) -> list:
     return responses
 
 
+def review_some(review_url: str) -> dict[str, str]:
+    """A reviewer labels three pw-deception incidents (two true, one false positive) through the API."""
+    headers = {"Authorization": f"Bearer {REVIEW_TOKEN}", "Content-Type": "application/json"}
+
+    def call(path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(f"{review_url}{path}", data=data, headers=headers)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    rows = call("/api/incidents?probe=pw-deception&per_page=3")["rows"]
+    verdicts = dict(zip((r["id"] for r in rows), ("true_positive", "true_positive", "false_positive")))
+    for incident_id, verdict in verdicts.items():
+        call(f"/api/incidents/{incident_id}/label", {"label": verdict})
+    return verdicts
+
+
 @pytest.fixture(scope="module")
-def traffic(prometheus, sidecar, client, tiny_model, webhook_receiver):
+def traffic(prometheus, sidecar, client, tiny_model, webhook_receiver, review_app):
     import torch
 
     monitor, model = client["monitor"], client["model"]
@@ -351,9 +410,15 @@ def traffic(prometheus, sidecar, client, tiny_model, webhook_receiver):
         30,
         "Prometheus to scrape the rejected message",
     )
+    verdicts = review_some(review_app["url"])
+    wait_for(
+        lambda: prometheus.query('sum(probewatch_review_labels{job="probewatch-review"}) >= 3'),
+        30,
+        "Prometheus to scrape the review verdicts",
+    )
     # the rejected-message codes are pre-created at 0, so one rejection already shows in rate()
     time.sleep(3)
-    return {"results": results, "raw": raw}
+    return {"results": results, "raw": raw, "verdicts": verdicts}
 
 
 def test_traffic_was_monitored(traffic, tiny_model, webhook_receiver):
@@ -389,7 +454,11 @@ def test_alerts_were_recorded_as_incidents(workdir, traffic):
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(rows) == GENERATIONS + 1  # the raw generation alerted too
     assert {r["probe"] for r in rows} == {"pw-deception"}
-    assert {r["status"] for r in rows} == {"open"} and all(r["model_fingerprint"].startswith("pwfp1:") for r in rows)
+    assert all(r["model_fingerprint"].startswith("pwfp1:") for r in rows)
+    # open, except the three the reviewer labelled through the review app (labelling claims an incident)
+    labelled = {r["id"]: (r["status"], r["label"]) for r in rows if r["label"]}
+    assert labelled == {i: ("acknowledged", v) for i, v in traffic["verdicts"].items()}
+    assert {r["status"] for r in rows if not r["label"]} == {"open"}
 
 
 def test_sidecar_passes_the_image_healthcheck(sidecar):
@@ -471,6 +540,19 @@ def test_dashboard_values_describe_the_traffic(prometheus, traffic, tiny_model):
     # 3 probes x (30 attach-client generations + the raw one); increase() extrapolates a little.
     assert 3 * GENERATIONS <= stat("Alerts in range") <= 3 * (GENERATIONS + 1) * 1.1
     assert stat("Dropped chunks in range") > 0  # the raw generation's 3 client-dropped chunks
+    # the review app's view of the same store: 3 probes x 30 generations + the raw one's pw-deception
+    # incident (its chunk was on layer 1 only), 3 of them labelled (acknowledged)
+    incidents = 3 * GENERATIONS + 1
+    assert stat("Review backlog") == incidents
+    assert 0 < stat("Oldest open incident") < 600 and stat("Review store") == 1.0
+    precision = prometheus.query(grafana_substitute(by_title["Reviewed precision per probe"]["targets"][0]["expr"]))
+    assert {r["metric"]["probe"]: float(r["value"][1]) for r in precision} == {"pw-deception": pytest.approx(2 / 3)}
+    backlog = prometheus.query(grafana_substitute(by_title["Backlog by status"]["targets"][0]["expr"]))
+    assert {r["metric"]["status"]: float(r["value"][1]) for r in backlog} == {
+        "open": incidents - 3,
+        "acknowledged": 3,
+        "resolved": 0,
+    }
 
     table = by_title["Recent flagged generations (per probe)"]
     last = prometheus.query(grafana_substitute(table["targets"][0]["expr"]))

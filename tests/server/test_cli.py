@@ -95,6 +95,31 @@ def test_missing_bundles_and_bad_tls_files_are_cli_errors(capsys, tmp_path, tiny
     assert "cannot read the TLS key" in err or "cannot read the TLS certificate" in err
 
 
+def test_security_settings_are_checked_at_startup(capsys, tmp_path, tiny_folder, tiny_bundles, tiny_fp):
+    import json as _json
+    import shutil as _shutil
+
+    (tmp_path / "weak").write_text("short\n")
+    code, err = _serve(
+        capsys, "--model", tiny_folder, "--bundles", *tiny_bundles, "--auth-token-file", tmp_path / "weak"
+    )
+    assert code == 2 and "at least 16 random characters" in err
+    code, err = _serve(capsys, "--model", tiny_folder, "--bundles", *tiny_bundles, "--max-streams", "0")
+    assert code == 2 and "invalid setting max_streams=0" in err
+    # a bundle without a weights checksum is refused unless explicitly allowed
+    unverified = tmp_path / "unverified"
+    _shutil.copytree(tiny_bundles[0], unverified)
+    manifest = _json.loads((unverified / "manifest.json").read_text())
+    manifest["weights_sha256"] = ""
+    (unverified / "manifest.json").write_text(_json.dumps(manifest))
+    code, err = _serve(capsys, "--model", tiny_folder, "--bundles", unverified, "--no-incidents")
+    assert code == 2 and "records no weights_sha256" in err and "--allow-unverified-bundles" in err
+    from probewatch.server.sidecar import Sidecar, sidecar_config_for
+
+    config = sidecar_config_for(str(tiny_folder), [str(unverified)], allow_unverified_bundles=True, port=0)
+    assert [b.id for b in Sidecar(config).runtime.bundles] == ["dec"]
+
+
 def test_port_in_use_is_a_cli_error(capsys, start_sidecar, tiny_folder, tiny_bundles):
     taken = start_sidecar().port
     code = main(

@@ -148,7 +148,7 @@ def test_streaming_sends_scores_in_the_final_chunk(stack):
 def test_request_errors(stack):
     with httpx.Client(base_url=stack.url, timeout=60) as c:
         r = c.post("/v1/chat/completions", json={"model": "gpt-5", "messages": MESSAGES})
-        assert r.status_code == 404 and r.json()["detail"]["error"]["code"] == "model_not_found"
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"  # OpenAI's error shape
         assert c.post("/v1/chat/completions", json={"messages": []}).status_code == 422
         assert c.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 0}).status_code == 422
 
@@ -241,3 +241,106 @@ def test_a_stalled_stream_ends_with_an_error_naming_the_wait(stack):
     assert "no token within 0.2s" in errors[0]["message"]
     with httpx.Client(base_url=stack.url, timeout=60) as c:
         assert c.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 2}).status_code == 200
+
+
+API_KEY = "pw-test-key-0123456789"
+
+
+@pytest.fixture
+def guarded(chat_folder, tmp_path):
+    from probewatch.server.http_app import HTTPLimits
+    from probewatch.server.stack import LocalStack, StackOptions
+
+    folder, bundles = chat_folder
+    limits = HTTPLimits(
+        api_keys=(API_KEY,), max_request_bytes=4096, max_context_tokens=40, max_completion_tokens=8, max_waiting=1
+    )
+    with LocalStack(
+        StackOptions(
+            model=str(folder),
+            bundles=[str(p) for p in bundles],
+            port=0,
+            incident_db=tmp_path / "incidents.sqlite3",
+            max_tokens=3,
+            http_limits=limits,
+        )
+    ) as s:
+        yield s
+
+
+def test_api_key_and_request_limits(guarded):
+    auth = {"authorization": f"Bearer {API_KEY}"}
+    with httpx.Client(base_url=guarded.url, timeout=120) as c:
+        for headers, why in (({}, "Missing API key"), ({"authorization": "Bearer nope"}, "Incorrect API key")):
+            r = c.post("/v1/chat/completions", json={"messages": MESSAGES}, headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+            assert r.json()["error"]["code"] == "invalid_api_key" and why in r.json()["error"]["message"]
+        assert c.get("/v1/models").status_code == 401
+        assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200  # probes and scrapes
+        assert c.post("/v1/chat/completions", json={"messages": MESSAGES}, headers=auth).status_code == 200
+
+        def error(response) -> tuple[int, str]:
+            return response.status_code, response.json()["error"]["code"]
+
+        big = {"messages": [{"role": "user", "content": "hi " * 3000}]}
+        assert error(c.post("/v1/chat/completions", json=big, headers=auth)) == (413, "request_too_large")
+        chunked = c.post(
+            "/v1/chat/completions",
+            content=iter([json.dumps(big).encode()]),
+            headers={**auth, "content-type": "application/json"},
+        )
+        assert error(chunked) == (413, "request_too_large")
+        too_many = {"messages": MESSAGES, "max_tokens": 9}
+        assert error(c.post("/v1/chat/completions", json=too_many, headers=auth)) == (400, "max_tokens_too_large")
+        long = {"messages": [{"role": "user", "content": "hello " * 60}], "max_tokens": 2}
+        r = c.post("/v1/chat/completions", json=long, headers=auth)
+        assert error(r) == (400, "context_length_exceeded") and "maximum context length is 40" in r.text
+        r = c.post("/v1/chat/completions", json={**long, "stream": True}, headers=auth)
+        assert error(r) == (400, "context_length_exceeded")  # refused before the stream commits to 200
+
+
+def test_busy_server_answers_429(guarded):
+    auth = {"authorization": f"Bearer {API_KEY}"}
+    service = guarded.service
+    results: list = []
+    service._lock.acquire()  # a generation is running
+    try:
+        with httpx.Client(base_url=guarded.url, timeout=120) as c:
+            waiting = __import__("threading").Thread(
+                target=lambda: results.append(
+                    httpx.post(
+                        f"{guarded.url}/v1/chat/completions", json={"messages": MESSAGES}, headers=auth, timeout=120
+                    )
+                )
+            )
+            waiting.start()
+            deadline = time.monotonic() + 30
+            while service._waiting < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            r = c.post("/v1/chat/completions", json={"messages": MESSAGES}, headers=auth)
+            assert r.status_code == 429 and r.headers["retry-after"] == "1"
+            assert r.json()["error"]["code"] == "server_busy"
+            r = c.post("/v1/chat/completions", json={"messages": MESSAGES, "stream": True}, headers=auth)
+            assert r.status_code == 429
+    finally:
+        service._lock.release()
+    waiting.join(120)
+    assert results[0].status_code == 200
+
+
+def test_internal_errors_are_not_echoed(stack):
+    def explode(*args):
+        raise RuntimeError("secret internals at /srv/keys/prod.pem")
+
+    hook = stack.service.model.register_forward_pre_hook(explode)
+    try:
+        with httpx.Client(base_url=stack.url, timeout=60) as c:
+            r = c.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 2})
+            assert r.status_code == 500 and "secret" not in r.text
+            assert r.json()["error"]["type"] == "server_error" and "see the server log" in r.json()["error"]["message"]
+            with c.stream("POST", "/v1/chat/completions", json={"messages": MESSAGES, "stream": True}) as s:
+                events = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]" and "secret" not in "".join(events)
+        assert "see the server log" in json.loads(events[-2])["error"]["message"]
+    finally:
+        hook.remove()

@@ -68,7 +68,7 @@ app.kubernetes.io/part-of: probewatch
 {{/* Health probe kind: grpc (kubelet native) or exec (probewatch-healthcheck, TLS-capable). */}}
 {{- define "probewatch.healthProbeKind" -}}
 {{- if eq .Values.sidecar.healthProbe "auto" }}
-{{- if .Values.tls.enabled }}exec{{ else }}grpc{{ end }}
+{{- if or .Values.tls.enabled (eq .Values.mode "sidecar") }}exec{{ else }}grpc{{ end }}
 {{- else }}
 {{- .Values.sidecar.healthProbe }}
 {{- end }}
@@ -117,13 +117,29 @@ timeoutSeconds: {{ .timeoutSeconds }}
 {{/* Arguments of `probewatch serve` (the image's entrypoint). */}}
 {{- define "probewatch.serveArgs" -}}
 - --host
-- "0.0.0.0"
+{{- /* sidecar mode: only the pod's own containers reach the gRPC port */}}
+- {{ ternary "127.0.0.1" "0.0.0.0" (eq .Values.mode "sidecar") | quote }}
 - --port
 - {{ .Values.sidecar.grpcPort | quote }}
+- --metrics-host
+- "0.0.0.0"
 - --metrics-port
 - {{ .Values.sidecar.metricsPort | quote }}
 - --queue-size
 - {{ .Values.sidecar.queueSize | quote }}
+- --shutdown-grace
+- {{ .Values.sidecar.shutdownGraceSeconds | quote }}
+- --store-text
+- {{ .Values.incidents.storeText | quote }}
+- --retention-days
+- {{ .Values.incidents.retentionDays | quote }}
+{{- if .Values.sidecar.reflection }}
+- --reflection
+{{- end }}
+{{- if .Values.auth.tokenSecret.name }}
+- --auth-token-file
+- /etc/probewatch/auth/token
+{{- end }}
 - --model
 - {{ .Values.sidecar.model | quote }}
 {{- range .Values.bundles.configMaps }}
@@ -151,13 +167,43 @@ timeoutSeconds: {{ .timeoutSeconds }}
 
 {{/* Validation of combinations the schema cannot express. */}}
 {{- define "probewatch.validate" -}}
+{{- if and .Values.review.enabled (not .Values.incidents.database.secretName) }}
+{{- fail "review.enabled needs incidents.database.secretName: the review app and every sidecar share one database (PostgreSQL URL in a Secret)" }}
+{{- end }}
+{{- if and .Values.review.enabled (not (or .Values.review.auth.trustedHeaders .Values.review.auth.tokenSecret)) }}
+{{- fail "review.enabled needs reviewer authentication: review.auth.trustedHeaders (behind oauth2-proxy) or review.auth.tokenSecret" }}
+{{- end }}
 {{- if and .Values.tls.enabled (not .Values.tls.secretName) }}
 {{- fail "tls.enabled requires tls.secretName (a kubernetes.io/tls Secret)" }}
 {{- end }}
 {{- if and (eq .Values.mode "standalone") .Values.sidecar.nativeSidecar }}
 {{- fail "sidecar.nativeSidecar applies to mode: sidecar only" }}
 {{- end }}
+{{- if and (eq .Values.mode "standalone") (not (and .Values.tls.enabled .Values.tls.clientAuth)) (not .Values.auth.allowInsecureStandalone) }}
+{{- fail "mode: standalone exposes the gRPC port on the Service: enable mutual TLS (tls.enabled, tls.clientAuth, tls.secretName), or set auth.allowInsecureStandalone=true to accept plaintext clients nobody authenticates" }}
+{{- end }}
+{{- if and (eq .Values.mode "sidecar") (eq .Values.sidecar.healthProbe "grpc") }}
+{{- fail "sidecar.healthProbe: grpc cannot work in sidecar mode: the kubelet's gRPC probe connects to the pod IP, but the sidecar listens on 127.0.0.1; use exec (or auto)" }}
+{{- end }}
+{{- if ge (int .Values.sidecar.shutdownGraceSeconds) (int .Values.terminationGracePeriodSeconds) }}
+{{- fail (printf "sidecar.shutdownGraceSeconds (%v) must be below terminationGracePeriodSeconds (%v): the pod is killed before open generations get their summaries and incidents are flushed" .Values.sidecar.shutdownGraceSeconds .Values.terminationGracePeriodSeconds) }}
+{{- end }}
 {{- if and .Values.home.persistence.enabled (gt (int .Values.replicaCount) 1) }}
 {{- fail "home.persistence holds one SQLite incident store and supports replicaCount: 1; with more replicas keep the emptyDir and collect incidents through incidents.webhook" }}
 {{- end }}
+{{- end }}
+
+{{/* The review app's labels: its own app name, so the sidecar Deployment, Service and ServiceMonitor never select its pods. */}}
+{{- define "probewatch.reviewSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-review" (include "probewatch.name" .) }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "probewatch.reviewLabels" -}}
+helm.sh/chart: {{ include "probewatch.chart" . }}
+{{ include "probewatch.reviewSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: probewatch
+app.kubernetes.io/component: review
 {{- end }}
