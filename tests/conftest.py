@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.components import missing
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("PROBEWATCH_DATA") or REPO_ROOT.parent / "shared" / "datasets")
 
@@ -84,5 +86,5 @@ def reference():
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"public datasets not found at {SHARED_DATA} (set PROBEWATCH_DATA)")
+        missing(f"public datasets not found at {SHARED_DATA} (set PROBEWATCH_DATA)")
     return SHARED_DATA

@@ -18,6 +18,11 @@ def add_model_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_bundles_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    """`--bundles DIR ...`, repeatable (each use extends the list); None = the command's default."""
+    parser.add_argument("--bundles", nargs="+", action="extend", default=None, metavar="DIR", help=help)
+
+
 def add_json_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object/list as the last stdout line")
 

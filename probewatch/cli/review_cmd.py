@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from probewatch.cli.common import add_bundles_arg
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -31,13 +33,8 @@ def add_review_arguments(p: argparse.ArgumentParser, standalone: bool = False) -
         )
         p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
         p.add_argument("--port", type=int, default=8080, help="HTTP port (default 8080; 0 = ephemeral)")
-        p.add_argument(
-            "--bundles",
-            nargs="+",
-            action="extend",
-            default=None,
-            metavar="DIR",
-            help="bundle folders whose manifests the incident pages show (the shipped and user bundles are always read)",
+        add_bundles_arg(
+            p, "bundle folders whose manifests the incident pages show (the shipped and user bundles are always read)"
         )
         p.add_argument(
             "--tokenizer",

@@ -9,20 +9,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from probewatch.cli.common import add_model_arg
+from probewatch.cli.common import add_bundles_arg, add_model_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="serve /v1/chat/completions (OpenAI-compatible) with live monitoring attached")
     add_model_arg(p)
-    p.add_argument(
-        "--bundles",
-        nargs="+",
-        action="extend",
-        default=None,
-        metavar="DIR",
-        help="bundles for the in-process sidecar (default: the shipped bundles for the model)",
-    )
+    add_bundles_arg(p, "bundles for the in-process sidecar (default: the shipped bundles for the model)")
     p.add_argument(
         "--sidecar",
         default=None,

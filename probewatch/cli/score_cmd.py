@@ -7,18 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from probewatch.cli.common import add_json_arg, add_model_arg, print_json
+from probewatch.cli.common import add_bundles_arg, add_json_arg, add_model_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("score", help="score every dialogue of a JSONL file with probe bundles (offline)")
     add_model_arg(parser)
     parser.add_argument("--data", type=Path, required=True, help="dialogue JSONL (labels optional)")
-    parser.add_argument(
-        "--bundles",
-        nargs="+",
-        default=None,
-        help="bundle folders, folders of bundles or probe ids (default: the shipped bundles for the model)",
+    add_bundles_arg(
+        parser, "bundle folders, folders of bundles or probe ids (default: the shipped bundles for the model)"
     )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None, help="write per-dialogue scores as JSONL here")

@@ -13,19 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from probewatch.cli.common import add_model_arg
+from probewatch.cli.common import add_bundles_arg, add_model_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the gRPC sidecar that scores live generations (Prometheus /metrics, alerts)")
     add_model_arg(p)
-    p.add_argument(
-        "--bundles",
-        nargs="+",
-        action="extend",
-        default=None,
-        metavar="DIR",
-        help="bundle folders, folders of bundles or probe ids; repeatable (default: the shipped bundles for the model)",
+    add_bundles_arg(
+        p, "bundle folders, folders of bundles or probe ids; repeatable (default: the shipped bundles for the model)"
     )
     p.add_argument(
         "--fingerprint",

@@ -13,6 +13,7 @@ import subprocess
 import pytest
 import yaml
 
+from tests.components import missing
 from tests.deploy.conftest import DEPLOY, RULES_FILE
 
 CONFIG = DEPLOY / "alertmanager" / "alertmanager-probewatch.yaml"
@@ -29,7 +30,7 @@ REVIEW = {"ProbewatchReviewBacklogGrowing", "ProbewatchReviewStale", "Probewatch
 def amtool() -> str:
     exe = shutil.which("amtool")
     if exe is None:
-        pytest.skip(
+        missing(
             "amtool not installed (Debian package prometheus-alertmanager; `make test` installs it via "
             "deploy/scripts/ensure-prometheus.sh when run as root)"
         )

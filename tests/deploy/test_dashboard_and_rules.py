@@ -16,6 +16,7 @@ import subprocess
 import pytest
 import yaml
 
+from tests.components import missing
 from tests.deploy.conftest import DASHBOARD, REPO, RULE_TESTS, RULES_FILE
 
 METRIC_RE = re.compile(r"\b(probewatch_[a-z0-9_]+)")
@@ -205,7 +206,7 @@ def test_rule_set_covers_the_required_alerts():
 def promtool_or_skip() -> str:
     exe = shutil.which("promtool")
     if exe is None:
-        pytest.skip(
+        missing(
             "promtool not installed (Debian package `prometheus`; `make test` runs "
             "deploy/scripts/ensure-prometheus.sh, which installs it when run as root)"
         )

@@ -45,6 +45,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.components import missing
 from tests.deploy.conftest import DASHBOARD, REPO, RULES_FILE
 from tests.deploy.tiny import Service, free_port, make_bundles, save_tiny_model, wait_for
 
@@ -95,7 +96,7 @@ REVIEW_TOKEN = "e2e-reviewer-token-0123456789"
 def prometheus_bin() -> str:
     exe = shutil.which("prometheus")
     if exe is None or shutil.which("promtool") is None:
-        pytest.skip(
+        missing(
             "Prometheus is not installed: Debian's `prometheus` package provides prometheus and promtool "
             "(`make test` installs it via deploy/scripts/ensure-prometheus.sh when run as root)"
         )

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.components import missing
 from tests.deploy.conftest import REPO
 from tests.deploy.tiny import Service, free_port, make_bundles, probewatch_exe, save_tiny_model, wait_for
 
@@ -34,7 +35,7 @@ def openssl(*args: str, cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def tls_dir(tmp_path_factory) -> Path:
     if shutil.which("openssl") is None:
-        pytest.skip("openssl not installed: it makes the test certificates")
+        missing("openssl not installed: it makes the test certificates")
     d = tmp_path_factory.mktemp("tls")
     openssl(
         "req",

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.components import missing
+
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless",
@@ -43,7 +45,7 @@ def serve_review() -> Iterator[Callable]:
 def browser():
     """One Chromium for the whole session (each test opens its own page/context)."""
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"{CHROMIUM} not installed (make test installs it: deploy/scripts/ensure-chromium.sh)")
+        missing(f"{CHROMIUM} not installed (make test installs it: deploy/scripts/ensure-chromium.sh)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

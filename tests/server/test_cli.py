@@ -16,6 +16,7 @@ from probewatch.cli.main import main
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
 from probewatch.server.bench import SidecarProcess
+from tests.components import missing
 from tests.probes.helpers import make_bundle
 
 
@@ -180,9 +181,11 @@ def test_serve_process_end_to_end(tmp_path, tiny_folder, tiny_bundles, tiny_fp):
         sidecar.stop()
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI to make a test certificate")
 def test_tls_sidecar_and_attach_client(tmp_path, tiny_model, start_sidecar):
     import torch
+
+    if shutil.which("openssl") is None:
+        missing("needs the openssl CLI to make a test certificate")
 
     from probewatch.server.attach import attach
 

@@ -7,32 +7,14 @@ import json
 import pytest
 
 from probewatch.cli.main import main
-from probewatch.server.incidents import Incident, IncidentNotFoundError, IncidentStore, IncidentStoreError
-
-
-def _incident(**kw) -> Incident:
-    base = {
-        "generation_id": "g1",
-        "probe": "dec",
-        "behaviour": "deception",
-        "score": 2.5,
-        "threshold": 1.0,
-        "model_fingerprint": "pwfp1:" + "ab" * 16,
-        "bundle_version": "3",
-        "aggregation": "max",
-        "token_scores": [[7, 0.5], [8, 2.5]],
-        "prompt": "q",
-        "response": "a",
-        "metadata": {"tenant": "x"},
-    }
-    base.update(kw)
-    return Incident(**base)
+from probewatch.server.incidents import IncidentNotFoundError, IncidentStore, IncidentStoreError
+from tests.store.factory import make_incident
 
 
 def test_record_list_get_and_review(tmp_path):
     store = IncidentStore.open(tmp_path / "sub" / "inc.sqlite3")
-    a = store.record(_incident())
-    b = store.record(_incident(generation_id="g2", probe="ref", behaviour="refusal", prompt=None, response=None))
+    a = store.record(make_incident())
+    b = store.record(make_incident(generation_id="g2", probe="ref", behaviour="refusal", prompt=None, response=None))
     assert (a, b) == (1, 2) and store.count() == 2
     got = store.get(a)
     assert got.token_scores == [[7, 0.5], [8, 2.5]] and got.metadata == {"tenant": "x"} and got.status == "open"
@@ -53,8 +35,8 @@ def test_record_list_get_and_review(tmp_path):
 def test_incidents_cli(tmp_path, capsys):
     db = tmp_path / "inc.sqlite3"
     store = IncidentStore.open(db)
-    store.record(_incident())
-    store.record(_incident(generation_id="g2", probe="ref", behaviour="refusal"))
+    store.record(make_incident())
+    store.record(make_incident(generation_id="g2", probe="ref", behaviour="refusal"))
     store.close()
 
     assert main(["incidents", "list", "--db", str(db), "--json"]) == 0
@@ -82,8 +64,8 @@ def test_incidents_cli(tmp_path, capsys):
 # -- crash safety: written at alert time, completed at close, idempotent --------------------------------------
 def test_alert_row_is_written_open_then_completed(tmp_path):
     store = IncidentStore.open(tmp_path / "inc.sqlite3")
-    first = store.record_alert(_incident(generation_status="open", token_scores=[[7, 0.5]], prompt=None))
-    again = store.record_alert(_incident(generation_status="open"))  # a retried write: same row
+    first = store.record_alert(make_incident(generation_status="open", token_scores=[[7, 0.5]], prompt=None))
+    again = store.record_alert(make_incident(generation_status="open"))  # a retried write: same row
     assert first == again and store.count() == 1
     # another process (the review CLI) sees the row before the generation ends
     assert IncidentStore.open(tmp_path / "inc.sqlite3", readonly=True).get(first).generation_status == "open"
@@ -94,7 +76,7 @@ def test_alert_row_is_written_open_then_completed(tmp_path):
     assert (done.score, done.generation_status, done.prompt, done.response) == (3.0, "closed", "q", "a")
     assert done.token_scores == [[7, 0.5], [8, 3.0]]
     # record() of an alert raised at close for the same (generation, probe) updates that row too
-    assert store.record(_incident(score=4.0, generation_status="aborted")) == first and store.count() == 1
+    assert store.record(make_incident(score=4.0, generation_status="aborted")) == first and store.count() == 1
     assert store.get(first).generation_status == "aborted"
     with pytest.raises(ValueError, match="generation status 'bogus'"):
         store.complete(first, score=1.0, token_scores=[], generation_status="bogus")
@@ -102,8 +84,8 @@ def test_alert_row_is_written_open_then_completed(tmp_path):
 
 def test_rows_left_open_become_interrupted(tmp_path):
     store = IncidentStore.open(tmp_path / "inc.sqlite3")
-    a = store.record_alert(_incident(generation_status="open"))
-    b = store.record(_incident(generation_id="g2"))
+    a = store.record_alert(make_incident(generation_status="open"))
+    b = store.record(make_incident(generation_id="g2"))
     assert store.mark_interrupted() == 1
     assert store.get(a).generation_status == "interrupted" and store.get(b).generation_status == "closed"
     assert [i.id for i in store.list(generation_status="interrupted")] == [a]
@@ -117,7 +99,7 @@ def test_store_text_modes(tmp_path):
         store = IncidentStore.open(tmp_path / f"{mode}.sqlite3", store_text=mode)
         rows[mode] = store.get(
             store.record(
-                _incident(
+                make_incident(
                     prompt=text,
                     response="ok " + text,
                     metadata={"user": "jane", "tenant": "acme"},
@@ -140,7 +122,7 @@ def test_store_text_modes(tmp_path):
     # a pseudonym is stable within a store (same user -> same pseudonym across incidents and restarts)
     store = IncidentStore.open(tmp_path / "none.sqlite3", store_text="none")
     assert (
-        store.get(store.record(_incident(generation_id="g9", metadata={"user": "jane"}))).metadata["user"]
+        store.get(store.record(make_incident(generation_id="g9", metadata={"user": "jane"}))).metadata["user"]
         == (rows["none"].metadata["user"])
     )
     with pytest.raises(IncidentStoreError, match="store-text mode 'some'"):
@@ -149,7 +131,7 @@ def test_store_text_modes(tmp_path):
 
 def test_text_is_capped(tmp_path):
     store = IncidentStore.open(tmp_path / "inc.sqlite3", max_text_chars=10)
-    got = store.get(store.record(_incident(prompt="x" * 25)))
+    got = store.get(store.record(make_incident(prompt="x" * 25)))
     assert got.prompt == "x" * 10 + "…[truncated 15 chars]"
 
 
@@ -159,7 +141,7 @@ def test_database_files_are_private(tmp_path):
 
     db = tmp_path / "private" / "inc.sqlite3"
     store = IncidentStore.open(db)
-    store.record(_incident())
+    store.record(make_incident())
     files = [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
     assert all(f.exists() for f in files)
     modes = subprocess.run(["stat", "-c", "%a", *map(str, files)], capture_output=True, text=True, check=True)
@@ -177,11 +159,11 @@ def test_retention_and_deletion_remove_the_text_from_disk(tmp_path):
 
     db = tmp_path / "inc.sqlite3"
     store = IncidentStore.open(db)
-    old = _incident(generation_id="old", prompt="SECRET-OLD-PROMPT")
+    old = make_incident(generation_id="old", prompt="SECRET-OLD-PROMPT")
     old.created_at = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=40)).isoformat(timespec="milliseconds")
     store.record(old)
-    keep = store.record(_incident(generation_id="new", prompt="recent"))
-    gone = store.record(_incident(generation_id="bye", prompt="SECRET-BYE-PROMPT"))
+    keep = store.record(make_incident(generation_id="new", prompt="recent"))
+    gone = store.record(make_incident(generation_id="bye", prompt="SECRET-BYE-PROMPT"))
     assert store.purge_older_than(30) == 1
     assert [i.generation_id for i in store.list()] == ["bye", "new"]
     assert store.delete(ids=[gone]) == 1 and [i.id for i in store.list()] == [keep]
@@ -196,8 +178,8 @@ def test_incidents_delete_cli(tmp_path, capsys):
     db = tmp_path / "inc.sqlite3"
     store = IncidentStore.open(db)
     for gid in ("g1", "g2", "g3"):
-        store.record(_incident(generation_id=gid))
-    store.record(_incident(generation_id="g3", probe="ref"))
+        store.record(make_incident(generation_id=gid))
+    store.record(make_incident(generation_id="g3", probe="ref"))
     store.close()
     assert main(["incidents", "delete", "1", "--db", str(db), "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["deleted"] == 1

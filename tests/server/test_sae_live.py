@@ -20,6 +20,7 @@ from probewatch.scoring import score_dialogues
 from probewatch.server.attach import attach
 from probewatch.server.incidents import IncidentStore
 from probewatch.server.sidecar import Sidecar, sidecar_config_for
+from tests.components import missing
 from tests.server.grpc_helpers import metric_value
 
 pytestmark = pytest.mark.integration
@@ -64,9 +65,10 @@ def _generate(model, tok, question: str, monitor=None) -> tuple[list[int], list[
     return prompt, generated[:n_real]
 
 
-@pytest.mark.skipif(not SAE_DIR.is_dir(), reason=f"shipped SAE missing at {SAE_DIR}")
 @pytest.mark.parametrize("mode", ["rows", "pushdown"])
 def test_sae_feature_probe_scores_live_and_alerts(mode, reference, reference_bundles, tmp_path):
+    if not SAE_DIR.is_dir():
+        missing(f"shipped SAE missing at {SAE_DIR}")
     model, tok = reference.model, reference.tokenizer
     texts = {}
     for name, question in (("harmful", HARMFUL), ("honest", HONEST)):

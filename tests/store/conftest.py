@@ -7,13 +7,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.components import missing
 from tests.store.pg import PostgresServer, server_bin
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     if server_bin() is None:
-        pytest.skip(
+        missing(
             "PostgreSQL server binaries not installed (make test installs them: deploy/scripts/ensure-postgresql.sh)"
         )
     server = PostgresServer()

@@ -9,7 +9,6 @@ import pytest
 from sqlalchemy import text
 
 from probewatch.server.incidents import (
-    Incident,
     IncidentNotFoundError,
     IncidentStore,
     IncidentStoreError,
@@ -17,28 +16,7 @@ from probewatch.server.incidents import (
     ReviewConflictError,
     ReviewError,
 )
-
-
-def _incident(**kw) -> Incident:
-    base = {
-        "generation_id": "g1",
-        "probe": "dec",
-        "behaviour": "deception",
-        "score": 2.5,
-        "threshold": 1.0,
-        "model_fingerprint": "pwfp1:" + "ab" * 16,
-        "bundle_version": "3",
-        "aggregation": "max",
-        "token_scores": [[7, 0.5], [8, 2.5]],
-        "prompt": "q",
-        "response": "a",
-        "metadata": {"tenant": "x"},
-        "prompt_length": 7,
-        "tokens": [[7, 101], [8, 102]],
-        "context": {"dec": {"score": 2.5, "threshold": 1.0, "flagged": True}, "ref": {"score": -1.0, "flagged": False}},
-    }
-    base.update(kw)
-    return Incident(**base)
+from tests.store.factory import make_incident
 
 
 @pytest.fixture
@@ -50,8 +28,8 @@ def store(store_location):
 
 def test_record_get_list_and_reopen(store_location):
     store = IncidentStore.open(store_location)
-    a = store.record(_incident())
-    b = store.record(_incident(generation_id="g2", probe="ref", behaviour="refusal", prompt=None, response=None))
+    a = store.record(make_incident())
+    b = store.record(make_incident(generation_id="g2", probe="ref", behaviour="refusal", prompt=None, response=None))
     assert (a, b) == (1, 2) and store.count() == 2
     got = store.get(a)
     assert got.token_scores == [[7, 0.5], [8, 2.5]] and got.metadata == {"tenant": "x"} and got.status == "open"
@@ -66,18 +44,20 @@ def test_record_get_list_and_reopen(store_location):
     reader = IncidentStore.open(store_location, readonly=True)  # another process in production
     assert reader.count() == 2 and reader.get(b).prompt is None
     with pytest.raises(IncidentStoreError, match="read-only"):
-        reader.record(_incident(generation_id="g3"))
+        reader.record(make_incident(generation_id="g3"))
     reader.close()
 
 
 def test_writes_are_idempotent_per_generation_and_probe(store):
-    first = store.record_alert(_incident(score=1.5, generation_status="open", response=None, token_scores=[[7, 1.5]]))
-    again = store.record_alert(_incident(score=9.0, generation_status="open"))
+    first = store.record_alert(
+        make_incident(score=1.5, generation_status="open", response=None, token_scores=[[7, 1.5]])
+    )
+    again = store.record_alert(make_incident(score=9.0, generation_status="open"))
     assert first == again and store.count() == 1
     assert store.get(first).score == 1.5  # the second alert write left the row alone
     store.label(first, "alice", "false_positive")
     # the row completed at close (an upsert): final values in, review state kept
-    assert store.record(_incident(score=3.0, generation_status="closed", context={"dec": {"score": 3.0}})) == first
+    assert store.record(make_incident(score=3.0, generation_status="closed", context={"dec": {"score": 3.0}})) == first
     row = store.get(first)
     assert (row.score, row.generation_status, row.response, row.label, row.labelled_by) == (
         3.0,
@@ -113,8 +93,8 @@ def test_concurrent_writers_lose_and_duplicate_nothing(store_location):
             for i in range(40):
                 gid = f"shared-{i}" if i % 2 == 0 else f"own-{k}-{i}"
                 for probe in ("dec", "ref"):
-                    stores[k].record_alert(_incident(generation_id=gid, probe=probe, generation_status="open"))
-                    stores[k].record(_incident(generation_id=gid, probe=probe, score=float(k)))
+                    stores[k].record_alert(make_incident(generation_id=gid, probe=probe, generation_status="open"))
+                    stores[k].record(make_incident(generation_id=gid, probe=probe, score=float(k)))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -134,7 +114,7 @@ def test_concurrent_writers_lose_and_duplicate_nothing(store_location):
 
 
 def test_review_actions_and_audit_trail(store):
-    i = store.record(_incident())
+    i = store.record(make_incident())
     with pytest.raises(ReviewError, match="no label: label it before resolving"):
         store.resolve(i, "alice")
     assert store.claim(i, "alice").status == "acknowledged"
@@ -203,7 +183,7 @@ def test_queue_filters_paging_counts_and_facets(store):
         created = (now - dt.timedelta(days=age, minutes=1)).isoformat(timespec="milliseconds")
         ids.append(
             store.record(
-                _incident(
+                make_incident(
                     generation_id=gid,
                     probe=probe,
                     behaviour=behaviour,
@@ -262,10 +242,10 @@ def test_queue_filters_paging_counts_and_facets(store):
 
 def test_delete_and_retention_remove_rows_trail_and_context(store):
     now = dt.datetime.now(dt.timezone.utc)
-    old = store.record(_incident(generation_id="old", created_at=(now - dt.timedelta(days=40)).isoformat()))
-    a = store.record(_incident(generation_id="ga"))
-    b = store.record(_incident(generation_id="ga", probe="ref"))
-    c = store.record(_incident(generation_id="gc"))
+    old = store.record(make_incident(generation_id="old", created_at=(now - dt.timedelta(days=40)).isoformat()))
+    a = store.record(make_incident(generation_id="ga"))
+    b = store.record(make_incident(generation_id="ga", probe="ref"))
+    c = store.record(make_incident(generation_id="gc"))
     store.comment(a, "alice", "looked at it")
     store.comment(old, "alice", "old one")
     assert store.purge_older_than(30) == 1 and store.count() == 3
@@ -284,7 +264,7 @@ def test_delete_and_retention_remove_rows_trail_and_context(store):
 
 def test_text_policy_none_keeps_no_text_and_no_token_ids(store_location):
     store = IncidentStore.open(store_location, store_text="none")
-    i = store.record(_incident())
+    i = store.record(make_incident())
     row = store.get(i)
     assert (row.prompt, row.response, row.tokens) == (None, None, [])
     assert row.token_scores == [[7, 0.5], [8, 2.5]] and row.context["dec"]["score"] == 2.5
@@ -296,9 +276,9 @@ def test_text_policy_none_keeps_no_text_and_no_token_ids(store_location):
 def test_mark_interrupted(store_location):
     store = IncidentStore.open(store_location, writer="pod-a")
     other = IncidentStore.open(store_location, writer="pod-b")
-    mine = store.record_alert(_incident(generation_id="m", generation_status="open"))
-    theirs = other.record_alert(_incident(generation_id="t", generation_status="open"))
-    done = store.record(_incident(generation_id="d"))
+    mine = store.record_alert(make_incident(generation_id="m", generation_status="open"))
+    theirs = other.record_alert(make_incident(generation_id="t", generation_status="open"))
+    done = store.record(make_incident(generation_id="d"))
     n = store.mark_interrupted()
     status = {i: store.get(i).generation_status for i in (mine, theirs, done)}
     if store.backend == "sqlite":  # one embedded writer: every open row was its own
@@ -316,7 +296,7 @@ def test_review_stats(store):
     now = dt.datetime.now(dt.timezone.utc)
     for k, (probe, age_h) in enumerate([("dec", 5), ("dec", 3), ("dec", 1), ("ref", 2), ("ref", 0)]):
         created = (now - dt.timedelta(hours=age_h)).isoformat()
-        store.record(_incident(generation_id=f"g{k}", probe=probe, created_at=created))
+        store.record(make_incident(generation_id=f"g{k}", probe=probe, created_at=created))
     store.label(1, "a", "true_positive")
     store.resolve(1, "a")
     store.label(2, "a", "false_positive")
