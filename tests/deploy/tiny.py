@@ -9,8 +9,9 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.waiting import wait_until
 
 
 def free_port() -> int:
@@ -22,17 +23,8 @@ def free_port() -> int:
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # noqa: BLE001 - retried until the deadline
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last error: {last})")
+    """Wait for a service: errors (connection refused while it starts) are retried until the deadline."""
+    return wait_until(predicate, timeout, what, interval=interval, retry_errors=True)
 
 
 class Service:

@@ -25,6 +25,7 @@ from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
 from probewatch.server.wire import encode_array
 from tests.server.conftest import D_TINY
 from tests.server.grpc_helpers import StreamClient, chunk_msg, close_msg, metric_value, open_msg, scrape
+from tests.waiting import wait_until
 
 RNG = np.random.default_rng(1)
 TOKEN = "s3cret-token-0123456789abcdef"
@@ -36,16 +37,6 @@ def rows(n: int, scale: float = 1.0) -> np.ndarray:
 
 def rejected(sidecar, code: str) -> float:
     return metric_value(scrape(sidecar.metrics_port), "probewatch_rejected_messages_total", code=code)
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def hot_row(sidecar) -> np.ndarray:

@@ -23,6 +23,7 @@ from probewatch.server.bench import SidecarProcess
 from probewatch.server.incidents import Incident, IncidentStore
 from tests.server.conftest import D_TINY
 from tests.server.grpc_helpers import StreamClient, chunk_msg, close_msg, metric_value, open_msg, scrape
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RSS and sockets from /proc")
 
@@ -78,16 +79,6 @@ def listening_address(port: int) -> str:
             mapped = getattr(address, "ipv4_mapped", None)
             return str(mapped or address)
     raise AssertionError(f"nothing listens on port {port}")
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_sigkill_after_an_early_alert_leaves_the_incident_row(serve, tmp_path, tiny_fp, hot):
