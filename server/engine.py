@@ -52,7 +52,7 @@ from probewatch.probes.manifest import Aggregation
 from probewatch.probes.runtime import ProbeRuntime
 from probewatch.probes.selection import selection_mask
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
-from probewatch.server.incidents import Incident, IncidentNotFoundError, IncidentStore
+from probewatch.server.incidents import Incident, IncidentNotFoundError, IncidentStore, probe_context
 from probewatch.server.metrics import SidecarMetrics
 from probewatch.server.privacy import TextPolicy
 from probewatch.server.wire import WireError, encode_array
@@ -806,18 +806,17 @@ class ScoringEngine:
         out = {}
         for pid, spec in self.specs.items():
             agg = gen.aggregators[pid]
-            out[pid] = {
-                "behaviour": spec.behaviour,
-                "score": float(agg.value) if agg.count else None,
-                "threshold": spec.threshold,
-                "flagged": bool(agg.count and agg.value >= spec.threshold),
-                "n_tokens": int(agg.count),
-                "aggregation": spec.aggregation.method,
-                "token_selection": spec.token_selection,
-                "layer": spec.layer,
-                "version": spec.version,
-                "token_scores": _pairs(gen.token_scores[pid]),
-            }
+            out[pid] = probe_context(
+                behaviour=spec.behaviour,
+                score=float(agg.value) if agg.count else None,
+                threshold=spec.threshold,
+                n_tokens=int(agg.count),
+                aggregation=spec.aggregation.method,
+                token_selection=spec.token_selection,
+                layer=spec.layer,
+                version=spec.version,
+                token_scores=_pairs(gen.token_scores[pid]),
+            )
         return out
 
     # -- unary scoring --------------------------------------------------------------------------------

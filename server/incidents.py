@@ -27,6 +27,7 @@ from probewatch.server.store.records import (
     ReviewConflictError,
     ReviewError,
     ReviewEvent,
+    probe_context,
 )
 from probewatch.server.store.store import IncidentStore, ReviewStats
 
@@ -50,4 +51,5 @@ __all__ = [
     "StoreLocation",
     "TextPolicy",
     "parse_location",
+    "probe_context",
 ]

@@ -65,7 +65,7 @@ def _seed(store, n: int, progress: bool) -> float:
     """Write n incidents like sidecars do; returns the writes per second."""
     from tqdm.auto import tqdm
 
-    from probewatch.server.incidents import Incident
+    from probewatch.server.incidents import Incident, probe_context
 
     rnd = random.Random(0)
     now = dt.datetime.now(dt.timezone.utc)
@@ -80,18 +80,17 @@ def _seed(store, n: int, progress: bool) -> float:
                 base = rnd.gauss(threshold - 0.5, 1.0)
                 scores = [[p, round(base + math.sin(p / 5.0), 4)] for p, _ in tokens]
                 top = max(s for _, s in scores)
-                context[probe] = {
-                    "behaviour": behaviour,
-                    "score": top,
-                    "threshold": threshold,
-                    "flagged": top >= threshold,
-                    "n_tokens": len(scores),
-                    "aggregation": "max",
-                    "token_selection": "response",
-                    "layer": 15,
-                    "version": "3",
-                    "token_scores": scores,
-                }
+                context[probe] = probe_context(
+                    behaviour=behaviour,
+                    score=top,
+                    threshold=threshold,
+                    n_tokens=len(scores),
+                    aggregation="max",
+                    token_selection="response",
+                    layer=15,
+                    version="3",
+                    token_scores=scores,
+                )
             flagged = [p for p, info in context.items() if info["flagged"]] or [PROBES[0][0]]
             created = (now - dt.timedelta(seconds=(n - written) * 30)).isoformat()
             response = " ".join(rnd.choice(WORDS) for _ in range(70))

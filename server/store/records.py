@@ -79,6 +79,34 @@ class Incident:
         return asdict(self)
 
 
+def probe_context(
+    *,
+    behaviour: str,
+    score: float | None,
+    threshold: float,
+    n_tokens: int,
+    aggregation: str,
+    token_selection: str,
+    layer: int,
+    version: str,
+    token_scores: list[list[float]],
+) -> dict[str, Any]:
+    """One probe's entry in `Incident.context`: its result on the generation, as the review app reads it
+    (heatmap, "other probes"). `score` None = the probe scored no token; such a probe is not flagged."""
+    return {
+        "behaviour": behaviour,
+        "score": score,
+        "threshold": threshold,
+        "flagged": score is not None and score >= threshold,
+        "n_tokens": n_tokens,
+        "aggregation": aggregation,
+        "token_selection": token_selection,
+        "layer": layer,
+        "version": version,
+        "token_scores": token_scores,
+    }
+
+
 @dataclass
 class ReviewEvent:
     """One entry of an incident's audit trail."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from probewatch.server.incidents import Incident, IncidentStore
+from probewatch.server.incidents import Incident, IncidentStore, probe_context
 
 FINGERPRINT = "pwfp1:" + "cd" * 16
 PROBES = {"dec": ("deception", 1.0), "ref": ("refusal", 2.0), "af": ("alignment_faking", 1.5)}
@@ -25,18 +25,17 @@ def seed(store: IncidentStore, n: int, now: dt.datetime | None = None) -> list[i
             base = (k % 5 - 1) if probe == "dec" else (2.5 if probe == "ref" and k % 3 == 0 else -2.0)
             scores = [[10 + i, base + 0.5 * i] for i in range(6)]
             top = max(s for _, s in scores)
-            context[probe] = {
-                "behaviour": behaviour,
-                "score": top,
-                "threshold": threshold,
-                "flagged": top >= threshold,
-                "n_tokens": 6,
-                "aggregation": "max",
-                "token_selection": "response",
-                "layer": 2,
-                "version": "7",
-                "token_scores": scores,
-            }
+            context[probe] = probe_context(
+                behaviour=behaviour,
+                score=top,
+                threshold=threshold,
+                n_tokens=6,
+                aggregation="max",
+                token_selection="response",
+                layer=2,
+                version="7",
+                token_scores=scores,
+            )
         created = (now - dt.timedelta(minutes=n - k)).isoformat()
         for probe, info in context.items():
             if not info["flagged"]:
