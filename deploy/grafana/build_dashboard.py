@@ -84,6 +84,27 @@ def row(lay: Layout, title: str, repeat: str | None = None) -> dict:
     return panel
 
 
+def state_stat(lay: Layout, title: str, expr: str, *, down: str, up: str, description: str) -> dict:
+    """A 0/1 health stat: 0 shows `down` in red, 1 shows `up` in green."""
+    return stat(
+        lay,
+        title,
+        expr,
+        w=4,
+        description=description,
+        mappings=[
+            {
+                "type": "value",
+                "options": {
+                    "0": {"text": down, "color": "red", "index": 0},
+                    "1": {"text": up, "color": "green", "index": 1},
+                },
+            }
+        ],
+        thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 1}],
+    )
+
+
 def stat(
     lay: Layout,
     title: str,
@@ -306,24 +327,15 @@ def build() -> dict:
         )
     )
     panels.append(
-        stat(
+        state_stat(
             lay,
             "Attach clients",
             f"min(probewatch_client_monitoring_up{{{CSEL}}})",
-            w=4,
+            down="FAIL-OPEN",
+            up="CONNECTED",
             description="probewatch_client_monitoring_up of the inference servers' attach clients (their own "
             "/metrics): CONNECTED when every client streams to its sidecar, FAIL-OPEN when at least "
             "one serves generations unmonitored. No data: no client is scraped.",
-            mappings=[
-                {
-                    "type": "value",
-                    "options": {
-                        "0": {"text": "FAIL-OPEN", "color": "red", "index": 0},
-                        "1": {"text": "CONNECTED", "color": "green", "index": 1},
-                    },
-                }
-            ],
-            thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 1}],
         )
     )
     panels.append(
@@ -739,22 +751,13 @@ def build() -> dict:
         )
     )
     panels.append(
-        stat(
+        state_stat(
             lay,
             "Review store",
             f"min(probewatch_review_store_up{{{RSEL}}})",
-            w=4,
+            down="UNREACHABLE",
+            up="OK",
             description="Whether the review app reads the incident store (the database the sidecars write).",
-            mappings=[
-                {
-                    "type": "value",
-                    "options": {
-                        "0": {"text": "UNREACHABLE", "color": "red", "index": 0},
-                        "1": {"text": "OK", "color": "green", "index": 1},
-                    },
-                }
-            ],
-            thresholds=[{"color": "red", "value": None}, {"color": "green", "value": 1}],
         )
     )
     panels.append(
