@@ -78,20 +78,25 @@ def chat_folder(tmp_path_factory):
     return folder, paths
 
 
-@pytest.fixture
-def stack(chat_folder, tmp_path):
+def local_stack(chat_folder, tmp_path, **options):
+    """The embedded stack (sidecar + chat endpoint) on the tiny chat model and its bundles, ephemeral port."""
     from probewatch.server.stack import LocalStack, StackOptions
 
     folder, bundles = chat_folder
-    with LocalStack(
+    return LocalStack(
         StackOptions(
             model=str(folder),
             bundles=[str(p) for p in bundles],
             port=0,
             incident_db=tmp_path / "incidents.sqlite3",
-            max_tokens=5,
+            **options,
         )
-    ) as s:
+    )
+
+
+@pytest.fixture
+def stack(chat_folder, tmp_path):
+    with local_stack(chat_folder, tmp_path, max_tokens=5) as s:
         yield s
 
 
@@ -154,19 +159,8 @@ def test_request_errors(stack):
 
 
 def test_kill_switch_through_http(chat_folder, tmp_path, monkeypatch):
-    from probewatch.server.stack import LocalStack, StackOptions
-
     monkeypatch.setenv("PROBEWATCH_DISABLE", "1")
-    folder, bundles = chat_folder
-    with LocalStack(
-        StackOptions(
-            model=str(folder),
-            bundles=[str(p) for p in bundles],
-            port=0,
-            incident_db=tmp_path / "i.sqlite3",
-            max_tokens=3,
-        )
-    ) as s:
+    with local_stack(chat_folder, tmp_path, max_tokens=3) as s:
         body = httpx.post(f"{s.url}/v1/chat/completions", json={"messages": MESSAGES}, timeout=60).json()
     assert body["choices"][0]["message"]["role"] == "assistant"
     assert body["probewatch"]["monitored"] is False and body["probewatch"]["status"] == "disabled"
@@ -249,22 +243,11 @@ API_KEY = "pw-test-key-0123456789"
 @pytest.fixture
 def guarded(chat_folder, tmp_path):
     from probewatch.server.http_app import HTTPLimits
-    from probewatch.server.stack import LocalStack, StackOptions
 
-    folder, bundles = chat_folder
     limits = HTTPLimits(
         api_keys=(API_KEY,), max_request_bytes=4096, max_context_tokens=40, max_completion_tokens=8, max_waiting=1
     )
-    with LocalStack(
-        StackOptions(
-            model=str(folder),
-            bundles=[str(p) for p in bundles],
-            port=0,
-            incident_db=tmp_path / "incidents.sqlite3",
-            max_tokens=3,
-            http_limits=limits,
-        )
-    ) as s:
+    with local_stack(chat_folder, tmp_path, max_tokens=3, http_limits=limits) as s:
         yield s
 
 
