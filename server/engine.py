@@ -347,10 +347,10 @@ class ScoringEngine:
             self._release.set()
 
     # -- registry (called from stream reader threads) -------------------------------------------------
-    def check_generation_id(self, gid: str) -> None:
-        """INVALID_ARGUMENT for an empty or oversized generation id (any message naming one)."""
+    def check_generation_id(self, gid: str, message: str = "message") -> None:
+        """INVALID_ARGUMENT for an empty or oversized generation id (`message`: the kind that named it)."""
         if not gid:
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "message without generation_id")
+            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, f"{message} without generation_id")
         size = len(gid.encode("utf-8", "surrogatepass"))
         if size > self.limits.max_generation_id_bytes:
             raise WireError(
@@ -361,9 +361,7 @@ class ScoringEngine:
 
     def open_generation(self, stream: StreamState, msg: pb.Open) -> Generation:
         gid = msg.generation_id
-        if not gid:
-            raise WireError(grpc.StatusCode.INVALID_ARGUMENT, "Open without generation_id")
-        self.check_generation_id(gid)
+        self.check_generation_id(gid, "Open")
         limits = self.limits
         if len(msg.metadata) > limits.max_metadata_entries:
             raise WireError(
