@@ -9,11 +9,10 @@ import torch
 
 from probewatch.capture import run_forward
 from probewatch.data.chat import render
-from probewatch.data.dialogue import write_dialogues
 from probewatch.probes import ProbeRuntime, aggregate, load_bundles
 from probewatch.probes.selection import selection_mask
 from probewatch.training.pipeline import TrainConfig, train
-from tests.training.helpers import control_dialogues, synthetic_dialogues
+from tests.training.helpers import write_synthetic
 
 ATOL = 1e-4  # fp32, KV-cached decode vs one full forward
 
@@ -21,9 +20,7 @@ ATOL = 1e-4  # fp32, KV-cached decode vs one full forward
 @pytest.fixture(scope="module")
 def new_bundles(tiny_loaded, tmp_path_factory):
     root = tmp_path_factory.mktemp("new-bundles")
-    data, control = root / "d.jsonl", root / "c.jsonl"
-    write_dialogues(data, synthetic_dialogues(n_groups=24))
-    write_dialogues(control, control_dialogues())
+    data, control = write_synthetic(root, n_groups=24)
     paths = []
     for probe_id, selection, agg in (("soft", "response", "softmax"), ("whole", "all", "mean")):
         with pytest.MonkeyPatch.context() as mp:

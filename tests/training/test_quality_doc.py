@@ -12,7 +12,7 @@ import pytest
 
 from probewatch.training.pipeline import TrainConfig, train
 from probewatch.training.quality_doc import RunInfo, render_markdown
-from tests.training.helpers import control_dialogues, synthetic_dialogues
+from tests.training.helpers import write_synthetic
 
 RUN = RunInfo("tiny-model", "pwfp1:" + "0" * 32, 4, 64, 90.0, "2026-12-01 00:00 UTC", 2, "x86_64")
 
@@ -20,12 +20,8 @@ RUN = RunInfo("tiny-model", "pwfp1:" + "0" * 32, 4, 64, 90.0, "2026-12-01 00:00 
 @pytest.fixture(scope="module")
 def deception_report(tiny_loaded, tmp_path_factory):
     """report.json of a deception probe trained on synthetic dialogues with the tiny model."""
-    from probewatch.data.dialogue import write_dialogues
-
     tmp = tmp_path_factory.mktemp("quality")
-    data, control = tmp / "d.jsonl", tmp / "c.jsonl"
-    write_dialogues(data, synthetic_dialogues(n_groups=24))
-    write_dialogues(control, control_dialogues())
+    data, control = write_synthetic(tmp, n_groups=24)
     result = train(
         TrainConfig(
             behaviour="deception",
