@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from probewatch.models.registry import REFERENCE_MODEL
@@ -21,6 +22,11 @@ def add_model_arg(parser: argparse.ArgumentParser) -> None:
 def add_bundles_arg(parser: argparse.ArgumentParser, help: str) -> None:
     """`--bundles DIR ...`, repeatable (each use extends the list); None = the command's default."""
     parser.add_argument("--bundles", nargs="+", action="extend", default=None, metavar="DIR", help=help)
+
+
+def add_extra_data_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, help: str) -> None:
+    """`--extra-data JSONL ...`, repeatable: labelled dialogues such as reviewed incidents."""
+    parser.add_argument("--extra-data", type=Path, nargs="+", action="extend", default=[], metavar="JSONL", help=help)
 
 
 def add_json_arg(parser: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from probewatch.cli.common import add_json_arg, print_json
+from probewatch.cli.common import add_extra_data_arg, add_json_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,14 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cal.add_argument(
         "--hard-negative-fpr", type=float, default=0.2, help="share of --hard-negatives allowed above the threshold"
     )
-    cal.add_argument(
-        "--extra-data",
-        type=Path,
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="JSONL",
-        help="labelled dialogues, e.g. reviewed incidents (`probewatch incidents export --labelled`): their "
+    add_extra_data_arg(
+        cal,
+        "labelled dialogues, e.g. reviewed incidents (`probewatch incidents export --labelled`): their "
         "negatives are hard negatives the threshold must clear; recall on their positives is reported",
     )
     cal.add_argument(

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from probewatch.behaviours import BEHAVIOURS
-from probewatch.cli.common import add_json_arg, add_model_arg, print_json
+from probewatch.cli.common import add_extra_data_arg, add_json_arg, add_model_arg, print_json
 
 METHODS = ("logistic", "mean_diff", "lat")
 # = probewatch.probes.manifest.AGGREGATIONS (a test holds them equal; importing it here would load torch)
@@ -81,14 +81,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ood", type=Path, nargs="+", default=[], help="extra out-of-distribution JSONL sets to report"
     )
-    parser.add_argument(
-        "--extra-data",
-        type=Path,
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="JSONL",
-        help="labelled dialogues added to the training pool, e.g. reviewed incidents "
+    add_extra_data_arg(
+        parser,
+        "labelled dialogues added to the training pool, e.g. reviewed incidents "
         "(`probewatch incidents export --labelled`; lines about other behaviours are left out)",
     )
     parser.add_argument(
