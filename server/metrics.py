@@ -260,6 +260,13 @@ class ClientMetrics:
             ["reason"],
             registry=r,
         )
+        self.engaged = Gauge(
+            "probewatch_client_capture_engaged",
+            "1 when the capture is installed on this engine's model runner (label runner: hf, vllm-v1, "
+            "vllm-v2, vllm-cpu-standalone), 0 with the reason it is not (the engine then runs unmonitored).",
+            ["runner", "reason"],
+            registry=r,
+        )
         for reason in CAPTURE_ERROR_REASONS:
             self.capture_errors.labels(reason=reason)
         for reason in ("queue_full", "sidecar_down", "rejected", "stalled"):

@@ -6,6 +6,8 @@ runner it captures the probe layers of every monitored request — prompt and ge
 under continuous batching, chunked prefill and prefix caching — and streams rows or pushed-down
 projections to the sidecar through the shared client (`probewatch.server.client`).
 
+Every model runner the installed vLLM ships (V1, V2, the standalone CPU runner) is patched when its
+contract holds (`adapters`, `contract`); whichever runner vLLM then picks engages at model load.
 `PROBEWATCH_DISABLE=1` leaves vLLM untouched: the plugin returns before importing anything of it.
 Any failure while installing or capturing is logged and turns monitoring off; it never reaches the
 engine. docs/live.md ("vLLM") has the details and the gap report.
@@ -26,18 +28,13 @@ def register() -> None:
     if envs.monitoring_disabled():
         log.info("probewatch: PROBEWATCH_DISABLE is set: the vLLM plugin does nothing")
         return
-    import os
-
-    # The capture reads the V1 model runner's bookkeeping; vLLM may pick its V2 runner for dense
-    # models on GPU. An explicit VLLM_USE_V2_MODEL_RUNNER still wins (then: not monitored, logged).
-    os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
-    if os.environ["VLLM_USE_V2_MODEL_RUNNER"].strip().lower() in ("1", "true"):
-        log.warning("probewatch: VLLM_USE_V2_MODEL_RUNNER=1: the V2 model runner is not supported, not monitored")
-        return
     try:
-        from probewatch.server.vllm.runner import patch_model_runner
+        from probewatch.server.vllm.adapters import install
 
-        patch_model_runner()
+        report = install()
+        log.debug(
+            "probewatch: runner adapters patched %s, absent %s, broken %s", report.patched, report.absent, report.broken
+        )
     except Exception:
         log.exception("probewatch: the vLLM plugin could not install itself; the engine runs unmonitored")
 

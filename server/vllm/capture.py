@@ -1,11 +1,16 @@
-"""Per-runner capture state: which rows of a vLLM step belong to which request and position.
+"""The vLLM backend's core: which rows of a step belong to which request and position.
 
-vLLM flattens a step's tokens of every scheduled request into one `[num_tokens, d]` batch. The V1
-runner's bookkeeping says how: `input_batch.req_ids` (request order), `query_start_loc` (row range
-of each request) and `input_batch.num_computed_tokens_cpu` (the position of each request's first
-row). The residuals come out of the (compiled / graph-captured) model as auxiliary hidden states
-(`set_aux_hidden_state_layers`, the EAGLE-3 outputs: decoder layer L's `hidden_states + residual`
-= resid_post of layer L, taken at aux index L + 1), so no hook runs inside the graph.
+Runner-agnostic: a runner adapter (`probewatch.server.vllm.adapters`: V1, V2, standalone CPU) turns
+its runner's bookkeeping into a `StepView` and calls `on_schedule` (the scheduler output, before the
+runner applies it), `on_step` (after the forward, with the auxiliary hidden states), `on_sampled`
+(tokens sampled this step) and `on_request_finished` (the scheduler freed a request).
+
+vLLM flattens a step's tokens of every scheduled request into one `[num_tokens, d]` batch; a
+`StepView` says how: `req_ids` (request order), `query_start_loc` (row range of each request) and
+`num_computed` (the position of each request's first row). The residuals come out of the compiled
+(or graph-captured) model as auxiliary hidden states (`set_aux_hidden_state_layers`, the EAGLE-3
+outputs: decoder layer L's `hidden_states + residual` = resid_post of layer L, at aux index L + 1),
+so no hook runs inside the graph.
 
 On the serving thread a step only: reads that bookkeeping (host arrays), builds one row index per
 layer (prompt-row policy, request opt-outs), gathers the rows on the device (`index_select`;
@@ -22,8 +27,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,18 +65,33 @@ def all_results() -> dict[str, GenerationHandle]:
     return out
 
 
-def _stops(state: Any, max_model_len: int) -> bool:
-    """True when the request's last sampled token ends it (vLLM's `check_stop`, without stop strings)."""
-    params = state.sampling_params
-    output = state.output_token_ids
+def stops(output: Sequence[int], prompt_len: int, params: Any, max_model_len: int) -> bool:
+    """True when the last sampled token ends the request (vLLM's `check_stop`, without stop strings)."""
     if params is None or not output:
         return False
     last = output[-1]
     if last >= 0 and (last == params.eos_token_id or last in (params.stop_token_ids or ())):
         return True
-    n_prompt = len(state.prompt_token_ids or ())
-    max_tokens = params.max_tokens if params.max_tokens is not None else max_model_len - n_prompt
-    return n_prompt + len(output) >= max_model_len or len(output) >= max_tokens
+    max_tokens = params.max_tokens if params.max_tokens is not None else max_model_len - prompt_len
+    return prompt_len + len(output) >= max_model_len or len(output) >= max_tokens
+
+
+@dataclass
+class StepView:
+    """One model forward as every runner can describe it (host bookkeeping + device tensors).
+
+    Rows `query_start_loc[i]:query_start_loc[i + 1]` of `aux[k]` / `input_ids` / `positions` belong
+    to `req_ids[i]`, the first at sequence position `num_computed[i]`. `num_tokens` is the number of
+    real rows: a CUDA-graph runner pads the batch, and rows past it are padding.
+    """
+
+    req_ids: Sequence[str]
+    query_start_loc: np.ndarray  # [len(req_ids) + 1]
+    num_computed: np.ndarray  # [len(req_ids)]
+    num_tokens: int
+    input_ids: torch.Tensor | None
+    positions: torch.Tensor
+    aux: Sequence[torch.Tensor]  # one [>= num_tokens, d] tensor per captured layer, in `layers` order
 
 
 @dataclass
@@ -82,7 +102,9 @@ class _Request:
     prompt_len: int
     layers: frozenset[int]  # layers sent for it
     floor: int  # positions below this were already processed (a resumed request recomputes them)
-    state: Any = None  # the runner's CachedRequestState (token ids for the texts at close)
+    prompt_ids: list[int] = field(default_factory=list)
+    output_ids: list[int] = field(default_factory=list)  # what the runner sampled (for the texts and stops)
+    params: Any = None  # SamplingParams (stop rules)
 
     @property
     def live(self) -> bool:
@@ -135,10 +157,19 @@ class VllmBlock(Block):
 class RunnerCapture:
     """Attached to one model runner (`runner._probewatch`); see the module docstring."""
 
-    def __init__(self, client: ClientCore, layers: list[int], decode: Callable[[list[int]], str] | None) -> None:
+    def __init__(
+        self,
+        client: ClientCore,
+        layers: list[int],
+        decode: Callable[[list[int]], str] | None,
+        max_model_len: int = 1 << 62,
+        runner_name: str = "",
+    ) -> None:
         self.client = client
         self.layers = layers  # sorted; aux output i is layer layers[i]
         self.decode = decode
+        self.max_model_len = max_model_len
+        self.runner_name = runner_name  # which adapter drives it (logs, `probewatch vllm check`)
         self.default_monitor = envs.vllm_monitor_default()
         self.requests: dict[str, _Request] = {}
         self.recent: OrderedDict[str, GenerationHandle] = OrderedDict()
@@ -165,13 +196,15 @@ class RunnerCapture:
             return out
 
     # -- scheduler output (before the runner updates its states) ----------------------------------------
-    def on_schedule(self, runner: Any, sched: Any) -> None:
+    def on_schedule(self, sched: Any) -> None:
+        """A `SchedulerOutput` (the same dataclass on every runner): open new requests, close finished ones."""
         self._sched = sched
         for rid in sched.finished_req_ids:
-            self._finish(runner, rid)
+            self._finish(rid)
         new = sched.scheduled_new_reqs
-        # requests vLLM recomputes after a preemption (sent again as new in some paths)
-        self._resumed = set(sched.scheduled_cached_reqs.resumed_req_ids) | {
+        # requests vLLM recomputes after a preemption: V1 lists them as resumed, V2 sends them again as new
+        cached = sched.scheduled_cached_reqs
+        self._resumed = set(getattr(cached, "resumed_req_ids", ()) or ()) | {
             d.req_id for d in new if d.req_id in self.requests
         }
         if new:
@@ -218,26 +251,33 @@ class RunnerCapture:
         handle = GenerationHandle(rid, prompt_len)
         self.client.open(handle, session, {"engine": "vllm", **policy.metadata})
         with self._lock:
-            self.requests[rid] = _Request(handle, prompt_len, layers, int(data.num_computed_tokens))
+            self.requests[rid] = _Request(
+                handle, prompt_len, layers, int(data.num_computed_tokens), list(prompt), [], params
+            )
 
-    def after_sampling(self, runner: Any) -> None:
-        """Close the requests whose just-sampled token ends them (vLLM's own stop rules, mirrored).
+    # -- sampled tokens and finished requests ----------------------------------------------------------
+    def on_sampled(self, outputs: Mapping[str, Sequence[int]], cumulative: bool = False) -> None:
+        """Tokens the runner sampled for its requests this step (`cumulative`: the whole output so far).
 
-        The worker learns of a finish only with the next scheduler output, which an idle server
-        never sends; and the scheduler hook runs in another process when the executor is
-        multi-process (`vllm serve`). So the worker closes, right after sampling, every request that
-        stopped on EOS / a stop token or reached max_tokens / max_model_len. Aborts and stop
-        strings close with the next scheduler output (`finished_req_ids`).
+        The worker learns of a finish only with the next scheduler output, which an idle server never
+        sends; and the scheduler hook runs in another process when the executor is multi-process. So
+        the worker closes, right after sampling, every request that stopped on EOS / a stop token or
+        reached max_tokens / max_model_len (vLLM's own rules, mirrored). Aborts and stop strings close
+        with the next scheduler output (`finished_req_ids`) or the scheduler hook.
         """
         if not self.requests:
             return
-        batch = runner.input_batch
-        for rid in batch.req_ids[: int(batch.num_reqs)]:
-            if rid not in self.requests:
+        for rid, tokens in outputs.items():
+            req = self.requests.get(rid)
+            if req is None:
                 continue
-            state = runner.requests.get(rid)
-            if state is not None and _stops(state, int(runner.max_model_len)):
-                self._finish(runner, rid, state)
+            valid = [int(t) for t in tokens if t >= 0]
+            if cumulative:
+                req.output_ids = valid
+            else:
+                req.output_ids.extend(valid)
+            if stops(req.output_ids, req.prompt_len, req.params, self.max_model_len):
+                self._finish(rid)
 
     def on_request_finished(self, request: Any) -> None:
         """The scheduler frees a finished request (stop, length, abort): close its generation now.
@@ -245,16 +285,19 @@ class RunnerCapture:
         Runs in the engine-core process, which holds the runner when the executor is uni-process
         (one device); other workers close at the next scheduler output (`finished_req_ids`).
         """
-        self._finish(None, request.request_id, request)
+        req = self.requests.get(request.request_id)
+        if req is not None:
+            output = [int(t) for t in (getattr(request, "output_token_ids", None) or []) if t >= 0]
+            if output:
+                req.output_ids = output
+        self._finish(request.request_id)
 
-    def _finish(self, runner: Any, rid: str, request: Any = None) -> None:
+    def _finish(self, rid: str) -> None:
         with self._lock:
             req = self.requests.pop(rid, None)
         if req is None or req.handle is None:
             return
-        state = request if request is not None else getattr(runner, "requests", {}).get(rid)
-        prompt_ids = list(getattr(state, "prompt_token_ids", None) or [])
-        output_ids = [t for t in (getattr(state, "output_token_ids", None) or []) if t >= 0]
+        prompt_ids, output_ids = req.prompt_ids, list(req.output_ids)
         decode = self.decode
 
         def texts() -> tuple[str, str]:
@@ -272,30 +315,32 @@ class RunnerCapture:
                 self.recent.popitem(last=False)
 
     # -- one model forward ------------------------------------------------------------------------------
-    def on_forward(self, runner: Any, input_ids: torch.Tensor | None, positions: torch.Tensor, output: Any) -> None:
+    def on_step(self, step: StepView | None) -> None:
+        """After the forward of the scheduler output last passed to `on_schedule` (`None`: the runner
+        returned no auxiliary outputs, so no rows exist for this step)."""
         sched, self._sched = self._sched, None  # one forward per scheduler output
         if sched is None or not self.requests:
             return
-        if not isinstance(output, tuple) or len(output) != 2 or len(output[1]) != len(self.layers):
+        if step is None or len(step.aux) != len(self.layers):
             self._fail_step(
                 sched, "rows", f"the model returned no auxiliary hidden state per captured layer {self.layers}"
             )
             return
-        aux = output[1]
-        if input_ids is None or positions.dim() != 1:
+        if step.input_ids is None or step.positions.dim() != 1:
             self._fail_step(sched, "rows", "a step without flat input_ids / positions (embeddings or M-RoPE)")
             return
         plan, session = self.client.current_plan()
         if plan is None:
             return
-        batch = runner.input_batch
-        num_reqs = int(batch.num_reqs)
-        req_ids = batch.req_ids[:num_reqs]
-        qsl = runner.query_start_loc.np[: num_reqs + 1]
-        computed = batch.num_computed_tokens_cpu[:num_reqs]
-        if int(qsl[num_reqs]) != int(sched.total_num_scheduled_tokens):
+        num_reqs = len(step.req_ids)
+        qsl = step.query_start_loc
+        computed = step.num_computed
+        if int(qsl[num_reqs]) != int(sched.total_num_scheduled_tokens) or step.num_tokens != int(qsl[num_reqs]):
             self._fail_step(
-                sched, "batch", f"{int(qsl[num_reqs])} rows in the batch, {sched.total_num_scheduled_tokens} scheduled"
+                sched,
+                "batch",
+                f"{int(qsl[num_reqs])} rows in the batch ({step.num_tokens} real), "
+                f"{sched.total_num_scheduled_tokens} scheduled",
             )
             return
         resumed = self._resumed
@@ -303,7 +348,7 @@ class RunnerCapture:
         per_layer: dict[int, tuple[list[np.ndarray], list[tuple[GenerationHandle, int]]]] = {
             layer: ([], []) for layer in self.layers if layer in plan.captures
         }
-        for i, rid in enumerate(req_ids):
+        for i, rid in enumerate(step.req_ids):
             req = self.requests.get(rid)
             if req is None or not req.live:
                 continue
@@ -341,6 +386,7 @@ class RunnerCapture:
                 if pos.size:
                     parts.append(start + pos - p0)
                     entries.extend((h, int(p)) for p in pos)
+        input_ids, positions, aux = step.input_ids, step.positions, step.aux
         gathered: dict[bytes, tuple[torch.Tensor, _Gathered]] = {}
         for k, layer in enumerate(self.layers):
             if layer not in per_layer or not per_layer[layer][0]:
@@ -351,7 +397,10 @@ class RunnerCapture:
             if key not in gathered:
                 idx_t = torch.from_numpy(idx).to(aux[k].device, non_blocking=True)
                 fed = torch.stack(
-                    [input_ids.index_select(0, idx_t), positions.index_select(0, idx_t).to(input_ids.dtype)]
+                    [
+                        input_ids.index_select(0, idx_t).to(torch.int64),
+                        positions.index_select(0, idx_t).to(torch.int64),
+                    ]
                 )
                 fed_host, fed_event = ClientCore.to_host(fed)
                 gathered[key] = (idx_t, _Gathered(fed_host[0], fed_host[1], fed_event))
