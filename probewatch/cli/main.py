@@ -29,6 +29,7 @@ COMMAND_MODULES = [
     "probewatch.cli.demo_cmd",
     "probewatch.cli.incidents_cmd",
     "probewatch.cli.review_cmd",
+    "probewatch.cli.vllm_cmd",
 ]
 
 

@@ -82,7 +82,10 @@ def load_model(spec: str | None = None, dtype: str = "float32", device: str = "c
     from probewatch.models.fingerprint import fingerprint_model
 
     path = resolve_model_path(spec)
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype)}
+    # use_kernels=False: transformers 5.25 turned hub kernels on by default (they replace layer forwards
+    # with kernels fetched from the hub and need `kernels>=0.19.1`); capture hooks the plain torch modules.
+    # 5.19-5.24 accept the kwarg with the same default.
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, dtype), "use_kernels": False}
     if envs.offline():
         kwargs["local_files_only"] = True
     try:

@@ -354,4 +354,76 @@ def check_all(tree: SourceTree) -> dict[str, ContractResult]:
     return out
 
 
-__all__ = ["ENGINE_CONTRACT", "ContractResult", "Requirement", "SourceTree", "Violation", "check", "check_all"]
+
+
+# -- release wheels (make test-vllm-contract) ----------------------------------------------------------------
+def wheel_cache() -> Path:
+    """Where release wheels are kept between runs (outside any clone; `PROBEWATCH_VLLM_WHEELS` overrides)."""
+    import os
+
+    from probewatch import envs
+
+    return Path(os.environ.get("PROBEWATCH_VLLM_WHEELS") or envs.home() / "cache" / "vllm-wheels")
+
+
+def fetch_wheel(version: str, cache: Path, package: str = "vllm") -> Path:
+    """The wheel of `package==version` (`latest`: the newest the registry serves), downloaded once.
+
+    `pip download --no-deps`: only vLLM's own wheel (hundreds of MB, CUDA kernels included, never
+    imported: its Python source is read from the zip).
+    """
+    import subprocess
+    import sys
+
+    cache.mkdir(parents=True, exist_ok=True)
+    prefix = package.replace("-", "_")
+    if version != "latest":
+        found = sorted(cache.glob(f"{prefix}-{version}-*.whl"))
+        if found:
+            return found[0]
+    spec = package if version == "latest" else f"{package}=={version}"
+    before = set(cache.glob(f"{prefix}-*.whl"))
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "-q", "-d", str(cache)]
+    proc = subprocess.run([*cmd, spec], capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"pip download {spec} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    if version == "latest":
+        # pip leaves an already-present newest wheel alone: the newest version in the cache is it
+        new = set(cache.glob(f"{prefix}-*.whl")) - before
+        candidates = new or set(cache.glob(f"{prefix}-*.whl"))
+        return max(candidates, key=lambda p: _version_key(p.name.split("-")[1]))
+    found = sorted(cache.glob(f"{prefix}-{version}-*.whl"))
+    if not found:
+        raise RuntimeError(f"pip download {spec} left no wheel in {cache}")
+    return found[0]
+
+
+def _version_key(version: str) -> tuple:
+    return tuple(int(p) if p.isdigit() else 0 for p in version.replace("post", ".").split("."))
+
+
+def extract_python(wheel: Path, dest: Path) -> Path:
+    """The wheel's `vllm/**/*.py` under `dest` (importable with PYTHONPATH=dest; no compiled parts)."""
+    marker = dest / ".extracted"
+    if marker.is_file() and marker.read_text() == wheel.name:
+        return dest
+    with zipfile.ZipFile(wheel) as zf:
+        for name in zf.namelist():
+            if name.startswith("vllm/") and name.endswith(".py"):
+                zf.extract(name, dest)
+    marker.write_text(wheel.name)
+    return dest
+
+
+__all__ = [
+    "ENGINE_CONTRACT",
+    "ContractResult",
+    "Requirement",
+    "SourceTree",
+    "Violation",
+    "check",
+    "check_all",
+    "extract_python",
+    "fetch_wheel",
+    "wheel_cache",
+]

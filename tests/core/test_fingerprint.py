@@ -57,4 +57,4 @@ def test_model_built_from_config_keeps_its_fingerprint_when_saved(tmp_path):
     before = fingerprint_model(model)
     model.save_pretrained(tmp_path)
     assert fingerprint_folder(tmp_path) == before
-    assert fingerprint_model(AutoModelForCausalLM.from_pretrained(tmp_path)) == before
+    assert fingerprint_model(AutoModelForCausalLM.from_pretrained(tmp_path, use_kernels=False)) == before
