@@ -17,11 +17,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "check",
         help="say whether monitoring will engage on the installed vLLM, and why not (exit 1, one line per failure)",
     )
-    check.add_argument("--model", default=None, help="the model vLLM serves: registry name or folder (default: reference)")
+    check.add_argument(
+        "--model", default=None, help="the model vLLM serves: registry name or folder (default: reference)"
+    )
     check.add_argument("--sidecar", default=None, help="sidecar address (default: PROBEWATCH_SIDECAR)")
     check.add_argument("--speculative-config", default=None, help="the engine's --speculative-config, if any")
     check.add_argument("--pipeline-parallel-size", type=int, default=1, help="the engine's pipeline stages")
     check.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the sidecar")
+    check.add_argument(
+        "--vllm-source",
+        default=None,
+        help="check another vLLM than the installed one: its wheel or source folder (e.g. before an upgrade)",
+    )
     add_json_arg(check)
     check.set_defaults(func=_check)
 
@@ -44,10 +51,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from probewatch.server.vllm.contract import SourceTree
     from probewatch.server.vllm.preflight import run_preflight
 
+    tree = SourceTree(Path(args.vllm_source)) if args.vllm_source else None
     result = run_preflight(
-        args.model, args.sidecar, args.speculative_config, args.pipeline_parallel_size, args.timeout
+        args.model, args.sidecar, args.speculative_config, args.pipeline_parallel_size, args.timeout, tree
     )
     if args.json:
         print_json(result.to_json())

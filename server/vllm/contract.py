@@ -354,8 +354,6 @@ def check_all(tree: SourceTree) -> dict[str, ContractResult]:
     return out
 
 
-
-
 # -- release wheels (make test-vllm-contract) ----------------------------------------------------------------
 def wheel_cache() -> Path:
     """Where release wheels are kept between runs (outside any clone; `PROBEWATCH_VLLM_WHEELS` overrides)."""

@@ -130,8 +130,15 @@ def _model(out: Preflight, tree: SourceTree, model: str | None) -> tuple[int | N
     archs = config.get("architectures") or []
     found = [(arch, _supports_aux(tree, arch)) for arch in archs]
     ok = any(s for _, s in found)
-    detail = ", ".join(f"{a}: {'auxiliary outputs (SupportsEagle3)' if s else 'no auxiliary outputs'}" for a, s in found)
-    out.add("model", ok, f"{path.name} ({n_layers} layers); {detail or 'no architectures in config.json'}", "model_without_aux_outputs")
+    detail = ", ".join(
+        f"{a}: {'auxiliary outputs (SupportsEagle3)' if s else 'no auxiliary outputs'}" for a, s in found
+    )
+    out.add(
+        "model",
+        ok,
+        f"{path.name} ({n_layers} layers); {detail or 'no architectures in config.json'}",
+        "model_without_aux_outputs",
+    )
     fingerprint = envs.fingerprint_override()
     if fingerprint is None:
         from probewatch.models import fingerprint_folder
@@ -139,7 +146,9 @@ def _model(out: Preflight, tree: SourceTree, model: str | None) -> tuple[int | N
         try:
             fingerprint = fingerprint_folder(path)
         except Exception as exc:  # noqa: BLE001
-            out.add("fingerprint", False, f"cannot fingerprint {path}: {exc}; set PROBEWATCH_FINGERPRINT", "fingerprint")
+            out.add(
+                "fingerprint", False, f"cannot fingerprint {path}: {exc}; set PROBEWATCH_FINGERPRINT", "fingerprint"
+            )
     return (int(n_layers) if n_layers else None), fingerprint
 
 
@@ -183,7 +192,9 @@ def _engine_settings(out: Preflight, speculative_config: str | None, pp: int) ->
     out.add(
         "speculative_decoding",
         not spec,
-        "off" if not spec else f"{spec}: the drafter owns the auxiliary outputs; the engine would run unmonitored "
+        "off"
+        if not spec
+        else f"{spec}: the drafter owns the auxiliary outputs; the engine would run unmonitored "
         "(docs/live.md, gap report)",
         "speculative_decoding",
     )
@@ -195,7 +206,9 @@ def _engine_settings(out: Preflight, speculative_config: str | None, pp: int) ->
     )
 
 
-def _sidecar(out: Preflight, address: str | None, n_layers: int | None, fingerprint: str | None, timeout_s: float) -> None:
+def _sidecar(
+    out: Preflight, address: str | None, n_layers: int | None, fingerprint: str | None, timeout_s: float
+) -> None:
     import grpc
 
     from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
@@ -212,15 +225,24 @@ def _sidecar(out: Preflight, address: str | None, n_layers: int | None, fingerpr
     with grpc.insecure_channel(address) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout_s)
-            listing = pb_grpc.MonitorStub(channel).ListProbes(pb.ListProbesRequest(), timeout=timeout_s, metadata=metadata)
+            listing = pb_grpc.MonitorStub(channel).ListProbes(
+                pb.ListProbesRequest(), timeout=timeout_s, metadata=metadata
+            )
         except grpc.FutureTimeoutError:
-            out.add("sidecar", False, f"{address} unreachable within {timeout_s:g}s (PROBEWATCH_SIDECAR)", "sidecar_down")
+            out.add(
+                "sidecar", False, f"{address} unreachable within {timeout_s:g}s (PROBEWATCH_SIDECAR)", "sidecar_down"
+            )
             return
         except grpc.RpcError as exc:
             code = exc.code().name if hasattr(exc, "code") else "ERROR"
             reason = "sidecar_auth" if code == "UNAUTHENTICATED" else "sidecar_down"
             hint = " (PROBEWATCH_AUTH_TOKEN_FILE)" if reason == "sidecar_auth" else ""
-            out.add("sidecar", False, f"{address}: {code}: {exc.details() if hasattr(exc, 'details') else exc}{hint}", reason)
+            out.add(
+                "sidecar",
+                False,
+                f"{address}: {code}: {exc.details() if hasattr(exc, 'details') else exc}{hint}",
+                reason,
+            )
             return
     out.add(
         "sidecar",
@@ -233,14 +255,18 @@ def _sidecar(out: Preflight, address: str | None, n_layers: int | None, fingerpr
         out.add(
             "fingerprint",
             same,
-            fingerprint if same else f"the sidecar's bundles are for {listing.model_fingerprint}, this model is {fingerprint}",
+            fingerprint
+            if same
+            else f"the sidecar's bundles are for {listing.model_fingerprint}, this model is {fingerprint}",
             "fingerprint",
         )
     if n_layers is not None:
         from probewatch.server.vllm.engage import layers_problem
 
         problem = layers_problem(sorted(listing.layers), n_layers)
-        out.add("layers", problem is None, problem or f"{sorted(listing.layers)} within {n_layers}", "layers_out_of_range")
+        out.add(
+            "layers", problem is None, problem or f"{sorted(listing.layers)} within {n_layers}", "layers_out_of_range"
+        )
 
 
 __all__ = ["Check", "Preflight", "run_preflight"]
