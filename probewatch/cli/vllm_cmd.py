@@ -47,7 +47,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     contract.add_argument("--cache", default=None, help="wheel cache (default: $PROBEWATCH_HOME/cache/vllm-wheels)")
     add_json_arg(contract)
     contract.set_defaults(func=_contract)
+    source = vsub.add_parser(
+        "source", help="download a release's wheel (no deps) and print the folder its Python source is extracted to"
+    )
+    source.add_argument("version", help="vLLM release, e.g. 0.34.0, or 'latest'")
+    source.add_argument("--cache", default=None, help="wheel cache (default: $PROBEWATCH_HOME/cache/vllm-wheels)")
+    source.set_defaults(func=_source)
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+
+
+def _source(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from probewatch.server.vllm.contract import SourceTree, extract_python, fetch_wheel, wheel_cache
+
+    cache = Path(args.cache) if args.cache else wheel_cache()
+    wheel = fetch_wheel(args.version, cache)
+    version = SourceTree(wheel).version() or args.version
+    print(extract_python(wheel, cache / f"src-{version}"))
+    return 0
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ mismatch that generation stops being sent and closes `aborted` with the reason
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,9 @@ from probewatch.server.vllm.policy import PolicyError, request_policy
 log = logging.getLogger(__name__)
 
 _RECENT = 4096  # finished handles kept for `results()`
+# MRV2 warms its kernels up with real-looking requests through execute_model (`_warmup_{i}_`,
+# `_context_warmup_{i}_`, `_v2_mixed_warmup_prefill_{i}_`, vllm/v1/worker/gpu/warmup.py): never monitored
+_WARMUP = re.compile(r"^_\w*warmup")
 _captures: list[RunnerCapture] = []
 
 
@@ -216,6 +220,8 @@ class RunnerCapture:
         rid = data.req_id
         if rid in self.requests:
             return  # re-sent as new after a preemption: the same generation goes on (positions skip)
+        if _WARMUP.match(rid):
+            return
         prompt = data.prompt_token_ids
         prompt_len = len(prompt) if prompt is not None else 0
         params = data.sampling_params
