@@ -1,6 +1,6 @@
 """A vLLM engine in its own process (the plugin loads once per process): fail-open and kill-switch checks.
 
-    python -m tests.vllm_backend.engine_script failopen|disabled OUT.json
+    python -m tests.vllm_backend.engine_script failopen|disabled|refused OUT.json
 
 Prints nothing useful; writes one JSON object with what the test asserts on.
 """
@@ -47,6 +47,21 @@ def main(mode: str, out_path: str) -> None:
     result["aux_layers"] = list(getattr(runner.get_model().model, "aux_hidden_state_layers", ()))
     result["use_aux"] = bool(runner.use_aux_hidden_state_outputs)
     result["threads"] = sorted(t.name for t in threading.enumerate() if t.name.startswith("probewatch"))
+    from vllm.v1.worker.gpu.model_runner import GPUModelRunner as V2Runner
+
+    result["v2_patched"] = bool(V2Runner.__dict__.get("_probewatch_patched", False))
+    result["env_v2_runner"] = os.environ.get("VLLM_USE_V2_MODEL_RUNNER")  # the plugin must not set it
+    if mode == "refused":
+        from probewatch.server.vllm.engage import client_metrics
+
+        registry = client_metrics().registry
+        result["engaged"] = {
+            s.labels["reason"]: s.value
+            for metric in registry.collect()
+            if metric.name == "probewatch_client_capture_engaged"
+            for s in metric.samples
+        }
+        result["up"] = registry.get_sample_value("probewatch_client_monitoring_up")
     if mode == "failopen":
         import probewatch.server.vllm as pv
         from probewatch.server.sidecar import Sidecar, sidecar_config_for

@@ -128,6 +128,8 @@ def test_vllm_serve_streams_and_the_sidecar_scores(tmp_path, model_path, bundles
         assert metric_value(client, "probewatch_client_monitoring_up") == 1
         assert metric_value(client, "probewatch_client_chunks_sent_total") > 0
         assert metric_value(client, "probewatch_client_unmonitored_generations_total", reason="opted_out") == 1
+        assert metric_value(client, "probewatch_client_capture_engaged", runner="vllm-v1", reason="") == 1
+        assert "monitoring ON on vllm-v1" in log_path.read_text()
         assert "through the model's auxiliary outputs" in log_path.read_text()
     finally:
         proc.terminate()
@@ -163,6 +165,7 @@ def test_fail_open_when_the_sidecar_is_down_then_monitoring_returns(tmp_path):
     )
     assert all(n == 6 for n in r["n_tokens"]) and all(t.strip() for t in r["texts"])  # generation unaffected
     assert r["use_aux"] and r["aux_layers"] == [16, 22]  # capture installed from PROBEWATCH_LAYERS
+    assert r["env_v2_runner"] is None and r["v2_patched"]  # V2 is wrapped too; vLLM picks its runner
     assert r["up_before"] == 0 and r["unmonitored_down"] == 2
     assert r["statuses_down"] == ["unmonitored", "unmonitored"]
     assert "monitoring OFF" in r["log"]
@@ -174,4 +177,17 @@ def test_kill_switch_leaves_the_engine_untouched(tmp_path):
     r = _engine_script("disabled", tmp_path, PROBEWATCH_DISABLE="1", PROBEWATCH_SIDECAR="127.0.0.1:1")
     assert all(n == 6 for n in r["n_tokens"])
     assert not r["patched"] and not r["scheduler_patched"] and not r["runner_capture"]
-    assert r["aux_layers"] == [] and not r["use_aux"] and r["threads"] == []
+    assert r["aux_layers"] == [] and not r["use_aux"] and r["threads"] == [] and not r["v2_patched"]
+
+
+def test_an_engine_the_plugin_cannot_monitor_says_why_and_runs_unmonitored(tmp_path):
+    """Layers outside the model (here from PROBEWATCH_LAYERS): one OFF line with the reason, the engaged
+    gauge 0 with the same reason code `probewatch vllm check` prints, generation unaffected."""
+    port = _free_port()
+    r = _engine_script(
+        "refused", tmp_path, PROBEWATCH_SIDECAR=f"127.0.0.1:{port}", PROBEWATCH_WAIT_S="1", PROBEWATCH_LAYERS="15,99"
+    )
+    assert all(n == 6 for n in r["n_tokens"])
+    assert not r["runner_capture"] and not r["use_aux"] and r["aux_layers"] == []
+    assert r["engaged"] == {"layers_out_of_range": 0.0} and r["up"] == 0
+    assert "monitoring OFF on vllm-v1 (layers_out_of_range): layers [99] out of range" in r["log"]
