@@ -14,6 +14,12 @@ capture of decoder layer L's output (`probewatch.capture.run_forward`, what the 
 HF's `hidden_states[L+1]` except for the last layer, which HF returns after the final norm) for the same
 tokens (fp32). The last stdout line is one JSON
 object (`--json`); a plot of tokens/s per configuration and batch goes next to `--out`.
+
+GPU hosts: `--model-config deploy/bench/llama-8b-shape --load-format dummy --dtype bfloat16` builds an
+8B Llama with random weights from a written config (no download; the reference model's tokenizer),
+monitors it with random probes on 4 layers spread over its depth, and keeps vLLM's defaults (CUDA
+graphs, compiled). Parity needs real weights, so it is skipped there (`parity_skipped`). The JSON says
+which model runner the plugin engaged on (`runner`), the vLLM version and the device.
 """
 
 from __future__ import annotations
@@ -41,6 +47,17 @@ def add_arguments_vllm(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {','.join(CONFIGS)}")
     parser.add_argument("--eager", action="store_true", help="run every engine eager (default: vLLM's compiled mode)")
     parser.add_argument("--bundles", nargs="+", default=None, help="bundles (default: shipped for the model)")
+    parser.add_argument(
+        "--model-config",
+        default=None,
+        help="a folder with only a config.json (e.g. deploy/bench/llama-8b-shape): benchmark that shape with "
+        "random probes; the tokenizer is --model's",
+    )
+    parser.add_argument(
+        "--load-format", default="auto", choices=("auto", "dummy"), help="vLLM load format (dummy: random weights)"
+    )
+    parser.add_argument("--dtype", default=None, help="vLLM dtype (default float32 on CPU, bfloat16 on GPU)")
+    parser.add_argument("--max-model-len", type=int, default=1024)
     parser.add_argument("--out", default="runs/bench-vllm.json", help="report path (the plot goes next to it)")
 
 
@@ -48,12 +65,11 @@ def add_arguments_vllm(parser: argparse.ArgumentParser) -> None:
 class _Engine:
     """One engine worker process; a line protocol over its stdin / stdout."""
 
-    def __init__(self, config: str, args: argparse.Namespace, model_path: str, layers: list[int], env: dict) -> None:
+    def __init__(self, config: str, args: argparse.Namespace, layers: list[int], env: dict) -> None:
         self.config = config
         self.log = open(Path(args.workdir) / f"engine-{config}.log", "w")  # noqa: SIM115 - lives with the process
-        cmd = [sys.executable, "-m", "probewatch.server.bench_vllm", config, model_path, ",".join(map(str, layers))]
-        if args.eager:
-            cmd.append("--eager")
+        spec = json.dumps({**args.engine_spec, "layers": layers})
+        cmd = [sys.executable, "-m", "probewatch.server.bench_vllm", config, spec]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, bufsize=1
         )
@@ -97,21 +113,36 @@ def vllm_main(args: argparse.Namespace) -> int:
     if set(configs) - set(CONFIGS) or "off" not in configs:
         raise SystemExit(f"--configs: choose from {','.join(CONFIGS)} (off is the baseline)")
     batches = [int(b) for b in args.batches.split(",")]
-    model_path = str(resolve_model_path(args.model))
-    identity = resolve_model_identity(args.model, None)
-    paths = (
-        resolve_bundle_specs(args.bundles, identity.model_id)
-        if args.bundles
-        else default_bundle_dirs(identity.model_id)
-    )
-    if not paths:
-        raise SystemExit(f"no bundles for {identity.model_id}: pass --bundles")
+    tokenizer = str(resolve_model_path(args.model))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     engines: dict[str, _Engine] = {}
     with tempfile.TemporaryDirectory(prefix="probewatch-bench-vllm-") as tmp:
         args.workdir = tmp
-        serve = ["--model", model_path, "--metrics-port", "-1", "--no-incidents", "--bundles", *map(str, paths)]
+        if args.model_config:
+            model_path, model_id, fingerprint, paths = _shape_model(Path(args.model_config), Path(tmp))
+            serve = ["--fingerprint", fingerprint]
+        else:
+            model_path = tokenizer
+            identity = resolve_model_identity(args.model, None)
+            model_id, fingerprint = identity.model_id, None
+            paths = (
+                resolve_bundle_specs(args.bundles, identity.model_id)
+                if args.bundles
+                else default_bundle_dirs(identity.model_id)
+            )
+            serve = ["--model", model_path]
+        if not paths:
+            raise SystemExit(f"no bundles for {model_id}: pass --bundles")
+        args.engine_spec = {
+            "model": model_path,
+            "tokenizer": tokenizer,
+            "load_format": args.load_format,
+            "dtype": args.dtype,
+            "max_model_len": args.max_model_len,
+            "eager": args.eager,
+        }
+        serve += ["--metrics-port", "-1", "--no-incidents", "--bundles", *map(str, paths)]
         with SidecarProcess(serve, Path(tmp)) as sidecar:
             import grpc
 
@@ -121,6 +152,8 @@ def vllm_main(args: argparse.Namespace) -> int:
             with grpc.insecure_channel(sidecar.address) as channel:
                 layers = sorted(pb_grpc.MonitorStub(channel).ListProbes(pb.ListProbesRequest(), timeout=30).layers)
             base = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PROBEWATCH_SIDECAR": sidecar.address}
+            if fingerprint is not None:  # a config-only folder has no weights to fingerprint
+                base["PROBEWATCH_FINGERPRINT"] = fingerprint
             envs = {
                 "off": {**base, "PROBEWATCH_DISABLE": "1", "VLLM_LENS_DISABLE": "1"},
                 "probewatch": {**base, "VLLM_LENS_DISABLE": "1"},
@@ -129,7 +162,7 @@ def vllm_main(args: argparse.Namespace) -> int:
             try:
                 for config in configs:
                     print(f"starting the {config} engine ...", file=sys.stderr, flush=True)
-                    engines[config] = _Engine(config, args, model_path, layers, envs[config])
+                    engines[config] = _Engine(config, args, layers, envs[config])
                     print(f"  up in {engines[config].ready['startup_s']:.1f}s", file=sys.stderr, flush=True)
                 runs = [(c, m) for c in configs for m in (("rows", "pushdown") if c == "probewatch" else (c,))]
                 times: dict[tuple[str, int], list[float]] = {}
@@ -150,7 +183,11 @@ def vllm_main(args: argparse.Namespace) -> int:
                                     checks.setdefault(mode, []).append(r)
                                 if "lens_captured" in r:
                                     lens_ok.append(r["lens_captured"])
-                parity = engines["probewatch"].ask(cmd="parity") if "probewatch" in engines else {}
+                parity: dict[str, Any] = {}
+                if args.load_format == "dummy":
+                    parity = {"skipped": "dummy weights: no HF reference with the same weights"}
+                elif "probewatch" in engines:
+                    parity = engines["probewatch"].ask(cmd="parity")
             finally:
                 for engine in engines.values():
                     engine.close()
@@ -159,7 +196,13 @@ def vllm_main(args: argparse.Namespace) -> int:
     best = {f"{m}_b{b}": b * args.new_tokens / min(v) for (m, b), v in times.items()}
     result: dict[str, Any] = {
         "benchmark": "vllm",
-        "model": identity.model_id,
+        "model": model_id,
+        "model_config": args.model_config,
+        "load_format": args.load_format,
+        "runner": engines["probewatch"].ready.get("runner") if "probewatch" in engines else None,
+        "vllm_version": engines["off"].ready.get("vllm_version"),
+        "device": engines["off"].ready.get("device"),
+        "dtype": engines["off"].ready.get("dtype"),
         "compiled": not args.eager,
         "layers": layers,
         "new_tokens": args.new_tokens,
@@ -175,6 +218,7 @@ def vllm_main(args: argparse.Namespace) -> int:
         "vllm_lens_captured": all(lens_ok) if lens_ok else None,
         "parity_cos_min": parity.get("cos_min"),
         "parity_rows": parity.get("rows"),
+        "parity_skipped": parity.get("skipped"),
         "command": "probewatch bench vllm " + " ".join(sys.argv[3:]),
     }
     top = max(batches)
@@ -217,30 +261,50 @@ def _plot(tps: dict[str, float], batches: list[int], path: Path) -> None:
 
 
 # -- engine worker ------------------------------------------------------------------------------------------
-def _worker(config: str, model_path: str, layers: list[int], eager: bool) -> None:
+def _worker(config: str, spec: dict[str, Any]) -> None:
     import torch
+    import vllm
     from vllm import LLM, SamplingParams
 
+    layers = spec["layers"]
+    gpu = torch.cuda.is_available()
+    memory = {"gpu_memory_utilization": 0.85} if gpu else {"kv_cache_memory_bytes": 1 << 30}
     t0 = time.monotonic()
     llm = LLM(
-        model_path,
-        dtype="float32",
-        max_model_len=1024,
+        spec["model"],
+        tokenizer=spec["tokenizer"],
+        load_format=spec["load_format"],
+        dtype=spec["dtype"] or ("bfloat16" if gpu else "float32"),
+        max_model_len=spec["max_model_len"],
         max_num_seqs=16,
-        enforce_eager=eager,
-        kv_cache_memory_bytes=1 << 30,
+        enforce_eager=spec["eager"],
         seed=0,
+        **memory,
     )
     startup = time.monotonic() - t0
     capture = None
     if config == "probewatch":
         from probewatch.server.vllm.capture import captures
 
-        capture = captures()[0]
+        found = captures()
+        if not found:
+            raise SystemExit(
+                "the probewatch plugin did not engage on this engine (see the log's 'monitoring OFF' line)"
+            )
+        capture = found[0]
     tok = llm.get_tokenizer()
     prompt = tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
-    enforce_eager = bool(llm.llm_engine.vllm_config.model_config.enforce_eager)
-    _say({"startup_s": startup, "enforce_eager": enforce_eager})
+    model_config = llm.llm_engine.vllm_config.model_config
+    _say(
+        {
+            "startup_s": startup,
+            "enforce_eager": bool(model_config.enforce_eager),
+            "runner": capture.runner_name if capture is not None else None,
+            "vllm_version": getattr(vllm, "__version__", None),
+            "device": torch.cuda.get_device_name(0) if gpu else "cpu",
+            "dtype": str(model_config.dtype),
+        }
+    )
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["cmd"] == "exit":
@@ -320,6 +384,25 @@ def _say(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _shape_model(config_dir: Path, tmp: Path) -> tuple[str, str, str, list[Path]]:
+    """A config-only model folder: (path, id, fingerprint, random bundles on 4 layers over its depth)."""
+    import hashlib
+
+    from probewatch.server.bench import random_bundles
+
+    config_path = config_dir / "config.json"
+    if not config_path.is_file():
+        raise SystemExit(f"--model-config {config_dir}: no config.json there")
+    config = json.loads(config_path.read_text())
+    text = config.get("text_config") or config
+    d_model, n_layers = int(text["hidden_size"]), int(text["num_hidden_layers"])
+    model_id = f"shape:{config_dir.name}"
+    fingerprint = "pwfp1:" + hashlib.sha256(config_path.read_bytes()).hexdigest()[:32]
+    layers = sorted({max(0, n_layers * k // 4 - 1) for k in (1, 2, 3)} | {n_layers - 2})
+    paths = random_bundles(tmp / "bundles", model_id, fingerprint, d_model, n_layers, layers, per_layer=1)
+    return str(config_dir.resolve()), model_id, fingerprint, paths
+
+
 if __name__ == "__main__":
-    _worker(sys.argv[1], sys.argv[2], [int(x) for x in sys.argv[3].split(",")], "--eager" in sys.argv[4:])
+    _worker(sys.argv[1], json.loads(sys.argv[2]))
     os._exit(0)
