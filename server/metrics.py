@@ -262,7 +262,7 @@ class ClientMetrics:
         )
         self.engaged = Gauge(
             "probewatch_client_capture_engaged",
-            "1 when the capture is installed on this engine's model runner (label runner: hf, vllm-v1, "
+            "1 when the capture is installed on this engine's model runner (label runner: vllm-v1, "
             "vllm-v2, vllm-cpu-standalone), 0 with the reason it is not (the engine then runs unmonitored).",
             ["runner", "reason"],
             registry=r,
