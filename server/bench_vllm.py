@@ -366,7 +366,9 @@ def _parity(llm: Any, capture: Any, layers: list[int], tok: Any) -> dict[str, An
     finally:
         capture.client.enqueue = enqueue
     ids = prompt + list(out.outputs[0].token_ids)
-    model = AutoModelForCausalLM.from_pretrained(llm.llm_engine.vllm_config.model_config.model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        llm.llm_engine.vllm_config.model_config.model, dtype=torch.float32, use_kernels=False
+    )
     # the reference is the HF capture the probes were trained on (decoder layer L's output, before any
     # final norm): `hidden_states[L + 1]` equals it except for the last layer, which HF returns normed
     with torch.inference_mode():

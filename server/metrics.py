@@ -267,6 +267,13 @@ class ClientMetrics:
             ["runner", "reason"],
             registry=r,
         )
+        self.speculative_rows = Counter(
+            "probewatch_client_speculative_rows_total",
+            "Draft-token rows of speculative-decoding verify steps: accepted ones are scored, rejected ones "
+            "(tokens that never happened) are not sent.",
+            ["outcome"],
+            registry=r,
+        )
         for reason in CAPTURE_ERROR_REASONS:
             self.capture_errors.labels(reason=reason)
         for reason in ("queue_full", "sidecar_down", "rejected", "stalled"):

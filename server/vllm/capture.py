@@ -69,15 +69,29 @@ def all_results() -> dict[str, GenerationHandle]:
     return out
 
 
-def stops(output: Sequence[int], prompt_len: int, params: Any, max_model_len: int) -> bool:
-    """True when the last sampled token ends the request (vLLM's `check_stop`, without stop strings)."""
-    if params is None or not output:
-        return False
-    last = output[-1]
-    if last >= 0 and (last == params.eos_token_id or last in (params.stop_token_ids or ())):
-        return True
+def stop_at(
+    output: Sequence[int], start: int, prompt_len: int, params: Any, max_model_len: int
+) -> tuple[int, int] | None:
+    """Where the request ends within `output[start:]` (vLLM's `check_stop`, without stop strings).
+
+    Returns (tokens the output keeps, end of the positions whose rows belong to the response: a stop
+    token is kept in the output but, like offline, not scored), or None when it goes on. Several
+    tokens can arrive in one step (speculative decoding), so the stop may sit before the last one:
+    vLLM then drops what follows it, and so does the capture.
+    """
+    if params is None:
+        return None
     max_tokens = params.max_tokens if params.max_tokens is not None else max_model_len - prompt_len
-    return prompt_len + len(output) >= max_model_len or len(output) >= max_tokens
+    limit = min(max_tokens, max_model_len - prompt_len)
+    eos = None if getattr(params, "ignore_eos", False) else params.eos_token_id
+    stop_ids = set(params.stop_token_ids or ())
+    for i in range(start, len(output)):
+        token = output[i]
+        if token >= 0 and (token == eos or token in stop_ids):
+            return i + 1, prompt_len + i
+        if i + 1 >= limit:
+            return i + 1, prompt_len + i + 1
+    return None
 
 
 @dataclass
@@ -99,6 +113,26 @@ class StepView:
 
 
 @dataclass
+class _Verify:
+    """A speculative-decoding verify step of one request: its rows past `p0` are the drafts' rows,
+    part of the sequence only once the rejection sampler accepted them. `end` (positions below it
+    are the sequence's) is known when the step's sampled tokens arrive (`on_sampled`): accepted
+    drafts + 1 new tokens means rows p0 .. p0 + accepted are valid."""
+
+    p0: int
+    end: int
+    drafts: int = 0
+    event: threading.Event = field(default_factory=threading.Event)
+
+    def settle(self, end: int) -> None:
+        self.end = end
+        self.event.set()
+
+
+_VERIFY_WAIT_S = 10.0  # the sender waits this long for a verify step's acceptance (normally: milliseconds)
+
+
+@dataclass
 class _Request:
     """One vLLM request as the capture sees it."""
 
@@ -109,6 +143,7 @@ class _Request:
     prompt_ids: list[int] = field(default_factory=list)
     output_ids: list[int] = field(default_factory=list)  # what the runner sampled (for the texts and stops)
     params: Any = None  # SamplingParams (stop rules)
+    verify: _Verify | None = None  # the pending speculative verify step, if any
 
     @property
     def live(self) -> bool:
@@ -134,6 +169,7 @@ class VllmBlock(Block):
     event: Any
     entries: list[tuple[GenerationHandle, int]]  # (generation, bookkept position) per row
     fed: _Gathered
+    drafts: dict[int, _Verify] = field(default_factory=dict)  # entry index -> its verify step (draft rows)
 
     def handles(self) -> list[GenerationHandle]:
         return list({id(h): h for h, _ in self.entries}.values())
@@ -147,6 +183,11 @@ class VllmBlock(Block):
         for j, (h, pos) in enumerate(self.entries):
             if h.capture_error is not None or h.rejected:
                 continue
+            verify = self.drafts.get(j)
+            if verify is not None:
+                verify.event.wait(_VERIFY_WAIT_S)
+                if pos >= verify.end:
+                    continue  # a rejected draft's row (or acceptance never came): not the sequence's
             if fed_pos[j] != pos:
                 self.capture.fail(
                     h,
@@ -180,6 +221,7 @@ class RunnerCapture:
         self._lock = threading.Lock()
         self._sched: Any = None
         self._resumed: set[str] = set()
+        self._drafts: dict[str, int] = {}  # request -> draft tokens in this step's verify (speculative decoding)
         self._warned: set[str] = set()
         _captures.append(self)
 
@@ -211,6 +253,8 @@ class RunnerCapture:
         self._resumed = set(getattr(cached, "resumed_req_ids", ()) or ()) | {
             d.req_id for d in new if d.req_id in self.requests
         }
+        spec = getattr(sched, "scheduled_spec_decode_tokens", None) or {}
+        self._drafts = {rid: len(tokens) for rid, tokens in spec.items() if tokens}
         if new:
             plan, session = self.client.current_plan()
             for data in new:
@@ -278,11 +322,26 @@ class RunnerCapture:
             if req is None:
                 continue
             valid = [int(t) for t in tokens if t >= 0]
+            start = len(req.output_ids)
+            new = len(valid) - start if cumulative else len(valid)
             if cumulative:
                 req.output_ids = valid
             else:
                 req.output_ids.extend(valid)
-            if stops(req.output_ids, req.prompt_len, req.params, self.max_model_len):
+            cut = stop_at(
+                req.output_ids, min(start, len(req.output_ids)), req.prompt_len, req.params, self.max_model_len
+            )
+            if cut is not None:
+                del req.output_ids[cut[0] :]
+            verify = req.verify
+            if verify is not None:  # accepted drafts + 1 new tokens: rows p0 .. p0 + accepted are valid
+                req.verify = None
+                req.floor = verify.p0 + max(1, new)
+                accepted = max(0, new - 1)
+                self.metrics.speculative_rows.labels(outcome="accepted").inc(accepted)
+                self.metrics.speculative_rows.labels(outcome="rejected").inc(max(0, verify.drafts - accepted))
+                verify.settle(min(req.floor, cut[1]) if cut is not None else req.floor)
+            if cut is not None:
                 self._finish(rid)
 
     def on_request_finished(self, request: Any) -> None:
@@ -303,6 +362,8 @@ class RunnerCapture:
             req = self.requests.pop(rid, None)
         if req is None or req.handle is None:
             return
+        if req.verify is not None:  # ended before its acceptance arrived: only the verified row counts
+            req.verify.settle(req.verify.p0 + 1)
         prompt_ids, output_ids = req.prompt_ids, list(req.output_ids)
         decode = self.decode
 
@@ -351,8 +412,8 @@ class RunnerCapture:
             return
         resumed = self._resumed
         # per prompt-row policy: row indices and (handle, position) per layer
-        per_layer: dict[int, tuple[list[np.ndarray], list[tuple[GenerationHandle, int]]]] = {
-            layer: ([], []) for layer in self.layers if layer in plan.captures
+        per_layer: dict[int, tuple[list[np.ndarray], list[tuple[GenerationHandle, int]], dict[int, _Verify]]] = {
+            layer: ([], [], {}) for layer in self.layers if layer in plan.captures
         }
         for i, rid in enumerate(step.req_ids):
             req = self.requests.get(rid)
@@ -375,11 +436,14 @@ class RunnerCapture:
                 continue
             lo = max(p0, req.floor)
             req.floor = max(req.floor, p0 + n)
+            verify = None
+            if self._drafts.get(rid):  # a verify step: rows past p0 count once their drafts are accepted
+                verify = req.verify = _Verify(p0, p0 + 1, self._drafts[rid])
             if lo >= p0 + n:
                 continue
             P = req.prompt_len
             gen = np.arange(max(lo, P), p0 + n)
-            for layer, (parts, entries) in per_layer.items():
+            for layer, (parts, entries, drafts) in per_layer.items():
                 if layer not in req.layers:
                     continue
                 policy = plan.captures[layer].prompt_rows
@@ -391,13 +455,15 @@ class RunnerCapture:
                     pos = gen
                 if pos.size:
                     parts.append(start + pos - p0)
+                    if verify is not None:
+                        drafts.update({len(entries) + j: verify for j, p in enumerate(pos) if p > p0})
                     entries.extend((h, int(p)) for p in pos)
         input_ids, positions, aux = step.input_ids, step.positions, step.aux
         gathered: dict[bytes, tuple[torch.Tensor, _Gathered]] = {}
         for k, layer in enumerate(self.layers):
             if layer not in per_layer or not per_layer[layer][0]:
                 continue
-            idx_parts, entries = per_layer[layer]
+            idx_parts, entries, drafts = per_layer[layer]
             idx = np.concatenate(idx_parts).astype(np.int64)
             key = idx.tobytes()
             if key not in gathered:
@@ -416,7 +482,7 @@ class RunnerCapture:
             if cap.projection is not None:
                 rows = rows.to(torch.float32) @ cap.projection
             host, event = ClientCore.to_host(rows)
-            self.client.enqueue(VllmBlock(self, layer, cap.kind, host, event, entries, fed_rows))
+            self.client.enqueue(VllmBlock(self, layer, cap.kind, host, event, entries, fed_rows, drafts))
 
     # -- the self-check ------------------------------------------------------------------------------------
     def fail(self, handle: GenerationHandle, reason: str, detail: str) -> None:

@@ -78,6 +78,7 @@ ENGINE_CONTRACT: tuple[Requirement, ...] = (
     Requirement(_OUT, "num_scheduled_tokens", "SchedulerOutput", "attr", why="self-check: rows per request"),
     Requirement(_OUT, "total_num_scheduled_tokens", "SchedulerOutput", "attr", why="self-check: rows per step"),
     Requirement(_OUT, "finished_req_ids", "SchedulerOutput", "attr", why="closes aborted / finished requests"),
+    Requirement(_OUT, "scheduled_spec_decode_tokens", "SchedulerOutput", "attr", why="draft rows held until accepted"),
     Requirement(_OUT, "req_id", "NewRequestData", "attr"),
     Requirement(_OUT, "prompt_token_ids", "NewRequestData", "attr"),
     Requirement(_OUT, "sampling_params", "NewRequestData", "attr", why="per-request policy (extra_args)"),

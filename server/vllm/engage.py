@@ -34,7 +34,11 @@ class RunnerFacts:
     model_config: Any  # vLLM ModelConfig
     device: Any
     max_model_len: int
-    speculative: bool  # a speculative_config is set (its drafter owns the auxiliary outputs)
+    speculative: str | None = None  # the speculative_config's method, if any
+    drafter_uses_aux: bool = False  # its drafter reads the target's auxiliary outputs (EAGLE-3 and kin)
+    # the runner's bookkeeping stays exact under speculation (V1: yes; V2 keeps only an upper bound of
+    # num_computed_tokens on the host, so draft rows cannot be placed without a device sync)
+    speculation_supported: bool = False
 
 
 class NotEngaged(Exception):
@@ -62,11 +66,17 @@ def engine_refusal(facts: RunnerFacts) -> NotEngaged | None:
     from vllm.distributed import get_pp_group
     from vllm.model_executor.models.interfaces import supports_eagle3
 
-    if facts.speculative:
+    if facts.speculative and facts.drafter_uses_aux:
         return NotEngaged(
             "speculative_decoding",
-            "speculative decoding is on: its drafter owns the auxiliary outputs and draft rows would need "
-            "filtering by acceptance (docs/live.md, gap report)",
+            f"speculative decoding ({facts.speculative}): its drafter owns the model's auxiliary outputs "
+            "(docs/live.md, 'Speculative decoding')",
+        )
+    if facts.speculative and not facts.speculation_supported:
+        return NotEngaged(
+            "speculative_decoding",
+            f"speculative decoding ({facts.speculative}) on {facts.runner}: this runner keeps no exact host-side "
+            "positions for draft rows (docs/live.md, 'Speculative decoding')",
         )
     if get_pp_group().world_size > 1:
         return NotEngaged("pipeline_parallel", "pipeline parallelism: the auxiliary outputs would span stages")

@@ -71,7 +71,7 @@ def run_preflight(
     out.add("plugin", *_plugin_registered())
     _contracts(out, tree)
     n_layers, fingerprint = _model(out, tree, model)
-    _engine_settings(out, speculative_config, pipeline_parallel_size)
+    _engine_settings(out, tree, speculative_config, pipeline_parallel_size)
     _sidecar(out, sidecar, n_layers, fingerprint, timeout_s)
     return out
 
@@ -187,17 +187,41 @@ def _supports_aux(tree: SourceTree, arch: str) -> bool:
     return False
 
 
-def _engine_settings(out: Preflight, speculative_config: str | None, pp: int) -> None:
+# speculative methods whose drafter reads the target model's auxiliary hidden states
+AUX_DRAFTERS = frozenset({"eagle3", "extract_hidden_states", "dflash", "dspark"})
+
+
+def _engine_settings(out: Preflight, tree: SourceTree, speculative_config: str | None, pp: int) -> None:
     spec = speculative_config or os.environ.get("VLLM_SPECULATIVE_CONFIG")
-    out.add(
-        "speculative_decoding",
-        not spec,
-        "off"
-        if not spec
-        else f"{spec}: the drafter owns the auxiliary outputs; the engine would run unmonitored "
-        "(docs/live.md, gap report)",
-        "speculative_decoding",
-    )
+    if not spec:
+        out.add("speculative_decoding", True, "off")
+    else:
+        try:
+            method = str(json.loads(spec).get("method") or "")
+        except (ValueError, AttributeError):
+            method = spec
+        has_v1 = tree.has_module("vllm.v1.worker.gpu_model_runner")
+        if method in AUX_DRAFTERS:
+            out.add(
+                "speculative_decoding",
+                False,
+                f"{method}: its drafter owns the model's auxiliary outputs; the engine would run unmonitored "
+                "(docs/live.md, 'Speculative decoding')",
+            )
+        elif not has_v1:
+            out.add(
+                "speculative_decoding",
+                False,
+                f"{method}: drafts are scored once accepted on the V1 runner only, which this vLLM no longer ships; "
+                "the V2 runner would run unmonitored",
+            )
+        else:
+            out.add(
+                "speculative_decoding",
+                True,
+                f"{method}: draft rows scored once accepted, on the V1 runner only (the CPU default here; on GPU set "
+                "VLLM_USE_V2_MODEL_RUNNER=0, else V2 runs unmonitored)",
+            )
     out.add(
         "pipeline_parallel",
         pp <= 1,

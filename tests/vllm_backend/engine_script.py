@@ -1,6 +1,6 @@
 """A vLLM engine in its own process (the plugin loads once per process): fail-open and kill-switch checks.
 
-    python -m tests.vllm_backend.engine_script failopen|disabled|refused OUT.json
+    python -m tests.vllm_backend.engine_script failopen|disabled|refused|speculative OUT.json
 
 Prints nothing useful; writes one JSON object with what the test asserts on.
 """
@@ -13,9 +13,73 @@ import sys
 import threading
 import time
 
+REPEAT = "Repeat this list exactly, twice: apple, banana, cherry, grape, lemon, mango, orange, peach, plum."
+
+
+def speculative(out_path: str) -> None:
+    """n-gram speculative decoding with the plugin: the draft rows of every verify step are held until
+    the rejection sampler decides, and only accepted ones are scored (against a sidecar in-process)."""
+    from vllm import LLM, SamplingParams
+
+    import probewatch.server.vllm as pv
+    from probewatch.models import load_model
+    from probewatch.server.sidecar import Sidecar, sidecar_config_for
+    from probewatch.server.vllm.capture import captures
+    from tests.vllm_backend.conftest import ENGINE_ARGS
+
+    loaded = load_model("smollm2-135m-instruct")
+    config = sidecar_config_for(None, None, host="127.0.0.1", port=0, metrics_port=None, incident_db=None)
+    with Sidecar(config) as sidecar:
+        os.environ["PROBEWATCH_SIDECAR"] = sidecar.address
+        llm = LLM(
+            loaded.path,
+            enforce_eager=True,
+            speculative_config={"method": "ngram", "num_speculative_tokens": 3, "prompt_lookup_max": 3},
+            **ENGINE_ARGS,
+        )
+        tok = llm.get_tokenizer()
+        questions = [REPEAT, "Count from one to twenty, separated by commas."]
+        prompts = [
+            tok.apply_chat_template([{"role": "user", "content": q}], tokenize=True, add_generation_prompt=True)
+            for q in questions
+        ]
+        prompts = [list(p if isinstance(p, list) else p["input_ids"]) for p in prompts]
+        outputs = llm.generate(
+            [{"prompt_token_ids": p} for p in prompts], SamplingParams(max_tokens=40, temperature=0), use_tqdm=False
+        )
+        (capture,) = captures()
+        handles = pv.results()  # keyed by vLLM's internal request id (the request id + a suffix)
+        results = [
+            next(h for rid, h in handles.items() if rid == o.request_id or rid.startswith(f"{o.request_id}-")).result(
+                30
+            )
+            for o in outputs
+        ]
+        registry = capture.metrics.registry
+        result = {
+            "prompts": prompts,
+            "tokens": [list(o.outputs[0].token_ids) for o in outputs],
+            "finish": [o.outputs[0].finish_reason for o in outputs],
+            "status": [r.status for r in results],
+            "errors": [r.errors for r in results],
+            "scores": [{p: sorted(s.items()) for p, s in r.token_scores.items()} for r in results],
+            "accepted": registry.get_sample_value("probewatch_client_speculative_rows_total", {"outcome": "accepted"}),
+            "rejected": registry.get_sample_value("probewatch_client_speculative_rows_total", {"outcome": "rejected"}),
+            "capture_errors": sum(
+                registry.get_sample_value("probewatch_client_capture_errors_total", {"reason": r}) or 0
+                for r in ("position", "rows", "batch")
+            ),
+        }
+        capture.stop()
+    with open(out_path, "w") as fh:
+        json.dump(result, fh)
+
 
 def main(mode: str, out_path: str) -> None:
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if mode == "speculative":
+        speculative(out_path)
+        return
     from vllm import LLM, SamplingParams
     from vllm.v1.core.sched.scheduler import Scheduler
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
@@ -29,7 +93,9 @@ def main(mode: str, out_path: str) -> None:
     }
     free = Scheduler._free_request
     loaded = load_model("smollm2-135m-instruct")
-    llm = LLM(loaded.path, enforce_eager=True, **ENGINE_ARGS)
+    spec = os.environ.get("TEST_SPECULATIVE_CONFIG")  # refused mode: a drafter that owns the aux outputs
+    extra = {"speculative_config": json.loads(spec)} if spec else {}
+    llm = LLM(loaded.path, enforce_eager=True, **ENGINE_ARGS, **extra)
     runner = llm.llm_engine.engine_core.engine_core.model_executor.driver_worker.worker.model_runner
     params = SamplingParams(max_tokens=6, min_tokens=6, ignore_eos=True, temperature=0)
     prompts = ["The capital of France is", "Two plus two equals"]

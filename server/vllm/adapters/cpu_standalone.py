@@ -49,13 +49,14 @@ class StandaloneCPUAdapter(RunnerAdapter):
 
 def _engage(runner: Any) -> None:
     model = runner.get_model()
+    spec = runner.vllm_config.speculative_config
     facts = RunnerFacts(
         StandaloneCPUAdapter.name,
         model,
         runner.model_config,
         runner.device,
         int(runner.max_model_len),
-        runner.vllm_config.speculative_config is not None,
+        speculative=None if spec is None else str(getattr(spec, "method", "speculative")),
     )
     capture = engage(facts)
     if capture is None:

@@ -83,13 +83,16 @@ class V1Adapter(RunnerAdapter):
 
 
 def _engage(runner: Any) -> None:
+    spec = runner.speculative_config
     facts = RunnerFacts(
         V1Adapter.name,
         runner.get_model(),
         runner.model_config,
         runner.device,
         int(runner.max_model_len),
-        runner.speculative_config is not None or bool(runner.use_aux_hidden_state_outputs),
+        speculative=None if spec is None else str(getattr(spec, "method", "speculative")),
+        drafter_uses_aux=bool(runner.use_aux_hidden_state_outputs),  # set in __init__ for EAGLE-3 and kin
+        speculation_supported=True,  # drafts' rows are held until accepted (capture.py, _Verify)
     )
     capture = engage(facts)
     if capture is not None:

@@ -191,13 +191,15 @@ def _engage(runner: Any) -> None:
             "request's rows across ranks; this engine runs unmonitored"
         )
         return
+    spec = runner.speculative_config
     facts = RunnerFacts(
         V2Adapter.name,
         runner.get_model(),
         runner.model_config,
         runner.device,
         int(runner.max_model_len),
-        runner.speculative_config is not None or bool(runner.use_aux_hidden_state_outputs),
+        speculative=None if spec is None else str(getattr(spec, "method", "speculative")),
+        drafter_uses_aux=bool(runner.use_aux_hidden_state_outputs),
     )
     capture = engage(facts)
     if capture is not None:
