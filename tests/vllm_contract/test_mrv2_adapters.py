@@ -250,7 +250,8 @@ def _check_results(capture, weights, steps, tag: str):
 
 
 # -- the V2 GPU runner ---------------------------------------------------------------------------------------
-def test_v2_adapter_maps_every_row_to_its_request_and_position(capture, probes):
+@pytest.mark.parametrize("mode", ["rows", "pushdown"])
+def test_v2_adapter_maps_every_row_to_its_request_and_position(mode, capture, probes):
     from vllm.v1.outputs import ModelRunnerOutput
     from vllm.v1.worker.gpu import model_runner as mr
     from vllm.v1.worker.gpu.async_utils import AsyncOutput
@@ -286,12 +287,14 @@ def test_v2_adapter_maps_every_row_to_its_request_and_position(capture, probes):
         v2._patch_async_output()
         runner = ScriptedV2()
         runner._probewatch = capture
-        script, steps = _scenario("v2")
+        capture.set_mode(mode)  # pushdown: the projections are computed on the rows' device, same scores
+        script, steps = _scenario(f"v2-{mode}")
         _run(runner, capture, script)
-        _check_results(capture, probes[1], steps, "v2")
+        _check_results(capture, probes[1], steps, f"v2-{mode}")
         # a dummy (profiling / graph-capture) run is never read, nor are MRV2's warm-up requests
         runner.script.append((Step([("Z", 3, 0)], 4, 9), {}))
         runner.execute_model(sched_out([new_req("Z", [1, 2, 3])], {"Z": 3}), None, True)
+        runner.script.pop()
         assert "Z" not in capture.handles()
         warm = Step([("_warmup_0_", 3, 0)], 4, 9)
         _run(runner, capture, [(sched_out([new_req("_warmup_0_", [1, 2, 3])], {"_warmup_0_": 3}), warm, {})])
