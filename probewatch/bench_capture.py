@@ -24,7 +24,7 @@ def add_arguments_capture(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
-    from probewatch.capture import ResidualCapture, find_decoder_layers
+    from probewatch.capture import ResidualCapture, RowBlock, find_decoder_layers
     from probewatch.models import load_model
 
     loaded = load_model(args.model)
@@ -32,7 +32,11 @@ def main(args: argparse.Namespace) -> int:
     n = len(find_decoder_layers(model))
     layers = list(range(n)) if args.layers == "all" else [int(x) for x in args.layers.split(",")]
     ids = torch.randint(100, 40000, (args.batch, args.tokens), generator=torch.Generator().manual_seed(0))
-    cap = ResidualCapture(model, layers, keep=False, sink=lambda block: block.hidden.to("cpu"))
+
+    def to_cpu(block: RowBlock) -> None:
+        block.hidden.to("cpu")
+
+    cap = ResidualCapture(model, layers, keep=False, sink=to_cpu)
 
     def timed(hooked: bool) -> float:
         if hooked:

@@ -9,8 +9,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# what the functions below take: anything np.asarray reads as a 1-d array
+Scores = Sequence[float] | np.ndarray
+Labels = Sequence[int] | np.ndarray
 
-def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
+
+def auroc(scores: Scores, labels: Labels) -> float:
     """Area under the ROC curve via the rank statistic (ties get average ranks)."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
@@ -30,7 +34,7 @@ def auroc(scores: Sequence[float], labels: Sequence[int]) -> float:
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def threshold_at_fpr(negative_scores: Sequence[float], fpr: float) -> float:
+def threshold_at_fpr(negative_scores: Scores, fpr: float) -> float:
     """Smallest threshold t with mean(neg >= t) <= fpr, strictly above the allowed negatives.
 
     The rule "flag when score >= t" then flags at most floor(fpr * n) of these negatives.
@@ -44,6 +48,6 @@ def threshold_at_fpr(negative_scores: Sequence[float], fpr: float) -> float:
     return float(np.nextafter(neg[allowed], np.inf))
 
 
-def recall_at_threshold(positive_scores: Sequence[float], threshold: float) -> float:
+def recall_at_threshold(positive_scores: Scores, threshold: float) -> float:
     pos = np.asarray(positive_scores, dtype=np.float64)
     return float((pos >= threshold).mean()) if pos.size else float("nan")

@@ -264,7 +264,7 @@ def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) ->
     baseline_path = args.runs_dir / "baseline.json"
     baseline = json.loads(baseline_path.read_text()) if baseline_path.is_file() else {}
     timing = args.runs_dir / "timing.json"
-    saved = json.loads(timing.read_text()) if timing.is_file() else {"total_s": 0.0}
+    saved: dict[str, Any] = json.loads(timing.read_text()) if timing.is_file() else {"total_s": 0.0}
     sae_results = {}
     if getattr(args, "sae_only", False):
         t = time.perf_counter()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from probewatch.errors import ProbewatchError
-from probewatch.metrics import threshold_at_fpr
+from probewatch.metrics import Scores, threshold_at_fpr
 
 
 class CalibrationError(ProbewatchError):
@@ -56,7 +56,7 @@ def platt_fit(raw_scores: Sequence[float], labels: Sequence[int]) -> tuple[float
     return float(slope), float(offset)
 
 
-def calibrated_threshold(control_scores: Sequence[float], fpr: float) -> float:
+def calibrated_threshold(control_scores: Scores, fpr: float) -> float:
     """Threshold flagging at most `fpr` of the control set (same units as the scores)."""
     if not 0.0 <= fpr < 1.0:
         raise ValueError(f"fpr must be in [0, 1), got {fpr}")

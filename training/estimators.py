@@ -35,6 +35,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     """Shared scoring, prediction and export for the linear probe family."""
 
     standardize: bool = False
+    # set by fit
+    coef_: np.ndarray
+    intercept_: float
 
     # -- helpers for subclasses -----------------------------------------------------------------------
     def _prepare(self, X, y, sample_weight) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

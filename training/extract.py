@@ -99,8 +99,41 @@ def _safe(name: str) -> str:
 
 
 # -- read side -----------------------------------------------------------------------------------
+class _CacheMetadata:
+    """What ActivationSet and ActivationUnion read the same way: `index` metadata and offsets."""
+
+    root: Path
+    index: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.index["fingerprint"]
+
+    @property
+    def layers(self) -> list[int]:
+        return list(self.index["layers"])
+
+    @property
+    def d_model(self) -> int:
+        return int(self.index["d_model"])
+
+    @property
+    def n_tokens(self) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.n_tokens)]).astype(np.int64)
+
+    def check_fingerprint(self, fingerprint: str) -> None:
+        if fingerprint != self.fingerprint:
+            raise ActivationCacheError(
+                f"{self.root}: activations were extracted from model {self.fingerprint}, not {fingerprint}"
+            )
+
+
 @dataclass
-class ActivationSet:
+class ActivationSet(_CacheMetadata):
     """A completed cache: example metadata plus lazy per-layer access to the rows.
 
     Rows come back in the original dialogue order; `offsets[i]:offsets[i+1]` are example i's
@@ -122,18 +155,6 @@ class ActivationSet:
         return cls(root, index)
 
     # metadata
-    @property
-    def fingerprint(self) -> str:
-        return self.index["fingerprint"]
-
-    @property
-    def layers(self) -> list[int]:
-        return list(self.index["layers"])
-
-    @property
-    def d_model(self) -> int:
-        return int(self.index["d_model"])
-
     def __len__(self) -> int:
         return int(self.index["n_examples"])
 
@@ -153,16 +174,6 @@ class ActivationSet:
     @property
     def n_tokens(self) -> np.ndarray:
         return np.array(self.index["n_tokens"], dtype=np.int64)
-
-    @property
-    def offsets(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.n_tokens)]).astype(np.int64)
-
-    def check_fingerprint(self, fingerprint: str) -> None:
-        if fingerprint != self.fingerprint:
-            raise ActivationCacheError(
-                f"{self.root}: activations were extracted from model {self.fingerprint}, not {fingerprint}"
-            )
 
     # rows
     def _shards(self) -> list[dict[str, Any]]:
@@ -429,7 +440,7 @@ def _bad(layer: int, n: int) -> int:
 
 
 # -- several caches as one -------------------------------------------------------------------------
-class ActivationUnion:
+class ActivationUnion(_CacheMetadata):
     """Several ActivationSets (e.g. one per data kind) read as one, in the order given.
 
     Extracting kind by kind means adding or editing one kind of data re-extracts only that kind.
@@ -445,6 +456,7 @@ class ActivationUnion:
                 f"activation caches from different models cannot be combined: {sorted(fingerprints)}"
             )
         self.parts = list(parts)
+        self.root = self.parts[0].root
         key = hashlib.sha256("".join(p.index["key"] for p in parts).encode()).hexdigest()
         self.index = {
             "key": key,
@@ -454,16 +466,6 @@ class ActivationUnion:
             "d_model": parts[0].d_model,
             "n_examples": sum(len(p) for p in parts),
         }
-
-    @property
-    def root(self) -> Path:
-        return self.parts[0].root
-
-    fingerprint = ActivationSet.fingerprint
-    layers = ActivationSet.layers
-    d_model = ActivationSet.d_model
-    offsets = ActivationSet.offsets
-    check_fingerprint = ActivationSet.check_fingerprint
 
     def __len__(self) -> int:
         return int(self.index["n_examples"])

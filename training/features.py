@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from probewatch.probes.manifest import Aggregation
-from probewatch.training.extract import ActivationSet, expand_ranges, segment_mean
+from probewatch.training.extract import ActivationSet, ActivationUnion, expand_ranges, segment_mean
 
 
 @dataclass
@@ -33,7 +33,7 @@ class LayerData:
     _means: np.ndarray | None = None
 
     @classmethod
-    def load(cls, acts: ActivationSet, layer: int) -> LayerData:
+    def load(cls, acts: ActivationSet | ActivationUnion, layer: int) -> LayerData:
         rows, offsets = acts.token_rows(layer)
         rest_sum, n_rest = acts.rest_sums(layer)
         return cls(layer, rows, offsets, acts.last_rows(layer), rest_sum, n_rest)

@@ -8,16 +8,15 @@ tests pin both numbers to scikit-learn's `roc_auc_score` and `roc_curve`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from probewatch.metrics import auroc, recall_at_threshold, threshold_at_fpr
+from probewatch.metrics import Labels, Scores, auroc, recall_at_threshold, threshold_at_fpr
 
 
 def detection_metrics(
-    scores: Sequence[float], labels: Sequence[int], control_scores: Sequence[float] | None = None, fpr: float = 0.01
+    scores: Scores, labels: Labels, control_scores: Scores | None = None, fpr: float = 0.01
 ) -> dict[str, Any]:
     """auroc, recall_at_fpr (+ threshold and its source), n_pos, n_neg, realised FPRs."""
     s = np.asarray(scores, dtype=np.float64)
@@ -45,7 +44,7 @@ def detection_metrics(
     return out
 
 
-def max_tpr_at_fpr(scores_pos: Sequence[float], scores_neg: Sequence[float], fpr: float) -> float:
+def max_tpr_at_fpr(scores_pos: Scores, scores_neg: Scores, fpr: float) -> float:
     """The ROC-curve reading of recall at `fpr` (used to cross-check in tests and reports)."""
     pos = np.sort(np.asarray(scores_pos, dtype=np.float64))
     neg = np.asarray(scores_neg, dtype=np.float64)

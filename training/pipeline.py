@@ -224,6 +224,7 @@ def apply_init_from(config: TrainConfig, fingerprint: str) -> dict[str, Any]:
     """Take settings from an existing bundle being updated; refuse one made for another model."""
     from probewatch.probes import load_bundle
 
+    assert config.init_from is not None  # train() calls this only with --init-from
     bundle = load_bundle(config.init_from)
     m = bundle.manifest
     if m.model.fingerprint != fingerprint:
@@ -268,7 +269,7 @@ def _pool_data(config: TrainConfig, loaded: Any = None) -> BehaviourData:
         ]
         selection = "prompt_last" if all(not d.ends_with_assistant for d in pool) else "response"
         aggs = ("last",) if selection == "prompt_last" else ("mean", "max", "rolling_mean_max")
-        return BehaviourData(config.behaviour, pool, ood, sources, selection, aggs, {"custom_data": True})
+        return BehaviourData(_behaviour(config), pool, ood, sources, selection, aggs, notes={"custom_data": True})
     options = dict(config.builder_options)
     if config.behaviour in RESPONDING_BEHAVIOURS and loaded is not None and "respond" not in options:
         from probewatch.training.datasets.control import cached_responses
@@ -277,7 +278,7 @@ def _pool_data(config: TrainConfig, loaded: Any = None) -> BehaviourData:
             return cached_responses(loaded, prompts, max_new_tokens, "responses", config.progress)
 
         options["respond"] = respond
-    data = build_behaviour_data(config.behaviour, config.data_dir, seed=config.seed, **options)
+    data = build_behaviour_data(_behaviour(config), config.data_dir, seed=config.seed, **options)
     for p in config.ood_files:
         data.ood[Path(p).stem] = load_dialogues(p)
     return data
@@ -308,8 +309,7 @@ def _kinds_summary(pool: Sequence[Dialogue]) -> dict[str, dict[str, int]]:
 
 def check_config(config: TrainConfig, n_layers: int, model_id: str) -> list[int]:
     """Refuse bad flags before any work; returns the sorted sweep layers."""
-    if config.behaviour is None:
-        raise TrainingError("--behaviour is required (" + ", ".join(DEFAULT_IDS) + ")")
+    _behaviour(config)
     for method in config.methods:
         if method not in METHODS:
             raise TrainingError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -320,6 +320,13 @@ def check_config(config: TrainConfig, n_layers: int, model_id: str) -> list[int]
     if bad:
         raise TrainingError(f"layers {bad} out of range for {model_id} ({n_layers} layers: 0..{n_layers - 1})")
     return layers
+
+
+def _behaviour(config: TrainConfig) -> str:
+    """config.behaviour; check_config refuses a config without one (--init-from fills it in first)."""
+    if config.behaviour is None:
+        raise TrainingError("--behaviour is required (" + ", ".join(DEFAULT_IDS) + ")")
+    return config.behaviour
 
 
 # -- 1. data --------------------------------------------------------------------------------------------
@@ -383,7 +390,7 @@ def extract(config: TrainConfig, loaded: Any, prepared: PreparedData, layers: Se
         prepared.data.pool,
         layers,
         loaded.fingerprint,
-        name=config.behaviour,
+        name=_behaviour(config),
         max_tokens=config.max_tokens,
         batch_size=config.batch_size,
         dtype=config.cache_dtype,
@@ -740,7 +747,7 @@ def export(
         out,
         fitted.probe,
         probe_id=probe_id,
-        behaviour=config.behaviour,
+        behaviour=_behaviour(config),
         method=chosen.method,
         model_id=loaded.model_id,
         fingerprint=loaded.fingerprint,
@@ -752,7 +759,7 @@ def export(
         threshold=threshold_obj,
         metrics=fitted.metrics,
         training=training,
-        description=_description(config.behaviour, chosen, sweep.basis, fitted.metrics),
+        description=_description(_behaviour(config), chosen, sweep.basis, fitted.metrics),
         version=config.version or "1",
         extra={
             "direction_norm": float(np.linalg.norm(fitted.probe.raw_linear_form()[0])),
@@ -769,7 +776,7 @@ def export(
     parity = (
         _parity_check(out, loaded, data.pool, pool.test_idx, fitted.scores, config) if config.parity_check else None
     )
-    report = {
+    report: dict[str, Any] = {
         "probe_id": probe_id,
         "behaviour": config.behaviour,
         "bundle": str(out),
@@ -843,7 +850,8 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
 
 
 def _default_id(config: TrainConfig) -> str:
-    base = DEFAULT_IDS.get(config.behaviour, config.behaviour.replace("_", "-"))
+    behaviour = _behaviour(config)
+    base = DEFAULT_IDS.get(behaviour, behaviour.replace("_", "-"))
     if len(config.methods) == 1 and config.methods[0] != "logistic":
         return f"{base}-{config.methods[0].replace('_', '-')}"
     return base

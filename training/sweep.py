@@ -243,12 +243,12 @@ def heldout_kind_recall(
     seed: int,
     balance_kinds: bool,
     aggregation: Aggregation | None = None,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, float | None]]:
     """Per held-out kind: AUROC and recall at the control-calibrated `fpr` threshold of that fold's probe."""
     from probewatch.metrics import recall_at_threshold, threshold_at_fpr
 
     base = [aggregation or Aggregation(method=spec.aggregation)]
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, float | None]] = {}
     for kind, tr, te in pool.loko():
         probe = fit_probe(spec, data, pool, tr, seed, balance_kinds)
         w, b = probe.raw_linear_form()

@@ -2,10 +2,17 @@
 # mypy over the installed layout: probes/, server/, training/ and proto/ install as
 # probewatch.probes, probewatch.server, ... (setup.py's package_dir), which mypy cannot map by
 # itself. A throw-away tree of symlinks under build/typecheck/ gives it that layout; the
-# settings live in pyproject.toml ([tool.mypy]).
+# settings live in pyproject.toml ([tool.mypy]). It checks the whole probewatch package.
+# PYTHON: an absolute path, a path relative to the repository root, or a command name.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY="${PYTHON:-.venv/bin/python}"
+case "$PY" in
+  /*) ;;
+  */*) PY="$PWD/$PY" ;;
+  *) PY="$(command -v "$PY")" ;;
+esac
+root="$PWD"
 tree=build/typecheck
 rm -rf "$tree"
 mkdir -p "$tree/probewatch"
@@ -17,5 +24,4 @@ for pkg in probes server training proto; do
   ln -s "$PWD/$pkg" "$tree/probewatch/$pkg"
 done
 cd "$tree"
-exec "$OLDPWD/$PY" -m mypy --config-file "$OLDPWD/pyproject.toml" "$@" \
-  -p probewatch.probes -p probewatch.server -p probewatch.capture -p probewatch.scoring -p probewatch.envs
+exec "$PY" -m mypy --config-file "$root/pyproject.toml" "$@" -p probewatch

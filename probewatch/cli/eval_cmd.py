@@ -104,7 +104,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     dialogues = load_dialogues(args.data)  # labels required; errors name file and line
     control = load_dialogues(args.control, require_label=False) if args.control else None
-    labels = [d.label for d in dialogues]
+    labels = [d.label for d in dialogues if d.label is not None]  # all of them: load_dialogues requires labels
     if not (0 < sum(labels) < len(labels)) and control is None:
         raise ProbewatchError(f"{args.data}: needs both labels for AUROC (or pass --control for recall)")
     loaded, bundle = _load(args)

@@ -159,6 +159,7 @@ def _run(args: argparse.Namespace) -> int:
         if stack.sidecar
         else f"sidecar {sidecar}"
     )
+    assert stack.loaded is not None  # start() returned: the model is loaded
     print(
         f"probewatch run: {stack.loaded.model_id} on {stack.url}/v1/chat/completions, monitored by {where}\n"
         + (f"  review: {stack.url}/review/\n" if review is not None else "")

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from probewatch.behaviours import BEHAVIOURS
 from probewatch.cli.common import add_json_arg, add_model_arg, print_json
@@ -387,7 +388,7 @@ def _features(args: argparse.Namespace) -> int:
     path = _resolve(args.sae, args.model)
     doc = load_features_json(path)
     by_id = {f["id"]: f for f in doc["features"]}
-    sections = []
+    sections: list[dict[str, Any]] = []
     if args.feature:
         sections.append({"behaviour": None, "latents": [{"id": i} for i in args.feature]})
     else:

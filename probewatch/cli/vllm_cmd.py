@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from probewatch.cli.common import add_json_arg, print_json
 
@@ -111,7 +112,7 @@ def _contract(args: argparse.Namespace) -> int:
     for tree in sources:
         results = check_all(tree)
         version = tree.version() or "?"
-        entry = {"source": str(tree), "version": version, "parts": {}}
+        entry: dict[str, Any] = {"source": str(tree), "version": version, "parts": {}}
         for part, result in results.items():
             entry["parts"][part] = {"checked": result.checked, "violations": [str(v) for v in result.violations]}
             if not args.json:

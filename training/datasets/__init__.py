@@ -6,6 +6,7 @@ behaviour trains on; `build_control` makes the benign control set with the model
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from probewatch.behaviours import BEHAVIOURS
@@ -20,19 +21,20 @@ from probewatch.training.datasets.common import (
 
 def build_behaviour_data(behaviour: str, data_dir: str | Path | None = None, seed: int = 0, **options) -> BehaviourData:
     root = resolve_data_dir(data_dir)
+    builder: Callable[..., BehaviourData]  # each behaviour's build takes its own options
     if behaviour == "deception":
-        from probewatch.training.datasets.deception import build
+        from probewatch.training.datasets.deception import build as builder
     elif behaviour == "refusal":
-        from probewatch.training.datasets.refusal import build
+        from probewatch.training.datasets.refusal import build as builder
     elif behaviour == "alignment_faking":
-        from probewatch.training.datasets.alignment_faking import build
+        from probewatch.training.datasets.alignment_faking import build as builder
     elif behaviour == "eval_awareness":
-        from probewatch.training.datasets.eval_awareness import build
+        from probewatch.training.datasets.eval_awareness import build as builder
     elif behaviour == "monitored_framing":
-        from probewatch.training.datasets.monitored_framing import build
+        from probewatch.training.datasets.monitored_framing import build as builder
     else:
         raise ValueError(f"unknown behaviour {behaviour!r}; known: {', '.join(BEHAVIOURS)}")
-    return build(root, seed=seed, **options)
+    return builder(root, seed=seed, **options)
 
 
 __all__ = [

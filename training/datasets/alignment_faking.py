@@ -96,13 +96,14 @@ def reasoning_dialogues(
                 request = stable_choice(key + ":request", requests)
                 with_answer = r != 1  # one render in three is the reasoning alone (a short turn)
                 aware = stable_choice(key + ":aware", (True, False))
-                use_gb = system_gb is not None and kind == "af_training" and r == 2
+                gb_system = system_gb if kind == "af_training" and r == 2 else None
+                use_gb = gb_system is not None
                 for label, motive in ((1, pair["strategic"]), (0, pair["sincere"])):
                     reasoning = [pair["aware"] if aware else "", motive]
                     turn = render_reasoning(style, reasoning, answers[request] if with_answer else "")
-                    if use_gb:
+                    if gb_system is not None:
                         prompt = [
-                            Message("system", system_gb),
+                            Message("system", gb_system),
                             Message("user", render_user_query(data_dir, request, free_tier=True)),
                         ]
                     else:

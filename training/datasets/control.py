@@ -21,9 +21,9 @@ stratified by kind, so each half holds every kind.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -37,6 +37,15 @@ CONTROL_NAME = "control/harmless_val+greedy"
 PRODUCTION_NAME = "control/production-like"
 SYCOPHANCY_OPEN = "deception/sycophancy_caa/sycophancy_test_open_ended.json"
 Prompt = str | list[dict[str, str]]
+
+
+class CausalLM(Protocol):
+    """What generate_responses needs of a model: an HF causal LM (a torch module with `generate`)."""
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any: ...
+
 
 SAVE_EVERY = 64  # cached_responses writes its cache after this many new responses
 
@@ -55,7 +64,7 @@ def production_spec() -> dict:
 
 
 def generate_responses(
-    model: torch.nn.Module,
+    model: CausalLM,
     tokenizer: Any,
     prompts: Sequence[Prompt],
     max_new_tokens: int = 64,
@@ -218,11 +227,11 @@ def _single(prompt: str, answer: str, group: str, kind: str, meta: dict, source:
 def control_halves(kinds: Sequence[str | None], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(calibration, held-out) indices: each kind split in half at random, so both halves hold every kind."""
     rng = np.random.default_rng(seed)
-    kinds = np.asarray([k or "" for k in kinds], dtype=object)
+    kind_of = np.asarray([k or "" for k in kinds], dtype=object)
     cal: list[int] = []
     held: list[int] = []
-    for kind in dict.fromkeys(kinds.tolist()):
-        members = rng.permutation(np.flatnonzero(kinds == kind))
+    for kind in dict.fromkeys(kind_of.tolist()):
+        members = rng.permutation(np.flatnonzero(kind_of == kind))
         cal += members[: len(members) // 2].tolist()
         held += members[len(members) // 2 :].tolist()
     return np.sort(np.asarray(cal, dtype=np.int64)), np.sort(np.asarray(held, dtype=np.int64))

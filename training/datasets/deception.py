@@ -96,6 +96,12 @@ INSTRUCTIONS = (
 )
 
 
+def _row_id(d: Dialogue) -> str:
+    """The source row a statement converter named after the last ':' of the group."""
+    assert d.group is not None  # convert_statements names a group for every dialogue
+    return d.group.rsplit(":", 1)[1]
+
+
 def _azaria_pairs(data_dir: Path, per_topic: int, seed: int) -> tuple[list[Dialogue], list[Source]]:
     dialogues: list[Dialogue] = []
     sources: list[Source] = []
@@ -104,8 +110,7 @@ def _azaria_pairs(data_dir: Path, per_topic: int, seed: int) -> tuple[list[Dialo
         # the converter's instructed pairs hold each true statement once per persona; keep one copy
         rows = list(
             dict.fromkeys(
-                (d.group.rsplit(":", 1)[1], d.messages[-1].content)
-                for d in convert_statements(path, mode="instructed-pairs")
+                (_row_id(d), d.messages[-1].content) for d in convert_statements(path, mode="instructed-pairs")
             )
         )
         chosen = sample(rows, per_topic, seed)
@@ -143,11 +148,7 @@ def _azaria_assertions(
     sources: list[Source] = []
     for topic in AZARIA_TOPICS:
         path = require(data_dir, f"truth/azaria_mitchell/{topic}_true_false.csv")
-        rows = [
-            d
-            for d in convert_statements(path, mode="assertions")
-            if f"azaria/{topic}:{d.group.rsplit(':', 1)[1]}" not in exclude
-        ]
+        rows = [d for d in convert_statements(path, mode="assertions") if f"azaria/{topic}:{_row_id(d)}" not in exclude]
         chosen = sample([d for d in rows if d.label == 0], per_class, seed + 1) + sample(
             [d for d in rows if d.label == 1], per_class, seed + 2
         )
@@ -155,7 +156,7 @@ def _azaria_assertions(
             Dialogue(
                 d.messages,
                 d.label,
-                f"assert/{topic}:{d.group.rsplit(':', 1)[1]}",
+                f"assert/{topic}:{_row_id(d)}",
                 "false_assertions",
                 {**d.meta, "auxiliary": True},
             )
@@ -394,7 +395,7 @@ def build(
 
     if assertions_per_class:
         assertions, assertion_sources = _azaria_assertions(
-            data_dir, assertions_per_class, seed, {d.group for d in azaria}
+            data_dir, assertions_per_class, seed, {d.group for d in azaria if d.group is not None}
         )
         pool += assertions
         sources += assertion_sources
@@ -424,7 +425,7 @@ def build(
         ood["sycophancy_caa"] = syc[0]
         sources.append(syc[1])
 
-    train_only = ("false_assertions",) if assertions_per_class else ()
+    train_only: tuple[str, ...] = ("false_assertions",) if assertions_per_class else ()
     if respond is not None and n_plain:
         plain, plain_source = plain_traffic(data_dir, respond, n_plain, seed)
         pool += plain

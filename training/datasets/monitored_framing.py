@@ -96,7 +96,7 @@ def render_user_query(data_dir: Path, user_input: str, free_tier: bool) -> str:
 
 def _requests(data_dir: Path, n: int, seed: int) -> list[tuple[str, str]]:
     """(id, instruction): half harmful, half harmless, from the refusal train splits."""
-    out = []
+    out: list[tuple[str, str]] = []
     for name in ("harmful_train", "harmless_train"):
         items = json.loads(require(data_dir, f"{SPLITS}/{name}.json").read_text(encoding="utf-8"))
         for i, item in sample(list(enumerate(items)), n // 2, seed + len(out)):

@@ -80,7 +80,8 @@ def keep_masks(sequences: Sequence[TextSequence]) -> list[list[bool]]:
 
 def _batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches, current = [], []
+    batches: list[list[int]] = []
+    current: list[int] = []
     for i in order:
         if current and (len(current) + 1) * lengths[i] > max_tokens:
             batches.append(current)

@@ -30,9 +30,12 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from probewatch.errors import ProbewatchError
+
+if TYPE_CHECKING:
+    from probewatch.data.dialogue import Dialogue
 
 
 class CorpusError(ProbewatchError):
@@ -157,15 +160,22 @@ def alignment_faking_texts(data_dir: Path) -> list[tuple[str, str]]:
     return out
 
 
+def _group(dialogue: Dialogue) -> str:
+    assert dialogue.group is not None  # the instructions converter names a group for every dialogue
+    return dialogue.group
+
+
 def generation_prompts(data_dir: Path, n: int, rng: random.Random) -> list[tuple[list[dict[str, str]], str]]:
     """(chat messages, group) the model answers: instructions (harmless + harmful) and liar questions."""
     from probewatch.data.convert import convert_file
 
-    harmful, harmless, liar = [], [], []
+    harmful: list[tuple[list[dict[str, str]], str]] = []
+    harmless: list[tuple[list[dict[str, str]], str]] = []
+    liar: list[tuple[list[dict[str, str]], str]] = []
     for path in _files(data_dir, "refusal/**/harmful_*.json"):
-        harmful += [(d.as_chat(), d.group) for d in convert_file(path, "instructions")]
+        harmful += [(d.as_chat(), _group(d)) for d in convert_file(path, "instructions")]
     for path in _files(data_dir, "refusal/**/harmless_*.json"):
-        harmless += [(d.as_chat(), d.group) for d in convert_file(path, "instructions")]
+        harmless += [(d.as_chat(), _group(d)) for d in convert_file(path, "instructions")]
     for path in _files(data_dir, "deception/how_to_catch_an_ai_liar/raw_questions/questions_1000_all.json"):
         for d in convert_file(path, "liar-questions"):
             # system (honest or lying instruction) + question; the scripted answer is dropped

@@ -25,7 +25,7 @@ from probewatch.probes.saes.sae import SAE
 
 
 @torch.no_grad()
-def reconstruction_metrics(sae: SAE, acts: torch.Tensor, batch_size: int = 8192) -> dict[str, float]:
+def reconstruction_metrics(sae: SAE, acts: torch.Tensor, batch_size: int = 8192) -> dict[str, Any]:
     """FVE, normalised MSE, L0 and dead / dense latent fractions of `sae` on rows `acts` (raw space)."""
     n = acts.shape[0]
     mean = acts.mean(0)

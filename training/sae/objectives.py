@@ -24,8 +24,9 @@ from typing import Any
 
 import torch
 
+from probewatch.probes.saes.jumprelu import JumpReLUSAE
 from probewatch.probes.saes.sae import SAE
-from probewatch.probes.saes.topk import topk_activation
+from probewatch.probes.saes.topk import TopKSAE, topk_activation
 
 
 @dataclass
@@ -111,14 +112,14 @@ class Objective:
 
     @torch.no_grad()
     def before_step(self) -> None:
-        if self.unit_norm_decoder and self.sae.W_dec.grad is not None:
-            w = self.sae.W_dec
+        w = self.sae.W_dec
+        if self.unit_norm_decoder and w.grad is not None:
             w.grad -= (w.grad * w).sum(1, keepdim=True) * w  # keep rows on the unit sphere
 
     @torch.no_grad()
     def after_step(self) -> None:
         if self.unit_norm_decoder:
-            self.sae.W_dec /= self.sae.W_dec.norm(dim=1, keepdim=True).clamp(min=1e-8)
+            self.sae.W_dec.div_(self.sae.W_dec.norm(dim=1, keepdim=True).clamp(min=1e-8))
 
     def _recon(self, x: torch.Tensor, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         recon = acts @ self.sae.W_dec + self.sae.b_dec
@@ -127,6 +128,7 @@ class Objective:
 
 class TopKObjective(Objective):
     unit_norm_decoder = True
+    sae: TopKSAE
 
     def forward(self, x: torch.Tensor, step: int, dead: torch.Tensor) -> StepOutput:
         sae = self.sae
@@ -166,6 +168,8 @@ class StandardObjective(Objective):
 
 
 class JumpReLUObjective(Objective):
+    sae: JumpReLUSAE
+
     def init_weights(self, sample: torch.Tensor, generator: torch.Generator) -> None:
         super().init_weights(sample, generator)
         with torch.no_grad():

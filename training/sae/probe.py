@@ -264,7 +264,9 @@ def fit_and_export_sae_probe(
         )
         data.pool = contiguous_by_kind(data.pool)
     if control is None:
-        control, control_source = build_control(loaded, data_dir or envs.data_dir(), seed=seed, progress=progress)
+        from probewatch.training.datasets.common import resolve_data_dir
+
+        control, control_source = build_control(loaded, resolve_data_dir(data_dir), seed=seed, progress=progress)
     else:
         from probewatch.training.datasets import Source
 

@@ -98,7 +98,7 @@ def _lr_factor(step: int, total: int, s: SAETrainSettings) -> float:
 
 def new_training_sae(d_in: int, settings: SAETrainSettings, layer: int, metadata: dict[str, Any] | None = None) -> SAE:
     _, cfg_cls = get_sae_class(settings.architecture)
-    extra = {"k": settings.k} if settings.architecture == "topk" else {}
+    extra: dict[str, Any] = {"k": settings.k} if settings.architecture == "topk" else {}
     cfg = cfg_cls(
         d_in=d_in, d_sae=settings.d_sae, metadata={**hook_names_for_layer(layer), **(metadata or {})}, **extra
     )
