@@ -13,7 +13,7 @@ export PROBEWATCH_DATA ?= $(SHARED_DATA)
 PYTEST_ARGS ?=
 PIP := python -m pip install -q --disable-pip-version-check
 
-.PHONY: setup demo test lint typecheck lock test-latest test-compat bench bench-capture bench-quality \
+.PHONY: setup demo test check lint typecheck lock test-latest test-compat bench bench-capture bench-quality \
 	bench-overhead bench-ingest bench-vllm bench-soak bench-review review-screenshots sae proto clean \
 	vllm-venv test-vllm lock-vllm test-vllm-contract
 
@@ -76,6 +76,14 @@ test-vllm-contract: setup vllm-venv
 lock-vllm:
 	rm -rf $(VLLM_VENV)
 	bash deploy/scripts/vllm-venv.sh $(VLLM_VENV) - "$(TORCH_SPEC)"
+
+# The quick loop while developing: lint + types + the tests that need no real component and no model
+# forward of the reference model (not `integration` / `compat`; not deploy/, review/, store/). Skips
+# instead of failing on a missing component (no REQUIRE_ALL). `make test` is still what CI runs.
+CHECK_PYTEST := -m "not integration and not compat" --ignore=tests/deploy --ignore=tests/review --ignore=tests/store
+check: setup lint typecheck
+	@start=$$(date +%s); $(BIN)/python -m pytest -q -p no:cacheprovider $(CHECK_PYTEST) $(PYTEST_ARGS); rc=$$?; \
+	echo "check (tests): $$(( $$(date +%s) - start ))s"; exit $$rc
 
 # ruff (lint + format check) and mypy; settings in pyproject.toml. `ruff format .` fixes formatting.
 lint: setup
