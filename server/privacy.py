@@ -16,7 +16,8 @@ reviewers can still see that two incidents came from the same user without learn
 
 Redaction is pattern-based (regular expressions, a Luhn check for card numbers): it catches
 structured identifiers and credentials, not names or street addresses. `none` is the mode for
-data that must not be kept at all.
+data that must not be kept at all. Redaction takes time linear in the text on any input (no rule
+backtracks over what it has already read) and reads at most `REDACT_MAX_CHARS` characters.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 STORE_TEXT_MODES = ("full", "redacted", "none")
@@ -64,40 +65,180 @@ def _ipv6_compressed(match: re.Match[str]) -> str:
 
 
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-# (pattern, replacement): applied in this order (credentials and secrets before the number patterns)
-_RULES: list[tuple[re.Pattern[str], object]] = [
-    (re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)"), "[credentials]"),
-    (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"), "[email]"),
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}"), "[secret]"),
+
+# Every rule below runs in time linear in the length of the text, whatever the text (issue 20:
+# `"a-" * 32768` took 76 s through the e-mail and base64 rules). Two kinds of rule:
+#
+# - a plain `re.sub` where the pattern cannot backtrack more than a bounded amount per start and
+#   the stretches the starts scan do not overlap (each rule's comment says why);
+# - a linear scan for the maximal runs a rule can match inside, one bounded check per run, for the
+#   three rules whose regular expression alone re-scanned the same run from every position in it
+#   (e-mail, JWT, base64 secret). Each such rule replaces exactly what its old expression did: a
+#   failed match at the first candidate of a run means every later candidate in that run fails.
+#
+# Only `re` syntax of Python 3.10 (no possessive quantifiers or atomic groups): requires-python.
+
+
+def _sub(pattern: str, replacement: str | Callable[[re.Match[str]], str]) -> Callable[[str], str]:
+    compiled = re.compile(pattern)
+
+    def rule(text: str) -> str:
+        return compiled.sub(replacement, text)
+
+    return rule
+
+
+def _replace_spans(text: str, spans: Iterator[tuple[int, int]], tag: str) -> str:
+    """`text` with each (start, end) of `spans` (in order, not overlapping) replaced by `tag`."""
+    out: list[str] = []
+    last = 0
+    for start, end in spans:
+        out += (text[last:start], tag)
+        last = end
+    if not out:
+        return text
+    out.append(text[last:])
+    return "".join(out)
+
+
+# E-mail: [local]+@domain. The old single expression `[local]+@domain` started at every character
+# of a run of local-part characters and scanned to the run's end before failing on the missing `@`.
+# Here a local part is the maximal run of local characters that ends right before an `@` (the
+# look-behind lets a scan start only where a run starts, so each character is read at most twice),
+# clipped to the end of the previous address; the domain is matched once after the `@`. The
+# domain's labels cannot contain `.`, so its backtracking is linear in the run after the `@`, and
+# that run belongs to that `@` alone.
+_EMAIL_LOCAL = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+(?=@)")
+_EMAIL_DOMAIN = re.compile(r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+
+
+def _email_spans(text: str) -> Iterator[tuple[int, int]]:
+    last = 0
+    for local in _EMAIL_LOCAL.finditer(text):
+        start, at = max(local.start(), last), local.end()
+        if start < at and (domain := _EMAIL_DOMAIN.match(text, at + 1)) is not None:
+            last = domain.end()
+            yield start, last
+
+
+def _redact_emails(text: str) -> str:
+    return _replace_spans(text, _email_spans(text), "[email]") if "@" in text else text
+
+
+# JWT: eyJ<seg>.<seg>.<seg>, each segment 5+ of [A-Za-z0-9_-]. Every `\beyJ` in one segment run
+# ("eyJ-eyJ-eyJ-...") used to scan that run to its end again. A segment run can only be followed by
+# the rest of a token in one way, so only its first `\beyJ` is tried (a later one leaves a shorter
+# first segment and the same rest); the check reads that run and the two after it.
+_JWT = re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}")
+_JWT_START = re.compile(r"\beyJ")
+_JWT_SEGMENT_RUN = re.compile(r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{8,}")  # eyJ + 5 at least
+
+
+def _jwt_spans(text: str) -> Iterator[tuple[int, int]]:
+    last = 0
+    for run in _JWT_SEGMENT_RUN.finditer(text):
+        if run.start() < last:  # inside the previous token
+            continue
+        first = _JWT_START.search(text, run.start(), run.end())
+        if first is not None and (token := _JWT.match(text, first.start())) is not None:
+            last = token.end()
+            yield token.span()
+
+
+def _redact_jwts(text: str) -> str:
+    return _replace_spans(text, _jwt_spans(text), "[secret]") if "eyJ" in text else text
+
+
+# Base64-like secret: 40+ of [A-Za-z0-9+/_-] with a digit and a letter, from a word boundary, then
+# up to two `=`. The two look-aheads used to read the rest of the run from every boundary inside it
+# ("a-a-a-...": 32,768 boundaries). The conditions only get harder further into a run (a shorter
+# rest, fewer digits and letters), so the old expression is tried once per run of 40+ characters,
+# at the run's first word boundary: linear in the run.
+_B64 = re.compile(r"\b(?=[A-Za-z0-9+/_-]*\d)(?=[A-Za-z0-9+/_-]*[A-Za-z])[A-Za-z0-9+/_-]{40,}={0,2}")
+_B64_RUN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{40,}")
+_B64_START = re.compile(r"\b(?=[A-Za-z0-9+/_-])")  # a word boundary inside the run
+
+
+def _b64_spans(text: str) -> Iterator[tuple[int, int]]:
+    for run in _B64_RUN.finditer(text):
+        first = _B64_START.search(text, run.start(), run.end())
+        if first is not None and (secret := _B64.match(text, first.start())) is not None:
+            yield secret.span()
+
+
+def _redact_b64(text: str) -> str:
+    return _replace_spans(text, _b64_spans(text), "[secret]")
+
+
+# (name, rule): applied in this order (credentials and secrets before the number patterns)
+_RULES: list[tuple[str, Callable[[str], str]]] = [
+    # user:password@ after a scheme: starts only right after "://", and both parts stop at the next
+    # "/", which every later start needs, so the scans do not overlap; no part can end in "@" or
+    # (the user) in ":", so backing off a part fails at once
+    ("credentials", _sub(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)", "[credentials]")),
+    ("email", _redact_emails),
+    ("jwt", _redact_jwts),
+    # a fixed prefix at a word boundary, then a run with nothing after it: it matches or fails
+    # within the 10-30 characters of its minimum, and a match consumes what it read
     (
-        re.compile(
-            r"\b(?:(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}|xox[abpr]-[A-Za-z0-9-]{10,})"
+        "secret-prefix",
+        _sub(
+            r"\b(?:(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{30,}|xox[abpr]-[A-Za-z0-9-]{10,})",
+            "[secret]",
         ),
-        "[secret]",
     ),
-    (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/-]{16,}=*"), "Bearer [secret]"),
-    (re.compile(r"\b[0-9a-fA-F]{32,}\b"), "[secret]"),
-    (re.compile(r"\b(?=[A-Za-z0-9+/_-]*\d)(?=[A-Za-z0-9+/_-]*[A-Za-z])[A-Za-z0-9+/_-]{40,}={0,2}"), "[secret]"),
-    (re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), "[iban]"),
-    (re.compile(r"\b\d{3}-\d{2}-\d{4}\b"), "[ssn]"),
-    (re.compile(r"(?<![\d.])(?:\d[ -]?){12,18}\d(?![\d.])"), _card),
-    (re.compile(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\d.])"), "[ip]"),
-    (re.compile(r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){4,7}[0-9a-fA-F]{1,4}(?![\w:])"), "[ip]"),
+    # one start per "bearer" word; the blank run after it belongs to that start, the token class has
+    # no blanks (backing off the blanks fails at once) and fails within its minimum of 16
+    ("bearer", _sub(r"(?i)\bbearer\s+[A-Za-z0-9._~+/-]{16,}=*", "Bearer [secret]")),
+    # starts only at a word's first character, reads that word once (no `\b` inside a word)
+    ("hex", _sub(r"\b[0-9a-fA-F]{32,}\b", "[secret]")),
+    ("base64", _redact_b64),
+    # bounded: 4 + at most 60 characters per start, one way through the optional blanks
+    ("iban", _sub(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b", "[iban]")),
+    ("ssn", _sub(r"\b\d{3}-\d{2}-\d{4}\b", "[ssn]")),
+    # bounded: at most 37 characters per start; a separator is taken or not, never both ways
+    ("card", _sub(r"(?<![\d.])(?:\d[ -]?){12,18}\d(?![\d.])", _card)),
+    # bounded: at most 15 characters per start
+    ("ipv4", _sub(rf"(?<![\d.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\d.])", "[ip]")),
+    # bounded: at most 39 characters per start; a group must run to its ":"
+    ("ipv6", _sub(r"(?<![\w:])(?:[0-9a-fA-F]{1,4}:){4,7}[0-9a-fA-F]{1,4}(?![\w:])", "[ip]")),
+    # starts only where a run of hex digits and colons starts (never after a word character or a
+    # colon); groups cannot cross "::", so "::" is tried at one place and each side backs off
+    # linearly: linear in that run
     (
-        re.compile(
-            r"(?<![\w:])[0-9a-fA-F]{1,4}(?::[0-9a-fA-F]{1,4})*::(?:[0-9a-fA-F]{1,4}(?::[0-9a-fA-F]{1,4})*)?(?![\w:])"
+        "ipv6-compressed",
+        _sub(
+            r"(?<![\w:])[0-9a-fA-F]{1,4}(?::[0-9a-fA-F]{1,4})*::(?:[0-9a-fA-F]{1,4}(?::[0-9a-fA-F]{1,4})*)?(?![\w:])",
+            _ipv6_compressed,
         ),
-        _ipv6_compressed,
     ),
-    (re.compile(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]?\d{2,4}){2,4}(?!\w)"), _phone),
+    # bounded: at most 36 characters per start, and at most a few hundred ways to group its digits
+    # (3-5 groups of 2-4 after an optional prefix): the slowest rule on digit runs, still linear
+    (
+        "phone",
+        _sub(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]?\d{2,4}){2,4}(?!\w)", _phone),
+    ),
 ]
+
+#: `redact` reads at most this many characters (4 x `DEFAULT_MAX_CHARS`); the rest is cut off and
+#: counted (`…[truncated N chars]`), never returned unredacted. Every rule is linear, so this bounds
+#: one call: ~0.42 s for the slowest input tests/server/test_privacy_linear.py knows (digit runs
+#: that make the phone rule try every grouping, ~1.6 us a character), ~0.08 s for prose (2026-12,
+#: one x86 core). `TextPolicy` caps each field before this (`max_chars`, 65536 by default); a
+#: larger `--max-text-chars` still stores at most this many characters of redacted text.
+REDACT_MAX_CHARS = 4 * DEFAULT_MAX_CHARS
 
 
 def redact(text: str) -> str:
-    """`text` with personal data and secrets the patterns recognise replaced by a tag."""
-    for pattern, replacement in _RULES:
-        text = pattern.sub(replacement, text)  # type: ignore[call-overload]
-    return text
+    """`text` with personal data and secrets the patterns recognise replaced by a tag.
+
+    Linear in `len(text)` on any input, and `text` is cut to `REDACT_MAX_CHARS` first."""
+    cut = len(text) - REDACT_MAX_CHARS
+    if cut > 0:
+        text = text[:REDACT_MAX_CHARS]
+    for _name, rule in _RULES:
+        text = rule(text)
+    return f"{text}…[truncated {cut} chars]" if cut > 0 else text
 
 
 @dataclass
