@@ -267,6 +267,15 @@ class ClientMetrics:
             ["runner", "reason"],
             registry=r,
         )
+        self.bounded_inputs = Counter(
+            "probewatch_client_bounded_inputs_total",
+            "Opens whose caller-controlled generation id or metadata was cut to the sidecar's limits before "
+            "sending (so it could not make the sidecar refuse the generation).",
+            ["what"],
+            registry=r,
+        )
+        for what in ("generation_id", "metadata"):
+            self.bounded_inputs.labels(what=what)
         self.speculative_rows = Counter(
             "probewatch_client_speculative_rows_total",
             "Draft-token rows of speculative-decoding verify steps: accepted ones are scored, rejected ones "

@@ -42,6 +42,11 @@ class AttachConfig(BaseModel):
     # bearer token file of a sidecar started with --auth-token-file: its first token is sent on every
     # call, re-read at each (re)connect so a rotated file is picked up (PROBEWATCH_AUTH_TOKEN_FILE)
     auth_token_file: str | None = Field(default_factory=lambda: _env_token_file())
+    # the sidecar's Open limits (its defaults): caller-controlled ids and metadata are bounded to them
+    # before sending, so they can never make the sidecar refuse a generation (server/client/bounds.py)
+    max_generation_id_bytes: int = 256
+    max_metadata_entries: int = 64
+    max_metadata_bytes: int = 16384
 
 
 def _env_token_file() -> str | None:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
+from probewatch.server.client.bounds import bound_generation_id, bound_metadata
 from probewatch.server.client.config import AttachConfig
 from probewatch.server.client.link import STOP, SidecarLink
 from probewatch.server.client.plan import Plan
@@ -67,6 +68,15 @@ class ClientCore:
 
     # -- generations ---------------------------------------------------------------------------------
     def open(self, handle: GenerationHandle, session: int, metadata: dict[str, str] | None = None) -> None:
+        """Queue the generation's Open; an over-long id or oversized metadata (caller input) is bounded first."""
+        cfg = self.config
+        bounded_id = bound_generation_id(handle.id, cfg.max_generation_id_bytes)
+        if bounded_id != handle.id:
+            self.metrics.bounded_inputs.labels(what="generation_id").inc()
+            handle.rename(bounded_id)
+        metadata, cut = bound_metadata(metadata or {}, cfg.max_metadata_entries, cfg.max_metadata_bytes)
+        if cut:
+            self.metrics.bounded_inputs.labels(what="metadata").inc()
         handle.session = session
         with self._handles_lock:
             self._handles[handle.id] = handle
@@ -78,7 +88,7 @@ class ClientCore:
                         generation_id=handle.id,
                         model_fingerprint=self.fingerprint,
                         prompt_length=handle.prompt_length,
-                        metadata=metadata or {},
+                        metadata=metadata,
                     )
                 ),
             )

@@ -60,6 +60,12 @@ class GenerationHandle:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def rename(self, generation_id: str) -> None:
+        """Use another id on the wire (the client bounded a caller's over-long one before its Open)."""
+        self.id = generation_id
+        with self._lock:
+            self._result.generation_id = generation_id
+
     def result(self, timeout: float = 10.0) -> GenerationResult:
         """The summary once the sidecar sent it; after `timeout` seconds, what arrived so far.
 

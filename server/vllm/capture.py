@@ -286,7 +286,7 @@ class RunnerCapture:
             return
         if plan is None:
             self.metrics.unmonitored.labels(reason="sidecar_down").inc()
-            self._remember(GenerationHandle(rid, prompt_len, monitored=False, reason="sidecar_down"))
+            self._remember(rid, GenerationHandle(rid, prompt_len, monitored=False, reason="sidecar_down"))
             return
         layers = frozenset(layer for layer in self.layers if layer in plan.captures)
         if policy.probes is not None:
@@ -373,11 +373,12 @@ class RunnerCapture:
             return decode(prompt_ids), decode(output_ids)
 
         self.client.close_lazy(req.handle, texts)
-        self._remember(req.handle)
+        self._remember(rid, req.handle)
 
-    def _remember(self, handle: GenerationHandle) -> None:
+    def _remember(self, rid: str, handle: GenerationHandle) -> None:
+        """Keep a finished handle for `results()`, under vLLM's request id (the handle's id may be bounded)."""
         with self._lock:
-            self.recent[handle.id] = handle
+            self.recent[rid] = handle
             while len(self.recent) > _RECENT:
                 self.recent.popitem(last=False)
 

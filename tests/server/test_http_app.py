@@ -327,3 +327,28 @@ def test_internal_errors_are_not_echoed(stack):
         assert "see the server log" in json.loads(events[-2])["error"]["message"]
     finally:
         hook.remove()
+
+
+def test_oversized_metadata_through_the_http_endpoint_is_still_monitored(chat_folder, tmp_path):
+    from probewatch.server.client.bounds import MARKER
+    from probewatch.server.incidents import IncidentStore
+    from tests.server.grpc_helpers import metric_value
+
+    attack = {f"field{i}": "z" * 400 for i in range(120)}  # 120 entries, ~48 KiB: the sidecar would refuse
+    with (
+        local_stack(chat_folder, tmp_path, max_tokens=5) as stack,
+        httpx.Client(base_url=stack.url, timeout=120) as c,
+    ):
+        r = c.post(
+            "/v1/chat/completions",
+            json={"messages": MESSAGES, "max_tokens": 4, "metadata": attack, "user": "u" * 20000},
+        )
+        assert r.status_code == 200, r.text
+        pw = r.json()["probewatch"]
+        assert pw["monitored"] and pw["status"] == "closed", pw
+        metrics = c.get("/metrics").text
+    assert metric_value(metrics, "probewatch_client_bounded_inputs_total", what="metadata") == 1
+    assert metric_value(metrics, "probewatch_client_unmonitored_generations_total", reason="sidecar_down") == 0
+    incident = IncidentStore.open(tmp_path / "incidents.sqlite3", readonly=True).get(pw["alerts"][0]["incident_id"])
+    assert len(incident.metadata) <= 64 and MARKER in incident.metadata
+    assert incident.metadata["field0"] == "z" * 400  # the first entries are kept whole
