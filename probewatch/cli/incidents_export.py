@@ -85,10 +85,11 @@ def _export_all(store, args: argparse.Namespace) -> dict:
     import json
 
     from probewatch.jsonio import to_jsonable
+    from probewatch.server.store.connect import open_private
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    with open(args.out, "w", encoding="utf-8") as fh:
+    with open_private(args.out) as fh:  # 0600 like the store: it holds incident text
         for incident in reversed(store.list(probe=args.probe, limit=10**9)):
             full = store.get(int(incident.id or 0))
             record = {**full.to_json(), "events": [e.to_json() for e in store.events(int(incident.id or 0))]}

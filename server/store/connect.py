@@ -31,6 +31,14 @@ FILE_MODE = 0o600
 WRITE = {"probewatch_write": True}
 
 
+def open_private(path: Path):
+    """A text file for writing with mode 0600 from its creation (exports carry incident text, like the store)."""
+    if path.exists() and stat.S_IMODE(path.stat().st_mode) & 0o077:
+        os.chmod(path, FILE_MODE)
+    fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, FILE_MODE)
+    return os.fdopen(fd, "w", encoding="utf-8")
+
+
 def private_file(path: Path) -> None:
     """Create `path` with mode 0600, or narrow an existing one (and its -wal/-shm) to 0600."""
     if not path.exists():

@@ -23,6 +23,7 @@ from typing import Any
 
 from probewatch.data.dialogue import Dialogue, Message
 from probewatch.data.unrender import messages_from_prompt
+from probewatch.server.store.connect import open_private
 from probewatch.server.store.records import Incident
 
 LABEL_VALUES = {"true_positive": 1, "false_positive": 0}
@@ -83,7 +84,7 @@ def export_labelled(
     labels: Counter[str] = Counter()
     skipped: Counter[str] = Counter()
     tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with open_private(tmp) as fh:  # 0600 like the store: reviewed text (issue 20, item 9)
         for incident in incidents:
             if fingerprint is not None and incident.model_fingerprint != fingerprint:
                 skipped["another model"] += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 
 import pytest
 
@@ -42,7 +43,10 @@ def test_incidents_show_migrate_and_export_everything(capsys, tmp_path):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["revision"] == result["head"] == "0002" and result["backend"] == "sqlite"
     out = tmp_path / "all.jsonl"
+    out.write_text("old")
+    out.chmod(0o644)  # an existing, world-readable file is narrowed too
     assert main(["incidents", "export", "--db", str(db), "--out", str(out), "--json"]) == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["written"] == len(ids)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in lines] == sorted(ids) and lines[0]["events"][0]["action"] == "label"
@@ -62,4 +66,4 @@ def test_labelled_export_skips_what_cannot_become_a_dialogue(capsys, tmp_path, r
     assert main(["incidents", "export", "--labelled", "--db", str(db), "--out", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["written"] == 0 and summary["skipped"] == {"another model": len(ids)}
-    assert out.read_text() == ""
+    assert out.read_text() == "" and stat.S_IMODE(out.stat().st_mode) == 0o600
