@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from probewatch import logsafe
+
+    logsafe.install()  # a client's newline cannot forge a log line
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

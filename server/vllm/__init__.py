@@ -50,6 +50,9 @@ def _log_to_stderr() -> None:
         return
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(levelname)s %(asctime)s [probewatch] %(message)s", "%m-%d %H:%M:%S"))
+    from probewatch.logsafe import EscapeControlChars
+
+    handler.addFilter(EscapeControlChars())  # request ids and metadata come from callers
     plugin_log.addHandler(handler)
     plugin_log.setLevel(logging.INFO)
     plugin_log.propagate = False

@@ -199,3 +199,23 @@ def test_bounded_memory_private_store_and_bind_addresses(serve, tmp_path, tiny_f
     modes = subprocess.run(["stat", "-c", "%a", *map(str, files)], capture_output=True, text=True, check=True)
     assert modes.stdout.split() == ["600", "600", "600"]
     assert os.stat(db).st_uid == os.getuid()
+
+
+def test_client_strings_cannot_forge_log_lines(serve, tiny_fp):
+    """A Close.abort_reason (and an id) with newlines and an ANSI escape: the sidecar's log keeps one
+    line per record, the control characters escaped (issue 20, item 11)."""
+    from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
+
+    sidecar = serve()
+    client = StreamClient(sidecar.address)
+    gid = "forge\nINFO fake: admin logged in"
+    client.send(open_msg(gid, tiny_fp, 0))
+    reason = "boom\n2026-12-03 00:00:00 CRITICAL probewatch: FORGED LINE\r\x1b[2K"
+    client.send(pb.MonitorRequest(close=pb.Close(generation_id=gid, abort_reason=reason)))
+    assert client.wait_summary(gid, timeout=15).status == "aborted"
+    wait_until(lambda: "the client stopped monitoring it" in sidecar.log_file.read_text(), 15, "the warning")
+    log = sidecar.log_file.read_text()
+    assert not any(line.startswith(("2026-12-03 00:00:00 CRITICAL", "INFO fake")) for line in log.splitlines())
+    (line,) = [ln for ln in log.splitlines() if "the client stopped monitoring it" in ln]
+    assert "forge\\nINFO fake" in line and "boom\\n2026-12-03" in line and "\\r\\x1b[2K" in line
+    assert "\x1b" not in log
