@@ -23,6 +23,10 @@ from probewatch.server.vllm.capture import RunnerCapture
 log = logging.getLogger(__name__)
 
 _metrics: ClientMetrics | None = None  # one registry per process (one /metrics port)
+# speculative methods whose drafter reads only token ids: the capture can switch the target's aux outputs
+# on without changing what the drafter sees (EAGLE, MTP and draft models read the target's hidden states,
+# which V1 replaces by the concatenated aux outputs once they are on)
+TOKEN_DRAFTERS = frozenset({"ngram", "ngram_gpu", "suffix"})
 
 
 @dataclass
@@ -66,11 +70,11 @@ def engine_refusal(facts: RunnerFacts) -> NotEngaged | None:
     from vllm.distributed import get_pp_group
     from vllm.model_executor.models.interfaces import supports_eagle3
 
-    if facts.speculative and facts.drafter_uses_aux:
+    if facts.speculative and (facts.drafter_uses_aux or facts.speculative not in TOKEN_DRAFTERS):
         return NotEngaged(
             "speculative_decoding",
-            f"speculative decoding ({facts.speculative}): its drafter owns the model's auxiliary outputs "
-            "(docs/live.md, 'Speculative decoding')",
+            f"speculative decoding ({facts.speculative}): its drafter reads the model's hidden or auxiliary "
+            "outputs, which the capture would change (docs/live.md, 'Speculative decoding')",
         )
     if facts.speculative and not facts.speculation_supported:
         return NotEngaged(
@@ -193,4 +197,12 @@ def _decoder(tokenizer_path: str):
     return decode
 
 
-__all__ = ["NotEngaged", "RunnerFacts", "client_metrics", "engage", "engine_refusal", "layers_problem"]
+__all__ = [
+    "TOKEN_DRAFTERS",
+    "NotEngaged",
+    "RunnerFacts",
+    "client_metrics",
+    "engage",
+    "engine_refusal",
+    "layers_problem",
+]

@@ -187,10 +187,6 @@ def _supports_aux(tree: SourceTree, arch: str) -> bool:
     return False
 
 
-# speculative methods whose drafter reads the target model's auxiliary hidden states
-AUX_DRAFTERS = frozenset({"eagle3", "extract_hidden_states", "dflash", "dspark"})
-
-
 def _engine_settings(out: Preflight, tree: SourceTree, speculative_config: str | None, pp: int) -> None:
     spec = speculative_config or os.environ.get("VLLM_SPECULATIVE_CONFIG")
     if not spec:
@@ -200,13 +196,15 @@ def _engine_settings(out: Preflight, tree: SourceTree, speculative_config: str |
             method = str(json.loads(spec).get("method") or "")
         except (ValueError, AttributeError):
             method = spec
+        from probewatch.server.vllm.engage import TOKEN_DRAFTERS
+
         has_v1 = tree.has_module("vllm.v1.worker.gpu_model_runner")
-        if method in AUX_DRAFTERS:
+        if method not in TOKEN_DRAFTERS:
             out.add(
                 "speculative_decoding",
                 False,
-                f"{method}: its drafter owns the model's auxiliary outputs; the engine would run unmonitored "
-                "(docs/live.md, 'Speculative decoding')",
+                f"{method}: its drafter reads the model's hidden or auxiliary outputs; the engine would run "
+                "unmonitored (monitored: n-gram / suffix drafters on the V1 runner; docs/live.md, 'Speculative decoding')",
             )
         elif not has_v1:
             out.add(

@@ -58,7 +58,12 @@ def test_engine_settings_the_plugin_cannot_monitor(capsys, vllm_tree, model_dir,
     base = _base(vllm_tree, model_dir, start_sidecar())
     line = _failure(capsys, [*base, "--speculative-config", '{"method": "eagle3"}'], "speculative_decoding")
     assert "eagle3" in line and "unmonitored" in line
-    # a drafter that does not read the model's aux outputs: scored once accepted, on the V1 runner
+    # a draft model reads the target's hidden states (V1 would hand it the aux outputs): refused too
+    line = _failure(
+        capsys, [*base, "--speculative-config", '{"method": "draft_model", "model": "m"}'], "speculative_decoding"
+    )
+    assert "draft_model: its drafter reads the model's hidden or auxiliary outputs" in line
+    # a drafter that reads only token ids: scored once accepted, on the V1 runner
     rc, errors, out = _check(capsys, *base, "--speculative-config", '{"method": "ngram", "num_speculative_tokens": 3}')
     assert rc == 0 and errors == [] and "ngram: draft rows scored once accepted" in out
     assert "2 stages" in _failure(capsys, [*base, "--pipeline-parallel-size", "2"], "pipeline_parallel")

@@ -92,7 +92,7 @@ def _engage(runner: Any) -> None:
         int(runner.max_model_len),
         speculative=None if spec is None else str(getattr(spec, "method", "speculative")),
         drafter_uses_aux=bool(runner.use_aux_hidden_state_outputs),  # set in __init__ for EAGLE-3 and kin
-        speculation_supported=True,  # drafts' rows are held until accepted (capture.py, _Verify)
+        speculation_supported=True,  # token-id drafters: drafts' rows are held until accepted (capture.py, _Verify)
     )
     capture = engage(facts)
     if capture is not None:
