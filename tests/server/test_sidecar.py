@@ -488,4 +488,5 @@ def test_nan_aggregate_is_never_flagged(start_sidecar, tiny_fp):
     client.send(open_msg("empty", tiny_fp, 0), close_msg("empty"))
     summary = client.wait_summary("empty")
     client.close()
+    assert {r.probe_id for r in summary.results} == {"dec", "avg", "ref"}  # every loaded probe reports
     assert all(math.isnan(r.score) and not r.flagged and r.n_tokens == 0 for r in summary.results)

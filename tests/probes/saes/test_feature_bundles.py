@@ -150,8 +150,8 @@ def test_missing_sae(tmp_path, sae_dir):
 def test_sae_for_another_model_width_is_refused(tmp_path):
     sae_path = tmp_path / "wide"
     write_saelens_folder(sae_path, "topk", d_in=16, d_sae=32)
+    make_feature_bundle(tmp_path / "b", sae_path, "p", [1], [1.0])  # written; refused when loaded
     with pytest.raises(DimensionMismatchError, match="reads d_in=16 but the model has d_model=8"):
-        make_feature_bundle(tmp_path / "b", sae_path, "p", [1], [1.0])
         load_bundle(tmp_path / "b" / "p")
 
 
