@@ -151,6 +151,14 @@ class SourceTree:
     def has_module(self, module: str) -> bool:
         return self.read(module) is not None
 
+    def is_package(self, module: str) -> bool:
+        """True when `module` is a package (its source is `__init__.py`): relative imports start there."""
+        rel = module.replace(".", "/") + "/__init__.py"
+        if self._zip is not None:
+            assert self._names is not None
+            return rel in self._names
+        return (self.root / rel).is_file()
+
     def version(self) -> str | None:
         """`vllm/_version.py`'s version (setuptools-scm writes it into every wheel)."""
         text = self.read("vllm._version")
@@ -216,15 +224,22 @@ def _find_class(mod: ast.Module, name: str) -> ast.ClassDef | None:
     return None
 
 
-def _imports(mod: ast.Module, module: str) -> dict[str, tuple[str, str]]:
+def _from_module(tree: SourceTree, module: str, node: ast.ImportFrom) -> str:
+    """The absolute module a `from X import ...` in `module` names (relative imports resolved like Python:
+    level 1 is the package itself for a package's `__init__`, else the module's parent package)."""
+    if not node.level:
+        return node.module or ""
+    package = module.split(".") if tree.is_package(module) else module.split(".")[:-1]
+    parts = package[: len(package) - (node.level - 1)]
+    return ".".join(parts + ([node.module] if node.module else []))
+
+
+def _imports(tree: SourceTree, mod: ast.Module, module: str) -> dict[str, tuple[str, str]]:
     """Local name -> (module, name) for `from X import Y [as Z]` (relative imports resolved)."""
     out: dict[str, tuple[str, str]] = {}
-    pkg = module.split(".")
     for node in ast.walk(mod):
         if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(pkg[: len(pkg) - node.level] + ([base] if base else []))
+            base = _from_module(tree, module, node)
             for alias in node.names:
                 out[alias.asname or alias.name] = (base, alias.name)
     return out
@@ -240,18 +255,12 @@ def _find_function(tree: SourceTree, module: str, name: str, seen: set) -> ast.F
     for node in mod.body:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name == name:
             return node  # type: ignore[return-value]
-    target = _imports(mod, module).get(name)  # re-exported (e.g. vllm.distributed)
+    target = _imports(tree, mod, module).get(name)  # re-exported (e.g. vllm.distributed)
     if target is not None:
         return _find_function(tree, target[0], target[1], seen)
     for node in mod.body:  # `from .parallel_state import *`
         if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
-            pkg = module.split(".")
-            base = node.module or ""
-            if node.level:
-                base = ".".join(pkg[: len(pkg) - node.level + (1 if tree.read(module + ".__init__") else 0)] + [base])
-            found = _find_function(tree, base, name, seen) or _find_function(
-                tree, f"{module}.{node.module}", name, seen
-            )
+            found = _find_function(tree, _from_module(tree, module, node), name, seen)
             if found is not None:
                 return found
     return None
@@ -266,7 +275,7 @@ def _class_chain(tree: SourceTree, module: str, cls: ast.ClassDef, seen: set) ->
     yield cls
     mod = tree.parse(module)
     assert mod is not None
-    imports = _imports(mod, module)
+    imports = _imports(tree, mod, module)
     for base in cls.bases:
         name = base.id if isinstance(base, ast.Name) else base.attr if isinstance(base, ast.Attribute) else None
         if name is None:
