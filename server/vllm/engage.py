@@ -43,6 +43,14 @@ class RunnerFacts:
     # the runner's bookkeeping stays exact under speculation (V1: yes; V2 keeps only an upper bound of
     # num_computed_tokens on the host, so draft rows cannot be placed without a device sync)
     speculation_supported: bool = False
+    context_parallel: bool = False  # prefill context parallelism splits a request's rows across ranks
+
+
+def speculative_method(speculative_config: Any) -> str | None:
+    """The method of an engine's `speculative_config` (None: no speculation)."""
+    if speculative_config is None:
+        return None
+    return str(getattr(speculative_config, "method", "speculative"))
 
 
 class NotEngaged(Exception):
@@ -84,6 +92,8 @@ def engine_refusal(facts: RunnerFacts) -> NotEngaged | None:
         )
     if get_pp_group().world_size > 1:
         return NotEngaged("pipeline_parallel", "pipeline parallelism: the auxiliary outputs would span stages")
+    if facts.context_parallel:
+        return NotEngaged("context_parallel", "prefill context parallelism splits a request's rows across ranks")
     if not supports_eagle3(facts.model):
         return NotEngaged(
             "model_without_aux_outputs",
@@ -205,4 +215,5 @@ __all__ = [
     "engage",
     "engine_refusal",
     "layers_problem",
+    "speculative_method",
 ]

@@ -23,7 +23,7 @@ from probewatch.server.vllm.adapters.v2 import (
     patch_load_model,
 )
 from probewatch.server.vllm.contract import Requirement
-from probewatch.server.vllm.engage import RunnerFacts, engage
+from probewatch.server.vllm.engage import RunnerFacts, engage, speculative_method
 
 _M = "vllm.v1.worker.cpu.standalone_model_runner"
 _C = "StandaloneCPUModelRunner"
@@ -49,14 +49,13 @@ class StandaloneCPUAdapter(RunnerAdapter):
 
 def _engage(runner: Any) -> None:
     model = runner.get_model()
-    spec = runner.vllm_config.speculative_config
     facts = RunnerFacts(
         StandaloneCPUAdapter.name,
         model,
         runner.model_config,
         runner.device,
         int(runner.max_model_len),
-        speculative=None if spec is None else str(getattr(spec, "method", "speculative")),
+        speculative=speculative_method(runner.vllm_config.speculative_config),
     )
     capture = engage(facts)
     if capture is None:

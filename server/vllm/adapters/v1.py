@@ -17,7 +17,7 @@ from typing import Any
 from probewatch.server.vllm.adapters.base import RunnerAdapter, capture_of, guarded, wrap_after
 from probewatch.server.vllm.capture import StepView
 from probewatch.server.vllm.contract import Requirement
-from probewatch.server.vllm.engage import RunnerFacts, engage
+from probewatch.server.vllm.engage import RunnerFacts, engage, speculative_method
 
 _M = "vllm.v1.worker.gpu_model_runner"
 _C = "GPUModelRunner"
@@ -83,14 +83,13 @@ class V1Adapter(RunnerAdapter):
 
 
 def _engage(runner: Any) -> None:
-    spec = runner.speculative_config
     facts = RunnerFacts(
         V1Adapter.name,
         runner.get_model(),
         runner.model_config,
         runner.device,
         int(runner.max_model_len),
-        speculative=None if spec is None else str(getattr(spec, "method", "speculative")),
+        speculative=speculative_method(runner.speculative_config),
         drafter_uses_aux=bool(runner.use_aux_hidden_state_outputs),  # set in __init__ for EAGLE-3 and kin
         speculation_supported=True,  # token-id drafters: drafts' rows are held until accepted (capture.py, _Verify)
     )

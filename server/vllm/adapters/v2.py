@@ -25,7 +25,7 @@ from typing import Any
 from probewatch.server.vllm.adapters.base import RunnerAdapter, capture_of, guarded, wrap_after
 from probewatch.server.vllm.capture import StepView, captures
 from probewatch.server.vllm.contract import Requirement
-from probewatch.server.vllm.engage import RunnerFacts, engage
+from probewatch.server.vllm.engage import RunnerFacts, engage, speculative_method
 
 _M = "vllm.v1.worker.gpu.model_runner"
 _C = "GPUModelRunner"
@@ -87,7 +87,7 @@ class V2Adapter(RunnerAdapter):
 
     def _patch(self, runner_cls: type) -> None:
         patch_load_model(runner_cls, _engage)
-        patch_execute_model(runner_cls, lambda runner: _aux_of(runner))
+        patch_execute_model(runner_cls, _aux_of)
         wrap_after(runner_cls, "sample_tokens", after_sample_tokens)
         _patch_async_output()
 
@@ -180,26 +180,15 @@ def _aux_of(runner: Any) -> Any:
 
 
 def _engage(runner: Any) -> None:
-    if getattr(runner, "pcp_manager", None) is not None:
-        from probewatch.server.vllm.engage import client_metrics
-
-        client_metrics().engaged.labels(runner=V2Adapter.name, reason="context_parallel").set(0)
-        import logging
-
-        logging.getLogger(__name__).warning(
-            "probewatch: monitoring OFF on vllm-v2 (context_parallel): prefill context parallelism splits a "
-            "request's rows across ranks; this engine runs unmonitored"
-        )
-        return
-    spec = runner.speculative_config
     facts = RunnerFacts(
         V2Adapter.name,
         runner.get_model(),
         runner.model_config,
         runner.device,
         int(runner.max_model_len),
-        speculative=None if spec is None else str(getattr(spec, "method", "speculative")),
+        speculative=speculative_method(runner.speculative_config),
         drafter_uses_aux=bool(runner.use_aux_hidden_state_outputs),
+        context_parallel=getattr(runner, "pcp_manager", None) is not None,
     )
     capture = engage(facts)
     if capture is not None:
