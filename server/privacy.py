@@ -229,16 +229,21 @@ _RULES: list[tuple[str, Callable[[str], str]]] = [
 REDACT_MAX_CHARS = 4 * DEFAULT_MAX_CHARS
 
 
+def _truncate(text: str, limit: int) -> tuple[str, str]:
+    """(the first `limit` characters, the `…[truncated N chars]` note for the rest, or "")."""
+    if len(text) <= limit:
+        return text, ""
+    return text[:limit], f"…[truncated {len(text) - limit} chars]"
+
+
 def redact(text: str) -> str:
     """`text` with personal data and secrets the patterns recognise replaced by a tag.
 
     Linear in `len(text)` on any input, and `text` is cut to `REDACT_MAX_CHARS` first."""
-    cut = len(text) - REDACT_MAX_CHARS
-    if cut > 0:
-        text = text[:REDACT_MAX_CHARS]
+    text, note = _truncate(text, REDACT_MAX_CHARS)
     for _name, rule in _RULES:
         text = rule(text)
-    return f"{text}…[truncated {cut} chars]" if cut > 0 else text
+    return text + note
 
 
 @dataclass
@@ -254,9 +259,7 @@ class TextPolicy:
             raise ValueError(f"store-text mode {self.mode!r} not one of {', '.join(STORE_TEXT_MODES)}")
 
     def _cap(self, text: str) -> str:
-        if len(text) <= self.max_chars:
-            return text
-        return f"{text[: self.max_chars]}…[truncated {len(text) - self.max_chars} chars]"
+        return "".join(_truncate(text, self.max_chars))
 
     def text(self, text: str | None) -> str | None:
         """A prompt or response as it may be stored (None: nothing to store)."""
