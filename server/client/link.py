@@ -179,20 +179,11 @@ class SidecarLink:
     def _session(self) -> bool:
         """Connect, stream until the stream ends; True when it was up for a while."""
         cfg = self.config
-        options = channel_options(cfg)
-        if cfg.tls_ca or cfg.tls_cert:
-            credentials = grpc.ssl_channel_credentials(
-                root_certificates=_read(cfg.tls_ca),
-                private_key=_read(cfg.tls_key),
-                certificate_chain=_read(cfg.tls_cert),
-            )
-            channel = grpc.secure_channel(cfg.sidecar, credentials, options=options)
-        else:
-            channel = grpc.insecure_channel(cfg.sidecar, options=options)
+        channel = open_channel(cfg)
         self._channel = channel
         try:
             # read at every (re)connect: a rotated token file is picked up with the next session
-            metadata = bearer_metadata(read_token_file(cfg.auth_token_file)) if cfg.auth_token_file else None
+            metadata = call_metadata(cfg)
             grpc.channel_ready_future(channel).result(timeout=cfg.connect_timeout_s)
             stub = pb_grpc.MonitorStub(channel)
             listing = stub.ListProbes(pb.ListProbesRequest(), timeout=cfg.connect_timeout_s, metadata=metadata)
@@ -241,6 +232,24 @@ class SidecarLink:
         finally:
             channel.close()
             self._channel = None
+
+
+def open_channel(config: AttachConfig) -> grpc.Channel:
+    """The channel to `config.sidecar` every client uses (TLS when configured, keepalive options)."""
+    options = channel_options(config)
+    if config.tls_ca or config.tls_cert:
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=_read(config.tls_ca),
+            private_key=_read(config.tls_key),
+            certificate_chain=_read(config.tls_cert),
+        )
+        return grpc.secure_channel(config.sidecar, credentials, options=options)
+    return grpc.insecure_channel(config.sidecar, options=options)
+
+
+def call_metadata(config: AttachConfig) -> tuple[tuple[str, str], ...] | None:
+    """The bearer-token metadata of every call (read from the token file each time: rotation)."""
+    return bearer_metadata(read_token_file(config.auth_token_file)) if config.auth_token_file else None
 
 
 def _read(path: str | None) -> bytes | None:

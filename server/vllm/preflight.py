@@ -235,16 +235,18 @@ def _sidecar(
 
     from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
     from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
-    from probewatch.server.auth import bearer_metadata, read_token_file
+    from probewatch.server.client.config import AttachConfig
+    from probewatch.server.client.link import call_metadata, open_channel
 
-    address = address or envs.sidecar_address()
-    token_file = envs.auth_token_file()
+    # the engine's own connection: AttachConfig as the plugin builds it (PROBEWATCH_AUTH_TOKEN_FILE)
+    config = AttachConfig(sidecar=address or envs.sidecar_address())
+    address = config.sidecar
     try:
-        metadata = bearer_metadata(read_token_file(token_file)) if token_file else None
+        metadata = call_metadata(config)
     except Exception as exc:  # noqa: BLE001
-        out.add("sidecar", False, f"token file {token_file}: {exc}", "sidecar_auth")
+        out.add("sidecar", False, f"token file {config.auth_token_file}: {exc}", "sidecar_auth")
         return
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(config) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=timeout_s)
             listing = pb_grpc.MonitorStub(channel).ListProbes(
