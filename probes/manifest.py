@@ -111,30 +111,44 @@ class Manifest:
         return manifest
 
     def validate(self, source: str = "manifest.json") -> None:
-        def bad(msg: str) -> CorruptBundleError:
-            return CorruptBundleError(f"{source}: {msg}")
+        """Raise CorruptBundleError naming the first invalid field (checked in the order below)."""
+        for check in (self._choice_problem, self._aggregation_problem, self._layout_problem):
+            problem = check()
+            if problem:
+                raise CorruptBundleError(f"{source}: {problem}")
 
+    def _choice_problem(self) -> str | None:
+        """The id and the fields that name one of a fixed set of choices."""
         if not self.id or not isinstance(self.id, str):
-            raise bad("id must be a non-empty string")
+            return "id must be a non-empty string"
         if self.behaviour not in BEHAVIOURS:
-            raise bad(f"behaviour {self.behaviour!r} not one of {BEHAVIOURS}")
+            return f"behaviour {self.behaviour!r} not one of {BEHAVIOURS}"
         if self.kind not in KINDS:
-            raise bad(f"kind {self.kind!r} not one of {KINDS}")
+            return f"kind {self.kind!r} not one of {KINDS}"
         if self.token_selection not in TOKEN_SELECTIONS:
-            raise bad(f"token_selection {self.token_selection!r} not one of {TOKEN_SELECTIONS}")
-        if self.aggregation.method not in AGGREGATIONS:
-            raise bad(f"aggregation.method {self.aggregation.method!r} not one of {AGGREGATIONS}")
-        if self.aggregation.window < 1 or not 0 < self.aggregation.alpha <= 1:
-            raise bad("aggregation.window must be >= 1 and 0 < aggregation.alpha <= 1")
-        if not self.aggregation.temperature > 0 or self.aggregation.temperature == float("inf"):
-            raise bad(f"aggregation.temperature must be a positive finite number, got {self.aggregation.temperature!r}")
+            return f"token_selection {self.token_selection!r} not one of {TOKEN_SELECTIONS}"
+        return None
+
+    def _aggregation_problem(self) -> str | None:
+        agg = self.aggregation
+        if agg.method not in AGGREGATIONS:
+            return f"aggregation.method {agg.method!r} not one of {AGGREGATIONS}"
+        if agg.window < 1 or not 0 < agg.alpha <= 1:
+            return "aggregation.window must be >= 1 and 0 < aggregation.alpha <= 1"
+        if not agg.temperature > 0 or agg.temperature == float("inf"):
+            return f"aggregation.temperature must be a positive finite number, got {agg.temperature!r}"
+        return None
+
+    def _layout_problem(self) -> str | None:
+        """Where the probe reads the residual stream and the model it was trained on."""
         if self.normalization not in ("none", "standardize"):
-            raise bad(f"normalization {self.normalization!r} not one of ('none', 'standardize')")
+            return f"normalization {self.normalization!r} not one of ('none', 'standardize')"
         if self.hook_point != HOOK_POINT:
-            raise bad(f"hook_point {self.hook_point!r} unsupported (only {HOOK_POINT!r})")
+            return f"hook_point {self.hook_point!r} unsupported (only {HOOK_POINT!r})"
         if not isinstance(self.layer, int) or self.layer < 0:
-            raise bad(f"layer must be a non-negative int, got {self.layer!r}")
+            return f"layer must be a non-negative int, got {self.layer!r}"
         if not isinstance(self.model.d_model, int) or self.model.d_model <= 0:
-            raise bad(f"model.d_model must be a positive int, got {self.model.d_model!r}")
+            return f"model.d_model must be a positive int, got {self.model.d_model!r}"
         if not self.model.fingerprint:
-            raise bad("model.fingerprint is empty")
+            return "model.fingerprint is empty"
+        return None

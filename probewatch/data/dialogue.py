@@ -55,11 +55,7 @@ class Dialogue:
         return [{"role": m.role, "content": m.content} for m in self.messages]
 
 
-def parse_dialogue(obj: Any, where: str, require_label: bool = True) -> Dialogue:
-    """Validate one decoded JSON value; errors start with `where` (file:line)."""
-    if not isinstance(obj, dict):
-        raise DialogueFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    messages = obj.get("messages")
+def _parse_messages(messages: Any, where: str) -> list[Message]:
     if not isinstance(messages, list) or not messages:
         raise DialogueFormatError(f"{where}: 'messages' must be a non-empty list")
     parsed: list[Message] = []
@@ -74,17 +70,33 @@ def parse_dialogue(obj: Any, where: str, require_label: bool = True) -> Dialogue
         parsed.append(Message(role, content))
     if parsed[-1].role == "system":
         raise DialogueFormatError(f"{where}: the last message must be 'user' or 'assistant', not 'system'")
-    label = obj.get("label")
+    return parsed
+
+
+def _parse_label(label: Any, where: str, require_label: bool) -> int | None:
     if label is None and require_label:
         raise DialogueFormatError(f"{where}: missing 'label' (0 or 1)")
     if label is not None and (isinstance(label, bool) or label not in (0, 1)):
         raise DialogueFormatError(f"{where}: 'label' must be 0 or 1, got {label!r}")
-    group, kind, meta = obj.get("group"), obj.get("kind"), obj.get("meta", {})
+    return label
+
+
+def _check_optional_fields(group: Any, kind: Any, meta: Any, where: str) -> None:
     for key, value in (("group", group), ("kind", kind)):
         if value is not None and not isinstance(value, (str, int)):
             raise DialogueFormatError(f"{where}: '{key}' must be a string")
     if not isinstance(meta, dict):
         raise DialogueFormatError(f"{where}: 'meta' must be an object")
+
+
+def parse_dialogue(obj: Any, where: str, require_label: bool = True) -> Dialogue:
+    """Validate one decoded JSON value; errors start with `where` (file:line)."""
+    if not isinstance(obj, dict):
+        raise DialogueFormatError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    parsed = _parse_messages(obj.get("messages"), where)
+    label = _parse_label(obj.get("label"), where, require_label)
+    group, kind, meta = obj.get("group"), obj.get("kind"), obj.get("meta", {})
+    _check_optional_fields(group, kind, meta, where)
     return Dialogue(parsed, label, None if group is None else str(group), None if kind is None else str(kind), meta)
 
 

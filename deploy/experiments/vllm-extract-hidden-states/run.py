@@ -20,7 +20,7 @@ import common  # noqa: F401  (env + metadata patch first)
 from common import DEFAULT_OUT_DIR, ENGINE_ARGS, MODEL, PROMPTS, ehs_kwargs, params
 
 
-def main():
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("mode")
     ap.add_argument("out", nargs="?", help="output prefix (default: runs/vllm-ehs/<mode>)")
@@ -34,11 +34,11 @@ def main():
     a = ap.parse_args()
     if a.out is None:
         a.out = str(DEFAULT_OUT_DIR / a.mode)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    return a
 
-    import torch
-    from vllm import LLM
 
+def engine_kwargs(a: argparse.Namespace) -> dict:
+    """ENGINE_ARGS with the command line's engine flags and the mode's connector settings."""
     kw = dict(ENGINE_ARGS)
     if a.eager:
         kw["enforce_eager"] = True
@@ -55,9 +55,11 @@ def main():
     elif a.mode == "ehs-example":
         extra = {"shared_storage_path": a.out + ".example_out"}
         kw.update(ehs_kwargs("ExampleHiddenStatesConnector", None, extra))
-    t0 = time.perf_counter()
-    llm = LLM(MODEL, **kw)
-    startup = time.perf_counter() - t0
+    return kw
+
+
+def engine_info(llm, a: argparse.Namespace, startup: float) -> dict:
+    """The engine's effective configuration, plus its model runner's details when reachable."""
     vc = llm.llm_engine.vllm_config
     info = {
         "mode": a.mode,
@@ -85,9 +87,32 @@ def main():
         info["aux_layers"] = list(getattr(getattr(model, "model", model), "aux_hidden_state_layers", ()))
     except Exception as e:  # noqa: BLE001
         info["runner_err"] = repr(e)
-    print("INFO", json.dumps(info), flush=True)
+    return info
 
-    p = params()
+
+def captures_by_prompt(outs, capture: dict) -> dict:
+    """The captured rows per prompt index (the engine may suffix the internal request ids)."""
+    captures = {}
+    for idx, o in enumerate(outs):
+        keys = [k for k in capture if k == o.request_id or k.startswith(o.request_id + "-")]
+        if keys:
+            captures[idx] = {pos: r.clone() for pos, r in capture[keys[0]].items()}
+    return captures
+
+
+def record_first_run(info: dict, outs, hs_connector) -> tuple[list, dict]:
+    """Token ids, request details and captures of the first (warm-up) run; returns (token_ids, captures)."""
+    token_ids = [list(o.outputs[0].token_ids) for o in outs]
+    info["prompt_token_ids"] = [list(o.prompt_token_ids) for o in outs]
+    info["request_ids"] = [o.request_id for o in outs]
+    info["kv_transfer_params"] = [getattr(o, "kv_transfer_params", None) for o in outs]
+    info["capture_keys"] = sorted(hs_connector.CAPTURE)
+    info["steps_first_run"] = [{k: list(v) for k, v in s.items()} for s in hs_connector.STEPS]
+    return token_ids, captures_by_prompt(outs, hs_connector.CAPTURE)
+
+
+def generate_runs(llm, p, a: argparse.Namespace, info: dict) -> tuple[list | None, dict | None, list[dict]]:
+    """One warm-up run (recorded into info) then a.runs timed runs; returns (token_ids, captures, runs)."""
     runs = []
     token_ids = None
     captures = None
@@ -103,18 +128,7 @@ def main():
         dc = time.process_time() - c
         ntok = sum(len(o.outputs[0].token_ids) for o in outs)
         if i == 0:
-            token_ids = [list(o.outputs[0].token_ids) for o in outs]
-            info["prompt_token_ids"] = [list(o.prompt_token_ids) for o in outs]
-            info["request_ids"] = [o.request_id for o in outs]
-            info["kv_transfer_params"] = [getattr(o, "kv_transfer_params", None) for o in outs]
-            info["capture_keys"] = sorted(hs_connector.CAPTURE)
-            info["steps_first_run"] = [{k: list(v) for k, v in s.items()} for s in hs_connector.STEPS]
-            # map internal req ids (engine may suffix them) to prompt index
-            captures = {}
-            for idx, o in enumerate(outs):
-                keys = [k for k in hs_connector.CAPTURE if k == o.request_id or k.startswith(o.request_id + "-")]
-                if keys:
-                    captures[idx] = {pos: r.clone() for pos, r in hs_connector.CAPTURE[keys[0]].items()}
+            token_ids, captures = record_first_run(info, outs, hs_connector)
         else:
             runs.append(
                 {
@@ -128,18 +142,23 @@ def main():
             )
             print(f"run {i}: {dt:.2f}s {ntok / dt:.1f} tok/s cpu {dc:.2f}s", flush=True)
         hs_connector.TIMING["wait_for_save_s"] = 0.0
-    if a.repeat_prompts:
-        hs_connector.CAPTURE.clear()
-        hs_connector.STEPS.clear()
-        outs = llm.generate(PROMPTS, p, use_tqdm=False)
-        info["repeat_token_ids"] = [list(o.outputs[0].token_ids) for o in outs]
-        info["repeat_steps"] = [{k: list(v) for k, v in s.items()} for s in hs_connector.STEPS]
-        rep = {}
-        for idx, o in enumerate(outs):
-            keys = [k for k in hs_connector.CAPTURE if k == o.request_id or k.startswith(o.request_id + "-")]
-            if keys:
-                rep[idx] = {pos: r.clone() for pos, r in hs_connector.CAPTURE[keys[0]].items()}
-        torch.save(rep, a.out + ".repeat.pt")
+    return token_ids, captures, runs
+
+
+def repeat_prompts(llm, p, info: dict) -> dict:
+    """A second pass over the same prompts (prefix-cache hits); returns its captures per prompt index."""
+    import hs_connector
+
+    hs_connector.CAPTURE.clear()
+    hs_connector.STEPS.clear()
+    outs = llm.generate(PROMPTS, p, use_tqdm=False)
+    info["repeat_token_ids"] = [list(o.outputs[0].token_ids) for o in outs]
+    info["repeat_steps"] = [{k: list(v) for k, v in s.items()} for s in hs_connector.STEPS]
+    return captures_by_prompt(outs, hs_connector.CAPTURE)
+
+
+def record_metrics(llm, info: dict) -> None:
+    """The engine's spec-decode, prefix-cache and generation-token metrics (or why they are missing)."""
     try:
         mets = {}
         for m in llm.get_metrics():
@@ -148,11 +167,36 @@ def main():
         info["metrics"] = mets
     except Exception as e:  # noqa: BLE001
         info["metrics_err"] = repr(e)
+
+
+def record_runs(info: dict, token_ids: list | None, runs: list[dict]) -> None:
     info["token_ids"] = token_ids
     info["runs"] = runs
     if runs:
         info["median_tok_s"] = sorted(r["tok_s"] for r in runs)[len(runs) // 2]
         info["median_tok_per_cpu_s"] = sorted(r["tok_per_cpu_s"] for r in runs)[len(runs) // 2]
+
+
+def main():
+    a = parse_args()
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+
+    import torch
+    from vllm import LLM
+
+    kw = engine_kwargs(a)
+    t0 = time.perf_counter()
+    llm = LLM(MODEL, **kw)
+    startup = time.perf_counter() - t0
+    info = engine_info(llm, a, startup)
+    print("INFO", json.dumps(info), flush=True)
+
+    p = params()
+    token_ids, captures, runs = generate_runs(llm, p, a, info)
+    if a.repeat_prompts:
+        torch.save(repeat_prompts(llm, p, info), a.out + ".repeat.pt")
+    record_metrics(llm, info)
+    record_runs(info, token_ids, runs)
     with open(a.out + ".json", "w") as fh:
         json.dump(info, fh)
     if captures is not None:
