@@ -1,7 +1,7 @@
 """Package discovery for the project's layout (metadata lives in pyproject.toml).
 
-The top-level folders probes/, training/, server/ and proto/ install as probewatch.probes,
-probewatch.training, probewatch.server and probewatch.proto; every sub-folder with an
+The top-level folders probes/, training/, server/, proto/ and benchmarks/ install as probewatch.probes,
+probewatch.training, probewatch.server, probewatch.proto and probewatch.benchmarks; every sub-folder with an
 __init__.py below them is found here, so adding a subpackage needs no packaging edit.
 """
 
@@ -15,6 +15,7 @@ ROOTS = {
     "probewatch.training": "training",
     "probewatch.server": "server",
     "probewatch.proto": "proto",
+    "probewatch.benchmarks": "benchmarks",
 }
 
 

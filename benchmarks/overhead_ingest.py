@@ -159,7 +159,7 @@ def overhead_main(args: argparse.Namespace) -> int:
 
     from probewatch.bundle_index import default_bundle_dirs, resolve_bundle_specs
     from probewatch.models import load_model
-    from probewatch.server.attach import attach
+    from probewatch.server.client.hf_attach import attach
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = set(modes) - {"off", "rows", "pushdown"}
@@ -198,7 +198,7 @@ def overhead_main(args: argparse.Namespace) -> int:
             monitor = attach(model, tok, sidecar=sidecar.address, wait_s=30, result_timeout_s=60)
             if not monitor.up:
                 raise SystemExit(f"could not connect to the benchmark sidecar at {sidecar.address}")
-            from probewatch.server.attach import Plan
+            from probewatch.server.client.hf_attach import Plan
 
             listing = monitor.link.listing if monitor.link is not None else None
             if listing is None:
@@ -382,9 +382,9 @@ def ingest_main(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm.auto import tqdm
 
+    from probewatch.proto.codec import encode_array
     from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
     from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
-    from probewatch.server.wire import encode_array
 
     fingerprint = "pwfp1:" + "be" * 16
     d = args.d_model

@@ -65,7 +65,7 @@ def _seed(store, n: int, progress: bool) -> float:
     """Write n incidents like sidecars do; returns the writes per second."""
     from tqdm.auto import tqdm
 
-    from probewatch.server.incidents import Incident, probe_context
+    from probewatch.server.store import Incident, probe_context
 
     rnd = random.Random(0)
     now = dt.datetime.now(dt.timezone.utc)
@@ -185,10 +185,10 @@ def main(args: argparse.Namespace) -> int:
 
     from probewatch.errors import ProbewatchError
     from probewatch.jsonio import write_json_atomic
-    from probewatch.server.http_app import HTTPServerThread
-    from probewatch.server.incidents import IncidentStore
+    from probewatch.server.inference.http_app import HTTPServerThread
     from probewatch.server.review.app import create_review_app
     from probewatch.server.review.auth import AuthConfig
+    from probewatch.server.store import IncidentStore
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per timed request would bury the table
     progress = not args.json and sys.stderr.isatty()

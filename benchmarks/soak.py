@@ -124,8 +124,8 @@ class StreamWorker(threading.Thread):
 
     # -- messages ------------------------------------------------------------------------------------
     def _chunk(self, gid: str, layer: int, positions: list[int], rows) -> bytes:
+        from probewatch.proto.codec import encode_array
         from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
-        from probewatch.server.wire import encode_array
 
         return pb.MonitorRequest(
             chunk=pb.ActivationChunk(
@@ -363,10 +363,10 @@ def soak_main(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
+    from probewatch.benchmarks.overhead_ingest import SidecarProcess, _emit
     from probewatch.errors import ProbewatchError
     from probewatch.probes import load_bundles
-    from probewatch.server.bench import SidecarProcess, _emit
-    from probewatch.server.incidents import IncidentStore
+    from probewatch.server.store import IncidentStore
 
     if args.streams < 1 or args.duration <= 0 or not 0 <= args.bad_fraction < 1 or args.window < 1:
         raise ProbewatchError("soak: --streams, --duration and --window must be positive, 0 <= --bad-fraction < 1")
@@ -532,7 +532,7 @@ def soak_main(args: argparse.Namespace) -> int:
 
 
 def _exists(store, incident_id: int) -> bool:
-    from probewatch.server.incidents import IncidentNotFoundError
+    from probewatch.server.store import IncidentNotFoundError
 
     try:
         store.get(incident_id)

@@ -69,7 +69,7 @@ class _Engine:
         self.config = config
         self.log = open(Path(args.workdir) / f"engine-{config}.log", "w")  # noqa: SIM115 - lives with the process
         spec = json.dumps({**args.engine_spec, "layers": layers})
-        cmd = [sys.executable, "-m", "probewatch.server.bench_vllm", config, spec]
+        cmd = [sys.executable, "-m", "probewatch.benchmarks.vllm", config, spec]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, bufsize=1
         )
@@ -104,10 +104,10 @@ class _Engine:
 def vllm_main(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
+    from probewatch.benchmarks.overhead_ingest import SidecarProcess, _emit
     from probewatch.bundle_index import default_bundle_dirs, resolve_bundle_specs
     from probewatch.models import resolve_model_path
-    from probewatch.server.bench import SidecarProcess, _emit
-    from probewatch.server.sidecar import resolve_model_identity
+    from probewatch.server.sidecar.process import resolve_model_identity
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if set(configs) - set(CONFIGS) or "off" not in configs:
@@ -284,7 +284,7 @@ def _worker(config: str, spec: dict[str, Any]) -> None:
     startup = time.monotonic() - t0
     capture = None
     if config == "probewatch":
-        from probewatch.server.vllm.capture import captures
+        from probewatch.server.client.vllm_plugin.capture import captures
 
         found = captures()
         if not found:
@@ -319,7 +319,7 @@ def _worker(config: str, spec: dict[str, Any]) -> None:
         )
         if capture is not None:
             capture.set_mode(cmd["mode"])
-            import probewatch.server.vllm as pv
+            import probewatch.server.client.vllm_plugin as pv
 
             before = set(pv.results())
         t0 = time.perf_counter()
@@ -390,7 +390,7 @@ def _shape_model(config_dir: Path, tmp: Path) -> tuple[str, str, str, list[Path]
     """A config-only model folder: (path, id, fingerprint, random bundles on 4 layers over its depth)."""
     import hashlib
 
-    from probewatch.server.bench import random_bundles
+    from probewatch.benchmarks.overhead_ingest import random_bundles
 
     config_path = config_dir / "config.json"
     if not config_path.is_file():

@@ -44,7 +44,7 @@ if __name__ == "__main__":  # vLLM's engine processes are spawned: they re-impor
     sys.exit(main())
 PY
 chmod +x "$VENV/bin/vllm"
-"$VENV/bin/python" -c "import vllm, probewatch.server.vllm; print('vllm', vllm.__version__)"
+"$VENV/bin/python" -c "import vllm, probewatch.server.client.vllm_plugin; print('vllm', vllm.__version__)"
 if [ "$LOCK" = "-" ]; then
   {
     echo "# Exact versions of the vLLM venv (.venv-vllm) the vLLM tests passed with; \`make lock-vllm\`"

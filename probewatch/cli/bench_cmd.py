@@ -13,30 +13,38 @@ from probewatch.cli.common import add_json_arg, add_model_arg
 
 # subcommand -> (module, function, help)
 BENCHMARKS = {
-    "capture": ("probewatch.bench_capture", "main", "residual capture cost on a batch forward (hooked vs unhooked)"),
+    "capture": (
+        "probewatch.benchmarks.capture",
+        "main",
+        "residual capture cost on a batch forward (hooked vs unhooked)",
+    ),
     "quality": (
         "probewatch.training.bench_quality",
         "main",
         "train + evaluate every behaviour; writes docs/quality.md",
     ),
     "overhead": (
-        "probewatch.server.bench",
+        "probewatch.benchmarks.overhead_ingest",
         "overhead_main",
         "generated tokens/s: monitoring off vs raw rows vs pushdown",
     ),
-    "ingest": ("probewatch.server.bench", "ingest_main", "sidecar ingest rate vs a raw socket copy of the same bytes"),
+    "ingest": (
+        "probewatch.benchmarks.overhead_ingest",
+        "ingest_main",
+        "sidecar ingest rate vs a raw socket copy of the same bytes",
+    ),
     "vllm": (
-        "probewatch.server.bench_vllm",
+        "probewatch.benchmarks.vllm",
         "vllm_main",
         "vLLM tokens/s: unmonitored (compiled) vs probewatch rows / pushdown vs vllm-lens (run in .venv-vllm)",
     ),
     "soak": (
-        "probewatch.server.soak",
+        "probewatch.benchmarks.soak",
         "soak_main",
         "sidecar under sustained load with bad input and one kill -9 / restart: latency, RSS, rejections",
     ),
     "review": (
-        "probewatch.server.review.bench",
+        "probewatch.benchmarks.review",
         "main",
         "review queue response times over real HTTP with 10,000 incidents in the store",
     ),

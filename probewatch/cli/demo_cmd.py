@@ -8,7 +8,7 @@ from probewatch.cli.common import add_json_arg, add_model_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from probewatch.server import demo  # light: argparse, json, dataclasses only at import time
+    from probewatch.server.local import demo  # light: argparse, json, dataclasses only at import time
 
     p = sub.add_parser("demo", help="main job: live-monitor scripted conversations through the embedded endpoint")
     add_model_arg(p)
@@ -18,6 +18,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from probewatch.server import demo
+    from probewatch.server.local import demo
 
     return demo.main(args)

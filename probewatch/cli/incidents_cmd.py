@@ -77,7 +77,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _store(args: argparse.Namespace, readonly: bool = True):
     from probewatch import envs
-    from probewatch.server.incidents import IncidentStore, IncidentStoreError, parse_location
+    from probewatch.server.store import IncidentStore, IncidentStoreError, parse_location
 
     where = args.db or envs.incident_db()
     path = parse_location(where).path  # None: a database server

@@ -45,7 +45,7 @@ def _location(args: argparse.Namespace):
 
 
 def _export(args: argparse.Namespace) -> int:
-    from probewatch.server.incidents import IncidentStore
+    from probewatch.server.store import IncidentStore
 
     store = IncidentStore.open(_location(args), readonly=True)
     try:
@@ -99,8 +99,7 @@ def _export_all(store, args: argparse.Namespace) -> dict:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from probewatch.server.incidents import IncidentStore
-    from probewatch.server.store import migrate
+    from probewatch.server.store import IncidentStore, migrate
 
     store = IncidentStore.open(_location(args))
     try:

@@ -79,10 +79,10 @@ def auth_config(args: argparse.Namespace, host: str):
 
     from probewatch import envs
     from probewatch.errors import ProbewatchError
-    from probewatch.server.review.auth import DEFAULT_TRUSTED_PROXIES, AuthConfig, read_token_file
+    from probewatch.server.review.auth import DEFAULT_TRUSTED_PROXIES, AuthConfig, read_reviewer_tokens
 
     token_file = args.token_file or envs.review_token_file()
-    tokens = read_token_file(token_file) if token_file else {}
+    tokens = read_reviewer_tokens(token_file) if token_file else {}
     headers = tuple(args.trusted_header or ())
     loopback = host in LOOPBACK
     reviewer = args.reviewer
@@ -116,10 +116,10 @@ def _run(args: argparse.Namespace) -> int:
     import threading
 
     from probewatch import envs
-    from probewatch.server.http_app import HTTPServerThread
-    from probewatch.server.incidents import IncidentStore
+    from probewatch.server.inference.http_app import HTTPServerThread
     from probewatch.server.review.app import create_review_app
     from probewatch.server.review.catalog import Catalog
+    from probewatch.server.store import IncidentStore
 
     auth = auth_config(args, args.host)
     catalog = Catalog(args.bundles or (), tokenizer=args.tokenizer)

@@ -98,9 +98,9 @@ def _run(args: argparse.Namespace) -> int:
     import threading
 
     from probewatch import envs
-    from probewatch.server.incidents import IncidentStore
-    from probewatch.server.stack import LocalStack, StackOptions
-    from probewatch.server.webhook import validate_webhook_url
+    from probewatch.server.local.stack import LocalStack, StackOptions
+    from probewatch.server.sidecar.webhook import validate_webhook_url
+    from probewatch.server.store import IncidentStore
 
     sidecar = args.sidecar or (envs.sidecar_address() if envs.sidecar_address_set() else None)
     incident_db = None
@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
 def _http_limits(args: argparse.Namespace):
     from probewatch import envs
     from probewatch.errors import ProbewatchError
-    from probewatch.server.http_app import HTTPLimits
+    from probewatch.server.inference.http_app import HTTPLimits
 
     keys = [k for k in (args.api_key, envs.api_key()) if k]
     if args.api_key_file is not None:

@@ -5,7 +5,7 @@ unwritable --incident-db, missing or mismatched bundles (fingerprint), a bundle 
 checksum, unreadable TLS or token files, an invalid limit, a port in use. The sidecar reads only
 the model's config and a few weight slices (fingerprint).
 
-Every limit's default is the `SidecarConfig` field's (server/sidecar.py): the help text shows it.
+Every limit's default is the `SidecarConfig` field's (server/sidecar/process.py): the help text shows it.
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _default(field: str):
-    from probewatch.server.sidecar import SidecarConfig
+    from probewatch.server.sidecar.process import SidecarConfig
 
     return SidecarConfig.model_fields[field].default
 
@@ -209,18 +209,18 @@ def _run(args: argparse.Namespace) -> int:
     import threading
 
     from probewatch import envs
-    from probewatch.server.incidents import IncidentStore, parse_location
-    from probewatch.server.memory import bound_allocator_retention
-    from probewatch.server.sidecar import Sidecar, server_credentials, sidecar_config_for
-    from probewatch.server.webhook import validate_webhook_url
+    from probewatch.server.sidecar.memory import bound_allocator_retention
+    from probewatch.server.sidecar.process import Sidecar, server_credentials, sidecar_config_for
+    from probewatch.server.sidecar.webhook import validate_webhook_url
+    from probewatch.server.store import IncidentStore, parse_location
 
-    bound_allocator_retention()  # large freed messages go back to the OS (server/memory.py)
+    bound_allocator_retention()  # large freed messages go back to the OS (server/sidecar/memory.py)
     webhook = args.webhook or envs.webhook_url()
     if webhook:
         validate_webhook_url(webhook)
     token_file = args.auth_token_file or envs.auth_token_file()
     if token_file is not None:
-        from probewatch.server.auth import TokenFile
+        from probewatch.server.sidecar.auth import TokenFile
 
         TokenFile(token_file)  # a missing, empty or weak token file is a CLI error now
     incident_db = None if args.no_incidents else (args.incident_db or envs.incident_db())

@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _source(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from probewatch.server.vllm.contract import SourceTree, extract_python, fetch_wheel, wheel_cache
+    from probewatch.server.client.vllm_plugin.contract import SourceTree, extract_python, fetch_wheel, wheel_cache
 
     cache = Path(args.cache) if args.cache else wheel_cache()
     wheel = fetch_wheel(args.version, cache)
@@ -72,8 +72,8 @@ def _source(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from probewatch.server.vllm.contract import SourceTree
-    from probewatch.server.vllm.preflight import run_preflight
+    from probewatch.server.client.vllm_plugin.contract import SourceTree
+    from probewatch.server.client.vllm_plugin.preflight import run_preflight
 
     tree = SourceTree(Path(args.vllm_source)) if args.vllm_source else None
     result = run_preflight(
@@ -95,7 +95,7 @@ def _check(args: argparse.Namespace) -> int:
 def _contract(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from probewatch.server.vllm.contract import SourceTree, check_all, fetch_wheel, wheel_cache
+    from probewatch.server.client.vllm_plugin.contract import SourceTree, check_all, fetch_wheel, wheel_cache
 
     cache = Path(args.cache) if args.cache else wheel_cache()
     sources: list[SourceTree] = [SourceTree(Path(w)) for w in args.wheel]

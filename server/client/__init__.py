@@ -8,6 +8,6 @@
 - `sender`: the bounded capture queue and the sender thread that turns captured row blocks into
   `ActivationChunk`s;
 - `core`: `ClientCore`, the above wired together; a backend (HF `generate()` in
-  `probewatch.server.attach`, the vLLM worker plugin in `probewatch.server.vllm`) only captures
+  `probewatch.server.client.hf_attach`, the vLLM worker plugin in `probewatch.server.client.vllm_plugin`) only captures
   rows on the model's device and says which (generation, position, token) each row is.
 """

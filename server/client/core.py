@@ -19,10 +19,10 @@ from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.server.client.bounds import bound_generation_id, bound_metadata
 from probewatch.server.client.config import AttachConfig
 from probewatch.server.client.link import STOP, SidecarLink
+from probewatch.server.client.metrics import ClientMetrics
 from probewatch.server.client.plan import Plan
 from probewatch.server.client.results import GenerationHandle
 from probewatch.server.client.sender import Block, CloseMarker, Control, Sender, SendQueue
-from probewatch.server.metrics import ClientMetrics
 
 log = logging.getLogger(__name__)
 

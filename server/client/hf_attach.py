@@ -44,10 +44,10 @@ from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.server.client.config import AttachConfig, AttachMode
 from probewatch.server.client.core import ClientCore
 from probewatch.server.client.link import SidecarLink
+from probewatch.server.client.metrics import ClientMetrics
 from probewatch.server.client.plan import LayerCapture, Plan
 from probewatch.server.client.results import GenerationHandle, GenerationResult
 from probewatch.server.client.sender import Block
-from probewatch.server.metrics import ClientMetrics
 from probewatch.stop_tokens import stop_token_ids
 
 log = logging.getLogger(__name__)

@@ -24,10 +24,10 @@ import torch
 
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
-from probewatch.server.auth import bearer_metadata, read_token_file
+from probewatch.server.client.auth import bearer_metadata, read_token_file
 from probewatch.server.client.config import AttachConfig
+from probewatch.server.client.metrics import ClientMetrics
 from probewatch.server.client.plan import Plan
-from probewatch.server.metrics import ClientMetrics
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
+from probewatch.proto.codec import decode_tensor
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
-from probewatch.server.wire import decode_tensor
 
 
 @dataclass

@@ -8,8 +8,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from probewatch.proto.codec import decode_tensor
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
-from probewatch.server.wire import decode_tensor
 
 log = logging.getLogger(__name__)
 

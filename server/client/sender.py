@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
+from probewatch.proto.codec import encode_tensor
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.server.client.config import AttachConfig
 from probewatch.server.client.link import STOP, SidecarLink, Stalled
+from probewatch.server.client.metrics import ClientMetrics
 from probewatch.server.client.results import GenerationHandle
-from probewatch.server.metrics import ClientMetrics
-from probewatch.server.wire import encode_tensor
 
 log = logging.getLogger(__name__)
 

@@ -118,8 +118,8 @@ def main(args: argparse.Namespace) -> int:
     import httpx
 
     from probewatch import envs
-    from probewatch.server.incidents import IncidentStore
-    from probewatch.server.stack import LocalStack, StackOptions
+    from probewatch.server.local.stack import LocalStack, StackOptions
+    from probewatch.server.store import IncidentStore
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the table
     bundles = _bundles_or_explain(args.model, args.bundles)
@@ -283,7 +283,7 @@ def _incident_ids(path: str | Path) -> set[int]:
 
 
 def _incident_rows(path: str | Path):
-    from probewatch.server.incidents import IncidentStore
+    from probewatch.server.store import IncidentStore
 
     store = IncidentStore.open(path, readonly=True)
     try:
@@ -302,7 +302,7 @@ def _metric(text: str, name: str) -> float:
 
 
 def _summary(rows: list[Row], probes, incidents, metrics_text: str, stack, incident_db: str | Path) -> dict[str, Any]:
-    from probewatch.server.incidents import parse_location
+    from probewatch.server.store import parse_location
 
     generations = []
     for row in rows:

@@ -15,11 +15,11 @@ from probewatch.errors import ProbewatchError
 
 if TYPE_CHECKING:
     from probewatch.models.loading import LoadedModel
-    from probewatch.server.attach import Monitor
-    from probewatch.server.http_app import ChatService, HTTPLimits, HTTPServerThread
-    from probewatch.server.incidents import IncidentStore
+    from probewatch.server.client.hf_attach import Monitor
+    from probewatch.server.inference.http_app import ChatService, HTTPLimits, HTTPServerThread
     from probewatch.server.review.auth import AuthConfig
-    from probewatch.server.sidecar import Sidecar
+    from probewatch.server.sidecar.process import Sidecar
+    from probewatch.server.store import IncidentStore
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ class LocalStack:
 
     def start(self) -> LocalStack:
         from probewatch.models import load_model
-        from probewatch.server.attach import attach
-        from probewatch.server.http_app import ChatService, HTTPServerThread, create_app
-        from probewatch.server.sidecar import Sidecar, sidecar_config_for
+        from probewatch.server.client.hf_attach import attach
+        from probewatch.server.inference.http_app import ChatService, HTTPServerThread, create_app
+        from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
 
         o = self.options
         try:
@@ -112,9 +112,9 @@ class LocalStack:
         return self
 
     def _review_app(self, auth: AuthConfig):
-        from probewatch.server.incidents import IncidentStore
         from probewatch.server.review.app import create_review_app
         from probewatch.server.review.catalog import Catalog
+        from probewatch.server.store import IncidentStore
 
         if self.options.incident_db is None:
             raise ProbewatchError("the review app needs the incident store (--incident-db or $PROBEWATCH_INCIDENT_DB)")

@@ -105,7 +105,7 @@ class AuthConfig:
         return None
 
 
-def read_token_file(path: str | Path) -> dict[str, str]:
+def read_reviewer_tokens(path: str | Path) -> dict[str, str]:
     """`name:token` per line (blank lines and # comments skipped) -> {token: name}."""
     path = Path(path)
     try:

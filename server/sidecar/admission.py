@@ -9,7 +9,7 @@ out, so the kubelet would restart a healthy pod. Here:
   `max_streams_per_peer` per client address; beyond that the call ends at once with
   RESOURCE_EXHAUSTED, before any message is read;
 - unary `Score` calls (which wait for the scoring worker) are capped at `max_concurrent_unary`;
-- the thread pool is sized above the sum of both caps (server/sidecar.py), so short calls
+- the thread pool is sized above the sum of both caps (server/sidecar/process.py), so short calls
   (Health.Check, ListProbes) always find a free thread;
 - with a token file, every method but the health service needs `authorization: Bearer <token>`
   (UNAUTHENTICATED otherwise); an unauthenticated call's request bytes are never parsed.
@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import grpc
 
-from probewatch.server.auth import TokenFile, bearer_from_metadata
+from probewatch.server.sidecar.auth import TokenFile, bearer_from_metadata
 
 log = logging.getLogger(__name__)
 HEALTH_PREFIX = "/grpc.health.v1.Health/"

@@ -3,7 +3,7 @@
 Anyone who can reach an unauthenticated sidecar can read the probe weight matrices (ListProbes)
 and create incidents with text of their choosing. With a token file, every RPC except the
 standard health service must carry `authorization: Bearer <token>` metadata; others are
-answered UNAUTHENTICATED (server/admission.py does the checking). Health stays open because the
+answered UNAUTHENTICATED (server/sidecar/admission.py does the checking). Health stays open because the
 kubelet's probes cannot send metadata and it reveals nothing.
 
 The file holds one token per line (blank lines and `#` comments ignored), so a token can be
@@ -11,9 +11,8 @@ rotated without downtime: add the new one, roll the clients, remove the old one.
 re-read when it changes (a Kubernetes Secret volume updates in place), at most every
 `reload_every_s`. Tokens are compared in constant time.
 
-Clients send the token with `bearer_metadata(token)` per call, or over TLS with
-`grpc.access_token_call_credentials`; `read_token_file` reads the file a client is given
-(`PROBEWATCH_AUTH_TOKEN_FILE`).
+The file format is probewatch/token_file.py; clients send their token with
+server/client/auth.py (`bearer_metadata`) or over TLS with `grpc.access_token_call_credentials`.
 """
 
 from __future__ import annotations
@@ -25,41 +24,11 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from probewatch.errors import ProbewatchError
+from probewatch.token_file import AuthConfigError, parse_token_file
+
+__all__ = ["AuthConfigError", "TokenFile", "bearer_from_metadata"]
 
 log = logging.getLogger(__name__)
-MIN_TOKEN_CHARS = 16
-
-
-class AuthConfigError(ProbewatchError):
-    """The token file is missing, unreadable, empty, or holds a token too short to be a secret."""
-
-
-def _parse(path: Path) -> list[bytes]:
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AuthConfigError(f"cannot read the auth token file {path}: {exc}") from exc
-    tokens = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
-    if not tokens:
-        raise AuthConfigError(f"the auth token file {path} holds no token")
-    short = [t for t in tokens if len(t) < MIN_TOKEN_CHARS]
-    if short:
-        raise AuthConfigError(
-            f"the auth token file {path} holds a token of {len(short[0])} characters; use at least "
-            f"{MIN_TOKEN_CHARS} random characters (e.g. `openssl rand -hex 32`)"
-        )
-    return [t.encode() for t in tokens]
-
-
-def read_token_file(path: str | Path) -> str:
-    """The first token of a token file (what a client sends)."""
-    return _parse(Path(path))[0].decode()
-
-
-def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
-    """Call metadata carrying `token` (pass as `metadata=` on each call)."""
-    return (("authorization", f"Bearer {token}"),)
 
 
 class TokenFile:
@@ -69,7 +38,7 @@ class TokenFile:
         self.path = Path(path)
         self.reload_every_s = reload_every_s
         self._lock = threading.Lock()
-        self._tokens = _parse(self.path)
+        self._tokens = parse_token_file(self.path)
         self._stamp = self._file_stamp()
         self._checked = time.monotonic()
 
@@ -89,7 +58,7 @@ class TokenFile:
         if stamp is None or stamp == self._stamp:
             return
         try:
-            self._tokens = _parse(self.path)
+            self._tokens = parse_token_file(self.path)
             self._stamp = stamp
             log.info("auth token file %s changed: %d token(s) accepted", self.path, len(self._tokens))
         except AuthConfigError as exc:  # keep the previous tokens rather than locking everyone out

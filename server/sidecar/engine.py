@@ -17,7 +17,7 @@ Alerts: evaluated at close on the final aggregate. Monotone aggregations (max, r
 can only grow, so for those an alert is raised early, as soon as the running aggregate crosses
 the threshold. The incident row is written when the alert is raised (an early alert survives a
 crash of the sidecar) and completed at close with the final score, all kept token scores and the
-text (server/incidents.py).
+text (server/store/__init__.py).
 
 Bounded state: a stream's responses wait in a bounded `Outbox` (a client that stops reading is
 cut off instead of growing memory), generation ids and metadata have size limits, and the open
@@ -51,11 +51,11 @@ from probewatch.probes.bundle import LINEAR_KINDS, Bundle
 from probewatch.probes.manifest import Aggregation
 from probewatch.probes.runtime import ProbeRuntime
 from probewatch.probes.selection import selection_mask
+from probewatch.proto.codec import WireError, encode_array
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
-from probewatch.server.incidents import Incident, IncidentNotFoundError, IncidentStore, probe_context
-from probewatch.server.metrics import SidecarMetrics
-from probewatch.server.privacy import TextPolicy
-from probewatch.server.wire import WireError, encode_array
+from probewatch.server.sidecar.metrics import SidecarMetrics
+from probewatch.server.store import Incident, IncidentNotFoundError, IncidentStore, probe_context
+from probewatch.server.store.privacy import TextPolicy
 
 log = logging.getLogger(__name__)
 

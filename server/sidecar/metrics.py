@@ -1,11 +1,10 @@
-"""Prometheus metrics of the sidecar and of the attach client.
+"""Prometheus metrics of the sidecar (the client's own series live in server/client/metrics.py).
 
 The names and labels are a contract (docs/architecture.md, "Prometheus metrics"): Grafana
 dashboards and alert rules are built against them, so they change only together.
 
-Each `SidecarMetrics` / `ClientMetrics` owns its own `CollectorRegistry` (several sidecars or
-clients can live in one process, e.g. in tests or `probewatch demo`); `serve_metrics` exposes a
-registry over HTTP with prometheus-client's own server.
+Each `SidecarMetrics` owns its own `CollectorRegistry` (several sidecars can live in one process,
+e.g. in tests or `probewatch demo`); `probewatch.metrics_http.serve_metrics` exposes it over HTTP.
 
 Token-score histograms are fed per chunk, not per value: `BulkHistogram` bins a whole numpy
 array with one `searchsorted` (a Python `observe()` per token and probe would cost more than the
@@ -220,77 +219,3 @@ class SidecarMetrics:
                 fingerprint=m.model.fingerprint,
             ).info({})
             self.alerts.labels(probe=m.id, behaviour=m.behaviour)
-
-
-# Why a capture self-check failed (labels of probewatch_client_capture_errors_total).
-CAPTURE_ERROR_REASONS = ("position", "rows", "batch")
-
-
-class ClientMetrics:
-    """The attach client's own series (exposed by `probewatch run` at /metrics)."""
-
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
-        r = self.registry
-        self.monitoring_up = Gauge(
-            "probewatch_client_monitoring_up",
-            "1 while the attach client is connected to its sidecar, else 0 (fail-open).",
-            registry=r,
-        )
-        self.dropped_chunks = Counter(
-            "probewatch_client_dropped_chunks_total",
-            "Captured chunks not delivered to the sidecar, by reason.",
-            ["reason"],
-            registry=r,
-        )
-        self.chunks_sent = Counter("probewatch_client_chunks_sent_total", "Activation chunks sent.", registry=r)
-        self.unmonitored = Counter(
-            "probewatch_client_unmonitored_generations_total",
-            "Generations that ran without monitoring (sidecar down, disabled, unsupported input).",
-            ["reason"],
-            registry=r,
-        )
-        self.reconnects = Counter(
-            "probewatch_client_reconnects_total", "Connection attempts to the sidecar that failed.", registry=r
-        )
-        self.capture_errors = Counter(
-            "probewatch_client_capture_errors_total",
-            "Generations whose capture failed its self-check (positions or rows per step not as expected); "
-            "their monitoring stopped instead of sending rows at wrong positions.",
-            ["reason"],
-            registry=r,
-        )
-        self.engaged = Gauge(
-            "probewatch_client_capture_engaged",
-            "1 when the capture is installed on this engine's model runner (label runner: vllm-v1, "
-            "vllm-v2, vllm-cpu-standalone), 0 with the reason it is not (the engine then runs unmonitored).",
-            ["runner", "reason"],
-            registry=r,
-        )
-        self.bounded_inputs = Counter(
-            "probewatch_client_bounded_inputs_total",
-            "Opens whose caller-controlled generation id or metadata was cut to the sidecar's limits before "
-            "sending (so it could not make the sidecar refuse the generation).",
-            ["what"],
-            registry=r,
-        )
-        for what in ("generation_id", "metadata"):
-            self.bounded_inputs.labels(what=what)
-        self.speculative_rows = Counter(
-            "probewatch_client_speculative_rows_total",
-            "Draft-token rows of speculative-decoding verify steps: accepted ones are scored, rejected ones "
-            "(tokens that never happened) are not sent.",
-            ["outcome"],
-            registry=r,
-        )
-        for reason in CAPTURE_ERROR_REASONS:
-            self.capture_errors.labels(reason=reason)
-        for reason in ("queue_full", "sidecar_down", "rejected", "stalled"):
-            self.dropped_chunks.labels(reason=reason)
-
-
-def serve_metrics(registry: CollectorRegistry, port: int, host: str = "127.0.0.1"):
-    """Start prometheus-client's HTTP server for `registry`; returns (server, thread); port 0 = ephemeral."""
-    from prometheus_client import start_http_server
-
-    return start_http_server(port, addr=host, registry=registry)

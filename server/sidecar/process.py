@@ -3,9 +3,9 @@
 The sidecar never loads the model's weights: it needs the model's fingerprint (to refuse bundles
 and generations from a different model) and d_model, both read from the model folder
 (`fingerprint_folder` reads a few slices lazily), or given outright. The servicer itself is
-server/servicer.py; scoring is server/engine.py.
+server/sidecar/servicer.py; scoring is server/sidecar/engine.py.
 
-Exposure and admission (server/admission.py, server/auth.py): the gRPC port and /metrics bind
+Exposure and admission (server/sidecar/admission.py, server/sidecar/auth.py): the gRPC port and /metrics bind
 127.0.0.1 unless told otherwise; with `auth_token_file`, every RPC but health needs a bearer
 token; long-lived RPCs are capped in total and per client address, unary Score calls too, and
 the thread pool is sized above those caps so `Health.Check` never waits behind streams.
@@ -40,16 +40,17 @@ from grpc_reflection.v1alpha import reflection
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from probewatch.errors import ProbewatchError
+from probewatch.metrics_http import serve_metrics
 from probewatch.probes.bundle import Bundle, load_bundles
 from probewatch.probes.runtime import ProbeRuntime
-from probewatch.server.admission import Guard, StreamSlots
-from probewatch.server.auth import TokenFile
-from probewatch.server.engine import DEFAULT_OUTBOX_SIZE, EngineLimits, ScoringEngine
-from probewatch.server.incidents import IncidentStore
-from probewatch.server.metrics import SidecarMetrics, serve_metrics
-from probewatch.server.privacy import DEFAULT_MAX_CHARS, STORE_TEXT_MODES, TextPolicy
-from probewatch.server.servicer import SERVICE_NAME, MonitorServicer, add_to_server
-from probewatch.server.webhook import WebhookSender, validate_webhook_url
+from probewatch.server.sidecar.admission import Guard, StreamSlots
+from probewatch.server.sidecar.auth import TokenFile
+from probewatch.server.sidecar.engine import DEFAULT_OUTBOX_SIZE, EngineLimits, ScoringEngine
+from probewatch.server.sidecar.metrics import SidecarMetrics
+from probewatch.server.sidecar.servicer import SERVICE_NAME, MonitorServicer, add_to_server
+from probewatch.server.sidecar.webhook import WebhookSender, validate_webhook_url
+from probewatch.server.store import IncidentStore
+from probewatch.server.store.privacy import DEFAULT_MAX_CHARS, STORE_TEXT_MODES, TextPolicy
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -108,7 +109,7 @@ class SidecarConfig(BaseModel):
     outbox_size: int = Field(DEFAULT_OUTBOX_SIZE, ge=16)  # responses queued for a client that does not read
     max_abs_activation: float = Field(1e15, gt=0)  # |value| above this in a row or projection: INVALID_ARGUMENT
     # -- private data
-    store_text: str = "redacted"  # full | redacted | none (server/privacy.py)
+    store_text: str = "redacted"  # full | redacted | none (server/store/privacy.py)
     max_text_chars: int = Field(DEFAULT_MAX_CHARS, ge=0)  # per stored prompt / response / metadata value
     retention_days: float = Field(30.0, ge=0)  # incidents older than this are deleted; 0: kept forever
     retention_interval_s: float = Field(3600.0, gt=0)  # how often retention runs after start-up

@@ -33,9 +33,10 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
+from probewatch.proto.codec import WireError, check_positions, decode_rows, encode_array, invalid
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
-from probewatch.server.engine import (
+from probewatch.server.sidecar.engine import (
     _END,
     PROJECTIONS,
     ROWS,
@@ -47,10 +48,9 @@ from probewatch.server.engine import (
     layer_prompt_rows,
     short_id,
 )
-from probewatch.server.wire import WireError, check_positions, decode_rows, encode_array, invalid
 
 if TYPE_CHECKING:
-    from probewatch.server.sidecar import Sidecar
+    from probewatch.server.sidecar.process import Sidecar
 
 log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Monitor"].full_name

@@ -1,13 +1,63 @@
-"""The incident store: SQLAlchemy Core tables, Alembic migrations, one store class for SQLite and PostgreSQL.
+"""The incident store: one row per generation and probe whose aggregate crossed its threshold, kept
+for human review (open -> acknowledged -> resolved, with a verdict and an audit trail).
 
-`probewatch.server.incidents` is the public facade (what the engine, the sidecar and the CLI
-import); this package holds the pieces: `records` (the Incident dataclass, statuses, errors),
-`location` (paths and database URLs), `tables` (the schema), `connect` (engines with the right
-per-backend settings), `migrate` (Alembic, run at open), `store` (the store class), `queue`
-(the review queue's filters and paging), `export` (reviewed incidents as dialogue JSONL).
+SQLAlchemy Core + Alembic: SQLite is the embedded default (one sidecar with a volume: no server to
+run, durable on commit with WAL, readable by `probewatch incidents` and `probewatch review` while
+the sidecar writes); a PostgreSQL URL in `PROBEWATCH_INCIDENT_DB` / `--incident-db` gives a fleet
+of sidecars one store (writes are idempotent upserts per generation + probe). `IncidentStore.open`
+creates and migrates the store and proves it takes a write at startup, so a bad location is a CLI
+error instead of alerts silently lost later.
+
+The names below are the store's public face (the sidecar, the review app and the CLI import them
+from here). The modules: `records` (the Incident dataclass, statuses, errors), `location` (paths
+and database URLs), `privacy` (what text is kept), `tables` (the schema), `connect` (engines with
+the right per-backend settings), `migrate` (Alembic, run at open), `store` (the store class),
+`queue` (the review queue's filters and paging), `export` (reviewed incidents as dialogue JSONL).
 """
 
 import logging
 
 # Alembic logs one INFO line per plugin and revision at import and upgrade: noise in a sidecar's log
 logging.getLogger("alembic").setLevel(logging.WARNING)
+
+from probewatch.server.store.location import StoreLocation, parse_location
+from probewatch.server.store.privacy import TextPolicy
+from probewatch.server.store.queue import QueueFilter, QueuePage, QueueRow
+from probewatch.server.store.records import (
+    ACTIONS,
+    GENERATION_STATUSES,
+    LABELS,
+    SEVERITIES,
+    STATUSES,
+    Incident,
+    IncidentNotFoundError,
+    IncidentStoreError,
+    ReviewConflictError,
+    ReviewError,
+    ReviewEvent,
+    probe_context,
+)
+from probewatch.server.store.store import IncidentStore, ReviewStats
+
+__all__ = [
+    "ACTIONS",
+    "GENERATION_STATUSES",
+    "LABELS",
+    "SEVERITIES",
+    "STATUSES",
+    "Incident",
+    "IncidentNotFoundError",
+    "IncidentStore",
+    "IncidentStoreError",
+    "QueueFilter",
+    "QueuePage",
+    "QueueRow",
+    "ReviewConflictError",
+    "ReviewError",
+    "ReviewEvent",
+    "ReviewStats",
+    "StoreLocation",
+    "TextPolicy",
+    "parse_location",
+    "probe_context",
+]

@@ -30,9 +30,9 @@ from sqlalchemy import Connection, Engine, and_, delete, func, insert, or_, sele
 from sqlalchemy.exc import SQLAlchemyError
 
 from probewatch.jsonio import dumps
-from probewatch.server.privacy import DEFAULT_MAX_CHARS, TextPolicy
 from probewatch.server.store import connect, migrate
 from probewatch.server.store.location import StoreLocation, parse_location
+from probewatch.server.store.privacy import DEFAULT_MAX_CHARS, TextPolicy
 from probewatch.server.store.queue import MAX_PER_PAGE as _MAX_PER_PAGE
 from probewatch.server.store.queue import QueueFilter, QueuePage, QueueRow, iso, now_iso, page_query
 from probewatch.server.store.records import (

@@ -52,9 +52,10 @@ def exported_metric_names() -> set[str]:
     import tempfile
     from pathlib import Path
 
-    from probewatch.server.incidents import IncidentStore
-    from probewatch.server.metrics import ClientMetrics, SidecarMetrics
+    from probewatch.server.client.metrics import ClientMetrics
     from probewatch.server.review.metrics import review_registry
+    from probewatch.server.sidecar.metrics import SidecarMetrics
+    from probewatch.server.store import IncidentStore
 
     names = set()
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,7 +170,7 @@ def test_every_metric_used_is_exported_and_in_the_contract(dashboard):
         used.update(METRIC_RE.findall(expr))
     exported = exported_metric_names()
     missing = used - exported
-    assert not missing, f"used by the dashboard/rules but not exported by probewatch.server.metrics: {missing}"
+    assert not missing, f"used by the dashboard/rules but not exported by probewatch.server.sidecar.metrics: {missing}"
     contract = contract_metric_names()
     undocumented = {m for m in used if not any(m == c or m.startswith(c + "_") for c in contract)}
     assert not undocumented, f"not in docs/architecture.md's metric table: {undocumented}"

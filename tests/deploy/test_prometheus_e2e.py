@@ -196,8 +196,9 @@ def sidecar(workdir, tiny_model, bundles, webhook_receiver, prometheus_bin):
 @pytest.fixture(scope="module")
 def client(tiny_model, sidecar):
     """The attach client on the tiny model; its metrics served like `probewatch run` serves them."""
-    from probewatch.server.attach import attach
-    from probewatch.server.metrics import ClientMetrics, serve_metrics
+    from probewatch.metrics_http import serve_metrics
+    from probewatch.server.client.hf_attach import attach
+    from probewatch.server.client.metrics import ClientMetrics
 
     model, _, _ = tiny_model
     metrics = ClientMetrics()
@@ -331,9 +332,9 @@ def raw_stream_traffic(address: str, fingerprint: str, d_model: int) -> list:
     import grpc
     import numpy as np
 
+    from probewatch.proto.codec import encode_array
     from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
     from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
-    from probewatch.server.wire import encode_array
 
     requests: queue.Queue = queue.Queue()
     done = object()

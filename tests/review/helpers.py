@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from probewatch.server.incidents import Incident, IncidentStore, probe_context
+from probewatch.server.store import Incident, IncidentStore, probe_context
 
 FINGERPRINT = "pwfp1:" + "cd" * 16
 PROBES = {"dec": ("deception", 1.0), "ref": ("refusal", 2.0), "af": ("alignment_faking", 1.5)}

@@ -8,9 +8,9 @@ import re
 import httpx
 import pytest
 
-from probewatch.server.incidents import IncidentStore
-from probewatch.server.review.auth import AuthConfig, ReviewAuthError, read_token_file
+from probewatch.server.review.auth import AuthConfig, ReviewAuthError, read_reviewer_tokens
 from probewatch.server.review.catalog import Catalog
+from probewatch.server.store import IncidentStore
 from tests.review.helpers import FINGERPRINT, seed
 from tests.server.grpc_helpers import metric_value
 
@@ -63,7 +63,7 @@ def test_bearer_tokens_for_api_clients_and_browsers(store, serve_review, tmp_pat
     seed(store, 3)
     token_file = tmp_path / "tokens"
     token_file.write_text(f"# reviewers\nalice:{TOKEN_A}\nbob:{TOKEN_B}\n")
-    url = serve_review(store, AuthConfig(tokens=read_token_file(token_file)))
+    url = serve_review(store, AuthConfig(tokens=read_reviewer_tokens(token_file)))
     api = httpx.get(f"{url}/api/incidents", headers={"Authorization": f"Bearer {TOKEN_B}"})
     assert api.status_code == 200 and api.json()["total"] == len(store.list())
     assert httpx.get(f"{url}/api/incidents", headers={"Authorization": "Bearer nope-nope-nope-nope"}).status_code == 401
@@ -100,12 +100,12 @@ def test_token_file_errors(tmp_path):
     bad = tmp_path / "tokens"
     bad.write_text("alice-without-a-token\n")
     with pytest.raises(ReviewAuthError, match="tokens:1: expected `reviewer-name:token`"):
-        read_token_file(bad)
+        read_reviewer_tokens(bad)
     bad.write_text("alice:short\n")
     with pytest.raises(ReviewAuthError, match="at least 16 characters"):
-        read_token_file(bad)
+        read_reviewer_tokens(bad)
     with pytest.raises(ReviewAuthError, match="cannot read the review token file"):
-        read_token_file(tmp_path / "missing")
+        read_reviewer_tokens(tmp_path / "missing")
     with pytest.raises(ReviewAuthError, match="--trusted-proxy"):
         AuthConfig(trusted_headers=("X",), trusted_proxies=("not-a-network",))
 
@@ -187,7 +187,7 @@ def test_incident_page(store, serve_review, tmp_path, tiny_bundle):
 
 
 def test_text_from_clients_is_escaped(store, serve_review):
-    from probewatch.server.incidents import Incident
+    from probewatch.server.store import Incident
 
     evil = "<script>alert(1)</script>"
     store.record(
@@ -233,7 +233,7 @@ def test_review_metrics(store, serve_review):
 def test_mounted_under_a_prefix(store, tmp_path):
     from fastapi import FastAPI
 
-    from probewatch.server.http_app import HTTPServerThread
+    from probewatch.server.inference.http_app import HTTPServerThread
     from probewatch.server.review.app import create_review_app
 
     seed(store, 2)

@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from probewatch.cli.main import main
-from probewatch.server.incidents import IncidentStore
+from probewatch.server.store import IncidentStore
 from tests.review.helpers import seed
 
 

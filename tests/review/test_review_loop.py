@@ -30,11 +30,11 @@ import torch
 
 from probewatch.cli.main import main
 from probewatch.data.chat import render
-from probewatch.server.attach import attach
-from probewatch.server.incidents import IncidentStore
+from probewatch.server.client.hf_attach import attach
 from probewatch.server.review.auth import AuthConfig
 from probewatch.server.review.catalog import Catalog
-from probewatch.server.sidecar import Sidecar, sidecar_config_for
+from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
+from probewatch.server.store import IncidentStore
 from tests.server.grpc_helpers import metric_value
 from tests.server.helpers import DECEPTIVE_SYSTEM, FACTS, HONEST_SYSTEM, fit_reference_bundles, set_manifest
 

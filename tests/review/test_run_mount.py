@@ -12,7 +12,7 @@ from tests.server.test_http_app import MESSAGES, chat_folder  # noqa: F401 - the
 
 
 def test_review_is_served_next_to_the_chat_endpoint(chat_folder, tmp_path):  # noqa: F811
-    from probewatch.server.stack import LocalStack, StackOptions
+    from probewatch.server.local.stack import LocalStack, StackOptions
 
     folder, bundles = chat_folder
     options = StackOptions(

@@ -10,9 +10,9 @@ from collections.abc import Callable
 import grpc
 import numpy as np
 
+from probewatch.proto.codec import encode_array
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
-from probewatch.server.wire import encode_array
 
 _END = object()
 

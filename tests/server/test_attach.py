@@ -14,7 +14,7 @@ from prometheus_client import generate_latest
 
 from probewatch.capture import find_decoder_layers, run_forward
 from probewatch.probes import ProbeRuntime, load_bundles
-from probewatch.server.attach import attach
+from probewatch.server.client.hf_attach import attach
 from tests.server.grpc_helpers import metric_value, scrape
 
 pytestmark = pytest.mark.compat
@@ -177,7 +177,7 @@ def test_fail_open_sidecar_down_then_up_then_gone(tiny_model, start_sidecar, cap
         connect_timeout_s=0.5,
     )
     try:
-        with caplog.at_level("WARNING", logger="probewatch.server.attach"):
+        with caplog.at_level("WARNING", logger="probewatch.server.client.hf_attach"):
             t0 = time.monotonic()
             out = _generate(tiny_model, ids, mask)
             assert torch.equal(out, expected)  # generation goes on, same output
@@ -228,7 +228,7 @@ def test_full_capture_queue_drops_counts_and_never_blocks(tiny_model, start_side
 
 
 def test_sidecar_for_another_model_is_refused(tmp_path, tiny_model, caplog):
-    from probewatch.server.sidecar import Sidecar, SidecarConfig
+    from probewatch.server.sidecar.process import Sidecar, SidecarConfig
     from tests.probes.helpers import make_bundle
 
     other = "pwfp1:" + "cd" * 16
@@ -239,7 +239,7 @@ def test_sidecar_for_another_model_is_refused(tmp_path, tiny_model, caplog):
                 model_id="other", fingerprint=other, bundle_paths=[path], host="127.0.0.1", port=0, metrics_port=None
             )
         ) as sidecar,
-        caplog.at_level("WARNING", logger="probewatch.server.attach"),
+        caplog.at_level("WARNING", logger="probewatch.server.client.hf_attach"),
     ):
         monitor = attach(tiny_model, sidecar=sidecar.address, wait_s=1.5)
         try:
@@ -258,7 +258,7 @@ def test_beam_search_runs_unmonitored_instead_of_misattributing_rows(tiny_model,
     expected = _generate(tiny_model, ids, mask, num_beams=2)
     monitor = attach(tiny_model, sidecar=sidecar.address, wait_s=10)
     try:
-        with caplog.at_level("WARNING", logger="probewatch.server.attach"):
+        with caplog.at_level("WARNING", logger="probewatch.server.client.hf_attach"):
             out = _generate(tiny_model, ids, mask, num_beams=2)
         assert torch.equal(out, expected)
         result = monitor.last_generations[0].result(0)
@@ -286,7 +286,7 @@ def test_capture_self_check_stops_a_generation_whose_positions_are_wrong(
     try:
         monkeypatch.setattr(capture_mod, "forward_start", lambda kwargs, counted=0: 0)
         ids, mask = _batch()
-        with caplog.at_level("ERROR", logger="probewatch.server.attach"):
+        with caplog.at_level("ERROR", logger="probewatch.server.client.hf_attach"):
             _generate(tiny_model, ids, mask, generation_ids=["bad-a", "bad-b"])
         results = [h.result(10) for h in monitor.last_generations]
         client_metrics = generate_latest(monitor.metrics.registry).decode()
@@ -308,11 +308,11 @@ def test_capture_self_check_stops_a_generation_whose_positions_are_wrong(
 
 
 def test_a_summary_that_never_comes_back_is_named_not_waited_for(caplog):
-    from probewatch.server.attach import GenerationHandle
+    from probewatch.server.client.hf_attach import GenerationHandle
 
     handle = GenerationHandle("g-slow", prompt_length=3)
     t0 = time.monotonic()
-    with caplog.at_level("WARNING", logger="probewatch.server.attach"):
+    with caplog.at_level("WARNING", logger="probewatch.server.client.hf_attach"):
         result = handle.result(0.05)
     assert time.monotonic() - t0 < 1.0
     assert result.status == "pending" and result.reason == "no summary from the sidecar within 0.05s"

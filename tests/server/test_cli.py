@@ -12,10 +12,10 @@ import grpc
 import httpx
 import pytest
 
+from probewatch.benchmarks.overhead_ingest import SidecarProcess
 from probewatch.cli.main import main
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
-from probewatch.server.bench import SidecarProcess
 from tests.components import missing
 from tests.probes.helpers import make_bundle
 
@@ -115,7 +115,7 @@ def test_security_settings_are_checked_at_startup(capsys, tmp_path, tiny_folder,
     (unverified / "manifest.json").write_text(_json.dumps(manifest))
     code, err = _serve(capsys, "--model", tiny_folder, "--bundles", unverified, "--no-incidents")
     assert code == 2 and "records no weights_sha256" in err and "--allow-unverified-bundles" in err
-    from probewatch.server.sidecar import Sidecar, sidecar_config_for
+    from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
 
     config = sidecar_config_for(str(tiny_folder), [str(unverified)], allow_unverified_bundles=True, port=0)
     assert [b.id for b in Sidecar(config).runtime.bundles] == ["dec"]
@@ -187,7 +187,7 @@ def test_tls_sidecar_and_attach_client(tmp_path, tiny_model, start_sidecar):
     if shutil.which("openssl") is None:
         missing("needs the openssl CLI to make a test certificate")
 
-    from probewatch.server.attach import attach
+    from probewatch.server.client.hf_attach import attach
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(

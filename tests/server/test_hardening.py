@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from probewatch.proto.codec import encode_array
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
-from probewatch.server.wire import encode_array
 from tests.server.conftest import D_TINY
 from tests.server.grpc_helpers import StreamClient, chunk_msg, close_msg, metric_value, open_msg, scrape
 from tests.waiting import wait_until
@@ -80,7 +80,7 @@ def test_bearer_token_is_required_except_for_health(start_sidecar, tmp_path, tin
 
 
 def test_unusable_token_files_are_refused(tmp_path):
-    from probewatch.server.auth import AuthConfigError, TokenFile
+    from probewatch.server.sidecar.auth import AuthConfigError, TokenFile
 
     (tmp_path / "short").write_text("abc\n")
     (tmp_path / "empty").write_text("# nothing\n\n")
@@ -471,7 +471,7 @@ def test_huge_rows_are_refused_and_the_webhook_keeps_delivering(webhook_receiver
 
 
 def test_webhook_thread_survives_payloads_it_cannot_send(webhook_receiver):
-    from probewatch.server.webhook import WebhookSender
+    from probewatch.server.sidecar.webhook import WebhookSender
 
     url, received = webhook_receiver
     outcomes, errors = [], []
@@ -485,7 +485,7 @@ def test_webhook_thread_survives_payloads_it_cannot_send(webhook_receiver):
 
 
 def test_an_incident_erased_while_its_generation_runs_stays_erased(start_sidecar, tmp_path, tiny_fp):
-    from probewatch.server.incidents import IncidentStore
+    from probewatch.server.store import IncidentStore
 
     sidecar = start_sidecar()
     client = StreamClient(sidecar.address)

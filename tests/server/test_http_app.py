@@ -80,7 +80,7 @@ def chat_folder(tmp_path_factory):
 
 def local_stack(chat_folder, tmp_path, **options):
     """The embedded stack (sidecar + chat endpoint) on the tiny chat model and its bundles, ephemeral port."""
-    from probewatch.server.stack import LocalStack, StackOptions
+    from probewatch.server.local.stack import LocalStack, StackOptions
 
     folder, bundles = chat_folder
     return LocalStack(
@@ -112,7 +112,7 @@ def test_models_health_and_metrics(stack):
 
 
 def test_chat_completion_carries_probe_scores(stack, tmp_path):
-    from probewatch.server.incidents import IncidentStore
+    from probewatch.server.store import IncidentStore
 
     with httpx.Client(base_url=stack.url, timeout=120) as c:
         r = c.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 4, "metadata": {"tenant": "t1"}})
@@ -242,7 +242,7 @@ API_KEY = "pw-test-key-0123456789"
 
 @pytest.fixture
 def guarded(chat_folder, tmp_path):
-    from probewatch.server.http_app import HTTPLimits
+    from probewatch.server.inference.http_app import HTTPLimits
 
     limits = HTTPLimits(
         api_keys=(API_KEY,), max_request_bytes=4096, max_context_tokens=40, max_completion_tokens=8, max_waiting=1
@@ -331,7 +331,7 @@ def test_internal_errors_are_not_echoed(stack):
 
 def test_oversized_metadata_through_the_http_endpoint_is_still_monitored(chat_folder, tmp_path):
     from probewatch.server.client.bounds import MARKER
-    from probewatch.server.incidents import IncidentStore
+    from probewatch.server.store import IncidentStore
     from tests.server.grpc_helpers import metric_value
 
     attack = {f"field{i}": "z" * 400 for i in range(120)}  # 120 entries, ~48 KiB: the sidecar would refuse

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from probewatch.cli.main import main
-from probewatch.server.incidents import IncidentNotFoundError, IncidentStore, IncidentStoreError
+from probewatch.server.store import IncidentNotFoundError, IncidentStore, IncidentStoreError
 from tests.store.factory import make_incident
 
 

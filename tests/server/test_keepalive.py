@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from probewatch.server.attach import attach
-from probewatch.server.bench import SidecarProcess
+from probewatch.benchmarks.overhead_ingest import SidecarProcess
+from probewatch.server.client.hf_attach import attach
 
 pytestmark = pytest.mark.compat
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from probewatch.server.privacy import TextPolicy, redact
+from probewatch.server.store.privacy import TextPolicy, redact
 
 
 @pytest.mark.parametrize(

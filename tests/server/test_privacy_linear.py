@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from probewatch.server.privacy import _OCTET, _RULES, REDACT_MAX_CHARS, _card, _ipv6_compressed, _phone, redact
+from probewatch.server.store.privacy import _OCTET, _RULES, REDACT_MAX_CHARS, _card, _ipv6_compressed, _phone, redact
 
 SIZE = 65536  # characters: TextPolicy's default max_chars
 BUDGET_S = 0.5  # per 64k-character redaction; the slowest known input takes ~0.1 s, prose ~0.02 s

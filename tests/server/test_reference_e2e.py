@@ -14,9 +14,9 @@ from probewatch.data.chat import render
 from probewatch.data.dialogue import Dialogue, Message
 from probewatch.probes import ProbeRuntime, load_bundles
 from probewatch.scoring import score_dialogues
-from probewatch.server.attach import attach
-from probewatch.server.incidents import IncidentStore
-from probewatch.server.sidecar import Sidecar, sidecar_config_for
+from probewatch.server.client.hf_attach import attach
+from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
+from probewatch.server.store import IncidentStore
 from tests.server.grpc_helpers import metric_value
 
 pytestmark = [pytest.mark.integration, pytest.mark.compat]

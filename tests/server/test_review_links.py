@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import numpy as np
 import pytest
 
+from probewatch.proto.codec import encode_array
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
-from probewatch.server.incidents import IncidentStore
-from probewatch.server.wire import encode_array
+from probewatch.server.store import IncidentStore
 from tests.server.conftest import D_TINY
 from tests.server.grpc_helpers import StreamClient, close_msg, open_msg
 

@@ -17,9 +17,9 @@ from probewatch.data.dialogue import Dialogue, Message
 from probewatch.probes import Aggregation, Manifest, ModelRef, ProbeRuntime, Threshold, load_bundles
 from probewatch.probes.saes.feature_probe import save_feature_bundle
 from probewatch.scoring import score_dialogues
-from probewatch.server.attach import attach
-from probewatch.server.incidents import IncidentStore
-from probewatch.server.sidecar import Sidecar, sidecar_config_for
+from probewatch.server.client.hf_attach import attach
+from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
+from probewatch.server.store import IncidentStore
 from tests.components import missing
 from tests.server.grpc_helpers import metric_value
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from probewatch.probes import ProbeRuntime, aggregate, load_bundles
+from probewatch.proto.codec import decode_tensor, encode_array
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
-from probewatch.server.incidents import IncidentStore
-from probewatch.server.wire import decode_tensor, encode_array
+from probewatch.server.store import IncidentStore
 from tests.server.conftest import D_TINY
 from tests.server.grpc_helpers import StreamClient, chunk_msg, close_msg, metric_value, open_msg, scrape
 
@@ -348,7 +348,7 @@ def test_alerts_incidents_and_metrics(start_sidecar, runtime, tiny_fp, tmp_path)
 def test_every_contract_metric_is_served_over_http(start_sidecar):
     from prometheus_client import generate_latest
 
-    from probewatch.server.metrics import ClientMetrics
+    from probewatch.server.client.metrics import ClientMetrics
 
     sidecar = start_sidecar()
     text = scrape(sidecar.metrics_port) + generate_latest(ClientMetrics().registry).decode()
@@ -409,7 +409,7 @@ def test_webhook_retries_then_delivers(start_sidecar, runtime, tiny_fp):
 
 
 def test_webhook_gives_up_and_counts_failure(start_sidecar):
-    from probewatch.server.webhook import WebhookSender
+    from probewatch.server.sidecar.webhook import WebhookSender
 
     outcomes = []
     sender = WebhookSender(

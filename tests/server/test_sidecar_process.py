@@ -17,10 +17,10 @@ import grpc
 import numpy as np
 import pytest
 
+from probewatch.benchmarks.overhead_ingest import SidecarProcess
 from probewatch.cli.main import main
 from probewatch.probes import ProbeRuntime, load_bundles
-from probewatch.server.bench import SidecarProcess
-from probewatch.server.incidents import Incident, IncidentStore
+from probewatch.server.store import Incident, IncidentStore
 from tests.server.conftest import D_TINY
 from tests.server.grpc_helpers import StreamClient, chunk_msg, close_msg, metric_value, open_msg, scrape
 from tests.waiting import wait_until

@@ -1,4 +1,4 @@
-"""The vLLM version contract's checker (`probewatch.server.vllm.contract`) on synthetic vLLM source:
+"""The vLLM version contract's checker (`probewatch.server.client.vllm_plugin.contract`) on synthetic vLLM source:
 it passes on a tree with every required symbol, fails naming exactly the one a release dropped,
 renamed or re-signed, follows base classes and imports, reads wheels straight from the zip, and
 `probewatch vllm contract` exits 1 with one line per violation. The real releases (0.32, 0.33, 0.34)
@@ -11,9 +11,9 @@ import dataclasses
 import pytest
 
 from probewatch.cli.main import main
-from probewatch.server.vllm.adapters import ADAPTERS
-from probewatch.server.vllm.adapters.v2 import V2Adapter
-from probewatch.server.vllm.contract import ENGINE_CONTRACT, Requirement, SourceTree, check, check_all
+from probewatch.server.client.vllm_plugin.adapters import ADAPTERS
+from probewatch.server.client.vllm_plugin.adapters.v2 import V2Adapter
+from probewatch.server.client.vllm_plugin.contract import ENGINE_CONTRACT, Requirement, SourceTree, check, check_all
 from tests.server.vllm_source import ALL, write_tree, zip_tree
 
 

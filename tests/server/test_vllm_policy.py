@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from probewatch import envs
-from probewatch.server.vllm.policy import PolicyError, request_policy
+from probewatch.server.client.vllm_plugin.policy import PolicyError, request_policy
 
 
 def test_default_policy_and_opt_in_out():
@@ -70,7 +70,7 @@ def test_plugin_settings(monkeypatch):
 def test_kill_switch_plugin_imports_nothing_of_vllm(monkeypatch):
     import sys
 
-    import probewatch.server.vllm as plugin
+    import probewatch.server.client.vllm_plugin as plugin
 
     monkeypatch.setenv("PROBEWATCH_DISABLE", "1")
     before = {m for m in sys.modules if m == "vllm" or m.startswith("vllm.")}

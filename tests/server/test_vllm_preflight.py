@@ -70,7 +70,7 @@ def test_engine_settings_the_plugin_cannot_monitor(capsys, vllm_tree, model_dir,
 
 
 def test_kill_switch_and_broken_contract(capsys, monkeypatch, tmp_path, vllm_tree, model_dir, start_sidecar):
-    from probewatch.server.vllm.adapters.v2 import V2Adapter
+    from probewatch.server.client.vllm_plugin.adapters.v2 import V2Adapter
 
     sidecar = start_sidecar()
     monkeypatch.setenv("PROBEWATCH_DISABLE", "1")

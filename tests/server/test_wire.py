@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from probewatch.proto.codec import WireError, check_positions, decode_rows, decode_tensor, encode_array, encode_tensor
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
-from probewatch.server.wire import WireError, check_positions, decode_rows, decode_tensor, encode_array, encode_tensor
 
 
 @pytest.mark.parametrize("dtype,atol", [("float32", 0), ("float16", 1e-2), ("bfloat16", 2e-2)])

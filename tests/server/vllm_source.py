@@ -14,8 +14,8 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-from probewatch.server.vllm.adapters import ADAPTERS
-from probewatch.server.vllm.contract import ENGINE_CONTRACT, Requirement
+from probewatch.server.client.vllm_plugin.adapters import ADAPTERS
+from probewatch.server.client.vllm_plugin.contract import ENGINE_CONTRACT, Requirement
 
 ALL = (*ENGINE_CONTRACT, *(r for a in ADAPTERS for r in a.contract))
 

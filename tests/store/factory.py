@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from probewatch.server.incidents import Incident
+from probewatch.server.store import Incident
 
 
 def make_incident(**overrides: Any) -> Incident:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probewatch.server.incidents import IncidentStore
+from probewatch.server.store import IncidentStore
 from tests.deploy.tiny import Service, free_port, make_bundles, probewatch_exe, save_tiny_model, wait_for
 from tests.server.grpc_helpers import StreamClient, chunk_msg, close_msg, open_msg
 

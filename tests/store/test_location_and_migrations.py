@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from probewatch.server.incidents import Incident, IncidentStore, IncidentStoreError, parse_location
+from probewatch.server.store import Incident, IncidentStore, IncidentStoreError, parse_location
 
 # The table exactly as probewatch created it before the store had migrations (schema of 2026-11).
 LEGACY_SCHEMA = """

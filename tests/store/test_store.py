@@ -8,7 +8,7 @@ import threading
 import pytest
 from sqlalchemy import text
 
-from probewatch.server.incidents import (
+from probewatch.server.store import (
     IncidentNotFoundError,
     IncidentStore,
     IncidentStoreError,

@@ -48,8 +48,8 @@ def new_bundles(tiny_loaded, tmp_path_factory):
 
 
 def test_softmax_and_prompt_plus_response_bundles_score_live_as_offline(tiny_loaded, new_bundles, tmp_path):
-    from probewatch.server.attach import attach
-    from probewatch.server.sidecar import Sidecar, SidecarConfig
+    from probewatch.server.client.hf_attach import attach
+    from probewatch.server.sidecar.process import Sidecar, SidecarConfig
 
     bundles = load_bundles(new_bundles, expected_fingerprint=tiny_loaded.fingerprint)
     assert {b.manifest.aggregation.method for b in bundles} == {"softmax", "mean"}

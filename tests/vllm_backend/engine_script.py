@@ -21,10 +21,10 @@ def speculative(out_path: str) -> None:
     the rejection sampler decides, and only accepted ones are scored (against a sidecar in-process)."""
     from vllm import LLM, SamplingParams
 
-    import probewatch.server.vllm as pv
+    import probewatch.server.client.vllm_plugin as pv
     from probewatch.models import load_model
-    from probewatch.server.sidecar import Sidecar, sidecar_config_for
-    from probewatch.server.vllm.capture import captures
+    from probewatch.server.client.vllm_plugin.capture import captures
+    from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
     from tests.vllm_backend.conftest import ENGINE_ARGS
 
     loaded = load_model("smollm2-135m-instruct")
@@ -118,7 +118,7 @@ def main(mode: str, out_path: str) -> None:
     result["v2_patched"] = bool(V2Runner.__dict__.get("_probewatch_patched", False))
     result["env_v2_runner"] = os.environ.get("VLLM_USE_V2_MODEL_RUNNER")  # the plugin must not set it
     if mode == "refused":
-        from probewatch.server.vllm.engage import client_metrics
+        from probewatch.server.client.vllm_plugin.engage import client_metrics
 
         registry = client_metrics().registry
         result["engaged"] = {
@@ -129,9 +129,9 @@ def main(mode: str, out_path: str) -> None:
         }
         result["up"] = registry.get_sample_value("probewatch_client_monitoring_up")
     if mode == "failopen":
-        import probewatch.server.vllm as pv
-        from probewatch.server.sidecar import Sidecar, sidecar_config_for
-        from probewatch.server.vllm.capture import captures
+        import probewatch.server.client.vllm_plugin as pv
+        from probewatch.server.client.vllm_plugin.capture import captures
+        from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
 
         capture = captures()[0]
         registry = capture.metrics.registry

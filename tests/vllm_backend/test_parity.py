@@ -39,8 +39,8 @@ def engine(bundles, model_path, tmp_path_factory):
     """(llm, sidecar, runtime, capture): an in-process compiled engine monitored by an in-process sidecar."""
     from vllm import LLM
 
-    from probewatch.server.sidecar import Sidecar, sidecar_config_for
-    from probewatch.server.vllm.capture import captures
+    from probewatch.server.client.vllm_plugin.capture import captures
+    from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
 
     config = sidecar_config_for(
         None,
@@ -82,7 +82,7 @@ def _prompt_ids(tok, question: str) -> list[int]:
 
 
 def _handle(request_id: str):
-    import probewatch.server.vllm as pv
+    import probewatch.server.client.vllm_plugin as pv
 
     matches = [h for rid, h in pv.results().items() if rid == request_id or rid.startswith(f"{request_id}-")]
     assert len(matches) == 1, (request_id, list(pv.results()))
@@ -259,7 +259,7 @@ def test_opt_out_and_probe_selection_per_request(engine, hf_reference):
         ],
         use_tqdm=False,
     )
-    import probewatch.server.vllm as pv
+    import probewatch.server.client.vllm_plugin as pv
 
     assert not any(rid.startswith(f"{off.request_id}-") for rid in pv.results())
     assert (

@@ -18,8 +18,8 @@ import time
 
 import httpx
 
-from probewatch.server.bench import SidecarProcess
-from probewatch.server.incidents import IncidentStore
+from probewatch.benchmarks.overhead_ingest import SidecarProcess
+from probewatch.server.store import IncidentStore
 from tests.server.grpc_helpers import metric_value, scrape
 from tests.vllm_backend.conftest import ENGINE_ARGS, REPO
 

@@ -58,7 +58,7 @@ def probes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sidecar(probes, tmp_path_factory, release_source):
-    from probewatch.server.sidecar import Sidecar, SidecarConfig
+    from probewatch.server.sidecar.process import Sidecar, SidecarConfig
 
     root, _ = probes
     config = SidecarConfig(
@@ -80,8 +80,8 @@ def sidecar(probes, tmp_path_factory, release_source):
 def capture(sidecar):
     from probewatch.server.client.config import AttachConfig
     from probewatch.server.client.core import ClientCore
-    from probewatch.server.metrics import ClientMetrics
-    from probewatch.server.vllm.capture import RunnerCapture
+    from probewatch.server.client.metrics import ClientMetrics
+    from probewatch.server.client.vllm_plugin.capture import RunnerCapture
 
     client = ClientCore(
         AttachConfig(sidecar=sidecar.address, mode="rows", linger_s=0.0),
@@ -257,7 +257,7 @@ def test_v2_adapter_maps_every_row_to_its_request_and_position(mode, capture, pr
     from vllm.v1.worker.gpu.async_utils import AsyncOutput
     from vllm.v1.worker.gpu.input_batch import InputBatch
 
-    from probewatch.server.vllm.adapters import v2
+    from probewatch.server.client.vllm_plugin.adapters import v2
 
     class ScriptedV2(mr.GPUModelRunner):
         def __init__(self):  # the real __init__ needs a device and a VllmConfig
@@ -308,7 +308,7 @@ def test_v2_self_check_stops_a_generation_fed_at_other_positions(capture):
     from vllm.v1.worker.gpu import model_runner as mr
     from vllm.v1.worker.gpu.input_batch import InputBatch
 
-    from probewatch.server.vllm.adapters import v2
+    from probewatch.server.client.vllm_plugin.adapters import v2
 
     class ScriptedV2(mr.GPUModelRunner):
         def __init__(self):
@@ -344,7 +344,7 @@ def test_patching_the_real_runner_classes_is_idempotent(release_source):
     from vllm.v1.worker.cpu.standalone_model_runner import StandaloneCPUModelRunner
     from vllm.v1.worker.gpu.model_runner import GPUModelRunner
 
-    from probewatch.server.vllm.adapters import ADAPTERS
+    from probewatch.server.client.vllm_plugin.adapters import ADAPTERS
 
     by_name = {a.name: a for a in ADAPTERS}
     assert by_name["vllm-v2"].available() and by_name["vllm-cpu-standalone"].available()
@@ -364,7 +364,7 @@ def test_standalone_cpu_adapter_splits_the_models_aux_outputs(capture, probes):
     from vllm.v1.worker.cpu import standalone_model_runner as smr
     from vllm.v1.worker.cpu.input_batch import InputBatch
 
-    from probewatch.server.vllm.adapters import cpu_standalone
+    from probewatch.server.client.vllm_plugin.adapters import cpu_standalone
 
     class Model(torch.nn.Module):
         """Returns (hidden, aux) like a vLLM model whose aux layers are set."""

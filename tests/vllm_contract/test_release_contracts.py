@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from probewatch.server.vllm.contract import SourceTree, check_all, wheel_cache
+from probewatch.server.client.vllm_plugin.contract import SourceTree, check_all, wheel_cache
 from tests.components import missing
 
 VERSIONS = os.environ.get("PROBEWATCH_VLLM_CONTRACT_VERSIONS", "0.32.0 0.33.0 0.34.0").split()

@@ -23,13 +23,13 @@ log = logging.getLogger(__name__)
 
 
 def register() -> None:
-    """The entry point (`vllm.general_plugins`: probewatch = probewatch.server.vllm:register)."""
+    """The entry point (`vllm.general_plugins`: probewatch = probewatch.server.client.vllm_plugin:register)."""
     _log_to_stderr()
     if envs.monitoring_disabled():
         log.info("probewatch: PROBEWATCH_DISABLE is set: the vLLM plugin does nothing")
         return
     try:
-        from probewatch.server.vllm.adapters import install
+        from probewatch.server.client.vllm_plugin.adapters import install
 
         report = install()
         log.debug(
@@ -64,7 +64,7 @@ def results() -> dict:
     Only useful where the model runner lives in the caller's process (`LLM(...)` with
     `VLLM_ENABLE_V1_MULTIPROCESSING=0`); otherwise read the sidecar (/metrics, incidents).
     """
-    from probewatch.server.vllm.capture import all_results
+    from probewatch.server.client.vllm_plugin.capture import all_results
 
     return all_results()
 

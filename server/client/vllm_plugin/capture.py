@@ -1,6 +1,6 @@
 """The vLLM backend's core: which rows of a step belong to which request and position.
 
-Runner-agnostic: a runner adapter (`probewatch.server.vllm.adapters`: V1, V2, standalone CPU) turns
+Runner-agnostic: a runner adapter (`probewatch.server.client.vllm_plugin.adapters`: V1, V2, standalone CPU) turns
 its runner's bookkeeping into a `StepView` and calls `on_schedule` (the scheduler output, before the
 runner applies it), `on_step` (after the forward, with the auxiliary hidden states), `on_sampled`
 (tokens sampled this step) and `on_request_finished` (the scheduler freed a request).
@@ -40,7 +40,7 @@ from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.server.client.core import ClientCore
 from probewatch.server.client.results import GenerationHandle
 from probewatch.server.client.sender import Block
-from probewatch.server.vllm.policy import PolicyError, request_policy
+from probewatch.server.client.vllm_plugin.policy import PolicyError, request_policy
 
 log = logging.getLogger(__name__)
 

@@ -355,7 +355,7 @@ def check_all(tree: SourceTree) -> dict[str, ContractResult]:
     A runner whose anchor module is absent is skipped (that release does not ship it); one that is
     present must satisfy its adapter's whole contract, so a release that renames something fails.
     """
-    from probewatch.server.vllm.adapters import ADAPTERS
+    from probewatch.server.client.vllm_plugin.adapters import ADAPTERS
 
     out = {"engine": check(ENGINE_CONTRACT, tree)}
     for adapter in ADAPTERS:

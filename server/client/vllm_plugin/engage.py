@@ -2,7 +2,7 @@
 
 Every runner adapter calls `engage()` once, after its runner loaded the model and before any
 compilation or CUDA-graph capture, with the `RunnerFacts` it read from its runner. The decision and
-its reason are the same ones `probewatch vllm check` prints (`probewatch.server.vllm.preflight`),
+its reason are the same ones `probewatch vllm check` prints (`probewatch.server.client.vllm_plugin.preflight`),
 logged as one start-up line (`probewatch: monitoring ON ...` / `OFF: ...`) and exported as
 `probewatch_client_capture_engaged{runner, reason}` (1 engaged, 0 with the reason) beside
 `probewatch_client_monitoring_up`.
@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from probewatch import envs
+from probewatch.metrics_http import serve_metrics
 from probewatch.server.client.config import AttachConfig
 from probewatch.server.client.core import ClientCore
-from probewatch.server.metrics import ClientMetrics, serve_metrics
-from probewatch.server.vllm.capture import RunnerCapture
+from probewatch.server.client.metrics import ClientMetrics
+from probewatch.server.client.vllm_plugin.capture import RunnerCapture
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from probewatch import envs
-from probewatch.server.vllm.contract import ENGINE_CONTRACT, SourceTree, _class_chain, _find_class, check
+from probewatch.server.client.vllm_plugin.contract import ENGINE_CONTRACT, SourceTree, _class_chain, _find_class, check
 
 
 @dataclass
@@ -86,13 +86,13 @@ def _plugin_registered() -> tuple[bool, str, str]:
     from importlib.metadata import entry_points
 
     names = [ep.value for ep in entry_points(group="vllm.general_plugins")]
-    ok = "probewatch.server.vllm:register" in names
+    ok = "probewatch.server.client.vllm_plugin:register" in names
     detail = "vllm.general_plugins entry point registered" if ok else f"entry point missing (found {names or 'none'})"
     return ok, detail, "plugin_missing"
 
 
 def _contracts(out: Preflight, tree: SourceTree) -> None:
-    from probewatch.server.vllm.adapters import ADAPTERS
+    from probewatch.server.client.vllm_plugin.adapters import ADAPTERS
 
     engine = check(ENGINE_CONTRACT, tree)
     out.add(
@@ -196,7 +196,7 @@ def _engine_settings(out: Preflight, tree: SourceTree, speculative_config: str |
             method = str(json.loads(spec).get("method") or "")
         except (ValueError, AttributeError):
             method = spec
-        from probewatch.server.vllm.engage import TOKEN_DRAFTERS
+        from probewatch.server.client.vllm_plugin.engage import TOKEN_DRAFTERS
 
         has_v1 = tree.has_module("vllm.v1.worker.gpu_model_runner")
         if method not in TOKEN_DRAFTERS:
@@ -285,7 +285,7 @@ def _sidecar(
             "fingerprint",
         )
     if n_layers is not None:
-        from probewatch.server.vllm.engage import layers_problem
+        from probewatch.server.client.vllm_plugin.engage import layers_problem
 
         problem = layers_problem(sorted(listing.layers), n_layers)
         out.add(

@@ -17,10 +17,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from probewatch.server.vllm.adapters.base import RunnerAdapter
-from probewatch.server.vllm.adapters.cpu_standalone import StandaloneCPUAdapter
-from probewatch.server.vllm.adapters.v1 import V1Adapter
-from probewatch.server.vllm.adapters.v2 import V2Adapter
+from probewatch.server.client.vllm_plugin.adapters.base import RunnerAdapter
+from probewatch.server.client.vllm_plugin.adapters.cpu_standalone import StandaloneCPUAdapter
+from probewatch.server.client.vllm_plugin.adapters.v1 import V1Adapter
+from probewatch.server.client.vllm_plugin.adapters.v2 import V2Adapter
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class InstallReport:
 
 def install() -> InstallReport:
     """Patch the runners this vLLM ships (after checking their contracts); idempotent per process."""
-    from probewatch.server.vllm.contract import ENGINE_CONTRACT, SourceTree, check
+    from probewatch.server.client.vllm_plugin.contract import ENGINE_CONTRACT, SourceTree, check
 
     report = InstallReport()
     tree = SourceTree.installed()
@@ -78,7 +78,7 @@ def _patch_scheduler() -> None:
 
     from vllm.v1.core.sched.scheduler import Scheduler
 
-    from probewatch.server.vllm.capture import request_finished
+    from probewatch.server.client.vllm_plugin.capture import request_finished
 
     if Scheduler.__dict__.get("_probewatch_patched"):
         return

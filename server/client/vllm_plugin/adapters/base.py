@@ -2,7 +2,7 @@
 
 An adapter is thin: it wraps a handful of its runner's methods at class level (once per process,
 idempotent), reads the runner's bookkeeping into the core's `StepView` / `RunnerFacts`, and hands
-everything else to `probewatch.server.vllm.capture` and `engage`. A wrapper never raises into the
+everything else to `probewatch.server.client.vllm_plugin.capture` and `engage`. A wrapper never raises into the
 engine: a failure is logged and that step (or engine) goes unmonitored.
 """
 
@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from probewatch.server.vllm.contract import Requirement
+from probewatch.server.client.vllm_plugin.contract import Requirement
 
 log = logging.getLogger(__name__)
 

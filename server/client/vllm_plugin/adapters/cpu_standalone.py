@@ -14,16 +14,16 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from probewatch.server.vllm.adapters.base import RunnerAdapter, wrap_after
-from probewatch.server.vllm.adapters.v2 import (
+from probewatch.server.client.vllm_plugin.adapters.base import RunnerAdapter, wrap_after
+from probewatch.server.client.vllm_plugin.adapters.v2 import (
     after_sample_tokens,
     input_batch_contract,
     mrv2_runner_contract,
     patch_execute_model,
     patch_load_model,
 )
-from probewatch.server.vllm.contract import Requirement
-from probewatch.server.vllm.engage import RunnerFacts, engage, speculative_method
+from probewatch.server.client.vllm_plugin.contract import Requirement
+from probewatch.server.client.vllm_plugin.engage import RunnerFacts, engage, speculative_method
 
 _M = "vllm.v1.worker.cpu.standalone_model_runner"
 _C = "StandaloneCPUModelRunner"

@@ -14,10 +14,10 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from probewatch.server.vllm.adapters.base import RunnerAdapter, capture_of, guarded, wrap_after
-from probewatch.server.vllm.capture import StepView
-from probewatch.server.vllm.contract import Requirement
-from probewatch.server.vllm.engage import RunnerFacts, engage, speculative_method
+from probewatch.server.client.vllm_plugin.adapters.base import RunnerAdapter, capture_of, guarded, wrap_after
+from probewatch.server.client.vllm_plugin.capture import StepView
+from probewatch.server.client.vllm_plugin.contract import Requirement
+from probewatch.server.client.vllm_plugin.engage import RunnerFacts, engage, speculative_method
 
 _M = "vllm.v1.worker.gpu_model_runner"
 _C = "GPUModelRunner"
