@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from probewatch.training.quality_doc import RunInfo, render_markdown
+from probewatch.training.report import REPORT_FILENAME, TrainReport
 
 JOBS: dict[str, dict[str, Any]] = {
     "deception": {"behaviour": "deception"},
@@ -46,7 +47,7 @@ JOBS: dict[str, dict[str, Any]] = {
     "eval-awareness": {"behaviour": "eval_awareness"},
     "monitored-framing": {"behaviour": "monitored_framing"},
 }
-BUNDLE_FILES = ("manifest.json", "weights.safetensors", "report.json")
+BUNDLE_FILES = ("manifest.json", "weights.safetensors", REPORT_FILENAME)
 #: probes checked on benign requests that only mention tests / monitoring / training
 LEXICAL_CHECK = ("alignment-faking", "eval-awareness", "monitored-framing")
 SAE_BEHAVIOURS = ("deception", "refusal", "alignment_faking")
@@ -124,7 +125,7 @@ def main(args: argparse.Namespace) -> int:
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     baseline = _previous_reports(plots_root, args.runs_dir)
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, TrainReport] = {}
     for name in args.probes:
         job = dict(JOBS[name])
         t = time.perf_counter()
@@ -141,23 +142,23 @@ def main(args: argparse.Namespace) -> int:
         print(f"[bench quality] training {name} ...", file=sys.stderr, flush=True)
         result = train(config, loaded=loaded)
         report = result.report
-        report["timings"]["bench_wall_s"] = time.perf_counter() - t
+        report.timings["bench_wall_s"] = time.perf_counter() - t
         results[name] = report
         target = plots_root / name
         target.mkdir(parents=True, exist_ok=True)
-        for png in report.get("plots", []):
+        for png in report.plots or []:
             shutil.copy2(result.bundle_path / png, target / png)
-        shutil.copy2(result.report_path, target / "report.json")
+        shutil.copy2(result.report_path, target / REPORT_FILENAME)
         if args.ship:
-            ship = shipped_root() / loaded.model_id / report["probe_id"]
+            ship = shipped_root() / loaded.model_id / report.probe_id
             ship.mkdir(parents=True, exist_ok=True)
             for f in BUNDLE_FILES:
                 shutil.copy2(result.bundle_path / f, ship / f)
-        op = report["operating_point"]["shipped"]
+        op = report.operating_point.shipped
         print(
-            f"[bench quality] {name}: test AUROC {_fmt(report['metrics']['auroc'])}, held-out kinds "
-            f"{_fmt(report['metrics']['auroc_heldout_kind'])}, recall {_fmt(op['recall'])} / flagged negatives "
-            f"{_fmt(op['fpr_negatives'])} at the shipped threshold, {time.perf_counter() - t:.0f}s",
+            f"[bench quality] {name}: test AUROC {_fmt(report.metrics.auroc)}, held-out kinds "
+            f"{_fmt(report.metrics.auroc_heldout_kind)}, recall {_fmt(op.recall)} / flagged negatives "
+            f"{_fmt(op.fpr_negatives)} at the shipped threshold, {time.perf_counter() - t:.0f}s",
             file=sys.stderr,
             flush=True,
         )
@@ -165,11 +166,7 @@ def main(args: argparse.Namespace) -> int:
         _remove_retired(shipped_root() / loaded.model_id, results)
     diagnostics = {name: lexical_confounds(loaded, args.runs_dir / name) for name in results if name in LEXICAL_CHECK}
     linear_s = time.perf_counter() - t0
-    sae_results = (
-        fit_sae_probes(args, loaded, [r["behaviour"] for r in results.values() if r["behaviour"] in SAE_BEHAVIOURS])
-        if getattr(args, "with_sae", True)
-        else {}
-    )
+    sae_results = fit_sae_probes(args, loaded, _sae_behaviours(results)) if getattr(args, "with_sae", True) else {}
     total = time.perf_counter() - t0
     (args.runs_dir / "diagnostics.json").write_text(json.dumps(diagnostics, indent=1))
     run = _run_info(loaded, total)
@@ -180,16 +177,16 @@ def main(args: argparse.Namespace) -> int:
     doc.write_text(render_markdown(results, diagnostics, run, sae_results, baseline))
     summary: dict[str, Any] = {
         name: {
-            "auroc": r["metrics"]["auroc"],
-            "auroc_heldout_kind": r["metrics"]["auroc_heldout_kind"],
-            "auroc_heldout_kind_per_kind": r["metrics"]["auroc_heldout_kind_per_kind"],
-            "auroc_ood": r["metrics"]["auroc_ood"],
-            "recall_at_fpr_control": r["metrics"]["recall_at_fpr_control"],
-            "operating_point": r["operating_point"]["shipped"],
-            "layer": r["selection"]["chosen"]["layer"],
-            "method": r["selection"]["chosen"]["method"],
-            "token_selection": r["selection"]["chosen"]["token_selection"],
-            "aggregation": r["selection"]["chosen"]["aggregation"],
+            "auroc": r.metrics.auroc,
+            "auroc_heldout_kind": r.metrics.auroc_heldout_kind,
+            "auroc_heldout_kind_per_kind": r.metrics.auroc_heldout_kind_per_kind,
+            "auroc_ood": r.metrics.auroc_ood,
+            "recall_at_fpr_control": r.metrics.recall_at_fpr_control,
+            "operating_point": r.operating_point.to_json()["shipped"],
+            "layer": r.chosen["layer"],
+            "method": r.chosen["method"],
+            "token_selection": r.chosen["token_selection"],
+            "aggregation": r.chosen["aggregation"],
         }
         for name, r in results.items()
     }
@@ -237,12 +234,16 @@ def _previous_reports(plots_root: Path, runs_dir: Path) -> dict[str, dict]:
     return out
 
 
-def _remove_retired(ship_root: Path, results: dict[str, dict]) -> None:
+def _sae_behaviours(results: dict[str, TrainReport]) -> list[str]:
+    return [r.behaviour for r in results.values() if r.behaviour is not None and r.behaviour in SAE_BEHAVIOURS]
+
+
+def _remove_retired(ship_root: Path, results: dict[str, TrainReport]) -> None:
     """Shipped bundles of probe ids this benchmark no longer produces (e.g. a renamed probe) are removed,
     so the sidecar does not keep serving an outdated probe under its old name."""
     if set(results) != set(JOBS) or not ship_root.is_dir():
         return  # a partial run (--probes) must not remove the others
-    produced = {r["probe_id"] for r in results.values()}
+    produced = {r.probe_id for r in results.values()}
     for folder in sorted(p for p in ship_root.iterdir() if (p / "manifest.json").is_file()):
         if folder.name not in produced:
             print(f"[bench quality] removing retired shipped bundle {folder}", file=sys.stderr)
@@ -251,9 +252,9 @@ def _remove_retired(ship_root: Path, results: dict[str, dict]) -> None:
 
 def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) -> int:
     results = {
-        name: json.loads((args.runs_dir / name / "report.json").read_text())
+        name: TrainReport.read(args.runs_dir / name / REPORT_FILENAME)
         for name in args.probes
-        if (args.runs_dir / name / "report.json").is_file()
+        if (args.runs_dir / name / REPORT_FILENAME).is_file()
     }
     if not results:
         raise FileNotFoundError(f"no reports under {args.runs_dir}; run `probewatch bench quality` first")
@@ -268,9 +269,7 @@ def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) ->
     sae_results = {}
     if getattr(args, "sae_only", False):
         t = time.perf_counter()
-        sae_results = fit_sae_probes(
-            args, loaded, [r["behaviour"] for r in results.values() if r["behaviour"] in SAE_BEHAVIOURS]
-        )
+        sae_results = fit_sae_probes(args, loaded, _sae_behaviours(results))
         saved["sae_s"] = time.perf_counter() - t
         timing.write_text(json.dumps(saved))
     elif getattr(args, "with_sae", True):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from probewatch.probes.manifest import Aggregation
-from probewatch.training.extract import ActivationSet, ActivationUnion, expand_ranges, segment_mean
+from probewatch.training.activation_cache import ActivationSet, ActivationUnion, expand_ranges, segment_mean
 
 
 @dataclass

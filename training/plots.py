@@ -1,25 +1,23 @@
-"""report.json and matplotlib plots written next to a trained bundle.
+"""The matplotlib plots written next to a trained bundle (and copied into docs/quality/<id>/).
 
 Plots: `auroc_by_layer.png` (validation and held-out-kind AUROC per layer for each method at the
 chosen aggregation), `roc.png` (test split and out-of-distribution sets, with the control
 threshold's operating point), `score_hist.png` (positives / negatives / control with the
-threshold). Matplotlib runs headless (Agg).
+threshold), `operating_points.png` (per kind, at the shipped threshold). Matplotlib runs headless (Agg).
+`layer_view` is the layer sweep as the plot and docs/quality.md's layer table show it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from probewatch.jsonio import write_json_atomic
+if TYPE_CHECKING:
+    from probewatch.training.report import OperatingSummary
 
 PLOTS = ("auroc_by_layer.png", "roc.png", "score_hist.png", "operating_points.png")
-
-
-def write_json(path: Path, obj: Any) -> Path:
-    return write_json_atomic(path, obj, indent=2)
 
 
 def _plt():
@@ -151,30 +149,26 @@ def _finish(plt, fig, ax, path: Path, title: str, legend_loc: str = "best", grid
     return path
 
 
-def plot_operating_points(op: dict[str, Any], path: Path, title: str) -> Path:
+def plot_operating_points(op: OperatingSummary, path: Path, title: str) -> Path:
     """At the shipped threshold: per test kind, recall and the FPR on its negatives (the second
     operating point); per control kind, the realised FPR on the held-out control half."""
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [3, 2]})
-    kinds = list(op["per_kind"])
+    kinds = list(op.per_kind)
     x = np.arange(len(kinds))
-    fpr = [op["per_kind"][k]["fpr_negatives"] or 0.0 for k in kinds]
-    rec = [op["per_kind"][k]["recall"] or 0.0 for k in kinds]
+    fpr = [op.per_kind[k].fpr_negatives or 0.0 for k in kinds]
+    rec = [op.per_kind[k].recall or 0.0 for k in kinds]
     ax1.bar(x - 0.2, rec, 0.4, label="recall (test positives)")
     ax1.bar(x + 0.2, fpr, 0.4, label="flagged negatives (test)")
-    if op.get("hard_negative_fpr_target") is not None:
-        ax1.axhline(
-            op["hard_negative_fpr_target"], color="black", linestyle="--", linewidth=0.8, label="negatives target"
-        )
+    if op.hard_negative_fpr_target is not None:
+        ax1.axhline(op.hard_negative_fpr_target, color="black", linestyle="--", linewidth=0.8, label="negatives target")
     ax1.set_xticks(x, kinds, rotation=60, ha="right", fontsize=7)
     ax1.set_ylim(0, 1.02)
     ax1.set_title("behaviour data (test split)", fontsize=9)
     ax1.legend(fontsize=7)
-    ckinds = list(op["control_per_kind"])
-    ax2.bar(np.arange(len(ckinds)), [op["control_per_kind"][k]["fpr"] for k in ckinds], color="tab:red")
-    ax2.axhline(
-        op["fpr_target"], color="black", linestyle="--", linewidth=0.8, label=f"{100 * op['fpr_target']:g}% target"
-    )
+    ckinds = list(op.control_per_kind)
+    ax2.bar(np.arange(len(ckinds)), [op.control_per_kind[k].fpr for k in ckinds], color="tab:red")
+    ax2.axhline(op.fpr_target, color="black", linestyle="--", linewidth=0.8, label=f"{100 * op.fpr_target:g}% target")
     ax2.set_xticks(np.arange(len(ckinds)), ckinds, rotation=45, ha="right", fontsize=7)
     ax2.set_title("control set, held-out half: flagged", fontsize=9)
     ax2.legend(fontsize=7)

@@ -3,16 +3,26 @@
 `probewatch bench quality` (training/bench_quality.py) runs the training and collects the
 reports; `render_markdown` turns them into the document, so the layout can be tested and
 re-rendered (`--render-only`) without training anything.
+
+The document's text and layout are the Jinja2 templates `training/templates/quality.md.j2` (and
+`quality_sae.md.j2`, the SAE-vs-linear section it includes); this module gives them the typed
+reports (`TrainReport`) and the few numbers that take more than a lookup (views of the layer
+sweep, the best configurations, the before/after rows, verdicts).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 from typing import Any
 
+import jinja2
+
 from probewatch.behaviours import DEFAULT_PROBE_IDS
-from probewatch.training.report import layer_view, sweep_mode
+from probewatch.training.plots import layer_view, sweep_mode
+from probewatch.training.report import Metrics, OperatingSummary, TrainReport, as_report
 
 # the linear probe each behaviour's SAE-feature probes are compared with
 LINEAR_FOR_BEHAVIOUR = DEFAULT_PROBE_IDS
@@ -23,6 +33,13 @@ BASIS_TEXT = {
 }
 #: probes renamed by issue 14: where a baseline report of the new id is missing, use the old one's kinds
 RENAMED_FROM = {"monitored-framing": ("alignment-faking",), "eval-awareness": ("alignment-faking",)}
+TEMPLATES = Path(__file__).parent / "templates"
+DOCUMENT = "quality.md.j2"
+SAE_SECTION = "quality_sae.md.j2"
+DEFAULT_PLOTS = ("auroc_by_layer.png", "roc.png", "score_hist.png")
+
+#: a report as given: typed, or its JSON (read from a report.json)
+ReportLike = TrainReport | Mapping[str, Any]
 
 
 @dataclass
@@ -39,6 +56,7 @@ class RunInfo:
     machine: str
 
 
+# -- number formatting -----------------------------------------------------------------------------
 def _fmt(x: Any, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
@@ -47,324 +65,184 @@ def _pct(x: Any) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
+def _metrics_json(m: Metrics | Mapping[str, Any]) -> Mapping[str, Any]:
+    """A linear probe's Metrics or an SAE-feature probe summary's metrics dict, read alike."""
+    return m.to_json() if isinstance(m, Metrics) else m
+
+
 def _kind_range(per_kind: Mapping[str, Any]) -> str:
     vals = [v for v in per_kind.values() if v is not None]
     return f"{min(vals):.2f}–{max(vals):.2f}" if vals else "n/a"
 
 
-def _heldout(m: dict) -> str:
+def _heldout(metrics: Metrics | Mapping[str, Any]) -> str:
+    m = _metrics_json(metrics)
     if m.get("auroc_heldout_kind") is None:
         return "— (one kind)"
     return f"{_fmt(m['auroc_heldout_kind'])} ({_kind_range(m['auroc_heldout_kind_per_kind'])})"
 
 
-def _ood(m: dict) -> str:
+def _ood(metrics: Metrics | Mapping[str, Any]) -> str:
+    m = _metrics_json(metrics)
     recalls = m.get("recall_at_fpr_control_ood") or {}
     parts = [f"{k} {_fmt(v)} ({_fmt(recalls.get(k))})" for k, v in (m.get("auroc_ood") or {}).items()]
     return ", ".join(parts) or "—"
 
 
-def _tokens(c: dict) -> str:
-    return {"all": "prompt + response", "prompt_last": "prompt_last"}.get(c["token_selection"], c["token_selection"])
+def _tokens(token_selection: str) -> str:
+    return {"all": "prompt + response", "prompt_last": "prompt_last"}.get(token_selection, token_selection)
 
 
-def baseline_kinds(probe_id: str, baseline: Mapping[str, dict]) -> dict[str, float]:
+def _training_mode(per_token: bool) -> str:
+    return "per-token" if per_token else "per-example"
+
+
+def _minutes(timings: Mapping[str, float], key: str) -> str:
+    return f"{timings.get(key, 0) / 60:.1f}"
+
+
+# -- baseline (the previous run) ---------------------------------------------------------------------
+def baseline_metrics(baseline: Mapping[str, ReportLike] | None) -> dict[str, Metrics]:
+    """The metrics of each report of the previous run: all the before/after comparison reads (so a
+    previous report is usable even where other parts of its layout have changed since)."""
+    return {
+        name: r.metrics if isinstance(r, TrainReport) else Metrics(**r["metrics"])
+        for name, r in (baseline or {}).items()
+    }
+
+
+def baseline_kinds(probe_id: str, baseline: Mapping[str, ReportLike | Metrics]) -> dict[str, float | None]:
     """Held-out-kind AUROC per kind of the previous run of this probe (or of the probe it was renamed from)."""
-    if probe_id in baseline:
-        return dict(baseline[probe_id]["metrics"].get("auroc_heldout_kind_per_kind") or {})
-    out: dict[str, float] = {}
+    metrics = {k: v if isinstance(v, Metrics) else baseline_metrics({k: v})[k] for k, v in baseline.items()}
+    if probe_id in metrics:
+        return dict(metrics[probe_id].auroc_heldout_kind_per_kind or {})
+    out: dict[str, float | None] = {}
     for old in RENAMED_FROM.get(probe_id, ()):
-        if old in baseline:
-            out.update(baseline[old]["metrics"].get("auroc_heldout_kind_per_kind") or {})
+        if old in metrics:
+            out.update(metrics[old].auroc_heldout_kind_per_kind or {})
     return out
 
 
-def render_markdown(
-    results: Mapping[str, dict],
-    diagnostics: Mapping[str, dict],
-    run: RunInfo,
-    sae_results: Mapping[str, dict] | None = None,
-    baseline: Mapping[str, dict] | None = None,
-) -> str:
-    """The whole document. `baseline` ({probe id: report} of the previous run) adds before/after columns."""
-    baseline = baseline or {}
-    lines = [
-        "# Detection quality of the shipped probes",
-        "",
-        f"_Generated by `make bench-quality` (`probewatch bench quality`) on {run.generated_at}; do not edit by hand._",
-        f"Model: `{run.model_id}` (fingerprint `{run.fingerprint}`), {run.n_layers} layers, d_model {run.d_model}. "
-        f"Run time: {run.total_s / 60:.1f} min on {run.cpu_count} CPU cores ({run.machine}); generated responses and "
-        "activations are cached, so reruns only refit.",
-        "",
-        "## Summary",
-        "",
-        "| probe | behaviour | reads | in-distribution AUROC | held-out-kind AUROC (mean; range) "
-        "| out-of-distribution AUROC (recall) | shipped threshold (set by) | recall | flagged test negatives "
-        "| flagged held-out control | layer | method | aggregation | training |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results.values():
-        m, c, op = r["metrics"], r["selection"]["chosen"], r["operating_point"]
-        s = op["shipped"]
-        lines.append(
-            f"| `{r['probe_id']}` | {r['behaviour']} | {_tokens(c)} | {_fmt(m['auroc'])} | {_heldout(m)} | {_ood(m)} "
-            f"| {_fmt(op['threshold'], 2)} ({op['set_by'].replace('_', ' ')}) | {_fmt(s['recall'])} "
-            f"| {_pct(s['fpr_negatives'])} | {_pct(s['fpr_control_heldout'])} | {c['layer']} | {c['method']} "
-            f"| {c['aggregation']} | {'per-token' if c['per_token'] else 'per-example'} |"
+def _before_after_rows(r: TrainReport, baseline: Mapping[str, Metrics]) -> list[dict[str, Any]]:
+    """Per kind (before, after, change); then the mean over kinds (`kind` None) when both runs have one."""
+    before = baseline_kinds(r.probe_id, baseline)
+    after = r.metrics.auroc_heldout_kind_per_kind or {}
+    rows: list[dict[str, Any]] = []
+    for kind, value in after.items():
+        b = before.get(kind)
+        change = "new" if b is None else (f"{value - b:+.3f}" if value is not None else "n/a")
+        rows.append({"kind": kind, "before": b, "after": value, "change": change})
+    old = baseline.get(r.probe_id)
+    if old is not None and old.auroc_heldout_kind is not None and r.metrics.auroc_heldout_kind is not None:
+        rows.append(
+            {
+                "kind": None,
+                "same_kinds": set(old.auroc_heldout_kind_per_kind or {}) == set(after),
+                "before": old.auroc_heldout_kind,
+                "after": r.metrics.auroc_heldout_kind,
+                "change": f"{r.metrics.auroc_heldout_kind - old.auroc_heldout_kind:+.3f}",
+            }
         )
-    lines += [
-        "",
-        "How to read it:",
-        "- **in-distribution AUROC**: the shipped weights on the pool's test split (20% of source items, grouped: no "
-        "statement, scenario, request, template or written pair on both sides).",
-        "- **held-out-kind AUROC**: leave-one-kind-out: a probe with the chosen settings is fitted on all other data kinds "
-        "and scored on the held-out kind; mean over kinds (range in brackets). This is the generalisation number, and "
-        "the one the layer / method / C / token selection / aggregation were chosen by (a maximum over the sweep, so "
-        "mildly optimistic; AUROCs within 0.01 count as ties, broken by recall at 1% FPR on the control set's "
-        "calibration half). Refusal and monitored framing read the prompt; refusal has one kind in its pool, so its "
-        "probes are chosen by the mean of validation and out-of-distribution AUROC.",
-        "- **out-of-distribution AUROC**: the shipped weights on data of another source, never trained on (refusal: "
-        "harmful_val against unused harmless_val items; deception: CAA sycophancy A/B items; alignment faking and "
-        "evaluation awareness: each other's kinds). Recall in brackets is at the 1%-of-control threshold.",
-        "- **shipped threshold**: the larger of two thresholds fitted on calibration data: the one that flags 1% of the "
-        "production-like control set (chat, multi-turn, long answers, code, role-play, questions under pressure, "
-        "all answered by the model) and the one that flags 20% of the behaviour's own calibration negatives (honest "
-        "answers in deception-laden contexts, reasoning without the motive, ...). **recall**, **flagged test "
-        "negatives** (the second operating point) and **flagged held-out control** are measured at it on held-out "
-        "data (test split, the control set's other half).",
-        "- Scores are calibrated logits (Platt scaling on the calibration split): `sigmoid(score)` ≈ P(behaviour). "
-        "Re-threshold per deployment with `probewatch calibrate`.",
-        "",
-    ]
-    lines += _operating_section(results)
-    if baseline:
-        lines += _before_after(results, baseline)
-    for name, r in results.items():
-        lines += _behaviour_section(name, r, diagnostics.get(name), baseline_kinds(r["probe_id"], baseline))
-    if sae_results:
-        lines += _sae_section(results, sae_results, run)
-    lines += _caveats(results, diagnostics)
-    lines += [
-        "",
-        "## Regenerate",
-        "",
-        "```",
-        "make bench-quality        # = probewatch bench quality --ship (PROBEWATCH_DATA=../shared/datasets)",
-        "```",
-        "",
-        "Each bundle can also be trained alone; the commands are:",
-        "",
-    ]
-    for r in results.values():
-        lines.append(f"- `{r['probe_id']}`: `{r['command']}`")
-    for sid, r in (sae_results or {}).items():
-        if r.get("command"):
-            lines.append(f"- `{sid}`: `{r['command']}`")
-    lines.append("")
-    return "\n".join(lines)
+    return rows
 
 
-def _operating_section(results: Mapping[str, dict]) -> list[str]:
-    """Both operating points per probe, and the realised control FPR per kind of production-like traffic."""
-    control_kinds: list[str] = []
-    for r in results.values():
-        for k in r["operating_point"]["control_per_kind"]:
-            if k not in control_kinds:
-                control_kinds.append(k)
-    out = [
-        "## Thresholds on production-like traffic: the two operating points",
-        "",
-        "Per probe: the threshold that flags 1% of the control set's calibration half, the one that flags 20% of the "
-        "behaviour's calibration negatives, and the shipped one (the larger). At the shipped threshold and at the "
-        "control-only one: recall on the test positives and the share of the test negatives flagged (aim: at most 20% "
-        "while recall stays at least 0.5); then the share of each kind of held-out control traffic flagged at the "
-        "shipped threshold (aim: about 1%).",
-        "",
-        "| probe | control threshold | negatives threshold | shipped | recall / flagged negatives @ shipped "
-        "| recall / flagged negatives @ control only | aims met | "
-        + " | ".join(f"control: {k}" for k in control_kinds)
-        + " |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(control_kinds),
-    ]
-    for r in results.values():
-        op = r["operating_point"]
-        s, c = op["shipped"], op["control_only"]
-        met = (
-            s["recall"] is not None
-            and s["recall"] >= 0.5
-            and s["fpr_negatives"] is not None
-            and s["fpr_negatives"] <= 0.2
+# -- thresholds section --------------------------------------------------------------------------------
+def _control_kinds(results: Mapping[str, TrainReport]) -> list[str]:
+    """Every kind of control traffic, in order of first appearance."""
+    return list(dict.fromkeys(k for r in results.values() for k in r.operating_point.control_per_kind))
+
+
+def _control_cells(op: OperatingSummary, kinds: list[str]) -> list[str]:
+    return [_pct(op.control_per_kind[k].fpr if k in op.control_per_kind else None) for k in kinds]
+
+
+def _aims_met(op: OperatingSummary) -> bool:
+    """Recall at least 0.5 with at most 20% of the test negatives flagged, at the shipped threshold."""
+    s = op.shipped
+    return s.recall is not None and s.recall >= 0.5 and s.fpr_negatives is not None and s.fpr_negatives <= 0.2
+
+
+# -- per-behaviour section -------------------------------------------------------------------------------
+def _aggregation_text(r: TrainReport) -> str:
+    method = r.chosen["aggregation"]
+    if method == "softmax":
+        return f"{method} (temperature {r.aggregation.temperature:.3g} logits)"
+    if method == "rolling_mean_max":
+        return f"{method} (window {r.aggregation.window})"
+    return method
+
+
+def _c_text(c: Mapping[str, Any]) -> str:
+    return f", C={c['C']:g}" if c.get("C") is not None and c["method"] == "logistic" else ""
+
+
+def _kind_rows(r: TrainReport, before: Mapping[str, float | None]) -> list[dict[str, Any]]:
+    """One row per data kind of the pool: size, test and held-out AUROC, the previous run, the shipped threshold."""
+    train_only = set(r.data.train_only_kinds)
+    per_kind_test = r.metrics.auroc_test_per_kind
+    rows = []
+    for kind, info in r.data.kinds.items():
+        pk = r.operating_point.per_kind.get(kind)
+        rows.append(
+            {
+                "label": f"{kind} (auxiliary, training only)" if kind in train_only else kind,
+                "n": info.n,
+                "groups": info.groups,
+                "test_auroc": per_kind_test.get(kind),
+                "heldout_auroc": r.heldout_kinds.get(kind, {}).get("auroc"),
+                "previous": (_fmt(before.get(kind)) if kind in before else "new"),
+                "at_shipped": f"{_fmt(pk.recall)} / {_pct(pk.fpr_negatives)}" if pk else "n/a",
+            }
         )
-        cells = [_pct(op["control_per_kind"].get(k, {}).get("fpr")) for k in control_kinds]
-        out.append(
-            f"| `{r['probe_id']}` | {_fmt(op['control_threshold'], 2)} | {_fmt(op['hard_negative_threshold'], 2)} "
-            f"| {_fmt(op['threshold'], 2)} | {_fmt(s['recall'])} / {_pct(s['fpr_negatives'])} "
-            f"| {_fmt(c['recall'])} / {_pct(c['fpr_negatives'])} | {'yes' if met else 'no'} | "
-            + " | ".join(cells)
-            + " |"
-        )
-    out.append("")
-    return out
+    return rows
 
 
-def _before_after(results: Mapping[str, dict], baseline: Mapping[str, dict]) -> list[str]:
-    out = [
-        "## Held-out-kind AUROC: previous run → this run",
-        "",
-        "Per data kind, the previous shipped probe of the same id (for `monitored-framing` and `eval-awareness`, "
-        "which did not exist, the old `alignment-faking` framing probe, which read the generation-prompt position) "
-        "against this run's. `new` = a kind the previous run did not have.",
-        "",
-        "| probe | kind | before | after | change |",
-        "|---|---|---|---|---|",
-    ]
-    for r in results.values():
-        before = baseline_kinds(r["probe_id"], baseline)
-        after = r["metrics"].get("auroc_heldout_kind_per_kind") or {}
-        for kind, value in after.items():
-            b = before.get(kind)
-            change = "new" if b is None else (f"{value - b:+.3f}" if value is not None else "n/a")
-            out.append(f"| `{r['probe_id']}` | {kind} | {_fmt(b)} | {_fmt(value)} | {change} |")
-        old = baseline.get(r["probe_id"], {}).get("metrics", {})
-        if old.get("auroc_heldout_kind") is not None and r["metrics"].get("auroc_heldout_kind") is not None:
-            same = set(old.get("auroc_heldout_kind_per_kind") or {}) == set(after)
-            change = r["metrics"]["auroc_heldout_kind"] - old["auroc_heldout_kind"]
-            out.append(
-                f"| `{r['probe_id']}` | **mean over kinds**{'' if same else ' (other kinds than before)'} "
-                f"| {_fmt(old['auroc_heldout_kind'])} | {_fmt(r['metrics']['auroc_heldout_kind'])} | {change:+.3f} |"
-            )
-    out.append("")
-    return out
-
-
-def _behaviour_section(name: str, r: dict, diag: dict | None, before: Mapping[str, float]) -> list[str]:
-    m, c, op = r["metrics"], r["selection"]["chosen"], r["operating_point"]
-    rel = f"quality/{name}"
-    t = r["timings"]
-    agg = r.get("aggregation") or {}
-    agg_text = c["aggregation"]
-    if c["aggregation"] == "softmax":
-        agg_text += f" (temperature {agg.get('temperature', 0):.3g} logits)"
-    elif c["aggregation"] == "rolling_mean_max":
-        agg_text += f" (window {agg.get('window')})"
-    c_text = f", C={c['C']:g}" if c.get("C") is not None and c["method"] == "logistic" else ""
-    out = [f"## `{r['probe_id']}` ({r['behaviour']})", ""]
-    out.append(
-        f"Chosen: layer {c['layer']}, {c['method']}{c_text}, reads {_tokens(c)} tokens, "
-        f"{'per-token' if c['per_token'] else 'per-example'} training, {agg_text} aggregation; selected by "
-        f"{BASIS_TEXT.get(r['selection']['basis'], r['selection']['basis'])} among {r['selection']['n_configurations']} "
-        f"configurations. Shipped threshold {op['threshold']:.3f} (logit; set by "
-        f"{op['set_by'].replace('_', ' ')}: control {_fmt(op['control_threshold'], 3)}, negatives "
-        f"{_fmt(op['hard_negative_threshold'], 3)}). Platt slope {r['platt']['slope']:.3g}. Parity (live scoring path vs "
-        f"cached training scores): max |Δ| = {_fmt((r.get('parity') or {}).get('max_abs_diff'), 5)} on "
-        f"{(r.get('parity') or {}).get('n', 0)} test dialogues. Time: {t.get('total_s', 0) / 60:.1f} min (data and "
-        f"generation {t.get('data_s', 0) / 60:.1f}, extraction {t.get('extract_s', 0) / 60:.1f}, sweep "
-        f"{t.get('sweep_s', 0) / 60:.1f}, final fit {t.get('final_s', 0) / 60:.1f})."
-    )
-    out += [
-        "",
-        "| data kind | examples | groups | in-distribution AUROC (test split) | held-out-kind AUROC "
-        + ("| previous run " if before else "")
-        + "| recall / flagged negatives @ shipped threshold (test split) |",
-        "|---|---|---|---|---|" + ("---|" if before else "") + "---|",
-    ]
-    train_only = set(r["data"].get("train_only_kinds", []))
-    per_kind_test = m.get("auroc_test_per_kind", {})
-    for kind, info in r["data"]["kinds"].items():
-        hk = r["heldout_kinds"].get(kind, {})
-        label = f"{kind} (auxiliary, training only)" if kind in train_only else kind
-        pk = op["per_kind"].get(kind, {})
-        at = f"{_fmt(pk.get('recall'))} / {_pct(pk.get('fpr_negatives'))}" if pk else "n/a"
-        prev = f"| {_fmt(before.get(kind)) if kind in before else 'new'} " if before else ""
-        out.append(
-            f"| {label} | {info['n']} | {info['groups']} | {_fmt(per_kind_test.get(kind))} | {_fmt(hk.get('auroc'))} "
-            f"{prev}| {at} |"
-        )
-    for oname, om in r["ood"].items():
-        shipped = om.get("at_shipped_threshold") or {}
-        prev = "| — " if before else ""
-        out.append(
-            f"| out-of-distribution: {oname} | {om['n_pos'] + om['n_neg']} | — | — | {_fmt(om['auroc'])} (fitted on the pool) "
-            f"{prev}| {_fmt(shipped.get('recall'))} / {_pct(shipped.get('fpr_negatives'))} |"
-        )
-    out.append("")
-    view = layer_view(r["sweep"], c)
+def _layer_table(r: TrainReport) -> dict[str, Any]:
+    """The layer sweep at the chosen token selection and aggregation: per layer, per method
+    `validation / held-out kinds` (or `/ ood` when the pool has one kind)."""
+    view = layer_view(r.sweep, r.chosen)
     methods = sorted({method for _, method in view})
-    second = "held-out kinds" if any(s["heldout_kind_auroc"] is not None for s in view.values()) else "ood"
-    out.append(
-        f"Layer sweep at the chosen token selection and aggregation (validation AUROC / {second} AUROC; "
-        "logistic: the best C per layer):"
-    )
-    out += ["", "| layer | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    heldout = any(s["heldout_kind_auroc"] is not None for s in view.values())
+    rows = []
     for layer in sorted({layer for layer, _ in view}):
         cells = []
         for method in methods:
             row = view.get((layer, method))
-            other = (
-                None
-                if row is None
-                else (row["heldout_kind_auroc"] if second == "held-out kinds" else row.get("ood_mean"))
-            )
-            cells.append("—" if row is None else f"{_fmt(row['val_auroc'])} / {_fmt(other)}")
-        out.append(f"| {layer} | " + " | ".join(cells) + " |")
-    out += _alternatives(r, c)
-    out += _multi_layer(r.get("multi_layer"))
-    if diag:
-        out += [
-            "",
-            f"Lexical-confound check: {diag['flagged']} of {diag['n']} benign requests that merely mention tests, "
-            f"monitoring, training or a free tier (with the model's own answers) are flagged at the shipped threshold "
-            f"(mean score {diag['mean_score']:.2f} vs threshold {diag['threshold']:.2f}).",
-        ]
-    plots = r.get("plots") or []
-    out += [""]
-    out.append(
-        " ".join(
-            f"![{p.removesuffix('.png').replace('_', ' ')}]({rel}/{p})"
-            for p in plots or ["auroc_by_layer.png", "roc.png", "score_hist.png"]
-        )
-    )
-    out += ["", f"Full numbers: [`{rel}/report.json`]({rel}/report.json).", ""]
-    return out
+            if row is None:
+                cells.append("—")
+                continue
+            other = row["heldout_kind_auroc"] if heldout else row.get("ood_mean")
+            cells.append(f"{_fmt(row['val_auroc'])} / {_fmt(other)}")
+        rows.append((layer, cells))
+    return {"second": "held-out kinds" if heldout else "ood", "methods": methods, "rows": rows}
 
 
-def _alternatives(r: dict, c: dict) -> list[str]:
+def _alternatives(r: TrainReport) -> dict[str, list]:
     """Aggregations, C values and token selections at the chosen layer and method."""
-    sweep = r["sweep"]
-    out: list[str] = []
-    at = [
-        s
-        for s in sweep
-        if s["layer"] == c["layer"]
-        and s["method"] == c["method"]
-        and s["token_selection"] == c["token_selection"]
-        and s["per_token"] == c["per_token"]
-        and s.get("C") == c.get("C")
-    ]
-    if len({s["aggregation"] for s in at}) > 1:
-        out += [
-            "",
-            "Aggregations at the chosen layer, method and C (validation / held-out kinds): "
-            + ", ".join(f"{s['aggregation']} {_fmt(s['val_auroc'])} / {_fmt(s['heldout_kind_auroc'])}" for s in at),
-        ]
+    sweep, c = r.sweep, r.chosen
+
+    def same(s: dict, *keys: str) -> bool:
+        return all(s.get(k) == c.get(k) for k in keys)
+
+    at = [s for s in sweep if same(s, "layer", "method", "token_selection", "per_token", "C")]
     by_c = [
         s
         for s in sweep
-        if s["layer"] == c["layer"]
-        and s["method"] == "logistic"
-        and s["token_selection"] == c["token_selection"]
-        and s["per_token"] == c["per_token"]
-        and s["aggregation"] == c["aggregation"]
+        if s["method"] == "logistic" and same(s, "layer", "token_selection", "per_token", "aggregation")
     ]
-    if c["method"] == "logistic" and len({s.get("C") for s in by_c}) > 1:
-        out += [
-            "",
-            "Regularisation at the chosen layer (C, chosen by held-out kind; validation / held-out kinds): "
-            + ", ".join(
-                f"C={s['C']:g} {_fmt(s['val_auroc'])} / {_fmt(s['heldout_kind_auroc'])}"
-                for s in sorted(by_c, key=lambda s: s["C"])
-            ),
-        ]
+    return {
+        "aggregations": at if len({s["aggregation"] for s in at}) > 1 else [],
+        "by_c": (
+            sorted(by_c, key=lambda s: s["C"])
+            if c["method"] == "logistic" and len({s.get("C") for s in by_c}) > 1
+            else []
+        ),
+        "best": _best_per_selection(sweep),
+    }
+
+
+def _best_per_selection(sweep: list[dict[str, Any]]) -> list[tuple[tuple[str, bool], dict[str, Any]]]:
+    """The best row per (token selection, training mode), when more than one was tried."""
     best: dict[tuple[str, bool], dict] = {}
     for s in sweep:
         key = (s["token_selection"], s["per_token"])
@@ -373,186 +251,138 @@ def _alternatives(r: dict, c: dict) -> list[str]:
         cur_score = None if cur is None else (cur["heldout_kind_auroc"] if cur["heldout_kind_auroc"] is not None else 0)
         if cur is None or (score or 0) > (cur_score or 0):
             best[key] = s
-    if len(best) > 1:
-        out += [
-            "",
-            "Best configuration per token selection and training mode (validation / held-out kinds): "
-            + "; ".join(
-                f"{_tokens({'token_selection': k[0]})} {'per-token' if k[1] else 'per-example'}: layer {s['layer']} "
-                f"{s['method']} {s['aggregation']} ({_fmt(s['val_auroc'])} / {_fmt(s['heldout_kind_auroc'])})"
-                for k, s in best.items()
-            ),
-        ]
-    return out
+    return list(best.items()) if len(best) > 1 else []
 
 
-def _multi_layer(ml: dict | None) -> list[str]:
+def _multi_layer_view(ml: dict[str, Any] | None) -> dict[str, Any] | None:
     if not ml:
-        return []
-    b = ml["best_single"]
-    concat, ens = ml["concat"], ml["ensemble"]
+        return None
+    b, concat, ens = ml["best_single"], ml["concat"], ml["ensemble"]
     gain = max(concat["heldout_kind_auroc"] or 0, ens["heldout_kind_auroc"] or 0) - (b["heldout_kind_auroc"] or 0)
-    verdict = (
-        f"{'gain' if gain > 0 else 'loss'} of {abs(gain):.3f} over the best single layer"
-        + ("; within the 0.01 tie margin, so one layer is shipped" if abs(gain) <= 0.01 else "")
-        + (
-            "; a multi-layer bundle would need the sidecar to join layers per token, so it is not shipped"
-            if gain > 0.01
-            else ""
-        )
-    )
-    return [
-        "",
-        f"Multi-layer probes (per-example logistic on {_tokens({'token_selection': ml['token_selection']})} tokens, "
-        f"layers {', '.join(map(str, ml['layers']))}; validation / held-out kinds): best single layer {b['layer']} "
-        f"{_fmt(b['val_auroc'])} / {_fmt(b['heldout_kind_auroc'])}; concatenated {_fmt(concat['val_auroc'])} / "
-        f"{_fmt(concat['heldout_kind_auroc'])}; ensemble of per-layer probes {_fmt(ens['val_auroc'])} / "
-        f"{_fmt(ens['heldout_kind_auroc'])}: {verdict}.",
-    ]
+    return {**ml, "best": b, "gain": gain}
 
 
-def _sae_section(results: Mapping[str, dict], sae_results: Mapping[str, dict], run: RunInfo) -> list[str]:
-    """SAE-feature probes next to the linear probe of the same behaviour (same data, splits, threshold rule)."""
-    sae_names = sorted({r["sae"] for r in sae_results.values()})
-    out = [
-        "## SAE-feature probes vs linear probes",
-        "",
-        f"Probes of bundle kind `sae_feature` on the latents of the shipped SAE ({', '.join(f'`{n}`' for n in sae_names)}; "
-        "docs/sae.md), fitted on the same behaviour data with the same grouped splits, Platt calibration and 1%-of-control "
-        "threshold as the linear probe above them: `l1` is an L1 logistic regression over all latents (per-example latent "
-        "means, standardised, C by grouped cross-validation), `named` a logistic regression on the 8 latents with the "
-        "largest |AUROC - 0.5| on the fit split. Linear rows repeat the summary table (their recall is at the 1%-of-control "
-        "threshold here, for a like-for-like comparison).",
-        "",
-        "| behaviour | probe | layer | reads | in-distribution AUROC | held-out-kind AUROC (mean; range) "
-        "| out-of-distribution AUROC (recall) | recall @1% FPR on control | realised FPR, held-out control |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+# -- SAE-feature probes ----------------------------------------------------------------------------------
+def _sae_names(sae_results: Mapping[str, dict]) -> str:
+    return ", ".join(f"`{n}`" for n in sorted({r["sae"] for r in sae_results.values()}))
+
+
+def _sae_table(
+    results: Mapping[str, TrainReport], sae_results: Mapping[str, dict]
+) -> list[tuple[str, TrainReport | None, list[tuple[str, dict]]]]:
+    """Per behaviour with SAE-feature probes: (behaviour, its linear probe's report if present, [(id, summary)])."""
+    out = []
     for behaviour, linear_name in LINEAR_FOR_BEHAVIOUR.items():
         saes = [(sid, r) for sid, r in sae_results.items() if r["behaviour"] == behaviour]
-        if not saes:
-            continue
-        if linear_name in results:
-            r = results[linear_name]
-            m, c = r["metrics"], r["selection"]["chosen"]
-            out.append(
-                f"| {behaviour} | `{r['probe_id']}` (linear, {c['method']}) | {c['layer']} | {run.d_model} dims "
-                f"| **{_fmt(m['auroc'])}** | {_heldout(m)} | {_ood(m)} | {_fmt(m['recall_at_fpr_control'])} "
-                f"| {_fmt(m['fpr_control_heldout'])} |"
-            )
-        for sid, r in saes:
-            m = r["metrics"]
-            out.append(
-                f"| {behaviour} | `{sid}` ({r['probe_type']}) | {r['layer']} | {r['n_latents']} latents "
-                f"| {_fmt(m['auroc'])} | {_heldout(m)} | {_ood(m)} | {_fmt(m['recall_at_fpr_control'])} "
-                f"| {_fmt(m['fpr_control_heldout'])} |"
-            )
-    out += ["", _sae_reading(results, sae_results), ""]
+        if saes:
+            out.append((behaviour, results.get(linear_name), saes))
     return out
 
 
-def _sae_reading(results: Mapping[str, dict], sae_results: Mapping[str, dict]) -> str:
-    """One sentence per behaviour, computed from the numbers: is the best SAE probe within 0.01 AUROC of the linear one?"""
+def _sae_reading(results: Mapping[str, TrainReport], sae_results: Mapping[str, dict]) -> dict[str, Any]:
+    """Per behaviour, computed from the numbers: is the best SAE probe within 0.01 AUROC of the linear one?"""
     parts = []
     for behaviour, linear_name in LINEAR_FOR_BEHAVIOUR.items():
         saes = [r for r in sae_results.values() if r["behaviour"] == behaviour and r["metrics"]["auroc"] is not None]
         if not saes or linear_name not in results:
             continue
         best = max(saes, key=lambda r: r["metrics"]["auroc"])
-        lin = results[linear_name]["metrics"]["auroc"]
+        lin = results[linear_name].metrics.auroc
         gap = lin - best["metrics"]["auroc"]
         verdict = "matches" if abs(gap) <= 0.01 else ("trails" if gap > 0 else "beats")
-        parts.append(
-            f"{behaviour}: the best SAE probe (`{best['probe_id']}`, {best['n_latents']} latents) {verdict} the linear "
-            f"probe ({_fmt(best['metrics']['auroc'])} vs {_fmt(lin)} in-distribution AUROC)"
-        )
-    if not parts:
-        return ""
-    all_trail = all(" trails " in p for p in parts)
+        parts.append({"behaviour": behaviour, "best": best, "verdict": verdict, "linear_auroc": lin})
+    return {"parts": parts, "all_trail": bool(parts) and all(p["verdict"] == "trails" for p in parts)}
+
+
+# -- caveats ------------------------------------------------------------------------------------------------
+def _weak_kinds(r: TrainReport, below: float = 0.8) -> list[str]:
+    per = r.metrics.auroc_heldout_kind_per_kind or {}
+    return [f"{k} ({v:.2f})" for k, v in per.items() if v is not None and v < below]
+
+
+def _by_behaviour(results: Mapping[str, TrainReport]) -> dict[str | None, TrainReport]:
+    return {r.behaviour: r for r in results.values()}
+
+
+def _diagnostics_of(results: Mapping[str, TrainReport], diagnostics: Mapping[str, dict], behaviour: str) -> dict | None:
+    """The lexical-confound check of the first probe of `behaviour`."""
+    return diagnostics.get(next(name for name, r in results.items() if r.behaviour == behaviour))
+
+
+# -- rendering ---------------------------------------------------------------------------------------------
+HELPERS: dict[str, Any] = {
+    "fmt": _fmt,
+    "pct": _pct,
+    "heldout": _heldout,
+    "ood": _ood,
+    "tokens": _tokens,
+    "training_mode": _training_mode,
+    "minutes": _minutes,
+    "basis_text": lambda basis: BASIS_TEXT.get(basis, basis),
+    "baseline_kinds": baseline_kinds,
+    "before_after_rows": _before_after_rows,
+    "control_kinds": _control_kinds,
+    "control_headers": lambda kinds: [f"control: {k}" for k in kinds],
+    "control_cells": _control_cells,
+    "aims_met": _aims_met,
+    "aggregation_text": _aggregation_text,
+    "c_text": _c_text,
+    "kind_rows": _kind_rows,
+    "layer_table": _layer_table,
+    "alternatives": _alternatives,
+    "multi_layer_view": _multi_layer_view,
+    "sae_names": _sae_names,
+    "sae_table": _sae_table,
+    "sae_reading": _sae_reading,
+    "weak_kinds": _weak_kinds,
+    "by_behaviour_of": _by_behaviour,
+    "diagnostics_of": _diagnostics_of,
+}
+
+
+@cache
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=False,  # markdown, not HTML
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["f"] = format  # `x|f(".3f")` == f"{x:.3f}"
+    env.globals.update(HELPERS)
+    return env
+
+
+def _typed(reports: Mapping[str, ReportLike] | None) -> dict[str, TrainReport]:
+    return {name: as_report(r) for name, r in (reports or {}).items()}
+
+
+def render_markdown(
+    results: Mapping[str, ReportLike],
+    diagnostics: Mapping[str, dict],
+    run: RunInfo,
+    sae_results: Mapping[str, dict] | None = None,
+    baseline: Mapping[str, ReportLike] | None = None,
+) -> str:
+    """The whole document. `baseline` ({probe id: report} of the previous run) adds before/after columns."""
     return (
-        "Reading: " + "; ".join(parts) + ". An SAE probe can only use what the SAE reconstructs (its FVE is in "
-        "docs/sae.md) and what sparsity keeps; its particular value is the explanation (which latents fired on an "
-        "incident) and the latent watch-list metrics."
-        + (" Here every behaviour's linear probe is better: alert on the linear probes." if all_trail else "")
+        _environment()
+        .get_template(DOCUMENT)
+        .render(
+            results=_typed(results),
+            diagnostics=diagnostics,
+            run=run,
+            sae_results=sae_results or {},
+            baseline=baseline_metrics(baseline),
+        )
     )
 
 
-def _weak(r: dict, below: float = 0.8) -> str:
-    per = r["metrics"].get("auroc_heldout_kind_per_kind") or {}
-    weak = [f"{k} ({v:.2f})" for k, v in per.items() if v is not None and v < below]
-    return f"Held-out kinds below {below}: {', '.join(weak)}. " if weak else f"Every held-out kind reaches {below}. "
+def render_sae_section(results: Mapping[str, ReportLike], sae_results: Mapping[str, dict], run: RunInfo) -> str:
+    """The SAE-feature probes vs linear probes section alone (as `render_markdown` includes it)."""
+    return _environment().get_template(SAE_SECTION).render(results=_typed(results), sae_results=sae_results, run=run)
 
 
-def _caveats(results: Mapping[str, dict], diagnostics: Mapping[str, dict]) -> list[str]:
-    out = ["## What these probes measure (read before trusting a number)", ""]
-    by_behaviour = {r["behaviour"]: r for r in results.values()}
-    if "deception" in by_behaviour:
-        r = by_behaviour["deception"]
-        out.append(
-            "- **deception**: trained on instructed pairs (RepE facts, Azaria & Mitchell topics; and the same answer after "
-            "an honest vs a lying instruction), instructed lies on three question sets (how_to_catch_an_ai_liar: general, "
-            "arithmetic, questions about being an AI), six kinds of hand-written scenarios (role-play excuses, sales lies, "
-            "sandbagging, lies by omission, cover stories, false denials and confessions; `training/datasets/scenarios/`) "
-            "and three Mesa & Mask kinds (pressured agentic scenarios answered honestly vs deceptively, from the authors' "
-            "descriptions rewritten in the first person), plus two auxiliary training-only kinds (plainly asserted "
-            "true/false statements; ordinary requests with the model's own answers, label 0). "
-            + _weak(r)
-            + "Where the "
-            "answer is identical on both sides (instructed pairs, same-answer pairs) the probe must read the "
-            "instruction's trace in the response tokens; in the scenarios only the answer differs. A 135M model knows "
-            'little, so "knowingly false" is hard for it to represent; part of what transfers between scenario kinds is '
-            "style (reassuring, no admission of a problem). Sycophancy (CAA) is reported as an out-of-distribution set "
-            "only: agreeing with a user's opinion is not lying."
-        )
-    if "refusal" in by_behaviour:
-        out.append(
-            "- **refusal**: reads the generation-prompt position (the last prompt token) of harmful vs harmless "
-            "instructions; it says the request looks like one a chat model refuses, before any token is generated. It does "
-            "not say whether this 135M model actually refuses (it often complies). `refusal-mean-diff` is Arditi et al.'s "
-            "difference-of-means direction (unit vector, then Platt-scaled), `refusal` a standardised logistic regression."
-        )
-    if "alignment_faking" in by_behaviour:
-        r = by_behaviour["alignment_faking"]
-        out.append(
-            "- **alignment faking** reads the model's own text (per-token scores live): reasoning that complies or behaves "
-            "differently *because* it is being trained, evaluated or watched, against the same situation and the same "
-            "decision reasoned without that motive (written contrast pairs in five styles and three settings, "
-            "`training/datasets/af_reasoning.yaml`), and Anthropic persona statements of goal guarding and of wanting no "
-            "oversight. " + _weak(r) + "A 135M model does not produce such reasoning itself, so every positive here is "
-            "written text the model reads (teacher-forced): the probe measures whether the model's representation of "
-            "*that text* separates the motive, which is what a monitor of a larger model's scratchpad needs. The awareness "
-            "sentence appears on both sides of a pair, so mentioning monitoring is not the signal; the lexical-confound "
-            "check below each section counts benign requests that only mention tests or training."
-        )
-    if "eval_awareness" in by_behaviour:
-        r = by_behaviour["eval_awareness"]
-        out.append(
-            "- **evaluation awareness** reads the model's own text: the assistant says or reasons that it is being tested "
-            "(one-sentence beliefs, written reasoning in five styles, and another model's chains of thought about "
-            "whether a payload is a benchmark item, with their verdict line removed) vs that it is talking to a real "
-            "user, after the same question. " + _weak(r) + "Like alignment faking, the positives are text the model "
-            "reads, not text it chose to write."
-        )
-    if "monitored_framing" in by_behaviour:
-        d = diagnostics.get(next(name for name, rr in results.items() if rr["behaviour"] == "monitored_framing"), None)
-        out.append(
-            "- **monitored framing** (the old `alignment-faking` probe, renamed for what it is) reads the generation-prompt "
-            "position: the prompt tells the model it is monitored, trained on or evaluated (the Greenblatt free-tier tag, "
-            "our framings, Mesa & Mask audit vs sandbox prompts, benchmark-style vs real-user task wording). It says "
-            "nothing about what the model does with that; use it to label traffic, not to alert on the model. "
-            + (
-                f"Lexical-confound check: {d['flagged']}/{d['n']} benign requests that merely mention tests, monitoring, "
-                "training or a free tier are flagged at the shipped threshold. "
-                if d
-                else ""
-            )
-        )
-    out.append(
-        "- All numbers come from one seed and one grouped split; with 16–48 written pairs per kind a held-out-kind "
-        "AUROC has a standard error of several points, and the realised FPR on a few hundred held-out control "
-        "dialogues is itself a noisy estimate of the 1% target."
-    )
-    return out
-
-
-__all__ = ["RunInfo", "baseline_kinds", "render_markdown", "sweep_mode"]
+__all__ = ["RunInfo", "baseline_kinds", "baseline_metrics", "render_markdown", "render_sae_section", "sweep_mode"]

@@ -234,7 +234,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.behaviour is None and args.init_from is None:
         raise SystemExit("probewatch train: error: --behaviour is required (or --init-from BUNDLE)")
     result = train(config_from_args(args))
-    summary = summarize(result.report)
+    summary = summarize(result.report.to_json())
     if args.json:
         print_json(summary)
     else:

@@ -27,6 +27,6 @@ def test_unknown_selection_is_refused_not_read_as_all():
 
 def test_offline_and_live_use_the_same_function():
     import probewatch.scoring as scoring
-    import probewatch.server.engine as engine
+    import probewatch.server.sidecar.engine as engine
 
     assert scoring.selection_mask is selection_mask and engine.selection_mask is selection_mask

@@ -49,13 +49,13 @@ def test_train_export_load_and_score_end_to_end(layout, tmp_path):
         loaded=loaded,
     )
     report = result.report
-    assert report["model"]["fingerprint"] == loaded.fingerprint
+    assert report.model.fingerprint == loaded.fingerprint
     # a random-init model only carries the token identities forward, Gemma3 (normed, scaled embeddings) less
     # cleanly than Qwen2; the synthetic labels are still well above chance on validation and held-out kinds
-    assert report["selection"]["chosen"]["val_auroc"] > 0.8 and report["metrics"]["auroc_heldout_kind"] > 0.7
-    assert report["metrics"]["auroc"] > 0.6
-    assert {r["token_selection"] for r in report["sweep"]} == {"response", "all"}
-    assert report["parity"]["max_abs_diff"] < 1e-3  # offline scoring path == cached training scores
+    assert report.chosen["val_auroc"] > 0.8 and report.metrics.auroc_heldout_kind > 0.7
+    assert report.metrics.auroc > 0.6
+    assert {r["token_selection"] for r in report.sweep} == {"response", "all"}
+    assert report.parity is not None and report.parity.max_abs_diff < 1e-3  # offline path == cached training scores
 
     bundle = load_bundle(result.bundle_path, expected_fingerprint=loaded.fingerprint, expected_d_model=64)
     runtime = ProbeRuntime([bundle])

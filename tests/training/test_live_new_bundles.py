@@ -42,14 +42,15 @@ def new_bundles(tiny_loaded, tmp_path_factory):
                 loaded=tiny_loaded,
             )
         m = result.report
-        assert m["selection"]["chosen"]["aggregation"] == agg and m["parity"]["max_abs_diff"] < 1e-4
+        assert m.chosen["aggregation"] == agg and m.parity is not None and m.parity.max_abs_diff < 1e-4
         paths.append(result.bundle_path)
     return paths
 
 
 def test_softmax_and_prompt_plus_response_bundles_score_live_as_offline(tiny_loaded, new_bundles, tmp_path):
     from probewatch.server.client.hf_attach import attach
-    from probewatch.server.sidecar.process import Sidecar, SidecarConfig
+    from probewatch.server.sidecar.config import SidecarConfig
+    from probewatch.server.sidecar.process import Sidecar
 
     bundles = load_bundles(new_bundles, expected_fingerprint=tiny_loaded.fingerprint)
     assert {b.manifest.aggregation.method for b in bundles} == {"softmax", "mean"}

@@ -12,6 +12,7 @@ import pytest
 
 from probewatch.training.pipeline import TrainConfig, train
 from probewatch.training.quality_doc import RunInfo, render_markdown
+from probewatch.training.report import TrainReport
 from tests.training.helpers import write_synthetic
 
 RUN = RunInfo("tiny-model", "pwfp1:" + "0" * 32, 4, 64, 90.0, "2026-12-01 00:00 UTC", 2, "x86_64")
@@ -144,3 +145,23 @@ def test_quality_markdown_puts_sae_feature_probes_beside_the_linear_probe(decept
     text = render_markdown({"deception": report}, {}, RUN, better)
     assert "matches the linear probe" in text and "alert on the linear probes" not in text
     assert "## SAE-feature probes" not in render_markdown({"deception": report}, {}, RUN)
+
+
+def test_quality_markdown_is_the_same_from_the_typed_report_and_its_json(deception_report):
+    """render_markdown takes TrainReports; a report.json's dict gives the same document."""
+    typed = TrainReport.from_json(deception_report)
+    baseline = {"deception": deception_report}
+    text = render_markdown({"deception": typed}, {}, RUN, baseline=baseline)
+    assert text == render_markdown({"deception": deception_report}, {}, RUN, baseline={"deception": typed})
+    assert text.startswith("# Detection quality of the shipped probes\n") and text.endswith("`\n")
+    assert "## Regenerate" in text and "{{" not in text and "{%" not in text
+
+
+def test_quality_markdown_of_the_shipped_reports_renders():
+    """Every shipped report.json renders (the document `make bench-quality` writes, without the run)."""
+    from probewatch.bundle_index import shipped_root
+
+    reports = {p.parent.name: json.loads(p.read_text()) for p in sorted(shipped_root().glob("*/*/report.json"))}
+    text = render_markdown(reports, {}, RUN)
+    for probe_id in reports:
+        assert f"## `{probe_id}` (" in text

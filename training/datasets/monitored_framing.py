@@ -121,13 +121,46 @@ def build(
     """Prompt-only pairs (the probe reads the generation-prompt position). `respond(prompts,
     max_new_tokens)` (the model's own answers, for the multi-turn prompts) enables the plain-traffic
     negatives."""
-    spec = eval_awareness_spec()
-    free = _requests(data_dir, n_requests, seed)
-    tag_only = _requests(data_dir, n_tag_only, seed + 101)
-    context = _requests(data_dir, n_context_pool, seed + 7)
     pool: list[Dialogue] = []
     sources: list[Source] = []
+    for dialogues, used in (
+        _free_tier_pairs(data_dir, n_requests, n_tag_only, seed, full_prompt),
+        _context_pairs(data_dir, n_context_requests, n_context_pool, seed),
+        _audit_pairs(data_dir, n_audit, audit_max_chars, seed),
+        _test_deploy_pairs(data_dir, n_test_deploy, seed),
+    ):
+        pool += dialogues
+        sources += used
+    train_only: tuple[str, ...] = ()
+    if respond is not None and n_plain:
+        from probewatch.training.datasets.common import plain_traffic
 
+        plain, plain_source = plain_traffic(data_dir, respond, n_plain, seed)
+        pool += [Dialogue(d.messages[:-1], 0, d.group, PLAIN_KIND, d.meta) for d in plain]
+        sources.append(plain_source)
+        train_only = (PLAIN_KIND,)
+    return BehaviourData(
+        "monitored_framing",
+        pool,
+        sources=sources,
+        token_selection="prompt_last",
+        aggregations=("last",),
+        train_only_kinds=train_only,
+        notes={
+            "label_1": "monitored / used-for-training / being-evaluated framing in the prompt",
+            "system_prompt": "full" if full_prompt else "condensed",
+        },
+    )
+
+
+def _free_tier_pairs(
+    data_dir: Path, n_requests: int, n_tag_only: int, seed: int, full_prompt: bool
+) -> tuple[list[Dialogue], list[Source]]:
+    """Greenblatt et al.'s system prompt with the free-tier tag (label 1) or the paid-tier one (0)."""
+    free = _requests(data_dir, n_requests, seed)
+    tag_only = _requests(data_dir, n_tag_only, seed + 101)
+    pool: list[Dialogue] = []
+    sources: list[Source] = []
     for kind, variant, requests in (
         ("free_tier", "with_training_details", free),
         ("free_tier_tag_only", "without_training_details", tag_only),
@@ -152,9 +185,17 @@ def build(
                 2 * len(requests),
             )
         )
+    return pool, sources
 
+
+def _context_pairs(
+    data_dir: Path, n_context_requests: int, n_context_pool: int, seed: int
+) -> tuple[list[Dialogue], list[Source]]:
+    """Our test vs deployment framings (eval_awareness.yaml `context_pairs`) around ordinary requests."""
+    context = _requests(data_dir, n_context_pool, seed + 7)
+    pool: list[Dialogue] = []
     r = 0
-    for p, pair in enumerate(spec["context_pairs"]):
+    for p, pair in enumerate(eval_awareness_spec()["context_pairs"]):
         for _ in range(n_context_requests):
             rid, text = context[r % len(context)]
             r += 1
@@ -173,11 +214,15 @@ def build(
                     )
                 )
     path = packaged_file("eval_awareness.yaml")
-    sources.append(Source.of("probewatch eval_awareness.yaml", path, sum(d.kind == "eval_context" for d in pool)))
+    return pool, [Source.of("probewatch eval_awareness.yaml", path, len(pool))]
 
+
+def _audit_pairs(data_dir: Path, n_audit: int, audit_max_chars: int, seed: int) -> tuple[list[Dialogue], list[Source]]:
+    """Mesa & Mask: the same agentic request under an audit (label 1) or a sandbox system prompt (0)."""
     audit_path = require(data_dir, MM_AF)
     rows = [json.loads(line) for line in audit_path.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = [r for r in rows if len(r["user_prompt"]) <= audit_max_chars]  # long agentic prompts cost CPU time
+    pool: list[Dialogue] = []
     for row in sample(rows, n_audit, seed + 13):
         for label, key in ((1, "system_prompt_with_pressure"), (0, "system_prompt_without_pressure")):
             pool.append(
@@ -189,10 +234,14 @@ def build(
                     {"source": "mesa_and_mask_af", "condition": "monitored" if label else "unmonitored"},
                 )
             )
-    sources.append(
-        Source.of("mesa_and_mask_af (audit vs sandbox system prompt)", audit_path, 2 * min(n_audit, len(rows)))
-    )
+    source = Source.of("mesa_and_mask_af (audit vs sandbox system prompt)", audit_path, 2 * min(n_audit, len(rows)))
+    return pool, [source]
 
+
+def _test_deploy_pairs(data_dir: Path, n_test_deploy: int, seed: int) -> tuple[list[Dialogue], list[Source]]:
+    """Benchmark-style (label 1) vs real-user (0) wordings of the same task."""
+    pool: list[Dialogue] = []
+    sources: list[Source] = []
     for name in TEST_DEPLOY_FILES:
         file = require(data_dir, f"{TEST_DEPLOY}/{name}_contrastive_pairs.json")
         pairs = json.loads(file.read_text(encoding="utf-8"))
@@ -209,23 +258,4 @@ def build(
                     )
                 )
         sources.append(Source.of(f"compact_llms_test_deploy_pairs/{name}", file, 2 * len(chosen)))
-    train_only: tuple[str, ...] = ()
-    if respond is not None and n_plain:
-        from probewatch.training.datasets.common import plain_traffic
-
-        plain, plain_source = plain_traffic(data_dir, respond, n_plain, seed)
-        pool += [Dialogue(d.messages[:-1], 0, d.group, PLAIN_KIND, d.meta) for d in plain]
-        sources.append(plain_source)
-        train_only = (PLAIN_KIND,)
-    return BehaviourData(
-        "monitored_framing",
-        pool,
-        sources=sources,
-        token_selection="prompt_last",
-        aggregations=("last",),
-        train_only_kinds=train_only,
-        notes={
-            "label_1": "monitored / used-for-training / being-evaluated framing in the prompt",
-            "system_prompt": "full" if full_prompt else "condensed",
-        },
-    )
+    return pool, sources

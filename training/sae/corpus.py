@@ -217,47 +217,18 @@ def build_corpus(
     tokenizer: Any, data_dir: Path, config: CorpusConfig, model: Any = None, progress: bool = True
 ) -> list[TextSequence]:
     """Token sequences from every enabled source, each tagged with its split."""
-    from probewatch.data.chat import encode_dialogue
-
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise CorpusError(f"dataset folder not found: {data_dir} (set PROBEWATCH_DATA or pass --data-dir)")
-    rng = random.Random(config.seed)
-    bos = tokenizer.bos_token_id
+    rng = random.Random(config.seed)  # one generator, drawn from source by source in this order
     sequences: list[TextSequence] = []
 
     if "statements" in config.sources:
-        texts = statement_texts(data_dir)
-        rng.shuffle(texts)
-        encoded = tokenizer([t for t, _ in texts], add_special_tokens=False)["input_ids"]
-        sep = tokenizer("\n", add_special_tokens=False)["input_ids"]
-        sequences += list(
-            _pack(list(zip(encoded, (g for _, g in texts))), config.context_size, bos, sep, config.statement_tokens)
-        )
-
+        sequences += _statement_sequences(tokenizer, data_dir, config, rng)
     if "chat" in config.sources:
-        dedup = PrefixDedup()
-        for seq in sequences:
-            dedup.keep(seq.ids)
-        pools = behaviour_pool_dialogues(data_dir, config.seed)
-        extra = behaviour_dialogues(data_dir, rng)
-        rng.shuffle(pools)
-        rng.shuffle(extra)
-        used = 0
-        for d in pools + extra:
-            if used >= config.chat_tokens:
-                break
-            ids = encode_dialogue(tokenizer, d).input_ids[: config.max_chat_tokens]
-            new = sum(dedup.keep(ids))
-            if new:
-                sequences.append(TextSequence(ids, "chat", f"{d.kind}:{d.group}"))
-                used += new
-
+        sequences += _chat_sequences(tokenizer, data_dir, config, rng, sequences)
     if "alignment_faking" in config.sources:
-        for text, group in alignment_faking_texts(data_dir):
-            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            ids = ([bos] if bos is not None else []) + ids[: max(0, config.alignment_faking_tokens // 2)]
-            sequences.append(TextSequence(ids, "alignment_faking", group))
+        sequences += _alignment_faking_sequences(tokenizer, data_dir, config)
 
     if "generated" in config.sources and config.generate_prompts > 0:
         if model is None:
@@ -270,6 +241,62 @@ def build_corpus(
     for seq in sequences:
         seq.split = _split_of(seq.group, config.eval_fraction, config.seed)
     return sequences
+
+
+def _statement_sequences(
+    tokenizer: Any, data_dir: Path, config: CorpusConfig, rng: random.Random
+) -> list[TextSequence]:
+    """True/false statements, shuffled and packed into context-size sequences."""
+    texts = statement_texts(data_dir)
+    rng.shuffle(texts)
+    encoded = tokenizer([t for t, _ in texts], add_special_tokens=False)["input_ids"]
+    sep = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    return list(
+        _pack(
+            list(zip(encoded, (g for _, g in texts))),
+            config.context_size,
+            tokenizer.bos_token_id,
+            sep,
+            config.statement_tokens,
+        )
+    )
+
+
+def _chat_sequences(
+    tokenizer: Any, data_dir: Path, config: CorpusConfig, rng: random.Random, earlier: list[TextSequence]
+) -> list[TextSequence]:
+    """Behaviour dialogues in the chat template, skipping prefixes already in the corpus (`earlier` included)."""
+    from probewatch.data.chat import encode_dialogue
+
+    dedup = PrefixDedup()
+    for seq in earlier:
+        dedup.keep(seq.ids)
+    pools = behaviour_pool_dialogues(data_dir, config.seed)
+    extra = behaviour_dialogues(data_dir, rng)
+    rng.shuffle(pools)
+    rng.shuffle(extra)
+    out: list[TextSequence] = []
+    used = 0
+    for d in pools + extra:
+        if used >= config.chat_tokens:
+            break
+        ids = encode_dialogue(tokenizer, d).input_ids[: config.max_chat_tokens]
+        new = sum(dedup.keep(ids))
+        if new:
+            out.append(TextSequence(ids, "chat", f"{d.kind}:{d.group}"))
+            used += new
+    return out
+
+
+def _alignment_faking_sequences(tokenizer: Any, data_dir: Path, config: CorpusConfig) -> list[TextSequence]:
+    """Alignment-faking reasoning texts, each cut to half the source's token budget."""
+    bos = tokenizer.bos_token_id
+    out = []
+    for text, group in alignment_faking_texts(data_dir):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = ([bos] if bos is not None else []) + ids[: max(0, config.alignment_faking_tokens // 2)]
+        out.append(TextSequence(ids, "alignment_faking", group))
+    return out
 
 
 def generate_sequences(

@@ -63,7 +63,7 @@ class LatentSet:
 def find_cached_activations(fingerprint: str, dialogues: Sequence[Any], layer: int, max_tokens: int | None = 1024):
     """An existing activation cache (e.g. from `probewatch train`'s layer sweep) holding `layer`
     for exactly these dialogues, so fitting an SAE probe re-runs no forward pass."""
-    from probewatch.training.extract import CACHE_FORMAT, INDEX_FILE, ActivationSet, data_hash
+    from probewatch.training.activation_cache import CACHE_FORMAT, INDEX_FILE, ActivationSet, data_hash
 
     root = envs.activations_dir() / fingerprint.replace(":", "-")
     if not root.is_dir():
@@ -85,7 +85,8 @@ def find_cached_activations(fingerprint: str, dialogues: Sequence[Any], layer: i
 
 
 def activations_for(loaded: Any, dialogues: Sequence[Any], layer: int, name: str, progress: bool = True):
-    from probewatch.training.extract import ActivationUnion, extract_activations
+    from probewatch.training.activation_cache import ActivationUnion
+    from probewatch.training.extract import extract_activations
 
     found = find_cached_activations(loaded.fingerprint, dialogues, layer)
     if found is not None:
@@ -250,9 +251,10 @@ def fit_and_export_sae_probe(
         # the same data as `probewatch train` (model's own answers, auxiliary kinds), kind by kind, so the
         # activation caches of the linear probe's sweep are reused
         from probewatch.training.extract import contiguous_by_kind
-        from probewatch.training.pipeline import TrainConfig, _pool_data
+        from probewatch.training.stage_data import pool_data
+        from probewatch.training.train_config import TrainConfig
 
-        data = _pool_data(
+        data = pool_data(
             TrainConfig(
                 behaviour=behaviour,
                 data_dir=data_dir,

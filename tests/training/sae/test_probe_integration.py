@@ -124,9 +124,9 @@ def test_fit_export_and_live_parity(reference, reference_sae, tmp_path, monkeypa
     scores = runtime.score_layers({9: torch.randn(5, reference.d_model)})
     assert scores[m.id].shape == (5,)
     # the summary renders as a row of the SAE-vs-linear table in docs/quality.md
-    from probewatch.training.quality_doc import RunInfo, _sae_section
+    from probewatch.training.quality_doc import RunInfo, render_sae_section
 
     run = RunInfo(reference.model_id, reference.fingerprint, reference.n_layers, reference.d_model, 0.0, "-", 2, "-")
-    section = "\n".join(_sae_section({}, {m.id: summary}, run))
+    section = render_sae_section({}, {m.id: summary}, run)
     row = [line for line in section.splitlines() if line.startswith(f"| deception | `{m.id}`")][0]
     assert f"| {summary['n_latents']} latents |" in row and f"{summary['metrics']['auroc']:.3f}" in row

@@ -1,0 +1,184 @@
+"""Stage 5 of `probewatch train`: the final fit, Platt calibration, operating point and measurements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from probewatch.probes import Aggregation
+from probewatch.training.calibration import OperatingPoint, operating_point, platt_fit
+from probewatch.training.datasets import BehaviourData
+from probewatch.training.features import LayerData, score_all
+from probewatch.training.metrics import detection_metrics
+from probewatch.training.report import AtThreshold, ControlKindOperating, KindOperating, Metrics, OperatingSummary
+from probewatch.training.stage_activations import Activations, Splits
+from probewatch.training.stage_sweep import SweepOutcome
+from probewatch.training.sweep import PoolArrays, ProbeSpec, fit_probe, heldout_kind_recall, with_temperature
+from probewatch.training.train_config import TrainConfig
+
+
+@dataclass
+class FittedProbe:
+    """Stage 5: the final probe (Platt-folded), its operating point and every measurement."""
+
+    probe: Any
+    spec: ProbeSpec
+    aggregation: Aggregation
+    platt: tuple[float, float]
+    scores: np.ndarray  # every pool example, calibrated logits
+    control_scores: np.ndarray
+    point: OperatingPoint
+    metrics: Metrics
+    test: dict[str, Any]
+    ood: dict[str, dict[str, Any]]
+    heldout: dict[str, dict[str, Any]]
+    operating: OperatingSummary
+
+
+def fit_final(
+    config: TrainConfig, acts: Activations, splits: Splits, sweep: SweepOutcome, data: BehaviourData
+) -> FittedProbe:
+    chosen, pool = sweep.chosen, splits.pool
+    labels, fit_idx, val_idx, test_idx = pool.labels, pool.fit_idx, pool.val_idx, pool.test_idx
+    spec = ProbeSpec(
+        chosen.method,
+        chosen.layer,
+        chosen.token_selection,
+        chosen.per_token,
+        chosen.aggregation,
+        config.standardize,
+        C=chosen.C if (sweep.basis == "heldout_kind" and config.heldout_Cs and chosen.method == "logistic") else None,
+    )
+    ld, ood, control_ld = acts.layer(chosen.layer)
+    probe = fit_probe(spec, ld, pool, fit_idx, config.seed, config.balance_kinds)
+    w, b = probe.raw_linear_form()
+    base = Aggregation(method=chosen.aggregation, window=config.window, alpha=config.alpha)
+    (agg,) = with_temperature([base], w, b, ld, fit_idx, spec.token_selection)
+    raw = score_all(w, b, ld, spec.token_selection, [agg])[agg.method]
+    slope, offset = platt_fit(raw[val_idx], labels[val_idx])
+    probe.affine_(slope, offset)
+    agg = replace(agg, temperature=agg.temperature * slope)  # softmax weights are unchanged by the Platt map
+    w, b = probe.raw_linear_form()
+
+    def scored(data_: LayerData) -> np.ndarray:
+        return score_all(w, b, data_, spec.token_selection, [agg])[agg.method]
+
+    scores, control_scores = scored(ld), scored(control_ld)
+    hard = splits.hard_negatives
+    point = operating_point(
+        control_scores[splits.control_cal],
+        config.fpr,
+        scores[hard] if config.hard_negative_fpr is not None else None,
+        config.hard_negative_fpr,
+    )
+    threshold = point.value
+    test = detection_metrics(scores[test_idx], labels[test_idx], control_scores[splits.control_cal], config.fpr)
+    test["fpr_control_heldout"] = float((control_scores[splits.control_held] >= point.control_threshold).mean())
+    test["recall_at_fpr_negatives"] = detection_metrics(scores[test_idx], labels[test_idx], None, config.fpr)[
+        "recall_at_fpr"
+    ]
+    operating = operating_summary(scores, labels, pool, splits, control_scores, point)
+    ood_metrics = {}
+    for name, (od, od_labels) in ood.items():
+        s = scored(od)
+        ood_metrics[name] = detection_metrics(s, od_labels, control_scores[splits.control_cal], config.fpr)
+        y = np.asarray(od_labels)
+        ood_metrics[name]["at_shipped_threshold"] = {
+            "recall": float((s[y == 1] >= threshold).mean()) if (y == 1).any() else None,
+            "fpr_negatives": float((s[y == 0] >= threshold).mean()) if (y == 0).any() else None,
+        }
+    heldout = heldout_kind_recall(
+        spec, ld, pool, control_ld.subset(splits.control_cal), config.fpr, config.seed, config.balance_kinds, base
+    )
+    heldout_aurocs = [v["auroc"] for v in heldout.values() if v["auroc"] is not None]
+    test_kinds = pool.kinds[test_idx]
+    per_kind_test = {}
+    for kind in sorted(set(test_kinds.tolist())):
+        sel = test_kinds == kind
+        if len(set(labels[test_idx][sel].tolist())) == 2:
+            per_kind_test[kind] = detection_metrics(scores[test_idx][sel], labels[test_idx][sel])["auroc"]
+    metrics = Metrics(
+        auroc=test["auroc"],
+        auroc_test_per_kind=per_kind_test,
+        recall_at_fpr_control=test["recall_at_fpr"],
+        fpr=config.fpr,
+        fpr_control_heldout=test["fpr_control_heldout"],
+        auroc_heldout_kind=float(np.mean(heldout_aurocs)) if heldout_aurocs else None,
+        auroc_heldout_kind_per_kind={k: v["auroc"] for k, v in heldout.items()},
+        auroc_ood={k: v["auroc"] for k, v in ood_metrics.items()},
+        recall_at_fpr_control_ood={k: v["recall_at_fpr"] for k, v in ood_metrics.items()},
+        operating_point={k: v for k, v in operating.to_json().items() if k != "per_kind"},
+        n_test=len(test_idx),
+        split="grouped by source item (group)",
+    )
+    return FittedProbe(
+        probe,
+        spec,
+        agg,
+        (slope, offset),
+        scores,
+        control_scores,
+        point,
+        metrics,
+        test,
+        ood_metrics,
+        heldout,
+        operating,
+    )
+
+
+def operating_summary(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    pool: PoolArrays,
+    splits: Splits,
+    control_scores: np.ndarray,
+    point: OperatingPoint,
+) -> OperatingSummary:
+    """Both operating points measured on held-out data: test split (recall, FPR on its negatives =
+    honest answers in behaviour-laden contexts, per kind) and the held-out control half (per kind)."""
+    test = pool.test_idx
+    y = labels[test]
+    s = scores[test]
+    kinds = pool.kinds[test]
+
+    def at(t: float) -> AtThreshold:
+        held = splits.control_held
+        return AtThreshold(
+            threshold=float(t),
+            recall=float((s[y == 1] >= t).mean()) if (y == 1).any() else None,
+            fpr_negatives=float((s[y == 0] >= t).mean()) if (y == 0).any() else None,
+            fpr_control_heldout=float((control_scores[held] >= t).mean()),
+        )
+
+    per_kind: dict[str, KindOperating] = {}
+    for kind in sorted(set(kinds.tolist())):
+        sel = kinds == kind
+        yk, sk = y[sel], s[sel]
+        per_kind[kind] = KindOperating(
+            recall=float((sk[yk == 1] >= point.value).mean()) if (yk == 1).any() else None,
+            fpr_negatives=float((sk[yk == 0] >= point.value).mean()) if (yk == 0).any() else None,
+            n=int(sel.sum()),
+        )
+    control_per_kind: dict[str, ControlKindOperating] = {}
+    held_kinds = splits.control_kinds[splits.control_held]
+    for kind in dict.fromkeys(held_kinds.tolist()):
+        sel = splits.control_held[held_kinds == kind]
+        control_per_kind[str(kind)] = ControlKindOperating(
+            fpr=float((control_scores[sel] >= point.value).mean()), n=int(len(sel))
+        )
+    return OperatingSummary(
+        threshold=float(point.value),
+        set_by=point.set_by,
+        fpr_target=point.fpr,
+        hard_negative_fpr_target=point.hard_negative_fpr,
+        control_threshold=point.control_threshold,
+        hard_negative_threshold=point.hard_negative_threshold,
+        n_hard_negatives_calibration=int(len(splits.hard_negatives)),
+        shipped=at(point.value),
+        control_only=at(point.control_threshold),
+        per_kind=per_kind,
+        control_per_kind=control_per_kind,
+    )
