@@ -89,7 +89,7 @@ def _store(args: argparse.Namespace, readonly: bool = True):
 def _list(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
-        rows = store.list(
+        rows = store.find(
             probe=args.probe,
             status=args.status,
             generation_id=args.generation,

@@ -90,7 +90,7 @@ def _export_all(store, args: argparse.Namespace) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with open_private(args.out) as fh:  # 0600 like the store: it holds incident text
-        for incident in reversed(store.list(probe=args.probe, limit=10**9)):
+        for incident in reversed(store.find(probe=args.probe, limit=10**9)):
             full = store.get(int(incident.id or 0))
             record = {**full.to_json(), "events": [e.to_json() for e in store.events(int(incident.id or 0))]}
             fh.write(json.dumps(to_jsonable(record), ensure_ascii=False) + "\n")

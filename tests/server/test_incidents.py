@@ -18,10 +18,10 @@ def test_record_list_get_and_review(tmp_path):
     assert (a, b) == (1, 2) and store.count() == 2
     got = store.get(a)
     assert got.token_scores == [[7, 0.5], [8, 2.5]] and got.metadata == {"tenant": "x"} and got.status == "open"
-    assert [i.id for i in store.list()] == [2, 1]
-    assert [i.id for i in store.list(probe="ref")] == [2]
+    assert [i.id for i in store.find()] == [2, 1]
+    assert [i.id for i in store.find(probe="ref")] == [2]
     store.set_status(a, "acknowledged", note="looking")
-    assert [i.id for i in store.list(status="acknowledged")] == [1]
+    assert [i.id for i in store.find(status="acknowledged")] == [1]
     assert store.get(a).note == "looking"
     with pytest.raises(IncidentNotFoundError, match="no incident with id 99"):
         store.set_status(99, "resolved")
@@ -88,7 +88,7 @@ def test_rows_left_open_become_interrupted(tmp_path):
     b = store.record(make_incident(generation_id="g2"))
     assert store.mark_interrupted() == 1
     assert store.get(a).generation_status == "interrupted" and store.get(b).generation_status == "closed"
-    assert [i.id for i in store.list(generation_status="interrupted")] == [a]
+    assert [i.id for i in store.find(generation_status="interrupted")] == [a]
 
 
 # -- private data: store-text modes, pseudonyms, file modes, retention, deletion ---------------------------------
@@ -165,8 +165,8 @@ def test_retention_and_deletion_remove_the_text_from_disk(tmp_path):
     keep = store.record(make_incident(generation_id="new", prompt="recent"))
     gone = store.record(make_incident(generation_id="bye", prompt="SECRET-BYE-PROMPT"))
     assert store.purge_older_than(30) == 1
-    assert [i.generation_id for i in store.list()] == ["bye", "new"]
-    assert store.delete(ids=[gone]) == 1 and [i.id for i in store.list()] == [keep]
+    assert [i.generation_id for i in store.find()] == ["bye", "new"]
+    assert store.delete(ids=[gone]) == 1 and [i.id for i in store.find()] == [keep]
     store.close()
     raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("inc.sqlite3"))
     assert b"SECRET-OLD-PROMPT" not in raw and b"SECRET-BYE-PROMPT" not in raw and b"recent" in raw

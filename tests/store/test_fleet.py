@@ -103,7 +103,7 @@ def test_two_sidecars_one_postgresql_lose_nothing(tiny, postgres):
 
     distinct = 2 * PER_SIDECAR - SHARED
     store = IncidentStore.open(url, readonly=True)
-    rows = store.list(limit=100_000)
+    rows = store.find(limit=100_000)
     assert len(rows) == store.count() == 3 * distinct  # nothing lost, nothing duplicated
     assert len({(r.generation_id, r.probe) for r in rows}) == 3 * distinct
     assert all(r.generation_status == "closed" and r.response == f"response of {r.generation_id}" for r in rows)

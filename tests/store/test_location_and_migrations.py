@@ -91,7 +91,7 @@ def test_a_store_from_before_migrations_is_upgraded_in_place(tmp_path):
     ):
         IncidentStore.open(db, readonly=True)
     store = IncidentStore.open(db)
-    assert [(i.id, i.generation_id) for i in store.list()] == [(3, "g1#dup3"), (2, "g2"), (1, "g1")]
+    assert [(i.id, i.generation_id) for i in store.find()] == [(3, "g1#dup3"), (2, "g2"), (1, "g1")]
     assert store.get(1).metadata == {"a": "b"} and store.get(1).label is None
     assert store.record_alert(store.get(1)) == 1  # now unique per (generation, probe)
     store.label(2, "alice", "true_positive")

@@ -36,8 +36,8 @@ def test_record_get_list_and_reopen(store_location):
     assert got.tokens == [[7, 101], [8, 102]] and got.prompt_length == 7
     assert got.context["ref"] == {"score": -1.0, "flagged": False}
     assert got.created_at.endswith("+00:00") and got.early is False and got.label is None
-    assert [i.id for i in store.list()] == [2, 1]
-    assert [i.id for i in store.list(probe="ref")] == [2]
+    assert [i.id for i in store.find()] == [2, 1]
+    assert [i.id for i in store.find(probe="ref")] == [2]
     with pytest.raises(IncidentNotFoundError, match="no incident with id 99"):
         store.get(99)
     store.close()
@@ -106,7 +106,7 @@ def test_concurrent_writers_lose_and_duplicate_nothing(store_location):
     assert not errors, errors
     expected = (20 + 8 * 20) * 2  # 20 shared generations once, 20 own per thread; two probes each
     assert stores[0].count() == expected
-    rows = stores[0].list(limit=10_000)
+    rows = stores[0].find(limit=10_000)
     assert len({(r.generation_id, r.probe) for r in rows}) == expected
     assert all(r.generation_status == "closed" for r in rows)
     for s in stores:

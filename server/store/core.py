@@ -1,0 +1,179 @@
+"""What every client of the store shares: the location, the engine, opening (create, migrate, prove a
+write), one-transaction read and write connections, and the store's own secrets.
+
+Every write is one transaction that commits before the call returns. Thread-safe: SQLAlchemy's pool
+hands each call its own connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Self
+
+from sqlalchemy import Connection, Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from probewatch.server.store import connect, migrate
+from probewatch.server.store.location import StoreLocation, parse_location
+from probewatch.server.store.privacy import DEFAULT_MAX_CHARS, TextPolicy
+from probewatch.server.store.records import IncidentStoreError
+from probewatch.server.store.tables import store_meta
+
+log = logging.getLogger(__name__)
+
+
+class StoreCore:
+    """The connection core the writer, review and query clients share (see `store.IncidentStore`)."""
+
+    def __init__(
+        self,
+        location: StoreLocation,
+        engine: Engine,
+        readonly: bool = False,
+        policy: TextPolicy | None = None,
+        writer: str | None = None,
+    ) -> None:
+        self.location = location
+        self.engine = engine
+        self.readonly = readonly
+        self.policy: TextPolicy = policy or TextPolicy("full")
+        self.writer = writer or socket.gethostname()
+        self._insert = _dialect_insert(engine.dialect.name)
+
+    @property
+    def path(self) -> Path | str:
+        """The SQLite file, or the database URL with its password masked (for messages)."""
+        return self.location.path if self.location.path is not None else self.location.display
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    @classmethod
+    def open(
+        cls,
+        location: str | Path,
+        readonly: bool = False,
+        store_text: str = "full",
+        max_text_chars: int = DEFAULT_MAX_CHARS,
+        policy: TextPolicy | None = None,
+        writer: str | None = None,
+    ) -> Self:
+        """Open (creating and migrating when needed) the store at a SQLite path or a database URL.
+
+        Writers (readonly=False) create the store, upgrade its schema and prove it takes a write
+        now, so a bad location is a start-up error rather than alerts lost later. Readers never
+        create or migrate. `store_text` / `policy`: what rows keep of prompts and responses.
+        """
+        loc = parse_location(location)
+        try:
+            # the pseudonym key lives in the store: set once it is open (readers write nothing)
+            text_policy = policy or TextPolicy(store_text, max_chars=max_text_chars)
+        except ValueError as exc:
+            raise IncidentStoreError(str(exc)) from None
+        store = cls(loc, _open_engine(loc, readonly), readonly=readonly, policy=text_policy, writer=writer)
+        if policy is None and not readonly:
+            # one key per store, shared by every replica: a user's pseudonym is the same in all rows
+            text_policy.key = store.pseudonym_key()
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        if self.readonly:
+            raise IncidentStoreError(f"the incident store at {self.location.display} is open read-only")
+        with self.engine.connect().execution_options(**connect.WRITE) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def secret(self, name: str) -> bytes:
+        """A random 32-byte key kept in the store (made on first use; every process and replica shares it)."""
+        with self._write() as conn:
+            stmt = self._insert(store_meta).values(key=name, value=os.urandom(32).hex())
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=[store_meta.c.key]))
+            value = conn.execute(select(store_meta.c.value).where(store_meta.c.key == name)).scalar_one()
+        return bytes.fromhex(value)
+
+    def pseudonym_key(self) -> bytes:
+        """The store's key for keyed pseudonyms of identifying metadata (a redacting text policy uses it)."""
+        return self.secret("pseudonym_key")
+
+
+def _open_engine(loc: StoreLocation, readonly: bool) -> Engine:
+    """An engine on a store that is there and current; a writer's is migrated and proven to take a write."""
+    where = loc.display
+    hint = "(pass a writable --incident-db PATH or URL, or set PROBEWATCH_INCIDENT_DB)"
+    engine = None
+    try:
+        if loc.path is not None:
+            _prepare_sqlite_file(loc.path, readonly)
+        engine = connect.make_engine(loc, readonly=readonly)
+        if readonly:
+            migrate.check_current(engine, where)
+        else:
+            before = migrate.upgrade(engine, where)
+            if before and before != migrate.head_revision():
+                log.info("incident store %s upgraded from schema %s to %s", where, before, migrate.head_revision())
+            with engine.connect().execution_options(**connect.WRITE) as conn, conn.begin():
+                pass  # a write transaction: proves the lock can be taken now (read-only mounts, permissions)
+            if loc.path is not None:
+                connect.private_file(loc.path)  # the -wal/-shm files exist now: none wider than the database
+    except IncidentStoreError:
+        if engine is not None:
+            engine.dispose()
+        raise
+    except (OSError, SQLAlchemyError) as exc:
+        if engine is not None:
+            engine.dispose()
+        raise IncidentStoreError(f"cannot open the incident store at {where}: {_reason(exc)} {hint}") from exc
+    return engine
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's own message (SQLAlchemy's wrapper adds the statement and a docs link)."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _dialect_insert(name: str) -> Any:
+    if name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    if name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert
+    raise IncidentStoreError(f"unsupported database backend {name!r}")
+
+
+def _prepare_sqlite_file(path: Path, readonly: bool) -> None:
+    if readonly:
+        if not path.is_file():
+            raise IncidentStoreError(
+                f"no incident store at {path} (the sidecar creates it on startup; pass --db or set PROBEWATCH_INCIDENT_DB)"
+            )
+        return
+    if path.is_dir():
+        raise IncidentStoreError(f"incident store path {path} is a directory; pass a file path")
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    connect.private_file(path)
