@@ -4,9 +4,10 @@ Why raw bytes: a [n, 576] float32 block serialises as one memcpy, where `repeate
 cost a varint write per value and ~25% more bytes. Decoding is zero-copy for float32
 (`np.frombuffer`) and one vectorised conversion for float16/bfloat16.
 
-Every decode validates the message against what the sidecar expects and raises `WireError`
-carrying the gRPC status code the servicer answers with (INVALID_ARGUMENT for a wrong dtype,
-shape/byte-length disagreement, wrong width, NaN/Inf rows).
+Every decode validates the message against what the sidecar expects and raises `CodecError`
+naming the problem (a wrong dtype, shape/byte-length disagreement, wrong width, NaN/Inf rows);
+the sidecar answers it INVALID_ARGUMENT (server/sidecar/status.py). Both sides import this module,
+so it knows no gRPC.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import math
 from collections.abc import Sequence
 from typing import cast
 
-import grpc
 import numpy as np
 
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
@@ -29,17 +29,16 @@ _DTYPES: dict[int, tuple[np.dtype, int, str]] = {
 DTYPE_BY_NAME = {name: code for code, (_, _, name) in _DTYPES.items()}
 
 
-class WireError(Exception):
-    """A message the sidecar refuses; `code` is the gRPC status it is answered with."""
+class CodecError(ValueError):
+    """A tensor message that does not hold what it claims (or what the receiver expects)."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.code = code
         self.message = message
 
 
-def invalid(message: str) -> WireError:
-    return WireError(grpc.StatusCode.INVALID_ARGUMENT, message)
+def invalid(message: str) -> CodecError:
+    return CodecError(message)
 
 
 def encode_array(array: np.ndarray, dtype: str = "float32") -> pb.Tensor:
@@ -95,7 +94,7 @@ def decode_tensor(msg: pb.Tensor, what: str = "payload") -> np.ndarray:
 
 
 def decode_rows(msg: pb.Tensor, n_rows: int, n_cols: int, what: str) -> np.ndarray:
-    """A [n_rows, n_cols] block of finite values, or WireError(INVALID_ARGUMENT) naming the problem."""
+    """A [n_rows, n_cols] block of finite values, or CodecError naming the problem."""
     if len(msg.shape) != 2:
         raise invalid(f"{what}: payload must be 2-D [n_positions, width], got shape {list(msg.shape)}")
     array = decode_tensor(msg, what)

@@ -156,7 +156,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _default(field: str):
-    from probewatch.server.sidecar.process import SidecarConfig
+    from probewatch.server.sidecar.config import SidecarConfig
 
     return SidecarConfig.model_fields[field].default
 
@@ -209,8 +209,9 @@ def _run(args: argparse.Namespace) -> int:
     import threading
 
     from probewatch import envs
+    from probewatch.server.sidecar.config import server_credentials, sidecar_config_for
     from probewatch.server.sidecar.memory import bound_allocator_retention
-    from probewatch.server.sidecar.process import Sidecar, server_credentials, sidecar_config_for
+    from probewatch.server.sidecar.process import Sidecar
     from probewatch.server.sidecar.webhook import validate_webhook_url
     from probewatch.server.store import IncidentStore, parse_location
 

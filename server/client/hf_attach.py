@@ -111,7 +111,7 @@ class _Call:
 
     def __init__(
         self,
-        monitor: Monitor,
+        monitor: AttachedModel,
         plan: Plan,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
@@ -247,7 +247,7 @@ class _Call:
         return step.selection
 
 
-class Monitor:
+class AttachedModel:
     """The attach handle: wraps `model.generate`; `detach()` restores it."""
 
     def __init__(
@@ -319,7 +319,7 @@ class Monitor:
             self.client.stop()
         self.metrics.monitoring_up.set(0)
 
-    def __enter__(self) -> Monitor:
+    def __enter__(self) -> AttachedModel:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -454,7 +454,7 @@ def attach(
     wait_s: float = 0.0,
     metrics: ClientMetrics | None = None,
     **settings,
-) -> Monitor:
+) -> AttachedModel:
     """Wrap `model.generate` so every generation is monitored by the sidecar at `sidecar`.
 
     Returns immediately (the connection is made in the background); `wait_s` > 0 waits that long
@@ -462,7 +462,7 @@ def attach(
     returned monitor is inert and the model is untouched.
     """
     config = AttachConfig.model_validate({"mode": mode, **({"sidecar": sidecar} if sidecar else {}), **settings})
-    monitor = Monitor(model, tokenizer, config, metrics)
+    monitor = AttachedModel(model, tokenizer, config, metrics)
     if wait_s > 0 and monitor.enabled:
         monitor.wait_ready(wait_s)
     return monitor
@@ -473,7 +473,7 @@ __all__ = [
     "GenerationHandle",
     "GenerationResult",
     "LayerCapture",
-    "Monitor",
+    "AttachedModel",
     "Plan",
     "SidecarLink",
     "attach",

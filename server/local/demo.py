@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from probewatch.cli.common import add_bundles_arg
 from probewatch.errors import ProbewatchError
 
 
@@ -69,31 +69,6 @@ class Row:
     done: bool = False
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_bundles_arg(parser, "bundle folders (default: the shipped bundles for the model)")
-    parser.add_argument("--mode", choices=["rows", "pushdown"], default="rows", help="attach mode")
-    parser.add_argument("--max-tokens", type=int, default=48, help="tokens generated per conversation")
-    parser.add_argument(
-        "--incident-db",
-        default=None,
-        metavar="PATH_OR_URL",
-        help="incident store (default: $PROBEWATCH_INCIDENT_DB or $PROBEWATCH_HOME/incidents.sqlite3)",
-    )
-    parser.add_argument("--serve", action="store_true", help="keep serving after the script (Ctrl-C to stop)")
-    parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
-    parser.add_argument(
-        "--port", type=int, default=0, help="HTTP port (default: ephemeral; 8000 is usual with --serve)"
-    )
-    parser.add_argument("--metrics-port", type=int, default=0, help="sidecar /metrics port (default: ephemeral)")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=180.0,
-        help="seconds one conversation may go without a response from the endpoint before the demo "
-        "stops with an error naming it (default 180)",
-    )
-
-
 def _bundles_or_explain(model: str | None, bundles: list[str] | None) -> list[Path]:
     from probewatch.bundle_index import default_bundle_dirs, resolve_bundle_specs, shipped_root
     from probewatch.models import model_id_for
@@ -112,7 +87,8 @@ def _bundles_or_explain(model: str | None, bundles: list[str] | None) -> list[Pa
     return paths
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, on_summary: Callable[[dict[str, Any]], None] | None = None) -> int:
+    """Play the scenarios through a local stack; `on_summary` gets the summary (the CLI prints it with --json)."""
     import logging
 
     import httpx
@@ -169,10 +145,8 @@ def main(args: argparse.Namespace) -> int:
         new_incidents = [i for i in _incident_rows(incident_db) if i.id not in before]
         summary = _summary(rows, probes, new_incidents, metrics_text, stack, incident_db)
         _print_summary(console, summary)
-        if args.json:
-            from probewatch.cli.common import print_json
-
-            print_json(summary)
+        if on_summary is not None:
+            on_summary(summary)
         if summary["problems"]:
             return 1
         if args.serve:
@@ -287,7 +261,7 @@ def _incident_rows(path: str | Path):
 
     store = IncidentStore.open(path, readonly=True)
     try:
-        return store.list(limit=100_000)
+        return store.find(limit=100_000)
     finally:
         store.close()
 

@@ -33,21 +33,26 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
-from probewatch.proto.codec import WireError, check_positions, decode_rows, encode_array, invalid
+from probewatch.probes.bundle import LINEAR_KINDS
+from probewatch.proto.codec import CodecError, check_positions, decode_rows, encode_array
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
-from probewatch.server.sidecar.engine import (
-    _END,
-    PROJECTIONS,
-    ROWS,
-    ChunkWork,
-    CloseWork,
-    EndWork,
-    StreamState,
-    is_linear,
-    layer_prompt_rows,
-    short_id,
+from probewatch.server.sidecar.engine import PROJECTIONS, ROWS
+from probewatch.server.sidecar.errors import (
+    InvalidInput,
+    Overloaded,
+    Refused,
+    ScoringFailed,
+    TimedOut,
+    TooLarge,
+    UnknownProbe,
+    WrongModel,
 )
+from probewatch.server.sidecar.generations import short_id
+from probewatch.server.sidecar.specs import layer_prompt_rows
+from probewatch.server.sidecar.status import grpc_status
+from probewatch.server.sidecar.streams import END, StreamState
+from probewatch.server.sidecar.work import ChunkWork, CloseWork, EndWork
 
 if TYPE_CHECKING:
     from probewatch.server.sidecar.process import Sidecar
@@ -144,7 +149,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
                     layer=layer,
                     probe_ids=list(stack.probe_ids) if stack else [],
                     projection=encode_array(stack.weight.cpu().numpy()) if stack else None,
-                    rows_required=layer in sae_layers or any(not is_linear(s.kind) for s in on_layer),
+                    rows_required=layer in sae_layers or any(s.kind not in LINEAR_KINDS for s in on_layer),
                     prompt_rows=layer_prompt_rows(on_layer),
                 )
             )
@@ -168,12 +173,13 @@ class MonitorServicer(pb_grpc.MonitorServicer):
     def Score(self, request, context):
         try:
             if isinstance(request, BadMessage):
-                raise invalid(request.reason)
+                raise InvalidInput(request.reason)
             self._check_size(request, "ScoreRequest")
             return self._score(request)
-        except WireError as exc:
-            self._reject(exc.code)
-            context.abort(exc.code, exc.message)
+        except (Refused, CodecError) as exc:
+            code = grpc_status(exc)
+            self._reject(code)
+            context.abort(code, exc.message)
         except Exception:  # a bug answers INTERNAL without echoing internals
             log.exception("Score failed")
             self.metrics.internal_errors.labels(component="stream").inc()
@@ -183,46 +189,40 @@ class MonitorServicer(pb_grpc.MonitorServicer):
     def _score(self, request: pb.ScoreRequest) -> pb.ScoreResponse:
         fp = self.sidecar.config.fingerprint
         if request.model_fingerprint and request.model_fingerprint != fp:
-            raise WireError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"model fingerprint {request.model_fingerprint} does not match the sidecar's {fp}",
-            )
+            raise WrongModel(f"model fingerprint {request.model_fingerprint} does not match the sidecar's {fp}")
         unknown = [p for p in request.probe_ids if p not in self.engine.specs]
         if unknown:
             shown = ", ".join(short_id(p) for p in unknown[:5]) + (
                 f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
             )
-            raise WireError(
-                grpc.StatusCode.NOT_FOUND,
-                f"unknown probe(s) {shown}; loaded probes: {', '.join(self.engine.specs)}",
-            )
+            raise UnknownProbe(f"unknown probe(s) {shown}; loaded probes: {', '.join(self.engine.specs)}")
         if request.prompt_length < 0:
-            raise invalid("negative prompt_length")
+            raise InvalidInput("negative prompt_length")
         payloads: dict[int, tuple[str, np.ndarray]] = {}
         n_rows = None
         for lp in request.layers:
             if lp.layer in payloads:
-                raise invalid(f"layer {lp.layer} given twice")
+                raise InvalidInput(f"layer {lp.layer} given twice")
             kind, width = self._layer_kind(lp.layer, lp.kind)
             shape = list(lp.payload.shape)
             n = int(shape[0]) if shape else 0
             data = self._decode(lp.payload, n, width, f"layer {lp.layer}")
             if n_rows is not None and n != n_rows:
-                raise invalid(
+                raise InvalidInput(
                     f"layer {lp.layer} carries {n} rows but an earlier layer {n_rows}; one sequence per request"
                 )
             n_rows = n
             payloads[lp.layer] = (kind, data)
         if not payloads:
-            raise invalid("ScoreRequest carries no layers")
+            raise InvalidInput("ScoreRequest carries no layers")
         for pid in request.probe_ids:
             layer = self.engine.specs[pid].layer
             if layer not in payloads:
-                raise invalid(f"probe {pid} reads layer {layer}, which the request does not carry")
+                raise InvalidInput(f"probe {pid} reads layer {layer}, which the request does not carry")
         results = self.engine.score_now(payloads, int(request.prompt_length), list(request.probe_ids))
         for r in results:
             if not np.isfinite(r.scores).all():
-                raise invalid(f"probe {r.spec.id}: a row scores non-finite (activations beyond float32 range)")
+                raise InvalidInput(f"probe {r.spec.id}: a row scores non-finite (activations beyond float32 range)")
         return pb.ScoreResponse(
             probes=[
                 pb.ProbeScores(
@@ -251,7 +251,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             peak = float(np.abs(data).max())
             if peak > bound:
                 row = int(np.flatnonzero(np.abs(data).max(axis=1) > bound)[0])
-                raise invalid(
+                raise InvalidInput(
                     f"{what}: values up to {peak:.3g} (first at row {row}) exceed ±{bound:g} "
                     "(--max-abs-activation); activations that large cannot be scored reliably"
                 )
@@ -261,24 +261,24 @@ class MonitorServicer(pb_grpc.MonitorServicer):
         """(kind name, expected width) of a payload for `layer`, or INVALID_ARGUMENT."""
         if kind == pb.PAYLOAD_KIND_RESIDUAL_ROWS:
             if layer not in self.row_layers:
-                raise invalid(f"no probe reads layer {layer}; capture layers {sorted(self.row_layers)}")
+                raise InvalidInput(f"no probe reads layer {layer}; capture layers {sorted(self.row_layers)}")
             return ROWS, self.d_model
         if kind == pb.PAYLOAD_KIND_PROJECTIONS:
             stack = self.runtime.stacks.get(layer)
             if stack is None:
-                raise invalid(
+                raise InvalidInput(
                     f"no linear probe reads layer {layer}: no projections to score "
                     f"(pushdown layers: {sorted(self.runtime.stacks)})"
                 )
             return PROJECTIONS, stack.k
-        raise invalid(f"payload kind {kind} is neither RESIDUAL_ROWS nor PROJECTIONS")
+        raise InvalidInput(f"payload kind {kind} is neither RESIDUAL_ROWS nor PROJECTIONS")
 
     # -- live stream ------------------------------------------------------------------------------------
     def Monitor(self, request_iterator, context):
         if self.engine.draining:
             self._reject(grpc.StatusCode.UNAVAILABLE)
             context.abort(grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down; reconnect once it is back")
-        stream = StreamState(context.peer(), self.config.outbox_size)
+        stream = StreamState(context.peer(), self.config.outbox_size, self.metrics)
         self.metrics.active_streams.inc()
 
         def on_overflow() -> None:  # from the scoring worker: the client stopped reading its responses
@@ -315,7 +315,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
                         log.exception("stream %s housekeeping failed", stream.id)
                         self.metrics.internal_errors.labels(component="stream").inc()
                     continue
-                if msg is _END:
+                if msg is END:
                     break
                 yield msg
             if stream.end_status is not None and context.is_active():
@@ -332,17 +332,15 @@ class MonitorServicer(pb_grpc.MonitorServicer):
         now = time.time()
         for gen in list(stream.generations.values()):
             if not gen.closing and now - gen.opened_at > config.generation_ttl_s:
-                self._reject(grpc.StatusCode.DEADLINE_EXCEEDED)
                 log.warning(
                     "generation %s open for over %gs (--generation-ttl): aborted", gen.id, config.generation_ttl_s
                 )
-                stream.error(
-                    gen.id,
-                    WireError(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                stream.refuse(
+                    TimedOut(
                         f"generation {gen.id} was open for over {config.generation_ttl_s:g}s (--generation-ttl); "
-                        "it ends aborted",
+                        "it ends aborted"
                     ),
+                    gen.id,
                 )
                 self.engine.submit_control(CloseWork(gen, status="aborted"))
         open_generations = [g for g in stream.generations.values() if not g.closing]
@@ -379,8 +377,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
                 except Exception:  # one message's bug must not end the stream
                     log.exception("stream %s: handling a message failed", stream.id)
                     self.metrics.internal_errors.labels(component="stream").inc()
-                    self._reject(grpc.StatusCode.INTERNAL)
-                    stream.error("", WireError(grpc.StatusCode.INTERNAL, "the sidecar failed on this message (logged)"))
+                    stream.refuse(ScoringFailed("the sidecar failed on this message (logged)"))
         except Exception as exc:  # noqa: BLE001 - transport end: the stream's generations are aborted below
             code = getattr(context, "code", lambda: None)()
             if code is None and isinstance(exc, grpc.RpcError):
@@ -396,8 +393,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
 
     def _handle(self, stream: StreamState, request: pb.MonitorRequest | BadMessage) -> None:
         if isinstance(request, BadMessage):
-            self._reject(grpc.StatusCode.INVALID_ARGUMENT)
-            stream.error("", invalid(request.reason))
+            stream.refuse(InvalidInput(request.reason))
             return
         which = request.WhichOneof("msg")
         gid, layer = "", -1
@@ -407,14 +403,14 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             elif which in ("open", "close"):
                 gid = getattr(request, which).generation_id
             if gid:
-                self.engine.check_generation_id(gid)
+                self.engine.generations.check_id(gid)
             self._check_size(request, f"generation {short_id(gid) or '?'} {which}")
             if which == "open":
                 self.engine.open_generation(stream, request.open)
             elif which == "chunk":
                 self._chunk(stream, request.chunk)
             elif which == "close":
-                gen = self.engine.lookup(stream, gid)
+                gen = self.engine.generations.lookup(stream, gid)
                 close = request.close
                 gen.prompt_text = close.prompt_text or None
                 gen.response_text = close.response_text or None
@@ -423,13 +419,12 @@ class MonitorServicer(pb_grpc.MonitorServicer):
                     log.warning("generation %s: the client stopped monitoring it: %s", gid, close.abort_reason[:200])
                 self.engine.submit_control(CloseWork(gen, status="aborted" if close.abort_reason else "closed"))
             else:
-                raise invalid("empty MonitorRequest (set open, chunk or close)")
-        except WireError as exc:
-            self._reject(exc.code)
+                raise InvalidInput("empty MonitorRequest (set open, chunk or close)")
+        except (Refused, CodecError) as exc:
             rejected = stream.generations.get(gid)
             if rejected is not None:
                 rejected.rejected_chunks += 1
-            stream.error(short_id(gid, self.engine.limits.max_generation_id_bytes), exc, layer)
+            stream.refuse(exc, short_id(gid, self.engine.limits.max_generation_id_bytes), layer)
 
     def _check_size(self, message, what: str) -> None:
         limit = self.sidecar.config.max_message_bytes
@@ -445,19 +440,18 @@ class MonitorServicer(pb_grpc.MonitorServicer):
         else:
             size = message.ByteSize()
         if size > limit:
-            raise WireError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{what}: message of {size} bytes is over the {limit}-byte limit; split it into smaller chunks",
+            raise TooLarge(
+                f"{what}: message of {size} bytes is over the {limit}-byte limit; split it into smaller chunks"
             )
 
     def _chunk(self, stream: StreamState, chunk: pb.ActivationChunk) -> None:
         received = time.perf_counter()
-        gen = self.engine.lookup(stream, chunk.generation_id)
+        gen = self.engine.generations.lookup(stream, chunk.generation_id)
         what = f"generation {gen.id} layer {chunk.layer}"
         kind, width = self._layer_kind(chunk.layer, chunk.kind)
         positions = check_positions(chunk.positions, gen.last_position.get(chunk.layer, -1), what)
         if chunk.token_ids and len(chunk.token_ids) != len(positions):
-            raise invalid(f"{what}: {len(chunk.token_ids)} token_ids for {len(positions)} positions")
+            raise InvalidInput(f"{what}: {len(chunk.token_ids)} token_ids for {len(positions)} positions")
         data = self._decode(chunk.payload, len(positions), width, what)
         gen.last_position[chunk.layer] = int(positions[-1])
         token_ids = np.asarray(chunk.token_ids, dtype=np.int64) if chunk.token_ids else None
@@ -472,8 +466,4 @@ class MonitorServicer(pb_grpc.MonitorServicer):
         )
         if not self.engine.submit_chunk(work):
             # not a malformed message: counted in probewatch_dropped_chunks_total{reason="queue_full"}
-            stream.error(
-                gen.id,
-                WireError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{what}: scoring queue full; chunk dropped"),
-                chunk.layer,
-            )
+            stream.refuse(Overloaded(f"{what}: scoring queue full; chunk dropped"), gen.id, chunk.layer, count=False)

@@ -73,7 +73,8 @@ def tiny_bundles(tmp_path_factory, tiny_fp) -> list[Path]:
 @pytest.fixture
 def start_sidecar(tmp_path, tiny_fp, tiny_bundles) -> Iterator[Callable]:
     """start_sidecar(**config overrides) -> a started Sidecar (stopped at teardown)."""
-    from probewatch.server.sidecar.process import Sidecar, SidecarConfig
+    from probewatch.server.sidecar.config import SidecarConfig
+    from probewatch.server.sidecar.process import Sidecar
 
     started = []
 

@@ -228,7 +228,8 @@ def test_full_capture_queue_drops_counts_and_never_blocks(tiny_model, start_side
 
 
 def test_sidecar_for_another_model_is_refused(tmp_path, tiny_model, caplog):
-    from probewatch.server.sidecar.process import Sidecar, SidecarConfig
+    from probewatch.server.sidecar.config import SidecarConfig
+    from probewatch.server.sidecar.process import Sidecar
     from tests.probes.helpers import make_bundle
 
     other = "pwfp1:" + "cd" * 16

@@ -12,7 +12,7 @@ import grpc
 import httpx
 import pytest
 
-from probewatch.benchmarks.overhead_ingest import SidecarProcess
+from probewatch.benchmarks.harness import SidecarProcess
 from probewatch.cli.main import main
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
@@ -115,7 +115,8 @@ def test_security_settings_are_checked_at_startup(capsys, tmp_path, tiny_folder,
     (unverified / "manifest.json").write_text(_json.dumps(manifest))
     code, err = _serve(capsys, "--model", tiny_folder, "--bundles", unverified, "--no-incidents")
     assert code == 2 and "records no weights_sha256" in err and "--allow-unverified-bundles" in err
-    from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
+    from probewatch.server.sidecar.config import sidecar_config_for
+    from probewatch.server.sidecar.process import Sidecar
 
     config = sidecar_config_for(str(tiny_folder), [str(unverified)], allow_unverified_bundles=True, port=0)
     assert [b.id for b in Sidecar(config).runtime.bundles] == ["dec"]

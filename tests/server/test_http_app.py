@@ -242,7 +242,7 @@ API_KEY = "pw-test-key-0123456789"
 
 @pytest.fixture
 def guarded(chat_folder, tmp_path):
-    from probewatch.server.inference.http_app import HTTPLimits
+    from probewatch.server.inference.limits import HTTPLimits
 
     limits = HTTPLimits(
         api_keys=(API_KEY,), max_request_bytes=4096, max_context_tokens=40, max_completion_tokens=8, max_waiting=1

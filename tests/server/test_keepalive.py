@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from probewatch.benchmarks.overhead_ingest import SidecarProcess
+from probewatch.benchmarks.harness import SidecarProcess
 from probewatch.server.client.hf_attach import attach
 
 pytestmark = pytest.mark.compat

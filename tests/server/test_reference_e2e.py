@@ -15,7 +15,8 @@ from probewatch.data.dialogue import Dialogue, Message
 from probewatch.probes import ProbeRuntime, load_bundles
 from probewatch.scoring import score_dialogues
 from probewatch.server.client.hf_attach import attach
-from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
+from probewatch.server.sidecar.config import sidecar_config_for
+from probewatch.server.sidecar.process import Sidecar
 from probewatch.server.store import IncidentStore
 from tests.server.grpc_helpers import metric_value
 

@@ -18,7 +18,8 @@ from probewatch.probes import Aggregation, Manifest, ModelRef, ProbeRuntime, Thr
 from probewatch.probes.saes.feature_probe import save_feature_bundle
 from probewatch.scoring import score_dialogues
 from probewatch.server.client.hf_attach import attach
-from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
+from probewatch.server.sidecar.config import sidecar_config_for
+from probewatch.server.sidecar.process import Sidecar
 from probewatch.server.store import IncidentStore
 from tests.components import missing
 from tests.server.grpc_helpers import metric_value

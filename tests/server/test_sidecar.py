@@ -281,9 +281,9 @@ def test_message_over_the_transport_limit_ends_only_that_stream(start_sidecar, t
     assert bystander.wait_summary("b").tokens_scored == 2
     bystander.close()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not IncidentStore.open(tmp_path / "incidents.sqlite3", readonly=True).list():
+    while time.monotonic() < deadline and not IncidentStore.open(tmp_path / "incidents.sqlite3", readonly=True).find():
         time.sleep(0.05)
-    incidents = IncidentStore.open(tmp_path / "incidents.sqlite3", readonly=True).list(generation_id="v")
+    incidents = IncidentStore.open(tmp_path / "incidents.sqlite3", readonly=True).find(generation_id="v")
     assert [(i.probe, i.generation_status, i.early) for i in incidents] == [("dec", "aborted", True)]
     assert metric_value(scrape(sidecar.metrics_port), "probewatch_generations_total", status="aborted") == 1
 

@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
-from probewatch.benchmarks.overhead_ingest import SidecarProcess
+from probewatch.benchmarks.harness import SidecarProcess
 from probewatch.cli.main import main
 from probewatch.probes import ProbeRuntime, load_bundles
 from probewatch.server.store import Incident, IncidentStore
@@ -142,7 +142,7 @@ def test_bounded_memory_private_store_and_bind_addresses(serve, tmp_path, tiny_f
     grpc_port = int(sidecar.address.rsplit(":", 1)[1])
     assert listening_address(grpc_port) == "127.0.0.1" and listening_address(sidecar.metrics_port) == "127.0.0.1"
     # retention ran at start-up
-    assert [i.generation_id for i in IncidentStore.open(db, readonly=True).list()] == ["recent-gen"]
+    assert [i.generation_id for i in IncidentStore.open(db, readonly=True).find()] == ["recent-gen"]
     assert IncidentStore.open(db, readonly=True).get(recent).generation_id == "recent-gen"
 
     client = StreamClient(sidecar.address)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from probewatch.proto.codec import WireError, check_positions, decode_rows, decode_tensor, encode_array, encode_tensor
+from probewatch.proto.codec import CodecError, check_positions, decode_rows, decode_tensor, encode_array, encode_tensor
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
+from probewatch.server.sidecar.status import grpc_status
 
 
 @pytest.mark.parametrize("dtype,atol", [("float32", 0), ("float16", 1e-2), ("bfloat16", 2e-2)])
@@ -30,26 +31,27 @@ def test_torch_bf16_and_fp16_keep_their_storage():
 
 
 def _code(exc_info) -> grpc.StatusCode:
-    return exc_info.value.code
+    """The status the sidecar answers a codec refusal with (the codec itself knows no gRPC)."""
+    return grpc_status(exc_info.value)
 
 
 def test_bad_tensors_are_invalid_argument():
     good = encode_array(np.ones((2, 3), np.float32))
-    with pytest.raises(WireError, match="unsupported dtype") as e:
+    with pytest.raises(CodecError, match="unsupported dtype") as e:
         decode_tensor(pb.Tensor(data=good.data, dtype=99, shape=[2, 3]))
     assert _code(e) == grpc.StatusCode.INVALID_ARGUMENT
-    with pytest.raises(WireError, match="needs 24 bytes but the message carries 20"):
+    with pytest.raises(CodecError, match="needs 24 bytes but the message carries 20"):
         decode_tensor(pb.Tensor(data=good.data[:20], dtype=pb.DTYPE_FLOAT32, shape=[2, 3]))
-    with pytest.raises(WireError, match="width 3 != expected 4"):
+    with pytest.raises(CodecError, match="width 3 != expected 4"):
         decode_rows(good, 2, 4, "x")
-    with pytest.raises(WireError, match="2 rows but 3 positions"):
+    with pytest.raises(CodecError, match="2 rows but 3 positions"):
         decode_rows(good, 3, 3, "x")
-    with pytest.raises(WireError, match="must be 2-D"):
+    with pytest.raises(CodecError, match="must be 2-D"):
         decode_rows(pb.Tensor(data=good.data, dtype=pb.DTYPE_FLOAT32, shape=[6]), 6, 1, "x")
     for bad in (np.nan, np.inf, -np.inf):
         rows = np.ones((3, 3), np.float32)
         rows[1, 2] = bad
-        with pytest.raises(WireError, match=r"1 row\(s\) contain NaN or Inf \(first at row 1\)"):
+        with pytest.raises(CodecError, match=r"1 row\(s\) contain NaN or Inf \(first at row 1\)"):
             decode_rows(encode_array(rows), 3, 3, "x")
 
 
@@ -62,5 +64,5 @@ def test_positions_rules():
         ([3, 1], -1, "strictly"),
         ([5], 5, "already sent"),
     ):
-        with pytest.raises(WireError, match=match):
+        with pytest.raises(CodecError, match=match):
             check_positions(positions, after, "x")

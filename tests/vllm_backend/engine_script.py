@@ -24,7 +24,8 @@ def speculative(out_path: str) -> None:
     import probewatch.server.client.vllm_plugin as pv
     from probewatch.models import load_model
     from probewatch.server.client.vllm_plugin.capture import captures
-    from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
+    from probewatch.server.sidecar.config import sidecar_config_for
+    from probewatch.server.sidecar.process import Sidecar
     from tests.vllm_backend.conftest import ENGINE_ARGS
 
     loaded = load_model("smollm2-135m-instruct")
@@ -131,7 +132,8 @@ def main(mode: str, out_path: str) -> None:
     if mode == "failopen":
         import probewatch.server.client.vllm_plugin as pv
         from probewatch.server.client.vllm_plugin.capture import captures
-        from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
+        from probewatch.server.sidecar.config import sidecar_config_for
+        from probewatch.server.sidecar.process import Sidecar
 
         capture = captures()[0]
         registry = capture.metrics.registry

@@ -40,7 +40,8 @@ def engine(bundles, model_path, tmp_path_factory):
     from vllm import LLM
 
     from probewatch.server.client.vllm_plugin.capture import captures
-    from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
+    from probewatch.server.sidecar.config import sidecar_config_for
+    from probewatch.server.sidecar.process import Sidecar
 
     config = sidecar_config_for(
         None,

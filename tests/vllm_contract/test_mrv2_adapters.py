@@ -58,7 +58,8 @@ def probes(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sidecar(probes, tmp_path_factory, release_source):
-    from probewatch.server.sidecar.process import Sidecar, SidecarConfig
+    from probewatch.server.sidecar.config import SidecarConfig
+    from probewatch.server.sidecar.process import Sidecar
 
     root, _ = probes
     config = SidecarConfig(

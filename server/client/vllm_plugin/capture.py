@@ -41,6 +41,7 @@ from probewatch.server.client.core import ClientCore
 from probewatch.server.client.results import GenerationHandle
 from probewatch.server.client.sender import Block
 from probewatch.server.client.vllm_plugin.policy import PolicyError, request_policy
+from probewatch.server.client.vllm_plugin.step import VERIFY_WAIT_S, Gathered, RequestState, StepView, Verify
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ _RECENT = 4096  # finished handles kept for `results()`
 # `_context_warmup_{i}_`, `_v2_mixed_warmup_prefill_{i}_`, vllm/v1/worker/gpu/warmup.py): never monitored
 _WARMUP = re.compile(r"^_\w*warmup")
 _captures: list[RunnerCapture] = []
+#: one layer's rows of a step: batch-row index parts, (generation, position) per row, entry -> verify step
+_LayerRows = tuple[list[np.ndarray], list[tuple[GenerationHandle, int]], dict[int, Verify]]
 
 
 def request_finished(request: Any) -> None:
@@ -95,72 +98,6 @@ def stop_at(
 
 
 @dataclass
-class StepView:
-    """One model forward as every runner can describe it (host bookkeeping + device tensors).
-
-    Rows `query_start_loc[i]:query_start_loc[i + 1]` of `aux[k]` / `input_ids` / `positions` belong
-    to `req_ids[i]`, the first at sequence position `num_computed[i]`. `num_tokens` is the number of
-    real rows: a CUDA-graph runner pads the batch, and rows past it are padding.
-    """
-
-    req_ids: Sequence[str]
-    query_start_loc: np.ndarray  # [len(req_ids) + 1]
-    num_computed: np.ndarray  # [len(req_ids)]
-    num_tokens: int
-    input_ids: torch.Tensor | None
-    positions: torch.Tensor
-    aux: Sequence[torch.Tensor]  # one [>= num_tokens, d] tensor per captured layer, in `layers` order
-
-
-@dataclass
-class _Verify:
-    """A speculative-decoding verify step of one request: its rows past `p0` are the drafts' rows,
-    part of the sequence only once the rejection sampler accepted them. `end` (positions below it
-    are the sequence's) is known when the step's sampled tokens arrive (`on_sampled`): accepted
-    drafts + 1 new tokens means rows p0 .. p0 + accepted are valid."""
-
-    p0: int
-    end: int
-    drafts: int = 0
-    event: threading.Event = field(default_factory=threading.Event)
-
-    def settle(self, end: int) -> None:
-        self.end = end
-        self.event.set()
-
-
-_VERIFY_WAIT_S = 10.0  # the sender waits this long for a verify step's acceptance (normally: milliseconds)
-
-
-@dataclass
-class _Request:
-    """One vLLM request as the capture sees it."""
-
-    handle: GenerationHandle | None  # None: not monitored
-    prompt_len: int
-    layers: frozenset[int]  # layers sent for it
-    floor: int  # positions below this were already processed (a resumed request recomputes them)
-    prompt_ids: list[int] = field(default_factory=list)
-    output_ids: list[int] = field(default_factory=list)  # what the runner sampled (for the texts and stops)
-    params: Any = None  # SamplingParams (stop rules)
-    verify: _Verify | None = None  # the pending speculative verify step, if any
-
-    @property
-    def live(self) -> bool:
-        h = self.handle
-        return h is not None and not h.rejected and h.capture_error is None and not h.done
-
-
-@dataclass
-class _Gathered:
-    """Token ids and positions the engine fed for one row selection (host copies)."""
-
-    tokens: torch.Tensor
-    positions: torch.Tensor
-    event: Any
-
-
-@dataclass
 class VllmBlock(Block):
     capture: RunnerCapture
     layer: int
@@ -168,8 +105,8 @@ class VllmBlock(Block):
     host: torch.Tensor
     event: Any
     entries: list[tuple[GenerationHandle, int]]  # (generation, bookkept position) per row
-    fed: _Gathered
-    drafts: dict[int, _Verify] = field(default_factory=dict)  # entry index -> its verify step (draft rows)
+    fed: Gathered
+    drafts: dict[int, Verify] = field(default_factory=dict)  # entry index -> its verify step (draft rows)
 
     def handles(self) -> list[GenerationHandle]:
         return list({id(h): h for h, _ in self.entries}.values())
@@ -185,7 +122,7 @@ class VllmBlock(Block):
                 continue
             verify = self.drafts.get(j)
             if verify is not None:
-                verify.event.wait(_VERIFY_WAIT_S)
+                verify.event.wait(VERIFY_WAIT_S)
                 if pos >= verify.end:
                     continue  # a rejected draft's row (or acceptance never came): not the sequence's
             if fed_pos[j] != pos:
@@ -216,7 +153,7 @@ class RunnerCapture:
         self.max_model_len = max_model_len
         self.runner_name = runner_name  # which adapter drives it (logs, `probewatch vllm check`)
         self.default_monitor = envs.vllm_monitor_default()
-        self.requests: dict[str, _Request] = {}
+        self.requests: dict[str, RequestState] = {}
         self.recent: OrderedDict[str, GenerationHandle] = OrderedDict()
         self._lock = threading.Lock()
         self._sched: Any = None
@@ -301,7 +238,7 @@ class RunnerCapture:
         handle = GenerationHandle(rid, prompt_len)
         self.client.open(handle, session, {"engine": "vllm", **policy.metadata})
         with self._lock:
-            self.requests[rid] = _Request(
+            self.requests[rid] = RequestState(
                 handle, prompt_len, layers, int(data.num_computed_tokens), list(prompt), [], params
             )
 
@@ -389,78 +326,81 @@ class RunnerCapture:
         sched, self._sched = self._sched, None  # one forward per scheduler output
         if sched is None or not self.requests:
             return
-        if step is None or len(step.aux) != len(self.layers):
-            self._fail_step(
-                sched, "rows", f"the model returned no auxiliary hidden state per captured layer {self.layers}"
-            )
+        problem = self._step_problem(sched, step)
+        if problem is not None:
+            self._fail_step(sched, *problem)
             return
-        if step.input_ids is None or step.positions.dim() != 1:
-            self._fail_step(sched, "rows", "a step without flat input_ids / positions (embeddings or M-RoPE)")
-            return
+        assert step is not None
         plan, session = self.client.current_plan()
         if plan is None:
             return
-        num_reqs = len(step.req_ids)
-        qsl = step.query_start_loc
-        computed = step.num_computed
-        if int(qsl[num_reqs]) != int(sched.total_num_scheduled_tokens) or step.num_tokens != int(qsl[num_reqs]):
-            self._fail_step(
-                sched,
-                "batch",
-                f"{int(qsl[num_reqs])} rows in the batch ({step.num_tokens} real), "
-                f"{sched.total_num_scheduled_tokens} scheduled",
-            )
-            return
-        resumed = self._resumed
-        # per prompt-row policy: row indices and (handle, position) per layer
-        per_layer: dict[int, tuple[list[np.ndarray], list[tuple[GenerationHandle, int]], dict[int, _Verify]]] = {
-            layer: ([], [], {}) for layer in self.layers if layer in plan.captures
-        }
+        per_layer: dict[int, _LayerRows] = {layer: ([], [], {}) for layer in self.layers if layer in plan.captures}
+        qsl, computed = step.query_start_loc, step.num_computed
         for i, rid in enumerate(step.req_ids):
             req = self.requests.get(rid)
-            if req is None or not req.live:
+            if req is None or not req.live or req.handle is None or req.handle.session != session:
+                continue  # not monitored, or its stream is gone (resolved unmonitored by the link)
+            start, p0 = int(qsl[i]), int(computed[i])
+            self._select_rows(rid, req, sched, start, p0, int(qsl[i + 1]) - start, plan, per_layer)
+        self._gather_and_send(step, plan, per_layer)
+
+    def _step_problem(self, sched: Any, step: StepView | None) -> tuple[str, str] | None:
+        """(reason, detail) when this step's rows cannot be trusted for any request, else None."""
+        if step is None or len(step.aux) != len(self.layers):
+            return "rows", f"the model returned no auxiliary hidden state per captured layer {self.layers}"
+        if step.input_ids is None or step.positions.dim() != 1:
+            return "rows", "a step without flat input_ids / positions (embeddings or M-RoPE)"
+        total = int(step.query_start_loc[len(step.req_ids)])
+        if total != int(sched.total_num_scheduled_tokens) or step.num_tokens != total:
+            return (
+                "batch",
+                f"{total} rows in the batch ({step.num_tokens} real), {sched.total_num_scheduled_tokens} scheduled",
+            )
+        return None
+
+    def _select_rows(
+        self, rid: str, req: RequestState, sched: Any, start: int, p0: int, n: int, plan: Any, per_layer: dict
+    ) -> None:
+        """Check one request's rows against the schedule and add the ones each layer sends to `per_layer`."""
+        h = req.handle
+        assert h is not None
+        scheduled = sched.num_scheduled_tokens.get(rid)
+        if scheduled != n:
+            self.fail(h, "rows", f"{n} rows in the batch for request {rid}, {scheduled} tokens scheduled")
+            return
+        if p0 > req.floor or (p0 < req.floor and rid not in self._resumed):
+            self.fail(h, "position", f"request {rid} continues at position {p0}, its last step ended at {req.floor}")
+            return
+        lo = max(p0, req.floor)
+        req.floor = max(req.floor, p0 + n)
+        verify = None
+        if self._drafts.get(rid):  # a verify step: rows past p0 count once their drafts are accepted
+            verify = req.verify = Verify(p0, p0 + 1, self._drafts[rid])
+        if lo >= p0 + n:
+            return
+        P = req.prompt_len
+        gen = np.arange(max(lo, P), p0 + n)
+        for layer, (parts, entries, drafts) in per_layer.items():
+            if layer not in req.layers:
                 continue
-            h = req.handle
-            assert h is not None
-            if h.session != session:
-                continue  # its stream is gone (resolved unmonitored by the link)
-            start, end, p0 = int(qsl[i]), int(qsl[i + 1]), int(computed[i])
-            n = end - start
-            scheduled = sched.num_scheduled_tokens.get(rid)
-            if scheduled != n:
-                self.fail(h, "rows", f"{n} rows in the batch for request {rid}, {scheduled} tokens scheduled")
-                continue
-            if p0 > req.floor or (p0 < req.floor and rid not in resumed):
-                self.fail(
-                    h, "position", f"request {rid} continues at position {p0}, its last step ended at {req.floor}"
-                )
-                continue
-            lo = max(p0, req.floor)
-            req.floor = max(req.floor, p0 + n)
-            verify = None
-            if self._drafts.get(rid):  # a verify step: rows past p0 count once their drafts are accepted
-                verify = req.verify = _Verify(p0, p0 + 1, self._drafts[rid])
-            if lo >= p0 + n:
-                continue
-            P = req.prompt_len
-            gen = np.arange(max(lo, P), p0 + n)
-            for layer, (parts, entries, drafts) in per_layer.items():
-                if layer not in req.layers:
-                    continue
-                policy = plan.captures[layer].prompt_rows
-                if policy == pb.PROMPT_ROWS_ALL:
-                    pos = np.arange(lo, p0 + n)
-                elif policy == pb.PROMPT_ROWS_LAST and lo <= P - 1 < p0 + n:
-                    pos = np.concatenate([[P - 1], gen])
-                else:
-                    pos = gen
-                if pos.size:
-                    parts.append(start + pos - p0)
-                    if verify is not None:
-                        drafts.update({len(entries) + j: verify for j, p in enumerate(pos) if p > p0})
-                    entries.extend((h, int(p)) for p in pos)
+            policy = plan.captures[layer].prompt_rows
+            if policy == pb.PROMPT_ROWS_ALL:
+                pos = np.arange(lo, p0 + n)
+            elif policy == pb.PROMPT_ROWS_LAST and lo <= P - 1 < p0 + n:
+                pos = np.concatenate([[P - 1], gen])
+            else:
+                pos = gen
+            if pos.size:
+                parts.append(start + pos - p0)
+                if verify is not None:
+                    drafts.update({len(entries) + j: verify for j, p in enumerate(pos) if p > p0})
+                entries.extend((h, int(p)) for p in pos)
+
+    def _gather_and_send(self, step: StepView, plan: Any, per_layer: dict[int, _LayerRows]) -> None:
+        """Gather each layer's rows on the device (one index per distinct selection), start the host copies, enqueue."""
         input_ids, positions, aux = step.input_ids, step.positions, step.aux
-        gathered: dict[bytes, tuple[torch.Tensor, _Gathered]] = {}
+        assert input_ids is not None
+        gathered: dict[bytes, tuple[torch.Tensor, Gathered]] = {}
         for k, layer in enumerate(self.layers):
             if layer not in per_layer or not per_layer[layer][0]:
                 continue
@@ -476,7 +416,7 @@ class RunnerCapture:
                     ]
                 )
                 fed_host, fed_event = ClientCore.to_host(fed)
-                gathered[key] = (idx_t, _Gathered(fed_host[0], fed_host[1], fed_event))
+                gathered[key] = (idx_t, Gathered(fed_host[0], fed_host[1], fed_event))
             idx_t, fed_rows = gathered[key]
             cap = plan.captures[layer]
             rows = aux[k].index_select(0, idx_t)

@@ -15,9 +15,9 @@ import functools
 from typing import Any
 
 from probewatch.server.client.vllm_plugin.adapters.base import RunnerAdapter, capture_of, guarded, wrap_after
-from probewatch.server.client.vllm_plugin.capture import StepView
 from probewatch.server.client.vllm_plugin.contract import Requirement
 from probewatch.server.client.vllm_plugin.engage import RunnerFacts, engage, speculative_method
+from probewatch.server.client.vllm_plugin.step import StepView
 
 _M = "vllm.v1.worker.gpu_model_runner"
 _C = "GPUModelRunner"
@@ -91,7 +91,7 @@ def _engage(runner: Any) -> None:
         int(runner.max_model_len),
         speculative=speculative_method(runner.speculative_config),
         drafter_uses_aux=bool(runner.use_aux_hidden_state_outputs),  # set in __init__ for EAGLE-3 and kin
-        speculation_supported=True,  # token-id drafters: drafts' rows are held until accepted (capture.py, _Verify)
+        speculation_supported=True,  # token-id drafters: drafts' rows are held until accepted (step.py, Verify)
     )
     capture = engage(facts)
     if capture is not None:

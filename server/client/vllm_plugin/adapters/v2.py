@@ -23,9 +23,10 @@ import functools
 from typing import Any
 
 from probewatch.server.client.vllm_plugin.adapters.base import RunnerAdapter, capture_of, guarded, wrap_after
-from probewatch.server.client.vllm_plugin.capture import StepView, captures
+from probewatch.server.client.vllm_plugin.capture import captures
 from probewatch.server.client.vllm_plugin.contract import Requirement
 from probewatch.server.client.vllm_plugin.engage import RunnerFacts, engage, speculative_method
+from probewatch.server.client.vllm_plugin.step import StepView
 
 _M = "vllm.v1.worker.gpu.model_runner"
 _C = "GPUModelRunner"

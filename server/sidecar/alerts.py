@@ -1,0 +1,221 @@
+"""Alert -> incident -> webhook: what happens when a generation's aggregate crosses a probe's threshold.
+
+Monotone aggregations (max, rolling_mean_max) can only grow, so for those the engine raises an
+alert early, as soon as the running aggregate crosses; others are evaluated at close on the final
+aggregate. The incident row is written when the alert is raised (an early alert survives a crash
+of the sidecar) and completed at close with the final score, all kept token scores and the text
+(server/store/). A failing disk or webhook is counted and logged; it never stops scoring.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+
+import numpy as np
+
+from probewatch.jsonio import to_jsonable
+from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
+from probewatch.server.sidecar.generations import Generation
+from probewatch.server.sidecar.metrics import SidecarMetrics
+from probewatch.server.sidecar.specs import ProbeSpec
+from probewatch.server.store import Incident, IncidentNotFoundError, IncidentStore, probe_context
+from probewatch.server.store.privacy import TextPolicy
+
+__all__ = ["AlertDesk", "token_score_pairs", "webhook_payload"]
+
+log = logging.getLogger(__name__)
+
+#: [[position, token id], ...] and {probe: result}: stored once per generation with its incidents
+_GenerationFacts = tuple[list[list[int]], dict[str, dict]]
+
+
+class AlertDesk:
+    """Raises alerts, writes and completes their incident rows, and hands them to the webhook."""
+
+    def __init__(
+        self,
+        specs: Mapping[str, ProbeSpec],
+        metrics: SidecarMetrics,
+        fingerprint: str,
+        incidents: IncidentStore | None = None,
+        webhook=None,
+        policy: TextPolicy | None = None,
+    ) -> None:
+        self.specs = specs
+        self.metrics = metrics
+        self.fingerprint = fingerprint
+        self.incidents = incidents
+        self.webhook = webhook
+        # what webhook payloads keep of client metadata (incident rows: the store's own policy)
+        self.policy = policy or (incidents.policy if incidents is not None else TextPolicy("full"))
+
+    def raise_alert(
+        self, gen: Generation, spec: ProbeSpec, value: float, early: bool, position: int, now: float | None = None
+    ) -> pb.Alert:
+        """Record the alert on the generation (an early one also gets its incident row now)."""
+        now = time.time() if now is None else now
+        alert = pb.Alert(
+            generation_id=gen.id,
+            probe_id=spec.id,
+            behaviour=spec.behaviour,
+            score=value,
+            threshold=spec.threshold,
+            early=early,
+            position=position,
+            bundle_version=spec.version,
+            time_unix=now,
+        )
+        gen.alerts[spec.id] = alert
+        self.metrics.alerts.labels(probe=spec.id, behaviour=spec.behaviour).inc()
+        self.metrics.last_alert.labels(probe=spec.id).set(now)
+        if early:  # written now, before the client sees the alert: a crash later does not lose it
+            alert.incident_id = self.record_incident(gen, spec, alert, "open")
+        return alert
+
+    def settle(self, gen: Generation, status: str) -> None:
+        """At close: complete every alert's incident with the final aggregate, send late alerts, notify."""
+        facts = self._generation_facts(gen) if gen.alerts and self.incidents is not None else None
+        for pid, alert in gen.alerts.items():
+            spec = self.specs[pid]
+            alert.score = gen.aggregators[pid].value  # the final aggregate (>= the early one for monotone kinds)
+            alert.incident_id = self.record_incident(gen, spec, alert, status, facts)
+            if self.webhook is not None:
+                try:
+                    self.webhook.submit(webhook_payload(gen, spec, alert, self.fingerprint, status, self.policy))
+                except Exception:  # a payload problem must not cost the summary
+                    log.exception("webhook payload for generation %s probe %s failed", gen.id, pid)
+                    self.metrics.internal_errors.labels(component="webhook").inc()
+            if not alert.early:
+                gen.stream.send(pb.MonitorResponse(alert=alert))
+
+    def record_incident(
+        self, gen: Generation, spec: ProbeSpec, alert: pb.Alert, status: str, facts: _GenerationFacts | None = None
+    ) -> int:
+        """Write (status `open`: at alert time) or complete (at close) the incident row; its id, 0 on failure.
+
+        `facts`: the generation's token ids and every probe's result, when the caller already has them
+        (at close they are the same for each of the generation's alerts)."""
+        if self.incidents is None:
+            return 0
+        tokens, context = facts or self._generation_facts(gen)
+        known = gen.incident_ids.get(spec.id)
+        if known and status != "open":
+            settled = self._complete(known, gen, spec, alert, status, tokens, context)
+            if settled is not None:
+                return settled
+        incident = Incident(
+            generation_id=gen.id,
+            probe=spec.id,
+            behaviour=spec.behaviour,
+            score=float(alert.score),
+            threshold=spec.threshold,
+            model_fingerprint=self.fingerprint,
+            bundle_version=spec.version,
+            aggregation=spec.aggregation.method,
+            token_scores=token_score_pairs(gen.token_scores[spec.id]),
+            prompt=gen.prompt_text,
+            response=gen.response_text,
+            generation_status=status,
+            early=alert.early,
+            metadata=gen.metadata,
+            prompt_length=gen.prompt_length,
+            tokens=tokens,
+            context=context,
+        )
+        try:
+            if status == "open":
+                incident_id = self.incidents.record_alert(incident)
+            else:
+                incident_id = self.incidents.record(incident)
+        except Exception as exc:  # noqa: BLE001 - a failing disk must not stop scoring; it is counted
+            log.error("incident store write failed for generation %s probe %s: %s", gen.id, spec.id, exc)
+            self.metrics.incident_store_errors.inc()
+            return 0
+        gen.incident_ids[spec.id] = incident_id
+        return incident_id
+
+    def _complete(
+        self,
+        known: int,
+        gen: Generation,
+        spec: ProbeSpec,
+        alert: pb.Alert,
+        status: str,
+        tokens: list[list[int]],
+        context: dict[str, dict],
+    ) -> int | None:
+        """Complete the row written at alert time: its id, 0 if it was deleted on purpose, None if the write failed."""
+        assert self.incidents is not None
+        try:
+            self.incidents.complete(
+                known,
+                score=float(alert.score),
+                token_scores=token_score_pairs(gen.token_scores[spec.id]),
+                generation_status=status,
+                prompt=gen.prompt_text,
+                response=gen.response_text,
+                prompt_length=gen.prompt_length,
+                tokens=tokens,
+                context=context,
+            )
+            return known
+        except IncidentNotFoundError:  # deleted on purpose meanwhile (an erasure): do not write it back
+            log.info("incident %d of generation %s was deleted before it completed", known, gen.id)
+            return 0
+        except Exception as exc:  # noqa: BLE001 - the disk failed: counted, then written anew by the caller
+            log.warning("completing incident %d of generation %s failed (%s); writing it again", known, gen.id, exc)
+            self.metrics.incident_store_errors.inc()
+            return None
+
+    def _generation_facts(self, gen: Generation) -> _GenerationFacts:
+        """What the store keeps once per generation: [[position, token id]] and every probe's result."""
+        return [[p, t] for p, t in sorted(gen.token_ids.items())], self._generation_context(gen)
+
+    def _generation_context(self, gen: Generation) -> dict[str, dict]:
+        """Every loaded probe's result on the generation (the review app's heatmaps and "other probes")."""
+        out = {}
+        for pid, spec in self.specs.items():
+            agg = gen.aggregators[pid]
+            out[pid] = probe_context(
+                behaviour=spec.behaviour,
+                score=float(agg.value) if agg.count else None,
+                threshold=spec.threshold,
+                n_tokens=int(agg.count),
+                aggregation=spec.aggregation.method,
+                token_selection=spec.token_selection,
+                layer=spec.layer,
+                version=spec.version,
+                token_scores=token_score_pairs(gen.token_scores[pid]),
+            )
+        return out
+
+
+def token_score_pairs(blocks: list[tuple[np.ndarray, np.ndarray]]) -> list[list[float]]:
+    """[[position, score], ...] of the kept token scores (what the incident row stores)."""
+    return [[int(p), float(v)] for positions, scores in blocks for p, v in zip(positions.tolist(), scores.tolist())]
+
+
+def webhook_payload(
+    gen: Generation, spec: ProbeSpec, alert: pb.Alert, fingerprint: str, status: str, policy: TextPolicy
+) -> dict:
+    """The alert as JSON-safe values (no NaN/inf: they become null); metadata under the text policy."""
+    return to_jsonable(
+        {
+            "type": "probewatch.alert",
+            "incident_id": int(alert.incident_id) or None,
+            "generation_id": gen.id,
+            "probe": spec.id,
+            "behaviour": spec.behaviour,
+            "score": float(alert.score),
+            "threshold": spec.threshold,
+            "aggregation": spec.aggregation.method,
+            "early": bool(alert.early),
+            "generation_status": status,
+            "model_fingerprint": fingerprint,
+            "bundle_version": spec.version,
+            "time_unix": float(alert.time_unix),
+            "metadata": policy.metadata(gen.metadata),
+        }
+    )

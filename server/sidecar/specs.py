@@ -1,0 +1,59 @@
+"""What the sidecar needs of each loaded bundle's manifest, and what a layer's probes ask of a client."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from probewatch.probes.bundle import Bundle
+from probewatch.probes.manifest import Aggregation
+from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
+
+__all__ = ["MONOTONE_AGGREGATIONS", "ProbeSpec", "layer_prompt_rows"]
+
+#: aggregations that can only grow: an alert is raised as soon as the running value crosses
+MONOTONE_AGGREGATIONS = ("max", "rolling_mean_max")
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One probe as the engine sees it (id, layer, selection, aggregation, threshold, provenance)."""
+
+    id: str
+    behaviour: str
+    kind: str
+    layer: int
+    token_selection: str
+    aggregation: Aggregation
+    threshold: float
+    version: str
+    fingerprint: str
+
+    @property
+    def monotone(self) -> bool:
+        return self.aggregation.method in MONOTONE_AGGREGATIONS
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle) -> ProbeSpec:
+        m = bundle.manifest
+        return cls(
+            id=m.id,
+            behaviour=m.behaviour,
+            kind=m.kind,
+            layer=m.layer,
+            token_selection=m.token_selection,
+            aggregation=m.aggregation,
+            threshold=float(m.threshold.value),
+            version=str(m.version),
+            fingerprint=m.model.fingerprint,
+        )
+
+
+def layer_prompt_rows(specs: Sequence[ProbeSpec]) -> pb.PromptRows:
+    """The PromptRows a set of probes on one layer needs."""
+    selections = {s.token_selection for s in specs}
+    if "all" in selections:
+        return pb.PROMPT_ROWS_ALL
+    if "prompt_last" in selections:
+        return pb.PROMPT_ROWS_LAST
+    return pb.PROMPT_ROWS_NONE
