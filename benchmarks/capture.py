@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import time
 
-from probewatch.cli.common import print_json
+from probewatch.benchmarks.harness import add_common_args, emit
 
 
-def add_arguments_capture(parser: argparse.ArgumentParser) -> None:
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    add_common_args(parser)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--layers", default="9", help="comma-separated layers to hook, or 'all'")
@@ -24,6 +23,7 @@ def add_arguments_capture(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    from probewatch.benchmarks.harness import timed
     from probewatch.capture import ResidualCapture, RowBlock, find_decoder_layers
     from probewatch.models import load_model
 
@@ -38,23 +38,25 @@ def main(args: argparse.Namespace) -> int:
 
     cap = ResidualCapture(model, layers, keep=False, sink=to_cpu)
 
-    def timed(hooked: bool) -> float:
+    def forward() -> None:
+        with torch.inference_mode():
+            model(input_ids=ids, use_cache=False)
+
+    def run(hooked: bool) -> float:
         if hooked:
             cap.attach()
         try:
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                model(input_ids=ids, use_cache=False)
-            return time.perf_counter() - t0
+            return timed(forward)
         finally:
             cap.detach()
 
-    timed(False), timed(True)  # warm-up
+    run(False), run(True)  # warm-up
     off, on = [], []
     for _ in range(args.repeats):
-        off.append(timed(False))
-        on.append(timed(True))
+        off.append(run(False))
+        on.append(run(True))
     result = {
+        "benchmark": "capture",
         "model": loaded.model_id,
         "batch": args.batch,
         "tokens": args.tokens,
@@ -64,9 +66,6 @@ def main(args: argparse.Namespace) -> int:
         "hooked_median_s": statistics.median(on),
         "hooked_over_unhooked_ratio": statistics.median(on) / statistics.median(off),
     }
-    if args.json:
-        print_json(result)
-    else:
-        for key, value in result.items():
-            print(f"{key:28s} {value:.4f}" if isinstance(value, float) else f"{key:28s} {value}", file=sys.stdout)
+    lines = [f"{k:28s} {v:.4f}" if isinstance(v, float) else f"{k:28s} {v}" for k, v in result.items()]
+    emit(result, args.json, lines)
     return 0

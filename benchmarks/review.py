@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from probewatch.benchmarks.harness import add_common_args
+
 BUDGET_MS = 300.0
 PROBES = (
     ("deception-lr", "deception", 1.2),
@@ -49,7 +51,8 @@ WORDS = (
 )
 
 
-def add_arguments_review(parser: argparse.ArgumentParser) -> None:
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    add_common_args(parser)
     parser.add_argument("--incidents", type=int, default=10_000, help="incidents in the store (default 10000)")
     parser.add_argument(
         "--db",
@@ -173,6 +176,7 @@ def _plot(result: dict, out: Path) -> Path:
     ax.legend(loc="lower right")
     fig.tight_layout()
     png = out.with_suffix(".png")
+    png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return png
@@ -183,9 +187,9 @@ def main(args: argparse.Namespace) -> int:
 
     import httpx
 
+    from probewatch.benchmarks.harness import command_line, emit
     from probewatch.errors import ProbewatchError
-    from probewatch.jsonio import write_json_atomic
-    from probewatch.server.inference.http_app import HTTPServerThread
+    from probewatch.server.inference.server_thread import HTTPServerThread
     from probewatch.server.review.app import create_review_app
     from probewatch.server.review.auth import AuthConfig
     from probewatch.server.store import IncidentStore
@@ -198,7 +202,7 @@ def main(args: argparse.Namespace) -> int:
             if store.count():
                 raise ProbewatchError(f"--db {store.path} is not empty: the benchmark fills a fresh store")
             writes_per_s = _seed(store, args.incidents, progress)
-            ids = [int(r.id or 0) for r in store.list(limit=args.incidents)]
+            ids = [int(r.id or 0) for r in store.find(limit=args.incidents)]
             _review_some(store, ids)
             app = create_review_app(store, AuthConfig(local_reviewer="bench"), metrics_cache_s=0.0)
             server = HTTPServerThread(app, "127.0.0.1", 0, proxy_headers=False).start()
@@ -222,7 +226,7 @@ def main(args: argparse.Namespace) -> int:
     queue = [v for k, v in endpoints.items() if k.startswith("queue")]
     result = {
         "benchmark": "review",
-        "command": "probewatch bench review " + " ".join(sys.argv[3:]),
+        "command": command_line("review"),
         "incidents": args.incidents,
         "backend": backend,
         "repeats": args.repeats,
@@ -233,22 +237,16 @@ def main(args: argparse.Namespace) -> int:
         "queue_worst_p95_ms": max(v["p95_ms"] for v in queue),
         "queue_within_budget": all(v["p95_ms"] < BUDGET_MS for v in queue),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(args.out, result)
     png = _plot(result, args.out)
-    if args.json:
-        from probewatch.cli.common import print_json
-
-        print_json(result)
-    else:
-        print(
-            f"review queue with {args.incidents} incidents ({backend}; {writes_per_s:.0f} incident writes/s while filling):"
+    lines = [
+        f"review queue with {args.incidents} incidents ({backend}; {writes_per_s:.0f} incident writes/s while filling):"
+    ]
+    for name, v in endpoints.items():
+        lines.append(
+            f"  {name:38} median {v['median_ms']:7.1f} ms   p95 {v['p95_ms']:7.1f} ms   max {v['max_ms']:7.1f} ms"
         )
-        for name, v in endpoints.items():
-            print(
-                f"  {name:38} median {v['median_ms']:7.1f} ms   p95 {v['p95_ms']:7.1f} ms   max {v['max_ms']:7.1f} ms"
-            )
-        verdict = "within" if result["queue_within_budget"] else "OVER"
-        print(f"  queue p95 worst {result['queue_worst_p95_ms']:.1f} ms: {verdict} the {BUDGET_MS:.0f} ms budget")
-        print(f"  report {args.out}, plot {png}")
+    verdict = "within" if result["queue_within_budget"] else "OVER"
+    lines.append(f"  queue p95 worst {result['queue_worst_p95_ms']:.1f} ms: {verdict} the {BUDGET_MS:.0f} ms budget")
+    lines.append(f"  report {args.out}, plot {png}")
+    emit(result, args.json, lines, report=args.out)
     return 0 if result["queue_within_budget"] else 1

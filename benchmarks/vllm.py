@@ -28,25 +28,26 @@ import argparse
 import contextlib
 import json
 import os
-import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+from probewatch.arguments import add_bundles_arg
+from probewatch.benchmarks.harness import add_common_args
+
 CONFIGS = ("off", "probewatch", "vllm_lens")
+MODES = ("off", "rows", "pushdown", "vllm_lens")
 
 
-def add_arguments_vllm(parser: argparse.ArgumentParser) -> None:
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    add_common_args(parser)
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens generated per sequence (min = max)")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--repeats", type=int, default=5, help="alternating repeats per batch size")
     parser.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {','.join(CONFIGS)}")
     parser.add_argument("--eager", action="store_true", help="run every engine eager (default: vLLM's compiled mode)")
-    parser.add_argument("--bundles", nargs="+", default=None, help="bundles (default: shipped for the model)")
+    add_bundles_arg(parser, "bundles (default: shipped for the model)")
     parser.add_argument(
         "--model-config",
         default=None,
@@ -61,15 +62,13 @@ def add_arguments_vllm(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/bench-vllm.json", help="report path (the plot goes next to it)")
 
 
-# -- parent ---------------------------------------------------------------------------------------------
 class _Engine:
-    """One engine worker process; a line protocol over its stdin / stdout."""
+    """One engine worker process (`probewatch.benchmarks.vllm_engine`); a line protocol over its stdin / stdout."""
 
-    def __init__(self, config: str, args: argparse.Namespace, layers: list[int], env: dict) -> None:
+    def __init__(self, config: str, spec: dict[str, Any], workdir: Path, env: dict) -> None:
         self.config = config
-        self.log = open(Path(args.workdir) / f"engine-{config}.log", "w")  # noqa: SIM115 - lives with the process
-        spec = json.dumps({**args.engine_spec, "layers": layers})
-        cmd = [sys.executable, "-m", "probewatch.benchmarks.vllm", config, spec]
+        self.log = open(workdir / f"engine-{config}.log", "w")  # noqa: SIM115 - lives with the process
+        cmd = [sys.executable, "-m", "probewatch.benchmarks.vllm_engine", config, json.dumps(spec)]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env, bufsize=1
         )
@@ -101,13 +100,11 @@ class _Engine:
         self.log.close()
 
 
-def vllm_main(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
+def main(args: argparse.Namespace) -> int:
+    import tempfile
 
-    from probewatch.benchmarks.overhead_ingest import SidecarProcess, _emit
-    from probewatch.bundle_index import default_bundle_dirs, resolve_bundle_specs
+    from probewatch.benchmarks.harness import SidecarProcess, emit
     from probewatch.models import resolve_model_path
-    from probewatch.server.sidecar.process import resolve_model_identity
 
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     if set(configs) - set(CONFIGS) or "off" not in configs:
@@ -115,26 +112,12 @@ def vllm_main(args: argparse.Namespace) -> int:
     batches = [int(b) for b in args.batches.split(",")]
     tokenizer = str(resolve_model_path(args.model))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     engines: dict[str, _Engine] = {}
     with tempfile.TemporaryDirectory(prefix="probewatch-bench-vllm-") as tmp:
-        args.workdir = tmp
-        if args.model_config:
-            model_path, model_id, fingerprint, paths = _shape_model(Path(args.model_config), Path(tmp))
-            serve = ["--fingerprint", fingerprint]
-        else:
-            model_path = tokenizer
-            identity = resolve_model_identity(args.model, None)
-            model_id, fingerprint = identity.model_id, None
-            paths = (
-                resolve_bundle_specs(args.bundles, identity.model_id)
-                if args.bundles
-                else default_bundle_dirs(identity.model_id)
-            )
-            serve = ["--model", model_path]
-        if not paths:
-            raise SystemExit(f"no bundles for {model_id}: pass --bundles")
-        args.engine_spec = {
+        model_path, model_id, fingerprint, paths = _model_and_bundles(args, tokenizer, Path(tmp))
+        serve = ["--fingerprint", fingerprint] if fingerprint is not None else ["--model", model_path]
+        serve += ["--metrics-port", "-1", "--no-incidents", "--bundles", *map(str, paths)]
+        spec = {
             "model": model_path,
             "tokenizer": tokenizer,
             "load_format": args.load_format,
@@ -142,67 +125,125 @@ def vllm_main(args: argparse.Namespace) -> int:
             "max_model_len": args.max_model_len,
             "eager": args.eager,
         }
-        serve += ["--metrics-port", "-1", "--no-incidents", "--bundles", *map(str, paths)]
         with SidecarProcess(serve, Path(tmp)) as sidecar:
-            import grpc
-
-            from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
-            from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
-
-            with grpc.insecure_channel(sidecar.address) as channel:
-                layers = sorted(pb_grpc.MonitorStub(channel).ListProbes(pb.ListProbesRequest(), timeout=30).layers)
-            base = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PROBEWATCH_SIDECAR": sidecar.address}
-            if fingerprint is not None:  # a config-only folder has no weights to fingerprint
-                base["PROBEWATCH_FINGERPRINT"] = fingerprint
-            envs = {
-                "off": {**base, "PROBEWATCH_DISABLE": "1", "VLLM_LENS_DISABLE": "1"},
-                "probewatch": {**base, "VLLM_LENS_DISABLE": "1"},
-                "vllm_lens": {**base, "PROBEWATCH_DISABLE": "1"},
-            }
+            spec["layers"] = layers = _probe_layers(sidecar.address)
+            envs = _envs(sidecar.address, fingerprint)
             try:
                 for config in configs:
                     print(f"starting the {config} engine ...", file=sys.stderr, flush=True)
-                    engines[config] = _Engine(config, args, layers, envs[config])
+                    engines[config] = _Engine(config, spec, Path(tmp), envs[config])
                     print(f"  up in {engines[config].ready['startup_s']:.1f}s", file=sys.stderr, flush=True)
-                runs = [(c, m) for c in configs for m in (("rows", "pushdown") if c == "probewatch" else (c,))]
-                times: dict[tuple[str, int], list[float]] = {}
-                checks: dict[str, list[dict]] = {}
-                lens_ok: list[bool] = []
-                with Progress(transient=True) as progress:
-                    task = progress.add_task("bench vllm", total=len(batches) * (args.repeats + 1) * len(runs))
-                    for batch in batches:
-                        for rep in range(-1, args.repeats):  # rep -1: warm-up, not timed
-                            k = rep % len(runs)
-                            for config, mode in runs[k:] + runs[:k]:
-                                r = engines[config].ask(cmd="run", mode=mode, batch=batch, new_tokens=args.new_tokens)
-                                progress.advance(task)
-                                if rep < 0:
-                                    continue
-                                times.setdefault((mode, batch), []).append(r["elapsed_s"])
-                                if "complete" in r:
-                                    checks.setdefault(mode, []).append(r)
-                                if "lens_captured" in r:
-                                    lens_ok.append(r["lens_captured"])
-                parity: dict[str, Any] = {}
-                if args.load_format == "dummy":
-                    parity = {"skipped": "dummy weights: no HF reference with the same weights"}
-                elif "probewatch" in engines:
-                    parity = engines["probewatch"].ask(cmd="parity")
+                times, checks, lens_ok = _measure(engines, batches, args)
+                parity = _parity(engines, args)
             finally:
                 for engine in engines.values():
                     engine.close()
-    tps = {f"{m}_b{b}": b * args.new_tokens / statistics.median(v) for (m, b), v in times.items()}
-    # the least disturbed run of each: on a shared machine the medians carry other people's load
-    best = {f"{m}_b{b}": b * args.new_tokens / min(v) for (m, b), v in times.items()}
+    result = _result(args, model_id, engines, layers, batches, times, checks, lens_ok, parity)
+    _plot(result["tokens_per_s"], batches, out.with_suffix(".png"))
+    emit(result, args.json, _lines(result, out), report=out)
+    return 0
+
+
+def _model_and_bundles(args: argparse.Namespace, tokenizer: str, tmp: Path) -> tuple[str, str, str | None, list[Path]]:
+    """(model path, model id, fingerprint to announce (None: the sidecar computes it), bundles)."""
+    if args.model_config:
+        return _shape_model(Path(args.model_config), tmp)
+    from probewatch.bundle_index import default_bundle_dirs, resolve_bundle_specs
+    from probewatch.server.sidecar.config import resolve_model_identity
+
+    model_id = resolve_model_identity(args.model, None).model_id
+    paths = resolve_bundle_specs(args.bundles, model_id) if args.bundles else default_bundle_dirs(model_id)
+    if not paths:
+        raise SystemExit(f"no bundles for {model_id}: pass --bundles")
+    return tokenizer, model_id, None, paths
+
+
+def _probe_layers(address: str) -> list[int]:
+    import grpc
+
+    from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
+    from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        return sorted(pb_grpc.MonitorStub(channel).ListProbes(pb.ListProbesRequest(), timeout=30).layers)
+
+
+def _envs(address: str, fingerprint: str | None) -> dict[str, dict[str, str]]:
+    """Each config's environment: which plugins are off, where the sidecar is."""
+    base = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PROBEWATCH_SIDECAR": address}
+    if fingerprint is not None:  # a config-only folder has no weights to fingerprint
+        base["PROBEWATCH_FINGERPRINT"] = fingerprint
+    return {
+        "off": {**base, "PROBEWATCH_DISABLE": "1", "VLLM_LENS_DISABLE": "1"},
+        "probewatch": {**base, "VLLM_LENS_DISABLE": "1"},
+        "vllm_lens": {**base, "PROBEWATCH_DISABLE": "1"},
+    }
+
+
+def _measure(
+    engines: dict[str, _Engine], batches: list[int], args: argparse.Namespace
+) -> tuple[dict[tuple[str, int], list[float]], dict[str, list[dict]], list[bool]]:
+    """At each batch size, a warm-up round then `repeats` rounds of every (config, mode) in a rotating
+    order: (seconds per (mode, batch), monitored runs' checks per mode, vllm-lens capture checks)."""
+    from rich.progress import Progress
+
+    from probewatch.benchmarks.harness import rotated
+
+    runs = [(c, m) for c in engines for m in (("rows", "pushdown") if c == "probewatch" else (c,))]
+    times: dict[tuple[str, int], list[float]] = {}
+    checks: dict[str, list[dict]] = {}
+    lens_ok: list[bool] = []
+    with Progress(transient=True) as progress:
+        task = progress.add_task("bench vllm", total=len(batches) * (args.repeats + 1) * len(runs))
+        for batch in batches:
+            for rep in range(-1, args.repeats):  # rep -1: warm-up, not timed
+                for config, mode in rotated(runs, rep):
+                    r = engines[config].ask(cmd="run", mode=mode, batch=batch, new_tokens=args.new_tokens)
+                    progress.advance(task)
+                    if rep < 0:
+                        continue
+                    times.setdefault((mode, batch), []).append(r["elapsed_s"])
+                    if "complete" in r:
+                        checks.setdefault(mode, []).append(r)
+                    if "lens_captured" in r:
+                        lens_ok.append(r["lens_captured"])
+    return times, checks, lens_ok
+
+
+def _parity(engines: dict[str, _Engine], args: argparse.Namespace) -> dict[str, Any]:
+    if args.load_format == "dummy":
+        return {"skipped": "dummy weights: no HF reference with the same weights"}
+    if "probewatch" in engines:
+        return engines["probewatch"].ask(cmd="parity")
+    return {}
+
+
+def _result(
+    args: argparse.Namespace,
+    model_id: str,
+    engines: dict[str, _Engine],
+    layers: list[int],
+    batches: list[int],
+    times: dict[tuple[str, int], list[float]],
+    checks: dict[str, list[dict]],
+    lens_ok: list[bool],
+    parity: dict[str, Any],
+) -> dict[str, Any]:
+    from probewatch.benchmarks.harness import command_line, rates
+
+    _medians, tps_by, best_by = rates(times, lambda key: key[1] * args.new_tokens)
+    tps = {f"{m}_b{b}": v for (m, b), v in tps_by.items()}
+    best = {f"{m}_b{b}": v for (m, b), v in best_by.items()}  # the least disturbed run of each
+    off = engines["off"].ready
     result: dict[str, Any] = {
         "benchmark": "vllm",
         "model": model_id,
         "model_config": args.model_config,
         "load_format": args.load_format,
         "runner": engines["probewatch"].ready.get("runner") if "probewatch" in engines else None,
-        "vllm_version": engines["off"].ready.get("vllm_version"),
-        "device": engines["off"].ready.get("device"),
-        "dtype": engines["off"].ready.get("dtype"),
+        "vllm_version": off.get("vllm_version"),
+        "device": off.get("device"),
+        "dtype": off.get("dtype"),
         "compiled": not args.eager,
         "layers": layers,
         "new_tokens": args.new_tokens,
@@ -219,24 +260,22 @@ def vllm_main(args: argparse.Namespace) -> int:
         "parity_cos_min": parity.get("cos_min"),
         "parity_rows": parity.get("rows"),
         "parity_skipped": parity.get("skipped"),
-        "command": "probewatch bench vllm " + " ".join(sys.argv[3:]),
+        "command": command_line("vllm"),
     }
     top = max(batches)
-    for mode, key in (("rows", "ratio_rows"), ("pushdown", "ratio_pushdown"), ("vllm_lens", "ratio_vllm_lens")):
+    for mode in ("rows", "pushdown", "vllm_lens"):
         if f"{mode}_b{top}" in tps:
-            result[key] = round(tps[f"{mode}_b{top}"] / tps[f"off_b{top}"], 3)
-            result[key + "_best"] = round(best[f"{mode}_b{top}"] / best[f"off_b{top}"], 3)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    _plot(tps, batches, out.with_suffix(".png"))
-    lines = [f"{k}: {v:.1f} tok/s" for k, v in sorted(tps.items())]
-    lines += [
-        f"{k}: {result[k]}"
-        for k in ("ratio_rows", "ratio_pushdown", "ratio_vllm_lens", "parity_cos_min")
-        if k in result
-    ]
+            result[f"ratio_{mode}"] = round(tps[f"{mode}_b{top}"] / tps[f"off_b{top}"], 3)
+            result[f"ratio_{mode}_best"] = round(best[f"{mode}_b{top}"] / best[f"off_b{top}"], 3)
+    return result
+
+
+def _lines(result: dict[str, Any], out: Path) -> list[str]:
+    lines = [f"{k}: {v:.1f} tok/s" for k, v in sorted(result["tokens_per_s"].items())]
+    keys = ("ratio_rows", "ratio_pushdown", "ratio_vllm_lens", "parity_cos_min")
+    lines += [f"{k}: {result[k]}" for k in keys if k in result]
     lines.append(f"start-up: {result['startup_s']}; report {out} (+ .png)")
-    _emit(result, args.json, lines)
-    return 0
+    return lines
 
 
 def _plot(tps: dict[str, float], batches: list[int], path: Path) -> None:
@@ -245,7 +284,8 @@ def _plot(tps: dict[str, float], batches: list[int], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = sorted({k.rsplit("_b", 1)[0] for k in tps}, key=["off", "rows", "pushdown", "vllm_lens"].index)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    modes = sorted({k.rsplit("_b", 1)[0] for k in tps}, key=list(MODES).index)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     width = 0.8 / len(modes)
     for i, mode in enumerate(modes):
@@ -260,137 +300,11 @@ def _plot(tps: dict[str, float], batches: list[int], path: Path) -> None:
     plt.close(fig)
 
 
-# -- engine worker ------------------------------------------------------------------------------------------
-def _worker(config: str, spec: dict[str, Any]) -> None:
-    import torch
-    import vllm
-    from vllm import LLM, SamplingParams
-
-    layers = spec["layers"]
-    gpu = torch.cuda.is_available()
-    memory = {"gpu_memory_utilization": 0.85} if gpu else {"kv_cache_memory_bytes": 1 << 30}
-    t0 = time.monotonic()
-    llm = LLM(
-        spec["model"],
-        tokenizer=spec["tokenizer"],
-        load_format=spec["load_format"],
-        dtype=spec["dtype"] or ("bfloat16" if gpu else "float32"),
-        max_model_len=spec["max_model_len"],
-        max_num_seqs=16,
-        enforce_eager=spec["eager"],
-        seed=0,
-        **memory,
-    )
-    startup = time.monotonic() - t0
-    capture = None
-    if config == "probewatch":
-        from probewatch.server.client.vllm_plugin.capture import captures
-
-        found = captures()
-        if not found:
-            raise SystemExit(
-                "the probewatch plugin did not engage on this engine (see the log's 'monitoring OFF' line)"
-            )
-        capture = found[0]
-    tok = llm.get_tokenizer()
-    prompt = tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True)
-    model_config = llm.llm_engine.vllm_config.model_config
-    _say(
-        {
-            "startup_s": startup,
-            "enforce_eager": bool(model_config.enforce_eager),
-            "runner": capture.runner_name if capture is not None else None,
-            "vllm_version": getattr(vllm, "__version__", None),
-            "device": torch.cuda.get_device_name(0) if gpu else "cpu",
-            "dtype": str(model_config.dtype),
-        }
-    )
-    for line in sys.stdin:
-        cmd = json.loads(line)
-        if cmd["cmd"] == "exit":
-            _say({})
-            return
-        if cmd["cmd"] == "parity":
-            _say(_parity(llm, capture, layers, tok))
-            continue
-        extra = {"output_residual_stream": layers} if config == "vllm_lens" else None
-        params = SamplingParams(
-            max_tokens=cmd["new_tokens"], min_tokens=cmd["new_tokens"], temperature=0, ignore_eos=True, extra_args=extra
-        )
-        if capture is not None:
-            capture.set_mode(cmd["mode"])
-            import probewatch.server.client.vllm_plugin as pv
-
-            before = set(pv.results())
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            outputs = llm.generate([prompt] * cmd["batch"], params, use_tqdm=False)
-        elapsed = time.perf_counter() - t0
-        reply: dict[str, Any] = {"elapsed_s": elapsed, "tokens": sum(len(o.outputs[0].token_ids) for o in outputs)}
-        if config == "vllm_lens":  # the peer really captured (its activations came back), else the run is void
-            acts = [getattr(o, "activations", None) for o in outputs]
-            reply["lens_captured"] = all(isinstance(a, dict) and a.get("residual_stream") is not None for a in acts)
-        if capture is not None:
-            fresh = [h.result(60) for rid, h in pv.results().items() if rid not in before]  # not timed
-            reply["complete"] = len(fresh) == cmd["batch"] and all(r.status == "closed" for r in fresh)
-            reply["dropped"] = sum(r.dropped_chunks for r in fresh)
-        _say(reply)
-
-
-def _parity(llm: Any, capture: Any, layers: list[int], tok: Any) -> dict[str, Any]:
-    """Cosine between the plugin's captured rows and HF's capture of the same layers (fp32), same tokens."""
-    import torch
-    from transformers import AutoModelForCausalLM
-    from vllm import SamplingParams
-
-    from probewatch.capture import run_forward
-
-    kept: list[Any] = []
-    enqueue = capture.client.enqueue
-
-    def keep(block: Any) -> bool:  # keep the rows, send nothing
-        kept.append(block)
-        return True
-
-    capture.client.enqueue = keep
-    capture.set_mode("rows")
-    try:
-        prompt = tok.apply_chat_template(
-            [{"role": "user", "content": PROMPT}], tokenize=True, add_generation_prompt=True
-        )
-        if not isinstance(prompt, list):
-            prompt = list(prompt["input_ids"])
-        (out,) = llm.generate(
-            [{"prompt_token_ids": prompt}], SamplingParams(max_tokens=16, temperature=0), use_tqdm=False
-        )
-    finally:
-        capture.client.enqueue = enqueue
-    ids = prompt + list(out.outputs[0].token_ids)
-    model = AutoModelForCausalLM.from_pretrained(
-        llm.llm_engine.vllm_config.model_config.model, dtype=torch.float32, use_kernels=False
-    )
-    # the reference is the HF capture the probes were trained on (decoder layer L's output, before any
-    # final norm): `hidden_states[L + 1]` equals it except for the last layer, which HF returns normed
-    with torch.inference_mode():
-        hidden = run_forward(model, sorted({b.layer for b in kept}), torch.tensor([ids]))
-    cos = []
-    for block in kept:
-        for _h, row, pos, _tok in block.rows():
-            ref = hidden[block.layer][0, pos]
-            cos.append(float(torch.nn.functional.cosine_similarity(block.host[row].float(), ref, dim=0)))
-    return {"cos_min": min(cos) if cos else None, "rows": len(cos)}
-
-
-def _say(obj: dict[str, Any]) -> None:
-    sys.stdout.write("BENCH " + json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
 def _shape_model(config_dir: Path, tmp: Path) -> tuple[str, str, str, list[Path]]:
     """A config-only model folder: (path, id, fingerprint, random bundles on 4 layers over its depth)."""
     import hashlib
 
-    from probewatch.benchmarks.overhead_ingest import random_bundles
+    from probewatch.probes.synthetic import write_synthetic_bundles
 
     config_path = config_dir / "config.json"
     if not config_path.is_file():
@@ -401,10 +315,16 @@ def _shape_model(config_dir: Path, tmp: Path) -> tuple[str, str, str, list[Path]
     model_id = f"shape:{config_dir.name}"
     fingerprint = "pwfp1:" + hashlib.sha256(config_path.read_bytes()).hexdigest()[:32]
     layers = sorted({max(0, n_layers * k // 4 - 1) for k in (1, 2, 3)} | {n_layers - 2})
-    paths = random_bundles(tmp / "bundles", model_id, fingerprint, d_model, n_layers, layers, per_layer=1)
+    paths = write_synthetic_bundles(
+        tmp / "bundles",
+        d_model=d_model,
+        layers=layers,
+        per_layer=1,
+        prefix="bench",
+        model_id=model_id,
+        fingerprint=fingerprint,
+        n_layers=n_layers,
+        threshold=1e9,
+        version="bench",
+    )
     return str(config_dir.resolve()), model_id, fingerprint, paths
-
-
-if __name__ == "__main__":
-    _worker(sys.argv[1], json.loads(sys.argv[2]))
-    os._exit(0)

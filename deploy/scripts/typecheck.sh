@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# mypy over the installed layout: probes/, server/, training/ and proto/ install as
+# mypy over the installed layout: probes/, server/, training/, proto/ and benchmarks/ install as
 # probewatch.probes, probewatch.server, ... (setup.py's package_dir), which mypy cannot map by
 # itself. A throw-away tree of symlinks under build/typecheck/ gives it that layout; the
 # settings live in pyproject.toml ([tool.mypy]). It checks the whole probewatch package.
@@ -20,7 +20,7 @@ for entry in probewatch/*; do
   case "$(basename "$entry")" in __pycache__) continue ;; esac
   ln -s "$PWD/$entry" "$tree/probewatch/$(basename "$entry")"
 done
-for pkg in probes server training proto; do
+for pkg in probes server training proto benchmarks; do
   ln -s "$PWD/$pkg" "$tree/probewatch/$pkg"
 done
 cd "$tree"

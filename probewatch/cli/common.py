@@ -1,38 +1,8 @@
-"""Argument helpers shared by commands (one definition of --model, --bundles, --json)."""
+"""Argument helpers shared by commands: the definitions live in core (`probewatch.arguments`), which
+the benchmarks use too; the CLI modules keep importing them from here."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
-from typing import Any
+from probewatch.arguments import add_bundles_arg, add_extra_data_arg, add_json_arg, add_model_arg, print_json
 
-from probewatch.models.registry import REFERENCE_MODEL
-
-
-def add_model_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model",
-        default=REFERENCE_MODEL,
-        help=f"registry name, local HF folder or hub id (default: {REFERENCE_MODEL}, provisioned on first use)",
-    )
-
-
-def add_bundles_arg(parser: argparse.ArgumentParser, help: str) -> None:
-    """`--bundles DIR ...`, repeatable (each use extends the list); None = the command's default."""
-    parser.add_argument("--bundles", nargs="+", action="extend", default=None, metavar="DIR", help=help)
-
-
-def add_extra_data_arg(parser: argparse.ArgumentParser | argparse._ArgumentGroup, help: str) -> None:
-    """`--extra-data JSONL ...`, repeatable: labelled dialogues such as reviewed incidents."""
-    parser.add_argument("--extra-data", type=Path, nargs="+", action="extend", default=[], metavar="JSONL", help=help)
-
-
-def add_json_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON object/list as the last stdout line")
-
-
-def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, default=float) + "\n")
-    sys.stdout.flush()
+__all__ = ["add_bundles_arg", "add_extra_data_arg", "add_json_arg", "add_model_arg", "print_json"]

@@ -116,7 +116,7 @@ def _run(args: argparse.Namespace) -> int:
     import threading
 
     from probewatch import envs
-    from probewatch.server.inference.http_app import HTTPServerThread
+    from probewatch.server.inference.server_thread import HTTPServerThread
     from probewatch.server.review.app import create_review_app
     from probewatch.server.review.catalog import Catalog
     from probewatch.server.store import IncidentStore

@@ -178,7 +178,7 @@ def _run(args: argparse.Namespace) -> int:
 def _http_limits(args: argparse.Namespace):
     from probewatch import envs
     from probewatch.errors import ProbewatchError
-    from probewatch.server.inference.http_app import HTTPLimits
+    from probewatch.server.inference.limits import HTTPLimits
 
     keys = [k for k in (args.api_key, envs.api_key()) if k]
     if args.api_key_file is not None:

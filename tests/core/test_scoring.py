@@ -11,7 +11,8 @@ import torch
 
 from probewatch.capture import run_forward
 from probewatch.data import Dialogue, Message, encode_dialogue, write_dialogues
-from probewatch.probes import Aggregation, Manifest, ModelRef, ProbeRuntime, Threshold, load_bundles, save_bundle
+from probewatch.probes import Aggregation, ProbeRuntime, Threshold, load_bundles
+from probewatch.probes.synthetic import synthetic_manifest, write_synthetic_bundle
 from probewatch.scoring import score_dialogues
 
 pytestmark = [pytest.mark.integration, pytest.mark.compat]
@@ -39,27 +40,19 @@ def bundles(reference, tmp_path_factory):
         ("gen", 9, "prompt_last", "last"),
         ("deep", 20, "all", "mean"),
     ):
-        manifest = Manifest(
-            id=probe_id,
-            behaviour="deception",
-            kind="linear",
-            model=ModelRef(reference.model_id, reference.fingerprint, 576, 30),
+        manifest = synthetic_manifest(
+            probe_id,
+            d_model=576,
             layer=layer,
+            model_id=reference.model_id,
+            fingerprint=reference.fingerprint,
+            n_layers=30,
             threshold=Threshold(0.0),
             aggregation=Aggregation(method, window=3),
             token_selection=selection,
             normalization="standardize",
         )
-        save_bundle(
-            root / probe_id,
-            manifest,
-            {
-                "weight": torch.randn(576, generator=g) / 24,
-                "bias": torch.tensor([0.1]),
-                "mean": torch.randn(576, generator=g),
-                "scale": torch.rand(576, generator=g) + 0.5,
-            },
-        )
+        write_synthetic_bundle(root, manifest, generator=g, weight_scale="sqrt_d", bias=0.1)
     return root
 
 

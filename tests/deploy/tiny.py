@@ -74,30 +74,30 @@ def make_bundles(out: Path, tiny_model, behaviours: dict[str, str]) -> list[Path
     direction with a threshold every generation crosses (so every generation alerts)."""
     import torch
 
-    from probewatch.probes import Aggregation, Manifest, ModelRef, Threshold, save_bundle
+    from probewatch.probes.synthetic import synthetic_manifest, write_synthetic_bundle
 
     model, _, fingerprint = tiny_model
     d = model.config.hidden_size
-    torch.manual_seed(3)
+    generator = torch.Generator().manual_seed(3)
     paths = []
     for layer, (probe_id, behaviour) in enumerate(behaviours.items(), start=1):
         selection, aggregation = ("prompt_last", "last") if behaviour == "refusal" else ("response", "mean")
-        manifest = Manifest(
-            id=probe_id,
+        manifest = synthetic_manifest(
+            probe_id,
+            d_model=d,
+            layer=layer,
+            model_id="tiny-llama",
+            fingerprint=fingerprint,
+            n_layers=model.config.num_hidden_layers,
             behaviour=behaviour,
             kind="mean_diff",
-            model=ModelRef(
-                id="tiny-llama", fingerprint=fingerprint, d_model=d, n_layers=model.config.num_hidden_layers
-            ),
-            layer=layer,
-            threshold=Threshold(value=-1000.0, method="fixed", fpr=None),
-            aggregation=Aggregation(method=aggregation),
+            threshold=-1000.0,
+            aggregation=aggregation,
             token_selection=selection,
             version=f"e2e-{layer}",
             description="tests/deploy: a random direction; the threshold makes every generation alert",
         )
-        weight = torch.randn(d) / d**0.5
-        paths.append(save_bundle(out / probe_id, manifest, {"weight": weight, "bias": torch.tensor([0.0])}))
+        paths.append(write_synthetic_bundle(out, manifest, generator=generator)[0])
     return paths
 
 

@@ -1,4 +1,6 @@
-"""Small bundle builders for probe tests (no training code: the serving side must stand alone)."""
+"""Small bundle builders for probe tests (no training code: the serving side must stand alone).
+
+Thin defaults over the one synthetic-bundle factory, `probewatch.probes.synthetic`."""
 
 from __future__ import annotations
 
@@ -6,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from probewatch.probes import Aggregation, Manifest, ModelRef, Threshold, save_bundle
+from probewatch.probes import Manifest, Threshold
+from probewatch.probes.synthetic import synthetic_manifest, write_synthetic_bundle
 
 FINGERPRINT = "pwfp1:" + "ab" * 16
 
@@ -22,14 +25,17 @@ def make_manifest(
     behaviour: str = "deception",
     fingerprint: str = FINGERPRINT,
 ) -> Manifest:
-    return Manifest(
-        id=probe_id,
+    return synthetic_manifest(
+        probe_id,
+        d_model=d,
+        layer=layer,
+        model_id="tiny",
+        fingerprint=fingerprint,
+        n_layers=4,
         behaviour=behaviour,
         kind=kind,
-        model=ModelRef(id="tiny", fingerprint=fingerprint, d_model=d, n_layers=4),
-        layer=layer,
         threshold=Threshold(value=threshold),
-        aggregation=Aggregation(method=aggregation),
+        aggregation=aggregation,
         normalization=normalization,
     )
 
@@ -37,10 +43,6 @@ def make_manifest(
 def make_bundle(
     path: Path, probe_id: str = "p", layer: int = 1, d: int = 8, seed: int = 0, standardize: bool = False, **kwargs
 ) -> tuple[Path, dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    tensors = {"weight": torch.randn(d, generator=g), "bias": torch.tensor([0.25])}
-    if standardize:
-        tensors["mean"] = torch.randn(d, generator=g)
-        tensors["scale"] = torch.rand(d, generator=g) + 0.5
+    """Raw N(0, 1) weight, bias 0.25 (+ mean/scale with `standardize`), seeded."""
     manifest = make_manifest(probe_id, layer, d, normalization="standardize" if standardize else "none", **kwargs)
-    return save_bundle(path / probe_id, manifest, tensors), tensors
+    return write_synthetic_bundle(path, manifest, seed=seed, weight_scale="none", bias=0.25)

@@ -18,7 +18,7 @@ import time
 
 import httpx
 
-from probewatch.benchmarks.overhead_ingest import SidecarProcess
+from probewatch.benchmarks.harness import SidecarProcess
 from probewatch.server.store import IncidentStore
 from tests.server.grpc_helpers import metric_value, scrape
 from tests.vllm_backend.conftest import ENGINE_ARGS, REPO
@@ -120,7 +120,7 @@ def test_vllm_serve_streams_and_the_sidecar_scores(tmp_path, model_path, bundles
         assert metric_value(metrics, "probewatch_tokens_scored_total", mode="projections") > 0
         assert metric_value(metrics, "probewatch_alerts_total", probe="refusal", behaviour="refusal") == 1
         store = IncidentStore.open(tmp_path / "inc.sqlite3", readonly=True)
-        (incident,) = [i for i in store.list() if i.probe == "refusal"]
+        (incident,) = [i for i in store.find() if i.probe == "refusal"]
         assert "pipe bomb" in incident.prompt and incident.response.strip() == text.strip()
         assert incident.metadata.get("engine") == "vllm"
 
