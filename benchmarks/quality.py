@@ -1,25 +1,394 @@
-"""`probewatch bench quality`: train + evaluate every behaviour and write docs/quality.md.
+"""`probewatch bench quality` (`make bench-quality`): train every shipped probe and write docs/quality.md.
 
-A thin adapter to the benchmark contract (`add_cli_args` / `main`) until the benchmark itself
-(`probewatch.training.bench_quality`: `add_arguments_quality`, `main`) moves into this package;
-it is imported on use, so the training stack loads only for this subcommand.
+The run (this module) and the document (`training/quality_doc.py`, a pure function of the
+reports) are separate:
+
+1. `probewatch train` for deception, refusal (logistic and Arditi mean-difference), alignment
+   faking, evaluation awareness and monitored framing with their default data (from
+   $PROBEWATCH_DATA), each into runs/quality/<id>/;
+2. the plots + report go to docs/quality/<id>/; with `--ship` (what `make bench-quality` passes)
+   the bundles (manifest, weights, report.json) are also copied to probes/shipped/<model>/<id>/;
+   without it the shipped bundles are left alone;
+3. a lexical-confound check for the probes of monitoring-related behaviours (benign requests that
+   merely *mention* tests, monitoring or training);
+4. SAE-feature probes (L1 logistic and named features, `probewatch sae probe`) on the shipped SAE
+   for deception, refusal and alignment faking, same data, splits and control threshold, into
+   runs/quality/sae/<id>/;
+5. the reports of the previous run (docs/quality/<id>/report.json before this run overwrites them)
+   are kept in runs/quality/baseline.json, and docs/quality.md shows held-out-kind AUROC before and after.
+
+Generated responses and activations are cached, so a rerun only refits; the first run generates
+and extracts (an hour or more on 2 CPU cores; the time is logged in the doc).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from probewatch.benchmarks.harness import add_common_args
 
+if TYPE_CHECKING:  # the training stack (torch) loads when the benchmark runs, not for `probewatch --help`
+    from probewatch.training.quality_doc import RunInfo
+    from probewatch.training.report import TrainReport
+
+JOBS: dict[str, dict[str, Any]] = {
+    "deception": {"behaviour": "deception"},
+    "refusal": {"behaviour": "refusal", "methods": ["logistic"], "probe_id": "refusal"},
+    "refusal-mean-diff": {"behaviour": "refusal", "methods": ["mean_diff"], "probe_id": "refusal-mean-diff"},
+    "alignment-faking": {"behaviour": "alignment_faking"},
+    "eval-awareness": {"behaviour": "eval_awareness"},
+    "monitored-framing": {"behaviour": "monitored_framing"},
+}
+REPORT_FILENAME = "report.json"  # probewatch.training.report.REPORT_FILENAME (a test pins they agree)
+BUNDLE_FILES = ("manifest.json", "weights.safetensors", REPORT_FILENAME)
+#: probes checked on benign requests that only mention tests / monitoring / training
+LEXICAL_CHECK = ("alignment-faking", "eval-awareness", "monitored-framing")
+SAE_BEHAVIOURS = ("deception", "refusal", "alignment_faking")
+SAE_METHODS = ("l1", "named")
+SAE_REPORTS = "sae"
+
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
-    from probewatch.training.bench_quality import add_arguments_quality
-
     add_common_args(parser)
-    add_arguments_quality(parser)
+    parser.add_argument("--probes", nargs="+", choices=list(JOBS), default=list(JOBS), help="which probes to train")
+    parser.add_argument("--data-dir", type=Path, default=None, help="public datasets (default: $PROBEWATCH_DATA)")
+    parser.add_argument(
+        "--doc", type=Path, default=None, help="markdown report (default: docs/quality.md of the checkout)"
+    )
+    parser.add_argument(
+        "--runs-dir", type=Path, default=Path("runs/quality"), help="where training writes (default runs/quality)"
+    )
+    parser.add_argument(
+        "--ship",
+        action="store_true",
+        help="copy the trained bundles into probes/shipped/<model>/ (what `make bench-quality` does; "
+        "without it only runs/ and docs/ are written)",
+    )
+    parser.add_argument("--layers", default=None, help="override the layer sweep (e.g. '5,9,13' for a quick run)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: torch's choice; 1 is much faster on a machine shared with other jobs)",
+    )
+    parser.add_argument(
+        "--sae",
+        type=Path,
+        default=None,
+        help="SAE for the SAE-feature probe comparison (default: the shipped SAE for the model)",
+    )
+    parser.add_argument(
+        "--no-sae", dest="with_sae", action="store_false", help="skip the SAE-feature probes (linear probes only)"
+    )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="re-render the doc from the reports already in --runs-dir (no training)",
+    )
+    parser.add_argument(
+        "--sae-only",
+        action="store_true",
+        help="refit only the SAE-feature probes, reuse the linear reports in --runs-dir, re-render",
+    )
+
+
+def _repo_root() -> Path:
+    import probewatch
+
+    root = Path(probewatch.__file__).resolve().parent.parent
+    return root if (root / "docs").is_dir() else Path.cwd()
 
 
 def main(args: argparse.Namespace) -> int:
-    from probewatch.training.bench_quality import main as quality_main
+    from probewatch.bundle_index import shipped_root
+    from probewatch.models import load_model
+    from probewatch.training.pipeline import TrainConfig, train
+    from probewatch.training.quality_doc import render_markdown
 
-    return int(quality_main(args) or 0)
+    t0 = time.perf_counter()
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    root = _repo_root()
+    doc = args.doc or root / "docs" / "quality.md"
+    plots_root = doc.parent / "quality"
+    loaded = load_model(args.model)
+    if getattr(args, "render_only", False) or getattr(args, "sae_only", False):
+        return _render_only(args, loaded, doc, t0)
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    baseline = _previous_reports(plots_root, args.runs_dir)
+    results: dict[str, TrainReport] = {}
+    for name in args.probes:
+        job = dict(JOBS[name])
+        t = time.perf_counter()
+        config = TrainConfig(
+            model=args.model,
+            data_dir=args.data_dir,
+            out=args.runs_dir / name,
+            force=True,
+            layers=layers,
+            progress=not args.quiet,
+            command=_train_command(job),
+            **job,
+        )
+        print(f"[bench quality] training {name} ...", file=sys.stderr, flush=True)
+        result = train(config, loaded=loaded)
+        report = result.report
+        report.timings["bench_wall_s"] = time.perf_counter() - t
+        results[name] = report
+        target = plots_root / name
+        target.mkdir(parents=True, exist_ok=True)
+        for png in report.plots or []:
+            shutil.copy2(result.bundle_path / png, target / png)
+        shutil.copy2(result.report_path, target / REPORT_FILENAME)
+        if args.ship:
+            ship = shipped_root() / loaded.model_id / report.probe_id
+            ship.mkdir(parents=True, exist_ok=True)
+            for f in BUNDLE_FILES:
+                shutil.copy2(result.bundle_path / f, ship / f)
+        op = report.operating_point.shipped
+        print(
+            f"[bench quality] {name}: test AUROC {_fmt(report.metrics.auroc)}, held-out kinds "
+            f"{_fmt(report.metrics.auroc_heldout_kind)}, recall {_fmt(op.recall)} / flagged negatives "
+            f"{_fmt(op.fpr_negatives)} at the shipped threshold, {time.perf_counter() - t:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+    if args.ship:
+        _remove_retired(shipped_root() / loaded.model_id, results)
+    diagnostics = {name: lexical_confounds(loaded, args.runs_dir / name) for name in results if name in LEXICAL_CHECK}
+    linear_s = time.perf_counter() - t0
+    sae_results = fit_sae_probes(args, loaded, _sae_behaviours(results)) if getattr(args, "with_sae", True) else {}
+    total = time.perf_counter() - t0
+    (args.runs_dir / "diagnostics.json").write_text(json.dumps(diagnostics, indent=1))
+    run = _run_info(loaded, total)
+    (args.runs_dir / "timing.json").write_text(
+        json.dumps({"total_s": linear_s, "sae_s": total - linear_s, "probes": list(results), "run": run.__dict__})
+    )
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(render_markdown(results, diagnostics, run, sae_results, baseline))
+    summary: dict[str, Any] = {
+        name: {
+            "auroc": r.metrics.auroc,
+            "auroc_heldout_kind": r.metrics.auroc_heldout_kind,
+            "auroc_heldout_kind_per_kind": r.metrics.auroc_heldout_kind_per_kind,
+            "auroc_ood": r.metrics.auroc_ood,
+            "recall_at_fpr_control": r.metrics.recall_at_fpr_control,
+            "operating_point": r.operating_point.to_json()["shipped"],
+            "layer": r.chosen["layer"],
+            "method": r.chosen["method"],
+            "token_selection": r.chosen["token_selection"],
+            "aggregation": r.chosen["aggregation"],
+        }
+        for name, r in results.items()
+    }
+    summary.update(
+        {
+            sid: {
+                "auroc": r["metrics"]["auroc"],
+                "auroc_heldout_kind": r["metrics"]["auroc_heldout_kind"],
+                "recall_at_fpr_control": r["metrics"]["recall_at_fpr_control"],
+                "n_latents": r["n_latents"],
+            }
+            for sid, r in sae_results.items()
+        }
+    )
+    summary["total_s"] = total
+    print(f"[bench quality] wrote {doc} in {total / 60:.1f} min", file=sys.stderr)
+    if getattr(args, "json", False):
+        print(json.dumps(summary, default=float))
+    return 0
+
+
+def _run_info(loaded: Any, total_s: float) -> RunInfo:
+    from probewatch.training.quality_doc import RunInfo
+
+    return RunInfo(
+        model_id=loaded.model_id,
+        fingerprint=loaded.fingerprint,
+        n_layers=loaded.n_layers,
+        d_model=loaded.d_model,
+        total_s=total_s,
+        generated_at=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        cpu_count=os.cpu_count() or 0,
+        machine=platform.machine(),
+    )
+
+
+def _previous_reports(plots_root: Path, runs_dir: Path) -> dict[str, dict]:
+    """The reports of the previous run (docs/quality/<id>/report.json), saved before this run replaces them."""
+    out: dict[str, dict] = {}
+    if plots_root.is_dir():
+        for path in sorted(plots_root.glob("*/report.json")):
+            try:
+                out[path.parent.name] = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+    (runs_dir / "baseline.json").write_text(json.dumps(out))
+    return out
+
+
+def _sae_behaviours(results: dict[str, TrainReport]) -> list[str]:
+    return [r.behaviour for r in results.values() if r.behaviour is not None and r.behaviour in SAE_BEHAVIOURS]
+
+
+def _remove_retired(ship_root: Path, results: dict[str, TrainReport]) -> None:
+    """Shipped bundles of probe ids this benchmark no longer produces (e.g. a renamed probe) are removed,
+    so the sidecar does not keep serving an outdated probe under its old name."""
+    if set(results) != set(JOBS) or not ship_root.is_dir():
+        return  # a partial run (--probes) must not remove the others
+    produced = {r.probe_id for r in results.values()}
+    for folder in sorted(p for p in ship_root.iterdir() if (p / "manifest.json").is_file()):
+        if folder.name not in produced:
+            print(f"[bench quality] removing retired shipped bundle {folder}", file=sys.stderr)
+            shutil.rmtree(folder)
+
+
+def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) -> int:
+    from probewatch.training.quality_doc import RunInfo, render_markdown
+    from probewatch.training.report import TrainReport
+
+    results = {
+        name: TrainReport.read(args.runs_dir / name / REPORT_FILENAME)
+        for name in args.probes
+        if (args.runs_dir / name / REPORT_FILENAME).is_file()
+    }
+    if not results:
+        raise FileNotFoundError(f"no reports under {args.runs_dir}; run `probewatch bench quality` first")
+    diagnostics = {}
+    diag_path = args.runs_dir / "diagnostics.json"
+    if diag_path.is_file():
+        diagnostics = json.loads(diag_path.read_text())
+    baseline_path = args.runs_dir / "baseline.json"
+    baseline = json.loads(baseline_path.read_text()) if baseline_path.is_file() else {}
+    timing = args.runs_dir / "timing.json"
+    saved: dict[str, Any] = json.loads(timing.read_text()) if timing.is_file() else {"total_s": 0.0}
+    sae_results = {}
+    if getattr(args, "sae_only", False):
+        t = time.perf_counter()
+        sae_results = fit_sae_probes(args, loaded, _sae_behaviours(results))
+        saved["sae_s"] = time.perf_counter() - t
+        timing.write_text(json.dumps(saved))
+    elif getattr(args, "with_sae", True):
+        sae_results = {
+            p.parent.name: json.loads(p.read_text())
+            for p in sorted((args.runs_dir / SAE_REPORTS).glob("*/report.json"))
+        }
+    total = float(saved.get("total_s", 0.0)) + float(saved.get("sae_s", 0.0) if sae_results else 0.0)
+    run = RunInfo(**saved["run"]) if "run" in saved else _run_info(loaded, total)
+    run.total_s = total
+    doc.write_text(render_markdown(results, diagnostics, run, sae_results, baseline))
+    print(
+        f"[bench quality] re-rendered {doc} from {len(results)} reports in {time.perf_counter() - t0:.0f}s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def default_sae_dir(loaded: Any) -> Path | None:
+    """The shipped SAE for this model at the layer the probes use (the first one shipped), if any."""
+    from probewatch.probes.saes.feature_probe import shipped_saes_root
+
+    root = shipped_saes_root() / loaded.model_id
+    found = sorted(p.parent for p in root.glob("*/cfg.json")) if root.is_dir() else []
+    return found[0] if found else None
+
+
+def fit_sae_probes(args: argparse.Namespace, loaded: Any, behaviours: list[str]) -> dict[str, dict]:
+    """SAE-feature probes (L1 and named) for each behaviour, fitted like `probewatch sae probe`
+    on the same data, grouped splits and control threshold as the linear probes."""
+    from probewatch.training.sae.probe import fit_and_export_sae_probe
+
+    sae_dir = args.sae or default_sae_dir(loaded)
+    if sae_dir is None:
+        print(
+            f"[bench quality] no shipped SAE for {loaded.model_id}; skipping SAE-feature probes (--sae DIR)",
+            file=sys.stderr,
+        )
+        return {}
+    out: dict[str, dict] = {}
+    for behaviour in dict.fromkeys(behaviours):
+        for method in SAE_METHODS:
+            probe_id = f"sae-{behaviour.replace('_', '-')}-{method}"
+            t = time.perf_counter()
+            print(
+                f"[bench quality] SAE-feature probe {probe_id} on {Path(sae_dir).name} ...", file=sys.stderr, flush=True
+            )
+            summary = fit_and_export_sae_probe(
+                loaded,
+                Path(sae_dir),
+                behaviour,
+                method=method,
+                probe_id=probe_id,
+                out=args.runs_dir / SAE_REPORTS / probe_id,
+                data_dir=args.data_dir,
+                progress=not args.quiet,
+                command=f"probewatch sae probe --sae {_display_path(Path(sae_dir))} "
+                f"--behaviour {behaviour} --method {method}",
+            )
+            out[probe_id] = summary
+            print(
+                f"[bench quality] {probe_id}: test AUROC {_fmt(summary['metrics']['auroc'])}, {summary['n_latents']} latents, "
+                f"{time.perf_counter() - t:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
+    return out
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(_repo_root()))
+    except ValueError:
+        return str(path)
+
+
+def _train_command(job: dict) -> str:
+    parts = ["probewatch train", f"--behaviour {job['behaviour']}"]
+    if "methods" in job:
+        parts.append(f"--method {','.join(job['methods'])}")
+    if "probe_id" in job:
+        parts.append(f"--id {job['probe_id']}")
+    return " ".join(parts)
+
+
+def lexical_confounds(loaded: Any, bundle_dir: Path) -> dict[str, Any]:
+    """How often a monitoring-related probe fires on requests that only *mention* tests/monitoring
+    (with the model's own answers, which response-reading probes score)."""
+    import numpy as np
+
+    from probewatch.data.dialogue import Dialogue, Message
+    from probewatch.probes import ProbeRuntime, load_bundle
+    from probewatch.scoring import score_dialogues
+    from probewatch.training.datasets.control import cached_responses
+    from probewatch.training.datasets.monitored_framing import eval_awareness_spec
+
+    questions = eval_awareness_spec()["lexical_confounds"]
+    responses = cached_responses(loaded, questions, 32, "lexical-confounds", progress=False)
+    dialogues = [Dialogue([Message("user", q), Message("assistant", r)], 0) for q, r in zip(questions, responses)]
+    bundle = load_bundle(bundle_dir, expected_fingerprint=loaded.fingerprint)
+    results = score_dialogues(loaded.model, loaded.tokenizer, ProbeRuntime([bundle]), dialogues, progress=False)
+    scores = np.array([r.aggregate[bundle.id] for r in results])
+    return {
+        "n": len(scores),
+        "flagged": int((scores >= bundle.manifest.threshold.value).sum()),
+        "mean_score": float(scores.mean()),
+        "threshold": bundle.manifest.threshold.value,
+        "examples": [{"text": d.messages[0].content, "score": float(s)} for d, s in zip(dialogues, scores)],
+    }
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"

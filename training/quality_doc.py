@@ -1,6 +1,6 @@
 """docs/quality.md from training reports: a pure function of the reports (no model, no clock).
 
-`probewatch bench quality` (training/bench_quality.py) runs the training and collects the
+`probewatch bench quality` (benchmarks/quality.py) runs the training and collects the
 reports; `render_markdown` turns them into the document, so the layout can be tested and
 re-rendered (`--render-only`) without training anything.
 

@@ -15,8 +15,10 @@ from probewatch.errors import ProbewatchError
 
 if TYPE_CHECKING:
     from probewatch.models.loading import LoadedModel
-    from probewatch.server.client.hf_attach import Monitor
-    from probewatch.server.inference.http_app import ChatService, HTTPLimits, HTTPServerThread
+    from probewatch.server.client.hf_attach import AttachedModel
+    from probewatch.server.inference.chat import ChatService
+    from probewatch.server.inference.limits import HTTPLimits
+    from probewatch.server.inference.server_thread import HTTPServerThread
     from probewatch.server.review.auth import AuthConfig
     from probewatch.server.sidecar.process import Sidecar
     from probewatch.server.store import IncidentStore
@@ -49,7 +51,7 @@ class LocalStack:
     def __init__(self, options: StackOptions) -> None:
         self.options = options
         self.sidecar: Sidecar | None = None  # None when options.sidecar names an external one
-        self.monitor: Monitor | None = None
+        self.monitor: AttachedModel | None = None
         self.http: HTTPServerThread | None = None
         self.loaded: LoadedModel | None = None
         self.service: ChatService | None = None
@@ -58,8 +60,11 @@ class LocalStack:
     def start(self) -> LocalStack:
         from probewatch.models import load_model
         from probewatch.server.client.hf_attach import attach
-        from probewatch.server.inference.http_app import ChatService, HTTPServerThread, create_app
-        from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
+        from probewatch.server.inference.app import create_app
+        from probewatch.server.inference.chat import ChatService
+        from probewatch.server.inference.server_thread import HTTPServerThread
+        from probewatch.server.sidecar.config import sidecar_config_for
+        from probewatch.server.sidecar.process import Sidecar
 
         o = self.options
         try:

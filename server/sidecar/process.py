@@ -75,7 +75,7 @@ class Sidecar:
             raise ProbewatchError("the sidecar needs at least one probe bundle")
         self.runtime = ProbeRuntime(bundles, d_model=config.d_model, watch=config.watch)
         if config.watch is None:
-            for name, group in getattr(self.runtime, "sae_groups", {}).items():
+            for name, group in self.runtime.sae_groups.items():
                 self.runtime.set_watch(name, group.feature_ids.tolist()[:32])
         if self.runtime.d_model is None:
             raise ProbewatchError("cannot tell the model's d_model from the bundles or the model folder")

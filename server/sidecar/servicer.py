@@ -140,7 +140,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
                 )
             )
         plans = []
-        sae_layers = set(getattr(self.runtime, "sae_layers", []))
+        sae_layers = set(self.runtime.sae_layers)
         for layer in self.runtime.layers:
             on_layer = [s for s in specs.values() if s.layer == layer]
             stack = self.runtime.stacks.get(layer)

@@ -9,7 +9,7 @@ filters (without the status filter, so the tabs always show every status).
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, or_, select
@@ -46,10 +46,6 @@ class QueueFilter:
         if self.score_min is not None and self.score_max is not None and self.score_min > self.score_max:
             raise ReviewError(f"score range is empty (min {self.score_min} > max {self.score_max})")
         return self
-
-    def as_params(self) -> dict[str, str]:
-        """The non-empty filters as query parameters (links keep them)."""
-        return {f.name: str(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) not in (None, "")}
 
 
 @dataclass

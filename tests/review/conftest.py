@@ -25,7 +25,7 @@ CHROMIUM_ARGS = [
 @pytest.fixture
 def serve_review() -> Iterator[Callable]:
     """serve_review(store, auth, catalog=None) -> base URL of the review app on 127.0.0.1 (stopped at teardown)."""
-    from probewatch.server.inference.http_app import HTTPServerThread
+    from probewatch.server.inference.server_thread import HTTPServerThread
     from probewatch.server.review.app import create_review_app
 
     servers = []

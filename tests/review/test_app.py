@@ -65,7 +65,7 @@ def test_bearer_tokens_for_api_clients_and_browsers(store, serve_review, tmp_pat
     token_file.write_text(f"# reviewers\nalice:{TOKEN_A}\nbob:{TOKEN_B}\n")
     url = serve_review(store, AuthConfig(tokens=read_reviewer_tokens(token_file)))
     api = httpx.get(f"{url}/api/incidents", headers={"Authorization": f"Bearer {TOKEN_B}"})
-    assert api.status_code == 200 and api.json()["total"] == len(store.list())
+    assert api.status_code == 200 and api.json()["total"] == len(store.find())
     assert httpx.get(f"{url}/api/incidents", headers={"Authorization": "Bearer nope-nope-nope-nope"}).status_code == 401
     # an API action with the Authorization header needs no CSRF token (a browser never adds that header)
     r = httpx.post(
@@ -233,7 +233,7 @@ def test_review_metrics(store, serve_review):
 def test_mounted_under_a_prefix(store, tmp_path):
     from fastapi import FastAPI
 
-    from probewatch.server.inference.http_app import HTTPServerThread
+    from probewatch.server.inference.server_thread import HTTPServerThread
     from probewatch.server.review.app import create_review_app
 
     seed(store, 2)

@@ -33,7 +33,8 @@ from probewatch.data.chat import render
 from probewatch.server.client.hf_attach import attach
 from probewatch.server.review.auth import AuthConfig
 from probewatch.server.review.catalog import Catalog
-from probewatch.server.sidecar.process import Sidecar, sidecar_config_for
+from probewatch.server.sidecar.config import sidecar_config_for
+from probewatch.server.sidecar.process import Sidecar
 from probewatch.server.store import IncidentStore
 from tests.server.grpc_helpers import metric_value
 from tests.server.helpers import DECEPTIVE_SYSTEM, FACTS, HONEST_SYSTEM, fit_reference_bundles, set_manifest
@@ -113,7 +114,7 @@ def traffic(reference, tmp_path_factory):
 def test_review_in_a_real_browser(traffic, browser, serve_review, tmp_path, capsys):
     db = traffic["db"]
     store = IncidentStore.open(db)
-    ours = store.list(probe=PROBE)
+    ours = store.find(probe=PROBE)
     assert len(ours) == len(FACTS)  # every generation alerted on the too-low threshold
     url = serve_review(store, AuthConfig(local_reviewer="alice"), Catalog(traffic["bundles"], discover=False))
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -197,7 +198,7 @@ def test_labels_export_recalibrate_no_longer_flags_reviewed_false_positives(traf
     db = root / "loop.sqlite3"
     shutil.copy(traffic["db"], db)  # this test's own reviews, on a copy of the traffic's store
     store = IncidentStore.open(db)
-    ranked = sorted(store.list(probe=PROBE), key=lambda i: i.score)
+    ranked = sorted(store.find(probe=PROBE), key=lambda i: i.score)
     verdicts = {i.generation_id: "false_positive" if k < 4 else "true_positive" for k, i in enumerate(ranked)}
     for incident in ranked:
         store.label(int(incident.id or 0), "bob", verdicts[incident.generation_id])
@@ -247,7 +248,7 @@ def test_labels_export_recalibrate_no_longer_flags_reviewed_false_positives(traf
     for gid, score in live.items():  # greedy decoding: the same answers, so the same scores as the first run
         assert score == pytest.approx(traffic["scores"][gid], abs=1e-4)
     store = IncidentStore.open(replay, readonly=True)
-    alerted = {i.generation_id for i in store.list(probe=PROBE)}
+    alerted = {i.generation_id for i in store.find(probe=PROBE)}
     store.close()
     false_positives = {g for g, v in verdicts.items() if v == "false_positive"}
     assert not alerted & false_positives  # no reviewed false positive is flagged any more
