@@ -80,7 +80,7 @@ lock-vllm:
 # The quick loop while developing: lint + types + the tests that need no real component and no model
 # forward of the reference model (not `integration` / `compat`; not deploy/, review/, store/). Skips
 # instead of failing on a missing component (no REQUIRE_ALL). `make test` is still what CI runs.
-CHECK_PYTEST := -m "not integration and not compat" --ignore=tests/deploy --ignore=tests/review --ignore=tests/store
+CHECK_PYTEST := -m "not integration and not compat" --ignore=tests/deploy --ignore=tests/server/review --ignore=tests/server/store
 check: setup lint typecheck
 	@start=$$(date +%s); $(BIN)/python -m pytest -q -p no:cacheprovider $(CHECK_PYTEST) $(PYTEST_ARGS); rc=$$?; \
 	echo "check (tests): $$(( $$(date +%s) - start ))s"; exit $$rc
@@ -190,7 +190,7 @@ bench-review: setup
 review-screenshots: setup
 	bash deploy/scripts/ensure-chromium.sh
 	PROBEWATCH_REVIEW_SCREENSHOTS=$(abspath docs/review) $(BIN)/python -m pytest -q \
-	  tests/review/test_review_loop.py -k browser
+	  tests/server/review/test_review_loop.py -k browser
 
 # Regenerate the committed gRPC stubs from proto/probewatch/v1/*.proto (tests/proto fails on drift).
 proto: setup

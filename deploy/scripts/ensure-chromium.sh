@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes Debian's `chromium` (/usr/bin/chromium) available for the review app's browser tests
-# (tests/review: Playwright for Python drives it through `executable_path`; Playwright's own browser
+# (tests/server/review: Playwright for Python drives it through `executable_path`; Playwright's own browser
 # download cannot reach its servers here, and is never attempted). Idempotent; see apt-ensure.sh
 # for what happens when it cannot install.
 set -u

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes Debian's PostgreSQL server binaries (initdb, pg_ctl, postgres under
 # /usr/lib/postgresql/<major>/bin) available for the incident-store tests: the test session starts
-# its own throw-away cluster in a temporary folder on a free loopback port (tests/store/pg.py).
+# its own throw-away cluster in a temporary folder on a free loopback port (tests/server/store/pg.py).
 # Idempotent; it never starts the packaged service nor creates a system cluster; see apt-ensure.sh
 # for what happens when it cannot install.
 set -u

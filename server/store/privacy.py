@@ -222,7 +222,7 @@ _RULES: list[tuple[str, Callable[[str], str]]] = [
 
 #: `redact` reads at most this many characters (4 x `DEFAULT_MAX_CHARS`); the rest is cut off and
 #: counted (`…[truncated N chars]`), never returned unredacted. Every rule is linear, so this bounds
-#: one call: ~0.42 s for the slowest input tests/server/test_privacy_linear.py knows (digit runs
+#: one call: ~0.42 s for the slowest input tests/server/store/test_privacy_linear.py knows (digit runs
 #: that make the phone rule try every grouping, ~1.6 us a character), ~0.08 s for prose (2026-12,
 #: one x86 core). `TextPolicy` caps each field before this (`max_chars`, 65536 by default); a
 #: larger `--max-text-chars` still stores at most this many characters of redacted text.

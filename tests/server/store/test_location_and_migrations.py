@@ -44,7 +44,7 @@ def test_locations():
 
 
 def test_unreachable_server_is_a_one_line_error_without_the_password(tmp_path):
-    from tests.store.pg import free_port
+    from tests.server.store.pg import free_port
 
     url = f"postgresql://probewatch:hunter2@127.0.0.1:{free_port()}/nowhere"
     with pytest.raises(IncidentStoreError) as info:

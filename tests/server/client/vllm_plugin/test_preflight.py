@@ -2,7 +2,7 @@
 reason for each case it checks — vLLM missing, kill switch, a runner's contract broken, a model
 without auxiliary outputs, sidecar down, token refused, another model's bundles, layers out of
 range, speculative decoding, pipeline parallelism. A real sidecar on loopback; the vLLM source is
-the synthetic tree written from the plugin's own contract (tests/server/vllm_source.py)."""
+the synthetic tree written from the plugin's own contract (tests/server/client/vllm_plugin/vllm_source.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import json
 import pytest
 
 from probewatch.cli.main import main
-from tests.server.vllm_source import write_tree
+from tests.server.client.vllm_plugin.vllm_source import write_tree
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from probewatch.cli.main import main
 from probewatch.server.store import IncidentNotFoundError, IncidentStore, IncidentStoreError
-from tests.store.factory import make_incident
+from tests.server.store.factory import make_incident
 
 
 def test_record_list_get_and_review(tmp_path):

@@ -42,7 +42,7 @@ def write_tree(root: Path, drop: Iterable[Requirement] = (), version: str = "0.9
         elif req.kind == "not_overridden":
             modules[req.module][req.cls]
     for module in {*modules, *functions}:
-        lines = ["# synthetic vLLM source (tests/server/vllm_source.py)\n"]
+        lines = ["# synthetic vLLM source (tests/server/client/vllm_plugin/vllm_source.py)\n"]
         lines += functions.get(module, [])
         for cls, body in modules.get(module, {}).items():
             lines.append(f"class {cls}:\n" + ("".join(body) if body else "    pass\n"))

@@ -14,7 +14,7 @@ from probewatch.cli.main import main
 from probewatch.server.client.vllm_plugin.adapters import ADAPTERS
 from probewatch.server.client.vllm_plugin.adapters.v2 import V2Adapter
 from probewatch.server.client.vllm_plugin.contract import ENGINE_CONTRACT, Requirement, SourceTree, check, check_all
-from tests.server.vllm_source import ALL, write_tree, zip_tree
+from tests.server.client.vllm_plugin.vllm_source import ALL, write_tree, zip_tree
 
 
 def _req(adapter: str, name: str, cls: str | None = None) -> Requirement:

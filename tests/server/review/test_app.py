@@ -11,8 +11,8 @@ import pytest
 from probewatch.server.review.auth import AuthConfig, ReviewAuthError, read_reviewer_tokens
 from probewatch.server.review.catalog import Catalog
 from probewatch.server.store import IncidentStore
-from tests.review.helpers import FINGERPRINT, seed
 from tests.server.grpc_helpers import metric_value
+from tests.server.review.helpers import FINGERPRINT, seed
 
 TOKEN_A = "alice-token-0123456789abcdef"
 TOKEN_B = "bob-token-0123456789abcdefgh"

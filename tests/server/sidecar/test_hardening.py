@@ -242,7 +242,7 @@ def test_server_keepalive_drops_a_frozen_client(start_sidecar, tiny_fp):
     from pathlib import Path
 
     sidecar = start_sidecar(keepalive_time_s=1.0, keepalive_timeout_s=1.0)
-    repo = Path(__file__).resolve().parents[2]
+    repo = Path(__file__).resolve().parents[3]
     proc = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(FROZEN_CLIENT), sidecar.address, tiny_fp],
         cwd=repo,

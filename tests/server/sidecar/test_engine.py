@@ -24,7 +24,7 @@ from tests.server.conftest import D_TINY
 from tests.server.grpc_helpers import StreamClient, chunk_msg, close_msg, metric_value, open_msg, scrape
 
 RNG = np.random.default_rng(0)
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def contract_metric_names() -> set[str]:

@@ -4,7 +4,7 @@ The attack: `probewatch run` passes the request's `metadata` (and `user`) to the
 64 entries or 16 KiB the sidecar used to refuse the Open and the answer was generated unmonitored. Now
 the client bounds ids and metadata to the sidecar's limits before sending (server/client/bounds.py),
 counts it, and the generation is monitored like any other (the attack through the real HTTP endpoint:
-tests/server/test_http_app.py)."""
+tests/server/inference/test_app.py)."""
 
 from __future__ import annotations
 

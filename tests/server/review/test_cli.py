@@ -9,7 +9,7 @@ import pytest
 
 from probewatch.cli.main import main
 from probewatch.server.store import IncidentStore
-from tests.review.helpers import seed
+from tests.server.review.helpers import seed
 
 
 def test_review_refuses_to_serve_without_authentication_off_loopback(capsys, tmp_path):

@@ -16,7 +16,7 @@ from probewatch.server.store import (
     ReviewConflictError,
     ReviewError,
 )
-from tests.store.factory import make_incident
+from tests.server.store.factory import make_incident
 
 
 @pytest.fixture

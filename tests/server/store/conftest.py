@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.components import missing
-from tests.store.pg import PostgresServer, server_bin
+from tests.server.store.pg import PostgresServer, server_bin
 
 
 @pytest.fixture(scope="session")
