@@ -225,17 +225,6 @@ class ProbeRuntime:
                 features[name] = watched
         return ScoreOutput(scores, features)
 
-    def feature_activations(self, layer: int, rows: torch.Tensor) -> dict[str, FeatureActivations]:
-        """Watched latents of every SAE reading `layer` for these rows ({SAE name: activations})."""
-        self._check_rows(layer, rows)
-        out: dict[str, FeatureActivations] = {}
-        for name, group in self.sae_groups.items():
-            if group.layer == layer and group.watch:
-                _, watched = group.run(rows)
-                if watched is not None:
-                    out[name] = watched
-        return out
-
     def _check_rows(self, layer: int, rows: torch.Tensor) -> None:
         if rows.dim() != 2 or rows.shape[1] != self.d_model:
             raise DimensionMismatchError(

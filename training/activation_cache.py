@@ -193,11 +193,6 @@ class ActivationSet(_CacheMetadata):
         stored = torch.cat(self._load(layer, "last")).to(torch.float32).numpy()
         return stored[self._example_gather()]
 
-    def mean_rows(self, layer: int) -> np.ndarray:
-        """[n_examples, d]: each example's mean over its scored-region rows."""
-        rows, offsets = self.token_rows(layer)
-        return segment_mean(rows, offsets)
-
     def rest_sums(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
         """([n_examples, d] float32 sum of the rows outside the scored region, [n_examples] their count)."""
         stored = torch.cat(self._load(layer, "rest")).to(torch.float32).numpy()
@@ -312,10 +307,6 @@ class ActivationUnion(_CacheMetadata):
 
     def last_rows(self, layer: int) -> np.ndarray:
         return np.concatenate([p.last_rows(layer) for p in self.parts])
-
-    def mean_rows(self, layer: int) -> np.ndarray:
-        rows, offsets = self.token_rows(layer)
-        return segment_mean(rows, offsets)
 
     def rest_sums(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
         parts = [p.rest_sums(layer) for p in self.parts]

@@ -42,14 +42,3 @@ def detection_metrics(
         out["recall_at_fpr"] = recall_at_threshold(pos, threshold) if pos.size else None
         out["fpr_on_negatives"] = float((neg >= threshold).mean()) if neg.size else None
     return out
-
-
-def max_tpr_at_fpr(scores_pos: Scores, scores_neg: Scores, fpr: float) -> float:
-    """The ROC-curve reading of recall at `fpr` (used to cross-check in tests and reports)."""
-    pos = np.sort(np.asarray(scores_pos, dtype=np.float64))
-    neg = np.asarray(scores_neg, dtype=np.float64)
-    best = 0.0
-    for t in np.unique(np.concatenate([pos, neg, [np.inf]])):
-        if (neg >= t).mean() <= fpr + 1e-12:
-            best = max(best, float((pos >= t).mean()))
-    return best

@@ -10,7 +10,13 @@ import probewatch.training.extract as extract_mod
 from probewatch.capture import run_forward
 from probewatch.data.chat import encode_dialogue
 from probewatch.scoring import truncate_encoded
-from probewatch.training.extract import ActivationCacheError, ActivationSet, cache_key, extract_activations
+from probewatch.training.extract import (
+    ActivationCacheError,
+    ActivationSet,
+    cache_key,
+    extract_activations,
+    segment_mean,
+)
 from tests.training.helpers import synthetic_dialogues
 
 
@@ -87,7 +93,7 @@ def test_metadata_and_per_example_views(tiny_loaded, tmp_path):
     assert acts.n_tokens.tolist() == n_scored
     rows, offsets = acts.token_rows(3)
     assert offsets[-1] == len(rows) == sum(n_scored)
-    means = acts.mean_rows(3)
+    means = segment_mean(rows, offsets)  # what features.py pools per example
     for i in range(len(dialogues)):
         assert np.allclose(means[i], rows[offsets[i] : offsets[i + 1]].mean(0), atol=1e-6)
     assert acts.fingerprint == tiny_loaded.fingerprint and acts.layers == [1, 3] and acts.d_model == 64

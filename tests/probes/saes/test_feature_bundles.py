@@ -83,7 +83,6 @@ def test_one_encode_per_sae_for_all_its_probes_and_the_watch_list(tmp_path, sae_
     assert feats.descriptions == ["the word 'lie'", "refusal opener", ""]
     full = bundles[0].sae.encode(rows)
     assert torch.allclose(feats.values, full[:, [3, 9, 5]], atol=1e-6)
-    assert torch.allclose(runtime.feature_activations(2, rows)["tiny-topk"].values, feats.values)
 
 
 def test_watch_only_sae_and_set_watch(tmp_path, sae_dir):
