@@ -48,8 +48,6 @@ JOBS: dict[str, dict[str, Any]] = {
     "eval-awareness": {"behaviour": "eval_awareness"},
     "monitored-framing": {"behaviour": "monitored_framing"},
 }
-REPORT_FILENAME = "report.json"  # probewatch.training.report.REPORT_FILENAME (a test pins they agree)
-BUNDLE_FILES = ("manifest.json", "weights.safetensors", REPORT_FILENAME)
 #: probes checked on benign requests that only mention tests / monitoring / training
 LEXICAL_CHECK = ("alignment-faking", "eval-awareness", "monitored-framing")
 SAE_BEHAVIOURS = ("deception", "refusal", "alignment_faking")
@@ -114,6 +112,7 @@ def main(args: argparse.Namespace) -> int:
     from probewatch.models import load_model
     from probewatch.training.pipeline import TrainConfig, train
     from probewatch.training.quality_doc import render_markdown
+    from probewatch.training.report import REPORT_FILENAME
 
     t0 = time.perf_counter()
     if getattr(args, "threads", None):
@@ -156,7 +155,7 @@ def main(args: argparse.Namespace) -> int:
         if args.ship:
             ship = shipped_root() / loaded.model_id / report.probe_id
             ship.mkdir(parents=True, exist_ok=True)
-            for f in BUNDLE_FILES:
+            for f in ("manifest.json", "weights.safetensors", REPORT_FILENAME):
                 shutil.copy2(result.bundle_path / f, ship / f)
         op = report.operating_point.shipped
         print(
@@ -258,7 +257,7 @@ def _remove_retired(ship_root: Path, results: dict[str, TrainReport]) -> None:
 
 def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) -> int:
     from probewatch.training.quality_doc import RunInfo, render_markdown
-    from probewatch.training.report import TrainReport
+    from probewatch.training.report import REPORT_FILENAME, TrainReport
 
     results = {
         name: TrainReport.read(args.runs_dir / name / REPORT_FILENAME)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from probewatch.cli.common import add_bundles_arg, add_json_arg, add_model_arg, print_json
+from probewatch.arguments import add_bundles_arg, add_json_arg, add_model_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:

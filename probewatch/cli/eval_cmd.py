@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from probewatch.cli.common import add_extra_data_arg, add_json_arg, print_json
+from probewatch.arguments import add_extra_data_arg, add_json_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:

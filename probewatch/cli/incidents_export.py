@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from probewatch.cli.common import add_json_arg, print_json
+from probewatch.arguments import add_json_arg, print_json
 
 
 def register(isub: argparse._SubParsersAction, db: Callable[[argparse.ArgumentParser], None]) -> None:

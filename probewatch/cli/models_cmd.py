@@ -6,7 +6,7 @@ import argparse
 import time
 from pathlib import Path
 
-from probewatch.cli.common import add_json_arg, print_json
+from probewatch.arguments import add_json_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from probewatch.cli.common import add_bundles_arg
+from probewatch.arguments import add_bundles_arg
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 

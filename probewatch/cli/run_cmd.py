@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from probewatch.cli.common import add_bundles_arg, add_model_arg
+from probewatch.arguments import add_bundles_arg, add_model_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from probewatch.arguments import add_json_arg, add_model_arg, print_json
 from probewatch.behaviours import BEHAVIOURS
-from probewatch.cli.common import add_json_arg, add_model_arg, print_json
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from probewatch.cli.common import add_bundles_arg, add_json_arg, add_model_arg, print_json
+from probewatch.arguments import add_bundles_arg, add_json_arg, add_model_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:

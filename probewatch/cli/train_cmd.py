@@ -13,8 +13,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from probewatch.arguments import add_extra_data_arg, add_json_arg, add_model_arg, print_json
 from probewatch.behaviours import BEHAVIOURS
-from probewatch.cli.common import add_extra_data_arg, add_json_arg, add_model_arg, print_json
 
 METHODS = ("logistic", "mean_diff", "lat")
 # = probewatch.probes.manifest.AGGREGATIONS (a test holds them equal; importing it here would load torch)

@@ -7,7 +7,7 @@ import argparse
 import sys
 from typing import Any
 
-from probewatch.cli.common import add_json_arg, print_json
+from probewatch.arguments import add_json_arg, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:

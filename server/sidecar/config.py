@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from probewatch.server.sidecar.streams import DEFAULT_OUTBOX_SIZE
 from probewatch.server.sidecar.webhook import validate_webhook_url
 from probewatch.server.store.privacy import DEFAULT_MAX_CHARS, STORE_TEXT_MODES
 
-log = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 _LIMITS = GenerationLimits()
 

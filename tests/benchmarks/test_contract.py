@@ -68,10 +68,3 @@ def test_timing_helpers():
     medians, per_s, best = rates({"m": [2.0, 1.0, 4.0]}, lambda _k: 8)
     assert medians == {"m": 2.0} and per_s == {"m": 4.0} and best == {"m": 8.0}
     assert percentile_ms([0.001, 0.002, 0.003, 0.004], 0.5) == 3.0 and percentile_ms([], 0.5) is None
-
-
-def test_quality_names_the_report_file_as_training_writes_it():
-    from probewatch.benchmarks import quality
-    from probewatch.training.report import REPORT_FILENAME
-
-    assert quality.REPORT_FILENAME == REPORT_FILENAME and REPORT_FILENAME in quality.BUNDLE_FILES
