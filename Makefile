@@ -117,7 +117,7 @@ test-latest:
 
 # The capture / attach / live-vs-offline parity tests (marker `compat`) against the oldest and
 # newest supported transformers, each in its own venv (.venv-compat-<version>).
-COMPAT_TRANSFORMERS ?= 5.19.0 5.24.0
+COMPAT_TRANSFORMERS ?= 5.19.0 5.25.0
 test-compat:
 	@for v in $(COMPAT_TRANSFORMERS); do \
 	  venv=.venv-compat-$$v; \
