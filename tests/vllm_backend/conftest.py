@@ -28,6 +28,18 @@ ENGINE_ARGS = {
 }
 REPO = Path(__file__).resolve().parents[2]
 
+#: live-vs-offline score parity: vLLM's CPU kernels and HF's accumulate in different orders, which
+#: depend on the host's ISA and thread count (on one CI host a score of -20.044 came back as -20.047,
+#: 1.5e-4 relative). An error in the residual stream scales with the score's magnitude, so the bound
+#: does too; a wrong position or layer moves a score by whole units and still fails.
+SCORE_ATOL = 1e-3
+SCORE_RTOL = 5e-4
+
+
+def score_tolerance(scores) -> float:
+    """The allowed |live - offline| for one probe on one generation: SCORE_ATOL + SCORE_RTOL x max|score|."""
+    return SCORE_ATOL + SCORE_RTOL * max((abs(float(v)) for v in scores), default=0.0)
+
 
 @pytest.fixture(scope="session")
 def model_path() -> str:

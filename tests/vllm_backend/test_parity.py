@@ -1,7 +1,8 @@
 """A real vLLM CPU engine (default compiled mode, chunked prefill, prefix caching) with the plugin and
-a real sidecar: live scores equal offline `score_dialogues` on the same tokens (fp32, atol 1e-3) in
-rows and pushdown modes, for concurrent requests of different lengths, a chunked prefill, a
-prefix-cache hit and an aborted request; every request's generation opens and closes exactly once."""
+a real sidecar: live scores equal offline `score_dialogues` on the same tokens (fp32, within
+`score_tolerance`: 1e-3 + 5e-4 x the probe's largest |score| on that generation) in rows and
+pushdown modes, for concurrent requests of different lengths, a chunked prefill, a prefix-cache hit
+and an aborted request; every request's generation opens and closes exactly once."""
 
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ from probewatch.data.dialogue import Dialogue, Message
 from probewatch.probes import ProbeRuntime, load_bundles
 from probewatch.probes.aggregate import aggregate
 from probewatch.scoring import score_dialogues
-from tests.vllm_backend.conftest import ENGINE_ARGS
+from tests.vllm_backend.conftest import ENGINE_ARGS, score_tolerance
 
-ATOL = 1e-3
 BATCH_TOKENS = 64  # max_num_batched_tokens: the long prompt below is prefilled in chunks
 BLOCK = 32  # KV block size (the CPU attention wants multiples of 32): the prefix cache reuses whole blocks
 QUESTIONS = [
@@ -120,8 +120,9 @@ def _check_parity(runtime, hf, question: str, prompt: list[int], token_ids: list
         else:  # all: offline index = position; the prompt rows live sends (cached ones are not) + response
             want = {p: offline_scores[p] for p in got if p < P + n_fed}
             assert set(range(P, P + n_fed)) <= set(got), pid
+        tol = score_tolerance(offline_scores)
         for p, value in want.items():
-            assert got[p] == pytest.approx(value, abs=ATOL), (pid, p)
+            assert got[p] == pytest.approx(value, abs=tol), (pid, p)
             checked += 1
         if finished_eos or selection == "prompt_last":
             aggregation = runtime.bundle(pid).manifest.aggregation
@@ -130,7 +131,7 @@ def _check_parity(runtime, hf, question: str, prompt: list[int], token_ids: list
                 if selection == "all"
                 else offline.aggregate[pid]
             )
-            assert live.scores[pid] == pytest.approx(expected, abs=ATOL), pid
+            assert live.scores[pid] == pytest.approx(expected, abs=tol), pid
     assert checked > 0
     return n_fed
 
@@ -227,8 +228,9 @@ def test_aborted_request_closes_once_with_what_was_scored(engine, hf_reference):
     stack = runtime.stacks[layer]
     scores = runtime.score(layer, hidden[layer][0])
     j = stack.probe_ids.index("deception")
+    tol = score_tolerance(scores[: len(prompt) + len(generated), j])
     for p in generated:
-        assert got[p] == pytest.approx(float(scores[p, j]), abs=ATOL)
+        assert got[p] == pytest.approx(float(scores[p, j]), abs=tol)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         closed = metric_value(scrape(sidecar.metrics_port), "probewatch_generations_total", status="closed")
@@ -303,7 +305,8 @@ def test_preempted_request_continues_its_generation(engine, hf_reference):
     layer = _layer_of(runtime, "deception")
     j = runtime.stacks[layer].probe_ids.index("deception")
     scores = runtime.score(layer, hidden[layer][0])
+    tol = score_tolerance(scores[: P + 15, j])
     for p in range(P, P + 15):
-        assert got[p] == pytest.approx(float(scores[p, j]), abs=ATOL)
+        assert got[p] == pytest.approx(float(scores[p, j]), abs=tol)
     errors = capture.metrics.registry.get_sample_value("probewatch_client_capture_errors_total", {"reason": "position"})
     assert errors == 0
