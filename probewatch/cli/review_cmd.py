@@ -71,6 +71,15 @@ def add_review_arguments(p: argparse.ArgumentParser, standalone: bool = False) -
         default=None,
         help="single local reviewer name (loopback binds only; default there: your login name when no other auth)",
     )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a Host name the app answers besides the --host bound, localhost and IP addresses, e.g. the "
+        "ingress name (repeatable; *.example.com for subdomains, * for any; default: "
+        "$PROBEWATCH_REVIEW_ALLOWED_HOSTS, comma-separated); other Hosts get 400 (DNS rebinding defence)",
+    )
 
 
 def auth_config(args: argparse.Namespace, host: str):
@@ -80,6 +89,7 @@ def auth_config(args: argparse.Namespace, host: str):
     from probewatch import envs
     from probewatch.errors import ProbewatchError
     from probewatch.server.review.auth import DEFAULT_TRUSTED_PROXIES, AuthConfig, read_reviewer_tokens
+    from probewatch.server.review.hosts import allowed_hosts
 
     token_file = args.token_file or envs.review_token_file()
     tokens = read_reviewer_tokens(token_file) if token_file else {}
@@ -106,6 +116,7 @@ def auth_config(args: argparse.Namespace, host: str):
         trusted_proxies=tuple(args.trusted_proxy or DEFAULT_TRUSTED_PROXIES),
         tokens=tokens,
         local_reviewer=reviewer,
+        allowed_hosts=allowed_hosts(host, args.allowed_host or envs.review_allowed_hosts()),
     )
 
 
@@ -131,7 +142,8 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     print(
         f"probewatch review: {server.url}/ on incident store {store.path} ({store.backend}); "
-        f"reviewers: {auth.describe()}; /metrics for Prometheus",
+        f"reviewers: {auth.describe()}; hosts answered: {', '.join(auth.allowed_hosts)} and IP addresses; "
+        "/metrics for Prometheus",
         flush=True,
     )
     if args.ready_file:

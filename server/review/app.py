@@ -11,6 +11,8 @@
     GET  /metrics                  review metrics (Prometheus)                                     routes_ops
     GET  /healthz                                                                                  routes_ops
 
+Every request first passes `HostGuard` (hosts.py): a Host header outside `auth.allowed_hosts` is
+answered 400 (DNS rebinding defence), counted in probewatch_review_rejected_hosts_total.
 Mountable under a prefix (`probewatch run --review` mounts it at /review): every link is built from
 the request's root path. The routes share one `ReviewState` (state.py) on `app.state.review`; a
 request without a reviewer is answered here (401 for the API, else the login page or an error page).
@@ -27,6 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from probewatch.server.review import routes_incident, routes_ops, routes_queue, routes_session
 from probewatch.server.review.auth import AuthConfig
 from probewatch.server.review.catalog import Catalog
+from probewatch.server.review.hosts import HostGuard, rejected_hosts_counter
 from probewatch.server.review.metrics import review_registry
 from probewatch.server.review.state import HERE, ApiError, NotAuthenticated, ReviewState, base, render, review_state
 from probewatch.server.store import IncidentStore
@@ -82,6 +85,7 @@ def create_review_app(
     app.add_exception_handler(NotAuthenticated, not_authenticated)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(IncidentStoreError, store_down)
+    app.add_middleware(HostGuard, allowed=auth.allowed_hosts, rejected=rejected_hosts_counter(registry))
     for module in (routes_queue, routes_incident, routes_session, routes_ops):
         app.include_router(module.router)
     return app

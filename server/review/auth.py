@@ -9,6 +9,8 @@
   rides in an HttpOnly, SameSite=Strict cookie. Tokens compare in constant time.
 - **Local reviewer** (`--reviewer NAME`): everyone is NAME; refused by the CLI on a non-loopback
   bind, so it is a laptop/demo mode only.
+- **Allowed hosts** (`--allowed-host`): requests naming any other Host are refused before any of
+  the above (hosts.py: a web page must not reach a no-sign-in app through DNS rebinding).
 
 State-changing form posts carry a CSRF token (an HMAC of the reviewer with a key kept in the
 store, so every replica of the app agrees); requests authenticated by an Authorization header
@@ -25,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from probewatch.errors import ProbewatchError
+from probewatch.server.review.hosts import LOCAL_HOSTS, allowed_hosts
 
 TOKEN_COOKIE = "pw_review_token"
 DEFAULT_TRUSTED_PROXIES = ("127.0.0.1/32", "::1/128")
@@ -47,8 +50,10 @@ class AuthConfig:
     trusted_proxies: Sequence[str] = DEFAULT_TRUSTED_PROXIES
     tokens: Mapping[str, str] = field(default_factory=dict)  # token -> reviewer
     local_reviewer: str | None = None
+    allowed_hosts: Sequence[str] = LOCAL_HOSTS  # Host header names answered (hosts.py); loopback always
 
     def __post_init__(self) -> None:
+        self.allowed_hosts = allowed_hosts("", self.allowed_hosts)
         try:
             self._networks = [ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies]
         except ValueError as exc:

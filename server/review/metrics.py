@@ -9,6 +9,7 @@ docs/architecture.md, the Grafana dashboard and the alert rules use them).
 | `probewatch_review_precision` | probe | reviewed precision: true / (true + false positives) |
 | `probewatch_review_store_up` | — | 1 when the last read of the store worked |
 | `probewatch_review_actions_total` | action | review actions taken through this app |
+| `probewatch_review_rejected_hosts_total` | — | requests refused for their Host header (hosts.py) |
 
 The store is read at most once per `cache_s` (several Prometheus replicas scraping must not turn
 into load on the database); a failed read keeps the last values and sets `store_up` 0.

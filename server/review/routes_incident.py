@@ -26,6 +26,7 @@ from probewatch.server.review.view import conversation, probe_views, timeline
 from probewatch.server.store.records import Incident, IncidentNotFoundError, ReviewConflictError, ReviewError
 
 router = APIRouter(dependencies=[Depends(current_identity)])
+MAX_INCIDENT_ID = 2**63 - 1
 
 
 async def form_fields(request: Request) -> dict[str, str]:
@@ -46,8 +47,17 @@ async def json_object(request: Request) -> dict[str, Any]:
     return body
 
 
+def known_id(incident_id: int) -> int:
+    """`incident_id`, or IncidentNotFoundError (404) when no row can have it: a path id past the
+    database's 64-bit integers would otherwise fail inside the driver (a 500)."""
+    if not 1 <= incident_id <= MAX_INCIDENT_ID:
+        raise IncidentNotFoundError(f"no incident with id {incident_id}")
+    return incident_id
+
+
 def incident_context(state: ReviewState, incident_id: int) -> dict[str, Any]:
     store, catalog = state.store, state.catalog
+    known_id(incident_id)
     incident = store.get(incident_id)
     events = store.events(incident_id)
     siblings = {i.probe: int(i.id or 0) for i in store.find(generation_id=incident.generation_id, limit=1000)}
@@ -100,7 +110,7 @@ def incident_form(
         return PlainTextResponse("form expired or forged (CSRF token mismatch): reload the page", status_code=403)
     action = fields.get("action", "")
     try:
-        act(state, incident_id, identity.reviewer, action, fields)
+        act(state, known_id(incident_id), identity.reviewer, action, fields)
     except IncidentNotFoundError as exc:
         return PlainTextResponse(str(exc), status_code=404)
     except ReviewError as exc:
@@ -111,7 +121,7 @@ def incident_form(
 @router.get("/api/incidents/{incident_id}")
 def incident_api(incident_id: int, state: State):
     try:
-        incident = state.store.get(incident_id)
+        incident = state.store.get(known_id(incident_id))
     except IncidentNotFoundError as exc:
         return JSONResponse({"error": str(exc)}, status_code=404)
     return incident_json(state, incident_id, incident)
@@ -129,7 +139,7 @@ def incident_action_api(
     if identity.cookie and not csrf_ok(state.csrf_key, identity.reviewer, x_csrf_token):
         return JSONResponse({"error": "CSRF token missing or wrong (X-CSRF-Token)"}, status_code=403)
     try:
-        incident = act(state, incident_id, identity.reviewer, action, body)
+        incident = act(state, known_id(incident_id), identity.reviewer, action, body)
     except IncidentNotFoundError as exc:
         return JSONResponse({"error": str(exc)}, status_code=404)
     except ReviewConflictError as exc:

@@ -2,12 +2,14 @@
 
 Filters arrive as query parameters (the page's filter form); an empty one or `any` means no
 constraint. A malformed number is the app's own 400 (the page still shows the unfiltered queue,
-with the error), not FastAPI's 422; so is a filter the store refuses (an unknown status, an empty
-score range, an unreadable time).
+with the error), not FastAPI's 422; so is a number out of bounds (page 1..1,000,000, per_page
+1..500, finite scores) and a filter the store refuses (an unknown status, an empty score range, an
+unreadable or out-of-range time).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Annotated, Any
@@ -23,6 +25,7 @@ from probewatch.server.store.records import ReviewError
 router = APIRouter(dependencies=[Depends(current_identity)])
 
 DEFAULT_PER_PAGE = 50
+MAX_PAGE = 1_000_000  # with MAX_PER_PAGE: an OFFSET under 2**31
 
 
 @dataclass
@@ -46,16 +49,24 @@ def _text(raw: str | None) -> str | None:
 def _number(name: str, raw: str | None) -> float | None:
     value = _text(raw)
     try:
-        return None if value is None else float(value)
+        number = None if value is None else float(value)
     except ValueError:
         raise ReviewError(f"{name.replace('_', ' ')} {value!r} is not a number") from None
+    if number is not None and not math.isfinite(number):
+        raise ReviewError(f"{name.replace('_', ' ')} {value!r} is not a finite number")
+    return number
 
 
-def _whole(raw: str | None, default: int) -> int:
+def _whole(name: str, raw: str | None, default: int, most: int) -> int:
+    """A whole number in 1..most (the store's OFFSET is a 64-bit integer: a huge page must not reach it)."""
+    text = (raw or "").strip()
     try:
-        return int(raw or default)
+        value = int(text) if text else default
     except ValueError:
-        raise ReviewError("page and per_page must be whole numbers") from None
+        raise ReviewError(f"{name} {text[:40]!r} is not a whole number") from None
+    if not 1 <= value <= most:
+        raise ReviewError(f"{name} must be between 1 and {most}")
+    return value
 
 
 def queue_query(
@@ -88,7 +99,8 @@ def queue_query(
             reviewer=_text(reviewer),
             generation_id=_text(generation_id),
         )
-        return QueueQuery(flt, _whole(page, 1), _whole(per_page, DEFAULT_PER_PAGE))
+        page_no = _whole("page", page, 1, MAX_PAGE)
+        return QueueQuery(flt, page_no, _whole("per_page", per_page, DEFAULT_PER_PAGE, MAX_PER_PAGE))
     except ReviewError as exc:
         return QueueQuery(QueueFilter(), error=str(exc))
 

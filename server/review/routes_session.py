@@ -2,6 +2,7 @@
 
 The cookie is HttpOnly, SameSite=Strict, scoped to the app's path, for 12 hours; `next` only ever
 leads back into the app (an absolute or scheme-relative URL elsewhere is replaced by the queue).
+POST /logout takes the CSRF token like every other form (every page's sign-out form sends it).
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse
 
-from probewatch.server.review.auth import TOKEN_COOKIE
-from probewatch.server.review.state import State, base, render
+from probewatch.server.review.auth import TOKEN_COOKIE, csrf_ok
+from probewatch.server.review.state import State, base, render, request_identity
 
 router = APIRouter()
 COOKIE_MAX_AGE_S = 12 * 3600
@@ -55,7 +56,11 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request):
+def logout(request: Request, state: State, csrf: Annotated[str, Form()] = ""):
+    """Sign out; a signed-in browser must send its CSRF token (another site must not sign it out)."""
+    identity = request_identity(request, state)
+    if identity is not None and identity.cookie and not csrf_ok(state.csrf_key, identity.reviewer, csrf):
+        return PlainTextResponse("sign-out form expired or forged (CSRF token mismatch): reload the page", 403)
     response = RedirectResponse(f"{base(request)}/login", 303)
     response.delete_cookie(TOKEN_COOKIE, path=f"{base(request)}/")
     return response

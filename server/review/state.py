@@ -4,7 +4,7 @@ State      Annotated dependency: the ReviewState of the app serving the request
 Reviewer   Annotated dependency: the request's Identity; NotAuthenticated when it has none
            (app.py answers that with 401, a redirect to /login, or an error page)
 base()     the request's root path (the app is mountable under a prefix; every link starts with it)
-render()   a Jinja2 page with the context every template expects
+render()   a Jinja2 page with the context every template expects (the reviewer's CSRF token included)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from prometheus_client import CollectorRegistry, Counter
 
-from probewatch.server.review.auth import AuthConfig, Identity
+from probewatch.server.review.auth import AuthConfig, Identity, csrf_token
 from probewatch.server.review.catalog import Catalog
 from probewatch.server.review.metrics import ReviewCollector
 from probewatch.server.store import IncidentStore
@@ -86,12 +86,17 @@ def base(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
 
 
-def current_identity(request: Request, state: State) -> Identity:
-    identity = state.auth.identify(
+def request_identity(request: Request, state: ReviewState) -> Identity | None:
+    """The request's reviewer, or None (for routes that also serve anonymous requests)."""
+    return state.auth.identify(
         {k.lower(): v for k, v in request.headers.items()},
         request.cookies,
         request.client.host if request.client else None,
     )
+
+
+def current_identity(request: Request, state: State) -> Identity:
+    identity = request_identity(request, state)
     if identity is None:
         raise NotAuthenticated()
     return identity
@@ -102,6 +107,8 @@ Reviewer = Annotated[Identity, Depends(current_identity)]
 
 def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     context.setdefault("identity", None)
+    state = review_state(request)
+    if context["identity"] is not None:  # every page's sign-out form posts it (base.html)
+        context.setdefault("csrf", csrf_token(state.csrf_key, context["identity"].reviewer))
     context.update(base=base(request), labels=LABELS, severities=SEVERITIES, statuses=STATUSES)
-    templates = review_state(request).templates
-    return templates.TemplateResponse(request, name, context, status_code=status_code)
+    return state.templates.TemplateResponse(request, name, context, status_code=status_code)

@@ -105,6 +105,7 @@ def now_iso() -> str:
 
 
 _RELATIVE = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+MAX_AGE_S = 100 * 365 * 86400  # a relative age beyond this is a typo (and a huge one overflows datetime)
 
 
 def parse_time(value: str | None, what: str) -> str | None:
@@ -115,12 +116,14 @@ def parse_time(value: str | None, what: str) -> str | None:
     unit = text[-1:].lower()
     if unit in _RELATIVE and text[:-1].replace(".", "", 1).isdigit():
         seconds = float(text[:-1]) * _RELATIVE[unit]
+        if seconds > MAX_AGE_S:
+            raise ReviewError(f"{what} {text[:40]!r} is too long ago: at most {MAX_AGE_S // 86400}d")
         return iso(_dt.datetime.now(_dt.timezone.utc) - _dt.timedelta(seconds=seconds))
     try:
         return iso(_dt.datetime.fromisoformat(text.replace("Z", "+00:00")))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an offset moves it past year 1 or 9999
         raise ReviewError(
-            f"{what} {text!r} is not a time: use ISO-8601 (2026-11-30T12:00) or an age (24h, 7d)"
+            f"{what} {text[:80]!r} is not a time: use ISO-8601 (2026-11-30T12:00) or an age (24h, 7d)"
         ) from None
 
 

@@ -127,3 +127,52 @@ def test_bad_review_values_fail_with_a_message(chartkit, values, message):
     with pytest.raises(helm_python.HelmError) as info:
         chartkit.render(values)
     assert message in str(info.value)
+
+
+def test_review_app_answers_the_charts_hosts_and_probes(chartkit, tmp_path):
+    """The rendered args, parsed by the real CLI into a real app on loopback: kubelet probes and
+    Prometheus (the pod IP as Host), the Service's names, publicUrl and allowedHosts are answered;
+    any other Host (DNS rebinding) gets 400."""
+    import argparse
+
+    import httpx
+
+    from probewatch.cli.review_cmd import add_review_arguments, auth_config
+    from probewatch.server.inference.server_thread import HTTPServerThread
+    from probewatch.server.review.app import create_review_app
+    from probewatch.server.store import IncidentStore
+
+    values = {**FLEET, "review": {**FLEET["review"], "allowedHosts": ["*.corp.example"]}}
+    rendered = chartkit.render(values)
+    chartkit.validate_rendered(rendered)
+    objs = _by(chartkit, rendered)
+    (app,) = objs[("Deployment", "probewatch-review")]["spec"]["template"]["spec"]["containers"]
+    namespace = objs[("Service", "probewatch-review")]["metadata"]["namespace"]
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alice:alice-token-0123456789abcdef\n")
+    argv = [str(tokens) if a == "/etc/probewatch/review/tokens" else a for a in app["args"][1:]]
+    parser = argparse.ArgumentParser()
+    add_review_arguments(parser, standalone=True)
+    args = parser.parse_args(argv)
+    assert args.host == "0.0.0.0" and args.allowed_host == [
+        "probewatch-review",
+        f"probewatch-review.{namespace}",
+        f"probewatch-review.{namespace}.svc",
+        f"probewatch-review.{namespace}.svc.cluster.local",
+        "review.example.com",
+        "*.corp.example",
+    ]
+    store = IncidentStore.open(tmp_path / "incidents.sqlite3")
+    server = HTTPServerThread(create_review_app(store, auth_config(args, args.host)), "127.0.0.1", 0).start()
+    try:
+        probe = app["readinessProbe"]["httpGet"]
+        assert "httpHeaders" not in probe  # kubelet sends Host: <pod IP>:<port>
+        for host in ("10.244.1.7:8080", "[fd00::7]:8080"):
+            assert httpx.get(f"{server.url}{probe['path']}", headers={"Host": host}).status_code == 200
+            assert httpx.get(f"{server.url}/metrics", headers={"Host": host}).status_code == 200
+        for host in (f"probewatch-review.{namespace}.svc:8080", "review.example.com", "team.corp.example"):
+            assert httpx.get(f"{server.url}/healthz", headers={"Host": host}).status_code == 200, host
+        assert httpx.get(f"{server.url}/healthz", headers={"Host": "attacker.example"}).status_code == 400
+    finally:
+        server.stop()
+        store.close()

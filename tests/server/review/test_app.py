@@ -92,7 +92,7 @@ def test_bearer_tokens_for_api_clients_and_browsers(store, serve_review, tmp_pat
         # an open redirect through ?next= is not possible
         assert browser.post("/login", data={"token": TOKEN_A, "next": "//evil.example/"}).headers["location"] == "/"
         assert browser.post("/login", data={"token": TOKEN_A, "next": "/\\evil.example/"}).headers["location"] == "/"
-        browser.post("/logout")
+        assert browser.post("/logout", data={"csrf": _csrf(html)}).status_code == 303
         assert browser.get("/").status_code == 303
 
 

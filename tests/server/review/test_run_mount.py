@@ -8,7 +8,8 @@ import re
 import httpx
 
 from probewatch.server.review.auth import AuthConfig
-from tests.server.inference.test_app import MESSAGES, chat_folder  # noqa: F401 - the fixture is used by name
+from tests.server.inference.conftest import chat_folder  # noqa: F401 - the fixture is used by name
+from tests.server.inference.helpers import MESSAGES
 
 
 def test_review_is_served_next_to_the_chat_endpoint(chat_folder, tmp_path):  # noqa: F811
