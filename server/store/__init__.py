@@ -10,7 +10,8 @@ error instead of alerts silently lost later.
 
 The names below are the store's public face (the sidecar, the review app and the CLI import them
 from here). The modules: `records` (the Incident dataclass, statuses, errors), `location` (paths
-and database URLs), `privacy` (what text is kept), `tables` (the schema), `connect` (engines with
+and database URLs), `privacy` (what text is kept; its rules in `privacy_rules`, the private metadata keys in
+`metadata_keys`, the pseudonym key file in `pseudonym_keys`), `tables` (the schema), `connect` (engines with
 the right per-backend settings), `migrate` (Alembic, run at open), `store` (the store class,
 composed of one part per client: `core` (open, transactions, secrets), `writer` (the sidecar and
 retention), `review` (the review workflow), `queries` (reads)), `queue` (the review queue's

@@ -1,5 +1,6 @@
 """What every client of the store shares: the location, the engine, opening (create, migrate, prove a
-write), one-transaction read and write connections, and the store's own secrets.
+write), one-transaction read and write connections, and the store's own secrets (not the pseudonym
+key: that lives outside the database, server/store/pseudonym_keys.py).
 
 Every write is one transaction that commits before the call returns. Thread-safe: SQLAlchemy's pool
 hands each call its own connection.
@@ -10,21 +11,24 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Self
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from probewatch.server.store import connect, migrate
 from probewatch.server.store.location import StoreLocation, parse_location
 from probewatch.server.store.privacy import DEFAULT_MAX_CHARS, TextPolicy
+from probewatch.server.store.pseudonym_keys import read_key_file, store_key
 from probewatch.server.store.records import IncidentStoreError
 from probewatch.server.store.tables import store_meta
 
 log = logging.getLogger(__name__)
+
+LEGACY_KEY = "pseudonym_key"  # the store_meta row an older probewatch kept the pseudonym key in
 
 
 class StoreCore:
@@ -63,23 +67,30 @@ class StoreCore:
         max_text_chars: int = DEFAULT_MAX_CHARS,
         policy: TextPolicy | None = None,
         writer: str | None = None,
+        pseudonym_key_file: Path | None = None,
+        private_metadata_keys: Sequence[str] = (),
     ) -> Self:
         """Open (creating and migrating when needed) the store at a SQLite path or a database URL.
 
         Writers (readonly=False) create the store, upgrade its schema and prove it takes a write
         now, so a bad location is a start-up error rather than alerts lost later. Readers never
-        create or migrate. `store_text` / `policy`: what rows keep of prompts and responses.
+        create or migrate. `store_text` / `policy`: what rows keep of prompts and responses;
+        `pseudonym_key_file`: the key file of metadata pseudonyms (default: next to a SQLite store);
+        `private_metadata_keys`: patterns of metadata keys pseudonymised beyond the built-in ones.
         """
         loc = parse_location(location)
         try:
-            # the pseudonym key lives in the store: set once it is open (readers write nothing)
-            text_policy = policy or TextPolicy(store_text, max_chars=max_text_chars)
+            text_policy = policy or TextPolicy(
+                store_text, max_chars=max_text_chars, private_keys=tuple(private_metadata_keys)
+            )
         except ValueError as exc:
             raise IncidentStoreError(str(exc)) from None
+        if pseudonym_key_file is not None:
+            read_key_file(pseudonym_key_file)  # a bad key file fails before the store is touched
         store = cls(loc, _open_engine(loc, readonly), readonly=readonly, policy=text_policy, writer=writer)
-        if policy is None and not readonly:
-            # one key per store, shared by every replica: a user's pseudonym is the same in all rows
-            text_policy.key = store.pseudonym_key()
+        if policy is None and not readonly and (text_policy.mode != "full" or pseudonym_key_file is not None):
+            # one key for every replica: a user's pseudonym is the same in all rows (readers make none)
+            text_policy.key = store_key(loc, pseudonym_key_file, store.legacy_pseudonym_key())
         return store
 
     def close(self) -> None:
@@ -111,9 +122,17 @@ class StoreCore:
             value = conn.execute(select(store_meta.c.value).where(store_meta.c.key == name)).scalar_one()
         return bytes.fromhex(value)
 
-    def pseudonym_key(self) -> bytes:
-        """The store's key for keyed pseudonyms of identifying metadata (a redacting text policy uses it)."""
-        return self.secret("pseudonym_key")
+    def legacy_pseudonym_key(self) -> bytes | None:
+        """The pseudonym key an older probewatch kept in the database (None: there is none). Read only:
+        a key is never written there now (anyone with a copy of the database could undo the pseudonyms)."""
+        with self._read() as conn:
+            value = conn.execute(select(store_meta.c.value).where(store_meta.c.key == LEGACY_KEY)).scalar()
+        return bytes.fromhex(value) if value else None
+
+    def drop_legacy_pseudonym_key(self) -> bool:
+        """Delete the database's copy of the pseudonym key (after `probewatch incidents move-key` saved it)."""
+        with self._write() as conn:
+            return bool(conn.execute(delete(store_meta).where(store_meta.c.key == LEGACY_KEY)).rowcount)
 
 
 def _open_engine(loc: StoreLocation, readonly: bool) -> Engine:

@@ -7,34 +7,38 @@ would outlive the request, so both go through one `TextPolicy`:
 - `full`: prompt, response and metadata as the client sent them (capped at `max_chars` each);
 - `redacted` (the chart's default): prompt and response with pattern-matched personal data and
   secrets replaced by a tag (`[email]`, `[phone]`, `[card]`, `[iban]`, `[ssn]`, `[ip]`,
-  `[secret]`, `[credentials]`); metadata values redacted the same way;
+  `[secret]`, `[credentials]`, `[password]`, `[dob]`, `[passport]`, `[national-id]`); metadata
+  values redacted the same way;
 - `none`: no prompt or response at all (stored as NULL); metadata values redacted.
 
-In `redacted` and `none`, metadata keys that identify a person (`user`, `user_id`, `email`, ...)
-are replaced by a keyed pseudonym (`anon:` + 16 hex of HMAC-SHA256 with a per-store random key):
-reviewers can still see that two incidents came from the same user without learning who it is.
+In `redacted` and `none`, the values of metadata keys that identify a person (a pattern set:
+server/store/metadata_keys.py, operators extend it) are replaced by a keyed pseudonym
+(`anon:<key id>:` + 16 hex of HMAC-SHA256 with a key kept outside the store,
+server/store/pseudonym_keys.py): reviewers can still see that two incidents came from the same
+user without learning who it is.
 
 Redaction is pattern-based (regular expressions, a Luhn check for card numbers): it catches
-structured identifiers and credentials, not names or street addresses. `none` is the mode for
+structured identifiers, credentials, and passwords, dates of birth, passport and national id
+numbers after a keyword that names them ("my password is ...", "DOB ...", "passport no. ..."),
+not names or street addresses. `none` is the mode for
 data that must not be kept at all. Redaction takes time linear in the text on any input (no rule
 backtracks over what it has already read) and reads at most `REDACT_MAX_CHARS` characters.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 import secrets
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from probewatch.server.store.metadata_keys import PrivateKeys
+from probewatch.server.store.privacy_rules import KEYWORD_RULES, TRAILING_RULES
+from probewatch.server.store.pseudonym_keys import key_id, pseudonym, read_key_file
 
 STORE_TEXT_MODES = ("full", "redacted", "none")
 DEFAULT_MAX_CHARS = 65536
-#: metadata keys whose values identify a person: pseudonymised unless the mode is `full`
-IDENTIFYING_KEYS = frozenset(
-    {"user", "user_id", "userid", "username", "email", "customer", "customer_id", "account", "account_id", "ip"}
-)
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -170,8 +174,10 @@ def _redact_b64(text: str) -> str:
     return _replace_spans(text, _b64_spans(text), "[secret]")
 
 
-# (name, rule): applied in this order (credentials and secrets before the number patterns)
+# (name, rule): applied in this order (keyword rules first: a passport number must not become a
+# [phone]; then credentials and secrets before the number patterns)
 _RULES: list[tuple[str, Callable[[str], str]]] = [
+    *((name, _sub(pattern, replacement)) for name, pattern, replacement in KEYWORD_RULES),
     # user:password@ after a scheme: starts only right after "://", and both parts stop at the next
     # "/", which every later start needs, so the scans do not overlap; no part can end in "@" or
     # (the user) in ":", so backing off a part fails at once
@@ -218,6 +224,7 @@ _RULES: list[tuple[str, Callable[[str], str]]] = [
         "phone",
         _sub(r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{1,4}\)[\s.-]?)?\d{2,4}(?:[\s.-]?\d{2,4}){2,4}(?!\w)", _phone),
     ),
+    *((name, _sub(pattern, replacement)) for name, pattern, replacement in TRAILING_RULES),
 ]
 
 #: `redact` reads at most this many characters (4 x `DEFAULT_MAX_CHARS`); the rest is cut off and
@@ -253,10 +260,17 @@ class TextPolicy:
     mode: str = "full"
     key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)  # pseudonym key
     max_chars: int = DEFAULT_MAX_CHARS
+    private_keys: tuple[str, ...] = ()  # metadata key patterns pseudonymised beyond the built-in ones
 
     def __post_init__(self) -> None:
         if self.mode not in STORE_TEXT_MODES:
             raise ValueError(f"store-text mode {self.mode!r} not one of {', '.join(STORE_TEXT_MODES)}")
+        self._private = PrivateKeys(self.private_keys)  # ValueError naming a malformed pattern
+
+    @property
+    def key_id(self) -> str:
+        """The id every pseudonym carries (`anon:<key id>:...`): which key made it."""
+        return key_id(self.key)
 
     def _cap(self, text: str) -> str:
         return "".join(_truncate(text, self.max_chars))
@@ -269,7 +283,11 @@ class TextPolicy:
         return redact(text) if self.mode == "redacted" else text
 
     def pseudonym(self, value: str) -> str:
-        return "anon:" + hmac.new(self.key, value.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:16]
+        return pseudonym(self.key, value)
+
+    def is_private_key(self, key: str) -> bool:
+        """Whether a metadata key identifies a person (server/store/metadata_keys.py)."""
+        return self._private.matches(key)
 
     def metadata(self, metadata: Mapping[str, str]) -> dict[str, str]:
         """Client metadata as it may be stored: identifying values pseudonymised unless `full`."""
@@ -277,8 +295,19 @@ class TextPolicy:
             return {k: self._cap(v) for k, v in metadata.items()}
         out = {}
         for key, value in metadata.items():
-            if key.lower() in IDENTIFYING_KEYS:
+            if self._private.matches(key):
                 out[key] = self.pseudonym(value)
             else:
                 out[key] = redact(self._cap(value))
         return out
+
+
+def policy_without_store(
+    mode: str, max_chars: int, private_keys: Sequence[str] = (), key_file: Path | None = None
+) -> TextPolicy:
+    """The policy of a sidecar with webhooks but no store: the key file's key when one is given (else a
+    random key per process: pseudonyms then differ across restarts)."""
+    policy = TextPolicy(mode, max_chars=max_chars, private_keys=tuple(private_keys))
+    if key_file is not None:
+        policy.key = read_key_file(key_file).current
+    return policy

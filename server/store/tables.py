@@ -11,7 +11,8 @@ PostgreSQL (a fleet writes many rows) and SQLite's rowid alias locally.
   at the scored positions and every loaded probe's result, so an incident page can show the
   conversation as a per-token heatmap for each probe and the other probes' scores.
 - `review_events`: the audit trail (reviewer, time, action, value, comment).
-- `store_meta`: small key/value facts about the store (e.g. a per-store pseudonym key).
+- `store_meta`: small key/value facts about the store (e.g. the review CSRF key; never the pseudonym key,
+  which lives outside the store: pseudonym_keys.py).
 """
 
 from __future__ import annotations

@@ -27,6 +27,13 @@ def postgres() -> Iterator[PostgresServer]:
     server.stop()
 
 
+@pytest.fixture(autouse=True)
+def _private_home(tmp_path, monkeypatch) -> None:
+    """A PostgreSQL store opened without --pseudonym-key-file keeps its key file in PROBEWATCH_HOME:
+    this test's, never the user's (sidecar subprocesses inherit it)."""
+    monkeypatch.setenv("PROBEWATCH_HOME", str(tmp_path / "home"))
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_location(request, tmp_path) -> str:
     """Where a test's store lives: a SQLite file, or the URL of a new PostgreSQL database."""

@@ -4,7 +4,8 @@
 from every position in it. Here adversarial strings of ~64k characters (TextPolicy's default cap)
 must each redact in well under a second, the slowest must take about twice as long at twice the
 size (linear, not four times: quadratic), realistic texts keep their exact redaction, and random
-short texts redact exactly as the pre-issue-20 expressions (`_REFERENCE`) did.
+short texts redact exactly as the pre-issue-20 expressions (`_REFERENCE`) did, with the keyword and
+number rules issue 20 added (server/store/privacy_rules.py, single expressions) around them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import pytest
 
 from probewatch.server.store.privacy import _OCTET, _RULES, REDACT_MAX_CHARS, _card, _ipv6_compressed, _phone, redact
+from probewatch.server.store.privacy_rules import KEYWORD_RULES, TRAILING_RULES
 
 SIZE = 65536  # characters: TextPolicy's default max_chars
 BUDGET_S = 0.5  # per 64k-character redaction; the slowest known input takes ~0.1 s, prose ~0.02 s
@@ -101,12 +103,38 @@ ADVERSARIAL = {
     "phone-digit-run": _repeat(" 123456789012345678901"),
     "phone-prefixes": _repeat("+123-(1234)-1234567890123456789a "),
     "phone-brackets": _repeat("(1234) 12345678901234567890a "),
+    # the keyword rules (privacy_rules.py): keywords repeated, separators and values that almost fit
+    "password ": _repeat("password "),
+    "pwd:": _repeat("pwd:"),
+    "password-is-is": _repeat("password is is "),
+    "password=-blanks": _repeat("password=  "),
+    "password-then-blanks": "password" + " " * (SIZE - 9) + "x",
+    "password-long-value": "password: " + "a" * (SIZE - 10),
+    "quoted-password": _repeat('"password": "'),
+    "DOB ": _repeat("DOB "),
+    "born-on-partial-date": _repeat("born on 1/1/"),
+    "dob-date-run": _repeat("date of birth 12/12/12/12/"),
+    "born-day-month": _repeat("born 12 jan "),
+    "dob-month-day": _repeat("dob january 1"),
+    "passport-no": _repeat("passport no. "),
+    "passport-digit-run": "passport " + "1" * (SIZE - 9),
+    "passport-hash": _repeat("passport #A1"),
+    "id-number-dashes": _repeat("id number 1-1-"),
+    "national-insurance-groups": _repeat("national insurance number 12 34 "),
+    "aadhaar-groups": "aadhaar " + _repeat("12 ", SIZE - 8),
+    "id-no-dots": "id no " + _repeat("1.", SIZE - 6),
+    # the number rules issue 20 added
+    "555-": _repeat("555-"),
+    "555-1234-": _repeat("555-1234-"),
+    "nino-spaced": _repeat("QQ 12 34 56 "),
+    "nino-run": _repeat("QQ123456"),
+    "AB12": _repeat("AB12"),
     # all of it at once
-    "mixed": _repeat("a-b.c@d:e+1 2-3 \"'eyJ= 0f:: (4) sk-x ://u:p "),
+    "mixed": _repeat("a-b.c@d:e+1 2-3 \"'eyJ= 0f:: (4) sk-x ://u:p pwd: DOB 1/2/ passport 1 QQ 12 555-1"),
 }
 
 # the slowest inputs before issue 20 (quadratic) and after it (the phone rule's groupings)
-WORST = ["a-", "a+", "a.", "eyJ-", "token-letters", "phone-prefixes"]
+WORST = ["a-", "a+", "a.", "eyJ-", "token-letters", "phone-prefixes", "password-then-blanks", "aadhaar-groups"]
 
 
 @pytest.mark.parametrize("name", list(ADVERSARIAL))
@@ -216,8 +244,13 @@ _REFERENCE: list[tuple[re.Pattern[str], object]] = [
 
 
 def _reference(text: str) -> str:
-    for pattern, replacement in _REFERENCE:
-        text = pattern.sub(replacement, text)  # type: ignore[call-overload]
+    """The old rules, with issue 20's keyword rules before them and its number rules after them."""
+    for _name, pattern, replacement in KEYWORD_RULES:
+        text = re.sub(pattern, replacement, text)
+    for compiled, repl in _REFERENCE:
+        text = compiled.sub(repl, text)  # type: ignore[call-overload]
+    for _name, pattern, replacement in TRAILING_RULES:
+        text = re.sub(pattern, replacement, text)
     return text
 
 
@@ -254,6 +287,17 @@ _PIECES = [
     "fe80:0:0:0:202:b3ff:fe1e:8329",
     "+1 (555) 123-4567",
     "==",
+    "password is ",
+    "pwd:",
+    "DOB ",
+    "born on ",
+    "12/04/1990",
+    "April 12, 1990",
+    "passport no. ",
+    "X1234567",
+    "national insurance number ",
+    "QQ 12 34 56 C",
+    "555-1234",
 ]
 
 

@@ -328,8 +328,11 @@ def test_schema_matches_the_tables_and_newer_schemas_are_refused(store_location)
             IncidentStore.open(store_location, readonly=readonly)
 
 
-def test_pseudonym_key_is_stable(store_location):
-    with IncidentStore.open(store_location) as store:
-        key = store.pseudonym_key()
-    with IncidentStore.open(store_location) as store:
-        assert store.pseudonym_key() == key and len(key) == 32
+def test_pseudonym_key_is_stable_and_not_in_the_database(store_location):
+    with IncidentStore.open(store_location, store_text="redacted") as store:
+        first = store.policy.pseudonym("alice")
+    with IncidentStore.open(store_location, store_text="none") as store:
+        assert store.policy.pseudonym("alice") == first and first.startswith(f"anon:{store.policy.key_id}:")
+        assert store.legacy_pseudonym_key() is None  # the key lives in a file, never in store_meta
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM store_meta WHERE key = 'pseudonym_key'")).scalar() == 0
