@@ -117,7 +117,11 @@ EXPOSE 50051 9400
 HEALTHCHECK --interval=30s --timeout=5s --start-period=180s --retries=3 \
     CMD ["probewatch-healthcheck", "--address", "127.0.0.1:50051", "--timeout", "4"]
 ENTRYPOINT ["probewatch", "serve"]
-# Inside a container 127.0.0.1 is unreachable from outside it, so the image binds all interfaces; publish
-# the gRPC port only with TLS (--tls-*) and/or a token (--auth-token-file): the sidecar warns otherwise.
+# Inside a container 127.0.0.1 is unreachable from outside it, so the image binds all interfaces, and
+# therefore requires a bearer token: mount a file of tokens (one per line, >= 16 characters, readable by
+# uid 10001) at /etc/probewatch/auth/token, the path the Helm chart uses; without it the sidecar exits
+# with "cannot read the auth token file". `probewatch serve` refuses a non-loopback --host with neither
+# a token nor mutual TLS unless --allow-insecure is passed (pass your own arguments for mutual TLS).
 # The Helm chart passes its own arguments (127.0.0.1 in sidecar mode).
-CMD ["--host", "0.0.0.0", "--port", "50051", "--metrics-host", "0.0.0.0", "--metrics-port", "9400"]
+CMD ["--host", "0.0.0.0", "--port", "50051", "--metrics-host", "0.0.0.0", "--metrics-port", "9400", \
+     "--auth-token-file", "/etc/probewatch/auth/token"]

@@ -41,3 +41,17 @@ def add_json_arg(parser: argparse.ArgumentParser) -> None:
 def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, default=float) + "\n")
     sys.stdout.flush()
+
+
+_BYTE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "KI": 1 << 10, "MI": 1 << 20, "GI": 1 << 30}
+
+
+def byte_size(text: str) -> int:
+    """`536870912`, `512Mi`, `1G` -> bytes (the Kubernetes quantity suffixes operators already use);
+    an argparse `type=` (ArgumentTypeError on anything else)."""
+    value = text.strip()
+    digits = value.rstrip("KMGikmgBb")
+    unit = value[len(digits) :].upper().removesuffix("B")
+    if unit not in _BYTE_UNITS or not digits.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a byte size (e.g. 536870912, 512Mi, 1G)")
+    return int(digits) * _BYTE_UNITS[unit]

@@ -28,12 +28,23 @@ DESCRIPTIONS: dict[str, str] = {
     "PROBEWATCH_REVIEW_TOKEN_FILE": (
         "file of reviewer bearer tokens (`name:token` per line) for `probewatch review` (e.g. a mounted Secret)"
     ),
+    "PROBEWATCH_REVIEW_ALLOWED_HOSTS": (
+        "comma list of extra Host names the review app answers (--allowed-host; other Hosts get 400: "
+        "DNS rebinding defence)"
+    ),
     "PROBEWATCH_WEBHOOK_URL": "default --webhook of `probewatch serve`: alerts are POSTed there as JSON",
     "PROBEWATCH_AUTH_TOKEN_FILE": (
         "file of bearer tokens: `probewatch serve` requires one of them on every RPC but health "
         "(--auth-token-file); clients send its first line"
     ),
     "PROBEWATCH_API_KEY": "API key `probewatch run` requires as `Authorization: Bearer <key>` (--api-key)",
+    "PROBEWATCH_PSEUDONYM_KEY_FILE": (
+        "key file of metadata pseudonyms (--pseudonym-key-file; first line current, older keys below; "
+        "default: <store>.pseudonym-keys next to a SQLite store)"
+    ),
+    "PROBEWATCH_PRIVATE_METADATA_KEYS": (
+        "comma-separated metadata key patterns pseudonymised beyond the built-in ones (--private-metadata-key)"
+    ),
     "PROBEWATCH_ACTIVATIONS": "training activation cache (can grow to GBs; default: $PROBEWATCH_HOME/activations)",
     "PROBEWATCH_MODE": "vLLM plugin: 'rows' (default) ships residual rows, 'pushdown' ships h @ W projections",
     "PROBEWATCH_LAYERS": (
@@ -51,6 +62,10 @@ DESCRIPTIONS: dict[str, str] = {
     ),
     "PROBEWATCH_FINGERPRINT": "vLLM plugin: the model fingerprint when the served model is not a local HF folder",
     "PROBEWATCH_CLIENT_METRICS_PORT": "vLLM plugin: port of the worker's client /metrics (unset: not served)",
+    "PROBEWATCH_ON_UNMONITORED": (
+        "attach client: 'allow' (default, fail-open) serves a generation that cannot be monitored, 'reject' "
+        "refuses it (HF attach raises, `probewatch run` answers 503; the vLLM plugin only counts, docs/live.md)"
+    ),
 }
 
 
@@ -121,6 +136,10 @@ def review_token_file() -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+def review_allowed_hosts() -> list[str]:
+    return [h.strip() for h in os.environ.get("PROBEWATCH_REVIEW_ALLOWED_HOSTS", "").split(",") if h.strip()]
+
+
 def webhook_url() -> str | None:
     return os.environ.get("PROBEWATCH_WEBHOOK_URL", "").strip() or None
 
@@ -183,3 +202,22 @@ def auth_token_file() -> Path | None:
 
 def api_key() -> str | None:
     return os.environ.get("PROBEWATCH_API_KEY", "").strip() or None
+
+
+def pseudonym_key_file() -> Path | None:
+    """PROBEWATCH_PSEUDONYM_KEY_FILE: the metadata pseudonym key file (server/store/pseudonym_keys.py)."""
+    value = os.environ.get("PROBEWATCH_PSEUDONYM_KEY_FILE", "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def private_metadata_keys() -> list[str]:
+    """PROBEWATCH_PRIVATE_METADATA_KEYS: comma-separated metadata key patterns to pseudonymise too."""
+    return [p.strip() for p in os.environ.get("PROBEWATCH_PRIVATE_METADATA_KEYS", "").split(",") if p.strip()]
+
+
+def on_unmonitored() -> str:
+    """PROBEWATCH_ON_UNMONITORED: 'allow' (default) or 'reject'."""
+    value = os.environ.get("PROBEWATCH_ON_UNMONITORED", "").strip().lower() or "allow"
+    if value not in ("allow", "reject"):
+        raise ValueError(f"PROBEWATCH_ON_UNMONITORED must be 'allow' or 'reject', got {value!r}")
+    return value

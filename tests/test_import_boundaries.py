@@ -27,7 +27,7 @@ PACKAGES = {
     "proto": "probewatch.proto",
     "benchmarks": "probewatch.benchmarks",
 }
-DATA_PLANE = ("engine", "generations", "alerts", "specs", "work", "updates", "errors")
+DATA_PLANE = ("engine", "generations", "alerts", "specs", "work", "updates", "errors", "incident_queue", "memory")
 
 
 def _module_name(path: Path) -> str:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from probewatch.arguments import add_bundles_arg, add_model_arg
+from probewatch.arguments import add_bundles_arg, add_model_arg, byte_size
+from probewatch.cli.private_data import add_private_data_arguments, private_data_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--host",
         default="127.0.0.1",
-        help="gRPC bind address (default 127.0.0.1: only this machine/pod; 0.0.0.0 needs TLS and/or a token)",
+        help="gRPC bind address (default 127.0.0.1: only this machine/pod; any other address needs "
+        "--auth-token-file or mutual TLS, else --allow-insecure)",
     )
     p.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051; 0 = ephemeral)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="/metrics bind address (default 127.0.0.1)")
@@ -63,6 +65,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--queue-size", type=int, default=1024, help="scoring queue capacity in chunks (default 1024)")
     p.add_argument(
+        "--queue-bytes",
+        type=byte_size,
+        default=None,
+        metavar="BYTES",
+        help="bytes of activations queued or being scored (suffixes K/M/G, Ki/Mi/Gi); beyond, chunks are refused "
+        "RESOURCE_EXHAUSTED (default: 25%% of the container's cgroup memory limit, at most 1 GiB; 512 MiB without "
+        "a limit)",
+    )
+    p.add_argument(
         "--watch-sae",
         action="append",
         default=None,
@@ -83,6 +94,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     sec.add_argument("--reflection", action="store_true", help="enable gRPC server reflection (off by default)")
     sec.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help="serve a non-loopback --host with neither --auth-token-file nor mutual TLS (--tls-client-ca): "
+        "anyone who reaches the port can read the probes and write incidents (refused without this flag)",
+    )
+    sec.add_argument(
         "--allow-unverified-bundles",
         action="store_true",
         help="load bundles whose manifest records no weights_sha256 (refused by default)",
@@ -98,6 +115,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     limit("--max-streams", "max_streams", int, "", "open streams in total; more: RESOURCE_EXHAUSTED")
     limit("--max-streams-per-peer", "max_streams_per_peer", int, "", "open streams per client address")
+    limit(
+        "--max-watch-streams",
+        "max_watch_streams",
+        int,
+        "",
+        "Health.Watch streams without a token, in their own pool (never Monitor slots); more: RESOURCE_EXHAUSTED",
+    )
+    limit("--max-watch-streams-per-peer", "max_watch_streams_per_peer", int, "", "same, per client address")
     limit("--max-concurrent-score", "max_concurrent_unary", int, "", "unary Score calls at once")
     limit("--keepalive-time", "keepalive_time_s", float, " s", "the server pings each client this often")
     limit(
@@ -113,6 +138,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     limit("--generation-ttl", "generation_ttl_s", float, " s", "a generation open longer is aborted")
     limit(
+        "--generation-idle-ttl",
+        "generation_idle_ttl_s",
+        float,
+        " s",
+        "a generation that gets no chunk this long is aborted (DEADLINE_EXCEEDED)",
+    )
+    limit(
         "--max-generation-id-bytes",
         "max_generation_id_bytes",
         int,
@@ -125,6 +157,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-open-generations-per-stream", "max_open_generations_per_stream", int, "", "open generations per stream"
     )
     limit("--max-open-generations", "max_open_generations", int, "", "open generations in total")
+    lim.add_argument(
+        "--max-open-generations-per-client",
+        dest="max_open_generations_per_client",
+        type=int,
+        default=None,
+        metavar="N",
+        help="open generations per client (its bearer token, else its address); more: RESOURCE_EXHAUSTED "
+        "(default: a quarter of --max-open-generations)",
+    )
     limit(
         "--outbox-size", "outbox_size", int, "", "responses queued for a client that does not read them; more: cut off"
     )
@@ -146,6 +187,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     limit("--max-text-chars", "max_text_chars", int, "", "stored prompt/response/metadata value length cap", inc)
     limit("--retention-days", "retention_days", float, " days", "incidents older than this are deleted (0: keep)", inc)
+    add_private_data_arguments(inc)
     p.add_argument(
         "--ready-file",
         type=Path,
@@ -164,17 +206,21 @@ def _default(field: str):
 LIMIT_FIELDS = (
     "max_streams",
     "max_streams_per_peer",
+    "max_watch_streams",
+    "max_watch_streams_per_peer",
     "max_concurrent_unary",
     "keepalive_time_s",
     "keepalive_timeout_s",
     "min_ping_interval_s",
     "stream_idle_timeout_s",
     "generation_ttl_s",
+    "generation_idle_ttl_s",
     "max_generation_id_bytes",
     "max_metadata_bytes",
     "max_metadata_entries",
     "max_open_generations_per_stream",
     "max_open_generations",
+    "max_open_generations_per_client",
     "outbox_size",
     "max_abs_activation",
     "shutdown_grace_s",
@@ -209,7 +255,8 @@ def _run(args: argparse.Namespace) -> int:
     import threading
 
     from probewatch import envs
-    from probewatch.server.sidecar.config import server_credentials, sidecar_config_for
+    from probewatch.errors import ProbewatchError
+    from probewatch.server.sidecar.config import insecure_exposure, server_credentials, sidecar_config_for
     from probewatch.server.sidecar.memory import bound_allocator_retention
     from probewatch.server.sidecar.process import Sidecar
     from probewatch.server.sidecar.webhook import validate_webhook_url
@@ -224,6 +271,11 @@ def _run(args: argparse.Namespace) -> int:
         from probewatch.server.sidecar.auth import TokenFile
 
         TokenFile(token_file)  # a missing, empty or weak token file is a CLI error now
+    exposure = insecure_exposure(
+        args.host, args.port, token=token_file is not None, mutual_tls=bool(args.tls_cert and args.tls_client_ca)
+    )
+    if exposure is not None and not args.allow_insecure:
+        raise ProbewatchError(f"refusing to serve {exposure}")
     incident_db = None if args.no_incidents else (args.incident_db or envs.incident_db())
     if incident_db is not None:
         IncidentStore.open(incident_db).close()  # fails now, as a CLI error, when the path is not writable
@@ -234,14 +286,17 @@ def _run(args: argparse.Namespace) -> int:
         "metrics_port": None if args.metrics_port < 0 else args.metrics_port,
         "auth_token_file": token_file,
         "reflection": args.reflection,
+        "allow_insecure": args.allow_insecure,
         "allow_unverified_bundles": args.allow_unverified_bundles,
         "store_text": args.store_text,
+        **private_data_settings(args),  # key file and patterns checked now: CLI errors
         **{field: getattr(args, field) for field in LIMIT_FIELDS},
         "incident_db": incident_db,
         "webhook_url": webhook,
         "review_url": args.review_url or envs.review_url(),
         "max_message_bytes": int(args.max_message_mb * 1024 * 1024),
         "queue_size": args.queue_size,
+        "queue_bytes": args.queue_bytes,
         "watch": _watch(args.watch_sae),
         "tls_cert": args.tls_cert,
         "tls_key": args.tls_key,
@@ -255,6 +310,8 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     probes = ", ".join(f"{b.id}@L{b.layer}" for b in sidecar.runtime.bundles)
     security = ("TLS" if config.tls_cert else "plaintext") + (", token" if token_file else "")
+    if exposure is not None:
+        security += ", INSECURE: no authentication (--allow-insecure)"
     print(
         f"probewatch sidecar: gRPC {sidecar.address} ({security}), /metrics on {config.metrics_host}:"
         f"{sidecar.metrics_port}, incidents {parse_location(incident_db) if incident_db else 'off'} "

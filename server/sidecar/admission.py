@@ -8,8 +8,13 @@ out, so the kubelet would restart a healthy pod. Here:
 - long-lived RPCs (any streaming method) take a slot: at most `max_streams` in total and
   `max_streams_per_peer` per client address; beyond that the call ends at once with
   RESOURCE_EXHAUSTED, before any message is read;
+- Health.Watch needs no token (the kubelet cannot send one), so a Watch without a valid token takes
+  a slot of its own small pool (`max_watch_streams`, `max_watch_streams_per_peer`) and never a
+  Monitor slot: anonymous watchers cannot lock authenticated clients out (issue 20, item 3);
+- while the sidecar drains for shutdown, every new call but health is answered UNAVAILABLE (health
+  keeps answering, NOT_SERVING, as the gRPC health protocol asks);
 - unary `Score` calls (which wait for the scoring worker) are capped at `max_concurrent_unary`;
-- the thread pool is sized above the sum of both caps (server/sidecar/process.py), so short calls
+- the thread pool is sized above the sum of the caps (server/sidecar/process.py), so short calls
   (Health.Check, ListProbes) always find a free thread;
 - with a token file, every method but the health service needs `authorization: Bearer <token>`
   (UNAUTHENTICATED otherwise); an unauthenticated call's request bytes are never parsed.
@@ -40,10 +45,21 @@ def peer_host(peer: str) -> str:
 
 
 class StreamSlots:
-    """Counts open long-lived RPCs, in total and per client address."""
+    """Counts open long-lived RPCs, in total and per client address.
 
-    def __init__(self, total: int, per_peer: int) -> None:
+    `what`, `flag` and `advice` word the RESOURCE_EXHAUSTED message (the per-peer flag is `flag`-per-peer).
+    """
+
+    def __init__(
+        self,
+        total: int,
+        per_peer: int,
+        what: str = "streams",
+        flag: str = "--max-streams",
+        advice: str = "multiplex generations on one stream",
+    ) -> None:
         self.total, self.per_peer = total, per_peer
+        self.what, self.flag, self.advice = what, flag, advice
         self._lock = threading.Lock()
         self.active = 0
         self._by_peer: dict[str, int] = {}
@@ -53,13 +69,10 @@ class StreamSlots:
         host = peer_host(peer)
         with self._lock:
             if self.active >= self.total:
-                return f"the sidecar already serves {self.active} streams (--max-streams {self.total}); retry later"
+                return f"the sidecar already serves {self.active} {self.what} ({self.flag} {self.total}); retry later"
             held = self._by_peer.get(host, 0)
             if held >= self.per_peer:
-                return (
-                    f"{host} already holds {held} streams (--max-streams-per-peer {self.per_peer}); "
-                    "multiplex generations on one stream"
-                )
+                return f"{host} already holds {held} {self.what} ({self.flag}-per-peer {self.per_peer}); {self.advice}"
             self.active += 1
             self._by_peer[host] = held + 1
         return None
@@ -97,8 +110,12 @@ class Guard(grpc.ServerInterceptor):
         limited_unary: set[str],
         tokens: TokenFile | None = None,
         on_reject: Callable[[grpc.StatusCode], None] = lambda code: None,
+        watch_slots: StreamSlots | None = None,
+        draining: Callable[[], bool] = lambda: False,
     ) -> None:
         self.slots = slots
+        self.watch_slots = watch_slots or slots
+        self.draining = draining
         self.tokens = tokens
         self.limited_unary = limited_unary
         self.max_concurrent_unary = max_concurrent_unary
@@ -114,28 +131,37 @@ class Guard(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if (
-            self.tokens is not None
-            and not method.startswith(HEALTH_PREFIX)
-            and not self.tokens.valid(bearer_from_metadata(handler_call_details.invocation_metadata))
-        ):
-            return self._unauthenticated(handler)
-        if handler.request_streaming or handler.response_streaming:
-            return self._slotted(handler)
+        health = method.startswith(HEALTH_PREFIX)
+        streaming = handler.request_streaming or handler.response_streaming
+        authenticated = (not health or streaming) and self._authenticated(handler_call_details)
+        if self.tokens is not None and not health and not authenticated:
+            return self._refusing(
+                handler,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or invalid bearer token: send `authorization: Bearer <token>` metadata",
+            )
+        if not health and self.draining():
+            return self._refusing(
+                handler, grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down; reconnect once it is back"
+            )
+        if streaming:
+            return self._slotted(handler, self.watch_slots if health and not authenticated else self.slots)
         if method in self.limited_unary:
             return self._limited(handler)
         return handler
 
+    def _authenticated(self, handler_call_details) -> bool:
+        """True when a token file is set and the call carries one of its tokens."""
+        if self.tokens is None:
+            return False
+        return self.tokens.valid(bearer_from_metadata(handler_call_details.invocation_metadata))
+
     # -- wrappers, one per handler shape --------------------------------------------------------
-    def _unauthenticated(self, handler):
+    def _refusing(self, handler, code: grpc.StatusCode, message: str):
         """A handler of the same shape that refuses without parsing the request."""
 
         def deny(context) -> None:
-            self._refuse(
-                context,
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or invalid bearer token: send `authorization: Bearer <token>` metadata",
-            )
+            self._refuse(context, code, message)
 
         def unary(request, context):
             deny(context)
@@ -153,22 +179,22 @@ class Guard(grpc.ServerInterceptor):
             return grpc.stream_unary_rpc_method_handler(unary, ignore, handler.response_serializer)
         return grpc.unary_unary_rpc_method_handler(unary, ignore, handler.response_serializer)
 
-    def _admit_stream(self, context) -> Callable[[], None]:
+    def _admit_stream(self, context, slots: StreamSlots) -> Callable[[], None]:
         peer = context.peer()
-        why = self.slots.acquire(peer)
+        why = slots.acquire(peer)
         if why is not None:
             self._refuse(context, grpc.StatusCode.RESOURCE_EXHAUSTED, why)
-        release = _Once(lambda: self.slots.release(peer))
+        release = _Once(lambda: slots.release(peer))
         if not context.add_callback(release):  # already over: give the slot back now
             release()
         return release
 
-    def _slotted(self, handler):
+    def _slotted(self, handler, slots: StreamSlots):
         if handler.response_streaming:
             inner = handler.stream_stream or handler.unary_stream
 
             def generator(request, context):
-                release = self._admit_stream(context)
+                release = self._admit_stream(context, slots)
                 try:
                     yield from inner(request, context)
                 finally:
@@ -184,7 +210,7 @@ class Guard(grpc.ServerInterceptor):
         inner_unary = handler.stream_unary
 
         def call(request_iterator, context):
-            release = self._admit_stream(context)
+            release = self._admit_stream(context, slots)
             try:
                 return inner_unary(request_iterator, context)
             finally:

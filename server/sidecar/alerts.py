@@ -5,25 +5,33 @@ alert early, as soon as the running aggregate crosses; others are evaluated at c
 aggregate. The incident row is written when the alert is raised (an early alert survives a crash
 of the sidecar) and completed at close with the final score, all kept token scores and the text
 (server/store/). A failing disk or webhook is counted and logged; it never stops scoring.
+
+Off the scoring thread: the scoring worker only decides (alert or not, final aggregates) and takes
+a cheap snapshot of what the incident keeps; writing (redaction, JSON, the store's commit) and the
+webhook run on the incident writer (server/sidecar/incident_queue.py), which then sends what carries
+the incident id: the early alert, the late alerts and the summary. Metrics count the alert at once.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
 from probewatch.jsonio import to_jsonable
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.server.sidecar.generations import Generation
+from probewatch.server.sidecar.incident_queue import IncidentQueue
 from probewatch.server.sidecar.metrics import SidecarMetrics
 from probewatch.server.sidecar.specs import ProbeSpec
 from probewatch.server.store import Incident, IncidentNotFoundError, IncidentStore, probe_context
 from probewatch.server.store.privacy import TextPolicy
 
-__all__ = ["AlertDesk", "token_score_pairs", "webhook_payload"]
+__all__ = ["AlertDesk", "Snapshot", "token_score_pairs", "webhook_payload"]
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +39,30 @@ log = logging.getLogger(__name__)
 _GenerationFacts = tuple[list[list[int]], dict[str, dict]]
 
 
+@dataclass
+class Snapshot:
+    """What an incident keeps of a live generation, copied on the scoring thread (cheap: list and dict
+    copies), so the writer thread never reads state the scoring worker is still changing."""
+
+    token_scores: dict[str, list[tuple[np.ndarray, np.ndarray]]]  # per probe: (positions, scores) blocks
+    values: dict[str, tuple[float, int]]  # per probe: (aggregate, tokens aggregated)
+    token_ids: dict[int, int]
+    prompt_text: str | None
+    response_text: str | None
+
+    @classmethod
+    def of(cls, gen: Generation) -> Snapshot:
+        return cls(
+            token_scores={pid: list(blocks) for pid, blocks in gen.token_scores.items()},
+            values={pid: (float(agg.value), int(agg.count)) for pid, agg in gen.aggregators.items()},
+            token_ids=dict(gen.token_ids),
+            prompt_text=gen.prompt_text,
+            response_text=gen.response_text,
+        )
+
+
 class AlertDesk:
-    """Raises alerts, writes and completes their incident rows, and hands them to the webhook."""
+    """Raises alerts; writes and completes their incident rows and hands them to the webhook (on the writer)."""
 
     def __init__(
         self,
@@ -42,19 +72,22 @@ class AlertDesk:
         incidents: IncidentStore | None = None,
         webhook=None,
         policy: TextPolicy | None = None,
+        writer: IncidentQueue | None = None,
     ) -> None:
         self.specs = specs
         self.metrics = metrics
         self.fingerprint = fingerprint
         self.incidents = incidents
         self.webhook = webhook
+        # not started: jobs run on the caller's thread (a desk used on its own, e.g. in a unit test)
+        self.writer = writer or IncidentQueue(metrics)
         # what webhook payloads keep of client metadata (incident rows: the store's own policy)
         self.policy = policy or (incidents.policy if incidents is not None else TextPolicy("full"))
 
     def raise_alert(
         self, gen: Generation, spec: ProbeSpec, value: float, early: bool, position: int, now: float | None = None
     ) -> pb.Alert:
-        """Record the alert on the generation (an early one also gets its incident row now)."""
+        """Record the alert on the generation; an early one is written and then sent to the client."""
         now = time.time() if now is None else now
         alert = pb.Alert(
             generation_id=gen.id,
@@ -70,28 +103,70 @@ class AlertDesk:
         gen.alerts[spec.id] = alert
         self.metrics.alerts.labels(probe=spec.id, behaviour=spec.behaviour).inc()
         self.metrics.last_alert.labels(probe=spec.id).set(now)
-        if early:  # written now, before the client sees the alert: a crash later does not lose it
-            alert.incident_id = self.record_incident(gen, spec, alert, "open")
+        if early:
+            self._announce_early(gen, spec, alert)
         return alert
 
-    def settle(self, gen: Generation, status: str) -> None:
-        """At close: complete every alert's incident with the final aggregate, send late alerts, notify."""
-        facts = self._generation_facts(gen) if gen.alerts and self.incidents is not None else None
+    def _announce_early(self, gen: Generation, spec: ProbeSpec, alert: pb.Alert) -> None:
+        """Written before the client sees the alert (a crash later does not lose it), on the writer thread.
+        With the writer's queue full the alert goes out at once without an id; its row is written at close."""
+        if self.incidents is not None:
+            snap = Snapshot.of(gen)
+
+            def write_then_send() -> None:
+                alert.incident_id = self.record_incident(gen, snap, spec, alert, "open")
+                gen.stream.send(pb.MonitorResponse(alert=alert))
+
+            if self.writer.submit(write_then_send, gen.stream, kind="early", urgent=True):
+                return
+        gen.stream.send(pb.MonitorResponse(alert=alert))
+
+    def settle(self, gen: Generation, status: str, summary: pb.GenerationSummary) -> None:
+        """At close: complete every alert's incident, notify the webhook, then send late alerts and `summary`.
+
+        The summary carries the incident ids, so it goes out after the write (on the writer thread).
+        With the writer's queue full nothing is persisted (counted) and the summary goes out as is."""
+        if gen.alerts and (self.incidents is not None or self.webhook is not None):
+            job = functools.partial(self._settle, gen, Snapshot.of(gen), status, summary)
+            if self.writer.submit(job, gen.stream, kind="close"):
+                return
+        answer = functools.partial(self._settle, gen, None, status, summary)
+        if self.writer.pending(gen.stream):  # behind the stream's queued jobs: its early alerts come first
+            self.writer.submit(answer, gen.stream, essential=True)
+        else:
+            answer()
+
+    def _settle(self, gen: Generation, snap: Snapshot | None, status: str, summary: pb.GenerationSummary) -> None:
+        """`snap` None: answer without persisting anything."""
+        facts = self._generation_facts(gen, snap) if snap is not None and self.incidents is not None else None
         for pid, alert in gen.alerts.items():
             spec = self.specs[pid]
             alert.score = gen.aggregators[pid].value  # the final aggregate (>= the early one for monotone kinds)
-            alert.incident_id = self.record_incident(gen, spec, alert, status, facts)
-            if self.webhook is not None:
-                try:
-                    self.webhook.submit(webhook_payload(gen, spec, alert, self.fingerprint, status, self.policy))
-                except Exception:  # a payload problem must not cost the summary
-                    log.exception("webhook payload for generation %s probe %s failed", gen.id, pid)
-                    self.metrics.internal_errors.labels(component="webhook").inc()
+            if snap is not None:
+                alert.incident_id = self.record_incident(gen, snap, spec, alert, status, facts)
+                self._notify(gen, spec, alert, status)
             if not alert.early:
                 gen.stream.send(pb.MonitorResponse(alert=alert))
+        summary.alerts.extend(gen.alerts.values())
+        gen.stream.send(pb.MonitorResponse(summary=summary))
+
+    def _notify(self, gen: Generation, spec: ProbeSpec, alert: pb.Alert, status: str) -> None:
+        if self.webhook is None:
+            return
+        try:
+            self.webhook.submit(webhook_payload(gen, spec, alert, self.fingerprint, status, self.policy))
+        except Exception:  # a payload problem must not cost the summary
+            log.exception("webhook payload for generation %s probe %s failed", gen.id, spec.id)
+            self.metrics.internal_errors.labels(component="webhook").inc()
 
     def record_incident(
-        self, gen: Generation, spec: ProbeSpec, alert: pb.Alert, status: str, facts: _GenerationFacts | None = None
+        self,
+        gen: Generation,
+        snap: Snapshot,
+        spec: ProbeSpec,
+        alert: pb.Alert,
+        status: str,
+        facts: _GenerationFacts | None = None,
     ) -> int:
         """Write (status `open`: at alert time) or complete (at close) the incident row; its id, 0 on failure.
 
@@ -99,10 +174,10 @@ class AlertDesk:
         (at close they are the same for each of the generation's alerts)."""
         if self.incidents is None:
             return 0
-        tokens, context = facts or self._generation_facts(gen)
+        tokens, context = facts or self._generation_facts(gen, snap)
         known = gen.incident_ids.get(spec.id)
         if known and status != "open":
-            settled = self._complete(known, gen, spec, alert, status, tokens, context)
+            settled = self._complete(known, gen, snap, spec, alert, status, tokens, context)
             if settled is not None:
                 return settled
         incident = Incident(
@@ -114,9 +189,9 @@ class AlertDesk:
             model_fingerprint=self.fingerprint,
             bundle_version=spec.version,
             aggregation=spec.aggregation.method,
-            token_scores=token_score_pairs(gen.token_scores[spec.id]),
-            prompt=gen.prompt_text,
-            response=gen.response_text,
+            token_scores=token_score_pairs(snap.token_scores[spec.id]),
+            prompt=snap.prompt_text,
+            response=snap.response_text,
             generation_status=status,
             early=alert.early,
             metadata=gen.metadata,
@@ -129,7 +204,7 @@ class AlertDesk:
                 incident_id = self.incidents.record_alert(incident)
             else:
                 incident_id = self.incidents.record(incident)
-        except Exception as exc:  # noqa: BLE001 - a failing disk must not stop scoring; it is counted
+        except Exception as exc:  # noqa: BLE001 - a failing disk must not stop anything; it is counted
             log.error("incident store write failed for generation %s probe %s: %s", gen.id, spec.id, exc)
             self.metrics.incident_store_errors.inc()
             return 0
@@ -140,6 +215,7 @@ class AlertDesk:
         self,
         known: int,
         gen: Generation,
+        snap: Snapshot,
         spec: ProbeSpec,
         alert: pb.Alert,
         status: str,
@@ -152,10 +228,10 @@ class AlertDesk:
             self.incidents.complete(
                 known,
                 score=float(alert.score),
-                token_scores=token_score_pairs(gen.token_scores[spec.id]),
+                token_scores=token_score_pairs(snap.token_scores[spec.id]),
                 generation_status=status,
-                prompt=gen.prompt_text,
-                response=gen.response_text,
+                prompt=snap.prompt_text,
+                response=snap.response_text,
                 prompt_length=gen.prompt_length,
                 tokens=tokens,
                 context=context,
@@ -169,25 +245,25 @@ class AlertDesk:
             self.metrics.incident_store_errors.inc()
             return None
 
-    def _generation_facts(self, gen: Generation) -> _GenerationFacts:
+    def _generation_facts(self, gen: Generation, snap: Snapshot) -> _GenerationFacts:
         """What the store keeps once per generation: [[position, token id]] and every probe's result."""
-        return [[p, t] for p, t in sorted(gen.token_ids.items())], self._generation_context(gen)
+        return [[p, t] for p, t in sorted(snap.token_ids.items())], self._generation_context(snap)
 
-    def _generation_context(self, gen: Generation) -> dict[str, dict]:
+    def _generation_context(self, snap: Snapshot) -> dict[str, dict]:
         """Every loaded probe's result on the generation (the review app's heatmaps and "other probes")."""
         out = {}
         for pid, spec in self.specs.items():
-            agg = gen.aggregators[pid]
+            value, count = snap.values[pid]
             out[pid] = probe_context(
                 behaviour=spec.behaviour,
-                score=float(agg.value) if agg.count else None,
+                score=value if count else None,
                 threshold=spec.threshold,
-                n_tokens=int(agg.count),
+                n_tokens=count,
                 aggregation=spec.aggregation.method,
                 token_selection=spec.token_selection,
                 layer=spec.layer,
                 version=spec.version,
-                token_scores=token_score_pairs(gen.token_scores[pid]),
+                token_scores=token_score_pairs(snap.token_scores[pid]),
             )
         return out
 

@@ -9,7 +9,10 @@ kubelet's probes cannot send metadata and it reveals nothing.
 The file holds one token per line (blank lines and `#` comments ignored), so a token can be
 rotated without downtime: add the new one, roll the clients, remove the old one. The file is
 re-read when it changes (a Kubernetes Secret volume updates in place), at most every
-`reload_every_s`. Tokens are compared in constant time.
+`reload_every_s`. Removing a token also ends the open Monitor streams admitted with it: each
+stream re-checks its token every housekeeping tick (server/sidecar/servicer.py), so it ends
+UNAUTHENTICATED within `reload_every_s` plus one tick (about 3 s by default). Tokens are compared in
+constant time.
 
 The file format is probewatch/token_file.py; clients send their token with
 server/client/auth.py (`bearer_metadata`) or over TLS with `grpc.access_token_call_credentials`.

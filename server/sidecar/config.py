@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from probewatch.errors import ProbewatchError
 from probewatch.server.sidecar.generations import GenerationLimits
+from probewatch.server.sidecar.memory import CGROUP_ROOT, container_memory_limit, default_queue_bytes
 from probewatch.server.sidecar.streams import DEFAULT_OUTBOX_SIZE
 from probewatch.server.sidecar.webhook import validate_webhook_url
+from probewatch.server.store.metadata_keys import validate_patterns
 from probewatch.server.store.privacy import DEFAULT_MAX_CHARS, STORE_TEXT_MODES
 
 DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -41,6 +43,9 @@ class SidecarConfig(BaseModel):
     review_url: str | None = None  # base URL of the review app: webhook payloads link to the incident page
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=1024)
     queue_size: int = Field(1024, ge=1)
+    # bytes of tensors queued or being scored; None: a quarter of the container's memory limit, at most
+    # 1 GiB, 512 MiB without a limit (server/sidecar/memory.py); beyond it chunks are shed RESOURCE_EXHAUSTED
+    queue_bytes: int | None = Field(None, ge=1024)
     max_batch_rows: int = 16384
     put_timeout_s: float = 5.0
     # SAE latents exported as probewatch_sae_feature_activation, {SAE name: latent ids};
@@ -53,17 +58,23 @@ class SidecarConfig(BaseModel):
     # -- exposure and authentication
     auth_token_file: Path | None = None  # bearer tokens, one per line; None: no token needed
     reflection: bool = False  # gRPC server reflection (lists the services to anyone who asks)
+    # serve a non-loopback --host with neither a token nor mutual TLS (refused otherwise: insecure_exposure)
+    allow_insecure: bool = False
     # -- admission
-    max_streams: int = Field(256, ge=1)  # long-lived RPCs (Monitor, Health.Watch, reflection) in total
+    max_streams: int = Field(256, ge=1)  # long-lived authenticated RPCs (Monitor, reflection) in total
     max_streams_per_peer: int = Field(128, ge=1)  # ... per client address
+    # Health.Watch without a token has its own small pool: anonymous watchers never take Monitor slots
+    max_watch_streams: int = Field(16, ge=1)
+    max_watch_streams_per_peer: int = Field(4, ge=1)
     max_concurrent_unary: int = Field(16, ge=1)  # Score calls at once
-    max_workers: int | None = None  # gRPC threads; None: max_streams + max_concurrent_unary + 16
+    max_workers: int | None = None  # gRPC threads; None: both stream caps + max_concurrent_unary + 16
     # -- liveness
     keepalive_time_s: float = Field(20.0, gt=0)  # the server pings each client this often
     keepalive_timeout_s: float = Field(10.0, gt=0)  # ... and drops it when the ping is not answered in time
     min_ping_interval_s: float = Field(4.0, ge=0)  # clients may ping this often (faster: GOAWAY)
     stream_idle_timeout_s: float = Field(300.0, gt=0)  # a stream holding generations and silent this long ends
     generation_ttl_s: float = Field(3600.0, gt=0)  # a generation open longer is aborted
+    generation_idle_ttl_s: float = Field(_LIMITS.idle_ttl_s, gt=0)  # ... and one that gets no chunk this long
     shutdown_grace_s: float = Field(20.0, ge=0)  # open generations get this long to close at shutdown
     # -- bounded memory
     max_generation_id_bytes: int = Field(_LIMITS.max_generation_id_bytes, ge=1)
@@ -71,6 +82,8 @@ class SidecarConfig(BaseModel):
     max_metadata_entries: int = Field(_LIMITS.max_metadata_entries, ge=0)
     max_open_generations_per_stream: int = Field(_LIMITS.max_open_per_stream, ge=1)
     max_open_generations: int = Field(_LIMITS.max_open_total, ge=1)
+    # per client (its bearer token with auth, else its address); None: a quarter of max_open_generations
+    max_open_generations_per_client: int | None = Field(None, ge=1)
     outbox_size: int = Field(DEFAULT_OUTBOX_SIZE, ge=16)  # responses queued for a client that does not read
     max_abs_activation: float = Field(1e15, gt=0)  # |value| above this in a row or projection: INVALID_ARGUMENT
     # -- private data
@@ -78,6 +91,8 @@ class SidecarConfig(BaseModel):
     max_text_chars: int = Field(DEFAULT_MAX_CHARS, ge=0)  # per stored prompt / response / metadata value
     retention_days: float = Field(30.0, ge=0)  # incidents older than this are deleted; 0: kept forever
     retention_interval_s: float = Field(3600.0, gt=0)  # how often retention runs after start-up
+    pseudonym_key_file: Path | None = None  # metadata pseudonym keys, outside the store (store/pseudonym_keys.py)
+    private_metadata_keys: list[str] = []  # metadata key patterns pseudonymised too (store/metadata_keys.py)
 
     @field_validator("store_text")
     @classmethod
@@ -86,6 +101,25 @@ class SidecarConfig(BaseModel):
             raise ValueError(f"store_text {value!r} not one of {', '.join(STORE_TEXT_MODES)}")
         return value
 
+    @field_validator("private_metadata_keys")
+    @classmethod
+    def _private_metadata_keys(cls, value: list[str]) -> list[str]:
+        return validate_patterns(value)  # ValueError naming a malformed pattern
+
+    @field_validator("queue_bytes")
+    @classmethod
+    def _queue_bytes_fit_a_message(cls, value: int | None, info: ValidationInfo) -> int | None:
+        largest = info.data.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)
+        if value is not None and value < largest:
+            raise ValueError(f"below the largest accepted message ({largest} bytes): such a chunk could never queue")
+        return value
+
+    def queue_budget(self, cgroup_root: Path = CGROUP_ROOT) -> int:
+        """The scoring queue's byte budget: `queue_bytes`, or derived from the container's memory limit."""
+        if self.queue_bytes is not None:
+            return self.queue_bytes
+        return default_queue_bytes(container_memory_limit(cgroup_root), self.max_message_bytes)
+
     def engine_limits(self) -> GenerationLimits:
         return GenerationLimits(
             max_generation_id_bytes=self.max_generation_id_bytes,
@@ -93,6 +127,9 @@ class SidecarConfig(BaseModel):
             max_metadata_entries=self.max_metadata_entries,
             max_open_per_stream=self.max_open_generations_per_stream,
             max_open_total=self.max_open_generations,
+            max_open_per_client=self.max_open_generations_per_client,
+            max_lifetime_s=self.generation_ttl_s,
+            idle_ttl_s=self.generation_idle_ttl_s,
         )
 
 
@@ -104,6 +141,22 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def insecure_exposure(host: str, port: int, *, token: bool, mutual_tls: bool) -> str | None:
+    """Why serving gRPC so would let anyone who reaches the port use the sidecar; None when it is safe.
+
+    Safe: a loopback host, a bearer-token file, or mutual TLS (server-only TLS encrypts but admits anyone).
+    `probewatch serve` refuses the rest unless --allow-insecure (issue 20, item 12).
+    """
+    if is_loopback(host) or token or mutual_tls:
+        return None
+    return (
+        f"gRPC on {host} with neither a bearer token nor mutual TLS: anyone who can reach port "
+        f"{port} could read the probes and write incidents. Pass --auth-token-file FILE "
+        "(PROBEWATCH_AUTH_TOKEN_FILE) and/or --tls-cert/--tls-key/--tls-client-ca, bind --host 127.0.0.1, "
+        "or pass --allow-insecure on a network you trust"
+    )
 
 
 def server_credentials(config: SidecarConfig) -> grpc.ServerCredentials | None:

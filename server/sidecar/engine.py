@@ -6,7 +6,9 @@ streams and generations — and concatenates all rows of one layer into one GEMM
 (`ProbeRuntime.score_layers`, so non-linear probe kinds plug in; pushdown projections go
 through `score_projections`). The bounded queue turns a slow sidecar into gRPC back-pressure
 towards the clients, where the attach client drops and counts (fail-open), instead of
-unbounded memory here.
+unbounded memory here. It is bounded twice: in items (`queue_size`) and in tensor bytes queued or
+being scored (`queue_bytes`, server/sidecar/work.py `ByteBudget`); a chunk that does not fit the
+bytes is refused at once (RESOURCE_EXHAUSTED, `dropped_chunks_total{reason="queue_bytes"}`).
 
 Ordering: stream readers enqueue in arrival order and the worker applies results in queue order,
 so a generation's chunks, its Close and its stream's end are processed in the order they came
@@ -14,7 +16,8 @@ so a generation's chunks, its Close and its stream's end are processed in the or
 scored first and then applied item by item.
 
 Around it: `generations.py` (the registry of open generations and its limits), `alerts.py`
-(alert -> incident -> webhook), `streams.py` (each stream's bounded outbox). Scores are always
+(alert -> incident -> webhook, written on its own thread: `incident_queue.py`), `streams.py` (each
+stream's bounded outbox). Scores are always
 finite: a chunk whose rows score non-finite (activations beyond what float32 can hold) is refused
 (InvalidInput) before any aggregate sees it. The engine raises and reports refusals in its own
 terms (server/sidecar/errors.py); the servicer maps them to gRPC status codes.
@@ -41,11 +44,13 @@ from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.server.sidecar.alerts import AlertDesk
 from probewatch.server.sidecar.errors import InvalidInput, Overloaded, Refused, ScoringFailed, TimedOut
 from probewatch.server.sidecar.generations import Generation, GenerationLimits, GenerationRegistry
+from probewatch.server.sidecar.incident_queue import DEFAULT_INCIDENT_QUEUE, IncidentQueue
+from probewatch.server.sidecar.memory import QUEUE_BYTES_UNLIMITED
 from probewatch.server.sidecar.metrics import SidecarMetrics
 from probewatch.server.sidecar.specs import ProbeSpec
 from probewatch.server.sidecar.streams import StreamState
 from probewatch.server.sidecar.updates import PendingUpdate
-from probewatch.server.sidecar.work import ChunkWork, CloseWork, EndWork, ScoreWork, SequenceResult
+from probewatch.server.sidecar.work import ByteBudget, ChunkWork, CloseWork, EndWork, ScoreWork, SequenceResult, nbytes
 from probewatch.server.store import IncidentStore
 from probewatch.server.store.privacy import TextPolicy
 
@@ -75,13 +80,16 @@ class ScoringEngine:
         keep_token_scores: int = 8192,
         limits: GenerationLimits | None = None,
         policy: TextPolicy | None = None,
+        queue_bytes: int = QUEUE_BYTES_UNLIMITED,
+        incident_queue_size: int = DEFAULT_INCIDENT_QUEUE,
     ) -> None:
         self.runtime = runtime
         self.metrics = metrics
         self.fingerprint = fingerprint
         self.specs: dict[str, ProbeSpec] = {b.id: ProbeSpec.from_bundle(b) for b in runtime.bundles}
         self.generations = GenerationRegistry(self.specs, fingerprint, limits or GenerationLimits())
-        self.alerts = AlertDesk(self.specs, metrics, fingerprint, incidents, webhook, policy)
+        self.writer = IncidentQueue(metrics, incident_queue_size)
+        self.alerts = AlertDesk(self.specs, metrics, fingerprint, incidents, webhook, policy, self.writer)
         self.max_batch_rows = max_batch_rows
         self.put_timeout_s = put_timeout_s
         self.keep_token_scores = keep_token_scores
@@ -93,6 +101,8 @@ class ScoringEngine:
         self.max_items_per_batch = 0
         self.max_generations_per_gemm = 0
         metrics.set_queue_depth_source(self._queue.qsize, capacity=queue_size)
+        self.budget = ByteBudget(queue_bytes)
+        metrics.set_queue_bytes_source(lambda: self.budget.used, self.budget.capacity)
 
     @property
     def limits(self) -> GenerationLimits:
@@ -108,17 +118,19 @@ class ScoringEngine:
 
     # -- lifecycle ----------------------------------------------------------------------------------
     def start(self) -> ScoringEngine:
+        self.writer.start()
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="probewatch-scoring", daemon=True)
             self._thread.start()
         return self
 
     def stop(self, timeout_s: float = 10.0) -> None:
-        """Score what is queued, then stop the worker."""
+        """Score what is queued, then stop the worker; then write every queued incident."""
         if self._thread is not None:
             self._queue.put(_STOP)
             self._thread.join(timeout_s)
             self._thread = None
+        self.writer.stop(3 * timeout_s)
 
     @contextmanager
     def hold(self) -> Iterator[None]:
@@ -131,20 +143,47 @@ class ScoringEngine:
 
     # -- registry (called from stream reader threads) -------------------------------------------------
     def open_generation(self, stream: StreamState, msg: pb.Open) -> Generation:
-        gen = self.generations.open(stream, msg)
+        try:
+            gen = self.generations.open(stream, msg)
+        except Overloaded as exc:
+            self.metrics.generation_limit_refusals.labels(limit=exc.reason or "total").inc()
+            raise
         self.metrics.active_generations.inc()
         return gen
 
+    def expire_generations(self, stream: StreamState) -> int:
+        """Abort the stream's generations past their lifetime or idle TTL (each told why, and counted)."""
+        expired = self.generations.expired(stream)
+        for gen, reason, refusal in expired:
+            log.warning("generation %r: %s", gen.id, refusal.message)
+            self.metrics.generations_expired.labels(reason=reason).inc()
+            stream.refuse(refusal, gen.id)
+            self.submit_control(CloseWork(gen, status="aborted"))
+        return len(expired)
+
     # -- queue --------------------------------------------------------------------------------------
-    def submit_chunk(self, work: ChunkWork) -> bool:
-        """Enqueue a chunk; False (and counted as dropped) when the queue stays full for put_timeout_s."""
+    def submit_chunk(self, work: ChunkWork) -> Overloaded | None:
+        """Enqueue a chunk; the refusal (counted as dropped) when it does not fit the byte budget, or when
+        the queue stays full for put_timeout_s."""
+        gen, size = work.generation, work.nbytes
+        gen.last_activity = time.monotonic()
+        what = f"generation {gen.id} layer {work.layer}"
+        if not self.budget.take(size):
+            self.metrics.dropped_chunks.labels(reason="queue_bytes").inc()
+            gen.sidecar_dropped += 1
+            return Overloaded(
+                f"{what}: the scoring queue holds {self.budget.used} of its {self.budget.capacity} bytes "
+                f"(--queue-bytes); chunk of {size} bytes dropped",
+                reason="queue_bytes",
+            )
         try:
             self._queue.put(work, timeout=self.put_timeout_s)
-            return True
+            return None
         except queue.Full:
+            self.budget.release(size)
             self.metrics.dropped_chunks.labels(reason="queue_full").inc()
-            work.generation.sidecar_dropped += 1
-            return False
+            gen.sidecar_dropped += 1
+            return Overloaded(f"{what}: scoring queue full; chunk dropped", reason="queue_full")
 
     def score_now(
         self,
@@ -155,9 +194,16 @@ class ScoringEngine:
     ) -> list[SequenceResult]:
         """Unary scoring through the worker (queued behind live chunks; raises on timeout)."""
         work = ScoreWork(payloads, prompt_length, probe_ids)
+        if not self.budget.take(work.nbytes):
+            raise Overloaded(
+                f"the scoring queue holds {self.budget.used} of its {self.budget.capacity} bytes (--queue-bytes); "
+                f"a request of {work.nbytes} bytes does not fit now; retry later",
+                reason="queue_bytes",
+            )
         try:
             self._queue.put(work, timeout=self.put_timeout_s)
         except queue.Full:
+            self.budget.release(work.nbytes)
             raise Overloaded(
                 f"scoring queue full for {self.put_timeout_s:g}s (live streams come first); retry later"
             ) from None
@@ -198,6 +244,8 @@ class ScoringEngine:
             except Exception:  # a bug must not kill the worker: every other stream depends on it
                 log.exception("scoring worker failed on a batch of %d items", len(batch))
                 self.metrics.internal_errors.labels(component="scoring").inc()
+            finally:  # the batch's tensors are garbage now: their bytes may queue again
+                self.budget.release(sum(nbytes(w) for w in batch))
 
     def _process(self, batch: list) -> None:
         self.batches += 1
@@ -246,7 +294,10 @@ class ScoringEngine:
         if isinstance(work, CloseWork):
             self._finalize(work.generation, work.status)
         elif isinstance(work, EndWork):
-            work.stream.finish()
+            if self.writer.pending(work.stream):  # after the summaries the incident writer still owes it
+                self.writer.submit(work.stream.finish, work.stream, essential=True)
+            else:
+                work.stream.finish()
         elif isinstance(work, ScoreWork):
             try:
                 work.result = self.score_sequence(work.payloads, work.prompt_length, work.probe_ids)
@@ -340,9 +391,8 @@ class ScoringEngine:
                     gen.token_scores[pid].append((pos[mask][:room], chosen[:room].copy()))
                     gen.kept_scores[pid] = kept + min(room, chosen.size)
                 self.metrics.token_score.observe_many((pid, spec.behaviour), chosen)
-                if spec.monotone and pid not in gen.alerts and agg.value >= spec.threshold:
-                    alert = self.alerts.raise_alert(gen, spec, agg.value, True, int(pos[mask][-1]), now)
-                    gen.stream.send(pb.MonitorResponse(alert=alert))
+                if spec.monotone and pid not in gen.alerts and agg.value >= spec.threshold:  # written, then sent
+                    self.alerts.raise_alert(gen, spec, agg.value, True, int(pos[mask][-1]), now)
             aggregates[pid] = agg.value
         if work.token_ids is not None and len(gen.token_ids) < self.keep_token_scores:  # bounded like the scores
             room = self.keep_token_scores - len(gen.token_ids)
@@ -380,25 +430,20 @@ class ScoringEngine:
                     token_selection=spec.token_selection,
                 )
             )
-        self.alerts.settle(gen, status)
         if gen.client_dropped:
             self.metrics.dropped_chunks.labels(reason="client_dropped").inc(gen.client_dropped)
-        gen.stream.send(
-            pb.MonitorResponse(
-                summary=pb.GenerationSummary(
-                    generation_id=gen.id,
-                    status=status,
-                    results=results,
-                    alerts=list(gen.alerts.values()),
-                    tokens_scored=max(gen.rows_per_layer.values(), default=0),
-                    dropped_chunks=gen.client_dropped + gen.sidecar_dropped,
-                    rejected_chunks=gen.rejected_chunks,
-                )
-            )
+        summary = pb.GenerationSummary(  # its alerts (with their incident ids) are added once written
+            generation_id=gen.id,
+            status=status,
+            results=results,
+            tokens_scored=max(gen.rows_per_layer.values(), default=0),
+            dropped_chunks=gen.client_dropped + gen.sidecar_dropped,
+            rejected_chunks=gen.rejected_chunks,
         )
         self.metrics.generations.labels(status=status).inc()
         self.metrics.active_generations.dec()
         self.generations.forget(gen)
+        self.alerts.settle(gen, status, summary)  # incidents and webhook off this thread; then the summary
 
     # -- unary scoring --------------------------------------------------------------------------------
     def score_sequence(

@@ -41,7 +41,13 @@ class TooLarge(Refused):
 
 
 class Overloaded(Refused):
-    """A capacity limit: the scoring queue, open generations per stream or in total."""
+    """A capacity limit: the scoring queue (chunks or bytes), open generations per stream, client or in total.
+
+    `reason` names the limit (a metric label: queue_full, queue_bytes, per_stream, per_client, total)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class AlreadyUsed(Refused):

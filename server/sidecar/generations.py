@@ -1,8 +1,13 @@
 """The live generations: their per-generation state, the registry that opens and finds them, its limits.
 
-Bounded state: generation ids and metadata have size limits, and the open generations per stream
-and in total are capped (`GenerationLimits`, each a `probewatch serve` flag). Closed ids are
-remembered (as 16-byte digests, a bounded number of them) so an id cannot be used twice.
+Bounded state: generation ids and metadata have size limits, and the open generations per stream,
+per client and in total are capped (`GenerationLimits`, each a `probewatch serve` flag). The
+per-client share exists because the table is shared: one client that opens generations and never
+closes them would otherwise lock every other client out (and pin their memory) until the TTL.
+A client is its bearer token when the sidecar checks tokens, else its address (`client_identity`).
+A generation ends `aborted` when it is open past its lifetime or gets no chunk for the idle TTL
+(`GenerationRegistry.expired`). Closed ids are remembered (as 16-byte digests, a bounded number of
+them) so an id cannot be used twice.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from probewatch.server.sidecar.errors import (
     InvalidInput,
     Overloaded,
     ShuttingDown,
+    TimedOut,
     UnknownGeneration,
     WrongModel,
 )
@@ -33,7 +39,7 @@ from probewatch.server.sidecar.specs import ProbeSpec
 if TYPE_CHECKING:
     from probewatch.server.sidecar.streams import StreamState
 
-__all__ = ["Generation", "GenerationLimits", "GenerationRegistry", "short_id"]
+__all__ = ["Generation", "GenerationLimits", "GenerationRegistry", "client_identity", "short_id"]
 
 
 @dataclass
@@ -60,6 +66,8 @@ class Generation:
     response_text: str | None = None
     incident_ids: dict[str, int] = field(default_factory=dict)  # probe -> incident row written at alert time
     token_ids: dict[int, int] = field(default_factory=dict)  # position -> token id (kept with incidents)
+    client: str = ""  # who opened it (client_identity): its share of the open-generation table
+    last_activity: float = field(default_factory=time.monotonic)  # last chunk received (the idle TTL)
 
 
 @dataclass(frozen=True)
@@ -71,7 +79,27 @@ class GenerationLimits:
     max_metadata_entries: int = 64
     max_open_per_stream: int = 1024
     max_open_total: int = 16384
+    max_open_per_client: int | None = None  # None: a quarter of max_open_total
+    max_lifetime_s: float = 3600.0  # a generation open longer is aborted (--generation-ttl)
+    idle_ttl_s: float = 600.0  # ... and one that got no chunk this long (--generation-idle-ttl)
     closed_memory: int = 100_000  # ids remembered after close (as 16-byte digests) to refuse reuse
+
+    @property
+    def per_client(self) -> int:
+        """Open generations one client may hold (default: a quarter of the table, at least one)."""
+        return self.max_open_per_client or max(1, self.max_open_total // 4)
+
+
+def client_identity(peer: str, token: str | None = None) -> str:
+    """Who a stream belongs to: a digest of its bearer token when tokens are checked, else its address.
+
+    The token itself is never kept (only 8 bytes of its BLAKE2b digest, enough to tell tokens apart);
+    without tokens, streams from one address (any port) are one client."""
+    if token:
+        return "token:" + hashlib.blake2b(token.encode(), digest_size=8).hexdigest()
+    if peer.startswith(("ipv4:", "ipv6:")):
+        peer = peer.rsplit(":", 1)[0]
+    return "peer:" + peer
 
 
 def _digest(gid: str) -> bytes:
@@ -93,6 +121,7 @@ class GenerationRegistry:
         self.draining = False  # set at shutdown: no new generations
         self._lock = threading.Lock()
         self._open: dict[str, Generation] = {}
+        self._by_client: dict[str, int] = {}  # open generations per client
         self._closed: OrderedDict[bytes, None] = OrderedDict()
 
     def __len__(self) -> int:
@@ -137,13 +166,15 @@ class GenerationRegistry:
         if len(stream.generations) >= limits.max_open_per_stream:
             raise Overloaded(
                 f"generation {gid}: this stream already has {len(stream.generations)} open generations "
-                f"(--max-open-generations-per-stream {limits.max_open_per_stream}); close some first"
+                f"(--max-open-generations-per-stream {limits.max_open_per_stream}); close some first",
+                reason="per_stream",
             )
 
     def open(self, stream: StreamState, msg: pb.Open) -> Generation:
         """Register a new generation on `stream`, or raise the refusal that says why not."""
         self._check_open(stream, msg)
         gid = msg.generation_id
+        client = client_identity(stream.peer, stream.token)
         gen = Generation(
             id=gid,
             stream=stream,
@@ -151,6 +182,7 @@ class GenerationRegistry:
             metadata=dict(msg.metadata),
             aggregators={pid: make_aggregator(s.aggregation) for pid, s in self.specs.items()},
             token_scores={pid: [] for pid in self.specs},
+            client=client,
         )
         with self._lock:
             if gid in self._open or _digest(gid) in self._closed:
@@ -158,9 +190,18 @@ class GenerationRegistry:
             if len(self._open) >= self.limits.max_open_total:
                 raise Overloaded(
                     f"generation {gid}: the sidecar already tracks {len(self._open)} open generations "
-                    f"(--max-open-generations {self.limits.max_open_total}); retry later"
+                    f"(--max-open-generations {self.limits.max_open_total}); retry later",
+                    reason="total",
+                )
+            held = self._by_client.get(client, 0)
+            if held >= self.limits.per_client:
+                raise Overloaded(
+                    f"generation {gid}: this client already holds {held} open generations "
+                    f"(--max-open-generations-per-client {self.limits.per_client}); close some first",
+                    reason="per_client",
                 )
             self._open[gid] = gen
+            self._by_client[client] = held + 1
         stream.generations[gid] = gen
         return gen
 
@@ -181,8 +222,42 @@ class GenerationRegistry:
     def forget(self, gen: Generation) -> None:
         """Drop a finalised generation, remembering its id (bounded) so it cannot be reused."""
         with self._lock:
-            self._open.pop(gen.id, None)
+            if self._open.pop(gen.id, None) is not None:
+                left = self._by_client.get(gen.client, 1) - 1
+                if left > 0:
+                    self._by_client[gen.client] = left
+                else:
+                    self._by_client.pop(gen.client, None)
             self._closed[_digest(gen.id)] = None
             while len(self._closed) > self.limits.closed_memory:
                 self._closed.popitem(last=False)
         gen.stream.generations.pop(gen.id, None)
+
+    def held_by(self, client: str) -> int:
+        """Open generations of one client (tests, the soak report)."""
+        with self._lock:
+            return self._by_client.get(client, 0)
+
+    def expired(self, stream: StreamState, now: float | None = None) -> list[tuple[Generation, str, TimedOut]]:
+        """The stream's open generations past their lifetime or idle TTL: (generation, reason, refusal).
+
+        `reason` is `lifetime` or `idle` (probewatch_generations_expired_total{reason}); the caller
+        answers the refusal on the stream and aborts the generation."""
+        limits, out = self.limits, []
+        wall, mono = time.time() if now is None else now, time.monotonic()
+        for gen in list(stream.generations.values()):
+            if gen.closing:
+                continue
+            if wall - gen.opened_at > limits.max_lifetime_s:
+                message = (
+                    f"generation {gen.id} was open for over {limits.max_lifetime_s:g}s (--generation-ttl); "
+                    "it ends aborted"
+                )
+                out.append((gen, "lifetime", TimedOut(message)))
+            elif mono - gen.last_activity > limits.idle_ttl_s:
+                message = (
+                    f"generation {gen.id} got no chunk for over {limits.idle_ttl_s:g}s (--generation-idle-ttl); "
+                    "it ends aborted"
+                )
+                out.append((gen, "idle", TimedOut(message)))
+        return out

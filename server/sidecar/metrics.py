@@ -98,7 +98,13 @@ REJECTION_CODES = (
     "INTERNAL",
 )
 # Background work of the sidecar that catches, counts, logs and goes on (labels of probewatch_internal_errors_total).
-INTERNAL_ERROR_COMPONENTS = ("scoring", "stream", "webhook", "retention")
+INTERNAL_ERROR_COMPONENTS = ("scoring", "stream", "webhook", "retention", "incidents")
+# Why a chunk was not scored (labels of probewatch_dropped_chunks_total).
+DROP_REASONS = ("queue_full", "queue_bytes", "client_dropped")
+# The open-generation limits an Open can hit (labels of probewatch_generation_limit_refusals_total).
+GENERATION_LIMITS = ("per_stream", "per_client", "total")
+# Why a generation was aborted by the sidecar itself (labels of probewatch_generations_expired_total).
+EXPIRY_REASONS = ("lifetime", "idle")
 
 
 class SidecarMetrics:
@@ -151,10 +157,41 @@ class SidecarMetrics:
             "Bound of the scoring queue (alert rules compare queue depth with it).",
             registry=r,
         )
+        self.queue_bytes = Gauge(
+            "probewatch_queue_bytes", "Tensor bytes queued for or being scored by the scoring worker.", registry=r
+        )
+        self.queue_bytes_capacity = Gauge(
+            "probewatch_queue_bytes_capacity",
+            "Byte budget of the scoring queue (--queue-bytes, default from the container's memory limit).",
+            registry=r,
+        )
         self.dropped_chunks = Counter(
             "probewatch_dropped_chunks_total",
-            "Chunks not scored: sidecar queue full, or dropped by a client (reported at close).",
+            "Chunks not scored: sidecar queue full (chunks or bytes), or dropped by a client (reported at close).",
             ["reason"],
+            registry=r,
+        )
+        self.generation_limit_refusals = Counter(
+            "probewatch_generation_limit_refusals_total",
+            "Opens refused because a limit on open generations was reached (per stream, per client, in total).",
+            ["limit"],
+            registry=r,
+        )
+        self.generations_expired = Counter(
+            "probewatch_generations_expired_total",
+            "Generations the sidecar aborted: open past --generation-ttl, or no chunk for --generation-idle-ttl.",
+            ["reason"],
+            registry=r,
+        )
+        self.incident_queue_depth = Gauge(
+            "probewatch_incident_queue_depth",
+            "Incident writes (and their webhooks) waiting for the incident writer thread.",
+            registry=r,
+        )
+        self.incident_writes_dropped = Counter(
+            "probewatch_incident_writes_dropped_total",
+            "Incident writes dropped because the incident writer's queue was full (early: at alert time).",
+            ["kind"],
             registry=r,
         )
         self.active_streams = Gauge(
@@ -189,8 +226,14 @@ class SidecarMetrics:
         )
         for component in INTERNAL_ERROR_COMPONENTS:
             self.internal_errors.labels(component=component)
-        for reason in ("queue_full", "client_dropped"):
+        for reason in DROP_REASONS:
             self.dropped_chunks.labels(reason=reason)
+        for limit in GENERATION_LIMITS:
+            self.generation_limit_refusals.labels(limit=limit)
+        for reason in EXPIRY_REASONS:
+            self.generations_expired.labels(reason=reason)
+        for kind in ("early", "close"):
+            self.incident_writes_dropped.labels(kind=kind)
         for status in ("closed", "aborted"):
             self.generations.labels(status=status)
         for mode in ("rows", "projections"):
@@ -205,6 +248,10 @@ class SidecarMetrics:
         self.queue_depth.set_function(fn)
         if capacity is not None:
             self.queue_capacity.set(capacity)
+
+    def set_queue_bytes_source(self, fn: Callable[[], float], capacity: int) -> None:
+        self.queue_bytes.set_function(fn)
+        self.queue_bytes_capacity.set(capacity)
 
     def register_bundles(self, bundles: Iterable) -> None:
         for b in bundles:

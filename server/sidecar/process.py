@@ -6,20 +6,23 @@ and generations from a different model) and d_model, both read from the model fo
 server/sidecar/servicer.py; scoring is server/sidecar/engine.py.
 
 Exposure and admission (server/sidecar/admission.py, server/sidecar/auth.py): the gRPC port and /metrics bind
-127.0.0.1 unless told otherwise; with `auth_token_file`, every RPC but health needs a bearer
-token; long-lived RPCs are capped in total and per client address, unary Score calls too, and
-the thread pool is sized above those caps so `Health.Check` never waits behind streams.
-Reflection is off unless asked for.
+127.0.0.1 unless told otherwise, and a non-loopback address with neither a token file nor mutual
+TLS is refused unless `allow_insecure`; with `auth_token_file`, every RPC but health needs a bearer
+token, and a stream whose token is removed from the file ends UNAUTHENTICATED at its next
+housekeeping tick after the re-read; long-lived RPCs are capped in total and per client address
+(anonymous Health.Watch in a pool of its own), unary Score calls too, and the thread pool is sized
+above those caps so `Health.Check` never waits behind streams. Reflection is off unless asked for.
 
 Liveness: HTTP/2 keepalive both ways. The server pings each client every `keepalive_time_s`
 and drops a connection that does not answer within `keepalive_timeout_s` (its streams' open
 generations end `aborted`); clients may ping every `min_ping_interval_s` or slower, even with no
 call in flight (the attach client pings every 5 s); faster pingers get GOAWAY (too_many_pings).
 
-Shutdown (`stop`, SIGTERM in `probewatch serve`): health turns NOT_SERVING, new streams and new
-generations are refused (UNAVAILABLE), open generations have `shutdown_grace_s` to close and get
-their summaries (a stream ends as soon as it holds none), then what is left is aborted, the queue
-is scored, incidents and webhooks are flushed.
+Shutdown (`stop`, SIGTERM in `probewatch serve`): health turns NOT_SERVING (the server keeps
+accepting calls while it drains, so Health.Check answers NOT_SERVING instead of failing UNAVAILABLE),
+new streams, Score/ListProbes calls and new generations are refused (UNAVAILABLE), open generations
+have `shutdown_grace_s` to close and get their summaries (a stream ends as soon as it holds none),
+then what is left is aborted, the queue is scored, incidents and webhooks are flushed.
 
 Every limit is a field of `SidecarConfig` with its default below, and a `probewatch serve` flag.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -40,13 +44,13 @@ from probewatch.probes.bundle import Bundle, load_bundles
 from probewatch.probes.runtime import ProbeRuntime
 from probewatch.server.sidecar.admission import Guard, StreamSlots
 from probewatch.server.sidecar.auth import TokenFile
-from probewatch.server.sidecar.config import SidecarConfig, is_loopback, server_credentials
+from probewatch.server.sidecar.config import SidecarConfig, insecure_exposure, server_credentials
 from probewatch.server.sidecar.engine import ScoringEngine
 from probewatch.server.sidecar.metrics import SidecarMetrics
 from probewatch.server.sidecar.servicer import SERVICE_NAME, MonitorServicer, add_to_server
 from probewatch.server.sidecar.webhook import WebhookSender
 from probewatch.server.store import IncidentStore
-from probewatch.server.store.privacy import TextPolicy
+from probewatch.server.store.privacy import policy_without_store
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +88,22 @@ class Sidecar:
         self.metrics = SidecarMetrics()
         self.metrics.register_bundles(bundles)
         self.incidents = (
-            IncidentStore.open(config.incident_db, store_text=config.store_text, max_text_chars=config.max_text_chars)
+            IncidentStore.open(
+                config.incident_db,
+                store_text=config.store_text,
+                max_text_chars=config.max_text_chars,
+                pseudonym_key_file=config.pseudonym_key_file,
+                private_metadata_keys=config.private_metadata_keys,
+            )
             if config.incident_db
             else None
         )
-        self.policy = (
+        self.policy = (  # webhooks only: pseudonyms still with the key file's key when one is given
             self.incidents.policy
             if self.incidents is not None
-            else TextPolicy(config.store_text, max_chars=config.max_text_chars)
+            else policy_without_store(
+                config.store_text, config.max_text_chars, config.private_metadata_keys, config.pseudonym_key_file
+            )
         )
         self.webhook = None
         if config.webhook_url:
@@ -108,6 +120,7 @@ class Sidecar:
             incidents=self.incidents,
             webhook=self.webhook,
             queue_size=config.queue_size,
+            queue_bytes=config.queue_budget(),  # --queue-bytes, or from the container's memory limit
             max_batch_rows=config.max_batch_rows,
             put_timeout_s=config.put_timeout_s,
             limits=config.engine_limits(),
@@ -145,19 +158,33 @@ class Sidecar:
 
     def start(self) -> Sidecar:
         c = self.config
+        exposure = insecure_exposure(
+            c.host, c.port, token=c.auth_token_file is not None, mutual_tls=bool(c.tls_cert and c.tls_client_ca)
+        )
+        if exposure is not None and not c.allow_insecure:
+            raise ProbewatchError(f"refusing to serve {exposure}")
         if self.incidents is not None:
             interrupted = self.incidents.mark_interrupted()
             if interrupted:
                 log.warning("%d incident(s) left open by a previous run are now 'interrupted'", interrupted)
             self._purge()
         self.engine.start()
-        workers = c.max_workers or (c.max_streams + c.max_concurrent_unary + 16)
+        # a Watch holds a thread like a Monitor stream does (the guard wraps it in a generator)
+        workers = c.max_workers or (c.max_streams + c.max_watch_streams + c.max_concurrent_unary + 16)
         guard = Guard(
             StreamSlots(c.max_streams, c.max_streams_per_peer),
             c.max_concurrent_unary,
             limited_unary={f"/{SERVICE_NAME}/Score"},
             tokens=self.tokens,
             on_reject=lambda code: self.metrics.rejected.labels(code=code.name).inc(),
+            watch_slots=StreamSlots(
+                c.max_watch_streams,
+                c.max_watch_streams_per_peer,
+                what="Health.Watch streams without a token",
+                flag="--max-watch-streams",
+                advice="poll Health.Check instead, or send a bearer token",
+            ),
+            draining=lambda: self.engine.draining,
         )
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probewatch-grpc"),
@@ -194,13 +221,8 @@ class Sidecar:
         if self.incidents is not None and c.retention_days > 0:
             self._housekeeper = threading.Thread(target=self._retention_loop, name="probewatch-retention", daemon=True)
             self._housekeeper.start()
-        if not is_loopback(c.host) and credentials is None and self.tokens is None:
-            log.warning(
-                "gRPC on %s without TLS or a bearer token: anyone who can reach port %s can read the probes and "
-                "create incidents (use --tls-cert/--tls-key/--tls-client-ca and/or --auth-token-file)",
-                c.host,
-                port,
-            )
+        if exposure is not None:  # allowed by --allow-insecure: said loudly, at every start
+            log.warning("INSECURE (--allow-insecure): serving %s", exposure)
         log.info(
             "probewatch sidecar: gRPC%s%s on %s:%s, /metrics on %s:%s, %d probes on layers %s",
             " (TLS)" if credentials else "",
@@ -244,11 +266,15 @@ class Sidecar:
         shutdown_grace_s) to close with summaries, abort the rest, score what is queued, flush incidents
         and webhooks."""
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        deadline = time.monotonic() + grace
         self.engine.draining = True
         self.health.enter_graceful_shutdown()
         self._stopping.set()
         if self._server is not None:
-            self._server.stop(grace).wait(grace + 5)
+            # the server still takes calls while Monitor streams drain: Health.Check answers NOT_SERVING
+            self.servicer.wait_streams_ended(grace)
+            left = max(0.0, deadline - time.monotonic())
+            self._server.stop(left).wait(left + 5)
             self._server = None
         self.engine.stop()
         if self.webhook is not None:

@@ -17,9 +17,11 @@ are kept: nothing recorded is lost).
 
 Each stream's sender loop (the RPC's own thread) also keeps the stream honest: a stream silent
 for `stream_idle_timeout_s` while it holds open generations ends with DEADLINE_EXCEEDED (its
-generations `aborted`, summaries sent first); a generation open longer than `generation_ttl_s`
-is aborted alone; while the sidecar drains for shutdown, a stream ends (UNAVAILABLE) as soon as
-its last generation is finalised.
+generations `aborted`, summaries sent first); a generation open longer than `generation_ttl_s`,
+or without a chunk for `generation_idle_ttl_s`, is aborted alone; while the sidecar drains for
+shutdown, a stream ends (UNAVAILABLE) as soon as its last generation is finalised; a stream whose
+bearer token was removed from the token file ends UNAUTHENTICATED (its generations `aborted`,
+summaries first). The loop runs these checks at least every tick, also while responses flow.
 """
 
 from __future__ import annotations
@@ -37,13 +39,12 @@ from probewatch.probes.bundle import LINEAR_KINDS
 from probewatch.proto.codec import CodecError, check_positions, decode_rows, encode_array
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
+from probewatch.server.sidecar.auth import bearer_from_metadata
 from probewatch.server.sidecar.engine import PROJECTIONS, ROWS
 from probewatch.server.sidecar.errors import (
     InvalidInput,
-    Overloaded,
     Refused,
     ScoringFailed,
-    TimedOut,
     TooLarge,
     UnknownProbe,
     WrongModel,
@@ -109,8 +110,16 @@ class MonitorServicer(pb_grpc.MonitorServicer):
         self.row_layers = set(self.runtime.layers)
         self._list_response = self._build_list_response()
         c = self.config
-        # how often a stream's sender loop wakes to check idle time, TTLs and draining
-        self.tick_s = max(0.05, min(1.0, c.stream_idle_timeout_s / 4, c.generation_ttl_s / 4))
+        # how often a stream's sender loop checks idle time, TTLs, draining and its token
+        ttls = (c.stream_idle_timeout_s, c.generation_ttl_s, c.generation_idle_ttl_s)
+        self.tick_s = max(0.05, min(1.0, *(t / 4 for t in ttls)))
+        self._streams = threading.Condition()
+        self.open_streams = 0  # Monitor RPCs in progress (shutdown waits for them to end)
+
+    def wait_streams_ended(self, timeout: float) -> bool:
+        """Wait up to `timeout` s for every Monitor stream to end (draining ends them); True if they did."""
+        with self._streams:
+            return self._streams.wait_for(lambda: self.open_streams == 0, timeout)
 
     def _reject(self, code: grpc.StatusCode) -> None:
         self.metrics.rejected.labels(code=code.name).inc()
@@ -279,7 +288,11 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             self._reject(grpc.StatusCode.UNAVAILABLE)
             context.abort(grpc.StatusCode.UNAVAILABLE, "the sidecar is shutting down; reconnect once it is back")
         stream = StreamState(context.peer(), self.config.outbox_size, self.metrics)
+        if self.sidecar.tokens is not None:  # the guard admitted it with this token: re-checked every tick
+            stream.token = bearer_from_metadata(context.invocation_metadata())
         self.metrics.active_streams.inc()
+        with self._streams:
+            self.open_streams += 1
 
         def on_overflow() -> None:  # from the scoring worker: the client stopped reading its responses
             self._reject(grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -305,44 +318,44 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             daemon=True,
         )
         reader.start()
+        checked = time.monotonic()
         try:
             while True:
                 msg = stream.outbox.get(timeout=self.tick_s)
-                if msg is None:
+                if msg is END:
+                    break
+                if msg is None or time.monotonic() - checked >= self.tick_s:
+                    checked = time.monotonic()
                     try:
                         self._housekeeping(stream)
                     except Exception:  # the stream goes on; the bug is logged and counted
                         log.exception("stream %s housekeeping failed", stream.id)
                         self.metrics.internal_errors.labels(component="stream").inc()
-                    continue
-                if msg is END:
-                    break
-                yield msg
+                if msg is not None:
+                    yield msg
             if stream.end_status is not None and context.is_active():
                 context.abort(*stream.end_status)
         finally:
             stream.alive = False
             self.metrics.active_streams.dec()
+            with self._streams:
+                self.open_streams -= 1
+                self._streams.notify_all()
 
     def _housekeeping(self, stream: StreamState) -> None:
         """Idle timeout, generation TTL and draining, checked from the stream's own sender loop."""
         if stream.end_status is not None:
             return
+        tokens = self.sidecar.tokens
+        if tokens is not None and not tokens.valid(stream.token):  # re-reads the file every reload_every_s
+            self._end_stream(
+                stream,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the bearer token of this stream was removed from the token file; its generations ended aborted",
+            )
+            return
         config = self.config
-        now = time.time()
-        for gen in list(stream.generations.values()):
-            if not gen.closing and now - gen.opened_at > config.generation_ttl_s:
-                log.warning(
-                    "generation %s open for over %gs (--generation-ttl): aborted", gen.id, config.generation_ttl_s
-                )
-                stream.refuse(
-                    TimedOut(
-                        f"generation {gen.id} was open for over {config.generation_ttl_s:g}s (--generation-ttl); "
-                        "it ends aborted"
-                    ),
-                    gen.id,
-                )
-                self.engine.submit_control(CloseWork(gen, status="aborted"))
+        self.engine.expire_generations(stream)  # --generation-ttl and --generation-idle-ttl, each counted
         open_generations = [g for g in stream.generations.values() if not g.closing]
         idle = time.monotonic() - stream.last_activity
         if open_generations and idle > config.stream_idle_timeout_s:
@@ -464,6 +477,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             received_at=received,
             token_ids=token_ids,
         )
-        if not self.engine.submit_chunk(work):
-            # not a malformed message: counted in probewatch_dropped_chunks_total{reason="queue_full"}
-            stream.refuse(Overloaded(f"{what}: scoring queue full; chunk dropped"), gen.id, chunk.layer, count=False)
+        refusal = self.engine.submit_chunk(work)
+        if refusal is not None:
+            # not a malformed message: counted in probewatch_dropped_chunks_total{reason="queue_full"|"queue_bytes"}
+            stream.refuse(refusal, gen.id, chunk.layer, count=False)

@@ -86,6 +86,7 @@ class StreamState:
         self.generations: dict[str, Generation] = {}
         self.alive = True
         self.last_activity = time.monotonic()  # last message received (the idle timeout counts from it)
+        self.token: str | None = None  # the bearer token it was admitted with (None: no token file)
         # (status, message) the stream will end with once its generations are finalised; None: open
         self.end_status: tuple[grpc.StatusCode, str] | None = None
         # called (once) when the outbox overflows: the servicer counts it and cancels the RPC

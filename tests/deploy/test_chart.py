@@ -322,6 +322,39 @@ def test_standalone_needs_mutual_tls_or_an_explicit_opt_in(chartkit, rendered):
     )
     chartkit.validate_rendered(chartkit.render({"mode": "standalone", "auth": {"allowInsecureStandalone": True}}))
     assert "grpc" in {p["name"] for p in insecure["Service"]["spec"]["ports"]}
+    # the sidecar itself refuses 0.0.0.0 unauthenticated: only the explicit opt-in passes --allow-insecure
+    assert "--allow-insecure" in container(pod_spec(insecure), "probewatch")["args"]
+    assert "--allow-insecure" not in args
+
+
+@pytest.mark.parametrize(
+    "values,opted_in",
+    [
+        (None, False),  # sidecar mode: 127.0.0.1
+        ({"mode": "standalone", "auth": {"allowInsecureStandalone": True}}, True),
+        (
+            {"mode": "standalone", "auth": {"allowInsecureStandalone": True, "tokenSecret": {"name": "pw-token"}}},
+            False,  # a token is enough: no opt-in needed
+        ),
+        ({"mode": "standalone", "tls": {"enabled": True, "secretName": "t", "clientAuth": True}}, False),
+    ],
+)
+def test_rendered_serve_args_pass_the_sidecars_exposure_check(chartkit, values, opted_in):
+    """The chart's `probewatch serve` arguments, parsed by the real CLI parser, never hit the sidecar's
+    refusal of an unauthenticated non-loopback bind (issue 20, item 12)."""
+    from probewatch.cli.main import build_parser
+    from probewatch.server.sidecar.config import insecure_exposure
+
+    rendered = chartkit.render(values or {})
+    args = build_parser().parse_args(["serve", *container(pod_spec(objects(chartkit, rendered)), "probewatch")["args"]])
+    exposure = insecure_exposure(
+        args.host,
+        args.port,
+        token=args.auth_token_file is not None,
+        mutual_tls=bool(args.tls_cert and args.tls_client_ca),
+    )
+    assert args.allow_insecure is opted_in
+    assert (exposure is not None) is opted_in  # --allow-insecure only where it is needed
 
 
 def test_token_and_api_key_secrets(chartkit, rendered):
@@ -402,3 +435,47 @@ def test_packaged_chart_is_self_contained(chartkit, tmp_path):
         assert member.isfile() and json.loads(tar.extractfile(member).read()) == json.loads(DASHBOARD.read_text())
     rendered = chartkit.render({}, chart=tgz)
     chartkit.validate_rendered(rendered)
+
+
+def test_pseudonym_key_secret_and_private_metadata_keys(chartkit, rendered):
+    """incidents.pseudonymKeys mounts the key Secret read-only for the sidecar alone and passes
+    --pseudonym-key-file; incidents.privateMetadataKeys become --private-metadata-key flags the real CLI
+    parses (issue 20, items 7 and 8)."""
+    from probewatch.cli.main import build_parser
+
+    default = container(pod_spec(objects(chartkit, rendered["default"])), "probewatch")["args"]
+    assert "--pseudonym-key-file" not in default and "--private-metadata-key" not in default
+    values = {
+        "incidents": {
+            "pseudonymKeys": {"secretName": "pw-pseudonym"},
+            "privateMetadataKeys": ["tenant", "*shard*"],
+        }
+    }
+    out = chartkit.render(values)
+    chartkit.validate_rendered(out)
+    spec = pod_spec(objects(chartkit, out))
+    sidecar = container(spec, "probewatch")
+    args = build_parser().parse_args(["serve", *sidecar["args"]])
+    assert str(args.pseudonym_key_file) == "/etc/probewatch/pseudonym/keys"
+    assert args.private_metadata_key == ["tenant", "*shard*"]
+    assert {v["name"]: v for v in spec["volumes"]}["pseudonym-keys"]["secret"] == {
+        "secretName": "pw-pseudonym",
+        "items": [{"key": "keys", "path": "keys"}],
+        "defaultMode": 0o440,
+    }
+    mount = {"name": "pseudonym-keys", "mountPath": "/etc/probewatch/pseudonym", "readOnly": True}
+    assert mount in sidecar["volumeMounts"]
+    assert mount not in container(spec, "inference").get("volumeMounts", [])
+
+
+def test_queue_bytes_value_reaches_serve_and_parses(chartkit, rendered):
+    """sidecar.queueBytes becomes --queue-bytes (a Kubernetes quantity the CLI parses); empty: derived."""
+    from probewatch.cli.main import build_parser
+
+    default_args = container(pod_spec(objects(chartkit, rendered["default"])), "probewatch")["args"]
+    assert "--queue-bytes" not in default_args
+    args = container(pod_spec(objects(chartkit, chartkit.render({"sidecar": {"queueBytes": "512Mi"}}))), "probewatch")[
+        "args"
+    ]
+    assert args[args.index("--queue-bytes") + 1] == "512Mi"
+    assert build_parser().parse_args(["serve", *args]).queue_bytes == 512 * 1024 * 1024

@@ -125,6 +125,10 @@ def test_runtime_is_non_root_with_entrypoint_and_healthcheck(parsed):
     cmd = json.loads(next(rest for word, rest in runtime if word == "CMD"))
     assert cmd[cmd.index("--port") + 1] == "50051" and cmd[cmd.index("--metrics-port") + 1] == "9400"
     assert cmd[cmd.index("--metrics-host") + 1] == "0.0.0.0"  # the CLI default is 127.0.0.1
+    # 0.0.0.0 needs authentication: a token at the chart's path, never --allow-insecure by default
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0"
+    assert cmd[cmd.index("--auth-token-file") + 1] == "/etc/probewatch/auth/token"
+    assert "--allow-insecure" not in cmd
     health = next(rest for word, rest in runtime if word == "HEALTHCHECK")
     check = json.loads(health.split("CMD", 1)[1].strip())
     assert check[0] == "probewatch-healthcheck" and "127.0.0.1:50051" in check
@@ -137,6 +141,32 @@ def test_runtime_is_non_root_with_entrypoint_and_healthcheck(parsed):
     assert any(word == "VOLUME" and "/var/lib/probewatch" in rest for word, rest in runtime)
     exposed = " ".join(rest for word, rest in runtime if word == "EXPOSE").split()
     assert exposed == ["50051", "9400"]
+
+
+def test_default_command_is_safe_without_a_token_and_serves_with_one(parsed, tmp_path, capsys):
+    """The image's default arguments through the real `probewatch serve`: with no token file mounted it
+    exits 2 naming the file; the same arguments without the token flag are refused as unauthenticated
+    (issue 20, item 12); with a token file they pass the security checks and go on to the model."""
+    from probewatch.cli.main import main
+
+    cmd = json.loads(next(rest for word, rest in parsed["runtime"] if word == "CMD"))
+    path = cmd[cmd.index("--auth-token-file") + 1]
+    model = ["--fingerprint", "pwfp1:" + "0" * 64, "--bundles", str(tmp_path / "none"), "--no-incidents"]
+    if not Path(path).exists():
+        assert main(["serve", *cmd, *model]) == 2
+        assert f"cannot read the auth token file {path}" in capsys.readouterr().err
+    i = cmd.index("--auth-token-file")
+    bare = cmd[:i] + cmd[i + 2 :]
+    assert main(["serve", *bare, *model]) == 2
+    err = capsys.readouterr().err
+    assert "refusing to serve gRPC on 0.0.0.0 with neither a bearer token nor mutual TLS" in err
+    assert "--allow-insecure" in err
+    (tmp_path / "token").write_text("0123456789abcdef0123456789abcdef\n")
+    assert main(["serve", *bare, "--auth-token-file", str(tmp_path / "token"), *model]) == 2
+    err = capsys.readouterr().err
+    assert "refusing" not in err and "no bundle folder" in err  # past the security checks: to the bundles
+    assert main(["serve", *bare, "--allow-insecure", *model]) == 2
+    assert "no bundle folder" in capsys.readouterr().err
 
 
 def test_weights_are_not_baked_in_by_default(parsed):

@@ -40,7 +40,7 @@ def close_msg(gid: str, prompt: str = "", response: str = "", dropped: int = 0) 
 
 
 class StreamClient:
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str | None = None) -> None:
         self.channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 256 * 1024 * 1024)])
         self.stub = pb_grpc.MonitorStub(self.channel)
         self._requests: queue.Queue = queue.Queue()
@@ -48,7 +48,8 @@ class StreamClient:
         self.error: grpc.RpcError | None = None
         self.ended = threading.Event()
         self._cv = threading.Condition()
-        self.call = self.stub.Monitor(iter(self._requests.get, _END))
+        metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.call = self.stub.Monitor(iter(self._requests.get, _END), metadata=metadata)
         self._thread = threading.Thread(target=self._collect, daemon=True)
         self._thread.start()
 

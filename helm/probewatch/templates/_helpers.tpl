@@ -127,18 +127,34 @@ timeoutSeconds: {{ .timeoutSeconds }}
 - {{ .Values.sidecar.metricsPort | quote }}
 - --queue-size
 - {{ .Values.sidecar.queueSize | quote }}
+{{- with .Values.sidecar.queueBytes }}
+- --queue-bytes
+- {{ . | quote }}
+{{- end }}
 - --shutdown-grace
 - {{ .Values.sidecar.shutdownGraceSeconds | quote }}
 - --store-text
 - {{ .Values.incidents.storeText | quote }}
 - --retention-days
 - {{ .Values.incidents.retentionDays | quote }}
+{{- if .Values.incidents.pseudonymKeys.secretName }}
+- --pseudonym-key-file
+- /etc/probewatch/pseudonym/keys
+{{- end }}
+{{- range .Values.incidents.privateMetadataKeys }}
+- --private-metadata-key
+- {{ . | quote }}
+{{- end }}
 {{- if .Values.sidecar.reflection }}
 - --reflection
 {{- end }}
 {{- if .Values.auth.tokenSecret.name }}
 - --auth-token-file
 - /etc/probewatch/auth/token
+{{- end }}
+{{- /* the sidecar refuses 0.0.0.0 with neither token nor mutual TLS: only the explicit opt-in passes it */}}
+{{- if and (eq .Values.mode "standalone") .Values.auth.allowInsecureStandalone (not .Values.auth.tokenSecret.name) (not (and .Values.tls.enabled .Values.tls.clientAuth)) }}
+- --allow-insecure
 {{- end }}
 - --model
 - {{ .Values.sidecar.model | quote }}

@@ -100,6 +100,11 @@
       mountPath: /etc/probewatch/auth
       readOnly: true
     {{- end }}
+    {{- if .Values.incidents.pseudonymKeys.secretName }}
+    - name: pseudonym-keys
+      mountPath: /etc/probewatch/pseudonym
+      readOnly: true
+    {{- end }}
     {{- range .Values.bundles.configMaps }}
     - name: {{ printf "bundle-cm-%s" . | trunc 63 | trimSuffix "-" }}
       mountPath: {{ printf "/bundles/%s" . }}
@@ -188,6 +193,8 @@
     {{- if $inf.attachEnv }}
     - name: PROBEWATCH_SIDECAR
       value: {{ printf "127.0.0.1:%v" .Values.sidecar.grpcPort | quote }}
+    - name: PROBEWATCH_ON_UNMONITORED
+      value: {{ $inf.onUnmonitored | default "allow" | quote }}
     {{- end }}
     {{- if $vllm.enabled }}
     - name: PROBEWATCH_MODE

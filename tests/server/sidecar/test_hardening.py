@@ -299,7 +299,8 @@ def test_generation_open_past_its_ttl_is_aborted_alone(start_sidecar, tiny_fp):
 
 
 def test_size_and_count_limits(start_sidecar, tiny_fp):
-    sidecar = start_sidecar(max_open_generations_per_stream=3, max_open_generations=4)
+    limits = {"max_open_generations_per_client": 4}  # one client (127.0.0.1) here: the whole table its share
+    sidecar = start_sidecar(max_open_generations_per_stream=3, max_open_generations=4, **limits)
     client = StreamClient(sidecar.address)
     at_limit_id = "i" * 256
     full_meta = {"tenant": "acme", "blob": "v" * (16384 - 14)}  # exactly 16384 bytes of keys + values
