@@ -60,6 +60,10 @@ DESCRIPTIONS: dict[str, str] = {
         "vLLM plugin default policy: 'all' (default) monitors every request, 'none' only those that "
         "opt in with SamplingParams.extra_args {'probewatch': true}"
     ),
+    "PROBEWATCH_CALLER_OPT_OUT": (
+        "vLLM plugin: honour a caller's extra_args {'probewatch': false} (default off: callers reach "
+        "extra_args over HTTP through vllm_xargs, so an opt-out is ignored and counted)"
+    ),
     "PROBEWATCH_FINGERPRINT": "vLLM plugin: the model fingerprint when the served model is not a local HF folder",
     "PROBEWATCH_CLIENT_METRICS_PORT": "vLLM plugin: port of the worker's client /metrics (unset: not served)",
     "PROBEWATCH_ON_UNMONITORED": (
@@ -184,6 +188,11 @@ def vllm_monitor_default() -> bool:
     if value not in ("all", "none"):
         raise ValueError(f"PROBEWATCH_MONITOR must be 'all' or 'none', got {value!r}")
     return value == "all"
+
+
+def vllm_caller_opt_out() -> bool:
+    """True: a request's extra_args may switch its monitoring off (PROBEWATCH_CALLER_OPT_OUT=1)."""
+    return _flag("PROBEWATCH_CALLER_OPT_OUT")
 
 
 def fingerprint_override() -> str | None:

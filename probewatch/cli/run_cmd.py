@@ -27,6 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="rows",
         help="ship residual rows, or on-device projections onto the probe matrices (pushdown)",
     )
+    p.add_argument(
+        "--on-unmonitored",
+        choices=["allow", "reject"],
+        default=None,
+        help="a generation that cannot be monitored (sidecar down or lost, Open refused): 'allow' serves it "
+        "unmonitored and counts it (fail-open, so a monitor outage is no serving outage), 'reject' answers 503 "
+        "instead (default: $PROBEWATCH_ON_UNMONITORED, else allow)",
+    )
     p.add_argument("--host", default="127.0.0.1", help="HTTP bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; 0 = ephemeral)")
     p.add_argument("--sidecar-port", type=int, default=0, help="in-process sidecar gRPC port (default: ephemeral)")
@@ -72,6 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     inc.add_argument(
         "--retention-days", type=float, default=30.0, help="delete incidents older than this (default 30; 0: keep)"
     )
+    from probewatch.cli.private_data import add_private_data_arguments
+
+    add_private_data_arguments(inc)
     p.add_argument("--tls-ca", default=None, help="PEM CA that signed the sidecar's certificate (TLS sidecar)")
     p.add_argument("--tls-cert", default=None, help="PEM client certificate (sidecar requiring client auth)")
     p.add_argument("--tls-key", default=None, help="PEM key of --tls-cert")
@@ -98,6 +109,8 @@ def _run(args: argparse.Namespace) -> int:
     import threading
 
     from probewatch import envs
+    from probewatch.cli.private_data import private_data_settings
+    from probewatch.errors import ProbewatchError
     from probewatch.server.local.stack import LocalStack, StackOptions
     from probewatch.server.sidecar.webhook import validate_webhook_url
     from probewatch.server.store import IncidentStore
@@ -115,7 +128,6 @@ def _run(args: argparse.Namespace) -> int:
     review = None
     if args.review:
         from probewatch.cli.review_cmd import auth_config
-        from probewatch.errors import ProbewatchError
 
         if incident_db is None:
             raise ProbewatchError("--review needs the in-process sidecar's incident store (not --sidecar ADDRESS)")
@@ -124,6 +136,10 @@ def _run(args: argparse.Namespace) -> int:
     if review_url is None and args.review and args.port:
         review_url = f"http://{args.host}:{args.port}/review"
     tls = {k: v for k, v in (("tls_ca", args.tls_ca), ("tls_cert", args.tls_cert), ("tls_key", args.tls_key)) if v}
+    try:
+        attach_settings = {**tls, "on_unmonitored": args.on_unmonitored or envs.on_unmonitored()}
+    except ValueError as exc:  # a bad PROBEWATCH_ON_UNMONITORED
+        raise ProbewatchError(str(exc)) from None
     limits = _http_limits(args)
     if not limits.api_keys and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(
@@ -144,9 +160,13 @@ def _run(args: argparse.Namespace) -> int:
         incident_db=incident_db,
         webhook_url=webhook,
         max_tokens=args.max_tokens,
-        extra_attach=tls,
+        extra_attach=attach_settings,
         http_limits=limits,
-        sidecar_settings={"store_text": args.store_text, "retention_days": args.retention_days},
+        sidecar_settings={
+            "store_text": args.store_text,
+            "retention_days": args.retention_days,
+            **private_data_settings(args),
+        },
         review=review,
         review_url=review_url,
     )

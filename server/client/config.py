@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, Field
 
 from probewatch import envs
+from probewatch.server.client.unmonitored import OnUnmonitored
 
 AttachMode = Literal["rows", "pushdown"]
 
@@ -47,6 +48,10 @@ class AttachConfig(BaseModel):
     max_generation_id_bytes: int = 256
     max_metadata_entries: int = 64
     max_metadata_bytes: int = 16384
+    # a generation that cannot be monitored (sidecar down or lost, Open refused, unsupported input):
+    # 'allow' serves it unmonitored (fail-open, counted), 'reject' refuses it to the caller
+    # (server/client/unmonitored.py says why 'allow' is the default; PROBEWATCH_ON_UNMONITORED)
+    on_unmonitored: OnUnmonitored = Field(default_factory=lambda: cast(OnUnmonitored, envs.on_unmonitored()))
 
 
 def _env_token_file() -> str | None:

@@ -155,16 +155,18 @@ class ClientCore:
             log.warning(
                 "probewatch: sidecar rejected a message of generation %s: %s %s", handle.id, msg.code_name, msg.message
             )
-            handle._on_error(msg)
+            if handle._on_error(msg):  # it refused the Open: the generation runs unmonitored
+                self.metrics.unmonitored.labels(reason="rejected").inc()
 
     def _on_down(self) -> None:
         with self._handles_lock:
             handles, self._handles = list(self._handles.values()), {}
         for h in handles:
-            h._resolve(False, "unmonitored", "sidecar connection lost")
+            if h._resolve(False, "unmonitored", "sidecar connection lost", "sidecar_lost"):
+                self.metrics.unmonitored.labels(reason="sidecar_lost").inc()
 
     def forget(self, handle: GenerationHandle) -> None:
         with self._handles_lock:
             self._handles.pop(handle.id, None)
-        if not handle.done:
-            handle._resolve(False, "unmonitored", "sidecar unreachable")
+        if handle._resolve(False, "unmonitored", "sidecar unreachable", "sidecar_lost"):
+            self.metrics.unmonitored.labels(reason="sidecar_lost").inc()

@@ -48,6 +48,7 @@ from probewatch.server.client.metrics import ClientMetrics
 from probewatch.server.client.plan import LayerCapture, Plan
 from probewatch.server.client.results import GenerationHandle, GenerationResult
 from probewatch.server.client.sender import Block
+from probewatch.server.client.unmonitored import UnmonitoredGenerationRefused, check_settled, refusal, require_monitored
 from probewatch.stop_tokens import stop_token_ids
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,8 @@ class _Call:
 
     # -- generation-thread hooks (cheap: gather + async copy + enqueue) -----------------------------
     def on_model_call(self, module, args, kwargs) -> None:
+        if self.monitor.config.on_unmonitored == "reject":  # stop early once a sequence is known unmonitored
+            check_settled(self.handles, self.monitor.metrics)
         if self.failed:
             return
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -337,7 +340,11 @@ class AttachedModel:
             if unsupported and plan is not None:
                 log.warning("probewatch: generate() with %s is not monitored (unsupported)", unsupported)
             n = input_ids.shape[0] if isinstance(input_ids, torch.Tensor) and input_ids.dim() == 2 else 1
+            self.metrics.generations.inc(n)
             self.metrics.unmonitored.labels(reason=reason).inc(n)
+            if self.config.on_unmonitored == "reject":  # before generating: nothing unmonitored is produced
+                detail = f"no connection to the sidecar {self.config.sidecar}" if plan is None else unsupported
+                raise refusal(self.metrics, reason, n, detail or "input the capture cannot attribute")
             ids = list(gen_ids) if gen_ids else [uuid.uuid4().hex for _ in range(n)]
             self._tls.handles = [GenerationHandle(i, 0, monitored=False, reason=reason) for i in ids]
             return self._original_generate(*args, **kwargs)
@@ -352,6 +359,7 @@ class AttachedModel:
         handles = [GenerationHandle(gid, call.prompt_len[b]) for b, gid in enumerate(ids)]
         call.handles = handles
         self._tls.handles = handles
+        self.metrics.generations.inc(B)
         client = cast(ClientCore, self.client)
         for h in handles:
             client.open(h, session, metadata)
@@ -381,6 +389,8 @@ class AttachedModel:
             for b, h in enumerate(handles):
                 prompt_text, response_text = self._texts(call, sequences, b)
                 client.close(h, prompt_text, response_text, call.failed or "")
+        if self.config.on_unmonitored == "reject":  # the output only leaves once its monitoring is confirmed
+            require_monitored(handles, self.metrics, self.config.result_timeout_s)
         if self.config.score_final_token and not want_dict:
             return out.sequences
         return out
@@ -469,6 +479,7 @@ def attach(
 
 
 __all__ = [
+    "UnmonitoredGenerationRefused",
     "AttachConfig",
     "GenerationHandle",
     "GenerationResult",

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-__all__ = ["CAPTURE_ERROR_REASONS", "ClientMetrics"]
+__all__ = ["CAPTURE_ERROR_REASONS", "UNMONITORED_REASONS", "ClientMetrics"]
 
 # Why a capture self-check failed (labels of probewatch_client_capture_errors_total).
 CAPTURE_ERROR_REASONS = ("position", "rows", "batch")
+# Why a generation was not (fully) monitored (labels of probewatch_client_unmonitored_generations_total
+# and probewatch_client_refused_generations_total; meanings in server/client/unmonitored.py).
+UNMONITORED_REASONS = ("sidecar_down", "sidecar_lost", "rejected", "unsupported_input", "opted_out")
 
 
 class ClientMetrics:
@@ -32,12 +35,28 @@ class ClientMetrics:
             registry=r,
         )
         self.chunks_sent = Counter("probewatch_client_chunks_sent_total", "Activation chunks sent.", registry=r)
+        self.generations = Counter(
+            "probewatch_client_generations_total",
+            "Generations the client saw start, monitored or not (the denominator of the unmonitored ratio).",
+            registry=r,
+        )
         self.unmonitored = Counter(
             "probewatch_client_unmonitored_generations_total",
-            "Generations that ran without monitoring (sidecar down, disabled, unsupported input).",
+            "Generations that could not be (fully) monitored, by reason (server/client/unmonitored.py), "
+            "whatever the on_unmonitored policy did with them.",
             ["reason"],
             registry=r,
         )
+        self.refused = Counter(
+            "probewatch_client_refused_generations_total",
+            "Generations refused to the caller because they could not be monitored (on_unmonitored=reject).",
+            ["reason"],
+            registry=r,
+        )
+        for reason in UNMONITORED_REASONS:
+            self.unmonitored.labels(reason=reason)
+            if reason != "opted_out":
+                self.refused.labels(reason=reason)
         self.reconnects = Counter(
             "probewatch_client_reconnects_total", "Connection attempts to the sidecar that failed.", registry=r
         )
@@ -57,12 +76,14 @@ class ClientMetrics:
         )
         self.bounded_inputs = Counter(
             "probewatch_client_bounded_inputs_total",
-            "Opens whose caller-controlled generation id or metadata was cut to the sidecar's limits before "
-            "sending (so it could not make the sidecar refuse the generation).",
+            "Caller-controlled input that could have switched monitoring off, neutralised: a generation id or "
+            "metadata cut to the sidecar's limits before the Open, and in the vLLM plugin an opt-out not allowed "
+            "(PROBEWATCH_CALLER_OPT_OUT), an unreadable extra_args value or a probe selection naming no known "
+            "probe (the request is monitored with the defaults).",
             ["what"],
             registry=r,
         )
-        for what in ("generation_id", "metadata"):
+        for what in ("generation_id", "metadata", "opt_out", "extra_args", "probewatch_probes"):
             self.bounded_inputs.labels(what=what)
         self.speculative_rows = Counter(
             "probewatch_client_speculative_rows_total",

@@ -10,8 +10,14 @@ from typing import Any
 
 from probewatch.proto.codec import decode_tensor
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
+from probewatch.server.client.unmonitored import result_code
 
 log = logging.getLogger(__name__)
+
+# sidecar error codes that, on a generation with no score yet, mean its Open was refused
+_OPEN_REFUSALS = frozenset(
+    ("FAILED_PRECONDITION", "ALREADY_EXISTS", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "UNAVAILABLE")
+)
 
 
 @dataclass
@@ -19,7 +25,7 @@ class GenerationResult:
     generation_id: str
     monitored: bool
     status: str  # closed | aborted | unmonitored | rejected | pending
-    reason: str | None = None  # why not (fully) monitored
+    reason: str | None = None  # why not (fully) monitored, in words (may quote the sidecar: for logs)
     prompt_length: int = 0
     scores: dict[str, float] = field(default_factory=dict)  # aggregate per probe
     flagged: dict[str, bool] = field(default_factory=dict)
@@ -29,12 +35,19 @@ class GenerationResult:
     tokens_scored: int = 0
     dropped_chunks: int = 0
     errors: list[dict[str, Any]] = field(default_factory=list)
+    # why not (fully) monitored as a stable code (server/client/unmonitored.py), None when it was
+    code: str | None = None
 
-    def to_json(self, token_scores: bool = False) -> dict[str, Any]:
+    def to_json(self, token_scores: bool = False, public: bool = False) -> dict[str, Any]:
+        """JSON of the result; `public`: for an API caller, `reason` is the stable code only and errors
+        carry no sidecar text (the details are in the client's log)."""
         out = {k: v for k, v in self.__dict__.items() if k != "token_scores"}
         out["scores"] = {k: (None if v != v else v) for k, v in self.scores.items()}  # NaN -> null
         if token_scores:
             out["token_scores"] = {p: sorted(s.items()) for p, s in self.token_scores.items()}
+        if public:
+            out["reason"] = result_code(self.status, out.pop("code"))
+            out["errors"] = [{"code": e["code"], "layer": e["layer"]} for e in self.errors]
         return out
 
 
@@ -51,7 +64,7 @@ class GenerationHandle:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._result = GenerationResult(
-            generation_id, monitored, "pending" if monitored else "unmonitored", reason, prompt_length
+            generation_id, monitored, "pending" if monitored else "unmonitored", reason, prompt_length, code=reason
         )
         if not monitored:
             self._done.set()
@@ -76,6 +89,7 @@ class GenerationHandle:
             with self._lock:
                 if self._result.reason is None:
                     self._result.reason = f"no summary from the sidecar within {timeout:g}s"
+                    self._result.code = "summary_timeout"
                     log.warning("probewatch: generation %s: %s", self.id, self._result.reason)
         with self._lock:
             r = self._result
@@ -112,6 +126,7 @@ class GenerationHandle:
             r = self._result
             r.status = summary.status
             r.reason = self.capture_error  # a late summary replaces the 'no summary within' note
+            r.code = "capture_error" if self.capture_error else (None if summary.status == "closed" else summary.status)
             r.tokens_scored = summary.tokens_scored
             r.dropped_chunks = summary.dropped_chunks
             for res in summary.results:
@@ -121,25 +136,26 @@ class GenerationHandle:
             r.alerts = [alert_json(a) for a in summary.alerts]
         self._done.set()
 
-    def _on_error(self, error: pb.Error) -> None:
+    def _on_error(self, error: pb.Error) -> bool:
+        """Record a sidecar error; True when it refused the generation itself (its Open), just now."""
         with self._lock:
             self._result.errors.append({"code": error.code_name, "message": error.message, "layer": error.layer})
-        if (
-            error.layer == -1
-            and error.code_name in ("FAILED_PRECONDITION", "ALREADY_EXISTS", "INVALID_ARGUMENT")
-            and not self._result.token_scores
-        ):
-            self._resolve(False, "rejected", f"{error.code_name}: {error.message}")
+        if error.layer == -1 and error.code_name in _OPEN_REFUSALS and not self._result.token_scores:
             self.rejected = True
+            return self._resolve(False, "rejected", f"{error.code_name}: {error.message}", "rejected")
+        return False
 
-    def _resolve(self, monitored: bool, status: str, reason: str) -> None:
+    def _resolve(self, monitored: bool, status: str, reason: str, code: str | None = None) -> bool:
+        """Settle the result unless it already is; True when this call settled it."""
         with self._lock:
             if self._done.is_set():
-                return
+                return False
             self._result.monitored = monitored
             self._result.status = status
             self._result.reason = reason
+            self._result.code = code
         self._done.set()
+        return True
 
 
 def alert_json(a: pb.Alert) -> dict[str, Any]:

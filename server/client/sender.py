@@ -197,7 +197,9 @@ class Sender:
                 sent = not h.rejected and self._send(message, h)
                 if not sent and message.WhichOneof("msg") == "open":
                     h.rejected = True  # never opened: none of its chunks may follow
-                    h._resolve(False, "unmonitored", "its Open could not be sent (sidecar down or stalled)")
+                    why = "its Open could not be sent (sidecar down or stalled)"
+                    if h._resolve(False, "unmonitored", why, "sidecar_lost"):
+                        self.metrics.unmonitored.labels(reason="sidecar_lost").inc()
                 if not sent and message.WhichOneof("msg") == "close":
                     self._forget(h)
                 continue

@@ -3,8 +3,13 @@
 Generation goes through the attach client (the model's wrapped `generate`), so every completion is
 monitored exactly as a production server with the client attached would be; each `Completion`
 carries the probe results (`probewatch`). One generation runs at a time (a lock; at most
-`HTTPLimits.max_waiting` requests wait for it, 429 beyond): a demo and test endpoint on CPU, not a
-batching engine.
+`HTTPLimits.max_waiting` requests wait for it, 429 beyond, decided by `admit()` before any response
+starts): a demo and test endpoint on CPU, not a batching engine.
+
+A generation that cannot be monitored is served unmonitored (`on_unmonitored` 'allow', the default)
+or refused with 503 (`--on-unmonitored reject`: before generating when the sidecar is down; at the
+end, before the answer leaves, when its Open was refused or its stream lost). `probewatch.reason`
+is a stable code (server/client/unmonitored.py); the sidecar's own words stay in the log.
 
 Prompts are rendered with the same chat template code as offline scoring
 (`probewatch.data.chat.render`, tokenised without extra special tokens), so live and offline
@@ -17,7 +22,7 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +31,8 @@ import torch
 from pydantic import BaseModel, Field
 
 from probewatch.data.chat import render
-from probewatch.server.inference.limits import HTTPLimits, RequestRejected, server_busy
+from probewatch.server.client.unmonitored import UnmonitoredGenerationRefused
+from probewatch.server.inference.limits import HTTPLimits, RequestRejected, server_busy, unmonitored_refused
 from probewatch.stop_tokens import stop_token_ids
 
 log = logging.getLogger(__name__)
@@ -63,6 +69,21 @@ class GenerationTimeout(RuntimeError):
     """A streamed generation produced no token within the service's token timeout."""
 
 
+class Ticket:
+    """A place in the wait queue, reserved by `ChatService.admit()` before a response starts; given
+    back when the generation lock is taken (or by `release()` when the request ends without it)."""
+
+    def __init__(self, service: ChatService) -> None:
+        self._service, self._held = service, True
+
+    def release(self) -> None:
+        service = self._service
+        with service._waiting_lock:
+            if self._held:
+                self._held = False
+                service._waiting -= 1
+
+
 class ChatService:
     """Model + tokenizer + attach monitor behind one lock."""
 
@@ -91,22 +112,45 @@ class ChatService:
         self._waiting = 0
         self._waiting_lock = threading.Lock()
 
-    @contextmanager
-    def _turn(self) -> Iterator[None]:
-        """The generation lock, or 429 when `max_waiting` requests already wait for it."""
+    def admit(self) -> Ticket:
+        """A reserved place in the wait queue, or 429 now when `max_waiting` requests already wait.
+
+        Reserving (not just checking) is what lets a stream commit to status 200: of many concurrent
+        requests, exactly the admitted ones generate, and every other one gets its 429 up front.
+        """
         with self._waiting_lock:
             if self._waiting >= self.limits.max_waiting:
                 raise server_busy(self._waiting)
             self._waiting += 1
+        return Ticket(self)
+
+    @contextmanager
+    def _turn(self, ticket: Ticket | None = None) -> Iterator[None]:
+        """The generation lock, waited for on `ticket` (admitted now when None: 429 if the queue is full)."""
+        ticket = ticket or self.admit()
         try:
             self._lock.acquire()
         finally:
-            with self._waiting_lock:
-                self._waiting -= 1
+            ticket.release()
         try:
             yield
         finally:
             self._lock.release()
+
+    @property
+    def rejects_unmonitored(self) -> bool:
+        """`--on-unmonitored reject` on an enabled monitor (PROBEWATCH_DISABLE: the operator's choice wins)."""
+        m = self.monitor
+        return m is not None and m.enabled and m.config.on_unmonitored == "reject"
+
+    def check_monitoring(self) -> None:
+        """503 before generating when unmonitored generations are refused and the sidecar is not connected."""
+        if self.rejects_unmonitored and not self.monitor.up:
+            self.monitor.metrics.generations.inc()
+            self.monitor.metrics.unmonitored.labels(reason="sidecar_down").inc()
+            self.monitor.metrics.refused.labels(reason="sidecar_down").inc()
+            log.warning("probewatch: refused a request: no connection to the sidecar (on-unmonitored reject)")
+            raise unmonitored_refused("sidecar_down")
 
     def max_new_tokens(self, request: ChatRequest) -> int:
         max_new = request.max_completion_tokens or request.max_tokens or self.default_max_tokens
@@ -166,24 +210,18 @@ class ChatService:
         )
 
     def _probewatch(self, generation_id: str, handles: list) -> dict[str, Any]:
-        if self.monitor is None or not self.monitor.enabled:
+        """The response's `probewatch` field: `reason` is a stable code, never the sidecar's words."""
+        if self.monitor is None or not self.monitor.enabled or not handles:
+            disabled = self.monitor is None or not self.monitor.enabled
             return {
                 "generation_id": generation_id,
                 "monitored": False,
-                "status": "disabled",
-                "reason": "monitoring disabled (PROBEWATCH_DISABLE)",
+                "status": "disabled" if disabled else "unmonitored",
+                "reason": "disabled" if disabled else "sidecar_down",
                 "scores": {},
                 "alerts": [],
             }
-        if not handles:
-            return {
-                "generation_id": generation_id,
-                "monitored": False,
-                "status": "unmonitored",
-                "scores": {},
-                "alerts": [],
-            }
-        return handles[0].result(self.result_timeout_s).to_json()
+        return handles[0].result(self.result_timeout_s).to_json(public=True)
 
     def _handles(self) -> list:
         return self.monitor.last_generations if self.monitor is not None and self.monitor.enabled else []
@@ -191,26 +229,25 @@ class ChatService:
     def complete(self, request: ChatRequest) -> Completion:
         generation_id = f"gen-{uuid.uuid4().hex[:16]}"
         inputs = self._inputs(request)
-        with self._turn(), torch.inference_mode():
-            out = self.model.generate(**inputs, **self._gen_kwargs(request, generation_id))
-            handles = self._handles()
+        self.check_monitoring()
+        try:
+            with self._turn(), torch.inference_mode():
+                out = self.model.generate(**inputs, **self._gen_kwargs(request, generation_id))
+                handles = self._handles()
+        except UnmonitoredGenerationRefused as exc:  # counted and logged (with the details) by the client
+            raise unmonitored_refused(exc.reason) from None
         return self._finish(out, inputs["input_ids"].shape[1], generation_id, handles)
 
-    def check_capacity(self) -> None:
-        """429 now, before a streamed response commits to status 200, when the wait queue is full."""
-        with self._waiting_lock:
-            waiting = self._waiting
-        if waiting >= self.limits.max_waiting:
-            raise server_busy(waiting)
-
     def prepare(self, request: ChatRequest) -> dict[str, torch.Tensor]:
-        """The prompt's input tensors, after the context and max_tokens checks (RequestRejected)."""
-        return self._inputs(request)
+        """The prompt's input tensors, after the context, max_tokens and monitoring checks (RequestRejected)."""
+        inputs = self._inputs(request)
+        self.check_monitoring()
+        return inputs
 
     def stream(
-        self, request: ChatRequest, inputs: dict[str, torch.Tensor] | None = None
-    ) -> Iterator[tuple[str, Completion | None]]:
-        """Yields (text delta, None) while generating, then ("", Completion)."""
+        self, request: ChatRequest, inputs: dict[str, torch.Tensor] | None = None, ticket: Ticket | None = None
+    ) -> Generator[tuple[str, Completion | None], None, None]:
+        """Yields (text delta, None) while generating, then ("", Completion); waits on `ticket` (`admit()`)."""
         from transformers import TextIteratorStreamer
 
         generation_id = f"gen-{uuid.uuid4().hex[:16]}"
@@ -231,7 +268,7 @@ class ChatService:
                 box["error"] = exc
                 streamer.end()
 
-        with self._turn():
+        with self._turn(ticket):
             worker = threading.Thread(target=run, name="probewatch-http-generate", daemon=True)
             worker.start()
             try:
@@ -246,6 +283,8 @@ class ChatService:
                 worker.join(self.token_timeout_s)
                 if worker.is_alive():
                     log.error("probewatch: generation %s still running after its stream ended", generation_id)
+        if isinstance(box.get("error"), UnmonitoredGenerationRefused):
+            raise unmonitored_refused(box["error"].reason)
         if "error" in box:
             raise box["error"]
         yield "", self._finish(box["out"], inputs["input_ids"].shape[1], generation_id, box.get("handles", []))

@@ -68,3 +68,14 @@ def too_large(limits: HTTPLimits) -> RequestRejected:
     return RequestRejected(
         413, f"request body over {limits.max_request_bytes} bytes (--max-request-bytes)", "request_too_large"
     )
+
+
+def unmonitored_refused(reason: str) -> RequestRejected:
+    """503: the generation cannot be monitored and this server refuses unmonitored ones (`reason`: a code)."""
+    return RequestRejected(
+        503,
+        f"this server refuses generations it cannot monitor (--on-unmonitored reject); reason: {reason}",
+        "monitoring_unavailable",
+        type="server_error",
+        headers={"Retry-After": "5"} if reason in ("sidecar_down", "sidecar_lost") else None,
+    )

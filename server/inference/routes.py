@@ -17,15 +17,17 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator
+from contextlib import closing
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
 from probewatch.jsonio import to_jsonable
-from probewatch.server.inference.chat import ChatRequest, ChatService, Completion, GenerationTimeout
+from probewatch.server.inference.chat import ChatRequest, ChatService, Completion, GenerationTimeout, Ticket
 from probewatch.server.inference.limits import RequestRejected
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ def internal_error(what: str, exc: BaseException) -> JSONResponse:
     incident = f"req-{uuid.uuid4().hex[:12]}"
     log.error("%s failed (%s, %s)", what, incident, type(exc).__name__, exc_info=exc)
     return JSONResponse(
-        {"error": {"message": f"internal error ({incident}); see the server log", "type": "server_error"}},
+        error_body(f"internal error ({incident}); see the server log", "server_error", "internal_error"),
         status_code=500,
     )
 
@@ -105,24 +107,60 @@ class ChatCompletion:
         }
         return sse({**body, **(extra or {})})
 
-    def events(self, inputs: dict) -> Iterator[str]:
-        """The SSE stream: a role chunk, content deltas, the final chunk (usage + probewatch), [DONE]."""
-        yield self.chunk({"role": "assistant", "content": ""})
+    def events(self, inputs: dict, ticket: Ticket) -> Generator[str, None, None]:
+        """The SSE stream: a role chunk, content deltas, the final chunk (usage + probewatch), [DONE].
+
+        Holds `ticket` (the admitted place in the wait queue) until the generation lock is taken, or
+        gives it back when the stream ends first (the client went away)."""
         try:
-            for delta, final in self.service.stream(self.request, inputs):
-                if final is None:
-                    yield self.chunk({"content": delta})
-                else:
-                    extra = {"usage": usage(final), "probewatch": final.probewatch}
-                    yield self.chunk({}, final.finish_reason, extra)
-        except (GenerationTimeout, RequestRejected) as exc:  # our own messages: safe to show
-            yield sse({"error": {"message": str(exc), "type": "server_error"}})
+            yield self.chunk({"role": "assistant", "content": ""})
+            with closing(self.service.stream(self.request, inputs, ticket)) as chunks:  # closed: lock released
+                for delta, final in chunks:
+                    if final is None:
+                        yield self.chunk({"content": delta})
+                    else:
+                        extra = {"usage": usage(final), "probewatch": final.probewatch}
+                        yield self.chunk({}, final.finish_reason, extra)
+        except RequestRejected as exc:  # our own messages: safe to show
+            yield sse(exc.body())
+        except GenerationTimeout as exc:
+            yield sse(error_body(str(exc), "server_error", "generation_timeout"))
         except Exception:  # an SSE stream cannot change its status code any more; never echo internals
             incident = f"req-{uuid.uuid4().hex[:12]}"
             log.exception("streamed completion %s failed (%s)", self.id, incident)
-            message = f"internal error ({incident}); see the server log"
-            yield sse({"error": {"message": message, "type": "server_error"}})
+            yield sse(error_body(f"internal error ({incident}); see the server log", "server_error", "internal_error"))
+        finally:
+            ticket.release()
         yield "data: [DONE]\n\n"
+
+
+class AdmittedStream(StreamingResponse):
+    """The SSE response of an admitted request. However the response ends (also when the client
+    leaves mid-stream, where Starlette stops pulling and leaves the generator suspended), it gives
+    its place in the wait queue back and closes the generator, so a generation lock it holds is
+    released now, not whenever the generator happens to be garbage-collected."""
+
+    def __init__(self, events: Generator[str, None, None], ticket: Ticket) -> None:
+        super().__init__(events, media_type="text/event-stream")
+        self._events, self._ticket = events, ticket
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._ticket.release()
+            await run_in_threadpool(self._close)  # its cleanup joins the generation thread: not on the loop
+
+    def _close(self) -> None:
+        try:
+            self._events.close()
+        except ValueError:  # still running in a threadpool thread: it ends (and cleans up) on its own
+            log.debug("stream generator still executing at response end")
+
+
+def error_body(message: str, type: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape."""
+    return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 @openai.post("/chat/completions")
@@ -132,13 +170,14 @@ async def chat_completions(request: ChatRequest, service: Service):
     try:
         if not request.stream:
             return answer.json(await run_in_threadpool(service.complete, request))
-        inputs = await run_in_threadpool(service.prepare, request)  # 400s before the stream commits to 200
+        # 400 / 503 before the stream commits to 200
+        inputs = await run_in_threadpool(service.prepare, request)
     except RequestRejected:
         raise
     except Exception as exc:  # noqa: BLE001 - logged in internal_error; never echoed to the client
         return internal_error(f"completion {answer.id}", exc)
-    service.check_capacity()
-    return StreamingResponse(answer.events(inputs), media_type="text/event-stream")
+    ticket = service.admit()  # 429 now, not in the stream: an admitted stream never meets "busy" later
+    return AdmittedStream(answer.events(inputs, ticket), ticket)
 
 
 @openai.get("/models")

@@ -15,7 +15,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_LENS_DISABLE", "1")  # vllm-lens (installed by make bench-vllm) forces eager when loaded
+os.environ.setdefault("VLLM_LENS_DISABLE", "1")
+# the per-request opt-out tests need callers' opt-outs honoured (off by default: issue 20)
+os.environ.setdefault(
+    "PROBEWATCH_CALLER_OPT_OUT", "1"
+)  # vllm-lens (installed by make bench-vllm) forces eager when loaded
 
 #: engine settings shared by every test engine: a fixed 512 MiB KV cache (the machine is shared),
 #: fp32 for parity with HF.

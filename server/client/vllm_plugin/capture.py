@@ -40,7 +40,7 @@ from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.server.client.core import ClientCore
 from probewatch.server.client.results import GenerationHandle
 from probewatch.server.client.sender import Block
-from probewatch.server.client.vllm_plugin.policy import PolicyError, request_policy
+from probewatch.server.client.vllm_plugin.policy import PolicyError, RequestPolicy, request_policy
 from probewatch.server.client.vllm_plugin.step import VERIFY_WAIT_S, Gathered, RequestState, StepView, Verify
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,7 @@ class RunnerCapture:
         self.max_model_len = max_model_len
         self.runner_name = runner_name  # which adapter drives it (logs, `probewatch vllm check`)
         self.default_monitor = envs.vllm_monitor_default()
+        self.caller_opt_out = envs.vllm_caller_opt_out()
         self.requests: dict[str, RequestState] = {}
         self.recent: OrderedDict[str, GenerationHandle] = OrderedDict()
         self._lock = threading.Lock()
@@ -197,6 +198,20 @@ class RunnerCapture:
             for data in new:
                 self._open(data, plan, session)
 
+    def _policy(self, rid: str, extra_args: Any) -> RequestPolicy:
+        """The request's policy; caller input that would switch monitoring off is neutralised and counted
+        (an opt-out the operator does not allow, an unreadable value)."""
+        try:
+            policy = request_policy(extra_args, self.default_monitor, self.caller_opt_out)
+        except PolicyError as exc:
+            log.warning("probewatch: request %s: %s (default policy applies)", rid, exc)
+            self.metrics.bounded_inputs.labels(what="extra_args").inc()
+            return RequestPolicy(self.default_monitor)
+        if policy.opt_out_ignored:
+            self.metrics.bounded_inputs.labels(what="opt_out").inc()
+            self._warn_once("opt_out", "probewatch: callers' opt-outs are ignored (PROBEWATCH_CALLER_OPT_OUT=1 allows)")
+        return policy
+
     def _open(self, data: Any, plan: Any, session: int) -> None:
         rid = data.req_id
         if rid in self.requests:
@@ -208,12 +223,8 @@ class RunnerCapture:
         params = data.sampling_params
         if params is None:  # pooling request: no generation to watch
             return
-        try:
-            policy = request_policy(getattr(params, "extra_args", None), self.default_monitor)
-        except PolicyError as exc:
-            log.warning("probewatch: request %s runs unmonitored: %s", rid, exc)
-            self.metrics.unmonitored.labels(reason="unsupported_input").inc()
-            return
+        self.metrics.generations.inc()
+        policy = self._policy(rid, getattr(params, "extra_args", None))
         if not policy.monitored:
             self.metrics.unmonitored.labels(reason="opted_out").inc()
             return
@@ -231,7 +242,10 @@ class RunnerCapture:
             unknown = [p for p in policy.probes if p not in by_id]
             if unknown:
                 log.warning("probewatch: request %s names unknown probes %s (ignored)", rid, unknown)
-            layers = layers & {by_id[p] for p in policy.probes if p in by_id}
+            chosen = layers & {by_id[p] for p in policy.probes if p in by_id}
+            if not chosen:  # a selection of nothing known must not switch monitoring off
+                self.metrics.bounded_inputs.labels(what="probewatch_probes").inc()
+            layers = chosen or layers
         if not layers:
             self.metrics.unmonitored.labels(reason="unsupported_input").inc()
             return

@@ -146,6 +146,12 @@ def _engage(facts: RunnerFacts, metrics: ClientMetrics) -> RunnerCapture:
     config = AttachConfig.model_validate(
         {"mode": envs.vllm_mode(), "linger_s": envs.vllm_send_linger_s(), "steps_per_message": 64}
     )  # sidecar: PROBEWATCH_SIDECAR
+    if config.on_unmonitored == "reject":
+        log.warning(
+            "probewatch: PROBEWATCH_ON_UNMONITORED=reject is not enforced by the vLLM plugin: a scheduled request "
+            "cannot be refused from the worker, so unmonitored ones are served and counted "
+            "(probewatch_client_unmonitored_generations_total; docs/live.md)"
+        )
     client = ClientCore(config, fingerprint, facts.device, metrics)
     wait_s = envs.vllm_wait_s()
     layers = envs.vllm_layers()

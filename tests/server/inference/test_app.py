@@ -13,94 +13,15 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import make_tiny_model
-from tests.probes.helpers import make_bundle
+from tests.server.inference.helpers import MESSAGES, local_stack
 
 pytestmark = pytest.mark.compat
-
-WORDS = [
-    "user",
-    "assistant",
-    "system",
-    ":",
-    "hello",
-    "what",
-    "is",
-    "the",
-    "capital",
-    "of",
-    "france",
-    "?",
-    "paris",
-    "a",
-    "an",
-    "and",
-    "to",
-    "you",
-    "i",
-    "it",
-    "be",
-    "say",
-    "hi",
-    "please",
-    "thanks",
-    ".",
-]
-
-
-@pytest.fixture(scope="module")
-def chat_folder(tmp_path_factory):
-    """A tiny llama + word-level fast tokenizer saved as an HF folder (no chat template: the fallback)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["[PAD]", "[BOS]", "[EOS]", "[UNK]"]
-    vocab = {t: i for i, t in enumerate(specials + WORDS + [f"w{i}" for i in range(256 - len(specials) - len(WORDS))])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="[PAD]", bos_token="[BOS]", eos_token="[EOS]", unk_token="[UNK]"
-    )
-    model = make_tiny_model("llama", seed=7)
-    model.config.pad_token_id, model.config.bos_token_id, model.config.eos_token_id = 0, 1, 2
-    model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, 2
-    folder = tmp_path_factory.mktemp("chat-model")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    from probewatch.models import fingerprint_folder
-
-    fp = fingerprint_folder(folder)
-    bundles = tmp_path_factory.mktemp("chat-bundles")
-    paths = [
-        make_bundle(bundles, "dec", layer=1, d=64, seed=1, aggregation="max", fingerprint=fp, threshold=-100.0)[0],
-        make_bundle(bundles, "avg", layer=2, d=64, seed=2, aggregation="mean", fingerprint=fp, threshold=100.0)[0],
-    ]
-    return folder, paths
-
-
-def local_stack(chat_folder, tmp_path, **options):
-    """The embedded stack (sidecar + chat endpoint) on the tiny chat model and its bundles, ephemeral port."""
-    from probewatch.server.local.stack import LocalStack, StackOptions
-
-    folder, bundles = chat_folder
-    return LocalStack(
-        StackOptions(
-            model=str(folder),
-            bundles=[str(p) for p in bundles],
-            port=0,
-            incident_db=tmp_path / "incidents.sqlite3",
-            **options,
-        )
-    )
 
 
 @pytest.fixture
 def stack(chat_folder, tmp_path):
     with local_stack(chat_folder, tmp_path, max_tokens=5) as s:
         yield s
-
-
-MESSAGES = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "what is the capital of france ?"}]
 
 
 def test_models_health_and_metrics(stack):
@@ -154,8 +75,9 @@ def test_request_errors(stack):
     with httpx.Client(base_url=stack.url, timeout=60) as c:
         r = c.post("/v1/chat/completions", json={"model": "gpt-5", "messages": MESSAGES})
         assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"  # OpenAI's error shape
-        assert c.post("/v1/chat/completions", json={"messages": []}).status_code == 422
-        assert c.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 0}).status_code == 422
+        # validation: 400 in OpenAI's shape, as OpenAI and vLLM answer it (test_admission_and_errors.py)
+        assert c.post("/v1/chat/completions", json={"messages": []}).status_code == 400
+        assert c.post("/v1/chat/completions", json={"messages": MESSAGES, "max_tokens": 0}).status_code == 400
 
 
 def test_kill_switch_through_http(chat_folder, tmp_path, monkeypatch):

@@ -76,3 +76,25 @@ def test_kill_switch_plugin_imports_nothing_of_vllm(monkeypatch):
     before = {m for m in sys.modules if m == "vllm" or m.startswith("vllm.")}
     plugin.register()
     assert {m for m in sys.modules if m == "vllm" or m.startswith("vllm.")} == before
+
+
+def test_a_caller_cannot_opt_out_unless_the_operator_allows_it():
+    """extra_args reach vLLM from any HTTP caller (vllm_xargs): without PROBEWATCH_CALLER_OPT_OUT an
+    opt-out keeps the request monitored and says it was asked; opting in is always honoured."""
+    for off in (False, 0, "off", "false"):
+        p = request_policy({"probewatch": off}, True, allow_opt_out=False)
+        assert p.monitored and p.opt_out_ignored
+        p = request_policy({"probewatch": off}, True, allow_opt_out=True)
+        assert not p.monitored and not p.opt_out_ignored
+    assert request_policy({"probewatch": True}, False, allow_opt_out=False).monitored  # opt-in mode
+    assert not request_policy({}, False, allow_opt_out=False).monitored  # the operator chose opt-in
+    assert not request_policy({"probewatch": "on"}, True, allow_opt_out=False).opt_out_ignored
+
+
+def test_caller_opt_out_setting(monkeypatch):
+    from probewatch import envs
+
+    monkeypatch.delenv("PROBEWATCH_CALLER_OPT_OUT", raising=False)
+    assert envs.vllm_caller_opt_out() is False
+    monkeypatch.setenv("PROBEWATCH_CALLER_OPT_OUT", "1")
+    assert envs.vllm_caller_opt_out() is True
