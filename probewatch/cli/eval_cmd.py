@@ -15,7 +15,7 @@ from probewatch.arguments import add_extra_data_arg, add_json_arg, print_json
 
 def register(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("eval", help="AUROC and recall at a target FPR of a bundle on labelled dialogue JSONL")
-    ev.add_argument("--bundle", required=True, help="bundle folder or probe id")
+    _bundle_arg(ev)
     ev.add_argument("--data", type=Path, required=True, help="labelled dialogue JSONL")
     ev.add_argument(
         "--control", type=Path, default=None, help="benign JSONL for the threshold (default: the negatives of --data)"
@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=_eval)
 
     cal = sub.add_parser("calibrate", help="re-threshold a bundle at a target FPR on your own benign traffic")
-    cal.add_argument("--bundle", required=True, help="bundle folder or probe id")
+    _bundle_arg(cal)
     cal.add_argument("--control", type=Path, required=True, help="benign dialogue JSONL (labels not needed)")
     cal.add_argument("--out", type=Path, default=None, help="write the re-thresholded bundle here (default: in place)")
     cal.add_argument(
@@ -54,13 +54,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     cal.set_defaults(func=_calibrate)
 
 
+def _bundle_arg(parser: argparse.ArgumentParser) -> None:
+    """`--bundle`, also accepted as `--bundles` (hidden): the name `score`, `serve` and `demo` use."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--bundle", help="bundle folder or probe id")
+    group.add_argument("--bundles", dest="bundle", help=argparse.SUPPRESS)
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
         help="model spec (default: the model the bundle names); its fingerprint must match the bundle's",
     )
-    parser.add_argument("--fpr", type=float, default=0.01, help="target false-positive rate (default 0.01)")
+    parser.add_argument(
+        "--fpr",
+        type=_rate,
+        default=0.01,
+        help="target false-positive rate, a fraction in (0, 1) (default 0.01 = 1%%)",
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-tokens", type=int, default=1024, help="keep the last N tokens of a dialogue")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -173,6 +185,18 @@ def _reviewed(loaded, bundle, args: argparse.Namespace, from_control: float) -> 
             for s, d in zip(scores, extra)
         ],
     }
+
+
+def _rate(text: str) -> float:
+    """A rate strictly between 0 and 1: `--fpr 5` (meant as 5%) is refused, not reported as "500% FPR"."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < 1.0:  # NaN fails this too
+        hint = f" (for {value:g}% pass {value / 100:g})" if 1.0 <= value < 100.0 else ""
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {text}{hint}")
+    return value
 
 
 def _calibrate(args: argparse.Namespace) -> int:

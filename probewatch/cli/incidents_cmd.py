@@ -1,6 +1,9 @@
-"""`probewatch incidents list|show|ack|resolve|reopen|delete|export|migrate`: the incident store from a terminal.
+"""`probewatch incidents list|show|label|ack|resolve|reopen|delete|export|migrate|rotate-key|move-key|pseudonym`:
+the incident store (and its pseudonym key file) from a terminal.
 
-The web review queue is `probewatch review`; `export --labelled` turns its verdicts into training data.
+The web review queue is `probewatch review`; `label`, `ack`, `resolve` and `reopen` go through the same
+service layer as its forms (`probewatch.server.review.actions.apply`: same rules, same audit trail), and
+`export --labelled` turns the verdicts into training data.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             help="incident store: SQLite file or postgresql:// URL "
             "(default: $PROBEWATCH_INCIDENT_DB or $PROBEWATCH_HOME/incidents.sqlite3)",
         )
+        # `serve`, `run` and `demo` call it --incident-db: accepted here too (hidden)
+        parser.add_argument("--incident-db", dest="db", default=None, help=argparse.SUPPRESS)
 
     ls = isub.add_parser("list", help="newest incidents first")
     db(ls)
@@ -38,23 +43,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_json_arg(ls)
     ls.set_defaults(func=_list)
 
-    show = isub.add_parser("show", help="one incident with its per-token scores and text")
+    show = isub.add_parser("show", help="one incident: its conversation, per-token scores and review trail")
     db(show)
     show.add_argument("id", type=int)
+    show.add_argument(
+        "--tokens", type=int, default=20, metavar="N", help="show the N highest-scoring tokens (0: all; default 20)"
+    )
+    show.add_argument(
+        "--tokenizer",
+        default=None,
+        metavar="SPEC",
+        help="tokenizer that turns stored token ids into text (default: the probe's model, if on this machine)",
+    )
     add_json_arg(show)
     show.set_defaults(func=_show)
 
-    for name, status, help_text in (
-        ("ack", "acknowledged", "mark acknowledged (someone is looking)"),
-        ("resolve", "resolved", "mark resolved"),
-        ("reopen", "open", "mark open again"),
+    from probewatch.server.store.records import LABELS
+
+    lab = isub.add_parser("label", help="record a verdict (as the review app does; needed before resolve)")
+    db(lab)
+    lab.add_argument("id", type=int)
+    lab.add_argument("--verdict", required=True, choices=LABELS, help="the review app's verdicts")
+    _review_args(lab, "comment stored in the audit trail with the verdict")
+    lab.set_defaults(func=_review, action="label")
+
+    for name, action, help_text in (
+        ("ack", "claim", "claim an incident (acknowledged: someone is looking)"),
+        ("resolve", "resolve", "close the review (refused until the incident has a verdict: `incidents label`)"),
+        ("reopen", "reopen", "open a resolved incident again"),
     ):
         q = isub.add_parser(name, help=help_text)
         db(q)
         q.add_argument("id", type=int)
-        q.add_argument("--note", default=None, help="review note stored with the incident")
-        add_json_arg(q)
-        q.set_defaults(func=_set_status, status=status)
+        _review_args(q, "comment stored in the audit trail")
+        if name == "ack":
+            q.add_argument("--takeover", action="store_true", help="take it over from the reviewer who claimed it")
+        q.set_defaults(func=_review, action=action)
 
     rm = isub.add_parser(
         "delete",
@@ -73,6 +97,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     from probewatch.cli import incidents_export
 
     incidents_export.register(isub, db)
+
+    from probewatch.cli import incidents_keys
+
+    incidents_keys.register(isub, db)
+
+
+def _review_args(parser: argparse.ArgumentParser, note_help: str) -> None:
+    parser.add_argument("--note", default=None, help=note_help)
+    parser.add_argument(
+        "--reviewer",
+        default=None,
+        help="who the audit trail records (default: cli:<your login name>); use your review-app name to match",
+    )
+    add_json_arg(parser)
 
 
 def _store(args: argparse.Namespace, readonly: bool = True):
@@ -102,32 +140,21 @@ def _list(args: argparse.Namespace) -> int:
         print_json([{k: v for k, v in r.to_json().items() if k != "token_scores"} for r in rows])
         return 0
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=f"incidents ({store.path})")
-    for col in ("id", "time", "probe", "behaviour", "score", "threshold", "status", "generation", "response"):
-        table.add_column(
-            col, overflow="ellipsis", no_wrap=col != "response", max_width=48 if col == "response" else None
-        )
-    for r in rows:
-        table.add_row(
-            str(r.id),
-            r.created_at[:19],
-            r.probe,
-            r.behaviour,
-            f"{r.score:+.2f}",
-            f"{r.threshold:+.2f}",
-            r.status,
-            r.generation_id,
-            (r.response or "").replace("\n", " "),
-        )
-    Console().print(table)
+    from probewatch.cli.incidents_view import list_table
+
+    console = Console()
+    console.print(list_table(rows, f"incidents ({store.location.display})", console.width))
     if not rows:
         print("no incidents")
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
+    if args.tokens < 0:
+        from probewatch.errors import ProbewatchError
+
+        raise ProbewatchError(f"incidents show: --tokens must be >= 0 (0: all), got {args.tokens}")
     store = _store(args)
     try:
         incident = store.get(args.id)
@@ -139,34 +166,20 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     from rich.console import Console
 
-    c = Console()
-    c.print(f"[bold]incident {incident.id}[/bold]  {incident.status}  {incident.created_at}")
-    for key in (
-        "generation_id",
-        "probe",
-        "behaviour",
-        "aggregation",
-        "score",
-        "threshold",
-        "early",
-        "generation_status",
-        "model_fingerprint",
-        "bundle_version",
-        "metadata",
-        "note",
-        "label",
-        "severity",
-        "assignee",
-    ):
-        c.print(f"  {key:18} {getattr(incident, key)}")
-    c.print(f"  {'prompt':18} {incident.prompt!r}")
-    c.print(f"  {'response':18} {incident.response!r}")
-    scores = " ".join(f"{int(p)}:{s:+.2f}" for p, s in incident.token_scores)
-    c.print(f"  {'token scores':18} {scores or '(none)'}")
-    for e in events:
-        extra = " ".join(x for x in (e.value or "", f"“{e.comment}”" if e.comment else "") if x)
-        c.print(f"  {e.at[:19]}  {e.reviewer}: {e.action} {extra}")
+    from probewatch.cli.incidents_view import print_incident
+
+    print_incident(Console(), incident, events, _tokenizer(incident, args.tokenizer), top=args.tokens)
     return 0
+
+
+def _tokenizer(incident, spec: str | None):
+    """The tokenizer that decodes the stored token ids, as the review app finds it (never downloaded)."""
+    if not (incident.tokens or incident.prompt):
+        return None
+    from probewatch.server.review.catalog import Catalog
+
+    catalog = Catalog(tokenizer=spec, discover=spec is None)
+    return catalog.tokenizer(catalog.manifest(incident.probe, incident.bundle_version, incident.model_fingerprint))
 
 
 def _cli_reviewer() -> str:
@@ -179,16 +192,24 @@ def _cli_reviewer() -> str:
         return "cli"
 
 
-def _set_status(args: argparse.Namespace) -> int:
+def _review(args: argparse.Namespace) -> int:
+    """label / ack / resolve / reopen through the review app's service layer: same rules, same audit trail."""
+    from probewatch.server.review.actions import apply
+
+    reviewer = args.reviewer or _cli_reviewer()
+    fields = {"label": getattr(args, "verdict", None), "force": getattr(args, "takeover", False), "comment": args.note}
     store = _store(args, readonly=False)
     try:
-        incident = store.set_status(args.id, args.status, args.note, reviewer=_cli_reviewer())
+        incident = apply(store, args.id, reviewer, args.action, fields)
+        if args.action == "claim" and args.note:  # a claim carries no comment of its own
+            incident = apply(store, args.id, reviewer, "comment", {"comment": args.note})
     finally:
         store.close()
     if args.json:
-        print_json({k: v for k, v in incident.to_json().items() if k != "token_scores"})
+        print_json({k: v for k, v in incident.to_json().items() if k not in ("token_scores", "tokens", "context")})
     else:
-        print(f"incident {incident.id}: {incident.status}")
+        verdict = f", verdict {incident.label.replace('_', ' ')}" if incident.label else ""
+        print(f"incident {incident.id}: {incident.status}{verdict} (by {reviewer})")
     return 0
 
 

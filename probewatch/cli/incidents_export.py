@@ -60,6 +60,8 @@ def _export(args: argparse.Namespace) -> int:
     else:
         skipped = ", ".join(f"{n} {why}" for why, n in summary.get("skipped", {}).items())
         print(f"wrote {summary['written']} line(s) to {summary['out']}" + (f" (skipped: {skipped})" if skipped else ""))
+        if summary.get("hint"):
+            print(summary["hint"])
     return 0
 
 
@@ -71,14 +73,34 @@ def _export_labelled(store, args: argparse.Namespace) -> dict:
     from probewatch.models.tokenizer import load_tokenizer
     from probewatch.server.store.export import export_labelled
 
+    incidents = store.labelled(probe=args.probe)
+    if not incidents:  # nothing to rebuild: no model needed, and say why the file is empty
+        return _nothing_labelled(store, args)
     spec = args.model or REFERENCE_MODEL
     folder = resolve_model_path(spec)
     if not Path(folder).is_dir():
         raise ProbewatchError(f"--model {spec!r}: export needs a local model folder (it reads the chat template)")
     tokenizer = load_tokenizer(spec, fetch_if_missing=True)
-    incidents = store.labelled(probe=args.probe)
     summary = export_labelled(incidents, args.out, tokenizer, fingerprint=fingerprint_folder(folder))
     return {**summary.to_json(), "model": model_id_for(spec), "db": str(store.path)}
+
+
+def _nothing_labelled(store, args: argparse.Namespace) -> dict:
+    """An empty export (the file is still written) with the reason: no true/false-positive verdicts."""
+    from probewatch.server.store.connect import open_private
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with open_private(args.out):
+        pass
+    unsure = len(store.labelled(labels=("unsure",), probe=args.probe))
+    scope = f" of probe {args.probe}" if args.probe else ""
+    hint = (
+        f"0 incidents{scope} labelled true_positive or false_positive in {store.location.display}"
+        + (f" ({unsure} labelled unsure: those are not exported)" if unsure else "")
+        + ": label some with `probewatch incidents label ID --verdict true_positive|false_positive` "
+        "or in the review app (`probewatch review`)"
+    )
+    return {"out": str(args.out), "written": 0, "labels": {}, "skipped": {}, "db": str(store.path), "hint": hint}
 
 
 def _export_all(store, args: argparse.Namespace) -> dict:

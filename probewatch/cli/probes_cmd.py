@@ -31,26 +31,52 @@ def _list(args: argparse.Namespace) -> int:
         print("no bundles found (shipped or under $PROBEWATCH_HOME/bundles)")
         return 0
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title="probe bundles")
-    for col in ("id", "behaviour", "kind", "model", "layer", "tokens", "aggregation", "threshold", "source", "path"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
-            r["id"],
-            r["behaviour"],
-            r["kind"],
-            r["model"],
-            str(r["layer"]),
-            r["token_selection"],
-            r["aggregation"],
-            f"{r['threshold']:.3f}",
-            r["source"],
-            r["path"],
-        )
-    Console().print(table)
+    console = Console()
+    console.print(_table(rows, wide=console.width >= WIDE))
+    if console.width < WIDE:  # where they live, once per folder rather than a folded column per row
+        from pathlib import Path
+
+        folders = sorted({(r["source"], r["model"], str(Path(r["path"]).parent)) for r in rows})
+        for source, model, folder in folders:
+            console.print(f"{source} bundles for {model}: {folder}/<id>", overflow="fold", markup=False)
     return 0
+
+
+#: from this many columns the table also shows model, source and path per bundle
+WIDE = 140
+
+
+def _table(rows: list[dict], wide: bool = True):
+    """Ids and numbers whole (an id is what `probes show`, `--bundles` and `eval --bundle` take); text folds."""
+    from rich.text import Text
+
+    from probewatch import tables
+
+    t = tables.table("probe bundles")
+    tables.key(t, "id", [r["id"] for r in rows])
+    tables.text(t, "behaviour")
+    tables.text(t, "kind")
+    tables.key(t, "layer", [str(r["layer"]) for r in rows], justify="right")
+    tables.key(t, "threshold", [f"{r['threshold']:+.3f}" for r in rows], justify="right")
+    tables.text(t, "tokens → aggregation", ratio=2)
+    if wide:
+        tables.text(t, "model", ratio=2)
+        tables.text(t, "source")
+        tables.text(t, "path", ratio=3)
+    for r in rows:
+        cells = [
+            r["id"],
+            Text(r["behaviour"]),
+            Text(r["kind"]),
+            str(r["layer"]),
+            f"{r['threshold']:+.3f}",
+            Text(f"{r['token_selection']} → {r['aggregation']}"),
+        ]
+        if wide:
+            cells += [Text(r["model"]), Text(r["source"]), Text(r["path"])]
+        t.add_row(*cells)
+    return t
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_bundles_arg(
         parser, "bundle folders, folders of bundles or probe ids (default: the shipped bundles for the model)"
     )
+    # `eval` and `calibrate` spell it `--bundle`: accepted here too (hidden)
+    parser.add_argument("--bundle", dest="bundles", nargs="+", action="extend", help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None, help="write per-dialogue scores as JSONL here")
     add_json_arg(parser)
@@ -76,18 +78,35 @@ def _summary(runtime, results) -> dict:
 
 def _print_table(runtime, results, dialogues) -> None:
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title="probe scores (aggregate per dialogue; * = above threshold)")
-    table.add_column("#")
-    table.add_column("label")
-    table.add_column("last message", max_width=60, overflow="ellipsis", no_wrap=True)
-    for probe_id in runtime.probe_ids:
-        table.add_column(probe_id)
+    console = Console()
+    console.print(score_table(list(runtime.probe_ids), results, dialogues, console.width))
+
+
+def score_table(probe_ids: list[str], results, dialogues, width: int = 80):
+    """Scores whole at any width: a column per probe when they fit, else every probe's score stacked in
+    one cell per dialogue; the last message folds into what is left."""
+    from rich.text import Text
+
+    from probewatch import tables
+
+    t = tables.table("probe scores (aggregate per dialogue; * = above threshold)")
+    tables.key(t, "#", [str(r.index) for r in results], justify="right")
+    tables.key(t, "label", ["" if r.label is None else str(r.label) for r in results])
+    tables.text(t, "last message")
+    probe_widths = [max(len(p), len("+00.00*")) for p in probe_ids]
+    wide = tables.fits([len(str(len(results))), 5, 20, *probe_widths], width)
+    if wide:
+        for p, w in zip(probe_ids, probe_widths):
+            t.add_column(p, justify="right", no_wrap=True, min_width=w)
+    else:
+        t.add_column("scores", no_wrap=True, min_width=tables.stacked_width(probe_ids))
     for r, d in zip(results, dialogues):
-        cells = [
-            f"{r.aggregate[p]:+.2f}{'*' if r.flagged[p] else ''}" if p in r.aggregate else "-"
-            for p in runtime.probe_ids
-        ]
-        table.add_row(str(r.index), "" if r.label is None else str(r.label), d.messages[-1].content, *cells)
-    Console().print(table)
+        row: list[str | Text] = [str(r.index), "" if r.label is None else str(r.label)]
+        row.append(Text(tables.preview(d.messages[-1].content, 160)))
+        if wide:
+            row += [tables.score_text(r.aggregate.get(p), r.flagged.get(p, False)) for p in probe_ids]
+        else:
+            row.append(tables.stacked_scores(probe_ids, r.aggregate, r.flagged))
+        t.add_row(*row)
+    return t

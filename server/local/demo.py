@@ -176,7 +176,10 @@ def _play(client, rows: list[Row], probes, args: argparse.Namespace, console) ->
     import httpx
     from rich.live import Live
 
-    with Live(_table(rows, probes), console=console, refresh_per_second=8, transient=False) as live:
+    def table():
+        return _table(rows, probes, console.width)
+
+    with Live(table(), console=console, refresh_per_second=8, transient=False) as live:
         for row in rows:
             t0 = time.monotonic()
             body = {
@@ -188,7 +191,7 @@ def _play(client, rows: list[Row], probes, args: argparse.Namespace, console) ->
                 "metadata": {"scenario": row.scenario.name},
             }
             try:
-                _stream_one(client, body, row, lambda: live.update(_table(rows, probes)))
+                _stream_one(client, body, row, lambda: live.update(table()))
             except httpx.TimeoutException:
                 raise ProbewatchError(
                     f"conversation {row.scenario.name!r}: no generation from the embedded endpoint within "
@@ -196,7 +199,7 @@ def _play(client, rows: list[Row], probes, args: argparse.Namespace, console) ->
                 ) from None
             row.seconds = time.monotonic() - t0
             row.done = True
-            live.update(_table(rows, probes))
+            live.update(table())
 
 
 def _stream_one(client, body: dict[str, Any], row: Row, refresh) -> None:
@@ -221,35 +224,39 @@ def _stream_one(client, body: dict[str, Any], row: Row, refresh) -> None:
             refresh()
 
 
-def _table(rows: list[Row], probes):
-    from rich.table import Table
+def _table(rows: list[Row], probes, width: int = 160):
+    """The live table: every probe's score and every alert stay visible at any width (a column per
+    probe when they fit in `width`, else every probe's score stacked in one cell); the response folds."""
+    from rich.text import Text
 
-    table = Table(title="live probe scores per generation (aggregate logit; red = over threshold: alert)")
-    table.add_column("#", justify="right", no_wrap=True, min_width=2)
-    table.add_column("scenario", no_wrap=True)
-    table.add_column("response", max_width=56, overflow="ellipsis", no_wrap=True)
-    for m in probes:
-        table.add_column(m.id, justify="right", no_wrap=True, min_width=6)
-    table.add_column("alerts (probe#incident)", no_wrap=True)
+    from probewatch import tables
+
+    ids = [m.id for m in probes]
+    t = tables.table("live probe scores per generation (aggregate logit; red * = over threshold: alert)")
+    tables.key(t, "#", [str(len(rows))], justify="right")
+    tables.key(t, "scenario", [r.scenario.name for r in rows])
+    tables.text(t, "response", ratio=1)
+    widths = [max(len(p), len("+00.00*")) for p in ids]
+    wide = tables.fits([2, max(len(r.scenario.name) for r in rows), 20, *widths, 12], width)
+    if wide:
+        for p, w in zip(ids, widths):
+            t.add_column(p, justify="right", no_wrap=True, min_width=w)
+    else:
+        t.add_column("scores", no_wrap=True, min_width=tables.stacked_width(ids))
+    tables.text(t, "alerts")
     for i, row in enumerate(rows, 1):
-        scores = row.info.get("scores", {})
-        flagged = row.info.get("flagged", {})
-        cells = []
-        for m in probes:
-            value = scores.get(m.id)
-            if value is None:
-                cells.append("…" if not row.done else "-")
-            else:
-                cells.append(f"[bold red]{value:+.2f}[/bold red]" if flagged.get(m.id) else f"{value:+.2f}")
+        scores, flagged = row.info.get("scores", {}), row.info.get("flagged", {})
+        pending = "-" if row.done else "…"
+        if wide:
+            cells = [tables.score_text(scores.get(p), flagged.get(p, False), pending) for p in ids]
+        else:
+            cells = [tables.stacked_scores(ids, scores, flagged, pending)]
         alerts = row.info.get("alerts", [])
-        alert_text = (
-            ", ".join(f"{a['probe']}#{a.get('incident_id') or '?'}" for a in alerts)
-            if alerts
-            else ("" if row.done else "…")
-        )
-        status = row.scenario.name if row.done or row.text else f"[dim]{row.scenario.name}[/dim]"
-        table.add_row(str(i), status, row.text.replace("\n", " ") or "…", *cells, alert_text)
-    return table
+        # one alert a line, the incident id first: `#12 deception` (the id is what `incidents show` takes)
+        alert_text = "\n".join(f"#{a.get('incident_id') or '?'} {a['probe']}" for a in alerts) or pending
+        status = Text(row.scenario.name, "" if row.done or row.text else "dim")
+        t.add_row(str(i), status, Text(row.text.replace("\n", " ") or "…"), *cells, Text(alert_text))
+    return t
 
 
 def _incident_ids(path: str | Path) -> set[int]:

@@ -1,17 +1,22 @@
-"""The review actions a reviewer can take on an incident, from the page's forms and from the JSON API.
+"""The review actions a reviewer can take on an incident: the one service layer behind the page's
+forms, the JSON API and `probewatch incidents label|ack|resolve|reopen`.
 
-`act` applies one to the store, counts it in the review metrics and refreshes what depends on it
-(the metrics cache, the filter menus). `fields` are the form fields or the JSON body.
+`apply` validates and applies one to the store (the store's review mixin enforces the rules, e.g.
+"label it before resolving", and writes the audit entry in the same transaction); `act` is the web
+app's wrapper that also counts it in the review metrics and refreshes what depends on it (the
+metrics cache, the filter menus). `fields` are the form fields, the JSON body or the CLI's flags.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from probewatch.server.review.state import ReviewState
 from probewatch.server.store import IncidentStore
 from probewatch.server.store.records import Incident, ReviewError
+
+if TYPE_CHECKING:  # the CLI calls `apply` without the web app's dependencies
+    from probewatch.server.review.state import ReviewState
 
 ACTIONS = ("claim", "takeover", "unclaim", "label", "severity", "comment", "resolve", "reopen")
 
@@ -29,12 +34,17 @@ _APPLY: dict[str, Action] = {
 }
 
 
-def act(state: ReviewState, incident_id: int, reviewer: str, action: str, fields: dict[str, Any]) -> Incident:
-    """Apply `action` (one of ACTIONS); ReviewError for an unknown one or one the store refuses."""
-    apply = _APPLY.get(action)
-    if apply is None:
+def apply(store: IncidentStore, incident_id: int, reviewer: str, action: str, fields: dict[str, Any]) -> Incident:
+    """Apply `action` (one of ACTIONS) to `store`; ReviewError for an unknown one or one the store refuses."""
+    run = _APPLY.get(action)
+    if run is None:
         raise ReviewError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
-    result = apply(state.store, incident_id, reviewer, fields, fields.get("comment") or None)
+    return run(store, incident_id, reviewer, fields, fields.get("comment") or None)
+
+
+def act(state: ReviewState, incident_id: int, reviewer: str, action: str, fields: dict[str, Any]) -> Incident:
+    """`apply` for the web app: also counted in the review metrics, and the cached views refreshed."""
+    result = apply(state.store, incident_id, reviewer, action, fields)
     state.action_counter.labels(action="claim" if action == "takeover" else action).inc()
     state.collector.invalidate()
     state.forget_facets()  # a new reviewer shows up in the reviewer menu at once

@@ -1,15 +1,17 @@
 """The incident page's view model: per-token heatmap cells per probe, the conversation, the timeline.
 
 Heatmap colours are computed here (server-side, no JavaScript needed to read the page): a
-diverging scale around each probe's own threshold in its score units (calibrated logits), red
-above the threshold and blue below, so "hot" means "would alert" for every probe alike.
+diverging scale around each probe's own threshold in its score units (calibrated logits), orange
+to deep red at or above the threshold and blue below, so "hot" means "would alert" for every probe
+alike and the token that fired is the most conspicuous one.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from probewatch.server.store.records import Incident, ReviewEvent
 
@@ -56,38 +58,76 @@ class TimelineEntry:
     detail: str | None = None
 
 
-def colour(
-    score: float | None, threshold: float | None, low: float = -SATURATE_BELOW, high: float = SATURATE_ABOVE
-) -> str:
-    """Red at or above the threshold, blue below it; the intensity grows with the distance from the
-    threshold, saturating at `high` above / `low` below it (the generation's own extremes, so a probe
-    whose threshold sits far from every score still shows which tokens drive it)."""
-    if score is None or threshold is None or not math.isfinite(score):
-        return ""
+class ColourScale(NamedTuple):
+    """Where a generation's colours start and saturate, in logits from the probe's threshold.
+
+    floor: the distance above the threshold painted the lightest "above" shade (0, or the lowest
+    above-threshold token when every one sits far above: a probe set to alert on everything);
+    high: the distance painted the strongest "above" shade (the generation's highest token);
+    low: the (negative) distance at which the blue "below" scale saturates.
+    """
+
+    floor: float = 0.0
+    low: float = -SATURATE_BELOW
+    high: float = SATURATE_ABOVE
+
+
+#: the "above" scale runs from orange (at the threshold) to deep red (the generation's highest token):
+#: a distinct hue from the blue "below" scale, so a token that fired is never a pale blue
+ABOVE_FROM, ABOVE_TO = (251, 146, 60), (153, 27, 27)
+BELOW_RGB = (37, 99, 235)
+BELOW_ALPHA = (0.08, 0.55)
+
+
+def _distance(score: float, threshold: float) -> float:
+    """score - threshold, finite even for huge magnitudes (1e308 - -1e308 overflows to inf)."""
     d = score - threshold
-    if d >= 0:
-        alpha = 0.3 + 0.7 * min(1.0, d / max(high, 1e-9))
-        return f"background-color: rgba(220, 38, 38, {alpha:.2f}); color: {'#fff' if alpha > 0.6 else 'inherit'}"
-    alpha = 0.08 + 0.47 * min(1.0, d / min(low, -1e-9))
-    return f"background-color: rgba(37, 99, 235, {alpha:.2f})"
+    if math.isinf(d):
+        return math.copysign(sys.float_info.max, d)
+    return d
 
 
-def colour_scale(scores: dict[int, float | None], threshold: float | None) -> tuple[float, float, float]:
-    """(offset, low, high) for `colour`: saturation at this generation's own extremes (at most
-    SATURATE_* logits from the threshold). When every flagged token sits far above the threshold
-    (a probe set to alert on everything), the red shades span the flagged tokens' own range instead."""
+def _fraction(x: float, lo: float, hi: float) -> float:
+    """Where x sits in [lo, hi], clamped to [0, 1]; an empty range (one token, ties) counts as the top."""
+    if not hi > lo:
+        return 1.0
+    return min(1.0, max(0.0, (x - lo) / (hi - lo)))  # finite inputs: at worst +inf, never NaN
+
+
+def colour(score: float | None, threshold: float | None, scale: ColourScale | None = None) -> str:
+    """Inline style for one token: at or above the threshold an orange-to-red shade (deep red at the
+    generation's highest token, white text), below it a blue that deepens with the distance below.
+    "Above" is decided by `score >= threshold` itself, exactly as the `hot` flag, so floating-point
+    error in a distance can never turn a token that fired blue."""
+    if score is None or threshold is None or math.isnan(score) or not math.isfinite(threshold):
+        return ""
+    scale = scale or ColourScale()
+    if score >= threshold:
+        d = _distance(score, threshold) if math.isfinite(score) else sys.float_info.max
+        t = _fraction(d, scale.floor, scale.high)
+        r, g, b = (round(a + (z - a) * t) for a, z in zip(ABOVE_FROM, ABOVE_TO, strict=True))
+        ink = "#fff" if t >= 0.5 else "#1f2328"  # the darker half of the scale takes white text
+        return f"background-color: rgb({r}, {g}, {b}); color: {ink}"
+    d = _distance(score, threshold) if math.isfinite(score) else -sys.float_info.max
+    t = min(1.0, max(0.0, d / scale.low)) if scale.low < 0 else 1.0
+    alpha = BELOW_ALPHA[0] + (BELOW_ALPHA[1] - BELOW_ALPHA[0]) * t
+    return f"background-color: rgba({', '.join(map(str, BELOW_RGB))}, {alpha:.2f})"
+
+
+def colour_scale(scores: dict[int, float | None], threshold: float | None) -> ColourScale:
+    """This generation's scale for `colour`: the strongest red at its highest token, the blues saturating
+    at its lowest one (at most SATURATE_BELOW logits below the threshold, at least 1). When every
+    flagged token sits far above the threshold (a probe set to alert on everything), the reds span
+    the flagged tokens' own range instead of all being the same deep red."""
+    if threshold is None or not math.isfinite(threshold):
+        return ColourScale()
     values = [v for v in scores.values() if v is not None and math.isfinite(v)]
-    if threshold is None or not values:
-        return 0.0, -SATURATE_BELOW, SATURATE_ABOVE
-    above = [v - threshold for v in values if v >= threshold]
-    below = [v - threshold for v in values if v < threshold]
-    offset = min(above) if above and min(above) > SATURATE_ABOVE else 0.0
-    if offset:
-        high = max(max(above) - offset, 1e-6)
-    else:
-        high = min(max(max(above, default=SATURATE_ABOVE), 1.0), SATURATE_ABOVE)
+    above = [_distance(v, threshold) for v in values if v >= threshold]
+    below = [_distance(v, threshold) for v in values if v < threshold]
+    floor = min(above) if above and min(above) > SATURATE_ABOVE else 0.0
+    high = max(above, default=SATURATE_ABOVE)
     low = min(max(min(below, default=-SATURATE_BELOW), -SATURATE_BELOW), -1.0)
-    return offset, low, high
+    return ColourScale(floor, low, high)
 
 
 def token_texts(tokenizer: Any, tokens: list[list[int]]) -> dict[int, str]:
@@ -151,12 +191,12 @@ def probe_views(incident: Incident, siblings: dict[str, int], tokenizer: Any) ->
         scores = {int(p): (None if s is None else float(s)) for p, s in pairs}
         threshold = info.get("threshold")
         positions = sorted(set(texts) | set(scores))
-        offset, low, high = colour_scale(scores, threshold)
+        scale = colour_scale(scores, threshold)
         cells = []
         for pos in positions:
             s = scores.get(pos)
             hot = s is not None and threshold is not None and s >= threshold
-            style = colour(None if s is None else s - offset if hot else s, threshold, low, high)
+            style = colour(s, threshold, scale)
             cells.append(TokenCell(pos, _display(texts.get(pos, f"#{pos}")), s, hot, style, pos < prompt_length))
         views.append(
             ProbeView(

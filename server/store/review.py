@@ -49,6 +49,12 @@ def _comment(text: str | None) -> str | None:
     return text.strip()
 
 
+def _require_label(row: dict, incident_id: int) -> None:
+    """The one "no verdict, no resolve" rule, for the web app and the CLI alike (resolve and set_status)."""
+    if row["label"] is None:
+        raise ReviewError(f"incident {incident_id} has no label: label it before resolving")
+
+
 class ReviewActions(IncidentQueries):
     """Review actions; each returns the incident as it is after the action (through `get`)."""
 
@@ -144,8 +150,7 @@ class ReviewActions(IncidentQueries):
         """Close the review; the incident must carry a verdict first (it feeds precision and training)."""
 
         def decide(row: dict, now: str) -> dict:
-            if row["label"] is None:
-                raise ReviewError(f"incident {incident_id} has no label: label it before resolving")
+            _require_label(row, incident_id)
             return {"status": "resolved", "resolved_at": now}
 
         return self._act(incident_id, reviewer, "resolve", decide, comment=comment)
@@ -157,11 +162,14 @@ class ReviewActions(IncidentQueries):
         return self._act(incident_id, reviewer, "reopen", decide, comment=comment)
 
     def set_status(self, incident_id: int, status: str, note: str | None = None, reviewer: str = "cli") -> Incident:
-        """Set the review status directly (`probewatch incidents ack|resolve|reopen`), audited like the rest."""
+        """Set the review status directly, audited like the rest; resolving still needs a verdict.
+        (The CLI goes through `probewatch.server.review.actions.apply`, as the web app does.)"""
         if status not in STATUSES:
             raise ValueError(f"status {status!r} not one of {STATUSES}")
 
         def decide(row: dict, now: str) -> dict:
+            if status == "resolved":
+                _require_label(row, incident_id)
             updates: dict[str, Any] = {"status": status, "resolved_at": now if status == "resolved" else None}
             if note is not None:
                 updates["note"] = note

@@ -259,3 +259,49 @@ def test_labels_export_recalibrate_no_longer_flags_reviewed_false_positives(traf
         f"recalibrated {PROBE}: threshold -100 -> {threshold:.3f} (control alone: {result['threshold_from_control']:.3f}); "
         f"reviewed false positives flagged: 0/4; reviewed true positives still flagged: {len(alerted)}/4"
     )
+
+
+def test_the_fired_token_is_painted_above_in_a_real_browser(browser, serve_review, tmp_path):
+    """One token far above the threshold (issue 21: it used to be the palest blue): in Chromium its
+    computed background is the strongest "above" red, the token far below is blue, the legend says so.
+    Needs no model: the incident is written through the store API as the sidecar writes it."""
+    from probewatch.server.review.view import ABOVE_TO, BELOW_RGB
+    from probewatch.server.store import Incident
+
+    store = IncidentStore.open(tmp_path / "fired.sqlite3")
+    iid = store.record(
+        Incident(
+            generation_id="fired",
+            probe="dec",
+            behaviour="deception",
+            score=9.89,
+            threshold=-1.409,
+            model_fingerprint="pwfp1:" + "ab" * 16,
+            bundle_version="1",
+            aggregation="max",
+            token_scores=[[78, -1.409], [79, -7.2], [80, 9.89]],
+            response="a b c",
+            tokens=[[78, 1], [79, 2], [80, 3]],
+        )
+    )
+    url = serve_review(store, AuthConfig(local_reviewer="alice"))
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        page.goto(f"{url}/incidents/{iid}")
+        heatmap = page.locator('.heatmap[data-probe="dec"]')
+        background = "el => getComputedStyle(el).backgroundColor"
+        fired = heatmap.locator('.tok[data-pos="80"]')
+        assert "hot" in fired.get_attribute("class").split()
+        assert fired.evaluate(background) == f"rgb{ABOVE_TO}"  # the strongest "above" shade
+        assert fired.evaluate("el => getComputedStyle(el).color") == "rgb(255, 255, 255)"
+        at = heatmap.locator('.tok[data-pos="78"]')  # exactly at the threshold: still "above" (orange)
+        r, g, b = map(int, re.findall(r"\d+", at.evaluate(background))[:3])
+        assert "hot" in at.get_attribute("class").split() and r > g > b
+        low = heatmap.locator('.tok[data-pos="79"]').evaluate(background)
+        assert low.startswith(f"rgba({', '.join(map(str, BELOW_RGB))}, 0.55")  # far below: saturated blue
+        legend = page.locator("#heatmaps .legend")
+        assert "At or above" in legend.inner_text()
+        assert legend.locator(".swatch.above").evaluate(background) == f"rgb{ABOVE_TO}"
+    finally:
+        page.close()
+        store.close()

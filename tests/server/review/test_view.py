@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from probewatch.server.review.view import colour, colour_scale, token_texts
 
 
@@ -24,13 +26,16 @@ def test_token_texts_keep_multibyte_characters_whole():
 
 def test_colour_scale():
     assert colour(None, 1.0) == "" and colour(float("nan"), 1.0) == ""
-    assert colour(1.0, 1.0).startswith("background-color: rgba(220, 38, 38, 0.30)")  # at the threshold: red
-    assert colour(-5.0, 1.0, -6.0, 4.0).startswith("background-color: rgba(37, 99, 235")  # below: blue
-    assert colour(9.0, 1.0, -6.0, 4.0).startswith("background-color: rgba(220, 38, 38, 1.00)")  # saturated
+    assert colour(1.0, 1.0).startswith("background-color: rgb(")  # at the threshold: the "above" hue
+    assert colour(-5.0, 1.0).startswith("background-color: rgba(37, 99, 235")  # below: blue
+    assert colour(9.0, 1.0) == "background-color: rgb(153, 27, 27); color: #fff"  # saturated deep red
     # saturation at this generation's own extremes
-    assert colour_scale({1: 0.5, 2: 1.2, 3: -2.0}, 1.0) == (0.0, -3.0, 1.0)
+    assert colour_scale({1: 0.5, 2: 1.2, 3: -2.0}, 1.0) == (0.0, -3.0, pytest.approx(0.2))
     # a threshold far below every score: the reds span the flagged tokens' own range
-    offset, low, high = colour_scale({1: -0.3, 2: 1.5}, -100.0)
-    assert abs(offset - 99.7) < 1e-9 and abs(high - 1.8) < 1e-9
-    shades = [colour(s - offset, -100.0, low, high) for s in (-0.3, 1.5)]
-    assert "0.30)" in shades[0] and "1.00)" in shades[1]
+    scale = colour_scale({1: -0.3, 2: 1.5}, -100.0)
+    assert scale.floor == pytest.approx(99.7) and scale.high == pytest.approx(101.5)
+    shades = [colour(s, -100.0, scale) for s in (-0.3, 1.5)]
+    assert shades == [
+        "background-color: rgb(251, 146, 60); color: #1f2328",
+        "background-color: rgb(153, 27, 27); color: #fff",
+    ]

@@ -1,4 +1,4 @@
-"""The incident store and the review CLI (`probewatch incidents list|show|ack|resolve`)."""
+"""The incident store and the review CLI (`probewatch incidents list|show|ack|label|resolve`)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,9 @@ def test_incidents_cli(tmp_path, capsys):
     assert shown["token_scores"] == [[7, 0.5], [8, 2.5]] and shown["response"] == "a"
     assert main(["incidents", "ack", "1", "--db", str(db), "--note", "on it"]) == 0
     assert "incident 1: acknowledged" in capsys.readouterr().out
+    assert main(["incidents", "resolve", "1", "--db", str(db)]) == 2  # as in the review app: a verdict first
+    assert "incident 1 has no label: label it before resolving" in capsys.readouterr().err
+    assert main(["incidents", "label", "1", "--verdict", "true_positive", "--db", str(db)]) == 0
     assert main(["incidents", "resolve", "1", "--db", str(db)]) == 0
     capsys.readouterr()
     assert main(["incidents", "list", "--db", str(db), "--status", "resolved", "--json"]) == 0
