@@ -18,6 +18,15 @@ sidecar's RSS over each phase, rejected messages by gRPC code (the sidecar's cou
 the clients saw), dropped chunks, and whether every good generation got its summary (those cut
 by the kill are counted apart).
 
+With the attack mix (on unless `--no-attacks`; benchmarks/soak_attacks.py), misbehaving clients join
+at 30% of the duration: an anonymous Health.Watch flood, a tenant sending multi-MiB chunks open-loop,
+a tenant that never closes its generations and alerting generations closed with ReDoS text. The
+well-behaved streams' p99 latency before the attacks (calm) and under them is compared (the ratio),
+the sidecar runs with a byte budget for its scoring queue (`--queue-bytes`) and its RSS peak is
+reported against it. Then (unless `--no-http`) `probewatch run` on the reference model serves chat
+requests with oversize `metadata` / `user` fields beside plain ones: every one must come back
+monitored.
+
 This is a benchmark, not a test: it runs for `--duration` seconds and its figures depend on the
 machine.
 """
@@ -51,8 +60,30 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window", type=int, default=8, help="good chunks awaiting scores per stream (default 8)")
     parser.add_argument("--no-kill", action="store_true", help="skip the kill -9 / restart cycle")
     parser.add_argument(
+        "--attacks",
+        default="watch_flood,byte_heavy,never_close,redos",
+        help="the attack mix, comma-separated (default: all four; '' or --no-attacks: none)",
+    )
+    parser.add_argument("--no-attacks", action="store_true", help="no attack mix")
+    parser.add_argument("--attack-at", type=float, default=0.3, help="when the attacks start (share of --duration)")
+    parser.add_argument("--attack-chunk-mb", type=float, default=8.0, help="chunk size of the byte-heavy tenant")
+    parser.add_argument("--watch-flood", type=int, default=48, help="anonymous Health.Watch streams attempted")
+    parser.add_argument(
+        "--queue-bytes", default="256Mi", type=_checked_size, help="the sidecar's scoring-queue byte budget (256Mi)"
+    )
+    parser.add_argument("--no-http", action="store_true", help="skip the oversize-metadata phase via probewatch run")
+    parser.add_argument("--http-requests", type=int, default=6, help="requests of each kind in the HTTP phase")
+    parser.add_argument(
         "--out", type=Path, default=Path("runs/soak"), help="report.json and soak.png (default runs/soak)"
     )
+
+
+def _checked_size(text: str) -> str:
+    """--queue-bytes as typed (it is passed on to `probewatch serve`), refused here if it is no size."""
+    from probewatch.arguments import byte_size
+
+    byte_size(text)
+    return text
 
 
 def main(args: argparse.Namespace) -> int:
@@ -63,13 +94,24 @@ def main(args: argparse.Namespace) -> int:
 
     if args.streams < 1 or args.duration <= 0 or not 0 <= args.bad_fraction < 1 or args.window < 1:
         raise ProbewatchError("soak: --streams, --duration and --window must be positive, 0 <= --bad-fraction < 1")
+    if not 0 < args.attack_at < 0.6:
+        raise ProbewatchError("soak: --attack-at must be in (0, 0.6): calm first, the kill inside the attacks")
     with tempfile.TemporaryDirectory(prefix="probewatch-soak-") as tmp_name:
         soak = _Soak(args, Path(tmp_name))
         soak.run()
+        http = None if args.no_http else _http_phase(args, Path(tmp_name))
     result = _result(args, soak, command_line("soak"))
+    result["http_oversize_metadata"] = http
     _plot(args.out / "soak.png", soak.latencies(), soak.rss, soak.kill_info)
     emit(result, args.json, _lines(args, result), report=args.out / "report.json")
-    return 0 if not soak.totals.missing else 1
+    failed = soak.totals.missing or (http is not None and http["unmonitored"])
+    return 1 if failed else 0
+
+
+def _http_phase(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from probewatch.benchmarks.soak_http import oversize_metadata_phase
+
+    return oversize_metadata_phase(args.model, tmp / "http", args.http_requests)
 
 
 def _bundles(out: Path, d_model: int) -> list[Path]:
@@ -115,8 +157,19 @@ class _Soak:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         self.db = tmp / "incidents.sqlite3"
+        import secrets
+
+        # two tenants: the well-behaved streams and the attackers (per-client limits tell them apart)
+        self.good_token, self.attack_token = secrets.token_hex(16), secrets.token_hex(16)
+        tokens = tmp / "tokens"
+        tokens.write_text(f"{self.good_token}\n{self.attack_token}\n")
+        tokens.chmod(0o600)
         self.serve_args = ["--fingerprint", FINGERPRINT, "--port", str(port), "--metrics-port", "0"]
         self.serve_args += ["--incident-db", str(self.db), "--bundles", *map(str, bundles)]
+        self.serve_args += ["--auth-token-file", str(tokens), "--queue-bytes", args.queue_bytes]
+        # a table of 2048 open generations: the hoarding tenant reaches its quarter (512) within seconds
+        self.serve_args += ["--max-open-generations", "2048"]
+        self.attacks: dict[str, Any] | None = None  # what the attack process reports
         self.totals = Totals()
         self.rss: list[tuple[float, float, int]] = []  # (t, MB, phase)
         self.phase: dict[str, Any] = {"n": 1}
@@ -139,29 +192,86 @@ class _Soak:
         args = self.args
         self.sidecar = self._start(1)
         try:
-            self.target = Target(self.sidecar.address)
-            self.t0 = time.monotonic()
+            self.target = Target(self.sidecar.address, self.good_token)
+            self.t0, self.p0 = time.monotonic(), time.perf_counter()
             deadline = self.t0 + args.duration
             workers = [StreamWorker(i, self.target, args, deadline, self.totals, self.hot) for i in range(args.streams)]
             for w in workers:
                 w.start()
+            attackers = self._attackers()
             time.sleep(self._warm_up_s())  # before the first RSS sample
             self.phase["rss_start"] = self.sidecar.rss_mb()
             self._watch(deadline)
             for w in workers:
                 w.join(60)
             self.elapsed = time.monotonic() - self.t0
+            self._attack_report(attackers)
             self.metrics_end = _scrape(self.sidecar.metrics_port)
             self.rss_end = self.sidecar.rss_mb()
         finally:
             self.sidecar.stop()
+
+    def _attackers(self):
+        """The attack mix in its own process (see soak_attacks), or None."""
+        import subprocess
+
+        import numpy as np
+
+        args = self.args
+        if args.no_attacks or not args.attacks:
+            return None
+        hot = self.tmp / "hot.npy"
+        np.save(hot, self.hot[1])
+        command = [sys.executable, "-m", "probewatch.benchmarks.soak_attacks", "--address", self.target.address]
+        command += ["--token", self.attack_token, "--d-model", str(args.d_model), "--hot", str(hot)]
+        command += ["--start-in", str(args.attack_at * args.duration - (time.monotonic() - self.t0))]
+        command += ["--until", str(args.duration - (time.monotonic() - self.t0)), "--attacks", args.attacks]
+        command += ["--chunk-mb", str(args.attack_chunk_mb), "--watch-streams", str(args.watch_flood)]
+        return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+
+    def _attack_report(self, proc) -> None:
+        import json
+
+        if proc is None:
+            return
+        out, _ = proc.communicate(timeout=60)
+        lines = out.strip().splitlines()
+        self.attacks = json.loads(lines[-1]) if proc.returncode == 0 and lines else {"error": proc.returncode}
+
+    def _kill_at(self) -> float | None:
+        """Halfway; with attacks, halfway through them (so the kill happens under attack)."""
+        args = self.args
+        if args.no_kill:
+            return None
+        share = 0.5 if args.no_attacks or not args.attacks else (1 + args.attack_at) / 2
+        return self.t0 + share * args.duration
+
+    def latency_phases(self) -> dict[str, list[float]]:
+        """The well-behaved streams' latencies (sorted) by when their chunk was sent: `calm` (after the
+        warm-up, before the attacks) and `attack` (under attack, less the restarted process's warm-up)."""
+        warm = self._warm_up_s()
+        calm_only = self.args.no_attacks or not self.args.attacks
+        attack_at = self.args.duration * (1.0 if calm_only else self.args.attack_at)
+        # the kill's own window (from 1 s before it to the restarted process's warm-up) counts in neither
+        gap = (float("inf"), float("inf"))
+        if self.kill_info:
+            killed = float(self.kill_info["killed_at_s"])
+            gap = (killed - 1.0, killed + float(self.kill_info["restart_s"]) + warm)
+        phases: dict[str, list[float]] = {"calm": [], "attack": []}
+        for sent, latency in zip(self.totals.sent_at, self.totals.latencies):
+            t = sent - self.p0
+            if warm <= t < attack_at:
+                phases["calm"].append(latency)
+            elif t >= attack_at and not gap[0] <= t < gap[1]:
+                phases["attack"].append(latency)
+        return {k: sorted(v) for k, v in phases.items()}
 
     def _watch(self, deadline: float) -> None:
         """Until the deadline: sample the RSS every 0.5 s, and kill / restart the sidecar halfway."""
         from tqdm.auto import tqdm
 
         args = self.args
-        kill_at = None if args.no_kill else self.t0 + args.duration / 2
+        kill_at = self._kill_at()
         with tqdm(total=int(args.duration), desc="soak", unit="s", file=sys.stderr) as bar:
             while time.monotonic() < deadline:
                 time.sleep(0.5)
@@ -292,7 +402,44 @@ def _result(args: argparse.Namespace, soak: _Soak, command: str) -> dict[str, An
         },
         "reconnects": totals.reconnects,
         "kill_restart": soak.kill_info or None,
+        **_attack_result(args, soak),
     }
+
+
+def _attack_result(args: argparse.Namespace, soak: _Soak) -> dict[str, Any]:
+    """What the attack mix cost the well-behaved streams, and the verdicts the issue asks for."""
+    from probewatch.benchmarks.harness import percentile_ms
+
+    phases = soak.latency_phases()
+    p99 = {k: percentile_ms(v, 0.99) for k, v in phases.items()}
+    ratio = round(p99["attack"] / p99["calm"], 2) if p99["calm"] and p99["attack"] is not None else None
+    budget_mb = _byte_size_mb(args.queue_bytes)
+    rss = soak.rss_report()
+    start = rss.get("phase1_start", rss.get("start", float("nan")))
+    kill = soak.kill_info
+    return {
+        "attacks": soak.attacks,
+        "latency_by_phase_ms": {
+            k: {"p50": percentile_ms(v, 0.5), "p99": p99[k], "n": len(v)} for k, v in phases.items()
+        },
+        "p99_attack_over_calm": ratio,
+        "queue_byte_budget_mb": budget_mb,
+        "rss_peak_growth_mb": round(rss["peak"] - start, 1),
+        "verdicts": {
+            "p99_ratio_at_most_1.5": ratio is not None and ratio <= 1.5,
+            "rss_growth_under_byte_budget": rss["peak"] - start <= budget_mb,
+            "well_behaved_unmonitored": len(soak.totals.missing),
+            "early_alerts_lost_across_kill": (
+                kill["early_alerts_received_before_kill"] - kill["their_incident_rows_after_restart"] if kill else None
+            ),
+        },
+    }
+
+
+def _byte_size_mb(text: str) -> float:
+    from probewatch.arguments import byte_size
+
+    return round(byte_size(text) / (1 << 20), 1)
 
 
 def _lines(args: argparse.Namespace, result: dict[str, Any]) -> list[str]:
@@ -307,6 +454,12 @@ def _lines(args: argparse.Namespace, result: dict[str, Any]) -> list[str]:
         f"  rejected {json.dumps(result['rejected_by_code'])}; dropped {json.dumps(result['dropped_by_reason'])}",
         f"  generations {json.dumps(result['generations'])}",
         f"  kill -9 / restart {json.dumps(kill)}" if kill else "  (no kill cycle)",
+        f"  well-behaved latency by phase {json.dumps(result['latency_by_phase_ms'])}; "
+        f"p99 attack/calm {result['p99_attack_over_calm']}",
+        f"  attacks {json.dumps(result['attacks'])}",
+        f"  RSS peak growth {result['rss_peak_growth_mb']} MB; queue byte budget {result['queue_byte_budget_mb']} MB",
+        f"  HTTP oversize metadata {json.dumps(result['http_oversize_metadata'])}",
+        f"  verdicts {json.dumps(result['verdicts'])}",
         f"  report {args.out / 'report.json'}, plot {args.out / 'soak.png'}",
     ]
 

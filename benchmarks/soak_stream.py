@@ -27,6 +27,7 @@ class Totals:
     bad_kinds: Counter = field(default_factory=Counter)
     client_errors: Counter = field(default_factory=Counter)  # Error responses by code
     latencies: list[float] = field(default_factory=list)
+    sent_at: list[float] = field(default_factory=list)  # perf_counter at each latency's send, same order
     good_generations: int = 0
     summaries: Counter = field(default_factory=Counter)  # by status
     missing: list[str] = field(default_factory=list)  # good generations closed without a summary
@@ -37,10 +38,12 @@ class Totals:
 
 
 class Target:
-    """Where the sidecar is, and whether it is up (the kill cycle flips it)."""
+    """Where the sidecar is, the token the well-behaved streams send, and whether it is up (the kill
+    cycle flips it)."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, token: str | None = None) -> None:
         self.address = address
+        self.token = token
         self.generation = 0  # bumped at each kill: streams of an older generation are dead
         self.killed_at: float | None = None
 
@@ -109,7 +112,7 @@ class Session:
     window counts both, so a stream never has more than `window` good chunks queued or in flight.
     `closed`: good generations whose Close was sent -> summary seen."""
 
-    def __init__(self, channel: Any, totals: Totals) -> None:
+    def __init__(self, channel: Any, totals: Totals, token: str | None = None) -> None:
         import queue
 
         from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
@@ -125,7 +128,8 @@ class Session:
             request_serializer=lambda b: b,
             response_deserializer=pb.MonitorResponse.FromString,
         )
-        self.call = method(self._requests())
+        metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self.call = method(self._requests(), metadata=metadata)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -161,8 +165,10 @@ class Session:
             with self.cv:
                 sent = [self.pending.pop((u.generation_id, u.layer, int(p)), None) for p in u.positions]
                 self.cv.notify_all()
-            with self.totals.lock:  # (None: the update came before the send was stamped)
-                self.totals.latencies.extend(now - s for s in sent if s is not None)
+            stamped = [s for s in sent if s is not None]  # (None: the update came before the send was stamped)
+            with self.totals.lock:
+                self.totals.latencies.extend(now - s for s in stamped)
+                self.totals.sent_at.extend(stamped)
         elif which == "error":
             with self.totals.lock:
                 self.totals.client_errors[response.error.code_name] += 1
@@ -255,7 +261,7 @@ class StreamWorker(threading.Thread):
             channel.close()
             return
         try:
-            session = Session(channel, self.totals)
+            session = Session(channel, self.totals, self.target.token)
             try:
                 while self._live(session, generation) and self._generation(session, generation):
                     pass
