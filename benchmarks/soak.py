@@ -71,6 +71,12 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queue-bytes", default="256Mi", type=_checked_size, help="the sidecar's scoring-queue byte budget (256Mi)"
     )
+    parser.add_argument(
+        "--client-mb-per-s",
+        type=float,
+        default=32.0,
+        help="the sidecar's --max-client-mb-per-s (default 32; the well-behaved streams send well under it)",
+    )
     parser.add_argument("--no-http", action="store_true", help="skip the oversize-metadata phase via probewatch run")
     parser.add_argument("--http-requests", type=int, default=6, help="requests of each kind in the HTTP phase")
     parser.add_argument(
@@ -100,10 +106,12 @@ def main(args: argparse.Namespace) -> int:
         soak = _Soak(args, Path(tmp_name))
         soak.run()
         http = None if args.no_http else _http_phase(args, Path(tmp_name))
-    result = _result(args, soak, command_line("soak"))
+    from probewatch.benchmarks.soak_report import lines, plot, result_of
+
+    result = result_of(args, soak, command_line("soak"))
     result["http_oversize_metadata"] = http
-    _plot(args.out / "soak.png", soak.latencies(), soak.rss, soak.kill_info)
-    emit(result, args.json, _lines(args, result), report=args.out / "report.json")
+    plot(args.out / "soak.png", soak.latencies(), soak.rss, soak.kill_info)
+    emit(result, args.json, lines(args, result), report=args.out / "report.json")
     failed = soak.totals.missing or (http is not None and http["unmonitored"])
     return 1 if failed else 0
 
@@ -159,16 +167,17 @@ class _Soak:
         self.db = tmp / "incidents.sqlite3"
         import secrets
 
-        # two tenants: the well-behaved streams and the attackers (per-client limits tell them apart)
-        self.good_token, self.attack_token = secrets.token_hex(16), secrets.token_hex(16)
+        # tenants: the well-behaved streams and the attackers (per-client limits tell them apart)
+        # the hoarding tenant has a token of its own: its full share must not starve the ReDoS tenant's opens
+        self.good_token, self.attack_token, self.hoard_token = (secrets.token_hex(16) for _ in range(3))
         tokens = tmp / "tokens"
-        tokens.write_text(f"{self.good_token}\n{self.attack_token}\n")
+        tokens.write_text(f"{self.good_token}\n{self.attack_token}\n{self.hoard_token}\n")
         tokens.chmod(0o600)
         self.serve_args = ["--fingerprint", FINGERPRINT, "--port", str(port), "--metrics-port", "0"]
         self.serve_args += ["--incident-db", str(self.db), "--bundles", *map(str, bundles)]
         self.serve_args += ["--auth-token-file", str(tokens), "--queue-bytes", args.queue_bytes]
         # a table of 2048 open generations: the hoarding tenant reaches its quarter (512) within seconds
-        self.serve_args += ["--max-open-generations", "2048"]
+        self.serve_args += ["--max-open-generations", "2048", "--max-client-mb-per-s", str(args.client_mb_per_s)]
         self.attacks: dict[str, Any] | None = None  # what the attack process reports
         self.totals = Totals()
         self.rss: list[tuple[float, float, int]] = []  # (t, MB, phase)
@@ -222,8 +231,18 @@ class _Soak:
             return None
         hot = self.tmp / "hot.npy"
         np.save(hot, self.hot[1])
-        command = [sys.executable, "-m", "probewatch.benchmarks.soak_attacks", "--address", self.target.address]
-        command += ["--token", self.attack_token, "--d-model", str(args.d_model), "--hot", str(hot)]
+        command = ["nice", "-n", "19", sys.executable, "-m", "probewatch.benchmarks.soak_attacks"]
+        command += ["--address", self.target.address]
+        command += [
+            "--token",
+            self.attack_token,
+            "--hoard-token",
+            self.hoard_token,
+            "--d-model",
+            str(args.d_model),
+            "--hot",
+            str(hot),
+        ]
         command += ["--start-in", str(args.attack_at * args.duration - (time.monotonic() - self.t0))]
         command += ["--until", str(args.duration - (time.monotonic() - self.t0)), "--attacks", args.attacks]
         command += ["--chunk-mb", str(args.attack_chunk_mb), "--watch-streams", str(args.watch_flood)]
@@ -366,128 +385,3 @@ def _incident_exists(store: Any, incident_id: int) -> bool:
         return True
     except IncidentNotFoundError:
         return False
-
-
-def _result(args: argparse.Namespace, soak: _Soak, command: str) -> dict[str, Any]:
-    from probewatch.benchmarks.harness import percentile_ms
-
-    totals, lat = soak.totals, soak.latencies()
-    messages = sum(totals.sent.values())
-    return {
-        "benchmark": "soak",
-        "command": command,
-        "streams": args.streams,
-        "duration_s": round(soak.elapsed, 1),
-        "bad_fraction": args.bad_fraction,
-        "rows_per_chunk": args.rows,
-        "d_model": args.d_model,
-        "window": args.window,
-        "messages_sent": messages,
-        "messages_per_s": round(messages / soak.elapsed, 1),
-        "good_messages": totals.sent["good"],
-        "bad_messages": totals.sent["bad"],
-        "bad_by_kind": dict(sorted(totals.bad_kinds.items())),
-        "latency_ms": {"p50": percentile_ms(lat, 0.5), "p99": percentile_ms(lat, 0.99), "n": len(lat)},
-        "sidecar_rss_mb": soak.rss_report(),
-        "rejected_by_code": soak.counters("rejected"),
-        "client_errors_by_code": dict(sorted(totals.client_errors.items())),
-        "dropped_by_reason": soak.counters("dropped"),
-        "internal_errors": soak.counters("internal"),
-        "generations": {
-            "good_closed": totals.good_generations,
-            "summaries": dict(totals.summaries),
-            "missing_summary": len(totals.missing),
-            "cut_by_kill": totals.cut_by_kill,
-            "every_good_generation_got_a_summary": not totals.missing,
-        },
-        "reconnects": totals.reconnects,
-        "kill_restart": soak.kill_info or None,
-        **_attack_result(args, soak),
-    }
-
-
-def _attack_result(args: argparse.Namespace, soak: _Soak) -> dict[str, Any]:
-    """What the attack mix cost the well-behaved streams, and the verdicts the issue asks for."""
-    from probewatch.benchmarks.harness import percentile_ms
-
-    phases = soak.latency_phases()
-    p99 = {k: percentile_ms(v, 0.99) for k, v in phases.items()}
-    ratio = round(p99["attack"] / p99["calm"], 2) if p99["calm"] and p99["attack"] is not None else None
-    budget_mb = _byte_size_mb(args.queue_bytes)
-    rss = soak.rss_report()
-    start = rss.get("phase1_start", rss.get("start", float("nan")))
-    kill = soak.kill_info
-    return {
-        "attacks": soak.attacks,
-        "latency_by_phase_ms": {
-            k: {"p50": percentile_ms(v, 0.5), "p99": p99[k], "n": len(v)} for k, v in phases.items()
-        },
-        "p99_attack_over_calm": ratio,
-        "queue_byte_budget_mb": budget_mb,
-        "rss_peak_growth_mb": round(rss["peak"] - start, 1),
-        "verdicts": {
-            "p99_ratio_at_most_1.5": ratio is not None and ratio <= 1.5,
-            "rss_growth_under_byte_budget": rss["peak"] - start <= budget_mb,
-            "well_behaved_unmonitored": len(soak.totals.missing),
-            "early_alerts_lost_across_kill": (
-                kill["early_alerts_received_before_kill"] - kill["their_incident_rows_after_restart"] if kill else None
-            ),
-        },
-    }
-
-
-def _byte_size_mb(text: str) -> float:
-    from probewatch.arguments import byte_size
-
-    return round(byte_size(text) / (1 << 20), 1)
-
-
-def _lines(args: argparse.Namespace, result: dict[str, Any]) -> list[str]:
-    import json
-
-    lat, kill = result["latency_ms"], result["kill_restart"]
-    return [
-        f"soak: {args.streams} streams, {result['duration_s']:.0f}s, {result['messages_sent']} messages "
-        f"({result['messages_per_s']}/s), {result['bad_messages']} bad",
-        f"  send->score latency p50 {lat['p50']} ms, p99 {lat['p99']} ms over {lat['n']} chunks",
-        f"  sidecar RSS {json.dumps(result['sidecar_rss_mb'])}",
-        f"  rejected {json.dumps(result['rejected_by_code'])}; dropped {json.dumps(result['dropped_by_reason'])}",
-        f"  generations {json.dumps(result['generations'])}",
-        f"  kill -9 / restart {json.dumps(kill)}" if kill else "  (no kill cycle)",
-        f"  well-behaved latency by phase {json.dumps(result['latency_by_phase_ms'])}; "
-        f"p99 attack/calm {result['p99_attack_over_calm']}",
-        f"  attacks {json.dumps(result['attacks'])}",
-        f"  RSS peak growth {result['rss_peak_growth_mb']} MB; queue byte budget {result['queue_byte_budget_mb']} MB",
-        f"  HTTP oversize metadata {json.dumps(result['http_oversize_metadata'])}",
-        f"  verdicts {json.dumps(result['verdicts'])}",
-        f"  report {args.out / 'report.json'}, plot {args.out / 'soak.png'}",
-    ]
-
-
-def _plot(path: Path, latencies: list[float], rss: list[tuple[float, float, int]], kill: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    if latencies:
-        a.hist([1000 * x for x in latencies], bins=60, color="#4472c4")
-        a.set_yscale("log")
-    a.set_xlabel("send -> score latency (ms)")
-    a.set_ylabel("chunks")
-    a.set_title("latency")
-    for phase, colour in ((1, "#4472c4"), (2, "#ed7d31")):
-        points = [(t, r) for t, r, p in rss if p == phase]
-        if points:
-            b.plot(*zip(*points), color=colour, label=f"sidecar process {phase}")
-    if kill:
-        b.axvline(kill["killed_at_s"], color="red", linestyle="--", label="kill -9")
-    b.set_xlabel("time (s)")
-    b.set_ylabel("RSS (MB)")
-    b.set_title("sidecar memory")
-    b.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -261,6 +261,7 @@ def run_attacks(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m probewatch.benchmarks.soak_attacks")
     p.add_argument("--address", required=True)
     p.add_argument("--token", required=True)
+    p.add_argument("--hoard-token", default=None, help="never_close's own token (default: --token)")
     p.add_argument("--start-in", type=float, required=True)
     p.add_argument("--until", type=float, required=True)
     p.add_argument("--d-model", type=int, required=True)
@@ -276,7 +277,7 @@ def run_attacks(argv: list[str] | None = None) -> dict[str, Any]:
         Attacker(
             name,
             args.address,
-            args.token,
+            args.hoard_token if name == "never_close" and args.hoard_token else args.token,
             totals,
             now + args.start_in,
             now + args.until,

@@ -93,8 +93,15 @@ def decode_tensor(msg: pb.Tensor, what: str = "payload") -> np.ndarray:
     return flat.reshape(shape)
 
 
-def decode_rows(msg: pb.Tensor, n_rows: int, n_cols: int, what: str) -> np.ndarray:
-    """A [n_rows, n_cols] block of finite values, or CodecError naming the problem."""
+def decode_rows(
+    msg: pb.Tensor, n_rows: int, n_cols: int, what: str, max_abs: float = math.inf, limit: str = ""
+) -> np.ndarray:
+    """A [n_rows, n_cols] block of finite values within ±max_abs, or CodecError naming the problem
+    (`limit`: the setting to name when the bound is exceeded).
+
+    The check is two reductions (min and max; NaN propagates through both) with no temporary array:
+    on multi-MiB chunks it is a large share of a stream reader's time, so only a failing block pays
+    for the row-by-row diagnosis."""
     if len(msg.shape) != 2:
         raise invalid(f"{what}: payload must be 2-D [n_positions, width], got shape {list(msg.shape)}")
     array = decode_tensor(msg, what)
@@ -102,10 +109,19 @@ def decode_rows(msg: pb.Tensor, n_rows: int, n_cols: int, what: str) -> np.ndarr
         raise invalid(f"{what}: payload has {array.shape[0]} rows but {n_rows} positions")
     if array.shape[1] != n_cols:
         raise invalid(f"{what}: payload width {array.shape[1]} != expected {n_cols}")
-    finite = np.isfinite(array)
-    if not finite.all():
-        bad_rows = np.flatnonzero(~finite.all(axis=1))
+    if not array.size:
+        return array
+    lo, hi = float(array.min()), float(array.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        bad_rows = np.flatnonzero(~np.isfinite(array).all(axis=1))
         raise invalid(f"{what}: {len(bad_rows)} row(s) contain NaN or Inf (first at row {int(bad_rows[0])})")
+    peak = max(-lo, hi)
+    if peak > max_abs:
+        row = int(np.flatnonzero(np.abs(array).max(axis=1) > max_abs)[0])
+        raise invalid(
+            f"{what}: values up to {peak:.3g} (first at row {row}) exceed ±{max_abs:g} ({limit}); "
+            "activations that large cannot be scored reliably"
+        )
     return array
 
 

@@ -68,15 +68,17 @@ def refusal(metrics: ClientMetrics, reason: str, n: int, detail: str = "") -> Un
     return UnmonitoredGenerationRefused(reason, detail)
 
 
-def check_settled(handles: list[GenerationHandle], metrics: ClientMetrics) -> None:
-    """`reject` during a generation: refuse it (stop now) once one of its sequences is known unmonitored
-    (its Open refused, its stream lost), instead of generating the rest for nothing."""
+def check_settled(handles: list[GenerationHandle], metrics: ClientMetrics) -> UnmonitoredGenerationRefused | None:
+    """`reject` during a generation: the refusal (counted now; the caller raises it and keeps it, so it
+    is counted once per call) once one of its sequences is known unmonitored (its Open refused, its
+    stream lost), instead of generating the rest for nothing; None while all may still be monitored."""
     for h in handles:
         if h.done:
             r = h.result(0)
             if not r.monitored:
                 reason = result_code(r.status, r.code) or r.status
-                raise refusal(metrics, reason, len(handles), f"generation {h.id}: {r.reason or r.status}")
+                return refusal(metrics, reason, len(handles), f"generation {h.id}: {r.reason or r.status}")
+    return None
 
 
 def require_monitored(handles: list[GenerationHandle], metrics: ClientMetrics, timeout_s: float) -> None:

@@ -10,9 +10,10 @@ unbounded memory here. It is bounded twice: in items (`queue_size`) and in tenso
 being scored (`queue_bytes`, server/sidecar/work.py `ByteBudget`); a chunk that does not fit the
 bytes is refused at once (RESOURCE_EXHAUSTED, `dropped_chunks_total{reason="queue_bytes"}`).
 
-Ordering: stream readers enqueue in arrival order and the worker applies results in queue order,
-so a generation's chunks, its Close and its stream's end are processed in the order they came
-(aggregators are order-sensitive). Scoring itself is stateless, so a whole drained batch is
+Ordering and fairness: the queue (`fair_queue.py`) is first-in first-out per client and serves
+clients by deficit round robin on bytes, so a generation's chunks, its Close and its stream's end
+are processed in the order they came (aggregators are order-sensitive) while a client sending
+multi-MiB chunks cannot make every other client's small chunks wait behind its own. Scoring itself is stateless, so a whole drained batch is
 scored first and then applied item by item.
 
 Around it: `generations.py` (the registry of open generations and its limits), `alerts.py`
@@ -43,6 +44,7 @@ from probewatch.probes.selection import selection_mask
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.server.sidecar.alerts import AlertDesk
 from probewatch.server.sidecar.errors import InvalidInput, Overloaded, Refused, ScoringFailed, TimedOut
+from probewatch.server.sidecar.fair_queue import FairQueue
 from probewatch.server.sidecar.generations import Generation, GenerationLimits, GenerationRegistry
 from probewatch.server.sidecar.incident_queue import DEFAULT_INCIDENT_QUEUE, IncidentQueue
 from probewatch.server.sidecar.memory import QUEUE_BYTES_UNLIMITED
@@ -50,7 +52,16 @@ from probewatch.server.sidecar.metrics import SidecarMetrics
 from probewatch.server.sidecar.specs import ProbeSpec
 from probewatch.server.sidecar.streams import StreamState
 from probewatch.server.sidecar.updates import PendingUpdate
-from probewatch.server.sidecar.work import ByteBudget, ChunkWork, CloseWork, EndWork, ScoreWork, SequenceResult, nbytes
+from probewatch.server.sidecar.work import (
+    ByteBudget,
+    ChunkWork,
+    CloseWork,
+    EndWork,
+    ScoreWork,
+    SequenceResult,
+    client_of,
+    nbytes,
+)
 from probewatch.server.store import IncidentStore
 from probewatch.server.store.privacy import TextPolicy
 
@@ -93,7 +104,7 @@ class ScoringEngine:
         self.max_batch_rows = max_batch_rows
         self.put_timeout_s = put_timeout_s
         self.keep_token_scores = keep_token_scores
-        self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._queue = FairQueue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self._release = threading.Event()
         self._release.set()
@@ -127,7 +138,7 @@ class ScoringEngine:
     def stop(self, timeout_s: float = 10.0) -> None:
         """Score what is queued, then stop the worker; then write every queued incident."""
         if self._thread is not None:
-            self._queue.put(_STOP)
+            self._queue.put(_STOP, "")
             self._thread.join(timeout_s)
             self._thread = None
         self.writer.stop(3 * timeout_s)
@@ -177,7 +188,7 @@ class ScoringEngine:
                 reason="queue_bytes",
             )
         try:
-            self._queue.put(work, timeout=self.put_timeout_s)
+            self._queue.put(work, client_of(work), size, timeout=self.put_timeout_s)
             return None
         except queue.Full:
             self.budget.release(size)
@@ -201,7 +212,7 @@ class ScoringEngine:
                 reason="queue_bytes",
             )
         try:
-            self._queue.put(work, timeout=self.put_timeout_s)
+            self._queue.put(work, client_of(work), work.nbytes, timeout=self.put_timeout_s)
         except queue.Full:
             self.budget.release(work.nbytes)
             raise Overloaded(
@@ -217,7 +228,7 @@ class ScoringEngine:
         """Closes and stream ends are never dropped (they carry or finalise recorded state)."""
         if isinstance(work, CloseWork):
             work.generation.closing = True
-        self._queue.put(work)
+        self._queue.put(work, client_of(work))
 
     # -- worker -------------------------------------------------------------------------------------
     def _run(self) -> None:

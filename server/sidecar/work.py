@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from probewatch.server.sidecar.generations import Generation
+from probewatch.server.sidecar.generations import Generation, client_identity
 from probewatch.server.sidecar.specs import ProbeSpec
 from probewatch.server.sidecar.streams import StreamState
 
-__all__ = ["ByteBudget", "ChunkWork", "CloseWork", "EndWork", "ScoreWork", "SequenceResult", "nbytes"]
+__all__ = ["ByteBudget", "ChunkWork", "CloseWork", "EndWork", "ScoreWork", "SequenceResult", "client_of", "nbytes"]
 
 
 @dataclass
@@ -84,6 +84,16 @@ class SequenceResult:
 def nbytes(item: object) -> int:
     """Bytes a queue item counts against the budget (control items: none)."""
     return item.nbytes if isinstance(item, (ChunkWork, ScoreWork)) else 0
+
+
+def client_of(item: object) -> str:
+    """Whose turn an item is served in (fair_queue.py): the client that opened its generation, the
+    stream's client for a stream end; unary Score calls share one key."""
+    if isinstance(item, (ChunkWork, CloseWork)):
+        return item.generation.client
+    if isinstance(item, EndWork):
+        return client_identity(item.stream.peer, item.stream.token)
+    return "unary"
 
 
 class ByteBudget:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from probewatch.server.client.hf_attach import UnmonitoredGenerationRefused, attach
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.compat
 
@@ -95,8 +96,13 @@ def test_reject_refuses_a_generation_whose_open_the_sidecar_refused(tiny_model, 
         with pytest.raises(UnmonitoredGenerationRefused) as info:
             _generate(tiny_model, n=3, generation_ids=["r1", "r2"])  # reused ids: Opens refused
         assert info.value.reason == "rejected"
-        assert _sample(monitor, "probewatch_client_unmonitored_generations_total", reason="rejected") == 2
-        assert _sample(monitor, "probewatch_client_refused_generations_total", reason="rejected") == 2
+        # the refusal is raised at the first refused Open; the other's refusal may still be on its way
+        wait_until(
+            lambda: _sample(monitor, "probewatch_client_unmonitored_generations_total", reason="rejected") == 2,
+            10,
+            "both refused Opens counted",
+        )
+        assert _sample(monitor, "probewatch_client_refused_generations_total", reason="rejected") == 2  # once
     finally:
         monitor.detach()
 
