@@ -3,8 +3,11 @@
 Fills a fresh store with `--incidents` incidents (default 10,000) written through the store API
 exactly as sidecars write them (4 probes, a response of ~400 characters, 64 scored tokens and every
 probe's scores per generation), starts the review app on loopback and times real HTTP requests
-(median, p95, max over `--repeats`): the queue (first page, a filtered page, a page deep in the
-queue, the JSON API), an incident page and /metrics. The issue's budget: the queue answers in
+(median, p95, max over `--repeats`): the queue by generation (first page, a filtered page, a page
+deep in the queue, sorted by margin, a text search, "assigned to me", the grouped and the
+per-incident JSON APIs), a generation page, an incident page, /metrics, a filtered export, and the
+review posts: "save & next" (verdict for every probe + resolve + the next generation, one post per
+generation) and a bulk label + resolve of 50 generations. The issue's budget: the queue answers in
 under 300 ms with 10,000 incidents. Results go to `--out` (JSON) with a bar chart next to it.
 
 A benchmark, not a test: it writes thousands of rows and times them on a possibly busy machine.
@@ -155,6 +158,51 @@ def _time(client, path: str, repeats: int) -> dict:
     }
 
 
+def _time_posts(client, posts: list[tuple[str, dict]]) -> dict:
+    """Each (path, form) posted once (a review changes the store: every sample is another generation)."""
+    samples = []
+    for path, form in posts:
+        t0 = time.perf_counter()
+        response = client.post(path, data=form)
+        samples.append((time.perf_counter() - t0) * 1000)
+        if response.status_code != 303 or "error=" in response.headers.get("location", ""):
+            raise RuntimeError(f"POST {path}: {response.status_code} {response.headers.get('location', '')[:200]}")
+    samples.sort()
+    return {
+        "path": f"POST {posts[0][0]} (x{len(posts)})",
+        "median_ms": statistics.median(samples),
+        "p95_ms": samples[min(len(samples) - 1, math.ceil(0.95 * len(samples)) - 1)],
+        "max_ms": samples[-1],
+        "bytes": 0,
+    }
+
+
+def _review_posts(client, repeats: int) -> dict[str, dict]:
+    """ "save & next" on `repeats` unresolved generations, then bulk label + resolve of 50, three times."""
+    import re
+
+    rows = client.get("/api/generations", params={"status": "open", "per_page": repeats + 150}).json()["rows"]
+    gens = [r["generation_id"] for r in rows]
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', client.get(f"/generations/{gens[0]}").text)
+    if found is None:
+        raise RuntimeError("the generation page carries no CSRF token")
+    csrf = found.group(1)
+    queue = "status=open"
+    save_next = [
+        (f"/generations/{g}", {"csrf": csrf, "label_all": "false_positive", "do": "next", "queue": queue})
+        for g in gens[:repeats]
+    ]
+    rest = gens[repeats:]
+    bulk = [
+        ("/bulk", {"csrf": csrf, "generation": rest[k * 50 : (k + 1) * 50], "label": "true_positive", "resolve": "1"})
+        for k in range(min(3, len(rest) // 50))
+    ]
+    out = {"save & next (POST, every probe)": _time_posts(client, save_next)}
+    if bulk:
+        out["bulk label + resolve 50 (POST)"] = _time_posts(client, bulk)
+    return out
+
+
 def _plot(result: dict, out: Path) -> Path:
     import matplotlib
 
@@ -208,16 +256,24 @@ def main(args: argparse.Namespace) -> int:
             server = HTTPServerThread(app, "127.0.0.1", 0, proxy_headers=False).start()
             try:
                 probe = PROBES[0][0]
+                middle = store.get(ids[len(ids) // 2])
                 paths = {
                     "queue, first page": "/",
                     "queue, open + probe + score filter": f"/?status=open&probe={probe}&score_min=1.5",
-                    "queue, page 100": "/?page=100",
-                    "queue JSON API": "/api/incidents?status=unresolved",
-                    "incident page": f"/incidents/{ids[len(ids) // 2]}",
+                    "queue, deep page": f"/?page={max(1, len(ids) // 250)}",
+                    "queue, sorted by margin": "/?status=unresolved&sort=margin_desc",
+                    "queue, text search": "/?q=question+12",
+                    "queue, assigned to me": "/?status=unresolved&assignee=alice",
+                    "queue JSON API (generations)": "/api/generations?status=unresolved",
+                    "queue JSON API (incidents)": "/api/incidents?status=unresolved&q=refund",
+                    "generation page": f"/generations/{middle.generation_id}",
+                    "incident page": f"/incidents/{middle.id}",
                     "/metrics": "/metrics",
+                    f"export, probe {probe} (JSONL)": f"/export?format=jsonl&probe={probe}&since=1h",
                 }
                 with httpx.Client(base_url=server.url, timeout=60) as client:
                     endpoints = {name: _time(client, path, args.repeats) for name, path in paths.items()}
+                    endpoints.update(_review_posts(client, args.repeats))
             finally:
                 server.stop()
             backend = store.backend

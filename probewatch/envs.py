@@ -32,6 +32,14 @@ DESCRIPTIONS: dict[str, str] = {
         "comma list of extra Host names the review app answers (--allowed-host; other Hosts get 400: "
         "DNS rebinding defence)"
     ),
+    "PROBEWATCH_GRAFANA_URL": (
+        "base URL of Grafana (e.g. https://grafana.example.com): the review app links incidents and the queue "
+        "to the probewatch dashboard (--grafana-url)"
+    ),
+    "PROBEWATCH_PROMETHEUS_URL": (
+        "base URL of the Prometheus that scrapes the sidecars: the review app's probe cards show each probe's live "
+        "score drift from calibration (--prometheus-url)"
+    ),
     "PROBEWATCH_WEBHOOK_URL": "default --webhook of `probewatch serve`: alerts are POSTed there as JSON",
     "PROBEWATCH_AUTH_TOKEN_FILE": (
         "file of bearer tokens: `probewatch serve` requires one of them on every RPC but health "
@@ -142,6 +150,14 @@ def review_token_file() -> Path | None:
 
 def review_allowed_hosts() -> list[str]:
     return [h.strip() for h in os.environ.get("PROBEWATCH_REVIEW_ALLOWED_HOSTS", "").split(",") if h.strip()]
+
+
+def grafana_url() -> str | None:
+    return os.environ.get("PROBEWATCH_GRAFANA_URL", "").strip() or None
+
+
+def prometheus_url() -> str | None:
+    return os.environ.get("PROBEWATCH_PROMETHEUS_URL", "").strip() or None
 
 
 def webhook_url() -> str | None:

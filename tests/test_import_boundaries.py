@@ -27,7 +27,19 @@ PACKAGES = {
     "proto": "probewatch.proto",
     "benchmarks": "probewatch.benchmarks",
 }
-DATA_PLANE = ("engine", "generations", "alerts", "specs", "work", "updates", "errors", "incident_queue", "memory")
+DATA_PLANE = (
+    "engine",
+    "generations",
+    "alerts",
+    "specs",
+    "work",
+    "updates",
+    "errors",
+    "incident_queue",
+    "fair_queue",
+    "pacing",
+    "memory",
+)
 
 
 def _module_name(path: Path) -> str:

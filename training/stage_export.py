@@ -14,6 +14,7 @@ import numpy as np
 from probewatch.behaviours import DESCRIPTIONS
 from probewatch.data.dialogue import Dialogue
 from probewatch.probes import Threshold
+from probewatch.probes.calibration import reference_from_scores
 from probewatch.training.export import export_bundle
 from probewatch.training.features import score_all
 from probewatch.training.report import (
@@ -108,6 +109,7 @@ def export(
                 "hard_negative_fpr": point.hard_negative_fpr,
                 "set_by": point.set_by,
             },
+            **_calibration_reference(fitted, splits, threshold, prepared.control_source.name),
         },
     )
     parity = (
@@ -119,6 +121,13 @@ def export(
     if config.plots:
         report.plots = _plots(out, report, fitted, acts, splits)
     return TrainResult(out, out / REPORT_FILENAME, report)
+
+
+def _calibration_reference(fitted: FittedProbe, splits: Splits, threshold: Threshold, name: str) -> dict[str, Any]:
+    """`calibration_reference`: the control calibration set's score bins, what the sidecar measures live drift
+    against (probes/calibration.py); nothing when the set is too small to bin."""
+    ref = reference_from_scores(fitted.control_scores[splits.control_cal], threshold.value, calibration_set=name)
+    return {"calibration_reference": ref.to_json()} if ref is not None else {}
 
 
 def split_sizes(splits: Splits) -> dict[str, int]:

@@ -31,14 +31,23 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from dashboard_panels import DS, SEL, Layout, query_variable  # noqa: E402
-from dashboard_probe_rows import alerts_row, score_distribution_row, status_row  # noqa: E402
+from dashboard_probe_rows import alerts_row, drift_row, score_distribution_row, status_row  # noqa: E402
 from dashboard_service_rows import bundles_row, errors_row, review_row, throughput_row  # noqa: E402
 
 OUT = HERE / "probewatch-dashboard.json"
 UID = "probewatch-sidecar"
 
 # The dashboard's rows, top to bottom; each takes the shared Layout and returns its panels.
-ROWS = (status_row, alerts_row, score_distribution_row, throughput_row, errors_row, bundles_row, review_row)
+ROWS = (
+    status_row,
+    alerts_row,
+    drift_row,
+    score_distribution_row,
+    throughput_row,
+    errors_row,
+    bundles_row,
+    review_row,
+)
 
 
 def panels() -> list[dict]:

@@ -213,6 +213,39 @@ def alerts_row(lay: Layout) -> list[dict]:
     ]
 
 
+def drift_row(lay: Layout) -> list[dict]:
+    """Monitor the monitor: each probe's live score drift from its calibration set, and its alert rate
+    against the rate expected at the shipped threshold (server/sidecar/drift.py)."""
+    return [
+        row(lay, "Calibration drift"),
+        timeseries(
+            lay,
+            "Score drift from calibration (PSI) per probe",
+            [target(f"max by (probe) (probewatch_probe_score_psi{{{PSEL}}})", "{{probe}}")],
+            unit="none",
+            w=12,
+            description="Population stability index of each probe's last --drift-window generation scores against "
+            "its bundle's calibration score bins: about 0.02-0.1 from sampling noise, above 0.25 (the "
+            "ProbewatchProbeScoreDrift rule) the traffic no longer scores like the set the threshold was "
+            "calibrated on, so the shipped false-positive rate no longer holds. No line: a bundle exported "
+            "without a calibration reference, or fewer than 100 generations seen.",
+        ),
+        timeseries(
+            lay,
+            "Alert rate: live vs calibrated",
+            [
+                target(f"max by (probe) (probewatch_probe_alert_rate{{{PSEL}}})", "live {{probe}}", "A"),
+                target(f"max by (probe) (probewatch_probe_expected_alert_rate{{{PSEL}}})", "calibrated {{probe}}", "B"),
+            ],
+            unit="percentunit",
+            w=12,
+            description="Share of each probe's drift-window generations that alerted, beside the share of its "
+            "calibration set at or above the shipped threshold. ProbewatchProbeAlertRateAboveCalibration "
+            "fires when live runs at more than 3x calibrated (prometheusRule.drift.alertRateRatio).",
+        ),
+    ]
+
+
 def score_distribution_row(lay: Layout) -> list[dict]:
     """Token and generation score heatmaps, one row per selected probe (Grafana repeats the row)."""
     return [

@@ -25,6 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="PATH_OR_URL",
         help="incident store (default: $PROBEWATCH_INCIDENT_DB or $PROBEWATCH_HOME/incidents.sqlite3)",
     )
+    parser.add_argument(
+        "--store-text",
+        choices=["full", "redacted", "none"],
+        default="full",
+        help="what incidents keep of prompts, responses and token texts (default full: the demo's conversations "
+        "are scripted, so the heatmaps show words; `probewatch serve` defaults to redacted)",
+    )
     parser.add_argument("--serve", action="store_true", help="keep serving after the script (Ctrl-C to stop)")
     parser.add_argument("--host", default="127.0.0.1", help="HTTP bind address")
     parser.add_argument(

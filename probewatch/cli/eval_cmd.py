@@ -205,6 +205,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from probewatch.data.dialogue import load_dialogues
     from probewatch.errors import ProbewatchError
     from probewatch.probes import save_bundle
+    from probewatch.probes.calibration import reference_from_scores
     from probewatch.training.calibration import operating_point
 
     if not 0.0 <= args.hard_negative_fpr < 1.0:
@@ -240,6 +241,10 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"{Path(args.control).name} + {names} ({reviewed['n_negative']} hard negatives)"
         )
         manifest.threshold.n_calibration = len(scores) + reviewed["n_negative"]
+    # the drift reference: the new control set's score bins at the new threshold (probes/calibration.py)
+    reference = reference_from_scores(scores, manifest.threshold.value, calibration_set=Path(args.control).name)
+    if reference is not None:
+        manifest.extra["calibration_reference"] = reference.to_json()
     history = manifest.extra.setdefault("threshold_history", [])
     history.append({"value": old.value, "fpr": old.fpr, "calibration_set": old.calibration_set})
     manifest.weights_sha256, manifest.created_at = "", ""

@@ -104,18 +104,15 @@ def _nothing_labelled(store, args: argparse.Namespace) -> dict:
 
 
 def _export_all(store, args: argparse.Namespace) -> dict:
-    import json
-
-    from probewatch.jsonio import to_jsonable
+    from probewatch.server.store import QueueFilter
     from probewatch.server.store.connect import open_private
+    from probewatch.server.store.export_lines import incident_lines
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with open_private(args.out) as fh:  # 0600 like the store: it holds incident text
-        for incident in reversed(store.find(probe=args.probe, limit=10**9)):
-            full = store.get(int(incident.id or 0))
-            record = {**full.to_json(), "events": [e.to_json() for e in store.events(int(incident.id or 0))]}
-            fh.write(json.dumps(to_jsonable(record), ensure_ascii=False) + "\n")
+        for line in incident_lines(store, QueueFilter(probe=args.probe)):  # the review app's /export too
+            fh.write(line)
             written += 1
     return {"out": str(args.out), "written": written, "db": str(store.path)}
 

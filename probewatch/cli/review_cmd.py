@@ -45,6 +45,22 @@ def add_review_arguments(p: argparse.ArgumentParser, standalone: bool = False) -
             "--metrics-cache", type=float, default=10.0, help="seconds review metrics are cached (default 10)"
         )
         p.add_argument("--ready-file", type=Path, default=None, help="write {port, url} as JSON here once serving")
+        p.add_argument(
+            "--grafana-url",
+            default=None,
+            metavar="URL",
+            help="Grafana base URL (e.g. https://grafana.example.com): the queue and each generation link to the "
+            "probewatch dashboard at the alert's time ±15 min and its probes (default: $PROBEWATCH_GRAFANA_URL; "
+            "unset: no links)",
+        )
+        p.add_argument(
+            "--prometheus-url",
+            default=None,
+            metavar="URL",
+            help="base URL of the Prometheus scraping the sidecars (e.g. http://prometheus:9090): each probe card "
+            "shows the probe's live score drift from calibration and alert rate vs calibrated "
+            "(default: $PROBEWATCH_PROMETHEUS_URL; unset: drift shows as unavailable)",
+        )
     p.add_argument(
         "--trusted-header",
         action="append",
@@ -135,7 +151,14 @@ def _run(args: argparse.Namespace) -> int:
     auth = auth_config(args, args.host)
     catalog = Catalog(args.bundles or (), tokenizer=args.tokenizer)
     store = IncidentStore.open(args.db or envs.incident_db())
-    app = create_review_app(store, auth, catalog, metrics_cache_s=args.metrics_cache)
+    app = create_review_app(
+        store,
+        auth,
+        catalog,
+        metrics_cache_s=args.metrics_cache,
+        grafana_url=args.grafana_url,
+        prometheus_url=args.prometheus_url,
+    )
     server = HTTPServerThread(app, args.host, args.port, proxy_headers=False).start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -171,6 +171,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     limit("--max-abs-activation", "max_abs_activation", float, "", "largest |value| in a row or projection")
     limit(
+        "--max-client-mb-per-s",
+        "max_client_mb_per_s",
+        float,
+        "",
+        "chunk payload MB/s read from one client (its token, else its address); beyond, its stream is read later "
+        "and gRPC flow control slows its sends (nothing dropped; 0 = unpaced)",
+    )
+    limit(
         "--shutdown-grace",
         "shutdown_grace_s",
         float,
@@ -189,6 +197,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     limit("--retention-days", "retention_days", float, " days", "incidents older than this are deleted (0: keep)", inc)
     add_private_data_arguments(inc)
     p.add_argument(
+        "--drift-window",
+        type=int,
+        default=_default("drift_window"),
+        metavar="N",
+        help="closed generations per probe over which live score drift from the bundle's calibration "
+        "distribution (probewatch_probe_score_psi) and the live alert rate are measured (default %(default)s)",
+    )
+    p.add_argument(
         "--ready-file",
         type=Path,
         default=None,
@@ -204,6 +220,7 @@ def _default(field: str):
 
 
 LIMIT_FIELDS = (
+    "max_client_mb_per_s",
     "max_streams",
     "max_streams_per_peer",
     "max_watch_streams",
@@ -289,6 +306,7 @@ def _run(args: argparse.Namespace) -> int:
         "allow_insecure": args.allow_insecure,
         "allow_unverified_bundles": args.allow_unverified_bundles,
         "store_text": args.store_text,
+        "drift_window": args.drift_window,
         **private_data_settings(args),  # key file and patterns checked now: CLI errors
         **{field: getattr(args, field) for field in LIMIT_FIELDS},
         "incident_db": incident_db,

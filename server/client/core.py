@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -94,14 +95,25 @@ class ClientCore:
             )
         )
 
-    def close(self, handle: GenerationHandle, prompt_text: str, response_text: str, abort_reason: str = "") -> None:
+    def close(
+        self,
+        handle: GenerationHandle,
+        prompt_text: str,
+        response_text: str,
+        abort_reason: str = "",
+        token_texts: Callable[[], tuple[int, list[str]]] | None = None,
+    ) -> None:
+        """`token_texts`: decoded by the sender thread (token_texts.texts_from), sent for the heatmap."""
         if abort_reason:
             handle.capture_error = abort_reason
-        self.queue.put_control(Control(handle, CloseMarker(prompt_text, response_text, abort_reason)))
+        marker = CloseMarker(prompt_text, response_text, abort_reason, token_texts=token_texts)
+        self.queue.put_control(Control(handle, marker))
 
-    def close_lazy(self, handle: GenerationHandle, texts) -> None:
+    def close_lazy(
+        self, handle: GenerationHandle, texts, token_texts: Callable[[], tuple[int, list[str]]] | None = None
+    ) -> None:
         """Close with texts decoded by the sender thread (`texts() -> (prompt, response)`)."""
-        self.queue.put_control(Control(handle, CloseMarker("", "", "", texts)))
+        self.queue.put_control(Control(handle, CloseMarker("", "", "", texts, token_texts)))
 
     def enqueue(self, block: Block) -> bool:
         """Hand a captured block to the sender; False (dropped and counted) when the queue is full."""

@@ -33,6 +33,7 @@ import inspect
 import logging
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -48,6 +49,7 @@ from probewatch.server.client.metrics import ClientMetrics
 from probewatch.server.client.plan import LayerCapture, Plan
 from probewatch.server.client.results import GenerationHandle, GenerationResult
 from probewatch.server.client.sender import Block
+from probewatch.server.client.token_texts import texts_from
 from probewatch.server.client.unmonitored import UnmonitoredGenerationRefused, check_settled, refusal, require_monitored
 from probewatch.stop_tokens import stop_token_ids
 
@@ -142,11 +144,15 @@ class _Call:
         self.step: _Step | None = None
         self.fed = 0  # tokens fed through the model so far (counted, independent of transformers)
         self.failed: str | None = None  # set by the self-check; no row of this call is sent after it
+        self.refused: UnmonitoredGenerationRefused | None = None  # `reject`: counted once, raised until it ends
 
     # -- generation-thread hooks (cheap: gather + async copy + enqueue) -----------------------------
     def on_model_call(self, module, args, kwargs) -> None:
         if self.monitor.config.on_unmonitored == "reject":  # stop early once a sequence is known unmonitored
-            check_settled(self.handles, self.monitor.metrics)
+            if self.refused is None:
+                self.refused = check_settled(self.handles, self.monitor.metrics)
+            if self.refused is not None:
+                raise self.refused
         if self.failed:
             return
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -387,9 +393,11 @@ class AttachedModel:
             self._generate_lock.release()
             sequences = getattr(out, "sequences", out) if out is not None else None
             for b, h in enumerate(handles):
-                prompt_text, response_text = self._texts(call, sequences, b)
-                client.close(h, prompt_text, response_text, call.failed or "")
+                prompt_text, response_text, token_texts = self._texts(call, sequences, b)
+                client.close(h, prompt_text, response_text, call.failed or "", token_texts)
         if self.config.on_unmonitored == "reject":  # the output only leaves once its monitoring is confirmed
+            if call.refused is not None:  # found during the call (e.g. at the final token's step): counted then
+                raise call.refused
             require_monitored(handles, self.metrics, self.config.result_timeout_s)
         if self.config.score_final_token and not want_dict:
             return out.sequences
@@ -415,7 +423,7 @@ class AttachedModel:
         """Feed the last generated token once more so its residual (hence its score) exists."""
         cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)  # 5.24 renamed it `cache`
         sequences = getattr(out, "sequences", None)
-        if call.failed or sequences is None or sequences.shape[1] <= call.P:
+        if call.failed or call.refused is not None or sequences is None or sequences.shape[1] <= call.P:
             return
         if cache is None:
             log.warning("probewatch: generate() returned no KV cache: the final generated token is not scored")
@@ -441,19 +449,20 @@ class AttachedModel:
         except Exception as exc:  # noqa: BLE001 - the output is already generated: never fail it
             log.warning("probewatch: could not score the final generated token (%s)", exc)
 
-    def _texts(self, call: _Call, sequences, b: int) -> tuple[str, str]:
+    def _texts(self, call: _Call, sequences, b: int) -> tuple[str, str, Callable[[], tuple[int, list[str]]] | None]:
+        """(prompt text, response text, the token texts decoded later by the sender thread)."""
         if self.tokenizer is None:
-            return "", ""
+            return "", "", None
         try:
             prompt = call.ids_cpu[b, call.P - call.prompt_len[b] :] if call.prompt_len[b] else call.ids_cpu[b, :0]
             prompt_text = self.tokenizer.decode(prompt, skip_special_tokens=False)
-            response_text = ""
+            response_text, generated = "", []
             if isinstance(sequences, torch.Tensor):
                 generated = sequences[b, call.P :].tolist()
                 response_text = self.tokenizer.decode(generated, skip_special_tokens=True)
-            return prompt_text, response_text
+            return prompt_text, response_text, texts_from(self.tokenizer, prompt.tolist(), generated)
         except Exception:  # noqa: BLE001 - texts are optional
-            return "", ""
+            return "", "", None
 
 
 def attach(

@@ -60,6 +60,7 @@ class CloseMarker:
     response_text: str
     abort_reason: str = ""  # the capture self-check stopped monitoring (the sidecar ends it `aborted`)
     texts: Callable[[], tuple[str, str]] | None = None  # decoded in the sender (off the serving thread)
+    token_texts: Callable[[], tuple[int, list[str]]] | None = None  # (start position, texts): token_texts.py
 
     def WhichOneof(self, _: str) -> str:
         return "close"
@@ -184,6 +185,7 @@ class Sender:
                             prompt_text, response_text = message.texts()
                         except Exception:
                             log.debug("probewatch: could not decode the texts of %s", h.id, exc_info=True)
+                    start, pieces = message.token_texts() if message.token_texts is not None else (0, [])
                     message = pb.MonitorRequest(
                         close=pb.Close(
                             generation_id=h.id,
@@ -192,6 +194,8 @@ class Sender:
                             dropped_chunks=h.dropped,
                             # a self-check failure found by the sender itself ends it aborted too
                             abort_reason=message.abort_reason or (h.capture_error or ""),
+                            token_texts=pieces,
+                            token_texts_start=start,
                         )
                     )
                 sent = not h.rejected and self._send(message, h)

@@ -113,6 +113,7 @@ def main(args: argparse.Namespace, on_summary: Callable[[dict[str, Any]], None] 
         metrics_port=args.metrics_port,
         incident_db=incident_db,
         max_tokens=args.max_tokens,
+        sidecar_settings={"store_text": getattr(args, "store_text", "full")},
     )
     with LocalStack(options) as stack:
         sidecar, monitor = stack.sidecar, stack.monitor

@@ -5,20 +5,25 @@ forms, the JSON API and `probewatch incidents label|ack|resolve|reopen`.
 "label it before resolving", and writes the audit entry in the same transaction); `act` is the web
 app's wrapper that also counts it in the review metrics and refreshes what depends on it (the
 metrics cache, the filter menus). `fields` are the form fields, the JSON body or the CLI's flags.
+`act_many` runs steps (label, assign, resolve) over many incidents for the bulk actions, the
+generation page's "same for all" and "save & next": still one audited action per incident, and a
+refusal of one incident does not stop the others.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from probewatch.server.store import IncidentStore
-from probewatch.server.store.records import Incident, ReviewError
+from probewatch.server.store.records import Incident, IncidentNotFoundError, ReviewError
 
 if TYPE_CHECKING:  # the CLI calls `apply` without the web app's dependencies
     from probewatch.server.review.state import ReviewState
 
-ACTIONS = ("claim", "takeover", "unclaim", "label", "severity", "comment", "resolve", "reopen")
+ACTIONS = ("claim", "takeover", "unclaim", "assign", "label", "severity", "comment", "resolve", "reopen")
 
 Action = Callable[[IncidentStore, int, str, dict[str, Any], str | None], Incident]
 
@@ -26,6 +31,7 @@ _APPLY: dict[str, Action] = {
     "claim": lambda s, i, who, f, _: s.claim(i, who, force=bool(f.get("force"))),
     "takeover": lambda s, i, who, f, _: s.claim(i, who, force=True),
     "unclaim": lambda s, i, who, f, _: s.unclaim(i, who),
+    "assign": lambda s, i, who, f, comment: s.assign(i, who, str(f.get("assignee") or ""), comment=comment),
     "label": lambda s, i, who, f, comment: s.label(i, who, str(f.get("label") or ""), comment=comment),
     "severity": lambda s, i, who, f, _: s.set_severity(i, who, f.get("severity") or None),
     "comment": lambda s, i, who, f, comment: s.comment(i, who, str(comment or "")),
@@ -49,3 +55,44 @@ def act(state: ReviewState, incident_id: int, reviewer: str, action: str, fields
     state.collector.invalidate()
     state.forget_facets()  # a new reviewer shows up in the reviewer menu at once
     return result
+
+
+#: one step of `act_many`: (action, fields)
+Step = tuple[str, dict[str, Any]]
+_DONE = {"label": "labelled", "resolve": "resolved", "assign": "assigned", "claim": "claimed", "reopen": "reopened"}
+
+
+@dataclass
+class Batch:
+    """What `act_many` did: incidents per action, and each refusal as "#id: why"."""
+
+    done: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [f"{_DONE.get(a, a)} {n}" for a, n in self.done.items()]
+        text = ", ".join(parts) or "nothing changed"
+        return text + (f"; {len(self.errors)} refused ({self.errors[0]})" if self.errors else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"done": dict(self.done), "errors": self.errors, "summary": self.summary()}
+
+
+def act_many(state: ReviewState, incident_ids: Sequence[int], reviewer: str, steps: Sequence[Step]) -> Batch:
+    """Each step on each incident in turn (one audited action each); an incident a step refuses skips
+    its later steps; resolving one already resolved is skipped, not re-audited."""
+    batch = Batch()
+    for incident_id in incident_ids:
+        current: Incident | None = None
+        for action, fields in steps:
+            try:
+                if action == "resolve":
+                    current = current or state.store.get(incident_id)
+                    if current.status == "resolved":
+                        continue
+                current = act(state, incident_id, reviewer, action, fields)
+            except (ReviewError, IncidentNotFoundError) as exc:
+                batch.errors.append(f"#{incident_id}: {exc}")
+                break
+            batch.done[action] += 1
+    return batch

@@ -1,7 +1,14 @@
 """The review app: FastAPI routes over the incident store, pages rendered with Jinja2.
 
-    GET  /                         the queue (filters as query parameters; newest first; paged)    routes_queue
-    GET  /api/incidents            the queue as JSON (same parameters)                             routes_queue
+    GET  /                         the queue, one row per flagged generation (filters, q, sort; paged)
+    GET  /api/generations          the grouped queue as JSON (same parameters)
+    GET  /api/incidents            the per-incident queue as JSON (same parameters)
+    GET  /export?format=jsonl      the filtered incidents as JSONL, streamed (a download)         routes_queue
+    GET  /generations/{gid}        one generation: every probe's incident, a verdict per probe or for all
+    POST /generations/{gid}        verdicts (+ resolve, + assign) in one post; "save & next"
+    GET  /api/generations/{gid}    the generation's incidents as JSON
+    POST /api/generations/{gid}    the same review as JSON                                        routes_generation
+    POST /bulk, POST /api/bulk     label / assign / resolve the selected generations              routes_bulk
     GET  /incidents/{id}           one incident: conversation + per-token heatmaps, probe, timeline, actions
     POST /incidents/{id}           a review action from the page's forms (CSRF-checked), then back to the page
     GET  /api/incidents/{id}       one incident and its audit trail as JSON
@@ -26,9 +33,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from probewatch.server.review import routes_incident, routes_ops, routes_queue, routes_session
+from probewatch.server.review import (
+    routes_bulk,
+    routes_generation,
+    routes_incident,
+    routes_ops,
+    routes_queue,
+    routes_session,
+)
 from probewatch.server.review.auth import AuthConfig
 from probewatch.server.review.catalog import Catalog
+from probewatch.server.review.drift import DriftReader
 from probewatch.server.review.hosts import HostGuard, rejected_hosts_counter
 from probewatch.server.review.metrics import review_registry
 from probewatch.server.review.state import HERE, ApiError, NotAuthenticated, ReviewState, base, render, review_state
@@ -68,7 +83,13 @@ def create_review_app(
     auth: AuthConfig,
     catalog: Catalog | None = None,
     metrics_cache_s: float = 10.0,
+    grafana_url: str | None = None,
+    prometheus_url: str | None = None,
 ) -> FastAPI:
+    """The app over `store`; `grafana_url`: Grafana's base URL for dashboard links (None:
+    $PROBEWATCH_GRAFANA_URL, unset: no links)."""
+    from probewatch import envs
+
     registry, collector, action_counter = review_registry(store, metrics_cache_s)
     state = ReviewState(
         store=store,
@@ -78,6 +99,8 @@ def create_review_app(
         collector=collector,
         action_counter=action_counter,
         csrf_key=store.secret("review_csrf_key"),
+        grafana_url=grafana_url or envs.grafana_url(),
+        drift=DriftReader(prometheus_url or envs.prometheus_url()),
     )
     app = FastAPI(title="probewatch review", version="1", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
@@ -86,6 +109,6 @@ def create_review_app(
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(IncidentStoreError, store_down)
     app.add_middleware(HostGuard, allowed=auth.allowed_hosts, rejected=rejected_hosts_counter(registry))
-    for module in (routes_queue, routes_incident, routes_session, routes_ops):
+    for module in (routes_queue, routes_generation, routes_bulk, routes_incident, routes_session, routes_ops):
         app.include_router(module.router)
     return app

@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 from probewatch.server.review.actions import act
 from probewatch.server.review.auth import csrf_ok, csrf_token
 from probewatch.server.review.state import ApiError, Reviewer, ReviewState, State, base, current_identity, render
-from probewatch.server.review.view import conversation, probe_views, timeline
+from probewatch.server.review.view import conversation, probe_views, timeline, token_note
 from probewatch.server.store.records import Incident, IncidentNotFoundError, ReviewConflictError, ReviewError
 
 router = APIRouter(dependencies=[Depends(current_identity)])
@@ -70,7 +70,9 @@ def incident_context(state: ReviewState, incident_id: int) -> dict[str, Any]:
         "messages": conversation(incident, tokenizer),
         "timeline": timeline(incident, events),
         "manifest": manifest,
-        "decoded": tokenizer is not None,
+        "decoded": tokenizer is not None or bool(incident.token_texts),
+        "token_note": token_note(incident, tokenizer),
+        "drift": state.drift.line(incident.probe),
     }
 
 

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from probewatch.server.review.auth import AuthConfig, Identity, csrf_token
 from probewatch.server.review.catalog import Catalog
+from probewatch.server.review.drift import DriftReader
 from probewatch.server.review.metrics import ReviewCollector
 from probewatch.server.store import IncidentStore
 from probewatch.server.store.records import LABELS, SEVERITIES, STATUSES
@@ -61,6 +62,8 @@ class ReviewState:
     collector: ReviewCollector
     action_counter: Counter
     csrf_key: bytes
+    grafana_url: str | None = None  # Grafana's base URL: links to the probewatch dashboard (grafana.py)
+    drift: DriftReader = field(default_factory=lambda: DriftReader(None))  # probe cards' live drift (drift.py)
     templates: Jinja2Templates = field(default_factory=make_templates)
     _facets: dict[str, list[str]] | None = None
     _facets_at: float = -1e18

@@ -160,6 +160,50 @@ def token_texts(tokenizer: Any, tokens: list[list[int]]) -> dict[int, str]:
     return out
 
 
+#: a prompt_last probe's heatmap shows this many prompt tokens up to the one it scored (the sidecar keeps
+#: their texts: server/sidecar/alerts.py PROMPT_TAIL_TOKENS)
+PROMPT_TAIL = 8
+
+
+def incident_texts(incident: Incident, tokenizer: Any) -> dict[int, str]:
+    """Position -> token text: as the sidecar stored it (under its text policy), else decoded from the
+    stored token ids with the model's tokenizer (incidents written before token texts were kept)."""
+    if incident.token_texts:
+        return {int(p): str(t) for p, t in incident.token_texts}
+    return token_texts(tokenizer, incident.tokens)
+
+
+def token_note(incident: Incident, tokenizer: Any) -> str:
+    """Why a heatmap shows positions or ids instead of words ("" when it shows words)."""
+    if incident.token_texts:
+        return (
+            "Token texts as the sidecar kept them: redacted text is masked (█)."
+            if incident.text_policy == "redacted"
+            else ""
+        )
+    if incident.text_policy == "none":
+        return (
+            "Token text is not kept: the sidecar stores no text of this generation (--store-text none), "
+            "so tokens show as positions."
+        )
+    if not incident.tokens:
+        return "Token text is not available for this generation (the client sent none): tokens show as positions."
+    if tokenizer is None:
+        return "Token text is not available here (no tokenizer for this model on this machine): tokens show as ids."
+    return ""
+
+
+def _shown(
+    info: dict[str, Any], scores: dict[int, float | None], texts: dict[int, str], ids: set[int], prompt_length: int
+) -> list[int]:
+    """The positions one probe's heatmap shows: its scored tokens, the response, the tokens with ids, and
+    for a prompt_last probe the prompt's last PROMPT_TAIL tokens (the scored token alone reads as `↵`)."""
+    shown = set(scores) | ids | {p for p in texts if p >= prompt_length >= 0}
+    if info.get("token_selection") == "prompt_last" and prompt_length > 0:
+        shown |= {p for p in texts if prompt_length - PROMPT_TAIL <= p < prompt_length}
+    return sorted(shown)
+
+
 def _display(text: str) -> str:
     if text == "":
         return ""
@@ -170,7 +214,8 @@ def _display(text: str) -> str:
 
 def probe_views(incident: Incident, siblings: dict[str, int], tokenizer: Any) -> list[ProbeView]:
     """One view per probe that scored the generation (the incident's own first, then by score)."""
-    texts = token_texts(tokenizer, incident.tokens)
+    texts = incident_texts(incident, tokenizer)
+    ids = {int(p) for p, _ in incident.tokens}
     context = dict(incident.context) or {
         incident.probe: {
             "behaviour": incident.behaviour,
@@ -190,7 +235,7 @@ def probe_views(incident: Incident, siblings: dict[str, int], tokenizer: Any) ->
         pairs = incident.token_scores if current and incident.token_scores else info.get("token_scores") or []
         scores = {int(p): (None if s is None else float(s)) for p, s in pairs}
         threshold = info.get("threshold")
-        positions = sorted(set(texts) | set(scores))
+        positions = _shown(info, scores, texts, ids, prompt_length)
         scale = colour_scale(scores, threshold)
         cells = []
         for pos in positions:
@@ -237,6 +282,7 @@ def conversation(incident: Incident, tokenizer: Any) -> list[dict[str, str]]:
 _ACTION_TEXT = {
     "claim": "claimed",
     "unclaim": "gave back to the queue",
+    "assign": "assigned to",
     "label": "labelled",
     "severity": "set severity",
     "comment": "commented",

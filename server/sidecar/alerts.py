@@ -18,12 +18,14 @@ import functools
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from probewatch.jsonio import to_jsonable
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
+from probewatch.server.sidecar.drift import DriftMonitor
 from probewatch.server.sidecar.generations import Generation
 from probewatch.server.sidecar.incident_queue import IncidentQueue
 from probewatch.server.sidecar.metrics import SidecarMetrics
@@ -35,8 +37,14 @@ __all__ = ["AlertDesk", "Snapshot", "token_score_pairs", "webhook_payload"]
 
 log = logging.getLogger(__name__)
 
-#: [[position, token id], ...] and {probe: result}: stored once per generation with its incidents
-_GenerationFacts = tuple[list[list[int]], dict[str, dict]]
+#: [[position, token id], ...], {probe: result} and [[position, token text], ...]: stored once per
+#: generation with its incidents
+_GenerationFacts = tuple[list[list[int]], dict[str, dict], list[list[Any]]]
+
+#: a prompt_last probe's heatmap shows the prompt's last tokens (what the probe read them after)
+PROMPT_TAIL_TOKENS = 8
+#: token texts kept before the first shown one, so redaction reads an address or number split there whole
+TEXT_CONTEXT_TOKENS = 32
 
 
 @dataclass
@@ -49,6 +57,8 @@ class Snapshot:
     token_ids: dict[int, int]
     prompt_text: str | None
     response_text: str | None
+    token_texts: list[str] = field(default_factory=list)  # the client's, from `token_texts_start` on
+    token_texts_start: int = 0
 
     @classmethod
     def of(cls, gen: Generation) -> Snapshot:
@@ -58,6 +68,8 @@ class Snapshot:
             token_ids=dict(gen.token_ids),
             prompt_text=gen.prompt_text,
             response_text=gen.response_text,
+            token_texts=gen.token_texts,  # set once at Close, never changed after: no copy needed
+            token_texts_start=gen.token_texts_start,
         )
 
 
@@ -83,6 +95,9 @@ class AlertDesk:
         self.writer = writer or IncidentQueue(metrics)
         # what webhook payloads keep of client metadata (incident rows: the store's own policy)
         self.policy = policy or (incidents.policy if incidents is not None else TextPolicy("full"))
+        # per-probe drift of live scores from calibration, fed at every close (process.py sizes its window)
+        self.drift = DriftMonitor(specs)
+        metrics.registry.register(self.drift)
 
     def raise_alert(
         self, gen: Generation, spec: ProbeSpec, value: float, early: bool, position: int, now: float | None = None
@@ -126,6 +141,7 @@ class AlertDesk:
 
         The summary carries the incident ids, so it goes out after the write (on the writer thread).
         With the writer's queue full nothing is persisted (counted) and the summary goes out as is."""
+        self.drift.observe({pid: (agg.value, agg.count) for pid, agg in gen.aggregators.items()})
         if gen.alerts and (self.incidents is not None or self.webhook is not None):
             job = functools.partial(self._settle, gen, Snapshot.of(gen), status, summary)
             if self.writer.submit(job, gen.stream, kind="close"):
@@ -174,10 +190,10 @@ class AlertDesk:
         (at close they are the same for each of the generation's alerts)."""
         if self.incidents is None:
             return 0
-        tokens, context = facts or self._generation_facts(gen, snap)
+        tokens, context, texts = facts or self._generation_facts(gen, snap)
         known = gen.incident_ids.get(spec.id)
         if known and status != "open":
-            settled = self._complete(known, gen, snap, spec, alert, status, tokens, context)
+            settled = self._complete(known, gen, snap, spec, alert, status, (tokens, context, texts))
             if settled is not None:
                 return settled
         incident = Incident(
@@ -198,6 +214,7 @@ class AlertDesk:
             prompt_length=gen.prompt_length,
             tokens=tokens,
             context=context,
+            token_texts=texts,
         )
         try:
             if status == "open":
@@ -219,11 +236,11 @@ class AlertDesk:
         spec: ProbeSpec,
         alert: pb.Alert,
         status: str,
-        tokens: list[list[int]],
-        context: dict[str, dict],
+        facts: _GenerationFacts,
     ) -> int | None:
         """Complete the row written at alert time: its id, 0 if it was deleted on purpose, None if the write failed."""
         assert self.incidents is not None
+        tokens, context, texts = facts
         try:
             self.incidents.complete(
                 known,
@@ -235,6 +252,7 @@ class AlertDesk:
                 prompt_length=gen.prompt_length,
                 tokens=tokens,
                 context=context,
+                token_texts=texts,
             )
             return known
         except IncidentNotFoundError:  # deleted on purpose meanwhile (an erasure): do not write it back
@@ -246,8 +264,10 @@ class AlertDesk:
             return None
 
     def _generation_facts(self, gen: Generation, snap: Snapshot) -> _GenerationFacts:
-        """What the store keeps once per generation: [[position, token id]] and every probe's result."""
-        return [[p, t] for p, t in sorted(snap.token_ids.items())], self._generation_context(snap)
+        """What the store keeps once per generation: [[position, token id]], every probe's result, and the
+        token texts the heatmaps show."""
+        tokens = [[p, t] for p, t in sorted(snap.token_ids.items())]
+        return tokens, self._generation_context(snap), token_text_window(snap, gen.prompt_length)
 
     def _generation_context(self, snap: Snapshot) -> dict[str, dict]:
         """Every loaded probe's result on the generation (the review app's heatmaps and "other probes")."""
@@ -266,6 +286,23 @@ class AlertDesk:
                 token_scores=token_score_pairs(snap.token_scores[pid]),
             )
         return out
+
+
+def token_text_window(snap: Snapshot, prompt_length: int) -> list[list[Any]]:
+    """[[position, text], ...] of the client's token texts the store keeps: every position with a score or
+    a token id, the prompt's last PROMPT_TAIL_TOKENS, and TEXT_CONTEXT_TOKENS before the first of them."""
+    if not snap.token_texts:
+        return []
+    lo, hi = prompt_length - PROMPT_TAIL_TOKENS, prompt_length
+    for blocks in snap.token_scores.values():
+        for positions, _ in blocks:
+            if positions.size:
+                lo, hi = min(lo, int(positions.min())), max(hi, int(positions.max()) + 1)
+    if snap.token_ids:
+        lo, hi = min(lo, min(snap.token_ids)), max(hi, max(snap.token_ids) + 1)
+    start = snap.token_texts_start
+    lo, hi = max(start, lo - TEXT_CONTEXT_TOKENS), min(start + len(snap.token_texts), hi)
+    return [[p, snap.token_texts[p - start]] for p in range(lo, hi)]
 
 
 def token_score_pairs(blocks: list[tuple[np.ndarray, np.ndarray]]) -> list[list[float]]:

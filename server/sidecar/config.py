@@ -86,6 +86,10 @@ class SidecarConfig(BaseModel):
     max_open_generations_per_client: int | None = Field(None, ge=1)
     outbox_size: int = Field(DEFAULT_OUTBOX_SIZE, ge=16)  # responses queued for a client that does not read
     max_abs_activation: float = Field(1e15, gt=0)  # |value| above this in a row or projection: INVALID_ARGUMENT
+    # reads of one client's chunk payloads paced to this rate (server/sidecar/pacing.py); 0: unpaced
+    max_client_mb_per_s: float = Field(0.0, ge=0)
+    # -- monitoring the monitor: live score drift from calibration per probe (server/sidecar/drift.py)
+    drift_window: int = Field(1000, ge=1)  # closed generations per probe in the sliding window
     # -- private data
     store_text: str = "redacted"  # full | redacted | none (server/store/privacy.py)
     max_text_chars: int = Field(DEFAULT_MAX_CHARS, ge=0)  # per stored prompt / response / metadata value

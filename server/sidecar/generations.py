@@ -66,6 +66,8 @@ class Generation:
     response_text: str | None = None
     incident_ids: dict[str, int] = field(default_factory=dict)  # probe -> incident row written at alert time
     token_ids: dict[int, int] = field(default_factory=dict)  # position -> token id (kept with incidents)
+    token_texts: list[str] = field(default_factory=list)  # Close.token_texts: the text of each token ...
+    token_texts_start: int = 0  # ... from this position on (kept with incidents under the text policy)
     client: str = ""  # who opened it (client_identity): its share of the open-generation table
     last_activity: float = field(default_factory=time.monotonic)  # last chunk received (the idle TTL)
 

@@ -171,6 +171,12 @@ class SidecarMetrics:
             ["reason"],
             registry=r,
         )
+        self.paced_seconds = Counter(
+            "probewatch_paced_seconds_total",
+            "Seconds stream readers waited before reading on, because their client sent chunk payloads faster than "
+            "--max-client-mb-per-s (its sends are slowed by gRPC flow control; nothing dropped).",
+            registry=r,
+        )
         self.generation_limit_refusals = Counter(
             "probewatch_generation_limit_refusals_total",
             "Opens refused because a limit on open generations was reached (per stream, per client, in total).",

@@ -126,6 +126,7 @@ class Sidecar:
             limits=config.engine_limits(),
             policy=self.policy,
         )
+        self.engine.alerts.drift.configure(config.drift_window)
         self.servicer = MonitorServicer(self)
         self.health = health.HealthServicer()
         self._server: grpc.Server | None = None

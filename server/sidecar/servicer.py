@@ -49,7 +49,8 @@ from probewatch.server.sidecar.errors import (
     UnknownProbe,
     WrongModel,
 )
-from probewatch.server.sidecar.generations import short_id
+from probewatch.server.sidecar.generations import client_identity, short_id
+from probewatch.server.sidecar.pacing import ClientPacer
 from probewatch.server.sidecar.specs import layer_prompt_rows
 from probewatch.server.sidecar.status import grpc_status
 from probewatch.server.sidecar.streams import END, StreamState
@@ -108,6 +109,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
         self.runtime = sidecar.runtime
         self.d_model = sidecar.d_model
         self.row_layers = set(self.runtime.layers)
+        self.pacer = ClientPacer(self.config.max_client_mb_per_s * 1e6)
         self._list_response = self._build_list_response()
         c = self.config
         # how often a stream's sender loop checks idle time, TTLs, draining and its token
@@ -254,17 +256,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
 
     def _decode(self, payload: pb.Tensor, n_rows: int, width: int, what: str) -> np.ndarray:
         """Rows or projections, finite and within ±max_abs_activation (so every score is finite)."""
-        data = decode_rows(payload, n_rows, width, what)
-        bound = self.config.max_abs_activation
-        if data.size and bound < float("inf"):
-            peak = float(np.abs(data).max())
-            if peak > bound:
-                row = int(np.flatnonzero(np.abs(data).max(axis=1) > bound)[0])
-                raise InvalidInput(
-                    f"{what}: values up to {peak:.3g} (first at row {row}) exceed ±{bound:g} "
-                    "(--max-abs-activation); activations that large cannot be scored reliably"
-                )
-        return data
+        return decode_rows(payload, n_rows, width, what, self.config.max_abs_activation, limit="--max-abs-activation")
 
     def _layer_kind(self, layer: int, kind: int) -> tuple[str, int]:
         """(kind name, expected width) of a payload for `layer`, or INVALID_ARGUMENT."""
@@ -404,6 +396,20 @@ class MonitorServicer(pb_grpc.MonitorServicer):
                     self.engine.submit_control(CloseWork(gen, status="aborted"))
             self.engine.submit_control(EndWork(stream))
 
+    def _close(self, stream: StreamState, gid: str, close: pb.Close) -> None:
+        """What the client sent at the end (texts, token texts, drops), then the engine finalises it."""
+        gen = self.engine.generations.lookup(stream, gid)
+        if close.token_texts_start < 0:
+            raise InvalidInput(f"close: token_texts_start {close.token_texts_start} is negative")
+        gen.prompt_text = close.prompt_text or None
+        gen.response_text = close.response_text or None
+        if close.token_texts:
+            gen.token_texts, gen.token_texts_start = list(close.token_texts), int(close.token_texts_start)
+        gen.client_dropped = int(close.dropped_chunks)
+        if close.abort_reason:
+            log.warning("generation %s: the client stopped monitoring it: %s", gid, close.abort_reason[:200])
+        self.engine.submit_control(CloseWork(gen, status="aborted" if close.abort_reason else "closed"))
+
     def _handle(self, stream: StreamState, request: pb.MonitorRequest | BadMessage) -> None:
         if isinstance(request, BadMessage):
             stream.refuse(InvalidInput(request.reason))
@@ -423,14 +429,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             elif which == "chunk":
                 self._chunk(stream, request.chunk)
             elif which == "close":
-                gen = self.engine.generations.lookup(stream, gid)
-                close = request.close
-                gen.prompt_text = close.prompt_text or None
-                gen.response_text = close.response_text or None
-                gen.client_dropped = int(close.dropped_chunks)
-                if close.abort_reason:
-                    log.warning("generation %s: the client stopped monitoring it: %s", gid, close.abort_reason[:200])
-                self.engine.submit_control(CloseWork(gen, status="aborted" if close.abort_reason else "closed"))
+                self._close(stream, gid, request.close)
             else:
                 raise InvalidInput("empty MonitorRequest (set open, chunk or close)")
         except (Refused, CodecError) as exc:
@@ -478,6 +477,11 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             token_ids=token_ids,
         )
         refusal = self.engine.submit_chunk(work)
+        if self.pacer.enabled:  # over its rate: this stream is read later (HTTP/2 flow control slows the client)
+            wait = self.pacer.charge(client_identity(stream.peer, stream.token), len(chunk.payload.data))
+            if wait > 0:
+                self.metrics.paced_seconds.inc(wait)
+                time.sleep(wait)
         if refusal is not None:
             # not a malformed message: counted in probewatch_dropped_chunks_total{reason="queue_full"|"queue_bytes"}
             stream.refuse(refusal, gen.id, chunk.layer, count=False)

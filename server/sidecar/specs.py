@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from probewatch.probes.bundle import Bundle
+from probewatch.probes.calibration import CalibrationReference
 from probewatch.probes.manifest import Aggregation
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 
@@ -28,6 +29,7 @@ class ProbeSpec:
     threshold: float
     version: str
     fingerprint: str
+    reference: CalibrationReference | None = None  # calibration score bins (drift.py); None: an older bundle
 
     @property
     def monotone(self) -> bool:
@@ -46,6 +48,11 @@ class ProbeSpec:
             threshold=float(m.threshold.value),
             version=str(m.version),
             fingerprint=m.model.fingerprint,
+            reference=(
+                CalibrationReference.from_json(m.extra["calibration_reference"])
+                if isinstance(m.extra.get("calibration_reference"), dict)
+                else None
+            ),
         )
 
 

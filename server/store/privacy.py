@@ -32,6 +32,7 @@ import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from probewatch.server.store.metadata_keys import PrivateKeys
 from probewatch.server.store.privacy_rules import KEYWORD_RULES, TRAILING_RULES
@@ -39,6 +40,7 @@ from probewatch.server.store.pseudonym_keys import key_id, pseudonym, read_key_f
 
 STORE_TEXT_MODES = ("full", "redacted", "none")
 DEFAULT_MAX_CHARS = 65536
+MAX_TOKEN_CHARS = 256  # one token's stored text (a real token is a few characters; a client may send more)
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -83,13 +85,44 @@ _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 # Only `re` syntax of Python 3.10 (no possessive quantifiers or atomic groups): requires-python.
 
 
-def _sub(pattern: str, replacement: str | Callable[[re.Match[str]], str]) -> Callable[[str], str]:
-    compiled = re.compile(pattern)
+#: one replacement a rule makes: (start, end, new text) in the text the rule read
+Edit = tuple[int, int, str]
 
-    def rule(text: str) -> str:
-        return compiled.sub(replacement, text)
 
-    return rule
+class _Sub:
+    """A `re.sub` rule; `edits` lists what it replaces (token texts need where, not only the result)."""
+
+    def __init__(self, pattern: str, replacement: str | Callable[[re.Match[str]], str]) -> None:
+        self.compiled = re.compile(pattern)
+        self.replacement = replacement
+
+    def __call__(self, text: str) -> str:
+        return self.compiled.sub(self.replacement, text)
+
+    def edits(self, text: str) -> Iterator[Edit]:
+        for m in self.compiled.finditer(text):
+            new = self.replacement(m) if callable(self.replacement) else m.expand(self.replacement)
+            if new != m.group(0):
+                yield m.start(), m.end(), new
+
+
+class _Spans:
+    """A rule that replaces what a linear span scan finds with one tag (e-mail, JWT, base64 secret)."""
+
+    def __init__(self, spans: Callable[[str], Iterator[tuple[int, int]]], tag: str, needs: str = "") -> None:
+        self.spans, self.tag, self.needs = spans, tag, needs
+
+    def __call__(self, text: str) -> str:
+        return _replace_spans(text, self.spans(text), self.tag) if self.needs in text else text
+
+    def edits(self, text: str) -> Iterator[Edit]:
+        if self.needs in text:
+            for start, end in self.spans(text):
+                yield start, end, self.tag
+
+
+def _sub(pattern: str, replacement: str | Callable[[re.Match[str]], str]) -> _Sub:
+    return _Sub(pattern, replacement)
 
 
 def _replace_spans(text: str, spans: Iterator[tuple[int, int]], tag: str) -> str:
@@ -125,8 +158,7 @@ def _email_spans(text: str) -> Iterator[tuple[int, int]]:
             yield start, last
 
 
-def _redact_emails(text: str) -> str:
-    return _replace_spans(text, _email_spans(text), "[email]") if "@" in text else text
+_redact_emails = _Spans(_email_spans, "[email]", "@")
 
 
 # JWT: eyJ<seg>.<seg>.<seg>, each segment 5+ of [A-Za-z0-9_-]. Every `\beyJ` in one segment run
@@ -149,8 +181,7 @@ def _jwt_spans(text: str) -> Iterator[tuple[int, int]]:
             yield token.span()
 
 
-def _redact_jwts(text: str) -> str:
-    return _replace_spans(text, _jwt_spans(text), "[secret]") if "eyJ" in text else text
+_redact_jwts = _Spans(_jwt_spans, "[secret]", "eyJ")
 
 
 # Base64-like secret: 40+ of [A-Za-z0-9+/_-] with a digit and a letter, from a word boundary, then
@@ -170,13 +201,12 @@ def _b64_spans(text: str) -> Iterator[tuple[int, int]]:
             yield secret.span()
 
 
-def _redact_b64(text: str) -> str:
-    return _replace_spans(text, _b64_spans(text), "[secret]")
+_redact_b64 = _Spans(_b64_spans, "[secret]")
 
 
 # (name, rule): applied in this order (keyword rules first: a passport number must not become a
 # [phone]; then credentials and secrets before the number patterns)
-_RULES: list[tuple[str, Callable[[str], str]]] = [
+_RULES: list[tuple[str, _Sub | _Spans]] = [
     *((name, _sub(pattern, replacement)) for name, pattern, replacement in KEYWORD_RULES),
     # user:password@ after a scheme: starts only right after "://", and both parts stop at the next
     # "/", which every later start needs, so the scans do not overlap; no part can end in "@" or
@@ -281,6 +311,20 @@ class TextPolicy:
             return None
         text = self._cap(text)
         return redact(text) if self.mode == "redacted" else text
+
+    def token_texts(self, pairs: Sequence[Sequence[Any]]) -> list[list[Any]] | None:
+        """[[position, token text], ...] as they may be stored (None: keep none). `redacted` masks the
+        tokens a redaction of their joined text covers (server/store/privacy_tokens.py), so an e-mail
+        split over many tokens is hidden on each of them and positions stay aligned."""
+        if self.mode == "none" or not pairs:
+            return None
+        positions = [int(p) for p, _ in pairs]
+        texts = [str(t)[:MAX_TOKEN_CHARS] for _, t in pairs]
+        if self.mode == "redacted":
+            from probewatch.server.store.privacy_tokens import mask_tokens
+
+            texts = mask_tokens(texts)
+        return [[p, t] for p, t in zip(positions, texts, strict=True)]
 
     def pseudonym(self, value: str) -> str:
         return pseudonym(self.key, value)

@@ -15,12 +15,19 @@ from sqlalchemy import func, select
 
 from probewatch.server.store.core import StoreCore
 from probewatch.server.store.queue import MAX_PER_PAGE as _MAX_PER_PAGE
-from probewatch.server.store.queue import QueueFilter, QueuePage, QueueRow, page_query
+from probewatch.server.store.queue import QueueFilter, QueuePage, QueueRow, check_sort, page_query
 from probewatch.server.store.records import STATUSES, Incident, IncidentNotFoundError
 from probewatch.server.store.tables import generations as g
 from probewatch.server.store.tables import incidents as t
 
-_GENERATION_COLUMNS = (g.c.prompt_length, g.c.tokens, g.c.probe_scores, g.c.updated_at.label("generation_updated_at"))
+_GENERATION_COLUMNS = (
+    g.c.prompt_length,
+    g.c.tokens,
+    g.c.probe_scores,
+    g.c.token_texts,
+    g.c.text_policy,
+    g.c.updated_at.label("generation_updated_at"),
+)
 
 
 @dataclass
@@ -88,12 +95,15 @@ class IncidentQueries(StoreCore):
         with self._read() as conn:
             return int(conn.execute(select(func.count()).select_from(t).where(*clauses)).scalar_one())
 
-    def queue(self, flt: QueueFilter | None = None, page: int = 1, per_page: int = 50) -> QueuePage:
-        """One page of the review queue (newest first), the match count and per-status counts."""
+    def queue(
+        self, flt: QueueFilter | None = None, page: int = 1, per_page: int = 50, sort: str | None = None
+    ) -> QueuePage:
+        """One page of the per-incident queue (`sort`: queue.SORTS, newest first by default), the match
+        count and per-status counts."""
         flt = (flt or QueueFilter()).validate()
         page = max(1, int(page))
         per_page = min(max(1, int(per_page)), _MAX_PER_PAGE)
-        rows_q, total_q, counts_q = page_query(flt, page, per_page)
+        rows_q, total_q, counts_q = page_query(flt, page, per_page, check_sort(sort))
         with self._read() as conn:
             rows = [QueueRow(**dict(r)) for r in conn.execute(rows_q).mappings()]
             total = int(conn.execute(total_q).scalar_one())
@@ -158,6 +168,7 @@ def _incident(row: Any) -> Incident:
     data.pop("writer", None)
     tokens = data.pop("tokens", None)
     probe_scores = data.pop("probe_scores", None)
+    token_texts = data.pop("token_texts", None)
     return Incident(
         **{
             k: v
@@ -171,4 +182,5 @@ def _incident(row: Any) -> Incident:
         prompt_length=data.get("prompt_length"),
         tokens=json.loads(tokens or "[]"),
         context=json.loads(probe_scores or "{}"),
+        token_texts=json.loads(token_texts or "[]"),
     )

@@ -1,9 +1,16 @@
-"""The review queue: filters, paging and per-status counts over the incident table.
+"""The review queue: filters, sort orders, paging and per-status counts over the incident table.
 
 Built for thousands of rows: the page query reads only the columns a queue row shows (a short
 prefix of the response, never the token scores), ordered by id (newest first) with LIMIT/OFFSET
 on the `(status, id)` / primary-key indexes; per-status counts are one GROUP BY under the same
-filters (without the status filter, so the tabs always show every status).
+filters (without the status filter, so the tabs always show every status). The grouped queue (one
+row per flagged generation) builds on the same filters: `generations.py`.
+
+Text search (`q`) is a case-insensitive substring match over the prompt and response *as the store
+keeps them* (`--store-text`: redacted text is what is searched, so a redacted e-mail address is
+not found by its address; under `none` nothing matches). SQL: `lower(col) LIKE lower('%q%')` with
+`%`, `_` and the escape character taken literally (SQLite folds ASCII case only; PostgreSQL folds
+every letter); it scans the filtered rows (no text index), which is what a 10,000-row queue affords.
 """
 
 from __future__ import annotations
@@ -19,6 +26,10 @@ from probewatch.server.store.tables import incidents as t
 
 SNIPPET_CHARS = 160
 MAX_PER_PAGE = 500
+MAX_QUERY_CHARS = 200
+#: the queue's sort orders (`sort=`): newest first (the default), oldest first, by score or by margin
+#: (score - threshold: how far over its own threshold, comparable across probes), high or low first
+SORTS = ("newest", "oldest", "score_desc", "score_asc", "margin_desc", "margin_asc")
 
 
 @dataclass
@@ -36,9 +47,13 @@ class QueueFilter:
     model: str | None = None  # model fingerprint, or a prefix of it
     reviewer: str | None = None  # claimed or labelled by
     generation_id: str | None = None
+    assignee: str | None = None  # assigned to (claimed by) exactly this reviewer: "assigned to me"
+    q: str | None = None  # text search over the stored prompt and response (see the module doc)
 
     def validate(self) -> QueueFilter:
         self.since, self.until = parse_time(self.since, "since"), parse_time(self.until, "until")
+        if self.q is not None and len(self.q) > MAX_QUERY_CHARS:
+            raise ReviewError(f"search text of {len(self.q)} characters is over the {MAX_QUERY_CHARS}-character limit")
         if self.status not in (None, *STATUSES, "unresolved"):
             raise ReviewError(f"status {self.status!r} not one of {', '.join((*STATUSES, 'unresolved'))}")
         if self.label not in (None, *LABELS, "unlabelled"):
@@ -129,7 +144,8 @@ def parse_time(value: str | None, what: str) -> str | None:
 
 def conditions(f: QueueFilter, with_status: bool = True) -> list[ColumnElement[bool]]:
     out: list[ColumnElement[bool]] = []
-    for column, value in ((t.c.probe, f.probe), (t.c.behaviour, f.behaviour), (t.c.generation_id, f.generation_id)):
+    exact = ((t.c.probe, f.probe), (t.c.behaviour, f.behaviour), (t.c.generation_id, f.generation_id))
+    for column, value in (*exact, (t.c.assignee, f.assignee)):
         if value:
             out.append(column == value)
     if with_status and f.status:
@@ -148,7 +164,26 @@ def conditions(f: QueueFilter, with_status: bool = True) -> list[ColumnElement[b
         out.append(t.c.model_fingerprint.startswith(f.model, autoescape=True))
     if f.reviewer:
         out.append(or_(t.c.assignee == f.reviewer, t.c.labelled_by == f.reviewer))
+    if f.q:
+        out.append(or_(t.c.prompt.icontains(f.q, autoescape=True), t.c.response.icontains(f.q, autoescape=True)))
     return out
+
+
+def check_sort(sort: str | None) -> str:
+    """`sort` when it is one of SORTS (None: the default, newest); ReviewError otherwise."""
+    if sort in (None, ""):
+        return "newest"
+    if sort not in SORTS:
+        raise ReviewError(f"sort {str(sort)[:40]!r} not one of {', '.join(SORTS)}")
+    return str(sort)
+
+
+def incident_order(sort: str) -> list[Any]:
+    """ORDER BY of the per-incident queue; ties newest first."""
+    key = {"score": t.c.score, "margin": t.c.score - t.c.threshold}.get(sort.split("_")[0])
+    if key is None:
+        return [t.c.id.asc() if sort == "oldest" else t.c.id.desc()]
+    return [key.desc() if sort.endswith("_desc") else key.asc(), t.c.id.desc()]
 
 
 QUEUE_COLUMNS = (
@@ -170,10 +205,10 @@ QUEUE_COLUMNS = (
 )
 
 
-def page_query(f: QueueFilter, page: int, per_page: int):
+def page_query(f: QueueFilter, page: int, per_page: int, sort: str = "newest"):
     where = conditions(f)
     offset = (page - 1) * per_page
-    rows = select(*QUEUE_COLUMNS).where(*where).order_by(t.c.id.desc()).limit(per_page).offset(offset)
+    rows = select(*QUEUE_COLUMNS).where(*where).order_by(*incident_order(sort)).limit(per_page).offset(offset)
     total = select(func.count()).select_from(t).where(*where)
     counts = select(t.c.status, func.count()).where(*conditions(f, with_status=False)).group_by(t.c.status)
     return rows, total, counts

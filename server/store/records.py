@@ -21,7 +21,7 @@ GENERATION_STATUSES = ("open", "closed", "aborted", "interrupted")
 LABELS = ("true_positive", "false_positive", "unsure")
 SEVERITIES = ("low", "medium", "high", "critical")
 #: what the audit trail records
-ACTIONS = ("claim", "unclaim", "label", "severity", "comment", "resolve", "reopen", "status")
+ACTIONS = ("claim", "unclaim", "assign", "label", "severity", "comment", "resolve", "reopen", "status")
 
 
 class IncidentStoreError(ProbewatchError):
@@ -72,6 +72,10 @@ class Incident:
     # prompt length, [[position, token id], ...] of the scored tokens, and every probe's result
     prompt_length: int | None = None
     tokens: list[list[int]] = field(default_factory=list)
+    # [[position, token text], ...]: as the client sent them when written (the store applies the text
+    # policy), as stored when read; `text_policy`: the --store-text mode they were kept under (None: unknown)
+    token_texts: list[list[Any]] = field(default_factory=list)
+    text_policy: str | None = None
     context: dict[str, Any] = field(default_factory=dict)
     generation_updated_at: str | None = None  # when the generation's row was last written (its close)
 

@@ -135,6 +135,22 @@ class ReviewActions(IncidentQueries):
 
         return self._act(incident_id, who, "label", decide, value=label, comment=comment)
 
+    def assign(self, incident_id: int, reviewer: str, assignee: str, comment: str | None = None) -> Incident:
+        """Hand an incident to `assignee` (anyone, the reviewer included; open -> acknowledged), taking it
+        from whoever held it: an explicit hand-over, audited with the new assignee as the value."""
+        who, to = _reviewer(reviewer), (assignee or "").strip()
+        if not to:
+            raise ReviewError("assign needs the name of a reviewer to assign to")
+        if len(to) > MAX_REVIEWER_CHARS:
+            raise ReviewError(f"assignee name longer than {MAX_REVIEWER_CHARS} characters")
+
+        def decide(row: dict, now: str) -> dict:
+            if row["status"] == "resolved":
+                raise ReviewError(f"incident {incident_id} is resolved; reopen it first")
+            return {"assignee": to, "status": "acknowledged"}
+
+        return self._act(incident_id, who, "assign", decide, value=to, comment=comment)
+
     def set_severity(self, incident_id: int, reviewer: str, severity: str | None) -> Incident:
         severity = severity or None
         if severity is not None and severity not in SEVERITIES:

@@ -5,8 +5,9 @@ of one part per client.
 - `writer.IncidentWriter`: the sidecar (`record_alert`, `record`, `complete`, `mark_interrupted`)
   and retention (`delete`, `purge_older_than`)
 - `queries.IncidentQueries`: reads (`get`, `find`, `count`, `queue`, `facets`, `labelled`, `review_stats`)
-- `review.ReviewActions`: the review workflow (`claim` ... `set_status`, `events`); it builds on the
-  queries because every action returns the incident as it now is
+- `review.ReviewActions`: the review workflow (`claim` ... `assign` ... `set_status`, `events`); it builds
+  on the queries because every action returns the incident as it now is
+- `generations.GenerationQueries`: the queue by flagged generation, "save & next", the filtered export
 
 Why mixins over a store holding `writer` / `review` / `queries` objects: every client shares one
 engine, one text policy and one read-only flag, and opens the store the same way; the sidecar, the
@@ -18,12 +19,13 @@ on its own against `StoreCore`, which is all it may assume.
 
 from __future__ import annotations
 
+from probewatch.server.store.generations import GenerationQueries
 from probewatch.server.store.queries import IncidentQueries, ReviewStats
 from probewatch.server.store.review import ReviewActions
 from probewatch.server.store.writer import IncidentWriter
 
-__all__ = ["IncidentQueries", "IncidentStore", "IncidentWriter", "ReviewActions", "ReviewStats"]
+__all__ = ["GenerationQueries", "IncidentQueries", "IncidentStore", "IncidentWriter", "ReviewActions", "ReviewStats"]
 
 
-class IncidentStore(IncidentWriter, ReviewActions):
+class IncidentStore(IncidentWriter, ReviewActions, GenerationQueries):
     """Open with `IncidentStore.open(path_or_url)`; every public method is one transaction."""

@@ -8,8 +8,9 @@ PostgreSQL (a fleet writes many rows) and SQLite's rowid alias locally.
 - `incidents`: one row per (generation, probe) that alerted (unique: the sidecars' writes are
   idempotent upserts on it); review state lives on the row.
 - `generations`: one row per generation that has incidents: the prompt length, the token ids
-  at the scored positions and every loaded probe's result, so an incident page can show the
-  conversation as a per-token heatmap for each probe and the other probes' scores.
+  at the scored positions, the tokens' texts (under the text policy) and every loaded probe's
+  result, so an incident page can show the conversation as a per-token heatmap for each probe
+  and the other probes' scores.
 - `review_events`: the audit trail (reviewer, time, action, value, comment).
 - `store_meta`: small key/value facts about the store (e.g. the review CSRF key; never the pseudonym key,
   which lives outside the store: pseudonym_keys.py).
@@ -70,6 +71,9 @@ generations = Table(
     Column("prompt_length", Integer),
     Column("tokens", Text, nullable=False, server_default="[]"),  # [[position, token id], ...]
     Column("probe_scores", Text, nullable=False, server_default="{}"),  # {probe: {score, threshold, ...}}
+    # [[position, token text], ...] under the text policy (NULL: none kept, or a client that sends none)
+    Column("token_texts", Text),
+    Column("text_policy", Text),  # the --store-text mode the row's texts were kept under (NULL: before 0003)
 )
 
 review_events = Table(

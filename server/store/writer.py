@@ -73,13 +73,20 @@ class IncidentWriter(StoreCore):
         prompt_length: int | None,
         tokens: Sequence[Sequence[int]] | None,
         context: Mapping[str, Any] | None,
+        token_texts: Sequence[Sequence[Any]] | None = None,
     ) -> None:
-        """The generation's shared row: prompt length, token ids (full text mode only), every probe's result."""
+        """The generation's shared row: prompt length, token ids (full text mode only), token texts (under the
+        text policy: masked when redacted, none under `none`), every probe's result."""
         values: dict[str, Any] = {}
         if prompt_length is not None and prompt_length >= 0:
             values["prompt_length"] = int(prompt_length)
         if tokens and self.policy.mode == "full":
             values["tokens"] = _json([[int(p), int(i)] for p, i in tokens])
+        if token_texts:
+            kept = self.policy.token_texts(token_texts)
+            values["text_policy"] = self.policy.mode
+            if kept is not None:
+                values["token_texts"] = _json(kept)
         if context:
             values["probe_scores"] = _json(context)
         if not values:
@@ -108,7 +115,12 @@ class IncidentWriter(StoreCore):
                 ).scalar_one()
             )
             self._upsert_generation(
-                conn, incident.generation_id, incident.prompt_length, incident.tokens, incident.context
+                conn,
+                incident.generation_id,
+                incident.prompt_length,
+                incident.tokens,
+                incident.context,
+                incident.token_texts,
             )
         return incident.id
 
@@ -124,7 +136,12 @@ class IncidentWriter(StoreCore):
             ).returning(t.c.id)
             incident.id = int(conn.execute(stmt).scalar_one())
             self._upsert_generation(
-                conn, incident.generation_id, incident.prompt_length, incident.tokens, incident.context
+                conn,
+                incident.generation_id,
+                incident.prompt_length,
+                incident.tokens,
+                incident.context,
+                incident.token_texts,
             )
         return incident.id
 
@@ -141,6 +158,7 @@ class IncidentWriter(StoreCore):
         prompt_length: int | None = None,
         tokens: Sequence[Sequence[int]] | None = None,
         context: Mapping[str, Any] | None = None,
+        token_texts: Sequence[Sequence[Any]] | None = None,
     ) -> None:
         """Finish an alert's row when its generation ends: final score, kept token scores, text, context."""
         if generation_status not in GENERATION_STATUSES:
@@ -160,7 +178,7 @@ class IncidentWriter(StoreCore):
             if gid is None:  # deleted meanwhile (retention, `incidents delete`): nothing to complete
                 raise IncidentNotFoundError(f"no incident with id {incident_id} in {self.location.display}")
             conn.execute(update(t).where(t.c.id == int(incident_id)).values(**values))
-            self._upsert_generation(conn, gid, prompt_length, tokens, context)
+            self._upsert_generation(conn, gid, prompt_length, tokens, context, token_texts)
 
     def mark_interrupted(self, stale_after_s: float | None = None) -> int:
         """Rows left `open` by a sidecar that stopped mid-generation become `interrupted` (at start-up).

@@ -479,3 +479,15 @@ def test_queue_bytes_value_reaches_serve_and_parses(chartkit, rendered):
     ]
     assert args[args.index("--queue-bytes") + 1] == "512Mi"
     assert build_parser().parse_args(["serve", *args]).queue_bytes == 512 * 1024 * 1024
+
+
+def test_client_rate_value_reaches_serve_and_parses(chartkit, rendered):
+    """sidecar.maxClientMBPerSecond becomes --max-client-mb-per-s; 0 (the default) leaves reads unpaced."""
+    from probewatch.cli.main import build_parser
+
+    default_args = container(pod_spec(objects(chartkit, rendered["default"])), "probewatch")["args"]
+    assert "--max-client-mb-per-s" not in default_args
+    values = {"sidecar": {"maxClientMBPerSecond": 48}}
+    args = container(pod_spec(objects(chartkit, chartkit.render(values))), "probewatch")["args"]
+    assert args[args.index("--max-client-mb-per-s") + 1] == "48"
+    assert build_parser().parse_args(["serve", *args]).max_client_mb_per_s == 48.0

@@ -176,3 +176,16 @@ def test_review_app_answers_the_charts_hosts_and_probes(chartkit, tmp_path):
     finally:
         server.stop()
         store.close()
+
+
+def test_review_grafana_url(chartkit):
+    """review.grafanaUrl becomes `--grafana-url` (the app's dashboard links); unset: no flag."""
+    values = {**FLEET, "review": {**FLEET["review"], "grafanaUrl": "https://grafana.example.com"}}
+    rendered = chartkit.render(values)
+    chartkit.validate_rendered(rendered)
+    (app,) = _by(chartkit, rendered)[("Deployment", "probewatch-review")]["spec"]["template"]["spec"]["containers"]
+    assert "--grafana-url https://grafana.example.com" in " ".join(app["args"])
+    (app,) = _by(chartkit, chartkit.render(FLEET))[("Deployment", "probewatch-review")]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert "--grafana-url" not in app["args"]

@@ -54,6 +54,7 @@ def exported_metric_names() -> set[str]:
 
     from probewatch.server.client.metrics import ClientMetrics
     from probewatch.server.review.metrics import review_registry
+    from probewatch.server.sidecar.drift import DriftMonitor
     from probewatch.server.sidecar.metrics import SidecarMetrics
     from probewatch.server.store import IncidentStore
 
@@ -63,6 +64,7 @@ def exported_metric_names() -> set[str]:
         review, _, _ = review_registry(store)
         families = [f for m in (SidecarMetrics(), ClientMetrics()) for f in m.registry.collect()]
         families += list(review.collect())
+        families += list(DriftMonitor({}).collect())  # the sidecar's AlertDesk registers one per engine
         store.close()
     for family in families:
         names.add(family.name)

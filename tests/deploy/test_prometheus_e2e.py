@@ -169,6 +169,8 @@ def sidecar(workdir, tiny_model, bundles, webhook_receiver, prometheus_bin):
         str(metrics_port),
         "--webhook",
         webhook_receiver[0],
+        "--drift-window",  # the traffic's 30 generations fill it: PSI and alert-rate ratio are exported
+        "20",
     ]
     for b in bundles:
         argv += ["--bundles", str(b)]
@@ -215,7 +217,13 @@ def client(tiny_model, sidecar):
 
 
 @pytest.fixture(scope="module")
-def review_app(workdir, sidecar):
+def prometheus_port() -> int:
+    """Chosen before the review app starts: its probe cards read drift from this Prometheus."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def review_app(workdir, sidecar, prometheus_port):
     """`probewatch review` on the sidecar's SQLite store (a reviewer authenticates with a token)."""
     tokens = workdir / "review-tokens"
     tokens.write_text(f"e2e-reviewer:{REVIEW_TOKEN}\n")
@@ -231,6 +239,8 @@ def review_app(workdir, sidecar):
         str(tokens),
         "--metrics-cache",
         "0",
+        "--prometheus-url",
+        f"http://127.0.0.1:{prometheus_port}",
     ]
     service = Service("review", argv, workdir / "review.log")
     try:
@@ -247,8 +257,8 @@ def review_app(workdir, sidecar):
 
 
 @pytest.fixture(scope="module")
-def prometheus(prometheus_bin, workdir, sidecar, client, review_app):
-    port = free_port()
+def prometheus(prometheus_bin, workdir, sidecar, client, review_app, prometheus_port):
+    port = prometheus_port
     config = {
         "global": {"scrape_interval": SCRAPE, "scrape_timeout": SCRAPE, "evaluation_interval": SCRAPE},
         "rule_files": [str(RULES_FILE)],
@@ -574,6 +584,26 @@ def test_dashboard_values_describe_the_traffic(prometheus, traffic, tiny_model):
         buckets = prometheus.query(grafana_substitute(heat["targets"][0]["expr"], probe))
         assert len(buckets) == 26  # logit buckets -12..12 and +Inf
         assert max(values_of(buckets)) > 0
+
+
+def test_probe_card_shows_live_drift_from_prometheus(prometheus, traffic, review_app):
+    """The review app asks this Prometheus for the sidecar's drift gauges: the probe card shows the PSI
+    and the alert rate against the calibrated one (every generation alerts, as calibrated at -1000: 1.0x)."""
+    headers = {"Authorization": f"Bearer {REVIEW_TOKEN}"}
+    wait_for(
+        lambda: prometheus.query('probewatch_probe_score_psi{job="probewatch", probe="pw-deception"}'),
+        30,
+        "Prometheus to scrape the drift gauges",
+    )
+
+    def card() -> str | None:
+        page = urllib.request.urlopen(urllib.request.Request(f"{review_app['url']}/incidents/1", headers=headers))
+        line = re.search(r'<dd id="probe-drift">([^<]*)</dd>', page.read().decode()).group(1)
+        return line if "score PSI" in line else None
+
+    line = wait_for(card, 45, "the probe card to show drift (the review app caches Prometheus for 30 s)")
+    assert re.search(r"score PSI \d+\.\d\d \((shifted from|close to) calibration\)", line), line
+    assert "alert rate 100.0% vs 100.0% calibrated (1.0×)" in line, line
 
 
 def test_dashboard_variables_find_values(prometheus, traffic):

@@ -71,9 +71,12 @@ def save_tiny_model(folder: Path):
 
 def make_bundles(out: Path, tiny_model, behaviours: dict[str, str]) -> list[Path]:
     """One mean-difference bundle per (probe id, behaviour), on layers 1, 2, ..., each a random
-    direction with a threshold every generation crosses (so every generation alerts)."""
+    direction with a threshold every generation crosses (so every generation alerts), and a calibration
+    reference of N(0, 1) scores (so the sidecar reports score drift and the expected alert rate, 1)."""
+    import numpy as np
     import torch
 
+    from probewatch.probes.calibration import reference_from_scores
     from probewatch.probes.synthetic import synthetic_manifest, write_synthetic_bundle
 
     model, _, fingerprint = tiny_model
@@ -97,6 +100,9 @@ def make_bundles(out: Path, tiny_model, behaviours: dict[str, str]) -> list[Path
             version=f"e2e-{layer}",
             description="tests/deploy: a random direction; the threshold makes every generation alert",
         )
+        reference = reference_from_scores(np.random.default_rng(layer).standard_normal(1000), -1000.0)
+        assert reference is not None
+        manifest.extra["calibration_reference"] = reference.to_json()
         paths.append(write_synthetic_bundle(out, manifest, generator=generator)[0])
     return paths
 

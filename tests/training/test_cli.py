@@ -64,6 +64,9 @@ def test_train_writes_bundle_report_and_plots(trained, tiny_loaded):
     assert m.behaviour == "deception" and m.kind in ("linear", "mean_diff", "lat") and m.layer in (1, 3)
     assert m.threshold.method == "fpr+hard_negatives" and m.threshold.fpr == 0.01 and m.threshold.n_calibration == 15
     assert m.threshold.calibration_set.startswith("control.jsonl")
+    # no drift reference from 15 control calibration scores (fewer than its 20 bins); `calibrate` below
+    # on 30 makes one
+    assert "calibration_reference" not in m.extra
     assert m.metrics["auroc"] > 0.9 and "auroc_heldout_kind" in m.metrics
     t = m.training
     assert {"method", "layer", "C", "seed", "data", "sizes", "control", "platt"} <= set(t)
@@ -263,6 +266,10 @@ def test_calibrate_rethresholds_at_the_target_fpr(trained, tiny_folder, tmp_path
     assert m.threshold.fpr == 0.1 and m.threshold.n_calibration == 30 and m.threshold.calibration_set == "control.jsonl"
     assert m.extra["threshold_history"][-1]["value"] == read_manifest(bundle_dir).threshold.value
     assert m.threshold.method == "fpr" and m.extra["operating_point"]["set_by"] == "control"
+    # the drift reference follows: the control set's 30 scores in quantile bins, ~10% at the new threshold
+    ref = m.extra["calibration_reference"]
+    assert ref["n"] == 30 and ref["calibration_set"] == "control.jsonl" and abs(sum(ref["fractions"]) - 1) < 1e-9
+    assert 0.0 < ref["expected_alert_rate"] <= 0.2
     load_bundle(out)  # checksum still valid
 
 

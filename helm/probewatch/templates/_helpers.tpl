@@ -131,8 +131,14 @@ timeoutSeconds: {{ .timeoutSeconds }}
 - --queue-bytes
 - {{ . | quote }}
 {{- end }}
+{{- with .Values.sidecar.maxClientMBPerSecond }}
+- --max-client-mb-per-s
+- {{ . | quote }}
+{{- end }}
 - --shutdown-grace
 - {{ .Values.sidecar.shutdownGraceSeconds | quote }}
+- --drift-window
+- {{ .Values.sidecar.driftWindow | quote }}
 - --store-text
 - {{ .Values.incidents.storeText | quote }}
 - --retention-days

@@ -84,18 +84,22 @@ class ActivationChunk(_message.Message):
     def __init__(self, generation_id: _Optional[str] = ..., layer: _Optional[int] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., positions: _Optional[_Iterable[int]] = ..., payload: _Optional[_Union[Tensor, _Mapping]] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Close(_message.Message):
-    __slots__ = ("generation_id", "prompt_text", "response_text", "dropped_chunks", "abort_reason")
+    __slots__ = ("generation_id", "prompt_text", "response_text", "dropped_chunks", "abort_reason", "token_texts", "token_texts_start")
     GENERATION_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TEXT_FIELD_NUMBER: _ClassVar[int]
     RESPONSE_TEXT_FIELD_NUMBER: _ClassVar[int]
     DROPPED_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     ABORT_REASON_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_TEXTS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_TEXTS_START_FIELD_NUMBER: _ClassVar[int]
     generation_id: str
     prompt_text: str
     response_text: str
     dropped_chunks: int
     abort_reason: str
-    def __init__(self, generation_id: _Optional[str] = ..., prompt_text: _Optional[str] = ..., response_text: _Optional[str] = ..., dropped_chunks: _Optional[int] = ..., abort_reason: _Optional[str] = ...) -> None: ...
+    token_texts: _containers.RepeatedScalarFieldContainer[str]
+    token_texts_start: int
+    def __init__(self, generation_id: _Optional[str] = ..., prompt_text: _Optional[str] = ..., response_text: _Optional[str] = ..., dropped_chunks: _Optional[int] = ..., abort_reason: _Optional[str] = ..., token_texts: _Optional[_Iterable[str]] = ..., token_texts_start: _Optional[int] = ...) -> None: ...
 
 class MonitorRequest(_message.Message):
     __slots__ = ("open", "chunk", "close")

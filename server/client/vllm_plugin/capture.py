@@ -323,7 +323,9 @@ class RunnerCapture:
                 return "", ""
             return decode(prompt_ids), decode(output_ids)
 
-        self.client.close_lazy(req.handle, texts)
+        # per-token texts for the review heatmap when the decoder can make them (engage._Decoder)
+        token_texts = getattr(decode, "token_texts", None)
+        self.client.close_lazy(req.handle, texts, token_texts(prompt_ids, output_ids) if token_texts else None)
         self._remember(rid, req.handle)
 
     def _remember(self, rid: str, handle: GenerationHandle) -> None:

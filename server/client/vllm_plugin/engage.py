@@ -11,6 +11,7 @@ logged as one start-up line (`probewatch: monitoring ON ...` / `OFF: ...`) and e
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ from probewatch.metrics_http import serve_metrics
 from probewatch.server.client.config import AttachConfig
 from probewatch.server.client.core import ClientCore
 from probewatch.server.client.metrics import ClientMetrics
+from probewatch.server.client.token_texts import texts_from
 from probewatch.server.client.vllm_plugin.capture import RunnerCapture
 
 log = logging.getLogger(__name__)
@@ -199,19 +201,39 @@ def _fingerprint(model: str) -> str:
     return fingerprint_folder(model)
 
 
-def _decoder(tokenizer_path: str):
-    """Lazy token decoder for prompt / response texts (loaded on first use, in the sender thread)."""
-    state: dict[str, Any] = {}
+class _Decoder:
+    """Lazy token decoder for prompt / response texts and per-token texts (loaded on first use, in the
+    sender thread)."""
 
-    def decode(ids: list[int]) -> str:
-        tok = state.get("tok")
-        if tok is None:
+    def __init__(self, tokenizer_path: str) -> None:
+        self.path = tokenizer_path
+        self._tok: Any = None
+
+    def tokenizer(self) -> Any:
+        if self._tok is None:
             from transformers import AutoTokenizer
 
-            tok = state["tok"] = AutoTokenizer.from_pretrained(tokenizer_path)
-        return str(tok.decode(ids, skip_special_tokens=True))
+            self._tok = AutoTokenizer.from_pretrained(self.path)
+        return self._tok
 
-    return decode
+    def __call__(self, ids: list[int]) -> str:
+        return str(self.tokenizer().decode(ids, skip_special_tokens=True))
+
+    def token_texts(self, prompt_ids: list[int], output_ids: list[int]) -> Callable[[], tuple[int, list[str]]]:
+        """The lazy per-token texts of Close (server/client/token_texts.py), decoded by the sender thread."""
+
+        def texts() -> tuple[int, list[str]]:
+            try:
+                tok = self.tokenizer()
+            except Exception:  # noqa: BLE001 - token texts are optional
+                return 0, []
+            return texts_from(tok, prompt_ids, output_ids)()
+
+        return texts
+
+
+def _decoder(tokenizer_path: str) -> _Decoder:
+    return _Decoder(tokenizer_path)
 
 
 __all__ = [

@@ -1,14 +1,17 @@
 // probewatch review: progressive enhancement only (every page works without it).
-// - queue rows open their incident on click; filter menus apply on change;
+// - queue rows open their generation on click; filter menus apply on change;
+// - bulk: a select-all box over the page's rows, the selected count on the bulk bar;
 // - heatmap probe tabs switch the visible heatmap; a tooltip shows a token's exact score on hover;
-// - keyboard: j/k move through queue rows, Enter opens, 1/2/3 pick a verdict on an incident page.
+// - keyboard (shown by "?" and the hints on each page): j/k move focus through the queue's row links,
+//   Enter opens, x selects, / searches; on a generation page 1/2/3 pick the verdict for every probe and
+//   focus "Save, resolve & next" (Enter presses it), u goes back to the queue.
 (function () {
   "use strict";
   function each(selector, fn) { Array.prototype.forEach.call(document.querySelectorAll(selector), fn); }
 
   each("tr.row[data-href]", function (row) {
     row.addEventListener("click", function (e) {
-      if (e.target.closest("a, button, input, select")) { return; }
+      if (e.target.closest("a, button, input, select, label")) { return; }
       window.location.href = row.getAttribute("data-href");
     });
   });
@@ -16,6 +19,24 @@
   if (filters) {
     each("#filters select", function (s) { s.addEventListener("change", function () { filters.submit(); }); });
   }
+
+  // bulk selection
+  var all = document.getElementById("select-all");
+  var count = document.getElementById("selected-count");
+  function picks() { return document.querySelectorAll("input.pick"); }
+  function recount() {
+    var n = document.querySelectorAll("input.pick:checked").length;
+    if (count) { count.textContent = n + " selected"; }
+    if (all) { all.checked = n > 0 && n === picks().length; all.indeterminate = n > 0 && n < picks().length; }
+  }
+  if (all) {
+    all.addEventListener("change", function () {
+      each("input.pick", function (p) { p.checked = all.checked; });
+      recount();
+    });
+  }
+  each("input.pick", function (p) { p.addEventListener("change", recount); });
+  recount();
 
   each(".probe-tab", function (tab) {
     tab.addEventListener("click", function () {
@@ -52,21 +73,58 @@
     box.addEventListener("mouseleave", function () { if (tip) { tip.style.display = "none"; } });
   });
 
-  var rows = document.querySelectorAll("tr.row[data-href]");
-  var at = -1;
+  // keyboard
+  var help = document.getElementById("help");
+  var before = null;
+  function toggleHelp(show) {
+    if (!help) { return; }
+    if (show) { before = document.activeElement; help.classList.remove("hidden"); help.focus(); }
+    else { help.classList.add("hidden"); if (before && before.focus) { before.focus(); } }
+  }
+  var close = document.getElementById("help-close");
+  if (close) { close.addEventListener("click", function () { toggleHelp(false); }); }
+
+  var links = document.querySelectorAll("tr.row a.open");
+  function rowIndex() {
+    var row = document.activeElement && document.activeElement.closest ? document.activeElement.closest("tr.row") : null;
+    return row ? Array.prototype.indexOf.call(document.querySelectorAll("tr.row"), row) : -1;
+  }
+  function move(step) {
+    var at = Math.max(0, Math.min(links.length - 1, rowIndex() + step));
+    if (rowIndex() < 0 && step < 0) { at = 0; }
+    links[at].focus();
+    links[at].closest("tr").scrollIntoView({ block: "nearest" });
+  }
   document.addEventListener("keydown", function (e) {
-    if (e.target.closest("input, textarea, select")) { return; }
-    if (rows.length && (e.key === "j" || e.key === "k")) {
-      at = Math.max(0, Math.min(rows.length - 1, at + (e.key === "j" ? 1 : -1)));
-      each("tr.row", function (r) { r.style.outline = ""; });
-      rows[at].style.outline = "2px solid #0969da";
-      rows[at].scrollIntoView({ block: "nearest" });
-    } else if (rows.length && e.key === "Enter" && at >= 0) {
-      window.location.href = rows[at].getAttribute("data-href");
+    if (e.ctrlKey || e.metaKey || e.altKey) { return; }
+    if (e.key === "Escape" && help && !help.classList.contains("hidden")) { toggleHelp(false); return; }
+    if (e.target.closest("input[type=text], input[type=search], input:not([type]), input[type=number], textarea, select")) { return; }
+    if (e.key === "?") { toggleHelp(help && help.classList.contains("hidden")); e.preventDefault(); return; }
+    if (links.length && (e.key === "j" || e.key === "k")) {
+      move(e.key === "j" ? 1 : -1);
+      e.preventDefault();
+    } else if (links.length && e.key === "x" && rowIndex() >= 0) {
+      var box = document.querySelectorAll("tr.row")[rowIndex()].querySelector("input.pick");
+      if (box) { box.checked = !box.checked; recount(); }
+    } else if (e.key === "/" && document.getElementById("search")) {
+      document.getElementById("search").focus();
+      e.preventDefault();
+    } else if (e.key === "u" && document.getElementById("back")) {
+      window.location.href = document.getElementById("back").getAttribute("href");
     } else if (["1", "2", "3"].indexOf(e.key) >= 0) {
-      var radios = document.querySelectorAll("#label-form input[name=label]");
-      var r = radios[parseInt(e.key, 10) - 1];
-      if (r) { r.checked = true; r.focus(); }
+      var n = parseInt(e.key, 10) - 1;
+      var group = document.querySelectorAll("#review-form input[name=label_all]");
+      var next = document.getElementById("save-next");
+      if (group.length) {
+        group[n].checked = true;
+      } else {
+        each("#review-form tbody tr[data-incident]", function (row) {
+          var r = row.querySelectorAll("input[type=radio]")[n]; if (r) { r.checked = true; }
+        });
+      }
+      var single = document.querySelectorAll("#label-form input[name=label]")[n];  // an incident page
+      if (single) { single.checked = true; single.focus(); } else if (next) { next.focus(); }
+      if (group.length || next || single) { e.preventDefault(); }
     }
   });
 })();

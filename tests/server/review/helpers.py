@@ -64,3 +64,54 @@ def seed(store: IncidentStore, n: int, now: dt.datetime | None = None) -> list[i
                 )
             )
     return ids
+
+
+THREE = (("dec", "deception", 1.0), ("dec-sae", "deception", 0.5), ("ref", "refusal", 2.0))
+
+
+def seed_grouped(
+    store: IncidentStore, n: int, now: dt.datetime | None = None, text: str = "answer number"
+) -> list[str]:
+    """`n` generations `grp-k` (oldest first, a minute apart), each alerting on all three probes of THREE:
+    scores dec 1.5 + k, dec-sae 0.5 + 2k (margin 2k), ref 2.25 + 0.5k; response f"{text} {k}"."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    out = []
+    for k in range(n):
+        scores = {"dec": 1.5 + k, "dec-sae": 0.5 + 2 * k, "ref": 2.25 + 0.5 * k}
+        context = {
+            p: probe_context(
+                behaviour=b,
+                score=scores[p],
+                threshold=thr,
+                n_tokens=2,
+                aggregation="max",
+                token_selection="response",
+                layer=2,
+                version="7",
+                token_scores=[[10, thr - 1], [11, scores[p]]],
+            )
+            for p, b, thr in THREE
+        }
+        created = (now - dt.timedelta(minutes=n - k)).isoformat()
+        for p, b, thr in THREE:
+            store.record(
+                Incident(
+                    generation_id=f"grp-{k}",
+                    probe=p,
+                    behaviour=b,
+                    score=scores[p],
+                    threshold=thr,
+                    model_fingerprint=FINGERPRINT,
+                    bundle_version="7",
+                    aggregation="max",
+                    token_scores=[[10, thr - 1], [11, scores[p]]],
+                    prompt=f"user: question {k}\nassistant:",
+                    response=f"{text} {k}",
+                    prompt_length=10,
+                    tokens=[[10, 100], [11, 101]],
+                    context=context,
+                    created_at=created,
+                )
+            )
+        out.append(f"grp-{k}")
+    return out

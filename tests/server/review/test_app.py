@@ -142,26 +142,31 @@ def test_api_actions_and_their_errors(store, serve_review):
 
 
 def test_queue_page_filters_counts_and_paging(store, serve_review):
-    ids = seed(store, 120)  # 120 dec incidents + 40 ref incidents
+    ids = seed(store, 120)  # 120 generations: dec on each, ref too on every third (160 incidents)
     store.label(ids[0], "alice", "false_positive")
     url = serve_review(store, AuthConfig(local_reviewer="alice"))
     html = httpx.get(f"{url}/").text
-    assert "160 incidents" in html and "page 1 of 4" in html
+    assert "120 generations" in html and "page 1 of 3" in html
     assert re.findall(r'data-status="(\w+)"[^>]*>\w+ <b class="count">(\d+)</b>', html) == [
-        ("open", "159"),
+        ("open", "120"),  # generations with an open incident: gen-0's ref is still open
         ("acknowledged", "1"),
         ("resolved", "0"),
     ]
-    shown = [int(x) for x in re.findall(r'<tr class="row[^"]*" data-href="[^"]+" data-id="(\d+)"', html)]
-    assert shown == sorted(ids, reverse=True)[:50]  # newest first
-    page2 = httpx.get(f"{url}/", params={"page": 2}).text
-    assert [int(x) for x in re.findall(r'data-id="(\d+)"', page2)] == sorted(ids, reverse=True)[50:100]
+    shown = re.findall(r'<tr class="row[^"]*" data-href="[^"]+" data-generation="([^"]+)"', html)
+    assert shown == [f"gen-{k}" for k in range(119, 69, -1)]  # newest first
+    gen0 = store.find(generation_id="gen-0")
+    assert {i.probe for i in gen0} == {"dec", "ref"}  # one row for both, each probe a badge linking its incident
+    page3 = httpx.get(f"{url}/", params={"page": 3}).text
+    assert f'href="/incidents/{gen0[0].id}" data-id="{gen0[0].id}"' in page3
+    assert re.findall(r'data-generation="([^"]+)"', page3)[-1] == "gen-0"
     filtered = httpx.get(f"{url}/", params={"probe": "ref", "score_min": "2.6", "per_page": 25}).text
-    rows = [int(x) for x in re.findall(r'data-id="(\d+)"', filtered)]
-    assert len(rows) == 25 and all(store.get(i).probe == "ref" and store.get(i).score >= 2.6 for i in rows)
-    assert "40 incidents" in filtered and 'href="/?probe=ref&amp;score_min=2.6&amp;per_page=25&amp;page=2"' in filtered
+    rows = re.findall(r'<tr class="row[^"]*" data-href="[^"]+" data-generation="([^"]+)"', filtered)
+    assert len(rows) == 25 and all(int(g.split("-")[1]) % 3 == 0 for g in rows)
+    assert (
+        "40 generations" in filtered and 'href="/?probe=ref&amp;score_min=2.6&amp;per_page=25&amp;page=2"' in filtered
+    )
     labelled = httpx.get(f"{url}/", params={"label": "false_positive"}).text
-    assert [int(x) for x in re.findall(r'data-id="(\d+)"', labelled)] == [ids[0]]
+    assert re.findall(r'data-generation="([^"]+)"', labelled) == [store.get(ids[0]).generation_id]
     bad = httpx.get(f"{url}/", params={"score_min": "lots"})
     assert bad.status_code == 400 and "score min &#39;lots&#39; is not a number" in bad.text
 

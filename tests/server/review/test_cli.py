@@ -8,7 +8,7 @@ import stat
 import pytest
 
 from probewatch.cli.main import main
-from probewatch.server.store import IncidentStore
+from probewatch.server.store import IncidentStore, migrate
 from tests.server.review.helpers import seed
 
 
@@ -41,7 +41,7 @@ def test_incidents_show_migrate_and_export_everything(capsys, tmp_path):
     capsys.readouterr()
     assert main(["incidents", "migrate", "--db", str(db), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["revision"] == result["head"] == "0002" and result["backend"] == "sqlite"
+    assert result["revision"] == result["head"] == migrate.head_revision() and result["backend"] == "sqlite"
     out = tmp_path / "all.jsonl"
     out.write_text("old")
     out.chmod(0o644)  # an existing, world-readable file is narrowed too

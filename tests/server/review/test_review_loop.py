@@ -120,9 +120,10 @@ def test_review_in_a_real_browser(traffic, browser, serve_review, tmp_path, caps
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
         page.goto(f"{url}/")
-        rows = page.locator("tr.row")
-        assert rows.count() == store.count()
-        assert page.locator('.tab[data-status="open"] .count').inner_text() == str(store.count())
+        rows = page.locator("tr.row")  # one row per flagged generation, its probes as badges
+        generations = {i.generation_id for i in store.find()}
+        assert rows.count() == len(generations)
+        assert page.locator('.tab[data-status="open"] .count').inner_text() == str(len(generations))
         shot_queue = tmp_path / "review-queue.png"
         page.screenshot(path=str(shot_queue), full_page=True)
         # filter: the probe menu applies on change (review.js)
@@ -131,7 +132,9 @@ def test_review_in_a_real_browser(traffic, browser, serve_review, tmp_path, caps
         assert page.locator("tr.row").count() == len(ours)
         # open the lowest-scoring incident of the probe (an honest answer, as it turns out)
         target = min(ours, key=lambda i: i.score)
-        page.locator(f'tr.row[data-id="{target.id}"] td.snippet').click()
+        page.locator(f'tr.row[data-generation="{target.generation_id}"] td.snippet').click()
+        page.wait_for_url(re.compile(rf"/generations/{re.escape(target.generation_id)}"))
+        page.locator(f'#badges a[data-probe="{PROBE}"]').click()  # this probe's own incident page
         page.wait_for_url(f"{url}/incidents/{target.id}")
         heatmap = page.locator(f'.heatmap[data-probe="{PROBE}"]')
         incident = store.get(target.id)
