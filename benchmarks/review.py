@@ -7,8 +7,10 @@ probe's scores per generation), starts the review app on loopback and times real
 deep in the queue, sorted by margin, a text search, "assigned to me", the grouped and the
 per-incident JSON APIs), a generation page, an incident page, /metrics, a filtered export, and the
 review posts: "save & next" (verdict for every probe + resolve + the next generation, one post per
-generation) and a bulk label + resolve of 50 generations. The issue's budget: the queue answers in
-under 300 ms with 10,000 incidents. Results go to `--out` (JSON) with a bar chart next to it.
+generation) and a bulk label + resolve of 50 generations; and the first incident page of a freshly
+started app (the catalog of `probewatch review`, whose tokenizers load in the background meanwhile:
+incidents carry their token texts, as sidecars store them, so the page must not wait; budget 500 ms).
+The issue's budget: the queue answers in under 300 ms with 10,000 incidents. Results go to `--out` (JSON) with a bar chart next to it.
 
 A benchmark, not a test: it writes thousands of rows and times them on a possibly busy machine.
 """
@@ -29,6 +31,7 @@ from typing import Any
 from probewatch.benchmarks.harness import add_common_args
 
 BUDGET_MS = 300.0
+FIRST_PAGE_BUDGET_MS = 500.0
 PROBES = (
     ("deception-lr", "deception", 1.2),
     ("refusal-lr", "refusal", 2.0),
@@ -81,6 +84,7 @@ def _seed(store, n: int, progress: bool) -> float:
         while written < n:
             prompt_length = 40
             tokens = [[prompt_length + i, rnd.randrange(49152)] for i in range(64)]
+            texts = [[p, " " + rnd.choice(WORDS)] for p, _ in tokens]
             context: dict[str, dict[str, Any]] = {}
             for probe, behaviour, threshold in PROBES:
                 base = rnd.gauss(threshold - 0.5, 1.0)
@@ -118,6 +122,7 @@ def _seed(store, n: int, progress: bool) -> float:
                         metadata={"tenant": f"t{k % 7}"},
                         prompt_length=prompt_length,
                         tokens=tokens,
+                        token_texts=texts,
                         context=context,
                         created_at=created,
                     )
@@ -230,6 +235,27 @@ def _plot(result: dict, out: Path) -> Path:
     return png
 
 
+def _first_incident_page(store, incident_id: int) -> float:
+    """ms from creating a fresh app (as `probewatch review` does: every known bundle, tokenizers warming
+    in the background) to its first incident page answered over HTTP."""
+    import httpx
+
+    from probewatch.server.inference.server_thread import HTTPServerThread
+    from probewatch.server.review.app import create_review_app
+    from probewatch.server.review.auth import AuthConfig
+    from probewatch.server.review.catalog import Catalog
+
+    started = time.perf_counter()
+    app = create_review_app(store, AuthConfig(local_reviewer="bench"), Catalog(), metrics_cache_s=0.0)
+    server = HTTPServerThread(app, "127.0.0.1", 0, proxy_headers=False).start()
+    try:
+        response = httpx.get(f"{server.url}/incidents/{incident_id}", timeout=60)
+        response.raise_for_status()
+        return (time.perf_counter() - started) * 1000
+    finally:
+        server.stop()
+
+
 def main(args: argparse.Namespace) -> int:
     import logging
 
@@ -252,6 +278,7 @@ def main(args: argparse.Namespace) -> int:
             writes_per_s = _seed(store, args.incidents, progress)
             ids = [int(r.id or 0) for r in store.find(limit=args.incidents)]
             _review_some(store, ids)
+            first_page_ms = _first_incident_page(store, ids[len(ids) // 3])
             app = create_review_app(store, AuthConfig(local_reviewer="bench"), metrics_cache_s=0.0)
             server = HTTPServerThread(app, "127.0.0.1", 0, proxy_headers=False).start()
             try:
@@ -292,6 +319,8 @@ def main(args: argparse.Namespace) -> int:
         "queue_worst_median_ms": max(v["median_ms"] for v in queue),
         "queue_worst_p95_ms": max(v["p95_ms"] for v in queue),
         "queue_within_budget": all(v["p95_ms"] < BUDGET_MS for v in queue),
+        "first_incident_page_ms": first_page_ms,
+        "first_incident_page_within_budget": first_page_ms <= FIRST_PAGE_BUDGET_MS,
     }
     png = _plot(result, args.out)
     lines = [
@@ -303,6 +332,10 @@ def main(args: argparse.Namespace) -> int:
         )
     verdict = "within" if result["queue_within_budget"] else "OVER"
     lines.append(f"  queue p95 worst {result['queue_worst_p95_ms']:.1f} ms: {verdict} the {BUDGET_MS:.0f} ms budget")
+    first = "within" if result["first_incident_page_within_budget"] else "OVER"
+    lines.append(
+        f"  {'first incident page after start':38} {first_page_ms:7.1f} ms: {first} the {FIRST_PAGE_BUDGET_MS:.0f} ms budget"
+    )
     lines.append(f"  report {args.out}, plot {png}")
     emit(result, args.json, lines, report=args.out)
-    return 0 if result["queue_within_budget"] else 1
+    return 0 if result["queue_within_budget"] and result["first_incident_page_within_budget"] else 1

@@ -91,7 +91,10 @@ def act_many(state: ReviewState, incident_ids: Sequence[int], reviewer: str, ste
                     if current.status == "resolved":
                         continue
                 current = act(state, incident_id, reviewer, action, fields)
-            except (ReviewError, IncidentNotFoundError) as exc:
+            except IncidentNotFoundError:  # the store's message names where it lives: not for a page
+                batch.errors.append(f"#{incident_id}: no such incident")
+                break
+            except ReviewError as exc:
                 batch.errors.append(f"#{incident_id}: {exc}")
                 break
             batch.done[action] += 1

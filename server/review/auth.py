@@ -13,8 +13,10 @@
   the above (hosts.py: a web page must not reach a no-sign-in app through DNS rebinding).
 
 State-changing form posts carry a CSRF token (an HMAC of the reviewer with a key kept in the
-store, so every replica of the app agrees); requests authenticated by an Authorization header
-need none (browsers never add that header on their own).
+store, so every replica of the app agrees). An API client authenticated by `Authorization: Bearer
+TOKEN` that sends no session cookie needs none (browsers never add that header on their own, so
+no other site can forge such a request); one that also sends the sign-in cookie is treated like
+the browser it may be and must send the token (X-CSRF-Token) too.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class AuthConfig:
         auth = headers.get("authorization", "")
         if self.tokens and auth.lower().startswith("bearer "):
             reviewer = self.token_reviewer(auth[7:])
-            return Identity(reviewer, "token") if reviewer else None
+            return Identity(reviewer, "token", cookie=bool(cookies.get(TOKEN_COOKIE))) if reviewer else None
         if self.trusted_headers and self.trusted_peer(peer):
             for name in self.trusted_headers:
                 value = headers.get(name.lower(), "").strip()

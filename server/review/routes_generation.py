@@ -26,7 +26,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 from probewatch.server.review import grafana
 from probewatch.server.review.actions import Batch, Step, act_many
 from probewatch.server.review.auth import csrf_ok, csrf_token
-from probewatch.server.review.routes_incident import form_fields, incident_context, json_object
+from probewatch.server.review.probe_card import probe_card, quality_section
+from probewatch.server.review.routes_incident import form_fields, heatmap_tabs, incident_context, json_object
 from probewatch.server.review.routes_queue import QueueQuery, generation_link, queue_query
 from probewatch.server.review.state import Reviewer, ReviewState, State, base, current_identity, render
 from probewatch.server.review.view import TimelineEntry, timeline
@@ -99,7 +100,15 @@ def generation_context(state: ReviewState, incidents: list[Incident], focus: str
         if state.grafana_url and top.created_at
         else None
     )
-    return {**context, "incidents": incidents, "timeline": _timeline(state, incidents), "dashboard": dashboard}
+    manifests = [state.catalog.manifest(i.probe, i.bundle_version, i.model_fingerprint) for i in incidents]
+    return {
+        **context,
+        "incidents": incidents,
+        "timeline": _timeline(state, incidents),
+        "dashboard": dashboard,
+        "cards": [probe_card(i.probe, i.behaviour, m) for i, m in zip(incidents, manifests)],
+        "quality_reports": [quality_section(i.probe) is not None for i in incidents],
+    }
 
 
 def _verdicts(fields: dict[str, str], incidents: list[Incident]) -> dict[int, str]:
@@ -141,6 +150,7 @@ def generation_page(
         queue_url=f"{root}/?{queue}" if queue else f"{root}/",
         reviewers=state.facets()["reviewer"],
         **context,
+        **heatmap_tabs(request, context["views"], probe),
     )
 
 

@@ -4,6 +4,7 @@
     POST /incidents/{id}                 a review action from the page's forms (CSRF-checked), then back to the page
     GET  /api/incidents/{id}             the incident and its audit trail as JSON
     POST /api/incidents/{id}/{action}    claim|unclaim|label|severity|comment|resolve|reopen (JSON body)
+    GET  /probes/{probe}/quality         the probe's section of the quality report (the probe card links it)
 
 A reviewer signed in by a cookie (a browser) sends the CSRF token with every action: the form's
 `csrf` field, or the API's X-CSRF-Token header. Store calls block, so the routes are plain functions
@@ -21,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 
 from probewatch.server.review.actions import act
 from probewatch.server.review.auth import csrf_ok, csrf_token
+from probewatch.server.review.probe_card import probe_card, quality_section
 from probewatch.server.review.state import ApiError, Reviewer, ReviewState, State, base, current_identity, render
 from probewatch.server.review.view import conversation, probe_views, timeline, token_note
 from probewatch.server.store.records import Incident, IncidentNotFoundError, ReviewConflictError, ReviewError
@@ -55,6 +57,11 @@ def known_id(incident_id: int) -> int:
     return incident_id
 
 
+def missing(incident_id: int) -> str:
+    """The 404 message: the store's own says where the store lives, which no page or API answer shows."""
+    return f"no incident with id {incident_id}"
+
+
 def incident_context(state: ReviewState, incident_id: int) -> dict[str, Any]:
     store, catalog = state.store, state.catalog
     known_id(incident_id)
@@ -62,7 +69,8 @@ def incident_context(state: ReviewState, incident_id: int) -> dict[str, Any]:
     events = store.events(incident_id)
     siblings = {i.probe: int(i.id or 0) for i in store.find(generation_id=incident.generation_id, limit=1000)}
     manifest = catalog.manifest(incident.probe, incident.bundle_version, incident.model_fingerprint)
-    tokenizer = catalog.tokenizer(manifest)
+    # stored token texts: never wait for the tokenizer (it only turns the prompt into chat messages)
+    tokenizer = catalog.tokenizer(manifest, wait=not incident.token_texts)
     return {
         "incident": incident,
         "events": events,
@@ -73,7 +81,22 @@ def incident_context(state: ReviewState, incident_id: int) -> dict[str, Any]:
         "decoded": tokenizer is not None or bool(incident.token_texts),
         "token_note": token_note(incident, tokenizer),
         "drift": state.drift.line(incident.probe),
+        "card": probe_card(incident.probe, incident.behaviour, manifest),
+        "quality_report": quality_section(incident.probe) is not None,
     }
+
+
+def heatmap_tabs(request: Request, views: list[Any], chosen: str | None) -> dict[str, Any]:
+    """The heatmap tab shown (`?probe=ID`, else the first) and each tab's link: the tabs are links to this
+    page, so they switch without JavaScript (review.js switches them in place)."""
+    names = [v.probe for v in views]
+    selected = chosen if chosen in names else (names[0] if names else None)
+    keep = [(k, v) for k, v in request.query_params.multi_items() if k not in ("probe", "done", "error")]
+
+    def link(probe: str) -> str:
+        return "?" + urlencode([*keep, ("probe", probe)]) + "#heatmaps"
+
+    return {"selected": selected, "tab_link": link}
 
 
 def incident_json(state: ReviewState, incident_id: int, incident: Incident) -> dict[str, Any]:
@@ -90,13 +113,16 @@ def incident_page(
     state: State,
     done: str | None = None,
     error: str | None = None,
+    probe: str | None = None,
 ):
     try:
         context = incident_context(state, incident_id)
-    except IncidentNotFoundError as exc:
-        return render(request, "error.html", 404, identity=identity, title="No such incident", message=str(exc))
+    except IncidentNotFoundError:
+        message = missing(incident_id)
+        return render(request, "error.html", 404, identity=identity, title="No such incident", message=message)
     csrf = csrf_token(state.csrf_key, identity.reviewer)
-    return render(request, "incident.html", identity=identity, csrf=csrf, done=done, error=error, **context)
+    tabs = heatmap_tabs(request, context["views"], probe)
+    return render(request, "incident.html", identity=identity, csrf=csrf, done=done, error=error, **context, **tabs)
 
 
 @router.post("/incidents/{incident_id}")
@@ -113,8 +139,8 @@ def incident_form(
     action = fields.get("action", "")
     try:
         act(state, known_id(incident_id), identity.reviewer, action, fields)
-    except IncidentNotFoundError as exc:
-        return PlainTextResponse(str(exc), status_code=404)
+    except IncidentNotFoundError:
+        return PlainTextResponse(missing(incident_id), status_code=404)
     except ReviewError as exc:
         return RedirectResponse(f"{target}?{urlencode({'error': str(exc)})}#actions", 303)
     return RedirectResponse(f"{target}?{urlencode({'done': action})}#actions", 303)
@@ -124,8 +150,8 @@ def incident_form(
 def incident_api(incident_id: int, state: State):
     try:
         incident = state.store.get(known_id(incident_id))
-    except IncidentNotFoundError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=404)
+    except IncidentNotFoundError:
+        return JSONResponse({"error": missing(incident_id)}, status_code=404)
     return incident_json(state, incident_id, incident)
 
 
@@ -142,10 +168,19 @@ def incident_action_api(
         return JSONResponse({"error": "CSRF token missing or wrong (X-CSRF-Token)"}, status_code=403)
     try:
         incident = act(state, known_id(incident_id), identity.reviewer, action, body)
-    except IncidentNotFoundError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=404)
+    except IncidentNotFoundError:
+        return JSONResponse({"error": missing(incident_id)}, status_code=404)
     except ReviewConflictError as exc:
         return JSONResponse({"error": str(exc)}, status_code=409)
     except ReviewError as exc:
         return JSONResponse({"error": str(exc)}, status_code=400)
     return incident_json(state, incident_id, incident)
+
+
+@router.get("/probes/{probe_id}/quality", response_class=HTMLResponse)
+def quality_page(request: Request, probe_id: str, identity: Reviewer):
+    section = quality_section(probe_id)
+    if section is None:
+        message = f"no quality report section for probe {probe_id[:80]!r} is installed with this review app"
+        return render(request, "error.html", 404, identity=identity, title="No quality report", message=message)
+    return render(request, "quality.html", identity=identity, probe=probe_id, section=section)

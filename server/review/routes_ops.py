@@ -1,13 +1,20 @@
-"""Operations: GET /metrics (the review metrics, Prometheus) and GET /healthz (the store answers), no sign-in."""
+"""Operations: GET /metrics (the review metrics, Prometheus), GET /healthz (the store answers) and
+GET /favicon.ico (browsers ask for it at the root whatever the page links), no sign-in.
+
+/healthz says neither where the store lives nor why it failed (it answers anyone): the cause is logged.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse, Response
+import logging
 
-from probewatch.server.review.state import State
+from fastapi import APIRouter
+from fastapi.responses import FileResponse, JSONResponse, Response
+
+from probewatch.server.review.state import HERE, State
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 @router.get("/metrics")
@@ -22,5 +29,14 @@ def healthz(state: State):
     try:
         state.store.count()
     except Exception as exc:  # noqa: BLE001 - reported as unhealthy
-        return JSONResponse({"status": "error", "store": str(exc)}, status_code=503)
-    return {"status": "ok", "store": str(state.store.path), "backend": state.store.backend}
+        log.warning("review: /healthz: the incident store does not answer: %s", exc)
+        return JSONResponse({"status": "error", "store": "unavailable"}, status_code=503)
+    return {"status": "ok", "backend": state.store.backend}
+
+
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon():
+    """The SVG icon the pages link (static/favicon.svg); modern browsers take SVG under any name."""
+    return FileResponse(
+        HERE / "static" / "favicon.svg", media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
+    )

@@ -4,8 +4,9 @@ JSONL download), all filtered by the same query parameters, sorted (`sort`: newe
 default, oldest, score or margin high/low first) and paged.
 
 Filters arrive as query parameters (the page's filter form); an empty one or `any` means no
-constraint (`q`, the text search, takes any text). A malformed number is the app's own 400 (the page still shows the unfiltered queue,
-with the error), not FastAPI's 422; so is a number out of bounds (page 1..1,000,000, per_page
+constraint (`q`, the text search, takes any text). A malformed number is the app's own 400 (the page
+shows the filter form and the error, and no rows: an unfiltered list under a filter the reviewer
+believes applied would be misread), not FastAPI's 422; so is a number out of bounds (page 1..1,000,000, per_page
 1..500, finite scores) and a filter the store refuses (an unknown status, an empty score range, an
 unreadable or out-of-range time).
 """
@@ -158,9 +159,9 @@ def queue_page(request: Request, identity: Reviewer, state: State, query: Query)
         if query.error:
             raise ReviewError(query.error)
         result = query.run_grouped(state)
-    except ReviewError as exc:  # the unfiltered queue, with the error
+    except ReviewError as exc:  # the form and the error, no rows (never the unfiltered queue)
         query = QueueQuery(QueueFilter(), error=str(exc))
-        result = query.run_grouped(state)
+        result = GenerationPage(rows=[], total=0, page=1, per_page=query.per_page, sort=query.sort)
     root, carry = base(request), carried(request)
     return render(
         request,

@@ -24,6 +24,7 @@ from probewatch.server.review.auth import AuthConfig, Identity, csrf_token
 from probewatch.server.review.catalog import Catalog
 from probewatch.server.review.drift import DriftReader
 from probewatch.server.review.metrics import ReviewCollector
+from probewatch.server.review.probe_card import VERDICT_EFFECT
 from probewatch.server.store import IncidentStore
 from probewatch.server.store.records import LABELS, SEVERITIES, STATUSES
 
@@ -113,5 +114,7 @@ def render(request: Request, name: str, status_code: int = 200, **context: Any) 
     state = review_state(request)
     if context["identity"] is not None:  # every page's sign-out form posts it (base.html)
         context.setdefault("csrf", csrf_token(state.csrf_key, context["identity"].reviewer))
-    context.update(base=base(request), labels=LABELS, severities=SEVERITIES, statuses=STATUSES)
+    context.update(
+        base=base(request), labels=LABELS, severities=SEVERITIES, statuses=STATUSES, verdict_effect=VERDICT_EFFECT
+    )
     return state.templates.TemplateResponse(request, name, context, status_code=status_code)

@@ -1,12 +1,15 @@
-// probewatch review: progressive enhancement only (every page works without it).
+// probewatch review: progressive enhancement only (every page works without it: the heatmap tabs are
+// links the server answers, every token with a score is focusable with its score in its title).
 // - queue rows open their generation on click; filter menus apply on change;
 // - bulk: a select-all box over the page's rows, the selected count on the bulk bar;
-// - heatmap probe tabs switch the visible heatmap; a tooltip shows a token's exact score on hover;
+// - heatmap probe tabs switch in place (arrow keys between tabs); a tooltip shows a token's exact score
+//   on hover and on focus; the tokens become one Tab stop per heatmap, arrow keys move between them;
 // - keyboard (shown by "?" and the hints on each page): j/k move focus through the queue's row links,
 //   Enter opens, x selects, / searches; on a generation page 1/2/3 pick the verdict for every probe and
 //   focus "Save, resolve & next" (Enter presses it), u goes back to the queue.
 (function () {
   "use strict";
+  document.documentElement.classList.add("js");
   function each(selector, fn) { Array.prototype.forEach.call(document.querySelectorAll(selector), fn); }
 
   each("tr.row[data-href]", function (row) {
@@ -38,19 +41,35 @@
   each("input.pick", function (p) { p.addEventListener("change", recount); });
   recount();
 
-  each(".probe-tab", function (tab) {
-    tab.addEventListener("click", function () {
-      each(".probe-tab", function (t) { t.classList.remove("active"); });
-      each(".heatmap", function (h) { h.classList.add("hidden"); });
-      tab.classList.add("active");
-      var target = document.getElementById(tab.getAttribute("data-target"));
-      if (target) { target.classList.remove("hidden"); }
+  // heatmap tabs (WAI-ARIA tabs): links to ?probe=ID without JavaScript; here they switch in place,
+  // the selected tab is the only one in the Tab order and the arrow keys / Home / End move between them
+  var tabs = document.querySelectorAll(".probe-tab");
+  function select(tab, focus) {
+    each(".probe-tab", function (t) {
+      var on = t === tab;
+      t.classList.toggle("active", on);
+      t.setAttribute("aria-selected", on ? "true" : "false");
+      t.setAttribute("tabindex", on ? "0" : "-1");
+      var panel = document.getElementById(t.getAttribute("aria-controls"));
+      if (panel) { panel.classList.toggle("hidden", !on); }
+    });
+    if (focus) { tab.focus(); }
+  }
+  each(".probe-tab", function (tab, n) {
+    tab.setAttribute("tabindex", tab.getAttribute("aria-selected") === "true" ? "0" : "-1");
+    tab.addEventListener("click", function (e) { e.preventDefault(); select(tab, false); });
+    tab.addEventListener("keydown", function (e) {
+      var at = Array.prototype.indexOf.call(tabs, tab), to = -1;
+      if (e.key === "ArrowRight" || e.key === "ArrowDown") { to = (at + 1) % tabs.length; }
+      else if (e.key === "ArrowLeft" || e.key === "ArrowUp") { to = (at - 1 + tabs.length) % tabs.length; }
+      else if (e.key === "Home") { to = 0; } else if (e.key === "End") { to = tabs.length - 1; }
+      if (to >= 0) { select(tabs[to], true); e.preventDefault(); }
     });
   });
 
   var tip = null;
-  function showTip(tok, e) {
-    if (!tip) { tip = document.createElement("div"); tip.id = "tip"; document.body.appendChild(tip); }
+  function showTip(tok, x, y) {
+    if (!tip) { tip = document.createElement("div"); tip.id = "tip"; tip.setAttribute("role", "status"); document.body.appendChild(tip); }
     var map = tok.closest(".heatmap");
     var score = tok.getAttribute("data-score");
     var thr = map ? parseFloat(map.getAttribute("data-threshold")) : NaN;
@@ -61,16 +80,37 @@
       if (!isNaN(thr)) { text += (s >= thr ? " ≥ " : " < ") + "threshold " + thr.toFixed(3); }
     } else { text += " · not scored"; }
     tip.textContent = text;
-    tip.style.left = (e.clientX + 12) + "px";
-    tip.style.top = (e.clientY + 14) + "px";
+    tip.style.left = Math.max(0, Math.min(x + 12, document.documentElement.clientWidth - 260)) + "px";
+    tip.style.top = (y + 14) + "px";
     tip.style.display = "block";
   }
+  function hideTip() { if (tip) { tip.style.display = "none"; } }
   each(".tokens", function (box) {
     box.addEventListener("mousemove", function (e) {
       var tok = e.target.closest(".tok");
-      if (tok) { showTip(tok, e); } else if (tip) { tip.style.display = "none"; }
+      if (tok) { showTip(tok, e.clientX, e.clientY); } else { hideTip(); }
     });
-    box.addEventListener("mouseleave", function () { if (tip) { tip.style.display = "none"; } });
+    box.addEventListener("mouseleave", hideTip);
+    // keyboard: one scored token per heatmap in the Tab order (roving tabindex), arrows move between them
+    var scored = box.querySelectorAll(".tok[data-score]");
+    var first = box.querySelector(".tok.hot[data-score]") || scored[0];
+    Array.prototype.forEach.call(scored, function (t) { t.setAttribute("tabindex", t === first ? "0" : "-1"); });
+    box.addEventListener("focusin", function (e) {
+      var tok = e.target.closest(".tok");
+      if (!tok) { return; }
+      Array.prototype.forEach.call(scored, function (t) { t.setAttribute("tabindex", t === tok ? "0" : "-1"); });
+      var r = tok.getBoundingClientRect();
+      showTip(tok, r.left, r.bottom - 10);
+    });
+    box.addEventListener("focusout", hideTip);
+    box.addEventListener("keydown", function (e) {
+      var at = Array.prototype.indexOf.call(scored, e.target), to = -1;
+      if (at < 0) { return; }
+      if (e.key === "ArrowRight") { to = Math.min(scored.length - 1, at + 1); }
+      else if (e.key === "ArrowLeft") { to = Math.max(0, at - 1); }
+      else if (e.key === "Home") { to = 0; } else if (e.key === "End") { to = scored.length - 1; }
+      if (to >= 0) { scored[to].focus(); e.preventDefault(); }
+    });
   });
 
   // keyboard
