@@ -27,7 +27,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from probewatch.benchmarks.soak_stream import FINGERPRINT, chunk_message
+from probewatch.benchmarks.soak_stream import chunk_message, open_message
 
 ATTACKS = ("watch_flood", "byte_heavy", "never_close", "redos")
 #: adversarial texts for the redaction rules (each linear now; quadratic before issue 20)
@@ -191,7 +191,7 @@ class Attacker(threading.Thread):
         gid = f"bytes-{generation}-{self.n}"
         self.n += 1
         try:
-            self._put(feed, _open(gid))
+            self._put(feed, open_message(gid, tag="attack"))
             pos = 0
             while self._live(generation) and not call.done():
                 self._put(feed, chunk_message(gid, 1, list(range(pos, pos + rows)), block))
@@ -210,7 +210,7 @@ class Attacker(threading.Thread):
             while self._live(generation) and not call.done():
                 gid = f"hoard-{generation}-{self.n}"
                 self.n += 1
-                self._put(feed, _open(gid))
+                self._put(feed, open_message(gid, tag="attack"))
                 time.sleep(0.001)
         finally:
             feed.put(None)
@@ -231,7 +231,7 @@ class Attacker(threading.Thread):
                 gid = f"redos-{generation}-{self.n}"
                 text = REDOS_TEXTS[self.n % len(REDOS_TEXTS)]
                 self.n += 1
-                self._put(feed, _open(gid))
+                self._put(feed, open_message(gid, tag="attack"))
                 rows = np.zeros((2, self.d_model), np.float32)
                 rows[0] = self.hot[1] * 5.0  # alerts: its incident carries the text below
                 self._put(feed, chunk_message(gid, 1, [0, 1], rows))
@@ -242,14 +242,6 @@ class Attacker(threading.Thread):
             feed.put(None)
             call.cancel()
             channel.close()
-
-
-def _open(gid: str) -> bytes:
-    from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
-
-    return pb.MonitorRequest(
-        open=pb.Open(generation_id=gid, model_fingerprint=FINGERPRINT, prompt_length=0, metadata={"soak": "attack"})
-    ).SerializeToString()
 
 
 def run_attacks(argv: list[str] | None = None) -> dict[str, Any]:

@@ -64,11 +64,11 @@ def chunk_message(gid: str, layer: int, positions: list[int], rows: Any) -> byte
     ).SerializeToString()
 
 
-def open_message(gid: str, fingerprint: str = FINGERPRINT) -> bytes:
+def open_message(gid: str, fingerprint: str = FINGERPRINT, tag: str = "1") -> bytes:
     from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 
     return pb.MonitorRequest(
-        open=pb.Open(generation_id=gid, model_fingerprint=fingerprint, prompt_length=0, metadata={"soak": "1"})
+        open=pb.Open(generation_id=gid, model_fingerprint=fingerprint, prompt_length=0, metadata={"soak": tag})
     ).SerializeToString()
 
 
