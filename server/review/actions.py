@@ -80,22 +80,29 @@ class Batch:
 
 def act_many(state: ReviewState, incident_ids: Sequence[int], reviewer: str, steps: Sequence[Step]) -> Batch:
     """Each step on each incident in turn (one audited action each); an incident a step refuses skips
-    its later steps; resolving one already resolved is skipped, not re-audited."""
+    its later steps; resolving one already resolved is skipped, not re-audited. One store transaction
+    for the lot (each action in its own savepoint: a refusal rolls back only that action)."""
     batch = Batch()
-    for incident_id in incident_ids:
-        current: Incident | None = None
-        for action, fields in steps:
-            try:
-                if action == "resolve":
-                    current = current or state.store.get(incident_id)
-                    if current.status == "resolved":
-                        continue
-                current = act(state, incident_id, reviewer, action, fields)
-            except IncidentNotFoundError:  # the store's message names where it lives: not for a page
-                batch.errors.append(f"#{incident_id}: no such incident")
-                break
-            except ReviewError as exc:
-                batch.errors.append(f"#{incident_id}: {exc}")
-                break
-            batch.done[action] += 1
+    with state.store.batch():
+        for incident_id in incident_ids:
+            _steps(state, incident_id, reviewer, steps, batch)
     return batch
+
+
+def _steps(state: ReviewState, incident_id: int, reviewer: str, steps: Sequence[Step], batch: Batch) -> None:
+    """`steps` on one incident: a refusal is recorded in `batch` and skips the later steps."""
+    current: Incident | None = None
+    for action, fields in steps:
+        try:
+            if action == "resolve":
+                current = current or state.store.get(incident_id)
+                if current.status == "resolved":
+                    continue
+            current = act(state, incident_id, reviewer, action, fields)
+        except IncidentNotFoundError:  # the store's message names where it lives: not for a page
+            batch.errors.append(f"#{incident_id}: no such incident")
+            return
+        except ReviewError as exc:
+            batch.errors.append(f"#{incident_id}: {exc}")
+            return
+        batch.done[action] += 1

@@ -52,3 +52,13 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An empty SQLite incident store (modules that want rows override it: `def store(store): seed(store, n)`)."""
+    from probewatch.server.store import IncidentStore
+
+    s = IncidentStore.open(tmp_path / "incidents.sqlite3")
+    yield s
+    s.close()

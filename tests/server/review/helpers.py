@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from probewatch.server.store import Incident, IncidentStore, probe_context
 
@@ -115,3 +116,10 @@ def seed_grouped(
             )
         out.append(f"grp-{k}")
     return out
+
+
+def csrf(html: str) -> str:
+    """The CSRF token of a page's forms (what a browser posts back)."""
+    match = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert match, "the page has no CSRF field"
+    return match.group(1)

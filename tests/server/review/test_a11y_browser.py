@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from probewatch.server.review.auth import AuthConfig
-from probewatch.server.store import IncidentStore
 from tests.server.review.helpers import seed, seed_grouped
 
 pytestmark = pytest.mark.timeout(120)
@@ -20,12 +19,10 @@ WIDE = "() => [document.documentElement.scrollWidth, document.documentElement.cl
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = IncidentStore.open(tmp_path / "incidents.sqlite3")
-    seed(s, 3)
-    seed_grouped(s, 2, text="a-very-long-unbroken-value-" * 12)  # a 324-character unbroken response
-    yield s
-    s.close()
+def store(store):
+    seed(store, 3)
+    seed_grouped(store, 2, text="a-very-long-unbroken-value-" * 12)  # a 324-character unbroken response
+    return store
 
 
 def _axe(page) -> list[dict]:

@@ -10,23 +10,11 @@ import pytest
 
 from probewatch.server.review.auth import AuthConfig, ReviewAuthError, read_reviewer_tokens
 from probewatch.server.review.catalog import Catalog
-from probewatch.server.store import IncidentStore
 from tests.server.grpc_helpers import metric_value
-from tests.server.review.helpers import FINGERPRINT, seed
+from tests.server.review.helpers import FINGERPRINT, csrf, seed
 
 TOKEN_A = "alice-token-0123456789abcdef"
 TOKEN_B = "bob-token-0123456789abcdefgh"
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = IncidentStore.open(tmp_path / "incidents.sqlite3")
-    yield s
-    s.close()
-
-
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf" value="([0-9a-f]+)"', html).group(1)
 
 
 def test_identity_from_a_trusted_proxy_header_only(store, serve_review):
@@ -49,11 +37,11 @@ def test_identity_from_a_trusted_proxy_header_only(store, serve_review):
     html = httpx.get(f"{url}/incidents/1", headers=headers).text
     forged = httpx.post(f"{url}/incidents/1", headers=headers, data={"action": "claim", "csrf": "0" * 40})
     assert forged.status_code == 403 and store.get(1).assignee is None
-    ok = httpx.post(f"{url}/incidents/1", headers=headers, data={"action": "claim", "csrf": _csrf(html)})
+    ok = httpx.post(f"{url}/incidents/1", headers=headers, data={"action": "claim", "csrf": csrf(html)})
     assert ok.status_code == 303 and ok.headers["location"].endswith("/incidents/1?done=claim#actions")
     assert store.get(1).assignee == "dave" and store.events(1)[-1].reviewer == "dave"
     # another reviewer's CSRF token does not work for dave
-    other = _csrf(httpx.get(f"{url}/incidents/1", headers={"X-Forwarded-User": "erin"}).text)
+    other = csrf(httpx.get(f"{url}/incidents/1", headers={"X-Forwarded-User": "erin"}).text)
     assert (
         httpx.post(f"{url}/incidents/1", headers=headers, data={"action": "unclaim", "csrf": other}).status_code == 403
     )
@@ -87,12 +75,12 @@ def test_bearer_tokens_for_api_clients_and_browsers(store, serve_review, tmp_pat
         html = browser.get("/incidents/2").text
         assert "alice" in html
         assert browser.post("/incidents/2", data={"action": "claim"}).status_code == 403  # cookie auth: CSRF required
-        assert browser.post("/incidents/2", data={"action": "claim", "csrf": _csrf(html)}).status_code == 303
+        assert browser.post("/incidents/2", data={"action": "claim", "csrf": csrf(html)}).status_code == 303
         assert store.get(2).assignee == "alice"
         # an open redirect through ?next= is not possible
         assert browser.post("/login", data={"token": TOKEN_A, "next": "//evil.example/"}).headers["location"] == "/"
         assert browser.post("/login", data={"token": TOKEN_A, "next": "/\\evil.example/"}).headers["location"] == "/"
-        assert browser.post("/logout", data={"csrf": _csrf(html)}).status_code == 303
+        assert browser.post("/logout", data={"csrf": csrf(html)}).status_code == 303
         assert browser.get("/").status_code == 303
 
 
@@ -250,7 +238,7 @@ def test_mounted_under_a_prefix(store, tmp_path):
         assert 'href="/review/incidents/1"' in html and 'href="/review/static/review.css"' in html
         assert httpx.get(f"{server.url}/review/static/review.js").status_code == 200
         page = httpx.get(f"{server.url}/review/incidents/1").text
-        form = httpx.post(f"{server.url}/review/incidents/1", data={"action": "claim", "csrf": _csrf(page)})
+        form = httpx.post(f"{server.url}/review/incidents/1", data={"action": "claim", "csrf": csrf(page)})
         assert form.headers["location"] == "/review/incidents/1?done=claim#actions"
         assert "probewatch_review_incidents" in httpx.get(f"{server.url}/review/metrics").text
     finally:

@@ -20,11 +20,9 @@ from tests.server.review.helpers import seed
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = IncidentStore.open(tmp_path / "incidents.sqlite3")
-    seed(s, 2)
-    yield s
-    s.close()
+def store(store):
+    seed(store, 2)
+    return store
 
 
 def _card(store: IncidentStore, **kw) -> str:

@@ -12,26 +12,13 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import pytest
 
 from probewatch.cli.main import main
 from probewatch.server.review.auth import AuthConfig
 from probewatch.server.review.grafana import DASHBOARD_UID
-from probewatch.server.store import IncidentStore
-from tests.server.review.helpers import seed, seed_grouped
+from tests.server.review.helpers import csrf, seed, seed_grouped
 
 TOKEN = "alice-token-0123456789abcdef"
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = IncidentStore.open(tmp_path / "incidents.sqlite3")
-    yield s
-    s.close()
-
-
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf" value="([0-9a-f]+)"', html).group(1)
 
 
 def test_grouped_api_and_per_incident_api_with_search(store, serve_review):
@@ -62,7 +49,7 @@ def test_same_for_all_labels_every_probe_in_one_post_then_next(store, serve_revi
     assert f'name="queue" value="{queue.replace("&", "&amp;")}"' in html
     saved = httpx.post(
         f"{url}/generations/grp-2",
-        data={"csrf": _csrf(html), "label_all": "false_positive", "comment": "benign", "do": "next", "queue": queue},
+        data={"csrf": csrf(html), "label_all": "false_positive", "comment": "benign", "do": "next", "queue": queue},
     )
     assert saved.status_code == 303
     # margin_desc: grp-2 (margin 4) -> grp-1 (margin 2): the next generation of the same queue
@@ -76,13 +63,13 @@ def test_same_for_all_labels_every_probe_in_one_post_then_next(store, serve_revi
     # per probe verdicts, saved without resolving; resolving an unlabelled one is refused and said
     ids = {i.probe: i.id for i in store.generation_incidents("grp-1")}
     partial = httpx.post(
-        f"{url}/generations/grp-1", data={"csrf": _csrf(html), f"label-{ids['dec']}": "true_positive", "do": "resolve"}
+        f"{url}/generations/grp-1", data={"csrf": csrf(html), f"label-{ids['dec']}": "true_positive", "do": "resolve"}
     )
     assert partial.status_code == 303 and "error=" in partial.headers["location"]
     assert "label+it+before+resolving" in partial.headers["location"]
     assert store.get(ids["dec"]).status == "resolved" and store.get(ids["ref"]).label is None
     # the JSON API: per probe and for all, then nothing left: "save & next" returns to the queue
-    token = {"X-CSRF-Token": _csrf(html)}  # the no-sign-in local reviewer is a browser: CSRF on every post
+    token = {"X-CSRF-Token": csrf(html)}  # the no-sign-in local reviewer is a browser: CSRF on every post
     api = httpx.post(f"{url}/api/generations/grp-0", headers=token, json={"labels": {"ref": "unsure"}, "label": None})
     assert api.status_code == 200 and api.json()["batch"]["done"] == {"label": 1}
     assert httpx.post(f"{url}/api/generations/grp-0", json={"label": "unsure"}).status_code == 403
@@ -92,7 +79,7 @@ def test_same_for_all_labels_every_probe_in_one_post_then_next(store, serve_revi
     assert httpx.post(f"{url}/api/generations/grp-0", headers=token, json={"label": "maybe"}).status_code == 400
     last = httpx.post(
         f"{url}/generations/grp-0",
-        data={"csrf": _csrf(html), "label_all": "true_positive", "do": "next", "queue": queue},
+        data={"csrf": csrf(html), "label_all": "true_positive", "do": "next", "queue": queue},
     ).headers["location"]
     assert last.startswith(f"/?{queue}&done=") and "no+more+generations" in last
     assert httpx.get(f"{url}/generations/nope").status_code == 404
@@ -109,7 +96,7 @@ def test_bulk_label_and_resolve_fifty_generations(store, serve_review):
         assert len(picked) == 50
         form = {"label": "true_positive", "resolve": "1", "queue": "per_page=50", "generation": picked}
         assert browser.post("/bulk", data=form).status_code == 403  # no CSRF token
-        done = browser.post("/bulk", data={**form, "csrf": _csrf(html)})
+        done = browser.post("/bulk", data={**form, "csrf": csrf(html)})
     assert done.status_code == 303
     rows = [i for g in picked for i in store.find(generation_id=g)]
     assert len(rows) == 50 + len([g for g in picked if int(g.split("-")[1]) % 3 == 0])

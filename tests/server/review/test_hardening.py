@@ -13,23 +13,16 @@ import pytest
 from probewatch.cli.review_cmd import add_review_arguments, auth_config
 from probewatch.server.review.auth import AuthConfig
 from probewatch.server.review.hosts import AllowedHostError, allowed_hosts, host_permitted
-from probewatch.server.store import IncidentStore
 from tests.server.grpc_helpers import metric_value
-from tests.server.review.helpers import seed
+from tests.server.review.helpers import csrf, seed
 
 TOKEN = "alice-token-0123456789abcdef"
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = IncidentStore.open(tmp_path / "incidents.sqlite3")
-    seed(s, 3)
-    yield s
-    s.close()
-
-
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf" value="([0-9a-f]+)"', html).group(1)
+def store(store):
+    seed(store, 3)
+    return store
 
 
 def _args(*argv: str) -> argparse.Namespace:
@@ -140,7 +133,7 @@ def test_logout_needs_the_csrf_token(store, serve_review):
             refused = browser.post("/logout", data=forged)
             assert refused.status_code == 403 and "set-cookie" not in refused.headers
             assert browser.get("/").status_code == 200  # still signed in
-        out = browser.post("/logout", data={"csrf": _csrf(html)})
+        out = browser.post("/logout", data={"csrf": csrf(html)})
         assert out.status_code == 303 and out.headers["location"] == "/login"
         assert browser.get("/").status_code == 303  # signed out: back to /login
         # signing out without a session needs no token (there is nothing to forge)

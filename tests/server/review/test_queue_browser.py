@@ -13,17 +13,9 @@ import pytest
 
 from probewatch.server.review.auth import AuthConfig
 from probewatch.server.review.grafana import DASHBOARD_UID
-from probewatch.server.store import IncidentStore
 from tests.server.review.helpers import seed, seed_grouped
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = IncidentStore.open(tmp_path / "incidents.sqlite3")
-    yield s
-    s.close()
 
 
 @pytest.fixture

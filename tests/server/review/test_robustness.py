@@ -6,12 +6,10 @@ means, its quality numbers, P(behaviour), how to label)."""
 from __future__ import annotations
 
 import math
-import re
 import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from probewatch.server.review.app import store_down
 from probewatch.server.review.auth import TOKEN_COOKIE, AuthConfig
@@ -19,21 +17,10 @@ from probewatch.server.review.catalog import Catalog
 from probewatch.server.review.probe_card import probe_card, quality_section, sigmoid
 from probewatch.server.store import Incident, IncidentStore, probe_context
 from probewatch.server.store.records import IncidentStoreError
-from tests.server.review.helpers import seed, seed_grouped
+from tests.server.review.helpers import csrf, seed, seed_grouped
 
 TOKEN = "alice-token-0123456789abcdef"
 SHIPPED = Path(__file__).resolve().parents[3] / "probes" / "shipped" / "smollm2-135m-instruct"
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = IncidentStore.open(tmp_path / "incidents.sqlite3")
-    yield s
-    s.close()
-
-
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf" value="([0-9a-f]+)"', html).group(1)
 
 
 def test_a_refused_filter_lists_no_rows(store, serve_review):
@@ -100,8 +87,8 @@ def test_bearer_api_clients_need_no_csrf_token_cookie_clients_do(store, serve_re
         # the cookie and a bearer header together: still a browser's request as far as CSRF goes
         both = browser.post("/api/generations/grp-1", headers=bearer, json={"label": "unsure"})
         assert both.status_code == 403
-        csrf = _csrf(browser.get("/").text)
-        done = browser.post("/api/generations/grp-1", headers={"X-CSRF-Token": csrf}, json={"label": "unsure"})
+        token = csrf(browser.get("/").text)
+        done = browser.post("/api/generations/grp-1", headers={"X-CSRF-Token": token}, json={"label": "unsure"})
         assert done.status_code == 200 and done.json()["batch"]["done"] == {"label": 3}
     assert {i.label for i in store.generation_incidents("grp-1")} == {"unsure"}
     assert TOKEN_COOKIE == "pw_review_token"
