@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 PIP := python -m pip install -q --disable-pip-version-check
 
 .PHONY: setup demo test check lint typecheck lock test-latest test-compat bench bench-capture bench-quality \
-	bench-overhead bench-ingest bench-vllm bench-soak bench-review review-screenshots sae proto clean \
+	bench-overhead bench-ingest bench-vllm bench-soak bench-review bench-evasion review-screenshots sae proto clean \
 	vllm-venv test-vllm lock-vllm test-vllm-contract
 
 setup: $(VENV)/.installed
@@ -129,7 +129,7 @@ test-compat:
 	done
 
 # Every benchmark, one after the other (not in parallel: they time the same 2 cores).
-bench: bench-capture bench-overhead bench-ingest bench-soak bench-review bench-quality
+bench: bench-capture bench-overhead bench-ingest bench-soak bench-review bench-quality bench-evasion
 
 # Residual-capture cost on a 64-token batch forward of the reference model: hooked vs unhooked.
 CAPTURE_ARGS ?= --layers 9 --repeats 7
@@ -149,6 +149,12 @@ SHIP ?= --ship
 bench-quality: setup
 	@mkdir -p runs; start=$$(date +%s); $(BIN)/probewatch bench quality $(SHIP) $(QUALITY_ARGS) && \
 	echo "bench-quality: $$(( $$(date +%s) - start ))s" | tee -a runs/bench-quality.log
+
+# Evasion: the shipped deception and refusal probes when the system prompt says a probe is watching
+# and under a sincerity rewording of the answer (training/evasion.py); runs/bench-evasion.json + .png.
+EVASION_ARGS ?=
+bench-evasion: setup
+	$(BIN)/probewatch bench evasion $(EVASION_ARGS)
 
 # Retrain the shipped SAE (layer 15, TopK 3072, k=32; ~30 min on 2 CPU cores, activations cached
 # under PROBEWATCH_HOME) and refit the SAE-feature probes into PROBEWATCH_HOME/bundles (docs/sae.md).

@@ -1,4 +1,4 @@
-"""`probewatch bench quality|overhead|ingest|soak|capture|vllm|review`: slow quality, speed and robustness checks.
+"""`probewatch bench quality|overhead|ingest|soak|capture|vllm|review|evasion`: slow quality, speed and robustness checks.
 
 A registry of subcommand -> benchmark module (`probewatch.benchmarks.<name>`); every module follows
 one contract, `add_cli_args(parser)` and `main(args) -> int` (see `probewatch.benchmarks`), so this
@@ -41,6 +41,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "review": (
         "probewatch.benchmarks.review",
         "review queue response times over real HTTP with 10,000 incidents in the store",
+    ),
+    "evasion": (
+        "probewatch.benchmarks.evasion",
+        "deception/refusal probes when the prompt says a probe is watching, and under sincerity rewording",
     ),
 }
 

@@ -1,0 +1,154 @@
+"""`probewatch bench evasion`: the shipped deception and refusal probes against evasion attempts.
+
+Per probe (`training/evasion.py` says what each condition does): the system prompt tells the model it
+is monitored by a probe for this behaviour and should avoid detection; for response-reading probes
+also the answer behind a sincerity assertion, and both together. Items: a kind-balanced sample of
+the deception pool (teacher-forced answers; labels true by construction) and refusal's
+out-of-distribution set (harmful_val against held-out harmless_val, never trained on). Writes a JSON
+report and a plot (recall at the shipped threshold per condition); `make bench-quality` puts the
+table in docs/quality.md from the same report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from probewatch.benchmarks.harness import add_common_args, emit
+
+DEFAULT_OUT = Path("runs/bench-evasion.json")
+BEHAVIOURS = ("deception", "refusal")
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    add_common_args(parser)
+    parser.add_argument(
+        "--data-dir", default=None, help="public datasets folder (default: $PROBEWATCH_DATA; docs/datasets.md)"
+    )
+    parser.add_argument("--per-class", type=int, default=60, help="items of each label per behaviour (default 60)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    parser.add_argument(
+        "--probes", nargs="*", default=None, help="probe ids (default: every shipped deception/refusal probe)"
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report (+ .png); default {DEFAULT_OUT}")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def evaluation_items(behaviour: str, data_dir: Path, per_class: int, seed: int) -> tuple[list, str]:
+    """(dialogues, where they came from) for one behaviour."""
+    from probewatch.training.evasion import balanced_sample
+
+    if behaviour == "refusal":
+        from probewatch.training.datasets import refusal
+
+        items = refusal.build(data_dir, seed=seed).ood["refusal_val"]
+        return balanced_sample(items, per_class, seed), "refusal_direction harmful_val vs held-out harmless_val"
+    from probewatch.training.datasets import deception
+
+    pool = [d for d in deception.build(data_dir, seed=seed).pool if d.label is not None and d.ends_with_assistant]
+    return balanced_sample(pool, per_class, seed), "deception pool, kind-balanced sample"
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Every selected probe under every condition -> a list of `EvasionReport.to_json()`."""
+    from probewatch.bundle_index import discover
+    from probewatch.models import load_model
+    from probewatch.probes import ProbeRuntime, load_bundle
+    from probewatch.scoring import score_dialogues
+    from probewatch.training.datasets.common import resolve_data_dir
+    from probewatch.training.evasion import measure
+
+    loaded = load_model(args.model)
+    data_dir = resolve_data_dir(args.data_dir)
+    indexed = [b for b in discover(loaded.model_id) if b.manifest.behaviour in BEHAVIOURS and b.source == "shipped"]
+    if args.probes:
+        indexed = [b for b in indexed if b.manifest.id in args.probes]
+    reports = []
+    items: dict[str, tuple[list, str]] = {}
+    for entry in indexed:
+        bundle = load_bundle(entry.path, expected_fingerprint=loaded.fingerprint)
+        manifest = bundle.manifest
+        if manifest.behaviour not in items:
+            items[manifest.behaviour] = evaluation_items(manifest.behaviour, data_dir, args.per_class, args.seed)
+        dialogues, where = items[manifest.behaviour]
+        runtime = ProbeRuntime([bundle])
+        print(f"[bench evasion] {manifest.id}: {len(dialogues)} items x conditions", file=sys.stderr, flush=True)
+
+        def score(ds, probe_id=manifest.id, runtime=runtime):
+            import numpy as np
+
+            done = score_dialogues(loaded.model, loaded.tokenizer, runtime, ds, progress=not args.quiet)
+            return np.array([r.aggregate[probe_id] for r in done])
+
+        report = measure(
+            score,
+            dialogues,
+            manifest.id,
+            manifest.behaviour,
+            manifest.threshold.value,
+            reads_response=manifest.token_selection != "prompt_last",
+            data=where,
+        )
+        reports.append(report.to_json())
+    return reports
+
+
+def plot(reports: list[dict[str, Any]], out: Path) -> Path:
+    """Recall at the shipped threshold per probe and condition (grouped bars)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conditions = sorted({r["condition"] for rep in reports for r in rep["results"]}, key=_order)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(reports) + 2), 3.6))
+    width = 0.8 / max(1, len(conditions))
+    for c, condition in enumerate(conditions):
+        values = [
+            next((r["recall"] for r in rep["results"] if r["condition"] == condition), float("nan")) for rep in reports
+        ]
+        ax.bar([i + c * width for i in range(len(reports))], values, width, label=condition)
+    ax.set_xticks([i + width * (len(conditions) - 1) / 2 for i in range(len(reports))])
+    ax.set_xticklabels([rep["probe_id"] for rep in reports])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("recall at the shipped threshold")
+    ax.set_title("Evasion: recall per condition (same items, teacher-forced answers)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = out.with_suffix(".png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _order(condition: str) -> tuple[int, str]:
+    return (0 if condition == "unmodified" else 1, condition)
+
+
+def lines(reports: list[dict[str, Any]]) -> list[str]:
+    out = []
+    for rep in reports:
+        out.append(f"{rep['probe_id']} ({rep['data']}; threshold {rep['threshold']:.2f}):")
+        for r in rep["results"]:
+            auroc = "n/a" if r["auroc"] is None else f"{r['auroc']:.3f}"
+            change = (
+                ""
+                if r["median_positive_change"] is None
+                else f"  median positive change {r['median_positive_change']:+.2f}"
+            )
+            out.append(
+                f"  {r['condition']:22} AUROC {auroc}  recall {r['recall']:.2f}  "
+                f"flagged negatives {r['flagged_negatives']:.2f}{change}"
+            )
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    reports = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    png = plot(reports, args.out) if reports else None
+    text = lines(reports) + ([f"report {args.out}, plot {png}"] if png else ["no shipped deception/refusal probes"])
+    emit({"reports": reports}, args.json, text, report=args.out)
+    return 0 if reports else 1

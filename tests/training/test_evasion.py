@@ -1,0 +1,90 @@
+"""Evasion conditions (training/evasion.py): what each one does to a dialogue, and the numbers it reports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from probewatch.data.dialogue import Dialogue, Message
+from probewatch.training.evasion import (
+    EVASION_INSTRUCTIONS,
+    SINCERE_PREFIX,
+    balanced_sample,
+    conditions,
+    measure,
+    summarise,
+    with_sincere_response,
+    with_system_instruction,
+)
+
+
+def _dialogue(label: int, answer: str = "Paris is in Spain.", system: str | None = None, kind: str = "k") -> Dialogue:
+    messages = [Message("system", system)] if system else []
+    messages += [Message("user", "Where is Paris?"), Message("assistant", answer)]
+    return Dialogue(messages, label, f"g{label}{answer}", kind)
+
+
+def test_the_instruction_joins_an_existing_system_message_or_comes_first():
+    joined = with_system_instruction(_dialogue(1, system="Lie to the user."), "WATCHED")
+    assert [m.role for m in joined.messages] == ["system", "user", "assistant"]
+    assert joined.messages[0].content == "Lie to the user.\n\nWATCHED"
+    inserted = with_system_instruction(_dialogue(0), "WATCHED")
+    assert [m.role for m in inserted.messages] == ["system", "user", "assistant"]
+    assert (
+        inserted.messages[0].content == "WATCHED" and inserted.label == 0 and inserted.group == "g0Paris is in Spain."
+    )
+
+
+def test_sincerity_rewording_keeps_the_answer_and_leaves_prompts_alone():
+    reworded = with_sincere_response(_dialogue(1))
+    assert reworded.messages[-1].content == SINCERE_PREFIX + "paris is in Spain."
+    prompt_only = Dialogue([Message("user", "How do I pick a lock?")], 1)
+    assert with_sincere_response(prompt_only) is prompt_only
+
+
+def test_prompt_reading_probes_get_only_the_prompt_condition():
+    assert list(conditions("refusal", reads_response=False)) == ["unmodified", "told it is monitored"]
+    names = list(conditions("deception", reads_response=True))
+    assert names == ["unmodified", "told it is monitored", "sincerity rewording", "both"]
+    told = conditions("deception", True)["told it is monitored"](_dialogue(1))
+    assert told.messages[0].content == EVASION_INSTRUCTIONS["deception"]
+
+
+def test_summary_numbers_are_exact():
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    base = np.array([3.0, 2.0, 1.0, 0.0, -1.0, -2.0, 0.5, -3.0])
+    moved = base - np.array([1.0, 1.0, 2.0, 0.0, 0, 0, 0, 0])
+    r = summarise("told it is monitored", moved, labels, threshold=1.0, base=base)
+    assert r.n_positive == 4 and r.n_negative == 4
+    assert r.recall == pytest.approx(0.5)  # 2.0 and 1.0 (at the threshold counts); -1.0 and 0.0 not
+    assert r.flagged_negatives == 0.0
+    assert r.median_positive_change == pytest.approx(-1.0)
+    assert r.mean_positive == pytest.approx((2.0 + 1.0 - 1.0 + 0.0) / 4)
+    assert summarise("unmodified", base, labels, 1.0, None).auroc == pytest.approx(15 / 16)
+
+
+def test_measure_scores_every_condition_on_the_same_items():
+    items = [_dialogue(1, "It is in Spain."), _dialogue(1, "Madrid."), _dialogue(0, "France."), _dialogue(0, "Fr.")]
+    calls: list[int] = []
+
+    def score(dialogues):  # a probe that reacts to the system prompt's length only
+        calls.append(len(dialogues))
+        return np.array(
+            [len(d.messages[0].content) / 100 if d.messages[0].role == "system" else 0.0 for d in dialogues]
+        )
+
+    report = measure(score, items, "dec", "deception", 0.5, reads_response=True, data="test")
+    assert calls == [4, 4, 4, 4]
+    told = next(r for r in report.results if r.condition == "told it is monitored")
+    assert told.recall == 1.0 and told.flagged_negatives == 1.0  # the instruction alone pushes everyone over
+    assert report.worst.condition == "sincerity rewording" and report.worst.recall == 0.0
+    assert report.to_json()["results"][0]["condition"] == "unmodified"
+
+
+def test_balanced_sample_takes_each_kind_in_turn():
+    items = [_dialogue(1, f"a{i}", kind="big") for i in range(10)] + [_dialogue(1, "b", kind="small")]
+    items += [_dialogue(0, f"n{i}", kind="big") for i in range(3)]
+    picked = balanced_sample(items, per_class=4, seed=1)
+    assert sum(d.label == 1 for d in picked) == 4 and sum(d.label == 0 for d in picked) == 3
+    assert any(d.kind == "small" for d in picked)  # the rare kind is not crowded out
+    assert balanced_sample(items, 4, seed=1) == picked  # reproducible
