@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         # `serve`, `run` and `demo` call it --incident-db: accepted here too (hidden)
         parser.add_argument("--incident-db", dest="db", default=None, help=argparse.SUPPRESS)
 
+    from probewatch.server.store.records import PRIORITIES
+
     ls = isub.add_parser("list", help="newest incidents first")
     db(ls)
     ls.add_argument("--probe", default=None, help="only this probe id")
@@ -38,6 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices=["open", "closed", "aborted", "interrupted"],
         default=None,
         help="only incidents whose generation ended so (interrupted: the sidecar stopped mid-generation)",
+    )
+    ls.add_argument(
+        "--priority",
+        choices=list(PRIORITIES),
+        default=None,
+        help="only alerts (normal) or uncertain results (low: the score ended in the probe's band below its "
+        "threshold; recorded for review, never alerted)",
     )
     ls.add_argument("--limit", type=int, default=50)
     add_json_arg(ls)
@@ -133,6 +142,7 @@ def _list(args: argparse.Namespace) -> int:
             generation_id=args.generation,
             limit=args.limit,
             generation_status=args.generation_status,
+            priority=args.priority,
         )
     finally:
         store.close()

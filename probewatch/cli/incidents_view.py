@@ -37,15 +37,24 @@ def list_table(rows: list[Incident], title: str, width: int = 80):
     tables.key(t, "score", [f"{r.score:+.2f}" for r in rows], justify="right")
     tables.key(t, "thr", [f"{r.threshold:+.2f}" for r in rows], justify="right")
     tables.key(t, "status", [r.status for r in rows])
+    tables.key(t, "prio", [r.priority for r in rows])
     if wide:
         tables.text(t, "generation", ratio=1)
     tables.text(t, "response", ratio=3)
     for r in rows:
         cells: list[str | Text] = [str(r.id), _when(r.created_at), r.probe, f"{r.score:+.2f}", f"{r.threshold:+.2f}"]
-        cells.append(r.status)
+        cells += [r.status, Text(r.priority, style="yellow" if r.priority == "low" else "")]
         cells += [Text(r.generation_id)] if wide else []
         t.add_row(*cells, Text(tables.preview(r.response)))
     return t
+
+
+def _score_line(incident: Incident, f) -> str:
+    """The score against the threshold: at or above it for an alert, below it for an uncertain result."""
+    how = incident.aggregation or "aggregate"
+    if incident.priority == "low":
+        return f"{f(incident.score)} < threshold {f(incident.threshold)} ({how}; inside the uncertainty band)"
+    return f"{f(incident.score)} ≥ threshold {f(incident.threshold)} ({how})"
 
 
 def _when(iso: str) -> str:
@@ -81,7 +90,11 @@ def print_incident(
     ]
     fields = (
         ("probe", f"{incident.probe} ({incident.behaviour.replace('_', ' ')})"),
-        ("score", f"{f(incident.score)} ≥ threshold {f(incident.threshold)} ({incident.aggregation or 'aggregate'})"),
+        ("score", _score_line(incident, f)),
+        (
+            "priority",
+            "low: uncertain (in the band below the threshold; no alert)" if incident.priority == "low" else "",
+        ),
         ("generation", f"{incident.generation_id} ({incident.generation_status}{early})"),
         ("model", f"{incident.model_fingerprint}, bundle version {incident.bundle_version}"),
         ("review", " · ".join(x for x in review if x)),

@@ -1,7 +1,8 @@
 """The queue: GET / (the page: one row per flagged generation), GET /api/generations (the same as
 JSON), GET /api/incidents (one row per incident, JSON) and GET /export (the filtered incidents as a
 JSONL download), all filtered by the same query parameters, sorted (`sort`: newest first by
-default, oldest, score or margin high/low first) and paged.
+default, oldest, score or margin high/low first, priority: alerts or uncertain results first) and paged;
+`priority=low|normal` keeps uncertain results (in a probe's band, not alerted) or alerts only.
 
 Filters arrive as query parameters (the page's filter form); an empty one or `any` means no
 constraint (`q`, the text search, takes any text). A malformed number is the app's own 400 (the page
@@ -97,6 +98,7 @@ def queue_query(
     generation_id: str | None = None,
     assignee: str | None = None,
     q: str | None = None,
+    priority: str | None = None,
     sort: str | None = None,
     page: str | None = None,
     per_page: str | None = None,
@@ -117,6 +119,7 @@ def queue_query(
             generation_id=_text(generation_id),
             assignee=_text(assignee),
             q=(q or "").strip() or None,
+            priority=_text(priority),
         )
         page_no = _whole("page", page, 1, MAX_PAGE)
         size = _whole("per_page", per_page, DEFAULT_PER_PAGE, MAX_PER_PAGE)

@@ -25,13 +25,15 @@ from probewatch.server.store.queries import _GENERATION_COLUMNS as GENERATION_CO
 from probewatch.server.store.queries import IncidentQueries, _incident
 from probewatch.server.store.queue import (
     MAX_PER_PAGE,
+    PRIORITY_RANK,
     QUEUE_COLUMNS,
+    Paged,
     QueueFilter,
     QueueRow,
     check_sort,
     conditions,
 )
-from probewatch.server.store.records import STATUSES, Incident
+from probewatch.server.store.records import PRIORITIES, STATUSES, Incident
 from probewatch.server.store.tables import generations as g
 from probewatch.server.store.tables import incidents as t
 from probewatch.server.store.tables import review_events as ev
@@ -41,6 +43,7 @@ EXPORT_BATCH = 500
 _last_id = func.max(t.c.id).label("last_id")
 _top_score = func.max(t.c.score).label("top_score")
 _top_margin = func.max(t.c.score - t.c.threshold).label("top_margin")
+_top_rank = func.max(PRIORITY_RANK).label("top_rank")  # a generation's priority: its most urgent incident's
 GROUP_COLUMNS = (
     t.c.generation_id,
     _last_id,
@@ -48,8 +51,14 @@ GROUP_COLUMNS = (
     _top_score,
     _top_margin,
     func.count().label("n_matching"),
+    _top_rank,
 )
-_SORT_KEYS = {"score": func.max(t.c.score), "margin": func.max(t.c.score - t.c.threshold)}
+_SORT_KEYS = {
+    "score": func.max(t.c.score),
+    "margin": func.max(t.c.score - t.c.threshold),
+    "priority": func.max(PRIORITY_RANK),
+}
+_KEY_COLUMNS = {"score": "top_score", "margin": "top_margin", "priority": "top_rank"}
 
 
 @dataclass
@@ -62,7 +71,13 @@ class GenerationRow:
     top_score: float
     top_margin: float
     n_matching: int  # its incidents the filter selects (the aggregates are over these)
+    top_rank: int = len(PRIORITIES) - 1  # PRIORITIES index of its most urgent matching incident
     incidents: list[QueueRow] = field(default_factory=list)
+
+    @property
+    def priority(self) -> str:
+        """The generation's priority: `low` when every matching incident is an uncertain result, else `normal`."""
+        return PRIORITIES[min(max(int(self.top_rank), 0), len(PRIORITIES) - 1)]
 
     @property
     def status(self) -> str:
@@ -96,6 +111,7 @@ class GenerationRow:
             "top_score": self.top_score,
             "top_margin": self.top_margin,
             "n_matching": self.n_matching,
+            "priority": self.priority,
             "status": self.status,
             "labels": self.labels,
             "unlabelled": self.unlabelled,
@@ -106,30 +122,14 @@ class GenerationRow:
 
 
 @dataclass
-class GenerationPage:
-    rows: list[GenerationRow]
-    total: int  # generations matching the filter
-    page: int
-    per_page: int
-    sort: str
-    counts: dict[str, int] = field(default_factory=dict)  # generations with an incident in each status
+class GenerationPage(Paged[GenerationRow]):
+    """A page of the grouped queue: generations with an incident in each status in `counts`."""
+
+    sort: str = "newest"
     all: int = 0  # generations under the other filters, any status
 
-    @property
-    def pages(self) -> int:
-        return max(1, -(-self.total // self.per_page))
-
     def to_json(self) -> dict[str, Any]:
-        return {
-            "rows": [r.to_json() for r in self.rows],
-            "total": self.total,
-            "page": self.page,
-            "per_page": self.per_page,
-            "pages": self.pages,
-            "sort": self.sort,
-            "counts": self.counts,
-            "all": self.all,
-        }
+        return {**super().to_json(), "sort": self.sort, "all": self.all}
 
 
 def group_order(sort: str) -> list[Any]:
@@ -183,7 +183,7 @@ class GenerationQueries(IncidentQueries):
                 badges = select(*QUEUE_COLUMNS).where(t.c.generation_id.in_(list(by_id)))
                 for r in conn.execute(badges.order_by(t.c.score.desc(), t.c.id)).mappings():
                     by_id[r["generation_id"]].incidents.append(QueueRow(**dict(r)))
-        return GenerationPage(groups, total, page, per_page, order, counts, everything)
+        return GenerationPage(groups, total, page, per_page, counts, sort=order, all=everything)
 
     def generation_incidents(self, generation_id: str) -> list[Incident]:
         """Every incident of one generation with the generation's context, highest score first."""
@@ -210,7 +210,7 @@ class GenerationQueries(IncidentQueries):
                 here = conn.execute(select(*GROUP_COLUMNS).where(*mine).group_by(t.c.generation_id)).mappings().first()
             if here is None:
                 return None
-            key = here["top_margin"] if order.startswith("margin") else here["top_score"]
+            key = here[_KEY_COLUMNS.get(order.split("_")[0], "top_score")]
             stmt = (
                 _grouped(flt)
                 .where(t.c.generation_id != str(after))

@@ -73,6 +73,7 @@ class IncidentQueries(StoreCore):
         limit: int = 100,
         generation_status: str | None = None,
         label: str | None = None,
+        priority: str | None = None,
     ) -> list[Incident]:
         """Newest first, without the generation context (`get` has it)."""
         clauses = [
@@ -83,6 +84,7 @@ class IncidentQueries(StoreCore):
                 (t.c.generation_id, generation_id),
                 (t.c.generation_status, generation_status),
                 (t.c.label, label),
+                (t.c.priority, priority),
             )
             if value is not None
         ]

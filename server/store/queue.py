@@ -17,19 +17,22 @@ from __future__ import annotations
 
 import datetime as _dt
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, case, func, or_, select
 
-from probewatch.server.store.records import LABELS, STATUSES, ReviewError
+from probewatch.server.store.records import LABELS, PRIORITIES, STATUSES, ReviewError
 from probewatch.server.store.tables import incidents as t
 
 SNIPPET_CHARS = 160
 MAX_PER_PAGE = 500
 MAX_QUERY_CHARS = 200
 #: the queue's sort orders (`sort=`): newest first (the default), oldest first, by score or by margin
-#: (score - threshold: how far over its own threshold, comparable across probes), high or low first
-SORTS = ("newest", "oldest", "score_desc", "score_asc", "margin_desc", "margin_asc")
+#: (score - threshold: how far over its own threshold, comparable across probes), high or low first, or by
+#: priority (alerts before uncertain results, or the other way round; newest first within a priority)
+SORTS = ("newest", "oldest", "score_desc", "score_asc", "margin_desc", "margin_asc", "priority_desc", "priority_asc")
+#: a priority's rank (records.PRIORITIES order: low = 0), what `priority_*` sorts by
+PRIORITY_RANK = case({p: i for i, p in enumerate(PRIORITIES)}, value=t.c.priority, else_=len(PRIORITIES) - 1)
 
 
 @dataclass
@@ -49,6 +52,7 @@ class QueueFilter:
     generation_id: str | None = None
     assignee: str | None = None  # assigned to (claimed by) exactly this reviewer: "assigned to me"
     q: str | None = None  # text search over the stored prompt and response (see the module doc)
+    priority: str | None = None  # records.PRIORITIES: low (uncertain results) | normal (alerts)
 
     def validate(self) -> QueueFilter:
         self.since, self.until = parse_time(self.since, "since"), parse_time(self.until, "until")
@@ -56,6 +60,8 @@ class QueueFilter:
             raise ReviewError(f"search text of {len(self.q)} characters is over the {MAX_QUERY_CHARS}-character limit")
         if self.status not in (None, *STATUSES, "unresolved"):
             raise ReviewError(f"status {self.status!r} not one of {', '.join((*STATUSES, 'unresolved'))}")
+        if self.priority not in (None, *PRIORITIES):
+            raise ReviewError(f"priority {str(self.priority)[:40]!r} not one of {', '.join(PRIORITIES)}")
         if self.label not in (None, *LABELS, "unlabelled"):
             raise ReviewError(f"label {self.label!r} not one of {', '.join((*LABELS, 'unlabelled'))}")
         if self.score_min is not None and self.score_max is not None and self.score_min > self.score_max:
@@ -80,14 +86,20 @@ class QueueRow:
     model_fingerprint: str
     bundle_version: str
     snippet: str | None
+    priority: str = "normal"
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
+RowT = TypeVar("RowT", bound=Any)
+
+
 @dataclass
-class QueuePage:
-    rows: list[QueueRow]
+class Paged(Generic[RowT]):
+    """One page of a queue (incidents or generations) and where it stands in the whole."""
+
+    rows: list[RowT]
     total: int  # rows matching the filter
     page: int
     per_page: int
@@ -106,6 +118,10 @@ class QueuePage:
             "pages": self.pages,
             "counts": self.counts,
         }
+
+
+class QueuePage(Paged[QueueRow]):
+    """A page of the per-incident queue."""
 
 
 def iso(when: _dt.datetime) -> str:
@@ -144,7 +160,12 @@ def parse_time(value: str | None, what: str) -> str | None:
 
 def conditions(f: QueueFilter, with_status: bool = True) -> list[ColumnElement[bool]]:
     out: list[ColumnElement[bool]] = []
-    exact = ((t.c.probe, f.probe), (t.c.behaviour, f.behaviour), (t.c.generation_id, f.generation_id))
+    exact = (
+        (t.c.probe, f.probe),
+        (t.c.behaviour, f.behaviour),
+        (t.c.generation_id, f.generation_id),
+        (t.c.priority, f.priority),
+    )
     for column, value in (*exact, (t.c.assignee, f.assignee)):
         if value:
             out.append(column == value)
@@ -180,7 +201,7 @@ def check_sort(sort: str | None) -> str:
 
 def incident_order(sort: str) -> list[Any]:
     """ORDER BY of the per-incident queue; ties newest first."""
-    key = {"score": t.c.score, "margin": t.c.score - t.c.threshold}.get(sort.split("_")[0])
+    key = {"score": t.c.score, "margin": t.c.score - t.c.threshold, "priority": PRIORITY_RANK}.get(sort.split("_")[0])
     if key is None:
         return [t.c.id.asc() if sort == "oldest" else t.c.id.desc()]
     return [key.desc() if sort.endswith("_desc") else key.asc(), t.c.id.desc()]
@@ -202,6 +223,7 @@ QUEUE_COLUMNS = (
     t.c.model_fingerprint,
     t.c.bundle_version,
     func.substr(t.c.response, 1, SNIPPET_CHARS).label("snippet"),
+    t.c.priority,
 )
 
 

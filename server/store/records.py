@@ -1,6 +1,8 @@
 """What the incident store holds, as Python values: incidents, review events, queue rows, errors.
 
-An incident is one (generation, probe) whose aggregate crossed the probe's threshold. Review
+An incident is one (generation, probe) whose aggregate crossed the probe's threshold (priority
+`normal`), or ended inside the probe's uncertainty band just below it (priority `low`: recorded for
+review, never alerted; docs/architecture.md "Probe bundle", `threshold.uncertain_from`). Review
 state (who claimed it, the verdict, the severity, when it was resolved) lives on the incident;
 every review action is also appended to an audit trail of `ReviewEvent`s (reviewer and time).
 """
@@ -20,6 +22,9 @@ GENERATION_STATUSES = ("open", "closed", "aborted", "interrupted")
 #: a reviewer's verdict; true_positive / false_positive flow back into training (`incidents export`)
 LABELS = ("true_positive", "false_positive", "unsure")
 SEVERITIES = ("low", "medium", "high", "critical")
+#: how urgently an incident wants review, lowest first: `low` = an uncertain result (in a probe's band, below
+#: its threshold: no alert was raised), `normal` = an alert
+PRIORITIES = ("low", "normal")
 #: what the audit trail records
 ACTIONS = ("claim", "unclaim", "assign", "label", "severity", "comment", "resolve", "reopen", "status")
 
@@ -57,6 +62,7 @@ class Incident:
     early: bool = False
     metadata: dict[str, str] = field(default_factory=dict)
     status: str = "open"
+    priority: str = "normal"  # PRIORITIES: `low` for an uncertain result (no alert)
     id: int | None = None
     created_at: str = ""
     updated_at: str = ""
@@ -94,14 +100,19 @@ def probe_context(
     layer: int,
     version: str,
     token_scores: list[list[float]],
+    uncertain_from: float | None = None,
 ) -> dict[str, Any]:
     """One probe's entry in `Incident.context`: its result on the generation, as the review app reads it
-    (heatmap, "other probes"). `score` None = the probe scored no token; such a probe is not flagged."""
+    (heatmap, "other probes"). `score` None = the probe scored no token; such a probe is not flagged.
+    `uncertain_from`: the lower edge of the probe's uncertainty band (None: it has none)."""
+    flagged = score is not None and score >= threshold
     return {
         "behaviour": behaviour,
         "score": score,
         "threshold": threshold,
-        "flagged": score is not None and score >= threshold,
+        "flagged": flagged,
+        "uncertain": not flagged and score is not None and uncertain_from is not None and score >= uncertain_from,
+        "uncertain_from": uncertain_from,
         "n_tokens": n_tokens,
         "aggregation": aggregation,
         "token_selection": token_selection,

@@ -55,6 +55,34 @@ def _require_label(row: dict, incident_id: int) -> None:
         raise ReviewError(f"incident {incident_id} has no label: label it before resolving")
 
 
+def label_decider(label: str, who: str) -> Callable[[int, dict, str], dict]:
+    """The verdict's column updates; an unclaimed incident is claimed by the labeller, an open one acknowledged."""
+
+    def decide(incident_id: int, row: dict, now: str) -> dict:
+        updates = {"label": label, "labelled_by": who, "labelled_at": now}
+        if row["assignee"] is None:
+            updates["assignee"] = who
+        if row["status"] == "open":
+            updates["status"] = "acknowledged"
+        return updates
+
+    return decide
+
+
+def assign_decider(to: str) -> Callable[[int, dict, str], dict]:
+    def decide(incident_id: int, row: dict, now: str) -> dict:
+        if row["status"] == "resolved":
+            raise ReviewError(f"incident {incident_id} is resolved; reopen it first")
+        return {"assignee": to, "status": "acknowledged"}
+
+    return decide
+
+
+def resolve_decision(incident_id: int, row: dict, now: str) -> dict:
+    _require_label(row, incident_id)
+    return {"status": "resolved", "resolved_at": now}
+
+
 class ReviewActions(IncidentQueries):
     """Review actions; each returns the incident as it is after the action (through `get`)."""
 
@@ -124,16 +152,8 @@ class ReviewActions(IncidentQueries):
         if label not in LABELS:
             raise ReviewError(f"label {label!r} not one of {', '.join(LABELS)}")
         who = _reviewer(reviewer)
-
-        def decide(row: dict, now: str) -> dict:
-            updates = {"label": label, "labelled_by": who, "labelled_at": now}
-            if row["assignee"] is None:
-                updates["assignee"] = who
-            if row["status"] == "open":
-                updates["status"] = "acknowledged"
-            return updates
-
-        return self._act(incident_id, who, "label", decide, value=label, comment=comment)
+        decide = label_decider(label, who)
+        return self._act(incident_id, who, "label", lambda row, now: decide(incident_id, row, now), label, comment)
 
     def assign(self, incident_id: int, reviewer: str, assignee: str, comment: str | None = None) -> Incident:
         """Hand an incident to `assignee` (anyone, the reviewer included; open -> acknowledged), taking it
@@ -144,12 +164,8 @@ class ReviewActions(IncidentQueries):
         if len(to) > MAX_REVIEWER_CHARS:
             raise ReviewError(f"assignee name longer than {MAX_REVIEWER_CHARS} characters")
 
-        def decide(row: dict, now: str) -> dict:
-            if row["status"] == "resolved":
-                raise ReviewError(f"incident {incident_id} is resolved; reopen it first")
-            return {"assignee": to, "status": "acknowledged"}
-
-        return self._act(incident_id, who, "assign", decide, value=to, comment=comment)
+        decide = assign_decider(to)
+        return self._act(incident_id, who, "assign", lambda row, now: decide(incident_id, row, now), to, comment)
 
     def set_severity(self, incident_id: int, reviewer: str, severity: str | None) -> Incident:
         severity = severity or None
@@ -164,12 +180,9 @@ class ReviewActions(IncidentQueries):
 
     def resolve(self, incident_id: int, reviewer: str, comment: str | None = None) -> Incident:
         """Close the review; the incident must carry a verdict first (it feeds precision and training)."""
-
-        def decide(row: dict, now: str) -> dict:
-            _require_label(row, incident_id)
-            return {"status": "resolved", "resolved_at": now}
-
-        return self._act(incident_id, reviewer, "resolve", decide, comment=comment)
+        return self._act(
+            incident_id, reviewer, "resolve", lambda row, now: resolve_decision(incident_id, row, now), None, comment
+        )
 
     def reopen(self, incident_id: int, reviewer: str, comment: str | None = None) -> Incident:
         def decide(row: dict, now: str) -> dict:

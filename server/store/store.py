@@ -22,10 +22,11 @@ from __future__ import annotations
 from probewatch.server.store.generations import GenerationQueries
 from probewatch.server.store.queries import IncidentQueries, ReviewStats
 from probewatch.server.store.review import ReviewActions
+from probewatch.server.store.review_bulk import BulkReviewActions
 from probewatch.server.store.writer import IncidentWriter
 
 __all__ = ["GenerationQueries", "IncidentQueries", "IncidentStore", "IncidentWriter", "ReviewActions", "ReviewStats"]
 
 
-class IncidentStore(IncidentWriter, ReviewActions, GenerationQueries):
+class IncidentStore(IncidentWriter, BulkReviewActions, GenerationQueries):
     """Open with `IncidentStore.open(path_or_url)`; every public method is one transaction."""

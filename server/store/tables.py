@@ -5,8 +5,9 @@ Portable between SQLite and PostgreSQL on purpose: times are fixed-width UTC ISO
 what stores written before the migrations hold; JSON payloads are text. Ids are 64-bit on
 PostgreSQL (a fleet writes many rows) and SQLite's rowid alias locally.
 
-- `incidents`: one row per (generation, probe) that alerted (unique: the sidecars' writes are
-  idempotent upserts on it); review state lives on the row.
+- `incidents`: one row per (generation, probe) that alerted, or ended inside the probe's uncertainty
+  band (`priority` low) (unique: the sidecars' writes are idempotent upserts on it); review state lives
+  on the row.
 - `generations`: one row per generation that has incidents: the prompt length, the token ids
   at the scored positions, the tokens' texts (under the text policy) and every loaded probe's
   result, so an incident page can show the conversation as a per-token heatmap for each probe
@@ -54,12 +55,15 @@ incidents = Table(
     Column("labelled_at", Text),
     Column("resolved_at", Text),
     Column("writer", Text),  # which sidecar wrote the row (host name): restart recovery in a fleet
+    # records.PRIORITIES: `low` = an uncertain result (in the probe's band, no alert); older rows are alerts
+    Column("priority", Text, nullable=False, server_default="normal"),
     Index("incidents_generation_probe", "generation_id", "probe", unique=True),
     Index("incidents_status_id", "status", "id"),
     Index("incidents_status_created", "status", "created_at"),  # backlog age per status from the index
     Index("incidents_probe", "probe"),
     Index("incidents_created", "created_at"),
     Index("incidents_label", "label"),
+    Index("incidents_priority_id", "priority", "id"),
 )
 
 generations = Table(

@@ -18,7 +18,13 @@ from sqlalchemy import Connection, and_, delete, or_, select, update
 from probewatch.jsonio import dumps
 from probewatch.server.store.core import StoreCore
 from probewatch.server.store.queue import iso, now_iso
-from probewatch.server.store.records import GENERATION_STATUSES, STATUSES, Incident, IncidentNotFoundError
+from probewatch.server.store.records import (
+    GENERATION_STATUSES,
+    PRIORITIES,
+    STATUSES,
+    Incident,
+    IncidentNotFoundError,
+)
 from probewatch.server.store.tables import generations as g
 from probewatch.server.store.tables import incidents as t
 from probewatch.server.store.tables import review_events as ev
@@ -54,6 +60,7 @@ class IncidentWriter(StoreCore):
             "status": incident.status,
             "updated_at": incident.updated_at,
             "note": incident.note,
+            "priority": incident.priority,
             "writer": self.writer,
         }
 
@@ -62,6 +69,8 @@ class IncidentWriter(StoreCore):
             raise ValueError(f"generation status {incident.generation_status!r} not one of {GENERATION_STATUSES}")
         if incident.status not in STATUSES:
             raise ValueError(f"status {incident.status!r} not one of {STATUSES}")
+        if incident.priority not in PRIORITIES:
+            raise ValueError(f"priority {incident.priority!r} not one of {PRIORITIES}")
         now = now_iso()
         incident.created_at = incident.created_at or now
         incident.updated_at = now

@@ -47,7 +47,7 @@ def test_sort_orders(store, sort):
     rows = store.generation_queue(sort=sort).rows
     got = [r.generation_id for r in rows]
     newest = ["tie", "grp-3", "grp-2", "grp-1", "grp-0"]
-    key = {"score": lambda r: r.top_score, "margin": lambda r: r.top_margin}
+    key = {"score": lambda r: r.top_score, "margin": lambda r: r.top_margin, "priority": lambda r: r.top_rank}
     if sort == "newest":
         assert got == newest
     elif sort == "oldest":
@@ -117,3 +117,58 @@ def test_bulk_selection_and_export_follow_the_filter(store):
     assert [r["id"] for r in store.export_records(batch=5)] == sorted(
         store.incident_ids(None, [f"grp-{k}" for k in range(4)])
     )
+
+
+def test_priority_filter_and_sort(store):
+    """Uncertain results (priority low: in a probe's band, no alert) are filtered and sorted apart from alerts;
+    a generation is low only when every matching incident is."""
+    for gid, score, priority in (("a1", 2.0, "normal"), ("u1", 0.6, "low"), ("a2", 3.0, "normal"), ("u2", 0.8, "low")):
+        store.record(make_incident(generation_id=gid, probe="dec", score=score, threshold=1.0, priority=priority))
+    store.record(make_incident(generation_id="mixed", probe="dec", score=0.9, threshold=1.0, priority="low"))
+    store.record(make_incident(generation_id="mixed", probe="ref", score=4.0, threshold=2.0))
+    low = store.generation_queue(QueueFilter(priority="low"))
+    assert [r.generation_id for r in low.rows] == ["mixed", "u2", "u1"] and low.total == 3
+    assert [r.priority for r in low.rows] == ["low"] * 3 and [i.priority for i in low.rows[0].incidents] == [
+        "normal",
+        "low",
+    ]
+    normal = store.generation_queue(QueueFilter(priority="normal"))
+    assert [r.generation_id for r in normal.rows] == ["mixed", "a2", "a1"]
+    assert {r.generation_id: r.priority for r in store.generation_queue().rows} == {
+        "mixed": "normal",
+        "u2": "low",
+        "a2": "normal",
+        "u1": "low",
+        "a1": "normal",
+    }
+    assert [r.generation_id for r in store.generation_queue(sort="priority_desc").rows] == [
+        "mixed",
+        "a2",
+        "a1",
+        "u2",
+        "u1",
+    ]
+    assert [r.generation_id for r in store.generation_queue(sort="priority_asc").rows] == [
+        "u2",
+        "u1",
+        "mixed",
+        "a2",
+        "a1",
+    ]
+    assert [
+        (r.generation_id, r.priority) for r in store.queue(QueueFilter(priority="low"), sort="priority_asc").rows
+    ] == [
+        ("mixed", "low"),
+        ("u2", "low"),
+        ("u1", "low"),
+    ]
+    walked, at = ["u2"], "u2"
+    while (at := store.next_generation(None, "priority_asc", at)) is not None:
+        walked.append(at)
+    assert walked == ["u2", "u1", "mixed", "a2", "a1"]
+    assert [i.generation_id for i in store.find(priority="low")] == ["mixed", "u2", "u1"]
+    assert store.get(store.find(generation_id="u1")[0].id).priority == "low"
+    with pytest.raises(ReviewError, match="priority 'urgent' not one of low, normal"):
+        store.generation_queue(QueueFilter(priority="urgent"))
+    with pytest.raises(ValueError, match="priority 'urgent' not one of"):
+        store.record(make_incident(generation_id="bad", priority="urgent"))

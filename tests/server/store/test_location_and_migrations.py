@@ -87,7 +87,7 @@ def test_a_store_from_before_migrations_is_upgraded_in_place(tmp_path):
     conn.close()
     db.chmod(0o644)
     with pytest.raises(
-        IncidentStoreError, match=r"older schema \(pre-migrations; this probewatch needs 0003\).*incidents migrate"
+        IncidentStoreError, match=r"older schema \(pre-migrations; this probewatch needs 0004\).*incidents migrate"
     ):
         IncidentStore.open(db, readonly=True)
     store = IncidentStore.open(db)
