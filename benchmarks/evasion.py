@@ -51,35 +51,31 @@ def evaluation_items(behaviour: str, data_dir: Path, per_class: int, seed: int) 
     return balanced_sample(pool, per_class, seed), "deception pool, kind-balanced sample"
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every selected probe under every condition -> a list of `EvasionReport.to_json()`."""
-    from probewatch.bundle_index import discover
-    from probewatch.models import load_model
+def evaluate_bundles(
+    loaded: Any, bundle_dirs: list[Path], data_dir: Path, per_class: int, seed: int = 0, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Every deception/refusal bundle in `bundle_dirs` under every condition -> `EvasionReport.to_json()`s."""
+    import numpy as np
+
     from probewatch.probes import ProbeRuntime, load_bundle
     from probewatch.scoring import score_dialogues
-    from probewatch.training.datasets.common import resolve_data_dir
     from probewatch.training.evasion import measure
 
-    loaded = load_model(args.model)
-    data_dir = resolve_data_dir(args.data_dir)
-    indexed = [b for b in discover(loaded.model_id) if b.manifest.behaviour in BEHAVIOURS and b.source == "shipped"]
-    if args.probes:
-        indexed = [b for b in indexed if b.manifest.id in args.probes]
     reports = []
     items: dict[str, tuple[list, str]] = {}
-    for entry in indexed:
-        bundle = load_bundle(entry.path, expected_fingerprint=loaded.fingerprint)
+    for path in bundle_dirs:
+        bundle = load_bundle(path, expected_fingerprint=loaded.fingerprint)
         manifest = bundle.manifest
+        if manifest.behaviour not in BEHAVIOURS:
+            continue
         if manifest.behaviour not in items:
-            items[manifest.behaviour] = evaluation_items(manifest.behaviour, data_dir, args.per_class, args.seed)
+            items[manifest.behaviour] = evaluation_items(manifest.behaviour, data_dir, per_class, seed)
         dialogues, where = items[manifest.behaviour]
         runtime = ProbeRuntime([bundle])
         print(f"[bench evasion] {manifest.id}: {len(dialogues)} items x conditions", file=sys.stderr, flush=True)
 
         def score(ds, probe_id=manifest.id, runtime=runtime):
-            import numpy as np
-
-            done = score_dialogues(loaded.model, loaded.tokenizer, runtime, ds, progress=not args.quiet)
+            done = score_dialogues(loaded.model, loaded.tokenizer, runtime, ds, progress=progress)
             return np.array([r.aggregate[probe_id] for r in done])
 
         report = measure(
@@ -93,6 +89,20 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         )
         reports.append(report.to_json())
     return reports
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The shipped deception/refusal probes (or `--probes`) under every condition."""
+    from probewatch.bundle_index import discover
+    from probewatch.models import load_model
+    from probewatch.training.datasets.common import resolve_data_dir
+
+    loaded = load_model(args.model)
+    indexed = [b for b in discover(loaded.model_id) if b.manifest.behaviour in BEHAVIOURS and b.source == "shipped"]
+    if args.probes:
+        indexed = [b for b in indexed if b.manifest.id in args.probes]
+    data_dir = resolve_data_dir(args.data_dir)
+    return evaluate_bundles(loaded, [b.path for b in indexed], data_dir, args.per_class, args.seed, not args.quiet)
 
 
 def plot(reports: list[dict[str, Any]], out: Path) -> Path:

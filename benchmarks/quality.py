@@ -11,10 +11,13 @@ reports) are separate:
    without it the shipped bundles are left alone;
 3. a lexical-confound check for the probes of monitoring-related behaviours (benign requests that
    merely *mention* tests, monitoring or training);
-4. SAE-feature probes (L1 logistic and named features, `probewatch sae probe`) on the shipped SAE
+4. the deception family (per-type probes alerting on their maximum; shipped only where it beats the
+   single probe on held-out kinds) and the evasion conditions on the new deception/refusal bundles
+   (`quality_extras.py`);
+5. SAE-feature probes (L1 logistic and named features, `probewatch sae probe`) on the shipped SAE
    for deception, refusal and alignment faking, same data, splits and control threshold, into
    runs/quality/sae/<id>/;
-5. the reports of the previous run (docs/quality/<id>/report.json before this run overwrites them)
+6. the reports of the previous run (docs/quality/<id>/report.json before this run overwrites them)
    are kept in runs/quality/baseline.json, and docs/quality.md shows held-out-kind AUROC before and after.
 
 Generated responses and activations are cached, so a rerun only refits; the first run generates
@@ -34,14 +37,16 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from probewatch.benchmarks.evasion import plot as plot_evasion
 from probewatch.benchmarks.harness import add_common_args
+from probewatch.benchmarks.quality_extras import family_reports, run_evasion, saved_evasion, ship_families
 
 if TYPE_CHECKING:  # the training stack (torch) loads when the benchmark runs, not for `probewatch --help`
     from probewatch.training.quality_doc import RunInfo
     from probewatch.training.report import TrainReport
 
 JOBS: dict[str, dict[str, Any]] = {
-    "deception": {"behaviour": "deception"},
+    "deception": {"behaviour": "deception", "family": True},
     "refusal": {"behaviour": "refusal", "methods": ["logistic"], "probe_id": "refusal"},
     "refusal-mean-diff": {"behaviour": "refusal", "methods": ["mean_diff"], "probe_id": "refusal-mean-diff"},
     "alignment-faking": {"behaviour": "alignment_faking"},
@@ -87,6 +92,12 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-sae", dest="with_sae", action="store_false", help="skip the SAE-feature probes (linear probes only)"
+    )
+    parser.add_argument(
+        "--no-evasion",
+        dest="with_evasion",
+        action="store_false",
+        help="skip the evasion measurement of the new deception/refusal bundles (training/evasion.py)",
     )
     parser.add_argument(
         "--render-only",
@@ -165,8 +176,15 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+    families = family_reports(args.runs_dir, list(results))
     if args.ship:
         _remove_retired(shipped_root() / loaded.model_id, results)
+        ship_families(families, args.runs_dir, shipped_root() / loaded.model_id)
+    evasion = []
+    if getattr(args, "with_evasion", True):
+        evasion = run_evasion(loaded, args.runs_dir, list(results), args.data_dir, not args.quiet)
+        if evasion:
+            plot_evasion(evasion, plots_root / "evasion.json")
     diagnostics = {name: lexical_confounds(loaded, args.runs_dir / name) for name in results if name in LEXICAL_CHECK}
     linear_s = time.perf_counter() - t0
     sae_results = fit_sae_probes(args, loaded, _sae_behaviours(results)) if getattr(args, "with_sae", True) else {}
@@ -177,7 +195,7 @@ def main(args: argparse.Namespace) -> int:
         json.dumps({"total_s": linear_s, "sae_s": total - linear_s, "probes": list(results), "run": run.__dict__})
     )
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(render_markdown(results, diagnostics, run, sae_results, baseline))
+    doc.write_text(render_markdown(results, diagnostics, run, sae_results, baseline, families, evasion))
     summary: dict[str, Any] = {
         name: {
             "auroc": r.metrics.auroc,
@@ -288,7 +306,10 @@ def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) ->
     total = float(saved.get("total_s", 0.0)) + float(saved.get("sae_s", 0.0) if sae_results else 0.0)
     run = RunInfo(**saved["run"]) if "run" in saved else _run_info(loaded, total)
     run.total_s = total
-    doc.write_text(render_markdown(results, diagnostics, run, sae_results, baseline))
+    families = family_reports(args.runs_dir, list(results))
+    doc.write_text(
+        render_markdown(results, diagnostics, run, sae_results, baseline, families, saved_evasion(args.runs_dir))
+    )
     print(
         f"[bench quality] re-rendered {doc} from {len(results)} reports in {time.perf_counter() - t0:.0f}s",
         file=sys.stderr,

@@ -40,6 +40,8 @@ from probewatch.probes.manifest import Manifest
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
 LINEAR_KINDS = ("linear", "mean_diff", "lat")
+#: kinds whose token columns are linear in the residual row: they share their layer's GEMM and pushdown
+STACK_KINDS = (*LINEAR_KINDS, "attention")
 
 
 class UnverifiedBundleError(BundleError):
@@ -72,7 +74,8 @@ class Bundle:
 
         standardize: w . ((x - mean) / scale) + b == x . (w / scale) + (b - w . (mean / scale)).
         Folding lets every linear-family probe on a layer share one GEMM, and lets a client push
-        the projection down onto the model's device.
+        the projection down onto the model's device. A multi-layer probe's x is its layers' rows
+        concatenated in `layers` order (w_eff [len(layers) * d]; `layer_forms` splits it per layer).
         """
         if self.manifest.kind not in LINEAR_KINDS:
             raise TypeError(f"bundle {self.id!r} of kind {self.manifest.kind!r} has no linear form")
@@ -92,6 +95,38 @@ class Bundle:
         from probewatch.probes.saes.feature_probe import feature_form
 
         return feature_form(self.manifest, self.tensors)
+
+    def stack_form(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W [d, c], b [c]) float32, the probe's columns in its layer's stack: one (the score) for the
+        linear family, two (attention logit a_t, value v_t) for kind attention (probes/attention.py)."""
+        if self.manifest.kind == "attention":
+            from probewatch.probes.attention import attention_form
+
+            return attention_form(self.manifest, self.tensors)
+        w, b = self.linear_form()
+        return w.reshape(-1, 1), torch.tensor([b], dtype=torch.float32)
+
+    @property
+    def layers(self) -> list[int]:
+        """Every layer the probe reads (manifest `layers`, or [layer])."""
+        return self.manifest.all_layers
+
+    def layer_forms(self) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """{layer: (W [d, c], b [c])}: the probe's columns in each layer's stack.
+
+        A single-layer probe: {layer: stack_form()}. A multi-layer linear probe splits its folded
+        weight [L*d] into one column per layer and puts its bias on the first layer only, so the sum of
+        its per-layer partial columns over its layers is the token score (rows or pushdown alike).
+        """
+        layers = self.layers
+        if len(layers) == 1:
+            return {layers[0]: self.stack_form()}
+        w, b = self.linear_form()
+        parts = w.reshape(len(layers), -1)
+        return {
+            layer: (parts[i].reshape(-1, 1).clone(), torch.tensor([b if i == 0 else 0.0], dtype=torch.float32))
+            for i, layer in enumerate(layers)
+        }
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -214,18 +249,24 @@ def _check_shapes(manifest: Manifest, tensors: dict[str, torch.Tensor], where: s
 
         check_feature_tensors(manifest, tensors, where)  # the latent range is checked once the SAE is loaded
         return
+    if manifest.kind == "attention":
+        from probewatch.probes.attention import check_attention_tensors
+
+        check_attention_tensors(manifest, tensors, where)
+        return
     if manifest.kind not in LINEAR_KINDS:
         return
-    d = manifest.model.d_model
+    d, n_layers = manifest.model.d_model, len(manifest.all_layers)
     required = ["weight"] + (["mean", "scale"] if manifest.normalization == "standardize" else [])
     for name in required:
         if name not in tensors:
             raise CorruptBundleError(
                 f"{where}: weights lack tensor {name!r} (kind {manifest.kind}, normalization {manifest.normalization})"
             )
-        if tensors[name].numel() != d:
+        if tensors[name].numel() != d * n_layers:
+            what = f"d_model={d}" if n_layers == 1 else f"d_model × len(layers) = {d} × {n_layers} = {d * n_layers}"
             raise DimensionMismatchError(
-                f"{where}: tensor {name!r} has {tensors[name].numel()} values but the manifest says d_model={d}"
+                f"{where}: tensor {name!r} has {tensors[name].numel()} values but the manifest says {what}"
             )
     for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
@@ -248,16 +289,20 @@ def load_bundles(
 
 
 def expand_bundle_dirs(paths: Sequence[str | Path]) -> list[Path]:
-    """Each path is a bundle, or a folder whose immediate sub-folders are bundles."""
+    """Each path is a bundle, or a folder whose immediate sub-folders are bundles; a family folder
+    (probes/family.py: family.json + member bundles) among them expands to its members."""
+    from probewatch.probes.family import FAMILY_FILE
+
     result: list[Path] = []
     for p in map(Path, paths):
         if (p / MANIFEST_FILE).exists():
             result.append(p)
         elif p.is_dir():
-            children = sorted(c for c in p.iterdir() if (c / MANIFEST_FILE).exists())
+            children = sorted(c for c in p.iterdir() if (c / MANIFEST_FILE).exists() or (c / FAMILY_FILE).is_file())
             if not children:
                 raise BundleNotFoundError(f"{p}: neither a bundle nor a folder of bundles")
-            result.extend(children)
+            for c in children:
+                result.extend([c] if (c / MANIFEST_FILE).exists() else expand_bundle_dirs([c]))
         else:
             raise BundleNotFoundError(f"bundle directory not found: {p}")
     return result

@@ -2,10 +2,14 @@
 
     runtime = ProbeRuntime(load_bundles(paths, expected_fingerprint=fp), d_model=576)
     scores = runtime.score(layer=9, rows)            # [n_tokens, k] in runtime.stacks[9].probe_ids order
-    per_probe = runtime.score_layers({9: rows})      # {probe_id: [n_tokens]}
+    per_probe = runtime.score_layers({9: rows})      # {probe_id: [n_tokens]} ([n_tokens, 2] for attention)
 
 For projection pushdown a client multiplies by `stack.weight` ([d, k]) on the model's device
 and ships k floats per token; `score_projections` adds the bias on this side.
+
+A stack's columns are its probes' columns in `probe_ids` order (`widths`): one per linear-family
+probe (the token score), two per attention probe (a_t then v_t, probes/attention.py). `score`
+returns every column; `score_layers` gives a linear probe [n] and an attention probe [n, 2].
 
 SAE features (kind `sae_feature`) are grouped per SAE (`sae_groups`): each block of a layer's
 rows is encoded once per SAE for all feature probes on it and for the metrics watch-list:
@@ -14,6 +18,12 @@ rows is encoded once per SAE for all feature probes on it and for the metrics wa
     runtime.set_watch("sae-name", [12, 345])         # latents exported as probewatch_sae_feature_activation
 
 SAE layers need raw rows (`sae_layers`); pushdown projections only serve the linear stacks.
+
+A multi-layer linear probe (manifest `layers`) has one column in each of its layers' stacks: w_l,
+with its bias on the first layer only (`Bundle.layer_forms`). `score_layers` sums those partial
+columns in layer order when it is given every layer the probe reads (and leaves the probe out
+otherwise); `partial=True` returns each layer's partial column as it is, which the live sidecar
+joins per token as the layers arrive (server/sidecar/joins.py). `multi_layer` names such probes.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from probewatch.probes.bundle import LINEAR_KINDS, Bundle
+from probewatch.probes.bundle import STACK_KINDS, Bundle
 from probewatch.probes.errors import BundleError, DimensionMismatchError, UnknownProbeError
 from probewatch.probes.saes.loading import load_feature_descriptions
 from probewatch.probes.saes.sae import SAE
@@ -32,16 +42,31 @@ from probewatch.probes.saes.scoring import FeatureActivations, SAEGroup
 
 @dataclass
 class LayerStack:
-    """Every linear-family probe reading one layer, stacked: score = rows @ weight + bias."""
+    """Every linear-family and attention probe reading one layer, stacked: columns = rows @ weight + bias."""
 
     layer: int
     probe_ids: list[str]
     weight: torch.Tensor  # [d, k] float32
     bias: torch.Tensor  # [k] float32
+    widths: list[int] | None = None  # columns per probe in probe_ids order (2: attention); None: one each
 
     @property
     def k(self) -> int:
-        return len(self.probe_ids)
+        """Columns: what `score` returns and a pushdown client sends per token."""
+        return int(self.weight.shape[1])
+
+    @property
+    def column_widths(self) -> list[int]:
+        return list(self.widths) if self.widths is not None else [1] * len(self.probe_ids)
+
+    def split(self, scores: torch.Tensor) -> dict[str, torch.Tensor]:
+        """[n, k] columns -> {probe_id: [n] (one column) or [n, width]}."""
+        out: dict[str, torch.Tensor] = {}
+        col = 0
+        for probe_id, width in zip(self.probe_ids, self.column_widths):
+            out[probe_id] = scores[:, col] if width == 1 else scores[:, col : col + width]
+            col += width
+        return out
 
 
 @dataclass
@@ -88,16 +113,24 @@ class ProbeRuntime:
         self.sae_groups = self._build_sae_groups()
 
     def _build_stacks(self) -> dict[int, LayerStack]:
-        grouped: dict[int, list[Bundle]] = {}
+        grouped: dict[int, list[tuple[str, tuple[torch.Tensor, torch.Tensor]]]] = {}
         for bundle in self.bundles:
-            if bundle.manifest.kind in LINEAR_KINDS:
-                grouped.setdefault(bundle.layer, []).append(bundle)
+            if bundle.manifest.kind in STACK_KINDS:
+                for layer, form in bundle.layer_forms().items():
+                    grouped.setdefault(layer, []).append((bundle.id, form))
         stacks: dict[int, LayerStack] = {}
         for layer, members in sorted(grouped.items()):
-            forms = [b.linear_form() for b in members]
-            weight = torch.stack([w for w, _ in forms], dim=1).to(self.device)
-            bias = torch.tensor([b for _, b in forms], dtype=torch.float32, device=self.device)
-            stacks[layer] = LayerStack(layer=layer, probe_ids=[b.id for b in members], weight=weight, bias=bias)
+            forms = [form for _, form in members]
+            weight = torch.cat([w for w, _ in forms], dim=1).to(self.device)
+            bias = torch.cat([b for _, b in forms]).to(self.device)
+            widths = [int(w.shape[1]) for w, _ in forms]
+            stacks[layer] = LayerStack(
+                layer=layer,
+                probe_ids=[pid for pid, _ in members],
+                weight=weight,
+                bias=bias,
+                widths=None if all(x == 1 for x in widths) else widths,
+            )
         return stacks
 
     def _build_sae_groups(self) -> dict[str, SAEGroup]:
@@ -151,8 +184,13 @@ class ProbeRuntime:
 
     @property
     def layers(self) -> list[int]:
-        """Layers a client must capture to feed every loaded probe and watched SAE."""
-        return sorted({b.layer for b in self.bundles} | set(self.sae_layers))
+        """Layers a client must capture to feed every loaded probe (each layer of a multi-layer one) and watched SAE."""
+        return sorted({layer for b in self.bundles for layer in b.layers} | set(self.sae_layers))
+
+    @property
+    def multi_layer(self) -> dict[str, list[int]]:
+        """{probe id: its layers} for the probes that read several layers (their token scores are joined sums)."""
+        return {b.id: b.layers for b in self.bundles if len(b.layers) > 1}
 
     @property
     def sae_layers(self) -> list[int]:
@@ -193,25 +231,37 @@ class ProbeRuntime:
             )
         return projections.to(device=stack.bias.device, dtype=torch.float32) + stack.bias
 
-    def score_layers(self, rows_by_layer: Mapping[int, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """{layer: [n, d]} -> {probe_id: [n]} for every probe (linear and sae_feature) on the given layers."""
-        if not self.sae_groups:  # the linear-only path stays exactly one addmm per layer
-            return self._score_linear(rows_by_layer)
-        return self.score_all(rows_by_layer).scores
+    def score_layers(self, rows_by_layer: Mapping[int, torch.Tensor], partial: bool = False) -> dict[str, torch.Tensor]:
+        """{layer: [n, d]} -> {probe_id: [n]} for every probe on the given layers ([n, 2] = (a, v) for attention).
 
-    def _score_linear(self, rows_by_layer: Mapping[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+        A multi-layer probe is summed over its layers when all of them are given, left out otherwise;
+        `partial`: its column on the (one) given layer instead (what the sidecar joins per token)."""
+        if not self.sae_groups:  # the linear-only path stays exactly one addmm per layer
+            return self._score_linear(rows_by_layer, partial)
+        return self.score_all(rows_by_layer, partial).scores
+
+    def _score_linear(
+        self, rows_by_layer: Mapping[int, torch.Tensor], partial: bool = False
+    ) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
+        parts: dict[str, dict[int, torch.Tensor]] = {}
+        multi = self.multi_layer
         for layer, rows in rows_by_layer.items():
             if layer not in self.stacks:
                 continue
-            scores = self.score(layer, rows)
-            for j, probe_id in enumerate(self.stacks[layer].probe_ids):
-                out[probe_id] = scores[:, j]
+            for pid, scores in self.stacks[layer].split(self.score(layer, rows)).items():
+                if pid in multi and not partial:
+                    parts.setdefault(pid, {})[layer] = scores
+                else:
+                    out[pid] = scores
+        for pid, by_layer in parts.items():
+            if len(by_layer) == len(multi[pid]):
+                out[pid] = join_partials([by_layer[layer] for layer in multi[pid]])
         return out
 
-    def score_all(self, rows_by_layer: Mapping[int, torch.Tensor]) -> ScoreOutput:
+    def score_all(self, rows_by_layer: Mapping[int, torch.Tensor], partial: bool = False) -> ScoreOutput:
         """Linear and SAE-feature scores plus watched SAE latents, each SAE encoding each block once."""
-        scores = self._score_linear(rows_by_layer)
+        scores = self._score_linear(rows_by_layer, partial)
         features: dict[str, FeatureActivations] = {}
         for name, group in self.sae_groups.items():
             rows = rows_by_layer.get(group.layer)
@@ -230,6 +280,15 @@ class ProbeRuntime:
             raise DimensionMismatchError(
                 f"rows for layer {layer} have shape {tuple(rows.shape)}; expected [n, {self.d_model}]"
             )
+
+
+def join_partials(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A multi-layer probe's token scores from its per-layer partial columns: summed in layer order, float32
+    (the sidecar's join adds them in the same order, so live and offline agree to the bit)."""
+    total = parts[0].to(torch.float32).clone()
+    for part in parts[1:]:
+        total += part.to(torch.float32)
+    return total
 
 
 def _sae_name(sae: SAE) -> str:

@@ -6,7 +6,8 @@ direction stands in for a fitted one. Every bundle goes through `save_bundle`, s
 bundle contract (manifest validation, shapes, checksum) like a trained one.
 
 - `synthetic_manifest`: a valid Manifest with test-friendly defaults (any field overridable);
-- `synthetic_tensors`: weight (+ bias, + mean/scale when standardized) from a seeded generator;
+- `synthetic_tensors`: weight (+ bias, + mean/scale when standardized, + query for kind attention)
+  from a seeded generator;
 - `write_synthetic_bundle`: one bundle -> (path, tensors);
 - `write_synthetic_bundles`: probes on several layers -> paths (what the benchmarks serve).
 
@@ -69,9 +70,11 @@ def synthetic_tensors(
     weight_scale: WeightScale = "sqrt_d",
     bias: float = 0.0,
     standardize: bool = False,
+    attention: bool = False,
 ) -> dict[str, torch.Tensor]:
     """weight ~ N(0, 1) scaled by `weight_scale`, bias; with `standardize`, mean ~ N(0, 1) and
-    scale ~ U(0.5, 1.5) drawn after the weight from the same generator."""
+    scale ~ U(0.5, 1.5) drawn after the weight from the same generator; with `attention` (kind
+    attention) a query direction scaled like the weight and query_bias 0, drawn last."""
     weight = torch.randn(d_model, generator=generator)
     if weight_scale == "sqrt_d":
         weight = weight / d_model**0.5
@@ -83,6 +86,10 @@ def synthetic_tensors(
     if standardize:
         tensors["mean"] = torch.randn(d_model, generator=generator)
         tensors["scale"] = torch.rand(d_model, generator=generator) + 0.5
+    if attention:
+        query = torch.randn(d_model, generator=generator)
+        tensors["query"] = query * (weight.norm() / query.norm()) if weight_scale != "none" else query
+        tensors["query_bias"] = torch.tensor([0.0])
     return tensors
 
 
@@ -105,6 +112,7 @@ def write_synthetic_bundle(
             weight_scale=weight_scale,
             bias=bias,
             standardize=manifest.normalization == "standardize",
+            attention=manifest.kind == "attention",
         )
     return save_bundle(Path(out) / manifest.id, manifest, tensors), tensors
 

@@ -70,8 +70,21 @@ def discover(model_id: str | None = None) -> list[IndexedBundle]:
 
 
 def default_bundle_dirs(model_id: str) -> list[Path]:
-    """The shipped bundles for `model_id` (the sidecar's and the demo's default)."""
-    return [b.path for b in discover(model_id) if b.source == "shipped"]
+    """The shipped bundles for `model_id` (the sidecar's and the demo's default), a family's members as
+    their family folder (so the family alerts, not each member)."""
+    return fold_families([b.path for b in discover(model_id) if b.source == "shipped"])
+
+
+def fold_families(paths: Sequence[Path]) -> list[Path]:
+    """`paths` with the members of a family folder (probes/family.py) replaced by that folder, once."""
+    from probewatch.probes.family import FAMILY_FILE
+
+    out: list[Path] = []
+    for path in paths:
+        folder = path.parent if (path.parent / FAMILY_FILE).is_file() else path
+        if folder not in out:
+            out.append(folder)
+    return out
 
 
 def resolve_bundle_specs(specs: Sequence[str], model_id: str | None = None) -> list[Path]:

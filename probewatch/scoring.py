@@ -16,7 +16,7 @@ import torch
 from probewatch.capture import run_forward
 from probewatch.data.chat import EncodedDialogue, encode_dialogue, pad_batch
 from probewatch.data.dialogue import Dialogue
-from probewatch.probes.aggregate import aggregate
+from probewatch.probes.aggregate import aggregate, token_values
 from probewatch.probes.runtime import ProbeRuntime
 from probewatch.probes.selection import selection_mask
 
@@ -54,7 +54,7 @@ def score_dialogues(
     max_tokens: int | None = 1024,
     progress: bool = True,
 ) -> list[DialogueScores]:
-    """Score every dialogue with every linear-family probe in `runtime`."""
+    """Score every dialogue with every probe in `runtime` (an attention probe's token scores are its v_t)."""
     from tqdm.auto import tqdm
 
     pad_id = getattr(tokenizer, "pad_token_id", None) or 0
@@ -73,9 +73,9 @@ def score_dialogues(
             for probe_id, scores in all_scores.items():
                 manifest = runtime.bundle(probe_id).manifest
                 mask = torch.from_numpy(dialogue_selection(enc, manifest.token_selection))
-                selected = scores.cpu()[mask].tolist()
+                selected = scores.cpu()[mask].numpy()  # [m], or [m, 2] = (a, v) for an attention probe
                 value = aggregate(selected, manifest.aggregation)
-                result.token_scores[probe_id] = selected
+                result.token_scores[probe_id] = token_values(selected).tolist()
                 result.aggregate[probe_id] = value
                 result.flagged[probe_id] = bool(value >= manifest.threshold.value)
             results.append(result)

@@ -111,3 +111,35 @@ def operating_point(
         return OperatingPoint(t_control, t_control, fpr)
     t_hard = calibrated_threshold(hard_negative_scores, hard_negative_fpr)
     return OperatingPoint(max(t_control, t_hard), t_control, fpr, t_hard, hard_negative_fpr)
+
+
+def uncertainty_band(point: OperatingPoint, shipped: float, explicit: float | None = None) -> float | None:
+    """The lower edge of the uncertainty band [edge, shipped) below the shipped threshold, or None (no band).
+
+    `explicit` (`probewatch calibrate --uncertain-from`) wins and must lie below `shipped`. Otherwise the band
+    exists where the shipped threshold is stricter than the control set alone asks for (it was raised by the
+    behaviour's own negatives or by reviewed false positives): the band reaches down to the control threshold,
+    so what ordinary traffic would have flagged at the target FPR is still recorded for review (low priority,
+    at most `fpr` of that traffic) while only scores that also clear the look-alike negatives page anyone.
+    """
+    if explicit is not None:
+        if not np.isfinite(explicit) or not explicit < shipped:
+            raise CalibrationError(
+                f"the uncertainty band must start below the threshold {shipped:.4g}, got {explicit!r}"
+            )
+        return float(explicit)
+    if point.control_threshold < shipped and np.isfinite(point.control_threshold):
+        return float(point.control_threshold)
+    return None
+
+
+def band_shares(scores: Sequence[float] | np.ndarray, lower: float | None, threshold: float) -> dict[str, float | None]:
+    """Share of `scores` at or above the threshold (`flagged`), inside the band (`uncertain`), and at or above
+    the band's lower edge (`recorded`: what reaches a reviewer at all); None for an empty set."""
+    s = np.asarray(scores, dtype=np.float64)
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        return {"flagged": None, "uncertain": None, "recorded": None}
+    flagged = float(np.mean(s >= threshold))
+    uncertain = float(np.mean((s >= lower) & (s < threshold))) if lower is not None else 0.0
+    return {"flagged": flagged, "uncertain": uncertain, "recorded": flagged + uncertain}

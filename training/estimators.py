@@ -12,6 +12,9 @@ All three share one score form, the one a bundle stores:
   differences (pairs = a positive and a negative of the same group, else random pairs), sign fixed
   on the training data so that positives score higher.
 
+`AttentionProbe` (training/attention_probe.py, bundle kind `attention`) reads token sequences, not
+one row per example: a learned query weights the tokens, a value direction scores them.
+
 Scores of MeanDiff/LAT are not probabilities until Platt-scaled (see `calibration.py`);
 `predict_proba` is `sigmoid(decision_function)` for every probe so the API is uniform.
 """
@@ -24,7 +27,11 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
 
-KIND_BY_METHOD = {"logistic": "linear", "mean_diff": "mean_diff", "lat": "lat"}
+from probewatch.training.attention_probe import AttentionProbe
+
+KIND_BY_METHOD = {"logistic": "linear", "mean_diff": "mean_diff", "lat": "lat", "attention": "attention"}
+#: methods whose probe is one direction scored per token then aggregated (the attention probe pools itself)
+LINEAR_METHODS = ("logistic", "mean_diff", "lat")
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -251,11 +258,18 @@ def validation_folds(y: np.ndarray, groups, n_splits: int, seed: int):
 
 
 def make_probe(method: str, seed: int = 0, C: float | None = None, standardize: bool | None = None) -> LinearProbe:
-    """Estimator for a method name: logistic | mean_diff | lat."""
+    """Linear estimator for a method name: logistic | mean_diff | lat (`attention`: `make_attention_probe`)."""
     if method == "logistic":
         return LogisticProbe(C=C, random_state=seed, standardize=True if standardize is None else standardize)
     if method == "mean_diff":
         return MeanDiffProbe(standardize=bool(standardize))
     if method == "lat":
         return LATProbe(standardize=bool(standardize), random_state=seed)
+    if method == "attention":
+        raise ValueError("the attention probe is fitted on token sequences: use make_attention_probe")
     raise ValueError(f"unknown method {method!r}; known: {', '.join(KIND_BY_METHOD)}")
+
+
+def make_attention_probe(seed: int = 0, **params) -> AttentionProbe:
+    """The attention-pooling estimator (training/attention_probe.py): fit(X_tokens, y, offsets=..., groups=...)."""
+    return AttentionProbe(random_state=seed, **params)

@@ -17,13 +17,23 @@ from probewatch.jsonio import to_jsonable
 from probewatch.probes import Aggregation, Manifest, ModelRef, Threshold, load_bundle, read_manifest, save_bundle
 from probewatch.probes.bundle import MANIFEST_FILE
 from probewatch.probes.errors import FingerprintMismatchError
+from probewatch.training.attention_probe import AttentionProbe
 from probewatch.training.estimators import KIND_BY_METHOD, LinearProbe
 
 METHOD_BY_KIND = {v: k for k, v in KIND_BY_METHOD.items()}
 
 
-def probe_tensors(probe: LinearProbe) -> tuple[dict[str, torch.Tensor], str]:
-    """(tensors, normalization) for a fitted linear probe."""
+def probe_tensors(probe: LinearProbe | AttentionProbe) -> tuple[dict[str, torch.Tensor], str]:
+    """(tensors, normalization) for a fitted linear or attention probe."""
+    if isinstance(probe, AttentionProbe):  # query and value directions in standardised space + mean/scale
+        return {
+            "query": torch.tensor(probe.q_, dtype=torch.float32),
+            "query_bias": torch.tensor([probe.bq_], dtype=torch.float32),
+            "weight": torch.tensor(probe.w_, dtype=torch.float32),
+            "bias": torch.tensor([probe.bw_], dtype=torch.float32),
+            "mean": torch.tensor(probe.mean_, dtype=torch.float32),
+            "scale": torch.tensor(probe.scale_, dtype=torch.float32),
+        }, "standardize"
     tensors = {
         "weight": torch.tensor(probe.coef_, dtype=torch.float32),
         "bias": torch.tensor([probe.intercept_], dtype=torch.float32),
@@ -37,7 +47,7 @@ def probe_tensors(probe: LinearProbe) -> tuple[dict[str, torch.Tensor], str]:
 
 def export_bundle(
     out: Path,
-    probe: LinearProbe,
+    probe: LinearProbe | AttentionProbe,
     *,
     probe_id: str,
     behaviour: str,
@@ -55,14 +65,18 @@ def export_bundle(
     description: str,
     version: str = "1",
     extra: dict[str, Any] | None = None,
+    layers: list[int] | None = None,
 ) -> Path:
+    """`layers`: a multi-layer probe fitted on those layers' rows side by side (coef_ [len(layers) * d]); the
+    bundle's manifest names them and the runtime sums w_l . h_l over them (training/multilayer.py)."""
     tensors, normalization = probe_tensors(probe)
     manifest = Manifest(
         id=probe_id,
         behaviour=behaviour,
         kind=KIND_BY_METHOD[method],
         model=ModelRef(model_id, fingerprint, d_model, n_layers),
-        layer=layer,
+        layer=layers[0] if layers else layer,
+        layers=list(layers) if layers and len(layers) > 1 else None,
         threshold=threshold,
         aggregation=aggregation,
         token_selection=token_selection,
@@ -75,12 +89,14 @@ def export_bundle(
     )
     save_bundle(out, manifest, tensors)
     bundle = load_bundle(out, expected_fingerprint=fingerprint, expected_d_model=d_model)  # verify what we wrote
-    w_expected, b_expected = probe.raw_linear_form()
-    w, b = bundle.linear_form()
-    if not np.allclose(w.numpy(), w_expected, rtol=1e-4, atol=1e-6) or abs(b - b_expected) > 1e-3 * (
-        1 + abs(b_expected)
-    ):
-        raise RuntimeError(f"{out}: exported bundle does not reproduce the fitted probe")
+    W, bias = bundle.stack_form()  # one column (linear) or two (attention: query, value)
+    forms = probe.raw_forms() if isinstance(probe, AttentionProbe) else [probe.raw_linear_form()]
+    for j, (w_expected, b_expected) in enumerate(forms):
+        b = float(bias[j])
+        if not np.allclose(W[:, j].numpy(), w_expected, rtol=1e-4, atol=1e-6) or abs(b - b_expected) > 1e-3 * (
+            1 + abs(b_expected)
+        ):
+            raise RuntimeError(f"{out}: exported bundle does not reproduce the fitted probe")
     return out
 
 

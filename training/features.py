@@ -12,11 +12,12 @@ aggregates millions of token scores (`tests/training` pins them to `probewatch.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from probewatch.probes.manifest import Aggregation
+from probewatch.probes.aggregate import length_penalty
+from probewatch.probes.manifest import LENGTH_NORMALISED, Aggregation
 from probewatch.training.activation_cache import ActivationSet, ActivationUnion, expand_ranges, segment_mean
 
 
@@ -149,6 +150,11 @@ def aggregate_segments(token_scores: np.ndarray, offsets: np.ndarray, aggregatio
         return out
     starts, ends = offsets[:-1][ok], offsets[1:][ok]
     method = aggregation.method
+    if method in LENGTH_NORMALISED:
+        inner = aggregate_segments(x, offsets, replace(aggregation, method=LENGTH_NORMALISED[method]))
+        window = int(aggregation.window) if method == "rolling_mean_max_norm" else 1
+        penalty = [length_penalty(aggregation.length_scale, int(n), window) for n in counts]
+        return inner - np.asarray(penalty, dtype=np.float64)
     if method == "mean":
         out[ok] = np.add.reduceat(x, starts) / counts[ok]
     elif method == "max":

@@ -12,6 +12,11 @@ cached or cheap to redo):
 4. `run_sweep` -> `SweepOutcome`: layer x method x (C) x token selection x aggregation, scored on
    validation, leave-one-kind-out and out-of-distribution sets; chosen by held-out kind when the
    pool has kinds; plus the multi-layer comparison;
+4b. `run_sources` -> `SourceOutcome` (`stage_sources`): with two or more data sources
+   (`training/sources.py`), the configuration is re-chosen by held-out source (worst source
+   first) among the sweep's top `nested_top_k`, and the nested source-held-out estimate of that
+   procedure is measured (`training/nested.py`); `report.sources` also gets the shipped
+   threshold's recall and flagged negatives per source;
 5. `fit_final` -> `FittedProbe`: the chosen configuration fitted on the fit split, Platt-scaled on
    the calibration split (scores become calibrated logits), thresholded at the operating point
    (`calibration.operating_point`: at most `fpr` of the control set and at most
@@ -33,10 +38,12 @@ from pathlib import Path
 from typing import Any
 
 from probewatch.training.export import check_target
+from probewatch.training.multilayer import choose_layers
 from probewatch.training.stage_activations import Activations, Splits, extract, make_splits
 from probewatch.training.stage_data import PreparedData, prepare_data
 from probewatch.training.stage_export import TrainResult, export
 from probewatch.training.stage_fit import FittedProbe, fit_final, operating_summary
+from probewatch.training.stage_sources import SourceOutcome, run_sources, sources_report
 from probewatch.training.stage_sweep import SweepOutcome, run_sweep
 from probewatch.training.train_config import (
     DEFAULT_IDS,
@@ -62,6 +69,7 @@ __all__ = [
     "Activations",
     "FittedProbe",
     "PreparedData",
+    "SourceOutcome",
     "Splits",
     "SweepOutcome",
     "TrainConfig",
@@ -76,6 +84,7 @@ __all__ = [
     "make_splits",
     "operating_summary",
     "prepare_data",
+    "run_sources",
     "run_sweep",
     "train",
 ]
@@ -104,8 +113,18 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     acts = timed("extract_s", extract, config, loaded, prepared, layers)
     splits = make_splits(config, acts, prepared.data)
     sweep = timed("sweep_s", run_sweep, config, prepared, acts, splits, layers)
+    by_source = timed("sources_s", run_sources, config, acts, splits, sweep)  # may re-choose sweep.chosen
+    acts, probe_layers = choose_layers(sweep, acts)  # concat of several layers only where it clearly wins
     fitted = timed("final_s", fit_final, config, acts, splits, sweep, prepared.data)
-    result = export(config, loaded, prepared, acts, splits, sweep, fitted, out, probe_id, timings, provenance_extra)
+    result = export(
+        config, loaded, prepared, acts, splits, sweep, fitted, out, probe_id, timings, provenance_extra, probe_layers
+    )
+    result.report.sources = sources_report(splits, by_source, fitted)
+    if config.family:  # per-type probes alerting on their maximum, beside the single probe (family_export.py)
+        from probewatch.training.family_export import train_family
+
+        timed("family_s", train_family, config, loaded, acts, splits, sweep, fitted, out, probe_id,
+              prepared.control_source.name, probe_layers)  # fmt: skip
     timings["total_s"] = time.perf_counter() - t0
     result.report.write(result.report_path)
     return result

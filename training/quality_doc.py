@@ -12,7 +12,7 @@ sweep, the best configurations, the before/after rows, verdicts).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -22,12 +22,15 @@ import jinja2
 
 from probewatch.behaviours import DEFAULT_PROBE_IDS
 from probewatch.training.plots import layer_view, sweep_mode
+from probewatch.training.quality_extras_doc import EXTRA_HELPERS
+from probewatch.training.quality_sources import SOURCE_HELPERS
 from probewatch.training.report import Metrics, OperatingSummary, TrainReport, as_report
 
 # the linear probe each behaviour's SAE-feature probes are compared with
 LINEAR_FOR_BEHAVIOUR = DEFAULT_PROBE_IDS
 BASIS_TEXT = {
     "heldout_kind": "held-out-kind AUROC",
+    "heldout_source": "held-out-source AUROC (worst source first, then the mean; see the nested estimate)",
     "ood": "the mean of validation and out-of-distribution AUROC",
     "validation": "validation AUROC",
 }
@@ -259,7 +262,7 @@ def _multi_layer_view(ml: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     b, concat, ens = ml["best_single"], ml["concat"], ml["ensemble"]
     gain = max(concat["heldout_kind_auroc"] or 0, ens["heldout_kind_auroc"] or 0) - (b["heldout_kind_auroc"] or 0)
-    return {**ml, "best": b, "gain": gain}
+    return {**ml, "best": b, "gain": gain, "shipped": bool(ml.get("shipped"))}
 
 
 # -- SAE-feature probes ----------------------------------------------------------------------------------
@@ -337,6 +340,8 @@ HELPERS: dict[str, Any] = {
     "weak_kinds": _weak_kinds,
     "by_behaviour_of": _by_behaviour,
     "diagnostics_of": _diagnostics_of,
+    **SOURCE_HELPERS,  # the per-source sections (quality_sources.md.j2)
+    **EXTRA_HELPERS,  # pooling, the deception family, evasion (quality_extras.md.j2)
 }
 
 
@@ -365,8 +370,11 @@ def render_markdown(
     run: RunInfo,
     sae_results: Mapping[str, dict] | None = None,
     baseline: Mapping[str, ReportLike] | None = None,
+    families: Mapping[str, dict] | None = None,
+    evasion: Sequence[dict] | None = None,
 ) -> str:
-    """The whole document. `baseline` ({probe id: report} of the previous run) adds before/after columns."""
+    """The whole document. `baseline` ({probe id: report} of the previous run) adds before/after columns;
+    `families` ({probe name: family report}) and `evasion` (evasion reports) their sections."""
     return (
         _environment()
         .get_template(DOCUMENT)
@@ -376,6 +384,8 @@ def render_markdown(
             run=run,
             sae_results=sae_results or {},
             baseline=baseline_metrics(baseline),
+            families=families or {},
+            evasion=list(evasion or []),
         )
     )
 

@@ -21,6 +21,7 @@ from typing import Any
 from probewatch.jsonio import write_json_atomic
 from probewatch.probes import Aggregation, Threshold
 from probewatch.training.datasets.common import Source
+from probewatch.training.report_sources import SourcesReport
 
 REPORT_FILENAME = "report.json"
 
@@ -193,6 +194,9 @@ class TrainReport:
     sweep: list[dict[str, Any]]  # every configuration tried (SweepRow.to_json)
     timings: dict[str, float]
     plots: list[str] | None = field(default=None)  # absent from the JSON when no plots were drawn
+    # per-source counts, held-out-source choice, nested estimate, threshold per source (issue 22);
+    # absent from the JSON when the run had no sources (and in reports written before it)
+    sources: SourcesReport | None = field(default=None)
 
     @property
     def chosen(self) -> dict[str, Any]:
@@ -202,6 +206,12 @@ class TrainReport:
         out = asdict(self)
         if self.plots is None:
             del out["plots"]
+        if self.sources is None:
+            del out["sources"]
+        if out["threshold"].get("uncertain_from") is None:  # no band: the report as written before bands existed
+            del out["threshold"]["uncertain_from"]
+        if not out["aggregation"].get("length_scale"):  # no length penalty: as written before `*_norm` existed
+            out["aggregation"].pop("length_scale", None)
         return out
 
     @classmethod
@@ -229,6 +239,7 @@ class TrainReport:
             sweep=d["sweep"],
             timings=d["timings"],
             plots=d.get("plots"),
+            sources=SourcesReport.from_json(d["sources"]) if d.get("sources") is not None else None,
         )
 
     @classmethod

@@ -13,6 +13,7 @@ from probewatch.training.activation_cache import ActivationSet, ActivationUnion
 from probewatch.training.datasets import BehaviourData
 from probewatch.training.extract import extract_activations, extract_by_kind
 from probewatch.training.features import LayerData
+from probewatch.training.sources import source_array
 from probewatch.training.splits import check_disjoint, grouped_split
 from probewatch.training.stage_data import PreparedData
 from probewatch.training.sweep import PoolArrays
@@ -107,4 +108,7 @@ def make_splits(config: TrainConfig, acts: Activations, data: BehaviourData) -> 
     check_disjoint(groups, fit_idx, test_idx)
     control_kinds = acts.control.kinds
     cal, held = control_halves(control_kinds.tolist(), config.seed)
-    return Splits(PoolArrays(labels, groups, kinds, fit_idx, val_idx, test_idx, train_only), cal, held, control_kinds)
+    aligned = len(data.pool) == len(labels) and all(d.kind == k for d, k in zip(data.pool, kinds.tolist()))
+    sources = source_array(data.pool) if aligned else None  # rows follow data.pool (extract_by_kind)
+    pool = PoolArrays(labels, groups, kinds, fit_idx, val_idx, test_idx, train_only, sources)
+    return Splits(pool, cal, held, control_kinds)

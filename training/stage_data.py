@@ -11,6 +11,7 @@ from typing import Any
 from probewatch.data.dialogue import Dialogue, load_dialogues
 from probewatch.training.datasets import BehaviourData, Source, build_behaviour_data
 from probewatch.training.extract import contiguous_by_kind
+from probewatch.training.sources import tag_source
 from probewatch.training.train_config import (
     RESPONDING_BEHAVIOURS,
     RESPONSE_BEHAVIOURS,
@@ -34,7 +35,7 @@ class PreparedData:
 def _load_files(paths: Sequence[Path]) -> list[Dialogue]:
     out: list[Dialogue] = []
     for p in paths:
-        out.extend(load_dialogues(p))
+        out.extend(tag_source(load_dialogues(p), Path(p).name))  # each user file is a data source
     return out
 
 
@@ -47,7 +48,7 @@ def pool_data(config: TrainConfig, loaded: Any = None) -> BehaviourData:
             Source.of(Path(p).name, Path(p), len(load_dialogues(p))) for p in [*config.data_files, *config.ood_files]
         ]
         selection = "prompt_last" if all(not d.ends_with_assistant for d in pool) else "response"
-        aggs = ("last",) if selection == "prompt_last" else ("mean", "max", "rolling_mean_max")
+        aggs = ("last",) if selection == "prompt_last" else ("mean", "max", "rolling_mean_max", "rolling_mean_max_norm")
         return BehaviourData(
             require_behaviour(config), pool, ood, sources, selection, aggs, notes={"custom_data": True}
         )
@@ -79,7 +80,7 @@ def prepare_data(config: TrainConfig, loaded: Any) -> PreparedData:
         from probewatch.data.reviewed import load_extra_data
 
         for path in map(Path, config.extra_files):
-            extra = load_extra_data([path], behaviour=config.behaviour)
+            extra = tag_source(load_extra_data([path], behaviour=config.behaviour), path.name)
             data.pool = [*data.pool, *extra]
             data.sources = [*data.sources, Source.of(path.name, path, len(extra))]
     _check_labels(data.pool, "training data")

@@ -15,8 +15,9 @@ from probewatch.behaviours import DESCRIPTIONS
 from probewatch.data.dialogue import Dialogue
 from probewatch.probes import Threshold
 from probewatch.probes.calibration import reference_from_scores
+from probewatch.training import band as uncertainty
+from probewatch.training.attention_sweep import probe_scorer
 from probewatch.training.export import export_bundle
-from probewatch.training.features import score_all
 from probewatch.training.report import (
     REPORT_FILENAME,
     DataSummary,
@@ -71,8 +72,11 @@ def export(
     probe_id: str,
     timings: dict[str, float],
     provenance_extra: dict[str, Any],
+    layers: list[int] | None = None,
 ) -> TrainResult:
-    """Write the bundle, check it on the live scoring path, draw the plots; returns the report (not yet written)."""
+    """Write the bundle, check it on the live scoring path, draw the plots; returns the report (not yet written).
+
+    `layers`: the pipeline chose a multi-layer (concat) probe on these layers (training/multilayer.py)."""
     chosen, point = sweep.chosen, fitted.point
     threshold = Threshold(
         value=float(point.value),
@@ -80,6 +84,7 @@ def export(
         fpr=config.fpr,
         calibration_set=prepared.control_source.name,
         n_calibration=len(splits.control_cal),
+        uncertain_from=uncertainty.export_band(config.uncertainty_band, point),  # None unless negatives set it
     )
     export_bundle(
         out,
@@ -97,10 +102,11 @@ def export(
         threshold=threshold,
         metrics=fitted.metrics.to_json(),
         training=_bundle_training(config, prepared, acts, splits, sweep, fitted, provenance_extra),
-        description=_description(require_behaviour(config), chosen, sweep.basis),
+        description=_description(require_behaviour(config), chosen, sweep.basis, layers),
         version=config.version or "1",
+        layers=layers,
         extra={
-            "direction_norm": float(np.linalg.norm(fitted.probe.raw_linear_form()[0])),
+            "direction_norm": _direction_norm(fitted.probe),
             "score_units": "calibrated logit (Platt)",
             "operating_point": {
                 "control_threshold": point.control_threshold,
@@ -108,6 +114,7 @@ def export(
                 "hard_negative_threshold": point.hard_negative_threshold,
                 "hard_negative_fpr": point.hard_negative_fpr,
                 "set_by": point.set_by,
+                "uncertainty_band": uncertainty.band_record(threshold, uncertainty.score_sets(fitted, splits)),
             },
             **_calibration_reference(fitted, splits, threshold, prepared.control_source.name),
         },
@@ -160,7 +167,11 @@ def _bundle_training(
         "layer": chosen.layer,
         "per_token": chosen.per_token,
         "C": getattr(fitted.probe, "C_", None),
-        "C_selected_by": "held-out kind" if fitted.spec.C is not None else "grouped CV on the fit split",
+        "C_selected_by": (
+            ("held-out source" if sweep.basis == "heldout_source" else "held-out kind")
+            if fitted.spec.C is not None
+            else "grouped CV on the fit split"
+        ),
         "standardize": bool(fitted.probe.standardize),
         "seed": config.seed,
         "token_selection": chosen.token_selection,
@@ -229,13 +240,21 @@ def build_report(
     )
 
 
-def _description(behaviour: str, chosen: SweepRow, basis: str) -> str:
+def _description(behaviour: str, chosen: SweepRow, basis: str, layers: list[int] | None = None) -> str:
     what = DESCRIPTIONS.get(behaviour, behaviour)
+    where = f"layers {', '.join(map(str, layers))} (summed per token)" if layers else f"layer {chosen.layer}"
     return (
-        f"{chosen.method} probe on layer {chosen.layer} ({chosen.token_selection}, {'per-token' if chosen.per_token else 'per-example'} "
+        f"{chosen.method} probe on {where} ({chosen.token_selection}, {'per-token' if chosen.per_token else 'per-example'} "
         f"training, {chosen.aggregation} aggregation) for {what}; chosen by {basis.replace('_', '-')} AUROC. "
         f"Scores are calibrated logits."
     )
+
+
+def _direction_norm(probe: Any) -> float:
+    """|w| in raw residual space (the value direction of an attention probe)."""
+    if hasattr(probe, "raw_forms"):
+        return float(np.linalg.norm(probe.raw_forms()[1][0]))
+    return float(np.linalg.norm(probe.raw_linear_form()[0]))
 
 
 def _parity_check(
@@ -271,7 +290,7 @@ def _plots(out: Path, report: TrainReport, fitted: FittedProbe, acts: Activation
     chosen = report.selection.chosen
     scores, labels, test_idx = fitted.scores, splits.pool.labels, splits.pool.test_idx
     control_scores, threshold = fitted.control_scores, fitted.point.value
-    w, b = fitted.probe.raw_linear_form()
+    scored = probe_scorer(fitted.probe, fitted.spec.token_selection, fitted.aggregation)
     paths = [plot_layer_sweep(report.sweep, chosen, out / "auroc_by_layer.png", f"{name}: AUROC per layer")]
     curves = {f"test split (AUROC {report.metrics.auroc:.3f})": (scores[test_idx], labels[test_idx])}
     y_test = labels[test_idx]
@@ -281,7 +300,7 @@ def _plots(out: Path, report: TrainReport, fitted: FittedProbe, acts: Activation
     )
     _, ood, _ = acts.layer(fitted.spec.layer)
     for oname, (od, od_labels) in ood.items():
-        s = score_all(w, b, od, fitted.spec.token_selection, [fitted.aggregation])[fitted.aggregation.method]
+        s = scored(od)
         curves[f"ood: {oname}"] = (s, od_labels)
     op = report.operating_point
     points = {
@@ -309,4 +328,5 @@ def _plots(out: Path, report: TrainReport, fitted: FittedProbe, acts: Activation
             op, out / "operating_points.png", f"{name}: false-positive rates at the shipped threshold"
         )
     )
+    paths.append(uncertainty.plot_band(out, name, report.threshold, uncertainty.score_sets(fitted, splits)))
     return [p.name for p in paths]

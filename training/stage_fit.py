@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from probewatch.probes import Aggregation
+from probewatch.training.attention_sweep import probe_scorer
 from probewatch.training.calibration import OperatingPoint, operating_point, platt_fit
 from probewatch.training.datasets import BehaviourData
-from probewatch.training.features import LayerData, score_all
 from probewatch.training.metrics import detection_metrics
 from probewatch.training.report import AtThreshold, ControlKindOperating, KindOperating, Metrics, OperatingSummary
 from probewatch.training.stage_activations import Activations, Splits
 from probewatch.training.stage_sweep import SweepOutcome
-from probewatch.training.sweep import PoolArrays, ProbeSpec, fit_probe, heldout_kind_recall, with_temperature
+from probewatch.training.sweep import (
+    PoolArrays,
+    ProbeSpec,
+    fit_probe,
+    heldout_kind_recall,
+    in_calibrated_units,
+    with_temperature,
+)
 from probewatch.training.train_config import TrainConfig
 
 
@@ -49,21 +56,21 @@ def fit_final(
         chosen.per_token,
         chosen.aggregation,
         config.standardize,
-        C=chosen.C if (sweep.basis == "heldout_kind" and config.heldout_Cs and chosen.method == "logistic") else None,
+        C=chosen.C
+        if (sweep.basis in ("heldout_kind", "heldout_source") and config.heldout_Cs and chosen.method == "logistic")
+        else None,
     )
     ld, ood, control_ld = acts.layer(chosen.layer)
     probe = fit_probe(spec, ld, pool, fit_idx, config.seed, config.balance_kinds)
-    w, b = probe.raw_linear_form()
     base = Aggregation(method=chosen.aggregation, window=config.window, alpha=config.alpha)
-    (agg,) = with_temperature([base], w, b, ld, fit_idx, spec.token_selection)
-    raw = score_all(w, b, ld, spec.token_selection, [agg])[agg.method]
+    agg = base
+    if chosen.method != "attention":  # the attention probe pools with its own query: no temperature
+        (agg,) = with_temperature([base], *probe.raw_linear_form(), ld, fit_idx, spec.token_selection)
+    raw = probe_scorer(probe, spec.token_selection, agg)(ld)
     slope, offset = platt_fit(raw[val_idx], labels[val_idx])
-    probe.affine_(slope, offset)
-    agg = replace(agg, temperature=agg.temperature * slope)  # softmax weights are unchanged by the Platt map
-    w, b = probe.raw_linear_form()
-
-    def scored(data_: LayerData) -> np.ndarray:
-        return score_all(w, b, data_, spec.token_selection, [agg])[agg.method]
+    probe.affine_(slope, offset)  # attention: folded into the value direction (the weights sum to one)
+    agg = in_calibrated_units(agg, slope)  # softmax weights and length penalties unchanged by the Platt map
+    scored = probe_scorer(probe, spec.token_selection, agg)
 
     scores, control_scores = scored(ld), scored(control_ld)
     hard = splits.hard_negatives

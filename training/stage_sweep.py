@@ -78,12 +78,19 @@ def run_sweep(
             rows += sweep(layer, selection, config.methods, per_token_sweep)
             bar.update(1)
     bar.close()
+    if not rows and "attention" in config.methods:  # --method attention alone: the attention probe on every layer
+        rows = [_attention_row(config, acts, splits, layer) for layer in layers]
     chosen = best_row(rows, basis)
     if config.per_token is None and chosen.token_selection == "response":
         grid = [chosen.C] if (Cs and chosen.method == "logistic") else None
         extra = sweep(chosen.layer, "response", [chosen.method], True, grid)
         rows += extra
         chosen = best_row([chosen, *extra], basis)
+    response = [r for r in rows if r.token_selection == "response" and r.method != "attention"]
+    if "attention" in config.methods and response:  # on the best response layer (one torch fit per fold)
+        attention = _attention_row(config, acts, splits, best_row(response, basis).layer)
+        rows.append(attention)
+        chosen = best_row([chosen, attention], basis)  # chosen only where it wins on the same basis
     multi = None
     if config.multi_layer > 1 and basis == "heldout_kind" and len(layers) > 1:
         multi = _multi_layer(config, rows, chosen, features, pool)
@@ -100,6 +107,15 @@ def run_sweep(
         chosen.val_auroc or float("nan"),
     )
     return SweepOutcome(rows, chosen, basis, multi)
+
+
+def _attention_row(config: TrainConfig, acts: Activations, splits: Splits, layer: int) -> SweepRow:
+    """The attention probe on one layer's response tokens, scored like the sweep (training/attention_sweep.py)."""
+    from probewatch.training.attention_sweep import attention_rows
+
+    ld, ood, control_ld = acts.layer(layer)
+    control = control_ld.subset(splits.control_cal)
+    return attention_rows(ld, ood, splits.pool, config.seed, config.balance_kinds, control, config.fpr)
 
 
 def _multi_layer(

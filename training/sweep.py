@@ -16,10 +16,11 @@ then selects it inside every fold).
 to the standard deviation of its token scores on its own training examples (the final bundle's
 temperature is that, times the Platt slope, so it stays in calibrated-logit units).
 
-Configurations are chosen by the held-out-kind number when the pool has at least two kinds,
-else by the mean of out-of-distribution and validation AUROC, else by validation; AUROCs within 0.01 count as ties, broken
-by recall at 1% FPR on the control set's calibration half (validation positives), then validation
-AUROC, then the earlier layer. The chosen number is a maximum over configurations, so it is mildly
+Configurations are chosen by the held-out-kind numbers when the pool has at least two kinds (the
+worst kind first, to 0.01, then the mean, to 0.001), else by the mean of out-of-distribution and
+validation AUROC, else by validation; AUROCs within 0.01 count as ties, broken by recall at 1%
+FPR on the control set's calibration half (validation positives), then validation AUROC, then the
+earlier layer. The chosen number is a maximum over configurations, so it is mildly
 optimistic; reports say how many configurations were compared.
 """
 
@@ -31,7 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from probewatch.metrics import auroc
-from probewatch.probes.manifest import Aggregation
+from probewatch.probes.manifest import LENGTH_NORMALISED, Aggregation
 from probewatch.training.estimators import LinearProbe, make_probe
 from probewatch.training.features import LayerData, score_all, training_matrix
 from probewatch.training.splits import leave_one_kind_out
@@ -48,6 +49,7 @@ class PoolArrays:
     val_idx: np.ndarray
     test_idx: np.ndarray
     train_only: tuple[str, ...] = ()
+    sources: np.ndarray | None = None  # data source of each example (training/sources.py); None: not known
 
     def loko(self):
         """Leave-one-kind-out folds over the evaluable kinds (training-only kinds stay in every fold)."""
@@ -103,6 +105,10 @@ class ProbeSpec:
 def fit_probe(
     spec: ProbeSpec, data: LayerData, pool: PoolArrays, idx: np.ndarray, seed: int, balance_kinds: bool
 ) -> LinearProbe:
+    if spec.method == "attention":  # token sequences, not a matrix: training/attention_sweep.py
+        from probewatch.training.attention_sweep import fit_attention
+
+        return fit_attention(data, pool.labels, pool.groups, pool.kinds, idx, seed, balance_kinds)
     X, y, g, w = training_matrix(
         data, idx, pool.labels, pool.groups, spec.token_selection, spec.per_token, pool.kinds, balance_kinds
     )
@@ -113,13 +119,43 @@ def fit_probe(
 def with_temperature(
     aggregations: Sequence[Aggregation], w: np.ndarray, b: float, data: LayerData, idx: np.ndarray, token_selection: str
 ) -> list[Aggregation]:
-    """The aggregations with softmax's temperature set to the std of this probe's token scores on `idx`."""
-    if token_selection != "response" or not any(a.method == "softmax" for a in aggregations):
+    """The aggregations with the scales this probe's scores set on `idx`: softmax's temperature = the std
+    of its token scores; a length-normalised maximum's `length_scale` = the std of what it takes the
+    maximum of (token scores, or window means per example)."""
+    scaled = ("softmax", *LENGTH_NORMALISED)
+    if token_selection != "response" or not any(a.method in scaled for a in aggregations):
         return list(aggregations)
-    rows, _ = data.token_matrix(idx)
-    spread = float(np.std(rows.astype(np.float64) @ w + b)) if len(rows) else 1.0
-    t = max(spread, 1e-6)
-    return [replace(a, temperature=t) if a.method == "softmax" else a for a in aggregations]
+    rows, example = data.token_matrix(idx)
+    x = rows.astype(np.float64) @ w + b
+    spread = max(float(np.std(x)) if len(x) else 1.0, 1e-6)
+    out = []
+    for a in aggregations:
+        if a.method == "softmax":
+            a = replace(a, temperature=spread)
+        elif a.method == "rolling_mean_max_norm":
+            a = replace(a, length_scale=_window_mean_spread(x, example, int(a.window)) or spread)
+        elif a.method == "max_norm":
+            a = replace(a, length_scale=spread)
+        out.append(a)
+    return out
+
+
+def in_calibrated_units(aggregation: Aggregation, slope: float) -> Aggregation:
+    """The aggregation's scales after the Platt map score -> slope * score + offset (softmax weights and
+    the length penalty then match the raw-score ones exactly)."""
+    return replace(
+        aggregation, temperature=aggregation.temperature * slope, length_scale=aggregation.length_scale * slope
+    )
+
+
+def _window_mean_spread(x: np.ndarray, example: np.ndarray, window: int) -> float | None:
+    """The std of the full `window`-token means inside each example (None: no example that long)."""
+    if len(x) < window:
+        return None
+    csum = np.concatenate([[0.0], np.cumsum(x)])
+    means = (csum[window:] - csum[:-window]) / window
+    same = example[window - 1 :] == example[: len(example) - window + 1]  # the window stays in one example
+    return float(np.std(means[same])) if same.any() else None
 
 
 def usable_aggregations(aggregations: Sequence[Aggregation], token_selection: str) -> list[Aggregation]:
@@ -173,7 +209,7 @@ def sweep_layer(
     aggregations = usable_aggregations(aggregations, token_selection)
     loko = list(pool.loko()) if do_heldout else []
     val_pos = pool.val_idx[pool.labels[pool.val_idx] == 1]
-    for method in methods:
+    for method in (m for m in methods if m != "attention"):  # the attention probe: attention_sweep.py
         grid: list[float | None] = list(Cs) if (method == "logistic" and Cs) else [None]
         for C in grid:
             spec = ProbeSpec(method, data.layer, token_selection, per_token, aggregations[0].method, standardize, C=C)
@@ -220,11 +256,21 @@ def sweep_layer(
     return rows
 
 
+def worst_kind(row: SweepRow) -> float:
+    """The row's lowest held-out-kind AUROC (-1 when it has none)."""
+    return min(row.heldout_per_kind.values()) if row.heldout_per_kind else -1.0
+
+
 def best_row(rows: Sequence[SweepRow], by: str) -> SweepRow:
     def key(r: SweepRow) -> tuple:
         # AUROC to 0.01 (differences below that are noise at these sizes), then what a monitor needs:
-        # recall at the control-calibrated threshold, then validation AUROC, then the earlier layer
+        # recall at the control-calibrated threshold, then validation AUROC, then the earlier layer.
+        # By held-out kind, the worst kind comes first and the mean breaks its ties (to 0.001): the
+        # same rule as held-out sources (training/nested.py), because a mean over kinds hides the
+        # format a probe fails on (refusal: a mean-best layer lost 0.06 on long-context requests)
+        first = (round(worst_kind(r), 2), round(r.selection_score(by), 3)) if by == "heldout_kind" else ()
         return (
+            *first,
             round(r.selection_score(by), 2),
             round(r.val_recall_control or 0.0, 3),
             round(r.val_auroc or 0.0, 3),
@@ -251,10 +297,15 @@ def heldout_kind_recall(
     out: dict[str, dict[str, float | None]] = {}
     for kind, tr, te in pool.loko():
         probe = fit_probe(spec, data, pool, tr, seed, balance_kinds)
-        w, b = probe.raw_linear_form()
-        agg = with_temperature(base, w, b, data, tr, spec.token_selection)
-        s = score_all(w, b, data, spec.token_selection, agg)[spec.aggregation]
-        c = score_all(w, b, control, spec.token_selection, agg)[spec.aggregation]
+        if spec.method == "attention":
+            from probewatch.training.attention_sweep import score_attention
+
+            s, c = score_attention(probe, data), score_attention(probe, control)
+        else:
+            w, b = probe.raw_linear_form()
+            agg = with_temperature(base, w, b, data, tr, spec.token_selection)
+            s = score_all(w, b, data, spec.token_selection, agg)[spec.aggregation]
+            c = score_all(w, b, control, spec.token_selection, agg)[spec.aggregation]
         t = threshold_at_fpr(c, fpr)
         y = pool.labels[te]
         out[kind] = {

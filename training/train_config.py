@@ -12,7 +12,8 @@ from probewatch.errors import ProbewatchError
 from probewatch.probes.errors import FingerprintMismatchError
 from probewatch.training.export import METHOD_BY_KIND
 
-METHODS = ("logistic", "mean_diff", "lat")
+#: attention: the attention-pooling probe (training/attention_sweep.py), tried on the best response layer
+METHODS = ("logistic", "mean_diff", "lat", "attention")
 DEFAULT_IDS = DEFAULT_PROBE_IDS
 #: C values swept (and chosen by held-out kind) for logistic probes when the pool has kinds
 HELDOUT_CS = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -45,8 +46,13 @@ class TrainConfig:
     standardize: bool | None = None  # None: logistic standardised, mean_diff/lat raw
     fpr: float = 0.01
     hard_negative_fpr: float | None = 0.2  # None: threshold from the control set alone
+    # where the negatives raise the threshold, scores from the control threshold up to it are `uncertain`
+    uncertainty_band: bool = True
+    family: bool = False  # also train the per-type family (training/family_export.py), written to <out>-family
     heldout_Cs: Sequence[float] | None = HELDOUT_CS  # None: C by grouped CV on the fit split
     multi_layer: int = 3  # best layers compared as a concatenated / ensembled probe (0: skip)
+    nested_top_k: int = 8  # configurations the held-out-source choice and nested estimate fit (0: skip both)
+    select_by_source: bool = True  # ship the held-out-source choice (>= 2 sources) instead of the sweep's
     seed: int = 0
     probe_id: str | None = None
     version: str | None = None
@@ -123,6 +129,10 @@ def check_config(config: TrainConfig, n_layers: int, model_id: str) -> list[int]
             raise TrainingError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     if config.hard_negative_fpr is not None and not 0.0 <= config.hard_negative_fpr < 1.0:
         raise TrainingError(f"--hard-negative-fpr must be in [0, 1), got {config.hard_negative_fpr}")
+    if config.nested_top_k < 0:
+        raise TrainingError(
+            f"--nested-top-k must be >= 0 (0 skips the held-out-source stage), got {config.nested_top_k}"
+        )
     layers = sorted({int(layer) for layer in (config.layers or default_layers(n_layers))})
     bad = [layer for layer in layers if not 0 <= layer < n_layers]
     if bad:

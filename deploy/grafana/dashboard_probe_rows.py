@@ -129,22 +129,39 @@ def recent_alerts_table(lay: Layout) -> dict:
                 fmt="table",
             ),
             target(f"max by (probe, behaviour) (probewatch_bundle_info{{{PSEL}}})", "", "D", instant=True, fmt="table"),
+            target(
+                f"sum by (probe) (increase(probewatch_uncertain_total{{{PSEL}}}[$__range]))",
+                "",
+                "E",
+                instant=True,
+                fmt="table",
+            ),
         ],
         h=7,
         description="The last alert of every probe and how many it raised recently. The flagged generations "
         "themselves (ids, per-token scores, text) are incidents: `probewatch incidents list "
-        "--probe <id>` / `probewatch incidents show <id>` (docs/deploy.md).",
+        "--probe <id>` / `probewatch incidents show <id>` (docs/deploy.md). Uncertain: generations that ended "
+        "inside the probe's uncertainty band below its threshold (low-priority incidents, no alert; "
+        "`probewatch incidents list --priority low`; always 0 for a probe without a band).",
         transformations=[
             {"id": "merge", "options": {}},
             {
                 "id": "organize",
                 "options": {
                     "excludeByName": {"Time": True, "Value #D": True},
-                    "indexByName": {"probe": 0, "behaviour": 1, "Value #A": 2, "Value #B": 3, "Value #C": 4},
+                    "indexByName": {
+                        "probe": 0,
+                        "behaviour": 1,
+                        "Value #A": 2,
+                        "Value #B": 3,
+                        "Value #C": 4,
+                        "Value #E": 5,
+                    },
                     "renameByName": {
                         "Value #A": "Last alert",
                         "Value #B": "Alerts (1h)",
                         "Value #C": "Alerts (range)",
+                        "Value #E": "Uncertain (range)",
                     },
                 },
             },

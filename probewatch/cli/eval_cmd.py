@@ -49,6 +49,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0.05,
         help="how far above the highest reviewed false positive (--extra-data) the threshold goes (logits; default 0.05)",
     )
+    cal.add_argument(
+        "--uncertainty-band",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto (default): where --hard-negatives or --extra-data raise the threshold above what the control set "
+        "alone asks for, scores from that control threshold up to the shipped one are 'uncertain' (a low-priority "
+        "incident for review, no alert); off: no band",
+    )
+    cal.add_argument(
+        "--uncertain-from",
+        "--uncertain-below",
+        dest="uncertain_from",
+        type=float,
+        default=None,
+        metavar="LOGIT",
+        help="explicit lower edge of the uncertainty band [LOGIT, threshold) (overrides --uncertainty-band)",
+    )
+    cal.add_argument(
+        "--no-plot",
+        dest="plot",
+        action="store_false",
+        help="do not draw threshold_band.png (recall / flagged share vs threshold, band shaded) next to the bundle",
+    )
     _common(cal)
     add_json_arg(cal)
     cal.set_defaults(func=_calibrate)
@@ -241,6 +264,9 @@ def _calibrate(args: argparse.Namespace) -> int:
             f"{Path(args.control).name} + {names} ({reviewed['n_negative']} hard negatives)"
         )
         manifest.threshold.n_calibration = len(scores) + reviewed["n_negative"]
+    sets = {"control": scores, "hard negatives": hard_scores or [], **_reviewed_sets(reviewed)}
+    band_summary = _apply_band(args, point, manifest, sets)
+    band = manifest.threshold.uncertain_from
     # the drift reference: the new control set's score bins at the new threshold (probes/calibration.py)
     reference = reference_from_scores(scores, manifest.threshold.value, calibration_set=Path(args.control).name)
     if reference is not None:
@@ -250,6 +276,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     manifest.weights_sha256, manifest.created_at = "", ""
     out = args.out or bundle.path
     save_bundle(out, manifest, bundle.tensors)
+    plot = _band_plot(out, bundle.id, manifest.threshold.value, band, sets) if args.plot else None
     summary = {
         "probe_id": bundle.id,
         "bundle": str(out),
@@ -262,6 +289,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         "hard_negative_threshold": point.hard_negative_threshold,
         "threshold_from_control": from_control,
         "reviewed": reviewed,
+        "uncertainty_band": band_summary,
+        "plot": plot,
     }
     if args.json:
         print_json(summary)
@@ -277,6 +306,13 @@ def _calibrate(args: argparse.Namespace) -> int:
             + f"); wrote {out}",
             file=sys.stderr,
         )
+        if band is not None:
+            share = band_summary["shares"].get("control", {}).get("uncertain") or 0.0
+            print(
+                f"  uncertainty band [{band:.3f}, {manifest.threshold.value:.3f}) ({band_summary['set_by']}): "
+                f"{100 * share:.3g}% of the control set would be low-priority incidents (no alert)",
+                file=sys.stderr,
+            )
         if reviewed is not None:
             recall = reviewed["recall_positive"]
             print(
@@ -286,3 +322,54 @@ def _calibrate(args: argparse.Namespace) -> int:
             )
         print(out)
     return 0
+
+
+def _reviewed_sets(reviewed: dict | None) -> dict[str, list[float]]:
+    """The reviewed incidents' scores by verdict (--extra-data), for the band's summary and plot."""
+    if not reviewed:
+        return {}
+    rows = reviewed["scores"]
+    return {
+        "reviewed positives": [r["score"] for r in rows if r["label"] == 1],
+        "reviewed negatives": [r["score"] for r in rows if r["label"] == 0],
+    }
+
+
+def _apply_band(args: argparse.Namespace, point, manifest, sets: dict) -> dict:
+    """Set (or clear) the manifest's uncertainty band below its new threshold; how it was set and, per score
+    set, the share flagged, uncertain and recorded at all (also kept in extra.operating_point)."""
+    from probewatch.errors import ProbewatchError
+    from probewatch.training.calibration import CalibrationError, band_shares, uncertainty_band
+
+    explicit, threshold = args.uncertain_from, manifest.threshold.value
+    try:
+        wanted = explicit is not None or args.uncertainty_band == "auto"
+        band = uncertainty_band(point, threshold, explicit) if wanted else None
+    except CalibrationError as exc:
+        raise ProbewatchError(f"--uncertain-from: {exc}") from None
+    manifest.threshold.uncertain_from = band
+    set_by = None if band is None else ("explicit" if explicit is not None else "control_threshold")
+    shares = {name: band_shares(s, band, threshold) for name, s in sets.items() if len(s)}
+    manifest.extra["operating_point"]["uncertainty_band"] = {
+        "uncertain_from": band,
+        "set_by": set_by,
+        "control_uncertain": shares.get("control", {}).get("uncertain"),
+    }
+    return {"uncertain_from": band, "threshold": threshold, "set_by": set_by, "shares": shares}
+
+
+def _band_plot(out: Path, probe_id: str, threshold: float, band: float | None, sets: dict) -> str:
+    """threshold_band.png next to the written bundle (training/band_plot.py)."""
+    import numpy as np
+
+    from probewatch.training.band import BAND_PLOT, plot_threshold_band
+
+    path = plot_threshold_band(
+        {k: np.asarray(v, dtype=float) for k, v in sets.items() if len(v)},
+        threshold,
+        band,
+        Path(out) / BAND_PLOT,
+        f"{probe_id}: flagged share vs threshold" + (" (uncertainty band shaded)" if band is not None else ""),
+        positives=("reviewed positives",),
+    )
+    return str(path)

@@ -16,9 +16,9 @@ from pathlib import Path
 from probewatch.arguments import add_extra_data_arg, add_json_arg, add_model_arg, print_json
 from probewatch.behaviours import BEHAVIOURS
 
-METHODS = ("logistic", "mean_diff", "lat")
+METHODS = ("logistic", "mean_diff", "lat", "attention")
 # = probewatch.probes.manifest.AGGREGATIONS (a test holds them equal; importing it here would load torch)
-AGGREGATIONS = ("mean", "max", "last", "ema", "rolling_mean_max", "softmax")
+AGGREGATIONS = ("mean", "max", "last", "ema", "rolling_mean_max", "softmax", "max_norm", "rolling_mean_max_norm")
 
 
 def _int_list(value: str) -> list[int]:
@@ -102,7 +102,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--method",
         type=_name_list(METHODS),
         default=[],
-        help="logistic, mean_diff, lat, a comma list, or auto (default: sweep all three)",
+        help="logistic, mean_diff, lat, attention (attention pooling with a learned query, tried on the best "
+        "response layer), a comma list, or auto (default: all four)",
     )
     parser.add_argument(
         "--aggregation",
@@ -148,10 +149,38 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 0.2)",
     )
     parser.add_argument(
+        "--family",
+        action="store_true",
+        help="also train a family: one probe per deception type (training/family.py), each Platt-calibrated, "
+        "alerting on their maximum; written to <out>-family (family.json + member bundles) with family_report.json",
+    )
+    parser.add_argument(
+        "--uncertainty-band",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="where --hard-negative-fpr raises the threshold above the control one, ship a band from the control "
+        "threshold up to it: scores there are recorded as uncertain (low-priority incidents), never alerted "
+        "(default: yes)",
+    )
+    parser.add_argument(
         "--multi-layer",
         type=int,
         default=3,
         help="compare a probe over the N best layers (concatenated / ensembled) by held-out kind (0: skip; default 3)",
+    )
+    parser.add_argument(
+        "--nested-top-k",
+        type=int,
+        default=8,
+        help="configurations (the sweep's top K) fitted on held-out data sources for the source-held-out choice "
+        "and its nested estimate in the report (0: skip both; default 8)",
+    )
+    parser.add_argument(
+        "--no-select-by-source",
+        dest="select_by_source",
+        action="store_false",
+        help="ship the sweep's held-out-kind choice even when the pool has two or more data sources "
+        "(the nested source-held-out estimate is still reported)",
     )
     parser.add_argument("--window", type=int, default=8, help="rolling_mean_max window (tokens)")
     parser.add_argument("--seed", type=int, default=0)
@@ -211,7 +240,11 @@ def config_from_args(args: argparse.Namespace):
         standardize=args.standardize,
         fpr=args.fpr,
         hard_negative_fpr=args.hard_negative_fpr,
+        uncertainty_band=args.uncertainty_band,
+        family=args.family,
         multi_layer=args.multi_layer,
+        nested_top_k=args.nested_top_k,
+        select_by_source=args.select_by_source,
         window=args.window,
         seed=args.seed,
         probe_id=args.probe_id,

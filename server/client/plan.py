@@ -44,12 +44,18 @@ class Plan:
             captures[plan.layer] = LayerCapture(
                 plan.layer, pushdown, projection, plan.prompt_rows or pb.PROMPT_ROWS_ALL
             )
+        # a multi-layer probe has a column in the plan of each layer it reads (its first layer is ProbeInfo.layer)
+        reads: dict[str, set[int]] = {}
+        for plan in listing.plans:
+            for pid in plan.probe_ids:
+                reads.setdefault(pid, set()).add(plan.layer)
         probes = [
             {
                 "id": p.id,
                 "behaviour": p.behaviour,
                 "kind": p.kind,
                 "layer": p.layer,
+                "layers": sorted(reads.get(p.id, set()) | {p.layer}),  # every layer to capture for this probe
                 "token_selection": p.token_selection,
                 "aggregation": p.aggregation,
                 "threshold": p.threshold,

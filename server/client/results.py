@@ -29,6 +29,8 @@ class GenerationResult:
     prompt_length: int = 0
     scores: dict[str, float] = field(default_factory=dict)  # aggregate per probe
     flagged: dict[str, bool] = field(default_factory=dict)
+    # not flagged, but inside the probe's uncertainty band (a low-priority incident; no alert); older sidecars: none
+    uncertain: dict[str, bool] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
     alerts: list[dict[str, Any]] = field(default_factory=list)
     token_scores: dict[str, dict[int, float]] = field(default_factory=dict)  # probe -> position -> score
@@ -98,6 +100,7 @@ class GenerationHandle:
                     **r.__dict__,
                     "scores": dict(r.scores),
                     "flagged": dict(r.flagged),
+                    "uncertain": dict(r.uncertain),
                     "thresholds": dict(r.thresholds),
                     "alerts": list(r.alerts),
                     "token_scores": {k: dict(v) for k, v in r.token_scores.items()},
@@ -132,6 +135,7 @@ class GenerationHandle:
             for res in summary.results:
                 r.scores[res.probe_id] = res.score
                 r.flagged[res.probe_id] = res.flagged
+                r.uncertain[res.probe_id] = res.uncertain
                 r.thresholds[res.probe_id] = res.threshold
             r.alerts = [alert_json(a) for a in summary.alerts]
         self._done.set()

@@ -10,6 +10,13 @@ Off the scoring thread: the scoring worker only decides (alert or not, final agg
 a cheap snapshot of what the incident keeps; writing (redaction, JSON, the store's commit) and the
 webhook run on the incident writer (server/sidecar/incident_queue.py), which then sends what carries
 the incident id: the early alert, the late alerts and the summary. Metrics count the alert at once.
+
+Uncertainty band (a bundle's `threshold.uncertain_from`): a generation whose final aggregate ends in
+[uncertain_from, threshold) raises no alert and no webhook; it is counted (`probewatch_uncertain_total`),
+marked `uncertain` in the summary's ProbeResult and written as a `low` priority incident, so a reviewer
+sees the cases one threshold could not decide without anyone being paged. For a monotone aggregation the
+final value is the peak, so "ends in the band" and "peaks in the band" agree; above the threshold nothing
+changes.
 """
 
 from __future__ import annotations
@@ -122,6 +129,32 @@ class AlertDesk:
             self._announce_early(gen, spec, alert)
         return alert
 
+    def decide(
+        self, gen: Generation, spec: ProbeSpec, count: int, value: float, now: float | None = None
+    ) -> tuple[bool, bool]:
+        """At close, one probe's final aggregate: (flagged, uncertain). Flagged raises the late alert unless an
+        early one was raised; a value inside the band is recorded as uncertain (counted now, written at settle)."""
+        if count <= 0 or not spec.alerts:  # a family member: its family decides (families.py)
+            return False, False
+        if value >= spec.threshold:
+            if spec.id not in gen.alerts:
+                self.raise_alert(gen, spec, value, early=False, position=-1, now=now)
+            return True, False
+        if spec.in_band(value):
+            gen.uncertain[spec.id] = pb.Alert(  # what the incident row is made of; never sent to the client
+                generation_id=gen.id,
+                probe_id=spec.id,
+                behaviour=spec.behaviour,
+                score=value,
+                threshold=spec.threshold,
+                position=-1,
+                bundle_version=spec.version,
+                time_unix=time.time() if now is None else now,
+            )
+            self.metrics.uncertain.labels(probe=spec.id, behaviour=spec.behaviour).inc()
+            return False, True
+        return False, False
+
     def _announce_early(self, gen: Generation, spec: ProbeSpec, alert: pb.Alert) -> None:
         """Written before the client sees the alert (a crash later does not lose it), on the writer thread.
         With the writer's queue full the alert goes out at once without an id; its row is written at close."""
@@ -142,7 +175,9 @@ class AlertDesk:
         The summary carries the incident ids, so it goes out after the write (on the writer thread).
         With the writer's queue full nothing is persisted (counted) and the summary goes out as is."""
         self.drift.observe({pid: (agg.value, agg.count) for pid, agg in gen.aggregators.items()})
-        if gen.alerts and (self.incidents is not None or self.webhook is not None):
+        if (gen.alerts and (self.incidents is not None or self.webhook is not None)) or (
+            gen.uncertain and self.incidents is not None
+        ):
             job = functools.partial(self._settle, gen, Snapshot.of(gen), status, summary)
             if self.writer.submit(job, gen.stream, kind="close"):
                 return
@@ -163,6 +198,12 @@ class AlertDesk:
                 self._notify(gen, spec, alert, status)
             if not alert.early:
                 gen.stream.send(pb.MonitorResponse(alert=alert))
+        if snap is not None:  # uncertain results: a low-priority incident each, no webhook, no Alert message
+            for pid, record in gen.uncertain.items():
+                record.incident_id = self.record_incident(gen, snap, self.specs[pid], record, status, facts, "low")
+        incident_ids = {pid: a.incident_id for pid, a in (*gen.uncertain.items(), *gen.alerts.items())}
+        for result in summary.results:
+            result.incident_id = incident_ids.get(result.probe_id, 0)
         summary.alerts.extend(gen.alerts.values())
         gen.stream.send(pb.MonitorResponse(summary=summary))
 
@@ -183,11 +224,13 @@ class AlertDesk:
         alert: pb.Alert,
         status: str,
         facts: _GenerationFacts | None = None,
+        priority: str = "normal",
     ) -> int:
         """Write (status `open`: at alert time) or complete (at close) the incident row; its id, 0 on failure.
 
         `facts`: the generation's token ids and every probe's result, when the caller already has them
-        (at close they are the same for each of the generation's alerts)."""
+        (at close they are the same for each of the generation's alerts). `priority`: `low` for an uncertain
+        result (in the band, not alerted)."""
         if self.incidents is None:
             return 0
         tokens, context, texts = facts or self._generation_facts(gen, snap)
@@ -210,6 +253,7 @@ class AlertDesk:
             response=snap.response_text,
             generation_status=status,
             early=alert.early,
+            priority=priority,
             metadata=gen.metadata,
             prompt_length=gen.prompt_length,
             tokens=tokens,
@@ -281,6 +325,7 @@ class AlertDesk:
                 n_tokens=count,
                 aggregation=spec.aggregation.method,
                 token_selection=spec.token_selection,
+                uncertain_from=spec.uncertain_from,
                 layer=spec.layer,
                 version=spec.version,
                 token_scores=token_score_pairs(snap.token_scores[pid]),

@@ -4,11 +4,12 @@ Why a single worker with a bounded queue: probe cost is one small GEMM per layer
 overhead (Python, dispatch) dominates; the worker drains whatever is queued — chunks of many
 streams and generations — and concatenates all rows of one layer into one GEMM
 (`ProbeRuntime.score_layers`, so non-linear probe kinds plug in; pushdown projections go
-through `score_projections`). The bounded queue turns a slow sidecar into gRPC back-pressure
-towards the clients, where the attach client drops and counts (fail-open), instead of
-unbounded memory here. It is bounded twice: in items (`queue_size`) and in tensor bytes queued or
-being scored (`queue_bytes`, server/sidecar/work.py `ByteBudget`); a chunk that does not fit the
-bytes is refused at once (RESOURCE_EXHAUSTED, `dropped_chunks_total{reason="queue_bytes"}`).
+through `score_projections`; an attention probe scores two columns per token: columns.py). The
+bounded queue turns a slow sidecar into gRPC back-pressure towards the clients, where the attach
+client drops and counts (fail-open), instead of unbounded memory here. It is bounded twice: in
+items (`queue_size`) and in tensor bytes queued or being scored (`queue_bytes`,
+server/sidecar/work.py `ByteBudget`); a chunk that does not fit the bytes is refused at once
+(RESOURCE_EXHAUSTED, `dropped_chunks_total{reason="queue_bytes"}`).
 
 Ordering and fairness: the queue (`fair_queue.py`) is first-in first-out per client and serves
 clients by deficit round robin on bytes, so a generation's chunks, its Close and its stream's end
@@ -18,7 +19,7 @@ scored first and then applied item by item.
 
 Around it: `generations.py` (the registry of open generations and its limits), `alerts.py`
 (alert -> incident -> webhook, written on its own thread: `incident_queue.py`), `streams.py` (each
-stream's bounded outbox). Scores are always
+stream's bounded outbox), `joins.py` (a multi-layer probe's per-layer partials joined per token). Scores are always
 finite: a chunk whose rows score non-finite (activations beyond what float32 can hold) is refused
 (InvalidInput) before any aggregate sees it. The engine raises and reports refusals in its own
 terms (server/sidecar/errors.py); the servicer maps them to gRPC status codes.
@@ -31,7 +32,6 @@ import math
 import queue
 import threading
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -42,11 +42,13 @@ from probewatch.probes.aggregate import make_aggregator
 from probewatch.probes.runtime import ProbeRuntime
 from probewatch.probes.selection import selection_mask
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
-from probewatch.server.sidecar.alerts import AlertDesk
+from probewatch.server.sidecar.columns import PROJECTIONS, ROWS, Columns, score_block
 from probewatch.server.sidecar.errors import InvalidInput, Overloaded, Refused, ScoringFailed, TimedOut
 from probewatch.server.sidecar.fair_queue import FairQueue
+from probewatch.server.sidecar.families import FamilyAlertDesk, FamilyScores
 from probewatch.server.sidecar.generations import Generation, GenerationLimits, GenerationRegistry
 from probewatch.server.sidecar.incident_queue import DEFAULT_INCIDENT_QUEUE, IncidentQueue
+from probewatch.server.sidecar.joins import LayerJoins, sequence_columns
 from probewatch.server.sidecar.memory import QUEUE_BYTES_UNLIMITED
 from probewatch.server.sidecar.metrics import SidecarMetrics
 from probewatch.server.sidecar.specs import ProbeSpec
@@ -69,10 +71,9 @@ __all__ = ["PROJECTIONS", "ROWS", "ScoringEngine"]
 
 log = logging.getLogger(__name__)
 
-ROWS, PROJECTIONS = "rows", "projections"
 _STOP = object()
-#: one chunk's outcome of a batch GEMM: (probe ids, scores [n, k]), a refusal, or the exception it hit
-_Scored = tuple[list[str], np.ndarray] | Exception
+#: one chunk's outcome of a batch GEMM: (its columns, scores [n, columns]), a refusal, or the exception it hit
+_Scored = tuple[Columns, np.ndarray] | Exception
 
 
 class ScoringEngine:
@@ -93,14 +94,18 @@ class ScoringEngine:
         policy: TextPolicy | None = None,
         queue_bytes: int = QUEUE_BYTES_UNLIMITED,
         incident_queue_size: int = DEFAULT_INCIDENT_QUEUE,
+        families: Sequence = (),  # probes/family.py FamilyManifest: derived max-of-members scores (families.py)
     ) -> None:
         self.runtime = runtime
         self.metrics = metrics
         self.fingerprint = fingerprint
         self.specs: dict[str, ProbeSpec] = {b.id: ProbeSpec.from_bundle(b) for b in runtime.bundles}
+        self.families = FamilyScores(families, self.specs, {b.id: b.manifest for b in runtime.bundles})
         self.generations = GenerationRegistry(self.specs, fingerprint, limits or GenerationLimits())
         self.writer = IncidentQueue(metrics, incident_queue_size)
-        self.alerts = AlertDesk(self.specs, metrics, fingerprint, incidents, webhook, policy, self.writer)
+        every = {**self.specs, **self.families.specs}  # the desk alerts for families too (and names the member)
+        self.alerts = FamilyAlertDesk(every, metrics, fingerprint, incidents, webhook, policy, self.writer)
+        self.joins = LayerJoins(self.specs, metrics)  # multi-layer probes: partial scores joined per token
         self.max_batch_rows = max_batch_rows
         self.put_timeout_s = put_timeout_s
         self.keep_token_scores = keep_token_scores
@@ -160,6 +165,7 @@ class ScoringEngine:
             self.metrics.generation_limit_refusals.labels(limit=exc.reason or "total").inc()
             raise
         self.metrics.active_generations.inc()
+        self.families.attach(gen)
         return gen
 
     def expire_generations(self, stream: StreamState) -> int:
@@ -266,7 +272,7 @@ class ScoringEngine:
         # Score updates of consecutive chunks of one generation and layer in this batch go back as one
         # ScoreUpdate: under load one response per chunk costs a large share of the ingest rate. Pending
         # updates are flushed before any close/end so a summary never overtakes its scores.
-        pending: dict[tuple[int, int], PendingUpdate] = {}
+        pending: dict[tuple, PendingUpdate] = {}
         for work in batch:
             try:
                 if isinstance(work, ChunkWork):
@@ -281,9 +287,7 @@ class ScoringEngine:
                     work.stream.finish()
         self._flush_updates(pending)
 
-    def _apply_scored(
-        self, work: ChunkWork, result: _Scored | None, pending: dict[tuple[int, int], PendingUpdate]
-    ) -> None:
+    def _apply_scored(self, work: ChunkWork, result: _Scored | None, pending: dict[tuple, PendingUpdate]) -> None:
         """Apply one chunk's scores (or refuse it on its stream), merging its update into `pending`."""
         if isinstance(result, Refused):  # rows that score non-finite: refused, nothing applied
             work.generation.rejected_chunks += 1
@@ -293,9 +297,8 @@ class ScoringEngine:
                 ScoringFailed("scoring failed on the sidecar (logged there)"), work.generation.id, work.layer
             )
         elif result is not None:
-            update = self._apply_chunk(work, *result)
-            if update is not None:
-                key = (id(work.generation), work.layer)
+            for update in self._apply_chunk(work, *result):  # the layer's, and joined ones of multi-layer probes
+                key = (id(work.generation), update.layer, tuple(update.probe_ids))
                 if key in pending:
                     pending[key].merge(update)
                 else:
@@ -316,7 +319,7 @@ class ScoringEngine:
                 work.error = exc
             work.done.set()
 
-    def _flush_updates(self, pending: dict[tuple[int, int], PendingUpdate]) -> None:
+    def _flush_updates(self, pending: dict[tuple, PendingUpdate]) -> None:
         for update in pending.values():
             try:
                 update.send()
@@ -333,7 +336,7 @@ class ScoringEngine:
         out: dict[int, _Scored] = {}
         for (layer, kind), members in groups.items():
             try:
-                probe_ids, scores = self.score_block(layer, kind, [w.data for w in members])
+                columns, scores = self.score_block(layer, kind, [w.data for w in members])
             except Exception as exc:  # reported per chunk on its stream
                 log.exception("scoring layer %d (%s) failed", layer, kind)
                 for w in members:
@@ -347,7 +350,7 @@ class ScoringEngine:
                 offset += n
                 finite = np.isfinite(block)
                 if finite.all():
-                    out[id(w)] = (probe_ids, block)
+                    out[id(w)] = (columns, block)
                     continue
                 row = int(np.flatnonzero(~finite.all(axis=1))[0])
                 out[id(w)] = InvalidInput(
@@ -356,62 +359,43 @@ class ScoringEngine:
                 )
         return out
 
-    def score_block(self, layer: int, kind: str, blocks: Sequence[np.ndarray]) -> tuple[list[str], np.ndarray]:
-        """Concatenate blocks of one layer and score them: (probe ids, float32 [n, k])."""
-        data = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # read-only wire buffers: we never write to them
-            tensor = torch.from_numpy(data)
-        with torch.inference_mode():
-            if kind == PROJECTIONS:
-                scores = self.runtime.score_projections(layer, tensor)
-                return list(self.runtime.stacks[layer].probe_ids), scores.cpu().numpy()
-            if self.runtime.sae_groups:
-                # linear + SAE-feature probes, each SAE encoding the block once; watched latents -> metrics
-                out = self.runtime.score_all({layer: tensor})
-                by_probe = out.scores
-                for fa in out.features.values():
-                    values = fa.values.cpu().numpy()
-                    for j, (fid, desc) in enumerate(zip(fa.feature_ids, fa.descriptions)):
-                        self.metrics.sae_feature_activation.observe_many((fa.sae, str(fid), desc), values[:, j])
-            else:
-                by_probe = self.runtime.score_layers({layer: tensor})
-            probe_ids = list(by_probe)
-            if not probe_ids:
-                return [], np.zeros((data.shape[0], 0), dtype=np.float32)
-            return probe_ids, torch.stack([by_probe[p] for p in probe_ids], dim=1).cpu().numpy()
+    def score_block(self, layer: int, kind: str, blocks: Sequence[np.ndarray]) -> tuple[Columns, np.ndarray]:
+        """Concatenate blocks of one layer and score them: (their columns, float32 [n, columns]); columns.py."""
+        return score_block(self.runtime, self.metrics, layer, kind, blocks)
 
-    def _apply_chunk(self, work: ChunkWork, probe_ids: list[str], scores: np.ndarray) -> PendingUpdate | None:
-        """Update the generation's aggregates (alerting as they cross) and return its score update."""
+    def _apply_chunk(self, work: ChunkWork, columns: Columns, scores: np.ndarray) -> list[PendingUpdate]:
+        """Update the generation's aggregates (alerting as they cross) and return its score updates."""
         gen = work.generation
         if gen.finished:
-            return None
+            return []
         pos = work.positions
         aggregates: dict[str, float] = {}
         now = time.time()
-        for j, pid in enumerate(probe_ids):
+        applied = self.joins.apply(gen, work.layer, columns, pos, scores)  # selected tokens; multi-layer: joined
+        for pid, sel, picked in applied.tokens:  # picked: [m, 1], or [m, 2] = (a_t, v_t) of an attention probe
             spec = self.specs[pid]
-            mask = selection_mask(spec.token_selection, pos, gen.prompt_length)
-            chosen = scores[mask, j]
+            chosen = picked[:, -1]  # the token score
             agg = gen.aggregators[pid]
             if chosen.size:
-                agg.update(chosen)
+                agg.update(picked)
                 kept = gen.kept_scores.get(pid, 0)
                 if kept < self.keep_token_scores:  # bounded memory per generation
                     room = self.keep_token_scores - kept
-                    gen.token_scores[pid].append((pos[mask][:room], chosen[:room].copy()))
+                    gen.token_scores[pid].append((sel[:room], chosen[:room].copy()))
                     gen.kept_scores[pid] = kept + min(room, chosen.size)
                 self.metrics.token_score.observe_many((pid, spec.behaviour), chosen)
-                if spec.monotone and pid not in gen.alerts and agg.value >= spec.threshold:  # written, then sent
-                    self.alerts.raise_alert(gen, spec, agg.value, True, int(pos[mask][-1]), now)
+                if spec.alerts and spec.monotone and pid not in gen.alerts and agg.value >= spec.threshold:
+                    self.alerts.raise_alert(gen, spec, agg.value, True, int(sel[-1]), now)
             aggregates[pid] = agg.value
+        if self.families:  # families of the updated members: their maximum, and an early family alert
+            self.families.update(gen, aggregates, self.alerts, int(pos[-1]) if len(pos) else -1)
         if work.token_ids is not None and len(gen.token_ids) < self.keep_token_scores:  # bounded like the scores
             room = self.keep_token_scores - len(gen.token_ids)
             gen.token_ids.update(zip(pos[:room].tolist(), work.token_ids[:room].tolist()))
         gen.rows_per_layer[work.layer] = gen.rows_per_layer.get(work.layer, 0) + len(pos)
         self.metrics.tokens_scored.labels(mode=work.kind).inc(len(pos))
         self.metrics.scoring_latency.observe(time.perf_counter() - work.received_at)
-        return PendingUpdate(gen, work.layer, probe_ids, [pos], [scores], aggregates)
+        return applied.updates(gen, work.layer, columns, pos, scores, aggregates)
 
     def _finalize(self, gen: Generation, status: str) -> None:
         """Final aggregates, late alerts, incidents and the summary; then the generation is forgotten."""
@@ -419,16 +403,15 @@ class ScoringEngine:
             return
         gen.finished = True
         gen.closing = True
+        self.joins.finish(gen)  # what still waits for a layer is left out, counted and reported
         now = time.time()
         results = []
         for pid, spec in self.specs.items():
             agg = gen.aggregators[pid]
             value = agg.value
-            flagged = agg.count > 0 and value >= spec.threshold
             if agg.count:
                 self.metrics.generation_score.observe_many((pid, spec.behaviour), [value])
-            if flagged and pid not in gen.alerts:
-                self.alerts.raise_alert(gen, spec, value, early=False, position=-1, now=now)
+            flagged, uncertain = self.alerts.decide(gen, spec, agg.count, value, now)  # late alert, or in the band
             results.append(
                 pb.ProbeResult(
                     probe_id=pid,
@@ -436,11 +419,13 @@ class ScoringEngine:
                     score=value,
                     threshold=spec.threshold,
                     flagged=flagged,
+                    uncertain=uncertain,
                     n_tokens=agg.count,
                     aggregation=spec.aggregation.method,
                     token_selection=spec.token_selection,
                 )
             )
+        results += self.families.finalize(gen, self.alerts, self.metrics, now)  # after members: max of finals
         if gen.client_dropped:
             self.metrics.dropped_chunks.labels(reason="client_dropped").inc(gen.client_dropped)
         summary = pb.GenerationSummary(  # its alerts (with their incident ids) are added once written
@@ -463,19 +448,19 @@ class ScoringEngine:
         """Score one sequence's rows/projections (positions 0..n-1) for the wanted probes."""
         wanted = set(probe_ids)
         out: list[SequenceResult] = []
+        blocks = {}
         for layer, (kind, data) in sorted(payloads.items()):
-            ids, scores = self.score_block(layer, kind, [data])
+            blocks[layer] = self.score_block(layer, kind, [data])
             self.metrics.tokens_scored.labels(mode=kind).inc(data.shape[0])
-            positions = np.arange(data.shape[0], dtype=np.int64)
-            for j, pid in enumerate(ids):
-                if wanted and pid not in wanted:
-                    continue
-                spec = self.specs[pid]
-                mask = selection_mask(spec.token_selection, positions, prompt_length)
-                chosen = scores[mask, j]
-                agg = make_aggregator(spec.aggregation)
-                value = agg.update(chosen) if chosen.size else math.nan
-                out.append(SequenceResult(spec, positions[mask], chosen, value))
+        positions = np.arange(next(iter(payloads.values()))[1].shape[0], dtype=np.int64)
+        for pid, columns in sequence_columns(blocks, self.joins.multi):  # multi-layer probes: partials summed
+            if wanted and pid not in wanted:
+                continue
+            spec = self.specs[pid]
+            mask = selection_mask(spec.token_selection, positions, prompt_length)
+            picked = columns[mask]
+            value = make_aggregator(spec.aggregation).update(picked) if len(picked) else math.nan
+            out.append(SequenceResult(spec, positions[mask], picked[:, -1], value))
         return out
 
 

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -57,6 +57,7 @@ class Generation:
     rows_per_layer: dict[int, int] = field(default_factory=dict)
     kept_scores: dict[str, int] = field(default_factory=dict)
     alerts: dict[str, pb.Alert] = field(default_factory=dict)
+    uncertain: dict[str, pb.Alert] = field(default_factory=dict)  # final aggregate in a probe's band: never sent
     closing: bool = False  # Close (or stream end) received: no more chunks accepted
     finished: bool = False  # finalised by the worker
     client_dropped: int = 0
@@ -70,6 +71,7 @@ class Generation:
     token_texts_start: int = 0  # ... from this position on (kept with incidents under the text policy)
     client: str = ""  # who opened it (client_identity): its share of the open-generation table
     last_activity: float = field(default_factory=time.monotonic)  # last chunk received (the idle TTL)
+    joins: dict[str, Any] = field(default_factory=dict)  # multi-layer probe -> its TokenJoin (joins.py)
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,13 @@ class SidecarMetrics:
             ["probe", "behaviour"],
             registry=r,
         )
+        self.uncertain = Counter(
+            "probewatch_uncertain_total",
+            "Generations whose final aggregate ended inside a probe's uncertainty band [uncertain_from, threshold): "
+            "recorded as a low-priority incident, never alerted (one per generation and probe; 0 without a band).",
+            ["probe", "behaviour"],
+            registry=r,
+        )
         self.generations = Counter(
             "probewatch_generations_total", "Generations finished, by how they ended.", ["status"], registry=r
         )
@@ -187,6 +194,13 @@ class SidecarMetrics:
             "probewatch_generations_expired_total",
             "Generations the sidecar aborted: open past --generation-ttl, or no chunk for --generation-idle-ttl.",
             ["reason"],
+            registry=r,
+        )
+        self.layer_join_missing = Counter(
+            "probewatch_layer_join_missing_tokens_total",
+            "Selected tokens a multi-layer probe left out of its score because this layer's row (or projection) never "
+            "arrived: a dropped chunk, or a client that does not capture the layer (the stream gets an error at close).",
+            ["probe", "layer"],
             registry=r,
         )
         self.incident_queue_depth = Gauge(
@@ -267,8 +281,11 @@ class SidecarMetrics:
                 probe=m.id,
                 behaviour=m.behaviour,
                 kind=m.kind,
-                layer=str(m.layer),
+                layer="+".join(map(str, m.all_layers)),  # a multi-layer probe: e.g. "3+5"
                 version=str(m.version),
                 fingerprint=m.model.fingerprint,
             ).info({})
             self.alerts.labels(probe=m.id, behaviour=m.behaviour)
+            for layer in m.all_layers if len(m.all_layers) > 1 else ():  # a multi-layer probe: its series start at 0
+                self.layer_join_missing.labels(probe=m.id, layer=str(layer))
+            self.uncertain.labels(probe=m.id, behaviour=m.behaviour)  # 0 for good without a band

@@ -41,6 +41,7 @@ from grpc_reflection.v1alpha import reflection
 from probewatch.errors import ProbewatchError
 from probewatch.metrics_http import serve_metrics
 from probewatch.probes.bundle import Bundle, load_bundles
+from probewatch.probes.family import find_families
 from probewatch.probes.runtime import ProbeRuntime
 from probewatch.server.sidecar.admission import Guard, StreamSlots
 from probewatch.server.sidecar.auth import TokenFile
@@ -125,6 +126,7 @@ class Sidecar:
             put_timeout_s=config.put_timeout_s,
             limits=config.engine_limits(),
             policy=self.policy,
+            families=find_families(config.bundle_paths),  # family.json among the bundle paths (probes/family.py)
         )
         self.engine.alerts.drift.configure(config.drift_window)
         self.servicer = MonitorServicer(self)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 
-from probewatch.probes.bundle import LINEAR_KINDS
+from probewatch.probes.bundle import STACK_KINDS
 from probewatch.proto.codec import CodecError, check_positions, decode_rows, encode_array
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
@@ -148,19 +148,20 @@ class MonitorServicer(pb_grpc.MonitorServicer):
                     model_fingerprint=m.model.fingerprint,
                     description=m.description,
                     weights_sha256=m.weights_sha256,
+                    uncertain_from=m.threshold.uncertain_from,  # None: the field stays unset (no band)
                 )
             )
         plans = []
         sae_layers = set(self.runtime.sae_layers)
         for layer in self.runtime.layers:
-            on_layer = [s for s in specs.values() if s.layer == layer]
+            on_layer = [s for s in specs.values() if layer in s.reads]  # each layer of a multi-layer probe too
             stack = self.runtime.stacks.get(layer)
             plans.append(
                 pb.LayerPlan(
                     layer=layer,
                     probe_ids=list(stack.probe_ids) if stack else [],
                     projection=encode_array(stack.weight.cpu().numpy()) if stack else None,
-                    rows_required=layer in sae_layers or any(s.kind not in LINEAR_KINDS for s in on_layer),
+                    rows_required=layer in sae_layers or any(s.kind not in STACK_KINDS for s in on_layer),
                     prompt_rows=layer_prompt_rows(on_layer),
                 )
             )
@@ -227,9 +228,9 @@ class MonitorServicer(pb_grpc.MonitorServicer):
         if not payloads:
             raise InvalidInput("ScoreRequest carries no layers")
         for pid in request.probe_ids:
-            layer = self.engine.specs[pid].layer
-            if layer not in payloads:
-                raise InvalidInput(f"probe {pid} reads layer {layer}, which the request does not carry")
+            missing = [layer for layer in self.engine.specs[pid].reads if layer not in payloads]
+            if missing:
+                raise InvalidInput(f"probe {pid} reads layer(s) {missing}, which the request does not carry")
         results = self.engine.score_now(payloads, int(request.prompt_length), list(request.probe_ids))
         for r in results:
             if not np.isfinite(r.scores).all():

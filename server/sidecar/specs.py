@@ -30,10 +30,22 @@ class ProbeSpec:
     version: str
     fingerprint: str
     reference: CalibrationReference | None = None  # calibration score bins (drift.py); None: an older bundle
+    uncertain_from: float | None = None  # lower edge of the uncertainty band [uncertain_from, threshold); None: none
+    layers: tuple[int, ...] = ()  # every layer it reads (several: a multi-layer probe, joined per token: joins.py)
+    alerts: bool = True  # False: a family member (families.py): scored and reported, the family alerts for it
+
+    @property
+    def reads(self) -> tuple[int, ...]:
+        """The layers the probe reads (`layers`, or just `layer` for a spec built without them)."""
+        return self.layers or (self.layer,)
 
     @property
     def monotone(self) -> bool:
         return self.aggregation.method in MONOTONE_AGGREGATIONS
+
+    def in_band(self, value: float) -> bool:
+        """A final aggregate below the threshold but inside the uncertainty band (recorded, never alerted)."""
+        return self.uncertain_from is not None and self.uncertain_from <= value < self.threshold
 
     @classmethod
     def from_bundle(cls, bundle: Bundle) -> ProbeSpec:
@@ -43,11 +55,13 @@ class ProbeSpec:
             behaviour=m.behaviour,
             kind=m.kind,
             layer=m.layer,
+            layers=tuple(m.all_layers),
             token_selection=m.token_selection,
             aggregation=m.aggregation,
             threshold=float(m.threshold.value),
             version=str(m.version),
             fingerprint=m.model.fingerprint,
+            uncertain_from=None if m.threshold.uncertain_from is None else float(m.threshold.uncertain_from),
             reference=(
                 CalibrationReference.from_json(m.extra["calibration_reference"])
                 if isinstance(m.extra.get("calibration_reference"), dict)

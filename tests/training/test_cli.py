@@ -75,6 +75,19 @@ def test_train_writes_bundle_report_and_plots(trained, tiny_loaded):
     assert report["parity"]["max_abs_diff"] < 1e-3  # live scoring path == cached training scores
     assert report["selection"]["basis"] == "heldout_kind" and len(report["heldout_kinds"]) == 3
     assert report["sweep"] and report["platt"]["slope"] > 0
+    # the uncertainty band: where the negatives raised the threshold it reaches down to the control threshold
+    op = m.extra["operating_point"]
+    band = op["uncertainty_band"]
+    if op["set_by"] == "hard_negatives":
+        assert m.threshold.uncertain_from == op["control_threshold"] < m.threshold.value
+        assert (
+            band["set_by"] == "control_threshold" and report["threshold"]["uncertain_from"] == op["control_threshold"]
+        )
+    else:
+        assert m.threshold.uncertain_from is None and band["uncertain_from"] is None
+    shares = band["shares"]["control (held out)"]
+    assert shares["recorded"] == pytest.approx(shares["flagged"] + shares["uncertain"])
+    assert "threshold_band.png" in report["plots"] and (bundle_dir / "threshold_band.png").stat().st_size > 5000
 
 
 def test_eval_json_last_line_and_metrics(trained, tiny_folder, tmp_path):
@@ -386,6 +399,7 @@ def test_train_cli_offers_every_runtime_aggregation_and_behaviour():
     from probewatch.cli.train_cmd import AGGREGATIONS
     from probewatch.probes.manifest import AGGREGATIONS as RUNTIME_AGGREGATIONS
 
-    assert AGGREGATIONS == RUNTIME_AGGREGATIONS
+    # `attention` is the attention probe's own pooling, chosen with --method attention
+    assert tuple(a for a in RUNTIME_AGGREGATIONS if a != "attention") == AGGREGATIONS
     assert set(DESCRIPTIONS) == set(BEHAVIOURS) == set(DEFAULT_PROBE_IDS)
     assert {"eval_awareness", "monitored_framing"} <= set(BEHAVIOURS)

@@ -2,7 +2,8 @@
 a real sidecar: live scores equal offline `score_dialogues` on the same tokens (fp32, within
 `score_tolerance`: 1e-3 + 5e-4 x the probe's largest |score| on that generation) in rows and
 pushdown modes, for concurrent requests of different lengths, a chunked prefill, a prefix-cache hit
-and an aborted request; every request's generation opens and closes exactly once."""
+and an aborted request, with an attention-pooling probe and a multi-layer probe beside the linear ones; every request's
+generation opens and closes exactly once."""
 
 from __future__ import annotations
 
@@ -32,6 +33,24 @@ QUESTIONS = [
     "budget and prefer small hotels. Which three cities would you recommend we spend the most time "
     "in, and why? Please keep the answer short.",
 ]
+
+
+@pytest.fixture(scope="module")
+def bundles(bundles, tmp_path_factory):
+    """The shared bundles plus `deception-attention` (attention pooling on the deception direction, listed last
+    so the linear probes of its layer keep their column indices): every parity check here covers it too."""
+    from tests.server.attention_helpers import attention_from_linear
+    from tests.server.multilayer_helpers import multilayer_from_linear
+
+    src = next(p for p in bundles if p.name == "deception")
+    refusal = next(p for p in bundles if p.name == "refusal-mean-diff")
+    root = tmp_path_factory.mktemp("attention")
+    return [
+        *bundles,
+        attention_from_linear(src, root, "deception-attention", seed=4),
+        # reads layers 17 and 29 (deception's and refusal-mean-diff's); listed last too
+        multilayer_from_linear([src, refusal], root, "deception-multi", [1.0, 0.5]),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +188,77 @@ def test_concurrent_requests_and_chunked_prefill_equal_offline(mode, engine, hf_
     assert (
         capture.metrics.registry.get_sample_value("probewatch_client_capture_errors_total", {"reason": "position"}) == 0
     )
+
+
+@pytest.mark.parametrize("mode", ["rows", "pushdown"])
+def test_attention_probe_equals_offline(mode, engine, hf_reference):
+    """An attention probe shares its layer's stack: pushdown ships its two columns (a_t, v_t) beside the
+    linear probe's one, the sidecar pools them; live == offline `score_dialogues` in both modes."""
+    from vllm import SamplingParams
+
+    llm, sidecar, runtime, capture = engine
+    capture.set_mode(mode)
+    layer = _layer_of(runtime, "deception-attention")
+    stack = runtime.stacks[layer]
+    assert stack.column_widths[stack.probe_ids.index("deception-attention")] == 2
+    if mode == "pushdown":
+        plan, _ = capture.client.current_plan("pushdown")
+        assert tuple(plan.captures[layer].projection.shape) == (runtime.d_model, stack.k)
+    questions = QUESTIONS[:3]
+    prompts = [_prompt_ids(hf_reference.tokenizer, q) for q in questions]
+    outputs = llm.generate(
+        [{"prompt_token_ids": p} for p in prompts], SamplingParams(max_tokens=16, temperature=0), use_tqdm=False
+    )
+    for question, prompt, out in zip(questions, prompts, outputs):
+        result = _handle(out.request_id).result(30)
+        assert result.status == "closed" and not result.errors, result
+        assert len(result.token_scores["deception-attention"]) > 0
+        completion = out.outputs[0]
+        _check_parity(
+            runtime,
+            hf_reference,
+            question,
+            prompt,
+            list(completion.token_ids),
+            completion.finish_reason == "stop",
+            result,
+        )
+
+
+@pytest.mark.parametrize("mode", ["rows", "pushdown"])
+def test_multi_layer_probe_equals_offline(mode, engine, hf_reference):
+    """A multi-layer probe has a column in each of its layers' stacks; rows or pushdown, the sidecar joins the
+    layers' partial scores per token: live == offline `score_dialogues` (which sums the layers) in both modes."""
+    from vllm import SamplingParams
+
+    llm, sidecar, runtime, capture = engine
+    capture.set_mode(mode)
+    assert runtime.multi_layer == {"deception-multi": [17, 29]}
+    assert {17, 29} <= set(capture.layers)
+    if mode == "pushdown":
+        plan, _ = capture.client.current_plan("pushdown")
+        for layer in (17, 29):
+            assert "deception-multi" in runtime.stacks[layer].probe_ids
+            assert tuple(plan.captures[layer].projection.shape) == (runtime.d_model, runtime.stacks[layer].k)
+    questions = QUESTIONS[:3]
+    prompts = [_prompt_ids(hf_reference.tokenizer, q) for q in questions]
+    outputs = llm.generate(
+        [{"prompt_token_ids": p} for p in prompts], SamplingParams(max_tokens=16, temperature=0), use_tqdm=False
+    )
+    for question, prompt, out in zip(questions, prompts, outputs):
+        result = _handle(out.request_id).result(30)
+        assert result.status == "closed" and not result.errors, result
+        assert len(result.token_scores["deception-multi"]) > 0
+        completion = out.outputs[0]
+        _check_parity(
+            runtime,
+            hf_reference,
+            question,
+            prompt,
+            list(completion.token_ids),
+            completion.finish_reason == "stop",
+            result,
+        )
 
 
 def test_prefix_cache_hit_scores_what_is_computed(engine, hf_reference):

@@ -202,7 +202,7 @@ def build(
         ood=ood,
         sources=sources,
         token_selection="response",
-        aggregations=("mean", "max", "rolling_mean_max", "softmax"),
+        aggregations=("mean", "max", "rolling_mean_max", "softmax", "rolling_mean_max_norm"),
         train_only_kinds=train_only,
         notes={
             "label_1": "reasoning that complies or behaves differently because it is trained, evaluated or watched",

@@ -437,7 +437,7 @@ def build(
         ood=ood,
         sources=sources,
         token_selection="response",
-        aggregations=("mean", "max", "rolling_mean_max", "last", "ema", "softmax"),
+        aggregations=("mean", "max", "rolling_mean_max", "last", "ema", "softmax", "max_norm", "rolling_mean_max_norm"),
         train_only_kinds=train_only,
         notes={"label_1": "deceptive answer / dishonest instruction"},
     )

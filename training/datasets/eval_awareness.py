@@ -187,7 +187,7 @@ def build(
         ood=ood,
         sources=sources,
         token_selection="response",
-        aggregations=("mean", "max", "rolling_mean_max", "softmax"),
+        aggregations=("mean", "max", "rolling_mean_max", "softmax", "rolling_mean_max_norm"),
         train_only_kinds=train_only,
         notes={"label_1": "the assistant's text shows it believes it is being tested or evaluated"},
     )

@@ -1,8 +1,13 @@
 """Refusal data: harmful (1) vs harmless (0) instructions, scored at the generation-prompt position.
 
-Pool: refusal_direction's train splits (AdvBench-style harmful instructions, Alpaca harmless).
-Out-of-distribution set: the val splits (harmful items from HarmBench / JailbreakBench-style
-sources with categories) against harmless_val items that the control set does not use.
+Pool: refusal_direction's train splits (AdvBench-style harmful instructions, Alpaca harmless),
+each instruction rendered in `formats_per_instruction` of the request formats of
+`refusal_formats` (plain, role-play, hypothetical, no-rules persona, prefix injection, multi-turn,
+long preamble, benchmark Q/A layout), each format its own kind, the same wrappers on both labels:
+the sweep chooses layer / method / C by leave-one-kind-out instead of a saturated OOD AUROC.
+Out-of-distribution sets: the val splits (harmful items from HarmBench / JailbreakBench-style
+sources with categories) against harmless_val items that the control set does not use, plain
+(`refusal_val`) and in every wrapped format (`refusal_val_formats`).
 """
 
 from __future__ import annotations
@@ -12,7 +17,16 @@ from pathlib import Path
 
 from probewatch.data.convert import convert_instructions
 from probewatch.data.dialogue import Dialogue
-from probewatch.training.datasets.common import BehaviourData, Source, require, sample
+from probewatch.training.datasets.common import BehaviourData, Source, packaged_file, require, sample
+from probewatch.training.datasets.refusal_formats import (
+    DATA_SOURCE,
+    FORMATS,
+    SPEC_FILE,
+    kind_of,
+    load_spec,
+    wrap_assigned,
+    wrap_every,
+)
 
 SPLITS = "refusal/refusal_direction/splits"
 CONTROL_SIZE = 400  # harmless_val items reserved for the control set (first after a seeded shuffle)
@@ -42,31 +56,57 @@ def _instructions(path: Path, kind: str) -> list[Dialogue]:
     return [Dialogue(d.messages, d.label, d.group, kind, d.meta) for d in convert_instructions(path)]
 
 
-def build(data_dir: Path, seed: int = 0, harmless_per_harmful: float = 1.0) -> BehaviourData:
+def build(
+    data_dir: Path, seed: int = 0, harmless_per_harmful: float = 1.0, formats_per_instruction: int = 2
+) -> BehaviourData:
+    """The refusal pool (every instruction in `formats_per_instruction` formats) and the OOD sets."""
     harmful_train = require(data_dir, f"{SPLITS}/harmful_train.json")
     harmless_train = require(data_dir, f"{SPLITS}/harmless_train.json")
     harmful_val = require(data_dir, f"{SPLITS}/harmful_val.json")
     harmless_val = require(data_dir, f"{SPLITS}/harmless_val.json")
 
-    pos = _instructions(harmful_train, "refusal_train")
-    neg = sample(_instructions(harmless_train, "refusal_train"), int(len(pos) * harmless_per_harmful), seed)
+    spec = load_spec()
+    harmful = _instructions(harmful_train, kind_of("plain"))
+    harmless = sample(_instructions(harmless_train, kind_of("plain")), int(len(harmful) * harmless_per_harmful), seed)
+    pool = wrap_assigned(harmful, seed + 11, formats_per_instruction, spec)
+    pool += wrap_assigned(harmless, seed + 12, formats_per_instruction, spec)
     _, heldout = harmless_val_partition(data_dir, seed)
     val_neg_all = _instructions(harmless_val, "refusal_val")
     val = _instructions(harmful_val, "refusal_val") + [val_neg_all[i] for i in sorted(heldout)]
+    for d in val:
+        d.meta["data_source"] = DATA_SOURCE
+    val_formats = wrap_every(val, spec=spec)
     sources = [
-        Source.of("refusal_direction/harmful_train", harmful_train, len(pos)),
-        Source.of("refusal_direction/harmless_train", harmless_train, len(neg)),
+        Source.of("refusal_direction/harmful_train", harmful_train, len(harmful)),
+        Source.of("refusal_direction/harmless_train", harmless_train, len(harmless)),
         Source.of("refusal_direction/harmful_val (ood)", harmful_val, sum(d.label == 1 for d in val)),
         Source.of(
             "refusal_direction/harmless_val (ood, disjoint from control)", harmless_val, sum(d.label == 0 for d in val)
         ),
     ]
+    sources += format_sources(pool + val_formats)
     return BehaviourData(
         "refusal",
-        pos + neg,
-        ood={"refusal_val": val},
+        pool,
+        ood={"refusal_val": val, "refusal_val_formats": val_formats},
         sources=sources,
         token_selection="prompt_last",
         aggregations=("last",),
-        notes={"label_1": "harmful request (the model should refuse)"},
+        notes={
+            "label_1": "harmful request (the model should refuse)",
+            "kinds": {kind_of(f): description for f, description in FORMATS.items()},
+        },
     )
+
+
+def format_sources(dialogues: list[Dialogue]) -> list[Source]:
+    """One provenance line per request format: the written wrappers over the refusal_direction instructions."""
+    path = packaged_file(SPEC_FILE)
+    return [
+        Source.of(
+            f"{SPEC_FILE}:{fmt} ({kind_of(fmt)}; written for probewatch, CC0) over refusal_direction instructions",
+            path,
+            sum(d.kind == kind_of(fmt) for d in dialogues),
+        )
+        for fmt in FORMATS
+    ]

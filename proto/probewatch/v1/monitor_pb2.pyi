@@ -159,7 +159,7 @@ class Alert(_message.Message):
     def __init__(self, generation_id: _Optional[str] = ..., probe_id: _Optional[str] = ..., behaviour: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., early: _Optional[bool] = ..., incident_id: _Optional[int] = ..., position: _Optional[int] = ..., bundle_version: _Optional[str] = ..., time_unix: _Optional[float] = ...) -> None: ...
 
 class ProbeResult(_message.Message):
-    __slots__ = ("probe_id", "behaviour", "score", "threshold", "flagged", "n_tokens", "aggregation", "token_selection")
+    __slots__ = ("probe_id", "behaviour", "score", "threshold", "flagged", "n_tokens", "aggregation", "token_selection", "uncertain", "incident_id")
     PROBE_ID_FIELD_NUMBER: _ClassVar[int]
     BEHAVIOUR_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +168,8 @@ class ProbeResult(_message.Message):
     N_TOKENS_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     TOKEN_SELECTION_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAIN_FIELD_NUMBER: _ClassVar[int]
+    INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
     probe_id: str
     behaviour: str
     score: float
@@ -176,7 +178,9 @@ class ProbeResult(_message.Message):
     n_tokens: int
     aggregation: str
     token_selection: str
-    def __init__(self, probe_id: _Optional[str] = ..., behaviour: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., flagged: _Optional[bool] = ..., n_tokens: _Optional[int] = ..., aggregation: _Optional[str] = ..., token_selection: _Optional[str] = ...) -> None: ...
+    uncertain: bool
+    incident_id: int
+    def __init__(self, probe_id: _Optional[str] = ..., behaviour: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., flagged: _Optional[bool] = ..., n_tokens: _Optional[int] = ..., aggregation: _Optional[str] = ..., token_selection: _Optional[str] = ..., uncertain: _Optional[bool] = ..., incident_id: _Optional[int] = ...) -> None: ...
 
 class GenerationSummary(_message.Message):
     __slots__ = ("generation_id", "status", "results", "alerts", "tokens_scored", "dropped_chunks", "rejected_chunks")
@@ -265,7 +269,7 @@ class ListProbesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ProbeInfo(_message.Message):
-    __slots__ = ("id", "behaviour", "kind", "layer", "token_selection", "aggregation", "window", "alpha", "threshold", "version", "model_fingerprint", "description", "weights_sha256")
+    __slots__ = ("id", "behaviour", "kind", "layer", "token_selection", "aggregation", "window", "alpha", "threshold", "version", "model_fingerprint", "description", "weights_sha256", "uncertain_from")
     ID_FIELD_NUMBER: _ClassVar[int]
     BEHAVIOUR_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -279,6 +283,7 @@ class ProbeInfo(_message.Message):
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAIN_FROM_FIELD_NUMBER: _ClassVar[int]
     id: str
     behaviour: str
     kind: str
@@ -292,7 +297,8 @@ class ProbeInfo(_message.Message):
     model_fingerprint: str
     description: str
     weights_sha256: str
-    def __init__(self, id: _Optional[str] = ..., behaviour: _Optional[str] = ..., kind: _Optional[str] = ..., layer: _Optional[int] = ..., token_selection: _Optional[str] = ..., aggregation: _Optional[str] = ..., window: _Optional[int] = ..., alpha: _Optional[float] = ..., threshold: _Optional[float] = ..., version: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., description: _Optional[str] = ..., weights_sha256: _Optional[str] = ...) -> None: ...
+    uncertain_from: float
+    def __init__(self, id: _Optional[str] = ..., behaviour: _Optional[str] = ..., kind: _Optional[str] = ..., layer: _Optional[int] = ..., token_selection: _Optional[str] = ..., aggregation: _Optional[str] = ..., window: _Optional[int] = ..., alpha: _Optional[float] = ..., threshold: _Optional[float] = ..., version: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., description: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., uncertain_from: _Optional[float] = ...) -> None: ...
 
 class LayerPlan(_message.Message):
     __slots__ = ("layer", "probe_ids", "projection", "rows_required", "prompt_rows")

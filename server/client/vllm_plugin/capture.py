@@ -238,11 +238,11 @@ class RunnerCapture:
             return
         layers = frozenset(layer for layer in self.layers if layer in plan.captures)
         if policy.probes is not None:
-            by_id = {p["id"]: p["layer"] for p in plan.probes}
+            by_id = {p["id"]: p["layers"] for p in plan.probes}  # every layer of a multi-layer probe
             unknown = [p for p in policy.probes if p not in by_id]
             if unknown:
                 log.warning("probewatch: request %s names unknown probes %s (ignored)", rid, unknown)
-            chosen = layers & {by_id[p] for p in policy.probes if p in by_id}
+            chosen = layers & {layer for p in policy.probes if p in by_id for layer in by_id[p]}
             if not chosen:  # a selection of nothing known must not switch monitoring off
                 self.metrics.bounded_inputs.labels(what="probewatch_probes").inc()
             layers = chosen or layers

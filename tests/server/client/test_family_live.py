@@ -1,0 +1,154 @@
+"""Probe families live (issue 22): the tiny HF model generating through the attach client into a real sidecar,
+by rows and by pushdown. The family's score is the max of its members' aggregates exactly as offline
+(`score_dialogues`-style full forward + `add_family_scores`); the family alone alerts, once per generation,
+and its incident names the member that scored highest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from probewatch.capture import run_forward
+from probewatch.family_scoring import add_family_scores
+from probewatch.probes import ProbeRuntime, aggregate, load_bundles
+from probewatch.probes.family import FamilyError, find_families
+from probewatch.probes.selection import selection_mask
+from probewatch.scoring import DialogueScores
+from probewatch.server.client.hf_attach import attach
+from probewatch.server.store import IncidentStore
+from tests.probes.helpers import make_bundle
+from tests.server.conftest import D_TINY
+from tests.server.grpc_helpers import metric_value, scrape
+
+pytestmark = pytest.mark.compat
+
+ATOL = 1e-4
+STOP = {0, 2}
+#: members on layers 1, 2 and 3 (3 is read by no other tiny probe); a mean member makes the family alert at close
+MEMBERS = (("fam-sand", 1, "max"), ("fam-deny", 3, "max"), ("fam-omit", 2, "max"))
+
+
+def _family_folder(root, fingerprint, threshold: float, members=MEMBERS, aggregation=None):
+    folder = root / "fam"
+    for i, (mid, layer, agg) in enumerate(members):
+        make_bundle(
+            folder,
+            mid,
+            layer=layer,
+            d=D_TINY,
+            seed=20 + i,
+            aggregation=aggregation or agg,
+            fingerprint=fingerprint,
+            threshold=-100.0,
+        )  # fmt: skip  (a member alone would always alert)
+    family = {
+        "kind": "family",
+        "id": "fam",
+        "behaviour": "deception",
+        "members": [{"id": m, "type": t} for (m, _, _), t in zip(members, ("sandbagging", "denial", "omission"))],
+        "threshold": {"value": threshold, "method": "fixed", "fpr": None},
+        "model": {"id": "tiny", "fingerprint": fingerprint},
+    }
+    (folder / "family.json").write_text(json.dumps(family))
+    return folder
+
+
+def _offline(model, runtime: ProbeRuntime, tokens: list[int], n_prompt: int) -> DialogueScores:
+    hidden = run_forward(model, runtime.layers, torch.tensor([tokens]))
+    positions = np.arange(len(tokens))
+    out = DialogueScores(0, None, None, None)
+    for pid, scores in runtime.score_layers({layer: h[0] for layer, h in hidden.items()}).items():
+        manifest = runtime.bundle(pid).manifest
+        picked = scores.numpy()[selection_mask(manifest.token_selection, positions, n_prompt)]
+        out.aggregate[pid] = aggregate(picked, manifest.aggregation)
+        out.token_scores[pid] = picked.tolist()
+        out.flagged[pid] = out.aggregate[pid] >= manifest.threshold.value
+    return out
+
+
+def _generate(model, sidecar, mode):
+    g = torch.Generator().manual_seed(5)
+    ids = torch.randint(3, 256, (3, 6), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    ids[1, :2] = 0
+    monitor = attach(model, sidecar=sidecar.address, mode=mode, wait_s=10)
+    try:
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+        results = [h.result(10) for h in monitor.last_generations]
+    finally:
+        monitor.detach()
+    sequences = []
+    for b in range(ids.shape[0]):
+        prompt = ids[b][mask[b].bool()].tolist()
+        generated = []
+        for t in out[b, ids.shape[1] :].tolist():
+            if t in STOP:
+                break
+            generated.append(t)
+        sequences.append((prompt, generated))
+    return results, sequences
+
+
+@pytest.mark.parametrize("mode", ["rows", "pushdown"])
+def test_family_live_equals_offline_and_alerts_once(mode, tiny_model, start_sidecar, tiny_bundles, tiny_fp, tmp_path):
+    folder = _family_folder(tmp_path, tiny_fp, threshold=-100.0)  # every generation alerts (early: members are max)
+    sidecar = start_sidecar([*tiny_bundles, folder])
+    runtime = ProbeRuntime(load_bundles([*tiny_bundles, folder], expected_fingerprint=tiny_fp))
+    families = find_families([folder])
+    results, sequences = _generate(tiny_model, sidecar, mode)
+    store = IncidentStore.open(tmp_path / "incidents.sqlite3", readonly=True)
+    try:
+        for result, (prompt, generated) in zip(results, sequences):
+            assert result.status == "closed" and not result.errors
+            with torch.inference_mode():
+                offline = _offline(tiny_model, runtime, prompt + generated, len(prompt))
+            (winners,) = add_family_scores([offline], families)
+            members = [m for m, _, _ in MEMBERS]
+            assert offline.aggregate["fam"] == max(offline.aggregate[m] for m in members)
+            assert result.scores["fam"] == pytest.approx(offline.aggregate["fam"], abs=ATOL)
+            for m in members:
+                assert result.scores[m] == pytest.approx(offline.aggregate[m], abs=ATOL)
+                assert result.flagged[m] is False  # members never alert on their own
+            assert result.flagged["fam"] is True and result.thresholds["fam"] == -100.0
+            fam_alerts = [a for a in result.alerts if a["probe"] in ("fam", *members)]
+            assert [a["probe"] for a in fam_alerts] == ["fam"] and fam_alerts[0]["early"]
+            # one deception incident for the family, naming the member that won, with its token scores
+            rows = {i.probe: i for i in store.find() if i.generation_id == result.generation_id}
+            assert "fam" in rows and not set(members) & set(rows)
+            incident = store.get(rows["fam"].id)  # with the generation's context
+            assert incident.score == pytest.approx(offline.aggregate["fam"], abs=ATOL)
+            assert incident.context["fam"]["family"]["member"] == winners["fam"]
+            assert incident.context["fam"]["family"]["types"]["fam-sand"] == "sandbagging"
+            kept = [s for _, s in incident.token_scores]
+            np.testing.assert_allclose(kept, offline.token_scores["fam"], atol=ATOL)
+    finally:
+        store.close()
+    text = scrape(sidecar.metrics_port)
+    assert metric_value(text, "probewatch_alerts_total", probe="fam") == len(results)
+    assert metric_value(text, "probewatch_alerts_total", probe="fam-sand") in (None, 0)
+    assert metric_value(text, "probewatch_generation_score_count", probe="fam") == len(results)
+
+
+def test_family_of_mean_members_alerts_at_close_and_below_threshold_not_at_all(
+    tiny_model, start_sidecar, tiny_bundles, tiny_fp, tmp_path
+):
+    folder = _family_folder(tmp_path, tiny_fp, threshold=100.0, aggregation="mean")
+    sidecar = start_sidecar([*tiny_bundles, folder])
+    results, _ = _generate(tiny_model, sidecar, "rows")
+    for result in results:
+        assert result.flagged["fam"] is False and not [a for a in result.alerts if a["probe"].startswith("fam")]
+        assert result.scores["fam"] == pytest.approx(max(result.scores[m] for m, _, _ in MEMBERS), abs=1e-6)
+
+
+def test_sidecar_refuses_a_family_without_all_its_members(start_sidecar, tiny_bundles, tiny_fp, tmp_path):
+    folder = _family_folder(tmp_path, tiny_fp, threshold=0.0)
+    manifest = json.loads((folder / "family.json").read_text())
+    manifest["members"].append({"id": "fam-gone", "type": "sycophancy"})
+    (folder / "family.json").write_text(json.dumps(manifest))
+    with pytest.raises(FamilyError, match=r"family 'fam': member bundle\(s\) \['fam-gone'\] are not loaded"):
+        start_sidecar([*tiny_bundles, folder])

@@ -1,0 +1,110 @@
+"""Shipping a multi-layer probe: the decision rule (concat only where it beats the single-layer choice on
+held-out kinds by more than 0.01), the layers' rows side by side, and `probewatch train` writing a bundle
+that reads several layers, whose live-path parity check (score_dialogues, summing the layers) holds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from probewatch.probes import ProbeRuntime, load_bundle
+from probewatch.training import multilayer
+from probewatch.training.features import LayerData
+from probewatch.training.multilayer import concat_layer_data, concat_row, ship_concat
+from probewatch.training.pipeline import TrainConfig, train
+from probewatch.training.sweep import SweepRow
+from tests.training.helpers import write_synthetic
+
+
+def _row(heldout: float | None) -> SweepRow:
+    return SweepRow("response", 2, "mean_diff", True, "max", 0.9, heldout, C=None)
+
+
+def _multi(concat: float | None) -> dict:
+    return {
+        "layers": [1, 3],
+        "C": 0.5,
+        "token_selection": "response",
+        "concat": {"val_auroc": 0.95, "heldout_kind_auroc": concat, "heldout_per_kind": {"a": 0.9}},
+        "ensemble": {"val_auroc": 0.9, "heldout_kind_auroc": 0.8, "heldout_per_kind": {}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("concat", "single", "ships"),
+    [(0.811, 0.80, True), (0.81, 0.80, False), (0.79, 0.80, False), (None, 0.80, False), (0.9, None, False)],
+)
+def test_concat_ships_only_beyond_the_margin(concat, single, ships):
+    assert ship_concat(_multi(concat), _row(single)) is ships
+    assert ship_concat(None, _row(single)) is False
+
+
+def test_concat_row_is_the_measured_probe():
+    row = concat_row(_multi(0.9), _row(0.8))
+    assert (row.layer, row.method, row.per_token, row.aggregation, row.C) == (1, "logistic", False, "mean", 0.5)
+    assert row.heldout_kind_auroc == 0.9 and row.token_selection == "response"
+
+
+def test_concat_layer_data_puts_layers_side_by_side():
+    offsets = np.array([0, 2, 5])
+    parts = [
+        LayerData(layer, np.full((5, 3), layer, np.float32), offsets, np.full((2, 3), -layer, np.float32))
+        for layer in (1, 3)
+    ]
+    joined = concat_layer_data(parts)
+    assert joined.layer == 1 and joined.rows.shape == (5, 6) and joined.last.shape == (2, 6)
+    assert joined.rows[0].tolist() == [1, 1, 1, 3, 3, 3] and joined.rest_sum is None
+    with pytest.raises(ValueError, match="different token rows"):
+        concat_layer_data([parts[0], LayerData(3, np.zeros((4, 3), np.float32), np.array([0, 2, 4]), parts[1].last)])
+
+
+def test_train_ships_a_multi_layer_bundle_where_concat_wins(tiny_loaded, tmp_path, monkeypatch):
+    monkeypatch.setattr(multilayer, "SHIP_MARGIN", -1.0)  # any concat "wins": the shipping path runs
+    data, control = write_synthetic(tmp_path, n_groups=24)
+    result = train(
+        TrainConfig(
+            behaviour="deception",
+            data_files=[data],
+            control_file=control,
+            layers=[1, 3],
+            out=tmp_path / "b",
+            progress=False,
+            plots=False,
+            multi_layer=2,
+            parity_check=4,
+        ),
+        loaded=tiny_loaded,
+    )
+    report = result.report
+    assert report.multi_layer is not None and report.multi_layer["shipped"] is True
+    assert report.chosen["layer"] == 1 and report.chosen["method"] == "logistic"
+    bundle = load_bundle(result.bundle_path, expected_fingerprint=tiny_loaded.fingerprint)
+    m = bundle.manifest
+    assert m.layers == [1, 3] and m.layer == 1 and m.hook_names[1] == "blocks.3.hook_resid_post"
+    assert bundle.tensors["weight"].numel() == 2 * tiny_loaded.d_model
+    assert "layers 1, 3 (summed per token)" in m.description
+    assert ProbeRuntime([bundle]).layers == [1, 3]
+    # stage 6 scored test dialogues through score_dialogues (every layer, summed) == the cached concat scores
+    assert report.parity is not None and report.parity.n == 4 and report.parity.max_abs_diff < 1e-3
+
+
+def test_train_keeps_one_layer_where_concat_does_not_win(tiny_loaded, tmp_path, monkeypatch):
+    monkeypatch.setattr(multilayer, "SHIP_MARGIN", 2.0)  # no AUROC gain can exceed 2
+    data, control = write_synthetic(tmp_path, n_groups=24)
+    result = train(
+        TrainConfig(
+            behaviour="deception",
+            data_files=[data],
+            control_file=control,
+            layers=[1, 3],
+            out=tmp_path / "b",
+            progress=False,
+            plots=False,
+            multi_layer=2,
+            parity_check=0,
+        ),
+        loaded=tiny_loaded,
+    )
+    assert result.report.multi_layer is not None and result.report.multi_layer["shipped"] is False
+    m = load_bundle(result.bundle_path).manifest
+    assert m.layers is None and m.all_layers == [result.report.chosen["layer"]]

@@ -1,0 +1,259 @@
+"""Data sources, the held-out-source choice and the nested estimate (issue 22), on synthetic arrays.
+
+The pool: four sources of two kinds each. On layer 0 sources a, b, c carry the label on one
+direction and the shifted source d on another; on layer 1 every source carries it, weaker, on a
+third direction. Held-out kinds cannot see the shift (d's other kind is always in training); held-out
+sources can.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from probewatch.data.dialogue import Dialogue, Message
+from probewatch.training.features import LayerData
+from probewatch.training.nested import (
+    FoldScorer,
+    NestedSettings,
+    folds_without,
+    nested_estimate,
+    pick,
+    prescreen,
+    select_by_source,
+    train_indices,
+)
+from probewatch.training.report_sources import ConfigScore
+from probewatch.training.sources import (
+    KIND_SOURCES,
+    per_source_at_threshold,
+    source_array,
+    source_counts,
+    source_of,
+    tag_source,
+)
+from probewatch.training.sweep import PoolArrays, SweepRow
+
+SOURCES = ("a", "b", "c", "d")
+PER_KIND = 24  # pairs per kind
+
+
+def _pool(seed: int = 0) -> tuple[PoolArrays, dict[int, LayerData], LayerData]:
+    rng = np.random.default_rng(seed)
+    labels, groups, kinds, sources, feats0, feats1 = [], [], [], [], [], []
+    for src in SOURCES:
+        for k in (1, 2):
+            for g in range(PER_KIND):
+                for y in (0, 1):
+                    sign = 1.0 if y else -1.0
+                    x0 = rng.normal(0, 1, 6)
+                    x0[1 if src == "d" else 0] += 2.5 * sign  # layer 0: d is shifted
+                    x1 = rng.normal(0, 1, 6)
+                    x1[2] += 0.7 * sign  # layer 1: weaker, the same everywhere
+                    labels.append(y)
+                    groups.append(f"{src}{k}:{g}")
+                    kinds.append(f"{src}{k}")
+                    sources.append(src)
+                    feats0.append(x0)
+                    feats1.append(x1)
+    n = len(labels)
+    idx = np.arange(n)
+    val = idx[
+        np.isin(np.array(groups, dtype=object), [f"{s}{k}:{g}" for s in SOURCES for k in (1, 2) for g in (0, 1, 2)])
+    ]
+    test = idx[
+        np.isin(np.array(groups, dtype=object), [f"{s}{k}:{g}" for s in SOURCES for k in (1, 2) for g in (3, 4, 5)])
+    ]
+    fit = np.setdiff1d(idx, np.concatenate([val, test]))
+    pool = PoolArrays(
+        np.array(labels),
+        np.array(groups, dtype=object),
+        np.array(kinds, dtype=object),
+        fit,
+        val,
+        test,
+        (),
+        np.array(sources, dtype=object),
+    )
+
+    def layer(feats: list[np.ndarray], layer: int) -> LayerData:
+        x = np.array(feats, dtype=np.float32)
+        rows = np.repeat(x, 2, axis=0) + rng.normal(0, 0.05, (2 * n, 6)).astype(np.float32)  # two tokens each
+        return LayerData(layer, rows, np.arange(0, 2 * n + 1, 2), x)
+
+    control = LayerData(
+        0, rng.normal(0, 1, (80, 6)).astype(np.float32), np.arange(0, 81, 2), np.zeros((40, 6), np.float32)
+    )
+    return pool, {0: layer(feats0, 0), 1: layer(feats1, 1)}, control
+
+
+def _row(layer: int, per_kind: float, aggregation: str = "mean") -> SweepRow:
+    kinds = {f"{s}{k}": per_kind for s in SOURCES for k in (1, 2)}
+    return SweepRow("response", layer, "logistic", False, aggregation, per_kind, per_kind, kinds, C=1.0)
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    pool, layers, control = _pool()
+    control_cal, control_held = np.arange(0, 40, 2), np.arange(1, 40, 2)
+    return pool, (lambda layer: (layers[layer], control)), control_cal, control_held
+
+
+def test_a_shifted_source_makes_the_nested_estimate_lower_than_the_selected_on_number(synthetic):
+    pool, layer_data, cal, held = synthetic
+    rows = [_row(0, 0.99), _row(1, 0.80)]  # the sweep's held-out-kind numbers: layer 0 wins
+    settings = NestedSettings(top_k=2, hard_negative_fpr=0.2)
+    nested = nested_estimate(rows, pool, layer_data, cal, held, settings, (0.99, "heldout_kind"), 0.99)
+    assert nested is not None and set(nested.outer) == set(SOURCES)
+    d = nested.outer["d"]
+    # chosen on a, b, c (where layer 0 is near perfect), reported on d (where it reads noise)
+    assert d.selection.basis == "heldout_source" and d.selection.folds == ["a", "b", "c"]
+    assert d.selection.chosen.config["layer"] == 0 and d.selection.chosen.mean > 0.9
+    assert d.auroc is not None and d.auroc < 0.75 and d.gap is not None and d.gap > 0.2
+    # a held-out normal source is chosen on folds that include d: the robust layer 1
+    assert nested.outer["a"].selection.chosen.config["layer"] == 1
+    assert nested.worst_source == "d" and nested.worst == d.auroc
+    assert nested.mean == pytest.approx(np.mean([o.auroc for o in nested.outer.values()]))
+    assert nested.mean < 0.9 and nested.optimism_gap == pytest.approx(0.99 - nested.mean)
+    assert nested.optimism_gap > 0.1 and nested.mean_inner_gap == pytest.approx(
+        np.mean([o.gap for o in nested.outer.values()])
+    )
+    # the threshold set without d, measured on d: d's negatives and positives land on both sides alike
+    at = d.at_threshold
+    assert at is not None and at.recall is not None and at.fpr_negatives is not None
+    assert abs(at.recall - at.fpr_negatives) < 0.35
+
+
+def test_worst_source_rule_ships_the_robust_configuration_over_the_mean_best(synthetic):
+    pool, layer_data, cal, _ = synthetic
+    rows = [_row(0, 0.99), _row(1, 0.80)]
+    picked = select_by_source(rows, pool, layer_data, cal, NestedSettings(top_k=2))
+    assert picked is not None
+    row, selection = picked
+    assert selection.basis == "heldout_source" and selection.folds == list(SOURCES)
+    assert selection.mean_best.config["layer"] == 0  # best mean over sources (three near 1, d near 0.5) ...
+    assert row.layer == 1 and selection.chosen.config["layer"] == 1  # ... but its worst source is d
+    assert selection.rule_changed_choice
+    assert selection.chosen.worst > selection.mean_best.worst + 0.05
+    assert selection.mean_best.mean > selection.chosen.mean
+
+
+def test_pick_ranks_by_worst_with_a_001_tie_then_by_mean():
+    rows = [_row(1, 0.8), _row(3, 0.8), _row(5, 0.8)]
+
+    def cs(mean: float, worst: float) -> ConfigScore:
+        return ConfigScore({}, mean, worst, {})
+
+    # worst 0.70 vs 0.695 are tied (within 0.01): the better mean wins; 0.60 is out however high its mean
+    chosen, mean_best = pick([(rows[0], cs(0.80, 0.70)), (rows[1], cs(0.83, 0.695)), (rows[2], cs(0.90, 0.60))])
+    assert (chosen, mean_best) == (1, 2)
+    chosen, _ = pick([(rows[0], cs(0.80, 0.70)), (rows[1], cs(0.83, 0.685)), (rows[2], cs(0.90, 0.60))])
+    assert chosen == 0  # 0.015 below the best worst is not a tie
+    with pytest.raises(ValueError):
+        pick([(rows[0], cs(None, None))])  # type: ignore[arg-type]
+
+
+def test_prescreen_takes_the_top_k_alternately_by_worst_source_and_by_mean(synthetic):
+    pool = synthetic[0]
+    uneven = _row(0, 0.95)
+    uneven.heldout_per_kind = {**uneven.heldout_per_kind, "d1": 0.4, "d2": 0.4}  # mean 0.81, worst source 0.4
+    even = _row(1, 0.80)  # mean 0.80, worst 0.80
+    low = _row(2, 0.70)
+    assert prescreen([low, uneven, even], pool, None, 1) == [even]
+    assert prescreen([low, uneven, even], pool, None, 2) == [even, uneven]
+    # held out d: d's kinds leave the proxy, so the uneven row is best both ways
+    assert prescreen([low, uneven, even], pool, "d", 1) == [uneven]
+
+
+def test_folds_drop_the_held_out_sources_their_groups_and_the_calibration_split(synthetic):
+    pool = synthetic[0]
+    basis, folds = folds_without(pool, "d")
+    assert basis == "heldout_source" and [f.name for f in folds] == ["a", "b", "c"]
+    for fold in folds:
+        assert not np.isin(pool.sources[fold.train], ["d", fold.name]).any()
+        assert not np.isin(fold.train, pool.val_idx).any()
+        assert set(pool.sources[fold.test].tolist()) == {fold.name}
+    # a group shared across sources leaves the training side with the held-out source
+    groups = pool.groups.copy()
+    groups[np.flatnonzero(pool.sources == "a")[-1]] = groups[np.flatnonzero(pool.sources == "b")[-1]]
+    shared = PoolArrays(pool.labels, groups, pool.kinds, pool.fit_idx, pool.val_idx, pool.test_idx, (), pool.sources)
+    tr = train_indices(shared, frozenset({("source", "a")}))
+    assert np.flatnonzero(pool.sources == "b")[-1] not in tr
+    # with one source left, the inner folds are its kinds
+    two = PoolArrays(
+        pool.labels,
+        pool.groups,
+        pool.kinds,
+        pool.fit_idx,
+        pool.val_idx,
+        pool.test_idx,
+        (),
+        np.where(np.isin(pool.sources, ["a", "b"]), "ab", "cd").astype(object),
+    )
+    basis, folds = folds_without(two, "ab")
+    assert basis == "heldout_kind" and [f.name for f in folds] == ["c1", "c2", "d1", "d2"]
+
+
+def test_fold_fits_are_shared_between_folds_with_the_same_held_out_set(synthetic):
+    pool, layer_data, cal, held = synthetic
+    settings = NestedSettings(top_k=2)
+    scorer = FoldScorer(pool, layer_data, settings)
+    rows = [_row(0, 0.99), _row(0, 0.99, "max"), _row(1, 0.80)]  # one fit serves both layer-0 aggregations
+    select_by_source(rows, pool, layer_data, cal, NestedSettings(top_k=3), scorer)
+    assert scorer.n_fits == 2 * 4  # two fits (layer 0, layer 1) per held-out source
+    nested_estimate(rows, pool, layer_data, cal, held, NestedSettings(top_k=3), (None, "heldout_kind"), None, scorer)
+    # inner folds {S, T} (6 pairs) x 2 fits; the outer fits {S} were already made by the choice above
+    assert scorer.n_fits == 2 * 4 + 2 * 6
+
+
+def test_per_source_threshold_numbers_by_hand():
+    scores = np.array([0.1, 0.5, 0.9, 0.3, 0.7, 0.2, 0.8, 0.75])
+    labels = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    sources = np.array(["a", "a", "a", "a", "b", "b", "b", "c"], dtype=object)
+    out = per_source_at_threshold(scores, labels, sources, np.arange(8), 0.75)
+    # a: positives 0.5, 0.9 -> 1 of 2; negatives 0.1, 0.3 -> none. b: positive 0.7 -> none; negatives
+    # 0.2, 0.8 -> 1 of 2. c: one positive exactly at the threshold (alerts fire at >=) and no negatives
+    assert (out["a"].recall, out["a"].fpr_negatives, out["a"].n_pos, out["a"].n_neg) == (0.5, 0.0, 2, 2)
+    assert (out["b"].recall, out["b"].fpr_negatives, out["b"].n_pos, out["b"].n_neg) == (0.0, 0.5, 1, 2)
+    assert (out["c"].recall, out["c"].fpr_negatives, out["c"].n_pos, out["c"].n_neg) == (1.0, None, 1, 0)
+    only = per_source_at_threshold(scores, labels, sources, np.array([0, 1, 5]), 0.5)
+    assert list(only) == ["a", "b"] and only["a"].recall == 1.0 and only["b"].recall is None
+    assert only["b"].fpr_negatives == 0.0
+
+
+def test_source_of_prefers_meta_then_the_kind_mapping_then_the_kind():
+    msg = [Message("user", "q"), Message("assistant", "a")]
+    assert source_of(Dialogue(msg, 1, "g", "liar_math")) == "liar_detector" == KIND_SOURCES["liar_questions"]
+    assert source_of(Dialogue(msg, 1, "g", "sales_lie")) == source_of(Dialogue(msg, 0, "g", "af_training"))
+    assert source_of(Dialogue(msg, 0, "g", "plain_traffic")) == "model_answers"
+    assert source_of(Dialogue(msg, 1, "g", "new_kind")) == "new_kind"
+    assert source_of(Dialogue(msg, 1, "g", "liar_math", {"data_source": "elsewhere"})) == "elsewhere"
+    tagged = tag_source([Dialogue(msg, 1, "g", "k"), Dialogue(msg, 0, "g", "k", {"data_source": "own"})], "f.jsonl")
+    assert source_array(tagged).tolist() == ["f.jsonl", "own"]
+    counts = source_counts(
+        np.array(["x", "x", "m"], dtype=object),
+        np.array(["k1", "k2", "plain_traffic"], dtype=object),
+        np.array([1, 0, 0]),
+        ("plain_traffic",),
+    )
+    assert counts["x"].kinds == ["k1", "k2"] and counts["x"].held_out and not counts["m"].held_out
+    assert (counts["x"].n, counts["x"].positive, counts["x"].negative) == (2, 1, 1)
+
+
+def test_every_kind_of_the_shipped_pools_has_a_source_and_sources_are_coarser_than_kinds():
+    import json
+
+    from probewatch.bundle_index import shipped_root
+
+    for path in sorted(shipped_root().glob("*/*/report.json")):
+        kinds = json.loads(path.read_text())["data"]["kinds"]
+        assert set(kinds) <= set(KIND_SOURCES), path.parent.name
+        if len(kinds) > 2:
+            assert len({KIND_SOURCES[k] for k in kinds}) < len(kinds), path.parent.name
+
+
+def test_a_negative_nested_top_k_is_refused_with_the_flag_name():
+    from probewatch.training.train_config import TrainConfig, TrainingError, check_config
+
+    with pytest.raises(TrainingError, match="--nested-top-k must be >= 0"):
+        check_config(TrainConfig(behaviour="deception", nested_top_k=-1), 4, "tiny")

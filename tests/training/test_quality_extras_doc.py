@@ -1,0 +1,82 @@
+"""docs/quality.md's pooling, family and evasion sections (training/quality_extras_doc.py), rendered from
+the shipped deception report plus hand-made family and evasion reports: exact cells."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from probewatch.training.quality_doc import RunInfo, render_markdown
+from probewatch.training.quality_extras_doc import family_rows, pooling_rows
+from probewatch.training.report import TrainReport
+
+SHIPPED = Path(__file__).resolve().parents[2] / "probes" / "shipped" / "smollm2-135m-instruct"
+RUN = RunInfo("smollm2-135m-instruct", "pwfp1:" + "0" * 32, 30, 576, 90.0, "2026-12-03 00:00 UTC", 2, "x86_64")
+
+FAMILY = {
+    "family_id": "deception-family",
+    "members": {"sandbagging": "deception-sandbagging", "omission": "deception-omission"},
+    "skipped_types": ["sycophancy"],
+    "threshold": {"value": 0.42, "set_by": "hard_negatives"},
+    "per_type": {
+        "sandbagging": {"kinds": ["sandbagging", "mm_sandbagging"], "n_test": 30, "auroc_member": 0.91,
+                        "auroc_family": 0.88, "auroc_single": 0.7},
+        "omission": {"kinds": ["lie_by_omission"], "n_test": 12, "auroc_member": 0.95, "auroc_family": 0.9,
+                     "auroc_single": None},
+    },
+    "test": {"family": {"auroc": 0.87}, "single": {"auroc": 0.9}},
+    "heldout_kind": {"family_mean": 0.81, "single_mean": 0.86},
+    "n_test": 42,
+}  # fmt: skip
+EVASION = [
+    {
+        "probe_id": "refusal",
+        "behaviour": "refusal",
+        "threshold": 0.22,
+        "data": "x",
+        "results": [
+            {"condition": "unmodified", "n_positive": 40, "n_negative": 40, "auroc": 1.0, "recall": 1.0,
+             "flagged_negatives": 0.0, "mean_positive": 3.0, "median_positive_change": None},
+            {"condition": "told it is monitored", "n_positive": 40, "n_negative": 40, "auroc": 0.99, "recall": 0.625,
+             "flagged_negatives": 0.05, "mean_positive": 1.0, "median_positive_change": -1.59},
+        ],
+    }
+]  # fmt: skip
+
+
+def _deception() -> TrainReport:
+    return TrainReport.read(SHIPPED / "deception" / "report.json")
+
+
+def test_pooling_row_names_the_shipped_and_best_alternatives():
+    report = _deception()
+    report.sweep = [
+        {**report.chosen, "heldout_kind_auroc": 0.8},
+        {**report.chosen, "method": "attention", "aggregation": "attention", "heldout_kind_auroc": 0.83},
+        {**report.chosen, "aggregation": "max_norm", "heldout_kind_auroc": 0.79},
+        {**report.chosen, "aggregation": "rolling_mean_max", "heldout_kind_auroc": 0.75},
+    ]
+    (row,) = pooling_rows({"deception": report})
+    layer = report.chosen["layer"]
+    assert row["attention"] == f"0.830 (layer {layer} attention, attention)"
+    assert row["normalised"].startswith("0.790 ") and row["raw_max"].startswith("0.750 ")
+    refusal = TrainReport.read(SHIPPED / "refusal" / "report.json")
+    assert pooling_rows({"refusal": refusal}) == []  # a prompt_last probe pools nothing
+
+
+def test_family_and_evasion_sections_render_exact_cells():
+    text = render_markdown({"deception": _deception()}, {}, RUN, families={"deception": FAMILY}, evasion=EVASION)
+    assert "## Deception as a family: `deception-family`" in text
+    assert "| sandbagging | sandbagging, mm_sandbagging | 30 | 0.910 | 0.880 | 0.700 |" in text
+    assert "| omission | lie_by_omission | 12 | 0.950 | 0.900 | n/a |" in text
+    assert "| **held-out kind (mean)** |  |  |  | 0.810 | 0.860 |" in text
+    assert "Skipped (too little data): sycophancy." in text
+    assert "| `refusal` | told it is monitored | 40 / 40 | 0.990 | 0.62 | 5% | -1.59 |" in text
+    assert "| `refusal` | unmodified | 40 / 40 | 1.000 | 1.00 | 0% | — |" in text
+    assert [r["type"] for r in family_rows(FAMILY)][-2:] == ["**whole test split**", "**held-out kind (mean)**"]
+
+
+def test_without_family_or_evasion_the_sections_are_absent():
+    text = render_markdown({"deception": _deception()}, {}, RUN)
+    assert "## Evasion" not in text and "as a family" not in text
+    assert json.loads((SHIPPED / "deception" / "report.json").read_text())["probe_id"] == "deception"

@@ -1,0 +1,117 @@
+"""The held-out-source stage inside `probewatch train`: report.json `sources`, its round trip, and the
+docs/quality.md tables rendered from it (issue 22). Tiny random-init model, two data files = two sources."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from probewatch.bundle_index import shipped_root
+from probewatch.data.dialogue import write_dialogues
+from probewatch.jsonio import dumps
+from probewatch.training.pipeline import TrainConfig, train
+from probewatch.training.quality_doc import RunInfo, render_markdown
+from probewatch.training.report import TrainReport
+from tests.training.helpers import control_dialogues, synthetic_dialogues
+
+RUN = RunInfo("tiny-model", "pwfp1:" + "0" * 32, 4, 64, 90.0, "2026-12-01 00:00 UTC", 2, "x86_64")
+
+
+@pytest.fixture(scope="module")
+def two_source_report(tiny_loaded, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sources")
+    a, b, control = tmp / "written.jsonl", tmp / "public.jsonl", tmp / "control.jsonl"
+    write_dialogues(a, synthetic_dialogues(n_groups=16, kinds=("ka", "kb"), seed=0))
+    write_dialogues(b, synthetic_dialogues(n_groups=16, kinds=("kc", "kd"), seed=1))
+    write_dialogues(control, control_dialogues())
+    result = train(
+        TrainConfig(
+            behaviour="deception",
+            data_files=[a, b],
+            control_file=control,
+            layers=[1, 3],
+            methods=["logistic", "mean_diff"],
+            out=tmp / "bundle",
+            progress=False,
+            plots=False,
+            multi_layer=0,
+            nested_top_k=3,
+            command="probewatch train --behaviour deception --data written.jsonl --data public.jsonl",
+        ),
+        loaded=tiny_loaded,
+    )
+    return result
+
+
+def test_train_chooses_by_held_out_source_and_reports_the_nested_estimate(two_source_report):
+    report = two_source_report.report
+    s = report.sources
+    assert s is not None and list(s.counts) == ["written.jsonl", "public.jsonl"]
+    assert s.mapping == {"ka": "written.jsonl", "kb": "written.jsonl", "kc": "public.jsonl", "kd": "public.jsonl"}
+    assert s.counts["written.jsonl"].kinds == ["ka", "kb"] and s.counts["written.jsonl"].n == 32
+    # the shipped configuration is the held-out-source choice, and the report says so
+    assert s.selection is not None and s.selection.basis == "heldout_source"
+    assert s.selection.folds == ["public.jsonl", "written.jsonl"] and s.selection.n_configurations == 3
+    assert report.selection.basis == "heldout_source"
+    chosen = {k: report.chosen[k] for k in s.selection.chosen.config}
+    assert chosen == s.selection.chosen.config
+    nested = s.nested
+    assert nested is not None and set(nested.outer) == {"written.jsonl", "public.jsonl"}
+    for outer in nested.outer.values():
+        # one source left: the inner folds are its kinds
+        assert outer.selection.basis == "heldout_kind" and len(outer.selection.folds) == 2
+        assert outer.n_pos == 16 and outer.n_neg == 16 and outer.against == "own_negatives"
+        assert outer.auroc is not None and outer.gap == pytest.approx(outer.selection.chosen.mean - outer.auroc)
+        assert outer.at_threshold is not None and 0.0 <= outer.at_threshold.fpr_control_heldout <= 1.0
+    assert nested.selected_on_basis == "heldout_source" and nested.selected_on == s.selection.chosen.mean
+    assert nested.optimism_gap == pytest.approx(nested.selected_on - nested.mean)
+    # the shipped threshold per source, on the test split
+    test_sizes = {name: at.n_pos + at.n_neg for name, at in s.at_threshold.items()}
+    assert sum(test_sizes.values()) == report.splits["test"]
+    for at in s.at_threshold.values():
+        assert at.recall is None or 0.0 <= at.recall <= 1.0
+    assert "sources_s" in report.timings
+
+
+def test_report_with_sources_round_trips_byte_for_byte(two_source_report):
+    text = two_source_report.report_path.read_text()
+    raw = json.loads(text)
+    assert list(raw)[-2:] == ["timings", "sources"]  # appended after every field a shipped report has
+    report = TrainReport.from_json(raw)
+    assert report.sources == two_source_report.report.sources and report.to_json() == raw
+    assert dumps(report.to_json(), indent=2) + "\n" == text
+    # reports written before sources existed keep their exact layout (no "sources" key appears)
+    shipped = next(iter(sorted(shipped_root().glob("*/*/report.json"))))
+    old = TrainReport.read(shipped)
+    assert old.sources is None and "sources" not in old.to_json()
+
+
+def test_quality_markdown_renders_the_per_source_tables(two_source_report):
+    raw = json.loads(two_source_report.report_path.read_text())
+    text = render_markdown({"deception": raw}, {}, RUN)
+    nested = raw["sources"]["nested"]
+    section = text.split("## Held-out sources: the nested estimate")[1].split("\n## ")[0]
+    for name, outer in nested["outer"].items():
+        row = next(line for line in section.splitlines() if line.startswith(f"| `deception` | {name} |"))
+        assert f"| {outer['auroc']:.3f} |" in row and f"| {outer['gap']:+.3f} |" in row
+        sel = outer["selection"]["chosen"]
+        assert f"{sel['mean']:.3f} / {sel['worst']:.3f}" in row and f"layer {sel['config']['layer']} " in row
+        at = outer["at_threshold"]
+        assert f"{100 * at['fpr_control_heldout']:.0f}%" in row
+    summary = next(line for line in section.splitlines() if "**mean over sources**" in line)
+    assert f"**{nested['mean']:.3f}**" in summary and f"optimism gap {nested['optimism_gap']:+.3f}" in summary
+    assert "held-out source (worst source first)" in summary
+    thresholds = text.split("## Thresholds per source")[1].split("\n## ")[0]
+    for name, at in raw["sources"]["at_threshold"].items():
+        row = next(line for line in thresholds.splitlines() if line.startswith(f"| `deception` | {name} |"))
+        assert f"| {at['n_pos']} / {at['n_neg']} |" in row
+        assert f"| {at['recall']:.3f} | {100 * at['fpr_negatives']:.0f}% |" in row
+    assert "{{" not in text and "{%" not in text
+
+
+def test_quality_markdown_without_sources_has_no_source_sections():
+    reports = {p.parent.name: json.loads(Path(p).read_text()) for p in sorted(shipped_root().glob("*/*/report.json"))}
+    text = render_markdown(reports, {}, RUN)
+    assert "## Held-out sources" not in text and "## Thresholds per source" not in text

@@ -1,0 +1,391 @@
+"""Held-out-source selection and the nested, source-held-out estimate of it (issue 22).
+
+The sweep chooses among hundreds of configurations by held-out *kind*, and kinds of one source
+share its author and format, so the chosen number is optimistic for data written elsewhere. Here:
+
+- **folds**: hold out one evaluable source (`sources.evaluable_sources`) at a time; where fewer than
+  two sources are left, hold out one kind of what is left instead. A fold's training side drops
+  every example of the held-out sources (training-only kinds included), every example sharing a
+  group with them, and the calibration split (its negatives set the fold's threshold). A fold with
+  both labels is scored by its own AUROC; one with positives only against the control set.
+- **selection** (`pick`): `report_sources.RULE`: worst fold first (within 0.01), then the mean.
+- **nested estimate** (`nested_estimate`): for each outer source S, the selection runs on folds of
+  the other sources only; the chosen configuration is fitted on the other sources and scored on S.
+  Per S: the selected-on score (the chosen configuration's inner mean), the reported-on AUROC,
+  their gap, and S's recall / flagged negatives at a threshold set without S.
+- **affordable**: only the top-k configurations of a pre-screen are fitted (`prescreen`: the sweep's
+  own leave-one-kind-out AUROCs of the kinds outside S, averaged per source; half the k by the worst
+  source, half by the mean). Those sweep fits saw S as training data, never as scored data. Fits are
+  planned layer by layer (one layer in memory) and shared between folds with the same held-out set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+
+from probewatch.metrics import auroc
+from probewatch.probes.manifest import Aggregation
+from probewatch.training.calibration import operating_point
+from probewatch.training.features import LayerData, score_all
+from probewatch.training.report_sources import (
+    RULE,
+    ConfigScore,
+    HeldOutThreshold,
+    NestedEstimate,
+    OuterSource,
+    SourceSelection,
+)
+from probewatch.training.sources import evaluable_sources
+from probewatch.training.sweep import PoolArrays, ProbeSpec, SweepRow, fit_probe, with_temperature
+
+#: a held-out set: ("source", name) / ("kind", name) units
+Held = frozenset[tuple[str, str]]
+#: layer -> (pool rows, control rows) of that layer
+LayerFn = Callable[[int], tuple[LayerData, LayerData]]
+TIE = 0.01
+
+
+@dataclass
+class NestedSettings:
+    """What the folds fit and how thresholds are set (the training config's values)."""
+
+    seed: int = 0
+    balance_kinds: bool = True
+    standardize: bool | None = None
+    fpr: float = 0.01
+    hard_negative_fpr: float | None = 0.2
+    window: int = 8
+    alpha: float = 0.2
+    top_k: int = 8
+
+
+@dataclass
+class Fold:
+    name: str
+    held: Held
+    train: np.ndarray
+    test: np.ndarray
+
+
+def config_of(row: SweepRow) -> dict:
+    """The fields that define a configuration (what `ConfigScore.config` records)."""
+    return {
+        "token_selection": row.token_selection,
+        "layer": row.layer,
+        "method": row.method,
+        "C": row.C,
+        "per_token": row.per_token,
+        "aggregation": row.aggregation,
+    }
+
+
+def _fit_key(row: SweepRow) -> tuple:
+    return (row.token_selection, row.layer, row.method, row.per_token, row.C)
+
+
+# -- folds ------------------------------------------------------------------------------------------------
+def _sources(pool: PoolArrays) -> np.ndarray:
+    if pool.sources is None:
+        raise ValueError("the pool has no sources (PoolArrays.sources)")
+    return pool.sources
+
+
+def held_mask(pool: PoolArrays, held: Iterable[tuple[str, str]]) -> np.ndarray:
+    """Examples of the held-out sources / kinds."""
+    mask = np.zeros(len(pool.labels), dtype=bool)
+    for what, name in held:
+        mask |= (_sources(pool) if what == "source" else pool.kinds) == name
+    return mask
+
+
+def train_indices(pool: PoolArrays, held: Held) -> np.ndarray:
+    """Everything but the held-out units, their groups and the calibration split."""
+    mask = held_mask(pool, held)
+    keep = ~mask & ~np.isin(pool.groups, np.unique(pool.groups[mask]))
+    keep[pool.val_idx] = False
+    return np.flatnonzero(keep)
+
+
+def test_indices(pool: PoolArrays, unit: tuple[str, str], outer: Held = frozenset()) -> np.ndarray:
+    """The scored examples of one unit (training-only kinds and the outer source excluded)."""
+    sel = held_mask(pool, [unit]) & ~np.isin(pool.kinds, list(pool.train_only)) & ~held_mask(pool, outer)
+    return np.flatnonzero(sel)
+
+
+def folds_without(pool: PoolArrays, outer: str | None) -> tuple[str, list[Fold]]:
+    """(basis, folds) over the evaluable sources other than `outer` (or their kinds, if fewer than two)."""
+    base: Held = frozenset({("source", outer)}) if outer is not None else frozenset()
+    sources = [s for s in evaluable_sources(_sources(pool), pool.kinds, pool.labels, pool.train_only) if s != outer]
+    units = [("source", s) for s in sources]
+    basis = "heldout_source"
+    if len(units) < 2:
+        rest = ~held_mask(pool, base) & ~np.isin(pool.kinds, list(pool.train_only)) & (pool.labels == 1)
+        units, basis = [("kind", str(k)) for k in sorted(set(pool.kinds[rest].tolist()))], "heldout_kind"
+    folds = []
+    for unit in units:
+        held = base | {unit}
+        train, test = train_indices(pool, held), test_indices(pool, unit, base)
+        if len(test) and len(np.unique(pool.labels[train])) == 2:
+            folds.append(Fold(unit[1], held, train, test))
+    return basis, folds
+
+
+def unit_auroc(scores: np.ndarray, labels: np.ndarray, test: np.ndarray, control: np.ndarray) -> float | None:
+    """AUROC on a unit's examples; positives against the control scores when it has no negatives."""
+    s, y = scores[test], labels[test]
+    if not np.all(np.isfinite(s)) or not (y == 1).any():
+        return None
+    if (y == 0).any():
+        return auroc(s, y)
+    return auroc(np.concatenate([s, control]), np.r_[np.ones(len(s)), np.zeros(len(control))])
+
+
+# -- fitting, planned by layer ------------------------------------------------------------------------------
+class FoldScorer:
+    """Fits each (configuration, held-out set) once, one layer at a time; keeps pool and control scores."""
+
+    def __init__(self, pool: PoolArrays, layer_data: LayerFn, settings: NestedSettings) -> None:
+        self.pool, self.layer_data, self.settings = pool, layer_data, settings
+        self.memo: dict[tuple, tuple[np.ndarray, np.ndarray] | None] = {}
+        self.n_fits = 0
+
+    def run(self, requests: Iterable[tuple[SweepRow, Held]]) -> None:
+        plan: dict[int, dict[tuple, dict[Held, set[str]]]] = {}
+        for row, held in requests:
+            if (_fit_key(row), held, row.aggregation) not in self.memo:
+                plan.setdefault(row.layer, {}).setdefault(_fit_key(row), {}).setdefault(held, set()).add(
+                    row.aggregation
+                )
+        for layer in sorted(plan):
+            data, control = self.layer_data(layer)
+            for key, helds in plan[layer].items():
+                for held, aggs in helds.items():
+                    self._fit(key, held, sorted(aggs), data, control)
+
+    def _fit(self, key: tuple, held: Held, aggs: list[str], data: LayerData, control: LayerData) -> None:
+        token_selection, layer, method, per_token, C = key
+        st, pool = self.settings, self.pool
+        train = train_indices(pool, held)
+        if len(np.unique(pool.labels[train])) < 2:
+            self.memo.update({(key, held, a): None for a in aggs})
+            return
+        spec = ProbeSpec(method, layer, token_selection, per_token, aggs[0], st.standardize, C=C)
+        probe = fit_probe(spec, data, pool, train, st.seed, st.balance_kinds)
+        self.n_fits += 1
+        if method == "attention":  # its own pooling (training/attention_sweep.py): one score per example
+            from probewatch.training.attention_sweep import score_attention
+
+            attention = cast(Any, probe)
+            scored = (score_attention(attention, data), score_attention(attention, control))
+            self.memo.update({(key, held, a): scored for a in aggs})
+            return
+        w, b = probe.raw_linear_form()
+        objs = [Aggregation(method=a, window=st.window, alpha=st.alpha) for a in aggs]
+        objs = with_temperature(objs, w, b, data, train, token_selection)
+        s, c = score_all(w, b, data, token_selection, objs), score_all(w, b, control, token_selection, objs)
+        for a in aggs:
+            self.memo[(key, held, a)] = (s[a], c[a])
+
+    def get(self, row: SweepRow, held: Held) -> tuple[np.ndarray, np.ndarray] | None:
+        return self.memo[(_fit_key(row), held, row.aggregation)]
+
+
+# -- selection --------------------------------------------------------------------------------------------
+def _tiebreak(row: SweepRow) -> tuple:
+    return (round(row.val_recall_control or 0.0, 3), round(row.val_auroc or 0.0, 3), -row.layer)
+
+
+def pick(scored: Sequence[tuple[SweepRow, ConfigScore]], tie: float = TIE) -> tuple[int, int]:
+    """(index chosen by the rule, index the mean alone would choose) among configurations with scores.
+
+    The rule: the best worst fold; worst scores within `tie` of it are ties, broken by the mean (to
+    0.001), then the sweep's tie-breakers (recall at the control threshold, validation AUROC, layer)."""
+    valid = [i for i, (_, cs) in enumerate(scored) if cs.worst is not None and cs.mean is not None]
+    if not valid:
+        raise ValueError("no configuration has a score on the folds")
+    best_worst = max(scored[i][1].worst for i in valid)  # type: ignore[type-var]
+
+    def by_mean(i: int) -> tuple:
+        return (round(scored[i][1].mean, 3), *_tiebreak(scored[i][0]))  # type: ignore[arg-type]
+
+    near = [i for i in valid if scored[i][1].worst >= best_worst - tie - 1e-9]  # type: ignore[operator]
+    return max(near, key=by_mean), max(valid, key=by_mean)
+
+
+def _kind_sources(pool: PoolArrays) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for kind, src in zip(pool.kinds.tolist(), _sources(pool).tolist()):
+        out.setdefault(str(kind), set()).add(str(src))
+    return out
+
+
+def prescreen(rows: Sequence[SweepRow], pool: PoolArrays, outer: str | None, k: int) -> list[SweepRow]:
+    """The top-k rows by the sweep's held-out-kind AUROCs of the kinds outside `outer`, averaged per
+    source: alternately the best by worst source and by mean (validation AUROC where no kind was held out)."""
+    kind_sources = _kind_sources(pool)
+
+    def proxy(row: SweepRow) -> tuple[float, float]:
+        per_source: dict[str, list[float]] = {}
+        for kind, v in row.heldout_per_kind.items():
+            srcs = kind_sources.get(kind, {kind})
+            if outer not in srcs and v is not None:
+                per_source.setdefault(min(srcs), []).append(v)
+        if not per_source:
+            v = row.val_auroc if row.val_auroc is not None else -1.0
+            return v, v
+        means = [float(np.mean(vs)) for vs in per_source.values()]
+        return float(np.mean(means)), min(means)
+
+    scores = [proxy(r) for r in rows]
+    by_mean = sorted(range(len(rows)), key=lambda i: (-scores[i][0], [-x for x in _tiebreak(rows[i])]))
+    by_worst = sorted(range(len(rows)), key=lambda i: (-round(scores[i][1], 2), -scores[i][0]))
+    chosen: list[int] = []
+    for a, b in zip(by_worst, by_mean):
+        for i in (a, b):
+            if i not in chosen and len(chosen) < k:
+                chosen.append(i)
+    return [rows[i] for i in chosen]
+
+
+def _config_score(row: SweepRow, folds: Sequence[Fold], scorer: FoldScorer, control_ref: np.ndarray) -> ConfigScore:
+    per: dict[str, float] = {}
+    for fold in folds:
+        got = scorer.get(row, fold.held)
+        if got is None:
+            continue
+        v = unit_auroc(got[0], scorer.pool.labels, fold.test, got[1][control_ref])
+        if v is not None:
+            per[fold.name] = v
+    vals = list(per.values())
+    return ConfigScore(config_of(row), float(np.mean(vals)) if vals else None, min(vals) if vals else None, per)
+
+
+def select(
+    candidates: Sequence[SweepRow], basis: str, folds: Sequence[Fold], scorer: FoldScorer, control_ref: np.ndarray
+) -> tuple[SweepRow, SourceSelection]:
+    """Score the (already fitted) candidates on the folds and apply the rule."""
+    scored = [(r, _config_score(r, folds, scorer, control_ref)) for r in candidates]
+    if not any(cs.worst is not None for _, cs in scored):
+        first = scored[0]
+        return first[0], SourceSelection("prescreen", [f.name for f in folds], len(candidates), first[1], first[1])
+    i, j = pick(scored)
+    return scored[i][0], SourceSelection(basis, [f.name for f in folds], len(candidates), scored[i][1], scored[j][1])
+
+
+# -- the two entry points -------------------------------------------------------------------------------------
+def select_by_source(
+    rows: Sequence[SweepRow],
+    pool: PoolArrays,
+    layer_data: LayerFn,
+    control_cal: np.ndarray,
+    settings: NestedSettings,
+    scorer: FoldScorer | None = None,
+) -> tuple[SweepRow, SourceSelection] | None:
+    """The shipped choice by held-out source over the whole pool; None with fewer than two evaluable sources."""
+    basis, folds = folds_without(pool, None)
+    if basis != "heldout_source" or len(folds) < 2:
+        return None
+    scorer = scorer or FoldScorer(pool, layer_data, settings)
+    candidates = prescreen(rows, pool, None, settings.top_k)
+    scorer.run((r, f.held) for r in candidates for f in folds)
+    return select(candidates, basis, folds, scorer, control_cal)
+
+
+def nested_estimate(
+    rows: Sequence[SweepRow],
+    pool: PoolArrays,
+    layer_data: LayerFn,
+    control_cal: np.ndarray,
+    control_held: np.ndarray,
+    settings: NestedSettings,
+    selected_on: tuple[float | None, str],
+    heldout_kind_selected_on: float | None = None,
+    scorer: FoldScorer | None = None,
+) -> NestedEstimate | None:
+    """Per outer source: select on the other sources, fit there, score the outer source. None with fewer
+    than two evaluable sources. `selected_on`: (the shipped configuration's selection number, its basis)."""
+    outers = evaluable_sources(_sources(pool), pool.kinds, pool.labels, pool.train_only)
+    if len(outers) < 2:
+        return None
+    scorer = scorer or FoldScorer(pool, layer_data, settings)
+    plans = {s: (folds_without(pool, s), prescreen(rows, pool, s, settings.top_k)) for s in outers}
+    scorer.run((r, f.held) for (_, folds), cands in plans.values() for r in cands for f in folds)
+    chosen = {s: select(cands, basis, folds, scorer, control_cal) for s, ((basis, folds), cands) in plans.items()}
+    scorer.run((row, frozenset({("source", s)})) for s, (row, _) in chosen.items())
+    outer = {
+        s: _outer(s, row, sel, pool, scorer, control_cal, control_held, settings) for s, (row, sel) in chosen.items()
+    }
+    return summarise(outer, settings.top_k, selected_on, heldout_kind_selected_on)
+
+
+def _outer(
+    source: str,
+    row: SweepRow,
+    selection: SourceSelection,
+    pool: PoolArrays,
+    scorer: FoldScorer,
+    control_cal: np.ndarray,
+    control_held: np.ndarray,
+    settings: NestedSettings,
+) -> OuterSource:
+    """The chosen configuration fitted without `source`, scored and thresholded on it."""
+    held: Held = frozenset({("source", source)})
+    test = test_indices(pool, ("source", source))
+    y = pool.labels[test]
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    against = "own_negatives" if n_neg else "control"
+    got = scorer.get(row, held)
+    if got is None:
+        return OuterSource(selection, against, n_pos, n_neg, None, None, None)
+    s, c = got
+    value = unit_auroc(s, pool.labels, test, c[control_held])
+    hard = pool.val_idx[(pool.labels[pool.val_idx] == 0) & ~np.isin(pool.kinds[pool.val_idx], list(pool.train_only))]
+    hard = hard[~held_mask(pool, held)[hard]]
+    point = operating_point(
+        c[control_cal],
+        settings.fpr,
+        s[hard] if settings.hard_negative_fpr is not None else None,
+        settings.hard_negative_fpr,
+    )
+    t = point.value
+    at = HeldOutThreshold(
+        threshold=float(t),
+        set_by=point.set_by,
+        recall=float((s[test][y == 1] >= t).mean()) if n_pos else None,
+        fpr_negatives=float((s[test][y == 0] >= t).mean()) if n_neg else None,
+        fpr_control_heldout=float((c[control_held] >= t).mean()),
+    )
+    inner = selection.chosen.mean
+    gap = inner - value if (inner is not None and value is not None) else None
+    return OuterSource(selection, against, n_pos, n_neg, value, gap, at)
+
+
+def summarise(
+    outer: dict[str, OuterSource],
+    top_k: int,
+    selected_on: tuple[float | None, str],
+    heldout_kind_selected_on: float | None,
+) -> NestedEstimate:
+    """Mean and worst outer AUROC, and the optimism gaps."""
+    scored = {s: o.auroc for s, o in outer.items() if o.auroc is not None}
+    mean = float(np.mean(list(scored.values()))) if scored else None
+    worst_source = min(scored, key=lambda s: scored[s]) if scored else None
+    gaps = [o.gap for o in outer.values() if o.gap is not None]
+    value, basis = selected_on
+    return NestedEstimate(
+        rule=RULE,
+        top_k=top_k,
+        outer=outer,
+        mean=mean,
+        worst=scored[worst_source] if worst_source is not None else None,
+        worst_source=worst_source,
+        selected_on=value,
+        selected_on_basis=basis,
+        heldout_kind_selected_on=heldout_kind_selected_on,
+        optimism_gap=(value - mean) if (value is not None and mean is not None) else None,
+        mean_inner_gap=float(np.mean(gaps)) if gaps else None,
+    )

@@ -1,0 +1,119 @@
+"""docs/quality.md helpers for pooling, the deception family and evasion (issue 22).
+
+Pure functions of typed reports, family reports (`training/family_eval.py`) and evasion reports
+(`training/evasion.py`); `quality_doc.HELPERS` includes `EXTRA_HELPERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from probewatch.probes.manifest import LENGTH_NORMALISED
+from probewatch.training.report import TrainReport
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _p(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:.0f}%"
+
+
+def _best(rows: Sequence[Mapping[str, Any]], keep) -> Mapping[str, Any] | None:
+    scored = [r for r in rows if keep(r) and r.get("heldout_kind_auroc") is not None]
+    return max(scored, key=lambda r: r["heldout_kind_auroc"]) if scored else None
+
+
+def _cell(row: Mapping[str, Any] | None) -> str:
+    if row is None:
+        return "not tried"
+    return f"{_f(row['heldout_kind_auroc'])} (layer {row['layer']} {row['method']}, {row['aggregation']})"
+
+
+def pooling_rows(results: Mapping[str, TrainReport]) -> list[dict[str, str]]:
+    """Per response-reading probe: held-out-kind AUROC of the chosen configuration beside the best
+    attention-pooling probe, the best raw maximum and the best length-normalised maximum the sweep tried."""
+    out = []
+    for r in results.values():
+        if r.chosen.get("token_selection") == "prompt_last":
+            continue
+        rows = r.sweep
+        out.append(
+            {
+                "probe": r.probe_id,
+                "chosen": _cell(r.chosen),
+                "attention": _cell(_best(rows, lambda x: x["method"] == "attention")),
+                "raw_max": _cell(_best(rows, lambda x: x["aggregation"] in LENGTH_NORMALISED.values())),
+                "normalised": _cell(_best(rows, lambda x: x["aggregation"] in LENGTH_NORMALISED)),
+            }
+        )
+    return out
+
+
+def family_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The family table: per type, then the whole test split and the held-out-kind mean."""
+    rows = [
+        {
+            "type": t,
+            "kinds": ", ".join(row["kinds"]),
+            "n": str(row["n_test"]),
+            "member": _f(row["auroc_member"]),
+            "family": _f(row["auroc_family"]),
+            "single": _f(row["auroc_single"]),
+        }
+        for t, row in report["per_type"].items()
+    ]
+    test, held = report["test"], report["heldout_kind"]
+    single = test.get("single") or {}
+    rows.append(
+        {
+            "type": "**whole test split**",
+            "kinds": "",
+            "n": str(report["n_test"]),
+            "member": "",
+            "family": _f(test["family"]["auroc"]),
+            "single": _f(single.get("auroc")),
+        }
+    )
+    rows.append(
+        {
+            "type": "**held-out kind (mean)**",
+            "kinds": "",
+            "n": "",
+            "member": "",
+            "family": _f(held.get("family_mean")),
+            "single": _f(held.get("single_mean")),
+        }
+    )
+    return rows
+
+
+def evasion_rows(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """One row per probe and condition: AUROC, recall, flagged negatives, median change of positives."""
+    out = []
+    for rep in reports:
+        for r in rep["results"]:
+            change = r.get("median_positive_change")
+            out.append(
+                {
+                    "probe": rep["probe_id"],
+                    "condition": r["condition"],
+                    "n": f"{r['n_positive']} / {r['n_negative']}",
+                    "auroc": _f(r["auroc"]),
+                    "recall": _f(r["recall"], 2),
+                    "flagged": _p(r["flagged_negatives"]),
+                    "change": "—" if change is None else f"{change:+.2f}",
+                }
+            )
+    return out
+
+
+EXTRA_HELPERS: dict[str, Any] = {
+    "pooling_rows": pooling_rows,
+    "family_rows": family_rows,
+    "evasion_rows": evasion_rows,
+}
+
+__all__ = ["EXTRA_HELPERS", "evasion_rows", "family_rows", "pooling_rows"]

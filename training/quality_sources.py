@@ -1,0 +1,104 @@
+"""docs/quality.md helpers for the per-source sections (`templates/quality_sources.md.j2`, issue 22).
+
+Pure functions of typed reports; `quality_doc.HELPERS` includes `SOURCE_HELPERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from probewatch.training.report import TrainReport
+from probewatch.training.report_sources import OuterSource, SourcesReport
+
+BASIS_TEXT = {
+    "heldout_source": "held-out source (worst source first)",
+    "heldout_kind": "held-out kind",
+    "ood": "validation and out-of-distribution AUROC",
+    "validation": "validation AUROC",
+    "prescreen": "the pre-screen (no fold could be scored)",
+}
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _p(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f}%"
+
+
+def config_text(c: Mapping[str, Any]) -> str:
+    """`layer 15 logistic C=0.01, response, per-example, mean` from a `ConfigScore.config`."""
+    C = f" C={c['C']:g}" if c.get("C") is not None and c.get("method") == "logistic" else ""
+    reads = {"all": "prompt + response"}.get(c["token_selection"], c["token_selection"])
+    mode = "per-token" if c["per_token"] else "per-example"
+    return f"layer {c['layer']} {c['method']}{C}, {reads}, {mode}, {c['aggregation']}"
+
+
+def with_sources(results: Mapping[str, TrainReport]) -> list[tuple[TrainReport, SourcesReport]]:
+    """The reports that carry a `sources` part (reports written before issue 22 have none)."""
+    return [(r, r.sources) for r in results.values() if r.sources is not None]
+
+
+def nested_rows(s: SourcesReport) -> list[dict[str, Any]]:
+    """One row per held-out source of the nested estimate."""
+    if s.nested is None:
+        return []
+    return [_outer_row(name, o) for name, o in s.nested.outer.items()]
+
+
+def _outer_row(name: str, o: OuterSource) -> dict[str, Any]:
+    sel, at = o.selection, o.at_threshold
+    against = "" if o.against == "own_negatives" else " (vs control)"
+    return {
+        "source": name,
+        "sizes": f"{o.n_pos} / {o.n_neg}{against}",
+        "chosen": f"{config_text(sel.chosen.config)} ({BASIS_TEXT.get(sel.basis, sel.basis)}: {', '.join(sel.folds)})",
+        "changed": sel.chosen.config != sel.mean_best.config,
+        "selected_on": f"{_f(sel.chosen.mean)} / {_f(sel.chosen.worst)}",
+        "auroc": _f(o.auroc),
+        "gap": "n/a" if o.gap is None else f"{o.gap:+.3f}",
+        "at_threshold": "n/a"
+        if at is None
+        else f"{_f(at.recall)} / {_p(at.fpr_negatives)} / {_p(at.fpr_control_heldout)}",
+    }
+
+
+def threshold_rows(s: SourcesReport) -> list[dict[str, Any]]:
+    """Per source: the shipped probe at the shipped threshold (test split), and held out (nested fold)."""
+    outer = s.nested.outer if s.nested is not None else {}
+    rows = []
+    for name, counts in s.counts.items():
+        shipped = s.at_threshold.get(name)
+        held = outer.get(name)
+        at = held.at_threshold if held is not None else None
+        rows.append(
+            {
+                "source": name,
+                "kinds": ", ".join(counts.kinds),
+                "sizes": f"{shipped.n_pos} / {shipped.n_neg}" if shipped else "— (training only)",
+                "recall": _f(shipped.recall) if shipped else "—",
+                "flagged": _p(shipped.fpr_negatives) if shipped else "—",
+                "held_out": "—" if at is None else f"{_f(at.recall)} / {_p(at.fpr_negatives)}",
+                "aims_met": _aims(shipped.recall, shipped.fpr_negatives) if shipped else "—",
+            }
+        )
+    return rows
+
+
+def _aims(recall: float | None, flagged: float | None) -> str:
+    """Recall at least 0.5 with at most 20% of negatives flagged ('—' where a side is missing)."""
+    if recall is None or flagged is None:
+        return "—"
+    return "yes" if recall >= 0.5 and flagged <= 0.2 else "no"
+
+
+SOURCE_HELPERS: dict[str, Any] = {
+    "config_text": config_text,
+    "with_sources": with_sources,
+    "nested_rows": nested_rows,
+    "threshold_rows": threshold_rows,
+    "source_basis_text": lambda basis: BASIS_TEXT.get(basis, basis),
+    "signed": lambda x: "n/a" if x is None else f"{x:+.3f}",
+}

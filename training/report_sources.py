@@ -1,0 +1,136 @@
+"""The `sources` part of report.json: per-source counts, the choice by held-out source, the nested
+estimate and the shipped threshold per source (issue 22). Plain dataclasses; `SourcesReport.from_json`
+reads what `asdict` writes (`TrainReport` omits the whole part when a run has none).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from probewatch.training.sources import SourceAtThreshold, SourceCounts
+
+#: the selection rule, as reports and docs/quality.md state it
+RULE = (
+    "rank configurations by their worst held-out fold (source, or kind where fewer than two sources remain); "
+    "worst scores within 0.01 of the best worst count as ties, broken by the mean over folds, then by recall "
+    "at 1% control FPR, validation AUROC and the earlier layer"
+)
+
+
+@dataclass
+class ConfigScore:
+    """One configuration (token selection, layer, method, C, training mode, aggregation) on a set of folds."""
+
+    config: dict[str, Any]
+    mean: float | None
+    worst: float | None
+    folds: dict[str, float] = field(default_factory=dict)  # fold (held-out source or kind) -> AUROC
+
+
+@dataclass
+class SourceSelection:
+    """The selection rule run on one set of held-out folds."""
+
+    basis: str  # heldout_source | heldout_kind | prescreen (no fold could be scored)
+    folds: list[str]
+    n_configurations: int  # configurations compared on the folds (the top-k of the pre-screen)
+    chosen: ConfigScore
+    mean_best: ConfigScore  # what ranking by the mean alone would have chosen
+
+    @property
+    def rule_changed_choice(self) -> bool:
+        return self.chosen.config != self.mean_best.config
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SourceSelection:
+        return cls(
+            basis=d["basis"],
+            folds=list(d["folds"]),
+            n_configurations=d["n_configurations"],
+            chosen=ConfigScore(**d["chosen"]),
+            mean_best=ConfigScore(**d["mean_best"]),
+        )
+
+
+@dataclass
+class HeldOutThreshold:
+    """An outer fold's probe at a threshold set as the shipped one is (control calibration half at `fpr`,
+    the remaining sources' calibration negatives at the hard-negative rate), on the held-out source."""
+
+    threshold: float
+    set_by: str
+    recall: float | None
+    fpr_negatives: float | None
+    fpr_control_heldout: float
+
+
+@dataclass
+class OuterSource:
+    """One held-out source: the configuration chosen without it, and what it scores on it."""
+
+    selection: SourceSelection
+    against: str  # own_negatives | control (a source with positives only)
+    n_pos: int
+    n_neg: int
+    auroc: float | None
+    gap: float | None  # selection.chosen.mean (selected-on) - auroc (reported-on)
+    at_threshold: HeldOutThreshold | None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> OuterSource:
+        return cls(
+            selection=SourceSelection.from_json(d["selection"]),
+            against=d["against"],
+            n_pos=d["n_pos"],
+            n_neg=d["n_neg"],
+            auroc=d["auroc"],
+            gap=d["gap"],
+            at_threshold=None if d["at_threshold"] is None else HeldOutThreshold(**d["at_threshold"]),
+        )
+
+
+@dataclass
+class NestedEstimate:
+    """Per outer source, the selection run on the other sources and scored on it; the summary numbers.
+
+    `optimism_gap` = `selected_on` (the shipped configuration's own selection number) - `mean` (the
+    nested held-out-source AUROC); `mean_inner_gap` = the mean over outer sources of their `gap`."""
+
+    rule: str
+    top_k: int
+    outer: dict[str, OuterSource]
+    mean: float | None
+    worst: float | None
+    worst_source: str | None
+    selected_on: float | None
+    selected_on_basis: str
+    heldout_kind_selected_on: float | None  # the sweep's held-out-kind number of its own choice
+    optimism_gap: float | None
+    mean_inner_gap: float | None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> NestedEstimate:
+        return cls(**{**d, "outer": {k: OuterSource.from_json(v) for k, v in d["outer"].items()}})
+
+
+@dataclass
+class SourcesReport:
+    """report.json `sources`: the mapping in effect, counts, the held-out-source choice, the nested estimate
+    and, per source, the shipped probe at the shipped threshold on the test split."""
+
+    mapping: dict[str, str]  # the pool's kinds -> source
+    counts: dict[str, SourceCounts]
+    selection: SourceSelection | None  # the shipped choice by held-out source (None: the sweep's basis chose)
+    nested: NestedEstimate | None
+    at_threshold: dict[str, SourceAtThreshold]
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> SourcesReport:
+        return cls(
+            mapping=dict(d["mapping"]),
+            counts={k: SourceCounts(**v) for k, v in d["counts"].items()},
+            selection=None if d["selection"] is None else SourceSelection.from_json(d["selection"]),
+            nested=None if d["nested"] is None else NestedEstimate.from_json(d["nested"]),
+            at_threshold={k: SourceAtThreshold(**v) for k, v in d["at_threshold"].items()},
+        )
