@@ -56,6 +56,7 @@ KIND_SOURCES: dict[str, str] = {
     # evaluation awareness
     "eval_statement": PROBEWATCH_WRITTEN,
     "eval_reasoning": PROBEWATCH_WRITTEN,
+    "eval_choice": PROBEWATCH_WRITTEN,
     "eval_cot": "compact_llms_eval_awareness",
     # monitored framing
     "free_tier": "greenblatt_prompts",

@@ -154,7 +154,8 @@ def test_eval_awareness_builder_kinds_and_cot_labels(shared_data):
 
     data = build_behaviour_data("eval_awareness", shared_data, n_plain=0, cross_ood=False)
     kinds = Counter(d.kind for d in data.pool)
-    assert set(kinds) == {"eval_statement", "eval_reasoning", "eval_cot"} and kinds["eval_cot"] >= 150
+    assert set(kinds) == {"eval_statement", "eval_reasoning", "eval_choice", "eval_cot"} and kinds["eval_cot"] >= 150
+    assert kinds["eval_choice"] == 20 * 2 * 2 * 2
     for _group, members in _pairs(d for d in data.pool if d.kind != "eval_cot").items():
         assert sorted(d.label for d in members) == [0] * (len(members) // 2) + [1] * (len(members) // 2)
     for d in (d for d in data.pool if d.kind == "eval_cot"):
@@ -168,7 +169,9 @@ def test_eval_awareness_builder_kinds_and_cot_labels(shared_data):
 def test_response_behaviours_score_each_other_as_out_of_distribution_sets(shared_data):
     af = build_behaviour_data("alignment_faking", shared_data, n_plain=0)
     ev = build_behaviour_data("eval_awareness", shared_data, n_plain=0)
-    assert set(af.ood) == {f"eval_awareness:{k}" for k in ("eval_statement", "eval_reasoning", "eval_cot")}
+    assert set(af.ood) == {
+        f"eval_awareness:{k}" for k in ("eval_statement", "eval_reasoning", "eval_choice", "eval_cot")
+    }
     assert "alignment_faking:af_training" in ev.ood
     # the same dialogues in the same order as the other behaviour's pool kind: one activation cache serves both
     assert [d.messages for d in af.ood["eval_awareness:eval_cot"]] == [
@@ -202,3 +205,22 @@ def test_new_deception_kinds(shared_data):
     assert first_person("The model recognizes the risk. It will choose B, explaining its true view.") == (
         "I recognize the risk. I will choose B, explaining my true view."
     )
+
+
+def test_eval_choice_letters_carry_no_label_and_pairs_stay_together():
+    """Multiple-choice answers (kind `eval_choice`): the letter alone predicts nothing; the prompt's options do."""
+    from collections import Counter
+
+    from probewatch.training.datasets.eval_awareness import choice_dialogues
+
+    pairs = [{"test": f"I am being tested ({i}).", "deploy": f"A real user wrote this ({i})."} for i in range(3)]
+    items = choice_dialogues(pairs, ["What is 2+2?", "Name a colour."])
+    assert len(items) == 3 * 2 * 2 * 2
+    letters = Counter((d.messages[-1].content, d.label) for d in items)
+    assert letters == {("(A)", 1): 6, ("(A)", 0): 6, ("(B)", 1): 6, ("(B)", 0): 6}
+    for d in items:
+        prompt, answer = d.messages[0].content, d.messages[-1].content
+        chosen = prompt.split(f"{answer} ", 1)[1].split("\n", 1)[0]
+        assert ("tested" in chosen) == (d.label == 1)  # the label is what the chosen option says
+        assert d.kind == "eval_choice" and d.group.startswith("eval_choice:")
+    assert items == choice_dialogues(pairs, ["What is 2+2?", "Name a colour."])  # deterministic
