@@ -93,8 +93,9 @@ def resolve_bundle_specs(specs: Sequence[str], model_id: str | None = None) -> l
     index = None
     for spec in specs:
         path = Path(spec).expanduser()
-        if path.exists():
-            paths.extend(expand_bundle_dirs([path]))
+        if path.exists():  # a folder of bundles keeps a family folder whole (its family alerts, not each member)
+            expanded = expand_bundle_dirs([path])
+            paths.extend(expanded if (path / MANIFEST_FILE).exists() else fold_families(expanded))
             continue
         index = index if index is not None else discover(model_id)
         matches = [b.path for b in index if b.manifest.id == spec]

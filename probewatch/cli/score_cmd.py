@@ -29,8 +29,10 @@ def _run(args: argparse.Namespace) -> int:
     from probewatch.bundle_index import default_bundle_dirs, resolve_bundle_specs
     from probewatch.data.dialogue import load_dialogues
     from probewatch.errors import ProbewatchError
+    from probewatch.family_scoring import add_family_scores
     from probewatch.models import load_model, model_id_for
     from probewatch.probes import ProbeRuntime, load_bundles
+    from probewatch.probes.family import find_families
     from probewatch.scoring import score_dialogues
 
     dialogues = load_dialogues(args.data, require_label=False)
@@ -43,16 +45,19 @@ def _run(args: argparse.Namespace) -> int:
         load_bundles(paths, expected_fingerprint=loaded.fingerprint, expected_d_model=loaded.d_model)
     )
     results = score_dialogues(loaded.model, loaded.tokenizer, runtime, dialogues, batch_size=args.batch_size)
+    families = find_families(paths)  # a family folder among the bundles: its score is its members' maximum
+    add_family_scores(results, families)
+    probe_ids = [*runtime.probe_ids, *(f.id for f in families)]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as fh:
             for r in results:
                 fh.write(json.dumps(r.__dict__) + "\n")
-    summary = _summary(runtime, results)
+    summary = _summary(probe_ids, results)
     if args.json:
         print_json(summary)
     else:
-        _print_table(runtime, results, dialogues)
+        _print_table(probe_ids, results, dialogues)
         for probe_id, s in summary["probes"].items():
             print(
                 f"{probe_id}: flagged {s['flagged']}/{s['n']}"
@@ -62,11 +67,11 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _summary(runtime, results) -> dict:
+def _summary(probe_ids: list[str], results) -> dict:
     from probewatch.metrics import auroc
 
     probes = {}
-    for probe_id in runtime.probe_ids:
+    for probe_id in probe_ids:
         scored = [r for r in results if probe_id in r.aggregate]
         labels = [r.label for r in scored if r.label is not None]
         entry = {"n": len(scored), "flagged": sum(r.flagged[probe_id] for r in scored)}
@@ -76,11 +81,11 @@ def _summary(runtime, results) -> dict:
     return {"n_dialogues": len(results), "probes": probes}
 
 
-def _print_table(runtime, results, dialogues) -> None:
+def _print_table(probe_ids: list[str], results, dialogues) -> None:
     from rich.console import Console
 
     console = Console()
-    console.print(score_table(list(runtime.probe_ids), results, dialogues, console.width))
+    console.print(score_table(probe_ids, results, dialogues, console.width))
 
 
 def score_table(probe_ids: list[str], results, dialogues, width: int = 80):

@@ -135,3 +135,47 @@ def test_score_cli_refuses_bundle_for_another_model(tmp_path, bundles):
     )
     assert proc.returncode == 2
     assert "probewatch: error: bundle 'resp'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_score_cli_scores_a_family_as_its_members_maximum(reference, tmp_path):
+    """A folder holding a family: `probewatch score` reports every member and the family (their maximum)."""
+    family = tmp_path / "bundles" / "fam"
+    g = torch.Generator().manual_seed(3)
+    for probe_id, layer in (("fam-a", 9), ("fam-b", 20)):
+        manifest = synthetic_manifest(
+            probe_id,
+            d_model=576,
+            layer=layer,
+            model_id=reference.model_id,
+            fingerprint=reference.fingerprint,
+            n_layers=30,
+            threshold=Threshold(0.0),
+            aggregation=Aggregation("mean"),
+            token_selection="response",
+        )
+        write_synthetic_bundle(family, manifest, generator=g, weight_scale="sqrt_d", bias=0.1)
+    (family / "family.json").write_text(
+        json.dumps(
+            {
+                "kind": "family",
+                "id": "fam",
+                "behaviour": "deception",
+                "members": [{"id": "fam-a", "type": "a"}, {"id": "fam-b", "type": "b"}],
+                "threshold": {"value": 0.0, "method": "fixed", "fpr": None},
+                "model": {"id": reference.model_id, "fingerprint": reference.fingerprint},
+            }
+        )
+    )
+    data, out = tmp_path / "d.jsonl", tmp_path / "scores.jsonl"
+    write_dialogues(data, DIALOGUES[:2])
+    argv = [sys.executable, "-m", "probewatch.cli.main", "score", "--data", str(data), "--bundles"]
+    proc = subprocess.run(
+        [*argv, str(tmp_path / "bundles"), "--out", str(out), "--json"], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(summary["probes"]) == {"fam-a", "fam-b", "fam"}
+    for line in out.read_text().splitlines():
+        row = json.loads(line)
+        assert row["aggregate"]["fam"] == max(row["aggregate"]["fam-a"], row["aggregate"]["fam-b"])
+        assert row["flagged"]["fam"] == (row["aggregate"]["fam"] >= 0.0)
