@@ -24,6 +24,13 @@ def register(isub: argparse._SubParsersAction, db: Callable[[argparse.ArgumentPa
     )
     ex.add_argument("--probe", default=None, help="only this probe's incidents")
     ex.add_argument(
+        "--priority",
+        choices=("normal", "low"),
+        default=None,
+        help="only alerts (normal) or only uncertain incidents inside a probe's uncertainty band (low); "
+        "without --labelled",
+    )
+    ex.add_argument(
         "--model",
         default=None,
         help="model whose chat template rebuilds the messages (--labelled; default: the reference model); "
@@ -111,7 +118,8 @@ def _export_all(store, args: argparse.Namespace) -> dict:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
     with open_private(args.out) as fh:  # 0600 like the store: it holds incident text
-        for line in incident_lines(store, QueueFilter(probe=args.probe)):  # the review app's /export too
+        flt = QueueFilter(probe=args.probe, priority=args.priority).validate()
+        for line in incident_lines(store, flt):  # the review app's /export too
             fh.write(line)
             written += 1
     return {"out": str(args.out), "written": written, "db": str(store.path)}

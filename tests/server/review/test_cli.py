@@ -67,3 +67,19 @@ def test_labelled_export_skips_what_cannot_become_a_dialogue(capsys, tmp_path, r
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["written"] == 0 and summary["skipped"] == {"another model": len(ids)}
     assert out.read_text() == "" and stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+def test_export_by_priority(capsys, tmp_path):
+    from tests.server.store.factory import make_incident
+
+    db = tmp_path / "i.sqlite3"
+    store = IncidentStore.open(db)
+    alert = store.record(make_incident(generation_id="a", probe="dec", score=3.0, threshold=1.0))
+    uncertain = store.record(make_incident(generation_id="u", probe="dec", score=0.5, threshold=1.0, priority="low"))
+    store.close()
+    for priority, want in (("low", [uncertain]), ("normal", [alert])):
+        out = tmp_path / f"{priority}.jsonl"
+        argv = ["incidents", "export", "--db", str(db), "--out", str(out), "--priority", priority, "--json"]
+        assert main(argv) == 0
+        capsys.readouterr()
+        assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == want
