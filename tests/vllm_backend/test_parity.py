@@ -2,8 +2,8 @@
 a real sidecar: live scores equal offline `score_dialogues` on the same tokens (fp32, within
 `score_tolerance`: 1e-3 + 5e-4 x the probe's largest |score| on that generation) in rows and
 pushdown modes, for concurrent requests of different lengths, a chunked prefill, a prefix-cache hit
-and an aborted request, with an attention-pooling probe and a multi-layer probe beside the linear ones; every request's
-generation opens and closes exactly once."""
+and an aborted request, with an attention-pooling probe, a multi-layer probe and a probe family (its score the
+max of its members') beside the linear ones; every request's generation opens and closes exactly once."""
 
 from __future__ import annotations
 
@@ -50,7 +50,37 @@ def bundles(bundles, tmp_path_factory):
         attention_from_linear(src, root, "deception-attention", seed=4),
         # reads layers 17 and 29 (deception's and refusal-mean-diff's); listed last too
         multilayer_from_linear([src, refusal], root, "deception-multi", [1.0, 0.5]),
+        _family(src, root / "vllm-family"),
     ]
+
+
+FAMILY = "vllm-family"
+FAMILY_MEMBERS = ("fam-linear", "fam-attention")
+
+
+def _family(src, folder):
+    """A deception family of two members (a copy of the deception probe and an attention probe on its
+    direction), alerting on their maximum: the sidecar derives the family's score live."""
+    import json
+
+    from probewatch.probes import load_bundle, save_bundle
+    from tests.server.attention_helpers import attention_from_linear
+
+    linear = load_bundle(src)
+    manifest = linear.manifest
+    manifest.id, manifest.weights_sha256, manifest.extra = FAMILY_MEMBERS[0], "", {}
+    save_bundle(folder / FAMILY_MEMBERS[0], manifest, {k: v.clone() for k, v in linear.tensors.items()})
+    attention_from_linear(src, folder, FAMILY_MEMBERS[1], seed=9)
+    family = {
+        "kind": "family",
+        "id": FAMILY,
+        "behaviour": "deception",
+        "members": [{"id": FAMILY_MEMBERS[0], "type": "instructed_lying"}, {"id": FAMILY_MEMBERS[1], "type": "other"}],
+        "threshold": {"value": 0.0, "method": "fixed", "fpr": None},
+        "model": {"id": manifest.model.id, "fingerprint": manifest.model.fingerprint},
+    }
+    (folder / "family.json").write_text(json.dumps(family))
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +289,40 @@ def test_multi_layer_probe_equals_offline(mode, engine, hf_reference):
             completion.finish_reason == "stop",
             result,
         )
+
+
+@pytest.mark.parametrize("mode", ["rows", "pushdown"])
+def test_family_score_is_the_max_of_its_members_live(mode, engine, hf_reference):
+    """A probe family served through vLLM: its live score is the maximum of its members' live aggregates,
+    which equal offline `score_dialogues`, in rows and pushdown modes (the family lives in the sidecar)."""
+    from vllm import SamplingParams
+
+    llm, sidecar, runtime, capture = engine
+    capture.set_mode(mode)
+    assert set(FAMILY_MEMBERS) <= {b.id for b in runtime.bundles}
+    questions = QUESTIONS[:2]
+    prompts = [_prompt_ids(hf_reference.tokenizer, q) for q in questions]
+    outputs = llm.generate(
+        [{"prompt_token_ids": p} for p in prompts], SamplingParams(max_tokens=16, temperature=0), use_tqdm=False
+    )
+    families = 0
+    for question, prompt, out in zip(questions, prompts, outputs):
+        result = _handle(out.request_id).result(30)
+        assert result.status == "closed" and not result.errors, result
+        completion = out.outputs[0]
+        _check_parity(
+            runtime,
+            hf_reference,
+            question,
+            prompt,
+            list(completion.token_ids),
+            completion.finish_reason == "stop",
+            result,
+        )
+        members = [result.scores[m] for m in FAMILY_MEMBERS]
+        assert result.scores[FAMILY] == pytest.approx(max(members), abs=1e-9)
+        families += 1
+    assert families == len(questions)
 
 
 def test_prefix_cache_hit_scores_what_is_computed(engine, hf_reference):
