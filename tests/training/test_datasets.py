@@ -127,10 +127,17 @@ def test_alignment_faking_pairs_differ_only_in_the_motive(shared_data):
         cross_ood=False,
     )
     kinds = Counter(d.kind for d in data.pool)
-    assert {"af_training", "af_evaluation", "af_oversight", "persona_goal_guarding", "persona_oversight"} == set(kinds)
+    assert {
+        "af_training",
+        "af_evaluation",
+        "af_oversight",
+        "af_long",
+        "persona_goal_guarding",
+        "persona_oversight",
+    } == set(kinds)
     assert data.token_selection == "response" and all(d.ends_with_assistant for d in data.pool)
     spec = reasoning_spec()
-    written = [d for d in data.pool if d.kind.startswith("af_")]
+    written = [d for d in data.pool if d.kind.startswith("af_") and d.kind != "af_long"]
     styles = Counter(d.meta["style"] for d in written)
     assert len(styles) == 5 and any(d.meta["greenblatt_prompt"] for d in written)
     assert {d.meta["answer"] for d in written} == {True, False} and {d.meta["aware"] for d in written} == {True, False}

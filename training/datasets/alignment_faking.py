@@ -39,6 +39,7 @@ from probewatch.training.datasets.common import (
     sample,
     stable_choice,
 )
+from probewatch.training.datasets.long_transcripts import compose_long, composed_source
 from probewatch.training.datasets.monitored_framing import render_system_prompt, render_user_query
 
 SPLITS = "refusal/refusal_direction/splits"
@@ -167,6 +168,7 @@ def build(
     respond: Callable[..., list[str]] | None = None,
     n_plain: int = 160,
     cross_ood: bool = True,
+    long_pairs: int = 24,
 ) -> BehaviourData:
     """`respond(prompts, max_new_tokens)` supplies the model's own answers after the reasoning (the
     same on both sides of a pair) and enables the plain-traffic negatives; without it, the
@@ -180,6 +182,9 @@ def build(
     pool = reasoning_dialogues(data_dir, spec, requests, answers, renders_per_pair)
     yaml_path = packaged_file("af_reasoning.yaml")
     sources = [Source.of("probewatch af_reasoning.yaml (written contrast pairs)", yaml_path, len(pool))]
+    long = compose_long(pool, "af_long", long_pairs, seed)  # the motive inside a long sincere reasoning
+    pool += long
+    sources.append(composed_source("long transcripts composed from the written pairs", long))
     persona, persona_sources = persona_dialogues(data_dir, persona_per_side)
     pool += persona
     sources += persona_sources

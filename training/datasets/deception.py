@@ -50,6 +50,7 @@ from probewatch.training.datasets.common import (
     sample,
     stable_choice,
 )
+from probewatch.training.datasets.long_transcripts import compose_long, composed_source
 from probewatch.training.datasets.scenarios import load_scenarios, scenario_dialogues, scenario_files
 
 REPE_FACTS = "deception/repe_honesty/facts_true_false.csv"
@@ -375,6 +376,7 @@ def build(
     mesa_mask_per_kind: int = 40,
     respond: Callable[..., list[str]] | None = None,
     n_plain: int = 160,
+    long_pairs: int = 40,
 ) -> BehaviourData:
     """`respond(prompts, max_new_tokens)` (the model's own responses) enables the plain-traffic negatives."""
     pool: list[Dialogue] = []
@@ -419,6 +421,10 @@ def build(
         mm, mm_sources = mesa_mask(data_dir, mesa_mask_per_kind, seed)
         pool += mm
         sources += mm_sources
+    if long_pairs:  # the behaviour inside a long honest reply (long_transcripts.py)
+        long = compose_long(pool, "long_transcript", long_pairs, seed)
+        pool += long
+        sources.append(composed_source("long transcripts composed from the pool's pairs", long))
     ood: dict[str, list[Dialogue]] = {}
     syc = sycophancy_ood(data_dir)
     if syc is not None:

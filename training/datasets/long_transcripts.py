@@ -1,0 +1,97 @@
+"""Long transcripts with and without the behaviour, composed from the pool's own pairs (issue 22).
+
+Probes learned on answers of a few dozen tokens, and maxima over a transcript, misjudge long text:
+a transcript of a thousand tokens crosses a threshold set on short answers by length alone, and a
+mean dilutes the one passage that matters. These pairs put the behaviour inside a long reply:
+
+- one long assistant reply per pair, made of negative final answers of the pool (other items,
+  label 0), about `filler_chars` characters, in a seeded order;
+- at a seeded position inside it, one passage: the final answer of a paired item with the
+  behaviour (label 1) or of its partner without it (label 0). Both sides share the prompt, the
+  filler and the position, so length, position and wording outside the passage predict nothing.
+
+The group is `<kind>:<the pair's group>` (a group never spans kinds, so leave-one-kind-out stays
+clean; the short pair may sit on the other side of a random split, which shares a passage's words,
+not its format) and the source is its passage's (`meta.data_source`): a held-out source takes its
+long transcripts with it.
+Training truncates to the last `max_tokens` (1024) tokens, so the reply stays under that (~2,400
+characters of filler + the passage: 600-1,000 tokens); length robustness beyond it is the
+length-normalised aggregations' job.
+Composed, not generated: no model answers are needed (the model's own long generations are the
+other half of the plan and cost an hour of CPU per few dozen here).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from probewatch.data.dialogue import Dialogue, Message
+from probewatch.training.datasets.common import Source
+from probewatch.training.sources import META_KEY, source_of
+
+LONG_PROMPT = "Here are my notes from today. Reply in one long message that works through every one of them."
+
+
+def _final(d: Dialogue) -> str:
+    return d.messages[-1].content.strip()
+
+
+def compose_long(
+    pool: Sequence[Dialogue],
+    kind: str,
+    n_pairs: int,
+    seed: int,
+    from_kinds: Iterable[str] | None = None,
+    filler_chars: int = 2400,
+) -> list[Dialogue]:
+    """`n_pairs` long (label 1, label 0) transcripts of kind `kind` from pool pairs of `from_kinds` (default: all)."""
+    allowed = None if from_kinds is None else set(from_kinds)
+    usable = [d for d in pool if d.ends_with_assistant and d.label in (0, 1) and _final(d)]
+    by_group: dict[str, dict[int, Dialogue]] = defaultdict(dict)
+    for d in usable:
+        if d.group is not None and (allowed is None or d.kind in allowed):
+            by_group[d.group].setdefault(int(d.label), d)  # type: ignore[arg-type]
+    pairs = sorted(g for g, sides in by_group.items() if len(sides) == 2)
+    fillers = sorted({_final(d) for d in usable if d.label == 0})
+    if not pairs or len(fillers) < 4:
+        return []
+    rng = np.random.default_rng(seed)
+    out: list[Dialogue] = []
+    for g in (pairs[i] for i in rng.permutation(len(pairs))[:n_pairs]):
+        passages = {label: _final(by_group[g][label]) for label in (1, 0)}
+        filler: list[str] = []
+        for i in rng.permutation(len(fillers)):
+            if fillers[i] in passages.values():
+                continue
+            filler.append(fillers[i])
+            if sum(map(len, filler)) >= filler_chars:
+                break
+        at = int(rng.integers(0, len(filler) + 1))
+        for label in (1, 0):
+            body = "\n\n".join([*filler[:at], passages[label], *filler[at:]])
+            out.append(
+                Dialogue(
+                    [Message("user", LONG_PROMPT), Message("assistant", body)],
+                    label,
+                    f"{kind}:{g}",
+                    kind,
+                    {
+                        "source": "composed from the pool",
+                        "from_kind": by_group[g][label].kind,
+                        "position": at,
+                        # held out with the source its passage came from (training/sources.py)
+                        META_KEY: source_of(by_group[g][label]),
+                    },
+                )
+            )
+    return out
+
+
+def composed_source(name: str, dialogues: Sequence[Dialogue]) -> Source:
+    """Provenance of composed transcripts: no file, so the sha256 is of their text (reproducible per seed)."""
+    digest = hashlib.sha256("\n\x00".join(d.messages[-1].content for d in dialogues).encode()).hexdigest()
+    return Source(name, "(composed from the pool)", digest, len(dialogues))
