@@ -124,7 +124,7 @@ def test_score_table_keeps_every_score_whole(probe_ids, capsys):
     from probewatch.cli.score_cmd import _print_table
 
     results, dialogues = _score_rows(probe_ids)
-    _print_table(SimpleNamespace(probe_ids=probe_ids), results, dialogues)
+    _print_table(list(probe_ids), results, dialogues)
     out = capsys.readouterr().out
     lines = _lines(out)
     for r in results:

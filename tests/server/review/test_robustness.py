@@ -144,7 +144,9 @@ def test_first_incident_page_after_start_does_not_wait_for_the_tokenizer(store, 
     url = serve_review(store, AuthConfig(local_reviewer="alice"), Catalog([SHIPPED / "refusal"], discover=False))
     first = httpx.get(f"{url}/incidents/{ids[0]}")
     elapsed = time.perf_counter() - started
-    assert first.status_code == 200 and elapsed < 0.5, f"first incident page after start took {elapsed:.2f} s"
+    # waiting for the tokenizer took 3.5-4.3 s; the 500 ms budget is `probewatch bench review`'s (264 ms at
+    # 10,000 incidents): here 1.5 s leaves room for a CI machine busy with other work (0.56 s seen)
+    assert first.status_code == 200 and elapsed < 1.5, f"first incident page after start took {elapsed:.2f} s"
     assert '<span class="tok hot" data-pos="44"' in first.text and ">Sure<" in first.text  # the stored texts
 
 
