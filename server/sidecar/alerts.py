@@ -358,7 +358,9 @@ def token_score_pairs(blocks: list[tuple[np.ndarray, np.ndarray]]) -> list[list[
 def webhook_payload(
     gen: Generation, spec: ProbeSpec, alert: pb.Alert, fingerprint: str, status: str, policy: TextPolicy
 ) -> dict:
-    """The alert as JSON-safe values (no NaN/inf: they become null); metadata under the text policy."""
+    """The alert as JSON-safe values (no NaN/inf: they become null); metadata under the text policy. A
+    family's alert also names `member`, the member whose score is the family's (what kind of deception)."""
+    member = getattr(gen.aggregators.get(spec.id), "winner", None)  # families.FamilyAggregator only
     return to_jsonable(
         {
             "type": "probewatch.alert",
@@ -375,5 +377,6 @@ def webhook_payload(
             "bundle_version": spec.version,
             "time_unix": float(alert.time_unix),
             "metadata": policy.metadata(gen.metadata),
+            **({"member": member} if member is not None else {}),
         }
     )

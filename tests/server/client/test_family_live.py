@@ -56,6 +56,39 @@ def _family_folder(root, fingerprint, threshold: float, members=MEMBERS, aggrega
     return folder
 
 
+def _webhook_receiver():
+    """(url, received payloads) of a real HTTP webhook receiver on loopback (a daemon thread)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_port}/hook", received
+
+
+def _wait_for(found, timeout: float = 10.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = found()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("the webhook did not arrive")
+
+
 def _offline(model, runtime: ProbeRuntime, tokens: list[int], n_prompt: int) -> DialogueScores:
     hidden = run_forward(model, runtime.layers, torch.tensor([tokens]))
     positions = np.arange(len(tokens))
@@ -97,7 +130,8 @@ def _generate(model, sidecar, mode):
 @pytest.mark.parametrize("mode", ["rows", "pushdown"])
 def test_family_live_equals_offline_and_alerts_once(mode, tiny_model, start_sidecar, tiny_bundles, tiny_fp, tmp_path):
     folder = _family_folder(tmp_path, tiny_fp, threshold=-100.0)  # every generation alerts (early: members are max)
-    sidecar = start_sidecar([*tiny_bundles, folder])
+    url, hooks = _webhook_receiver()
+    sidecar = start_sidecar([*tiny_bundles, folder], webhook_url=url)
     runtime = ProbeRuntime(load_bundles([*tiny_bundles, folder], expected_fingerprint=tiny_fp))
     families = find_families([folder])
     results, sequences = _generate(tiny_model, sidecar, mode)
@@ -126,6 +160,12 @@ def test_family_live_equals_offline_and_alerts_once(mode, tiny_model, start_side
             assert incident.context["fam"]["family"]["types"]["fam-sand"] == "sandbagging"
             kept = [s for _, s in incident.token_scores]
             np.testing.assert_allclose(kept, offline.token_scores["fam"], atol=ATOL)
+            # the webhook names the member too (what kind of deception fired); other probes carry no member
+            hook = _wait_for(
+                lambda gid=result.generation_id: [h for h in hooks if h["generation_id"] == gid and h["probe"] == "fam"]
+            )
+            assert hook[0]["member"] == winners["fam"]
+            assert all("member" not in h for h in hooks if h["probe"] != "fam")
     finally:
         store.close()
     text = scrape(sidecar.metrics_port)
