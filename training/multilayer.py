@@ -30,6 +30,8 @@ from probewatch.training.sweep import PoolArrays, SweepRow, _safe_auroc
 
 #: concat ships only when its held-out-kind AUROC beats the single-layer choice's by more than this
 SHIP_MARGIN = 0.01
+#: how much lower the concat probe's worst held-out kind may be than the single layer's and still ship
+WORST_MARGIN = 0.01
 
 
 def _fit_score(X: np.ndarray, pool: PoolArrays, train: np.ndarray, C: float | None, seed: int, balance: bool):
@@ -84,11 +86,17 @@ def multi_layer_comparison(
 
 def ship_concat(multi: Mapping[str, Any] | None, chosen: SweepRow, margin: float | None = None) -> bool:
     """True when the concatenated probe beats the single-layer choice on held-out kinds by more than `margin`
-    (default `SHIP_MARGIN`)."""
+    (default `SHIP_MARGIN`) on the mean, and is not worse by more than the margin on its worst kind (the
+    worst-first rule of the sweep: a mean gain that costs the hardest kind does not ship)."""
     if not multi or chosen.heldout_kind_auroc is None:
         return False
-    concat = (multi.get("concat") or {}).get("heldout_kind_auroc")
-    return concat is not None and concat > chosen.heldout_kind_auroc + (SHIP_MARGIN if margin is None else margin)
+    margin = SHIP_MARGIN if margin is None else margin
+    concat = multi.get("concat") or {}
+    mean = concat.get("heldout_kind_auroc")
+    if mean is None or mean <= chosen.heldout_kind_auroc + margin:
+        return False
+    worst, chosen_worst = concat.get("heldout_per_kind") or {}, chosen.heldout_per_kind
+    return not (worst and chosen_worst and min(worst.values()) < min(chosen_worst.values()) - WORST_MARGIN)
 
 
 def concat_row(multi: Mapping[str, Any], chosen: SweepRow) -> SweepRow:

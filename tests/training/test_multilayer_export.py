@@ -39,6 +39,16 @@ def test_concat_ships_only_beyond_the_margin(concat, single, ships):
     assert ship_concat(None, _row(single)) is False
 
 
+def test_concat_does_not_ship_when_it_costs_the_worst_kind():
+    single = SweepRow("response", 2, "mean_diff", True, "max", 0.9, 0.80, {"a": 0.95, "b": 0.65}, C=None)
+    better_mean_worse_worst = _multi(0.85) | {
+        "concat": {"heldout_kind_auroc": 0.85, "heldout_per_kind": {"a": 1.0, "b": 0.6}}
+    }
+    assert ship_concat(better_mean_worse_worst, single) is False
+    holds_worst = _multi(0.85) | {"concat": {"heldout_kind_auroc": 0.85, "heldout_per_kind": {"a": 1.0, "b": 0.645}}}
+    assert ship_concat(holds_worst, single) is True
+
+
 def test_concat_row_is_the_measured_probe():
     row = concat_row(_multi(0.9), _row(0.8))
     assert (row.layer, row.method, row.per_token, row.aggregation, row.C) == (1, "logistic", False, "mean", 0.5)
@@ -60,6 +70,7 @@ def test_concat_layer_data_puts_layers_side_by_side():
 
 def test_train_ships_a_multi_layer_bundle_where_concat_wins(tiny_loaded, tmp_path, monkeypatch):
     monkeypatch.setattr(multilayer, "SHIP_MARGIN", -1.0)  # any concat "wins": the shipping path runs
+    monkeypatch.setattr(multilayer, "WORST_MARGIN", 1.0)
     data, control = write_synthetic(tmp_path, n_groups=24)
     result = train(
         TrainConfig(
