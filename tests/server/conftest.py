@@ -106,3 +106,26 @@ def reference_bundles(tmp_path_factory, reference) -> list[Path]:
 
     with torch.inference_mode():
         return fit_reference_bundles(reference, tmp_path_factory.mktemp("reference-bundles"))
+
+
+@pytest.fixture
+def hook() -> Iterator[tuple[str, list[dict]]]:
+    """(url, received payloads) of a real HTTP webhook receiver on loopback that answers 200 to every POST."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", received
+    server.shutdown()

@@ -56,27 +56,6 @@ def _family_folder(root, fingerprint, threshold: float, members=MEMBERS, aggrega
     return folder
 
 
-def _webhook_receiver():
-    """(url, received payloads) of a real HTTP webhook receiver on loopback (a daemon thread)."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, HTTPServer
-
-    received: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return f"http://127.0.0.1:{server.server_port}/hook", received
-
-
 def _wait_for(found, timeout: float = 10.0):
     import time
 
@@ -128,9 +107,11 @@ def _generate(model, sidecar, mode):
 
 
 @pytest.mark.parametrize("mode", ["rows", "pushdown"])
-def test_family_live_equals_offline_and_alerts_once(mode, tiny_model, start_sidecar, tiny_bundles, tiny_fp, tmp_path):
+def test_family_live_equals_offline_and_alerts_once(
+    mode, tiny_model, start_sidecar, tiny_bundles, tiny_fp, tmp_path, hook
+):
     folder = _family_folder(tmp_path, tiny_fp, threshold=-100.0)  # every generation alerts (early: members are max)
-    url, hooks = _webhook_receiver()
+    url, hooks = hook
     sidecar = start_sidecar([*tiny_bundles, folder], webhook_url=url)
     runtime = ProbeRuntime(load_bundles([*tiny_bundles, folder], expected_fingerprint=tiny_fp))
     families = find_families([folder])

@@ -3,10 +3,7 @@ and the incident page's URL in the webhook payload when a review base URL is con
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import numpy as np
 import pytest
@@ -61,34 +58,17 @@ def test_incidents_keep_token_ids_and_every_probes_scores(start_sidecar, tiny_fp
     assert incident.context["ref"]["token_selection"] == "prompt_last"
 
 
-def test_webhook_payload_links_to_the_incident_page(start_sidecar, tiny_fp):
-    received: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        sidecar = start_sidecar(
-            webhook_url=f"http://127.0.0.1:{server.server_port}/hook", review_url="https://review.example.com/pw/"
-        )
-        client = StreamClient(sidecar.address)
-        client.send(open_msg("w", tiny_fp, 0), _chunk("w", 1, _hot_rows(sidecar, 1), [0], [7]), close_msg("w"))
-        summary = client.wait_summary("w")
-        client.close()
-        deadline = time.monotonic() + 10
-        while not received and time.monotonic() < deadline:
-            time.sleep(0.05)
-        (payload,) = received
-        incident_id = summary.alerts[0].incident_id
-        assert payload["incident_id"] == incident_id
-        assert payload["incident_url"] == f"https://review.example.com/pw/incidents/{incident_id}"
-    finally:
-        server.shutdown()
+def test_webhook_payload_links_to_the_incident_page(start_sidecar, tiny_fp, hook):
+    url, received = hook
+    sidecar = start_sidecar(webhook_url=url, review_url="https://review.example.com/pw/")
+    client = StreamClient(sidecar.address)
+    client.send(open_msg("w", tiny_fp, 0), _chunk("w", 1, _hot_rows(sidecar, 1), [0], [7]), close_msg("w"))
+    summary = client.wait_summary("w")
+    client.close()
+    deadline = time.monotonic() + 10
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (payload,) = received
+    incident_id = summary.alerts[0].incident_id
+    assert payload["incident_id"] == incident_id
+    assert payload["incident_url"] == f"https://review.example.com/pw/incidents/{incident_id}"

@@ -5,8 +5,6 @@ Alert and no webhook; above the threshold everything alerts as before. Real gRPC
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import grpc
@@ -31,25 +29,6 @@ def banded_bundle(root: Path, probe_id: str, aggregation: str, fingerprint: str)
     manifest["threshold"]["uncertain_from"] = 0.0
     (path / "manifest.json").write_text(json.dumps(manifest))
     return path
-
-
-@pytest.fixture
-def hook():
-    received: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self):
-            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(200)
-            self.end_headers()
-
-        def log_message(self, *args):
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook", received
-    server.shutdown()
 
 
 def scored(sidecar, scores: list[float]) -> np.ndarray:
