@@ -155,6 +155,26 @@ class AlertDesk:
             return False, True
         return False, False
 
+    def result(self, gen: Generation, spec: ProbeSpec, now: float) -> pb.ProbeResult:
+        """One probe's (or family's) entry in the summary at close: its final aggregate observed in the
+        score histogram, decided (`decide`: late alert or band) and reported."""
+        agg = gen.aggregators[spec.id]
+        value, count = agg.value, agg.count
+        if count:
+            self.metrics.generation_score.observe_many((spec.id, spec.behaviour), [value])
+        flagged, uncertain = self.decide(gen, spec, count, value, now)
+        return pb.ProbeResult(
+            probe_id=spec.id,
+            behaviour=spec.behaviour,
+            score=value,
+            threshold=spec.threshold,
+            flagged=flagged,
+            uncertain=uncertain,
+            n_tokens=count,
+            aggregation=spec.aggregation.method,
+            token_selection=spec.token_selection,
+        )
+
     def _announce_early(self, gen: Generation, spec: ProbeSpec, alert: pb.Alert) -> None:
         """Written before the client sees the alert (a crash later does not lose it), on the writer thread.
         With the writer's queue full the alert goes out at once without an id; its row is written at close."""

@@ -405,27 +405,8 @@ class ScoringEngine:
         gen.closing = True
         self.joins.finish(gen)  # what still waits for a layer is left out, counted and reported
         now = time.time()
-        results = []
-        for pid, spec in self.specs.items():
-            agg = gen.aggregators[pid]
-            value = agg.value
-            if agg.count:
-                self.metrics.generation_score.observe_many((pid, spec.behaviour), [value])
-            flagged, uncertain = self.alerts.decide(gen, spec, agg.count, value, now)  # late alert, or in the band
-            results.append(
-                pb.ProbeResult(
-                    probe_id=pid,
-                    behaviour=spec.behaviour,
-                    score=value,
-                    threshold=spec.threshold,
-                    flagged=flagged,
-                    uncertain=uncertain,
-                    n_tokens=agg.count,
-                    aggregation=spec.aggregation.method,
-                    token_selection=spec.token_selection,
-                )
-            )
-        results += self.families.finalize(gen, self.alerts, self.metrics, now)  # after members: max of finals
+        results = [self.alerts.result(gen, spec, now) for spec in self.specs.values()]  # late alerts, bands
+        results += self.families.finalize(gen, self.alerts, now)  # after members: max of finals
         if gen.client_dropped:
             self.metrics.dropped_chunks.labels(reason="client_dropped").inc(gen.client_dropped)
         summary = pb.GenerationSummary(  # its alerts (with their incident ids) are added once written

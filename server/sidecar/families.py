@@ -27,7 +27,6 @@ from probewatch.probes.manifest import Aggregation
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.server.sidecar.alerts import AlertDesk, Snapshot
 from probewatch.server.sidecar.generations import Generation
-from probewatch.server.sidecar.metrics import SidecarMetrics
 from probewatch.server.sidecar.specs import ProbeSpec
 
 __all__ = ["FamilyAggregator", "FamilyAlertDesk", "FamilyScores", "FamilySpec"]
@@ -131,29 +130,13 @@ class FamilyScores:
             if spec.monotone and fid not in gen.alerts and not math.isnan(value) and value >= spec.threshold:
                 alerts.raise_alert(gen, spec, value, True, position, now)
 
-    def finalize(self, gen: Generation, alerts: AlertDesk, metrics: SidecarMetrics, now: float) -> list[pb.ProbeResult]:
-        """At close: each family's final maximum, its late alert or band decision, and its ProbeResult."""
+    def finalize(self, gen: Generation, alerts: AlertDesk, now: float) -> list[pb.ProbeResult]:
+        """At close: each family's final maximum (its kept token scores the winner's), its late alert or band
+        decision, and its ProbeResult."""
         results = []
         for fid, spec in self.specs.items():
-            agg = gen.aggregators[fid]
-            value, count = agg.value, agg.count
-            self._follow_winner(gen, spec, agg)
-            if count:
-                metrics.generation_score.observe_many((fid, spec.behaviour), [value])
-            flagged, uncertain = alerts.decide(gen, spec, count, value, now)
-            results.append(
-                pb.ProbeResult(
-                    probe_id=fid,
-                    behaviour=spec.behaviour,
-                    score=value,
-                    threshold=spec.threshold,
-                    flagged=flagged,
-                    uncertain=uncertain,
-                    n_tokens=count,
-                    aggregation=spec.aggregation.method,
-                    token_selection=spec.token_selection,
-                )
-            )
+            self._follow_winner(gen, spec, gen.aggregators[fid])
+            results.append(alerts.result(gen, spec, now))
         return results
 
     @staticmethod
