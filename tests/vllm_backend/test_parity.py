@@ -185,32 +185,38 @@ def _check_parity(runtime, hf, question: str, prompt: list[int], token_ids: list
     return n_fed
 
 
-@pytest.mark.parametrize("mode", ["rows", "pushdown"])
-def test_concurrent_requests_and_chunked_prefill_equal_offline(mode, engine, hf_reference):
+def _generate_checked(engine, hf, questions: list[str], max_tokens: int = 16) -> list[tuple[list[int], object]]:
+    """Generate greedily for `questions` at once; every request closes without errors and its live scores
+    equal offline (`_check_parity`). (prompt token ids, live result) per question."""
     from vllm import SamplingParams
 
-    llm, sidecar, runtime, capture = engine
-    capture.set_mode(mode)
-    prompts = [_prompt_ids(hf_reference.tokenizer, q) for q in QUESTIONS]
-    assert len(prompts[-1]) > BATCH_TOKENS  # chunked prefill
+    llm, _, runtime, _ = engine
+    prompts = [_prompt_ids(hf.tokenizer, q) for q in questions]
     outputs = llm.generate(
-        [{"prompt_token_ids": p} for p in prompts], SamplingParams(max_tokens=24, temperature=0), use_tqdm=False
+        [{"prompt_token_ids": p} for p in prompts], SamplingParams(max_tokens=max_tokens, temperature=0), use_tqdm=False
     )
-    for question, prompt, out in zip(QUESTIONS, prompts, outputs):
+    checked = []
+    for question, prompt, out in zip(questions, prompts, outputs):
         result = _handle(out.request_id).result(30)
-        assert result.monitored and result.status == "closed" and not result.errors, result
-        assert result.prompt_length == len(prompt)
+        assert result.status == "closed" and not result.errors, result
         completion = out.outputs[0]
         _check_parity(
-            runtime,
-            hf_reference,
-            question,
-            prompt,
-            list(completion.token_ids),
-            completion.finish_reason == "stop",
-            result,
+            runtime, hf, question, prompt, list(completion.token_ids), completion.finish_reason == "stop", result
         )
-    long_result = _handle(outputs[-1].request_id).result(0)
+        checked.append((prompt, result))
+    return checked
+
+
+@pytest.mark.parametrize("mode", ["rows", "pushdown"])
+def test_concurrent_requests_and_chunked_prefill_equal_offline(mode, engine, hf_reference):
+    _, _, runtime, capture = engine
+    capture.set_mode(mode)
+    checked = _generate_checked(engine, hf_reference, QUESTIONS, max_tokens=24)
+    prompts = [prompt for prompt, _ in checked]
+    assert len(prompts[-1]) > BATCH_TOKENS  # chunked prefill
+    for prompt, result in checked:
+        assert result.monitored and result.prompt_length == len(prompt), result
+    long_result = checked[-1][1]
     # every prompt row, except whole blocks already in the prefix cache from the previous mode's run
     assert min(long_result.token_scores["deception-all"]) == (
         0 if mode == "rows" else (len(prompts[-1]) - 1) // BLOCK * BLOCK
@@ -224,9 +230,7 @@ def test_concurrent_requests_and_chunked_prefill_equal_offline(mode, engine, hf_
 def test_attention_probe_equals_offline(mode, engine, hf_reference):
     """An attention probe shares its layer's stack: pushdown ships its two columns (a_t, v_t) beside the
     linear probe's one, the sidecar pools them; live == offline `score_dialogues` in both modes."""
-    from vllm import SamplingParams
-
-    llm, sidecar, runtime, capture = engine
+    _, _, runtime, capture = engine
     capture.set_mode(mode)
     layer = _layer_of(runtime, "deception-attention")
     stack = runtime.stacks[layer]
@@ -234,34 +238,15 @@ def test_attention_probe_equals_offline(mode, engine, hf_reference):
     if mode == "pushdown":
         plan, _ = capture.client.current_plan("pushdown")
         assert tuple(plan.captures[layer].projection.shape) == (runtime.d_model, stack.k)
-    questions = QUESTIONS[:3]
-    prompts = [_prompt_ids(hf_reference.tokenizer, q) for q in questions]
-    outputs = llm.generate(
-        [{"prompt_token_ids": p} for p in prompts], SamplingParams(max_tokens=16, temperature=0), use_tqdm=False
-    )
-    for question, prompt, out in zip(questions, prompts, outputs):
-        result = _handle(out.request_id).result(30)
-        assert result.status == "closed" and not result.errors, result
+    for _, result in _generate_checked(engine, hf_reference, QUESTIONS[:3]):
         assert len(result.token_scores["deception-attention"]) > 0
-        completion = out.outputs[0]
-        _check_parity(
-            runtime,
-            hf_reference,
-            question,
-            prompt,
-            list(completion.token_ids),
-            completion.finish_reason == "stop",
-            result,
-        )
 
 
 @pytest.mark.parametrize("mode", ["rows", "pushdown"])
 def test_multi_layer_probe_equals_offline(mode, engine, hf_reference):
     """A multi-layer probe has a column in each of its layers' stacks; rows or pushdown, the sidecar joins the
     layers' partial scores per token: live == offline `score_dialogues` (which sums the layers) in both modes."""
-    from vllm import SamplingParams
-
-    llm, sidecar, runtime, capture = engine
+    _, _, runtime, capture = engine
     capture.set_mode(mode)
     assert runtime.multi_layer == {"deception-multi": [17, 29]}
     assert {17, 29} <= set(capture.layers)
@@ -270,59 +255,22 @@ def test_multi_layer_probe_equals_offline(mode, engine, hf_reference):
         for layer in (17, 29):
             assert "deception-multi" in runtime.stacks[layer].probe_ids
             assert tuple(plan.captures[layer].projection.shape) == (runtime.d_model, runtime.stacks[layer].k)
-    questions = QUESTIONS[:3]
-    prompts = [_prompt_ids(hf_reference.tokenizer, q) for q in questions]
-    outputs = llm.generate(
-        [{"prompt_token_ids": p} for p in prompts], SamplingParams(max_tokens=16, temperature=0), use_tqdm=False
-    )
-    for question, prompt, out in zip(questions, prompts, outputs):
-        result = _handle(out.request_id).result(30)
-        assert result.status == "closed" and not result.errors, result
+    for _, result in _generate_checked(engine, hf_reference, QUESTIONS[:3]):
         assert len(result.token_scores["deception-multi"]) > 0
-        completion = out.outputs[0]
-        _check_parity(
-            runtime,
-            hf_reference,
-            question,
-            prompt,
-            list(completion.token_ids),
-            completion.finish_reason == "stop",
-            result,
-        )
 
 
 @pytest.mark.parametrize("mode", ["rows", "pushdown"])
 def test_family_score_is_the_max_of_its_members_live(mode, engine, hf_reference):
     """A probe family served through vLLM: its live score is the maximum of its members' live aggregates,
     which equal offline `score_dialogues`, in rows and pushdown modes (the family lives in the sidecar)."""
-    from vllm import SamplingParams
-
-    llm, sidecar, runtime, capture = engine
+    _, _, runtime, capture = engine
     capture.set_mode(mode)
     assert set(FAMILY_MEMBERS) <= {b.id for b in runtime.bundles}
-    questions = QUESTIONS[:2]
-    prompts = [_prompt_ids(hf_reference.tokenizer, q) for q in questions]
-    outputs = llm.generate(
-        [{"prompt_token_ids": p} for p in prompts], SamplingParams(max_tokens=16, temperature=0), use_tqdm=False
-    )
-    families = 0
-    for question, prompt, out in zip(questions, prompts, outputs):
-        result = _handle(out.request_id).result(30)
-        assert result.status == "closed" and not result.errors, result
-        completion = out.outputs[0]
-        _check_parity(
-            runtime,
-            hf_reference,
-            question,
-            prompt,
-            list(completion.token_ids),
-            completion.finish_reason == "stop",
-            result,
-        )
+    checked = _generate_checked(engine, hf_reference, QUESTIONS[:2])
+    for _, result in checked:
         members = [result.scores[m] for m in FAMILY_MEMBERS]
         assert result.scores[FAMILY] == pytest.approx(max(members), abs=1e-9)
-        families += 1
-    assert families == len(questions)
+    assert len(checked) == 2
 
 
 def test_prefix_cache_hit_scores_what_is_computed(engine, hf_reference):
