@@ -7,16 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from probewatch.capture import run_forward
-from probewatch.probes import ProbeRuntime, aggregate, load_bundles
-from probewatch.probes.selection import selection_mask
+from probewatch.probes import ProbeRuntime, load_bundles
 from probewatch.server.client.hf_attach import attach
 from tests.server.attention_helpers import write_attention_bundles
+from tests.server.client.live_helpers import generate_attached, offline_token_scores
 
 pytestmark = pytest.mark.compat
 
 ATOL = 1e-4  # fp32, KV-cached decode vs one full forward
-STOP = {0, 2}
 
 
 @pytest.fixture
@@ -24,53 +22,17 @@ def bundles(tmp_path, tiny_fp, tiny_bundles):
     return [*tiny_bundles, *write_attention_bundles(tmp_path / "att", tiny_fp)]
 
 
-def _offline(model, runtime: ProbeRuntime, tokens: list[int], n_prompt: int) -> tuple[dict, dict]:
-    """Per probe: {position: token score} over the probe's selection, and the aggregate."""
-    hidden = run_forward(model, runtime.layers, torch.tensor([tokens]))
-    positions = torch.arange(len(tokens)).numpy()
-    token_scores, aggregates = {}, {}
-    for layer in runtime.stacks:
-        for pid, scores in runtime.score_layers({layer: hidden[layer][0]}).items():
-            manifest = runtime.bundle(pid).manifest
-            mask = selection_mask(manifest.token_selection, positions, n_prompt)
-            picked = scores.numpy()[mask]
-            aggregates[pid] = aggregate(picked, manifest.aggregation)
-            values = picked[:, -1] if picked.ndim == 2 else picked
-            token_scores[pid] = dict(zip(positions[mask].tolist(), values.tolist()))
-    return token_scores, aggregates
-
-
 @pytest.mark.parametrize("mode", ["rows", "pushdown"])
 def test_attention_probes_live_equal_offline(mode, tiny_model, start_sidecar, bundles, tiny_fp):
     sidecar = start_sidecar(bundles)
     runtime = ProbeRuntime(load_bundles(bundles, expected_fingerprint=tiny_fp))
-    g = torch.Generator().manual_seed(11)
-    ids = torch.randint(3, 256, (2, 6), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, :2] = 0  # left padding: sequence 1 has a 4-token prompt
-    ids[1, :2] = 0
-    monitor = attach(tiny_model, sidecar=sidecar.address, mode=mode, wait_s=10)
-    try:
-        with torch.inference_mode():
-            out = tiny_model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0
-            )
-        plan, _ = monitor._current_plan()
-        results = [h.result(10) for h in monitor.last_generations]
-    finally:
-        monitor.detach()
+    plan, results, sequences = generate_attached(tiny_model, sidecar, mode, seed=11)
     if mode == "pushdown":  # layer 1 ships dec + att's (a_t, v_t); layer 2 avg, ref + att-sharp's two
         assert {c.layer: tuple(c.projection.shape) for c in plan.captures.values()} == {1: (64, 3), 2: (64, 4)}
-    for b, result in enumerate(results):
+    for result, (prompt, generated) in zip(results, sequences):
         assert result.status == "closed" and result.dropped_chunks == 0 and not result.errors
-        prompt = ids[b][mask[b].bool()].tolist()
-        generated = []
-        for t in out[b, ids.shape[1] :].tolist():
-            if t in STOP:
-                break
-            generated.append(t)
         with torch.inference_mode():
-            token_scores, aggregates = _offline(tiny_model, runtime, prompt + generated, len(prompt))
+            token_scores, aggregates = offline_token_scores(tiny_model, runtime, prompt + generated, len(prompt))
         for pid in ("att", "att-sharp", "dec"):
             got = result.token_scores[pid]
             assert sorted(got) == sorted(token_scores[pid]), pid  # every selected token, nothing else

@@ -17,16 +17,15 @@ from probewatch.probes import ProbeRuntime, aggregate, load_bundles
 from probewatch.probes.family import FamilyError, find_families
 from probewatch.probes.selection import selection_mask
 from probewatch.scoring import DialogueScores
-from probewatch.server.client.hf_attach import attach
 from probewatch.server.store import IncidentStore
 from tests.probes.helpers import make_bundle
+from tests.server.client.live_helpers import generate_attached
 from tests.server.conftest import D_TINY
 from tests.server.grpc_helpers import metric_value, scrape
 
 pytestmark = pytest.mark.compat
 
 ATOL = 1e-4
-STOP = {0, 2}
 #: members on layers 1, 2 and 3 (3 is read by no other tiny probe); a mean member makes the family alert at close
 MEMBERS = (("fam-sand", 1, "max"), ("fam-deny", 3, "max"), ("fam-omit", 2, "max"))
 
@@ -81,31 +80,6 @@ def _offline(model, runtime: ProbeRuntime, tokens: list[int], n_prompt: int) -> 
     return out
 
 
-def _generate(model, sidecar, mode):
-    g = torch.Generator().manual_seed(5)
-    ids = torch.randint(3, 256, (3, 6), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, :2] = 0
-    ids[1, :2] = 0
-    monitor = attach(model, sidecar=sidecar.address, mode=mode, wait_s=10)
-    try:
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
-        results = [h.result(10) for h in monitor.last_generations]
-    finally:
-        monitor.detach()
-    sequences = []
-    for b in range(ids.shape[0]):
-        prompt = ids[b][mask[b].bool()].tolist()
-        generated = []
-        for t in out[b, ids.shape[1] :].tolist():
-            if t in STOP:
-                break
-            generated.append(t)
-        sequences.append((prompt, generated))
-    return results, sequences
-
-
 @pytest.mark.parametrize("mode", ["rows", "pushdown"])
 def test_family_live_equals_offline_and_alerts_once(
     mode, tiny_model, start_sidecar, tiny_bundles, tiny_fp, tmp_path, hook
@@ -115,7 +89,7 @@ def test_family_live_equals_offline_and_alerts_once(
     sidecar = start_sidecar([*tiny_bundles, folder], webhook_url=url)
     runtime = ProbeRuntime(load_bundles([*tiny_bundles, folder], expected_fingerprint=tiny_fp))
     families = find_families([folder])
-    results, sequences = _generate(tiny_model, sidecar, mode)
+    _, results, sequences = generate_attached(tiny_model, sidecar, mode, seed=5, batch=3)
     store = IncidentStore.open(tmp_path / "incidents.sqlite3", readonly=True)
     try:
         for result, (prompt, generated) in zip(results, sequences):
@@ -160,7 +134,7 @@ def test_family_of_mean_members_alerts_at_close_and_below_threshold_not_at_all(
 ):
     folder = _family_folder(tmp_path, tiny_fp, threshold=100.0, aggregation="mean")
     sidecar = start_sidecar([*tiny_bundles, folder])
-    results, _ = _generate(tiny_model, sidecar, "rows")
+    _, results, _ = generate_attached(tiny_model, sidecar, "rows", seed=5, batch=3)
     for result in results:
         assert result.flagged["fam"] is False and not [a for a in result.alerts if a["probe"].startswith("fam")]
         assert result.scores["fam"] == pytest.approx(max(result.scores[m] for m, _, _ in MEMBERS), abs=1e-6)
