@@ -9,7 +9,8 @@ Two constructions from the field, per-example logistic on the chosen token selec
 `concat` can ship: a bundle may read several layers (manifest `layers`; the token score is
 sum_l w_l . h_l + b, which is exactly the concatenated probe; the live sidecar joins the layers per
 token, server/sidecar/joins.py). The pipeline ships it only where it beats the single-layer choice
-on held-out kinds by more than `SHIP_MARGIN` (`ship_concat`); otherwise the comparison stays a
+on held-out kinds by more than `SHIP_MARGIN`, or on every one of at least `MIN_KINDS_ALL_BETTER` held-out
+kinds (`ship_concat`); otherwise the comparison stays a
 measurement and nothing changes. Shipping refits the concat probe through the same final stage as
 a single layer: `MultiLayerActivations` hands stage 5 and 6 the layers' rows side by side, so the
 Platt fold, operating point, calibration reference, plots and live-path parity check all apply.
@@ -32,6 +33,8 @@ from probewatch.training.sweep import PoolArrays, SweepRow, _safe_auroc
 SHIP_MARGIN = 0.01
 #: how much lower the concat probe's worst held-out kind may be than the single layer's and still ship
 WORST_MARGIN = 0.01
+#: concat also ships, whatever the margin, when it is better on every held-out kind and there are at least this many
+MIN_KINDS_ALL_BETTER = 5
 
 
 def _fit_score(X: np.ndarray, pool: PoolArrays, train: np.ndarray, C: float | None, seed: int, balance: bool):
@@ -85,18 +88,35 @@ def multi_layer_comparison(
 
 
 def ship_concat(multi: Mapping[str, Any] | None, chosen: SweepRow, margin: float | None = None) -> bool:
-    """True when the concatenated probe beats the single-layer choice on held-out kinds by more than `margin`
-    (default `SHIP_MARGIN`) on the mean, and is not worse by more than the margin on its worst kind (the
-    worst-first rule of the sweep: a mean gain that costs the hardest kind does not ship)."""
+    """True when the concatenated probe beats the single-layer choice on held-out kinds, either
+    - by more than `margin` (default `SHIP_MARGIN`) on the mean, without being worse by more than
+      `WORST_MARGIN` on its worst kind (the worst-first rule of the sweep: a mean gain that costs the
+      hardest kind does not ship), or
+    - on every held-out kind, with at least `MIN_KINDS_ALL_BETTER` of them: near the ceiling (refusal's
+      held-out kinds sit at 0.97-0.999) an absolute margin of 0.01 is most of the remaining error, and
+      a gain on each of several independent kinds is the stronger evidence (a sign test on 8 kinds: p = 0.004)."""
     if not multi or chosen.heldout_kind_auroc is None:
         return False
     margin = SHIP_MARGIN if margin is None else margin
     concat = multi.get("concat") or {}
     mean = concat.get("heldout_kind_auroc")
-    if mean is None or mean <= chosen.heldout_kind_auroc + margin:
+    if mean is None:
         return False
-    worst, chosen_worst = concat.get("heldout_per_kind") or {}, chosen.heldout_per_kind
-    return not (worst and chosen_worst and min(worst.values()) < min(chosen_worst.values()) - WORST_MARGIN)
+    per_kind, chosen_per_kind = concat.get("heldout_per_kind") or {}, chosen.heldout_per_kind or {}
+    if _better_on_every_kind(per_kind, chosen_per_kind):
+        return True
+    if mean <= chosen.heldout_kind_auroc + margin:
+        return False
+    return not (per_kind and chosen_per_kind and min(per_kind.values()) < min(chosen_per_kind.values()) - WORST_MARGIN)
+
+
+def _better_on_every_kind(per_kind: Mapping[str, float], chosen_per_kind: Mapping[str, float]) -> bool:
+    kinds = set(per_kind) & set(chosen_per_kind)
+    return (
+        len(kinds) >= MIN_KINDS_ALL_BETTER
+        and kinds == set(chosen_per_kind)
+        and all(per_kind[k] > chosen_per_kind[k] for k in kinds)
+    )
 
 
 def concat_row(multi: Mapping[str, Any], chosen: SweepRow) -> SweepRow:

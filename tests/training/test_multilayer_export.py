@@ -1,6 +1,6 @@
 """Shipping a multi-layer probe: the decision rule (concat only where it beats the single-layer choice on
-held-out kinds by more than 0.01), the layers' rows side by side, and `probewatch train` writing a bundle
-that reads several layers, whose live-path parity check (score_dialogues, summing the layers) holds."""
+held-out kinds by more than 0.01, or on every one of at least five kinds), the layers' rows side by side,
+and `probewatch train` writing a bundle that reads several layers, whose live-path parity check (score_dialogues, summing the layers) holds."""
 
 from __future__ import annotations
 
@@ -47,6 +47,45 @@ def test_concat_does_not_ship_when_it_costs_the_worst_kind():
     assert ship_concat(better_mean_worse_worst, single) is False
     holds_worst = _multi(0.85) | {"concat": {"heldout_kind_auroc": 0.85, "heldout_per_kind": {"a": 1.0, "b": 0.645}}}
     assert ship_concat(holds_worst, single) is True
+
+
+def _kinds(values: list[float]) -> dict[str, float]:
+    return {f"k{i}": v for i, v in enumerate(values)}
+
+
+def test_concat_near_the_ceiling_ships_when_better_on_every_kind():
+    """Refusal's case: +0.008 on the mean (under the 0.01 margin) but better on each of 8 kinds."""
+    single_kinds = _kinds([0.979, 0.968, 0.969, 0.987, 0.997, 0.994, 0.980, 0.998])
+    concat_kinds = _kinds([0.989, 0.987, 0.972, 0.995, 0.9995, 0.997, 0.997, 0.9986])
+    single = SweepRow(
+        "prompt_last",
+        19,
+        "logistic",
+        False,
+        "last",
+        0.99,
+        float(np.mean(list(single_kinds.values()))),
+        single_kinds,
+        C=1.0,
+    )
+    concat_mean = float(np.mean(list(concat_kinds.values())))
+    assert concat_mean - single.heldout_kind_auroc < multilayer.SHIP_MARGIN
+    multi = _multi(concat_mean) | {"concat": {"heldout_kind_auroc": concat_mean, "heldout_per_kind": concat_kinds}}
+    assert ship_concat(multi, single) is True
+    # one kind not better: the margin rule decides, and the mean gain is under it
+    tied = concat_kinds | {"k2": single_kinds["k2"]}
+    multi_tied = _multi(concat_mean) | {"concat": {"heldout_kind_auroc": concat_mean, "heldout_per_kind": tied}}
+    assert ship_concat(multi_tied, single) is False
+    # better everywhere but on too few kinds to be evidence
+    few = SweepRow("prompt_last", 19, "logistic", False, "last", 0.99, 0.97, _kinds([0.96, 0.97, 0.98]), C=1.0)
+    multi_few = _multi(0.975) | {
+        "concat": {"heldout_kind_auroc": 0.975, "heldout_per_kind": _kinds([0.965, 0.975, 0.985])}
+    }
+    assert ship_concat(multi_few, few) is False
+    # a kind the concat measurement lacks is not "better"
+    missing = {k: v for k, v in concat_kinds.items() if k != "k0"}
+    multi_missing = _multi(concat_mean) | {"concat": {"heldout_kind_auroc": concat_mean, "heldout_per_kind": missing}}
+    assert ship_concat(multi_missing, single) is False
 
 
 def test_concat_row_is_the_measured_probe():
