@@ -138,7 +138,7 @@ def main(args: argparse.Namespace) -> int:
         return _render_only(args, loaded, doc, t0)
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     args.runs_dir.mkdir(parents=True, exist_ok=True)
-    baseline = _previous_reports(plots_root, args.runs_dir)
+    baseline = _previous_reports(plots_root, args.runs_dir, args.probes)
     results: dict[str, TrainReport] = {}
     for name in args.probes:
         job = dict(JOBS[name])
@@ -189,13 +189,22 @@ def main(args: argparse.Namespace) -> int:
     linear_s = time.perf_counter() - t0
     sae_results = fit_sae_probes(args, loaded, _sae_behaviours(results)) if getattr(args, "with_sae", True) else {}
     total = time.perf_counter() - t0
-    (args.runs_dir / "diagnostics.json").write_text(json.dumps(diagnostics, indent=1))
+    all_diagnostics = _merge_json(args.runs_dir / "diagnostics.json", diagnostics)
     run = _run_info(loaded, total)
-    (args.runs_dir / "timing.json").write_text(
-        json.dumps({"total_s": linear_s, "sae_s": total - linear_s, "probes": list(results), "run": run.__dict__})
-    )
+    _save_timing(args.runs_dir, results, linear_s, total - linear_s, run)
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(render_markdown(results, diagnostics, run, sae_results, baseline, families, evasion))
+    everything = {**_saved_reports(args.runs_dir), **results}  # a run of some probes documents all of them
+    doc.write_text(
+        render_markdown(
+            everything,
+            all_diagnostics,
+            run,
+            sae_results or _saved_sae(args.runs_dir),
+            baseline,
+            family_reports(args.runs_dir, list(everything)),
+            evasion or saved_evasion(args.runs_dir),
+        )
+    )
     summary: dict[str, Any] = {
         name: {
             "auroc": r.metrics.auroc,
@@ -244,17 +253,53 @@ def _run_info(loaded: Any, total_s: float) -> RunInfo:
     )
 
 
-def _previous_reports(plots_root: Path, runs_dir: Path) -> dict[str, dict]:
-    """The reports of the previous run (docs/quality/<id>/report.json), saved before this run replaces them."""
-    out: dict[str, dict] = {}
-    if plots_root.is_dir():
-        for path in sorted(plots_root.glob("*/report.json")):
-            try:
-                out[path.parent.name] = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-    (runs_dir / "baseline.json").write_text(json.dumps(out))
-    return out
+def _previous_reports(plots_root: Path, runs_dir: Path, names: list[str]) -> dict[str, dict]:
+    """The reports of the previous run (docs/quality/<id>/report.json) of the probes this run trains,
+    saved before it replaces them. A run of some probes (`--probes`) keeps the saved baseline of the
+    others, so a bench run in several parts still compares every probe with the run before it."""
+    fresh: dict[str, dict] = {}
+    for name in names:
+        path = plots_root / name / "report.json"
+        try:
+            fresh[name] = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+    return _merge_json(runs_dir / "baseline.json", fresh, replace=names)
+
+
+def _merge_json(path: Path, new: dict[str, Any], replace: list[str] | None = None) -> dict[str, Any]:
+    """`new` written over the object already saved at `path` (keys in `replace` dropped first): a run
+    of some probes updates their entries and keeps the others'."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        old = {}
+    merged = {k: v for k, v in (old if isinstance(old, dict) else {}).items() if k not in (replace or [])}
+    merged.update(new)
+    path.write_text(json.dumps(merged, indent=1))
+    return merged
+
+
+def _save_timing(runs_dir: Path, results: dict[str, TrainReport], linear_s: float, sae_s: float, run: RunInfo) -> None:
+    """timing.json: per-probe training seconds merged over runs of some probes; the rest of this run
+    (families, evasion, confound checks) under its own key, so `total_s` is the whole bench in parts."""
+    probes_s = {name: float(r.timings.get("bench_wall_s", 0.0)) for name, r in results.items()}
+    other_s = max(linear_s - sum(probes_s.values()), 0.0)
+    path = runs_dir / "timing.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        saved = {}
+    sae_s = sae_s or float(saved.get("sae_s", 0.0))  # a run with --no-sae keeps the SAE part's time
+    merged_probes = {**saved.get("probes_s", {}), **probes_s}
+    other = {**saved.get("other_s", {}), ",".join(results): other_s}
+    total_s = sum(merged_probes.values()) + sum(other.values())
+    run.total_s = total_s + sae_s
+    path.write_text(
+        json.dumps(
+            {"total_s": total_s, "sae_s": sae_s, "probes_s": merged_probes, "other_s": other, "run": run.__dict__}
+        )
+    )
 
 
 def _sae_behaviours(results: dict[str, TrainReport]) -> list[str]:
@@ -275,13 +320,8 @@ def _remove_retired(ship_root: Path, results: dict[str, TrainReport]) -> None:
 
 def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) -> int:
     from probewatch.training.quality_doc import RunInfo, render_markdown
-    from probewatch.training.report import REPORT_FILENAME, TrainReport
 
-    results = {
-        name: TrainReport.read(args.runs_dir / name / REPORT_FILENAME)
-        for name in args.probes
-        if (args.runs_dir / name / REPORT_FILENAME).is_file()
-    }
+    results = {k: v for k, v in _saved_reports(args.runs_dir).items() if k in args.probes}
     if not results:
         raise FileNotFoundError(f"no reports under {args.runs_dir}; run `probewatch bench quality` first")
     diagnostics = {}
@@ -299,10 +339,7 @@ def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) ->
         saved["sae_s"] = time.perf_counter() - t
         timing.write_text(json.dumps(saved))
     elif getattr(args, "with_sae", True):
-        sae_results = {
-            p.parent.name: json.loads(p.read_text())
-            for p in sorted((args.runs_dir / SAE_REPORTS).glob("*/report.json"))
-        }
+        sae_results = _saved_sae(args.runs_dir)
     total = float(saved.get("total_s", 0.0)) + float(saved.get("sae_s", 0.0) if sae_results else 0.0)
     run = RunInfo(**saved["run"]) if "run" in saved else _run_info(loaded, total)
     run.total_s = total
@@ -315,6 +352,21 @@ def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) ->
         file=sys.stderr,
     )
     return 0
+
+
+def _saved_reports(runs_dir: Path) -> dict[str, TrainReport]:
+    """The training reports already in `runs_dir`, in the benchmark's probe order."""
+    from probewatch.training.report import REPORT_FILENAME, TrainReport
+
+    return {
+        name: TrainReport.read(runs_dir / name / REPORT_FILENAME)
+        for name in JOBS
+        if (runs_dir / name / REPORT_FILENAME).is_file()
+    }
+
+
+def _saved_sae(runs_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted((runs_dir / SAE_REPORTS).glob("*/report.json"))}
 
 
 def default_sae_dir(loaded: Any) -> Path | None:

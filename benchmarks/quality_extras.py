@@ -70,8 +70,16 @@ def run_evasion(
     if not dirs:
         return []
     reports = evaluate_bundles(loaded, dirs, resolve_data_dir(data_dir), EVASION_PER_CLASS, progress=progress)
-    (runs_dir / EVASION_REPORT).write_text(json.dumps(reports, indent=1))
-    return reports
+    return save_evasion(runs_dir, reports)
+
+
+def save_evasion(runs_dir: Path, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`reports` replace the saved entries of their probes; the other probes' entries (a bench run in parts,
+    `--probes`) stay. Returns everything saved."""
+    fresh = {r["probe_id"] for r in reports}
+    merged = [r for r in saved_evasion(runs_dir) if r.get("probe_id") not in fresh] + reports
+    (runs_dir / EVASION_REPORT).write_text(json.dumps(merged, indent=1))
+    return merged
 
 
 def saved_evasion(runs_dir: Path) -> list[dict[str, Any]]:
