@@ -428,6 +428,7 @@ class ScoringEngine:
     ) -> list[SequenceResult]:
         """Score one sequence's rows/projections (positions 0..n-1) for the wanted probes."""
         wanted = set(probe_ids)
+        compute = self.families.with_members(wanted)  # a family id asks for its members' scores
         out: list[SequenceResult] = []
         blocks = {}
         for layer, (kind, data) in sorted(payloads.items()):
@@ -435,14 +436,15 @@ class ScoringEngine:
             self.metrics.tokens_scored.labels(mode=kind).inc(data.shape[0])
         positions = np.arange(next(iter(payloads.values()))[1].shape[0], dtype=np.int64)
         for pid, columns in sequence_columns(blocks, self.joins.multi):  # multi-layer probes: partials summed
-            if wanted and pid not in wanted:
+            if compute and pid not in compute:
                 continue
             spec = self.specs[pid]
             mask = selection_mask(spec.token_selection, positions, prompt_length)
             picked = columns[mask]
             value = make_aggregator(spec.aggregation).update(picked) if len(picked) else math.nan
             out.append(SequenceResult(spec, positions[mask], picked[:, -1], value))
-        return out
+        out += self.families.sequence_results(out, wanted)
+        return [r for r in out if not wanted or r.spec.id in wanted]
 
 
 def _one_torch_thread() -> None:

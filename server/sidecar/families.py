@@ -28,6 +28,7 @@ from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.server.sidecar.alerts import AlertDesk, Snapshot
 from probewatch.server.sidecar.generations import Generation
 from probewatch.server.sidecar.specs import ProbeSpec
+from probewatch.server.sidecar.work import SequenceResult
 
 __all__ = ["FamilyAggregator", "FamilyAlertDesk", "FamilyScores", "FamilySpec"]
 
@@ -111,6 +112,31 @@ class FamilyScores:
     def __bool__(self) -> bool:
         return bool(self.specs)
 
+    def member_of(self, probe_id: str) -> str | None:
+        """The family a probe is a member of (None: none)."""
+        return self._of_member.get(probe_id)
+
+    def with_members(self, wanted: set[str]) -> set[str]:
+        """`wanted` plus the members of the families in it (empty stays empty: every probe)."""
+        out = set(wanted)
+        for fid in wanted & set(self.specs):
+            out.update(self.specs[fid].members)
+        return out
+
+    def sequence_results(self, results: Sequence[SequenceResult], wanted: set[str]) -> list[SequenceResult]:
+        """Unary Score of families: the maximum of the members' aggregates, with the leading member's token
+        scores (as at close of a stream), for the families in `wanted`, or, when it is empty, every family
+        whose members were all scored (the request carried their layers)."""
+        by_id = {r.spec.id: r for r in results}
+        out = []
+        for fid, spec in self.specs.items():
+            if (wanted and fid not in wanted) or not all(m in by_id for m in spec.members):
+                continue
+            value, winner = family_score({m: by_id[m].aggregate for m in spec.members}, spec.members)
+            lead = by_id[winner or spec.members[0]]
+            out.append(SequenceResult(spec, lead.positions, lead.scores, value, member=winner or ""))
+        return out
+
     def attach(self, gen: Generation) -> None:
         """Give a new generation its family aggregates (views of the member aggregators)."""
         for fid, spec in self.specs.items():
@@ -135,8 +161,11 @@ class FamilyScores:
         decision, and its ProbeResult."""
         results = []
         for fid, spec in self.specs.items():
-            self._follow_winner(gen, spec, gen.aggregators[fid])
-            results.append(alerts.result(gen, spec, now))
+            agg = gen.aggregators[fid]
+            self._follow_winner(gen, spec, agg)
+            result = alerts.result(gen, spec, now)
+            result.member = (agg.winner if isinstance(agg, FamilyAggregator) else None) or ""
+            results.append(result)
         return results
 
     @staticmethod

@@ -149,6 +149,8 @@ class MonitorServicer(pb_grpc.MonitorServicer):
                     description=m.description,
                     weights_sha256=m.weights_sha256,
                     uncertain_from=m.threshold.uncertain_from,  # None: the field stays unset (no band)
+                    layers=list(specs[m.id].reads),
+                    family=self.engine.families.member_of(m.id) or "",
                 )
             )
         plans = []
@@ -173,6 +175,19 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             layers=self.runtime.layers,
             plans=plans,
             max_message_bytes=config.max_message_bytes,
+            families=[
+                pb.FamilyInfo(
+                    id=f.id,
+                    behaviour=f.behaviour,
+                    member_ids=list(f.members),
+                    member_types=list(f.member_types),
+                    threshold=f.threshold,
+                    uncertain_from=f.uncertain_from,
+                    version=str(f.version),
+                    model_fingerprint=f.fingerprint,
+                )
+                for f in self.engine.families.specs.values()
+            ],
         )
 
     def ListProbes(self, request, context):
@@ -202,12 +217,13 @@ class MonitorServicer(pb_grpc.MonitorServicer):
         fp = self.sidecar.config.fingerprint
         if request.model_fingerprint and request.model_fingerprint != fp:
             raise WrongModel(f"model fingerprint {request.model_fingerprint} does not match the sidecar's {fp}")
-        unknown = [p for p in request.probe_ids if p not in self.engine.specs]
+        families = self.engine.families.specs
+        unknown = [p for p in request.probe_ids if p not in self.engine.specs and p not in families]
         if unknown:
             shown = ", ".join(short_id(p) for p in unknown[:5]) + (
                 f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
             )
-            raise UnknownProbe(f"unknown probe(s) {shown}; loaded probes: {', '.join(self.engine.specs)}")
+            raise UnknownProbe(f"unknown probe(s) {shown}; loaded probes: {', '.join([*self.engine.specs, *families])}")
         if request.prompt_length < 0:
             raise InvalidInput("negative prompt_length")
         payloads: dict[int, tuple[str, np.ndarray]] = {}
@@ -228,7 +244,12 @@ class MonitorServicer(pb_grpc.MonitorServicer):
         if not payloads:
             raise InvalidInput("ScoreRequest carries no layers")
         for pid in request.probe_ids:
-            missing = [layer for layer in self.engine.specs[pid].reads if layer not in payloads]
+            reads = (
+                sorted({r for m in families[pid].members for r in self.engine.specs[m].reads})
+                if pid in families
+                else self.engine.specs[pid].reads
+            )
+            missing = [layer for layer in reads if layer not in payloads]
             if missing:
                 raise InvalidInput(f"probe {pid} reads layer(s) {missing}, which the request does not carry")
         results = self.engine.score_now(payloads, int(request.prompt_length), list(request.probe_ids))
@@ -247,6 +268,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
                         n_tokens=len(r.scores),
                         aggregation=r.spec.aggregation.method,
                         token_selection=r.spec.token_selection,
+                        member=r.member,
                     ),
                     positions=r.positions.tolist(),
                     token_scores=encode_array(r.scores.astype(np.float32)),

@@ -75,6 +75,7 @@ class SequenceResult:
     positions: np.ndarray
     scores: np.ndarray
     aggregate: float
+    member: str = ""  # a family's result: the member whose score is the family's
 
     @property
     def flagged(self) -> bool:

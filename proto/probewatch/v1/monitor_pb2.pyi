@@ -159,7 +159,7 @@ class Alert(_message.Message):
     def __init__(self, generation_id: _Optional[str] = ..., probe_id: _Optional[str] = ..., behaviour: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., early: _Optional[bool] = ..., incident_id: _Optional[int] = ..., position: _Optional[int] = ..., bundle_version: _Optional[str] = ..., time_unix: _Optional[float] = ...) -> None: ...
 
 class ProbeResult(_message.Message):
-    __slots__ = ("probe_id", "behaviour", "score", "threshold", "flagged", "n_tokens", "aggregation", "token_selection", "uncertain", "incident_id")
+    __slots__ = ("probe_id", "behaviour", "score", "threshold", "flagged", "n_tokens", "aggregation", "token_selection", "uncertain", "incident_id", "member")
     PROBE_ID_FIELD_NUMBER: _ClassVar[int]
     BEHAVIOUR_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,7 @@ class ProbeResult(_message.Message):
     TOKEN_SELECTION_FIELD_NUMBER: _ClassVar[int]
     UNCERTAIN_FIELD_NUMBER: _ClassVar[int]
     INCIDENT_ID_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
     probe_id: str
     behaviour: str
     score: float
@@ -180,7 +181,8 @@ class ProbeResult(_message.Message):
     token_selection: str
     uncertain: bool
     incident_id: int
-    def __init__(self, probe_id: _Optional[str] = ..., behaviour: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., flagged: _Optional[bool] = ..., n_tokens: _Optional[int] = ..., aggregation: _Optional[str] = ..., token_selection: _Optional[str] = ..., uncertain: _Optional[bool] = ..., incident_id: _Optional[int] = ...) -> None: ...
+    member: str
+    def __init__(self, probe_id: _Optional[str] = ..., behaviour: _Optional[str] = ..., score: _Optional[float] = ..., threshold: _Optional[float] = ..., flagged: _Optional[bool] = ..., n_tokens: _Optional[int] = ..., aggregation: _Optional[str] = ..., token_selection: _Optional[str] = ..., uncertain: _Optional[bool] = ..., incident_id: _Optional[int] = ..., member: _Optional[str] = ...) -> None: ...
 
 class GenerationSummary(_message.Message):
     __slots__ = ("generation_id", "status", "results", "alerts", "tokens_scored", "dropped_chunks", "rejected_chunks")
@@ -269,7 +271,7 @@ class ListProbesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ProbeInfo(_message.Message):
-    __slots__ = ("id", "behaviour", "kind", "layer", "token_selection", "aggregation", "window", "alpha", "threshold", "version", "model_fingerprint", "description", "weights_sha256", "uncertain_from")
+    __slots__ = ("id", "behaviour", "kind", "layer", "token_selection", "aggregation", "window", "alpha", "threshold", "version", "model_fingerprint", "description", "weights_sha256", "uncertain_from", "layers", "family")
     ID_FIELD_NUMBER: _ClassVar[int]
     BEHAVIOUR_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +286,8 @@ class ProbeInfo(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
     UNCERTAIN_FROM_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    FAMILY_FIELD_NUMBER: _ClassVar[int]
     id: str
     behaviour: str
     kind: str
@@ -298,7 +302,29 @@ class ProbeInfo(_message.Message):
     description: str
     weights_sha256: str
     uncertain_from: float
-    def __init__(self, id: _Optional[str] = ..., behaviour: _Optional[str] = ..., kind: _Optional[str] = ..., layer: _Optional[int] = ..., token_selection: _Optional[str] = ..., aggregation: _Optional[str] = ..., window: _Optional[int] = ..., alpha: _Optional[float] = ..., threshold: _Optional[float] = ..., version: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., description: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., uncertain_from: _Optional[float] = ...) -> None: ...
+    layers: _containers.RepeatedScalarFieldContainer[int]
+    family: str
+    def __init__(self, id: _Optional[str] = ..., behaviour: _Optional[str] = ..., kind: _Optional[str] = ..., layer: _Optional[int] = ..., token_selection: _Optional[str] = ..., aggregation: _Optional[str] = ..., window: _Optional[int] = ..., alpha: _Optional[float] = ..., threshold: _Optional[float] = ..., version: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., description: _Optional[str] = ..., weights_sha256: _Optional[str] = ..., uncertain_from: _Optional[float] = ..., layers: _Optional[_Iterable[int]] = ..., family: _Optional[str] = ...) -> None: ...
+
+class FamilyInfo(_message.Message):
+    __slots__ = ("id", "behaviour", "member_ids", "member_types", "threshold", "uncertain_from", "version", "model_fingerprint")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    BEHAVIOUR_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_IDS_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_TYPES_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    UNCERTAIN_FROM_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    behaviour: str
+    member_ids: _containers.RepeatedScalarFieldContainer[str]
+    member_types: _containers.RepeatedScalarFieldContainer[str]
+    threshold: float
+    uncertain_from: float
+    version: str
+    model_fingerprint: str
+    def __init__(self, id: _Optional[str] = ..., behaviour: _Optional[str] = ..., member_ids: _Optional[_Iterable[str]] = ..., member_types: _Optional[_Iterable[str]] = ..., threshold: _Optional[float] = ..., uncertain_from: _Optional[float] = ..., version: _Optional[str] = ..., model_fingerprint: _Optional[str] = ...) -> None: ...
 
 class LayerPlan(_message.Message):
     __slots__ = ("layer", "probe_ids", "projection", "rows_required", "prompt_rows")
@@ -315,7 +341,7 @@ class LayerPlan(_message.Message):
     def __init__(self, layer: _Optional[int] = ..., probe_ids: _Optional[_Iterable[str]] = ..., projection: _Optional[_Union[Tensor, _Mapping]] = ..., rows_required: _Optional[bool] = ..., prompt_rows: _Optional[_Union[PromptRows, str]] = ...) -> None: ...
 
 class ListProbesResponse(_message.Message):
-    __slots__ = ("model_id", "model_fingerprint", "d_model", "probes", "layers", "plans", "max_message_bytes")
+    __slots__ = ("model_id", "model_fingerprint", "d_model", "probes", "layers", "plans", "max_message_bytes", "families")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     D_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -323,6 +349,7 @@ class ListProbesResponse(_message.Message):
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     PLANS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FAMILIES_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_fingerprint: str
     d_model: int
@@ -330,4 +357,5 @@ class ListProbesResponse(_message.Message):
     layers: _containers.RepeatedScalarFieldContainer[int]
     plans: _containers.RepeatedCompositeFieldContainer[LayerPlan]
     max_message_bytes: int
-    def __init__(self, model_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., d_model: _Optional[int] = ..., probes: _Optional[_Iterable[_Union[ProbeInfo, _Mapping]]] = ..., layers: _Optional[_Iterable[int]] = ..., plans: _Optional[_Iterable[_Union[LayerPlan, _Mapping]]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    families: _containers.RepeatedCompositeFieldContainer[FamilyInfo]
+    def __init__(self, model_id: _Optional[str] = ..., model_fingerprint: _Optional[str] = ..., d_model: _Optional[int] = ..., probes: _Optional[_Iterable[_Union[ProbeInfo, _Mapping]]] = ..., layers: _Optional[_Iterable[int]] = ..., plans: _Optional[_Iterable[_Union[LayerPlan, _Mapping]]] = ..., max_message_bytes: _Optional[int] = ..., families: _Optional[_Iterable[_Union[FamilyInfo, _Mapping]]] = ...) -> None: ...

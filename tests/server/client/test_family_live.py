@@ -18,41 +18,13 @@ from probewatch.probes.family import FamilyError, find_families
 from probewatch.probes.selection import selection_mask
 from probewatch.scoring import DialogueScores
 from probewatch.server.store import IncidentStore
-from tests.probes.helpers import make_bundle
 from tests.server.client.live_helpers import generate_attached
-from tests.server.conftest import D_TINY
+from tests.server.family_helpers import MEMBERS, family_folder
 from tests.server.grpc_helpers import metric_value, scrape
 
 pytestmark = pytest.mark.compat
 
 ATOL = 1e-4
-#: members on layers 1, 2 and 3 (3 is read by no other tiny probe); a mean member makes the family alert at close
-MEMBERS = (("fam-sand", 1, "max"), ("fam-deny", 3, "max"), ("fam-omit", 2, "max"))
-
-
-def _family_folder(root, fingerprint, threshold: float, members=MEMBERS, aggregation=None):
-    folder = root / "fam"
-    for i, (mid, layer, agg) in enumerate(members):
-        make_bundle(
-            folder,
-            mid,
-            layer=layer,
-            d=D_TINY,
-            seed=20 + i,
-            aggregation=aggregation or agg,
-            fingerprint=fingerprint,
-            threshold=-100.0,
-        )  # fmt: skip  (a member alone would always alert)
-    family = {
-        "kind": "family",
-        "id": "fam",
-        "behaviour": "deception",
-        "members": [{"id": m, "type": t} for (m, _, _), t in zip(members, ("sandbagging", "denial", "omission"))],
-        "threshold": {"value": threshold, "method": "fixed", "fpr": None},
-        "model": {"id": "tiny", "fingerprint": fingerprint},
-    }
-    (folder / "family.json").write_text(json.dumps(family))
-    return folder
 
 
 def _wait_for(found, timeout: float = 10.0):
@@ -84,7 +56,7 @@ def _offline(model, runtime: ProbeRuntime, tokens: list[int], n_prompt: int) -> 
 def test_family_live_equals_offline_and_alerts_once(
     mode, tiny_model, start_sidecar, tiny_bundles, tiny_fp, tmp_path, hook
 ):
-    folder = _family_folder(tmp_path, tiny_fp, threshold=-100.0)  # every generation alerts (early: members are max)
+    folder = family_folder(tmp_path, tiny_fp, threshold=-100.0)  # every generation alerts (early: members are max)
     url, hooks = hook
     sidecar = start_sidecar([*tiny_bundles, folder], webhook_url=url)
     runtime = ProbeRuntime(load_bundles([*tiny_bundles, folder], expected_fingerprint=tiny_fp))
@@ -132,7 +104,7 @@ def test_family_live_equals_offline_and_alerts_once(
 def test_family_of_mean_members_alerts_at_close_and_below_threshold_not_at_all(
     tiny_model, start_sidecar, tiny_bundles, tiny_fp, tmp_path
 ):
-    folder = _family_folder(tmp_path, tiny_fp, threshold=100.0, aggregation="mean")
+    folder = family_folder(tmp_path, tiny_fp, threshold=100.0, aggregation="mean")
     sidecar = start_sidecar([*tiny_bundles, folder])
     _, results, _ = generate_attached(tiny_model, sidecar, "rows", seed=5, batch=3)
     for result in results:
@@ -141,7 +113,7 @@ def test_family_of_mean_members_alerts_at_close_and_below_threshold_not_at_all(
 
 
 def test_sidecar_refuses_a_family_without_all_its_members(start_sidecar, tiny_bundles, tiny_fp, tmp_path):
-    folder = _family_folder(tmp_path, tiny_fp, threshold=0.0)
+    folder = family_folder(tmp_path, tiny_fp, threshold=0.0)
     manifest = json.loads((folder / "family.json").read_text())
     manifest["members"].append({"id": "fam-gone", "type": "sycophancy"})
     (folder / "family.json").write_text(json.dumps(manifest))
