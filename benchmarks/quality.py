@@ -199,7 +199,7 @@ def main(args: argparse.Namespace) -> int:
             everything,
             all_diagnostics,
             run,
-            sae_results or _saved_sae(args.runs_dir),
+            {**_saved_sae(args.runs_dir), **sae_results},
             baseline,
             family_reports(args.runs_dir, list(everything)),
             evasion or saved_evasion(args.runs_dir),
