@@ -22,6 +22,7 @@ import jinja2
 
 from probewatch.behaviours import DEFAULT_PROBE_IDS
 from probewatch.training.plots import layer_view, sweep_mode
+from probewatch.training.quality_changes import CHANGE_HELPERS
 from probewatch.training.quality_extras_doc import EXTRA_HELPERS
 from probewatch.training.quality_sources import SOURCE_HELPERS
 from probewatch.training.report import Metrics, OperatingSummary, TrainReport, as_report
@@ -342,6 +343,7 @@ HELPERS: dict[str, Any] = {
     "diagnostics_of": _diagnostics_of,
     **SOURCE_HELPERS,  # the per-source sections (quality_sources.md.j2)
     **EXTRA_HELPERS,  # pooling, the deception family, evasion (quality_extras.md.j2)
+    **CHANGE_HELPERS,  # the summary as previous run -> this run (quality_changes.py)
 }
 
 
@@ -384,6 +386,7 @@ def render_markdown(
             run=run,
             sae_results=sae_results or {},
             baseline=baseline_metrics(baseline),
+            previous=dict(baseline or {}),
             families=families or {},
             evasion=list(evasion or []),
         )

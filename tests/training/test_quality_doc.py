@@ -102,6 +102,31 @@ def test_quality_markdown_compares_held_out_kinds_with_the_previous_run(deceptio
     assert "## Held-out-kind AUROC: previous run" not in render_markdown({"deception": report}, {}, RUN)
 
 
+def test_quality_markdown_gives_the_summary_as_previous_run_to_this_run(deception_report):
+    """One row per probe with a previous report: changed cells as "before → after", unchanged ones once;
+    a previous report that lacks a field (written by an older version) shows "—" for it."""
+    report = deception_report
+    old = copy.deepcopy(report)
+    old["metrics"]["auroc"] = 0.5
+    old["operating_point"]["shipped"]["recall"] = 0.25
+    old["metrics"]["auroc_ood"] = None
+    text = render_markdown({"deception": report}, {}, RUN, baseline={"deception": old, "refusal": old})
+    section = text.split("### Summary: previous run → this run")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert len(rows) == 1  # no row for a previous probe this run did not train
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    metrics, shipped = report["metrics"], report["operating_point"]["shipped"]
+    assert cells[0] == "`deception`"
+    assert cells[1] == f"0.500 → {metrics['auroc']:.3f}"
+    assert cells[2] == f"{metrics['auroc_heldout_kind']:.3f}"  # unchanged: once
+    ood = ", ".join(f"{k} {v:.3f}" for k, v in (metrics["auroc_ood"] or {}).items()) or "—"
+    assert cells[3] == ("—" if ood == "—" else f"— → {ood}")
+    assert cells[5] == f"0.250 → {shipped['recall']:.3f}"
+    chosen = report["selection"]["chosen"]
+    assert cells[8] == f"L{chosen['layer']} · {chosen['method']} · {chosen['aggregation']}"
+    assert "### Summary: previous run" not in render_markdown({"deception": report}, {}, RUN)
+
+
 def test_quality_markdown_puts_sae_feature_probes_beside_the_linear_probe(deception_report):
     """The SAE section lists the linear probe first, then each SAE-feature probe of that behaviour,
     and its reading sentence is computed from the numbers (not fixed prose)."""

@@ -1,0 +1,86 @@
+"""The summary table of docs/quality.md as "previous run → this run", one row per probe (quality.md.j2).
+
+The previous run is the report.json each probe had in docs/quality/ before this run replaced it (kept by
+`bench quality` in runs/quality/baseline.json). Older reports are read as JSON, key by key, so a report
+written before a field existed gives "—" for that field instead of failing the document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from probewatch.training.report import TrainReport
+
+__all__ = ["CHANGE_HELPERS", "summary_change"]
+
+#: the summary table's quantities, in its column order
+COLUMNS = (
+    "in-distribution AUROC",
+    "held-out-kind AUROC (mean)",
+    "out-of-distribution AUROC",
+    "shipped threshold",
+    "recall",
+    "flagged test negatives",
+    "flagged held-out control",
+    "layer · method · aggregation",
+)
+
+
+def _get(report: Mapping[str, Any], *path: str) -> Any:
+    node: Any = report
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    return "—" if x is None else f"{float(x):.{digits}f}"
+
+
+def _pct(x: Any) -> str:
+    return "—" if x is None else f"{100 * float(x):.0f}%"
+
+
+def _arrow(before: str, after: str) -> str:
+    return after if before == after else f"{before} → {after}"
+
+
+def _ood(report: Mapping[str, Any]) -> str:
+    values = _get(report, "metrics", "auroc_ood") or {}
+    return ", ".join(f"{k} {_num(v)}" for k, v in values.items()) or "—"
+
+
+def _setup(report: Mapping[str, Any]) -> str:
+    chosen = _get(report, "selection", "chosen") or {}
+    layers = _get(report, "multi_layer", "layers") if _get(report, "multi_layer", "shipped") else None
+    layer = "+".join(str(x) for x in layers) if layers else str(chosen.get("layer", "—"))
+    return f"L{layer} · {chosen.get('method', '—')} · {chosen.get('aggregation', '—')}"
+
+
+def _cells(report: Mapping[str, Any]) -> list[str]:
+    shipped = _get(report, "operating_point", "shipped") or {}
+    return [
+        _num(_get(report, "metrics", "auroc")),
+        _num(_get(report, "metrics", "auroc_heldout_kind")),
+        _ood(report),
+        _num(_get(report, "operating_point", "threshold"), 2),
+        _num(shipped.get("recall")),
+        _pct(shipped.get("fpr_negatives")),
+        _pct(shipped.get("fpr_control_heldout")),
+        _setup(report),
+    ]
+
+
+def summary_change(report: TrainReport, previous: Mapping[str, Any] | TrainReport | None) -> list[str] | None:
+    """The summary row's cells as "before → after" (just the value where it did not change); None without a
+    previous report of this probe."""
+    if previous is None:
+        return None
+    before = previous.to_json() if isinstance(previous, TrainReport) else previous
+    return [_arrow(b, a) for b, a in zip(_cells(before), _cells(report.to_json()))]
+
+
+CHANGE_HELPERS: dict[str, Any] = {"summary_change": summary_change, "summary_change_columns": COLUMNS}
