@@ -167,6 +167,25 @@ def _aims_met(op: OperatingSummary) -> bool:
 
 
 # -- per-behaviour section -------------------------------------------------------------------------------
+def _shipped_layers(r: TrainReport) -> list[int]:
+    """The layers the shipped bundle reads: the concatenated layers where a multi-layer probe shipped."""
+    multi = r.multi_layer or {}
+    return list(multi["layers"]) if multi.get("shipped") and multi.get("layers") else [r.chosen["layer"]]
+
+
+def _layer_cell(r: TrainReport) -> str:
+    return "+".join(str(x) for x in _shipped_layers(r))
+
+
+def _layer_text(r: TrainReport) -> str:
+    layers = _shipped_layers(r)
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    return (
+        f"layers {', '.join(str(x) for x in layers)} (one probe on their concatenation, see multi-layer probes below)"
+    )
+
+
 def _aggregation_text(r: TrainReport) -> str:
     method = r.chosen["aggregation"]
     if method == "softmax":
@@ -330,6 +349,8 @@ HELPERS: dict[str, Any] = {
     "control_cells": _control_cells,
     "aims_met": _aims_met,
     "aggregation_text": _aggregation_text,
+    "layer_cell": _layer_cell,
+    "layer_text": _layer_text,
     "c_text": _c_text,
     "kind_rows": _kind_rows,
     "layer_table": _layer_table,

@@ -127,6 +127,19 @@ def test_quality_markdown_gives_the_summary_as_previous_run_to_this_run(deceptio
     assert "### Summary: previous run" not in render_markdown({"deception": report}, {}, RUN)
 
 
+def test_quality_markdown_names_every_layer_of_a_shipped_multi_layer_probe(deception_report):
+    report = copy.deepcopy(deception_report)
+    assert report["multi_layer"] and report["multi_layer"]["concat"]
+    report["multi_layer"] |= {"layers": [1, 3], "shipped": True}
+    text = render_markdown({"deception": report}, {}, RUN)
+    (row,) = [line for line in text.splitlines() if line.startswith("| `deception` | deception |")]
+    assert "| 1+3 | logistic |" in row or f"| 1+3 | {report['selection']['chosen']['method']} |" in row
+    assert "Chosen: layers 1, 3 (one probe on their concatenation" in text
+    report["multi_layer"]["shipped"] = False
+    text = render_markdown({"deception": report}, {}, RUN)
+    assert f"Chosen: layer {report['selection']['chosen']['layer']}, " in text
+
+
 def test_quality_markdown_puts_sae_feature_probes_beside_the_linear_probe(deception_report):
     """The SAE section lists the linear probe first, then each SAE-feature probe of that behaviour,
     and its reading sentence is computed from the numbers (not fixed prose)."""
