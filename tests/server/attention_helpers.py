@@ -48,7 +48,9 @@ def attention_from_linear(src: Path, out: Path, probe_id: str, seed: int = 0, qu
     linear = load_bundle(src)
     manifest = linear.manifest
     d = manifest.model.d_model
-    tensors = {k: v.clone() for k, v in linear.tensors.items()}
+    # a multi-layer source (e.g. the shipped concat probe): its first layer's part of every [L * d] tensor
+    tensors = {k: (v[:d] if v.numel() > 1 else v).clone() for k, v in linear.tensors.items()}
+    manifest.layers = None
     query = torch.randn(d, generator=torch.Generator().manual_seed(seed))
     tensors["query"] = query / query.norm() * query_scale
     tensors["query_bias"] = torch.tensor([0.0])
