@@ -1,6 +1,7 @@
 """Shipping a multi-layer probe: the decision rule (concat only where it beats the single-layer choice on
 held-out kinds by more than 0.01, or on every one of at least five kinds), the layers' rows side by side,
-and `probewatch train` writing a bundle that reads several layers, whose live-path parity check (score_dialogues, summing the layers) holds."""
+and `probewatch train` writing a bundle that reads several layers, whose live-path parity check
+(score_dialogues, summing the layers) holds."""
 
 from __future__ import annotations
 
