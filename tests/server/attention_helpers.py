@@ -40,17 +40,32 @@ def write_attention_bundles(root: Path, fingerprint: str) -> list[Path]:
     return paths
 
 
+def _first_layer_part(bundle):
+    """(manifest, tensors) of a linear bundle reduced to its first layer: a multi-layer source (e.g. the
+    shipped concat probe) keeps its first layer's part of every [L * d] tensor."""
+    manifest = bundle.manifest
+    d = manifest.model.d_model
+    tensors = {k: (v[:d] if v.numel() > 1 else v).clone() for k, v in bundle.tensors.items()}
+    manifest.layers = None
+    return manifest, tensors
+
+
+def single_layer_linear(src: Path, out: Path, probe_id: str) -> Path:
+    """A single-layer linear bundle from `src` (its first layer's part when it reads several)."""
+    from probewatch.probes import load_bundle, save_bundle
+
+    manifest, tensors = _first_layer_part(load_bundle(src))
+    manifest.id, manifest.weights_sha256, manifest.extra = probe_id, "", {}
+    return save_bundle(out / probe_id, manifest, tensors)
+
+
 def attention_from_linear(src: Path, out: Path, probe_id: str, seed: int = 0, query_scale: float = 2.0) -> Path:
     """An attention bundle whose value direction is the linear bundle `src`'s (its mean/scale too) and
     whose query is a seeded random direction (logits with a spread of a few units on standardized rows)."""
     from probewatch.probes import load_bundle, save_bundle
 
-    linear = load_bundle(src)
-    manifest = linear.manifest
+    manifest, tensors = _first_layer_part(load_bundle(src))
     d = manifest.model.d_model
-    # a multi-layer source (e.g. the shipped concat probe): its first layer's part of every [L * d] tensor
-    tensors = {k: (v[:d] if v.numel() > 1 else v).clone() for k, v in linear.tensors.items()}
-    manifest.layers = None
     query = torch.randn(d, generator=torch.Generator().manual_seed(seed))
     tensors["query"] = query / query.norm() * query_scale
     tensors["query_bias"] = torch.tensor([0.0])

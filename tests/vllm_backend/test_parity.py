@@ -39,16 +39,17 @@ QUESTIONS = [
 def bundles(bundles, tmp_path_factory):
     """The shared bundles plus `deception-attention` (attention pooling on the deception direction, listed last
     so the linear probes of its layer keep their column indices): every parity check here covers it too."""
-    from tests.server.attention_helpers import attention_from_linear
+    from tests.server.attention_helpers import attention_from_linear, single_layer_linear
     from tests.server.multilayer_helpers import multilayer_from_linear
 
-    src = next(p for p in bundles if p.name == "deception")
-    refusal = next(p for p in bundles if p.name == "refusal-mean-diff")
     root = tmp_path_factory.mktemp("attention")
+    # the shipped deception probe may read several layers: the derived probes start from its first layer's part
+    src = single_layer_linear(next(p for p in bundles if p.name == "deception"), root / "sources", "deception-l1")
+    refusal = next(p for p in bundles if p.name == "refusal-mean-diff")
     return [
         *bundles,
         attention_from_linear(src, root, "deception-attention", seed=4),
-        # reads layers 17 and 29 (deception's and refusal-mean-diff's); listed last too
+        # reads deception's first layer and refusal-mean-diff's; listed last too
         multilayer_from_linear([src, refusal], root, "deception-multi", [1.0, 0.5]),
         _family(src, root / "vllm-family"),
     ]
@@ -124,6 +125,11 @@ def engine(bundles, model_path, tmp_path_factory):
 def _layer_of(runtime, probe_id: str) -> int:
     """The layer a loaded probe reads (the shipped bundles choose it; tests must not assume one)."""
     return next(b.manifest.layer for b in runtime.bundles if b.id == probe_id)
+
+
+def _deception_scores(runtime, hidden) -> torch.Tensor:
+    """Offline token scores of the shipped deception probe (summed over its layers when it reads several)."""
+    return runtime.score_layers({layer: h[0] for layer, h in hidden.items()})["deception"]
 
 
 def _prompt_ids(tok, question: str) -> list[int]:
@@ -248,11 +254,12 @@ def test_multi_layer_probe_equals_offline(mode, engine, hf_reference):
     layers' partial scores per token: live == offline `score_dialogues` (which sums the layers) in both modes."""
     _, _, runtime, capture = engine
     capture.set_mode(mode)
-    assert runtime.multi_layer == {"deception-multi": [17, 29]}
-    assert {17, 29} <= set(capture.layers)
+    layers = sorted({_layer_of(runtime, "deception"), _layer_of(runtime, "refusal-mean-diff")})
+    assert len(layers) == 2 and runtime.multi_layer["deception-multi"] == layers
+    assert set(layers) <= set(capture.layers)
     if mode == "pushdown":
         plan, _ = capture.client.current_plan("pushdown")
-        for layer in (17, 29):
+        for layer in layers:
             assert "deception-multi" in runtime.stacks[layer].probe_ids
             assert tuple(plan.captures[layer].projection.shape) == (runtime.d_model, runtime.stacks[layer].k)
     for _, result in _generate_checked(engine, hf_reference, QUESTIONS[:3]):
@@ -326,13 +333,10 @@ def test_aborted_request_closes_once_with_what_was_scored(engine, hf_reference):
     full = torch.tensor([prompt + token_ids[: len(generated)]])
     with torch.inference_mode():
         hidden = run_forward(hf_reference.model, runtime.layers, full)
-    layer = _layer_of(runtime, "deception")
-    stack = runtime.stacks[layer]
-    scores = runtime.score(layer, hidden[layer][0])
-    j = stack.probe_ids.index("deception")
-    tol = score_tolerance(scores[: len(prompt) + len(generated), j])
+    scores = _deception_scores(runtime, hidden)
+    tol = score_tolerance(scores[: len(prompt) + len(generated)])
     for p in generated:
-        assert got[p] == pytest.approx(float(scores[p, j]), abs=tol)
+        assert got[p] == pytest.approx(float(scores[p]), abs=tol)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         closed = metric_value(scrape(sidecar.metrics_port), "probewatch_generations_total", status="closed")
@@ -404,11 +408,9 @@ def test_preempted_request_continues_its_generation(engine, hf_reference):
     full = torch.tensor([prompt + token_ids[:15]])
     with torch.inference_mode():
         hidden = run_forward(hf_reference.model, runtime.layers, full)
-    layer = _layer_of(runtime, "deception")
-    j = runtime.stacks[layer].probe_ids.index("deception")
-    scores = runtime.score(layer, hidden[layer][0])
-    tol = score_tolerance(scores[: P + 15, j])
+    scores = _deception_scores(runtime, hidden)
+    tol = score_tolerance(scores[: P + 15])
     for p in range(P, P + 15):
-        assert got[p] == pytest.approx(float(scores[p, j]), abs=tol)
+        assert got[p] == pytest.approx(float(scores[p]), abs=tol)
     errors = capture.metrics.registry.get_sample_value("probewatch_client_capture_errors_total", {"reason": "position"})
     assert errors == 0

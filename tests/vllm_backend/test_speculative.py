@@ -23,8 +23,7 @@ def test_only_accepted_drafts_are_scored(tmp_path, hf_reference):
     assert r["accepted"] > 0 and r["rejected"] > 0, (r["accepted"], r["rejected"])  # both paths exercised
     root = REPO / "probes" / "shipped" / "smollm2-135m-instruct"
     runtime = ProbeRuntime(load_bundles(sorted(p for p in root.iterdir() if (p / "manifest.json").is_file())))
-    layer = next(b.manifest.layer for b in runtime.bundles if b.id == "deception")
-    j = runtime.stacks[layer].probe_ids.index("deception")
+    layers = next(b.manifest.layers or [b.manifest.layer] for b in runtime.bundles if b.id == "deception")
     eos = hf_reference.tokenizer.eos_token_id
     for prompt, tokens, scores in zip(r["prompts"], r["tokens"], r["scores"]):
         P = len(prompt)
@@ -35,11 +34,11 @@ def test_only_accepted_drafts_are_scored(tmp_path, hf_reference):
         m = len(got)
         assert sorted(got) == list(range(P, P + m)) and n - 1 <= m <= n, (m, n)
         with torch.inference_mode():
-            hidden = run_forward(hf_reference.model, [layer], torch.tensor([prompt + tokens[:m]]))
-        want = runtime.score(layer, hidden[layer][0])
-        tol = score_tolerance(want[: P + m, j])
+            hidden = run_forward(hf_reference.model, layers, torch.tensor([prompt + tokens[:m]]))
+        want = runtime.score_layers({layer: hidden[layer][0] for layer in layers})["deception"]  # summed over layers
+        tol = score_tolerance(want[: P + m])
         for p in range(P, P + m):
-            assert got[p] == pytest.approx(float(want[p, j]), abs=tol), p
+            assert got[p] == pytest.approx(float(want[p]), abs=tol), p
 
 
 def test_a_drafter_that_owns_the_aux_outputs_is_refused_by_name(tmp_path):
