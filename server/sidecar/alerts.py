@@ -80,6 +80,23 @@ class Snapshot:
         )
 
 
+def _alert_record(
+    gen: Generation, spec: ProbeSpec, value: float, position: int, now: float, early: bool = False
+) -> pb.Alert:
+    """The Alert message of one probe on one generation: an alert's, or an uncertain result's incident row."""
+    return pb.Alert(
+        generation_id=gen.id,
+        probe_id=spec.id,
+        behaviour=spec.behaviour,
+        score=value,
+        threshold=spec.threshold,
+        early=early,
+        position=position,
+        bundle_version=spec.version,
+        time_unix=now,
+    )
+
+
 class AlertDesk:
     """Raises alerts; writes and completes their incident rows and hands them to the webhook (on the writer)."""
 
@@ -111,17 +128,7 @@ class AlertDesk:
     ) -> pb.Alert:
         """Record the alert on the generation; an early one is written and then sent to the client."""
         now = time.time() if now is None else now
-        alert = pb.Alert(
-            generation_id=gen.id,
-            probe_id=spec.id,
-            behaviour=spec.behaviour,
-            score=value,
-            threshold=spec.threshold,
-            early=early,
-            position=position,
-            bundle_version=spec.version,
-            time_unix=now,
-        )
+        alert = _alert_record(gen, spec, value, position, now, early=early)
         gen.alerts[spec.id] = alert
         self.metrics.alerts.labels(probe=spec.id, behaviour=spec.behaviour).inc()
         self.metrics.last_alert.labels(probe=spec.id).set(now)
@@ -141,16 +148,8 @@ class AlertDesk:
                 self.raise_alert(gen, spec, value, early=False, position=-1, now=now)
             return True, False
         if spec.in_band(value):
-            gen.uncertain[spec.id] = pb.Alert(  # what the incident row is made of; never sent to the client
-                generation_id=gen.id,
-                probe_id=spec.id,
-                behaviour=spec.behaviour,
-                score=value,
-                threshold=spec.threshold,
-                position=-1,
-                bundle_version=spec.version,
-                time_unix=time.time() if now is None else now,
-            )
+            # what the incident row is made of; never sent to the client
+            gen.uncertain[spec.id] = _alert_record(gen, spec, value, -1, time.time() if now is None else now)
             self.metrics.uncertain.labels(probe=spec.id, behaviour=spec.behaviour).inc()
             return False, True
         return False, False

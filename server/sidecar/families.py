@@ -116,6 +116,10 @@ class FamilyScores:
         """The family a probe is a member of (None: none)."""
         return self._of_member.get(probe_id)
 
+    def reads(self, family_id: str, specs: dict[str, ProbeSpec]) -> list[int]:
+        """Every layer the family's members read (what a unary Score of the family needs)."""
+        return sorted({layer for m in self.specs[family_id].members for layer in specs[m].reads})
+
     def with_members(self, wanted: set[str]) -> set[str]:
         """`wanted` plus the members of the families in it (empty stays empty: every probe)."""
         out = set(wanted)

@@ -245,9 +245,7 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             raise InvalidInput("ScoreRequest carries no layers")
         for pid in request.probe_ids:
             reads = (
-                sorted({r for m in families[pid].members for r in self.engine.specs[m].reads})
-                if pid in families
-                else self.engine.specs[pid].reads
+                self.engine.families.reads(pid, self.engine.specs) if pid in families else self.engine.specs[pid].reads
             )
             missing = [layer for layer in reads if layer not in payloads]
             if missing:
