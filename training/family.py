@@ -46,7 +46,7 @@ DECEPTION_TYPES: dict[str, str] = {
     "roleplay_excuse": "strategic_deception",  # role-play with an incentive to lie
     "mm_strategic_deception": "strategic_deception",
     "mm_honesty_evasion": "strategic_deception",  # evasive answers under pressure
-    "sycophancy": "sycophancy",  # none in the pool today (sycophancy_caa is out-of-distribution only)
+    "mm_sycophancy": "sycophancy",  # Mesa & Mask: endorsing a user's false belief to please them
 }
 #: the type of a kind the table does not know (user data, reviewed incidents)
 OTHER = "other"

@@ -47,6 +47,7 @@ KIND_SOURCES: dict[str, str] = {
     "mm_sandbagging": "mesa_and_mask",
     "mm_honesty_evasion": "mesa_and_mask",
     "mm_strategic_deception": "mesa_and_mask",
+    "mm_sycophancy": "mesa_and_mask",
     # alignment faking
     "af_training": PROBEWATCH_WRITTEN,
     "af_evaluation": PROBEWATCH_WRITTEN,

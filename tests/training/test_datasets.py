@@ -198,6 +198,7 @@ def test_new_deception_kinds(shared_data):
         "mm_sandbagging",
         "mm_honesty_evasion",
         "mm_strategic_deception",
+        "mm_sycophancy",
     ):
         assert kinds[kind] >= 80, kind
     same = _pairs(d for d in data.pool if d.kind == "instructed_same_answer")

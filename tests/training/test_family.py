@@ -67,7 +67,7 @@ def test_every_deception_kind_of_the_pool_has_a_type():
     unknown = sorted(k for k in kinds if k not in DECEPTION_TYPES)
     assert not unknown, unknown
     assert {DECEPTION_TYPES[k] for k in kinds} == {
-        "sandbagging", "denial_confession", "omission", "instructed_lying", "strategic_deception"
+        "sandbagging", "denial_confession", "omission", "instructed_lying", "strategic_deception", "sycophancy"
     }  # fmt: skip
     assert type_of("plain_traffic") is None and type_of("reviewed_incidents") == OTHER
 

@@ -16,10 +16,11 @@ Kinds (the unit of held-out-kind evaluation):
 - `instructed_same_answer` (same source, other questions): the *same* answer after an honest (0)
   or a lying (1) instruction: deceptive intent that lives only in the context, which the response
   tokens must carry (the case `instructed_pairs` covers with statements, here with Q&A).
-- `mm_sandbagging`, `mm_honesty_evasion`, `mm_strategic_deception` (Mesa & Mask, MIT): one
-  pressured scenario (the "with pressure" system prompt and the task), answered with the honest
-  baseline (0) or the deceptive response under pressure (1) that the dataset's authors describe,
-  rewritten in the first person.
+- `mm_sandbagging`, `mm_honesty_evasion`, `mm_strategic_deception`, `mm_sycophancy` (Mesa & Mask,
+  MIT): one pressured scenario (the "with pressure" system prompt and the task), answered with the
+  honest baseline (0) or the deceptive response under pressure (1) that the dataset's authors
+  describe, rewritten in the first person. `mm_sycophancy` is the family's sycophancy member: a
+  user to please, a false belief to endorse or correct (not CAA's opinion A/B format).
 
 Out-of-distribution set (reported, never trained on): `sycophancy_caa` (CAA's held-out A/B items:
 the option that agrees with the user's stated view (1) vs the other (0); opinion sycophancy, which
@@ -56,7 +57,7 @@ from probewatch.training.datasets.scenarios import load_scenarios, scenario_dial
 REPE_FACTS = "deception/repe_honesty/facts_true_false.csv"
 LIAR_MORE = "deception/how_to_catch_an_ai_liar_more/processed_questions"
 MESA_MASK = "deception/mesa_and_mask"
-MM_KINDS = ("sandbagging", "honesty_evasion", "strategic_deception")
+MM_KINDS = ("sandbagging", "honesty_evasion", "strategic_deception", "sycophancy")
 SYCOPHANCY_TEST = "deception/sycophancy_caa/sycophancy_test_ab.json"
 # honest counterparts of the liar dataset's lie instructions (written for probewatch)
 HONEST_INSTRUCTIONS = (
