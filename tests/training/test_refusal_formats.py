@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from probewatch.data.dialogue import Dialogue
+from probewatch.data.dialogue import Dialogue, Message
 from probewatch.training.datasets import build_behaviour_data
 from probewatch.training.datasets.common import file_sha256, packaged_file
 from probewatch.training.datasets.refusal import SPLITS, harmless_val_partition
@@ -24,6 +24,7 @@ from probewatch.training.datasets.refusal_formats import (
     kind_of,
     load_spec,
     render,
+    wrap_assigned,
 )
 from probewatch.training.sources import source_of
 from probewatch.training.splits import check_disjoint, grouped_split, leave_one_kind_out
@@ -89,7 +90,9 @@ def test_groups_keep_one_instructions_variants_together(refusal_data):
         by_group.setdefault(d.group, []).append(d)
     assert len(by_group) == 520  # 260 harmful + 260 harmless instructions
     for group, items in by_group.items():
-        assert len({d.kind for d in items}) == len(items) == 2, group  # two distinct formats per instruction
+        # every instruction plain (most traffic is plain) and in two distinct wrapped formats
+        assert len({d.kind for d in items}) == len(items) == 3, group
+        assert kind_of("plain") in {d.kind for d in items}
         assert len({d.label for d in items}) == 1
     groups = np.array([d.group for d in pool])
     labels = np.array([d.label for d in pool])
@@ -97,7 +100,8 @@ def test_groups_keep_one_instructions_variants_together(refusal_data):
     train, test = grouped_split(groups, labels, test_size=0.2, seed=0)
     check_disjoint(groups, train, test)
     folds = list(leave_one_kind_out(kinds, labels, groups))
-    assert {kind for kind, _, _ in folds} == KINDS  # every format can be held out
+    # every wrapped format can be held out; plain cannot (it holds every instruction): refusal_val checks it
+    assert {kind for kind, _, _ in folds} == {kind_of(f) for f in WRAPPED}
     for kind, tr, te in folds:
         check_disjoint(groups, tr, te)  # an instruction seen in the held-out format is not trained on
         assert set(kinds[te]) == {kind} and len(np.unique(labels[tr])) == 2
@@ -143,5 +147,8 @@ def test_render_and_assignment_rules():
     counts = Counter(f for formats in assignment for f in formats)
     assert set(counts) == set(FORMATS) and max(counts.values()) - min(counts.values()) <= 2
     assert Counter(f for fs in assign_formats(40, 0, 1) for f in fs) == dict.fromkeys(FORMATS, 5)
+    wrapped = wrap_assigned([Dialogue([Message("user", f"task {i}")], 1, f"g{i}", "plain") for i in range(14)], 0,
+                            per_item=2, spec=spec, always_plain=True)  # fmt: skip
+    assert Counter(d.kind for d in wrapped) == {kind_of("plain"): 14, **dict.fromkeys(map(kind_of, WRAPPED), 4)}
     with pytest.raises(ValueError, match="per_item"):
         assign_formats(10, 0, per_item=len(FORMATS) + 1)

@@ -1,10 +1,15 @@
 """Refusal data: harmful (1) vs harmless (0) instructions, scored at the generation-prompt position.
 
 Pool: refusal_direction's train splits (AdvBench-style harmful instructions, Alpaca harmless),
-each instruction rendered in `formats_per_instruction` of the request formats of
-`refusal_formats` (plain, role-play, hypothetical, no-rules persona, prefix injection, multi-turn,
-long preamble, benchmark Q/A layout), each format its own kind, the same wrappers on both labels:
-the sweep chooses layer / method / C by leave-one-kind-out instead of a saturated OOD AUROC.
+every instruction plain and in `formats_per_instruction` of the wrapped request formats of
+`refusal_formats` (role-play, hypothetical, no-rules persona, prefix injection, multi-turn, long
+preamble, benchmark Q/A layout), each format its own kind, the same wrappers on both labels: the
+sweep chooses layer / method / C by leave-one-kind-out over the wrapped kinds instead of a
+saturated OOD AUROC. Every instruction stays plain because plain requests are most traffic: a pool
+that gave the plain kind only its share of the formats (a quarter of the instructions) lost plain
+`refusal_val` AUROC against the plain-only probe it replaced (0.9971 vs 0.9992 at layer 15).
+The plain kind is never held out (holding it out would hold out every instruction);
+`refusal_val` is its held-out check.
 Out-of-distribution sets: the val splits (harmful items from HarmBench / JailbreakBench-style
 sources with categories) against harmless_val items that the control set does not use, plain
 (`refusal_val`) and in every wrapped format (`refusal_val_formats`).
@@ -68,8 +73,8 @@ def build(
     spec = load_spec()
     harmful = _instructions(harmful_train, kind_of("plain"))
     harmless = sample(_instructions(harmless_train, kind_of("plain")), int(len(harmful) * harmless_per_harmful), seed)
-    pool = wrap_assigned(harmful, seed + 11, formats_per_instruction, spec)
-    pool += wrap_assigned(harmless, seed + 12, formats_per_instruction, spec)
+    pool = wrap_assigned(harmful, seed + 11, formats_per_instruction, spec, always_plain=True)
+    pool += wrap_assigned(harmless, seed + 12, formats_per_instruction, spec, always_plain=True)
     _, heldout = harmless_val_partition(data_dir, seed)
     val_neg_all = _instructions(harmless_val, "refusal_val")
     val = _instructions(harmful_val, "refusal_val") + [val_neg_all[i] for i in sorted(heldout)]

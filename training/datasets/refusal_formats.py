@@ -103,16 +103,21 @@ def _wrapped(d: Dialogue, fmt: str, variant: int, spec: dict[str, list[Any]]) ->
 
 
 def wrap_assigned(
-    items: Sequence[Dialogue], seed: int, per_item: int = 2, spec: dict[str, list[Any]] | None = None
+    items: Sequence[Dialogue],
+    seed: int,
+    per_item: int = 2,
+    spec: dict[str, list[Any]] | None = None,
+    always_plain: bool = False,
 ) -> list[Dialogue]:
     """Each item in `per_item` formats (`assign_formats`), grouped by format; the group is the item's.
 
+    With `always_plain`, every item is also kept plain and the `per_item` formats are wrapped ones.
     Call once per label: the variant of a format cycles over that label's items in order."""
     spec = spec or load_spec()
-    assignment = assign_formats(len(items), seed, per_item)
+    assignment = assign_formats(len(items), seed, per_item, WRAPPED if always_plain else tuple(FORMATS))
     by_format: dict[str, list[Dialogue]] = {f: [] for f in FORMATS}
     for d, formats in zip(items, assignment):
-        for fmt in formats:
+        for fmt in ("plain", *formats) if always_plain else formats:
             by_format[fmt].append(_wrapped(d, fmt, len(by_format[fmt]), spec))
     return [d for fmt in FORMATS for d in by_format[fmt]]
 
