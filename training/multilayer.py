@@ -1,7 +1,7 @@
 """Multi-layer probes, measured the way single-layer ones are chosen (leave-one-kind-out).
 
 Two constructions from the field, per-example logistic on the chosen token selection:
-- `concat`: one probe on the concatenation of the best layers' features (Apollo / GDM report
+- `concat`: one probe on the concatenation of several layers' features (Apollo / GDM report
   small gains from several layers);
 - `ensemble`: one probe per layer, each standardised to unit spread on its training examples,
   scores averaged.
@@ -15,11 +15,18 @@ measurement and nothing changes. Shipping refits the concat probe through the sa
 a single layer: `MultiLayerActivations` hands stage 5 and 6 the layers' rows side by side, so the
 Platt fold, operating point, calibration reference, plots and live-path parity check all apply.
 `ensemble` stays a measurement (its per-layer rescaling is not one linear probe).
+
+Which layers: a forward search (`forward_layers`) from the chosen single layer adds, one at a time,
+the layer whose concat scores best on held-out kinds (other-source rows included, as the sweep
+reads them), while that improves the mean without costing the worst kind more than `WORST_MARGIN`.
+The top layers by their own score are often neighbours that carry the same signal: for refusal,
+layers 19+23+25 scored 0.985 (held-out kinds, other source included) where 7+19+23 scored 0.989 and
+plain refusal_val 0.9976 against 0.9998.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -27,7 +34,7 @@ import numpy as np
 
 from probewatch.training.estimators import make_probe
 from probewatch.training.features import LayerData, example_weights
-from probewatch.training.sweep import PoolArrays, SweepRow, _safe_auroc
+from probewatch.training.sweep import PoolArrays, SweepRow, _safe_auroc, checked_per_kind, ood_kind_rows
 
 #: concat ships only when its held-out-kind AUROC beats the single-layer choice's by more than this
 SHIP_MARGIN = 0.01
@@ -37,29 +44,75 @@ WORST_MARGIN = 0.01
 MIN_KINDS_ALL_BETTER = 5
 
 
-def _fit_score(X: np.ndarray, pool: PoolArrays, train: np.ndarray, C: float | None, seed: int, balance: bool):
+@dataclass
+class OtherSource:
+    """Another source's rows of pool kinds (an out-of-distribution set): per-layer example features, labels, kinds."""
+
+    features: Mapping[int, np.ndarray]
+    labels: np.ndarray
+    kinds: np.ndarray
+
+
+def _fit(X: np.ndarray, pool: PoolArrays, train: np.ndarray, C: float | None, seed: int, balance: bool):
     probe = make_probe("logistic", seed=seed, C=C)
-    probe.fit(X[train], pool.labels[train], groups=pool.groups[train], sample_weight=_weights(pool, train, balance))
-    return probe.decision_function(X)
+    return probe.fit(
+        X[train], pool.labels[train], groups=pool.groups[train], sample_weight=_weights(pool, train, balance)
+    )
 
 
 def _weights(pool: PoolArrays, idx: np.ndarray, balance: bool) -> np.ndarray:
     return example_weights(idx, pool.kinds, balance)
 
 
-def _evaluate(score_fn, pool: PoolArrays) -> dict[str, Any]:
-    """Validation AUROC (fit split -> validation split) and held-out-kind AUROC per kind."""
-    val = score_fn(pool.fit_idx)
+#: fit on the given pool rows -> (scores of every pool example, scores of every row of each other source)
+ScoreFn = Callable[[np.ndarray], tuple[np.ndarray, list[np.ndarray]]]
+
+
+def _evaluate(score_fn: ScoreFn, pool: PoolArrays, others: Sequence[OtherSource] = ()) -> dict[str, Any]:
+    """Validation AUROC (fit split -> validation split), held-out-kind AUROC per kind and, where another
+    source has rows of the held-out kind, that fold's AUROC on them (`heldout_other_source`)."""
+    val, _ = score_fn(pool.fit_idx)
     per_kind: dict[str, float] = {}
+    other_source: dict[str, float] = {}
     for kind, tr, te in pool.loko():
-        value = _safe_auroc(score_fn(tr)[te], pool.labels[te])
+        scores, other_scores = score_fn(tr)
+        value = _safe_auroc(scores[te], pool.labels[te])
         if value is not None:
             per_kind[kind] = value
+        for o, s in zip(others, other_scores):
+            for rows in ood_kind_rows({"o": o.kinds}, kind).values():
+                if (v := _safe_auroc(s[rows], o.labels[rows])) is not None:
+                    other_source[kind] = min(v, other_source.get(kind, v))
     return {
         "val_auroc": _safe_auroc(val[pool.val_idx], pool.labels[pool.val_idx]),
         "heldout_kind_auroc": float(np.mean(list(per_kind.values()))) if per_kind else None,
         "heldout_per_kind": per_kind,
+        "heldout_other_source": other_source,
     }
+
+
+def _concat(features: Mapping[int, np.ndarray], layers: Sequence[int]) -> np.ndarray:
+    return np.concatenate([features[layer] for layer in layers], axis=1)
+
+
+def evaluate_concat(
+    features: Mapping[int, np.ndarray],
+    pool: PoolArrays,
+    layers: Sequence[int],
+    C: float | None,
+    seed: int = 0,
+    balance_kinds: bool = True,
+    others: Sequence[OtherSource] = (),
+) -> dict[str, Any]:
+    """The concatenated probe over `layers`, measured like a sweep row."""
+    X = _concat(features, layers)
+    Xo = [_concat(o.features, layers) for o in others]
+
+    def score(tr: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        probe = _fit(X, pool, tr, C, seed, balance_kinds)
+        return probe.decision_function(X), [probe.decision_function(x) for x in Xo]
+
+    return _evaluate(score, pool, others)
 
 
 def multi_layer_comparison(
@@ -69,22 +122,64 @@ def multi_layer_comparison(
     C: float | None,
     seed: int = 0,
     balance_kinds: bool = True,
+    others: Sequence[OtherSource] = (),
+    concat: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Concatenated and ensembled probes over `layers` ({layer: [n_examples, d] example features})."""
+    """Concatenated and ensembled probes over `layers` ({layer: [n_examples, d] example features});
+    `concat`: the concatenated probe's measurement when the caller already has it."""
     layers = list(layers)
     out: dict[str, Any] = {"layers": layers, "C": C}
-    X = np.concatenate([features[layer] for layer in layers], axis=1)
-    out["concat"] = _evaluate(lambda tr: _fit_score(X, pool, tr, C, seed, balance_kinds), pool)
+    out["concat"] = concat or evaluate_concat(features, pool, layers, C, seed, balance_kinds, others)
 
-    def ensemble(tr: np.ndarray) -> np.ndarray:
-        parts = []
+    def ensemble(tr: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+        parts, other_parts = [], []
         for layer in layers:
-            s = _fit_score(features[layer], pool, tr, C, seed, balance_kinds)
-            parts.append(s / (np.std(s[tr]) or 1.0))
-        return np.mean(parts, axis=0)
+            probe = _fit(features[layer], pool, tr, C, seed, balance_kinds)
+            s = probe.decision_function(features[layer])
+            spread = np.std(s[tr]) or 1.0
+            parts.append(s / spread)
+            other_parts.append([probe.decision_function(o.features[layer]) / spread for o in others])
+        return np.mean(parts, axis=0), [np.mean([p[i] for p in other_parts], axis=0) for i in range(len(others))]
 
-    out["ensemble"] = _evaluate(ensemble, pool)
+    out["ensemble"] = _evaluate(ensemble, pool, others)
     return out
+
+
+def _checked(result: Mapping[str, Any]) -> dict[str, float]:
+    return checked_per_kind(dict(result.get("heldout_per_kind") or {}), dict(result.get("heldout_other_source") or {}))
+
+
+def _mean_worst(result: Mapping[str, Any]) -> tuple[float, float]:
+    checked = _checked(result)
+    return (float(np.mean(list(checked.values()))), min(checked.values())) if checked else (-1.0, -1.0)
+
+
+def forward_layers(
+    measure: Callable[[list[int]], dict[str, Any]], start: SweepRow, candidates: Sequence[int], k: int
+) -> tuple[list[int], dict[str, Any] | None, list[dict[str, Any]]]:
+    """Greedy forward search from `start`'s layer: add the layer whose concat (`measure(layers)`) has the best
+    held-out mean, as long as that beats the current set and costs the worst kind at most `WORST_MARGIN`.
+    Returns (layers, the last concat measurement or None when no layer was added, the search trail)."""
+    chosen = [start.layer]
+    current = {"heldout_per_kind": start.heldout_per_kind, "heldout_other_source": start.heldout_other_source}
+    mean, worst = _mean_worst(current)
+    found: dict[str, Any] | None = None
+    trail: list[dict[str, Any]] = []
+    while len(chosen) < k:
+        best: tuple[int, dict[str, Any], float, float] | None = None
+        for layer in candidates:
+            if layer in chosen:
+                continue
+            result = measure(sorted([*chosen, layer]))
+            m, w = _mean_worst(result)
+            trail.append({"layers": sorted([*chosen, layer]), "mean": m, "worst": w})
+            if w >= worst - WORST_MARGIN and (best is None or m > best[2]):
+                best = (layer, result, m, w)
+        if best is None or best[2] <= mean:
+            break
+        chosen.append(best[0])
+        found, mean, worst = best[1], best[2], best[3]
+    return sorted(chosen), found, trail
 
 
 def ship_concat(multi: Mapping[str, Any] | None, chosen: SweepRow, margin: float | None = None) -> bool:
@@ -99,13 +194,16 @@ def ship_concat(multi: Mapping[str, Any] | None, chosen: SweepRow, margin: float
         return False
     margin = SHIP_MARGIN if margin is None else margin
     concat = multi.get("concat") or {}
-    mean = concat.get("heldout_kind_auroc")
-    if mean is None:
+    if concat.get("heldout_kind_auroc") is None:
         return False
-    per_kind, chosen_per_kind = concat.get("heldout_per_kind") or {}, chosen.heldout_per_kind or {}
+    # per kind as selection reads it: the lower of the pool's and another source's AUROC of the kind
+    per_kind, chosen_per_kind = _checked(concat), chosen.checked_per_kind
     if _better_on_every_kind(per_kind, chosen_per_kind):
         return True
-    if mean <= chosen.heldout_kind_auroc + margin:
+    mean = (
+        float(np.mean(list(per_kind.values()))) if concat.get("heldout_other_source") else concat["heldout_kind_auroc"]
+    )
+    if mean <= chosen.selection_score("heldout_kind") + margin:
         return False
     return not (per_kind and chosen_per_kind and min(per_kind.values()) < min(chosen_per_kind.values()) - WORST_MARGIN)
 
@@ -134,6 +232,7 @@ def concat_row(multi: Mapping[str, Any], chosen: SweepRow) -> SweepRow:
         val_auroc=concat.get("val_auroc"),
         heldout_kind_auroc=concat.get("heldout_kind_auroc"),
         heldout_per_kind=dict(concat.get("heldout_per_kind") or {}),
+        heldout_other_source=dict(concat.get("heldout_other_source") or {}),
         ood_auroc={},
         C=multi.get("C"),
         temperature=None,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import numpy as np
 
 from probewatch.behaviours import DEFAULT_PROBE_IDS
 from probewatch.training.plots import layer_view, sweep_mode
@@ -26,6 +27,7 @@ from probewatch.training.quality_changes import CHANGE_HELPERS
 from probewatch.training.quality_extras_doc import EXTRA_HELPERS
 from probewatch.training.quality_sources import SOURCE_HELPERS
 from probewatch.training.report import Metrics, OperatingSummary, TrainReport, as_report
+from probewatch.training.sweep import checked_per_kind
 
 # the linear probe each behaviour's SAE-feature probes are compared with
 LINEAR_FOR_BEHAVIOUR = DEFAULT_PROBE_IDS
@@ -282,7 +284,22 @@ def _multi_layer_view(ml: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     b, concat, ens = ml["best_single"], ml["concat"], ml["ensemble"]
     gain = max(concat["heldout_kind_auroc"] or 0, ens["heldout_kind_auroc"] or 0) - (b["heldout_kind_auroc"] or 0)
-    return {**ml, "best": b, "gain": gain, "shipped": bool(ml.get("shipped"))}
+    search = ml.get("search") or {}
+
+    def both_sides(r: dict[str, Any]) -> float | None:  # held-out kinds with another source's rows of each kind
+        checked = checked_per_kind(r.get("heldout_per_kind") or {}, r.get("heldout_other_source") or {})
+        return float(np.mean(list(checked.values()))) if r.get("heldout_other_source") and checked else None
+
+    return {
+        **ml,
+        "best": b,
+        "gain": gain,
+        "shipped": bool(ml.get("shipped")),
+        "search_start": search.get("start"),
+        "search_n": len(search.get("trail") or []),
+        "best_both": both_sides(b),
+        "concat_both": both_sides(concat),
+    }
 
 
 # -- SAE-feature probes ----------------------------------------------------------------------------------

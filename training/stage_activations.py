@@ -32,6 +32,11 @@ class Activations:
         default_factory=dict, repr=False
     )
 
+    @property
+    def ood_kinds(self) -> dict[str, np.ndarray]:
+        """{ood name: the kind of each of its rows} (a row of a pool kind is that kind from another source)."""
+        return {name: a.kinds for name, a in self.ood.items()}
+
     def layer(self, layer: int) -> tuple[LayerData, dict[str, tuple[LayerData, np.ndarray]], LayerData]:
         """(pool, {ood name: (data, labels)}, control) rows of one layer."""
         if layer not in self._cache:

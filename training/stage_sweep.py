@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from probewatch.probes import Aggregation
+from probewatch.training.multilayer import OtherSource
 from probewatch.training.stage_activations import Activations, Splits
 from probewatch.training.stage_data import PreparedData
 from probewatch.training.sweep import PoolArrays, SweepRow, best_row, selection_basis, sweep_layer
@@ -44,13 +45,15 @@ def run_sweep(
     rows: list[SweepRow] = []
     per_token_sweep = bool(config.per_token)
     features: dict[tuple[str, int], np.ndarray] = {}  # per-example matrices for the multi-layer comparison
+    ood_kinds = acts.ood_kinds
+    shared = {n for n, k in ood_kinds.items() if set(k.tolist()) & set(pool.kinds.tolist())}  # OOD rows of pool kinds
+    other_features: dict[tuple[str, int], dict[str, np.ndarray]] = {}
 
     def sweep(layer: int, selection: str, methods: Sequence[str], per_token: bool, grid=Cs) -> list[SweepRow]:
         ld, ood, control_ld = acts.layer(layer)
-        if config.multi_layer and selection != "prompt_last":
+        if config.multi_layer:
             features[(selection, layer)] = ld.example_matrix(selection)
-        elif config.multi_layer:
-            features[(selection, layer)] = ld.last
+            other_features[(selection, layer)] = {n: ood[n][0].example_matrix(selection) for n in shared}
         return sweep_layer(
             ld,
             ood,
@@ -65,6 +68,7 @@ def run_sweep(
             control=control_ld.subset(splits.control_cal),
             fpr=config.fpr,
             Cs=grid,
+            ood_kinds=ood_kinds,
         )
 
     bar = tqdm(
@@ -93,7 +97,15 @@ def run_sweep(
         chosen = best_row([chosen, attention], basis)  # chosen only where it wins on the same basis
     multi = None
     if config.multi_layer > 1 and basis == "heldout_kind" and len(layers) > 1:
-        multi = _multi_layer(config, rows, chosen, features, pool)
+        others = [
+            OtherSource(
+                {layer: f[name] for (s, layer), f in other_features.items() if s == chosen.token_selection},
+                acts.ood[name].labels,
+                ood_kinds[name],
+            )
+            for name in sorted(shared)
+        ]
+        multi = _multi_layer(config, rows, chosen, features, pool, others)
     log.info(
         "chosen: layer %d, %s (C=%s), %s, per_token=%s, aggregation %s (%s %.3f, validation %.3f)",
         chosen.layer,
@@ -124,43 +136,56 @@ def _multi_layer(
     chosen: SweepRow,
     features: dict[tuple[str, int], np.ndarray],
     pool: PoolArrays,
+    others: Sequence[OtherSource] = (),
 ) -> dict[str, Any] | None:
-    """Concatenated / ensembled logistic probes on the best layers (per-example, chosen token selection)."""
-    from probewatch.training.multilayer import multi_layer_comparison
+    """Concatenated / ensembled logistic probes (per-example, chosen token selection) on the layers a forward
+    search from the chosen layer adds (`multilayer.forward_layers`, at most `config.multi_layer` layers)."""
+    from probewatch.training.multilayer import evaluate_concat, forward_layers, multi_layer_comparison
 
     selection = chosen.token_selection
     agg = "mean" if selection != "prompt_last" else "last"
     single = [
         r
         for r in rows
-        if r.method == "logistic" and not r.per_token and r.token_selection == selection and r.aggregation == agg
+        if r.method == "logistic"
+        and not r.per_token
+        and r.token_selection == selection
+        and r.aggregation == agg
+        and (selection, r.layer) in features
     ]
-    if not single:
-        return None
     best_by_layer: dict[int, SweepRow] = {}
     for r in single:
-        if r.layer not in best_by_layer or (r.heldout_kind_auroc or 0) > (
-            best_by_layer[r.layer].heldout_kind_auroc or 0
+        if r.layer not in best_by_layer or r.selection_score("heldout_kind") > best_by_layer[r.layer].selection_score(
+            "heldout_kind"
         ):
             best_by_layer[r.layer] = r
-    ranked = sorted(best_by_layer.values(), key=lambda r: -(r.heldout_kind_auroc or 0))[: config.multi_layer]
-    layers = sorted(r.layer for r in ranked)
-    if len(layers) < 2 or any((selection, layer) not in features for layer in layers):
+    if len(best_by_layer) < 2:
         return None
-    out = multi_layer_comparison(
-        {layer: features[(selection, layer)] for layer in layers},
-        pool,
-        layers,
-        ranked[0].C,
-        config.seed,
-        config.balance_kinds,
+    start = best_by_layer.get(chosen.layer) or max(
+        best_by_layer.values(), key=lambda r: r.selection_score("heldout_kind")
     )
-    best = ranked[0]
+    by_layer = {layer: features[(selection, layer)] for layer in best_by_layer}
+    measured: dict[tuple[int, ...], dict[str, Any]] = {}
+
+    def measure(layers: list[int]) -> dict[str, Any]:
+        key = tuple(layers)
+        if key not in measured:
+            measured[key] = evaluate_concat(by_layer, pool, layers, start.C, config.seed, config.balance_kinds, others)
+        return measured[key]
+
+    layers, _, trail = forward_layers(measure, start, sorted(best_by_layer), config.multi_layer)
+    if len(layers) < 2:  # nothing helped: still report the best pair the search measured
+        layers = max(trail, key=lambda t: t["mean"])["layers"]
+    out = multi_layer_comparison(
+        by_layer, pool, layers, start.C, config.seed, config.balance_kinds, others, concat=measure(layers)
+    )
     out["token_selection"] = selection
+    out["search"] = {"start": start.layer, "trail": trail}
     out["best_single"] = {
-        "layer": best.layer,
-        "val_auroc": best.val_auroc,
-        "heldout_kind_auroc": best.heldout_kind_auroc,
-        "heldout_per_kind": best.heldout_per_kind,
+        "layer": start.layer,
+        "val_auroc": start.val_auroc,
+        "heldout_kind_auroc": start.heldout_kind_auroc,
+        "heldout_per_kind": start.heldout_per_kind,
+        "heldout_other_source": start.heldout_other_source,
     }
     return out

@@ -20,8 +20,16 @@ Configurations are chosen by the held-out-kind numbers when the pool has at leas
 worst kind first, to 0.01, then the mean, to 0.001), else by the mean of out-of-distribution and
 validation AUROC, else by validation; AUROCs within 0.01 count as ties, broken by recall at 1%
 FPR on the control set's calibration half (validation positives), then validation AUROC, then the
-earlier layer. The chosen number is a maximum over configurations, so it is mildly
-optimistic; reports say how many configurations were compared.
+earlier layer. The chosen number is a maximum over configurations, so it is mildly optimistic;
+reports say how many configurations were compared.
+
+Held out from two sides where the data allow: when an out-of-distribution set (another source of
+items) carries rows of a pool kind, each leave-one-kind-out probe also scores those rows
+(`heldout_other_source`): the kind's format is unseen *and* its items come from elsewhere, which is
+what a jailbreak benchmark is to the refusal probe. A held-out kind then counts with the lower of
+its two AUROCs (`SweepRow.checked_per_kind`). Refusal needs it: its kinds are wrappers around one
+source's instructions, and by those alone the late layer 29 won (held-out kinds 0.987) while
+scoring worst of the candidates on the other source (refusal_val 0.989, in formats 0.982).
 """
 
 from __future__ import annotations
@@ -70,6 +78,13 @@ class SweepRow:
     C: float | None = None
     val_recall_control: float | None = None  # validation positives above the control-calibrated threshold
     temperature: float | None = None  # softmax aggregation: raw-score temperature of this row's probe
+    #: held-out kind -> AUROC of that fold's probe on the out-of-distribution rows of the same kind (another source)
+    heldout_other_source: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def checked_per_kind(self) -> dict[str, float]:
+        """Per held-out kind, what selection reads: the lower of its pool and other-source AUROCs."""
+        return checked_per_kind(self.heldout_per_kind, self.heldout_other_source)
 
     @property
     def ood_mean(self) -> float | None:
@@ -80,6 +95,9 @@ class SweepRow:
             # out-of-distribution sets are often small (refusal: 39 harmful items): average with validation
             parts = [v for v in (self.ood_mean, self.val_auroc) if v is not None]
             return float(np.mean(parts)) if parts else -1.0
+        if by == "heldout_kind" and self.heldout_other_source:
+            checked = self.checked_per_kind
+            return float(np.mean(list(checked.values()))) if checked else -1.0
         value = {"heldout_kind": self.heldout_kind_auroc, "validation": self.val_auroc}[by]
         return -1.0 if value is None else float(value)
 
@@ -87,6 +105,21 @@ class SweepRow:
         out = asdict(self)
         out["ood_mean"] = self.ood_mean
         return out
+
+
+def checked_per_kind(per_kind: dict[str, float], other_source: dict[str, float]) -> dict[str, float]:
+    """Per held-out kind, the lower of its AUROC in the pool and on another source's rows of that kind."""
+    return {k: min(v, other_source.get(k, v)) for k, v in per_kind.items()}
+
+
+def ood_kind_rows(ood_kinds: dict[str, np.ndarray] | None, kind: str) -> dict[str, np.ndarray]:
+    """{out-of-distribution set: its row indices of `kind`} for the sets that carry that pool kind."""
+    out = {}
+    for name, kinds in (ood_kinds or {}).items():
+        rows = np.flatnonzero(np.asarray(kinds) == kind)
+        if len(rows):
+            out[name] = rows
+    return out
 
 
 @dataclass
@@ -195,13 +228,15 @@ def sweep_layer(
     control: LayerData | None = None,
     fpr: float = 0.01,
     Cs: Sequence[float] | None = None,
+    ood_kinds: dict[str, np.ndarray] | None = None,
 ) -> list[SweepRow]:
     """Every (method, C, aggregation) on one layer; one fit per method, C and split.
 
     With `Cs`, each C of a logistic probe is its own configuration (chosen by held-out kind);
     without, C comes from grouped CV on the fit split. With `control` (the calibration half of the
     control set), each row also records the recall of validation positives at the threshold that
-    flags `fpr` of the control set.
+    flags `fpr` of the control set. With `ood_kinds` (each OOD set's row kinds), every held-out kind's probe
+    also scores the OOD rows of that kind (`SweepRow.heldout_other_source`).
     """
     from probewatch.metrics import recall_at_threshold, threshold_at_fpr
 
@@ -220,15 +255,23 @@ def sweep_layer(
             ood_scores = {name: score_all(w, b, od, token_selection, aggs) for name, (od, _) in ood.items()}
             control_scores = score_all(w, b, control, token_selection, aggs) if control is not None else {}
             heldout: dict[str, dict[str, float | None]] = {a.method: {} for a in aggs}
+            other: dict[str, dict[str, float]] = {a.method: {} for a in aggs}
             for kind, tr, te in loko:
                 # C is the swept value, or (no grid) the fit split's grouped-CV choice: one selection per
                 # layer keeps the sweep affordable; `heldout_kind_recall` redoes it inside each fold
                 spec_k = replace(spec, C=C if C is not None else getattr(probe, "C_", None))
                 pk = fit_probe(spec_k, data, pool, tr, seed, balance_kinds)
                 wk, bk = pk.raw_linear_form()
-                sk = score_all(wk, bk, data, token_selection, with_temperature(aggs, wk, bk, data, tr, token_selection))
+                aggs_k = with_temperature(aggs, wk, bk, data, tr, token_selection)
+                sk = score_all(wk, bk, data, token_selection, aggs_k)
                 for a in aggs:
                     heldout[a.method][kind] = _safe_auroc(sk[a.method][te], pool.labels[te])
+                for name, at in ood_kind_rows(ood_kinds, kind).items():
+                    od, od_labels = ood[name]
+                    so = score_all(wk, bk, od, token_selection, aggs_k)
+                    for a in aggs:
+                        if (v := _safe_auroc(so[a.method][at], od_labels[at])) is not None:
+                            other[a.method][kind] = min(v, other[a.method].get(kind, v))
             for a in aggs:
                 per_kind = {k: v for k, v in heldout[a.method].items() if v is not None}
                 rows.append(
@@ -251,14 +294,16 @@ def sweep_layer(
                         if control is not None and len(val_pos)
                         else None,
                         a.temperature if a.method == "softmax" else None,
+                        other[a.method],
                     )
                 )
     return rows
 
 
 def worst_kind(row: SweepRow) -> float:
-    """The row's lowest held-out-kind AUROC (-1 when it has none)."""
-    return min(row.heldout_per_kind.values()) if row.heldout_per_kind else -1.0
+    """The row's lowest held-out-kind AUROC, other-source rows included (-1 when it has none)."""
+    checked = row.checked_per_kind
+    return min(checked.values()) if checked else -1.0
 
 
 def best_row(rows: Sequence[SweepRow], by: str) -> SweepRow:
