@@ -9,7 +9,8 @@ Two constructions from the field, per-example logistic on the chosen token selec
 `concat` can ship: a bundle may read several layers (manifest `layers`; the token score is
 sum_l w_l . h_l + b, which is exactly the concatenated probe; the live sidecar joins the layers per
 token, server/sidecar/joins.py). The pipeline ships it only where it beats the single-layer choice
-on held-out kinds by more than `SHIP_MARGIN`, or on every one of at least `MIN_KINDS_ALL_BETTER` held-out
+on held-out kinds by more than `SHIP_MARGIN` (or by more than `ERROR_SHARE` of the single probe's remaining
+held-out error, where that is smaller), or on every one of at least `MIN_KINDS_ALL_BETTER` held-out
 kinds (`ship_concat`); otherwise the comparison stays a
 measurement and nothing changes. Shipping refits the concat probe through the same final stage as
 a single layer: `MultiLayerActivations` hands stage 5 and 6 the layers' rows side by side, so the
@@ -38,6 +39,9 @@ from probewatch.training.sweep import PoolArrays, SweepRow, _safe_auroc, checked
 
 #: concat ships only when its held-out-kind AUROC beats the single-layer choice's by more than this
 SHIP_MARGIN = 0.01
+#: ... or, near the ceiling, by more than this share of the single probe's remaining error (1 - AUROC): at 0.98 a
+#: gain of 0.01 is half the error left, while at 0.86 (deception) the absolute 0.01 is the smaller bar
+ERROR_SHARE = 1 / 3
 #: how much lower the concat probe's worst held-out kind may be than the single layer's and still ship
 WORST_MARGIN = 0.01
 #: concat also ships, whatever the margin, when it is better on every held-out kind and there are at least this many
@@ -184,7 +188,8 @@ def forward_layers(
 
 def ship_concat(multi: Mapping[str, Any] | None, chosen: SweepRow, margin: float | None = None) -> bool:
     """True when the concatenated probe beats the single-layer choice on held-out kinds, either
-    - by more than `margin` (default `SHIP_MARGIN`) on the mean, without being worse by more than
+    - by more than `margin` on the mean (default: `SHIP_MARGIN`, or `ERROR_SHARE` of the single probe's
+      remaining error 1 - AUROC where that is smaller), without being worse by more than
       `WORST_MARGIN` on its worst kind (the worst-first rule of the sweep: a mean gain that costs the
       hardest kind does not ship), or
     - on every held-out kind, with at least `MIN_KINDS_ALL_BETTER` of them: near the ceiling (refusal's
@@ -192,7 +197,8 @@ def ship_concat(multi: Mapping[str, Any] | None, chosen: SweepRow, margin: float
       a gain on each of several independent kinds is the stronger evidence (a sign test on 8 kinds: p = 0.004)."""
     if not multi or chosen.heldout_kind_auroc is None:
         return False
-    margin = SHIP_MARGIN if margin is None else margin
+    single = chosen.selection_score("heldout_kind")
+    margin = min(SHIP_MARGIN, ERROR_SHARE * (1.0 - single)) if margin is None else margin
     concat = multi.get("concat") or {}
     if concat.get("heldout_kind_auroc") is None:
         return False
@@ -203,7 +209,7 @@ def ship_concat(multi: Mapping[str, Any] | None, chosen: SweepRow, margin: float
     mean = (
         float(np.mean(list(per_kind.values()))) if concat.get("heldout_other_source") else concat["heldout_kind_auroc"]
     )
-    if mean <= chosen.selection_score("heldout_kind") + margin:
+    if mean <= single + margin:
         return False
     return not (per_kind and chosen_per_kind and min(per_kind.values()) < min(chosen_per_kind.values()) - WORST_MARGIN)
 

@@ -73,19 +73,26 @@ def test_concat_near_the_ceiling_ships_when_better_on_every_kind():
     assert concat_mean - single.heldout_kind_auroc < multilayer.SHIP_MARGIN
     multi = _multi(concat_mean) | {"concat": {"heldout_kind_auroc": concat_mean, "heldout_per_kind": concat_kinds}}
     assert ship_concat(multi, single) is True
-    # one kind not better: the margin rule decides, and the mean gain is under it
+    # one kind not better: the margin rule decides. Near the ceiling the margin is a third of the error left
+    # (single 0.984: 0.0053), so +0.0084 ships and +0.004 does not
     tied = concat_kinds | {"k2": single_kinds["k2"]}
-    multi_tied = _multi(concat_mean) | {"concat": {"heldout_kind_auroc": concat_mean, "heldout_per_kind": tied}}
-    assert ship_concat(multi_tied, single) is False
+    tied_mean = float(np.mean(list(tied.values())))
+    multi_tied = _multi(tied_mean) | {"concat": {"heldout_kind_auroc": tied_mean, "heldout_per_kind": tied}}
+    assert tied_mean - single.heldout_kind_auroc > multilayer.ERROR_SHARE * (1 - single.heldout_kind_auroc)
+    assert ship_concat(multi_tied, single) is True
+    small = single_kinds | {"k0": 0.995, "k1": 0.9785}  # +0.004 on the mean, k2..k7 tied
+    small_mean = float(np.mean(list(small.values())))
+    multi_small = _multi(small_mean) | {"concat": {"heldout_kind_auroc": small_mean, "heldout_per_kind": small}}
+    assert ship_concat(multi_small, single) is False
     # better everywhere but on too few kinds to be evidence
     few = SweepRow("prompt_last", 19, "logistic", False, "last", 0.99, 0.97, _kinds([0.96, 0.97, 0.98]), C=1.0)
     multi_few = _multi(0.975) | {
         "concat": {"heldout_kind_auroc": 0.975, "heldout_per_kind": _kinds([0.965, 0.975, 0.985])}
     }
     assert ship_concat(multi_few, few) is False
-    # a kind the concat measurement lacks is not "better"
-    missing = {k: v for k, v in concat_kinds.items() if k != "k0"}
-    multi_missing = _multi(concat_mean) | {"concat": {"heldout_kind_auroc": concat_mean, "heldout_per_kind": missing}}
+    # a kind the concat measurement lacks is not "better"; a mean under the margin then decides
+    missing = {k: v for k, v in small.items() if k != "k0"}
+    multi_missing = _multi(small_mean) | {"concat": {"heldout_kind_auroc": small_mean, "heldout_per_kind": missing}}
     assert ship_concat(multi_missing, single) is False
 
 
