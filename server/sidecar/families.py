@@ -165,19 +165,19 @@ class FamilyScores:
         decision, and its ProbeResult."""
         results = []
         for fid, spec in self.specs.items():
-            agg = gen.aggregators[fid]
-            self._follow_winner(gen, spec, agg)
+            winner = self._follow_winner(gen, spec, gen.aggregators[fid])
             result = alerts.result(gen, spec, now)
-            result.member = (agg.winner if isinstance(agg, FamilyAggregator) else None) or ""
+            result.member = winner or ""
             results.append(result)
         return results
 
     @staticmethod
-    def _follow_winner(gen: Generation, spec: FamilySpec, agg: Aggregator) -> None:
-        """The family's kept token scores are its leading member's (the heatmap an incident shows)."""
+    def _follow_winner(gen: Generation, spec: FamilySpec, agg: Aggregator) -> str | None:
+        """The family's kept token scores are its leading member's (the heatmap an incident shows); returns it."""
         winner = agg.winner if isinstance(agg, FamilyAggregator) else None
         if winner is not None:
             gen.token_scores[spec.id] = gen.token_scores[winner]
+        return winner
 
 
 class FamilyAlertDesk(AlertDesk):
