@@ -23,6 +23,7 @@ from probewatch.training.export import export_bundle
 from probewatch.training.family import FamilyFit, fit_family
 from probewatch.training.family_eval import FAMILY_REPORT, family_report, heldout_kinds, markdown_table
 from probewatch.training.stage_activations import Activations, Splits
+from probewatch.training.stage_export import model_fields, operating_threshold
 from probewatch.training.stage_fit import FittedProbe
 from probewatch.training.stage_sweep import SweepOutcome
 from probewatch.training.train_config import TrainConfig, require_behaviour
@@ -70,10 +71,7 @@ def train_family(
             probe_id=member_ids[m.type],
             behaviour=behaviour,
             method=chosen.method,
-            model_id=loaded.model_id,
-            fingerprint=loaded.fingerprint,
-            d_model=loaded.d_model,
-            n_layers=loaded.n_layers,
+            **model_fields(loaded),
             layer=chosen.layer,
             token_selection=chosen.token_selection,
             aggregation=m.aggregation,
@@ -100,13 +98,7 @@ def train_family(
         member_ids,
     )
     point = fit.point
-    threshold = Threshold(
-        value=float(point.value),
-        method="fpr" if point.hard_negative_threshold is None else "fpr+hard_negatives",
-        fpr=config.fpr,
-        calibration_set=calibration_set,
-        n_calibration=len(splits.control_cal),
-    )
+    threshold = operating_threshold(point, config.fpr, calibration_set, len(splits.control_cal))
     reference = reference_from_scores(
         fit.control_scores[splits.control_cal], point.value, calibration_set=calibration_set
     )

@@ -78,12 +78,11 @@ def export(
 
     `layers`: the pipeline chose a multi-layer (concat) probe on these layers (training/multilayer.py)."""
     chosen, point = sweep.chosen, fitted.point
-    threshold = Threshold(
-        value=float(point.value),
-        method="fpr" if point.hard_negative_threshold is None else "fpr+hard_negatives",
-        fpr=config.fpr,
-        calibration_set=prepared.control_source.name,
-        n_calibration=len(splits.control_cal),
+    threshold = operating_threshold(
+        point,
+        config.fpr,
+        prepared.control_source.name,
+        len(splits.control_cal),
         uncertain_from=uncertainty.export_band(config.uncertainty_band, point),  # None unless negatives set it
     )
     export_bundle(
@@ -92,10 +91,7 @@ def export(
         probe_id=probe_id,
         behaviour=require_behaviour(config),
         method=chosen.method,
-        model_id=loaded.model_id,
-        fingerprint=loaded.fingerprint,
-        d_model=loaded.d_model,
-        n_layers=loaded.n_layers,
+        **model_fields(loaded),
         layer=chosen.layer,
         token_selection=chosen.token_selection,
         aggregation=fitted.aggregation,
@@ -128,6 +124,30 @@ def export(
     if config.plots:
         report.plots = _plots(out, report, fitted, acts, splits)
     return TrainResult(out, out / REPORT_FILENAME, report)
+
+
+def operating_threshold(
+    point: Any, fpr: float, calibration_set: str, n_calibration: int, uncertain_from: float | None = None
+) -> Threshold:
+    """The manifest threshold of an operating point (`training/calibration.py`): what set it and on what data."""
+    return Threshold(
+        value=float(point.value),
+        method="fpr" if point.hard_negative_threshold is None else "fpr+hard_negatives",
+        fpr=fpr,
+        calibration_set=calibration_set,
+        n_calibration=n_calibration,
+        uncertain_from=uncertain_from,
+    )
+
+
+def model_fields(loaded: Any) -> dict[str, Any]:
+    """The model a bundle belongs to, as `export_bundle` takes it."""
+    return {
+        "model_id": loaded.model_id,
+        "fingerprint": loaded.fingerprint,
+        "d_model": loaded.d_model,
+        "n_layers": loaded.n_layers,
+    }
 
 
 def _calibration_reference(fitted: FittedProbe, splits: Splits, threshold: Threshold, name: str) -> dict[str, Any]:
