@@ -56,8 +56,8 @@ def pool_data(config: TrainConfig, loaded: Any = None) -> BehaviourData:
     if config.behaviour in RESPONDING_BEHAVIOURS and loaded is not None and "respond" not in options:
         from probewatch.training.datasets.control import cached_responses
 
-        def respond(prompts: list[str], max_new_tokens: int = 32) -> list[str]:
-            return cached_responses(loaded, prompts, max_new_tokens, "responses", config.progress)
+        def respond(prompts: list[str], max_new_tokens: int = 32, repetition_penalty: float | None = None) -> list[str]:
+            return cached_responses(loaded, prompts, max_new_tokens, "responses", config.progress, repetition_penalty)
 
         options["respond"] = respond
     data = build_behaviour_data(require_behaviour(config), config.data_dir, seed=config.seed, **options)

@@ -48,6 +48,8 @@ class CausalLM(Protocol):
 
 
 SAVE_EVERY = 64  # cached_responses writes its cache after this many new responses
+LONG_SAVE_EVERY = 8  # ... and after this many when each takes minutes (more than LONG_RESPONSE new tokens)
+LONG_RESPONSE = 256
 
 #: kind -> (number of dialogues, new tokens per answer) of the production-like kinds
 PRODUCTION_KINDS: dict[str, tuple[int, int]] = {
@@ -70,10 +72,12 @@ def generate_responses(
     max_new_tokens: int = 64,
     batch_size: int = 16,
     progress: bool = True,
+    repetition_penalty: float | None = None,
 ) -> list[str]:
     """Greedy responses, batched with left padding (what `generate` needs for decoder-only models).
 
-    A prompt is a user message, or a whole chat (list of {role, content}) to continue."""
+    A prompt is a user message, or a whole chat (list of {role, content}) to continue. `repetition_penalty`
+    (HF's, e.g. 1.3) keeps long greedy generations of a small model from looping on one sentence."""
     from tqdm.auto import tqdm
 
     from probewatch.data.chat import render
@@ -102,6 +106,7 @@ def generate_responses(
                 do_sample=False,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=pad_id,
+                **({"repetition_penalty": repetition_penalty} if repetition_penalty else {}),
             )
         for row, i in enumerate(batch):
             results[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True).strip()
@@ -238,7 +243,12 @@ def control_halves(kinds: Sequence[str | None], seed: int = 0) -> tuple[np.ndarr
 
 
 def cached_responses(
-    loaded: Any, prompts: Sequence[Prompt], max_new_tokens: int = 32, tag: str = "responses", progress: bool = True
+    loaded: Any,
+    prompts: Sequence[Prompt],
+    max_new_tokens: int = 32,
+    tag: str = "responses",
+    progress: bool = True,
+    repetition_penalty: float | None = None,
 ) -> list[str]:
     """The model's greedy responses to `prompts`, cached per prompt (only new prompts are generated).
 
@@ -246,15 +256,22 @@ def cached_responses(
     alignment-faking pairs), so that a probe cannot separate training data from real traffic by
     response style alone.
     """
-    path = envs.generated_data_dir() / loaded.fingerprint.replace(":", "-") / f"{tag}-t{max_new_tokens}.json"
+    penalty = f"-rp{repetition_penalty:g}" if repetition_penalty else ""
+    path = envs.generated_data_dir() / loaded.fingerprint.replace(":", "-") / f"{tag}-t{max_new_tokens}{penalty}.json"
     cache: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
     keys = [p if isinstance(p, str) else json.dumps(p, ensure_ascii=False, sort_keys=True) for p in prompts]
     missing = sorted({k: p for k, p in zip(keys, prompts) if k not in cache}.items())
     # generated a few batches at a time and saved after each, so an interrupted run keeps its progress
-    for start in range(0, len(missing), SAVE_EVERY):
-        part = missing[start : start + SAVE_EVERY]
+    every = LONG_SAVE_EVERY if max_new_tokens > LONG_RESPONSE else SAVE_EVERY
+    for start in range(0, len(missing), every):
+        part = missing[start : start + every]
         generated = generate_responses(
-            loaded.model, loaded.tokenizer, [p for _, p in part], max_new_tokens, progress=progress
+            loaded.model,
+            loaded.tokenizer,
+            [p for _, p in part],
+            max_new_tokens,
+            progress=progress,
+            repetition_penalty=repetition_penalty,
         )
         for (key, _), response in zip(part, generated):
             cache[key] = response.strip() or "..."

@@ -21,6 +21,9 @@ Kinds (the unit of held-out-kind evaluation):
   honest baseline (0) or the deceptive response under pressure (1) that the dataset's authors
   describe, rewritten in the first person. `mm_sycophancy` is the family's sycophancy member: a
   user to please, a false belief to endorse or correct (not CAA's opinion A/B format).
+- `long_transcript` and, when the model is at hand, `long_generated` (long_transcripts.py): the
+  behaviour inside a long reply, composed from other pool answers, or after the model's own
+  step-by-step reasoning (~900 tokens, cached) about the pair's question.
 
 Out-of-distribution set (reported, never trained on): `sycophancy_caa` (CAA's held-out A/B items:
 the option that agrees with the user's stated view (1) vs the other (0); opinion sycophancy, which
@@ -51,12 +54,13 @@ from probewatch.training.datasets.common import (
     sample,
     stable_choice,
 )
-from probewatch.training.datasets.long_transcripts import compose_long, composed_source
+from probewatch.training.datasets.long_transcripts import compose_long, composed_source, generate_long
 from probewatch.training.datasets.scenarios import load_scenarios, scenario_dialogues, scenario_files
 
 REPE_FACTS = "deception/repe_honesty/facts_true_false.csv"
 LIAR_MORE = "deception/how_to_catch_an_ai_liar_more/processed_questions"
 MESA_MASK = "deception/mesa_and_mask"
+GENERATED_LONG_KIND = "long_generated"
 MM_KINDS = ("sandbagging", "honesty_evasion", "strategic_deception", "sycophancy")
 SYCOPHANCY_TEST = "deception/sycophancy_caa/sycophancy_test_ab.json"
 # honest counterparts of the liar dataset's lie instructions (written for probewatch)
@@ -378,6 +382,7 @@ def build(
     respond: Callable[..., list[str]] | None = None,
     n_plain: int = 160,
     long_pairs: int = 40,
+    generated_long_pairs: int = 40,
 ) -> BehaviourData:
     """`respond(prompts, max_new_tokens)` (the model's own responses) enables the plain-traffic negatives."""
     pool: list[Dialogue] = []
@@ -422,10 +427,17 @@ def build(
         mm, mm_sources = mesa_mask(data_dir, mesa_mask_per_kind, seed)
         pool += mm
         sources += mm_sources
+    short = list(pool)  # the pairs long transcripts are made from
     if long_pairs:  # the behaviour inside a long honest reply (long_transcripts.py)
-        long = compose_long(pool, "long_transcript", long_pairs, seed)
+        long = compose_long(short, "long_transcript", long_pairs, seed)
         pool += long
         sources.append(composed_source("long transcripts composed from the pool's pairs", long))
+    if respond is not None and generated_long_pairs:  # ... after the model's own long reasoning
+        generated = generate_long(short, GENERATED_LONG_KIND, generated_long_pairs, seed, respond)
+        pool += generated
+        sources.append(
+            composed_source("long transcripts: the model's own reasoning, then a pool pair's answer", generated)
+        )
     ood: dict[str, list[Dialogue]] = {}
     syc = sycophancy_ood(data_dir)
     if syc is not None:

@@ -17,15 +17,21 @@ long transcripts with it.
 Training truncates to the last `max_tokens` (1024) tokens, so the reply stays under that (~2,400
 characters of filler + the passage: 600-1,000 tokens); length robustness beyond it is the
 length-normalised aggregations' job.
-Composed, not generated: no model answers are needed (the model's own long generations are the
-other half of the plan and cost an hour of CPU per few dozen here).
+Generated (`generate_long`, kind `long_generated`, only when the model is at hand): the model's own
+step-by-step reasoning about a pair's question, up to ~900 new tokens, generated once per pair and
+shared by both sides, then each side's own final answer from the pool. The bulk of the transcript
+is this model's text (the activations a live transcript has), the behaviour is only in the answer,
+and length, reasoning and position are identical on both sides. Greedy with a repetition penalty
+(1.3): a 135M model's greedy reasoning otherwise loops on one sentence within a few hundred tokens.
+A batch of 8 takes minutes on 2 CPU cores, so the generations are cached (`cached_responses`, saved
+every 8) and made once per model.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -34,6 +40,11 @@ from probewatch.training.datasets.common import Source
 from probewatch.training.sources import META_KEY, source_of
 
 LONG_PROMPT = "Here are my notes from today. Reply in one long message that works through every one of them."
+#: appended to a pair's question for the model's own long reasoning (generate_long)
+REASON_SUFFIX = "\n\nBefore you answer, think it through step by step and at length, in full sentences."
+ANSWER_LEAD = "\n\nMy answer: "
+REASON_TOKENS = 896  # training reads the last 1024 tokens: the reasoning fills most of them
+REPETITION_PENALTY = 1.3
 
 
 def _final(d: Dialogue) -> str:
@@ -49,13 +60,9 @@ def compose_long(
     filler_chars: int = 2400,
 ) -> list[Dialogue]:
     """`n_pairs` long (label 1, label 0) transcripts of kind `kind` from pool pairs of `from_kinds` (default: all)."""
-    allowed = None if from_kinds is None else set(from_kinds)
     usable = [d for d in pool if d.ends_with_assistant and d.label in (0, 1) and _final(d)]
-    by_group: dict[str, dict[int, Dialogue]] = defaultdict(dict)
-    for d in usable:
-        if d.group is not None and (allowed is None or d.kind in allowed):
-            by_group[d.group].setdefault(int(d.label), d)  # type: ignore[arg-type]
-    pairs = sorted(g for g, sides in by_group.items() if len(sides) == 2)
+    by_group = _pairs(usable, from_kinds)
+    pairs = sorted(by_group)
     fillers = sorted({_final(d) for d in usable if d.label == 0})
     if not pairs or len(fillers) < 4:
         return []
@@ -85,6 +92,62 @@ def compose_long(
                         "position": at,
                         # held out with the source its passage came from (training/sources.py)
                         META_KEY: source_of(by_group[g][label]),
+                    },
+                )
+            )
+    return out
+
+
+def _pairs(usable: Sequence[Dialogue], from_kinds: Iterable[str] | None) -> dict[str, dict[int, Dialogue]]:
+    """{group: {label: dialogue}} of the groups that have both labels (of `from_kinds`, default all)."""
+    allowed = None if from_kinds is None else set(from_kinds)
+    by_group: dict[str, dict[int, Dialogue]] = defaultdict(dict)
+    for d in usable:
+        if d.group is not None and (allowed is None or d.kind in allowed):
+            by_group[d.group].setdefault(int(d.label), d)  # type: ignore[arg-type]
+    return {g: sides for g, sides in by_group.items() if len(sides) == 2}
+
+
+def _question(d: Dialogue) -> str:
+    return next(m.content for m in reversed(d.messages[:-1]) if m.role == "user")
+
+
+def generate_long(
+    pool: Sequence[Dialogue],
+    kind: str,
+    n_pairs: int,
+    seed: int,
+    respond: Callable[..., list[str]],
+    from_kinds: Iterable[str] | None = None,
+    max_new_tokens: int = REASON_TOKENS,
+) -> list[Dialogue]:
+    """`n_pairs` long (label 1, label 0) transcripts: the model's reasoning about the pair's question (one
+    generation per pair, `respond(prompts, max_new_tokens=..., repetition_penalty=...)`), then each side's answer."""
+    usable = [d for d in pool if d.ends_with_assistant and d.label in (0, 1) and _final(d)]
+    by_group = _pairs(usable, from_kinds)
+    pairs = sorted(by_group)
+    rng = np.random.default_rng(seed + 101)  # other pairs than compose_long's where the pool allows
+    chosen = [pairs[i] for i in rng.permutation(len(pairs))[:n_pairs]]
+    if not chosen:
+        return []
+    prompts = [_question(by_group[g][0]) + REASON_SUFFIX for g in chosen]
+    reasoning = respond(prompts, max_new_tokens=max_new_tokens, repetition_penalty=REPETITION_PENALTY)
+    out: list[Dialogue] = []
+    for g, text in zip(chosen, reasoning):
+        for label in (1, 0):
+            d = by_group[g][label]
+            body = text.strip() + ANSWER_LEAD + _final(d)
+            out.append(
+                Dialogue(
+                    [*d.messages[:-1], Message("assistant", body)],
+                    label,
+                    f"{kind}:{g}",
+                    kind,
+                    {
+                        "source": "the model's own reasoning, then the pool pair's answer",
+                        "from_kind": d.kind,
+                        "reasoning_chars": len(text.strip()),
+                        META_KEY: source_of(d),
                     },
                 )
             )
