@@ -143,7 +143,9 @@ def main(args: argparse.Namespace) -> int:
     for name in args.probes:
         job = dict(JOBS[name])
         t = time.perf_counter()
+        shipped = shipped_root() / loaded.model_id / name  # the bundle this run replaces, scored on its data
         config = TrainConfig(
+            compare_with=[shipped] if (shipped / "manifest.json").is_file() else [],
             model=args.model,
             data_dir=args.data_dir,
             out=args.runs_dir / name,

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from probewatch.training.compare import compare_bundle
 from probewatch.training.export import check_target
 from probewatch.training.multilayer import choose_layers
 from probewatch.training.stage_activations import Activations, Splits, extract, make_splits
@@ -114,12 +115,14 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     splits = make_splits(config, acts, prepared.data)
     sweep = timed("sweep_s", run_sweep, config, prepared, acts, splits, layers)
     by_source = timed("sources_s", run_sources, config, acts, splits, sweep)  # may re-choose sweep.chosen
+    compared = [compare_bundle(p, acts, splits, loaded.fingerprint).to_json() for p in config.compare_with]
     acts, probe_layers = choose_layers(sweep, acts)  # concat of several layers only where it clearly wins
     fitted = timed("final_s", fit_final, config, acts, splits, sweep, prepared.data)
     result = export(
         config, loaded, prepared, acts, splits, sweep, fitted, out, probe_id, timings, provenance_extra, probe_layers
     )
     result.report.sources = sources_report(splits, by_source, fitted)
+    result.report.compared = compared or None
     if config.family:  # per-type probes alerting on their maximum, beside the single probe (family_export.py)
         from probewatch.training.family_export import train_family
 

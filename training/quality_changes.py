@@ -12,7 +12,7 @@ from typing import Any
 
 from probewatch.training.report import TrainReport
 
-__all__ = ["CHANGE_HELPERS", "summary_change"]
+__all__ = ["CHANGE_HELPERS", "same_data_change", "summary_change"]
 
 #: the summary table's quantities, in its column order
 COLUMNS = (
@@ -83,4 +83,27 @@ def summary_change(report: TrainReport, previous: Mapping[str, Any] | TrainRepor
     return [_arrow(b, a) for b, a in zip(_cells(before), _cells(report.to_json()))]
 
 
-CHANGE_HELPERS: dict[str, Any] = {"summary_change": summary_change, "summary_change_columns": COLUMNS}
+def same_data_change(report: TrainReport) -> list[tuple[str, str, str]]:
+    """(bundle, test split, out-of-distribution sets) for each bundle the run compared itself with
+    (`--compare-with`: the shipped bundle it replaced, on this run's own sets), as "that bundle → this run"."""
+    this = report.to_json()
+    rows = []
+    for c in report.compared or []:
+        layers = "+".join(str(x) for x in c.get("layers") or []) or "—"
+        name = f"`{c.get('probe_id') or c['path']}` L{layers}" + (
+            f", {c['created_at'][:10]}" if c.get("created_at") else ""
+        )
+        if c.get("skipped"):
+            rows.append((name, f"not scored: {c['skipped']}", "—"))
+            continue
+        ood_now = _get(this, "metrics", "auroc_ood") or {}
+        ood = ", ".join(f"{k} {_arrow(_num(v, 4), _num(ood_now.get(k), 4))}" for k, v in c["ood_auroc"].items())
+        rows.append((name, _arrow(_num(c.get("test_auroc"), 4), _num(_get(this, "metrics", "auroc"), 4)), ood or "—"))
+    return rows
+
+
+CHANGE_HELPERS: dict[str, Any] = {
+    "summary_change": summary_change,
+    "summary_change_columns": COLUMNS,
+    "same_data_change": same_data_change,
+}

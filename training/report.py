@@ -197,6 +197,8 @@ class TrainReport:
     # per-source counts, held-out-source choice, nested estimate, threshold per source (issue 22);
     # absent from the JSON when the run had no sources (and in reports written before it)
     sources: SourcesReport | None = field(default=None)
+    # existing bundles scored on this run's test split and OOD sets (training/compare.py; --compare-with)
+    compared: list[dict[str, Any]] | None = field(default=None)
 
     @property
     def chosen(self) -> dict[str, Any]:
@@ -208,6 +210,8 @@ class TrainReport:
             del out["plots"]
         if self.sources is None:
             del out["sources"]
+        if self.compared is None:
+            del out["compared"]
         if out["threshold"].get("uncertain_from") is None:  # no band: the report as written before bands existed
             del out["threshold"]["uncertain_from"]
         if not out["aggregation"].get("length_scale"):  # no length penalty: as written before `*_norm` existed
@@ -240,6 +244,7 @@ class TrainReport:
             timings=d["timings"],
             plots=d.get("plots"),
             sources=SourcesReport.from_json(d["sources"]) if d.get("sources") is not None else None,
+            compared=d.get("compared"),
         )
 
     @classmethod

@@ -59,6 +59,8 @@ class TrainConfig:
     out: Path | None = None
     force: bool = False
     init_from: Path | None = None
+    #: existing bundles (e.g. the shipped one a regeneration replaces) scored on this run's test split and OOD sets
+    compare_with: list[Path] = field(default_factory=list)
     test_size: float = 0.2
     cal_size: float = 0.25
     balance_kinds: bool = True

@@ -166,7 +166,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--multi-layer",
         type=int,
         default=3,
-        help="compare a probe over the N best layers (concatenated / ensembled) by held-out kind (0: skip; default 3)",
+        help="multi-layer probe: a forward search from the chosen layer adds up to N-1 layers whose concatenation "
+        "scores best on held-out kinds; shipped only where it clearly beats one layer (0: skip; default 3)",
+    )
+    parser.add_argument(
+        "--compare-with",
+        nargs="+",
+        type=Path,
+        default=[],
+        metavar="BUNDLE",
+        help="existing bundles (e.g. the one this run replaces) scored on this run's test split and "
+        "out-of-distribution sets: before -> after on the same data, in report.json `compared`",
     )
     parser.add_argument(
         "--nested-top-k",
@@ -251,6 +261,7 @@ def config_from_args(args: argparse.Namespace):
         out=args.out,
         force=args.force,
         init_from=args.init_from,
+        compare_with=list(args.compare_with),
         balance_kinds=args.balance_kinds,
         control_n=args.control_size,
         batch_size=args.batch_size,

@@ -1,0 +1,47 @@
+"""`--compare-with` (training/compare.py): an existing bundle scored on this run's test split and OOD sets, from
+the cached activations, exactly as stage 5 scores the new probe; what it cannot score is said, not failed."""
+
+from __future__ import annotations
+
+import pytest
+
+from probewatch.training.pipeline import TrainConfig, train
+from tests.training.helpers import write_synthetic
+
+
+def _config(tmp_path, data, control, out: str, layers: list[int], **kw) -> TrainConfig:
+    return TrainConfig(behaviour="deception", data_files=[data], control_file=control, layers=layers,
+                       out=tmp_path / out, progress=False, plots=False, multi_layer=0, parity_check=0, **kw)  # fmt: skip
+
+
+def test_a_bundle_compared_on_the_run_that_made_it_scores_what_its_report_says(tiny_loaded, tmp_path):
+    data, control = write_synthetic(tmp_path, n_groups=24)
+    first = train(_config(tmp_path, data, control, "a", [1, 3]), loaded=tiny_loaded)
+    assert first.report.compared is None and "compared" not in first.report.to_json()
+    layer = first.report.chosen["layer"]
+    other = 3 if layer == 1 else 1
+    again = train(
+        _config(tmp_path, data, control, "b", [1, 3], compare_with=[first.bundle_path, tmp_path / "nowhere"]),
+        loaded=tiny_loaded,
+    )
+    same, missing = again.report.compared
+    # same data, seed and splits: the first bundle on this run's test split is the first report's test AUROC
+    assert same["probe_id"] == first.report.probe_id and same["layers"] == [layer] and same["skipped"] is None
+    assert same["test_auroc"] == pytest.approx(first.report.metrics.auroc, abs=1e-9)
+    assert same["test_per_kind"] == pytest.approx(first.report.metrics.auroc_test_per_kind, abs=1e-9)
+    assert missing["skipped"].startswith("cannot load") and missing["test_auroc"] is None
+    # a run whose cache lacks the bundle's layer says so instead of scoring something else
+    narrow = train(_config(tmp_path, data, control, "c", [other], compare_with=[first.bundle_path]), loaded=tiny_loaded)
+    [skipped] = narrow.report.compared
+    assert skipped["skipped"] == f"layers [{layer}] are not in this run's activation cache (swept: [{other}])"
+    assert skipped["test_auroc"] is None
+
+
+def test_a_bundle_of_another_model_is_not_compared(tiny_loaded, other_tiny_folder, tmp_path):
+    from probewatch.models import load_model
+
+    data, control = write_synthetic(tmp_path, n_groups=24)
+    foreign = train(_config(tmp_path, data, control, "f", [1]), loaded=load_model(str(other_tiny_folder)))
+    run = train(_config(tmp_path, data, control, "g", [1], compare_with=[foreign.bundle_path]), loaded=tiny_loaded)
+    [cmp] = run.report.compared
+    assert cmp["skipped"].startswith("cannot load") and "fingerprint" in cmp["skipped"].lower()

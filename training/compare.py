@@ -1,0 +1,91 @@
+"""An existing bundle scored on this run's held-out data: before -> after on the same examples.
+
+A retrain changes the pool, the splits and the out-of-distribution sets (refusal's request formats,
+deception's new kinds), so the previous report's numbers were measured on other data and a
+"previous run -> this run" table compares two different tests. `compare_bundle` scores a bundle
+(typically the shipped one a regeneration replaces) on this run's test split and on every
+out-of-distribution set, from the cached activations and exactly the way stage 5 scores the new probe
+(`score_all` on the raw-space linear form; a multi-layer bundle reads its layers side by side). It
+needs every layer the bundle reads in this run's cache and a linear bundle; otherwise it says why not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from probewatch.metrics import auroc
+from probewatch.training.features import score_all
+from probewatch.training.multilayer import MultiLayerActivations
+from probewatch.training.stage_activations import Activations, Splits
+
+
+@dataclass
+class BundleComparison:
+    """AUROC of one existing bundle on this run's sets (None where a set has one class)."""
+
+    path: str
+    probe_id: str | None = None
+    layers: list[int] = field(default_factory=list)
+    version: str | None = None
+    created_at: str | None = None
+    test_auroc: float | None = None
+    test_per_kind: dict[str, float] = field(default_factory=dict)
+    ood_auroc: dict[str, float] = field(default_factory=dict)
+    skipped: str | None = None  # why it could not be scored on this run's data
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> BundleComparison:
+        return cls(**d)
+
+
+def _auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    return auroc(scores, labels) if len(np.unique(labels)) == 2 else None
+
+
+def compare_bundle(path: str | Path, acts: Activations, splits: Splits, fingerprint: str) -> BundleComparison:
+    """The bundle at `path` on this run's test split (and per kind) and out-of-distribution sets."""
+    from probewatch.probes import load_bundle
+    from probewatch.probes.bundle import LINEAR_KINDS
+    from probewatch.probes.errors import BundleError
+
+    try:
+        bundle = load_bundle(path, expected_fingerprint=fingerprint)
+    except BundleError as exc:  # a missing, corrupt or foreign bundle is a comparison that did not happen
+        return BundleComparison(str(path), skipped=f"cannot load: {exc}")
+    m = bundle.manifest
+    out = BundleComparison(str(path), m.id, list(m.all_layers), m.version, m.created_at)
+    if m.kind not in LINEAR_KINDS:
+        out.skipped = f"kind {m.kind!r} is not scored from cached rows"
+        return out
+    missing = [layer for layer in m.all_layers if layer not in acts.layers]
+    if missing:
+        out.skipped = f"layers {missing} are not in this run's activation cache (swept: {acts.layers})"
+        return out
+    view = MultiLayerActivations(acts, list(m.all_layers)) if len(m.all_layers) > 1 else acts
+    pool_data, ood, _ = view.layer(m.all_layers[0])
+    w, b = bundle.linear_form()
+    weight = w.numpy().astype(np.float64)
+    aggregation = m.aggregation
+
+    def scores(data) -> np.ndarray:
+        return score_all(weight, b, data, m.token_selection, [aggregation])[aggregation.method]
+
+    pool = splits.pool
+    s = scores(pool_data)
+    test = pool.test_idx
+    out.test_auroc = _auroc(s[test], pool.labels[test])
+    for kind in sorted(set(pool.kinds[test].tolist())):
+        at = test[pool.kinds[test] == kind]
+        if (v := _auroc(s[at], pool.labels[at])) is not None:
+            out.test_per_kind[kind] = v
+    for name, (data, labels) in ood.items():
+        if (v := _auroc(scores(data), labels)) is not None:
+            out.ood_auroc[name] = v
+    return out
