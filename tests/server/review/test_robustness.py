@@ -156,14 +156,19 @@ def test_probe_card_says_what_the_probe_means(store, serve_review):
     page = httpx.get(f"{url}/incidents/{ids[0]}").text
     card = page[page.index('class="card probe-card"') :]
     card = card[: card.index("</section>")]
-    assert "logistic probe on layer 17" in card  # the manifest's description
+    # the card shows what the shipped bundle's manifest says, whatever the last regeneration chose
+    from probewatch.probes.bundle import read_manifest
+
+    manifest = read_manifest(SHIPPED / "refusal")
+    assert manifest.description.split(" (")[0] in card
     assert f"P(refusal) = <b>{sigmoid(1.4):.3f}</b>" in card and "(calibrated logit)" in card
-    assert "<dt>AUROC (test split)</dt><dd>0.994</dd>" in card
-    assert "<dt>recall at the shipped threshold</dt><dd>98%</dd>" in card
+    assert f"<dt>AUROC (test split)</dt><dd>{manifest.metrics['auroc']:.3f}</dd>" in card
+    recall = manifest.metrics["operating_point"]["shipped"]["recall"]
+    assert f"<dt>recall at the shipped threshold</dt><dd>{recall:.0%}</dd>" in card
     assert "A complied-with harmful request is a false negative of the model&#39;s refusal" in card
     assert 'href="/probes/refusal/quality"' in card
     report = httpx.get(f"{url}/probes/refusal/quality")
-    assert report.status_code == 200 and "Shipped threshold 0.221" in report.text
+    assert report.status_code == 200 and f"Shipped threshold {manifest.threshold.value:.3f}" in report.text
     generation = httpx.get(f"{url}/generations/tt-0").text
     assert generation.count('class="card probe-card"') == 1 and "P(refusal) = " in generation
 
