@@ -7,10 +7,16 @@ deception's new kinds), so the previous report's numbers were measured on other 
 out-of-distribution set, from the cached activations and exactly the way stage 5 scores the new probe
 (`score_all` on the raw-space linear form; a multi-layer bundle reads its layers side by side). It
 needs every layer the bundle reads in this run's cache and a linear bundle; otherwise it says why not.
+
+Given this run's scores on the same sets, each set also gets the change "this run − bundle" with a paired,
+stratified bootstrap interval (`paired_auroc_delta`): out-of-distribution sets can be small (refusal_val
+holds 39 harmful requests, where 0.001 AUROC is six of 6,240 pairs), so a difference in the fourth place
+is reported with the interval that says whether it is one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,8 @@ class BundleComparison:
     test_per_kind: dict[str, float] = field(default_factory=dict)
     ood_auroc: dict[str, float] = field(default_factory=dict)
     skipped: str | None = None  # why it could not be scored on this run's data
+    # set ("test" or an out-of-distribution set) -> [this run − bundle, low, high]: AUROC change, 95% interval
+    delta_ci: dict[str, list[float]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,12 +53,45 @@ class BundleComparison:
         return cls(**d)
 
 
+#: bootstrap draws and interval of the paired AUROC change
+BOOTSTRAP_DRAWS = 1000
+CI_LEVEL = 0.95
+
+
 def _auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
     return auroc(scores, labels) if len(np.unique(labels)) == 2 else None
 
 
-def compare_bundle(path: str | Path, acts: Activations, splits: Splits, fingerprint: str) -> BundleComparison:
-    """The bundle at `path` on this run's test split (and per kind) and out-of-distribution sets."""
+def paired_auroc_delta(
+    before: np.ndarray, after: np.ndarray, labels: np.ndarray, draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+) -> list[float] | None:
+    """[AUROC(after) − AUROC(before), low, high]: the change on the same examples with a `CI_LEVEL`
+    interval from a bootstrap that resamples positives and negatives separately (class sizes fixed) and
+    scores both probes on every resample, so what the two share cancels. None with one class."""
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) != 2 or len(before) != len(labels) or len(after) != len(labels):
+        return None
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
+    deltas = np.empty(draws)
+    for i in range(draws):
+        at = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        deltas[i] = auroc(after[at], labels[at]) - auroc(before[at], labels[at])
+    tail = (1 - CI_LEVEL) / 2
+    low, high = np.quantile(deltas, [tail, 1 - tail])
+    return [auroc(after, labels) - auroc(before, labels), float(low), float(high)]
+
+
+def compare_bundle(
+    path: str | Path,
+    acts: Activations,
+    splits: Splits,
+    fingerprint: str,
+    this_run: Mapping[str, np.ndarray] | None = None,
+) -> BundleComparison:
+    """The bundle at `path` on this run's test split (and per kind) and out-of-distribution sets;
+    `this_run`: the new probe's scores on the same sets ("test": the test split's rows, in order; an
+    out-of-distribution set by name), for the paired change and its interval."""
     from probewatch.probes import load_bundle
     from probewatch.probes.bundle import LINEAR_KINDS
     from probewatch.probes.errors import BundleError
@@ -77,15 +118,24 @@ def compare_bundle(path: str | Path, acts: Activations, splits: Splits, fingerpr
     def scores(data) -> np.ndarray:
         return score_all(weight, b, data, m.token_selection, [aggregation])[aggregation.method]
 
+    this_run = this_run or {}
+
+    def changed(name: str, before: np.ndarray, labels: np.ndarray) -> None:
+        if name in this_run and (ci := paired_auroc_delta(before, np.asarray(this_run[name]), labels)) is not None:
+            out.delta_ci[name] = ci
+
     pool = splits.pool
     s = scores(pool_data)
     test = pool.test_idx
     out.test_auroc = _auroc(s[test], pool.labels[test])
+    changed("test", s[test], pool.labels[test])
     for kind in sorted(set(pool.kinds[test].tolist())):
         at = test[pool.kinds[test] == kind]
         if (v := _auroc(s[at], pool.labels[at])) is not None:
             out.test_per_kind[kind] = v
     for name, (data, labels) in ood.items():
-        if (v := _auroc(scores(data), labels)) is not None:
+        before = scores(data)
+        if (v := _auroc(before, labels)) is not None:
             out.ood_auroc[name] = v
+            changed(name, before, np.asarray(labels))
     return out

@@ -115,9 +115,11 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     splits = make_splits(config, acts, prepared.data)
     sweep = timed("sweep_s", run_sweep, config, prepared, acts, splits, layers)
     by_source = timed("sources_s", run_sources, config, acts, splits, sweep)  # may re-choose sweep.chosen
-    compared = [compare_bundle(p, acts, splits, loaded.fingerprint).to_json() for p in config.compare_with]
+    cached = acts  # the per-layer cache: --compare-with bundles read their own layers from it
     acts, probe_layers = choose_layers(sweep, acts)  # concat of several layers only where it clearly wins
     fitted = timed("final_s", fit_final, config, acts, splits, sweep, prepared.data)
+    this_run = {"test": fitted.scores[splits.pool.test_idx], **fitted.ood_scores}
+    compared = [compare_bundle(p, cached, splits, loaded.fingerprint, this_run).to_json() for p in config.compare_with]
     result = export(
         config, loaded, prepared, acts, splits, sweep, fitted, out, probe_id, timings, provenance_extra, probe_layers
     )

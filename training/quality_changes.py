@@ -97,9 +97,21 @@ def same_data_change(report: TrainReport) -> list[tuple[str, str, str]]:
             rows.append((name, f"not scored: {c['skipped']}", "—"))
             continue
         ood_now = _get(this, "metrics", "auroc_ood") or {}
-        ood = ", ".join(f"{k} {_arrow(_num(v, 4), _num(ood_now.get(k), 4))}" for k, v in c["ood_auroc"].items())
-        rows.append((name, _arrow(_num(c.get("test_auroc"), 4), _num(_get(this, "metrics", "auroc"), 4)), ood or "—"))
+        cis = c.get("delta_ci") or {}  # reports before the interval existed have none
+        ood = ", ".join(
+            f"{k} {_arrow(_num(v, 4), _num(ood_now.get(k), 4))}{_interval(cis.get(k))}"
+            for k, v in c["ood_auroc"].items()
+        )
+        test = _arrow(_num(c.get("test_auroc"), 4), _num(_get(this, "metrics", "auroc"), 4)) + _interval(
+            cis.get("test")
+        )
+        rows.append((name, test, ood or "—"))
     return rows
+
+
+def _interval(ci: Any) -> str:
+    """' (+0.0189, 95% CI +0.0130 to +0.0261)': the paired change and its bootstrap interval, if measured."""
+    return "" if not ci else f" ({ci[0]:+.4f}, 95% CI {ci[1]:+.4f} to {ci[2]:+.4f})"
 
 
 CHANGE_HELPERS: dict[str, Any] = {

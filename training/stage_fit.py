@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ class FittedProbe:
     ood: dict[str, dict[str, Any]]
     heldout: dict[str, dict[str, Any]]
     operating: OperatingSummary
+    ood_scores: dict[str, np.ndarray] = field(default_factory=dict)  # calibrated logits per OOD set
 
 
 def fit_final(
@@ -87,9 +88,9 @@ def fit_final(
         "recall_at_fpr"
     ]
     operating = operating_summary(scores, labels, pool, splits, control_scores, point)
-    ood_metrics = {}
+    ood_metrics, ood_scores = {}, {}
     for name, (od, od_labels) in ood.items():
-        s = scored(od)
+        s = ood_scores[name] = scored(od)
         ood_metrics[name] = detection_metrics(s, od_labels, control_scores[splits.control_cal], config.fpr)
         y = np.asarray(od_labels)
         ood_metrics[name]["at_shipped_threshold"] = {
@@ -133,6 +134,7 @@ def fit_final(
         ood_metrics,
         heldout,
         operating,
+        ood_scores,
     )
 
 

@@ -313,6 +313,7 @@ def summarize(report: dict) -> dict:
             "control_threshold": report["operating_point"]["control_threshold"],
         },
         "selected_by": report["selection"]["basis"],
+        "compared": report.get("compared") or [],
         "report": str(Path(report["bundle"]) / "report.json"),
     }
 
@@ -340,4 +341,18 @@ def print_summary(s: dict) -> None:
         f"shipped    threshold {s['threshold']:.3f} (set by {op['set_by']}): recall {f(op['recall'])}, "
         f"flags {f(op['fpr_negatives'])} of the test negatives and {f(op['fpr_control_heldout'])} of held-out control"
     )
+    for c in s["compared"]:  # --compare-with: before -> after on this run's sets
+        name = f"{c.get('probe_id') or c['path']} (layers {'+'.join(map(str, c['layers'])) or '?'})"
+        if c.get("skipped"):
+            print(f"compared   {name}: not scored ({c['skipped']})")
+            continue
+        now = {"test": s["auroc"], **s["auroc_ood"]}
+        before = {"test": c.get("test_auroc"), **c.get("ood_auroc", {})}
+        parts = []
+        for k, b in before.items():
+            ci = (c.get("delta_ci") or {}).get(k)
+            parts.append(
+                f"{k} {f(b)} -> {f(now.get(k))}" + (f" ({ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}])" if ci else "")
+            )
+        print(f"compared   {name}: " + "   ".join(parts))
     print(f"report     {s['report']}")

@@ -253,6 +253,23 @@ def test_init_from_retrains_with_the_bundle_settings(trained, tiny_folder, tmp_p
     assert json.loads(stdout.strip().splitlines()[-1])["layer"] == old.layer
 
 
+def test_compare_with_prints_before_and_after_with_the_interval(trained, tiny_folder, tmp_path, capsys):
+    """`--compare-with`: the summary gives the old bundle on this run's sets, the paired change and its interval;
+    a path that is no bundle is reported, not fatal."""
+    bundle_dir, data, control = trained
+    args = ["train", "--behaviour", "deception", "--model", str(tiny_folder), "--data", str(data)]
+    args += ["--control", str(control), "--out", str(tmp_path / "again"), "--quiet"]
+    code, stdout, err = _run([*args, "--compare-with", str(bundle_dir), str(tmp_path / "nowhere")], capsys)
+    assert code == 0, err
+    compared = [line for line in stdout.splitlines() if line.startswith("compared")]
+    report = json.loads((tmp_path / "again" / "report.json").read_text())
+    test_now = report["metrics"]["auroc"]
+    # the same data, seed and settings: the old bundle is this run's probe, so no change and a zero interval
+    assert compared[0].startswith(f"compared   deception (layers {read_manifest(bundle_dir).layer}): ")
+    assert f"test {test_now:.3f} -> {test_now:.3f} (+0.000 [+0.000, +0.000])" in compared[0]
+    assert compared[1].startswith("compared   ") and "not scored (cannot load" in compared[1]
+
+
 def test_calibrate_rethresholds_at_the_target_fpr(trained, tiny_folder, tmp_path, capsys):
     bundle_dir, _, control = trained
     out = tmp_path / "cal"

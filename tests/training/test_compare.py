@@ -3,8 +3,11 @@ the cached activations, exactly as stage 5 scores the new probe; what it cannot 
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from probewatch.metrics import auroc
+from probewatch.training.compare import paired_auroc_delta
 from probewatch.training.pipeline import TrainConfig, train
 from tests.training.helpers import write_synthetic
 
@@ -29,7 +32,10 @@ def test_a_bundle_compared_on_the_run_that_made_it_scores_what_its_report_says(t
     assert same["probe_id"] == first.report.probe_id and same["layers"] == [layer] and same["skipped"] is None
     assert same["test_auroc"] == pytest.approx(first.report.metrics.auroc, abs=1e-9)
     assert same["test_per_kind"] == pytest.approx(first.report.metrics.auroc_test_per_kind, abs=1e-9)
-    assert missing["skipped"].startswith("cannot load") and missing["test_auroc"] is None
+    # the same probe again: no change, and an interval of exactly nothing on every set it scored
+    assert set(same["delta_ci"]) == {"test", *same["ood_auroc"]}
+    assert all(ci == pytest.approx([0.0, 0.0, 0.0], abs=1e-12) for ci in same["delta_ci"].values())
+    assert missing["skipped"].startswith("cannot load") and missing["test_auroc"] is None and missing["delta_ci"] == {}
     # a run whose cache lacks the bundle's layer says so instead of scoring something else
     narrow = train(_config(tmp_path, data, control, "c", [other], compare_with=[first.bundle_path]), loaded=tiny_loaded)
     [skipped] = narrow.report.compared
@@ -45,3 +51,20 @@ def test_a_bundle_of_another_model_is_not_compared(tiny_loaded, other_tiny_folde
     run = train(_config(tmp_path, data, control, "g", [1], compare_with=[foreign.bundle_path]), loaded=tiny_loaded)
     [cmp] = run.report.compared
     assert cmp["skipped"].startswith("cannot load") and "fingerprint" in cmp["skipped"].lower()
+
+
+def test_the_paired_change_has_an_interval_that_separates_a_real_gain_from_noise():
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.ones(40), np.zeros(160)]
+    signal = labels * 1.5 + rng.normal(size=200)
+    better = labels * 3.0 + rng.normal(size=200)
+    jitter = signal + rng.normal(scale=0.05, size=200)  # the same probe up to noise
+    gain = paired_auroc_delta(signal, better, labels)
+    assert gain[0] == pytest.approx(auroc(better, labels) - auroc(signal, labels)) and 0 < gain[1] < gain[0] < gain[2]
+    same = paired_auroc_delta(signal, jitter, labels)
+    assert same[1] < 0 < same[2] and abs(same[0]) < 0.01  # a change in the third place, inside its interval
+    assert (
+        paired_auroc_delta(signal, better, labels, seed=1) != gain
+        and paired_auroc_delta(signal, better, labels) == gain
+    )
+    assert paired_auroc_delta(signal, better, np.ones(200)) is None  # one class: no AUROC, no interval

@@ -206,14 +206,15 @@ def test_quality_markdown_of_the_shipped_reports_renders():
 
 
 def test_quality_markdown_scores_the_replaced_bundle_on_this_runs_data(deception_report):
-    """`compared` (probewatch train --compare-with): "replaced bundle → this run" on the same test split and OOD sets;
-    a bundle that could not be scored says why."""
+    """`compared` (probewatch train --compare-with): "replaced bundle → this run" on the same test split and OOD sets,
+    with the paired change and its interval where the report has one; a bundle that could not be scored says why."""
     report = copy.deepcopy(deception_report)
     metrics = report["metrics"]
     ood_name = next(iter(metrics["auroc_ood"] or {"sycophancy_caa": None}))
     report["compared"] = [
         {"path": "p", "probe_id": "deception", "layers": [15, 17], "version": "1", "created_at": "2026-12-01T04:36:36",
-         "test_auroc": 0.9, "test_per_kind": {}, "ood_auroc": {ood_name: 0.5}, "skipped": None},
+         "test_auroc": 0.9, "test_per_kind": {}, "ood_auroc": {ood_name: 0.5}, "skipped": None,
+         "delta_ci": {"test": [0.0731, 0.0412, 0.1007]}},
         {"path": "q", "probe_id": "old", "layers": [9], "version": "1", "created_at": "", "test_auroc": None,
          "test_per_kind": {}, "ood_auroc": {}, "skipped": "layers [9] are not in this run's activation cache"},
     ]  # fmt: skip
@@ -224,7 +225,7 @@ def test_quality_markdown_scores_the_replaced_bundle_on_this_runs_data(deception
     assert rows[0] == [
         "`deception`",
         "`deception` L15+17, 2026-12-01",
-        f"0.9000 → {metrics['auroc']:.4f}",
+        f"0.9000 → {metrics['auroc']:.4f} (+0.0731, 95% CI +0.0412 to +0.1007)",  # the paired change, measured
         f"{ood_name} 0.5000 → {'—' if now_ood is None else f'{now_ood:.4f}'}",
     ]
     assert rows[1][1] == "`old` L9" and rows[1][2].startswith("not scored: layers [9]")
