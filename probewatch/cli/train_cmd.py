@@ -294,6 +294,7 @@ def summarize(report: dict) -> dict:
         "behaviour": report["behaviour"],
         "bundle": report["bundle"],
         "layer": chosen["layer"],
+        "layers": _probe_layers(report),
         "method": chosen["method"],
         "token_selection": chosen["token_selection"],
         "aggregation": chosen["aggregation"],
@@ -318,13 +319,21 @@ def summarize(report: dict) -> dict:
     }
 
 
+def _probe_layers(report: dict) -> list[int]:
+    """Every layer the bundle reads: the concatenated ones where a multi-layer probe shipped."""
+    multi = report.get("multi_layer") or {}
+    return list(multi["layers"]) if multi.get("shipped") else [report["selection"]["chosen"]["layer"]]
+
+
 def print_summary(s: dict) -> None:
     def f(x) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
     print(f"bundle     {s['bundle']}  (id {s['probe_id']}, {s['behaviour']})")
+    reads = f"layers {'+'.join(map(str, s['layers']))}" if len(s["layers"]) > 1 else f"layer {s['layer']}"
     print(
-        f"probe      layer {s['layer']}, {s['method']}, {s['token_selection']}, "
+        f"probe      {reads}, "
+        f"{s['method']}, {s['token_selection']}, "
         f"{'per-token' if s['per_token'] else 'per-example'}, aggregation {s['aggregation']} (chosen by {s['selected_by']})"
     )
     print(

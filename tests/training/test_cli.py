@@ -420,3 +420,19 @@ def test_train_cli_offers_every_runtime_aggregation_and_behaviour():
     assert tuple(a for a in RUNTIME_AGGREGATIONS if a != "attention") == AGGREGATIONS
     assert set(DESCRIPTIONS) == set(BEHAVIOURS) == set(DEFAULT_PROBE_IDS)
     assert {"eval_awareness", "monitored_framing"} <= set(BEHAVIOURS)
+
+
+def test_summary_names_every_layer_a_multi_layer_bundle_reads(capsys):
+    """The train summary of a concatenated probe lists its layers, as the bundle's manifest does."""
+    from probewatch.bundle_index import shipped_root
+    from probewatch.cli.train_cmd import print_summary, summarize
+
+    for folder in sorted(p.parent for p in shipped_root().glob("*/*/report.json")):
+        report = json.loads((folder / "report.json").read_text())
+        layers = read_manifest(folder).all_layers
+        summary = summarize(report)
+        assert summary["layers"] == list(layers), folder.name
+        print_summary(summary)
+        probe_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("probe "))
+        reads = f"layers {'+'.join(map(str, layers))}," if len(layers) > 1 else f"layer {layers[0]},"
+        assert probe_line.split(None, 1)[1].startswith(reads), probe_line
