@@ -16,6 +16,7 @@ is reported with the interval that says whether it is one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +43,9 @@ class BundleComparison:
     test_per_kind: dict[str, float] = field(default_factory=dict)
     ood_auroc: dict[str, float] = field(default_factory=dict)
     skipped: str | None = None  # why it could not be scored on this run's data
+    # False: the bundle was trained on another pool, so the (re-drawn) test split may hold its training
+    # examples and its test AUROC is optimistic, not a before; None: the bundle has no report to tell
+    test_same_split: bool | None = None
     # set ("test" or an out-of-distribution set) -> [this run − bundle, low, high]: AUROC change, 95% interval
     delta_ci: dict[str, list[float]] = field(default_factory=dict)
 
@@ -80,6 +84,37 @@ def paired_auroc_delta(
     tail = (1 - CI_LEVEL) / 2
     low, high = np.quantile(deltas, [tail, 1 - tail])
     return [auroc(after, labels) - auroc(before, labels), float(low), float(high)]
+
+
+def pool_signature(kinds: np.ndarray, groups: np.ndarray, n_test: int) -> dict[str, Any]:
+    """What decides a grouped split: examples and groups per kind, and the test split's size. Two runs with
+    the same signature (and seed) draw the same test split; a kind added or resized re-draws all of it."""
+    kinds = np.asarray(["?" if k is None else str(k) for k in kinds], dtype=object)  # as the report names them
+    groups = np.asarray(groups)
+    per_kind = {
+        str(k): [int((kinds == k).sum()), len(set(groups[kinds == k].tolist()))] for k in sorted(set(kinds.tolist()))
+    }
+    return {"kinds": per_kind, "test": int(n_test)}
+
+
+def report_pool_signature(report: Mapping[str, Any]) -> dict[str, Any] | None:
+    """`pool_signature` of the run a bundle's report.json describes (None where the report lacks it)."""
+    kinds, n_test = (report.get("data") or {}).get("kinds"), (report.get("splits") or {}).get("test")
+    if not kinds or n_test is None:
+        return None
+    per_kind = {str(k): [int(v["n"]), int(v["groups"])] for k, v in sorted(kinds.items())}
+    return {"kinds": per_kind, "test": int(n_test)}
+
+
+def _same_split(path: str | Path, splits: Splits) -> bool | None:
+    from probewatch.training.report import REPORT_FILENAME
+
+    try:
+        theirs = report_pool_signature(json.loads((Path(path) / REPORT_FILENAME).read_text()))
+    except (OSError, ValueError):
+        return None
+    pool = splits.pool
+    return None if theirs is None else theirs == pool_signature(pool.kinds, pool.groups, len(pool.test_idx))
 
 
 def compare_bundle(
@@ -128,7 +163,9 @@ def compare_bundle(
     s = scores(pool_data)
     test = pool.test_idx
     out.test_auroc = _auroc(s[test], pool.labels[test])
-    changed("test", s[test], pool.labels[test])
+    out.test_same_split = _same_split(path, splits)
+    if out.test_same_split:  # another pool's bundle may have trained on these rows: no paired change
+        changed("test", s[test], pool.labels[test])
     for kind in sorted(set(pool.kinds[test].tolist())):
         at = test[pool.kinds[test] == kind]
         if (v := _auroc(s[at], pool.labels[at])) is not None:

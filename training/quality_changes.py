@@ -102,9 +102,10 @@ def same_data_change(report: TrainReport) -> list[tuple[str, str, str]]:
             f"{k} {_arrow(_num(v, 4), _num(ood_now.get(k), 4))}{_interval(cis.get(k))}"
             for k, v in c["ood_auroc"].items()
         )
-        test = _arrow(_num(c.get("test_auroc"), 4), _num(_get(this, "metrics", "auroc"), 4)) + _interval(
-            cis.get("test")
-        )
+        now = _num(_get(this, "metrics", "auroc"), 4)
+        test = _arrow(_num(c.get("test_auroc"), 4), now) + _interval(cis.get("test"))
+        if c.get("test_same_split") is False:  # trained on another pool: this re-drawn split may hold its rows
+            test = f"{now} (the replaced bundle's {_num(c.get('test_auroc'), 4)} is no before: trained on another pool)"
         rows.append((name, test, ood or "—"))
     return rows
 

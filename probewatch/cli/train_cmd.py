@@ -357,6 +357,9 @@ def print_summary(s: dict) -> None:
             continue
         now = {"test": s["auroc"], **s["auroc_ood"]}
         before = {"test": c.get("test_auroc"), **c.get("ood_auroc", {})}
+        if c.get("test_same_split") is False:  # its training rows may be in this run's test split
+            del before["test"]
+            print(f"compared   {name}: trained on another pool, so its test AUROC here is no before (OOD sets only)")
         parts = []
         for k, b in before.items():
             ci = (c.get("delta_ci") or {}).get(k)

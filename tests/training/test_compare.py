@@ -32,7 +32,8 @@ def test_a_bundle_compared_on_the_run_that_made_it_scores_what_its_report_says(t
     assert same["probe_id"] == first.report.probe_id and same["layers"] == [layer] and same["skipped"] is None
     assert same["test_auroc"] == pytest.approx(first.report.metrics.auroc, abs=1e-9)
     assert same["test_per_kind"] == pytest.approx(first.report.metrics.auroc_test_per_kind, abs=1e-9)
-    # the same probe again: no change, and an interval of exactly nothing on every set it scored
+    # the same probe again, on the same split: no change, and an interval of exactly nothing on every set
+    assert same["test_same_split"] is True
     assert set(same["delta_ci"]) == {"test", *same["ood_auroc"]}
     assert all(ci == pytest.approx([0.0, 0.0, 0.0], abs=1e-12) for ci in same["delta_ci"].values())
     assert missing["skipped"].startswith("cannot load") and missing["test_auroc"] is None and missing["delta_ci"] == {}
@@ -68,3 +69,23 @@ def test_the_paired_change_has_an_interval_that_separates_a_real_gain_from_noise
         and paired_auroc_delta(signal, better, labels) == gain
     )
     assert paired_auroc_delta(signal, better, np.ones(200)) is None  # one class: no AUROC, no interval
+
+
+def test_a_bundle_from_another_pool_gets_no_test_before(tiny_loaded, tmp_path):
+    """More groups re-draw the grouped test split, which may then hold the old bundle's training rows: its
+    test AUROC is kept but marked, with no paired change; the OOD sets (never trained on) still compare."""
+    from probewatch.training.quality_changes import same_data_change
+    from probewatch.training.report import TrainReport
+
+    data, control = write_synthetic(tmp_path, n_groups=24)
+    first = train(_config(tmp_path, data, control, "a", [1]), loaded=tiny_loaded)
+    (tmp_path / "more").mkdir()
+    more, control2 = write_synthetic(tmp_path / "more", n_groups=30)
+    run = train(_config(tmp_path, more, control2, "b", [1], compare_with=[first.bundle_path]), loaded=tiny_loaded)
+    [cmp] = run.report.compared
+    assert cmp["test_same_split"] is False and cmp["test_auroc"] is not None and "test" not in cmp["delta_ci"]
+    assert set(cmp["delta_ci"]) == set(cmp["ood_auroc"])
+    [(_, test_cell, _)] = same_data_change(TrainReport.from_json(run.report.to_json()))
+    assert (
+        test_cell.startswith(f"{run.report.metrics.auroc:.4f} (the replaced bundle's ") and "another pool" in test_cell
+    )
