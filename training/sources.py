@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from probewatch.data.dialogue import Dialogue
+from probewatch.training.datasets.refusal_formats import FORMATS, kind_of
 
 META_KEY = "data_source"
 
@@ -65,8 +66,9 @@ KIND_SOURCES: dict[str, str] = {
     "eval_context": PROBEWATCH_WRITTEN,
     "mm_audit": "mesa_and_mask",
     "test_deploy_prompts": "compact_llms_eval_awareness",
-    # refusal
+    # refusal: the instructions plain and in every request format (each row also says so in its meta)
     "refusal_train": "refusal_direction",
+    **{kind_of(fmt): "refusal_direction" for fmt in FORMATS},
     # every behaviour: ordinary requests answered by the model (label 0, training only)
     "plain_traffic": MODEL_ANSWERS,
 }
