@@ -86,35 +86,25 @@ def paired_auroc_delta(
     return [auroc(after, labels) - auroc(before, labels), float(low), float(high)]
 
 
-def pool_signature(kinds: np.ndarray, groups: np.ndarray, n_test: int) -> dict[str, Any]:
-    """What decides a grouped split: examples and groups per kind, and the test split's size. Two runs with
-    the same signature (and seed) draw the same test split; a kind added or resized re-draws all of it."""
-    kinds = np.asarray(["?" if k is None else str(k) for k in kinds], dtype=object)  # as the report names them
-    groups = np.asarray(groups)
-    per_kind = {
-        str(k): [int((kinds == k).sum()), len(set(groups[kinds == k].tolist()))] for k in sorted(set(kinds.tolist()))
-    }
-    return {"kinds": per_kind, "test": int(n_test)}
+def pool_signature(kinds: Mapping[str, Mapping[str, Any]], n_test: int) -> dict[str, Any]:
+    """What decides a grouped split: examples and groups per kind (report.json `data.kinds`, i.e.
+    `stage_export.kinds_summary`), and the test split's size. Two runs with the same signature (and seed)
+    draw the same test split; a kind added or resized re-draws all of it."""
+    return {"kinds": {str(k): [int(v["n"]), int(v["groups"])] for k, v in sorted(kinds.items())}, "test": int(n_test)}
 
 
-def report_pool_signature(report: Mapping[str, Any]) -> dict[str, Any] | None:
-    """`pool_signature` of the run a bundle's report.json describes (None where the report lacks it)."""
-    kinds, n_test = (report.get("data") or {}).get("kinds"), (report.get("splits") or {}).get("test")
-    if not kinds or n_test is None:
-        return None
-    per_kind = {str(k): [int(v["n"]), int(v["groups"])] for k, v in sorted(kinds.items())}
-    return {"kinds": per_kind, "test": int(n_test)}
-
-
-def _same_split(path: str | Path, splits: Splits) -> bool | None:
+def _same_split(path: str | Path, this_pool: Mapping[str, Any] | None) -> bool | None:
+    """Whether the bundle's report describes this run's pool; None where either side is unknown."""
     from probewatch.training.report import REPORT_FILENAME
 
     try:
-        theirs = report_pool_signature(json.loads((Path(path) / REPORT_FILENAME).read_text()))
+        theirs = json.loads((Path(path) / REPORT_FILENAME).read_text())
     except (OSError, ValueError):
         return None
-    pool = splits.pool
-    return None if theirs is None else theirs == pool_signature(pool.kinds, pool.groups, len(pool.test_idx))
+    kinds, n_test = (theirs.get("data") or {}).get("kinds"), (theirs.get("splits") or {}).get("test")
+    if this_pool is None or not kinds or n_test is None:
+        return None
+    return pool_signature(kinds, n_test) == this_pool
 
 
 def compare_bundle(
@@ -123,10 +113,12 @@ def compare_bundle(
     splits: Splits,
     fingerprint: str,
     this_run: Mapping[str, np.ndarray] | None = None,
+    this_pool: Mapping[str, Any] | None = None,
 ) -> BundleComparison:
     """The bundle at `path` on this run's test split (and per kind) and out-of-distribution sets;
     `this_run`: the new probe's scores on the same sets ("test": the test split's rows, in order; an
-    out-of-distribution set by name), for the paired change and its interval."""
+    out-of-distribution set by name), for the paired change and its interval; `this_pool`: this run's
+    `pool_signature`, which tells whether the test split is one the bundle never trained on."""
     from probewatch.probes import load_bundle
     from probewatch.probes.bundle import LINEAR_KINDS
     from probewatch.probes.errors import BundleError
@@ -163,7 +155,7 @@ def compare_bundle(
     s = scores(pool_data)
     test = pool.test_idx
     out.test_auroc = _auroc(s[test], pool.labels[test])
-    out.test_same_split = _same_split(path, splits)
+    out.test_same_split = _same_split(path, this_pool)
     if out.test_same_split:  # another pool's bundle may have trained on these rows: no paired change
         changed("test", s[test], pool.labels[test])
     for kind in sorted(set(pool.kinds[test].tolist())):

@@ -34,15 +34,16 @@ public names importable from `probewatch.training.pipeline`.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from probewatch.training.compare import compare_bundle
+from probewatch.training.compare import compare_bundle, pool_signature
 from probewatch.training.export import check_target
 from probewatch.training.multilayer import choose_layers
 from probewatch.training.stage_activations import Activations, Splits, extract, make_splits
 from probewatch.training.stage_data import PreparedData, prepare_data
-from probewatch.training.stage_export import TrainResult, export
+from probewatch.training.stage_export import TrainResult, export, kinds_summary
 from probewatch.training.stage_fit import FittedProbe, fit_final, operating_summary
 from probewatch.training.stage_sources import SourceOutcome, run_sources, sources_report
 from probewatch.training.stage_sweep import SweepOutcome, run_sweep
@@ -119,7 +120,13 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     acts, probe_layers = choose_layers(sweep, acts)  # concat of several layers only where it clearly wins
     fitted = timed("final_s", fit_final, config, acts, splits, sweep, prepared.data)
     this_run = {"test": fitted.scores[splits.pool.test_idx], **fitted.ood_scores}
-    compared = [compare_bundle(p, cached, splits, loaded.fingerprint, this_run).to_json() for p in config.compare_with]
+    this_pool = pool_signature(
+        {k: asdict(v) for k, v in kinds_summary(prepared.data.pool).items()}, len(splits.pool.test_idx)
+    )
+    compared = [
+        compare_bundle(p, cached, splits, loaded.fingerprint, this_run, this_pool).to_json()
+        for p in config.compare_with
+    ]
     result = export(
         config, loaded, prepared, acts, splits, sweep, fitted, out, probe_id, timings, provenance_extra, probe_layers
     )
