@@ -86,6 +86,25 @@ def paired_auroc_delta(
     return [auroc(after, labels) - auroc(before, labels), float(low), float(high)]
 
 
+#: the test split's name among a comparison's sets
+TEST_SET = "test"
+
+
+def befores(compared: Mapping[str, Any]) -> dict[str, tuple[float | None, list[float] | None]]:
+    """Set -> (the bundle's AUROC, [change, low, high] or None) for every set where the bundle's AUROC is a
+    before: each out-of-distribution set, and the test split unless the bundle was trained on another pool
+    (`test_same_split` False: the re-drawn split may hold its training rows). One rule for every renderer
+    of a `BundleComparison.to_json()`; empty for a skipped comparison."""
+    if compared.get("skipped"):
+        return {}
+    cis = compared.get("delta_ci") or {}  # reports before the interval existed have none
+    sets: dict[str, float | None] = {}
+    if compared.get("test_same_split") is not False:
+        sets[TEST_SET] = compared.get("test_auroc")
+    sets.update(compared.get("ood_auroc") or {})
+    return {k: (v, cis.get(k)) for k, v in sets.items()}
+
+
 def pool_signature(kinds: Mapping[str, Mapping[str, Any]], n_test: int) -> dict[str, Any]:
     """What decides a grouped split: examples and groups per kind (report.json `data.kinds`, i.e.
     `stage_export.kinds_summary`), and the test split's size. Two runs with the same signature (and seed)
@@ -157,7 +176,7 @@ def compare_bundle(
     out.test_auroc = _auroc(s[test], pool.labels[test])
     out.test_same_split = _same_split(path, this_pool)
     if out.test_same_split:  # another pool's bundle may have trained on these rows: no paired change
-        changed("test", s[test], pool.labels[test])
+        changed(TEST_SET, s[test], pool.labels[test])
     for kind in sorted(set(pool.kinds[test].tolist())):
         at = test[pool.kinds[test] == kind]
         if (v := _auroc(s[at], pool.labels[at])) is not None:

@@ -86,6 +86,8 @@ def summary_change(report: TrainReport, previous: Mapping[str, Any] | TrainRepor
 def same_data_change(report: TrainReport) -> list[tuple[str, str, str]]:
     """(bundle, test split, out-of-distribution sets) for each bundle the run compared itself with
     (`--compare-with`: the shipped bundle it replaced, on this run's own sets), as "that bundle → this run"."""
+    from probewatch.training.compare import TEST_SET, befores  # numpy/torch scoring module: only when rendering
+
     this = report.to_json()
     rows = []
     for c in report.compared or []:
@@ -96,16 +98,14 @@ def same_data_change(report: TrainReport) -> list[tuple[str, str, str]]:
         if c.get("skipped"):
             rows.append((name, f"not scored: {c['skipped']}", "—"))
             continue
-        ood_now = _get(this, "metrics", "auroc_ood") or {}
-        cis = c.get("delta_ci") or {}  # reports before the interval existed have none
-        ood = ", ".join(
-            f"{k} {_arrow(_num(v, 4), _num(ood_now.get(k), 4))}{_interval(cis.get(k))}"
-            for k, v in c["ood_auroc"].items()
+        now = {TEST_SET: _get(this, "metrics", "auroc"), **(_get(this, "metrics", "auroc_ood") or {})}
+        sets = befores(c)
+        cells = {k: f"{_arrow(_num(v, 4), _num(now.get(k), 4))}{_interval(ci)}" for k, (v, ci) in sets.items()}
+        ood = ", ".join(f"{k} {cell}" for k, cell in cells.items() if k != TEST_SET)
+        test = cells.get(TEST_SET) or (
+            f"{_num(now[TEST_SET], 4)} (the replaced bundle's {_num(c.get('test_auroc'), 4)} is no before: "
+            "trained on another pool)"
         )
-        now = _num(_get(this, "metrics", "auroc"), 4)
-        test = _arrow(_num(c.get("test_auroc"), 4), now) + _interval(cis.get("test"))
-        if c.get("test_same_split") is False:  # trained on another pool: this re-drawn split may hold its rows
-            test = f"{now} (the replaced bundle's {_num(c.get('test_auroc'), 4)} is no before: trained on another pool)"
         rows.append((name, test, ood or "—"))
     return rows
 

@@ -326,6 +326,8 @@ def _probe_layers(report: dict) -> list[int]:
 
 
 def print_summary(s: dict) -> None:
+    from probewatch.training.compare import TEST_SET, befores
+
     def f(x) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
@@ -355,16 +357,13 @@ def print_summary(s: dict) -> None:
         if c.get("skipped"):
             print(f"compared   {name}: not scored ({c['skipped']})")
             continue
-        now = {"test": s["auroc"], **s["auroc_ood"]}
-        before = {"test": c.get("test_auroc"), **c.get("ood_auroc", {})}
-        if c.get("test_same_split") is False:  # its training rows may be in this run's test split
-            del before["test"]
+        now = {TEST_SET: s["auroc"], **s["auroc_ood"]}
+        sets = befores(c)
+        if TEST_SET not in sets:  # its training rows may be in this run's test split
             print(f"compared   {name}: trained on another pool, so its test AUROC here is no before (OOD sets only)")
-        parts = []
-        for k, b in before.items():
-            ci = (c.get("delta_ci") or {}).get(k)
-            parts.append(
-                f"{k} {f(b)} -> {f(now.get(k))}" + (f" ({ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}])" if ci else "")
-            )
+        parts = [
+            f"{k} {f(b)} -> {f(now.get(k))}" + (f" ({ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}])" if ci else "")
+            for k, (b, ci) in sets.items()
+        ]
         print(f"compared   {name}: " + "   ".join(parts))
     print(f"report     {s['report']}")

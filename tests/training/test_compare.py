@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from probewatch.metrics import auroc
-from probewatch.training.compare import paired_auroc_delta
+from probewatch.training.compare import befores, paired_auroc_delta
 from probewatch.training.pipeline import TrainConfig, train
 from tests.training.helpers import write_synthetic
 
@@ -89,3 +89,20 @@ def test_a_bundle_from_another_pool_gets_no_test_before(tiny_loaded, tmp_path):
     assert (
         test_cell.startswith(f"{run.report.metrics.auroc:.4f} (the replaced bundle's ") and "another pool" in test_cell
     )
+
+
+def test_which_sets_are_a_before_is_one_rule_for_every_renderer():
+    """The doc table and the CLI summary both read `befores`: the test split only from a bundle of this pool,
+    every out-of-distribution set, each with its interval where measured, nothing from a skipped one."""
+    same = {
+        "test_auroc": 0.9,
+        "test_same_split": True,
+        "ood_auroc": {"val": 0.8},
+        "delta_ci": {"test": [0.01, 0, 0.02]},
+    }
+    assert befores(same) == {"test": (0.9, [0.01, 0, 0.02]), "val": (0.8, None)}
+    other_pool = {**same, "test_same_split": False, "delta_ci": {"val": [0.1, 0.05, 0.15]}}
+    assert befores(other_pool) == {"val": (0.8, [0.1, 0.05, 0.15])}
+    unknown = {"test_auroc": 0.9, "ood_auroc": {}}  # a report written before the pool signature existed
+    assert befores(unknown) == {"test": (0.9, None)}
+    assert befores({**same, "skipped": "cannot load: corrupt"}) == {}
