@@ -3,9 +3,11 @@
 
 The band (`threshold.uncertain_from`, docs/architecture.md "Probe bundle"): scores in [uncertain_from,
 threshold) are recorded by the sidecar as `uncertain` (a counter and a low-priority incident) and never alert.
-The training export sets it where the shipped threshold is the stricter one the behaviour's own negatives ask
-for (calibration.uncertainty_band): the band reaches down to the control threshold, so what production-like
-traffic alone would flag at the target FPR still reaches a reviewer without paging anyone.
+The training export sets it in two cases (calibration.uncertainty_band): where the shipped threshold is the stricter
+one the behaviour's own negatives ask for, the band reaches down to the control threshold, so what production-like
+traffic alone would flag at the target FPR still reaches a reviewer without paging anyone; where the shipped
+threshold keeps less than half of the calibration positives, the band reaches down to where half are kept, but
+records at most 5% of the control set and 20% of the behaviour's own negatives.
 
 Drawn next to the training report (`probewatch train`) and next to a re-thresholded bundle (`probewatch
 calibrate`): for each score set, the share at or above a threshold as the threshold sweeps the score axis
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from probewatch.training.calibration import band_shares, uncertainty_band
+from probewatch.training.calibration import band_basis, band_shares, uncertainty_band
 from probewatch.training.plots import _finish, _plt
 
 if TYPE_CHECKING:
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 
 BAND_PLOT = "threshold_band.png"
 POSITIVES = "positives (test)"
+NEGATIVES = "negatives (test)"
+CONTROL = "control (held out)"
 
 
 def export_band(enabled: bool, point: OperatingPoint) -> float | None:
@@ -47,17 +51,18 @@ def score_sets(fitted: FittedProbe, splits: Splits) -> dict[str, np.ndarray]:
     y = labels[test]
     return {
         POSITIVES: scores[test][y == 1],
-        "negatives (test)": scores[test][y == 0],
-        "control (held out)": fitted.control_scores[splits.control_held],
+        NEGATIVES: scores[test][y == 0],
+        CONTROL: fitted.control_scores[splits.control_held],
     }
 
 
-def band_record(threshold: Threshold, sets: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """extra.operating_point.uncertainty_band: the edge and, per held-out set, the share flagged, uncertain and
-    recorded (what a reviewer sees at all); null edge when the bundle has no band."""
+def band_record(threshold: Threshold, sets: Mapping[str, np.ndarray], point: OperatingPoint) -> dict[str, Any]:
+    """extra.operating_point.uncertainty_band: the edge, why it is there (`calibration.band_basis`) and, per
+    held-out set, the share flagged, uncertain and recorded (what a reviewer sees at all); null edge when the
+    bundle has no band."""
     return {
         "uncertain_from": threshold.uncertain_from,
-        "set_by": None if threshold.uncertain_from is None else "control_threshold",
+        "set_by": band_basis(point, threshold.value, threshold.uncertain_from),
         "shares": {k: band_shares(v, threshold.uncertain_from, threshold.value) for k, v in sets.items()},
     }
 

@@ -76,6 +76,12 @@ def clear_hard_negatives(threshold: float, hard_negative_scores: Sequence[float]
     return float(max(threshold, float(scores.max()) + margin))
 
 
+#: the recall the alerting threshold should keep on the behaviour's calibration positives (docs/quality.md aims)
+MIN_RECALL = 0.5
+#: the most production-like control traffic a recall band may record as `uncertain` (review load, not pages)
+BAND_CONTROL_FPR = 0.05
+
+
 @dataclass
 class OperatingPoint:
     """The shipped threshold: the larger of two thresholds, so that both targets hold on calibration data.
@@ -84,6 +90,10 @@ class OperatingPoint:
     2. `hard_negative_threshold` flags at most `hard_negative_fpr` of the behaviour's own negatives
        (honest answers in deception-laden contexts, reasoning without the motive, ...: the
        calibration split's label-0 examples), which ordinary traffic says nothing about.
+
+    Where the calibration positives are known, `recall_threshold` is the highest threshold that still
+    keeps `min_recall` of them and `band_floor` the one that records `band_control_fpr` of the control set:
+    the limits of a recall band (`uncertainty_band`) when the shipped threshold keeps less recall than that.
     """
 
     value: float
@@ -91,6 +101,10 @@ class OperatingPoint:
     fpr: float
     hard_negative_threshold: float | None = None
     hard_negative_fpr: float | None = None
+    recall_threshold: float | None = None
+    min_recall: float | None = None
+    band_floor: float | None = None
+    band_control_fpr: float | None = None
 
     @property
     def set_by(self) -> str:
@@ -99,28 +113,55 @@ class OperatingPoint:
         return "control"
 
 
+def threshold_at_recall(positive_scores: Sequence[float] | np.ndarray, recall: float) -> float:
+    """The highest threshold at which at least `recall` of the (finite) positive scores are at or above it."""
+    if not 0.0 < recall <= 1.0:
+        raise ValueError(f"recall must be in (0, 1], got {recall}")
+    s = np.sort(np.asarray(positive_scores, dtype=np.float64))
+    s = s[np.isfinite(s)]
+    if s.size == 0:
+        raise CalibrationError("no finite positive scores to set a recall threshold on")
+    keep = int(np.ceil(recall * s.size - 1e-9))  # this many positives must score at or above the threshold
+    return float(s[s.size - keep])
+
+
 def operating_point(
     control_scores: Sequence[float],
     fpr: float,
     hard_negative_scores: Sequence[float] | None = None,
     hard_negative_fpr: float | None = 0.2,
+    positive_scores: Sequence[float] | np.ndarray | None = None,
+    min_recall: float = MIN_RECALL,
+    band_control_fpr: float = BAND_CONTROL_FPR,
 ) -> OperatingPoint:
-    """`OperatingPoint` from control scores and (optionally) the behaviour's calibration negatives."""
+    """`OperatingPoint` from control scores and (optionally) the behaviour's calibration negatives and positives."""
     t_control = calibrated_threshold(control_scores, fpr)
-    if hard_negative_fpr is None or hard_negative_scores is None or len(hard_negative_scores) == 0:
-        return OperatingPoint(t_control, t_control, fpr)
-    t_hard = calibrated_threshold(hard_negative_scores, hard_negative_fpr)
-    return OperatingPoint(max(t_control, t_hard), t_control, fpr, t_hard, hard_negative_fpr)
+    point = OperatingPoint(t_control, t_control, fpr)
+    if hard_negative_fpr is not None and hard_negative_scores is not None and len(hard_negative_scores) > 0:
+        t_hard = calibrated_threshold(hard_negative_scores, hard_negative_fpr)
+        point = OperatingPoint(max(t_control, t_hard), t_control, fpr, t_hard, hard_negative_fpr)
+    if positive_scores is not None and np.isfinite(np.asarray(positive_scores, dtype=np.float64)).any():
+        point.recall_threshold = threshold_at_recall(positive_scores, min_recall)
+        point.min_recall = min_recall
+        point.band_floor = calibrated_threshold(control_scores, max(band_control_fpr, fpr))
+        point.band_control_fpr = max(band_control_fpr, fpr)
+    return point
 
 
 def uncertainty_band(point: OperatingPoint, shipped: float, explicit: float | None = None) -> float | None:
     """The lower edge of the uncertainty band [edge, shipped) below the shipped threshold, or None (no band).
 
-    `explicit` (`probewatch calibrate --uncertain-from`) wins and must lie below `shipped`. Otherwise the band
-    exists where the shipped threshold is stricter than the control set alone asks for (it was raised by the
-    behaviour's own negatives or by reviewed false positives): the band reaches down to the control threshold,
-    so what ordinary traffic would have flagged at the target FPR is still recorded for review (low priority,
-    at most `fpr` of that traffic) while only scores that also clear the look-alike negatives page anyone.
+    `explicit` (`probewatch calibrate --uncertain-from`) wins and must lie below `shipped`. Otherwise a band
+    exists in one of two cases (`band_basis` names which):
+
+    - the shipped threshold is stricter than the control set alone asks for (raised by the behaviour's own
+      negatives or by reviewed false positives): the band reaches down to the control threshold, so what
+      ordinary traffic would have flagged at the target FPR is still recorded for review (low priority, at
+      most `fpr` of that traffic) while only scores that also clear the look-alike negatives page anyone;
+    - the shipped threshold keeps less than `min_recall` of the calibration positives (one threshold cannot
+      hold ~1% of ordinary traffic and half the behaviour): the band reaches down to where `min_recall` is
+      kept, but never records more than `band_control_fpr` of the control set or `hard_negative_fpr` of the
+      behaviour's own negatives, so the recall it buys costs bounded review time and no pages.
     """
     if explicit is not None:
         if not np.isfinite(explicit) or not explicit < shipped:
@@ -130,7 +171,19 @@ def uncertainty_band(point: OperatingPoint, shipped: float, explicit: float | No
         return float(explicit)
     if point.control_threshold < shipped and np.isfinite(point.control_threshold):
         return float(point.control_threshold)
+    if point.recall_threshold is not None and point.recall_threshold < shipped:
+        floors = [point.recall_threshold, point.band_floor, point.hard_negative_threshold]
+        edge = max(float(x) for x in floors if x is not None and np.isfinite(x))
+        return edge if edge < shipped else None
     return None
+
+
+def band_basis(point: OperatingPoint, shipped: float, edge: float | None) -> str | None:
+    """Why a band computed by `uncertainty_band` (without `explicit`) is there: "control_threshold", "recall",
+    or None for no band."""
+    if edge is None:
+        return None
+    return "control_threshold" if point.control_threshold < shipped else "recall"
 
 
 def band_shares(scores: Sequence[float] | np.ndarray, lower: float | None, threshold: float) -> dict[str, float | None]:

@@ -168,6 +168,23 @@ def _aims_met(op: OperatingSummary) -> bool:
     return s.recall is not None and s.recall >= 0.5 and s.fpr_negatives is not None and s.fpr_negatives <= 0.2
 
 
+def _band_cell(r: TrainReport) -> str:
+    """'≥ 0.43 (recall): 0.62 / 24% / 4%': the band's edge, why it is there, and recall / test negatives /
+    held-out control recorded at all (flagged or uncertain); '—' without a band."""
+    from probewatch.training.band import CONTROL, NEGATIVES, POSITIVES
+
+    edge, band = r.threshold.uncertain_from, r.operating_point.band or {}
+    if edge is None:
+        return "—"
+    shares = band.get("shares") or {}
+    recorded = [(shares.get(k) or {}).get("recorded") for k in (POSITIVES, NEGATIVES, CONTROL)]
+    why = {"control_threshold": "control", "recall": "recall"}.get(band.get("set_by") or "", "")
+    head = f"≥ {edge:.2f}" + (f" ({why})" if why else "")
+    if recorded[0] is None:  # a report written before the band's shares were kept in it
+        return head
+    return f"{head}: {_fmt(recorded[0])} / {_pct(recorded[1])} / {_pct(recorded[2])}"
+
+
 # -- per-behaviour section -------------------------------------------------------------------------------
 def _shipped_layers(r: TrainReport) -> list[int]:
     """The layers the shipped bundle reads: the concatenated layers where a multi-layer probe shipped."""
@@ -365,6 +382,7 @@ HELPERS: dict[str, Any] = {
     "control_headers": lambda kinds: [f"control: {k}" for k in kinds],
     "control_cells": _control_cells,
     "aims_met": _aims_met,
+    "band_cell": _band_cell,
     "aggregation_text": _aggregation_text,
     "layer_cell": _layer_cell,
     "layer_text": _layer_text,
@@ -412,9 +430,11 @@ def render_markdown(
     baseline: Mapping[str, ReportLike] | None = None,
     families: Mapping[str, dict] | None = None,
     evasion: Sequence[dict] | None = None,
+    missing: Sequence[str] = (),
 ) -> str:
     """The whole document. `baseline` ({probe id: report} of the previous run) adds before/after columns;
-    `families` ({probe name: family report}) and `evasion` (evasion reports) their sections."""
+    `families` ({probe name: family report}) and `evasion` (evasion reports) their sections; `missing` names
+    the parts a full run would have that this render has no input for (said in the doc, not dropped silently)."""
     return (
         _environment()
         .get_template(DOCUMENT)
@@ -427,6 +447,7 @@ def render_markdown(
             previous=dict(baseline or {}),
             families=families or {},
             evasion=list(evasion or []),
+            missing=list(missing),
         )
     )
 

@@ -124,6 +124,9 @@ class ControlKindOperating:
     n: int
 
 
+_RECALL_BAND_KEYS = ("min_recall", "recall_threshold", "band_floor", "band_control_fpr", "band")
+
+
 @dataclass
 class OperatingSummary:
     """Both operating points (control FPR, hard-negative FPR) measured on held-out data."""
@@ -139,9 +142,20 @@ class OperatingSummary:
     control_only: AtThreshold
     per_kind: dict[str, KindOperating]
     control_per_kind: dict[str, ControlKindOperating]
+    # the recall band's limits (calibration.OperatingPoint) and the band the bundle shipped with
+    # (band.band_record: edge, why, shares per held-out set); None in reports written before the recall band
+    min_recall: float | None = None
+    recall_threshold: float | None = None
+    band_floor: float | None = None
+    band_control_fpr: float | None = None
+    band: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        for key in _RECALL_BAND_KEYS:  # unset: the report as written before the recall band existed
+            if out[key] is None:
+                del out[key]
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> OperatingSummary:
@@ -206,6 +220,7 @@ class TrainReport:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
+        out["operating_point"] = self.operating_point.to_json()
         if self.plots is None:
             del out["plots"]
         if self.sources is None:

@@ -65,6 +65,13 @@ class Splits:
         idx = p.val_idx[p.labels[p.val_idx] == 0]
         return idx[~np.isin(p.kinds[idx], list(p.train_only))]
 
+    @property
+    def calibration_positives(self) -> np.ndarray:
+        """Calibration-split positives of the evaluable kinds: the recall a band keeps is measured on them."""
+        p = self.pool
+        idx = p.val_idx[p.labels[p.val_idx] == 1]
+        return idx[~np.isin(p.kinds[idx], list(p.train_only))]
+
 
 def extract(config: TrainConfig, loaded: Any, prepared: PreparedData, layers: Sequence[int]) -> Activations:
     def one(name: str, dialogues: Sequence[Dialogue]) -> ActivationSet:

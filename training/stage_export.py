@@ -83,8 +83,12 @@ def export(
         config.fpr,
         prepared.control_source.name,
         len(splits.control_cal),
-        uncertain_from=uncertainty.export_band(config.uncertainty_band, point),  # None unless negatives set it
+        uncertain_from=uncertainty.export_band(
+            config.uncertainty_band, point
+        ),  # None unless negatives or too little recall ask for one
     )
+    band = uncertainty.band_record(threshold, uncertainty.score_sets(fitted, splits), point)
+    fitted.operating.band = fitted.metrics.operating_point["band"] = band  # the report and manifest metrics say it
     export_bundle(
         out,
         fitted.probe,
@@ -110,7 +114,11 @@ def export(
                 "hard_negative_threshold": point.hard_negative_threshold,
                 "hard_negative_fpr": point.hard_negative_fpr,
                 "set_by": point.set_by,
-                "uncertainty_band": uncertainty.band_record(threshold, uncertainty.score_sets(fitted, splits)),
+                "uncertainty_band": band,
+                "min_recall": point.min_recall,
+                "recall_threshold": point.recall_threshold,
+                "band_floor": point.band_floor,
+                "band_control_fpr": point.band_control_fpr,
             },
             **_calibration_reference(fitted, splits, threshold, prepared.control_source.name),
         },

@@ -80,6 +80,8 @@ def fit_final(
         config.fpr,
         scores[hard] if config.hard_negative_fpr is not None else None,
         config.hard_negative_fpr,
+        positive_scores=scores[splits.calibration_positives],
+        band_control_fpr=config.band_control_fpr,
     )
     threshold = point.value
     test = detection_metrics(scores[test_idx], labels[test_idx], control_scores[splits.control_cal], config.fpr)
@@ -190,4 +192,8 @@ def operating_summary(
         control_only=at(point.control_threshold),
         per_kind=per_kind,
         control_per_kind=control_per_kind,
+        min_recall=point.min_recall,
+        recall_threshold=point.recall_threshold,
+        band_floor=point.band_floor,
+        band_control_fpr=point.band_control_fpr,
     )

@@ -10,6 +10,7 @@ from typing import Any
 from probewatch.behaviours import DEFAULT_PROBE_IDS
 from probewatch.errors import ProbewatchError
 from probewatch.probes.errors import FingerprintMismatchError
+from probewatch.training.calibration import BAND_CONTROL_FPR
 from probewatch.training.export import METHOD_BY_KIND
 
 #: attention: the attention-pooling probe (training/attention_sweep.py), tried on the best response layer
@@ -46,8 +47,11 @@ class TrainConfig:
     standardize: bool | None = None  # None: logistic standardised, mean_diff/lat raw
     fpr: float = 0.01
     hard_negative_fpr: float | None = 0.2  # None: threshold from the control set alone
-    # where the negatives raise the threshold, scores from the control threshold up to it are `uncertain`
+    # where the negatives raise the threshold, scores from the control threshold up to it are `uncertain`; where
+    # the threshold keeps under half the calibration positives, scores down to where half are kept, recording at
+    # most `band_control_fpr` of the control set (calibration.uncertainty_band)
     uncertainty_band: bool = True
+    band_control_fpr: float = BAND_CONTROL_FPR
     family: bool = False  # also train the per-type family (training/family_export.py), written to <out>-family
     heldout_Cs: Sequence[float] | None = HELDOUT_CS  # None: C by grouped CV on the fit split
     multi_layer: int = 3  # best layers compared as a concatenated / ensembled probe (0: skip)
@@ -131,6 +135,8 @@ def check_config(config: TrainConfig, n_layers: int, model_id: str) -> list[int]
             raise TrainingError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
     if config.hard_negative_fpr is not None and not 0.0 <= config.hard_negative_fpr < 1.0:
         raise TrainingError(f"--hard-negative-fpr must be in [0, 1), got {config.hard_negative_fpr}")
+    if not config.fpr <= config.band_control_fpr < 1.0:
+        raise TrainingError(f"--band-control-fpr must be in [--fpr, 1), got {config.band_control_fpr}")
     if config.nested_top_k < 0:
         raise TrainingError(
             f"--nested-top-k must be >= 0 (0 skips the held-out-source stage), got {config.nested_top_k}"

@@ -339,7 +339,7 @@ def _apply_band(args: argparse.Namespace, point, manifest, sets: dict) -> dict:
     """Set (or clear) the manifest's uncertainty band below its new threshold; how it was set and, per score
     set, the share flagged, uncertain and recorded at all (also kept in extra.operating_point)."""
     from probewatch.errors import ProbewatchError
-    from probewatch.training.calibration import CalibrationError, band_shares, uncertainty_band
+    from probewatch.training.calibration import CalibrationError, band_basis, band_shares, uncertainty_band
 
     explicit, threshold = args.uncertain_from, manifest.threshold.value
     try:
@@ -348,7 +348,7 @@ def _apply_band(args: argparse.Namespace, point, manifest, sets: dict) -> dict:
     except CalibrationError as exc:
         raise ProbewatchError(f"--uncertain-from: {exc}") from None
     manifest.threshold.uncertain_from = band
-    set_by = None if band is None else ("explicit" if explicit is not None else "control_threshold")
+    set_by = "explicit" if explicit is not None else band_basis(point, threshold, band)
     shares = {name: band_shares(s, band, threshold) for name, s in sets.items() if len(s)}
     manifest.extra["operating_point"]["uncertainty_band"] = {
         "uncertain_from": band,

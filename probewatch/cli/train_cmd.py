@@ -158,9 +158,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--uncertainty-band",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="where --hard-negative-fpr raises the threshold above the control one, ship a band from the control "
-        "threshold up to it: scores there are recorded as uncertain (low-priority incidents), never alerted "
-        "(default: yes)",
+        help="ship an uncertainty band below the threshold where one threshold cannot hold both aims: from the "
+        "control threshold up to a threshold --hard-negative-fpr raised, or, where the threshold keeps under half "
+        "of the calibration positives, from where half are kept (at most --band-control-fpr of the control set); "
+        "scores there are recorded as uncertain (low-priority incidents), never alerted (default: yes)",
+    )
+    parser.add_argument(
+        "--band-control-fpr",
+        type=float,
+        default=0.05,
+        help="the most of the control set a recall band may record as uncertain: review load (default: 0.05)",
     )
     parser.add_argument(
         "--multi-layer",
@@ -251,6 +258,7 @@ def config_from_args(args: argparse.Namespace):
         fpr=args.fpr,
         hard_negative_fpr=args.hard_negative_fpr,
         uncertainty_band=args.uncertainty_band,
+        band_control_fpr=args.band_control_fpr,
         family=args.family,
         multi_layer=args.multi_layer,
         nested_top_k=args.nested_top_k,

@@ -83,6 +83,9 @@ def test_train_writes_bundle_report_and_plots(trained, tiny_loaded):
         assert (
             band["set_by"] == "control_threshold" and report["threshold"]["uncertain_from"] == op["control_threshold"]
         )
+    elif op["recall_threshold"] < m.threshold.value:  # under half the calibration positives kept: a recall band
+        edge = max(op["recall_threshold"], op["band_floor"], op["hard_negative_threshold"])
+        assert band["set_by"] == ("recall" if edge < m.threshold.value else None)
     else:
         assert m.threshold.uncertain_from is None and band["uncertain_from"] is None
     shares = band["shares"]["control (held out)"]

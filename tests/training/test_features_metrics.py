@@ -152,6 +152,51 @@ def test_operating_point_is_the_larger_of_the_control_and_hard_negative_threshol
     assert alone.hard_negative_threshold is None and alone.value == calibrated_threshold(control, 0.01)
 
 
+def test_threshold_at_recall_keeps_exactly_that_share_of_the_positives():
+    from probewatch.training.calibration import threshold_at_recall
+
+    positives = np.arange(10.0)  # 0..9
+    assert threshold_at_recall(positives, 0.5) == 5.0 and (positives >= 5.0).mean() == 0.5
+    assert threshold_at_recall(positives, 0.55) == 4.0  # 5.5 positives round up to 6 kept
+    assert threshold_at_recall(np.r_[positives, np.nan], 1.0) == 0.0  # non-finite scores are no positives
+    with pytest.raises(CalibrationError, match="no finite positive"):
+        threshold_at_recall([np.nan], 0.5)
+    with pytest.raises(ValueError, match="recall"):
+        threshold_at_recall(positives, 0.0)
+
+
+def test_a_threshold_that_keeps_too_little_recall_gets_a_band_down_to_half_the_positives_bounded_by_review_load():
+    """One threshold cannot hold ~1% of control and half the behaviour: the band records down to where half the
+    calibration positives are kept, but never more than 5% of control or 20% of the behaviour's negatives."""
+    from probewatch.training.calibration import band_basis, operating_point, uncertainty_band
+
+    control = np.linspace(-5, 5, 1000)  # 1% -> 4.9; 5% -> 4.5
+    negatives = np.linspace(-6, 0, 100)  # 20% -> -1.2: below control, so control sets the threshold
+    positives = np.linspace(3, 5, 101)  # half at or above 4.0, 4% of them at or above 4.9
+    point = operating_point(control, 0.01, negatives, 0.2, positive_scores=positives)
+    assert point.set_by == "control" and point.recall_threshold == pytest.approx(4.0)
+    assert point.band_floor == pytest.approx(calibrated_threshold(control, 0.05)) and point.band_control_fpr == 0.05
+    edge = uncertainty_band(point, point.value)
+    assert edge == pytest.approx(point.band_floor) and edge > point.recall_threshold  # review load binds first
+    assert (control >= edge).mean() <= 0.05 and band_basis(point, point.value, edge) == "recall"
+
+    wide = operating_point(control, 0.01, negatives, 0.2, positive_scores=positives, band_control_fpr=0.2)
+    edge = uncertainty_band(wide, wide.value)
+    assert edge == pytest.approx(4.0) and (positives >= edge).mean() >= 0.5  # the recall aim binds
+    look_alike = operating_point(control, 0.01, positives - 0.5, 0.2, positive_scores=positives, band_control_fpr=0.2)
+    assert look_alike.set_by == "control"
+    edge = uncertainty_band(look_alike, look_alike.value)
+    assert edge == look_alike.hard_negative_threshold and edge > 4.0  # the behaviour's negatives bind
+
+    enough = operating_point(control, 0.01, negatives, 0.2, positive_scores=positives + 2)
+    assert uncertainty_band(enough, enough.value) is None and band_basis(enough, enough.value, None) is None
+    unknown = operating_point(control, 0.01, negatives, 0.2)  # no positives (probewatch calibrate): no recall band
+    assert unknown.recall_threshold is None and uncertainty_band(unknown, unknown.value) is None
+    raised = operating_point(control, 0.01, np.linspace(0, 10, 100), 0.2, positive_scores=positives)
+    edge = uncertainty_band(raised, raised.value)  # negatives raised the threshold: the band of that case
+    assert edge == raised.control_threshold and band_basis(raised, raised.value, edge) == "control_threshold"
+
+
 def test_control_halves_hold_every_kind():
     from probewatch.training.datasets.control import control_halves
 
