@@ -18,7 +18,9 @@ reports) are separate:
    for deception, refusal and alignment faking, same data, splits and control threshold, into
    runs/quality/sae/<id>/;
 6. the reports of the previous run (docs/quality/<id>/report.json before this run overwrites them)
-   are kept in runs/quality/baseline.json, and docs/quality.md shows held-out-kind AUROC before and after.
+   are kept in runs/quality/baseline.json, and docs/quality.md shows held-out-kind AUROC before and after;
+7. everything the doc is rendered from is published next to it in docs/quality/ and seeded back into an
+   empty runs folder (`quality_inputs.py`), so a fresh clone re-renders it or runs the bench in parts.
 
 Generated responses and activations are cached, so a rerun only refits; the first run generates
 and extracts (an hour or more on 2 CPU cores; the time is logged in the doc).
@@ -39,7 +41,14 @@ from typing import TYPE_CHECKING, Any
 
 from probewatch.benchmarks.evasion import plot as plot_evasion
 from probewatch.benchmarks.harness import add_common_args
-from probewatch.benchmarks.quality_extras import family_reports, run_evasion, saved_evasion, ship_families
+from probewatch.benchmarks.quality_extras import (
+    FAMILY_REPORT,
+    family_reports,
+    run_evasion,
+    saved_evasion,
+    ship_families,
+)
+from probewatch.benchmarks.quality_inputs import SAE_REPORTS, publish_inputs, seed_runs_dir
 
 if TYPE_CHECKING:  # the training stack (torch) loads when the benchmark runs, not for `probewatch --help`
     from probewatch.training.quality_doc import RunInfo
@@ -57,7 +66,6 @@ JOBS: dict[str, dict[str, Any]] = {
 LEXICAL_CHECK = ("alignment-faking", "eval-awareness", "monitored-framing")
 SAE_BEHAVIOURS = ("deception", "refusal", "alignment_faking")
 SAE_METHODS = ("l1", "named")
-SAE_REPORTS = "sae"
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -134,10 +142,13 @@ def main(args: argparse.Namespace) -> int:
     doc = args.doc or root / "docs" / "quality.md"
     plots_root = doc.parent / "quality"
     loaded = load_model(args.model)
+    args.runs_dir.mkdir(parents=True, exist_ok=True)
+    seeded = seed_runs_dir(args.runs_dir, plots_root, JOBS)  # a fresh clone: the inputs published with the doc
+    if seeded:
+        print(f"[bench quality] {len(seeded)} doc inputs seeded from {plots_root}", file=sys.stderr)
     if getattr(args, "render_only", False) or getattr(args, "sae_only", False):
         return _render_only(args, loaded, doc, t0)
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-    args.runs_dir.mkdir(parents=True, exist_ok=True)
     baseline = _previous_reports(plots_root, args.runs_dir, args.probes)
     results: dict[str, TrainReport] = {}
     for name in args.probes:
@@ -196,17 +207,21 @@ def main(args: argparse.Namespace) -> int:
     _save_timing(args.runs_dir, results, linear_s, total - linear_s, run)
     doc.parent.mkdir(parents=True, exist_ok=True)
     everything = {**_saved_reports(args.runs_dir), **results}  # a run of some probes documents all of them
+    all_sae = {**_saved_sae(args.runs_dir), **sae_results}
+    all_families = family_reports(args.runs_dir, list(everything))
     doc.write_text(
         render_markdown(
             everything,
             all_diagnostics,
             run,
-            {**_saved_sae(args.runs_dir), **sae_results},
+            all_sae,
             baseline,
-            family_reports(args.runs_dir, list(everything)),
+            all_families,
             evasion or saved_evasion(args.runs_dir),
+            missing_parts(everything, all_families, all_sae),
         )
     )
+    publish_inputs(args.runs_dir, plots_root, JOBS)
     summary: dict[str, Any] = {
         name: {
             "auroc": r.metrics.auroc,
@@ -347,13 +362,38 @@ def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) ->
     run.total_s = total
     families = family_reports(args.runs_dir, list(results))
     doc.write_text(
-        render_markdown(results, diagnostics, run, sae_results, baseline, families, saved_evasion(args.runs_dir))
+        render_markdown(
+            results,
+            diagnostics,
+            run,
+            sae_results,
+            baseline,
+            families,
+            saved_evasion(args.runs_dir),
+            missing_parts(results, families, sae_results),
+        )
     )
+    publish_inputs(args.runs_dir, doc.parent / "quality", JOBS)
     print(
         f"[bench quality] re-rendered {doc} from {len(results)} reports in {time.perf_counter() - t0:.0f}s",
         file=sys.stderr,
     )
     return 0
+
+
+def missing_parts(results: dict[str, Any], families: dict[str, Any], sae_results: dict[str, dict]) -> list[str]:
+    """The parts of the doc a full run would have and this render has no input for (named in the doc, not
+    silently dropped): a family of a documented probe that trains one, SAE-feature probes of its behaviour."""
+    out = []
+    for name, job in JOBS.items():
+        if name in results and job.get("family") and name not in families:
+            out.append(f"the `{name}` family (`{name}/{FAMILY_REPORT}`)")
+    with_sae = {r.get("behaviour") for r in sae_results.values()}
+    for behaviour in SAE_BEHAVIOURS:
+        documented = any(JOBS[n]["behaviour"] == behaviour for n in results)
+        if documented and behaviour not in with_sae:
+            out.append(f"the SAE-feature probes of {behaviour} (`{SAE_REPORTS}/sae-{behaviour.replace('_', '-')}-*`)")
+    return out
 
 
 def _saved_reports(runs_dir: Path) -> dict[str, TrainReport]:

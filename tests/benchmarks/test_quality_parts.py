@@ -63,3 +63,52 @@ def test_evasion_of_other_probes_survives_a_part(tmp_path):
     merged = save_evasion(tmp_path, [{"probe_id": "refusal", "x": 3}, {"probe_id": "refusal-mean-diff", "x": 4}])
     assert merged == saved_evasion(tmp_path)
     assert [(r["probe_id"], r["x"]) for r in merged] == [("deception", 1), ("refusal", 3), ("refusal-mean-diff", 4)]
+
+
+def test_the_doc_inputs_published_next_to_it_seed_a_fresh_runs_folder(tmp_path):
+    """A fresh clone has no runs folder: the inputs published in docs/quality/ after a render come back, so a
+    part run or a re-render there documents every probe, the family, SAE probes, evasion and the baseline."""
+    from probewatch.benchmarks.quality_inputs import input_files, publish_inputs, seed_runs_dir
+
+    runs, docs, fresh = tmp_path / "runs", tmp_path / "docs", tmp_path / "fresh"
+    files = {
+        "deception/report.json": {"r": "d"},
+        "deception/family_report.json": {"family_id": "deception-family"},
+        "refusal/report.json": {"r": "r"},
+        "sae/sae-deception-l1/report.json": {"behaviour": "deception"},
+        "evasion.json": [{"probe_id": "deception"}],
+        "diagnostics.json": {},
+        "baseline.json": {"deception": {"r": "old"}},
+        "timing.json": {"total_s": 1.0},
+    }
+    for rel, value in files.items():
+        (runs / rel).parent.mkdir(parents=True, exist_ok=True)
+        (runs / rel).write_text(json.dumps(value))
+    (runs / "deception" / "weights.safetensors").write_bytes(b"x")  # bundles are shipped, not doc inputs
+    published = publish_inputs(runs, docs, quality.JOBS)
+    assert sorted(map(str, published)) == sorted(files) and not (docs / "deception" / "weights.safetensors").exists()
+    assert sorted(map(str, seed_runs_dir(fresh, docs, quality.JOBS))) == sorted(files)
+    assert all(json.loads((fresh / rel).read_text()) == value for rel, value in files.items())
+    # the runs folder wins where it has a file: seeding never overwrites this machine's newer part
+    (fresh / "refusal" / "report.json").write_text(json.dumps({"r": "newer"}))
+    assert seed_runs_dir(fresh, docs, quality.JOBS) == []
+    assert json.loads((fresh / "refusal" / "report.json").read_text()) == {"r": "newer"}
+    assert set(map(str, input_files(fresh, ["refusal"]))) == {
+        "refusal/report.json",
+        *[f for f in files if "/" not in f or f.startswith("sae/")],
+    }
+
+
+def test_parts_a_render_has_no_input_for_are_named_in_the_doc_not_dropped():
+    from probewatch.training.quality_doc import render_markdown
+    from tests.training.test_quality_doc import RUN
+
+    missing = quality.missing_parts({"deception": {}, "refusal": {}}, {}, {"s": {"behaviour": "refusal"}})
+    assert missing == [
+        "the `deception` family (`deception/family_report.json`)",
+        "the SAE-feature probes of deception (`sae/sae-deception-*`)",
+    ]
+    assert quality.missing_parts({"eval-awareness": {}}, {}, {}) == []  # neither a family nor SAE probes
+    text = render_markdown({}, {}, RUN, missing=missing)
+    assert "**Not in this render:** the `deception` family (`deception/family_report.json`); the SAE" in text
+    assert "Not in this render" not in render_markdown({}, {}, RUN)
