@@ -78,6 +78,8 @@ def clear_hard_negatives(threshold: float, hard_negative_scores: Sequence[float]
 
 #: the recall the alerting threshold should keep on the behaviour's calibration positives (docs/quality.md aims)
 MIN_RECALL = 0.5
+#: the most of the behaviour's own negatives (honest answers in the same context) the threshold should flag
+MAX_FLAGGED_NEGATIVES = 0.2
 #: the most production-like control traffic a recall band may record as `uncertain` (review load, not pages)
 BAND_CONTROL_FPR = 0.05
 
@@ -143,8 +145,8 @@ def operating_point(
     if positive_scores is not None and np.isfinite(np.asarray(positive_scores, dtype=np.float64)).any():
         point.recall_threshold = threshold_at_recall(positive_scores, min_recall)
         point.min_recall = min_recall
-        point.band_floor = calibrated_threshold(control_scores, max(band_control_fpr, fpr))
-        point.band_control_fpr = max(band_control_fpr, fpr)
+        point.band_control_fpr = max(band_control_fpr, fpr)  # a band never records less control than the threshold
+        point.band_floor = calibrated_threshold(control_scores, point.band_control_fpr)
     return point
 
 

@@ -38,7 +38,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from probewatch.training.compare import compare_bundle, pool_signature
+from probewatch.training.compare import TEST_SET, compare_bundle, pool_signature
 from probewatch.training.export import check_target
 from probewatch.training.multilayer import choose_layers
 from probewatch.training.stage_activations import Activations, Splits, extract, make_splits
@@ -119,7 +119,7 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     cached = acts  # the per-layer cache: --compare-with bundles read their own layers from it
     acts, probe_layers = choose_layers(sweep, acts)  # concat of several layers only where it clearly wins
     fitted = timed("final_s", fit_final, config, acts, splits, sweep, prepared.data)
-    this_run = {"test": fitted.scores[splits.pool.test_idx], **fitted.ood_scores}
+    this_run = {TEST_SET: fitted.scores[splits.pool.test_idx], **fitted.ood_scores}
     this_pool = pool_signature(
         {k: asdict(v) for k, v in kinds_summary(prepared.data.pool).items()}, len(splits.pool.test_idx)
     )
