@@ -53,6 +53,15 @@ def _ood(report: Mapping[str, Any]) -> str:
     return ", ".join(f"{k} {_num(v)}" for k, v in values.items()) or "—"
 
 
+def _ood_change(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """Out-of-distribution AUROC as "set before → after" per set (one value where it did not change), so a
+    long list with one moved set does not print twice; sets of either run, this run's first."""
+    b = _get(before, "metrics", "auroc_ood") or {}
+    a = _get(after, "metrics", "auroc_ood") or {}
+    names = list(a) + [k for k in b if k not in a]
+    return ", ".join(f"{k} {_arrow(_num(b.get(k)), _num(a.get(k)))}" for k in names) or "—"
+
+
 def _setup(report: Mapping[str, Any]) -> str:
     chosen = _get(report, "selection", "chosen") or {}
     layers = _get(report, "multi_layer", "layers") if _get(report, "multi_layer", "shipped") else None
@@ -80,7 +89,10 @@ def summary_change(report: TrainReport, previous: Mapping[str, Any] | TrainRepor
     if previous is None:
         return None
     before = previous.to_json() if isinstance(previous, TrainReport) else previous
-    return [_arrow(b, a) for b, a in zip(_cells(before), _cells(report.to_json()))]
+    after = report.to_json()
+    cells = [_arrow(b, a) for b, a in zip(_cells(before), _cells(after))]
+    cells[COLUMNS.index("out-of-distribution AUROC")] = _ood_change(before, after)
+    return cells
 
 
 def same_data_change(report: TrainReport) -> list[tuple[str, str, str]]:

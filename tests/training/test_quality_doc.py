@@ -119,12 +119,25 @@ def test_quality_markdown_gives_the_summary_as_previous_run_to_this_run(deceptio
     assert cells[0] == "`deception`"
     assert cells[1] == f"0.500 → {metrics['auroc']:.3f}"
     assert cells[2] == f"{metrics['auroc_heldout_kind']:.3f}"  # unchanged: once
-    ood = ", ".join(f"{k} {v:.3f}" for k, v in (metrics["auroc_ood"] or {}).items()) or "—"
-    assert cells[3] == ("—" if ood == "—" else f"— → {ood}")
+    ood = ", ".join(f"{k} — → {v:.3f}" for k, v in (metrics["auroc_ood"] or {}).items()) or "—"
+    assert cells[3] == ood  # per set: none had a value before
     assert cells[5] == f"0.250 → {shipped['recall']:.3f}"
     chosen = report["selection"]["chosen"]
     assert cells[8] == f"L{chosen['layer']} · {chosen['method']} · {chosen['aggregation']}"
     assert "### Summary: previous run" not in render_markdown({"deception": report}, {}, RUN)
+
+
+def test_the_summary_change_of_out_of_distribution_sets_is_per_set(deception_report):
+    """One moved set among several is the only arrow; a set the previous run lacked shows "— →", one this
+    run dropped "→ —"."""
+    report = copy.deepcopy(deception_report)
+    report["metrics"]["auroc_ood"] = {"a": 0.7, "b": 0.8}
+    old = copy.deepcopy(report)
+    old["metrics"]["auroc_ood"] = {"a": 0.7, "b": 0.75, "gone": 0.6}
+    text = render_markdown({"deception": report}, {}, RUN, baseline={"deception": old})
+    section = text.split("### Summary: previous run → this run")[1].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| `"))
+    assert [c.strip() for c in row.strip("|").split("|")][3] == "a 0.700, b 0.750 → 0.800, gone 0.600 → —"
 
 
 def test_quality_markdown_names_every_layer_of_a_shipped_multi_layer_probe(deception_report):
