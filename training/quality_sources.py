@@ -48,13 +48,19 @@ def nested_rows(s: SourcesReport) -> list[dict[str, Any]]:
     return [_outer_row(name, o) for name, o in s.nested.outer.items()]
 
 
+def _basis_text(basis: str, folds: list[str]) -> str:
+    """'held-out kind: a, b' — or the basis alone where no fold was scored (the pre-screen has none)."""
+    text = BASIS_TEXT.get(basis, basis)
+    return f"{text}: {', '.join(folds)}" if folds else text
+
+
 def _outer_row(name: str, o: OuterSource) -> dict[str, Any]:
     sel, at = o.selection, o.at_threshold
     against = "" if o.against == "own_negatives" else " (vs control)"
     return {
         "source": name,
         "sizes": f"{o.n_pos} / {o.n_neg}{against}",
-        "chosen": f"{config_text(sel.chosen.config)} ({BASIS_TEXT.get(sel.basis, sel.basis)}: {', '.join(sel.folds)})",
+        "chosen": f"{config_text(sel.chosen.config)} ({_basis_text(sel.basis, sel.folds)})",
         "changed": sel.chosen.config != sel.mean_best.config,
         "selected_on": f"{_f(sel.chosen.mean)} / {_f(sel.chosen.worst)}",
         "auroc": _f(o.auroc),
