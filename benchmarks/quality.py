@@ -204,7 +204,7 @@ def main(args: argparse.Namespace) -> int:
     total = time.perf_counter() - t0
     all_diagnostics = _merge_json(args.runs_dir / "diagnostics.json", diagnostics)
     run = _run_info(loaded, total)
-    _save_timing(args.runs_dir, results, linear_s, total - linear_s, run)
+    _save_timing(args.runs_dir, results, linear_s, _sae_seconds(sae_results), run)
     doc.parent.mkdir(parents=True, exist_ok=True)
     everything = {**_saved_reports(args.runs_dir), **results}  # a run of some probes documents all of them
     all_sae = {**_saved_sae(args.runs_dir), **sae_results}
@@ -297,9 +297,27 @@ def _merge_json(path: Path, new: dict[str, Any], replace: list[str] | None = Non
     return merged
 
 
-def _save_timing(runs_dir: Path, results: dict[str, TrainReport], linear_s: float, sae_s: float, run: RunInfo) -> None:
+def _sae_seconds(sae_results: dict[str, dict]) -> dict[str, float]:
+    """SAE-feature probe id -> seconds its fit took in this run (`fit_sae_probes` notes them)."""
+    return {k: float(v["bench_wall_s"]) for k, v in sae_results.items() if "bench_wall_s" in v}
+
+
+def _merge_sae_seconds(saved: dict[str, Any], sae_s: dict[str, float]) -> float:
+    """Per SAE-feature probe seconds merged into `saved` over parts (a probe fitted again replaces its entry);
+    returns their sum. A timing.json written before the per-probe split keeps its one `sae_s` until a part
+    fits SAE probes."""
+    if not sae_s and "sae_probes_s" not in saved:
+        return float(saved.get("sae_s", 0.0))
+    saved["sae_probes_s"] = merged = {**saved.get("sae_probes_s", {}), **sae_s}
+    return float(sum(merged.values()))
+
+
+def _save_timing(
+    runs_dir: Path, results: dict[str, TrainReport], linear_s: float, sae_s: dict[str, float], run: RunInfo
+) -> None:
     """timing.json: per-probe training seconds merged over runs of some probes; the rest of this run
-    (families, evasion, confound checks) under its own key, so `total_s` is the whole bench in parts."""
+    (families, evasion, confound checks) under its own key, and each SAE-feature probe's fit, so `total_s`
+    plus `sae_s` is the whole bench in parts."""
     probes_s = {name: float(r.timings.get("bench_wall_s", 0.0)) for name, r in results.items()}
     other_s = max(linear_s - sum(probes_s.values()), 0.0)
     path = runs_dir / "timing.json"
@@ -307,16 +325,15 @@ def _save_timing(runs_dir: Path, results: dict[str, TrainReport], linear_s: floa
         saved = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         saved = {}
-    sae_s = sae_s or float(saved.get("sae_s", 0.0))  # a run with --no-sae keeps the SAE part's time
+    sae_total = _merge_sae_seconds(saved, sae_s)  # a run with --no-sae keeps the SAE part's time
     merged_probes = {**saved.get("probes_s", {}), **probes_s}
     other = {**saved.get("other_s", {}), ",".join(results): other_s}
     total_s = sum(merged_probes.values()) + sum(other.values())
-    run.total_s = total_s + sae_s
-    path.write_text(
-        json.dumps(
-            {"total_s": total_s, "sae_s": sae_s, "probes_s": merged_probes, "other_s": other, "run": run.__dict__}
-        )
-    )
+    run.total_s = total_s + sae_total
+    timing = {"total_s": total_s, "sae_s": sae_total, "probes_s": merged_probes, "other_s": other}
+    if "sae_probes_s" in saved:
+        timing["sae_probes_s"] = saved["sae_probes_s"]
+    path.write_text(json.dumps({**timing, "run": run.__dict__}))
 
 
 def _sae_behaviours(results: dict[str, TrainReport]) -> list[str]:
@@ -351,9 +368,8 @@ def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) ->
     saved: dict[str, Any] = json.loads(timing.read_text()) if timing.is_file() else {"total_s": 0.0}
     sae_results = {}
     if getattr(args, "sae_only", False):
-        t = time.perf_counter()
         sae_results = fit_sae_probes(args, loaded, _sae_behaviours(results))
-        saved["sae_s"] = time.perf_counter() - t
+        saved["sae_s"] = _merge_sae_seconds(saved, _sae_seconds(sae_results))
         timing.write_text(json.dumps(saved))
     elif getattr(args, "with_sae", True):
         sae_results = _saved_sae(args.runs_dir)
@@ -452,6 +468,7 @@ def fit_sae_probes(args: argparse.Namespace, loaded: Any, behaviours: list[str])
                 command=f"probewatch sae probe --sae {_display_path(Path(sae_dir))} "
                 f"--behaviour {behaviour} --method {method}",
             )
+            summary["bench_wall_s"] = time.perf_counter() - t  # timing.json's per-probe SAE seconds
             out[probe_id] = summary
             print(
                 f"[bench quality] {probe_id}: test AUROC {_fmt(summary['metrics']['auroc'])}, {summary['n_latents']} latents, "

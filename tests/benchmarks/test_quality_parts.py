@@ -36,17 +36,29 @@ def test_timing_adds_up_the_parts(tmp_path):
         return SimpleNamespace(timings={"bench_wall_s": seconds})
 
     info = SimpleNamespace(total_s=0.0)
-    quality._save_timing(tmp_path, {"deception": report(100.0)}, 130.0, 50.0, info)
+    sae = {"sae-deception-l1": 30.0, "sae-refusal-l1": 20.0}
+    quality._save_timing(tmp_path, {"deception": report(100.0)}, 130.0, sae, info)
     assert info.total_s == 180.0
-    quality._save_timing(tmp_path, {"refusal": report(20.0), "refusal-mean-diff": report(5.0)}, 40.0, 0.0, info)
+    quality._save_timing(tmp_path, {"refusal": report(20.0), "refusal-mean-diff": report(5.0)}, 40.0, {}, info)
     saved = json.loads((tmp_path / "timing.json").read_text())
     assert saved["probes_s"] == {"deception": 100.0, "refusal": 20.0, "refusal-mean-diff": 5.0}
     assert saved["other_s"] == {"deception": 30.0, "refusal,refusal-mean-diff": 15.0}
     assert saved["total_s"] == 170.0 and saved["sae_s"] == 50.0  # a part with --no-sae keeps the SAE time
     assert info.total_s == 220.0
     # the same part again replaces its own entries instead of adding them twice
-    quality._save_timing(tmp_path, {"deception": report(90.0)}, 100.0, 50.0, info)
+    quality._save_timing(tmp_path, {"deception": report(90.0)}, 100.0, {}, info)
     assert json.loads((tmp_path / "timing.json").read_text())["total_s"] == 90.0 + 10.0 + 20.0 + 5.0 + 15.0
+
+
+def test_sae_seconds_add_up_per_probe_over_parts(tmp_path):
+    """An SAE-only part refits some SAE probes: their seconds replace their own entries, the others' stay
+    (it used to overwrite the whole SAE time with its own)."""
+    saved = {"sae_probes_s": {"sae-refusal-l1": 3.0, "sae-alignment-faking-l1": 380.0}}
+    assert quality._merge_sae_seconds(saved, {"sae-alignment-faking-l1": 400.0}) == 403.0
+    assert saved["sae_probes_s"] == {"sae-refusal-l1": 3.0, "sae-alignment-faking-l1": 400.0}
+    legacy = {"sae_s": 420.0}  # written before the per-probe split
+    assert quality._merge_sae_seconds(legacy, {}) == 420.0 and "sae_probes_s" not in legacy
+    assert quality._sae_seconds({"a": {"bench_wall_s": 2}, "b": {}}) == {"a": 2.0}
 
 
 def test_diagnostics_merge_over_parts(tmp_path):
