@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 
@@ -84,6 +85,15 @@ MAX_FLAGGED_NEGATIVES = 0.2
 BAND_CONTROL_FPR = 0.05
 
 
+class RecallBandLimits(TypedDict):
+    """`OperatingPoint.recall_band_limits()`: what the report's and the manifest's operating point keep of it."""
+
+    min_recall: float | None
+    recall_threshold: float | None
+    band_floor: float | None
+    band_control_fpr: float | None
+
+
 @dataclass
 class OperatingPoint:
     """The shipped threshold: the larger of two thresholds, so that both targets hold on calibration data.
@@ -108,6 +118,15 @@ class OperatingPoint:
     band_floor: float | None = None
     band_control_fpr: float | None = None
 
+    def recall_band_limits(self) -> RecallBandLimits:
+        """The recall band's limits by name, as the training report and the manifest's operating point keep them."""
+        return RecallBandLimits(
+            min_recall=self.min_recall,
+            recall_threshold=self.recall_threshold,
+            band_floor=self.band_floor,
+            band_control_fpr=self.band_control_fpr,
+        )
+
     @property
     def set_by(self) -> str:
         if self.hard_negative_threshold is not None and self.hard_negative_threshold > self.control_threshold:
@@ -131,7 +150,7 @@ def operating_point(
     control_scores: Sequence[float],
     fpr: float,
     hard_negative_scores: Sequence[float] | None = None,
-    hard_negative_fpr: float | None = 0.2,
+    hard_negative_fpr: float | None = MAX_FLAGGED_NEGATIVES,
     positive_scores: Sequence[float] | np.ndarray | None = None,
     min_recall: float = MIN_RECALL,
     band_control_fpr: float = BAND_CONTROL_FPR,
@@ -171,21 +190,25 @@ def uncertainty_band(point: OperatingPoint, shipped: float, explicit: float | No
                 f"the uncertainty band must start below the threshold {shipped:.4g}, got {explicit!r}"
             )
         return float(explicit)
+    return _automatic_band(point, shipped)[0]
+
+
+def _automatic_band(point: OperatingPoint, shipped: float) -> tuple[float | None, str | None]:
+    """(edge, basis) of the band `uncertainty_band` sets without `explicit`: one rule for the edge and its name."""
     if point.control_threshold < shipped and np.isfinite(point.control_threshold):
-        return float(point.control_threshold)
+        return float(point.control_threshold), "control_threshold"
     if point.recall_threshold is not None and point.recall_threshold < shipped:
         floors = [point.recall_threshold, point.band_floor, point.hard_negative_threshold]
         edge = max(float(x) for x in floors if x is not None and np.isfinite(x))
-        return edge if edge < shipped else None
-    return None
+        if edge < shipped:
+            return edge, "recall"
+    return None, None
 
 
 def band_basis(point: OperatingPoint, shipped: float, edge: float | None) -> str | None:
     """Why a band computed by `uncertainty_band` (without `explicit`) is there: "control_threshold", "recall",
-    or None for no band."""
-    if edge is None:
-        return None
-    return "control_threshold" if point.control_threshold < shipped else "recall"
+    or None for no band (`edge` None: the export or `calibrate` shipped none)."""
+    return None if edge is None else _automatic_band(point, shipped)[1]
 
 
 def band_shares(scores: Sequence[float] | np.ndarray, lower: float | None, threshold: float) -> dict[str, float | None]:

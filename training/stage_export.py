@@ -83,9 +83,8 @@ def export(
         config.fpr,
         prepared.control_source.name,
         len(splits.control_cal),
-        uncertain_from=uncertainty.export_band(
-            config.uncertainty_band, point
-        ),  # None unless negatives or too little recall ask for one
+        # None unless the behaviour's negatives or too little recall ask for one
+        uncertain_from=uncertainty.export_band(config.uncertainty_band, point),
     )
     band = uncertainty.band_record(threshold, uncertainty.score_sets(fitted, splits), point)
     fitted.operating.band = fitted.metrics.operating_point["band"] = band  # the report and manifest metrics say it
@@ -115,10 +114,7 @@ def export(
                 "hard_negative_fpr": point.hard_negative_fpr,
                 "set_by": point.set_by,
                 "uncertainty_band": band,
-                "min_recall": point.min_recall,
-                "recall_threshold": point.recall_threshold,
-                "band_floor": point.band_floor,
-                "band_control_fpr": point.band_control_fpr,
+                **point.recall_band_limits(),
             },
             **_calibration_reference(fitted, splits, threshold, prepared.control_source.name),
         },

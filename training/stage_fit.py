@@ -192,8 +192,5 @@ def operating_summary(
         control_only=at(point.control_threshold),
         per_kind=per_kind,
         control_per_kind=control_per_kind,
-        min_recall=point.min_recall,
-        recall_threshold=point.recall_threshold,
-        band_floor=point.band_floor,
-        band_control_fpr=point.band_control_fpr,
+        **point.recall_band_limits(),
     )

@@ -10,7 +10,7 @@ from typing import Any
 from probewatch.behaviours import DEFAULT_PROBE_IDS
 from probewatch.errors import ProbewatchError
 from probewatch.probes.errors import FingerprintMismatchError
-from probewatch.training.calibration import BAND_CONTROL_FPR
+from probewatch.training.calibration import BAND_CONTROL_FPR, MAX_FLAGGED_NEGATIVES
 from probewatch.training.export import METHOD_BY_KIND
 
 #: attention: the attention-pooling probe (training/attention_sweep.py), tried on the best response layer
@@ -46,7 +46,7 @@ class TrainConfig:
     per_token: bool | None = None  # None: per-example sweep, per-token tried on the best config
     standardize: bool | None = None  # None: logistic standardised, mean_diff/lat raw
     fpr: float = 0.01
-    hard_negative_fpr: float | None = 0.2  # None: threshold from the control set alone
+    hard_negative_fpr: float | None = MAX_FLAGGED_NEGATIVES  # None: threshold from the control set alone
     # where the negatives raise the threshold, scores from the control threshold up to it are `uncertain`; where
     # the threshold keeps under half the calibration positives, scores down to where half are kept, recording at
     # most `band_control_fpr` of the control set (calibration.uncertainty_band)

@@ -413,6 +413,22 @@ def test_eval_scores_bare_assistant_transcripts(trained, tiny_folder, tmp_path, 
     assert result["n_pos"] == 4 and result["n_neg"] == 4 and 0.0 <= result["auroc"] <= 1.0
 
 
+def test_train_cli_defaults_for_the_operating_point_are_calibrations_aims():
+    """The CLI keeps literal defaults (importing the training stack at argument parsing would load numpy); a
+    plain `probewatch train` builds the TrainConfig whose band and negatives targets are calibration's aims."""
+    import argparse
+
+    from probewatch.cli.train_cmd import add_train_arguments, config_from_args
+    from probewatch.training.calibration import BAND_CONTROL_FPR, MAX_FLAGGED_NEGATIVES
+    from probewatch.training.pipeline import TrainConfig
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    config = config_from_args(parser.parse_args(["--behaviour", "deception"]))
+    assert config.band_control_fpr == BAND_CONTROL_FPR == TrainConfig(behaviour="deception").band_control_fpr
+    assert config.hard_negative_fpr == MAX_FLAGGED_NEGATIVES == TrainConfig(behaviour="deception").hard_negative_fpr
+
+
 def test_train_cli_offers_every_runtime_aggregation_and_behaviour():
     """The CLI keeps its own copies (importing the manifest module would load torch at argument parsing)."""
     from probewatch.behaviours import BEHAVIOURS, DEFAULT_PROBE_IDS, DESCRIPTIONS
