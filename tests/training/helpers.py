@@ -68,9 +68,10 @@ def control_dialogues(n: int = 30, seed: int = 1) -> list[Dialogue]:
     ]
 
 
-def write_synthetic(folder: Path, **kwargs) -> tuple[Path, Path]:
-    """(data.jsonl, control.jsonl) in folder."""
+def write_synthetic(folder: Path, control_set: list[Dialogue] | None = None, **kwargs) -> tuple[Path, Path]:
+    """(data.jsonl, control.jsonl) in folder: `synthetic_dialogues(**kwargs)` and `control_set` (default
+    `control_dialogues()`)."""
     data, control = folder / "data.jsonl", folder / "control.jsonl"
     write_dialogues(data, synthetic_dialogues(**kwargs))
-    write_dialogues(control, control_dialogues())
+    write_dialogues(control, control_dialogues() if control_set is None else control_set)
     return data, control

@@ -11,12 +11,12 @@ import random
 import numpy as np
 import pytest
 
-from probewatch.data.dialogue import Dialogue, Message, write_dialogues
+from probewatch.data.dialogue import Dialogue, Message
 from probewatch.probes import load_bundle
 from probewatch.training.band import CONTROL, NEGATIVES, POSITIVES
 from probewatch.training.pipeline import TrainConfig, train
 from probewatch.training.quality_doc import render_markdown
-from tests.training.helpers import synthetic_dialogues
+from tests.training.helpers import write_synthetic
 from tests.training.test_quality_doc import RUN
 
 
@@ -37,9 +37,7 @@ def look_alike_control(n: int = 200, share_like: float = 0.03, seed: int = 7) ->
 @pytest.fixture(scope="module")
 def trained(tiny_loaded, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("recall_band")
-    data, control = tmp / "data.jsonl", tmp / "control.jsonl"
-    write_dialogues(data, synthetic_dialogues(n_groups=30))
-    write_dialogues(control, look_alike_control())
+    data, control = write_synthetic(tmp, look_alike_control(), n_groups=30)
     result = train(
         TrainConfig(
             behaviour="deception",
