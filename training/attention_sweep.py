@@ -16,6 +16,7 @@ import numpy as np
 
 from probewatch.probes.manifest import Aggregation
 from probewatch.training.attention_probe import AttentionProbe, attention_segments
+from probewatch.training.calibration import CONTROL_FPR
 from probewatch.training.estimators import make_attention_probe
 from probewatch.training.features import LayerData, example_weights, score_all
 
@@ -66,7 +67,7 @@ def attention_rows(
     seed: int,
     balance_kinds: bool,
     control: LayerData | None = None,
-    fpr: float = 0.01,
+    fpr: float = CONTROL_FPR,
 ):
     """One SweepRow: the attention probe on this layer's response tokens, scored like `sweep_layer`'s rows."""
     from probewatch.metrics import recall_at_threshold, threshold_at_fpr

@@ -77,6 +77,8 @@ def clear_hard_negatives(threshold: float, hard_negative_scores: Sequence[float]
     return float(max(threshold, float(scores.max()) + margin))
 
 
+#: the share of production-like control traffic the alerting threshold flags (the page budget: ~1% of plain traffic)
+CONTROL_FPR = 0.01
 #: the recall the alerting threshold should keep on the behaviour's calibration positives (docs/quality.md aims)
 MIN_RECALL = 0.5
 #: the most of the behaviour's own negatives (honest answers in the same context) the threshold should flag

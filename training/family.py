@@ -25,7 +25,14 @@ import numpy as np
 
 from probewatch.probes.manifest import Aggregation
 from probewatch.training.attention_sweep import probe_scorer
-from probewatch.training.calibration import CalibrationError, OperatingPoint, operating_point, platt_fit
+from probewatch.training.calibration import (
+    CONTROL_FPR,
+    MAX_FLAGGED_NEGATIVES,
+    CalibrationError,
+    OperatingPoint,
+    operating_point,
+    platt_fit,
+)
 from probewatch.training.features import LayerData
 from probewatch.training.sweep import PoolArrays, ProbeSpec, fit_probe, in_calibrated_units, with_temperature
 
@@ -170,8 +177,8 @@ def fit_family(
     control_cal: np.ndarray,
     hard_negatives: np.ndarray | None,
     base: Aggregation,
-    fpr: float = 0.01,
-    hard_negative_fpr: float | None = 0.2,
+    fpr: float = CONTROL_FPR,
+    hard_negative_fpr: float | None = MAX_FLAGGED_NEGATIVES,
     seed: int = 0,
     balance_kinds: bool = True,
     table: Mapping[str, str] = DECEPTION_TYPES,

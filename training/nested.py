@@ -29,7 +29,7 @@ import numpy as np
 
 from probewatch.metrics import auroc
 from probewatch.probes.manifest import Aggregation
-from probewatch.training.calibration import operating_point
+from probewatch.training.calibration import CONTROL_FPR, MAX_FLAGGED_NEGATIVES, operating_point
 from probewatch.training.features import LayerData, score_all
 from probewatch.training.report_sources import (
     RULE,
@@ -56,8 +56,8 @@ class NestedSettings:
     seed: int = 0
     balance_kinds: bool = True
     standardize: bool | None = None
-    fpr: float = 0.01
-    hard_negative_fpr: float | None = 0.2
+    fpr: float = CONTROL_FPR
+    hard_negative_fpr: float | None = MAX_FLAGGED_NEGATIVES
     window: int = 8
     alpha: float = 0.2
     top_k: int = 8

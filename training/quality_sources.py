@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from probewatch.training.calibration import MAX_FLAGGED_NEGATIVES, MIN_RECALL
 from probewatch.training.report import TrainReport
 from probewatch.training.report_sources import OuterSource, SourcesReport
 
@@ -94,10 +95,11 @@ def threshold_rows(s: SourcesReport) -> list[dict[str, Any]]:
 
 
 def _aims(recall: float | None, flagged: float | None) -> str:
-    """Recall at least 0.5 with at most 20% of negatives flagged ('—' where a side is missing)."""
+    """Recall at least MIN_RECALL with at most MAX_FLAGGED_NEGATIVES of the negatives flagged ('—' where a side is
+    missing): the same aims as the summary's, per held-out source."""
     if recall is None or flagged is None:
         return "—"
-    return "yes" if recall >= 0.5 and flagged <= 0.2 else "no"
+    return "yes" if recall >= MIN_RECALL and flagged <= MAX_FLAGGED_NEGATIVES else "no"
 
 
 SOURCE_HELPERS: dict[str, Any] = {

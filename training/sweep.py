@@ -41,6 +41,7 @@ import numpy as np
 
 from probewatch.metrics import auroc
 from probewatch.probes.manifest import LENGTH_NORMALISED, Aggregation
+from probewatch.training.calibration import CONTROL_FPR
 from probewatch.training.estimators import LinearProbe, make_probe
 from probewatch.training.features import LayerData, score_all, training_matrix
 from probewatch.training.splits import leave_one_kind_out
@@ -226,7 +227,7 @@ def sweep_layer(
     standardize: bool | None = None,
     do_heldout: bool = True,
     control: LayerData | None = None,
-    fpr: float = 0.01,
+    fpr: float = CONTROL_FPR,
     Cs: Sequence[float] | None = None,
     ood_kinds: dict[str, np.ndarray] | None = None,
 ) -> list[SweepRow]:

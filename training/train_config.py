@@ -10,7 +10,7 @@ from typing import Any
 from probewatch.behaviours import DEFAULT_PROBE_IDS
 from probewatch.errors import ProbewatchError
 from probewatch.probes.errors import FingerprintMismatchError
-from probewatch.training.calibration import BAND_CONTROL_FPR, MAX_FLAGGED_NEGATIVES
+from probewatch.training.calibration import BAND_CONTROL_FPR, CONTROL_FPR, MAX_FLAGGED_NEGATIVES
 from probewatch.training.export import METHOD_BY_KIND
 
 #: attention: the attention-pooling probe (training/attention_sweep.py), tried on the best response layer
@@ -45,7 +45,7 @@ class TrainConfig:
     token_selections: Sequence[str] | None = None
     per_token: bool | None = None  # None: per-example sweep, per-token tried on the best config
     standardize: bool | None = None  # None: logistic standardised, mean_diff/lat raw
-    fpr: float = 0.01
+    fpr: float = CONTROL_FPR
     hard_negative_fpr: float | None = MAX_FLAGGED_NEGATIVES  # None: threshold from the control set alone
     # where the negatives raise the threshold, scores from the control threshold up to it are `uncertain`; where
     # the threshold keeps under half the calibration positives, scores down to where half are kept, recording at

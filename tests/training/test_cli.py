@@ -419,12 +419,13 @@ def test_train_cli_defaults_for_the_operating_point_are_calibrations_aims():
     import argparse
 
     from probewatch.cli.train_cmd import add_train_arguments, config_from_args
-    from probewatch.training.calibration import BAND_CONTROL_FPR, MAX_FLAGGED_NEGATIVES
+    from probewatch.training.calibration import BAND_CONTROL_FPR, CONTROL_FPR, MAX_FLAGGED_NEGATIVES
     from probewatch.training.pipeline import TrainConfig
 
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
     config = config_from_args(parser.parse_args(["--behaviour", "deception"]))
+    assert config.fpr == CONTROL_FPR == TrainConfig(behaviour="deception").fpr
     assert config.band_control_fpr == BAND_CONTROL_FPR == TrainConfig(behaviour="deception").band_control_fpr
     assert config.hard_negative_fpr == MAX_FLAGGED_NEGATIVES == TrainConfig(behaviour="deception").hard_negative_fpr
 

@@ -40,6 +40,7 @@ from probewatch.probes import Aggregation, Manifest, ModelRef, Threshold, load_b
 from probewatch.probes.saes import load_feature_descriptions, load_sae
 from probewatch.probes.saes.feature_probe import save_feature_bundle
 from probewatch.probes.saes.sae import SAE
+from probewatch.training.calibration import CONTROL_FPR
 
 PROBE_TYPES = {"l1": "l1_logistic", "named": "named_features"}
 
@@ -217,7 +218,7 @@ def fit_and_export_sae_probe(
     n_features: int = 8,
     max_features: int = 512,
     aggregation: str | None = None,
-    fpr: float = 0.01,
+    fpr: float = CONTROL_FPR,
     probe_id: str | None = None,
     out: Path | None = None,
     embed_sae: bool = False,
