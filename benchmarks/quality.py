@@ -36,6 +36,7 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -204,7 +205,7 @@ def main(args: argparse.Namespace) -> int:
     total = time.perf_counter() - t0
     all_diagnostics = _merge_json(args.runs_dir / "diagnostics.json", diagnostics)
     run = _run_info(loaded, total)
-    _save_timing(args.runs_dir, results, linear_s, _sae_seconds(sae_results), run)
+    _save_timing(args.runs_dir, results, linear_s, _sae_seconds(sae_results), run, _saved_sae(args.runs_dir))
     doc.parent.mkdir(parents=True, exist_ok=True)
     everything = {**_saved_reports(args.runs_dir), **results}  # a run of some probes documents all of them
     all_sae = {**_saved_sae(args.runs_dir), **sae_results}
@@ -302,18 +303,27 @@ def _sae_seconds(sae_results: dict[str, dict]) -> dict[str, float]:
     return {k: float(v["bench_wall_s"]) for k, v in sae_results.items() if "bench_wall_s" in v}
 
 
-def _merge_sae_seconds(saved: dict[str, Any], sae_s: dict[str, float]) -> float:
+def _merge_sae_seconds(saved: dict[str, Any], sae_s: dict[str, float], documented: Mapping[str, dict]) -> float:
     """Per SAE-feature probe seconds merged into `saved` over parts (a probe fitted again replaces its entry);
-    returns their sum. A timing.json written before the per-probe split keeps its one `sae_s` until a part
-    fits SAE probes."""
-    if not sae_s and "sae_probes_s" not in saved:
+    returns their sum over the SAE probes the doc shows (`documented`). A documented probe with no entry (its
+    part ran before the per-probe split, or in a runs folder seeded from docs/quality/) counts its report's
+    own `seconds`, the fit's measured time, so the doc's run time never drops a part."""
+    merged = {k: float(v["seconds"]) for k, v in documented.items() if "seconds" in v}
+    merged.update(saved.get("sae_probes_s", {}))
+    merged.update(sae_s)
+    if not merged:
         return float(saved.get("sae_s", 0.0))
-    saved["sae_probes_s"] = merged = {**saved.get("sae_probes_s", {}), **sae_s}
+    saved["sae_probes_s"] = merged = {k: v for k, v in merged.items() if k in documented or k in sae_s}
     return float(sum(merged.values()))
 
 
 def _save_timing(
-    runs_dir: Path, results: dict[str, TrainReport], linear_s: float, sae_s: dict[str, float], run: RunInfo
+    runs_dir: Path,
+    results: dict[str, TrainReport],
+    linear_s: float,
+    sae_s: dict[str, float],
+    run: RunInfo,
+    documented_sae: Mapping[str, dict],
 ) -> None:
     """timing.json: per-probe training seconds merged over runs of some probes; the rest of this run
     (families, evasion, confound checks) under its own key, and each SAE-feature probe's fit, so `total_s`
@@ -325,7 +335,7 @@ def _save_timing(
         saved = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         saved = {}
-    sae_total = _merge_sae_seconds(saved, sae_s)  # a run with --no-sae keeps the SAE part's time
+    sae_total = _merge_sae_seconds(saved, sae_s, documented_sae)  # a run with --no-sae keeps the SAE part's time
     merged_probes = {**saved.get("probes_s", {}), **probes_s}
     other = {**saved.get("other_s", {}), ",".join(results): other_s}
     total_s = sum(merged_probes.values()) + sum(other.values())
@@ -369,10 +379,11 @@ def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) ->
     sae_results = {}
     if getattr(args, "sae_only", False):
         sae_results = fit_sae_probes(args, loaded, _sae_behaviours(results))
-        saved["sae_s"] = _merge_sae_seconds(saved, _sae_seconds(sae_results))
+        saved["sae_s"] = _merge_sae_seconds(saved, _sae_seconds(sae_results), _saved_sae(args.runs_dir))
         timing.write_text(json.dumps(saved))
     elif getattr(args, "with_sae", True):
         sae_results = _saved_sae(args.runs_dir)
+        saved["sae_s"] = _merge_sae_seconds(saved, {}, sae_results)
     total = float(saved.get("total_s", 0.0)) + float(saved.get("sae_s", 0.0) if sae_results else 0.0)
     run = RunInfo(**saved["run"]) if "run" in saved else _run_info(loaded, total)
     run.total_s = total

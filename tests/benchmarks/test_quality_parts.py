@@ -37,28 +37,49 @@ def test_timing_adds_up_the_parts(tmp_path):
 
     info = SimpleNamespace(total_s=0.0)
     sae = {"sae-deception-l1": 30.0, "sae-refusal-l1": 20.0}
-    quality._save_timing(tmp_path, {"deception": report(100.0)}, 130.0, sae, info)
+    documented = {k: {"seconds": 1.0} for k in sae}
+    quality._save_timing(tmp_path, {"deception": report(100.0)}, 130.0, sae, info, documented)
     assert info.total_s == 180.0
-    quality._save_timing(tmp_path, {"refusal": report(20.0), "refusal-mean-diff": report(5.0)}, 40.0, {}, info)
+    quality._save_timing(
+        tmp_path, {"refusal": report(20.0), "refusal-mean-diff": report(5.0)}, 40.0, {}, info, documented
+    )
     saved = json.loads((tmp_path / "timing.json").read_text())
     assert saved["probes_s"] == {"deception": 100.0, "refusal": 20.0, "refusal-mean-diff": 5.0}
     assert saved["other_s"] == {"deception": 30.0, "refusal,refusal-mean-diff": 15.0}
     assert saved["total_s"] == 170.0 and saved["sae_s"] == 50.0  # a part with --no-sae keeps the SAE time
     assert info.total_s == 220.0
     # the same part again replaces its own entries instead of adding them twice
-    quality._save_timing(tmp_path, {"deception": report(90.0)}, 100.0, {}, info)
+    quality._save_timing(tmp_path, {"deception": report(90.0)}, 100.0, {}, info, documented)
     assert json.loads((tmp_path / "timing.json").read_text())["total_s"] == 90.0 + 10.0 + 20.0 + 5.0 + 15.0
 
 
 def test_sae_seconds_add_up_per_probe_over_parts(tmp_path):
     """An SAE-only part refits some SAE probes: their seconds replace their own entries, the others' stay
     (it used to overwrite the whole SAE time with its own)."""
+    documented = {"sae-refusal-l1": {"seconds": 2.9}, "sae-alignment-faking-l1": {"seconds": 383.4}}
     saved = {"sae_probes_s": {"sae-refusal-l1": 3.0, "sae-alignment-faking-l1": 380.0}}
-    assert quality._merge_sae_seconds(saved, {"sae-alignment-faking-l1": 400.0}) == 403.0
+    assert quality._merge_sae_seconds(saved, {"sae-alignment-faking-l1": 400.0}, documented) == 403.0
     assert saved["sae_probes_s"] == {"sae-refusal-l1": 3.0, "sae-alignment-faking-l1": 400.0}
-    legacy = {"sae_s": 420.0}  # written before the per-probe split
-    assert quality._merge_sae_seconds(legacy, {}) == 420.0 and "sae_probes_s" not in legacy
     assert quality._sae_seconds({"a": {"bench_wall_s": 2}, "b": {}}) == {"a": 2.0}
+
+
+def test_sae_seconds_never_drop_a_documented_part(tmp_path):
+    """A timing.json from before the per-probe split held one `sae_s` (the alignment-faking part alone); a later
+    part fitting deception's SAE probes used to make the run time count only those. Every SAE probe the doc
+    shows is counted: by its recorded wall time, else by its report's own measured `seconds`."""
+    documented = {
+        "sae-alignment-faking-l1": {"seconds": 383.4},
+        "sae-alignment-faking-named": {"seconds": 37.1},
+        "sae-refusal-l1": {"seconds": 3.0},
+        "sae-deception-l1": {"seconds": 50.0},
+    }
+    legacy = {"sae_s": 420.5}
+    total = quality._merge_sae_seconds(legacy, {"sae-deception-l1": 55.0}, documented)
+    assert total == 383.4 + 37.1 + 3.0 + 55.0
+    assert legacy["sae_probes_s"]["sae-deception-l1"] == 55.0  # this part's wall time, not the report's
+    # a retired SAE probe (no longer documented) stops counting; nothing documented keeps the old figure
+    assert quality._merge_sae_seconds(legacy, {}, {"sae-refusal-l1": {"seconds": 3.0}}) == 3.0
+    assert quality._merge_sae_seconds({"sae_s": 420.5}, {}, {}) == 420.5
 
 
 def test_diagnostics_merge_over_parts(tmp_path):
