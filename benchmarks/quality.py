@@ -205,10 +205,10 @@ def main(args: argparse.Namespace) -> int:
     total = time.perf_counter() - t0
     all_diagnostics = _merge_json(args.runs_dir / "diagnostics.json", diagnostics)
     run = _run_info(loaded, total)
-    _save_timing(args.runs_dir, results, linear_s, _sae_seconds(sae_results), run, _saved_sae(args.runs_dir))
+    all_sae = {**_saved_sae(args.runs_dir), **sae_results}  # the SAE reports the doc shows
+    _save_timing(args.runs_dir, results, linear_s, _sae_seconds(sae_results), run, all_sae)
     doc.parent.mkdir(parents=True, exist_ok=True)
     everything = {**_saved_reports(args.runs_dir), **results}  # a run of some probes documents all of them
-    all_sae = {**_saved_sae(args.runs_dir), **sae_results}
     all_families = family_reports(args.runs_dir, list(everything))
     doc.write_text(
         render_markdown(
