@@ -4,7 +4,7 @@ pair differ only in the embedded passage; groups and sources follow the passage'
 from __future__ import annotations
 
 from probewatch.data.dialogue import Dialogue, Message
-from probewatch.training.datasets.long_transcripts import compose_long
+from probewatch.training.datasets.long_transcripts import LONG_PROMPT, MIN_FILLER_CHARS, NOTES_SUFFIX, compose_long
 from probewatch.training.sources import source_of
 
 
@@ -33,9 +33,58 @@ def test_pairs_differ_only_in_the_passage():
         assert pos.group == neg.group and pos.group.startswith("long_transcript:p")
         a, b = pos.messages[-1].content, neg.messages[-1].content
         assert "cheese" in a and "cheese" not in b and a.replace("cheese", "rock") == b
-        assert len(a) >= 600 and pos.messages[0].content == neg.messages[0].content
+        assert len(a) >= 600 and pos.messages[:-1] == neg.messages[:-1]  # the pool pair's shared prompt
+        assert pos.messages[0].content == "q" + NOTES_SUFFIX
         assert source_of(pos) == "truth_statements"  # the passage's source, held out with it
     assert long == compose_long(_pool(), "long_transcript", 4, 3, ["instructed_pairs"], 600)  # deterministic
+
+
+def _instructed_pool() -> list[Dialogue]:
+    """Pairs whose answer is the same on both sides: only the instruction makes one of them a lie."""
+    pool = []
+    for g in range(4):
+        for label, who in ((1, "a dishonest"), (0, "an honest")):
+            prompt = [Message("system", f"You are {who} person."), Message("user", f"Say a fact ({g}).")]
+            pool.append(Dialogue([*prompt, Message("assistant", f"Water is wet ({g}).")], label, f"i{g}", "instructed"))
+    for i in range(30):
+        pool.append(Dialogue([Message("user", "q"), Message("assistant", f"Honest note {i}. " * 8)], 0, f"n{i}", "x"))
+    return pool
+
+
+def test_a_pair_that_is_a_lie_only_against_its_prompt_keeps_the_prompt():
+    long = compose_long(_instructed_pool(), "long_transcript", n_pairs=4, seed=0, from_kinds=["instructed"])
+    assert len(long) == 8
+    for pos, neg in zip(long[::2], long[1::2]):
+        assert pos.messages[-1] == neg.messages[-1]  # one text on both sides ...
+        assert pos.messages[0].content == "You are a dishonest person."  # ... told apart by each side's prompt
+        assert neg.messages[0].content == "You are an honest person."
+        assert [m.role for m in pos.messages] == ["system", "user", "assistant"]
+        assert pos.messages[1].content.endswith(NOTES_SUFFIX) and pos.messages[1].content.startswith("Say a fact")
+
+
+def test_the_filler_shrinks_as_the_prompt_grows_but_not_below_its_floor():
+    def filler_of(prompt_chars: int) -> int:
+        pool = [
+            Dialogue([Message("user", "p" * prompt_chars), Message("assistant", f"Fact {label}.")], label, "g", "k")
+            for label in (1, 0)
+        ]
+        pool += [
+            Dialogue([Message("user", "q"), Message("assistant", "n" * 99 + str(i))], 0, f"n{i}", "x")
+            for i in range(60)
+        ]
+        (pos, _neg) = compose_long(pool, "long_transcript", 1, 0, ["k"], filler_chars=2400)
+        return len(pos.messages[-1].content) - len("Fact 1.")
+
+    for prompt_chars in (10, 1200, 5000):
+        budget = max(MIN_FILLER_CHARS, 2400 - prompt_chars - len(NOTES_SUFFIX))
+        assert budget <= filler_of(prompt_chars) < budget + 110  # one more 100-character filler at most
+    assert filler_of(10) > filler_of(1200) > filler_of(5000) >= MIN_FILLER_CHARS
+
+
+def test_the_neutral_prompt_form_stays_for_pools_fitted_on_it():
+    long = compose_long(_instructed_pool(), "af_long", 2, 0, ["instructed"], keep_prompt=False)
+    assert all(d.messages[0] == Message("user", LONG_PROMPT) and len(d.messages) == 2 for d in long)
+    assert long[0].messages == long[1].messages  # why the deception pool keeps the prompt
 
 
 def test_no_pairs_no_transcripts():

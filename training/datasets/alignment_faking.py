@@ -182,7 +182,9 @@ def build(
     pool = reasoning_dialogues(data_dir, spec, requests, answers, renders_per_pair)
     yaml_path = packaged_file("af_reasoning.yaml")
     sources = [Source.of("probewatch af_reasoning.yaml (written contrast pairs)", yaml_path, len(pool))]
-    long = compose_long(pool, "af_long", long_pairs, seed)  # the motive inside a long sincere reasoning
+    # the motive inside a long sincere reasoning; its pairs differ in the passage itself, and the shipped
+    # bundle was fitted on the neutral-prompt form (keep_prompt=True at its next regeneration)
+    long = compose_long(pool, "af_long", long_pairs, seed, keep_prompt=False)
     pool += long
     sources.append(composed_source("long transcripts composed from the written pairs", long))
     persona, persona_sources = persona_dialogues(data_dir, persona_per_side)

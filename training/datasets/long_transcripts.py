@@ -7,8 +7,14 @@ mean dilutes the one passage that matters. These pairs put the behaviour inside 
 - one long assistant reply per pair, made of negative final answers of the pool (other items,
   label 0), about `filler_chars` characters, in a seeded order;
 - at a seeded position inside it, one passage: the final answer of a paired item with the
-  behaviour (label 1) or of its partner without it (label 0). Both sides share the prompt, the
-  filler and the position, so length, position and wording outside the passage predict nothing.
+  behaviour (label 1) or of its partner without it (label 0). Both sides share the filler and the
+  position, so length, position and wording outside the passage predict nothing;
+- before it, each side's own prompt (`keep_prompt`, the default): the pair's system message and
+  question, with a request to also work through the notes. Many pairs are a lie only against their
+  prompt (an instruction to lie, a cover story, a sale): in the pool 16 of 40 deception pairs have
+  the same passage on both sides (instructed pairs, same-answer pairs), so a transcript without the
+  prompt would carry one text under both labels. The filler shrinks as the prompt grows (never
+  under `MIN_FILLER_CHARS`), so the prompt stays inside the tokens training reads.
 
 The group is `<kind>:<the pair's group>` (a group never spans kinds, so leave-one-kind-out stays
 clean; the short pair may sit on the other side of a random split, which shares a passage's words,
@@ -45,6 +51,9 @@ REASON_SUFFIX = "\n\nBefore you answer, think it through step by step and at len
 ANSWER_LEAD = "\n\nMy answer: "
 REASON_TOKENS = 896  # training reads the last 1024 tokens: the reasoning fills most of them
 REPETITION_PENALTY = 1.3
+#: appended to the pair's last user message when the long transcript keeps its prompt (compose_long)
+NOTES_SUFFIX = "\n\nIn the same reply, also work through every one of my notes from today."
+MIN_FILLER_CHARS = 800
 
 
 def _final(d: Dialogue) -> str:
@@ -58,8 +67,12 @@ def compose_long(
     seed: int,
     from_kinds: Iterable[str] | None = None,
     filler_chars: int = 2400,
+    keep_prompt: bool = True,
 ) -> list[Dialogue]:
-    """`n_pairs` long (label 1, label 0) transcripts of kind `kind` from pool pairs of `from_kinds` (default: all)."""
+    """`n_pairs` long (label 1, label 0) transcripts of kind `kind` from pool pairs of `from_kinds` (default: all).
+
+    `keep_prompt=False` is the earlier form (one neutral prompt for both sides), kept for pools whose
+    pairs differ in the passage itself and whose shipped bundle was fitted on it (alignment faking)."""
     usable = [d for d in pool if d.ends_with_assistant and d.label in (0, 1) and _final(d)]
     by_group = _pairs(usable, from_kinds)
     pairs = sorted(by_group)
@@ -69,33 +82,48 @@ def compose_long(
     rng = np.random.default_rng(seed)
     out: list[Dialogue] = []
     for g in (pairs[i] for i in rng.permutation(len(pairs))[:n_pairs]):
-        passages = {label: _final(by_group[g][label]) for label in (1, 0)}
+        sides = by_group[g]
+        passages = {label: _final(sides[label]) for label in (1, 0)}
+        prompts = {
+            label: _prompt_with_notes(sides[label]) if keep_prompt else [Message("user", LONG_PROMPT)]
+            for label in (1, 0)
+        }
+        prompt_chars = max(sum(len(m.content) for m in p) for p in prompts.values()) if keep_prompt else 0
+        budget = max(MIN_FILLER_CHARS, filler_chars - prompt_chars)
         filler: list[str] = []
         for i in rng.permutation(len(fillers)):
             if fillers[i] in passages.values():
                 continue
             filler.append(fillers[i])
-            if sum(map(len, filler)) >= filler_chars:
+            if sum(map(len, filler)) >= budget:
                 break
         at = int(rng.integers(0, len(filler) + 1))
         for label in (1, 0):
             body = "\n\n".join([*filler[:at], passages[label], *filler[at:]])
             out.append(
                 Dialogue(
-                    [Message("user", LONG_PROMPT), Message("assistant", body)],
+                    [*prompts[label], Message("assistant", body)],
                     label,
                     f"{kind}:{g}",
                     kind,
                     {
                         "source": "composed from the pool",
-                        "from_kind": by_group[g][label].kind,
+                        "from_kind": sides[label].kind,
                         "position": at,
                         # held out with the source its passage came from (training/sources.py)
-                        META_KEY: source_of(by_group[g][label]),
+                        META_KEY: source_of(sides[label]),
                     },
                 )
             )
     return out
+
+
+def _prompt_with_notes(d: Dialogue) -> list[Message]:
+    """The dialogue's messages before its final answer, its last user message asking for the notes too."""
+    before = list(d.messages[:-1])
+    last_user = max(i for i, m in enumerate(before) if m.role == "user")
+    before[last_user] = Message("user", before[last_user].content + NOTES_SUFFIX)
+    return before
 
 
 def _pairs(usable: Sequence[Dialogue], from_kinds: Iterable[str] | None) -> dict[str, dict[int, Dialogue]]:
