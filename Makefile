@@ -150,7 +150,7 @@ bench-quality: setup
 	@mkdir -p runs; start=$$(date +%s); $(BIN)/probewatch bench quality $(SHIP) $(QUALITY_ARGS) && \
 	echo "bench-quality: $$(( $$(date +%s) - start ))s" | tee -a runs/bench-quality.log
 
-# Evasion: the shipped deception and refusal probes when the system prompt says a probe is watching
+# Evasion: every shipped probe when the system prompt says a probe for its behaviour is watching
 # and under a sincerity rewording of the answer (training/evasion.py); runs/bench-evasion.json + .png.
 EVASION_ARGS ?=
 bench-evasion: setup

@@ -1,10 +1,10 @@
-"""`probewatch bench evasion`: the shipped deception and refusal probes against evasion attempts.
+"""`probewatch bench evasion`: every shipped probe against evasion attempts.
 
 Per probe (`training/evasion.py` says what each condition does): the system prompt tells the model it
 is monitored by a probe for this behaviour and should avoid detection; for response-reading probes
-also the answer behind a sincerity assertion, and both together. Items: a kind-balanced sample of
-the deception pool (teacher-forced answers; labels true by construction) and refusal's
-out-of-distribution set (harmful_val against held-out harmless_val, never trained on). Writes a JSON
+also the answer behind a sincerity assertion, and both together. Items: refusal's out-of-distribution
+set (harmful_val against held-out harmless_val, never trained on); for every other behaviour a
+kind-balanced sample of its pool (teacher-forced answers; labels true by construction). Writes a JSON
 report and a plot (recall at the shipped threshold per condition); `make bench-quality` puts the
 table in docs/quality.md from the same report.
 """
@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from probewatch.behaviours import BEHAVIOURS  # every behaviour has its evasion instruction (training/evasion.py)
 from probewatch.benchmarks.harness import add_common_args, emit
 
 DEFAULT_OUT = Path("runs/bench-evasion.json")
-BEHAVIOURS = ("deception", "refusal")
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -29,32 +29,29 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--per-class", type=int, default=60, help="items of each label per behaviour (default 60)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument(
-        "--probes", nargs="*", default=None, help="probe ids (default: every shipped deception/refusal probe)"
-    )
+    parser.add_argument("--probes", nargs="*", default=None, help="probe ids (default: every shipped probe)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report (+ .png); default {DEFAULT_OUT}")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def evaluation_items(behaviour: str, data_dir: Path, per_class: int, seed: int) -> tuple[list, str]:
     """(dialogues, where they came from) for one behaviour."""
+    from probewatch.training.datasets import build_behaviour_data
     from probewatch.training.evasion import balanced_sample
 
     if behaviour == "refusal":
-        from probewatch.training.datasets import refusal
-
-        items = refusal.build(data_dir, seed=seed).ood["refusal_val"]
+        items = build_behaviour_data("refusal", data_dir, seed=seed).ood["refusal_val"]
         return balanced_sample(items, per_class, seed), "refusal_direction harmful_val vs held-out harmless_val"
-    from probewatch.training.datasets import deception
-
-    pool = [d for d in deception.build(data_dir, seed=seed).pool if d.label is not None and d.ends_with_assistant]
-    return balanced_sample(pool, per_class, seed), "deception pool, kind-balanced sample"
+    data = build_behaviour_data(behaviour, data_dir, seed=seed)
+    reads_prompt = data.token_selection == "prompt_last"  # prompt-only items are whole for a prompt reader
+    pool = [d for d in data.pool if d.label is not None and (reads_prompt or d.ends_with_assistant)]
+    return balanced_sample(pool, per_class, seed), f"{behaviour.replace('_', ' ')} pool, kind-balanced sample"
 
 
 def evaluate_bundles(
     loaded: Any, bundle_dirs: list[Path], data_dir: Path, per_class: int, seed: int = 0, progress: bool = True
 ) -> list[dict[str, Any]]:
-    """Every deception/refusal bundle in `bundle_dirs` under every condition -> `EvasionReport.to_json()`s."""
+    """Every bundle in `bundle_dirs` of a behaviour in BEHAVIOURS under every condition -> `EvasionReport.to_json()`s."""
     import numpy as np
 
     from probewatch.probes import ProbeRuntime, load_bundle
@@ -92,7 +89,7 @@ def evaluate_bundles(
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The shipped deception/refusal probes (or `--probes`) under every condition."""
+    """The shipped probes (or `--probes`) under every condition."""
     from probewatch.bundle_index import discover
     from probewatch.models import load_model
     from probewatch.training.datasets.common import resolve_data_dir
@@ -159,6 +156,6 @@ def main(args: argparse.Namespace) -> int:
     reports = run(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     png = plot(reports, args.out) if reports else None
-    text = lines(reports) + ([f"report {args.out}, plot {png}"] if png else ["no shipped deception/refusal probes"])
+    text = lines(reports) + ([f"report {args.out}, plot {png}"] if png else ["no shipped probe to measure"])
     emit({"reports": reports}, args.json, text, report=args.out)
     return 0 if reports else 1

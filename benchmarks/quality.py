@@ -12,8 +12,8 @@ reports) are separate:
 3. a lexical-confound check for the probes of monitoring-related behaviours (benign requests that
    merely *mention* tests, monitoring or training);
 4. the deception family (per-type probes alerting on their maximum; shipped only where it beats the
-   single probe on held-out kinds) and the evasion conditions on the new deception/refusal bundles
-   (`quality_extras.py`);
+   single probe on held-out kinds) and the evasion conditions on the new bundles (`quality_extras.py`;
+   `--evasion-only` measures them on the shipped bundles of `--probes` without training);
 5. SAE-feature probes (L1 logistic and named features, `probewatch sae probe`) on the shipped SAE
    for deception, refusal and alignment faking, same data, splits and control threshold, into
    runs/quality/sae/<id>/;
@@ -106,7 +106,13 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         "--no-evasion",
         dest="with_evasion",
         action="store_false",
-        help="skip the evasion measurement of the new deception/refusal bundles (training/evasion.py)",
+        help="skip the evasion measurement of the new bundles (training/evasion.py)",
+    )
+    parser.add_argument(
+        "--evasion-only",
+        action="store_true",
+        help="measure only the evasion conditions of the shipped bundles of --probes, keep the other probes' "
+        "rows, re-render",
     )
     parser.add_argument(
         "--render-only",
@@ -147,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
     seeded = seed_runs_dir(args.runs_dir, plots_root, JOBS)  # a fresh clone: the inputs published with the doc
     if seeded:
         print(f"[bench quality] {len(seeded)} doc inputs seeded from {plots_root}", file=sys.stderr)
-    if getattr(args, "render_only", False) or getattr(args, "sae_only", False):
+    if any(getattr(args, part, False) for part in ("render_only", "sae_only", "evasion_only")):
         return _render_only(args, loaded, doc, t0)
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     baseline = _previous_reports(plots_root, args.runs_dir, args.probes)
@@ -362,10 +368,29 @@ def _remove_retired(ship_root: Path, results: dict[str, TrainReport]) -> None:
             shutil.rmtree(folder)
 
 
+def _evasion_only(args: argparse.Namespace, loaded: Any, plots_root: Path) -> None:
+    """The evasion conditions on the shipped bundles of `--probes` (what the doc describes once a part has
+    shipped them), saved beside the other probes' rows; the seconds count in the doc's run time."""
+    from probewatch.bundle_index import shipped_root
+
+    t = time.perf_counter()
+    root = shipped_root() / loaded.model_id
+    missing = [n for n in args.probes if not (root / n / "manifest.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"no shipped bundle for {', '.join(missing)} under {root}")
+    evasion = run_evasion(loaded, args.runs_dir, list(args.probes), args.data_dir, not args.quiet, bundle_root=root)
+    plot_evasion(evasion, plots_root / "evasion.json")
+    path = args.runs_dir / "timing.json"
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    other = {**saved.get("other_s", {}), "evasion:" + ",".join(args.probes): time.perf_counter() - t}
+    saved.update(other_s=other, total_s=sum(saved.get("probes_s", {}).values()) + sum(other.values()))
+    path.write_text(json.dumps(saved))
+
+
 def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) -> int:
     from probewatch.training.quality_doc import RunInfo, render_markdown
 
-    results = {k: v for k, v in _saved_reports(args.runs_dir).items() if k in args.probes}
+    results = _saved_reports(args.runs_dir)  # the doc shows every probe; --probes picks what a part refits
     if not results:
         raise FileNotFoundError(f"no reports under {args.runs_dir}; run `probewatch bench quality` first")
     diagnostics = {}
@@ -374,12 +399,16 @@ def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) ->
         diagnostics = json.loads(diag_path.read_text())
     baseline_path = args.runs_dir / "baseline.json"
     baseline = json.loads(baseline_path.read_text()) if baseline_path.is_file() else {}
+    if getattr(args, "evasion_only", False):
+        _evasion_only(args, loaded, doc.parent / "quality")
     timing = args.runs_dir / "timing.json"
     saved: dict[str, Any] = json.loads(timing.read_text()) if timing.is_file() else {"total_s": 0.0}
     sae_results = {}
     if getattr(args, "sae_only", False):
-        sae_results = fit_sae_probes(args, loaded, _sae_behaviours(results))
-        saved["sae_s"] = _merge_sae_seconds(saved, _sae_seconds(sae_results), _saved_sae(args.runs_dir))
+        refit = {k: results[k] for k in args.probes if k in results}
+        fresh = fit_sae_probes(args, loaded, _sae_behaviours(refit))
+        sae_results = {**_saved_sae(args.runs_dir), **fresh}  # the other behaviours' fits stay in the doc
+        saved["sae_s"] = _merge_sae_seconds(saved, _sae_seconds(fresh), sae_results)
         timing.write_text(json.dumps(saved))
     elif getattr(args, "with_sae", True):
         sae_results = _saved_sae(args.runs_dir)

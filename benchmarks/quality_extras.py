@@ -58,14 +58,21 @@ def ship_families(families: dict[str, dict[str, Any]], runs_dir: Path, ship_root
 
 
 def run_evasion(
-    loaded: Any, runs_dir: Path, names: list[str], data_dir: Path | None, progress: bool
+    loaded: Any,
+    runs_dir: Path,
+    names: list[str],
+    data_dir: Path | None,
+    progress: bool,
+    bundle_root: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """The evasion conditions (`probewatch bench evasion`) on this run's deception/refusal bundles."""
+    """The evasion conditions (`probewatch bench evasion`) on the bundles `names` under `bundle_root` (default:
+    this run's, in `runs_dir`), saved beside the other probes' rows. Returns everything saved."""
     from probewatch.benchmarks.evasion import BEHAVIOURS, evaluate_bundles
     from probewatch.probes.bundle import read_manifest
     from probewatch.training.datasets.common import resolve_data_dir
 
-    dirs = [runs_dir / n for n in names if (runs_dir / n / "manifest.json").is_file()]
+    root = runs_dir if bundle_root is None else bundle_root
+    dirs = [root / n for n in names if (root / n / "manifest.json").is_file()]
     dirs = [d for d in dirs if read_manifest(d).behaviour in BEHAVIOURS]
     if not dirs:
         return []

@@ -110,10 +110,19 @@ def evasion_rows(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
+def evasion_items(reports: Sequence[Mapping[str, Any]]) -> str:
+    """Where each probe's evasion items came from, probes that share a source named together."""
+    by_data: dict[str, list[str]] = {}
+    for rep in reports:
+        by_data.setdefault(rep["data"], []).append(f"`{rep['probe_id']}`")
+    return "; ".join(f"{', '.join(probes)}: {data}" for data, probes in by_data.items())
+
+
 EXTRA_HELPERS: dict[str, Any] = {
     "pooling_rows": pooling_rows,
     "family_rows": family_rows,
     "evasion_rows": evasion_rows,
+    "evasion_items": evasion_items,
 }
 
-__all__ = ["EXTRA_HELPERS", "evasion_rows", "family_rows", "pooling_rows"]
+__all__ = ["EXTRA_HELPERS", "evasion_items", "evasion_rows", "family_rows", "pooling_rows"]

@@ -88,3 +88,13 @@ def test_balanced_sample_takes_each_kind_in_turn():
     assert sum(d.label == 1 for d in picked) == 4 and sum(d.label == 0 for d in picked) == 3
     assert any(d.kind == "small" for d in picked)  # the rare kind is not crowded out
     assert balanced_sample(items, 4, seed=1) == picked  # reproducible
+
+
+def test_every_behaviour_has_an_instruction_naming_its_detector():
+    from probewatch.behaviours import BEHAVIOURS
+
+    assert set(EVASION_INSTRUCTIONS) == set(BEHAVIOURS)
+    for behaviour, text in EVASION_INSTRUCTIONS.items():
+        assert "detector, a linear probe" in text or "detector of" in text, behaviour
+        assert "Avoid being detected" in text
+    assert len(set(EVASION_INSTRUCTIONS.values())) == len(BEHAVIOURS)  # each names its own behaviour

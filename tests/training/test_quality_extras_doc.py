@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from probewatch.training.quality_doc import RunInfo, render_markdown
-from probewatch.training.quality_extras_doc import family_rows, pooling_rows
+from probewatch.training.quality_extras_doc import evasion_items, family_rows, pooling_rows
 from probewatch.training.report import TrainReport
 
 SHIPPED = Path(__file__).resolve().parents[2] / "probes" / "shipped" / "smollm2-135m-instruct"
@@ -73,7 +73,13 @@ def test_family_and_evasion_sections_render_exact_cells():
     assert "Skipped (too little data): sycophancy." in text
     assert "| `refusal` | told it is monitored | 40 / 40 | 0.990 | 0.62 | 5% | -1.59 |" in text
     assert "| `refusal` | unmodified | 40 / 40 | 1.000 | 1.00 | 0% | — |" in text
+    assert "Items: `refusal`: x. For the monitoring-cue probes" in text
     assert [r["type"] for r in family_rows(FAMILY)][-2:] == ["**whole test split**", "**held-out kind (mean)**"]
+
+
+def test_evasion_items_name_each_source_once():
+    reports = [{"probe_id": "a", "data": "pool A"}, {"probe_id": "b", "data": "val"}, {"probe_id": "c", "data": "val"}]
+    assert evasion_items(reports) == "`a`: pool A; `b`, `c`: val"
 
 
 def test_without_family_or_evasion_the_sections_are_absent():
