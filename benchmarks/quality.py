@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from probewatch.benchmarks.evasion import plot as plot_evasion
 from probewatch.benchmarks.harness import add_common_args
 from probewatch.benchmarks.quality_extras import (
+    EVASION_PER_CLASS,
     FAMILY_REPORT,
     family_reports,
     run_evasion,
@@ -107,6 +108,12 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         dest="with_evasion",
         action="store_false",
         help="skip the evasion measurement of the new bundles (training/evasion.py)",
+    )
+    parser.add_argument(
+        "--evasion-per-class",
+        type=int,
+        default=EVASION_PER_CLASS,
+        help=f"evasion items of each label per probe (default {EVASION_PER_CLASS}, what docs/quality.md shows)",
     )
     parser.add_argument(
         "--evasion-only",
@@ -202,7 +209,14 @@ def main(args: argparse.Namespace) -> int:
         ship_families(families, args.runs_dir, shipped_root() / loaded.model_id)
     evasion = []
     if getattr(args, "with_evasion", True):
-        evasion = run_evasion(loaded, args.runs_dir, list(results), args.data_dir, not args.quiet)
+        evasion = run_evasion(
+            loaded,
+            args.runs_dir,
+            list(results),
+            args.data_dir,
+            not args.quiet,
+            per_class=getattr(args, "evasion_per_class", EVASION_PER_CLASS),
+        )
         if evasion:
             plot_evasion(evasion, plots_root / "evasion.json")
     diagnostics = {name: lexical_confounds(loaded, args.runs_dir / name) for name in results if name in LEXICAL_CHECK}
@@ -378,7 +392,15 @@ def _evasion_only(args: argparse.Namespace, loaded: Any, plots_root: Path) -> No
     missing = [n for n in args.probes if not (root / n / "manifest.json").is_file()]
     if missing:
         raise FileNotFoundError(f"no shipped bundle for {', '.join(missing)} under {root}")
-    evasion = run_evasion(loaded, args.runs_dir, list(args.probes), args.data_dir, not args.quiet, bundle_root=root)
+    evasion = run_evasion(
+        loaded,
+        args.runs_dir,
+        list(args.probes),
+        args.data_dir,
+        not args.quiet,
+        bundle_root=root,
+        per_class=getattr(args, "evasion_per_class", EVASION_PER_CLASS),
+    )
     plot_evasion(evasion, plots_root / "evasion.json")
     path = args.runs_dir / "timing.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}

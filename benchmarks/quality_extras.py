@@ -64,6 +64,7 @@ def run_evasion(
     data_dir: Path | None,
     progress: bool,
     bundle_root: Path | None = None,
+    per_class: int = EVASION_PER_CLASS,
 ) -> list[dict[str, Any]]:
     """The evasion conditions (`probewatch bench evasion`) on the bundles `names` under `bundle_root` (default:
     this run's, in `runs_dir`), saved beside the other probes' rows. Returns everything saved."""
@@ -76,7 +77,7 @@ def run_evasion(
     dirs = [d for d in dirs if read_manifest(d).behaviour in BEHAVIOURS]
     if not dirs:
         return []
-    reports = evaluate_bundles(loaded, dirs, resolve_data_dir(data_dir), EVASION_PER_CLASS, progress=progress)
+    reports = evaluate_bundles(loaded, dirs, resolve_data_dir(data_dir), per_class, progress=progress)
     return save_evasion(runs_dir, reports)
 
 

@@ -75,8 +75,9 @@ def test_evasion_only_part_adds_rows_and_keeps_the_others(reference, shared_data
     parser = argparse.ArgumentParser()
     quality.add_cli_args(parser)
     args = parser.parse_args(
-        ["--evasion-only", "--probes", "monitored-framing", "--quiet", "--data-dir", str(shared_data)]
-        + ["--runs-dir", str(tmp_path / "runs"), "--doc", str(docs / "quality.md"), "--threads", "1"]
+        ["--evasion-only", "--evasion-per-class", "3", "--probes", "monitored-framing", "--quiet"]
+        + ["--data-dir", str(shared_data)]
+        + ["--runs-dir", str(tmp_path / "runs"), "--doc", str(docs / "quality.md"), "--threads", "2"]
     )
     before = {r["probe_id"] for r in json.loads((docs / "quality" / "evasion.json").read_text())}
     assert quality.main(args) == 0
@@ -87,7 +88,7 @@ def test_evasion_only_part_adds_rows_and_keeps_the_others(reference, shared_data
     assert timing["other_s"]["evasion:monitored-framing"] > 0
     assert timing["total_s"] == pytest.approx(sum(timing["probes_s"].values()) + sum(timing["other_s"].values()))
     text = (docs / "quality.md").read_text()
-    assert "| `monitored-framing` | told it is monitored | 40 / 40 |" in text
+    assert "| `monitored-framing` | told it is monitored | 3 / 3 |" in text
     assert "| `deception` | unmodified |" in text  # the other probes' rows stay
     assert "## `alignment-faking`" in text  # and a part documents every probe, not only --probes
 
