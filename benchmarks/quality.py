@@ -358,12 +358,17 @@ def _save_timing(
     sae_total = _merge_sae_seconds(saved, sae_s, documented_sae)  # a run with --no-sae keeps the SAE part's time
     merged_probes = {**saved.get("probes_s", {}), **probes_s}
     other = {**saved.get("other_s", {}), ",".join(results): other_s}
-    total_s = sum(merged_probes.values()) + sum(other.values())
+    total_s = _timing_total(merged_probes, other)
     run.total_s = total_s + sae_total
     timing = {"total_s": total_s, "sae_s": sae_total, "probes_s": merged_probes, "other_s": other}
     if "sae_probes_s" in saved:
         timing["sae_probes_s"] = saved["sae_probes_s"]
     path.write_text(json.dumps({**timing, "run": run.__dict__}))
+
+
+def _timing_total(probes_s: Mapping[str, float], other_s: Mapping[str, float]) -> float:
+    """timing.json's `total_s`: every probe's training plus every part's other work (the SAE fits apart)."""
+    return sum(probes_s.values()) + sum(other_s.values())
 
 
 def _sae_behaviours(results: dict[str, TrainReport]) -> list[str]:
@@ -405,7 +410,7 @@ def _evasion_only(args: argparse.Namespace, loaded: Any, plots_root: Path) -> No
     path = args.runs_dir / "timing.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
     other = {**saved.get("other_s", {}), "evasion:" + ",".join(args.probes): time.perf_counter() - t}
-    saved.update(other_s=other, total_s=sum(saved.get("probes_s", {}).values()) + sum(other.values()))
+    saved.update(other_s=other, total_s=_timing_total(saved.get("probes_s", {}), other))
     path.write_text(json.dumps(saved))
 
 
