@@ -1,10 +1,15 @@
-"""`probewatch data convert|validate`: the dialogue JSONL contract from the command line."""
+"""`probewatch data convert|export|validate`: the dialogue JSONL contract from the command line."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+from probewatch.behaviours import BEHAVIOURS
+
+#: `data export --set` value for the training pool itself
+POOL_SET = "pool"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +41,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     conv.add_argument("--limit", type=int, default=None, help="at most this many dialogues per input file")
     conv.set_defaults(func=_convert)
 
+    exp = dsub.add_parser(
+        "export",
+        help="write a behaviour's built-in pool or one of its out-of-distribution sets (e.g. refusal_val) as JSONL",
+    )
+    exp.add_argument("--behaviour", required=True, choices=BEHAVIOURS)
+    exp.add_argument(
+        "--set",
+        dest="set_name",
+        default=POOL_SET,
+        help=f"{POOL_SET} (default: the training pool) or an out-of-distribution set by name, e.g. refusal_val",
+    )
+    exp.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="public datasets folder (default: $PROBEWATCH_DATA); see docs/datasets.md for the layout",
+    )
+    exp.add_argument("--seed", type=int, default=0, help="the builder's seed (training's --seed; default 0)")
+    exp.add_argument("--out", "-o", type=Path, required=True, help="output .jsonl")
+    exp.set_defaults(func=_export)
+
     val = dsub.add_parser("validate", help="check a dialogue JSONL file; errors name file and line")
     val.add_argument("files", nargs="+", type=Path)
     val.set_defaults(func=_validate)
@@ -54,6 +80,31 @@ def _convert(args: argparse.Namespace) -> int:
 
     n = write_dialogues(args.out, generate())
     print(f"wrote {n} dialogues to {args.out}", file=sys.stderr)
+    print(args.out)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """The builder's dialogues without the model: what `train` reads except the model's own answers
+    (plain traffic, generated long transcripts), which only a run with the model adds."""
+    from collections import Counter
+
+    from probewatch.data.dialogue import write_dialogues
+    from probewatch.errors import ProbewatchError
+    from probewatch.training.datasets import build_behaviour_data
+
+    data = build_behaviour_data(args.behaviour, args.data_dir, seed=args.seed)
+    sets = {POOL_SET: data.pool, **data.ood}
+    if args.set_name not in sets:
+        raise ProbewatchError(f"--set {args.set_name!r}: {args.behaviour} has {', '.join(sorted(sets))}")
+    dialogues = sets[args.set_name]
+    n = write_dialogues(args.out, dialogues)
+    labels = Counter(d.label for d in dialogues)
+    print(
+        f"wrote {n} dialogues of {args.behaviour} {args.set_name} (label 1: {labels.get(1, 0)}, "
+        f"label 0: {labels.get(0, 0)}) to {args.out}",
+        file=sys.stderr,
+    )
     print(args.out)
     return 0
 

@@ -20,6 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--control", type=Path, default=None, help="benign JSONL for the threshold (default: the negatives of --data)"
     )
+    ev.add_argument(
+        "--compare-with",
+        default=None,
+        metavar="BUNDLE",
+        help="also score --data with this bundle (folder or probe id; e.g. the one --bundle replaces) and report the "
+        "paired AUROC change with a 95%% bootstrap interval: an interval that holds zero is no change",
+    )
     _common(ev)
     add_json_arg(ev)
     ev.set_defaults(func=_eval)
@@ -105,13 +112,21 @@ def _load(args: argparse.Namespace):
     """(loaded model, bundle) with the bundle verified against the model's fingerprint."""
     from probewatch.bundle_index import resolve_bundle_specs
     from probewatch.models import load_model
-    from probewatch.probes import load_bundle, read_manifest
+    from probewatch.probes import read_manifest
 
     path = resolve_bundle_specs([args.bundle])[0]
     manifest = read_manifest(path)
     loaded = load_model(args.model or manifest.model.id)
-    bundle = load_bundle(path, expected_fingerprint=loaded.fingerprint, expected_d_model=loaded.d_model)
-    return loaded, bundle
+    return loaded, _bundle_for(loaded, args.bundle)
+
+
+def _bundle_for(loaded, spec: str):
+    """The bundle `spec` names (folder or probe id), verified against the loaded model's fingerprint."""
+    from probewatch.bundle_index import resolve_bundle_specs
+    from probewatch.probes import load_bundle
+
+    path = resolve_bundle_specs([spec])[0]
+    return load_bundle(path, expected_fingerprint=loaded.fingerprint, expected_d_model=loaded.d_model)
 
 
 def _scores(loaded, bundle, dialogues, args) -> list[float]:
@@ -140,9 +155,12 @@ def _eval(args: argparse.Namespace) -> int:
     dialogues = load_dialogues(args.data)  # labels required; errors name file and line
     control = load_dialogues(args.control, require_label=False) if args.control else None
     labels = [d.label for d in dialogues if d.label is not None]  # all of them: load_dialogues requires labels
+    if args.compare_with and not 0 < sum(labels) < len(labels):
+        raise ProbewatchError(f"--compare-with: {args.data} needs both labels to compare AUROCs")
     if not (0 < sum(labels) < len(labels)) and control is None:
         raise ProbewatchError(f"{args.data}: needs both labels for AUROC (or pass --control for recall)")
     loaded, bundle = _load(args)
+    before = _bundle_for(loaded, args.compare_with) if args.compare_with else None  # refused before any scoring
     scores = _scores(loaded, bundle, dialogues, args)
     control_scores = _scores(loaded, bundle, control, args) if control else None
     result = detection_metrics(scores, labels, control_scores, args.fpr)
@@ -161,6 +179,8 @@ def _eval(args: argparse.Namespace) -> int:
             "fpr_at_bundle_threshold": (sum(s >= t for s in neg) / len(neg)) if neg else None,
         }
     )
+    if before is not None:
+        result["compare_with"] = _paired_change(before, _scores(loaded, before, dialogues, args), scores, labels)
     if args.json:
         print_json(result)
     else:
@@ -177,7 +197,38 @@ def _eval(args: argparse.Namespace) -> int:
             f"at the bundle's threshold {t:.3f}: recall {f(result['recall_at_bundle_threshold'])}, "
             f"FPR on negatives {f(result['fpr_at_bundle_threshold'])}"
         )
+        if before is not None:
+            c = result["compare_with"]
+            print(
+                f"vs {c['probe_id']} ({c['bundle']}): AUROC {f(c['auroc'])} -> {f(result['auroc'])} "
+                f"({c['change']:+.4f}, 95% CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}; "
+                + ("holds zero: no measurable change)" if c["ci_low"] <= 0.0 <= c["ci_high"] else "excludes zero)")
+            )
     return 0
+
+
+def _paired_change(before, before_scores: list[float], scores: list[float], labels: list[int]) -> dict:
+    """The other bundle's AUROC on the same dialogues and the paired change (this bundle − it) with the
+    bootstrap interval `train --compare-with` reports (positives and negatives resampled separately)."""
+    import numpy as np
+
+    from probewatch.metrics import auroc
+    from probewatch.training.compare import BOOTSTRAP_DRAWS, CI_LEVEL, paired_auroc_delta
+
+    y, old = np.asarray(labels), np.asarray(before_scores)
+    paired = paired_auroc_delta(old, np.asarray(scores), y)
+    assert paired is not None  # _eval refuses --compare-with on one-class data
+    change, low, high = paired
+    return {
+        "probe_id": before.id,
+        "bundle": str(before.path),
+        "auroc": auroc(old, y),
+        "change": change,
+        "ci_low": low,
+        "ci_high": high,
+        "ci_level": CI_LEVEL,
+        "draws": BOOTSTRAP_DRAWS,
+    }
 
 
 def _reviewed(loaded, bundle, args: argparse.Namespace, from_control: float) -> dict:

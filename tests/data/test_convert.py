@@ -84,3 +84,24 @@ def test_cli_convert_real_public_files(tmp_path, shared_data):
     liar = shared_data / "deception" / "how_to_catch_an_ai_liar" / "processed_questions" / "questions_1000_all.json"
     pairs = list(convert_file(liar))
     assert len(pairs) > 100 and {d.label for d in pairs} == {0, 1}
+
+
+def test_cli_export_writes_the_builders_set_as_the_training_run_reads_it(tmp_path, shared_data, capsys):
+    """`data export`: a behaviour's out-of-distribution set (or pool) as JSONL, the same dialogues the
+    builder gives training, so any bundle can be scored on it with `probewatch eval`."""
+    from probewatch.cli.main import main
+    from probewatch.training.datasets import build_behaviour_data
+
+    out = tmp_path / "refusal_val.jsonl"
+    args = ["data", "export", "--behaviour", "refusal", "--data-dir", str(shared_data), "-o", str(out)]
+    assert main([*args, "--set", "refusal_val"]) == 0
+    assert "label 1: 39, label 0: 160" in capsys.readouterr().err
+    exported = load_dialogues(out)
+    built = build_behaviour_data("refusal", shared_data).ood["refusal_val"]
+    assert [(d.messages, d.label, d.group, d.kind) for d in exported] == [
+        (d.messages, d.label, d.group, d.kind) for d in built
+    ]
+    assert main(args) == 0 and len(load_dialogues(out)) == len(build_behaviour_data("refusal", shared_data).pool)
+    capsys.readouterr()
+    assert main([*args, "--set", "refusal_test"]) == 2
+    assert "--set 'refusal_test': refusal has pool, refusal_val, refusal_val_formats" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -128,6 +129,44 @@ def test_eval_text_output_uses_negatives_without_control(trained, tiny_folder, c
         ["eval", "--bundle", str(bundle_dir), "--model", str(tiny_folder), "--data", str(data), "--quiet"], capsys
     )
     assert code == 0 and "AUROC" in out and "from the negatives" in out
+
+
+def test_eval_compare_with_reports_the_paired_change_and_its_interval(
+    trained, tiny_folder, tiny_loaded, tmp_path, capsys
+):
+    """`eval --compare-with`: both bundles on the same dialogues, the change with a bootstrap interval."""
+    from probewatch.probes import save_bundle
+
+    bundle_dir, data, _ = trained
+    base = ["eval", "--bundle", str(bundle_dir), "--model", str(tiny_folder), "--data", str(data), "--quiet"]
+    code, out, _ = _run([*base, "--compare-with", str(bundle_dir), "--json"], capsys)
+    result = json.loads(out.strip().splitlines()[-1])
+    same = result["compare_with"]
+    assert code == 0 and same["auroc"] == pytest.approx(result["auroc"])
+    assert same["change"] == same["ci_low"] == same["ci_high"] == 0.0 and same["draws"] == 1000
+    # the same probe with its direction reversed ranks the dialogues backwards: a real, significant change
+    bundle = load_bundle(bundle_dir, expected_fingerprint=tiny_loaded.fingerprint)
+    tensors = {k: (-v if k in ("weight", "bias") else v) for k, v in bundle.tensors.items()}
+    manifest = copy.deepcopy(bundle.manifest)
+    manifest.weights_sha256, manifest.created_at = "", ""
+    save_bundle(tmp_path / "reversed", manifest, tensors)
+    code, out, _ = _run([*base, "--compare-with", str(tmp_path / "reversed")], capsys)
+    assert code == 0 and "vs " in out and "excludes zero" in out
+    code, out, _ = _run([*base, "--compare-with", str(tmp_path / "reversed"), "--json"], capsys)
+    rev = json.loads(out.strip().splitlines()[-1])["compare_with"]
+    assert rev["auroc"] < 0.5 < result["auroc"] and rev["change"] == pytest.approx(result["auroc"] - rev["auroc"])
+    assert 0.0 < rev["ci_low"] <= rev["change"] <= rev["ci_high"]
+
+
+def test_eval_compare_with_refuses_one_class_data_and_a_missing_bundle(trained, tiny_folder, tmp_path, capsys):
+    bundle_dir, data, _ = trained
+    positives = tmp_path / "pos.jsonl"
+    positives.write_text("".join(line + "\n" for line in data.read_text().splitlines() if '"label": 1' in line))
+    args = ["eval", "--bundle", str(bundle_dir), "--model", str(tiny_folder), "--quiet"]
+    code, _, err = _run([*args, "--data", str(positives), "--compare-with", str(bundle_dir)], capsys)
+    assert code == 2 and "--compare-with" in err and "both labels" in err
+    code, _, err = _run([*args, "--data", str(data), "--compare-with", str(tmp_path / "nope")], capsys)
+    assert code == 2 and "nope" in err and "Traceback" not in err
 
 
 def test_bad_jsonl_line_names_file_and_line(trained, tiny_folder, tmp_path, capsys):
