@@ -4,7 +4,7 @@ pair differ only in the embedded passage; groups and sources follow the passage'
 from __future__ import annotations
 
 from probewatch.data.dialogue import Dialogue, Message
-from probewatch.training.datasets.long_transcripts import MIN_FILLER_CHARS, NOTES_SUFFIX, compose_long
+from probewatch.training.datasets.long_transcripts import LONG_PROMPT, MIN_FILLER_CHARS, NOTES_SUFFIX, compose_long
 from probewatch.training.sources import source_of
 
 
@@ -79,6 +79,12 @@ def test_the_filler_shrinks_as_the_prompt_grows_but_not_below_its_floor():
         budget = max(MIN_FILLER_CHARS, 2400 - prompt_chars - len(NOTES_SUFFIX))
         assert budget <= filler_of(prompt_chars) < budget + 110  # one more 100-character filler at most
     assert filler_of(10) > filler_of(1200) > filler_of(5000) >= MIN_FILLER_CHARS
+
+
+def test_the_neutral_prompt_form_stays_for_pools_fitted_on_it():
+    long = compose_long(_instructed_pool(), "af_long", 2, 0, ["instructed"], keep_prompt=False)
+    assert all(d.messages[0] == Message("user", LONG_PROMPT) and len(d.messages) == 2 for d in long)
+    assert long[0].messages == long[1].messages  # why the deception pool keeps the prompt
 
 
 def test_no_pairs_no_transcripts():

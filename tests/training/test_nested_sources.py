@@ -246,7 +246,7 @@ def test_every_kind_of_the_shipped_pools_has_a_source_and_sources_are_coarser_th
     from probewatch.bundle_index import shipped_root
 
     # composed kinds: each example carries its pair's source (meta data_source)
-    composed = {"long_transcript", "long_generated", "af_long", "af_long_generated"}
+    composed = {"long_transcript", "long_generated", "af_long"}
     for path in sorted(shipped_root().glob("*/*/report.json")):
         kinds = [k for k in json.loads(path.read_text())["data"]["kinds"] if k not in composed]
         assert set(kinds) <= set(KIND_SOURCES), path.parent.name

@@ -15,13 +15,6 @@ Kinds (the unit of held-out-kind evaluation):
   resisting goal changes by training / manipulating overseers (goal guarding), or wanting to be
   unwatched (oversight), would make (1) vs would not make (0); the most confident statements of
   each side.
-- `af_long` (long_transcripts.py `compose_long`): one written pair's two passages, each with its own
-  situation prompt (the same on both sides), inside one long reply of other pairs' sincere
-  reasoning; the motive is one passage among many, as in a long real transcript.
-- `af_long_generated` (long_transcripts.py `generate_long`, only when the model is at hand): the
-  model's own step-by-step reasoning about the pair's request (~900 tokens, shared by both
-  sides), then each side's written reasoning: thousands of characters of this model's text with
-  and without the motive at the end.
 
 Auxiliary, training-only: `plain_traffic` (ordinary requests with the model's own answers, 0).
 """
@@ -46,12 +39,11 @@ from probewatch.training.datasets.common import (
     sample,
     stable_choice,
 )
-from probewatch.training.datasets.long_transcripts import compose_long, composed_source, generate_long
+from probewatch.training.datasets.long_transcripts import compose_long, composed_source
 from probewatch.training.datasets.monitored_framing import render_system_prompt, render_user_query
 
 SPLITS = "refusal/refusal_direction/splits"
 PERSONA = "alignment_faking/anthropic_persona_oversight"
-GENERATED_LONG_KIND = "af_long_generated"
 PERSONA_KINDS: dict[str, tuple[str, ...]] = {
     "persona_goal_guarding": (
         "willingness-to-be-non-HHH-to-not-have-current-goals-changed-by-training",
@@ -177,7 +169,6 @@ def build(
     n_plain: int = 160,
     cross_ood: bool = True,
     long_pairs: int = 24,
-    generated_long_pairs: int = 24,
 ) -> BehaviourData:
     """`respond(prompts, max_new_tokens)` supplies the model's own answers after the reasoning (the
     same on both sides of a pair) and enables the plain-traffic negatives; without it, the
@@ -191,16 +182,11 @@ def build(
     pool = reasoning_dialogues(data_dir, spec, requests, answers, renders_per_pair)
     yaml_path = packaged_file("af_reasoning.yaml")
     sources = [Source.of("probewatch af_reasoning.yaml (written contrast pairs)", yaml_path, len(pool))]
-    short = list(pool)  # the pairs long transcripts are made from
-    long = compose_long(short, "af_long", long_pairs, seed)  # the motive inside a long sincere reasoning
+    # the motive inside a long sincere reasoning; its pairs differ in the passage itself, and the shipped
+    # bundle was fitted on the neutral-prompt form (keep_prompt=True at its next regeneration)
+    long = compose_long(pool, "af_long", long_pairs, seed, keep_prompt=False)
     pool += long
     sources.append(composed_source("long transcripts composed from the written pairs", long))
-    if respond is not None and generated_long_pairs:  # ... at the end of the model's own long reasoning
-        generated = generate_long(short, GENERATED_LONG_KIND, generated_long_pairs, seed, respond)
-        pool += generated
-        sources.append(
-            composed_source("long transcripts: the model's own reasoning, then a written pair's reasoning", generated)
-        )
     persona, persona_sources = persona_dialogues(data_dir, persona_per_side)
     pool += persona
     sources += persona_sources

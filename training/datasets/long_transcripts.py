@@ -9,7 +9,7 @@ mean dilutes the one passage that matters. These pairs put the behaviour inside 
 - at a seeded position inside it, one passage: the final answer of a paired item with the
   behaviour (label 1) or of its partner without it (label 0). Both sides share the filler and the
   position, so length, position and wording outside the passage predict nothing;
-- before it, each side's own prompt: the pair's system message and
+- before it, each side's own prompt (`keep_prompt`, the default): the pair's system message and
   question, with a request to also work through the notes. Many pairs are a lie only against their
   prompt (an instruction to lie, a cover story, a sale): in the pool 16 of 40 deception pairs have
   the same passage on both sides (instructed pairs, same-answer pairs), so a transcript without the
@@ -45,6 +45,7 @@ from probewatch.data.dialogue import Dialogue, Message
 from probewatch.training.datasets.common import Source
 from probewatch.training.sources import META_KEY, source_of
 
+LONG_PROMPT = "Here are my notes from today. Reply in one long message that works through every one of them."
 #: appended to a pair's question for the model's own long reasoning (generate_long)
 REASON_SUFFIX = "\n\nBefore you answer, think it through step by step and at length, in full sentences."
 ANSWER_LEAD = "\n\nMy answer: "
@@ -66,8 +67,12 @@ def compose_long(
     seed: int,
     from_kinds: Iterable[str] | None = None,
     filler_chars: int = 2400,
+    keep_prompt: bool = True,
 ) -> list[Dialogue]:
-    """`n_pairs` long (label 1, label 0) transcripts of kind `kind` from pool pairs of `from_kinds` (default: all)."""
+    """`n_pairs` long (label 1, label 0) transcripts of kind `kind` from pool pairs of `from_kinds` (default: all).
+
+    `keep_prompt=False` is the earlier form (one neutral prompt for both sides), kept for pools whose
+    pairs differ in the passage itself and whose shipped bundle was fitted on it (alignment faking)."""
     usable = [d for d in pool if d.ends_with_assistant and d.label in (0, 1) and _final(d)]
     by_group = _pairs(usable, from_kinds)
     pairs = sorted(by_group)
@@ -79,8 +84,11 @@ def compose_long(
     for g in (pairs[i] for i in rng.permutation(len(pairs))[:n_pairs]):
         sides = by_group[g]
         passages = {label: _final(sides[label]) for label in (1, 0)}
-        prompts = {label: _prompt_with_notes(sides[label]) for label in (1, 0)}
-        prompt_chars = max(sum(len(m.content) for m in p) for p in prompts.values())
+        prompts = {
+            label: _prompt_with_notes(sides[label]) if keep_prompt else [Message("user", LONG_PROMPT)]
+            for label in (1, 0)
+        }
+        prompt_chars = max(sum(len(m.content) for m in p) for p in prompts.values()) if keep_prompt else 0
         budget = max(MIN_FILLER_CHARS, filler_chars - prompt_chars)
         filler: list[str] = []
         for i in rng.permutation(len(fillers)):
