@@ -7,8 +7,10 @@ reports) are separate:
    faking, evaluation awareness and monitored framing with their default data (from
    $PROBEWATCH_DATA), each into runs/quality/<id>/;
 2. the plots + report go to docs/quality/<id>/; with `--ship` (what `make bench-quality` passes)
-   the bundles (manifest, weights, report.json) are also copied to probes/shipped/<model>/<id>/;
-   without it the shipped bundles are left alone;
+   the bundles (manifest, weights, report.json) are also copied to probes/shipped/<model>/<id>/,
+   unless the ship gate refuses the run (`quality_ship.py`: its threshold flags more than half of a
+   test kind's negatives; the previous run stays and the bench exits 1); without it the shipped
+   bundles are left alone;
 3. a lexical-confound check for the probes of monitoring-related behaviours (benign requests that
    merely *mention* tests, monitoring or training);
 4. the deception family (per-type probes alerting on their maximum; shipped only where it beats the
@@ -51,6 +53,7 @@ from probewatch.benchmarks.quality_extras import (
     ship_families,
 )
 from probewatch.benchmarks.quality_inputs import SAE_REPORTS, publish_inputs, seed_runs_dir
+from probewatch.benchmarks.quality_ship import discard_previous, reject, set_aside, ship_refusal
 
 if TYPE_CHECKING:  # the training stack (torch) loads when the benchmark runs, not for `probewatch --help`
     from probewatch.training.quality_doc import RunInfo
@@ -143,9 +146,7 @@ def _repo_root() -> Path:
 def main(args: argparse.Namespace) -> int:
     from probewatch.bundle_index import shipped_root
     from probewatch.models import load_model
-    from probewatch.training.pipeline import TrainConfig, train
     from probewatch.training.quality_doc import render_markdown
-    from probewatch.training.report import REPORT_FILENAME
 
     t0 = time.perf_counter()
     if getattr(args, "threads", None):
@@ -162,47 +163,15 @@ def main(args: argparse.Namespace) -> int:
         print(f"[bench quality] {len(seeded)} doc inputs seeded from {plots_root}", file=sys.stderr)
     if any(getattr(args, part, False) for part in ("render_only", "sae_only", "evasion_only")):
         return _render_only(args, loaded, doc, t0)
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
     baseline = _previous_reports(plots_root, args.runs_dir, args.probes)
     results: dict[str, TrainReport] = {}
+    rejected: dict[str, str] = {}
     for name in args.probes:
-        job = dict(JOBS[name])
-        t = time.perf_counter()
-        shipped = shipped_root() / loaded.model_id / name  # the bundle this run replaces, scored on its data
-        config = TrainConfig(
-            compare_with=[shipped] if (shipped / "manifest.json").is_file() else [],
-            model=args.model,
-            data_dir=args.data_dir,
-            out=args.runs_dir / name,
-            force=True,
-            layers=layers,
-            progress=not args.quiet,
-            command=_train_command(job),
-            **job,
-        )
-        print(f"[bench quality] training {name} ...", file=sys.stderr, flush=True)
-        result = train(config, loaded=loaded)
-        report = result.report
-        report.timings["bench_wall_s"] = time.perf_counter() - t
-        results[name] = report
-        target = plots_root / name
-        target.mkdir(parents=True, exist_ok=True)
-        for png in report.plots or []:
-            shutil.copy2(result.bundle_path / png, target / png)
-        shutil.copy2(result.report_path, target / REPORT_FILENAME)
-        if args.ship:
-            ship = shipped_root() / loaded.model_id / report.probe_id
-            ship.mkdir(parents=True, exist_ok=True)
-            for f in ("manifest.json", "weights.safetensors", REPORT_FILENAME):
-                shutil.copy2(result.bundle_path / f, ship / f)
-        op = report.operating_point.shipped
-        print(
-            f"[bench quality] {name}: test AUROC {_fmt(report.metrics.auroc)}, held-out kinds "
-            f"{_fmt(report.metrics.auroc_heldout_kind)}, recall {_fmt(op.recall)} / flagged negatives "
-            f"{_fmt(op.fpr_negatives)} at the shipped threshold, {time.perf_counter() - t:.0f}s",
-            file=sys.stderr,
-            flush=True,
-        )
+        report, refusal = _train_one(name, args, loaded, plots_root)
+        if refusal is None:
+            results[name] = report
+        else:
+            rejected[name] = refusal
     families = family_reports(args.runs_dir, list(results))
     if args.ship:
         _remove_retired(shipped_root() / loaded.model_id, results)
@@ -270,10 +239,73 @@ def main(args: argparse.Namespace) -> int:
         }
     )
     summary["total_s"] = total
+    summary["not_shipped"] = rejected
     print(f"[bench quality] wrote {doc} in {total / 60:.1f} min", file=sys.stderr)
     if getattr(args, "json", False):
         print(json.dumps(summary, default=float))
-    return 0
+    for name, refusal in rejected.items():
+        print(f"[bench quality] NOT SHIPPED {name}: {refusal} (quality_ship.py)", file=sys.stderr)
+    return 1 if rejected else 0
+
+
+def _train_one(name: str, args: argparse.Namespace, loaded: Any, plots_root: Path) -> tuple[TrainReport, str | None]:
+    """Train one probe into the runs folder, publish its plots and report and, with `--ship`, its bundle;
+    (report, why it was not shipped): a run the ship gate refuses (quality_ship.py) leaves the previous
+    run, doc inputs and shipped bundle in place and is kept as `<id>.rejected`."""
+    from probewatch.bundle_index import shipped_root
+    from probewatch.training.pipeline import TrainConfig, train
+    from probewatch.training.report import REPORT_FILENAME
+
+    job = dict(JOBS[name])
+    t = time.perf_counter()
+    shipped = shipped_root() / loaded.model_id / name  # the bundle this run replaces, scored on its data
+    config = TrainConfig(
+        compare_with=[shipped] if (shipped / "manifest.json").is_file() else [],
+        model=args.model,
+        data_dir=args.data_dir,
+        out=args.runs_dir / name,
+        force=True,
+        layers=[int(x) for x in args.layers.split(",")] if args.layers else None,
+        progress=not args.quiet,
+        command=_train_command(job),
+        **job,
+    )
+    if args.ship:
+        set_aside(args.runs_dir, name)
+    print(f"[bench quality] training {name} ...", file=sys.stderr, flush=True)
+    result = train(config, loaded=loaded)
+    report = result.report
+    report.timings["bench_wall_s"] = time.perf_counter() - t
+    refusal = ship_refusal(report) if args.ship else None
+    if refusal is not None:
+        kept = reject(args.runs_dir, name)
+        print(
+            f"[bench quality] NOT SHIPPED {name}: {refusal}; the shipped bundle and the previous run stay, "
+            f"this run is in {', '.join(map(str, kept))}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return report, refusal
+    target = plots_root / name
+    target.mkdir(parents=True, exist_ok=True)
+    for png in report.plots or []:
+        shutil.copy2(result.bundle_path / png, target / png)
+    shutil.copy2(result.report_path, target / REPORT_FILENAME)
+    if args.ship:
+        discard_previous(args.runs_dir, name)
+        ship = shipped_root() / loaded.model_id / report.probe_id
+        ship.mkdir(parents=True, exist_ok=True)
+        for f in ("manifest.json", "weights.safetensors", REPORT_FILENAME):
+            shutil.copy2(result.bundle_path / f, ship / f)
+    op = report.operating_point.shipped
+    print(
+        f"[bench quality] {name}: test AUROC {_fmt(report.metrics.auroc)}, held-out kinds "
+        f"{_fmt(report.metrics.auroc_heldout_kind)}, recall {_fmt(op.recall)} / flagged negatives "
+        f"{_fmt(op.fpr_negatives)} at the shipped threshold, {time.perf_counter() - t:.0f}s",
+        file=sys.stderr,
+        flush=True,
+    )
+    return report, None
 
 
 def _run_info(loaded: Any, total_s: float) -> RunInfo:
