@@ -62,14 +62,20 @@ def ship_refusal(report: TrainReport) -> str | None:
 
 
 def _run_dirs(runs_dir: Path, name: str) -> list[Path]:
-    """The folders one probe's training writes: its run and, for deception, its family's."""
+    """The folders one probe's training writes: its run and, for deception, its family's (the family id rule of
+    training/family_export.py, not imported: it loads torch, and this module loads with the CLI)."""
     return [runs_dir / name, runs_dir / f"{name}-family"]
+
+
+def _beside(path: Path, suffix: str) -> Path:
+    """`path` renamed with `suffix` in the same folder (`deception` -> `deception.rejected`)."""
+    return path.with_name(path.name + suffix)
 
 
 def set_aside(runs_dir: Path, name: str) -> None:
     """Move the previous run's folders out of training's way, to be restored if this run is rejected."""
     for path in _run_dirs(runs_dir, name):
-        previous = path.with_name(path.name + _PREVIOUS_SUFFIX)
+        previous = _beside(path, _PREVIOUS_SUFFIX)
         shutil.rmtree(previous, ignore_errors=True)
         if path.is_dir():
             path.rename(previous)
@@ -78,19 +84,19 @@ def set_aside(runs_dir: Path, name: str) -> None:
 def discard_previous(runs_dir: Path, name: str) -> None:
     """The run shipped: the set-aside previous run is no longer needed."""
     for path in _run_dirs(runs_dir, name):
-        shutil.rmtree(path.with_name(path.name + _PREVIOUS_SUFFIX), ignore_errors=True)
+        shutil.rmtree(_beside(path, _PREVIOUS_SUFFIX), ignore_errors=True)
 
 
 def reject(runs_dir: Path, name: str) -> list[Path]:
     """Keep the rejected run as `<folder>.rejected` and put the previous run back; the rejected folders."""
     kept = []
     for path in _run_dirs(runs_dir, name):
-        rejected = path.with_name(path.name + REJECTED_SUFFIX)
+        rejected = _beside(path, REJECTED_SUFFIX)
         shutil.rmtree(rejected, ignore_errors=True)
         if path.is_dir():
             path.rename(rejected)
             kept.append(rejected)
-        previous = path.with_name(path.name + _PREVIOUS_SUFFIX)
+        previous = _beside(path, _PREVIOUS_SUFFIX)
         if previous.is_dir():
             previous.rename(path)
     return kept

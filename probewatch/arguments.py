@@ -24,6 +24,16 @@ def add_model_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_data_dir_arg(parser: argparse.ArgumentParser) -> None:
+    """`--data-dir`: the public datasets the built-in data is read from (None = $PROBEWATCH_DATA)."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="public datasets folder (default: $PROBEWATCH_DATA); see docs/datasets.md for the layout",
+    )
+
+
 def add_bundles_arg(parser: argparse.ArgumentParser, help: str) -> None:
     """`--bundles DIR ...`, repeatable (each use extends the list); None = the command's default."""
     parser.add_argument("--bundles", nargs="+", action="extend", default=None, metavar="DIR", help=help)

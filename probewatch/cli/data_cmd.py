@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from probewatch.arguments import add_data_dir_arg
 from probewatch.behaviours import BEHAVIOURS
 
 #: `data export --set` value for the training pool itself
@@ -52,12 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=POOL_SET,
         help=f"{POOL_SET} (default: the training pool) or an out-of-distribution set by name, e.g. refusal_val",
     )
-    exp.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="public datasets folder (default: $PROBEWATCH_DATA); see docs/datasets.md for the layout",
-    )
+    add_data_dir_arg(exp)
     exp.add_argument("--seed", type=int, default=0, help="the builder's seed (training's --seed; default 0)")
     exp.add_argument("--out", "-o", type=Path, required=True, help="output .jsonl")
     exp.set_defaults(func=_export)

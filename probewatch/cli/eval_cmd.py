@@ -108,25 +108,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def _load(args: argparse.Namespace):
-    """(loaded model, bundle) with the bundle verified against the model's fingerprint."""
+def _load(args: argparse.Namespace, *also: str):
+    """(loaded model, [the --bundle bundle, then each bundle `also` names]): every spec (folder or probe id)
+    resolved once and every bundle verified against the model's fingerprint before any scoring."""
     from probewatch.bundle_index import resolve_bundle_specs
     from probewatch.models import load_model
-    from probewatch.probes import read_manifest
+    from probewatch.probes import load_bundle, read_manifest
 
-    path = resolve_bundle_specs([args.bundle])[0]
-    manifest = read_manifest(path)
-    loaded = load_model(args.model or manifest.model.id)
-    return loaded, _bundle_for(loaded, args.bundle)
-
-
-def _bundle_for(loaded, spec: str):
-    """The bundle `spec` names (folder or probe id), verified against the loaded model's fingerprint."""
-    from probewatch.bundle_index import resolve_bundle_specs
-    from probewatch.probes import load_bundle
-
-    path = resolve_bundle_specs([spec])[0]
-    return load_bundle(path, expected_fingerprint=loaded.fingerprint, expected_d_model=loaded.d_model)
+    paths = [resolve_bundle_specs([spec])[0] for spec in (args.bundle, *also)]
+    loaded = load_model(args.model or read_manifest(paths[0]).model.id)
+    bundles = [load_bundle(p, expected_fingerprint=loaded.fingerprint, expected_d_model=loaded.d_model) for p in paths]
+    return loaded, bundles
 
 
 def _scores(loaded, bundle, dialogues, args) -> list[float]:
@@ -159,8 +151,8 @@ def _eval(args: argparse.Namespace) -> int:
         raise ProbewatchError(f"--compare-with: {args.data} needs both labels to compare AUROCs")
     if not (0 < sum(labels) < len(labels)) and control is None:
         raise ProbewatchError(f"{args.data}: needs both labels for AUROC (or pass --control for recall)")
-    loaded, bundle = _load(args)
-    before = _bundle_for(loaded, args.compare_with) if args.compare_with else None  # refused before any scoring
+    loaded, (bundle, *compared) = _load(args, *([args.compare_with] if args.compare_with else []))
+    before = compared[0] if compared else None
     scores = _scores(loaded, bundle, dialogues, args)
     control_scores = _scores(loaded, bundle, control, args) if control else None
     result = detection_metrics(scores, labels, control_scores, args.fpr)
@@ -286,7 +278,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise ProbewatchError(f"--hard-negative-fpr must be in [0, 1), got {args.hard_negative_fpr}")
     control = load_dialogues(args.control, require_label=False)
     hard = load_dialogues(args.hard_negatives, require_label=False) if args.hard_negatives else None
-    loaded, bundle = _load(args)
+    loaded, (bundle,) = _load(args)
     scores = _scores(loaded, bundle, control, args)
     hard_scores = _scores(loaded, bundle, hard, args) if hard else None
     point = operating_point(scores, args.fpr, hard_scores, args.hard_negative_fpr if hard else None)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from probewatch.arguments import add_json_arg, add_model_arg, print_json
+from probewatch.arguments import add_data_dir_arg, add_json_arg, add_model_arg, print_json
 from probewatch.behaviours import BEHAVIOURS
 
 
@@ -23,10 +23,6 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
         default=None,
         help="torch CPU threads (default: torch's choice; use 1 on a machine shared with other jobs)",
     )
-
-
-def _add_data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, default=None, help="public datasets folder (default: $PROBEWATCH_DATA)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -82,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--restart", action="store_true", help="discard an existing checkpoint in --out")
     tr.add_argument("--no-interpret", action="store_true", help="skip features.json")
     tr.add_argument("--keep-checkpoint", action="store_true", help="keep <out>/checkpoint after a finished run")
-    _add_data_dir(tr)
+    add_data_dir_arg(tr)
     _add_threads(tr)
     add_json_arg(tr)
     tr.set_defaults(func=_train)
@@ -90,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev = ssub.add_parser("eval", help="recompute an SAE's figures (FVE, L0, dead %%, CE increase) on its held-out data")
     ev.add_argument("sae", help="SAE folder or name")
     add_model_arg(ev)
-    _add_data_dir(ev)
+    add_data_dir_arg(ev)
     _add_threads(ev)
     add_json_arg(ev)
     ev.set_defaults(func=_eval)
@@ -112,7 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_arg(it)
     it.add_argument("--examples", type=int, default=4, help="contexts kept per latent")
     it.add_argument("--behaviours", nargs="*", default=list(BEHAVIOURS), choices=BEHAVIOURS)
-    _add_data_dir(it)
+    add_data_dir_arg(it)
     _add_threads(it)
     it.set_defaults(func=_interpret)
 
@@ -165,7 +161,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     pr.add_argument(
         "--embed-sae", action="store_true", help="copy the SAE into the bundle (self-contained for deployment)"
     )
-    _add_data_dir(pr)
+    add_data_dir_arg(pr)
     _add_threads(pr)
     add_json_arg(pr)
     pr.set_defaults(func=_probe)

@@ -13,7 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from probewatch.arguments import add_extra_data_arg, add_json_arg, add_model_arg, print_json
+from probewatch.arguments import add_data_dir_arg, add_extra_data_arg, add_json_arg, add_model_arg, print_json
 from probewatch.behaviours import BEHAVIOURS
 
 METHODS = ("logistic", "mean_diff", "lat", "attention")
@@ -65,12 +65,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="behaviour to train (required unless --init-from names a bundle)",
     )
     add_model_arg(parser)
-    parser.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="public datasets folder (default: $PROBEWATCH_DATA); see docs/datasets.md for the layout",
-    )
+    add_data_dir_arg(parser)
     parser.add_argument(
         "--data",
         type=Path,
