@@ -182,6 +182,7 @@ def fit_family(
     seed: int = 0,
     balance_kinds: bool = True,
     table: Mapping[str, str] = DECEPTION_TYPES,
+    hard_negatives_per_kind: bool = True,
 ) -> FamilyFit:
     """One member per type of the pool (fitted on `fit_idx`, calibrated on `cal_idx`), their maximum, and the
     family's operating point on the maximum. Raises ValueError when no type can have a member."""
@@ -199,5 +200,6 @@ def fit_family(
     scores, winners = max_over([m.scores for m in members])
     control_scores, _ = max_over([m.control_scores for m in members])
     hard = scores[hard_negatives] if hard_negative_fpr is not None and hard_negatives is not None else None
-    point = operating_point(control_scores[control_cal], fpr, hard, hard_negative_fpr)
+    per_kind = pool.kinds[hard_negatives] if hard is not None and hard_negatives_per_kind else None
+    point = operating_point(control_scores[control_cal], fpr, hard, hard_negative_fpr, hard_negative_kinds=per_kind)
     return FamilyFit(members, scores, control_scores, winners, point, skipped)

@@ -58,6 +58,7 @@ class NestedSettings:
     standardize: bool | None = None
     fpr: float = CONTROL_FPR
     hard_negative_fpr: float | None = MAX_FLAGGED_NEGATIVES
+    hard_negatives_per_kind: bool = True
     window: int = 8
     alpha: float = 0.2
     top_k: int = 8
@@ -350,6 +351,7 @@ def _outer(
         settings.fpr,
         s[hard] if settings.hard_negative_fpr is not None else None,
         settings.hard_negative_fpr,
+        hard_negative_kinds=pool.kinds[hard] if settings.hard_negatives_per_kind else None,
     )
     t = point.value
     at = HeldOutThreshold(

@@ -374,7 +374,21 @@ def _diagnostics_of(results: Mapping[str, TrainReport], diagnostics: Mapping[str
 
 
 # -- rendering ---------------------------------------------------------------------------------------------
+def _negatives_rule(op: OperatingSummary) -> str:
+    """How the negatives threshold was set: pooled (runs before the per-kind limit) or per kind, naming the kind
+    whose own negatives set it."""
+    if op.hard_negative_threshold is None or op.hard_negative_fpr_target is None:
+        return ""
+    share = f"{100 * op.hard_negative_fpr_target:g}%"
+    if not op.hard_negatives_per_kind:
+        return f" flagging {share} of them pooled"
+    if op.hard_negative_kind:
+        return f" flagging {share} of kind `{op.hard_negative_kind}`"
+    return f" flagging {share} of them pooled and at most that of each kind"
+
+
 HELPERS: dict[str, Any] = {
+    "negatives_rule": _negatives_rule,
     "fmt": _fmt,
     "pct": _pct,
     "heldout": _heldout,

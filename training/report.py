@@ -142,6 +142,10 @@ class OperatingSummary:
     control_only: AtThreshold
     per_kind: dict[str, KindOperating]
     control_per_kind: dict[str, ControlKindOperating]
+    # the kind whose own negatives set the hard-negative threshold (None: all of them pooled, or a report
+    # written before the per-kind limit)
+    hard_negative_kind: str | None = None
+    hard_negatives_per_kind: bool | None = None  # None: a report written before the per-kind limit (pooled)
     # the recall band's limits (calibration.OperatingPoint) and the band the bundle shipped with
     # (band.band_record: edge, why, shares per held-out set); None in reports written before the recall band
     min_recall: float | None = None
@@ -152,7 +156,11 @@ class OperatingSummary:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in _RECALL_BAND_KEYS:  # unset: the report as written before the recall band existed
+        for key in (
+            *_RECALL_BAND_KEYS,
+            "hard_negative_kind",
+            "hard_negatives_per_kind",
+        ):  # unset: as written before these existed
             if out[key] is None:
                 del out[key]
         return out

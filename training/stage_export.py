@@ -112,6 +112,8 @@ def export(
                 "fpr": point.fpr,
                 "hard_negative_threshold": point.hard_negative_threshold,
                 "hard_negative_fpr": point.hard_negative_fpr,
+                "hard_negative_kind": point.hard_negative_kind,
+                "hard_negatives_per_kind": point.hard_negatives_per_kind,
                 "set_by": point.set_by,
                 "uncertainty_band": band,
                 **point.recall_band_limits(),

@@ -82,6 +82,7 @@ def fit_final(
         config.hard_negative_fpr,
         positive_scores=scores[splits.calibration_positives],
         band_control_fpr=config.band_control_fpr,
+        hard_negative_kinds=pool.kinds[hard] if config.hard_negatives_per_kind else None,
     )
     threshold = point.value
     test = detection_metrics(scores[test_idx], labels[test_idx], control_scores[splits.control_cal], config.fpr)
@@ -187,6 +188,8 @@ def operating_summary(
         hard_negative_fpr_target=point.hard_negative_fpr,
         control_threshold=point.control_threshold,
         hard_negative_threshold=point.hard_negative_threshold,
+        hard_negative_kind=point.hard_negative_kind,
+        hard_negatives_per_kind=point.hard_negatives_per_kind if point.hard_negative_threshold is not None else None,
         n_hard_negatives_calibration=int(len(splits.hard_negatives)),
         shipped=at(point.value),
         control_only=at(point.control_threshold),

@@ -43,6 +43,7 @@ def settings_of(config: TrainConfig) -> NestedSettings:
         standardize=config.standardize,
         fpr=config.fpr,
         hard_negative_fpr=config.hard_negative_fpr,
+        hard_negatives_per_kind=config.hard_negatives_per_kind,
         window=config.window,
         alpha=config.alpha,
         top_k=config.nested_top_k,

@@ -144,6 +144,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 0.2)",
     )
     parser.add_argument(
+        "--hard-negatives-per-kind",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the --hard-negative-fpr limit also holds for each kind with 5+ calibration negatives, not only "
+        "for all of them pooled (default: yes)",
+    )
+    parser.add_argument(
         "--family",
         action="store_true",
         help="also train a family: one probe per deception type (training/family.py), each Platt-calibrated, "
@@ -252,6 +259,7 @@ def config_from_args(args: argparse.Namespace):
         standardize=args.standardize,
         fpr=args.fpr,
         hard_negative_fpr=args.hard_negative_fpr,
+        hard_negatives_per_kind=args.hard_negatives_per_kind,
         uncertainty_band=args.uncertainty_band,
         band_control_fpr=args.band_control_fpr,
         family=args.family,
@@ -315,6 +323,7 @@ def summarize(report: dict) -> dict:
         | {
             "set_by": report["operating_point"]["set_by"],
             "control_threshold": report["operating_point"]["control_threshold"],
+            "hard_negative_kind": report["operating_point"].get("hard_negative_kind"),
         },
         "selected_by": report["selection"]["basis"],
         "compared": report.get("compared") or [],
@@ -326,6 +335,12 @@ def _probe_layers(report: dict) -> list[int]:
     """Every layer the bundle reads: the concatenated ones where a multi-layer probe shipped."""
     multi = report.get("multi_layer") or {}
     return list(multi["layers"]) if multi.get("shipped") else [report["selection"]["chosen"]["layer"]]
+
+
+def _kind_note(op: dict) -> str:
+    """' from <kind>' where one kind's own negatives set the threshold (calibration.negatives_threshold)."""
+    kind = op.get("hard_negative_kind")
+    return f" from {kind}" if kind and op.get("set_by") == "hard_negatives" else ""
 
 
 def print_summary(s: dict) -> None:
@@ -352,7 +367,7 @@ def print_summary(s: dict) -> None:
     )
     op = s["operating_point"]
     print(
-        f"shipped    threshold {s['threshold']:.3f} (set by {op['set_by']}): recall {f(op['recall'])}, "
+        f"shipped    threshold {s['threshold']:.3f} (set by {op['set_by']}{_kind_note(op)}): recall {f(op['recall'])}, "
         f"flags {f(op['fpr_negatives'])} of the test negatives and {f(op['fpr_control_heldout'])} of held-out control"
     )
     for c in s["compared"]:  # --compare-with: before -> after on this run's sets

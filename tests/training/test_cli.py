@@ -79,6 +79,9 @@ def test_train_writes_bundle_report_and_plots(trained, tiny_loaded):
     # the uncertainty band: where the negatives raised the threshold it reaches down to the control threshold
     op = m.extra["operating_point"]
     band = op["uncertainty_band"]
+    # the negatives limit holds per kind too; the manifest and the report name the kind that set it, if any
+    assert op["hard_negative_kind"] == report["operating_point"].get("hard_negative_kind")  # omitted when pooled
+    assert op["hard_negative_kind"] in (None, "ka", "kb", "kc")
     if op["set_by"] == "hard_negatives":
         assert m.threshold.uncertain_from == op["control_threshold"] < m.threshold.value
         assert (
@@ -467,6 +470,9 @@ def test_train_cli_defaults_for_the_operating_point_are_calibrations_aims():
     assert config.fpr == CONTROL_FPR == TrainConfig(behaviour="deception").fpr
     assert config.band_control_fpr == BAND_CONTROL_FPR == TrainConfig(behaviour="deception").band_control_fpr
     assert config.hard_negative_fpr == MAX_FLAGGED_NEGATIVES == TrainConfig(behaviour="deception").hard_negative_fpr
+    assert config.hard_negatives_per_kind is TrainConfig(behaviour="deception").hard_negatives_per_kind is True
+    pooled = parser.parse_args(["--behaviour", "deception", "--no-hard-negatives-per-kind"])
+    assert config_from_args(pooled).hard_negatives_per_kind is False
 
 
 def test_train_cli_offers_every_runtime_aggregation_and_behaviour():

@@ -104,6 +104,9 @@ def test_family_threshold_honours_the_hard_negative_rule():
     fit = fit_family(SPEC, data, control, pool, pool.fit_idx, pool.val_idx, np.arange(60), hard, BASE, 0.01, 0.2)
     assert (fit.scores[hard] >= fit.point.value).mean() <= 0.2 + 1e-9
     assert fit.point.value == max(fit.point.control_threshold, fit.point.hard_negative_threshold)
+    for kind in set(pool.kinds[hard].tolist()):  # and on each kind's own negatives (5 or more of them)
+        own = hard[pool.kinds[hard] == kind]
+        assert own.size < 5 or (fit.scores[own] >= fit.point.value).mean() <= 0.2 + 1e-9, kind
 
 
 def test_type_with_too_little_data_is_skipped_and_reported():

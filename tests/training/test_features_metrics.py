@@ -152,6 +152,35 @@ def test_operating_point_is_the_larger_of_the_control_and_hard_negative_threshol
     assert alone.hard_negative_threshold is None and alone.value == calibrated_threshold(control, 0.01)
 
 
+def test_the_negatives_limit_holds_for_each_kind_with_enough_examples_not_only_pooled():
+    """Stop 32's alignment-faking retrain: 60 short negatives and 6 long ones that all score high. The pooled
+    80th percentile sits among the short ones and flags every long negative; the per-kind limit does not."""
+    from probewatch.training.calibration import MIN_KIND_NEGATIVES, negatives_threshold, operating_point
+
+    short, long_ = np.linspace(-3, 0, 60), np.linspace(1, 2, 6)
+    scores = np.r_[short, long_]
+    kinds = ["af_training"] * 60 + ["af_long"] * 6
+    control = np.linspace(-5, -1, 200)
+    pooled = operating_point(control, 0.01, scores, 0.2)
+    assert pooled.hard_negative_kind is None and (long_ >= pooled.value).mean() == 1.0  # the failure
+    point = operating_point(control, 0.01, scores, 0.2, hard_negative_kinds=kinds)
+    assert point.set_by == "hard_negatives" and point.hard_negative_kind == "af_long"
+    assert (long_ >= point.value).mean() <= 0.2 and (short >= point.value).mean() <= 0.2
+    assert point.value == pytest.approx(np.nextafter(long_[-2], np.inf))  # floor(0.2 * 6) = 1 long one flagged
+
+    few = MIN_KIND_NEGATIVES - 1  # a kind under the minimum counts only in the pooled limit
+    t, by = negatives_threshold(np.r_[short, long_[:few]], 0.2, ["a"] * 60 + ["b"] * few)
+    assert by is None and t == negatives_threshold(np.r_[short, long_[:few]], 0.2)[0]
+    low, by = negatives_threshold(np.r_[short, long_ - 10], 0.2, kinds)  # the low kind dilutes the pooled limit
+    diluted = calibrated_threshold(np.r_[short, long_ - 10], 0.2)  # 13 of 66 pooled: 13 of the 60 short ones
+    assert by == "af_training" and (short >= low).mean() <= 0.2 < (short >= diluted).mean()
+    alike = np.r_[short, short[::10]]  # every kind scores alike: the pooled limit binds
+    t, by = negatives_threshold(alike, 0.2, kinds)
+    assert by is None and t == calibrated_threshold(alike, 0.2)
+    with pytest.raises(ValueError, match="6 kinds for 66"):
+        negatives_threshold(scores, 0.2, kinds[:6])
+
+
 def test_threshold_at_recall_keeps_exactly_that_share_of_the_positives():
     from probewatch.training.calibration import threshold_at_recall
 
