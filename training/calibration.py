@@ -86,6 +86,8 @@ MAX_FLAGGED_NEGATIVES = 0.2
 #: a kind's calibration negatives get their own `hard_negative_fpr` limit from this many on (fewer: one
 #: example would set the threshold alone); smaller kinds still count in the pooled limit
 MIN_KIND_NEGATIVES = 5
+#: a held-out source's negatives ask for a transfer rate (`transfer_rate`) from this many on
+MIN_SOURCE_NEGATIVES = 20
 #: the most production-like control traffic a recall band may record as `uncertain` (review load, not pages)
 BAND_CONTROL_FPR = 0.05
 
@@ -111,6 +113,10 @@ class OperatingPoint:
        all of them pooled: a kind with few examples (long transcripts) barely moves a pooled quantile,
        yet is the kind whose negatives all cross a length-inflated threshold. `hard_negative_kind`
        names the kind that set it (None: the pooled limit).
+    3. `transfer_threshold` flags at most `transfer_fpr` of the calibration negatives pooled, where the
+       nested held-out-source estimate found that the rule above, learnt without a source, flags more than
+       `hard_negative_fpr` of that source's negatives (`transfer_rate`): a threshold that holds on the pool
+       but not on data from another author is raised to what held-out sources asked for.
 
     Where the calibration positives are known, `recall_threshold` is the highest threshold that still
     keeps `min_recall` of them and `band_floor` the one that records `band_control_fpr` of the control set:
@@ -124,6 +130,8 @@ class OperatingPoint:
     hard_negative_fpr: float | None = None
     hard_negative_kind: str | None = None
     hard_negatives_per_kind: bool = False
+    transfer_threshold: float | None = None
+    transfer_fpr: float | None = None
     recall_threshold: float | None = None
     min_recall: float | None = None
     band_floor: float | None = None
@@ -140,6 +148,9 @@ class OperatingPoint:
 
     @property
     def set_by(self) -> str:
+        below = max(self.control_threshold, self.hard_negative_threshold or -np.inf)
+        if self.transfer_threshold is not None and self.transfer_threshold > below:
+            return "transfer"
         if self.hard_negative_threshold is not None and self.hard_negative_threshold > self.control_threshold:
             return "hard_negatives"
         return "control"
@@ -179,6 +190,25 @@ def negatives_threshold(
     return best, by
 
 
+def transfer_rate(
+    calibration_negatives: Sequence[float] | np.ndarray,
+    threshold: float,
+    held_out_negatives: Sequence[float] | np.ndarray,
+    target: float,
+) -> float:
+    """The share of `calibration_negatives` a threshold may flag so that it flags at most `target` of a
+    held-out source's negatives: `target` itself where `threshold` already holds there, else the rate whose
+    threshold (`calibrated_threshold`) sits at or above the lowest one that holds (0.0: even a threshold above
+    every calibration negative does not). A rate, not a score: fold and shipped probes have their own scales."""
+    held = np.asarray(held_out_negatives, dtype=np.float64)
+    needed = calibrated_threshold(held, target)  # the lowest threshold flagging <= target of them
+    if threshold >= needed:
+        return float(target)
+    cal = np.asarray(calibration_negatives, dtype=np.float64)
+    above = int((cal >= needed).sum())  # a rate allowing fewer than these keeps the threshold >= needed
+    return float(min(target, max(0, above - 1) / cal.size)) if cal.size else 0.0
+
+
 def operating_point(
     control_scores: Sequence[float],
     fpr: float,
@@ -188,15 +218,21 @@ def operating_point(
     min_recall: float = MIN_RECALL,
     band_control_fpr: float = BAND_CONTROL_FPR,
     hard_negative_kinds: Sequence[str] | np.ndarray | None = None,
+    transfer_fpr: float | None = None,
 ) -> OperatingPoint:
     """`OperatingPoint` from control scores and (optionally) the behaviour's calibration negatives and positives
-    (`hard_negative_kinds`: each negative's kind, for the per-kind limit)."""
+    (`hard_negative_kinds`: each negative's kind, for the per-kind limit; `transfer_fpr`: the nested
+    estimate's `transfer_rate`, for the transfer limit)."""
     t_control = calibrated_threshold(control_scores, fpr)
     point = OperatingPoint(t_control, t_control, fpr)
     if hard_negative_fpr is not None and hard_negative_scores is not None and len(hard_negative_scores) > 0:
         t_hard, kind = negatives_threshold(hard_negative_scores, hard_negative_fpr, hard_negative_kinds)
         point = OperatingPoint(max(t_control, t_hard), t_control, fpr, t_hard, hard_negative_fpr, kind)
         point.hard_negatives_per_kind = hard_negative_kinds is not None
+        if transfer_fpr is not None and transfer_fpr < hard_negative_fpr:
+            point.transfer_fpr = float(transfer_fpr)
+            point.transfer_threshold = calibrated_threshold(hard_negative_scores, transfer_fpr)
+            point.value = max(point.value, point.transfer_threshold)
     if positive_scores is not None and np.isfinite(np.asarray(positive_scores, dtype=np.float64)).any():
         point.recall_threshold = threshold_at_recall(positive_scores, min_recall)
         point.min_recall = min_recall

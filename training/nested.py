@@ -29,7 +29,13 @@ import numpy as np
 
 from probewatch.metrics import auroc
 from probewatch.probes.manifest import Aggregation
-from probewatch.training.calibration import CONTROL_FPR, MAX_FLAGGED_NEGATIVES, operating_point
+from probewatch.training.calibration import (
+    CONTROL_FPR,
+    MAX_FLAGGED_NEGATIVES,
+    MIN_SOURCE_NEGATIVES,
+    operating_point,
+    transfer_rate,
+)
 from probewatch.training.features import LayerData, score_all
 from probewatch.training.report_sources import (
     RULE,
@@ -38,6 +44,7 @@ from probewatch.training.report_sources import (
     NestedEstimate,
     OuterSource,
     SourceSelection,
+    TransferCheck,
 )
 from probewatch.training.sources import evaluable_sources
 from probewatch.training.sweep import PoolArrays, ProbeSpec, SweepRow, fit_probe, with_temperature
@@ -320,7 +327,63 @@ def nested_estimate(
     outer = {
         s: _outer(s, row, sel, pool, scorer, control_cal, control_held, settings) for s, (row, sel) in chosen.items()
     }
-    return summarise(outer, settings.top_k, selected_on, heldout_kind_selected_on)
+    rates = {s: o.at_threshold.transfer_rate for s, o in outer.items() if o.at_threshold is not None}
+    for s, (row, _) in chosen.items():  # the transfer limit learnt without s, measured on s
+        at = outer[s].at_threshold
+        others = [r for other, r in rates.items() if other != s and r is not None]
+        if at is not None:
+            at.transfer = _transfer_check(s, row, pool, scorer, control_cal, control_held, settings, others)
+    estimate = summarise(outer, settings.top_k, selected_on, heldout_kind_selected_on)
+    asked = [r for r in rates.values() if r is not None]
+    if settings.hard_negative_fpr is not None and asked and min(asked) < settings.hard_negative_fpr:
+        estimate.transfer_fpr = min(asked)
+    return estimate
+
+
+def _fold_point(source: str, pool: PoolArrays, s: np.ndarray, c: np.ndarray, control_cal: np.ndarray,
+                settings: NestedSettings, transfer_fpr: float | None = None) -> tuple[Any, np.ndarray]:  # fmt: skip
+    """(operating point, calibration negatives) of the fold without `source`, set as the shipped one is."""
+    hard = pool.val_idx[(pool.labels[pool.val_idx] == 0) & ~np.isin(pool.kinds[pool.val_idx], list(pool.train_only))]
+    hard = hard[~held_mask(pool, {("source", source)})[hard]]
+    point = operating_point(
+        c[control_cal],
+        settings.fpr,
+        s[hard] if settings.hard_negative_fpr is not None else None,
+        settings.hard_negative_fpr,
+        hard_negative_kinds=pool.kinds[hard] if settings.hard_negatives_per_kind else None,
+        transfer_fpr=transfer_fpr,
+    )
+    return point, hard
+
+
+def _transfer_check(
+    source: str,
+    row: SweepRow,
+    pool: PoolArrays,
+    scorer: FoldScorer,
+    control_cal: np.ndarray,
+    control_held: np.ndarray,
+    settings: NestedSettings,
+    other_rates: list[float],
+) -> TransferCheck | None:
+    """The fold without `source` thresholded with the transfer limit the other sources asked for."""
+    got = scorer.get(row, frozenset({("source", source)}))
+    if got is None:
+        return None
+    s, c = got
+    asked = min(other_rates) if other_rates else None
+    rate = asked if asked is not None and settings.hard_negative_fpr and asked < settings.hard_negative_fpr else None
+    point, _ = _fold_point(source, pool, s, c, control_cal, settings, rate)
+    test = test_indices(pool, ("source", source))
+    y = pool.labels[test]
+    t = point.value
+    return TransferCheck(
+        rate=rate,
+        threshold=float(t),
+        recall=float((s[test][y == 1] >= t).mean()) if (y == 1).any() else None,
+        fpr_negatives=float((s[test][y == 0] >= t).mean()) if (y == 0).any() else None,
+        fpr_control_heldout=float((c[control_held] >= t).mean()),
+    )
 
 
 def _outer(
@@ -344,22 +407,17 @@ def _outer(
         return OuterSource(selection, against, n_pos, n_neg, None, None, None)
     s, c = got
     value = unit_auroc(s, pool.labels, test, c[control_held])
-    hard = pool.val_idx[(pool.labels[pool.val_idx] == 0) & ~np.isin(pool.kinds[pool.val_idx], list(pool.train_only))]
-    hard = hard[~held_mask(pool, held)[hard]]
-    point = operating_point(
-        c[control_cal],
-        settings.fpr,
-        s[hard] if settings.hard_negative_fpr is not None else None,
-        settings.hard_negative_fpr,
-        hard_negative_kinds=pool.kinds[hard] if settings.hard_negatives_per_kind else None,
-    )
+    point, hard = _fold_point(source, pool, s, c, control_cal, settings)
     t = point.value
+    negatives = s[test][y == 0]
+    asks = settings.hard_negative_fpr is not None and n_neg >= MIN_SOURCE_NEGATIVES and hard.size > 0
     at = HeldOutThreshold(
         threshold=float(t),
         set_by=point.set_by,
         recall=float((s[test][y == 1] >= t).mean()) if n_pos else None,
-        fpr_negatives=float((s[test][y == 0] >= t).mean()) if n_neg else None,
+        fpr_negatives=float((negatives >= t).mean()) if n_neg else None,
         fpr_control_heldout=float((c[control_held] >= t).mean()),
+        transfer_rate=transfer_rate(s[hard], t, negatives, cast(float, settings.hard_negative_fpr)) if asks else None,
     )
     inner = selection.chosen.mean
     gap = inner - value if (inner is not None and value is not None) else None

@@ -118,7 +118,8 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     by_source = timed("sources_s", run_sources, config, acts, splits, sweep)  # may re-choose sweep.chosen
     cached = acts  # the per-layer cache: --compare-with bundles read their own layers from it
     acts, probe_layers = choose_layers(sweep, acts)  # concat of several layers only where it clearly wins
-    fitted = timed("final_s", fit_final, config, acts, splits, sweep, prepared.data)
+    transfer = by_source.nested.transfer_fpr if by_source.nested is not None else None
+    fitted = timed("final_s", fit_final, config, acts, splits, sweep, prepared.data, transfer)
     this_run = {TEST_SET: fitted.scores[splits.pool.test_idx], **fitted.ood_scores}
     this_pool = pool_signature(
         {k: asdict(v) for k, v in kinds_summary(prepared.data.pool).items()}, len(splits.pool.test_idx)

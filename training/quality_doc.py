@@ -381,10 +381,17 @@ def _negatives_rule(op: OperatingSummary) -> str:
         return ""
     share = f"{100 * op.hard_negative_fpr_target:g}%"
     if not op.hard_negatives_per_kind:
-        return f" flagging {share} of them pooled"
-    if op.hard_negative_kind:
-        return f" flagging {share} of kind `{op.hard_negative_kind}`"
-    return f" flagging {share} of them pooled and at most that of each kind"
+        text = f" flagging {share} of them pooled"
+    elif op.hard_negative_kind:
+        text = f" flagging {share} of kind `{op.hard_negative_kind}`"
+    else:
+        text = f" flagging {share} of them pooled and at most that of each kind"
+    if op.transfer_threshold is not None and op.transfer_fpr is not None:
+        text += (
+            f"; transfer limit {op.transfer_threshold:.3f} flagging {100 * op.transfer_fpr:.1f}% of them, the share"
+            " the held-out sources asked for"
+        )
+    return text
 
 
 HELPERS: dict[str, Any] = {

@@ -10,7 +10,7 @@ from typing import Any
 
 from probewatch.training.calibration import MAX_FLAGGED_NEGATIVES, MIN_RECALL
 from probewatch.training.report import TrainReport
-from probewatch.training.report_sources import OuterSource, SourcesReport
+from probewatch.training.report_sources import HeldOutThreshold, OuterSource, SourcesReport
 
 BASIS_TEXT = {
     "heldout_source": "held-out source (worst source first)",
@@ -88,10 +88,21 @@ def threshold_rows(s: SourcesReport) -> list[dict[str, Any]]:
                 "recall": _f(shipped.recall) if shipped else "—",
                 "flagged": _p(shipped.fpr_negatives) if shipped else "—",
                 "held_out": "—" if at is None else f"{_f(at.recall)} / {_p(at.fpr_negatives)}",
+                "transfer": _transfer_cell(at),
                 "aims_met": _aims(shipped.recall, shipped.fpr_negatives) if shipped else "—",
             }
         )
     return rows
+
+
+def _transfer_cell(at: HeldOutThreshold | None) -> str:
+    """The rate this source asked for, then the transfer limit learnt from the other sources measured on it."""
+    if at is None or at.transfer is None:
+        return "—"  # no nested fold, or a report written before the transfer limit
+    asked = "—" if at.transfer_rate is None else _p(at.transfer_rate)
+    check = at.transfer
+    learnt = "none" if check.rate is None else _p(check.rate)
+    return f"{asked}; {learnt}: {_f(check.recall)} / {_p(check.fpr_negatives)}"
 
 
 def _aims(recall: float | None, flagged: float | None) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 from probewatch.jsonio import write_json_atomic
 from probewatch.probes import Aggregation, Threshold
 from probewatch.training.datasets.common import Source
-from probewatch.training.report_sources import SourcesReport
+from probewatch.training.report_sources import SourcesReport, drop_unset_transfer
 
 REPORT_FILENAME = "report.json"
 
@@ -124,7 +124,9 @@ class ControlKindOperating:
     n: int
 
 
+_TRANSFER_KEYS = ("transfer_fpr", "transfer_threshold")
 _RECALL_BAND_KEYS = ("min_recall", "recall_threshold", "band_floor", "band_control_fpr", "band")
+_UNSET_OMITTED = (*_RECALL_BAND_KEYS, "hard_negative_kind", "hard_negatives_per_kind", *_TRANSFER_KEYS)
 
 
 @dataclass
@@ -146,6 +148,9 @@ class OperatingSummary:
     # written before the per-kind limit)
     hard_negative_kind: str | None = None
     hard_negatives_per_kind: bool | None = None  # None: a report written before the per-kind limit (pooled)
+    # the transfer limit (calibration.OperatingPoint): the rate held-out sources asked for and its threshold
+    transfer_fpr: float | None = None
+    transfer_threshold: float | None = None
     # the recall band's limits (calibration.OperatingPoint) and the band the bundle shipped with
     # (band.band_record: edge, why, shares per held-out set); None in reports written before the recall band
     min_recall: float | None = None
@@ -156,11 +161,7 @@ class OperatingSummary:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in (
-            *_RECALL_BAND_KEYS,
-            "hard_negative_kind",
-            "hard_negatives_per_kind",
-        ):  # unset: as written before these existed
+        for key in _UNSET_OMITTED:  # unset: as written before these existed
             if out[key] is None:
                 del out[key]
         return out
@@ -233,6 +234,8 @@ class TrainReport:
             del out["plots"]
         if self.sources is None:
             del out["sources"]
+        elif out["sources"]["nested"] is not None:
+            drop_unset_transfer(out["sources"]["nested"])
         if self.compared is None:
             del out["compared"]
         if out["threshold"].get("uncertain_from") is None:  # no band: the report as written before bands existed

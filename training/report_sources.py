@@ -63,6 +63,28 @@ class HeldOutThreshold:
     recall: float | None
     fpr_negatives: float | None
     fpr_control_heldout: float
+    # the calibration-negatives rate the threshold may flag so that it holds on this source
+    # (calibration.transfer_rate; None: too few negatives, or a report written before it)
+    transfer_rate: float | None = None
+    # the transfer limit learnt from the *other* sources' rates, applied here: does it transfer?
+    transfer: TransferCheck | None = None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> HeldOutThreshold:
+        check = d.get("transfer")
+        return cls(**{**d, "transfer": None if check is None else TransferCheck(**check)})
+
+
+@dataclass
+class TransferCheck:
+    """The transfer limit (`calibration.operating_point`'s `transfer_fpr`) learnt without one source (the
+    lowest rate the other sources asked for) and measured on it, as `HeldOutThreshold` measures the plain rule."""
+
+    rate: float | None  # None: no other source asked for one (the plain threshold above applies)
+    threshold: float
+    recall: float | None
+    fpr_negatives: float | None
+    fpr_control_heldout: float
 
 
 @dataclass
@@ -86,7 +108,7 @@ class OuterSource:
             n_neg=d["n_neg"],
             auroc=d["auroc"],
             gap=d["gap"],
-            at_threshold=None if d["at_threshold"] is None else HeldOutThreshold(**d["at_threshold"]),
+            at_threshold=None if d["at_threshold"] is None else HeldOutThreshold.from_json(d["at_threshold"]),
         )
 
 
@@ -108,10 +130,25 @@ class NestedEstimate:
     heldout_kind_selected_on: float | None  # the sweep's held-out-kind number of its own choice
     optimism_gap: float | None
     mean_inner_gap: float | None
+    # the lowest `transfer_rate` of the outer sources, below the hard-negative rate: the shipped threshold's
+    # transfer limit (None: every source held, or a report written before it)
+    transfer_fpr: float | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> NestedEstimate:
         return cls(**{**d, "outer": {k: OuterSource.from_json(v) for k, v in d["outer"].items()}})
+
+
+def drop_unset_transfer(nested: dict[str, Any]) -> None:
+    """Remove the transfer fields a run did not set from an `asdict`-written nested estimate, in place, so a
+    report written before they existed reads back byte for byte."""
+    if nested.get("transfer_fpr", 0) is None:
+        del nested["transfer_fpr"]
+    for outer in nested["outer"].values():
+        at = outer.get("at_threshold") or {}
+        for key in ("transfer_rate", "transfer"):
+            if key in at and at[key] is None:
+                del at[key]
 
 
 @dataclass

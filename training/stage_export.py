@@ -114,6 +114,8 @@ def export(
                 "hard_negative_fpr": point.hard_negative_fpr,
                 "hard_negative_kind": point.hard_negative_kind,
                 "hard_negatives_per_kind": point.hard_negatives_per_kind,
+                "transfer_fpr": point.transfer_fpr,
+                "transfer_threshold": point.transfer_threshold,
                 "set_by": point.set_by,
                 "uncertainty_band": band,
                 **point.recall_band_limits(),

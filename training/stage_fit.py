@@ -46,7 +46,12 @@ class FittedProbe:
 
 
 def fit_final(
-    config: TrainConfig, acts: Activations, splits: Splits, sweep: SweepOutcome, data: BehaviourData
+    config: TrainConfig,
+    acts: Activations,
+    splits: Splits,
+    sweep: SweepOutcome,
+    data: BehaviourData,
+    transfer_fpr: float | None = None,
 ) -> FittedProbe:
     chosen, pool = sweep.chosen, splits.pool
     labels, fit_idx, val_idx, test_idx = pool.labels, pool.fit_idx, pool.val_idx, pool.test_idx
@@ -83,6 +88,7 @@ def fit_final(
         positive_scores=scores[splits.calibration_positives],
         band_control_fpr=config.band_control_fpr,
         hard_negative_kinds=pool.kinds[hard] if config.hard_negatives_per_kind else None,
+        transfer_fpr=transfer_fpr if config.transfer_threshold else None,
     )
     threshold = point.value
     test = detection_metrics(scores[test_idx], labels[test_idx], control_scores[splits.control_cal], config.fpr)
@@ -190,6 +196,8 @@ def operating_summary(
         hard_negative_threshold=point.hard_negative_threshold,
         hard_negative_kind=point.hard_negative_kind,
         hard_negatives_per_kind=point.hard_negatives_per_kind if point.hard_negative_threshold is not None else None,
+        transfer_fpr=point.transfer_fpr,
+        transfer_threshold=point.transfer_threshold,
         n_hard_negatives_calibration=int(len(splits.hard_negatives)),
         shipped=at(point.value),
         control_only=at(point.control_threshold),

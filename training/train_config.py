@@ -48,6 +48,9 @@ class TrainConfig:
     fpr: float = CONTROL_FPR
     hard_negative_fpr: float | None = MAX_FLAGGED_NEGATIVES  # None: threshold from the control set alone
     hard_negatives_per_kind: bool = True  # the limit also holds per kind (calibration.negatives_threshold)
+    # raise the threshold to the calibration-negatives rate the nested estimate's held-out sources asked for
+    # (calibration.transfer_rate; needs two or more sources and nested_top_k > 0)
+    transfer_threshold: bool = True
     # where the negatives raise the threshold, scores from the control threshold up to it are `uncertain`; where
     # the threshold keeps under half the calibration positives, scores down to where half are kept, recording at
     # most `band_control_fpr` of the control set (calibration.uncertainty_band)

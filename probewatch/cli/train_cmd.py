@@ -144,6 +144,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "(default 0.2)",
     )
     parser.add_argument(
+        "--transfer-threshold",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with two or more data sources, raise the threshold to the share of calibration negatives that the "
+        "nested held-out-source estimate found keeps each held-out source's negatives at --hard-negative-fpr "
+        "(default: yes)",
+    )
+    parser.add_argument(
         "--hard-negatives-per-kind",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -260,6 +268,7 @@ def config_from_args(args: argparse.Namespace):
         fpr=args.fpr,
         hard_negative_fpr=args.hard_negative_fpr,
         hard_negatives_per_kind=args.hard_negatives_per_kind,
+        transfer_threshold=args.transfer_threshold,
         uncertainty_band=args.uncertainty_band,
         band_control_fpr=args.band_control_fpr,
         family=args.family,

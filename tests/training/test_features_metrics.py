@@ -236,3 +236,26 @@ def test_control_halves_hold_every_kind():
         n_cal = sum(kinds[i] == kind for i in cal)
         n_held = sum(kinds[i] == kind for i in held)
         assert n_cal >= 1 and n_held >= 1 and abs(n_cal - n_held) <= 1
+
+
+def test_transfer_rate_is_the_calibration_share_whose_threshold_holds_on_the_held_out_source():
+    from probewatch.training.calibration import operating_point, transfer_rate
+
+    cal = np.linspace(-3, 3, 101)  # 20% -> flags the top 20 (> 1.8)
+    held = np.linspace(0, 3.5, 50)  # a source whose negatives sit higher: 1.8 flags about half of them
+    plain = calibrated_threshold(cal, 0.2)
+    assert (held >= plain).mean() > 0.4
+    rate = transfer_rate(cal, plain, held, 0.2)
+    assert 0 < rate < 0.2
+    raised = calibrated_threshold(cal, rate)
+    assert (held >= raised).mean() <= 0.2  # holds on the held-out source ...
+    assert (held >= calibrated_threshold(cal, rate + 2 / cal.size)).mean() > 0.2  # ... and no looser rate does
+    assert transfer_rate(cal, plain, held - 5, 0.2) == 0.2  # a source the threshold already holds on
+    assert transfer_rate(cal, plain, held + 10, 0.2) == 0.0  # not even above every calibration negative
+
+    control = np.linspace(-5, -1, 200)
+    point = operating_point(control, 0.01, cal, 0.2, transfer_fpr=rate)
+    assert point.set_by == "transfer" and point.value == point.transfer_threshold == raised
+    assert point.transfer_fpr == rate and point.hard_negative_threshold == plain < point.value
+    same = operating_point(control, 0.01, cal, 0.2, transfer_fpr=0.2)  # no lower rate asked: no transfer limit
+    assert same.transfer_threshold is None and same.set_by == "hard_negatives"

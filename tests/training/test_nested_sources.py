@@ -259,3 +259,38 @@ def test_a_negative_nested_top_k_is_refused_with_the_flag_name():
 
     with pytest.raises(TrainingError, match="--nested-top-k must be >= 0"):
         check_config(TrainConfig(behaviour="deception", nested_top_k=-1), 4, "tiny")
+
+
+def test_a_source_the_threshold_does_not_hold_on_asks_for_a_lower_rate_and_the_others_learn_it(synthetic):
+    """Without d, the threshold sits among a, b, c's negatives (far below d's noise-level scores) and flags
+    most of d: d asks for a lower calibration-negatives rate, and a threshold learnt with that rate (checked
+    on every other source) is never lower and never flags more of that source's negatives."""
+    pool, layer_data, cal, held = synthetic
+    shifted = {}
+    for layer in (0, 1):  # d sits 4 units up layer 0's label direction, both labels: a score shift
+        data, control = layer_data(layer)
+        x, rows = data.last.copy(), data.rows.copy()
+        if layer == 0:
+            in_d = pool.sources == "d"
+            x[in_d, 0] += 4.0
+            rows[np.repeat(in_d, 2), 0] += 4.0
+        shifted[layer] = (LayerData(layer, rows, data.offsets, x), control)
+    rows = [_row(0, 0.99), _row(1, 0.80)]
+    settings = NestedSettings(top_k=2, hard_negative_fpr=0.2)
+    nested = nested_estimate(rows, pool, shifted.__getitem__, cal, held, settings, (0.99, "heldout_kind"), 0.99)
+    assert nested is not None
+    d = nested.outer["d"].at_threshold
+    assert d is not None and d.fpr_negatives is not None and d.fpr_negatives > 0.2  # the plain rule fails on d
+    assert d.transfer_rate is not None and d.transfer_rate < 0.2
+    rates = {s: o.at_threshold.transfer_rate for s, o in nested.outer.items() if o.at_threshold is not None}
+    assert all(r is not None and 0.0 <= r <= 0.2 for r in rates.values())
+    assert all(rates[s] == 0.2 for s, o in nested.outer.items() if (o.at_threshold.fpr_negatives or 0) <= 0.2)
+    assert nested.transfer_fpr == min(rates.values()) < 0.2
+    for s in ("a", "b", "c"):
+        at = nested.outer[s].at_threshold
+        check = at.transfer
+        assert check is not None and check.rate == min(r for o, r in rates.items() if o != s)
+        assert check.threshold >= at.threshold and check.fpr_negatives <= at.fpr_negatives
+    check = d.transfer  # learnt from a, b, c, which all held: no limit, the plain threshold
+    if all(rates[s] == 0.2 for s in ("a", "b", "c")):
+        assert check is not None and check.rate is None and check.threshold == d.threshold

@@ -42,6 +42,28 @@ def test_shipped_reports_round_trip_through_the_typed_report(path: Path):
     assert as_report(raw) == report and as_report(report) is report
 
 
+def test_the_per_kind_and_transfer_fields_round_trip_where_a_run_sets_them():
+    """Reports written before these fields omit them (the test above); a run that sets them keeps them."""
+    path = next(p for p in SHIPPED_REPORTS if "sources" in json.loads(p.read_text()))
+    raw = json.loads(path.read_text())
+    op = raw["operating_point"]
+    op |= {"hard_negative_kind": "af_long", "hard_negatives_per_kind": True}
+    op |= {"transfer_fpr": 0.05, "transfer_threshold": op["threshold"] + 1.0}
+    nested = raw["sources"]["nested"]
+    nested["transfer_fpr"] = 0.05
+    for outer in nested["outer"].values():
+        if outer["at_threshold"] is not None:
+            outer["at_threshold"] |= {"transfer_rate": 0.05, "transfer": None}
+            outer["at_threshold"]["transfer"] = {
+                "rate": 0.05, "threshold": 1.0, "recall": 0.5, "fpr_negatives": 0.1, "fpr_control_heldout": 0.0
+            }  # fmt: skip
+    report = TrainReport.from_json(raw)
+    assert report.operating_point.transfer_fpr == 0.05 and report.operating_point.hard_negative_kind == "af_long"
+    assert report.sources is not None and report.sources.nested is not None
+    assert report.sources.nested.transfer_fpr == 0.05
+    assert report.to_json() == raw
+
+
 def test_shipped_reports_exist():
     assert len(SHIPPED_REPORTS) >= 6
 
