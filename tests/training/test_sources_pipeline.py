@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from probewatch.bundle_index import shipped_root
-from probewatch.data.dialogue import write_dialogues
+from probewatch.data.dialogue import Dialogue, Message, write_dialogues
 from probewatch.jsonio import dumps
 from probewatch.training.pipeline import TrainConfig, train
 from probewatch.training.quality_doc import RunInfo, render_markdown
@@ -19,12 +19,25 @@ from tests.training.helpers import control_dialogues, synthetic_dialogues
 RUN = RunInfo("tiny-model", "pwfp1:" + "0" * 32, 4, 64, 90.0, "2026-12-01 00:00 UTC", 2, "x86_64")
 
 
+def _negatives_lean_positive(dialogues: list[Dialogue]) -> list[Dialogue]:
+    """The public source's honest answers also use some of the label-1 words: its negatives score higher than
+    the written source's, so a threshold learnt without it flags more of them (a transfer limit is asked)."""
+    out = []
+    for i, d in enumerate(dialogues):
+        if d.label == 0:
+            user, answer = d.messages
+            words = " ".join(f"t{100 + (i * 7 + j) % 50}" for j in range(4))
+            d = Dialogue([user, Message("assistant", f"{words} {answer.content}")], 0, d.group, d.kind)
+        out.append(d)
+    return out
+
+
 @pytest.fixture(scope="module")
 def two_source_report(tiny_loaded, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sources")
     a, b, control = tmp / "written.jsonl", tmp / "public.jsonl", tmp / "control.jsonl"
-    write_dialogues(a, synthetic_dialogues(n_groups=16, kinds=("ka", "kb"), seed=0))
-    write_dialogues(b, synthetic_dialogues(n_groups=16, kinds=("kc", "kd"), seed=1))
+    write_dialogues(a, synthetic_dialogues(n_groups=20, kinds=("ka", "kb"), seed=0))
+    write_dialogues(b, _negatives_lean_positive(synthetic_dialogues(n_groups=20, kinds=("kc", "kd"), seed=1)))
     write_dialogues(control, control_dialogues())
     result = train(
         TrainConfig(
@@ -50,7 +63,7 @@ def test_train_chooses_by_held_out_source_and_reports_the_nested_estimate(two_so
     s = report.sources
     assert s is not None and list(s.counts) == ["written.jsonl", "public.jsonl"]
     assert s.mapping == {"ka": "written.jsonl", "kb": "written.jsonl", "kc": "public.jsonl", "kd": "public.jsonl"}
-    assert s.counts["written.jsonl"].kinds == ["ka", "kb"] and s.counts["written.jsonl"].n == 32
+    assert s.counts["written.jsonl"].kinds == ["ka", "kb"] and s.counts["written.jsonl"].n == 40
     # the shipped configuration is the held-out-source choice, and the report says so
     assert s.selection is not None and s.selection.basis == "heldout_source"
     assert s.selection.folds == ["public.jsonl", "written.jsonl"] and s.selection.n_configurations == 3
@@ -62,11 +75,28 @@ def test_train_chooses_by_held_out_source_and_reports_the_nested_estimate(two_so
     for outer in nested.outer.values():
         # one source left: the inner folds are its kinds
         assert outer.selection.basis == "heldout_kind" and len(outer.selection.folds) == 2
-        assert outer.n_pos == 16 and outer.n_neg == 16 and outer.against == "own_negatives"
+        assert outer.n_pos == 20 and outer.n_neg == 20 and outer.against == "own_negatives"
         assert outer.auroc is not None and outer.gap == pytest.approx(outer.selection.chosen.mean - outer.auroc)
         assert outer.at_threshold is not None and 0.0 <= outer.at_threshold.fpr_control_heldout <= 1.0
     assert nested.selected_on_basis == "heldout_source" and nested.selected_on == s.selection.chosen.mean
     assert nested.optimism_gap == pytest.approx(nested.selected_on - nested.mean)
+    # 20 negatives per source: each asks for a transfer rate and is checked with the other's
+    rates = {name: o.at_threshold.transfer_rate for name, o in nested.outer.items() if o.at_threshold}
+    assert len(rates) == 2 and all(r is not None and 0.0 <= r <= 0.2 for r in rates.values())
+    for name, outer in nested.outer.items():
+        (other,) = set(rates) - {name}
+        check = outer.at_threshold.transfer
+        assert check is not None and check.rate == (rates[other] if rates[other] < 0.2 else None)
+    asked = min(rates.values())
+    assert rates["public.jsonl"] < 0.2  # its negatives lean positive: the written source's threshold fails there
+    op = report.operating_point
+    assert nested.transfer_fpr == (asked if asked < 0.2 else None) and op.transfer_fpr == nested.transfer_fpr
+    assert op.transfer_fpr is not None and op.transfer_threshold is not None  # the limit is shipped ...
+    assert op.threshold >= op.transfer_threshold
+    manifest = json.loads((two_source_report.bundle_path / "manifest.json").read_text())
+    shipped = manifest["extra"]["operating_point"]  # ... and the bundle says where its threshold came from
+    assert shipped["transfer_fpr"] == op.transfer_fpr and shipped["transfer_threshold"] == op.transfer_threshold
+    assert manifest["threshold"]["value"] == pytest.approx(op.threshold)
     # the shipped threshold per source, on the test split
     test_sizes = {name: at.n_pos + at.n_neg for name, at in s.at_threshold.items()}
     assert sum(test_sizes.values()) == report.splits["test"]
