@@ -389,13 +389,28 @@ def _save_timing(
         saved = {}
     sae_total = _merge_sae_seconds(saved, sae_s, documented_sae)  # a run with --no-sae keeps the SAE part's time
     merged_probes = {**saved.get("probes_s", {}), **probes_s}
-    other = {**saved.get("other_s", {}), ",".join(results): other_s}
+    other = merge_part(saved.get("other_s", {}), "", list(results), other_s)
     total_s = _timing_total(merged_probes, other)
     run.total_s = total_s + sae_total
     timing = {"total_s": total_s, "sae_s": sae_total, "probes_s": merged_probes, "other_s": other}
     if "sae_probes_s" in saved:
         timing["sae_probes_s"] = saved["sae_probes_s"]
     path.write_text(json.dumps({**timing, "run": run.__dict__}))
+
+
+def merge_part(other_s: Mapping[str, float], prefix: str, probes: list[str], seconds: float) -> dict[str, float]:
+    """`other_s` with this part's seconds under `prefix` + its sorted probe ids, replacing every earlier part of
+    the same kind whose probes this one covers: rerunning a part (in any order of `--probes`) must not count
+    its time twice in the doc's run time."""
+    covered = set(probes)
+    kept = {
+        key: s
+        for key, s in other_s.items()
+        if not (
+            key.startswith(prefix) and set(key[len(prefix) :].split(",")) <= covered and ":" not in key[len(prefix) :]
+        )
+    }
+    return {**kept, prefix + ",".join(sorted(probes)): seconds}
 
 
 def _timing_total(probes_s: Mapping[str, float], other_s: Mapping[str, float]) -> float:
@@ -441,7 +456,7 @@ def _evasion_only(args: argparse.Namespace, loaded: Any, plots_root: Path) -> No
     plot_evasion(evasion, plots_root / "evasion.json")
     path = args.runs_dir / "timing.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
-    other = {**saved.get("other_s", {}), "evasion:" + ",".join(args.probes): time.perf_counter() - t}
+    other = merge_part(saved.get("other_s", {}), "evasion:", list(args.probes), time.perf_counter() - t)
     saved.update(other_s=other, total_s=_timing_total(saved.get("probes_s", {}), other))
     path.write_text(json.dumps(saved))
 

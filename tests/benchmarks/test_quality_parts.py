@@ -53,6 +53,15 @@ def test_timing_adds_up_the_parts(tmp_path):
     assert json.loads((tmp_path / "timing.json").read_text())["total_s"] == 90.0 + 10.0 + 20.0 + 5.0 + 15.0
 
 
+def test_a_rerun_part_replaces_the_parts_it_covers_in_any_order():
+    other = {"b,a": 10.0, "c": 5.0, "evasion:b,a": 7.0, "evasion:c": 3.0}
+    evasion = quality.merge_part(other, "evasion:", ["a", "b", "c"], 4.0)
+    assert evasion == {"b,a": 10.0, "c": 5.0, "evasion:a,b,c": 4.0}  # both earlier evasion parts covered
+    training = quality.merge_part(other, "", ["a", "b"], 2.0)
+    assert training == {"c": 5.0, "evasion:b,a": 7.0, "evasion:c": 3.0, "a,b": 2.0}  # evasion keys kept
+    assert quality.merge_part({"a,b": 1.0}, "", ["a"], 2.0) == {"a,b": 1.0, "a": 2.0}  # part of a part: kept
+
+
 def test_sae_seconds_add_up_per_probe_over_parts(tmp_path):
     """An SAE-only part refits some SAE probes: their seconds replace their own entries, the others' stay
     (it used to overwrite the whole SAE time with its own)."""
