@@ -183,9 +183,12 @@ def fit_family(
     balance_kinds: bool = True,
     table: Mapping[str, str] = DECEPTION_TYPES,
     hard_negatives_per_kind: bool = True,
+    transfer_fpr: float | None = None,
 ) -> FamilyFit:
     """One member per type of the pool (fitted on `fit_idx`, calibrated on `cal_idx`), their maximum, and the
-    family's operating point on the maximum. Raises ValueError when no type can have a member."""
+    family's operating point on the maximum. `transfer_fpr`: the share of the calibration negatives the single
+    probe's nested held-out-source estimate allowed (a rate, so it carries over to the family's own score
+    scale). Raises ValueError when no type can have a member."""
     members: list[Member] = []
     skipped: dict[str, str] = {}
     for t, kinds in types_in(pool, table).items():
@@ -201,5 +204,12 @@ def fit_family(
     control_scores, _ = max_over([m.control_scores for m in members])
     hard = scores[hard_negatives] if hard_negative_fpr is not None and hard_negatives is not None else None
     per_kind = pool.kinds[hard_negatives] if hard is not None and hard_negatives_per_kind else None
-    point = operating_point(control_scores[control_cal], fpr, hard, hard_negative_fpr, hard_negative_kinds=per_kind)
+    point = operating_point(
+        control_scores[control_cal],
+        fpr,
+        hard,
+        hard_negative_fpr,
+        hard_negative_kinds=per_kind,
+        transfer_fpr=transfer_fpr,
+    )
     return FamilyFit(members, scores, control_scores, winners, point, skipped)

@@ -128,6 +128,11 @@ def family_report(
             "hard_negative_threshold": fit.point.hard_negative_threshold,
             "fpr": fit.point.fpr,
             "hard_negative_fpr": fit.point.hard_negative_fpr,
+            **_set_only(
+                hard_negative_kind=fit.point.hard_negative_kind,
+                transfer_fpr=fit.point.transfer_fpr,
+                transfer_threshold=fit.point.transfer_threshold,
+            ),
         },
         "per_type": per_type(fit, pool, single_scores),
         "test": whole,
@@ -163,3 +168,8 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     )
     lines.append(f"| **held-out kind (mean)** | | | | {_f(held['family_mean'])} | {_f(held['single_mean'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _set_only(**fields: Any) -> dict[str, Any]:
+    """The fields a rule set (not None): a family fitted without the rule keeps the report it had."""
+    return {k: v for k, v in fields.items() if v is not None}

@@ -60,6 +60,7 @@ def train_family(
         fitted.spec, data, control, pool, pool.fit_idx, pool.val_idx, splits.control_cal, splits.hard_negatives,
         base, config.fpr, config.hard_negative_fpr, config.seed, config.balance_kinds,
         hard_negatives_per_kind=config.hard_negatives_per_kind,
+        transfer_fpr=fitted.point.transfer_fpr if config.transfer_threshold else None,
     )  # fmt: skip
     family_id = f"{probe_id}-family"
     folder = out.parent / family_id

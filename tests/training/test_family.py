@@ -109,6 +109,26 @@ def test_family_threshold_honours_the_hard_negative_rule():
         assert own.size < 5 or (fit.scores[own] >= fit.point.value).mean() <= 0.2 + 1e-9, kind
 
 
+def test_family_threshold_takes_the_transfer_limit_as_a_rate_of_its_own_negatives():
+    data, pool, control = _pool(seed=1)
+    hard = pool.val_idx[pool.labels[pool.val_idx] == 0]
+    plain = fit_family(SPEC, data, control, pool, pool.fit_idx, pool.val_idx, np.arange(60), hard, BASE, 0.01, 0.2)
+    limited = fit_family(
+        SPEC, data, control, pool, pool.fit_idx, pool.val_idx, np.arange(60), hard, BASE, 0.01, 0.2, transfer_fpr=0.05
+    )
+    np.testing.assert_array_equal(limited.scores, plain.scores)  # same members: only the threshold moves
+    # the rate the single probe's held-out sources asked for, measured on the family's own (max) score
+    assert (limited.scores[hard] >= limited.point.transfer_threshold).mean() <= 0.05 + 1e-9
+    assert limited.point.value == max(plain.point.value, limited.point.transfer_threshold)
+    assert limited.point.value > plain.point.value and limited.point.set_by == "transfer"
+    report = family_report(limited, pool, np.arange(60), None, None, {}, {}, "dec-family",
+                           {m.type: f"dec-{m.type}" for m in limited.members})  # fmt: skip
+    assert report["threshold"]["transfer_fpr"] == 0.05 and report["threshold"]["set_by"] == "transfer"
+    plain_report = family_report(plain, pool, np.arange(60), None, None, {}, {}, "dec-family",
+                                 {m.type: f"dec-{m.type}" for m in plain.members})  # fmt: skip
+    assert "transfer_fpr" not in plain_report["threshold"]  # a family without the limit keeps its old report
+
+
 def test_type_with_too_little_data_is_skipped_and_reported():
     data, pool, control = _pool(seed=2)
     keep = ~((pool.kinds == "lie_by_omission") & (pool.labels == 1))

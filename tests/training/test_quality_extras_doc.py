@@ -75,6 +75,13 @@ def test_family_and_evasion_sections_render_exact_cells():
     assert "| `refusal` | unmodified | 40 / 40 | 1.000 | 1.00 | 0% | — |" in text
     assert "Items: `refusal`: x. For the monitoring-cue probes" in text
     assert [r["type"] for r in family_rows(FAMILY)][-2:] == ["**whole test split**", "**held-out kind (mean)**"]
+    assert "(threshold 0.42, set by hard negatives)." in text  # no transfer limit: no word of it
+
+
+def test_family_threshold_set_by_the_transfer_limit_says_the_share():
+    limited = {**FAMILY, "threshold": {"value": 1.3, "set_by": "transfer", "transfer_fpr": 0.025}}
+    text = render_markdown({"deception": _deception()}, {}, RUN, families={"deception": limited})
+    assert "(threshold 1.30, set by transfer; the single probe's transfer limit allows 2.5% of the calibration" in text
 
 
 def test_evasion_items_name_each_source_once():

@@ -51,6 +51,7 @@ def two_source_report(tiny_loaded, tmp_path_factory):
             plots=False,
             multi_layer=0,
             nested_top_k=3,
+            family=True,
             command="probewatch train --behaviour deception --data written.jsonl --data public.jsonl",
         ),
         loaded=tiny_loaded,
@@ -97,6 +98,9 @@ def test_train_chooses_by_held_out_source_and_reports_the_nested_estimate(two_so
     shipped = manifest["extra"]["operating_point"]  # ... and the bundle says where its threshold came from
     assert shipped["transfer_fpr"] == op.transfer_fpr and shipped["transfer_threshold"] == op.transfer_threshold
     assert manifest["threshold"]["value"] == pytest.approx(op.threshold)
+    family = json.loads((two_source_report.bundle_path / "family_report.json").read_text())["threshold"]
+    assert family["transfer_fpr"] == op.transfer_fpr  # the family takes the same share of its own negatives
+    assert family["value"] >= family["transfer_threshold"]
     # the shipped threshold per source, on the test split
     test_sizes = {name: at.n_pos + at.n_neg for name, at in s.at_threshold.items()}
     assert sum(test_sizes.values()) == report.splits["test"]
