@@ -45,7 +45,9 @@ def test_shipped_manifests_record_calibration_metrics_and_provenance():
         assert m.threshold.method == "fpr+hard_negatives" and m.threshold.fpr == 0.01
         assert m.threshold.n_calibration >= 300 and m.threshold.calibration_set.startswith("control/production-like")
         op = m.extra["operating_point"]
-        assert m.threshold.value == pytest.approx(max(op["control_threshold"], op["hard_negative_threshold"]))
+        limits = [op["control_threshold"], op["hard_negative_threshold"], op.get("transfer_threshold")]
+        assert m.threshold.value == pytest.approx(max(x for x in limits if x is not None))
+        assert op.get("set_by") in (None, "control", "hard_negatives", "transfer")
         assert {"shipped", "control_only"} <= set(m.metrics["operating_point"])
         assert m.metrics["auroc"] is not None and "recall_at_fpr_control" in m.metrics
         assert m.training["data"] and all(s["sha256"] for s in m.training["data"])
