@@ -402,14 +402,12 @@ def merge_part(other_s: Mapping[str, float], prefix: str, probes: list[str], sec
     """`other_s` with this part's seconds under `prefix` + its sorted probe ids, replacing every earlier part of
     the same kind whose probes this one covers: rerunning a part (in any order of `--probes`) must not count
     its time twice in the doc's run time."""
-    covered = set(probes)
-    kept = {
-        key: s
-        for key, s in other_s.items()
-        if not (
-            key.startswith(prefix) and set(key[len(prefix) :].split(",")) <= covered and ":" not in key[len(prefix) :]
-        )
-    }
+
+    def covered(key: str) -> bool:
+        kind, _, ids = key.rpartition(":")  # "evasion:a,b" -> ("evasion", "a,b"); "a,b" -> ("", "a,b")
+        return (kind + ":" if kind else "") == prefix and set(ids.split(",")) <= set(probes)
+
+    kept = {key: s for key, s in other_s.items() if not covered(key)}
     return {**kept, prefix + ",".join(sorted(probes)): seconds}
 
 

@@ -371,18 +371,22 @@ def _transfer_check(
     if got is None:
         return None
     s, c = got
-    asked = min(other_rates) if other_rates else None
-    rate = asked if asked is not None and settings.hard_negative_fpr and asked < settings.hard_negative_fpr else None
-    point, _ = _fold_point(source, pool, s, c, control_cal, settings, rate)
+    point, _ = _fold_point(source, pool, s, c, control_cal, settings, min(other_rates, default=None))
     test = test_indices(pool, ("source", source))
-    y = pool.labels[test]
-    t = point.value
-    return TransferCheck(
-        rate=rate,
-        threshold=float(t),
-        recall=float((s[test][y == 1] >= t).mean()) if (y == 1).any() else None,
-        fpr_negatives=float((s[test][y == 0] >= t).mean()) if (y == 0).any() else None,
-        fpr_control_heldout=float((c[control_held] >= t).mean()),
+    recall, fpr_negatives, fpr_control = _flagged_at(point.value, s, c, test, pool.labels[test], control_held)
+    # the rate the limit applied: operating_point takes it only below hard_negative_fpr, with negatives to hold
+    return TransferCheck(point.transfer_fpr, float(point.value), recall, fpr_negatives, fpr_control)
+
+
+def _flagged_at(
+    t: float, s: np.ndarray, c: np.ndarray, test: np.ndarray, y: np.ndarray, control_held: np.ndarray
+) -> tuple[float | None, float | None, float]:
+    """(recall, flagged negatives) on a held-out source's test items (`test`, labels `y`) and flagged held-out
+    control at threshold `t`, from a fold's pool scores `s` and control scores `c`."""
+    return (
+        float((s[test][y == 1] >= t).mean()) if (y == 1).any() else None,
+        float((s[test][y == 0] >= t).mean()) if (y == 0).any() else None,
+        float((c[control_held] >= t).mean()),
     )
 
 
@@ -411,12 +415,13 @@ def _outer(
     t = point.value
     negatives = s[test][y == 0]
     asks = settings.hard_negative_fpr is not None and n_neg >= MIN_SOURCE_NEGATIVES and hard.size > 0
+    recall, fpr_negatives, fpr_control = _flagged_at(t, s, c, test, y, control_held)
     at = HeldOutThreshold(
         threshold=float(t),
         set_by=point.set_by,
-        recall=float((s[test][y == 1] >= t).mean()) if n_pos else None,
-        fpr_negatives=float((negatives >= t).mean()) if n_neg else None,
-        fpr_control_heldout=float((c[control_held] >= t).mean()),
+        recall=recall,
+        fpr_negatives=fpr_negatives,
+        fpr_control_heldout=fpr_control,
         transfer_rate=transfer_rate(s[hard], t, negatives, cast(float, settings.hard_negative_fpr)) if asks else None,
     )
     inner = selection.chosen.mean
