@@ -20,6 +20,7 @@ from probewatch.metrics import auroc
 from probewatch.probes.manifest import Aggregation
 from probewatch.training.family import DECEPTION_TYPES, FamilyFit, fit_family
 from probewatch.training.features import LayerData
+from probewatch.training.report_sources import omit_unset
 from probewatch.training.sweep import PoolArrays, ProbeSpec
 
 FAMILY_REPORT = "family_report.json"
@@ -117,23 +118,23 @@ def family_report(
     if single_scores is not None:
         at = _at(single_scores[test], y, single_threshold) if single_threshold is not None else {}
         whole["single"] = {"auroc": _auroc(single_scores[test], y), **at}
+    threshold = {
+        "value": fit.point.value,
+        "set_by": fit.point.set_by,
+        "control_threshold": fit.point.control_threshold,
+        "hard_negative_threshold": fit.point.hard_negative_threshold,
+        "fpr": fit.point.fpr,
+        "hard_negative_fpr": fit.point.hard_negative_fpr,
+        "hard_negative_kind": fit.point.hard_negative_kind,
+        "transfer_fpr": fit.point.transfer_fpr,
+        "transfer_threshold": fit.point.transfer_threshold,
+    }
+    omit_unset(threshold, ("hard_negative_kind", "transfer_fpr", "transfer_threshold"))  # rules a fit did not use
     return {
         "family_id": family_id,
         "members": {m.type: member_ids[m.type] for m in fit.members},
         "skipped_types": fit.skipped,
-        "threshold": {
-            "value": fit.point.value,
-            "set_by": fit.point.set_by,
-            "control_threshold": fit.point.control_threshold,
-            "hard_negative_threshold": fit.point.hard_negative_threshold,
-            "fpr": fit.point.fpr,
-            "hard_negative_fpr": fit.point.hard_negative_fpr,
-            **_set_only(
-                hard_negative_kind=fit.point.hard_negative_kind,
-                transfer_fpr=fit.point.transfer_fpr,
-                transfer_threshold=fit.point.transfer_threshold,
-            ),
-        },
+        "threshold": threshold,
         "per_type": per_type(fit, pool, single_scores),
         "test": whole,
         "heldout_kind": {
@@ -168,8 +169,3 @@ def markdown_table(report: Mapping[str, Any]) -> str:
     )
     lines.append(f"| **held-out kind (mean)** | | | | {_f(held['family_mean'])} | {_f(held['single_mean'])} |")
     return "\n".join(lines) + "\n"
-
-
-def _set_only(**fields: Any) -> dict[str, Any]:
-    """The fields a rule set (not None): a family fitted without the rule keeps the report it had."""
-    return {k: v for k, v in fields.items() if v is not None}

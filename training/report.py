@@ -21,7 +21,7 @@ from typing import Any
 from probewatch.jsonio import write_json_atomic
 from probewatch.probes import Aggregation, Threshold
 from probewatch.training.datasets.common import Source
-from probewatch.training.report_sources import SourcesReport, drop_unset_transfer
+from probewatch.training.report_sources import SourcesReport, drop_unset_transfer, omit_unset
 
 REPORT_FILENAME = "report.json"
 
@@ -161,9 +161,7 @@ class OperatingSummary:
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
-        for key in _UNSET_OMITTED:  # unset: as written before these existed
-            if out[key] is None:
-                del out[key]
+        omit_unset(out, _UNSET_OMITTED)  # unset: as written before these existed
         return out
 
     @classmethod

@@ -5,6 +5,7 @@ reads what `asdict` writes (`TrainReport` omits the whole part when a run has no
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,16 +140,19 @@ class NestedEstimate:
         return cls(**{**d, "outer": {k: OuterSource.from_json(v) for k, v in d["outer"].items()}})
 
 
+def omit_unset(d: dict[str, Any], keys: Iterable[str]) -> None:
+    """Remove, in place, those of `keys` that `d` holds as None: a field added to a report later is left out
+    where a run did not set it, so a report written before it existed reads back byte for byte."""
+    for key in keys:
+        if key in d and d[key] is None:
+            del d[key]
+
+
 def drop_unset_transfer(nested: dict[str, Any]) -> None:
-    """Remove the transfer fields a run did not set from an `asdict`-written nested estimate, in place, so a
-    report written before they existed reads back byte for byte."""
-    if nested.get("transfer_fpr", 0) is None:
-        del nested["transfer_fpr"]
+    """`omit_unset` for the transfer fields of an `asdict`-written nested estimate and its outer sources."""
+    omit_unset(nested, ("transfer_fpr",))
     for outer in nested["outer"].values():
-        at = outer.get("at_threshold") or {}
-        for key in ("transfer_rate", "transfer"):
-            if key in at and at[key] is None:
-                del at[key]
+        omit_unset(outer.get("at_threshold") or {}, ("transfer_rate", "transfer"))
 
 
 @dataclass
