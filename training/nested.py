@@ -69,6 +69,7 @@ class NestedSettings:
     window: int = 8
     alpha: float = 0.2
     top_k: int = 8
+    progress: bool = False  # a bar over the fold fits: on a real pool this stage runs for minutes to an hour
 
 
 @dataclass
@@ -168,11 +169,19 @@ class FoldScorer:
                 plan.setdefault(row.layer, {}).setdefault(_fit_key(row), {}).setdefault(held, set()).add(
                     row.aggregation
                 )
+        from tqdm.auto import tqdm
+
+        total = sum(len(helds) for keys in plan.values() for helds in keys.values())
+        bar = tqdm(
+            total=total, desc="held-out-source fits", unit="fit", disable=not self.settings.progress or not total
+        )
         for layer in sorted(plan):
             data, control = self.layer_data(layer)
             for key, helds in plan[layer].items():
                 for held, aggs in helds.items():
                     self._fit(key, held, sorted(aggs), data, control)
+                    bar.update(1)
+        bar.close()
 
     def _fit(self, key: tuple, held: Held, aggs: list[str], data: LayerData, control: LayerData) -> None:
         token_selection, layer, method, per_token, C = key

@@ -294,3 +294,16 @@ def test_a_source_the_threshold_does_not_hold_on_asks_for_a_lower_rate_and_the_o
     check = d.transfer  # learnt from a, b, c, which all held: no limit, the plain threshold
     if all(rates[s] == 0.2 for s in ("a", "b", "c")):
         assert check is not None and check.rate is None and check.threshold == d.threshold
+
+
+def test_fold_fits_show_progress_with_one_step_per_fit(synthetic, capsys):
+    # the stage runs for minutes to an hour on a real pool: `probewatch train` shows a bar over its fits
+    pool, layer_data, cal, _ = synthetic
+    scorer = FoldScorer(pool, layer_data, NestedSettings(top_k=3, progress=True))
+    rows = [_row(0, 0.99), _row(0, 0.99, "max"), _row(1, 0.80)]
+    select_by_source(rows, pool, layer_data, cal, NestedSettings(top_k=3), scorer)
+    err = capsys.readouterr().err
+    assert "held-out-source fits" in err and f"{scorer.n_fits}/{scorer.n_fits}" in err and scorer.n_fits == 8
+    quiet = FoldScorer(pool, layer_data, NestedSettings(top_k=3))
+    select_by_source(rows, pool, layer_data, cal, NestedSettings(top_k=3), quiet)
+    assert "held-out-source fits" not in capsys.readouterr().err
