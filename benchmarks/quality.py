@@ -265,9 +265,9 @@ def _train_one(name: str, args: argparse.Namespace, loaded: Any, plots_root: Pat
         data_dir=args.data_dir,
         out=args.runs_dir / name,
         force=True,
-        layers=[int(x) for x in args.layers.split(",")] if args.layers else None,
+        layers=_layers(args.layers),
         progress=not args.quiet,
-        command=_train_command(job),
+        command=_train_command(job, _layers(args.layers)),
         **job,
     )
     if args.ship:
@@ -598,12 +598,22 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-def _train_command(job: dict) -> str:
+def _layers(flag: str | None) -> list[int] | None:
+    return [int(x) for x in flag.split(",")] if flag else None
+
+
+def _train_command(job: dict, layers: list[int] | None = None) -> str:
+    """The `probewatch train` line that reproduces the job: docs/quality.md prints it as the bundle's recipe,
+    so a `--layers` override (a narrowed sweep) must appear in it."""
     parts = ["probewatch train", f"--behaviour {job['behaviour']}"]
     if "methods" in job:
         parts.append(f"--method {','.join(job['methods'])}")
     if "probe_id" in job:
         parts.append(f"--id {job['probe_id']}")
+    if job.get("family"):
+        parts.append("--family")
+    if layers:
+        parts.append(f"--layers {','.join(map(str, layers))}")
     return " ".join(parts)
 
 

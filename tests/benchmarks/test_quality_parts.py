@@ -154,3 +154,30 @@ def test_parts_a_render_has_no_input_for_are_named_in_the_doc_not_dropped():
     text = render_markdown({}, {}, RUN, missing=missing)
     assert "**Not in this render:** the `deception` family (`deception/family_report.json`); the SAE" in text
     assert "Not in this render" not in render_markdown({}, {}, RUN)
+
+
+def test_recorded_train_command_reproduces_the_job_and_a_narrowed_sweep():
+    """docs/quality.md prints each bundle's `probewatch train` line as its recipe: parsed by the real `train`
+    CLI it must give the job's behaviour, method, id, family and the `--layers` override the bench ran with."""
+    import argparse
+
+    from probewatch.cli.train_cmd import config_from_args, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(dest="cmd"))
+
+    def parsed(command: str):
+        assert command.startswith("probewatch train ")
+        return config_from_args(parser.parse_args(command.split()[1:]))
+
+    deception = parsed(quality._train_command(quality.JOBS["deception"], quality._layers("7,11,21")))
+    assert (deception.behaviour, deception.family, list(deception.layers)) == ("deception", True, [7, 11, 21])
+    full = parsed(quality._train_command(quality.JOBS["deception"], quality._layers(None)))
+    assert full.layers is None and "--layers" not in quality._train_command(quality.JOBS["deception"])
+    mean_diff = parsed(quality._train_command(quality.JOBS["refusal-mean-diff"]))
+    assert (mean_diff.behaviour, mean_diff.probe_id, list(mean_diff.methods), mean_diff.family) == (
+        "refusal",
+        "refusal-mean-diff",
+        ["mean_diff"],
+        False,
+    )
