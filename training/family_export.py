@@ -86,7 +86,9 @@ def train_family(
             extra={"family": family_id, "type": m.type, "score_units": "calibrated logit (Platt)"},
         )
     log.info("family: %d members, fitting the leave-one-kind-out folds", len(fit.members))
-    held = heldout_kinds(fitted.spec, data, control, pool, base, config.seed, config.balance_kinds)
+    held = heldout_kinds(
+        fitted.spec, data, control, pool, base, config.seed, config.balance_kinds, progress=config.progress
+    )
     single_held = {k: v.get("auroc") for k, v in fitted.heldout.items()}
     report = family_report(
         fit,

@@ -164,3 +164,15 @@ def test_report_and_table_beside_the_single_probe():
     )
     table = markdown_table(report)
     assert "| sandbagging | mm_sandbagging, sandbagging |" in table and "**whole test split**" in table
+
+
+def test_heldout_kinds_shows_one_bar_step_per_fold(capsys):
+    # on the deception pool this stage runs for 8 to 17 minutes: `probewatch train --family` shows a bar over it
+    data, pool, control = _pool(seed=3, per_kind=24)
+    quiet = heldout_kinds(SPEC, data, control, pool, BASE, 0, True)
+    assert "family held-out kinds" not in capsys.readouterr().err
+    shown = heldout_kinds(SPEC, data, control, pool, BASE, 0, True, progress=True)
+    err = capsys.readouterr().err
+    n = len(list(pool.loko()))
+    assert "family held-out kinds" in err and f"{n}/{n}" in err and n == len(KINDS)
+    assert shown == quiet  # the bar changes nothing it measures
