@@ -259,15 +259,16 @@ def _train_one(name: str, args: argparse.Namespace, loaded: Any, plots_root: Pat
     job = dict(JOBS[name])
     t = time.perf_counter()
     shipped = shipped_root() / loaded.model_id / name  # the bundle this run replaces, scored on its data
+    layers = _layers(args.layers)
     config = TrainConfig(
         compare_with=[shipped] if (shipped / "manifest.json").is_file() else [],
         model=args.model,
         data_dir=args.data_dir,
         out=args.runs_dir / name,
         force=True,
-        layers=_layers(args.layers),
+        layers=layers,
         progress=not args.quiet,
-        command=_train_command(job, _layers(args.layers)),
+        command=_train_command(job, layers),
         **job,
     )
     if args.ship:
