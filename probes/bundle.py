@@ -39,7 +39,7 @@ from probewatch.probes.manifest import Manifest
 
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
-LINEAR_KINDS = ("linear", "mean_diff", "lat")
+LINEAR_KINDS = ("linear", "mean_diff", "lat", "contrast")
 #: kinds whose token columns are linear in the residual row: they share their layer's GEMM and pushdown
 STACK_KINDS = (*LINEAR_KINDS, "attention")
 

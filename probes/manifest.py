@@ -16,7 +16,7 @@ from probewatch.probes.errors import CorruptBundleError, UnsupportedFormatVersio
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
-KINDS = ("linear", "mean_diff", "lat", "sae_feature", "attention")
+KINDS = ("linear", "mean_diff", "lat", "contrast", "sae_feature", "attention")
 TOKEN_SELECTIONS = ("response", "prompt_last", "all")
 AGGREGATIONS = (
     "mean",
@@ -35,7 +35,7 @@ LENGTH_NORMALISED = {"max_norm": "max", "rolling_mean_max_norm": "rolling_mean_m
 ATTENTION = "attention"
 HOOK_POINT = "resid_post"
 #: kinds that may read several layers (`layers`): one direction per layer, summed per token (the linear family)
-MULTI_LAYER_KINDS = ("linear", "mean_diff", "lat")
+MULTI_LAYER_KINDS = ("linear", "mean_diff", "lat", "contrast")
 
 
 @dataclass

@@ -12,6 +12,12 @@ All three share one score form, the one a bundle stores:
   differences (pairs = a positive and a negative of the same group, else random pairs), sign fixed
   on the training data so that positives score higher.
 
+- `ContrastProbe`: logistic regression on contrast pairs: the +/- differences of a positive and a
+  negative of the same group, no intercept. A pair shares its topic, format, length and source, so
+  the difference keeps what separates the two answers of one situation; on the deception pool it
+  transfers to held-out sources better than the plain logistic probe (mesa_and_mask 0.65 -> 0.87
+  at layer 15) while scoring lower inside the pool. Unpaired examples are paired at random.
+
 `AttentionProbe` (training/attention_probe.py, bundle kind `attention`) reads token sequences, not
 one row per example: a learned query weights the tokens, a value direction scores them.
 
@@ -29,9 +35,17 @@ from sklearn.utils.validation import check_is_fitted, check_X_y, validate_data
 
 from probewatch.training.attention_probe import AttentionProbe
 
-KIND_BY_METHOD = {"logistic": "linear", "mean_diff": "mean_diff", "lat": "lat", "attention": "attention"}
+KIND_BY_METHOD = {
+    "logistic": "linear",
+    "mean_diff": "mean_diff",
+    "lat": "lat",
+    "contrast": "contrast",
+    "attention": "attention",
+}
 #: methods whose probe is one direction scored per token then aggregated (the attention probe pools itself)
-LINEAR_METHODS = ("logistic", "mean_diff", "lat")
+LINEAR_METHODS = ("logistic", "mean_diff", "lat", "contrast")
+#: methods with a regularisation strength C (swept as a grid, or chosen by grouped CV)
+C_METHODS = ("logistic", "contrast")
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -203,6 +217,71 @@ class LATProbe(LinearProbe):
         return self
 
 
+class ContrastProbe(LinearProbe):
+    """Logistic regression without intercept on +/- (positive - negative) pair differences.
+
+    `C=None` chooses C from `Cs` on grouped validation folds, scoring each fold's held-out examples
+    (not pairs) by AUROC. The bias puts the midpoint of the class means at 0 (Platt scaling refits it).
+    """
+
+    def __init__(
+        self,
+        C: float | None = None,
+        Cs: Sequence[float] = (1e-4, 1e-3, 1e-2, 1e-1),
+        cv: int = 3,
+        standardize: bool = True,
+        max_iter: int = 2000,
+        random_state: int = 0,
+    ) -> None:
+        self.C = C
+        self.Cs = Cs
+        self.cv = cv
+        self.standardize = standardize
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def _direction(self, Xs: np.ndarray, y: np.ndarray, w: np.ndarray, groups, C: float) -> np.ndarray:
+        from sklearn.linear_model import LogisticRegression
+
+        rng = np.random.default_rng(self.random_state)
+        diffs, weights = paired_differences(Xs, y, w, groups, rng)
+        model = LogisticRegression(C=C, fit_intercept=False, max_iter=self.max_iter)
+        model.fit(
+            np.vstack([diffs, -diffs]),
+            np.r_[np.ones(len(diffs)), np.zeros(len(diffs))],
+            sample_weight=np.r_[weights, weights],
+        )
+        return model.coef_[0].astype(np.float64)
+
+    def fit(self, X, y, groups=None, sample_weight=None) -> ContrastProbe:
+        Xs, y, w = self._prepare(X, y, sample_weight)
+        self.cv_auroc_: dict[float, float] = {}
+        self.C_ = float(self.C) if self.C is not None else self._select_C(Xs, y, w, groups)
+        coef = self._direction(Xs, y, w, groups, self.C_)
+        proj = Xs @ coef
+        m1 = np.average(proj[y == 1], weights=w[y == 1])
+        m0 = np.average(proj[y == 0], weights=w[y == 0])
+        self.coef_ = coef
+        self.intercept_ = float(-(m1 + m0) / 2.0)
+        return self
+
+    def _select_C(self, Xs: np.ndarray, y: np.ndarray, w: np.ndarray, groups) -> float:
+        from sklearn.metrics import roc_auc_score
+
+        folds = list(validation_folds(y, groups, self.cv, self.random_state))
+        if not folds:
+            return float(self.Cs[len(self.Cs) // 2])
+        g = None if groups is None else np.asarray(groups)
+        for C in self.Cs:
+            scores = []
+            for tr, va in folds:
+                coef = self._direction(Xs[tr], y[tr], w[tr], None if g is None else g[tr], C)
+                scores.append(roc_auc_score(y[va], Xs[va] @ coef))
+            self.cv_auroc_[float(C)] = float(np.mean(scores))
+        best = max(self.cv_auroc_.values())
+        return min(C for C, s in self.cv_auroc_.items() if s >= best - 1e-3)
+
+
 def paired_differences(
     X: np.ndarray, y: np.ndarray, w: np.ndarray, groups, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -234,7 +313,7 @@ def paired_differences(
         diffs.extend(X[pos] - X[neg])
         weights.extend(((w[pos] + w[neg]) / 2.0).tolist())
     if len(diffs) < 2:
-        raise ValueError("LAT needs at least two positive/negative pairs")
+        raise ValueError("pair-difference probes (lat, contrast) need at least two positive/negative pairs")
     return np.asarray(diffs), np.asarray(weights)
 
 
@@ -258,13 +337,15 @@ def validation_folds(y: np.ndarray, groups, n_splits: int, seed: int):
 
 
 def make_probe(method: str, seed: int = 0, C: float | None = None, standardize: bool | None = None) -> LinearProbe:
-    """Linear estimator for a method name: logistic | mean_diff | lat (`attention`: `make_attention_probe`)."""
+    """Linear estimator for a method name: logistic | mean_diff | lat | contrast (`attention`: `make_attention_probe`)."""
     if method == "logistic":
         return LogisticProbe(C=C, random_state=seed, standardize=True if standardize is None else standardize)
     if method == "mean_diff":
         return MeanDiffProbe(standardize=bool(standardize))
     if method == "lat":
         return LATProbe(standardize=bool(standardize), random_state=seed)
+    if method == "contrast":
+        return ContrastProbe(C=C, random_state=seed, standardize=True if standardize is None else standardize)
     if method == "attention":
         raise ValueError("the attention probe is fitted on token sequences: use make_attention_probe")
     raise ValueError(f"unknown method {method!r}; known: {', '.join(KIND_BY_METHOD)}")

@@ -194,8 +194,11 @@ def ship_concat(multi: Mapping[str, Any] | None, chosen: SweepRow, margin: float
       hardest kind does not ship), or
     - on every held-out kind, with at least `MIN_KINDS_ALL_BETTER` of them: near the ceiling (refusal's
       held-out kinds sit at 0.97-0.999) an absolute margin of 0.01 is most of the remaining error, and
-      a gain on each of several independent kinds is the stronger evidence (a sign test on 8 kinds: p = 0.004)."""
-    if not multi or chosen.heldout_kind_auroc is None:
+      a gain on each of several independent kinds is the stronger evidence (a sign test on 8 kinds: p = 0.004).
+
+    Never over a contrast probe: the concat is a plain logistic probe, which scores higher inside the pool, and
+    a contrast probe is chosen (by held-out source) for a transfer that held-out kinds do not measure."""
+    if not multi or chosen.heldout_kind_auroc is None or chosen.method == "contrast":
         return False
     single = chosen.selection_score("heldout_kind")
     margin = min(SHIP_MARGIN, ERROR_SHARE * (1.0 - single)) if margin is None else margin

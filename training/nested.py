@@ -15,7 +15,8 @@ share its author and format, so the chosen number is optimistic for data written
   their gap, and S's recall / flagged negatives at a threshold set without S.
 - **affordable**: only the top-k configurations of a pre-screen are fitted (`prescreen`: the sweep's
   own leave-one-kind-out AUROCs of the kinds outside S, averaged per source; half the k by the worst
-  source, half by the mean). Those sweep fits saw S as training data, never as scored data. Fits are
+  source, half by the mean, after each method's best: a method that transfers better than it scores
+  within a source still gets fitted). Those sweep fits saw S as training data, never as scored data. Fits are
   planned layer by layer (one layer in memory) and shared between folds with the same held-out set.
 """
 
@@ -242,7 +243,8 @@ def _kind_sources(pool: PoolArrays) -> dict[str, set[str]]:
 
 def prescreen(rows: Sequence[SweepRow], pool: PoolArrays, outer: str | None, k: int) -> list[SweepRow]:
     """The top-k rows by the sweep's held-out-kind AUROCs of the kinds outside `outer`, averaged per
-    source: alternately the best by worst source and by mean (validation AUROC where no kind was held out)."""
+    source: alternately the best by worst source and by mean (validation AUROC where no kind was held out),
+    with up to k/2 of the last picks given to the best of each method not yet picked."""
     kind_sources = _kind_sources(pool)
 
     def proxy(row: SweepRow) -> tuple[float, float]:
@@ -265,7 +267,26 @@ def prescreen(rows: Sequence[SweepRow], pool: PoolArrays, outer: str | None, k: 
         for i in (a, b):
             if i not in chosen and len(chosen) < k:
                 chosen.append(i)
-    return [rows[i] for i in chosen]
+    return [rows[i] for i in _with_every_method(chosen, by_mean, rows, k // 2)]
+
+
+def _with_every_method(chosen: list[int], by_mean: list[int], rows: Sequence[SweepRow], slots: int) -> list[int]:
+    """`chosen` with up to `slots` of its last picks (of methods picked more than once) replaced by the best
+    row by mean of each method it lacks. A method that transfers better than it scores within a source
+    (contrast pairs) may never reach the top k of a within-source proxy, and then would never be fitted."""
+    out = list(chosen)
+    for method in dict.fromkeys(rows[i].method for i in by_mean):
+        if slots <= 0:
+            break
+        if any(rows[i].method == method for i in out):
+            continue
+        counts = {m: sum(rows[i].method == m for i in out) for m in {rows[i].method for i in out}}
+        victim = next((j for j in reversed(range(len(out))) if counts[rows[out[j]].method] > 1), None)
+        if victim is None:
+            break
+        out[victim] = next(i for i in by_mean if rows[i].method == method)
+        slots -= 1
+    return out
 
 
 def _config_score(row: SweepRow, folds: Sequence[Fold], scorer: FoldScorer, control_ref: np.ndarray) -> ConfigScore:

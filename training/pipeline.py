@@ -49,6 +49,7 @@ from probewatch.training.stage_sources import SourceOutcome, run_sources, source
 from probewatch.training.stage_sweep import SweepOutcome, run_sweep
 from probewatch.training.train_config import (
     DEFAULT_IDS,
+    DEFAULT_METHODS,
     HELDOUT_CS,
     METHODS,
     RESPONDING_BEHAVIOURS,
@@ -65,6 +66,7 @@ from probewatch.training.train_config import (
 __all__ = [
     "DEFAULT_IDS",
     "HELDOUT_CS",
+    "DEFAULT_METHODS",
     "METHODS",
     "RESPONDING_BEHAVIOURS",
     "RESPONSE_BEHAVIOURS",

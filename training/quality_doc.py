@@ -23,6 +23,7 @@ import numpy as np
 
 from probewatch.behaviours import DEFAULT_PROBE_IDS
 from probewatch.training.calibration import MAX_FLAGGED_NEGATIVES, MIN_RECALL
+from probewatch.training.estimators import C_METHODS
 from probewatch.training.plots import layer_view, sweep_mode
 from probewatch.training.quality_changes import CHANGE_HELPERS
 from probewatch.training.quality_extras_doc import EXTRA_HELPERS
@@ -222,7 +223,7 @@ def _aggregation_text(r: TrainReport) -> str:
 
 
 def _c_text(c: Mapping[str, Any]) -> str:
-    return f", C={c['C']:g}" if c.get("C") is not None and c["method"] == "logistic" else ""
+    return f", C={c['C']:g}" if c.get("C") is not None and c["method"] in C_METHODS else ""
 
 
 def _kind_rows(r: TrainReport, before: Mapping[str, float | None]) -> list[dict[str, Any]]:
@@ -277,13 +278,15 @@ def _alternatives(r: TrainReport) -> dict[str, list]:
     by_c = [
         s
         for s in sweep
-        if s["method"] == "logistic" and same(s, "layer", "token_selection", "per_token", "aggregation")
+        if s["method"] == c["method"]
+        and c["method"] in C_METHODS
+        and same(s, "layer", "token_selection", "per_token", "aggregation")
     ]
     return {
         "aggregations": at if len({s["aggregation"] for s in at}) > 1 else [],
         "by_c": (
             sorted(by_c, key=lambda s: s["C"])
-            if c["method"] == "logistic" and len({s.get("C") for s in by_c}) > 1
+            if c["method"] in C_METHODS and len({s.get("C") for s in by_c}) > 1
             else []
         ),
         "best": _best_per_selection(sweep),

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from probewatch.training.calibration import MAX_FLAGGED_NEGATIVES, MIN_RECALL
+from probewatch.training.estimators import C_METHODS
 from probewatch.training.report import TrainReport
 from probewatch.training.report_sources import HeldOutThreshold, OuterSource, SourcesReport
 
@@ -31,7 +32,7 @@ def _p(x: float | None) -> str:
 
 def config_text(c: Mapping[str, Any]) -> str:
     """`layer 15 logistic C=0.01, response, per-example, mean` from a `ConfigScore.config`."""
-    C = f" C={c['C']:g}" if c.get("C") is not None and c.get("method") == "logistic" else ""
+    C = f" C={c['C']:g}" if c.get("C") is not None and c.get("method") in C_METHODS else ""
     reads = {"all": "prompt + response"}.get(c["token_selection"], c["token_selection"])
     mode = "per-token" if c["per_token"] else "per-example"
     return f"layer {c['layer']} {c['method']}{C}, {reads}, {mode}, {c['aggregation']}"

@@ -11,6 +11,7 @@ from probewatch.probes import Aggregation
 from probewatch.training.attention_sweep import probe_scorer
 from probewatch.training.calibration import OperatingPoint, operating_point, platt_fit
 from probewatch.training.datasets import BehaviourData
+from probewatch.training.estimators import C_METHODS
 from probewatch.training.metrics import detection_metrics
 from probewatch.training.report import AtThreshold, ControlKindOperating, KindOperating, Metrics, OperatingSummary
 from probewatch.training.stage_activations import Activations, Splits
@@ -63,7 +64,7 @@ def fit_final(
         chosen.aggregation,
         config.standardize,
         C=chosen.C
-        if (sweep.basis in ("heldout_kind", "heldout_source") and config.heldout_Cs and chosen.method == "logistic")
+        if (sweep.basis in ("heldout_kind", "heldout_source") and config.heldout_Cs and chosen.method in C_METHODS)
         else None,
     )
     ld, ood, control_ld = acts.layer(chosen.layer)

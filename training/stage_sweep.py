@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from probewatch.probes import Aggregation
+from probewatch.training.estimators import C_METHODS
 from probewatch.training.multilayer import OtherSource
 from probewatch.training.stage_activations import Activations, Splits
 from probewatch.training.stage_data import PreparedData
@@ -86,7 +87,7 @@ def run_sweep(
         rows = [_attention_row(config, acts, splits, layer) for layer in layers]
     chosen = best_row(rows, basis)
     if config.per_token is None and chosen.token_selection == "response":
-        grid = [chosen.C] if (Cs and chosen.method == "logistic") else None
+        grid = [chosen.C] if (Cs and chosen.method in C_METHODS) else None
         extra = sweep(chosen.layer, "response", [chosen.method], True, grid)
         rows += extra
         chosen = best_row([chosen, *extra], basis)

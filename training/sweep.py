@@ -42,7 +42,7 @@ import numpy as np
 from probewatch.metrics import auroc
 from probewatch.probes.manifest import LENGTH_NORMALISED, Aggregation
 from probewatch.training.calibration import CONTROL_FPR
-from probewatch.training.estimators import LinearProbe, make_probe
+from probewatch.training.estimators import C_METHODS, LinearProbe, make_probe
 from probewatch.training.features import LayerData, score_all, training_matrix
 from probewatch.training.splits import leave_one_kind_out
 
@@ -246,7 +246,7 @@ def sweep_layer(
     loko = list(pool.loko()) if do_heldout else []
     val_pos = pool.val_idx[pool.labels[pool.val_idx] == 1]
     for method in (m for m in methods if m != "attention"):  # the attention probe: attention_sweep.py
-        grid: list[float | None] = list(Cs) if (method == "logistic" and Cs) else [None]
+        grid: list[float | None] = list(Cs) if (method in C_METHODS and Cs) else [None]
         for C in grid:
             spec = ProbeSpec(method, data.layer, token_selection, per_token, aggregations[0].method, standardize, C=C)
             probe = fit_probe(spec, data, pool, pool.fit_idx, seed, balance_kinds)

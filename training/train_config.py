@@ -14,7 +14,10 @@ from probewatch.training.calibration import BAND_CONTROL_FPR, CONTROL_FPR, MAX_F
 from probewatch.training.export import METHOD_BY_KIND
 
 #: attention: the attention-pooling probe (training/attention_sweep.py), tried on the best response layer
-METHODS = ("logistic", "mean_diff", "lat", "attention")
+METHODS = ("logistic", "mean_diff", "lat", "contrast", "attention")
+#: what `--method auto` sweeps. Contrast pairs are opt-in: they score lower inside a pool than they transfer across
+#: sources, so only a held-out-source choice (two or more sources, `run_sources`) can judge them fairly
+DEFAULT_METHODS = ("logistic", "mean_diff", "lat", "attention")
 DEFAULT_IDS = DEFAULT_PROBE_IDS
 #: C values swept (and chosen by held-out kind) for logistic probes when the pool has kinds
 HELDOUT_CS = (1e-4, 1e-3, 1e-2, 1e-1)
@@ -40,7 +43,7 @@ class TrainConfig:
     extra_files: Sequence[Path] = ()  # labelled additions to the pool (e.g. reviewed incidents), own kinds
     control_file: Path | None = None
     layers: Sequence[int] | None = None
-    methods: Sequence[str] = METHODS
+    methods: Sequence[str] = DEFAULT_METHODS
     aggregations: Sequence[str] | None = None
     token_selections: Sequence[str] | None = None
     per_token: bool | None = None  # None: per-example sweep, per-token tried on the best config
@@ -115,7 +118,7 @@ def apply_init_from(config: TrainConfig, fingerprint: str) -> dict[str, Any]:
         raise TrainingError(f"--behaviour {config.behaviour} contradicts --init-from bundle behaviour {m.behaviour}")
     config.behaviour = m.behaviour
     config.layers = config.layers or [m.layer]
-    if tuple(config.methods) == METHODS:
+    if tuple(config.methods) == DEFAULT_METHODS:
         config.methods = [METHOD_BY_KIND.get(m.kind, "logistic")]
     config.aggregations = config.aggregations or [m.aggregation.method]
     config.token_selections = config.token_selections or [m.token_selection]

@@ -16,7 +16,7 @@ from pathlib import Path
 from probewatch.arguments import add_data_dir_arg, add_extra_data_arg, add_json_arg, add_model_arg, print_json
 from probewatch.behaviours import BEHAVIOURS
 
-METHODS = ("logistic", "mean_diff", "lat", "attention")
+METHODS = ("logistic", "mean_diff", "lat", "contrast", "attention")
 # = probewatch.probes.manifest.AGGREGATIONS (a test holds them equal; importing it here would load torch)
 AGGREGATIONS = ("mean", "max", "last", "ema", "rolling_mean_max", "softmax", "max_norm", "rolling_mean_max_norm")
 
@@ -98,7 +98,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=_name_list(METHODS),
         default=[],
         help="logistic, mean_diff, lat, attention (attention pooling with a learned query, tried on the best "
-        "response layer), a comma list, or auto (default: all four)",
+        "response layer), contrast (logistic regression on positive-minus-negative pair differences; opt-in: "
+        "it transfers across sources better than it scores within them, so give the pool several sources), "
+        "a comma list, or auto (default: all but contrast)",
     )
     parser.add_argument(
         "--aggregation",
@@ -248,8 +250,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from probewatch.training.pipeline import METHODS as ALL_METHODS
-    from probewatch.training.pipeline import TrainConfig
+    from probewatch.training.pipeline import DEFAULT_METHODS, TrainConfig
 
     return TrainConfig(
         behaviour=args.behaviour,
@@ -260,7 +261,7 @@ def config_from_args(args: argparse.Namespace):
         extra_files=args.extra_data,
         control_file=args.control,
         layers=args.layers,
-        methods=args.method or ALL_METHODS,
+        methods=args.method or DEFAULT_METHODS,
         aggregations=args.aggregation or None,
         token_selections=args.token_selection or None,
         per_token=args.per_token,

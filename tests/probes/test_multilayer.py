@@ -42,7 +42,11 @@ def _tensors(n_layers: int, seed: int = 0, standardize: bool = False) -> dict[st
         ([], "linear", "layers must be a non-empty list of non-negative ints, got []"),
         ([1, -2], "linear", "layers must be a non-empty list of non-negative ints, got [1, -2]"),
         ([1, 4], "linear", "layer(s) [4] outside the model (model.n_layers=4: layers 0..3)"),
-        ([1, 2], "attention", "kind 'attention' reads one layer; only ('linear', 'mean_diff', 'lat') probes"),
+        (
+            [1, 2],
+            "attention",
+            "kind 'attention' reads one layer; only ('linear', 'mean_diff', 'lat', 'contrast') probes",
+        ),
     ],
 )
 def test_manifest_layers_validation_names_the_problem(layers, kind, message):

@@ -62,7 +62,7 @@ def test_train_writes_bundle_report_and_plots(trained, tiny_loaded):
         assert (bundle_dir / name).is_file(), name
     bundle = load_bundle(bundle_dir, expected_fingerprint=tiny_loaded.fingerprint, expected_d_model=64)
     m = bundle.manifest
-    assert m.behaviour == "deception" and m.kind in ("linear", "mean_diff", "lat") and m.layer in (1, 3)
+    assert m.behaviour == "deception" and m.kind in ("linear", "mean_diff", "lat", "contrast") and m.layer in (1, 3)
     assert m.threshold.method == "fpr+hard_negatives" and m.threshold.fpr == 0.01 and m.threshold.n_calibration == 15
     assert m.threshold.calibration_set.startswith("control.jsonl")
     # no drift reference from 15 control calibration scores (fewer than its 20 bins); `calibrate` below

@@ -7,7 +7,14 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from probewatch.training.estimators import LATProbe, LogisticProbe, MeanDiffProbe, make_probe, validation_folds
+from probewatch.training.estimators import (
+    ContrastProbe,
+    LATProbe,
+    LogisticProbe,
+    MeanDiffProbe,
+    make_probe,
+    validation_folds,
+)
 
 
 def planted(n_pairs: int = 150, d: int = 48, seed: int = 0, shift: float = 1.5, anisotropic: bool = True):
@@ -65,7 +72,7 @@ def test_logistic_recovers_direction_with_isotropic_noise():
 
 def test_sklearn_api_conventions():
     X, y, groups, _ = planted(n_pairs=40)
-    for est in (LogisticProbe(), MeanDiffProbe(), LATProbe()):
+    for est in (LogisticProbe(), MeanDiffProbe(), LATProbe(), ContrastProbe()):
         with pytest.raises(NotFittedError):
             est.decision_function(X)
         fitted = clone(est).fit(X, y, groups=groups)
@@ -118,3 +125,35 @@ def test_non_binary_labels_are_rejected():
     X, _, _, _ = planted(n_pairs=10)
     with pytest.raises(ValueError, match="binary"):
         MeanDiffProbe().fit(X, np.arange(len(X)) % 3)
+
+
+def test_contrast_probe_ignores_what_a_pair_shares():
+    """Per-group offsets (a pair's topic, format, source) cancel in the pair differences: the contrast
+    direction is unchanged by them, where a plain logistic probe's moves."""
+    X, y, groups, u = planted(n_pairs=120, anisotropic=False)
+    rng = np.random.default_rng(1)
+    d = X.shape[1]
+    # every pair has one example of each label, so a whole-pair offset carries no label, yet it moves the
+    # plain probe (which also fits the spread between pairs); the contrast probe never sees it
+    offsets = rng.normal(scale=6.0, size=(120, d))
+    shifted = X + offsets[groups]
+    plain = ContrastProbe(C=0.1, standardize=False).fit(X, y, groups=groups)
+    moved = ContrastProbe(C=0.1, standardize=False).fit(shifted, y, groups=groups)
+    assert np.allclose(plain.coef_, moved.coef_, atol=1e-6)
+    logistic_a = LogisticProbe(C=0.1, standardize=False).fit(X, y, groups=groups)
+    logistic_b = LogisticProbe(C=0.1, standardize=False).fit(shifted, y, groups=groups)
+    assert logistic_a.direction_ @ logistic_b.direction_ < 0.99  # the plain probe is moved by the offsets
+    assert moved.direction_ @ u > 0.9
+    assert plain.n_features_in_ == d and plain.C_ == 0.1
+
+
+def test_contrast_probe_chooses_C_on_grouped_folds_and_pairs_unpaired_examples():
+    X, y, groups, u = planted(n_pairs=60, anisotropic=False)
+    probe = ContrastProbe().fit(X, y, groups=groups)
+    assert probe.C_ in probe.Cs and set(probe.cv_auroc_) == set(map(float, probe.Cs))
+    # no groups: random positive/negative pairs, still the planted direction
+    alone = ContrastProbe(C=0.1).fit(X, y)
+    assert alone.direction_ @ u > 0.8
+    assert isinstance(make_probe("contrast", C=0.01), ContrastProbe) and make_probe("contrast").standardize
+    with pytest.raises(ValueError, match="at least two positive/negative pairs"):
+        ContrastProbe(C=0.1).fit(X[:3], np.array([0, 1, 1]), groups=np.array([0, 0, 1]))

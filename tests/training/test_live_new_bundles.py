@@ -1,6 +1,7 @@
-"""Bundles the training pipeline now produces score live exactly as offline: `softmax` aggregation and
-`all` (prompt + response) token selection, through a real sidecar on localhost and the attach client
-(the engine picks both up from probewatch.probes; nothing in the server is specific to them)."""
+"""Bundles the training pipeline now produces score live exactly as offline: `softmax` aggregation,
+`all` (prompt + response) token selection and contrast-pair probes (kind `contrast`), through a real
+sidecar on localhost and the attach client (the engine picks them up from probewatch.probes; nothing in
+the server is specific to them)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,11 @@ def new_bundles(tiny_loaded, tmp_path_factory):
     root = tmp_path_factory.mktemp("new-bundles")
     data, control = write_synthetic(root, n_groups=24)
     paths = []
-    for probe_id, selection, agg in (("soft", "response", "softmax"), ("whole", "all", "mean")):
+    for probe_id, selection, agg, method in (
+        ("soft", "response", "softmax", "logistic"),
+        ("whole", "all", "mean", "logistic"),
+        ("pairs", "response", "max", "contrast"),  # kind `contrast`: a linear direction fitted on pair differences
+    ):
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("PROBEWATCH_HOME", str(root / "home"))
             result = train(
@@ -33,6 +38,7 @@ def new_bundles(tiny_loaded, tmp_path_factory):
                     layers=[1, 3],
                     token_selections=[selection],
                     aggregations=[agg],
+                    methods=[method],
                     per_token=False,
                     probe_id=probe_id,
                     out=root / probe_id,
@@ -42,7 +48,12 @@ def new_bundles(tiny_loaded, tmp_path_factory):
                 loaded=tiny_loaded,
             )
         m = result.report
-        assert m.chosen["aggregation"] == agg and m.parity is not None and m.parity.max_abs_diff < 1e-4
+        assert (
+            m.chosen["aggregation"] == agg
+            and m.chosen["method"] == method
+            and m.parity is not None
+            and m.parity.max_abs_diff < 1e-4
+        )
         paths.append(result.bundle_path)
     return paths
 
@@ -53,7 +64,8 @@ def test_softmax_and_prompt_plus_response_bundles_score_live_as_offline(tiny_loa
     from probewatch.server.sidecar.process import Sidecar
 
     bundles = load_bundles(new_bundles, expected_fingerprint=tiny_loaded.fingerprint)
-    assert {b.manifest.aggregation.method for b in bundles} == {"softmax", "mean"}
+    assert {b.manifest.aggregation.method for b in bundles} == {"softmax", "mean", "max"}
+    assert {b.manifest.kind for b in bundles} == {"linear", "contrast"}
     soft = next(b for b in bundles if b.id == "soft")
     assert soft.manifest.aggregation.temperature > 0 and soft.manifest.aggregation.temperature != 1.0
     runtime = ProbeRuntime(bundles)

@@ -40,6 +40,14 @@ def test_concat_ships_only_beyond_the_margin(concat, single, ships):
     assert ship_concat(None, _row(single)) is False
 
 
+def test_concat_never_replaces_a_contrast_choice():
+    """The concat is a plain logistic probe measured on held-out kinds; a contrast probe is chosen for its
+    transfer across sources, which that comparison does not see."""
+    contrast = SweepRow("response", 2, "contrast", False, "mean", 0.9, 0.80, C=0.01)
+    assert ship_concat(_multi(0.95), contrast) is False
+    assert ship_concat(_multi(0.95), _row(0.80)) is True
+
+
 def test_concat_does_not_ship_when_it_costs_the_worst_kind():
     single = SweepRow("response", 2, "mean_diff", True, "max", 0.9, 0.80, {"a": 0.95, "b": 0.65}, C=None)
     better_mean_worse_worst = _multi(0.85) | {

@@ -165,6 +165,21 @@ def test_prescreen_takes_the_top_k_alternately_by_worst_source_and_by_mean(synth
     assert prescreen([low, uneven, even], pool, "d", 1) == [uneven]
 
 
+def test_prescreen_fits_every_methods_best_even_below_the_top_k(synthetic):
+    """A contrast probe scores lower within sources than it transfers across them: its best row takes one of
+    the last slots (up to half of k) from a method picked more than once, so the held-out-source fits see it."""
+    from dataclasses import replace
+
+    pool = synthetic[0]
+    logistic = [_row(layer, 0.90 - 0.01 * layer) for layer in range(4)]
+    contrast = [replace(_row(5, 0.70), method="contrast"), replace(_row(6, 0.72), method="contrast")]
+    picked = prescreen([*logistic, *contrast], pool, None, 4)
+    assert [r.method for r in picked] == ["logistic"] * 3 + ["contrast"]
+    assert picked[-1] is contrast[1] and picked[:3] == logistic[:3]  # the best contrast row, the top logistic ones
+    assert prescreen([*logistic, *contrast], pool, None, 1) == [logistic[0]]  # no slot to give at k=1
+    assert prescreen(logistic, pool, None, 4) == logistic  # one method: the ranking as before
+
+
 def test_folds_drop_the_held_out_sources_their_groups_and_the_calibration_split(synthetic):
     pool = synthetic[0]
     basis, folds = folds_without(pool, "d")
