@@ -154,20 +154,10 @@ class LogisticProbe(LinearProbe):
         return self
 
     def _select_C(self, Xs: np.ndarray, y: np.ndarray, w: np.ndarray, groups) -> float:
-        from sklearn.metrics import roc_auc_score
+        def scores(C: float, tr: np.ndarray, va: np.ndarray) -> np.ndarray:
+            return self._model(C).fit(Xs[tr], y[tr], sample_weight=w[tr]).decision_function(Xs[va])
 
-        folds = list(validation_folds(y, groups, self.cv, self.random_state))
-        if not folds:
-            return float(self.Cs[len(self.Cs) // 2])
-        for C in self.Cs:
-            scores = []
-            for tr, va in folds:
-                model = self._model(C).fit(Xs[tr], y[tr], sample_weight=w[tr])
-                scores.append(roc_auc_score(y[va], model.decision_function(Xs[va])))
-            self.cv_auroc_[float(C)] = float(np.mean(scores))
-        best = max(self.cv_auroc_.values())
-        # the most regularised C within 0.001 AUROC of the best: simpler directions transfer better
-        return min(C for C, s in self.cv_auroc_.items() if s >= best - 1e-3)
+        return choose_C(self, y, groups, scores)
 
 
 class MeanDiffProbe(LinearProbe):
@@ -266,20 +256,27 @@ class ContrastProbe(LinearProbe):
         return self
 
     def _select_C(self, Xs: np.ndarray, y: np.ndarray, w: np.ndarray, groups) -> float:
-        from sklearn.metrics import roc_auc_score
-
-        folds = list(validation_folds(y, groups, self.cv, self.random_state))
-        if not folds:
-            return float(self.Cs[len(self.Cs) // 2])
         g = None if groups is None else np.asarray(groups)
-        for C in self.Cs:
-            scores = []
-            for tr, va in folds:
-                coef = self._direction(Xs[tr], y[tr], w[tr], None if g is None else g[tr], C)
-                scores.append(roc_auc_score(y[va], Xs[va] @ coef))
-            self.cv_auroc_[float(C)] = float(np.mean(scores))
-        best = max(self.cv_auroc_.values())
-        return min(C for C, s in self.cv_auroc_.items() if s >= best - 1e-3)
+
+        def scores(C: float, tr: np.ndarray, va: np.ndarray) -> np.ndarray:
+            return Xs[va] @ self._direction(Xs[tr], y[tr], w[tr], None if g is None else g[tr], C)
+
+        return choose_C(self, y, groups, scores)
+
+
+def choose_C(probe: LogisticProbe | ContrastProbe, y: np.ndarray, groups, scores) -> float:
+    """C from `probe.Cs` by mean AUROC on grouped validation folds (`scores(C, train, validation)` gives the
+    validation scores), recorded in `probe.cv_auroc_`: the most regularised C within 0.001 of the best, since
+    simpler directions transfer better. Without usable folds, the middle of the grid."""
+    from sklearn.metrics import roc_auc_score
+
+    folds = list(validation_folds(y, groups, probe.cv, probe.random_state))
+    if not folds:
+        return float(probe.Cs[len(probe.Cs) // 2])
+    for C in probe.Cs:
+        probe.cv_auroc_[float(C)] = float(np.mean([roc_auc_score(y[va], scores(C, tr, va)) for tr, va in folds]))
+    best = max(probe.cv_auroc_.values())
+    return min(C for C, s in probe.cv_auroc_.items() if s >= best - 1e-3)
 
 
 def paired_differences(
