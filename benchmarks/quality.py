@@ -60,7 +60,12 @@ if TYPE_CHECKING:  # the training stack (torch) loads when the benchmark runs, n
     from probewatch.training.report import TrainReport
 
 JOBS: dict[str, dict[str, Any]] = {
-    "deception": {"behaviour": "deception", "family": True},
+    # `--method auto` plus contrast pairs, which opt in where the pool has several sources to judge them
+    "deception": {
+        "behaviour": "deception",
+        "family": True,
+        "methods": ["logistic", "mean_diff", "lat", "attention", "contrast"],
+    },
     "refusal": {"behaviour": "refusal", "methods": ["logistic"], "probe_id": "refusal"},
     "refusal-mean-diff": {"behaviour": "refusal", "methods": ["mean_diff"], "probe_id": "refusal-mean-diff"},
     "alignment-faking": {"behaviour": "alignment_faking"},
