@@ -60,12 +60,7 @@ if TYPE_CHECKING:  # the training stack (torch) loads when the benchmark runs, n
     from probewatch.training.report import TrainReport
 
 JOBS: dict[str, dict[str, Any]] = {
-    # `--method auto` plus contrast pairs, which opt in where the pool has several sources to judge them
-    "deception": {
-        "behaviour": "deception",
-        "family": True,
-        "methods": ["logistic", "mean_diff", "lat", "attention", "contrast"],
-    },
+    "deception": {"behaviour": "deception", "family": True},
     "refusal": {"behaviour": "refusal", "methods": ["logistic"], "probe_id": "refusal"},
     "refusal-mean-diff": {"behaviour": "refusal", "methods": ["mean_diff"], "probe_id": "refusal-mean-diff"},
     "alignment-faking": {"behaviour": "alignment_faking"},
