@@ -14,9 +14,10 @@ All three share one score form, the one a bundle stores:
 
 - `ContrastProbe`: logistic regression on contrast pairs: the +/- differences of a positive and a
   negative of the same group, no intercept. A pair shares its topic, format, length and source, so
-  the difference keeps what separates the two answers of one situation; on the deception pool it
-  transfers to held-out sources better than the plain logistic probe (mesa_and_mask 0.65 -> 0.87
-  at layer 15) while scoring lower inside the pool. Unpaired examples are paired at random.
+  the difference keeps what separates the two answers of one situation. It scores lower inside a pool
+  and separates behaviour from plain traffic less well than the logistic probe; on the deception pool
+  the nested held-out-source estimate did not rise with it among the candidates (0.637 vs 0.628), so
+  it is opt-in (`--method contrast`). Unpaired examples are paired at random.
 
 `AttentionProbe` (training/attention_probe.py, bundle kind `attention`) reads token sequences, not
 one row per example: a learned query weights the tokens, a value direction scores them.

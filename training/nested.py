@@ -15,9 +15,10 @@ share its author and format, so the chosen number is optimistic for data written
   their gap, and S's recall / flagged negatives at a threshold set without S.
 - **affordable**: only the top-k configurations of a pre-screen are fitted (`prescreen`: the sweep's
   own leave-one-kind-out AUROCs of the kinds outside S, averaged per source; half the k by the worst
-  source, half by the mean, after each method's best: a method that transfers better than it scores
-  within a source still gets fitted). Those sweep fits saw S as training data, never as scored data. Fits are
-  planned layer by layer (one layer in memory) and shared between folds with the same held-out set.
+  source, half by the mean, with some of the last slots given to each missing method's best: a
+  method that scores lower within sources still gets a held-out-source evaluation). Those sweep fits saw
+  S as training data, never as scored data. Fits are planned layer by layer (one layer in memory) and
+  shared between folds with the same held-out set.
 """
 
 from __future__ import annotations
@@ -272,8 +273,8 @@ def prescreen(rows: Sequence[SweepRow], pool: PoolArrays, outer: str | None, k: 
 
 def _with_every_method(chosen: list[int], by_mean: list[int], rows: Sequence[SweepRow], slots: int) -> list[int]:
     """`chosen` with up to `slots` of its last picks (of methods picked more than once) replaced by the best
-    row by mean of each method it lacks. A method that transfers better than it scores within a source
-    (contrast pairs) may never reach the top k of a within-source proxy, and then would never be fitted."""
+    row by mean of each method it lacks. A method that scores lower within sources (contrast pairs) may never
+    reach the top k of a within-source proxy, and then would never be judged on held-out sources at all."""
     out = list(chosen)
     for method in dict.fromkeys(rows[i].method for i in by_mean):
         if slots <= 0:

@@ -15,11 +15,12 @@ from probewatch.training.export import METHOD_BY_KIND
 
 #: attention: the attention-pooling probe (training/attention_sweep.py), tried on the best response layer
 METHODS = ("logistic", "mean_diff", "lat", "contrast", "attention")
-#: what `--method auto` sweeps. Contrast pairs are opt-in: they score lower inside a pool than they transfer across
-#: sources, so only a held-out-source choice (two or more sources, `run_sources`) can judge them fairly
+#: what `--method auto` sweeps. Contrast pairs are opt-in: they score lower inside a pool, so only a held-out-source
+#: choice (two or more sources, `run_sources`) can judge them, and on the deception pool that choice picked them
+#: without a gain in the nested estimate and with a threshold that kept 3% recall
 DEFAULT_METHODS = ("logistic", "mean_diff", "lat", "attention")
 DEFAULT_IDS = DEFAULT_PROBE_IDS
-#: C values swept (and chosen by held-out kind) for logistic probes when the pool has kinds
+#: C values swept (and chosen by held-out kind) for logistic and contrast probes when the pool has kinds
 HELDOUT_CS = (1e-4, 1e-3, 1e-2, 1e-1)
 #: behaviours whose built-in data is read on the model's own text, where reading the prompt too
 #: (`all`: prompt + response, mean) is compared with the response alone

@@ -99,7 +99,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="logistic, mean_diff, lat, attention (attention pooling with a learned query, tried on the best "
         "response layer), contrast (logistic regression on positive-minus-negative pair differences; opt-in: "
-        "it transfers across sources better than it scores within them, so give the pool several sources), "
+        "it scores lower inside a pool, so judge it on a pool with several sources), "
         "a comma list, or auto (default: all but contrast)",
     )
     parser.add_argument(
