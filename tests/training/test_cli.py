@@ -487,6 +487,26 @@ def test_train_cli_offers_every_runtime_aggregation_and_behaviour():
     assert {"eval_awareness", "monitored_framing"} <= set(BEHAVIOURS)
 
 
+def test_train_cli_offers_every_method_and_auto_leaves_contrast_out():
+    """The CLI's method names are the trainer's (its own copy, as above); `auto` is every method but contrast."""
+    import argparse
+
+    from probewatch.cli.train_cmd import METHODS, add_train_arguments, config_from_args
+    from probewatch.training.estimators import KIND_BY_METHOD
+    from probewatch.training.train_config import DEFAULT_METHODS
+    from probewatch.training.train_config import METHODS as TRAINING_METHODS
+
+    assert METHODS == TRAINING_METHODS and set(METHODS) == set(KIND_BY_METHOD)
+    assert set(METHODS) - set(DEFAULT_METHODS) == {"contrast"}
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    assert tuple(config_from_args(parser.parse_args(["--behaviour", "deception"])).methods) == DEFAULT_METHODS
+    chosen = config_from_args(parser.parse_args(["--behaviour", "deception", "--method", "logistic,contrast"]))
+    assert list(chosen.methods) == ["logistic", "contrast"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--behaviour", "deception", "--method", "pairs"])
+
+
 def test_summary_names_every_layer_a_multi_layer_bundle_reads(capsys):
     """The train summary of a concatenated probe lists its layers, as the bundle's manifest does."""
     from probewatch.bundle_index import shipped_root
