@@ -197,9 +197,7 @@ class LATProbe(LinearProbe):
         D = (D - np.average(D, axis=0, weights=weights)) * np.sqrt(weights)[:, None]
         _, _, vt = np.linalg.svd(D, full_matrices=False)
         v = vt[0]
-        proj = Xs @ v
-        m1 = np.average(proj[y == 1], weights=w[y == 1])
-        m0 = np.average(proj[y == 0], weights=w[y == 0])
+        m1, m0 = _class_means(Xs @ v, y, w)
         if m1 < m0:
             v, m1, m0 = -v, -m1, -m0
         self.coef_ = v
@@ -248,11 +246,8 @@ class ContrastProbe(LinearProbe):
         Xs, y, w = self._prepare(X, y, sample_weight)
         self.cv_auroc_: dict[float, float] = {}
         self.C_ = float(self.C) if self.C is not None else self._select_C(Xs, y, w, groups)
-        coef = self._direction(Xs, y, w, groups, self.C_)
-        proj = Xs @ coef
-        m1 = np.average(proj[y == 1], weights=w[y == 1])
-        m0 = np.average(proj[y == 0], weights=w[y == 0])
-        self.coef_ = coef
+        self.coef_ = self._direction(Xs, y, w, groups, self.C_)
+        m1, m0 = _class_means(Xs @ self.coef_, y, w)
         self.intercept_ = float(-(m1 + m0) / 2.0)
         return self
 
@@ -278,6 +273,12 @@ def choose_C(probe: LogisticProbe | ContrastProbe, y: np.ndarray, groups, scores
         probe.cv_auroc_[float(C)] = float(np.mean([roc_auc_score(y[va], scores(C, tr, va)) for tr, va in folds]))
     best = max(probe.cv_auroc_.values())
     return min(C for C, s in probe.cv_auroc_.items() if s >= best - 1e-3)
+
+
+def _class_means(proj: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """Weighted mean projection of the positives and of the negatives (a pair-difference probe's bias sits
+    at their midpoint)."""
+    return float(np.average(proj[y == 1], weights=w[y == 1])), float(np.average(proj[y == 0], weights=w[y == 0]))
 
 
 def paired_differences(

@@ -23,6 +23,7 @@ share its author and format, so the chosen number is optimistic for data written
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -281,7 +282,7 @@ def _with_every_method(chosen: list[int], by_mean: list[int], rows: Sequence[Swe
             break
         if any(rows[i].method == method for i in out):
             continue
-        counts = {m: sum(rows[i].method == m for i in out) for m in {rows[i].method for i in out}}
+        counts = Counter(rows[i].method for i in out)
         victim = next((j for j in reversed(range(len(out))) if counts[rows[out[j]].method] > 1), None)
         if victim is None:
             break
