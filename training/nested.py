@@ -8,22 +8,27 @@ share its author and format, so the chosen number is optimistic for data written
   every example of the held-out sources (training-only kinds included), every example sharing a
   group with them, and the calibration split (its negatives set the fold's threshold). A fold with
   both labels is scored by its own AUROC; one with positives only against the control set.
-- **selection** (`pick`): `report_sources.RULE`: worst fold first (within 0.01), then the mean.
+- **selection** (`pick`): `report_sources.RULE`: among the candidates whose validation AUROC is within
+  `VAL_MARGIN` of the best candidate's (the guard), worst fold first (within 0.01), then the mean. The guard
+  exists because two to four held-out sources are a noisy judge: without it a configuration that separates
+  its own pool far worse (a contrast probe at 0.83 against 0.97) won on inner folds, predicted unseen sources
+  no better, and shipped a threshold that caught 3% of deceptive answers.
 - **nested estimate** (`nested_estimate`): for each outer source S, the selection runs on folds of
   the other sources only; the chosen configuration is fitted on the other sources and scored on S.
   Per S: the selected-on score (the chosen configuration's inner mean), the reported-on AUROC,
   their gap, and S's recall / flagged negatives at a threshold set without S.
 - **affordable**: only the top-k configurations of a pre-screen are fitted (`prescreen`: the sweep's
   own leave-one-kind-out AUROCs of the kinds outside S, averaged per source; half the k by the worst
-  source, half by the mean, with some of the last slots given to each missing method's best: a
-  method that scores lower within sources still gets a held-out-source evaluation). Those sweep fits saw
+  source, half by the mean, plus up to k/2 extra candidates, the best of each method the k lack: a
+  method that scores lower within sources still gets a held-out-source evaluation, and adding them
+  instead of replacing picks keeps the top k exactly as they were). Those sweep fits saw
   S as training data, never as scored data. Fits are planned layer by layer (one layer in memory) and
   shared between folds with the same held-out set.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -42,6 +47,7 @@ from probewatch.training.calibration import (
 from probewatch.training.features import LayerData, score_all
 from probewatch.training.report_sources import (
     RULE,
+    VAL_MARGIN,
     ConfigScore,
     HeldOutThreshold,
     NestedEstimate,
@@ -72,6 +78,7 @@ class NestedSettings:
     window: int = 8
     alpha: float = 0.2
     top_k: int = 8
+    val_margin: float = VAL_MARGIN
     progress: bool = False  # a bar over the fold fits: on a real pool this stage runs for minutes to an hour
 
 
@@ -219,12 +226,26 @@ def _tiebreak(row: SweepRow) -> tuple:
     return (round(row.val_recall_control or 0.0, 3), round(row.val_auroc or 0.0, 3), -row.layer)
 
 
-def pick(scored: Sequence[tuple[SweepRow, ConfigScore]], tie: float = TIE) -> tuple[int, int]:
-    """(index chosen by the rule, index the mean alone would choose) among configurations with scores.
+def eligible(scored: Sequence[tuple[SweepRow, ConfigScore]], margin: float = VAL_MARGIN) -> list[int]:
+    """Indices of the configurations with fold scores whose validation AUROC is within `margin` of the best
+    such configuration's (a row without one stays eligible: nothing to judge it by)."""
+    valid = [i for i, (_, cs) in enumerate(scored) if cs.worst is not None and cs.mean is not None]
+    val = {i: v for i in valid if (v := scored[i][0].val_auroc) is not None}
+    if not val:
+        return valid
+    floor = max(val.values()) - margin - 1e-9
+    return [i for i in valid if i not in val or val[i] >= floor]
+
+
+def pick(
+    scored: Sequence[tuple[SweepRow, ConfigScore]], tie: float = TIE, margin: float = VAL_MARGIN
+) -> tuple[int, int]:
+    """(index chosen by the rule, index the mean alone would choose) among the eligible configurations.
 
     The rule: the best worst fold; worst scores within `tie` of it are ties, broken by the mean (to
-    0.001), then the sweep's tie-breakers (recall at the control threshold, validation AUROC, layer)."""
-    valid = [i for i, (_, cs) in enumerate(scored) if cs.worst is not None and cs.mean is not None]
+    0.001), then the sweep's tie-breakers (recall at the control threshold, validation AUROC, layer).
+    `margin` is the guard (`eligible`); `math.inf` turns it off."""
+    valid = eligible(scored, margin)
     if not valid:
         raise ValueError("no configuration has a score on the folds")
     best_worst = max(scored[i][1].worst for i in valid)  # type: ignore[type-var]
@@ -246,7 +267,7 @@ def _kind_sources(pool: PoolArrays) -> dict[str, set[str]]:
 def prescreen(rows: Sequence[SweepRow], pool: PoolArrays, outer: str | None, k: int) -> list[SweepRow]:
     """The top-k rows by the sweep's held-out-kind AUROCs of the kinds outside `outer`, averaged per
     source: alternately the best by worst source and by mean (validation AUROC where no kind was held out),
-    with up to k/2 of the last picks given to the best of each method not yet picked."""
+    then up to k/2 more: the best row by mean of each method the top k lack."""
     kind_sources = _kind_sources(pool)
 
     def proxy(row: SweepRow) -> tuple[float, float]:
@@ -272,22 +293,19 @@ def prescreen(rows: Sequence[SweepRow], pool: PoolArrays, outer: str | None, k: 
     return [rows[i] for i in _with_every_method(chosen, by_mean, rows, k // 2)]
 
 
-def _with_every_method(chosen: list[int], by_mean: list[int], rows: Sequence[SweepRow], slots: int) -> list[int]:
-    """`chosen` with up to `slots` of its last picks (of methods picked more than once) replaced by the best
-    row by mean of each method it lacks. A method that scores lower within sources (contrast pairs) may never
-    reach the top k of a within-source proxy, and then would never be judged on held-out sources at all."""
+def _with_every_method(chosen: list[int], by_mean: list[int], rows: Sequence[SweepRow], extra: int) -> list[int]:
+    """`chosen` followed by the best row by mean of each method it lacks, at most `extra` of them. A method that
+    scores lower within sources (contrast pairs) may never reach the top k of a within-source proxy, and then
+    would never be judged on held-out sources at all; it is added, not swapped in, so the top k stay as they
+    were and the guard in `pick` decides whether it may be chosen."""
     out = list(chosen)
+    have = {rows[i].method for i in out}
     for method in dict.fromkeys(rows[i].method for i in by_mean):
-        if slots <= 0:
+        if len(out) - len(chosen) >= extra:
             break
-        if any(rows[i].method == method for i in out):
-            continue
-        counts = Counter(rows[i].method for i in out)
-        victim = next((j for j in reversed(range(len(out))) if counts[rows[out[j]].method] > 1), None)
-        if victim is None:
-            break
-        out[victim] = next(i for i in by_mean if rows[i].method == method)
-        slots -= 1
+        if method not in have:
+            out.append(next(i for i in by_mean if rows[i].method == method))
+            have.add(method)
     return out
 
 
@@ -312,8 +330,19 @@ def select(
     if not any(cs.worst is not None for _, cs in scored):
         first = scored[0]
         return first[0], SourceSelection("prescreen", [f.name for f in folds], len(candidates), first[1], first[1])
-    i, j = pick(scored)
-    return scored[i][0], SourceSelection(basis, [f.name for f in folds], len(candidates), scored[i][1], scored[j][1])
+    margin = scorer.settings.val_margin
+    i, j = pick(scored, margin=margin)
+    free, _ = pick(scored, margin=math.inf)
+    selection = SourceSelection(
+        basis,
+        [f.name for f in folds],
+        len(candidates),
+        scored[i][1],
+        scored[j][1],
+        n_eligible=len(eligible(scored, margin)),
+        unguarded=scored[free][1] if free != i else None,
+    )
+    return scored[i][0], selection
 
 
 # -- the two entry points -------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from typing import Any
 from probewatch.training.calibration import MAX_FLAGGED_NEGATIVES, MIN_RECALL
 from probewatch.training.estimators import C_METHODS
 from probewatch.training.report import TrainReport
-from probewatch.training.report_sources import HeldOutThreshold, OuterSource, SourcesReport
+from probewatch.training.report_sources import HeldOutThreshold, OuterSource, SourceSelection, SourcesReport
 
 BASIS_TEXT = {
     "heldout_source": "held-out source (worst source first)",
@@ -38,6 +38,14 @@ def config_text(c: Mapping[str, Any]) -> str:
     return f"layer {c['layer']} {c['method']}{C}, {reads}, {mode}, {c['aggregation']}"
 
 
+def guard_text(sel: SourceSelection | None) -> str:
+    """' ‡ (without the guard: <config>, mean / worst)' where the validation-AUROC guard changed the choice."""
+    if sel is None or sel.unguarded is None:
+        return ""
+    u = sel.unguarded
+    return f" ‡ (without the guard: {config_text(u.config)}, {_f(u.mean)} / {_f(u.worst)})"
+
+
 def with_sources(results: Mapping[str, TrainReport]) -> list[tuple[TrainReport, SourcesReport]]:
     """The reports that carry a `sources` part (reports written before issue 22 have none)."""
     return [(r, r.sources) for r in results.values() if r.sources is not None]
@@ -62,7 +70,7 @@ def _outer_row(name: str, o: OuterSource) -> dict[str, Any]:
     return {
         "source": name,
         "sizes": f"{o.n_pos} / {o.n_neg}{against}",
-        "chosen": f"{config_text(sel.chosen.config)} ({_basis_text(sel.basis, sel.folds)})",
+        "chosen": f"{config_text(sel.chosen.config)} ({_basis_text(sel.basis, sel.folds)}){guard_text(sel)}",
         "changed": sel.chosen.config != sel.mean_best.config,
         "selected_on": f"{_f(sel.chosen.mean)} / {_f(sel.chosen.worst)}",
         "auroc": _f(o.auroc),
@@ -116,6 +124,7 @@ def _aims(recall: float | None, flagged: float | None) -> str:
 
 SOURCE_HELPERS: dict[str, Any] = {
     "config_text": config_text,
+    "guard_text": guard_text,
     "with_sources": with_sources,
     "nested_rows": nested_rows,
     "threshold_rows": threshold_rows,

@@ -21,7 +21,7 @@ from typing import Any
 from probewatch.jsonio import write_json_atomic
 from probewatch.probes import Aggregation, Threshold
 from probewatch.training.datasets.common import Source
-from probewatch.training.report_sources import SourcesReport, drop_unset_transfer, omit_unset
+from probewatch.training.report_sources import SourcesReport, drop_unset, omit_unset
 
 REPORT_FILENAME = "report.json"
 
@@ -232,8 +232,8 @@ class TrainReport:
             del out["plots"]
         if self.sources is None:
             del out["sources"]
-        elif out["sources"]["nested"] is not None:
-            drop_unset_transfer(out["sources"]["nested"])
+        else:
+            drop_unset(out["sources"])
         if self.compared is None:
             del out["compared"]
         if out["threshold"].get("uncertain_from") is None:  # no band: the report as written before bands existed

@@ -11,9 +11,12 @@ from typing import Any
 
 from probewatch.training.sources import SourceAtThreshold, SourceCounts
 
+#: the selection guard: a candidate is eligible only if its validation AUROC is within this of the best candidate's
+VAL_MARGIN = 0.10
 #: the selection rule, as reports and docs/quality.md state it
 RULE = (
-    "rank configurations by their worst held-out fold (source, or kind where fewer than two sources remain); "
+    f"among configurations whose validation AUROC is within {VAL_MARGIN:.2f} of the best candidate's, "
+    "rank by the worst held-out fold (source, or kind where fewer than two sources remain); "
     "worst scores within 0.01 of the best worst count as ties, broken by the mean over folds, then by recall "
     "at 1% control FPR, validation AUROC and the earlier layer"
 )
@@ -37,20 +40,31 @@ class SourceSelection:
     folds: list[str]
     n_configurations: int  # configurations compared on the folds (the top-k of the pre-screen)
     chosen: ConfigScore
-    mean_best: ConfigScore  # what ranking by the mean alone would have chosen
+    mean_best: ConfigScore  # what ranking by the mean alone would have chosen (among the eligible)
+    #: configurations the guard left eligible (validation AUROC near the best candidate's); None: before the guard
+    n_eligible: int | None = None
+    #: what the rule would have chosen without the guard, where that differs from `chosen`
+    unguarded: ConfigScore | None = None
 
     @property
     def rule_changed_choice(self) -> bool:
         return self.chosen.config != self.mean_best.config
 
+    @property
+    def guard_changed_choice(self) -> bool:
+        return self.unguarded is not None
+
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SourceSelection:
+        unguarded = d.get("unguarded")
         return cls(
             basis=d["basis"],
             folds=list(d["folds"]),
             n_configurations=d["n_configurations"],
             chosen=ConfigScore(**d["chosen"]),
             mean_best=ConfigScore(**d["mean_best"]),
+            n_eligible=d.get("n_eligible"),
+            unguarded=None if unguarded is None else ConfigScore(**unguarded),
         )
 
 
@@ -148,10 +162,20 @@ def omit_unset(d: dict[str, Any], keys: Iterable[str]) -> None:
             del d[key]
 
 
-def drop_unset_transfer(nested: dict[str, Any]) -> None:
-    """`omit_unset` for the transfer fields of an `asdict`-written nested estimate and its outer sources."""
+#: SourceSelection fields added later (the guard): omitted where unset
+SELECTION_LATER = ("n_eligible", "unguarded")
+
+
+def drop_unset(sources: dict[str, Any]) -> None:
+    """`omit_unset` for the fields added after the first reports: the selection guard's (the shipped choice and
+    each outer source's) and the transfer fields of an `asdict`-written nested estimate."""
+    omit_unset(sources.get("selection") or {}, SELECTION_LATER)
+    nested = sources.get("nested")
+    if nested is None:
+        return
     omit_unset(nested, ("transfer_fpr",))
     for outer in nested["outer"].values():
+        omit_unset(outer.get("selection") or {}, SELECTION_LATER)
         omit_unset(outer.get("at_threshold") or {}, ("transfer_rate", "transfer"))
 
 

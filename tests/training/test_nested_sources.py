@@ -8,6 +8,9 @@ sources can.
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
+
 import numpy as np
 import pytest
 
@@ -87,9 +90,11 @@ def _pool(seed: int = 0) -> tuple[PoolArrays, dict[int, LayerData], LayerData]:
     return pool, {0: layer(feats0, 0), 1: layer(feats1, 1)}, control
 
 
-def _row(layer: int, per_kind: float, aggregation: str = "mean") -> SweepRow:
+def _row(layer: int, per_kind: float, aggregation: str = "mean", val: float | None = None) -> SweepRow:
+    """A sweep row whose held-out-kind AUROCs are all `per_kind`; its validation AUROC is `val` (default the same)."""
     kinds = {f"{s}{k}": per_kind for s in SOURCES for k in (1, 2)}
-    return SweepRow("response", layer, "logistic", False, aggregation, per_kind, per_kind, kinds, C=1.0)
+    val = per_kind if val is None else val
+    return SweepRow("response", layer, "logistic", False, aggregation, val, per_kind, kinds, C=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +106,8 @@ def synthetic():
 
 def test_a_shifted_source_makes_the_nested_estimate_lower_than_the_selected_on_number(synthetic):
     pool, layer_data, cal, held = synthetic
-    rows = [_row(0, 0.99), _row(1, 0.80)]  # the sweep's held-out-kind numbers: layer 0 wins
+    # the sweep's held-out-kind numbers: layer 0 wins; both separate their own pool alike (the guard keeps both)
+    rows = [_row(0, 0.99, val=0.95), _row(1, 0.80, val=0.93)]
     settings = NestedSettings(top_k=2, hard_negative_fpr=0.2)
     nested = nested_estimate(rows, pool, layer_data, cal, held, settings, (0.99, "heldout_kind"), 0.99)
     assert nested is not None and set(nested.outer) == set(SOURCES)
@@ -126,7 +132,7 @@ def test_a_shifted_source_makes_the_nested_estimate_lower_than_the_selected_on_n
 
 def test_worst_source_rule_ships_the_robust_configuration_over_the_mean_best(synthetic):
     pool, layer_data, cal, _ = synthetic
-    rows = [_row(0, 0.99), _row(1, 0.80)]
+    rows = [_row(0, 0.99, val=0.95), _row(1, 0.80, val=0.93)]
     picked = select_by_source(rows, pool, layer_data, cal, NestedSettings(top_k=2))
     assert picked is not None
     row, selection = picked
@@ -165,19 +171,68 @@ def test_prescreen_takes_the_top_k_alternately_by_worst_source_and_by_mean(synth
     assert prescreen([low, uneven, even], pool, "d", 1) == [uneven]
 
 
-def test_prescreen_fits_every_methods_best_even_below_the_top_k(synthetic):
-    """A contrast probe scores lower within sources than it transfers across them: its best row takes one of
-    the last slots (up to half of k) from a method picked more than once, so the held-out-source fits see it."""
+def test_prescreen_adds_every_methods_best_after_the_top_k(synthetic):
+    """A contrast probe scores lower within sources than it transfers across them: the best row of each method
+    the top k lack is added after them (up to k/2 more), so the held-out-source fits see it and the top k
+    stay exactly as a single-method ranking has them."""
     from dataclasses import replace
 
     pool = synthetic[0]
     logistic = [_row(layer, 0.90 - 0.01 * layer) for layer in range(4)]
     contrast = [replace(_row(5, 0.70), method="contrast"), replace(_row(6, 0.72), method="contrast")]
-    picked = prescreen([*logistic, *contrast], pool, None, 4)
-    assert [r.method for r in picked] == ["logistic"] * 3 + ["contrast"]
-    assert picked[-1] is contrast[1] and picked[:3] == logistic[:3]  # the best contrast row, the top logistic ones
-    assert prescreen([*logistic, *contrast], pool, None, 1) == [logistic[0]]  # no slot to give at k=1
+    lat = [replace(_row(7, 0.60), method="lat")]
+    picked = prescreen([*logistic, *contrast, *lat], pool, None, 4)
+    assert picked[:4] == logistic  # the top k as before
+    assert picked[4:] == [contrast[1], lat[0]]  # then each missing method's best row by mean
+    assert prescreen([*logistic, *contrast, *lat], pool, None, 2) == [*logistic[:2], contrast[1]]  # at most k/2
+    assert prescreen([*logistic, *contrast], pool, None, 1) == [logistic[0]]  # no extra at k=1
     assert prescreen(logistic, pool, None, 4) == logistic  # one method: the ranking as before
+
+
+def test_guard_keeps_a_configuration_that_separates_its_pool_far_worse_from_being_chosen():
+    """Two to four held-out sources are a noisy judge: a configuration with the best worst fold but a validation
+    AUROC more than VAL_MARGIN below the best candidate's is not eligible (the contrast run: 0.83 against
+    0.97, no nested gain, 3% recall at its threshold)."""
+    import math
+
+    from probewatch.training.nested import eligible
+    from probewatch.training.report_sources import VAL_MARGIN
+
+    def cs(mean: float, worst: float) -> ConfigScore:
+        return ConfigScore({}, mean, worst, {})
+
+    strong, weak, near = _row(1, 0.8, val=0.97), _row(2, 0.8, val=0.83), _row(3, 0.8, val=0.97 - VAL_MARGIN)
+    scored = [(strong, cs(0.66, 0.50)), (weak, cs(0.74, 0.53)), (near, cs(0.60, 0.45))]
+    assert eligible(scored) == [0, 2]  # 0.83 is 0.14 below 0.97; exactly VAL_MARGIN below is still eligible
+    assert pick(scored) == (0, 0)
+    assert pick(scored, margin=math.inf) == (1, 1)  # the guard off: the weak one wins on both counts
+    no_val = _row(4, 0.8)
+    no_val.val_auroc = None
+    assert eligible([*scored, (no_val, cs(0.7, 0.5))]) == [0, 2, 3]  # nothing to judge it by: eligible
+
+
+def test_select_records_what_the_guard_changed(synthetic):
+    """The selection keeps the unguarded choice and the number of eligible candidates for the report, and
+    docs/quality.md marks the guarded choice with what the rule would have chosen."""
+    from probewatch.training.nested import FoldScorer, folds_without, select
+    from probewatch.training.quality_sources import guard_text
+    from probewatch.training.report_sources import SourceSelection
+
+    pool, layer_data, cal, _ = synthetic
+    robust, fragile = _row(1, 0.80, val=0.80), _row(0, 0.99, val=0.99)  # layer 1 wins the folds (d is noise at 0)
+    basis, folds = folds_without(pool, None)
+    scorer = FoldScorer(pool, layer_data, NestedSettings(top_k=2))
+    scorer.run((r, f.held) for r in (robust, fragile) for f in folds)
+    row, sel = select([robust, fragile], basis, folds, scorer, cal)
+    assert row is fragile and sel.n_eligible == 1  # layer 1's 0.80 is 0.19 below 0.99
+    assert sel.guard_changed_choice and sel.unguarded is not None and sel.unguarded.config["layer"] == 1
+    assert sel.unguarded.worst > sel.chosen.worst
+    text = guard_text(sel)
+    assert text.startswith(" ‡ (without the guard: layer 1 logistic C=1, response, per-example, mean, ")
+    assert SourceSelection.from_json(json.loads(json.dumps(asdict(sel)))) == sel
+    scorer.settings.val_margin = 0.25
+    row, sel = select([robust, fragile], basis, folds, scorer, cal)
+    assert row is robust and sel.n_eligible == 2 and sel.unguarded is None and guard_text(sel) == ""
 
 
 def test_folds_drop_the_held_out_sources_their_groups_and_the_calibration_split(synthetic):

@@ -67,7 +67,9 @@ def test_train_chooses_by_held_out_source_and_reports_the_nested_estimate(two_so
     assert s.counts["written.jsonl"].kinds == ["ka", "kb"] and s.counts["written.jsonl"].n == 40
     # the shipped configuration is the held-out-source choice, and the report says so
     assert s.selection is not None and s.selection.basis == "heldout_source"
-    assert s.selection.folds == ["public.jsonl", "written.jsonl"] and s.selection.n_configurations == 3
+    assert s.selection.folds == ["public.jsonl", "written.jsonl"]
+    assert s.selection.n_configurations == 4  # the pre-screen's top 3, then mean_diff's best row
+    assert s.selection.n_eligible is not None and 1 <= s.selection.n_eligible <= 4
     assert report.selection.basis == "heldout_source"
     chosen = {k: report.chosen[k] for k in s.selection.chosen.config}
     assert chosen == s.selection.chosen.config
