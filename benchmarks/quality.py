@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from probewatch.arguments import layer_list
 from probewatch.benchmarks.evasion import plot as plot_evasion
 from probewatch.benchmarks.harness import add_common_args
 from probewatch.benchmarks.quality_extras import (
@@ -89,7 +90,12 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         help="copy the trained bundles into probes/shipped/<model>/ (what `make bench-quality` does; "
         "without it only runs/ and docs/ are written)",
     )
-    parser.add_argument("--layers", default=None, help="override the layer sweep (e.g. '5,9,13' for a quick run)")
+    parser.add_argument(
+        "--layers",
+        type=layer_list,
+        default=None,
+        help="override the layer sweep (e.g. '5,9,13' or '4-12' for a quick run)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument(
         "--threads",
@@ -259,7 +265,7 @@ def _train_one(name: str, args: argparse.Namespace, loaded: Any, plots_root: Pat
     job = dict(JOBS[name])
     t = time.perf_counter()
     shipped = shipped_root() / loaded.model_id / name  # the bundle this run replaces, scored on its data
-    layers = _layers(args.layers)
+    layers = args.layers
     config = TrainConfig(
         compare_with=[shipped] if (shipped / "manifest.json").is_file() else [],
         model=args.model,
@@ -597,10 +603,6 @@ def _display_path(path: Path) -> str:
         return str(path.resolve().relative_to(_repo_root()))
     except ValueError:
         return str(path)
-
-
-def _layers(flag: str | None) -> list[int] | None:
-    return [int(x) for x in flag.split(",")] if flag else None
 
 
 def _train_command(job: dict, layers: list[int] | None = None) -> str:

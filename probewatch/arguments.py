@@ -34,6 +34,18 @@ def add_data_dir_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def layer_list(value: str) -> list[int]:
+    """An argparse `type` for layer lists: '9', '3,9,15' or the range '4-12' (inclusive); the train CLI and the
+    quality benchmark's `--layers` read the same forms."""
+    try:
+        if "-" in value and "," not in value:
+            lo, hi = value.split("-", 1)
+            return list(range(int(lo), int(hi) + 1))
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected layers like '9' or '3,9,15' or '4-12', got {value!r}") from None
+
+
 def add_bundles_arg(parser: argparse.ArgumentParser, help: str) -> None:
     """`--bundles DIR ...`, repeatable (each use extends the list); None = the command's default."""
     parser.add_argument("--bundles", nargs="+", action="extend", default=None, metavar="DIR", help=help)

@@ -27,7 +27,7 @@ from probewatch.training.estimators import C_METHODS
 from probewatch.training.plots import layer_view, sweep_mode
 from probewatch.training.quality_changes import CHANGE_HELPERS
 from probewatch.training.quality_extras_doc import EXTRA_HELPERS
-from probewatch.training.quality_sources import SOURCE_HELPERS
+from probewatch.training.quality_sources import SOURCE_HELPERS, c_setting
 from probewatch.training.report import Metrics, OperatingSummary, TrainReport, as_report
 from probewatch.training.sweep import checked_per_kind
 
@@ -223,7 +223,8 @@ def _aggregation_text(r: TrainReport) -> str:
 
 
 def _c_text(c: Mapping[str, Any]) -> str:
-    return f", C={c['C']:g}" if c.get("C") is not None and c["method"] in C_METHODS else ""
+    """', C=0.01' after a method name in the prose, or ''."""
+    return f", {c_setting(c)}" if c_setting(c) else ""
 
 
 def _kind_rows(r: TrainReport, before: Mapping[str, float | None]) -> list[dict[str, Any]]:

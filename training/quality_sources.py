@@ -30,9 +30,14 @@ def _p(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.0f}%"
 
 
+def c_setting(c: Mapping[str, Any]) -> str:
+    """'C=0.01' for a method that has a C (`C_METHODS`) and a C set; '' otherwise. One format for every table."""
+    return f"C={c['C']:g}" if c.get("C") is not None and c.get("method") in C_METHODS else ""
+
+
 def config_text(c: Mapping[str, Any]) -> str:
     """`layer 15 logistic C=0.01, response, per-example, mean` from a `ConfigScore.config`."""
-    C = f" C={c['C']:g}" if c.get("C") is not None and c.get("method") in C_METHODS else ""
+    C = f" {c_setting(c)}" if c_setting(c) else ""
     reads = {"all": "prompt + response"}.get(c["token_selection"], c["token_selection"])
     mode = "per-token" if c["per_token"] else "per-example"
     return f"layer {c['layer']} {c['method']}{C}, {reads}, {mode}, {c['aggregation']}"

@@ -13,22 +13,19 @@ import shlex
 import sys
 from pathlib import Path
 
-from probewatch.arguments import add_data_dir_arg, add_extra_data_arg, add_json_arg, add_model_arg, print_json
+from probewatch.arguments import (
+    add_data_dir_arg,
+    add_extra_data_arg,
+    add_json_arg,
+    add_model_arg,
+    layer_list,
+    print_json,
+)
 from probewatch.behaviours import BEHAVIOURS
 
 METHODS = ("logistic", "mean_diff", "lat", "contrast", "attention")
 # = probewatch.probes.manifest.AGGREGATIONS (a test holds them equal; importing it here would load torch)
 AGGREGATIONS = ("mean", "max", "last", "ema", "rolling_mean_max", "softmax", "max_norm", "rolling_mean_max_norm")
-
-
-def _int_list(value: str) -> list[int]:
-    try:
-        if "-" in value and "," not in value:
-            lo, hi = value.split("-", 1)
-            return list(range(int(lo), int(hi) + 1))
-        return [int(v) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected layers like '9' or '3,9,15' or '4-12', got {value!r}") from None
 
 
 def _optional_rate(value: str) -> float | None:
@@ -89,7 +86,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--layers",
-        type=_int_list,
+        type=layer_list,
         default=None,
         help="layers to sweep: '9', '3,9,15' or '4-12' (default: every other layer)",
     )

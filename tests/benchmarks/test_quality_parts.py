@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from probewatch.benchmarks import quality
 from probewatch.benchmarks.quality_extras import save_evasion, saved_evasion
 
@@ -170,9 +172,16 @@ def test_recorded_train_command_reproduces_the_job_and_a_narrowed_sweep():
         assert command.startswith("probewatch train ")
         return config_from_args(parser.parse_args(command.split()[1:]))
 
-    deception = parsed(quality._train_command(quality.JOBS["deception"], quality._layers("7,11,21")))
+    bench = argparse.ArgumentParser()
+    quality.add_cli_args(bench)
+    narrowed = bench.parse_args(["--layers", "7,11,21"]).layers
+    deception = parsed(quality._train_command(quality.JOBS["deception"], narrowed))
     assert (deception.behaviour, deception.family, list(deception.layers)) == ("deception", True, [7, 11, 21])
-    full = parsed(quality._train_command(quality.JOBS["deception"], quality._layers(None)))
+    ranged = parsed(quality._train_command(quality.JOBS["deception"], bench.parse_args(["--layers", "4-6"]).layers))
+    assert list(ranged.layers) == [4, 5, 6]  # the bench reads the train CLI's layer forms, ranges included
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--layers", "7,x"])  # refused at parse time with the forms it takes, not mid-run
+    full = parsed(quality._train_command(quality.JOBS["deception"], bench.parse_args([]).layers))
     assert full.layers is None and "--layers" not in quality._train_command(quality.JOBS["deception"])
     mean_diff = parsed(quality._train_command(quality.JOBS["refusal-mean-diff"]))
     assert (mean_diff.behaviour, mean_diff.probe_id, list(mean_diff.methods), mean_diff.family) == (
