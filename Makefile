@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 PIP := python -m pip install -q --disable-pip-version-check
 
 .PHONY: setup demo test check lint typecheck lock test-latest test-compat bench bench-capture bench-quality \
-	bench-overhead bench-ingest bench-vllm bench-soak bench-review bench-evasion review-screenshots sae proto clean \
+	bench-overhead bench-ingest bench-vllm bench-soak bench-review bench-evasion bench-selection review-screenshots sae proto clean \
 	vllm-venv test-vllm lock-vllm test-vllm-contract
 
 setup: $(VENV)/.installed
@@ -155,6 +155,13 @@ bench-quality: setup
 EVASION_ARGS ?=
 bench-evasion: setup
 	$(BIN)/probewatch bench evasion $(EVASION_ARGS)
+
+# Selection drift check: replay the published reports' held-out-source choice with today's selection
+# code (rule, guard, pre-screen) on their cached pools; exits 1 where a choice would change. Run it after
+# touching training/nested.py, before the next bench-quality. runs/bench-selection.json.
+SELECTION_ARGS ?= --check
+bench-selection: setup
+	$(BIN)/probewatch bench selection $(SELECTION_ARGS)
 
 # Retrain the shipped SAE (layer 15, TopK 3072, k=32; ~30 min on 2 CPU cores, activations cached
 # under PROBEWATCH_HOME) and refit the SAE-feature probes into PROBEWATCH_HOME/bundles (docs/sae.md).

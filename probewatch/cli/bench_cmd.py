@@ -46,6 +46,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "probewatch.benchmarks.evasion",
         "deception/refusal probes when the prompt says a probe is watching, and under sincerity rewording",
     ),
+    "selection": (
+        "probewatch.benchmarks.selection",
+        "replay the shipped reports' held-out-source choice with today's selection code (drift check)",
+    ),
 }
 
 

@@ -154,3 +154,48 @@ def test_quality_markdown_without_sources_has_no_source_sections():
         report.pop("sources", None)
     text = render_markdown(reports, {}, RUN)
     assert "## Held-out sources" not in text and "## Thresholds per source" not in text
+
+
+def test_replay_reproduces_the_recorded_choice_and_the_bench_flags_a_changed_one(
+    two_source_report, tiny_loaded, tiny_folder, tmp_path
+):
+    """`probewatch bench selection` replays a report's held-out-source choice with today's code on the same pool
+    (training/replay.py): the run's own report replays to the same configuration and fold scores; a record
+    that differs is reported as changed and `--check` fails; a report of another model is refused."""
+    import argparse
+
+    from probewatch.benchmarks import selection
+    from probewatch.training.replay import replay_selection
+
+    raw = json.loads(two_source_report.report_path.read_text())
+    recorded = raw["sources"]["selection"]
+    replay = replay_selection(raw, tiny_loaded)
+    assert replay.now is not None and not replay.changed
+    assert replay.now.chosen.config == recorded["chosen"]["config"]
+    assert replay.now.chosen.mean == pytest.approx(recorded["chosen"]["mean"], abs=1e-9)
+    assert replay.now.n_configurations == recorded["n_configurations"] and replay.nested is None
+
+    altered = json.loads(json.dumps(raw))
+    altered["sources"]["selection"]["chosen"]["config"]["layer"] += 100  # a record today's code cannot reproduce
+    paths = {"same": tmp_path / "same.json", "altered": tmp_path / "altered.json"}
+    paths["same"].write_text(json.dumps(raw))
+    paths["altered"].write_text(json.dumps(altered))
+    parser = argparse.ArgumentParser()
+    selection.add_cli_args(parser)
+
+    def bench(*names: str) -> tuple[int, dict]:
+        argv = ["--model", str(tiny_folder), "--out", str(tmp_path / "out.json"), "--check"]
+        args = parser.parse_args(argv + [x for n in names for x in ("--report", str(paths[n]))])
+        assert selection.report_paths(args) == [paths[n] for n in names]  # only these: no published report
+        code = selection.main(args)
+        return code, json.loads((tmp_path / "out.json").read_text())
+
+    code, out = bench("same")
+    assert code == 0 and out["changed"] == [] and out["replays"][0]["now"] == recorded["chosen"]["config"]
+    code, out = bench("same", "altered")
+    assert code == 1 and [r["changed"] for r in out["replays"]] == [False, True] and out["changed"] == ["deception"]
+
+    foreign = json.loads(json.dumps(raw))
+    foreign["model"]["fingerprint"] = "pwfp1:" + "f" * 32
+    with pytest.raises(ValueError, match="was trained on pwfp1:f+, not on the loaded model"):
+        replay_selection(foreign, tiny_loaded)

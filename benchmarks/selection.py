@@ -1,0 +1,124 @@
+"""`probewatch bench selection`: would today's selection code choose what the shipped reports record?
+
+Replays the held-out-source choice (training/replay.py) of each published report (docs/quality/<id>/
+report.json, default: every one with a held-out-source choice) or of any report.json given with
+`--report`, on the same pool and sweep rows, with the current rule, guard and pre-screen. Prints the
+recorded and the replayed choice, how many candidates the guard left eligible and what the rule
+would have chosen without it; `--nested` also reruns the nested estimate. `--check` exits 1 when a
+choice changed: run it after touching the selection code, before the next `make bench-quality`.
+Reads the activation cache of the run that wrote the report (minutes each when cached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from probewatch.arguments import add_data_dir_arg
+from probewatch.benchmarks.harness import add_common_args, command_line, emit
+
+DEFAULT_OUT = Path("runs/bench-selection.json")
+PUBLISHED = Path("docs/quality")
+REPORT = "report.json"
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    add_common_args(parser)
+    add_data_dir_arg(parser)
+    parser.add_argument(
+        "--probes",
+        nargs="*",
+        default=None,
+        help=f"published probe ids under {PUBLISHED}/ (default, without --report: every one with a choice)",
+    )
+    parser.add_argument(
+        "--report", type=Path, action="append", default=[], help="a report.json to replay as well (repeatable)"
+    )
+    parser.add_argument("--nested", action="store_true", help="also rerun the nested estimate (slower)")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a replayed choice differs from the record")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report; default {DEFAULT_OUT}")
+
+
+def report_paths(args: argparse.Namespace, published: Path = PUBLISHED) -> list[Path]:
+    """The reports to replay: the named published ones, then the `--report`s; with neither, every published
+    report that records a held-out-source choice."""
+    if args.probes:
+        named = [published / p / REPORT for p in args.probes]
+        missing = [str(p) for p in named if not p.is_file()]
+        if missing:
+            raise SystemExit(f"probewatch bench selection: no published report {', '.join(missing)}")
+    elif args.report:
+        named = []
+    else:
+        named = [p for p in sorted(published.glob(f"*/{REPORT}")) if _has_choice(p)]
+    return [*named, *args.report]
+
+
+def _has_choice(path: Path) -> bool:
+    sources = json.loads(path.read_text()).get("sources") or {}
+    return sources.get("selection") is not None
+
+
+def _config_line(score: Any) -> str:
+    from probewatch.training.quality_sources import config_text
+
+    return "—" if score is None else f"{config_text(score.config)} (mean {score.mean:.3f}, worst {score.worst:.3f})"
+
+
+def summary(replay: Any) -> dict[str, Any]:
+    """The JSON entry and the text lines of one replay."""
+    now = replay.now
+    out: dict[str, Any] = {
+        "probe_id": replay.probe_id,
+        "recorded": None if replay.recorded is None else replay.recorded.config,
+        "now": None if now is None else now.chosen.config,
+        "changed": replay.changed,
+        "n_candidates": None if now is None else now.n_configurations,
+        "n_eligible": None if now is None else now.n_eligible,
+        "unguarded": None if now is None or now.unguarded is None else now.unguarded.config,
+    }
+    if replay.nested is not None:
+        n = replay.nested
+        out["nested"] = {"mean": n.mean, "worst": n.worst, "worst_source": n.worst_source, "gap": n.optimism_gap}
+    return out
+
+
+def lines_of(replay: Any) -> list[str]:
+    now = replay.now
+    mark = "CHANGED" if replay.changed else "same"
+    lines = [f"{replay.probe_id}: {mark}", f"  recorded  {_config_line(replay.recorded)}"]
+    if now is not None:
+        lines.append(f"  now       {_config_line(now.chosen)}")
+        lines.append(f"  {now.n_eligible} of {now.n_configurations} candidates eligible under the guard")
+        if now.unguarded is not None:
+            lines.append(f"  without the guard: {_config_line(now.unguarded)}")
+    if replay.nested is not None:
+        n = replay.nested
+        lines.append(f"  nested: mean {n.mean:.3f}, worst {n.worst:.3f} ({n.worst_source}), gap {n.optimism_gap:+.3f}")
+    return lines
+
+
+def main(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from probewatch.models import load_model
+    from probewatch.training.replay import replay_selection
+
+    paths = report_paths(args)
+    if not paths:
+        raise SystemExit("probewatch bench selection: no report with a held-out-source choice to replay")
+    loaded = load_model(args.model)
+    results, lines = [], []
+    for path in tqdm(paths, desc="replayed reports", unit="report", disable=args.json):
+        replay = replay_selection(json.loads(path.read_text()), loaded, args.data_dir, nested=args.nested)
+        results.append({"report": str(path), **summary(replay)})
+        lines.extend(lines_of(replay))
+    changed = [r["probe_id"] for r in results if r["changed"]]
+    lines.append(
+        f"{len(results) - len(changed)} of {len(results)} choices unchanged"
+        + (f"; changed: {changed}" if changed else "")
+    )
+    emit({"command": command_line("selection"), "replays": results, "changed": changed}, args.json, lines, args.out)
+    return 1 if args.check and changed else 0

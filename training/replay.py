@@ -1,0 +1,100 @@
+"""Re-run a report's held-out-source choice with the selection code as it is now (issue 22).
+
+A change to the selection rule, the guard or the pre-screen changes what the next `make bench-quality`
+ships, but the shipped bundles and docs/quality.md still show the choices of the run that made them.
+Replaying answers "would today's code choose the same?" without a retrain: the report's `config`
+rebuilds the pool (data, splits, activations: all cached by a previous run), its `sweep` rows are the
+candidates, and `nested.select_by_source` (optionally `nested_estimate`) runs on them.
+`probewatch bench selection` is the command (benchmarks/selection.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from probewatch.training.features import LayerData
+from probewatch.training.nested import FoldScorer, nested_estimate, select_by_source
+from probewatch.training.report_sources import ConfigScore, NestedEstimate, SourceSelection
+from probewatch.training.stage_activations import extract, make_splits
+from probewatch.training.stage_data import prepare_data
+from probewatch.training.stage_sources import settings_of
+from probewatch.training.sweep import SweepRow
+from probewatch.training.train_config import TrainConfig, check_config
+
+__all__ = ["Replay", "replay_selection", "config_from_report"]
+
+
+@dataclass
+class Replay:
+    """One report's recorded choice beside today's, on the same candidates and pool."""
+
+    probe_id: str
+    recorded: ConfigScore | None  # the report's held-out-source choice (None: the sweep's basis chose)
+    now: SourceSelection | None  # None: fewer than two evaluable sources
+    nested: NestedEstimate | None = None
+
+    @property
+    def changed(self) -> bool:
+        if self.recorded is None or self.now is None:
+            return (self.recorded is None) != (self.now is None)  # one side chose by held-out source, one did not
+        return self.recorded.config != self.now.chosen.config
+
+
+def config_from_report(report: dict[str, Any], data_dir: str | Path | None = None) -> TrainConfig:
+    """The run's TrainConfig as recorded, writing nothing: no bundle, plots, comparison or progress bars."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    recorded = {k: v for k, v in report["config"].items() if k in names}
+    recorded.update(out=None, compare_with=[], plots=False, progress=False)
+    if data_dir is not None:
+        recorded["data_dir"] = data_dir
+    return TrainConfig(**recorded)
+
+
+def _rows(report: dict[str, Any]) -> list[SweepRow]:
+    names = {f.name for f in dataclasses.fields(SweepRow)}
+    return [SweepRow(**{k: v for k, v in row.items() if k in names}) for row in report["sweep"]]
+
+
+def replay_selection(
+    report: dict[str, Any], loaded: Any, data_dir: str | Path | None = None, nested: bool = False
+) -> Replay:
+    """Today's held-out-source choice (and with `nested` the nested estimate) for a report.json's pool and
+    sweep rows. `loaded` must be the report's model: the activations are recomputed or read from the cache."""
+    if loaded.fingerprint != report["model"]["fingerprint"]:
+        raise ValueError(
+            f"report {report['probe_id']!r} was trained on {report['model']['fingerprint']}, "
+            f"not on the loaded model {loaded.fingerprint}"
+        )
+    config = config_from_report(report, data_dir)
+    prepared = prepare_data(config, loaded)
+    acts = extract(config, loaded, prepared, check_config(config, loaded.n_layers, loaded.model_id))
+    splits = make_splits(config, acts, prepared.data)
+    rows = _rows(report)
+
+    def layer_data(layer: int) -> tuple[LayerData, LayerData]:
+        data, _, control = acts.layer(layer)
+        return data, control
+
+    sources = report.get("sources") or {}
+    recorded = (sources.get("selection") or {}).get("chosen")
+    settings = settings_of(config)
+    scorer = FoldScorer(splits.pool, layer_data, settings)
+    picked = select_by_source(rows, splits.pool, layer_data, splits.control_cal, settings, scorer)
+    now = picked[1] if picked is not None else None
+    estimate = None
+    if nested and now is not None:
+        estimate = nested_estimate(
+            rows,
+            splits.pool,
+            layer_data,
+            splits.control_cal,
+            splits.control_held,
+            settings,
+            (now.chosen.mean, "heldout_source"),
+            None,
+            scorer,
+        )
+    return Replay(report["probe_id"], None if recorded is None else ConfigScore(**recorded), now, estimate)
