@@ -11,8 +11,8 @@ share its author and format, so the chosen number is optimistic for data written
 - **selection** (`pick`): `report_sources.RULE`: among the candidates whose validation AUROC is within
   `VAL_MARGIN` of the best candidate's (the guard), worst fold first (within 0.01), then the mean. The guard
   exists because two to four held-out sources are a noisy judge: without it a configuration that separates
-  its own pool far worse (a contrast probe at 0.83 against 0.97) won on inner folds, predicted unseen sources
-  no better, and shipped a threshold that caught 3% of deceptive answers.
+  its own pool far worse (a contrast probe, validation AUROC 0.83 against the best candidate's 0.98) won on
+  inner folds, predicted unseen sources no better, and shipped a threshold that caught 3% of deceptive answers.
 - **nested estimate** (`nested_estimate`): for each outer source S, the selection runs on folds of
   the other sources only; the chosen configuration is fitted on the other sources and scored on S.
   Per S: the selected-on score (the chosen configuration's inner mean), the reported-on AUROC,

@@ -38,7 +38,7 @@ class SourceSelection:
 
     basis: str  # heldout_source | heldout_kind | prescreen (no fold could be scored)
     folds: list[str]
-    n_configurations: int  # configurations compared on the folds (the top-k of the pre-screen)
+    n_configurations: int  # compared on the folds: the pre-screen's top k, then each missing method's best
     chosen: ConfigScore
     mean_best: ConfigScore  # what ranking by the mean alone would have chosen (among the eligible)
     #: configurations the guard left eligible (validation AUROC near the best candidate's); None: before the guard
