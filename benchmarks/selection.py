@@ -37,6 +37,12 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         "--report", type=Path, action="append", default=[], help="a report.json to replay as well (repeatable)"
     )
     parser.add_argument("--nested", action="store_true", help="also rerun the nested estimate (slower)")
+    parser.add_argument(
+        "--selection-margin",
+        type=float,
+        default=None,
+        help="try another guard margin than each run's own (as `probewatch train --selection-margin`; inf: off)",
+    )
     parser.add_argument("--check", action="store_true", help="exit 1 when a replayed choice differs from the record")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report; default {DEFAULT_OUT}")
 
@@ -112,7 +118,8 @@ def main(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     results, lines = [], []
     for path in tqdm(paths, desc="replayed reports", unit="report", disable=args.json):
-        replay = replay_selection(json.loads(path.read_text()), loaded, args.data_dir, nested=args.nested)
+        raw = json.loads(path.read_text())
+        replay = replay_selection(raw, loaded, args.data_dir, nested=args.nested, margin=args.selection_margin)
         results.append({"report": str(path), **summary(replay)})
         lines.extend(lines_of(replay))
     changed = [r["probe_id"] for r in results if r["changed"]]

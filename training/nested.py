@@ -8,7 +8,7 @@ share its author and format, so the chosen number is optimistic for data written
   every example of the held-out sources (training-only kinds included), every example sharing a
   group with them, and the calibration split (its negatives set the fold's threshold). A fold with
   both labels is scored by its own AUROC; one with positives only against the control set.
-- **selection** (`pick`): `report_sources.RULE`: among the candidates whose validation AUROC is within
+- **selection** (`pick`): `report_sources.rule_text`: among the candidates whose validation AUROC is within
   `VAL_MARGIN` of the best candidate's (the guard), worst fold first (within 0.01), then the mean. The guard
   exists because two to four held-out sources are a noisy judge: without it a configuration that separates
   its own pool far worse (a contrast probe, validation AUROC 0.83 against the best candidate's 0.98) won on
@@ -46,7 +46,6 @@ from probewatch.training.calibration import (
 )
 from probewatch.training.features import LayerData, score_all
 from probewatch.training.report_sources import (
-    RULE,
     VAL_MARGIN,
     ConfigScore,
     HeldOutThreshold,
@@ -54,6 +53,7 @@ from probewatch.training.report_sources import (
     OuterSource,
     SourceSelection,
     TransferCheck,
+    rule_text,
 )
 from probewatch.training.sources import evaluable_sources
 from probewatch.training.sweep import PoolArrays, ProbeSpec, SweepRow, fit_probe, with_temperature
@@ -394,7 +394,7 @@ def nested_estimate(
         others = [r for other, r in rates.items() if other != s and r is not None]
         if at is not None:
             at.transfer = _transfer_check(s, row, pool, scorer, control_cal, control_held, settings, others)
-    estimate = summarise(outer, settings.top_k, selected_on, heldout_kind_selected_on)
+    estimate = summarise(outer, settings.top_k, selected_on, heldout_kind_selected_on, settings.val_margin)
     asked = [r for r in rates.values() if r is not None]
     if settings.hard_negative_fpr is not None and asked and min(asked) < settings.hard_negative_fpr:
         estimate.transfer_fpr = min(asked)
@@ -495,6 +495,7 @@ def summarise(
     top_k: int,
     selected_on: tuple[float | None, str],
     heldout_kind_selected_on: float | None,
+    margin: float = VAL_MARGIN,
 ) -> NestedEstimate:
     """Mean and worst outer AUROC, and the optimism gaps."""
     scored = {s: o.auroc for s, o in outer.items() if o.auroc is not None}
@@ -503,7 +504,7 @@ def summarise(
     gaps = [o.gap for o in outer.values() if o.gap is not None]
     value, basis = selected_on
     return NestedEstimate(
-        rule=RULE,
+        rule=rule_text(margin),
         top_k=top_k,
         outer=outer,
         mean=mean,

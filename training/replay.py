@@ -59,16 +59,23 @@ def _rows(report: dict[str, Any]) -> list[SweepRow]:
 
 
 def replay_selection(
-    report: dict[str, Any], loaded: Any, data_dir: str | Path | None = None, nested: bool = False
+    report: dict[str, Any],
+    loaded: Any,
+    data_dir: str | Path | None = None,
+    nested: bool = False,
+    margin: float | None = None,
 ) -> Replay:
     """Today's held-out-source choice (and with `nested` the nested estimate) for a report.json's pool and
-    sweep rows. `loaded` must be the report's model: the activations are recomputed or read from the cache."""
+    sweep rows; `margin` replaces the run's guard (`--selection-margin`). `loaded` must be the report's model:
+    the activations are recomputed or read from the cache."""
     if loaded.fingerprint != report["model"]["fingerprint"]:
         raise ValueError(
             f"report {report['probe_id']!r} was trained on {report['model']['fingerprint']}, "
             f"not on the loaded model {loaded.fingerprint}"
         )
     config = config_from_report(report, data_dir)
+    if margin is not None:
+        config.selection_margin = margin
     prepared = prepare_data(config, loaded)
     acts = extract(config, loaded, prepared, check_config(config, loaded.n_layers, loaded.model_id))
     splits = make_splits(config, acts, prepared.data)

@@ -13,13 +13,24 @@ from probewatch.training.sources import SourceAtThreshold, SourceCounts
 
 #: the selection guard: a candidate is eligible only if its validation AUROC is within this of the best candidate's
 VAL_MARGIN = 0.10
-#: the selection rule, as reports and docs/quality.md state it
-RULE = (
-    f"among configurations whose validation AUROC is within {VAL_MARGIN:.2f} of the best candidate's, "
-    "rank by the worst held-out fold (source, or kind where fewer than two sources remain); "
-    "worst scores within 0.01 of the best worst count as ties, broken by the mean over folds, then by recall "
-    "at 1% control FPR, validation AUROC and the earlier layer"
-)
+
+
+def rule_text(margin: float = VAL_MARGIN) -> str:
+    """The selection rule as reports and docs/quality.md state it, with the guard's margin in effect."""
+    guard = (
+        ""
+        if margin == float("inf")
+        else f"among configurations whose validation AUROC is within {margin:.2f} of the best candidate's, "
+    )
+    return (
+        f"{guard}rank by the worst held-out fold (source, or kind where fewer than two sources remain); "
+        "worst scores within 0.01 of the best worst count as ties, broken by the mean over folds, then by recall "
+        "at 1% control FPR, validation AUROC and the earlier layer"
+    )
+
+
+#: the selection rule with the default guard
+RULE = rule_text()
 
 
 @dataclass

@@ -47,6 +47,7 @@ def settings_of(config: TrainConfig) -> NestedSettings:
         window=config.window,
         alpha=config.alpha,
         top_k=config.nested_top_k,
+        val_margin=config.selection_margin,
         progress=config.progress,
     )
 

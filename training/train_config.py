@@ -12,6 +12,7 @@ from probewatch.errors import ProbewatchError
 from probewatch.probes.errors import FingerprintMismatchError
 from probewatch.training.calibration import BAND_CONTROL_FPR, CONTROL_FPR, MAX_FLAGGED_NEGATIVES
 from probewatch.training.export import METHOD_BY_KIND
+from probewatch.training.report_sources import VAL_MARGIN
 
 #: attention: the attention-pooling probe (training/attention_sweep.py), tried on the best response layer
 METHODS = ("logistic", "mean_diff", "lat", "contrast", "attention")
@@ -64,6 +65,9 @@ class TrainConfig:
     heldout_Cs: Sequence[float] | None = HELDOUT_CS  # None: C by grouped CV on the fit split
     multi_layer: int = 3  # best layers compared as a concatenated / ensembled probe (0: skip)
     nested_top_k: int = 8  # configurations the held-out-source choice and nested estimate fit (0: skip both)
+    # the held-out-source choice's guard: only candidates whose validation AUROC is within this of the best
+    # candidate's may be chosen (training/nested.py `eligible`; inf: off)
+    selection_margin: float = VAL_MARGIN
     select_by_source: bool = True  # ship the held-out-source choice (>= 2 sources) instead of the sweep's
     seed: int = 0
     probe_id: str | None = None
@@ -145,6 +149,8 @@ def check_config(config: TrainConfig, n_layers: int, model_id: str) -> list[int]
         raise TrainingError(f"--hard-negative-fpr must be in [0, 1), got {config.hard_negative_fpr}")
     if not config.fpr <= config.band_control_fpr < 1.0:
         raise TrainingError(f"--band-control-fpr must be in [--fpr, 1), got {config.band_control_fpr}")
+    if not config.selection_margin >= 0.0:
+        raise TrainingError(f"--selection-margin must be >= 0 (inf: no guard), got {config.selection_margin}")
     if config.nested_top_k < 0:
         raise TrainingError(
             f"--nested-top-k must be >= 0 (0 skips the held-out-source stage), got {config.nested_top_k}"

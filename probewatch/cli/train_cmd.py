@@ -26,6 +26,8 @@ from probewatch.behaviours import BEHAVIOURS
 METHODS = ("logistic", "mean_diff", "lat", "contrast", "attention")
 # = probewatch.probes.manifest.AGGREGATIONS (a test holds them equal; importing it here would load torch)
 AGGREGATIONS = ("mean", "max", "last", "ema", "rolling_mean_max", "softmax", "max_norm", "rolling_mean_max_norm")
+# = probewatch.training.report_sources.VAL_MARGIN, the held-out-source choice's guard (a test holds them equal)
+SELECTION_MARGIN = 0.10
 
 
 def _optional_rate(value: str) -> float | None:
@@ -202,6 +204,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "and its nested estimate in the report (0: skip both; default 8)",
     )
     parser.add_argument(
+        "--selection-margin",
+        type=float,
+        default=SELECTION_MARGIN,
+        help="the held-out-source choice may only pick a configuration whose validation AUROC is within this of "
+        f"the best candidate's: a few held-out sources are a noisy judge (default {SELECTION_MARGIN}; inf: no guard)",
+    )
+    parser.add_argument(
         "--no-select-by-source",
         dest="select_by_source",
         action="store_false",
@@ -272,6 +281,7 @@ def config_from_args(args: argparse.Namespace):
         family=args.family,
         multi_layer=args.multi_layer,
         nested_top_k=args.nested_top_k,
+        selection_margin=args.selection_margin,
         select_by_source=args.select_by_source,
         window=args.window,
         seed=args.seed,

@@ -507,6 +507,33 @@ def test_train_cli_offers_every_method_and_auto_leaves_contrast_out():
         parser.parse_args(["--behaviour", "deception", "--method", "pairs"])
 
 
+def test_selection_margin_flag_reaches_the_fold_settings_and_the_rule_text():
+    """`--selection-margin` sets the guard of the held-out-source choice (its default is the trainer's, held
+    equal here like the method names); `inf` turns it off and the rule the report states says so; a negative
+    margin is refused with the flag's name."""
+    import argparse
+    import math
+
+    from probewatch.cli.train_cmd import SELECTION_MARGIN, add_train_arguments, config_from_args
+    from probewatch.training.report_sources import VAL_MARGIN, rule_text
+    from probewatch.training.stage_sources import settings_of
+    from probewatch.training.train_config import TrainingError, check_config
+
+    assert SELECTION_MARGIN == VAL_MARGIN
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    default = config_from_args(parser.parse_args(["--behaviour", "deception"]))
+    assert default.selection_margin == VAL_MARGIN and settings_of(default).val_margin == VAL_MARGIN
+    wide = config_from_args(parser.parse_args(["--behaviour", "deception", "--selection-margin", "0.25"]))
+    assert settings_of(wide).val_margin == 0.25 and "within 0.25 of the best candidate's" in rule_text(0.25)
+    off = config_from_args(parser.parse_args(["--behaviour", "deception", "--selection-margin", "inf"]))
+    assert math.isinf(settings_of(off).val_margin)
+    assert rule_text(math.inf).startswith("rank by the worst held-out fold")  # no guard clause
+    negative = config_from_args(parser.parse_args(["--behaviour", "deception", "--selection-margin", "-0.1"]))
+    with pytest.raises(TrainingError, match="--selection-margin must be >= 0"):
+        check_config(negative, 4, "tiny")
+
+
 def test_summary_names_every_layer_a_multi_layer_bundle_reads(capsys):
     """The train summary of a concatenated probe lists its layers, as the bundle's manifest does."""
     from probewatch.bundle_index import shipped_root

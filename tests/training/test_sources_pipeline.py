@@ -195,6 +195,12 @@ def test_replay_reproduces_the_recorded_choice_and_the_bench_flags_a_changed_one
     code, out = bench("same", "altered")
     assert code == 1 and [r["changed"] for r in out["replays"]] == [False, True] and out["changed"] == ["deception"]
 
+    unguarded = replay_selection(raw, tiny_loaded, margin=float("inf"))  # another margin on the same candidates
+    assert unguarded.now is not None and unguarded.now.n_eligible == unguarded.now.n_configurations
+    strict = replay_selection(raw, tiny_loaded, margin=0.0)  # only the best validation AUROC may be chosen
+    assert strict.now is not None and strict.now.n_eligible is not None
+    assert strict.now.n_eligible <= replay.now.n_eligible <= unguarded.now.n_eligible
+
     foreign = json.loads(json.dumps(raw))
     foreign["model"]["fingerprint"] = "pwfp1:" + "f" * 32
     with pytest.raises(ValueError, match="was trained on pwfp1:f+, not on the loaded model"):
