@@ -229,11 +229,13 @@ class ContrastProbe(LinearProbe):
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def _direction(self, Xs: np.ndarray, y: np.ndarray, w: np.ndarray, groups, C: float) -> np.ndarray:
+    def _pairs(self, Xs: np.ndarray, y: np.ndarray, w: np.ndarray, groups) -> tuple[np.ndarray, np.ndarray]:
+        """The pair differences and their weights (random pairing seeded by `random_state`: the same per call)."""
+        return paired_differences(Xs, y, w, groups, np.random.default_rng(self.random_state))
+
+    def _direction(self, diffs: np.ndarray, weights: np.ndarray, C: float) -> np.ndarray:
         from sklearn.linear_model import LogisticRegression
 
-        rng = np.random.default_rng(self.random_state)
-        diffs, weights = paired_differences(Xs, y, w, groups, rng)
         model = LogisticRegression(C=C, fit_intercept=False, max_iter=self.max_iter)
         model.fit(
             np.vstack([diffs, -diffs]),
@@ -246,16 +248,20 @@ class ContrastProbe(LinearProbe):
         Xs, y, w = self._prepare(X, y, sample_weight)
         self.cv_auroc_: dict[float, float] = {}
         self.C_ = float(self.C) if self.C is not None else self._select_C(Xs, y, w, groups)
-        self.coef_ = self._direction(Xs, y, w, groups, self.C_)
+        self.coef_ = self._direction(*self._pairs(Xs, y, w, groups), self.C_)
         m1, m0 = _class_means(Xs @ self.coef_, y, w)
         self.intercept_ = float(-(m1 + m0) / 2.0)
         return self
 
     def _select_C(self, Xs: np.ndarray, y: np.ndarray, w: np.ndarray, groups) -> float:
         g = None if groups is None else np.asarray(groups)
+        pairs: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}  # per fold: the pairs do not depend on C
 
         def scores(C: float, tr: np.ndarray, va: np.ndarray) -> np.ndarray:
-            return Xs[va] @ self._direction(Xs[tr], y[tr], w[tr], None if g is None else g[tr], C)
+            key = tr.tobytes()
+            if key not in pairs:
+                pairs[key] = self._pairs(Xs[tr], y[tr], w[tr], None if g is None else g[tr])
+            return Xs[va] @ self._direction(*pairs[key], C)
 
         return choose_C(self, y, groups, scores)
 
