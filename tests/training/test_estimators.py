@@ -147,10 +147,18 @@ def test_contrast_probe_ignores_what_a_pair_shares():
     assert plain.n_features_in_ == d and plain.C_ == 0.1
 
 
-def test_contrast_probe_chooses_C_on_grouped_folds_and_pairs_unpaired_examples():
+def test_contrast_probe_chooses_C_on_grouped_folds_and_pairs_unpaired_examples(monkeypatch):
+    from probewatch.training import estimators
+
     X, y, groups, u = planted(n_pairs=60, anisotropic=False)
-    probe = ContrastProbe().fit(X, y, groups=groups)
+    calls = []
+    pairing = estimators.paired_differences
+    monkeypatch.setattr(estimators, "paired_differences", lambda *a: calls.append(1) or pairing(*a))
+    probe = ContrastProbe(cv=3).fit(X, y, groups=groups)
     assert probe.C_ in probe.Cs and set(probe.cv_auroc_) == set(map(float, probe.Cs))
+    assert len(calls) == 3 + 1  # the pairs of each fold once (not once per C), then the final fit's
+    again = ContrastProbe(cv=3).fit(X, y, groups=groups)  # the seeded pairing: the same choice and direction
+    assert again.cv_auroc_ == probe.cv_auroc_ and np.array_equal(again.coef_, probe.coef_)
     # no groups: random positive/negative pairs, still the planted direction
     alone = ContrastProbe(C=0.1).fit(X, y)
     assert alone.direction_ @ u > 0.8
