@@ -11,6 +11,7 @@ candidates, and `nested.select_by_source` (optionally `nested_estimate`) runs on
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,8 @@ def config_from_report(report: dict[str, Any], data_dir: str | Path | None = Non
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     recorded = {k: v for k, v in report["config"].items() if k in names}
     recorded.update(out=None, compare_with=[], plots=False, progress=False)
+    if "selection_margin" in recorded and recorded["selection_margin"] is None:
+        recorded["selection_margin"] = math.inf  # `--selection-margin inf`: JSON has no Infinity (jsonio writes null)
     if data_dir is not None:
         recorded["data_dir"] = data_dir
     return TrainConfig(**recorded)

@@ -197,6 +197,10 @@ def test_replay_reproduces_the_recorded_choice_and_the_bench_flags_a_changed_one
 
     unguarded = replay_selection(raw, tiny_loaded, margin=float("inf"))  # another margin on the same candidates
     assert unguarded.now is not None and unguarded.now.n_eligible == unguarded.now.n_configurations
+    assert raw["config"]["selection_margin"] == 0.1
+    off = json.loads(json.dumps({**raw, "config": {**raw["config"], "selection_margin": None}}))
+    recorded_off = replay_selection(off, tiny_loaded)  # a run with `--selection-margin inf` (written as null)
+    assert recorded_off.now is not None and recorded_off.now.n_eligible == unguarded.now.n_eligible
     strict = replay_selection(raw, tiny_loaded, margin=0.0)  # only the best validation AUROC may be chosen
     assert strict.now is not None and strict.now.n_eligible is not None
     assert strict.now.n_eligible <= replay.now.n_eligible <= unguarded.now.n_eligible
