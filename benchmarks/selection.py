@@ -87,7 +87,20 @@ def summary(replay: Any) -> dict[str, Any]:
     }
     if replay.nested is not None:
         n = replay.nested
-        out["nested"] = {"mean": n.mean, "worst": n.worst, "worst_source": n.worst_source, "gap": n.optimism_gap}
+        out["nested"] = {
+            "mean": n.mean,
+            "worst": n.worst,
+            "worst_source": n.worst_source,
+            "gap": n.optimism_gap,
+            "outer": {  # per held-out source: the inner choice, what it would be without the guard, the AUROC
+                name: {
+                    "chosen": o.selection.chosen.config,
+                    "unguarded": None if o.selection.unguarded is None else o.selection.unguarded.config,
+                    "auroc": o.auroc,
+                }
+                for name, o in n.outer.items()
+            },
+        }
     return out
 
 
@@ -103,6 +116,12 @@ def lines_of(replay: Any) -> list[str]:
     if replay.nested is not None:
         n = replay.nested
         lines.append(f"  nested: mean {n.mean:.3f}, worst {n.worst:.3f} ({n.worst_source}), gap {n.optimism_gap:+.3f}")
+        for name, o in n.outer.items():
+            guard = (
+                "" if o.selection.unguarded is None else f"; without the guard {_config_line(o.selection.unguarded)}"
+            )
+            auroc = "n/a" if o.auroc is None else f"{o.auroc:.3f}"
+            lines.append(f"    held out {name}: {auroc} with {_config_line(o.selection.chosen)}{guard}")
     return lines
 
 

@@ -183,8 +183,8 @@ def test_replay_reproduces_the_recorded_choice_and_the_bench_flags_a_changed_one
     parser = argparse.ArgumentParser()
     selection.add_cli_args(parser)
 
-    def bench(*names: str) -> tuple[int, dict]:
-        argv = ["--model", str(tiny_folder), "--out", str(tmp_path / "out.json"), "--check"]
+    def bench(*names: str, nested: bool = False) -> tuple[int, dict]:
+        argv = ["--model", str(tiny_folder), "--out", str(tmp_path / "out.json"), "--check"] + ["--nested"] * nested
         args = parser.parse_args(argv + [x for n in names for x in ("--report", str(paths[n]))])
         assert selection.report_paths(args) == [paths[n] for n in names]  # only these: no published report
         code = selection.main(args)
@@ -194,6 +194,12 @@ def test_replay_reproduces_the_recorded_choice_and_the_bench_flags_a_changed_one
     assert code == 0 and out["changed"] == [] and out["replays"][0]["now"] == recorded["chosen"]["config"]
     code, out = bench("same", "altered")
     assert code == 1 and [r["changed"] for r in out["replays"]] == [False, True] and out["changed"] == ["deception"]
+    code, out = bench("same", nested=True)  # the nested estimate again, with each held-out source's inner choice
+    nested, published = out["replays"][0]["nested"], raw["sources"]["nested"]
+    assert code == 0 and nested["mean"] == pytest.approx(published["mean"], abs=1e-9)
+    for name, outer in published["outer"].items():
+        assert nested["outer"][name]["chosen"] == outer["selection"]["chosen"]["config"]
+        assert nested["outer"][name]["auroc"] == pytest.approx(outer["auroc"], abs=1e-9)
 
     unguarded = replay_selection(raw, tiny_loaded, margin=float("inf"))  # another margin on the same candidates
     assert unguarded.now is not None and unguarded.now.n_eligible == unguarded.now.n_configurations
