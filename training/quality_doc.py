@@ -204,6 +204,11 @@ def _layer_cell(r: TrainReport) -> str:
     return "+".join(str(x) for x in _shipped_layers(r))
 
 
+def _width_cell(r: TrainReport, d_model: int) -> str:
+    """How many residual dimensions the shipped bundle reads: d_model per layer it concatenates."""
+    return f"{d_model * len(_shipped_layers(r))} dims"
+
+
 def _layer_text(r: TrainReport) -> str:
     layers = _shipped_layers(r)
     if len(layers) == 1:
@@ -417,6 +422,7 @@ HELPERS: dict[str, Any] = {
     "band_cell": _band_cell,
     "aggregation_text": _aggregation_text,
     "layer_cell": _layer_cell,
+    "width_cell": _width_cell,
     "layer_text": _layer_text,
     "c_text": _c_text,
     "kind_rows": _kind_rows,

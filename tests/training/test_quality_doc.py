@@ -197,6 +197,12 @@ def test_quality_markdown_puts_sae_feature_probes_beside_the_linear_probe(decept
     assert "matches the linear probe" in text and "alert on the linear probes" not in text
     assert "## SAE-feature probes" not in render_markdown({"deception": report}, {}, RUN)
 
+    # a shipped multi-layer probe: the linear row names every layer it reads and their joint width
+    report["multi_layer"] |= {"layers": [1, 3], "shipped": True}
+    text = render_markdown({"deception": report}, {}, RUN, sae)
+    linear_row = next(line for line in text.splitlines() if "(linear," in line)
+    assert f"| 1+3 | {2 * RUN.d_model} dims |" in linear_row
+
 
 def test_quality_markdown_is_the_same_from_the_typed_report_and_its_json(deception_report):
     """render_markdown takes TrainReports; a report.json's dict gives the same document."""
