@@ -51,6 +51,7 @@ def config_from_report(report: dict[str, Any], data_dir: str | Path | None = Non
     recorded.update(out=None, compare_with=[], plots=False, progress=False)
     if "selection_margin" in recorded and recorded["selection_margin"] is None:
         recorded["selection_margin"] = math.inf  # `--selection-margin inf`: JSON has no Infinity (jsonio writes null)
+    recorded.setdefault("augment", ())  # runs before training/augment.py added no copies
     if data_dir is not None:
         recorded["data_dir"] = data_dir
     return TrainConfig(**recorded)

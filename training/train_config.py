@@ -10,6 +10,7 @@ from typing import Any
 from probewatch.behaviours import DEFAULT_PROBE_IDS
 from probewatch.errors import ProbewatchError
 from probewatch.probes.errors import FingerprintMismatchError
+from probewatch.training.augment import AUGMENTATIONS, unknown_augmentations
 from probewatch.training.calibration import BAND_CONTROL_FPR, CONTROL_FPR, MAX_FLAGGED_NEGATIVES
 from probewatch.training.export import METHOD_BY_KIND
 from probewatch.training.report_sources import VAL_MARGIN
@@ -92,6 +93,9 @@ class TrainConfig:
     parity_check: int = 8
     progress: bool = True
     builder_options: dict[str, Any] = field(default_factory=dict)
+    # labelled copies added to the pool (training/augment.py); None: the behaviour's default (`DEFAULT_AUGMENT`,
+    # none for --data files), () for none
+    augment: Sequence[str] | None = None
     command: str | None = None
 
 
@@ -151,6 +155,9 @@ def check_config(config: TrainConfig, n_layers: int, model_id: str) -> list[int]
         raise TrainingError(f"--band-control-fpr must be in [--fpr, 1), got {config.band_control_fpr}")
     if not config.selection_margin >= 0.0:
         raise TrainingError(f"--selection-margin must be >= 0 (inf: no guard), got {config.selection_margin}")
+    unknown = unknown_augmentations(config.augment or ())
+    if unknown:
+        raise TrainingError(f"unknown --augment {', '.join(unknown)}; known: {', '.join(AUGMENTATIONS)} (or none)")
     if config.nested_top_k < 0:
         raise TrainingError(
             f"--nested-top-k must be >= 0 (0 skips the held-out-source stage), got {config.nested_top_k}"

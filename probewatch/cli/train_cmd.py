@@ -217,6 +217,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="ship the sweep's held-out-kind choice even when the pool has two or more data sources "
         "(the nested source-held-out estimate is still reported)",
     )
+    parser.add_argument(
+        "--augment",
+        type=_augment_names,
+        default=None,
+        metavar="NAME[,NAME]",
+        help="labelled copies added to the pool (sincerity: a share of the answers behind an assertion such as "
+        "'Honestly, ', on both labels, so the assertion alone cannot move the score); none: no copies "
+        "(default: sincerity for deception and alignment_faking, none for --data files and other behaviours)",
+    )
     parser.add_argument("--window", type=int, default=8, help="rolling_mean_max window (tokens)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--id", dest="probe_id", default=None, help="probe id (default: from behaviour and method)")
@@ -246,6 +255,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-plots", dest="plots", action="store_false")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _augment_names(text: str) -> tuple[str, ...]:
+    """`--augment sincerity` / `none`; check_config refuses an unknown name before any work."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    return () if names == ("none",) else names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -282,6 +297,7 @@ def config_from_args(args: argparse.Namespace):
         multi_layer=args.multi_layer,
         nested_top_k=args.nested_top_k,
         selection_margin=args.selection_margin,
+        augment=args.augment,
         select_by_source=args.select_by_source,
         window=args.window,
         seed=args.seed,

@@ -1,0 +1,123 @@
+"""Sincerity copies (training/augment.py): labels, groups and sources kept; the evasion benchmark's
+assertion held out; the train flag, the behaviour defaults and the replay of older reports."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from probewatch.data.dialogue import Dialogue, Message, write_dialogues
+from probewatch.training.augment import (
+    DEFAULT_AUGMENT,
+    META_KEY,
+    SINCERITY_PHRASES,
+    augment_pool,
+    default_augment,
+    sincerity_copies,
+)
+from probewatch.training.evasion import SINCERE_PREFIX
+from probewatch.training.pipeline import TrainConfig, extract, make_splits, prepare_data
+from probewatch.training.train_config import TrainingError, check_config
+from tests.training.helpers import control_dialogues, synthetic_dialogues
+
+
+def _pool() -> list[Dialogue]:
+    pool = synthetic_dialogues(n_groups=20, with_response=True)
+    for d in pool:
+        d.meta = {"data_source": "written"}
+    prompt_only = [Dialogue([Message("user", "only a prompt")], label, f"p:{label}", "ka") for label in (0, 1)]
+    return pool + prompt_only
+
+
+def test_sincerity_copies_keep_label_group_kind_and_source_and_prefix_one_training_phrase():
+    pool = _pool()
+    copies = sincerity_copies(pool, share=0.5, seed=3)
+    by_key = {(d.group, d.label): d for d in pool}
+    answers = [d for d in pool if d.ends_with_assistant]
+    assert len(copies) == len(answers) // 2  # half of each label (10 of 20 per label)
+    assert sorted(c.label for c in copies).count(1) == len(copies) // 2
+    for c in copies:
+        original = by_key[(c.group, c.label)]
+        assert (c.kind, c.meta["data_source"], c.meta[META_KEY]) == (original.kind, "written", "sincerity")
+        assert c.messages[:-1] == original.messages[:-1]
+        phrase = next(p for p in SINCERITY_PHRASES if c.messages[-1].content.startswith(p))
+        rest = original.messages[-1].content
+        assert c.messages[-1].content == phrase + rest[:1].lower() + rest[1:]
+        assert META_KEY not in original.meta  # the original is untouched
+    assert [c.messages[-1].content for c in sincerity_copies(pool, 0.5, seed=3)] == [
+        c.messages[-1].content for c in copies
+    ]
+    assert len({c.messages[-1].content.split(" ")[0] for c in sincerity_copies(pool, 1.0, seed=0)}) > 3
+
+
+def test_the_evasion_benchmarks_assertion_is_never_trained_on():
+    """Evasion measures an assertion the copies never carry, so its row stays a held-out measurement."""
+    assert SINCERE_PREFIX not in SINCERITY_PHRASES
+    assert not any(SINCERE_PREFIX.lower().startswith(p.strip().lower()) for p in SINCERITY_PHRASES)
+
+
+def test_augmenting_twice_does_not_copy_copies():
+    pool, added = augment_pool(_pool(), ["sincerity"])
+    again, added_again = augment_pool(pool, ["sincerity"])
+    assert added == added_again == {"sincerity": 20}
+    assert sum(1 for d in again if d.meta.get(META_KEY)) == 40
+
+
+def test_defaults_per_behaviour_and_for_user_files():
+    assert default_augment("deception", custom_data=False) == ("sincerity",) == DEFAULT_AUGMENT["alignment_faking"]
+    assert default_augment("refusal", custom_data=False) == ()
+    assert default_augment("deception", custom_data=True) == ()
+
+
+def test_train_flag_parses_none_and_refuses_an_unknown_name():
+    from probewatch.cli.train_cmd import add_train_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    assert config_from_args(parser.parse_args(["--behaviour", "deception"])).augment is None
+    assert config_from_args(parser.parse_args(["--behaviour", "deception", "--augment", "none"])).augment == ()
+    given = config_from_args(parser.parse_args(["--behaviour", "refusal", "--augment", "sincerity"]))
+    assert given.augment == ("sincerity",)
+    wrong = config_from_args(parser.parse_args(["--behaviour", "deception", "--augment", "sincerity,shouting"]))
+    with pytest.raises(TrainingError, match="unknown --augment shouting; known: sincerity"):
+        check_config(wrong, 4, "tiny")
+
+
+def test_prepare_data_adds_copies_only_when_asked_for_user_files_and_splits_keep_them_with_their_originals(
+    tiny_loaded, tmp_path
+):
+    data, control = tmp_path / "pairs.jsonl", tmp_path / "control.jsonl"
+    write_dialogues(data, synthetic_dialogues(n_groups=24))
+    write_dialogues(control, control_dialogues())
+    plain = TrainConfig(behaviour="deception", data_files=[data], control_file=control, layers=[1], progress=False)
+    assert len(prepare_data(plain, tiny_loaded).data.pool) == 48  # user files: no copies by default
+
+    asked = TrainConfig(
+        behaviour="deception",
+        data_files=[data],
+        control_file=control,
+        layers=[1],
+        progress=False,
+        augment=("sincerity",),
+    )
+    prepared = prepare_data(asked, tiny_loaded)
+    assert len(prepared.data.pool) == 48 + 24 and prepared.data.notes["augmented"] == {"sincerity": 24}
+    splits = make_splits(asked, extract(asked, tiny_loaded, prepared, [1]), prepared.data)
+    pool = splits.pool
+    side = {}
+    for name, idx in (("fit", pool.fit_idx), ("val", pool.val_idx), ("test", pool.test_idx)):
+        for i in idx:
+            side.setdefault(pool.groups[i], set()).add(name)
+    assert all(len(s) == 1 for s in side.values())  # a copy never sits on another side than its original
+    copies = [i for i, d in enumerate(prepared.data.pool) if d.meta.get(META_KEY)]
+    assert len(copies) == 24 and all(len(side[pool.groups[i]]) == 1 for i in copies)
+
+
+def test_replaying_a_report_from_before_augmentation_adds_no_copies():
+    from probewatch.training.replay import config_from_report
+
+    old = {"config": {"behaviour": "deception", "layers": [7], "seed": 0}}
+    assert config_from_report(old).augment == ()
+    new = {"config": {"behaviour": "deception", "layers": [7], "augment": ["sincerity"]}}
+    assert list(config_from_report(new).augment) == ["sincerity"]
