@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 PIP := python -m pip install -q --disable-pip-version-check
 
 .PHONY: setup demo test check lint typecheck lock test-latest test-compat bench bench-capture bench-quality \
-	bench-overhead bench-ingest bench-vllm bench-soak bench-review bench-evasion bench-selection review-screenshots sae proto clean \
+	bench-overhead bench-ingest bench-vllm bench-soak bench-review bench-evasion bench-selection bench-augmentation review-screenshots sae proto clean \
 	vllm-venv test-vllm lock-vllm test-vllm-contract
 
 setup: $(VENV)/.installed
@@ -162,6 +162,12 @@ bench-evasion: setup
 SELECTION_ARGS ?= --check
 bench-selection: setup
 	$(BIN)/probewatch bench selection $(SELECTION_ARGS)
+
+# Augmentation: one probe fitted with and without `--augment sincerity` copies, scored with the answers
+# behind assertions never trained on (training/augment_effect.py); runs/bench-augmentation.json + .png.
+AUGMENTATION_ARGS ?=
+bench-augmentation: setup
+	$(BIN)/probewatch bench augmentation $(AUGMENTATION_ARGS)
 
 # Retrain the shipped SAE (layer 15, TopK 3072, k=32; ~30 min on 2 CPU cores, activations cached
 # under PROBEWATCH_HOME) and refit the SAE-feature probes into PROBEWATCH_HOME/bundles (docs/sae.md).

@@ -27,6 +27,7 @@ __all__ = [
     "SINCERITY_PHRASES",
     "augment_pool",
     "default_augment",
+    "prefixed",
     "sincerity_copies",
     "unknown_augmentations",
 ]
@@ -48,11 +49,16 @@ DEFAULT_SHARE = 0.5
 META_KEY = "augmented"
 
 
-def _with_prefix(dialogue: Dialogue, phrase: str, name: str) -> Dialogue:
+def prefixed(dialogue: Dialogue, phrase: str, mark: str | None = None) -> Dialogue:
+    """The dialogue with its final assistant message behind `phrase` (unchanged without one); `mark` names the
+    augmentation in `meta[META_KEY]` (none for an evaluation rewording)."""
     messages = list(dialogue.messages)
+    if not messages or messages[-1].role != "assistant":
+        return dialogue
     text = messages[-1].content
     messages[-1] = Message("assistant", phrase + text[:1].lower() + text[1:])
-    return Dialogue(messages, dialogue.label, dialogue.group, dialogue.kind, {**(dialogue.meta or {}), META_KEY: name})
+    meta = {**(dialogue.meta or {}), META_KEY: mark} if mark else dict(dialogue.meta or {})
+    return Dialogue(messages, dialogue.label, dialogue.group, dialogue.kind, meta)
 
 
 def sincerity_copies(pool: Sequence[Dialogue], share: float = DEFAULT_SHARE, seed: int = 0) -> list[Dialogue]:
@@ -63,7 +69,7 @@ def sincerity_copies(pool: Sequence[Dialogue], share: float = DEFAULT_SHARE, see
         items = [d for d in pool if d.label == label and d.ends_with_assistant and (d.meta or {}).get(META_KEY) is None]
         picked = sorted(rng.permutation(len(items))[: int(round(share * len(items)))])
         phrases = rng.integers(len(SINCERITY_PHRASES), size=len(picked))
-        out += [_with_prefix(items[i], SINCERITY_PHRASES[p], "sincerity") for i, p in zip(picked, phrases)]
+        out += [prefixed(items[i], SINCERITY_PHRASES[p], "sincerity") for i, p in zip(picked, phrases)]
     return out
 
 

@@ -50,6 +50,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "probewatch.benchmarks.selection",
         "replay the shipped reports' held-out-source choice with today's selection code (drift check)",
     ),
+    "augmentation": (
+        "probewatch.benchmarks.augmentation",
+        "a probe fitted with and without sincerity copies, scored under assertions it never saw",
+    ),
 }
 
 

@@ -1,0 +1,180 @@
+"""`probewatch bench augmentation`: does `--augment sincerity` keep a probe's score under assertions it never saw?
+
+The behaviour's training pool (or `--data` files) without copies, split by group (test 20%). At each
+`--layers` layer one logistic probe (response tokens, mean, `--C`) is fitted on the fit split, and
+one on the fit split plus its sincerity copies (`training/augment.py`, `--share`). Both are scored on
+the test split clean and with every answer behind each held-out assertion
+(`training/augment_effect.py`): AUROC, recall and flagged negatives at the threshold that flags 5% of
+the clean test negatives, and the positives' median score change. Long-transcript kinds are skipped
+by default (`--skip-kinds`): an assertion of a dozen tokens hardly moves a mean over thousands.
+Writes a JSON report and a plot (recall per assertion, plain vs augmented, per layer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from probewatch.arguments import add_data_dir_arg, layer_list
+from probewatch.benchmarks.harness import add_common_args, command_line, emit
+
+DEFAULT_OUT = Path("runs/bench-augmentation.json")
+LONG_KINDS = ("long_transcript", "long_generated", "af_long")
+
+
+def add_cli_args(parser: argparse.ArgumentParser) -> None:
+    add_common_args(parser)
+    add_data_dir_arg(parser)
+    parser.add_argument("--behaviour", default="deception", help="built-in pool to measure (default deception)")
+    parser.add_argument(
+        "--data", type=Path, action="append", default=[], help="a labelled dialogue JSONL instead (repeatable)"
+    )
+    parser.add_argument("--layers", type=layer_list, default=[15, 19, 21], help="layers (default 15,19,21)")
+    parser.add_argument("--C", type=float, default=0.01, help="logistic regularisation (default 0.01)")
+    parser.add_argument("--share", type=float, default=None, help="share of answers copied (default: the trainer's)")
+    parser.add_argument(
+        "--skip-kinds",
+        default=",".join(LONG_KINDS),
+        help=f"comma-separated kinds left out (default {','.join(LONG_KINDS)}; '' keeps all)",
+    )
+    parser.add_argument("--max-tokens", type=int, default=512, help="keep the last N tokens of a dialogue")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report (+ .png); default {DEFAULT_OUT}")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _items(args: argparse.Namespace, loaded: Any) -> list:
+    """The pool's labelled answers (no copies), minus `--skip-kinds`."""
+    from probewatch.training.stage_data import pool_data
+    from probewatch.training.train_config import TrainConfig
+
+    config = TrainConfig(
+        behaviour=args.behaviour,
+        data_dir=args.data_dir,
+        data_files=list(args.data),
+        augment=(),
+        progress=not args.quiet,
+    )
+    skip = {k for k in args.skip_kinds.split(",") if k}
+    pool = pool_data(config, loaded).pool
+    return [d for d in pool if d.label is not None and d.ends_with_assistant and d.kind not in skip]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from probewatch.models import load_model
+    from probewatch.training.augment import DEFAULT_SHARE, prefixed, sincerity_copies
+    from probewatch.training.augment_effect import HELD_OUT_ASSERTIONS, effect_rows
+    from probewatch.training.extract import extract_activations
+    from probewatch.training.features import LayerData
+    from probewatch.training.splits import grouped_split
+
+    loaded = load_model(args.model)
+    share = DEFAULT_SHARE if args.share is None else args.share
+    items = _items(args, loaded)
+    labels = np.array([d.label for d in items])
+    groups = np.array([d.group for d in items])
+    fit_idx, test_idx = grouped_split(groups, labels, 0.2, seed=args.seed)
+    fit = [items[i] for i in fit_idx]
+    test = [items[i] for i in test_idx]
+    copies = sincerity_copies(fit, share, args.seed)
+    sets = {"fit": fit, "copies": copies, "test": test}
+    sets |= {f"test-{name}": [prefixed(d, phrase) for d in test] for name, phrase in HELD_OUT_ASSERTIONS.items()}
+
+    means: dict[str, dict[int, Any]] = {}
+    for name, dialogues in sets.items():
+        acts = extract_activations(
+            loaded.model,
+            loaded.tokenizer,
+            dialogues,
+            args.layers,
+            loaded.fingerprint,
+            name=f"bench-augmentation-{name}",
+            max_tokens=args.max_tokens,
+            progress=not args.quiet,
+        )
+        means[name] = {layer: LayerData.load(acts, layer).means for layer in args.layers}
+
+    def arrays(dialogues: list) -> tuple[Any, Any]:
+        return np.array([d.label for d in dialogues]), np.array([d.group for d in dialogues])
+
+    rows = []
+    for layer in args.layers:
+        print(f"[bench augmentation] layer {layer}: fitting plain and augmented", file=sys.stderr, flush=True)
+        rows += effect_rows(
+            layer,
+            (means["fit"][layer], *arrays(fit)),
+            (means["copies"][layer], *arrays(copies)),
+            (means["test"][layer], arrays(test)[0]),
+            {name: means[f"test-{name}"][layer] for name in HELD_OUT_ASSERTIONS},
+            C=args.C,
+        )
+    return {
+        "command": command_line("augmentation"),
+        "behaviour": args.behaviour if not args.data else None,
+        "data": [str(p) for p in args.data],
+        "model": loaded.model_id,
+        "share": share,
+        "n_fit": len(fit),
+        "n_copies": len(copies),
+        "n_test": len(test),
+        "assertions": HELD_OUT_ASSERTIONS,
+        "rows": [r.to_json() for r in rows],
+    }
+
+
+def plot(result: dict[str, Any], out: Path) -> Path:
+    """Recall at the 5%-of-clean-negatives threshold per held-out assertion: plain vs augmented, per layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["clean", *result["assertions"]]
+    layers = sorted({r["layer"] for r in result["rows"]})
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.4), sharey=True, squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        for k, training in enumerate(("plain", "augmented")):
+            row = next(r for r in result["rows"] if r["layer"] == layer and r["training"] == training)
+            values = [row["clean_recall"]] + [row["results"][n]["recall"] for n in names[1:]]
+            ax.bar([i + 0.4 * k for i in range(len(names))], values, 0.4, label=training)
+        ax.set_xticks([i + 0.2 for i in range(len(names))])
+        ax.set_xticklabels(names, fontsize=8)
+        ax.set_title(f"layer {layer}")
+        ax.set_ylim(0, 1.05)
+    axes[0][0].set_ylabel("recall (threshold: 5% of clean negatives)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle("Sincerity copies: recall under assertions never trained on", fontsize=10)
+    fig.tight_layout()
+    path = out.with_suffix(".png")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def lines(result: dict[str, Any]) -> list[str]:
+    out = [
+        f"{result['behaviour'] or ', '.join(result['data'])}: fit {result['n_fit']} + {result['n_copies']} copies "
+        f"(share {result['share']:g}), test {result['n_test']}; recall / flagged negatives at the threshold "
+        "flagging 5% of the clean test negatives"
+    ]
+    for r in result["rows"]:
+        cells = "  ".join(
+            f"{name} {v['auroc']:.3f} {v['recall']:.2f}/{v['flagged_negatives']:.2f} ({v['median_positive_change']:+.2f})"
+            for name, v in r["results"].items()
+        )
+        out.append(
+            f"  L{r['layer']:<3} {r['training']:9} C={r['C']:g} clean {r['clean_auroc']:.3f} {r['clean_recall']:.2f}  {cells}"
+        )
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    result = run(args)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    png = plot(result, args.out)
+    emit(result, args.json, [*lines(result), f"report {args.out}, plot {png}"], report=args.out)
+    return 0

@@ -1,0 +1,48 @@
+"""training/augment_effect.py: the plain and the augmented probe on the same splits, scored under assertions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from probewatch.training.augment import SINCERITY_PHRASES
+from probewatch.training.augment_effect import HELD_OUT_ASSERTIONS, effect_rows
+
+
+def _features(n: int, rng: np.random.Generator, sincere_honest: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Dim 0 carries the label; dim 1 is 'sounds sincere', which honest answers do more often here."""
+    y = np.repeat([0, 1], n // 2)
+    X = rng.normal(size=(n, 6))
+    X[:, 0] += 1.5 * y
+    if sincere_honest:
+        X[:, 1] += 1.5 * (1 - y)
+    return X, y
+
+
+def test_copies_with_the_assertion_on_both_labels_stop_it_moving_the_score():
+    """With 'sincere' correlated with honesty in the fit data, an assertion (a shift along dim 1) pulls the
+    positives' scores down; copies that carry the shift on both labels decorrelate it, so the augmented
+    probe keeps its recall under the assertion and loses nothing on clean data."""
+    rng = np.random.default_rng(0)
+    X_fit, y_fit = _features(400, rng)
+    g_fit = np.arange(len(y_fit))
+    half = rng.permutation(len(y_fit))[:200]
+    shift = np.zeros(6)
+    shift[1] = 3.0
+    copies = (X_fit[half] + shift, y_fit[half], g_fit[half])
+    X_test, y_test = _features(400, rng)
+    rows = effect_rows(3, (X_fit, y_fit, g_fit), copies, (X_test, y_test), {"asserted": X_test + shift}, C=1.0)
+
+    plain, augmented = rows
+    assert (plain.training, augmented.training) == ("plain", "augmented") and plain.layer == augmented.layer == 3
+    assert (plain.n_fit, augmented.n_fit) == (400, 600)
+    assert all(0.5 < row.clean_recall <= 1.0 and set(row.results) == {"asserted"} for row in rows)
+    assert augmented.clean_auroc > plain.clean_auroc - 0.05  # dim 1 is informative on clean data: a small price
+    p, a = plain.results["asserted"], augmented.results["asserted"]
+    assert p.median_positive_change < -1.0 and abs(a.median_positive_change) < 0.5 * abs(p.median_positive_change)
+    assert a.recall > p.recall + 0.1
+
+
+def test_held_out_assertions_are_not_training_phrases():
+    assert not set(HELD_OUT_ASSERTIONS.values()) & set(SINCERITY_PHRASES)
+    first_words = {p.split()[0].strip(",.:").lower() for p in SINCERITY_PHRASES}
+    assert not {p.split()[0].strip(",.:").lower() for p in HELD_OUT_ASSERTIONS.values()} & first_words
