@@ -209,6 +209,19 @@ def _width_cell(r: TrainReport, d_model: int) -> str:
     return f"{d_model * len(_shipped_layers(r))} dims"
 
 
+def _augment_text(r: TrainReport) -> str:
+    """The copies training/augment.py added to the pool (counted in the kinds table), or nothing."""
+    added = {k: v for k, v in (r.data.notes.get("augmented") or {}).items() if v}
+    if not added:
+        return ""
+    parts = ", ".join(f"{n} {name}" for name, n in added.items())
+    return (
+        f" The pool holds augmented copies ({parts}; `training/augment.py`): answers of both labels behind a"
+        ' sincerity assertion such as "Honestly, ", kept with their originals in every split and counted in the'
+        " kinds below; the evasion section's assertion is not among them."
+    )
+
+
 def _layer_text(r: TrainReport) -> str:
     layers = _shipped_layers(r)
     if len(layers) == 1:
@@ -423,6 +436,7 @@ HELPERS: dict[str, Any] = {
     "aggregation_text": _aggregation_text,
     "layer_cell": _layer_cell,
     "width_cell": _width_cell,
+    "augment_text": _augment_text,
     "layer_text": _layer_text,
     "c_text": _c_text,
     "kind_rows": _kind_rows,

@@ -249,3 +249,12 @@ def test_quality_markdown_scores_the_replaced_bundle_on_this_runs_data(deception
     ]
     assert rows[1][1] == "`old` L9" and rows[1][2].startswith("not scored: layers [9]")
     assert "replaced bundle" not in render_markdown({"deception": deception_report}, {}, RUN)
+
+
+def test_quality_markdown_says_where_a_pool_holds_augmented_copies(deception_report):
+    """A probe trained with `--augment` says how many copies its pool held; one without says nothing."""
+    report = deception_report
+    assert "augmented copies" not in render_markdown({"deception": report}, {}, RUN)
+    report["data"]["notes"]["augmented"] = {"sincerity": 24}
+    section = render_markdown({"deception": report}, {}, RUN).split("## `")[1]
+    assert "The pool holds augmented copies (24 sincerity; `training/augment.py`)" in section
