@@ -2,7 +2,8 @@
 
 The behaviour's training pool (or `--data` files) without copies, split by group (test 20%). At each
 `--layers` layer one logistic probe (response tokens, mean, `--C`) is fitted on the fit split, and
-one on the fit split plus its sincerity copies (`training/augment.py`, `--share`). Both are scored on
+one on the fit split plus its sincerity copies (`training/augment.py`, `--share`); `--concat` adds the
+pair on the layers' concatenated features, the shape of a shipped multi-layer probe. Both are scored on
 the test split clean and with every answer behind each held-out assertion
 (`training/augment_effect.py`): AUROC, recall and flagged negatives at the threshold that flags 5% of
 the clean test negatives, and the positives' median score change. Long-transcript kinds are skipped
@@ -32,6 +33,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         "--data", type=Path, action="append", default=[], help="a labelled dialogue JSONL instead (repeatable)"
     )
     parser.add_argument("--layers", type=layer_list, default=[15, 19, 21], help="layers (default 15,19,21)")
+    parser.add_argument(
+        "--concat",
+        action="store_true",
+        help="also one probe on the layers' concatenated features (the shape of a shipped multi-layer probe)",
+    )
     parser.add_argument("--C", type=float, default=0.01, help="logistic regularisation (default 0.01)")
     parser.add_argument("--share", type=float, default=None, help="share of answers copied (default: the trainer's)")
     parser.add_argument(
@@ -101,15 +107,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def arrays(dialogues: list) -> tuple[Any, Any]:
         return np.array([d.label for d in dialogues]), np.array([d.group for d in dialogues])
 
+    probes = [[layer] for layer in args.layers] + ([list(args.layers)] if args.concat and len(args.layers) > 1 else [])
     rows = []
-    for layer in args.layers:
-        print(f"[bench augmentation] layer {layer}: fitting plain and augmented", file=sys.stderr, flush=True)
+    for layers in probes:
+        label = "+".join(map(str, layers))
+
+        def features(name: str, layers: list[int] = layers) -> Any:
+            return np.hstack([means[name][layer] for layer in layers])
+
+        print(f"[bench augmentation] layers {label}: fitting plain and augmented", file=sys.stderr, flush=True)
         rows += effect_rows(
-            layer,
-            (means["fit"][layer], *arrays(fit)),
-            (means["copies"][layer], *arrays(copies)),
-            (means["test"][layer], arrays(test)[0]),
-            {name: means[f"test-{name}"][layer] for name in HELD_OUT_ASSERTIONS},
+            label,
+            (features("fit"), *arrays(fit)),
+            (features("copies"), *arrays(copies)),
+            (features("test"), arrays(test)[0]),
+            {name: features(f"test-{name}") for name in HELD_OUT_ASSERTIONS},
             C=args.C,
         )
     return {
@@ -134,16 +146,16 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     names = ["clean", *result["assertions"]]
-    layers = sorted({r["layer"] for r in result["rows"]})
+    layers = list(dict.fromkeys(r["layers"] for r in result["rows"]))
     fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.4), sharey=True, squeeze=False)
     for ax, layer in zip(axes[0], layers):
         for k, training in enumerate(("plain", "augmented")):
-            row = next(r for r in result["rows"] if r["layer"] == layer and r["training"] == training)
+            row = next(r for r in result["rows"] if r["layers"] == layer and r["training"] == training)
             values = [row["clean_recall"]] + [row["results"][n]["recall"] for n in names[1:]]
             ax.bar([i + 0.4 * k for i in range(len(names))], values, 0.4, label=training)
         ax.set_xticks([i + 0.2 for i in range(len(names))])
         ax.set_xticklabels(names, fontsize=8)
-        ax.set_title(f"layer {layer}")
+        ax.set_title(f"layer {layer}" if "+" not in layer else f"layers {layer}")
         ax.set_ylim(0, 1.05)
     axes[0][0].set_ylabel("recall (threshold: 5% of clean negatives)")
     axes[0][-1].legend(fontsize=8)
@@ -167,7 +179,7 @@ def lines(result: dict[str, Any]) -> list[str]:
             for name, v in r["results"].items()
         )
         out.append(
-            f"  L{r['layer']:<3} {r['training']:9} C={r['C']:g} clean {r['clean_auroc']:.3f} {r['clean_recall']:.2f}  {cells}"
+            f"  L{r['layers']:<8} {r['training']:9} C={r['C']:g} clean {r['clean_auroc']:.3f} {r['clean_recall']:.2f}  {cells}"
         )
     return out
 

@@ -36,7 +36,7 @@ class AssertionResult:
 
 @dataclass
 class EffectRow:
-    layer: int
+    layers: str  # "19", or "7+19+21" for a probe on the layers' concatenated features
     training: str  # "plain" or "augmented"
     C: float
     n_fit: int  # examples fitted on (the augmented probe: originals + copies)
@@ -62,7 +62,7 @@ def _result(scores: np.ndarray, clean: np.ndarray, y: np.ndarray, threshold: flo
 
 
 def effect_rows(
-    layer: int,
+    layers: str,
     fit: tuple[np.ndarray, np.ndarray, np.ndarray],
     copies: tuple[np.ndarray, np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray],
@@ -70,8 +70,9 @@ def effect_rows(
     C: float = 0.01,
     flag_share: float = 0.05,
 ) -> list[EffectRow]:
-    """Rows for the plain and the augmented probe at one layer. `fit` and `copies`: (features, labels, groups);
-    `test`: (features, labels); `asserted`: the test features with each held-out assertion, in test order."""
+    """Rows for the plain and the augmented probe on one layer's (or concatenation's) features. `fit` and
+    `copies`: (features, labels, groups); `test`: (features, labels); `asserted`: the test features with each
+    held-out assertion, in test order."""
     from sklearn.metrics import roc_auc_score
 
     from probewatch.training.estimators import make_probe
@@ -87,7 +88,7 @@ def effect_rows(
         clean = probe.decision_function(X_test)
         threshold = float(np.quantile(clean[y_test == 0], 1.0 - flag_share))
         recall = float((clean[y_test == 1] >= threshold).mean())
-        row = EffectRow(layer, name, C, len(y), float(roc_auc_score(y_test, clean)), recall, threshold)
+        row = EffectRow(layers, name, C, len(y), float(roc_auc_score(y_test, clean)), recall, threshold)
         for label, X_asserted in asserted.items():
             row.results[label] = _result(probe.decision_function(X_asserted), clean, y_test, threshold)
         rows.append(row)

@@ -23,7 +23,20 @@ def test_bench_fits_both_probes_per_layer_and_writes_report_and_plot(tmp_path, m
     augmentation.add_cli_args(parser)
     out = tmp_path / "bench.json"
     args = parser.parse_args(
-        ["--model", str(model), "--data", str(data), "--layers", "1,2", "--out", str(out), "--quiet", "--C", "1"]
+        [
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--layers",
+            "1,2",
+            "--concat",
+            "--out",
+            str(out),
+            "--quiet",
+            "--C",
+            "1",
+        ]
     )
     assert augmentation.main(args) == 0
 
@@ -31,11 +44,13 @@ def test_bench_fits_both_probes_per_layer_and_writes_report_and_plot(tmp_path, m
     assert report["behaviour"] is None and report["data"] == [str(data)] and report["share"] == 0.5
     assert report["n_fit"] + report["n_test"] == 60 and report["n_copies"] == report["n_fit"] // 2
     assert report["assertions"] == HELD_OUT_ASSERTIONS
-    assert [(r["layer"], r["training"]) for r in report["rows"]] == [
-        (1, "plain"),
-        (1, "augmented"),
-        (2, "plain"),
-        (2, "augmented"),
+    assert [(r["layers"], r["training"]) for r in report["rows"]] == [
+        ("1", "plain"),
+        ("1", "augmented"),
+        ("2", "plain"),
+        ("2", "augmented"),
+        ("1+2", "plain"),
+        ("1+2", "augmented"),
     ]
     for row in report["rows"]:
         assert row["n_fit"] == report["n_fit"] + (report["n_copies"] if row["training"] == "augmented" else 0)

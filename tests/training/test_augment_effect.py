@@ -30,10 +30,10 @@ def test_copies_with_the_assertion_on_both_labels_stop_it_moving_the_score():
     shift[1] = 3.0
     copies = (X_fit[half] + shift, y_fit[half], g_fit[half])
     X_test, y_test = _features(400, rng)
-    rows = effect_rows(3, (X_fit, y_fit, g_fit), copies, (X_test, y_test), {"asserted": X_test + shift}, C=1.0)
+    rows = effect_rows("3", (X_fit, y_fit, g_fit), copies, (X_test, y_test), {"asserted": X_test + shift}, C=1.0)
 
     plain, augmented = rows
-    assert (plain.training, augmented.training) == ("plain", "augmented") and plain.layer == augmented.layer == 3
+    assert (plain.training, augmented.training) == ("plain", "augmented") and plain.layers == augmented.layers == "3"
     assert (plain.n_fit, augmented.n_fit) == (400, 600)
     assert all(0.5 < row.clean_recall <= 1.0 and set(row.results) == {"asserted"} for row in rows)
     assert augmented.clean_auroc > plain.clean_auroc - 0.05  # dim 1 is informative on clean data: a small price
