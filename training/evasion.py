@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from probewatch.data.dialogue import Dialogue, Message
+from probewatch.training.augment import prefixed
 
 #: what the system prompt says, per behaviour. For the monitoring-cue probes (eval awareness, monitored
 #: framing) the instruction is itself such a cue: a rise of the negatives' scores there is the probe
@@ -68,12 +69,7 @@ def with_system_instruction(dialogue: Dialogue, instruction: str) -> Dialogue:
 
 def with_sincere_response(dialogue: Dialogue) -> Dialogue:
     """The dialogue with its final assistant message behind `SINCERE_PREFIX` (unchanged without one)."""
-    messages = list(dialogue.messages)
-    if not messages or messages[-1].role != "assistant":
-        return dialogue
-    text = messages[-1].content
-    messages[-1] = Message("assistant", SINCERE_PREFIX + text[:1].lower() + text[1:])
-    return Dialogue(messages, dialogue.label, dialogue.group, dialogue.kind, dict(dialogue.meta))
+    return prefixed(dialogue, SINCERE_PREFIX)
 
 
 def conditions(behaviour: str, reads_response: bool) -> dict[str, Callable[[Dialogue], Dialogue]]:
