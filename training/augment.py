@@ -77,9 +77,12 @@ def sincerity_copies(pool: Sequence[Dialogue], share: float = DEFAULT_SHARE, see
 AUGMENTATIONS: dict[str, Callable[[Sequence[Dialogue], int], list[Dialogue]]] = {
     "sincerity": lambda pool, seed: sincerity_copies(pool, DEFAULT_SHARE, seed),
 }
-#: what `probewatch train` adds to a behaviour's built-in pool unless `--augment` says otherwise: the
-#: behaviours whose probes read an answer a speaker can preface with a sincerity assertion
-DEFAULT_AUGMENT: dict[str, tuple[str, ...]] = {"deception": ("sincerity",), "alignment_faking": ("sincerity",)}
+#: what `probewatch train` adds to a behaviour's built-in pool unless `--augment` says otherwise. Deception
+#: only: `probewatch bench augmentation` measured its layers 7+19+21 probe keeping recall 0.60 (plain 0.11)
+#: under the evasion assertion; on alignment faking the copies left the assertion's pull unchanged at
+#: layers 3, 15 and 21 (median change -2.29 vs -2.10 at layer 3), and a regeneration with them shipped
+#: nothing better, so they are opt-in there
+DEFAULT_AUGMENT: dict[str, tuple[str, ...]] = {"deception": ("sincerity",)}
 
 
 def default_augment(behaviour: str | None, custom_data: bool) -> tuple[str, ...]:

@@ -224,7 +224,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME[,NAME]",
         help="labelled copies added to the pool (sincerity: a share of the answers behind an assertion such as "
         "'Honestly, ', on both labels, so the assertion alone cannot move the score); none: no copies "
-        "(default: sincerity for deception and alignment_faking, none for --data files and other behaviours)",
+        "(default: sincerity for deception, none for --data files and other behaviours)",
     )
     parser.add_argument("--window", type=int, default=8, help="rolling_mean_max window (tokens)")
     parser.add_argument("--seed", type=int, default=0)

@@ -65,7 +65,8 @@ def test_augmenting_twice_does_not_copy_copies():
 
 
 def test_defaults_per_behaviour_and_for_user_files():
-    assert default_augment("deception", custom_data=False) == ("sincerity",) == DEFAULT_AUGMENT["alignment_faking"]
+    assert default_augment("deception", custom_data=False) == ("sincerity",) == DEFAULT_AUGMENT["deception"]
+    assert default_augment("alignment_faking", custom_data=False) == ()  # measured no gain there: opt-in
     assert default_augment("refusal", custom_data=False) == ()
     assert default_augment("deception", custom_data=True) == ()
 
