@@ -61,6 +61,7 @@ from probewatch.training.train_config import (
     default_layers,
     default_out,
     default_probe_id,
+    resolve_augment,
 )
 
 __all__ = [
@@ -103,6 +104,7 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     loaded = loaded or load_model(config.model)
     provenance_extra = apply_init_from(config, loaded.fingerprint) if config.init_from else {}
     layers = check_config(config, loaded.n_layers, loaded.model_id)
+    config.augment = resolve_augment(config)  # report.json records what was applied, not "the default"
     probe_id = config.probe_id or default_probe_id(config)
     out = Path(config.out) if config.out else default_out(loaded.model_id, probe_id)
     check_target(out, loaded.fingerprint, overwrite_other_model=config.force)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from probewatch.data.dialogue import Dialogue, load_dialogues
-from probewatch.training.augment import augment_pool, default_augment
+from probewatch.training.augment import augment_pool
 from probewatch.training.datasets import BehaviourData, Source, build_behaviour_data
 from probewatch.training.extract import contiguous_by_kind
 from probewatch.training.sources import tag_source
@@ -19,6 +19,7 @@ from probewatch.training.train_config import (
     TrainConfig,
     TrainingError,
     require_behaviour,
+    resolve_augment,
 )
 
 
@@ -84,9 +85,7 @@ def prepare_data(config: TrainConfig, loaded: Any) -> PreparedData:
             extra = tag_source(load_extra_data([path], behaviour=config.behaviour), path.name)
             data.pool = [*data.pool, *extra]
             data.sources = [*data.sources, Source.of(path.name, path, len(extra))]
-    augmentations = (
-        default_augment(config.behaviour, bool(config.data_files)) if config.augment is None else tuple(config.augment)
-    )
+    augmentations = resolve_augment(config)
     if augmentations:
         data.pool, added = augment_pool(data.pool, augmentations, config.seed)
         data.notes = {**data.notes, "augmented": added}

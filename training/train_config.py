@@ -10,7 +10,7 @@ from typing import Any
 from probewatch.behaviours import DEFAULT_PROBE_IDS
 from probewatch.errors import ProbewatchError
 from probewatch.probes.errors import FingerprintMismatchError
-from probewatch.training.augment import AUGMENTATIONS, unknown_augmentations
+from probewatch.training.augment import AUGMENTATIONS, default_augment, unknown_augmentations
 from probewatch.training.calibration import BAND_CONTROL_FPR, CONTROL_FPR, MAX_FLAGGED_NEGATIVES
 from probewatch.training.export import METHOD_BY_KIND
 from probewatch.training.report_sources import VAL_MARGIN
@@ -167,6 +167,13 @@ def check_config(config: TrainConfig, n_layers: int, model_id: str) -> list[int]
     if bad:
         raise TrainingError(f"layers {bad} out of range for {model_id} ({n_layers} layers: 0..{n_layers - 1})")
     return layers
+
+
+def resolve_augment(config: TrainConfig) -> tuple[str, ...]:
+    """The augmentations this run applies: `--augment` as given, else the behaviour's default (none for --data)."""
+    if config.augment is not None:
+        return tuple(config.augment)
+    return default_augment(config.behaviour, bool(config.data_files))
 
 
 def require_behaviour(config: TrainConfig) -> str:

@@ -87,6 +87,7 @@ def test_trained_report_is_typed_and_written_as_its_json(tiny_loaded, tmp_path):
     assert isinstance(report, TrainReport) and result.report_path == tmp_path / "b" / REPORT_FILENAME
     on_disk = json.loads(result.report_path.read_text())
     assert on_disk == json.loads(dumps(report.to_json()))
+    assert on_disk["config"]["augment"] == []  # resolved: user --data files get no copies unless asked
     assert list(on_disk) == [
         "probe_id",
         "behaviour",
