@@ -151,7 +151,7 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     for ax, layer in zip(axes[0], layers):
         for k, training in enumerate(("plain", "augmented")):
             row = next(r for r in result["rows"] if r["layers"] == layer and r["training"] == training)
-            values = [row["clean_recall"]] + [row["results"][n]["recall"] for n in names[1:]]
+            values = [row["clean"]["recall"]] + [row["results"][n]["recall"] for n in names[1:]]
             ax.bar([i + 0.4 * k for i in range(len(names))], values, 0.4, label=training)
         ax.set_xticks([i + 0.2 for i in range(len(names))])
         ax.set_xticklabels(names, fontsize=8)
@@ -179,7 +179,7 @@ def lines(result: dict[str, Any]) -> list[str]:
             for name, v in r["results"].items()
         )
         out.append(
-            f"  L{r['layers']:<8} {r['training']:9} C={r['C']:g} clean {r['clean_auroc']:.3f} {r['clean_recall']:.2f}  {cells}"
+            f"  L{r['layers']:<8} {r['training']:9} C={r['C']:g} clean {r['clean']['auroc']:.3f} {r['clean']['recall']:.2f}  {cells}"
         )
     return out
 

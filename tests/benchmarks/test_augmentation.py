@@ -55,7 +55,7 @@ def test_bench_fits_both_probes_per_layer_and_writes_report_and_plot(tmp_path, m
     for row in report["rows"]:
         assert row["n_fit"] == report["n_fit"] + (report["n_copies"] if row["training"] == "augmented" else 0)
         assert set(row["results"]) == set(HELD_OUT_ASSERTIONS)
-        assert 0.0 <= row["clean_auroc"] <= 1.0 and 0.0 <= row["clean_recall"] <= 1.0
+        assert 0.0 <= row["clean"]["auroc"] <= 1.0 and 0.0 <= row["clean"]["recall"] <= 1.0
         for result in row["results"].values():
             assert 0.0 <= result["auroc"] <= 1.0 and math.isfinite(result["median_positive_change"])
             assert 0.0 <= result["flagged_negatives"] <= 1.0

@@ -35,9 +35,11 @@ def test_copies_with_the_assertion_on_both_labels_stop_it_moving_the_score():
     plain, augmented = rows
     assert (plain.training, augmented.training) == ("plain", "augmented") and plain.layers == augmented.layers == "3"
     assert (plain.n_fit, augmented.n_fit) == (400, 600)
-    assert all(0.5 < row.clean_recall <= 1.0 and set(row.results) == {"asserted"} for row in rows)
-    assert augmented.clean_auroc > plain.clean_auroc - 0.05  # dim 1 is informative on clean data: a small price
+    assert all(0.5 < row.clean.recall <= 1.0 and set(row.results) == {"asserted"} for row in rows)
+    assert augmented.clean.auroc is not None and plain.clean.auroc is not None
+    assert augmented.clean.auroc > plain.clean.auroc - 0.05  # dim 1 is informative on clean data: a small price
     p, a = plain.results["asserted"], augmented.results["asserted"]
+    assert p.median_positive_change is not None and a.median_positive_change is not None
     assert p.median_positive_change < -1.0 and abs(a.median_positive_change) < 0.5 * abs(p.median_positive_change)
     assert a.recall > p.recall + 0.1
 
