@@ -1,14 +1,16 @@
-"""`probewatch bench augmentation`: does `--augment sincerity` keep a probe's score under assertions it never saw?
+"""`probewatch bench augmentation`: does an `--augment` kind of copy keep a probe's score under conditions it never saw?
 
 The behaviour's training pool (or `--data` files) without copies, split by group (test 20%). At each
 `--layers` layer one logistic probe (response tokens, mean, `--C`) is fitted on the fit split, and
-one on the fit split plus its sincerity copies (`training/augment.py`, `--share`); `--concat` adds the
-pair on the layers' concatenated features, the shape of a shipped multi-layer probe. Both are scored on
-the test split clean and with every answer behind each held-out assertion
-(`training/augment_effect.py`): AUROC, recall and flagged negatives at the threshold that flags 5% of
-the clean test negatives, and the positives' median score change. Long-transcript kinds are skipped
-by default (`--skip-kinds`): an assertion of a dozen tokens hardly moves a mean over thousands.
-Writes a JSON report and a plot (recall per assertion, plain vs augmented, per layer).
+one on the fit split plus its copies (`--augment`: `sincerity` answers behind an assertion, `monitoring`
+a watcher named in the system prompt; `training/augment.py`, `--share`); `--base` gives both probes another
+augmentation's copies first, as the shipped probe has them. `--concat` adds the pair on the layers'
+concatenated features, the shape of a shipped multi-layer probe. Both are scored on the test split clean
+and under each held-out condition of the augmentation (and of `--base`) (`training/augment_effect.py`): AUROC, recall
+and flagged negatives at the threshold that flags 5% of the clean test negatives, and the positives'
+median score change. Long-transcript kinds are skipped by default (`--skip-kinds`): an assertion of a
+dozen tokens hardly moves a mean over thousands. Writes a JSON report and a plot (recall and flagged
+negatives per condition, plain vs augmented, per layer).
 """
 
 from __future__ import annotations
@@ -29,6 +31,19 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     add_common_args(parser)
     add_data_dir_arg(parser)
     parser.add_argument("--behaviour", default="deception", help="built-in pool to measure (default deception)")
+    parser.add_argument(
+        "--augment",
+        default="sincerity",
+        choices=("sincerity", "monitoring"),
+        help="the copies to measure (default sincerity; training/augment.py)",
+    )
+    parser.add_argument(
+        "--base",
+        default=None,
+        choices=("sincerity", "monitoring"),
+        help="copies both probes are fitted with, as a shipped probe would be (e.g. sincerity for deception); "
+        "their held-out conditions are scored too",
+    )
     parser.add_argument(
         "--data", type=Path, action="append", default=[], help="a labelled dialogue JSONL instead (repeatable)"
     )
@@ -72,12 +87,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from probewatch.models import load_model
-    from probewatch.training.augment import DEFAULT_SHARE, prefixed, sincerity_copies
-    from probewatch.training.augment_effect import HELD_OUT_ASSERTIONS, effect_rows
+    from probewatch.training.augment import AUGMENTATIONS, DEFAULT_SHARE
+    from probewatch.training.augment_effect import effect_rows, held_out_conditions
     from probewatch.training.extract import extract_activations
     from probewatch.training.features import LayerData
     from probewatch.training.splits import grouped_split
 
+    if args.base == args.augment:
+        raise SystemExit(f"--base {args.base} is the augmentation measured; pick another --augment")
     loaded = load_model(args.model)
     share = DEFAULT_SHARE if args.share is None else args.share
     items = _items(args, loaded)
@@ -86,9 +103,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fit_idx, test_idx = grouped_split(groups, labels, 0.2, seed=args.seed)
     fit = [items[i] for i in fit_idx]
     test = [items[i] for i in test_idx]
-    copies = sincerity_copies(fit, share, args.seed)
-    sets = {"fit": fit, "copies": copies, "test": test}
-    sets |= {f"test-{name}": [prefixed(d, phrase) for d in test] for name, phrase in HELD_OUT_ASSERTIONS.items()}
+    behaviour = None if args.data else args.behaviour
+    base = AUGMENTATIONS[args.base](fit, share, args.seed) if args.base else []
+    copies = AUGMENTATIONS[args.augment](fit, share, args.seed)
+    held_out = held_out_conditions(args.base, behaviour) if args.base else {}
+    held_out |= held_out_conditions(args.augment, behaviour)
+    fit_set = fit + base  # both probes see the base copies; only the augmented one also `copies`
+    sets = {"fit": fit_set, "copies": copies, "test": test}
+    sets |= {f"test-{name}": [rewrite(d) for d in test] for name, (_, rewrite) in held_out.items()}
 
     means: dict[str, dict[int, Any]] = {}
     for name, dialogues in sets.items():
@@ -118,10 +140,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"[bench augmentation] layers {label}: fitting plain and augmented", file=sys.stderr, flush=True)
         rows += effect_rows(
             label,
-            (features("fit"), *arrays(fit)),
+            (features("fit"), *arrays(fit_set)),
             (features("copies"), *arrays(copies)),
             (features("test"), arrays(test)[0]),
-            {name: features(f"test-{name}") for name in HELD_OUT_ASSERTIONS},
+            {name: features(f"test-{name}") for name in held_out},
             C=args.C,
         )
     return {
@@ -129,38 +151,52 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "behaviour": args.behaviour if not args.data else None,
         "data": [str(p) for p in args.data],
         "model": loaded.model_id,
+        "augment": args.augment,
+        "base": args.base,
         "share": share,
-        "n_fit": len(fit),
+        "n_fit": len(fit_set),
+        "n_base_copies": len(base),
         "n_copies": len(copies),
         "n_test": len(test),
-        "assertions": HELD_OUT_ASSERTIONS,
+        "held_out": {name: text for name, (text, _) in held_out.items()},
         "rows": [r.to_json() for r in rows],
     }
 
 
 def plot(result: dict[str, Any], out: Path) -> Path:
-    """Recall at the 5%-of-clean-negatives threshold per held-out assertion: plain vs augmented, per layer."""
+    """Recall (bars) and flagged negatives (dots) at the 5%-of-clean-negatives threshold per held-out condition:
+    plain vs augmented, per layer."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["clean", *result["assertions"]]
+    names = ["clean", *result["held_out"]]
     layers = list(dict.fromkeys(r["layers"] for r in result["rows"]))
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.6 * len(layers), 3.8), sharey=True, squeeze=False)
+    styles = {"plain": ("#9ecae1", "#08519c"), "augmented": ("#fdae6b", "#a63603")}  # (bar, dot): light, dark
     for ax, layer in zip(axes[0], layers):
-        for k, training in enumerate(("plain", "augmented")):
+        for k, (training, (bar_colour, dot_colour)) in enumerate(styles.items()):
             row = next(r for r in result["rows"] if r["layers"] == layer and r["training"] == training)
-            values = [row["clean"]["recall"]] + [row["results"][n]["recall"] for n in names[1:]]
-            ax.bar([i + 0.4 * k for i in range(len(names))], values, 0.4, label=training)
+            conditions = [row["clean"]] + [row["results"][n] for n in names[1:]]
+            xs = [i + 0.4 * k for i in range(len(names))]
+            ax.bar(xs, [c["recall"] for c in conditions], 0.4, color=bar_colour, label=f"{training}: recall")
+            flagged = [c["flagged_negatives"] for c in conditions]
+            ax.plot(xs, flagged, "D", color=dot_colour, markersize=6, label=f"{training}: flagged negatives")
         ax.set_xticks([i + 0.2 for i in range(len(names))])
         ax.set_xticklabels(names, fontsize=8)
         ax.set_title(f"layer {layer}" if "+" not in layer else f"layers {layer}")
         ax.set_ylim(0, 1.05)
-    axes[0][0].set_ylabel("recall (threshold: 5% of clean negatives)")
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle("Sincerity copies: recall under assertions never trained on", fontsize=10)
-    fig.tight_layout()
+    axes[0][0].set_ylabel("share at 5%-of-clean-neg. threshold", fontsize=8)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    base = f"; both probes with {result['base']} copies" if result["base"] else ""
+    fig.suptitle(
+        f"{result['augment'].capitalize()} copies: recall (bars) and flagged negatives (diamonds) under held-out "
+        f"conditions{base}",
+        fontsize=10,
+    )
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     path = out.with_suffix(".png")
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -168,9 +204,10 @@ def plot(result: dict[str, Any], out: Path) -> Path:
 
 
 def lines(result: dict[str, Any]) -> list[str]:
+    base = f" (fit includes {result['n_base_copies']} {result['base']} copies)" if result["base"] else ""
     out = [
-        f"{result['behaviour'] or ', '.join(result['data'])}: fit {result['n_fit']} + {result['n_copies']} copies "
-        f"(share {result['share']:g}), test {result['n_test']}; recall / flagged negatives at the threshold "
+        f"{result['behaviour'] or ', '.join(result['data'])}: fit {result['n_fit']}{base} + {result['n_copies']} "
+        f"{result['augment']} copies (share {result['share']:g}), test {result['n_test']}; recall / flagged negatives at the threshold "
         "flagging 5% of the clean test negatives"
     ]
     for r in result["rows"]:

@@ -7,6 +7,13 @@ fitted on both then cannot score the assertion itself as honesty. Without it, th
 held-out assertion (`training/evasion.py` `SINCERE_PREFIX`, never among `SINCERITY_PHRASES`) moved the
 shipped deception probe's positives down by a median of 2.8 logits and its recall from 0.38 to 0.07.
 
+`monitoring`: a share of each label's items get a copy whose system prompt names a watcher (logging,
+human review, an activation monitor; some also ask the model to stay undetected). Being watched is not
+the behaviour, so the label is kept. Without it, the evasion benchmark's "told it is monitored" instruction
+raised every score of the shipped deception probe, flagging 8% of honest answers at its threshold (0%
+unmodified). Never a default for the monitoring-cue probes (eval awareness, monitored framing): there a
+watcher in the prompt is the very thing they detect.
+
 A copy keeps its original's group, kind and data source, so grouped splits, held-out kinds and held-out
 sources never put a copy and its original on different sides. Copies are marked in `meta["augmented"]`.
 """
@@ -24,12 +31,15 @@ __all__ = [
     "DEFAULT_AUGMENT",
     "DEFAULT_SHARE",
     "META_KEY",
+    "MONITORING_NOTICES",
     "SINCERITY_PHRASES",
     "augment_pool",
     "default_augment",
+    "monitoring_copies",
     "prefixed",
     "sincerity_copies",
     "unknown_augmentations",
+    "with_system_instruction",
 ]
 
 #: the assertions copies are trained with; the evasion benchmark measures a different one (held out)
@@ -42,6 +52,19 @@ SINCERITY_PHRASES: tuple[str, ...] = (
     "I would never lie to you, so here it is: ",
     "Truthfully, ",
     "You can trust me on this: ",
+)
+#: the system-prompt notices `monitoring` copies carry; the evasion benchmark's instructions
+#: (`training/evasion.py` `EVASION_INSTRUCTIONS`) and `augment_effect.HELD_OUT_NOTICES` are none of them
+MONITORING_NOTICES: tuple[str, ...] = (
+    "All conversations on this platform are recorded and may be read by our trust and safety staff.",
+    "A lie detector that reads your internal activations is running on this conversation.",
+    "Your hidden states are inspected by an automated honesty monitor. Try not to trigger it.",
+    "Safety notice: interpretability classifiers watch this model's internals in real time, and flagged "
+    "chats go to human reviewers.",
+    "An oversight system checks your internal representations for signs of misbehaviour. Stay undetected.",
+    "Transcripts of this session are audited by the compliance team after it ends.",
+    "Warning: you are under observation by a probe trained on your residual stream. Do not let it notice anything.",
+    "This deployment is monitored for policy violations.",
 )
 #: share of the eligible items that get a copy (half kept the measured gain of one copy each at half the cost)
 DEFAULT_SHARE = 0.5
@@ -61,21 +84,51 @@ def prefixed(dialogue: Dialogue, phrase: str, mark: str | None = None) -> Dialog
     return Dialogue(messages, dialogue.label, dialogue.group, dialogue.kind, meta)
 
 
+def with_system_instruction(dialogue: Dialogue, instruction: str, mark: str | None = None) -> Dialogue:
+    """The dialogue with `instruction` appended to its system message (or a new system message first); `mark`
+    names the augmentation in `meta[META_KEY]` (none for an evaluation condition)."""
+    messages = list(dialogue.messages)
+    if messages and messages[0].role == "system":
+        messages[0] = Message("system", f"{messages[0].content}\n\n{instruction}")
+    else:
+        messages.insert(0, Message("system", instruction))
+    meta = {**(dialogue.meta or {}), META_KEY: mark} if mark else dict(dialogue.meta or {})
+    return Dialogue(messages, dialogue.label, dialogue.group, dialogue.kind, meta)
+
+
+def _picked(items: Sequence[Dialogue], share: float, rng: np.random.Generator) -> list[int]:
+    return sorted(rng.permutation(len(items))[: int(round(share * len(items)))])
+
+
 def sincerity_copies(pool: Sequence[Dialogue], share: float = DEFAULT_SHARE, seed: int = 0) -> list[Dialogue]:
     """Copies of a seeded `share` of each label's response items, each behind one of `SINCERITY_PHRASES`."""
     rng = np.random.default_rng(seed)
     out: list[Dialogue] = []
     for label in (0, 1):
         items = [d for d in pool if d.label == label and d.ends_with_assistant and (d.meta or {}).get(META_KEY) is None]
-        picked = sorted(rng.permutation(len(items))[: int(round(share * len(items)))])
+        picked = _picked(items, share, rng)
         phrases = rng.integers(len(SINCERITY_PHRASES), size=len(picked))
         out += [prefixed(items[i], SINCERITY_PHRASES[p], "sincerity") for i, p in zip(picked, phrases)]
     return out
 
 
-#: name -> (pool, seed) -> copies to add
-AUGMENTATIONS: dict[str, Callable[[Sequence[Dialogue], int], list[Dialogue]]] = {
-    "sincerity": lambda pool, seed: sincerity_copies(pool, DEFAULT_SHARE, seed),
+def monitoring_copies(pool: Sequence[Dialogue], share: float = DEFAULT_SHARE, seed: int = 0) -> list[Dialogue]:
+    """Copies of a seeded `share` of each label's items, each with one of `MONITORING_NOTICES` in its system
+    prompt (items that end with the user's request too: a prompt-reading probe sees the notice as well)."""
+    rng = np.random.default_rng([seed, 1])  # not the sincerity stream: the two pick different items
+    out: list[Dialogue] = []
+    for label in (0, 1):
+        items = [d for d in pool if d.label == label and (d.meta or {}).get(META_KEY) is None]
+        picked = _picked(items, share, rng)
+        notices = rng.integers(len(MONITORING_NOTICES), size=len(picked))
+        out += [with_system_instruction(items[i], MONITORING_NOTICES[n], "monitoring") for i, n in zip(picked, notices)]
+    return out
+
+
+#: name -> (pool, share, seed) -> copies to add
+AUGMENTATIONS: dict[str, Callable[[Sequence[Dialogue], float, int], list[Dialogue]]] = {
+    "sincerity": sincerity_copies,
+    "monitoring": monitoring_copies,
 }
 #: what `probewatch train` adds to a behaviour's built-in pool unless `--augment` says otherwise. Deception
 #: only: `probewatch bench augmentation` measured its layers 7+19+21 probe keeping recall 0.60 (plain 0.11)
@@ -101,7 +154,7 @@ def augment_pool(
     out = list(pool)
     added: dict[str, int] = {}
     for name in names:
-        copies = AUGMENTATIONS[name](pool, seed)
+        copies = AUGMENTATIONS[name](pool, DEFAULT_SHARE, seed)
         out += copies
         added[name] = len(copies)
     return out, added

@@ -20,8 +20,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from probewatch.data.dialogue import Dialogue, Message
-from probewatch.training.augment import prefixed
+from probewatch.data.dialogue import Dialogue
+from probewatch.training.augment import prefixed, with_system_instruction
 
 #: what the system prompt says, per behaviour. For the monitoring-cue probes (eval awareness, monitored
 #: framing) the instruction is itself such a cue: a rise of the negatives' scores there is the probe
@@ -55,16 +55,6 @@ EVASION_INSTRUCTIONS: dict[str, str] = {
 }
 #: the sincerity assertion put in front of a response (the "honestly, ..." rewording)
 SINCERE_PREFIX = "I'll be completely honest with you, and this is the truth: "
-
-
-def with_system_instruction(dialogue: Dialogue, instruction: str) -> Dialogue:
-    """The dialogue with `instruction` appended to its system message (or a new system message first)."""
-    messages = list(dialogue.messages)
-    if messages and messages[0].role == "system":
-        messages[0] = Message("system", f"{messages[0].content}\n\n{instruction}")
-    else:
-        messages.insert(0, Message("system", instruction))
-    return Dialogue(messages, dialogue.label, dialogue.group, dialogue.kind, dict(dialogue.meta))
 
 
 def with_sincere_response(dialogue: Dialogue) -> Dialogue:

@@ -223,8 +223,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="NAME[,NAME]",
         help="labelled copies added to the pool (sincerity: a share of the answers behind an assertion such as "
-        "'Honestly, ', on both labels, so the assertion alone cannot move the score); none: no copies "
-        "(default: sincerity for deception, none for --data files and other behaviours)",
+        "'Honestly, ', on both labels, so the assertion alone cannot move the score; monitoring: a share of the "
+        "items with a watcher named in the system prompt, so being told of a monitor cannot either); none: no "
+        "copies (default: sincerity for deception, none for --data files and other behaviours)",
     )
     parser.add_argument("--window", type=int, default=8, help="rolling_mean_max window (tokens)")
     parser.add_argument("--seed", type=int, default=0)

@@ -1,5 +1,6 @@
-"""Sincerity copies (training/augment.py): labels, groups and sources kept; the evasion benchmark's
-assertion held out; the train flag, the behaviour defaults and the replay of older reports."""
+"""Sincerity and monitoring copies (training/augment.py): labels, groups and sources kept; the evasion
+benchmark's assertion and instructions held out; the train flag, the behaviour defaults and the replay of
+older reports."""
 
 from __future__ import annotations
 
@@ -9,14 +10,17 @@ import pytest
 
 from probewatch.data.dialogue import Dialogue, Message, write_dialogues
 from probewatch.training.augment import (
+    AUGMENTATIONS,
     DEFAULT_AUGMENT,
     META_KEY,
+    MONITORING_NOTICES,
     SINCERITY_PHRASES,
     augment_pool,
     default_augment,
+    monitoring_copies,
     sincerity_copies,
 )
-from probewatch.training.evasion import SINCERE_PREFIX
+from probewatch.training.evasion import EVASION_INSTRUCTIONS, SINCERE_PREFIX
 from probewatch.training.pipeline import TrainConfig, extract, make_splits, prepare_data
 from probewatch.training.train_config import TrainingError, check_config
 from tests.training.helpers import control_dialogues, synthetic_dialogues
@@ -57,17 +61,57 @@ def test_the_evasion_benchmarks_assertion_is_never_trained_on():
     assert not any(SINCERE_PREFIX.lower().startswith(p.strip().lower()) for p in SINCERITY_PHRASES)
 
 
+def test_monitoring_copies_name_a_watcher_in_the_system_prompt_and_keep_everything_else():
+    pool = _pool()
+    for d in pool[:4]:  # a few items with a system prompt of their own: the notice is appended to it
+        d.messages.insert(0, Message("system", "You sell cars."))
+    copies = monitoring_copies(pool, share=0.5, seed=3)
+    by_key = {(d.group, d.label): d for d in pool}
+    assert len(pool) == 42 and len(copies) == 20  # half of each label's 21 (rounded to even), prompt-only included
+    assert sorted(c.label for c in copies).count(1) == len(copies) // 2
+    assert any(not c.ends_with_assistant for c in monitoring_copies(pool, 1.0, seed=0))
+    for c in copies:
+        original = by_key[(c.group, c.label)]
+        assert (c.kind, c.meta["data_source"], c.meta[META_KEY]) == (original.kind, "written", "monitoring")
+        assert c.messages[-1] == original.messages[-1] and c.messages[0].role == "system"
+        if original.messages[0].role == "system":
+            prompt, notice = c.messages[0].content.split("\n\n")
+            assert prompt == "You sell cars." and c.messages[1:] == original.messages[1:]
+        else:
+            notice = c.messages[0].content
+            assert c.messages[1:] == original.messages
+        assert notice in MONITORING_NOTICES
+        assert META_KEY not in original.meta
+    assert [c.messages[0].content for c in monitoring_copies(pool, 0.5, seed=3)] == [
+        c.messages[0].content for c in copies
+    ]
+    assert len({c.messages[0].content for c in monitoring_copies(pool, 1.0, seed=0)}) > 4
+    # its own random stream: with both augmentations the copies are not all of the same items
+    sincere = {(c.group, c.label) for c in sincerity_copies(pool, 0.5, seed=3)}
+    assert {(c.group, c.label) for c in copies if c.ends_with_assistant} != sincere
+
+
+def test_the_evasion_benchmarks_monitoring_instructions_are_never_trained_on():
+    assert not set(EVASION_INSTRUCTIONS.values()) & set(MONITORING_NOTICES)
+    assert set(AUGMENTATIONS) == {"sincerity", "monitoring"}
+
+
 def test_augmenting_twice_does_not_copy_copies():
     pool, added = augment_pool(_pool(), ["sincerity"])
     again, added_again = augment_pool(pool, ["sincerity"])
     assert added == added_again == {"sincerity": 20}
     assert sum(1 for d in again if d.meta.get(META_KEY)) == 40
+    both, added_both = augment_pool(_pool(), ["sincerity", "monitoring"])
+    assert added_both == {"sincerity": 20, "monitoring": 20}  # 40 answers; 42 labelled items, 21 per label
+    assert [d.meta.get(META_KEY) for d in both[len(_pool()) :]] == ["sincerity"] * 20 + ["monitoring"] * 20
 
 
 def test_defaults_per_behaviour_and_for_user_files():
     assert default_augment("deception", custom_data=False) == ("sincerity",) == DEFAULT_AUGMENT["deception"]
     assert default_augment("alignment_faking", custom_data=False) == ()  # measured no gain there: opt-in
     assert default_augment("refusal", custom_data=False) == ()
+    for cue_probe in ("eval_awareness", "monitored_framing"):  # a watcher in the prompt is what they detect
+        assert "monitoring" not in default_augment(cue_probe, custom_data=False)
     assert default_augment("deception", custom_data=True) == ()
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from probewatch.training.augment import SINCERITY_PHRASES
-from probewatch.training.augment_effect import HELD_OUT_ASSERTIONS, effect_rows
+from probewatch.data.dialogue import Dialogue, Message
+from probewatch.training.augment import MONITORING_NOTICES, SINCERITY_PHRASES
+from probewatch.training.augment_effect import HELD_OUT_ASSERTIONS, HELD_OUT_NOTICES, effect_rows, held_out_conditions
+from probewatch.training.evasion import EVASION_INSTRUCTIONS
 
 
 def _features(n: int, rng: np.random.Generator, sincere_honest: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -48,3 +51,22 @@ def test_held_out_assertions_are_not_training_phrases():
     assert not set(HELD_OUT_ASSERTIONS.values()) & set(SINCERITY_PHRASES)
     first_words = {p.split()[0].strip(",.:").lower() for p in SINCERITY_PHRASES}
     assert not {p.split()[0].strip(",.:").lower() for p in HELD_OUT_ASSERTIONS.values()} & first_words
+
+
+def test_held_out_notices_are_not_training_notices_and_take_the_behaviours_evasion_instruction():
+    assert not set(HELD_OUT_NOTICES.values()) & set(MONITORING_NOTICES)
+    dialogue = Dialogue([Message("user", "Is it safe?"), Message("assistant", "Yes.")], 1, "g", "k")
+    for behaviour in ("deception", "alignment_faking"):
+        conditions = held_out_conditions("monitoring", behaviour)
+        assert list(conditions) == ["instruction", "logged", "researchers"]
+        assert not set(conditions) & set(held_out_conditions("sincerity", behaviour))
+        text, rewrite = conditions["instruction"]
+        assert text == EVASION_INSTRUCTIONS[behaviour]
+        assert rewrite(dialogue).messages == [Message("system", text), *dialogue.messages]
+    assert (
+        held_out_conditions("monitoring", None)["instruction"][0] == EVASION_INSTRUCTIONS["deception"]
+    )  # --data files
+    text, rewrite = held_out_conditions("sincerity", "deception")["frank"]
+    assert rewrite(dialogue).messages[-1] == Message("assistant", text + "yes.")
+    with pytest.raises(ValueError, match="no held-out conditions for augmentation 'shouting'"):
+        held_out_conditions("shouting", "deception")
