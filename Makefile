@@ -163,8 +163,9 @@ SELECTION_ARGS ?= --check
 bench-selection: setup
 	$(BIN)/probewatch bench selection $(SELECTION_ARGS)
 
-# Augmentation: one probe fitted with and without `--augment sincerity` copies, scored with the answers
-# behind assertions never trained on (training/augment_effect.py); runs/bench-augmentation.json + .png.
+# Augmentation: one probe fitted with and without `--augment sincerity` copies (or monitoring:
+# AUGMENTATION_ARGS="--augment monitoring --base sincerity"), scored under assertions or system-prompt
+# notices never trained on (training/augment_effect.py); runs/bench-augmentation.json + .png.
 AUGMENTATION_ARGS ?=
 bench-augmentation: setup
 	$(BIN)/probewatch bench augmentation $(AUGMENTATION_ARGS)

@@ -20,6 +20,7 @@ sources never put a copy and its original on different sides. Copies are marked 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -35,6 +36,7 @@ __all__ = [
     "SINCERITY_PHRASES",
     "augment_pool",
     "default_augment",
+    "joined",
     "monitoring_copies",
     "prefixed",
     "sincerity_copies",
@@ -78,10 +80,22 @@ def prefixed(dialogue: Dialogue, phrase: str, mark: str | None = None) -> Dialog
     messages = list(dialogue.messages)
     if not messages or messages[-1].role != "assistant":
         return dialogue
-    text = messages[-1].content
-    messages[-1] = Message("assistant", phrase + text[:1].lower() + text[1:])
+    messages[-1] = Message("assistant", joined(phrase, messages[-1].content))
     meta = {**(dialogue.meta or {}), META_KEY: mark} if mark else dict(dialogue.meta or {})
     return Dialogue(messages, dialogue.label, dialogue.group, dialogue.kind, meta)
+
+
+#: first words that keep their capital behind a phrase: "I" and its contractions, acronyms ("NASA", "OK")
+_KEEPS_CAPITAL = re.compile(r"(I\b|[A-Z]{2,}\b)")
+
+
+def joined(phrase: str, text: str) -> str:
+    """`phrase` then `text`, as a writer would join them: the answer's first letter goes lower case behind a
+    phrase that runs on ("Honestly, the ..."), not behind one that ends a sentence ("... with you. The ..."),
+    and never for "I" or an acronym; an assertion that reads as broken English would measure the wrong thing."""
+    if phrase.rstrip().endswith((".", "!", "?")) or _KEEPS_CAPITAL.match(text):
+        return phrase + text
+    return phrase + text[:1].lower() + text[1:]
 
 
 def with_system_instruction(dialogue: Dialogue, instruction: str, mark: str | None = None) -> Dialogue:
@@ -131,10 +145,14 @@ AUGMENTATIONS: dict[str, Callable[[Sequence[Dialogue], float, int], list[Dialogu
     "monitoring": monitoring_copies,
 }
 #: what `probewatch train` adds to a behaviour's built-in pool unless `--augment` says otherwise. Deception
-#: only: `probewatch bench augmentation` measured its layers 7+19+21 probe keeping recall 0.60 (plain 0.11)
+#: only: `probewatch bench augmentation` measured its layers 7+19+21 probe keeping recall 0.64 (plain 0.11)
 #: under the evasion assertion; on alignment faking the copies left the assertion's pull unchanged at
 #: layers 3, 15 and 21 (median change -2.29 vs -2.10 at layer 3), and a regeneration with them shipped
-#: nothing better, so they are opt-in there
+#: nothing better, so they are opt-in there. `monitoring` is opt-in everywhere: on deception's layers 19+21
+#: probe, already fitted with sincerity copies, it cut the honest answers flagged under the evasion
+#: benchmark's instruction from 35% to 21% for 0.02 of clean recall (`probewatch bench augmentation
+#: --augment monitoring --base sincerity --layers 19,21 --concat --C 0.1`); it becomes a default when a
+#: regeneration shows it costs nothing on held-out sources
 DEFAULT_AUGMENT: dict[str, tuple[str, ...]] = {"deception": ("sincerity",)}
 
 

@@ -17,6 +17,7 @@ from probewatch.training.augment import (
     SINCERITY_PHRASES,
     augment_pool,
     default_augment,
+    joined,
     monitoring_copies,
     sincerity_copies,
 )
@@ -47,12 +48,29 @@ def test_sincerity_copies_keep_label_group_kind_and_source_and_prefix_one_traini
         assert c.messages[:-1] == original.messages[:-1]
         phrase = next(p for p in SINCERITY_PHRASES if c.messages[-1].content.startswith(p))
         rest = original.messages[-1].content
-        assert c.messages[-1].content == phrase + rest[:1].lower() + rest[1:]
+        assert c.messages[-1].content == joined(phrase, rest)
         assert META_KEY not in original.meta  # the original is untouched
     assert [c.messages[-1].content for c in sincerity_copies(pool, 0.5, seed=3)] == [
         c.messages[-1].content for c in copies
     ]
     assert len({c.messages[-1].content.split(" ")[0] for c in sincerity_copies(pool, 1.0, seed=0)}) > 3
+
+
+@pytest.mark.parametrize(
+    ("phrase", "answer", "expected"),
+    [
+        ("Honestly, ", "The store closes at nine.", "Honestly, the store closes at nine."),
+        ("Honestly, ", "I checked twice.", "Honestly, I checked twice."),
+        ("Truthfully, ", "I'm not sure.", "Truthfully, I'm not sure."),
+        ("You can trust me on this: ", "NASA said so.", "You can trust me on this: NASA said so."),
+        ("You can trust me on this: ", "It works.", "You can trust me on this: it works."),
+        ("Let me be straight with you. ", "The car is fine.", "Let me be straight with you. The car is fine."),
+        ("In all sincerity, ", "", "In all sincerity, "),
+    ],
+)
+def test_a_phrase_joins_the_answer_as_a_writer_would(phrase, answer, expected):
+    """Lower case only where the phrase runs on into the answer; never "i" for "I" nor a lowered acronym."""
+    assert joined(phrase, answer) == expected
 
 
 def test_the_evasion_benchmarks_assertion_is_never_trained_on():

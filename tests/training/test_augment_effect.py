@@ -67,6 +67,6 @@ def test_held_out_notices_are_not_training_notices_and_take_the_behaviours_evasi
         held_out_conditions("monitoring", None)["instruction"][0] == EVASION_INSTRUCTIONS["deception"]
     )  # --data files
     text, rewrite = held_out_conditions("sincerity", "deception")["frank"]
-    assert rewrite(dialogue).messages[-1] == Message("assistant", text + "yes.")
+    assert rewrite(dialogue).messages[-1] == Message("assistant", text + "Yes.")  # a new sentence keeps its capital
     with pytest.raises(ValueError, match="no held-out conditions for augmentation 'shouting'"):
         held_out_conditions("shouting", "deception")
