@@ -142,6 +142,8 @@ def test_train_flag_parses_none_and_refuses_an_unknown_name():
     assert config_from_args(parser.parse_args(["--behaviour", "deception", "--augment", "none"])).augment == ()
     given = config_from_args(parser.parse_args(["--behaviour", "refusal", "--augment", "sincerity"]))
     assert given.augment == ("sincerity",)
+    both = config_from_args(parser.parse_args(["--behaviour", "deception", "--augment", "sincerity,monitoring"]))
+    assert both.augment == ("sincerity", "monitoring")
     wrong = config_from_args(parser.parse_args(["--behaviour", "deception", "--augment", "sincerity,shouting"]))
     with pytest.raises(TrainingError, match="unknown --augment shouting; known: sincerity"):
         check_config(wrong, 4, "tiny")
@@ -162,10 +164,11 @@ def test_prepare_data_adds_copies_only_when_asked_for_user_files_and_splits_keep
         control_file=control,
         layers=[1],
         progress=False,
-        augment=("sincerity",),
+        augment=("sincerity", "monitoring"),
     )
     prepared = prepare_data(asked, tiny_loaded)
-    assert len(prepared.data.pool) == 48 + 24 and prepared.data.notes["augmented"] == {"sincerity": 24}
+    assert len(prepared.data.pool) == 48 + 48
+    assert prepared.data.notes["augmented"] == {"sincerity": 24, "monitoring": 24}
     splits = make_splits(asked, extract(asked, tiny_loaded, prepared, [1]), prepared.data)
     pool = splits.pool
     side = {}
@@ -174,7 +177,9 @@ def test_prepare_data_adds_copies_only_when_asked_for_user_files_and_splits_keep
             side.setdefault(pool.groups[i], set()).add(name)
     assert all(len(s) == 1 for s in side.values())  # a copy never sits on another side than its original
     copies = [i for i, d in enumerate(prepared.data.pool) if d.meta.get(META_KEY)]
-    assert len(copies) == 24 and all(len(side[pool.groups[i]]) == 1 for i in copies)
+    assert len(copies) == 48 and all(len(side[pool.groups[i]]) == 1 for i in copies)
+    noticed = [d for d in prepared.data.pool if d.meta.get(META_KEY) == "monitoring"]
+    assert all(d.messages[0].role == "system" and d.messages[0].content in MONITORING_NOTICES for d in noticed)
 
 
 def test_replaying_a_report_from_before_augmentation_adds_no_copies():
