@@ -151,8 +151,10 @@ AUGMENTATIONS: dict[str, Callable[[Sequence[Dialogue], float, int], list[Dialogu
 #: nothing better, so they are opt-in there. `monitoring` is opt-in everywhere: on deception's layers 19+21
 #: probe, already fitted with sincerity copies, it cut the honest answers flagged under the evasion
 #: benchmark's instruction from 35% to 21% for 0.02 of clean recall (`probewatch bench augmentation
-#: --augment monitoring --base sincerity --layers 19,21 --concat --C 0.1`); it becomes a default when a
-#: regeneration shows it costs nothing on held-out sources
+#: --augment monitoring --base sincerity --layers 19,21 --concat --C 0.1`), but a training run with it
+#: (`probewatch train --behaviour deception --layers 19,21 --method logistic --aggregation mean
+#: --token-selection response --per-example --augment sincerity,monitoring`, against the same with
+#: `--augment sincerity`) lost held-out-kind AUROC 0.865 -> 0.852 and nested held-out-source 0.628 -> 0.613
 DEFAULT_AUGMENT: dict[str, tuple[str, ...]] = {"deception": ("sincerity",)}
 
 
