@@ -25,6 +25,9 @@ from probewatch.benchmarks.harness import add_common_args, command_line, emit
 
 DEFAULT_OUT = Path("runs/bench-augmentation.json")
 LONG_KINDS = ("long_transcript", "long_generated", "af_long")
+#: `training/augment.py`'s `AUGMENTATIONS` by name (a test pins them equal): that module imports numpy, which
+#: the CLI's argument parsing does not load
+AUGMENTATION_NAMES = ("sincerity", "monitoring")
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -34,13 +37,13 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--augment",
         default="sincerity",
-        choices=("sincerity", "monitoring"),
+        choices=AUGMENTATION_NAMES,
         help="the copies to measure (default sincerity; training/augment.py)",
     )
     parser.add_argument(
         "--base",
         default=None,
-        choices=("sincerity", "monitoring"),
+        choices=AUGMENTATION_NAMES,
         help="copies both probes are fitted with, as a shipped probe would be (e.g. sincerity for deception); "
         "their held-out conditions are scored too",
     )

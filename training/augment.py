@@ -81,6 +81,11 @@ def prefixed(dialogue: Dialogue, phrase: str, mark: str | None = None) -> Dialog
     if not messages or messages[-1].role != "assistant":
         return dialogue
     messages[-1] = Message("assistant", joined(phrase, messages[-1].content))
+    return _rewritten(dialogue, messages, mark)
+
+
+def _rewritten(dialogue: Dialogue, messages: list[Message], mark: str | None) -> Dialogue:
+    """`dialogue` with `messages`, its label, group, kind and meta kept; `mark` (if any) names the augmentation."""
     meta = {**(dialogue.meta or {}), META_KEY: mark} if mark else dict(dialogue.meta or {})
     return Dialogue(messages, dialogue.label, dialogue.group, dialogue.kind, meta)
 
@@ -106,8 +111,7 @@ def with_system_instruction(dialogue: Dialogue, instruction: str, mark: str | No
         messages[0] = Message("system", f"{messages[0].content}\n\n{instruction}")
     else:
         messages.insert(0, Message("system", instruction))
-    meta = {**(dialogue.meta or {}), META_KEY: mark} if mark else dict(dialogue.meta or {})
-    return Dialogue(messages, dialogue.label, dialogue.group, dialogue.kind, meta)
+    return _rewritten(dialogue, messages, mark)
 
 
 def _picked(items: Sequence[Dialogue], share: float, rng: np.random.Generator) -> list[int]:

@@ -77,6 +77,12 @@ def test_bench_fits_both_probes_per_layer_and_writes_report_and_plot(tmp_path, m
     assert out.with_suffix(".png").stat().st_size > 5_000
 
 
+def test_bench_offers_every_training_augmentation():
+    from probewatch.training.augment import AUGMENTATIONS
+
+    assert tuple(AUGMENTATIONS) == augmentation.AUGMENTATION_NAMES
+
+
 def test_bench_refuses_to_measure_an_augmentation_against_itself(tmp_path):
     parser = argparse.ArgumentParser()
     augmentation.add_cli_args(parser)
