@@ -90,6 +90,12 @@ MIN_KIND_NEGATIVES = 5
 MIN_SOURCE_NEGATIVES = 20
 #: the most production-like control traffic a recall band may record as `uncertain` (review load, not pages)
 BAND_CONTROL_FPR = 0.05
+#: the least recall on the calibration positives the transfer limit may leave: it spends recall to hold held-out
+#: sources' negatives, down to half of `MIN_RECALL` and no further. A source no threshold in the calibration
+#: negatives' range can hold asks for a rate of 0, a threshold above every one of them, set by a single sample;
+#: two deception runs shipped such thresholds with recall 0.013 and 0.038. Below this the recall band records
+#: what the alert no longer catches.
+MIN_TRANSFER_RECALL = 0.25
 
 
 class RecallBandLimits(TypedDict):
@@ -116,7 +122,9 @@ class OperatingPoint:
     3. `transfer_threshold` flags at most `transfer_fpr` of the calibration negatives pooled, where the
        nested held-out-source estimate found that the rule above, learnt without a source, flags more than
        `hard_negative_fpr` of that source's negatives (`transfer_rate`): a threshold that holds on the pool
-       but not on data from another author is raised to what held-out sources asked for.
+       but not on data from another author is raised to what held-out sources asked for, but never past the
+       threshold that keeps `transfer_recall_floor` of the calibration positives (`MIN_TRANSFER_RECALL`; set
+       only where that cap lowered the transfer threshold).
 
     Where the calibration positives are known, `recall_threshold` is the highest threshold that still
     keeps `min_recall` of them and `band_floor` the one that records `band_control_fpr` of the control set:
@@ -132,6 +140,7 @@ class OperatingPoint:
     hard_negatives_per_kind: bool = False
     transfer_threshold: float | None = None
     transfer_fpr: float | None = None
+    transfer_recall_floor: float | None = None
     recall_threshold: float | None = None
     min_recall: float | None = None
     band_floor: float | None = None
@@ -219,12 +228,17 @@ def operating_point(
     band_control_fpr: float = BAND_CONTROL_FPR,
     hard_negative_kinds: Sequence[str] | np.ndarray | None = None,
     transfer_fpr: float | None = None,
+    min_transfer_recall: float = MIN_TRANSFER_RECALL,
 ) -> OperatingPoint:
     """`OperatingPoint` from control scores and (optionally) the behaviour's calibration negatives and positives
     (`hard_negative_kinds`: each negative's kind, for the per-kind limit; `transfer_fpr`: the nested
-    estimate's `transfer_rate`, for the transfer limit)."""
+    estimate's `transfer_rate`, for the transfer limit, capped where the positives are given so that it keeps
+    `min_transfer_recall` of them)."""
     t_control = calibrated_threshold(control_scores, fpr)
     point = OperatingPoint(t_control, t_control, fpr)
+    positives = None if positive_scores is None else np.asarray(positive_scores, dtype=np.float64)
+    if positives is not None and not np.isfinite(positives).any():
+        positives = None
     if hard_negative_fpr is not None and hard_negative_scores is not None and len(hard_negative_scores) > 0:
         t_hard, kind = negatives_threshold(hard_negative_scores, hard_negative_fpr, hard_negative_kinds)
         point = OperatingPoint(max(t_control, t_hard), t_control, fpr, t_hard, hard_negative_fpr, kind)
@@ -232,9 +246,12 @@ def operating_point(
         if transfer_fpr is not None and transfer_fpr < hard_negative_fpr:
             point.transfer_fpr = float(transfer_fpr)
             point.transfer_threshold = calibrated_threshold(hard_negative_scores, transfer_fpr)
+            cap = None if positives is None else threshold_at_recall(positives, min_transfer_recall)
+            if cap is not None and cap < point.transfer_threshold:
+                point.transfer_threshold, point.transfer_recall_floor = cap, float(min_transfer_recall)
             point.value = max(point.value, point.transfer_threshold)
-    if positive_scores is not None and np.isfinite(np.asarray(positive_scores, dtype=np.float64)).any():
-        point.recall_threshold = threshold_at_recall(positive_scores, min_recall)
+    if positives is not None:
+        point.recall_threshold = threshold_at_recall(positives, min_recall)
         point.min_recall = min_recall
         point.band_control_fpr = max(band_control_fpr, fpr)  # a band never records less control than the threshold
         point.band_floor = calibrated_threshold(control_scores, point.band_control_fpr)

@@ -204,11 +204,13 @@ def fit_family(
     control_scores, _ = max_over([m.control_scores for m in members])
     hard = scores[hard_negatives] if hard_negative_fpr is not None and hard_negatives is not None else None
     per_kind = pool.kinds[hard_negatives] if hard is not None and hard_negatives_per_kind else None
+    positives = cal_idx[(pool.labels[cal_idx] == 1) & ~np.isin(pool.kinds[cal_idx], list(pool.train_only))]
     point = operating_point(
         control_scores[control_cal],
         fpr,
         hard,
         hard_negative_fpr,
+        positive_scores=scores[positives] if positives.size else None,  # caps the transfer limit, as the single's
         hard_negative_kinds=per_kind,
         transfer_fpr=transfer_fpr,
     )

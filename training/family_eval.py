@@ -133,8 +133,9 @@ def family_report(
         "hard_negative_kind": fit.point.hard_negative_kind,
         "transfer_fpr": fit.point.transfer_fpr,
         "transfer_threshold": fit.point.transfer_threshold,
+        "transfer_recall_floor": fit.point.transfer_recall_floor,
     }
-    omit_unset(threshold, ("hard_negative_kind", "transfer_fpr", "transfer_threshold"))  # rules a fit did not use
+    omit_unset(threshold, ("hard_negative_kind", "transfer_fpr", "transfer_threshold", "transfer_recall_floor"))  # rules a fit did not use
     return {
         "family_id": family_id,
         "members": {m.type: member_ids[m.type] for m in fit.members},

@@ -403,14 +403,17 @@ def nested_estimate(
 
 def _fold_point(source: str, pool: PoolArrays, s: np.ndarray, c: np.ndarray, control_cal: np.ndarray,
                 settings: NestedSettings, transfer_fpr: float | None = None) -> tuple[Any, np.ndarray]:  # fmt: skip
-    """(operating point, calibration negatives) of the fold without `source`, set as the shipped one is."""
-    hard = pool.val_idx[(pool.labels[pool.val_idx] == 0) & ~np.isin(pool.kinds[pool.val_idx], list(pool.train_only))]
-    hard = hard[~held_mask(pool, {("source", source)})[hard]]
+    """(operating point, calibration negatives) of the fold without `source`, set as the shipped one is (the
+    calibration positives cap the transfer limit there too)."""
+    cal = pool.val_idx[~np.isin(pool.kinds[pool.val_idx], list(pool.train_only))]
+    cal = cal[~held_mask(pool, {("source", source)})[cal]]
+    hard, positives = cal[pool.labels[cal] == 0], cal[pool.labels[cal] == 1]
     point = operating_point(
         c[control_cal],
         settings.fpr,
         s[hard] if settings.hard_negative_fpr is not None else None,
         settings.hard_negative_fpr,
+        positive_scores=s[positives] if positives.size else None,
         hard_negative_kinds=pool.kinds[hard] if settings.hard_negatives_per_kind else None,
         transfer_fpr=transfer_fpr,
     )

@@ -409,10 +409,14 @@ def _negatives_rule(op: OperatingSummary) -> str:
     else:
         text = f" flagging {share} of them pooled and at most that of each kind"
     if op.transfer_threshold is not None and op.transfer_fpr is not None:
-        text += (
-            f"; transfer limit {op.transfer_threshold:.3f} flagging {100 * op.transfer_fpr:.1f}% of them, the share"
-            " the held-out sources asked for"
-        )
+        asked = f"{100 * op.transfer_fpr:.1f}% of them"
+        if op.transfer_recall_floor is None:
+            text += f"; transfer limit {op.transfer_threshold:.3f} flagging {asked}, the share the held-out sources asked for"
+        else:
+            text += (
+                f"; transfer limit {op.transfer_threshold:.3f}, lowered from flagging the {asked} the held-out sources"
+                f" asked for to keep {100 * op.transfer_recall_floor:g}% of the calibration positives"
+            )
     return text
 
 

@@ -124,7 +124,7 @@ class ControlKindOperating:
     n: int
 
 
-_TRANSFER_KEYS = ("transfer_fpr", "transfer_threshold")
+_TRANSFER_KEYS = ("transfer_fpr", "transfer_threshold", "transfer_recall_floor")
 _RECALL_BAND_KEYS = ("min_recall", "recall_threshold", "band_floor", "band_control_fpr", "band")
 _UNSET_OMITTED = (*_RECALL_BAND_KEYS, "hard_negative_kind", "hard_negatives_per_kind", *_TRANSFER_KEYS)
 
@@ -151,6 +151,8 @@ class OperatingSummary:
     # the transfer limit (calibration.OperatingPoint): the rate held-out sources asked for and its threshold
     transfer_fpr: float | None = None
     transfer_threshold: float | None = None
+    # the calibration recall the transfer threshold was capped to keep (None: the cap did not bind)
+    transfer_recall_floor: float | None = None
     # the recall band's limits (calibration.OperatingPoint) and the band the bundle shipped with
     # (band.band_record: edge, why, shares per held-out set); None in reports written before the recall band
     min_recall: float | None = None

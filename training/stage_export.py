@@ -116,6 +116,7 @@ def export(
                 "hard_negatives_per_kind": point.hard_negatives_per_kind,
                 "transfer_fpr": point.transfer_fpr,
                 "transfer_threshold": point.transfer_threshold,
+                "transfer_recall_floor": point.transfer_recall_floor,
                 "set_by": point.set_by,
                 "uncertainty_band": band,
                 **point.recall_band_limits(),

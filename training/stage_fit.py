@@ -199,6 +199,7 @@ def operating_summary(
         hard_negatives_per_kind=point.hard_negatives_per_kind if point.hard_negative_threshold is not None else None,
         transfer_fpr=point.transfer_fpr,
         transfer_threshold=point.transfer_threshold,
+        transfer_recall_floor=point.transfer_recall_floor,
         n_hard_negatives_calibration=int(len(splits.hard_negatives)),
         shipped=at(point.value),
         control_only=at(point.control_threshold),

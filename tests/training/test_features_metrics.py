@@ -259,3 +259,38 @@ def test_transfer_rate_is_the_calibration_share_whose_threshold_holds_on_the_hel
     assert point.transfer_fpr == rate and point.hard_negative_threshold == plain < point.value
     same = operating_point(control, 0.01, cal, 0.2, transfer_fpr=0.2)  # no lower rate asked: no transfer limit
     assert same.transfer_threshold is None and same.set_by == "hard_negatives"
+
+
+def test_the_transfer_limit_never_leaves_less_than_a_quarter_of_the_positives():
+    """A source whose negatives outscore every calibration negative asks for a rate of 0: a threshold above all
+    of them, set by one sample. It may spend recall down to `MIN_TRANSFER_RECALL` of the calibration positives,
+    no further; the recall band records the rest."""
+    from probewatch.training.calibration import (
+        MIN_TRANSFER_RECALL,
+        operating_point,
+        threshold_at_recall,
+        transfer_rate,
+        uncertainty_band,
+    )
+
+    control = np.linspace(-5, -1, 200)
+    cal = np.linspace(-3, 3, 101)
+    positives = np.concatenate([np.linspace(0, 2.8, 140), np.linspace(2, 3.2, 60)])  # 5% above every negative
+    rate = transfer_rate(cal, calibrated_threshold(cal, 0.2), cal + 10, 0.2)
+    assert rate == 0.0
+    blind = operating_point(control, 0.01, cal, 0.2, transfer_fpr=rate)  # no positives known: the rate alone
+    assert blind.value == blind.transfer_threshold > cal.max() and blind.transfer_recall_floor is None
+    assert (positives >= blind.value).mean() < MIN_TRANSFER_RECALL
+    point = operating_point(control, 0.01, cal, 0.2, positive_scores=positives, transfer_fpr=rate)
+    cap = threshold_at_recall(positives, MIN_TRANSFER_RECALL)
+    assert point.set_by == "transfer" and point.value == point.transfer_threshold == cap < blind.value
+    assert point.transfer_fpr == 0.0 and point.transfer_recall_floor == MIN_TRANSFER_RECALL == 0.25
+    assert (positives >= point.value).mean() >= 0.25 and point.value > point.hard_negative_threshold
+    edge = uncertainty_band(point, point.value)  # the band still records down to the control threshold
+    assert edge == point.control_threshold < point.value
+
+    mild = operating_point(control, 0.01, cal, 0.2, positive_scores=positives, transfer_fpr=0.1)
+    assert mild.transfer_recall_floor is None and mild.value == calibrated_threshold(cal, 0.1)  # cap not binding
+    strict = operating_point(control, 0.01, cal, 0.2, positive_scores=positives - 4, transfer_fpr=0.0)
+    assert strict.transfer_recall_floor == 0.25 and strict.transfer_threshold < strict.hard_negative_threshold
+    assert strict.value == strict.hard_negative_threshold and strict.set_by == "hard_negatives"  # never below it

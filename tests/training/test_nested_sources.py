@@ -377,3 +377,24 @@ def test_fold_fits_show_progress_with_one_step_per_fit(synthetic, capsys):
     quiet = FoldScorer(pool, layer_data, NestedSettings(top_k=3))
     select_by_source(rows, pool, layer_data, cal, NestedSettings(top_k=3), quiet)
     assert "held-out-source fits" not in capsys.readouterr().err
+
+
+def test_a_fold_threshold_keeps_a_quarter_of_its_calibration_positives_under_a_zero_rate(synthetic):
+    """A held-out source asking for a rate of 0 would put the fold's transfer threshold above every calibration
+    negative; the fold caps it as the shipped threshold is capped, at `MIN_TRANSFER_RECALL` of the fold's own
+    calibration positives (the held-out source's are not among them)."""
+    from probewatch.training.calibration import MIN_TRANSFER_RECALL
+    from probewatch.training.nested import _fold_point
+
+    pool, _, cal, _ = synthetic
+    rng = np.random.default_rng(0)
+    s = np.where(pool.labels == 1, rng.normal(0.0, 1.0, pool.labels.size), rng.normal(-0.5, 1.0, pool.labels.size))
+    c = rng.normal(-4.0, 1.0, 300)
+    settings = NestedSettings(top_k=2, hard_negative_fpr=0.2)
+    plain, hard = _fold_point("d", pool, s, c, cal, settings)
+    point, same = _fold_point("d", pool, s, c, cal, settings, transfer_fpr=0.0)
+    np.testing.assert_array_equal(hard, same)
+    kept = pool.val_idx[(pool.labels[pool.val_idx] == 1) & (pool.sources[pool.val_idx] != "d")]
+    assert point.set_by == "transfer" and point.transfer_recall_floor == MIN_TRANSFER_RECALL
+    assert (s[kept] >= point.value).mean() >= MIN_TRANSFER_RECALL > (s[kept] > point.value).mean()
+    assert point.value < s[hard].max() and point.value > plain.value

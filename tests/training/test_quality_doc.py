@@ -77,6 +77,21 @@ def test_quality_markdown_has_both_operating_points_per_probe_and_control_kind(d
     assert ("| yes |" in row) == met
 
 
+def test_quality_markdown_says_when_the_transfer_limit_was_lowered_to_keep_recall(deception_report):
+    limited = copy.deepcopy(deception_report)
+    op = limited["operating_point"]
+    op |= {"hard_negative_kind": None, "hard_negatives_per_kind": True, "transfer_fpr": 0.002}
+    op |= {"transfer_threshold": op["threshold"]}
+    text = render_markdown({"deception": limited}, {}, RUN)
+    assert "transfer limit" in text and "flagging 0.2% of them, the share the held-out sources asked for" in text
+    op["transfer_fpr"], op["transfer_recall_floor"] = 0.0, 0.25
+    text = render_markdown({"deception": limited}, {}, RUN)
+    assert (
+        "lowered from flagging the 0.0% of them the held-out sources asked for to keep 25% of the calibration"
+        " positives" in text
+    )
+
+
 def test_quality_markdown_compares_held_out_kinds_with_the_previous_run(deception_report):
     """Before/after per kind; a renamed probe (monitored-framing) falls back to the old alignment-faking report."""
     report = deception_report

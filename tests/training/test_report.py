@@ -48,7 +48,7 @@ def test_the_per_kind_and_transfer_fields_round_trip_where_a_run_sets_them():
     raw = json.loads(path.read_text())
     op = raw["operating_point"]
     op |= {"hard_negative_kind": "af_long", "hard_negatives_per_kind": True}
-    op |= {"transfer_fpr": 0.05, "transfer_threshold": op["threshold"] + 1.0}
+    op |= {"transfer_fpr": 0.0, "transfer_threshold": op["threshold"] + 1.0, "transfer_recall_floor": 0.25}
     nested = raw["sources"]["nested"]
     nested["transfer_fpr"] = 0.05
     for outer in nested["outer"].values():
@@ -58,7 +58,8 @@ def test_the_per_kind_and_transfer_fields_round_trip_where_a_run_sets_them():
                 "rate": 0.05, "threshold": 1.0, "recall": 0.5, "fpr_negatives": 0.1, "fpr_control_heldout": 0.0
             }  # fmt: skip
     report = TrainReport.from_json(raw)
-    assert report.operating_point.transfer_fpr == 0.05 and report.operating_point.hard_negative_kind == "af_long"
+    assert report.operating_point.transfer_fpr == 0.0 and report.operating_point.hard_negative_kind == "af_long"
+    assert report.operating_point.transfer_recall_floor == 0.25
     assert report.sources is not None and report.sources.nested is not None
     assert report.sources.nested.transfer_fpr == 0.05
     assert report.to_json() == raw
