@@ -135,7 +135,8 @@ def family_report(
         "transfer_threshold": fit.point.transfer_threshold,
         "transfer_recall_floor": fit.point.transfer_recall_floor,
     }
-    omit_unset(threshold, ("hard_negative_kind", "transfer_fpr", "transfer_threshold", "transfer_recall_floor"))  # rules a fit did not use
+    unused = ("hard_negative_kind", "transfer_fpr", "transfer_threshold", "transfer_recall_floor")
+    omit_unset(threshold, unused)  # rules a fit did not use
     return {
         "family_id": family_id,
         "members": {m.type: member_ids[m.type] for m in fit.members},
