@@ -82,6 +82,9 @@ def test_family_threshold_set_by_the_transfer_limit_says_the_share():
     limited = {**FAMILY, "threshold": {"value": 1.3, "set_by": "transfer", "transfer_fpr": 0.025}}
     text = render_markdown({"deception": _deception()}, {}, RUN, families={"deception": limited})
     assert "(threshold 1.30, set by transfer; the single probe's transfer limit allows 2.5% of the calibration" in text
+    capped = {**limited, "threshold": {**limited["threshold"], "transfer_fpr": 0.0, "transfer_recall_floor": 0.25}}
+    text = render_markdown({"deception": _deception()}, {}, RUN, families={"deception": capped})
+    assert "allows 0.0% of the calibration negatives, lowered to keep 25% of the calibration positives)" in text
 
 
 def test_evasion_items_name_each_source_once():
