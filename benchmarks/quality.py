@@ -11,8 +11,9 @@ reports) are separate:
    unless the ship gate refuses the run (`quality_ship.py`: its threshold flags more than half of a
    test kind's negatives; the previous run stays and the bench exits 1); without it the shipped
    bundles are left alone;
-3. a lexical-confound check for the probes of monitoring-related behaviours (benign requests that
-   merely *mention* tests, monitoring or training);
+3. a lexical-confound check (`lexical.py`): benign requests that merely *mention* the behaviour's subject
+   (tests, monitoring or training; lying or honesty), answered by the model, scored by the probes that
+   read that subject (`--lexical-only` reruns it on the shipped bundles);
 4. the deception family (per-type probes alerting on their maximum; shipped only where it beats the
    single probe on held-out kinds) and the evasion conditions on the new bundles (`quality_extras.py`;
    `--evasion-only` measures them on the shipped bundles of `--probes` without training);
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from probewatch.arguments import layer_list
 from probewatch.benchmarks.evasion import plot as plot_evasion
 from probewatch.benchmarks.harness import add_common_args
+from probewatch.benchmarks.lexical import LEXICAL_CHECK, lexical_confounds
 from probewatch.benchmarks.quality_extras import (
     EVASION_PER_CLASS,
     FAMILY_REPORT,
@@ -68,8 +70,6 @@ JOBS: dict[str, dict[str, Any]] = {
     "eval-awareness": {"behaviour": "eval_awareness"},
     "monitored-framing": {"behaviour": "monitored_framing"},
 }
-#: probes checked on benign requests that only mention tests / monitoring / training
-LEXICAL_CHECK = ("alignment-faking", "eval-awareness", "monitored-framing")
 SAE_BEHAVIOURS = ("deception", "refusal", "alignment_faking")
 SAE_METHODS = ("l1", "named")
 
@@ -140,6 +140,12 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="refit only the SAE-feature probes, reuse the linear reports in --runs-dir, re-render",
     )
+    parser.add_argument(
+        "--lexical-only",
+        action="store_true",
+        help="run only the lexical-confound check on the shipped bundles of --probes "
+        f"({', '.join(LEXICAL_CHECK)}), keep the other probes' results, re-render",
+    )
 
 
 def _repo_root() -> Path:
@@ -167,7 +173,7 @@ def main(args: argparse.Namespace) -> int:
     seeded = seed_runs_dir(args.runs_dir, plots_root, JOBS)  # a fresh clone: the inputs published with the doc
     if seeded:
         print(f"[bench quality] {len(seeded)} doc inputs seeded from {plots_root}", file=sys.stderr)
-    if any(getattr(args, part, False) for part in ("render_only", "sae_only", "evasion_only")):
+    if any(getattr(args, part, False) for part in ("render_only", "sae_only", "evasion_only", "lexical_only")):
         return _render_only(args, loaded, doc, t0)
     baseline = _previous_reports(plots_root, args.runs_dir, args.probes)
     results: dict[str, TrainReport] = {}
@@ -194,7 +200,11 @@ def main(args: argparse.Namespace) -> int:
         )
         if evasion:
             plot_evasion(evasion, plots_root / "evasion.json")
-    diagnostics = {name: lexical_confounds(loaded, args.runs_dir / name) for name in results if name in LEXICAL_CHECK}
+    diagnostics = {
+        name: lexical_confounds(loaded, args.runs_dir / name, LEXICAL_CHECK[name])
+        for name in results
+        if name in LEXICAL_CHECK
+    }
     linear_s = time.perf_counter() - t0
     sae_results = fit_sae_probes(args, loaded, _sae_behaviours(results)) if getattr(args, "with_sae", True) else {}
     total = time.perf_counter() - t0
@@ -466,6 +476,22 @@ def _evasion_only(args: argparse.Namespace, loaded: Any, plots_root: Path) -> No
     path.write_text(json.dumps(saved))
 
 
+def _lexical_only(args: argparse.Namespace, loaded: Any) -> None:
+    """The lexical-confound check on the shipped bundles of `--probes` that have one, merged into
+    diagnostics.json beside the other probes' results."""
+    from probewatch.bundle_index import shipped_root
+
+    names = [n for n in args.probes if n in LEXICAL_CHECK]
+    if not names:
+        raise ValueError(f"--lexical-only checks {', '.join(LEXICAL_CHECK)}; --probes names none of them")
+    root = shipped_root() / loaded.model_id
+    missing = [n for n in names if not (root / n / "manifest.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"no shipped bundle for {', '.join(missing)} under {root}")
+    fresh = {n: lexical_confounds(loaded, root / n, LEXICAL_CHECK[n]) for n in names}
+    _merge_json(args.runs_dir / "diagnostics.json", fresh)
+
+
 def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) -> int:
     from probewatch.training.quality_doc import RunInfo, render_markdown
 
@@ -474,6 +500,8 @@ def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) ->
         raise FileNotFoundError(f"no reports under {args.runs_dir}; run `probewatch bench quality` first")
     diagnostics = {}
     diag_path = args.runs_dir / "diagnostics.json"
+    if getattr(args, "lexical_only", False):
+        _lexical_only(args, loaded)
     if diag_path.is_file():
         diagnostics = json.loads(diag_path.read_text())
     baseline_path = args.runs_dir / "baseline.json"
@@ -618,32 +646,6 @@ def _train_command(job: dict, layers: list[int] | None = None) -> str:
     if layers:
         parts.append(f"--layers {','.join(map(str, layers))}")
     return " ".join(parts)
-
-
-def lexical_confounds(loaded: Any, bundle_dir: Path) -> dict[str, Any]:
-    """How often a monitoring-related probe fires on requests that only *mention* tests/monitoring
-    (with the model's own answers, which response-reading probes score)."""
-    import numpy as np
-
-    from probewatch.data.dialogue import Dialogue, Message
-    from probewatch.probes import ProbeRuntime, load_bundle
-    from probewatch.scoring import score_dialogues
-    from probewatch.training.datasets.control import cached_responses
-    from probewatch.training.datasets.monitored_framing import eval_awareness_spec
-
-    questions = eval_awareness_spec()["lexical_confounds"]
-    responses = cached_responses(loaded, questions, 32, "lexical-confounds", progress=False)
-    dialogues = [Dialogue([Message("user", q), Message("assistant", r)], 0) for q, r in zip(questions, responses)]
-    bundle = load_bundle(bundle_dir, expected_fingerprint=loaded.fingerprint)
-    results = score_dialogues(loaded.model, loaded.tokenizer, ProbeRuntime([bundle]), dialogues, progress=False)
-    scores = np.array([r.aggregate[bundle.id] for r in results])
-    return {
-        "n": len(scores),
-        "flagged": int((scores >= bundle.manifest.threshold.value).sum()),
-        "mean_score": float(scores.mean()),
-        "threshold": bundle.manifest.threshold.value,
-        "examples": [{"text": d.messages[0].content, "score": float(s)} for d, s in zip(dialogues, scores)],
-    }
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
