@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 PIP := python -m pip install -q --disable-pip-version-check
 
 .PHONY: setup demo test check lint typecheck lock test-latest test-compat bench bench-capture bench-quality \
-	bench-overhead bench-ingest bench-vllm bench-soak bench-review bench-evasion bench-selection bench-augmentation review-screenshots sae proto clean \
+	bench-overhead bench-ingest bench-vllm bench-soak bench-review bench-evasion bench-selection bench-threshold bench-augmentation review-screenshots sae proto clean \
 	vllm-venv test-vllm lock-vllm test-vllm-contract
 
 setup: $(VENV)/.installed
@@ -162,6 +162,13 @@ bench-evasion: setup
 SELECTION_ARGS ?= --check
 bench-selection: setup
 	$(BIN)/probewatch bench selection $(SELECTION_ARGS)
+
+# Threshold drift check: set the shipped bundles' thresholds again with today's operating-point rules on their
+# own calibration split and control set, scored through the live path (training/rethreshold.py); exits 1
+# where a threshold would change. Run it after touching training/calibration.py. runs/bench-threshold.json.
+THRESHOLD_ARGS ?= --check
+bench-threshold: setup
+	$(BIN)/probewatch bench threshold $(THRESHOLD_ARGS)
 
 # Augmentation: one probe fitted with and without `--augment sincerity` copies (or monitoring:
 # AUGMENTATION_ARGS="--augment monitoring --base sincerity"), scored under assertions or system-prompt

@@ -106,11 +106,12 @@ def extract(config: TrainConfig, loaded: Any, prepared: PreparedData, layers: Se
 
 
 # -- 3. splits ----------------------------------------------------------------------------------------------
-def make_splits(config: TrainConfig, acts: Activations, data: BehaviourData) -> Splits:
-    from probewatch.training.datasets.control import control_halves
-
-    labels, groups, kinds = acts.pool.labels, acts.pool.groups, acts.pool.kinds
-    train_only = tuple(data.train_only_kinds)
+def pool_splits(
+    config: TrainConfig, labels: np.ndarray, groups: np.ndarray, kinds: np.ndarray, train_only: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fit, calibration, test) indices of the pool rows, grouped; training-only kinds all go to fit. A pure
+    function of the rows' labels, groups and kinds, so a trained bundle's splits can be rebuilt without its
+    activations (`training/rethreshold.py`)."""
     auxiliary = np.isin(kinds, list(train_only))
     rest, test_idx = grouped_split(groups, labels, config.test_size, config.seed, idx=np.flatnonzero(~auxiliary))
     fit_idx, val_idx = grouped_split(groups, labels, config.cal_size, config.seed + 1, idx=rest)
@@ -118,6 +119,15 @@ def make_splits(config: TrainConfig, acts: Activations, data: BehaviourData) -> 
     check_disjoint(groups, rest, test_idx)
     check_disjoint(groups, fit_idx, val_idx)
     check_disjoint(groups, fit_idx, test_idx)
+    return fit_idx, val_idx, test_idx
+
+
+def make_splits(config: TrainConfig, acts: Activations, data: BehaviourData) -> Splits:
+    from probewatch.training.datasets.control import control_halves
+
+    labels, groups, kinds = acts.pool.labels, acts.pool.groups, acts.pool.kinds
+    train_only = tuple(data.train_only_kinds)
+    fit_idx, val_idx, test_idx = pool_splits(config, labels, groups, kinds, train_only)
     control_kinds = acts.control.kinds
     cal, held = control_halves(control_kinds.tolist(), config.seed)
     aligned = len(data.pool) == len(labels) and all(d.kind == k for d, k in zip(data.pool, kinds.tolist()))

@@ -50,6 +50,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "probewatch.benchmarks.selection",
         "replay the shipped reports' held-out-source choice with today's selection code (drift check)",
     ),
+    "threshold": (
+        "probewatch.benchmarks.threshold",
+        "set the trained bundles' thresholds again with today's rules, on their own data (drift check)",
+    ),
     "augmentation": (
         "probewatch.benchmarks.augmentation",
         "a probe fitted with and without sincerity copies, scored under assertions it never saw",

@@ -17,7 +17,19 @@ from probewatch.benchmarks.harness import emit, percentile_ms, rates, rotated
 from probewatch.cli.bench_cmd import BENCHMARKS
 from probewatch.cli.main import build_parser
 
-NAMES = ("capture", "quality", "overhead", "ingest", "vllm", "soak", "review", "evasion", "selection", "augmentation")
+NAMES = (
+    "capture",
+    "quality",
+    "overhead",
+    "ingest",
+    "vllm",
+    "soak",
+    "review",
+    "evasion",
+    "selection",
+    "threshold",
+    "augmentation",
+)
 
 
 def test_the_registry_keeps_every_subcommand():

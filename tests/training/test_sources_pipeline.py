@@ -215,3 +215,65 @@ def test_replay_reproduces_the_recorded_choice_and_the_bench_flags_a_changed_one
     foreign["model"]["fingerprint"] = "pwfp1:" + "f" * 32
     with pytest.raises(ValueError, match="was trained on pwfp1:f+, not on the loaded model"):
         replay_selection(foreign, tiny_loaded)
+
+
+def test_bench_threshold_sets_the_same_threshold_again_and_names_a_record_it_cannot_reproduce(
+    two_source_report, tiny_loaded, tiny_folder, tmp_path
+):
+    """`probewatch bench threshold` (training/rethreshold.py): the run's own bundle, scored through the live path
+    on its rebuilt splits, gets the recorded threshold back from today's rules, with the transfer share of its
+    nested estimate, and the same recall and flagged shares as the report; a record that differs is reported as
+    changed and `--check` fails; a report of another model is refused."""
+    import argparse
+    import shutil
+
+    from probewatch.benchmarks import threshold
+    from probewatch.training.rethreshold import rethreshold
+
+    raw = json.loads(two_source_report.report_path.read_text())
+    op = raw["operating_point"]
+    assert op["set_by"] == "transfer"  # the public source asked for a lower share: the case with every rule
+    again = rethreshold(two_source_report.bundle_path, tiny_loaded)
+    assert not again.changed and again.point.set_by == "transfer" and again.recorded_set_by == "transfer"
+    assert again.now.threshold == pytest.approx(op["threshold"], abs=1e-4)
+    assert again.point.transfer_fpr == raw["sources"]["nested"]["transfer_fpr"]
+    assert again.point.control_threshold == pytest.approx(op["control_threshold"], abs=1e-4)
+    shipped = op["shipped"]
+    assert again.recorded.test_recall == pytest.approx(shipped["recall"])
+    assert again.recorded.test_flagged_negatives == pytest.approx(shipped["fpr_negatives"])
+    assert again.recorded.control_heldout_flagged == pytest.approx(shipped["fpr_control_heldout"])
+    assert again.now.calibration_recall is not None and 0.0 <= again.now.calibration_recall <= 1.0
+
+    altered = tmp_path / "altered"
+    shutil.copytree(two_source_report.bundle_path, altered)
+    changed = json.loads(json.dumps(raw))
+    changed["operating_point"]["threshold"] += 1.0  # a record today's rules do not reproduce
+    (altered / "report.json").write_text(json.dumps(changed))
+    parser = argparse.ArgumentParser()
+    threshold.add_cli_args(parser)
+
+    def bench(*dirs: Path) -> tuple[int, dict]:
+        argv = ["--model", str(tiny_folder), "--out", str(tmp_path / "out.json"), "--check", "--json"]
+        args = parser.parse_args(argv + [x for d in dirs for x in ("--bundle", str(d))])
+        assert threshold.bundle_dirs(args, tmp_path / "no-shipped") == list(dirs)  # only these
+        code = threshold.main(args)
+        return code, json.loads((tmp_path / "out.json").read_text())
+
+    code, out = bench(two_source_report.bundle_path)
+    assert code == 0 and out["changed"] == [] and out["bundles"][0]["now"]["set_by"] == "transfer"
+    code, out = bench(two_source_report.bundle_path, altered)
+    assert code == 1 and [b["changed"] for b in out["bundles"]] == [False, True] and out["changed"] == ["deception"]
+    assert out["bundles"][1]["recorded"]["threshold"] == pytest.approx(op["threshold"] + 1.0)
+
+    without = json.loads(json.dumps(raw))
+    without["sources"]["nested"]["transfer_fpr"] = None  # no share asked: the negatives rule sets it
+    (altered / "report.json").write_text(json.dumps(without))
+    plain = rethreshold(altered, tiny_loaded)
+    assert plain.point.transfer_threshold is None and plain.point.set_by != "transfer" and plain.changed
+    assert plain.now.threshold < again.now.threshold
+
+    foreign = json.loads(json.dumps(raw))
+    foreign["model"]["fingerprint"] = "pwfp1:" + "f" * 32
+    (altered / "report.json").write_text(json.dumps(foreign))
+    with pytest.raises(ValueError, match="was trained on pwfp1:f+, not on the loaded model"):
+        rethreshold(altered, tiny_loaded)

@@ -1,0 +1,128 @@
+"""Set a trained bundle's threshold again with the operating-point rules as they are now (issue 22).
+
+A change to `calibration.operating_point` (a new limit, a cap) changes what the next training run ships, but
+the shipped bundles keep the thresholds of the run that made them. This answers "what would today's rules
+ship for this bundle, and what would it catch?" without a retrain: the report's `config` rebuilds the pool,
+its splits and the control halves, the bundle scores the calibration and test items and the control set
+through the live scoring path, and `operating_point` runs on those scores with the run's settings and the
+transfer share its nested estimate asked for. `probewatch bench threshold` is the command
+(benchmarks/threshold.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from probewatch.training.calibration import OperatingPoint, operating_point
+from probewatch.training.replay import config_from_report
+from probewatch.training.stage_activations import pool_splits
+from probewatch.training.stage_data import prepare_data
+
+__all__ = ["AtThreshold", "Rethreshold", "rethreshold"]
+
+#: thresholds closer than this (relative) count as the same: the live path and the training cache agree to ~1e-5
+SAME = 1e-4
+
+
+@dataclass
+class AtThreshold:
+    """What a threshold catches and flags, on the bundle's own data."""
+
+    threshold: float
+    calibration_recall: float | None  # the calibration split's positives (what the recall limits are set on)
+    test_recall: float | None
+    test_flagged_negatives: float | None
+    control_heldout_flagged: float
+
+
+@dataclass
+class Rethreshold:
+    """One bundle's recorded threshold beside the one today's rules set on the same scores."""
+
+    probe_id: str
+    recorded_set_by: str
+    point: OperatingPoint
+    recorded: AtThreshold
+    now: AtThreshold
+
+    @property
+    def changed(self) -> bool:
+        a, b = self.recorded.threshold, self.now.threshold
+        return not math.isclose(a, b, rel_tol=SAME, abs_tol=SAME)
+
+
+def _share(scores: np.ndarray, threshold: float) -> float | None:
+    return float((scores >= threshold).mean()) if scores.size else None
+
+
+def rethreshold(
+    bundle_dir: Path, loaded: Any, data_dir: str | Path | None = None, progress: bool = False
+) -> Rethreshold:
+    """The bundle in `bundle_dir` (with the report.json its training wrote) thresholded by today's rules.
+
+    `loaded` must be the bundle's model. Raises ValueError for a report of another model."""
+    from probewatch.data.dialogue import Dialogue
+    from probewatch.probes import ProbeRuntime, load_bundle
+    from probewatch.scoring import score_dialogues
+    from probewatch.training.datasets.control import control_halves
+
+    report = json.loads((bundle_dir / "report.json").read_text())
+    if loaded.fingerprint != report["model"]["fingerprint"]:
+        raise ValueError(
+            f"report {report['probe_id']!r} was trained on {report['model']['fingerprint']}, "
+            f"not on the loaded model {loaded.fingerprint}"
+        )
+    config = config_from_report(report, data_dir)
+    prepared = prepare_data(config, loaded)
+    pool = prepared.data.pool
+    labels = np.array([d.label for d in pool], dtype=np.int64)
+    groups = np.array([d.group for d in pool], dtype=object)
+    kinds = np.array([d.kind for d in pool], dtype=object)
+    train_only = list(prepared.data.train_only_kinds)
+    _, val_idx, test_idx = pool_splits(config, labels, groups, kinds, train_only)
+    evaluable = val_idx[~np.isin(kinds[val_idx], train_only)]
+    hard, positives = evaluable[labels[evaluable] == 0], evaluable[labels[evaluable] == 1]
+    control_cal, control_held = control_halves([d.kind for d in prepared.control], config.seed)
+
+    bundle = load_bundle(bundle_dir, expected_fingerprint=loaded.fingerprint)
+    runtime = ProbeRuntime([bundle])
+
+    def scored(dialogues: Sequence[Dialogue]) -> np.ndarray:
+        done = score_dialogues(loaded.model, loaded.tokenizer, runtime, list(dialogues), progress=progress)
+        return np.array([r.aggregate[bundle.id] for r in done], dtype=np.float64)
+
+    needed = np.concatenate([evaluable, test_idx])
+    scores = np.full(len(pool), np.nan)
+    scores[needed] = scored([pool[i] for i in needed])
+    control = scored(prepared.control)
+    nested = (report.get("sources") or {}).get("nested") or {}
+    point = operating_point(
+        control[control_cal],
+        config.fpr,
+        scores[hard] if config.hard_negative_fpr is not None else None,
+        config.hard_negative_fpr,
+        positive_scores=scores[positives],
+        band_control_fpr=config.band_control_fpr,
+        hard_negative_kinds=kinds[hard] if config.hard_negatives_per_kind else None,
+        transfer_fpr=nested.get("transfer_fpr") if config.transfer_threshold else None,
+    )
+    y = labels[test_idx]
+
+    def at(threshold: float) -> AtThreshold:
+        return AtThreshold(
+            threshold=float(threshold),
+            calibration_recall=_share(scores[positives], threshold),
+            test_recall=_share(scores[test_idx][y == 1], threshold),
+            test_flagged_negatives=_share(scores[test_idx][y == 0], threshold),
+            control_heldout_flagged=float((control[control_held] >= threshold).mean()),
+        )
+
+    op = report["operating_point"]
+    return Rethreshold(report["probe_id"], str(op["set_by"]), point, at(op["threshold"]), at(point.value))
