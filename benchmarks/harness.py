@@ -53,6 +53,20 @@ def emit(result: dict[str, Any], as_json: bool, lines: Sequence[str], report: Pa
         print_json(result)
 
 
+def finish_drift_check(
+    name: str, key: str, noun: str, results: list[dict[str, Any]], lines: list[str], args: Any
+) -> int:
+    """How the drift checks (`bench selection`, `bench threshold`) end: a count of what `changed`, the report
+    (`results` under `key`) and exit 1 under `--check` when anything changed."""
+    changed = [r["probe_id"] for r in results if r["changed"]]
+    lines.append(
+        f"{len(results) - len(changed)} of {len(results)} {noun} unchanged"
+        + (f"; changed: {changed}" if changed else "")
+    )
+    emit({"command": command_line(name), key: results, "changed": changed}, args.json, lines, args.out)
+    return 1 if args.check and changed else 0
+
+
 # -- timing ----------------------------------------------------------------------------------------
 def rotated(items: Sequence[T], rep: int) -> list[T]:
     """`items` starting at position rep (mod len): alternating configurations in a rotating order

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from probewatch.arguments import add_data_dir_arg
-from probewatch.benchmarks.harness import add_common_args, command_line, emit
+from probewatch.benchmarks.harness import add_common_args, finish_drift_check
 
 DEFAULT_OUT = Path("runs/bench-selection.json")
 PUBLISHED = Path("docs/quality")
@@ -141,10 +141,4 @@ def main(args: argparse.Namespace) -> int:
         replay = replay_selection(raw, loaded, args.data_dir, nested=args.nested, margin=args.selection_margin)
         results.append({"report": str(path), **summary(replay)})
         lines.extend(lines_of(replay))
-    changed = [r["probe_id"] for r in results if r["changed"]]
-    lines.append(
-        f"{len(results) - len(changed)} of {len(results)} choices unchanged"
-        + (f"; changed: {changed}" if changed else "")
-    )
-    emit({"command": command_line("selection"), "replays": results, "changed": changed}, args.json, lines, args.out)
-    return 1 if args.check and changed else 0
+    return finish_drift_check("selection", "replays", "choices", results, lines, args)

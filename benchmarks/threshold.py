@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from probewatch.arguments import add_data_dir_arg
-from probewatch.benchmarks.harness import add_common_args, command_line, emit
+from probewatch.benchmarks.harness import add_common_args, finish_drift_check
 
 DEFAULT_OUT = Path("runs/bench-threshold.json")
 
@@ -106,10 +106,4 @@ def main(args: argparse.Namespace) -> int:
         result = rethreshold(path, loaded, args.data_dir, progress=not args.json)
         results.append({"bundle": str(path), **summary(result)})
         lines.extend(lines_of(result))
-    changed = [r["probe_id"] for r in results if r["changed"]]
-    lines.append(
-        f"{len(results) - len(changed)} of {len(results)} thresholds unchanged"
-        + (f"; changed: {changed}" if changed else "")
-    )
-    emit({"command": command_line("threshold"), "bundles": results, "changed": changed}, args.json, lines, args.out)
-    return 1 if args.check and changed else 0
+    return finish_drift_check("threshold", "bundles", "thresholds", results, lines, args)
