@@ -469,9 +469,14 @@ def _evasion_only(args: argparse.Namespace, loaded: Any, plots_root: Path) -> No
         per_class=getattr(args, "evasion_per_class", EVASION_PER_CLASS),
     )
     plot_evasion(evasion, plots_root / "evasion.json")
-    path = args.runs_dir / "timing.json"
+    _count_part(args.runs_dir, "evasion:", list(args.probes), time.perf_counter() - t)
+
+
+def _count_part(runs_dir: Path, prefix: str, probes: list[str], seconds: float) -> None:
+    """A part's seconds into timing.json (`merge_part`), so the doc's run time includes them."""
+    path = runs_dir / "timing.json"
     saved = json.loads(path.read_text()) if path.is_file() else {}
-    other = merge_part(saved.get("other_s", {}), "evasion:", list(args.probes), time.perf_counter() - t)
+    other = merge_part(saved.get("other_s", {}), prefix, probes, seconds)
     saved.update(other_s=other, total_s=_timing_total(saved.get("probes_s", {}), other))
     path.write_text(json.dumps(saved))
 
@@ -488,8 +493,10 @@ def _lexical_only(args: argparse.Namespace, loaded: Any) -> None:
     missing = [n for n in names if not (root / n / "manifest.json").is_file()]
     if missing:
         raise FileNotFoundError(f"no shipped bundle for {', '.join(missing)} under {root}")
+    t = time.perf_counter()
     fresh = {n: lexical_confounds(loaded, root / n, LEXICAL_CHECK[n]) for n in names}
     _merge_json(args.runs_dir / "diagnostics.json", fresh)
+    _count_part(args.runs_dir, "lexical:", names, time.perf_counter() - t)
 
 
 def _render_only(args: argparse.Namespace, loaded: Any, doc: Path, t0: float) -> int:

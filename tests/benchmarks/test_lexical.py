@@ -81,6 +81,9 @@ def test_lexical_only_part_updates_its_probe_and_keeps_the_others(reference, tmp
     assert set(saved) == set(before) | {"monitored-framing"}  # refusal has no check: nothing for it
     assert saved["monitored-framing"]["topic"] == "monitoring" and saved["monitored-framing"]["n"] == 16
     assert json.loads((docs / "quality" / "diagnostics.json").read_text()) == saved  # published with the doc
+    timing = json.loads((tmp_path / "runs" / "timing.json").read_text())  # its seconds count in the run time
+    assert timing["other_s"]["lexical:monitored-framing"] > 0
+    assert timing["total_s"] == pytest.approx(sum(timing["probes_s"].values()) + sum(timing["other_s"].values()))
     text = (docs / "quality.md").read_text()
     section = text.split("## `monitored-framing`")[1].split("\n## ")[0]
     mf = saved["monitored-framing"]
