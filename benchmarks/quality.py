@@ -452,13 +452,8 @@ def _remove_retired(ship_root: Path, results: dict[str, TrainReport]) -> None:
 def _evasion_only(args: argparse.Namespace, loaded: Any, plots_root: Path) -> None:
     """The evasion conditions on the shipped bundles of `--probes` (what the doc describes once a part has
     shipped them), saved beside the other probes' rows; the seconds count in the doc's run time."""
-    from probewatch.bundle_index import shipped_root
-
     t = time.perf_counter()
-    root = shipped_root() / loaded.model_id
-    missing = [n for n in args.probes if not (root / n / "manifest.json").is_file()]
-    if missing:
-        raise FileNotFoundError(f"no shipped bundle for {', '.join(missing)} under {root}")
+    root = _shipped(loaded, list(args.probes))
     evasion = run_evasion(
         loaded,
         args.runs_dir,
@@ -470,6 +465,18 @@ def _evasion_only(args: argparse.Namespace, loaded: Any, plots_root: Path) -> No
     )
     plot_evasion(evasion, plots_root / "evasion.json")
     _count_part(args.runs_dir, "evasion:", list(args.probes), time.perf_counter() - t)
+
+
+def _shipped(loaded: Any, names: list[str]) -> Path:
+    """The model's shipped-bundle folder, where the `--*-only` parts measure; FileNotFoundError naming any of
+    `names` without a bundle there."""
+    from probewatch.bundle_index import shipped_root
+
+    root = shipped_root() / loaded.model_id
+    missing = [n for n in names if not (root / n / "manifest.json").is_file()]
+    if missing:
+        raise FileNotFoundError(f"no shipped bundle for {', '.join(missing)} under {root}")
+    return root
 
 
 def _count_part(runs_dir: Path, prefix: str, probes: list[str], seconds: float) -> None:
@@ -484,15 +491,10 @@ def _count_part(runs_dir: Path, prefix: str, probes: list[str], seconds: float) 
 def _lexical_only(args: argparse.Namespace, loaded: Any) -> None:
     """The lexical-confound check on the shipped bundles of `--probes` that have one, merged into
     diagnostics.json beside the other probes' results."""
-    from probewatch.bundle_index import shipped_root
-
     names = [n for n in args.probes if n in LEXICAL_CHECK]
     if not names:
         raise ValueError(f"--lexical-only checks {', '.join(LEXICAL_CHECK)}; --probes names none of them")
-    root = shipped_root() / loaded.model_id
-    missing = [n for n in names if not (root / n / "manifest.json").is_file()]
-    if missing:
-        raise FileNotFoundError(f"no shipped bundle for {', '.join(missing)} under {root}")
+    root = _shipped(loaded, names)
     t = time.perf_counter()
     fresh = {n: lexical_confounds(loaded, root / n, LEXICAL_CHECK[n]) for n in names}
     _merge_json(args.runs_dir / "diagnostics.json", fresh)

@@ -25,7 +25,7 @@ from probewatch.training.stage_sources import settings_of
 from probewatch.training.sweep import SweepRow
 from probewatch.training.train_config import TrainConfig, check_config
 
-__all__ = ["Replay", "replay_selection", "config_from_report"]
+__all__ = ["Replay", "replay_selection", "config_from_report", "require_model"]
 
 
 @dataclass
@@ -57,6 +57,15 @@ def config_from_report(report: dict[str, Any], data_dir: str | Path | None = Non
     return TrainConfig(**recorded)
 
 
+def require_model(report: dict[str, Any], loaded: Any) -> None:
+    """Raises ValueError unless `loaded` is the model the report's run trained on (its activations, its scores)."""
+    if loaded.fingerprint != report["model"]["fingerprint"]:
+        raise ValueError(
+            f"report {report['probe_id']!r} was trained on {report['model']['fingerprint']}, "
+            f"not on the loaded model {loaded.fingerprint}"
+        )
+
+
 def _rows(report: dict[str, Any]) -> list[SweepRow]:
     names = {f.name for f in dataclasses.fields(SweepRow)}
     return [SweepRow(**{k: v for k, v in row.items() if k in names}) for row in report["sweep"]]
@@ -72,11 +81,7 @@ def replay_selection(
     """Today's held-out-source choice (and with `nested` the nested estimate) for a report.json's pool and
     sweep rows; `margin` replaces the run's guard (`--selection-margin`). `loaded` must be the report's model:
     the activations are recomputed or read from the cache."""
-    if loaded.fingerprint != report["model"]["fingerprint"]:
-        raise ValueError(
-            f"report {report['probe_id']!r} was trained on {report['model']['fingerprint']}, "
-            f"not on the loaded model {loaded.fingerprint}"
-        )
+    require_model(report, loaded)
     config = config_from_report(report, data_dir)
     if margin is not None:
         config.selection_margin = margin

@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from probewatch.training.calibration import OperatingPoint, operating_point
-from probewatch.training.replay import config_from_report
-from probewatch.training.stage_activations import pool_splits
+from probewatch.training.calibration import OperatingPoint
+from probewatch.training.replay import config_from_report, require_model
+from probewatch.training.stage_activations import splits_of
 from probewatch.training.stage_data import prepare_data
+from probewatch.training.stage_fit import shipped_point
 
 __all__ = ["AtThreshold", "Rethreshold", "rethreshold"]
 
@@ -71,25 +72,22 @@ def rethreshold(
     from probewatch.data.dialogue import Dialogue
     from probewatch.probes import ProbeRuntime, load_bundle
     from probewatch.scoring import score_dialogues
-    from probewatch.training.datasets.control import control_halves
 
     report = json.loads((bundle_dir / "report.json").read_text())
-    if loaded.fingerprint != report["model"]["fingerprint"]:
-        raise ValueError(
-            f"report {report['probe_id']!r} was trained on {report['model']['fingerprint']}, "
-            f"not on the loaded model {loaded.fingerprint}"
-        )
+    require_model(report, loaded)
     config = config_from_report(report, data_dir)
     prepared = prepare_data(config, loaded)
     pool = prepared.data.pool
     labels = np.array([d.label for d in pool], dtype=np.int64)
-    groups = np.array([d.group for d in pool], dtype=object)
-    kinds = np.array([d.kind for d in pool], dtype=object)
-    train_only = list(prepared.data.train_only_kinds)
-    _, val_idx, test_idx = pool_splits(config, labels, groups, kinds, train_only)
-    evaluable = val_idx[~np.isin(kinds[val_idx], train_only)]
-    hard, positives = evaluable[labels[evaluable] == 0], evaluable[labels[evaluable] == 1]
-    control_cal, control_held = control_halves([d.kind for d in prepared.control], config.seed)
+    splits = splits_of(
+        config,
+        prepared.data,
+        labels,
+        np.array([d.group for d in pool], dtype=object),
+        np.array([d.kind for d in pool], dtype=object),
+        np.array([d.kind for d in prepared.control], dtype=object),
+    )
+    positives, test_idx = splits.calibration_positives, splits.pool.test_idx
 
     bundle = load_bundle(bundle_dir, expected_fingerprint=loaded.fingerprint)
     runtime = ProbeRuntime([bundle])
@@ -98,21 +96,12 @@ def rethreshold(
         done = score_dialogues(loaded.model, loaded.tokenizer, runtime, list(dialogues), progress=progress)
         return np.array([r.aggregate[bundle.id] for r in done], dtype=np.float64)
 
-    needed = np.concatenate([evaluable, test_idx])
+    needed = np.concatenate([splits.hard_negatives, positives, test_idx])
     scores = np.full(len(pool), np.nan)
     scores[needed] = scored([pool[i] for i in needed])
     control = scored(prepared.control)
     nested = (report.get("sources") or {}).get("nested") or {}
-    point = operating_point(
-        control[control_cal],
-        config.fpr,
-        scores[hard] if config.hard_negative_fpr is not None else None,
-        config.hard_negative_fpr,
-        positive_scores=scores[positives],
-        band_control_fpr=config.band_control_fpr,
-        hard_negative_kinds=kinds[hard] if config.hard_negatives_per_kind else None,
-        transfer_fpr=nested.get("transfer_fpr") if config.transfer_threshold else None,
-    )
+    point = shipped_point(config, splits, scores, control, nested.get("transfer_fpr"))
     y = labels[test_idx]
 
     def at(threshold: float) -> AtThreshold:
@@ -121,7 +110,7 @@ def rethreshold(
             calibration_recall=_share(scores[positives], threshold),
             test_recall=_share(scores[test_idx][y == 1], threshold),
             test_flagged_negatives=_share(scores[test_idx][y == 0], threshold),
-            control_heldout_flagged=float((control[control_held] >= threshold).mean()),
+            control_heldout_flagged=float((control[splits.control_held] >= threshold).mean()),
         )
 
     op = report["operating_point"]

@@ -106,12 +106,20 @@ def extract(config: TrainConfig, loaded: Any, prepared: PreparedData, layers: Se
 
 
 # -- 3. splits ----------------------------------------------------------------------------------------------
-def pool_splits(
-    config: TrainConfig, labels: np.ndarray, groups: np.ndarray, kinds: np.ndarray, train_only: Sequence[str]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fit, calibration, test) indices of the pool rows, grouped; training-only kinds all go to fit. A pure
-    function of the rows' labels, groups and kinds, so a trained bundle's splits can be rebuilt without its
-    activations (`training/rethreshold.py`)."""
+def splits_of(
+    config: TrainConfig,
+    data: BehaviourData,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    kinds: np.ndarray,
+    control_kinds: np.ndarray,
+) -> Splits:
+    """Grouped fit / calibration / test splits of the pool rows (training-only kinds all go to fit) and the
+    control halves. A pure function of the rows' labels, groups and kinds, so a trained bundle's splits are
+    rebuilt without its activations (`training/rethreshold.py`)."""
+    from probewatch.training.datasets.control import control_halves
+
+    train_only = tuple(data.train_only_kinds)
     auxiliary = np.isin(kinds, list(train_only))
     rest, test_idx = grouped_split(groups, labels, config.test_size, config.seed, idx=np.flatnonzero(~auxiliary))
     fit_idx, val_idx = grouped_split(groups, labels, config.cal_size, config.seed + 1, idx=rest)
@@ -119,18 +127,13 @@ def pool_splits(
     check_disjoint(groups, rest, test_idx)
     check_disjoint(groups, fit_idx, val_idx)
     check_disjoint(groups, fit_idx, test_idx)
-    return fit_idx, val_idx, test_idx
-
-
-def make_splits(config: TrainConfig, acts: Activations, data: BehaviourData) -> Splits:
-    from probewatch.training.datasets.control import control_halves
-
-    labels, groups, kinds = acts.pool.labels, acts.pool.groups, acts.pool.kinds
-    train_only = tuple(data.train_only_kinds)
-    fit_idx, val_idx, test_idx = pool_splits(config, labels, groups, kinds, train_only)
-    control_kinds = acts.control.kinds
     cal, held = control_halves(control_kinds.tolist(), config.seed)
     aligned = len(data.pool) == len(labels) and all(d.kind == k for d, k in zip(data.pool, kinds.tolist()))
     sources = source_array(data.pool) if aligned else None  # rows follow data.pool (extract_by_kind)
     pool = PoolArrays(labels, groups, kinds, fit_idx, val_idx, test_idx, train_only, sources)
     return Splits(pool, cal, held, control_kinds)
+
+
+def make_splits(config: TrainConfig, acts: Activations, data: BehaviourData) -> Splits:
+    p = acts.pool
+    return splits_of(config, data, p.labels, p.groups, p.kinds, acts.control.kinds)

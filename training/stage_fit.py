@@ -46,6 +46,29 @@ class FittedProbe:
     ood_scores: dict[str, np.ndarray] = field(default_factory=dict)  # calibrated logits per OOD set
 
 
+def shipped_point(
+    config: TrainConfig,
+    splits: Splits,
+    scores: np.ndarray,
+    control_scores: np.ndarray,
+    transfer_fpr: float | None = None,
+) -> OperatingPoint:
+    """The operating point a run ships, from its calibrated pool and control scores: the run's settings on the
+    calibration split and the control set's calibration half (`transfer_fpr`: the nested estimate's share,
+    used unless the run turned the transfer limit off). `training/rethreshold.py` calls it on live scores."""
+    hard = splits.hard_negatives
+    return operating_point(
+        control_scores[splits.control_cal],
+        config.fpr,
+        scores[hard] if config.hard_negative_fpr is not None else None,
+        config.hard_negative_fpr,
+        positive_scores=scores[splits.calibration_positives],
+        band_control_fpr=config.band_control_fpr,
+        hard_negative_kinds=splits.pool.kinds[hard] if config.hard_negatives_per_kind else None,
+        transfer_fpr=transfer_fpr if config.transfer_threshold else None,
+    )
+
+
 def fit_final(
     config: TrainConfig,
     acts: Activations,
@@ -80,17 +103,7 @@ def fit_final(
     scored = probe_scorer(probe, spec.token_selection, agg)
 
     scores, control_scores = scored(ld), scored(control_ld)
-    hard = splits.hard_negatives
-    point = operating_point(
-        control_scores[splits.control_cal],
-        config.fpr,
-        scores[hard] if config.hard_negative_fpr is not None else None,
-        config.hard_negative_fpr,
-        positive_scores=scores[splits.calibration_positives],
-        band_control_fpr=config.band_control_fpr,
-        hard_negative_kinds=pool.kinds[hard] if config.hard_negatives_per_kind else None,
-        transfer_fpr=transfer_fpr if config.transfer_threshold else None,
-    )
+    point = shipped_point(config, splits, scores, control_scores, transfer_fpr)
     threshold = point.value
     test = detection_metrics(scores[test_idx], labels[test_idx], control_scores[splits.control_cal], config.fpr)
     test["fpr_control_heldout"] = float((control_scores[splits.control_held] >= point.control_threshold).mean())
