@@ -4,8 +4,10 @@ Replays the held-out-source choice (training/replay.py) of each published report
 report.json, default: every one with a held-out-source choice) or of any report.json given with
 `--report`, on the same pool and sweep rows, with the current rule, guard and pre-screen. Prints the
 recorded and the replayed choice, how many candidates the guard left eligible and what the rule
-would have chosen without it; `--nested` also reruns the nested estimate. `--check` exits 1 when a
-choice changed: run it after touching the selection code, before the next `make bench-quality`.
+would have chosen without it, and whether the multi-layer probe would still ship (with the concat and
+the single-layer choice on the held-out-source folds, training/multilayer_sources.py); `--nested` also
+reruns the nested estimate. `--check` exits 1 when a choice changed: run it after touching the
+selection code, before the next `make bench-quality`.
 Reads the activation cache of the run that wrote the report (minutes each when cached).
 """
 
@@ -85,6 +87,13 @@ def summary(replay: Any) -> dict[str, Any]:
         "n_eligible": None if now is None else now.n_eligible,
         "unguarded": None if now is None or now.unguarded is None else now.unguarded.config,
     }
+    if replay.concat_recorded is not None:
+        check = replay.concat_check
+        out["multi_layer"] = {
+            "recorded": replay.concat_recorded,
+            "now": replay.concat_now,
+            "heldout_source": None if check is None else check.to_json(),
+        }
     if replay.nested is not None:
         n = replay.nested
         out["nested"] = {
@@ -104,6 +113,10 @@ def summary(replay: Any) -> dict[str, Any]:
     return out
 
 
+def _ships(shipped: bool | None) -> str:
+    return "shipped" if shipped else "not shipped"
+
+
 def lines_of(replay: Any) -> list[str]:
     now = replay.now
     mark = "CHANGED" if replay.changed else "same"
@@ -113,6 +126,11 @@ def lines_of(replay: Any) -> list[str]:
         lines.append(f"  {now.n_eligible} of {now.n_configurations} candidates eligible under the guard")
         if now.unguarded is not None:
             lines.append(f"  without the guard: {_config_line(now.unguarded)}")
+    if replay.concat_recorded is not None:
+        lines.append(f"  multi-layer probe: {_ships(replay.concat_recorded)} recorded, {_ships(replay.concat_now)} now")
+        if replay.concat_check is not None:
+            c = replay.concat_check
+            lines.append(f"    on held-out sources: concat {_config_line(c.concat)} vs single {_config_line(c.single)}")
     if replay.nested is not None:
         n = replay.nested
         lines.append(f"  nested: mean {n.mean:.3f}, worst {n.worst:.3f} ({n.worst_source}), gap {n.optimism_gap:+.3f}")

@@ -11,7 +11,8 @@ sum_l w_l . h_l + b, which is exactly the concatenated probe; the live sidecar j
 token, server/sidecar/joins.py). The pipeline ships it only where it beats the single-layer choice
 on held-out kinds by more than `SHIP_MARGIN` (or by more than `ERROR_SHARE` of the single probe's remaining
 held-out error, where that is smaller), or on every one of at least `MIN_KINDS_ALL_BETTER` held-out
-kinds (`ship_concat`); otherwise the comparison stays a
+kinds (`ship_concat`), and, where the single-layer probe was chosen by held-out source, only where the
+same held-out-source rule prefers the concat (`multilayer_sources`); otherwise the comparison stays a
 measurement and nothing changes. Shipping refits the concat probe through the same final stage as
 a single layer: `MultiLayerActivations` hands stage 5 and 6 the layers' rows side by side, so the
 Platt fold, operating point, calibration reference, plots and live-path parity check all apply.
@@ -196,9 +197,10 @@ def ship_concat(multi: Mapping[str, Any] | None, chosen: SweepRow, margin: float
       held-out kinds sit at 0.97-0.999) an absolute margin of 0.01 is most of the remaining error, and
       a gain on each of several independent kinds is the stronger evidence (a sign test on 8 kinds: p = 0.004).
 
-    Never over a contrast probe: the concat is a plain logistic probe, which scores higher inside the pool, and
-    a contrast probe is chosen (by held-out source) for a transfer that held-out kinds do not measure."""
-    if not multi or chosen.heldout_kind_auroc is None or chosen.method == "contrast":
+    This is the held-out-kind half of the decision. Where the single-layer probe was chosen by held-out source
+    (a contrast probe, say, chosen for a transfer that held-out kinds do not measure), `choose_layers` also
+    asks the held-out-source rule (`multilayer_sources.concat_on_sources`)."""
+    if not multi or chosen.heldout_kind_auroc is None:
         return False
     single = chosen.selection_score("heldout_kind")
     margin = min(SHIP_MARGIN, ERROR_SHARE * (1.0 - single)) if margin is None else margin
@@ -295,13 +297,24 @@ class MultiLayerActivations:
         return self._joined
 
 
-def choose_layers(sweep: Any, acts: Any) -> tuple[Any, list[int] | None]:
+def choose_layers(
+    sweep: Any, acts: Any, on_sources: Callable[[Mapping[str, Any], SweepRow], Any] | None = None
+) -> tuple[Any, list[int] | None]:
     """Stage 4's multi-layer decision: (activations for stages 5-6, the layers of a multi-layer probe or None).
 
-    Where `ship_concat` holds, `sweep.chosen` becomes the concat row and `sweep.multi_layer["shipped"]` True;
-    otherwise both are left as they were (and "shipped" False when a comparison was made)."""
+    Where `ship_concat` holds, and `on_sources` (the concat on the held-out-source folds that chose the single
+    probe: a `multilayer_sources.SourceCheck`, or None where no source choice was made) does not object,
+    `sweep.chosen` becomes the concat row and `sweep.multi_layer["shipped"]` True; otherwise both are left as
+    they were (and "shipped" False when a comparison was made). The source check is kept in
+    `multi_layer["heldout_source"]`."""
     multi = sweep.multi_layer
-    if not ship_concat(multi, sweep.chosen):
+    ships = ship_concat(multi, sweep.chosen)
+    if ships and on_sources is not None:
+        check = on_sources(multi, sweep.chosen)
+        if check is not None:
+            multi["heldout_source"] = check.to_json()
+            ships = check.holds
+    if not ships:
         if multi:
             multi["shipped"] = False
         return acts, None

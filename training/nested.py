@@ -309,7 +309,8 @@ def _with_every_method(chosen: list[int], by_mean: list[int], rows: Sequence[Swe
     return out
 
 
-def _config_score(row: SweepRow, folds: Sequence[Fold], scorer: FoldScorer, control_ref: np.ndarray) -> ConfigScore:
+def config_score(row: SweepRow, folds: Sequence[Fold], scorer: FoldScorer, control_ref: np.ndarray) -> ConfigScore:
+    """`row` (fitted by `scorer` on every fold) scored on each fold's held-out examples: mean, worst, per fold."""
     per: dict[str, float] = {}
     for fold in folds:
         got = scorer.get(row, fold.held)
@@ -326,7 +327,7 @@ def select(
     candidates: Sequence[SweepRow], basis: str, folds: Sequence[Fold], scorer: FoldScorer, control_ref: np.ndarray
 ) -> tuple[SweepRow, SourceSelection]:
     """Score the (already fitted) candidates on the folds and apply the rule."""
-    scored = [(r, _config_score(r, folds, scorer, control_ref)) for r in candidates]
+    scored = [(r, config_score(r, folds, scorer, control_ref)) for r in candidates]
     if not any(cs.worst is not None for _, cs in scored):
         first = scored[0]
         return first[0], SourceSelection("prescreen", [f.name for f in folds], len(candidates), first[1], first[1])

@@ -45,7 +45,7 @@ from probewatch.training.stage_activations import Activations, Splits, extract, 
 from probewatch.training.stage_data import PreparedData, prepare_data
 from probewatch.training.stage_export import TrainResult, export, kinds_summary
 from probewatch.training.stage_fit import FittedProbe, fit_final, operating_summary
-from probewatch.training.stage_sources import SourceOutcome, run_sources, sources_report
+from probewatch.training.stage_sources import SourceOutcome, concat_check, run_sources, sources_report
 from probewatch.training.stage_sweep import SweepOutcome, run_sweep
 from probewatch.training.train_config import (
     DEFAULT_IDS,
@@ -121,7 +121,8 @@ def train(config: TrainConfig, loaded: Any = None) -> TrainResult:
     sweep = timed("sweep_s", run_sweep, config, prepared, acts, splits, layers)
     by_source = timed("sources_s", run_sources, config, acts, splits, sweep)  # may re-choose sweep.chosen
     cached = acts  # the per-layer cache: --compare-with bundles read their own layers from it
-    acts, probe_layers = choose_layers(sweep, acts)  # concat of several layers only where it clearly wins
+    # concat of several layers only where it clearly wins, on held-out sources too where they chose the single probe
+    acts, probe_layers = choose_layers(sweep, acts, concat_check(config, acts, splits, by_source))
     transfer = by_source.nested.transfer_fpr if by_source.nested is not None else None
     fitted = timed("final_s", fit_final, config, acts, splits, sweep, prepared.data, transfer)
     this_run = {TEST_SET: fitted.scores[splits.pool.test_idx], **fitted.ood_scores}

@@ -345,6 +345,7 @@ def _multi_layer_view(ml: dict[str, Any] | None) -> dict[str, Any] | None:
         "search_n": len(search.get("trail") or []),
         "best_both": both_sides(b),
         "concat_both": both_sides(concat),
+        "sources": ml.get("heldout_source"),  # the concat on the held-out-source folds (multilayer_sources)
     }
 
 

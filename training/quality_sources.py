@@ -36,11 +36,13 @@ def c_setting(c: Mapping[str, Any]) -> str:
 
 
 def config_text(c: Mapping[str, Any]) -> str:
-    """`layer 15 logistic C=0.01, response, per-example, mean` from a `ConfigScore.config`."""
+    """`layer 15 logistic C=0.01, response, per-example, mean` from a `ConfigScore.config` (`layers 19+21 ...`
+    for a multi-layer probe's)."""
     C = f" {c_setting(c)}" if c_setting(c) else ""
+    where = f"layers {'+'.join(str(x) for x in c['layers'])}" if c.get("layers") else f"layer {c['layer']}"
     reads = {"all": "prompt + response"}.get(c["token_selection"], c["token_selection"])
     mode = "per-token" if c["per_token"] else "per-example"
-    return f"layer {c['layer']} {c['method']}{C}, {reads}, {mode}, {c['aggregation']}"
+    return f"{where} {c['method']}{C}, {reads}, {mode}, {c['aggregation']}"
 
 
 def guard_text(sel: SourceSelection | None) -> str:

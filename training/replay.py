@@ -4,7 +4,8 @@ A change to the selection rule, the guard or the pre-screen changes what the nex
 ships, but the shipped bundles and docs/quality.md still show the choices of the run that made them.
 Replaying answers "would today's code choose the same?" without a retrain: the report's `config`
 rebuilds the pool (data, splits, activations: all cached by a previous run), its `sweep` rows are the
-candidates, and `nested.select_by_source` (optionally `nested_estimate`) runs on them.
+candidates, and `nested.select_by_source` (optionally `nested_estimate`) runs on them; where the run compared a
+multi-layer probe, the multi-layer decision is replayed on today's choice as well (`multilayer.choose_layers`).
 `probewatch bench selection` is the command (benchmarks/selection.py).
 """
 
@@ -16,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probewatch.training.features import LayerData
-from probewatch.training.nested import FoldScorer, nested_estimate, select_by_source
+from probewatch.training.multilayer import ship_concat
+from probewatch.training.multilayer_sources import SourceCheck, concat_on_sources
+from probewatch.training.nested import FoldScorer, config_of, nested_estimate, select_by_source
 from probewatch.training.report_sources import ConfigScore, NestedEstimate, SourceSelection
 from probewatch.training.stage_activations import extract, make_splits
 from probewatch.training.stage_data import prepare_data
-from probewatch.training.stage_sources import settings_of
+from probewatch.training.stage_sources import pool_and_control, settings_of
 from probewatch.training.sweep import SweepRow
 from probewatch.training.train_config import TrainConfig, check_config
 
@@ -36,9 +38,16 @@ class Replay:
     recorded: ConfigScore | None  # the report's held-out-source choice (None: the sweep's basis chose)
     now: SourceSelection | None  # None: fewer than two evaluable sources
     nested: NestedEstimate | None = None
+    #: the multi-layer decision: whether the run shipped its concat, whether today's rule would, and the
+    #: concat on the held-out-source folds (None: no comparison recorded, or no source choice to judge it by)
+    concat_recorded: bool | None = None
+    concat_now: bool | None = None
+    concat_check: SourceCheck | None = None
 
     @property
     def changed(self) -> bool:
+        if self.concat_recorded is not None and self.concat_recorded != self.concat_now:
+            return True
         if self.recorded is None or self.now is None:
             return (self.recorded is None) != (self.now is None)  # one side chose by held-out source, one did not
         return self.recorded.config != self.now.chosen.config
@@ -90,10 +99,7 @@ def replay_selection(
     splits = make_splits(config, acts, prepared.data)
     rows = _rows(report)
 
-    def layer_data(layer: int) -> tuple[LayerData, LayerData]:
-        data, _, control = acts.layer(layer)
-        return data, control
-
+    layer_data = pool_and_control(acts)
     sources = report.get("sources") or {}
     recorded = (sources.get("selection") or {}).get("chosen")
     settings = settings_of(config)
@@ -113,4 +119,17 @@ def replay_selection(
             None,
             scorer,
         )
-    return Replay(report["probe_id"], None if recorded is None else ConfigScore(**recorded), now, estimate)
+    replay = Replay(report["probe_id"], None if recorded is None else ConfigScore(**recorded), now, estimate)
+    multi = report.get("multi_layer")
+    if multi and now is not None:
+        chosen = next((r for r in rows if config_of(r) == now.chosen.config), None)
+        if chosen is not None:  # the multi-layer decision on today's choice, as `multilayer.choose_layers` makes it
+            replay.concat_recorded = bool(multi.get("shipped"))
+            replay.concat_now = ship_concat(multi, chosen)
+            if replay.concat_now:
+                check = concat_on_sources(
+                    multi, chosen, now.chosen, splits.pool, layer_data, splits.control_cal, settings
+                )
+                replay.concat_check = check
+                replay.concat_now = check is None or check.holds
+    return replay

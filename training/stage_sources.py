@@ -11,17 +11,21 @@ source at the shipped threshold.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from probewatch.training.features import LayerData
-from probewatch.training.nested import FoldScorer, NestedSettings, nested_estimate, select_by_source
+from probewatch.training.multilayer_sources import SourceCheck, concat_on_sources
+from probewatch.training.nested import FoldScorer, LayerFn, NestedSettings, nested_estimate, select_by_source
 from probewatch.training.report_sources import NestedEstimate, SourceSelection, SourcesReport
 from probewatch.training.sources import per_source_at_threshold, source_counts
 from probewatch.training.stage_activations import Activations, Splits
 from probewatch.training.stage_fit import FittedProbe
 from probewatch.training.stage_sweep import SweepOutcome
+from probewatch.training.sweep import SweepRow
 from probewatch.training.train_config import TrainConfig
 
 log = logging.getLogger("probewatch.training")
@@ -52,17 +56,23 @@ def settings_of(config: TrainConfig) -> NestedSettings:
     )
 
 
-def run_sources(config: TrainConfig, acts: Activations, splits: Splits, sweep: SweepOutcome) -> SourceOutcome:
-    """Choose by held-out source (replacing `sweep.chosen` / `sweep.basis`) and estimate it nested."""
-    pool = splits.pool
-    if pool.sources is None or config.nested_top_k <= 0:
-        return SourceOutcome(None, None)
+def pool_and_control(acts: Activations) -> LayerFn:
+    """layer -> (pool rows, control rows) of that layer: what the held-out-source fits read."""
 
     def layer_data(layer: int) -> tuple[LayerData, LayerData]:
         data, _, control = acts.layer(layer)
         return data, control
 
+    return layer_data
+
+
+def run_sources(config: TrainConfig, acts: Activations, splits: Splits, sweep: SweepOutcome) -> SourceOutcome:
+    """Choose by held-out source (replacing `sweep.chosen` / `sweep.basis`) and estimate it nested."""
+    pool = splits.pool
+    if pool.sources is None or config.nested_top_k <= 0:
+        return SourceOutcome(None, None)
     settings = settings_of(config)
+    layer_data = pool_and_control(acts)
     scorer = FoldScorer(pool, layer_data, settings)
     heldout_kind = sweep.chosen.heldout_kind_auroc
     selection = None
@@ -98,6 +108,23 @@ def run_sources(config: TrainConfig, acts: Activations, splits: Splits, sweep: S
             nested.optimism_gap,
         )
     return SourceOutcome(selection, nested, scorer.n_fits)
+
+
+def concat_check(
+    config: TrainConfig, acts: Activations, splits: Splits, outcome: SourceOutcome
+) -> Callable[[Mapping[str, Any], SweepRow], SourceCheck | None] | None:
+    """`multilayer.choose_layers`' held-out-source half: the concat judged on the folds that chose the single
+    probe (None where no held-out-source choice was made)."""
+    if outcome.selection is None or outcome.selection.basis != "heldout_source":
+        return None
+    single = outcome.selection.chosen
+
+    def check(multi: Mapping[str, Any], chosen: SweepRow) -> SourceCheck | None:
+        return concat_on_sources(
+            multi, chosen, single, splits.pool, pool_and_control(acts), splits.control_cal, settings_of(config)
+        )
+
+    return check
 
 
 def sources_report(splits: Splits, outcome: SourceOutcome, fitted: FittedProbe) -> SourcesReport | None:

@@ -1,9 +1,12 @@
 """Shipping a multi-layer probe: the decision rule (concat only where it beats the single-layer choice on
-held-out kinds by more than 0.01, or on every one of at least five kinds), the layers' rows side by side,
+held-out kinds by more than 0.01, or on every one of at least five kinds; and on held-out sources where they
+chose the single probe), the layers' rows side by side,
 and `probewatch train` writing a bundle that reads several layers, whose live-path parity check
 (score_dialogues, summing the layers) holds."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -12,7 +15,10 @@ from probewatch.probes import ProbeRuntime, load_bundle
 from probewatch.training import multilayer
 from probewatch.training.features import LayerData
 from probewatch.training.multilayer import concat_layer_data, concat_row, ship_concat
+from probewatch.training.multilayer_sources import SourceCheck
 from probewatch.training.pipeline import TrainConfig, train
+from probewatch.training.report_sources import ConfigScore
+from probewatch.training.stage_sweep import SweepOutcome
 from probewatch.training.sweep import SweepRow
 from tests.training.helpers import write_synthetic
 
@@ -40,12 +46,31 @@ def test_concat_ships_only_beyond_the_margin(concat, single, ships):
     assert ship_concat(None, _row(single)) is False
 
 
-def test_concat_never_replaces_a_contrast_choice():
-    """The concat is a plain logistic probe measured on held-out kinds; a contrast probe is chosen for its
-    transfer across sources, which that comparison does not see."""
+def test_the_held_out_source_check_decides_over_a_contrast_choice():
+    """A contrast probe is chosen by held-out source for a transfer held-out kinds do not see: the concat's
+    held-out-kind win is only half the decision, and the held-out-source check (multilayer_sources) has the
+    last word; without a source choice the held-out-kind rule decides alone."""
     contrast = SweepRow("response", 2, "contrast", False, "mean", 0.9, 0.80, C=0.01)
-    assert ship_concat(_multi(0.95), contrast) is False
-    assert ship_concat(_multi(0.95), _row(0.80)) is True
+    assert ship_concat(_multi(0.95), contrast) is True
+
+    def sweep() -> SweepOutcome:
+        return SweepOutcome([contrast], contrast, "heldout_source", _multi(0.95))
+
+    def check(holds: bool) -> SourceCheck:
+        single = ConfigScore({"layer": 2}, 0.70, 0.60, {"s1": 0.60, "s2": 0.80})
+        concat = ConfigScore({"layers": [1, 3]}, 0.75, 0.65 if holds else 0.50, {})
+        return SourceCheck(single, concat, holds)
+
+    for holds, layers in ((False, None), (True, [1, 3])):
+        outcome = sweep()
+        _, got = multilayer.choose_layers(outcome, object(), lambda multi, chosen, h=holds: check(h))
+        assert got == layers and outcome.multi_layer["shipped"] is holds
+        assert outcome.multi_layer["heldout_source"]["holds"] is holds
+        assert outcome.multi_layer["heldout_source"]["concat"]["worst"] == (0.65 if holds else 0.50)
+        assert (outcome.chosen.method == "logistic") is holds  # the concat row replaces the contrast choice only then
+    outcome = sweep()
+    _, got = multilayer.choose_layers(outcome, object(), lambda multi, chosen: None)  # no source choice was made
+    assert got == [1, 3] and "heldout_source" not in outcome.multi_layer
 
 
 def test_concat_does_not_ship_when_it_costs_the_worst_kind():
@@ -174,3 +199,58 @@ def test_train_keeps_one_layer_where_concat_does_not_win(tiny_loaded, tmp_path, 
     assert result.report.multi_layer is not None and result.report.multi_layer["shipped"] is False
     m = load_bundle(result.bundle_path).manifest
     assert m.layers is None and m.all_layers == [result.report.chosen["layer"]]
+
+
+def test_train_with_two_sources_judges_the_concat_on_held_out_sources_and_the_replay_agrees(
+    tiny_loaded, tmp_path, monkeypatch
+):
+    """With two data files the single-layer probe is chosen by held-out source, so the concat's held-out-kind
+    win (forced here) is only half the decision: `choose_layers` fits the concat on the same source folds, ships
+    it only where the held-out-source rule prefers it, and report.json keeps both probes' fold scores;
+    `probewatch bench selection` (training/replay.py) replays the same decision from the report."""
+    from probewatch.data.dialogue import write_dialogues
+    from probewatch.training.replay import replay_selection
+    from tests.training.helpers import control_dialogues, synthetic_dialogues
+
+    monkeypatch.setattr(multilayer, "SHIP_MARGIN", -1.0)
+    monkeypatch.setattr(multilayer, "WORST_MARGIN", 1.0)
+    a, b, control = tmp_path / "written.jsonl", tmp_path / "public.jsonl", tmp_path / "control.jsonl"
+    write_dialogues(a, synthetic_dialogues(n_groups=20, kinds=("ka", "kb"), seed=0))
+    write_dialogues(b, synthetic_dialogues(n_groups=20, kinds=("kc", "kd"), seed=1))
+    write_dialogues(control, control_dialogues())
+    result = train(
+        TrainConfig(
+            behaviour="deception",
+            data_files=[a, b],
+            control_file=control,
+            layers=[1, 3],
+            methods=["logistic"],
+            out=tmp_path / "bundle",
+            progress=False,
+            plots=False,
+            multi_layer=2,
+            nested_top_k=2,
+            parity_check=0,
+        ),
+        loaded=tiny_loaded,
+    )
+    report = result.report
+    multi, selection = report.multi_layer, report.sources.selection
+    assert multi is not None and selection is not None and selection.basis == "heldout_source"
+    check = multi["heldout_source"]
+    assert check["single"]["config"] == selection.chosen.config and check["single"]["mean"] == selection.chosen.mean
+    assert check["concat"]["config"]["layers"] == [1, 3] and check["concat"]["config"]["method"] == "logistic"
+    assert set(check["concat"]["folds"]) == set(check["single"]["folds"]) == {"written.jsonl", "public.jsonl"}
+    single, concat = check["single"], check["concat"]
+    prefers = concat["worst"] > single["worst"] + 0.01 or (
+        concat["worst"] >= single["worst"] - 0.01 and round(concat["mean"], 3) >= round(single["mean"], 3)
+    )
+    assert check["holds"] is prefers and multi["shipped"] is check["holds"]
+    assert multi["shipped"] is False  # here the concat loses on both held-out sources: before the check it shipped
+    manifest = load_bundle(result.bundle_path).manifest
+    assert manifest.all_layers == ([1, 3] if multi["shipped"] else [selection.chosen.config["layer"]])
+
+    replay = replay_selection(json.loads(result.report_path.read_text()), tiny_loaded)
+    assert not replay.changed and replay.concat_recorded is multi["shipped"] and replay.concat_now is multi["shipped"]
+    assert replay.concat_check is not None
+    assert replay.concat_check.concat.folds == pytest.approx(concat["folds"], abs=1e-9)

@@ -166,6 +166,24 @@ def test_quality_markdown_names_every_layer_of_a_shipped_multi_layer_probe(decep
     report["multi_layer"]["shipped"] = False
     text = render_markdown({"deception": report}, {}, RUN)
     assert f"Chosen: layer {report['selection']['chosen']['layer']}, " in text
+    assert "on the held-out-source folds that chose" not in text  # a run without the source check
+
+
+def test_quality_markdown_gives_the_multi_layer_decision_on_held_out_sources(deception_report):
+    report = copy.deepcopy(deception_report)
+    single = {"config": {"layer": 2}, "mean": 0.7012, "worst": 0.6013, "folds": {}}
+    concat = {"config": {"layers": [1, 3]}, "mean": 0.7234, "worst": 0.5512, "folds": {}}
+    report["multi_layer"] |= {"layers": [1, 3], "shipped": False}
+    report["multi_layer"]["heldout_source"] = {"single": single, "concat": concat, "holds": False}
+    text = render_markdown({"deception": report}, {}, RUN)
+    assert (
+        "on the held-out-source folds that chose the single-layer probe (fitted on the other sources; mean / worst):"
+        " single 0.701 / 0.601, concatenated 0.723 / 0.551, so the held-out-source rule keeps the single layer;"
+        " one layer is shipped" in text
+    )
+    report["multi_layer"] |= {"shipped": True, "heldout_source": {"single": single, "concat": concat, "holds": True}}
+    text = render_markdown({"deception": report}, {}, RUN)
+    assert "so the held-out-source rule prefers the concatenated probe; the concatenated probe is shipped" in text
 
 
 def test_quality_markdown_puts_sae_feature_probes_beside_the_linear_probe(deception_report):

@@ -1,0 +1,89 @@
+"""The multi-layer decision on held-out sources (training/multilayer_sources.py), on the synthetic pool of
+test_nested_sources: layer 0 carries the label on one direction in sources a, b, c and on another in the
+shifted source d; layer 1 carries it weakly everywhere. Here layer 2 is added: as weak as layer 1, on its own
+direction and noise, so the two weak layers together read the label better on every source."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from probewatch.training.features import LayerData
+from probewatch.training.multilayer_sources import concat_on_sources
+from probewatch.training.nested import FoldScorer, NestedSettings, config_score, folds_without
+from probewatch.training.report_sources import ConfigScore
+from probewatch.training.sweep import PoolArrays, SweepRow
+from tests.training.test_nested_sources import SOURCES, _pool, _row
+
+SETTINGS = NestedSettings(top_k=2, hard_negative_fpr=0.2)
+
+
+@pytest.fixture(scope="module")
+def three_layers():
+    pool, layers, control = _pool()
+    rng = np.random.default_rng(7)
+    n = len(pool.labels)
+    x2 = rng.normal(0, 1, (n, 6)).astype(np.float32)
+    x2[:, 3] += 0.7 * np.where(pool.labels == 1, 1.0, -1.0)
+    rows = np.repeat(x2, 2, axis=0) + rng.normal(0, 0.05, (2 * n, 6)).astype(np.float32)
+    layers[2] = LayerData(2, rows, np.arange(0, 2 * n + 1, 2), x2)
+    return pool, (lambda layer: (layers[layer], control)), np.arange(0, 40, 2)
+
+
+def _single(row: SweepRow, pool: PoolArrays, layer_data, control_cal: np.ndarray) -> ConfigScore:
+    """The single-layer row on the held-out-source folds, as the source choice scored it."""
+    _, folds = folds_without(pool, None)
+    scorer = FoldScorer(pool, layer_data, SETTINGS)
+    scorer.run((row, fold.held) for fold in folds)
+    return config_score(row, folds, scorer, control_cal)
+
+
+def _multi(layers: list[int]) -> dict:
+    per_kind = {f"{s}{k}": 0.99 for s in SOURCES for k in (1, 2)}  # held-out kinds: the concat looks better
+    return {
+        "layers": layers,
+        "C": 1.0,
+        "token_selection": "response",
+        "concat": {"val_auroc": 0.99, "heldout_kind_auroc": 0.99, "heldout_per_kind": per_kind},
+    }
+
+
+def test_a_concat_that_wins_held_out_kinds_but_loses_a_held_out_source_does_not_ship(three_layers):
+    """Adding layer 0 to the robust layer 1 reads the a/b/c direction: it cannot see the label in d once d is
+    held out, so its worst source falls below the single layer's and the rule keeps the single layer."""
+    pool, layer_data, cal = three_layers
+    chosen = _row(1, 0.80)
+    single = _single(chosen, pool, layer_data, cal)
+    check = concat_on_sources(_multi([0, 1]), chosen, single, pool, layer_data, cal, SETTINGS)
+    assert check is not None and check.holds is False
+    assert set(check.concat.folds) == set(SOURCES) == set(check.single.folds)
+    assert check.concat.folds["d"] < check.single.folds["d"] - 0.01
+    assert check.concat.worst < check.single.worst - 0.01
+    assert check.concat.config["layers"] == [0, 1] and check.concat.config["method"] == "logistic"
+    assert check.to_json()["concat"]["worst"] == check.concat.worst
+
+
+def test_a_concat_that_reads_more_of_the_label_on_every_source_ships(three_layers):
+    pool, layer_data, cal = three_layers
+    chosen = _row(1, 0.80)
+    single = _single(chosen, pool, layer_data, cal)
+    check = concat_on_sources(_multi([1, 2]), chosen, single, pool, layer_data, cal, SETTINGS)
+    assert check is not None and check.holds is True
+    assert check.concat.worst > check.single.worst + 0.01
+    assert all(check.concat.folds[s] > check.single.folds[s] for s in SOURCES)
+
+
+def test_without_two_sources_there_is_no_source_check(three_layers):
+    pool, layer_data, cal = three_layers
+    one = PoolArrays(
+        pool.labels,
+        pool.groups,
+        pool.kinds,
+        pool.fit_idx,
+        pool.val_idx,
+        pool.test_idx,
+        (),
+        np.array(["a"] * len(pool.labels), dtype=object),
+    )
+    single = ConfigScore({"layer": 1}, 0.8, 0.8, {})
+    assert concat_on_sources(_multi([1, 2]), _row(1, 0.80), single, one, layer_data, cal, SETTINGS) is None
