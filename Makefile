@@ -156,9 +156,10 @@ EVASION_ARGS ?=
 bench-evasion: setup
 	$(BIN)/probewatch bench evasion $(EVASION_ARGS)
 
-# Selection drift check: replay the published reports' held-out-source choice with today's selection
-# code (rule, guard, pre-screen) on their cached pools; exits 1 where a choice would change. Run it after
-# touching training/nested.py, before the next bench-quality. runs/bench-selection.json.
+# Selection drift check: replay the published reports' held-out-source choice and multi-layer decision with
+# today's selection code (rule, guard, pre-screen, training/multilayer_sources.py) on their cached pools;
+# exits 1 where either would change. Run it after touching training/nested.py or multilayer*.py, before the
+# next bench-quality. runs/bench-selection.json.
 SELECTION_ARGS ?= --check
 bench-selection: setup
 	$(BIN)/probewatch bench selection $(SELECTION_ARGS)

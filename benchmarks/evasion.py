@@ -55,8 +55,10 @@ def evaluate_bundles(
     import numpy as np
 
     from probewatch.probes import ProbeRuntime, load_bundle
+    from probewatch.probes.aggregate import aggregate
+    from probewatch.probes.manifest import ATTENTION
     from probewatch.scoring import score_dialogues
-    from probewatch.training.evasion import measure
+    from probewatch.training.evasion import Scored, measure
 
     reports = []
     items: dict[str, tuple[list, str]] = {}
@@ -73,8 +75,10 @@ def evaluate_bundles(
 
         def score(ds, probe_id=manifest.id, runtime=runtime):
             done = score_dialogues(loaded.model, loaded.tokenizer, runtime, ds, progress=progress)
-            return np.array([r.aggregate[probe_id] for r in done])
+            aggregates = np.array([r.aggregate[probe_id] for r in done])
+            return Scored(aggregates, [np.asarray(r.token_scores[probe_id]) for r in done])
 
+        spec = manifest.aggregation  # an attention probe pools (a, v) pairs: its token values alone cannot be re-pooled
         report = measure(
             score,
             dialogues,
@@ -83,6 +87,7 @@ def evaluate_bundles(
             manifest.threshold.value,
             reads_response=manifest.token_selection != "prompt_last",
             data=where,
+            pool=None if spec.method == ATTENTION else (lambda t, spec=spec: aggregate(t, spec)),
         )
         reports.append(report.to_json())
     return reports

@@ -62,6 +62,10 @@ def with_sincere_response(dialogue: Dialogue) -> Dialogue:
     return prefixed(dialogue, SINCERE_PREFIX)
 
 
+#: the conditions that put words in front of the answer (the others leave the scored tokens as they were)
+REWORDINGS = ("sincerity rewording", "both")
+
+
 def conditions(behaviour: str, reads_response: bool) -> dict[str, Callable[[Dialogue], Dialogue]]:
     """The evasion conditions for a probe of `behaviour` (rewordings only where the probe reads the response)."""
     instruction = EVASION_INSTRUCTIONS[behaviour]
@@ -87,6 +91,9 @@ class ConditionResult:
     flagged_negatives: float  # negatives at or above it
     mean_positive: float
     median_positive_change: float | None = None  # paired against "unmodified" (None for that row)
+    #: a rewording's change pooled over the answer's own tokens only (the assertion's left out): near zero or
+    #: above, the drop is the assertion's tokens diluting the pooled score, not the answer reading more honest
+    median_positive_change_answer: float | None = None
 
 
 @dataclass
@@ -105,6 +112,24 @@ class EvasionReport:
         """The condition with the lowest recall (the evasion that works best against this probe)."""
         changed = [r for r in self.results if r.condition != "unmodified"]
         return min(changed, key=lambda r: r.recall) if changed else None
+
+
+@dataclass
+class Scored:
+    """What a scorer returns for a list of dialogues: the aggregate per dialogue and, where kept, the token scores
+    it pooled (what `measure` needs for the change on the answer's own tokens)."""
+
+    aggregate: np.ndarray
+    tokens: list[np.ndarray] | None = None
+
+
+def _answer_change(base: Scored, reworded: Scored, labels: np.ndarray, pool: Callable[[np.ndarray], float]) -> float:
+    """Median over positives of pool(the reworded item's last n tokens) - its unmodified aggregate, n being the
+    unmodified item's token count: the assertion sits in front of the answer, so the tail is the answer itself."""
+    assert base.tokens is not None and reworded.tokens is not None
+    pos = np.flatnonzero(labels == 1)
+    changes = [pool(reworded.tokens[i][-len(base.tokens[i]) :]) - base.aggregate[i] for i in pos if len(base.tokens[i])]
+    return float(np.median(changes)) if changes else float("nan")
 
 
 def summarise(
@@ -131,23 +156,31 @@ def summarise(
 
 
 def measure(
-    score: Callable[[Sequence[Dialogue]], np.ndarray],
+    score: Callable[[Sequence[Dialogue]], np.ndarray | Scored],
     dialogues: Sequence[Dialogue],
     probe_id: str,
     behaviour: str,
     threshold: float,
     reads_response: bool,
     data: str,
+    pool: Callable[[np.ndarray], float] | None = None,
 ) -> EvasionReport:
-    """Score `dialogues` under every condition with `score` (dialogues -> aggregate scores of this probe)."""
+    """Score `dialogues` under every condition with `score` (dialogues -> aggregate scores of this probe, or
+    `Scored` with the token scores too). With token scores and `pool` (token scores -> the probe's aggregate),
+    each rewording also gets its change on the answer's own tokens."""
     labels = np.array([d.label for d in dialogues], dtype=int)
     report = EvasionReport(probe_id, behaviour, float(threshold), data)
-    base: np.ndarray | None = None
+    base: Scored | None = None
     for name, transform in conditions(behaviour, reads_response).items():
-        scores = np.asarray(score([transform(d) for d in dialogues]), dtype=float)
-        report.results.append(summarise(name, scores, labels, threshold, base))
+        got = score([transform(d) for d in dialogues])
+        scored = got if isinstance(got, Scored) else Scored(np.asarray(got, dtype=float))
+        scored.aggregate = np.asarray(scored.aggregate, dtype=float)
+        result = summarise(name, scored.aggregate, labels, threshold, None if base is None else base.aggregate)
+        if name in REWORDINGS and base is not None and base.tokens and scored.tokens and pool is not None:
+            result.median_positive_change_answer = _answer_change(base, scored, labels, pool)
+        report.results.append(result)
         if base is None:
-            base = scores
+            base = scored
     return report
 
 

@@ -91,11 +91,12 @@ def family_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
 
 
 def evasion_rows(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """One row per probe and condition: AUROC, recall, flagged negatives, median change of positives."""
+    """One row per probe and condition: AUROC, recall, flagged negatives, median change of positives (pooled over
+    every scored token, and for a rewording over the answer's own tokens)."""
     out = []
     for rep in reports:
         for r in rep["results"]:
-            change = r.get("median_positive_change")
+            change, answer = r.get("median_positive_change"), r.get("median_positive_change_answer")
             out.append(
                 {
                     "probe": rep["probe_id"],
@@ -105,6 +106,7 @@ def evasion_rows(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
                     "recall": _f(r["recall"], 2),
                     "flagged": _p(r["flagged_negatives"]),
                     "change": "—" if change is None else f"{change:+.2f}",
+                    "answer": "—" if answer is None else f"{answer:+.2f}",
                 }
             )
     return out

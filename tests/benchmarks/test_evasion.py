@@ -17,7 +17,9 @@ from probewatch.behaviours import BEHAVIOURS
 from probewatch.benchmarks import quality
 from probewatch.benchmarks.evasion import evaluate_bundles, evaluation_items
 from probewatch.bundle_index import shipped_root
+from probewatch.probes.aggregate import aggregate
 from probewatch.scoring import score_dialogues
+from probewatch.training.evasion import with_sincere_response
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +68,18 @@ def test_shipped_probes_of_other_behaviours_are_measured_like_deception(referenc
     for report in (af, mf):  # every changed condition moves the positives' scores
         for r in report["results"][1:]:
             assert r["n_positive"] == r["n_negative"] == 2 and r["median_positive_change"] != 0.0
+    # a rewording is also pooled over the answer's own tokens: the unmodified item's count of the reworded tail
+    reworded = [with_sincere_response(d) for d in items]
+    again = score_dialogues(reference.model, reference.tokenizer, ProbeRuntime([bundle]), reworded, progress=False)
+    spec = bundle.manifest.aggregation
+    tails = [
+        aggregate(np.asarray(r.token_scores["alignment-faking"])[-len(b.token_scores["alignment-faking"]) :], spec)
+        for r, b in zip(again, done)
+    ]
+    expected = float(np.median((np.array(tails) - scores)[labels == 1]))
+    sincerity = next(r for r in af["results"] if r["condition"] == "sincerity rewording")
+    assert sincerity["median_positive_change_answer"] == pytest.approx(expected, abs=1e-4)
+    assert all(r["median_positive_change_answer"] is None for r in mf["results"])  # no rewording of a prompt reader
 
 
 @pytest.mark.integration

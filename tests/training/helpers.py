@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 from probewatch.data.dialogue import Dialogue, Message, write_dialogues
@@ -75,3 +76,16 @@ def write_synthetic(folder: Path, control_set: list[Dialogue] | None = None, **k
     write_dialogues(data, synthetic_dialogues(**kwargs))
     write_dialogues(control, control_dialogues() if control_set is None else control_set)
     return data, control
+
+
+def write_two_sources(
+    folder: Path, public: Callable[[list[Dialogue]], list[Dialogue]] | None = None
+) -> tuple[Path, Path, Path]:
+    """(written.jsonl, public.jsonl, control.jsonl) in folder: two data files, so two sources of two kinds each
+    (ka, kb; kc, kd), the second passed through `public` where given."""
+    a, b, control = folder / "written.jsonl", folder / "public.jsonl", folder / "control.jsonl"
+    other = synthetic_dialogues(n_groups=20, kinds=("kc", "kd"), seed=1)
+    write_dialogues(a, synthetic_dialogues(n_groups=20, kinds=("ka", "kb"), seed=0))
+    write_dialogues(b, public(other) if public else other)
+    write_dialogues(control, control_dialogues())
+    return a, b, control

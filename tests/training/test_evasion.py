@@ -9,6 +9,7 @@ from probewatch.data.dialogue import Dialogue, Message
 from probewatch.training.evasion import (
     EVASION_INSTRUCTIONS,
     SINCERE_PREFIX,
+    Scored,
     balanced_sample,
     conditions,
     measure,
@@ -79,6 +80,27 @@ def test_measure_scores_every_condition_on_the_same_items():
     assert told.recall == 1.0 and told.flagged_negatives == 1.0  # the instruction alone pushes everyone over
     assert report.worst.condition == "sincerity rewording" and report.worst.recall == 0.0
     assert report.to_json()["results"][0]["condition"] == "unmodified"
+
+
+def test_a_rewording_is_also_measured_on_the_answers_own_tokens():
+    """A token-level probe that scores the assertion's words low and the answer's words by what they say: the pooled
+    mean falls under the rewording, but pooled over the answer's own tokens it does not move (pure dilution)."""
+    items = [_dialogue(1, "lie lie lie"), _dialogue(1, "lie lie"), _dialogue(0, "true true"), _dialogue(0, "true")]
+    word_score = {"lie": 2.0, "true": -1.0}
+
+    def score(dialogues):
+        tokens = [np.array([word_score.get(w, -2.0) for w in d.messages[-1].content.split()]) for d in dialogues]
+        return Scored(np.array([t.mean() for t in tokens]), tokens)
+
+    report = measure(score, items, "dec", "deception", 1.0, True, "test", pool=lambda t: float(np.mean(t)))
+    by = {r.condition: r for r in report.results}
+    assert by["sincerity rewording"].median_positive_change < -2.0  # 11 assertion words at -2 drown 2-3 at +2
+    assert by["sincerity rewording"].median_positive_change_answer == pytest.approx(0.0)
+    assert by["both"].median_positive_change_answer == pytest.approx(0.0)
+    assert by["told it is monitored"].median_positive_change_answer is None  # the answer's tokens are all there
+    assert by["unmodified"].median_positive_change_answer is None
+    plain = measure(lambda ds: score(ds).aggregate, items, "dec", "deception", 1.0, True, "test")
+    assert all(r.median_positive_change_answer is None for r in plain.results)  # no token scores: not measured
 
 
 def test_balanced_sample_takes_each_kind_in_turn():

@@ -20,7 +20,7 @@ from probewatch.training.pipeline import TrainConfig, train
 from probewatch.training.report_sources import ConfigScore
 from probewatch.training.stage_sweep import SweepOutcome
 from probewatch.training.sweep import SweepRow
-from tests.training.helpers import write_synthetic
+from tests.training.helpers import write_synthetic, write_two_sources
 
 
 def _row(heldout: float | None) -> SweepRow:
@@ -208,16 +208,11 @@ def test_train_with_two_sources_judges_the_concat_on_held_out_sources_and_the_re
     win (forced here) is only half the decision: `choose_layers` fits the concat on the same source folds, ships
     it only where the held-out-source rule prefers it, and report.json keeps both probes' fold scores;
     `probewatch bench selection` (training/replay.py) replays the same decision from the report."""
-    from probewatch.data.dialogue import write_dialogues
     from probewatch.training.replay import replay_selection
-    from tests.training.helpers import control_dialogues, synthetic_dialogues
 
     monkeypatch.setattr(multilayer, "SHIP_MARGIN", -1.0)
     monkeypatch.setattr(multilayer, "WORST_MARGIN", 1.0)
-    a, b, control = tmp_path / "written.jsonl", tmp_path / "public.jsonl", tmp_path / "control.jsonl"
-    write_dialogues(a, synthetic_dialogues(n_groups=20, kinds=("ka", "kb"), seed=0))
-    write_dialogues(b, synthetic_dialogues(n_groups=20, kinds=("kc", "kd"), seed=1))
-    write_dialogues(control, control_dialogues())
+    a, b, control = write_two_sources(tmp_path)
     result = train(
         TrainConfig(
             behaviour="deception",

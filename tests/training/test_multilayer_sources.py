@@ -5,6 +5,8 @@ direction and noise, so the two weak layers together read the label better on ev
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -75,15 +77,6 @@ def test_a_concat_that_reads_more_of_the_label_on_every_source_ships(three_layer
 
 def test_without_two_sources_there_is_no_source_check(three_layers):
     pool, layer_data, cal = three_layers
-    one = PoolArrays(
-        pool.labels,
-        pool.groups,
-        pool.kinds,
-        pool.fit_idx,
-        pool.val_idx,
-        pool.test_idx,
-        (),
-        np.array(["a"] * len(pool.labels), dtype=object),
-    )
+    one = replace(pool, sources=np.array(["a"] * len(pool.labels), dtype=object))
     single = ConfigScore({"layer": 1}, 0.8, 0.8, {})
     assert concat_on_sources(_multi([1, 2]), _row(1, 0.80), single, one, layer_data, cal, SETTINGS) is None

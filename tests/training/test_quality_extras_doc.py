@@ -39,6 +39,9 @@ EVASION = [
              "flagged_negatives": 0.0, "mean_positive": 3.0, "median_positive_change": None},
             {"condition": "told it is monitored", "n_positive": 40, "n_negative": 40, "auroc": 0.99, "recall": 0.625,
              "flagged_negatives": 0.05, "mean_positive": 1.0, "median_positive_change": -1.59},
+            {"condition": "sincerity rewording", "n_positive": 40, "n_negative": 40, "auroc": 0.9, "recall": 0.075,
+             "flagged_negatives": 0.0, "mean_positive": 0.5, "median_positive_change": -0.76,
+             "median_positive_change_answer": 0.364},
         ],
     }
 ]  # fmt: skip
@@ -71,8 +74,9 @@ def test_family_and_evasion_sections_render_exact_cells():
     assert "| omission | lie_by_omission | 12 | 0.950 | 0.900 | n/a |" in text
     assert "| **held-out kind (mean)** |  |  |  | 0.810 | 0.860 |" in text
     assert "Skipped (too little data): sycophancy." in text
-    assert "| `refusal` | told it is monitored | 40 / 40 | 0.990 | 0.62 | 5% | -1.59 |" in text
-    assert "| `refusal` | unmodified | 40 / 40 | 1.000 | 1.00 | 0% | — |" in text
+    assert "| `refusal` | told it is monitored | 40 / 40 | 0.990 | 0.62 | 5% | -1.59 | — |" in text
+    assert "| `refusal` | unmodified | 40 / 40 | 1.000 | 1.00 | 0% | — | — |" in text
+    assert "| `refusal` | sincerity rewording | 40 / 40 | 0.900 | 0.07 | 0% | -0.76 | +0.36 |" in text
     assert "Items: `refusal`: x. For the monitoring-cue probes" in text
     assert [r["type"] for r in family_rows(FAMILY)][-2:] == ["**whole test split**", "**held-out kind (mean)**"]
     assert "(threshold 0.42, set by hard negatives)." in text  # no transfer limit: no word of it

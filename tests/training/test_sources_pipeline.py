@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from probewatch.bundle_index import shipped_root
-from probewatch.data.dialogue import Dialogue, Message, write_dialogues
+from probewatch.data.dialogue import Dialogue, Message
 from probewatch.jsonio import dumps
 from probewatch.training.pipeline import TrainConfig, train
 from probewatch.training.quality_doc import RunInfo, render_markdown
 from probewatch.training.report import TrainReport
-from tests.training.helpers import control_dialogues, synthetic_dialogues
+from tests.training.helpers import write_two_sources
 
 RUN = RunInfo("tiny-model", "pwfp1:" + "0" * 32, 4, 64, 90.0, "2026-12-01 00:00 UTC", 2, "x86_64")
 
@@ -35,10 +35,7 @@ def _negatives_lean_positive(dialogues: list[Dialogue]) -> list[Dialogue]:
 @pytest.fixture(scope="module")
 def two_source_report(tiny_loaded, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sources")
-    a, b, control = tmp / "written.jsonl", tmp / "public.jsonl", tmp / "control.jsonl"
-    write_dialogues(a, synthetic_dialogues(n_groups=20, kinds=("ka", "kb"), seed=0))
-    write_dialogues(b, _negatives_lean_positive(synthetic_dialogues(n_groups=20, kinds=("kc", "kd"), seed=1)))
-    write_dialogues(control, control_dialogues())
+    a, b, control = write_two_sources(tmp, _negatives_lean_positive)
     result = train(
         TrainConfig(
             behaviour="deception",
