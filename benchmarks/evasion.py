@@ -79,6 +79,10 @@ def evaluate_bundles(
             return Scored(aggregates, [np.asarray(r.token_scores[probe_id]) for r in done])
 
         spec = manifest.aggregation  # an attention probe pools (a, v) pairs: its token values alone cannot be re-pooled
+
+        def pool(tokens: np.ndarray, spec: Any = spec) -> float:
+            return aggregate(tokens, spec)
+
         report = measure(
             score,
             dialogues,
@@ -87,7 +91,7 @@ def evaluate_bundles(
             manifest.threshold.value,
             reads_response=manifest.token_selection != "prompt_last",
             data=where,
-            pool=None if spec.method == ATTENTION else (lambda t, spec=spec: aggregate(t, spec)),
+            pool=None if spec.method == ATTENTION else pool,
         )
         reports.append(report.to_json())
     return reports

@@ -131,6 +131,8 @@ def lines_of(replay: Any) -> list[str]:
         if replay.concat_check is not None:
             c = replay.concat_check
             lines.append(f"    on held-out sources: concat {_config_line(c.concat)} vs single {_config_line(c.single)}")
+            for name, (change, low, high) in sorted(c.losses.items()):
+                lines.append(f"    concat below single on {name}: {change:+.3f} (95% CI {low:+.3f} to {high:+.3f})")
     if replay.nested is not None:
         n = replay.nested
         lines.append(f"  nested: mean {n.mean:.3f}, worst {n.worst:.3f} ({n.worst_source}), gap {n.optimism_gap:+.3f}")

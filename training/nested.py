@@ -153,14 +153,23 @@ def folds_without(pool: PoolArrays, outer: str | None) -> tuple[str, list[Fold]]
     return basis, folds
 
 
-def unit_auroc(scores: np.ndarray, labels: np.ndarray, test: np.ndarray, control: np.ndarray) -> float | None:
-    """AUROC on a unit's examples; positives against the control scores when it has no negatives."""
+def unit_items(
+    scores: np.ndarray, labels: np.ndarray, test: np.ndarray, control: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scores, labels) a unit is judged on: its examples, or its positives against the control scores when it
+    has no negatives; None without positives or with a non-finite score."""
     s, y = scores[test], labels[test]
     if not np.all(np.isfinite(s)) or not (y == 1).any():
         return None
     if (y == 0).any():
-        return auroc(s, y)
-    return auroc(np.concatenate([s, control]), np.r_[np.ones(len(s)), np.zeros(len(control))])
+        return s, y
+    return np.concatenate([s, control]), np.r_[np.ones(len(s)), np.zeros(len(control))]
+
+
+def unit_auroc(scores: np.ndarray, labels: np.ndarray, test: np.ndarray, control: np.ndarray) -> float | None:
+    """AUROC on a unit's examples; positives against the control scores when it has no negatives."""
+    items = unit_items(scores, labels, test, control)
+    return None if items is None else auroc(*items)
 
 
 # -- fitting, planned by layer ------------------------------------------------------------------------------

@@ -346,7 +346,13 @@ def _multi_layer_view(ml: dict[str, Any] | None) -> dict[str, Any] | None:
         "best_both": both_sides(b),
         "concat_both": both_sides(concat),
         "sources": ml.get("heldout_source"),  # the concat on the held-out-source folds (multilayer_sources)
+        "losses": _losses_text((ml.get("heldout_source") or {}).get("losses") or {}),
     }
+
+
+def _losses_text(losses: Mapping[str, list[float]]) -> str:
+    """'greenblatt_prompts -0.043 (95% CI -0.101 to +0.016)': where the concat scored below the single probe."""
+    return ", ".join(f"{name} {d:+.3f} (95% CI {lo:+.3f} to {hi:+.3f})" for name, (d, lo, hi) in sorted(losses.items()))
 
 
 # -- SAE-feature probes ----------------------------------------------------------------------------------

@@ -127,9 +127,7 @@ def replay_selection(
             replay.concat_recorded = bool(multi.get("shipped"))
             replay.concat_now = ship_concat(multi, chosen)
             if replay.concat_now:
-                check = concat_on_sources(
-                    multi, chosen, now.chosen, splits.pool, layer_data, splits.control_cal, settings
-                )
+                check = concat_on_sources(multi, chosen, splits.pool, layer_data, splits.control_cal, settings)
                 replay.concat_check = check
                 replay.concat_now = check is None or check.holds
     return replay

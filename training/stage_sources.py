@@ -117,11 +117,10 @@ def concat_check(
     probe (None where no held-out-source choice was made)."""
     if outcome.selection is None or outcome.selection.basis != "heldout_source":
         return None
-    single = outcome.selection.chosen
 
     def check(multi: Mapping[str, Any], chosen: SweepRow) -> SourceCheck | None:
         return concat_on_sources(
-            multi, chosen, single, splits.pool, pool_and_control(acts), splits.control_cal, settings_of(config)
+            multi, chosen, splits.pool, pool_and_control(acts), splits.control_cal, settings_of(config)
         )
 
     return check

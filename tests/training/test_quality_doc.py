@@ -174,11 +174,13 @@ def test_quality_markdown_gives_the_multi_layer_decision_on_held_out_sources(dec
     single = {"config": {"layer": 2}, "mean": 0.7012, "worst": 0.6013, "folds": {}}
     concat = {"config": {"layers": [1, 3]}, "mean": 0.7234, "worst": 0.5512, "folds": {}}
     report["multi_layer"] |= {"layers": [1, 3], "shipped": False}
-    report["multi_layer"]["heldout_source"] = {"single": single, "concat": concat, "holds": False}
+    losses = {"pub": [-0.0501, -0.1012, 0.0163]}
+    report["multi_layer"]["heldout_source"] = {"single": single, "concat": concat, "holds": False, "losses": losses}
     text = render_markdown({"deception": report}, {}, RUN)
     assert (
         "on the held-out-source folds that chose the single-layer probe (fitted on the other sources; mean / worst):"
-        " single 0.701 / 0.601, concatenated 0.723 / 0.551, so the held-out-source rule keeps the single layer;"
+        " single 0.701 / 0.601, concatenated 0.723 / 0.551, so the held-out-source rule keeps the single layer"
+        " (where the concatenated probe scores lower, the paired change: pub -0.050 (95% CI -0.101 to +0.016));"
         " one layer is shipped" in text
     )
     report["multi_layer"] |= {"shipped": True, "heldout_source": {"single": single, "concat": concat, "holds": True}}
