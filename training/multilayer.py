@@ -297,6 +297,20 @@ class MultiLayerActivations:
         return self._joined
 
 
+def concat_decision(
+    multi: Mapping[str, Any] | None,
+    chosen: SweepRow,
+    on_sources: Callable[[Mapping[str, Any], SweepRow], Any] | None = None,
+) -> tuple[bool, Any]:
+    """(whether the concat ships, the held-out-source check or None): `ship_concat`, then, where it holds and a
+    source choice was made, the check's verdict. One place for the rule `choose_layers` applies and
+    `probewatch bench selection` replays."""
+    if not ship_concat(multi, chosen):
+        return False, None
+    check = on_sources(multi, chosen) if (on_sources is not None and multi) else None
+    return (True if check is None else bool(check.holds)), check
+
+
 def choose_layers(
     sweep: Any, acts: Any, on_sources: Callable[[Mapping[str, Any], SweepRow], Any] | None = None
 ) -> tuple[Any, list[int] | None]:
@@ -308,12 +322,9 @@ def choose_layers(
     they were (and "shipped" False when a comparison was made). The source check is kept in
     `multi_layer["heldout_source"]`."""
     multi = sweep.multi_layer
-    ships = ship_concat(multi, sweep.chosen)
-    if ships and on_sources is not None:
-        check = on_sources(multi, sweep.chosen)
-        if check is not None:
-            multi["heldout_source"] = check.to_json()
-            ships = check.holds
+    ships, check = concat_decision(multi, sweep.chosen, on_sources)
+    if check is not None:
+        multi["heldout_source"] = check.to_json()
     if not ships:
         if multi:
             multi["shipped"] = False

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from probewatch.training.multilayer import ship_concat
+from probewatch.training.multilayer import concat_decision
 from probewatch.training.multilayer_sources import SourceCheck, concat_on_sources
 from probewatch.training.nested import FoldScorer, config_of, nested_estimate, select_by_source
 from probewatch.training.report_sources import ConfigScore, NestedEstimate, SourceSelection
@@ -124,10 +124,10 @@ def replay_selection(
     if multi and now is not None:
         chosen = next((r for r in rows if config_of(r) == now.chosen.config), None)
         if chosen is not None:  # the multi-layer decision on today's choice, as `multilayer.choose_layers` makes it
+
+            def on_sources(multi: Any, chosen: SweepRow) -> SourceCheck | None:
+                return concat_on_sources(multi, chosen, splits.pool, layer_data, splits.control_cal, settings)
+
             replay.concat_recorded = bool(multi.get("shipped"))
-            replay.concat_now = ship_concat(multi, chosen)
-            if replay.concat_now:
-                check = concat_on_sources(multi, chosen, splits.pool, layer_data, splits.control_cal, settings)
-                replay.concat_check = check
-                replay.concat_now = check is None or check.holds
+            replay.concat_now, replay.concat_check = concat_decision(multi, chosen, on_sources)
     return replay
