@@ -118,6 +118,8 @@ def _ships(shipped: bool | None) -> str:
 
 
 def lines_of(replay: Any) -> list[str]:
+    from probewatch.training.multilayer_sources import loss_text
+
     now = replay.now
     mark = "CHANGED" if replay.changed else "same"
     lines = [f"{replay.probe_id}: {mark}", f"  recorded  {_config_line(replay.recorded)}"]
@@ -131,8 +133,7 @@ def lines_of(replay: Any) -> list[str]:
         if replay.concat_check is not None:
             c = replay.concat_check
             lines.append(f"    on held-out sources: concat {_config_line(c.concat)} vs single {_config_line(c.single)}")
-            for name, (change, low, high) in sorted(c.losses.items()):
-                lines.append(f"    concat below single on {name}: {change:+.3f} (95% CI {low:+.3f} to {high:+.3f})")
+            lines += [f"    concat below single on {loss_text(n, loss)}" for n, loss in sorted(c.losses.items())]
     if replay.nested is not None:
         n = replay.nested
         lines.append(f"  nested: mean {n.mean:.3f}, worst {n.worst:.3f} ({n.worst_source}), gap {n.optimism_gap:+.3f}")

@@ -43,7 +43,7 @@ from probewatch.training.nested import (
 from probewatch.training.report_sources import ConfigScore
 from probewatch.training.sweep import PoolArrays, SweepRow
 
-__all__ = ["SourceCheck", "concat_on_sources", "fold_losses"]
+__all__ = ["SourceCheck", "concat_on_sources", "fold_losses", "loss_text"]
 
 
 @dataclass
@@ -128,3 +128,10 @@ def fold_losses(
         if delta is not None:
             out[fold.name] = delta
     return out
+
+
+def loss_text(name: str, loss: list[float]) -> str:
+    """'greenblatt_prompts -0.043 (95% CI -0.092 to +0.004)': one of `SourceCheck.losses`, as the docs and
+    `probewatch bench selection` print it."""
+    change, low, high = loss
+    return f"{name} {change:+.3f} (95% CI {low:+.3f} to {high:+.3f})"

@@ -24,6 +24,7 @@ import numpy as np
 from probewatch.behaviours import DEFAULT_PROBE_IDS
 from probewatch.training.calibration import MAX_FLAGGED_NEGATIVES, MIN_RECALL
 from probewatch.training.estimators import C_METHODS
+from probewatch.training.multilayer_sources import loss_text
 from probewatch.training.plots import layer_view, sweep_mode
 from probewatch.training.quality_changes import CHANGE_HELPERS
 from probewatch.training.quality_extras_doc import EXTRA_HELPERS
@@ -352,7 +353,7 @@ def _multi_layer_view(ml: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _losses_text(losses: Mapping[str, list[float]]) -> str:
     """'greenblatt_prompts -0.043 (95% CI -0.101 to +0.016)': where the concat scored below the single probe."""
-    return ", ".join(f"{name} {d:+.3f} (95% CI {lo:+.3f} to {hi:+.3f})" for name, (d, lo, hi) in sorted(losses.items()))
+    return ", ".join(loss_text(name, loss) for name, loss in sorted(losses.items()))
 
 
 # -- SAE-feature probes ----------------------------------------------------------------------------------
