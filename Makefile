@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 PIP := python -m pip install -q --disable-pip-version-check
 
 .PHONY: setup demo test check lint typecheck lock test-latest test-compat bench bench-capture bench-quality \
-	bench-overhead bench-ingest bench-vllm bench-soak bench-review bench-evasion bench-selection bench-threshold bench-augmentation review-screenshots sae proto clean \
+	bench-overhead bench-ingest bench-vllm bench-soak bench-review bench-evasion bench-selection bench-threshold bench-augmentation bench-multiple-choice review-screenshots sae proto clean \
 	vllm-venv test-vllm lock-vllm test-vllm-contract
 
 setup: $(VENV)/.installed
@@ -177,6 +177,13 @@ bench-threshold: setup
 AUGMENTATION_ARGS ?=
 bench-augmentation: setup
 	$(BIN)/probewatch bench augmentation $(AUGMENTATION_ARGS)
+
+# Multiple-choice answers: a probe fitted on one-sentence beliefs, scored on multiple-choice items of held-out
+# belief pairs by the answer letter's tokens vs the option the letter names (probes/answer_option.py), in two
+# layouts; runs/bench-multiple-choice.json + .png (~2 min).
+MULTIPLE_CHOICE_ARGS ?=
+bench-multiple-choice: setup
+	$(BIN)/probewatch bench multiple-choice $(MULTIPLE_CHOICE_ARGS)
 
 # Retrain the shipped SAE (layer 15, TopK 3072, k=32; ~30 min on 2 CPU cores, activations cached
 # under PROBEWATCH_HOME) and refit the SAE-feature probes into PROBEWATCH_HOME/bundles (docs/sae.md).

@@ -3,7 +3,8 @@
     add_cli_args(parser: argparse.ArgumentParser) -> None   # every flag, the common ones included
     main(args: argparse.Namespace) -> int                   # the exit status
 
-capture, overhead, ingest, vllm, soak, review, quality, evasion, selection; `probewatch.cli.bench_cmd` maps the subcommand
+capture, overhead, ingest, vllm, soak, review, quality, evasion, selection, threshold, augmentation,
+multiple-choice; `probewatch.cli.bench_cmd` maps the subcommand
 names to these modules. Shared pieces live in
 `harness` (common flags, the sidecar process, /metrics scraping, timing, the JSON report and the
 --json last stdout line); synthetic probe bundles come from `probewatch.probes.synthetic`. Helper

@@ -1,4 +1,4 @@
-"""`probewatch bench quality|overhead|ingest|soak|capture|vllm|review|evasion`: slow quality, speed and robustness checks.
+"""`probewatch bench <name>`: slow quality, speed and robustness checks (one module per benchmark).
 
 A registry of subcommand -> benchmark module (`probewatch.benchmarks.<name>`); every module follows
 one contract, `add_cli_args(parser)` and `main(args) -> int` (see `probewatch.benchmarks`), so this
@@ -57,6 +57,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "augmentation": (
         "probewatch.benchmarks.augmentation",
         "a probe fitted with and without sincerity copies, scored under assertions it never saw",
+    ),
+    "multiple-choice": (
+        "probewatch.benchmarks.multiple_choice",
+        "multiple-choice answers: a probe on the answer letter vs on the option it names (probes/answer_option.py)",
     ),
 }
 

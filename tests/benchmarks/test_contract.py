@@ -29,6 +29,7 @@ NAMES = (
     "selection",
     "threshold",
     "augmentation",
+    "multiple-choice",
 )
 
 
