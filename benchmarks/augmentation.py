@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from probewatch.arguments import add_data_dir_arg, layer_list
-from probewatch.benchmarks.harness import add_common_args, command_line, emit
+from probewatch.benchmarks.harness import add_common_args, command_line, emit, save_plot
 
 DEFAULT_OUT = Path("runs/bench-augmentation.json")
 LONG_KINDS = ("long_transcript", "long_generated", "af_long")
@@ -200,10 +200,7 @@ def plot(result: dict[str, Any], out: Path) -> Path:
         fontsize=10,
     )
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    path = out.with_suffix(".png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_plot(fig, out)
 
 
 def lines(result: dict[str, Any]) -> list[str]:

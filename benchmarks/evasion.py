@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from probewatch.behaviours import BEHAVIOURS  # every behaviour has its evasion instruction (training/evasion.py)
-from probewatch.benchmarks.harness import add_common_args, emit
+from probewatch.benchmarks.harness import add_common_args, emit, save_plot
 
 DEFAULT_OUT = Path("runs/bench-evasion.json")
 
@@ -133,10 +133,7 @@ def plot(reports: list[dict[str, Any]], out: Path) -> Path:
     ax.set_title("Evasion: recall per condition (same items, teacher-forced answers)")
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    path = out.with_suffix(".png")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_plot(fig, out)
 
 
 def _order(condition: str) -> tuple[int, str]:

@@ -53,6 +53,17 @@ def emit(result: dict[str, Any], as_json: bool, lines: Sequence[str], report: Pa
         print_json(result)
 
 
+def save_plot(fig: Any, out: Path, dpi: int = 120) -> Path:
+    """Save a matplotlib figure next to the JSON report `out` (same name, .png), close it, return its path."""
+    import matplotlib.pyplot as plt
+
+    path = out.with_suffix(".png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def finish_drift_check(
     name: str, key: str, noun: str, results: list[dict[str, Any]], lines: list[str], args: Any
 ) -> int:

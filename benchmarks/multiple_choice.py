@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from probewatch.arguments import add_data_dir_arg
-from probewatch.benchmarks.harness import add_common_args, command_line, emit
+from probewatch.benchmarks.harness import add_common_args, command_line, emit, save_plot
 
 __all__ = ["FORMATS", "READINGS", "add_cli_args", "anthropic_style", "main", "measure", "plot"]
 
@@ -171,11 +171,7 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     ax.set_title(f"multiple-choice answers: what the probe reads (layer {result['layer']})")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    path = out.with_suffix(".png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_plot(fig, out)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from probewatch.benchmarks.harness import add_common_args
+from probewatch.benchmarks.harness import add_common_args, save_plot
 
 BUDGET_MS = 300.0
 FIRST_PAGE_BUDGET_MS = 500.0
@@ -228,11 +228,7 @@ def _plot(result: dict, out: Path) -> Path:
     ax.set_title(f"probewatch review with {result['incidents']} incidents ({result['backend']})")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    png = out.with_suffix(".png")
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return png
+    return save_plot(fig, out)
 
 
 def _first_incident_page(store, incident_id: int) -> float:
