@@ -20,6 +20,7 @@ from probewatch.metrics import auroc
 from probewatch.probes.manifest import Aggregation
 from probewatch.training.family import DECEPTION_TYPES, FamilyFit, fit_family
 from probewatch.training.features import LayerData
+from probewatch.training.metrics import flagged_share
 from probewatch.training.report_sources import omit_unset
 from probewatch.training.sweep import PoolArrays, ProbeSpec
 
@@ -36,8 +37,8 @@ def _at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, f
     pos, neg = scores[labels == 1], scores[labels == 0]
     return {
         "threshold": float(threshold),
-        "recall": float((pos >= threshold).mean()) if pos.size else None,
-        "fpr_negatives": float((neg >= threshold).mean()) if neg.size else None,
+        "recall": flagged_share(pos, threshold),
+        "fpr_negatives": flagged_share(neg, threshold),
     }
 
 

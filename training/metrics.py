@@ -15,6 +15,13 @@ import numpy as np
 from probewatch.metrics import Labels, Scores, auroc, recall_at_threshold, threshold_at_fpr
 
 
+def flagged_share(scores: Scores, threshold: float) -> float | None:
+    """The share of `scores` at or above `threshold` (alerts fire at >=, as live); None when there are none.
+    Recall on positives, flagged share on negatives or control traffic: one rule for every report."""
+    s = np.asarray(scores, dtype=np.float64)
+    return float((s >= threshold).mean()) if s.size else None
+
+
 def detection_metrics(
     scores: Scores, labels: Labels, control_scores: Scores | None = None, fpr: float = 0.01
 ) -> dict[str, Any]:
@@ -40,5 +47,5 @@ def detection_metrics(
     out["threshold_source"] = source
     if threshold is not None:
         out["recall_at_fpr"] = recall_at_threshold(pos, threshold) if pos.size else None
-        out["fpr_on_negatives"] = float((neg >= threshold).mean()) if neg.size else None
+        out["fpr_on_negatives"] = flagged_share(neg, threshold)
     return out

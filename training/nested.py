@@ -45,6 +45,7 @@ from probewatch.training.calibration import (
     transfer_rate,
 )
 from probewatch.training.features import LayerData, score_all
+from probewatch.training.metrics import flagged_share
 from probewatch.training.report_sources import (
     VAL_MARGIN,
     ConfigScore,
@@ -458,8 +459,8 @@ def _flagged_at(
     """(recall, flagged negatives) on a held-out source's test items (`test`, labels `y`) and flagged held-out
     control at threshold `t`, from a fold's pool scores `s` and control scores `c`."""
     return (
-        float((s[test][y == 1] >= t).mean()) if (y == 1).any() else None,
-        float((s[test][y == 0] >= t).mean()) if (y == 0).any() else None,
+        flagged_share(s[test][y == 1], t),
+        flagged_share(s[test][y == 0], t),
         float((c[control_held] >= t).mean()),
     )
 

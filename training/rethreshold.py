@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from probewatch.training.calibration import OperatingPoint
+from probewatch.training.metrics import flagged_share
 from probewatch.training.replay import config_from_report, require_model
 from probewatch.training.stage_activations import splits_of
 from probewatch.training.stage_data import prepare_data
@@ -57,10 +58,6 @@ class Rethreshold:
     def changed(self) -> bool:
         a, b = self.recorded.threshold, self.now.threshold
         return not math.isclose(a, b, rel_tol=SAME, abs_tol=SAME)
-
-
-def _share(scores: np.ndarray, threshold: float) -> float | None:
-    return float((scores >= threshold).mean()) if scores.size else None
 
 
 def rethreshold(
@@ -107,9 +104,9 @@ def rethreshold(
     def at(threshold: float) -> AtThreshold:
         return AtThreshold(
             threshold=float(threshold),
-            calibration_recall=_share(scores[positives], threshold),
-            test_recall=_share(scores[test_idx][y == 1], threshold),
-            test_flagged_negatives=_share(scores[test_idx][y == 0], threshold),
+            calibration_recall=flagged_share(scores[positives], threshold),
+            test_recall=flagged_share(scores[test_idx][y == 1], threshold),
+            test_flagged_negatives=flagged_share(scores[test_idx][y == 0], threshold),
             control_heldout_flagged=float((control[splits.control_held] >= threshold).mean()),
         )
 

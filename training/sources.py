@@ -21,6 +21,7 @@ import numpy as np
 
 from probewatch.data.dialogue import Dialogue
 from probewatch.training.datasets.refusal_formats import FORMATS, kind_of
+from probewatch.training.metrics import flagged_share
 
 META_KEY = "data_source"
 
@@ -158,8 +159,8 @@ def per_source_at_threshold(
         sel = src == name
         pos, neg = s[sel & (y == 1)], s[sel & (y != 1)]
         out[str(name)] = SourceAtThreshold(
-            recall=float((pos >= threshold).mean()) if pos.size else None,
-            fpr_negatives=float((neg >= threshold).mean()) if neg.size else None,
+            recall=flagged_share(pos, threshold),
+            fpr_negatives=flagged_share(neg, threshold),
             n_pos=int(pos.size),
             n_neg=int(neg.size),
         )

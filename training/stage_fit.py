@@ -12,7 +12,7 @@ from probewatch.training.attention_sweep import probe_scorer
 from probewatch.training.calibration import OperatingPoint, operating_point, platt_fit
 from probewatch.training.datasets import BehaviourData
 from probewatch.training.estimators import C_METHODS
-from probewatch.training.metrics import detection_metrics
+from probewatch.training.metrics import detection_metrics, flagged_share
 from probewatch.training.report import AtThreshold, ControlKindOperating, KindOperating, Metrics, OperatingSummary
 from probewatch.training.stage_activations import Activations, Splits
 from probewatch.training.stage_sweep import SweepOutcome
@@ -117,8 +117,8 @@ def fit_final(
         ood_metrics[name] = detection_metrics(s, od_labels, control_scores[splits.control_cal], config.fpr)
         y = np.asarray(od_labels)
         ood_metrics[name]["at_shipped_threshold"] = {
-            "recall": float((s[y == 1] >= threshold).mean()) if (y == 1).any() else None,
-            "fpr_negatives": float((s[y == 0] >= threshold).mean()) if (y == 0).any() else None,
+            "recall": flagged_share(s[y == 1], threshold),
+            "fpr_negatives": flagged_share(s[y == 0], threshold),
         }
     heldout = heldout_kind_recall(
         spec, ld, pool, control_ld.subset(splits.control_cal), config.fpr, config.seed, config.balance_kinds, base
@@ -180,8 +180,8 @@ def operating_summary(
         held = splits.control_held
         return AtThreshold(
             threshold=float(t),
-            recall=float((s[y == 1] >= t).mean()) if (y == 1).any() else None,
-            fpr_negatives=float((s[y == 0] >= t).mean()) if (y == 0).any() else None,
+            recall=flagged_share(s[y == 1], t),
+            fpr_negatives=flagged_share(s[y == 0], t),
             fpr_control_heldout=float((control_scores[held] >= t).mean()),
         )
 

@@ -11,7 +11,7 @@ from probewatch.probes.aggregate import aggregate
 from probewatch.probes.manifest import Aggregation
 from probewatch.training.calibration import CalibrationError, calibrated_threshold, platt_fit
 from probewatch.training.features import LayerData, aggregate_segments, training_matrix
-from probewatch.training.metrics import detection_metrics
+from probewatch.training.metrics import detection_metrics, flagged_share
 from probewatch.training.splits import SplitError, check_disjoint, grouped_split, leave_one_kind_out
 
 
@@ -77,6 +77,12 @@ def test_eval_metrics_equal_scikit_learn_on_fixed_inputs():
     )
     assert mc["threshold_source"] == "control"
     assert mc["recall_at_fpr"] == pytest.approx(tpr_c[fpr_c <= 0.01].max(), abs=1e-12)
+
+
+def test_flagged_share_counts_scores_at_the_threshold_as_flagged_and_none_for_no_scores():
+    scores = np.array([0.5, 1.0, 1.0, 2.0])
+    assert flagged_share(scores, 1.0) == 0.75  # >= as live alerts: a score equal to the threshold fires
+    assert flagged_share(scores, 2.5) == 0.0 and flagged_share([], 0.0) is None
 
 
 def test_platt_matches_sklearn_on_overlapping_scores_and_stays_finite_when_separable():
