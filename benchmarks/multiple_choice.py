@@ -10,6 +10,10 @@ pairs is held out in turn:
 - **the answer's tokens** (what the shipped probe reads today): the letter;
 - **the chosen option**: the prompt tokens of the option the letter names (`probes/answer_option.py`);
 - **chosen minus the others**: that, less the mean over the other options (the question cancels out).
+Then the shipped `deception` bundle, as it is (no fitting), on CAA's held-out sycophancy A/B items (its
+out-of-distribution set, answered "I would choose (A)."): there the behaviour is the option's relation to the
+user's stated view, not anything the option's text says, so reading the option should not help, and a gain
+there would say the rule or the bundle reads something else.
 AUROC per reading and format, as JSON and a bar plot. Both sides of every item are the same prompt; only the
 letter differs, so the answer's tokens can only separate them through what the model made of the letter.
 """
@@ -27,6 +31,7 @@ from probewatch.benchmarks.harness import add_common_args, command_line, emit, s
 __all__ = ["FORMATS", "READINGS", "add_cli_args", "anthropic_style", "main", "measure", "plot"]
 
 DEFAULT_OUT = Path("runs/bench-multiple-choice.json")
+SYCOPHANCY = "sycophancy_caa (deception probe)"
 READINGS = ("answer tokens", "chosen option", "chosen minus others")
 FORMATS = ("eval_choice prompt", "Choices / Answer layout")
 ANTHROPIC_PROMPT = (
@@ -40,6 +45,13 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer", type=int, default=21, help="residual layer (default 21, the shipped probe's)")
     parser.add_argument("--C", type=float, default=0.1, help="logistic regularisation (default 0.1, the shipped C)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report (+ .png); default {DEFAULT_OUT}")
+    parser.add_argument(
+        "--bundles",
+        type=Path,
+        default=Path("probes/shipped/smollm2-135m-instruct"),
+        help="shipped bundles folder: its `deception` bundle scores CAA's sycophancy A/B items",
+    )
+    parser.add_argument("--no-sycophancy", action="store_true", help="skip the sycophancy A/B items")
     parser.add_argument(
         "--pairs", type=int, default=None, help="use the first N belief pairs only (a quick run; default all 20)"
     )
@@ -66,8 +78,9 @@ def anthropic_style(choice_items: Sequence[Any]) -> list[Any]:
     return out
 
 
-def _features(loaded: Any, dialogues: Sequence[Any], layer: int, progress: bool) -> list[dict[str, Any]]:
-    """Per dialogue: the mean residual of its answer's tokens and, for a multiple-choice answer, of each option."""
+def _features(loaded: Any, dialogues: Sequence[Any], layers: Sequence[int], progress: bool) -> list[dict[str, Any]]:
+    """Per dialogue: the mean residual (`layers` side by side, as a multi-layer bundle reads them) of its answer's
+    tokens and, for a multiple-choice answer, of each option."""
     import numpy as np
     import torch
     from tqdm.auto import tqdm
@@ -82,7 +95,8 @@ def _features(loaded: Any, dialogues: Sequence[Any], layer: int, progress: bool)
         enc = encode_dialogue(tok, d)
         ids = torch.tensor([enc.input_ids])
         with torch.no_grad():
-            h = run_forward(loaded.model, [layer], ids)[layer][0].float().numpy()
+            hs = run_forward(loaded.model, list(layers), ids)
+        h = np.concatenate([hs[layer][0].float().numpy() for layer in layers], axis=1)
         scored = np.asarray(enc.scored, dtype=bool)
         item: dict[str, Any] = {"answer": h[scored].mean(axis=0)}
         pieces = [tok.decode([i]) for i in enc.input_ids]
@@ -117,12 +131,12 @@ def measure(
     beliefs = [d for d in data.pool if d.kind == "eval_statement" and kept(d)]
     choices = [d for d in data.pool if d.kind == "eval_choice" and kept(d)]
     formats = {FORMATS[0]: choices, FORMATS[1]: anthropic_style(choices)}
-    fb = _features(loaded, beliefs, layer, progress)
+    fb = _features(loaded, beliefs, [layer], progress)
     pair = np.array([pair_of(d) for d in beliefs])
     y_b = np.array([d.label for d in beliefs])
     result: dict[str, Any] = {"layer": layer, "C": C, "n_belief_items": len(beliefs), "formats": {}}
     for name, items in formats.items():
-        feats = _features(loaded, items, layer, progress)
+        feats = _features(loaded, items, [layer], progress)
         parsed = sum("chosen" in f for f in feats)
         if parsed != len(items):
             raise RuntimeError(f"{name}: the answer rule found the option of {parsed} of {len(items)} items")
@@ -149,27 +163,56 @@ def measure(
     return result
 
 
+def bundle_readings(loaded: Any, bundle_dir: Path, items: Sequence[Any], progress: bool = True) -> dict[str, Any]:
+    """A shipped linear bundle's AUROC on multiple-choice `items` by each reading (no fitting: its own weights)."""
+    import numpy as np
+
+    from probewatch.metrics import auroc
+    from probewatch.probes.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir, expected_fingerprint=loaded.fingerprint)
+    w, b = bundle.linear_form()
+    weight = w.numpy().astype(np.float64)
+    feats = _features(loaded, items, bundle.layers, progress)
+    kept = [i for i, f in enumerate(feats) if "chosen" in f]
+    y = np.array([items[i].label for i in kept])
+    answer = np.array([feats[i]["answer"] @ weight + b for i in kept])
+    chosen = np.array([feats[i]["chosen"] @ weight + b for i in kept])
+    others = np.array([np.mean([o @ weight + b for o in feats[i]["others"]]) for i in kept])
+    return {
+        "bundle": bundle.id,
+        "layers": bundle.layers,
+        "n": len(items),
+        "parsed": len(kept),
+        "example": {"prompt": items[0].messages[0].content[-300:], "reply": items[0].messages[1].content},
+        "auroc": dict(zip(READINGS, (auroc(answer, y), auroc(chosen, y), auroc(chosen - others, y)))),
+    }
+
+
 def plot(result: dict[str, Any], out: Path) -> Path:
     """Grouped bars: AUROC per reading, one group per format."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    names = list(result["formats"])
+    groups = {**result["formats"], **result.get("shipped", {})}
+    names = list(groups)
     fig, ax = plt.subplots(figsize=(7.0, 3.6))
     width = 0.8 / len(READINGS)
     for i, reading in enumerate(READINGS):
-        values = [result["formats"][n]["auroc"][reading] for n in names]
+        values = [groups[n]["auroc"][reading] for n in names]
         bars = ax.bar(np.arange(len(names)) + (i - 1) * width, values, width, label=reading)
         ax.bar_label(bars, fmt="%.2f", fontsize=8)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-    ax.set_xticks(np.arange(len(names)), names)
-    ax.set_ylim(0.0, 1.0)
-    ax.set_ylabel("AUROC (belief pairs held out)")
-    ax.set_title(f"multiple-choice answers: what the probe reads (layer {result['layer']})")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_xticks(np.arange(len(names)), [textwrap.fill(n, 22) for n in names], fontsize=8)
+    ax.set_ylim(0.0, 1.1)
+    ax.set_ylabel("AUROC")
+    ax.set_title("multiple-choice answers: what the probe reads")
+    ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
     fig.tight_layout()
     return save_plot(fig, out)
 
@@ -181,12 +224,22 @@ def main(args: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     loaded = load_model(args.model)
     result = measure(loaded, data_dir, args.layer, args.C, args.pairs, progress=not args.quiet)
+    if not args.no_sycophancy:
+        from probewatch.training.datasets.deception import sycophancy_ood
+
+        found = sycophancy_ood(data_dir)
+        if found is not None:
+            bundle_dir = args.bundles / "deception"
+            result["shipped"] = {SYCOPHANCY: bundle_readings(loaded, bundle_dir, found[0], progress=not args.quiet)}
     result["command"] = command_line("multiple-choice")
     result["plot"] = str(plot(result, args.out))
     lines = [f"multiple-choice answers, layer {args.layer} (AUROC, belief pairs held out):"]
     for name, f in result["formats"].items():
         cells = ", ".join(f"{r} {v:.3f}" for r, v in f["auroc"].items())
         lines.append(f"  {name} ({f['n']} items): {cells}")
+    for name, f in result.get("shipped", {}).items():
+        cells = ", ".join(f"{r} {v:.3f}" for r, v in f["auroc"].items())
+        lines.append(f"  {name}, shipped `{f['bundle']}` ({f['parsed']} of {f['n']} items parsed): {cells}")
     lines.append(f"report: {args.out}; plot: {result['plot']}")
     emit(result, args.json, lines, args.out)
     return 0

@@ -22,7 +22,8 @@ The rule, on the prompt (positions before `prompt_length`):
   block with two or more options is the question the reply answers;
 and on the reply (positions from `prompt_length` to `response_end`):
 - `(X)`, `[X]` or `X)` at its start; or X alone, with an optional `.` or `:`, as the whole reply; or X
-  after "answer", "option" or "choice" ("The answer is (B)", "Answer: B"). "A good question" is no
+  after "answer", "option" or "choice" ("The answer is (B)", "Answer: B") or after "I would choose",
+  "I pick", "I'd go with" and the like ("I would choose (A)."). "A good question" is no
   answer: a bare capital must be the whole reply, and lower-case letters never count.
 The chosen option's positions are the prompt tokens whose characters overlap its text.
 """
@@ -41,7 +42,10 @@ LETTERS = "ABCDEFGH"
 
 _SPECIAL = re.compile(r"<[|/]?[A-Za-z_][^<>\s]*>")
 _MARKER = re.compile(r"(?m)(?:^[ \t]*(?P<line>[A-H])[\).:]|[\(\[](?P<paren>[A-H])[\)\]])[ \t]*")
-_WORDS = r"(?i:(?:the\s+)?(?:correct\s+|best\s+|right\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:\-]?\s*)"
+_WORDS = (
+    r"(?i:(?:(?:the\s+)?(?:correct\s+|best\s+|right\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:\-]?"
+    r"|(?:i\s*(?:would|will|'d|'ll)?\s+)?(?:choose|chose|pick|select|go\s+with)(?:\s+option)?)\s*)"
+)
 _ANSWER = re.compile(
     r"^\s*(?:"
     r"[\(\[](?P<paren>[A-H])[\)\]]"

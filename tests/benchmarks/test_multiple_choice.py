@@ -29,7 +29,9 @@ def test_reading_the_chosen_option_separates_what_the_letter_cannot(reference, s
     parser = argparse.ArgumentParser()
     multiple_choice.add_cli_args(parser)
     out = tmp_path / "mc.json"
-    args = parser.parse_args(["--data-dir", str(shared_data), "--pairs", "4", "--out", str(out), "--quiet"])
+    args = parser.parse_args(
+        ["--data-dir", str(shared_data), "--pairs", "4", "--out", str(out), "--quiet", "--no-sycophancy"]
+    )
     assert multiple_choice.main(args) == 0
     report = json.loads(out.read_text())
     assert report["n_belief_items"] == 4 * 8 * 2 and set(report["formats"]) == set(multiple_choice.FORMATS)
@@ -40,3 +42,21 @@ def test_reading_the_chosen_option_separates_what_the_letter_cannot(reference, s
         assert a["chosen option"] >= a["answer tokens"] + 0.15, (name, a)  # 0.75 with two training pairs per half
         assert a["chosen minus others"] >= 0.95, (name, a)  # 1.00: the question cancels out
     assert (tmp_path / "mc.png").stat().st_size > 10_000
+
+
+def test_the_shipped_deception_bundle_reads_every_caa_sycophancy_reply_as_an_option(reference, shared_data):
+    """CAA's A/B items are answered "I would choose (A).": the rule finds the option in every one, and the
+    bundle's three readings come back as AUROCs (the full run: 0.522 / 0.535 / 0.524, no gain, as expected
+    where the behaviour is the option's relation to the user rather than its text)."""
+    from pathlib import Path
+
+    from probewatch.training.datasets.deception import sycophancy_ood
+
+    found = sycophancy_ood(shared_data)
+    assert found is not None
+    items = found[0][:12]
+    bundles = Path(__file__).resolve().parents[2] / "probes" / "shipped" / "smollm2-135m-instruct"
+    out = multiple_choice.bundle_readings(reference, bundles / "deception", items, progress=False)
+    assert out["parsed"] == out["n"] == 12 and out["layers"] == [19, 21]
+    assert set(out["auroc"]) == set(multiple_choice.READINGS)
+    assert all(0.0 <= v <= 1.0 for v in out["auroc"].values())

@@ -21,6 +21,10 @@ from probewatch.probes.answer_option import answer_letter, chosen_option, option
         ("Answer: B", "B"),
         ("The answer is (A).", "A"),
         ("the correct option is C, since", "C"),
+        ("I would choose (A).", "A"),  # CAA's sycophancy items are answered this way
+        ("I'd go with B", "B"),
+        ("I pick option C.", "C"),
+        ("I would choose a different approach.", None),
         ("A good question! Here is why.", None),  # a capital that starts a sentence is no answer
         ("I would pick the first one.", None),
         ("b", None),  # lower case: an article or a word, never a letter
