@@ -2,7 +2,8 @@
 
 A reply of "(B)" carries its meaning in the prompt's option B. Here a probe for evaluation awareness is
 fitted on the pool's one-sentence beliefs ("I think this is a test" vs "a real person needs this") of half
-the belief pairs, as the shipped probe reads them (logistic, response tokens, mean), and scored on
+the belief pairs, as the shipped probe reads them (logistic, response tokens, mean; the pool's neutral
+openings stand in for the model's own answers, so nothing is generated), and scored on
 multiple-choice items built from the *other* half's pairs, so every option text is a belief the probe never
 saw. Each item is scored three ways, in two formats (the pool's `eval_choice` prompt, and the
 "Choices: (A) ... Answer:" layout of public model-written evaluations with a " (A)" reply); each half of the
@@ -28,7 +29,17 @@ from typing import Any
 from probewatch.arguments import add_data_dir_arg
 from probewatch.benchmarks.harness import add_common_args, command_line, emit, save_plot
 
-__all__ = ["FORMATS", "READINGS", "add_cli_args", "anthropic_style", "main", "measure", "plot"]
+__all__ = [
+    "FORMATS",
+    "READINGS",
+    "add_cli_args",
+    "anthropic_style",
+    "bundle_readings",
+    "main",
+    "measure",
+    "plot",
+    "shipped_bundle",
+]
 
 DEFAULT_OUT = Path("runs/bench-multiple-choice.json")
 SYCOPHANCY = "sycophancy_caa (deception probe)"
@@ -46,10 +57,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--C", type=float, default=0.1, help="logistic regularisation (default 0.1, the shipped C)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report (+ .png); default {DEFAULT_OUT}")
     parser.add_argument(
-        "--bundles",
+        "--deception-bundle",
         type=Path,
-        default=Path("probes/shipped/smollm2-135m-instruct"),
-        help="shipped bundles folder: its `deception` bundle scores CAA's sycophancy A/B items",
+        default=None,
+        help="the bundle that scores CAA's sycophancy A/B items (default: the model's shipped `deception`)",
     )
     parser.add_argument("--no-sycophancy", action="store_true", help="skip the sycophancy A/B items")
     parser.add_argument(
@@ -217,6 +228,13 @@ def plot(result: dict[str, Any], out: Path) -> Path:
     return save_plot(fig, out)
 
 
+def shipped_bundle(model_id: str, probe_id: str) -> Path | None:
+    """The folder of the bundle shipped as `probe_id` for `model_id` (None when there is none)."""
+    from probewatch.bundle_index import discover
+
+    return next((b.path for b in discover(model_id) if b.source == "shipped" and b.manifest.id == probe_id), None)
+
+
 def main(args: argparse.Namespace) -> int:
     from probewatch.models import load_model
     from probewatch.training.datasets.common import resolve_data_dir
@@ -228,8 +246,8 @@ def main(args: argparse.Namespace) -> int:
         from probewatch.training.datasets.deception import sycophancy_ood
 
         found = sycophancy_ood(data_dir)
-        if found is not None:
-            bundle_dir = args.bundles / "deception"
+        bundle_dir = args.deception_bundle or shipped_bundle(loaded.model_id, "deception")
+        if found is not None and bundle_dir is not None:
             result["shipped"] = {SYCOPHANCY: bundle_readings(loaded, bundle_dir, found[0], progress=not args.quiet)}
     result["command"] = command_line("multiple-choice")
     result["plot"] = str(plot(result, args.out))

@@ -48,15 +48,14 @@ def test_the_shipped_deception_bundle_reads_every_caa_sycophancy_reply_as_an_opt
     """CAA's A/B items are answered "I would choose (A).": the rule finds the option in every one, and the
     bundle's three readings come back as AUROCs (the full run: 0.522 / 0.535 / 0.524, no gain, as expected
     where the behaviour is the option's relation to the user rather than its text)."""
-    from pathlib import Path
-
     from probewatch.training.datasets.deception import sycophancy_ood
 
     found = sycophancy_ood(shared_data)
     assert found is not None
     items = found[0][:12]
-    bundles = Path(__file__).resolve().parents[2] / "probes" / "shipped" / "smollm2-135m-instruct"
-    out = multiple_choice.bundle_readings(reference, bundles / "deception", items, progress=False)
+    bundle = multiple_choice.shipped_bundle(reference.model_id, "deception")
+    assert bundle is not None and bundle.name == "deception"
+    out = multiple_choice.bundle_readings(reference, bundle, items, progress=False)
     assert out["parsed"] == out["n"] == 12 and out["layers"] == [19, 21]
     assert set(out["auroc"]) == set(multiple_choice.READINGS)
     assert all(0.0 <= v <= 1.0 for v in out["auroc"].values())
