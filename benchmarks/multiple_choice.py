@@ -71,19 +71,18 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
 
 def anthropic_style(choice_items: Sequence[Any]) -> list[Any]:
     """The same items in the "Choices: (A) ... Answer:" layout, replied to with " (A)" / " (B)"."""
-    import re
-
     from probewatch.data.dialogue import Dialogue, Message
+    from probewatch.probes.answer_option import option_blocks
 
     out = []
     for d in choice_items:
         prompt = d.messages[0].content
         question = prompt.split("\n\n", 1)[0]
-        a = re.search(r"\n\(A\) ([^\n]*)", prompt)
-        b = re.search(r"\n\(B\) ([^\n]*)", prompt)
-        if a is None or b is None:
+        blocks = option_blocks(prompt)
+        if not blocks or set(blocks[-1]) != {"A", "B"}:
             raise ValueError(f"not an eval_choice prompt: {prompt[:80]!r}")
-        text = ANTHROPIC_PROMPT.format(question=question, a=a.group(1), b=b.group(1))
+        (a0, a1), (b0, b1) = blocks[-1]["A"], blocks[-1]["B"]
+        text = ANTHROPIC_PROMPT.format(question=question, a=prompt[a0:a1], b=prompt[b0:b1])
         reply = " " + d.messages[1].content
         out.append(Dialogue([Message("user", text), Message("assistant", reply)], d.label, d.group, d.kind, d.meta))
     return out
@@ -145,6 +144,8 @@ def measure(
     fb = _features(loaded, beliefs, [layer], progress)
     pair = np.array([pair_of(d) for d in beliefs])
     y_b = np.array([d.label for d in beliefs])
+    X_b = np.stack([f["answer"] for f in fb])
+    probes = [LogisticProbe(C=C).fit(X_b[pair % 2 == half], y_b[pair % 2 == half]) for half in (0, 1)]
     result: dict[str, Any] = {"layer": layer, "C": C, "n_belief_items": len(beliefs), "formats": {}}
     for name, items in formats.items():
         feats = _features(loaded, items, [layer], progress)
@@ -153,8 +154,7 @@ def measure(
             raise RuntimeError(f"{name}: the answer rule found the option of {parsed} of {len(items)} items")
         item_pair = np.array([pair_of(d) for d in items])
         scores: dict[str, np.ndarray] = {r: np.zeros(len(items)) for r in READINGS}
-        for half in (0, 1):
-            probe = LogisticProbe(C=C).fit(np.stack([f["answer"] for f in fb])[pair % 2 == half], y_b[pair % 2 == half])
+        for half, probe in enumerate(probes):  # one probe per held-out half, the same for every layout
             test = np.flatnonzero(item_pair % 2 != half)
             answer = probe.decision_function(np.stack([feats[i]["answer"] for i in test]))
             chosen = probe.decision_function(np.stack([feats[i]["chosen"] for i in test]))

@@ -80,6 +80,13 @@ def option_blocks(text: str) -> list[dict[str, tuple[int, int]]]:
     marks = [(m.group("line") or m.group("paren"), m.start(), m.end()) for m in _MARKER.finditer(text)]
     blocks: list[dict[str, tuple[int, int]]] = []
     current: dict[str, tuple[int, int]] = {}
+
+    def close_run() -> None:  # a run of two or more options is a block; a shorter one is prose
+        nonlocal current
+        if len(current) >= 2:
+            blocks.append(current)
+        current = {}
+
     for i, (letter, _, text_start) in enumerate(marks):
         line_end = text.find("\n", text_start)
         end = len(text) if line_end < 0 else line_end
@@ -89,19 +96,14 @@ def option_blocks(text: str) -> list[dict[str, tuple[int, int]]]:
             end -= 1
         expected = LETTERS[len(current)] if len(current) < len(LETTERS) else None
         if letter != expected:
-            if len(current) >= 2:
-                blocks.append(current)
-            current = {}
+            close_run()
             if letter != "A":
                 continue
         if end > text_start:
             current[letter] = (text_start, end)
         else:  # an empty option breaks the run
-            if len(current) >= 2:
-                blocks.append(current)
-            current = {}
-    if len(current) >= 2:
-        blocks.append(current)
+            close_run()
+    close_run()
     return blocks
 
 
@@ -117,14 +119,13 @@ def chosen_option(pieces: Sequence[str], prompt_length: int, response_end: int |
     """The option the reply (pieces `prompt_length:response_end`) chose among the prompt's last block of
     options, with the prompt positions of every option's text; None where the reply is no option letter, the
     prompt has no such block, or the block has no option of that letter."""
-    offsets = piece_offsets(pieces)
-    prompt_text = parse_text(pieces[:prompt_length])
     letter = answer_letter(parse_text(pieces[prompt_length:response_end]))
-    if letter is None:
+    if letter is None:  # most replies: no prompt parsing at all
         return None
-    blocks = option_blocks(prompt_text)
+    blocks = option_blocks(parse_text(pieces[:prompt_length]))
     if not blocks or letter not in blocks[-1]:
         return None
+    offsets = piece_offsets(pieces)
     starts, ends = offsets[:prompt_length], offsets[1 : prompt_length + 1]
 
     def positions(span: tuple[int, int]) -> np.ndarray:
