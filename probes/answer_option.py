@@ -24,8 +24,13 @@ and on the reply (positions from `prompt_length` to `response_end`):
 - `(X)`, `[X]` or `X)` at its start; or X alone, with an optional `.` or `:`, as the whole reply; or X
   after "answer", "option" or "choice" ("The answer is (B)", "Answer: B") or after "I would choose",
   "I pick", "I'd go with" and the like ("I would choose (A)."). "A good question" is no
-  answer: a bare capital must be the whole reply, and lower-case letters never count.
+  answer: a bare capital must be the whole reply, and lower-case letters never count. A reply is judged on
+  its first `REPLY_PIECES` tokens (every form above sits at its start; a longer reply is no bare letter), so
+  a streaming reader decides from a bounded prefix exactly what a reader of the whole reply decides.
 The chosen option's positions are the prompt tokens whose characters overlap its text.
+
+`answer_positions` is what token selection `answer` reads (`probes/selection.py`): the chosen option's
+prompt positions where the reply is an option letter, else nothing (the reader falls back to the reply).
 """
 
 from __future__ import annotations
@@ -36,9 +41,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ChosenOption", "answer_letter", "chosen_option", "option_blocks", "parse_text", "piece_offsets"]
+__all__ = [
+    "REPLY_PIECES",
+    "ChosenOption",
+    "answer_letter",
+    "answer_positions",
+    "chosen_option",
+    "option_blocks",
+    "parse_text",
+    "piece_offsets",
+    "reply_text",
+]
 
 LETTERS = "ABCDEFGH"
+#: the reply tokens the rule reads: an answer's letter sits at its start
+REPLY_PIECES = 64
 
 _SPECIAL = re.compile(r"<[|/]?[A-Za-z_][^<>\s]*>")
 _MARKER = re.compile(r"(?m)(?:^[ \t]*(?P<line>[A-H])[\).:]|[\(\[](?P<paren>[A-H])[\)\]])[ \t]*")
@@ -115,11 +132,18 @@ def answer_letter(reply: str) -> str | None:
     return m.group("paren") or m.group("close") or m.group("bare") or m.group("word")
 
 
+def reply_text(pieces: Sequence[str]) -> str:
+    """The reply's text as the rule reads it: its first `REPLY_PIECES` pieces, closed by a mark that is no
+    whitespace when the reply is longer (so a bare letter, which must be the whole reply, cannot match)."""
+    text = parse_text(pieces[:REPLY_PIECES])
+    return text + "\x00" if len(pieces) > REPLY_PIECES else text
+
+
 def chosen_option(pieces: Sequence[str], prompt_length: int, response_end: int | None = None) -> ChosenOption | None:
     """The option the reply (pieces `prompt_length:response_end`) chose among the prompt's last block of
     options, with the prompt positions of every option's text; None where the reply is no option letter, the
     prompt has no such block, or the block has no option of that letter."""
-    letter = answer_letter(parse_text(pieces[prompt_length:response_end]))
+    letter = answer_letter(reply_text(pieces[prompt_length:response_end]))
     if letter is None:  # most replies: no prompt parsing at all
         return None
     blocks = option_blocks(parse_text(pieces[:prompt_length]))
@@ -134,3 +158,10 @@ def chosen_option(pieces: Sequence[str], prompt_length: int, response_end: int |
 
     block = blocks[-1]
     return ChosenOption(letter, positions(block[letter]), {k: positions(v) for k, v in block.items() if k != letter})
+
+
+def answer_positions(pieces: Sequence[str], prompt_length: int, response_end: int | None = None) -> np.ndarray:
+    """The prompt positions of the option the reply chose (empty where it chose none): what token selection
+    `answer` reads instead of the reply."""
+    chosen = chosen_option(pieces, prompt_length, response_end)
+    return np.zeros(0, dtype=np.int64) if chosen is None else chosen.positions.astype(np.int64)

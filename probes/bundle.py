@@ -60,6 +60,18 @@ class Bundle:
     manifest: Manifest
     tensors: dict[str, torch.Tensor] = field(repr=False)
     sae: Any = field(default=None, repr=False)  # kind sae_feature: the (shared) SAE it reads
+    _vocabulary: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def vocabulary(self) -> Any:
+        """Token id -> piece (`probes/vocab.py`) for a bundle whose token selection reads token text, else None."""
+        if self.manifest.token_selection != "answer":
+            return None
+        if self._vocabulary is None:
+            from probewatch.probes.vocab import Vocabulary
+
+            self._vocabulary = Vocabulary(self.tensors)
+        return self._vocabulary
 
     @property
     def id(self) -> str:
@@ -244,6 +256,10 @@ def load_bundle(
 
 
 def _check_shapes(manifest: Manifest, tensors: dict[str, torch.Tensor], where: str) -> None:
+    if manifest.token_selection == "answer":
+        from probewatch.probes.vocab import check_vocab_tensors
+
+        check_vocab_tensors(tensors, where)
     if manifest.kind == "sae_feature":
         from probewatch.probes.saes.feature_probe import check_feature_tensors
 

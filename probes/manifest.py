@@ -17,7 +17,7 @@ from probewatch.probes.errors import CorruptBundleError, UnsupportedFormatVersio
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 KINDS = ("linear", "mean_diff", "lat", "contrast", "sae_feature", "attention")
-TOKEN_SELECTIONS = ("response", "prompt_last", "all")
+TOKEN_SELECTIONS = ("response", "prompt_last", "all", "answer")
 AGGREGATIONS = (
     "mean",
     "max",

@@ -34,10 +34,14 @@ class DialogueScores:
     flagged: dict[str, bool] = field(default_factory=dict)
 
 
-def dialogue_selection(encoded: EncodedDialogue, token_selection: str) -> np.ndarray:
-    """Which tokens of an encoded dialogue a probe reads: the live rule (`selection_mask`) on its positions."""
+def dialogue_selection(
+    encoded: EncodedDialogue, token_selection: str, pieces: Sequence[str] | None = None
+) -> np.ndarray:
+    """Which tokens of an encoded dialogue a probe reads: the live rule (`selection_mask`) on its positions
+    (`pieces`: each token's text, for `answer`; the bundle's vocabulary gives them, as it does live)."""
     positions = np.arange(len(encoded.input_ids))
-    return selection_mask(token_selection, positions, encoded.prompt_last + 1, response=np.asarray(encoded.scored))
+    response = np.asarray(encoded.scored)
+    return selection_mask(token_selection, positions, encoded.prompt_last + 1, response=response, pieces=pieces)
 
 
 def _batches(items: Sequence, size: int) -> Iterator[tuple[int, Sequence]]:
@@ -71,8 +75,11 @@ def score_dialogues(
             all_scores = runtime.score_layers(per_layer)
             result = DialogueScores(offset + b, dialogue.label, dialogue.kind, dialogue.group)
             for probe_id, scores in all_scores.items():
-                manifest = runtime.bundle(probe_id).manifest
-                mask = torch.from_numpy(dialogue_selection(enc, manifest.token_selection))
+                bundle = runtime.bundle(probe_id)
+                manifest = bundle.manifest
+                vocab = bundle.vocabulary
+                pieces = None if vocab is None else vocab.of(enc.input_ids)
+                mask = torch.from_numpy(dialogue_selection(enc, manifest.token_selection, pieces))
                 selected = scores.cpu()[mask].numpy()  # [m], or [m, 2] = (a, v) for an attention probe
                 value = aggregate(selected, manifest.aggregation)
                 result.token_scores[probe_id] = token_values(selected).tolist()

@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import cast
 
 import numpy as np
 import torch
@@ -42,6 +43,7 @@ from probewatch.probes.aggregate import make_aggregator
 from probewatch.probes.runtime import ProbeRuntime
 from probewatch.probes.selection import selection_mask
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
+from probewatch.server.sidecar.answers import AnswerAggregator
 from probewatch.server.sidecar.columns import PROJECTIONS, ROWS, Columns, score_block
 from probewatch.server.sidecar.errors import InvalidInput, Overloaded, Refused, ScoringFailed, TimedOut
 from probewatch.server.sidecar.fair_queue import FairQueue
@@ -106,6 +108,7 @@ class ScoringEngine:
         every = {**self.specs, **self.families.specs}  # the desk alerts for families too (and names the member)
         self.alerts = FamilyAlertDesk(every, metrics, fingerprint, incidents, webhook, policy, self.writer)
         self.joins = LayerJoins(self.specs, metrics)  # multi-layer probes: partial scores joined per token
+        self.answer_probes = [pid for pid, s in self.specs.items() if s.token_selection == "answer"]
         self.max_batch_rows = max_batch_rows
         self.put_timeout_s = put_timeout_s
         self.keep_token_scores = keep_token_scores
@@ -207,10 +210,11 @@ class ScoringEngine:
         payloads: Mapping[int, tuple[str, np.ndarray]],
         prompt_length: int,
         probe_ids: Sequence[str],
+        token_ids: np.ndarray | None = None,
         timeout_s: float = 60.0,
     ) -> list[SequenceResult]:
         """Unary scoring through the worker (queued behind live chunks; raises on timeout)."""
-        work = ScoreWork(payloads, prompt_length, probe_ids)
+        work = ScoreWork(payloads, prompt_length, probe_ids, token_ids)
         if not self.budget.take(work.nbytes):
             raise Overloaded(
                 f"the scoring queue holds {self.budget.used} of its {self.budget.capacity} bytes (--queue-bytes); "
@@ -314,7 +318,7 @@ class ScoringEngine:
                 work.stream.finish()
         elif isinstance(work, ScoreWork):
             try:
-                work.result = self.score_sequence(work.payloads, work.prompt_length, work.probe_ids)
+                work.result = self.score_sequence(work.payloads, work.prompt_length, work.probe_ids, work.token_ids)
             except BaseException as exc:  # noqa: BLE001 - handed back to the caller's thread
                 work.error = exc
             work.done.set()
@@ -372,12 +376,17 @@ class ScoringEngine:
         aggregates: dict[str, float] = {}
         now = time.time()
         applied = self.joins.apply(gen, work.layer, columns, pos, scores)  # selected tokens; multi-layer: joined
+        for pid in self.answer_probes:  # the token text an answer probe's reading is chosen by (answers.py)
+            cast(AnswerAggregator, gen.aggregators[pid]).tokens(pos, work.token_ids)
         for pid, sel, picked in applied.tokens:  # picked: [m, 1], or [m, 2] = (a_t, v_t) of an attention probe
             spec = self.specs[pid]
             chosen = picked[:, -1]  # the token score
             agg = gen.aggregators[pid]
             if chosen.size:
-                agg.update(picked)
+                if isinstance(agg, AnswerAggregator):
+                    agg.add(sel, picked)
+                else:
+                    agg.update(picked)
                 kept = gen.kept_scores.get(pid, 0)
                 if kept < self.keep_token_scores:  # bounded memory per generation
                     room = self.keep_token_scores - kept
@@ -424,9 +433,14 @@ class ScoringEngine:
 
     # -- unary scoring --------------------------------------------------------------------------------
     def score_sequence(
-        self, payloads: Mapping[int, tuple[str, np.ndarray]], prompt_length: int, probe_ids: Sequence[str]
+        self,
+        payloads: Mapping[int, tuple[str, np.ndarray]],
+        prompt_length: int,
+        probe_ids: Sequence[str],
+        token_ids: np.ndarray | None = None,
     ) -> list[SequenceResult]:
-        """Score one sequence's rows/projections (positions 0..n-1) for the wanted probes."""
+        """Score one sequence's rows/projections (positions 0..n-1) for the wanted probes (`token_ids`: the
+        tokens, which an `answer` probe's reading is chosen by; without them it reads the reply)."""
         wanted = set(probe_ids)
         compute = self.families.with_members(wanted)  # a family id asks for its members' scores
         out: list[SequenceResult] = []
@@ -439,7 +453,9 @@ class ScoringEngine:
             if compute and pid not in compute:
                 continue
             spec = self.specs[pid]
-            mask = selection_mask(spec.token_selection, positions, prompt_length)
+            vocab = spec.vocabulary
+            pieces = None if vocab is None or token_ids is None else vocab.of(token_ids)
+            mask = selection_mask(spec.token_selection, positions, prompt_length, pieces=pieces)
             picked = columns[mask]
             value = make_aggregator(spec.aggregation).update(picked) if len(picked) else math.nan
             out.append(SequenceResult(spec, positions[mask], picked[:, -1], value))

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from probewatch.probes.aggregate import Aggregator, make_aggregator
+from probewatch.probes.aggregate import Aggregator
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
+from probewatch.server.sidecar.answers import aggregator_for
 from probewatch.server.sidecar.errors import (
     AlreadyUsed,
     GenerationClosed,
@@ -184,7 +185,7 @@ class GenerationRegistry:
             stream=stream,
             prompt_length=int(msg.prompt_length),
             metadata=dict(msg.metadata),
-            aggregators={pid: make_aggregator(s.aggregation) for pid, s in self.specs.items()},
+            aggregators={pid: aggregator_for(s, int(msg.prompt_length)) for pid, s in self.specs.items()},
             token_scores={pid: [] for pid in self.specs},
             client=client,
         )

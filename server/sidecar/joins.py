@@ -152,7 +152,7 @@ class LayerJoins:
         """Select each probe's tokens of a scored chunk; a multi-layer probe's partials join its other layers'."""
         tokens, joined, single = [], [], []
         for j, (pid, cols) in enumerate(columns.slices()):
-            mask = selection_mask(self.specs[pid].token_selection, positions, gen.prompt_length)
+            mask = selection_mask(self.specs[pid].streamed_selection, positions, gen.prompt_length)
             if pid not in self.multi:
                 single.append(j)
                 tokens.append((pid, positions[mask], scores[mask, cols]))

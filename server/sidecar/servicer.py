@@ -213,19 +213,8 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             self._reject(grpc.StatusCode.INTERNAL)
             context.abort(grpc.StatusCode.INTERNAL, "scoring failed on the sidecar (logged there)")
 
-    def _score(self, request: pb.ScoreRequest) -> pb.ScoreResponse:
-        fp = self.sidecar.config.fingerprint
-        if request.model_fingerprint and request.model_fingerprint != fp:
-            raise WrongModel(f"model fingerprint {request.model_fingerprint} does not match the sidecar's {fp}")
-        families = self.engine.families.specs
-        unknown = [p for p in request.probe_ids if p not in self.engine.specs and p not in families]
-        if unknown:
-            shown = ", ".join(short_id(p) for p in unknown[:5]) + (
-                f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
-            )
-            raise UnknownProbe(f"unknown probe(s) {shown}; loaded probes: {', '.join([*self.engine.specs, *families])}")
-        if request.prompt_length < 0:
-            raise InvalidInput("negative prompt_length")
+    def _score_payloads(self, request: pb.ScoreRequest) -> tuple[dict[int, tuple[str, np.ndarray]], int]:
+        """Each layer's decoded rows or projections, and the one row count they share."""
         payloads: dict[int, tuple[str, np.ndarray]] = {}
         n_rows = None
         for lp in request.layers:
@@ -243,6 +232,22 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             payloads[lp.layer] = (kind, data)
         if not payloads:
             raise InvalidInput("ScoreRequest carries no layers")
+        return payloads, int(n_rows or 0)
+
+    def _score(self, request: pb.ScoreRequest) -> pb.ScoreResponse:
+        fp = self.sidecar.config.fingerprint
+        if request.model_fingerprint and request.model_fingerprint != fp:
+            raise WrongModel(f"model fingerprint {request.model_fingerprint} does not match the sidecar's {fp}")
+        families = self.engine.families.specs
+        unknown = [p for p in request.probe_ids if p not in self.engine.specs and p not in families]
+        if unknown:
+            shown = ", ".join(short_id(p) for p in unknown[:5]) + (
+                f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""
+            )
+            raise UnknownProbe(f"unknown probe(s) {shown}; loaded probes: {', '.join([*self.engine.specs, *families])}")
+        if request.prompt_length < 0:
+            raise InvalidInput("negative prompt_length")
+        payloads, n_rows = self._score_payloads(request)
         for pid in request.probe_ids:
             reads = (
                 self.engine.families.reads(pid, self.engine.specs) if pid in families else self.engine.specs[pid].reads
@@ -250,7 +255,12 @@ class MonitorServicer(pb_grpc.MonitorServicer):
             missing = [layer for layer in reads if layer not in payloads]
             if missing:
                 raise InvalidInput(f"probe {pid} reads layer(s) {missing}, which the request does not carry")
-        results = self.engine.score_now(payloads, int(request.prompt_length), list(request.probe_ids))
+        token_ids = None
+        if request.token_ids:  # an answer probe reads the option a reply names by them
+            if len(request.token_ids) != n_rows:
+                raise InvalidInput(f"{len(request.token_ids)} token_ids for {n_rows} rows; one id per row, or none")
+            token_ids = np.asarray(request.token_ids, dtype=np.int64)
+        results = self.engine.score_now(payloads, int(request.prompt_length), list(request.probe_ids), token_ids)
         for r in results:
             if not np.isfinite(r.scores).all():
                 raise InvalidInput(f"probe {r.spec.id}: a row scores non-finite (activations beyond float32 range)")

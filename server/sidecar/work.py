@@ -58,6 +58,7 @@ class ScoreWork:
     payloads: Mapping[int, tuple[str, np.ndarray]]
     prompt_length: int
     probe_ids: Sequence[str]
+    token_ids: np.ndarray | None = None  # int64 [n] when the request carries them (token selection `answer`)
     done: threading.Event = field(default_factory=threading.Event)
     result: list | None = None
     error: BaseException | None = None

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from probewatch.probes.answer_option import answer_letter, chosen_option, option_blocks, parse_text, piece_offsets
+from probewatch.probes.answer_option import (
+    REPLY_PIECES,
+    answer_letter,
+    chosen_option,
+    option_blocks,
+    parse_text,
+    piece_offsets,
+    reply_text,
+)
 
 
 @pytest.mark.parametrize(
@@ -111,3 +119,12 @@ def test_the_reference_tokenizer_pieces_rebuild_the_text_and_find_the_option(ref
         assert "".join(pieces[i] for i in chosen.positions).strip() == meant
         (others,) = chosen.others.values()
         assert "".join(pieces[i] for i in others).strip() == other
+
+
+def test_a_reply_is_judged_on_its_first_tokens():
+    """A streaming reader needs only the reply's first REPLY_PIECES tokens to decide as a reader of all of it."""
+    long_tail = [" w"] * (REPLY_PIECES + 10)
+    assert answer_letter(reply_text(["(B)", *long_tail])) == "B"
+    assert answer_letter(reply_text(["B", *[" "] * (REPLY_PIECES + 10)])) is None  # too long to be a bare letter
+    assert answer_letter(reply_text(["B", " "])) == "B"
+    assert reply_text(["x"] * (REPLY_PIECES + 1)) == "x" * REPLY_PIECES + "\x00"

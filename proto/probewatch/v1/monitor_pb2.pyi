@@ -239,16 +239,18 @@ class LayerPayload(_message.Message):
     def __init__(self, layer: _Optional[int] = ..., kind: _Optional[_Union[PayloadKind, str]] = ..., payload: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model_fingerprint", "prompt_length", "layers", "probe_ids")
+    __slots__ = ("model_fingerprint", "prompt_length", "layers", "probe_ids", "token_ids")
     MODEL_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_LENGTH_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
     PROBE_IDS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     model_fingerprint: str
     prompt_length: int
     layers: _containers.RepeatedCompositeFieldContainer[LayerPayload]
     probe_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_fingerprint: _Optional[str] = ..., prompt_length: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[LayerPayload, _Mapping]]] = ..., probe_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, model_fingerprint: _Optional[str] = ..., prompt_length: _Optional[int] = ..., layers: _Optional[_Iterable[_Union[LayerPayload, _Mapping]]] = ..., probe_ids: _Optional[_Iterable[str]] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ProbeScores(_message.Message):
     __slots__ = ("result", "positions", "token_scores")

@@ -1,0 +1,121 @@
+"""Token selection `answer` live: a reply's score read from the option its letter names, as offline.
+
+A probe with token selection `answer` reads the reply's tokens, unless the reply is a multiple-choice
+letter ("(B)"): then it reads the prompt tokens of the option that letter names (the rule:
+`probes/answer_option.py`; offline: `probes/selection.py`). Live, the choice is only known once the
+reply has started, after the prompt rows have gone by, so the engine hands such a probe every token
+(its layer plan asks clients for every prompt row) and `AnswerAggregator` keeps what the choice can
+need: the prompt's token ids and scores, and the reply's first `REPLY_PIECES` ids. The reply's tokens
+stream into the probe's own aggregation as for `response`; the option's reading is computed when the
+reply names one, from the kept prompt scores with the offline function, so the final value is the
+offline value token for token (the parity tests hold them together).
+
+Token text comes from the bundle's vocabulary table (`probes/vocab.py`) applied to the token ids each
+chunk carries; a client that sends no ids leaves every piece empty, and the probe reads the reply
+(as offline without pieces). Memory is bounded: at most `MAX_PROMPT_TOKENS` prompt positions are kept
+per probe and generation (a longer prompt's later options are not seen, and the reply is read).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from probewatch.probes.aggregate import Aggregator, aggregate, make_aggregator
+from probewatch.probes.answer_option import REPLY_PIECES, answer_letter, answer_positions, reply_text
+from probewatch.probes.vocab import Vocabulary
+from probewatch.server.sidecar.specs import ProbeSpec
+
+__all__ = ["MAX_PROMPT_TOKENS", "AnswerAggregator", "aggregator_for"]
+
+#: prompt positions an `answer` probe keeps per generation (4 + 8 bytes each)
+MAX_PROMPT_TOKENS = 1 << 17
+
+
+class AnswerAggregator(Aggregator):
+    """One `answer` probe in one generation: the reply's running aggregate, or the chosen option's."""
+
+    def __init__(self, spec: ProbeSpec, prompt_length: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.prompt_length = prompt_length
+        self.vocabulary: Vocabulary | None = spec.vocabulary
+        self.reply = make_aggregator(spec.aggregation)  # the reply's tokens, streamed in position order
+        kept = min(prompt_length, MAX_PROMPT_TOKENS)
+        self._ids = np.full(kept + REPLY_PIECES + 1, -1, dtype=np.int64)  # prompt ids, then the reply's first
+        self._kept = kept
+        self._scores: np.ndarray | None = None  # [kept, width] prompt token scores (NaN: not arrived)
+        self._ids_seen = 0  # bumped when an id the rule reads changes
+        self._chosen_key: tuple[int, int] | None = None
+        self._chosen = np.zeros(0, dtype=np.int64)
+        self._prompt_pieces: tuple[int, list[str]] | None = None  # (ids_seen, pieces) of the kept prompt
+
+    def tokens(self, positions: np.ndarray, token_ids: np.ndarray | None) -> None:
+        """Record a chunk's token ids (any layer's chunk: they are the same tokens) where the rule reads them."""
+        if token_ids is None or not len(positions):
+            return
+        slot = np.where(positions < self.prompt_length, positions, positions - self.prompt_length + self._kept)
+        keep = (positions < self._kept) | ((positions >= self.prompt_length) & (slot < len(self._ids)))
+        if keep.any() and (self._ids[slot[keep]] != token_ids[keep]).any():
+            self._ids[slot[keep]] = token_ids[keep]
+            self._ids_seen += 1
+
+    def add(self, positions: np.ndarray, scores: np.ndarray) -> None:
+        """Feed the probe's scores ([m] or [m, width]) at `positions` (a chunk's, in position order)."""
+        scores = np.asarray(scores, dtype=np.float64)
+        prompt = positions < self._kept
+        if prompt.any():
+            if self._scores is None:
+                width = 1 if scores.ndim == 1 else scores.shape[1]
+                self._scores = np.full((self._kept, width), np.nan)
+            self._scores[positions[prompt]] = scores[prompt].reshape(int(prompt.sum()), -1)
+        reply = positions >= self.prompt_length
+        if reply.any():
+            self.reply.update(scores[reply])
+
+    def update(self, scores: object) -> float:
+        raise TypeError("an answer probe's scores need their positions: use add(positions, scores)")
+
+    def chosen(self) -> np.ndarray:
+        """Prompt positions of the option the reply names (empty: it names none, or no token text is known)."""
+        n_reply = min(self.reply.count, REPLY_PIECES + 1)
+        key = (n_reply, self._ids_seen)
+        if key == self._chosen_key:
+            return self._chosen
+        self._chosen_key = key
+        self._chosen = np.zeros(0, dtype=np.int64)
+        vocab = self.vocabulary
+        if vocab is None or n_reply == 0:
+            return self._chosen
+        reply = [vocab.piece(int(t)) if t >= 0 else "" for t in self._ids[self._kept : self._kept + n_reply]]
+        if answer_letter(reply_text(reply)) is None:  # most replies: the prompt is never looked at
+            return self._chosen
+        if self._prompt_pieces is None or self._prompt_pieces[0] != self._ids_seen:
+            prompt = [vocab.piece(int(t)) if t >= 0 else "" for t in self._ids[: self._kept]]
+            self._prompt_pieces = (self._ids_seen, prompt + [""] * (self.prompt_length - self._kept))
+        pieces = self._prompt_pieces[1] + reply  # beyond the kept prompt: '' (no option is seen there)
+        self._chosen = answer_positions(pieces, self.prompt_length, self.prompt_length + n_reply)
+        return self._chosen
+
+    @property
+    def value(self) -> float:
+        chosen = self.chosen()
+        if chosen.size and self._scores is not None:
+            picked = self._scores[chosen[chosen < self._kept]]
+            picked = picked[~np.isnan(picked).any(axis=1)]  # a token whose score never arrived is left out
+            self.count = len(picked)
+            return (
+                aggregate(picked if picked.shape[1] > 1 else picked[:, 0], self.spec.aggregation)
+                if len(picked)
+                else math.nan
+            )
+        self.count = self.reply.count
+        return self.reply.value
+
+
+def aggregator_for(spec: ProbeSpec, prompt_length: int) -> Aggregator:
+    """A new generation's aggregator for `spec`: the answer reading for token selection `answer`."""
+    if spec.token_selection == "answer":
+        return AnswerAggregator(spec, prompt_length)
+    return make_aggregator(spec.aggregation)
