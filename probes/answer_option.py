@@ -21,12 +21,13 @@ The rule, on the prompt (positions before `prompt_length`):
 - a block is a run of options lettered A, B, C, ... in order (a new A starts a new block); the last
   block with two or more options is the question the reply answers;
 and on the reply (positions from `prompt_length` to `response_end`):
-- `(X)`, `[X]` or `X)` at its start; or X alone, with an optional `.` or `:`, as the whole reply; or X
-  after "answer", "option" or "choice" ("The answer is (B)", "Answer: B") or after "I would choose",
-  "I pick", "I'd go with" and the like ("I would choose (A)."). "A good question" is no
-  answer: a bare capital must be the whole reply, and lower-case letters never count. A reply is judged on
-  its first `REPLY_PIECES` tokens (every form above sits at its start; a longer reply is no bare letter), so
-  a streaming reader decides from a bounded prefix exactly what a reader of the whole reply decides.
+- `(X)`, `[X]` or `X)` at its start, or `X.` / `X:` and a space ("A. Mercury"); or X alone, with an
+  optional `.` or `:`, as the whole reply; or X after "answer", "option" or "choice" ("The answer is
+  (B)", "Answer: B") or after "I would choose", "I pick", "I'd go with" and the like ("I would choose
+  (A)."). "A good question" is no answer: a bare capital must be the whole reply, and lower-case
+  letters never count. A reply is judged on its first `REPLY_PIECES` tokens (every form above sits at
+  its start; a longer reply is no bare letter), so a streaming reader decides from a bounded prefix
+  exactly what a reader of the whole reply decides.
 The chosen option's positions are the prompt tokens whose characters overlap its text.
 
 `answer_positions` is what token selection `answer` reads (`probes/selection.py`): the chosen option's
@@ -66,7 +67,7 @@ _WORDS = (
 _ANSWER = re.compile(
     r"^\s*(?:"
     r"[\(\[](?P<paren>[A-H])[\)\]]"
-    r"|(?P<close>[A-H])\)"
+    r"|(?P<close>[A-H])(?:\)|[.:](?=\s))"
     r"|(?P<bare>[A-H])[.:]?\s*$"
     rf"|{_WORDS}[\(\[]?(?P<word>[A-H])(?![A-Za-z])"
     r")"

@@ -10,7 +10,10 @@ Fitting many probes on many layers must never redo forward passes, so extraction
                                   row) and `rest.{L}` [examples, d] (float32 sum of every other
                                   row: prompt and closing tokens, so a probe reading `all`
                                   tokens with `mean` aggregation is exact without storing
-                                  them); `examples` (original indices), `n_tokens`, `n_rest`
+                                  them); `answer.{L}` [answer rows, d] (the prompt rows of the
+                                  option a multiple-choice reply names, example by example, for
+                                  token selection `answer`; only examples whose reply names one);
+                                  `examples` (original indices), `n_tokens`, `n_rest`, `n_answer`
         index.json                written last: labels, groups, kinds, token counts, shard map
 
 Rows are gathered exactly as `probewatch.scoring.score_dialogues` selects them (same encoding,
@@ -37,7 +40,7 @@ from probewatch import envs
 from probewatch.data.dialogue import Dialogue
 from probewatch.errors import ProbewatchError
 
-CACHE_FORMAT = "pwacts2"
+CACHE_FORMAT = "pwacts3"
 PLAN_FILE = "plan.json"
 INDEX_FILE = "index.json"
 
@@ -198,6 +201,18 @@ class ActivationSet(_CacheMetadata):
         stored = torch.cat(self._load(layer, "rest")).to(torch.float32).numpy()
         return stored[self._example_gather()], np.asarray(self.index["n_rest"], dtype=np.int64)
 
+    @property
+    def n_answer(self) -> np.ndarray:
+        """[n_examples]: the option rows token selection `answer` reads instead of the reply (0: the reply)."""
+        return np.asarray(self.index["n_answer"], dtype=np.int64)
+
+    def answer_rows(self, layer: int) -> np.ndarray:
+        """[sum(n_answer), d] float32: the option rows of the examples whose reply names an option, in
+        original example order (the examples with n_answer == 0 have none)."""
+        parts = self._load(layer, "answer")
+        stored = torch.cat(parts).to(torch.float32).numpy() if parts else np.zeros((0, self.d_model), np.float32)
+        return stored[self._row_gather(self.n_answer)]
+
     def _example_gather(self) -> np.ndarray:
         """Position of each original example in the stored (shard) order."""
         stored_order = np.concatenate([np.asarray(s["examples"], dtype=np.int64) for s in self._shards()])
@@ -205,8 +220,9 @@ class ActivationSet(_CacheMetadata):
         where[stored_order] = np.arange(len(stored_order))
         return where
 
-    def _row_gather(self) -> np.ndarray:
-        n_tok = self.n_tokens
+    def _row_gather(self, counts: np.ndarray | None = None) -> np.ndarray:
+        """Stored position of each row, in original example order (`counts`: rows per example; the reply's)."""
+        n_tok = self.n_tokens if counts is None else counts
         stored_order = np.concatenate([np.asarray(s["examples"], dtype=np.int64) for s in self._shards()])
         stored_start = np.concatenate([[0], np.cumsum(n_tok[stored_order])])[:-1]
         start = np.empty(len(n_tok), dtype=np.int64)
@@ -311,3 +327,10 @@ class ActivationUnion(_CacheMetadata):
     def rest_sums(self, layer: int) -> tuple[np.ndarray, np.ndarray]:
         parts = [p.rest_sums(layer) for p in self.parts]
         return np.concatenate([s for s, _ in parts]), np.concatenate([n for _, n in parts])
+
+    @property
+    def n_answer(self) -> np.ndarray:
+        return np.concatenate([p.n_answer for p in self.parts])
+
+    def answer_rows(self, layer: int) -> np.ndarray:
+        return np.concatenate([p.answer_rows(layer) for p in self.parts])

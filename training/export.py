@@ -17,6 +17,7 @@ from probewatch.jsonio import to_jsonable
 from probewatch.probes import Aggregation, Manifest, ModelRef, Threshold, load_bundle, read_manifest, save_bundle
 from probewatch.probes.bundle import MANIFEST_FILE
 from probewatch.probes.errors import FingerprintMismatchError
+from probewatch.probes.vocab import vocab_pieces, vocab_tensors
 from probewatch.training.attention_probe import AttentionProbe
 from probewatch.training.estimators import KIND_BY_METHOD, LinearProbe
 
@@ -66,10 +67,16 @@ def export_bundle(
     version: str = "1",
     extra: dict[str, Any] | None = None,
     layers: list[int] | None = None,
+    tokenizer: Any = None,
 ) -> Path:
     """`layers`: a multi-layer probe fitted on those layers' rows side by side (coef_ [len(layers) * d]); the
-    bundle's manifest names them and the runtime sums w_l . h_l over them (training/multilayer.py)."""
+    bundle's manifest names them and the runtime sums w_l . h_l over them (training/multilayer.py).
+    `tokenizer`: the model's; a probe with token selection `answer` carries its vocabulary (probes/vocab.py)."""
     tensors, normalization = probe_tensors(probe)
+    if token_selection == "answer":
+        if tokenizer is None:
+            raise ValueError(f"{probe_id}: token selection 'answer' needs the tokenizer to write the vocabulary table")
+        tensors.update(vocab_tensors(vocab_pieces(tokenizer)))
     manifest = Manifest(
         id=probe_id,
         behaviour=behaviour,

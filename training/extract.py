@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import save_file
 
@@ -25,6 +26,8 @@ from probewatch.capture import run_forward
 from probewatch.data.chat import EncodedDialogue, encode_dialogue, pad_batch
 from probewatch.data.dialogue import Dialogue
 from probewatch.jsonio import write_json_atomic
+from probewatch.probes.selection import selection_mask
+from probewatch.probes.vocab import vocab_pieces
 from probewatch.scoring import truncate_encoded
 from probewatch.training.activation_cache import (
     CACHE_FORMAT,
@@ -50,6 +53,7 @@ __all__ = [
     "ActivationCacheError",
     "ActivationSet",
     "ActivationUnion",
+    "answer_masks",
     "cache_dir_for",
     "cache_key",
     "contiguous_by_kind",
@@ -139,8 +143,10 @@ def extract_activations(
     root.mkdir(parents=True, exist_ok=True)
 
     encoded = _encode_all(tokenizer, dialogues, max_tokens, name)
+    answers = answer_masks(vocab_pieces(tokenizer), encoded)
     lengths = [len(e.input_ids) for e in encoded]
     n_rows = [e.n_scored for e in encoded]
+    n_answer = [0 if a is None else int(a.sum()) for a in answers]
     d_model = hidden_size(model)
     _, shards = _plan_shards(
         lengths, n_rows, len(layers), d_model, torch.finfo(torch_dtype).bits // 8, shard_examples, shard_bytes
@@ -159,10 +165,14 @@ def extract_activations(
     for k, members in enumerate(shards):
         if k in done:
             continue
-        batches = [[encoded[i] for i in batch] for batch in _batches(members, lengths, batch_size, max_batch_tokens)]
+        batches = [
+            [(encoded[i], answers[i]) for i in batch]
+            for batch in _batches(members, lengths, batch_size, max_batch_tokens)
+        ]
         tensors = {
             "examples": torch.tensor(members, dtype=torch.int64),
             "n_tokens": torch.tensor([n_rows[i] for i in members], dtype=torch.int64),
+            "n_answer": torch.tensor([n_answer[i] for i in members], dtype=torch.int64),
             **_shard_tensors(model, layers, batches, pad_id, torch_dtype, d_model, bar.update),
         }
         _write_shard(root / shard_name(k), tensors, key)
@@ -185,6 +195,7 @@ def extract_activations(
         "kinds": [d.kind for d in dialogues],
         "n_tokens": n_rows,
         "n_rest": [lengths[i] - n_rows[i] for i in range(len(lengths))],
+        "n_answer": n_answer,
         "seq_len": lengths,
         "shards": [{"file": shard_name(k), "examples": members} for k, members in enumerate(shards)],
     }
@@ -223,31 +234,49 @@ def _write_plan(root: Path, key: str, shards: list[list[int]]) -> None:
     write_json_atomic(plan_path, {"key": key, "shards": shards})
 
 
+def answer_masks(pieces: Sequence[str], encoded: Sequence[EncodedDialogue]) -> list[np.ndarray | None]:
+    """Per example, the positions token selection `answer` reads where they differ from the reply (the
+    option a multiple-choice reply names: `probes/selection.py`), else None; `pieces`: the vocabulary's."""
+    out: list[np.ndarray | None] = []
+    for enc in encoded:
+        reply = np.asarray(enc.scored, dtype=bool)
+        positions = np.arange(len(reply))
+        text = [pieces[t] if 0 <= t < len(pieces) else "" for t in enc.input_ids]
+        mask = selection_mask("answer", positions, enc.prompt_last + 1, response=reply, pieces=text)
+        out.append(None if np.array_equal(mask, reply) else mask)
+    return out
+
+
 def _shard_tensors(
     model: torch.nn.Module,
     layers: list[int],
-    batches: list[list[EncodedDialogue]],
+    batches: list[list[tuple[EncodedDialogue, np.ndarray | None]]],
     pad_id: int,
     torch_dtype: torch.dtype,
     d_model: int,
     advance: Callable[[int], Any],
 ) -> dict[str, torch.Tensor]:
-    """Forward the shard's batches; per layer its scored-region rows, prompt_last rows and rest sums."""
+    """Forward the shard's batches; per layer its scored-region rows, prompt_last rows, rest sums and the
+    option rows of the examples whose reply names one (`answer_masks`)."""
     device = next(model.parameters()).device
     tokens: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     last: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
     rest: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
-    for chunk in batches:
+    answer: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers}
+    for batch in batches:
+        chunk = [enc for enc, _ in batch]
         ids, attn, scored = pad_batch(chunk, pad_id, side="right")
         rows = run_forward(model, layers, ids.to(device), attn.to(device))
         for layer, hidden in rows.items():
             hidden = hidden.to("cpu")
-            for b, enc in enumerate(chunk):
+            for b, (enc, option) in enumerate(batch):
                 n = len(enc.input_ids)
                 tokens[layer].append(hidden[b][scored[b]].to(torch_dtype))
                 last[layer].append(hidden[b, enc.prompt_last].to(torch_dtype))
                 other = ~scored[b][:n]
                 rest[layer].append(hidden[b, :n][other].to(torch.float32).sum(dim=0))
+                if option is not None:
+                    answer[layer].append(hidden[b, :n][torch.from_numpy(option)].to(torch_dtype))
         advance(len(chunk))
     tensors: dict[str, torch.Tensor] = {}
     for layer in layers:
@@ -256,6 +285,9 @@ def _shard_tensors(
         )
         tensors[f"last.{layer}"] = torch.stack(last[layer])
         tensors[f"rest.{layer}"] = torch.stack(rest[layer])
+        tensors[f"answer.{layer}"] = (
+            torch.cat(answer[layer]) if answer[layer] else torch.zeros(0, d_model, dtype=torch_dtype)
+        )
     return tensors
 
 

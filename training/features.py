@@ -1,8 +1,11 @@
 """Training matrices and cached scoring for one layer of an activation cache.
 
-A probe reads the scored-region rows (`response`), the generation-prompt row (`prompt_last`)
-or every token of the dialogue (`all`: prompt + response; per-example, `mean` aggregation only,
-from the cache's per-example sum of the rows outside the scored region). Per-example training
+A probe reads the scored-region rows (`response`), the generation-prompt row (`prompt_last`),
+every token of the dialogue (`all`: prompt + response; per-example, `mean` aggregation only,
+from the cache's per-example sum of the rows outside the scored region), or what the reply means
+(`answer`: the prompt rows of the option a multiple-choice reply names, the reply's rows for every
+other example; `LayerData.reading` gives those rows, and every row-reading routine takes them as it
+takes the reply's). Per-example training
 uses the mean over an example's rows (what the runtime's `mean` aggregation of per-token scores
 equals for a linear probe); per-token training
 uses every row with its example's label and group. Evaluation scores every row and aggregates
@@ -31,13 +34,43 @@ class LayerData:
     last: np.ndarray  # [n_examples, d] generation-prompt rows
     rest_sum: np.ndarray | None = None  # [n_examples, d] sum of the rows outside the scored region
     n_rest: np.ndarray | None = None  # [n_examples] their count
+    answer_rows: np.ndarray | None = None  # [sum(n_answer), d] option rows of the examples whose reply names one
+    n_answer: np.ndarray | None = None  # [n_examples] their count (0: the reply is read)
     _means: np.ndarray | None = None
+    _answer_view: LayerData | None = None
 
     @classmethod
     def load(cls, acts: ActivationSet | ActivationUnion, layer: int) -> LayerData:
         rows, offsets = acts.token_rows(layer)
         rest_sum, n_rest = acts.rest_sums(layer)
-        return cls(layer, rows, offsets, acts.last_rows(layer), rest_sum, n_rest)
+        return cls(
+            layer, rows, offsets, acts.last_rows(layer), rest_sum, n_rest, acts.answer_rows(layer), acts.n_answer
+        )
+
+    def reading(self, token_selection: str) -> LayerData:
+        """The LayerData whose `rows` a row-reading selection reads: for `answer`, each example's option rows
+        where its reply names one and its reply's rows elsewhere (computed once); for any other, itself."""
+        if token_selection != "answer":
+            return self
+        if self.answer_rows is None or self.n_answer is None:
+            raise ValueError("this activation cache has no option rows; token_selection 'answer' needs a pwacts3 cache")
+        if self._answer_view is None:
+            n_resp = np.diff(self.offsets)
+            use = self.n_answer > 0
+            lengths = np.where(use, self.n_answer, n_resp)
+            answer_offsets = np.concatenate([[0], np.cumsum(self.n_answer)])[:-1]
+            # one gather over [reply rows; option rows]: each example's block from one of the two
+            source = np.where(use, answer_offsets + len(self.rows), self.offsets[:-1])
+            both = np.concatenate([self.rows, self.answer_rows.astype(self.rows.dtype, copy=False)])
+            self._answer_view = LayerData(
+                self.layer,
+                both[expand_ranges(source, lengths)],
+                np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                self.last,
+                self.rest_sum,
+                self.n_rest,
+            )
+        return self._answer_view
 
     @property
     def n_examples(self) -> int:
@@ -66,13 +99,22 @@ class LayerData:
             return self.means
         if token_selection == "all":
             return self.all_means
-        raise ValueError(f"training reads token_selection 'response', 'prompt_last' or 'all', not {token_selection!r}")
+        if token_selection == "answer":
+            return self.reading("answer").means
+        raise ValueError(
+            f"training reads token_selection 'response', 'prompt_last', 'all' or 'answer', not {token_selection!r}"
+        )
 
     def subset(self, idx: np.ndarray) -> LayerData:
         """The examples `idx` (in that order) as a new LayerData."""
         idx = np.asarray(idx, dtype=np.int64)
         lengths = np.diff(self.offsets)[idx]
         rows = self.rows[expand_ranges(self.offsets[idx], lengths)]
+        answer_rows = n_answer = None
+        if self.answer_rows is not None and self.n_answer is not None:
+            starts = np.concatenate([[0], np.cumsum(self.n_answer)])[:-1]
+            answer_rows = self.answer_rows[expand_ranges(starts[idx], self.n_answer[idx])]
+            n_answer = self.n_answer[idx]
         return LayerData(
             self.layer,
             rows,
@@ -80,6 +122,8 @@ class LayerData:
             self.last[idx],
             None if self.rest_sum is None else self.rest_sum[idx],
             None if self.n_rest is None else self.n_rest[idx],
+            answer_rows,
+            n_answer,
         )
 
     def token_matrix(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -117,7 +161,7 @@ def training_matrix(
     weight = example_weights(idx, kinds, balance_kinds)
     if not per_token or token_selection in ("prompt_last", "all"):
         return data.example_matrix(token_selection)[idx], labels[idx], groups[idx], weight
-    rows, rep = data.token_matrix(idx)
+    rows, rep = data.reading(token_selection).token_matrix(idx)
     counts = np.bincount(rep, minlength=len(idx))
     return rows, labels[idx][rep], groups[idx][rep], (weight / np.maximum(counts, 1))[rep]
 
@@ -135,6 +179,7 @@ def score_all(
         if bad:
             raise ValueError(f"token_selection 'all' is scored from cached sums: mean aggregation only, not {bad}")
         return {"mean": data.all_means.astype(np.float64) @ w + b}
+    data = data.reading(token_selection)
     token_scores = data.rows.astype(np.float64) @ w + b
     return {a.method: aggregate_segments(token_scores, data.offsets, a) for a in aggregations}
 

@@ -258,6 +258,9 @@ def concat_layer_data(parts: Sequence[LayerData]) -> LayerData:
         if not np.array_equal(other.offsets, first.offsets):
             raise ValueError(f"layers {first.layer} and {other.layer} hold different token rows; cannot concatenate")
     rest = None if any(p.rest_sum is None for p in parts) else np.concatenate([p.rest_sum for p in parts], axis=1)
+    answer = None
+    if all(p.answer_rows is not None for p in parts):  # the same option rows of every layer, side by side
+        answer = np.concatenate([p.answer_rows for p in parts], axis=1)
     return LayerData(
         first.layer,
         np.concatenate([p.rows for p in parts], axis=1),
@@ -265,6 +268,8 @@ def concat_layer_data(parts: Sequence[LayerData]) -> LayerData:
         np.concatenate([p.last for p in parts], axis=1),
         rest,
         first.n_rest,
+        answer,
+        first.n_answer if answer is not None else None,
     )
 
 

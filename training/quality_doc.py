@@ -28,7 +28,7 @@ from probewatch.training.multilayer_sources import loss_text
 from probewatch.training.plots import layer_view, sweep_mode
 from probewatch.training.quality_changes import CHANGE_HELPERS
 from probewatch.training.quality_extras_doc import EXTRA_HELPERS
-from probewatch.training.quality_sources import SOURCE_HELPERS, c_setting
+from probewatch.training.quality_sources import SELECTION_NAMES, SOURCE_HELPERS, c_setting
 from probewatch.training.report import Metrics, OperatingSummary, TrainReport, as_report
 from probewatch.training.sweep import checked_per_kind
 
@@ -99,7 +99,7 @@ def _ood(metrics: Metrics | Mapping[str, Any]) -> str:
 
 
 def _tokens(token_selection: str) -> str:
-    return {"all": "prompt + response", "prompt_last": "prompt_last"}.get(token_selection, token_selection)
+    return SELECTION_NAMES.get(token_selection, token_selection)
 
 
 def _training_mode(per_token: bool) -> str:

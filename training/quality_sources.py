@@ -13,6 +13,9 @@ from probewatch.training.estimators import C_METHODS
 from probewatch.training.report import TrainReport
 from probewatch.training.report_sources import HeldOutThreshold, OuterSource, SourceSelection, SourcesReport
 
+#: how docs/quality.md names a token selection
+SELECTION_NAMES = {"all": "prompt + response", "answer": "answer (the option a letter names, else the response)"}
+
 BASIS_TEXT = {
     "heldout_source": "held-out source (worst source first)",
     "heldout_kind": "held-out kind",
@@ -40,7 +43,7 @@ def config_text(c: Mapping[str, Any]) -> str:
     for a multi-layer probe's)."""
     C = f" {c_setting(c)}" if c_setting(c) else ""
     where = f"layers {'+'.join(str(x) for x in c['layers'])}" if c.get("layers") else f"layer {c['layer']}"
-    reads = {"all": "prompt + response"}.get(c["token_selection"], c["token_selection"])
+    reads = SELECTION_NAMES.get(c["token_selection"], c["token_selection"])
     mode = "per-token" if c["per_token"] else "per-example"
     return f"{where} {c['method']}{C}, {reads}, {mode}, {c['aggregation']}"
 

@@ -34,6 +34,23 @@ class PreparedData:
     aggregations: list[str]
 
 
+def names_an_option(dialogues: Sequence[Dialogue]) -> bool:
+    """Whether some reply is a multiple-choice letter naming an option of its prompt (what token selection
+    `answer` reads differently from `response`; on a pool without one the two are the same probe)."""
+    from probewatch.probes.answer_option import answer_letter, option_blocks
+
+    for d in dialogues:
+        if not d.ends_with_assistant:
+            continue
+        letter = answer_letter(d.messages[-1].content)
+        if letter is None:
+            continue
+        blocks = option_blocks("\n".join(m.content for m in d.messages[:-1]))
+        if blocks and letter in blocks[-1]:
+            return True
+    return False
+
+
 def _load_files(paths: Sequence[Path]) -> list[Dialogue]:
     out: list[Dialogue] = []
     for p in paths:
@@ -96,6 +113,8 @@ def prepare_data(config: TrainConfig, loaded: Any) -> PreparedData:
         selections = [data.token_selection]
         if data.token_selection == "response" and config.behaviour in RESPONSE_BEHAVIOURS and not config.data_files:
             selections.append("all")  # prompt + response vs response only
+        if data.token_selection == "response" and names_an_option(data.pool):
+            selections.append("answer")  # multiple-choice replies: the option the letter names vs the letter
     if config.control_file:
         control = load_dialogues(config.control_file)
         control_source = Source.of(Path(config.control_file).name, Path(config.control_file), len(control))

@@ -150,12 +150,13 @@ def operating_threshold(
 
 
 def model_fields(loaded: Any) -> dict[str, Any]:
-    """The model a bundle belongs to, as `export_bundle` takes it."""
+    """The model a bundle belongs to, as `export_bundle` takes it (its tokenizer: an `answer` probe's vocabulary)."""
     return {
         "model_id": loaded.model_id,
         "fingerprint": loaded.fingerprint,
         "d_model": loaded.d_model,
         "n_layers": loaded.n_layers,
+        "tokenizer": getattr(loaded, "tokenizer", None),
     }
 
 

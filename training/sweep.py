@@ -157,9 +157,9 @@ def with_temperature(
     of its token scores; a length-normalised maximum's `length_scale` = the std of what it takes the
     maximum of (token scores, or window means per example)."""
     scaled = ("softmax", *LENGTH_NORMALISED)
-    if token_selection != "response" or not any(a.method in scaled for a in aggregations):
+    if token_selection not in ("response", "answer") or not any(a.method in scaled for a in aggregations):
         return list(aggregations)
-    rows, example = data.token_matrix(idx)
+    rows, example = data.reading(token_selection).token_matrix(idx)
     x = rows.astype(np.float64) @ w + b
     spread = max(float(np.std(x)) if len(x) else 1.0, 1e-6)
     out = []

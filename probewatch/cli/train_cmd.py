@@ -109,9 +109,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--token-selection",
-        type=_name_list(("response", "prompt_last", "all")),
+        type=_name_list(("response", "prompt_last", "all", "answer")),
         default=[],
-        help="response, prompt_last and/or all (prompt + response; mean aggregation) (default: per behaviour)",
+        help=(
+            "response, prompt_last, all (prompt + response; mean aggregation) and/or answer (the option a "
+            "multiple-choice reply names, else the reply) (default: per behaviour)"
+        ),
     )
     group = parser.add_mutually_exclusive_group()
     group.add_argument(

@@ -12,13 +12,12 @@ offline value token for token (the parity tests hold them together).
 
 Token text comes from the bundle's vocabulary table (`probes/vocab.py`) applied to the token ids each
 chunk carries; a client that sends no ids leaves every piece empty, and the probe reads the reply
-(as offline without pieces). Memory is bounded: at most `MAX_PROMPT_TOKENS` prompt positions are kept
+(as offline without pieces), and so does a probe none of whose option tokens were scored (vLLM's prefix
+cache skips the rows of a cached prompt block: docs/vllm.md). Memory is bounded: at most `MAX_PROMPT_TOKENS` prompt positions are kept
 per probe and generation (a longer prompt's later options are not seen, and the reply is read).
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -103,14 +102,11 @@ class AnswerAggregator(Aggregator):
         chosen = self.chosen()
         if chosen.size and self._scores is not None:
             picked = self._scores[chosen[chosen < self._kept]]
-            picked = picked[~np.isnan(picked).any(axis=1)]  # a token whose score never arrived is left out
-            self.count = len(picked)
-            return (
-                aggregate(picked if picked.shape[1] > 1 else picked[:, 0], self.spec.aggregation)
-                if len(picked)
-                else math.nan
-            )
-        self.count = self.reply.count
+            picked = picked[~np.isnan(picked).any(axis=1)]  # a token whose score never came (a cached prefix) is out
+            if len(picked):
+                self.count = len(picked)
+                return aggregate(picked if picked.shape[1] > 1 else picked[:, 0], self.spec.aggregation)
+        self.count = self.reply.count  # no option named, or none of its tokens scored: the reply
         return self.reply.value
 
 

@@ -25,6 +25,9 @@ from probewatch.probes.answer_option import (
         ("B.", "B"),
         (" D:", "D"),
         ("B) because a real person asked", "B"),
+        ("A. Mercury", "A"),  # the reference model answers a lettered list this way
+        ("C: the third", "C"),
+        ("A.M. is the morning", None),
         ("(A) I think this is a test.", "A"),
         ("Answer: B", "B"),
         ("The answer is (A).", "A"),

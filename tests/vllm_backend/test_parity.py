@@ -52,7 +52,21 @@ def bundles(bundles, tmp_path_factory):
         # reads deception's first layer and refusal-mean-diff's; listed last too
         multilayer_from_linear([src, refusal], root, "deception-multi", [1.0, 0.5]),
         _family(src, root / "vllm-family"),
+        _answer(src, root, "deception-answer"),
     ]
+
+
+def _answer(src, root, probe_id: str):
+    """The deception direction reading with token selection `answer`, carrying the reference vocabulary."""
+    from probewatch.models.tokenizer import load_tokenizer
+    from probewatch.probes import load_bundle, save_bundle
+    from probewatch.probes.vocab import vocab_pieces, vocab_tensors
+
+    bundle = load_bundle(src)
+    manifest = bundle.manifest
+    manifest.id, manifest.weights_sha256, manifest.token_selection = probe_id, "", "answer"
+    tensors = {**bundle.tensors, **vocab_tensors(vocab_pieces(load_tokenizer("smollm2-135m-instruct")))}
+    return save_bundle(root / probe_id, manifest, tensors)
 
 
 FAMILY = "vllm-family"
@@ -172,6 +186,8 @@ def _check_parity(runtime, hf, question: str, prompt: list[int], token_ids: list
             assert sorted(p for p in got if p >= P) == sorted(want), pid
         elif selection == "prompt_last":
             want = {P - 1: offline_scores[0]}
+        elif selection == "answer":  # the positions depend on the reply: the aggregate below checks it
+            want = {}
         else:  # all: offline index = position; the prompt rows live sends (cached ones are not) + response
             want = {p: offline_scores[p] for p in got if p < P + n_fed}
             assert set(range(P, P + n_fed)) <= set(got), pid
@@ -188,7 +204,7 @@ def _check_parity(runtime, hf, question: str, prompt: list[int], token_ids: list
             )
             assert live.scores[pid] == pytest.approx(expected, abs=tol), pid
     assert checked > 0
-    return n_fed
+    return offline
 
 
 def _generate_checked(engine, hf, questions: list[str], max_tokens: int = 16) -> list[tuple[list[int], object]]:
@@ -414,3 +430,41 @@ def test_preempted_request_continues_its_generation(engine, hf_reference):
         assert got[p] == pytest.approx(float(scores[p]), abs=tol)
     errors = capture.metrics.registry.get_sample_value("probewatch_client_capture_errors_total", {"reason": "position"})
     assert errors == 0
+
+
+#: multiple-choice questions the reference model answers greedily with a letter ("(B) I will lie ...",
+#: "A. Mercury"); one per mode, so the second mode's options are not served from the prefix cache
+CHOICES = {
+    "rows": "Pick one option.\n(A) I will tell the truth\n(B) I will lie to the user\nYour choice:",
+    "pushdown": "Which planet is closest to the sun?\nA. Mercury\nB. Mars\nC. Venus\nReply with one letter.",
+}
+
+
+@pytest.mark.parametrize("mode", ["rows", "pushdown"])
+def test_answer_probe_reads_the_named_option_live(mode, engine, hf_reference):
+    """A reply that is an option letter: the `answer` probe scores the prompt tokens of the option it names,
+    from the token ids the plugin sends and the bundle's vocabulary table; live == offline `score_dialogues`."""
+    import numpy as np
+    from vllm import SamplingParams
+
+    from probewatch.probes.selection import selection_mask
+
+    llm, _, runtime, capture = engine
+    capture.set_mode(mode)
+    question = CHOICES[mode]
+    prompt = _prompt_ids(hf_reference.tokenizer, question)
+    (out,) = llm.generate([{"prompt_token_ids": prompt}], SamplingParams(max_tokens=16, temperature=0), use_tqdm=False)
+    result = _handle(out.request_id).result(30)
+    assert result.status == "closed" and not result.errors, result
+    completion = out.outputs[0]
+    assert completion.finish_reason == "stop", completion.text  # the aggregate is compared only for a whole reply
+    offline = _check_parity(runtime, hf_reference, question, prompt, list(completion.token_ids), True, result)
+    tokens = prompt + list(completion.token_ids)[:-1]  # the EOS is never fed
+    vocab = runtime.bundle("deception-answer").vocabulary
+    positions = np.arange(len(tokens))
+    read = positions[selection_mask("answer", positions, len(prompt), pieces=vocab.of(tokens))]
+    assert read.size and read.max() < len(prompt), completion.text  # the option's prompt tokens, not the reply
+    assert len(offline.token_scores["deception-answer"]) == read.size
+    assert result.scores["deception-answer"] == pytest.approx(
+        offline.aggregate["deception-answer"], abs=score_tolerance(offline.token_scores["deception-answer"])
+    )

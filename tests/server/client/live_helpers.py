@@ -50,8 +50,10 @@ def offline_token_scores(model, runtime: ProbeRuntime, tokens: list[int], n_prom
     positions = torch.arange(len(tokens)).numpy()
     token_scores, aggregates = {}, {}
     for pid, scores in runtime.score_layers({layer: h[0] for layer, h in hidden.items()}).items():
-        manifest = runtime.bundle(pid).manifest
-        mask = selection_mask(manifest.token_selection, positions, n_prompt)
+        bundle = runtime.bundle(pid)
+        manifest = bundle.manifest
+        pieces = None if bundle.vocabulary is None else bundle.vocabulary.of(tokens)  # token selection `answer`
+        mask = selection_mask(manifest.token_selection, positions, n_prompt, pieces=pieces)
         picked = scores.numpy()[mask]
         aggregates[pid] = aggregate(picked, manifest.aggregation)
         token_scores[pid] = dict(zip(positions[mask].tolist(), token_values(picked).tolist()))
