@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 PIP := python -m pip install -q --disable-pip-version-check
 
 .PHONY: setup demo test check lint typecheck lock test-latest test-compat bench bench-capture bench-quality \
-	bench-overhead bench-ingest bench-vllm bench-soak bench-review bench-evasion bench-selection bench-threshold bench-augmentation bench-multiple-choice review-screenshots sae proto clean \
+	bench-overhead bench-ingest bench-vllm bench-soak bench-review bench-evasion bench-selection bench-threshold bench-augmentation bench-multiple-choice bench-reading-by-source review-screenshots sae proto clean \
 	vllm-venv test-vllm lock-vllm test-vllm-contract
 
 setup: $(VENV)/.installed
@@ -185,6 +185,12 @@ bench-augmentation: setup
 MULTIPLE_CHOICE_ARGS ?=
 bench-multiple-choice: setup
 	$(BIN)/probewatch bench multiple-choice $(MULTIPLE_CHOICE_ARGS)
+
+# The shipped eval-awareness configuration read as `response` and as `answer`, each source of its pool held out
+# (everything else fixed); runs/bench-reading-by-source.json (~2 min with the bench's activation cache).
+READING_ARGS ?=
+bench-reading-by-source: setup
+	$(BIN)/probewatch bench reading-by-source $(READING_ARGS)
 
 # Retrain the shipped SAE (layer 15, TopK 3072, k=32; ~30 min on 2 CPU cores, activations cached
 # under PROBEWATCH_HOME) and refit the SAE-feature probes into PROBEWATCH_HOME/bundles (docs/sae.md).

@@ -41,7 +41,7 @@ class IndexedBundle:
             "source": self.source,
             "version": m.version,
             "token_selection": m.token_selection,
-            "reads_response": m.token_selection in ("response", "all"),
+            "reads_response": m.token_selection in ("response", "all", "answer"),
             "aggregation": m.aggregation.method,
             "threshold": m.threshold.value,
             "fingerprint": m.model.fingerprint,

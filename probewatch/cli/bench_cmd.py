@@ -62,6 +62,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "probewatch.benchmarks.multiple_choice",
         "multiple-choice answers: a probe on the answer letter vs on the option it names (probes/answer_option.py)",
     ),
+    "reading-by-source": (
+        "probewatch.benchmarks.reading_by_source",
+        "one chosen probe configuration under several token selections, each source of its pool held out",
+    ),
 }
 
 

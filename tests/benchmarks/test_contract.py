@@ -30,6 +30,7 @@ NAMES = (
     "threshold",
     "augmentation",
     "multiple-choice",
+    "reading-by-source",
 )
 
 

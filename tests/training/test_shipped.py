@@ -95,7 +95,10 @@ def test_probes_list_json_includes_the_shipped_bundles(capsys):
     for r in rows:
         assert {"id", "behaviour", "kind", "model", "layer", "path", "token_selection", "aggregation"} <= set(r)
     for probe_id in READS_RESPONSE:
-        assert shipped[probe_id]["token_selection"] in ("response", "all") and shipped[probe_id]["reads_response"]
+        assert (
+            shipped[probe_id]["token_selection"] in ("response", "all", "answer")
+            and shipped[probe_id]["reads_response"]
+        )
     assert shipped["alignment-faking"]["behaviour"] == "alignment_faking"
     assert shipped["monitored-framing"]["token_selection"] == "prompt_last"
     assert {r["behaviour"] for r in shipped.values()} >= {"deception", "refusal", "alignment_faking"}

@@ -58,6 +58,11 @@ def _chunk(gid: str, layer: int, data: np.ndarray, positions, tokens, kind: int)
     )
 
 
+def _ans_scores(runtime: ProbeRuntime, x: dict[int, np.ndarray]) -> np.ndarray:
+    """The single-layer `ans` probe's offline token scores at every position."""
+    return runtime.score_layers({layer: torch.from_numpy(rows) for layer, rows in x.items()})["ans"].numpy()
+
+
 def _offline(runtime: ProbeRuntime, x: dict[int, np.ndarray], tokens: list[int], n_prompt: int) -> dict[str, float]:
     """Each answer probe's aggregate over the positions the rule picks (the offline scorer's numbers)."""
     scores = runtime.score_layers({layer: torch.from_numpy(rows) for layer, rows in x.items()})
@@ -123,7 +128,7 @@ def test_the_reading_follows_the_reply_as_it_grows(start_sidecar, bundles, runti
     tokens = QUESTION + [18, 19]
     n = len(QUESTION)
     x = _rows(len(tokens), seed=5)
-    scores = runtime.score_layers({layer: torch.from_numpy(rows) for layer, rows in x.items()})["ans"].numpy()
+    scores = _ans_scores(runtime, x)
     client.send(open_msg("g", tiny_fp, prompt_length=n))
     raw = pb.PAYLOAD_KIND_RESIDUAL_ROWS
 
@@ -145,7 +150,7 @@ def test_without_token_ids_an_answer_probe_reads_the_reply(start_sidecar, bundle
     tokens = QUESTION + [11, 16]
     n = len(QUESTION)
     x = _rows(len(tokens), seed=7)
-    scores = runtime.score_layers({layer: torch.from_numpy(rows) for layer, rows in x.items()})["ans"].numpy()
+    scores = _ans_scores(runtime, x)
     results = _stream(client, runtime, "g", x, tokens, n, pb.PAYLOAD_KIND_RESIDUAL_ROWS, send_ids=False)
     assert results["ans"].score == pytest.approx(float(scores[n:].mean()), abs=ATOL)
     assert results["ans"].n_tokens == 2
@@ -188,7 +193,7 @@ def test_ids_outside_the_table_read_as_no_text(start_sidecar, bundles, runtime):
     tokens = [t + 10_000 for t in QUESTION] + [11, 16]
     n = len(QUESTION)
     x = _rows(len(tokens), seed=11)
-    scores = runtime.score_layers({layer: torch.from_numpy(rows) for layer, rows in x.items()})["ans"].numpy()
+    scores = _ans_scores(runtime, x)
     results = _stream(client, runtime, "g", x, tokens, n, pb.PAYLOAD_KIND_RESIDUAL_ROWS)
     assert results["ans"].score == pytest.approx(float(scores[n:].mean()), abs=ATOL)
     client.close()
