@@ -49,6 +49,7 @@ __all__ = [
     "answer_positions",
     "chosen_option",
     "option_blocks",
+    "option_positions",
     "parse_text",
     "piece_offsets",
     "reply_text",
@@ -140,6 +141,23 @@ def reply_text(pieces: Sequence[str]) -> str:
     return text + "\x00" if len(pieces) > REPLY_PIECES else text
 
 
+def option_positions(pieces: Sequence[str], prompt_length: int) -> dict[str, np.ndarray]:
+    """Letter -> prompt positions of that option's text, for the prompt's last block of options ({} without
+    one): the part of the rule that reads only the prompt, so a streaming reader parses it once."""
+    prompt = pieces[:prompt_length]
+    blocks = option_blocks(parse_text(prompt))
+    if not blocks:
+        return {}
+    offsets = piece_offsets(prompt)
+    starts, ends = offsets[:-1], offsets[1:]
+
+    def positions(span: tuple[int, int]) -> np.ndarray:
+        a, z = span
+        return np.flatnonzero((starts < z) & (ends > a) & (ends > starts))
+
+    return {letter: positions(span) for letter, span in blocks[-1].items()}
+
+
 def chosen_option(pieces: Sequence[str], prompt_length: int, response_end: int | None = None) -> ChosenOption | None:
     """The option the reply (pieces `prompt_length:response_end`) chose among the prompt's last block of
     options, with the prompt positions of every option's text; None where the reply is no option letter, the
@@ -147,18 +165,10 @@ def chosen_option(pieces: Sequence[str], prompt_length: int, response_end: int |
     letter = answer_letter(reply_text(pieces[prompt_length:response_end]))
     if letter is None:  # most replies: no prompt parsing at all
         return None
-    blocks = option_blocks(parse_text(pieces[:prompt_length]))
-    if not blocks or letter not in blocks[-1]:
+    options = option_positions(pieces, prompt_length)
+    if letter not in options:
         return None
-    offsets = piece_offsets(pieces)
-    starts, ends = offsets[:prompt_length], offsets[1 : prompt_length + 1]
-
-    def positions(span: tuple[int, int]) -> np.ndarray:
-        a, z = span
-        return np.flatnonzero((starts < z) & (ends > a) & (ends > starts))
-
-    block = blocks[-1]
-    return ChosenOption(letter, positions(block[letter]), {k: positions(v) for k, v in block.items() if k != letter})
+    return ChosenOption(letter, options[letter], {k: v for k, v in options.items() if k != letter})
 
 
 def answer_positions(pieces: Sequence[str], prompt_length: int, response_end: int | None = None) -> np.ndarray:

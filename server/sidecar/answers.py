@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from probewatch.probes.aggregate import Aggregator, aggregate, make_aggregator
-from probewatch.probes.answer_option import REPLY_PIECES, answer_letter, answer_positions, reply_text
+from probewatch.probes.answer_option import REPLY_PIECES, answer_letter, option_positions, reply_text
 from probewatch.probes.vocab import Vocabulary
 from probewatch.server.sidecar.specs import ProbeSpec
 
@@ -45,10 +45,11 @@ class AnswerAggregator(Aggregator):
         self._ids = np.full(kept + REPLY_PIECES + 1, -1, dtype=np.int64)  # prompt ids, then the reply's first
         self._kept = kept
         self._scores: np.ndarray | None = None  # [kept, width] prompt token scores (NaN: not arrived)
-        self._ids_seen = 0  # bumped when an id the rule reads changes
-        self._chosen_key: tuple[int, int] | None = None
+        self._prompt_seen = 0  # bumped when a kept prompt id changes
+        self._reply_seen = 0  # ... a reply id the rule reads
+        self._chosen_key: tuple[int, int, int] | None = None
         self._chosen = np.zeros(0, dtype=np.int64)
-        self._prompt_pieces: tuple[int, list[str]] | None = None  # (ids_seen, pieces) of the kept prompt
+        self._options: tuple[int, dict[str, np.ndarray]] | None = None  # (prompt_seen, letter -> positions)
 
     def tokens(self, positions: np.ndarray, token_ids: np.ndarray | None) -> None:
         """Record a chunk's token ids (any layer's chunk: they are the same tokens) where the rule reads them."""
@@ -56,9 +57,11 @@ class AnswerAggregator(Aggregator):
             return
         slot = np.where(positions < self.prompt_length, positions, positions - self.prompt_length + self._kept)
         keep = (positions < self._kept) | ((positions >= self.prompt_length) & (slot < len(self._ids)))
-        if keep.any() and (self._ids[slot[keep]] != token_ids[keep]).any():
-            self._ids[slot[keep]] = token_ids[keep]
-            self._ids_seen += 1
+        changed = keep & (self._ids[np.minimum(slot, len(self._ids) - 1)] != token_ids)
+        if changed.any():
+            self._ids[slot[changed]] = token_ids[changed]
+            self._prompt_seen += int((positions[changed] < self._kept).any())
+            self._reply_seen += int((positions[changed] >= self.prompt_length).any())
 
     def add(self, positions: np.ndarray, scores: np.ndarray) -> None:
         """Feed the probe's scores ([m] or [m, width]) at `positions` (a chunk's, in position order)."""
@@ -77,9 +80,11 @@ class AnswerAggregator(Aggregator):
         raise TypeError("an answer probe's scores need their positions: use add(positions, scores)")
 
     def chosen(self) -> np.ndarray:
-        """Prompt positions of the option the reply names (empty: it names none, or no token text is known)."""
+        """Prompt positions of the option the reply names (empty: it names none, or no token text is known).
+        The reply's letter is read from its first tokens at each change; the prompt's options are parsed once
+        per change of the prompt (in practice once per generation)."""
         n_reply = min(self.reply.count, REPLY_PIECES + 1)
-        key = (n_reply, self._ids_seen)
+        key = (n_reply, self._reply_seen, self._prompt_seen)
         if key == self._chosen_key:
             return self._chosen
         self._chosen_key = key
@@ -88,13 +93,16 @@ class AnswerAggregator(Aggregator):
         if vocab is None or n_reply == 0:
             return self._chosen
         reply = [vocab.piece(int(t)) if t >= 0 else "" for t in self._ids[self._kept : self._kept + n_reply]]
-        if answer_letter(reply_text(reply)) is None:  # most replies: the prompt is never looked at
+        letter = answer_letter(reply_text(reply))
+        if letter is None:  # most replies: the prompt is never looked at
             return self._chosen
-        if self._prompt_pieces is None or self._prompt_pieces[0] != self._ids_seen:
+        if self._options is None or self._options[0] != self._prompt_seen:
             prompt = [vocab.piece(int(t)) if t >= 0 else "" for t in self._ids[: self._kept]]
-            self._prompt_pieces = (self._ids_seen, prompt + [""] * (self.prompt_length - self._kept))
-        pieces = self._prompt_pieces[1] + reply  # beyond the kept prompt: '' (no option is seen there)
-        self._chosen = answer_positions(pieces, self.prompt_length, self.prompt_length + n_reply)
+            self._options = (
+                self._prompt_seen,
+                option_positions(prompt, self._kept),
+            )  # beyond the kept prompt: no option
+        self._chosen = self._options[1].get(letter, self._chosen)
         return self._chosen
 
     @property
