@@ -28,7 +28,7 @@ from probewatch.server.sidecar.specs import ProbeSpec
 
 __all__ = ["MAX_PROMPT_TOKENS", "AnswerAggregator", "aggregator_for"]
 
-#: prompt positions an `answer` probe keeps per generation (4 + 8 bytes each)
+#: prompt positions an `answer` probe keeps per generation (an 8-byte id and an 8-byte score each)
 MAX_PROMPT_TOKENS = 1 << 17
 
 
@@ -96,12 +96,9 @@ class AnswerAggregator(Aggregator):
         letter = answer_letter(reply_text(reply))
         if letter is None:  # most replies: the prompt is never looked at
             return self._chosen
-        if self._options is None or self._options[0] != self._prompt_seen:
+        if self._options is None or self._options[0] != self._prompt_seen:  # beyond the kept prompt: no option
             prompt = [vocab.piece(int(t)) if t >= 0 else "" for t in self._ids[: self._kept]]
-            self._options = (
-                self._prompt_seen,
-                option_positions(prompt, self._kept),
-            )  # beyond the kept prompt: no option
+            self._options = (self._prompt_seen, option_positions(prompt, self._kept))
         self._chosen = self._options[1].get(letter, self._chosen)
         return self._chosen
 
