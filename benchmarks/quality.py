@@ -82,7 +82,10 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         "--doc", type=Path, default=None, help="markdown report (default: docs/quality.md of the checkout)"
     )
     parser.add_argument(
-        "--runs-dir", type=Path, default=Path("runs/quality"), help="where training writes (default runs/quality)"
+        "--runs-dir",
+        type=Path,
+        default=None,
+        help="where training writes (default runs/quality; with another --doc, runs/quality beside that doc)",
     )
     parser.add_argument(
         "--ship",
@@ -155,6 +158,15 @@ def _repo_root() -> Path:
     return root if (root / "docs").is_dir() else Path.cwd()
 
 
+def default_runs_dir(doc: Path, root: Path) -> Path:
+    """runs/quality for the checkout's docs/quality.md; for any other doc, runs/quality beside it. The runs folder
+    wins over the inputs published with a doc, so a trial run rendered elsewhere (`--doc /tmp/x.md`) must not
+    leave its reports where the next run of the checkout's doc would render from them."""
+    if doc.resolve() == (root / "docs" / "quality.md").resolve():
+        return Path("runs/quality")
+    return doc.parent / "runs" / "quality"
+
+
 def main(args: argparse.Namespace) -> int:
     from probewatch.bundle_index import shipped_root
     from probewatch.models import load_model
@@ -168,6 +180,7 @@ def main(args: argparse.Namespace) -> int:
     root = _repo_root()
     doc = args.doc or root / "docs" / "quality.md"
     plots_root = doc.parent / "quality"
+    args.runs_dir = args.runs_dir or default_runs_dir(doc, root)
     loaded = load_model(args.model)
     args.runs_dir.mkdir(parents=True, exist_ok=True)
     seeded = seed_runs_dir(args.runs_dir, plots_root, JOBS)  # a fresh clone: the inputs published with the doc

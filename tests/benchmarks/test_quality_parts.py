@@ -5,6 +5,7 @@ the last part compares every probe with the run before it and states the whole r
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -190,3 +191,14 @@ def test_recorded_train_command_reproduces_the_job_and_a_narrowed_sweep():
         ["mean_diff"],
         False,
     )
+
+
+def test_a_run_rendered_elsewhere_keeps_its_reports_beside_that_doc(tmp_path):
+    """The runs folder wins over the published inputs, so a trial run (`--doc /tmp/x.md`) writing into
+    runs/quality would be rendered into the checkout's doc by the next part run there (it happened: another
+    probe's stale report and a baseline of one probe). Its default runs folder is beside its own doc."""
+    root = tmp_path / "checkout"
+    (root / "docs").mkdir(parents=True)
+    assert quality.default_runs_dir(root / "docs" / "quality.md", root) == Path("runs/quality")
+    elsewhere = tmp_path / "trial" / "quality.md"
+    assert quality.default_runs_dir(elsewhere, root) == tmp_path / "trial" / "runs" / "quality"
