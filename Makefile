@@ -180,8 +180,8 @@ bench-augmentation: setup
 
 # Multiple-choice answers: a probe fitted on one-sentence beliefs, scored on multiple-choice items of held-out
 # belief pairs by the answer letter's tokens vs the option the letter names (probes/answer_option.py), in two
-# layouts, and the shipped deception bundle on CAA's sycophancy A/B items the same three ways;
-# runs/bench-multiple-choice.json + .png (~3 min).
+# layouts, the shipped deception bundle on CAA's sycophancy A/B items the same three ways, and the shipped
+# eval-awareness bundle (token selection `answer`) as it scores live; runs/bench-multiple-choice.json + .png (~4 min).
 MULTIPLE_CHOICE_ARGS ?=
 bench-multiple-choice: setup
 	$(BIN)/probewatch bench multiple-choice $(MULTIPLE_CHOICE_ARGS)

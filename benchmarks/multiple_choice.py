@@ -15,8 +15,12 @@ Then the shipped `deception` bundle, as it is (no fitting), on CAA's held-out sy
 out-of-distribution set, answered "I would choose (A)."): there the behaviour is the option's relation to the
 user's stated view, not anything the option's text says, so reading the option should not help, and a gain
 there would say the rule or the bundle reads something else.
-AUROC per reading and format, as JSON and a bar plot. Both sides of every item are the same prompt; only the
-letter differs, so the answer's tokens can only separate them through what the model made of the letter.
+Last, the shipped eval-awareness bundle as it scores live (its own token selection, `answer`, and aggregation,
+through `score_dialogues`) on every item of both layouts: its pool holds these beliefs and the first layout, so
+the second layout is what is new to it.
+AUROC per reading and format, as JSON and a bar plot (the shipped bundle's as a line over its layout). Both
+sides of every item are the same prompt; only the letter differs, so the answer's tokens can only separate them
+through what the model made of the letter.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ __all__ = [
     "add_cli_args",
     "anthropic_style",
     "bundle_readings",
+    "bundle_scores",
     "main",
     "measure",
     "plot",
@@ -43,6 +48,7 @@ __all__ = [
 
 DEFAULT_OUT = Path("runs/bench-multiple-choice.json")
 SYCOPHANCY = "sycophancy_caa (deception probe)"
+SHIPPED_EA = "shipped eval-awareness bundle, as it scores live"
 READINGS = ("answer tokens", "chosen option", "chosen minus others")
 FORMATS = ("eval_choice prompt", "Choices / Answer layout")
 ANTHROPIC_PROMPT = (
@@ -200,6 +206,24 @@ def bundle_readings(loaded: Any, bundle_dir: Path, items: Sequence[Any], progres
     }
 
 
+def bundle_scores(loaded: Any, bundle_dir: Path, items: Sequence[Any], progress: bool = True) -> dict[str, Any]:
+    """A shipped bundle's AUROC on `items` as it scores them live: its own token selection (`answer` reads the
+    option a letter names) and aggregation, through `score_dialogues`."""
+    from probewatch.metrics import auroc
+    from probewatch.probes import ProbeRuntime, load_bundle
+    from probewatch.scoring import score_dialogues
+
+    bundle = load_bundle(bundle_dir, expected_fingerprint=loaded.fingerprint)
+    scored = score_dialogues(loaded.model, loaded.tokenizer, ProbeRuntime([bundle]), items, progress=progress)
+    values = [r.aggregate[bundle.id] for r in scored]
+    return {
+        "bundle": bundle.id,
+        "token_selection": bundle.manifest.token_selection,
+        "n": len(items),
+        "auroc": auroc(values, [d.label for d in items]),
+    }
+
+
 def plot(result: dict[str, Any], out: Path) -> Path:
     """Grouped bars: AUROC per reading, one group per format."""
     import textwrap
@@ -218,9 +242,16 @@ def plot(result: dict[str, Any], out: Path) -> Path:
         values = [groups[n]["auroc"][reading] for n in names]
         bars = ax.bar(np.arange(len(names)) + (i - 1) * width, values, width, label=reading)
         ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    for j, name in enumerate(names):  # the shipped eval-awareness bundle as it scores live, where measured
+        live = result.get("shipped_eval_awareness", {}).get(name)
+        if live is not None:
+            y = live["auroc"]
+            label = None if j else SHIPPED_EA
+            ax.plot([j - 0.45, j + 0.45], [y, y], color="black", linewidth=1.0, linestyle="--", label=label)
+            ax.annotate(f"{y:.2f}", (j + 0.45, y), xytext=(2, 2), textcoords="offset points", fontsize=7)
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xticks(np.arange(len(names)), [textwrap.fill(n, 22) for n in names], fontsize=8)
-    ax.set_ylim(0.0, 1.1)
+    ax.set_ylim(0.0, 1.15)
     ax.set_ylabel("AUROC")
     ax.set_title("multiple-choice answers: what the probe reads")
     ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
@@ -249,6 +280,15 @@ def main(args: argparse.Namespace) -> int:
         bundle_dir = args.deception_bundle or shipped_bundle(loaded.model_id, "deception")
         if found is not None and bundle_dir is not None:
             result["shipped"] = {SYCOPHANCY: bundle_readings(loaded, bundle_dir, found[0], progress=not args.quiet)}
+    ea_dir = shipped_bundle(loaded.model_id, "eval-awareness")
+    if ea_dir is not None:  # the shipped probe on every item of both layouts (its pool has the beliefs, not the layout)
+        from probewatch.training.datasets.eval_awareness import build
+
+        choices = [d for d in build(data_dir, respond=None, cross_ood=False).pool if d.kind == "eval_choice"]
+        layouts = {FORMATS[0]: choices, FORMATS[1]: anthropic_style(choices)}
+        result["shipped_eval_awareness"] = {
+            name: bundle_scores(loaded, ea_dir, items, progress=not args.quiet) for name, items in layouts.items()
+        }
     result["command"] = command_line("multiple-choice")
     result["plot"] = str(plot(result, args.out))
     lines = [f"multiple-choice answers, layer {args.layer} (AUROC, belief pairs held out):"]
@@ -258,6 +298,10 @@ def main(args: argparse.Namespace) -> int:
     for name, f in result.get("shipped", {}).items():
         cells = ", ".join(f"{r} {v:.3f}" for r, v in f["auroc"].items())
         lines.append(f"  {name}, shipped `{f['bundle']}` ({f['parsed']} of {f['n']} items parsed): {cells}")
+    for name, f in result.get("shipped_eval_awareness", {}).items():
+        lines.append(
+            f"  {name}, shipped `{f['bundle']}` as it scores live ({f['token_selection']}, {f['n']} items): {f['auroc']:.3f}"
+        )
     lines.append(f"report: {args.out}; plot: {result['plot']}")
     emit(result, args.json, lines, args.out)
     return 0

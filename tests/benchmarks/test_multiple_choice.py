@@ -59,3 +59,16 @@ def test_the_shipped_deception_bundle_reads_every_caa_sycophancy_reply_as_an_opt
     assert out["parsed"] == out["n"] == 12 and out["layers"] == [19, 21]
     assert set(out["auroc"]) == set(multiple_choice.READINGS)
     assert all(0.0 <= v <= 1.0 for v in out["auroc"].values())
+
+
+def test_the_shipped_eval_awareness_bundle_scores_the_options_as_it_does_live(reference, shared_data):
+    """The shipped eval-awareness probe reads `answer`: on multiple-choice items in the layout its pool never
+    had, the letter's meaning comes from the option (the full run: 0.987 on 160 items; the letter alone ~0.53)."""
+    from probewatch.training.datasets.eval_awareness import build
+
+    choices = [d for d in build(shared_data, respond=None, cross_ood=False).pool if d.kind == "eval_choice"][:16]
+    bundle = multiple_choice.shipped_bundle(reference.model_id, "eval-awareness")
+    assert bundle is not None
+    out = multiple_choice.bundle_scores(reference, bundle, multiple_choice.anthropic_style(choices), progress=False)
+    assert out["token_selection"] == "answer" and out["n"] == 16
+    assert out["auroc"] > 0.8
