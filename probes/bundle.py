@@ -70,7 +70,7 @@ class Bundle:
         if self._vocabulary is None:
             from probewatch.probes.vocab import Vocabulary
 
-            self._vocabulary = Vocabulary(self.tensors)
+            self._vocabulary = Vocabulary.from_tensors(self.tensors)
         return self._vocabulary
 
     @property

@@ -70,15 +70,19 @@ def check_vocab_tensors(tensors: Mapping[str, torch.Tensor], where: str) -> None
 
 
 class Vocabulary:
-    """Token id -> piece, decoded once from a bundle's table; ids outside it read as ''."""
+    """Token id -> piece (a tokenizer's `vocab_pieces`, or a bundle's table: `from_tensors`); ids outside it
+    (negative ones included) read as ''."""
 
-    def __init__(self, tensors: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, pieces: Sequence[str]) -> None:
+        self.pieces: list[str] = list(pieces)
+
+    @classmethod
+    def from_tensors(cls, tensors: Mapping[str, torch.Tensor]) -> Vocabulary:
+        """The table a bundle stores (`vocab_tensors`), decoded once."""
         data = tensors[PIECE_BYTES].numpy().tobytes()
         ends = tensors[PIECE_OFFSETS].numpy()
         starts = np.concatenate([[0], ends[:-1]])
-        self.pieces: list[str] = [
-            data[a:z].decode("utf-8", "surrogatepass") for a, z in zip(starts.tolist(), ends.tolist())
-        ]
+        return cls([data[a:z].decode("utf-8", "surrogatepass") for a, z in zip(starts.tolist(), ends.tolist())])
 
     def __len__(self) -> int:
         return len(self.pieces)

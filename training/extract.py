@@ -27,7 +27,7 @@ from probewatch.data.chat import EncodedDialogue, encode_dialogue, pad_batch
 from probewatch.data.dialogue import Dialogue
 from probewatch.jsonio import write_json_atomic
 from probewatch.probes.selection import selection_mask
-from probewatch.probes.vocab import vocab_pieces
+from probewatch.probes.vocab import Vocabulary, vocab_pieces
 from probewatch.scoring import truncate_encoded
 from probewatch.training.activation_cache import (
     CACHE_FORMAT,
@@ -143,7 +143,7 @@ def extract_activations(
     root.mkdir(parents=True, exist_ok=True)
 
     encoded = _encode_all(tokenizer, dialogues, max_tokens, name)
-    answers = answer_masks(vocab_pieces(tokenizer), encoded)
+    answers = answer_masks(Vocabulary(vocab_pieces(tokenizer)), encoded)
     lengths = [len(e.input_ids) for e in encoded]
     n_rows = [e.n_scored for e in encoded]
     n_answer = [0 if a is None else int(a.sum()) for a in answers]
@@ -234,15 +234,15 @@ def _write_plan(root: Path, key: str, shards: list[list[int]]) -> None:
     write_json_atomic(plan_path, {"key": key, "shards": shards})
 
 
-def answer_masks(pieces: Sequence[str], encoded: Sequence[EncodedDialogue]) -> list[np.ndarray | None]:
+def answer_masks(vocab: Vocabulary, encoded: Sequence[EncodedDialogue]) -> list[np.ndarray | None]:
     """Per example, the positions token selection `answer` reads where they differ from the reply (the
-    option a multiple-choice reply names: `probes/selection.py`), else None; `pieces`: the vocabulary's."""
+    option a multiple-choice reply names: `probes/selection.py`), else None; `vocab`: the tokenizer's."""
     out: list[np.ndarray | None] = []
     for enc in encoded:
         reply = np.asarray(enc.scored, dtype=bool)
         positions = np.arange(len(reply))
-        text = [pieces[t] if 0 <= t < len(pieces) else "" for t in enc.input_ids]
-        mask = selection_mask("answer", positions, enc.prompt_last + 1, response=reply, pieces=text)
+        pieces = vocab.of(enc.input_ids)
+        mask = selection_mask("answer", positions, enc.prompt_last + 1, response=reply, pieces=pieces)
         out.append(None if np.array_equal(mask, reply) else mask)
     return out
 

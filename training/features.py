@@ -58,9 +58,8 @@ class LayerData:
             n_resp = np.diff(self.offsets)
             use = self.n_answer > 0
             lengths = np.where(use, self.n_answer, n_resp)
-            answer_offsets = np.concatenate([[0], np.cumsum(self.n_answer)])[:-1]
             # one gather over [reply rows; option rows]: each example's block from one of the two
-            source = np.where(use, answer_offsets + len(self.rows), self.offsets[:-1])
+            source = np.where(use, _starts(self.n_answer) + len(self.rows), self.offsets[:-1])
             both = np.concatenate([self.rows, self.answer_rows.astype(self.rows.dtype, copy=False)])
             self._answer_view = LayerData(
                 self.layer,
@@ -112,8 +111,7 @@ class LayerData:
         rows = self.rows[expand_ranges(self.offsets[idx], lengths)]
         answer_rows = n_answer = None
         if self.answer_rows is not None and self.n_answer is not None:
-            starts = np.concatenate([[0], np.cumsum(self.n_answer)])[:-1]
-            answer_rows = self.answer_rows[expand_ranges(starts[idx], self.n_answer[idx])]
+            answer_rows = self.answer_rows[expand_ranges(_starts(self.n_answer)[idx], self.n_answer[idx])]
             n_answer = self.n_answer[idx]
         return LayerData(
             self.layer,
@@ -131,6 +129,11 @@ class LayerData:
         idx = np.asarray(idx, dtype=np.int64)
         lengths = np.diff(self.offsets)[idx]
         return self.rows[expand_ranges(self.offsets[idx], lengths)], np.repeat(np.arange(len(idx)), lengths)
+
+
+def _starts(counts: np.ndarray) -> np.ndarray:
+    """Where each example's block starts in rows stored example after example, `counts` rows each."""
+    return np.concatenate([[0], np.cumsum(counts)])[:-1].astype(np.int64)
 
 
 def example_weights(idx: np.ndarray, kinds: np.ndarray | None, balance_kinds: bool) -> np.ndarray:

@@ -92,12 +92,12 @@ class AnswerAggregator(Aggregator):
         vocab = self.vocabulary
         if vocab is None or n_reply == 0:
             return self._chosen
-        reply = [vocab.piece(int(t)) if t >= 0 else "" for t in self._ids[self._kept : self._kept + n_reply]]
+        reply = vocab.of(self._ids[self._kept : self._kept + n_reply])  # an id not yet sent (-1) spells nothing
         letter = answer_letter(reply_text(reply))
         if letter is None:  # most replies: the prompt is never looked at
             return self._chosen
         if self._options is None or self._options[0] != self._prompt_seen:  # beyond the kept prompt: no option
-            prompt = [vocab.piece(int(t)) if t >= 0 else "" for t in self._ids[: self._kept]]
+            prompt = vocab.of(self._ids[: self._kept])
             self._options = (self._prompt_seen, option_positions(prompt, self._kept))
         self._chosen = self._options[1].get(letter, self._chosen)
         return self._chosen

@@ -16,7 +16,7 @@ PIECES = ["(A)", " yes", "", "<|im_end|>", " naïve", "\n", "\ufffd"]
 def test_the_table_round_trips_every_piece():
     tensors = vocab_tensors(PIECES)
     check_vocab_tensors(tensors, "t")
-    vocab = Vocabulary(tensors)
+    vocab = Vocabulary.from_tensors(tensors)
     assert vocab.pieces == PIECES and len(vocab) == len(PIECES)
     assert vocab.of([0, 4, 99, -1]) == ["(A)", " naïve", "", ""]  # ids outside the table spell nothing
 
@@ -66,4 +66,4 @@ def test_the_reference_tokenizer_table_matches_decoding_one_id(reference):
     assert len(pieces) == len(tok)
     ids = tok("Answer: (B) no", add_special_tokens=False)["input_ids"]
     assert "".join(pieces[i] for i in ids) == "Answer: (B) no"
-    assert Vocabulary(vocab_tensors(pieces)).of(ids) == [pieces[i] for i in ids]
+    assert Vocabulary.from_tensors(vocab_tensors(pieces)).of(ids) == [pieces[i] for i in ids]

@@ -19,7 +19,7 @@ ID = {p: i for i, p in enumerate(PIECES)}
 
 
 def _spec(aggregation: str = "mean") -> ProbeSpec:
-    vocab = Vocabulary(vocab_tensors(PIECES))
+    vocab = Vocabulary.from_tensors(vocab_tensors(PIECES))
     return ProbeSpec(
         "p", "eval_awareness", "linear", 0, "answer", Aggregation(aggregation), 0.0, "1", "fp", vocabulary=vocab
     )
