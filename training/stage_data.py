@@ -36,19 +36,15 @@ class PreparedData:
 
 def names_an_option(dialogues: Sequence[Dialogue]) -> bool:
     """Whether some reply is a multiple-choice letter naming an option of its prompt (what token selection
-    `answer` reads differently from `response`; on a pool without one the two are the same probe)."""
-    from probewatch.probes.answer_option import answer_letter, option_blocks
+    `answer` reads differently from `response`; on a pool without one the two are the same probe). The rule's
+    own `chosen_option`, on two pieces: the prompt's text and the reply."""
+    from probewatch.probes.answer_option import chosen_option
 
-    for d in dialogues:
-        if not d.ends_with_assistant:
-            continue
-        letter = answer_letter(d.messages[-1].content)
-        if letter is None:
-            continue
-        blocks = option_blocks("\n".join(m.content for m in d.messages[:-1]))
-        if blocks and letter in blocks[-1]:
-            return True
-    return False
+    return any(
+        chosen_option(["\n".join(m.content for m in d.messages[:-1]), d.messages[-1].content], 1) is not None
+        for d in dialogues
+        if d.ends_with_assistant
+    )
 
 
 def _load_files(paths: Sequence[Path]) -> list[Dialogue]:
