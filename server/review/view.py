@@ -43,6 +43,7 @@ class ProbeView:
     version: str | None
     current: bool  # the incident's own probe
     incident_id: int | None = None  # this probe's incident on the same generation, if it alerted
+    answer_option: str | None = None  # an `answer` probe that read the prompt's option this letter names
     cells: list[TokenCell] = field(default_factory=list)
 
     @property
@@ -257,6 +258,7 @@ def probe_views(incident: Incident, siblings: dict[str, int], tokenizer: Any) ->
                 version=info.get("version"),
                 current=current,
                 incident_id=siblings.get(probe),
+                answer_option=info.get("answer_option"),
                 cells=cells,
             )
         )

@@ -32,6 +32,7 @@ import numpy as np
 
 from probewatch.jsonio import to_jsonable
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
+from probewatch.server.sidecar.answers import AnswerAggregator
 from probewatch.server.sidecar.drift import DriftMonitor
 from probewatch.server.sidecar.generations import Generation
 from probewatch.server.sidecar.incident_queue import IncidentQueue
@@ -66,18 +67,39 @@ class Snapshot:
     response_text: str | None
     token_texts: list[str] = field(default_factory=list)  # the client's, from `token_texts_start` on
     token_texts_start: int = 0
+    answer_options: dict[str, str] = field(default_factory=dict)  # per `answer` probe reading an option: its letter
 
     @classmethod
     def of(cls, gen: Generation) -> Snapshot:
+        token_scores, options = _shown_scores(gen)
         return cls(
-            token_scores={pid: list(blocks) for pid, blocks in gen.token_scores.items()},
+            token_scores=token_scores,
             values={pid: (float(agg.value), int(agg.count)) for pid, agg in gen.aggregators.items()},
             token_ids=dict(gen.token_ids),
             prompt_text=gen.prompt_text,
             response_text=gen.response_text,
             token_texts=gen.token_texts,  # set once at Close, never changed after: no copy needed
             token_texts_start=gen.token_texts_start,
+            answer_options=options,
         )
+
+
+def _shown_scores(gen: Generation) -> tuple[dict[str, list[tuple[np.ndarray, np.ndarray]]], dict[str, str]]:
+    """Per probe, the (positions, token scores) blocks its heatmap shows: what it read. An `answer` probe
+    that reads an option shows that option's prompt tokens (else its reply's, which is what the engine kept);
+    a family whose kept scores are such a member's shows the same. Also each such probe's option letter."""
+    shown = {pid: list(blocks) for pid, blocks in gen.token_scores.items()}
+    options: dict[str, str] = {}
+    for pid, agg in gen.aggregators.items():
+        read = agg.option_read() if isinstance(agg, AnswerAggregator) else None
+        if read is None:
+            continue
+        letter, positions, scores = read
+        blocks = [(positions, scores[:, -1].astype(np.float32))]
+        for other, kept in gen.token_scores.items():  # the probe itself, and a family it leads
+            if kept is gen.token_scores[pid]:
+                shown[other], options[other] = blocks, letter
+    return shown, options
 
 
 def _alert_record(
@@ -348,6 +370,7 @@ class AlertDesk:
                 layer=spec.layer,
                 version=spec.version,
                 token_scores=token_score_pairs(snap.token_scores[pid]),
+                answer_option=snap.answer_options.get(pid),
             )
         return out
 

@@ -49,6 +49,7 @@ class AnswerAggregator(Aggregator):
         self._reply_seen = 0  # ... a reply id the rule reads
         self._chosen_key: tuple[int, int, int] | None = None
         self._chosen = np.zeros(0, dtype=np.int64)
+        self._letter: str | None = None  # the option letter of `_chosen`
         self._options: tuple[int, dict[str, np.ndarray]] | None = None  # (prompt_seen, letter -> positions)
 
     def tokens(self, positions: np.ndarray, token_ids: np.ndarray | None) -> None:
@@ -89,6 +90,7 @@ class AnswerAggregator(Aggregator):
             return self._chosen
         self._chosen_key = key
         self._chosen = np.zeros(0, dtype=np.int64)
+        self._letter = None
         vocab = self.vocabulary
         if vocab is None or n_reply == 0:
             return self._chosen
@@ -99,18 +101,29 @@ class AnswerAggregator(Aggregator):
         if self._options is None or self._options[0] != self._prompt_seen:  # beyond the kept prompt: no option
             prompt = vocab.of(self._ids[: self._kept])
             self._options = (self._prompt_seen, option_positions(prompt, self._kept))
-        self._chosen = self._options[1].get(letter, self._chosen)
+        if letter in self._options[1]:
+            self._chosen, self._letter = self._options[1][letter], letter
         return self._chosen
+
+    def option_read(self) -> tuple[str, np.ndarray, np.ndarray] | None:
+        """(letter, prompt positions, their scores [m, width]) of the option the probe reads now; None when
+        it reads the reply (no option named, or none of the named option's tokens scored)."""
+        chosen = self.chosen()
+        if not chosen.size or self._scores is None or self._letter is None:
+            return None
+        chosen = chosen[chosen < self._kept]
+        scored = ~np.isnan(self._scores[chosen]).any(axis=1)  # a token whose score never came (a cached prefix) is out
+        if not scored.any():
+            return None
+        return self._letter, chosen[scored], self._scores[chosen[scored]]
 
     @property
     def value(self) -> float:
-        chosen = self.chosen()
-        if chosen.size and self._scores is not None:
-            picked = self._scores[chosen[chosen < self._kept]]
-            picked = picked[~np.isnan(picked).any(axis=1)]  # a token whose score never came (a cached prefix) is out
-            if len(picked):
-                self.count = len(picked)
-                return aggregate(picked if picked.shape[1] > 1 else picked[:, 0], self.spec.aggregation)
+        read = self.option_read()
+        if read is not None:
+            picked = read[2]
+            self.count = len(picked)
+            return aggregate(picked if picked.shape[1] > 1 else picked[:, 0], self.spec.aggregation)
         self.count = self.reply.count  # no option named, or none of its tokens scored: the reply
         return self.reply.value
 

@@ -383,15 +383,18 @@ class ScoringEngine:
             chosen = picked[:, -1]  # the token score
             agg = gen.aggregators[pid]
             if chosen.size:
+                shown, shown_scores = sel, chosen  # what the incident's heatmap keeps
                 if isinstance(agg, AnswerAggregator):
                     agg.add(sel, picked)
+                    reply = sel >= gen.prompt_length  # the prompt's scores live in the aggregator (Snapshot.of)
+                    shown, shown_scores = sel[reply], chosen[reply]
                 else:
                     agg.update(picked)
                 kept = gen.kept_scores.get(pid, 0)
-                if kept < self.keep_token_scores:  # bounded memory per generation
+                if kept < self.keep_token_scores and shown.size:  # bounded memory per generation
                     room = self.keep_token_scores - kept
-                    gen.token_scores[pid].append((sel[:room], chosen[:room].copy()))
-                    gen.kept_scores[pid] = kept + min(room, chosen.size)
+                    gen.token_scores[pid].append((shown[:room], shown_scores[:room].copy()))
+                    gen.kept_scores[pid] = kept + min(room, shown.size)
                 self.metrics.token_score.observe_many((pid, spec.behaviour), chosen)
                 if spec.alerts and spec.monotone and pid not in gen.alerts and agg.value >= spec.threshold:
                     self.alerts.raise_alert(gen, spec, agg.value, True, int(sel[-1]), now)

@@ -101,10 +101,13 @@ def probe_context(
     version: str,
     token_scores: list[list[float]],
     uncertain_from: float | None = None,
+    answer_option: str | None = None,
 ) -> dict[str, Any]:
     """One probe's entry in `Incident.context`: its result on the generation, as the review app reads it
     (heatmap, "other probes"). `score` None = the probe scored no token; such a probe is not flagged.
-    `uncertain_from`: the lower edge of the probe's uncertainty band (None: it has none)."""
+    `uncertain_from`: the lower edge of the probe's uncertainty band (None: it has none). `answer_option`: the
+    letter of the prompt's option a token selection `answer` probe read (its `token_scores` are that option's
+    tokens); None where it read the reply, and for every other probe."""
     flagged = score is not None and score >= threshold
     return {
         "behaviour": behaviour,
@@ -119,6 +122,7 @@ def probe_context(
         "layer": layer,
         "version": version,
         "token_scores": token_scores,
+        "answer_option": answer_option,
     }
 
 

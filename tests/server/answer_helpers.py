@@ -46,9 +46,10 @@ OPTION_A = [6, 7]
 OPTION_B = [10, 11]
 
 
-def write_answer_bundles(root: Path, fingerprint: str) -> list[Path]:
+def write_answer_bundles(root: Path, fingerprint: str, threshold: float = 0.0) -> list[Path]:
     """ans (layer 1, answer, mean, standardized; shares layer 1 with the tiny `dec` probe) and ans-ml
-    (layers 0 and 2, answer, max: a multi-layer answer probe whose prompt tokens join like any other)."""
+    (layers 0 and 2, answer, max: a multi-layer answer probe whose prompt tokens join like any other), both
+    alerting at `threshold`."""
     paths = []
     for probe_id, layers, aggregation, standardize in (("ans", [1], "mean", True), ("ans-ml", [0, 2], "max", False)):
         manifest = synthetic_manifest(
@@ -62,7 +63,7 @@ def write_answer_bundles(root: Path, fingerprint: str) -> list[Path]:
             aggregation=aggregation,
             token_selection="answer",
             normalization="standardize" if standardize else "none",
-            threshold=Threshold(value=0.0, method="fixed", fpr=None),
+            threshold=Threshold(value=threshold, method="fixed", fpr=None),
         )
         tensors = synthetic_tensors(
             D_TINY * len(layers), torch.Generator().manual_seed(40 + layers[-1]), bias=0.1, standardize=standardize

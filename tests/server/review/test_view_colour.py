@@ -132,3 +132,53 @@ def test_probe_views_paint_the_fired_token_above():
     cells = {c.pos: c for c in view.cells}
     assert cells[80].hot and cells[80].style == STRONGEST
     assert not cells[79].hot and below_alpha(cells[79].style) == 0.55
+
+
+def test_an_answer_probe_shows_the_option_it_read():
+    """An `answer` probe that read the prompt's option (B): its heatmap is that option's prompt tokens, and
+    the panel says which option it read and why (the reply names it)."""
+    from probewatch.server.review.state import make_templates
+    from probewatch.server.store import probe_context
+
+    def heatmaps(view) -> str:
+        template = make_templates().env.get_template("_heatmaps.html")
+        return template.render(views=[view], selected="ea", tab_link=lambda p: f"?probe={p}", decoded=True)
+
+    texts = [[p, t] for p, t in enumerate(["Q?", "\n", "(A)", " yes", "\n", "(B)", " no", "\n", "(B)"])]
+    context = {
+        "ea": probe_context(
+            behaviour="eval_awareness",
+            score=2.0,
+            threshold=1.0,
+            n_tokens=1,
+            aggregation="mean",
+            token_selection="answer",
+            layer=21,
+            version="3",
+            token_scores=[[6, 2.0]],
+            answer_option="B",
+        )
+    }
+    incident = Incident(
+        generation_id="g",
+        probe="ea",
+        behaviour="eval_awareness",
+        score=2.0,
+        threshold=1.0,
+        model_fingerprint="pwfp1:" + "ab" * 16,
+        bundle_version="3",
+        token_scores=[[6, 2.0]],
+        prompt_length=8,
+        context=context,
+        token_texts=texts,
+    )
+    (view,) = probe_views(incident, {}, None)
+    assert view.answer_option == "B"
+    scored = [c for c in view.cells if c.score is not None]
+    assert [(c.pos, c.text, c.prompt, c.hot) for c in scored] == [(6, " no", True, True)]
+    html = heatmaps(view)
+    assert "mean of 1 answer token(s) (the prompt's option (B), which the reply names)" in html
+    context["ea"]["answer_option"] = None  # the same probe reading the reply: no option named
+    (reply_view,) = probe_views(incident, {}, None)
+    html = heatmaps(reply_view)
+    assert reply_view.answer_option is None and "mean of 1 answer token(s) = " in html and "option (" not in html

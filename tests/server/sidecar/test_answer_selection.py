@@ -2,9 +2,12 @@
 an option letter is scored on the prompt tokens of the option it names, any other reply on its own tokens,
 exactly as offline (`selection_mask` with the bundle's vocabulary); the reading follows the reply as it
 grows ("A" is an answer, "A good" is not), by rows and by pushdown, single- and multi-layer, streamed and
-unary; without token ids the probe reads the reply."""
+unary; without token ids the probe reads the reply. An incident keeps what the probe read: the option's
+tokens and its letter, or the reply's tokens (never the whole prompt)."""
 
 from __future__ import annotations
+
+import time
 
 import grpc
 import numpy as np
@@ -15,6 +18,7 @@ from probewatch.probes import ProbeRuntime, aggregate, load_bundles
 from probewatch.proto.codec import encode_array
 from probewatch.proto.probewatch.v1 import monitor_pb2 as pb
 from probewatch.proto.probewatch.v1 import monitor_pb2_grpc as pb_grpc
+from probewatch.server.store import IncidentStore
 from tests.server.answer_helpers import OPTION_A, OPTION_B, QUESTION, expected_positions, write_answer_bundles
 from tests.server.conftest import D_TINY
 from tests.server.grpc_helpers import StreamClient, close_msg, open_msg
@@ -184,6 +188,36 @@ def test_unary_score_reads_the_option_with_token_ids(start_sidecar, bundles, run
         score(tokens[:-1])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"{len(tokens) - 1} token_ids for {len(tokens)} rows" in err.value.details()
+
+
+@pytest.mark.parametrize(("reply", "reads", "letter"), [([11, 16, 17], OPTION_B, "B"), ([16, 17], None, None)])
+def test_the_incident_keeps_what_the_answer_probe_read(reply, reads, letter, tmp_path, start_sidecar, runtime, tiny_fp):
+    """The heatmap of an answer probe's incident is the option it read (positions, scores, letter), or the
+    reply; the prompt's other tokens, scored only in case an option would be named, are not kept."""
+    sidecar = start_sidecar(write_answer_bundles(tmp_path / "alerting", tiny_fp, threshold=-1e6))  # always alerts
+    client = StreamClient(sidecar.address)
+    tokens = QUESTION + reply
+    n = len(QUESTION)
+    x = _rows(len(tokens), seed=13)
+    results = _stream(client, runtime, "g", x, tokens, n, pb.PAYLOAD_KIND_RESIDUAL_ROWS)
+    client.close()
+    db = tmp_path / "incidents.sqlite3"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(IncidentStore.open(db, readonly=True).find(generation_id="g")) < 2:
+        time.sleep(0.05)
+    store = IncidentStore.open(db, readonly=True)
+    incidents = {i.probe: store.get(i.id) for i in store.find(generation_id="g")}
+    read = reads or list(range(n, len(tokens)))
+    want = _ans_scores(runtime, x)[read]
+    incident = incidents["ans"]
+    assert [p for p, _ in incident.token_scores] == read
+    assert [s for _, s in incident.token_scores] == pytest.approx(want.tolist(), abs=ATOL)
+    assert incident.score == pytest.approx(results["ans"].score, abs=ATOL)
+    for pid in ("ans", "ans-ml"):
+        info = incident.context[pid]
+        assert info["answer_option"] == letter and [p for p, _ in info["token_scores"]] == read, pid
+        assert info["n_tokens"] == len(read)
+    assert [p for p, _ in incidents["ans-ml"].token_scores] == read
 
 
 def test_ids_outside_the_table_read_as_no_text(start_sidecar, bundles, runtime):
