@@ -18,6 +18,8 @@ FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = (1,)
 KINDS = ("linear", "mean_diff", "lat", "contrast", "sae_feature", "attention")
 TOKEN_SELECTIONS = ("response", "prompt_last", "all", "answer")
+#: the selections that read a sequence of rows per example (an attention probe pools over one)
+ROW_SELECTIONS = ("response", "answer")
 AGGREGATIONS = (
     "mean",
     "max",

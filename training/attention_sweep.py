@@ -1,11 +1,12 @@
-"""The attention-pooling probe as a sweep candidate: fitted and scored on a layer's response tokens.
+"""The attention-pooling probe as a sweep candidate: fitted and scored on the token rows a selection reads.
 
 The linear sweep scores one direction per configuration and aggregates its token scores many ways;
-the attention probe learns its own pooling, so it is one configuration per layer (method and
-aggregation `attention`), scored the same three ways (validation, leave-one-kind-out, OOD sets) and
-compared by the same rule (`best_row`). It is fitted with torch, so the sweep tries it on the layer
-of the best response-reading linear configuration only (stage_sweep.py), not on every layer; it is
-chosen only where it beats the linear choice on the selection basis.
+the attention probe learns its own pooling, so it is one configuration per layer and token selection
+(method and aggregation `attention`), scored the same three ways (validation, leave-one-kind-out, OOD
+sets) and compared by the same rule (`best_row`). It is fitted with torch, so the sweep tries it only on
+the layer of the best linear configuration of each row-reading selection (`response`, and `answer` where
+the pool has multiple-choice replies: stage_sweep.py), not on every layer; it is chosen only where it
+beats the linear choice on the selection basis.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from probewatch.probes.manifest import Aggregation
+from probewatch.probes.manifest import ROW_SELECTIONS, Aggregation
 from probewatch.training.attention_probe import AttentionProbe, attention_segments
 from probewatch.training.calibration import CONTROL_FPR
 from probewatch.training.estimators import make_attention_probe
@@ -25,6 +26,15 @@ __all__ = ["ATTENTION", "attention_rows", "fit_attention", "probe_scorer", "scor
 ATTENTION = "attention"
 
 
+def _reading(data: LayerData, token_selection: str) -> LayerData:
+    """The rows `token_selection` reads (answer: the named option's or the reply's); others have no sequence."""
+    if token_selection not in ROW_SELECTIONS:
+        raise ValueError(
+            f"an attention probe pools a sequence of rows: token selection {ROW_SELECTIONS}, not {token_selection!r}"
+        )
+    return data.reading(token_selection)
+
+
 def fit_attention(
     data: LayerData,
     labels: np.ndarray,
@@ -33,10 +43,11 @@ def fit_attention(
     idx: np.ndarray,
     seed: int,
     balance_kinds: bool,
+    token_selection: str = "response",
 ) -> AttentionProbe:
-    """Fit on the response tokens of examples `idx` (grouped validation slice for early stopping)."""
+    """Fit on the tokens `token_selection` reads of examples `idx` (grouped validation slice for early stopping)."""
     idx = np.asarray(idx, dtype=np.int64)
-    sub = data.subset(idx)
+    sub = _reading(data, token_selection).subset(idx)
     return make_attention_probe(seed).fit(
         sub.rows,
         labels[idx],
@@ -46,8 +57,9 @@ def fit_attention(
     )
 
 
-def score_attention(probe: AttentionProbe, data: LayerData) -> np.ndarray:
-    """Per-example scores of every example of `data` (NaN for one without response tokens)."""
+def score_attention(probe: AttentionProbe, data: LayerData, token_selection: str = "response") -> np.ndarray:
+    """Per-example scores of every example of `data` (NaN for one without tokens to read)."""
+    data = _reading(data, token_selection)
     a, v = probe.token_columns(data.rows)
     return attention_segments(a, v, data.offsets)
 
@@ -55,7 +67,7 @@ def score_attention(probe: AttentionProbe, data: LayerData) -> np.ndarray:
 def probe_scorer(probe, token_selection: str, aggregation: Aggregation) -> Callable[[LayerData], np.ndarray]:
     """data -> per-example scores, for a linear probe (its token scores aggregated) or an attention probe."""
     if isinstance(probe, AttentionProbe):
-        return lambda data: score_attention(probe, data)
+        return lambda data: score_attention(probe, data, token_selection)
     w, b = probe.raw_linear_form()
     return lambda data: score_all(w, b, data, token_selection, [aggregation])[aggregation.method]
 
@@ -68,32 +80,35 @@ def attention_rows(
     balance_kinds: bool,
     control: LayerData | None = None,
     fpr: float = CONTROL_FPR,
+    token_selection: str = "response",
 ):
-    """One SweepRow: the attention probe on this layer's response tokens, scored like `sweep_layer`'s rows."""
+    """One SweepRow: the attention probe on the tokens `token_selection` reads of this layer, scored like
+    `sweep_layer`'s rows."""
     from probewatch.metrics import recall_at_threshold, threshold_at_fpr
     from probewatch.training.sweep import SweepRow, _safe_auroc
 
     def fit(idx: np.ndarray) -> AttentionProbe:
-        return fit_attention(data, pool.labels, pool.groups, pool.kinds, idx, seed, balance_kinds)
+        return fit_attention(data, pool.labels, pool.groups, pool.kinds, idx, seed, balance_kinds, token_selection)
+
+    def score(probe: AttentionProbe, on: LayerData) -> np.ndarray:
+        return score_attention(probe, on, token_selection)
 
     probe = fit(pool.fit_idx)
-    scores = score_attention(probe, data)
+    scores = score(probe, data)
     per_kind = {}
     for kind, tr, te in pool.loko():
-        value = _safe_auroc(score_attention(fit(tr), data)[te], pool.labels[te])
+        value = _safe_auroc(score(fit(tr), data)[te], pool.labels[te])
         if value is not None:
             per_kind[kind] = value
     ood_auroc = {
-        name: v
-        for name, (od, labels) in ood.items()
-        if (v := _safe_auroc(score_attention(probe, od), labels)) is not None
+        name: v for name, (od, labels) in ood.items() if (v := _safe_auroc(score(probe, od), labels)) is not None
     }
     val_pos = pool.val_idx[pool.labels[pool.val_idx] == 1]
     recall = None
     if control is not None and len(val_pos):
-        recall = recall_at_threshold(scores[val_pos], threshold_at_fpr(score_attention(probe, control), fpr))
+        recall = recall_at_threshold(scores[val_pos], threshold_at_fpr(score(probe, control), fpr))
     return SweepRow(
-        token_selection="response",
+        token_selection=token_selection,
         layer=data.layer,
         method=ATTENTION,
         per_token=False,

@@ -217,7 +217,10 @@ class FoldScorer:
             from probewatch.training.attention_sweep import score_attention
 
             attention = cast(Any, probe)
-            scored = (score_attention(attention, data), score_attention(attention, control))
+            scored = (
+                score_attention(attention, data, token_selection),
+                score_attention(attention, control, token_selection),
+            )
             self.memo.update({(key, held, a): scored for a in aggs})
             return
         w, b = probe.raw_linear_form()

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from probewatch.probes import Aggregation
+from probewatch.probes.manifest import ROW_SELECTIONS
 from probewatch.training.estimators import C_METHODS
 from probewatch.training.multilayer import OtherSource
 from probewatch.training.stage_activations import Activations, Splits
@@ -83,19 +84,21 @@ def run_sweep(
             rows += sweep(layer, selection, config.methods, per_token_sweep)
             bar.update(1)
     bar.close()
+    readable = [s for s in prepared.token_selections if s in ROW_SELECTIONS] or ["response"]
     if not rows and "attention" in config.methods:  # --method attention alone: the attention probe on every layer
-        rows = [_attention_row(config, acts, splits, layer) for layer in layers]
+        rows = [_attention_row(config, acts, splits, layer, s) for layer in layers for s in readable]
     chosen = best_row(rows, basis)
     if config.per_token is None and chosen.token_selection == "response":
         grid = [chosen.C] if (Cs and chosen.method in C_METHODS) else None
         extra = sweep(chosen.layer, "response", [chosen.method], True, grid)
         rows += extra
         chosen = best_row([chosen, *extra], basis)
-    response = [r for r in rows if r.token_selection == "response" and r.method != "attention"]
-    if "attention" in config.methods and response:  # on the best response layer (one torch fit per fold)
-        attention = _attention_row(config, acts, splits, best_row(response, basis).layer)
-        rows.append(attention)
-        chosen = best_row([chosen, attention], basis)  # chosen only where it wins on the same basis
+    for selection in readable if "attention" in config.methods else []:
+        linear = [r for r in rows if r.token_selection == selection and r.method != "attention"]
+        if linear:  # on the selection's best linear layer (one torch fit per fold)
+            attention = _attention_row(config, acts, splits, best_row(linear, basis).layer, selection)
+            rows.append(attention)
+            chosen = best_row([chosen, attention], basis)  # chosen only where it wins on the same basis
     multi = None
     if config.multi_layer > 1 and basis == "heldout_kind" and len(layers) > 1:
         others = [
@@ -122,13 +125,14 @@ def run_sweep(
     return SweepOutcome(rows, chosen, basis, multi)
 
 
-def _attention_row(config: TrainConfig, acts: Activations, splits: Splits, layer: int) -> SweepRow:
-    """The attention probe on one layer's response tokens, scored like the sweep (training/attention_sweep.py)."""
+def _attention_row(config: TrainConfig, acts: Activations, splits: Splits, layer: int, selection: str) -> SweepRow:
+    """The attention probe on the tokens `selection` reads of one layer, scored like the sweep
+    (training/attention_sweep.py)."""
     from probewatch.training.attention_sweep import attention_rows
 
     ld, ood, control_ld = acts.layer(layer)
     control = control_ld.subset(splits.control_cal)
-    return attention_rows(ld, ood, splits.pool, config.seed, config.balance_kinds, control, config.fpr)
+    return attention_rows(ld, ood, splits.pool, config.seed, config.balance_kinds, control, config.fpr, selection)
 
 
 def _multi_layer(

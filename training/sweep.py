@@ -142,7 +142,7 @@ def fit_probe(
     if spec.method == "attention":  # token sequences, not a matrix: training/attention_sweep.py
         from probewatch.training.attention_sweep import fit_attention
 
-        return fit_attention(data, pool.labels, pool.groups, pool.kinds, idx, seed, balance_kinds)
+        return fit_attention(data, pool.labels, pool.groups, pool.kinds, idx, seed, balance_kinds, spec.token_selection)
     X, y, g, w = training_matrix(
         data, idx, pool.labels, pool.groups, spec.token_selection, spec.per_token, pool.kinds, balance_kinds
     )
@@ -346,7 +346,10 @@ def heldout_kind_recall(
         if spec.method == "attention":
             from probewatch.training.attention_sweep import score_attention
 
-            s, c = score_attention(probe, data), score_attention(probe, control)
+            s, c = (
+                score_attention(probe, data, spec.token_selection),
+                score_attention(probe, control, spec.token_selection),
+            )
         else:
             w, b = probe.raw_linear_form()
             agg = with_temperature(base, w, b, data, tr, spec.token_selection)

@@ -47,11 +47,16 @@ OPTION_B = [10, 11]
 
 
 def write_answer_bundles(root: Path, fingerprint: str, threshold: float = 0.0) -> list[Path]:
-    """ans (layer 1, answer, mean, standardized; shares layer 1 with the tiny `dec` probe) and ans-ml
-    (layers 0 and 2, answer, max: a multi-layer answer probe whose prompt tokens join like any other), both
-    alerting at `threshold`."""
+    """ans (layer 1, answer, mean, standardized; shares layer 1 with the tiny `dec` probe), ans-ml (layers 0
+    and 2, answer, max: a multi-layer answer probe whose prompt tokens join like any other) and ans-att
+    (layer 2, answer, attention pooling: two columns per token), all alerting at `threshold`."""
     paths = []
-    for probe_id, layers, aggregation, standardize in (("ans", [1], "mean", True), ("ans-ml", [0, 2], "max", False)):
+    for probe_id, layers, aggregation, standardize in (
+        ("ans", [1], "mean", True),
+        ("ans-ml", [0, 2], "max", False),
+        ("ans-att", [2], "attention", True),
+    ):
+        attention = aggregation == "attention"
         manifest = synthetic_manifest(
             probe_id,
             d_model=D_TINY,
@@ -60,14 +65,21 @@ def write_answer_bundles(root: Path, fingerprint: str, threshold: float = 0.0) -
             model_id="tiny",
             fingerprint=fingerprint,
             n_layers=4,
+            kind="attention" if attention else "linear",
             aggregation=aggregation,
             token_selection="answer",
             normalization="standardize" if standardize else "none",
             threshold=Threshold(value=threshold, method="fixed", fpr=None),
         )
         tensors = synthetic_tensors(
-            D_TINY * len(layers), torch.Generator().manual_seed(40 + layers[-1]), bias=0.1, standardize=standardize
+            D_TINY * len(layers),
+            torch.Generator().manual_seed(40 + layers[-1] + 7 * attention),
+            bias=0.1,
+            standardize=standardize,
+            attention=attention,
         )
+        if attention:  # a query spread of a few units: the weights differ between tokens, none takes all
+            tensors["query"] = tensors["query"] * 4.0
         paths.append(write_synthetic_bundle(root, manifest, tensors={**tensors, **vocab_tensors(TINY_PIECES)})[0])
     return paths
 

@@ -1,6 +1,6 @@
 """Token selection `answer` in training: extraction stores the option rows a multiple-choice reply names,
 `LayerData.reading("answer")` reads them in place of the letter, the sweep offers `answer` where the pool
-has such replies and keeps it where it separates better, and the exported bundle (which carries the
+has such replies and keeps it where it separates better (the attention probe too reads it), and the exported bundle (which carries the
 vocabulary) scores live through the attach client and a real sidecar exactly as offline."""
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def answer_bundle(chars_loaded, tmp_path_factory):
                 layers=[1, 3],
                 token_selections=["response", "answer"],
                 aggregations=["mean"],
-                methods=["logistic"],
+                methods=["logistic", "attention"],
                 per_token=False,
                 probe_id="choice",
                 out=root / "choice",
@@ -133,6 +133,15 @@ def test_training_keeps_answer_where_the_letter_hides_the_label(answer_bundle):
                 best[(row["token_selection"], kind)] = max(best.get((row["token_selection"], kind), 0.0), auroc)
     for kind in ("ca", "cb"):  # the letter alone is chance by construction; the option it names is not
         assert best[("answer", kind)] > 0.9 > best[("response", kind)] + 0.2, best
+
+
+def test_the_attention_probe_is_tried_on_each_reading(answer_bundle):
+    """The sweep fits the attention probe on the best layer of each row-reading selection; pooling over the
+    option a letter names separates the held-out kinds as the linear `answer` probe does."""
+    rows = {r["token_selection"]: r for r in answer_bundle.report.sweep if r["method"] == "attention"}
+    assert sorted(rows) == ["answer", "response"]
+    for kind in ("ca", "cb"):
+        assert rows["answer"]["heldout_per_kind"][kind] > 0.9 > rows["response"]["heldout_per_kind"][kind] + 0.2
 
 
 def test_an_answer_bundle_scores_live_as_offline(chars_loaded, answer_bundle, tmp_path):

@@ -46,13 +46,15 @@ def bundles(bundles, tmp_path_factory):
     # the shipped deception probe may read several layers: the derived probes start from its first layer's part
     src = single_layer_linear(next(p for p in bundles if p.name == "deception"), root / "sources", "deception-l1")
     refusal = next(p for p in bundles if p.name == "refusal-mean-diff")
+    attention = attention_from_linear(src, root, "deception-attention", seed=4)
     return [
         *bundles,
-        attention_from_linear(src, root, "deception-attention", seed=4),
+        attention,
         # reads deception's first layer and refusal-mean-diff's; listed last too
         multilayer_from_linear([src, refusal], root, "deception-multi", [1.0, 0.5]),
         _family(src, root / "vllm-family"),
         _answer(src, root, "deception-answer"),
+        _answer(attention, root, "deception-attention-answer"),  # attention pooling over what `answer` reads
     ]
 
 
@@ -464,7 +466,8 @@ def test_answer_probe_reads_the_named_option_live(mode, engine, hf_reference):
     positions = np.arange(len(tokens))
     read = positions[selection_mask("answer", positions, len(prompt), pieces=vocab.of(tokens))]
     assert read.size and read.max() < len(prompt), completion.text  # the option's prompt tokens, not the reply
-    assert len(offline.token_scores["deception-answer"]) == read.size
-    assert result.scores["deception-answer"] == pytest.approx(
-        offline.aggregate["deception-answer"], abs=score_tolerance(offline.token_scores["deception-answer"])
-    )
+    for pid in ("deception-answer", "deception-attention-answer"):
+        assert len(offline.token_scores[pid]) == read.size, pid
+        assert result.scores[pid] == pytest.approx(
+            offline.aggregate[pid], abs=score_tolerance(offline.token_scores[pid])
+        )

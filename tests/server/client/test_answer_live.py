@@ -1,7 +1,7 @@
 """Token selection `answer` live: the tiny HF model answers a multiple-choice question through the attach
 client into a real sidecar, by rows and by pushdown; the reply is forced ("(B) I think" in one sequence,
 "I think yes" in the other, left-padded), and the probe's score equals offline scoring of the same tokens
-(option B's prompt tokens for the first, the reply's own tokens for the second)."""
+(option B's prompt tokens for the first, the reply's own tokens for the second), linear and attention-pooling."""
 
 from __future__ import annotations
 
@@ -78,6 +78,6 @@ def test_answer_probes_live_equal_offline(mode, tiny_model, start_sidecar, bundl
         )
         with torch.inference_mode():
             _, aggregates = offline_token_scores(tiny_model, runtime, tokens, len(prompt))
-        for pid in ("ans", "ans-ml", "dec"):
+        for pid in ("ans", "ans-ml", "ans-att", "dec"):
             assert result.scores[pid] == pytest.approx(aggregates[pid], abs=ATOL), (b, pid)
             assert result.flagged[pid] == (aggregates[pid] >= runtime.bundle(pid).manifest.threshold.value)

@@ -2,7 +2,7 @@
 an option letter is scored on the prompt tokens of the option it names, any other reply on its own tokens,
 exactly as offline (`selection_mask` with the bundle's vocabulary); the reading follows the reply as it
 grows ("A" is an answer, "A good" is not), by rows and by pushdown, single- and multi-layer, streamed and
-unary; without token ids the probe reads the reply. An incident keeps what the probe read: the option's
+unary, linear and attention-pooling; without token ids the probe reads the reply. An incident keeps what the probe read: the option's
 tokens and its letter, or the reply's tokens (never the whole prompt)."""
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tests.server.grpc_helpers import StreamClient, close_msg, open_msg
 ATOL = 1e-5
 KINDS = [pb.PAYLOAD_KIND_RESIDUAL_ROWS, pb.PAYLOAD_KIND_PROJECTIONS]
 LAYERS = (0, 1, 2)
+ANSWER_PROBES = ("ans", "ans-ml", "ans-att")  # single-layer, multi-layer, attention pooling
 
 
 @pytest.fixture
@@ -72,8 +73,7 @@ def _offline(runtime: ProbeRuntime, x: dict[int, np.ndarray], tokens: list[int],
     scores = runtime.score_layers({layer: torch.from_numpy(rows) for layer, rows in x.items()})
     picked = expected_positions(tokens, n_prompt)
     return {
-        pid: aggregate(scores[pid].numpy()[picked], runtime.bundle(pid).manifest.aggregation)
-        for pid in ("ans", "ans-ml")
+        pid: aggregate(scores[pid].numpy()[picked], runtime.bundle(pid).manifest.aggregation) for pid in ANSWER_PROBES
     }
 
 
@@ -118,7 +118,7 @@ def test_answer_probe_reads_the_named_option_live_as_offline(kind, reply, reads,
     x = _rows(len(tokens), seed=len(reply) + 10 * kind)
     want = _offline(runtime, x, tokens, n_prompt)
     results = _stream(client, runtime, "g", x, tokens, n_prompt, kind)
-    for pid in ("ans", "ans-ml"):
+    for pid in ANSWER_PROBES:
         assert results[pid].score == pytest.approx(want[pid], abs=ATOL), pid
         assert results[pid].n_tokens == len(reads or reply), pid
         assert results[pid].token_selection == "answer"
@@ -175,12 +175,16 @@ def test_unary_score_reads_the_option_with_token_ids(start_sidecar, bundles, run
 
     def score(token_ids):
         request = pb.ScoreRequest(
-            model_fingerprint=tiny_fp, prompt_length=n, layers=layers, probe_ids=["ans", "ans-ml"], token_ids=token_ids
+            model_fingerprint=tiny_fp,
+            prompt_length=n,
+            layers=layers,
+            probe_ids=list(ANSWER_PROBES),
+            token_ids=token_ids,
         )
         return {p.result.probe_id: p for p in stub.Score(request, timeout=10).probes}
 
     got = score(tokens)
-    for pid in ("ans", "ans-ml"):
+    for pid in ANSWER_PROBES:
         assert list(got[pid].positions) == OPTION_B and got[pid].result.score == pytest.approx(want[pid], abs=ATOL)
     plain = score([])  # no ids: the reply
     assert list(plain["ans"].positions) == list(range(n, len(tokens)))
@@ -213,7 +217,7 @@ def test_the_incident_keeps_what_the_answer_probe_read(reply, reads, letter, tmp
     assert [p for p, _ in incident.token_scores] == read
     assert [s for _, s in incident.token_scores] == pytest.approx(want.tolist(), abs=ATOL)
     assert incident.score == pytest.approx(results["ans"].score, abs=ATOL)
-    for pid in ("ans", "ans-ml"):
+    for pid in ANSWER_PROBES:
         info = incident.context[pid]
         assert info["answer_option"] == letter and [p for p, _ in info["token_scores"]] == read, pid
         assert info["n_tokens"] == len(read)
