@@ -13,6 +13,8 @@ share its author and format, so the chosen number is optimistic for data written
   exists because two to four held-out sources are a noisy judge: without it a configuration that separates
   its own pool far worse (a contrast probe, validation AUROC 0.83 against the best candidate's 0.98) won on
   inner folds, predicted unseen sources no better, and shipped a threshold that caught 3% of deceptive answers.
+  Where no fold can be scored (the one other source has a single kind), the first candidate in pre-screen
+  order within the same guard (`guarded_first`).
 - **nested estimate** (`nested_estimate`): for each outer source S, the selection runs on folds of
   the other sources only; the chosen configuration is fitted on the other sources and scored on S.
   Per S: the selected-on score (the chosen configuration's inner mean), the reported-on AUROC,
@@ -250,6 +252,18 @@ def eligible(scored: Sequence[tuple[SweepRow, ConfigScore]], margin: float = VAL
     return [i for i in valid if i not in val or val[i] >= floor]
 
 
+def guarded_first(candidates: Sequence[SweepRow], margin: float = VAL_MARGIN) -> int:
+    """Where no fold can be scored (one inner source of one kind): the first candidate, in pre-screen order,
+    whose validation AUROC is within `margin` of the best candidate's. The pre-screen ranks by what the other
+    source's held-out kinds predicted; the guard still applies, so a configuration that separates its own
+    pool far worse (a `lat` direction at validation 0.55 beside logistic's 0.99) is never the fallback."""
+    val = [r.val_auroc for r in candidates if r.val_auroc is not None]
+    if not val:
+        return 0
+    floor = max(val) - margin - 1e-9
+    return next(i for i, r in enumerate(candidates) if r.val_auroc is None or r.val_auroc >= floor)
+
+
 def pick(
     scored: Sequence[tuple[SweepRow, ConfigScore]], tie: float = TIE, margin: float = VAL_MARGIN
 ) -> tuple[int, int]:
@@ -341,10 +355,10 @@ def select(
 ) -> tuple[SweepRow, SourceSelection]:
     """Score the (already fitted) candidates on the folds and apply the rule."""
     scored = [(r, config_score(r, folds, scorer, control_ref)) for r in candidates]
-    if not any(cs.worst is not None for _, cs in scored):
-        first = scored[0]
-        return first[0], SourceSelection("prescreen", [f.name for f in folds], len(candidates), first[1], first[1])
     margin = scorer.settings.val_margin
+    if not any(cs.worst is not None for _, cs in scored):
+        first = scored[guarded_first(candidates, margin)]
+        return first[0], SourceSelection("prescreen", [f.name for f in folds], len(candidates), first[1], first[1])
     i, j = pick(scored, margin=margin)
     free, _ = pick(scored, margin=math.inf)
     selection = SourceSelection(

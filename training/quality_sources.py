@@ -21,7 +21,7 @@ BASIS_TEXT = {
     "heldout_kind": "held-out kind",
     "ood": "validation and out-of-distribution AUROC",
     "validation": "validation AUROC",
-    "prescreen": "the pre-screen (no fold could be scored)",
+    "prescreen": "the pre-screen's first within the validation guard (no fold could be scored)",
 }
 
 

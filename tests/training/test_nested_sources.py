@@ -235,6 +235,27 @@ def test_select_records_what_the_guard_changed(synthetic):
     assert row is robust and sel.n_eligible == 2 and sel.unguarded is None and guard_text(sel) == ""
 
 
+def test_without_a_scorable_fold_the_guard_still_picks_among_the_pre_screen(synthetic):
+    """One inner source of one kind leaves no fold to score (eval awareness held out by source): the choice is
+    the first candidate in pre-screen order within the validation guard, never a configuration that separates
+    its own pool far worse (the published fallback was layer 21 `lat` at validation 0.55 beside 0.99)."""
+    from dataclasses import replace
+
+    from probewatch.training.nested import FoldScorer, guarded_first, select
+
+    pool, layer_data, cal, _ = synthetic
+    lat = replace(_row(0, 0.95, val=0.55), method="lat")  # first by the pre-screen's proxy
+    logistic, other = _row(1, 0.80, val=0.99), _row(2, 0.85, val=0.90)
+    assert guarded_first([lat, logistic, other]) == 1
+    assert guarded_first([lat, other, logistic]) == 1  # within 0.10 of the best: pre-screen order decides
+    assert guarded_first([lat, logistic], margin=0.5) == 0  # a wide guard keeps the pre-screen's first
+    no_val = replace(_row(3, 0.9), val_auroc=None)
+    assert guarded_first([no_val, logistic]) == 0 and guarded_first([replace(lat, val_auroc=None)]) == 0
+    scorer = FoldScorer(pool, layer_data, NestedSettings(top_k=3))
+    row, sel = select([lat, logistic, other], "heldout_kind", [], scorer, cal)
+    assert row is logistic and sel.basis == "prescreen" and sel.chosen.config["method"] == "logistic"
+
+
 def test_folds_drop_the_held_out_sources_their_groups_and_the_calibration_split(synthetic):
     pool = synthetic[0]
     basis, folds = folds_without(pool, "d")
