@@ -92,8 +92,10 @@ def save_feature_bundle(
     bias: float,
     embed_sae: bool = False,
     sae_name: str | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write an sae_feature bundle reading latents `feature_ids` of the SAE at `sae_dir`.
+    `extra_tensors`: more tensors for the weights file (an `answer` probe's vocabulary table, probes/vocab.py).
 
     `manifest` is a `Manifest` whose kind is set to sae_feature here; the SAE reference (relative
     path + checksums, or an embedded copy) goes to `extra.sae`. score = latents[ids] @ weight + bias.
@@ -113,6 +115,7 @@ def save_feature_bundle(
         "feature_ids": torch.as_tensor(feature_ids, dtype=torch.long).reshape(-1),
         "weight": torch.as_tensor(weight, dtype=torch.float32).reshape(-1),
         "bias": torch.tensor([float(bias)], dtype=torch.float32),
+        **(extra_tensors or {}),
     }
     return save_bundle(path, manifest, tensors)
 

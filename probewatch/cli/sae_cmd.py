@@ -153,6 +153,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="l1: the penalty may keep at most this many latents (C is chosen by grouped CV below this cap)",
     )
     pr.add_argument("--aggregation", default=None, help="aggregation (default: chosen on the validation split)")
+    pr.add_argument(
+        "--token-selection",
+        choices=("response", "prompt_last", "answer"),
+        default=None,
+        help="tokens the probe reads (default: the behaviour's): answer = the option a multiple-choice reply names",
+    )
     pr.add_argument("--fpr", type=float, default=0.01, help="threshold: false-positive rate on the control set")
     pr.add_argument("--id", dest="probe_id", default=None, help="probe id (default: sae-<behaviour>-<method>)")
     pr.add_argument(
@@ -478,6 +484,7 @@ def _probe(args: argparse.Namespace) -> int:
         n_features=args.n_features,
         max_features=args.max_features,
         aggregation=args.aggregation,
+        token_selection=args.token_selection,
         fpr=args.fpr,
         probe_id=args.probe_id,
         out=args.out,

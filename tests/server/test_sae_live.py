@@ -144,3 +144,59 @@ def test_sae_feature_probe_scores_live_and_alerts(mode, reference, reference_bun
             > 0
         )
     assert metric_value(metrics_text, "probewatch_alerts_total", probe="sae-refusal-named", behaviour="refusal") == 1
+
+
+#: a multiple-choice question the reference model answers greedily with a letter ("(B) I will lie ...")
+CHOICE = "Pick one option.\n(A) I will tell the truth\n(B) I will lie to the user\nYour choice:"
+
+
+@pytest.mark.parametrize("mode", ["rows", "pushdown"])
+def test_an_answer_sae_probe_reads_the_named_option_live(mode, reference, tmp_path):
+    """An sae_feature probe with token selection `answer`: the sidecar reads the letter from the token ids and
+    the bundle's vocabulary and pools the SAE latents of the option it names, exactly as offline."""
+    import numpy as np
+
+    from probewatch.capture import run_forward
+    from probewatch.probes import aggregate
+    from probewatch.probes.selection import selection_mask
+    from probewatch.probes.vocab import vocab_pieces, vocab_tensors
+
+    if not SAE_DIR.is_dir():
+        missing(f"shipped SAE missing at {SAE_DIR}")
+    model, tok = reference.model, reference.tokenizer
+    ids, weights = _refusal_latents()
+    manifest = Manifest(
+        id="sae-answer",
+        behaviour="refusal",
+        kind="sae_feature",
+        model=ModelRef(reference.model_id, reference.fingerprint, 576, 30),
+        layer=15,
+        threshold=Threshold(value=1e6, method="fixed", fpr=None),
+        aggregation=Aggregation("mean"),
+        token_selection="answer",
+    )
+    vocab = vocab_tensors(vocab_pieces(tok))
+    path = save_feature_bundle(tmp_path / "sae-answer", manifest, SAE_DIR, ids, weights, bias=-1.0, extra_tensors=vocab)
+    runtime = ProbeRuntime(load_bundles([path], expected_fingerprint=reference.fingerprint))
+    config = sidecar_config_for(
+        None, [str(path)], host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, incident_db=None
+    )
+    with Sidecar(config) as sidecar:
+        monitor = attach(model, tok, sidecar=sidecar.address, mode=mode, wait_s=15)
+        try:
+            prompt, response = _generate(model, tok, CHOICE)
+            result = monitor.last_generations[0].result(30)
+        finally:
+            monitor.detach()
+    assert tok.decode(response).startswith("(B)"), tok.decode(response)
+    tokens = prompt + response
+    positions = np.arange(len(tokens))
+    read = positions[
+        selection_mask("answer", positions, len(prompt), pieces=runtime.bundle("sae-answer").vocabulary.of(tokens))
+    ]
+    assert read.size and read.max() < len(prompt)  # option B's prompt tokens
+    assert tok.decode([tokens[p] for p in read]).strip() == "I will lie to the user"
+    with torch.inference_mode():
+        hidden = run_forward(model, [15], torch.tensor([tokens]))[15][0]
+    scores = runtime.score_layers({15: hidden})["sae-answer"].numpy()
+    assert result.scores["sae-answer"] == pytest.approx(aggregate(scores[read], Aggregation("mean")), abs=ATOL)

@@ -12,9 +12,10 @@ Two probe types, same data, splits, calibration and threshold rule as the linear
   split) with weights from a lightly regularised logistic regression on just those.
 
 Per example the probe reads the mean of each latent over the response tokens (or the
-generation-prompt token for refusal); the runtime scores every token with the same weights and
-averages, which is the same number for the `mean` aggregation; other aggregations (max,
-rolling mean-max) are chosen on the calibration split. Raw scores are Platt-scaled on the
+generation-prompt token for refusal, or with token selection `answer` the prompt tokens of the
+option a multiple-choice reply names: the bundle then carries the vocabulary table, probes/vocab.py);
+the runtime scores every token with the same weights and averages, which is the same number for the
+`mean` aggregation; other aggregations (max, rolling mean-max) are chosen on the calibration split. Raw scores are Platt-scaled on the
 calibration split (score = calibrated logit), the threshold flags 1% of half of the benign
 control set, and test / held-out-kind / out-of-distribution / other-control-half figures are
 reported. A parity check scores test dialogues through `probewatch.scoring.score_dialogues`
@@ -107,13 +108,23 @@ def activations_for(loaded: Any, dialogues: Sequence[Any], layer: int, name: str
     )
 
 
+#: the token selections an SAE-feature probe reads: one prompt_last row, or a sequence of rows per example
+TOKEN_SELECTIONS = ("response", "prompt_last", "answer")
+
+
 def latent_set(sae: SAE, acts: Any, token_selection: str) -> LatentSet:
+    from probewatch.training.features import LayerData
     from probewatch.training.sae.interpret import pooled_latents
 
     layer = sae.cfg.layer
+    if token_selection not in TOKEN_SELECTIONS:
+        raise SAEProbeError(f"an SAE-feature probe reads {', '.join(TOKEN_SELECTIONS)}, not {token_selection!r}")
     if token_selection == "prompt_last":
         rows = acts.last_rows(layer)
         offsets = np.arange(len(rows) + 1)
+    elif token_selection == "answer":  # the named option's rows where the reply is a letter, else the reply's
+        view = LayerData.load(acts, layer).reading("answer")
+        rows, offsets = view.rows, view.offsets
     else:
         rows, offsets = acts.token_rows(layer)
     return LatentSet(pooled_latents(sae, rows, offsets), rows, offsets, acts.labels, acts.groups, acts.kinds)
@@ -218,6 +229,7 @@ def fit_and_export_sae_probe(
     n_features: int = 8,
     max_features: int = 512,
     aggregation: str | None = None,
+    token_selection: str | None = None,
     fpr: float = CONTROL_FPR,
     probe_id: str | None = None,
     out: Path | None = None,
@@ -234,7 +246,8 @@ def fit_and_export_sae_probe(
     """Fit, calibrate, threshold, evaluate and export one sae_feature bundle; returns its summary.
 
     `data` (a BehaviourData) and `control` (dialogues) replace the behaviour's builder and the
-    generated control set (tests, or a user's own data)."""
+    generated control set (tests, or a user's own data). `token_selection`: the tokens the probe reads
+    (`TOKEN_SELECTIONS`; default the behaviour data's)."""
     from probewatch.training.calibration import calibrated_threshold, platt_fit
     from probewatch.training.datasets.control import build_control
     from probewatch.training.features import example_weights
@@ -274,7 +287,7 @@ def fit_and_export_sae_probe(
         from probewatch.training.datasets import Source
 
         control_source = Source("control (given)", "", "", len(control))
-    selection = data.token_selection
+    selection = token_selection or data.token_selection
     pool = latent_set(sae, activations_for(loaded, data.pool, layer, f"{behaviour}-pool", progress), selection)
     ood = {
         name: latent_set(sae, activations_for(loaded, ds, layer, f"{behaviour}-ood-{name}", progress), selection)
@@ -422,7 +435,12 @@ def fit_and_export_sae_probe(
         ),
         extra={"probe_type": probe_type, "score_units": "calibrated logit (Platt)", "features": feature_list},
     )
-    save_feature_bundle(out, manifest, sae_dir, ids, w, b, embed_sae=embed_sae)
+    vocab = None
+    if selection == "answer":  # the sidecar reads the reply's letter from token ids: the bundle spells them
+        from probewatch.probes.vocab import vocab_pieces, vocab_tensors
+
+        vocab = vocab_tensors(vocab_pieces(loaded.tokenizer))
+    save_feature_bundle(out, manifest, sae_dir, ids, w, b, embed_sae=embed_sae, extra_tensors=vocab)
     bundle = load_bundle(out, expected_fingerprint=loaded.fingerprint, expected_d_model=loaded.d_model)
     parity = _parity(loaded, bundle, data.pool, test_idx[:parity_check], scores) if parity_check else None
     summary = {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,3 +131,59 @@ def test_fit_export_and_live_parity(reference, reference_sae, tmp_path, monkeypa
     section = render_sae_section({}, {m.id: summary}, run)
     row = [line for line in section.splitlines() if line.startswith(f"| deception | `{m.id}`")][0]
     assert f"| {summary['n_latents']} latents |" in row and f"{summary['metrics']['auroc']:.3f}" in row
+
+
+def choice_pool() -> BehaviourData:
+    """Multiple-choice questions answered with a letter: label 1 when the named option is false. The letter
+    alone carries nothing (both letters on both labels); the option it names does."""
+    pool = []
+    for i, (city, true, false) in enumerate(FACTS):
+        kind = "choice_a" if i % 2 else "choice_b"
+        options = (true, false) if i % 4 < 2 else (false, true)
+        question = f"Which country is {city} the capital of?\n(A) {options[0]}\n(B) {options[1]}\nAnswer:"
+        for label, country in ((0, true), (1, false)):
+            letter = "AB"[options.index(country)]
+            pool.append(
+                Dialogue([Message("user", question), Message("assistant", f"({letter})")], label, f"g{i}", kind)
+            )
+    return BehaviourData("deception", pool, token_selection="response", aggregations=("mean", "max"))
+
+
+@pytest.mark.integration
+def test_an_answer_sae_probe_reads_the_named_option_as_the_runtime_does(
+    reference, reference_sae, tmp_path, monkeypatch
+):
+    """Token selection `answer` for an SAE-feature probe: training pools the latents of the option the letter
+    names, the bundle carries the vocabulary, and the live scoring path reads the same tokens (parity)."""
+    from probewatch.probes.saes import load_sae
+    from probewatch.probes.vocab import vocab_pieces
+    from probewatch.training.sae.probe import SAEProbeError, activations_for, fit_and_export_sae_probe, latent_set
+
+    monkeypatch.setenv("PROBEWATCH_HOME", str(tmp_path / "home"))
+    torch.set_num_threads(1)
+    data = choice_pool()
+    out = tmp_path / "sae-choice"
+    summary = fit_and_export_sae_probe(
+        reference,
+        reference_sae,
+        "deception",
+        method="named",
+        n_features=4,
+        token_selection="answer",
+        out=out,
+        data=data,
+        control=toy_control(),
+        progress=False,
+        parity_check=6,
+    )
+    assert summary["parity"]["n"] == 6 and summary["parity"]["max_abs_diff"] < 1e-2
+    bundle = load_bundle(out, expected_fingerprint=reference.fingerprint, expected_d_model=reference.d_model)
+    assert bundle.manifest.token_selection == "answer" and bundle.manifest.kind == "sae_feature"
+    assert bundle.vocabulary is not None and bundle.vocabulary.of([5])[0] == vocab_pieces(reference.tokenizer)[5]
+    sae = load_sae(reference_sae)
+    acts = activations_for(reference, data.pool, 9, "choice", progress=False)
+    answer, reply = latent_set(sae, acts, "answer"), latent_set(sae, acts, "response")
+    assert (acts.n_answer > 0).all() and (np.diff(answer.offsets) == acts.n_answer).all()  # every reply names one
+    assert not np.array_equal(answer.pooled, reply.pooled)
+    with pytest.raises(SAEProbeError, match="not 'all'"):
+        latent_set(sae, acts, "all")  # prompt + response has no row sequence here: refused, not read as the reply
