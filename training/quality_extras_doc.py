@@ -29,7 +29,9 @@ def _best(rows: Sequence[Mapping[str, Any]], keep) -> Mapping[str, Any] | None:
 def _cell(row: Mapping[str, Any] | None) -> str:
     if row is None:
         return "not tried"
-    return f"{_f(row['heldout_kind_auroc'])} (layer {row['layer']} {row['method']}, {row['aggregation']})"
+    reads = row.get("token_selection", "response")
+    where = "" if reads == "response" else f", reads {reads}"
+    return f"{_f(row['heldout_kind_auroc'])} (layer {row['layer']} {row['method']}, {row['aggregation']}{where})"
 
 
 def pooling_rows(results: Mapping[str, TrainReport]) -> list[dict[str, str]]:

@@ -63,6 +63,17 @@ def test_pooling_row_names_the_shipped_and_best_alternatives():
     layer = report.chosen["layer"]
     assert row["attention"] == f"0.830 (layer {layer} attention, attention)"
     assert row["normalised"].startswith("0.790 ") and row["raw_max"].startswith("0.750 ")
+    report.sweep.append(  # the attention probe over the option a letter names: the cell says what it reads
+        {
+            **report.chosen,
+            "method": "attention",
+            "aggregation": "attention",
+            "token_selection": "answer",
+            "heldout_kind_auroc": 0.9,
+        }
+    )
+    (row,) = pooling_rows({"deception": report})
+    assert row["attention"] == f"0.900 (layer {layer} attention, attention, reads answer)"
     refusal = TrainReport.read(SHIPPED / "refusal" / "report.json")
     assert pooling_rows({"refusal": refusal}) == []  # a prompt_last probe pools nothing
 
