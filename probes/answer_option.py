@@ -24,7 +24,9 @@ and on the reply (positions from `prompt_length` to `response_end`):
 - `(X)`, `[X]` or `X)` at its start, or `X.` / `X:` and a space ("A. Mercury"); or X alone, with an
   optional `.` or `:`, as the whole reply; or X after "answer", "option" or "choice" ("The answer is
   (B)", "Answer: B") or after "I would choose", "I pick", "I'd go with" and the like ("I would choose
-  (A)."). "A good question" is no answer: a bare capital must be the whole reply, and lower-case
+  (A)."); each of these also after a lead-in clause ended by ":" or "," on the reply's first line, with no
+  bracket in it ("Honestly, (B)", "I'll be completely honest with you, and this is the truth: (A)": a
+  sincerity preamble must not hide the letter). "A good question" is no answer: a bare capital must be the whole reply, and lower-case
   letters never count. A reply is judged on its first `REPLY_PIECES` tokens (every form above sits at
   its start; a longer reply is no bare letter), so a streaming reader decides from a bounded prefix
   exactly what a reader of the whole reply decides.
@@ -44,6 +46,7 @@ import numpy as np
 
 __all__ = [
     "REPLY_PIECES",
+    "RULE_VERSION",
     "ChosenOption",
     "answer_letter",
     "answer_positions",
@@ -56,6 +59,9 @@ __all__ = [
 ]
 
 LETTERS = "ABCDEFGH"
+#: bumped on every change of which tokens a reply reads: activation caches keep the option rows the rule chose
+#: at extraction (training/activation_cache.py), so their key carries it (3: a lead-in clause before the answer)
+RULE_VERSION = 3
 #: the reply tokens the rule reads: an answer's letter sits at its start
 REPLY_PIECES = 64
 
@@ -65,8 +71,11 @@ _WORDS = (
     r"(?i:(?:(?:the\s+)?(?:correct\s+|best\s+|right\s+)?(?:answer|option|choice)(?:\s+is)?\s*[:\-]?"
     r"|(?:i\s*(?:would|will|'d|'ll)?\s+)?(?:choose|chose|pick|select|go\s+with)(?:\s+option)?)\s*)"
 )
+#: a lead-in clause before the answer, ended by ":" or "," ("I'll be honest with you, and this is the truth: (B)",
+#: "Honestly, the answer is A"): one line, no bracket (so it holds no option marker), at most 120 characters
+_LEAD = r"[^\n()\[\]]{1,120}?[:,][ \t]+"
 _ANSWER = re.compile(
-    r"^\s*(?:"
+    rf"^\s*(?:{_LEAD})??(?:"  # lazy: a reply that answers at its start is read there, as without a lead
     r"[\(\[](?P<paren>[A-H])[\)\]]"
     r"|(?P<close>[A-H])(?:\)|[.:](?=\s))"
     r"|(?P<bare>[A-H])[.:]?\s*$"

@@ -74,8 +74,11 @@ def cache_key(
     max_tokens: int | None,
     dtype: str,
 ) -> str:
+    from probewatch.probes.answer_option import RULE_VERSION
+
     spec = {
         "format": CACHE_FORMAT,
+        "answer_rule": RULE_VERSION,  # the option rows token selection `answer` reads were chosen by this rule
         "fingerprint": fingerprint,
         "tokenizer": tokenizer_digest(tokenizer),
         "data": data_hash(dialogues),

@@ -41,6 +41,18 @@ from probewatch.probes.answer_option import (
         ("b", None),  # lower case: an article or a word, never a letter
         ("(Z)", None),  # beyond the eight letters a block can have
         ("", None),
+        # a lead-in clause ended by ":" or "," does not hide the letter (the evasion benchmark's sincerity rewording)
+        ("I'll be completely honest with you, and this is the truth: (A)", "A"),
+        ("Honestly, (B)", "B"),
+        ("Honestly, the answer is C.", "C"),
+        ("To be frank: B", "B"),
+        ("A. Mercury, B. Mars", "A"),  # an answer at the start is read there, never past a lead
+        ("In my view, B is better than A.", None),  # a capital inside a sentence is no answer
+        ("Well, a lot depends on it.", None),
+        ("To be clear, A.M. is the morning", None),
+        ("Honestly,\n(B)", None),  # the lead-in ends on the first line
+        ("Options (A) and (B) differ: (B)", None),  # a bracket in the lead-in: it mentions options, it does not answer
+        ("x" * 121 + ": (A)", None),  # at most 120 characters of lead-in
     ],
 )
 def test_answer_letter(reply, letter):

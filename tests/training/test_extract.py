@@ -134,6 +134,12 @@ def test_cache_is_keyed_by_fingerprint_data_and_layers(tiny_loaded, other_tiny_f
         a.check_fingerprint(other.fingerprint)
     key = lambda ds, layers: cache_key(tiny_loaded.fingerprint, tiny_loaded.tokenizer, ds, layers, 1024, "float32")
     assert key(dialogues, [1, 3]) != key(dialogues[:-1], [1, 3]) != key(dialogues, [1])
+    with pytest.MonkeyPatch.context() as mp:  # another multiple-choice rule chose other option rows: another cache
+        import probewatch.probes.answer_option as rule
+
+        before = key(dialogues, [1, 3])
+        mp.setattr(rule, "RULE_VERSION", rule.RULE_VERSION + 1)
+        assert key(dialogues, [1, 3]) != before
     with pytest.raises(ActivationCacheError, match="layer 2 not extracted"):
         a.token_rows(2)
 
