@@ -241,15 +241,21 @@ def _tiebreak(row: SweepRow) -> tuple:
     return (round(row.val_recall_control or 0.0, 3), round(row.val_auroc or 0.0, 3), -row.layer)
 
 
+def _guarded(rows: Sequence[SweepRow], margin: float) -> list[int]:
+    """Indices of `rows` whose validation AUROC is within `margin` of the best of them (a row without one
+    stays: nothing to judge it by). The guard every choice of the rule applies."""
+    val = [r.val_auroc for r in rows if r.val_auroc is not None]
+    if not val:
+        return list(range(len(rows)))
+    floor = max(val) - margin - 1e-9
+    return [i for i, r in enumerate(rows) if r.val_auroc is None or r.val_auroc >= floor]
+
+
 def eligible(scored: Sequence[tuple[SweepRow, ConfigScore]], margin: float = VAL_MARGIN) -> list[int]:
     """Indices of the configurations with fold scores whose validation AUROC is within `margin` of the best
     such configuration's (a row without one stays eligible: nothing to judge it by)."""
     valid = [i for i, (_, cs) in enumerate(scored) if cs.worst is not None and cs.mean is not None]
-    val = {i: v for i in valid if (v := scored[i][0].val_auroc) is not None}
-    if not val:
-        return valid
-    floor = max(val.values()) - margin - 1e-9
-    return [i for i in valid if i not in val or val[i] >= floor]
+    return [valid[k] for k in _guarded([scored[i][0] for i in valid], margin)]
 
 
 def guarded_first(candidates: Sequence[SweepRow], margin: float = VAL_MARGIN) -> int:
@@ -257,11 +263,7 @@ def guarded_first(candidates: Sequence[SweepRow], margin: float = VAL_MARGIN) ->
     whose validation AUROC is within `margin` of the best candidate's. The pre-screen ranks by what the other
     source's held-out kinds predicted; the guard still applies, so a configuration that separates its own
     pool far worse (a `lat` direction at validation 0.55 beside logistic's 0.99) is never the fallback."""
-    val = [r.val_auroc for r in candidates if r.val_auroc is not None]
-    if not val:
-        return 0
-    floor = max(val) - margin - 1e-9
-    return next(i for i, r in enumerate(candidates) if r.val_auroc is None or r.val_auroc >= floor)
+    return _guarded(candidates, margin)[0]
 
 
 def pick(

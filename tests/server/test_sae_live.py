@@ -39,21 +39,31 @@ def _refusal_latents(n: int = 4) -> tuple[list[int], list[float]]:
     return [row["id"] for row in top], [1.0] * len(top)
 
 
-def _write_bundle(root: Path, reference, threshold: float) -> Path:
+def _write_bundle(
+    root: Path,
+    reference,
+    threshold: float,
+    probe_id: str = "sae-refusal-named",
+    token_selection: str = "all",
+    aggregation: str = "max",
+    extra_tensors: dict | None = None,
+) -> Path:
     ids, weights = _refusal_latents()
     manifest = Manifest(
-        id="sae-refusal-named",
+        id=probe_id,
         behaviour="refusal",
         kind="sae_feature",
         model=ModelRef(reference.model_id, reference.fingerprint, 576, 30),
         layer=15,
         threshold=Threshold(value=threshold, method="fixed", fpr=None),
-        aggregation=Aggregation("max"),
-        token_selection="all",
+        aggregation=Aggregation(aggregation),
+        token_selection=token_selection,
         version="sae-test-1",
         description="named refusal latents of the shipped SAE (test)",
     )
-    return save_feature_bundle(root / manifest.id, manifest, SAE_DIR, ids, weights, bias=-1.0)
+    return save_feature_bundle(
+        root / manifest.id, manifest, SAE_DIR, ids, weights, bias=-1.0, extra_tensors=extra_tensors
+    )
 
 
 def _generate(model, tok, question: str, monitor=None) -> tuple[list[int], list[int]]:
@@ -164,19 +174,8 @@ def test_an_answer_sae_probe_reads_the_named_option_live(mode, reference, tmp_pa
     if not SAE_DIR.is_dir():
         missing(f"shipped SAE missing at {SAE_DIR}")
     model, tok = reference.model, reference.tokenizer
-    ids, weights = _refusal_latents()
-    manifest = Manifest(
-        id="sae-answer",
-        behaviour="refusal",
-        kind="sae_feature",
-        model=ModelRef(reference.model_id, reference.fingerprint, 576, 30),
-        layer=15,
-        threshold=Threshold(value=1e6, method="fixed", fpr=None),
-        aggregation=Aggregation("mean"),
-        token_selection="answer",
-    )
     vocab = vocab_tensors(vocab_pieces(tok))
-    path = save_feature_bundle(tmp_path / "sae-answer", manifest, SAE_DIR, ids, weights, bias=-1.0, extra_tensors=vocab)
+    path = _write_bundle(tmp_path, reference, 1e6, "sae-answer", "answer", "mean", extra_tensors=vocab)
     runtime = ProbeRuntime(load_bundles([path], expected_fingerprint=reference.fingerprint))
     config = sidecar_config_for(
         None, [str(path)], host="127.0.0.1", port=0, metrics_host="127.0.0.1", metrics_port=0, incident_db=None

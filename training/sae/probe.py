@@ -15,8 +15,8 @@ Per example the probe reads the mean of each latent over the response tokens (or
 generation-prompt token for refusal, or with token selection `answer` the prompt tokens of the
 option a multiple-choice reply names: the bundle then carries the vocabulary table, probes/vocab.py);
 the runtime scores every token with the same weights and averages, which is the same number for the
-`mean` aggregation; other aggregations (max, rolling mean-max) are chosen on the calibration split. Raw scores are Platt-scaled on the
-calibration split (score = calibrated logit), the threshold flags 1% of half of the benign
+`mean` aggregation; other aggregations (max, rolling mean-max) are chosen on the calibration split. Raw
+scores are Platt-scaled on the calibration split (score = calibrated logit), the threshold flags 1% of half of the benign
 control set, and test / held-out-kind / out-of-distribution / other-control-half figures are
 reported. A parity check scores test dialogues through `probewatch.scoring.score_dialogues`
 (the live path, through `ProbeRuntime.score_layers`) and compares with the offline scores.
