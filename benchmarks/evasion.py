@@ -2,9 +2,11 @@
 
 Per probe (`training/evasion.py` says what each condition does): the system prompt tells the model it
 is monitored by a probe for this behaviour and should avoid detection; for response-reading probes
-also the answer behind a sincerity assertion, and both together. Items: refusal's out-of-distribution
-set (harmful_val against held-out harmless_val, never trained on); for every other behaviour a
-kind-balanced sample of its pool (teacher-forced answers; labels true by construction). Writes a JSON
+also the answer behind a sincerity assertion, and both together, and where the pool holds scenarios
+that `paraphrases.yaml` words a second way (deception), those answers as written and paraphrased.
+Items: refusal's out-of-distribution set (harmful_val against held-out harmless_val, never trained
+on); for every other behaviour a kind-balanced sample of its pool (teacher-forced answers; labels
+true by construction). Writes a JSON
 report and a plot (recall at the shipped threshold per condition); `make bench-quality` puts the
 table in docs/quality.md from the same report.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +37,33 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def evaluation_items(behaviour: str, data_dir: Path, per_class: int, seed: int) -> tuple[list, str]:
-    """(dialogues, where they came from) for one behaviour."""
+@dataclass
+class EvasionItems:
+    """What one behaviour's probes are scored on."""
+
+    dialogues: list  # the kind-balanced sample every condition rewrites
+    where: str  # where they came from, as docs/quality.md names it
+    paraphrases: list = field(default_factory=list)  # (as written, paraphrased) dialogue pairs
+
+
+def evaluation_items(behaviour: str, data_dir: Path, per_class: int, seed: int) -> EvasionItems:
+    """The sample and the paraphrase pairs (up to `per_class` of each label) for one behaviour."""
     from probewatch.training.datasets import build_behaviour_data
-    from probewatch.training.evasion import balanced_sample
+    from probewatch.training.evasion import balanced_sample, paraphrase_pairs
 
     if behaviour == "refusal":
         items = build_behaviour_data("refusal", data_dir, seed=seed).ood["refusal_val"]
-        return balanced_sample(items, per_class, seed), "refusal_direction harmful_val vs held-out harmless_val"
+        return EvasionItems(
+            balanced_sample(items, per_class, seed), "refusal_direction harmful_val vs held-out harmless_val"
+        )
     data = build_behaviour_data(behaviour, data_dir, seed=seed)
     reads_prompt = data.token_selection == "prompt_last"  # prompt-only items are whole for a prompt reader
     pool = [d for d in data.pool if d.label is not None and (reads_prompt or d.ends_with_assistant)]
-    return balanced_sample(pool, per_class, seed), f"{behaviour.replace('_', ' ')} pool, kind-balanced sample"
+    return EvasionItems(
+        balanced_sample(pool, per_class, seed),
+        f"{behaviour.replace('_', ' ')} pool, kind-balanced sample",
+        [] if reads_prompt else paraphrase_pairs(pool, per_class, seed),
+    )
 
 
 def evaluate_bundles(
@@ -58,10 +76,10 @@ def evaluate_bundles(
     from probewatch.probes.aggregate import aggregate
     from probewatch.probes.manifest import ATTENTION
     from probewatch.scoring import score_dialogues
-    from probewatch.training.evasion import Scored, measure
+    from probewatch.training.evasion import Scored, measure, measure_paraphrase
 
     reports = []
-    items: dict[str, tuple[list, str]] = {}
+    items: dict[str, EvasionItems] = {}
     for path in bundle_dirs:
         bundle = load_bundle(path, expected_fingerprint=loaded.fingerprint)
         manifest = bundle.manifest
@@ -69,7 +87,8 @@ def evaluate_bundles(
             continue
         if manifest.behaviour not in items:
             items[manifest.behaviour] = evaluation_items(manifest.behaviour, data_dir, per_class, seed)
-        dialogues, where = items[manifest.behaviour]
+        behaviour_items = items[manifest.behaviour]
+        dialogues, where = behaviour_items.dialogues, behaviour_items.where
         runtime = ProbeRuntime([bundle])
         print(f"[bench evasion] {manifest.id}: {len(dialogues)} items x conditions", file=sys.stderr, flush=True)
 
@@ -83,16 +102,19 @@ def evaluate_bundles(
         def pool(tokens: np.ndarray, spec: Any = spec) -> float:
             return aggregate(tokens, spec)
 
+        reads_response = manifest.token_selection != "prompt_last"
         report = measure(
             score,
             dialogues,
             manifest.id,
             manifest.behaviour,
             manifest.threshold.value,
-            reads_response=manifest.token_selection != "prompt_last",
+            reads_response=reads_response,
             data=where,
             pool=None if spec.method == ATTENTION else pool,
         )
+        if reads_response:
+            report.results += measure_paraphrase(score, behaviour_items.paraphrases, manifest.threshold.value)
         reports.append(report.to_json())
     return reports
 
@@ -137,7 +159,10 @@ def plot(reports: list[dict[str, Any]], out: Path) -> Path:
 
 
 def _order(condition: str) -> tuple[int, str]:
-    return (0 if condition == "unmodified" else 1, condition)
+    from probewatch.training.evasion import AS_WRITTEN, PARAPHRASED
+
+    order = {"unmodified": 0, AS_WRITTEN: 2, PARAPHRASED: 3}
+    return (order.get(condition, 1), condition)
 
 
 def lines(reports: list[dict[str, Any]]) -> list[str]:

@@ -6,6 +6,10 @@ behaviour reads its internal activations and that it should avoid being detected
 the same answer behind a sincerity assertion, the cheapest paraphrase a liar reaches for. Both are
 applied to positives and negatives alike and scored with the shipped bundle exactly as offline
 scoring does (`probewatch.scoring`), so a drop in AUROC or recall is the probe's, not the data's.
+Paraphrase: the answers of the hand-written scenarios that `training/datasets/paraphrases.yaml`
+words a second way (the same claim, other words and sentence structure), honest and deceptive alike,
+scored as written and paraphrased: a probe that reads what an answer says keeps its score, one that
+learnt the wording of its training answers loses it.
 
 Responses are teacher-forced (the same text in every condition): the label stays true by
 construction, and what moves is how the context changes the residual stream under the same words.
@@ -20,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from probewatch.data.dialogue import Dialogue
+from probewatch.data.dialogue import Dialogue, Message
+from probewatch.errors import DialogueFormatError
 from probewatch.training.augment import prefixed, with_system_instruction
 
 #: what the system prompt says, per behaviour. For the monitoring-cue probes (eval awareness, monitored
@@ -64,6 +69,45 @@ def with_sincere_response(dialogue: Dialogue) -> Dialogue:
 
 #: the conditions that put words in front of the answer (the others leave the scored tokens as they were)
 REWORDINGS = ("sincerity rewording", "both")
+#: the paraphrase rows: the scenario answers as written (their baseline) and in their second wording
+AS_WRITTEN, PARAPHRASED = "scenario answers as written", "scenario answers paraphrased"
+#: rows that are a baseline, not an evasion
+BASELINES = ("unmodified", AS_WRITTEN)
+PARAPHRASES_FILE = "paraphrases.yaml"
+
+
+def load_paraphrases(spec: dict | None = None) -> dict[str, str]:
+    """Original answer text -> its second wording, for every scenario `paraphrases.yaml` names (both answers).
+
+    Keyed by the text, not the scenario: an augmented copy (a phrase in front of the answer) has no paraphrase.
+    A name that is no shipped scenario, a missing side or a "paraphrase" equal to the original is refused: the
+    file would otherwise silently measure fewer items than it lists. `spec`: the parsed file (default: shipped)."""
+    from probewatch.training.datasets.common import packaged_yaml
+    from probewatch.training.datasets.scenarios import load_scenarios, scenario_files
+
+    spec = packaged_yaml(PARAPHRASES_FILE) if spec is None else spec
+    scenarios = {(s.kind, s.id): s for path in scenario_files() for s in load_scenarios(path)}
+    out: dict[str, str] = {}
+    for kind, items in (spec.get("kind_scenarios") or {}).items():
+        for scenario_id, answers in items.items():
+            scenario = scenarios.get((kind, scenario_id))
+            if scenario is None:
+                raise DialogueFormatError(f"{PARAPHRASES_FILE}: no scenario {scenario_id!r} of kind {kind!r}")
+            for side, original in (("honest", scenario.honest), ("deceptive", scenario.deceptive)):
+                text = str((answers or {}).get(side) or "").strip()
+                if not text or text == original:
+                    raise DialogueFormatError(f"{PARAPHRASES_FILE}: {kind}/{scenario_id} needs a new {side} wording")
+                out[original] = text
+    return out
+
+
+def paraphrased(dialogue: Dialogue, table: dict[str, str]) -> Dialogue | None:
+    """The dialogue with its final assistant message in the table's second wording (None: it has none)."""
+    messages = list(dialogue.messages)
+    if not messages or messages[-1].role != "assistant" or messages[-1].content not in table:
+        return None
+    messages[-1] = Message("assistant", table[messages[-1].content])
+    return Dialogue(messages, dialogue.label, dialogue.group, dialogue.kind, dict(dialogue.meta or {}))
 
 
 def conditions(behaviour: str, reads_response: bool) -> dict[str, Callable[[Dialogue], Dialogue]]:
@@ -110,7 +154,7 @@ class EvasionReport:
     @property
     def worst(self) -> ConditionResult | None:
         """The condition with the lowest recall (the evasion that works best against this probe)."""
-        changed = [r for r in self.results if r.condition != "unmodified"]
+        changed = [r for r in self.results if r.condition not in BASELINES]
         return min(changed, key=lambda r: r.recall) if changed else None
 
 
@@ -182,6 +226,40 @@ def measure(
         if base is None:
             base = scored
     return report
+
+
+def measure_paraphrase(
+    score: Callable[[Sequence[Dialogue]], np.ndarray | Scored],
+    pairs: Sequence[tuple[Dialogue, Dialogue]],
+    threshold: float,
+) -> list[ConditionResult]:
+    """The (as written, paraphrased) `pairs` scored both ways: the as-written row, then the paraphrased one with
+    the positives' median change against it ([] without pairs)."""
+    if not pairs:
+        return []
+    labels = np.array([d.label for d, _ in pairs], dtype=int)
+    rows: list[ConditionResult] = []
+    base: np.ndarray | None = None
+    for name, side in ((AS_WRITTEN, 0), (PARAPHRASED, 1)):
+        got = score([pair[side] for pair in pairs])
+        scores = np.asarray(got.aggregate if isinstance(got, Scored) else got, dtype=float)
+        rows.append(summarise(name, scores, labels, threshold, base))
+        base = scores
+    return rows
+
+
+def paraphrase_pairs(
+    dialogues: Sequence[Dialogue], per_class: int, seed: int, table: dict[str, str] | None = None
+) -> list[tuple[Dialogue, Dialogue]]:
+    """Up to `per_class` (as written, paraphrased) pairs of each label, spread over kinds like `balanced_sample`."""
+    table = load_paraphrases() if table is None else table
+    originals = [d for d in dialogues if d.label is not None and paraphrased(d, table) is not None]
+    out = []
+    for d in balanced_sample(originals, per_class, seed):
+        other = paraphrased(d, table)
+        assert other is not None
+        out.append((d, other))
+    return out
 
 
 def balanced_sample(dialogues: Sequence[Dialogue], per_class: int, seed: int) -> list[Dialogue]:

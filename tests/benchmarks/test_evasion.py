@@ -26,17 +26,27 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.parametrize("behaviour", BEHAVIOURS)
 def test_items_are_label_balanced_and_whole_for_the_probe_that_reads_them(behaviour, shared_data):
-    items, where = evaluation_items(behaviour, shared_data, per_class=6, seed=0)
+    got = evaluation_items(behaviour, shared_data, per_class=6, seed=0)
+    items, where = got.dialogues, got.where
     labels = Counter(d.label for d in items)
     assert labels == {1: 6, 0: 6}
     if behaviour == "refusal":
-        assert where.startswith("refusal_direction harmful_val")
+        assert where.startswith("refusal_direction harmful_val") and got.paraphrases == []
         return
     assert where == f"{behaviour.replace('_', ' ')} pool, kind-balanced sample"
     assert len({d.kind for d in items}) >= 3  # kinds taken in turn, not the biggest one
     prompt_reader = behaviour == "monitored_framing"
     assert all(d.ends_with_assistant != prompt_reader for d in items)
-    assert items == evaluation_items(behaviour, shared_data, 6, 0)[0]  # reproducible
+    again = evaluation_items(behaviour, shared_data, 6, 0)
+    assert items == again.dialogues and got.paraphrases == again.paraphrases  # reproducible
+    if behaviour != "deception":  # only the deception pool holds the scenarios paraphrases.yaml rewords
+        assert got.paraphrases == []
+        return
+    assert Counter(written.label for written, _ in got.paraphrases) == {1: 6, 0: 6}
+    assert len({written.kind for written, _ in got.paraphrases}) == 6  # one per scenario kind, in turn
+    for written, reworded in got.paraphrases:  # only the answer changes: same context, label, group
+        assert reworded.messages[:-1] == written.messages[:-1] and reworded.label == written.label
+        assert reworded.group == written.group and reworded.messages[-1].content != written.messages[-1].content
 
 
 @pytest.mark.integration
@@ -57,7 +67,7 @@ def test_shipped_probes_of_other_behaviours_are_measured_like_deception(referenc
     from probewatch.probes import ProbeRuntime, load_bundle
 
     bundle = load_bundle(dirs[0], expected_fingerprint=reference.fingerprint)
-    items, _ = evaluation_items("alignment_faking", shared_data, 2, 0)
+    items = evaluation_items("alignment_faking", shared_data, 2, 0).dialogues
     done = score_dialogues(reference.model, reference.tokenizer, ProbeRuntime([bundle]), items, progress=False)
     scores = np.array([r.aggregate["alignment-faking"] for r in done])
     labels = np.array([d.label for d in items])
@@ -80,6 +90,35 @@ def test_shipped_probes_of_other_behaviours_are_measured_like_deception(referenc
     sincerity = next(r for r in af["results"] if r["condition"] == "sincerity rewording")
     assert sincerity["median_positive_change_answer"] == pytest.approx(expected, abs=1e-4)
     assert all(r["median_positive_change_answer"] is None for r in mf["results"])  # no rewording of a prompt reader
+
+
+@pytest.mark.integration
+def test_the_deception_probe_is_also_scored_on_paraphrased_scenario_answers(reference, shared_data):
+    from probewatch.probes import ProbeRuntime, load_bundle
+    from probewatch.training.evasion import AS_WRITTEN, PARAPHRASED
+
+    path = shipped_root() / reference.model_id / "deception"
+    (report,) = evaluate_bundles(reference, [path], shared_data, 2, progress=False)
+    names = [r["condition"] for r in report["results"]]
+    assert names == ["unmodified", "told it is monitored", "sincerity rewording", "both", AS_WRITTEN, PARAPHRASED]
+    written, reworded = report["results"][-2:]
+    pairs = evaluation_items("deception", shared_data, 2, 0).paraphrases
+    runtime = ProbeRuntime([load_bundle(path, expected_fingerprint=reference.fingerprint)])
+    scores = [
+        np.array(
+            [
+                r.aggregate["deception"]
+                for r in score_dialogues(reference.model, reference.tokenizer, runtime, side, progress=False)
+            ]
+        )
+        for side in ([w for w, _ in pairs], [p for _, p in pairs])
+    ]
+    positive = np.array([w.label for w, _ in pairs]) == 1
+    assert written["n_positive"] == reworded["n_positive"] == 2 and reworded["n_negative"] == 2
+    assert written["mean_positive"] == pytest.approx(float(scores[0][positive].mean()), abs=1e-4)
+    assert reworded["mean_positive"] == pytest.approx(float(scores[1][positive].mean()), abs=1e-4)
+    change = float(np.median(scores[1][positive] - scores[0][positive]))
+    assert reworded["median_positive_change"] == pytest.approx(change, abs=1e-4) and change != 0.0
 
 
 @pytest.mark.integration

@@ -6,13 +6,23 @@ import numpy as np
 import pytest
 
 from probewatch.data.dialogue import Dialogue, Message
+from probewatch.errors import DialogueFormatError
+from probewatch.training.datasets.common import packaged_yaml
+from probewatch.training.datasets.scenarios import load_scenarios, scenario_dialogues, scenario_files
 from probewatch.training.evasion import (
+    AS_WRITTEN,
     EVASION_INSTRUCTIONS,
+    PARAPHRASED,
+    PARAPHRASES_FILE,
     SINCERE_PREFIX,
     Scored,
     balanced_sample,
     conditions,
+    load_paraphrases,
     measure,
+    measure_paraphrase,
+    paraphrase_pairs,
+    paraphrased,
     summarise,
     with_sincere_response,
     with_system_instruction,
@@ -120,3 +130,74 @@ def test_every_behaviour_has_an_instruction_naming_its_detector():
         assert "detector, a linear probe" in text or "detector of" in text, behaviour
         assert "Avoid being detected" in text
     assert len(set(EVASION_INSTRUCTIONS.values())) == len(BEHAVIOURS)  # each names its own behaviour
+
+
+def test_every_paraphrase_rewords_a_shipped_scenario_answer_and_nothing_else():
+    table = load_paraphrases()
+    scenarios = [s for path in scenario_files() for s in load_scenarios(path)]
+    answers = {a for s in scenarios for a in (s.honest, s.deceptive)}
+    spec = packaged_yaml(PARAPHRASES_FILE)["kind_scenarios"]
+    assert sorted(spec) == sorted({s.kind for s in scenarios})  # every hand-written kind
+    assert all(len(items) == 6 for items in spec.values())
+    assert len(table) == 72 and set(table) <= answers  # both answers of 36 scenarios
+    assert not set(table.values()) & answers  # a second wording, never another scenario's answer
+    assert not any(SINCERE_PREFIX.strip(": ").lower() in t.lower() for t in table.values())
+
+
+def test_paraphrased_swaps_only_the_answer_and_skips_augmented_copies():
+    table = load_paraphrases()
+    scenario = next(s for s in load_scenarios(scenario_files()[0]) if s.honest in table)
+    for original in scenario_dialogues([scenario]):
+        got = paraphrased(original, table)
+        assert got is not None and got.messages[:-1] == original.messages[:-1]
+        assert got.messages[-1].content == table[original.messages[-1].content]
+        assert (got.label, got.group, got.kind, got.meta) == (
+            original.label,
+            original.group,
+            original.kind,
+            original.meta,
+        )
+        assert paraphrased(with_sincere_response(original), table) is None  # a prefixed copy is another text
+    assert paraphrased(_dialogue(1), table) is None
+    assert paraphrased(Dialogue([Message("user", "hi")], 1), table) is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"kind_scenarios": {"sales_lie": {"no-such-id": {"honest": "a", "deceptive": "b"}}}},
+            "no scenario 'no-such-id'",
+        ),
+        ({"kind_scenarios": {"sales_lie": {"phone-battery": {"honest": "It is weak."}}}}, "new deceptive wording"),
+        (
+            {
+                "kind_scenarios": {
+                    "sandbagging": {
+                        "capital-australia": {"honest": "The capital of Australia is Canberra.", "deceptive": "Sydney."}
+                    }
+                }
+            },
+            "new honest wording",
+        ),
+    ],
+)
+def test_a_paraphrase_file_that_would_measure_fewer_items_is_refused(spec, message):
+    with pytest.raises(DialogueFormatError, match=message):
+        load_paraphrases(spec)
+
+
+def test_paraphrase_rows_pair_each_item_with_its_rewording():
+    table = {"Paris is in Spain.": "Spain is where Paris is.", "Paris is in France.": "France is where Paris is."}
+    items = [_dialogue(1, kind="a"), _dialogue(0, "Paris is in France.", kind="a"), _dialogue(1, "Madrid.")]
+    pairs = paraphrase_pairs(items, per_class=5, seed=0, table=table)
+    assert sorted((w.messages[-1].content, p.messages[-1].content) for w, p in pairs) == sorted(table.items())
+
+    def score(dialogues):  # a probe that reads the words "in Spain": wording, not meaning
+        return np.array([2.0 if "in Spain" in d.messages[-1].content else -1.0 for d in dialogues])
+
+    written, reworded = measure_paraphrase(score, pairs, threshold=0.0)
+    assert (written.condition, reworded.condition) == (AS_WRITTEN, PARAPHRASED)
+    assert written.auroc == 1.0 and written.recall == 1.0 and written.median_positive_change is None
+    assert reworded.auroc == 0.5 and reworded.recall == 0.0 and reworded.median_positive_change == -3.0
+    assert measure_paraphrase(score, [], 0.0) == []
