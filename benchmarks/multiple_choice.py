@@ -70,6 +70,11 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-sycophancy", action="store_true", help="skip the sycophancy A/B items")
     parser.add_argument(
+        "--no-shipped-eval-awareness",
+        action="store_true",
+        help="skip scoring every item with the shipped eval-awareness bundle (the slowest part)",
+    )
+    parser.add_argument(
         "--pairs", type=int, default=None, help="use the first N belief pairs only (a quick run; default all 20)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -280,7 +285,7 @@ def main(args: argparse.Namespace) -> int:
         bundle_dir = args.deception_bundle or shipped_bundle(loaded.model_id, "deception")
         if found is not None and bundle_dir is not None:
             result["shipped"] = {SYCOPHANCY: bundle_readings(loaded, bundle_dir, found[0], progress=not args.quiet)}
-    ea_dir = shipped_bundle(loaded.model_id, "eval-awareness")
+    ea_dir = None if args.no_shipped_eval_awareness else shipped_bundle(loaded.model_id, "eval-awareness")
     if ea_dir is not None:  # the shipped probe on every item of both layouts (its pool has the beliefs, not the layout)
         from probewatch.training.datasets.eval_awareness import build
 

@@ -31,6 +31,7 @@ def test_reading_the_chosen_option_separates_what_the_letter_cannot(reference, s
     out = tmp_path / "mc.json"
     args = parser.parse_args(
         ["--data-dir", str(shared_data), "--pairs", "4", "--out", str(out), "--quiet", "--no-sycophancy"]
+        + ["--no-shipped-eval-awareness"]  # the shipped bundle's scoring has its own test below
     )
     assert multiple_choice.main(args) == 0
     report = json.loads(out.read_text())
@@ -42,6 +43,7 @@ def test_reading_the_chosen_option_separates_what_the_letter_cannot(reference, s
         assert a["chosen option"] >= a["answer tokens"] + 0.15, (name, a)  # 0.75 with two training pairs per half
         assert a["chosen minus others"] >= 0.95, (name, a)  # 1.00: the question cancels out
     assert (tmp_path / "mc.png").stat().st_size > 10_000
+    assert "shipped_eval_awareness" not in report and "shipped" not in report  # both skipped as asked
 
 
 def test_the_shipped_deception_bundle_reads_every_caa_sycophancy_reply_as_an_option(reference, shared_data):
