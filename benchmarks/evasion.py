@@ -141,7 +141,7 @@ def plot(reports: list[dict[str, Any]], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     conditions = sorted({r["condition"] for rep in reports for r in rep["results"]}, key=_order)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(reports) + 2), 3.6))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(reports) + 4), 3.6))
     width = 0.8 / max(1, len(conditions))
     for c, condition in enumerate(conditions):
         values = [
@@ -153,7 +153,7 @@ def plot(reports: list[dict[str, Any]], out: Path) -> Path:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("recall at the shipped threshold")
     ax.set_title("Evasion: recall per condition (same items, teacher-forced answers)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     return save_plot(fig, out)
 
