@@ -4,7 +4,9 @@ The sweep chooses among hundreds of configurations by held-out *kind*, and kinds
 share its author and format, so the chosen number is optimistic for data written elsewhere. Here:
 
 - **folds**: hold out one evaluable source (`sources.evaluable_sources`) at a time; where fewer than
-  two sources are left, hold out one kind of what is left instead. A fold's training side drops
+  two sources are left, hold out one kind of what is left instead, and where that leaves fewer than two
+  folds to score (one source of one kind), one of `GROUP_FOLDS` parts of what is left, split by group
+  (a stable hash of the group's name, so a group is never on both sides). A fold's training side drops
   every example of the held-out sources (training-only kinds included), every example sharing a
   group with them, and the calibration split (its negatives set the fold's threshold). A fold with
   both labels is scored by its own AUROC; one with positives only against the control set.
@@ -13,8 +15,8 @@ share its author and format, so the chosen number is optimistic for data written
   exists because two to four held-out sources are a noisy judge: without it a configuration that separates
   its own pool far worse (a contrast probe, validation AUROC 0.83 against the best candidate's 0.98) won on
   inner folds, predicted unseen sources no better, and shipped a threshold that caught 3% of deceptive answers.
-  Where no fold can be scored (the one other source has a single kind), the first candidate in pre-screen
-  order within the same guard (`guarded_first`).
+  Where no fold can be scored at all (too few examples to split), the first candidate in pre-screen order
+  within the same guard (`guarded_first`).
 - **nested estimate** (`nested_estimate`): for each outer source S, the selection runs on folds of
   the other sources only; the chosen configuration is fitted on the other sources and scored on S.
   Per S: the selected-on score (the chosen configuration's inner mean), the reported-on AUROC,
@@ -31,6 +33,7 @@ share its author and format, so the chosen number is optimistic for data written
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -66,6 +69,8 @@ Held = frozenset[tuple[str, str]]
 #: layer -> (pool rows, control rows) of that layer
 LayerFn = Callable[[int], tuple[LayerData, LayerData]]
 TIE = 0.01
+#: parts of the one source of one kind that is left, where no kind can be held out (a ("group", "i/k") unit)
+GROUP_FOLDS = 4
 
 
 @dataclass
@@ -116,11 +121,20 @@ def _sources(pool: PoolArrays) -> np.ndarray:
     return pool.sources
 
 
+def group_parts(groups: np.ndarray, k: int) -> np.ndarray:
+    """Each example's part (0 .. k-1) by its group's name: crc32, the same on every run and machine."""
+    return np.array([zlib.crc32(str(g).encode()) % k for g in groups], dtype=np.int64)
+
+
 def held_mask(pool: PoolArrays, held: Iterable[tuple[str, str]]) -> np.ndarray:
-    """Examples of the held-out sources / kinds."""
+    """Examples of the held-out sources / kinds / group parts ("i/k": part i of k, from 1)."""
     mask = np.zeros(len(pool.labels), dtype=bool)
     for what, name in held:
-        mask |= (_sources(pool) if what == "source" else pool.kinds) == name
+        if what == "group":
+            part, k = (int(x) for x in name.split("/"))
+            mask |= group_parts(pool.groups, k) == part - 1
+        else:
+            mask |= (_sources(pool) if what == "source" else pool.kinds) == name
     return mask
 
 
@@ -139,21 +153,28 @@ def test_indices(pool: PoolArrays, unit: tuple[str, str], outer: Held = frozense
 
 
 def folds_without(pool: PoolArrays, outer: str | None) -> tuple[str, list[Fold]]:
-    """(basis, folds) over the evaluable sources other than `outer` (or their kinds, if fewer than two)."""
+    """(basis, folds) over the evaluable sources other than `outer`; if fewer than two, their kinds; if that
+    leaves fewer than two folds to score (one source of one kind), `GROUP_FOLDS` parts of its groups."""
     base: Held = frozenset({("source", outer)}) if outer is not None else frozenset()
     sources = [s for s in evaluable_sources(_sources(pool), pool.kinds, pool.labels, pool.train_only) if s != outer]
-    units = [("source", s) for s in sources]
-    basis = "heldout_source"
-    if len(units) < 2:
-        rest = ~held_mask(pool, base) & ~np.isin(pool.kinds, list(pool.train_only)) & (pool.labels == 1)
-        units, basis = [("kind", str(k)) for k in sorted(set(pool.kinds[rest].tolist()))], "heldout_kind"
+    if len(sources) >= 2:
+        return "heldout_source", _folds(pool, base, [("source", s) for s in sources])
+    rest = ~held_mask(pool, base) & ~np.isin(pool.kinds, list(pool.train_only)) & (pool.labels == 1)
+    folds = _folds(pool, base, [("kind", str(k)) for k in sorted(set(pool.kinds[rest].tolist()))])
+    if len(folds) >= 2:
+        return "heldout_kind", folds
+    return "heldout_group", _folds(pool, base, [("group", f"{i}/{GROUP_FOLDS}") for i in range(1, GROUP_FOLDS + 1)])
+
+
+def _folds(pool: PoolArrays, base: Held, units: Sequence[tuple[str, str]]) -> list[Fold]:
+    """One fold per unit held out beside `base`, where it has examples to score and its training side both labels."""
     folds = []
     for unit in units:
         held = base | {unit}
         train, test = train_indices(pool, held), test_indices(pool, unit, base)
         if len(test) and len(np.unique(pool.labels[train])) == 2:
             folds.append(Fold(unit[1], held, train, test))
-    return basis, folds
+    return folds
 
 
 def unit_items(
@@ -259,7 +280,7 @@ def eligible(scored: Sequence[tuple[SweepRow, ConfigScore]], margin: float = VAL
 
 
 def guarded_first(candidates: Sequence[SweepRow], margin: float = VAL_MARGIN) -> int:
-    """Where no fold can be scored (one inner source of one kind): the first candidate, in pre-screen order,
+    """Where no fold can be scored (too few examples left to split): the first candidate, in pre-screen order,
     whose validation AUROC is within `margin` of the best candidate's. The pre-screen ranks by what the other
     source's held-out kinds predicted; the guard still applies, so a configuration that separates its own
     pool far worse (a `lat` direction at validation 0.55 beside logistic's 0.99) is never the fallback."""

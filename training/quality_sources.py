@@ -19,6 +19,7 @@ SELECTION_NAMES = {"all": "prompt + response", "answer": "answer (the option a l
 BASIS_TEXT = {
     "heldout_source": "held-out source (worst source first)",
     "heldout_kind": "held-out kind",
+    "heldout_group": "held-out part of the one source of one kind left, split by group",
     "ood": "validation and out-of-distribution AUROC",
     "validation": "validation AUROC",
     "prescreen": "the pre-screen's first within the validation guard (no fold could be scored)",

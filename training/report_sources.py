@@ -23,7 +23,8 @@ def rule_text(margin: float = VAL_MARGIN) -> str:
         else f"among configurations whose validation AUROC is within {margin:.2f} of the best candidate's, "
     )
     return (
-        f"{guard}rank by the worst held-out fold (source, or kind where fewer than two sources remain); "
+        f"{guard}rank by the worst held-out fold (source; kind where fewer than two sources remain; a quarter of the groups "
+        "where one source of one kind remains); "
         "worst scores within 0.01 of the best worst count as ties, broken by the mean over folds, then by recall "
         "at 1% control FPR, validation AUROC and the earlier layer"
     )
@@ -47,7 +48,7 @@ class ConfigScore:
 class SourceSelection:
     """The selection rule run on one set of held-out folds."""
 
-    basis: str  # heldout_source | heldout_kind | prescreen (no fold could be scored)
+    basis: str  # heldout_source | heldout_kind | heldout_group | prescreen (no fold could be scored)
     folds: list[str]
     n_configurations: int  # compared on the folds: the pre-screen's top k, then each missing method's best
     chosen: ConfigScore

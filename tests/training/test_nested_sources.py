@@ -256,6 +256,42 @@ def test_without_a_scorable_fold_the_guard_still_picks_among_the_pre_screen(synt
     assert row is logistic and sel.basis == "prescreen" and sel.chosen.config["method"] == "logistic"
 
 
+def test_one_source_of_one_kind_left_is_split_into_folds_of_its_groups(synthetic):
+    """Eval awareness without `probewatch_written` keeps one source of one kind (`eval_cot`): no kind can be held
+    out, so the inner folds are GROUP_FOLDS parts of it split by group, and the choice is made on them (it was
+    the pre-screen's first, a choice no fold had judged)."""
+    from probewatch.training.nested import GROUP_FOLDS, FoldScorer, select
+
+    pool, layer_data, cal, _ = synthetic
+    in_a = pool.sources == "a"
+    one_kind = PoolArrays(
+        pool.labels,
+        pool.groups,
+        np.where(in_a, pool.kinds, "b_only").astype(object),
+        pool.fit_idx,
+        pool.val_idx,
+        pool.test_idx,
+        (),
+        np.where(in_a, "a", "b").astype(object),
+    )
+    basis, folds = folds_without(one_kind, "a")
+    assert basis == "heldout_group" and len(folds) == GROUP_FOLDS
+    left = np.flatnonzero(~in_a)
+    assert sorted(np.concatenate([f.test for f in folds]).tolist()) == left.tolist()  # each example scored once
+    for fold in folds:
+        assert set(one_kind.sources[fold.test].tolist()) == {"b"} and set(one_kind.labels[fold.test]) == {0, 1}
+        assert not np.isin(one_kind.groups[fold.train], one_kind.groups[fold.test]).any()  # a group on one side
+        assert not in_a[fold.train].any() and not np.isin(fold.train, pool.val_idx).any()
+        assert 0.15 < len(fold.test) / len(left) < 0.35  # hashed parts of about a quarter each
+    assert [f.test.tolist() for f in folds_without(one_kind, "a")[1]] == [f.test.tolist() for f in folds]
+    scorer = FoldScorer(one_kind, layer_data, NestedSettings(top_k=2))
+    rows = [_row(1, 0.95, val=0.9), _row(0, 0.80, val=0.9)]  # the pre-screen's first is the weaker layer on b
+    scorer.run((r, f.held) for r in rows for f in folds)
+    row, sel = select(rows, basis, folds, scorer, cal)
+    assert sel.basis == "heldout_group" and sel.folds == [f.name for f in folds]
+    assert row.layer == 0 and sel.chosen.worst is not None and sel.chosen.worst > 0.8  # judged on the folds
+
+
 def test_folds_drop_the_held_out_sources_their_groups_and_the_calibration_split(synthetic):
     pool = synthetic[0]
     basis, folds = folds_without(pool, "d")
