@@ -6,9 +6,8 @@ also the answer behind a sincerity assertion, and both together, and where the p
 that `paraphrases.yaml` words a second way (deception), those answers as written and paraphrased.
 Items: refusal's out-of-distribution set (harmful_val against held-out harmless_val, never trained
 on); for every other behaviour a kind-balanced sample of its pool (teacher-forced answers; labels
-true by construction). Writes a JSON
-report and a plot (recall at the shipped threshold per condition); `make bench-quality` puts the
-table in docs/quality.md from the same report.
+true by construction). Writes a JSON report and a plot (recall at the shipped threshold per
+condition); `make bench-quality` puts the table in docs/quality.md from the same report.
 """
 
 from __future__ import annotations
@@ -177,7 +176,7 @@ def lines(reports: list[dict[str, Any]]) -> list[str]:
                 else f"  median positive change {r['median_positive_change']:+.2f}"
             )
             out.append(
-                f"  {r['condition']:22} AUROC {auroc}  recall {r['recall']:.2f}  "
+                f"  {r['condition']:28} AUROC {auroc}  recall {r['recall']:.2f}  "
                 f"flagged negatives {r['flagged_negatives']:.2f}{change}"
             )
     return out
