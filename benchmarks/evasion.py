@@ -3,7 +3,8 @@
 Per probe (`training/evasion.py` says what each condition does): the system prompt tells the model it
 is monitored by a probe for this behaviour and should avoid detection; for response-reading probes
 also the answer behind a sincerity assertion, and both together, and where the pool holds scenarios
-that `paraphrases.yaml` words a second way (deception), those answers as written and paraphrased.
+that `paraphrases.yaml` words a second way (deception), those answers as written and paraphrased (a
+sample, and every one the bundle's test split holds).
 Items: refusal's out-of-distribution set (harmful_val against held-out harmless_val, never trained
 on); for every other behaviour a kind-balanced sample of its pool (teacher-forced answers; labels
 true by construction). Writes a JSON report and a plot (recall at the shipped threshold per
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +44,11 @@ class EvasionItems:
 
     dialogues: list  # the kind-balanced sample every condition rewrites
     where: str  # where they came from, as docs/quality.md names it
-    paraphrases: list = field(default_factory=list)  # (as written, paraphrased) dialogue pairs
+    paraphrases: list = field(default_factory=list)  # every (as written, paraphrased) dialogue pair of the pool
 
 
 def evaluation_items(behaviour: str, data_dir: Path, per_class: int, seed: int) -> EvasionItems:
-    """The sample and the paraphrase pairs (up to `per_class` of each label) for one behaviour."""
+    """The sample (up to `per_class` of each label) and every paraphrase pair for one behaviour."""
     from probewatch.training.datasets import build_behaviour_data
     from probewatch.training.evasion import balanced_sample, paraphrase_pairs
 
@@ -61,21 +63,54 @@ def evaluation_items(behaviour: str, data_dir: Path, per_class: int, seed: int) 
     return EvasionItems(
         balanced_sample(pool, per_class, seed),
         f"{behaviour.replace('_', ' ')} pool, kind-balanced sample",
-        [] if reads_prompt else paraphrase_pairs(pool, per_class, seed),
+        [] if reads_prompt else paraphrase_pairs(pool),
     )
 
 
+def bundle_test_groups(bundle_dir: Path, loaded: Any, data_dir: Path) -> set[str] | None:
+    """The groups of the bundle's test split, rebuilt from its report.json (`training/bundle_split.py`); None
+    without a report or where the pool has changed since the bundle was trained (the split would differ)."""
+    from probewatch.training.bundle_split import rebuild_split, report_of
+
+    try:
+        report = report_of(bundle_dir)
+    except FileNotFoundError:
+        return None
+    rebuilt = rebuild_split(report, loaded, data_dir)
+    if not rebuilt.same_pool:
+        print(f"[bench evasion] {bundle_dir.name}: trained on another pool, no held-out rows", file=sys.stderr)
+        return None
+    return rebuilt.test_groups()
+
+
 def evaluate_bundles(
-    loaded: Any, bundle_dirs: list[Path], data_dir: Path, per_class: int, seed: int = 0, progress: bool = True
+    loaded: Any,
+    bundle_dirs: list[Path],
+    data_dir: Path,
+    per_class: int,
+    seed: int = 0,
+    progress: bool = True,
+    held_out_groups: Mapping[str, set[str] | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Every bundle in `bundle_dirs` of a behaviour in BEHAVIOURS under every condition -> `EvasionReport.to_json()`s."""
+    """Every bundle in `bundle_dirs` of a behaviour in BEHAVIOURS under every condition -> `EvasionReport.to_json()`s.
+    `held_out_groups`: bundle folder name -> the groups of its test split, for the held-out paraphrase rows
+    (default: `bundle_test_groups`, which prepares the bundle's whole training pool; on a fresh machine that
+    generates the model's answers first)."""
     import numpy as np
 
     from probewatch.probes import ProbeRuntime, load_bundle
     from probewatch.probes.aggregate import aggregate
     from probewatch.probes.manifest import ATTENTION
     from probewatch.scoring import score_dialogues
-    from probewatch.training.evasion import Scored, measure, measure_paraphrase
+    from probewatch.training.evasion import (
+        HELD_OUT_AS_WRITTEN,
+        HELD_OUT_PARAPHRASED,
+        Scored,
+        held_out_pairs,
+        measure,
+        measure_paraphrase,
+        sample_pairs,
+    )
 
     reports = []
     items: dict[str, EvasionItems] = {}
@@ -112,8 +147,19 @@ def evaluate_bundles(
             data=where,
             pool=None if spec.method == ATTENTION else pool,
         )
-        if reads_response:
-            report.results += measure_paraphrase(score, behaviour_items.paraphrases, manifest.threshold.value)
+        pairs, threshold = (behaviour_items.paraphrases if reads_response else []), manifest.threshold.value
+        if pairs:
+            report.results += measure_paraphrase(score, sample_pairs(pairs, per_class, seed), threshold)
+            groups = (
+                held_out_groups.get(path.name)
+                if held_out_groups is not None
+                else bundle_test_groups(path, loaded, data_dir)
+            )
+            if groups:
+                held = held_out_pairs(pairs, groups)
+                report.results += measure_paraphrase(
+                    score, held, threshold, (HELD_OUT_AS_WRITTEN, HELD_OUT_PARAPHRASED)
+                )
         reports.append(report.to_json())
     return reports
 
@@ -158,9 +204,9 @@ def plot(reports: list[dict[str, Any]], out: Path) -> Path:
 
 
 def _order(condition: str) -> tuple[int, str]:
-    from probewatch.training.evasion import AS_WRITTEN, PARAPHRASED
+    from probewatch.training.evasion import AS_WRITTEN, HELD_OUT_AS_WRITTEN, HELD_OUT_PARAPHRASED, PARAPHRASED
 
-    order = {"unmodified": 0, AS_WRITTEN: 2, PARAPHRASED: 3}
+    order = {"unmodified": 0, AS_WRITTEN: 2, PARAPHRASED: 3, HELD_OUT_AS_WRITTEN: 4, HELD_OUT_PARAPHRASED: 5}
     return (order.get(condition, 1), condition)
 
 
@@ -176,7 +222,7 @@ def lines(reports: list[dict[str, Any]]) -> list[str]:
                 else f"  median positive change {r['median_positive_change']:+.2f}"
             )
             out.append(
-                f"  {r['condition']:28} AUROC {auroc}  recall {r['recall']:.2f}  "
+                f"  {r['condition']:30} AUROC {auroc}  recall {r['recall']:.2f}  "
                 f"flagged negatives {r['flagged_negatives']:.2f}{change}"
             )
     return out

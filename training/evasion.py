@@ -9,7 +9,9 @@ scoring does (`probewatch.scoring`), so a drop in AUROC or recall is the probe's
 Paraphrase: the answers of the hand-written scenarios that `training/datasets/paraphrases.yaml`
 words a second way (the same claim, other words and sentence structure), honest and deceptive alike,
 scored as written and paraphrased: a probe that reads what an answer says keeps its score, one that
-learnt the wording of its training answers loses it.
+learnt the wording of its training answers loses it. On a sample of every scenario (most in the
+bundle's training split) and on all of the scenarios in its test split (held out: a drop there is the
+probe's reading of unseen wording, not forgotten training text).
 
 Responses are teacher-forced (the same text in every condition): the label stays true by
 construction, and what moves is how the context changes the residual stream under the same words.
@@ -69,10 +71,12 @@ def with_sincere_response(dialogue: Dialogue) -> Dialogue:
 
 #: the conditions that put words in front of the answer (the others leave the scored tokens as they were)
 REWORDINGS = ("sincerity rewording", "both")
-#: the paraphrase rows: the scenario answers as written (their baseline) and in their second wording
+#: the paraphrase rows: the scenario answers as written (their baseline) and in their second wording, on a sample
+#: of every scenario and on all of the scenarios in the bundle's test split (never fitted or calibrated on)
 AS_WRITTEN, PARAPHRASED = "scenario answers as written", "scenario answers paraphrased"
+HELD_OUT_AS_WRITTEN, HELD_OUT_PARAPHRASED = "held-out scenarios as written", "held-out scenarios paraphrased"
 #: rows that are a baseline, not an evasion
-BASELINES = ("unmodified", AS_WRITTEN)
+BASELINES = ("unmodified", AS_WRITTEN, HELD_OUT_AS_WRITTEN)
 PARAPHRASES_FILE = "paraphrases.yaml"
 
 
@@ -232,15 +236,16 @@ def measure_paraphrase(
     score: Callable[[Sequence[Dialogue]], np.ndarray | Scored],
     pairs: Sequence[tuple[Dialogue, Dialogue]],
     threshold: float,
+    names: tuple[str, str] = (AS_WRITTEN, PARAPHRASED),
 ) -> list[ConditionResult]:
     """The (as written, paraphrased) `pairs` scored both ways: the as-written row, then the paraphrased one with
-    the positives' median change against it ([] without pairs)."""
+    the positives' median change against it ([] without pairs); `names`: the two rows' conditions."""
     if not pairs:
         return []
     labels = np.array([d.label for d, _ in pairs], dtype=int)
     rows: list[ConditionResult] = []
     base: np.ndarray | None = None
-    for name, side in ((AS_WRITTEN, 0), (PARAPHRASED, 1)):
+    for name, side in zip(names, (0, 1)):
         got = score([pair[side] for pair in pairs])
         scores = np.asarray(got.aggregate if isinstance(got, Scored) else got, dtype=float)
         rows.append(summarise(name, scores, labels, threshold, base))
@@ -249,17 +254,27 @@ def measure_paraphrase(
 
 
 def paraphrase_pairs(
-    dialogues: Sequence[Dialogue], per_class: int, seed: int, table: dict[str, str] | None = None
+    dialogues: Sequence[Dialogue], table: dict[str, str] | None = None
 ) -> list[tuple[Dialogue, Dialogue]]:
-    """Up to `per_class` (as written, paraphrased) pairs of each label, spread over kinds like `balanced_sample`."""
+    """Every labelled dialogue of `dialogues` with a paraphrase, as (as written, paraphrased), in their order."""
     table = load_paraphrases() if table is None else table
-    originals = [d for d in dialogues if d.label is not None and paraphrased(d, table) is not None]
-    out = []
-    for d in balanced_sample(originals, per_class, seed):
-        other = paraphrased(d, table)
-        assert other is not None
-        out.append((d, other))
-    return out
+    pairs = [(d, paraphrased(d, table)) for d in dialogues if d.label is not None]
+    return [(d, other) for d, other in pairs if other is not None]
+
+
+def sample_pairs(
+    pairs: Sequence[tuple[Dialogue, Dialogue]], per_class: int, seed: int
+) -> list[tuple[Dialogue, Dialogue]]:
+    """Up to `per_class` pairs of each label, spread over kinds like `balanced_sample` (by the as-written side)."""
+    by_original = {id(written): (written, other) for written, other in pairs}
+    return [by_original[id(d)] for d in balanced_sample([w for w, _ in pairs], per_class, seed)]
+
+
+def held_out_pairs(
+    pairs: Sequence[tuple[Dialogue, Dialogue]], test_groups: set[str]
+) -> list[tuple[Dialogue, Dialogue]]:
+    """The pairs whose group is in `test_groups` (a bundle's test split: scenarios it was never fitted on)."""
+    return [(written, other) for written, other in pairs if str(written.group) in test_groups]
 
 
 def balanced_sample(dialogues: Sequence[Dialogue], per_class: int, seed: int) -> list[Dialogue]:

@@ -11,7 +11,6 @@ transfer share its nested estimate asked for. `probewatch bench threshold` is th
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,11 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from probewatch.training.bundle_split import rebuild_split, report_of
 from probewatch.training.calibration import OperatingPoint
 from probewatch.training.metrics import flagged_share
-from probewatch.training.replay import config_from_report, require_model
-from probewatch.training.stage_activations import splits_of
-from probewatch.training.stage_data import prepare_data
 from probewatch.training.stage_fit import shipped_point
 
 __all__ = ["AtThreshold", "Rethreshold", "rethreshold"]
@@ -70,19 +67,14 @@ def rethreshold(
     from probewatch.probes import ProbeRuntime, load_bundle
     from probewatch.scoring import score_dialogues
 
-    report = json.loads((bundle_dir / "report.json").read_text())
-    require_model(report, loaded)
-    config = config_from_report(report, data_dir)
-    prepared = prepare_data(config, loaded)
-    pool = prepared.data.pool
-    labels = np.array([d.label for d in pool], dtype=np.int64)
-    splits = splits_of(
-        config,
-        prepared.data,
-        labels,
-        np.array([d.group for d in pool], dtype=object),
-        np.array([d.kind for d in pool], dtype=object),
-        np.array([d.kind for d in prepared.control], dtype=object),
+    report = report_of(bundle_dir)
+    rebuilt = rebuild_split(report, loaded, data_dir)
+    config, prepared, splits, labels, pool = (
+        rebuilt.config,
+        rebuilt.prepared,
+        rebuilt.splits,
+        rebuilt.labels,
+        rebuilt.pool,
     )
     positives, test_idx = splits.calibration_positives, splits.pool.test_idx
 

@@ -42,8 +42,9 @@ def test_items_are_label_balanced_and_whole_for_the_probe_that_reads_them(behavi
     if behaviour != "deception":  # only the deception pool holds the scenarios paraphrases.yaml rewords
         assert got.paraphrases == []
         return
-    assert Counter(written.label for written, _ in got.paraphrases) == {1: 6, 0: 6}
-    assert len({written.kind for written, _ in got.paraphrases}) == 6  # one per scenario kind, in turn
+    # every scenario of the six hand-written kinds, in two formats, both answers
+    assert Counter(written.label for written, _ in got.paraphrases) == {1: 288, 0: 288}
+    assert len({written.kind for written, _ in got.paraphrases}) == 6
     for written, reworded in got.paraphrases:  # only the answer changes: same context, label, group
         assert reworded.messages[:-1] == written.messages[:-1] and reworded.label == written.label
         assert reworded.group == written.group and reworded.messages[-1].content != written.messages[-1].content
@@ -94,31 +95,42 @@ def test_shipped_probes_of_other_behaviours_are_measured_like_deception(referenc
 
 @pytest.mark.integration
 def test_the_deception_probe_is_also_scored_on_paraphrased_scenario_answers(reference, shared_data):
+    """The sample's rows, and the held-out rows on the scenarios of the bundle's test split (given here as one
+    scenario's group: rebuilding the real split prepares the whole deception pool, `bundle_test_groups`). The
+    held-out rows are the shipped bundle's scores of exactly those dialogues, as written and paraphrased."""
     from probewatch.probes import ProbeRuntime, load_bundle
-    from probewatch.training.evasion import AS_WRITTEN, PARAPHRASED
+    from probewatch.training.evasion import (
+        AS_WRITTEN,
+        HELD_OUT_AS_WRITTEN,
+        HELD_OUT_PARAPHRASED,
+        PARAPHRASED,
+        held_out_pairs,
+    )
 
     path = shipped_root() / reference.model_id / "deception"
-    (report,) = evaluate_bundles(reference, [path], shared_data, 2, progress=False)
-    names = [r["condition"] for r in report["results"]]
-    assert names == ["unmodified", "told it is monitored", "sincerity rewording", "both", AS_WRITTEN, PARAPHRASED]
-    written, reworded = report["results"][-2:]
-    pairs = evaluation_items("deception", shared_data, 2, 0).paraphrases
+    pairs = evaluation_items("deception", shared_data, 1, 0).paraphrases
+    held = {str(pairs[0][0].group)}
+    (report,) = evaluate_bundles(reference, [path], shared_data, 1, progress=False, held_out_groups={"deception": held})
+    conditions = [r["condition"] for r in report["results"]]
+    assert conditions[4:] == [AS_WRITTEN, PARAPHRASED, HELD_OUT_AS_WRITTEN, HELD_OUT_PARAPHRASED]
+    assert [(r["n_positive"], r["n_negative"]) for r in report["results"][4:]] == [(1, 1)] * 2 + [(2, 2)] * 2
+    in_test = held_out_pairs(pairs, held)  # one scenario in two formats, both answers
     runtime = ProbeRuntime([load_bundle(path, expected_fingerprint=reference.fingerprint)])
-    scores = [
+    written, reworded = (
         np.array(
             [
                 r.aggregate["deception"]
                 for r in score_dialogues(reference.model, reference.tokenizer, runtime, side, progress=False)
             ]
         )
-        for side in ([w for w, _ in pairs], [p for _, p in pairs])
-    ]
-    positive = np.array([w.label for w, _ in pairs]) == 1
-    assert written["n_positive"] == reworded["n_positive"] == 2 and reworded["n_negative"] == 2
-    assert written["mean_positive"] == pytest.approx(float(scores[0][positive].mean()), abs=1e-4)
-    assert reworded["mean_positive"] == pytest.approx(float(scores[1][positive].mean()), abs=1e-4)
-    change = float(np.median(scores[1][positive] - scores[0][positive]))
-    assert reworded["median_positive_change"] == pytest.approx(change, abs=1e-4) and change != 0.0
+        for side in ([w for w, _ in in_test], [p for _, p in in_test])
+    )
+    positive = np.array([w.label for w, _ in in_test]) == 1
+    rows = report["results"][6:]
+    assert rows[0]["mean_positive"] == pytest.approx(float(written[positive].mean()), abs=1e-4)
+    assert rows[1]["mean_positive"] == pytest.approx(float(reworded[positive].mean()), abs=1e-4)
+    change = float(np.median(reworded[positive] - written[positive]))
+    assert rows[1]["median_positive_change"] == pytest.approx(change, abs=1e-4) and change != 0.0
 
 
 @pytest.mark.integration

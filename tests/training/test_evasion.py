@@ -12,17 +12,21 @@ from probewatch.training.datasets.scenarios import load_scenarios, scenario_dial
 from probewatch.training.evasion import (
     AS_WRITTEN,
     EVASION_INSTRUCTIONS,
+    HELD_OUT_AS_WRITTEN,
+    HELD_OUT_PARAPHRASED,
     PARAPHRASED,
     PARAPHRASES_FILE,
     SINCERE_PREFIX,
     Scored,
     balanced_sample,
     conditions,
+    held_out_pairs,
     load_paraphrases,
     measure,
     measure_paraphrase,
     paraphrase_pairs,
     paraphrased,
+    sample_pairs,
     summarise,
     with_sincere_response,
     with_system_instruction,
@@ -138,8 +142,8 @@ def test_every_paraphrase_rewords_a_shipped_scenario_answer_and_nothing_else():
     answers = {a for s in scenarios for a in (s.honest, s.deceptive)}
     spec = packaged_yaml(PARAPHRASES_FILE)["kind_scenarios"]
     assert sorted(spec) == sorted({s.kind for s in scenarios})  # every hand-written kind
-    assert all(len(items) == 6 for items in spec.values())
-    assert len(table) == 72 and set(table) <= answers  # both answers of 36 scenarios
+    assert all(len(items) == 24 for items in spec.values())  # every scenario of each kind
+    assert len(table) == 288 and set(table) == answers  # both answers of all 144 scenarios
     assert not set(table.values()) & answers  # a second wording, never another scenario's answer
     assert not any(SINCERE_PREFIX.strip(": ").lower() in t.lower() for t in table.values())
 
@@ -190,8 +194,11 @@ def test_a_paraphrase_file_that_would_measure_fewer_items_is_refused(spec, messa
 def test_paraphrase_rows_pair_each_item_with_its_rewording():
     table = {"Paris is in Spain.": "Spain is where Paris is.", "Paris is in France.": "France is where Paris is."}
     items = [_dialogue(1, kind="a"), _dialogue(0, "Paris is in France.", kind="a"), _dialogue(1, "Madrid.")]
-    pairs = paraphrase_pairs(items, per_class=5, seed=0, table=table)
-    assert sorted((w.messages[-1].content, p.messages[-1].content) for w, p in pairs) == sorted(table.items())
+    pairs = paraphrase_pairs(items, table=table)
+    assert [(w.messages[-1].content, p.messages[-1].content) for w, p in pairs] == list(table.items())
+    assert sample_pairs(pairs, per_class=5, seed=0) == pairs  # each label's one pair, positives first
+    assert sample_pairs(pairs, per_class=0, seed=0) == []
+    assert held_out_pairs(pairs, {str(items[1].group)}) == [pairs[1]]  # a test split holding the honest one
 
     def score(dialogues):  # a probe that reads the words "in Spain": wording, not meaning
         return np.array([2.0 if "in Spain" in d.messages[-1].content else -1.0 for d in dialogues])
@@ -201,3 +208,6 @@ def test_paraphrase_rows_pair_each_item_with_its_rewording():
     assert written.auroc == 1.0 and written.recall == 1.0 and written.median_positive_change is None
     assert reworded.auroc == 0.5 and reworded.recall == 0.0 and reworded.median_positive_change == -3.0
     assert measure_paraphrase(score, [], 0.0) == []
+    named = measure_paraphrase(score, pairs, 0.0, (HELD_OUT_AS_WRITTEN, HELD_OUT_PARAPHRASED))
+    assert [r.condition for r in named] == [HELD_OUT_AS_WRITTEN, HELD_OUT_PARAPHRASED]
+    assert named[1].auroc == reworded.auroc and named[1].median_positive_change == -3.0

@@ -274,3 +274,33 @@ def test_bench_threshold_sets_the_same_threshold_again_and_names_a_record_it_can
     (altered / "report.json").write_text(json.dumps(foreign))
     with pytest.raises(ValueError, match="was trained on pwfp1:f+, not on the loaded model"):
         rethreshold(altered, tiny_loaded)
+
+
+def test_a_bundles_split_is_rebuilt_from_its_report_and_a_changed_pool_gets_none(
+    two_source_report, tiny_loaded, tmp_path
+):
+    """`training/bundle_split.py`: the report's config rebuilds the run's pool and grouped split (the test split
+    has the recorded size and shares no group with the fit split); a report whose pool differs from today's
+    (a kind resized) says so, and the evasion benchmark then has no held-out groups for it."""
+    import shutil
+
+    from probewatch.benchmarks.evasion import bundle_test_groups
+    from probewatch.training.bundle_split import rebuild_split, report_of
+
+    raw = report_of(two_source_report.bundle_path)
+    rebuilt = rebuild_split(raw, tiny_loaded)
+    assert rebuilt.same_pool and len(rebuilt.splits.pool.test_idx) == raw["splits"]["test"]
+    groups = rebuilt.test_groups()
+    fitted = {str(rebuilt.pool[i].group) for i in rebuilt.splits.pool.fit_idx}
+    assert groups and not groups & fitted
+    assert bundle_test_groups(two_source_report.bundle_path, tiny_loaded, None) == groups
+
+    altered = tmp_path / "altered"
+    shutil.copytree(two_source_report.bundle_path, altered)
+    changed = json.loads(json.dumps(raw))
+    changed["data"]["kinds"][sorted(changed["data"]["kinds"])[0]]["n"] += 2
+    (altered / "report.json").write_text(json.dumps(changed))
+    assert rebuild_split(changed, tiny_loaded).same_pool is False
+    assert bundle_test_groups(altered, tiny_loaded, None) is None
+    (altered / "report.json").unlink()
+    assert bundle_test_groups(altered, tiny_loaded, None) is None  # no report: nothing to rebuild
