@@ -256,9 +256,9 @@ def load_bundle(
 
 
 def _check_shapes(manifest: Manifest, tensors: dict[str, torch.Tensor], where: str) -> None:
-    if manifest.token_selection == "answer":
-        from probewatch.probes.vocab import check_vocab_tensors
+    from probewatch.probes.vocab import NEEDS_VOCABULARY, check_vocab_tensors
 
+    if manifest.token_selection in NEEDS_VOCABULARY:
         check_vocab_tensors(tensors, where)
     if manifest.kind == "sae_feature":
         from probewatch.probes.saes.feature_probe import check_feature_tensors

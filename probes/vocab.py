@@ -22,16 +22,20 @@ import torch
 from probewatch.probes.errors import CorruptBundleError
 
 __all__ = [
+    "NEEDS_VOCABULARY",
     "PIECE_BYTES",
     "PIECE_OFFSETS",
     "Vocabulary",
     "check_vocab_tensors",
     "vocab_pieces",
     "vocab_tensors",
+    "vocabulary_for",
 ]
 
 PIECE_BYTES = "vocab_pieces"
 PIECE_OFFSETS = "vocab_offsets"
+#: token selections whose bundle carries the table: the sidecar decides from token text which tokens they read
+NEEDS_VOCABULARY = ("answer",)
 
 
 def vocab_pieces(tokenizer: Any) -> list[str]:
@@ -46,6 +50,18 @@ def vocab_tensors(pieces: Sequence[str]) -> dict[str, torch.Tensor]:
     ends = np.cumsum([len(b) for b in encoded], dtype=np.int64)
     data = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
     return {PIECE_BYTES: torch.from_numpy(data), PIECE_OFFSETS: torch.from_numpy(ends)}
+
+
+def vocabulary_for(token_selection: str, tokenizer: Any, where: str) -> dict[str, torch.Tensor]:
+    """The tensors a bundle reading `token_selection` must carry: the table where it needs one, else none. One rule
+    for every exporter (linear, SAE-feature); the loader checks the same set (`NEEDS_VOCABULARY`)."""
+    if token_selection not in NEEDS_VOCABULARY:
+        return {}
+    if tokenizer is None:
+        raise ValueError(
+            f"{where}: token selection {token_selection!r} needs the tokenizer to write the vocabulary table"
+        )
+    return vocab_tensors(vocab_pieces(tokenizer))
 
 
 def check_vocab_tensors(tensors: Mapping[str, torch.Tensor], where: str) -> None:

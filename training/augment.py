@@ -34,6 +34,7 @@ __all__ = [
     "META_KEY",
     "MONITORING_NOTICES",
     "SINCERITY_PHRASES",
+    "answer_of",
     "augment_pool",
     "default_augment",
     "joined",
@@ -41,6 +42,7 @@ __all__ = [
     "prefixed",
     "sincerity_copies",
     "unknown_augmentations",
+    "with_answer",
     "with_system_instruction",
 ]
 
@@ -74,14 +76,23 @@ DEFAULT_SHARE = 0.5
 META_KEY = "augmented"
 
 
+def answer_of(dialogue: Dialogue) -> str | None:
+    """The final assistant message's text (None: the dialogue does not end with one)."""
+    messages = dialogue.messages
+    return messages[-1].content if messages and messages[-1].role == "assistant" else None
+
+
+def with_answer(dialogue: Dialogue, answer: str, mark: str | None = None) -> Dialogue:
+    """The dialogue (ending with an assistant message) with that message's text replaced by `answer`; label, group,
+    kind and meta kept, `mark` (if any) naming the augmentation in `meta[META_KEY]`."""
+    return _rewritten(dialogue, [*dialogue.messages[:-1], Message("assistant", answer)], mark)
+
+
 def prefixed(dialogue: Dialogue, phrase: str, mark: str | None = None) -> Dialogue:
     """The dialogue with its final assistant message behind `phrase` (unchanged without one); `mark` names the
     augmentation in `meta[META_KEY]` (none for an evaluation rewording)."""
-    messages = list(dialogue.messages)
-    if not messages or messages[-1].role != "assistant":
-        return dialogue
-    messages[-1] = Message("assistant", joined(phrase, messages[-1].content))
-    return _rewritten(dialogue, messages, mark)
+    answer = answer_of(dialogue)
+    return dialogue if answer is None else with_answer(dialogue, joined(phrase, answer), mark)
 
 
 def _rewritten(dialogue: Dialogue, messages: list[Message], mark: str | None) -> Dialogue:

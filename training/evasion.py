@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from probewatch.data.dialogue import Dialogue, Message
+from probewatch.data.dialogue import Dialogue
 from probewatch.errors import DialogueFormatError
-from probewatch.training.augment import prefixed, with_system_instruction
+from probewatch.training.augment import answer_of, prefixed, with_answer, with_system_instruction
 
 #: what the system prompt says, per behaviour. For the monitoring-cue probes (eval awareness, monitored
 #: framing) the instruction is itself such a cue: a rise of the negatives' scores there is the probe
@@ -107,11 +107,8 @@ def load_paraphrases(spec: dict | None = None) -> dict[str, str]:
 
 def paraphrased(dialogue: Dialogue, table: dict[str, str]) -> Dialogue | None:
     """The dialogue with its final assistant message in the table's second wording (None: it has none)."""
-    messages = list(dialogue.messages)
-    if not messages or messages[-1].role != "assistant" or messages[-1].content not in table:
-        return None
-    messages[-1] = Message("assistant", table[messages[-1].content])
-    return Dialogue(messages, dialogue.label, dialogue.group, dialogue.kind, dict(dialogue.meta or {}))
+    answer = answer_of(dialogue)
+    return None if answer is None or answer not in table else with_answer(dialogue, table[answer])
 
 
 def conditions(behaviour: str, reads_response: bool) -> dict[str, Callable[[Dialogue], Dialogue]]:

@@ -17,7 +17,7 @@ from probewatch.jsonio import to_jsonable
 from probewatch.probes import Aggregation, Manifest, ModelRef, Threshold, load_bundle, read_manifest, save_bundle
 from probewatch.probes.bundle import MANIFEST_FILE
 from probewatch.probes.errors import FingerprintMismatchError
-from probewatch.probes.vocab import vocab_pieces, vocab_tensors
+from probewatch.probes.vocab import vocabulary_for
 from probewatch.training.attention_probe import AttentionProbe
 from probewatch.training.estimators import KIND_BY_METHOD, LinearProbe
 
@@ -73,10 +73,7 @@ def export_bundle(
     bundle's manifest names them and the runtime sums w_l . h_l over them (training/multilayer.py).
     `tokenizer`: the model's; a probe with token selection `answer` carries its vocabulary (probes/vocab.py)."""
     tensors, normalization = probe_tensors(probe)
-    if token_selection == "answer":
-        if tokenizer is None:
-            raise ValueError(f"{probe_id}: token selection 'answer' needs the tokenizer to write the vocabulary table")
-        tensors.update(vocab_tensors(vocab_pieces(tokenizer)))
+    tensors.update(vocabulary_for(token_selection, tokenizer, probe_id))
     manifest = Manifest(
         id=probe_id,
         behaviour=behaviour,

@@ -69,13 +69,7 @@ def rethreshold(
 
     report = report_of(bundle_dir)
     rebuilt = rebuild_split(report, loaded, data_dir)
-    config, prepared, splits, labels, pool = (
-        rebuilt.config,
-        rebuilt.prepared,
-        rebuilt.splits,
-        rebuilt.labels,
-        rebuilt.pool,
-    )
+    splits, pool = rebuilt.splits, rebuilt.pool
     positives, test_idx = splits.calibration_positives, splits.pool.test_idx
 
     bundle = load_bundle(bundle_dir, expected_fingerprint=loaded.fingerprint)
@@ -88,10 +82,10 @@ def rethreshold(
     needed = np.concatenate([splits.hard_negatives, positives, test_idx])
     scores = np.full(len(pool), np.nan)
     scores[needed] = scored([pool[i] for i in needed])
-    control = scored(prepared.control)
+    control = scored(rebuilt.prepared.control)
     nested = (report.get("sources") or {}).get("nested") or {}
-    point = shipped_point(config, splits, scores, control, nested.get("transfer_fpr"))
-    y = labels[test_idx]
+    point = shipped_point(rebuilt.config, splits, scores, control, nested.get("transfer_fpr"))
+    y = rebuilt.labels[test_idx]
 
     def at(threshold: float) -> AtThreshold:
         return AtThreshold(

@@ -435,11 +435,9 @@ def fit_and_export_sae_probe(
         ),
         extra={"probe_type": probe_type, "score_units": "calibrated logit (Platt)", "features": feature_list},
     )
-    vocab = None
-    if selection == "answer":  # the sidecar reads the reply's letter from token ids: the bundle spells them
-        from probewatch.probes.vocab import vocab_pieces, vocab_tensors
+    from probewatch.probes.vocab import vocabulary_for  # `answer`: the sidecar reads the reply's letter from ids
 
-        vocab = vocab_tensors(vocab_pieces(loaded.tokenizer))
+    vocab = vocabulary_for(selection, loaded.tokenizer, probe_id)
     save_feature_bundle(out, manifest, sae_dir, ids, w, b, embed_sae=embed_sae, extra_tensors=vocab)
     bundle = load_bundle(out, expected_fingerprint=loaded.fingerprint, expected_d_model=loaded.d_model)
     parity = _parity(loaded, bundle, data.pool, test_idx[:parity_check], scores) if parity_check else None
