@@ -3,10 +3,13 @@
 The behaviour's training pool (or `--data` files) without copies, split by group (test 20%). At each
 `--layers` layer one logistic probe (response tokens, mean, `--C`) is fitted on the fit split, and
 one on the fit split plus its copies (`--augment`: `sincerity` answers behind an assertion, `monitoring`
-a watcher named in the system prompt; `training/augment.py`, `--share`); `--base` gives both probes another
+a watcher named in the system prompt, `paraphrase` a scenario answer in its second wording;
+`training/augment.py`, `--share`); `--base` gives both probes another
 augmentation's copies first, as the shipped probe has them. `--concat` adds the pair on the layers'
 concatenated features, the shape of a shipped multi-layer probe. Both are scored on the test split clean
-and under each held-out condition of the augmentation (and of `--base`) (`training/augment_effect.py`): AUROC, recall
+and under each held-out condition of the augmentation (and of `--base`) (`training/augment_effect.py`; a
+condition that has no version of an item, such as an answer without a paraphrase, is scored on the
+items it has): AUROC, recall
 and flagged negatives at the threshold that flags 5% of the clean test negatives, and the positives'
 median score change. Long-transcript kinds are skipped by default (`--skip-kinds`): an assertion of a
 dozen tokens hardly moves a mean over thousands. Writes a JSON report and a plot (recall and flagged
@@ -27,7 +30,7 @@ DEFAULT_OUT = Path("runs/bench-augmentation.json")
 LONG_KINDS = ("long_transcript", "long_generated", "af_long")
 #: `training/augment.py`'s `AUGMENTATIONS` by name (a test pins them equal): that module imports numpy, which
 #: the CLI's argument parsing does not load
-AUGMENTATION_NAMES = ("sincerity", "monitoring")
+AUGMENTATION_NAMES = ("sincerity", "monitoring", "paraphrase")
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +60,12 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         help="also one probe on the layers' concatenated features (the shape of a shipped multi-layer probe)",
     )
     parser.add_argument("--C", type=float, default=0.01, help="logistic regularisation (default 0.01)")
-    parser.add_argument("--share", type=float, default=None, help="share of answers copied (default: the trainer's)")
+    parser.add_argument(
+        "--share",
+        type=float,
+        default=None,
+        help="share of answers the measured augmentation copies (default: the trainer's; --base copies always get it)",
+    )
     parser.add_argument(
         "--skip-kinds",
         default=",".join(LONG_KINDS),
@@ -90,7 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from probewatch.models import load_model
-    from probewatch.training.augment import AUGMENTATIONS, DEFAULT_SHARE
+    from probewatch.training.augment import AUGMENTATIONS, share_of
     from probewatch.training.augment_effect import effect_rows, held_out_conditions
     from probewatch.training.extract import extract_activations
     from probewatch.training.features import LayerData
@@ -99,7 +107,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.base == args.augment:
         raise SystemExit(f"--base {args.base} is the augmentation measured; pick another --augment")
     loaded = load_model(args.model)
-    share = DEFAULT_SHARE if args.share is None else args.share
+    share = share_of(args.augment) if args.share is None else args.share
     items = _items(args, loaded)
     labels = np.array([d.label for d in items])
     groups = np.array([d.group for d in items])
@@ -107,13 +115,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     fit = [items[i] for i in fit_idx]
     test = [items[i] for i in test_idx]
     behaviour = None if args.data else args.behaviour
-    base = AUGMENTATIONS[args.base](fit, share, args.seed) if args.base else []
+    base = AUGMENTATIONS[args.base](fit, share_of(args.base), args.seed) if args.base else []  # as the trainer does
     copies = AUGMENTATIONS[args.augment](fit, share, args.seed)
+    if not copies:
+        raise SystemExit(f"no fit item of this pool gets a {args.augment} copy: nothing to measure")
     held_out = held_out_conditions(args.base, behaviour) if args.base else {}
     held_out |= held_out_conditions(args.augment, behaviour)
     fit_set = fit + base  # both probes see the base copies; only the augmented one also `copies`
     sets = {"fit": fit_set, "copies": copies, "test": test}
-    sets |= {f"test-{name}": [rewrite(d) for d in test] for name, (_, rewrite) in held_out.items()}
+    rewritten = {name: [(i, rewrite(d)) for i, d in enumerate(test)] for name, (_, rewrite) in held_out.items()}
+    index = {name: np.array([i for i, d in pairs if d is not None], dtype=int) for name, pairs in rewritten.items()}
+    held_out = {name: v for name, v in held_out.items() if len(index[name])}  # e.g. no test answer has a paraphrase
+    rewritten = {name: rewritten[name] for name in held_out}
+    sets |= {f"test-{name}": [d for _, d in pairs if d is not None] for name, pairs in rewritten.items()}
 
     means: dict[str, dict[int, Any]] = {}
     for name, dialogues in sets.items():
@@ -146,7 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             (features("fit"), *arrays(fit_set)),
             (features("copies"), *arrays(copies)),
             (features("test"), arrays(test)[0]),
-            {name: features(f"test-{name}") for name in held_out},
+            {name: (features(f"test-{name}"), index[name]) for name in held_out},
             C=args.C,
         )
     return {

@@ -14,6 +14,13 @@ raised every score of the shipped deception probe, flagging 8% of honest answers
 unmodified). Never a default for the monitoring-cue probes (eval awareness, monitored framing): there a
 watcher in the prompt is the very thing they detect.
 
+`paraphrase`: a share of each label's hand-written scenario answers get a copy in the second wording of
+`training/datasets/paraphrases.yaml` (the same claim in other words and sentence structure). A probe that
+learnt the wording of its training answers loses its score on the same claims reworded (the evasion
+benchmark's held-out scenarios lost 0.10 AUROC paraphrased); fitted on both wordings of a claim, it has
+less wording to lean on. A copy shares its original's group, so a grouped split never fits on the
+paraphrase of a test scenario: the evasion benchmark's held-out paraphrase rows stay unseen text.
+
 A copy keeps its original's group, kind and data source, so grouped splits, held-out kinds and held-out
 sources never put a copy and its original on different sides. Copies are marked in `meta["augmented"]`.
 """
@@ -33,12 +40,15 @@ __all__ = [
     "DEFAULT_SHARE",
     "META_KEY",
     "MONITORING_NOTICES",
+    "SHARES",
     "SINCERITY_PHRASES",
     "answer_of",
     "augment_pool",
     "default_augment",
     "joined",
     "monitoring_copies",
+    "paraphrase_copies",
+    "share_of",
     "prefixed",
     "sincerity_copies",
     "unknown_augmentations",
@@ -72,6 +82,12 @@ MONITORING_NOTICES: tuple[str, ...] = (
 )
 #: share of the eligible items that get a copy (half kept the measured gain of one copy each at half the cost)
 DEFAULT_SHARE = 0.5
+#: augmentations whose copies are worth more than half: paraphrase copies exist only for the hand-written
+#: scenarios (~7% of the deception pool), and on deception's layers 19+21 probe every one of them closed the
+#: paraphrase gap of the held-out scenarios further than half did (AUROC paraphrased 0.801 -> 0.868 with all,
+#: -> 0.839 with half; `probewatch bench augmentation --augment paraphrase --base sincerity --layers 19,21
+#: --concat --C 0.1 [--share 1]`)
+SHARES: dict[str, float] = {"paraphrase": 1.0}
 #: marks a copy, with the augmentation's name
 META_KEY = "augmented"
 
@@ -154,10 +170,27 @@ def monitoring_copies(pool: Sequence[Dialogue], share: float = DEFAULT_SHARE, se
     return out
 
 
+def paraphrase_copies(pool: Sequence[Dialogue], share: float = SHARES["paraphrase"], seed: int = 0) -> list[Dialogue]:
+    """Copies of a seeded `share` of each label's items whose answer `paraphrases.yaml` words a second way, each
+    with that wording (items without one, such as another source's answers, get none)."""
+    from probewatch.training.evasion import load_paraphrases  # evasion imports this module
+
+    table = load_paraphrases()
+    rng = np.random.default_rng([seed, 2])  # a stream of its own, as monitoring's
+    out: list[Dialogue] = []
+    for label in (0, 1):
+        items = [d for d in pool if d.label == label and (d.meta or {}).get(META_KEY) is None and answer_of(d) in table]
+        out += [
+            with_answer(items[i], table[str(answer_of(items[i]))], "paraphrase") for i in _picked(items, share, rng)
+        ]
+    return out
+
+
 #: name -> (pool, share, seed) -> copies to add
 AUGMENTATIONS: dict[str, Callable[[Sequence[Dialogue], float, int], list[Dialogue]]] = {
     "sincerity": sincerity_copies,
     "monitoring": monitoring_copies,
+    "paraphrase": paraphrase_copies,
 }
 #: what `probewatch train` adds to a behaviour's built-in pool unless `--augment` says otherwise. Deception
 #: only: `probewatch bench augmentation` measured its layers 7+19+21 probe keeping recall 0.64 (plain 0.11)
@@ -169,13 +202,20 @@ AUGMENTATIONS: dict[str, Callable[[Sequence[Dialogue], float, int], list[Dialogu
 #: --augment monitoring --base sincerity --layers 19,21 --concat --C 0.1`), but a training run with it
 #: (`probewatch train --behaviour deception --layers 19,21 --method logistic --aggregation mean
 #: --token-selection response --per-example --augment sincerity,monitoring`, against the same with
-#: `--augment sincerity`) lost held-out-kind AUROC 0.865 -> 0.852 and nested held-out-source 0.628 -> 0.613
-DEFAULT_AUGMENT: dict[str, tuple[str, ...]] = {"deception": ("sincerity",)}
+#: `--augment sincerity`) lost held-out-kind AUROC 0.865 -> 0.852 and nested held-out-source 0.628 -> 0.613.
+#: `paraphrase` joined deception's default when the evasion benchmark found the shipped probe reading wording
+#: (held-out scenarios 0.950 -> 0.851 AUROC paraphrased): the measurement is in `SHARES`
+DEFAULT_AUGMENT: dict[str, tuple[str, ...]] = {"deception": ("sincerity", "paraphrase")}
 
 
 def default_augment(behaviour: str | None, custom_data: bool) -> tuple[str, ...]:
     """The augmentations a run gets without `--augment`: none for the user's own data files."""
     return () if custom_data or behaviour is None else DEFAULT_AUGMENT.get(behaviour, ())
+
+
+def share_of(name: str) -> float:
+    """The share of eligible items the trainer copies for augmentation `name`."""
+    return SHARES.get(name, DEFAULT_SHARE)
 
 
 def unknown_augmentations(names: Sequence[str]) -> list[str]:
@@ -189,7 +229,7 @@ def augment_pool(
     out = list(pool)
     added: dict[str, int] = {}
     for name in names:
-        copies = AUGMENTATIONS[name](pool, DEFAULT_SHARE, seed)
+        copies = AUGMENTATIONS[name](pool, share_of(name), seed)
         out += copies
         added[name] = len(copies)
     return out, added

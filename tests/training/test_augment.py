@@ -1,4 +1,4 @@
-"""Sincerity and monitoring copies (training/augment.py): labels, groups and sources kept; the evasion
+"""Sincerity, monitoring and paraphrase copies (training/augment.py): labels, groups and sources kept; the evasion
 benchmark's assertion and instructions held out; the train flag, the behaviour defaults and the replay of
 older reports."""
 
@@ -19,9 +19,12 @@ from probewatch.training.augment import (
     default_augment,
     joined,
     monitoring_copies,
+    paraphrase_copies,
+    share_of,
     sincerity_copies,
 )
-from probewatch.training.evasion import EVASION_INSTRUCTIONS, SINCERE_PREFIX
+from probewatch.training.datasets.scenarios import load_scenarios, scenario_dialogues, scenario_files
+from probewatch.training.evasion import EVASION_INSTRUCTIONS, SINCERE_PREFIX, load_paraphrases
 from probewatch.training.pipeline import TrainConfig, extract, make_splits, prepare_data
 from probewatch.training.train_config import TrainingError, check_config
 from tests.training.helpers import control_dialogues, synthetic_dialogues
@@ -111,7 +114,35 @@ def test_monitoring_copies_name_a_watcher_in_the_system_prompt_and_keep_everythi
 
 def test_the_evasion_benchmarks_monitoring_instructions_are_never_trained_on():
     assert not set(EVASION_INSTRUCTIONS.values()) & set(MONITORING_NOTICES)
-    assert set(AUGMENTATIONS) == {"sincerity", "monitoring"}
+    assert set(AUGMENTATIONS) == {"sincerity", "monitoring", "paraphrase"}
+
+
+def test_paraphrase_copies_reword_a_share_of_the_scenario_answers_and_keep_everything_else():
+    """Only answers paraphrases.yaml rewords get a copy (another source's answers and prefixed copies have none);
+    the copy is the original with that wording, same label, group, kind and source, so a grouped split keeps it
+    with its original."""
+    table = load_paraphrases()
+    scenarios = [s for path in scenario_files()[:2] for s in load_scenarios(path)]
+    written = scenario_dialogues(scenarios)
+    pool = [*written, *_pool(), *sincerity_copies(written, 1.0, seed=0)]
+    copies = paraphrase_copies(pool, share=0.5, seed=1)
+    assert len(copies) == len(written) // 2  # half of each label's scenario answers, nothing else
+    assert sum(c.label for c in copies) == len(copies) // 2
+    for c in copies:
+        same = [d for d in written if (d.group, d.label, d.messages[:-1]) == (c.group, c.label, c.messages[:-1])]
+        assert len(same) == 1  # the same scenario in another format is another item
+        original = same[0]
+        assert c.messages[-1].content == table[original.messages[-1].content]
+        assert (c.kind, c.meta[META_KEY]) == (original.kind, "paraphrase")
+        assert {k: v for k, v in c.meta.items() if k != META_KEY} == original.meta
+        assert META_KEY not in (original.meta or {})
+    assert [c.messages[-1].content for c in paraphrase_copies(pool, 0.5, seed=1)] == [
+        c.messages[-1].content for c in copies
+    ]
+    assert len(paraphrase_copies(pool, 1.0, seed=0)) == len(written)
+    # the trainer copies every scenario answer (share_of), as measured; the others keep half
+    assert augment_pool(pool, ["paraphrase"])[1] == {"paraphrase": len(written)} and share_of("sincerity") == 0.5
+    assert paraphrase_copies(_pool(), 1.0) == []  # no scenario answer: no copy
 
 
 def test_augmenting_twice_does_not_copy_copies():
@@ -125,7 +156,8 @@ def test_augmenting_twice_does_not_copy_copies():
 
 
 def test_defaults_per_behaviour_and_for_user_files():
-    assert default_augment("deception", custom_data=False) == ("sincerity",) == DEFAULT_AUGMENT["deception"]
+    expected = ("sincerity", "paraphrase")
+    assert default_augment("deception", custom_data=False) == expected == DEFAULT_AUGMENT["deception"]
     assert default_augment("alignment_faking", custom_data=False) == ()  # measured no gain there: opt-in
     assert default_augment("refusal", custom_data=False) == ()
     for cue_probe in ("eval_awareness", "monitored_framing"):  # a watcher in the prompt is what they detect
