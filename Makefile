@@ -172,8 +172,9 @@ bench-threshold: setup
 	$(BIN)/probewatch bench threshold $(THRESHOLD_ARGS)
 
 # Augmentation: one probe fitted with and without `--augment sincerity` copies (or monitoring:
-# AUGMENTATION_ARGS="--augment monitoring --base sincerity"), scored under assertions or system-prompt
-# notices never trained on (training/augment_effect.py); runs/bench-augmentation.json + .png.
+# AUGMENTATION_ARGS="--augment monitoring --base sincerity", or paraphrase), scored under assertions,
+# system-prompt notices or test-scenario paraphrases never trained on (training/augment_effect.py);
+# runs/bench-augmentation.json + .png.
 AUGMENTATION_ARGS ?=
 bench-augmentation: setup
 	$(BIN)/probewatch bench augmentation $(AUGMENTATION_ARGS)

@@ -14,7 +14,7 @@ raised every score of the shipped deception probe, flagging 8% of honest answers
 unmodified). Never a default for the monitoring-cue probes (eval awareness, monitored framing): there a
 watcher in the prompt is the very thing they detect.
 
-`paraphrase`: a share of each label's hand-written scenario answers get a copy in the second wording of
+`paraphrase` (opt-in): a share of each label's hand-written scenario answers get a copy in the second wording of
 `training/datasets/paraphrases.yaml` (the same claim in other words and sentence structure). A probe that
 learnt the wording of its training answers loses its score on the same claims reworded (the evasion
 benchmark's held-out scenarios lost 0.10 AUROC paraphrased); fitted on both wordings of a claim, it has
@@ -203,9 +203,12 @@ AUGMENTATIONS: dict[str, Callable[[Sequence[Dialogue], float, int], list[Dialogu
 #: (`probewatch train --behaviour deception --layers 19,21 --method logistic --aggregation mean
 #: --token-selection response --per-example --augment sincerity,monitoring`, against the same with
 #: `--augment sincerity`) lost held-out-kind AUROC 0.865 -> 0.852 and nested held-out-source 0.628 -> 0.613.
-#: `paraphrase` joined deception's default when the evasion benchmark found the shipped probe reading wording
-#: (held-out scenarios 0.950 -> 0.851 AUROC paraphrased): the measurement is in `SHARES`
-DEFAULT_AUGMENT: dict[str, tuple[str, ...]] = {"deception": ("sincerity", "paraphrase")}
+#: `paraphrase` is opt-in too: on one probe it closed part of the paraphrase gap (see `SHARES`), but a
+#: regeneration with it (`probewatch bench quality --ship --probes deception --layers 19,21 --no-sae`, 76 min)
+#: chose layer 21 alone and lost held-out-kind AUROC 0.865 -> 0.842, nested held-out-source 0.703 -> 0.670 and
+#: recall at the shipped threshold 0.404 -> 0.301, for held-out scenarios paraphrased 0.851 -> 0.870; it was not
+#: shipped (the narrower layer sweep is a second difference that run did not separate)
+DEFAULT_AUGMENT: dict[str, tuple[str, ...]] = {"deception": ("sincerity",)}
 
 
 def default_augment(behaviour: str | None, custom_data: bool) -> tuple[str, ...]:

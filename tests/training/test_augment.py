@@ -156,8 +156,7 @@ def test_augmenting_twice_does_not_copy_copies():
 
 
 def test_defaults_per_behaviour_and_for_user_files():
-    expected = ("sincerity", "paraphrase")
-    assert default_augment("deception", custom_data=False) == expected == DEFAULT_AUGMENT["deception"]
+    assert default_augment("deception", custom_data=False) == ("sincerity",) == DEFAULT_AUGMENT["deception"]
     assert default_augment("alignment_faking", custom_data=False) == ()  # measured no gain there: opt-in
     assert default_augment("refusal", custom_data=False) == ()
     for cue_probe in ("eval_awareness", "monitored_framing"):  # a watcher in the prompt is what they detect
