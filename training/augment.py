@@ -207,7 +207,8 @@ AUGMENTATIONS: dict[str, Callable[[Sequence[Dialogue], float, int], list[Dialogu
 #: regeneration with it (`probewatch bench quality --ship --probes deception --layers 19,21 --no-sae`, 76 min)
 #: chose layer 21 alone and lost held-out-kind AUROC 0.865 -> 0.842, nested held-out-source 0.703 -> 0.670 and
 #: recall at the shipped threshold 0.404 -> 0.301, for held-out scenarios paraphrased 0.851 -> 0.870; it was not
-#: shipped (the narrower layer sweep is a second difference that run did not separate)
+#: shipped (that run did not separate the copies from its narrower layer sweep nor from the multi-layer step's
+#: held-out-source check, newer than the shipped bundle, which kept layer 21 alone)
 DEFAULT_AUGMENT: dict[str, tuple[str, ...]] = {"deception": ("sincerity",)}
 
 
