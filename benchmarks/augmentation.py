@@ -123,11 +123,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     held_out |= held_out_conditions(args.augment, behaviour)
     fit_set = fit + base  # both probes see the base copies; only the augmented one also `copies`
     sets = {"fit": fit_set, "copies": copies, "test": test}
-    rewritten = {name: [(i, rewrite(d)) for i, d in enumerate(test)] for name, (_, rewrite) in held_out.items()}
-    index = {name: np.array([i for i, d in pairs if d is not None], dtype=int) for name, pairs in rewritten.items()}
-    held_out = {name: v for name, v in held_out.items() if len(index[name])}  # e.g. no test answer has a paraphrase
-    rewritten = {name: rewritten[name] for name in held_out}
-    sets |= {f"test-{name}": [d for _, d in pairs if d is not None] for name, pairs in rewritten.items()}
+    index: dict[str, Any] = {}  # condition -> the test items it has a version of
+    unchanged: list[str] = []  # conditions that keep those items as they are: their rows are the test's own
+    for name, (_, rewrite) in list(held_out.items()):
+        kept = [(i, r) for i, d in enumerate(test) if (r := rewrite(d)) is not None]
+        if not kept:  # e.g. no test answer has a paraphrase
+            del held_out[name]
+            continue
+        index[name] = np.array([i for i, _ in kept], dtype=int)
+        if all(r is test[i] for i, r in kept):
+            unchanged.append(name)
+        else:
+            sets[f"test-{name}"] = [r for _, r in kept]
 
     means: dict[str, dict[int, Any]] = {}
     for name, dialogues in sets.items():
@@ -142,6 +149,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             progress=not args.quiet,
         )
         means[name] = {layer: LayerData.load(acts, layer).means for layer in args.layers}
+    for name in unchanged:
+        means[f"test-{name}"] = {layer: means["test"][layer][index[name]] for layer in args.layers}
 
     def arrays(dialogues: list) -> tuple[Any, Any]:
         return np.array([d.label for d in dialogues]), np.array([d.group for d in dialogues])
