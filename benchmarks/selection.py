@@ -7,7 +7,9 @@ recorded and the replayed choice, how many candidates the guard left eligible an
 would have chosen without it, and whether the multi-layer probe would still ship (with the concat and
 the single-layer choice on the held-out-source folds, training/multilayer_sources.py); `--nested` also
 reruns the nested estimate. `--check` exits 1 when a choice changed: run it after touching the
-selection code, before the next `make bench-quality`.
+selection code, before the next `make bench-quality`. `--record` writes the replayed multi-layer check into a
+report whose run predates it (the replay must agree with the run; training/replay.py `record_concat_check`), for
+`probewatch bench quality --render-only` to show in docs/quality.md.
 Reads the activation cache of the run that wrote the report (minutes each when cached).
 """
 
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from probewatch.arguments import add_data_dir_arg
-from probewatch.benchmarks.harness import add_common_args, finish_drift_check
+from probewatch.benchmarks.harness import add_common_args, command_line, finish_drift_check
 
 DEFAULT_OUT = Path("runs/bench-selection.json")
 PUBLISHED = Path("docs/quality")
@@ -46,6 +48,12 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         help="try another guard margin than each run's own (as `probewatch train --selection-margin`; inf: off)",
     )
     parser.add_argument("--check", action="store_true", help="exit 1 when a replayed choice differs from the record")
+    parser.add_argument(
+        "--record",
+        action="store_true",
+        help="write the replayed multi-layer check on held-out sources into each replayed report that lacks one "
+        "(refused where today's choice differs from the run's)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report; default {DEFAULT_OUT}")
 
 
@@ -149,8 +157,9 @@ def lines_of(replay: Any) -> list[str]:
 def main(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from probewatch.jsonio import write_json_atomic
     from probewatch.models import load_model
-    from probewatch.training.replay import replay_selection
+    from probewatch.training.replay import record_concat_check, replay_selection
 
     paths = report_paths(args)
     if not paths:
@@ -162,4 +171,8 @@ def main(args: argparse.Namespace) -> int:
         replay = replay_selection(raw, loaded, args.data_dir, nested=args.nested, margin=args.selection_margin)
         results.append({"report": str(path), **summary(replay)})
         lines.extend(lines_of(replay))
+        if args.record and record_concat_check(raw, replay, command_line("selection")):
+            write_json_atomic(path, raw, indent=2)  # as report.json is written: only the new keys differ
+            results[-1]["check_recorded"] = True
+            lines.append(f"  recorded the multi-layer check in {path}")
     return finish_drift_check("selection", "replays", "choices", results, lines, args)

@@ -207,8 +207,11 @@ AUGMENTATIONS: dict[str, Callable[[Sequence[Dialogue], float, int], list[Dialogu
 #: regeneration with it (`probewatch bench quality --ship --probes deception --layers 19,21 --no-sae`, 76 min)
 #: chose layer 21 alone and lost held-out-kind AUROC 0.865 -> 0.842, nested held-out-source 0.703 -> 0.670 and
 #: recall at the shipped threshold 0.404 -> 0.301, for held-out scenarios paraphrased 0.851 -> 0.870; it was not
-#: shipped (that run did not separate the copies from its narrower layer sweep nor from the multi-layer step's
-#: held-out-source check, newer than the shipped bundle, which kept layer 21 alone)
+#: shipped. The copies, not the multi-layer step's held-out-source check, kept layer 21 alone: replayed with
+#: today's check on the shipped run's own pool (sincerity copies only; `probewatch bench selection --probes
+#: deception`), the 19+21 concat holds on held-out sources (mean 0.673 vs 0.661, worst 0.578 vs 0.563), while
+#: with the paraphrase copies (and the narrower sweep, which chose the same single layer 21) it lost on
+#: probewatch_written (-0.016, 95% CI -0.028 to -0.004) and mesa_and_mask (-0.017, -0.038 to +0.002)
 DEFAULT_AUGMENT: dict[str, tuple[str, ...]] = {"deception": ("sincerity",)}
 
 

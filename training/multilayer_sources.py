@@ -43,7 +43,11 @@ from probewatch.training.nested import (
 from probewatch.training.report_sources import ConfigScore
 from probewatch.training.sweep import PoolArrays, SweepRow
 
-__all__ = ["SourceCheck", "concat_on_sources", "fold_losses", "loss_text"]
+__all__ = ["REPLAYED_BY", "SourceCheck", "concat_on_sources", "fold_losses", "loss_text"]
+
+#: report.json `multi_layer` key beside `heldout_source` where the check was replayed after the run that wrote
+#: the report (`probewatch bench selection --record`, training/replay.py): the command that added it
+REPLAYED_BY = "heldout_source_replayed_by"
 
 
 @dataclass

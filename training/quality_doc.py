@@ -24,7 +24,7 @@ import numpy as np
 from probewatch.behaviours import DEFAULT_PROBE_IDS
 from probewatch.training.calibration import MAX_FLAGGED_NEGATIVES, MIN_RECALL
 from probewatch.training.estimators import C_METHODS
-from probewatch.training.multilayer_sources import loss_text
+from probewatch.training.multilayer_sources import REPLAYED_BY, loss_text
 from probewatch.training.plots import layer_view, sweep_mode
 from probewatch.training.quality_changes import CHANGE_HELPERS
 from probewatch.training.quality_extras_doc import EXTRA_HELPERS
@@ -347,6 +347,7 @@ def _multi_layer_view(ml: dict[str, Any] | None) -> dict[str, Any] | None:
         "best_both": both_sides(b),
         "concat_both": both_sides(concat),
         "sources": ml.get("heldout_source"),  # the concat on the held-out-source folds (multilayer_sources)
+        "sources_by": ml.get(REPLAYED_BY),  # the check was replayed after the run (training/replay.py)
         "losses": _losses_text((ml.get("heldout_source") or {}).get("losses") or {}),
     }
 

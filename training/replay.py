@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from probewatch.training.multilayer import concat_decision
-from probewatch.training.multilayer_sources import SourceCheck, concat_on_sources
+from probewatch.training.multilayer_sources import REPLAYED_BY, SourceCheck, concat_on_sources
 from probewatch.training.nested import FoldScorer, config_of, nested_estimate, select_by_source
 from probewatch.training.report_sources import ConfigScore, NestedEstimate, SourceSelection
 from probewatch.training.stage_activations import extract, make_splits
@@ -27,7 +27,7 @@ from probewatch.training.stage_sources import pool_and_control, settings_of
 from probewatch.training.sweep import SweepRow
 from probewatch.training.train_config import TrainConfig, check_config
 
-__all__ = ["Replay", "replay_selection", "config_from_report", "require_model"]
+__all__ = ["Replay", "replay_selection", "record_concat_check", "config_from_report", "require_model"]
 
 
 @dataclass
@@ -131,3 +131,25 @@ def replay_selection(
             replay.concat_recorded = bool(multi.get("shipped"))
             replay.concat_now, replay.concat_check = concat_decision(multi, chosen, on_sources)
     return replay
+
+
+def record_concat_check(report: dict[str, Any], replay: Replay, by: str) -> bool:
+    """Write the replay's multi-layer check into `report["multi_layer"]["heldout_source"]` where the run that
+    wrote the report predates the check, naming `by` beside it; True where it wrote.
+
+    A report shows the choices of the run that made the shipped bundle, so only a replay that agrees with it
+    (same single-layer choice, same multi-layer decision) may fill the gap: the check then explains the
+    shipped probe. A replay that disagrees is refused (regenerate with `probewatch bench quality` instead);
+    a report whose run made the check itself keeps its own."""
+    multi = report.get("multi_layer")
+    if not multi or replay.concat_check is None or "heldout_source" in multi:
+        return False
+    if replay.changed:
+        raise ValueError(
+            f"report {replay.probe_id!r}: today's selection code chooses differently from the run "
+            "(see `probewatch bench selection`), so its check would not describe the shipped probe; "
+            "regenerate it with `probewatch bench quality` instead of recording"
+        )
+    multi["heldout_source"] = replay.concat_check.to_json()
+    multi[REPLAYED_BY] = by
+    return True

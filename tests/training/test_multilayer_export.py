@@ -6,21 +6,28 @@ and `probewatch train` writing a bundle that reads several layers, whose live-pa
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
+from probewatch.benchmarks import selection as bench_selection
 from probewatch.probes import ProbeRuntime, load_bundle
 from probewatch.training import multilayer
 from probewatch.training.features import LayerData
 from probewatch.training.multilayer import concat_layer_data, concat_row, ship_concat
-from probewatch.training.multilayer_sources import SourceCheck
+from probewatch.training.multilayer_sources import REPLAYED_BY, SourceCheck
 from probewatch.training.pipeline import TrainConfig, train
+from probewatch.training.quality_doc import RunInfo, render_markdown
+from probewatch.training.replay import record_concat_check
 from probewatch.training.report_sources import ConfigScore
 from probewatch.training.stage_sweep import SweepOutcome
 from probewatch.training.sweep import SweepRow
 from tests.training.helpers import write_synthetic, write_two_sources
+
+RUN = RunInfo("tiny-model", "pwfp1:" + "0" * 32, 4, 64, 90.0, "2026-12-01 00:00 UTC", 2, "x86_64")
 
 
 def _row(heldout: float | None) -> SweepRow:
@@ -202,12 +209,13 @@ def test_train_keeps_one_layer_where_concat_does_not_win(tiny_loaded, tmp_path, 
 
 
 def test_train_with_two_sources_judges_the_concat_on_held_out_sources_and_the_replay_agrees(
-    tiny_loaded, tmp_path, monkeypatch
+    tiny_loaded, tiny_folder, tmp_path, monkeypatch
 ):
     """With two data files the single-layer probe is chosen by held-out source, so the concat's held-out-kind
     win (forced here) is only half the decision: `choose_layers` fits the concat on the same source folds, ships
     it only where the held-out-source rule prefers it, and report.json keeps both probes' fold scores;
-    `probewatch bench selection` (training/replay.py) replays the same decision from the report."""
+    `probewatch bench selection` (training/replay.py) replays the same decision from the report, and with
+    `--record` writes it into a report whose run predates the check, which docs/quality.md then shows."""
     from probewatch.training.replay import replay_selection
 
     monkeypatch.setattr(multilayer, "SHIP_MARGIN", -1.0)
@@ -249,3 +257,42 @@ def test_train_with_two_sources_judges_the_concat_on_held_out_sources_and_the_re
     assert not replay.changed and replay.concat_recorded is multi["shipped"] and replay.concat_now is multi["shipped"]
     assert replay.concat_check is not None
     assert replay.concat_check.concat.folds == pytest.approx(concat["folds"], abs=1e-9)
+
+    # a report written before the check: `bench selection --record` adds the replayed one, naming the command
+    older = json.loads(result.report_path.read_text())
+    own = older["multi_layer"].pop("heldout_source")
+    stale = tmp_path / "older.json"
+    stale.write_text(json.dumps(older))
+    parser = argparse.ArgumentParser()
+    bench_selection.add_cli_args(parser)
+    args = ["--model", str(tiny_folder), "--report", str(stale), "--out", str(tmp_path / "out.json"), "--record"]
+    assert bench_selection.main(parser.parse_args(args)) == 0
+    recorded = json.loads(stale.read_text())
+    check = recorded["multi_layer"]["heldout_source"]
+    assert check["holds"] is own["holds"] and check["concat"]["config"] == own["concat"]["config"]
+    assert check["concat"]["folds"] == pytest.approx(own["concat"]["folds"], abs=1e-9)
+    assert recorded["multi_layer"][REPLAYED_BY].startswith("probewatch bench selection")
+    added = ("heldout_source", REPLAYED_BY)  # nothing else in the report changes
+    assert {k: v for k, v in recorded["multi_layer"].items() if k not in added} == older["multi_layer"]
+    assert {k: v for k, v in recorded.items() if k != "multi_layer"} == {
+        k: v for k, v in older.items() if k != "multi_layer"
+    }
+    out = json.loads((tmp_path / "out.json").read_text())["replays"][0]
+    assert out["check_recorded"] is True and out["changed"] is False
+    doc = render_markdown({"deception": recorded}, {}, RUN)
+    replayed = f"(checked after the run, on its own pool and candidates, by `{recorded['multi_layer'][REPLAYED_BY]}`)"
+    assert replayed in doc and f"concatenated {check['concat']['mean']:.3f} / {check['concat']['worst']:.3f}" in doc
+    assert "checked after the run" not in render_markdown(
+        {"deception": json.loads(result.report_path.read_text())}, {}, RUN
+    )
+
+    again = json.loads(stale.read_text())
+    assert not record_concat_check(again, replay, "probewatch bench selection --record")  # one check per report
+    assert again == recorded
+    own_run = json.loads(result.report_path.read_text())  # a run that made the check keeps its own
+    assert not record_concat_check(own_run, replay, "x") and REPLAYED_BY not in own_run["multi_layer"]
+    disagrees = dataclasses.replace(replay, concat_recorded=not replay.concat_now)  # today's rule decides otherwise
+    older["multi_layer"].pop(REPLAYED_BY, None)
+    with pytest.raises(ValueError, match="chooses differently from the run"):
+        record_concat_check(older, disagrees, "probewatch bench selection --record")
+    assert "heldout_source" not in older["multi_layer"]
