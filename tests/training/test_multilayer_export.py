@@ -280,9 +280,11 @@ def test_train_with_two_sources_judges_the_concat_on_held_out_sources_and_the_re
     out = json.loads((tmp_path / "out.json").read_text())["replays"][0]
     assert out["check_recorded"] is True and out["changed"] is False
     doc = render_markdown({"deception": recorded}, {}, RUN)
-    replayed = f"(checked after the run, on its own pool and candidates, by `{recorded['multi_layer'][REPLAYED_BY]}`)"
+    replayed = (
+        f"(replayed after the run by `{recorded['multi_layer'][REPLAYED_BY]}`: its sweep's candidates on its pool"
+    )
     assert replayed in doc and f"concatenated {check['concat']['mean']:.3f} / {check['concat']['worst']:.3f}" in doc
-    assert "checked after the run" not in render_markdown(
+    assert "replayed after the run" not in render_markdown(
         {"deception": json.loads(result.report_path.read_text())}, {}, RUN
     )
 
