@@ -34,6 +34,20 @@ def auroc(scores: Scores, labels: Labels) -> float:
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def misordered_pairs(scores: Scores, labels: Labels) -> np.ndarray:
+    """Per item, the (positive, negative) pairs it is ordered wrongly in: a positive scored below a negative,
+    a tie counting half, as in AUROC. The sum over positives is (1 - AUROC) x n_pos x n_neg, so the items with
+    the largest counts are the ones an AUROC change is made of (`probewatch eval --compare-with`)."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    pos, neg = s[y == 1], s[y == 0]
+    below = (pos[:, None] < neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])  # [n_pos, n_neg]
+    out = np.zeros(len(s))
+    out[y == 1] = below.sum(axis=1)
+    out[y == 0] = below.sum(axis=0)
+    return out
+
+
 def threshold_at_fpr(negative_scores: Scores, fpr: float) -> float:
     """Smallest threshold t with mean(neg >= t) <= fpr, strictly above the allowed negatives.
 

@@ -27,6 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="also score --data with this bundle (folder or probe id; e.g. the one --bundle replaces) and report the "
         "paired AUROC change with a 95%% bootstrap interval: an interval that holds zero is no change",
     )
+    ev.add_argument(
+        "--misranked",
+        type=int,
+        default=5,
+        metavar="N",
+        help="with --compare-with: list the N dialogues each bundle orders wrongly against the most dialogues of the "
+        "other label (what an AUROC change is made of; default 5, 0: none)",
+    )
     _common(ev)
     add_json_arg(ev)
     ev.set_defaults(func=_eval)
@@ -172,7 +180,12 @@ def _eval(args: argparse.Namespace) -> int:
         }
     )
     if before is not None:
-        result["compare_with"] = _paired_change(before, _scores(loaded, before, dialogues, args), scores, labels)
+        before_scores = _scores(loaded, before, dialogues, args)
+        result["compare_with"] = _paired_change(before, before_scores, scores, labels)
+        result["compare_with"]["misranked"] = {
+            "before": _misranked(before_scores, labels, dialogues, args.misranked),
+            "after": _misranked(scores, labels, dialogues, args.misranked),
+        }
     if args.json:
         print_json(result)
     else:
@@ -196,6 +209,16 @@ def _eval(args: argparse.Namespace) -> int:
                 f"({c['change']:+.4f}, 95% CI {c['ci_low']:+.4f} to {c['ci_high']:+.4f}; "
                 + ("holds zero: no measurable change)" if c["ci_low"] <= 0.0 <= c["ci_high"] else "excludes zero)")
             )
+            pairs = result["n_pos"] * result["n_neg"]
+            for side, name in (("before", c["probe_id"] + " (--compare-with)"), ("after", bundle.id)):
+                rows = c["misranked"][side]
+                print(
+                    f"  {name}: {c['misordered'][side]:g} of {pairs} pairs ordered wrongly"
+                    + (", most by:" if rows else "")
+                )
+                for r in rows:
+                    kind = "positive" if r["label"] == 1 else "negative"
+                    print(f"    #{r['index']} {kind}, {r['pairs']:g} pairs, score {r['score']:.3f}: {r['text']}")
     return 0
 
 
@@ -204,7 +227,7 @@ def _paired_change(before, before_scores: list[float], scores: list[float], labe
     bootstrap interval `train --compare-with` reports (positives and negatives resampled separately)."""
     import numpy as np
 
-    from probewatch.metrics import auroc
+    from probewatch.metrics import auroc, misordered_pairs
     from probewatch.training.compare import BOOTSTRAP_DRAWS, CI_LEVEL, paired_auroc_delta
 
     y, old = np.asarray(labels), np.asarray(before_scores)
@@ -220,7 +243,37 @@ def _paired_change(before, before_scores: list[float], scores: list[float], labe
         "ci_high": high,
         "ci_level": CI_LEVEL,
         "draws": BOOTSTRAP_DRAWS,
+        # (positive, negative) pairs ordered wrongly, ties half: (1 - AUROC) x n_pos x n_neg per bundle
+        "misordered": {
+            "before": float(misordered_pairs(old, y)[y == 1].sum()),
+            "after": float(misordered_pairs(scores, y)[y == 1].sum()),
+        },
     }
+
+
+#: characters of a dialogue's last message shown beside a misranked item
+SNIPPET = 120
+
+
+def _misranked(scores: list[float], labels: list[int], dialogues, top: int) -> list[dict]:
+    """The `top` dialogues in the most wrongly ordered pairs (none that are in none): index in --data, label,
+    pairs, score and the start of the last message (the request for a prompt reader, the answer otherwise)."""
+    import numpy as np
+
+    from probewatch.metrics import misordered_pairs
+
+    counts = misordered_pairs(scores, labels)
+    order = sorted((i for i in np.flatnonzero(counts > 0)), key=lambda i: (-counts[i], i))[: max(top, 0)]
+    return [
+        {
+            "index": int(i),
+            "label": int(labels[i]),
+            "pairs": float(counts[i]),
+            "score": float(scores[i]),
+            "text": " ".join(dialogues[i].messages[-1].content.split())[:SNIPPET],
+        }
+        for i in order
+    ]
 
 
 def _reviewed(loaded, bundle, args: argparse.Namespace, from_control: float) -> dict:

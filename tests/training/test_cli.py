@@ -159,6 +159,23 @@ def test_eval_compare_with_reports_the_paired_change_and_its_interval(
     rev = json.loads(out.strip().splitlines()[-1])["compare_with"]
     assert rev["auroc"] < 0.5 < result["auroc"] and rev["change"] == pytest.approx(result["auroc"] - rev["auroc"])
     assert 0.0 < rev["ci_low"] <= rev["change"] <= rev["ci_high"]
+    # what each AUROC is made of: the wrongly ordered pairs, and the dialogues in most of them
+    pairs = result["n_pos"] * result["n_neg"]
+    assert rev["misordered"]["before"] == pytest.approx((1 - rev["auroc"]) * pairs)
+    assert rev["misordered"]["after"] == pytest.approx((1 - result["auroc"]) * pairs)
+    texts = [json.loads(line)["messages"][-1]["content"] for line in data.read_text().splitlines()]
+    for side in ("before", "after"):
+        rows = rev["misranked"][side]
+        assert len(rows) <= 5
+        assert [r["pairs"] for r in rows] == sorted((r["pairs"] for r in rows), reverse=True)
+        assert all(r["pairs"] > 0 and " ".join(texts[r["index"]].split()).startswith(r["text"]) for r in rows)
+    assert len(rev["misranked"]["before"]) == 5  # reversed, nearly every pair is wrong
+    worst = rev["misranked"]["before"][0]
+    assert worst["pairs"] >= 0.9 * min(result["n_pos"], result["n_neg"])  # an average item is wrong in >= 90%
+    code, out, _ = _run([*base, "--compare-with", str(tmp_path / "reversed"), "--misranked", "0", "--json"], capsys)
+    assert json.loads(out.strip().splitlines()[-1])["compare_with"]["misranked"] == {"before": [], "after": []}
+    code, out, _ = _run([*base, "--compare-with", str(tmp_path / "reversed")], capsys)
+    assert f"of {pairs} pairs ordered wrongly, most by:" in out and f"#{worst['index']} " in out
 
 
 def test_eval_compare_with_refuses_one_class_data_and_a_missing_bundle(trained, tiny_folder, tmp_path, capsys):
