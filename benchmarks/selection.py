@@ -165,14 +165,22 @@ def main(args: argparse.Namespace) -> int:
     if not paths:
         raise SystemExit("probewatch bench selection: no report with a held-out-source choice to replay")
     loaded = load_model(args.model)
-    results, lines = [], []
+    results, lines, refused = [], [], []
     for path in tqdm(paths, desc="replayed reports", unit="report", disable=args.json):
         raw = json.loads(path.read_text())
         replay = replay_selection(raw, loaded, args.data_dir, nested=args.nested, margin=args.selection_margin)
         results.append({"report": str(path), **summary(replay)})
         lines.extend(lines_of(replay))
-        if args.record and record_concat_check(raw, replay, command_line("selection")):
-            write_json_atomic(path, raw, indent=2)  # as report.json is written: only the new keys differ
-            results[-1]["check_recorded"] = True
-            lines.append(f"  recorded the multi-layer check in {path}")
-    return finish_drift_check("selection", "replays", "choices", results, lines, args)
+        if args.record:
+            try:
+                recorded = record_concat_check(raw, replay, command_line("selection"))
+            except ValueError as exc:  # the replay disagrees with the run: the other reports still get theirs
+                refused.append(str(path))
+                lines.append(f"  not recorded: {exc}")
+                recorded = False
+            if recorded:
+                write_json_atomic(path, raw, indent=2)  # as report.json is written: only the new keys differ
+                lines.append(f"  recorded the multi-layer check in {path}")
+            results[-1]["check_recorded"] = recorded
+    code = finish_drift_check("selection", "replays", "choices", results, lines, args)
+    return 1 if refused else code

@@ -293,6 +293,13 @@ def test_train_with_two_sources_judges_the_concat_on_held_out_sources_and_the_re
     assert again == recorded
     own_run = json.loads(result.report_path.read_text())  # a run that made the check keeps its own
     assert not record_concat_check(own_run, replay, "x") and REPLAYED_BY not in own_run["multi_layer"]
+    changed = json.loads(json.dumps(older))  # a record today's code cannot reproduce: the bench refuses to fill it
+    changed["sources"]["selection"]["chosen"]["config"]["layer"] += 100
+    stale.write_text(json.dumps(changed))
+    assert bench_selection.main(parser.parse_args(args)) == 1
+    assert json.loads(stale.read_text()) == changed  # nothing written
+    out = json.loads((tmp_path / "out.json").read_text())["replays"][0]
+    assert out["changed"] is True and out["check_recorded"] is False
     disagrees = dataclasses.replace(replay, concat_recorded=not replay.concat_now)  # today's rule decides otherwise
     older["multi_layer"].pop(REPLAYED_BY, None)
     with pytest.raises(ValueError, match="chooses differently from the run"):
