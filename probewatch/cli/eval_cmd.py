@@ -182,10 +182,7 @@ def _eval(args: argparse.Namespace) -> int:
     if before is not None:
         before_scores = _scores(loaded, before, dialogues, args)
         result["compare_with"] = _paired_change(before, before_scores, scores, labels)
-        result["compare_with"]["misranked"] = {
-            "before": _misranked(before_scores, labels, dialogues, args.misranked),
-            "after": _misranked(scores, labels, dialogues, args.misranked),
-        }
+        result["compare_with"] |= _misordered(before_scores, scores, labels, dialogues, args.misranked)
     if args.json:
         print_json(result)
     else:
@@ -227,7 +224,7 @@ def _paired_change(before, before_scores: list[float], scores: list[float], labe
     bootstrap interval `train --compare-with` reports (positives and negatives resampled separately)."""
     import numpy as np
 
-    from probewatch.metrics import auroc, misordered_pairs
+    from probewatch.metrics import auroc
     from probewatch.training.compare import BOOTSTRAP_DRAWS, CI_LEVEL, paired_auroc_delta
 
     y, old = np.asarray(labels), np.asarray(before_scores)
@@ -243,11 +240,6 @@ def _paired_change(before, before_scores: list[float], scores: list[float], labe
         "ci_high": high,
         "ci_level": CI_LEVEL,
         "draws": BOOTSTRAP_DRAWS,
-        # (positive, negative) pairs ordered wrongly, ties half: (1 - AUROC) x n_pos x n_neg per bundle
-        "misordered": {
-            "before": float(misordered_pairs(old, y)[y == 1].sum()),
-            "after": float(misordered_pairs(scores, y)[y == 1].sum()),
-        },
     }
 
 
@@ -255,14 +247,27 @@ def _paired_change(before, before_scores: list[float], scores: list[float], labe
 SNIPPET = 120
 
 
-def _misranked(scores: list[float], labels: list[int], dialogues, top: int) -> list[dict]:
-    """The `top` dialogues in the most wrongly ordered pairs (none that are in none): index in --data, label,
-    pairs, score and the start of the last message (the request for a prompt reader, the answer otherwise)."""
+def _misordered(before_scores: list[float], scores: list[float], labels: list[int], dialogues, top: int) -> dict:
+    """Per bundle, the (positive, negative) pairs it orders wrongly, ties half ((1 - AUROC) x n_pos x n_neg), and
+    the `top` dialogues in most of them: what the paired AUROC change is made of."""
     import numpy as np
 
     from probewatch.metrics import misordered_pairs
 
-    counts = misordered_pairs(scores, labels)
+    y = np.asarray(labels)
+    counts = {"before": misordered_pairs(before_scores, y), "after": misordered_pairs(scores, y)}
+    sides = {"before": before_scores, "after": scores}
+    return {
+        "misordered": {side: float(c[y == 1].sum()) for side, c in counts.items()},
+        "misranked": {side: _misranked(c, sides[side], labels, dialogues, top) for side, c in counts.items()},
+    }
+
+
+def _misranked(counts, scores: list[float], labels: list[int], dialogues, top: int) -> list[dict]:
+    """The `top` dialogues in the most wrongly ordered pairs (`counts`; none that are in none): index in --data,
+    label, pairs, score and the start of the last message (the request for a prompt reader, the answer otherwise)."""
+    import numpy as np
+
     order = sorted((i for i in np.flatnonzero(counts > 0)), key=lambda i: (-counts[i], i))[: max(top, 0)]
     return [
         {
