@@ -48,6 +48,7 @@ __all__ = [
     "joined",
     "monitoring_copies",
     "paraphrase_copies",
+    "paraphrased",
     "prefixed",
     "share_of",
     "sincerity_copies",
@@ -109,6 +110,13 @@ def prefixed(dialogue: Dialogue, phrase: str, mark: str | None = None) -> Dialog
     augmentation in `meta[META_KEY]` (none for an evaluation rewording)."""
     answer = answer_of(dialogue)
     return dialogue if answer is None else with_answer(dialogue, joined(phrase, answer), mark)
+
+
+def paraphrased(dialogue: Dialogue, table: dict[str, str], mark: str | None = None) -> Dialogue | None:
+    """The dialogue with its final assistant message in the table's second wording (None: it has none); `mark`
+    names the augmentation in `meta[META_KEY]` (none for an evaluation rewording)."""
+    answer = answer_of(dialogue)
+    return None if answer is None or answer not in table else with_answer(dialogue, table[answer], mark)
 
 
 def _rewritten(dialogue: Dialogue, messages: list[Message], mark: str | None) -> Dialogue:
@@ -179,10 +187,14 @@ def paraphrase_copies(pool: Sequence[Dialogue], share: float = SHARES["paraphras
     rng = np.random.default_rng([seed, 2])  # a stream of its own, as monitoring's
     out: list[Dialogue] = []
     for label in (0, 1):
-        items = [d for d in pool if d.label == label and (d.meta or {}).get(META_KEY) is None and answer_of(d) in table]
-        out += [
-            with_answer(items[i], table[str(answer_of(items[i]))], "paraphrase") for i in _picked(items, share, rng)
+        copies = [
+            copy
+            for d in pool
+            if d.label == label
+            and (d.meta or {}).get(META_KEY) is None
+            and (copy := paraphrased(d, table, "paraphrase")) is not None
         ]
+        out += [copies[i] for i in _picked(copies, share, rng)]
     return out
 
 

@@ -20,14 +20,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from probewatch.data.dialogue import Dialogue
-from probewatch.training.augment import prefixed, with_system_instruction
+from probewatch.training.augment import paraphrased, prefixed, with_system_instruction
 from probewatch.training.evasion import (
     EVASION_INSTRUCTIONS,
     PARAPHRASES_FILE,
     SINCERE_PREFIX,
     ConditionResult,
     load_paraphrases,
-    paraphrased,
     summarise,
 )
 

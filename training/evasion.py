@@ -28,7 +28,7 @@ import numpy as np
 
 from probewatch.data.dialogue import Dialogue
 from probewatch.errors import DialogueFormatError
-from probewatch.training.augment import answer_of, prefixed, with_answer, with_system_instruction
+from probewatch.training.augment import paraphrased, prefixed, with_system_instruction
 
 #: what the system prompt says, per behaviour. For the monitoring-cue probes (eval awareness, monitored
 #: framing) the instruction is itself such a cue: a rise of the negatives' scores there is the probe
@@ -103,12 +103,6 @@ def load_paraphrases(spec: dict | None = None) -> dict[str, str]:
                     raise DialogueFormatError(f"{PARAPHRASES_FILE}: {kind}/{scenario_id} needs a new {side} wording")
                 out[original] = text
     return out
-
-
-def paraphrased(dialogue: Dialogue, table: dict[str, str]) -> Dialogue | None:
-    """The dialogue with its final assistant message in the table's second wording (None: it has none)."""
-    answer = answer_of(dialogue)
-    return None if answer is None or answer not in table else with_answer(dialogue, table[answer])
 
 
 def conditions(behaviour: str, reads_response: bool) -> dict[str, Callable[[Dialogue], Dialogue]]:

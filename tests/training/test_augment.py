@@ -20,6 +20,8 @@ from probewatch.training.augment import (
     joined,
     monitoring_copies,
     paraphrase_copies,
+    paraphrased,
+    prefixed,
     share_of,
     sincerity_copies,
 )
@@ -115,6 +117,28 @@ def test_monitoring_copies_name_a_watcher_in_the_system_prompt_and_keep_everythi
 def test_the_evasion_benchmarks_monitoring_instructions_are_never_trained_on():
     assert not set(EVASION_INSTRUCTIONS.values()) & set(MONITORING_NOTICES)
     assert set(AUGMENTATIONS) == {"sincerity", "monitoring", "paraphrase"}
+
+
+def test_paraphrased_swaps_only_the_answer_marks_copies_and_skips_other_texts():
+    table = load_paraphrases()
+    scenario = next(s for s in load_scenarios(scenario_files()[0]) if s.honest in table)
+    for original in scenario_dialogues([scenario]):
+        got = paraphrased(original, table)
+        assert got is not None and got.messages[:-1] == original.messages[:-1]
+        assert got.messages[-1].content == table[original.messages[-1].content]
+        assert (got.label, got.group, got.kind, got.meta) == (
+            original.label,
+            original.group,
+            original.kind,
+            original.meta,
+        )
+        marked = paraphrased(original, table, "paraphrase")
+        assert marked is not None and marked.messages == got.messages
+        assert marked.meta == {**(original.meta or {}), META_KEY: "paraphrase"}
+        assert paraphrased(prefixed(original, SINCERE_PREFIX), table) is None  # a prefixed copy is another text
+    unknown = Dialogue([Message("user", "q"), Message("assistant", "an answer the table does not hold")], 1)
+    assert paraphrased(unknown, table) is None
+    assert paraphrased(Dialogue([Message("user", "hi")], 1), table) is None
 
 
 def test_paraphrase_copies_reword_a_share_of_the_scenario_answers_and_keep_everything_else():

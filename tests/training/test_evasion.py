@@ -8,7 +8,7 @@ import pytest
 from probewatch.data.dialogue import Dialogue, Message
 from probewatch.errors import DialogueFormatError
 from probewatch.training.datasets.common import packaged_yaml
-from probewatch.training.datasets.scenarios import load_scenarios, scenario_dialogues, scenario_files
+from probewatch.training.datasets.scenarios import load_scenarios, scenario_files
 from probewatch.training.evasion import (
     AS_WRITTEN,
     EVASION_INSTRUCTIONS,
@@ -25,7 +25,6 @@ from probewatch.training.evasion import (
     measure,
     measure_paraphrase,
     paraphrase_pairs,
-    paraphrased,
     sample_pairs,
     summarise,
     with_sincere_response,
@@ -146,24 +145,6 @@ def test_every_paraphrase_rewords_a_shipped_scenario_answer_and_nothing_else():
     assert len(table) == 288 and set(table) == answers  # both answers of all 144 scenarios
     assert not set(table.values()) & answers  # a second wording, never another scenario's answer
     assert not any(SINCERE_PREFIX.strip(": ").lower() in t.lower() for t in table.values())
-
-
-def test_paraphrased_swaps_only_the_answer_and_skips_augmented_copies():
-    table = load_paraphrases()
-    scenario = next(s for s in load_scenarios(scenario_files()[0]) if s.honest in table)
-    for original in scenario_dialogues([scenario]):
-        got = paraphrased(original, table)
-        assert got is not None and got.messages[:-1] == original.messages[:-1]
-        assert got.messages[-1].content == table[original.messages[-1].content]
-        assert (got.label, got.group, got.kind, got.meta) == (
-            original.label,
-            original.group,
-            original.kind,
-            original.meta,
-        )
-        assert paraphrased(with_sincere_response(original), table) is None  # a prefixed copy is another text
-    assert paraphrased(_dialogue(1), table) is None
-    assert paraphrased(Dialogue([Message("user", "hi")], 1), table) is None
 
 
 @pytest.mark.parametrize(
