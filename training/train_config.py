@@ -153,6 +153,8 @@ def check_config(config: TrainConfig, n_layers: int, model_id: str) -> list[int]
         raise TrainingError(f"--hard-negative-fpr must be in [0, 1), got {config.hard_negative_fpr}")
     if not config.fpr <= config.band_control_fpr < 1.0:
         raise TrainingError(f"--band-control-fpr must be in [--fpr, 1), got {config.band_control_fpr}")
+    if config.heldout_Cs is not None and not all(0.0 < float(c) < float("inf") for c in config.heldout_Cs):
+        raise TrainingError(f"--c-grid values must be positive finite numbers, got {list(config.heldout_Cs)}")
     if not config.selection_margin >= 0.0:
         raise TrainingError(f"--selection-margin must be >= 0 (inf: no guard), got {config.selection_margin}")
     unknown = unknown_augmentations(config.augment or ())

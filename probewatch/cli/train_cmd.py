@@ -9,6 +9,7 @@ model whose fingerprint differs from the bundle's.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -28,6 +29,8 @@ METHODS = ("logistic", "mean_diff", "lat", "contrast", "attention")
 AGGREGATIONS = ("mean", "max", "last", "ema", "rolling_mean_max", "softmax", "max_norm", "rolling_mean_max_norm")
 # = probewatch.training.report_sources.VAL_MARGIN, the held-out-source choice's guard (a test holds them equal)
 SELECTION_MARGIN = 0.10
+# = probewatch.training.train_config.HELDOUT_CS, the C values the held-out-kind sweep tries (a test holds them equal)
+C_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
 def _optional_rate(value: str) -> float | None:
@@ -40,6 +43,19 @@ def _optional_rate(value: str) -> float | None:
     if not 0.0 <= rate < 1.0:
         raise argparse.ArgumentTypeError(f"expected a rate in [0, 1) or 'none', got {value!r}")
     return rate
+
+
+def _c_grid(value: str) -> tuple[float, ...]:
+    """'1e-3,0.01,0.1,1' -> (0.001, 0.01, 0.1, 1.0); every value a positive finite number."""
+    try:
+        grid = tuple(float(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers such as 1e-3,0.01,0.1, got {value!r}"
+        ) from None
+    if not grid or not all(math.isfinite(c) and c > 0 for c in grid):
+        raise argparse.ArgumentTypeError(f"C values must be positive finite numbers, got {value!r}")
+    return tuple(sorted(set(grid)))
 
 
 def _name_list(choices: tuple[str, ...]):
@@ -214,6 +230,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         f"the best candidate's: a few held-out sources are a noisy judge (default {SELECTION_MARGIN}; inf: no guard)",
     )
     parser.add_argument(
+        "--c-grid",
+        type=_c_grid,
+        default=C_GRID,
+        metavar="C[,C]",
+        help="inverse regularisation strengths the held-out-kind sweep tries for logistic and contrast probes "
+        f"(default {','.join(f'{c:g}' for c in C_GRID)}; the report records the grid, so a replay uses it)",
+    )
+    parser.add_argument(
         "--no-select-by-source",
         dest="select_by_source",
         action="store_false",
@@ -301,6 +325,7 @@ def config_from_args(args: argparse.Namespace):
         multi_layer=args.multi_layer,
         nested_top_k=args.nested_top_k,
         selection_margin=args.selection_margin,
+        heldout_Cs=args.c_grid,
         augment=args.augment,
         select_by_source=args.select_by_source,
         window=args.window,

@@ -551,6 +551,46 @@ def test_selection_margin_flag_reaches_the_fold_settings_and_the_rule_text():
         check_config(negative, 4, "tiny")
 
 
+def test_c_grid_flag_sets_the_sweep_grid_the_report_records_it_and_bad_grids_are_refused(
+    trained, tiny_folder, tmp_path, monkeypatch, capsys
+):
+    """`--c-grid` replaces the C values the held-out-kind sweep tries (default: the trainer's, held equal here);
+    the report records the grid (so `bench selection` replays with it) and every swept C is from it; a
+    grid with a non-positive or non-numeric value is refused by the parser with the flag's name."""
+    import argparse
+
+    from probewatch.cli.train_cmd import C_GRID, add_train_arguments, config_from_args
+    from probewatch.training.train_config import HELDOUT_CS, TrainConfig, TrainingError, check_config
+
+    assert C_GRID == HELDOUT_CS
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    assert tuple(config_from_args(parser.parse_args(["--behaviour", "deception"])).heldout_Cs) == HELDOUT_CS
+    parsed = parser.parse_args(["--behaviour", "deception", "--c-grid", "1,0.1,0.1"])
+    assert tuple(config_from_args(parsed).heldout_Cs) == (0.1, 1.0)  # sorted, duplicates dropped
+    for bad in ("0,0.1", "-1", "0.1,abc", "inf", ","):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["--behaviour", "deception", "--c-grid", bad])
+        assert "--c-grid" in capsys.readouterr().err
+
+    with pytest.raises(TrainingError, match="--c-grid values must be positive"):
+        check_config(TrainConfig(behaviour="deception", heldout_Cs=(0.1, 0.0)), 4, "tiny")  # the Python API too
+
+    default_report = json.loads((trained[0] / "report.json").read_text())
+    assert default_report["config"]["heldout_Cs"] == list(HELDOUT_CS)
+    _, data, control = trained
+    monkeypatch.setenv("PROBEWATCH_HOME", str(tmp_path / "home"))
+    out = tmp_path / "grid"
+    args = ["train", "--behaviour", "deception", "--model", str(tiny_folder), "--data", str(data)]
+    args += ["--control", str(control), "--out", str(out), "--method", "logistic", "--layers", "1,3"]
+    args += ["--c-grid", "0.5,2", "--multi-layer", "0", "--nested-top-k", "0", "--no-plots", "--quiet", "--json"]
+    assert main(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["selection"]["basis"] == "heldout_kind" and report["config"]["heldout_Cs"] == [0.5, 2.0]
+    swept = {row["C"] for row in report["sweep"]}
+    assert swept and swept <= {0.5, 2.0} and report["selection"]["chosen"]["C"] in (0.5, 2.0)
+
+
 def test_summary_names_every_layer_a_multi_layer_bundle_reads(capsys):
     """The train summary of a concatenated probe lists its layers, as the bundle's manifest does."""
     from probewatch.bundle_index import shipped_root
