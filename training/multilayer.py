@@ -16,7 +16,10 @@ same held-out-source rule prefers the concat (`multilayer_sources`); otherwise t
 measurement and nothing changes. Shipping refits the concat probe through the same final stage as
 a single layer: `MultiLayerActivations` hands stage 5 and 6 the layers' rows side by side, so the
 Platt fold, operating point, calibration reference, plots and live-path parity check all apply.
-`ensemble` stays a measurement (its per-layer rescaling is not one linear probe).
+`ensemble` stays a measurement. It is linear in the joined layers too (mean over l of (w_l . h_l + b_l) / s_l), so
+it could ship through the same path, but in the shipped runs (docs/quality/*/report.json `multi_layer`) it scored
+below the concat on held-out kinds on four of five pools and 0.001 above it on refusal (0.992 vs 0.991), short of
+any margin that would justify a second export.
 
 Which layers: a forward search (`forward_layers`) from the chosen single layer adds, one at a time,
 the layer whose concat scores best on held-out kinds (other-source rows included, as the sweep
