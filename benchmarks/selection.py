@@ -69,7 +69,15 @@ def report_paths(args: argparse.Namespace, published: Path = PUBLISHED) -> list[
         named = []
     else:
         named = [p for p in sorted(published.glob(f"*/{REPORT}")) if _has_choice(p)]
-    return [*named, *args.report]
+    paths = [*named, *args.report]
+    without = [str(p) for p in paths if not _has_choice(p)]
+    if without:  # replaying nothing would print "same": a check that cannot fail
+        raise SystemExit(
+            f"probewatch bench selection: {', '.join(without)} records no held-out-source choice (a pool of one "
+            "data source chooses by held-out kind in the sweep itself): nothing to replay; `probewatch bench "
+            "quality --probes <id>` reruns that choice"
+        )
+    return paths
 
 
 def _has_choice(path: Path) -> bool:

@@ -187,6 +187,14 @@ def test_replay_reproduces_the_recorded_choice_and_the_bench_flags_a_changed_one
         code = selection.main(args)
         return code, json.loads((tmp_path / "out.json").read_text())
 
+    one_source = json.loads(json.dumps(raw))
+    one_source["sources"] = {}  # as a pool of one data source records it
+    paths["one_source"] = tmp_path / "one_source.json"
+    paths["one_source"].write_text(json.dumps(one_source))
+    refused = parser.parse_args(["--model", str(tiny_folder), "--report", str(paths["one_source"])])
+    with pytest.raises(SystemExit, match="one_source.json records no held-out-source choice"):
+        selection.report_paths(refused)  # never a "same" for a report there was nothing to replay of
+
     code, out = bench("same")
     assert code == 0 and out["changed"] == [] and out["replays"][0]["now"] == recorded["chosen"]["config"]
     code, out = bench("same", "altered")
