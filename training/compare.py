@@ -12,6 +12,10 @@ Given this run's scores on the same sets, each set also gets the change "this ru
 stratified bootstrap interval (`paired_auroc_delta`): out-of-distribution sets can be small (refusal_val
 holds 39 harmful requests, where 0.001 AUROC is six of 6,240 pairs), so a difference in the fourth place
 is reported with the interval that says whether it is one.
+
+A bundle whose own run chose it on an out-of-distribution set (report.json `selection.basis` "ood": the best of
+its sweep there) has a before on that set that is a maximum over its candidates, so it is optimistic;
+`selected_on` names those sets and the renderers say so beside the number.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class BundleComparison:
     test_same_split: bool | None = None
     # set ("test" or an out-of-distribution set) -> [this run − bundle, low, high]: AUROC change, 95% interval
     delta_ci: dict[str, list[float]] = field(default_factory=dict)
+    # out-of-distribution sets the bundle's own run chose it on: its AUROC there is a best-of-sweep, not a before
+    selected_on: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,18 +118,34 @@ def pool_signature(kinds: Mapping[str, Mapping[str, Any]], n_test: int) -> dict[
     return {"kinds": {str(k): [int(v["n"]), int(v["groups"])] for k, v in sorted(kinds.items())}, "test": int(n_test)}
 
 
-def _same_split(path: str | Path, this_pool: Mapping[str, Any] | None) -> bool | None:
-    """Whether the bundle's report describes this run's pool; None where either side is unknown."""
+def _their_report(path: str | Path) -> dict[str, Any] | None:
+    """The report.json a bundle folder carries, or None (none, unreadable, not an object)."""
     from probewatch.training.report import REPORT_FILENAME
 
     try:
         theirs = json.loads((Path(path) / REPORT_FILENAME).read_text())
     except (OSError, ValueError):
         return None
+    return theirs if isinstance(theirs, dict) else None
+
+
+def _same_split(theirs: Mapping[str, Any] | None, this_pool: Mapping[str, Any] | None) -> bool | None:
+    """Whether the bundle's report describes this run's pool; None where either side is unknown."""
+    if theirs is None or this_pool is None:
+        return None
     kinds, n_test = (theirs.get("data") or {}).get("kinds"), (theirs.get("splits") or {}).get("test")
-    if this_pool is None or not kinds or n_test is None:
+    if not kinds or n_test is None:
         return None
     return pool_signature(kinds, n_test) == this_pool
+
+
+def selected_on(theirs: Mapping[str, Any] | None) -> list[str]:
+    """The out-of-distribution sets a bundle's run chose it on (report `selection.basis` "ood": the chosen
+    configuration's sets); none for any other basis or without a report."""
+    selection = (theirs or {}).get("selection") or {}
+    if selection.get("basis") != "ood":
+        return []
+    return sorted((selection.get("chosen") or {}).get("ood_auroc") or {})
 
 
 def compare_bundle(
@@ -174,7 +196,9 @@ def compare_bundle(
     s = scores(pool_data)
     test = pool.test_idx
     out.test_auroc = _auroc(s[test], pool.labels[test])
-    out.test_same_split = _same_split(path, this_pool)
+    theirs = _their_report(path)
+    out.test_same_split = _same_split(theirs, this_pool)
+    out.selected_on = selected_on(theirs)
     if out.test_same_split:  # another pool's bundle may have trained on these rows: no paired change
         changed(TEST_SET, s[test], pool.labels[test])
     for kind in sorted(set(pool.kinds[test].tolist())):

@@ -112,7 +112,11 @@ def same_data_change(report: TrainReport) -> list[tuple[str, str, str]]:
             continue
         now = {TEST_SET: _get(this, "metrics", "auroc"), **(_get(this, "metrics", "auroc_ood") or {})}
         sets = befores(c)
-        cells = {k: f"{_arrow(_num(v, 4), _num(now.get(k), 4))}{_interval(ci)}" for k, (v, ci) in sets.items()}
+        chosen_on = set(c.get("selected_on") or [])  # a before that is its run's best of sweep on that set
+        cells = {
+            k: f"{_arrow(_num(v, 4), _num(now.get(k), 4))}{_interval(ci)}" + (SELECTED_ON if k in chosen_on else "")
+            for k, (v, ci) in sets.items()
+        }
         ood = ", ".join(f"{k} {cell}" for k, cell in cells.items() if k != TEST_SET)
         test = cells.get(TEST_SET) or (
             f"{_num(now[TEST_SET], 4)} (the replaced bundle's {_num(c.get('test_auroc'), 4)} is no before: "
@@ -120,6 +124,10 @@ def same_data_change(report: TrainReport) -> list[tuple[str, str, str]]:
         )
         rows.append((name, test, ood or "—"))
     return rows
+
+
+#: beside a before the replaced bundle's own run chose it on (compare.py `selected_on`)
+SELECTED_ON = " (the replaced bundle was chosen on this set: its number is the best of its sweep there)"
 
 
 def _interval(ci: Any) -> str:

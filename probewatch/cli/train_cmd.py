@@ -441,8 +441,11 @@ def print_summary(s: dict) -> None:
         sets = befores(c)
         if TEST_SET not in sets:  # its training rows may be in this run's test split
             print(f"compared   {name}: trained on another pool, so its test AUROC here is no before (OOD sets only)")
+        chosen_on = set(c.get("selected_on") or [])
         parts = [
-            f"{k} {f(b)} -> {f(now.get(k))}" + (f" ({ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}])" if ci else "")
+            f"{k} {f(b)} -> {f(now.get(k))}"
+            + (f" ({ci[0]:+.3f} [{ci[1]:+.3f}, {ci[2]:+.3f}])" if ci else "")
+            + (" (it was chosen on this set)" if k in chosen_on else "")
             for k, (b, ci) in sets.items()
         ]
         print(f"compared   {name}: " + "   ".join(parts))

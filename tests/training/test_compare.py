@@ -106,3 +106,48 @@ def test_which_sets_are_a_before_is_one_rule_for_every_renderer():
     unknown = {"test_auroc": 0.9, "ood_auroc": {}}  # a report written before the pool signature existed
     assert befores(unknown) == {"test": (0.9, None)}
     assert befores({**same, "skipped": "cannot load: corrupt"}) == {}
+
+
+def test_a_before_the_replaced_bundles_run_chose_it_on_is_marked(tiny_loaded, tmp_path, capsys):
+    """A bundle whose run chose it on an out-of-distribution set (its report's selection basis "ood", as the
+    refusal bundle of 2026-12-01 was chosen on refusal_val) gets `selected_on` for those sets, and the doc table
+    and the train summary say its number there is a best of its sweep; a bundle chosen otherwise gets none."""
+    import json
+
+    from probewatch.cli.train_cmd import print_summary, summarize
+    from probewatch.data.dialogue import write_dialogues
+    from probewatch.training.compare import selected_on
+    from probewatch.training.quality_changes import SELECTED_ON, same_data_change
+    from probewatch.training.report import REPORT_FILENAME, TrainReport
+    from tests.training.helpers import synthetic_dialogues
+
+    data, control = write_synthetic(tmp_path, n_groups=24)
+    ood = tmp_path / "held_val.jsonl"  # an out-of-distribution set, named by its file's stem
+    write_dialogues(ood, synthetic_dialogues(n_groups=12, kinds=("kz",), seed=5))
+    first = train(_config(tmp_path, data, control, "a", [1], ood_files=[ood]), loaded=tiny_loaded)
+    report_path = first.bundle_path / REPORT_FILENAME
+    theirs = json.loads(report_path.read_text())
+    ood_sets = sorted(theirs["metrics"]["auroc_ood"])
+    assert ood_sets == ["held_val"] and theirs["selection"]["basis"] == "heldout_kind" and selected_on(theirs) == []
+    theirs["selection"]["basis"] = "ood"  # as a run without kinds chooses: best of its sweep on the OOD sets
+    theirs["selection"]["chosen"]["ood_auroc"] = dict.fromkeys(ood_sets[:1], 0.9)
+    report_path.write_text(json.dumps(theirs))
+    assert selected_on(theirs) == ood_sets[:1] and selected_on(None) == [] and selected_on({}) == []
+
+    run = train(
+        _config(tmp_path, data, control, "b", [1], ood_files=[ood], compare_with=[first.bundle_path]),
+        loaded=tiny_loaded,
+    )
+    [cmp] = run.report.compared
+    assert cmp["selected_on"] == ood_sets[:1]
+    [(_, _, ood_cells)] = same_data_change(TrainReport.from_json(run.report.to_json()))
+    assert ood_cells.startswith("held_val ") and ood_cells.endswith(SELECTED_ON)  # the one set, marked
+    print_summary(summarize(json.loads((run.bundle_path / REPORT_FILENAME).read_text())))
+    assert f"{ood_sets[0]} " in (out := capsys.readouterr().out) and "(it was chosen on this set)" in out
+
+    report_path.unlink()  # no report: nothing known, nothing marked
+    again = train(
+        _config(tmp_path, data, control, "c", [1], ood_files=[ood], compare_with=[first.bundle_path]),
+        loaded=tiny_loaded,
+    )
+    assert again.report.compared[0]["selected_on"] == []
