@@ -118,7 +118,7 @@ def pool_signature(kinds: Mapping[str, Mapping[str, Any]], n_test: int) -> dict[
     return {"kinds": {str(k): [int(v["n"]), int(v["groups"])] for k, v in sorted(kinds.items())}, "test": int(n_test)}
 
 
-def _their_report(path: str | Path) -> dict[str, Any] | None:
+def bundle_report(path: str | Path) -> dict[str, Any] | None:
     """The report.json a bundle folder carries, or None (none, unreadable, not an object)."""
     from probewatch.training.report import REPORT_FILENAME
 
@@ -196,7 +196,7 @@ def compare_bundle(
     s = scores(pool_data)
     test = pool.test_idx
     out.test_auroc = _auroc(s[test], pool.labels[test])
-    theirs = _their_report(path)
+    theirs = bundle_report(path)
     out.test_same_split = _same_split(theirs, this_pool)
     out.selected_on = selected_on(theirs)
     if out.test_same_split:  # another pool's bundle may have trained on these rows: no paired change

@@ -179,6 +179,7 @@ def _eval(args: argparse.Namespace) -> int:
             "fpr_at_bundle_threshold": (sum(s >= t for s in neg) / len(neg)) if neg else None,
         }
     )
+    result["chosen_on"] = _chosen_on(bundle)
     if before is not None:
         before_scores = _scores(loaded, before, dialogues, args)
         result["compare_with"] = _paired_change(before, before_scores, scores, labels)
@@ -199,6 +200,15 @@ def _eval(args: argparse.Namespace) -> int:
             f"at the bundle's threshold {t:.3f}: recall {f(result['recall_at_bundle_threshold'])}, "
             f"FPR on negatives {f(result['fpr_at_bundle_threshold'])}"
         )
+        chosen = [(bundle.id, result["chosen_on"])]
+        if before is not None:
+            chosen.append((f"{before.id} (--compare-with)", result["compare_with"]["chosen_on"]))
+        for name, sets in chosen:
+            if sets:
+                print(
+                    f"note: {name} was chosen by its run on {', '.join(sets)} (the best of its sweep there): "
+                    "its AUROC on that data is optimistic"
+                )
         if before is not None:
             c = result["compare_with"]
             print(
@@ -240,7 +250,16 @@ def _paired_change(before, before_scores: list[float], scores: list[float], labe
         "ci_high": high,
         "ci_level": CI_LEVEL,
         "draws": BOOTSTRAP_DRAWS,
+        "chosen_on": _chosen_on(before),
     }
+
+
+def _chosen_on(bundle) -> list[str]:
+    """The out-of-distribution sets the bundle's own run chose it on (its report's selection basis "ood"): its
+    AUROC on one of them is the best of that run's sweep, not an unseen-data figure."""
+    from probewatch.training.compare import bundle_report, selected_on
+
+    return selected_on(bundle_report(bundle.path))
 
 
 #: characters of a dialogue's last message shown beside a misranked item

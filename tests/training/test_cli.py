@@ -176,6 +176,15 @@ def test_eval_compare_with_reports_the_paired_change_and_its_interval(
     assert json.loads(out.strip().splitlines()[-1])["compare_with"]["misranked"] == {"before": [], "after": []}
     code, out, _ = _run([*base, "--compare-with", str(tmp_path / "reversed")], capsys)
     assert f"of {pairs} pairs ordered wrongly, most by:" in out and f"#{worst['index']} " in out
+    assert result["chosen_on"] == [] and rev["chosen_on"] == [] and "was chosen by its run on" not in out
+    # a bundle its run chose on an out-of-distribution set (as the 2026-12-01 refusal bundle on refusal_val)
+    report = json.loads((bundle_dir / "report.json").read_text())
+    report["selection"] = {"basis": "ood", "chosen": {**report["selection"]["chosen"], "ood_auroc": {"held_val": 1.0}}}
+    (tmp_path / "reversed" / "report.json").write_text(json.dumps(report))
+    code, out, _ = _run([*base, "--compare-with", str(tmp_path / "reversed"), "--json"], capsys)
+    assert json.loads(out.strip().splitlines()[-1])["compare_with"]["chosen_on"] == ["held_val"]
+    code, out, _ = _run([*base, "--compare-with", str(tmp_path / "reversed")], capsys)
+    assert f"note: {rev['probe_id']} (--compare-with) was chosen by its run on held_val (the best of its sweep" in out
 
 
 def test_eval_compare_with_refuses_one_class_data_and_a_missing_bundle(trained, tiny_folder, tmp_path, capsys):
