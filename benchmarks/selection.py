@@ -67,8 +67,8 @@ def report_paths(args: argparse.Namespace, published: Path = PUBLISHED) -> list[
             raise SystemExit(f"probewatch bench selection: no published report {', '.join(missing)}")
     elif args.report:
         named = []
-    else:
-        named = [p for p in sorted(published.glob(f"*/{REPORT}")) if _has_choice(p)]
+    else:  # every published report with a choice: nothing left to refuse
+        return [p for p in sorted(published.glob(f"*/{REPORT}")) if _has_choice(p)]
     paths = [*named, *args.report]
     without = [str(p) for p in paths if not _has_choice(p)]
     if without:  # replaying nothing would print "same": a check that cannot fail

@@ -40,12 +40,11 @@ def misordered_pairs(scores: Scores, labels: Labels) -> np.ndarray:
     the largest counts are the ones an AUROC change is made of (`probewatch eval --compare-with`)."""
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
-    pos, neg = np.sort(s[y == 1]), np.sort(s[y == 0])  # by sorting: no n_pos x n_neg matrix on a large set
+    p, n = s[y == 1], s[y == 0]
+    pos, neg = np.sort(p), np.sort(n)  # by sorting: no n_pos x n_neg matrix on a large set
     out = np.zeros(len(s))
-    p = s[y == 1]
     lo, hi = np.searchsorted(neg, p, "left"), np.searchsorted(neg, p, "right")
     out[y == 1] = (len(neg) - hi) + 0.5 * (hi - lo)  # negatives above, ties half
-    n = s[y == 0]
     lo, hi = np.searchsorted(pos, n, "left"), np.searchsorted(pos, n, "right")
     out[y == 0] = lo + 0.5 * (hi - lo)  # positives below, ties half
     return out

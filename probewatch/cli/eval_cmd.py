@@ -287,7 +287,7 @@ def _misranked(counts, scores: list[float], labels: list[int], dialogues, top: i
     label, pairs, score and the start of the last message (the request for a prompt reader, the answer otherwise)."""
     import numpy as np
 
-    order = sorted((i for i in np.flatnonzero(counts > 0)), key=lambda i: (-counts[i], i))[: max(top, 0)]
+    order = sorted(np.flatnonzero(counts > 0), key=lambda i: (-counts[i], i))[: max(top, 0)]
     return [
         {
             "index": int(i),
