@@ -8,8 +8,10 @@ would have chosen without it, and whether the multi-layer probe would still ship
 the single-layer choice on the held-out-source folds, training/multilayer_sources.py); `--nested` also
 reruns the nested estimate. `--check` exits 1 when a choice changed: run it after touching the
 selection code, before the next `make bench-quality`. `--record` writes the replayed multi-layer check into a
-report whose run predates it (the replay must agree with the run; training/replay.py `record_concat_check`), for
-`probewatch bench quality --render-only` to show in docs/quality.md.
+report whose run predates it (the replay must agree with the run; training/replay.py `record_concat_check`), and
+with `--nested` the nested estimate's multi-layer step (training/nested_multilayer.py; `record_nested_step`: the
+replayed estimate must also be the report's own), for `probewatch bench quality --render-only` to show in
+docs/quality.md.
 Reads the activation cache of the run that wrote the report (minutes each when cached).
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +54,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--record",
         action="store_true",
-        help="write the replayed multi-layer check on held-out sources into each replayed report that lacks one "
-        "(refused where today's choice differs from the run's)",
+        help="write the replayed multi-layer check on held-out sources (with --nested: and the nested estimate's "
+        "multi-layer step) into each replayed report that lacks it (refused where today's choice differs from the run's)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report; default {DEFAULT_OUT}")
 
@@ -88,7 +91,7 @@ def _has_choice(path: Path) -> bool:
 def _config_line(score: Any) -> str:
     from probewatch.training.quality_sources import config_text
 
-    return "—" if score is None else f"{config_text(score.config)} (mean {score.mean:.3f}, worst {score.worst:.3f})"
+    return "—" if score is None else f"{config_text(score.config)} (mean {_num(score.mean)}, worst {_num(score.worst)})"
 
 
 def summary(replay: Any) -> dict[str, Any]:
@@ -126,6 +129,8 @@ def summary(replay: Any) -> dict[str, Any]:
                 for name, o in n.outer.items()
             },
         }
+        if n.multi_layer is not None:
+            out["nested"]["multi_layer"] = asdict(n.multi_layer)
     return out
 
 
@@ -159,7 +164,31 @@ def lines_of(replay: Any) -> list[str]:
             )
             auroc = "n/a" if o.auroc is None else f"{o.auroc:.3f}"
             lines.append(f"    held out {name}: {auroc} with {_config_line(o.selection.chosen)}{guard}")
+        if n.multi_layer is not None:
+            lines.extend(_step_lines(n.multi_layer))
     return lines
+
+
+def _step_lines(step: Any) -> list[str]:
+    """The nested estimate's multi-layer step (training/nested_multilayer.py), one line per held-out source."""
+    layers = "+".join(str(x) for x in step.layers)
+    lines = [
+        f"  nested with the multi-layer step (L{layers}): mean {_num(step.mean)}, change {_num(step.change, '+.3f')}"
+    ]
+    for name, o in step.outer.items():
+        if not o.kind_gate:
+            verdict = "single layer (kind gate)"
+        elif o.concat is None:
+            verdict = "concat (kind gate; no inner fold to judge)" if o.ships else "single layer"
+        else:
+            verdict = f"{'concat' if o.ships else 'single layer'} (inner folds: concat {_config_line(o.concat)}"
+            verdict += f" vs single {_config_line(o.single)})"
+        lines.append(f"    held out {name}: {_num(o.auroc)} with {verdict}")
+    return lines
+
+
+def _num(x: float | None, spec: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, spec)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -167,7 +196,7 @@ def main(args: argparse.Namespace) -> int:
 
     from probewatch.jsonio import write_json_atomic
     from probewatch.models import load_model
-    from probewatch.training.replay import record_concat_check, replay_selection
+    from probewatch.training.replay import record_concat_check, record_nested_step, replay_selection
 
     paths = report_paths(args)
     if not paths:
@@ -180,15 +209,22 @@ def main(args: argparse.Namespace) -> int:
         results.append({"report": str(path), **summary(replay)})
         lines.extend(lines_of(replay))
         if args.record:
-            try:
-                recorded = record_concat_check(raw, replay, command_line("selection"))
-            except ValueError as exc:  # the replay disagrees with the run: the other reports still get theirs
-                refused.append(str(path))
-                lines.append(f"  not recorded: {exc}")
-                recorded = False
-            if recorded:
+            written = []
+            for key, what, record in (
+                ("check_recorded", "the multi-layer check", record_concat_check),
+                ("nested_step_recorded", "the nested estimate's multi-layer step", record_nested_step),
+            ):
+                try:
+                    recorded = record(raw, replay, command_line("selection"))
+                except ValueError as exc:  # the replay disagrees with the run: the other reports still get theirs
+                    refused.append(str(path))
+                    lines.append(f"  not recorded: {exc}")
+                    recorded = False
+                results[-1][key] = recorded
+                if recorded:
+                    written.append(what)
+            if written:
                 write_json_atomic(path, raw, indent=2)  # as report.json is written: only the new keys differ
-                lines.append(f"  recorded the multi-layer check in {path}")
-            results[-1]["check_recorded"] = recorded
+                lines.append(f"  recorded {' and '.join(written)} in {path}")
     code = finish_drift_check("selection", "replays", "choices", results, lines, args)
     return 1 if refused else code

@@ -43,7 +43,7 @@ from probewatch.training.nested import (
 from probewatch.training.report_sources import ConfigScore
 from probewatch.training.sweep import PoolArrays, SweepRow
 
-__all__ = ["REPLAYED_BY", "SourceCheck", "concat_on_sources", "fold_losses", "loss_text"]
+__all__ = ["REPLAYED_BY", "SourceCheck", "concat_on_sources", "fold_losses", "joined_layers", "loss_text"]
 
 #: report.json `multi_layer` key beside `heldout_source` where the check was replayed after the run that wrote
 #: the report (`probewatch bench selection --record`, training/replay.py): the command that added it
@@ -79,17 +79,10 @@ def concat_on_sources(
     if basis != "heldout_source" or len(folds) < 2:
         return None
     layers = [int(x) for x in multi["layers"]]
-    joined: list[tuple[LayerData, LayerData]] = []
-
-    def concat_data(_layer: int) -> tuple[LayerData, LayerData]:
-        if not joined:  # one layer at a time, as the activations cache holds them
-            parts = [layer_data(layer) for layer in layers]
-            joined.append((concat_layer_data([d for d, _ in parts]), concat_layer_data([c for _, c in parts])))
-        return joined[0]
-
     row = concat_row(multi, chosen)
     single_fits = FoldScorer(pool, layer_data, settings)
-    concat_fits = FoldScorer(pool, concat_data, settings)  # its own memo: the row's layer key names the joined data
+    # its own memo: the row's layer key names the joined data
+    concat_fits = FoldScorer(pool, joined_layers(layer_data, layers), settings)
     single_fits.run((chosen, fold.held) for fold in folds)
     concat_fits.run((row, fold.held) for fold in folds)
     single = config_score(chosen, folds, single_fits, control_cal)
@@ -100,6 +93,20 @@ def concat_on_sources(
     losses = fold_losses(folds, single, concat, single_fits, concat_fits, chosen, row, pool.labels, control_cal)
     chosen_index, _ = pick([(chosen, single), (row, concat)], margin=math.inf)  # the guard judged both already
     return SourceCheck(single, concat, chosen_index == 1, losses)
+
+
+def joined_layers(layer_data: LayerFn, layers: list[int]) -> LayerFn:
+    """A `LayerFn` whose every call gives `layers` side by side (pool, control), joined once on first use: one
+    layer at a time comes from the activations cache, as it holds them."""
+    joined: list[tuple[LayerData, LayerData]] = []
+
+    def concat_data(_layer: int) -> tuple[LayerData, LayerData]:
+        if not joined:
+            parts = [layer_data(layer) for layer in layers]
+            joined.append((concat_layer_data([d for d, _ in parts]), concat_layer_data([c for _, c in parts])))
+        return joined[0]
+
+    return concat_data
 
 
 def fold_losses(

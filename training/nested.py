@@ -307,7 +307,8 @@ def pick(
     return max(near, key=by_mean), max(valid, key=by_mean)
 
 
-def _kind_sources(pool: PoolArrays) -> dict[str, set[str]]:
+def kind_sources(pool: PoolArrays) -> dict[str, set[str]]:
+    """Each kind's sources (a kind composed from every source, such as the long transcripts, has several)."""
     out: dict[str, set[str]] = {}
     for kind, src in zip(pool.kinds.tolist(), _sources(pool).tolist()):
         out.setdefault(str(kind), set()).add(str(src))
@@ -318,12 +319,12 @@ def prescreen(rows: Sequence[SweepRow], pool: PoolArrays, outer: str | None, k: 
     """The top-k rows by the sweep's held-out-kind AUROCs of the kinds outside `outer`, averaged per
     source: alternately the best by worst source and by mean (validation AUROC where no kind was held out),
     then up to k/2 more: the best row by mean of each method the top k lack."""
-    kind_sources = _kind_sources(pool)
+    sources_of = kind_sources(pool)
 
     def proxy(row: SweepRow) -> tuple[float, float]:
         per_source: dict[str, list[float]] = {}
         for kind, v in row.heldout_per_kind.items():
-            srcs = kind_sources.get(kind, {kind})
+            srcs = sources_of.get(kind, {kind})
             if outer not in srcs and v is not None:
                 per_source.setdefault(min(srcs), []).append(v)
         if not per_source:

@@ -11,7 +11,13 @@ from typing import Any
 from probewatch.training.calibration import MAX_FLAGGED_NEGATIVES, MIN_RECALL
 from probewatch.training.estimators import C_METHODS
 from probewatch.training.report import TrainReport
-from probewatch.training.report_sources import HeldOutThreshold, OuterSource, SourceSelection, SourcesReport
+from probewatch.training.report_sources import (
+    HeldOutThreshold,
+    OuterMultiLayer,
+    OuterSource,
+    SourceSelection,
+    SourcesReport,
+)
 
 #: how docs/quality.md names a token selection
 SELECTION_NAMES = {"all": "prompt + response", "answer": "answer (the option a letter names, else the response)"}
@@ -92,6 +98,53 @@ def _outer_row(name: str, o: OuterSource) -> dict[str, Any]:
     }
 
 
+def step_rows(r: TrainReport, s: SourcesReport) -> list[dict[str, Any]]:
+    """The nested estimate's multi-layer step (training/nested_multilayer.py): one row per held-out source,
+    then the summary row (empty where the report has no step)."""
+    nested = s.nested
+    step = nested.multi_layer if nested is not None else None
+    if nested is None or step is None:
+        return []
+    rows = [_step_row(name, o) for name, o in step.outer.items()]
+    multi = r.multi_layer or {}
+    shipped = bool(multi.get("shipped"))
+    # what the shipped probe was selected on: the concat's held-out-source mean where the concat shipped
+    check = multi.get("heldout_source") or {}
+    selected_on = (check.get("concat") or {}).get("mean") if shipped else nested.selected_on
+    gap = None if selected_on is None or step.mean is None else selected_on - step.mean
+    replayed = f" (added by `{step.replayed_by}`)" if step.replayed_by else ""
+    rows.append(
+        {
+            "source": f"**mean over sources** (worst: {step.worst_source or 'n/a'} {_f(step.worst)})",
+            "single": _f(nested.mean),
+            "kind_gate": "—",
+            "inner": "—",
+            "ships": f"shipped: {'layers ' + '+'.join(str(x) for x in step.layers) if shipped else 'one layer'}",
+            "auroc": f"**{_f(step.mean)}** (change {_signed(step.change)}; selected on {_f(selected_on)}: "
+            f"optimism gap {_signed(gap)}){replayed}",
+        }
+    )
+    return rows
+
+
+def _step_row(name: str, o: OuterMultiLayer) -> dict[str, Any]:
+    inner = "—"
+    if o.concat is not None and o.single is not None:
+        inner = f"{_f(o.concat.mean)} / {_f(o.concat.worst)} vs {_f(o.single.mean)} / {_f(o.single.worst)}"
+    return {
+        "source": name,
+        "single": _f(o.single_auroc),
+        "kind_gate": "holds" if o.kind_gate else "fails",
+        "inner": inner,
+        "ships": "concat" if o.ships else "one layer",
+        "auroc": _f(o.auroc),
+    }
+
+
+def _signed(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:+.3f}"
+
+
 def threshold_rows(s: SourcesReport) -> list[dict[str, Any]]:
     """Per source: the shipped probe at the shipped threshold (test split), and held out (nested fold)."""
     outer = s.nested.outer if s.nested is not None else {}
@@ -138,7 +191,8 @@ SOURCE_HELPERS: dict[str, Any] = {
     "guard_text": guard_text,
     "with_sources": with_sources,
     "nested_rows": nested_rows,
+    "step_rows": step_rows,
     "threshold_rows": threshold_rows,
     "source_basis_text": lambda basis: BASIS_TEXT.get(basis, basis),
-    "signed": lambda x: "n/a" if x is None else f"{x:+.3f}",
+    "signed": _signed,
 }

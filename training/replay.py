@@ -15,11 +15,12 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from probewatch.training.multilayer import concat_decision
 from probewatch.training.multilayer_sources import REPLAYED_BY, SourceCheck, concat_on_sources
 from probewatch.training.nested import FoldScorer, config_of, nested_estimate, select_by_source
+from probewatch.training.nested_multilayer import multilayer_step
 from probewatch.training.report_sources import ConfigScore, NestedEstimate, SourceSelection
 from probewatch.training.stage_activations import extract, make_splits
 from probewatch.training.stage_data import prepare_data
@@ -27,7 +28,14 @@ from probewatch.training.stage_sources import pool_and_control, settings_of
 from probewatch.training.sweep import SweepRow
 from probewatch.training.train_config import TrainConfig, check_config
 
-__all__ = ["Replay", "replay_selection", "record_concat_check", "config_from_report", "require_model"]
+__all__ = [
+    "Replay",
+    "replay_selection",
+    "record_concat_check",
+    "record_nested_step",
+    "config_from_report",
+    "require_model",
+]
 
 
 @dataclass
@@ -119,6 +127,17 @@ def replay_selection(
             None,
             scorer,
         )
+        if estimate is not None:
+            estimate.multi_layer = multilayer_step(
+                report.get("multi_layer"),
+                rows,
+                estimate,
+                splits.pool,
+                layer_data,
+                splits.control_cal,
+                splits.control_held,
+                settings,
+            )
     replay = Replay(report["probe_id"], None if recorded is None else ConfigScore(**recorded), now, estimate)
     multi = report.get("multi_layer")
     if multi and now is not None:
@@ -144,12 +163,39 @@ def record_concat_check(report: dict[str, Any], replay: Replay, by: str) -> bool
     multi = report.get("multi_layer")
     if not multi or replay.concat_check is None or "heldout_source" in multi:
         return False
-    if replay.changed:
-        raise ValueError(
-            f"report {replay.probe_id!r}: today's selection code chooses differently from the run "
-            "(see `probewatch bench selection`), so its check would not describe the shipped probe; "
-            "regenerate it with `probewatch bench quality` instead of recording"
-        )
+    _require_agreement(replay, "check")
     multi["heldout_source"] = replay.concat_check.to_json()
     multi[REPLAYED_BY] = by
     return True
+
+
+def record_nested_step(report: dict[str, Any], replay: Replay, by: str) -> bool:
+    """Write the replayed nested estimate's multi-layer step (`nested_multilayer.py`) into
+    `report["sources"]["nested"]["multi_layer"]` where the run that wrote the report predates it, naming `by`;
+    True where it wrote.
+
+    As `record_concat_check`: only a replay that chooses as the run did may fill the gap, and its single-layer
+    estimate must be the report's own (same mean to 1e-9: same folds, fits and choices), so the step extends
+    the published estimate rather than describing another one."""
+    nested = (report.get("sources") or {}).get("nested")
+    step = replay.nested.multi_layer if replay.nested is not None else None
+    if nested is None or step is None or nested.get("multi_layer") is not None:
+        return False
+    _require_agreement(replay, "nested step")
+    recorded, now = nested.get("mean"), cast(NestedEstimate, replay.nested).mean
+    if recorded is None or now is None or abs(recorded - now) > 1e-9:
+        raise ValueError(
+            f"report {replay.probe_id!r}: the replayed nested estimate ({now}) is not the run's ({recorded}), "
+            "so its multi-layer step would extend another estimate; regenerate it with `probewatch bench quality`"
+        )
+    nested["multi_layer"] = {**dataclasses.asdict(step), "replayed_by": by}
+    return True
+
+
+def _require_agreement(replay: Replay, what: str) -> None:
+    if replay.changed:
+        raise ValueError(
+            f"report {replay.probe_id!r}: today's selection code chooses differently from the run "
+            f"(see `probewatch bench selection`), so its {what} would not describe the shipped probe; "
+            "regenerate it with `probewatch bench quality` instead of recording"
+        )

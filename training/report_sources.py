@@ -140,6 +140,50 @@ class OuterSource:
 
 
 @dataclass
+class OuterMultiLayer:
+    """The multi-layer step for one held-out source, decided without it (training/nested_multilayer.py)."""
+
+    single_auroc: float | None  # the single-layer choice's AUROC on the source (`OuterSource.auroc`)
+    kind_gate: bool  # `multilayer.ship_concat` on the held-out kinds of the other sources
+    #: the single-layer choice and the concat on the inner folds (None: the kind gate kept the single layer,
+    #: or no inner fold could be scored and the kind gate decided alone)
+    single: ConfigScore | None
+    concat: ConfigScore | None
+    ships: bool
+    auroc: float | None  # the probe the procedure ships without the source, on it: the concat's where it ships
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> OuterMultiLayer:
+        return cls(
+            **{
+                **d,
+                "single": None if d["single"] is None else ConfigScore(**d["single"]),
+                "concat": None if d["concat"] is None else ConfigScore(**d["concat"]),
+            }
+        )
+
+
+@dataclass
+class NestedMultiLayer:
+    """The nested estimate with the multi-layer step: per outer source, whether the run's layer set would ship
+    without the source, and what the probe so chosen scores on it."""
+
+    layers: list[int]
+    outer: dict[str, OuterMultiLayer]
+    mean: float | None
+    worst: float | None
+    worst_source: str | None
+    change: float | None  # mean - the single-layer nested mean (`NestedEstimate.mean`)
+    #: the command that added it to a report written before the step existed (`probewatch bench selection
+    #: --nested --record`); None where the run computed it
+    replayed_by: str | None = None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> NestedMultiLayer:
+        return cls(**{**d, "outer": {k: OuterMultiLayer.from_json(v) for k, v in d["outer"].items()}})
+
+
+@dataclass
 class NestedEstimate:
     """Per outer source, the selection run on the other sources and scored on it; the summary numbers.
 
@@ -160,10 +204,20 @@ class NestedEstimate:
     # the lowest `transfer_rate` of the outer sources, below the hard-negative rate: the shipped threshold's
     # transfer limit (None: every source held, or a report written before it)
     transfer_fpr: float | None = None
+    #: the same estimate with the multi-layer step (None: the run compared no multi-layer probe, or a report
+    #: written before the step)
+    multi_layer: NestedMultiLayer | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> NestedEstimate:
-        return cls(**{**d, "outer": {k: OuterSource.from_json(v) for k, v in d["outer"].items()}})
+        multi = d.get("multi_layer")
+        return cls(
+            **{
+                **d,
+                "outer": {k: OuterSource.from_json(v) for k, v in d["outer"].items()},
+                "multi_layer": None if multi is None else NestedMultiLayer.from_json(multi),
+            }
+        )
 
 
 def omit_unset(d: dict[str, Any], keys: Iterable[str]) -> None:
@@ -180,12 +234,14 @@ SELECTION_LATER = ("n_eligible", "unguarded")
 
 def drop_unset(sources: dict[str, Any]) -> None:
     """`omit_unset` for the fields added after the first reports: the selection guard's (the shipped choice and
-    each outer source's) and the transfer fields of an `asdict`-written nested estimate."""
+    each outer source's), the transfer fields and the multi-layer step of an `asdict`-written nested estimate."""
     omit_unset(sources.get("selection") or {}, SELECTION_LATER)
     nested = sources.get("nested")
     if nested is None:
         return
-    omit_unset(nested, ("transfer_fpr",))
+    omit_unset(nested, ("transfer_fpr", "multi_layer"))
+    if nested.get("multi_layer") is not None:
+        omit_unset(nested["multi_layer"], ("replayed_by",))
     for outer in nested["outer"].values():
         omit_unset(outer.get("selection") or {}, SELECTION_LATER)
         omit_unset(outer.get("at_threshold") or {}, ("transfer_rate", "transfer"))

@@ -3,7 +3,8 @@
 Runs between the sweep and the final fit, on the cached activations and the sweep's rows
 (`training/nested.py` says how). With at least two evaluable sources and `select_by_source`, the
 shipped configuration becomes the held-out-source choice (basis `heldout_source`), so the nested
-estimate measures the procedure that chose the shipped probe. `nested_top_k` 0 skips the stage.
+estimate measures the procedure that chose the shipped probe, with the multi-layer step where the run
+compared a multi-layer probe (`nested_multilayer.py`). `nested_top_k` 0 skips the stage.
 After the final fit, `sources_report` adds the shipped probe's recall and flagged negatives per
 source at the shipped threshold.
 """
@@ -20,6 +21,7 @@ import numpy as np
 from probewatch.training.features import LayerData
 from probewatch.training.multilayer_sources import SourceCheck, concat_on_sources
 from probewatch.training.nested import FoldScorer, LayerFn, NestedSettings, nested_estimate, select_by_source
+from probewatch.training.nested_multilayer import multilayer_step
 from probewatch.training.report_sources import NestedEstimate, SourceSelection, SourcesReport
 from probewatch.training.sources import per_source_at_threshold, source_counts
 from probewatch.training.stage_activations import Activations, Splits
@@ -98,6 +100,10 @@ def run_sources(config: TrainConfig, acts: Activations, splits: Splits, sweep: S
         scorer,
     )
     if nested is not None:
+        # the shipped probe may join layers (stage 4's multi-layer step): that decision is estimated nested too
+        nested.multi_layer = multilayer_step(
+            sweep.multi_layer, sweep.rows, nested, pool, layer_data, splits.control_cal, splits.control_held, settings
+        )
         log.info(
             "held-out sources: nested AUROC mean %s, worst %s (%s); selected on %s (%s): optimism gap %s",
             nested.mean,

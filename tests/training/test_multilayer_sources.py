@@ -20,8 +20,8 @@ from tests.training.test_nested_sources import SOURCES, _pool, _row
 SETTINGS = NestedSettings(top_k=2, hard_negative_fpr=0.2)
 
 
-@pytest.fixture(scope="module")
-def three_layers():
+def three_layer_pool():
+    """(pool, layer -> (rows, control), control calibration rows) with layers 0, 1 and 2."""
     pool, layers, control = _pool()
     rng = np.random.default_rng(7)
     n = len(pool.labels)
@@ -30,6 +30,11 @@ def three_layers():
     rows = np.repeat(x2, 2, axis=0) + rng.normal(0, 0.05, (2 * n, 6)).astype(np.float32)
     layers[2] = LayerData(2, rows, np.arange(0, 2 * n + 1, 2), x2)
     return pool, (lambda layer: (layers[layer], control)), np.arange(0, 40, 2)
+
+
+@pytest.fixture(scope="module")
+def three_layers():
+    return three_layer_pool()
 
 
 def _single(row: SweepRow, pool: PoolArrays, layer_data, control_cal: np.ndarray) -> ConfigScore:

@@ -1,0 +1,214 @@
+"""The multi-layer step inside the nested estimate (training/nested_multilayer.py), on the synthetic pool of
+test_multilayer_sources: layer 0 reads the label on one direction in sources a, b, c and on another in d;
+layers 1 and 2 read it weakly, each on its own direction, in every source."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from probewatch.training.nested import NestedSettings, nested_estimate
+from probewatch.training.nested_multilayer import multilayer_step, row_without_kinds, without_kinds
+from probewatch.training.replay import Replay, record_nested_step
+from probewatch.training.report_sources import NestedEstimate, drop_unset
+from tests.training.test_multilayer_sources import SETTINGS, _multi, three_layer_pool
+from tests.training.test_nested_sources import SOURCES, _row
+
+CONTROL_HELD = np.arange(1, 40, 2)
+
+
+@pytest.fixture(scope="module")
+def three_layers():
+    return three_layer_pool()
+
+
+def _estimate(pool, layer_data, cal, rows, settings: NestedSettings = SETTINGS) -> NestedEstimate:
+    nested = nested_estimate(rows, pool, layer_data, cal, CONTROL_HELD, settings, (0.9, "heldout_source"), 0.9)
+    assert nested is not None
+    return nested
+
+
+def _step(multi, rows, nested, pool, layer_data, cal):
+    return multilayer_step(multi, rows, nested, pool, layer_data, cal, CONTROL_HELD, SETTINGS)
+
+
+def test_a_concat_that_reads_more_on_every_source_ships_without_each_and_raises_the_estimate(three_layers):
+    """Layers 1 and 2 carry the label on two directions everywhere: without each source the concat wins the
+    inner folds, is fitted on the other sources and scores higher on the held-out one than layer 1 alone."""
+    pool, layer_data, cal = three_layers
+    rows = [_row(1, 0.80)]
+    nested = _estimate(pool, layer_data, cal, rows)
+    step = _step(_multi([1, 2]), rows, nested, pool, layer_data, cal)
+    assert step is not None and step.layers == [1, 2] and set(step.outer) == set(SOURCES)
+    for name, o in step.outer.items():
+        assert o.kind_gate and o.ships
+        assert o.single == nested.outer[name].selection.chosen  # the estimate's own inner-fold scores
+        assert o.concat is not None and o.concat.config["layers"] == [1, 2]
+        assert set(o.concat.folds) == set(SOURCES) - {name}  # judged without the held-out source
+        assert o.concat.worst > o.single.worst
+        assert o.single_auroc == nested.outer[name].auroc and o.auroc > o.single_auroc
+    assert step.mean == pytest.approx(np.mean([o.auroc for o in step.outer.values()]))
+    assert step.change == pytest.approx(step.mean - nested.mean) and step.change > 0.03
+    assert step.worst == min(o.auroc for o in step.outer.values())
+    assert step.worst_source is not None and step.outer[step.worst_source].auroc == step.worst
+
+
+def test_the_step_shows_what_a_concat_chosen_on_the_other_sources_costs_on_a_shifted_one(three_layers):
+    """Adding layer 0 (the a/b/c direction) to layer 1: held out a, b or c, the inner folds hold d, where the
+    concat loses, so the rule keeps one layer and the source keeps its single-layer AUROC. Held out d, the
+    inner folds are a, b, c, where the concat wins: it ships and reads noise on d. The estimate with the step
+    is lower than without it: the step's own optimism, which the single-layer estimate cannot show."""
+    pool, layer_data, cal = three_layers
+    rows = [_row(1, 0.80)]
+    nested = _estimate(pool, layer_data, cal, rows)
+    step = _step(_multi([0, 1]), rows, nested, pool, layer_data, cal)
+    assert step is not None
+    for name in ("a", "b", "c"):
+        o = step.outer[name]
+        assert o.kind_gate and not o.ships and o.auroc == o.single_auroc
+        assert o.concat is not None and o.concat.folds["d"] < o.single.folds["d"] - 0.01
+    d = step.outer["d"]
+    assert d.ships and d.concat is not None and d.concat.worst > d.single.worst
+    assert d.auroc < d.single_auroc - 0.03
+    assert step.change < 0 and step.worst_source == "d"
+
+
+def test_the_kind_gate_reads_only_the_other_sources_kinds(three_layers):
+    """A concat whose held-out-kind gain lies only in d's kinds passes the gate with d in the pool, but not
+    without it: held out d, the step keeps one layer without fitting a concat."""
+    pool, layer_data, cal = three_layers
+    rows = [_row(1, 0.80)]
+    nested = _estimate(pool, layer_data, cal, rows)
+    multi = _multi([1, 2])
+    multi["concat"]["heldout_per_kind"] = {f"{s}{k}": (0.99 if s == "d" else 0.80) for s in SOURCES for k in (1, 2)}
+    multi["concat"]["heldout_kind_auroc"] = float(np.mean(list(multi["concat"]["heldout_per_kind"].values())))
+    step = _step(multi, rows, nested, pool, layer_data, cal)
+    assert step is not None
+    d = step.outer["d"]
+    assert not d.kind_gate and not d.ships and d.concat is None and d.single is None
+    assert d.auroc == d.single_auroc == nested.outer["d"].auroc
+    assert all(step.outer[s].kind_gate for s in ("a", "b", "c"))
+
+
+def test_without_kinds_drops_them_from_the_per_kind_numbers_and_their_mean():
+    result = {
+        "val_auroc": 0.9,
+        "heldout_kind_auroc": 0.7,
+        "heldout_per_kind": {"a1": 0.9, "a2": 0.7, "d1": 0.5},
+        "heldout_other_source": {"a1": 0.8, "d1": 0.4},
+    }
+    kept = without_kinds(result, {"d1"})
+    assert kept["heldout_per_kind"] == {"a1": 0.9, "a2": 0.7} and kept["heldout_other_source"] == {"a1": 0.8}
+    assert kept["heldout_kind_auroc"] == pytest.approx(0.8) and kept["val_auroc"] == 0.9
+    assert without_kinds(result, {"a1", "a2", "d1"})["heldout_kind_auroc"] is None
+    assert result["heldout_per_kind"]["d1"] == 0.5  # the input is left as it was
+    row = row_without_kinds(_row(1, 0.8), {"a1", "a2"})
+    assert set(row.heldout_per_kind) == {f"{s}{k}" for s in "bcd" for k in (1, 2)}
+    assert row.heldout_kind_auroc == pytest.approx(0.8) and row.layer == 1
+
+
+def test_no_multi_layer_comparison_means_no_step(three_layers):
+    pool, layer_data, cal = three_layers
+    rows = [_row(1, 0.80)]
+    nested = _estimate(pool, layer_data, cal, rows)
+    assert _step(None, rows, nested, pool, layer_data, cal) is None
+    assert _step({}, rows, nested, pool, layer_data, cal) is None
+    assert _step(_multi([1]), rows, nested, pool, layer_data, cal) is None  # one layer: nothing to join
+    with pytest.raises(ValueError, match="not among the sweep's rows"):
+        _step(_multi([1, 2]), [_row(2, 0.80)], nested, pool, layer_data, cal)
+
+
+def test_the_step_round_trips_through_report_json_and_an_estimate_without_it_keeps_its_layout(three_layers):
+    pool, layer_data, cal = three_layers
+    rows = [_row(1, 0.80)]
+    nested = _estimate(pool, layer_data, cal, rows)
+    before = {"nested": json.loads(json.dumps(asdict(nested)))}
+    drop_unset(before)
+    assert "multi_layer" not in before["nested"]  # a report written before the step reads back byte for byte
+    assert NestedEstimate.from_json(before["nested"]).multi_layer is None
+    nested.multi_layer = _step(_multi([1, 2]), rows, nested, pool, layer_data, cal)
+    written = {"nested": json.loads(json.dumps(asdict(nested)))}
+    drop_unset(written)
+    assert "replayed_by" not in written["nested"]["multi_layer"]  # the run computed it
+    assert NestedEstimate.from_json(written["nested"]) == nested
+
+
+def test_record_nested_step_extends_only_the_estimate_the_run_published(three_layers):
+    """`probewatch bench selection --nested --record`: the step is written beside the report's estimate with
+    the command that added it; a replay that chose differently or estimates differently is refused, and a
+    report that has the step keeps its own."""
+    pool, layer_data, cal = three_layers
+    rows = [_row(1, 0.80)]
+    nested = _estimate(pool, layer_data, cal, rows)
+    published = json.loads(json.dumps(asdict(nested)))
+    nested.multi_layer = _step(_multi([1, 2]), rows, nested, pool, layer_data, cal)
+    replay = Replay("deception", None, None, nested)
+
+    def report() -> dict:
+        return {"sources": {"nested": json.loads(json.dumps(published))}}
+
+    raw = report()
+    assert record_nested_step(raw, replay, "probewatch bench selection --nested --record")
+    step = raw["sources"]["nested"]["multi_layer"]
+    assert step["replayed_by"] == "probewatch bench selection --nested --record" and step["layers"] == [1, 2]
+    read = NestedEstimate.from_json(raw["sources"]["nested"]).multi_layer
+    assert read is not None and read.mean == nested.multi_layer.mean and read.outer == nested.multi_layer.outer
+    assert not record_nested_step(raw, replay, "again")  # it has one: kept
+    assert raw["sources"]["nested"]["multi_layer"]["replayed_by"] != "again"
+
+    other = report()
+    other["sources"]["nested"]["mean"] += 0.01
+    with pytest.raises(ValueError, match="is not the run's"):
+        record_nested_step(other, replay, "x")
+    assert other["sources"]["nested"].get("multi_layer") is None
+    changed = Replay("deception", None, None, nested, concat_recorded=True, concat_now=False)
+    with pytest.raises(ValueError, match="chooses differently from the run"):
+        record_nested_step(report(), changed, "x")
+    assert not record_nested_step({"sources": {"nested": None}}, replay, "x")  # nothing to extend
+
+
+def test_train_estimates_the_multi_layer_step_and_the_doc_shows_it(tiny_loaded, tmp_path):
+    """Inside `probewatch train` (stage 4b): a run that compares a multi-layer probe on a pool of two sources
+    records the step beside its nested estimate, for the layers its comparison found; docs/quality.md shows
+    one row per held-out source and the mean with the step."""
+    from probewatch.training.pipeline import TrainConfig, train
+    from probewatch.training.quality_doc import render_markdown
+    from tests.training.helpers import write_two_sources
+    from tests.training.test_sources_pipeline import RUN
+
+    a, b, control = write_two_sources(tmp_path)
+    config = TrainConfig(
+        behaviour="deception",
+        data_files=[a, b],
+        control_file=control,
+        layers=[1, 2, 3],
+        methods=["logistic"],
+        out=tmp_path / "bundle",
+        progress=False,
+        plots=False,
+        multi_layer=2,
+        nested_top_k=2,
+        family=False,
+    )
+    result = train(config, loaded=tiny_loaded)
+    report, raw = result.report, json.loads(result.report_path.read_text())
+    assert report.multi_layer is not None and report.sources is not None and report.sources.nested is not None
+    nested = report.sources.nested
+    step = nested.multi_layer
+    assert step is not None and step.layers == [int(x) for x in report.multi_layer["layers"]]
+    assert set(step.outer) == set(nested.outer) and step.replayed_by is None
+    for name, o in step.outer.items():
+        assert o.single_auroc == nested.outer[name].auroc
+        assert o.auroc == o.single_auroc or o.ships  # a source changes only where the concat ships without it
+    assert step.change == pytest.approx(step.mean - nested.mean)
+    assert "replayed_by" not in raw["sources"]["nested"]["multi_layer"]
+    text = render_markdown({"deception": raw}, {}, RUN)
+    section = text.split("### The multi-layer step, nested")[1].split("\n## ")[0]
+    for name, o in step.outer.items():
+        row = next(line for line in section.splitlines() if line.startswith(f"| `deception` | {name} |"))
+        assert f"| {o.auroc:.3f} |" in row and ("| concat |" if o.ships else "| one layer |") in row
+    summary = next(line for line in section.splitlines() if "**mean over sources**" in line)
+    assert f"**{step.mean:.3f}** (change {step.change:+.3f}" in summary
