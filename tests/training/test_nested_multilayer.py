@@ -212,3 +212,11 @@ def test_train_estimates_the_multi_layer_step_and_the_doc_shows_it(tiny_loaded, 
         assert f"| {o.auroc:.3f} |" in row and ("| concat |" if o.ships else "| one layer |") in row
     summary = next(line for line in section.splitlines() if "**mean over sources**" in line)
     assert f"**{step.mean:.3f}** (change {step.change:+.3f}" in summary
+    # `probewatch bench selection --nested` replays the same step from the report and the cached activations
+    from probewatch.training.replay import replay_selection
+
+    replay = replay_selection(raw, tiny_loaded, nested=True)
+    again = replay.nested.multi_layer if replay.nested is not None else None
+    assert again is not None and again.layers == step.layers and again.mean == pytest.approx(step.mean, abs=1e-9)
+    for name, o in step.outer.items():
+        assert again.outer[name].ships == o.ships and again.outer[name].auroc == pytest.approx(o.auroc, abs=1e-9)
