@@ -305,3 +305,75 @@ def test_train_with_two_sources_judges_the_concat_on_held_out_sources_and_the_re
     with pytest.raises(ValueError, match="chooses differently from the run"):
         record_concat_check(older, disagrees, "probewatch bench selection --record")
     assert "heldout_source" not in older["multi_layer"]
+
+
+def test_the_nested_estimate_decides_the_multi_layer_step_without_each_source(
+    tiny_loaded, tiny_folder, tmp_path, monkeypatch
+):
+    """training/nested_multilayer.py inside `probewatch train`: with the kind gate forced open, each held-out
+    source's step fits the concat against that source's single-layer choice on its inner folds (the other
+    source's kinds) and scores what would ship; docs/quality.md shows it; `probewatch bench selection --nested`
+    replays the same step, and with `--record` adds it to a report written before it, naming the command."""
+    from probewatch.training.report import TrainReport
+
+    monkeypatch.setattr(multilayer, "SHIP_MARGIN", -1.0)
+    monkeypatch.setattr(multilayer, "WORST_MARGIN", 1.0)
+    a, b, control = write_two_sources(tmp_path)
+    config = TrainConfig(
+        behaviour="deception",
+        data_files=[a, b],
+        control_file=control,
+        layers=[1, 3],
+        methods=["logistic"],
+        out=tmp_path / "bundle",
+        progress=False,
+        plots=False,
+        multi_layer=2,
+        nested_top_k=2,
+        parity_check=0,
+        family=False,
+    )
+    result = train(config, loaded=tiny_loaded)
+    nested = result.report.sources.nested
+    step = nested.multi_layer
+    assert step is not None and step.layers == [1, 3] and step.replayed_by is None
+    assert set(step.outer) == set(nested.outer) == {"written.jsonl", "public.jsonl"}
+    for name, o in step.outer.items():
+        assert o.kind_gate  # forced open: the source gate decides
+        assert o.single == nested.outer[name].selection.chosen and o.single.folds.keys() == o.concat.folds.keys()
+        assert o.concat is not None and o.concat.config["layers"] == [1, 3] and name not in o.concat.folds
+        assert o.single_auroc == nested.outer[name].auroc
+        assert (o.auroc != o.single_auroc) if o.ships else (o.auroc == o.single_auroc)
+    assert step.mean == pytest.approx(np.mean([o.auroc for o in step.outer.values()]))
+    assert step.change == pytest.approx(step.mean - nested.mean)
+
+    raw = json.loads(result.report_path.read_text())
+    assert "replayed_by" not in raw["sources"]["nested"]["multi_layer"]
+    doc = render_markdown({"deception": raw}, {}, RUN)
+    section = doc.split("### The multi-layer step, nested")[1].split("\n## ")[0]
+    for name, o in step.outer.items():
+        row = next(line for line in section.splitlines() if line.startswith(f"| `deception` | {name} |"))
+        assert f"| {o.single_auroc:.3f} | holds | {o.concat.mean:.3f} / {o.concat.worst:.3f} vs " in row
+        assert row.endswith(f"| {'concat' if o.ships else 'one layer'} | {o.auroc:.3f} |")
+    summary = next(line for line in section.splitlines() if "**mean over sources**" in line)
+    assert f"**{step.mean:.3f}** (change {step.change:+.3f}" in summary and "added by" not in summary
+
+    older = json.loads(json.dumps(raw))  # a report written before the step
+    del older["sources"]["nested"]["multi_layer"]
+    assert TrainReport.from_json(older).to_json() == older  # reads back without it, byte for byte
+    stale = tmp_path / "older.json"
+    stale.write_text(json.dumps(older))
+    parser = argparse.ArgumentParser()
+    bench_selection.add_cli_args(parser)
+    args = ["--model", str(tiny_folder), "--report", str(stale), "--out", str(tmp_path / "out.json"), "--nested"]
+    assert bench_selection.main(parser.parse_args(args + ["--record"])) == 0
+    recorded = json.loads(stale.read_text())
+    replayed = recorded["sources"]["nested"].pop("multi_layer")
+    assert replayed.pop("replayed_by").startswith("probewatch bench selection")
+    assert replayed["layers"] == [1, 3] and replayed["mean"] == pytest.approx(step.mean, abs=1e-9)
+    for name, o in step.outer.items():
+        assert replayed["outer"][name]["ships"] is o.ships
+        assert replayed["outer"][name]["auroc"] == pytest.approx(o.auroc, abs=1e-9)
+    assert recorded == older  # nothing else in the report changes
+    out = json.loads((tmp_path / "out.json").read_text())["replays"][0]
+    assert out["nested_step_recorded"] is True and out["nested"]["multi_layer"]["layers"] == [1, 3]
