@@ -159,11 +159,18 @@ def test_record_nested_step_extends_only_the_estimate_the_run_published(three_la
     assert not record_nested_step(raw, replay, "again")  # it has one: kept
     assert raw["sources"]["nested"]["multi_layer"]["replayed_by"] != "again"
 
+    noise = report()  # the same choices, AUROCs a few pairs apart (another machine's fits): the same estimate
+    noise["sources"]["nested"]["outer"]["a"]["auroc"] += 5e-4
+    assert record_nested_step(noise, replay, "x")
     other = report()
-    other["sources"]["nested"]["mean"] += 0.01
-    with pytest.raises(ValueError, match="is not the run's"):
+    other["sources"]["nested"]["outer"]["a"]["auroc"] += 0.01
+    with pytest.raises(ValueError, match=r"is not the run's \(a: 0\.\d+ \(the run: 0\.\d+\)\)"):
         record_nested_step(other, replay, "x")
     assert other["sources"]["nested"].get("multi_layer") is None
+    chose = report()
+    chose["sources"]["nested"]["outer"]["d"]["selection"]["chosen"]["config"]["layer"] = 7
+    with pytest.raises(ValueError, match=r"d: chose .*'layer': 1.* \(the run: .*'layer': 7"):
+        record_nested_step(chose, replay, "x")
     changed = Replay("deception", None, None, nested, concat_recorded=True, concat_now=False)
     with pytest.raises(ValueError, match="chooses differently from the run"):
         record_nested_step(report(), changed, "x")
