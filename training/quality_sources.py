@@ -100,19 +100,32 @@ def _outer_row(name: str, o: OuterSource) -> dict[str, Any]:
 
 def step_rows(r: TrainReport, s: SourcesReport) -> list[dict[str, Any]]:
     """The nested estimate's multi-layer step (training/nested_multilayer.py): one row per held-out source,
-    then the summary row (empty where the report has no step)."""
+    then the summary row; one row saying it is missing where the run compared a multi-layer probe before the
+    step existed; none where the run compared none."""
     nested = s.nested
     step = nested.multi_layer if nested is not None else None
+    multi = r.multi_layer or {}
+    if nested is not None and step is None and multi.get("concat") and len(multi.get("layers") or []) > 1:
+        return [  # compared a multi-layer probe, but written before the step: say so rather than drop the probe
+            {
+                "source": "— (the run predates the step; `probewatch bench selection --nested --record` adds it "
+                "where a replay reproduces the run's nested estimate)",
+                "single": _f(nested.mean),
+                "kind_gate": "—",
+                "inner": "—",
+                "ships": "—",
+                "auroc": "—",
+            }
+        ]
     if nested is None or step is None:
         return []
     rows = [_step_row(name, o) for name, o in step.outer.items()]
-    multi = r.multi_layer or {}
     shipped = bool(multi.get("shipped"))
     # what the shipped probe was selected on: the concat's held-out-source mean where the concat shipped
     check = multi.get("heldout_source") or {}
     selected_on = (check.get("concat") or {}).get("mean") if shipped else nested.selected_on
     gap = None if selected_on is None or step.mean is None else selected_on - step.mean
-    replayed = f" (added by `{step.replayed_by}`)" if step.replayed_by else ""
+    replayed = " (replayed after the run: report.json `replayed_by` names the command)" if step.replayed_by else ""
     rows.append(
         {
             "source": f"**mean over sources** (worst: {step.worst_source or 'n/a'} {_f(step.worst)})",

@@ -361,6 +361,10 @@ def test_the_nested_estimate_decides_the_multi_layer_step_without_each_source(
     older = json.loads(json.dumps(raw))  # a report written before the step
     del older["sources"]["nested"]["multi_layer"]
     assert TrainReport.from_json(older).to_json() == older  # reads back without it, byte for byte
+    both = render_markdown({"deception": raw, "old": {**older, "probe_id": "old"}}, {}, RUN)
+    missing = both.split("### The multi-layer step, nested")[1].split("\n## ")[0]
+    assert "| `old` | — (the run predates the step; `probewatch bench selection --nested --record` adds it" in missing
+    assert "### The multi-layer step" not in render_markdown({"old": older}, {}, RUN)  # no step anywhere: no table
     stale = tmp_path / "older.json"
     stale.write_text(json.dumps(older))
     parser = argparse.ArgumentParser()
