@@ -9,9 +9,9 @@ the single-layer choice on the held-out-source folds, training/multilayer_source
 reruns the nested estimate. `--check` exits 1 when a choice changed: run it after touching the
 selection code, before the next `make bench-quality`. `--record` writes the replayed multi-layer check into a
 report whose run predates it (the replay must agree with the run; training/replay.py `record_concat_check`), and
-with `--nested` the nested estimate's multi-layer step (training/nested_multilayer.py; `record_nested_step`: the
-replayed estimate must also be the report's own), for `probewatch bench quality --render-only` to show in
-docs/quality.md.
+with `--nested` what the nested estimate gained since: the multi-layer step (training/nested_multilayer.py) and the
+tied choices' held-out AUROCs (`record_nested_additions`: the replayed estimate must also be the report's own),
+for `probewatch bench quality --render-only` to show in docs/quality.md.
 Reads the activation cache of the run that wrote the report (minutes each when cached).
 """
 
@@ -55,7 +55,7 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         "--record",
         action="store_true",
         help="write the replayed multi-layer check on held-out sources (with --nested: and the nested estimate's "
-        "multi-layer step) into each replayed report that lacks it (refused where today's choice differs from the run's)",
+        "multi-layer step and ties) into each replayed report that lacks it (refused where today's choice differs from the run's)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report; default {DEFAULT_OUT}")
 
@@ -120,11 +120,13 @@ def summary(replay: Any) -> dict[str, Any]:
             "worst": n.worst,
             "worst_source": n.worst_source,
             "gap": n.optimism_gap,
+            "tie_range": n.tie_range,
             "outer": {  # per held-out source: the inner choice, what it would be without the guard, the AUROC
                 name: {
                     "chosen": o.selection.chosen.config,
                     "unguarded": None if o.selection.unguarded is None else o.selection.unguarded.config,
                     "auroc": o.auroc,
+                    "tied": o.tied,
                 }
                 for name, o in n.outer.items()
             },
@@ -163,7 +165,8 @@ def lines_of(replay: Any) -> list[str]:
                 "" if o.selection.unguarded is None else f"; without the guard {_config_line(o.selection.unguarded)}"
             )
             auroc = "n/a" if o.auroc is None else f"{o.auroc:.3f}"
-            lines.append(f"    held out {name}: {auroc} with {_config_line(o.selection.chosen)}{guard}")
+            tied = f" (tied choices {o.tied[0]:.3f}–{o.tied[-1]:.3f})" if o.tied else ""
+            lines.append(f"    held out {name}: {auroc}{tied} with {_config_line(o.selection.chosen)}{guard}")
         if n.multi_layer is not None:
             lines.extend(_step_lines(n.multi_layer))
     return lines
@@ -196,7 +199,7 @@ def main(args: argparse.Namespace) -> int:
 
     from probewatch.jsonio import write_json_atomic
     from probewatch.models import load_model
-    from probewatch.training.replay import record_concat_check, record_nested_step, replay_selection
+    from probewatch.training.replay import record_concat_check, record_nested_additions, replay_selection
 
     paths = report_paths(args)
     if not paths:
@@ -212,7 +215,7 @@ def main(args: argparse.Namespace) -> int:
             written = []
             for key, what, record in (
                 ("check_recorded", "the multi-layer check", record_concat_check),
-                ("nested_step_recorded", "the nested estimate's multi-layer step", record_nested_step),
+                ("nested_recorded", "the nested estimate's multi-layer step and ties", record_nested_additions),
             ):
                 try:
                     recorded = record(raw, replay, command_line("selection"))

@@ -295,16 +295,34 @@ def pick(
     The rule: the best worst fold; worst scores within `tie` of it are ties, broken by the mean (to
     0.001), then the sweep's tie-breakers (recall at the control threshold, validation AUROC, layer).
     `margin` is the guard (`eligible`); `math.inf` turns it off."""
-    valid = eligible(scored, margin)
-    if not valid:
-        raise ValueError("no configuration has a score on the folds")
-    best_worst = max(scored[i][1].worst for i in valid)  # type: ignore[type-var]
+    valid, near = _near(scored, tie, margin)
 
     def by_mean(i: int) -> tuple:
         return (round(scored[i][1].mean, 3), *_tiebreak(scored[i][0]))  # type: ignore[arg-type]
 
-    near = [i for i in valid if scored[i][1].worst >= best_worst - tie - 1e-9]  # type: ignore[operator]
     return max(near, key=by_mean), max(valid, key=by_mean)
+
+
+def _near(scored: Sequence[tuple[SweepRow, ConfigScore]], tie: float, margin: float) -> tuple[list[int], list[int]]:
+    """(eligible indices, those whose worst fold is within `tie` of the best worst: the rule's ties)."""
+    valid = eligible(scored, margin)
+    if not valid:
+        raise ValueError("no configuration has a score on the folds")
+    best_worst = max(scored[i][1].worst for i in valid)  # type: ignore[type-var]
+    return valid, [i for i in valid if scored[i][1].worst >= best_worst - tie - 1e-9]  # type: ignore[operator]
+
+
+def tied_rows(
+    candidates: Sequence[SweepRow], folds: Sequence[Fold], scorer: FoldScorer, control_ref: np.ndarray
+) -> list[SweepRow]:
+    """The candidates the rule counts as tied on the worst fold (the chosen one among them; empty where no fold
+    could be scored). The mean breaks their tie to 0.001, so on three or four noisy folds which of them is
+    chosen can turn on a few pairs: their held-out AUROCs show how much the estimate rests on that."""
+    scored = [(r, config_score(r, folds, scorer, control_ref)) for r in candidates]
+    if not any(cs.worst is not None for _, cs in scored):
+        return []
+    _, near = _near(scored, TIE, scorer.settings.val_margin)
+    return [scored[i][0] for i in near]
 
 
 def kind_sources(pool: PoolArrays) -> dict[str, set[str]]:
@@ -436,10 +454,15 @@ def nested_estimate(
     plans = {s: (folds_without(pool, s), prescreen(rows, pool, s, settings.top_k)) for s in outers}
     scorer.run((r, f.held) for (_, folds), cands in plans.values() for r in cands for f in folds)
     chosen = {s: select(cands, basis, folds, scorer, control_cal) for s, ((basis, folds), cands) in plans.items()}
+    ties = {s: tied_rows(cands, folds, scorer, control_cal) for s, ((_, folds), cands) in plans.items()}
     scorer.run((row, frozenset({("source", s)})) for s, (row, _) in chosen.items())
+    scorer.run((row, frozenset({("source", s)})) for s, rows in ties.items() for row in rows)
     outer = {
         s: _outer(s, row, sel, pool, scorer, control_cal, control_held, settings) for s, (row, sel) in chosen.items()
     }
+    for s, rows in ties.items():
+        if len(rows) > 1:  # the chosen row is among them
+            outer[s].tied = _tied_aurocs(s, rows, pool, scorer, control_held)
     rates = {s: o.at_threshold.transfer_rate for s, o in outer.items() if o.at_threshold is not None}
     for s, (row, _) in chosen.items():  # the transfer limit learnt without s, measured on s
         at = outer[s].at_threshold
@@ -451,6 +474,22 @@ def nested_estimate(
     if settings.hard_negative_fpr is not None and asked and min(asked) < settings.hard_negative_fpr:
         estimate.transfer_fpr = min(asked)
     return estimate
+
+
+def _tied_aurocs(
+    source: str, rows: Sequence[SweepRow], pool: PoolArrays, scorer: FoldScorer, control_held: np.ndarray
+) -> list[float]:
+    """Each tied choice, fitted without `source`, on it (sorted): what the estimate would read had the mean
+    broken the tie otherwise."""
+    held: Held = frozenset({("source", source)})
+    test = test_indices(pool, ("source", source))
+    out = []
+    for row in rows:
+        got = scorer.get(row, held)
+        value = None if got is None else unit_auroc(got[0], pool.labels, test, got[1][control_held])
+        if value is not None:
+            out.append(value)
+    return sorted(out)
 
 
 def _fold_point(source: str, pool: PoolArrays, s: np.ndarray, c: np.ndarray, control_cal: np.ndarray,
@@ -558,6 +597,9 @@ def summarise(
     worst_source = min(scored, key=lambda s: scored[s]) if scored else None
     gaps = [o.gap for o in outer.values() if o.gap is not None]
     value, basis = selected_on
+    low = [min(o.tied) if o.tied else o.auroc for o in outer.values() if o.auroc is not None]
+    high = [max(o.tied) if o.tied else o.auroc for o in outer.values() if o.auroc is not None]
+    any_tie = any(o.tied for o in outer.values())
     return NestedEstimate(
         rule=rule_text(margin),
         top_k=top_k,
@@ -570,4 +612,5 @@ def summarise(
         heldout_kind_selected_on=heldout_kind_selected_on,
         optimism_gap=(value - mean) if (value is not None and mean is not None) else None,
         mean_inner_gap=float(np.mean(gaps)) if gaps else None,
+        tie_range=[float(np.mean(low)), float(np.mean(high))] if any_tie and low else None,
     )

@@ -13,6 +13,7 @@ from probewatch.training.estimators import C_METHODS
 from probewatch.training.report import TrainReport
 from probewatch.training.report_sources import (
     HeldOutThreshold,
+    NestedEstimate,
     OuterMultiLayer,
     OuterSource,
     SourceSelection,
@@ -90,7 +91,7 @@ def _outer_row(name: str, o: OuterSource) -> dict[str, Any]:
         "chosen": f"{config_text(sel.chosen.config)} ({_basis_text(sel.basis, sel.folds)}){guard_text(sel)}",
         "changed": sel.chosen.config != sel.mean_best.config,
         "selected_on": f"{_f(sel.chosen.mean)} / {_f(sel.chosen.worst)}",
-        "auroc": _f(o.auroc),
+        "auroc": _f(o.auroc) + (f" (tied choices {_f(o.tied[0])}–{_f(o.tied[-1])})" if o.tied else ""),
         "gap": "n/a" if o.gap is None else f"{o.gap:+.3f}",
         "at_threshold": "n/a"
         if at is None
@@ -154,6 +155,14 @@ def _step_row(name: str, o: OuterMultiLayer) -> dict[str, Any]:
     }
 
 
+def tie_text(nested: NestedEstimate | None) -> str:
+    """' (ties broken the other way: 0.662–0.744)' for the summary row where some source's choice was tied."""
+    if nested is None or nested.tie_range is None:
+        return ""
+    low, high = nested.tie_range
+    return f" (every tie broken the worst / best way: {_f(low)} / {_f(high)})"
+
+
 def _signed(x: float | None) -> str:
     return "n/a" if x is None else f"{x:+.3f}"
 
@@ -205,6 +214,7 @@ SOURCE_HELPERS: dict[str, Any] = {
     "with_sources": with_sources,
     "nested_rows": nested_rows,
     "step_rows": step_rows,
+    "tie_text": tie_text,
     "threshold_rows": threshold_rows,
     "source_basis_text": lambda basis: BASIS_TEXT.get(basis, basis),
     "signed": _signed,

@@ -15,7 +15,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from probewatch.training.multilayer import concat_decision
 from probewatch.training.multilayer_sources import REPLAYED_BY, SourceCheck, concat_on_sources
@@ -32,7 +32,7 @@ __all__ = [
     "Replay",
     "replay_selection",
     "record_concat_check",
-    "record_nested_step",
+    "record_nested_additions",
     "config_from_report",
     "require_model",
 ]
@@ -169,27 +169,40 @@ def record_concat_check(report: dict[str, Any], replay: Replay, by: str) -> bool
     return True
 
 
-def record_nested_step(report: dict[str, Any], replay: Replay, by: str) -> bool:
-    """Write the replayed nested estimate's multi-layer step (`nested_multilayer.py`) into
-    `report["sources"]["nested"]["multi_layer"]` where the run that wrote the report predates it, naming `by`;
-    True where it wrote.
+def record_nested_additions(report: dict[str, Any], replay: Replay, by: str) -> bool:
+    """Write what the nested estimate gained after the run that wrote the report into its
+    `report["sources"]["nested"]`: the multi-layer step (`multi_layer`, with `replayed_by` = `by`) and the
+    tied choices' held-out AUROCs (each outer source's `tied`, the estimate's `tie_range`, and
+    `ties_replayed_by`); True where it wrote. Each is written only where the report lacks it.
 
-    As `record_concat_check`: only a replay that chooses as the run did may fill the gap, and its single-layer
+    As `record_concat_check`: only a replay that chooses as the run did may fill a gap, and its single-layer
     estimate must be the report's own: the same configuration chosen without every source, each scoring that
     source within `REPLAY_TOLERANCE` of the record (fits repeated on another machine or thread count move an
-    AUROC by a few pairs, never a choice), so the step extends the published estimate rather than another."""
+    AUROC by a few pairs, never a choice), so the additions extend the published estimate rather than another."""
     nested = (report.get("sources") or {}).get("nested")
-    step = replay.nested.multi_layer if replay.nested is not None else None
-    if nested is None or step is None or nested.get("multi_layer") is not None:
+    now = replay.nested
+    if nested is None or now is None:
         return False
-    _require_agreement(replay, "nested step")
-    differs = _estimate_differences(nested, cast(NestedEstimate, replay.nested))
+    step = now.multi_layer if nested.get("multi_layer") is None else None
+    has_ties = "tie_range" in nested or any("tied" in o for o in nested["outer"].values())
+    ties = now.tie_range is not None and not has_ties
+    if step is None and not ties:
+        return False
+    _require_agreement(replay, "nested estimate")
+    differs = _estimate_differences(nested, now)
     if differs:
         raise ValueError(
             f"report {replay.probe_id!r}: the replayed nested estimate is not the run's ({'; '.join(differs)}), "
-            "so its multi-layer step would extend another estimate; regenerate it with `probewatch bench quality`"
+            "so what it adds would extend another estimate; regenerate it with `probewatch bench quality`"
         )
-    nested["multi_layer"] = {**dataclasses.asdict(step), "replayed_by": by}
+    if step is not None:
+        nested["multi_layer"] = {**dataclasses.asdict(step), "replayed_by": by}
+    if ties:
+        for name, outer in now.outer.items():
+            if outer.tied is not None:
+                nested["outer"][name]["tied"] = outer.tied
+        nested["tie_range"] = now.tie_range
+        nested["ties_replayed_by"] = by
     return True
 
 

@@ -125,6 +125,9 @@ class OuterSource:
     auroc: float | None
     gap: float | None  # selection.chosen.mean (selected-on) - auroc (reported-on)
     at_threshold: HeldOutThreshold | None
+    #: the held-out AUROC of every choice the rule counted as tied with the chosen one (`nested.tied_rows`,
+    #: sorted, the chosen one among them); None: no tie, or a report written before ties were recorded
+    tied: list[float] | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> OuterSource:
@@ -136,6 +139,7 @@ class OuterSource:
             auroc=d["auroc"],
             gap=d["gap"],
             at_threshold=None if d["at_threshold"] is None else HeldOutThreshold.from_json(d["at_threshold"]),
+            tied=d.get("tied"),
         )
 
 
@@ -204,6 +208,11 @@ class NestedEstimate:
     # the lowest `transfer_rate` of the outer sources, below the hard-negative rate: the shipped threshold's
     # transfer limit (None: every source held, or a report written before it)
     transfer_fpr: float | None = None
+    #: [low, high]: the mean over sources of the lowest / highest held-out AUROC among each source's tied choices
+    #: (its own AUROC where none tied): the estimate had every tie gone the worst / best way (None: no tie)
+    tie_range: list[float] | None = None
+    #: the command that added `tie_range` and the sources' `tied` to a report written before them
+    ties_replayed_by: str | None = None
     #: the same estimate with the multi-layer step (None: the run compared no multi-layer probe, or a report
     #: written before the step)
     multi_layer: NestedMultiLayer | None = None
@@ -239,12 +248,13 @@ def drop_unset(sources: dict[str, Any]) -> None:
     nested = sources.get("nested")
     if nested is None:
         return
-    omit_unset(nested, ("transfer_fpr", "multi_layer"))
+    omit_unset(nested, ("transfer_fpr", "tie_range", "ties_replayed_by", "multi_layer"))
     if nested.get("multi_layer") is not None:
         omit_unset(nested["multi_layer"], ("replayed_by",))
     for outer in nested["outer"].values():
         omit_unset(outer.get("selection") or {}, SELECTION_LATER)
         omit_unset(outer.get("at_threshold") or {}, ("transfer_rate", "transfer"))
+        omit_unset(outer, ("tied",))
 
 
 @dataclass

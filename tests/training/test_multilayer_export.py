@@ -380,4 +380,4 @@ def test_the_nested_estimate_decides_the_multi_layer_step_without_each_source(
         assert replayed["outer"][name]["auroc"] == pytest.approx(o.auroc, abs=1e-9)
     assert recorded == older  # nothing else in the report changes
     out = json.loads((tmp_path / "out.json").read_text())["replays"][0]
-    assert out["nested_step_recorded"] is True and out["nested"]["multi_layer"]["layers"] == [1, 3]
+    assert out["nested_recorded"] is True and out["nested"]["multi_layer"]["layers"] == [1, 3]

@@ -12,7 +12,7 @@ import pytest
 
 from probewatch.training.nested import NestedSettings, nested_estimate
 from probewatch.training.nested_multilayer import multilayer_step, row_without_kinds, without_kinds
-from probewatch.training.replay import Replay, record_nested_step
+from probewatch.training.replay import Replay, record_nested_additions
 from probewatch.training.report_sources import NestedEstimate, drop_unset
 from tests.training.test_multilayer_sources import SETTINGS, _multi, three_layer_pool
 from tests.training.test_nested_sources import SOURCES, _row
@@ -136,7 +136,7 @@ def test_the_step_round_trips_through_report_json_and_an_estimate_without_it_kee
     assert NestedEstimate.from_json(written["nested"]) == nested
 
 
-def test_record_nested_step_extends_only_the_estimate_the_run_published(three_layers):
+def test_record_nested_additions_extends_only_the_estimate_the_run_published(three_layers):
     """`probewatch bench selection --nested --record`: the step is written beside the report's estimate with
     the command that added it; a replay that chose differently or estimates differently is refused, and a
     report that has the step keeps its own."""
@@ -151,27 +151,52 @@ def test_record_nested_step_extends_only_the_estimate_the_run_published(three_la
         return {"sources": {"nested": json.loads(json.dumps(published))}}
 
     raw = report()
-    assert record_nested_step(raw, replay, "probewatch bench selection --nested --record")
+    assert record_nested_additions(raw, replay, "probewatch bench selection --nested --record")
     step = raw["sources"]["nested"]["multi_layer"]
     assert step["replayed_by"] == "probewatch bench selection --nested --record" and step["layers"] == [1, 2]
     read = NestedEstimate.from_json(raw["sources"]["nested"]).multi_layer
     assert read is not None and read.mean == nested.multi_layer.mean and read.outer == nested.multi_layer.outer
-    assert not record_nested_step(raw, replay, "again")  # it has one: kept
+    assert not record_nested_additions(raw, replay, "again")  # it has one: kept
     assert raw["sources"]["nested"]["multi_layer"]["replayed_by"] != "again"
 
     noise = report()  # the same choices, AUROCs a few pairs apart (another machine's fits): the same estimate
     noise["sources"]["nested"]["outer"]["a"]["auroc"] += 5e-4
-    assert record_nested_step(noise, replay, "x")
+    assert record_nested_additions(noise, replay, "x")
     other = report()
     other["sources"]["nested"]["outer"]["a"]["auroc"] += 0.01
     with pytest.raises(ValueError, match=r"is not the run's \(a: 0\.\d+ \(the run: 0\.\d+\)\)"):
-        record_nested_step(other, replay, "x")
+        record_nested_additions(other, replay, "x")
     assert other["sources"]["nested"].get("multi_layer") is None
     chose = report()
     chose["sources"]["nested"]["outer"]["d"]["selection"]["chosen"]["config"]["layer"] = 7
     with pytest.raises(ValueError, match=r"d: chose .*'layer': 1.* \(the run: .*'layer': 7"):
-        record_nested_step(chose, replay, "x")
+        record_nested_additions(chose, replay, "x")
     changed = Replay("deception", None, None, nested, concat_recorded=True, concat_now=False)
     with pytest.raises(ValueError, match="chooses differently from the run"):
-        record_nested_step(report(), changed, "x")
-    assert not record_nested_step({"sources": {"nested": None}}, replay, "x")  # nothing to extend
+        record_nested_additions(report(), changed, "x")
+    assert not record_nested_additions({"sources": {"nested": None}}, replay, "x")  # nothing to extend
+
+
+def test_record_adds_the_tied_choices_to_a_report_written_before_them(three_layers, monkeypatch):
+    """`--nested --record` also writes each source's tied choices and the estimate's tie range where the report
+    predates them (naming the command), beside the step; a report that has them keeps its own."""
+    from probewatch.training import nested as nested_module
+
+    pool, layer_data, cal = three_layers
+    rows = [_row(1, 0.80), _row(2, 0.80)]
+    monkeypatch.setattr(nested_module, "TIE", 1.0)  # every candidate ties: the rule itself is unchanged
+    nested = _estimate(pool, layer_data, cal, rows)
+    assert nested.tie_range is not None
+    published = json.loads(json.dumps(asdict(nested)))
+    published["multi_layer"] = {"layers": [1, 2]}  # the run had the step already: only the ties are missing
+    del published["tie_range"]
+    for outer in published["outer"].values():
+        del outer["tied"]
+    raw = {"sources": {"nested": published}}
+    assert record_nested_additions(raw, Replay("p", None, None, nested), "cmd")
+    written = raw["sources"]["nested"]
+    assert written["tie_range"] == nested.tie_range and written["ties_replayed_by"] == "cmd"
+    assert all(written["outer"][n]["tied"] == o.tied for n, o in nested.outer.items())
+    assert written["multi_layer"] == {"layers": [1, 2]}  # the run's own step is kept
+    assert NestedEstimate.from_json({**written, "multi_layer": None}).tie_range == nested.tie_range
+    assert not record_nested_additions(raw, Replay("p", None, None, nested), "again")  # nothing missing now

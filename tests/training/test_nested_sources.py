@@ -26,7 +26,7 @@ from probewatch.training.nested import (
     select_by_source,
     train_indices,
 )
-from probewatch.training.report_sources import ConfigScore
+from probewatch.training.report_sources import ConfigScore, NestedEstimate, drop_unset
 from probewatch.training.sources import (
     KIND_SOURCES,
     per_source_at_threshold,
@@ -455,3 +455,41 @@ def test_a_fold_threshold_keeps_a_quarter_of_its_calibration_positives_under_a_z
     assert point.set_by == "transfer" and point.transfer_recall_floor == MIN_TRANSFER_RECALL
     assert (s[kept] >= point.value).mean() >= MIN_TRANSFER_RECALL > (s[kept] > point.value).mean()
     assert point.value < s[hard].max() and point.value > plain.value
+
+
+def test_tied_choices_record_what_the_estimate_would_read_had_a_tie_gone_the_other_way(synthetic, monkeypatch):
+    """The rule counts worst folds within 0.01 as tied and lets the mean (to 0.001) decide: on three or four
+    noisy folds a few pairs can flip that, so each held-out source records the AUROC every tied choice scores
+    on it, and the estimate the range. Here no two candidates tie; with the tie widened for `tied_rows` only
+    (the rule itself unchanged), both layers tie without each source: the chosen one's AUROC is among the tied,
+    and held out d the other layer would have read it far better."""
+    from probewatch.training import nested as nested_module
+
+    pool, layer_data, cal, held = synthetic
+    rows = [_row(0, 0.99, val=0.95), _row(1, 0.80, val=0.93)]
+    settings = NestedSettings(top_k=2, hard_negative_fpr=0.2)
+    plain = nested_estimate(rows, pool, layer_data, cal, held, settings, (0.99, "heldout_kind"), 0.99)
+    assert plain is not None and plain.tie_range is None and all(o.tied is None for o in plain.outer.values())
+    monkeypatch.setattr(nested_module, "TIE", 1.0)
+    wide = nested_estimate(rows, pool, layer_data, cal, held, settings, (0.99, "heldout_kind"), 0.99)
+    assert wide is not None
+    for name, o in wide.outer.items():
+        assert o.selection.chosen == plain.outer[name].selection.chosen and o.auroc == plain.outer[name].auroc
+        assert o.tied is not None and len(o.tied) == 2 and o.tied == sorted(o.tied) and o.auroc in o.tied
+    d = wide.outer["d"]
+    assert d.selection.chosen.config["layer"] == 0 and d.tied[1] > d.auroc + 0.1  # layer 1 reads d
+    low, high = wide.tie_range
+    assert low == pytest.approx(np.mean([min(o.tied) for o in wide.outer.values()]))
+    assert high == pytest.approx(np.mean([max(o.tied) for o in wide.outer.values()]))
+    assert low <= wide.mean <= high and high > wide.mean + 0.02
+    from probewatch.training.quality_sources import _outer_row, tie_text
+
+    cell = _outer_row("d", d)["auroc"]  # docs/quality.md's nested table and summary row
+    assert cell == f"{d.auroc:.3f} (tied choices {d.tied[0]:.3f}–{d.tied[1]:.3f})"
+    assert tie_text(wide) == f" (every tie broken the worst / best way: {low:.3f} / {high:.3f})"
+    assert tie_text(plain) == "" and _outer_row("d", plain.outer["d"])["auroc"] == f"{plain.outer['d'].auroc:.3f}"
+    written = {"nested": json.loads(json.dumps(asdict(wide)))}  # report.json round trip
+    assert NestedEstimate.from_json(written["nested"]) == wide
+    old = {"nested": json.loads(json.dumps(asdict(plain)))}
+    drop_unset(old)  # a report without ties keeps its layout
+    assert "tie_range" not in old["nested"] and all("tied" not in o for o in old["nested"]["outer"].values())
