@@ -208,6 +208,29 @@ def test_train_keeps_one_layer_where_concat_does_not_win(tiny_loaded, tmp_path, 
     assert m.layers is None and m.all_layers == [result.report.chosen["layer"]]
 
 
+def _two_sources_kind_gate_open(tiny_loaded, tmp_path, monkeypatch, **extra):
+    """A real tiny run on two sources (layers 1 and 3, a multi-layer comparison) with the concat's held-out-kind
+    gate forced open, so the held-out-source halves of the decision are what decides."""
+    monkeypatch.setattr(multilayer, "SHIP_MARGIN", -1.0)
+    monkeypatch.setattr(multilayer, "WORST_MARGIN", 1.0)
+    a, b, control = write_two_sources(tmp_path)
+    config = TrainConfig(
+        behaviour="deception",
+        data_files=[a, b],
+        control_file=control,
+        layers=[1, 3],
+        methods=["logistic"],
+        out=tmp_path / "bundle",
+        progress=False,
+        plots=False,
+        multi_layer=2,
+        nested_top_k=2,
+        parity_check=0,
+        **extra,
+    )
+    return train(config, loaded=tiny_loaded)
+
+
 def test_train_with_two_sources_judges_the_concat_on_held_out_sources_and_the_replay_agrees(
     tiny_loaded, tiny_folder, tmp_path, monkeypatch
 ):
@@ -218,25 +241,7 @@ def test_train_with_two_sources_judges_the_concat_on_held_out_sources_and_the_re
     `--record` writes it into a report whose run predates the check, which docs/quality.md then shows."""
     from probewatch.training.replay import replay_selection
 
-    monkeypatch.setattr(multilayer, "SHIP_MARGIN", -1.0)
-    monkeypatch.setattr(multilayer, "WORST_MARGIN", 1.0)
-    a, b, control = write_two_sources(tmp_path)
-    result = train(
-        TrainConfig(
-            behaviour="deception",
-            data_files=[a, b],
-            control_file=control,
-            layers=[1, 3],
-            methods=["logistic"],
-            out=tmp_path / "bundle",
-            progress=False,
-            plots=False,
-            multi_layer=2,
-            nested_top_k=2,
-            parity_check=0,
-        ),
-        loaded=tiny_loaded,
-    )
+    result = _two_sources_kind_gate_open(tiny_loaded, tmp_path, monkeypatch)
     report = result.report
     multi, selection = report.multi_layer, report.sources.selection
     assert multi is not None and selection is not None and selection.basis == "heldout_source"
@@ -316,24 +321,7 @@ def test_the_nested_estimate_decides_the_multi_layer_step_without_each_source(
     replays the same step, and with `--record` adds it to a report written before it, naming the command."""
     from probewatch.training.report import TrainReport
 
-    monkeypatch.setattr(multilayer, "SHIP_MARGIN", -1.0)
-    monkeypatch.setattr(multilayer, "WORST_MARGIN", 1.0)
-    a, b, control = write_two_sources(tmp_path)
-    config = TrainConfig(
-        behaviour="deception",
-        data_files=[a, b],
-        control_file=control,
-        layers=[1, 3],
-        methods=["logistic"],
-        out=tmp_path / "bundle",
-        progress=False,
-        plots=False,
-        multi_layer=2,
-        nested_top_k=2,
-        parity_check=0,
-        family=False,
-    )
-    result = train(config, loaded=tiny_loaded)
+    result = _two_sources_kind_gate_open(tiny_loaded, tmp_path, monkeypatch, family=False)
     nested = result.report.sources.nested
     step = nested.multi_layer
     assert step is not None and step.layers == [1, 3] and step.replayed_by is None
