@@ -129,13 +129,16 @@ def test_quality_markdown_renders_the_per_source_tables(two_source_report):
     section = text.split("## Held-out sources: the nested estimate")[1].split("\n## ")[0]
     for name, outer in nested["outer"].items():
         row = next(line for line in section.splitlines() if line.startswith(f"| `deception` | {name} |"))
-        assert f"| {outer['auroc']:.3f} |" in row and f"| {outer['gap']:+.3f} |" in row
+        tied = f" (tied choices {outer['tied'][0]:.3f}–{outer['tied'][-1]:.3f})" if outer.get("tied") else ""
+        assert f"| {outer['auroc']:.3f}{tied} |" in row and f"| {outer['gap']:+.3f} |" in row
         sel = outer["selection"]["chosen"]
         assert f"{sel['mean']:.3f} / {sel['worst']:.3f}" in row and f"layer {sel['config']['layer']} " in row
         at = outer["at_threshold"]
         assert f"{100 * at['fpr_control_heldout']:.0f}%" in row
     summary = next(line for line in section.splitlines() if "**mean over sources**" in line)
-    assert f"**{nested['mean']:.3f}**" in summary and f"optimism gap {nested['optimism_gap']:+.3f}" in summary
+    ties = nested.get("tie_range")
+    tie_cell = f" (every tie broken the worst / best way: {ties[0]:.3f} / {ties[1]:.3f})" if ties else ""
+    assert f"**{nested['mean']:.3f}**{tie_cell} |" in summary and f"optimism gap {nested['optimism_gap']:+.3f}" in summary
     assert "held-out source (worst source first)" in summary
     thresholds = text.split("## Thresholds per source")[1].split("\n## ")[0]
     for name, at in raw["sources"]["at_threshold"].items():
