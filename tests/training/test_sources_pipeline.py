@@ -138,7 +138,9 @@ def test_quality_markdown_renders_the_per_source_tables(two_source_report):
     summary = next(line for line in section.splitlines() if "**mean over sources**" in line)
     ties = nested.get("tie_range")
     tie_cell = f" (every tie broken the worst / best way: {ties[0]:.3f} / {ties[1]:.3f})" if ties else ""
-    assert f"**{nested['mean']:.3f}**{tie_cell} |" in summary and f"optimism gap {nested['optimism_gap']:+.3f}" in summary
+    assert (
+        f"**{nested['mean']:.3f}**{tie_cell} |" in summary and f"optimism gap {nested['optimism_gap']:+.3f}" in summary
+    )
     assert "held-out source (worst source first)" in summary
     thresholds = text.split("## Thresholds per source")[1].split("\n## ")[0]
     for name, at in raw["sources"]["at_threshold"].items():
