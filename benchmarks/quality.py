@@ -57,6 +57,7 @@ from probewatch.benchmarks.quality_extras import (
 )
 from probewatch.benchmarks.quality_inputs import SAE_REPORTS, publish_inputs, seed_runs_dir
 from probewatch.benchmarks.quality_ship import discard_previous, reject, set_aside, ship_refusal
+from probewatch.training.doc_numbers import num
 
 if TYPE_CHECKING:  # the training stack (torch) loads when the benchmark runs, not for `probewatch --help`
     from probewatch.training.quality_doc import RunInfo
@@ -329,9 +330,9 @@ def _train_one(name: str, args: argparse.Namespace, loaded: Any, plots_root: Pat
             shutil.copy2(result.bundle_path / f, ship / f)
     op = report.operating_point.shipped
     print(
-        f"[bench quality] {name}: test AUROC {_fmt(report.metrics.auroc)}, held-out kinds "
-        f"{_fmt(report.metrics.auroc_heldout_kind)}, recall {_fmt(op.recall)} / flagged negatives "
-        f"{_fmt(op.fpr_negatives)} at the shipped threshold, {time.perf_counter() - t:.0f}s",
+        f"[bench quality] {name}: test AUROC {num(report.metrics.auroc)}, held-out kinds "
+        f"{num(report.metrics.auroc_heldout_kind)}, recall {num(op.recall)} / flagged negatives "
+        f"{num(op.fpr_negatives)} at the shipped threshold, {time.perf_counter() - t:.0f}s",
         file=sys.stderr,
         flush=True,
     )
@@ -640,7 +641,7 @@ def fit_sae_probes(args: argparse.Namespace, loaded: Any, behaviours: list[str])
             summary["bench_wall_s"] = time.perf_counter() - t  # timing.json's per-probe SAE seconds
             out[probe_id] = summary
             print(
-                f"[bench quality] {probe_id}: test AUROC {_fmt(summary['metrics']['auroc'])}, {summary['n_latents']} latents, "
+                f"[bench quality] {probe_id}: test AUROC {num(summary['metrics']['auroc'])}, {summary['n_latents']} latents, "
                 f"{time.perf_counter() - t:.0f}s",
                 file=sys.stderr,
                 flush=True,
@@ -668,7 +669,3 @@ def _train_command(job: dict, layers: list[int] | None = None) -> str:
     if layers:
         parts.append(f"--layers {','.join(map(str, layers))}")
     return " ".join(parts)
-
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"

@@ -25,6 +25,7 @@ from typing import Any
 
 from probewatch.arguments import add_data_dir_arg
 from probewatch.benchmarks.harness import add_common_args, command_line, finish_drift_check
+from probewatch.training.doc_numbers import num
 
 DEFAULT_OUT = Path("runs/bench-selection.json")
 PUBLISHED = Path("docs/quality")
@@ -91,7 +92,7 @@ def _has_choice(path: Path) -> bool:
 def _config_line(score: Any) -> str:
     from probewatch.training.quality_sources import config_text
 
-    return "—" if score is None else f"{config_text(score.config)} (mean {_num(score.mean)}, worst {_num(score.worst)})"
+    return "—" if score is None else f"{config_text(score.config)} (mean {num(score.mean)}, worst {num(score.worst)})"
 
 
 def summary(replay: Any) -> dict[str, Any]:
@@ -176,7 +177,7 @@ def _step_lines(step: Any) -> list[str]:
     """The nested estimate's multi-layer step (training/nested_multilayer.py), one line per held-out source."""
     layers = "+".join(str(x) for x in step.layers)
     lines = [
-        f"  nested with the multi-layer step (L{layers}): mean {_num(step.mean)}, change {_num(step.change, '+.3f')}"
+        f"  nested with the multi-layer step (L{layers}): mean {num(step.mean)}, change {num(step.change, sign=True)}"
     ]
     for name, o in step.outer.items():
         if not o.kind_gate:
@@ -186,12 +187,8 @@ def _step_lines(step: Any) -> list[str]:
         else:
             verdict = f"{'concat' if o.ships else 'single layer'} (inner folds: concat {_config_line(o.concat)}"
             verdict += f" vs single {_config_line(o.single)})"
-        lines.append(f"    held out {name}: {_num(o.auroc)} with {verdict}")
+        lines.append(f"    held out {name}: {num(o.auroc)} with {verdict}")
     return lines
-
-
-def _num(x: float | None, spec: str = ".3f") -> str:
-    return "n/a" if x is None else format(x, spec)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -205,7 +202,8 @@ def main(args: argparse.Namespace) -> int:
     if not paths:
         raise SystemExit("probewatch bench selection: no report with a held-out-source choice to replay")
     loaded = load_model(args.model)
-    results, lines, refused = [], [], []
+    results, lines = [], []
+    refused: set[str] = set()  # reports with an addition refused: the exit code says some were
     for path in tqdm(paths, desc="replayed reports", unit="report", disable=args.json):
         raw = json.loads(path.read_text())
         replay = replay_selection(raw, loaded, args.data_dir, nested=args.nested, margin=args.selection_margin)
@@ -220,7 +218,7 @@ def main(args: argparse.Namespace) -> int:
                 try:
                     recorded = record(raw, replay, command_line("selection"))
                 except ValueError as exc:  # the replay disagrees with the run: the other reports still get theirs
-                    refused.append(str(path))
+                    refused.add(str(path))
                     lines.append(f"  not recorded: {exc}")
                     recorded = False
                 results[-1][key] = recorded

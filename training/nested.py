@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -584,6 +584,16 @@ def _outer(
     return OuterSource(selection, against, n_pos, n_neg, value, gap, at)
 
 
+def mean_and_worst(aurocs: Mapping[str, float | None]) -> tuple[float | None, float | None, str | None]:
+    """Mean, worst and worst source over the held-out sources that were scored (None where none was): the
+    summary of the estimate and of its multi-layer step alike."""
+    scored = {s: a for s, a in aurocs.items() if a is not None}
+    if not scored:
+        return None, None, None
+    worst_source = min(scored, key=lambda s: scored[s])
+    return float(np.mean(list(scored.values()))), scored[worst_source], worst_source
+
+
 def summarise(
     outer: dict[str, OuterSource],
     top_k: int,
@@ -592,9 +602,7 @@ def summarise(
     margin: float = VAL_MARGIN,
 ) -> NestedEstimate:
     """Mean and worst outer AUROC, and the optimism gaps."""
-    scored = {s: o.auroc for s, o in outer.items() if o.auroc is not None}
-    mean = float(np.mean(list(scored.values()))) if scored else None
-    worst_source = min(scored, key=lambda s: scored[s]) if scored else None
+    mean, worst, worst_source = mean_and_worst({s: o.auroc for s, o in outer.items()})
     gaps = [o.gap for o in outer.values() if o.gap is not None]
     value, basis = selected_on
     low = [min(o.tied) if o.tied else o.auroc for o in outer.values() if o.auroc is not None]
@@ -605,7 +613,7 @@ def summarise(
         top_k=top_k,
         outer=outer,
         mean=mean,
-        worst=scored[worst_source] if worst_source is not None else None,
+        worst=worst,
         worst_source=worst_source,
         selected_on=value,
         selected_on_basis=basis,

@@ -38,6 +38,7 @@ from probewatch.training.nested import (
     config_score,
     folds_without,
     kind_sources,
+    mean_and_worst,
     pick,
     test_indices,
     unit_auroc,
@@ -79,14 +80,16 @@ def multilayer_step(
     control_cal: np.ndarray,
     control_held: np.ndarray,
     settings: NestedSettings,
+    joined: LayerFn | None = None,
 ) -> NestedMultiLayer | None:
     """The nested estimate with the multi-layer step decided per outer source without it (module docstring).
     None where the run compared no multi-layer probe. The single-layer choices' inner-fold scores are the
-    estimate's own (`OuterSource.selection.chosen`: the same folds), so only the concat is fitted here."""
+    estimate's own (`OuterSource.selection.chosen`: the same folds), so only the concat is fitted here.
+    `joined`: `multi["layers"]` already joined (`joined_layers`), shared with the whole-pool concat check."""
     if not multi or len(multi.get("layers") or []) < 2 or not multi.get("concat"):
         return None
     layers = [int(x) for x in multi["layers"]]
-    concat_fits = FoldScorer(pool, joined_layers(layer_data, layers), settings)
+    concat_fits = FoldScorer(pool, joined or joined_layers(layer_data, layers), settings)
     by_config = {_key(config_of(r)): r for r in rows}
     sources_of = kind_sources(pool)
     plans = {}
@@ -134,14 +137,12 @@ def _key(config: Mapping[str, Any]) -> tuple:
 
 
 def _summary(layers: list[int], outer: dict[str, OuterMultiLayer], single_mean: float | None) -> NestedMultiLayer:
-    scored = {s: o.auroc for s, o in outer.items() if o.auroc is not None}
-    mean = float(np.mean(list(scored.values()))) if scored else None
-    worst_source = min(scored, key=lambda s: scored[s]) if scored else None
+    mean, worst, worst_source = mean_and_worst({s: o.auroc for s, o in outer.items()})
     return NestedMultiLayer(
         layers=layers,
         outer=outer,
         mean=mean,
-        worst=scored[worst_source] if worst_source is not None else None,
+        worst=worst,
         worst_source=worst_source,
         change=(mean - single_mean) if (mean is not None and single_mean is not None) else None,
     )

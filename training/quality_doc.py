@@ -23,6 +23,7 @@ import numpy as np
 
 from probewatch.behaviours import DEFAULT_PROBE_IDS
 from probewatch.training.calibration import MAX_FLAGGED_NEGATIVES, MIN_RECALL
+from probewatch.training.doc_numbers import num, pct
 from probewatch.training.estimators import C_METHODS
 from probewatch.training.multilayer_sources import REPLAYED_BY, loss_text
 from probewatch.training.plots import layer_view, sweep_mode
@@ -66,14 +67,6 @@ class RunInfo:
 
 
 # -- number formatting -----------------------------------------------------------------------------
-def _fmt(x: Any, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def _pct(x: Any) -> str:
-    return "n/a" if x is None else f"{100 * x:.0f}%"
-
-
 def _metrics_json(m: Metrics | Mapping[str, Any]) -> Mapping[str, Any]:
     """A linear probe's Metrics or an SAE-feature probe summary's metrics dict, read alike."""
     return m.to_json() if isinstance(m, Metrics) else m
@@ -88,13 +81,13 @@ def _heldout(metrics: Metrics | Mapping[str, Any]) -> str:
     m = _metrics_json(metrics)
     if m.get("auroc_heldout_kind") is None:
         return "— (one kind)"
-    return f"{_fmt(m['auroc_heldout_kind'])} ({_kind_range(m['auroc_heldout_kind_per_kind'])})"
+    return f"{num(m['auroc_heldout_kind'])} ({_kind_range(m['auroc_heldout_kind_per_kind'])})"
 
 
 def _ood(metrics: Metrics | Mapping[str, Any]) -> str:
     m = _metrics_json(metrics)
     recalls = m.get("recall_at_fpr_control_ood") or {}
-    parts = [f"{k} {_fmt(v)} ({_fmt(recalls.get(k))})" for k, v in (m.get("auroc_ood") or {}).items()]
+    parts = [f"{k} {num(v)} ({num(recalls.get(k))})" for k, v in (m.get("auroc_ood") or {}).items()]
     return ", ".join(parts) or "—"
 
 
@@ -162,7 +155,7 @@ def _control_kinds(results: Mapping[str, TrainReport]) -> list[str]:
 
 
 def _control_cells(op: OperatingSummary, kinds: list[str]) -> list[str]:
-    return [_pct(op.control_per_kind[k].fpr if k in op.control_per_kind else None) for k in kinds]
+    return [pct(op.control_per_kind[k].fpr if k in op.control_per_kind else None) for k in kinds]
 
 
 def _aims_met(op: OperatingSummary) -> bool:
@@ -191,7 +184,7 @@ def _band_cell(r: TrainReport) -> str:
     head = f"≥ {edge:.2f}" + (f" ({why})" if why else "")
     if recorded[0] is None:  # a report written before the band's shares were kept in it
         return head
-    return f"{head}: {_fmt(recorded[0])} / {_pct(recorded[1])} / {_pct(recorded[2])}"
+    return f"{head}: {num(recorded[0])} / {pct(recorded[1])} / {pct(recorded[2])}"
 
 
 # -- per-behaviour section -------------------------------------------------------------------------------
@@ -260,8 +253,8 @@ def _kind_rows(r: TrainReport, before: Mapping[str, float | None]) -> list[dict[
                 "groups": info.groups,
                 "test_auroc": per_kind_test.get(kind),
                 "heldout_auroc": r.heldout_kinds.get(kind, {}).get("auroc"),
-                "previous": (_fmt(before.get(kind)) if kind in before else "new"),
-                "at_shipped": f"{_fmt(pk.recall)} / {_pct(pk.fpr_negatives)}" if pk else "n/a",
+                "previous": (num(before.get(kind)) if kind in before else "new"),
+                "at_shipped": f"{num(pk.recall)} / {pct(pk.fpr_negatives)}" if pk else "n/a",
             }
         )
     return rows
@@ -282,7 +275,7 @@ def _layer_table(r: TrainReport) -> dict[str, Any]:
                 cells.append("—")
                 continue
             other = row["heldout_kind_auroc"] if heldout else row.get("ood_mean")
-            cells.append(f"{_fmt(row['val_auroc'])} / {_fmt(other)}")
+            cells.append(f"{num(row['val_auroc'])} / {num(other)}")
         rows.append((layer, cells))
     return {"second": "held-out kinds" if heldout else "ood", "methods": methods, "rows": rows}
 
@@ -431,8 +424,8 @@ def _negatives_rule(op: OperatingSummary) -> str:
 
 HELPERS: dict[str, Any] = {
     "negatives_rule": _negatives_rule,
-    "fmt": _fmt,
-    "pct": _pct,
+    "fmt": num,
+    "pct": pct,
     "heldout": _heldout,
     "ood": _ood,
     "tokens": _tokens,

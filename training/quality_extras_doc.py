@@ -10,15 +10,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from probewatch.probes.manifest import LENGTH_NORMALISED
+from probewatch.training.doc_numbers import num, pct
 from probewatch.training.report import TrainReport
-
-
-def _f(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def _p(x: float | None) -> str:
-    return "n/a" if x is None or x != x else f"{100 * x:.0f}%"
 
 
 def _best(rows: Sequence[Mapping[str, Any]], keep) -> Mapping[str, Any] | None:
@@ -31,7 +24,7 @@ def _cell(row: Mapping[str, Any] | None) -> str:
         return "not tried"
     reads = row.get("token_selection", "response")
     where = "" if reads == "response" else f", reads {reads}"
-    return f"{_f(row['heldout_kind_auroc'])} (layer {row['layer']} {row['method']}, {row['aggregation']}{where})"
+    return f"{num(row['heldout_kind_auroc'])} (layer {row['layer']} {row['method']}, {row['aggregation']}{where})"
 
 
 def pooling_rows(results: Mapping[str, TrainReport]) -> list[dict[str, str]]:
@@ -61,9 +54,9 @@ def family_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
             "type": t,
             "kinds": ", ".join(row["kinds"]),
             "n": str(row["n_test"]),
-            "member": _f(row["auroc_member"]),
-            "family": _f(row["auroc_family"]),
-            "single": _f(row["auroc_single"]),
+            "member": num(row["auroc_member"]),
+            "family": num(row["auroc_family"]),
+            "single": num(row["auroc_single"]),
         }
         for t, row in report["per_type"].items()
     ]
@@ -75,8 +68,8 @@ def family_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
             "kinds": "",
             "n": str(report["n_test"]),
             "member": "",
-            "family": _f(test["family"]["auroc"]),
-            "single": _f(single.get("auroc")),
+            "family": num(test["family"]["auroc"]),
+            "single": num(single.get("auroc")),
         }
     )
     rows.append(
@@ -85,8 +78,8 @@ def family_rows(report: Mapping[str, Any]) -> list[dict[str, str]]:
             "kinds": "",
             "n": "",
             "member": "",
-            "family": _f(held.get("family_mean")),
-            "single": _f(held.get("single_mean")),
+            "family": num(held.get("family_mean")),
+            "single": num(held.get("single_mean")),
         }
     )
     return rows
@@ -104,9 +97,9 @@ def evasion_rows(reports: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
                     "probe": rep["probe_id"],
                     "condition": r["condition"],
                     "n": f"{r['n_positive']} / {r['n_negative']}",
-                    "auroc": _f(r["auroc"]),
-                    "recall": _f(r["recall"], 2),
-                    "flagged": _p(r["flagged_negatives"]),
+                    "auroc": num(r["auroc"]),
+                    "recall": num(r["recall"], 2),
+                    "flagged": pct(r["flagged_negatives"]),
                     "change": "—" if change is None else f"{change:+.2f}",
                     "answer": "—" if answer is None else f"{answer:+.2f}",
                 }

@@ -6,9 +6,11 @@ Pure functions of typed reports; `quality_doc.HELPERS` includes `SOURCE_HELPERS`
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any
 
 from probewatch.training.calibration import MAX_FLAGGED_NEGATIVES, MIN_RECALL
+from probewatch.training.doc_numbers import num, pct
 from probewatch.training.estimators import C_METHODS
 from probewatch.training.report import TrainReport
 from probewatch.training.report_sources import (
@@ -33,14 +35,6 @@ BASIS_TEXT = {
 }
 
 
-def _f(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def _p(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.0f}%"
-
-
 def c_setting(c: Mapping[str, Any]) -> str:
     """'C=0.01' for a method that has a C (`C_METHODS`) and a C set; '' otherwise. One format for every table."""
     return f"C={c['C']:g}" if c.get("C") is not None and c.get("method") in C_METHODS else ""
@@ -61,7 +55,7 @@ def guard_text(sel: SourceSelection | None) -> str:
     if sel is None or sel.unguarded is None:
         return ""
     u = sel.unguarded
-    return f" ‡ (without the guard: {config_text(u.config)}, {_f(u.mean)} / {_f(u.worst)})"
+    return f" ‡ (without the guard: {config_text(u.config)}, {num(u.mean)} / {num(u.worst)})"
 
 
 def with_sources(results: Mapping[str, TrainReport]) -> list[tuple[TrainReport, SourcesReport]]:
@@ -90,12 +84,12 @@ def _outer_row(name: str, o: OuterSource) -> dict[str, Any]:
         "sizes": f"{o.n_pos} / {o.n_neg}{against}",
         "chosen": f"{config_text(sel.chosen.config)} ({_basis_text(sel.basis, sel.folds)}){guard_text(sel)}",
         "changed": sel.chosen.config != sel.mean_best.config,
-        "selected_on": f"{_f(sel.chosen.mean)} / {_f(sel.chosen.worst)}",
-        "auroc": _f(o.auroc) + (f" (tied choices {_f(o.tied[0])}–{_f(o.tied[-1])})" if o.tied else ""),
-        "gap": "n/a" if o.gap is None else f"{o.gap:+.3f}",
+        "selected_on": f"{num(sel.chosen.mean)} / {num(sel.chosen.worst)}",
+        "auroc": num(o.auroc) + (f" (tied choices {num(o.tied[0])}–{num(o.tied[-1])})" if o.tied else ""),
+        "gap": num(o.gap, sign=True),
         "at_threshold": "n/a"
         if at is None
-        else f"{_f(at.recall)} / {_p(at.fpr_negatives)} / {_p(at.fpr_control_heldout)}",
+        else f"{num(at.recall)} / {pct(at.fpr_negatives)} / {pct(at.fpr_control_heldout)}",
     }
 
 
@@ -111,7 +105,7 @@ def step_rows(r: TrainReport, s: SourcesReport) -> list[dict[str, Any]]:
             {
                 "source": "— (the run predates the step; `probewatch bench selection --nested --record` adds it "
                 "where a replay reproduces the run's nested estimate)",
-                "single": _f(nested.mean),
+                "single": num(nested.mean),
                 "kind_gate": "—",
                 "inner": "—",
                 "ships": "—",
@@ -129,13 +123,13 @@ def step_rows(r: TrainReport, s: SourcesReport) -> list[dict[str, Any]]:
     replayed = " (replayed after the run: report.json `replayed_by` names the command)" if step.replayed_by else ""
     rows.append(
         {
-            "source": f"**mean over sources** (worst: {step.worst_source or 'n/a'} {_f(step.worst)})",
-            "single": _f(nested.mean),
+            "source": f"**mean over sources** (worst: {step.worst_source or 'n/a'} {num(step.worst)})",
+            "single": num(nested.mean),
             "kind_gate": "—",
             "inner": "—",
             "ships": f"shipped: {'layers ' + '+'.join(str(x) for x in step.layers) if shipped else 'one layer'}",
-            "auroc": f"**{_f(step.mean)}** (change {_signed(step.change)}; selected on {_f(selected_on)}: "
-            f"optimism gap {_signed(gap)}){replayed}",
+            "auroc": f"**{num(step.mean)}** (change {num(step.change, sign=True)}; selected on {num(selected_on)}: "
+            f"optimism gap {num(gap, sign=True)}){replayed}",
         }
     )
     return rows
@@ -144,14 +138,14 @@ def step_rows(r: TrainReport, s: SourcesReport) -> list[dict[str, Any]]:
 def _step_row(name: str, o: OuterMultiLayer) -> dict[str, Any]:
     inner = "—"
     if o.concat is not None and o.single is not None:
-        inner = f"{_f(o.concat.mean)} / {_f(o.concat.worst)} vs {_f(o.single.mean)} / {_f(o.single.worst)}"
+        inner = f"{num(o.concat.mean)} / {num(o.concat.worst)} vs {num(o.single.mean)} / {num(o.single.worst)}"
     return {
         "source": name,
-        "single": _f(o.single_auroc),
+        "single": num(o.single_auroc),
         "kind_gate": "holds" if o.kind_gate else "fails",
         "inner": inner,
         "ships": "concat" if o.ships else "one layer",
-        "auroc": _f(o.auroc),
+        "auroc": num(o.auroc),
     }
 
 
@@ -160,11 +154,7 @@ def tie_text(nested: NestedEstimate | None) -> str:
     if nested is None or nested.tie_range is None:
         return ""
     low, high = nested.tie_range
-    return f" (every tie broken the worst / best way: {_f(low)} / {_f(high)})"
-
-
-def _signed(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:+.3f}"
+    return f" (every tie broken the worst / best way: {num(low)} / {num(high)})"
 
 
 def threshold_rows(s: SourcesReport) -> list[dict[str, Any]]:
@@ -180,9 +170,9 @@ def threshold_rows(s: SourcesReport) -> list[dict[str, Any]]:
                 "source": name,
                 "kinds": ", ".join(counts.kinds),
                 "sizes": f"{shipped.n_pos} / {shipped.n_neg}" if shipped else "— (training only)",
-                "recall": _f(shipped.recall) if shipped else "—",
-                "flagged": _p(shipped.fpr_negatives) if shipped else "—",
-                "held_out": "—" if at is None else f"{_f(at.recall)} / {_p(at.fpr_negatives)}",
+                "recall": num(shipped.recall) if shipped else "—",
+                "flagged": pct(shipped.fpr_negatives) if shipped else "—",
+                "held_out": "—" if at is None else f"{num(at.recall)} / {pct(at.fpr_negatives)}",
                 "transfer": _transfer_cell(at),
                 "aims_met": _aims(shipped.recall, shipped.fpr_negatives) if shipped else "—",
             }
@@ -194,10 +184,10 @@ def _transfer_cell(at: HeldOutThreshold | None) -> str:
     """The rate this source asked for, then the transfer limit learnt from the other sources measured on it."""
     if at is None or at.transfer is None:
         return "—"  # no nested fold, or a report written before the transfer limit
-    asked = "—" if at.transfer_rate is None else _p(at.transfer_rate)
+    asked = "—" if at.transfer_rate is None else pct(at.transfer_rate)
     check = at.transfer
-    learnt = "none" if check.rate is None else _p(check.rate)
-    return f"{asked}; {learnt}: {_f(check.recall)} / {_p(check.fpr_negatives)}"
+    learnt = "none" if check.rate is None else pct(check.rate)
+    return f"{asked}; {learnt}: {num(check.recall)} / {pct(check.fpr_negatives)}"
 
 
 def _aims(recall: float | None, flagged: float | None) -> str:
@@ -217,5 +207,5 @@ SOURCE_HELPERS: dict[str, Any] = {
     "tie_text": tie_text,
     "threshold_rows": threshold_rows,
     "source_basis_text": lambda basis: BASIS_TEXT.get(basis, basis),
-    "signed": _signed,
+    "signed": partial(num, sign=True),
 }

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from probewatch.training.multilayer import concat_decision
-from probewatch.training.multilayer_sources import REPLAYED_BY, SourceCheck, concat_on_sources
+from probewatch.training.multilayer_sources import REPLAYED_BY, SourceCheck, concat_on_sources, joined_comparison
 from probewatch.training.nested import FoldScorer, config_of, nested_estimate, select_by_source
 from probewatch.training.nested_multilayer import multilayer_step
 from probewatch.training.report_sources import ConfigScore, NestedEstimate, SourceSelection
@@ -115,6 +115,9 @@ def replay_selection(
     picked = select_by_source(rows, splits.pool, layer_data, splits.control_cal, settings, scorer)
     now = picked[1] if picked is not None else None
     estimate = None
+    multi = report.get("multi_layer")
+    comparison = joined_comparison(multi, layer_data)  # read by the nested step and the concat check alike
+    joined = comparison[1] if comparison else None
     if nested and now is not None:
         estimate = nested_estimate(
             rows,
@@ -129,7 +132,7 @@ def replay_selection(
         )
         if estimate is not None:
             estimate.multi_layer = multilayer_step(
-                report.get("multi_layer"),
+                multi,
                 rows,
                 estimate,
                 splits.pool,
@@ -137,15 +140,15 @@ def replay_selection(
                 splits.control_cal,
                 splits.control_held,
                 settings,
+                joined=joined,
             )
     replay = Replay(report["probe_id"], None if recorded is None else ConfigScore(**recorded), now, estimate)
-    multi = report.get("multi_layer")
     if multi and now is not None:
         chosen = next((r for r in rows if config_of(r) == now.chosen.config), None)
         if chosen is not None:  # the multi-layer decision on today's choice, as `multilayer.choose_layers` makes it
 
             def on_sources(multi: Any, chosen: SweepRow) -> SourceCheck | None:
-                return concat_on_sources(multi, chosen, splits.pool, layer_data, splits.control_cal, settings)
+                return concat_on_sources(multi, chosen, splits.pool, layer_data, splits.control_cal, settings, joined)
 
             replay.concat_recorded = bool(multi.get("shipped"))
             replay.concat_now, replay.concat_check = concat_decision(multi, chosen, on_sources)

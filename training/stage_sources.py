@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from probewatch.training.features import LayerData
-from probewatch.training.multilayer_sources import SourceCheck, concat_on_sources
+from probewatch.training.multilayer_sources import SourceCheck, concat_on_sources, joined_comparison
 from probewatch.training.nested import FoldScorer, LayerFn, NestedSettings, nested_estimate, select_by_source
 from probewatch.training.nested_multilayer import multilayer_step
 from probewatch.training.report_sources import NestedEstimate, SourceSelection, SourcesReport
@@ -40,6 +40,9 @@ class SourceOutcome:
     selection: SourceSelection | None
     nested: NestedEstimate | None
     n_fits: int = 0
+    #: the multi-layer comparison's layers and their joined data (`joined_layers`, joined on first use): the
+    #: nested step and stage 4's concat check read the same rows, so the cache's layers are joined once
+    joined: tuple[list[int], LayerFn] | None = None
 
 
 def settings_of(config: TrainConfig) -> NestedSettings:
@@ -99,10 +102,20 @@ def run_sources(config: TrainConfig, acts: Activations, splits: Splits, sweep: S
         heldout_kind,
         scorer,
     )
+    multi = sweep.multi_layer
+    joined = joined_comparison(multi, layer_data)
     if nested is not None:
         # the shipped probe may join layers (stage 4's multi-layer step): that decision is estimated nested too
         nested.multi_layer = multilayer_step(
-            sweep.multi_layer, sweep.rows, nested, pool, layer_data, splits.control_cal, splits.control_held, settings
+            multi,
+            sweep.rows,
+            nested,
+            pool,
+            layer_data,
+            splits.control_cal,
+            splits.control_held,
+            settings,
+            joined=joined[1] if joined else None,
         )
         log.info(
             "held-out sources: nested AUROC mean %s, worst %s (%s); selected on %s (%s): optimism gap %s",
@@ -113,7 +126,7 @@ def run_sources(config: TrainConfig, acts: Activations, splits: Splits, sweep: S
             nested.selected_on_basis,
             nested.optimism_gap,
         )
-    return SourceOutcome(selection, nested, scorer.n_fits)
+    return SourceOutcome(selection, nested, scorer.n_fits, joined)
 
 
 def concat_check(
@@ -125,8 +138,11 @@ def concat_check(
         return None
 
     def check(multi: Mapping[str, Any], chosen: SweepRow) -> SourceCheck | None:
+        layers = [int(x) for x in multi["layers"]]
+        joined = outcome.joined[1] if outcome.joined and outcome.joined[0] == layers else None
+        outcome.joined = None  # the last reader: the joined rows are the run's largest array, let them go
         return concat_on_sources(
-            multi, chosen, splits.pool, pool_and_control(acts), splits.control_cal, settings_of(config)
+            multi, chosen, splits.pool, pool_and_control(acts), splits.control_cal, settings_of(config), joined
         )
 
     return check

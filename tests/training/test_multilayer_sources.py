@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from probewatch.training.features import LayerData
-from probewatch.training.multilayer_sources import concat_on_sources
-from probewatch.training.nested import FoldScorer, NestedSettings, config_score, folds_without
+from probewatch.training.multilayer_sources import concat_on_sources, joined_comparison
+from probewatch.training.nested import FoldScorer, NestedSettings, config_score, folds_without, nested_estimate
+from probewatch.training.nested_multilayer import multilayer_step
 from probewatch.training.report_sources import ConfigScore
 from probewatch.training.sweep import PoolArrays, SweepRow
 from tests.training.test_nested_sources import SOURCES, _pool, _row
@@ -87,3 +88,31 @@ def test_without_two_sources_there_is_no_source_check(three_layers):
     pool, layer_data, cal = three_layers
     one = replace(pool, sources=np.array(["a"] * len(pool.labels), dtype=object))
     assert concat_on_sources(_multi([1, 2]), _row(1, 0.80), one, layer_data, cal, SETTINGS) is None
+
+
+def test_the_nested_step_and_the_concat_check_read_the_joined_layers_once(three_layers):
+    """A run's stage 4b (the nested step) and stage 4 (the whole-pool check) fit the same concat rows: built once
+    by `joined_comparison` and handed to both, each layer is read from the cache once and the check's verdict is
+    the one it reaches joining the layers itself."""
+    pool, layer_data, cal = three_layers
+    reads: list[int] = []
+
+    def counted(layer: int):
+        reads.append(layer)
+        return layer_data(layer)
+
+    assert joined_comparison({"layers": [1]}, counted) is None and joined_comparison(None, counted) is None
+    comparison = joined_comparison(_multi([1, 2]), counted)
+    assert comparison is not None and comparison[0] == [1, 2] and reads == []  # joined on first use
+    rows = [_row(1, 0.80)]
+    nested = nested_estimate(rows, pool, layer_data, cal, np.arange(1, 40, 2), SETTINGS, (0.9, "heldout_source"), 0.9)
+    assert nested is not None
+    step = multilayer_step(
+        _multi([1, 2]), rows, nested, pool, layer_data, cal, np.arange(1, 40, 2), SETTINGS, joined=comparison[1]
+    )
+    check = concat_on_sources(_multi([1, 2]), rows[0], pool, layer_data, cal, SETTINGS, comparison[1])
+    assert reads == [1, 2]  # both fitted from the one join
+    assert step is not None and all(o.ships for o in step.outer.values())
+    alone = concat_on_sources(_multi([1, 2]), rows[0], pool, layer_data, cal, SETTINGS)
+    assert check is not None and alone is not None and check.holds is alone.holds is True
+    assert check.concat.folds == pytest.approx(alone.concat.folds, abs=1e-12)
