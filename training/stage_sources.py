@@ -42,6 +42,7 @@ class SourceOutcome:
     n_fits: int = 0
     #: the multi-layer comparison's layers and their joined data (`joined_layers`, joined on first use): the
     #: nested step and stage 4's concat check read the same rows, so the cache's layers are joined once
+    #: (`concat_check` takes it off the outcome)
     joined: tuple[list[int], LayerFn] | None = None
 
 
@@ -133,14 +134,16 @@ def concat_check(
     config: TrainConfig, acts: Activations, splits: Splits, outcome: SourceOutcome
 ) -> Callable[[Mapping[str, Any], SweepRow], SourceCheck | None] | None:
     """`multilayer.choose_layers`' held-out-source half: the concat judged on the folds that chose the single
-    probe (None where no held-out-source choice was made)."""
+    probe (None where no held-out-source choice was made). Takes the nested step's join off `outcome`: only the
+    check holds it from here, so the joined rows (several layers of the pool side by side) go with it, whether
+    or not the kind gate lets the check run, and do not stay alive through the final fit."""
+    shared, outcome.joined = outcome.joined, None
     if outcome.selection is None or outcome.selection.basis != "heldout_source":
         return None
 
     def check(multi: Mapping[str, Any], chosen: SweepRow) -> SourceCheck | None:
         layers = [int(x) for x in multi["layers"]]
-        joined = outcome.joined[1] if outcome.joined and outcome.joined[0] == layers else None
-        outcome.joined = None  # the last reader: the joined rows are the run's largest array, let them go
+        joined = shared[1] if shared and shared[0] == layers else None
         return concat_on_sources(
             multi, chosen, splits.pool, pool_and_control(acts), splits.control_cal, settings_of(config), joined
         )

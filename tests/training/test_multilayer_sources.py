@@ -14,8 +14,10 @@ from probewatch.training.features import LayerData
 from probewatch.training.multilayer_sources import concat_on_sources, joined_comparison
 from probewatch.training.nested import FoldScorer, NestedSettings, config_score, folds_without, nested_estimate
 from probewatch.training.nested_multilayer import multilayer_step
-from probewatch.training.report_sources import ConfigScore
+from probewatch.training.report_sources import ConfigScore, SourceSelection
+from probewatch.training.stage_sources import SourceOutcome, concat_check
 from probewatch.training.sweep import PoolArrays, SweepRow
+from probewatch.training.train_config import TrainConfig
 from tests.training.test_nested_sources import SOURCES, _pool, _row
 
 SETTINGS = NestedSettings(top_k=2, hard_negative_fpr=0.2)
@@ -116,3 +118,18 @@ def test_the_nested_step_and_the_concat_check_read_the_joined_layers_once(three_
     alone = concat_on_sources(_multi([1, 2]), rows[0], pool, layer_data, cal, SETTINGS)
     assert check is not None and alone is not None and check.holds is alone.holds is True
     assert check.concat.folds == pytest.approx(alone.concat.folds, abs=1e-12)
+
+
+def test_the_concat_check_takes_the_join_off_the_stage_outcome(three_layers):
+    """Stage 4b keeps its join on the outcome for stage 4's check; `concat_check` takes it off at once, with or
+    without a held-out-source choice to check, so only the check holds the joined rows and they do not live on
+    through the final fit (whether or not the kind gate lets the check run)."""
+    pool, layer_data, cal = three_layers
+    score = _single(_row(1, 0.80), pool, layer_data, cal)
+    for selection in (None, SourceSelection("heldout_kind", list(SOURCES), 1, score, score)):
+        outcome = SourceOutcome(selection, None, 0, joined_comparison(_multi([1, 2]), layer_data))
+        assert concat_check(TrainConfig(), None, None, outcome) is None and outcome.joined is None
+    chosen_by_source = SourceSelection("heldout_source", list(SOURCES), 1, score, score)
+    outcome = SourceOutcome(chosen_by_source, None, 0, joined_comparison(_multi([1, 2]), layer_data))
+    check = concat_check(TrainConfig(), None, None, outcome)
+    assert callable(check) and outcome.joined is None
