@@ -143,6 +143,7 @@ def _ships(shipped: bool | None) -> str:
 
 def lines_of(replay: Any) -> list[str]:
     from probewatch.training.multilayer_sources import loss_text
+    from probewatch.training.quality_sources import heldout_auroc_text
 
     now = replay.now
     mark = "CHANGED" if replay.changed else "same"
@@ -160,14 +161,15 @@ def lines_of(replay: Any) -> list[str]:
             lines += [f"    concat below single on {loss_text(n, loss)}" for n, loss in sorted(c.losses.items())]
     if replay.nested is not None:
         n = replay.nested
-        lines.append(f"  nested: mean {n.mean:.3f}, worst {n.worst:.3f} ({n.worst_source}), gap {n.optimism_gap:+.3f}")
+        lines.append(
+            f"  nested: mean {num(n.mean)}, worst {num(n.worst)} ({n.worst_source}), gap {num(n.optimism_gap, sign=True)}"
+        )
         for name, o in n.outer.items():
             guard = (
                 "" if o.selection.unguarded is None else f"; without the guard {_config_line(o.selection.unguarded)}"
             )
-            auroc = "n/a" if o.auroc is None else f"{o.auroc:.3f}"
-            tied = f" (tied choices {o.tied[0]:.3f}–{o.tied[-1]:.3f})" if o.tied else ""
-            lines.append(f"    held out {name}: {auroc}{tied} with {_config_line(o.selection.chosen)}{guard}")
+            auroc = heldout_auroc_text(o)
+            lines.append(f"    held out {name}: {auroc} with {_config_line(o.selection.chosen)}{guard}")
         if n.multi_layer is not None:
             lines.extend(_step_lines(n.multi_layer))
     return lines

@@ -66,7 +66,6 @@ class RunInfo:
     machine: str
 
 
-# -- number formatting -----------------------------------------------------------------------------
 def _metrics_json(m: Metrics | Mapping[str, Any]) -> Mapping[str, Any]:
     """A linear probe's Metrics or an SAE-feature probe summary's metrics dict, read alike."""
     return m.to_json() if isinstance(m, Metrics) else m

@@ -85,7 +85,7 @@ def _outer_row(name: str, o: OuterSource) -> dict[str, Any]:
         "chosen": f"{config_text(sel.chosen.config)} ({_basis_text(sel.basis, sel.folds)}){guard_text(sel)}",
         "changed": sel.chosen.config != sel.mean_best.config,
         "selected_on": f"{num(sel.chosen.mean)} / {num(sel.chosen.worst)}",
-        "auroc": num(o.auroc) + (f" (tied choices {num(o.tied[0])}–{num(o.tied[-1])})" if o.tied else ""),
+        "auroc": heldout_auroc_text(o),
         "gap": num(o.gap, sign=True),
         "at_threshold": "n/a"
         if at is None
@@ -149,8 +149,15 @@ def _step_row(name: str, o: OuterMultiLayer) -> dict[str, Any]:
     }
 
 
+def heldout_auroc_text(o: OuterSource) -> str:
+    """'0.649 (tied choices 0.630–0.649)': a held-out source's AUROC, with the range its tied choices score there
+    (docs/quality.md's nested table and `probewatch bench selection` alike)."""
+    return num(o.auroc) + (f" (tied choices {num(o.tied[0])}–{num(o.tied[-1])})" if o.tied else "")
+
+
 def tie_text(nested: NestedEstimate | None) -> str:
-    """' (ties broken the other way: 0.662–0.744)' for the summary row where some source's choice was tied."""
+    """' (every tie broken the worst / best way: 0.638 / 0.705)' for the summary row where some source's choice
+    was tied."""
     if nested is None or nested.tie_range is None:
         return ""
     low, high = nested.tie_range
