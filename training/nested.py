@@ -481,15 +481,19 @@ def _tied_aurocs(
 ) -> list[float]:
     """Each tied choice, fitted without `source`, on it (sorted): what the estimate would read had the mean
     broken the tie otherwise."""
-    held: Held = frozenset({("source", source)})
-    test = test_indices(pool, ("source", source))
-    out = []
-    for row in rows:
-        got = scorer.get(row, held)
-        value = None if got is None else unit_auroc(got[0], pool.labels, test, got[1][control_held])
-        if value is not None:
-            out.append(value)
-    return sorted(out)
+    values = (source_auroc(row, source, pool, scorer, control_held) for row in rows)
+    return sorted(v for v in values if v is not None)
+
+
+def source_auroc(
+    row: SweepRow, source: str, pool: PoolArrays, scorer: FoldScorer, control_held: np.ndarray
+) -> float | None:
+    """`row` fitted without `source` (already run by `scorer`), scored on it as the outer fold scores it (positives
+    against the held-out control where the source has no negatives); None where that fit could not be made."""
+    got = scorer.get(row, frozenset({("source", source)}))
+    if got is None:
+        return None
+    return unit_auroc(got[0], pool.labels, test_indices(pool, ("source", source)), got[1][control_held])
 
 
 def _fold_point(source: str, pool: PoolArrays, s: np.ndarray, c: np.ndarray, control_cal: np.ndarray,

@@ -40,8 +40,7 @@ from probewatch.training.nested import (
     kind_sources,
     mean_and_worst,
     pick,
-    test_indices,
-    unit_auroc,
+    source_auroc,
 )
 from probewatch.training.report_sources import NestedEstimate, NestedMultiLayer, OuterMultiLayer
 from probewatch.training.sweep import PoolArrays, SweepRow
@@ -123,12 +122,7 @@ def multilayer_step(
     concat_fits.run((row, frozenset({("source", name)})) for name, (step, row) in steps.items() if step.ships)
     for name, (step, row) in steps.items():
         if step.ships:
-            got = concat_fits.get(row, frozenset({("source", name)}))
-            step.auroc = (
-                None
-                if got is None
-                else unit_auroc(got[0], pool.labels, test_indices(pool, ("source", name)), got[1][control_held])
-            )
+            step.auroc = source_auroc(row, name, pool, concat_fits, control_held)
     return _summary(layers, {name: step for name, (step, _) in steps.items()}, estimate.mean)
 
 
