@@ -147,10 +147,12 @@ def test_adversarial_text_redacts_quickly(name):
 
 @pytest.mark.parametrize("name", WORST)
 def test_doubling_the_text_doubles_the_time(name):
-    """Twice the text takes ~2x as long (a quadratic rule: ~4x). Best of 3 against timer noise."""
+    """Twice the text takes ~2x as long (a quadratic rule: ~4x). Best of 5 against timer noise: with best of 3 a
+    fresh-clone CI on 2026-12-07 read 3.10x for token-letters (0.057 s -> 0.176 s) while five runs of this file
+    alone passed; the bound stays 3x."""
     text = ADVERSARIAL[name]
-    single = _seconds(text, repeats=3)
-    double = _seconds(text + text, repeats=3)
+    single = _seconds(text, repeats=5)
+    double = _seconds(text + text, repeats=5)
     assert double < 2 * BUDGET_S
     assert double / single < 3.0, f"{name}: {single:.4f}s -> {double:.4f}s ({double / single:.2f}x)"
 
