@@ -11,7 +11,9 @@ selection code, before the next `make bench-quality`. `--record` writes the repl
 report whose run predates it (the replay must agree with the run; training/replay.py `record_concat_check`), and
 with `--nested` what the nested estimate gained since: the multi-layer step (training/nested_multilayer.py) and the
 tied choices' held-out AUROCs (`record_nested_additions`: the replayed estimate must also be the report's own),
-for `probewatch bench quality --render-only` to show in docs/quality.md.
+for `probewatch bench quality --render-only` to show in docs/quality.md. Where the replayed nested estimate is not the
+run's (the data code or the pool changed since and the bundle was not retrained), `--nested --record` writes what the
+replay estimates beside the run's (`record_replay_drift`; a later replay that reproduces the run's clears it).
 Reads the activation cache of the run that wrote the report (minutes each when cached).
 """
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +59,8 @@ def add_cli_args(parser: argparse.ArgumentParser) -> None:
         "--record",
         action="store_true",
         help="write the replayed multi-layer check on held-out sources (with --nested: and the nested estimate's "
-        "multi-layer step and ties) into each replayed report that lacks it (refused where today's choice differs from the run's)",
+        "multi-layer step and ties) into each replayed report that lacks it (refused where today's choice differs "
+        "from the run's); with --nested, also where the replayed estimate departs from the run's (shown beside it)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report; default {DEFAULT_OUT}")
 
@@ -198,12 +202,18 @@ def main(args: argparse.Namespace) -> int:
 
     from probewatch.jsonio import write_json_atomic
     from probewatch.models import load_model
-    from probewatch.training.replay import record_concat_check, record_nested_additions, replay_selection
+    from probewatch.training.replay import (
+        record_concat_check,
+        record_nested_additions,
+        record_replay_drift,
+        replay_selection,
+    )
 
     paths = report_paths(args)
     if not paths:
         raise SystemExit("probewatch bench selection: no report with a held-out-source choice to replay")
     loaded = load_model(args.model)
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     results, lines = [], []
     refused: set[str] = set()  # reports with an addition refused: the exit code says some were
     for path in tqdm(paths, desc="replayed reports", unit="report", disable=args.json):
@@ -226,8 +236,15 @@ def main(args: argparse.Namespace) -> int:
                 results[-1][key] = recorded
                 if recorded:
                     written.append(what)
-            if written:
+            drift = record_replay_drift(raw, replay, command_line("selection"), today) if args.nested else None
+            results[-1]["drift"] = drift  # a replay that no longer reproduces the run's estimate is shown beside it
+            if drift == "recorded":
+                written.append("the replayed nested estimate, which departs from the run's")
+            if written or drift == "cleared":
                 write_json_atomic(path, raw, indent=2)  # as report.json is written: only the new keys differ
+            if written:
                 lines.append(f"  recorded {' and '.join(written)} in {path}")
+            if drift == "cleared":
+                lines.append(f"  cleared an older departure in {path}: the replay reproduces the run's nested estimate")
     code = finish_drift_check("selection", "replays", "choices", results, lines, args)
     return 1 if refused else code

@@ -64,10 +64,23 @@ def with_sources(results: Mapping[str, TrainReport]) -> list[tuple[TrainReport, 
 
 
 def nested_rows(s: SourcesReport) -> list[dict[str, Any]]:
-    """One row per held-out source of the nested estimate."""
+    """One row per held-out source of the nested estimate; where a later replay departs from it, each source's
+    AUROC on today's pool beside the run's."""
     if s.nested is None:
         return []
-    return [_outer_row(name, o) for name, o in s.nested.outer.items()]
+    rows = [_outer_row(name, o) for name, o in s.nested.outer.items()]
+    replayed = s.nested.replayed
+    if replayed is not None:
+        for row in rows:
+            again = replayed.outer.get(row["source"])
+            today = "not held out" if again is None else num(again.auroc)
+            moved = (
+                ""
+                if again is None or again.config == s.nested.outer[row["source"]].selection.chosen.config
+                else ", another choice"
+            )
+            row["auroc"] += f" (replayed on today's pool: {today}{moved})"
+    return rows
 
 
 def _basis_text(basis: str, folds: list[str]) -> str:
@@ -101,17 +114,7 @@ def step_rows(r: TrainReport, s: SourcesReport) -> list[dict[str, Any]]:
     step = nested.multi_layer if nested is not None else None
     multi = r.multi_layer or {}
     if nested is not None and step is None and multi.get("concat") and len(multi.get("layers") or []) > 1:
-        return [  # compared a multi-layer probe, but written before the step: say so rather than drop the probe
-            {
-                "source": "— (the run predates the step; `probewatch bench selection --nested --record` adds it "
-                "where a replay reproduces the run's nested estimate)",
-                "single": num(nested.mean),
-                "kind_gate": "—",
-                "inner": "—",
-                "ships": "—",
-                "auroc": "—",
-            }
-        ]
+        return [_predates_step_row(nested)]  # compared a multi-layer probe before the step: say so, not drop it
     if nested is None or step is None:
         return []
     rows = [_step_row(name, o) for name, o in step.outer.items()]
@@ -135,6 +138,33 @@ def step_rows(r: TrainReport, s: SourcesReport) -> list[dict[str, Any]]:
     return rows
 
 
+def _predates_step_row(nested: NestedEstimate) -> dict[str, Any]:
+    """The row of a run that compared a multi-layer probe before the nested step existed: what adds the step, and
+    where a later replay departs from the run's estimate (so it cannot add it), the step that replay measured."""
+    replayed = nested.replayed
+    source = (
+        "— (the run predates the step; `probewatch bench selection --nested --record` adds it where a replay "
+        "reproduces the run's nested estimate"
+    )
+    auroc = "—"
+    if replayed is not None:
+        source += f"; the replay of {replayed.on} does not: the table above"
+        if replayed.multi_layer_mean is not None:
+            change = None if replayed.mean is None else replayed.multi_layer_mean - replayed.mean
+            auroc = (
+                f"replayed on today's pool: {num(replayed.multi_layer_mean)} (single layer there "
+                f"{num(replayed.mean)}, change {num(change, sign=True)})"
+            )
+    return {
+        "source": source + ")",
+        "single": num(nested.mean),
+        "kind_gate": "—",
+        "inner": "—",
+        "ships": "—",
+        "auroc": auroc,
+    }
+
+
 def _step_row(name: str, o: OuterMultiLayer) -> dict[str, Any]:
     inner = "—"
     if o.concat is not None and o.single is not None:
@@ -153,6 +183,21 @@ def heldout_auroc_text(o: OuterSource) -> str:
     """'0.649 (tied choices 0.630–0.649)': a held-out source's AUROC, with the range its tied choices score there
     (docs/quality.md's nested table and `probewatch bench selection` alike)."""
     return num(o.auroc) + (f" (tied choices {num(o.tied[0])}–{num(o.tied[-1])})" if o.tied else "")
+
+
+def replayed_text(nested: NestedEstimate | None) -> str:
+    """'; replayed on today's pool: 0.662 (worst: x 0.49; with the multi-layer step 0.652), the run's estimate no
+    longer reproduces (report.json `sources.nested.replayed`: command, date, where it departs)' for the summary row
+    of an estimate a later replay departs from; '' otherwise."""
+    replayed = None if nested is None else nested.replayed
+    if replayed is None:
+        return ""
+    step = "" if replayed.multi_layer_mean is None else f"; with the multi-layer step {num(replayed.multi_layer_mean)}"
+    return (
+        f"; replayed on today's pool ({replayed.on}): **{num(replayed.mean)}** (worst: {replayed.worst_source or 'n/a'} "
+        f"{num(replayed.worst)}{step}): the run's estimate no longer reproduces (report.json `sources.nested.replayed` "
+        "names the command and where it departs)"
+    )
 
 
 def tie_text(nested: NestedEstimate | None) -> str:
@@ -212,6 +257,7 @@ SOURCE_HELPERS: dict[str, Any] = {
     "nested_rows": nested_rows,
     "step_rows": step_rows,
     "tie_text": tie_text,
+    "replayed_text": replayed_text,
     "threshold_rows": threshold_rows,
     "source_basis_text": lambda basis: BASIS_TEXT.get(basis, basis),
     "signed": partial(num, sign=True),

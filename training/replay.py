@@ -21,7 +21,13 @@ from probewatch.training.multilayer import concat_decision
 from probewatch.training.multilayer_sources import REPLAYED_BY, SourceCheck, concat_on_sources, joined_comparison
 from probewatch.training.nested import FoldScorer, config_of, nested_estimate, select_by_source
 from probewatch.training.nested_multilayer import multilayer_step
-from probewatch.training.report_sources import ConfigScore, NestedEstimate, SourceSelection
+from probewatch.training.report_sources import (
+    ConfigScore,
+    NestedEstimate,
+    ReplayedEstimate,
+    ReplayedSource,
+    SourceSelection,
+)
 from probewatch.training.stage_activations import extract, make_splits
 from probewatch.training.stage_data import prepare_data
 from probewatch.training.stage_sources import pool_and_control, settings_of
@@ -33,6 +39,7 @@ __all__ = [
     "replay_selection",
     "record_concat_check",
     "record_nested_additions",
+    "record_replay_drift",
     "config_from_report",
     "require_model",
 ]
@@ -207,6 +214,38 @@ def record_nested_additions(report: dict[str, Any], replay: Replay, by: str) -> 
         nested["tie_range"] = now.tie_range
         nested["ties_replayed_by"] = by
     return True
+
+
+def record_replay_drift(report: dict[str, Any], replay: Replay, by: str, on: str) -> str | None:
+    """Keep `report["sources"]["nested"]["replayed"]` true to today's replay: where the replayed nested estimate
+    departs from the run's (a source's choice, an AUROC beyond `REPLAY_TOLERANCE`, or the shipped choice itself),
+    write what the replay estimates (`ReplayedEstimate`, with the command `by` and the date `on`) and return
+    "recorded"; where it reproduces the run's, drop an older record ("cleared"); None where nothing changed.
+
+    The run's estimate stays as it was: it is how the shipped probe was chosen. A replay that departs cannot
+    extend it (`record_nested_additions` refuses), but what it measured on today's pool is a number a reader
+    needs beside the published one until a regeneration replaces both."""
+    nested = (report.get("sources") or {}).get("nested")
+    now = replay.nested
+    if nested is None or now is None:
+        return None
+    differs = _estimate_differences(nested, now)
+    if replay.changed:
+        differs.insert(0, "the shipped choice: today's selection code chooses differently from the run")
+    if not differs:
+        return "cleared" if nested.pop("replayed", None) is not None else None
+    record = ReplayedEstimate(
+        by=by,
+        on=on,
+        differences=differs,
+        outer={name: ReplayedSource(o.selection.chosen.config, o.auroc) for name, o in now.outer.items()},
+        mean=now.mean,
+        worst=now.worst,
+        worst_source=now.worst_source,
+        multi_layer_mean=None if now.multi_layer is None else now.multi_layer.mean,
+    )
+    nested["replayed"] = dataclasses.asdict(record)
+    return "recorded"
 
 
 #: how far a replayed outer source's AUROC may lie from the record and still count as the same estimate

@@ -188,6 +188,36 @@ class NestedMultiLayer:
 
 
 @dataclass
+class ReplayedSource:
+    """One held-out source in a replay that departs from the run: the configuration today's code chooses without
+    it and that configuration's AUROC on it."""
+
+    config: dict[str, Any]
+    auroc: float | None
+
+
+@dataclass
+class ReplayedEstimate:
+    """The nested estimate replayed after the run where it no longer reproduces the run's (`probewatch bench
+    selection --nested --record`, training/replay.py `record_replay_drift`): the data code or the pool changed
+    since and the bundle was not retrained. The run's numbers still describe how the shipped probe was chosen;
+    these say what the same procedure estimates on today's pool, so docs/quality.md shows both."""
+
+    by: str  # the command that replayed it
+    on: str  # the replay's date (UTC, YYYY-MM-DD)
+    differences: list[str]  # where it departs from the run: a source's choice or AUROC, or the shipped choice
+    outer: dict[str, ReplayedSource]
+    mean: float | None
+    worst: float | None
+    worst_source: str | None
+    multi_layer_mean: float | None  # with the multi-layer step (None: the run compared no multi-layer probe)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ReplayedEstimate:
+        return cls(**{**d, "outer": {k: ReplayedSource(**v) for k, v in d["outer"].items()}})
+
+
+@dataclass
 class NestedEstimate:
     """Per outer source, the selection run on the other sources and scored on it; the summary numbers.
 
@@ -216,15 +246,18 @@ class NestedEstimate:
     #: the same estimate with the multi-layer step (None: the run compared no multi-layer probe, or a report
     #: written before the step)
     multi_layer: NestedMultiLayer | None = None
+    #: a later replay that no longer reproduces this estimate (None: none recorded, or the last one reproduced it)
+    replayed: ReplayedEstimate | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> NestedEstimate:
-        multi = d.get("multi_layer")
+        multi, replayed = d.get("multi_layer"), d.get("replayed")
         return cls(
             **{
                 **d,
                 "outer": {k: OuterSource.from_json(v) for k, v in d["outer"].items()},
                 "multi_layer": None if multi is None else NestedMultiLayer.from_json(multi),
+                "replayed": None if replayed is None else ReplayedEstimate.from_json(replayed),
             }
         )
 
@@ -248,7 +281,7 @@ def drop_unset(sources: dict[str, Any]) -> None:
     nested = sources.get("nested")
     if nested is None:
         return
-    omit_unset(nested, ("transfer_fpr", "tie_range", "ties_replayed_by", "multi_layer"))
+    omit_unset(nested, ("transfer_fpr", "tie_range", "ties_replayed_by", "multi_layer", "replayed"))
     if nested.get("multi_layer") is not None:
         omit_unset(nested["multi_layer"], ("replayed_by",))
     for outer in nested["outer"].values():

@@ -369,3 +369,40 @@ def test_the_nested_estimate_decides_the_multi_layer_step_without_each_source(
     assert recorded == older  # nothing else in the report changes
     out = json.loads((tmp_path / "out.json").read_text())["replays"][0]
     assert out["nested_recorded"] is True and out["nested"]["multi_layer"]["layers"] == [1, 3]
+
+    # a report whose estimate today's pool no longer reproduces (here: the run recorded another AUROC for one
+    # source): `--nested --record` refuses to extend it, writes the replay beside it, and docs/quality.md shows both
+    departs = json.loads(json.dumps(older))
+    moved = sorted(step.outer)[0]
+    departs["sources"]["nested"]["outer"][moved]["auroc"] += 0.05
+    stale.write_text(json.dumps(departs))
+    assert bench_selection.main(parser.parse_args(args + ["--record"])) == 1  # the step is refused
+    drifted = json.loads(stale.read_text())
+    record = drifted["sources"]["nested"].pop("replayed")
+    assert drifted == departs  # the run's estimate, untouched, and nothing else
+    assert record["by"].startswith("probewatch bench selection") and record["differences"][0].startswith(f"{moved}: ")
+    assert record["mean"] == pytest.approx(nested.mean, abs=1e-9)
+    assert record["multi_layer_mean"] == pytest.approx(step.mean, abs=1e-9)
+    assert json.loads((tmp_path / "out.json").read_text())["replays"][0]["drift"] == "recorded"
+    shown = {"deception": json.loads(stale.read_text()), "new": {**raw, "probe_id": "new"}}  # "new" has a step
+    doc = render_markdown(shown, {}, RUN)
+    heldout = doc.split("## Held-out sources: the nested estimate")[1].split("### The multi-layer step")[0]
+    row = next(line for line in heldout.splitlines() if line.startswith(f"| `deception` | {moved} |"))
+    assert f"| {departs['sources']['nested']['outer'][moved]['auroc']:.3f} (replayed on today's pool: " in row
+    assert f"today's pool: {nested.outer[moved].auroc:.3f})" in row
+    summary = next(line for line in heldout.splitlines() if "**mean over sources**" in line)
+    assert f"; replayed on today's pool ({record['on']}): **{nested.mean:.3f}**" in summary
+    assert f"with the multi-layer step {step.mean:.3f}): the run's estimate no longer reproduces" in summary
+    step_table = doc.split("### The multi-layer step, nested")[1].split("\n## ")[0]
+    assert f"the replay of {record['on']} does not: the table above)" in step_table
+    assert f"| replayed on today's pool: {step.mean:.3f} (single layer there {nested.mean:.3f}, change " in step_table
+
+    stale.write_text(
+        json.dumps(
+            {**older, "sources": {**older["sources"], "nested": {**older["sources"]["nested"], "replayed": record}}}
+        )
+    )
+    assert bench_selection.main(parser.parse_args(args + ["--record"])) == 0  # reproduces again: the record goes
+    cleared = json.loads(stale.read_text())
+    assert "replayed" not in cleared["sources"]["nested"] and "multi_layer" in cleared["sources"]["nested"]
+    assert json.loads((tmp_path / "out.json").read_text())["replays"][0]["drift"] == "cleared"

@@ -12,7 +12,7 @@ import pytest
 
 from probewatch.training.nested import NestedSettings, nested_estimate
 from probewatch.training.nested_multilayer import multilayer_step, row_without_kinds, without_kinds
-from probewatch.training.replay import Replay, record_nested_additions
+from probewatch.training.replay import Replay, record_nested_additions, record_replay_drift
 from probewatch.training.report_sources import NestedEstimate, drop_unset
 from tests.training.test_multilayer_sources import SETTINGS, _multi, three_layer_pool
 from tests.training.test_nested_sources import SOURCES, _row
@@ -200,3 +200,51 @@ def test_record_adds_the_tied_choices_to_a_report_written_before_them(three_laye
     assert written["multi_layer"] == {"layers": [1, 2]}  # the run's own step is kept
     assert NestedEstimate.from_json({**written, "multi_layer": None}).tie_range == nested.tie_range
     assert not record_nested_additions(raw, Replay("p", None, None, nested), "again")  # nothing missing now
+
+
+def test_a_replay_that_departs_from_the_run_is_recorded_beside_it_and_cleared_once_it_reproduces(three_layers):
+    """`--nested --record` on a report whose estimate today's pool no longer reproduces: the run's estimate stays,
+    the replay's per-source choices and AUROCs, its mean and its multi-layer step are written beside it with the
+    command, the date and where it departs; a later replay that reproduces the run's removes the record."""
+    pool, layer_data, cal = three_layers
+    rows = [_row(1, 0.80)]
+    nested = _estimate(pool, layer_data, cal, rows)
+    nested.multi_layer = _step(_multi([1, 2]), rows, nested, pool, layer_data, cal)
+    published = json.loads(json.dumps(asdict(nested)))
+    del published["multi_layer"]
+    replay = Replay("deception", None, None, nested)
+
+    departs = {"sources": {"nested": json.loads(json.dumps(published))}}
+    departs["sources"]["nested"]["outer"]["a"]["auroc"] += 0.05  # the run measured another number on its pool
+    run_mean = departs["sources"]["nested"]["mean"]
+    assert (
+        record_replay_drift(departs, replay, "probewatch bench selection --nested --record", "2026-12-07") == "recorded"
+    )
+    written = departs["sources"]["nested"]
+    assert written["mean"] == run_mean and "multi_layer" not in written  # the run's estimate is left as it was
+    replayed = NestedEstimate.from_json(written).replayed
+    assert replayed is not None and replayed.by == "probewatch bench selection --nested --record"
+    assert replayed.on == "2026-12-07" and len(replayed.differences) == 1
+    assert replayed.differences[0].startswith("a: ") and "(the run: " in replayed.differences[0]
+    assert replayed.mean == nested.mean and replayed.worst == nested.worst
+    assert replayed.worst_source == nested.worst_source
+    assert replayed.multi_layer_mean == nested.multi_layer.mean  # the step measured on today's pool
+    for name, o in nested.outer.items():
+        assert replayed.outer[name].auroc == o.auroc and replayed.outer[name].config == o.selection.chosen.config
+
+    changed = Replay("deception", None, None, nested, concat_recorded=True, concat_now=False)
+    same = {"sources": {"nested": json.loads(json.dumps(published))}}
+    assert record_replay_drift(same, changed, "x", "2026-12-07") == "recorded"  # the shipped choice itself moved
+    assert same["sources"]["nested"]["replayed"]["differences"] == [
+        "the shipped choice: today's selection code chooses differently from the run"
+    ]
+
+    departs["sources"]["nested"]["outer"]["a"]["auroc"] -= 0.05  # the pool is the run's again
+    assert record_replay_drift(departs, replay, "x", "2026-12-08") == "cleared"
+    assert "replayed" not in departs["sources"]["nested"]
+    assert record_replay_drift(departs, replay, "x", "2026-12-08") is None  # nothing to clear, nothing to write
+    assert record_replay_drift({"sources": {"nested": None}}, replay, "x", "2026-12-08") is None
+
+    unset = {"nested": json.loads(json.dumps(asdict(nested)))}
+    drop_unset(unset)
+    assert "replayed" not in unset["nested"]  # an estimate nobody replayed keeps its layout
