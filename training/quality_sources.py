@@ -186,9 +186,9 @@ def heldout_auroc_text(o: OuterSource) -> str:
 
 
 def replayed_text(nested: NestedEstimate | None) -> str:
-    """'; replayed on today's pool: 0.662 (worst: x 0.49; with the multi-layer step 0.652), the run's estimate no
-    longer reproduces (report.json `sources.nested.replayed`: command, date, where it departs)' for the summary row
-    of an estimate a later replay departs from; '' otherwise."""
+    """The text "; replayed on today's pool (2026-12-07): **0.662** (worst: x 0.490; with the multi-layer step 0.652): the run's
+    estimate no longer reproduces (report.json ...)" for the summary row of an estimate a later replay departs from
+    (`sources.nested.replayed`); '' otherwise."""
     replayed = None if nested is None else nested.replayed
     if replayed is None:
         return ""
