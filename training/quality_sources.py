@@ -73,7 +73,7 @@ def nested_rows(s: SourcesReport) -> list[dict[str, Any]]:
     if replayed is not None:
         for row in rows:
             again = replayed.outer.get(row["source"])
-            today = "not held out" if again is None else num(again.auroc)
+            today = "not held out" if again is None else num(again.auroc) + _tied_text(again.tied, ", tied choices ")
             moved = (
                 ""
                 if again is None or again.config == s.nested.outer[row["source"]].selection.chosen.config
@@ -182,21 +182,30 @@ def _step_row(name: str, o: OuterMultiLayer) -> dict[str, Any]:
 def heldout_auroc_text(o: OuterSource) -> str:
     """'0.649 (tied choices 0.630–0.649)': a held-out source's AUROC, with the range its tied choices score there
     (docs/quality.md's nested table and `probewatch bench selection` alike)."""
-    return num(o.auroc) + (f" (tied choices {num(o.tied[0])}–{num(o.tied[-1])})" if o.tied else "")
+    return num(o.auroc) + _tied_text(o.tied, " (tied choices ", ")")
+
+
+def _tied_text(tied: list[float] | None, before: str, after: str = "") -> str:
+    """'<before>0.630–0.649<after>' for a source's tied choices' AUROCs (sorted); '' where none tied."""
+    return f"{before}{num(tied[0])}–{num(tied[-1])}{after}" if tied else ""
 
 
 def replayed_text(nested: NestedEstimate | None) -> str:
-    """The text "; replayed on today's pool (2026-12-07): **0.662** (worst: x 0.490; with the multi-layer step 0.652): the run's
-    estimate no longer reproduces (report.json ...)" for the summary row of an estimate a later replay departs from
-    (`sources.nested.replayed`); '' otherwise."""
+    """The text "; replayed on today's pool (2026-12-07): **0.662** (worst: x 0.490; every tie broken the worst / best
+    way: 0.600 / 0.700; with the multi-layer step 0.652): the run's estimate no longer reproduces (report.json ...)"
+    for the summary row of an estimate a later replay departs from (`sources.nested.replayed`); '' otherwise."""
     replayed = None if nested is None else nested.replayed
     if replayed is None:
         return ""
     step = "" if replayed.multi_layer_mean is None else f"; with the multi-layer step {num(replayed.multi_layer_mean)}"
+    ties = ""
+    if replayed.tie_range is not None:
+        low, high = replayed.tie_range
+        ties = f"; every tie broken the worst / best way: {num(low)} / {num(high)}"
     return (
         f"; replayed on today's pool ({replayed.on}): **{num(replayed.mean)}** (worst: {replayed.worst_source or 'n/a'} "
-        f"{num(replayed.worst)}{step}): the run's estimate no longer reproduces (report.json `sources.nested.replayed` "
-        "names the command and where it departs)"
+        f"{num(replayed.worst)}{ties}{step}): the run's estimate no longer reproduces (report.json "
+        "`sources.nested.replayed` names the command and where it departs)"
     )
 
 

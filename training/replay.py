@@ -238,11 +238,12 @@ def record_replay_drift(report: dict[str, Any], replay: Replay, by: str, on: str
         by=by,
         on=on,
         differences=differs,
-        outer={name: ReplayedSource(o.selection.chosen.config, o.auroc) for name, o in now.outer.items()},
+        outer={name: ReplayedSource(o.selection.chosen.config, o.auroc, o.tied) for name, o in now.outer.items()},
         mean=now.mean,
         worst=now.worst,
         worst_source=now.worst_source,
         multi_layer_mean=None if now.multi_layer is None else now.multi_layer.mean,
+        tie_range=now.tie_range,
     )
     nested["replayed"] = dataclasses.asdict(record)
     return "recorded"

@@ -194,6 +194,7 @@ class ReplayedSource:
 
     config: dict[str, Any]
     auroc: float | None
+    tied: list[float] | None = None  # the held-out AUROCs of the choices the rule counted as tied (`OuterSource.tied`)
 
 
 @dataclass
@@ -211,6 +212,9 @@ class ReplayedEstimate:
     worst: float | None
     worst_source: str | None
     multi_layer_mean: float | None  # with the multi-layer step (None: the run compared no multi-layer probe)
+    tie_range: list[float] | None = (
+        None  # the mean had every tie gone the worst / best way (`NestedEstimate.tie_range`)
+    )
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ReplayedEstimate:

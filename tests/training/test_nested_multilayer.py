@@ -229,8 +229,10 @@ def test_a_replay_that_departs_from_the_run_is_recorded_beside_it_and_cleared_on
     assert replayed.mean == nested.mean and replayed.worst == nested.worst
     assert replayed.worst_source == nested.worst_source
     assert replayed.multi_layer_mean == nested.multi_layer.mean  # the step measured on today's pool
+    assert replayed.tie_range == nested.tie_range
     for name, o in nested.outer.items():
         assert replayed.outer[name].auroc == o.auroc and replayed.outer[name].config == o.selection.chosen.config
+        assert replayed.outer[name].tied == o.tied
 
     changed = Replay("deception", None, None, nested, concat_recorded=True, concat_now=False)
     same = {"sources": {"nested": json.loads(json.dumps(published))}}
@@ -248,3 +250,36 @@ def test_a_replay_that_departs_from_the_run_is_recorded_beside_it_and_cleared_on
     unset = {"nested": json.loads(json.dumps(asdict(nested)))}
     drop_unset(unset)
     assert "replayed" not in unset["nested"]  # an estimate nobody replayed keeps its layout
+
+
+def test_a_departing_replay_keeps_its_tied_choices_and_the_docs_show_them(three_layers, monkeypatch):
+    """Where the replay's choices tie, the record keeps each source's tied AUROCs and the estimate's tie range, and
+    docs/quality.md's nested table shows them beside the replayed AUROCs: a departure that is a tie broken another
+    way reads differently from one that moved every choice."""
+    from probewatch.training import nested as nested_module
+    from probewatch.training.quality_sources import nested_rows, replayed_text
+    from probewatch.training.report_sources import SourcesReport
+
+    pool, layer_data, cal = three_layers
+    monkeypatch.setattr(nested_module, "TIE", 1.0)  # every candidate ties: the rule itself is unchanged
+    nested = _estimate(pool, layer_data, cal, [_row(1, 0.80), _row(2, 0.80)])
+    assert nested.tie_range is not None
+    report = {"sources": {"nested": json.loads(json.dumps(asdict(nested)))}}
+    report["sources"]["nested"]["outer"]["b"]["auroc"] -= 0.02
+    assert record_replay_drift(report, Replay("p", None, None, nested), "cmd", "2026-12-07") == "recorded"
+    read = NestedEstimate.from_json(report["sources"]["nested"])
+    assert read.replayed is not None and read.replayed.tie_range == nested.tie_range
+    low, high = nested.tie_range
+    text = replayed_text(read)
+    assert text.startswith(f"; replayed on today's pool (2026-12-07): **{nested.mean:.3f}** (worst: ")
+    assert f"; every tie broken the worst / best way: {low:.3f} / {high:.3f}" in text
+    rows = nested_rows(SourcesReport(mapping={}, counts={}, selection=None, nested=read, at_threshold={}))
+    for row in rows:
+        o = nested.outer[row["source"]]
+        assert read.replayed.outer[row["source"]].tied == o.tied
+        today = f"(replayed on today's pool: {o.auroc:.3f}" + (
+            f", tied choices {o.tied[0]:.3f}–{o.tied[-1]:.3f}" if o.tied else ""
+        )
+        assert today in row["auroc"], row["auroc"]
+    assert any(nested.outer[row["source"]].tied for row in rows)
+    assert replayed_text(nested) == ""  # an estimate no replay departed from
