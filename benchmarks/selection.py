@@ -213,7 +213,7 @@ def main(args: argparse.Namespace) -> int:
     if not paths:
         raise SystemExit("probewatch bench selection: no report with a held-out-source choice to replay")
     loaded = load_model(args.model)
-    today = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    by, today = command_line("selection"), datetime.now(timezone.utc).strftime("%Y-%m-%d")
     results, lines = [], []
     refused: set[str] = set()  # reports with an addition refused: the exit code says some were
     for path in tqdm(paths, desc="replayed reports", unit="report", disable=args.json):
@@ -228,7 +228,7 @@ def main(args: argparse.Namespace) -> int:
                 ("nested_recorded", "the nested estimate's multi-layer step and ties", record_nested_additions),
             ):
                 try:
-                    recorded = record(raw, replay, command_line("selection"))
+                    recorded = record(raw, replay, by)
                 except ValueError as exc:  # the replay disagrees with the run: the other reports still get theirs
                     refused.add(str(path))
                     lines.append(f"  not recorded: {exc}")
@@ -236,7 +236,7 @@ def main(args: argparse.Namespace) -> int:
                 results[-1][key] = recorded
                 if recorded:
                     written.append(what)
-            drift = record_replay_drift(raw, replay, command_line("selection"), today) if args.nested else None
+            drift = record_replay_drift(raw, replay, by, today) if args.nested else None
             results[-1]["drift"] = drift  # a replay that no longer reproduces the run's estimate is shown beside it
             if drift == "recorded":
                 written.append("the replayed nested estimate, which departs from the run's")

@@ -198,10 +198,7 @@ def replayed_text(nested: NestedEstimate | None) -> str:
     if replayed is None:
         return ""
     step = "" if replayed.multi_layer_mean is None else f"; with the multi-layer step {num(replayed.multi_layer_mean)}"
-    ties = ""
-    if replayed.tie_range is not None:
-        low, high = replayed.tie_range
-        ties = f"; every tie broken the worst / best way: {num(low)} / {num(high)}"
+    ties = _tie_range_text(replayed.tie_range, "; ")
     return (
         f"; replayed on today's pool ({replayed.on}): **{num(replayed.mean)}** (worst: {replayed.worst_source or 'n/a'} "
         f"{num(replayed.worst)}{ties}{step}): the run's estimate no longer reproduces (report.json "
@@ -212,10 +209,16 @@ def replayed_text(nested: NestedEstimate | None) -> str:
 def tie_text(nested: NestedEstimate | None) -> str:
     """' (every tie broken the worst / best way: 0.638 / 0.705)' for the summary row where some source's choice
     was tied."""
-    if nested is None or nested.tie_range is None:
+    return _tie_range_text(None if nested is None else nested.tie_range, " (", ")")
+
+
+def _tie_range_text(tie_range: list[float] | None, before: str, after: str = "") -> str:
+    """'<before>every tie broken the worst / best way: 0.638 / 0.705<after>' for an estimate's tie range (the
+    published one's and a replay's alike); '' where no choice tied."""
+    if tie_range is None:
         return ""
-    low, high = nested.tie_range
-    return f" (every tie broken the worst / best way: {num(low)} / {num(high)})"
+    low, high = tie_range
+    return f"{before}every tie broken the worst / best way: {num(low)} / {num(high)}{after}"
 
 
 def threshold_rows(s: SourcesReport) -> list[dict[str, Any]]:

@@ -212,9 +212,8 @@ class ReplayedEstimate:
     worst: float | None
     worst_source: str | None
     multi_layer_mean: float | None  # with the multi-layer step (None: the run compared no multi-layer probe)
-    tie_range: list[float] | None = (
-        None  # the mean had every tie gone the worst / best way (`NestedEstimate.tie_range`)
-    )
+    #: the mean had every tie gone the worst / best way (`NestedEstimate.tie_range`)
+    tie_range: list[float] | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ReplayedEstimate:
