@@ -162,6 +162,18 @@ def _mean_worst(result: Mapping[str, Any]) -> tuple[float, float]:
     return (float(np.mean(list(checked.values()))), min(checked.values())) if checked else (-1.0, -1.0)
 
 
+def concat_candidate(row: SweepRow, selection: str) -> bool:
+    """Whether `row` is a single-layer version of the concat probe on `selection`: per-example logistic, read as
+    the concat is (mean of the token scores; the prompt row for prompt_last). The forward search's candidates."""
+    aggregation = "last" if selection == "prompt_last" else "mean"
+    return (
+        row.method == "logistic"
+        and not row.per_token
+        and row.token_selection == selection
+        and row.aggregation == aggregation
+    )
+
+
 def forward_layers(
     measure: Callable[[list[int]], dict[str, Any]], start: SweepRow, candidates: Sequence[int], k: int
 ) -> tuple[list[int], dict[str, Any] | None, list[dict[str, Any]]]:

@@ -159,11 +159,18 @@ def folds_without(pool: PoolArrays, outer: str | None) -> tuple[str, list[Fold]]
     sources = [s for s in evaluable_sources(_sources(pool), pool.kinds, pool.labels, pool.train_only) if s != outer]
     if len(sources) >= 2:
         return "heldout_source", _folds(pool, base, [("source", s) for s in sources])
-    rest = ~held_mask(pool, base) & ~np.isin(pool.kinds, list(pool.train_only)) & (pool.labels == 1)
-    folds = _folds(pool, base, [("kind", str(k)) for k in sorted(set(pool.kinds[rest].tolist()))])
+    folds = kind_folds(pool, outer)
     if len(folds) >= 2:
         return "heldout_kind", folds
     return "heldout_group", _folds(pool, base, [("group", f"{i}/{GROUP_FOLDS}") for i in range(1, GROUP_FOLDS + 1)])
+
+
+def kind_folds(pool: PoolArrays, outer: str | None) -> list[Fold]:
+    """One fold per kind with positives outside source `outer` (a train-only kind is never held out), `outer`
+    held out beside it: leave-one-kind-out on the other sources, as the sweep's held-out kinds are on the pool."""
+    base: Held = frozenset({("source", outer)}) if outer is not None else frozenset()
+    rest = ~held_mask(pool, base) & ~np.isin(pool.kinds, list(pool.train_only)) & (pool.labels == 1)
+    return _folds(pool, base, [("kind", str(k)) for k in sorted(set(pool.kinds[rest].tolist()))])
 
 
 def _folds(pool: PoolArrays, base: Held, units: Sequence[tuple[str, str]]) -> list[Fold]:

@@ -2,72 +2,161 @@
 
 `nested.nested_estimate` measures the choice of one configuration (layer, method, C, token selection,
 aggregation) on sources it never saw. The shipped probe can be more: where a run compared a multi-layer
-probe, `multilayer.choose_layers` ships the concat of several layers when it beats the single-layer choice
-on held-out kinds (`multilayer.ship_concat`) and, where that choice was made by held-out source, on the
-held-out-source folds too (`multilayer_sources.concat_on_sources`). Left out of the estimate, that step is
-judged only on the data it was chosen on. Here, per outer source S, the step is decided without S:
+probe, `multilayer.choose_layers` ships the concat of the layers its forward search found when it beats the
+single-layer choice on held-out kinds (`multilayer.ship_concat`) and, where that choice was made by held-out
+source, on the held-out-source folds too (`multilayer_sources.concat_on_sources`). Left out of the estimate,
+that step is judged only on the data it was chosen on. Here, per outer source S, the whole step runs without S:
 
-- the kind gate (`ship_concat`) reads only the held-out kinds of the other sources (a kind shared with S, such
-  as the long transcripts composed from every source, is left out, as the pre-screen leaves it out);
-- the source gate fits the concat and S's single-layer choice on the inner folds that chose the latter (the
-  other sources, or their kinds) and asks the rule that chose it (`nested.pick`, no guard: both were judged);
+- the layer set: the run's forward search (`multilayer.forward_layers`) from the layer of S's single-layer
+  choice, whose held-out kinds are the other sources' kinds, each fitted on the rest of them (S held out
+  throughout: `kind_folds`), so the set S is scored with was never searched on S; where it adds no layer, the
+  best pair it measured goes to the gate, as in the run;
+- the kind gate (`ship_concat`) on the same kind folds: the set found against S's single-layer choice;
+- the source gate: the concat and S's single-layer choice on the inner folds that chose the latter (the other
+  sources, or their kinds), by the rule that chose it (`nested.pick`, no guard: both were judged);
 - where both hold, the concat is fitted on the other sources and scored on S; otherwise S keeps the
   single-layer AUROC. The mean over S is the estimate of the whole procedure.
 
-What is not re-decided: the layer set itself. It comes from the run's forward search over the held-out kinds
-of the whole pool (`multilayer.forward_layers`, S's kinds among them; the report keeps only the trail's means,
-so the search cannot be replayed without them): the step here decides whether that set ships, not which.
+The candidates are the layers the run's search could add (the sweep's per-example logistic rows on the
+comparison's token selection, and the run's own set), up to the run's `multi_layer` layers, at the C of the
+run's comparison. Another source's rows of a pool kind (refusal's formats), which the run's search also reads,
+are not read here: held-out sources are other sources already. Each set's layers are joined per batch of fits
+and dropped after (three layers of a long-transcript pool are gigabytes), so a set is read once per use.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from probewatch.training.multilayer import concat_row, ship_concat
-from probewatch.training.multilayer_sources import joined_layers
+from probewatch.training.multilayer import (
+    concat_candidate,
+    concat_layer_data,
+    concat_row,
+    forward_layers,
+    ship_concat,
+)
 from probewatch.training.nested import (
+    Fold,
     FoldScorer,
+    Held,
     LayerFn,
     NestedSettings,
     config_of,
     config_score,
     folds_without,
-    kind_sources,
+    kind_folds,
     mean_and_worst,
     pick,
     source_auroc,
 )
-from probewatch.training.report_sources import NestedEstimate, NestedMultiLayer, OuterMultiLayer
+from probewatch.training.report_sources import (
+    ConfigScore,
+    NestedEstimate,
+    NestedMultiLayer,
+    OuterMultiLayer,
+    OuterSource,
+)
 from probewatch.training.sweep import PoolArrays, SweepRow
 
-__all__ = ["multilayer_step", "without_kinds", "row_without_kinds"]
+__all__ = ["multilayer_step", "search_candidates"]
 
 
-def without_kinds(result: Mapping[str, Any], kinds: set[str]) -> dict[str, Any]:
-    """A multi-layer comparison's result (`multi["concat"]`) as if `kinds` had not been held out: their
-    AUROCs dropped, the held-out-kind mean over the rest (None where none is left)."""
-    per = {k: v for k, v in (result.get("heldout_per_kind") or {}).items() if k not in kinds}
-    other = {k: v for k, v in (result.get("heldout_other_source") or {}).items() if k not in kinds}
-    mean = float(np.mean(list(per.values()))) if per else None
-    return {**result, "heldout_per_kind": per, "heldout_other_source": other, "heldout_kind_auroc": mean}
+def search_candidates(rows: Sequence[SweepRow], multi: Mapping[str, Any]) -> list[int]:
+    """The layers the run's forward search could add: those with a per-example logistic row on the comparison's
+    token selection and aggregation (`stage_sweep`'s candidates), and the run's own set."""
+    selection = multi.get("token_selection", "response")
+    return sorted({r.layer for r in rows if concat_candidate(r, selection)} | {int(x) for x in multi["layers"]})
 
 
-def row_without_kinds(row: SweepRow, kinds: set[str]) -> SweepRow:
-    """`without_kinds` for a sweep row."""
-    kept = without_kinds(
-        {"heldout_per_kind": row.heldout_per_kind, "heldout_other_source": row.heldout_other_source}, kinds
-    )
-    return replace(
-        row,
-        heldout_per_kind=kept["heldout_per_kind"],
-        heldout_other_source=kept["heldout_other_source"],
-        heldout_kind_auroc=kept["heldout_kind_auroc"],
-    )
+class _SetFits:
+    """One `FoldScorer` per layer set; a set's layers are joined when a batch of its fits runs and dropped after."""
+
+    def __init__(self, pool: PoolArrays, layer_data: LayerFn, settings: NestedSettings, kept: dict) -> None:
+        self.pool, self.layer_data, self.settings = pool, layer_data, settings
+        self.kept: dict[tuple[int, ...], LayerFn] = kept  # sets joined already and shared (the run's own)
+        self.scorers: dict[tuple[int, ...], FoldScorer] = {}
+
+    def scorer(self, layers: Sequence[int]) -> FoldScorer:
+        key = tuple(layers)
+        if key not in self.scorers:
+            self.scorers[key] = FoldScorer(self.pool, self.kept.get(key) or self._loader(key), self.settings)
+        return self.scorers[key]
+
+    def _loader(self, layers: tuple[int, ...]) -> LayerFn:
+        if len(layers) == 1:
+            return self.layer_data
+
+        def joined(_layer: int) -> Any:
+            parts = [self.layer_data(layer) for layer in layers]
+            return concat_layer_data([d for d, _ in parts]), concat_layer_data([c for _, c in parts])
+
+        return joined
+
+    def score(self, row: SweepRow, layers: Sequence[int], folds: Sequence[Fold], control: np.ndarray) -> ConfigScore:
+        scorer = self.scorer(layers)
+        scorer.run((row, f.held) for f in folds)
+        return config_score(row, folds, scorer, control)
+
+
+@dataclass
+class _Search:
+    """One outer source's layer search and kind gate, decided on `kind_folds` without it."""
+
+    layers: list[int]
+    row: SweepRow  # the concat's row (its first layer's name) or the start's where the search added none
+    kind_gate: bool
+
+
+def _logistic_row(multi: Mapping[str, Any], single: SweepRow, layers: Sequence[int]) -> SweepRow:
+    """The per-example logistic row a concat over `layers` is fitted from (`concat_row`, named by its first
+    layer); the run's measurements of its own set are kept only on that set."""
+    row = replace(concat_row(multi, single), layer=int(layers[0]))
+    if [int(x) for x in multi["layers"]] == list(layers):
+        return row
+    return replace(row, val_auroc=None, heldout_kind_auroc=None, heldout_per_kind={}, heldout_other_source={})
+
+
+def _on_kinds(row: SweepRow, score: ConfigScore) -> SweepRow:
+    """`row` with its held-out-kind numbers those of `score` (the kind folds): what `ship_concat` reads."""
+    return replace(row, heldout_per_kind=dict(score.folds), heldout_other_source={}, heldout_kind_auroc=score.mean)
+
+
+def _search(
+    name: str,
+    multi: Mapping[str, Any],
+    single: SweepRow,
+    candidates: Sequence[int],
+    max_layers: int,
+    fits: _SetFits,
+    pool: PoolArrays,
+    control_cal: np.ndarray,
+) -> _Search:
+    folds = kind_folds(pool, name)
+    start = _logistic_row(multi, single, [single.layer])
+    measured: dict[tuple[int, ...], ConfigScore] = {}
+
+    def measure(layers: list[int]) -> dict[str, Any]:
+        key = tuple(layers)
+        if key not in measured:
+            measured[key] = fits.score(_logistic_row(multi, single, layers), layers, folds, control_cal)
+        return {"heldout_per_kind": measured[key].folds, "heldout_other_source": {}}
+
+    measure([single.layer])
+    begin = _on_kinds(start, measured[(single.layer,)])
+    layers, _, trail = forward_layers(measure, begin, candidates, max_layers)
+    if len(layers) < 2 and not trail:
+        return _Search(layers, start, False)
+    if len(layers) < 2:  # nothing helped: the best pair measured goes to the gate, as in the run (`stage_sweep`)
+        layers = max(trail, key=lambda t: t["mean"])["layers"]
+    concat = measured[tuple(layers)]
+    gated = {"concat": {"heldout_kind_auroc": concat.mean, "heldout_per_kind": concat.folds}}
+    chosen = _on_kinds(single, fits.score(single, [single.layer], folds, control_cal))
+    return _Search(layers, _logistic_row(multi, single, layers), ship_concat(gated, chosen))
 
 
 def multilayer_step(
@@ -80,50 +169,62 @@ def multilayer_step(
     control_held: np.ndarray,
     settings: NestedSettings,
     joined: LayerFn | None = None,
+    max_layers: int = 3,
 ) -> NestedMultiLayer | None:
-    """The nested estimate with the multi-layer step decided per outer source without it (module docstring).
+    """The nested estimate with the multi-layer step run per outer source without it (module docstring).
     None where the run compared no multi-layer probe. The single-layer choices' inner-fold scores are the
-    estimate's own (`OuterSource.selection.chosen`: the same folds), so only the concat is fitted here.
-    `joined`: `multi["layers"]` already joined (`joined_layers`), shared with the whole-pool concat check."""
+    estimate's own (`OuterSource.selection.chosen`: the same folds). `joined`: the run's set already joined
+    (`joined_layers`), shared with the whole-pool concat check; `max_layers`: the run's `multi_layer`."""
     if not multi or len(multi.get("layers") or []) < 2 or not multi.get("concat"):
         return None
-    layers = [int(x) for x in multi["layers"]]
-    concat_fits = FoldScorer(pool, joined or joined_layers(layer_data, layers), settings)
+    run_layers = [int(x) for x in multi["layers"]]
+    fits = _SetFits(pool, layer_data, settings, {tuple(run_layers): joined} if joined else {})
     by_config = {_key(config_of(r)): r for r in rows}
-    sources_of = kind_sources(pool)
-    plans = {}
+    candidates = search_candidates(rows, multi)
+    steps: dict[str, OuterMultiLayer] = {}
     for name, outer in estimate.outer.items():
         single = by_config.get(_key(outer.selection.chosen.config))
         if single is None:
             raise ValueError(f"held-out source {name!r}: its chosen configuration is not among the sweep's rows")
-        shared = {k for k, srcs in sources_of.items() if name in srcs}
-        gate = ship_concat(
-            {**multi, "concat": without_kinds(multi["concat"], shared)}, row_without_kinds(single, shared)
+        found = _search(name, multi, single, candidates, max_layers, fits, pool, control_cal)
+        steps[name] = _decide(name, found, single, outer, fits, pool, control_cal, control_held)
+    return _summary(run_layers, steps, estimate.mean)
+
+
+def _decide(
+    name: str,
+    found: _Search,
+    single: SweepRow,
+    chosen: OuterSource,
+    fits: _SetFits,
+    pool: PoolArrays,
+    control_cal: np.ndarray,
+    control_held: np.ndarray,
+) -> OuterMultiLayer:
+    """The source gate on the inner folds that chose S's single layer, then the concat on S where it ships.
+    The inner and the outer fits of the set run in one batch: its layers are joined once."""
+    single_score, single_auroc = chosen.selection.chosen, chosen.auroc
+    if not found.kind_gate:
+        return OuterMultiLayer(single_auroc, False, None, None, False, single_auroc, layers=found.layers)
+    _, folds = folds_without(pool, name)
+    folds = folds if len(folds) >= 2 else []
+    outer: Held = frozenset({("source", name)})
+    scorer = fits.scorer(found.layers)
+    scorer.run([*((found.row, f.held) for f in folds), (found.row, outer)])
+    concat_score = None
+    ships = True  # no inner fold to judge by: the kind gate decides alone
+    if folds:
+        concat_score = config_score(found.row, folds, scorer, control_cal)
+        concat_score.config["layers"] = list(found.layers)
+        ships = (
+            single_score.worst is not None
+            and concat_score.worst is not None
+            and pick([(single, single_score), (found.row, concat_score)], margin=math.inf)[0] == 1
         )
-        _, folds = folds_without(pool, name)
-        plans[name] = (single, concat_row(multi, single), gate, folds if len(folds) >= 2 else [])
-    concat_fits.run((row, f.held) for _, row, gate, folds in plans.values() if gate for f in folds)
-    steps: dict[str, tuple[OuterMultiLayer, SweepRow]] = {}
-    for name, (single, row, gate, folds) in plans.items():
-        single_score = concat_score = None
-        ships = gate
-        if gate and folds:
-            single_score = estimate.outer[name].selection.chosen
-            concat_score = config_score(row, folds, concat_fits, control_cal)
-            concat_score.config["layers"] = layers
-            ships = (
-                single_score.worst is not None
-                and concat_score.worst is not None
-                and pick([(single, single_score), (row, concat_score)], margin=math.inf)[0] == 1
-            )
-        single_auroc = estimate.outer[name].auroc
-        step = OuterMultiLayer(single_auroc, gate, single_score, concat_score, ships, single_auroc)
-        steps[name] = (step, row)
-    concat_fits.run((row, frozenset({("source", name)})) for name, (step, row) in steps.items() if step.ships)
-    for name, (step, row) in steps.items():
-        if step.ships:
-            step.auroc = source_auroc(row, name, pool, concat_fits, control_held)
-    return _summary(layers, {name: step for name, (step, _) in steps.items()}, estimate.mean)
+    auroc = source_auroc(found.row, name, pool, scorer, control_held) if ships else single_auroc
+    return OuterMultiLayer(
+        single_auroc, True, single_score if folds else None, concat_score, ships, auroc, layers=found.layers
+    )
 
 
 def _key(config: Mapping[str, Any]) -> tuple:

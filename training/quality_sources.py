@@ -172,11 +172,22 @@ def _step_row(name: str, o: OuterMultiLayer) -> dict[str, Any]:
     return {
         "source": name,
         "single": num(o.single_auroc),
-        "kind_gate": "holds" if o.kind_gate else "fails",
+        "kind_gate": _searched_text(o),
         "inner": inner,
         "ships": "concat" if o.ships else "one layer",
         "auroc": num(o.auroc),
     }
+
+
+def _searched_text(o: OuterMultiLayer) -> str:
+    """'15+19+21: holds', 'one layer (none added)', or "the run's: fails" for a step recorded before the layer set
+    was searched per source."""
+    gate = "holds" if o.kind_gate else "fails"
+    if o.layers is None:
+        return f"the run's: {gate}"
+    if len(o.layers) < 2:
+        return "one layer (none added)"
+    return f"{'+'.join(str(x) for x in o.layers)}: {gate}"
 
 
 def heldout_auroc_text(o: OuterSource) -> str:

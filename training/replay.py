@@ -148,6 +148,7 @@ def replay_selection(
                 splits.control_held,
                 settings,
                 joined=joined,
+                max_layers=config.multi_layer,
             )
     replay = Replay(report["probe_id"], None if recorded is None else ConfigScore(**recorded), now, estimate)
     if multi and now is not None:
@@ -183,7 +184,8 @@ def record_nested_additions(report: dict[str, Any], replay: Replay, by: str) -> 
     """Write what the nested estimate gained after the run that wrote the report into its
     `report["sources"]["nested"]`: the multi-layer step (`multi_layer`, with `replayed_by` = `by`) and the
     tied choices' held-out AUROCs (each outer source's `tied`, the estimate's `tie_range`, and
-    `ties_replayed_by`); True where it wrote. Each is written only where the report lacks it.
+    `ties_replayed_by`); True where it wrote. Each is written only where the report lacks it (a step an
+    earlier replay recorded before the layer set was searched per source counts as lacking: `_step_missing`).
 
     As `record_concat_check`: only a replay that chooses as the run did may fill a gap, and its single-layer
     estimate must be the report's own: the same configuration chosen without every source, each scoring that
@@ -193,7 +195,7 @@ def record_nested_additions(report: dict[str, Any], replay: Replay, by: str) -> 
     now = replay.nested
     if nested is None or now is None:
         return False
-    step = now.multi_layer if nested.get("multi_layer") is None else None
+    step = now.multi_layer if _step_missing(nested.get("multi_layer")) else None
     has_ties = "tie_range" in nested or any("tied" in o for o in nested["outer"].values())
     ties = now.tie_range is not None and not has_ties
     if step is None and not ties:
@@ -214,6 +216,15 @@ def record_nested_additions(report: dict[str, Any], replay: Replay, by: str) -> 
         nested["tie_range"] = now.tie_range
         nested["ties_replayed_by"] = by
     return True
+
+
+def _step_missing(recorded: dict[str, Any] | None) -> bool:
+    """True where a report lacks the nested multi-layer step, or holds one an earlier replay recorded before the
+    step searched the layer set per source (its outer sources name no `layers`): a replay wrote it, so a replay
+    of today's step may replace it. A step the run computed stays: it is how that run decided."""
+    if recorded is None:
+        return True
+    return bool(recorded.get("replayed_by")) and any("layers" not in o for o in recorded["outer"].values())
 
 
 def record_replay_drift(report: dict[str, Any], replay: Replay, by: str, on: str) -> str | None:

@@ -155,6 +155,9 @@ class OuterMultiLayer:
     concat: ConfigScore | None
     ships: bool
     auroc: float | None  # the probe the procedure ships without the source, on it: the concat's where it ships
+    #: the layer set the forward search found without the source (one layer: it added none); None in a step
+    #: recorded before the search ran per source, which judged the run's set (`NestedMultiLayer.layers`)
+    layers: list[int] | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> OuterMultiLayer:
@@ -169,10 +172,10 @@ class OuterMultiLayer:
 
 @dataclass
 class NestedMultiLayer:
-    """The nested estimate with the multi-layer step: per outer source, whether the run's layer set would ship
-    without the source, and what the probe so chosen scores on it."""
+    """The nested estimate with the multi-layer step: per outer source, the layer set searched without it, whether
+    it would ship without the source, and what the probe so chosen scores on it."""
 
-    layers: list[int]
+    layers: list[int]  # the run's set (what ships where the concat shipped)
     outer: dict[str, OuterMultiLayer]
     mean: float | None
     worst: float | None
@@ -287,6 +290,8 @@ def drop_unset(sources: dict[str, Any]) -> None:
     omit_unset(nested, ("transfer_fpr", "tie_range", "ties_replayed_by", "multi_layer", "replayed"))
     if nested.get("multi_layer") is not None:
         omit_unset(nested["multi_layer"], ("replayed_by",))
+        for step in nested["multi_layer"]["outer"].values():
+            omit_unset(step, ("layers",))
     for outer in nested["outer"].values():
         omit_unset(outer.get("selection") or {}, SELECTION_LATER)
         omit_unset(outer.get("at_threshold") or {}, ("transfer_rate", "transfer"))

@@ -117,6 +117,7 @@ def run_sources(config: TrainConfig, acts: Activations, splits: Splits, sweep: S
             splits.control_held,
             settings,
             joined=joined[1] if joined else None,
+            max_layers=config.multi_layer,
         )
         log.info(
             "held-out sources: nested AUROC mean %s, worst %s (%s); selected on %s (%s): optimism gap %s",

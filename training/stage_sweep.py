@@ -145,19 +145,15 @@ def _multi_layer(
 ) -> dict[str, Any] | None:
     """Concatenated / ensembled logistic probes (per-example, chosen token selection) on the layers a forward
     search from the chosen layer adds (`multilayer.forward_layers`, at most `config.multi_layer` layers)."""
-    from probewatch.training.multilayer import evaluate_concat, forward_layers, multi_layer_comparison
+    from probewatch.training.multilayer import (
+        concat_candidate,
+        evaluate_concat,
+        forward_layers,
+        multi_layer_comparison,
+    )
 
     selection = chosen.token_selection
-    agg = "mean" if selection != "prompt_last" else "last"
-    single = [
-        r
-        for r in rows
-        if r.method == "logistic"
-        and not r.per_token
-        and r.token_selection == selection
-        and r.aggregation == agg
-        and (selection, r.layer) in features
-    ]
+    single = [r for r in rows if concat_candidate(r, selection) and (selection, r.layer) in features]
     best_by_layer: dict[int, SweepRow] = {}
     for r in single:
         if r.layer not in best_by_layer or r.selection_score("heldout_kind") > best_by_layer[r.layer].selection_score(

@@ -327,7 +327,7 @@ def test_the_nested_estimate_decides_the_multi_layer_step_without_each_source(
     assert step is not None and step.layers == [1, 3] and step.replayed_by is None
     assert set(step.outer) == set(nested.outer) == {"written.jsonl", "public.jsonl"}
     for name, o in step.outer.items():
-        assert o.kind_gate  # forced open: the source gate decides
+        assert o.kind_gate and o.layers == [1, 3]  # forced open: the source gate decides
         assert o.single == nested.outer[name].selection.chosen and o.single.folds.keys() == o.concat.folds.keys()
         assert o.concat is not None and o.concat.config["layers"] == [1, 3] and name not in o.concat.folds
         assert o.single_auroc == nested.outer[name].auroc
@@ -341,7 +341,7 @@ def test_the_nested_estimate_decides_the_multi_layer_step_without_each_source(
     section = doc.split("### The multi-layer step, nested")[1].split("\n## ")[0]
     for name, o in step.outer.items():
         row = next(line for line in section.splitlines() if line.startswith(f"| `deception` | {name} |"))
-        assert f"| {o.single_auroc:.3f} | holds | {o.concat.mean:.3f} / {o.concat.worst:.3f} vs " in row
+        assert f"| {o.single_auroc:.3f} | 1+3: holds | {o.concat.mean:.3f} / {o.concat.worst:.3f} vs " in row
         assert row.endswith(f"| {'concat' if o.ships else 'one layer'} | {o.auroc:.3f} |")
     summary = next(line for line in section.splitlines() if "**mean over sources**" in line)
     assert f"**{step.mean:.3f}** (change {step.change:+.3f}" in summary and "added by" not in summary

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from probewatch.training.nested import NestedSettings, nested_estimate
-from probewatch.training.nested_multilayer import multilayer_step, row_without_kinds, without_kinds
+from probewatch.training.nested_multilayer import multilayer_step
 from probewatch.training.replay import Replay, record_nested_additions, record_replay_drift
 from probewatch.training.report_sources import NestedEstimate, drop_unset
 from tests.training.test_multilayer_sources import SETTINGS, _multi, three_layer_pool
@@ -76,38 +76,65 @@ def test_the_step_shows_what_a_concat_chosen_on_the_other_sources_costs_on_a_shi
     assert step.change < 0 and step.worst_source == "d"
 
 
-def test_the_kind_gate_reads_only_the_other_sources_kinds(three_layers):
-    """A concat whose held-out-kind gain lies only in d's kinds passes the gate with d in the pool, but not
-    without it: held out d, the step keeps one layer without fitting a concat."""
+def _with_d_only_layer(three_layers):
+    """The three-layer pool with a layer 3 that is layer 1 again, plus the label on its own direction in source d's
+    rows: joined to layer 1 it adds the label in d and nothing new in a, b, c."""
+    from probewatch.training.features import LayerData
+
     pool, layer_data, cal = three_layers
-    rows = [_row(1, 0.80)]
+    first = layer_data(1)[0]
+    x3 = first.last.copy()  # layer 1 again (nothing new to a probe that has layer 1) ...
+    x3[:, 4] += np.where(pool.sources == "d", 2.5, 0.0) * np.where(pool.labels == 1, 1.0, -1.0)  # ... but in d
+    rows = first.rows + np.repeat(x3 - first.last, 2, axis=0)
+    third = LayerData(3, rows, first.offsets, x3)
+
+    def data(layer: int):
+        return (third, layer_data(0)[1]) if layer == 3 else layer_data(layer)
+
+    return pool, data, cal
+
+
+def test_the_layer_set_is_searched_without_each_held_out_source(three_layers, monkeypatch):
+    """Layer 3 adds the label in d's rows only; layer 2 reads it everywhere. Held out a, b or c, the search's
+    held-out kinds include d's, where adding layer 3 helps, so their sets hold it; held out d, the other sources'
+    kinds never show layer 3 helping and d's set lacks it, though the run's search (which read d's kinds) found
+    1+3. The set a source is scored with is never searched on that source. (The worst-kind margin is lifted: on
+    48 + 48 items per kind, refitting with layer 3 costs c1 0.05.)"""
+    from probewatch.training import multilayer
+
+    monkeypatch.setattr(multilayer, "WORST_MARGIN", 1.0)
+    pool, layer_data, cal = _with_d_only_layer(three_layers)
+    rows = [_row(1, 0.80), _row(2, 0.70), _row(3, 0.60)]
     nested = _estimate(pool, layer_data, cal, rows)
-    multi = _multi([1, 2])
-    multi["concat"]["heldout_per_kind"] = {f"{s}{k}": (0.99 if s == "d" else 0.80) for s in SOURCES for k in (1, 2)}
-    multi["concat"]["heldout_kind_auroc"] = float(np.mean(list(multi["concat"]["heldout_per_kind"].values())))
-    step = _step(multi, rows, nested, pool, layer_data, cal)
-    assert step is not None
-    d = step.outer["d"]
-    assert not d.kind_gate and not d.ships and d.concat is None and d.single is None
-    assert d.auroc == d.single_auroc == nested.outer["d"].auroc
-    assert all(step.outer[s].kind_gate for s in ("a", "b", "c"))
+    step = _step(_multi([1, 3]), rows, nested, pool, layer_data, cal)
+    assert step is not None and step.layers == [1, 3]  # the run's set
+    found = {name: o.layers for name, o in step.outer.items()}
+    assert all(layers is not None and len(layers) >= 2 for layers in found.values()), found
+    assert 3 not in found["d"] and all(3 in found[name] for name in "abc"), found
+    assert all(o.single_auroc == nested.outer[n].auroc for n, o in step.outer.items())
+    for o in step.outer.values():
+        assert (o.auroc != o.single_auroc) if o.ships else (o.auroc == o.single_auroc)
+        assert o.concat is None or o.concat.config["layers"] == o.layers
 
 
-def test_without_kinds_drops_them_from_the_per_kind_numbers_and_their_mean():
-    result = {
-        "val_auroc": 0.9,
-        "heldout_kind_auroc": 0.7,
-        "heldout_per_kind": {"a1": 0.9, "a2": 0.7, "d1": 0.5},
-        "heldout_other_source": {"a1": 0.8, "d1": 0.4},
-    }
-    kept = without_kinds(result, {"d1"})
-    assert kept["heldout_per_kind"] == {"a1": 0.9, "a2": 0.7} and kept["heldout_other_source"] == {"a1": 0.8}
-    assert kept["heldout_kind_auroc"] == pytest.approx(0.8) and kept["val_auroc"] == 0.9
-    assert without_kinds(result, {"a1", "a2", "d1"})["heldout_kind_auroc"] is None
-    assert result["heldout_per_kind"]["d1"] == 0.5  # the input is left as it was
-    row = row_without_kinds(_row(1, 0.8), {"a1", "a2"})
-    assert set(row.heldout_per_kind) == {f"{s}{k}" for s in "bcd" for k in (1, 2)}
-    assert row.heldout_kind_auroc == pytest.approx(0.8) and row.layer == 1
+def test_the_search_reads_the_sweeps_candidate_layers_up_to_the_runs_count(three_layers):
+    """Candidates are the sweep's per-example logistic layers on the comparison's token selection, beside the run's
+    set; a source's set never holds more than the run's `multi_layer` layers."""
+    from dataclasses import replace
+
+    from probewatch.training.nested_multilayer import search_candidates
+
+    pool, layer_data, cal = three_layers
+    rows = [_row(1, 0.80), _row(2, 0.70), replace(_row(0, 0.9), per_token=True), _row(0, 0.9, aggregation="max")]
+    assert search_candidates(rows, _multi([1, 2])) == [1, 2]  # per-token and max rows are not the concat's kind
+    assert search_candidates(rows[:1], _multi([0, 1])) == [0, 1]  # the run's set is always a candidate
+    assert search_candidates([_row(2, 0.7)], {**_multi([0, 1]), "token_selection": "prompt_last"}) == [0, 1]
+    nested = _estimate(pool, layer_data, cal, rows[:2])
+    capped = multilayer_step(_multi([0, 1, 2]), rows[:2], nested, pool, layer_data, cal, CONTROL_HELD, SETTINGS,
+                             max_layers=2)  # fmt: skip
+    assert capped is not None and all(o.layers is not None and len(o.layers) <= 2 for o in capped.outer.values())
+    full = multilayer_step(_multi([0, 1, 2]), rows[:2], nested, pool, layer_data, cal, CONTROL_HELD, SETTINGS)
+    assert full is not None and any(o.layers is not None and len(o.layers) == 3 for o in full.outer.values())
 
 
 def test_no_multi_layer_comparison_means_no_step(three_layers):
@@ -175,6 +202,38 @@ def test_record_nested_additions_extends_only_the_estimate_the_run_published(thr
     with pytest.raises(ValueError, match="chooses differently from the run"):
         record_nested_additions(report(), changed, "x")
     assert not record_nested_additions({"sources": {"nested": None}}, replay, "x")  # nothing to extend
+
+
+def test_a_step_a_replay_recorded_before_the_per_source_search_is_replaced_and_a_runs_own_is_kept(three_layers):
+    """Reports whose step an earlier replay added judged the run's set without each source (their outer sources
+    name no layers): `--nested --record` replaces it with today's, which searched the set per source. A step
+    the run computed itself stays, whatever it lacks: it is how that run decided. An old step reads back as it
+    was written (no `layers` key appears)."""
+    pool, layer_data, cal = three_layers
+    rows = [_row(1, 0.80)]
+    nested = _estimate(pool, layer_data, cal, rows)
+    published = json.loads(json.dumps(asdict(nested)))
+    nested.multi_layer = _step(_multi([1, 2]), rows, nested, pool, layer_data, cal)
+    assert nested.multi_layer is not None
+    old = json.loads(json.dumps(asdict(nested.multi_layer)))
+    for outer in old["outer"].values():
+        del outer["layers"]
+    old["mean"] = 0.5  # what the old step measured
+    stale = {"sources": {"nested": {**json.loads(json.dumps(published)), "multi_layer": {**old, "replayed_by": "y"}}}}
+    kept = {"sources": {"nested": {**json.loads(json.dumps(published)), "multi_layer": old}}}
+    written = {"nested": json.loads(json.dumps(stale["sources"]["nested"]))}
+    drop_unset(written)
+    assert all("layers" not in o for o in written["nested"]["multi_layer"]["outer"].values())
+    assert NestedEstimate.from_json(written["nested"]).multi_layer.outer["a"].layers is None
+
+    replay = Replay("p", None, None, nested)
+    assert record_nested_additions(stale, replay, "today")
+    step = stale["sources"]["nested"]["multi_layer"]
+    assert step["replayed_by"] == "today" and step["mean"] == nested.multi_layer.mean
+    assert all(o["layers"] == [1, 2] for o in step["outer"].values())
+    assert not record_nested_additions(stale, replay, "again")  # it is today's step now: kept
+    assert not record_nested_additions(kept, replay, "today")  # the run's own step
+    assert kept["sources"]["nested"]["multi_layer"]["mean"] == 0.5
 
 
 def test_record_adds_the_tied_choices_to_a_report_written_before_them(three_layers, monkeypatch):
