@@ -183,11 +183,13 @@ def _step_lines(step: Any) -> list[str]:
     """The nested estimate's multi-layer step (training/nested_multilayer.py), one line per held-out source."""
     layers = "+".join(str(x) for x in step.layers)
     lines = [
-        f"  nested with the multi-layer step (L{layers}): mean {num(step.mean)}, change {num(step.change, sign=True)}"
+        f"  nested with the multi-layer step (the run's L{layers}; each source's searched without it): "
+        f"mean {num(step.mean)}, change {num(step.change, sign=True)}"
     ]
     for name, o in step.outer.items():
         if not o.kind_gate:
-            verdict = "single layer (kind gate)"
+            searched = "" if o.layers is None else f": layers {'+'.join(str(x) for x in o.layers)}"
+            verdict = f"single layer (kind gate{searched})"
         elif o.concat is None:
             verdict = "concat (kind gate; no inner fold to judge)" if o.ships else "single layer"
         else:

@@ -114,7 +114,10 @@ def step_rows(r: TrainReport, s: SourcesReport) -> list[dict[str, Any]]:
     step = nested.multi_layer if nested is not None else None
     multi = r.multi_layer or {}
     if nested is not None and step is None and multi.get("concat") and len(multi.get("layers") or []) > 1:
-        return [_predates_step_row(nested)]  # compared a multi-layer probe before the step: say so, not drop it
+        # compared a multi-layer probe before the step: say so, not drop it, with a later replay's step per source
+        replayed = nested.replayed.multi_layer if nested.replayed is not None else None
+        per_source = [] if replayed is None else replayed.outer.items()
+        return [_predates_step_row(nested), *(_step_row(f"{n} (replayed on today's pool)", o) for n, o in per_source)]
     if nested is None or step is None:
         return []
     rows = [_step_row(name, o) for name, o in step.outer.items()]

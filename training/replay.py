@@ -27,6 +27,7 @@ from probewatch.training.report_sources import (
     ReplayedEstimate,
     ReplayedSource,
     SourceSelection,
+    omit_unset,
 )
 from probewatch.training.stage_activations import extract, make_splits
 from probewatch.training.stage_data import prepare_data
@@ -255,8 +256,12 @@ def record_replay_drift(report: dict[str, Any], replay: Replay, by: str, on: str
         worst_source=now.worst_source,
         multi_layer_mean=None if now.multi_layer is None else now.multi_layer.mean,
         tie_range=now.tie_range,
+        multi_layer=now.multi_layer,
     )
-    nested["replayed"] = dataclasses.asdict(record)
+    written = dataclasses.asdict(record)
+    if written["multi_layer"] is not None:
+        omit_unset(written["multi_layer"], ("replayed_by",))  # it is the replay's, which `by` names already
+    nested["replayed"] = written
     return "recorded"
 
 

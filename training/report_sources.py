@@ -217,10 +217,20 @@ class ReplayedEstimate:
     multi_layer_mean: float | None  # with the multi-layer step (None: the run compared no multi-layer probe)
     #: the mean had every tie gone the worst / best way (`NestedEstimate.tie_range`)
     tie_range: list[float] | None = None
+    #: the replay's multi-layer step in full: each source's searched layer set, gates and AUROC (None: no step,
+    #: or a record written before it kept only `multi_layer_mean`)
+    multi_layer: NestedMultiLayer | None = None
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> ReplayedEstimate:
-        return cls(**{**d, "outer": {k: ReplayedSource(**v) for k, v in d["outer"].items()}})
+        multi = d.get("multi_layer")
+        return cls(
+            **{
+                **d,
+                "outer": {k: ReplayedSource(**v) for k, v in d["outer"].items()},
+                "multi_layer": None if multi is None else NestedMultiLayer.from_json(multi),
+            }
+        )
 
 
 @dataclass
@@ -288,10 +298,13 @@ def drop_unset(sources: dict[str, Any]) -> None:
     if nested is None:
         return
     omit_unset(nested, ("transfer_fpr", "tie_range", "ties_replayed_by", "multi_layer", "replayed"))
-    if nested.get("multi_layer") is not None:
-        omit_unset(nested["multi_layer"], ("replayed_by",))
-        for step in nested["multi_layer"]["outer"].values():
-            omit_unset(step, ("layers",))
+    steps = [nested.get("multi_layer"), (nested.get("replayed") or {}).get("multi_layer")]
+    if nested.get("replayed") is not None:
+        omit_unset(nested["replayed"], ("multi_layer",))
+    for step in (s for s in steps if s is not None):
+        omit_unset(step, ("replayed_by",))
+        for outer in step["outer"].values():
+            omit_unset(outer, ("layers",))
     for outer in nested["outer"].values():
         omit_unset(outer.get("selection") or {}, SELECTION_LATER)
         omit_unset(outer.get("at_threshold") or {}, ("transfer_rate", "transfer"))

@@ -396,6 +396,9 @@ def test_the_nested_estimate_decides_the_multi_layer_step_without_each_source(
     step_table = doc.split("### The multi-layer step, nested")[1].split("\n## ")[0]
     assert f"the replay of {record['on']} does not: the table above)" in step_table
     assert f"| replayed on today's pool: {step.mean:.3f} (single layer there {nested.mean:.3f}, change " in step_table
+    for name, o in step.outer.items():  # the replay's step per source, its searched set beside its gate
+        row = next(line for line in step_table.splitlines() if f"| {name} (replayed on today's pool) |" in line)
+        assert f"| {o.single_auroc:.3f} | 1+3: holds |" in row and row.endswith(f"| {o.auroc:.3f} |")
 
     stale.write_text(
         json.dumps(

@@ -288,6 +288,8 @@ def test_a_replay_that_departs_from_the_run_is_recorded_beside_it_and_cleared_on
     assert replayed.mean == nested.mean and replayed.worst == nested.worst
     assert replayed.worst_source == nested.worst_source
     assert replayed.multi_layer_mean == nested.multi_layer.mean  # the step measured on today's pool
+    assert replayed.multi_layer == nested.multi_layer  # in full: each source's searched set, gates and AUROC
+    assert "replayed_by" not in written["replayed"]["multi_layer"]  # `by` names the replay
     assert replayed.tie_range == nested.tie_range
     for name, o in nested.outer.items():
         assert replayed.outer[name].auroc == o.auroc and replayed.outer[name].config == o.selection.chosen.config
