@@ -115,8 +115,8 @@ def step_rows(r: TrainReport, s: SourcesReport) -> list[dict[str, Any]]:
     multi = r.multi_layer or {}
     if nested is not None and step is None and multi.get("concat") and len(multi.get("layers") or []) > 1:
         # compared a multi-layer probe before the step: say so, not drop it, with a later replay's step per source
-        replayed = nested.replayed.multi_layer if nested.replayed is not None else None
-        per_source = [] if replayed is None else replayed.outer.items()
+        today = nested.replayed.multi_layer if nested.replayed is not None else None
+        per_source = [] if today is None else today.outer.items()
         return [_predates_step_row(nested), *(_step_row(f"{n} (replayed on today's pool)", o) for n, o in per_source)]
     if nested is None or step is None:
         return []
