@@ -106,8 +106,9 @@ def concat_on_sources(
 
 
 def joined_comparison(multi: Mapping[str, Any] | None, layer_data: LayerFn) -> tuple[list[int], LayerFn] | None:
-    """The multi-layer comparison's layers and their `joined_layers` (None where it compared none): built once
-    for the nested step and the concat check, which read the same rows."""
+    """The multi-layer comparison's layers and their `joined_layers` (None where it compared none): the rows the
+    whole-pool concat check (`concat_on_sources`) fits on. (The nested step reads one row per example instead:
+    training/nested_multilayer.py.)"""
     if not multi or len(multi.get("layers") or []) < 2:
         return None
     layers = [int(x) for x in multi["layers"]]

@@ -20,8 +20,9 @@ that step is judged only on the data it was chosen on. Here, per outer source S,
 The candidates are the layers the run's search could add (the sweep's per-example logistic rows on the
 comparison's token selection, and the run's own set), up to the run's `multi_layer` layers, at the C of the
 run's comparison. Another source's rows of a pool kind (refusal's formats), which the run's search also reads,
-are not read here: held-out sources are other sources already. Each set's layers are joined per batch of fits
-and dropped after (three layers of a long-transcript pool are gigabytes), so a set is read once per use.
+are not read here: held-out sources are other sources already. The concat is a per-example probe read by its
+mean, so every fit here reads each example as one row (`one_row_each`): the same fit and scores as on the token
+rows, without holding or scoring millions of them per set and fold.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from probewatch.training.features import LayerData
 from probewatch.training.multilayer import (
     concat_candidate,
     concat_layer_data,
@@ -74,33 +76,54 @@ def search_candidates(rows: Sequence[SweepRow], multi: Mapping[str, Any]) -> lis
 
 
 class _SetFits:
-    """One `FoldScorer` per layer set; a set's layers are joined when a batch of its fits runs and dropped after."""
+    """One `FoldScorer` per layer set, each reading its layers' examples one row each (`one_row_each`): every
+    layer is read from the activations once for the whole step, and no set ever holds token rows."""
 
-    def __init__(self, pool: PoolArrays, layer_data: LayerFn, settings: NestedSettings, kept: dict) -> None:
-        self.pool, self.layer_data, self.settings = pool, layer_data, settings
-        self.kept: dict[tuple[int, ...], LayerFn] = kept  # sets joined already and shared (the run's own)
+    def __init__(self, pool: PoolArrays, layer_data: LayerFn, settings: NestedSettings, selection: str) -> None:
+        self.pool, self.layer_data, self.settings, self.selection = pool, layer_data, settings, selection
+        self.layers: dict[int, tuple[LayerData, LayerData]] = {}
         self.scorers: dict[tuple[int, ...], FoldScorer] = {}
 
     def scorer(self, layers: Sequence[int]) -> FoldScorer:
         key = tuple(layers)
         if key not in self.scorers:
-            self.scorers[key] = FoldScorer(self.pool, self.kept.get(key) or self._loader(key), self.settings)
+            self.scorers[key] = FoldScorer(self.pool, lambda _layer: self._joined(key), self.settings)
         return self.scorers[key]
 
-    def _loader(self, layers: tuple[int, ...]) -> LayerFn:
-        if len(layers) == 1:
-            return self.layer_data
-
-        def joined(_layer: int) -> Any:
-            parts = [self.layer_data(layer) for layer in layers]
-            return concat_layer_data([d for d, _ in parts]), concat_layer_data([c for _, c in parts])
-
-        return joined
+    def _joined(self, layers: tuple[int, ...]) -> tuple[LayerData, LayerData]:
+        for layer in layers:
+            if layer not in self.layers:
+                data, control = self.layer_data(layer)
+                self.layers[layer] = (one_row_each(data, self.selection), one_row_each(control, self.selection))
+        parts = [self.layers[layer] for layer in layers]
+        if len(parts) == 1:
+            return parts[0]
+        return concat_layer_data([d for d, _ in parts]), concat_layer_data([c for _, c in parts])
 
     def score(self, row: SweepRow, layers: Sequence[int], folds: Sequence[Fold], control: np.ndarray) -> ConfigScore:
         scorer = self.scorer(layers)
         scorer.run((row, f.held) for f in folds)
         return config_score(row, folds, scorer, control)
+
+
+def one_row_each(data: LayerData, selection: str) -> LayerData:
+    """`data` with each example one row: the features a per-example probe on `selection` reads (the mean of its
+    tokens; the prompt row for prompt_last). A concat candidate is such a probe read by its mean (or its one
+    prompt row), and the mean of x.w + b over tokens is (mean x).w + b, so fitting and scoring these rows is
+    fitting and scoring the tokens, at the cost of one row per example: a long-transcript pool's layer holds
+    millions of token rows, which the search would otherwise score again for every set and fold."""
+    x = np.ascontiguousarray(data.example_matrix(selection))
+    n, d = x.shape
+    return LayerData(
+        data.layer,
+        x,
+        np.arange(n + 1, dtype=np.int64),
+        data.last,
+        np.zeros((n, d), dtype=x.dtype),  # nothing outside the row: 'all' reads the row itself
+        np.zeros(n, dtype=np.int64),
+        np.zeros((0, d), dtype=x.dtype),  # no option rows: 'answer' reads the row itself
+        np.zeros(n, dtype=np.int64),
+    )
 
 
 @dataclass
@@ -168,17 +191,15 @@ def multilayer_step(
     control_cal: np.ndarray,
     control_held: np.ndarray,
     settings: NestedSettings,
-    joined: LayerFn | None = None,
     max_layers: int = 3,
 ) -> NestedMultiLayer | None:
     """The nested estimate with the multi-layer step run per outer source without it (module docstring).
     None where the run compared no multi-layer probe. The single-layer choices' inner-fold scores are the
-    estimate's own (`OuterSource.selection.chosen`: the same folds). `joined`: the run's set already joined
-    (`joined_layers`), shared with the whole-pool concat check; `max_layers`: the run's `multi_layer`."""
+    estimate's own (`OuterSource.selection.chosen`: the same folds). `max_layers`: the run's `multi_layer`."""
     if not multi or len(multi.get("layers") or []) < 2 or not multi.get("concat"):
         return None
     run_layers = [int(x) for x in multi["layers"]]
-    fits = _SetFits(pool, layer_data, settings, {tuple(run_layers): joined} if joined else {})
+    fits = _SetFits(pool, layer_data, settings, multi.get("token_selection", "response"))
     by_config = {_key(config_of(r)): r for r in rows}
     candidates = search_candidates(rows, multi)
     steps: dict[str, OuterMultiLayer] = {}
@@ -202,7 +223,7 @@ def _decide(
     control_held: np.ndarray,
 ) -> OuterMultiLayer:
     """The source gate on the inner folds that chose S's single layer, then the concat on S where it ships.
-    The inner and the outer fits of the set run in one batch: its layers are joined once."""
+    The inner and the outer fits of the set run in one batch."""
     single_score, single_auroc = chosen.selection.chosen, chosen.auroc
     if not found.kind_gate:
         return OuterMultiLayer(single_auroc, False, None, None, False, single_auroc, layers=found.layers)

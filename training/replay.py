@@ -124,7 +124,7 @@ def replay_selection(
     now = picked[1] if picked is not None else None
     estimate = None
     multi = report.get("multi_layer")
-    comparison = joined_comparison(multi, layer_data)  # read by the nested step and the concat check alike
+    comparison = joined_comparison(multi, layer_data)  # the whole-pool concat check reads it
     joined = comparison[1] if comparison else None
     if nested and now is not None:
         estimate = nested_estimate(
@@ -148,7 +148,6 @@ def replay_selection(
                 splits.control_cal,
                 splits.control_held,
                 settings,
-                joined=joined,
                 max_layers=config.multi_layer,
             )
     replay = Replay(report["probe_id"], None if recorded is None else ConfigScore(**recorded), now, estimate)

@@ -116,7 +116,6 @@ def run_sources(config: TrainConfig, acts: Activations, splits: Splits, sweep: S
             splits.control_cal,
             splits.control_held,
             settings,
-            joined=joined[1] if joined else None,
             max_layers=config.multi_layer,
         )
         log.info(

@@ -92,10 +92,10 @@ def test_without_two_sources_there_is_no_source_check(three_layers):
     assert concat_on_sources(_multi([1, 2]), _row(1, 0.80), one, layer_data, cal, SETTINGS) is None
 
 
-def test_the_nested_step_and_the_concat_check_read_the_joined_layers_once(three_layers):
-    """A run's stage 4b (the nested step) and stage 4 (the whole-pool check) fit the same concat rows: built once
-    by `joined_comparison` and handed to both, each layer is read from the cache once and the check's verdict is
-    the one it reaches joining the layers itself."""
+def test_the_concat_check_reads_the_joined_layers_once(three_layers):
+    """Stage 4's whole-pool check fits the concat on the rows `joined_comparison` joins on first use (stage 4b
+    builds it and hands it over): each layer is read from the cache once and the verdict is the one the check
+    reaches joining the layers itself."""
     pool, layer_data, cal = three_layers
     reads: list[int] = []
 
@@ -107,17 +107,52 @@ def test_the_nested_step_and_the_concat_check_read_the_joined_layers_once(three_
     comparison = joined_comparison(_multi([1, 2]), counted)
     assert comparison is not None and comparison[0] == [1, 2] and reads == []  # joined on first use
     rows = [_row(1, 0.80)]
-    nested = nested_estimate(rows, pool, layer_data, cal, np.arange(1, 40, 2), SETTINGS, (0.9, "heldout_source"), 0.9)
-    assert nested is not None
-    step = multilayer_step(
-        _multi([1, 2]), rows, nested, pool, layer_data, cal, np.arange(1, 40, 2), SETTINGS, joined=comparison[1]
-    )
     check = concat_on_sources(_multi([1, 2]), rows[0], pool, layer_data, cal, SETTINGS, comparison[1])
-    assert reads == [1, 2]  # both fitted from the one join
-    assert step is not None and all(o.ships for o in step.outer.values())
+    assert reads == [1, 2]
     alone = concat_on_sources(_multi([1, 2]), rows[0], pool, layer_data, cal, SETTINGS)
     assert check is not None and alone is not None and check.holds is alone.holds is True
     assert check.concat.folds == pytest.approx(alone.concat.folds, abs=1e-12)
+
+
+@pytest.mark.parametrize("selection", ["response", "prompt_last"])
+def test_the_nested_step_reads_each_layer_once_as_one_row_per_example_scoring_as_the_tokens_do(three_layers, selection):
+    """The nested step's search fits many sets on many folds: it reads every layer from the cache once, as one row
+    per example (`one_row_each`), and a concat fitted on those rows scores every example and control row as the
+    same concat fitted on the joined token rows does."""
+    from dataclasses import replace
+
+    from probewatch.training.multilayer import concat_layer_data, concat_row
+    from probewatch.training.multilayer_sources import joined_layers
+    from probewatch.training.nested_multilayer import one_row_each
+
+    pool, layer_data, cal = three_layers
+    reads: list[int] = []
+
+    def counted(layer: int):
+        reads.append(layer)
+        return layer_data(layer)
+
+    rows = [_row(1, 0.80), _row(2, 0.70)]
+    nested = nested_estimate(rows, pool, layer_data, cal, np.arange(1, 40, 2), SETTINGS, (0.9, "heldout_source"), 0.9)
+    assert nested is not None
+    step = multilayer_step(_multi([0, 1, 2]), rows, nested, pool, counted, cal, np.arange(1, 40, 2), SETTINGS)
+    assert step is not None and sorted(reads) == [0, 1, 2]  # every set, fold and source from one read each
+
+    def one_row(_layer: int):
+        parts = [layer_data(x) for x in (1, 2)]
+        return tuple(concat_layer_data([one_row_each(p[i], selection) for p in parts]) for i in (0, 1))
+
+    multi = {**_multi([1, 2]), "token_selection": selection}
+    row = concat_row(multi, replace(rows[0], token_selection=selection))
+    tokens, collapsed = (
+        FoldScorer(pool, joined_layers(layer_data, [1, 2]), SETTINGS),
+        FoldScorer(pool, one_row, SETTINGS),
+    )
+    held = frozenset({("source", "d")})
+    for scorer in (tokens, collapsed):
+        scorer.run([(row, held)])
+    for got, want in zip(collapsed.get(row, held), tokens.get(row, held)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_the_concat_check_takes_the_join_off_the_stage_outcome(three_layers):
