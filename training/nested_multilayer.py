@@ -77,12 +77,14 @@ def search_candidates(rows: Sequence[SweepRow], multi: Mapping[str, Any]) -> lis
 
 class _SetFits:
     """One `FoldScorer` per layer set, each reading its layers' examples one row each (`one_row_each`): every
-    layer is read from the activations once for the whole step, and no set ever holds token rows."""
+    layer is read from the activations once for the whole step, and no set ever holds token rows. The
+    single-layer choices the kind gate compares with are fitted on token rows (`score_tokens`)."""
 
     def __init__(self, pool: PoolArrays, layer_data: LayerFn, settings: NestedSettings, selection: str) -> None:
         self.pool, self.layer_data, self.settings, self.selection = pool, layer_data, settings, selection
         self.layers: dict[int, tuple[LayerData, LayerData]] = {}
         self.scorers: dict[tuple[int, ...], FoldScorer] = {}
+        self.tokens: FoldScorer | None = None  # single-layer choices, on token rows
 
     def scorer(self, layers: Sequence[int]) -> FoldScorer:
         key = tuple(layers)
@@ -101,9 +103,18 @@ class _SetFits:
         return concat_layer_data([d for d, _ in parts]), concat_layer_data([c for _, c in parts])
 
     def score(self, row: SweepRow, layers: Sequence[int], folds: Sequence[Fold], control: np.ndarray) -> ConfigScore:
+        """A concat candidate (per-example logistic read by its mean or prompt row) on `folds`."""
         scorer = self.scorer(layers)
         scorer.run((row, f.held) for f in folds)
         return config_score(row, folds, scorer, control)
+
+    def score_tokens(self, row: SweepRow, folds: Sequence[Fold], control: np.ndarray) -> ConfigScore:
+        """A single-layer choice on `folds`, read from its token rows: it may pool them otherwise than by their
+        mean (softmax, a maximum, attention) or read another token selection, which one row per example cannot."""
+        if self.tokens is None:
+            self.tokens = FoldScorer(self.pool, self.layer_data, self.settings)
+        self.tokens.run((row, f.held) for f in folds)
+        return config_score(row, folds, self.tokens, control)
 
 
 def one_row_each(data: LayerData, selection: str) -> LayerData:
@@ -178,7 +189,7 @@ def _search(
         layers = max(trail, key=lambda t: t["mean"])["layers"]
     concat = measured[tuple(layers)]
     gated = {"concat": {"heldout_kind_auroc": concat.mean, "heldout_per_kind": concat.folds}}
-    chosen = _on_kinds(single, fits.score(single, [single.layer], folds, control_cal))
+    chosen = _on_kinds(single, fits.score_tokens(single, folds, control_cal))
     return _Search(layers, _logistic_row(multi, single, layers), ship_concat(gated, chosen))
 
 

@@ -118,7 +118,7 @@ def test_the_concat_check_reads_the_joined_layers_once(three_layers):
 def test_the_nested_step_reads_each_layer_once_as_one_row_per_example_scoring_as_the_tokens_do(three_layers, selection):
     """The nested step's search fits many sets on many folds: it reads every layer from the cache once, as one row
     per example (`one_row_each`), and a concat fitted on those rows scores every example and control row as the
-    same concat fitted on the joined token rows does."""
+    same concat fitted on the joined token rows does. Only each source's single-layer choice is read as tokens."""
     from dataclasses import replace
 
     from probewatch.training.multilayer import concat_layer_data, concat_row
@@ -136,7 +136,11 @@ def test_the_nested_step_reads_each_layer_once_as_one_row_per_example_scoring_as
     nested = nested_estimate(rows, pool, layer_data, cal, np.arange(1, 40, 2), SETTINGS, (0.9, "heldout_source"), 0.9)
     assert nested is not None
     step = multilayer_step(_multi([0, 1, 2]), rows, nested, pool, counted, cal, np.arange(1, 40, 2), SETTINGS)
-    assert step is not None and sorted(reads) == [0, 1, 2]  # every set, fold and source from one read each
+    assert step is not None
+    singles = [nested.outer[name].selection.chosen.config["layer"] for name in step.outer]
+    # every set, fold and source from one read of each layer, beside each source's single-layer choice, which the
+    # kind gate reads from its token rows once
+    assert sorted(reads) == sorted([0, 1, 2, *singles])
 
     def one_row(_layer: int):
         parts = [layer_data(x) for x in (1, 2)]

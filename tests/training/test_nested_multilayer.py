@@ -344,3 +344,20 @@ def test_a_departing_replay_keeps_its_tied_choices_and_the_docs_show_them(three_
         assert today in row["auroc"], row["auroc"]
     assert any(nested.outer[row["source"]].tied for row in rows)
     assert replayed_text(nested) == ""  # an estimate no replay departed from
+
+
+def test_the_kind_gate_reads_a_single_layer_choice_from_its_token_rows(three_layers):
+    """Concat candidates are fitted on one row per example (their mean is all they read), but the single-layer
+    choice the kind gate compares with may pool tokens otherwise (here their maximum): it is fitted and scored on
+    its token rows, exactly as the estimate's own fits are."""
+    from probewatch.training.nested import FoldScorer, config_score, kind_folds
+    from probewatch.training.nested_multilayer import _SetFits
+
+    pool, layer_data, cal = three_layers
+    single = _row(1, 0.80, aggregation="max")
+    folds = kind_folds(pool, "d")
+    fits = _SetFits(pool, layer_data, SETTINGS, "response")
+    direct = FoldScorer(pool, layer_data, SETTINGS)
+    direct.run((single, f.held) for f in folds)
+    assert fits.score_tokens(single, folds, cal) == config_score(single, folds, direct, cal)
+    assert set(fits.score_tokens(single, folds, cal).folds) == {f"{s}{k}" for s in "abc" for k in (1, 2)}
