@@ -162,15 +162,19 @@ def _mean_worst(result: Mapping[str, Any]) -> tuple[float, float]:
     return (float(np.mean(list(checked.values()))), min(checked.values())) if checked else (-1.0, -1.0)
 
 
+def concat_aggregation(selection: str) -> str:
+    """How a concat probe on `selection` is read: the prompt row for prompt_last, else the mean of the token scores."""
+    return "last" if selection == "prompt_last" else "mean"
+
+
 def concat_candidate(row: SweepRow, selection: str) -> bool:
     """Whether `row` is a single-layer version of the concat probe on `selection`: per-example logistic, read as
-    the concat is (mean of the token scores; the prompt row for prompt_last). The forward search's candidates."""
-    aggregation = "last" if selection == "prompt_last" else "mean"
+    the concat is (`concat_aggregation`). The forward search's candidates."""
     return (
         row.method == "logistic"
         and not row.per_token
         and row.token_selection == selection
-        and row.aggregation == aggregation
+        and row.aggregation == concat_aggregation(selection)
     )
 
 
@@ -254,7 +258,7 @@ def concat_row(multi: Mapping[str, Any], chosen: SweepRow) -> SweepRow:
         layer=int(multi["layers"][0]),
         method="logistic",
         per_token=False,
-        aggregation="last" if selection == "prompt_last" else "mean",
+        aggregation=concat_aggregation(selection),
         val_auroc=concat.get("val_auroc"),
         heldout_kind_auroc=concat.get("heldout_kind_auroc"),
         heldout_per_kind=dict(concat.get("heldout_per_kind") or {}),

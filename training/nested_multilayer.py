@@ -172,7 +172,9 @@ def _search(
 ) -> _Search:
     folds = kind_folds(pool, name)
     start = _logistic_row(multi, single, [single.layer])
-    measured: dict[tuple[int, ...], ConfigScore] = {}
+    measured: dict[tuple[int, ...], ConfigScore] = {
+        (single.layer,): fits.score(start, [single.layer], folds, control_cal)
+    }
 
     def measure(layers: list[int]) -> dict[str, Any]:
         key = tuple(layers)
@@ -180,7 +182,6 @@ def _search(
             measured[key] = fits.score(_logistic_row(multi, single, layers), layers, folds, control_cal)
         return {"heldout_per_kind": measured[key].folds, "heldout_other_source": {}}
 
-    measure([single.layer])
     begin = _on_kinds(start, measured[(single.layer,)])
     layers, _, trail = forward_layers(measure, begin, candidates, max_layers)
     if len(layers) < 2 and not trail:
