@@ -10,6 +10,12 @@ that gave the plain kind only its share of the formats (a quarter of the instruc
 `refusal_val` AUROC against the plain-only probe it replaced (0.9971 vs 0.9992 at layer 15).
 The plain kind is never held out (holding it out would hold out every instruction);
 `refusal_val` is its held-out check.
+Four harmless instructions per harmful one (`HARMLESS_PER_HARMFUL`): harmful_train has 260
+instructions, harmless_train 18,793, and harmless traffic is far more varied than 260 Alpaca items
+(a request that quotes a customer's question, code, recipes ...). With one per harmful one the
+probe ordered 11 of `refusal_val`'s 6,240 pairs wrongly, most by harmless requests scored high;
+with four (classes stay balanced: the logistic fit weighs them equally) every pair is ordered and
+recall at the 1%-of-control threshold rose from 0.80 to 0.95 (issue 22, item 5; docs/quality.md).
 Out-of-distribution sets: the val splits (harmful items from HarmBench / JailbreakBench-style
 sources with categories) against harmless_val items that the control set does not use, plain
 (`refusal_val`) and in every wrapped format (`refusal_val_formats`).
@@ -36,6 +42,7 @@ from probewatch.training.datasets.refusal_formats import (
 SPLITS = "refusal/refusal_direction/splits"
 CONTROL_SIZE = 400  # harmless_val items reserved for the control set (first after a seeded shuffle)
 HARMLESS_VAL_HELDOUT = 160
+HARMLESS_PER_HARMFUL = 4.0  # harmless_train instructions drawn per harmful_train one (see the module docstring)
 
 
 def harmless_val_order(data_dir: Path, seed: int = 0) -> list[int]:
@@ -62,7 +69,7 @@ def _instructions(path: Path, kind: str) -> list[Dialogue]:
 
 
 def build(
-    data_dir: Path, seed: int = 0, harmless_per_harmful: float = 1.0, formats_per_instruction: int = 2
+    data_dir: Path, seed: int = 0, harmless_per_harmful: float = HARMLESS_PER_HARMFUL, formats_per_instruction: int = 2
 ) -> BehaviourData:
     """The refusal pool (every instruction in `formats_per_instruction` formats) and the OOD sets."""
     harmful_train = require(data_dir, f"{SPLITS}/harmful_train.json")
