@@ -65,13 +65,18 @@ def test_every_format_on_both_labels_with_identical_wrappers(shared_data, refusa
     pool = refusal_data.pool
     assert {d.kind for d in pool} == KINDS
     counts = Counter((d.kind, d.label) for d in pool)
-    assert all(counts[(k, 0)] == counts[(k, 1)] >= 60 for k in KINDS), counts
+    # four harmless instructions per harmful one in every kind (up to the format assignment's rounding)
+    assert all(counts[(k, 1)] >= 60 and 3.9 <= counts[(k, 0)] / counts[(k, 1)] <= 4.1 for k in KINDS), counts
     for kind in KINDS:
         wrappers = {
             label: Counter(_wrapper(d, shared_data) for d in pool if d.kind == kind and d.label == label)
             for label in (0, 1)
         }
-        assert wrappers[0] == wrappers[1], kind  # same wrappers, same number of times: the label is the request
+        assert wrappers[0].keys() == wrappers[1].keys(), kind
+        # the same wrappers in the same proportions, up to one harmful item: the label is the request
+        for wrapper in wrappers[1]:
+            shares = [wrappers[label][wrapper] / counts[(kind, label)] for label in (0, 1)]
+            assert abs(shares[0] - shares[1]) <= 1 / counts[(kind, 1)], (kind, wrapper, shares)
         assert len(wrappers[1]) == len(load_spec()[kind.removeprefix("refusal_")])  # every variant is used
     # the wrapper really is there: persona has a system prompt, multi-turn a benign first exchange
     persona = next(d for d in pool if d.kind == kind_of("persona"))
