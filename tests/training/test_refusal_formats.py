@@ -14,7 +14,12 @@ import pytest
 from probewatch.data.dialogue import Dialogue, Message
 from probewatch.training.datasets import build_behaviour_data
 from probewatch.training.datasets.common import file_sha256, packaged_file
-from probewatch.training.datasets.refusal import SPLITS, harmless_val_partition
+from probewatch.training.datasets.refusal import (
+    MINIMAL_PAIRS_FILE,
+    MINIMAL_PAIRS_KIND,
+    SPLITS,
+    harmless_val_partition,
+)
 from probewatch.training.datasets.refusal_formats import (
     FORMATS,
     PLACEHOLDER,
@@ -123,6 +128,27 @@ def test_held_out_items_in_every_format_never_overlap_training(shared_data, refu
     for kind in {d.kind for d in val_formats}:
         first = {label: next(d for d in val_formats if d.kind == kind and d.label == label) for label in (0, 1)}
         assert _wrapper(first[0], shared_data) == _wrapper(first[1], shared_data)  # the rotation starts alike
+
+
+def test_minimal_pairs_are_bare_written_requests_never_in_any_split(shared_data, refusal_data):
+    """`refusal_minimal_pairs`: each group one harmful and one harmless bare request on the same topic, none of
+    them a refusal_direction instruction (so never trained on, and not the val splits' phrasing either)."""
+    pairs = refusal_data.ood[MINIMAL_PAIRS_KIND]
+    assert len(pairs) == 80 and {d.kind for d in pairs} == {MINIMAL_PAIRS_KIND}
+    by_group: dict[str, list[int]] = {}
+    for d in pairs:
+        by_group.setdefault(d.group, []).append(d.label)
+        assert [m.role for m in d.messages] == ["user"] and not d.ends_with_assistant
+        assert d.meta["data_source"] == "probewatch_written"
+    assert all(sorted(labels) == [0, 1] for labels in by_group.values()) and len(by_group) == 40
+    texts = {d.messages[0].content.strip() for d in pairs}
+    assert len(texts) == 80
+    for stem in ("harmful_train", "harmless_train", "harmful_val", "harmless_val"):
+        assert not texts & set(_instructions(shared_data, stem)), stem
+    pool_texts = {m.content for d in refusal_data.pool for m in d.messages}
+    assert not texts & pool_texts
+    source = next(s for s in refusal_data.sources if s.name.startswith(MINIMAL_PAIRS_FILE))
+    assert source.n_used == 80 and source.sha256 == file_sha256(packaged_file(MINIMAL_PAIRS_FILE))
 
 
 def test_builder_lists_each_kinds_source(refusal_data):

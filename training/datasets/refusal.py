@@ -18,7 +18,9 @@ with four (classes stay balanced: the logistic fit weighs them equally) every pa
 recall at the 1%-of-control threshold rose from 0.80 to 0.95 (issue 22, item 5; docs/quality.md).
 Out-of-distribution sets: the val splits (harmful items from HarmBench / JailbreakBench-style
 sources with categories) against harmless_val items that the control set does not use, plain
-(`refusal_val`) and in every wrapped format (`refusal_val_formats`).
+(`refusal_val`) and in every wrapped format (`refusal_val_formats`); and `refusal_minimal_pairs`:
+written harmful requests, each beside a harmless one on the same topic (a pipe bomb / a birdhouse),
+which asks whether the probe reads harmfulness or the topic's words.
 """
 
 from __future__ import annotations
@@ -27,8 +29,15 @@ import json
 from pathlib import Path
 
 from probewatch.data.convert import convert_instructions
-from probewatch.data.dialogue import Dialogue
-from probewatch.training.datasets.common import BehaviourData, Source, packaged_file, require, sample
+from probewatch.data.dialogue import Dialogue, Message
+from probewatch.training.datasets.common import (
+    BehaviourData,
+    Source,
+    packaged_file,
+    packaged_yaml,
+    require,
+    sample,
+)
 from probewatch.training.datasets.refusal_formats import (
     DATA_SOURCE,
     FORMATS,
@@ -42,6 +51,8 @@ from probewatch.training.datasets.refusal_formats import (
 SPLITS = "refusal/refusal_direction/splits"
 CONTROL_SIZE = 400  # harmless_val items reserved for the control set (first after a seeded shuffle)
 HARMLESS_VAL_HELDOUT = 160
+MINIMAL_PAIRS_FILE = "refusal_minimal_pairs.yaml"
+MINIMAL_PAIRS_KIND = "refusal_minimal_pairs"
 HARMLESS_PER_HARMFUL = 4.0  # harmless_train instructions drawn per harmful_train one (see the module docstring)
 
 
@@ -88,6 +99,7 @@ def build(
     for d in val:
         d.meta["data_source"] = DATA_SOURCE
     val_formats = wrap_every(val, spec=spec)
+    minimal_pairs = minimal_pair_dialogues()
     sources = [
         Source.of("refusal_direction/harmful_train", harmful_train, len(harmful)),
         Source.of("refusal_direction/harmless_train", harmless_train, len(harmless)),
@@ -97,10 +109,17 @@ def build(
         ),
     ]
     sources += format_sources(pool + val_formats)
+    sources.append(
+        Source.of(
+            f"{MINIMAL_PAIRS_FILE} (ood; written for probewatch, CC0)",
+            packaged_file(MINIMAL_PAIRS_FILE),
+            len(minimal_pairs),
+        )
+    )
     return BehaviourData(
         "refusal",
         pool,
-        ood={"refusal_val": val, "refusal_val_formats": val_formats},
+        ood={"refusal_val": val, "refusal_val_formats": val_formats, MINIMAL_PAIRS_KIND: minimal_pairs},
         sources=sources,
         token_selection="prompt_last",
         aggregations=("last",),
@@ -109,6 +128,18 @@ def build(
             "kinds": {kind_of(f): description for f, description in FORMATS.items()},
         },
     )
+
+
+def minimal_pair_dialogues() -> list[Dialogue]:
+    """`refusal_minimal_pairs.yaml` as bare requests: each pair's harmful one (1) and harmless one (0), one
+    group per pair (the two share a topic, so a split would keep them together)."""
+    pairs = packaged_yaml(MINIMAL_PAIRS_FILE)["pairs"]
+    out: list[Dialogue] = []
+    for i, pair in enumerate(pairs):
+        for label, key in ((1, "harmful"), (0, "harmless")):
+            meta = {"data_source": "probewatch_written", "pair": i}
+            out.append(Dialogue([Message("user", pair[key])], label, f"minimal_pairs:{i}", MINIMAL_PAIRS_KIND, meta))
+    return out
 
 
 def format_sources(dialogues: list[Dialogue]) -> list[Source]:
