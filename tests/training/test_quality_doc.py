@@ -163,9 +163,15 @@ def test_quality_markdown_names_every_layer_of_a_shipped_multi_layer_probe(decep
     (row,) = [line for line in text.splitlines() if line.startswith("| `deception` | deception |")]
     assert "| 1+3 | logistic |" in row or f"| 1+3 | {report['selection']['chosen']['method']} |" in row
     assert "Chosen: layers 1, 3 (one probe on their concatenation" in text
+    # the aggregation (and C) rows beside a concat are the single-layer sweep at its first layer: said so
+    first = report["selection"]["chosen"]["layer"]
+    note = "single-layer probes on the first of the concatenated layers; "
+    assert f"Aggregations at layer {first}, the chosen method and C ({note}validation / held-out kinds):" in text
     report["multi_layer"]["shipped"] = False
     text = render_markdown({"deception": report}, {}, RUN)
     assert f"Chosen: layer {report['selection']['chosen']['layer']}, " in text
+    assert f"Aggregations at layer {first}, the chosen method and C (validation / held-out kinds):" in text
+    assert note not in text
     assert "on the held-out-source folds that chose" not in text  # a run without the source check
 
 
