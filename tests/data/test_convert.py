@@ -104,4 +104,7 @@ def test_cli_export_writes_the_builders_set_as_the_training_run_reads_it(tmp_pat
     assert main(args) == 0 and len(load_dialogues(out)) == len(build_behaviour_data("refusal", shared_data).pool)
     capsys.readouterr()
     assert main([*args, "--set", "refusal_test"]) == 2
-    assert "--set 'refusal_test': refusal has pool, refusal_minimal_pairs, refusal_val, refusal_val_formats" in capsys.readouterr().err
+    assert (
+        "--set 'refusal_test': refusal has pool, refusal_minimal_pairs, refusal_val, refusal_val_formats"
+        in capsys.readouterr().err
+    )
