@@ -48,7 +48,6 @@ __all__ = [
     "SourceCheck",
     "concat_on_sources",
     "fold_losses",
-    "joined_comparison",
     "joined_layers",
     "loss_text",
 ]
@@ -79,12 +78,10 @@ def concat_on_sources(
     layer_data: LayerFn,
     control_cal: np.ndarray,
     settings: NestedSettings,
-    joined: LayerFn | None = None,
 ) -> SourceCheck | None:
     """Fit the chosen single-layer probe and the concat of `multi["layers"]` on each held-out-source fold and
     judge them by the held-out-source rule. None where the pool has fewer than two evaluable sources (the held-out-kind
-    comparison then stands alone). `joined`: those layers already joined (`joined_layers`), where the caller's
-    nested step read them first."""
+    comparison then stands alone). The concat's layers are joined once (`joined_layers`), for every fold."""
     basis, folds = folds_without(pool, None)
     if basis != "heldout_source" or len(folds) < 2:
         return None
@@ -92,7 +89,7 @@ def concat_on_sources(
     row = concat_row(multi, chosen)
     single_fits = FoldScorer(pool, layer_data, settings)
     # its own memo: the row's layer key names the joined data
-    concat_fits = FoldScorer(pool, joined or joined_layers(layer_data, layers), settings)
+    concat_fits = FoldScorer(pool, joined_layers(layer_data, layers), settings)
     single_fits.run((chosen, fold.held) for fold in folds)
     concat_fits.run((row, fold.held) for fold in folds)
     single = config_score(chosen, folds, single_fits, control_cal)
@@ -103,16 +100,6 @@ def concat_on_sources(
     losses = fold_losses(folds, single, concat, single_fits, concat_fits, chosen, row, pool.labels, control_cal)
     chosen_index, _ = pick([(chosen, single), (row, concat)], margin=math.inf)  # the guard judged both already
     return SourceCheck(single, concat, chosen_index == 1, losses)
-
-
-def joined_comparison(multi: Mapping[str, Any] | None, layer_data: LayerFn) -> tuple[list[int], LayerFn] | None:
-    """The multi-layer comparison's layers and their `joined_layers` (None where it compared none): the rows the
-    whole-pool concat check (`concat_on_sources`) fits on. (The nested step reads one row per example instead:
-    training/nested_multilayer.py.)"""
-    if not multi or len(multi.get("layers") or []) < 2:
-        return None
-    layers = [int(x) for x in multi["layers"]]
-    return layers, joined_layers(layer_data, layers)
 
 
 def joined_layers(layer_data: LayerFn, layers: list[int]) -> LayerFn:

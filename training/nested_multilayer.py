@@ -71,8 +71,13 @@ __all__ = ["multilayer_step", "search_candidates"]
 def search_candidates(rows: Sequence[SweepRow], multi: Mapping[str, Any]) -> list[int]:
     """The layers the run's forward search could add: those with a per-example logistic row on the comparison's
     token selection and aggregation (`stage_sweep`'s candidates), and the run's own set."""
-    selection = multi.get("token_selection", "response")
+    selection = _comparison_selection(multi)
     return sorted({r.layer for r in rows if concat_candidate(r, selection)} | {int(x) for x in multi["layers"]})
+
+
+def _comparison_selection(multi: Mapping[str, Any]) -> str:
+    """The token selection the run's multi-layer comparison read (its concat candidates and every set here)."""
+    return str(multi.get("token_selection", "response"))
 
 
 class _SetFits:
@@ -211,7 +216,7 @@ def multilayer_step(
     if not multi or len(multi.get("layers") or []) < 2 or not multi.get("concat"):
         return None
     run_layers = [int(x) for x in multi["layers"]]
-    fits = _SetFits(pool, layer_data, settings, multi.get("token_selection", "response"))
+    fits = _SetFits(pool, layer_data, settings, _comparison_selection(multi))
     by_config = {_key(config_of(r)): r for r in rows}
     candidates = search_candidates(rows, multi)
     steps: dict[str, OuterMultiLayer] = {}

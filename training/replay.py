@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from probewatch.training.multilayer import concat_decision
-from probewatch.training.multilayer_sources import REPLAYED_BY, SourceCheck, concat_on_sources, joined_comparison
+from probewatch.training.multilayer_sources import REPLAYED_BY, SourceCheck, concat_on_sources
 from probewatch.training.nested import FoldScorer, config_of, nested_estimate, select_by_source
 from probewatch.training.nested_multilayer import multilayer_step
 from probewatch.training.report_sources import (
@@ -124,8 +124,6 @@ def replay_selection(
     now = picked[1] if picked is not None else None
     estimate = None
     multi = report.get("multi_layer")
-    comparison = joined_comparison(multi, layer_data)  # the whole-pool concat check reads it
-    joined = comparison[1] if comparison else None
     if nested and now is not None:
         estimate = nested_estimate(
             rows,
@@ -156,7 +154,7 @@ def replay_selection(
         if chosen is not None:  # the multi-layer decision on today's choice, as `multilayer.choose_layers` makes it
 
             def on_sources(multi: Any, chosen: SweepRow) -> SourceCheck | None:
-                return concat_on_sources(multi, chosen, splits.pool, layer_data, splits.control_cal, settings, joined)
+                return concat_on_sources(multi, chosen, splits.pool, layer_data, splits.control_cal, settings)
 
             replay.concat_recorded = bool(multi.get("shipped"))
             replay.concat_now, replay.concat_check = concat_decision(multi, chosen, on_sources)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from probewatch.training.features import LayerData
-from probewatch.training.multilayer_sources import SourceCheck, concat_on_sources, joined_comparison
+from probewatch.training.multilayer_sources import SourceCheck, concat_on_sources
 from probewatch.training.nested import FoldScorer, LayerFn, NestedSettings, nested_estimate, select_by_source
 from probewatch.training.nested_multilayer import multilayer_step
 from probewatch.training.report_sources import NestedEstimate, SourceSelection, SourcesReport
@@ -40,10 +40,6 @@ class SourceOutcome:
     selection: SourceSelection | None
     nested: NestedEstimate | None
     n_fits: int = 0
-    #: the multi-layer comparison's layers and their joined data (`joined_layers`, joined on first use): the
-    #: nested step and stage 4's concat check read the same rows, so the cache's layers are joined once
-    #: (`concat_check` takes it off the outcome)
-    joined: tuple[list[int], LayerFn] | None = None
 
 
 def settings_of(config: TrainConfig) -> NestedSettings:
@@ -103,12 +99,10 @@ def run_sources(config: TrainConfig, acts: Activations, splits: Splits, sweep: S
         heldout_kind,
         scorer,
     )
-    multi = sweep.multi_layer
-    joined = joined_comparison(multi, layer_data)
     if nested is not None:
         # the shipped probe may join layers (stage 4's multi-layer step): that decision is estimated nested too
         nested.multi_layer = multilayer_step(
-            multi,
+            sweep.multi_layer,
             sweep.rows,
             nested,
             pool,
@@ -127,25 +121,21 @@ def run_sources(config: TrainConfig, acts: Activations, splits: Splits, sweep: S
             nested.selected_on_basis,
             nested.optimism_gap,
         )
-    return SourceOutcome(selection, nested, scorer.n_fits, joined)
+    return SourceOutcome(selection, nested, scorer.n_fits)
 
 
 def concat_check(
     config: TrainConfig, acts: Activations, splits: Splits, outcome: SourceOutcome
 ) -> Callable[[Mapping[str, Any], SweepRow], SourceCheck | None] | None:
     """`multilayer.choose_layers`' held-out-source half: the concat judged on the folds that chose the single
-    probe (None where no held-out-source choice was made). Takes the nested step's join off `outcome`: only the
-    check holds it from here, so the joined rows (several layers of the pool side by side) go with it, whether
-    or not the kind gate lets the check run, and do not stay alive through the final fit."""
-    shared, outcome.joined = outcome.joined, None
+    probe (None where no held-out-source choice was made). It joins the concat's layers itself, only when the
+    kind gate lets it run, so the joined rows do not stay alive through the final fit."""
     if outcome.selection is None or outcome.selection.basis != "heldout_source":
         return None
 
     def check(multi: Mapping[str, Any], chosen: SweepRow) -> SourceCheck | None:
-        layers = [int(x) for x in multi["layers"]]
-        joined = shared[1] if shared and shared[0] == layers else None
         return concat_on_sources(
-            multi, chosen, splits.pool, pool_and_control(acts), splits.control_cal, settings_of(config), joined
+            multi, chosen, splits.pool, pool_and_control(acts), splits.control_cal, settings_of(config)
         )
 
     return check

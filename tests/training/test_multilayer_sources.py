@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from probewatch.training.features import LayerData
-from probewatch.training.multilayer_sources import concat_on_sources, joined_comparison
+from probewatch.training.multilayer_sources import concat_on_sources, joined_layers
 from probewatch.training.nested import FoldScorer, NestedSettings, config_score, folds_without, nested_estimate
 from probewatch.training.nested_multilayer import multilayer_step
 from probewatch.training.report_sources import ConfigScore, SourceSelection
@@ -93,9 +93,9 @@ def test_without_two_sources_there_is_no_source_check(three_layers):
 
 
 def test_the_concat_check_reads_the_joined_layers_once(three_layers):
-    """Stage 4's whole-pool check fits the concat on the rows `joined_comparison` joins on first use (stage 4b
-    builds it and hands it over): each layer is read from the cache once and the verdict is the one the check
-    reaches joining the layers itself."""
+    """Stage 4's whole-pool check fits the concat on its layers joined once on first use (`joined_layers`): each
+    layer is read from the cache once for every fold, and the verdict is the one the same check reaches on the
+    layers joined beforehand."""
     pool, layer_data, cal = three_layers
     reads: list[int] = []
 
@@ -103,12 +103,15 @@ def test_the_concat_check_reads_the_joined_layers_once(three_layers):
         reads.append(layer)
         return layer_data(layer)
 
-    assert joined_comparison({"layers": [1]}, counted) is None and joined_comparison(None, counted) is None
-    comparison = joined_comparison(_multi([1, 2]), counted)
-    assert comparison is not None and comparison[0] == [1, 2] and reads == []  # joined on first use
+    joined = joined_layers(counted, [1, 2])
+    assert reads == []  # joined on first use
+    assert joined(1)[0].rows.shape[1] == 2 * layer_data(1)[0].rows.shape[1] and reads == [1, 2]
+    joined(2)
+    assert reads == [1, 2]  # every later call gives the same joined rows
+    reads.clear()
     rows = [_row(1, 0.80)]
-    check = concat_on_sources(_multi([1, 2]), rows[0], pool, layer_data, cal, SETTINGS, comparison[1])
-    assert reads == [1, 2]
+    check = concat_on_sources(_multi([1, 2]), rows[0], pool, counted, cal, SETTINGS)
+    assert sorted(reads) == [1, 1, 2]  # the single-layer probe's layer, then the concat's two joined once
     alone = concat_on_sources(_multi([1, 2]), rows[0], pool, layer_data, cal, SETTINGS)
     assert check is not None and alone is not None and check.holds is alone.holds is True
     assert check.concat.folds == pytest.approx(alone.concat.folds, abs=1e-12)
@@ -159,16 +162,13 @@ def test_the_nested_step_reads_each_layer_once_as_one_row_per_example_scoring_as
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
-def test_the_concat_check_takes_the_join_off_the_stage_outcome(three_layers):
-    """Stage 4b keeps its join on the outcome for stage 4's check; `concat_check` takes it off at once, with or
-    without a held-out-source choice to check, so only the check holds the joined rows and they do not live on
-    through the final fit (whether or not the kind gate lets the check run)."""
+def test_the_concat_check_runs_only_under_a_held_out_source_choice(three_layers):
+    """Stage 4's check is built only where stage 4b chose by held-out source (None without a choice or with a
+    held-out-kind one); it joins the concat's layers itself when it runs."""
     pool, layer_data, cal = three_layers
     score = _single(_row(1, 0.80), pool, layer_data, cal)
     for selection in (None, SourceSelection("heldout_kind", list(SOURCES), 1, score, score)):
-        outcome = SourceOutcome(selection, None, 0, joined_comparison(_multi([1, 2]), layer_data))
-        assert concat_check(TrainConfig(), None, None, outcome) is None and outcome.joined is None
+        assert concat_check(TrainConfig(), None, None, SourceOutcome(selection, None, 0)) is None
     chosen_by_source = SourceSelection("heldout_source", list(SOURCES), 1, score, score)
-    outcome = SourceOutcome(chosen_by_source, None, 0, joined_comparison(_multi([1, 2]), layer_data))
-    check = concat_check(TrainConfig(), None, None, outcome)
-    assert callable(check) and outcome.joined is None
+    check = concat_check(TrainConfig(), None, None, SourceOutcome(chosen_by_source, None, 0))
+    assert callable(check)
