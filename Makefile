@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 PIP := python -m pip install -q --disable-pip-version-check
 
 .PHONY: setup demo test check lint typecheck lock test-latest test-compat bench bench-capture bench-quality \
-	bench-overhead bench-ingest bench-vllm bench-soak bench-review bench-evasion bench-selection bench-threshold bench-augmentation bench-multiple-choice bench-reading-by-source review-screenshots sae proto clean \
+	bench-overhead bench-ingest bench-vllm bench-soak bench-review bench-evasion bench-selection bench-threshold bench-augmentation bench-multiple-choice bench-reading-by-source bench-sweep review-screenshots sae proto clean \
 	vllm-venv test-vllm lock-vllm test-vllm-contract
 
 setup: $(VENV)/.installed
@@ -129,7 +129,7 @@ test-compat:
 	done
 
 # Every benchmark, one after the other (not in parallel: they time the same 2 cores).
-bench: bench-capture bench-overhead bench-ingest bench-soak bench-review bench-quality bench-evasion
+bench: bench-capture bench-overhead bench-ingest bench-soak bench-review bench-sweep bench-quality bench-evasion
 
 # Residual-capture cost on a 64-token batch forward of the reference model: hooked vs unhooked.
 CAPTURE_ARGS ?= --layers 9 --repeats 7
@@ -192,6 +192,12 @@ bench-multiple-choice: setup
 READING_ARGS ?=
 bench-reading-by-source: setup
 	$(BIN)/probewatch bench reading-by-source $(READING_ARGS)
+
+# The training sweep on one synthetic layer shaped like the deception pool (no model, no data): seconds per
+# layer sweep and the row scoring it rests on (whole-layer copy vs blocked); runs/bench-sweep.json (~2 min).
+SWEEP_ARGS ?=
+bench-sweep: setup
+	$(BIN)/probewatch bench sweep $(SWEEP_ARGS)
 
 # Retrain the shipped SAE (layer 15, TopK 3072, k=32; ~30 min on 2 CPU cores, activations cached
 # under PROBEWATCH_HOME) and refit the SAE-feature probes into PROBEWATCH_HOME/bundles (docs/sae.md).

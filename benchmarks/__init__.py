@@ -4,7 +4,7 @@
     main(args: argparse.Namespace) -> int                   # the exit status
 
 capture, overhead, ingest, vllm, soak, review, quality, evasion, selection, threshold, augmentation,
-multiple-choice; `probewatch.cli.bench_cmd` maps the subcommand
+multiple-choice, reading-by-source, sweep; `probewatch.cli.bench_cmd` maps the subcommand
 names to these modules. Shared pieces live in
 `harness` (common flags, the sidecar process, /metrics scraping, timing, the JSON report and the
 --json last stdout line); synthetic probe bundles come from `probewatch.probes.synthetic`. Helper

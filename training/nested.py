@@ -62,7 +62,7 @@ from probewatch.training.report_sources import (
     rule_text,
 )
 from probewatch.training.sources import evaluable_sources
-from probewatch.training.sweep import PoolArrays, ProbeSpec, SweepRow, fit_probe, with_temperature
+from probewatch.training.sweep import PoolArrays, ProbeSpec, SweepRow, fit_probe, scaled_scores
 
 #: a held-out set: ("source", name) / ("kind", name) units
 Held = frozenset[tuple[str, str]]
@@ -255,8 +255,8 @@ class FoldScorer:
             return
         w, b = probe.raw_linear_form()
         objs = [Aggregation(method=a, window=st.window, alpha=st.alpha) for a in aggs]
-        objs = with_temperature(objs, w, b, data, train, token_selection)
-        s, c = score_all(w, b, data, token_selection, objs), score_all(w, b, control, token_selection, objs)
+        objs, s = scaled_scores(objs, w, b, data, train, token_selection)
+        c = score_all(w, b, control, token_selection, objs)
         for a in aggs:
             self.memo[(key, held, a)] = (s[a], c[a])
 

@@ -66,6 +66,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "probewatch.benchmarks.reading_by_source",
         "one chosen probe configuration under several token selections, each source of its pool held out",
     ),
+    "sweep": (
+        "probewatch.benchmarks.sweep",
+        "the training sweep's time on one synthetic layer of a pool's shape, and its row scoring",
+    ),
 }
 
 

@@ -31,6 +31,7 @@ NAMES = (
     "augmentation",
     "multiple-choice",
     "reading-by-source",
+    "sweep",
 )
 
 

@@ -49,3 +49,43 @@ def test_the_platt_map_moves_the_penalty_with_the_scores():
     raw = aggregate_segments(x, data.offsets, raw_agg)
     calibrated = aggregate_segments(slope * x + offset, data.offsets, cal)
     np.testing.assert_allclose(calibrated, slope * raw + offset, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("d", [4, 576])
+def test_row_scores_are_the_whole_matrix_product_in_blocks(d):
+    from probewatch.training.features import ROW_BLOCK_MULTIPLE, row_scores, score_all
+
+    data = _layer([700, 1, 333, 2 * ROW_BLOCK_MULTIPLE + 5], d=d, seed=d)
+    w, b = np.random.default_rng(1).normal(size=d), -0.7
+    x = row_scores(w, b, data, "response")
+    assert x.dtype == np.float64 and x.shape == (len(data.rows),)
+    np.testing.assert_allclose(x, data.rows.astype(np.float64) @ w + b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="rows_scored holds 3 scores for 1551 rows"):
+        score_all(w, b, data, "response", [Aggregation("mean")], rows_scored=x[:3])
+
+
+def test_scaled_scores_equal_scaling_on_the_fit_rows_then_scoring_every_example():
+    """One pass over the rows gives what gathering the fit examples' rows, scaling, then scoring all did."""
+    from probewatch.training.features import score_all
+    from probewatch.training.sweep import scaled_scores
+
+    data = _layer([40, 3, 90, 12, 0, 7, 300], d=6, seed=4)
+    w, b = np.random.default_rng(2).normal(size=6), 0.2
+    idx = np.array([6, 0, 3, 5])  # not sorted: the fit split's order
+    aggs = [Aggregation("softmax"), Aggregation("rolling_mean_max_norm", window=8), Aggregation("max_norm")]
+    scaled, scores = scaled_scores(aggs, w, b, data, idx, "response")
+    rows, example = data.token_matrix(idx)
+    x = rows.astype(np.float64) @ w + b
+    assert scaled[0].temperature == pytest.approx(np.std(x), rel=1e-12)
+    assert scaled[2].length_scale == pytest.approx(np.std(x), rel=1e-12)
+    assert scaled[1].length_scale == pytest.approx(
+        np.std(np.concatenate([np.convolve(x[example == e], np.ones(8) / 8, mode="valid") for e in (0, 1, 2)])),
+        rel=1e-12,
+    )
+    direct = score_all(w, b, data, "response", scaled)
+    for a in scaled:
+        np.testing.assert_allclose(scores[a.method], direct[a.method], rtol=1e-12, equal_nan=True)
+    assert np.isnan(scores["softmax"][4]) and np.isfinite(scores["softmax"][[0, 1, 2, 3, 5, 6]]).all()
+    last_only, last_scores = scaled_scores([Aggregation("last")], w, b, data, idx, "prompt_last")
+    assert last_only == [Aggregation("last")]
+    np.testing.assert_allclose(last_scores["last"], data.last.astype(np.float64) @ w + b)
