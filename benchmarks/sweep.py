@@ -22,8 +22,6 @@ from typing import Any
 from probewatch.benchmarks.harness import add_common_args, command_line, emit, rotated, timed
 
 DEFAULT_OUT = Path("runs/bench-sweep.json")
-AGGREGATIONS = ("mean", "max", "rolling_mean_max", "last", "ema", "softmax", "max_norm", "rolling_mean_max_norm")
-CS = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
 def add_cli_args(parser: argparse.ArgumentParser) -> None:
@@ -98,17 +96,19 @@ def _row_scoring(data: Any, reps: int) -> dict[str, Any] | None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from probewatch.probes.manifest import Aggregation
+    from probewatch.probes.manifest import AGGREGATIONS, ATTENTION, Aggregation
     from probewatch.training.sweep import sweep_layer
+    from probewatch.training.train_config import HELDOUT_CS
 
     data, pool, control = synthetic_layer(args.examples, args.kinds, args.d_model, args.long_share)
-    aggregations = [Aggregation(method=m, window=8, alpha=0.2) for m in AGGREGATIONS]
+    # every aggregation a linear probe is swept with (the deception pool sweeps all of them), at the default C grid
+    aggregations = [Aggregation(method=m, window=8, alpha=0.2) for m in AGGREGATIONS if m != ATTENTION]
     n_rows = []
 
     def sweep() -> None:
         rows = sweep_layer(
             data, {}, pool, "response", ["logistic", "mean_diff", "lat"], aggregations, False, 0, True,
-            control=control, Cs=list(CS),
+            control=control, Cs=list(HELDOUT_CS),
         )  # fmt: skip
         n_rows.append(len(rows))
 

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from probewatch.metrics import auroc
-from probewatch.probes.manifest import LENGTH_NORMALISED, Aggregation
+from probewatch.probes.manifest import LENGTH_NORMALISED, ROW_SELECTIONS, Aggregation
 from probewatch.training.activation_cache import expand_ranges
 from probewatch.training.calibration import CONTROL_FPR
 from probewatch.training.estimators import C_METHODS, LinearProbe, make_probe
@@ -165,7 +165,7 @@ def with_temperature(
     maximum of (token scores, or window means per example). `rows_scored`: the probe's scores of every
     row (`features.row_scores`), computed here when not given; read at `idx`'s rows."""
     scaled = ("softmax", *LENGTH_NORMALISED)
-    if token_selection not in ("response", "answer") or not any(a.method in scaled for a in aggregations):
+    if token_selection not in ROW_SELECTIONS or not any(a.method in scaled for a in aggregations):
         return list(aggregations)
     if rows_scored is None:
         rows_scored = row_scores(w, b, data, token_selection)
@@ -188,7 +188,7 @@ def scaled_scores(
 ) -> tuple[list[Aggregation], dict[str, np.ndarray]]:
     """`with_temperature` on `idx`, then every example's score under each scaled aggregation (`score_all`), from
     one pass over the layer's rows: the same numbers as calling the two in turn, at half the row reads."""
-    x = row_scores(w, b, data, token_selection) if token_selection in ("response", "answer") else None
+    x = row_scores(w, b, data, token_selection) if token_selection in ROW_SELECTIONS else None
     aggs = with_temperature(aggregations, w, b, data, idx, token_selection, rows_scored=x)
     return aggs, score_all(w, b, data, token_selection, aggs, rows_scored=x)
 

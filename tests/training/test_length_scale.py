@@ -1,4 +1,4 @@
-"""Length-normalised maxima in training: the scale each fitted probe sets, and the Platt map."""
+"""Length-normalised maxima in training: the scale each fitted probe sets, the row scores it is set from, and the Platt map."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from probewatch.probes import Aggregation
-from probewatch.training.features import LayerData, aggregate_segments
-from probewatch.training.sweep import in_calibrated_units, with_temperature
+from probewatch.training.features import ROW_BLOCK_MULTIPLE, LayerData, aggregate_segments, row_scores, score_all
+from probewatch.training.sweep import in_calibrated_units, scaled_scores, with_temperature
 
 
 def _layer(lengths, d=4, seed=0) -> LayerData:
@@ -53,8 +53,6 @@ def test_the_platt_map_moves_the_penalty_with_the_scores():
 
 @pytest.mark.parametrize("d", [4, 576])
 def test_row_scores_are_the_whole_matrix_product_in_blocks(d):
-    from probewatch.training.features import ROW_BLOCK_MULTIPLE, row_scores, score_all
-
     data = _layer([700, 1, 333, 2 * ROW_BLOCK_MULTIPLE + 5], d=d, seed=d)
     w, b = np.random.default_rng(1).normal(size=d), -0.7
     x = row_scores(w, b, data, "response")
@@ -66,9 +64,6 @@ def test_row_scores_are_the_whole_matrix_product_in_blocks(d):
 
 def test_scaled_scores_equal_scaling_on_the_fit_rows_then_scoring_every_example():
     """One pass over the rows gives what gathering the fit examples' rows, scaling, then scoring all did."""
-    from probewatch.training.features import score_all
-    from probewatch.training.sweep import scaled_scores
-
     data = _layer([40, 3, 90, 12, 0, 7, 300], d=6, seed=4)
     w, b = np.random.default_rng(2).normal(size=6), 0.2
     idx = np.array([6, 0, 3, 5])  # not sorted: the fit split's order
