@@ -126,9 +126,16 @@ class LayerData:
 
     def token_matrix(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows of examples idx, example position in idx of each row)."""
-        idx = np.asarray(idx, dtype=np.int64)
-        lengths = np.diff(self.offsets)[idx]
-        return self.rows[expand_ranges(self.offsets[idx], lengths)], np.repeat(np.arange(len(idx)), lengths)
+        at, example = example_rows(self.offsets, idx)
+        return self.rows[at], example
+
+
+def example_rows(offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the rows of examples `idx`, in that order; each row's example position in `idx`) for rows
+    stored example after example at `offsets`: what `token_matrix` reads, for any per-row array."""
+    idx = np.asarray(idx, dtype=np.int64)
+    lengths = np.diff(offsets)[idx]
+    return expand_ranges(offsets[idx], lengths), np.repeat(np.arange(len(idx)), lengths)
 
 
 def _starts(counts: np.ndarray) -> np.ndarray:

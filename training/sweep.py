@@ -41,10 +41,9 @@ import numpy as np
 
 from probewatch.metrics import auroc
 from probewatch.probes.manifest import LENGTH_NORMALISED, ROW_SELECTIONS, Aggregation
-from probewatch.training.activation_cache import expand_ranges
 from probewatch.training.calibration import CONTROL_FPR
 from probewatch.training.estimators import C_METHODS, LinearProbe, make_probe
-from probewatch.training.features import LayerData, row_scores, score_all, training_matrix
+from probewatch.training.features import LayerData, example_rows, row_scores, score_all, training_matrix
 from probewatch.training.splits import leave_one_kind_out
 
 
@@ -169,7 +168,8 @@ def with_temperature(
         return list(aggregations)
     if rows_scored is None:
         rows_scored = row_scores(w, b, data, token_selection)
-    x, example = _at_examples(rows_scored, data.reading(token_selection).offsets, idx)
+    at, example = example_rows(data.reading(token_selection).offsets, idx)
+    x = rows_scored[at]
     spread = max(float(np.std(x)) if len(x) else 1.0, 1e-6)
     out = []
     for a in aggregations:
@@ -191,13 +191,6 @@ def scaled_scores(
     x = row_scores(w, b, data, token_selection) if token_selection in ROW_SELECTIONS else None
     aggs = with_temperature(aggregations, w, b, data, idx, token_selection, rows_scored=x)
     return aggs, score_all(w, b, data, token_selection, aggs, rows_scored=x)
-
-
-def _at_examples(rows_scored: np.ndarray, offsets: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the row scores of examples `idx`, in that order; each one's position in `idx`): `token_matrix`'s layout."""
-    idx = np.asarray(idx, dtype=np.int64)
-    lengths = np.diff(offsets)[idx]
-    return rows_scored[expand_ranges(offsets[idx], lengths)], np.repeat(np.arange(len(idx)), lengths)
 
 
 def in_calibrated_units(aggregation: Aggregation, slope: float) -> Aggregation:
